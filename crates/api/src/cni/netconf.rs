@@ -1,0 +1,464 @@
+//! The network config `twill-cni` reads on stdin: the plugin entry of a conflist plus the
+//! `name`/`cniVersion` the runtime copies in, `runtimeConfig` for declared capabilities and,
+//! when chained, `prevResult`.
+//!
+//! ```json
+//! {"cniVersion":"1.1.0","name":"twill","type":"twill-cni",
+//!  "bridge":"twl0","mtu":1500,"ipMasq":true,"hairpinMode":true,"isDefaultGateway":true,
+//!  "clusterCIDR":"10.244.0.0/16","capabilities":{"portMappings":true},
+//!  "ipam":{"type":"twill","subnet":"10.244.1.0/24","rangeStart":"10.244.1.10",
+//!          "reserved":["10.244.1.50-10.244.1.60"],"dataDir":"/var/lib/twill/ipam",
+//!          "routes":[{"dst":"0.0.0.0/0"}]},
+//!  "runtimeConfig":{"portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"tcp"}]}}
+//! ```
+
+use super::error::{CniError, ErrorCode};
+use super::json::{join, parse_cidr, parse_ipv4, wrong, Obj};
+use super::result::{CniResult, Dns};
+use super::SUPPORTED_VERSIONS;
+use ipnet::Ipv4Net;
+use serde_json::Value;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+pub const DEFAULT_BRIDGE: &str = "twl0";
+pub const DEFAULT_MTU: u32 = 1500;
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/twill/ipam";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetConf {
+    pub cni_version: String,
+    pub name: String,
+    pub plugin_type: String,
+    pub bridge: String,
+    pub mtu: u32,
+    pub hairpin: bool,
+    pub ip_masq: bool,
+    pub is_default_gateway: bool,
+    /// Destinations that are never masqueraded (pod-to-pod stays un-NATed). Defaults to
+    /// the IPAM subnets.
+    pub cluster_cidrs: Vec<Ipv4Net>,
+    pub ipam: IpamConf,
+    pub dns: Dns,
+    pub port_mappings: Vec<PortMapping>,
+    pub prev_result: Option<CniResult>,
+    /// The raw `prevResult`, kept for chaining unknown fields through unchanged.
+    pub prev_result_raw: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct IpamConf {
+    pub ranges: Vec<RangeConf>,
+    /// Single addresses or inclusive spans "a-b", as written.
+    pub reserved: Vec<String>,
+    pub data_dir: PathBuf,
+    pub routes: Vec<RouteConf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RangeConf {
+    /// Path of this range in the config, for error messages.
+    pub path: String,
+    pub subnet: Ipv4Net,
+    pub range_start: Option<Ipv4Addr>,
+    pub range_end: Option<Ipv4Addr>,
+    pub gateway: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConf {
+    pub dst: Ipv4Net,
+    pub gw: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortMapping {
+    pub host_port: u16,
+    pub container_port: u16,
+    pub protocol: Protocol,
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "hostIP")]
+    pub host_ip: Option<Ipv4Addr>,
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        })
+    }
+}
+
+/// A network name as the spec allows it: "must be unique across all network configurations
+/// on a host, and must contain only alphanumeric characters, underscore (_), dot (.) or
+/// hyphen (-)". It also names Twill's IPAM folder, so it must be a safe path component.
+pub fn validate_network_name(name: &str) -> Result<(), CniError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name != "."
+        && name != ".."
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(CniError::invalid(format!(
+            "field \"name\": {name:?} is not a valid network name (1-128 of a-z A-Z 0-9 _ . -)"
+        )))
+    }
+}
+
+/// Linux interface names: 1-15 bytes, none of '/', ':' or whitespace, not "." or "..".
+pub fn validate_ifname(path: &str, name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 15 {
+        return Err(format!("{path}: {name:?} must be 1 to 15 bytes long (Linux IFNAMSIZ)"));
+    }
+    if name == "." || name == ".." || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
+        return Err(format!("{path}: {name:?} is not a valid interface name (no '/', ':' or spaces)"));
+    }
+    Ok(())
+}
+
+impl NetConf {
+    /// Decodes and validates a config. Undecodable JSON is code 6, a missing or mistyped
+    /// field code 7, an unknown `cniVersion` code 1, a field Twill does not support code 2.
+    pub fn parse(bytes: &[u8]) -> Result<NetConf, CniError> {
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+            CniError::new(ErrorCode::Decode, "cannot decode the network config on stdin as JSON")
+                .with_details(e.to_string())
+        })?;
+        Self::from_value(&value)
+    }
+
+    pub fn from_value(value: &Value) -> Result<NetConf, CniError> {
+        let root = Obj::root(value)?;
+        let cni_version = root.req_str("cniVersion")?.to_string();
+        if !SUPPORTED_VERSIONS.contains(&cni_version.as_str()) {
+            return Err(CniError::new(
+                ErrorCode::IncompatibleVersion,
+                format!(
+                    "cniVersion \"{cni_version}\" is not supported; twill-cni supports {}",
+                    SUPPORTED_VERSIONS.join(", ")
+                ),
+            ));
+        }
+        let name = root.req_str("name")?.to_string();
+        validate_network_name(&name)?;
+        let plugin_type = root.req_str("type")?.to_string();
+
+        let bridge = root.str("bridge")?.unwrap_or(DEFAULT_BRIDGE).to_string();
+        validate_ifname("field \"bridge\"", &bridge).map_err(CniError::invalid)?;
+        let mtu = root.uint("mtu", 68, 65535)?.map(|m| m as u32).unwrap_or(DEFAULT_MTU);
+        let hairpin = root.bool("hairpinMode")?.unwrap_or(true);
+        let ip_masq = root.bool("ipMasq")?.unwrap_or(true);
+        let is_default_gateway = root.bool("isDefaultGateway")?.unwrap_or(true);
+
+        let ipam_obj = root.obj("ipam")?.ok_or_else(|| {
+            CniError::invalid(
+                "field \"ipam\" is required: give at least {\"type\":\"twill\",\"subnet\":\"10.244.1.0/24\"}",
+            )
+        })?;
+        let ipam = parse_ipam(&ipam_obj, is_default_gateway)?;
+
+        let cluster_cidrs = match root.get("clusterCIDR") {
+            None => ipam.ranges.iter().map(|r| r.subnet).collect(),
+            Some(Value::String(s)) => vec![parse_cidr("clusterCIDR", s)?.trunc()],
+            Some(Value::Array(a)) => a
+                .iter()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    Value::String(s) => parse_cidr(&format!("clusterCIDR[{i}]"), s).map(|n| n.trunc()),
+                    other => Err(wrong(&format!("clusterCIDR[{i}]"), other, "a CIDR string")),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(other) => return Err(wrong("clusterCIDR", other, "a CIDR string or a list of them")),
+        };
+
+        let dns = match root.get("dns") {
+            None => Dns::default(),
+            Some(v) => serde_json::from_value(v.clone())
+                .map_err(|e| CniError::invalid(format!("field \"dns\": {e}")))?,
+        };
+
+        let port_mappings = match root.obj("runtimeConfig")? {
+            None => Vec::new(),
+            Some(rc) => match rc.array("portMappings")? {
+                None => Vec::new(),
+                Some(list) => list
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| parse_port_mapping(&format!("runtimeConfig.portMappings[{i}]"), v))
+                    .collect::<Result<Vec<_>, _>>()?
+                    .into_iter()
+                    .flatten()
+                    .collect(),
+            },
+        };
+        check_duplicate_mappings(&port_mappings)?;
+
+        let prev_result_raw = root.get("prevResult").cloned();
+        let prev_result = match &prev_result_raw {
+            None => None,
+            Some(v) => Some(serde_json::from_value::<CniResult>(v.clone()).map_err(|e| {
+                CniError::new(ErrorCode::Decode, format!("field \"prevResult\" is not a CNI result: {e}"))
+            })?),
+        };
+
+        Ok(NetConf {
+            cni_version,
+            name,
+            plugin_type,
+            bridge,
+            mtu,
+            hairpin,
+            ip_masq,
+            is_default_gateway,
+            cluster_cidrs,
+            ipam,
+            dns,
+            port_mappings,
+            prev_result,
+            prev_result_raw,
+        })
+    }
+}
+
+fn parse_ipam(ipam: &Obj<'_>, default_route: bool) -> Result<IpamConf, CniError> {
+    match ipam.str("type")? {
+        None | Some("twill") => {}
+        Some(other) => {
+            return Err(CniError::new(
+                ErrorCode::UnsupportedField,
+                format!(
+                    "field \"ipam.type\": \"{other}\" is not supported; twill-cni allocates addresses itself, set \"type\": \"twill\""
+                ),
+            ))
+        }
+    }
+    let mut ranges = Vec::new();
+    if let Some(subnet) = ipam.cidr("subnet")? {
+        ranges.push(RangeConf {
+            path: "ipam".into(),
+            subnet,
+            range_start: ipam.ipv4("rangeStart")?,
+            range_end: ipam.ipv4("rangeEnd")?,
+            gateway: ipam.ipv4("gateway")?,
+        });
+    }
+    if let Some(sets) = ipam.array("ranges")? {
+        if !ranges.is_empty() {
+            return Err(CniError::invalid(
+                "fields \"ipam.subnet\" and \"ipam.ranges\" exclude each other: use one",
+            ));
+        }
+        if sets.len() > 1 {
+            return Err(CniError::new(
+                ErrorCode::UnsupportedField,
+                format!(
+                    "field \"ipam.ranges\" has {} range sets; twill-cni supports one (IPv4) for now",
+                    sets.len()
+                ),
+            ));
+        }
+        for (i, set) in sets.iter().enumerate() {
+            let Value::Array(set) = set else {
+                return Err(wrong(&format!("ipam.ranges[{i}]"), set, "an array of ranges"));
+            };
+            for (j, r) in set.iter().enumerate() {
+                let r = Obj::at(format!("ipam.ranges[{i}][{j}]"), r)?;
+                ranges.push(RangeConf {
+                    subnet: r.cidr("subnet")?.ok_or_else(|| {
+                        CniError::invalid(format!("field \"{}\" is required", r.path_of("subnet")))
+                    })?,
+                    range_start: r.ipv4("rangeStart")?,
+                    range_end: r.ipv4("rangeEnd")?,
+                    gateway: r.ipv4("gateway")?,
+                    path: r.path.clone(),
+                });
+            }
+        }
+    }
+    if ranges.is_empty() {
+        return Err(CniError::invalid(
+            "field \"ipam.subnet\" (or \"ipam.ranges\") is required: the node's pod subnet, e.g. \"10.244.1.0/24\"",
+        ));
+    }
+    let reserved = match ipam.array("reserved")? {
+        None => Vec::new(),
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Value::String(s) => Ok(s.clone()),
+                other => Err(wrong(&format!("ipam.reserved[{i}]"), other, "an address or \"a-b\" span")),
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let data_dir = PathBuf::from(ipam.str("dataDir")?.unwrap_or(DEFAULT_DATA_DIR));
+    if !data_dir.is_absolute() {
+        return Err(CniError::invalid(format!(
+            "field \"ipam.dataDir\": {} must be an absolute path",
+            data_dir.display()
+        )));
+    }
+    let routes = match ipam.array("routes")? {
+        None if default_route => vec![RouteConf { dst: "0.0.0.0/0".parse().unwrap(), gw: None }],
+        None => Vec::new(),
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let r = Obj::at(format!("ipam.routes[{i}]"), v)?;
+                Ok(RouteConf {
+                    dst: r.cidr("dst")?.ok_or_else(|| {
+                        CniError::invalid(format!("field \"{}\" is required", r.path_of("dst")))
+                    })?,
+                    gw: r.ipv4("gw")?,
+                })
+            })
+            .collect::<Result<_, CniError>>()?,
+    };
+    Ok(IpamConf { ranges, reserved, data_dir, routes })
+}
+
+/// One `runtimeConfig.portMappings` entry. IPv6 host IPs are skipped (a dual-stack runtime
+/// sends one entry per family and this plugin is IPv4-only), never half-applied.
+fn parse_port_mapping(path: &str, v: &Value) -> Result<Option<PortMapping>, CniError> {
+    let o = Obj::at(path.to_string(), v)?;
+    let port = |key: &str| -> Result<u16, CniError> {
+        o.uint(key, 1, 65535)?
+            .map(|p| p as u16)
+            .ok_or_else(|| CniError::invalid(format!("field \"{}\" is required", join(path, key))))
+    };
+    let host_port = port("hostPort")?;
+    let container_port = port("containerPort")?;
+    let protocol = match o.str("protocol")?.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("tcp") => Protocol::Tcp,
+        Some("udp") => Protocol::Udp,
+        Some("sctp") => Protocol::Sctp,
+        Some(other) => {
+            return Err(CniError::invalid(format!(
+                "field \"{}\": \"{other}\" is not tcp, udp or sctp",
+                join(path, "protocol")
+            )))
+        }
+    };
+    let host_ip = match o.str("hostIP")? {
+        None | Some("") | Some("0.0.0.0") => None,
+        Some(s) if s.contains(':') => return Ok(None),
+        Some(s) => Some(parse_ipv4(&join(path, "hostIP"), s)?),
+    };
+    Ok(Some(PortMapping { host_port, container_port, protocol, host_ip }))
+}
+
+fn check_duplicate_mappings(list: &[PortMapping]) -> Result<(), CniError> {
+    for (i, a) in list.iter().enumerate() {
+        for b in &list[..i] {
+            let overlap = a.protocol == b.protocol
+                && a.host_port == b.host_port
+                && (a.host_ip.is_none() || b.host_ip.is_none() || a.host_ip == b.host_ip);
+            if overlap {
+                return Err(CniError::invalid(format!(
+                    "field \"runtimeConfig.portMappings\": host port {}/{} is listed twice",
+                    a.host_port, a.protocol
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<NetConf, CniError> {
+        NetConf::parse(s.as_bytes())
+    }
+
+    const MIN: &str = r#"{"cniVersion":"1.1.0","name":"net","type":"twill-cni","ipam":{"subnet":"10.244.1.0/24"}}"#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(MIN).unwrap();
+        assert_eq!(c.bridge, "twl0");
+        assert_eq!(c.mtu, 1500);
+        assert!(c.ip_masq && c.hairpin && c.is_default_gateway);
+        assert_eq!(c.cluster_cidrs, vec!["10.244.1.0/24".parse().unwrap()]);
+        assert_eq!(c.ipam.routes, vec![RouteConf { dst: "0.0.0.0/0".parse().unwrap(), gw: None }]);
+        assert_eq!(c.ipam.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+    }
+
+    #[test]
+    fn full_config() {
+        let c = parse(
+            r#"{"cniVersion":"1.0.0","name":"n","type":"twill-cni","bridge":"br1","mtu":1450,
+            "ipMasq":false,"clusterCIDR":"10.244.0.0/16",
+            "ipam":{"type":"twill","ranges":[[{"subnet":"10.244.1.0/24","rangeStart":"10.244.1.10","gateway":"10.244.1.254"}]],
+              "reserved":["10.244.1.20-10.244.1.30"],"dataDir":"/tmp/x","routes":[{"dst":"10.0.0.0/8","gw":"10.244.1.254"}]},
+            "runtimeConfig":{"portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"TCP"},
+               {"hostPort":53,"containerPort":53,"protocol":"udp","hostIP":"192.0.2.11"},
+               {"hostPort":53,"containerPort":53,"protocol":"udp","hostIP":"::1"}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.mtu, 1450);
+        assert!(!c.ip_masq);
+        assert_eq!(c.ipam.ranges[0].gateway, Some("10.244.1.254".parse().unwrap()));
+        assert_eq!(c.port_mappings.len(), 2, "the IPv6 entry is skipped");
+        assert_eq!(c.port_mappings[1].host_ip, Some("192.0.2.11".parse().unwrap()));
+    }
+
+    fn code_and_msg(s: &str) -> (u32, String) {
+        let e = parse(s).unwrap_err();
+        (e.code.code(), e.msg)
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases: &[(&str, u32, &str)] = &[
+            ("{", 6, "decode"),
+            ("[]", 6, "object"),
+            (r#"{"name":"n","type":"t","ipam":{}}"#, 7, "\"cniVersion\" is required"),
+            (r#"{"cniVersion":"9.9.9","name":"n","type":"t"}"#, 1, "9.9.9"),
+            (r#"{"cniVersion":1,"name":"n","type":"t"}"#, 7, "cniVersion"),
+            (r#"{"cniVersion":"1.1.0","name":"a/b","type":"t","ipam":{}}"#, 7, "name"),
+            (r#"{"cniVersion":"1.1.0","name":"n","type":"t"}"#, 7, "\"ipam\" is required"),
+            (r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{}}"#, 7, "ipam.subnet"),
+            (r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"subnet":"10.244.1.0/33"}}"#, 7, "ipam.subnet"),
+            (r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"subnet":"fd00::/64"}}"#, 2, "IPv6"),
+            (r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"type":"host-local","subnet":"10.1.0.0/16"}}"#, 2, "ipam.type"),
+            (r#"{"cniVersion":"1.1.0","name":"n","type":"t","mtu":"1500","ipam":{"subnet":"10.1.0.0/16"}}"#, 7, "\"mtu\""),
+            (r#"{"cniVersion":"1.1.0","name":"n","type":"t","mtu":10,"ipam":{"subnet":"10.1.0.0/16"}}"#, 7, "out of range"),
+            (r#"{"cniVersion":"1.1.0","name":"n","type":"t","bridge":"averyveryverylongbridge","ipam":{"subnet":"10.1.0.0/16"}}"#, 7, "bridge"),
+            (r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipMasq":"yes","ipam":{"subnet":"10.1.0.0/16"}}"#, 7, "ipMasq"),
+            (r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"subnet":"10.1.0.0/16","rangeStart":"10.1.0.300"}}"#, 7, "ipam.rangeStart"),
+            (r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"ranges":[[{"rangeStart":"10.1.0.3"}]]}}"#, 7, "ipam.ranges[0][0].subnet"),
+            (r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"ranges":[[{"subnet":"10.1.0.0/16"}],[{"subnet":"10.2.0.0/16"}]]}}"#, 2, "range sets"),
+            (r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"subnet":"10.1.0.0/16","dataDir":"rel/dir"}}"#, 7, "absolute"),
+            (r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"subnet":"10.1.0.0/16"},"runtimeConfig":{"portMappings":[{"hostPort":0,"containerPort":80}]}}"#, 7, "hostPort"),
+            (r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"subnet":"10.1.0.0/16"},"runtimeConfig":{"portMappings":[{"hostPort":80}]}}"#, 7, "containerPort\" is required"),
+            (r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"subnet":"10.1.0.0/16"},"runtimeConfig":{"portMappings":[{"hostPort":80,"containerPort":80,"protocol":"icmp"}]}}"#, 7, "icmp"),
+            (r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"subnet":"10.1.0.0/16"},"runtimeConfig":{"portMappings":[{"hostPort":80,"containerPort":80},{"hostPort":80,"containerPort":81}]}}"#, 7, "twice"),
+            (r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"subnet":"10.1.0.0/16"},"prevResult":{"ips":"x"}}"#, 6, "prevResult"),
+            (r#"{"cniVersion":"1.1.0","name":"n","type":"t","clusterCIDR":"10.0.0.0/99","ipam":{"subnet":"10.1.0.0/16"}}"#, 7, "clusterCIDR"),
+        ];
+        for (input, code, needle) in cases {
+            let (c, msg) = code_and_msg(input);
+            assert_eq!(c, *code, "{input} gave code {c}: {msg}");
+            assert!(
+                msg.contains(needle) || msg.to_lowercase().contains(&needle.to_lowercase()),
+                "{input}: message {msg:?} does not mention {needle:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,679 @@
+//! The record directory: the I/O edge of node-local allocation, shared by every
+//! `twill-cni` process on the node.
+//!
+//! Layout, one directory per network under the data dir (default [`DEFAULT_DATA_DIR`]):
+//!
+//! ```text
+//! <data_dir>/<network>/
+//!   ips/<a.b.c.d>                      one file per held address; content "<containerID>:<ifname>"
+//!   attachments/<containerID>:<ifname> one file per attachment; the record JSON
+//!   last_reserved                      the last address handed out (round-robin hint)
+//!   lock                               flock(2) target, see below
+//! ```
+//!
+//! Why it is safe without a global lock on the hot path:
+//! - **Claim.** An address is taken by creating `ips/<ip>` with `O_CREAT|O_EXCL`: the kernel
+//!   lets exactly one creator win, across threads and processes, so no address is ever
+//!   handed out twice. A loser tries the next candidate.
+//! - **Publish.** The record is written to a temporary file and `link(2)`ed to
+//!   `attachments/<containerID>:<ifname>`; `link` fails if the name exists, so a duplicate
+//!   ADD for the same attachment fails atomically ([`RecordError::AlreadyAllocated`]) and
+//!   rolls back its address claim. Readers never see a half-written record.
+//!   (':' cannot occur in a container ID or interface name per the CNI spec, so the name
+//!   is unambiguous; both parts are validated, path separators included.)
+//! - **Hint.** `last_reserved` is replaced by rename after each ADD so the next ADD starts
+//!   after it (round robin, like host-local). It is advice only: a missing, stale or garbage
+//!   hint just restarts the walk at the first range.
+//! - **Release.** The attachment record is removed first (the commit point: only the one
+//!   caller whose unlink succeeds goes on), then `ips/<ip>`, and that only if it still
+//!   names this attachment.
+//! - **Crashes.** Each step leaves, at worst, an address file with no attachment (claimed,
+//!   record not yet published, or record removed and address not yet) or a stray temporary
+//!   file. Both are orphans that [`RecordDir::gc`] removes.
+//! - **GC vs. ADD.** An ADD between claim and publish looks exactly like an orphan, so GC
+//!   must not run meanwhile: ADD and DEL hold a shared `flock` on `lock`, GC (and the rare
+//!   `update_extra`) an exclusive one. Shared locks never wait for each other, and the kernel
+//!   drops them if the process dies.
+//!
+//! Cost of an ADD: a shared lock, one hint read, normally one `O_EXCL` create (the address
+//! after the hint is usually free), one temp file, one link, one unlink, one hint rename: a
+//! few dozen microseconds, independent of the number of pods. When the walk meets held
+//! addresses (after a wrap-around), it reads `ips/` once after a few misses and skips the
+//! held ones from memory, so a nearly full pool costs one directory read, not one failed
+//! create per held address.
+//!
+//! No fsync: like host-local, the records describe pods that do not survive a reboot; the
+//! runtime's GC after a crash removes what is left.
+//!
+//! Address files for addresses no longer in the pool (configuration changed) are left
+//! alone and still count as used; GC removes them only when their attachment is gone.
+
+use crate::names::{validate_container_id, validate_ifname, validate_network_name, InvalidName};
+use crate::pool::Pool;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Where `twill-cni` keeps its records unless the network config says otherwise.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/twill/ipam";
+
+/// Longest "<containerID>:<ifname>" that still fits a file name (255 bytes).
+const MAX_KEY_FILE_NAME: usize = 255;
+
+/// Failed `O_EXCL` claims tolerated before reading `ips/` once to skip held addresses.
+const DIRECT_TRIES: usize = 8;
+
+const TMP_PREFIX: &str = ".tmp-";
+
+/// One pod interface, as the CNI spec identifies it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttachmentKey {
+    pub container_id: String,
+    pub ifname: String,
+}
+
+impl AttachmentKey {
+    pub fn new(container_id: impl Into<String>, ifname: impl Into<String>) -> AttachmentKey {
+        AttachmentKey {
+            container_id: container_id.into(),
+            ifname: ifname.into(),
+        }
+    }
+
+    /// Checks both parts against the CNI spec and that the pair fits a file name.
+    pub fn validate(&self) -> Result<(), InvalidName> {
+        validate_container_id(&self.container_id)?;
+        validate_ifname(&self.ifname)?;
+        if self.container_id.len() + 1 + self.ifname.len() > MAX_KEY_FILE_NAME {
+            return Err(InvalidName {
+                what: "container ID",
+                value: self.container_id.clone(),
+                reason: format!(
+                    "it is {} bytes long; with the interface name it must fit {MAX_KEY_FILE_NAME} bytes",
+                    self.container_id.len()
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// "<containerID>:<ifname>": the attachment's file name and the content of its address file.
+impl fmt::Display for AttachmentKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.container_id, self.ifname)
+    }
+}
+
+/// What is stored per attachment. `extra` is the caller's own data (e.g. the host veth
+/// name and port mappings), kept verbatim.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    #[serde(flatten)]
+    pub key: AttachmentKey,
+    pub ip: Ipv4Addr,
+    #[serde(default)]
+    pub extra: serde_json::Value,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error(transparent)]
+    InvalidName(#[from] InvalidName),
+    #[error("cannot {op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "network {network}: container {container_id} interface {ifname} already holds {ip}; \
+         delete that attachment (CNI DEL) before adding it again"
+    )]
+    AlreadyAllocated {
+        network: String,
+        container_id: String,
+        ifname: String,
+        ip: Ipv4Addr,
+    },
+    #[error(
+        "network {network}: no free address in {ranges} ({capacity} allocatable, all held); \
+         widen the range or remove unused pods"
+    )]
+    Exhausted {
+        network: String,
+        ranges: String,
+        capacity: u32,
+    },
+    #[error("network {network}: no record for container {container_id} interface {ifname}; allocate it first")]
+    NotFound {
+        network: String,
+        container_id: String,
+        ifname: String,
+    },
+    #[error(
+        "record {path} is unreadable ({reason}); delete it if its container is gone, or run CNI GC"
+    )]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> RecordError + 'a {
+    move |source| RecordError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Unique temporary names within this process; the pid makes them unique across processes.
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn tmp_name(what: &str) -> String {
+    let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{TMP_PREFIX}{what}-{}-{n}", std::process::id())
+}
+
+/// Held while an operation runs; closing the file drops the lock.
+struct DirLock {
+    _file: File,
+}
+
+/// The records of one network. Cheap to open; every call works on the directory directly,
+/// so separate handles (threads or processes) see each other's changes at once.
+#[derive(Debug, Clone)]
+pub struct RecordDir {
+    network: String,
+    root: PathBuf,
+    ips: PathBuf,
+    attachments: PathBuf,
+    hint: PathBuf,
+    lock: PathBuf,
+}
+
+impl RecordDir {
+    /// Opens (creating if needed) `<data_dir>/<network>`.
+    pub fn open(data_dir: &Path, network: &str) -> Result<RecordDir, RecordError> {
+        validate_network_name(network)?;
+        let root = data_dir.join(network);
+        let dir = RecordDir {
+            network: network.to_string(),
+            ips: root.join("ips"),
+            attachments: root.join("attachments"),
+            hint: root.join("last_reserved"),
+            lock: root.join("lock"),
+            root,
+        };
+        for d in [&dir.ips, &dir.attachments] {
+            fs::create_dir_all(d).map_err(io_err("create directory", d))?;
+        }
+        dir.open_lock_file()?;
+        Ok(dir)
+    }
+
+    pub fn network(&self) -> &str {
+        &self.network
+    }
+
+    /// `<data_dir>/<network>`.
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    fn open_lock_file(&self) -> Result<File, RecordError> {
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&self.lock)
+            .map_err(io_err("open lock file", &self.lock))
+    }
+
+    fn lock(&self, exclusive: bool) -> Result<DirLock, RecordError> {
+        let file = self.open_lock_file()?;
+        let op = if exclusive {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        };
+        loop {
+            // SAFETY: flock on a descriptor we own; no memory is passed.
+            if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+                return Ok(DirLock { _file: file });
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(RecordError::Io {
+                    op: "lock",
+                    path: self.lock.clone(),
+                    source: e,
+                });
+            }
+        }
+    }
+
+    fn ip_path(&self, ip: Ipv4Addr) -> PathBuf {
+        self.ips.join(ip.to_string())
+    }
+
+    fn attachment_path(&self, key: &AttachmentKey) -> PathBuf {
+        self.attachments.join(key.to_string())
+    }
+
+    /// Takes a free address from `pool` for `key` and records it with `extra`.
+    pub fn allocate(
+        &self,
+        pool: &Pool,
+        key: &AttachmentKey,
+        extra: serde_json::Value,
+    ) -> Result<Record, RecordError> {
+        key.validate()?;
+        let _lock = self.lock(false)?;
+        let owner = key.to_string();
+        let mut misses = 0;
+        let mut held: Option<HashSet<Ipv4Addr>> = None;
+        for ip in pool.candidates_after(self.read_hint()) {
+            if held.is_none() && misses >= DIRECT_TRIES {
+                held = Some(self.used()?.into_iter().collect());
+            }
+            if held.as_ref().is_some_and(|h| h.contains(&ip)) {
+                continue;
+            }
+            if self.claim(ip, &owner)? {
+                return self.publish(Record {
+                    key: key.clone(),
+                    ip,
+                    extra,
+                });
+            }
+            misses += 1;
+        }
+        Err(RecordError::Exhausted {
+            network: self.network.clone(),
+            ranges: pool
+                .ranges()
+                .iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            capacity: pool.capacity(),
+        })
+    }
+
+    /// Creates `ips/<ip>` exclusively. `Ok(false)`: someone holds it already.
+    fn claim(&self, ip: Ipv4Addr, owner: &str) -> Result<bool, RecordError> {
+        let path = self.ip_path(ip);
+        let mut file = match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => {
+                return Err(RecordError::Io {
+                    op: "create",
+                    path,
+                    source: e,
+                })
+            }
+        };
+        if let Err(e) = file.write_all(owner.as_bytes()) {
+            let _ = fs::remove_file(&path);
+            return Err(RecordError::Io {
+                op: "write",
+                path,
+                source: e,
+            });
+        }
+        Ok(true)
+    }
+
+    /// Links the record into place after its address was claimed; rolls the claim back if
+    /// the attachment exists already.
+    fn publish(&self, record: Record) -> Result<Record, RecordError> {
+        let ip_path = self.ip_path(record.ip);
+        let rollback = |e: RecordError| {
+            let _ = fs::remove_file(&ip_path);
+            e
+        };
+        let tmp = self
+            .write_tmp(&self.attachments, "record", &record)
+            .map_err(rollback)?;
+        let target = self.attachment_path(&record.key);
+        let linked = fs::hard_link(&tmp, &target);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let _ = fs::remove_file(&ip_path);
+                let existing = self.read_record(&target)?;
+                return Err(RecordError::AlreadyAllocated {
+                    network: self.network.clone(),
+                    container_id: record.key.container_id,
+                    ifname: record.key.ifname,
+                    // Gone again meanwhile (a concurrent DEL): report the address we tried.
+                    ip: existing.map_or(record.ip, |r| r.ip),
+                });
+            }
+            Err(e) => {
+                return Err(rollback(RecordError::Io {
+                    op: "link",
+                    path: target,
+                    source: e,
+                }))
+            }
+        }
+        // The hint is advice: failing to write it costs only round-robin order.
+        let _ = self.write_hint(record.ip);
+        Ok(record)
+    }
+
+    /// Writes `record` as JSON to a new temporary file in `dir` and returns its path.
+    fn write_tmp(&self, dir: &Path, what: &str, record: &Record) -> Result<PathBuf, RecordError> {
+        let mut bytes = serde_json::to_vec(record).expect("a record always serializes");
+        bytes.push(b'\n');
+        let tmp = dir.join(tmp_name(what));
+        let written = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(&bytes));
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(RecordError::Io {
+                op: "write",
+                path: tmp,
+                source: e,
+            });
+        }
+        Ok(tmp)
+    }
+
+    fn read_hint(&self) -> Option<Ipv4Addr> {
+        fs::read_to_string(&self.hint).ok()?.trim().parse().ok()
+    }
+
+    fn write_hint(&self, ip: Ipv4Addr) -> io::Result<()> {
+        let tmp = self.root.join(tmp_name("hint"));
+        let result = fs::write(&tmp, format!("{ip}\n")).and_then(|()| fs::rename(&tmp, &self.hint));
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Reads a record file; `None` if it does not exist.
+    fn read_record(&self, path: &Path) -> Result<Option<Record>, RecordError> {
+        let bytes = match fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(RecordError::Io {
+                    op: "read",
+                    path: path.to_path_buf(),
+                    source: e,
+                })
+            }
+        };
+        let record: Record = serde_json::from_slice(&bytes).map_err(|e| RecordError::Corrupt {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if record.key.to_string() != name {
+            return Err(RecordError::Corrupt {
+                path: path.to_path_buf(),
+                reason: format!("it names attachment {}, not {name}", record.key),
+            });
+        }
+        Ok(Some(record))
+    }
+
+    /// The record of `key`, if it holds an address.
+    pub fn get(&self, key: &AttachmentKey) -> Result<Option<Record>, RecordError> {
+        key.validate()?;
+        self.read_record(&self.attachment_path(key))
+    }
+
+    /// Replaces the caller's data of an existing record atomically (write + rename).
+    pub fn update_extra(
+        &self,
+        key: &AttachmentKey,
+        extra: serde_json::Value,
+    ) -> Result<(), RecordError> {
+        key.validate()?;
+        // Exclusive, so a concurrent release cannot remove the record between our read and
+        // our rename (the rename would resurrect it without its address).
+        let _lock = self.lock(true)?;
+        let path = self.attachment_path(key);
+        let Some(mut record) = self.read_record(&path)? else {
+            return Err(RecordError::NotFound {
+                network: self.network.clone(),
+                container_id: key.container_id.clone(),
+                ifname: key.ifname.clone(),
+            });
+        };
+        record.extra = extra;
+        let tmp = self.write_tmp(&self.attachments, "record", &record)?;
+        if let Err(e) = fs::rename(&tmp, &path) {
+            let _ = fs::remove_file(&tmp);
+            return Err(RecordError::Io {
+                op: "rename",
+                path,
+                source: e,
+            });
+        }
+        Ok(())
+    }
+
+    /// Frees the address of `key`. Idempotent: `None` when nothing was held (or a
+    /// concurrent release got there first).
+    pub fn release(&self, key: &AttachmentKey) -> Result<Option<Record>, RecordError> {
+        key.validate()?;
+        let _lock = self.lock(false)?;
+        let path = self.attachment_path(key);
+        let owner = key.to_string();
+        let record = match self.read_record(&path) {
+            Ok(None) => return Ok(None),
+            Ok(Some(r)) => Some(r),
+            // Still release it: DEL must succeed. The address is found by scanning below.
+            Err(RecordError::Corrupt { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(RecordError::Io {
+                    op: "remove",
+                    path,
+                    source: e,
+                })
+            }
+        }
+        match record {
+            Some(r) => {
+                self.remove_ip_if_owned(r.ip, &owner)?;
+                Ok(Some(r))
+            }
+            None => {
+                let mut found = None;
+                for ip in self.used()? {
+                    if self.remove_ip_if_owned(ip, &owner)? {
+                        found = Some(ip);
+                    }
+                }
+                Ok(found.map(|ip| Record {
+                    key: key.clone(),
+                    ip,
+                    extra: serde_json::Value::Null,
+                }))
+            }
+        }
+    }
+
+    fn ip_owner(&self, ip: Ipv4Addr) -> Result<Option<String>, RecordError> {
+        let path = self.ip_path(ip);
+        match fs::read(&path) {
+            Ok(b) => Ok(Some(String::from_utf8_lossy(&b).trim().to_string())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(RecordError::Io {
+                op: "read",
+                path,
+                source: e,
+            }),
+        }
+    }
+
+    /// Removes `ips/<ip>` if it names `owner`; true if it did.
+    fn remove_ip_if_owned(&self, ip: Ipv4Addr, owner: &str) -> Result<bool, RecordError> {
+        if self.ip_owner(ip)?.as_deref() != Some(owner) {
+            return Ok(false);
+        }
+        let path = self.ip_path(ip);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(RecordError::Io {
+                op: "remove",
+                path,
+                source: e,
+            }),
+        }
+    }
+
+    /// Names in `dir` that are not temporary files.
+    fn entries(&self, dir: &Path) -> Result<Vec<String>, RecordError> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(dir).map_err(io_err("read directory", dir))? {
+            let entry = entry.map_err(io_err("read directory", dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with(TMP_PREFIX) {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+
+    /// Every record, sorted by attachment. A record that cannot be parsed is an error
+    /// naming its file.
+    pub fn list(&self) -> Result<Vec<Record>, RecordError> {
+        let mut records = Vec::new();
+        for name in self.entries(&self.attachments)? {
+            // Gone between listing and reading: released meanwhile.
+            if let Some(r) = self.read_record(&self.attachments.join(name))? {
+                records.push(r);
+            }
+        }
+        records.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(records)
+    }
+
+    /// Every held address, sorted, including addresses outside the current pool and
+    /// orphans not yet collected.
+    pub fn used(&self) -> Result<Vec<Ipv4Addr>, RecordError> {
+        let mut ips: Vec<Ipv4Addr> = self
+            .entries(&self.ips)?
+            .iter()
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        ips.sort_unstable();
+        Ok(ips)
+    }
+
+    /// Releases every attachment not in `valid` and returns their records (a corrupt one
+    /// is removed but not returned). Also removes orphans: address files whose attachment
+    /// record is missing or names another address, and temporary files left by a crash.
+    pub fn gc(&self, valid: &[AttachmentKey]) -> Result<Vec<Record>, RecordError> {
+        let _lock = self.lock(true)?;
+        let valid: HashSet<String> = valid.iter().map(|k| k.to_string()).collect();
+
+        // Under the exclusive lock no operation is in flight: every temp file is stale.
+        for dir in [&self.root, &self.attachments, &self.ips] {
+            for entry in fs::read_dir(dir).map_err(io_err("read directory", dir))? {
+                let entry = entry.map_err(io_err("read directory", dir))?;
+                if entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+        }
+
+        let mut released = Vec::new();
+        // Surviving attachments and their address; `None` if unreadable (keep its address).
+        let mut kept: HashMap<String, Option<Ipv4Addr>> = HashMap::new();
+        for name in self.entries(&self.attachments)? {
+            let path = self.attachments.join(&name);
+            let record = match self.read_record(&path) {
+                Ok(Some(r)) => Some(r),
+                Ok(None) => continue,
+                Err(RecordError::Corrupt { .. }) => None,
+                Err(e) => return Err(e),
+            };
+            if valid.contains(&name) {
+                kept.insert(name, record.map(|r| r.ip));
+                continue;
+            }
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(RecordError::Io {
+                        op: "remove",
+                        path,
+                        source: e,
+                    })
+                }
+            }
+            if let Some(r) = record {
+                self.remove_ip_if_owned(r.ip, &name)?;
+                released.push(r);
+            }
+            // A corrupt record's address file is now an orphan; the pass below takes it.
+        }
+
+        for name in self.entries(&self.ips)? {
+            let Ok(ip) = name.parse::<Ipv4Addr>() else {
+                continue;
+            };
+            let Some(owner) = self.ip_owner(ip)? else {
+                continue;
+            };
+            let in_use = match kept.get(&owner) {
+                Some(Some(held)) => *held == ip,
+                Some(None) => true,
+                None => false,
+            };
+            if !in_use {
+                let path = self.ip_path(ip);
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(RecordError::Io {
+                            op: "remove",
+                            path,
+                            source: e,
+                        })
+                    }
+                }
+            }
+        }
+        released.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(released)
+    }
+}

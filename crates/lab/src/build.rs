@@ -1,0 +1,341 @@
+//! The builder: turns a plan into namespaces, bridges, veths, addresses and routes (with
+//! `ip`; the lab is not a hot path), plays the runtime for every pod, and tears it all down.
+//! Every step is recorded in `state.json` before the next one, so a failed `up` and a later
+//! `down` remove exactly what exists.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::plan::{self, LabSpec, NodePlan, PlanError, PodPlan, Veth};
+use crate::runtime::{self, CniCommand, RuntimeError};
+use crate::state::{LabState, PodRecord, StateError};
+
+/// Where `ip netns add` puts namespace handles.
+pub const NETNS_DIR: &str = "/run/netns";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("lab {name} exists; run twill lab down --name {name}")]
+    Exists { name: String },
+    #[error("the CNI plugin {} does not exist: build it (`cargo build -p twill-cni`) or point --cni-bin / {} at it", bin.display(), runtime::CNI_BIN_ENV)]
+    PluginMissing { bin: PathBuf },
+    #[error("`{cmd}` failed: {detail}")]
+    Command { cmd: String, detail: String },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("lab {name} is not fully removed: {} still exist; remove them with `ip netns del` / `rm -r`", leftovers.join(", "))]
+    Leftovers { name: String, leftovers: Vec<String> },
+}
+
+/// Progress messages (`up`, `down`) go through this, so the CLI decides where they go.
+pub type Log<'a> = &'a dyn Fn(&str);
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LabError {
+    let what = what.into();
+    move |source| LabError::Io { what, source }
+}
+
+/// Runs `ip ARGS`, returning stdout; a failure carries ip's own message.
+pub fn ip(args: &[&str]) -> Result<String, LabError> {
+    let cmd = format!("ip {}", args.join(" "));
+    let out = Command::new("ip").args(args).output().map_err(io_err(format!("run `{cmd}` (is iproute2 installed?)")))?;
+    if !out.status.success() {
+        let detail = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        return Err(LabError::Command { cmd, detail });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Names of all namespaces `ip netns` knows (the files in /run/netns).
+pub fn list_netns() -> Result<Vec<String>, LabError> {
+    let entries = match std::fs::read_dir(NETNS_DIR) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(format!("list {NETNS_DIR}"))(e)),
+    };
+    let mut names: Vec<String> =
+        entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    Ok(names)
+}
+
+/// The namespaces that carry lab `name`'s prefix, whether or not its state knows them.
+pub fn lab_netns(name: &str) -> Result<Vec<String>, LabError> {
+    let prefix = plan::netns_prefix(name);
+    Ok(list_netns()?.into_iter().filter(|n| n.starts_with(&prefix)).collect())
+}
+
+pub fn netns_exists(netns: &str) -> bool {
+    Path::new(NETNS_DIR).join(netns).exists()
+}
+
+fn add_netns(state: &mut LabState, netns: &str) -> Result<(), LabError> {
+    ip(&["netns", "add", netns])?;
+    state.netns.push(netns.to_string());
+    state.save()?;
+    // A fresh namespace has only lo, and it is down.
+    ip(&["-n", netns, "link", "set", "lo", "up"])?;
+    Ok(())
+}
+
+fn set_ip_forward(netns: &str) -> Result<(), LabError> {
+    // /proc/sys/net is per namespace, resolved for the thread that opens it.
+    let ns = crate::probe::open_netns(netns).map_err(|e| LabError::Command {
+        cmd: format!("enable ip_forward in {netns}"),
+        detail: e.to_string(),
+    })?;
+    twill_netlink::run_in(&ns, || std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))
+        .map_err(|e| LabError::Command { cmd: format!("enable ip_forward in {netns}"), detail: e.to_string() })?
+        .map_err(io_err(format!("enable ip_forward in {netns}")))
+}
+
+fn wire_veth(v: &Veth) -> Result<(), LabError> {
+    // Both ends are created directly in their namespaces: nothing touches the root namespace.
+    ip(&["-n", &v.netns, "link", "add", &v.ifname, "type", "veth", "peer", "name", &v.peer_ifname, "netns", &v.peer_netns])?;
+    if let Some(a) = v.address {
+        ip(&["-n", &v.netns, "addr", "add", &a.to_string(), "dev", &v.ifname])?;
+    }
+    if let Some(a) = v.peer_address {
+        ip(&["-n", &v.peer_netns, "addr", "add", &a.to_string(), "dev", &v.peer_ifname])?;
+    }
+    if let Some(m) = &v.peer_master {
+        ip(&["-n", &v.peer_netns, "link", "set", &v.peer_ifname, "master", m])?;
+    }
+    ip(&["-n", &v.netns, "link", "set", &v.ifname, "up"])?;
+    ip(&["-n", &v.peer_netns, "link", "set", &v.peer_ifname, "up"])?;
+    Ok(())
+}
+
+/// Builds lab `spec` with plugin `cni_bin`. On any failure it removes what it made and
+/// returns the original error.
+pub fn up(spec: &LabSpec, cni_bin: &Path, log: Log) -> Result<LabState, LabError> {
+    let plan = plan::plan(spec)?;
+    if !cni_bin.is_file() {
+        return Err(LabError::PluginMissing { bin: cni_bin.to_path_buf() });
+    }
+    if plan.state_dir.exists() || !lab_netns(&plan.name)?.is_empty() {
+        return Err(LabError::Exists { name: plan.name });
+    }
+    std::fs::create_dir_all(&plan.state_dir).map_err(io_err(format!("create {}", plan.state_dir.display())))?;
+    let mut state = LabState::new(plan, cni_bin.to_path_buf());
+    if let Err(e) = state.save().map_err(LabError::from).and_then(|_| build(&mut state, log)) {
+        log(&format!("up failed ({e}); removing what was made"));
+        for w in teardown(&state, log) {
+            log(&format!("warning: {w}"));
+        }
+        return Err(e);
+    }
+    Ok(state)
+}
+
+fn build(state: &mut LabState, log: Log) -> Result<(), LabError> {
+    let plan = state.plan.clone();
+    log(&format!("namespaces: {}", plan.infra_netns().join(", ")));
+    for ns in plan.infra_netns() {
+        add_netns(state, ns)?;
+    }
+    for seg in &plan.segments {
+        log(&format!("underlay switch: bridge {} in {} for {}", seg.bridge, seg.netns, seg.subnet));
+        ip(&["-n", &seg.netns, "link", "add", &seg.bridge, "type", "bridge"])?;
+        ip(&["-n", &seg.netns, "link", "set", &seg.bridge, "up"])?;
+    }
+    for v in plan.veths() {
+        log(&format!("veth: {}:{} <-> {}:{}", v.netns, v.ifname, v.peer_netns, v.peer_ifname));
+        wire_veth(v)?;
+    }
+    set_ip_forward(&plan.router.netns)?;
+    let out = &plan.outside;
+    ip(&["-n", &out.netns, "route", "add", "default", "via", &out.gateway.to_string()])?;
+    for node in &plan.nodes {
+        log(&format!("node {}: {} on eth0, default via {}, pod subnet {}", node.short, node.address, node.gateway, node.pod_subnet));
+        ip(&["-n", &node.netns, "route", "add", "default", "via", &node.gateway.to_string()])?;
+        set_ip_forward(&node.netns)?;
+        std::fs::create_dir_all(&node.ipam_dir).map_err(io_err(format!("create {}", node.ipam_dir.display())))?;
+        let conflist = runtime::node_conflist(&plan, node);
+        let text = serde_json::to_string_pretty(&conflist).expect("conflist serializes");
+        std::fs::write(&node.conflist, text).map_err(io_err(format!("write {}", node.conflist.display())))?;
+        for pod in &node.pods {
+            add_pod(state, node, pod, &conflist)?;
+            let rec = state.pods.last().expect("just added");
+            log(&format!(
+                "pod {}: twill-cni ADD gave {}",
+                pod.short,
+                rec.address.map_or("no address".into(), |a| a.to_string())
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The runtime's part of "run a pod sandbox": make the namespace, then call the plugin.
+fn add_pod(state: &mut LabState, node: &NodePlan, pod: &PodPlan, conflist: &Value) -> Result<(), LabError> {
+    add_netns(state, &pod.netns)?;
+    // Recorded before ADD: a failed ADD still gets its DEL, as kubelet does.
+    state.pods.push(PodRecord {
+        short: pod.short.clone(),
+        node: node.index,
+        netns: pod.netns.clone(),
+        container_id: pod.container_id.clone(),
+        address: None,
+        result: None,
+    });
+    state.save()?;
+    let result = call_plugin(state, node, pod, conflist, CniCommand::Add, None)?;
+    let rec = state.pods.last_mut().expect("just pushed");
+    rec.address = result.as_ref().and_then(runtime::pod_address);
+    rec.result = result;
+    state.save()?;
+    Ok(())
+}
+
+fn call_plugin(
+    state: &LabState,
+    node: &NodePlan,
+    pod: &PodPlan,
+    conflist: &Value,
+    command: CniCommand,
+    prev_result: Option<&Value>,
+) -> Result<Option<Value>, LabError> {
+    let config = runtime::plugin_config(conflist, 0, &runtime::pod_capability_args(pod), prev_result)
+        .expect("the lab's conflist has one plugin");
+    let cni_path = state.cni_bin.parent().unwrap_or(Path::new("/"));
+    let env = runtime::plugin_env(command, &state.plan.name, pod, cni_path);
+    Ok(runtime::exec_plugin(&state.cni_bin, &node.netns, &env, &config, command, &pod.container_id)?)
+}
+
+/// Removes what `state` records: DEL for every pod (prevResult = its ADD result), recorded
+/// processes, namespaces (newest first), the state directory. Best effort: returns what
+/// could not be done instead of stopping.
+pub fn teardown(state: &LabState, log: Log) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let plan = &state.plan;
+    for rec in state.pods.iter().rev() {
+        let (Some(node), Some(pod)) = (plan.node(rec.node), plan.pods().find(|p| p.short == rec.short)) else {
+            warnings.push(format!("pod {} is not in the plan; not running DEL", rec.short));
+            continue;
+        };
+        if !netns_exists(&node.netns) {
+            continue;
+        }
+        let conflist = runtime::node_conflist(plan, node);
+        match call_plugin(state, node, pod, &conflist, CniCommand::Del, rec.result.as_ref()) {
+            Ok(_) => log(&format!("pod {}: twill-cni DEL done", rec.short)),
+            Err(e) => warnings.push(format!("DEL {}: {e}", rec.short)),
+        }
+    }
+    kill_recorded(&state.pids, &mut warnings);
+    for ns in state.netns.iter().rev() {
+        if netns_exists(ns) {
+            if let Err(e) = ip(&["netns", "del", ns]) {
+                warnings.push(e.to_string());
+            }
+        }
+    }
+    if plan.state_dir.exists() {
+        if let Err(e) = std::fs::remove_dir_all(&plan.state_dir) {
+            warnings.push(format!("remove {}: {e}", plan.state_dir.display()));
+        }
+    }
+    warnings
+}
+
+fn kill_recorded(pids: &[u32], warnings: &mut Vec<String>) {
+    for &pid in pids {
+        let pid = pid as libc::pid_t;
+        // SAFETY: kill(2) with a pid this lab recorded; no memory is involved.
+        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+            continue; // already gone
+        }
+        for _ in 0..50 {
+            if unsafe { libc::kill(pid, 0) } != 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if unsafe { libc::kill(pid, 0) } == 0 {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            warnings.push(format!("process {pid} ignored SIGTERM; killed"));
+        }
+    }
+}
+
+/// What `down` did.
+#[derive(Debug, Default)]
+pub struct DownReport {
+    /// Whether there was anything to remove.
+    pub found: bool,
+    /// Problems met on the way (all were worked around or are listed in an error).
+    pub warnings: Vec<String>,
+}
+
+/// Removes lab `name`: by its state if readable, then every namespace carrying its prefix
+/// (covers a partial or corrupt state). Succeeds only if nothing of the lab is left.
+pub fn down(name: &str, log: Log) -> Result<DownReport, LabError> {
+    plan::validate_name(name)?;
+    let dir = plan::state_dir(name);
+    let mut report = DownReport { found: dir.exists(), ..Default::default() };
+    match LabState::load(name, &dir) {
+        Ok(state) => report.warnings.extend(teardown(&state, log)),
+        Err(StateError::Missing { .. }) => {}
+        Err(e) => report.warnings.push(e.to_string()),
+    }
+    for ns in lab_netns(name)? {
+        report.found = true;
+        log(&format!("removing namespace {ns} (not in the lab's state)"));
+        if let Err(e) = ip(&["netns", "del", &ns]) {
+            report.warnings.push(e.to_string());
+        }
+    }
+    if dir.exists() {
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            report.warnings.push(format!("remove {}: {e}", dir.display()));
+        }
+    }
+    let mut leftovers = lab_netns(name)?;
+    if dir.exists() {
+        leftovers.push(dir.display().to_string());
+    }
+    if !leftovers.is_empty() {
+        return Err(LabError::Leftovers { name: name.into(), leftovers });
+    }
+    Ok(report)
+}
+
+/// Loads a running lab's state.
+pub fn load(name: &str) -> Result<LabState, LabError> {
+    plan::validate_name(name)?;
+    Ok(LabState::load(name, &plan::state_dir(name))?)
+}
+
+/// Runs `cmd` inside a lab member (`n1`, `n1-p2`, `rt`, `out`, `ul`) with the caller's stdio;
+/// returns its exit code (128 + signal if it was killed).
+pub fn exec(state: &LabState, target: &str, cmd: &[String]) -> Result<i32, LabError> {
+    let netns = state.plan.target_netns(target)?;
+    if !netns_exists(netns) {
+        return Err(LabError::Command {
+            cmd: format!("twill lab exec {target}"),
+            detail: format!("namespace {netns} does not exist (is the lab up?)"),
+        });
+    }
+    let status = Command::new("ip")
+        .args(["netns", "exec", netns])
+        .args(cmd)
+        .status()
+        .map_err(io_err("run ip netns exec"))?;
+    use std::os::unix::process::ExitStatusExt;
+    Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+

@@ -1,0 +1,575 @@
+//! The lab's plan: every namespace name, interface name, address and subnet, derived from the
+//! lab's name and size alone. Pure: `build` turns a plan into namespaces and links, `check`
+//! reads its expectations from it, and `state.json` stores it so that `down` removes exactly
+//! what `up` made.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+/// The lab name used when none is given.
+pub const DEFAULT_NAME: &str = "twllab";
+/// Every lab name (and so every namespace the lab makes) starts with this.
+pub const NAME_PREFIX: &str = "twl";
+/// Short enough that `<name>-n244` still fits an interface name (15 bytes).
+pub const MAX_NAME_LEN: usize = 8;
+/// The kernel's interface-name limit (IFNAMSIZ - 1).
+pub const MAX_IFNAME_LEN: usize = 15;
+/// The interface name twill-cni creates inside every pod (CNI_IFNAME).
+pub const POD_IFNAME: &str = "eth0";
+/// The node bridge twill-cni plugs pods into (the lab's cni0/docker0).
+pub const NODE_BRIDGE: &str = "twl0";
+/// The CNI network name in every node's conflist.
+pub const CNI_NETWORK: &str = "twill";
+/// Where lab state lives: `/run/<name>/`.
+pub const STATE_ROOT: &str = "/run";
+
+/// The most nodes one lab holds: node i takes underlay host .(10+i) and 10.244.i.0/24.
+pub const MAX_NODES: u16 = 200;
+/// The most pods per node: a /24 minus network, gateway and broadcast, with room to spare.
+pub const MAX_PODS_PER_NODE: u16 = 250;
+/// Segment subnets in order; a lab with 2 segments puts every other node behind the router.
+pub const SEGMENT_SUBNETS: [&str; 2] = ["192.0.2.0/24", "198.51.100.0/24"];
+/// The outside host's network, reached only through the router.
+pub const OUTSIDE_SUBNET: &str = "203.0.113.0/24";
+/// The cluster's pod network; node i gets 10.244.i.0/24 out of it.
+pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+
+/// Host ports every node maps to its first pod, and the container ports behind them.
+pub const HOST_PORT_TCP: u16 = 30080;
+pub const CONTAINER_PORT_TCP: u16 = 8080;
+pub const HOST_PORT_UDP: u16 = 30053;
+pub const CONTAINER_PORT_UDP: u16 = 5353;
+
+/// What the user asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LabSpec {
+    pub name: String,
+    pub nodes: u16,
+    pub pods_per_node: u16,
+    /// Underlay segments (1 or 2); the CLI builds 1 for now.
+    pub segments: u8,
+}
+
+impl Default for LabSpec {
+    fn default() -> Self {
+        LabSpec { name: DEFAULT_NAME.into(), nodes: 1, pods_per_node: 2, segments: 1 }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlanError {
+    #[error(
+        "lab name {0:?} is invalid: it must start with {NAME_PREFIX:?}, be at most {MAX_NAME_LEN} \
+         characters, and use only a-z and 0-9 (e.g. twllab)"
+    )]
+    BadName(String),
+    #[error("--nodes {0} is out of range: use 1 to {MAX_NODES}")]
+    BadNodeCount(u16),
+    #[error("--pods-per-node {0} is out of range: use 1 to {MAX_PODS_PER_NODE}")]
+    BadPodCount(u16),
+    #[error("{0} segments asked for: the lab has 1 or 2")]
+    BadSegmentCount(u8),
+    #[error("unknown lab member {0:?}: use a node (n1), a pod (n1-p2), rt, out or ul")]
+    UnknownTarget(String),
+}
+
+/// A veth pair: one end in `netns` (optionally addressed), the other in `peer_netns`
+/// (optionally enslaved to a bridge there, or addressed).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Veth {
+    pub netns: String,
+    pub ifname: String,
+    pub address: Option<Ipv4Net>,
+    pub peer_netns: String,
+    pub peer_ifname: String,
+    pub peer_address: Option<Ipv4Net>,
+    pub peer_master: Option<String>,
+}
+
+/// An underlay segment: an L2 switch (a bridge in its own namespace) with a subnet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentPlan {
+    pub netns: String,
+    pub bridge: String,
+    pub subnet: Ipv4Net,
+    /// The router's address on this segment: every node's default gateway.
+    pub gateway: Ipv4Addr,
+}
+
+/// The router: a leg into every segment and one towards the outside host. It forwards, but
+/// knows no route to the pod network, so pods only get out through their node's masquerade.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterPlan {
+    pub netns: String,
+    pub segment_legs: Vec<Veth>,
+    pub outside_leg: Veth,
+}
+
+/// The "outside" host (the internet, or clients of an external router).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostPlan {
+    pub netns: String,
+    pub ifname: String,
+    pub address: Ipv4Net,
+    pub gateway: Ipv4Addr,
+}
+
+/// A port mapping as CNI's `runtimeConfig.portMappings` spells it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortMapping {
+    pub host_port: u16,
+    pub container_port: u16,
+    pub protocol: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodPlan {
+    /// Short name used on the command line: `n1-p2`.
+    pub short: String,
+    pub node: u16,
+    pub index: u16,
+    pub netns: String,
+    /// CNI_CONTAINERID: what a runtime would use as the sandbox id.
+    pub container_id: String,
+    pub ifname: String,
+    pub port_mappings: Vec<PortMapping>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodePlan {
+    /// Short name used on the command line: `n1`.
+    pub short: String,
+    pub index: u16,
+    pub netns: String,
+    pub segment: usize,
+    /// The node's NIC: `eth0` in the node, its peer on the segment's bridge.
+    pub uplink: Veth,
+    pub address: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    pub pod_subnet: Ipv4Net,
+    /// The bridge's address in the pod subnet: every pod's default gateway.
+    pub pod_gateway: Ipv4Addr,
+    pub bridge: String,
+    pub dir: PathBuf,
+    pub conflist: PathBuf,
+    pub ipam_dir: PathBuf,
+    pub pods: Vec<PodPlan>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabPlan {
+    pub name: String,
+    pub state_dir: PathBuf,
+    pub cluster_cidr: Ipv4Net,
+    pub segments: Vec<SegmentPlan>,
+    pub router: RouterPlan,
+    pub outside: HostPlan,
+    pub nodes: Vec<NodePlan>,
+}
+
+/// Checks a lab name: `twl` + up to 5 of a-z, 0-9. No `-`, so that one lab's namespace prefix
+/// (`<name>-`) can never match another lab's namespaces.
+pub fn validate_name(name: &str) -> Result<(), PlanError> {
+    let ok = name.starts_with(NAME_PREFIX)
+        && name.len() <= MAX_NAME_LEN
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(PlanError::BadName(name.to_string()))
+    }
+}
+
+/// The prefix of every namespace this lab makes.
+pub fn netns_prefix(name: &str) -> String {
+    format!("{name}-")
+}
+
+/// The state directory of a lab.
+pub fn state_dir(name: &str) -> PathBuf {
+    PathBuf::from(STATE_ROOT).join(name)
+}
+
+fn net(s: &str) -> Ipv4Net {
+    s.parse().expect("built-in subnet constant parses")
+}
+
+/// The `n`th host address of `subnet` with the subnet's prefix length.
+fn host(subnet: Ipv4Net, n: u32) -> Ipv4Net {
+    let addr = Ipv4Addr::from(u32::from(subnet.network()) + n);
+    Ipv4Net::new(addr, subnet.prefix_len()).expect("prefix from a valid subnet")
+}
+
+/// Derives the whole lab from the spec.
+pub fn plan(spec: &LabSpec) -> Result<LabPlan, PlanError> {
+    validate_name(&spec.name)?;
+    if spec.nodes == 0 || spec.nodes > MAX_NODES {
+        return Err(PlanError::BadNodeCount(spec.nodes));
+    }
+    if spec.pods_per_node == 0 || spec.pods_per_node > MAX_PODS_PER_NODE {
+        return Err(PlanError::BadPodCount(spec.pods_per_node));
+    }
+    if spec.segments == 0 || spec.segments as usize > SEGMENT_SUBNETS.len() {
+        return Err(PlanError::BadSegmentCount(spec.segments));
+    }
+    let name = spec.name.as_str();
+    let state_dir = state_dir(name);
+    let cluster_cidr = net(CLUSTER_CIDR);
+
+    let segments: Vec<SegmentPlan> = (0..spec.segments as usize)
+        .map(|s| {
+            let subnet = net(SEGMENT_SUBNETS[s]);
+            // Segment 1 keeps the plain `-ul`; a second one is `-ul2`.
+            let suffix = if s == 0 { String::new() } else { (s + 1).to_string() };
+            SegmentPlan {
+                netns: format!("{name}-ul{suffix}"),
+                bridge: format!("{name}-br{suffix}"),
+                subnet,
+                gateway: host(subnet, 1).addr(),
+            }
+        })
+        .collect();
+
+    let router_netns = format!("{name}-rt");
+    let outside_netns = format!("{name}-out");
+    let outside_net = net(OUTSIDE_SUBNET);
+    let segment_legs = segments
+        .iter()
+        .enumerate()
+        .map(|(s, seg)| Veth {
+            netns: router_netns.clone(),
+            ifname: format!("eth{s}"),
+            address: Some(host(seg.subnet, 1)),
+            peer_netns: seg.netns.clone(),
+            peer_ifname: format!("{name}-rt"),
+            peer_address: None,
+            peer_master: Some(seg.bridge.clone()),
+        })
+        .collect();
+    let outside_leg = Veth {
+        netns: router_netns.clone(),
+        ifname: format!("eth{}", segments.len()),
+        address: Some(host(outside_net, 1)),
+        peer_netns: outside_netns.clone(),
+        peer_ifname: "eth0".into(),
+        peer_address: Some(host(outside_net, 10)),
+        peer_master: None,
+    };
+    let router = RouterPlan { netns: router_netns, segment_legs, outside_leg };
+    let outside = HostPlan {
+        netns: outside_netns,
+        ifname: "eth0".into(),
+        address: host(outside_net, 10),
+        gateway: host(outside_net, 1).addr(),
+    };
+
+    let nodes = (1..=spec.nodes)
+        .map(|i| {
+            let segment = (i as usize - 1) % segments.len();
+            let seg = &segments[segment];
+            let netns = format!("{name}-n{i}");
+            let address = host(seg.subnet, 10 + i as u32);
+            let pod_subnet = Ipv4Net::new(Ipv4Addr::new(10, 244, i as u8, 0), 24)
+                .expect("a /24 is a valid prefix");
+            let dir = state_dir.join(format!("n{i}"));
+            let pods = (1..=spec.pods_per_node)
+                .map(|j| PodPlan {
+                    short: format!("n{i}-p{j}"),
+                    node: i,
+                    index: j,
+                    netns: format!("{name}-n{i}-p{j}"),
+                    container_id: format!("{name}-n{i}-p{j}"),
+                    ifname: POD_IFNAME.into(),
+                    port_mappings: if j == 1 { first_pod_port_mappings() } else { Vec::new() },
+                })
+                .collect();
+            NodePlan {
+                short: format!("n{i}"),
+                index: i,
+                uplink: Veth {
+                    netns: netns.clone(),
+                    ifname: "eth0".into(),
+                    address: Some(address),
+                    peer_netns: seg.netns.clone(),
+                    peer_ifname: format!("{name}-n{i}"),
+                    peer_address: None,
+                    peer_master: Some(seg.bridge.clone()),
+                },
+                netns,
+                segment,
+                address,
+                gateway: seg.gateway,
+                pod_subnet,
+                pod_gateway: host(pod_subnet, 1).addr(),
+                bridge: NODE_BRIDGE.into(),
+                conflist: dir.join("10-twill.conflist"),
+                ipam_dir: dir.join("ipam"),
+                dir,
+                pods,
+            }
+        })
+        .collect();
+
+    Ok(LabPlan {
+        name: name.to_string(),
+        state_dir,
+        cluster_cidr,
+        segments,
+        router,
+        outside,
+        nodes,
+    })
+}
+
+/// Pod 1 of every node publishes a TCP and a UDP port on the node, like a NodePort/hostPort.
+pub fn first_pod_port_mappings() -> Vec<PortMapping> {
+    vec![
+        PortMapping {
+            host_port: HOST_PORT_TCP,
+            container_port: CONTAINER_PORT_TCP,
+            protocol: "tcp".into(),
+        },
+        PortMapping {
+            host_port: HOST_PORT_UDP,
+            container_port: CONTAINER_PORT_UDP,
+            protocol: "udp".into(),
+        },
+    ]
+}
+
+impl LabPlan {
+    /// The infrastructure namespaces (segments, router, outside, nodes) in creation order;
+    /// pods come after, made one by one as a runtime would.
+    pub fn infra_netns(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.segments.iter().map(|s| s.netns.as_str()).collect();
+        v.push(&self.router.netns);
+        v.push(&self.outside.netns);
+        v.extend(self.nodes.iter().map(|n| n.netns.as_str()));
+        v
+    }
+
+    /// Every namespace of the lab, pods last.
+    pub fn all_netns(&self) -> Vec<&str> {
+        let mut v = self.infra_netns();
+        v.extend(self.pods().map(|p| p.netns.as_str()));
+        v
+    }
+
+    /// Every veth pair the builder makes (pod veths are twill-cni's).
+    pub fn veths(&self) -> Vec<&Veth> {
+        let mut v: Vec<&Veth> = self.router.segment_legs.iter().collect();
+        v.push(&self.router.outside_leg);
+        v.extend(self.nodes.iter().map(|n| &n.uplink));
+        v
+    }
+
+    pub fn pods(&self) -> impl Iterator<Item = &PodPlan> {
+        self.nodes.iter().flat_map(|n| n.pods.iter())
+    }
+
+    pub fn node(&self, index: u16) -> Option<&NodePlan> {
+        self.nodes.iter().find(|n| n.index == index)
+    }
+
+    /// Resolves a command-line member name (`n1`, `n1-p2`, `rt`, `out`, `ul`, `ul2`) to its
+    /// namespace.
+    pub fn target_netns(&self, target: &str) -> Result<&str, PlanError> {
+        let unknown = || PlanError::UnknownTarget(target.to_string());
+        match target {
+            "rt" => return Ok(&self.router.netns),
+            "out" => return Ok(&self.outside.netns),
+            _ => {}
+        }
+        if let Some(seg) = self.segments.iter().find(|s| {
+            s.netns.strip_prefix(&netns_prefix(&self.name)) == Some(target)
+        }) {
+            return Ok(&seg.netns);
+        }
+        if let Some(n) = self.nodes.iter().find(|n| n.short == target) {
+            return Ok(&n.netns);
+        }
+        self.pods().find(|p| p.short == target).map(|p| p.netns.as_str()).ok_or_else(unknown)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(nodes: u16, pods: u16, segments: u8) -> LabSpec {
+        LabSpec { name: "twllab".into(), nodes, pods_per_node: pods, segments }
+    }
+
+    #[test]
+    fn names_are_checked() {
+        for ok in ["twl", "twllab", "twl12345", "twla1"] {
+            assert_eq!(validate_name(ok), Ok(()), "{ok}");
+        }
+        for bad in ["lab", "twl-ab", "twlLab", "twl123456", "", "tw", "twl_a", "twl a"] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+        let err = plan(&LabSpec { name: "mylab".into(), ..LabSpec::default() }).unwrap_err();
+        assert!(err.to_string().contains("must start with \"twl\""), "{err}");
+    }
+
+    #[test]
+    fn sizes_are_checked() {
+        assert_eq!(plan(&spec(0, 1, 1)).unwrap_err(), PlanError::BadNodeCount(0));
+        assert_eq!(plan(&spec(201, 1, 1)).unwrap_err(), PlanError::BadNodeCount(201));
+        assert_eq!(plan(&spec(1, 0, 1)).unwrap_err(), PlanError::BadPodCount(0));
+        assert_eq!(plan(&spec(1, 251, 1)).unwrap_err(), PlanError::BadPodCount(251));
+        assert_eq!(plan(&spec(1, 1, 0)).unwrap_err(), PlanError::BadSegmentCount(0));
+        assert_eq!(plan(&spec(1, 1, 3)).unwrap_err(), PlanError::BadSegmentCount(3));
+        assert!(plan(&spec(MAX_NODES, MAX_PODS_PER_NODE, 2)).is_ok());
+    }
+
+    #[test]
+    fn one_node_lab_matches_the_documented_topology() {
+        let p = plan(&spec(1, 3, 1)).unwrap();
+        assert_eq!(p.state_dir, PathBuf::from("/run/twllab"));
+        assert_eq!(p.cluster_cidr.to_string(), "10.244.0.0/16");
+        assert_eq!(p.segments.len(), 1);
+        let ul = &p.segments[0];
+        assert_eq!((ul.netns.as_str(), ul.bridge.as_str()), ("twllab-ul", "twllab-br"));
+        assert_eq!(ul.subnet.to_string(), "192.0.2.0/24");
+        assert_eq!(ul.gateway, Ipv4Addr::new(192, 0, 2, 1));
+
+        assert_eq!(p.router.netns, "twllab-rt");
+        let leg = &p.router.segment_legs[0];
+        assert_eq!(leg.address.unwrap().to_string(), "192.0.2.1/24");
+        assert_eq!((leg.peer_netns.as_str(), leg.peer_ifname.as_str()), ("twllab-ul", "twllab-rt"));
+        assert_eq!(leg.peer_master.as_deref(), Some("twllab-br"));
+        let out = &p.router.outside_leg;
+        assert_eq!(out.address.unwrap().to_string(), "203.0.113.1/24");
+        assert_eq!(out.peer_address.unwrap().to_string(), "203.0.113.10/24");
+        assert_eq!(out.peer_netns, "twllab-out");
+        assert_eq!(p.outside.address.to_string(), "203.0.113.10/24");
+        assert_eq!(p.outside.gateway, Ipv4Addr::new(203, 0, 113, 1));
+
+        let n = &p.nodes[0];
+        assert_eq!((n.short.as_str(), n.netns.as_str()), ("n1", "twllab-n1"));
+        assert_eq!(n.address.to_string(), "192.0.2.11/24");
+        assert_eq!(n.gateway, Ipv4Addr::new(192, 0, 2, 1));
+        assert_eq!(n.uplink.ifname, "eth0");
+        assert_eq!(n.uplink.peer_ifname, "twllab-n1");
+        assert_eq!(n.uplink.peer_master.as_deref(), Some("twllab-br"));
+        assert_eq!(n.pod_subnet.to_string(), "10.244.1.0/24");
+        assert_eq!(n.pod_gateway, Ipv4Addr::new(10, 244, 1, 1));
+        assert_eq!(n.bridge, "twl0");
+        assert_eq!(n.conflist, PathBuf::from("/run/twllab/n1/10-twill.conflist"));
+        assert_eq!(n.ipam_dir, PathBuf::from("/run/twllab/n1/ipam"));
+
+        let pods: Vec<_> = p.pods().map(|p| p.netns.as_str()).collect();
+        assert_eq!(pods, ["twllab-n1-p1", "twllab-n1-p2", "twllab-n1-p3"]);
+        assert_eq!(n.pods[0].port_mappings, first_pod_port_mappings());
+        assert!(n.pods[1].port_mappings.is_empty() && n.pods[2].port_mappings.is_empty());
+        assert_eq!(n.pods[1].container_id, "twllab-n1-p2");
+        assert_eq!(n.pods[1].ifname, "eth0");
+
+        assert_eq!(
+            p.all_netns(),
+            [
+                "twllab-ul",
+                "twllab-rt",
+                "twllab-out",
+                "twllab-n1",
+                "twllab-n1-p1",
+                "twllab-n1-p2",
+                "twllab-n1-p3"
+            ]
+        );
+        assert_eq!(p.veths().len(), 3);
+    }
+
+    #[test]
+    fn port_mappings_serialize_as_cni_spells_them() {
+        let v = serde_json::to_value(first_pod_port_mappings()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!([
+                {"hostPort": 30080, "containerPort": 8080, "protocol": "tcp"},
+                {"hostPort": 30053, "containerPort": 5353, "protocol": "udp"}
+            ])
+        );
+    }
+
+    #[test]
+    fn n_nodes_get_distinct_addresses_and_subnets() {
+        let p = plan(&LabSpec { name: "twl12345".into(), ..spec(MAX_NODES, 2, 1) }).unwrap();
+        let mut addrs = std::collections::HashSet::new();
+        let mut subnets = std::collections::HashSet::new();
+        for n in &p.nodes {
+            assert!(addrs.insert(n.address.addr()), "duplicate {}", n.address);
+            assert!(subnets.insert(n.pod_subnet), "duplicate {}", n.pod_subnet);
+            assert!(p.segments[n.segment].subnet.contains(&n.address.addr()));
+            assert!(p.cluster_cidr.contains(&n.pod_subnet));
+            assert!(n.pod_subnet.contains(&n.pod_gateway));
+            assert_ne!(n.address.addr(), p.segments[n.segment].gateway);
+            assert_ne!(n.address.addr(), n.address.broadcast());
+        }
+        assert_eq!(p.nodes[199].address.to_string(), "192.0.2.210/24");
+        assert_eq!(p.nodes[199].pod_subnet.to_string(), "10.244.200.0/24");
+    }
+
+    #[test]
+    fn interface_names_fit_the_kernel_limit() {
+        // The longest name with the most nodes and segments.
+        let p = plan(&LabSpec { name: "twl12345".into(), ..spec(MAX_NODES, 1, 2) }).unwrap();
+        let mut names: Vec<&str> = vec![NODE_BRIDGE, POD_IFNAME];
+        for v in p.veths() {
+            names.push(&v.ifname);
+            names.push(&v.peer_ifname);
+            names.extend(v.peer_master.as_deref());
+        }
+        names.extend(p.segments.iter().map(|s| s.bridge.as_str()));
+        for n in names {
+            assert!(n.len() <= MAX_IFNAME_LEN, "{n} is {} bytes", n.len());
+        }
+        // Every namespace carries the lab's prefix, so `down` can find leftovers by name.
+        for ns in p.all_netns() {
+            assert!(ns.starts_with("twl12345-"), "{ns}");
+        }
+    }
+
+    #[test]
+    fn two_segments_alternate_nodes_and_the_router_joins_both() {
+        let p = plan(&spec(4, 1, 2)).unwrap();
+        assert_eq!(p.segments[1].netns, "twllab-ul2");
+        assert_eq!(p.segments[1].subnet.to_string(), "198.51.100.0/24");
+        assert_eq!(p.segments[1].gateway, Ipv4Addr::new(198, 51, 100, 1));
+        let segs: Vec<usize> = p.nodes.iter().map(|n| n.segment).collect();
+        assert_eq!(segs, [0, 1, 0, 1]);
+        assert_eq!(p.nodes[1].address.to_string(), "198.51.100.12/24");
+        assert_eq!(p.nodes[1].gateway, Ipv4Addr::new(198, 51, 100, 1));
+        assert_eq!(p.nodes[1].uplink.peer_netns, "twllab-ul2");
+        assert_eq!(p.router.segment_legs.len(), 2);
+        assert_eq!(p.router.segment_legs[1].ifname, "eth1");
+        assert_eq!(p.router.segment_legs[1].address.unwrap().to_string(), "198.51.100.1/24");
+        assert_eq!(p.router.outside_leg.ifname, "eth2");
+    }
+
+    #[test]
+    fn targets_resolve_to_namespaces() {
+        let p = plan(&spec(2, 2, 2)).unwrap();
+        assert_eq!(p.target_netns("n1").unwrap(), "twllab-n1");
+        assert_eq!(p.target_netns("n2-p2").unwrap(), "twllab-n2-p2");
+        assert_eq!(p.target_netns("rt").unwrap(), "twllab-rt");
+        assert_eq!(p.target_netns("out").unwrap(), "twllab-out");
+        assert_eq!(p.target_netns("ul").unwrap(), "twllab-ul");
+        assert_eq!(p.target_netns("ul2").unwrap(), "twllab-ul2");
+        for bad in ["n3", "n1-p3", "twllab-n1", "x", ""] {
+            assert_eq!(p.target_netns(bad), Err(PlanError::UnknownTarget(bad.into())));
+        }
+    }
+
+    #[test]
+    fn plan_round_trips_through_json() {
+        let p = plan(&spec(2, 2, 1)).unwrap();
+        let back: LabPlan = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        assert_eq!(back, p);
+    }
+}

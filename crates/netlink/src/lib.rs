@@ -1,0 +1,21 @@
+//! rtnetlink without a runtime or a netlink crate: a pure message codec ([`codec`]), one
+//! blocking socket per network namespace ([`socket`]), namespace handles ([`netns`]), the
+//! link/address/route operations Twill needs ([`route`]) and per-namespace sysctls
+//! ([`sysctl`]).
+//!
+//! A socket keeps the namespace it was created in, so the caller's thread never has to move:
+//! [`Socket::new_in`] and [`Handle::new_in`] create their socket on a short-lived helper thread
+//! that entered the namespace.
+
+pub mod codec;
+mod error;
+pub mod netns;
+pub mod route;
+pub mod socket;
+pub mod sysctl;
+
+pub use error::Error;
+pub use netns::{run_in, Netns};
+pub use route::{Handle, Link, Route};
+pub use socket::Socket;
+pub use sysctl::{get_sysctl, set_sysctl};

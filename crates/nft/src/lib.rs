@@ -1,0 +1,228 @@
+//! Twill's nftables table on a node (`table ip twill`): masquerade for pod traffic leaving
+//! the cluster, and host-port DNAT (Docker's `-p`, CNI's `portmap`).
+//!
+//! - [`ruleset`] (pure): the table's sets, maps, chains and rules as `nft -f` script text.
+//! - [`apply`] (I/O): applies a script with `nft -f -`, one atomic transaction; used once per
+//!   network, off the hot path.
+//! - [`elements`] (pure encoders) and [`Table`] (I/O): per-pod set and map elements sent as
+//!   one nfnetlink batch, no subprocess. Pods only ever add or remove elements, so the cost
+//!   of adding one pod does not grow with the number of mappings present.
+
+pub mod apply;
+pub mod elements;
+pub mod ruleset;
+
+use std::net::Ipv4Addr;
+
+use twill_netlink::{Netns, Socket};
+
+pub use apply::apply_script;
+pub use ruleset::{base_script, network_script, NetworkRules, PortMapping, Protocol};
+
+/// Every failure of this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the nft command was not found: install nftables (apt-get install nftables)")]
+    NftMissing,
+
+    #[error("cannot run nft: {0}")]
+    NftSpawn(std::io::Error),
+
+    #[error("nft rejected the rule set ({status}): {stderr}")]
+    NftFailed { status: String, stderr: String },
+
+    /// A host port of the pod is already mapped on this node; nothing of the pod was added.
+    #[error("host port {} is already taken{}: choose another host port or remove the pod holding it; nothing of this pod was added", taken_port(mapping), holder.map(|(ip, port)| format!(" (forwarded to {ip}:{port})")).unwrap_or_default())]
+    HostPortTaken {
+        mapping: PortMapping,
+        /// Where the existing mapping forwards to, if it could be read.
+        holder: Option<(Ipv4Addr, u16)>,
+    },
+
+    /// Two mappings of one pod claim the same host port.
+    #[error("host port {} is listed twice in the pod's port mappings: remove the duplicate", taken_port(.0))]
+    DuplicateMapping(PortMapping),
+
+    /// The table or one of its sets is missing (ENOENT from the kernel).
+    #[error("Twill's nftables table (table ip twill) or its sets are missing in this network namespace: run Table::ensure_network (twilld does at start) before adding pods ({0})")]
+    TableMissing(twill_netlink::Error),
+
+    #[error("nftables over netlink: {0}")]
+    Netlink(#[from] twill_netlink::Error),
+}
+
+fn taken_port(m: &PortMapping) -> String {
+    match m.host_ip {
+        Some(ip) => format!("{ip}:{}/{}", m.host_port, m.protocol),
+        None => format!("{}/{} (all addresses)", m.host_port, m.protocol),
+    }
+}
+
+/// Twill's table in one network namespace, driven over a NETLINK_NETFILTER socket.
+pub struct Table {
+    socket: Socket,
+    /// The namespace `ensure_network` runs nft in; `None`: the thread that calls it.
+    netns: Option<Netns>,
+}
+
+impl Table {
+    /// The table of the calling thread's network namespace.
+    pub fn new() -> Result<Table, Error> {
+        Ok(Table {
+            socket: Socket::new(libc::NETLINK_NETFILTER)?,
+            netns: None,
+        })
+    }
+
+    /// The table of namespace `ns`, whatever namespace the caller's thread is in.
+    pub fn new_in(ns: &Netns) -> Result<Table, Error> {
+        let socket = Socket::new_in(libc::NETLINK_NETFILTER, ns)?;
+        // Our own handle on the namespace, for running nft there later: reopen it through
+        // the fd, which stays valid whatever path the caller used.
+        let fd = ns
+            .fd()
+            .try_clone_to_owned()
+            .map_err(|source| twill_netlink::Error::Io {
+                op: "duplicate the namespace descriptor".into(),
+                source,
+            })?;
+        let own = Netns::open(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&fd)
+        ))?;
+        Ok(Table {
+            socket,
+            netns: Some(own),
+        })
+    }
+
+    /// Whether the network with this gateway has its elements installed (its marker is in
+    /// `networks`). False also when the table or the set is missing.
+    pub fn network_ready(&mut self, gateway: Ipv4Addr) -> Result<bool, Error> {
+        self.element_data(&elements::network_marker_element(gateway))
+            .map(|d| d.is_some())
+    }
+
+    /// Installs the table and the network's elements unless its marker shows they are
+    /// there: the first pod of a network pays for one `nft -f`, later pods one netlink
+    /// lookup.
+    pub fn ensure_network(&mut self, net: &NetworkRules) -> Result<(), Error> {
+        if self.network_ready(net.gateway)? {
+            return Ok(());
+        }
+        let script = ruleset::network_script(net);
+        match &self.netns {
+            None => apply_script(&script),
+            Some(ns) => twill_netlink::run_in(ns, || apply_script(&script))?,
+        }
+    }
+
+    /// Adds a pod in one transaction: its `masq_pods` element when `masquerade`, and its
+    /// host-port mappings. A host port already taken fails the whole batch, with
+    /// [`Error::HostPortTaken`] naming it; nothing of the pod is left behind.
+    pub fn add_pod(
+        &mut self,
+        ip: Ipv4Addr,
+        masquerade: bool,
+        mappings: &[PortMapping],
+    ) -> Result<(), Error> {
+        for (i, m) in mappings.iter().enumerate() {
+            if mappings[..i]
+                .iter()
+                .any(|o| elements::mapping_key(o) == elements::mapping_key(m))
+            {
+                return Err(Error::DuplicateMapping(*m));
+            }
+        }
+        match self
+            .socket
+            .send_batch(elements::add_pod_batch(ip, masquerade, mappings))
+        {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_exists() => Err(self
+                .which_port_is_taken(mappings)
+                .unwrap_or(Error::Netlink(e))),
+            Err(e) if e.is_not_found() => Err(Error::TableMissing(e)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Removes a pod's `masq_pods` element and those of `mappings` that still forward to
+    /// this pod, in one transaction. Absent elements (or table) are fine: DEL may repeat.
+    ///
+    /// A mapping whose host port now forwards elsewhere is left alone: after a failed ADD
+    /// (port taken), the runtime's DEL must not remove the other pod's mapping. The check
+    /// and the delete are two steps; a port re-taken in between by another pod with the
+    /// same address and port would be removed, which needs that address to be reused first.
+    pub fn remove_pod(&mut self, ip: Ipv4Addr, mappings: &[PortMapping]) -> Result<(), Error> {
+        let mut ours = Vec::with_capacity(mappings.len());
+        for m in mappings {
+            let element = elements::mapping_element(m);
+            if self.element_data(&element)? == element.data {
+                ours.push(*m);
+            }
+        }
+        match self
+            .socket
+            .send_batch(elements::remove_pod_batch(ip, &ours))
+        {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether `mapping` is installed exactly (same host port, forwarding to the same
+    /// pod address and port).
+    pub fn has_mapping(&mut self, mapping: &PortMapping) -> Result<bool, Error> {
+        let element = elements::mapping_element(mapping);
+        Ok(self.element_data(&element)? == element.data)
+    }
+
+    /// Whether `ip` is in `masq_pods`.
+    pub fn is_masqueraded(&mut self, ip: Ipv4Addr) -> Result<bool, Error> {
+        Ok(self
+            .element_data(&elements::masq_pod_element(ip))?
+            .is_some())
+    }
+
+    /// Looks one element up: `Some(data)` if present (empty for a plain set), `None` if the
+    /// element, its set or the table is absent.
+    fn element_data(&mut self, element: &elements::SetElement) -> Result<Option<Vec<u8>>, Error> {
+        match self.socket.request(elements::get_element_request(element)) {
+            Ok(replies) => Ok(Some(
+                replies
+                    .iter()
+                    .find_map(|r| elements::reply_element_data(r))
+                    .unwrap_or_default(),
+            )),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// After EEXIST: the first mapping whose key is present, with where it forwards to.
+    fn which_port_is_taken(&mut self, mappings: &[PortMapping]) -> Option<Error> {
+        for m in mappings {
+            let (set, key) = elements::mapping_key(m);
+            let probe = elements::SetElement {
+                set,
+                key,
+                data: None,
+            };
+            if let Ok(Some(data)) = self.element_data(&probe) {
+                let holder = (data.len() >= 6).then(|| {
+                    (
+                        Ipv4Addr::new(data[0], data[1], data[2], data[3]),
+                        u16::from_be_bytes([data[4], data[5]]),
+                    )
+                });
+                return Some(Error::HostPortTaken {
+                    mapping: *m,
+                    holder,
+                });
+            }
+        }
+        None
+    }
+}

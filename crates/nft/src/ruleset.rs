@@ -1,0 +1,333 @@
+//! The rule set of Twill's nftables table, as `nft -f` script text. Pure: no I/O.
+//!
+//! Per-pod state (which pods are masqueraded, which host ports map where) lives only in
+//! set and map elements, so the rules never change when pods come and go, and adding one
+//! pod's elements costs the same with 10 or 10,000 present (hash lookups, no rule walk).
+
+use std::fmt::{self, Write as _};
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use ipnet::Ipv4Net;
+
+/// The table's family and name: `table ip twill`.
+pub const FAMILY: &str = "ip";
+pub const TABLE: &str = "twill";
+
+/// Addresses of pods whose network has `ipMasq`.
+pub const SET_MASQ_PODS: &str = "masq_pods";
+/// Destinations never masqueraded: pod-to-pod traffic keeps its source.
+pub const SET_CLUSTER_CIDRS: &str = "cluster_cidrs";
+/// This node's pod subnets, for hairpin masquerade.
+pub const SET_LOCAL_SUBNETS: &str = "local_subnets";
+/// Marker: the gateway address of each network whose elements are installed.
+pub const SET_NETWORKS: &str = "networks";
+/// `hostIP . proto . hostPort : podIP . podPort`, mappings bound to one host address.
+pub const MAP_HOSTPORTS_IP: &str = "hostports_ip";
+/// `proto . hostPort : podIP . podPort`, mappings on every local address.
+pub const MAP_HOSTPORTS_ANY: &str = "hostports_any";
+
+/// A transport protocol a host port can be mapped for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    /// The IP protocol number (`meta l4proto`).
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+            Protocol::Sctp => 132,
+        }
+    }
+
+    /// The name nft and CNI use: `tcp`, `udp`, `sctp`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The protocol name was none of tcp, udp, sctp.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown port-mapping protocol {0:?}: use tcp, udp or sctp")]
+pub struct UnknownProtocol(pub String);
+
+impl FromStr for Protocol {
+    type Err = UnknownProtocol;
+
+    /// Case-insensitive, as CNI's `portMappings[].protocol` is in practice.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "tcp" => Ok(Protocol::Tcp),
+            "udp" => Ok(Protocol::Udp),
+            "sctp" => Ok(Protocol::Sctp),
+            _ => Err(UnknownProtocol(s.to_string())),
+        }
+    }
+}
+
+/// One host port forwarded to a pod (Docker's `-p`, CNI's `portMappings`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PortMapping {
+    /// `None` (or 0.0.0.0 in CNI terms): every local address of the node.
+    pub host_ip: Option<Ipv4Addr>,
+    pub host_port: u16,
+    pub container_ip: Ipv4Addr,
+    pub container_port: u16,
+    pub protocol: Protocol,
+}
+
+impl fmt::Display for PortMapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.host_ip {
+            Some(ip) => write!(f, "{ip}:{}/{}", self.host_port, self.protocol)?,
+            None => write!(f, "*:{}/{}", self.host_port, self.protocol)?,
+        }
+        write!(f, " -> {}:{}", self.container_ip, self.container_port)
+    }
+}
+
+/// What one pod network needs in the table besides per-pod elements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkRules {
+    /// The bridge's address; also the network's marker element in `networks`.
+    pub gateway: Ipv4Addr,
+    /// This node's pod subnet on the network.
+    pub subnet: Ipv4Net,
+    /// Destinations pods reach without NAT (the cluster's pod CIDRs).
+    pub cluster_cidrs: Vec<Ipv4Net>,
+    /// Whether the network masquerades its pods' outgoing traffic (`ipMasq`); the per-pod
+    /// `masq_pods` element is what applies it, this only documents the intent.
+    pub masquerade: bool,
+}
+
+/// The table, its sets, maps and chains, and exactly one copy of each rule.
+///
+/// Idempotent and safe to run concurrently: `add` of an existing table, set or chain with
+/// the same definition is a no-op and keeps set elements; each chain is flushed and refilled
+/// inside the same script, and one script is one kernel transaction (transactions are
+/// serialised), so any number of concurrent runs leave one copy of each rule.
+///
+/// No `forward` filter chain: NAT chains see only a connection's first packet and
+/// conntrack translates the rest, and with no drop policy anywhere forwarding already
+/// passes; an `accept` here could not override another table's `drop` anyway.
+pub fn base_script() -> String {
+    let t = format!("{FAMILY} {TABLE}");
+    let mut s = String::new();
+    let mut line = |l: String| {
+        s.push_str(&l);
+        s.push('\n');
+    };
+    line(format!("add table {t}"));
+    line(format!("add set {t} {SET_MASQ_PODS} {{ type ipv4_addr; }}"));
+    // auto-merge: networks sharing or nesting cluster CIDRs add overlapping intervals,
+    // which a plain interval set rejects ("interval overlaps").
+    line(format!(
+        "add set {t} {SET_CLUSTER_CIDRS} {{ type ipv4_addr; flags interval; auto-merge; }}"
+    ));
+    line(format!(
+        "add set {t} {SET_LOCAL_SUBNETS} {{ type ipv4_addr; flags interval; auto-merge; }}"
+    ));
+    line(format!("add set {t} {SET_NETWORKS} {{ type ipv4_addr; }}"));
+    line(format!(
+        "add map {t} {MAP_HOSTPORTS_IP} {{ type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }}"
+    ));
+    line(format!(
+        "add map {t} {MAP_HOSTPORTS_ANY} {{ type inet_proto . inet_service : ipv4_addr . inet_service; }}"
+    ));
+    line(format!(
+        "add chain {t} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}"
+    ));
+    // Locally generated connections to a host port (curl node_ip:port, 127.0.0.1:port).
+    line(format!(
+        "add chain {t} output {{ type nat hook output priority -100; policy accept; }}"
+    ));
+    line(format!("add chain {t} hostports"));
+    line(format!(
+        "add chain {t} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}"
+    ));
+    for (chain, rules) in chain_rules() {
+        line(format!("flush chain {t} {chain}"));
+        for rule in rules {
+            line(format!("add rule {t} {chain} {rule}"));
+        }
+    }
+    s
+}
+
+/// Each of our chains with its rules, in order (what `base_script` installs).
+pub fn chain_rules() -> [(&'static str, Vec<String>); 4] {
+    [
+        (
+            "prerouting",
+            vec!["fib daddr type local jump hostports".to_string()],
+        ),
+        ("output", vec!["fib daddr type local jump hostports".to_string()]),
+        (
+            "hostports",
+            vec![
+                format!("dnat ip to ip daddr . meta l4proto . th dport map @{MAP_HOSTPORTS_IP}"),
+                format!("dnat ip to meta l4proto . th dport map @{MAP_HOSTPORTS_ANY}"),
+            ],
+        ),
+        (
+            "postrouting",
+            vec![
+                // 127.0.0.1:hostPort -> pod: the pod cannot answer 127.0.0.1 (needs
+                // route_localnet=1, which the CNI plugin sets).
+                "ct status dnat ip saddr 127.0.0.0/8 masquerade".to_string(),
+                // Hairpin: the pod would answer a neighbour (or itself) straight over the
+                // bridge, bypassing the reverse DNAT.
+                format!(
+                    "ct status dnat ip saddr @{SET_LOCAL_SUBNETS} ip daddr @{SET_LOCAL_SUBNETS} masquerade"
+                ),
+                format!(
+                    "ip saddr @{SET_MASQ_PODS} ip daddr != @{SET_CLUSTER_CIDRS} masquerade fully-random"
+                ),
+            ],
+        ),
+    ]
+}
+
+/// `base_script` plus one network's interval elements and its marker element, in one
+/// transaction: a reader that sees the marker sees the rest.
+pub fn network_script(net: &NetworkRules) -> String {
+    let t = format!("{FAMILY} {TABLE}");
+    let mut s = base_script();
+    if !net.cluster_cidrs.is_empty() {
+        let cidrs: Vec<String> = net
+            .cluster_cidrs
+            .iter()
+            .map(|c| c.trunc().to_string())
+            .collect();
+        let _ = writeln!(
+            s,
+            "add element {t} {SET_CLUSTER_CIDRS} {{ {} }}",
+            cidrs.join(", ")
+        );
+    }
+    let _ = writeln!(
+        s,
+        "add element {t} {SET_LOCAL_SUBNETS} {{ {} }}",
+        net.subnet.trunc()
+    );
+    let _ = writeln!(s, "add element {t} {SET_NETWORKS} {{ {} }}", net.gateway);
+    s
+}
+
+/// Script that removes the whole table (for tests and teardown); fails if it is absent.
+pub fn delete_table_script() -> String {
+    format!("delete table {FAMILY} {TABLE}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "\
+add table ip twill
+add set ip twill masq_pods { type ipv4_addr; }
+add set ip twill cluster_cidrs { type ipv4_addr; flags interval; auto-merge; }
+add set ip twill local_subnets { type ipv4_addr; flags interval; auto-merge; }
+add set ip twill networks { type ipv4_addr; }
+add map ip twill hostports_ip { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }
+add map ip twill hostports_any { type inet_proto . inet_service : ipv4_addr . inet_service; }
+add chain ip twill prerouting { type nat hook prerouting priority dstnat; policy accept; }
+add chain ip twill output { type nat hook output priority -100; policy accept; }
+add chain ip twill hostports
+add chain ip twill postrouting { type nat hook postrouting priority srcnat; policy accept; }
+flush chain ip twill prerouting
+add rule ip twill prerouting fib daddr type local jump hostports
+flush chain ip twill output
+add rule ip twill output fib daddr type local jump hostports
+flush chain ip twill hostports
+add rule ip twill hostports dnat ip to ip daddr . meta l4proto . th dport map @hostports_ip
+add rule ip twill hostports dnat ip to meta l4proto . th dport map @hostports_any
+flush chain ip twill postrouting
+add rule ip twill postrouting ct status dnat ip saddr 127.0.0.0/8 masquerade
+add rule ip twill postrouting ct status dnat ip saddr @local_subnets ip daddr @local_subnets masquerade
+add rule ip twill postrouting ip saddr @masq_pods ip daddr != @cluster_cidrs masquerade fully-random
+";
+
+    #[test]
+    fn base_script_is_exact() {
+        assert_eq!(base_script(), BASE);
+    }
+
+    #[test]
+    fn network_script_adds_intervals_and_marker() {
+        let net = NetworkRules {
+            gateway: "10.244.1.1".parse().unwrap(),
+            // Host bits are dropped: nft rejects a prefix with host bits set.
+            subnet: "10.244.1.1/24".parse().unwrap(),
+            cluster_cidrs: vec![
+                "10.244.0.0/16".parse().unwrap(),
+                "10.96.0.0/12".parse().unwrap(),
+            ],
+            masquerade: true,
+        };
+        let expected = format!(
+            "{BASE}\
+add element ip twill cluster_cidrs {{ 10.244.0.0/16, 10.96.0.0/12 }}
+add element ip twill local_subnets {{ 10.244.1.0/24 }}
+add element ip twill networks {{ 10.244.1.1 }}
+"
+        );
+        assert_eq!(network_script(&net), expected);
+    }
+
+    #[test]
+    fn network_script_without_cluster_cidrs_skips_the_empty_element_list() {
+        let net = NetworkRules {
+            gateway: "10.244.2.1".parse().unwrap(),
+            subnet: "10.244.2.0/24".parse().unwrap(),
+            cluster_cidrs: vec![],
+            masquerade: false,
+        };
+        let s = network_script(&net);
+        assert!(!s.contains("cluster_cidrs {  }"));
+        assert!(s.ends_with(
+            "add element ip twill local_subnets { 10.244.2.0/24 }\nadd element ip twill networks { 10.244.2.1 }\n"
+        ));
+    }
+
+    #[test]
+    fn protocol_parses_and_numbers() {
+        assert_eq!("TCP".parse::<Protocol>().unwrap(), Protocol::Tcp);
+        assert_eq!("udp".parse::<Protocol>().unwrap().number(), 17);
+        assert_eq!("sctp".parse::<Protocol>().unwrap().number(), 132);
+        let err = "icmp".parse::<Protocol>().unwrap_err();
+        assert!(err.to_string().contains("use tcp, udp or sctp"));
+    }
+
+    #[test]
+    fn port_mapping_displays_for_error_messages() {
+        let m = PortMapping {
+            host_ip: None,
+            host_port: 8080,
+            container_ip: "10.244.1.5".parse().unwrap(),
+            container_port: 80,
+            protocol: Protocol::Tcp,
+        };
+        assert_eq!(m.to_string(), "*:8080/tcp -> 10.244.1.5:80");
+        let m = PortMapping {
+            host_ip: Some("192.0.2.1".parse().unwrap()),
+            ..m
+        };
+        assert_eq!(m.to_string(), "192.0.2.1:8080/tcp -> 10.244.1.5:80");
+    }
+}

@@ -1,0 +1,441 @@
+//! ADD, DEL, CHECK, VERSION, STATUS and GC. Each returns the JSON to print (or nothing) or
+//! a `CniError`. A failed ADD undoes what it did, in reverse order, and reports every
+//! teardown error alongside the original one.
+
+use crate::attach::{self, Plan};
+use crate::names;
+use ipnet::Ipv4Net;
+use serde_json::Value;
+use std::net::Ipv4Addr;
+use twill_api::cni::{
+    self, version_at_least, CniEnv, CniError, CniResult, Command, ErrorCode, IpConfig, NetConf, PortMapping,
+    Protocol, Route,
+};
+use twill_ipam::pool::{Pool, Range, Reservation};
+use twill_ipam::records::{AttachmentKey, Record, RecordDir, RecordError};
+use twill_netlink::netns::Netns;
+use twill_netlink::route::Handle;
+
+/// The `cniVersion` of the config on stdin, for the error reply; the newest if unreadable.
+pub fn requested_version(stdin: &[u8]) -> String {
+    serde_json::from_slice::<Value>(stdin)
+        .ok()
+        .and_then(|v| v.get("cniVersion").and_then(Value::as_str).map(str::to_string))
+        .filter(|v| cni::SUPPORTED_VERSIONS.contains(&v.as_str()))
+        .unwrap_or_else(|| cni::SPEC_VERSION.to_string())
+}
+
+pub fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>, CniError> {
+    if env.command == Command::Version {
+        let requested = serde_json::from_slice::<Value>(stdin).ok();
+        let v = requested.as_ref().and_then(|v| v.get("cniVersion")).and_then(Value::as_str);
+        return Ok(Some(cni::version_reply(v)));
+    }
+    let conf = NetConf::parse(stdin)?;
+    let needs = |min: &str, what: &str| {
+        if version_at_least(&conf.cni_version, min) {
+            Ok(())
+        } else {
+            Err(CniError::new(
+                ErrorCode::IncompatibleVersion,
+                format!("{what} needs cniVersion {min} or newer; the config says {}", conf.cni_version),
+            ))
+        }
+    };
+    match env.command {
+        Command::Add => add(env, &conf).map(Some),
+        Command::Del => del(env, &conf).map(|()| None),
+        Command::Check => {
+            needs("0.4.0", "CHECK")?;
+            check(env, &conf).map(|()| None)
+        }
+        Command::Status => {
+            needs("1.1.0", "STATUS")?;
+            status(&conf).map(|()| None)
+        }
+        Command::Gc => {
+            needs("1.1.0", "GC")?;
+            gc(stdin, &conf).map(|()| None)
+        }
+        Command::Version => unreachable!("handled above"),
+    }
+}
+
+/// The address pool the config describes; errors name the config field.
+fn pool(conf: &NetConf) -> Result<Pool, CniError> {
+    let ranges = conf
+        .ipam
+        .ranges
+        .iter()
+        .map(|r| {
+            Range::new(r.subnet, r.range_start, r.range_end, r.gateway)
+                .map_err(|e| CniError::invalid(format!("field \"{}\": {e}", r.path)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let reserved = conf
+        .ipam
+        .reserved
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            s.parse::<Reservation>()
+                .map_err(|e| CniError::invalid(format!("field \"ipam.reserved[{i}]\": {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Pool::new(ranges, reserved).map_err(|e| CniError::invalid(format!("field \"ipam\": {e}")))
+}
+
+fn records(conf: &NetConf) -> Result<RecordDir, CniError> {
+    RecordDir::open(&conf.ipam.data_dir, &conf.name).map_err(ipam_error)
+}
+
+fn ipam_error(e: RecordError) -> CniError {
+    let code = match &e {
+        RecordError::Exhausted { .. } => ErrorCode::RangeExhausted,
+        RecordError::AlreadyAllocated { .. } => ErrorCode::AlreadyAttached,
+        _ => ErrorCode::Io,
+    };
+    CniError::new(code, e.to_string())
+}
+
+fn key(env: &CniEnv) -> AttachmentKey {
+    AttachmentKey { container_id: env.container_id.clone(), ifname: env.ifname.clone() }
+}
+
+/// What the record keeps besides the address, so DEL and GC undo exactly what ADD did.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Extra {
+    host_veth: String,
+    #[serde(default)]
+    port_mappings: Vec<PortMapping>,
+    #[serde(default)]
+    masquerade: bool,
+    #[serde(default)]
+    netns: String,
+}
+
+fn nft_mappings(ip: Ipv4Addr, list: &[PortMapping]) -> Vec<twill_nft::PortMapping> {
+    list.iter()
+        .map(|m| twill_nft::PortMapping {
+            host_ip: m.host_ip,
+            host_port: m.host_port,
+            container_ip: ip,
+            container_port: m.container_port,
+            protocol: match m.protocol {
+                Protocol::Tcp => twill_nft::Protocol::Tcp,
+                Protocol::Udp => twill_nft::Protocol::Udp,
+                Protocol::Sctp => twill_nft::Protocol::Sctp,
+            },
+        })
+        .collect()
+}
+
+fn nft_error(what: &str, e: twill_nft::Error) -> CniError {
+    let code = match e {
+        twill_nft::Error::HostPortTaken { .. } => ErrorCode::HostPortTaken,
+        _ => ErrorCode::Kernel,
+    };
+    CniError::new(code, format!("{what}: {e}"))
+}
+
+fn open_netns(path: &str) -> Result<Netns, CniError> {
+    Netns::open(path).map_err(|e| {
+        let code = if std::path::Path::new(path).exists() { ErrorCode::InvalidEnvironment } else { ErrorCode::UnknownContainer };
+        CniError::new(code, format!("CNI_NETNS {path} is not a usable network namespace")).with_details(e.to_string())
+    })
+}
+
+/// Everything ADD has changed so far, undone in reverse on failure.
+#[derive(Default)]
+struct Done {
+    record: Option<AttachmentKey>,
+    veth: Option<String>,
+    nft_pod: Option<(Ipv4Addr, Vec<twill_nft::PortMapping>)>,
+}
+
+impl Done {
+    fn undo(self, conf: &NetConf, err: CniError) -> CniError {
+        let mut problems = Vec::new();
+        if let Some((ip, maps)) = self.nft_pod {
+            if let Err(e) = twill_nft::Table::new().and_then(|mut t| t.remove_pod(ip, &maps)) {
+                problems.push(format!("removing nftables entries of {ip}: {e}"));
+            }
+        }
+        if let Some(veth) = self.veth {
+            let removed = match Handle::new() {
+                Ok(mut h) => attach::detach(&mut h, &veth).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = removed {
+                problems.push(format!("removing veth {veth}: {e}"));
+            }
+        }
+        if let Some(key) = self.record {
+            if let Err(e) = records(conf).and_then(|r| r.release(&key).map_err(ipam_error)) {
+                problems.push(format!("releasing the address: {e}"));
+            }
+        }
+        if problems.is_empty() {
+            err
+        } else {
+            let details = if err.details.is_empty() { String::new() } else { format!("{}; ", err.details) };
+            err.clone().with_details(format!("{details}and the rollback failed: {}", problems.join("; ")))
+        }
+    }
+}
+
+fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
+    let pool = pool(conf)?;
+    let pod_ns = open_netns(&env.netns)?;
+    let records = records(conf)?;
+    let host_veth = names::host_veth(&env.container_id, &env.ifname);
+    let extra = Extra {
+        host_veth: host_veth.clone(),
+        port_mappings: conf.port_mappings.clone(),
+        masquerade: conf.ip_masq,
+        netns: env.netns.clone(),
+    };
+    let record = records
+        .allocate(&pool, &key(env), serde_json::to_value(&extra).expect("plain struct"))
+        .map_err(ipam_error)?;
+    let mut done = Done { record: Some(key(env)), ..Done::default() };
+    match add_allocated(env, conf, &pool, &pod_ns, &record, host_veth, &mut done) {
+        Ok(v) => Ok(v),
+        Err(e) => Err(done.undo(conf, e)),
+    }
+}
+
+fn add_allocated(
+    env: &CniEnv,
+    conf: &NetConf,
+    pool: &Pool,
+    pod_ns: &Netns,
+    record: &Record,
+    host_veth: String,
+    done: &mut Done,
+) -> Result<Value, CniError> {
+    let range = pool.range_of(record.ip).expect("the pool handed out this address");
+    let gateway = range.gateway;
+    let subnet = range.subnet;
+    let routes: Vec<(Ipv4Net, Ipv4Addr)> =
+        conf.ipam.routes.iter().map(|r| (r.dst, r.gw.unwrap_or(gateway))).collect();
+    let plan = Plan {
+        bridge: &conf.bridge,
+        mtu: conf.mtu,
+        hairpin: conf.hairpin,
+        gateway,
+        subnet,
+        pod_ip: record.ip,
+        ifname: &env.ifname,
+        host_veth: host_veth.clone(),
+        routes: routes.clone(),
+        route_localnet: !conf.port_mappings.is_empty(),
+    };
+    let mut host = Handle::new().map_err(|e| {
+        CniError::new(ErrorCode::Kernel, "cannot open a netlink socket").with_details(e.to_string())
+    })?;
+    let bridge = attach::ensure_bridge(&mut host, &plan)?;
+    done.veth = Some(host_veth);
+    let attached = attach::attach(&mut host, pod_ns, &bridge, &plan)?;
+
+    if conf.ip_masq || !conf.port_mappings.is_empty() {
+        let mut table = twill_nft::Table::new().map_err(|e| nft_error("opening nftables", e))?;
+        table
+            .ensure_network(&twill_nft::NetworkRules {
+                gateway,
+                subnet,
+                cluster_cidrs: conf.cluster_cidrs.clone(),
+                masquerade: conf.ip_masq,
+            })
+            .map_err(|e| nft_error("installing Twill's nftables rules", e))?;
+        let maps = nft_mappings(record.ip, &conf.port_mappings);
+        table.add_pod(record.ip, conf.ip_masq, &maps).map_err(|e| nft_error("adding the pod to nftables", e))?;
+        done.nft_pod = Some((record.ip, maps));
+    }
+
+    let ours = CniResult {
+        cni_version: conf.cni_version.clone(),
+        interfaces: vec![attached.bridge, attached.host, attached.pod],
+        ips: vec![IpConfig {
+            address: format!("{}/{}", record.ip, subnet.prefix_len()),
+            gateway: Some(gateway),
+            interface: Some(2),
+            version: None,
+        }],
+        routes: routes.iter().map(|(dst, gw)| Route { dst: dst.to_string(), gw: Some(*gw) }).collect(),
+        dns: conf.dns.clone(),
+    };
+    let result = match &conf.prev_result {
+        Some(prev) => {
+            let mut chained = prev.clone();
+            chained.append(ours);
+            chained
+        }
+        None => ours,
+    };
+    Ok(result.encode(&conf.cni_version))
+}
+
+/// "Plugins should generally complete a DEL action without error even if some resources
+/// are missing." Every step runs; all failures are reported together.
+fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
+    let records = records(conf)?;
+    let k = key(env);
+    let mut problems = Vec::new();
+    let held = match records.get(&k) {
+        Ok(r) => r,
+        Err(e) => {
+            problems.push(format!("reading the address record: {e}"));
+            None
+        }
+    };
+    let extra: Extra = held
+        .as_ref()
+        .and_then(|r| serde_json::from_value(r.extra.clone()).ok())
+        .unwrap_or_default();
+    if let Some(r) = &held {
+        let maps = nft_mappings(r.ip, &extra.port_mappings);
+        if let Err(e) = twill_nft::Table::new().and_then(|mut t| t.remove_pod(r.ip, &maps)) {
+            problems.push(format!("removing the nftables entries of {}: {e}", r.ip));
+        }
+    }
+    let veth = if extra.host_veth.is_empty() { names::host_veth(&env.container_id, &env.ifname) } else { extra.host_veth };
+    match Handle::new() {
+        Ok(mut h) => {
+            if let Err(e) = attach::detach(&mut h, &veth) {
+                problems.push(e.to_string());
+            }
+        }
+        Err(e) => problems.push(format!("opening netlink: {e}")),
+    }
+    if held.is_some() {
+        if let Err(e) = records.release(&k) {
+            problems.push(format!("releasing the address: {e}"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::new(ErrorCode::Kernel, format!("DEL of {} / {} was incomplete", env.container_id, env.ifname))
+            .with_details(problems.join("; ")))
+    }
+}
+
+fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
+    let prev = conf.prev_result.as_ref().ok_or_else(|| {
+        CniError::invalid("CHECK needs \"prevResult\" (the result of ADD) in the network config")
+    })?;
+    let records = records(conf)?;
+    let record = records.get(&key(env)).map_err(ipam_error)?.ok_or_else(|| {
+        CniError::new(
+            ErrorCode::UnknownContainer,
+            format!("no address is recorded for container {} / {}", env.container_id, env.ifname),
+        )
+    })?;
+    let ours = prev
+        .ips
+        .iter()
+        .find(|ip| ip.address.split('/').next() == Some(record.ip.to_string().as_str()))
+        .ok_or_else(|| {
+            CniError::new(ErrorCode::CheckFailed, format!("prevResult does not hold this attachment's address {}", record.ip))
+        })?;
+    let prefix: u8 = ours.address.split('/').nth(1).and_then(|p| p.parse().ok()).unwrap_or(32);
+    let routes: Vec<(Ipv4Net, Ipv4Addr)> = prev
+        .routes
+        .iter()
+        .filter_map(|r| Some((r.dst.parse().ok()?, r.gw.or(ours.gateway)?)))
+        .collect();
+    let pod_ns = open_netns(&env.netns)?;
+    attach::verify(&pod_ns, &env.ifname, record.ip, prefix, &routes)?;
+    let extra: Extra = serde_json::from_value(record.extra.clone()).unwrap_or_default();
+    let mut host = Handle::new().map_err(|e| CniError::new(ErrorCode::Kernel, e.to_string()))?;
+    let bridge = host.link_by_name(&conf.bridge).ok().flatten();
+    let veth = host.link_by_name(&extra.host_veth).ok().flatten();
+    match (bridge, veth) {
+        (Some(b), Some(v)) if v.master == Some(b.index) => Ok(()),
+        (None, _) => Err(CniError::new(ErrorCode::CheckFailed, format!("bridge {} is missing", conf.bridge))),
+        (_, None) => Err(CniError::new(ErrorCode::CheckFailed, format!("host veth {} is missing", extra.host_veth))),
+        _ => Err(CniError::new(
+            ErrorCode::CheckFailed,
+            format!("host veth {} is not attached to bridge {}", extra.host_veth, conf.bridge),
+        )),
+    }
+}
+
+/// STATUS: can this plugin serve an ADD now?
+fn status(conf: &NetConf) -> Result<(), CniError> {
+    let unavailable = |m: String| CniError::new(ErrorCode::NotAvailable, m);
+    let pool = pool(conf)?;
+    let records = records(conf).map_err(|e| unavailable(format!("the IPAM data dir is not usable: {e}")))?;
+    let used = records.used().map_err(|e| unavailable(e.to_string()))?;
+    let in_pool = used.iter().filter(|ip| pool.is_allocatable(**ip)).count() as u32;
+    if in_pool >= pool.capacity() {
+        return Err(unavailable(format!(
+            "all {} addresses of network {} are in use; widen ipam.subnet/ranges or remove pods",
+            pool.capacity(),
+            conf.name
+        )));
+    }
+    if which_nft().is_none() {
+        return Err(unavailable("the nft binary is missing: install the nftables package".into()));
+    }
+    Ok(())
+}
+
+fn which_nft() -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|d| d.join("nft"))
+        .find(|p| p.is_file())
+}
+
+/// GC (spec 1.1.0): "The plugin should remove any resources (e.g. IPAM reservations) for
+/// attachments not in cni.dev/valid-attachments."
+fn gc(stdin: &[u8], conf: &NetConf) -> Result<(), CniError> {
+    let raw: Value = serde_json::from_slice(stdin).expect("already parsed once");
+    let list = match raw.get("cni.dev/valid-attachments") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) => a.clone(),
+        Some(other) => {
+            return Err(CniError::invalid(format!(
+                "field \"cni.dev/valid-attachments\": expected a list of {{containerID, ifname}}, found {other}"
+            )))
+        }
+    };
+    let mut valid = Vec::new();
+    for (i, v) in list.iter().enumerate() {
+        let get = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+        match (get("containerID"), get("ifname")) {
+            (Some(container_id), Some(ifname)) => valid.push(AttachmentKey { container_id, ifname }),
+            _ => {
+                return Err(CniError::invalid(format!(
+                    "field \"cni.dev/valid-attachments[{i}]\": needs \"containerID\" and \"ifname\" strings"
+                )))
+            }
+        }
+    }
+    let records = records(conf)?;
+    let removed = records.gc(&valid).map_err(ipam_error)?;
+    let mut problems = Vec::new();
+    let mut host = Handle::new().ok();
+    for r in removed {
+        let extra: Extra = serde_json::from_value(r.extra.clone()).unwrap_or_default();
+        let maps = nft_mappings(r.ip, &extra.port_mappings);
+        if let Err(e) = twill_nft::Table::new().and_then(|mut t| t.remove_pod(r.ip, &maps)) {
+            problems.push(format!("{}: {e}", r.ip));
+        }
+        if let (Some(h), false) = (host.as_mut(), extra.host_veth.is_empty()) {
+            if let Err(e) = attach::detach(h, &extra.host_veth) {
+                problems.push(e.to_string());
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::new(ErrorCode::Kernel, "GC was incomplete").with_details(problems.join("; ")))
+    }
+}

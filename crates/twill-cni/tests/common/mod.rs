@@ -1,0 +1,152 @@
+//! Test harness: a "node" namespace where twill-cni runs (as a runtime would run it on a
+//! host), pod namespaces, and a leak check that reads the kernel back.
+#![allow(dead_code)]
+
+use serde_json::{json, Value};
+use std::io::Write;
+use std::process::{Command, Stdio};
+use twill_testkit::{TempDir, TestNetns};
+
+pub const PLUGIN: &str = env!("CARGO_BIN_EXE_twill-cni");
+
+pub struct Node {
+    pub ns: TestNetns,
+    pub data: TempDir,
+    /// The node's "uplink" address, on a veth towards `outside` (if made).
+    pub subnet: String,
+}
+
+pub struct Reply {
+    pub ok: bool,
+    pub json: Value,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Node {
+    pub fn new(tag: &str) -> Node {
+        let ns = TestNetns::new(tag);
+        let data = TempDir::new(tag);
+        Node { ns, data, subnet: "10.244.1.0/24".into() }
+    }
+
+    pub fn conf(&self) -> Value {
+        json!({
+            "cniVersion": "1.1.0",
+            "name": "twltest",
+            "type": "twill-cni",
+            "bridge": "twl0",
+            "clusterCIDR": "10.244.0.0/16",
+            "capabilities": {"portMappings": true},
+            "ipam": {"type": "twill", "subnet": self.subnet, "dataDir": self.data.path.join("ipam")},
+        })
+    }
+
+    /// Runs the plugin in the node's namespace exactly as a runtime does: env + stdin.
+    pub fn cni(&self, command: &str, container_id: &str, netns: &str, ifname: &str, conf: &Value) -> Reply {
+        self.cni_raw(command, &[("CNI_CONTAINERID", container_id), ("CNI_NETNS", netns), ("CNI_IFNAME", ifname)], conf.to_string().as_bytes())
+    }
+
+    pub fn cni_raw(&self, command: &str, vars: &[(&str, &str)], stdin: &[u8]) -> Reply {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns.name, PLUGIN])
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("CNI_COMMAND", command)
+            .env("CNI_PATH", "/opt/cni/bin")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn twill-cni");
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        Reply {
+            ok: out.status.success(),
+            json: serde_json::from_str(stdout.trim()).unwrap_or(Value::Null),
+            stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    pub fn add(&self, cid: &str, pod: &TestNetns) -> Value {
+        let r = self.cni("ADD", cid, &pod.path(), "eth0", &self.conf());
+        assert!(r.ok, "ADD {cid} failed: {} {}", r.stdout, r.stderr);
+        r.json
+    }
+
+    pub fn del(&self, cid: &str, pod: &TestNetns, prev: Option<&Value>) {
+        let mut conf = self.conf();
+        if let Some(p) = prev {
+            conf["prevResult"] = p.clone();
+        }
+        let r = self.cni("DEL", cid, &pod.path(), "eth0", &conf);
+        assert!(r.ok, "DEL {cid} failed: {} {}", r.stdout, r.stderr);
+        assert!(r.stdout.trim().is_empty(), "DEL prints nothing: {}", r.stdout);
+    }
+
+    /// Links in the node namespace other than lo and the bridge.
+    pub fn veths(&self) -> Vec<String> {
+        let out = self.ns.exec(&["ip", "-j", "link", "show"]);
+        let links: Value = serde_json::from_slice(&out.stdout).unwrap();
+        links
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|l| l["ifname"].as_str())
+            .filter(|n| n.starts_with("twl") && *n != "twl0")
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Addresses held in the IPAM record directory.
+    pub fn records(&self) -> Vec<String> {
+        let dir = self.data.path.join("ipam/twltest/ips");
+        std::fs::read_dir(dir)
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Elements of Twill's nft sets/maps in the node (masq_pods, hostports_*).
+    pub fn nft_elements(&self) -> Vec<String> {
+        let (ok, out, _) = self.ns.try_exec(&["nft", "-j", "list", "table", "ip", "twill"]);
+        if !ok {
+            return Vec::new();
+        }
+        let v: Value = serde_json::from_str(&out).unwrap();
+        let mut found = Vec::new();
+        for item in v["nftables"].as_array().unwrap() {
+            for kind in ["set", "map"] {
+                if let Some(s) = item.get(kind) {
+                    let name = s["name"].as_str().unwrap_or("");
+                    if ["masq_pods", "hostports_ip", "hostports_any"].contains(&name) {
+                        if let Some(elems) = s.get("elem").and_then(Value::as_array) {
+                            for e in elems {
+                                found.push(format!("{name}: {e}"));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    /// Nothing of any pod is left: no veth, no address record, no nft element.
+    pub fn assert_clean(&self, context: &str) {
+        assert!(self.veths().is_empty(), "{context}: leaked veths {:?}", self.veths());
+        assert!(self.records().is_empty(), "{context}: leaked IPAM records {:?}", self.records());
+        assert!(self.nft_elements().is_empty(), "{context}: leaked nft elements {:?}", self.nft_elements());
+    }
+}
+
+pub fn pod_ip(result: &Value) -> String {
+    result["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string()
+}
+
+pub fn ping(from: &TestNetns, to: &str) -> bool {
+    from.try_exec(&["ping", "-c1", "-W1", to]).0
+}

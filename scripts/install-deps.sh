@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs every Debian package Twill's lab, tests and benchmarks use. Idempotent; needs root.
+set -euo pipefail
+PKGS=(iproute2 nftables iputils-ping iperf3 tcpdump ethtool containernetworking-plugins
+      podman runc busybox-static graphviz)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, unit tests and the root-gated tests that build
+# real namespaces, links and nftables rules. Run as root on Debian 12.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "run as root: the tests build network namespaces" >&2; exit 1; }
+scripts/install-deps.sh
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
+# A skipped root test would be a silent pass: make it a failure instead.
+export TWILL_REQUIRE_ROOT=1
+cargo nextest run --workspace --no-fail-fast "$@"
