@@ -11,7 +11,12 @@ use crate::Error;
 /// Runs `nft -f -` with `script` on stdin: every command in it commits together or none
 /// does. The error carries nft's stderr (which quotes the failing line).
 pub fn apply_script(script: &str) -> Result<(), Error> {
-    let mut child = match Command::new("nft")
+    run_nft("nft", script)
+}
+
+/// `apply_script` with the program named, so a test can name one that does not exist.
+fn run_nft(program: &str, script: &str) -> Result<(), Error> {
+    let mut child = match Command::new(program)
         .args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -35,5 +40,17 @@ pub fn apply_script(script: &str) -> Result<(), Error> {
             status: out.status.to_string(),
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_nft_says_to_install_nftables() {
+        let err = run_nft("twl-no-such-nft", "list ruleset\n").unwrap_err();
+        assert!(matches!(err, Error::NftMissing), "{err:?}");
+        assert!(err.to_string().contains("install nftables"), "{err}");
     }
 }

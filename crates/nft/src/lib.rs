@@ -61,8 +61,8 @@ fn taken_port(m: &PortMapping) -> String {
 /// Twill's table in one network namespace, driven over a NETLINK_NETFILTER socket.
 pub struct Table {
     socket: Socket,
-    /// The namespace `ensure_network` runs nft in; `None`: the thread that calls it.
-    netns: Option<Netns>,
+    /// The socket's namespace, where `ensure_network` runs nft (on a helper thread).
+    netns: Netns,
 }
 
 impl Table {
@@ -70,7 +70,8 @@ impl Table {
     pub fn new() -> Result<Table, Error> {
         Ok(Table {
             socket: Socket::new(libc::NETLINK_NETFILTER)?,
-            netns: None,
+            // An open handle: it stays this namespace even if the thread moves later.
+            netns: Netns::current()?,
         })
     }
 
@@ -90,10 +91,7 @@ impl Table {
             "/proc/self/fd/{}",
             std::os::fd::AsRawFd::as_raw_fd(&fd)
         ))?;
-        Ok(Table {
-            socket,
-            netns: Some(own),
-        })
+        Ok(Table { socket, netns: own })
     }
 
     /// Whether the network with this gateway has its elements installed (its marker is in
@@ -111,10 +109,7 @@ impl Table {
             return Ok(());
         }
         let script = ruleset::network_script(net);
-        match &self.netns {
-            None => apply_script(&script),
-            Some(ns) => twill_netlink::run_in(ns, || apply_script(&script))?,
-        }
+        twill_netlink::run_in(&self.netns, || apply_script(&script))?
     }
 
     /// Adds a pod in one transaction: its `masq_pods` element when `masquerade`, and its

@@ -69,6 +69,21 @@ fn base_script_is_idempotent_and_converges_under_concurrency() {
 }
 
 #[test]
+fn a_rejected_script_changes_nothing_and_reports_nft_stderr() {
+    if !root_or_skip("a_rejected_script_changes_nothing_and_reports_nft_stderr") {
+        return;
+    }
+    let ns = TestNetns::new("nftbad");
+    let script = format!("{}add rule ip twill no_such_chain accept\n", base_script());
+    let err = in_ns(&ns, || apply_script(&script)).unwrap_err();
+    assert!(matches!(err, Error::NftFailed { .. }), "{err:?}");
+    assert!(err.to_string().contains("no_such_chain"), "{err}");
+    // One transaction: the table from the same script was not created either.
+    let (listed, _, _) = ns.try_exec(&["nft", "list", "table", "ip", "twill"]);
+    assert!(!listed, "table must not exist after a failed script");
+}
+
+#[test]
 fn ensure_network_installs_once_and_marks_the_network() {
     if !root_or_skip("ensure_network_installs_once_and_marks_the_network") {
         return;
@@ -313,4 +328,19 @@ fn adding_a_pod_with_ten_thousand_mappings_present() {
             "add_pod (1 mapping + masq) with {present} mappings present: median {median:?} of 21"
         );
     }
+}
+
+#[test]
+fn a_table_opened_on_a_thread_inside_the_namespace_works_there() {
+    if !root_or_skip("a_table_opened_on_a_thread_inside_the_namespace_works_there") {
+        return;
+    }
+    let ns = TestNetns::new("nftnew");
+    let mut table = in_ns(&ns, || Table::new().unwrap());
+    // Used from this (root-namespace) thread: socket and nft both act in `ns`.
+    table.ensure_network(&network()).unwrap();
+    table
+        .add_pod("10.244.1.5".parse().unwrap(), true, &[])
+        .unwrap();
+    assert!(list_set(&ns, "set", "masq_pods").contains("10.244.1.5"));
 }

@@ -25,11 +25,11 @@ pub fn requested_version(stdin: &[u8]) -> String {
         .unwrap_or_else(|| cni::SPEC_VERSION.to_string())
 }
 
-pub fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>, CniError> {
+pub fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<String>, CniError> {
     if env.command == Command::Version {
         let requested = serde_json::from_slice::<Value>(stdin).ok();
         let v = requested.as_ref().and_then(|v| v.get("cniVersion")).and_then(Value::as_str);
-        return Ok(Some(cni::version_reply(v)));
+        return Ok(Some(cni::version_reply(v).to_string()));
     }
     let conf = NetConf::parse(stdin)?;
     let needs = |min: &str, what: &str| {
@@ -185,7 +185,7 @@ impl Done {
     }
 }
 
-fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
+fn add(env: &CniEnv, conf: &NetConf) -> Result<String, CniError> {
     let pool = pool(conf)?;
     let pod_ns = open_netns(&env.netns)?;
     let records = records(conf)?;
@@ -214,7 +214,7 @@ fn add_allocated(
     record: &Record,
     host_veth: String,
     done: &mut Done,
-) -> Result<Value, CniError> {
+) -> Result<String, CniError> {
     let range = pool.range_of(record.ip).expect("the pool handed out this address");
     let gateway = range.gateway;
     let subnet = range.subnet;

@@ -26,7 +26,10 @@ pub struct CniEnv {
 /// CNI_CONTAINERID: "Must be unique and non-empty. Must only contain alphanumeric
 /// characters, hyphen (-), underscore (_) and period (.)."
 pub fn valid_container_id(id: &str) -> bool {
-    !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    !id.is_empty()
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 impl CniEnv {
@@ -49,7 +52,12 @@ impl CniEnv {
                     &format!("is \"{other}\"; expected ADD, DEL, CHECK, VERSION, STATUS or GC"),
                 ))
             }
-            None => return Err(missing("CNI_COMMAND", "is not set (this binary is a CNI plugin: a container runtime runs it)")),
+            None => {
+                return Err(missing(
+                    "CNI_COMMAND",
+                    "is not set (this binary is a CNI plugin: a container runtime runs it)",
+                ))
+            }
         };
         let mut env = CniEnv {
             command,
@@ -62,7 +70,10 @@ impl CniEnv {
         if let Some(args) = var("CNI_ARGS") {
             for pair in args.split(';').filter(|p| !p.is_empty()) {
                 let Some((k, v)) = pair.split_once('=') else {
-                    return Err(missing("CNI_ARGS", &format!("has \"{pair}\", not KEY=VALUE")));
+                    return Err(missing(
+                        "CNI_ARGS",
+                        &format!("has \"{pair}\", not KEY=VALUE"),
+                    ));
                 };
                 env.args.push((k.to_string(), v.to_string()));
             }
@@ -98,14 +109,22 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> Result<CniEnv, CniError> {
-        let m: HashMap<String, String> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         CniEnv::from_vars(|k| m.get(k).cloned())
     }
 
     #[test]
     fn add_needs_everything() {
-        let full = [("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c1"), ("CNI_NETNS", "/run/netns/x"), ("CNI_IFNAME", "eth0"), ("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAME=p")];
+        let full = [
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_NETNS", "/run/netns/x"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAME=p"),
+        ];
         let e = env(&full).unwrap();
         assert_eq!(e.args[1], ("K8S_POD_NAME".into(), "p".into()));
         for skip in ["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"] {
@@ -118,17 +137,37 @@ mod tests {
 
     #[test]
     fn del_allows_empty_netns_and_version_needs_nothing() {
-        assert!(env(&[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "c"), ("CNI_IFNAME", "eth0")]).is_ok());
+        assert!(env(&[
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "c"),
+            ("CNI_IFNAME", "eth0")
+        ])
+        .is_ok());
         assert!(env(&[("CNI_COMMAND", "VERSION")]).is_ok());
     }
 
     #[test]
     fn bad_values() {
-        let e = env(&[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c"), ("CNI_NETNS", "/x"), ("CNI_IFNAME", "averyveryverylongname")]).unwrap_err();
+        let e = env(&[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "c"),
+            ("CNI_NETNS", "/x"),
+            ("CNI_IFNAME", "averyveryverylongname"),
+        ])
+        .unwrap_err();
         assert!(e.msg.contains("CNI_IFNAME"));
-        let e = env(&[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c/../x"), ("CNI_NETNS", "/x"), ("CNI_IFNAME", "eth0")]).unwrap_err();
+        let e = env(&[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "c/../x"),
+            ("CNI_NETNS", "/x"),
+            ("CNI_IFNAME", "eth0"),
+        ])
+        .unwrap_err();
         assert!(e.msg.contains("CNI_CONTAINERID"));
-        assert!(env(&[("CNI_COMMAND", "FOO")]).unwrap_err().msg.contains("FOO"));
+        assert!(env(&[("CNI_COMMAND", "FOO")])
+            .unwrap_err()
+            .msg
+            .contains("FOO"));
         assert!(env(&[]).unwrap_err().msg.contains("CNI_COMMAND"));
     }
 }

@@ -30,16 +30,25 @@ pub(crate) fn join(path: &str, key: &str) -> String {
 }
 
 pub(crate) fn wrong(path: &str, v: &Value, expected: &str) -> CniError {
-    CniError::invalid(format!("field \"{path}\": expected {expected}, found {} ({v})", kind(v)))
+    CniError::invalid(format!(
+        "field \"{path}\": expected {expected}, found {} ({v})",
+        kind(v)
+    ))
 }
 
 impl<'a> Obj<'a> {
     pub fn root(v: &'a Value) -> Result<Obj<'a>, CniError> {
         match v {
-            Value::Object(map) => Ok(Obj { path: String::new(), map }),
+            Value::Object(map) => Ok(Obj {
+                path: String::new(),
+                map,
+            }),
             other => Err(CniError::new(
                 super::ErrorCode::Decode,
-                format!("network config must be a JSON object, found {}", kind(other)),
+                format!(
+                    "network config must be a JSON object, found {}",
+                    kind(other)
+                ),
             )),
         }
     }
@@ -91,7 +100,11 @@ impl<'a> Obj<'a> {
                     "field \"{}\": {n} is out of range {min}..={max}",
                     self.path_of(key)
                 ))),
-                None => Err(wrong(&self.path_of(key), v, &format!("an integer {min}..={max}"))),
+                None => Err(wrong(
+                    &self.path_of(key),
+                    v,
+                    &format!("an integer {min}..={max}"),
+                )),
             },
         }
     }

@@ -3,8 +3,8 @@
 
 pub mod env;
 pub mod error;
-pub mod netconf;
 mod json;
+pub mod netconf;
 pub mod result;
 
 pub use env::{CniEnv, Command};

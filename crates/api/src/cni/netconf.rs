@@ -107,7 +107,9 @@ pub fn validate_network_name(name: &str) -> Result<(), CniError> {
         && name.len() <= 128
         && name != "."
         && name != ".."
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
     if ok {
         Ok(())
     } else {
@@ -120,11 +122,19 @@ pub fn validate_network_name(name: &str) -> Result<(), CniError> {
 /// Linux interface names: 1-15 bytes, none of '/', ':' or whitespace, not "." or "..".
 pub fn validate_ifname(path: &str, name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 15 {
-        return Err(format!("{path}: {name:?} must be 1 to 15 bytes long (Linux IFNAMSIZ)"));
+        return Err(format!(
+            "{path}: {name:?} must be 1 to 15 bytes long (Linux IFNAMSIZ)"
+        ));
     }
-    if name == "." || name == ".." || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace())
+    if name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
     {
-        return Err(format!("{path}: {name:?} is not a valid interface name (no '/', ':' or spaces)"));
+        return Err(format!(
+            "{path}: {name:?} is not a valid interface name (no '/', ':' or spaces)"
+        ));
     }
     Ok(())
 }
@@ -134,8 +144,11 @@ impl NetConf {
     /// field code 7, an unknown `cniVersion` code 1, a field Twill does not support code 2.
     pub fn parse(bytes: &[u8]) -> Result<NetConf, CniError> {
         let value: Value = serde_json::from_slice(bytes).map_err(|e| {
-            CniError::new(ErrorCode::Decode, "cannot decode the network config on stdin as JSON")
-                .with_details(e.to_string())
+            CniError::new(
+                ErrorCode::Decode,
+                "cannot decode the network config on stdin as JSON",
+            )
+            .with_details(e.to_string())
         })?;
         Self::from_value(&value)
     }
@@ -158,7 +171,10 @@ impl NetConf {
 
         let bridge = root.str("bridge")?.unwrap_or(DEFAULT_BRIDGE).to_string();
         validate_ifname("field \"bridge\"", &bridge).map_err(CniError::invalid)?;
-        let mtu = root.uint("mtu", 68, 65535)?.map(|m| m as u32).unwrap_or(DEFAULT_MTU);
+        let mtu = root
+            .uint("mtu", 68, 65535)?
+            .map(|m| m as u32)
+            .unwrap_or(DEFAULT_MTU);
         let hairpin = root.bool("hairpinMode")?.unwrap_or(true);
         let ip_masq = root.bool("ipMasq")?.unwrap_or(true);
         let is_default_gateway = root.bool("isDefaultGateway")?.unwrap_or(true);
@@ -177,11 +193,19 @@ impl NetConf {
                 .iter()
                 .enumerate()
                 .map(|(i, v)| match v {
-                    Value::String(s) => parse_cidr(&format!("clusterCIDR[{i}]"), s).map(|n| n.trunc()),
+                    Value::String(s) => {
+                        parse_cidr(&format!("clusterCIDR[{i}]"), s).map(|n| n.trunc())
+                    }
                     other => Err(wrong(&format!("clusterCIDR[{i}]"), other, "a CIDR string")),
                 })
                 .collect::<Result<_, _>>()?,
-            Some(other) => return Err(wrong("clusterCIDR", other, "a CIDR string or a list of them")),
+            Some(other) => {
+                return Err(wrong(
+                    "clusterCIDR",
+                    other,
+                    "a CIDR string or a list of them",
+                ))
+            }
         };
 
         let dns = match root.get("dns") {
@@ -197,7 +221,9 @@ impl NetConf {
                 Some(list) => list
                     .iter()
                     .enumerate()
-                    .map(|(i, v)| parse_port_mapping(&format!("runtimeConfig.portMappings[{i}]"), v))
+                    .map(|(i, v)| {
+                        parse_port_mapping(&format!("runtimeConfig.portMappings[{i}]"), v)
+                    })
                     .collect::<Result<Vec<_>, _>>()?
                     .into_iter()
                     .flatten()
@@ -210,7 +236,10 @@ impl NetConf {
         let prev_result = match &prev_result_raw {
             None => None,
             Some(v) => Some(serde_json::from_value::<CniResult>(v.clone()).map_err(|e| {
-                CniError::new(ErrorCode::Decode, format!("field \"prevResult\" is not a CNI result: {e}"))
+                CniError::new(
+                    ErrorCode::Decode,
+                    format!("field \"prevResult\" is not a CNI result: {e}"),
+                )
             })?),
         };
 
@@ -272,7 +301,11 @@ fn parse_ipam(ipam: &Obj<'_>, default_route: bool) -> Result<IpamConf, CniError>
         }
         for (i, set) in sets.iter().enumerate() {
             let Value::Array(set) = set else {
-                return Err(wrong(&format!("ipam.ranges[{i}]"), set, "an array of ranges"));
+                return Err(wrong(
+                    &format!("ipam.ranges[{i}]"),
+                    set,
+                    "an array of ranges",
+                ));
             };
             for (j, r) in set.iter().enumerate() {
                 let r = Obj::at(format!("ipam.ranges[{i}][{j}]"), r)?;
@@ -300,7 +333,11 @@ fn parse_ipam(ipam: &Obj<'_>, default_route: bool) -> Result<IpamConf, CniError>
             .enumerate()
             .map(|(i, v)| match v {
                 Value::String(s) => Ok(s.clone()),
-                other => Err(wrong(&format!("ipam.reserved[{i}]"), other, "an address or \"a-b\" span")),
+                other => Err(wrong(
+                    &format!("ipam.reserved[{i}]"),
+                    other,
+                    "an address or \"a-b\" span",
+                )),
             })
             .collect::<Result<_, _>>()?,
     };
@@ -312,7 +349,10 @@ fn parse_ipam(ipam: &Obj<'_>, default_route: bool) -> Result<IpamConf, CniError>
         )));
     }
     let routes = match ipam.array("routes")? {
-        None if default_route => vec![RouteConf { dst: "0.0.0.0/0".parse().unwrap(), gw: None }],
+        None if default_route => vec![RouteConf {
+            dst: "0.0.0.0/0".parse().unwrap(),
+            gw: None,
+        }],
         None => Vec::new(),
         Some(list) => list
             .iter()
@@ -328,7 +368,12 @@ fn parse_ipam(ipam: &Obj<'_>, default_route: bool) -> Result<IpamConf, CniError>
             })
             .collect::<Result<_, CniError>>()?,
     };
-    Ok(IpamConf { ranges, reserved, data_dir, routes })
+    Ok(IpamConf {
+        ranges,
+        reserved,
+        data_dir,
+        routes,
+    })
 }
 
 /// One `runtimeConfig.portMappings` entry. IPv6 host IPs are skipped (a dual-stack runtime
@@ -358,7 +403,12 @@ fn parse_port_mapping(path: &str, v: &Value) -> Result<Option<PortMapping>, CniE
         Some(s) if s.contains(':') => return Ok(None),
         Some(s) => Some(parse_ipv4(&join(path, "hostIP"), s)?),
     };
-    Ok(Some(PortMapping { host_port, container_port, protocol, host_ip }))
+    Ok(Some(PortMapping {
+        host_port,
+        container_port,
+        protocol,
+        host_ip,
+    }))
 }
 
 fn check_duplicate_mappings(list: &[PortMapping]) -> Result<(), CniError> {
@@ -395,7 +445,13 @@ mod tests {
         assert_eq!(c.mtu, 1500);
         assert!(c.ip_masq && c.hairpin && c.is_default_gateway);
         assert_eq!(c.cluster_cidrs, vec!["10.244.1.0/24".parse().unwrap()]);
-        assert_eq!(c.ipam.routes, vec![RouteConf { dst: "0.0.0.0/0".parse().unwrap(), gw: None }]);
+        assert_eq!(
+            c.ipam.routes,
+            vec![RouteConf {
+                dst: "0.0.0.0/0".parse().unwrap(),
+                gw: None
+            }]
+        );
         assert_eq!(c.ipam.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
     }
 
@@ -413,9 +469,15 @@ mod tests {
         .unwrap();
         assert_eq!(c.mtu, 1450);
         assert!(!c.ip_masq);
-        assert_eq!(c.ipam.ranges[0].gateway, Some("10.244.1.254".parse().unwrap()));
+        assert_eq!(
+            c.ipam.ranges[0].gateway,
+            Some("10.244.1.254".parse().unwrap())
+        );
         assert_eq!(c.port_mappings.len(), 2, "the IPv6 entry is skipped");
-        assert_eq!(c.port_mappings[1].host_ip, Some("192.0.2.11".parse().unwrap()));
+        assert_eq!(
+            c.port_mappings[1].host_ip,
+            Some("192.0.2.11".parse().unwrap())
+        );
     }
 
     fn code_and_msg(s: &str) -> (u32, String) {
@@ -428,29 +490,117 @@ mod tests {
         let cases: &[(&str, u32, &str)] = &[
             ("{", 6, "decode"),
             ("[]", 6, "object"),
-            (r#"{"name":"n","type":"t","ipam":{}}"#, 7, "\"cniVersion\" is required"),
-            (r#"{"cniVersion":"9.9.9","name":"n","type":"t"}"#, 1, "9.9.9"),
+            (
+                r#"{"name":"n","type":"t","ipam":{}}"#,
+                7,
+                "\"cniVersion\" is required",
+            ),
+            (
+                r#"{"cniVersion":"9.9.9","name":"n","type":"t"}"#,
+                1,
+                "9.9.9",
+            ),
             (r#"{"cniVersion":1,"name":"n","type":"t"}"#, 7, "cniVersion"),
-            (r#"{"cniVersion":"1.1.0","name":"a/b","type":"t","ipam":{}}"#, 7, "name"),
-            (r#"{"cniVersion":"1.1.0","name":"n","type":"t"}"#, 7, "\"ipam\" is required"),
-            (r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{}}"#, 7, "ipam.subnet"),
-            (r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"subnet":"10.244.1.0/33"}}"#, 7, "ipam.subnet"),
-            (r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"subnet":"fd00::/64"}}"#, 2, "IPv6"),
-            (r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"type":"host-local","subnet":"10.1.0.0/16"}}"#, 2, "ipam.type"),
-            (r#"{"cniVersion":"1.1.0","name":"n","type":"t","mtu":"1500","ipam":{"subnet":"10.1.0.0/16"}}"#, 7, "\"mtu\""),
-            (r#"{"cniVersion":"1.1.0","name":"n","type":"t","mtu":10,"ipam":{"subnet":"10.1.0.0/16"}}"#, 7, "out of range"),
-            (r#"{"cniVersion":"1.1.0","name":"n","type":"t","bridge":"averyveryverylongbridge","ipam":{"subnet":"10.1.0.0/16"}}"#, 7, "bridge"),
-            (r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipMasq":"yes","ipam":{"subnet":"10.1.0.0/16"}}"#, 7, "ipMasq"),
-            (r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"subnet":"10.1.0.0/16","rangeStart":"10.1.0.300"}}"#, 7, "ipam.rangeStart"),
-            (r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"ranges":[[{"rangeStart":"10.1.0.3"}]]}}"#, 7, "ipam.ranges[0][0].subnet"),
-            (r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"ranges":[[{"subnet":"10.1.0.0/16"}],[{"subnet":"10.2.0.0/16"}]]}}"#, 2, "range sets"),
-            (r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"subnet":"10.1.0.0/16","dataDir":"rel/dir"}}"#, 7, "absolute"),
-            (r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"subnet":"10.1.0.0/16"},"runtimeConfig":{"portMappings":[{"hostPort":0,"containerPort":80}]}}"#, 7, "hostPort"),
-            (r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"subnet":"10.1.0.0/16"},"runtimeConfig":{"portMappings":[{"hostPort":80}]}}"#, 7, "containerPort\" is required"),
-            (r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"subnet":"10.1.0.0/16"},"runtimeConfig":{"portMappings":[{"hostPort":80,"containerPort":80,"protocol":"icmp"}]}}"#, 7, "icmp"),
-            (r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"subnet":"10.1.0.0/16"},"runtimeConfig":{"portMappings":[{"hostPort":80,"containerPort":80},{"hostPort":80,"containerPort":81}]}}"#, 7, "twice"),
-            (r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"subnet":"10.1.0.0/16"},"prevResult":{"ips":"x"}}"#, 6, "prevResult"),
-            (r#"{"cniVersion":"1.1.0","name":"n","type":"t","clusterCIDR":"10.0.0.0/99","ipam":{"subnet":"10.1.0.0/16"}}"#, 7, "clusterCIDR"),
+            (
+                r#"{"cniVersion":"1.1.0","name":"a/b","type":"t","ipam":{}}"#,
+                7,
+                "name",
+            ),
+            (
+                r#"{"cniVersion":"1.1.0","name":"n","type":"t"}"#,
+                7,
+                "\"ipam\" is required",
+            ),
+            (
+                r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{}}"#,
+                7,
+                "ipam.subnet",
+            ),
+            (
+                r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"subnet":"10.244.1.0/33"}}"#,
+                7,
+                "ipam.subnet",
+            ),
+            (
+                r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"subnet":"fd00::/64"}}"#,
+                2,
+                "IPv6",
+            ),
+            (
+                r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"type":"host-local","subnet":"10.1.0.0/16"}}"#,
+                2,
+                "ipam.type",
+            ),
+            (
+                r#"{"cniVersion":"1.1.0","name":"n","type":"t","mtu":"1500","ipam":{"subnet":"10.1.0.0/16"}}"#,
+                7,
+                "\"mtu\"",
+            ),
+            (
+                r#"{"cniVersion":"1.1.0","name":"n","type":"t","mtu":10,"ipam":{"subnet":"10.1.0.0/16"}}"#,
+                7,
+                "out of range",
+            ),
+            (
+                r#"{"cniVersion":"1.1.0","name":"n","type":"t","bridge":"averyveryverylongbridge","ipam":{"subnet":"10.1.0.0/16"}}"#,
+                7,
+                "bridge",
+            ),
+            (
+                r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipMasq":"yes","ipam":{"subnet":"10.1.0.0/16"}}"#,
+                7,
+                "ipMasq",
+            ),
+            (
+                r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"subnet":"10.1.0.0/16","rangeStart":"10.1.0.300"}}"#,
+                7,
+                "ipam.rangeStart",
+            ),
+            (
+                r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"ranges":[[{"rangeStart":"10.1.0.3"}]]}}"#,
+                7,
+                "ipam.ranges[0][0].subnet",
+            ),
+            (
+                r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"ranges":[[{"subnet":"10.1.0.0/16"}],[{"subnet":"10.2.0.0/16"}]]}}"#,
+                2,
+                "range sets",
+            ),
+            (
+                r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"subnet":"10.1.0.0/16","dataDir":"rel/dir"}}"#,
+                7,
+                "absolute",
+            ),
+            (
+                r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"subnet":"10.1.0.0/16"},"runtimeConfig":{"portMappings":[{"hostPort":0,"containerPort":80}]}}"#,
+                7,
+                "hostPort",
+            ),
+            (
+                r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"subnet":"10.1.0.0/16"},"runtimeConfig":{"portMappings":[{"hostPort":80}]}}"#,
+                7,
+                "containerPort\" is required",
+            ),
+            (
+                r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"subnet":"10.1.0.0/16"},"runtimeConfig":{"portMappings":[{"hostPort":80,"containerPort":80,"protocol":"icmp"}]}}"#,
+                7,
+                "icmp",
+            ),
+            (
+                r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"subnet":"10.1.0.0/16"},"runtimeConfig":{"portMappings":[{"hostPort":80,"containerPort":80},{"hostPort":80,"containerPort":81}]}}"#,
+                7,
+                "twice",
+            ),
+            (
+                r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"subnet":"10.1.0.0/16"},"prevResult":{"ips":"x"}}"#,
+                6,
+                "prevResult",
+            ),
+            (
+                r#"{"cniVersion":"1.1.0","name":"n","type":"t","clusterCIDR":"10.0.0.0/99","ipam":{"subnet":"10.1.0.0/16"}}"#,
+                7,
+                "clusterCIDR",
+            ),
         ];
         for (input, code, needle) in cases {
             let (c, msg) = code_and_msg(input);

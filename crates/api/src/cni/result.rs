@@ -83,7 +83,8 @@ impl CniResult {
     /// The result in the shape `version` asks for. Twill's own fields (interface MTU) are
     /// valid in every version the spec keeps compatible; `ips[].version` exists only
     /// before 1.0.0.
-    pub fn encode(&self, version: &str) -> serde_json::Value {
+    /// Returned as text so the keys keep the spec's order.
+    pub fn encode(&self, version: &str) -> String {
         let mut out = self.clone();
         out.cni_version = version.to_string();
         let old = !super::version_at_least(version, "1.0.0");
@@ -95,7 +96,7 @@ impl CniResult {
                 i.mtu = None;
             }
         }
-        serde_json::to_value(out).expect("plain struct serializes")
+        serde_json::to_string(&out).expect("plain struct serializes")
     }
 
     /// Appends `other` to this result (chaining: a plugin adds to prevResult), shifting
@@ -122,7 +123,12 @@ mod tests {
         CniResult {
             cni_version: "1.1.0".into(),
             interfaces: vec![
-                Interface { name: "twl0".into(), mac: "aa:bb:cc:00:00:01".into(), mtu: Some(1500), sandbox: String::new() },
+                Interface {
+                    name: "twl0".into(),
+                    mac: "aa:bb:cc:00:00:01".into(),
+                    mtu: Some(1500),
+                    sandbox: String::new(),
+                },
                 Interface {
                     name: "eth0".into(),
                     mac: "aa:bb:cc:00:00:02".into(),
@@ -136,7 +142,10 @@ mod tests {
                 interface: Some(1),
                 version: None,
             }],
-            routes: vec![Route { dst: "0.0.0.0/0".into(), gw: Some("10.244.1.1".parse().unwrap()) }],
+            routes: vec![Route {
+                dst: "0.0.0.0/0".into(),
+                gw: Some("10.244.1.1".parse().unwrap()),
+            }],
             dns: Dns::default(),
         }
     }
@@ -145,18 +154,18 @@ mod tests {
     fn encodes_spec_1_1_exactly() {
         let v = sample().encode("1.1.0");
         assert_eq!(
-            v.to_string(),
+            v,
             r#"{"cniVersion":"1.1.0","interfaces":[{"name":"twl0","mac":"aa:bb:cc:00:00:01","mtu":1500},{"name":"eth0","mac":"aa:bb:cc:00:00:02","mtu":1500,"sandbox":"/run/netns/p"}],"ips":[{"address":"10.244.1.2/24","gateway":"10.244.1.1","interface":1}],"routes":[{"dst":"0.0.0.0/0","gw":"10.244.1.1"}]}"#
         );
     }
 
     #[test]
     fn older_versions_carry_ip_version_and_no_mtu() {
-        let v = sample().encode("0.4.0");
+        let v: serde_json::Value = serde_json::from_str(&sample().encode("0.4.0")).unwrap();
         assert_eq!(v["ips"][0]["version"], "4");
         assert!(v["interfaces"][0].get("mtu").is_none());
         assert_eq!(v["cniVersion"], "0.4.0");
-        let v = sample().encode("1.0.0");
+        let v: serde_json::Value = serde_json::from_str(&sample().encode("1.0.0")).unwrap();
         assert!(v["ips"][0].get("version").is_none());
     }
 
@@ -171,7 +180,7 @@ mod tests {
     #[test]
     fn round_trips_through_json() {
         let s = sample();
-        let back: CniResult = serde_json::from_value(s.encode("1.1.0")).unwrap();
+        let back: CniResult = serde_json::from_str(&s.encode("1.1.0")).unwrap();
         assert_eq!(back, s);
     }
 }
