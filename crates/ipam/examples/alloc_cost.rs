@@ -1,4 +1,4 @@
-//! Cost of one ADD (allocate + update_extra) and one DEL (release) with N pods already on
+//! Cost of `allocate`, `update_extra` and `release` with N pods already on
 //! the node, in a `twl…` temp dir under /tmp (or the dir given as the first argument).
 //!
 //! `cargo run --release -p twill-ipam --example alloc_cost -- [DIR] [PODS] [SUBNET]`
@@ -18,7 +18,7 @@ fn main() {
     let base = args
         .next()
         .map(Into::into)
-        .unwrap_or_else(|| std::env::temp_dir());
+        .unwrap_or_else(std::env::temp_dir);
     let pods: usize = args.next().map(|s| s.parse().unwrap()).unwrap_or(1000);
     let subnet = args.next().unwrap_or_else(|| "10.244.0.0/22".to_string());
     let data = base.join(format!("twlipambench{}", std::process::id()));
@@ -36,7 +36,7 @@ fn main() {
         dir.allocate(&pool, &key(i), extra.clone()).unwrap();
     }
     let rounds = 2000;
-    let (mut add, mut del) = (Vec::new(), Vec::new());
+    let (mut add, mut upd, mut del) = (Vec::new(), Vec::new(), Vec::new());
     for r in 0..rounds {
         // Churn: free one of the old pods, then add a new one (the walk must find the hole).
         let old = key(r % pods);
@@ -45,15 +45,18 @@ fn main() {
         del.push(t.elapsed());
         let t = Instant::now();
         dir.allocate(&pool, &old, serde_json::Value::Null).unwrap();
-        dir.update_extra(&old, extra.clone()).unwrap();
         add.push(t.elapsed());
+        let t = Instant::now();
+        dir.update_extra(&old, extra.clone()).unwrap();
+        upd.push(t.elapsed());
     }
     println!(
-        "{pods} pods in {} (capacity {}): ADD median {:.1} us p99 {:.1} us; DEL median {:.1} us p99 {:.1} us",
+        "{pods} pods in {} (capacity {}): allocate median {:.1} us p99 {:.1} us; update_extra median {:.1} us; release median {:.1} us p99 {:.1} us",
         pool.ranges()[0].subnet,
         pool.capacity(),
         pct(&mut add, 0.5),
         pct(&mut add, 0.99),
+        pct(&mut upd, 0.5),
         pct(&mut del, 0.5),
         pct(&mut del, 0.99)
     );

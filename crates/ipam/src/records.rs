@@ -5,42 +5,50 @@
 //!
 //! ```text
 //! <data_dir>/<network>/
-//!   ips/<a.b.c.d>                      one file per held address; content "<containerID>:<ifname>"
-//!   attachments/<containerID>:<ifname> one file per attachment; the record JSON
+//!   ips/<a.b.c.d>                      one file per held address: the record JSON, which names its attachment
+//!   attachments/<containerID>:<ifname> one file per attachment: the record JSON
 //!   last_reserved                      the last address handed out (round-robin hint)
 //!   lock                               flock(2) target, see below
 //! ```
 //!
 //! Why it is safe without a global lock on the hot path:
-//! - **Claim.** An address is taken by creating `ips/<ip>` with `O_CREAT|O_EXCL`: the kernel
-//!   lets exactly one creator win, across threads and processes, so no address is ever
-//!   handed out twice. A loser tries the next candidate.
-//! - **Publish.** The record is written to a temporary file and `link(2)`ed to
-//!   `attachments/<containerID>:<ifname>`; `link` fails if the name exists, so a duplicate
-//!   ADD for the same attachment fails atomically ([`RecordError::AlreadyAllocated`]) and
-//!   rolls back its address claim. Readers never see a half-written record.
+//! - **Claim.** An address is taken by creating `ips/<ip>` with `O_CREAT|O_EXCL` and writing
+//!   the record into it: the kernel lets exactly one creator win, across threads and
+//!   processes, so no address is ever handed out twice. A loser tries the next candidate.
+//! - **Publish.** The complete claim file is then `link(2)`ed to
+//!   `attachments/<containerID>:<ifname>`, so the claim file is the "temp file" the record
+//!   is published from and the two names share one inode. `link` fails if the name exists,
+//!   so a duplicate ADD for the same attachment fails atomically
+//!   ([`RecordError::AlreadyAllocated`]) and rolls back its claim. Readers never see a
+//!   half-written record. Why one inode: allocating an inode is by far the dearest step
+//!   (about 0.3 ms on this project's ext4 test machines, against a few microseconds for a
+//!   link), so an ADD allocates exactly one, like host-local.
 //!   (':' cannot occur in a container ID or interface name per the CNI spec, so the name
 //!   is unambiguous; both parts are validated, path separators included.)
-//! - **Hint.** `last_reserved` is replaced by rename after each ADD so the next ADD starts
-//!   after it (round robin, like host-local). It is advice only: a missing, stale or garbage
-//!   hint just restarts the walk at the first range.
-//! - **Release.** The attachment record is removed first (the commit point: only the one
+//! - **Update.** [`RecordDir::update_extra`] writes a new file and renames it over the
+//!   attachment name; the address file keeps the old content, which still names the
+//!   attachment (that is all it is read for).
+//! - **Hint.** `last_reserved` is overwritten in place (fixed width) after each ADD so the
+//!   next ADD starts after it (round robin, like host-local). It is advice only: a missing,
+//!   stale, torn or garbage hint just restarts the walk elsewhere.
+//! - **Release.** The attachment name is removed first (the commit point: only the one
 //!   caller whose unlink succeeds goes on), then `ips/<ip>`, and that only if it still
 //!   names this attachment.
 //! - **Crashes.** Each step leaves, at worst, an address file with no attachment (claimed,
-//!   record not yet published, or record removed and address not yet) or a stray temporary
-//!   file. Both are orphans that [`RecordDir::gc`] removes.
+//!   record not yet published, or record removed and address not yet), possibly empty, or
+//!   a stray temporary file of `update_extra`. All are orphans that [`RecordDir::gc`]
+//!   removes.
 //! - **GC vs. ADD.** An ADD between claim and publish looks exactly like an orphan, so GC
 //!   must not run meanwhile: ADD and DEL hold a shared `flock` on `lock`, GC (and the rare
 //!   `update_extra`) an exclusive one. Shared locks never wait for each other, and the kernel
 //!   drops them if the process dies.
 //!
-//! Cost of an ADD: a shared lock, one hint read, normally one `O_EXCL` create (the address
-//! after the hint is usually free), one temp file, one link, one unlink, one hint rename: a
-//! few dozen microseconds, independent of the number of pods. When the walk meets held
-//! addresses (after a wrap-around), it reads `ips/` once after a few misses and skips the
-//! held ones from memory, so a nearly full pool costs one directory read, not one failed
-//! create per held address.
+//! Cost of an ADD: open + shared flock of `lock`, one hint read, normally one `O_EXCL`
+//! create (the address after the hint is usually free), one link, one in-place hint write:
+//! independent of the number of pods. When the walk meets held addresses (after a
+//! wrap-around), it reads `ips/` once after a few misses and skips the held ones from
+//! memory, so a nearly full pool costs one directory read, not one failed create per held
+//! address. `examples/alloc_cost.rs` measures it.
 //!
 //! No fsync: like host-local, the records describe pods that do not survive a reboot; the
 //! runtime's GC after a crash removes what is left.
@@ -57,7 +65,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -174,6 +182,12 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Rec
     }
 }
 
+fn record_json(record: &Record) -> Vec<u8> {
+    let mut bytes = serde_json::to_vec(record).expect("a record always serializes");
+    bytes.push(b'\n');
+    bytes
+}
+
 /// Unique temporary names within this process; the pid makes them unique across processes.
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -278,7 +292,11 @@ impl RecordDir {
     ) -> Result<Record, RecordError> {
         key.validate()?;
         let _lock = self.lock(false)?;
-        let owner = key.to_string();
+        let mut record = Record {
+            key: key.clone(),
+            ip: Ipv4Addr::UNSPECIFIED,
+            extra,
+        };
         let mut misses = 0;
         let mut held: Option<HashSet<Ipv4Addr>> = None;
         for ip in pool.candidates_after(self.read_hint()) {
@@ -288,12 +306,9 @@ impl RecordDir {
             if held.as_ref().is_some_and(|h| h.contains(&ip)) {
                 continue;
             }
-            if self.claim(ip, &owner)? {
-                return self.publish(Record {
-                    key: key.clone(),
-                    ip,
-                    extra,
-                });
+            record.ip = ip;
+            if self.claim(&record)? {
+                return self.publish(record);
             }
             misses += 1;
         }
@@ -309,9 +324,9 @@ impl RecordDir {
         })
     }
 
-    /// Creates `ips/<ip>` exclusively. `Ok(false)`: someone holds it already.
-    fn claim(&self, ip: Ipv4Addr, owner: &str) -> Result<bool, RecordError> {
-        let path = self.ip_path(ip);
+    /// Creates `ips/<ip>` exclusively, holding the record. `Ok(false)`: someone holds it.
+    fn claim(&self, record: &Record) -> Result<bool, RecordError> {
+        let path = self.ip_path(record.ip);
         let mut file = match OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -328,7 +343,7 @@ impl RecordDir {
                 })
             }
         };
-        if let Err(e) = file.write_all(owner.as_bytes()) {
+        if let Err(e) = file.write_all(&record_json(record)) {
             let _ = fs::remove_file(&path);
             return Err(RecordError::Io {
                 op: "write",
@@ -339,21 +354,12 @@ impl RecordDir {
         Ok(true)
     }
 
-    /// Links the record into place after its address was claimed; rolls the claim back if
+    /// Links the claimed address file to the attachment's name; rolls the claim back if
     /// the attachment exists already.
     fn publish(&self, record: Record) -> Result<Record, RecordError> {
         let ip_path = self.ip_path(record.ip);
-        let rollback = |e: RecordError| {
-            let _ = fs::remove_file(&ip_path);
-            e
-        };
-        let tmp = self
-            .write_tmp(&self.attachments, "record", &record)
-            .map_err(rollback)?;
         let target = self.attachment_path(&record.key);
-        let linked = fs::hard_link(&tmp, &target);
-        let _ = fs::remove_file(&tmp);
-        match linked {
+        match fs::hard_link(&ip_path, &target) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 let _ = fs::remove_file(&ip_path);
@@ -367,11 +373,12 @@ impl RecordDir {
                 });
             }
             Err(e) => {
-                return Err(rollback(RecordError::Io {
+                let _ = fs::remove_file(&ip_path);
+                return Err(RecordError::Io {
                     op: "link",
                     path: target,
                     source: e,
-                }))
+                });
             }
         }
         // The hint is advice: failing to write it costs only round-robin order.
@@ -381,8 +388,7 @@ impl RecordDir {
 
     /// Writes `record` as JSON to a new temporary file in `dir` and returns its path.
     fn write_tmp(&self, dir: &Path, what: &str, record: &Record) -> Result<PathBuf, RecordError> {
-        let mut bytes = serde_json::to_vec(record).expect("a record always serializes");
-        bytes.push(b'\n');
+        let bytes = record_json(record);
         let tmp = dir.join(tmp_name(what));
         let written = OpenOptions::new()
             .write(true)
@@ -405,13 +411,17 @@ impl RecordDir {
         fs::read_to_string(&self.hint).ok()?.trim().parse().ok()
     }
 
+    /// Overwrites the hint in place, padded to a fixed width so no stale tail remains.
+    /// In place rather than by rename: creating a file is the dearest step of an ADD on a
+    /// busy ext4, and a torn read by a concurrent ADD only yields a harmless bad hint.
     fn write_hint(&self, ip: Ipv4Addr) -> io::Result<()> {
-        let tmp = self.root.join(tmp_name("hint"));
-        let result = fs::write(&tmp, format!("{ip}\n")).and_then(|()| fs::rename(&tmp, &self.hint));
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(&self.hint)?;
+        file.write_all_at(format!("{ip:<15}\n").as_bytes(), 0)
     }
 
     /// Reads a record file; `None` if it does not exist.
@@ -527,10 +537,16 @@ impl RecordDir {
         }
     }
 
+    /// The attachment `ips/<ip>` names ("<containerID>:<ifname>"); `Some("")` if the file
+    /// cannot be parsed (a crash before its content was written), `None` if it is gone.
     fn ip_owner(&self, ip: Ipv4Addr) -> Result<Option<String>, RecordError> {
         let path = self.ip_path(ip);
         match fs::read(&path) {
-            Ok(b) => Ok(Some(String::from_utf8_lossy(&b).trim().to_string())),
+            Ok(b) => Ok(Some(
+                serde_json::from_slice::<Record>(&b)
+                    .map(|r| r.key.to_string())
+                    .unwrap_or_default(),
+            )),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(RecordError::Io {
                 op: "read",

@@ -48,12 +48,17 @@ fn allocate_get_update_release() {
     let b = dir.allocate(&pool, &key("c2"), json!(null)).unwrap();
     assert_eq!(b.ip, ip("10.244.1.3"));
 
-    // On disk: the claim names its attachment, the record is JSON.
+    // On disk: the claim and the attachment are one inode holding the record JSON.
     let root = tmp.path.join("pods");
+    use std::os::unix::fs::MetadataExt;
+    let claim = fs::metadata(root.join("ips/10.244.1.2")).unwrap();
     assert_eq!(
-        fs::read_to_string(root.join("ips/10.244.1.2")).unwrap(),
-        "c1:eth0"
+        claim.ino(),
+        fs::metadata(root.join("attachments/c1:eth0"))
+            .unwrap()
+            .ino()
     );
+    assert_eq!(claim.nlink(), 2);
     let on_disk: serde_json::Value =
         serde_json::from_slice(&fs::read(root.join("attachments/c1:eth0")).unwrap()).unwrap();
     assert_eq!(
@@ -262,12 +267,20 @@ fn gc_releases_stale_attachments_and_orphans() {
     // Crash leftovers: a claim whose record was never published, an empty claim (crash
     // between create and write), stray temp files, and a corrupt record of a dead pod
     // whose claim is still there.
-    fs::write(root.join("ips/10.244.1.50"), "dead:eth0").unwrap();
+    fs::write(
+        root.join("ips/10.244.1.50"),
+        r#"{"containerId":"dead","ifname":"eth0","ip":"10.244.1.50","extra":null}"#,
+    )
+    .unwrap();
     fs::write(root.join("ips/10.244.1.51"), "").unwrap();
     fs::write(root.join("attachments/.tmp-record-1-1"), "{").unwrap();
     fs::write(root.join(".tmp-hint-1-1"), "10.").unwrap();
     fs::write(root.join("attachments/bad:eth0"), "{ not json").unwrap();
-    fs::write(root.join("ips/10.244.1.52"), "bad:eth0").unwrap();
+    fs::write(
+        root.join("ips/10.244.1.52"),
+        r#"{"containerId":"bad","ifname":"eth0","ip":"10.244.1.52"}"#,
+    )
+    .unwrap();
     assert!(
         matches!(dir.list(), Err(RecordError::Corrupt { .. })),
         "list reports the corrupt record"
@@ -307,12 +320,24 @@ fn release_of_a_corrupt_record_still_frees_its_address() {
     let root = tmp.path.join("pods");
     let pool = pool("10.244.1.0/24");
     let r = dir.allocate(&pool, &key("c1"), json!(null)).unwrap();
+    // Only the attachment name is damaged (a new inode): DEL finds the address by scanning.
+    fs::remove_file(root.join("attachments/c1:eth0")).unwrap();
     fs::write(root.join("attachments/c1:eth0"), "").unwrap();
     assert!(matches!(
         dir.get(&key("c1")),
         Err(RecordError::Corrupt { .. })
     ));
     assert_eq!(dir.release(&key("c1")).unwrap().map(|r| r.ip), Some(r.ip));
+    assert!(dir.used().unwrap().is_empty());
+
+    // The shared inode is damaged (e.g. power loss): DEL still succeeds, the address is an
+    // orphan until GC.
+    let r = dir.allocate(&pool, &key("c2"), json!(null)).unwrap();
+    fs::write(root.join("attachments/c2:eth0"), "").unwrap();
+    assert_eq!(dir.release(&key("c2")).unwrap(), None);
+    assert_eq!(dir.release(&key("c2")).unwrap(), None);
+    assert_eq!(dir.used().unwrap(), [r.ip]);
+    assert_eq!(dir.gc(&[]).unwrap(), []);
     assert!(dir.used().unwrap().is_empty());
 }
 
@@ -324,7 +349,14 @@ fn release_leaves_an_address_that_names_another_attachment() {
     let r = dir
         .allocate(&pool("10.244.1.0/24"), &key("c1"), json!(null))
         .unwrap();
-    fs::write(root.join(format!("ips/{}", r.ip)), "c2:eth0").unwrap();
+    // The address file (a separate inode now) names another attachment.
+    let claim = root.join(format!("ips/{}", r.ip));
+    fs::remove_file(&claim).unwrap();
+    fs::write(
+        &claim,
+        format!(r#"{{"containerId":"c2","ifname":"eth0","ip":"{}"}}"#, r.ip),
+    )
+    .unwrap();
     assert_eq!(dir.release(&key("c1")).unwrap().map(|r| r.ip), Some(r.ip));
     assert_eq!(
         dir.used().unwrap(),

@@ -37,7 +37,10 @@ pub enum LabError {
         source: std::io::Error,
     },
     #[error("lab {name} is not fully removed: {} still exist; remove them with `ip netns del` / `rm -r`", leftovers.join(", "))]
-    Leftovers { name: String, leftovers: Vec<String> },
+    Leftovers {
+        name: String,
+        leftovers: Vec<String>,
+    },
 }
 
 /// Progress messages (`up`, `down`) go through this, so the CLI decides where they go.
@@ -51,7 +54,10 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LabError {
 /// Runs `ip ARGS`, returning stdout; a failure carries ip's own message.
 pub fn ip(args: &[&str]) -> Result<String, LabError> {
     let cmd = format!("ip {}", args.join(" "));
-    let out = Command::new("ip").args(args).output().map_err(io_err(format!("run `{cmd}` (is iproute2 installed?)")))?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(io_err(format!("run `{cmd}` (is iproute2 installed?)")))?;
     if !out.status.success() {
         let detail = String::from_utf8_lossy(&out.stderr).trim().to_string();
         return Err(LabError::Command { cmd, detail });
@@ -66,8 +72,10 @@ pub fn list_netns() -> Result<Vec<String>, LabError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(io_err(format!("list {NETNS_DIR}"))(e)),
     };
-    let mut names: Vec<String> =
-        entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     names.sort();
     Ok(names)
 }
@@ -75,7 +83,10 @@ pub fn list_netns() -> Result<Vec<String>, LabError> {
 /// The namespaces that carry lab `name`'s prefix, whether or not its state knows them.
 pub fn lab_netns(name: &str) -> Result<Vec<String>, LabError> {
     let prefix = plan::netns_prefix(name);
-    Ok(list_netns()?.into_iter().filter(|n| n.starts_with(&prefix)).collect())
+    Ok(list_netns()?
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .collect())
 }
 
 pub fn netns_exists(netns: &str) -> bool {
@@ -98,21 +109,61 @@ fn set_ip_forward(netns: &str) -> Result<(), LabError> {
         detail: e.to_string(),
     })?;
     twill_netlink::run_in(&ns, || std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))
-        .map_err(|e| LabError::Command { cmd: format!("enable ip_forward in {netns}"), detail: e.to_string() })?
+        .map_err(|e| LabError::Command {
+            cmd: format!("enable ip_forward in {netns}"),
+            detail: e.to_string(),
+        })?
         .map_err(io_err(format!("enable ip_forward in {netns}")))
 }
 
 fn wire_veth(v: &Veth) -> Result<(), LabError> {
     // Both ends are created directly in their namespaces: nothing touches the root namespace.
-    ip(&["-n", &v.netns, "link", "add", &v.ifname, "type", "veth", "peer", "name", &v.peer_ifname, "netns", &v.peer_netns])?;
+    ip(&[
+        "-n",
+        &v.netns,
+        "link",
+        "add",
+        &v.ifname,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &v.peer_ifname,
+        "netns",
+        &v.peer_netns,
+    ])?;
     if let Some(a) = v.address {
-        ip(&["-n", &v.netns, "addr", "add", &a.to_string(), "dev", &v.ifname])?;
+        ip(&[
+            "-n",
+            &v.netns,
+            "addr",
+            "add",
+            &a.to_string(),
+            "dev",
+            &v.ifname,
+        ])?;
     }
     if let Some(a) = v.peer_address {
-        ip(&["-n", &v.peer_netns, "addr", "add", &a.to_string(), "dev", &v.peer_ifname])?;
+        ip(&[
+            "-n",
+            &v.peer_netns,
+            "addr",
+            "add",
+            &a.to_string(),
+            "dev",
+            &v.peer_ifname,
+        ])?;
     }
     if let Some(m) = &v.peer_master {
-        ip(&["-n", &v.peer_netns, "link", "set", &v.peer_ifname, "master", m])?;
+        ip(&[
+            "-n",
+            &v.peer_netns,
+            "link",
+            "set",
+            &v.peer_ifname,
+            "master",
+            m,
+        ])?;
     }
     ip(&["-n", &v.netns, "link", "set", &v.ifname, "up"])?;
     ip(&["-n", &v.peer_netns, "link", "set", &v.peer_ifname, "up"])?;
@@ -124,14 +175,21 @@ fn wire_veth(v: &Veth) -> Result<(), LabError> {
 pub fn up(spec: &LabSpec, cni_bin: &Path, log: Log) -> Result<LabState, LabError> {
     let plan = plan::plan(spec)?;
     if !cni_bin.is_file() {
-        return Err(LabError::PluginMissing { bin: cni_bin.to_path_buf() });
+        return Err(LabError::PluginMissing {
+            bin: cni_bin.to_path_buf(),
+        });
     }
     if plan.state_dir.exists() || !lab_netns(&plan.name)?.is_empty() {
         return Err(LabError::Exists { name: plan.name });
     }
-    std::fs::create_dir_all(&plan.state_dir).map_err(io_err(format!("create {}", plan.state_dir.display())))?;
+    std::fs::create_dir_all(&plan.state_dir)
+        .map_err(io_err(format!("create {}", plan.state_dir.display())))?;
     let mut state = LabState::new(plan, cni_bin.to_path_buf());
-    if let Err(e) = state.save().map_err(LabError::from).and_then(|_| build(&mut state, log)) {
+    if let Err(e) = state
+        .save()
+        .map_err(LabError::from)
+        .and_then(|_| build(&mut state, log))
+    {
         log(&format!("up failed ({e}); removing what was made"));
         for w in teardown(&state, log) {
             log(&format!("warning: {w}"));
@@ -148,25 +206,60 @@ fn build(state: &mut LabState, log: Log) -> Result<(), LabError> {
         add_netns(state, ns)?;
     }
     for seg in &plan.segments {
-        log(&format!("underlay switch: bridge {} in {} for {}", seg.bridge, seg.netns, seg.subnet));
-        ip(&["-n", &seg.netns, "link", "add", &seg.bridge, "type", "bridge"])?;
+        log(&format!(
+            "underlay switch: bridge {} in {} for {}",
+            seg.bridge, seg.netns, seg.subnet
+        ));
+        ip(&[
+            "-n",
+            &seg.netns,
+            "link",
+            "add",
+            &seg.bridge,
+            "type",
+            "bridge",
+        ])?;
         ip(&["-n", &seg.netns, "link", "set", &seg.bridge, "up"])?;
     }
     for v in plan.veths() {
-        log(&format!("veth: {}:{} <-> {}:{}", v.netns, v.ifname, v.peer_netns, v.peer_ifname));
+        log(&format!(
+            "veth: {}:{} <-> {}:{}",
+            v.netns, v.ifname, v.peer_netns, v.peer_ifname
+        ));
         wire_veth(v)?;
     }
     set_ip_forward(&plan.router.netns)?;
     let out = &plan.outside;
-    ip(&["-n", &out.netns, "route", "add", "default", "via", &out.gateway.to_string()])?;
+    ip(&[
+        "-n",
+        &out.netns,
+        "route",
+        "add",
+        "default",
+        "via",
+        &out.gateway.to_string(),
+    ])?;
     for node in &plan.nodes {
-        log(&format!("node {}: {} on eth0, default via {}, pod subnet {}", node.short, node.address, node.gateway, node.pod_subnet));
-        ip(&["-n", &node.netns, "route", "add", "default", "via", &node.gateway.to_string()])?;
+        log(&format!(
+            "node {}: {} on eth0, default via {}, pod subnet {}",
+            node.short, node.address, node.gateway, node.pod_subnet
+        ));
+        ip(&[
+            "-n",
+            &node.netns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &node.gateway.to_string(),
+        ])?;
         set_ip_forward(&node.netns)?;
-        std::fs::create_dir_all(&node.ipam_dir).map_err(io_err(format!("create {}", node.ipam_dir.display())))?;
+        std::fs::create_dir_all(&node.ipam_dir)
+            .map_err(io_err(format!("create {}", node.ipam_dir.display())))?;
         let conflist = runtime::node_conflist(&plan, node);
         let text = serde_json::to_string_pretty(&conflist).expect("conflist serializes");
-        std::fs::write(&node.conflist, text).map_err(io_err(format!("write {}", node.conflist.display())))?;
+        std::fs::write(&node.conflist, text)
+            .map_err(io_err(format!("write {}", node.conflist.display())))?;
         for pod in &node.pods {
             add_pod(state, node, pod, &conflist)?;
             let rec = state.pods.last().expect("just added");
@@ -181,7 +274,12 @@ fn build(state: &mut LabState, log: Log) -> Result<(), LabError> {
 }
 
 /// The runtime's part of "run a pod sandbox": make the namespace, then call the plugin.
-fn add_pod(state: &mut LabState, node: &NodePlan, pod: &PodPlan, conflist: &Value) -> Result<(), LabError> {
+fn add_pod(
+    state: &mut LabState,
+    node: &NodePlan,
+    pod: &PodPlan,
+    conflist: &Value,
+) -> Result<(), LabError> {
     add_netns(state, &pod.netns)?;
     // Recorded before ADD: a failed ADD still gets its DEL, as kubelet does.
     state.pods.push(PodRecord {
@@ -209,11 +307,19 @@ fn call_plugin(
     command: CniCommand,
     prev_result: Option<&Value>,
 ) -> Result<Option<Value>, LabError> {
-    let config = runtime::plugin_config(conflist, 0, &runtime::pod_capability_args(pod), prev_result)
-        .expect("the lab's conflist has one plugin");
+    let config =
+        runtime::plugin_config(conflist, 0, &runtime::pod_capability_args(pod), prev_result)
+            .expect("the lab's conflist has one plugin");
     let cni_path = state.cni_bin.parent().unwrap_or(Path::new("/"));
     let env = runtime::plugin_env(command, &state.plan.name, pod, cni_path);
-    Ok(runtime::exec_plugin(&state.cni_bin, &node.netns, &env, &config, command, &pod.container_id)?)
+    Ok(runtime::exec_plugin(
+        &state.cni_bin,
+        &node.netns,
+        &env,
+        &config,
+        command,
+        &pod.container_id,
+    )?)
 }
 
 /// Removes what `state` records: DEL for every pod (prevResult = its ADD result), recorded
@@ -223,15 +329,28 @@ pub fn teardown(state: &LabState, log: Log) -> Vec<String> {
     let mut warnings = Vec::new();
     let plan = &state.plan;
     for rec in state.pods.iter().rev() {
-        let (Some(node), Some(pod)) = (plan.node(rec.node), plan.pods().find(|p| p.short == rec.short)) else {
-            warnings.push(format!("pod {} is not in the plan; not running DEL", rec.short));
+        let (Some(node), Some(pod)) = (
+            plan.node(rec.node),
+            plan.pods().find(|p| p.short == rec.short),
+        ) else {
+            warnings.push(format!(
+                "pod {} is not in the plan; not running DEL",
+                rec.short
+            ));
             continue;
         };
         if !netns_exists(&node.netns) {
             continue;
         }
         let conflist = runtime::node_conflist(plan, node);
-        match call_plugin(state, node, pod, &conflist, CniCommand::Del, rec.result.as_ref()) {
+        match call_plugin(
+            state,
+            node,
+            pod,
+            &conflist,
+            CniCommand::Del,
+            rec.result.as_ref(),
+        ) {
             Ok(_) => log(&format!("pod {}: twill-cni DEL done", rec.short)),
             Err(e) => warnings.push(format!("DEL {}: {e}", rec.short)),
         }
@@ -286,7 +405,10 @@ pub struct DownReport {
 pub fn down(name: &str, log: Log) -> Result<DownReport, LabError> {
     plan::validate_name(name)?;
     let dir = plan::state_dir(name);
-    let mut report = DownReport { found: dir.exists(), ..Default::default() };
+    let mut report = DownReport {
+        found: dir.exists(),
+        ..Default::default()
+    };
     match LabState::load(name, &dir) {
         Ok(state) => report.warnings.extend(teardown(&state, log)),
         Err(StateError::Missing { .. }) => {}
@@ -301,7 +423,9 @@ pub fn down(name: &str, log: Log) -> Result<DownReport, LabError> {
     }
     if dir.exists() {
         if let Err(e) = std::fs::remove_dir_all(&dir) {
-            report.warnings.push(format!("remove {}: {e}", dir.display()));
+            report
+                .warnings
+                .push(format!("remove {}: {e}", dir.display()));
         }
     }
     let mut leftovers = lab_netns(name)?;
@@ -309,7 +433,10 @@ pub fn down(name: &str, log: Log) -> Result<DownReport, LabError> {
         leftovers.push(dir.display().to_string());
     }
     if !leftovers.is_empty() {
-        return Err(LabError::Leftovers { name: name.into(), leftovers });
+        return Err(LabError::Leftovers {
+            name: name.into(),
+            leftovers,
+        });
     }
     Ok(report)
 }
@@ -336,6 +463,7 @@ pub fn exec(state: &LabState, target: &str, cmd: &[String]) -> Result<i32, LabEr
         .status()
         .map_err(io_err("run ip netns exec"))?;
     use std::os::unix::process::ExitStatusExt;
-    Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }
-

@@ -1,1 +1,21 @@
-//! The lab (work in progress).
+//! `twill lab`: a Kubernetes-style cluster built from network namespaces on one machine, with
+//! the lab playing the container runtime that calls twill-cni for every pod.
+//!
+//! - [`plan`]: pure; every name, address and subnet of a lab of N nodes (and 1–2 segments).
+//! - [`runtime`]: the runtime's role: conflist → plugin config, CNI env, calling the plugin.
+//! - [`build`]: namespaces, bridges, veths, routes (via `ip`), pods, and teardown.
+//! - [`state`]: `/run/<name>/state.json`, what `up` made.
+//! - [`status`]: live interfaces and addresses per namespace.
+//! - [`probe`] and [`check`]: in-namespace listeners and probes; the connectivity checks.
+
+pub mod build;
+pub mod check;
+pub mod plan;
+pub mod probe;
+pub mod runtime;
+pub mod state;
+pub mod status;
+
+pub use build::{down, exec, load, up, LabError};
+pub use plan::{LabPlan, LabSpec};
+pub use state::LabState;

@@ -55,7 +55,12 @@ pub struct LabSpec {
 
 impl Default for LabSpec {
     fn default() -> Self {
-        LabSpec { name: DEFAULT_NAME.into(), nodes: 1, pods_per_node: 2, segments: 1 }
+        LabSpec {
+            name: DEFAULT_NAME.into(),
+            nodes: 1,
+            pods_per_node: 2,
+            segments: 1,
+        }
     }
 }
 
@@ -176,7 +181,9 @@ pub struct LabPlan {
 pub fn validate_name(name: &str) -> Result<(), PlanError> {
     let ok = name.starts_with(NAME_PREFIX)
         && name.len() <= MAX_NAME_LEN
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
     if ok {
         Ok(())
     } else {
@@ -224,7 +231,11 @@ pub fn plan(spec: &LabSpec) -> Result<LabPlan, PlanError> {
         .map(|s| {
             let subnet = net(SEGMENT_SUBNETS[s]);
             // Segment 1 keeps the plain `-ul`; a second one is `-ul2`.
-            let suffix = if s == 0 { String::new() } else { (s + 1).to_string() };
+            let suffix = if s == 0 {
+                String::new()
+            } else {
+                (s + 1).to_string()
+            };
             SegmentPlan {
                 netns: format!("{name}-ul{suffix}"),
                 bridge: format!("{name}-br{suffix}"),
@@ -259,7 +270,11 @@ pub fn plan(spec: &LabSpec) -> Result<LabPlan, PlanError> {
         peer_address: Some(host(outside_net, 10)),
         peer_master: None,
     };
-    let router = RouterPlan { netns: router_netns, segment_legs, outside_leg };
+    let router = RouterPlan {
+        netns: router_netns,
+        segment_legs,
+        outside_leg,
+    };
     let outside = HostPlan {
         netns: outside_netns,
         ifname: "eth0".into(),
@@ -284,7 +299,11 @@ pub fn plan(spec: &LabSpec) -> Result<LabPlan, PlanError> {
                     netns: format!("{name}-n{i}-p{j}"),
                     container_id: format!("{name}-n{i}-p{j}"),
                     ifname: POD_IFNAME.into(),
-                    port_mappings: if j == 1 { first_pod_port_mappings() } else { Vec::new() },
+                    port_mappings: if j == 1 {
+                        first_pod_port_mappings()
+                    } else {
+                        Vec::new()
+                    },
                 })
                 .collect();
             NodePlan {
@@ -384,15 +403,20 @@ impl LabPlan {
             "out" => return Ok(&self.outside.netns),
             _ => {}
         }
-        if let Some(seg) = self.segments.iter().find(|s| {
-            s.netns.strip_prefix(&netns_prefix(&self.name)) == Some(target)
-        }) {
+        if let Some(seg) = self
+            .segments
+            .iter()
+            .find(|s| s.netns.strip_prefix(&netns_prefix(&self.name)) == Some(target))
+        {
             return Ok(&seg.netns);
         }
         if let Some(n) = self.nodes.iter().find(|n| n.short == target) {
             return Ok(&n.netns);
         }
-        self.pods().find(|p| p.short == target).map(|p| p.netns.as_str()).ok_or_else(unknown)
+        self.pods()
+            .find(|p| p.short == target)
+            .map(|p| p.netns.as_str())
+            .ok_or_else(unknown)
     }
 }
 
@@ -401,7 +425,12 @@ mod tests {
     use super::*;
 
     fn spec(nodes: u16, pods: u16, segments: u8) -> LabSpec {
-        LabSpec { name: "twllab".into(), nodes, pods_per_node: pods, segments }
+        LabSpec {
+            name: "twllab".into(),
+            nodes,
+            pods_per_node: pods,
+            segments,
+        }
     }
 
     #[test]
@@ -409,21 +438,49 @@ mod tests {
         for ok in ["twl", "twllab", "twl12345", "twla1"] {
             assert_eq!(validate_name(ok), Ok(()), "{ok}");
         }
-        for bad in ["lab", "twl-ab", "twlLab", "twl123456", "", "tw", "twl_a", "twl a"] {
+        for bad in [
+            "lab",
+            "twl-ab",
+            "twlLab",
+            "twl123456",
+            "",
+            "tw",
+            "twl_a",
+            "twl a",
+        ] {
             assert!(validate_name(bad).is_err(), "{bad}");
         }
-        let err = plan(&LabSpec { name: "mylab".into(), ..LabSpec::default() }).unwrap_err();
+        let err = plan(&LabSpec {
+            name: "mylab".into(),
+            ..LabSpec::default()
+        })
+        .unwrap_err();
         assert!(err.to_string().contains("must start with \"twl\""), "{err}");
     }
 
     #[test]
     fn sizes_are_checked() {
-        assert_eq!(plan(&spec(0, 1, 1)).unwrap_err(), PlanError::BadNodeCount(0));
-        assert_eq!(plan(&spec(201, 1, 1)).unwrap_err(), PlanError::BadNodeCount(201));
+        assert_eq!(
+            plan(&spec(0, 1, 1)).unwrap_err(),
+            PlanError::BadNodeCount(0)
+        );
+        assert_eq!(
+            plan(&spec(201, 1, 1)).unwrap_err(),
+            PlanError::BadNodeCount(201)
+        );
         assert_eq!(plan(&spec(1, 0, 1)).unwrap_err(), PlanError::BadPodCount(0));
-        assert_eq!(plan(&spec(1, 251, 1)).unwrap_err(), PlanError::BadPodCount(251));
-        assert_eq!(plan(&spec(1, 1, 0)).unwrap_err(), PlanError::BadSegmentCount(0));
-        assert_eq!(plan(&spec(1, 1, 3)).unwrap_err(), PlanError::BadSegmentCount(3));
+        assert_eq!(
+            plan(&spec(1, 251, 1)).unwrap_err(),
+            PlanError::BadPodCount(251)
+        );
+        assert_eq!(
+            plan(&spec(1, 1, 0)).unwrap_err(),
+            PlanError::BadSegmentCount(0)
+        );
+        assert_eq!(
+            plan(&spec(1, 1, 3)).unwrap_err(),
+            PlanError::BadSegmentCount(3)
+        );
         assert!(plan(&spec(MAX_NODES, MAX_PODS_PER_NODE, 2)).is_ok());
     }
 
@@ -434,14 +491,20 @@ mod tests {
         assert_eq!(p.cluster_cidr.to_string(), "10.244.0.0/16");
         assert_eq!(p.segments.len(), 1);
         let ul = &p.segments[0];
-        assert_eq!((ul.netns.as_str(), ul.bridge.as_str()), ("twllab-ul", "twllab-br"));
+        assert_eq!(
+            (ul.netns.as_str(), ul.bridge.as_str()),
+            ("twllab-ul", "twllab-br")
+        );
         assert_eq!(ul.subnet.to_string(), "192.0.2.0/24");
         assert_eq!(ul.gateway, Ipv4Addr::new(192, 0, 2, 1));
 
         assert_eq!(p.router.netns, "twllab-rt");
         let leg = &p.router.segment_legs[0];
         assert_eq!(leg.address.unwrap().to_string(), "192.0.2.1/24");
-        assert_eq!((leg.peer_netns.as_str(), leg.peer_ifname.as_str()), ("twllab-ul", "twllab-rt"));
+        assert_eq!(
+            (leg.peer_netns.as_str(), leg.peer_ifname.as_str()),
+            ("twllab-ul", "twllab-rt")
+        );
         assert_eq!(leg.peer_master.as_deref(), Some("twllab-br"));
         let out = &p.router.outside_leg;
         assert_eq!(out.address.unwrap().to_string(), "203.0.113.1/24");
@@ -460,7 +523,10 @@ mod tests {
         assert_eq!(n.pod_subnet.to_string(), "10.244.1.0/24");
         assert_eq!(n.pod_gateway, Ipv4Addr::new(10, 244, 1, 1));
         assert_eq!(n.bridge, "twl0");
-        assert_eq!(n.conflist, PathBuf::from("/run/twllab/n1/10-twill.conflist"));
+        assert_eq!(
+            n.conflist,
+            PathBuf::from("/run/twllab/n1/10-twill.conflist")
+        );
         assert_eq!(n.ipam_dir, PathBuf::from("/run/twllab/n1/ipam"));
 
         let pods: Vec<_> = p.pods().map(|p| p.netns.as_str()).collect();
@@ -499,7 +565,11 @@ mod tests {
 
     #[test]
     fn n_nodes_get_distinct_addresses_and_subnets() {
-        let p = plan(&LabSpec { name: "twl12345".into(), ..spec(MAX_NODES, 2, 1) }).unwrap();
+        let p = plan(&LabSpec {
+            name: "twl12345".into(),
+            ..spec(MAX_NODES, 2, 1)
+        })
+        .unwrap();
         let mut addrs = std::collections::HashSet::new();
         let mut subnets = std::collections::HashSet::new();
         for n in &p.nodes {
@@ -518,7 +588,11 @@ mod tests {
     #[test]
     fn interface_names_fit_the_kernel_limit() {
         // The longest name with the most nodes and segments.
-        let p = plan(&LabSpec { name: "twl12345".into(), ..spec(MAX_NODES, 1, 2) }).unwrap();
+        let p = plan(&LabSpec {
+            name: "twl12345".into(),
+            ..spec(MAX_NODES, 1, 2)
+        })
+        .unwrap();
         let mut names: Vec<&str> = vec![NODE_BRIDGE, POD_IFNAME];
         for v in p.veths() {
             names.push(&v.ifname);
@@ -548,7 +622,10 @@ mod tests {
         assert_eq!(p.nodes[1].uplink.peer_netns, "twllab-ul2");
         assert_eq!(p.router.segment_legs.len(), 2);
         assert_eq!(p.router.segment_legs[1].ifname, "eth1");
-        assert_eq!(p.router.segment_legs[1].address.unwrap().to_string(), "198.51.100.1/24");
+        assert_eq!(
+            p.router.segment_legs[1].address.unwrap().to_string(),
+            "198.51.100.1/24"
+        );
         assert_eq!(p.router.outside_leg.ifname, "eth2");
     }
 
@@ -562,7 +639,10 @@ mod tests {
         assert_eq!(p.target_netns("ul").unwrap(), "twllab-ul");
         assert_eq!(p.target_netns("ul2").unwrap(), "twllab-ul2");
         for bad in ["n3", "n1-p3", "twllab-n1", "x", ""] {
-            assert_eq!(p.target_netns(bad), Err(PlanError::UnknownTarget(bad.into())));
+            assert_eq!(
+                p.target_netns(bad),
+                Err(PlanError::UnknownTarget(bad.into()))
+            );
         }
     }
 

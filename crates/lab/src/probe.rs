@@ -34,13 +34,19 @@ pub enum ProbeError {
     #[error("{what}: unexpected reply {reply:?}")]
     BadReply { what: String, reply: String },
     #[error("ping {dst} from {netns} failed: {detail}")]
-    Ping { netns: String, dst: Ipv4Addr, detail: String },
+    Ping {
+        netns: String,
+        dst: Ipv4Addr,
+        detail: String,
+    },
 }
 
 /// Opens `/run/netns/<name>`.
 pub fn open_netns(name: &str) -> Result<Netns, ProbeError> {
-    Netns::open(format!("/run/netns/{name}"))
-        .map_err(|source| ProbeError::Netns { netns: name.into(), source })
+    Netns::open(format!("/run/netns/{name}")).map_err(|source| ProbeError::Netns {
+        netns: name.into(),
+        source,
+    })
 }
 
 fn in_netns<T: Send>(
@@ -48,7 +54,10 @@ fn in_netns<T: Send>(
     f: impl FnOnce() -> Result<T, ProbeError> + Send,
 ) -> Result<T, ProbeError> {
     let ns = open_netns(netns)?;
-    run_in(&ns, f).map_err(|source| ProbeError::Netns { netns: netns.into(), source })?
+    run_in(&ns, f).map_err(|source| ProbeError::Netns {
+        netns: netns.into(),
+        source,
+    })?
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ProbeError {
@@ -95,7 +104,11 @@ impl Drop for Listener {
 }
 
 /// Listens on TCP `addr` inside `netns`; every connection gets one reply line, then EOF.
-pub fn tcp_listener(netns: &str, responder: &str, addr: SocketAddr) -> Result<Listener, ProbeError> {
+pub fn tcp_listener(
+    netns: &str,
+    responder: &str,
+    addr: SocketAddr,
+) -> Result<Listener, ProbeError> {
     let what = format!("listen on tcp {addr} in {netns}");
     let listener = in_netns(netns, || TcpListener::bind(addr).map_err(io(what.clone())))?;
     listener.set_nonblocking(true).map_err(io(what))?;
@@ -126,7 +139,11 @@ pub fn tcp_listener(netns: &str, responder: &str, addr: SocketAddr) -> Result<Li
 }
 
 /// Listens on UDP `addr` inside `netns`; every datagram gets one reply datagram.
-pub fn udp_listener(netns: &str, responder: &str, addr: SocketAddr) -> Result<Listener, ProbeError> {
+pub fn udp_listener(
+    netns: &str,
+    responder: &str,
+    addr: SocketAddr,
+) -> Result<Listener, ProbeError> {
     let what = format!("listen on udp {addr} in {netns}");
     let socket = in_netns(netns, || UdpSocket::bind(addr).map_err(io(what.clone())))?;
     socket.set_read_timeout(Some(POLL)).map_err(io(what))?;
@@ -156,7 +173,9 @@ pub fn tcp_ask(netns: &str, dst: SocketAddr, timeout: Duration) -> Result<Reply,
     let stream = in_netns(netns, || {
         TcpStream::connect_timeout(&dst, timeout).map_err(io(format!("{what}: connect")))
     })?;
-    stream.set_read_timeout(Some(timeout)).map_err(io(what.clone()))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(io(what.clone()))?;
     let mut text = String::new();
     (&stream)
         .take(512)
@@ -174,10 +193,16 @@ pub fn udp_ask(netns: &str, dst: SocketAddr, timeout: Duration) -> Result<Reply,
         s.connect(dst).map_err(io(format!("{what}: connect")))?;
         Ok(s)
     })?;
-    socket.set_read_timeout(Some(timeout)).map_err(io(what.clone()))?;
-    socket.send(b"twill lab probe\n").map_err(io(format!("{what}: send")))?;
+    socket
+        .set_read_timeout(Some(timeout))
+        .map_err(io(what.clone()))?;
+    socket
+        .send(b"twill lab probe\n")
+        .map_err(io(format!("{what}: send")))?;
     let mut buf = [0u8; 512];
-    let n = socket.recv(&mut buf).map_err(io(format!("{what}: no reply")))?;
+    let n = socket
+        .recv(&mut buf)
+        .map_err(io(format!("{what}: no reply")))?;
     let text = String::from_utf8_lossy(&buf[..n]).into_owned();
     parse_reply(&text).ok_or(ProbeError::BadReply { what, reply: text })
 }
@@ -186,21 +211,28 @@ pub fn udp_ask(netns: &str, dst: SocketAddr, timeout: Duration) -> Result<Reply,
 pub fn ping(netns: &str, dst: Ipv4Addr, timeout: Duration) -> Result<(), ProbeError> {
     let wait = timeout.as_secs().max(1).to_string();
     let out = Command::new("ip")
-        .args(["netns", "exec", netns, "ping", "-n", "-q", "-c1", "-W", &wait])
+        .args([
+            "netns", "exec", netns, "ping", "-n", "-q", "-c1", "-W", &wait,
+        ])
         .arg(dst.to_string())
         .output()
         .map_err(io("run ip netns exec ping (is iputils-ping installed?)"))?;
     if out.status.success() {
         return Ok(());
     }
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     let detail = text
         .lines()
         .find(|l| l.contains("packet loss") || l.contains("connect:") || l.contains("ping:"))
         .unwrap_or(text.trim())
         .trim()
         .to_string();
-    Err(ProbeError::Ping { netns: netns.into(), dst, detail })
+    Err(ProbeError::Ping {
+        netns: netns.into(),
+        dst,
+        detail,
+    })
 }
 
 #[cfg(test)]
@@ -212,7 +244,13 @@ mod tests {
         let peer: SocketAddr = "10.244.1.3:41234".parse().unwrap();
         let text = format_reply("n1-p1", peer);
         assert_eq!(text, "n1-p1 10.244.1.3:41234\n");
-        assert_eq!(parse_reply(&text), Some(Reply { responder: "n1-p1".into(), peer }));
+        assert_eq!(
+            parse_reply(&text),
+            Some(Reply {
+                responder: "n1-p1".into(),
+                peer
+            })
+        );
         assert_eq!(parse_reply(""), None);
         assert_eq!(parse_reply("n1-p1"), None);
         assert_eq!(parse_reply("n1-p1 nonsense"), None);

@@ -20,35 +20,37 @@ pub const CNI_BIN_ENV: &str = "TWILL_CNI_BIN";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    #[error("cannot run {bin}: {source} (build it with `cargo build -p twill-cni`, or point --cni-bin / {CNI_BIN_ENV} at it)")]
+    #[error("{what}: {source}")]
     Spawn {
-        bin: PathBuf,
+        what: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("twill-cni {command} for {container} failed: code {code}: {msg}{}{}",
+    #[error("twill-cni {call} failed: code {code}: {msg}{}{}",
         if details.is_empty() { String::new() } else { format!(" ({details})") },
         if stderr.trim().is_empty() { String::new() } else { format!("; stderr: {}", stderr.trim()) })]
     Plugin {
-        command: String,
-        container: String,
+        /// `ADD for <container id>`.
+        call: String,
         code: u32,
         msg: String,
         details: String,
         stderr: String,
     },
-    #[error("twill-cni {command} for {container} exited with {status} without a CNI error on stdout: stdout {stdout:?}, stderr {stderr:?}")]
+    #[error("twill-cni {call} exited with {status} without a CNI error on stdout: stdout {stdout:?}, stderr {stderr:?}")]
     Crashed {
-        command: String,
-        container: String,
+        /// `ADD for <container id>`.
+        call: String,
         status: String,
         stdout: String,
         stderr: String,
     },
-    #[error("twill-cni {command} for {container} succeeded but printed no valid result JSON: {reason}; stdout {stdout:?}")]
+    #[error(
+        "twill-cni {call} succeeded but printed no valid result JSON: {reason}; stdout {stdout:?}"
+    )]
     BadResult {
-        command: String,
-        container: String,
+        /// `ADD for <container id>`.
+        call: String,
         reason: String,
         stdout: String,
     },
@@ -81,7 +83,10 @@ pub fn locate_plugin(flag: Option<&Path>, env: Option<&str>, current_exe: &Path)
     if let Some(p) = env.filter(|s| !s.is_empty()) {
         return PathBuf::from(p);
     }
-    current_exe.parent().unwrap_or(Path::new(".")).join(PLUGIN_TYPE)
+    current_exe
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(PLUGIN_TYPE)
 }
 
 /// The conflist a node's runtime reads (as from /etc/cni/net.d/10-twill.conflist).
@@ -191,19 +196,18 @@ pub fn parse_output(
     stdout: &str,
     stderr: &str,
 ) -> Result<Option<Value>, RuntimeError> {
+    let call = format!("{} for {container}", command.as_str());
     if !success {
         return match serde_json::from_str::<CniError>(stdout.trim()) {
             Ok(e) if e.code != 0 || !e.msg.is_empty() => Err(RuntimeError::Plugin {
-                command: command.as_str().into(),
-                container: container.into(),
+                call: call.clone(),
                 code: e.code,
                 msg: e.msg,
                 details: e.details,
                 stderr: stderr.into(),
             }),
             _ => Err(RuntimeError::Crashed {
-                command: command.as_str().into(),
-                container: container.into(),
+                call: call.clone(),
                 status: status.into(),
                 stdout: stdout.into(),
                 stderr: stderr.into(),
@@ -214,8 +218,7 @@ pub fn parse_output(
         return Ok(None);
     }
     let bad = |reason: String| RuntimeError::BadResult {
-        command: command.as_str().into(),
-        container: container.into(),
+        call: call.clone(),
         reason,
         stdout: stdout.into(),
     };
@@ -267,17 +270,36 @@ pub fn exec_plugin(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| RuntimeError::Spawn { bin: "ip".into(), source })?;
+        .map_err(|source| RuntimeError::Spawn {
+            what: format!(
+                "cannot run `ip netns exec {node_netns} {}` (is iproute2 installed?)",
+                bin.display()
+            ),
+            source,
+        })?;
     let stdin = serde_json::to_vec(config).expect("a JSON value serializes");
     // A plugin that exits before reading stdin closes the pipe; its exit status says why.
-    let _ = child.stdin.take().expect("stdin is piped").write_all(&stdin);
-    let out = child.wait_with_output().map_err(|source| RuntimeError::Spawn {
-        bin: bin.to_path_buf(),
-        source,
-    })?;
+    let _ = child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(&stdin);
+    let out = child
+        .wait_with_output()
+        .map_err(|source| RuntimeError::Spawn {
+            what: format!("cannot read the output of {}", bin.display()),
+            source,
+        })?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    parse_output(command, container, out.status.success(), &out.status.to_string(), &stdout, &stderr)
+    parse_output(
+        command,
+        container,
+        out.status.success(),
+        &out.status.to_string(),
+        &stdout,
+        &stderr,
+    )
 }
 
 #[cfg(test)]
@@ -286,7 +308,13 @@ mod tests {
     use crate::plan::{plan, LabSpec};
 
     fn lab() -> LabPlan {
-        plan(&LabSpec { name: "twllab".into(), nodes: 1, pods_per_node: 2, segments: 1 }).unwrap()
+        plan(&LabSpec {
+            name: "twllab".into(),
+            nodes: 1,
+            pods_per_node: 2,
+            segments: 1,
+        })
+        .unwrap()
     }
 
     #[test]
@@ -355,7 +383,11 @@ mod tests {
         let p = lab();
         let pod = &p.nodes[0].pods[1];
         let env = plugin_env(CniCommand::Del, "twllab", pod, Path::new("/opt/cni/bin"));
-        let get = |k: &str| env.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+        let get = |k: &str| {
+            env.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
         assert_eq!(get("CNI_COMMAND"), Some("DEL"));
         assert_eq!(get("CNI_CONTAINERID"), Some("twllab-n1-p2"));
         assert_eq!(get("CNI_NETNS"), Some("/run/netns/twllab-n1-p2"));
@@ -373,9 +405,18 @@ mod tests {
         let exe = Path::new("/usr/local/bin/twill");
         let flag = Path::new("/x/cni");
         assert_eq!(locate_plugin(Some(flag), Some("/y"), exe), flag);
-        assert_eq!(locate_plugin(None, Some("/y/cni"), exe), Path::new("/y/cni"));
-        assert_eq!(locate_plugin(None, Some(""), exe), Path::new("/usr/local/bin/twill-cni"));
-        assert_eq!(locate_plugin(None, None, exe), Path::new("/usr/local/bin/twill-cni"));
+        assert_eq!(
+            locate_plugin(None, Some("/y/cni"), exe),
+            Path::new("/y/cni")
+        );
+        assert_eq!(
+            locate_plugin(None, Some(""), exe),
+            Path::new("/usr/local/bin/twill-cni")
+        );
+        assert_eq!(
+            locate_plugin(None, None, exe),
+            Path::new("/usr/local/bin/twill-cni")
+        );
     }
 
     #[test]
@@ -406,14 +447,23 @@ mod tests {
             parse_output(CniCommand::Add, "c", true, "0", "not json", ""),
             Err(RuntimeError::BadResult { .. })
         ));
-        assert_eq!(parse_output(CniCommand::Del, "c", true, "0", "", "").unwrap(), None);
+        assert_eq!(
+            parse_output(CniCommand::Del, "c", true, "0", "", "").unwrap(),
+            None
+        );
 
         let err = r#"{"cniVersion":"1.1.0","code":11,"msg":"no free address","details":"10.244.1.0/24 is full"}"#;
         match parse_output(CniCommand::Add, "pod", false, "exit status: 1", err, "warn") {
             Err(e @ RuntimeError::Plugin { code: 11, .. }) => {
                 let s = e.to_string();
-                assert!(s.contains("ADD for pod failed: code 11: no free address"), "{s}");
-                assert!(s.contains("10.244.1.0/24 is full") && s.contains("stderr: warn"), "{s}");
+                assert!(
+                    s.contains("ADD for pod failed: code 11: no free address"),
+                    "{s}"
+                );
+                assert!(
+                    s.contains("10.244.1.0/24 is full") && s.contains("stderr: warn"),
+                    "{s}"
+                );
             }
             other => panic!("{other:?}"),
         }

@@ -63,7 +63,13 @@ pub struct LabState {
 
 impl LabState {
     pub fn new(plan: LabPlan, cni_bin: PathBuf) -> LabState {
-        LabState { plan, cni_bin, netns: Vec::new(), pods: Vec::new(), pids: Vec::new() }
+        LabState {
+            plan,
+            cni_bin,
+            netns: Vec::new(),
+            pods: Vec::new(),
+            pids: Vec::new(),
+        }
     }
 
     pub fn file(dir: &Path) -> PathBuf {
@@ -75,7 +81,10 @@ impl LabState {
         let path = Self::file(&self.plan.state_dir);
         let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_vec_pretty(self).expect("state serializes");
-        std::fs::write(&tmp, text).map_err(|source| StateError::Write { path: tmp.clone(), source })?;
+        std::fs::write(&tmp, text).map_err(|source| StateError::Write {
+            path: tmp.clone(),
+            source,
+        })?;
         std::fs::rename(&tmp, &path).map_err(|source| StateError::Write { path, source })
     }
 
@@ -84,12 +93,22 @@ impl LabState {
         let path = Self::file(dir);
         let text = std::fs::read(&path).map_err(|source| {
             if source.kind() == std::io::ErrorKind::NotFound {
-                StateError::Missing { name: name.into(), path: path.clone() }
+                StateError::Missing {
+                    name: name.into(),
+                    path: path.clone(),
+                }
             } else {
-                StateError::Read { path: path.clone(), source }
+                StateError::Read {
+                    path: path.clone(),
+                    source,
+                }
             }
         })?;
-        serde_json::from_slice(&text).map_err(|source| StateError::Corrupt { name: name.into(), path, source })
+        serde_json::from_slice(&text).map_err(|source| StateError::Corrupt {
+            name: name.into(),
+            path,
+            source,
+        })
     }
 
     pub fn pod(&self, short: &str) -> Option<&PodRecord> {

@@ -124,7 +124,12 @@ pub fn status(state: &LabState) -> Result<LabStatus, LabError> {
         } else {
             Vec::new()
         };
-        namespaces.push(NetnsStatus { netns: netns.into(), role: role(state, netns), present, interfaces });
+        namespaces.push(NetnsStatus {
+            netns: netns.into(),
+            role: role(state, netns),
+            present,
+            interfaces,
+        });
     }
     let nodes = plan
         .nodes
@@ -160,12 +165,28 @@ pub fn status(state: &LabState) -> Result<LabStatus, LabError> {
 /// The human-readable status.
 pub fn render(s: &LabStatus) -> String {
     let mut o = String::new();
-    let _ = writeln!(o, "lab {} (state {}, cluster CIDR {}, plugin {})", s.name, s.state_dir, s.cluster_cidr, s.cni_bin);
-    let _ = writeln!(o, "\nNODE  NETNS                 ADDRESS           POD SUBNET        GATEWAY");
+    let _ = writeln!(
+        o,
+        "lab {} (state {}, cluster CIDR {}, plugin {})",
+        s.name, s.state_dir, s.cluster_cidr, s.cni_bin
+    );
+    let _ = writeln!(
+        o,
+        "\nNODE  NETNS                 ADDRESS           POD SUBNET        GATEWAY"
+    );
     for n in &s.nodes {
-        let _ = writeln!(o, "{:<5} {:<21} {:<17} {:<17} {}", n.name, n.netns, n.address, n.pod_subnet, n.pod_gateway);
+        // Ipv4Net ignores width flags: format to strings first.
+        let (addr, subnet) = (n.address.to_string(), n.pod_subnet.to_string());
+        let _ = writeln!(
+            o,
+            "{:<5} {:<21} {:<17} {:<17} {}",
+            n.name, n.netns, addr, subnet, n.pod_gateway
+        );
     }
-    let _ = writeln!(o, "\nPOD     NETNS                 ADDRESS          HOST PORTS");
+    let _ = writeln!(
+        o,
+        "\nPOD     NETNS                 ADDRESS          HOST PORTS"
+    );
     for n in &s.nodes {
         for p in &n.pods {
             let ports: Vec<String> = p
@@ -174,22 +195,40 @@ pub fn render(s: &LabStatus) -> String {
                 .map(|m| format!("{}->{}/{}", m.host_port, m.container_port, m.protocol))
                 .collect();
             let addr = p.address.map_or("-".into(), |a| a.to_string());
-            let _ = writeln!(o, "{:<7} {:<21} {:<16} {}", p.name, p.netns, addr, ports.join(" "));
+            let _ = writeln!(
+                o,
+                "{:<7} {:<21} {:<16} {}",
+                p.name,
+                p.netns,
+                addr,
+                ports.join(" ")
+            );
         }
     }
-    let _ = writeln!(o, "\nNETNS                 ROLE             INTERFACE        STATE    ADDRESSES");
+    let _ = writeln!(
+        o,
+        "\nNETNS                 ROLE             INTERFACE        STATE    ADDRESSES"
+    );
     for ns in &s.namespaces {
         if !ns.present {
             let _ = writeln!(o, "{:<21} {:<16} (missing)", ns.netns, ns.role);
             continue;
         }
         for (i, ifc) in ns.interfaces.iter().enumerate() {
-            let (name, role) = if i == 0 { (ns.netns.as_str(), ns.role.as_str()) } else { ("", "") };
+            let (name, role) = if i == 0 {
+                (ns.netns.as_str(), ns.role.as_str())
+            } else {
+                ("", "")
+            };
             let mut addrs = ifc.addresses.join(" ");
             if let Some(m) = &ifc.master {
                 addrs = format!("{addrs} (port of {m})").trim().to_string();
             }
-            let _ = writeln!(o, "{:<21} {:<16} {:<16} {:<8} {}", name, role, ifc.name, ifc.state, addrs);
+            let _ = writeln!(
+                o,
+                "{:<21} {:<16} {:<16} {:<8} {}",
+                name, role, ifc.name, ifc.state, addrs
+            );
         }
     }
     o

@@ -1,0 +1,626 @@
+//! `twill lab check`: connectivity checks that prove each piece of the pod network works —
+//! the bridge (pod↔pod), the gateway (pod↔node), masquerade (pod→outside shows the node's
+//! address), DNAT host ports (from outside, from localhost, hairpin) and that pod traffic keeps
+//! its source address inside the cluster. Which checks exist and what they expect is pure
+//! (`plan_checks`, `judge`); `run` starts the listeners and sends the probes.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::build::LabError;
+use crate::plan::{LabPlan, CONTAINER_PORT_TCP, CONTAINER_PORT_UDP, HOST_PORT_TCP, HOST_PORT_UDP};
+use crate::probe::{self, Listener, ProbeError, Reply};
+use crate::state::LabState;
+
+/// Connect and reply timeout: short, so a broken network fails in seconds.
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
+/// The responder name of the outside host's listener.
+pub const OUTSIDE_RESPONDER: &str = "out";
+/// The port the outside host listens on (pods connect to it through masquerade).
+pub const OUTSIDE_PORT: u16 = 8080;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+/// A responder a check run needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerSpec {
+    pub netns: String,
+    pub responder: String,
+    pub proto: Proto,
+    pub addr: SocketAddr,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Probe {
+    Ping(Ipv4Addr),
+    Tcp(SocketAddr),
+    Udp(SocketAddr),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// A ping reply.
+    Reply,
+    /// An answer from `responder`; if `peer` is set, the responder must have seen that source.
+    Answer {
+        responder: String,
+        peer: Option<Ipv4Addr>,
+    },
+    /// No connection at all.
+    Unreachable,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckSpec {
+    pub name: String,
+    pub from: String,
+    pub from_netns: String,
+    pub to: String,
+    pub probe: Probe,
+    pub expect: Expect,
+    /// What a failure most likely means.
+    pub hint: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckResult {
+    pub name: String,
+    pub from: String,
+    pub to: String,
+    pub passed: bool,
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckReport {
+    pub lab: String,
+    pub passed: bool,
+    pub checks: Vec<CheckResult>,
+}
+
+/// The listeners a check run needs: every pod answers TCP on its container port, pod 1 of
+/// each node also UDP, and the outside host answers TCP.
+pub fn plan_listeners(plan: &LabPlan) -> Vec<ListenerSpec> {
+    let any = |port| SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+    let mut v = Vec::new();
+    for node in &plan.nodes {
+        for (j, pod) in node.pods.iter().enumerate() {
+            v.push(ListenerSpec {
+                netns: pod.netns.clone(),
+                responder: pod.short.clone(),
+                proto: Proto::Tcp,
+                addr: any(CONTAINER_PORT_TCP),
+            });
+            if j == 0 {
+                v.push(ListenerSpec {
+                    netns: pod.netns.clone(),
+                    responder: pod.short.clone(),
+                    proto: Proto::Udp,
+                    addr: any(CONTAINER_PORT_UDP),
+                });
+            }
+        }
+    }
+    v.push(ListenerSpec {
+        netns: plan.outside.netns.clone(),
+        responder: OUTSIDE_RESPONDER.into(),
+        proto: Proto::Tcp,
+        addr: any(OUTSIDE_PORT),
+    });
+    v
+}
+
+/// Every check for the lab, given each pod's address (from its ADD result). A pod without an
+/// address gets one failing row instead of its probes.
+pub fn plan_checks(plan: &LabPlan, pod_ips: &HashMap<String, Ipv4Addr>) -> Vec<CheckSpec> {
+    let mut v = Vec::new();
+    let outside = plan.outside.address.addr();
+    let mut add =
+        |name: &str, from: (&str, &str), to: String, probe: Probe, expect: Expect, hint: &str| {
+            v.push(CheckSpec {
+                name: name.into(),
+                from: from.0.into(),
+                from_netns: from.1.into(),
+                to,
+                probe,
+                expect,
+                hint: hint.into(),
+            })
+        };
+    let answer = |responder: &str, peer: Option<Ipv4Addr>| Expect::Answer {
+        responder: responder.into(),
+        peer,
+    };
+    let tcp = |ip: Ipv4Addr, port: u16| Probe::Tcp(SocketAddr::from((ip, port)));
+
+    for node in &plan.nodes {
+        let node_ip = node.address.addr();
+        let node_from = (node.short.as_str(), node.netns.as_str());
+        let pods: Vec<_> = node
+            .pods
+            .iter()
+            .filter_map(|p| pod_ips.get(&p.short).map(|ip| (p, *ip)))
+            .collect();
+        for p in node.pods.iter().filter(|p| !pod_ips.contains_key(&p.short)) {
+            add(
+                "pod has an address",
+                (&p.short, &p.netns),
+                "-".into(),
+                Probe::Ping(Ipv4Addr::UNSPECIFIED),
+                Expect::Reply,
+                "twill-cni ADD returned no IPv4 address for this pod",
+            );
+        }
+        let Some(&(first, first_ip)) = pods.first() else {
+            continue;
+        };
+        let first_from = (first.short.as_str(), first.netns.as_str());
+
+        for &(p, ip) in &pods[1..] {
+            let from = (p.short.as_str(), p.netns.as_str());
+            let bridge_hint = "pods on one node talk through the node bridge: check both veths are ports of twl0 and up";
+            add(
+                "pod→pod icmp",
+                first_from,
+                format!("{} {ip}", p.short),
+                Probe::Ping(ip),
+                Expect::Reply,
+                bridge_hint,
+            );
+            add(
+                "pod→pod icmp",
+                from,
+                format!("{} {first_ip}", first.short),
+                Probe::Ping(first_ip),
+                Expect::Reply,
+                bridge_hint,
+            );
+            let src_hint = "pod-to-pod traffic must keep the pod's address: masquerade must skip the cluster CIDR";
+            add(
+                "pod→pod tcp, source kept",
+                first_from,
+                format!("{} {ip}:{CONTAINER_PORT_TCP}", p.short),
+                tcp(ip, CONTAINER_PORT_TCP),
+                answer(&p.short, Some(first_ip)),
+                src_hint,
+            );
+            add(
+                "pod→pod tcp, source kept",
+                from,
+                format!("{} {first_ip}:{CONTAINER_PORT_TCP}", first.short),
+                tcp(first_ip, CONTAINER_PORT_TCP),
+                answer(&first.short, Some(ip)),
+                src_hint,
+            );
+        }
+        for &(p, ip) in &pods {
+            let from = (p.short.as_str(), p.netns.as_str());
+            add(
+                "pod→gateway icmp",
+                from,
+                format!("{} {}", node.bridge, node.pod_gateway),
+                Probe::Ping(node.pod_gateway),
+                Expect::Reply,
+                "the pod's default gateway is the node bridge's address in the pod subnet",
+            );
+            add(
+                "node→pod icmp",
+                node_from,
+                format!("{} {ip}", p.short),
+                Probe::Ping(ip),
+                Expect::Reply,
+                "the node reaches its pods through the connected route of the bridge",
+            );
+            add("pod→outside via masquerade", from, format!("out {outside}:{OUTSIDE_PORT}"), tcp(outside, OUTSIDE_PORT), answer(OUTSIDE_RESPONDER, Some(node_ip)), "the router has no route to pods: the node must masquerade pod traffic leaving the cluster CIDR to its own address");
+            let hairpin = if p.short == first.short {
+                "hairpin to itself via host port"
+            } else {
+                "pod→host port on its node"
+            };
+            add(hairpin, from, format!("{node_ip}:{HOST_PORT_TCP} -> {}", first.short), tcp(node_ip, HOST_PORT_TCP), answer(&first.short, None), "a pod reaching a host port on its own node needs DNAT on traffic from the bridge, and masquerade when it comes back to the same pod");
+        }
+        add(
+            "pod→node eth0 icmp",
+            first_from,
+            format!("{} {node_ip}", node.short),
+            Probe::Ping(node_ip),
+            Expect::Reply,
+            "the node answers on every local address via the pod's default route",
+        );
+        add(
+            "node→pod tcp",
+            node_from,
+            format!("{} {first_ip}:{CONTAINER_PORT_TCP}", first.short),
+            tcp(first_ip, CONTAINER_PORT_TCP),
+            answer(&first.short, None),
+            "the node reaches its pods through the connected route of the bridge",
+        );
+        let out_from = (OUTSIDE_RESPONDER, plan.outside.netns.as_str());
+        add(
+            "outside→host port tcp",
+            out_from,
+            format!(
+                "{node_ip}:{HOST_PORT_TCP} -> {}:{CONTAINER_PORT_TCP}",
+                first.short
+            ),
+            tcp(node_ip, HOST_PORT_TCP),
+            answer(&first.short, None),
+            "host port mapping: DNAT of node:30080 to the pod's 8080",
+        );
+        add(
+            "outside→host port udp",
+            out_from,
+            format!(
+                "{node_ip}:{HOST_PORT_UDP} -> {}:{CONTAINER_PORT_UDP}",
+                first.short
+            ),
+            Probe::Udp(SocketAddr::from((node_ip, HOST_PORT_UDP))),
+            answer(&first.short, None),
+            "host port mapping: DNAT of udp node:30053 to the pod's 5353",
+        );
+        add(
+            "localhost→host port",
+            node_from,
+            format!("127.0.0.1:{HOST_PORT_TCP} -> {}", first.short),
+            tcp(Ipv4Addr::LOCALHOST, HOST_PORT_TCP),
+            answer(&first.short, None),
+            "DNAT in the output hook, route_localnet on the bridge and masquerade of 127.0.0.1",
+        );
+        add("outside→pod ip not routed", out_from, format!("{} {first_ip}:{CONTAINER_PORT_TCP}", first.short), tcp(first_ip, CONTAINER_PORT_TCP), Expect::Unreachable, "the router must not know the pod network: pods are reached from outside only through host ports");
+    }
+    v
+}
+
+/// Decides one check from what the probe got.
+pub fn judge(spec: &CheckSpec, outcome: Result<Option<Reply>, String>) -> (bool, String) {
+    match (&spec.expect, outcome) {
+        (Expect::Unreachable, Ok(reply)) => (
+            false,
+            format!(
+                "reached{}: {}",
+                reply.map_or(String::new(), |r| format!(" {}", r.responder)),
+                spec.hint
+            ),
+        ),
+        (Expect::Unreachable, Err(e)) => (true, format!("not reachable, as expected ({e})")),
+        (_, Err(e)) => (false, format!("{e}; {}", spec.hint)),
+        (Expect::Reply, Ok(_)) => (true, "echo reply".into()),
+        (Expect::Answer { .. }, Ok(None)) => (false, "no answer".into()),
+        (Expect::Answer { responder, peer }, Ok(Some(r))) => {
+            if &r.responder != responder {
+                return (
+                    false,
+                    format!(
+                        "answered by {}, expected {responder}; {}",
+                        r.responder, spec.hint
+                    ),
+                );
+            }
+            match peer {
+                Some(want) if r.peer.ip() != std::net::IpAddr::V4(*want) => (
+                    false,
+                    format!(
+                        "{responder} saw source {}, expected {want}; {}",
+                        r.peer.ip(),
+                        spec.hint
+                    ),
+                ),
+                _ => (true, format!("{responder} answered, saw source {}", r.peer)),
+            }
+        }
+    }
+}
+
+fn start(l: &ListenerSpec) -> Result<Listener, ProbeError> {
+    match l.proto {
+        Proto::Tcp => probe::tcp_listener(&l.netns, &l.responder, l.addr),
+        Proto::Udp => probe::udp_listener(&l.netns, &l.responder, l.addr),
+    }
+}
+
+fn send(spec: &CheckSpec) -> Result<Option<Reply>, String> {
+    let r = match spec.probe {
+        Probe::Ping(ip) if ip.is_unspecified() => return Err("no address".into()),
+        Probe::Ping(ip) => probe::ping(&spec.from_netns, ip, PROBE_TIMEOUT).map(|_| None),
+        Probe::Tcp(dst) => probe::tcp_ask(&spec.from_netns, dst, PROBE_TIMEOUT).map(Some),
+        Probe::Udp(dst) => probe::udp_ask(&spec.from_netns, dst, PROBE_TIMEOUT).map(Some),
+    };
+    r.map_err(|e| e.to_string())
+}
+
+/// Runs every check against the live lab: listeners up, all probes in parallel (each bounded
+/// by `PROBE_TIMEOUT`), listeners down.
+pub fn run(state: &LabState) -> Result<CheckReport, LabError> {
+    let plan = &state.plan;
+    let pod_ips: HashMap<String, Ipv4Addr> = state
+        .pods
+        .iter()
+        .filter_map(|p| p.address.map(|a| (p.short.clone(), a)))
+        .collect();
+    let mut listeners = Vec::new();
+    for l in plan_listeners(plan) {
+        listeners.push(start(&l).map_err(|e| LabError::Command {
+            cmd: format!(
+                "start the {} listener of {}",
+                format!("{:?}", l.proto).to_lowercase(),
+                l.responder
+            ),
+            detail: e.to_string(),
+        })?);
+    }
+    let specs = plan_checks(plan, &pod_ips);
+    let checks: Vec<CheckResult> = std::thread::scope(|scope| {
+        let handles: Vec<_> = specs
+            .iter()
+            .map(|s| scope.spawn(move || judge(s, send(s))))
+            .collect();
+        specs
+            .iter()
+            .zip(handles)
+            .map(|(s, h)| {
+                let (passed, detail) = h.join().unwrap_or((false, "probe thread panicked".into()));
+                CheckResult {
+                    name: s.name.clone(),
+                    from: s.from.clone(),
+                    to: s.to.clone(),
+                    passed,
+                    detail,
+                }
+            })
+            .collect()
+    });
+    drop(listeners);
+    Ok(CheckReport {
+        lab: plan.name.clone(),
+        passed: checks.iter().all(|c| c.passed),
+        checks,
+    })
+}
+
+/// The check table.
+pub fn render(report: &CheckReport) -> String {
+    let w_name = report
+        .checks
+        .iter()
+        .map(|c| c.name.chars().count())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    let w_from = report
+        .checks
+        .iter()
+        .map(|c| c.from.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let w_to = report
+        .checks
+        .iter()
+        .map(|c| c.to.chars().count())
+        .max()
+        .unwrap_or(2)
+        .max(2);
+    let mut o = String::new();
+    let pad = |s: &str, w: usize| format!("{s}{}", " ".repeat(w.saturating_sub(s.chars().count())));
+    let _ = writeln!(
+        o,
+        "{}  {}  {}  RESULT  DETAIL",
+        pad("CHECK", w_name),
+        pad("FROM", w_from),
+        pad("TO", w_to)
+    );
+    for c in &report.checks {
+        let result = if c.passed { "pass" } else { "FAIL" };
+        let _ = writeln!(
+            o,
+            "{}  {}  {}  {result:<6}  {}",
+            pad(&c.name, w_name),
+            pad(&c.from, w_from),
+            pad(&c.to, w_to),
+            c.detail
+        );
+    }
+    let failed = report.checks.iter().filter(|c| !c.passed).count();
+    let _ = writeln!(o, "{} checks, {} failed", report.checks.len(), failed);
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{plan, LabSpec};
+
+    fn lab(pods: u16) -> LabPlan {
+        plan(&LabSpec {
+            name: "twllab".into(),
+            nodes: 1,
+            pods_per_node: pods,
+            segments: 1,
+        })
+        .unwrap()
+    }
+
+    fn ips(n: u16) -> HashMap<String, Ipv4Addr> {
+        (1..=n)
+            .map(|j| (format!("n1-p{j}"), Ipv4Addr::new(10, 244, 1, 1 + j as u8)))
+            .collect()
+    }
+
+    fn find<'a>(v: &'a [CheckSpec], name: &str, from: &str) -> Vec<&'a CheckSpec> {
+        v.iter()
+            .filter(|c| c.name == name && c.from == from)
+            .collect()
+    }
+
+    #[test]
+    fn listeners_cover_every_pod_and_the_outside() {
+        let l = plan_listeners(&lab(3));
+        assert_eq!(l.len(), 5);
+        assert_eq!(l[0].addr, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(
+            (l[1].proto, l[1].addr.port(), l[1].responder.as_str()),
+            (Proto::Udp, 5353, "n1-p1")
+        );
+        assert_eq!(
+            (l[4].netns.as_str(), l[4].responder.as_str()),
+            ("twllab-out", "out")
+        );
+    }
+
+    #[test]
+    fn checks_expect_what_each_mechanism_does() {
+        let v = plan_checks(&lab(3), &ips(3));
+        // 2 pairs × (2 icmp + 2 tcp) + 3 pods × 4 + 6 per node.
+        assert_eq!(v.len(), 8 + 12 + 6);
+        let p2 = Ipv4Addr::new(10, 244, 1, 3);
+        let node = Ipv4Addr::new(192, 0, 2, 11);
+
+        let src = find(&v, "pod→pod tcp, source kept", "n1-p2");
+        assert_eq!(src[0].probe, Probe::Tcp("10.244.1.2:8080".parse().unwrap()));
+        assert_eq!(
+            src[0].expect,
+            Expect::Answer {
+                responder: "n1-p1".into(),
+                peer: Some(p2)
+            }
+        );
+
+        let masq = find(&v, "pod→outside via masquerade", "n1-p2");
+        assert_eq!(masq[0].from_netns, "twllab-n1-p2");
+        assert_eq!(
+            masq[0].probe,
+            Probe::Tcp("203.0.113.10:8080".parse().unwrap())
+        );
+        assert_eq!(
+            masq[0].expect,
+            Expect::Answer {
+                responder: "out".into(),
+                peer: Some(node)
+            }
+        );
+
+        let hp = find(&v, "hairpin to itself via host port", "n1-p1");
+        assert_eq!(hp[0].probe, Probe::Tcp("192.0.2.11:30080".parse().unwrap()));
+        assert_eq!(
+            hp[0].expect,
+            Expect::Answer {
+                responder: "n1-p1".into(),
+                peer: None
+            }
+        );
+        assert_eq!(find(&v, "pod→host port on its node", "n1-p3").len(), 1);
+
+        let udp = find(&v, "outside→host port udp", "out");
+        assert_eq!(
+            (udp[0].probe.clone(), udp[0].from_netns.as_str()),
+            (
+                Probe::Udp("192.0.2.11:30053".parse().unwrap()),
+                "twllab-out"
+            )
+        );
+        let lo = find(&v, "localhost→host port", "n1");
+        assert_eq!(
+            (lo[0].probe.clone(), lo[0].from_netns.as_str()),
+            (Probe::Tcp("127.0.0.1:30080".parse().unwrap()), "twllab-n1")
+        );
+        assert_eq!(
+            find(&v, "pod→gateway icmp", "n1-p3")[0].probe,
+            Probe::Ping(Ipv4Addr::new(10, 244, 1, 1))
+        );
+        assert_eq!(
+            find(&v, "pod→node eth0 icmp", "n1-p1")[0].probe,
+            Probe::Ping(node)
+        );
+        assert_eq!(find(&v, "node→pod icmp", "n1").len(), 3);
+        assert_eq!(
+            find(&v, "outside→pod ip not routed", "out")[0].expect,
+            Expect::Unreachable
+        );
+    }
+
+    #[test]
+    fn one_pod_lab_has_no_pod_pairs_and_a_missing_address_fails() {
+        let v = plan_checks(&lab(1), &ips(1));
+        assert!(v.iter().all(|c| !c.name.starts_with("pod→pod")));
+        assert_eq!(v.len(), 4 + 6);
+        let mut partial = ips(2);
+        partial.remove("n1-p2");
+        let v = plan_checks(&lab(2), &partial);
+        let missing = find(&v, "pod has an address", "n1-p2");
+        assert_eq!(missing.len(), 1);
+        assert!(!judge(missing[0], send(missing[0])).0);
+    }
+
+    #[test]
+    fn judging() {
+        let v = plan_checks(&lab(2), &ips(2));
+        let masq = find(&v, "pod→outside via masquerade", "n1-p1")[0];
+        let reply = |who: &str, peer: &str| {
+            Ok(Some(Reply {
+                responder: who.into(),
+                peer: peer.parse().unwrap(),
+            }))
+        };
+        assert!(judge(masq, reply("out", "192.0.2.11:40000")).0);
+        let (ok, detail) = judge(masq, reply("out", "10.244.1.2:40000"));
+        assert!(
+            !ok && detail.contains("saw source 10.244.1.2, expected 192.0.2.11"),
+            "{detail}"
+        );
+        let (ok, detail) = judge(masq, reply("n1-p2", "192.0.2.11:1"));
+        assert!(
+            !ok && detail.contains("answered by n1-p2, expected out"),
+            "{detail}"
+        );
+        let (ok, detail) = judge(masq, Err("connect: timed out".into()));
+        assert!(
+            !ok && detail.starts_with("connect: timed out; the router has no route"),
+            "{detail}"
+        );
+
+        let unrouted = find(&v, "outside→pod ip not routed", "out")[0];
+        assert!(judge(unrouted, Err("Network is unreachable".into())).0);
+        assert!(!judge(unrouted, reply("n1-p1", "203.0.113.10:1")).0);
+
+        let ping = find(&v, "pod→gateway icmp", "n1-p1")[0];
+        assert!(judge(ping, Ok(None)).0);
+        assert!(!judge(ping, Err("100% packet loss".into())).0);
+    }
+
+    #[test]
+    fn table_lists_every_check() {
+        let report = CheckReport {
+            lab: "twllab".into(),
+            passed: false,
+            checks: vec![
+                CheckResult {
+                    name: "a".into(),
+                    from: "n1".into(),
+                    to: "x".into(),
+                    passed: true,
+                    detail: "ok".into(),
+                },
+                CheckResult {
+                    name: "bb".into(),
+                    from: "out".into(),
+                    to: "y".into(),
+                    passed: false,
+                    detail: "no".into(),
+                },
+            ],
+        };
+        let t = render(&report);
+        assert!(t.starts_with("CHECK  FROM  TO  RESULT  DETAIL\n"), "{t}");
+        assert!(t.contains("bb     out   y   FAIL    no"), "{t}");
+        assert!(t.ends_with("2 checks, 1 failed\n"), "{t}");
+    }
+}
