@@ -176,6 +176,11 @@ impl Handle {
                 .to_bytes(),
             );
             b.attr_str(IFLA_IFNAME, name);
+            // A bridge without an address of its own takes the lowest MAC of its ports, so
+            // it changes whenever a pod leaves and every other pod's ARP entry for the
+            // gateway goes stale (traffic stalls until it expires). Born with a fixed
+            // address, it keeps it.
+            b.attr(IFLA_ADDRESS, &random_local_mac()?);
             if let Some(mtu) = mtu {
                 b.attr_u32(IFLA_MTU, mtu);
             }
@@ -653,4 +658,19 @@ mod tests {
         );
         assert_eq!(parse_link(&msg[16..20]), None);
     }
+}
+
+/// A random unicast, locally administered MAC address.
+fn random_local_mac() -> Result<[u8; 6], Error> {
+    let mut mac = [0u8; 6];
+    // SAFETY: getrandom writes at most mac.len() bytes into the buffer it is given.
+    let n = unsafe { libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
+    if n != mac.len() as isize {
+        return Err(Error::Io {
+            op: "getrandom for a bridge MAC".into(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    Ok(mac)
 }

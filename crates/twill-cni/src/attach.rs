@@ -36,13 +36,21 @@ fn kernel(what: &str, e: twill_netlink::Error) -> CniError {
 
 pub fn mac_string(mac: Option<[u8; 6]>) -> String {
     mac.map(|m| {
-        m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+        m.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
     })
     .unwrap_or_default()
 }
 
 fn iface(link: &Link, sandbox: &str) -> Interface {
-    Interface { name: link.name.clone(), mac: mac_string(link.mac), mtu: Some(link.mtu), sandbox: sandbox.to_string() }
+    Interface {
+        name: link.name.clone(),
+        mac: mac_string(link.mac),
+        mtu: Some(link.mtu),
+        sandbox: sandbox.to_string(),
+    }
 }
 
 /// Makes sure the bridge exists, is up and holds the gateway address; turns on forwarding.
@@ -51,70 +59,124 @@ pub fn ensure_bridge(host: &mut Handle, plan: &Plan<'_>) -> Result<Link, CniErro
         .create_bridge(plan.bridge, Some(plan.mtu))
         .map_err(|e| kernel(&format!("creating bridge {}", plan.bridge), e))?;
     host.add_address(bridge.index, plan.gateway, plan.subnet.prefix_len())
-        .map_err(|e| kernel(&format!("adding gateway {} to {}", plan.gateway, plan.bridge), e))?;
+        .map_err(|e| {
+            kernel(
+                &format!("adding gateway {} to {}", plan.gateway, plan.bridge),
+                e,
+            )
+        })?;
     ensure_sysctl("net/ipv4/ip_forward", "1")?;
     if plan.route_localnet {
         // 127.0.0.1:hostPort is DNATed to the pod; the kernel drops martian 127/8 sources
         // routed out of a bridge unless route_localnet is on for it (as CNI portmap does).
-        ensure_sysctl(&format!("net/ipv4/conf/{}/route_localnet", plan.bridge), "1")?;
+        ensure_sysctl(
+            &format!("net/ipv4/conf/{}/route_localnet", plan.bridge),
+            "1",
+        )?;
     }
     Ok(bridge)
 }
 
+/// Writes a sysctl of the node's namespace, skipping the write when it already holds `value`
+/// (a read is cheaper than a write that takes the sysctl lock).
 fn ensure_sysctl(key: &str, value: &str) -> Result<(), CniError> {
-    let path = format!("/proc/sys/{key}");
-    if std::fs::read_to_string(&path).map(|v| v.trim() == value).unwrap_or(false) {
+    if twill_netlink::get_sysctl(None, key).is_ok_and(|v| v == value) {
         return Ok(());
     }
-    std::fs::write(&path, value).map_err(|e| {
-        CniError::new(ErrorCode::Io, format!("cannot set sysctl {} = {value}", key.replace('/', ".")))
-            .with_details(e.to_string())
+    twill_netlink::set_sysctl(None, key, value).map_err(|e| {
+        CniError::new(
+            ErrorCode::Io,
+            format!("cannot set sysctl {} = {value}", key.replace('/', ".")),
+        )
+        .with_details(e.to_string())
     })
 }
 
 /// Creates the veth pair, configures both ends and the pod's routes. On error the caller
 /// removes the host end (which removes the pair).
-pub fn attach(host: &mut Handle, pod_ns: &Netns, bridge: &Link, plan: &Plan<'_>) -> Result<Attached, CniError> {
-    host.create_veth(&plan.host_veth, plan.ifname, pod_ns, plan.mtu, Some(bridge.index))
-        .map_err(|e| {
-            if e.is_exists() {
-                CniError::new(
-                    ErrorCode::Kernel,
-                    format!(
-                        "interface {} already exists on the node or {} already exists in {}",
-                        plan.host_veth,
-                        plan.ifname,
-                        pod_ns.path().display()
-                    ),
-                )
-                .with_details("an earlier ADD for this container was not cleaned up; run DEL for it first")
-            } else {
-                kernel(&format!("creating veth {} <-> {}", plan.host_veth, plan.ifname), e)
-            }
-        })?;
+pub fn attach(
+    host: &mut Handle,
+    pod_ns: &Netns,
+    bridge: &Link,
+    plan: &Plan<'_>,
+) -> Result<Attached, CniError> {
+    host.create_veth(
+        &plan.host_veth,
+        plan.ifname,
+        pod_ns,
+        plan.mtu,
+        Some(bridge.index),
+    )
+    .map_err(|e| {
+        if e.is_exists() {
+            CniError::new(
+                ErrorCode::Kernel,
+                format!(
+                    "interface {} already exists on the node or {} already exists in {}",
+                    plan.host_veth,
+                    plan.ifname,
+                    pod_ns.path().display()
+                ),
+            )
+            .with_details(
+                "an earlier ADD for this container was not cleaned up; run DEL for it first",
+            )
+        } else {
+            kernel(
+                &format!("creating veth {} <-> {}", plan.host_veth, plan.ifname),
+                e,
+            )
+        }
+    })?;
     let host_link = host
         .link_by_name(&plan.host_veth)
         .map_err(|e| kernel("reading the host veth", e))?
-        .ok_or_else(|| CniError::new(ErrorCode::Kernel, format!("veth {} vanished after creation", plan.host_veth)))?;
+        .ok_or_else(|| {
+            CniError::new(
+                ErrorCode::Kernel,
+                format!("veth {} vanished after creation", plan.host_veth),
+            )
+        })?;
     if plan.hairpin {
-        host.set_hairpin(host_link.index, true).map_err(|e| kernel("turning on hairpin mode", e))?;
+        host.set_hairpin(host_link.index, true)
+            .map_err(|e| kernel("turning on hairpin mode", e))?;
     }
 
-    let mut pod = Handle::new_in(pod_ns).map_err(|e| kernel("opening netlink in the pod's namespace", e))?;
+    let mut pod =
+        Handle::new_in(pod_ns).map_err(|e| kernel("opening netlink in the pod's namespace", e))?;
     let pod_link = pod
         .link_by_name(plan.ifname)
         .map_err(|e| kernel("reading the pod interface", e))?
-        .ok_or_else(|| CniError::new(ErrorCode::Kernel, format!("{} missing in the pod after creation", plan.ifname)))?;
+        .ok_or_else(|| {
+            CniError::new(
+                ErrorCode::Kernel,
+                format!("{} missing in the pod after creation", plan.ifname),
+            )
+        })?;
     pod.add_address(pod_link.index, plan.pod_ip, plan.subnet.prefix_len())
         .map_err(|e| kernel(&format!("adding {} to the pod", plan.pod_ip), e))?;
-    pod.set_link_up(pod_link.index).map_err(|e| kernel("bringing the pod interface up", e))?;
+    pod.set_link_up(pod_link.index)
+        .map_err(|e| kernel("bringing the pod interface up", e))?;
     for (dst, gw) in &plan.routes {
-        let route = Route { gateway: Some(*gw), oif: Some(pod_link.index), ..Route::new(*dst) };
-        pod.add_route(&route).map_err(|e| kernel(&format!("adding route {dst} via {gw} in the pod"), e))?;
+        let route = Route {
+            gateway: Some(*gw),
+            oif: Some(pod_link.index),
+            ..Route::new(*dst)
+        };
+        pod.add_route(&route)
+            .map_err(|e| kernel(&format!("adding route {dst} via {gw} in the pod"), e))?;
     }
     let sandbox = pod_ns.path().display().to_string();
-    let bridge_now = host.link_by_index(bridge.index).ok().flatten().unwrap_or_else(|| bridge.clone());
-    Ok(Attached { bridge: iface(&bridge_now, ""), host: iface(&host_link, ""), pod: iface(&pod_link, &sandbox) })
+    let bridge_now = host
+        .link_by_index(bridge.index)
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| bridge.clone());
+    Ok(Attached {
+        bridge: iface(&bridge_now, ""),
+        host: iface(&host_link, ""),
+        pod: iface(&pod_link, &sandbox),
+    })
 }
 
 /// Removes the pod's veth pair by its host end. Gone already is fine.
@@ -131,24 +193,45 @@ pub fn detach(host: &mut Handle, host_veth: &str) -> Result<(), CniError> {
 }
 
 /// CHECK: the pod interface exists with the address and routes the result promised.
-pub fn verify(pod_ns: &Netns, ifname: &str, ip: Ipv4Addr, prefix: u8, routes: &[(Ipv4Net, Ipv4Addr)]) -> Result<(), CniError> {
+pub fn verify(
+    pod_ns: &Netns,
+    ifname: &str,
+    ip: Ipv4Addr,
+    prefix: u8,
+    routes: &[(Ipv4Net, Ipv4Addr)],
+) -> Result<(), CniError> {
     let failed = |m: String| CniError::new(ErrorCode::CheckFailed, m);
-    let mut pod = Handle::new_in(pod_ns).map_err(|e| kernel("opening netlink in the pod's namespace", e))?;
+    let mut pod =
+        Handle::new_in(pod_ns).map_err(|e| kernel("opening netlink in the pod's namespace", e))?;
     let link = pod
         .link_by_name(ifname)
         .map_err(|e| kernel("reading the pod interface", e))?
-        .ok_or_else(|| failed(format!("interface {ifname} is missing in {}", pod_ns.path().display())))?;
+        .ok_or_else(|| {
+            failed(format!(
+                "interface {ifname} is missing in {}",
+                pod_ns.path().display()
+            ))
+        })?;
     if !link.up {
         return Err(failed(format!("interface {ifname} is down")));
     }
-    let addrs = pod.addresses(Some(link.index)).map_err(|e| kernel("reading pod addresses", e))?;
-    if !addrs.iter().any(|(_, net)| net.addr() == ip && net.prefix_len() == prefix) {
+    let addrs = pod
+        .addresses(Some(link.index))
+        .map_err(|e| kernel("reading pod addresses", e))?;
+    if !addrs
+        .iter()
+        .any(|(_, net)| net.addr() == ip && net.prefix_len() == prefix)
+    {
         return Err(failed(format!("{ifname} lacks address {ip}/{prefix}")));
     }
-    let have = pod.routes(254).map_err(|e| kernel("reading pod routes", e))?;
+    let have = pod
+        .routes(254)
+        .map_err(|e| kernel("reading pod routes", e))?;
     for (dst, gw) in routes {
         if !have.iter().any(|r| r.dst == *dst && r.gateway == Some(*gw)) {
-            return Err(failed(format!("route {dst} via {gw} is missing in the pod")));
+            return Err(failed(format!(
+                "route {dst} via {gw} is missing in the pod"
+            )));
         }
     }
     Ok(())

@@ -32,7 +32,13 @@ fn add_wires_a_pod_that_reaches_its_gateway_and_neighbour() {
     let routes = String::from_utf8_lossy(&p1.exec(&["ip", "route"]).stdout).into_owned();
     assert!(routes.contains("default via 10.244.1.1"), "{routes}");
     let host_veth = r1["interfaces"][1]["name"].as_str().unwrap();
-    let link = String::from_utf8_lossy(&node.ns.exec(&["ip", "-d", "link", "show", host_veth]).stdout).into_owned();
+    let link = String::from_utf8_lossy(
+        &node
+            .ns
+            .exec(&["ip", "-d", "link", "show", host_veth])
+            .stdout,
+    )
+    .into_owned();
     assert!(link.contains("master twl0"), "{link}");
     assert!(link.contains("hairpin on"), "{link}");
 
@@ -50,11 +56,24 @@ fn add_wires_a_pod_that_reaches_its_gateway_and_neighbour() {
     let r = node.cni("CHECK", "c1", &p1.path(), "eth0", &conf);
     assert!(!r.ok);
     assert_eq!(r.json["code"], 104, "{}", r.stdout);
-    assert!(r.json["msg"].as_str().unwrap().contains("route 0.0.0.0/0"), "{}", r.stdout);
+    assert!(
+        r.json["msg"].as_str().unwrap().contains("route 0.0.0.0/0"),
+        "{}",
+        r.stdout
+    );
 
     // DEL removes everything; a second DEL is fine (idempotent).
     node.del("c1", &p1, Some(&r1));
     node.del("c1", &p1, Some(&r1));
+    // The gateway's MAC must not move when a port leaves the bridge: the other pods'
+    // ARP entries for it would go stale and their traffic stall.
+    let bridge_mac = |n: &Node| {
+        let out = n.ns.exec(&["ip", "-j", "link", "show", "twl0"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v[0]["address"].as_str().unwrap().to_string()
+    };
+    assert_eq!(bridge_mac(&node), r2["interfaces"][0]["mac"].as_str().unwrap());
+    assert!(ping(&p2, "10.244.1.1"), "the remaining pod still reaches its gateway");
     node.del("c2", &p2, None);
     node.assert_clean("after DEL");
     assert!(!ping(&node.ns, &ip2));
@@ -97,7 +116,12 @@ fn older_cni_versions_get_their_result_shape() {
         let r = node.cni("ADD", &cid, &pod.path(), "eth0", &conf);
         assert!(r.ok, "{v}: {}", r.stdout);
         assert_eq!(r.json["cniVersion"], *v);
-        assert_eq!(r.json["ips"][0].get("version").is_some(), *v != "1.0.0", "{v}: {}", r.stdout);
+        assert_eq!(
+            r.json["ips"][0].get("version").is_some(),
+            *v != "1.0.0",
+            "{v}: {}",
+            r.stdout
+        );
         let d = node.cni("DEL", &cid, &pod.path(), "eth0", &conf);
         assert!(d.ok, "{}", d.stdout);
     }
@@ -112,7 +136,11 @@ fn version_status_and_gc() {
     let node = Node::new("gc");
     let v = node.cni_raw("VERSION", &[], b"{\"cniVersion\":\"1.0.0\"}");
     assert!(v.ok);
-    assert!(v.json["supportedVersions"].as_array().unwrap().iter().any(|x| x == "1.1.0"));
+    assert!(v.json["supportedVersions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|x| x == "1.1.0"));
 
     let s = node.cni_raw("STATUS", &[], node.conf().to_string().as_bytes());
     assert!(s.ok, "STATUS: {}", s.stdout);
@@ -121,7 +149,8 @@ fn version_status_and_gc() {
     node.add("keep", &a);
     node.add("gone", &b);
     let mut conf = node.conf();
-    conf["cni.dev/valid-attachments"] = serde_json::json!([{"containerID": "keep", "ifname": "eth0"}]);
+    conf["cni.dev/valid-attachments"] =
+        serde_json::json!([{"containerID": "keep", "ifname": "eth0"}]);
     let g = node.cni_raw("GC", &[], conf.to_string().as_bytes());
     assert!(g.ok, "GC: {}", g.stdout);
     assert_eq!(node.records().len(), 1, "GC kept only the valid attachment");
