@@ -8,8 +8,8 @@ use ipnet::Ipv4Net;
 use serde_json::Value;
 use std::net::Ipv4Addr;
 use twill_api::cni::{
-    self, version_at_least, CniEnv, CniError, CniResult, Command, ErrorCode, IpConfig, NetConf, PortMapping,
-    Protocol, Route,
+    self, version_at_least, CniEnv, CniError, CniResult, Command, ErrorCode, IpConfig, NetConf,
+    PortMapping, Protocol, Route,
 };
 use twill_ipam::pool::{Pool, Range, Reservation};
 use twill_ipam::records::{AttachmentKey, Record, RecordDir, RecordError};
@@ -20,7 +20,11 @@ use twill_netlink::route::Handle;
 pub fn requested_version(stdin: &[u8]) -> String {
     serde_json::from_slice::<Value>(stdin)
         .ok()
-        .and_then(|v| v.get("cniVersion").and_then(Value::as_str).map(str::to_string))
+        .and_then(|v| {
+            v.get("cniVersion")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
         .filter(|v| cni::SUPPORTED_VERSIONS.contains(&v.as_str()))
         .unwrap_or_else(|| cni::SPEC_VERSION.to_string())
 }
@@ -28,7 +32,10 @@ pub fn requested_version(stdin: &[u8]) -> String {
 pub fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<String>, CniError> {
     if env.command == Command::Version {
         let requested = serde_json::from_slice::<Value>(stdin).ok();
-        let v = requested.as_ref().and_then(|v| v.get("cniVersion")).and_then(Value::as_str);
+        let v = requested
+            .as_ref()
+            .and_then(|v| v.get("cniVersion"))
+            .and_then(Value::as_str);
         return Ok(Some(cni::version_reply(v).to_string()));
     }
     let conf = NetConf::parse(stdin)?;
@@ -38,7 +45,10 @@ pub fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<String>, CniError> {
         } else {
             Err(CniError::new(
                 ErrorCode::IncompatibleVersion,
-                format!("{what} needs cniVersion {min} or newer; the config says {}", conf.cni_version),
+                format!(
+                    "{what} needs cniVersion {min} or newer; the config says {}",
+                    conf.cni_version
+                ),
             ))
         }
     };
@@ -99,7 +109,10 @@ fn ipam_error(e: RecordError) -> CniError {
 }
 
 fn key(env: &CniEnv) -> AttachmentKey {
-    AttachmentKey { container_id: env.container_id.clone(), ifname: env.ifname.clone() }
+    AttachmentKey {
+        container_id: env.container_id.clone(),
+        ifname: env.ifname.clone(),
+    }
 }
 
 /// What the record keeps besides the address, so DEL and GC undo exactly what ADD did.
@@ -141,8 +154,16 @@ fn nft_error(what: &str, e: twill_nft::Error) -> CniError {
 
 fn open_netns(path: &str) -> Result<Netns, CniError> {
     Netns::open(path).map_err(|e| {
-        let code = if std::path::Path::new(path).exists() { ErrorCode::InvalidEnvironment } else { ErrorCode::UnknownContainer };
-        CniError::new(code, format!("CNI_NETNS {path} is not a usable network namespace")).with_details(e.to_string())
+        let code = if std::path::Path::new(path).exists() {
+            ErrorCode::InvalidEnvironment
+        } else {
+            ErrorCode::UnknownContainer
+        };
+        CniError::new(
+            code,
+            format!("CNI_NETNS {path} is not a usable network namespace"),
+        )
+        .with_details(e.to_string())
     })
 }
 
@@ -179,8 +200,15 @@ impl Done {
         if problems.is_empty() {
             err
         } else {
-            let details = if err.details.is_empty() { String::new() } else { format!("{}; ", err.details) };
-            err.clone().with_details(format!("{details}and the rollback failed: {}", problems.join("; ")))
+            let details = if err.details.is_empty() {
+                String::new()
+            } else {
+                format!("{}; ", err.details)
+            };
+            err.clone().with_details(format!(
+                "{details}and the rollback failed: {}",
+                problems.join("; ")
+            ))
         }
     }
 }
@@ -197,9 +225,16 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<String, CniError> {
         netns: env.netns.clone(),
     };
     let record = records
-        .allocate(&pool, &key(env), serde_json::to_value(&extra).expect("plain struct"))
+        .allocate(
+            &pool,
+            &key(env),
+            serde_json::to_value(&extra).expect("plain struct"),
+        )
         .map_err(ipam_error)?;
-    let mut done = Done { record: Some(key(env)), ..Done::default() };
+    let mut done = Done {
+        record: Some(key(env)),
+        ..Done::default()
+    };
     match add_allocated(env, conf, &pool, &pod_ns, &record, host_veth, &mut done) {
         Ok(v) => Ok(v),
         Err(e) => Err(done.undo(conf, e)),
@@ -215,11 +250,17 @@ fn add_allocated(
     host_veth: String,
     done: &mut Done,
 ) -> Result<String, CniError> {
-    let range = pool.range_of(record.ip).expect("the pool handed out this address");
+    let range = pool
+        .range_of(record.ip)
+        .expect("the pool handed out this address");
     let gateway = range.gateway;
     let subnet = range.subnet;
-    let routes: Vec<(Ipv4Net, Ipv4Addr)> =
-        conf.ipam.routes.iter().map(|r| (r.dst, r.gw.unwrap_or(gateway))).collect();
+    let routes: Vec<(Ipv4Net, Ipv4Addr)> = conf
+        .ipam
+        .routes
+        .iter()
+        .map(|r| (r.dst, r.gw.unwrap_or(gateway)))
+        .collect();
     let plan = Plan {
         bridge: &conf.bridge,
         mtu: conf.mtu,
@@ -250,7 +291,9 @@ fn add_allocated(
             })
             .map_err(|e| nft_error("installing Twill's nftables rules", e))?;
         let maps = nft_mappings(record.ip, &conf.port_mappings);
-        table.add_pod(record.ip, conf.ip_masq, &maps).map_err(|e| nft_error("adding the pod to nftables", e))?;
+        table
+            .add_pod(record.ip, conf.ip_masq, &maps)
+            .map_err(|e| nft_error("adding the pod to nftables", e))?;
         done.nft_pod = Some((record.ip, maps));
     }
 
@@ -263,7 +306,13 @@ fn add_allocated(
             interface: Some(2),
             version: None,
         }],
-        routes: routes.iter().map(|(dst, gw)| Route { dst: dst.to_string(), gw: Some(*gw) }).collect(),
+        routes: routes
+            .iter()
+            .map(|(dst, gw)| Route {
+                dst: dst.to_string(),
+                gw: Some(*gw),
+            })
+            .collect(),
         dns: conf.dns.clone(),
     };
     let result = match &conf.prev_result {
@@ -300,7 +349,11 @@ fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
             problems.push(format!("removing the nftables entries of {}: {e}", r.ip));
         }
     }
-    let veth = if extra.host_veth.is_empty() { names::host_veth(&env.container_id, &env.ifname) } else { extra.host_veth };
+    let veth = if extra.host_veth.is_empty() {
+        names::host_veth(&env.container_id, &env.ifname)
+    } else {
+        extra.host_veth
+    };
     match Handle::new() {
         Ok(mut h) => {
             if let Err(e) = attach::detach(&mut h, &veth) {
@@ -317,8 +370,14 @@ fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(CniError::new(ErrorCode::Kernel, format!("DEL of {} / {} was incomplete", env.container_id, env.ifname))
-            .with_details(problems.join("; ")))
+        Err(CniError::new(
+            ErrorCode::Kernel,
+            format!(
+                "DEL of {} / {} was incomplete",
+                env.container_id, env.ifname
+            ),
+        )
+        .with_details(problems.join("; ")))
     }
 }
 
@@ -330,7 +389,10 @@ fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     let record = records.get(&key(env)).map_err(ipam_error)?.ok_or_else(|| {
         CniError::new(
             ErrorCode::UnknownContainer,
-            format!("no address is recorded for container {} / {}", env.container_id, env.ifname),
+            format!(
+                "no address is recorded for container {} / {}",
+                env.container_id, env.ifname
+            ),
         )
     })?;
     let ours = prev
@@ -338,9 +400,20 @@ fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
         .iter()
         .find(|ip| ip.address.split('/').next() == Some(record.ip.to_string().as_str()))
         .ok_or_else(|| {
-            CniError::new(ErrorCode::CheckFailed, format!("prevResult does not hold this attachment's address {}", record.ip))
+            CniError::new(
+                ErrorCode::CheckFailed,
+                format!(
+                    "prevResult does not hold this attachment's address {}",
+                    record.ip
+                ),
+            )
         })?;
-    let prefix: u8 = ours.address.split('/').nth(1).and_then(|p| p.parse().ok()).unwrap_or(32);
+    let prefix: u8 = ours
+        .address
+        .split('/')
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(32);
     let routes: Vec<(Ipv4Net, Ipv4Addr)> = prev
         .routes
         .iter()
@@ -354,11 +427,20 @@ fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     let veth = host.link_by_name(&extra.host_veth).ok().flatten();
     match (bridge, veth) {
         (Some(b), Some(v)) if v.master == Some(b.index) => Ok(()),
-        (None, _) => Err(CniError::new(ErrorCode::CheckFailed, format!("bridge {} is missing", conf.bridge))),
-        (_, None) => Err(CniError::new(ErrorCode::CheckFailed, format!("host veth {} is missing", extra.host_veth))),
+        (None, _) => Err(CniError::new(
+            ErrorCode::CheckFailed,
+            format!("bridge {} is missing", conf.bridge),
+        )),
+        (_, None) => Err(CniError::new(
+            ErrorCode::CheckFailed,
+            format!("host veth {} is missing", extra.host_veth),
+        )),
         _ => Err(CniError::new(
             ErrorCode::CheckFailed,
-            format!("host veth {} is not attached to bridge {}", extra.host_veth, conf.bridge),
+            format!(
+                "host veth {} is not attached to bridge {}",
+                extra.host_veth, conf.bridge
+            ),
         )),
     }
 }
@@ -367,7 +449,8 @@ fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
 fn status(conf: &NetConf) -> Result<(), CniError> {
     let unavailable = |m: String| CniError::new(ErrorCode::NotAvailable, m);
     let pool = pool(conf)?;
-    let records = records(conf).map_err(|e| unavailable(format!("the IPAM data dir is not usable: {e}")))?;
+    let records =
+        records(conf).map_err(|e| unavailable(format!("the IPAM data dir is not usable: {e}")))?;
     let used = records.used().map_err(|e| unavailable(e.to_string()))?;
     let in_pool = used.iter().filter(|ip| pool.is_allocatable(**ip)).count() as u32;
     if in_pool >= pool.capacity() {
@@ -378,7 +461,9 @@ fn status(conf: &NetConf) -> Result<(), CniError> {
         )));
     }
     if which_nft().is_none() {
-        return Err(unavailable("the nft binary is missing: install the nftables package".into()));
+        return Err(unavailable(
+            "the nft binary is missing: install the nftables package".into(),
+        ));
     }
     Ok(())
 }

@@ -19,8 +19,11 @@ fn main() {
     };
     let outcome = match (env, read) {
         (Err(e), _) => Err(e),
-        (Ok(_), Err(e)) => Err(CniError::new(ErrorCode::Io, "cannot read the network config from stdin")
-            .with_details(e.to_string())),
+        (Ok(_), Err(e)) => Err(CniError::new(
+            ErrorCode::Io,
+            "cannot read the network config from stdin",
+        )
+        .with_details(e.to_string())),
         (Ok(env), Ok(())) => commands::run(&env, &stdin),
     };
     let mut out = std::io::stdout().lock();

@@ -72,8 +72,14 @@ fn add_wires_a_pod_that_reaches_its_gateway_and_neighbour() {
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         v[0]["address"].as_str().unwrap().to_string()
     };
-    assert_eq!(bridge_mac(&node), r2["interfaces"][0]["mac"].as_str().unwrap());
-    assert!(ping(&p2, "10.244.1.1"), "the remaining pod still reaches its gateway");
+    assert_eq!(
+        bridge_mac(&node),
+        r2["interfaces"][0]["mac"].as_str().unwrap()
+    );
+    assert!(
+        ping(&p2, "10.244.1.1"),
+        "the remaining pod still reaches its gateway"
+    );
     node.del("c2", &p2, None);
     node.assert_clean("after DEL");
     assert!(!ping(&node.ns, &ip2));

@@ -15,10 +15,15 @@ use twill_testkit::{root_or_skip, sh, TestNetns};
 fn peer_reporter(ns: &TestNetns, addr: &str) {
     let netns = Netns::open(ns.path()).unwrap();
     let addr: SocketAddr = addr.parse().unwrap();
-    let listener = run_in(&netns, move || TcpListener::bind(addr)).unwrap().unwrap();
+    let listener = run_in(&netns, move || TcpListener::bind(addr))
+        .unwrap()
+        .unwrap();
     std::thread::spawn(move || {
         for mut conn in listener.incoming().flatten() {
-            let peer = conn.peer_addr().map(|p| p.ip().to_string()).unwrap_or_default();
+            let peer = conn
+                .peer_addr()
+                .map(|p| p.ip().to_string())
+                .unwrap_or_default();
             let _ = conn.write_all(peer.as_bytes());
         }
     });
@@ -29,7 +34,8 @@ fn ask(ns: &TestNetns, addr: &str) -> Result<String, String> {
     let netns = Netns::open(ns.path()).unwrap();
     let addr: SocketAddr = addr.parse().unwrap();
     run_in(&netns, move || {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+        let mut s =
+            TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
         s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).map_err(|e| e.to_string())?;
@@ -41,7 +47,9 @@ fn ask(ns: &TestNetns, addr: &str) -> Result<String, String> {
 fn udp_echo(ns: &TestNetns, addr: &str) {
     let netns = Netns::open(ns.path()).unwrap();
     let addr: SocketAddr = addr.parse().unwrap();
-    let sock = run_in(&netns, move || UdpSocket::bind(addr)).unwrap().unwrap();
+    let sock = run_in(&netns, move || UdpSocket::bind(addr))
+        .unwrap()
+        .unwrap();
     std::thread::spawn(move || {
         let mut buf = [0u8; 512];
         while let Ok((n, from)) = sock.recv_from(&mut buf) {
@@ -73,13 +81,32 @@ fn host_ports_hairpin_and_masquerade_with_real_traffic() {
     let out = TestNetns::new("hpout");
     // The node's uplink: 192.0.2.11 <-> an outside host 192.0.2.100 that has no route to pods.
     let (a, b) = ("uplink".to_string(), "eth0".to_string());
-    sh(&["ip", "link", "add", &a, "netns", &node.ns.name, "type", "veth", "peer", "name", &b, "netns", &out.name]);
-    node.ns.exec(&["ip", "addr", "add", "192.0.2.11/24", "dev", &a]);
+    sh(&[
+        "ip",
+        "link",
+        "add",
+        &a,
+        "netns",
+        &node.ns.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &b,
+        "netns",
+        &out.name,
+    ]);
+    node.ns
+        .exec(&["ip", "addr", "add", "192.0.2.11/24", "dev", &a]);
     node.ns.exec(&["ip", "link", "set", &a, "up"]);
     out.exec(&["ip", "addr", "add", "192.0.2.100/24", "dev", &b]);
     out.exec(&["ip", "link", "set", &b, "up"]);
 
-    let (p1, p2, p3) = (TestNetns::new("hp1"), TestNetns::new("hp2"), TestNetns::new("hp3"));
+    let (p1, p2, p3) = (
+        TestNetns::new("hp1"),
+        TestNetns::new("hp2"),
+        TestNetns::new("hp3"),
+    );
     let mut conf = node.conf();
     conf["runtimeConfig"] = json!({"portMappings": [
         {"hostPort": 30080, "containerPort": 8080, "protocol": "tcp"},
@@ -96,13 +123,27 @@ fn host_ports_hairpin_and_masquerade_with_real_traffic() {
 
     // Outside -> node address -> pod: DNAT, and the pod sees the real client.
     assert_eq!(ask(&out, "192.0.2.11:30080"), Ok("192.0.2.100".into()));
-    assert_eq!(ask(&out, "192.0.2.11:30081"), Ok("192.0.2.100".into()), "hostIP mapping");
-    assert_eq!(udp_ask(&out, "192.0.2.11:30053"), Ok("twill".into()), "UDP mapping");
+    assert_eq!(
+        ask(&out, "192.0.2.11:30081"),
+        Ok("192.0.2.100".into()),
+        "hostIP mapping"
+    );
+    assert_eq!(
+        udp_ask(&out, "192.0.2.11:30053"),
+        Ok("twill".into()),
+        "UDP mapping"
+    );
     // From the node itself via 127.0.0.1.
-    assert!(ask(&node.ns, "127.0.0.1:30080").is_ok(), "localhost -> host port");
+    assert!(
+        ask(&node.ns, "127.0.0.1:30080").is_ok(),
+        "localhost -> host port"
+    );
     // Hairpin: the pod reaches itself, and a neighbour reaches it, through the host port.
     assert!(ask(&p1, "192.0.2.11:30080").is_ok(), "hairpin to itself");
-    assert!(ask(&p2, "192.0.2.11:30080").is_ok(), "neighbour via host port");
+    assert!(
+        ask(&p2, "192.0.2.11:30080").is_ok(),
+        "neighbour via host port"
+    );
     // Pod to pod: no NAT, the server sees the pod's own address.
     assert_eq!(ask(&p2, &format!("{ip1}:8080")), Ok(ip2.clone()));
     // Pod -> outside: masqueraded to the node's address.
@@ -115,13 +156,28 @@ fn host_ports_hairpin_and_masquerade_with_real_traffic() {
     let r3 = node.cni("ADD", "clash", &p3.path(), "eth0", &taken);
     assert!(!r3.ok);
     assert_eq!(r3.json["code"], 102, "{}", r3.stdout);
-    assert!(r3.json["msg"].as_str().unwrap().contains("30080"), "{}", r3.stdout);
-    assert_eq!((node.veths().len(), node.records().len()), before, "failed ADD rolled back");
+    assert!(
+        r3.json["msg"].as_str().unwrap().contains("30080"),
+        "{}",
+        r3.stdout
+    );
+    assert_eq!(
+        (node.veths().len(), node.records().len()),
+        before,
+        "failed ADD rolled back"
+    );
 
     // DEL removes exactly that container's mappings.
     node.del("web", &p1, Some(&r1.json));
-    assert!(ask(&out, "192.0.2.11:30080").is_err(), "mapping gone after DEL");
-    assert_eq!(ask(&p2, "192.0.2.100:9000"), Ok("192.0.2.11".into()), "the other pod still masquerades");
+    assert!(
+        ask(&out, "192.0.2.11:30080").is_err(),
+        "mapping gone after DEL"
+    );
+    assert_eq!(
+        ask(&p2, "192.0.2.100:9000"),
+        Ok("192.0.2.11".into()),
+        "the other pod still masquerades"
+    );
     node.del("client", &p2, None);
     node.assert_clean("after DEL");
 }
@@ -134,8 +190,23 @@ fn ip_masq_false_leaves_pod_source_untouched() {
     let node = Node::new("nm");
     let out = TestNetns::new("nmout");
     let (a, b) = ("uplink".to_string(), "eth0".to_string());
-    sh(&["ip", "link", "add", &a, "netns", &node.ns.name, "type", "veth", "peer", "name", &b, "netns", &out.name]);
-    node.ns.exec(&["ip", "addr", "add", "192.0.2.11/24", "dev", &a]);
+    sh(&[
+        "ip",
+        "link",
+        "add",
+        &a,
+        "netns",
+        &node.ns.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &b,
+        "netns",
+        &out.name,
+    ]);
+    node.ns
+        .exec(&["ip", "addr", "add", "192.0.2.11/24", "dev", &a]);
     node.ns.exec(&["ip", "link", "set", &a, "up"]);
     out.exec(&["ip", "addr", "add", "192.0.2.100/24", "dev", &b]);
     out.exec(&["ip", "link", "set", &b, "up"]);

@@ -143,6 +143,12 @@ impl NetConf {
     /// Decodes and validates a config. Undecodable JSON is code 6, a missing or mistyped
     /// field code 7, an unknown `cniVersion` code 1, a field Twill does not support code 2.
     pub fn parse(bytes: &[u8]) -> Result<NetConf, CniError> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(CniError::new(
+                ErrorCode::Decode,
+                "the network config on stdin is empty; the runtime must pass the plugin's JSON config",
+            ));
+        }
         let value: Value = serde_json::from_slice(bytes).map_err(|e| {
             CniError::new(
                 ErrorCode::Decode,
@@ -489,6 +495,7 @@ mod tests {
     fn errors_name_the_field() {
         let cases: &[(&str, u32, &str)] = &[
             ("{", 6, "decode"),
+            (" \n", 6, "stdin is empty"),
             ("[]", 6, "object"),
             (
                 r#"{"name":"n","type":"t","ipam":{}}"#,

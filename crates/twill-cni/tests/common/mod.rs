@@ -27,7 +27,11 @@ impl Node {
     pub fn new(tag: &str) -> Node {
         let ns = TestNetns::new(tag);
         let data = TempDir::new(tag);
-        Node { ns, data, subnet: "10.244.1.0/24".into() }
+        Node {
+            ns,
+            data,
+            subnet: "10.244.1.0/24".into(),
+        }
     }
 
     pub fn conf(&self) -> Value {
@@ -43,22 +47,47 @@ impl Node {
     }
 
     /// Runs the plugin in the node's namespace exactly as a runtime does: env + stdin.
-    pub fn cni(&self, command: &str, container_id: &str, netns: &str, ifname: &str, conf: &Value) -> Reply {
-        self.cni_raw(command, &[("CNI_CONTAINERID", container_id), ("CNI_NETNS", netns), ("CNI_IFNAME", ifname)], conf.to_string().as_bytes())
+    pub fn cni(
+        &self,
+        command: &str,
+        container_id: &str,
+        netns: &str,
+        ifname: &str,
+        conf: &Value,
+    ) -> Reply {
+        self.cni_raw(
+            command,
+            &[
+                ("CNI_CONTAINERID", container_id),
+                ("CNI_NETNS", netns),
+                ("CNI_IFNAME", ifname),
+            ],
+            conf.to_string().as_bytes(),
+        )
     }
 
     pub fn cni_raw(&self, command: &str, vars: &[(&str, &str)], stdin: &[u8]) -> Reply {
+        let mut all = vec![("CNI_COMMAND", Some(command))];
+        all.extend(vars.iter().map(|(k, v)| (*k, Some(*v))));
+        self.run_plugin(&all, stdin)
+    }
+
+    /// Runs the plugin with exactly these variables (besides PATH and CNI_PATH); `None`
+    /// leaves a variable unset, so a test can leave out even CNI_COMMAND.
+    pub fn run_plugin(&self, vars: &[(&str, Option<&str>)], stdin: &[u8]) -> Reply {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.ns.name, PLUGIN])
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("CNI_COMMAND", command)
             .env("CNI_PATH", "/opt/cni/bin")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, v) in vars {
-            cmd.env(k, v);
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
         }
         let mut child = cmd.spawn().expect("spawn twill-cni");
         child.stdin.take().unwrap().write_all(stdin).unwrap();
@@ -85,7 +114,11 @@ impl Node {
         }
         let r = self.cni("DEL", cid, &pod.path(), "eth0", &conf);
         assert!(r.ok, "DEL {cid} failed: {} {}", r.stdout, r.stderr);
-        assert!(r.stdout.trim().is_empty(), "DEL prints nothing: {}", r.stdout);
+        assert!(
+            r.stdout.trim().is_empty(),
+            "DEL prints nothing: {}",
+            r.stdout
+        );
     }
 
     /// Links in the node namespace other than lo and the bridge.
@@ -102,17 +135,62 @@ impl Node {
             .collect()
     }
 
+    /// Every link name in the node namespace (lo and the bridge included).
+    pub fn links(&self) -> Vec<String> {
+        link_names(&self.ns)
+    }
+
+    /// The IPv4 addresses (a.b.c.d/len) on the bridge twl0; empty if it does not exist.
+    pub fn bridge_addrs(&self) -> Vec<String> {
+        let (ok, out, _) = self
+            .ns
+            .try_exec(&["ip", "-j", "-4", "addr", "show", "dev", "twl0"]);
+        if !ok {
+            return Vec::new();
+        }
+        let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+            .map(|a| format!("{}/{}", a["local"].as_str().unwrap_or(""), a["prefixlen"]))
+            .collect()
+    }
+
+    /// Ports of the bridge twl0 (links whose master it is).
+    pub fn bridge_ports(&self) -> Vec<String> {
+        let (ok, out, _) = self
+            .ns
+            .try_exec(&["ip", "-j", "link", "show", "master", "twl0"]);
+        if !ok {
+            return Vec::new();
+        }
+        let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l["ifname"].as_str())
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Addresses held in the IPAM record directory.
     pub fn records(&self) -> Vec<String> {
         let dir = self.data.path.join("ipam/twltest/ips");
         std::fs::read_dir(dir)
-            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
     /// Elements of Twill's nft sets/maps in the node (masq_pods, hostports_*).
     pub fn nft_elements(&self) -> Vec<String> {
-        let (ok, out, _) = self.ns.try_exec(&["nft", "-j", "list", "table", "ip", "twill"]);
+        let (ok, out, _) = self
+            .ns
+            .try_exec(&["nft", "-j", "list", "table", "ip", "twill"]);
         if !ok {
             return Vec::new();
         }
@@ -137,16 +215,49 @@ impl Node {
 
     /// Nothing of any pod is left: no veth, no address record, no nft element.
     pub fn assert_clean(&self, context: &str) {
-        assert!(self.veths().is_empty(), "{context}: leaked veths {:?}", self.veths());
-        assert!(self.records().is_empty(), "{context}: leaked IPAM records {:?}", self.records());
-        assert!(self.nft_elements().is_empty(), "{context}: leaked nft elements {:?}", self.nft_elements());
+        assert!(
+            self.veths().is_empty(),
+            "{context}: leaked veths {:?}",
+            self.veths()
+        );
+        assert!(
+            self.records().is_empty(),
+            "{context}: leaked IPAM records {:?}",
+            self.records()
+        );
+        assert!(
+            self.nft_elements().is_empty(),
+            "{context}: leaked nft elements {:?}",
+            self.nft_elements()
+        );
     }
 }
 
 pub fn pod_ip(result: &Value) -> String {
-    result["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string()
+    result["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 pub fn ping(from: &TestNetns, to: &str) -> bool {
     from.try_exec(&["ping", "-c1", "-W1", to]).0
+}
+
+/// Every link name in a namespace, sorted.
+pub fn link_names(ns: &TestNetns) -> Vec<String> {
+    let out = ns.exec(&["ip", "-j", "link", "show"]);
+    let links: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut names: Vec<String> = links
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["ifname"].as_str())
+        .map(str::to_string)
+        .collect();
+    names.sort();
+    names
 }
