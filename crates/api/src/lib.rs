@@ -3,3 +3,4 @@
 //! field, the value and the fix.
 
 pub mod cni;
+pub mod names;

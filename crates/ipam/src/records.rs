@@ -56,7 +56,6 @@
 //! Address files for addresses no longer in the pool (configuration changed) are left
 //! alone and still count as used; GC removes them only when their attachment is gone.
 
-use crate::names::{validate_container_id, validate_ifname, validate_network_name, InvalidName};
 use crate::pool::Pool;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -68,6 +67,9 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use twill_api::names::{
+    validate_container_id, validate_ifname, validate_network_name, InvalidName,
+};
 
 /// Where `twill-cni` keeps its records unless the network config says otherwise.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/twill/ipam";

@@ -23,15 +23,6 @@ pub struct CniEnv {
     pub path: String,
 }
 
-/// CNI_CONTAINERID: "Must be unique and non-empty. Must only contain alphanumeric
-/// characters, hyphen (-), underscore (_) and period (.)."
-pub fn valid_container_id(id: &str) -> bool {
-    !id.is_empty()
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
-
 impl CniEnv {
     /// Reads the parameters through `var`, so this stays testable without touching the
     /// process environment. Which variables are required depends on the command.
@@ -83,17 +74,13 @@ impl CniEnv {
             if env.container_id.is_empty() {
                 return Err(missing("CNI_CONTAINERID", "is not set"));
             }
-            if !valid_container_id(&env.container_id) {
-                return Err(missing(
-                    "CNI_CONTAINERID",
-                    &format!("\"{}\" may only hold a-z A-Z 0-9 - _ .", env.container_id),
-                ));
-            }
+            crate::names::validate_container_id(&env.container_id)
+                .map_err(|e| missing("CNI_CONTAINERID", &format!("is not usable: {e}")))?;
             if env.ifname.is_empty() {
                 return Err(missing("CNI_IFNAME", "is not set"));
             }
-            super::netconf::validate_ifname("CNI_IFNAME", &env.ifname)
-                .map_err(|e| CniError::new(ErrorCode::InvalidEnvironment, e))?;
+            crate::names::validate_ifname(&env.ifname)
+                .map_err(|e| missing("CNI_IFNAME", &format!("is not usable: {e}")))?;
             // "CNI_NETNS ... may be empty for DEL"
             if env.netns.is_empty() && command != Command::Del {
                 return Err(missing("CNI_NETNS", "is not set"));

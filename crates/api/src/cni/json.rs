@@ -140,21 +140,15 @@ impl<'a> Obj<'a> {
 }
 
 pub(crate) fn parse_ipv4(path: &str, s: &str) -> Result<Ipv4Addr, CniError> {
-    s.parse().map_err(|_| {
-        if s.contains(':') {
-            CniError::new(
-                super::ErrorCode::UnsupportedField,
-                format!("field \"{path}\": \"{s}\" is IPv6; twill-cni supports IPv4 only for now"),
-            )
-        } else {
-            CniError::invalid(format!(
-                "field \"{path}\": \"{s}\" is not an IPv4 address (e.g. \"10.244.1.1\")"
-            ))
-        }
-    })
+    parse_v4(path, s, "an IPv4 address (e.g. \"10.244.1.1\")")
 }
 
 pub(crate) fn parse_cidr(path: &str, s: &str) -> Result<ipnet::Ipv4Net, CniError> {
+    parse_v4(path, s, "an IPv4 CIDR (e.g. \"10.244.1.0/24\")")
+}
+
+/// IPv6 input is refused as unsupported (code 2), anything else unparsable as invalid (7).
+fn parse_v4<T: std::str::FromStr>(path: &str, s: &str, expected: &str) -> Result<T, CniError> {
     s.parse().map_err(|_| {
         if s.contains(':') {
             CniError::new(
@@ -162,9 +156,7 @@ pub(crate) fn parse_cidr(path: &str, s: &str) -> Result<ipnet::Ipv4Net, CniError
                 format!("field \"{path}\": \"{s}\" is IPv6; twill-cni supports IPv4 only for now"),
             )
         } else {
-            CniError::invalid(format!(
-                "field \"{path}\": \"{s}\" is not an IPv4 CIDR (e.g. \"10.244.1.0/24\")"
-            ))
+            CniError::invalid(format!("field \"{path}\": \"{s}\" is not {expected}"))
         }
     })
 }

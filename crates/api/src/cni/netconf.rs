@@ -16,6 +16,7 @@ use super::error::{CniError, ErrorCode};
 use super::json::{join, parse_cidr, parse_ipv4, wrong, Obj};
 use super::result::{CniResult, Dns};
 use super::SUPPORTED_VERSIONS;
+use crate::names;
 use ipnet::Ipv4Net;
 use serde_json::Value;
 use std::net::Ipv4Addr;
@@ -99,44 +100,15 @@ impl std::fmt::Display for Protocol {
     }
 }
 
-/// A network name as the spec allows it: "must be unique across all network configurations
-/// on a host, and must contain only alphanumeric characters, underscore (_), dot (.) or
-/// hyphen (-)". It also names Twill's IPAM folder, so it must be a safe path component.
-pub fn validate_network_name(name: &str) -> Result<(), CniError> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name != "."
-        && name != ".."
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(CniError::invalid(format!(
-            "field \"name\": {name:?} is not a valid network name (1-128 of a-z A-Z 0-9 _ . -)"
-        )))
-    }
+/// The network name: it names Twill's IPAM folder, so it must be a safe path component.
+fn validate_network_name(name: &str) -> Result<(), CniError> {
+    names::validate_network_name(name)
+        .map_err(|e| CniError::invalid(format!("field \"name\": {e}")))
 }
 
-/// Linux interface names: 1-15 bytes, none of '/', ':' or whitespace, not "." or "..".
-pub fn validate_ifname(path: &str, name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 15 {
-        return Err(format!(
-            "{path}: {name:?} must be 1 to 15 bytes long (Linux IFNAMSIZ)"
-        ));
-    }
-    if name == "."
-        || name == ".."
-        || name
-            .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace())
-    {
-        return Err(format!(
-            "{path}: {name:?} is not a valid interface name (no '/', ':' or spaces)"
-        ));
-    }
-    Ok(())
+/// An interface name given in the config (e.g. `bridge`).
+fn validate_ifname(path: &str, name: &str) -> Result<(), CniError> {
+    names::validate_ifname(name).map_err(|e| CniError::invalid(format!("field \"{path}\": {e}")))
 }
 
 impl NetConf {
@@ -176,7 +148,7 @@ impl NetConf {
         let plugin_type = root.req_str("type")?.to_string();
 
         let bridge = root.str("bridge")?.unwrap_or(DEFAULT_BRIDGE).to_string();
-        validate_ifname("field \"bridge\"", &bridge).map_err(CniError::invalid)?;
+        validate_ifname("bridge", &bridge)?;
         let mtu = root
             .uint("mtu", 68, 65535)?
             .map(|m| m as u32)

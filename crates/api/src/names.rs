@@ -1,6 +1,7 @@
-//! Validation of the names that become file names in the record directory: network names,
-//! container IDs and interface names. Pure; `twill-cni` reuses these to check its
-//! environment, so the rules follow the CNI spec (and libcni's validators) exactly.
+//! Validation of the names a runtime hands to Twill and that become interface and file
+//! names: network names, container IDs and interface names. The rules follow the CNI spec
+//! (and libcni's validators) exactly; the IPAM record directory relies on them for safe
+//! path components.
 
 /// A name that the CNI spec (or a file system) does not allow, with the rule it broke.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,7 +68,7 @@ pub fn validate_ifname(name: &str) -> Result<(), InvalidName> {
             WHAT,
             name,
             format!(
-                "it is {} bytes long; the kernel allows at most 15",
+                "it is {} bytes long; the kernel allows at most 15 bytes (IFNAMSIZ)",
                 name.len()
             ),
         ));
