@@ -1,0 +1,507 @@
+//! The cluster's resources as they live in the store (JSON values under `/twill/v1/`) and
+//! as users write them for `twill apply -f` (YAML or JSON documents with `kind`,
+//! `metadata.name` and `spec`, like calicoctl's).
+//!
+//! | key | resource | written by |
+//! |---|---|---|
+//! | `config` | [`NetworkConfig`] | `twill apply` |
+//! | `nodes/<name>` | [`NodeStatus`] (bound to the agent's lease) | `twilld` |
+//! | `nodeconfigs/<name>` | [`NodeSpec`] (overrides, e.g. the node IP) | `twill apply` (kind `Node`) |
+//! | `blocks/<a.b.c.d>-<len>` | [`Block`] (bound to the holder's lease) | `twilld` |
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
+
+pub const KEY_CONFIG: &str = "config";
+pub const PREFIX_NODES: &str = "nodes/";
+pub const PREFIX_NODECONFIGS: &str = "nodeconfigs/";
+pub const PREFIX_BLOCKS: &str = "blocks/";
+
+/// The store key of a block: `blocks/10.244.1.0-24`.
+pub fn block_key(cidr: Ipv4Net) -> String {
+    format!("{PREFIX_BLOCKS}{}-{}", cidr.network(), cidr.prefix_len())
+}
+
+/// The block a `blocks/…` key names.
+pub fn block_from_key(key: &str) -> Option<Ipv4Net> {
+    let rest = key.rsplit_once(PREFIX_BLOCKS)?.1;
+    let (addr, len) = rest.split_once('-')?;
+    Ipv4Net::new(addr.parse().ok()?, len.parse().ok()?).ok()
+}
+
+fn default_block_size() -> u8 {
+    24
+}
+fn default_backend() -> String {
+    "none".into()
+}
+fn default_mtu() -> u32 {
+    1500
+}
+fn default_true() -> bool {
+    true
+}
+fn default_lease_ttl() -> u64 {
+    3600
+}
+
+/// The network config: the address space every node's blocks come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// All pod addresses, e.g. 10.244.0.0/16.
+    #[serde(rename = "clusterCIDR")]
+    pub cluster_cidr: Ipv4Net,
+    /// Prefix length of one block: 24 (flannel's one subnet per node) or smaller blocks,
+    /// e.g. 26 (Calico's), of which a node claims more as it fills.
+    #[serde(default = "default_block_size")]
+    pub block_size: u8,
+    /// The first and last block that may be handed out (flannel's SubnetMin/SubnetMax).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet_min: Option<Ipv4Net>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet_max: Option<Ipv4Net>,
+    /// Ranges never handed out to any node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reservations: Vec<Ipv4Net>,
+    /// How packets cross nodes; "none" until a backend is chosen.
+    #[serde(default = "default_backend")]
+    pub backend: String,
+    #[serde(default = "default_mtu")]
+    pub mtu: u32,
+    /// Masquerade pod traffic leaving the cluster CIDR.
+    #[serde(default = "default_true")]
+    pub masquerade: bool,
+    /// How long a node's claims outlive its last renewal (flannel keeps leases for 24 h).
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl_seconds: u64,
+}
+
+/// A user's settings for one node (`kind: Node`): overrides what the agent would detect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeSpec {
+    /// The node's IP, instead of autodetection (Calico's `spec.bgp.ipv4Address`). A CIDR
+    /// ("192.0.2.11/24") or a bare address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4_address: Option<String>,
+}
+
+/// What a running agent publishes about its node (bound to its lease).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    pub name: String,
+    /// The node IP other nodes use.
+    pub address: Ipv4Addr,
+    /// How the address was chosen ("first-found", "interface=eth.*", "override", …).
+    pub autodetection: String,
+    /// Why this address, in words (interface, rule matched).
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocks: Vec<Ipv4Net>,
+    /// Seconds since the epoch when the agent started.
+    #[serde(default)]
+    pub started_at: u64,
+    #[serde(default)]
+    pub agent_version: String,
+}
+
+/// A block of pod addresses held by one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Block {
+    pub cidr: Ipv4Net,
+    pub node: String,
+    /// Seconds since the epoch of the first claim.
+    #[serde(default)]
+    pub claimed_at: u64,
+}
+
+/// The node-local hand-off from `twilld` to `twill-cni` (the role of flannel's
+/// subnet.env), written atomically; `twill-cni` allocates from it with no network round
+/// trip and keeps working while the agent restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HandOff {
+    pub node: String,
+    #[serde(rename = "clusterCIDR")]
+    pub cluster_cidr: Ipv4Net,
+    pub blocks: Vec<Ipv4Net>,
+    pub mtu: u32,
+    pub ip_masq: bool,
+}
+
+/// Where `twilld` writes the hand-off by default, and `twill-cni` reads it.
+pub const DEFAULT_HANDOFF_FILE: &str = "/run/twill/node.json";
+
+/// A config, spec or file that does not hold up: the field, the reason and, for files,
+/// the line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{field}: {reason}", line.map(|l| format!("line {l}: ")).unwrap_or_default())]
+pub struct Invalid {
+    pub field: String,
+    pub reason: String,
+    pub line: Option<usize>,
+}
+
+fn invalid(field: &str, reason: impl Into<String>) -> Invalid {
+    Invalid {
+        field: field.into(),
+        reason: reason.into(),
+        line: None,
+    }
+}
+
+impl NetworkConfig {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let c = self.cluster_cidr;
+        if c.trunc() != c {
+            return Err(invalid(
+                "clusterCIDR",
+                format!("{c} has host bits set; did you mean {}?", c.trunc()),
+            ));
+        }
+        if !(8..=28).contains(&c.prefix_len()) {
+            return Err(invalid(
+                "clusterCIDR",
+                format!("{c}: the prefix must be /8 to /28"),
+            ));
+        }
+        if self.block_size <= c.prefix_len() || self.block_size > 30 {
+            return Err(invalid(
+                "blockSize",
+                format!(
+                    "{} must be longer than the cluster prefix /{} and at most 30",
+                    self.block_size,
+                    c.prefix_len()
+                ),
+            ));
+        }
+        for (field, b) in [
+            ("subnetMin", self.subnet_min),
+            ("subnetMax", self.subnet_max),
+        ] {
+            if let Some(b) = b {
+                if b.prefix_len() != self.block_size || b.trunc() != b || !c.contains(&b) {
+                    return Err(invalid(
+                        field,
+                        format!("{b} must be a /{} block inside {c}", self.block_size),
+                    ));
+                }
+            }
+        }
+        if let (Some(lo), Some(hi)) = (self.subnet_min, self.subnet_max) {
+            if lo.network() > hi.network() {
+                return Err(invalid(
+                    "subnetMin",
+                    format!("{lo} comes after subnetMax {hi}"),
+                ));
+            }
+        }
+        for (i, r) in self.reservations.iter().enumerate() {
+            if !c.contains(r) {
+                return Err(invalid(
+                    &format!("reservations[{i}]"),
+                    format!("{r} is outside clusterCIDR {c}"),
+                ));
+            }
+        }
+        if !(68..=65535).contains(&self.mtu) {
+            return Err(invalid(
+                "mtu",
+                format!("{} is out of range 68..=65535", self.mtu),
+            ));
+        }
+        if self.lease_ttl_seconds < 5 {
+            return Err(invalid("leaseTTLSeconds", "must be at least 5 seconds"));
+        }
+        Ok(())
+    }
+}
+
+impl NodeSpec {
+    /// The override address, if any.
+    pub fn address(&self) -> Result<Option<Ipv4Addr>, Invalid> {
+        match &self.ipv4_address {
+            None => Ok(None),
+            Some(s) => {
+                let addr = s.split('/').next().unwrap_or("");
+                let ok_len = s
+                    .split('/')
+                    .nth(1)
+                    .is_none_or(|l| l.parse::<u8>().is_ok_and(|l| l <= 32));
+                match addr.parse() {
+                    Ok(a) if ok_len => Ok(Some(a)),
+                    _ => Err(invalid(
+                        "spec.ipv4Address",
+                        format!("{s:?} is not an IPv4 address or CIDR"),
+                    )),
+                }
+            }
+        }
+    }
+}
+
+/// One document of a resource file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resource {
+    NetworkConfig(NetworkConfig),
+    Node { name: String, spec: NodeSpec },
+}
+
+impl Resource {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Resource::NetworkConfig(_) => "NetworkConfig",
+            Resource::Node { .. } => "Node",
+        }
+    }
+
+    /// The store key (under `/twill/v1/`) and the JSON value `twill apply` writes.
+    pub fn to_store(&self) -> (String, Vec<u8>) {
+        match self {
+            Resource::NetworkConfig(c) => (
+                KEY_CONFIG.into(),
+                serde_json::to_vec(c).expect("serializes"),
+            ),
+            Resource::Node { name, spec } => (
+                format!("{PREFIX_NODECONFIGS}{name}"),
+                serde_json::to_vec(spec).expect("serializes"),
+            ),
+        }
+    }
+}
+
+/// Only the kind, to pick the typed document below.
+#[derive(Deserialize)]
+struct KindOnly {
+    kind: String,
+}
+
+/// One typed document; parsed straight from the text so errors carry path and line.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Document<T> {
+    #[serde(rename = "apiVersion", default)]
+    _api_version: Option<String>,
+    #[serde(rename = "kind")]
+    _kind: String,
+    #[serde(default)]
+    metadata: Metadata,
+    spec: T,
+}
+
+#[derive(Deserialize, Default)]
+struct Metadata {
+    #[serde(default)]
+    name: String,
+}
+
+/// Parses a resource file (YAML, which includes JSON; several documents separated by
+/// `---`). Every error names the field, the reason and the line. Nothing is applied
+/// unless the whole file is valid: that is the caller's job, this is pure.
+pub fn parse_resources(text: &str) -> Result<Vec<Resource>, Invalid> {
+    let mut out = Vec::new();
+    // Line numbers: serde_yaml_ng locates syntax and type errors; for semantic errors we
+    // find the field's line in the text.
+    let mut doc_start = 1usize;
+    for doc in split_documents(text) {
+        let (body, first_line) = doc;
+        doc_start = doc_start.max(first_line);
+        if body.trim().is_empty() {
+            continue;
+        }
+        let at = |mut e: Invalid| {
+            if e.line.is_none() {
+                let leaf = e.field.rsplit('.').next().unwrap_or(&e.field);
+                let leaf = leaf.split('[').next().unwrap_or(leaf);
+                e.line = find_line(body, leaf)
+                    .map(|l| l + first_line - 1)
+                    .or(Some(first_line));
+            }
+            e
+        };
+        let kind: KindOnly =
+            serde_yaml_ng::from_str(body).map_err(|e| at(yaml_error(&e, first_line)))?;
+        let res = match kind.kind.as_str() {
+            "NetworkConfig" => {
+                let d: Document<NetworkConfig> =
+                    serde_yaml_ng::from_str(body).map_err(|e| at(yaml_error(&e, first_line)))?;
+                d.spec.validate().map_err(|mut e| {
+                    e.field = format!("spec.{}", e.field);
+                    at(e)
+                })?;
+                Resource::NetworkConfig(d.spec)
+            }
+            "Node" => {
+                let d: Document<NodeSpec> =
+                    serde_yaml_ng::from_str(body).map_err(|e| at(yaml_error(&e, first_line)))?;
+                let name = d.metadata.name;
+                crate::names::validate_network_name(&name)
+                    .map_err(|e| at(invalid("metadata.name", e.to_string())))?;
+                d.spec.address().map_err(at)?;
+                Resource::Node { name, spec: d.spec }
+            }
+            other => {
+                return Err(at(invalid(
+                    "kind",
+                    format!("{other:?} is not a Twill resource; use NetworkConfig or Node"),
+                )))
+            }
+        };
+        out.push(res);
+    }
+    if out.is_empty() {
+        return Err(Invalid {
+            field: "(file)".into(),
+            reason: "no resource in the file".into(),
+            line: None,
+        });
+    }
+    Ok(out)
+}
+
+/// Splits on `---` lines; yields each document with the line number it starts at.
+fn split_documents(text: &str) -> Vec<(&str, usize)> {
+    let mut docs = Vec::new();
+    let mut start = 0usize;
+    let mut start_line = 1usize;
+    let mut offset = 0usize;
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        if line.trim_end() == "---" {
+            docs.push((&text[start..offset], start_line));
+            start = offset + line.len();
+            start_line = i + 2;
+        }
+        offset += line.len();
+    }
+    docs.push((&text[start..], start_line));
+    docs
+}
+
+fn find_line(body: &str, key: &str) -> Option<usize> {
+    body.lines()
+        .position(|l| {
+            let t = l.trim_start().trim_start_matches('"');
+            t.starts_with(key)
+                && t[key.len()..]
+                    .trim_start_matches('"')
+                    .trim_start()
+                    .starts_with(':')
+        })
+        .map(|i| i + 1)
+}
+
+fn yaml_error(e: &serde_yaml_ng::Error, first_line: usize) -> Invalid {
+    let msg = e.to_string();
+    // serde_yaml_ng: "spec.blockSize: invalid type: string \"x\", expected u8 at line 3 column 14"
+    let (field, reason) = match msg.split_once(": ") {
+        Some((f, r)) if !f.contains(' ') => (f.to_string(), r.to_string()),
+        _ => (String::new(), msg.clone()),
+    };
+    let reason = reason
+        .split(" at line ")
+        .next()
+        .unwrap_or(&reason)
+        .to_string();
+    Invalid {
+        field,
+        reason,
+        line: e.location().map(|l| l.line() + first_line - 1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_keys_round_trip() {
+        let b: Ipv4Net = "10.244.3.64/26".parse().unwrap();
+        assert_eq!(block_key(b), "blocks/10.244.3.64-26");
+        assert_eq!(
+            block_from_key(&format!("/twill/v1/{}", block_key(b))),
+            Some(b)
+        );
+        assert_eq!(block_from_key("blocks/garbage"), None);
+    }
+
+    #[test]
+    fn parses_a_multi_document_file() {
+        let text = "kind: NetworkConfig\nspec:\n  clusterCIDR: 10.244.0.0/16\n  blockSize: 26\n---\nkind: Node\nmetadata:\n  name: n1\nspec:\n  ipv4Address: 192.0.2.11/24\n";
+        let r = parse_resources(text).unwrap();
+        assert_eq!(r.len(), 2);
+        let Resource::NetworkConfig(c) = &r[0] else {
+            panic!()
+        };
+        assert_eq!(c.block_size, 26);
+        assert_eq!(c.lease_ttl_seconds, 3600);
+        let Resource::Node { name, spec } = &r[1] else {
+            panic!()
+        };
+        assert_eq!(name, "n1");
+        assert_eq!(spec.address().unwrap(), Some("192.0.2.11".parse().unwrap()));
+        assert_eq!(r[1].to_store().0, "nodeconfigs/n1");
+    }
+
+    #[test]
+    fn json_documents_work_too() {
+        let r =
+            parse_resources(r#"{"kind":"NetworkConfig","spec":{"clusterCIDR":"10.244.0.0/16"}}"#)
+                .unwrap();
+        assert_eq!(r[0].kind(), "NetworkConfig");
+    }
+
+    fn err(text: &str) -> Invalid {
+        parse_resources(text).unwrap_err()
+    }
+
+    #[test]
+    fn errors_name_field_reason_and_line() {
+        let e = err("kind: NetworkConfig\nspec:\n  clusterCIDR: 10.244.0.0/16\n  blockSize: 12\n");
+        assert_eq!(
+            (e.field.as_str(), e.line),
+            ("spec.blockSize", Some(4)),
+            "{e}"
+        );
+        let e = err("kind: NetworkConfig\nspec:\n  clusterCIDR: 10.244.0.0/33\n");
+        assert_eq!(e.line, Some(3), "{e}");
+        let e = err("kind: NetworkConfig\nspec:\n  clusterCIDR: 10.244.0.0/16\n  blockSize: big\n");
+        assert_eq!(e.line, Some(4), "{e}");
+        assert!(e.to_string().contains("blockSize"), "{e}");
+        let e = err("kind: NetworkConfig\nspec:\n  clusterCIDR: 10.244.0.0/16\n  colour: blue\n");
+        assert!(e.to_string().contains("colour"), "{e}");
+        let e = err("kind: Pod\nspec: {}\n");
+        assert_eq!((e.field.as_str(), e.line), ("kind", Some(1)));
+        let e = err("kind: NetworkConfig\nspec:\n  clusterCIDR: 10.244.0.0/16\n---\nkind: Node\nmetadata:\n  name: n1\nspec:\n  ipv4Address: 300.1.1.1\n");
+        assert_eq!(
+            (e.field.as_str(), e.line),
+            ("spec.ipv4Address", Some(9)),
+            "{e}"
+        );
+        let e = err("kind: NetworkConfig\nspec:\n  clusterCIDR: 10.244.0.0/16\n  subnetMin: 10.244.0.0/24\n  blockSize: 26\n");
+        assert_eq!(e.field, "spec.subnetMin");
+        let e = err("kind: NetworkConfig\nspec: [\n");
+        assert!(e.line.is_some(), "{e}");
+        let e = err("\n\n");
+        assert!(e.to_string().contains("no resource"));
+    }
+
+    #[test]
+    fn host_bits_are_refused_with_the_fix() {
+        let c = NetworkConfig {
+            cluster_cidr: "10.244.1.0/16".parse().unwrap(),
+            block_size: 24,
+            subnet_min: None,
+            subnet_max: None,
+            reservations: vec![],
+            backend: "none".into(),
+            mtu: 1500,
+            masquerade: true,
+            lease_ttl_seconds: 60,
+        };
+        assert!(c.validate().unwrap_err().reason.contains("10.244.0.0/16"));
+    }
+}

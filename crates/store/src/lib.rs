@@ -1,0 +1,140 @@
+//! The cluster store behind Twill: where the network config, the nodes and the blocks of
+//! pod addresses each node holds are recorded. One trait, [`Store`], with the semantics of
+//! etcd v3 (the reference): keys are strings under `/twill/v1/`, every change bumps a
+//! cluster-wide revision, a key may be bound to a lease that expires unless kept alive,
+//! and a watch replays every change after a given revision.
+//!
+//! Implementations:
+//! - [`etcd`]: etcd v3 over its JSON gateway (HTTP/1.1, optional TLS), for real clusters;
+//! - [`embedded`]: no server, a folder shared by the agents on one machine (the lab);
+//! - [`static_file`]: nodes and their subnets written by hand, read-only.
+//!
+//! Key layout (see docs/store.md): `config`, `nodes/<name>`, `blocks/<a.b.c.d>-<len>`.
+
+pub mod embedded;
+pub mod etcd;
+pub mod static_file;
+
+use std::time::Duration;
+
+/// The prefix of every key Twill writes.
+pub const PREFIX: &str = "/twill/v1/";
+
+/// etcd's revision: a counter bumped by every change in the whole store.
+pub type Revision = i64;
+
+/// A lease: keys bound to it vanish when it expires or is revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LeaseId(pub i64);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub create_revision: Revision,
+    pub mod_revision: Revision,
+    /// The lease the key is bound to, if any.
+    pub lease: Option<LeaseId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Put(KeyValue),
+    /// The key and the revision of its deletion (explicit, or its lease expired).
+    Delete { key: String, mod_revision: Revision },
+}
+
+impl Event {
+    pub fn key(&self) -> &str {
+        match self {
+            Event::Put(kv) => &kv.key,
+            Event::Delete { key, .. } => key,
+        }
+    }
+
+    pub fn revision(&self) -> Revision {
+        match self {
+            Event::Put(kv) => kv.mod_revision,
+            Event::Delete { mod_revision, .. } => *mod_revision,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached now; retrying later may work.
+    #[error("store unavailable ({endpoint}): {reason}")]
+    Unavailable { endpoint: String, reason: String },
+    /// The lease is unknown: it expired or was revoked.
+    #[error("lease {0:?} has expired or was revoked")]
+    LeaseExpired(LeaseId),
+    /// The watch start revision was compacted away: list again, then watch from there.
+    #[error("revision {requested} was compacted (oldest kept: {compacted}); list and watch again")]
+    Compacted { requested: Revision, compacted: Revision },
+    /// The store refuses writes (the static file store).
+    #[error("the {0} store is read-only: edit its file instead")]
+    ReadOnly(&'static str),
+    /// The store answered something this client cannot read.
+    #[error("unexpected answer from the store: {0}")]
+    Protocol(String),
+    #[error("{op} {path}: {source}")]
+    Io { op: &'static str, path: String, source: std::io::Error },
+    #[error("bad store configuration: {0}")]
+    Config(String),
+}
+
+impl StoreError {
+    /// Worth retrying with backoff (the agent keeps going; readyz says why).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A stream of changes under a prefix, in revision order.
+pub trait Watch: Send {
+    /// The next event, waiting at most `timeout`; `Ok(None)` on timeout. An error ends the
+    /// watch (e.g. `Compacted`, or the store went away): list and watch again.
+    fn next(&mut self, timeout: Duration) -> Result<Option<Event>>;
+}
+
+/// The store. All methods are blocking; implementations are safe to share across threads.
+pub trait Store: Send + Sync {
+    /// A short name for logs and status: "etcd", "embedded", "static".
+    fn kind(&self) -> &'static str;
+
+    fn get(&self, key: &str) -> Result<Option<KeyValue>>;
+
+    /// Every key starting with `prefix`, sorted by key, and the store's revision then.
+    fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision)>;
+
+    /// Writes `key` unconditionally; returns the new revision.
+    fn put(&self, key: &str, value: &[u8], lease: Option<LeaseId>) -> Result<Revision>;
+
+    /// Writes `key` only if it does not exist (etcd: `txn` comparing create_revision = 0).
+    /// `Ok(None)`: it existed, nothing written; `Ok(Some(rev))`: created at `rev`.
+    fn create(&self, key: &str, value: &[u8], lease: Option<LeaseId>) -> Result<Option<Revision>>;
+
+    /// Writes `key` only if its mod_revision is still `expected` (optimistic update).
+    /// `Ok(false)`: it changed (or vanished) meanwhile; nothing written.
+    fn update(&self, key: &str, expected: Revision, value: &[u8], lease: Option<LeaseId>) -> Result<bool>;
+
+    /// Deletes `key`; `Ok(false)` if it did not exist.
+    fn delete(&self, key: &str) -> Result<bool>;
+
+    /// Deletes `key` only if its mod_revision is still `expected`.
+    fn delete_if(&self, key: &str, expected: Revision) -> Result<bool>;
+
+    /// A new lease that expires `ttl` after its last keep-alive.
+    fn grant(&self, ttl: Duration) -> Result<LeaseId>;
+
+    /// Renews the lease; returns its TTL. `Err(LeaseExpired)` if it is gone.
+    fn keep_alive(&self, lease: LeaseId) -> Result<Duration>;
+
+    /// Ends the lease now, deleting its keys.
+    fn revoke(&self, lease: LeaseId) -> Result<()>;
+
+    /// Every change under `prefix` after revision `after` (exclusive), in order.
+    fn watch(&self, prefix: &str, after: Revision) -> Result<Box<dyn Watch>>;
+}
