@@ -306,10 +306,8 @@ pub fn parse_resources(text: &str) -> Result<Vec<Resource>, Invalid> {
     let mut out = Vec::new();
     // Line numbers: serde_yaml_ng locates syntax and type errors; for semantic errors we
     // find the field's line in the text.
-    let mut doc_start = 1usize;
     for doc in split_documents(text) {
         let (body, first_line) = doc;
-        doc_start = doc_start.max(first_line);
         if body.trim().is_empty() {
             continue;
         }

@@ -6,9 +6,11 @@
 //!   held address atomically across concurrent CNI processes, with per-attachment records so
 //!   DEL and GC are exact and idempotent.
 
+pub mod blocks;
 pub mod pool;
 pub mod records;
 
+pub use blocks::BlockSpace;
 pub use pool::{Pool, PoolError, Range, Reservation};
 pub use records::{AttachmentKey, Record, RecordDir, RecordError, DEFAULT_DATA_DIR};
 pub use twill_api::names::{
