@@ -213,7 +213,53 @@ impl Done {
     }
 }
 
+/// The config with the node's blocks filled in from twilld's hand-off file, when the
+/// config names no subnet. Read on every ADD: no network round trip, and a restarting
+/// agent does not stop pods from starting.
+fn resolve(conf: &NetConf) -> Result<NetConf, CniError> {
+    let Some(path) = &conf.ipam.handoff_file else {
+        return Ok(conf.clone());
+    };
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(CniError::new(
+                ErrorCode::TryAgainLater,
+                format!(
+                    "{} does not exist yet: twilld writes it once this node holds a block of pod addresses",
+                    path.display()
+                ),
+            )
+            .with_details(
+                "start twilld (and check its /readyz), or give the node's subnet in ipam.subnet",
+            ))
+        }
+        Err(e) => {
+            return Err(CniError::new(ErrorCode::Io, format!("cannot read {}", path.display()))
+                .with_details(e.to_string()))
+        }
+    };
+    let handoff: twill_api::resources::HandOff = serde_json::from_slice(&text).map_err(|e| {
+        CniError::new(
+            ErrorCode::Io,
+            format!("{} is not a Twill hand-off file", path.display()),
+        )
+        .with_details(e.to_string())
+    })?;
+    if handoff.blocks.is_empty() {
+        return Err(CniError::new(
+            ErrorCode::TryAgainLater,
+            format!(
+                "{} lists no blocks yet: twilld is still claiming one",
+                path.display()
+            ),
+        ));
+    }
+    Ok(conf.clone().with_handoff(&handoff))
+}
+
 fn add(env: &CniEnv, conf: &NetConf) -> Result<String, CniError> {
+    let conf = &resolve(conf)?;
     let pool = pool(conf)?;
     let pod_ns = open_netns(&env.netns)?;
     let records = records(conf)?;
@@ -230,7 +276,19 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<String, CniError> {
             &key(env),
             serde_json::to_value(&extra).expect("plain struct"),
         )
-        .map_err(ipam_error)?;
+        .map_err(|e| match (&e, &conf.ipam.handoff_file) {
+            // The node's blocks are full, but twilld claims another one when few addresses
+            // are left: worth retrying, unlike a fixed subnet that is full.
+            (RecordError::Exhausted { .. }, Some(file)) => CniError::new(
+                ErrorCode::TryAgainLater,
+                format!("every block this node holds is full ({e})"),
+            )
+            .with_details(format!(
+                "twilld claims another block when few addresses are free and rewrites {}; check that it runs and its /readyz",
+                file.display()
+            )),
+            _ => ipam_error(e),
+        })?;
     let mut done = Done {
         record: Some(key(env)),
         ..Done::default()
@@ -448,6 +506,7 @@ fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
 /// STATUS: can this plugin serve an ADD now?
 fn status(conf: &NetConf) -> Result<(), CniError> {
     let unavailable = |m: String| CniError::new(ErrorCode::NotAvailable, m);
+    let conf = &resolve(conf).map_err(|e| unavailable(e.to_string()))?;
     let pool = pool(conf)?;
     let records =
         records(conf).map_err(|e| unavailable(format!("the IPAM data dir is not usable: {e}")))?;

@@ -45,6 +45,16 @@ pub struct NetConf {
     pub prev_result: Option<CniResult>,
     /// The raw `prevResult`, kept for chaining unknown fields through unchanged.
     pub prev_result_raw: Option<Value>,
+    /// Which defaults the config overrode; the rest may come from the node's hand-off.
+    pub given: Given,
+}
+
+/// Fields the config set explicitly (so the hand-off from twilld does not replace them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Given {
+    pub mtu: bool,
+    pub ip_masq: bool,
+    pub cluster_cidr: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +64,9 @@ pub struct IpamConf {
     pub reserved: Vec<String>,
     pub data_dir: PathBuf,
     pub routes: Vec<RouteConf>,
+    /// Without `subnet`/`ranges`, the node's blocks come from the file twilld writes
+    /// (`ipam.handoffFile`, default /run/twill/node.json).
+    pub handoff_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -149,12 +162,11 @@ impl NetConf {
 
         let bridge = root.str("bridge")?.unwrap_or(DEFAULT_BRIDGE).to_string();
         validate_ifname("bridge", &bridge)?;
-        let mtu = root
-            .uint("mtu", 68, 65535)?
-            .map(|m| m as u32)
-            .unwrap_or(DEFAULT_MTU);
+        let mtu_given = root.uint("mtu", 68, 65535)?.map(|m| m as u32);
+        let mtu = mtu_given.unwrap_or(DEFAULT_MTU);
         let hairpin = root.bool("hairpinMode")?.unwrap_or(true);
-        let ip_masq = root.bool("ipMasq")?.unwrap_or(true);
+        let ip_masq_given = root.bool("ipMasq")?;
+        let ip_masq = ip_masq_given.unwrap_or(true);
         let is_default_gateway = root.bool("isDefaultGateway")?.unwrap_or(true);
 
         let ipam_obj = root.obj("ipam")?.ok_or_else(|| {
@@ -236,7 +248,39 @@ impl NetConf {
             port_mappings,
             prev_result,
             prev_result_raw,
+            given: Given {
+                mtu: mtu_given.is_some(),
+                ip_masq: ip_masq_given.is_some(),
+                cluster_cidr: root.get("clusterCIDR").is_some(),
+            },
         })
+    }
+
+    /// Fills in what the config left to the node agent: the node's blocks as ranges, and
+    /// the cluster CIDR, MTU and masquerade setting unless the config set them.
+    pub fn with_handoff(mut self, h: &crate::resources::HandOff) -> NetConf {
+        self.ipam.ranges = h
+            .blocks
+            .iter()
+            .enumerate()
+            .map(|(i, b)| RangeConf {
+                path: format!("hand-off blocks[{i}]"),
+                subnet: *b,
+                range_start: None,
+                range_end: None,
+                gateway: None,
+            })
+            .collect();
+        if !self.given.cluster_cidr {
+            self.cluster_cidrs = vec![h.cluster_cidr];
+        }
+        if !self.given.mtu {
+            self.mtu = h.mtu;
+        }
+        if !self.given.ip_masq {
+            self.ip_masq = h.ip_masq;
+        }
+        self
     }
 }
 
@@ -299,11 +343,22 @@ fn parse_ipam(ipam: &Obj<'_>, default_route: bool) -> Result<IpamConf, CniError>
             }
         }
     }
-    if ranges.is_empty() {
-        return Err(CniError::invalid(
-            "field \"ipam.subnet\" (or \"ipam.ranges\") is required: the node's pod subnet, e.g. \"10.244.1.0/24\"",
-        ));
-    }
+    let handoff_file = match (ipam.str("handoffFile")?, ranges.is_empty()) {
+        (Some(_), false) => {
+            return Err(CniError::invalid(
+                "field \"ipam.handoffFile\" excludes \"ipam.subnet\"/\"ipam.ranges\": the node's blocks come from one or the other",
+            ))
+        }
+        (Some(f), true) if !f.starts_with('/') => {
+            return Err(CniError::invalid(format!(
+                "field \"ipam.handoffFile\": {f} must be an absolute path"
+            )))
+        }
+        (f, true) => Some(PathBuf::from(
+            f.unwrap_or(crate::resources::DEFAULT_HANDOFF_FILE),
+        )),
+        (None, false) => None,
+    };
     let reserved = match ipam.array("reserved")? {
         None => Vec::new(),
         Some(list) => list
@@ -347,6 +402,7 @@ fn parse_ipam(ipam: &Obj<'_>, default_route: bool) -> Result<IpamConf, CniError>
             .collect::<Result<_, CniError>>()?,
     };
     Ok(IpamConf {
+        handoff_file,
         ranges,
         reserved,
         data_dir,
@@ -491,9 +547,14 @@ mod tests {
                 "\"ipam\" is required",
             ),
             (
-                r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{}}"#,
+                r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"handoffFile":"run/x.json"}}"#,
                 7,
-                "ipam.subnet",
+                "ipam.handoffFile",
+            ),
+            (
+                r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"subnet":"10.1.0.0/16","handoffFile":"/run/x.json"}}"#,
+                7,
+                "excludes",
             ),
             (
                 r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"subnet":"10.244.1.0/33"}}"#,
