@@ -1,0 +1,209 @@
+//! Running a plugin exactly as a runtime does: the command and the pod in the environment,
+//! the config on stdin, the result on stdout; for the reference, a libcni-style chain of
+//! bridge (+ portmap). I/O edge.
+
+use crate::conf::Setup;
+use crate::netns;
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use twill_netlink::Netns;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Twill,
+    Reference,
+}
+
+impl Kind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Twill => "twill",
+            Kind::Reference => "ref",
+        }
+    }
+}
+
+/// A pod sandbox made beforehand: its namespace and the host port it maps.
+#[derive(Debug, Clone)]
+pub struct Pod {
+    pub netns: String,
+    pub host_port: u16,
+}
+
+/// A pod attached by ADD: what DEL needs (libcni caches the result and passes it back).
+#[derive(Debug, Clone)]
+pub struct Attachment {
+    pub pod: Pod,
+    pub container_id: String,
+    pub result: Value,
+}
+
+/// A plugin under test and the node namespace it alone runs in.
+pub struct Subject {
+    pub kind: Kind,
+    pub node: Netns,
+    pub setup: Setup,
+    pub twill_exe: PathBuf,
+    pub cni_path: PathBuf,
+}
+
+static CONTAINER_SEQ: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh 64-hex-digit container ID, like the ones containerd and CRI-O hand out.
+fn container_id() -> String {
+    let n = CONTAINER_SEQ.fetch_add(1, Ordering::Relaxed);
+    format!("{:016x}{:048x}", std::process::id(), n)
+}
+
+impl Subject {
+    /// ADD, timed from the first spawn to the last exit. The calling thread enters the node
+    /// namespace first, outside the timed region.
+    pub fn add(&self, pod: &Pod) -> Result<(Duration, Attachment)> {
+        netns::enter(&self.node)?;
+        let container_id = container_id();
+        let start = Instant::now();
+        let result = match self.kind {
+            Kind::Twill => self.exec(
+                &self.twill_exe,
+                "ADD",
+                pod,
+                &container_id,
+                &self.setup.twill(pod.host_port, None),
+            )?,
+            Kind::Reference => {
+                let bridge = self.plugin("bridge");
+                let r = self.exec(
+                    &bridge,
+                    "ADD",
+                    pod,
+                    &container_id,
+                    &self.setup.ref_bridge(None),
+                )?;
+                match r {
+                    Some(r) if self.setup.mappings => {
+                        let conf = self.setup.ref_portmap(pod.host_port, &r);
+                        self.exec(&self.plugin("portmap"), "ADD", pod, &container_id, &conf)?
+                    }
+                    r => r,
+                }
+            }
+        };
+        let took = start.elapsed();
+        let result =
+            result.with_context(|| format!("{} ADD printed no result", self.kind.label()))?;
+        Ok((
+            took,
+            Attachment {
+                pod: pod.clone(),
+                container_id,
+                result,
+            },
+        ))
+    }
+
+    /// DEL with the cached result as prevResult; the reference chain runs in reverse.
+    pub fn del(&self, a: &Attachment) -> Result<Duration> {
+        netns::enter(&self.node)?;
+        let prev = Some(&a.result);
+        let start = Instant::now();
+        match self.kind {
+            Kind::Twill => {
+                self.exec(
+                    &self.twill_exe,
+                    "DEL",
+                    &a.pod,
+                    &a.container_id,
+                    &self.setup.twill(a.pod.host_port, prev),
+                )?;
+            }
+            Kind::Reference => {
+                if self.setup.mappings {
+                    let conf = self.setup.ref_portmap(a.pod.host_port, &a.result);
+                    self.exec(
+                        &self.plugin("portmap"),
+                        "DEL",
+                        &a.pod,
+                        &a.container_id,
+                        &conf,
+                    )?;
+                }
+                self.exec(
+                    &self.plugin("bridge"),
+                    "DEL",
+                    &a.pod,
+                    &a.container_id,
+                    &self.setup.ref_bridge(prev),
+                )?;
+            }
+        }
+        Ok(start.elapsed())
+    }
+
+    fn plugin(&self, name: &str) -> PathBuf {
+        self.cni_path.join(name)
+    }
+
+    fn exec(
+        &self,
+        exe: &Path,
+        command: &str,
+        pod: &Pod,
+        container_id: &str,
+        conf: &Value,
+    ) -> Result<Option<Value>> {
+        let name = exe
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut child = Command::new(exe)
+            .env_clear()
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", container_id)
+            .env("CNI_NETNS", &pod.netns)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", &self.cni_path)
+            .env(
+                "CNI_ARGS",
+                format!(
+                    "IgnoreUnknown=1;K8S_POD_NAMESPACE=twlbench;K8S_POD_NAME={container_id:.12}"
+                ),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot run {}", exe.display()))?;
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        let written = stdin.write_all(conf.to_string().as_bytes());
+        drop(stdin);
+        let out = child
+            .wait_with_output()
+            .with_context(|| format!("waiting for {name}"))?;
+        written.with_context(|| format!("writing the config to {name}"))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let parsed: Option<Value> = serde_json::from_str(stdout.trim()).ok();
+        let is_error = parsed.as_ref().is_some_and(|v| v.get("code").is_some());
+        if !out.status.success() || is_error {
+            bail!(
+                "{name} {command} failed for netns {} ({}): {} {}",
+                pod.netns,
+                out.status,
+                stdout.trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        if command == "ADD" && parsed.is_none() {
+            bail!("{name} ADD printed no JSON result: {:?}", stdout.trim());
+        }
+        Ok(parsed)
+    }
+}
