@@ -258,17 +258,26 @@ impl Handle {
     }
 
     pub fn set_link_up(&mut self, index: u32) -> Result<(), Error> {
+        self.set_link_state(index, true)
+    }
+
+    pub fn set_link_down(&mut self, index: u32) -> Result<(), Error> {
+        self.set_link_state(index, false)
+    }
+
+    fn set_link_state(&mut self, index: u32, up: bool) -> Result<(), Error> {
         let mut b = MessageBuilder::new(RTM_SETLINK, NLM_F_REQUEST);
         b.header(
             &IfInfoMsg {
                 index,
-                flags: IFF_UP,
+                flags: if up { IFF_UP } else { 0 },
                 change: IFF_UP,
                 ..Default::default()
             }
             .to_bytes(),
         );
-        self.ack(b.build(), format!("set link #{index} up"))
+        let state = if up { "up" } else { "down" };
+        self.ack(b.build(), format!("set link #{index} {state}"))
     }
 
     pub fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<(), Error> {

@@ -27,6 +27,14 @@ pub struct Socket {
     buf: Vec<u8>,
 }
 
+impl std::os::fd::AsFd for Socket {
+    /// The socket itself, e.g. to let a child process hold it open (the last close of a
+    /// netfilter socket may wait for an RCU grace period; see twill-cni's DEL).
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.fd)
+    }
+}
+
 enum Outcome {
     Done(Vec<Vec<u8>>),
     /// The dump must be repeated (interrupted or replies lost).

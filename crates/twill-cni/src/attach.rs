@@ -100,27 +100,38 @@ pub fn attach(
     bridge: &Link,
     plan: &Plan<'_>,
 ) -> Result<Attached, CniError> {
-    host.create_veth(
-        &plan.host_veth,
-        plan.ifname,
-        pod_ns,
-        plan.mtu,
-        Some(bridge.index),
-    )
-    .map_err(|e| {
+    let create = |host: &mut Handle| {
+        host.create_veth(
+            &plan.host_veth,
+            plan.ifname,
+            pod_ns,
+            plan.mtu,
+            Some(bridge.index),
+        )
+    };
+    let mut created = create(host);
+    if created.as_ref().is_err_and(|e| e.is_exists()) {
+        // The host end is named after this attachment, whose address record we have
+        // just created: a veth of that name is a leftover of an earlier DEL whose reaper
+        // has not finished (or died). Remove it and try once more.
+        if let Ok(Some(stale)) = host.link_by_name(&plan.host_veth) {
+            if stale.kind.as_deref() == Some("veth") {
+                detach(host, &plan.host_veth)?;
+                created = create(host);
+            }
+        }
+    }
+    created.map_err(|e| {
         if e.is_exists() {
             CniError::new(
                 ErrorCode::Kernel,
                 format!(
-                    "interface {} already exists on the node or {} already exists in {}",
-                    plan.host_veth,
+                    "interface {} already exists in {}",
                     plan.ifname,
                     pod_ns.path().display()
                 ),
             )
-            .with_details(
-                "an earlier ADD for this container was not cleaned up; run DEL for it first",
-            )
+            .with_details("the pod already has an interface of that name: choose another CNI_IFNAME or remove it")
         } else {
             kernel(
                 &format!("creating veth {} <-> {}", plan.host_veth, plan.ifname),
@@ -177,6 +188,20 @@ pub fn attach(
         host: iface(&host_link, ""),
         pod: iface(&pod_link, &sandbox),
     })
+}
+
+/// Cuts the pod off at once: its host end goes down, so the bridge stops forwarding to
+/// it and its address can be handed out again. Returns whether the veth still exists.
+pub fn cut_off(host: &mut Handle, host_veth: &str) -> Result<bool, CniError> {
+    match host.link_by_name(host_veth) {
+        Ok(Some(link)) => match host.set_link_down(link.index) {
+            Ok(()) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(kernel(&format!("taking veth {host_veth} down"), e)),
+        },
+        Ok(None) => Ok(false),
+        Err(e) => Err(kernel(&format!("looking up veth {host_veth}"), e)),
+    }
 }
 
 /// Removes the pod's veth pair by its host end. Gone already is fine.

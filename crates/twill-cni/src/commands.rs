@@ -4,6 +4,7 @@
 
 use crate::attach::{self, Plan};
 use crate::names;
+use crate::reaper;
 use ipnet::Ipv4Net;
 use serde_json::Value;
 use std::net::Ipv4Addr;
@@ -401,10 +402,18 @@ fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
         .as_ref()
         .and_then(|r| serde_json::from_value(r.extra.clone()).ok())
         .unwrap_or_default();
+    // Kept open until the reaper has it: see reaper.rs.
+    let mut table = None;
     if let Some(r) = &held {
         let maps = nft_mappings(r.ip, &extra.port_mappings);
-        if let Err(e) = twill_nft::Table::new().and_then(|mut t| t.remove_pod(r.ip, &maps)) {
-            problems.push(format!("removing the nftables entries of {}: {e}", r.ip));
+        match twill_nft::Table::new() {
+            Ok(mut t) => {
+                if let Err(e) = t.remove_pod(r.ip, &maps) {
+                    problems.push(format!("removing the nftables entries of {}: {e}", r.ip));
+                }
+                table = Some(t);
+            }
+            Err(e) => problems.push(format!("opening nftables: {e}")),
         }
     }
     let veth = if extra.host_veth.is_empty() {
@@ -413,11 +422,19 @@ fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
         extra.host_veth
     };
     match Handle::new() {
-        Ok(mut h) => {
-            if let Err(e) = attach::detach(&mut h, &veth) {
-                problems.push(e.to_string());
+        Ok(mut h) => match attach::cut_off(&mut h, &veth) {
+            Ok(true) => {
+                let keep = table.as_ref().map(std::os::fd::AsFd::as_fd);
+                if reaper::spawn(&veth, keep).is_err() {
+                    // No reaper: pay for the deletion here.
+                    if let Err(e) = attach::detach(&mut h, &veth) {
+                        problems.push(e.to_string());
+                    }
+                }
             }
-        }
+            Ok(false) => {}
+            Err(e) => problems.push(e.to_string()),
+        },
         Err(e) => problems.push(format!("opening netlink: {e}")),
     }
     if held.is_some() {

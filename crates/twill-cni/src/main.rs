@@ -5,11 +5,15 @@
 mod attach;
 mod commands;
 mod names;
+mod reaper;
 
 use std::io::{Read, Write};
 use twill_api::cni::{CniEnv, CniError, ErrorCode};
 
 fn main() {
+    if let Ok(veth) = std::env::var(reaper::ENV) {
+        std::process::exit(reaper::run(&veth));
+    }
     let env = CniEnv::from_vars(|k| std::env::var(k).ok());
     let mut stdin = Vec::new();
     let read = match &env {

@@ -164,3 +164,25 @@ fn version_status_and_gc() {
     node.del("keep", &a, None);
     node.assert_clean("after GC and DEL");
 }
+
+#[test]
+fn del_cuts_the_pod_off_at_once_and_a_re_add_right_after_works() {
+    if !root_or_skip("readd") {
+        return;
+    }
+    let node = Node::new("readd");
+    let (p1, p2) = (TestNetns::new("ra1"), TestNetns::new("ra2"));
+    let r1 = node.add("c1", &p1);
+    node.add("c2", &p2);
+    let ip1 = pod_ip(&r1);
+    assert!(ping(&p2, &ip1));
+    node.del("c1", &p1, Some(&r1));
+    // When DEL returns the pod is unreachable, even if its veth still awaits the reaper.
+    assert!(!ping(&p2, &ip1), "pod still reachable after DEL");
+    // The runtime may ADD the same attachment again at once (same names): it works.
+    let again = node.add("c1", &p1);
+    assert!(ping(&p2, &pod_ip(&again)), "re-ADDed pod reachable");
+    node.del("c1", &p1, Some(&again));
+    node.del("c2", &p2, None);
+    node.assert_clean("after DELs");
+}

@@ -217,6 +217,12 @@ impl Node {
 
     /// Nothing of any pod is left: no veth, no address record, no nft element.
     pub fn assert_clean(&self, context: &str) {
+        // DEL hands the kernel's slow veth unregister to a detached reaper (see
+        // twill-cni's reaper.rs): give it a moment, then insist.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !self.veths().is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         assert!(
             self.veths().is_empty(),
             "{context}: leaked veths {:?}",
