@@ -74,7 +74,7 @@ pub struct NetworkConfig {
     #[serde(default = "default_true")]
     pub masquerade: bool,
     /// How long a node's claims outlive its last renewal (flannel keeps leases for 24 h).
-    #[serde(default = "default_lease_ttl")]
+    #[serde(default = "default_lease_ttl", rename = "leaseTTLSeconds")]
     pub lease_ttl_seconds: u64,
 }
 
@@ -291,6 +291,10 @@ struct Document<T> {
     #[serde(default)]
     metadata: Metadata,
     spec: T,
+    /// What `twill get -o yaml` prints for live objects: read-only, ignored on apply, so
+    /// its output can be applied back.
+    #[serde(default, rename = "status")]
+    _status: Option<serde_yaml_ng::Value>,
 }
 
 #[derive(Deserialize, Default)]
