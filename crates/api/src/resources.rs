@@ -8,6 +8,7 @@
 //! | `nodes/<name>` | [`NodeStatus`] (bound to the agent's lease) | `twilld` |
 //! | `nodeconfigs/<name>` | [`NodeSpec`] (overrides, e.g. the node IP) | `twill apply` (kind `Node`) |
 //! | `blocks/<a.b.c.d>-<len>` | [`Block`] (bound to the holder's lease) | `twilld` |
+//! | `allocations/<node>` | a list of [`Allocation`] (bound to the agent's lease) | `twilld` |
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -17,6 +18,7 @@ pub const KEY_CONFIG: &str = "config";
 pub const PREFIX_NODES: &str = "nodes/";
 pub const PREFIX_NODECONFIGS: &str = "nodeconfigs/";
 pub const PREFIX_BLOCKS: &str = "blocks/";
+pub const PREFIX_ALLOCATIONS: &str = "allocations/";
 
 /// The store key of a block: `blocks/10.244.1.0-24`.
 pub fn block_key(cidr: Ipv4Net) -> String {
@@ -117,6 +119,23 @@ pub struct Block {
     /// Seconds since the epoch of the first claim.
     #[serde(default)]
     pub claimed_at: u64,
+}
+
+/// One address in use on a node, as its agent reports it from twill-cni's records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Allocation {
+    pub ip: Ipv4Addr,
+    #[serde(rename = "containerID", default)]
+    pub container_id: String,
+    #[serde(default)]
+    pub ifname: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host_veth: String,
+    /// False when the pod's host veth no longer exists on the node: the pod is gone but
+    /// its address was never released (a leak `twill ipam check` reports).
+    #[serde(default = "default_true")]
+    pub present: bool,
 }
 
 /// The node-local hand-off from `twilld` to `twill-cni` (the role of flannel's

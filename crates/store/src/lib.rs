@@ -13,7 +13,14 @@
 
 pub mod embedded;
 pub mod etcd;
+pub mod open;
 pub mod static_file;
+
+pub use open::{open, StoreConfig};
+
+/// The shared test suite of the writable stores (see its module docs).
+#[doc(hidden)]
+pub mod conformance;
 
 use std::time::Duration;
 
@@ -41,7 +48,10 @@ pub struct KeyValue {
 pub enum Event {
     Put(KeyValue),
     /// The key and the revision of its deletion (explicit, or its lease expired).
-    Delete { key: String, mod_revision: Revision },
+    Delete {
+        key: String,
+        mod_revision: Revision,
+    },
 }
 
 impl Event {
@@ -70,7 +80,10 @@ pub enum StoreError {
     LeaseExpired(LeaseId),
     /// The watch start revision was compacted away: list again, then watch from there.
     #[error("revision {requested} was compacted (oldest kept: {compacted}); list and watch again")]
-    Compacted { requested: Revision, compacted: Revision },
+    Compacted {
+        requested: Revision,
+        compacted: Revision,
+    },
     /// The store refuses writes (the static file store).
     #[error("the {0} store is read-only: edit its file instead")]
     ReadOnly(&'static str),
@@ -78,7 +91,11 @@ pub enum StoreError {
     #[error("unexpected answer from the store: {0}")]
     Protocol(String),
     #[error("{op} {path}: {source}")]
-    Io { op: &'static str, path: String, source: std::io::Error },
+    Io {
+        op: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
     #[error("bad store configuration: {0}")]
     Config(String),
 }
@@ -118,7 +135,13 @@ pub trait Store: Send + Sync {
 
     /// Writes `key` only if its mod_revision is still `expected` (optimistic update).
     /// `Ok(false)`: it changed (or vanished) meanwhile; nothing written.
-    fn update(&self, key: &str, expected: Revision, value: &[u8], lease: Option<LeaseId>) -> Result<bool>;
+    fn update(
+        &self,
+        key: &str,
+        expected: Revision,
+        value: &[u8],
+        lease: Option<LeaseId>,
+    ) -> Result<bool>;
 
     /// Deletes `key`; `Ok(false)` if it did not exist.
     fn delete(&self, key: &str) -> Result<bool>;

@@ -2,6 +2,8 @@
 //! `twl` prefix, unique across parallel tests, and removed when its guard drops, failures
 //! included.
 
+pub mod etcd;
+
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -27,7 +29,11 @@ pub fn unique_name(tag: &str, max: usize) -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let suffix = format!("{:x}{:x}", std::process::id() & 0xfffff, n);
     let room = max.saturating_sub(3 + suffix.len());
-    let tag: String = tag.chars().filter(|c| c.is_ascii_alphanumeric()).take(room).collect();
+    let tag: String = tag
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(room)
+        .collect();
     format!("twl{tag}{suffix}")
 }
 
@@ -95,14 +101,19 @@ impl TestNetns {
 impl Drop for TestNetns {
     fn drop(&mut self) {
         // Kill anything a test left running inside, then remove the namespace.
-        let _ = Command::new("ip").args(["netns", "pids", &self.name]).output().map(|o| {
-            for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                if let Ok(pid) = pid.parse::<i32>() {
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
+        let _ = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+            .map(|o| {
+                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                    if let Ok(pid) = pid.parse::<i32>() {
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
                 }
-            }
-        });
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+            });
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 

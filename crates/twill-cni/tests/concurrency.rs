@@ -152,6 +152,7 @@ fn fifty_adds_at_once_then_fifty_dels_at_once() {
         failed.join("\n")
     );
     node.assert_clean("after 50 parallel DELs");
+    node.wait_reaped();
     assert!(
         node.bridge_ports().is_empty(),
         "bridge ports left: {:?}",
@@ -219,6 +220,7 @@ fn adds_racing_dels_of_other_pods() {
         failed.join("\n")
     );
 
+    node.wait_reaped();
     let new_ips: Vec<String> = replies[..N].iter().map(|r| pod_ip(&r.json)).collect();
     let distinct: BTreeSet<_> = new_ips.iter().cloned().collect();
     assert_eq!(distinct.len(), N, "addresses handed out twice: {new_ips:?}");

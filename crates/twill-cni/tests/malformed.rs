@@ -680,6 +680,11 @@ fn run_case(index: usize, case: &Case) {
         let d = node.cni("DEL", id, &ns.path(), "eth0", &check);
         assert!(d.ok, "DEL of the earlier pod {id}: {}", d.stdout);
     }
+    // DEL's reaper removes the veth pair just after DEL returns.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while link_names(&pod) != ["lo"] && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert_eq!(link_names(&pod), ["lo"], "the pod namespace holds only lo");
     node.assert_clean(case.name);
 }

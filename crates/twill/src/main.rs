@@ -1,9 +1,17 @@
-//! `twill`: Twill's command-line tool. For now it has `twill lab`; resources, `node status`
-//! and `ipam` come later. The work lives in the library crates; this stays a thin shell.
+//! `twill`: Twill's command-line tool (calicoctl's role): the cluster's resources (`get`,
+//! `apply -f`, `delete`), `node remove`, `ipam show|check`, and `twill lab`. The work lives
+//! in the library crates and in pure functions here; the `run` functions do the I/O.
 
+mod ipam_cmd;
 mod lab;
+mod node_cmd;
+mod resources;
+mod store_args;
+mod table;
+mod view;
 
 use clap::{Parser, Subcommand};
+use twill_store::StoreError;
 
 #[derive(Parser)]
 #[command(
@@ -12,12 +20,24 @@ use clap::{Parser, Subcommand};
     about = "Twill: a pod network for Kubernetes-style clusters"
 )]
 struct Cli {
+    #[command(flatten)]
+    store: store_args::StoreArgs,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// List nodes, blocks or the network config: a table, or -o wide|yaml|json.
+    Get(resources::GetArgs),
+    /// Create or update resources from a file (NetworkConfig, Node overrides).
+    Apply(resources::ApplyArgs),
+    /// Delete a node's override, or the network config.
+    Delete(resources::DeleteArgs),
+    /// Retire a node and free the blocks it holds.
+    Node(node_cmd::NodeArgs),
+    /// The pod address space: per-node usage, and a consistency check.
+    Ipam(ipam_cmd::IpamArgs),
     /// A cluster made of network namespaces on this machine: build, inspect, check, remove.
     Lab(lab::LabArgs),
 }
@@ -26,6 +46,14 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Lab(args) => lab::run(args),
+        command => with_store(&cli.store, |store| match command {
+            Command::Get(a) => resources::run_get(a, store),
+            Command::Apply(a) => resources::run_apply(a, store),
+            Command::Delete(a) => resources::run_delete(a, store),
+            Command::Node(a) => node_cmd::run(a, store),
+            Command::Ipam(a) => ipam_cmd::run(a, store),
+            Command::Lab(_) => unreachable!("handled above"),
+        }),
     };
     match result {
         Ok(code) => std::process::exit(code),
@@ -34,4 +62,17 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// Opens the store the flags name and runs `f`; a store failure comes back explained.
+fn with_store(
+    args: &store_args::StoreArgs,
+    f: impl FnOnce(&dyn twill_store::Store) -> anyhow::Result<i32>,
+) -> anyhow::Result<i32> {
+    let cfg = args.config()?;
+    let store = store_args::open(&cfg)?;
+    f(store.as_ref()).map_err(|e| match e.downcast::<StoreError>() {
+        Ok(se) => store_args::explain(se, &cfg),
+        Err(e) => e,
+    })
 }

@@ -137,6 +137,26 @@ impl Node {
             .collect()
     }
 
+    /// Waits (up to 5 s) until no pod veth awaits DEL's reaper: a host veth that DEL took
+    /// down is deleted by a detached child just after DEL returns.
+    pub fn wait_reaped(&self) {
+        let pending = || {
+            let out = self.ns.exec(&["ip", "-j", "link", "show"]);
+            let links: Value = serde_json::from_slice(&out.stdout).unwrap();
+            links.as_array().unwrap().iter().any(|l| {
+                let name = l["ifname"].as_str().unwrap_or("");
+                let up = l["flags"]
+                    .as_array()
+                    .is_some_and(|f| f.iter().any(|x| x == "UP"));
+                name.starts_with("twl") && name != "twl0" && !up
+            })
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while pending() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Every link name in the node namespace (lo and the bridge included).
     pub fn links(&self) -> Vec<String> {
         link_names(&self.ns)

@@ -1,0 +1,387 @@
+//! The conformance suite every [`Store`] that accepts writes must pass (embedded, etcd): the
+//! same cases, so the implementations cannot drift apart. Each case takes a [`Subject`]
+//! and writes only under its `prefix`. Lease TTLs are whole seconds of at least 2 (etcd's
+//! minimum with its default timings) and waits are generous, so a real etcd passes too.
+//!
+//! Use: one `#[test]` per entry of [`CASES`] (see `tests/conformance.rs`), or [`run_all`].
+//! The `compacted` case compacts the whole store: give it a store of its own.
+
+use crate::{Event, LeaseId, Result, Revision, Store, StoreError, Watch};
+use std::time::{Duration, Instant};
+
+/// What a case runs against.
+pub struct Subject<'a> {
+    pub store: &'a dyn Store,
+    /// A second handle on the same store (another client, another process's view).
+    pub other: &'a dyn Store,
+    /// Compacts the store's history through `revision` (etcd: the compaction call).
+    pub compact: &'a dyn Fn(Revision) -> Result<()>,
+    /// Unique to this run; every key a case writes starts with it.
+    pub prefix: String,
+}
+
+impl Subject<'_> {
+    fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+}
+
+pub type Case = fn(&Subject);
+
+/// Every case, by name.
+pub const CASES: &[(&str, Case)] = &[
+    ("get_put", get_put),
+    ("list_sorted", list_sorted),
+    ("create_if_absent", create_if_absent),
+    (
+        "update_with_stale_revision_refused",
+        update_with_stale_revision_refused,
+    ),
+    ("delete_and_delete_if", delete_and_delete_if),
+    (
+        "lease_expiry_deletes_keys_and_emits_delete",
+        lease_expiry_deletes_keys_and_emits_delete,
+    ),
+    (
+        "keep_alive_keeps_keys_past_ttl",
+        keep_alive_keeps_keys_past_ttl,
+    ),
+    (
+        "revoke_deletes_keys_in_one_revision",
+        revoke_deletes_keys_in_one_revision,
+    ),
+    (
+        "watch_replays_from_a_past_revision",
+        watch_replays_from_a_past_revision,
+    ),
+    (
+        "watch_sees_other_handles_writes",
+        watch_sees_other_handles_writes,
+    ),
+    (
+        "compacted_revision_is_an_error",
+        compacted_revision_is_an_error,
+    ),
+    ("revision_is_monotonic", revision_is_monotonic),
+];
+
+/// Runs every case, each under `prefix` + its name.
+pub fn run_all(
+    store: &dyn Store,
+    other: &dyn Store,
+    compact: &dyn Fn(Revision) -> Result<()>,
+    prefix: &str,
+) {
+    for (name, case) in CASES {
+        case(&Subject {
+            store,
+            other,
+            compact,
+            prefix: format!("{prefix}{name}/"),
+        });
+    }
+}
+
+const LEASE_TTL: Duration = Duration::from_secs(2);
+/// Longest wait for a lease to expire (etcd checks every 500 ms, the embedded store on
+/// access or every 50 ms while watched).
+const EXPIRY_WAIT: Duration = Duration::from_secs(10);
+const EVENT_WAIT: Duration = Duration::from_secs(5);
+
+/// The next `n` events, failing the test if they do not come within `EVENT_WAIT` each.
+fn take(w: &mut dyn Watch, n: usize) -> Vec<Event> {
+    (0..n)
+        .map(|i| {
+            w.next(EVENT_WAIT)
+                .expect("watch failed")
+                .unwrap_or_else(|| panic!("event {} of {n} did not come", i + 1))
+        })
+        .collect()
+}
+
+fn put_value(e: &Event) -> (&str, &[u8]) {
+    match e {
+        Event::Put(kv) => (&kv.key, &kv.value),
+        other => panic!("expected a put, got {other:?}"),
+    }
+}
+
+pub fn get_put(s: &Subject) {
+    let k = s.key("a");
+    assert_eq!(s.store.get(&k).unwrap(), None);
+    let r1 = s.store.put(&k, b"one", None).unwrap();
+    let kv = s.store.get(&k).unwrap().expect("put then get");
+    assert_eq!(
+        (kv.value.as_slice(), kv.create_revision, kv.mod_revision),
+        (&b"one"[..], r1, r1)
+    );
+    assert_eq!(kv.lease, None);
+    let r2 = s.store.put(&k, b"two", None).unwrap();
+    assert!(r2 > r1);
+    let kv = s.other.get(&k).unwrap().expect("the other handle sees it");
+    assert_eq!(
+        (kv.value.as_slice(), kv.create_revision, kv.mod_revision),
+        (&b"two"[..], r1, r2)
+    );
+    // Binary values survive.
+    s.store.put(&k, &[0, 0xff, b'\n'], None).unwrap();
+    assert_eq!(s.store.get(&k).unwrap().unwrap().value, [0, 0xff, b'\n']);
+}
+
+pub fn list_sorted(s: &Subject) {
+    for name in ["dir/c", "dir/a", "dir/b", "dirx", "dir2/a"] {
+        s.store.put(&s.key(name), name.as_bytes(), None).unwrap();
+    }
+    let last = s.store.put(&s.key("dir/d"), b"d", None).unwrap();
+    let (kvs, rev) = s.other.list(&s.key("dir/")).unwrap();
+    let keys: Vec<String> = kvs.iter().map(|kv| kv.key.clone()).collect();
+    let want: Vec<String> = ["dir/a", "dir/b", "dir/c", "dir/d"]
+        .iter()
+        .map(|n| s.key(n))
+        .collect();
+    assert_eq!(keys, want);
+    assert_eq!(kvs[0].value, b"dir/a");
+    assert!(
+        rev >= last,
+        "list revision {rev} is older than the last write {last}"
+    );
+    assert!(s.store.list(&s.key("nothing/")).unwrap().0.is_empty());
+}
+
+pub fn create_if_absent(s: &Subject) {
+    let k = s.key("claim");
+    let r = s
+        .store
+        .create(&k, b"first", None)
+        .unwrap()
+        .expect("absent: created");
+    assert_eq!(s.other.create(&k, b"second", None).unwrap(), None);
+    assert_eq!(s.store.create(&k, b"third", None).unwrap(), None);
+    let kv = s.store.get(&k).unwrap().unwrap();
+    assert_eq!(
+        (kv.value.as_slice(), kv.create_revision),
+        (&b"first"[..], r)
+    );
+    // Once deleted, it can be created again.
+    s.store.delete(&k).unwrap();
+    assert!(s.other.create(&k, b"again", None).unwrap().is_some());
+}
+
+pub fn update_with_stale_revision_refused(s: &Subject) {
+    let k = s.key("cas");
+    let r1 = s.store.put(&k, b"v1", None).unwrap();
+    assert!(s.store.update(&k, r1, b"v2", None).unwrap());
+    let r2 = s.store.get(&k).unwrap().unwrap().mod_revision;
+    assert!(r2 > r1);
+    assert!(
+        !s.other.update(&k, r1, b"stale", None).unwrap(),
+        "stale revision accepted"
+    );
+    let kv = s.store.get(&k).unwrap().unwrap();
+    assert_eq!((kv.value.as_slice(), kv.create_revision), (&b"v2"[..], r1));
+    assert!(!s.store.update(&s.key("missing"), r2, b"x", None).unwrap());
+    assert_eq!(s.store.get(&s.key("missing")).unwrap(), None);
+}
+
+pub fn delete_and_delete_if(s: &Subject) {
+    let k = s.key("d");
+    s.store.put(&k, b"x", None).unwrap();
+    assert!(s.store.delete(&k).unwrap());
+    assert!(!s.other.delete(&k).unwrap());
+    assert_eq!(s.store.get(&k).unwrap(), None);
+    let r1 = s.store.put(&k, b"y", None).unwrap();
+    let r2 = s.store.put(&k, b"z", None).unwrap();
+    assert!(
+        !s.store.delete_if(&k, r1).unwrap(),
+        "stale revision deleted the key"
+    );
+    assert!(s.store.get(&k).unwrap().is_some());
+    assert!(s.other.delete_if(&k, r2).unwrap());
+    assert_eq!(s.store.get(&k).unwrap(), None);
+    assert!(!s.store.delete_if(&k, r2).unwrap());
+}
+
+pub fn lease_expiry_deletes_keys_and_emits_delete(s: &Subject) {
+    let lease = s.store.grant(LEASE_TTL).unwrap();
+    let k = s.key("leased");
+    let r = s.store.put(&k, b"x", Some(lease)).unwrap();
+    assert_eq!(s.store.get(&k).unwrap().unwrap().lease, Some(lease));
+    let mut w = s.other.watch(&s.prefix, r).unwrap();
+    let start = Instant::now();
+    let deleted = loop {
+        match w.next(Duration::from_millis(500)).unwrap() {
+            Some(e) => break e,
+            None if start.elapsed() < EXPIRY_WAIT => continue,
+            None => panic!("the lease did not expire within {EXPIRY_WAIT:?}"),
+        }
+    };
+    assert!(
+        start.elapsed() >= LEASE_TTL - Duration::from_millis(100),
+        "expired early"
+    );
+    match deleted {
+        Event::Delete { key, mod_revision } => assert!(key == k && mod_revision > r),
+        other => panic!("expected the leased key's delete, got {other:?}"),
+    }
+    assert_eq!(s.store.get(&k).unwrap(), None);
+    assert!(matches!(s.store.keep_alive(lease), Err(StoreError::LeaseExpired(l)) if l == lease));
+}
+
+pub fn keep_alive_keeps_keys_past_ttl(s: &Subject) {
+    let lease = s.store.grant(LEASE_TTL).unwrap();
+    let k = s.key("kept");
+    s.store.put(&k, b"x", Some(lease)).unwrap();
+    let start = Instant::now();
+    while start.elapsed() < LEASE_TTL * 2 + Duration::from_secs(1) {
+        let ttl = s
+            .store
+            .keep_alive(lease)
+            .expect("keep-alive of a live lease");
+        assert!(
+            ttl >= Duration::from_secs(1),
+            "keep_alive returned TTL {ttl:?}"
+        );
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    assert!(
+        s.other.get(&k).unwrap().is_some(),
+        "kept-alive key vanished"
+    );
+    // Keep-alives from another handle (another process) work too.
+    s.other.keep_alive(lease).unwrap();
+    s.store.revoke(lease).unwrap();
+    assert_eq!(s.store.get(&k).unwrap(), None);
+}
+
+pub fn revoke_deletes_keys_in_one_revision(s: &Subject) {
+    let lease = s.store.grant(Duration::from_secs(60)).unwrap();
+    let (a, b, c) = (s.key("a"), s.key("b"), s.key("c"));
+    s.store.put(&a, b"a", Some(lease)).unwrap();
+    s.store.put(&c, b"c", None).unwrap();
+    let r = s.store.put(&b, b"b", Some(lease)).unwrap();
+    let mut w = s.store.watch(&s.prefix, r).unwrap();
+    s.other.revoke(lease).unwrap();
+    let events = take(w.as_mut(), 2);
+    let mut keys: Vec<&str> = events.iter().map(Event::key).collect();
+    keys.sort();
+    assert_eq!(keys, [a.as_str(), b.as_str()]);
+    assert!(events.iter().all(|e| matches!(e, Event::Delete { .. })));
+    assert_eq!(
+        events[0].revision(),
+        events[1].revision(),
+        "one revision for the revoke"
+    );
+    assert!(events[0].revision() > r);
+    assert_eq!(s.store.get(&a).unwrap(), None);
+    assert!(
+        s.store.get(&c).unwrap().is_some(),
+        "a key without lease was deleted"
+    );
+    assert!(matches!(
+        s.store.keep_alive(lease),
+        Err(StoreError::LeaseExpired(_))
+    ));
+    assert!(matches!(
+        s.store.put(&a, b"x", Some(lease)),
+        Err(StoreError::LeaseExpired(_))
+    ));
+    assert!(matches!(
+        s.store.put(&a, b"x", Some(LeaseId(0x7fff_0000_1234))),
+        Err(StoreError::LeaseExpired(_))
+    ));
+}
+
+pub fn watch_replays_from_a_past_revision(s: &Subject) {
+    let (a, b) = (s.key("w/a"), s.key("w/b"));
+    let r0 = s.store.put(&s.key("before"), b"0", None).unwrap();
+    let ra = s.store.put(&a, b"1", None).unwrap();
+    s.store.put(&s.key("elsewhere"), b"x", None).unwrap();
+    let rb = s.store.put(&b, b"2", None).unwrap();
+    s.store.delete(&a).unwrap();
+    let mut w = s.store.watch(&s.key("w/"), r0).unwrap();
+    let events = take(w.as_mut(), 3);
+    assert_eq!(put_value(&events[0]), (a.as_str(), &b"1"[..]));
+    assert_eq!(events[0].revision(), ra);
+    assert_eq!(put_value(&events[1]), (b.as_str(), &b"2"[..]));
+    assert_eq!(events[1].revision(), rb);
+    assert!(
+        matches!(&events[2], Event::Delete { key, mod_revision } if *key == a && *mod_revision > rb)
+    );
+    // Then it follows new changes.
+    let rc = s.store.put(&a, b"3", None).unwrap();
+    let e = take(w.as_mut(), 1).remove(0);
+    assert_eq!((put_value(&e), e.revision()), ((a.as_str(), &b"3"[..]), rc));
+    assert_eq!(w.next(Duration::from_millis(200)).unwrap(), None);
+    // Exclusive start: from `ra`, the first event is b's put.
+    let mut w = s.other.watch(&s.key("w/"), ra).unwrap();
+    assert_eq!(take(w.as_mut(), 1)[0].revision(), rb);
+}
+
+pub fn watch_sees_other_handles_writes(s: &Subject) {
+    let (_, rev) = s.store.list(&s.prefix).unwrap();
+    let mut mine = s.store.watch(&s.prefix, rev).unwrap();
+    let mut theirs = s.other.watch(&s.prefix, rev).unwrap();
+    let r1 = s.other.put(&s.key("from-other"), b"o", None).unwrap();
+    let r2 = s.store.put(&s.key("from-store"), b"s", None).unwrap();
+    for w in [&mut mine, &mut theirs] {
+        let events = take(w.as_mut(), 2);
+        assert_eq!(
+            events.iter().map(Event::revision).collect::<Vec<_>>(),
+            [r1, r2]
+        );
+    }
+}
+
+pub fn compacted_revision_is_an_error(s: &Subject) {
+    let r1 = s.store.put(&s.key("c"), b"1", None).unwrap();
+    s.store.put(&s.key("c"), b"2", None).unwrap();
+    let r3 = s.store.put(&s.key("c"), b"3", None).unwrap();
+    (s.compact)(r3).unwrap();
+    let err = match s.store.watch(&s.prefix, r1 - 1) {
+        Err(e) => e,
+        // etcd reports compaction on the stream, not when the watch is created.
+        Ok(mut w) => w
+            .next(EVENT_WAIT)
+            .expect_err("watch from a compacted revision"),
+    };
+    assert!(matches!(err, StoreError::Compacted { .. }), "got {err:?}");
+    // From the compaction point on, watching works.
+    let mut w = s.other.watch(&s.prefix, r3).unwrap();
+    let r4 = s.store.put(&s.key("c"), b"4", None).unwrap();
+    assert_eq!(take(w.as_mut(), 1)[0].revision(), r4);
+    assert_eq!(s.store.get(&s.key("c")).unwrap().unwrap().value, b"4");
+}
+
+pub fn revision_is_monotonic(s: &Subject) {
+    let mut last = s.store.list(&s.prefix).unwrap().1;
+    let lease = s.store.grant(Duration::from_secs(60)).unwrap();
+    for i in 0..10 {
+        let k = s.key(&format!("m{}", i % 3));
+        let (h, o) = if i % 2 == 0 {
+            (s.store, s.other)
+        } else {
+            (s.other, s.store)
+        };
+        let put = h
+            .put(&k, b"x", if i % 4 == 0 { Some(lease) } else { None })
+            .unwrap();
+        assert!(put > last, "revision went from {last} to {put}");
+        last = put;
+        if let Some(r) = o.create(&s.key(&format!("n{i}")), b"y", None).unwrap() {
+            assert!(r > last, "revision went from {last} to {r}");
+            last = r;
+        }
+        let seen = o.list(&s.prefix).unwrap().1;
+        assert!(
+            seen >= last,
+            "another handle lists revision {seen} after {last}"
+        );
+        let kv = o.get(&k).unwrap().unwrap();
+        assert_eq!(kv.mod_revision, put);
+    }
+    s.store.revoke(lease).unwrap();
+    assert!(
+        s.store.list(&s.prefix).unwrap().1 > last,
+        "the revoke deleted keys: a new revision"
+    );
+}

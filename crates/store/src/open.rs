@@ -1,0 +1,23 @@
+//! Opening the store a config names: the one entry point agents and the CLI use.
+
+use crate::{Result, Store};
+use std::path::PathBuf;
+
+/// Which store, and how to reach it.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    /// No server: a folder shared by the agents on this machine.
+    Embedded { dir: PathBuf },
+    /// etcd v3: endpoints, optional TLS.
+    Etcd(crate::etcd::EtcdConfig),
+    /// Nodes and subnets written by hand; read-only.
+    Static { file: PathBuf },
+}
+
+pub fn open(cfg: &StoreConfig) -> Result<Box<dyn Store>> {
+    Ok(match cfg {
+        StoreConfig::Embedded { dir } => Box::new(crate::embedded::EmbeddedStore::open(dir)?),
+        StoreConfig::Etcd(c) => Box::new(crate::etcd::EtcdStore::connect(c)?),
+        StoreConfig::Static { file } => Box::new(crate::static_file::StaticStore::open(file)?),
+    })
+}

@@ -1,0 +1,692 @@
+//! `twill get`, `twill apply -f` and `twill delete`: the cluster's resources, calicoctl's
+//! way. Rendering ([`render_get`]) and the checks before a write ([`check_apply`],
+//! [`check_delete_config`]) are pure, over a [`ClusterView`]; the `run_*` functions do the
+//! store I/O.
+
+use crate::table;
+use crate::view::{block_capacity, BlockEntry, ClusterView};
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+use std::io::Read as _;
+use std::path::PathBuf;
+use twill_api::resources::{
+    parse_resources, NetworkConfig, Resource, KEY_CONFIG, PREFIX_NODECONFIGS,
+};
+use twill_store::{Store, PREFIX};
+
+/// The `apiVersion` printed on resources; `twill apply` accepts any.
+pub const API_VERSION: &str = "twill/v1";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Kind {
+    #[value(alias = "node", alias = "no")]
+    Nodes,
+    #[value(alias = "block")]
+    Blocks,
+    #[value(alias = "networkconfig")]
+    Config,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Wide,
+    Yaml,
+    Json,
+}
+
+#[derive(Args)]
+pub struct GetArgs {
+    /// What to list.
+    #[arg(value_enum)]
+    kind: Kind,
+    /// One node (its name) or block (10.244.1.0/24 or 10.244.1.0-24); all when omitted.
+    name: Option<String>,
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    output: Output,
+}
+
+#[derive(Args)]
+pub struct ApplyArgs {
+    /// The resource file (YAML or JSON, several documents separated by `---`); `-` reads
+    /// stdin.
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    file: PathBuf,
+}
+
+#[derive(Args)]
+pub struct DeleteArgs {
+    #[command(subcommand)]
+    command: DeleteCommand,
+}
+
+#[derive(Subcommand)]
+enum DeleteCommand {
+    /// Remove a node's override (nodeconfigs/NAME); the agent goes back to autodetection.
+    /// To retire the node itself, use `twill node remove NAME`.
+    Node { name: String },
+    /// Remove the network config; refused while any node holds a block.
+    Config,
+}
+
+// ---- get ----
+
+pub fn run_get(args: GetArgs, store: &dyn Store) -> anyhow::Result<i32> {
+    let view = ClusterView::load(store)?;
+    print!(
+        "{}",
+        render_get(&view, args.kind, args.name.as_deref(), args.output, now())?
+    );
+    Ok(0)
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// What `twill get` prints. Pure: `now` (seconds since the epoch) gives the ages.
+pub fn render_get(
+    view: &ClusterView,
+    kind: Kind,
+    name: Option<&str>,
+    output: Output,
+    now: u64,
+) -> anyhow::Result<String> {
+    match kind {
+        Kind::Config => {
+            if let Some(n) = name.filter(|n| *n != "default") {
+                bail!("there is one network config, named \"default\"; not {n:?}");
+            }
+            let Some(c) = &view.config else {
+                bail!("no network config in the store: apply one with `twill apply -f FILE` (kind: NetworkConfig)");
+            };
+            Ok(match output {
+                Output::Table | Output::Wide => config_table(c, output == Output::Wide),
+                _ => render_docs(vec![config_resource(c)], true, output)?,
+            })
+        }
+        Kind::Nodes => {
+            let mut names = view.node_names();
+            if let Some(n) = name {
+                if !names.iter().any(|m| m == n) {
+                    bail!("node {n:?} not found: no status, override, block or allocations under that name (`twill get nodes` lists them)");
+                }
+                names = vec![n.to_string()];
+            }
+            Ok(match output {
+                Output::Table | Output::Wide => {
+                    nodes_table(view, &names, now, output == Output::Wide)
+                }
+                _ => render_docs(
+                    names.iter().map(|n| node_resource(view, n)).collect(),
+                    name.is_some(),
+                    output,
+                )?,
+            })
+        }
+        Kind::Blocks => {
+            let mut blocks: Vec<&BlockEntry> = view
+                .blocks
+                .iter()
+                .filter(|b| b.cidr.is_some() && b.block.is_some())
+                .collect();
+            if let Some(n) = name {
+                let wanted = n.trim_start_matches("blocks/").replace('-', "/");
+                blocks.retain(|b| b.cidr.is_some_and(|c| c.to_string() == wanted));
+                if blocks.is_empty() {
+                    bail!("block {n:?} not found: no node holds it (`twill get blocks` lists the held blocks)");
+                }
+            }
+            Ok(match output {
+                Output::Table | Output::Wide => {
+                    blocks_table(view, &blocks, now, output == Output::Wide)
+                }
+                _ => render_docs(
+                    blocks.iter().map(|b| block_resource(view, b)).collect(),
+                    name.is_some(),
+                    output,
+                )?,
+            })
+        }
+    }
+}
+
+/// YAML: one document per resource, `---` between them (re-appliable). JSON: the object
+/// itself for one named resource, else a `List` as kubectl prints.
+pub fn render_docs(docs: Vec<Value>, single: bool, output: Output) -> anyhow::Result<String> {
+    Ok(match output {
+        Output::Yaml => {
+            let mut out = String::new();
+            for (i, d) in docs.iter().enumerate() {
+                if i > 0 {
+                    out.push_str("---\n");
+                }
+                out.push_str(&serde_yaml_ng::to_string(d)?);
+            }
+            out
+        }
+        _ => {
+            let v = if single && docs.len() == 1 {
+                docs.into_iter().next().expect("one")
+            } else {
+                json!({"apiVersion": API_VERSION, "kind": "List", "items": docs})
+            };
+            serde_json::to_string_pretty(&v)? + "\n"
+        }
+    })
+}
+
+pub fn config_resource(c: &NetworkConfig) -> Value {
+    json!({
+        "apiVersion": API_VERSION,
+        "kind": "NetworkConfig",
+        "metadata": {"name": "default"},
+        "spec": c,
+    })
+}
+
+fn config_table(c: &NetworkConfig, wide: bool) -> String {
+    let list = |v: &[ipnet::Ipv4Net]| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        }
+    };
+    let opt = |v: Option<ipnet::Ipv4Net>| v.map_or("-".to_string(), |b| b.to_string());
+    let mut header = vec!["CLUSTERCIDR", "BLOCKSIZE", "BACKEND", "MTU", "MASQUERADE"];
+    let mut row = vec![
+        c.cluster_cidr.to_string(),
+        c.block_size.to_string(),
+        c.backend.clone(),
+        c.mtu.to_string(),
+        c.masquerade.to_string(),
+    ];
+    if wide {
+        header.extend(["SUBNETMIN", "SUBNETMAX", "RESERVATIONS", "LEASETTL"]);
+        row.extend([
+            opt(c.subnet_min),
+            opt(c.subnet_max),
+            list(&c.reservations),
+            format!("{}s", c.lease_ttl_seconds),
+        ]);
+    }
+    table::render(&header, &[row])
+}
+
+/// Ready, or NotReady and why (for `-o wide` and the status block).
+fn node_state(view: &ClusterView, name: &str) -> (&'static str, String) {
+    match view.statuses.get(name) {
+        _ if view.is_live(name) => ("Ready", view.statuses[name].status.reason.clone()),
+        Some(_) => (
+            "NotReady",
+            "its status key has no lease: no agent keeps it alive".into(),
+        ),
+        None => (
+            "NotReady",
+            "no status key: its agent is not running, or its lease expired".into(),
+        ),
+    }
+}
+
+fn nodes_table(view: &ClusterView, names: &[String], now: u64, wide: bool) -> String {
+    let mut rows = Vec::new();
+    for name in names {
+        let status = view.statuses.get(name).map(|s| &s.status);
+        let blocks: Vec<String> = view
+            .blocks_of(name)
+            .filter_map(|b| b.cidr.map(|c| c.to_string()))
+            .collect();
+        // Calico-style /26 blocks add up: the table shows two, -o wide all of them.
+        let blocks = match blocks.len() {
+            0 => "-".to_string(),
+            n if n <= 2 || wide => blocks.join(","),
+            n => format!("{},{} +{} more", blocks[0], blocks[1], n - 2),
+        };
+        let (state, reason) = node_state(view, name);
+        let mut row = vec![
+            name.clone(),
+            status.map_or("-".into(), |s| s.address.to_string()),
+            status.map_or("-".into(), |s| s.autodetection.clone()),
+            blocks,
+            status
+                .filter(|s| s.started_at > 0)
+                .map_or("-".into(), |s| table::age(now.saturating_sub(s.started_at))),
+            state.to_string(),
+        ];
+        if wide {
+            row.push(
+                view.overrides
+                    .get(name)
+                    .and_then(|o| o.ipv4_address.clone())
+                    .unwrap_or_else(|| "-".into()),
+            );
+            row.push(status.map_or("-".into(), |s| {
+                if s.agent_version.is_empty() {
+                    "-".into()
+                } else {
+                    s.agent_version.clone()
+                }
+            }));
+            row.push(reason);
+        }
+        rows.push(row);
+    }
+    let mut header = vec!["NAME", "ADDRESS", "METHOD", "BLOCKS", "AGE", "STATUS"];
+    if wide {
+        header.extend(["OVERRIDE", "VERSION", "REASON"]);
+    }
+    table::render(&header, &rows)
+}
+
+pub fn node_resource(view: &ClusterView, name: &str) -> Value {
+    let spec = view.overrides.get(name).cloned().unwrap_or_default();
+    let (state, reason) = node_state(view, name);
+    let blocks: Vec<String> = view
+        .blocks_of(name)
+        .filter_map(|b| b.cidr.map(|c| c.to_string()))
+        .collect();
+    let mut status = json!({"state": state, "blocks": blocks});
+    if let Some(s) = view.statuses.get(name) {
+        status["address"] = json!(s.status.address);
+        status["autodetection"] = json!(s.status.autodetection);
+        status["startedAt"] = json!(s.status.started_at);
+        status["agentVersion"] = json!(s.status.agent_version);
+    }
+    status["reason"] = json!(reason);
+    json!({
+        "apiVersion": API_VERSION,
+        "kind": "Node",
+        "metadata": {"name": name},
+        "spec": spec,
+        "status": status,
+    })
+}
+
+fn blocks_table(view: &ClusterView, blocks: &[&BlockEntry], now: u64, wide: bool) -> String {
+    let rows: Vec<Vec<String>> = blocks
+        .iter()
+        .filter_map(|b| {
+            let (cidr, block) = (b.cidr?, b.block.as_ref()?);
+            let used = view.used_in(&block.node, cidr);
+            let mut row = vec![
+                cidr.to_string(),
+                block.node.clone(),
+                used.to_string(),
+                block_capacity(cidr).saturating_sub(used).to_string(),
+            ];
+            if wide {
+                row.push(if block.claimed_at > 0 {
+                    table::age(now.saturating_sub(block.claimed_at))
+                } else {
+                    "-".into()
+                });
+                row.push(if b.leased { "yes" } else { "no" }.into());
+                row.push(
+                    if view.is_live(&block.node) {
+                        "held"
+                    } else {
+                        "stale"
+                    }
+                    .into(),
+                );
+            }
+            Some(row)
+        })
+        .collect();
+    let mut header = vec!["CIDR", "NODE", "USED", "FREE"];
+    if wide {
+        header.extend(["AGE", "LEASED", "STATE"]);
+    }
+    table::render(&header, &rows)
+}
+
+pub fn block_resource(view: &ClusterView, b: &BlockEntry) -> Value {
+    let (cidr, block) = (
+        b.cidr.expect("filtered"),
+        b.block.as_ref().expect("filtered"),
+    );
+    let used = view.used_in(&block.node, cidr);
+    json!({
+        "apiVersion": API_VERSION,
+        "kind": "Block",
+        "metadata": {"name": b.key.trim_start_matches("blocks/")},
+        "spec": block,
+        "status": {
+            "used": used,
+            "free": block_capacity(cidr).saturating_sub(used),
+            "leased": b.leased,
+            "state": if view.is_live(&block.node) { "held" } else { "stale" },
+        },
+    })
+}
+
+// ---- apply ----
+
+/// Blocks held now, as "10.244.1.0/24 (n1), …", at most 10 named.
+fn held_blocks(view: &ClusterView) -> Option<String> {
+    let held: Vec<String> = view
+        .blocks
+        .iter()
+        .map(|b| match (b.cidr, b.holder()) {
+            (Some(c), Some(h)) => format!("{c} ({h})"),
+            _ => b.key.clone(),
+        })
+        .collect();
+    match held.len() {
+        0 => None,
+        n if n > 10 => Some(format!("{}, and {} more", held[..10].join(", "), n - 10)),
+        _ => Some(held.join(", ")),
+    }
+}
+
+/// Whether the resources may be written over what the store holds. Pure.
+pub fn check_apply(view: &ClusterView, resources: &[Resource]) -> Result<(), String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for r in resources {
+        let (key, _) = r.to_store();
+        if !seen.insert(key.clone()) {
+            return Err(format!(
+                "the file holds two documents for {}; keep one",
+                describe(r)
+            ));
+        }
+        if let (Resource::NetworkConfig(new), Some(old)) = (r, &view.config) {
+            let mut changes = Vec::new();
+            if new.cluster_cidr != old.cluster_cidr {
+                changes.push(format!(
+                    "clusterCIDR from {} to {}",
+                    old.cluster_cidr, new.cluster_cidr
+                ));
+            }
+            if new.block_size != old.block_size {
+                changes.push(format!(
+                    "blockSize from {} to {}",
+                    old.block_size, new.block_size
+                ));
+            }
+            if let (false, Some(held)) = (changes.is_empty(), held_blocks(view)) {
+                return Err(format!(
+                    "refusing to change {} while nodes hold blocks cut from the old config: {held}; \
+                     remove those nodes first (`twill node remove NAME`), then apply again",
+                    changes.join(" and ")
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn describe(r: &Resource) -> String {
+    match r {
+        Resource::NetworkConfig(_) => "networkconfig".into(),
+        Resource::Node { name, .. } => format!("node/{name}"),
+    }
+}
+
+pub fn run_apply(args: ApplyArgs, store: &dyn Store) -> anyhow::Result<i32> {
+    let shown = args.file.display().to_string();
+    let text = if shown == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading the resources from stdin")?;
+        s
+    } else {
+        std::fs::read_to_string(&args.file).with_context(|| format!("reading {shown}"))?
+    };
+    let name = if shown == "-" { "<stdin>" } else { &shown };
+    // Every document is checked before anything is written.
+    let resources =
+        parse_resources(&text).map_err(|e| anyhow::anyhow!("{name}: {e}; nothing was applied"))?;
+    let view = ClusterView::load(store)?;
+    if let Err(why) = check_apply(&view, &resources) {
+        bail!("{name}: {why}; nothing was applied");
+    }
+    for r in &resources {
+        let (key, value) = r.to_store();
+        let full = format!("{PREFIX}{key}");
+        let written = match (r, view.config_revision) {
+            // The config is written only over the version checked above, so a concurrent
+            // change is not silently overwritten.
+            (Resource::NetworkConfig(_), Some(rev)) => store.update(&full, rev, &value, None)?,
+            (Resource::NetworkConfig(_), None) => store.create(&full, &value, None)?.is_some(),
+            _ => {
+                store.put(&full, &value, None)?;
+                true
+            }
+        };
+        if !written {
+            bail!("the network config changed while applying {name}; run `twill apply` again");
+        }
+        println!("{} configured", describe(r));
+    }
+    Ok(0)
+}
+
+// ---- delete ----
+
+/// Whether the config may be deleted. Pure.
+pub fn check_delete_config(view: &ClusterView) -> Result<(), String> {
+    if view.config.is_none() {
+        return Err("no network config in the store; nothing to delete".into());
+    }
+    if let Some(held) = held_blocks(view) {
+        return Err(format!(
+            "refusing to delete the network config while nodes hold blocks cut from it: {held}; \
+             remove those nodes first (`twill node remove NAME`)"
+        ));
+    }
+    Ok(())
+}
+
+pub fn run_delete(args: DeleteArgs, store: &dyn Store) -> anyhow::Result<i32> {
+    match args.command {
+        DeleteCommand::Node { name } => {
+            if !store.delete(&format!("{PREFIX}{PREFIX_NODECONFIGS}{name}"))? {
+                bail!(
+                    "node/{name} has no override (no {PREFIX_NODECONFIGS}{name} key); nothing deleted. \
+                     To retire the node itself, use `twill node remove {name}`"
+                );
+            }
+            println!("node/{name} deleted");
+        }
+        DeleteCommand::Config => {
+            let view = ClusterView::load(store)?;
+            check_delete_config(&view).map_err(anyhow::Error::msg)?;
+            let rev = view.config_revision.expect("checked");
+            if !store.delete_if(&format!("{PREFIX}{KEY_CONFIG}"), rev)? {
+                bail!("the network config changed meanwhile; run `twill delete config` again");
+            }
+            println!("networkconfig deleted");
+        }
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::view::fixtures::*;
+
+    const NOW: u64 = 1000 + 3 * 3600;
+
+    fn get(kvs: &[twill_store::KeyValue], kind: Kind, name: Option<&str>, o: Output) -> String {
+        render_get(&view(kvs), kind, name, o, NOW).unwrap()
+    }
+
+    fn with_override() -> Vec<twill_store::KeyValue> {
+        let mut kvs = clean();
+        kvs.push(kv(
+            "nodeconfigs/n3",
+            json!({"ipv4Address": "192.0.2.13/24"}),
+            8,
+            false,
+        ));
+        kvs
+    }
+
+    #[test]
+    fn nodes_table_and_wide() {
+        let t = get(&with_override(), Kind::Nodes, None, Output::Table);
+        assert_eq!(
+            t,
+            "NAME   ADDRESS      METHOD        BLOCKS          AGE   STATUS\n\
+             n1     192.0.2.11   first-found   10.244.1.0/24   3h    Ready\n\
+             n2     192.0.2.12   first-found   10.244.2.0/24   3h    Ready\n\
+             n3     -            -             -               -     NotReady\n"
+        );
+        let w = get(&with_override(), Kind::Nodes, Some("n3"), Output::Wide);
+        assert_eq!(
+            w,
+            "NAME   ADDRESS   METHOD   BLOCKS   AGE   STATUS     OVERRIDE        VERSION   REASON\n\
+             n3     -         -        -        -     NotReady   192.0.2.13/24   -         no status key: its agent is not running, or its lease expired\n"
+        );
+    }
+
+    #[test]
+    fn many_blocks_are_abbreviated_unless_wide() {
+        let mut kvs = clean();
+        for c in ["10.244.3.0/24", "10.244.4.0/24"] {
+            let (k, v) = block(c, "n1");
+            kvs.push(kv(&k, v, 9, true));
+        }
+        let t = get(&kvs, Kind::Nodes, Some("n1"), Output::Table);
+        assert!(t.contains("10.244.1.0/24,10.244.3.0/24 +1 more"), "{t}");
+        let w = get(&kvs, Kind::Nodes, Some("n1"), Output::Wide);
+        assert!(
+            w.contains("10.244.1.0/24,10.244.3.0/24,10.244.4.0/24"),
+            "{w}"
+        );
+    }
+
+    #[test]
+    fn node_yaml_and_json() {
+        let y = get(&with_override(), Kind::Nodes, Some("n3"), Output::Yaml);
+        assert_eq!(
+            y,
+            "apiVersion: twill/v1\nkind: Node\nmetadata:\n  name: n3\nspec:\n  ipv4Address: 192.0.2.13/24\n\
+             status:\n  blocks: []\n  reason: 'no status key: its agent is not running, or its lease expired'\n  state: NotReady\n"
+        );
+        let j: Value =
+            serde_json::from_str(&get(&with_override(), Kind::Nodes, None, Output::Json)).unwrap();
+        assert_eq!(j["kind"], "List");
+        assert_eq!(j["items"][0]["status"]["address"], "192.0.2.11");
+        assert_eq!(j["items"][0]["status"]["blocks"][0], "10.244.1.0/24");
+        assert_eq!(j["items"][2]["spec"]["ipv4Address"], "192.0.2.13/24");
+        let all = get(&with_override(), Kind::Nodes, None, Output::Yaml);
+        assert_eq!(all.matches("\n---\n").count(), 2, "{all}");
+    }
+
+    #[test]
+    fn blocks_table_counts_from_allocations() {
+        let t = get(&clean(), Kind::Blocks, None, Output::Table);
+        assert_eq!(
+            t,
+            "CIDR            NODE   USED   FREE\n\
+             10.244.1.0/24   n1     2      251\n\
+             10.244.2.0/24   n2     1      252\n"
+        );
+        let w = get(&clean(), Kind::Blocks, Some("10.244.2.0-24"), Output::Wide);
+        assert_eq!(
+            w,
+            "CIDR            NODE   USED   FREE   AGE   LEASED   STATE\n\
+             10.244.2.0/24   n2     1      252    3h    yes      held\n"
+        );
+        let j: Value = serde_json::from_str(&get(
+            &clean(),
+            Kind::Blocks,
+            Some("10.244.1.0/24"),
+            Output::Json,
+        ))
+        .unwrap();
+        assert_eq!(j["metadata"]["name"], "10.244.1.0-24");
+        assert_eq!(j["spec"]["node"], "n1");
+        assert_eq!(j["status"]["used"], 2);
+    }
+
+    #[test]
+    fn config_in_every_format_and_yaml_reapplies() {
+        let t = get(&clean(), Kind::Config, None, Output::Table);
+        assert_eq!(
+            t,
+            "CLUSTERCIDR     BLOCKSIZE   BACKEND   MTU    MASQUERADE\n\
+             10.244.0.0/16   24          none      1500   true\n"
+        );
+        let w = get(&clean(), Kind::Config, None, Output::Wide);
+        assert!(
+            w.ends_with("-           -           -              3600s\n"),
+            "{w}"
+        );
+        let y = get(&clean(), Kind::Config, None, Output::Yaml);
+        let back = parse_resources(&y).unwrap();
+        assert_eq!(
+            Resource::NetworkConfig(view(&clean()).config.unwrap()),
+            back[0]
+        );
+        let j: Value =
+            serde_json::from_str(&get(&clean(), Kind::Config, None, Output::Json)).unwrap();
+        assert_eq!(j["spec"]["clusterCIDR"], "10.244.0.0/16");
+        assert_eq!(j["kind"], "NetworkConfig");
+    }
+
+    #[test]
+    fn missing_things_are_named() {
+        let v = view(&clean());
+        let e = render_get(&v, Kind::Nodes, Some("n9"), Output::Table, NOW).unwrap_err();
+        assert!(e.to_string().contains("node \"n9\" not found"), "{e}");
+        let e =
+            render_get(&v, Kind::Blocks, Some("10.244.7.0/24"), Output::Table, NOW).unwrap_err();
+        assert!(e.to_string().contains("not found"), "{e}");
+        let e = render_get(&view(&[]), Kind::Config, None, Output::Table, NOW).unwrap_err();
+        assert!(e.to_string().contains("twill apply -f"), "{e}");
+    }
+
+    #[test]
+    fn a_cidr_or_block_size_change_is_refused_while_blocks_are_held() {
+        let v = view(&clean());
+        let new = |text: &str| parse_resources(text).unwrap();
+        let e = check_apply(
+            &v,
+            &new("kind: NetworkConfig\nspec:\n  clusterCIDR: 10.245.0.0/16\n  blockSize: 26\n"),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains(
+                "clusterCIDR from 10.244.0.0/16 to 10.245.0.0/16 and blockSize from 24 to 26"
+            ),
+            "{e}"
+        );
+        assert!(e.contains("10.244.1.0/24 (n1), 10.244.2.0/24 (n2)"), "{e}");
+        assert!(e.contains("twill node remove"), "{e}");
+        // Other fields may change; with no block held anything may.
+        check_apply(
+            &v,
+            &new("kind: NetworkConfig\nspec:\n  clusterCIDR: 10.244.0.0/16\n  mtu: 1400\n"),
+        )
+        .unwrap();
+        check_apply(
+            &view(&clean()[..3]),
+            &new("kind: NetworkConfig\nspec:\n  clusterCIDR: 10.245.0.0/16\n"),
+        )
+        .unwrap();
+        let e = check_apply(&v, &new("kind: Node\nmetadata: {name: a}\nspec: {}\n---\nkind: Node\nmetadata: {name: a}\nspec: {}\n")).unwrap_err();
+        assert!(e.contains("two documents for node/a"), "{e}");
+    }
+
+    #[test]
+    fn config_delete_is_refused_while_blocks_are_held() {
+        assert!(check_delete_config(&view(&clean()))
+            .unwrap_err()
+            .contains("10.244.1.0/24 (n1)"));
+        check_delete_config(&view(&clean()[..1])).unwrap();
+        assert!(check_delete_config(&view(&[])).is_err());
+    }
+}

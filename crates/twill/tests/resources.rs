@@ -1,0 +1,539 @@
+//! The resource commands end to end: the real `twill` binary against a real store,
+//! populated by hand through the `Store` API where agents would write.
+//!
+//! Every scenario runs twice ([`on_every_store!`]): on an embedded store in a `twl…` temp
+//! dir, and on a single etcd member started for it (skipped when etcd is not installed).
+//! The store flags `twill` gets come from one place, [`Cluster::flags`].
+
+use serde_json::{json, Value};
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use twill_store::embedded::EmbeddedStore;
+use twill_store::etcd::{EtcdConfig, EtcdStore};
+use twill_store::{LeaseId, Store, PREFIX};
+use twill_testkit::etcd::EtcdMember;
+use twill_testkit::TempDir;
+
+struct Cluster {
+    store: Box<dyn Store>,
+    flags: Vec<String>,
+    /// Files the tests write (resource files), and the embedded store's folder.
+    dir: TempDir,
+    _etcd: Option<EtcdMember>,
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Cluster {
+    fn embedded(tag: &str) -> Cluster {
+        let dir = TempDir::new(tag);
+        let path = dir.path.join("store");
+        let store = EmbeddedStore::open(&path).expect("open embedded store");
+        Cluster {
+            store: Box::new(store),
+            flags: vec![
+                "--store".into(),
+                "embedded".into(),
+                "--store-dir".into(),
+                path.display().to_string(),
+            ],
+            dir,
+            _etcd: None,
+        }
+    }
+
+    /// `None` when etcd is not installed (the CI installs it: RUNBOOK.md).
+    fn etcd(tag: &str) -> Option<Cluster> {
+        if !std::path::Path::new("/usr/bin/etcd").exists() {
+            eprintln!("skipped: etcd is not installed (apt-get install etcd-server)");
+            return None;
+        }
+        let member = EtcdMember::start(&format!("twl{tag}"));
+        let url = member.client_url();
+        let store =
+            EtcdStore::connect(&EtcdConfig::new(vec![url.clone()])).expect("connect to etcd");
+        Some(Cluster {
+            store: Box::new(store),
+            flags: vec![
+                "--store".into(),
+                "etcd".into(),
+                "--etcd-endpoints".into(),
+                url,
+            ],
+            dir: TempDir::new(tag),
+            _etcd: Some(member),
+        })
+    }
+
+    /// The flags that point `twill` at this cluster's store.
+    fn flags(&self) -> &[String] {
+        &self.flags
+    }
+
+    fn twill_stdin(&self, args: &[&str], stdin: &str) -> Run {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_twill"))
+            .args(self.flags())
+            .args(args)
+            // The environment must not pick another store.
+            .env_remove("TWILL_STORE")
+            .env_remove("TWILL_STORE_DIR")
+            .env_remove("TWILL_ETCD_ENDPOINTS")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run twill");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into(),
+            stderr: String::from_utf8_lossy(&out.stderr).into(),
+        }
+    }
+
+    fn twill(&self, args: &[&str]) -> Run {
+        self.twill_stdin(args, "")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let r = self.twill(args);
+        assert_eq!(r.code, 0, "twill {args:?}: {}{}", r.stdout, r.stderr);
+        r.stdout
+    }
+
+    fn apply(&self, text: &str) -> Run {
+        let path = self.dir.path.join("apply.yaml");
+        std::fs::write(&path, text).unwrap();
+        self.twill(&["apply", "-f", path.to_str().unwrap()])
+    }
+
+    fn put(&self, key: &str, value: Value, lease: Option<LeaseId>) {
+        self.store
+            .put(
+                &format!("{PREFIX}{key}"),
+                &serde_json::to_vec(&value).unwrap(),
+                lease,
+            )
+            .unwrap();
+    }
+
+    fn keys(&self) -> Vec<String> {
+        let (kvs, _) = self.store.list(PREFIX).unwrap();
+        kvs.into_iter().map(|kv| kv.key).collect()
+    }
+
+    /// What an agent would write: a leased status, leased blocks, its allocations.
+    fn agent(&self, node: &str, addr: &str, blocks: &[&str], allocs: Value, live: bool) {
+        let lease = if live {
+            Some(self.store.grant(Duration::from_secs(600)).unwrap())
+        } else {
+            None
+        };
+        if live {
+            self.put(
+                &format!("nodes/{node}"),
+                json!({"name": node, "address": addr, "autodetection": "first-found",
+                    "reason": "eth0: first usable interface", "startedAt": 1, "agentVersion": "0.1.0"}),
+                lease,
+            );
+        }
+        let lease = lease.or_else(|| Some(self.store.grant(Duration::from_secs(600)).unwrap()));
+        for b in blocks {
+            let key = format!("blocks/{}", b.replace('/', "-"));
+            self.put(
+                &key,
+                json!({"cidr": b, "node": node, "claimedAt": 1}),
+                lease,
+            );
+        }
+        self.put(&format!("allocations/{node}"), allocs, None);
+    }
+}
+
+fn alloc(ip: &str, id: &str, present: bool) -> Value {
+    json!({"ip": ip, "containerID": id, "ifname": "eth0", "hostVeth": format!("veth{id}"), "present": present})
+}
+
+const CONFIG: &str = "\
+apiVersion: twill/v1
+kind: NetworkConfig
+metadata:
+  name: default
+spec:
+  clusterCIDR: 10.244.0.0/16
+  blockSize: 26
+  mtu: 1450
+---
+kind: Node
+metadata:
+  name: n1
+spec:
+  ipv4Address: 192.0.2.11/24
+";
+
+fn apply_then_get_in_every_format(c: &Cluster) {
+    let r = c.apply(CONFIG);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "networkconfig configured\nnode/n1 configured\n");
+
+    let t = c.ok(&["get", "config"]);
+    assert_eq!(
+        t,
+        "CLUSTERCIDR     BLOCKSIZE   BACKEND   MTU    MASQUERADE\n10.244.0.0/16   26          none      1450   true\n"
+    );
+    let y = c.ok(&["get", "config", "-o", "yaml"]);
+    assert!(
+        y.contains("kind: NetworkConfig\n")
+            && y.contains("  clusterCIDR: 10.244.0.0/16\n")
+            && y.contains("  blockSize: 26\n"),
+        "{y}"
+    );
+    let j: Value = serde_json::from_str(&c.ok(&["get", "config", "-o", "json"])).unwrap();
+    assert_eq!(j["spec"]["mtu"], 1450);
+
+    // The override without a running agent: NotReady.
+    let t = c.ok(&["get", "nodes"]);
+    assert_eq!(
+        t,
+        "NAME   ADDRESS   METHOD   BLOCKS   AGE   STATUS\nn1     -         -        -        -     NotReady\n"
+    );
+    let w = c.ok(&["get", "nodes", "-o", "wide"]);
+    assert!(
+        w.contains("192.0.2.11/24") && w.contains("no status key"),
+        "{w}"
+    );
+    let y = c.ok(&["get", "node", "n1", "-o", "yaml"]);
+    assert!(
+        y.contains("kind: Node\nmetadata:\n  name: n1\nspec:\n  ipv4Address: 192.0.2.11/24\n"),
+        "{y}"
+    );
+    let j: Value = serde_json::from_str(&c.ok(&["get", "nodes", "-o", "json"])).unwrap();
+    assert_eq!(j["kind"], "List");
+    assert_eq!(j["items"][0]["spec"]["ipv4Address"], "192.0.2.11/24");
+    assert_eq!(j["items"][0]["status"]["state"], "NotReady");
+
+    // The yaml printed re-applies as it is (from stdin), and changes nothing.
+    let y = c.ok(&["get", "config", "-o", "yaml"]);
+    let r = c.twill_stdin(&["apply", "-f", "-"], &y);
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "networkconfig configured\n"),
+        "{}",
+        r.stderr
+    );
+
+    // Deleting the override.
+    assert_eq!(c.ok(&["delete", "node", "n1"]), "node/n1 deleted\n");
+    let r = c.twill(&["delete", "node", "n1"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("no override") && r.stderr.contains("twill node remove n1"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        c.ok(&["get", "nodes"]),
+        "NAME   ADDRESS   METHOD   BLOCKS   AGE   STATUS\n"
+    );
+}
+
+fn a_bad_file_is_refused_with_the_line_and_nothing_is_written(c: &Cluster) {
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "bad CIDR",
+            "kind: NetworkConfig\nspec:\n  clusterCIDR: 10.244.0.0/33\n",
+            &["line 3", "clusterCIDR"],
+        ),
+        (
+            "unknown field",
+            "kind: NetworkConfig\nspec:\n  clusterCIDR: 10.244.0.0/16\n  colour: blue\n",
+            &["line 4", "colour"],
+        ),
+        (
+            "wrong type",
+            "kind: NetworkConfig\nspec:\n  clusterCIDR: 10.244.0.0/16\n  blockSize: big\n",
+            &["line 4", "blockSize"],
+        ),
+        (
+            "unknown kind",
+            "kind: NetworkConfig\nspec:\n  clusterCIDR: 10.244.0.0/16\n---\nkind: Pod\nspec: {}\n",
+            &["line 5", "kind", "NetworkConfig or Node"],
+        ),
+        (
+            "second document bad",
+            "kind: NetworkConfig\nspec:\n  clusterCIDR: 10.244.0.0/16\n---\nkind: Node\nmetadata:\n  name: n1\nspec:\n  ipv4Address: 300.1.1.1\n",
+            &["line 9", "spec.ipv4Address"],
+        ),
+    ];
+    for (what, text, expect) in cases {
+        let r = c.apply(text);
+        assert_eq!(r.code, 1, "{what}: {}", r.stdout);
+        for e in *expect {
+            assert!(
+                r.stderr.contains(e),
+                "{what}: {e:?} missing in {}",
+                r.stderr
+            );
+        }
+        assert!(
+            r.stderr.contains("nothing was applied"),
+            "{what}: {}",
+            r.stderr
+        );
+        assert_eq!(r.stdout, "", "{what}");
+        assert!(c.keys().is_empty(), "{what}: wrote {:?}", c.keys());
+    }
+    let r = c.twill(&["apply", "-f", "/nonexistent/twl.yaml"]);
+    assert!(
+        r.code == 1 && r.stderr.contains("/nonexistent/twl.yaml"),
+        "{}",
+        r.stderr
+    );
+}
+
+fn config_changes_under_held_blocks_are_refused(c: &Cluster) {
+    assert_eq!(c.apply(CONFIG).code, 0);
+    c.agent("n1", "192.0.2.11", &["10.244.1.0/26"], json!([]), true);
+    let r = c.apply("kind: NetworkConfig\nspec:\n  clusterCIDR: 10.245.0.0/16\n  blockSize: 26\n");
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr
+            .contains("clusterCIDR from 10.244.0.0/16 to 10.245.0.0/16"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("10.244.1.0/26 (n1)") && r.stderr.contains("twill node remove"),
+        "{}",
+        r.stderr
+    );
+    let r = c.twill(&["delete", "config"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("10.244.1.0/26 (n1)"), "{}", r.stderr);
+    let j: Value = serde_json::from_str(&c.ok(&["get", "config", "-o", "json"])).unwrap();
+    assert_eq!(j["spec"]["clusterCIDR"], "10.244.0.0/16", "unchanged");
+
+    // Once the node is gone, both go through.
+    c.ok(&["node", "remove", "n1", "--force"]);
+    let r = c.apply("kind: NetworkConfig\nspec:\n  clusterCIDR: 10.245.0.0/16\n");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(c.ok(&["delete", "config"]), "networkconfig deleted\n");
+    assert!(c.keys().is_empty(), "{:?}", c.keys());
+}
+
+/// n1 and n2 live, each with a /26; n1 reports two pods.
+fn populate(c: &Cluster) {
+    assert_eq!(c.apply(CONFIG).code, 0);
+    c.agent(
+        "n1",
+        "192.0.2.11",
+        &["10.244.1.0/26"],
+        json!([
+            alloc("10.244.1.2", "a", true),
+            alloc("10.244.1.3", "b", true)
+        ]),
+        true,
+    );
+    c.agent(
+        "n2",
+        "192.0.2.12",
+        &["10.244.1.64/26"],
+        json!([alloc("10.244.1.66", "c", true)]),
+        true,
+    );
+}
+
+fn ipam_show_check_and_get_blocks_on_a_clean_store(c: &Cluster) {
+    populate(c);
+    let r = c.twill(&["ipam", "check"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(
+        r.stdout,
+        "ok: 0 conflicts, 0 leaks, 0 stale blocks (2 nodes, 2 blocks, 3 addresses in use checked)\n"
+    );
+    assert_eq!(
+        c.ok(&["ipam", "show"]),
+        "NODE    BLOCKS           USED   FREE   STATUS\n\
+         n1      10.244.1.0/26    2      59     Ready\n\
+         n2      10.244.1.64/26   1      60     Ready\n\
+         TOTAL   2 blocks         3      119\n\
+         cluster 10.244.0.0/16: 2 of 1023 blocks held, 1021 free\n"
+    );
+    let j: Value = serde_json::from_str(&c.ok(&["ipam", "show", "-o", "json"])).unwrap();
+    assert_eq!(j["totalUsed"], 3);
+    assert_eq!(
+        c.ok(&["get", "blocks"]),
+        "CIDR             NODE   USED   FREE\n10.244.1.0/26    n1     2      59\n10.244.1.64/26   n2     1      60\n"
+    );
+    let t = c.ok(&["get", "nodes"]);
+    assert!(
+        t.contains("n1     192.0.2.11   first-found   10.244.1.0/26 "),
+        "{t}"
+    );
+    assert!(t.contains("Ready"), "{t}");
+}
+
+fn ipam_check_finds_a_planted_leak_and_conflict(c: &Cluster) {
+    populate(c);
+    // A pod deleted without CNI DEL on n2, and n2 using an address of n1's block.
+    c.put(
+        "allocations/n2",
+        json!([
+            alloc("10.244.1.66", "c", true),
+            alloc("10.244.1.67", "gone", false),
+            alloc("10.244.1.5", "stray", true)
+        ]),
+        None,
+    );
+    let r = c.twill(&["ipam", "check"]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(r.stdout.starts_with("KIND       PROBLEM\n"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("CONFLICT   10.244.1.5 is used on n2 (container stray, eth0) but block 10.244.1.0/26 is held by n1"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("LEAK       10.244.1.67 is held on n2 (container gone, eth0) but its host veth vethgone is gone"), "{}", r.stdout);
+    assert!(r.stdout.ends_with("FAILED: 1 conflicts, 1 leaks, 0 stale blocks (2 nodes, 2 blocks, 5 addresses in use checked)\n"), "{}", r.stdout);
+
+    let r = c.twill(&["ipam", "check", "-o", "json"]);
+    assert_eq!(r.code, 1);
+    let j: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(j["ok"], false);
+    let kinds: Vec<&str> = j["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["CONFLICT", "LEAK"]);
+}
+
+fn node_remove_frees_blocks_and_refuses_a_live_node(c: &Cluster) {
+    populate(c);
+    // n3's agent is gone (no status key), its blocks and allocations remain.
+    c.agent(
+        "n3",
+        "192.0.2.13",
+        &["10.244.2.0/26", "10.244.2.64/26"],
+        json!([alloc("10.244.2.2", "d", true)]),
+        false,
+    );
+    c.put("nodeconfigs/n3", json!({"ipv4Address": "192.0.2.13"}), None);
+    let r = c.twill(&["ipam", "check"]);
+    assert_eq!(r.code, 0, "stale alone is not a failure: {}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("STALE   block 10.244.2.0/26 is held by n3"),
+        "{}",
+        r.stdout
+    );
+
+    let r = c.twill(&["node", "remove", "n1"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("still looks alive") && r.stderr.contains("--force"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        c.keys().contains(&format!("{PREFIX}blocks/10.244.1.0-26")),
+        "nothing deleted"
+    );
+
+    let out = c.ok(&["node", "remove", "n3"]);
+    assert_eq!(
+        out,
+        "node/n3 removed: freed 2 blocks (10.244.2.0/26, 10.244.2.64/26), 1 address in use on it released; \
+         deleted nodeconfigs/n3, allocations/n3\n"
+    );
+    let keys = c.keys();
+    assert!(
+        !keys
+            .iter()
+            .any(|k| k.contains("n3") || k.contains("10.244.2.")),
+        "{keys:?}"
+    );
+    assert_eq!(c.twill(&["ipam", "check"]).stdout.lines().count(), 1);
+
+    let out = c.ok(&["node", "remove", "n1", "--force"]);
+    assert!(
+        out.starts_with("node/n1 removed: freed 1 block (10.244.1.0/26), 2 addresses"),
+        "{out}"
+    );
+    assert!(!c
+        .keys()
+        .iter()
+        .any(|k| k.contains("n1") || k.contains("10.244.1.0-26")));
+    assert!(
+        c.keys().contains(&format!("{PREFIX}blocks/10.244.1.64-26")),
+        "n2's block untouched"
+    );
+
+    let r = c.twill(&["node", "remove", "n9"]);
+    assert!(
+        r.code == 1 && r.stderr.contains("node n9 not found"),
+        "{}",
+        r.stderr
+    );
+}
+
+/// Each scenario as `<name>::embedded` and `<name>::etcd`.
+macro_rules! on_every_store {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn embedded() {
+                super::$name(&super::Cluster::embedded(stringify!($name)));
+            }
+            #[test]
+            fn etcd() {
+                if let Some(c) = super::Cluster::etcd(stringify!($name)) {
+                    super::$name(&c);
+                }
+            }
+        }
+    )*};
+}
+
+on_every_store!(
+    apply_then_get_in_every_format,
+    a_bad_file_is_refused_with_the_line_and_nothing_is_written,
+    config_changes_under_held_blocks_are_refused,
+    ipam_show_check_and_get_blocks_on_a_clean_store,
+    ipam_check_finds_a_planted_leak_and_conflict,
+    node_remove_frees_blocks_and_refuses_a_live_node,
+);
+
+#[test]
+fn an_unreachable_etcd_names_the_endpoint_and_the_fix() {
+    // Port 1 on loopback: nothing listens.
+    let out = Command::new(env!("CARGO_BIN_EXE_twill"))
+        .args([
+            "--store",
+            "etcd",
+            "--etcd-endpoints",
+            "http://127.0.0.1:1",
+            "get",
+            "nodes",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("127.0.0.1:1") && err.contains("--etcd-endpoints"),
+        "{err}"
+    );
+}

@@ -1,0 +1,254 @@
+//! Pure helpers of the agent's claims: what to do with a block held before, how full the
+//! held blocks are, the search seed, the retry backoff, and the allocations document.
+
+use ipnet::Ipv4Net;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+use twill_api::resources::Allocation;
+use twill_api::resources::Block;
+use twill_ipam::pool::{Pool, Range};
+use twill_ipam::records::Record;
+use twill_store::LeaseId;
+
+/// FNV-1a of the node name: stable across runs and builds (std's hashers promise neither),
+/// so a node starts its search for a free block at the same place every time.
+pub fn seed(node: &str) -> u64 {
+    node.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReclaimAction {
+    /// Already ours under the current lease.
+    Keep,
+    /// Nobody holds it: create it.
+    Create,
+    /// Ours under an old lease (or unreadable as ours): move it to the current lease,
+    /// keeping the first claim time.
+    TakeOver { claimed_at: u64 },
+    /// Another node holds it now: do not fight.
+    Lost { other: String },
+}
+
+/// Decides what to do with a block this node held before. `existing`: the block's value
+/// (None if unreadable) and lease, if the key exists.
+pub fn reclaim_action(
+    existing: Option<(Option<&Block>, Option<LeaseId>)>,
+    node: &str,
+    lease: LeaseId,
+) -> ReclaimAction {
+    match existing {
+        None => ReclaimAction::Create,
+        Some((Some(b), l)) if b.node == node => {
+            if l == Some(lease) {
+                ReclaimAction::Keep
+            } else {
+                ReclaimAction::TakeOver {
+                    claimed_at: b.claimed_at,
+                }
+            }
+        }
+        Some((Some(b), _)) => ReclaimAction::Lost {
+            other: b.node.clone(),
+        },
+        Some((None, _)) => ReclaimAction::Lost {
+            other: "(unreadable block record)".into(),
+        },
+    }
+}
+
+/// Addresses of the held blocks twill-cni can hand out, and how many of them are taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    pub capacity: u64,
+    pub used: u64,
+    pub free: u64,
+}
+
+/// How many addresses twill-cni can hand out in `block` (host-local's rules: no network,
+/// gateway or broadcast address).
+pub fn block_capacity(block: Ipv4Net) -> u64 {
+    Range::new(block, None, None, None)
+        .ok()
+        .and_then(|r| Pool::new(vec![r], vec![]).ok())
+        .map_or(0, |p| u64::from(p.capacity()))
+}
+
+pub fn usage(held: &[Ipv4Net], used_ips: &[Ipv4Addr]) -> Usage {
+    let capacity: u64 = held.iter().map(|b| block_capacity(*b)).sum();
+    let used = used_ips
+        .iter()
+        .filter(|ip| held.iter().any(|b| b.contains(*ip)))
+        .count() as u64;
+    Usage {
+        capacity,
+        used,
+        free: capacity.saturating_sub(used),
+    }
+}
+
+/// `allocations/<node>`: what twill-cni's records hold, sorted by address, each with its
+/// host veth and whether that veth still exists (`veth_exists`, asked of the kernel by
+/// the caller): a record whose veth is gone is a leak.
+pub fn allocations_json(records: &[Record], veth_exists: impl Fn(&str) -> bool) -> Vec<u8> {
+    let mut list: Vec<Allocation> = records
+        .iter()
+        .map(|r| {
+            let host_veth = r
+                .extra
+                .get("hostVeth")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_string();
+            Allocation {
+                ip: r.ip,
+                container_id: r.key.container_id.clone(),
+                ifname: r.key.ifname.clone(),
+                present: host_veth.is_empty() || veth_exists(&host_veth),
+                host_veth,
+            }
+        })
+        .collect();
+    list.sort_by_key(|a| a.ip);
+    serde_json::to_vec(&list).expect("serializes")
+}
+
+/// Exponential backoff for store retries: 100 ms doubling to 10 s.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    pub const FIRST: Duration = Duration::from_millis(100);
+    pub const MAX: Duration = Duration::from_secs(10);
+
+    pub fn new() -> Backoff {
+        Backoff { next: Self::FIRST }
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        d
+    }
+
+    pub fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use twill_ipam::records::AttachmentKey;
+
+    fn block(node: &str) -> Block {
+        Block {
+            cidr: "10.244.1.0/24".parse().unwrap(),
+            node: node.into(),
+            claimed_at: 42,
+        }
+    }
+
+    #[test]
+    fn reclaim_decisions() {
+        let l = LeaseId(7);
+        assert_eq!(reclaim_action(None, "n1", l), ReclaimAction::Create);
+        let b = block("n1");
+        assert_eq!(
+            reclaim_action(Some((Some(&b), Some(l))), "n1", l),
+            ReclaimAction::Keep
+        );
+        assert_eq!(
+            reclaim_action(Some((Some(&b), Some(LeaseId(3)))), "n1", l),
+            ReclaimAction::TakeOver { claimed_at: 42 }
+        );
+        assert_eq!(
+            reclaim_action(Some((Some(&b), None)), "n1", l),
+            ReclaimAction::TakeOver { claimed_at: 42 },
+            "a reservation of ours without a lease is taken over too"
+        );
+        let o = block("n2");
+        assert_eq!(
+            reclaim_action(Some((Some(&o), Some(LeaseId(3)))), "n1", l),
+            ReclaimAction::Lost { other: "n2".into() }
+        );
+    }
+
+    #[test]
+    fn usage_counts_only_addresses_in_held_blocks() {
+        let held: Vec<Ipv4Net> = vec![
+            "10.244.1.0/26".parse().unwrap(),
+            "10.244.1.64/26".parse().unwrap(),
+        ];
+        assert_eq!(
+            block_capacity(held[0]),
+            61,
+            "64 minus network, gateway, broadcast"
+        );
+        assert_eq!(block_capacity("10.244.1.0/24".parse().unwrap()), 253);
+        let ips: Vec<Ipv4Addr> = ["10.244.1.2", "10.244.1.70", "10.244.9.9"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(
+            usage(&held, &ips),
+            Usage {
+                capacity: 122,
+                used: 2,
+                free: 120
+            }
+        );
+        assert_eq!(usage(&[], &ips), Usage::default());
+    }
+
+    #[test]
+    fn seed_is_stable_and_spreads() {
+        assert_eq!(seed(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(seed("a"), 0xaf63_dc4c_8601_ec8c);
+        let seeds: std::collections::HashSet<u64> =
+            (0..50).map(|i| seed(&format!("node{i}")) % 255).collect();
+        assert!(seeds.len() > 35, "{}", seeds.len());
+    }
+
+    #[test]
+    fn backoff_doubles_to_ten_seconds() {
+        let mut b = Backoff::new();
+        let d: Vec<u128> = (0..10).map(|_| b.next_delay().as_millis()).collect();
+        assert_eq!(
+            d,
+            [100, 200, 400, 800, 1600, 3200, 6400, 10000, 10000, 10000]
+        );
+        b.reset();
+        assert_eq!(b.next_delay(), Backoff::FIRST);
+    }
+
+    #[test]
+    fn allocations_document() {
+        let r = Record {
+            key: AttachmentKey::new("c1", "eth0"),
+            ip: "10.244.1.5".parse().unwrap(),
+            extra: serde_json::Value::Null,
+        };
+        let v: serde_json::Value =
+            serde_json::from_slice(&allocations_json(std::slice::from_ref(&r), |_| true)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!([{"ip": "10.244.1.5", "containerID": "c1", "ifname": "eth0", "present": true}])
+        );
+        let mut gone = r;
+        gone.extra = serde_json::json!({"hostVeth": "twl0123456789ab"});
+        let v: serde_json::Value =
+            serde_json::from_slice(&allocations_json(&[gone], |_| false)).unwrap();
+        assert_eq!(v[0]["hostVeth"], "twl0123456789ab");
+        assert_eq!(v[0]["present"], false);
+    }
+}

@@ -1,0 +1,19 @@
+//! `twilld`, Twill's node agent (flanneld's and calico-node's IPAM role): it picks the node
+//! IP, holds the node's blocks of pod addresses in the store under a TTL lease, hands them
+//! to `twill-cni` in a node-local file, and serves /healthz, /readyz and /metrics.
+//!
+//! Pure: [`config`] (parsing), [`autodetect`], [`claims`], the renderers of [`http`] and
+//! [`log`]. I/O edges: [`netinfo`] (netlink), [`handoff`] (files), [`http::serve`], and the
+//! main loop in [`agent`].
+
+pub mod agent;
+pub mod autodetect;
+pub mod claims;
+pub mod config;
+pub mod handoff;
+pub mod http;
+pub mod log;
+pub mod netinfo;
+
+pub use agent::{Agent, AgentError};
+pub use config::Config;
