@@ -473,6 +473,12 @@ impl Runner {
             }
         };
 
+        // 4'. A static store is the hand-written mesh of the seed's Open vSwitch days:
+        // nothing to claim or publish, the node's blocks are whatever the file gives it.
+        if self.store.kind() == "static" {
+            return self.step_static(now);
+        }
+
         // 4. The blocks held before (this run under an old lease, or the last run).
         if self.need_reclaim {
             let space = &self.net.as_ref().expect("set above").space;
@@ -575,6 +581,55 @@ impl Runner {
         let blocks = self.held.clone();
         self.status.update(|s| s.blocks = blocks);
         let next = self.next_keepalive.min(self.next_usage);
+        Ok(Next::Ready(next.saturating_duration_since(Instant::now())))
+    }
+
+    /// Steps 5-8 for the read-only static store: the blocks the file assigns to this node
+    /// (re-read every poll interval, the store notices edits), the hand-off, no writes.
+    fn step_static(&mut self, now: Instant) -> Result<Next, StepError> {
+        let (kvs, _) = self.store.list(&key(PREFIX_BLOCKS))?;
+        let mut mine: Vec<Ipv4Net> = kvs
+            .iter()
+            .filter_map(|kv| serde_json::from_slice::<Block>(&kv.value).ok())
+            .filter(|b| b.node == self.cfg.node_name)
+            .map(|b| b.cidr)
+            .collect();
+        mine.sort();
+        if mine.is_empty() {
+            return Ok(Next::NotReady(
+                format!(
+                    "the static file {} gives node {} no blocks: add them to its entry under \"nodes\"",
+                    self.cfg.static_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                    self.cfg.node_name
+                ),
+                self.cfg.poll_interval,
+            ));
+        }
+        if mine != self.held {
+            let list: Vec<String> = mine.iter().map(|b| b.to_string()).collect();
+            log::info(
+                "blocks from the static file",
+                &[("node", &self.cfg.node_name), ("blocks", &list.join(","))],
+            );
+            self.held = mine;
+        }
+        let net = self.net.as_ref().expect("set above");
+        let h = HandOff {
+            node: self.cfg.node_name.clone(),
+            cluster_cidr: net.config.cluster_cidr,
+            blocks: self.held.clone(),
+            mtu: net.config.mtu,
+            ip_masq: net.config.masquerade,
+        };
+        if self.handoff.write(&h)? {
+            log::info(
+                "hand-off written",
+                &[("file", &self.cfg.handoff_file.display())],
+            );
+        }
+        let blocks = self.held.clone();
+        self.status.update(|s| s.blocks = blocks);
+        let next = now + self.cfg.poll_interval;
         Ok(Next::Ready(next.saturating_duration_since(Instant::now())))
     }
 

@@ -617,3 +617,77 @@ fn agents_run_as_threads_and_stop_on_shutdown() {
     }
     assert_eq!(c.blocks().len(), 5, "leases are not revoked on shutdown");
 }
+
+/// The static store: the node's blocks come from a hand-written file, nothing is claimed
+/// or published, and an edit of the file reaches the hand-off.
+#[test]
+fn a_static_file_gives_the_node_its_blocks_and_edits_follow() {
+    let dir = TempDir::new("static");
+    let file = dir.path.join("mesh.json");
+    let mesh = |n1_blocks: &str| {
+        format!(
+            r#"{{"config": {{"clusterCIDR": "10.244.0.0/16", "blockSize": 24, "backend": "static"}},
+ "nodes": [{{"name": "n1", "address": "192.0.2.11", "blocks": [{n1_blocks}]}},
+           {{"name": "n2", "address": "192.0.2.12", "blocks": ["10.244.2.0/24"]}},
+           {{"name": "n3", "address": "192.0.2.13", "blocks": []}}]}}"#
+        )
+    };
+    std::fs::write(&file, mesh(r#""10.244.1.0/24""#)).unwrap();
+    let start = |name: &str, port: u16| {
+        let nd = dir.path.join(name);
+        let log = std::fs::File::create(dir.path.join(format!("{name}.log"))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_twilld"))
+            .args([
+                "--node-name",
+                name,
+                "--store",
+                "static",
+                "--node-ip",
+                "192.0.2.11",
+            ])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--static-file")
+            .arg(&file)
+            .arg("--handoff-file")
+            .arg(nd.join("node.json"))
+            .arg("--state-dir")
+            .arg(nd.join("state"))
+            .arg("--cni-data-dir")
+            .arg(nd.join("ipam"))
+            .args(["--poll-interval-seconds", "0.2"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Agent {
+            child: Some(child),
+            log: dir.path.join(format!("{name}.log")),
+        }
+    };
+    let handoff = |name: &str| -> Option<HandOff> {
+        serde_json::from_slice(&std::fs::read(dir.path.join(name).join("node.json")).ok()?).ok()
+    };
+    let (p1, p3) = (free_port(), free_port());
+    let a1 = start("n1", p1);
+    let a3 = start("n3", p3);
+    let h = wait_for("n1's hand-off", Duration::from_secs(10), || handoff("n1"));
+    assert_eq!(h.blocks, vec!["10.244.1.0/24".parse::<Ipv4Net>().unwrap()]);
+    assert_eq!(h.cluster_cidr, "10.244.0.0/16".parse::<Ipv4Net>().unwrap());
+    wait_for("n1 ready", Duration::from_secs(10), || {
+        get(p1, "/readyz").filter(|(c, _)| *c == 200)
+    });
+    // A node the file gives no blocks is not ready, and says where to fix it.
+    let (code, body) = wait_for("n3 readyz", Duration::from_secs(10), || {
+        get(p3, "/readyz").filter(|(c, _)| *c == 503)
+    });
+    assert_eq!(code, 503);
+    assert!(body.contains("mesh.json") && body.contains("n3"), "{body}");
+    // Edit the file: the hand-off follows, with no restart.
+    std::fs::write(&file, mesh(r#""10.244.1.0/24", "10.244.9.0/24""#)).unwrap();
+    wait_for("the second block", Duration::from_secs(10), || {
+        handoff("n1").filter(|h| h.blocks.len() == 2)
+    });
+    assert!(!a1.log().contains("level=error"), "{}", a1.log());
+    drop(a3);
+}
