@@ -277,12 +277,12 @@ impl Runner {
                         s.not_ready = None;
                         s.store_up = true;
                     });
-                    wait
+                    wait.min(MAX_WAIT)
                 }
                 Ok(Next::NotReady(why, wait)) => {
                     backoff.reset();
                     self.problem(&why, true);
-                    wait
+                    wait.min(MAX_WAIT)
                 }
                 Err(StepError::Store(StoreError::LeaseExpired(id))) => {
                     self.lease_lost(id);
@@ -296,14 +296,25 @@ impl Runner {
                     };
                     self.status.update(|s| s.store_errors += 1);
                     self.problem(&why, false);
-                    backoff.next_delay()
+                    let delay = backoff.next_delay();
+                    log::warn(
+                        "store call failed; retrying",
+                        &[
+                            ("node", &self.cfg.node_name),
+                            ("retryInMs", &delay.as_millis()),
+                            ("error", &e),
+                        ],
+                    );
+                    delay
                 }
                 Err(StepError::File(e)) => {
                     self.problem(&e.to_string(), true);
                     backoff.next_delay()
                 }
             };
-            self.wait(wait.min(MAX_WAIT));
+            // Not capped by MAX_WAIT on errors: the backoff must reach its 10 s ceiling
+            // (shutdown and override events still wake the wait early).
+            self.wait(wait);
         }
     }
 
