@@ -79,6 +79,10 @@ pub struct Route {
     pub metric: Option<u32>,
     /// RTNH_F_ONLINK: the gateway is on the link even if no address covers it.
     pub onlink: bool,
+    /// rtm_protocol: who installed the route ([`Route::PROTO_BOOT`] unless set). The kernel
+    /// keeps it verbatim, so an agent marks its routes with its own number and finds exactly
+    /// those again after a restart.
+    pub protocol: u8,
 }
 
 impl Route {
@@ -86,6 +90,10 @@ impl Route {
     pub const SCOPE_LINK: u8 = 253;
     pub const SCOPE_HOST: u8 = 254;
     pub const TABLE_MAIN: u32 = 254;
+    /// What `ip route add` uses; [`Route::new`]'s default.
+    pub const PROTO_BOOT: u8 = RTPROT_BOOT;
+    /// Routes the kernel made itself (connected subnets).
+    pub const PROTO_KERNEL: u8 = 2;
 
     /// A route to `dst` in the main table, scope universe, no gateway, device or metric.
     pub fn new(dst: Ipv4Net) -> Route {
@@ -97,6 +105,7 @@ impl Route {
             table: Route::TABLE_MAIN,
             metric: None,
             onlink: false,
+            protocol: RTPROT_BOOT,
         }
     }
 }
@@ -293,6 +302,26 @@ impl Handle {
         self.ack(b.build(), format!("set mtu {mtu} on link #{index}"))
     }
 
+    /// Sets the MAC address of link `index`.
+    pub fn set_mac(&mut self, index: u32, mac: [u8; 6]) -> Result<(), Error> {
+        let mut b = MessageBuilder::new(RTM_SETLINK, NLM_F_REQUEST);
+        b.header(
+            &IfInfoMsg {
+                index,
+                ..Default::default()
+            }
+            .to_bytes(),
+        )
+        .attr(IFLA_ADDRESS, &mac);
+        self.ack(
+            b.build(),
+            format!(
+                "set mac {} on link #{index}",
+                crate::neigh::format_mac(&mac)
+            ),
+        )
+    }
+
     /// Makes `index` a port of bridge `master` (0 releases it).
     pub fn set_master(&mut self, index: u32, master: u32) -> Result<(), Error> {
         let mut b = MessageBuilder::new(RTM_SETLINK, NLM_F_REQUEST);
@@ -450,9 +479,31 @@ impl Handle {
         }
     }
 
-    /// Deletes `route`. Missing: [`Error::is_not_found`] (ESRCH).
+    /// Adds `route` or replaces the one with the same destination, TOS and metric in its
+    /// table: the next hop changes in one step, with no moment without a route.
+    pub fn replace_route(&mut self, route: &Route) -> Result<(), Error> {
+        let msg = route_message(
+            RTM_NEWROUTE,
+            NLM_F_REQUEST | NLM_F_CREATE | codec::NLM_F_REPLACE,
+            route,
+        );
+        self.ack(msg, format!("replace route {}", describe(route)))
+    }
+
+    /// Deletes `route`, whoever installed it (the protocol is a wildcard). Missing:
+    /// [`Error::is_not_found`] (ESRCH).
     pub fn delete_route(&mut self, route: &Route) -> Result<(), Error> {
         let msg = route_message(RTM_DELROUTE, NLM_F_REQUEST, route);
+        self.ack(msg, format!("delete route {}", describe(route)))
+    }
+
+    /// Deletes `route` only if its protocol matches `route.protocol` too (the kernel checks
+    /// it), so a same-looking route someone else installed is never removed. Missing or
+    /// foreign: [`Error::is_not_found`] (ESRCH).
+    pub fn delete_route_exact(&mut self, route: &Route) -> Result<(), Error> {
+        let mut msg = route_message(RTM_DELROUTE, NLM_F_REQUEST, route);
+        // rtm_protocol sits at byte 5 of the rtmsg after the 16-byte netlink header.
+        msg[codec::NLMSG_HDRLEN + 5] = route.protocol;
         self.ack(msg, format!("delete route {}", describe(route)))
     }
 
@@ -477,7 +528,7 @@ impl Handle {
             .collect())
     }
 
-    fn ack(&mut self, msg: Vec<u8>, what: String) -> Result<(), Error> {
+    pub(crate) fn ack(&mut self, msg: Vec<u8>, what: String) -> Result<(), Error> {
         self.socket
             .request(msg)
             .map(drop)
@@ -511,7 +562,7 @@ fn route_message(msg_type: u16, flags: u16, r: &Route) -> Vec<u8> {
         dst_len: r.dst.prefix_len(),
         table: if r.table < 256 { r.table as u8 } else { 0 },
         protocol: if msg_type == RTM_NEWROUTE {
-            RTPROT_BOOT
+            r.protocol
         } else {
             0
         },
@@ -546,10 +597,16 @@ fn describe(r: &Route) -> String {
     if r.table != Route::TABLE_MAIN {
         s += &format!(" table {}", r.table);
     }
+    if r.onlink {
+        s += " onlink";
+    }
+    if r.protocol != RTPROT_BOOT {
+        s += &format!(" proto {}", r.protocol);
+    }
     s
 }
 
-fn ipv4(data: &[u8]) -> Option<Ipv4Addr> {
+pub(crate) fn ipv4(data: &[u8]) -> Option<Ipv4Addr> {
     <[u8; 4]>::try_from(data.get(..4)?).ok().map(Ipv4Addr::from)
 }
 
@@ -593,6 +650,7 @@ fn parse_route(payload: &[u8]) -> Option<Route> {
     route.scope = h.scope;
     route.table = h.table as u32;
     route.onlink = h.flags & RTNH_F_ONLINK != 0;
+    route.protocol = h.protocol;
     for (kind, data) in codec::attrs(&payload[RtMsg::LEN..]) {
         match kind {
             RTA_DST => dst = ipv4(data)?,

@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod autodetect;
+pub mod backend;
 pub mod claims;
 pub mod config;
 pub mod handoff;

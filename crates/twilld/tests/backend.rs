@@ -1,0 +1,514 @@
+//! Root-gated: the backends on real "nodes" (namespaces) joined by an underlay bridge in its
+//! own namespace, each with a pod behind a local bridge `twl0` standing in for its block.
+//! Each node runs plan → observe → diff → apply through netlink; the proof is real pings
+//! pod to pod across nodes, and the kernel's tables read back with `ip -j` / `bridge -j`.
+
+use serde_json::Value;
+use twill_netlink::{Handle, Netns};
+use twill_testkit::{root_or_skip, TestNetns};
+use twilld::backend::{self, Backend, HostGw, Local, Op, Peer, Plan, Vxlan, VXLAN_DEVICE};
+
+const SEG_A: &str = "192.0.2.0/24";
+const SEG_B: &str = "198.51.100.0/24";
+
+struct Node {
+    ns: TestNetns,
+    _pod: TestNetns,
+    pod_ip: String,
+    local: Local,
+}
+
+struct Lab {
+    nodes: Vec<Node>,
+    _router: Option<TestNetns>,
+    _underlay: TestNetns,
+}
+
+fn json(ns: &TestNetns, args: &[&str]) -> Value {
+    let out = ns.exec(args);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: bad JSON: {e}"))
+}
+
+fn sysctl_forward(ns: &TestNetns) {
+    ns.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+}
+
+/// Joins `ns` to bridge `bridge` of the underlay with a veth whose inside end is `ifname`.
+fn plug(underlay: &TestNetns, bridge: &str, port: &str, ns: &TestNetns, ifname: &str, cidr: &str) {
+    underlay.exec(&[
+        "ip", "link", "add", port, "type", "veth", "peer", "name", ifname, "netns", &ns.name,
+    ]);
+    underlay.exec(&["ip", "link", "set", port, "master", bridge, "up"]);
+    ns.exec(&["ip", "link", "set", ifname, "up"]);
+    ns.exec(&["ip", "addr", "add", cidr, "dev", ifname]);
+}
+
+/// Nodes n1.. on the segments given (`'a'` or `'b'`); a router joins the two when both
+/// are used. Node i holds block 10.244.i.0/24, its pod is 10.244.i.2.
+fn lab(segments: &[char]) -> Lab {
+    let underlay = TestNetns::new("ul");
+    for br in ["twlsa", "twlsb"] {
+        underlay.exec(&["ip", "link", "add", br, "type", "bridge"]);
+        underlay.exec(&["ip", "link", "set", br, "up"]);
+    }
+    let two = segments.contains(&'a') && segments.contains(&'b');
+    let router = two.then(|| {
+        let r = TestNetns::new("rt");
+        plug(&underlay, "twlsa", "rta", &r, "eth0", "192.0.2.1/24");
+        plug(&underlay, "twlsb", "rtb", &r, "eth1", "198.51.100.1/24");
+        sysctl_forward(&r);
+        r
+    });
+    let mut nodes = Vec::new();
+    for (i, seg) in segments.iter().enumerate() {
+        let i = i + 1;
+        let ns = TestNetns::new(&format!("n{i}"));
+        let (bridge, address, cidr, gw) = match seg {
+            'a' => ("twlsa", format!("192.0.2.1{i}"), SEG_A, "192.0.2.1"),
+            _ => ("twlsb", format!("198.51.100.1{i}"), SEG_B, "198.51.100.1"),
+        };
+        let prefix = format!("{address}/24");
+        plug(&underlay, bridge, &format!("p{i}"), &ns, "eth0", &prefix);
+        if two {
+            ns.exec(&["ip", "route", "add", "default", "via", gw]);
+        }
+        sysctl_forward(&ns);
+        // The pod: a namespace behind the node's bridge twl0 (10.244.i.1/24).
+        let pod = TestNetns::new(&format!("pod{i}"));
+        ns.exec(&["ip", "link", "add", "twl0", "type", "bridge"]);
+        ns.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("10.244.{i}.1/24"),
+            "dev",
+            "twl0",
+        ]);
+        ns.exec(&["ip", "link", "set", "twl0", "up"]);
+        ns.exec(&[
+            "ip", "link", "add", "vpod", "type", "veth", "peer", "name", "eth0", "netns", &pod.name,
+        ]);
+        ns.exec(&["ip", "link", "set", "vpod", "master", "twl0", "up"]);
+        pod.exec(&["ip", "link", "set", "eth0", "up"]);
+        pod.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("10.244.{i}.2/24"),
+            "dev",
+            "eth0",
+        ]);
+        pod.exec(&[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("10.244.{i}.1"),
+        ]);
+        let local = Local {
+            name: format!("n{i}"),
+            address: address.parse().unwrap(),
+            uplink: "eth0".into(),
+            uplink_cidr: cidr.parse().unwrap(),
+            blocks: vec![format!("10.244.{i}.0/24").parse().unwrap()],
+            mtu_uplink: 1500,
+        };
+        nodes.push(Node {
+            ns,
+            _pod: pod,
+            pod_ip: format!("10.244.{i}.2"),
+            local,
+        });
+    }
+    Lab {
+        nodes,
+        _router: router,
+        _underlay: underlay,
+    }
+}
+
+impl Lab {
+    /// Every other node, as the store would describe it.
+    fn peers_of(&self, i: usize) -> Vec<Peer> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, n)| Peer {
+                name: n.local.name.clone(),
+                address: n.local.address,
+                blocks: n.local.blocks.clone(),
+                vtep_mac: None,
+            })
+            .collect()
+    }
+
+    fn ping(&self, from: usize, to: usize) -> bool {
+        let target = self.nodes[to].pod_ip.clone();
+        (0..3).any(|_| {
+            self.nodes[from]
+                ._pod
+                .try_exec(&["ping", "-c", "1", "-W", "2", &target])
+                .0
+        })
+    }
+}
+
+/// One reconcile pass on node `node` through a fresh handle (as a restarted agent would):
+/// plan, observe, diff, apply. Panics if an operation fails.
+fn reconcile(node: &Node, backend: &dyn Backend, peers: &[Peer]) -> Plan {
+    let mut h = Handle::new_in(&Netns::open(node.ns.path()).unwrap()).unwrap();
+    let desired = backend.plan(&node.local, peers);
+    let observed = backend::observe(&mut h, VXLAN_DEVICE).unwrap();
+    let plan = backend::diff(&desired, &observed);
+    let report = backend::apply(&mut h, &plan.ops);
+    assert!(report.is_ok(), "{}: {report}", node.local.name);
+    plan
+}
+
+fn reconcile_all(lab: &Lab, backend: &dyn Backend) -> Vec<Plan> {
+    (0..lab.nodes.len())
+        .map(|i| reconcile(&lab.nodes[i], backend, &lab.peers_of(i)))
+        .collect()
+}
+
+/// `ip -j route show proto 84` as (dst, gateway, dev, onlink).
+fn twill_routes(ns: &TestNetns) -> Vec<(String, String, String, bool)> {
+    let mut out: Vec<_> = json(ns, &["ip", "-j", "-4", "route", "show", "proto", "84"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["dst"].as_str().unwrap().to_owned(),
+                r["gateway"].as_str().unwrap_or("").to_owned(),
+                r["dev"].as_str().unwrap().to_owned(),
+                r["flags"]
+                    .as_array()
+                    .is_some_and(|f| f.iter().any(|x| x == "onlink")),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn r(dst: &str, gw: &str, dev: &str, onlink: bool) -> (String, String, String, bool) {
+    (dst.into(), gw.into(), dev.into(), onlink)
+}
+
+fn vxlan(direct_routing: bool) -> Vxlan {
+    Vxlan {
+        device: VXLAN_DEVICE.into(),
+        vni: 1,
+        port: 8472,
+        direct_routing,
+    }
+}
+
+/// (neighbour IP, lladdr, state) of the permanent entries on twl.1.
+fn neighbours(ns: &TestNetns) -> Vec<(String, String)> {
+    let mut out: Vec<_> = json(
+        ns,
+        &["ip", "-j", "-4", "neigh", "show", "dev", VXLAN_DEVICE],
+    )
+    .as_array()
+    .unwrap()
+    .iter()
+    .filter(|n| {
+        n["state"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s == "PERMANENT")
+    })
+    .map(|n| {
+        (
+            n["dst"].as_str().unwrap().to_owned(),
+            n["lladdr"].as_str().unwrap().to_owned(),
+        )
+    })
+    .collect();
+    out.sort();
+    out
+}
+
+/// (mac, dst) of the FDB entries with a remote on twl.1.
+fn fdb(ns: &TestNetns) -> Vec<(String, String)> {
+    let mut out: Vec<_> = json(ns, &["bridge", "-j", "fdb", "show", "dev", VXLAN_DEVICE])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["dst"].is_string())
+        .map(|e| {
+            assert_eq!(e["state"], "permanent", "{e}");
+            (
+                e["mac"].as_str().unwrap().to_owned(),
+                e["dst"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn host_gw_routes_pods_across_nodes_and_programs_only_the_delta() {
+    if !root_or_skip("host_gw_routes_pods_across_nodes_and_programs_only_the_delta") {
+        return;
+    }
+    let lab = lab(&['a', 'a', 'a']);
+    let n1 = &lab.nodes[0];
+    assert!(
+        !lab.ping(0, 1),
+        "pods must not reach each other before any route"
+    );
+
+    let first = reconcile_all(&lab, &HostGw);
+    for plan in &first {
+        assert!(plan.problems.is_empty(), "{:?}", plan.problems);
+        assert_eq!(plan.ops.len(), 2, "{:?}", plan.ops);
+    }
+    assert_eq!(
+        twill_routes(&n1.ns),
+        vec![
+            r("10.244.2.0/24", "192.0.2.12", "eth0", false),
+            r("10.244.3.0/24", "192.0.2.13", "eth0", false),
+        ]
+    );
+    for (a, b) in [(0, 1), (0, 2), (1, 2), (2, 0)] {
+        assert!(lab.ping(a, b), "pod {a} -> pod {b} over host-gw");
+    }
+
+    // Foreign routes, one to a pod block with another metric: never touched.
+    n1.ns.exec(&[
+        "ip",
+        "route",
+        "add",
+        "203.0.113.0/24",
+        "via",
+        "192.0.2.99",
+        "proto",
+        "static",
+    ]);
+    n1.ns.exec(&[
+        "ip",
+        "route",
+        "add",
+        "10.244.3.0/24",
+        "via",
+        "192.0.2.99",
+        "metric",
+        "100",
+    ]);
+    let all_before = json(&n1.ns, &["ip", "-j", "-4", "route", "show"]);
+
+    // Converged: a second pass (a restarted agent) adopts everything, plans nothing.
+    for plan in reconcile_all(&lab, &HostGw) {
+        assert!(plan.ops.is_empty(), "{:?}", plan.ops);
+    }
+    assert_eq!(
+        json(&n1.ns, &["ip", "-j", "-4", "route", "show"]),
+        all_before
+    );
+
+    // n3 leaves: only its route goes.
+    let without_n3: Vec<Peer> = lab
+        .peers_of(0)
+        .into_iter()
+        .filter(|p| p.name != "n3")
+        .collect();
+    let plan = reconcile(n1, &HostGw, &without_n3);
+    assert_eq!(plan.ops.len(), 1, "{:?}", plan.ops);
+    assert!(matches!(&plan.ops[0], Op::DeleteRoute(e) if e.dst.to_string() == "10.244.3.0/24"));
+    assert_eq!(
+        twill_routes(&n1.ns),
+        vec![r("10.244.2.0/24", "192.0.2.12", "eth0", false)]
+    );
+    let routes = json(&n1.ns, &["ip", "-j", "-4", "route", "show"]);
+    let foreign: Vec<&Value> = routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["gateway"] == "192.0.2.99")
+        .collect();
+    assert_eq!(foreign.len(), 2, "foreign routes were touched: {routes}");
+    assert!(lab.ping(0, 1), "n2 keeps working while n3 leaves");
+}
+
+#[test]
+fn vxlan_mesh_reaches_pods_and_reconciles_only_the_delta() {
+    if !root_or_skip("vxlan_mesh_reaches_pods_and_reconciles_only_the_delta") {
+        return;
+    }
+    let lab = lab(&['a', 'a', 'a']);
+    let n1 = &lab.nodes[0];
+    let first = reconcile_all(&lab, &vxlan(false));
+    for plan in &first {
+        assert!(plan.problems.is_empty(), "{:?}", plan.problems);
+    }
+    for (a, b) in [(0, 1), (0, 2), (1, 2), (2, 0)] {
+        assert!(lab.ping(a, b), "pod {a} -> pod {b} over vxlan");
+    }
+
+    // The device, as flannel.1 would be.
+    let link = json(
+        &n1.ns,
+        &["ip", "-j", "-d", "link", "show", "dev", VXLAN_DEVICE],
+    );
+    let data = &link[0]["linkinfo"]["info_data"];
+    assert_eq!(link[0]["linkinfo"]["info_kind"], "vxlan");
+    assert_eq!(
+        (
+            &data["id"],
+            &data["port"],
+            &data["learning"],
+            &data["local"],
+            &data["link"]
+        ),
+        (
+            &1.into(),
+            &8472.into(),
+            &false.into(),
+            &"192.0.2.11".into(),
+            &"eth0".into()
+        )
+    );
+    assert_eq!(link[0]["mtu"], 1450, "uplink 1500 - 50");
+    assert_eq!(link[0]["address"], "0a:54:c0:00:02:0b");
+    let addrs = json(
+        &n1.ns,
+        &["ip", "-j", "-4", "addr", "show", "dev", VXLAN_DEVICE],
+    );
+    assert_eq!(addrs[0]["addr_info"][0]["local"], "10.244.1.0");
+    assert_eq!(addrs[0]["addr_info"][0]["prefixlen"], 32);
+    let offload =
+        String::from_utf8_lossy(&n1.ns.exec(&["ethtool", "-k", VXLAN_DEVICE]).stdout).into_owned();
+    assert!(offload.contains("tx-checksumming: off"), "{offload}");
+
+    // Per peer: one onlink route, one permanent neighbour, one FDB entry.
+    assert_eq!(
+        twill_routes(&n1.ns),
+        vec![
+            r("10.244.2.0/24", "10.244.2.0", VXLAN_DEVICE, true),
+            r("10.244.3.0/24", "10.244.3.0", VXLAN_DEVICE, true),
+        ]
+    );
+    assert_eq!(
+        neighbours(&n1.ns),
+        vec![
+            ("10.244.2.0".into(), "0a:54:c0:00:02:0c".into()),
+            ("10.244.3.0".into(), "0a:54:c0:00:02:0d".into()),
+        ]
+    );
+    assert_eq!(
+        fdb(&n1.ns),
+        vec![
+            ("0a:54:c0:00:02:0c".into(), "192.0.2.12".into()),
+            ("0a:54:c0:00:02:0d".into(), "192.0.2.13".into()),
+        ]
+    );
+
+    // A second pass plans nothing.
+    for plan in reconcile_all(&lab, &vxlan(false)) {
+        assert!(plan.ops.is_empty(), "{:?}", plan.ops);
+    }
+
+    // n3 leaves: exactly its route, neighbour and FDB entry go.
+    let without_n3: Vec<Peer> = lab
+        .peers_of(0)
+        .into_iter()
+        .filter(|p| p.name != "n3")
+        .collect();
+    let plan = reconcile(n1, &vxlan(false), &without_n3);
+    let text: Vec<String> = plan.ops.iter().map(|o| o.to_string()).collect();
+    assert_eq!(
+        text,
+        [
+            "route del 10.244.3.0/24 via 10.244.3.0 dev twl.1 onlink",
+            "fdb del 0a:54:c0:00:02:0d dev twl.1 dst 192.0.2.13",
+            "neigh del 10.244.3.0 dev twl.1",
+        ]
+    );
+    assert_eq!(twill_routes(&n1.ns).len(), 1);
+    assert_eq!(neighbours(&n1.ns).len(), 1);
+    assert_eq!(
+        fdb(&n1.ns),
+        vec![("0a:54:c0:00:02:0c".into(), "192.0.2.12".into())]
+    );
+    assert!(lab.ping(0, 1));
+
+    // Switching the node to none removes the device and, with it, every entry.
+    let plan = reconcile(n1, &backend::NoneBackend, &without_n3);
+    assert_eq!(plan.ops, vec![Op::DeleteDevice(VXLAN_DEVICE.into())]);
+    assert!(twill_routes(&n1.ns).is_empty());
+    assert!(!n1.ns.try_exec(&["ip", "link", "show", VXLAN_DEVICE]).0);
+}
+
+#[test]
+fn across_two_segments_host_gw_reports_and_direct_routing_tunnels() {
+    if !root_or_skip("across_two_segments_host_gw_reports_and_direct_routing_tunnels") {
+        return;
+    }
+    // n1, n2 on 192.0.2.0/24; n3 on 198.51.100.0/24 behind a router that knows no pods.
+    let lab = lab(&['a', 'a', 'b']);
+    let (n1, n3) = (&lab.nodes[0], &lab.nodes[2]);
+
+    let plans = reconcile_all(&lab, &HostGw);
+    assert_eq!(
+        plans[0].problems,
+        vec!["host-gw: n3 (198.51.100.13) is not on this node's segment 192.0.2.0/24: it needs a router that knows the pod routes, or use vxlan / directRouting; its blocks 10.244.3.0/24 are not routed".to_string()]
+    );
+    assert_eq!(plans[2].problems.len(), 2, "n3 sees both others as far");
+    assert_eq!(
+        twill_routes(&n1.ns),
+        vec![r("10.244.2.0/24", "192.0.2.12", "eth0", false)],
+        "no route is installed for the far peer"
+    );
+    assert!(twill_routes(&n3.ns).is_empty());
+    assert!(lab.ping(0, 1), "same segment works over host-gw");
+    assert!(!lab.ping(0, 2), "the far pod is unreachable over host-gw");
+
+    // vxlan with directRouting: the near peer keeps its direct route (adopted, untouched),
+    // the far one goes through the tunnel, across the router.
+    let plans = reconcile_all(&lab, &vxlan(true));
+    for plan in &plans {
+        assert!(plan.problems.is_empty(), "{:?}", plan.problems);
+    }
+    assert!(
+        !plans[0]
+            .ops
+            .iter()
+            .any(|o| o.to_string().contains("10.244.2.0/24")),
+        "the near peer's route must not flap: {:?}",
+        plans[0].ops
+    );
+    assert_eq!(
+        twill_routes(&n1.ns),
+        vec![
+            r("10.244.2.0/24", "192.0.2.12", "eth0", false),
+            r("10.244.3.0/24", "10.244.3.0", VXLAN_DEVICE, true),
+        ]
+    );
+    assert_eq!(
+        twill_routes(&n3.ns),
+        vec![
+            r("10.244.1.0/24", "10.244.1.0", VXLAN_DEVICE, true),
+            r("10.244.2.0/24", "10.244.2.0", VXLAN_DEVICE, true),
+        ]
+    );
+    assert_eq!(
+        fdb(&n1.ns),
+        vec![("0a:54:c6:33:64:0d".into(), "198.51.100.13".into())]
+    );
+    for (a, b) in [(0, 1), (0, 2), (2, 1), (1, 2)] {
+        assert!(
+            lab.ping(a, b),
+            "pod {a} -> pod {b} over vxlan directRouting"
+        );
+    }
+    for plan in reconcile_all(&lab, &vxlan(true)) {
+        assert!(plan.ops.is_empty(), "{:?}", plan.ops);
+    }
+}
