@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::daemons;
 use crate::plan::{self, LabSpec, NodePlan, PlanError, PodPlan, Veth};
 use crate::runtime::{self, CniCommand, RuntimeError};
-use crate::state::{LabState, PodRecord, StateError};
+use crate::state::{LabState, PodRecord, ProcRecord, StateError};
 
 /// Where `ip netns add` puts namespace handles.
 pub const NETNS_DIR: &str = "/run/netns";
@@ -30,6 +31,16 @@ pub enum LabError {
     PluginMissing { bin: PathBuf },
     #[error("`{cmd}` failed: {detail}")]
     Command { cmd: String, detail: String },
+    #[error("the node agent {} does not exist: build it (`cargo build -p twilld`) or point --twilld-bin / {} at it", bin.display(), runtime::TWILLD_BIN_ENV)]
+    AgentMissing { bin: PathBuf },
+    #[error("etcd is not installed (no `etcd` on PATH): install it (`apt-get install etcd-server`) or use --store embedded")]
+    EtcdMissing,
+    #[error("lab {name} uses the {store} store, which has no server to {action}; only --store etcd labs have one")]
+    NoStoreServer {
+        name: String,
+        store: String,
+        action: String,
+    },
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -170,21 +181,43 @@ fn wire_veth(v: &Veth) -> Result<(), LabError> {
     Ok(())
 }
 
-/// Builds lab `spec` with plugin `cni_bin`. On any failure it removes what it made and
-/// returns the original error.
-pub fn up(spec: &LabSpec, cni_bin: &Path, log: Log) -> Result<LabState, LabError> {
+/// `etcd` on PATH.
+pub fn find_etcd() -> Result<PathBuf, LabError> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("etcd"))
+        .find(|p| p.is_file())
+        .ok_or(LabError::EtcdMissing)
+}
+
+/// Builds lab `spec` with plugin `cni_bin` and node agent `twilld_bin`. On any failure it
+/// removes what it made and returns the original error.
+pub fn up(
+    spec: &LabSpec,
+    cni_bin: &Path,
+    twilld_bin: &Path,
+    log: Log,
+) -> Result<LabState, LabError> {
     let plan = plan::plan(spec)?;
     if !cni_bin.is_file() {
         return Err(LabError::PluginMissing {
             bin: cni_bin.to_path_buf(),
         });
     }
+    if !twilld_bin.is_file() {
+        return Err(LabError::AgentMissing {
+            bin: twilld_bin.to_path_buf(),
+        });
+    }
+    if plan.store.etcd.is_some() {
+        find_etcd()?;
+    }
     if plan.state_dir.exists() || !lab_netns(&plan.name)?.is_empty() {
         return Err(LabError::Exists { name: plan.name });
     }
     std::fs::create_dir_all(&plan.state_dir)
         .map_err(io_err(format!("create {}", plan.state_dir.display())))?;
-    let mut state = LabState::new(plan, cni_bin.to_path_buf());
+    let mut state = LabState::new(plan, cni_bin.to_path_buf(), twilld_bin.to_path_buf());
     if let Err(e) = state
         .save()
         .map_err(LabError::from)
@@ -241,8 +274,8 @@ fn build(state: &mut LabState, log: Log) -> Result<(), LabError> {
     ])?;
     for node in &plan.nodes {
         log(&format!(
-            "node {}: {} on eth0, default via {}, pod subnet {}",
-            node.short, node.address, node.gateway, node.pod_subnet
+            "node {}: {} on eth0, default via {}",
+            node.short, node.address, node.gateway
         ));
         ip(&[
             "-n",
@@ -254,12 +287,47 @@ fn build(state: &mut LabState, log: Log) -> Result<(), LabError> {
             &node.gateway.to_string(),
         ])?;
         set_ip_forward(&node.netns)?;
-        std::fs::create_dir_all(&node.ipam_dir)
-            .map_err(io_err(format!("create {}", node.ipam_dir.display())))?;
+        for dir in [&node.ipam_dir, &node.agent_state_dir] {
+            std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
+        }
         let conflist = runtime::node_conflist(&plan, node);
         let text = serde_json::to_string_pretty(&conflist).expect("conflist serializes");
         std::fs::write(&node.conflist, text)
             .map_err(io_err(format!("write {}", node.conflist.display())))?;
+    }
+    start_store(state, log)?;
+    let config = daemons::write_network_config(&plan)?;
+    log(&format!(
+        "network config written to the {} store: clusterCIDR {}, blockSize /{}, leaseTTLSeconds {}, masquerade {}",
+        plan.store.kind.as_str(),
+        config.cluster_cidr,
+        config.block_size,
+        config.lease_ttl_seconds,
+        config.masquerade
+    ));
+    for node in &plan.nodes {
+        let rec = daemons::spawn(
+            &node.short,
+            &node.netns,
+            &state.twilld_bin,
+            &plan.agent_args(node),
+            &node.agent_log,
+        )?;
+        log(&format!(
+            "node {}: twilld started (pid {}), log {}",
+            node.short,
+            rec.pid.unwrap_or(0),
+            node.agent_log.display()
+        ));
+        state.agents.push(rec);
+        state.save()?;
+    }
+    for rec in &state.agents {
+        daemons::wait_agent_ready(rec, daemons::AGENT_READY_TIMEOUT)?;
+        log(&format!("node {}: twilld ready", rec.role));
+    }
+    for node in &plan.nodes {
+        let conflist = runtime::node_conflist(&plan, node);
         for pod in &node.pods {
             add_pod(state, node, pod, &conflist)?;
             let rec = state.pods.last().expect("just added");
@@ -271,6 +339,89 @@ fn build(state: &mut LabState, log: Log) -> Result<(), LabError> {
         }
     }
     Ok(())
+}
+
+/// The store the agents share: the embedded store's folder, or the etcd member on its host.
+fn start_store(state: &mut LabState, log: Log) -> Result<(), LabError> {
+    let plan = state.plan.clone();
+    if let Some(dir) = &plan.store.dir {
+        std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
+        log(&format!("store: embedded, folder {}", dir.display()));
+    }
+    if let Some(e) = &plan.store.etcd {
+        std::fs::create_dir_all(&e.data_dir)
+            .map_err(io_err(format!("create {}", e.data_dir.display())))?;
+        let rec = daemons::spawn(
+            "etcd",
+            &e.netns,
+            &find_etcd()?,
+            &plan.etcd_args().expect("an etcd plan"),
+            &e.log,
+        )?;
+        log(&format!(
+            "store: etcd member in {} on {} (pid {}), data {}",
+            e.netns,
+            e.client_url,
+            rec.pid.unwrap_or(0),
+            e.data_dir.display()
+        ));
+        state.etcd = Some(rec.clone());
+        state.save()?;
+        daemons::wait_etcd_healthy(&plan, &rec)?;
+        log("store: etcd is healthy");
+    }
+    Ok(())
+}
+
+/// Stops lab `state`'s etcd member (SIGTERM, SIGKILL after a grace period), keeping its data.
+pub fn store_stop(state: &mut LabState) -> Result<Option<String>, LabError> {
+    let rec = etcd_record(state, "stop")?;
+    let note = daemons::stop(&rec, daemons::ETCD_STOP_GRACE);
+    if let Some(r) = state.etcd.as_mut() {
+        r.pid = None;
+    }
+    state.save()?;
+    Ok(note)
+}
+
+/// Starts lab `state`'s etcd member again with the same arguments and data, and waits for it.
+pub fn store_start(state: &mut LabState) -> Result<u32, LabError> {
+    let rec = etcd_record(state, "start")?;
+    if let Some(pid) = rec.pid.filter(|&p| daemons::is_ours(p, &rec.bin)) {
+        return Ok(pid);
+    }
+    let new = daemons::spawn(&rec.role, &rec.netns, &rec.bin, &rec.args, &rec.log)?;
+    let pid = new.pid.unwrap_or(0);
+    state.etcd = Some(new.clone());
+    state.save()?;
+    daemons::wait_etcd_healthy(&state.plan, &new)?;
+    Ok(pid)
+}
+
+fn etcd_record(state: &LabState, action: &str) -> Result<ProcRecord, LabError> {
+    state.etcd.clone().ok_or_else(|| LabError::NoStoreServer {
+        name: state.plan.name.clone(),
+        store: state.plan.store.kind.as_str().into(),
+        action: action.into(),
+    })
+}
+
+/// Restarts node `node`'s agent with the arguments it had: stops the recorded process if it
+/// still runs (SIGTERM; a restart keeps the lease), starts it again, waits for /readyz.
+pub fn restart_agent(state: &mut LabState, node: &str) -> Result<u32, LabError> {
+    let rec = state
+        .agent(node)
+        .cloned()
+        .ok_or_else(|| LabError::Plan(PlanError::UnknownTarget(node.to_string())))?;
+    let _ = daemons::stop(&rec, daemons::STOP_GRACE);
+    let new = daemons::spawn(&rec.role, &rec.netns, &rec.bin, &rec.args, &rec.log)?;
+    let pid = new.pid.unwrap_or(0);
+    if let Some(r) = state.agents.iter_mut().find(|a| a.role == node) {
+        *r = new.clone();
+    }
+    state.save()?;
+    daemons::wait_agent_ready(&new, daemons::AGENT_READY_TIMEOUT)?;
+    Ok(pid)
 }
 
 /// The runtime's part of "run a pod sandbox": make the namespace, then call the plugin.
@@ -328,6 +479,26 @@ fn call_plugin(
 pub fn teardown(state: &LabState, log: Log) -> Vec<String> {
     let mut warnings = Vec::new();
     let plan = &state.plan;
+    // The agents and the store go first (in parallel: each may take the grace period), so
+    // nothing rewrites the hand-off or the store while pods are removed.
+    let daemons: Vec<&ProcRecord> = state.agents.iter().chain(state.etcd.iter()).collect();
+    let notes: Vec<Option<String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = daemons
+            .iter()
+            .map(|rec| scope.spawn(move || daemons::stop(rec, daemons::STOP_GRACE)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or(None))
+            .collect()
+    });
+    for (rec, note) in daemons.iter().zip(notes) {
+        match note {
+            Some(n) => warnings.push(n),
+            None if rec.pid.is_some() => log(&format!("{}: stopped", rec.role)),
+            None => {}
+        }
+    }
     for rec in state.pods.iter().rev() {
         let (Some(node), Some(pod)) = (
             plan.node(rec.node),

@@ -119,9 +119,21 @@ pub fn plan_listeners(plan: &LabPlan) -> Vec<ListenerSpec> {
     v
 }
 
-/// Every check for the lab, given each pod's address (from its ADD result). A pod without an
-/// address gets one failing row instead of its probes.
-pub fn plan_checks(plan: &LabPlan, pod_ips: &HashMap<String, Ipv4Addr>) -> Vec<CheckSpec> {
+/// A pod's addresses as its ADD result gives them: the node's agent chose the block, so
+/// nothing here is derived from the plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PodAddrs {
+    pub ip: Ipv4Addr,
+    /// The pod's default gateway (the bridge's address in the pod's block).
+    pub gateway: Option<Ipv4Addr>,
+}
+
+/// Every check for the lab, given each pod's addresses (from its ADD result). A pod without
+/// an address gets one failing row instead of its probes. Checks stay within a node:
+/// cross-node pod routing comes with the backends.
+pub fn plan_checks(plan: &LabPlan, pod_addrs: &HashMap<String, PodAddrs>) -> Vec<CheckSpec> {
+    let pod_ips: HashMap<String, Ipv4Addr> =
+        pod_addrs.iter().map(|(k, a)| (k.clone(), a.ip)).collect();
     let mut v = Vec::new();
     let outside = plan.outside.address.addr();
     let mut add =
@@ -204,13 +216,18 @@ pub fn plan_checks(plan: &LabPlan, pod_ips: &HashMap<String, Ipv4Addr>) -> Vec<C
         }
         for &(p, ip) in &pods {
             let from = (p.short.as_str(), p.netns.as_str());
+            // No gateway in the ADD result: the unspecified address makes the row fail.
+            let gw = pod_addrs
+                .get(&p.short)
+                .and_then(|a| a.gateway)
+                .unwrap_or(Ipv4Addr::UNSPECIFIED);
             add(
                 "pod→gateway icmp",
                 from,
-                format!("{} {}", node.bridge, node.pod_gateway),
-                Probe::Ping(node.pod_gateway),
+                format!("{} {gw}", node.bridge),
+                Probe::Ping(gw),
                 Expect::Reply,
-                "the pod's default gateway is the node bridge's address in the pod subnet",
+                "the pod's default gateway is the node bridge's address in the pod's block (from the ADD result)",
             );
             add(
                 "node→pod icmp",
@@ -341,10 +358,14 @@ fn send(spec: &CheckSpec) -> Result<Option<Reply>, String> {
 /// by `PROBE_TIMEOUT`), listeners down.
 pub fn run(state: &LabState) -> Result<CheckReport, LabError> {
     let plan = &state.plan;
-    let pod_ips: HashMap<String, Ipv4Addr> = state
+    let pod_addrs: HashMap<String, PodAddrs> = state
         .pods
         .iter()
-        .filter_map(|p| p.address.map(|a| (p.short.clone(), a)))
+        .filter_map(|p| {
+            let ip = p.address?;
+            let gateway = p.result.as_ref().and_then(crate::runtime::pod_gateway);
+            Some((p.short.clone(), PodAddrs { ip, gateway }))
+        })
         .collect();
     let mut listeners = Vec::new();
     for l in plan_listeners(plan) {
@@ -357,7 +378,7 @@ pub fn run(state: &LabState) -> Result<CheckReport, LabError> {
             detail: e.to_string(),
         })?);
     }
-    let specs = plan_checks(plan, &pod_ips);
+    let specs = plan_checks(plan, &pod_addrs);
     let checks: Vec<CheckResult> = std::thread::scope(|scope| {
         let handles: Vec<_> = specs
             .iter()
@@ -445,13 +466,23 @@ mod tests {
             nodes: 1,
             pods_per_node: pods,
             segments: 1,
+            ..LabSpec::default()
         })
         .unwrap()
     }
 
-    fn ips(n: u16) -> HashMap<String, Ipv4Addr> {
+    /// Pods in a block the agent chose, 10.244.37.0/26 here: nothing assumes 10.244.<i>.0/24.
+    fn ips(n: u16) -> HashMap<String, PodAddrs> {
         (1..=n)
-            .map(|j| (format!("n1-p{j}"), Ipv4Addr::new(10, 244, 1, 1 + j as u8)))
+            .map(|j| {
+                (
+                    format!("n1-p{j}"),
+                    PodAddrs {
+                        ip: Ipv4Addr::new(10, 244, 37, 1 + j as u8),
+                        gateway: Some(Ipv4Addr::new(10, 244, 37, 1)),
+                    },
+                )
+            })
             .collect()
     }
 
@@ -481,11 +512,14 @@ mod tests {
         let v = plan_checks(&lab(3), &ips(3));
         // 2 pairs × (2 icmp + 2 tcp) + 3 pods × 4 + 6 per node.
         assert_eq!(v.len(), 8 + 12 + 6);
-        let p2 = Ipv4Addr::new(10, 244, 1, 3);
+        let p2 = Ipv4Addr::new(10, 244, 37, 3);
         let node = Ipv4Addr::new(192, 0, 2, 11);
 
         let src = find(&v, "pod→pod tcp, source kept", "n1-p2");
-        assert_eq!(src[0].probe, Probe::Tcp("10.244.1.2:8080".parse().unwrap()));
+        assert_eq!(
+            src[0].probe,
+            Probe::Tcp("10.244.37.2:8080".parse().unwrap())
+        );
         assert_eq!(
             src[0].expect,
             Expect::Answer {
@@ -534,8 +568,14 @@ mod tests {
         );
         assert_eq!(
             find(&v, "pod→gateway icmp", "n1-p3")[0].probe,
-            Probe::Ping(Ipv4Addr::new(10, 244, 1, 1))
+            Probe::Ping(Ipv4Addr::new(10, 244, 37, 1))
         );
+        // A result without a gateway fails that row instead of guessing one.
+        let mut no_gw = ips(1);
+        no_gw.get_mut("n1-p1").unwrap().gateway = None;
+        let v1 = plan_checks(&lab(1), &no_gw);
+        let gw = find(&v1, "pod→gateway icmp", "n1-p1")[0];
+        assert!(!judge(gw, send(gw)).0);
         assert_eq!(
             find(&v, "pod→node eth0 icmp", "n1-p1")[0].probe,
             Probe::Ping(node)
@@ -571,9 +611,9 @@ mod tests {
             }))
         };
         assert!(judge(masq, reply("out", "192.0.2.11:40000")).0);
-        let (ok, detail) = judge(masq, reply("out", "10.244.1.2:40000"));
+        let (ok, detail) = judge(masq, reply("out", "10.244.37.2:40000"));
         assert!(
-            !ok && detail.contains("saw source 10.244.1.2, expected 192.0.2.11"),
+            !ok && detail.contains("saw source 10.244.37.2, expected 192.0.2.11"),
             "{detail}"
         );
         let (ok, detail) = judge(masq, reply("n1-p2", "192.0.2.11:1"));

@@ -10,6 +10,7 @@
 
 pub mod build;
 pub mod check;
+pub mod daemons;
 pub mod plan;
 pub mod probe;
 pub mod runtime;

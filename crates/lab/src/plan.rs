@@ -26,15 +26,31 @@ pub const CNI_NETWORK: &str = "twill";
 /// Where lab state lives: `/run/<name>/`.
 pub const STATE_ROOT: &str = "/run";
 
-/// The most nodes one lab holds: node i takes underlay host .(10+i) and 10.244.i.0/24.
+/// The most nodes one lab holds: node i takes underlay host .(10+i).
 pub const MAX_NODES: u16 = 200;
 /// The most pods per node: a /24 minus network, gateway and broadcast, with room to spare.
 pub const MAX_PODS_PER_NODE: u16 = 250;
+/// Block sizes the lab accepts: a /24 per node (flannel's model) down to /28 blocks of which a
+/// node claims more as it fills (Calico's model).
+pub const BLOCK_SIZES: std::ops::RangeInclusive<u8> = 17..=28;
+pub const DEFAULT_BLOCK_SIZE: u8 = 24;
+/// Short, so that claims expiring after an agent dies are observable in the lab.
+pub const LAB_LEASE_TTL_SECONDS: u64 = 60;
+/// The store host's address on the first segment (the router is .1, nodes are .11 and up).
+pub const STORE_HOST_INDEX: u32 = 2;
+pub const ETCD_CLIENT_PORT: u16 = 2379;
+/// etcd's peer port; only on the store host's own loopback (one member).
+pub const ETCD_PEER_PORT: u16 = 2380;
+/// Where every node agent serves /healthz, /readyz, /metrics: each node namespace has its
+/// own loopback, so one address works for all.
+pub const AGENT_LISTEN: &str = "127.0.0.1:9099";
+/// The agents' node IP autodetection: the node's NIC is eth0.
+pub const AGENT_IP_AUTODETECTION: &str = "interface=eth0";
 /// Segment subnets in order; a lab with 2 segments puts every other node behind the router.
 pub const SEGMENT_SUBNETS: [&str; 2] = ["192.0.2.0/24", "198.51.100.0/24"];
 /// The outside host's network, reached only through the router.
 pub const OUTSIDE_SUBNET: &str = "203.0.113.0/24";
-/// The cluster's pod network; node i gets 10.244.i.0/24 out of it.
+/// The cluster's pod network; every node agent claims its blocks out of it.
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 
 /// Host ports every node maps to its first pod, and the container ports behind them.
@@ -42,6 +58,26 @@ pub const HOST_PORT_TCP: u16 = 30080;
 pub const CONTAINER_PORT_TCP: u16 = 8080;
 pub const HOST_PORT_UDP: u16 = 30053;
 pub const CONTAINER_PORT_UDP: u16 = 5353;
+
+/// Which cluster store the lab's agents share.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// A folder under the lab's state directory, shared by all node agents.
+    #[default]
+    Embedded,
+    /// One etcd member the lab starts in its own "store host" namespace on the underlay.
+    Etcd,
+}
+
+impl StoreKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreKind::Embedded => "embedded",
+            StoreKind::Etcd => "etcd",
+        }
+    }
+}
 
 /// What the user asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,6 +87,13 @@ pub struct LabSpec {
     pub pods_per_node: u16,
     /// Underlay segments (1 or 2); the CLI builds 1 for now.
     pub segments: u8,
+    pub store: StoreKind,
+    /// Prefix length of the blocks the agents claim.
+    pub block_size: u8,
+    pub lease_ttl_seconds: u64,
+    /// The agents' `--poll-interval-seconds` (how fast they notice a leaked address); None
+    /// keeps twilld's default.
+    pub agent_poll_interval: Option<String>,
 }
 
 impl Default for LabSpec {
@@ -60,6 +103,10 @@ impl Default for LabSpec {
             nodes: 1,
             pods_per_node: 2,
             segments: 1,
+            store: StoreKind::Embedded,
+            block_size: DEFAULT_BLOCK_SIZE,
+            lease_ttl_seconds: LAB_LEASE_TTL_SECONDS,
+            agent_poll_interval: None,
         }
     }
 }
@@ -77,7 +124,11 @@ pub enum PlanError {
     BadPodCount(u16),
     #[error("{0} segments asked for: the lab has 1 or 2")]
     BadSegmentCount(u8),
-    #[error("unknown lab member {0:?}: use a node (n1), a pod (n1-p2), rt, out or ul")]
+    #[error("--block-size {0} is out of range: use 17 to 28 (24: one /24 per node; 26: /26 blocks, claimed as nodes fill)")]
+    BadBlockSize(u8),
+    #[error("--agent-poll-interval {0:?} is not a positive number of seconds (e.g. 1 or 0.5)")]
+    BadPollInterval(String),
+    #[error("unknown lab member {0:?}: use a node (n1), a pod (n1-p2), rt, out, ul or st (the etcd host)")]
     UnknownTarget(String),
 }
 
@@ -155,14 +206,42 @@ pub struct NodePlan {
     pub uplink: Veth,
     pub address: Ipv4Net,
     pub gateway: Ipv4Addr,
-    pub pod_subnet: Ipv4Net,
-    /// The bridge's address in the pod subnet: every pod's default gateway.
-    pub pod_gateway: Ipv4Addr,
     pub bridge: String,
     pub dir: PathBuf,
     pub conflist: PathBuf,
+    /// twill-cni's records (and the agent's `--cni-data-dir`).
     pub ipam_dir: PathBuf,
+    /// The hand-off file the node's agent writes and twill-cni reads.
+    pub handoff_file: PathBuf,
+    /// The agent's `--state-dir` (its blocks, remembered across restarts).
+    pub agent_state_dir: PathBuf,
+    pub agent_log: PathBuf,
     pub pods: Vec<PodPlan>,
+}
+
+/// The cluster store the agents share.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorePlan {
+    pub kind: StoreKind,
+    /// The embedded store's folder (set for `embedded`).
+    pub dir: Option<PathBuf>,
+    /// The etcd member (set for `etcd`).
+    pub etcd: Option<EtcdPlan>,
+    pub block_size: u8,
+    pub lease_ttl_seconds: u64,
+    pub agent_poll_interval: Option<String>,
+}
+
+/// One etcd member on its own host on the first segment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EtcdPlan {
+    pub netns: String,
+    pub uplink: Veth,
+    pub address: Ipv4Net,
+    pub client_url: String,
+    pub peer_url: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,6 +252,7 @@ pub struct LabPlan {
     pub segments: Vec<SegmentPlan>,
     pub router: RouterPlan,
     pub outside: HostPlan,
+    pub store: StorePlan,
     pub nodes: Vec<NodePlan>,
 }
 
@@ -222,6 +302,14 @@ pub fn plan(spec: &LabSpec) -> Result<LabPlan, PlanError> {
     }
     if spec.segments == 0 || spec.segments as usize > SEGMENT_SUBNETS.len() {
         return Err(PlanError::BadSegmentCount(spec.segments));
+    }
+    if !BLOCK_SIZES.contains(&spec.block_size) {
+        return Err(PlanError::BadBlockSize(spec.block_size));
+    }
+    if let Some(p) = &spec.agent_poll_interval {
+        if !p.parse::<f64>().is_ok_and(|v| v > 0.0 && v.is_finite()) {
+            return Err(PlanError::BadPollInterval(p.clone()));
+        }
     }
     let name = spec.name.as_str();
     let state_dir = state_dir(name);
@@ -288,8 +376,6 @@ pub fn plan(spec: &LabSpec) -> Result<LabPlan, PlanError> {
             let seg = &segments[segment];
             let netns = format!("{name}-n{i}");
             let address = host(seg.subnet, 10 + i as u32);
-            let pod_subnet = Ipv4Net::new(Ipv4Addr::new(10, 244, i as u8, 0), 24)
-                .expect("a /24 is a valid prefix");
             let dir = state_dir.join(format!("n{i}"));
             let pods = (1..=spec.pods_per_node)
                 .map(|j| PodPlan {
@@ -322,16 +408,48 @@ pub fn plan(spec: &LabSpec) -> Result<LabPlan, PlanError> {
                 segment,
                 address,
                 gateway: seg.gateway,
-                pod_subnet,
-                pod_gateway: host(pod_subnet, 1).addr(),
                 bridge: NODE_BRIDGE.into(),
                 conflist: dir.join("10-twill.conflist"),
                 ipam_dir: dir.join("ipam"),
+                handoff_file: dir.join("node.json"),
+                agent_state_dir: dir.join("agent"),
+                agent_log: dir.join("twilld.log"),
                 dir,
                 pods,
             }
         })
         .collect();
+
+    let etcd = (spec.store == StoreKind::Etcd).then(|| {
+        let seg = &segments[0];
+        let address = host(seg.subnet, STORE_HOST_INDEX);
+        let netns = format!("{name}-st");
+        EtcdPlan {
+            uplink: Veth {
+                netns: netns.clone(),
+                ifname: "eth0".into(),
+                address: Some(address),
+                peer_netns: seg.netns.clone(),
+                peer_ifname: format!("{name}-st"),
+                peer_address: None,
+                peer_master: Some(seg.bridge.clone()),
+            },
+            netns,
+            address,
+            client_url: format!("http://{}:{ETCD_CLIENT_PORT}", address.addr()),
+            peer_url: format!("http://127.0.0.1:{ETCD_PEER_PORT}"),
+            data_dir: state_dir.join("etcd"),
+            log: state_dir.join("etcd.log"),
+        }
+    });
+    let store = StorePlan {
+        kind: spec.store,
+        dir: (spec.store == StoreKind::Embedded).then(|| state_dir.join("store")),
+        etcd,
+        block_size: spec.block_size,
+        lease_ttl_seconds: spec.lease_ttl_seconds,
+        agent_poll_interval: spec.agent_poll_interval.clone(),
+    };
 
     Ok(LabPlan {
         name: name.to_string(),
@@ -340,6 +458,7 @@ pub fn plan(spec: &LabSpec) -> Result<LabPlan, PlanError> {
         segments,
         router,
         outside,
+        store,
         nodes,
     })
 }
@@ -367,6 +486,7 @@ impl LabPlan {
         let mut v: Vec<&str> = self.segments.iter().map(|s| s.netns.as_str()).collect();
         v.push(&self.router.netns);
         v.push(&self.outside.netns);
+        v.extend(self.store.etcd.iter().map(|e| e.netns.as_str()));
         v.extend(self.nodes.iter().map(|n| n.netns.as_str()));
         v
     }
@@ -382,8 +502,70 @@ impl LabPlan {
     pub fn veths(&self) -> Vec<&Veth> {
         let mut v: Vec<&Veth> = self.router.segment_legs.iter().collect();
         v.push(&self.router.outside_leg);
+        v.extend(self.store.etcd.iter().map(|e| &e.uplink));
         v.extend(self.nodes.iter().map(|n| &n.uplink));
         v
+    }
+
+    /// The argument list of node `node`'s agent (after `ip netns exec <node ns> twilld`).
+    pub fn agent_args(&self, node: &NodePlan) -> Vec<String> {
+        let mut a: Vec<String> = vec![
+            "--node-name".into(),
+            node.short.clone(),
+            "--store".into(),
+            self.store.kind.as_str().into(),
+        ];
+        if let Some(dir) = &self.store.dir {
+            a.extend(["--store-dir".into(), dir.display().to_string()]);
+        }
+        if let Some(e) = &self.store.etcd {
+            a.extend(["--etcd-endpoints".into(), e.client_url.clone()]);
+        }
+        let path = |p: &PathBuf| p.display().to_string();
+        a.extend([
+            "--handoff-file".into(),
+            path(&node.handoff_file),
+            "--state-dir".into(),
+            path(&node.agent_state_dir),
+            "--cni-data-dir".into(),
+            path(&node.ipam_dir),
+            "--cni-network".into(),
+            CNI_NETWORK.into(),
+            "--listen".into(),
+            AGENT_LISTEN.into(),
+            "--ip-autodetection".into(),
+            AGENT_IP_AUTODETECTION.into(),
+        ]);
+        if let Some(p) = &self.store.agent_poll_interval {
+            a.extend(["--poll-interval-seconds".into(), p.clone()]);
+        }
+        a
+    }
+
+    /// The etcd member's argument list (after `ip netns exec <store ns> etcd`): one member,
+    /// the fast timings the runbook measured (healthy in well under a second).
+    pub fn etcd_args(&self) -> Option<Vec<String>> {
+        let e = self.store.etcd.as_ref()?;
+        Some(vec![
+            "--name".into(),
+            self.name.clone(),
+            "--data-dir".into(),
+            e.data_dir.display().to_string(),
+            "--listen-client-urls".into(),
+            e.client_url.clone(),
+            "--advertise-client-urls".into(),
+            e.client_url.clone(),
+            "--listen-peer-urls".into(),
+            e.peer_url.clone(),
+            "--initial-advertise-peer-urls".into(),
+            e.peer_url.clone(),
+            "--initial-cluster".into(),
+            format!("{}={}", self.name, e.peer_url),
+            "--initial-cluster-state".into(),
+            "new".into(),
+            "--heartbeat-interval=10".into(),
+            "--election-timeout=100".into(),
+        ])
     }
 
     pub fn pods(&self) -> impl Iterator<Item = &PodPlan> {
@@ -401,6 +583,14 @@ impl LabPlan {
         match target {
             "rt" => return Ok(&self.router.netns),
             "out" => return Ok(&self.outside.netns),
+            "st" => {
+                return self
+                    .store
+                    .etcd
+                    .as_ref()
+                    .map(|e| e.netns.as_str())
+                    .ok_or_else(unknown)
+            }
             _ => {}
         }
         if let Some(seg) = self
@@ -430,6 +620,7 @@ mod tests {
             nodes,
             pods_per_node: pods,
             segments,
+            ..LabSpec::default()
         }
     }
 
@@ -482,6 +673,24 @@ mod tests {
             PlanError::BadSegmentCount(3)
         );
         assert!(plan(&spec(MAX_NODES, MAX_PODS_PER_NODE, 2)).is_ok());
+        let bs = |block_size| LabSpec {
+            block_size,
+            ..spec(1, 1, 1)
+        };
+        assert_eq!(plan(&bs(16)).unwrap_err(), PlanError::BadBlockSize(16));
+        assert_eq!(plan(&bs(29)).unwrap_err(), PlanError::BadBlockSize(29));
+        assert!(plan(&bs(26)).is_ok());
+        let poll = |p: &str| LabSpec {
+            agent_poll_interval: Some(p.into()),
+            ..spec(1, 1, 1)
+        };
+        assert!(plan(&poll("0.5")).is_ok());
+        for bad in ["0", "-1", "x", "inf"] {
+            assert_eq!(
+                plan(&poll(bad)).unwrap_err(),
+                PlanError::BadPollInterval(bad.into())
+            );
+        }
     }
 
     #[test]
@@ -520,9 +729,22 @@ mod tests {
         assert_eq!(n.uplink.ifname, "eth0");
         assert_eq!(n.uplink.peer_ifname, "twllab-n1");
         assert_eq!(n.uplink.peer_master.as_deref(), Some("twllab-br"));
-        assert_eq!(n.pod_subnet.to_string(), "10.244.1.0/24");
-        assert_eq!(n.pod_gateway, Ipv4Addr::new(10, 244, 1, 1));
         assert_eq!(n.bridge, "twl0");
+        assert_eq!(n.handoff_file, PathBuf::from("/run/twllab/n1/node.json"));
+        assert_eq!(n.agent_state_dir, PathBuf::from("/run/twllab/n1/agent"));
+        assert_eq!(n.agent_log, PathBuf::from("/run/twllab/n1/twilld.log"));
+        // The embedded store by default: one folder shared by every node, no store host.
+        assert_eq!(p.store.kind, StoreKind::Embedded);
+        assert_eq!(p.store.dir, Some(PathBuf::from("/run/twllab/store")));
+        assert!(p.store.etcd.is_none());
+        assert_eq!(
+            p.agent_args(n).join(" "),
+            "--node-name n1 --store embedded --store-dir /run/twllab/store \
+             --handoff-file /run/twllab/n1/node.json --state-dir /run/twllab/n1/agent \
+             --cni-data-dir /run/twllab/n1/ipam --cni-network twill --listen 127.0.0.1:9099 \
+             --ip-autodetection interface=eth0"
+        );
+        assert!(p.etcd_args().is_none());
         assert_eq!(
             n.conflist,
             PathBuf::from("/run/twllab/n1/10-twill.conflist")
@@ -571,18 +793,15 @@ mod tests {
         })
         .unwrap();
         let mut addrs = std::collections::HashSet::new();
-        let mut subnets = std::collections::HashSet::new();
+        let mut dirs = std::collections::HashSet::new();
         for n in &p.nodes {
             assert!(addrs.insert(n.address.addr()), "duplicate {}", n.address);
-            assert!(subnets.insert(n.pod_subnet), "duplicate {}", n.pod_subnet);
+            assert!(dirs.insert(n.handoff_file.clone()));
             assert!(p.segments[n.segment].subnet.contains(&n.address.addr()));
-            assert!(p.cluster_cidr.contains(&n.pod_subnet));
-            assert!(n.pod_subnet.contains(&n.pod_gateway));
             assert_ne!(n.address.addr(), p.segments[n.segment].gateway);
             assert_ne!(n.address.addr(), n.address.broadcast());
         }
         assert_eq!(p.nodes[199].address.to_string(), "192.0.2.210/24");
-        assert_eq!(p.nodes[199].pod_subnet.to_string(), "10.244.200.0/24");
     }
 
     #[test]
@@ -627,6 +846,43 @@ mod tests {
             "198.51.100.1/24"
         );
         assert_eq!(p.router.outside_leg.ifname, "eth2");
+    }
+
+    #[test]
+    fn an_etcd_lab_has_a_store_host_on_the_first_segment() {
+        let p = plan(&LabSpec {
+            store: StoreKind::Etcd,
+            block_size: 26,
+            agent_poll_interval: Some("1".into()),
+            ..spec(2, 1, 2)
+        })
+        .unwrap();
+        assert_eq!(p.store.dir, None);
+        let e = p.store.etcd.as_ref().unwrap();
+        assert_eq!(e.netns, "twllab-st");
+        assert_eq!(e.address.to_string(), "192.0.2.2/24");
+        assert_eq!(e.client_url, "http://192.0.2.2:2379");
+        assert_eq!(e.uplink.peer_master.as_deref(), Some("twllab-br"));
+        assert_eq!(e.data_dir, PathBuf::from("/run/twllab/etcd"));
+        assert_eq!(p.target_netns("st").unwrap(), "twllab-st");
+        assert!(p.infra_netns().contains(&"twllab-st"));
+        assert!(p.veths().iter().any(|v| v.netns == "twllab-st"));
+        let args = p.agent_args(&p.nodes[1]).join(" ");
+        assert!(
+            args.starts_with("--node-name n2 --store etcd --etcd-endpoints http://192.0.2.2:2379 "),
+            "{args}"
+        );
+        assert!(args.ends_with("--poll-interval-seconds 1"), "{args}");
+        let etcd = p.etcd_args().unwrap().join(" ");
+        assert!(
+            etcd.contains("--listen-client-urls http://192.0.2.2:2379")
+                && etcd.contains("--initial-cluster twllab=http://127.0.0.1:2380")
+                && etcd.contains("--data-dir /run/twllab/etcd"),
+            "{etcd}"
+        );
+        // Without etcd there is no `st` member.
+        let plain = plan(&spec(1, 1, 1)).unwrap();
+        assert!(plain.target_netns("st").is_err());
     }
 
     #[test]

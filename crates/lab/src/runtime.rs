@@ -17,6 +17,10 @@ pub const CNI_VERSION: &str = "1.1.0";
 pub const PLUGIN_TYPE: &str = "twill-cni";
 /// Env var that overrides where the plugin binary is.
 pub const CNI_BIN_ENV: &str = "TWILL_CNI_BIN";
+/// The node agent's binary name.
+pub const AGENT_BIN: &str = "twilld";
+/// Env var that overrides where the node agent binary is.
+pub const TWILLD_BIN_ENV: &str = "TWILL_TWILLD_BIN";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -77,19 +81,27 @@ impl CniCommand {
 /// Where the plugin binary is: `--cni-bin`, else `$TWILL_CNI_BIN`, else `twill-cni` next to
 /// the running executable (where cargo and installs put both binaries).
 pub fn locate_plugin(flag: Option<&Path>, env: Option<&str>, current_exe: &Path) -> PathBuf {
+    locate_binary(PLUGIN_TYPE, flag, env, current_exe)
+}
+
+/// Where binary `name` is: the flag, else the env value, else next to the running executable.
+pub fn locate_binary(
+    name: &str,
+    flag: Option<&Path>,
+    env: Option<&str>,
+    current_exe: &Path,
+) -> PathBuf {
     if let Some(p) = flag {
         return p.to_path_buf();
     }
     if let Some(p) = env.filter(|s| !s.is_empty()) {
         return PathBuf::from(p);
     }
-    current_exe
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join(PLUGIN_TYPE)
+    current_exe.parent().unwrap_or(Path::new(".")).join(name)
 }
 
-/// The conflist a node's runtime reads (as from /etc/cni/net.d/10-twill.conflist).
+/// The conflist a node's runtime reads (as from /etc/cni/net.d/10-twill.conflist). It names
+/// no subnet: twill-cni takes the node's blocks from the hand-off file the node's agent writes.
 pub fn node_conflist(plan: &LabPlan, node: &NodePlan) -> Value {
     json!({
         "cniVersion": CNI_VERSION,
@@ -104,7 +116,7 @@ pub fn node_conflist(plan: &LabPlan, node: &NodePlan) -> Value {
             "capabilities": {"portMappings": true},
             "ipam": {
                 "type": "twill",
-                "subnet": node.pod_subnet.to_string(),
+                "handoffFile": node.handoff_file.display().to_string(),
                 "dataDir": node.ipam_dir.display().to_string(),
             },
         }],
@@ -251,6 +263,19 @@ pub fn pod_address(result: &Value) -> Option<Ipv4Addr> {
     })
 }
 
+/// The pod's gateway from an ADD result: the `gateway` of the pod's address (the bridge's
+/// address in the block the pod's address came from).
+pub fn pod_gateway(result: &Value) -> Option<Ipv4Addr> {
+    let pod = pod_address(result)?;
+    result.get("ips")?.as_array()?.iter().find_map(|ip| {
+        let net: ipnet::Ipv4Net = ip.get("address")?.as_str()?.parse().ok()?;
+        if net.addr() != pod {
+            return None;
+        }
+        ip.get("gateway")?.as_str()?.parse().ok()
+    })
+}
+
 /// Runs the plugin inside the node's namespace (`ip netns exec`, which also mounts the node's
 /// own /sys, as the plugin would see it on a real node), config on stdin.
 pub fn exec_plugin(
@@ -313,6 +338,7 @@ mod tests {
             nodes: 1,
             pods_per_node: 2,
             segments: 1,
+            ..LabSpec::default()
         })
         .unwrap()
     }
@@ -323,8 +349,8 @@ mod tests {
         let expected: Value = serde_json::from_str(
             r#"{"cniVersion":"1.1.0","name":"twill","plugins":[{"type":"twill-cni","bridge":"twl0",
             "mtu":1500,"ipMasq":true,"hairpinMode":true,"clusterCIDR":"10.244.0.0/16",
-            "capabilities":{"portMappings":true},"ipam":{"type":"twill","subnet":"10.244.1.0/24",
-            "dataDir":"/run/twllab/n1/ipam"}}]}"#,
+            "capabilities":{"portMappings":true},"ipam":{"type":"twill",
+            "handoffFile":"/run/twllab/n1/node.json","dataDir":"/run/twllab/n1/ipam"}}]}"#,
         )
         .unwrap();
         assert_eq!(node_conflist(&p, &p.nodes[0]), expected);
@@ -339,7 +365,8 @@ mod tests {
         assert_eq!(conf["name"], "twill");
         assert_eq!(conf["cniVersion"], "1.1.0");
         assert_eq!(conf["type"], "twill-cni");
-        assert_eq!(conf["ipam"]["subnet"], "10.244.1.0/24");
+        assert_eq!(conf["ipam"]["handoffFile"], "/run/twllab/n1/node.json");
+        assert!(conf["ipam"].get("subnet").is_none());
         assert_eq!(conf["capabilities"], json!({"portMappings": true}));
         assert_eq!(
             conf["runtimeConfig"],
@@ -417,6 +444,10 @@ mod tests {
             locate_plugin(None, None, exe),
             Path::new("/usr/local/bin/twill-cni")
         );
+        assert_eq!(
+            locate_binary(AGENT_BIN, None, None, exe),
+            Path::new("/usr/local/bin/twilld")
+        );
     }
 
     #[test]
@@ -428,6 +459,11 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(pod_address(&v), Some(Ipv4Addr::new(10, 244, 1, 7)));
+        assert_eq!(pod_gateway(&v), Some(Ipv4Addr::new(10, 244, 1, 1)));
+        assert_eq!(
+            pod_gateway(&json!({"ips":[{"address":"10.244.1.9/24"}]})),
+            None
+        );
 
         // An address on a host-side interface is not the pod's.
         let host_only = json!({"interfaces":[{"name":"twl0"}],

@@ -49,6 +49,20 @@ pub struct PodRecord {
     pub result: Option<Value>,
 }
 
+/// A daemon the lab started (a node agent, the etcd member): enough to stop it by PID and to
+/// start it again exactly as before.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcRecord {
+    /// `n1` for an agent, `etcd` for the store.
+    pub role: String,
+    pub netns: String,
+    pub bin: PathBuf,
+    pub args: Vec<String>,
+    pub log: PathBuf,
+    /// None once it was stopped on purpose (`twill lab store stop`).
+    pub pid: Option<u32>,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LabState {
     pub plan: LabPlan,
@@ -57,19 +71,35 @@ pub struct LabState {
     /// Namespaces `up` created, in order.
     pub netns: Vec<String>,
     pub pods: Vec<PodRecord>,
-    /// Processes the lab started (node agents, later); `down` kills exactly these.
+    /// Other processes the lab started; `down` kills exactly these.
     pub pids: Vec<u32>,
+    /// The node agent binary `up` used.
+    #[serde(default)]
+    pub twilld_bin: PathBuf,
+    /// The node agents, one per node.
+    #[serde(default)]
+    pub agents: Vec<ProcRecord>,
+    /// The etcd member, for `--store etcd`.
+    #[serde(default)]
+    pub etcd: Option<ProcRecord>,
 }
 
 impl LabState {
-    pub fn new(plan: LabPlan, cni_bin: PathBuf) -> LabState {
+    pub fn new(plan: LabPlan, cni_bin: PathBuf, twilld_bin: PathBuf) -> LabState {
         LabState {
             plan,
             cni_bin,
             netns: Vec::new(),
             pods: Vec::new(),
             pids: Vec::new(),
+            twilld_bin,
+            agents: Vec::new(),
+            etcd: None,
         }
+    }
+
+    pub fn agent(&self, node: &str) -> Option<&ProcRecord> {
+        self.agents.iter().find(|a| a.role == node)
     }
 
     pub fn file(dir: &Path) -> PathBuf {

@@ -1,5 +1,7 @@
 //! `twill lab status`: the lab's namespaces with their interfaces and addresses, read live from
-//! the kernel (`ip -j -n NS addr`), plus each node's pod subnet and its pods' addresses.
+//! the kernel (`ip -j -n NS addr`); per node what its agent published in the store (node IP
+//! and why, blocks), the agent's readiness (its /readyz, asked inside the node), and the
+//! pods' addresses.
 
 use std::fmt::Write;
 use std::net::Ipv4Addr;
@@ -8,6 +10,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::build::{ip, netns_exists, LabError};
+use crate::daemons;
 use crate::plan::PortMapping;
 use crate::state::LabState;
 
@@ -35,13 +38,33 @@ pub struct PodStatus {
     pub port_mappings: Vec<PortMapping>,
 }
 
+/// A node agent as the lab sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub pid: Option<u32>,
+    pub running: bool,
+    /// /readyz answered 200.
+    pub ready: bool,
+    /// /readyz's answer ("ready", or why not), or why it could not be asked.
+    pub readyz: String,
+    /// `twill_lease_renewals_total` from its /metrics.
+    pub lease_renewals: Option<u64>,
+    pub log: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NodeStatus {
     pub name: String,
     pub netns: String,
+    /// The address the lab gave the node's eth0.
     pub address: Ipv4Net,
-    pub pod_subnet: Ipv4Net,
-    pub pod_gateway: Ipv4Addr,
+    /// The node IP its agent chose, how and why (from the store's `nodes/<name>`).
+    pub node_ip: Option<Ipv4Addr>,
+    pub ip_method: Option<String>,
+    pub ip_reason: Option<String>,
+    /// The blocks the node holds (from the store).
+    pub blocks: Vec<Ipv4Net>,
+    pub agent: AgentStatus,
     pub pods: Vec<PodStatus>,
 }
 
@@ -51,6 +74,10 @@ pub struct LabStatus {
     pub state_dir: String,
     pub cluster_cidr: Ipv4Net,
     pub cni_bin: String,
+    /// `embedded` or `etcd`, and where.
+    pub store: String,
+    /// Why the store could not be read, if it could not.
+    pub store_error: Option<String>,
     pub namespaces: Vec<NetnsStatus>,
     pub nodes: Vec<NodeStatus>,
 }
@@ -100,6 +127,9 @@ fn role(state: &LabState, netns: &str) -> String {
     if p.outside.netns == netns {
         return "outside host".into();
     }
+    if p.store.etcd.as_ref().is_some_and(|e| e.netns == netns) {
+        return "store host (etcd)".into();
+    }
     if let Some(n) = p.nodes.iter().find(|n| n.netns == netns) {
         return format!("node {}", n.short);
     }
@@ -131,35 +161,91 @@ pub fn status(state: &LabState) -> Result<LabStatus, LabError> {
             interfaces,
         });
     }
+    let (published, store_error) = match daemons::read_nodes(plan) {
+        Ok(m) => (m, None),
+        Err(e) => (Default::default(), Some(e)),
+    };
     let nodes = plan
         .nodes
         .iter()
-        .map(|n| NodeStatus {
-            name: n.short.clone(),
-            netns: n.netns.clone(),
-            address: n.address,
-            pod_subnet: n.pod_subnet,
-            pod_gateway: n.pod_gateway,
-            pods: n
-                .pods
-                .iter()
-                .map(|p| PodStatus {
-                    name: p.short.clone(),
-                    netns: p.netns.clone(),
-                    address: state.pod(&p.short).and_then(|r| r.address),
-                    port_mappings: p.port_mappings.clone(),
-                })
-                .collect(),
+        .map(|n| {
+            let p = published.get(&n.short);
+            NodeStatus {
+                name: n.short.clone(),
+                netns: n.netns.clone(),
+                address: n.address,
+                node_ip: p.map(|p| p.address),
+                ip_method: p.map(|p| p.autodetection.clone()),
+                ip_reason: p.map(|p| p.reason.clone()),
+                blocks: p.map(|p| p.blocks.clone()).unwrap_or_default(),
+                agent: agent_status(state, &n.short),
+                pods: n
+                    .pods
+                    .iter()
+                    .map(|p| PodStatus {
+                        name: p.short.clone(),
+                        netns: p.netns.clone(),
+                        address: state.pod(&p.short).and_then(|r| r.address),
+                        port_mappings: p.port_mappings.clone(),
+                    })
+                    .collect(),
+            }
         })
         .collect();
+    let store = match (&plan.store.dir, &plan.store.etcd) {
+        (Some(dir), _) => format!("embedded, folder {}", dir.display()),
+        (_, Some(e)) => format!(
+            "etcd {} in {} (pid {})",
+            e.client_url,
+            e.netns,
+            state
+                .etcd
+                .as_ref()
+                .and_then(|r| r.pid)
+                .map_or("stopped".into(), |p| p.to_string())
+        ),
+        _ => plan.store.kind.as_str().into(),
+    };
     Ok(LabStatus {
         name: plan.name.clone(),
         state_dir: plan.state_dir.display().to_string(),
         cluster_cidr: plan.cluster_cidr,
         cni_bin: state.cni_bin.display().to_string(),
+        store,
+        store_error,
         namespaces,
         nodes,
     })
+}
+
+/// Asks node `node`'s agent, inside its namespace, how it is.
+fn agent_status(state: &LabState, node: &str) -> AgentStatus {
+    let rec = state.agent(node);
+    let pid = rec.and_then(|r| r.pid);
+    let running = rec.is_some_and(|r| r.pid.is_some_and(|p| daemons::is_ours(p, &r.bin)));
+    let netns = state
+        .plan
+        .nodes
+        .iter()
+        .find(|n| n.short == node)
+        .map(|n| n.netns.clone())
+        .unwrap_or_default();
+    let (ready, readyz) = match daemons::http_get(&netns, daemons::agent_addr(), "/readyz") {
+        Ok((code, body)) => (code == 200, body.trim().to_string()),
+        Err(e) => (false, format!("unreachable: {e}")),
+    };
+    let lease_renewals = daemons::http_get(&netns, daemons::agent_addr(), "/metrics")
+        .ok()
+        .and_then(|(_, page)| daemons::metric(&page, "twill_lease_renewals_total"))
+        .map(|v| v as u64);
+    AgentStatus {
+        pid,
+        running,
+        ready,
+        readyz,
+        lease_renewals,
+        log: rec.map(|r| r.log.display().to_string()).unwrap_or_default(),
+    }
 }
 
 /// The human-readable status.
@@ -170,18 +256,38 @@ pub fn render(s: &LabStatus) -> String {
         "lab {} (state {}, cluster CIDR {}, plugin {})",
         s.name, s.state_dir, s.cluster_cidr, s.cni_bin
     );
+    let _ = writeln!(o, "store: {}", s.store);
+    if let Some(e) = &s.store_error {
+        let _ = writeln!(o, "store unreadable: {e}");
+    }
     let _ = writeln!(
         o,
-        "\nNODE  NETNS                 ADDRESS           POD SUBNET        GATEWAY"
+        "\nNODE  NETNS                 NODE IP          BLOCKS                  AGENT"
     );
     for n in &s.nodes {
-        // Ipv4Net ignores width flags: format to strings first.
-        let (addr, subnet) = (n.address.to_string(), n.pod_subnet.to_string());
+        let ip = n.node_ip.map_or("-".into(), |a| a.to_string());
+        let blocks: Vec<String> = n.blocks.iter().map(|b| b.to_string()).collect();
+        let blocks = if blocks.is_empty() {
+            "-".into()
+        } else {
+            blocks.join(",")
+        };
+        let agent = match (n.agent.running, n.agent.ready) {
+            (false, _) => format!(
+                "not running (pid {})",
+                n.agent.pid.map_or("-".into(), |p| p.to_string())
+            ),
+            (true, true) => format!("ready (pid {})", n.agent.pid.unwrap_or(0)),
+            (true, false) => format!("NOT READY: {}", n.agent.readyz),
+        };
         let _ = writeln!(
             o,
-            "{:<5} {:<21} {:<17} {:<17} {}",
-            n.name, n.netns, addr, subnet, n.pod_gateway
+            "{:<5} {:<21} {:<16} {:<23} {}",
+            n.name, n.netns, ip, blocks, agent
         );
+        if let (Some(m), Some(r)) = (&n.ip_method, &n.ip_reason) {
+            let _ = writeln!(o, "      node IP by {m}: {r}");
+        }
     }
     let _ = writeln!(
         o,

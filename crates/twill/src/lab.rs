@@ -4,8 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
-use twill_lab::plan::{self, LabSpec, DEFAULT_NAME};
-use twill_lab::{build, check, runtime, status};
+use twill_lab::plan::{self, LabSpec, StoreKind, DEFAULT_BLOCK_SIZE, DEFAULT_NAME};
+use twill_lab::{build, check, daemons, runtime, status};
+
+use crate::store_args::{StoreArgs, StoreKind as StoreFlag};
 
 #[derive(Args)]
 pub struct LabArgs {
@@ -22,7 +24,8 @@ enum Output {
 #[derive(Args)]
 struct NameArg {
     /// Lab name: starts with "twl", at most 8 of a-z/0-9; every namespace is named <name>-...
-    #[arg(long, default_value = DEFAULT_NAME)]
+    // Global: `twill lab store stop --name X` works as well as `store --name X stop`.
+    #[arg(long, default_value = DEFAULT_NAME, global = true)]
     name: String,
 }
 
@@ -33,9 +36,34 @@ struct CniArg {
     cni_bin: Option<PathBuf>,
 }
 
+#[derive(Args)]
+struct AgentArgs {
+    /// The twilld binary [default: $TWILL_TWILLD_BIN, else twilld next to this twill]
+    #[arg(long, value_name = "PATH")]
+    twilld_bin: Option<PathBuf>,
+    /// Prefix length of the blocks the agents claim: 24 gives each node a /24 (flannel's
+    /// model); 26 gives /26 blocks, claimed as a node fills (Calico's)
+    #[arg(long, default_value_t = DEFAULT_BLOCK_SIZE, value_name = "LEN")]
+    block_size: u8,
+    /// The agents' --poll-interval-seconds: how soon they notice a pod that vanished
+    /// [default: twilld's]
+    #[arg(long, env = "TWILL_LAB_AGENT_POLL_INTERVAL", value_name = "SECONDS")]
+    agent_poll_interval: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum StoreAction {
+    /// Stop the etcd member (SIGTERM, SIGKILL after 8 s); its data stays.
+    Stop,
+    /// Start the etcd member again with the same arguments and data; waits for /health.
+    Start,
+}
+
 #[derive(Subcommand)]
 enum LabCommand {
-    /// Build the lab: underlay switch, router, outside host, nodes, and pods wired by twill-cni.
+    /// Build the lab: underlay switch, router, outside host, the store (embedded, or an etcd
+    /// member with the global --store etcd), nodes each running twilld, and pods wired by
+    /// twill-cni from the blocks their node's agent claimed.
     Up {
         #[command(flatten)]
         name: NameArg,
@@ -47,19 +75,38 @@ enum LabCommand {
         pods_per_node: u16,
         #[command(flatten)]
         cni: CniArg,
+        #[command(flatten)]
+        agent: AgentArgs,
     },
-    /// Namespaces, interfaces and addresses (read live), node subnets and pod addresses.
+    /// Restart a node's twilld with the arguments it had, and wait until it is ready.
+    RestartAgent {
+        #[command(flatten)]
+        name: NameArg,
+        /// n1, n2, ...
+        #[arg(value_name = "NODE")]
+        node: String,
+    },
+    /// Stop or start the lab's etcd member (--store etcd labs), e.g. to watch the agents ride
+    /// out an outage.
+    Store {
+        #[command(flatten)]
+        name: NameArg,
+        #[command(subcommand)]
+        action: StoreAction,
+    },
+    /// Per node: the IP its agent chose and why, its blocks, the agent's readiness; pods;
+    /// namespaces, interfaces and addresses (read live).
     Status {
         #[command(flatten)]
         name: NameArg,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
-    /// Run a command inside a lab member (n1, n1-p2, rt, out, ul); its exit code passes through.
+    /// Run a command inside a lab member (n1, n1-p2, rt, out, ul, st); its exit code passes through.
     Exec {
         #[command(flatten)]
         name: NameArg,
-        /// n1, n1-p2, rt, out or ul.
+        /// n1, n1-p2, rt, out, ul, or st (the etcd host of a --store etcd lab).
         #[arg(value_name = "NODE_OR_POD")]
         target: String,
         /// The command, after `--`.
@@ -73,7 +120,8 @@ enum LabCommand {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
-    /// Remove the lab: DEL every pod, delete its namespaces and /run/<name>.
+    /// Remove the lab: stop the agents and etcd, DEL every pod, delete its namespaces and
+    /// /run/<name>.
     Down {
         #[command(flatten)]
         name: NameArg,
@@ -82,10 +130,15 @@ enum LabCommand {
     Demo {
         #[command(flatten)]
         name: NameArg,
+        /// Number of nodes.
+        #[arg(long, default_value_t = 2)]
+        nodes: u16,
         #[arg(long, default_value_t = 2)]
         pods_per_node: u16,
         #[command(flatten)]
         cni: CniArg,
+        #[command(flatten)]
+        agent: AgentArgs,
     },
 }
 
@@ -103,32 +156,91 @@ fn cni_bin(arg: &CniArg) -> anyhow::Result<PathBuf> {
     ))
 }
 
+fn twilld_bin(arg: &AgentArgs) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot find the running twill executable")?;
+    let env = std::env::var(runtime::TWILLD_BIN_ENV).ok();
+    Ok(runtime::locate_binary(
+        runtime::AGENT_BIN,
+        arg.twilld_bin.as_deref(),
+        env.as_deref(),
+        &exe,
+    ))
+}
+
+/// The lab's store from the global --store flag: embedded unless etcd is asked for.
+fn lab_store(store: &StoreArgs) -> anyhow::Result<StoreKind> {
+    match store.store {
+        None | Some(StoreFlag::Embedded) => Ok(StoreKind::Embedded),
+        Some(StoreFlag::Etcd) => Ok(StoreKind::Etcd),
+        Some(StoreFlag::Static) => anyhow::bail!(
+            "the lab runs its agents on --store embedded (the default) or --store etcd; a static store has no claims to show"
+        ),
+    }
+}
+
+fn spec(
+    name: String,
+    nodes: u16,
+    pods_per_node: u16,
+    store: StoreKind,
+    agent: &AgentArgs,
+) -> LabSpec {
+    LabSpec {
+        name,
+        nodes,
+        pods_per_node,
+        segments: 1,
+        store,
+        block_size: agent.block_size,
+        agent_poll_interval: agent.agent_poll_interval.clone(),
+        ..LabSpec::default()
+    }
+}
+
 fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 
-pub fn run(args: LabArgs) -> anyhow::Result<i32> {
+pub fn run(args: LabArgs, store: &StoreArgs) -> anyhow::Result<i32> {
     match args.command {
         LabCommand::Up {
             name,
             nodes,
             pods_per_node,
             cni,
+            agent,
         } => {
-            let spec = LabSpec {
-                name: name.name,
-                nodes,
-                pods_per_node,
-                segments: 1,
-            };
-            let state = build::up(&spec, &cni_bin(&cni)?, &progress)?;
+            let spec = spec(name.name, nodes, pods_per_node, lab_store(store)?, &agent);
+            let state = build::up(&spec, &cni_bin(&cni)?, &twilld_bin(&agent)?, &progress)?;
             println!(
                 "lab {} is up: {} node(s), {} pod(s); try `twill lab status --name {0}` and `twill lab check --name {0}`",
                 state.plan.name,
                 state.plan.nodes.len(),
                 state.pods.len()
             );
+            Ok(0)
+        }
+        LabCommand::RestartAgent { name, node } => {
+            let mut state = build::load(&name.name)?;
+            let pid = build::restart_agent(&mut state, &node)?;
+            println!("node {node}: twilld restarted (pid {pid}) and ready");
+            Ok(0)
+        }
+        LabCommand::Store { name, action } => {
+            let mut state = build::load(&name.name)?;
+            match action {
+                StoreAction::Stop => {
+                    if let Some(note) = build::store_stop(&mut state)? {
+                        eprintln!("twill: warning: {note}");
+                    }
+                    println!("etcd of lab {} stopped; its data is kept", name.name);
+                }
+                StoreAction::Start => {
+                    let pid = build::store_start(&mut state)?;
+                    println!("etcd of lab {} running (pid {pid}) and healthy", name.name);
+                }
+            }
             Ok(0)
         }
         LabCommand::Status { name, output } => {
@@ -166,51 +278,107 @@ pub fn run(args: LabArgs) -> anyhow::Result<i32> {
         }
         LabCommand::Demo {
             name,
+            nodes,
             pods_per_node,
             cni,
-        } => demo(&name.name, pods_per_node, &cni_bin(&cni)?),
+            agent,
+        } => {
+            let spec = spec(name.name, nodes, pods_per_node, lab_store(store)?, &agent);
+            demo(&spec, &cni_bin(&cni)?, &twilld_bin(&agent)?)
+        }
     }
 }
 
 /// The classic walk through pod networking, built and proven in one go.
-fn demo(name: &str, pods_per_node: u16, cni_bin: &std::path::Path) -> anyhow::Result<i32> {
-    let spec = LabSpec {
-        name: name.into(),
-        nodes: 1,
-        pods_per_node,
-        segments: 1,
-    };
-    let p = plan::plan(&spec)?;
+fn demo(
+    spec: &LabSpec,
+    cni_bin: &std::path::Path,
+    twilld_bin: &std::path::Path,
+) -> anyhow::Result<i32> {
+    let name = spec.name.as_str();
+    let p = plan::plan(spec)?;
     let node = &p.nodes[0];
     let seg = &p.segments[0];
     println!(
         "== 1. Network namespaces\n\
          Every machine of the lab is a network namespace: its own interfaces, routes and firewall.\n\
          A new one holds only `lo`. The lab makes: {} (the underlay switch), {} (a router),\n\
-         {} (a host on the outside), {} (a node), and one per pod.\n",
-        seg.netns, p.router.netns, p.outside.netns, node.netns
+         {} (a host on the outside), {} node(s) ({} ...), and one per pod.\n",
+        seg.netns,
+        p.router.netns,
+        p.outside.netns,
+        p.nodes.len(),
+        node.netns
     );
     println!(
         "== 2. veth pairs and bridges\n\
          A veth pair is a cable between two namespaces. The underlay is a Linux bridge ({} in {}),\n\
-         a layer-2 switch: the node's eth0 ({}) and the router's leg ({}/24) plug into it.\n",
-        seg.bridge, seg.netns, node.address, seg.gateway
+         a layer-2 switch: each node's eth0 ({} for {}) and the router's leg ({}/24) plug into it.\n",
+        seg.bridge, seg.netns, node.address, node.short, seg.gateway
+    );
+    let store_text = match &p.store.etcd {
+        Some(e) => format!(
+            "one etcd member, started by the lab on its own host {} ({}), data in {}:\n\
+             the strongly consistent store a real cluster uses",
+            e.netns,
+            e.client_url,
+            e.data_dir.display()
+        ),
+        None => format!(
+            "the embedded store, a folder ({}) all node agents of this machine share:\n\
+             no server, the same keys and semantics as etcd",
+            p.store
+                .dir
+                .as_ref()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default()
+        ),
+    };
+    println!(
+        "== 3. The cluster store and the network config\n\
+         Every node must own pod addresses no other node owns. Who owns what is recorded in\n\
+         the store: {store_text}.\n\
+         Before any agent starts, the lab writes the network config there (key /twill/v1/config):\n\
+         clusterCIDR {}, blocks of /{}, leases of {} s, masquerade on.\n",
+        p.cluster_cidr, p.store.block_size, p.store.lease_ttl_seconds
     );
     println!(
-        "== 3. The runtime calls the CNI plugin\n\
+        "== 4. One agent per node: twilld\n\
+         The lab starts `ip netns exec {} {} {}`\n\
+         (and likewise on every node). The agent:\n\
+         - picks its node IP: `--ip-autodetection {}` takes eth0's address; it records\n\
+           the address and why in the store (nodes/{}), shown by `twill lab status`;\n\
+         - claims a block of /{} out of {} by an atomic create-if-absent (blocks/<cidr>),\n\
+           bound to a lease it keeps alive; if it dies, the claim expires after the lease TTL;\n\
+           restarted, it takes the same blocks back, so running pods keep their addresses;\n\
+         - writes the hand-off file {} for twill-cni: the node's blocks, the\n\
+           cluster CIDR, MTU and masquerade (the role of flannel's subnet.env);\n\
+         - serves /healthz, /readyz, /metrics on {} inside the node: the lab waits for\n\
+           /readyz before it creates any pod.\n",
+        node.netns,
+        twilld_bin.display(),
+        p.agent_args(node).join(" "),
+        plan::AGENT_IP_AUTODETECTION,
+        node.short,
+        p.store.block_size,
+        p.cluster_cidr,
+        node.handoff_file.display(),
+        plan::AGENT_LISTEN
+    );
+    println!(
+        "== 5. The runtime calls the CNI plugin\n\
          For each pod the lab does what kubelet's container runtime does: it creates the pod's\n\
          namespace and runs `twill-cni` inside the node with CNI_COMMAND=ADD,\n\
          CNI_NETNS=/run/netns/<pod>, CNI_IFNAME=eth0 and the network config on stdin\n\
-         (from {}). The plugin makes a veth pair (eth0 in the pod, the other end a\n\
-         port of the node bridge {}), picks an address in {} and routes the pod via {}:\n\
-         the docker0/cni0 model.\n",
+         (from {}). That config names no subnet, only the hand-off file:\n\
+         the plugin picks a free address in the node's block (no network round trip), makes a\n\
+         veth pair (eth0 in the pod, the other end a port of the node bridge {}) and routes\n\
+         the pod via the bridge's address in that block: the docker0/cni0 model.\n",
         node.conflist.display(),
         node.bridge,
-        node.pod_subnet,
-        node.pod_gateway
     );
     println!("building lab {name} ...");
-    let state = match build::up(&spec, cni_bin, &progress) {
+    let state = match build::up(spec, cni_bin, twilld_bin, &progress) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("twill: error: {e}");
@@ -218,7 +386,7 @@ fn demo(name: &str, pods_per_node: u16, cni_bin: &std::path::Path) -> anyhow::Re
         }
     };
     let outcome = demo_body(&state);
-    println!("\n== 7. Cleaning up\nDEL for every pod (with the ADD result as prevResult), then the namespaces.");
+    println!("\n== 10. Cleaning up\nThe agents and the store stop (SIGTERM), DEL for every pod (with the ADD result as\nprevResult), then the namespaces.");
     let down = build::down(name, &progress);
     let check_passed = match outcome {
         Ok(passed) => passed,
@@ -246,16 +414,55 @@ fn demo_body(state: &twill_lab::LabState) -> anyhow::Result<bool> {
     let node = &p.nodes[0];
     let st = status::status(state)?;
     println!("\n{}", status::render(&st));
+    println!(
+        "== 6. Node IPs and block claims\n\
+         Each agent chose its node IP and claimed its block(s); the blocks are disjoint because\n\
+         each was created only if absent. From the store:"
+    );
+    for n in &st.nodes {
+        let blocks: Vec<String> = n.blocks.iter().map(|b| b.to_string()).collect();
+        println!(
+            "    {}: node IP {} ({}: {}), blocks {}",
+            n.name,
+            n.node_ip.map_or("-".into(), |a| a.to_string()),
+            n.ip_method.as_deref().unwrap_or("-"),
+            n.ip_reason.as_deref().unwrap_or("-"),
+            blocks.join(", ")
+        );
+    }
+    let handoff = std::fs::read_to_string(&node.handoff_file)
+        .with_context(|| format!("read {}", node.handoff_file.display()))?;
+    println!(
+        "\n== 7. The hand-off file\n\
+         {} (written atomically by {}'s agent, read by twill-cni on every ADD):\n{}",
+        node.handoff_file.display(),
+        node.short,
+        handoff
+            .lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    );
+    let (_, ready) = daemons::http_get(&node.netns, daemons::agent_addr(), "/readyz")
+        .unwrap_or((0, "unreachable".into()));
+    println!(
+        "   {}'s agent answers /readyz inside its namespace: {}\n   See more: twill lab exec --name {} {} -- curl -s http://{}/metrics\n",
+        node.short,
+        ready.trim(),
+        p.name,
+        node.short,
+        plan::AGENT_LISTEN
+    );
     let routes = build::ip(&["-n", &node.netns, "route", "show"])?;
     println!(
-        "== 4. The routing table picks the interface\n\
+        "== 8. The routing table picks the interface\n\
          `ip -n {} route` on the node: the default route goes to the router on eth0, the node's own\n\
-         pod subnet sits on the bridge. Routes choose where a packet goes; NAT only rewrites it.\n{}",
+         block sits on the bridge. Routes choose where a packet goes; NAT only rewrites it.\n\
+         (Pods on different nodes do not reach each other yet: that is the backends' job.)\n{}",
         node.netns,
         routes.lines().map(|l| format!("    {l}\n")).collect::<String>()
     );
     println!(
-        "== 5. NAT: masquerade and host ports\n\
+        "== 9. NAT: masquerade and host ports\n\
          The router ({}) has no route to {}: pods reach the outside only because the node\n\
          masquerades their traffic to its own address {}. A host port is a DNAT rule: {}:{} is\n\
          rewritten to pod 1's :{}. Hairpin: a pod reaching its own host port needs masquerade too.\n\
@@ -269,7 +476,7 @@ fn demo_body(state: &twill_lab::LabState) -> anyhow::Result<bool> {
         p.name,
         node.short
     );
-    println!("== 6. Proving it: every check sends real packets between the namespaces");
+    println!("== Proving it: every check sends real packets between the namespaces");
     let report = check::run(state)?;
     print!("{}", check::render(&report));
     Ok(report.passed)

@@ -45,7 +45,7 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Lab(args) => lab::run(args),
+        Command::Lab(args) => lab::run(args, &cli.store),
         command => with_store(&cli.store, |store| match command {
             Command::Get(a) => resources::run_get(a, store),
             Command::Apply(a) => resources::run_apply(a, store),

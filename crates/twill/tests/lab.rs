@@ -20,9 +20,10 @@ fn text(o: &Output) -> String {
     )
 }
 
-/// A lab name unique to this run: `twl` + 5 hex digits of the pid (8 characters, the limit).
-fn lab_name() -> String {
-    format!("twl{:05x}", std::process::id() & 0xfffff)
+/// A lab name unique to this run and test: `twl` + a letter per test + 4 hex digits of the
+/// pid (8 characters, the limit). The tests of this file run in parallel in one process.
+fn lab_name(tag: char) -> String {
+    format!("twl{tag}{:04x}", std::process::id() & 0xffff)
 }
 
 /// Removes the lab however the test ends.
@@ -34,30 +35,117 @@ impl Drop for LabGuard {
     }
 }
 
-/// twill-cni next to twill (where the lab looks by default), built first if this test run did
-/// not build it (`cargo test -p twill` builds only this package's binary).
-fn ensure_plugin() -> PathBuf {
-    if let Some(p) = std::env::var_os("TWILL_CNI_BIN") {
-        return PathBuf::from(p);
-    }
+/// twill-cni and twilld next to twill (where the lab looks by default), built (or brought up
+/// to date) first: `cargo test -p twill` builds only this package's binary.
+fn ensure_binaries() -> (PathBuf, PathBuf) {
+    static BUILD: std::sync::Once = std::sync::Once::new();
     let dir = PathBuf::from(TWILL).parent().unwrap().to_path_buf();
-    let plugin = dir.join("twill-cni");
-    if !plugin.is_file() {
+    BUILD.call_once(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "twill-cni"]);
+        cmd.args(["build", "-p", "twill-cni", "-p", "twilld"]);
         if dir.ends_with("release") {
             cmd.arg("--release");
         }
-        let status = cmd.status().expect("run cargo build -p twill-cni");
-        assert!(status.success(), "cargo build -p twill-cni failed");
+        let status = cmd
+            .status()
+            .expect("run cargo build -p twill-cni -p twilld");
+        assert!(
+            status.success(),
+            "cargo build -p twill-cni -p twilld failed"
+        );
+    });
+    let plugin = std::env::var_os("TWILL_CNI_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dir.join("twill-cni"));
+    let agent = std::env::var_os("TWILL_TWILLD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dir.join("twilld"));
+    for b in [&plugin, &agent] {
+        assert!(b.is_file(), "{} is missing", b.display());
     }
+    (plugin, agent)
+}
+
+fn ensure_plugin() -> PathBuf {
+    ensure_binaries().0
+}
+
+fn status_json(name: &str) -> serde_json::Value {
+    let st = twill(&["lab", "status", "--name", name, "-o", "json"]);
+    assert!(st.status.success(), "status failed:\n{}", text(&st));
+    serde_json::from_slice(&st.stdout).unwrap()
+}
+
+/// The blocks each node holds, by node name, from `twill lab status -o json`.
+fn blocks_of(st: &serde_json::Value) -> Vec<(String, Vec<String>)> {
+    st["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            let blocks = n["blocks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b.as_str().unwrap().to_string())
+                .collect();
+            (n["name"].as_str().unwrap().to_string(), blocks)
+        })
+        .collect()
+}
+
+fn assert_check_passes(name: &str) {
+    let check = twill(&["lab", "check", "--name", name]);
+    assert!(check.status.success(), "check failed:\n{}", text(&check));
+}
+
+/// Nothing of lab `name` is left: namespaces, state folder, daemons.
+fn assert_gone(name: &str, pids: &[u64]) {
+    let left: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let prefix = format!("{name}-");
     assert!(
-        plugin.is_file(),
-        "{} is missing: run `cargo build -p twill-cni` first",
-        plugin.display()
+        left.iter().all(|n| !n.starts_with(&prefix)),
+        "namespaces left: {left:?}"
     );
-    plugin
+    assert!(
+        !PathBuf::from("/run").join(name).exists(),
+        "/run/{name} left behind"
+    );
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r.trim_start().chars().next());
+        assert!(
+            matches!(state, None | Some(Some('Z'))),
+            "process {pid} still runs: {stat}"
+        );
+    }
+}
+
+fn agent_pids(st: &serde_json::Value) -> Vec<u64> {
+    st["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["agent"]["pid"].as_u64())
+        .collect()
+}
+
+fn in_block(ip: &str, block: &str) -> bool {
+    let ip: std::net::Ipv4Addr = ip.parse().unwrap();
+    let (net, len) = block.split_once('/').unwrap();
+    let net: std::net::Ipv4Addr = net.parse().unwrap();
+    let len: u32 = len.parse().unwrap();
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    u32::from(ip) & mask == u32::from(net) & mask
 }
 
 #[test]
@@ -66,7 +154,7 @@ fn lab_up_check_status_exec_down() {
         return;
     }
     let plugin = ensure_plugin();
-    let name = lab_name();
+    let name = lab_name('a');
     let guard = LabGuard(name.clone());
     let plugin_arg = plugin.to_str().unwrap();
 
@@ -119,7 +207,11 @@ fn lab_up_check_status_exec_down() {
     let st: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     let node = &st["nodes"][0];
     assert_eq!(node["name"], "n1");
-    assert_eq!(node["pod_subnet"], "10.244.1.0/24");
+    let block = node["blocks"][0].as_str().unwrap().to_string();
+    assert!(
+        block.starts_with("10.244.") && block.ends_with("/24"),
+        "{node:#}"
+    );
     let pods = node["pods"].as_array().unwrap();
     assert_eq!(pods.len(), 3);
     let pod_ips: Vec<&str> = pods
@@ -127,7 +219,7 @@ fn lab_up_check_status_exec_down() {
         .map(|p| p["address"].as_str().unwrap())
         .collect();
     for ip in &pod_ips {
-        assert!(ip.starts_with("10.244.1."), "{ip}");
+        assert!(in_block(ip, &block), "{ip} not in {block}");
     }
     // The addresses status reports are the kernel's: pod 2's eth0 holds its address.
     let ns_of = |ns: &str| {
@@ -225,4 +317,388 @@ fn down_of_an_unknown_lab_is_a_no_op_and_bad_names_are_refused() {
         "{}",
         text(&bad)
     );
+}
+
+/// Runs `twill ARGS` against lab `name`'s embedded store.
+fn twill_embedded(name: &str, args: &[&str]) -> Output {
+    let dir = format!("/run/{name}/store");
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--store", "embedded", "--store-dir", &dir]);
+    twill(&all)
+}
+
+/// Issue 3's lab on the embedded store: two agents autodetect their node IPs and claim
+/// disjoint blocks, pods get addresses in their node's block, `twill get`/`ipam check` read
+/// the same store, a leak planted on purpose is found, and `down` leaves nothing.
+#[test]
+fn lab_on_the_embedded_store_claims_blocks_and_finds_a_leak() {
+    if !twill_testkit::root_or_skip("lab_on_the_embedded_store_claims_blocks_and_finds_a_leak") {
+        return;
+    }
+    let (plugin, _) = ensure_binaries();
+    let name = lab_name('e');
+    let guard = LabGuard(name.clone());
+    let started = std::time::Instant::now();
+    let up = twill(&[
+        "lab",
+        "up",
+        "--name",
+        &name,
+        "--nodes",
+        "2",
+        "--pods-per-node",
+        "3",
+        "--agent-poll-interval",
+        "1",
+    ]);
+    assert!(up.status.success(), "up failed:\n{}", text(&up));
+    eprintln!("lab up (embedded, 2x3): {:?}", started.elapsed());
+    assert_check_passes(&name);
+
+    // Status: each node's IP as its agent chose it (and why), its blocks, its readiness.
+    let st = status_json(&name);
+    let mut all_blocks = Vec::new();
+    for (i, n) in st["nodes"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(n["node_ip"], format!("192.0.2.{}", 11 + i), "{n:#}");
+        assert!(
+            n["ip_method"].as_str().unwrap().contains("interface"),
+            "{n:#}"
+        );
+        assert!(!n["ip_reason"].as_str().unwrap().is_empty(), "{n:#}");
+        assert_eq!(n["agent"]["ready"], true, "{n:#}");
+        let blocks: Vec<String> = n["blocks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b.as_str().unwrap().to_string())
+            .collect();
+        assert!(!blocks.is_empty(), "{n:#}");
+        for p in n["pods"].as_array().unwrap() {
+            let ip = p["address"].as_str().unwrap();
+            assert!(
+                blocks.iter().any(|b| in_block(ip, b)),
+                "{ip} not in {blocks:?}"
+            );
+        }
+        all_blocks.extend(blocks);
+    }
+    let distinct: std::collections::HashSet<_> = all_blocks.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        all_blocks.len(),
+        "blocks overlap: {all_blocks:?}"
+    );
+    let table = twill(&["lab", "status", "--name", &name]);
+    assert!(
+        String::from_utf8_lossy(&table.stdout).contains("192.0.2.12"),
+        "{}",
+        text(&table)
+    );
+
+    // The resource commands read the same store.
+    let nodes = twill_embedded(&name, &["get", "nodes"]);
+    assert!(nodes.status.success(), "{}", text(&nodes));
+    let out = String::from_utf8_lossy(&nodes.stdout);
+    for want in ["n1", "n2", "192.0.2.11", "192.0.2.12"] {
+        assert!(out.contains(want), "no {want}:\n{}", text(&nodes));
+    }
+    let ok = twill_embedded(&name, &["ipam", "check"]);
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok));
+
+    // Plant a leak: a pod wired by twill-cni on n1 whose namespace is then deleted without
+    // a DEL. Its host veth goes with it; n1's agent reports the address as not present.
+    // At most 12 characters: `ipam check` shows container IDs shortened to 12, as docker does.
+    let leak_ns = format!("{name}-lk");
+    let leak_id = format!("{name}-lk");
+    twill_testkit::sh(&["ip", "netns", "add", &leak_ns]);
+    let conflist: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(format!("/run/{name}/n1/10-twill.conflist")).unwrap(),
+    )
+    .unwrap();
+    let mut conf = conflist["plugins"][0].clone();
+    conf["name"] = conflist["name"].clone();
+    conf["cniVersion"] = conflist["cniVersion"].clone();
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &format!("{name}-n1")])
+        .arg(&plugin)
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", &leak_id)
+        .env("CNI_NETNS", format!("/run/netns/{leak_ns}"))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", plugin.parent().unwrap())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
+    let add = child.wait_with_output().unwrap();
+    assert!(add.status.success(), "leak ADD failed:\n{}", text(&add));
+    twill_testkit::sh(&["ip", "netns", "del", &leak_ns]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let leak = loop {
+        let c = twill_embedded(&name, &["ipam", "check"]);
+        if c.status.code() == Some(1) || std::time::Instant::now() > deadline {
+            break c;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    assert_eq!(
+        leak.status.code(),
+        Some(1),
+        "no leak found:\n{}",
+        text(&leak)
+    );
+    let out = text(&leak);
+    assert!(out.contains(&leak_id) && out.contains("leak"), "{out}");
+
+    let pids = agent_pids(&st);
+    assert_eq!(pids.len(), 2);
+    let down = twill(&["lab", "down", "--name", &name]);
+    assert!(down.status.success(), "down failed:\n{}", text(&down));
+    assert_gone(&name, &pids);
+    drop(guard);
+}
+
+/// The same lab on etcd: the lab starts one member on its own host on the underlay; the
+/// agents and `twill get` (run inside a node, which reaches the underlay) use it.
+#[test]
+fn lab_on_etcd_runs_a_member_and_the_agents_use_it() {
+    if !twill_testkit::root_or_skip("lab_on_etcd_runs_a_member_and_the_agents_use_it") {
+        return;
+    }
+    ensure_binaries();
+    let name = lab_name('d');
+    let guard = LabGuard(name.clone());
+    let started = std::time::Instant::now();
+    let up = twill(&[
+        "lab",
+        "up",
+        "--name",
+        &name,
+        "--store",
+        "etcd",
+        "--nodes",
+        "2",
+        "--pods-per-node",
+        "3",
+        "--block-size",
+        "26",
+    ]);
+    assert!(up.status.success(), "up failed:\n{}", text(&up));
+    eprintln!("lab up (etcd, 2x3): {:?}", started.elapsed());
+    assert_check_passes(&name);
+    let st = status_json(&name);
+    assert!(
+        st["store"]
+            .as_str()
+            .unwrap()
+            .starts_with("etcd http://192.0.2.2:2379"),
+        "{st:#}"
+    );
+    let blocks = blocks_of(&st);
+    for (node, b) in &blocks {
+        assert!(
+            !b.is_empty() && b.iter().all(|b| b.ends_with("/26")),
+            "{node}: {b:?}"
+        );
+    }
+    let get = twill(&[
+        "lab",
+        "exec",
+        "--name",
+        &name,
+        "n1",
+        "--",
+        TWILL,
+        "get",
+        "blocks",
+        "--store",
+        "etcd",
+        "--etcd-endpoints",
+        "http://192.0.2.2:2379",
+    ]);
+    assert!(get.status.success(), "{}", text(&get));
+    let out = String::from_utf8_lossy(&get.stdout);
+    for (node, bs) in &blocks {
+        for b in bs {
+            assert!(
+                out.contains(b.as_str()) && out.contains(node.as_str()),
+                "{b} of {node}:\n{out}"
+            );
+        }
+    }
+    let mut pids = agent_pids(&st);
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(format!("/run/{name}/state.json")).unwrap()).unwrap();
+    pids.push(state["etcd"]["pid"].as_u64().unwrap());
+    let down = twill(&["lab", "down", "--name", &name]);
+    assert!(down.status.success(), "down failed:\n{}", text(&down));
+    assert_gone(&name, &pids);
+    drop(guard);
+}
+
+/// Kill -9 a node's agent and restart it: the node keeps its blocks, and its pods answer
+/// pings from the node all along (nothing on the packet path waits for the agent).
+#[test]
+fn an_agent_restart_keeps_blocks_and_connectivity() {
+    if !twill_testkit::root_or_skip("an_agent_restart_keeps_blocks_and_connectivity") {
+        return;
+    }
+    ensure_binaries();
+    let name = lab_name('r');
+    let guard = LabGuard(name.clone());
+    let up = twill(&["lab", "up", "--name", &name, "--pods-per-node", "2"]);
+    assert!(up.status.success(), "up failed:\n{}", text(&up));
+    let before = status_json(&name);
+    let blocks_before = blocks_of(&before);
+    let handoff = format!("/run/{name}/n1/node.json");
+    let handoff_before = std::fs::read_to_string(&handoff).unwrap();
+    let pid = agent_pids(&before)[0];
+    let pod_ip = before["nodes"][0]["pods"][1]["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // 30 pings, 0.2 s apart: before, during and after the restart.
+    let ping = Command::new("ip")
+        .args(["netns", "exec", &format!("{name}-n1")])
+        .args(["ping", "-c", "30", "-i", "0.2", "-W", "1", &pod_ip])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    twill_testkit::sh(&["kill", "-9", &pid.to_string()]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let restart_started = std::time::Instant::now();
+    let restart = twill(&["lab", "restart-agent", "--name", &name, "n1"]);
+    assert!(restart.status.success(), "{}", text(&restart));
+    eprintln!("restart-agent until ready: {:?}", restart_started.elapsed());
+    let ping = ping.wait_with_output().unwrap();
+    assert!(
+        ping.status.success() && String::from_utf8_lossy(&ping.stdout).contains(" 0% packet loss"),
+        "pings lost during the restart:\n{}",
+        text(&ping)
+    );
+
+    let after = status_json(&name);
+    assert_eq!(blocks_of(&after), blocks_before);
+    assert_eq!(std::fs::read_to_string(&handoff).unwrap(), handoff_before);
+    assert_ne!(agent_pids(&after)[0], pid);
+    assert_eq!(after["nodes"][0]["agent"]["ready"], true, "{after:#}");
+    assert_check_passes(&name);
+    let pids = agent_pids(&after);
+    let down = twill(&["lab", "down", "--name", &name]);
+    assert!(down.status.success(), "down failed:\n{}", text(&down));
+    assert_gone(&name, &pids);
+    drop(guard);
+}
+
+/// SLOW (~75 s): etcd stopped for 60 s under a running lab. Pods keep connectivity
+/// throughout, readyz names the store, and once etcd is back the agents renew their leases
+/// and keep their blocks.
+#[test]
+fn slow_an_etcd_outage_of_60s_leaves_pods_and_claims_alone() {
+    if !twill_testkit::root_or_skip("slow_an_etcd_outage_of_60s_leaves_pods_and_claims_alone") {
+        return;
+    }
+    ensure_binaries();
+    let name = lab_name('o');
+    let guard = LabGuard(name.clone());
+    let up = twill(&[
+        "lab",
+        "up",
+        "--name",
+        &name,
+        "--store",
+        "etcd",
+        "--nodes",
+        "2",
+        "--pods-per-node",
+        "2",
+    ]);
+    assert!(up.status.success(), "up failed:\n{}", text(&up));
+    let before = status_json(&name);
+    let blocks_before = blocks_of(&before);
+    let renewals = |st: &serde_json::Value| -> Vec<u64> {
+        st["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["agent"]["lease_renewals"].as_u64().unwrap_or(0))
+            .collect()
+    };
+    let renewals_before = renewals(&before);
+
+    let stop = twill(&["lab", "store", "stop", "--name", &name]);
+    assert!(stop.status.success(), "{}", text(&stop));
+    let stopped_at = std::time::Instant::now();
+
+    // The agents notice and say why in /readyz.
+    let deadline = stopped_at + std::time::Duration::from_secs(20);
+    loop {
+        let st = status_json(&name);
+        let reasons: Vec<String> = st["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["agent"]["readyz"].as_str().unwrap_or("").to_string())
+            .collect();
+        if reasons.iter().all(|r| r.contains("store")) {
+            assert!(st["nodes"][0]["agent"]["running"] == true, "{st:#}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "readyz does not name the store: {reasons:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert_check_passes(&name);
+    std::thread::sleep(std::time::Duration::from_secs(58).saturating_sub(stopped_at.elapsed()));
+    assert_check_passes(&name);
+    std::thread::sleep(std::time::Duration::from_secs(60).saturating_sub(stopped_at.elapsed()));
+    let start = twill(&["lab", "store", "start", "--name", &name]);
+    assert!(start.status.success(), "{}", text(&start));
+    eprintln!("etcd was down for {:?}", stopped_at.elapsed());
+
+    let back = std::time::Instant::now();
+    let deadline = back + std::time::Duration::from_secs(40);
+    let after = loop {
+        let st = status_json(&name);
+        let ready = st["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["agent"]["ready"] == true);
+        let grew = renewals(&st)
+            .iter()
+            .zip(&renewals_before)
+            .all(|(now, was)| now > was);
+        if ready && grew {
+            break st;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "agents did not renew after etcd came back: {st:#}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    eprintln!(
+        "agents ready and renewed {:?} after etcd was back",
+        back.elapsed()
+    );
+    assert_eq!(blocks_of(&after), blocks_before);
+    assert_check_passes(&name);
+    let down = twill(&["lab", "down", "--name", &name]);
+    assert!(down.status.success(), "down failed:\n{}", text(&down));
+    assert_gone(&name, &agent_pids(&after));
+    drop(guard);
 }

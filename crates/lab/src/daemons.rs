@@ -1,0 +1,378 @@
+//! The lab's daemons: one `twilld` per node namespace and, for `--store etcd`, one etcd
+//! member on the store host. Started detached (own process group, output to a log file),
+//! recorded by PID in the state, stopped by that PID only. Also the store access the lab
+//! itself needs (writing the network config, reading `nodes/<name>`), done from inside the
+//! store host's namespace when the store is etcd: 192.0.2.2 is reachable only on the underlay.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use twill_api::resources::{NetworkConfig, NodeStatus as StoreNode, KEY_CONFIG, PREFIX_NODES};
+use twill_store::{Store, StoreConfig, PREFIX};
+
+use crate::build::LabError;
+use crate::plan::{LabPlan, StoreKind, AGENT_LISTEN, CLUSTER_CIDR};
+use crate::probe;
+use crate::state::ProcRecord;
+
+/// How long `up` waits for an agent's /readyz to say 200.
+pub const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the lab waits for etcd's /health.
+pub const ETCD_READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// SIGTERM, then SIGKILL after this long.
+pub const STOP_GRACE: Duration = Duration::from_secs(3);
+/// etcd may take 3-5 s to exit on SIGTERM (RUNBOOK); its data dir is reused only after.
+pub const ETCD_STOP_GRACE: Duration = Duration::from_secs(8);
+/// Lines of a daemon's log quoted in errors.
+const LOG_TAIL_LINES: usize = 15;
+
+fn cmd_err(cmd: impl Into<String>, detail: impl Into<String>) -> LabError {
+    LabError::Command {
+        cmd: cmd.into(),
+        detail: detail.into(),
+    }
+}
+
+/// The network config the lab writes before any agent starts. Pure.
+pub fn network_config(plan: &LabPlan) -> Result<NetworkConfig, LabError> {
+    // Through serde, so fields the lab does not set keep the API's defaults.
+    let config: NetworkConfig = serde_json::from_value(serde_json::json!({
+        "clusterCIDR": CLUSTER_CIDR,
+        "blockSize": plan.store.block_size,
+        "leaseTTLSeconds": plan.store.lease_ttl_seconds,
+        "masquerade": true,
+    }))
+    .map_err(|e| cmd_err("build the lab's network config", e.to_string()))?;
+    config
+        .validate()
+        .map_err(|e| cmd_err("check the lab's network config", e.to_string()))?;
+    Ok(config)
+}
+
+/// The store config the lab itself uses (the same store the agents use).
+pub fn store_config(plan: &LabPlan) -> StoreConfig {
+    match plan.store.kind {
+        StoreKind::Embedded => StoreConfig::Embedded {
+            dir: plan.store.dir.clone().expect("embedded plans name a dir"),
+        },
+        StoreKind::Etcd => {
+            let e = plan.store.etcd.as_ref().expect("etcd plans name a member");
+            let mut c = twill_store::etcd::EtcdConfig::new(vec![e.client_url.clone()]);
+            c.timeout = Duration::from_secs(2);
+            StoreConfig::Etcd(c)
+        }
+    }
+}
+
+/// Runs `f` with the lab's store open, inside the namespace that reaches it (the store
+/// host for etcd; the caller's own for the embedded store, a folder).
+pub fn with_store<T: Send>(
+    plan: &LabPlan,
+    f: impl FnOnce(&dyn Store) -> Result<T, String> + Send,
+) -> Result<T, String> {
+    let cfg = store_config(plan);
+    let body = move || {
+        let store = twill_store::open(&cfg).map_err(|e| e.to_string())?;
+        f(store.as_ref())
+    };
+    match &plan.store.etcd {
+        None => body(),
+        Some(e) => {
+            let ns = probe::open_netns(&e.netns).map_err(|e| e.to_string())?;
+            twill_netlink::run_in(&ns, body).map_err(|e| e.to_string())?
+        }
+    }
+}
+
+/// Writes the network config into the store.
+pub fn write_network_config(plan: &LabPlan) -> Result<NetworkConfig, LabError> {
+    let config = network_config(plan)?;
+    let value = serde_json::to_vec(&config).expect("a config serializes");
+    with_store(plan, |store| {
+        store
+            .put(&format!("{PREFIX}{KEY_CONFIG}"), &value, None)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+    .map_err(|e| cmd_err("write the network config into the store", e))?;
+    Ok(config)
+}
+
+/// Every node the agents published (`nodes/<name>`), by name.
+pub fn read_nodes(plan: &LabPlan) -> Result<HashMap<String, StoreNode>, String> {
+    with_store(plan, |store| {
+        let (kvs, _) = store
+            .list(&format!("{PREFIX}{PREFIX_NODES}"))
+            .map_err(|e| e.to_string())?;
+        Ok(kvs
+            .iter()
+            .filter_map(|kv| serde_json::from_slice::<StoreNode>(&kv.value).ok())
+            .map(|n| (n.name.clone(), n))
+            .collect())
+    })
+}
+
+/// Starts `bin args` inside `netns`, detached: own process group (a terminal's Ctrl-C does
+/// not reach it), stdin closed, output appended to `log`. `ip netns exec` execs the daemon,
+/// so the PID is the daemon's own.
+pub fn spawn(
+    role: &str,
+    netns: &str,
+    bin: &Path,
+    args: &[String],
+    log: &Path,
+) -> Result<ProcRecord, LabError> {
+    use std::os::unix::process::CommandExt;
+    let what = format!("start {} in {netns}", bin.display());
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| cmd_err(&what, format!("open {}: {e}", log.display())))?;
+    let err = out.try_clone().map_err(|e| cmd_err(&what, e.to_string()))?;
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", netns])
+        .arg(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0);
+    // The caller's TWILL_* settings (a config file, a store) must not leak into the agent:
+    // the lab passes every setting it means as a flag.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TWILL_") {
+            cmd.env_remove(k);
+        }
+    }
+    let child = cmd.spawn().map_err(|e| cmd_err(&what, e.to_string()))?;
+    Ok(ProcRecord {
+        role: role.into(),
+        netns: netns.into(),
+        bin: bin.to_path_buf(),
+        args: args.to_vec(),
+        log: log.to_path_buf(),
+        pid: Some(child.id()),
+    })
+}
+
+/// Whether `pid` exists and is not a zombie: nothing here reaps daemons the CLI left
+/// behind, so a dead one may linger as a zombie.
+pub fn is_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the parenthesised command name, which may itself hold spaces.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, Some("Z") | Some("X") | None)
+}
+
+/// Whether `pid` is alive and still the program `bin` names (a recycled PID is not ours).
+pub fn is_ours(pid: u32, bin: &Path) -> bool {
+    if !is_alive(pid) {
+        return false;
+    }
+    let name = bin
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match std::fs::read(format!("/proc/{pid}/cmdline")) {
+        // `ip netns exec` execs the daemon; before that instant the cmdline still says `ip`,
+        // and during the exec it reads empty.
+        Ok(c) => {
+            let argv = String::from_utf8_lossy(&c);
+            argv.is_empty()
+                || argv
+                    .split('\0')
+                    .next()
+                    .is_some_and(|a0| a0.ends_with(&name))
+                || argv.starts_with("ip\0netns\0exec\0")
+        }
+        Err(_) => false,
+    }
+}
+
+/// Stops a recorded daemon: SIGTERM, then SIGKILL after `grace`. Returns a note when it had
+/// to be killed. Only the recorded PID is signalled, and only if it is still that program.
+pub fn stop(rec: &ProcRecord, grace: Duration) -> Option<String> {
+    let pid = rec.pid?;
+    if !is_ours(pid, &rec.bin) {
+        return None;
+    }
+    // SAFETY: kill(2) on a PID this lab started and just checked; no memory is involved.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    let end = Instant::now() + grace;
+    while Instant::now() < end {
+        if !is_ours(pid, &rec.bin) {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if is_ours(pid, &rec.bin) {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        for _ in 0..100 {
+            if !is_ours(pid, &rec.bin) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        return Some(format!(
+            "{} (pid {pid}) ignored SIGTERM for {}s; killed",
+            rec.role,
+            grace.as_secs()
+        ));
+    }
+    None
+}
+
+/// The last lines of a log, for error messages.
+pub fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(LOG_TAIL_LINES);
+    lines[start..].join("\n")
+}
+
+/// A plain HTTP/1.0 GET from inside `netns`: (status, body).
+pub fn http_get(netns: &str, addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    let ns = probe::open_netns(netns).map_err(|e| e.to_string())?;
+    twill_netlink::run_in(&ns, || -> Result<(u16, String), String> {
+        let t = Duration::from_secs(2);
+        let mut s = TcpStream::connect_timeout(&addr, t).map_err(|e| format!("{addr}: {e}"))?;
+        s.set_read_timeout(Some(t)).map_err(|e| e.to_string())?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).map_err(|e| e.to_string())?;
+        parse_http(&raw).ok_or_else(|| format!("unreadable HTTP answer {raw:?}"))
+    })
+    .map_err(|e| e.to_string())?
+}
+
+/// Status code and body of an HTTP answer. Pure.
+pub fn parse_http(raw: &str) -> Option<(u16, String)> {
+    let status = raw.split(' ').nth(1)?.parse().ok()?;
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+/// A counter or gauge without labels from a Prometheus text page. Pure.
+pub fn metric(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+pub fn agent_addr() -> SocketAddr {
+    AGENT_LISTEN.parse().expect("a valid constant")
+}
+
+/// Waits until the agent answers 200 on /readyz; fails early if it exits, else after the
+/// timeout, with its last readyz reason and log tail.
+pub fn wait_agent_ready(rec: &ProcRecord, timeout: Duration) -> Result<(), LabError> {
+    let end = Instant::now() + timeout;
+    loop {
+        let last = match http_get(&rec.netns, agent_addr(), "/readyz") {
+            Ok((200, _)) => return Ok(()),
+            Ok((code, body)) => format!("/readyz {code}: {}", body.trim()),
+            Err(e) => format!("/readyz unreachable: {e}"),
+        };
+        let exited = rec.pid.is_some_and(|p| !is_alive(p));
+        if exited || Instant::now() >= end {
+            let why = if exited {
+                "exited".to_string()
+            } else {
+                format!("not ready after {}s", timeout.as_secs())
+            };
+            return Err(cmd_err(
+                format!("twilld for node {} in {}", rec.role, rec.netns),
+                format!(
+                    "{why}; last {last}; log {}:\n{}",
+                    rec.log.display(),
+                    log_tail(&rec.log)
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits for etcd's /health (from inside the store host).
+pub fn wait_etcd_healthy(plan: &LabPlan, rec: &ProcRecord) -> Result<(), LabError> {
+    let e = plan.store.etcd.as_ref().expect("an etcd lab");
+    let addr = SocketAddr::from((e.address.addr(), crate::plan::ETCD_CLIENT_PORT));
+    let end = Instant::now() + ETCD_READY_TIMEOUT;
+    loop {
+        let last = match http_get(&e.netns, addr, "/health") {
+            Ok((200, body)) if body.contains("true") => return Ok(()),
+            Ok((code, body)) => format!("/health {code}: {}", body.trim()),
+            Err(err) => format!("/health unreachable: {err}"),
+        };
+        let exited = rec.pid.is_some_and(|p| !is_alive(p));
+        if exited || Instant::now() >= end {
+            return Err(cmd_err(
+                format!("etcd in {}", e.netns),
+                format!(
+                    "{}; last {last}; log {}:\n{}",
+                    if exited {
+                        "exited"
+                    } else {
+                        "not healthy in time"
+                    },
+                    rec.log.display(),
+                    log_tail(&rec.log)
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{plan, LabSpec};
+
+    #[test]
+    fn the_network_config_is_the_labs() {
+        let p = plan(&LabSpec {
+            block_size: 26,
+            ..LabSpec::default()
+        })
+        .unwrap();
+        let c = network_config(&p).unwrap();
+        assert_eq!(c.cluster_cidr.to_string(), "10.244.0.0/16");
+        assert_eq!(c.block_size, 26);
+        assert_eq!(c.lease_ttl_seconds, 60);
+        assert!(c.masquerade);
+    }
+
+    #[test]
+    fn http_and_metrics_are_read() {
+        let raw = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 3\r\n\r\nno\n";
+        assert_eq!(parse_http(raw), Some((503, "no\n".into())));
+        assert_eq!(parse_http("garbage"), None);
+        let page =
+            "# HELP twill_lease_renewals_total x\n# TYPE twill_lease_renewals_total counter\n\
+                    twill_lease_renewals_total 7\ntwill_lease_renewals_total_x 9\n\
+                    twill_block_addresses{state=\"used\"} 3\n";
+        assert_eq!(metric(page, "twill_lease_renewals_total"), Some(7.0));
+        assert_eq!(metric(page, "twill_blocks_held"), None);
+    }
+
+    #[test]
+    fn a_dead_or_foreign_pid_is_not_ours() {
+        // PID 1 is never a twilld here; an absurd PID does not exist.
+        assert!(!is_ours(1, Path::new("/x/twilld")));
+        assert!(!is_ours(u32::MAX - 1, Path::new("/x/twilld")));
+        let me = std::process::id();
+        let exe = std::env::current_exe().unwrap();
+        assert!(is_ours(me, &exe));
+    }
+}
