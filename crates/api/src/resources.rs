@@ -35,8 +35,100 @@ pub fn block_from_key(key: &str) -> Option<Ipv4Net> {
 fn default_block_size() -> u8 {
     24
 }
-fn default_backend() -> String {
+fn default_backend() -> BackendSpec {
     "none".into()
+}
+
+/// The backends a network config may name.
+pub const BACKENDS: &[&str] = &["none", "host-gw", "vxlan", "static"];
+
+/// A backend and its options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendSpec {
+    pub kind: String,
+    /// VXLAN network identifier (default 1, like flannel).
+    pub vni: Option<u32>,
+    /// VXLAN UDP port (default 8472, like flannel and the kernel).
+    pub port: Option<u16>,
+    /// Calico's CrossSubnet: direct routes to peers on the same segment, the tunnel only
+    /// across segments.
+    pub direct_routing: bool,
+}
+
+impl From<&str> for BackendSpec {
+    fn from(kind: &str) -> BackendSpec {
+        BackendSpec {
+            kind: kind.into(),
+            vni: None,
+            port: None,
+            direct_routing: false,
+        }
+    }
+}
+
+impl PartialEq<&str> for BackendSpec {
+    fn eq(&self, other: &&str) -> bool {
+        self.kind == *other
+    }
+}
+
+impl std::fmt::Display for BackendSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.kind)?;
+        if self.direct_routing {
+            f.write_str(" (directRouting)")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct BackendObject {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    vni: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    port: Option<u16>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    direct_routing: bool,
+}
+
+impl Serialize for BackendSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.vni.is_none() && self.port.is_none() && !self.direct_routing {
+            s.serialize_str(&self.kind)
+        } else {
+            BackendObject {
+                kind: self.kind.clone(),
+                vni: self.vni,
+                port: self.port,
+                direct_routing: self.direct_routing,
+            }
+            .serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for BackendSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<BackendSpec, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Name(String),
+            Object(BackendObject),
+        }
+        Ok(match Either::deserialize(d)? {
+            Either::Name(kind) => kind.as_str().into(),
+            Either::Object(o) => BackendSpec {
+                kind: o.kind,
+                vni: o.vni,
+                port: o.port,
+                direct_routing: o.direct_routing,
+            },
+        })
+    }
 }
 fn default_mtu() -> u32 {
     1500
@@ -67,9 +159,10 @@ pub struct NetworkConfig {
     /// Ranges never handed out to any node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reservations: Vec<Ipv4Net>,
-    /// How packets cross nodes; "none" until a backend is chosen.
+    /// How packets cross nodes: `none`, `host-gw`, `vxlan` or `static` (the VXLAN mesh of
+    /// a hand-written static file), as a name or `{type, vni, port, directRouting}`.
     #[serde(default = "default_backend")]
-    pub backend: String,
+    pub backend: BackendSpec,
     #[serde(default = "default_mtu")]
     pub mtu: u32,
     /// Masquerade pod traffic leaving the cluster CIDR.
@@ -226,6 +319,30 @@ impl NetworkConfig {
                     format!("{r} is outside clusterCIDR {c}"),
                 ));
             }
+        }
+        if !BACKENDS.contains(&self.backend.kind.as_str()) {
+            return Err(invalid(
+                "backend",
+                format!(
+                    "{:?} is not a backend: use one of {}",
+                    self.backend.kind,
+                    BACKENDS.join(", ")
+                ),
+            ));
+        }
+        if let Some(vni) = self.backend.vni {
+            if vni == 0 || vni > 0x00ff_ffff {
+                return Err(invalid(
+                    "backend.vni",
+                    format!("{vni} is out of range 1..=16777215"),
+                ));
+            }
+        }
+        if self.backend.port == Some(0) {
+            return Err(invalid(
+                "backend.port",
+                "0 is not a port: leave it out for 8472",
+            ));
         }
         if !(68..=65535).contains(&self.mtu) {
             return Err(invalid(
@@ -465,6 +582,31 @@ mod tests {
         assert_eq!(name, "n1");
         assert_eq!(spec.address().unwrap(), Some("192.0.2.11".parse().unwrap()));
         assert_eq!(r[1].to_store().0, "nodeconfigs/n1");
+    }
+
+    #[test]
+    fn backends_as_names_or_objects() {
+        let text = "kind: NetworkConfig\nspec:\n  clusterCIDR: 10.244.0.0/16\n  backend:\n    type: vxlan\n    vni: 4096\n    directRouting: true\n";
+        let r = parse_resources(text).unwrap();
+        let Resource::NetworkConfig(c) = &r[0] else {
+            panic!()
+        };
+        assert_eq!(c.backend.kind, "vxlan");
+        assert_eq!(
+            (c.backend.vni, c.backend.direct_routing),
+            (Some(4096), true)
+        );
+        let json = serde_json::to_value(c).unwrap();
+        assert_eq!(json["backend"]["type"], "vxlan");
+        let plain: NetworkConfig =
+            serde_json::from_str(r#"{"clusterCIDR":"10.244.0.0/16","backend":"host-gw"}"#).unwrap();
+        assert_eq!(plain.backend, "host-gw");
+        assert_eq!(serde_json::to_value(&plain).unwrap()["backend"], "host-gw");
+        let e = parse_resources(
+            "kind: NetworkConfig\nspec:\n  clusterCIDR: 10.244.0.0/16\n  backend: gre\n",
+        )
+        .unwrap_err();
+        assert_eq!((e.field.as_str(), e.line), ("spec.backend", Some(4)), "{e}");
     }
 
     #[test]

@@ -205,7 +205,7 @@ fn config_table(c: &NetworkConfig, wide: bool) -> String {
     let mut row = vec![
         c.cluster_cidr.to_string(),
         c.block_size.to_string(),
-        c.backend.clone(),
+        c.backend.to_string(),
         c.mtu.to_string(),
         c.masquerade.to_string(),
     ];

@@ -10,6 +10,7 @@ use crate::handoff::{self, FileError, HandOffWriter, Memory};
 use crate::http::{self, Status};
 use crate::log;
 use crate::netinfo;
+use crate::routing::{self, Routing};
 use ipnet::Ipv4Net;
 use std::collections::HashSet;
 use std::net::TcpListener;
@@ -183,6 +184,7 @@ enum Next {
 struct Net {
     config: NetworkConfig,
     space: BlockSpace,
+    routing: Routing,
 }
 
 struct Runner {
@@ -213,6 +215,11 @@ struct Runner {
     memory: Option<Vec<Ipv4Net>>,
     records: Option<RecordDir>,
     last_problem: Option<String>,
+    /// Other nodes as last read, and whether the watch saw them change since.
+    peers: Vec<crate::backend::Peer>,
+    peers_dirty: bool,
+    /// The uplink's MTU, as last read (for the pod MTU in the hand-off).
+    uplink_mtu: Option<u32>,
 }
 
 impl Runner {
@@ -260,6 +267,9 @@ impl Runner {
             memory: None,
             records: None,
             last_problem: None,
+            peers: Vec::new(),
+            peers_dirty: true,
+            uplink_mtu: None,
         }
     }
 
@@ -352,6 +362,9 @@ impl Runner {
         let ours = key(&format!("{PREFIX_NODECONFIGS}{}", self.cfg.node_name));
         match w.next(d) {
             Ok(Some(ev)) => {
+                if ev.key().starts_with(&key(PREFIX_NODES)) {
+                    self.peers_dirty = true;
+                }
                 if ev.key() == ours {
                     self.redetect = true;
                     // Read it again with the next step.
@@ -400,9 +413,27 @@ impl Runner {
                     ("leaseTTLSeconds", &config.lease_ttl_seconds),
                 ],
             );
+            let routing = match Routing::new(&config.backend) {
+                Ok(r) => r,
+                Err(e) => {
+                    return Ok(Next::NotReady(
+                        format!("the network config's backend is unusable: {e}; fix it with twill apply -f network.yaml"),
+                        Duration::from_secs(2),
+                    ))
+                }
+            };
+            if config.backend != "none" {
+                // Pods on other nodes are reached by forwarding through this one.
+                if let Err(e) = twill_netlink::set_sysctl(None, "net.ipv4.ip_forward", "1") {
+                    log::error("cannot turn on IPv4 forwarding", &[("error", &e)]);
+                }
+            }
+            self.status
+                .update(|s| s.backend = config.backend.to_string());
             self.net = Some(Net {
                 space: BlockSpace::new(&config),
                 config,
+                routing,
             });
         }
 
@@ -423,7 +454,9 @@ impl Runner {
                     }
                 },
             };
-            self.watch = Some(self.store.watch(&ours, rev)?);
+            // One watch for the override and for the other nodes (the backend's peers).
+            self.watch = Some(self.store.watch(PREFIX, rev)?);
+            self.peers_dirty = true;
             self.redetect = true;
         }
         if self.redetect || self.node_ip.is_none() {
@@ -559,16 +592,10 @@ impl Runner {
             self.measure_and_grow(lease)?;
         }
 
-        // 8. Publish: node status, hand-off, memory.
+        // 8. Publish: node status, then routes to the other nodes, the hand-off, memory.
         self.publish_node(lease)?;
-        let net = self.net.as_ref().expect("set above");
-        let h = HandOff {
-            node: self.cfg.node_name.clone(),
-            cluster_cidr: net.config.cluster_cidr,
-            blocks: self.held.clone(),
-            mtu: net.config.mtu,
-            ip_masq: net.config.masquerade,
-        };
+        self.route()?;
+        let h = self.handoff_now();
         if self.handoff.write(&h)? {
             let list: Vec<String> = self.held.iter().map(|b| b.to_string()).collect();
             log::info(
@@ -624,14 +651,8 @@ impl Runner {
             );
             self.held = mine;
         }
-        let net = self.net.as_ref().expect("set above");
-        let h = HandOff {
-            node: self.cfg.node_name.clone(),
-            cluster_cidr: net.config.cluster_cidr,
-            blocks: self.held.clone(),
-            mtu: net.config.mtu,
-            ip_masq: net.config.masquerade,
-        };
+        self.route()?;
+        let h = self.handoff_now();
         if self.handoff.write(&h)? {
             log::info(
                 "hand-off written",
@@ -642,6 +663,76 @@ impl Runner {
         self.status.update(|s| s.blocks = blocks);
         let next = now + self.cfg.poll_interval;
         Ok(Next::Ready(next.saturating_duration_since(Instant::now())))
+    }
+
+    /// What twill-cni gets: the blocks, and the pod MTU this backend leaves room for.
+    fn handoff_now(&self) -> HandOff {
+        let net = self.net.as_ref().expect("set before");
+        let uplink = self.uplink_mtu.unwrap_or(net.config.mtu);
+        HandOff {
+            node: self.cfg.node_name.clone(),
+            cluster_cidr: net.config.cluster_cidr,
+            blocks: self.held.clone(),
+            mtu: routing::pod_mtu(&net.config.backend, uplink, net.config.mtu),
+            ip_masq: net.config.masquerade,
+        }
+    }
+
+    /// Programs the routes to the other nodes: only what changed since the last pass
+    /// (or what drifted, every resync). Kernel errors are reported, never fatal.
+    fn route(&mut self) -> Result<(), StoreError> {
+        if self.peers_dirty {
+            let (kvs, _) = self.store.list(&key(PREFIX_NODES))?;
+            self.peers = routing::peers_from(&kvs, &self.cfg.node_name);
+            self.peers_dirty = false;
+        }
+        let ip = self.node_ip.as_ref().expect("detected before");
+        let (Some(uplink), Some(cidr)) = (ip.interface.clone(), ip.cidr) else {
+            if self
+                .net
+                .as_ref()
+                .is_some_and(|n| n.config.backend == "none")
+            {
+                return Ok(());
+            }
+            let why = format!(
+                "the node IP {} is on no interface of this node: the backend cannot tell which uplink to use; fix nodeIP or the Node resource",
+                ip.address
+            );
+            self.status.update(|s| s.backend_problems = vec![why]);
+            return Ok(());
+        };
+        if self.uplink_mtu.is_none() {
+            self.uplink_mtu = twill_netlink::Handle::new()
+                .ok()
+                .and_then(|mut h| h.link_by_name(&uplink).ok().flatten())
+                .map(|l| l.mtu);
+        }
+        let local = crate::backend::Local {
+            name: self.cfg.node_name.clone(),
+            address: ip.address,
+            uplink,
+            uplink_cidr: cidr.trunc(),
+            blocks: self.held.clone(),
+            mtu_uplink: self.uplink_mtu.unwrap_or(1500),
+        };
+        let net = self.net.as_mut().expect("set before");
+        match net.routing.reconcile(&local, &self.peers) {
+            Ok(Some(pass)) => {
+                let problems = net.routing.problems().to_vec();
+                self.status.update(|s| {
+                    s.backend_changes += pass.changes as u64;
+                    s.backend_failures += pass.failures.len() as u64;
+                    s.backend_problems = problems;
+                });
+            }
+            Ok(None) => {}
+            Err(e) => {
+                log::error("cannot read the kernel's routing state", &[("error", &e)]);
+                self.status.update(|s| s.backend_failures += 1);
+            }
+        }
+        Ok(())
     }
 
     fn detect(&self) -> Result<NodeIp, String> {

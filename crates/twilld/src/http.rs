@@ -27,6 +27,11 @@ pub struct Snapshot {
     pub lease_renewal_failures: u64,
     pub store_errors: u64,
     pub last_tick: Instant,
+    /// The backend, and what it cannot route (peers off the segment, conflicts).
+    pub backend: String,
+    pub backend_problems: Vec<String>,
+    pub backend_changes: u64,
+    pub backend_failures: u64,
 }
 
 #[derive(Debug)]
@@ -45,6 +50,10 @@ impl Status {
             lease_renewals: 0,
             lease_renewal_failures: 0,
             store_errors: 0,
+            backend: String::new(),
+            backend_problems: Vec::new(),
+            backend_changes: 0,
+            backend_failures: 0,
             last_tick: Instant::now(),
         }))
     }
@@ -140,6 +149,24 @@ pub fn render_metrics(s: &Snapshot, p: ProcStats) -> String {
         &one(s.lease_renewal_failures.to_string()),
     );
     metric(
+        "twill_backend_changes_total",
+        "counter",
+        "Routes, neighbours, FDB entries and devices the backend added, changed or removed.",
+        &one(s.backend_changes.to_string()),
+    );
+    metric(
+        "twill_backend_failures_total",
+        "counter",
+        "Backend operations the kernel refused.",
+        &one(s.backend_failures.to_string()),
+    );
+    metric(
+        "twill_backend_problems",
+        "gauge",
+        "Peers or blocks the backend cannot route (see /readyz).",
+        &one(s.backend_problems.len().to_string()),
+    );
+    metric(
         "twill_store_errors_total",
         "counter",
         "Store requests that failed.",
@@ -190,6 +217,11 @@ pub fn respond(path: &str, s: &Snapshot, now: Instant, p: ProcStats) -> (u16, St
             }
         }
         "/readyz" => match &s.not_ready {
+            // Ready, but say what the backend cannot reach: a partly routed node.
+            None if !s.backend_problems.is_empty() => (
+                200,
+                format!("ready, with warnings:\n{}\n", s.backend_problems.join("\n")),
+            ),
             None => (200, "ready\n".into()),
             Some(why) => (503, format!("{why}\n")),
         },

@@ -15,6 +15,7 @@ pub mod handoff;
 pub mod http;
 pub mod log;
 pub mod netinfo;
+pub mod routing;
 
 pub use agent::{Agent, AgentError};
 pub use config::Config;

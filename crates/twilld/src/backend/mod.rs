@@ -287,7 +287,7 @@ pub struct BackendOptions {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BackendError {
-    #[error("unknown backend {0:?}: choose one of none, host-gw, vxlan")]
+    #[error("unknown backend {0:?}: choose one of none, host-gw, vxlan, static")]
     Unknown(String),
     #[error("vxlan VNI {0} is out of range: use 1 to 16777215")]
     BadVni(u32),
@@ -300,7 +300,8 @@ pub fn select(name: &str, options: &BackendOptions) -> Result<Box<dyn Backend>, 
     match name {
         "none" => Ok(Box::new(NoneBackend)),
         "host-gw" => Ok(Box::new(HostGw)),
-        "vxlan" => {
+        // The static store's mesh is the VXLAN mesh, its peers written by hand.
+        "vxlan" | "static" => {
             let vni = options.vni.unwrap_or(DEFAULT_VNI);
             if vni == 0 || vni > 0x00ff_ffff {
                 return Err(BackendError::BadVni(vni));

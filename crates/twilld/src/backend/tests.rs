@@ -409,7 +409,12 @@ fn select_names_the_backends() {
     let err = select("gre", &BackendOptions::default()).err().unwrap();
     assert_eq!(
         err.to_string(),
-        "unknown backend \"gre\": choose one of none, host-gw, vxlan"
+        "unknown backend \"gre\": choose one of none, host-gw, vxlan, static"
+    );
+    // The static store's mesh is a VXLAN mesh.
+    assert_eq!(
+        select("static", &BackendOptions::default()).unwrap().name(),
+        "vxlan"
     );
     let bad = BackendOptions {
         vni: Some(1 << 24),
