@@ -31,7 +31,7 @@ extern "C" fn on_signal(_: libc::c_int) {
 
 /// Ctrl-C, SIGTERM and SIGHUP stop the run between two plugin calls, so the guard can
 /// still remove what was made.
-fn catch_signals() {
+pub(crate) fn catch_signals() {
     let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
@@ -39,7 +39,7 @@ fn catch_signals() {
     }
 }
 
-fn check_interrupted() -> Result<()> {
+pub(crate) fn check_interrupted() -> Result<()> {
     if INTERRUPTED.load(Ordering::SeqCst) {
         bail!("interrupted; the benchmark's namespaces and folders were removed");
     }

@@ -2,10 +2,15 @@
 //! reports figures and ratios. It reports missed goals but only fails when something
 //! breaks (a plugin error, a missing binary).
 
+mod agents;
+mod agents_report;
 mod cni;
 mod conf;
+mod daemon;
+mod etcd;
 mod netns;
 mod plugin;
+mod procstat;
 mod report;
 mod stats;
 
@@ -59,6 +64,61 @@ enum Bench {
         #[arg(long)]
         cleanup: bool,
     },
+    /// N twilld against one etcd member: time until all hold a block, pod ADDs across them, idle CPU and RSS.
+    Agents {
+        /// twilld processes started at once, each its own node.
+        #[arg(long, default_value_t = 100)]
+        agents: usize,
+        /// Pod ADDs (then DELs) spread round-robin over the agents.
+        #[arg(long, default_value_t = 1000)]
+        pods: usize,
+        /// How long the agents stay idle after the pods, measured (fractions allowed).
+        #[arg(long, default_value_t = 10.0)]
+        idle_minutes: f64,
+        /// Pod ADDs/DELs run at a time.
+        #[arg(long, default_value_t = 1)]
+        parallel: usize,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        /// The twilld binary; default: next to this binary.
+        #[arg(long)]
+        twilld: Option<PathBuf>,
+        /// The twill-cni binary; default: next to this binary.
+        #[arg(long)]
+        twill_cni: Option<PathBuf>,
+        /// The etcd server binary.
+        #[arg(long, default_value = "/usr/bin/etcd")]
+        etcd: PathBuf,
+        /// Only stop what a killed run left (its etcd and agents, by their recorded PIDs) and
+        /// remove every twlbench* namespace and scratch folder.
+        #[arg(long)]
+        cleanup: bool,
+    },
+}
+
+/// A binary next to this one, unless given.
+fn sibling(given: Option<PathBuf>, name: &str) -> anyhow::Result<PathBuf> {
+    match given {
+        Some(p) => Ok(p),
+        None => std::env::current_exe()?
+            .parent()
+            .map(|d| d.join(name))
+            .ok_or_else(|| anyhow::anyhow!("cannot find the folder of twill-bench; pass --{name}")),
+    }
+}
+
+/// Stops the processes killed runs left (recorded in their scratch folders), then removes
+/// every `twlbench*` namespace and folder.
+fn cleanup_leftovers() -> anyhow::Result<()> {
+    let processes: usize = netns::leftover_dirs()
+        .iter()
+        .map(|d| daemon::kill_recorded(d))
+        .sum();
+    let (namespaces, dirs) = netns::cleanup_all()?;
+    eprintln!(
+        "twill-bench: stopped {processes} processes, removed {namespaces} namespaces and {dirs} folders"
+    );
+    Ok(())
 }
 
 fn main() {
@@ -83,19 +143,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cleanup,
         } => {
             if cleanup {
-                let (namespaces, dirs) = netns::cleanup_all()?;
-                eprintln!("twill-bench: removed {namespaces} namespaces and {dirs} folders");
-                return Ok(());
+                return cleanup_leftovers();
             }
-            let twill_cni = match twill_cni {
-                Some(p) => p,
-                None => std::env::current_exe()?
-                    .parent()
-                    .map(|d| d.join("twill-cni"))
-                    .ok_or_else(|| {
-                        anyhow::anyhow!("cannot find the folder of twill-bench; pass --twill-cni")
-                    })?,
-            };
+            let twill_cni = sibling(twill_cni, "twill-cni")?;
             let config = report::Config {
                 pairs,
                 concurrent,
@@ -111,6 +161,45 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             match output {
                 Output::Table => print!("{}", report::tables(&figures)),
                 Output::Json => println!("{:#}", report::to_json(&figures)),
+            }
+            Ok(())
+        }
+        Bench::Agents {
+            agents,
+            pods,
+            idle_minutes,
+            parallel,
+            output,
+            twilld,
+            twill_cni,
+            etcd,
+            cleanup,
+        } => {
+            if cleanup {
+                return cleanup_leftovers();
+            }
+            let figures = agents::run(&agents::Options {
+                config: agents_report::AgentsConfig {
+                    agents,
+                    pods,
+                    idle_minutes,
+                    parallel,
+                },
+                twilld: sibling(twilld, "twilld")?,
+                twill_cni: sibling(twill_cni, "twill-cni")?,
+                etcd,
+            })?;
+            match output {
+                Output::Table => print!("{}", agents_report::tables(&figures)),
+                Output::Json => println!("{:#}", agents_report::to_json(&figures)),
+            }
+            // Missed goals are figures; addresses given twice or outside their block are a bug.
+            if !figures.pods.check.ok() {
+                anyhow::bail!(
+                    "pod addresses failed the check: {} given twice, {} outside their agent's block",
+                    figures.pods.check.duplicates.len(),
+                    figures.pods.check.outside_block.len()
+                );
             }
             Ok(())
         }

@@ -28,10 +28,20 @@ pub fn path_of(name: &str) -> String {
 
 /// Runs `ip -batch -` with one command a line; `force` goes on past failed lines.
 fn ip_batch(lines: &[String], force: bool) -> Result<()> {
+    ip_batch_with(&[], lines, force)
+}
+
+/// Runs `ip -n NS -batch -`: every line inside namespace `ns`.
+pub fn batch_in(ns: &str, lines: &[String]) -> Result<()> {
+    ip_batch_with(&["-n", ns], lines, false).with_context(|| format!("configuring namespace {ns}"))
+}
+
+fn ip_batch_with(global: &[&str], lines: &[String], force: bool) -> Result<()> {
     if lines.is_empty() {
         return Ok(());
     }
     let mut cmd = Command::new("ip");
+    cmd.args(global);
     if force {
         cmd.arg("-force");
     }

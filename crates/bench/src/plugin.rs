@@ -55,7 +55,7 @@ pub struct Subject {
 static CONTAINER_SEQ: AtomicU64 = AtomicU64::new(1);
 
 /// A fresh 64-hex-digit container ID, like the ones containerd and CRI-O hand out.
-fn container_id() -> String {
+pub fn container_id() -> String {
     let n = CONTAINER_SEQ.fetch_add(1, Ordering::Relaxed);
     format!("{:016x}{:048x}", std::process::id(), n)
 }
@@ -156,54 +156,64 @@ impl Subject {
         container_id: &str,
         conf: &Value,
     ) -> Result<Option<Value>> {
-        let name = exe
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let mut child = Command::new(exe)
-            .env_clear()
-            .env(
-                "PATH",
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            )
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", container_id)
-            .env("CNI_NETNS", &pod.netns)
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", &self.cni_path)
-            .env(
-                "CNI_ARGS",
-                format!(
-                    "IgnoreUnknown=1;K8S_POD_NAMESPACE=twlbench;K8S_POD_NAME={container_id:.12}"
-                ),
-            )
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("cannot run {}", exe.display()))?;
-        let mut stdin = child.stdin.take().expect("stdin is piped");
-        let written = stdin.write_all(conf.to_string().as_bytes());
-        drop(stdin);
-        let out = child
-            .wait_with_output()
-            .with_context(|| format!("waiting for {name}"))?;
-        written.with_context(|| format!("writing the config to {name}"))?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let parsed: Option<Value> = serde_json::from_str(stdout.trim()).ok();
-        let is_error = parsed.as_ref().is_some_and(|v| v.get("code").is_some());
-        if !out.status.success() || is_error {
-            bail!(
-                "{name} {command} failed for netns {} ({}): {} {}",
-                pod.netns,
-                out.status,
-                stdout.trim(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        if command == "ADD" && parsed.is_none() {
-            bail!("{name} ADD printed no JSON result: {:?}", stdout.trim());
-        }
-        Ok(parsed)
+        exec_plugin(exe, &self.cni_path, command, &pod.netns, container_id, conf)
     }
+}
+
+/// Runs one CNI plugin call as a runtime does: the command and pod in the environment, the
+/// config on stdin; returns the parsed stdout. A non-zero exit or an error object fails.
+pub fn exec_plugin(
+    exe: &Path,
+    cni_path: &Path,
+    command: &str,
+    netns: &str,
+    container_id: &str,
+    conf: &Value,
+) -> Result<Option<Value>> {
+    let name = exe
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut child = Command::new(exe)
+        .env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container_id)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", cni_path)
+        .env(
+            "CNI_ARGS",
+            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=twlbench;K8S_POD_NAME={container_id:.12}"),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {}", exe.display()))?;
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let written = stdin.write_all(conf.to_string().as_bytes());
+    drop(stdin);
+    let out = child
+        .wait_with_output()
+        .with_context(|| format!("waiting for {name}"))?;
+    written.with_context(|| format!("writing the config to {name}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let parsed: Option<Value> = serde_json::from_str(stdout.trim()).ok();
+    let is_error = parsed.as_ref().is_some_and(|v| v.get("code").is_some());
+    if !out.status.success() || is_error {
+        bail!(
+            "{name} {command} failed for netns {netns} ({}): {} {}",
+            out.status,
+            stdout.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    if command == "ADD" && parsed.is_none() {
+        bail!("{name} ADD printed no JSON result: {:?}", stdout.trim());
+    }
+    Ok(parsed)
 }

@@ -47,7 +47,7 @@ pub struct Goal {
     pub met: bool,
 }
 
-fn goal(name: String, value: f64, limit: f64, unit: &'static str) -> Goal {
+pub(crate) fn goal(name: String, value: f64, limit: f64, unit: &'static str) -> Goal {
     // NaN (nothing measured) compares false: a goal is never met by default.
     Goal {
         name,
@@ -212,7 +212,7 @@ pub fn tables(f: &Figures) -> String {
     out
 }
 
-fn summary_json(s: &Summary) -> Value {
+pub(crate) fn summary_json(s: &Summary) -> Value {
     json!({"n": s.n, "p50": s.p50, "p90": s.p90, "p99": s.p99, "min": s.min, "max": s.max, "mean": s.mean})
 }
 
@@ -232,7 +232,7 @@ fn plugin_json(p: &PluginFigures) -> Value {
 }
 
 /// NaN is not JSON: a ratio of nothing becomes null.
-fn num(x: f64) -> Value {
+pub(crate) fn num(x: f64) -> Value {
     if x.is_finite() {
         json!(x)
     } else {

@@ -4,11 +4,26 @@
 //! runs must not overlap.
 
 use serde_json::Value;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use twill_testkit::{root_or_skip, sh, try_sh};
 
 const BENCH: &str = env!("CARGO_BIN_EXE_twill-bench");
+
+/// Held while a smoke run goes: both smoke tests (this and agents_smoke) look for every
+/// `twlbench*` name, so their runs must not overlap (nextest runs binaries in parallel).
+fn smoke_lock() -> std::fs::File {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join("twill-bench-smoke.lock"))
+        .unwrap();
+    // SAFETY: the fd is open for the duration of the call.
+    assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0);
+    f
+}
 
 fn twill_cni() -> PathBuf {
     let p = Path::new(BENCH).parent().unwrap().join("twill-cni");
@@ -99,6 +114,7 @@ fn smoke_runs_leave_nothing_behind() {
     if !root_or_skip("smoke_runs_leave_nothing_behind") {
         return;
     }
+    let _lock = smoke_lock();
     assert!(
         twlbench_left().is_empty(),
         "a previous run left {:?}: run twill-bench cni --cleanup",

@@ -1,0 +1,140 @@
+//! Runs `twill-bench agents` at smoke sizes, as root: 5 real twilld against a real etcd,
+//! 20 pods via twill-cni, 3 s idle. The figures must be there, the addresses checked, and
+//! nothing `twlbench*` (namespaces, folders, processes) or in the root namespace may be left.
+
+use serde_json::Value;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use twill_testkit::{root_or_skip, try_sh};
+
+const BENCH: &str = env!("CARGO_BIN_EXE_twill-bench");
+
+/// Held while a smoke run goes: both smoke tests look for every `twlbench*` name, so their
+/// runs must not overlap (nextest runs test binaries in parallel).
+fn smoke_lock() -> std::fs::File {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join("twill-bench-smoke.lock"))
+        .unwrap();
+    // SAFETY: the fd is open for the duration of the call.
+    assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0);
+    f
+}
+
+fn sibling(name: &str) -> PathBuf {
+    let p = Path::new(BENCH).parent().unwrap().join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: build it first (cargo build -p twilld -p twill-cni)",
+        p.display()
+    );
+    p
+}
+
+/// Namespaces, temp folders and processes named twlbench*, from any run.
+fn twlbench_left() -> Vec<String> {
+    let mut left: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    left.extend(
+        std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().to_string_lossy().into_owned()),
+    );
+    left.retain(|n| n.contains("twlbench"));
+    for e in std::fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()) {
+        let cmdline = std::fs::read(e.path().join("cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        if cmdline.contains("twlbench") {
+            left.push(format!(
+                "process {}: {cmdline}",
+                e.file_name().to_string_lossy()
+            ));
+        }
+    }
+    left
+}
+
+#[test]
+fn agents_smoke_run_reports_and_leaves_nothing() {
+    if !root_or_skip("agents_smoke_run_reports_and_leaves_nothing") {
+        return;
+    }
+    if !Path::new("/usr/bin/etcd").is_file() {
+        panic!("/usr/bin/etcd is missing: apt-get install etcd-server");
+    }
+    let _lock = smoke_lock();
+    assert!(
+        twlbench_left().is_empty(),
+        "a previous run left {:?}: run twill-bench agents --cleanup",
+        twlbench_left()
+    );
+    let out = Command::new(BENCH)
+        .args([
+            "agents",
+            "--agents",
+            "5",
+            "--pods",
+            "20",
+            "--idle-minutes",
+            "0.05",
+        ])
+        .args(["--parallel", "2", "-o", "json", "--twilld"])
+        .arg(sibling("twilld"))
+        .arg("--twill-cni")
+        .arg(sibling("twill-cni"))
+        .output()
+        .expect("run twill-bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let left = twlbench_left();
+    assert!(out.status.success(), "twill-bench agents failed: {stderr}");
+    assert!(left.is_empty(), "left behind: {left:?}");
+    let j: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+
+    assert_eq!(j["config"]["agents"], 5);
+    let claims = &j["claims"];
+    assert_eq!(claims["timeToBlock"]["n"], 5, "{claims}");
+    assert_eq!(claims["blocks"], 5, "{claims}");
+    let all = claims["allClaimedMs"].as_f64().unwrap();
+    assert!(all > 0.0 && all >= claims["timeToBlock"]["max"].as_f64().unwrap() - 1e-6);
+    assert!(claims["allHandoffMs"].as_f64().unwrap() > 0.0);
+
+    let pods = &j["pods"];
+    for op in ["add", "del"] {
+        assert_eq!(pods[op]["n"], 20, "{op}: {pods}");
+        assert!(pods[op]["p50"].as_f64().unwrap() > 0.0, "{op}: {pods}");
+    }
+    assert_eq!(pods["addresses"], 20);
+    assert_eq!(pods["addressesOk"], true, "{pods}");
+    assert_eq!(pods["duplicates"].as_array().unwrap().len(), 0);
+
+    let idle = &j["idle"];
+    assert!(idle["seconds"].as_f64().unwrap() >= 2.9, "{idle}");
+    assert_eq!(idle["one"]["node"].as_str().unwrap(), "twlbench-n1");
+    for who in ["one", "mean", "max", "etcd"] {
+        assert!(idle[who]["rssMb"].as_f64().unwrap() > 0.0, "{who}: {idle}");
+        assert!(
+            idle[who]["cpuCores"].as_f64().unwrap() >= 0.0,
+            "{who}: {idle}"
+        );
+    }
+    let goals = j["goals"].as_array().unwrap();
+    assert_eq!(goals.len(), 3);
+    assert!(goals.iter().all(|g| g["met"].is_boolean()));
+
+    // Everything ran in the bench's namespace, never in the root one.
+    for link in ["twlb1", "twlup0"] {
+        let (exists, _, _) = try_sh(&["ip", "link", "show", "dev", link]);
+        assert!(!exists, "{link} appeared in the root namespace");
+    }
+}
