@@ -3,11 +3,13 @@
 //! `/metrics` (Prometheus text format). One thread, one short request per connection.
 
 use ipnet::Ipv4Net;
+use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use twill_api::resources::PeerReach;
 
 /// /healthz fails when the main loop has not ticked for this long.
 pub const STALL: Duration = Duration::from_secs(30);
@@ -32,6 +34,8 @@ pub struct Snapshot {
     pub backend_problems: Vec<String>,
     pub backend_changes: u64,
     pub backend_failures: u64,
+    /// What this node's probes see of each peer's node IP.
+    pub peers: BTreeMap<String, PeerReach>,
 }
 
 #[derive(Debug)]
@@ -54,6 +58,7 @@ impl Status {
             backend_problems: Vec::new(),
             backend_changes: 0,
             backend_failures: 0,
+            peers: BTreeMap::new(),
             last_tick: Instant::now(),
         }))
     }
@@ -172,6 +177,31 @@ pub fn render_metrics(s: &Snapshot, p: ProcStats) -> String {
         "Store requests that failed.",
         &one(s.store_errors.to_string()),
     );
+    if !s.peers.is_empty() {
+        let peer = |name: &str, p: &PeerReach| {
+            format!("{{peer=\"{}\",address=\"{}\"}}", label(name), p.address)
+        };
+        metric(
+            "twill_peer_reachable",
+            "gauge",
+            "1 if the peer's node IP answers this node's ICMP probes.",
+            &s.peers
+                .iter()
+                .map(|(n, p)| (peer(n, p), u8::from(p.reachable).to_string()))
+                .collect::<Vec<_>>(),
+        );
+        metric(
+            "twill_peer_rtt_seconds",
+            "gauge",
+            "Round-trip time of the last answered probe to the peer's node IP.",
+            &s.peers
+                .iter()
+                .filter_map(|(n, p)| {
+                    Some((peer(n, p), format!("{:.6}", p.rtt_micros? as f64 / 1e6)))
+                })
+                .collect::<Vec<_>>(),
+        );
+    }
     if let Some((addr, method)) = &s.node_ip {
         metric(
             "twill_node_info",
@@ -239,12 +269,23 @@ pub fn serve(listener: TcpListener, status: Arc<Status>, shutdown: Arc<AtomicBoo
             Ok((conn, _)) => {
                 let _ = handle(conn, &status);
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(50))
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_readable(&listener),
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
     }
+}
+
+/// Sleeps until a connection arrives or a second passes (then shutdown is checked):
+/// an idle agent wakes once a second here, not twenty times.
+fn wait_readable(listener: &TcpListener) {
+    use std::os::fd::AsRawFd;
+    let mut fd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe { libc::poll(&mut fd, 1, 1000) };
 }
 
 fn handle(conn: TcpStream, status: &Status) -> io::Result<()> {

@@ -1,14 +1,20 @@
 //! `twilld`: parse the config, run the agent until SIGTERM or SIGINT. Exiting keeps the
 //! lease: pods keep their addresses and a restart takes the same blocks back.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::Arc;
 use twilld::config::{self, Command};
 
-static STOP: AtomicBool = AtomicBool::new(false);
+/// The agent's shutdown flag, for the signal handler (set once, before the handlers).
+static STOP: AtomicPtr<AtomicBool> = AtomicPtr::new(std::ptr::null_mut());
 
 extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::Relaxed);
+    let flag = STOP.load(Ordering::Acquire);
+    if !flag.is_null() {
+        // SAFETY: the pointer comes from an Arc leaked in main and never freed; an atomic
+        // store is async-signal-safe.
+        unsafe { (*flag).store(true, Ordering::Relaxed) };
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -25,21 +31,17 @@ fn main() -> anyhow::Result<()> {
         }
     };
     twilld::log::set_format(config.log_format);
+    // The handler sets the agent's own flag: no thread polling for signals (an idle agent
+    // should sleep, not wake 20 times a second).
+    let shutdown = Arc::new(AtomicBool::new(false));
+    STOP.store(
+        Arc::into_raw(shutdown.clone()) as *mut AtomicBool,
+        Ordering::Release,
+    );
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-    }
-    let shutdown = Arc::new(AtomicBool::new(false));
-    {
-        let shutdown = shutdown.clone();
-        std::thread::spawn(move || loop {
-            if STOP.load(Ordering::Relaxed) {
-                shutdown.store(true, Ordering::Relaxed);
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        });
     }
     twilld::Agent::run(config, shutdown)?;
     Ok(())
