@@ -9,6 +9,7 @@
 //! | `nodeconfigs/<name>` | [`NodeSpec`] (overrides, e.g. the node IP) | `twill apply` (kind `Node`) |
 //! | `blocks/<a.b.c.d>-<len>` | [`Block`] (bound to the holder's lease) | `twilld` |
 //! | `allocations/<node>` | a list of [`Allocation`] (bound to the agent's lease) | `twilld` |
+//! | `peers/<node>` | [`PeerView`]: what this node's probes see of every peer (bound to its lease) | `twilld` |
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -19,6 +20,7 @@ pub const PREFIX_NODES: &str = "nodes/";
 pub const PREFIX_NODECONFIGS: &str = "nodeconfigs/";
 pub const PREFIX_BLOCKS: &str = "blocks/";
 pub const PREFIX_ALLOCATIONS: &str = "allocations/";
+pub const PREFIX_PEERS: &str = "peers/";
 
 /// The store key of a block: `blocks/10.244.1.0-24`.
 pub fn block_key(cidr: Ipv4Net) -> String {
@@ -201,6 +203,45 @@ pub struct NodeStatus {
     pub started_at: u64,
     #[serde(default)]
     pub agent_version: String,
+}
+
+/// What one node's agent sees of its peers: it probes the address each peer advertises
+/// (ICMP echo) and publishes the outcome, so a node IP no one can reach is caught (the
+/// seed's `first-found` trap). Peers not probed yet are absent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerView {
+    /// The observing node's own address and the interface holding it (if any holds it).
+    pub address: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    /// Peer name → what the probes of its advertised address found.
+    #[serde(default)]
+    pub peers: std::collections::BTreeMap<String, PeerReach>,
+}
+
+/// One peer as seen from one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerReach {
+    /// The address probed (the peer's advertised node IP when probed).
+    pub address: Ipv4Addr,
+    pub reachable: bool,
+    /// The last round-trip time, when the last probe was answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_micros: Option<u64>,
+    /// Seconds since the epoch when `reachable` took its current value.
+    pub since: u64,
+    /// Probes unanswered in a row.
+    #[serde(default)]
+    pub failures: u32,
+    /// Why the last probe failed (no reply, no route, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// How this node's backend carries traffic to the peer ("host-gw direct", "vxlan
+    /// tunnel", "host-gw unrouted: off segment", …).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub backend: String,
 }
 
 /// A block of pod addresses held by one node.

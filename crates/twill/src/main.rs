@@ -5,6 +5,7 @@
 mod ipam_cmd;
 mod lab;
 mod node_cmd;
+mod node_status;
 mod resources;
 mod store_args;
 mod table;
@@ -34,7 +35,7 @@ enum Command {
     Apply(resources::ApplyArgs),
     /// Delete a node's override, or the network config.
     Delete(resources::DeleteArgs),
-    /// Retire a node and free the blocks it holds.
+    /// Nodes: peer reachability (status), retiring a node and freeing its blocks (remove).
     Node(node_cmd::NodeArgs),
     /// The pod address space: per-node usage, and a consistency check.
     Ipam(ipam_cmd::IpamArgs),

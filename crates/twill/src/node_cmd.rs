@@ -1,10 +1,12 @@
+//! `twill node status`: every node's peers, reachable or not (see [`crate::node_status`]).
 //! `twill node remove NAME`: retires a node and frees what it held. [`plan_removal`] is
 //! pure (what to delete, or why not); [`run`] deletes, blocks by compare-and-delete so a
 //! block another node re-claimed meanwhile is left alone.
 
+use crate::node_status;
 use crate::view::ClusterView;
 use anyhow::bail;
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use ipnet::Ipv4Net;
 use twill_api::resources::{PREFIX_NODECONFIGS, PREFIX_NODES};
 use twill_store::{Revision, Store, PREFIX};
@@ -17,6 +19,16 @@ pub struct NodeArgs {
 
 #[derive(Subcommand)]
 enum NodeCommand {
+    /// Each node's peers as its agent's probes see them (like calicoctl node status):
+    /// reachable or not, round-trip time, how the backend carries traffic to them. Warns,
+    /// and exits 1, when a node's chosen IP is unreachable from its peers.
+    Status {
+        /// Only this node's peers (and warnings about it); every node when omitted.
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: StatusOutput,
+    },
     /// Retire a node: delete its status, override and allocations, and free every block it
     /// holds. Refused while its agent looks alive, unless --force.
     Remove {
@@ -26,6 +38,38 @@ enum NodeCommand {
         #[arg(long)]
         force: bool,
     },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum StatusOutput {
+    Table,
+    Wide,
+    Json,
+}
+
+fn run_status(store: &dyn Store, node: Option<&str>, output: StatusOutput) -> anyhow::Result<i32> {
+    // One list, one revision: statuses and peer views agree with each other.
+    let (kvs, revision) = store.list(PREFIX)?;
+    let view = ClusterView::from_kvs(store.kind(), revision, &kvs);
+    let report = match node_status::build(&view, &node_status::peer_views(&kvs), node) {
+        Ok(r) => r,
+        Err(why) => bail!(why),
+    };
+    match output {
+        StatusOutput::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        o => print!(
+            "{}",
+            node_status::render(&report, o == StatusOutput::Wide, now())
+        ),
+    }
+    Ok(report.exit_code())
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// What removing a node deletes.
@@ -77,7 +121,10 @@ pub fn plan_removal(view: &ClusterView, node: &str, force: bool) -> Result<Remov
 }
 
 pub fn run(args: NodeArgs, store: &dyn Store) -> anyhow::Result<i32> {
-    let NodeCommand::Remove { name, force } = args.command;
+    let (name, force) = match args.command {
+        NodeCommand::Status { node, output } => return run_status(store, node.as_deref(), output),
+        NodeCommand::Remove { name, force } => (name, force),
+    };
     let view = ClusterView::load(store)?;
     let plan = match plan_removal(&view, &name, force) {
         Ok(p) => p,

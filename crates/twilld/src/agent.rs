@@ -10,6 +10,7 @@ use crate::handoff::{self, FileError, HandOffWriter, Memory};
 use crate::http::{self, Status};
 use crate::log;
 use crate::netinfo;
+use crate::peers::{self, Prober, Publisher};
 use crate::routing::{self, Routing};
 use ipnet::Ipv4Net;
 use std::collections::HashSet;
@@ -18,8 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use twill_api::resources::{
-    block_from_key, block_key, Block, HandOff, NetworkConfig, NodeSpec, NodeStatus, KEY_CONFIG,
-    PREFIX_BLOCKS, PREFIX_NODECONFIGS, PREFIX_NODES,
+    block_from_key, block_key, Block, HandOff, NetworkConfig, NodeSpec, NodeStatus, PeerView,
+    KEY_CONFIG, PREFIX_BLOCKS, PREFIX_NODECONFIGS, PREFIX_NODES, PREFIX_PEERS,
 };
 use twill_ipam::blocks::BlockSpace;
 use twill_ipam::records::{RecordDir, RecordError};
@@ -220,6 +221,9 @@ struct Runner {
     peers_dirty: bool,
     /// The uplink's MTU, as last read (for the pod MTU in the hand-off).
     uplink_mtu: Option<u32>,
+    /// Probes every peer's node IP (started once a backend routes between nodes).
+    prober: Option<Prober>,
+    peers_published: Publisher,
 }
 
 impl Runner {
@@ -270,6 +274,8 @@ impl Runner {
             peers: Vec::new(),
             peers_dirty: true,
             uplink_mtu: None,
+            prober: None,
+            peers_published: Publisher::default(),
         }
     }
 
@@ -595,6 +601,7 @@ impl Runner {
         // 8. Publish: node status, then routes to the other nodes, the hand-off, memory.
         self.publish_node(lease)?;
         self.route()?;
+        self.probe_peers(lease)?;
         let h = self.handoff_now();
         if self.handoff.write(&h)? {
             let list: Vec<String> = self.held.iter().map(|b| b.to_string()).collect();
@@ -732,6 +739,40 @@ impl Runner {
                 self.status.update(|s| s.backend_failures += 1);
             }
         }
+        Ok(())
+    }
+
+    /// Hands the peers to the prober and publishes what it sees as `peers/<node>`. Only
+    /// when a backend routes between nodes: with `none` no traffic crosses them.
+    fn probe_peers(&mut self, lease: LeaseId) -> Result<(), StoreError> {
+        let Some(net) = self.net.as_ref().filter(|n| n.config.backend != "none") else {
+            return Ok(());
+        };
+        if self.prober.is_none() {
+            match Prober::start(self.cfg.peer_probe_interval, self.shutdown.clone()) {
+                Ok(p) => self.prober = Some(p),
+                Err(e) => {
+                    log::error("cannot start the peer prober", &[("error", &e)]);
+                    return Ok(());
+                }
+            }
+        }
+        let prober = self.prober.as_ref().expect("started above");
+        let ip = self.node_ip.as_ref().expect("detected before");
+        prober.set_targets(&peers::targets(&self.peers, &net.config.backend, ip.cidr));
+        let value = PeerView {
+            address: Some(ip.address),
+            interface: ip.interface.clone(),
+            peers: prober.view(),
+        };
+        let now = Instant::now();
+        if self.peers_published.due(lease.0, &value, now) {
+            let bytes = serde_json::to_vec(&value).expect("a peer view serializes");
+            let k = key(&format!("{PREFIX_PEERS}{}", self.cfg.node_name));
+            self.store.put(&k, &bytes, Some(lease))?;
+            self.peers_published.written(lease.0, &value, now);
+        }
+        self.status.update(|s| s.peers = value.peers);
         Ok(())
     }
 

@@ -39,6 +39,8 @@ pub struct Config {
     pub min_free_addresses: u32,
     /// How often block usage (twill-cni's records) is measured.
     pub poll_interval: Duration,
+    /// How often each peer's node IP is probed (ICMP echo), when a backend is on.
+    pub peer_probe_interval: Duration,
 }
 
 /// One setting: its YAML name, flag, environment variable, default and help.
@@ -76,6 +78,7 @@ fields! {
     "logFormat" "log-format" "TWILL_LOG_FORMAT" "text" "text (logfmt) | json";
     "minFreeAddresses" "min-free-addresses" "TWILL_MIN_FREE_ADDRESSES" "8" "claim another block when fewer addresses are free";
     "pollIntervalSeconds" "poll-interval-seconds" "TWILL_POLL_INTERVAL_SECONDS" "5" "how often block usage is measured (decimals allowed)";
+    "peerProbeIntervalSeconds" "peer-probe-interval-seconds" "TWILL_PEER_PROBE_INTERVAL_SECONDS" "5" "how often every peer's node IP is probed with an ICMP echo (decimals allowed)";
 }
 
 /// Where a value came from, for error messages.
@@ -501,6 +504,20 @@ fn build(
                 format!("{v:?} must be a number of seconds from 0.05 to 3600"),
             )
         })?;
+    let (v, o) = take("peerProbeIntervalSeconds");
+    let peer_probe_interval = v
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| (0.1..=3600.0).contains(s))
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| {
+            bad(
+                o,
+                "peerProbeIntervalSeconds",
+                format!("{v:?} must be a number of seconds from 0.1 to 3600"),
+            )
+        })?;
 
     Ok(Config {
         node_name,
@@ -521,6 +538,7 @@ fn build(
         log_format,
         min_free_addresses,
         poll_interval,
+        peer_probe_interval,
     })
 }
 

@@ -3,7 +3,7 @@
 //! to `twill-cni` in a node-local file, and serves /healthz, /readyz and /metrics.
 //!
 //! Pure: [`config`] (parsing), [`autodetect`], [`claims`], the renderers of [`http`] and
-//! [`log`]. I/O edges: [`netinfo`] (netlink), [`handoff`] (files), [`http::serve`], and the
+//! [`log`], the state of [`peers`]. I/O edges: [`netinfo`] (netlink), [`peers::Prober`] (ICMP), [`handoff`] (files), [`http::serve`], and the
 //! main loop in [`agent`].
 
 pub mod agent;
@@ -15,6 +15,7 @@ pub mod handoff;
 pub mod http;
 pub mod log;
 pub mod netinfo;
+pub mod peers;
 pub mod routing;
 
 pub use agent::{Agent, AgentError};
