@@ -204,6 +204,8 @@ fn vxlan(direct_routing: bool) -> Vxlan {
         vni: 1,
         port: 8472,
         direct_routing,
+        // Exercise the workaround whatever this kernel is.
+        disable_tx_checksum: true,
     }
 }
 

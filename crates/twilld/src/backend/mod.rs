@@ -115,6 +115,10 @@ pub struct VxlanSpec {
     /// The `.0/32` of this node's first block (flannel gives flannel.1 the same), so
     /// packets the node itself sends through the tunnel have a source peers route back.
     pub address: Option<Ipv4Net>,
+    /// Turn TX checksum offload off: only on kernels with the VXLAN checksum fault
+    /// (see [`vxlan::checksum_offload_broken`]); elsewhere it costs TSO, most of the
+    /// tunnel's throughput.
+    pub disable_tx_checksum: bool,
 }
 
 /// The kernel state a backend needs on this node.
@@ -283,6 +287,8 @@ pub struct BackendOptions {
     pub port: Option<u16>,
     /// Calico's CrossSubnet: direct routes to peers on this node's segment.
     pub direct_routing: bool,
+    /// This kernel has the VXLAN checksum-offload fault (the caller asks uname).
+    pub disable_tx_checksum: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -314,6 +320,7 @@ pub fn select(name: &str, options: &BackendOptions) -> Result<Box<dyn Backend>, 
                 vni,
                 port: options.port.unwrap_or(DEFAULT_VXLAN_PORT),
                 direct_routing: options.direct_routing,
+                disable_tx_checksum: options.disable_tx_checksum,
             }))
         }
         other => Err(BackendError::Unknown(other.to_owned())),
@@ -542,10 +549,10 @@ fn removal_rank(op: &Op) -> u8 {
 }
 
 fn create_device(spec: &VxlanSpec) -> Vec<Op> {
-    let mut ops = vec![
-        Op::CreateDevice(spec.clone()),
-        Op::DisableTxChecksum(spec.name.clone()),
-    ];
+    let mut ops = vec![Op::CreateDevice(spec.clone())];
+    if spec.disable_tx_checksum {
+        ops.push(Op::DisableTxChecksum(spec.name.clone()));
+    }
     if let Some(net) = spec.address {
         ops.push(Op::AddDeviceAddress {
             dev: spec.name.clone(),
@@ -579,7 +586,7 @@ fn adjust_device(spec: &VxlanSpec, d: &ObservedDevice) -> Vec<Op> {
             mac: spec.mac,
         });
     }
-    if d.tx_checksum {
+    if spec.disable_tx_checksum && d.tx_checksum {
         ops.push(Op::DisableTxChecksum(dev()));
     }
     if let Some(net) = spec.address.filter(|n| !d.addresses.contains(n)) {

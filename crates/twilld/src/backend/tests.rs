@@ -41,6 +41,7 @@ fn vxlan(direct_routing: bool) -> Vxlan {
         vni: 1,
         port: 8472,
         direct_routing,
+        disable_tx_checksum: true,
     }
 }
 
@@ -170,6 +171,7 @@ fn vxlan_plans_device_and_one_route_neigh_fdb_per_peer() {
             mtu: 1450,
             mac: [0x0a, 0x54, 192, 0, 2, 11],
             address: Some(net("10.244.1.0/32")),
+            disable_tx_checksum: true,
         }
     );
     assert_eq!(
@@ -433,4 +435,26 @@ fn tiny_uplink_mtu_is_a_problem() {
     let desired = vxlan::plan(&l, &[], &vxlan(false));
     assert!(desired.problems[0].contains("uplink eth0 has MTU 100"));
     assert_eq!(desired.device.unwrap().mtu, 68);
+}
+
+#[test]
+fn checksum_offload_is_kept_on_fixed_kernels() {
+    use super::vxlan::checksum_offload_broken;
+    assert!(checksum_offload_broken("4.19.0-21-amd64"));
+    assert!(checksum_offload_broken("5.6.19"));
+    assert!(!checksum_offload_broken("5.7.0"));
+    assert!(!checksum_offload_broken("6.18.44-fc-v669"));
+    assert!(checksum_offload_broken("garbage"));
+    let mut on_fixed = vxlan(false);
+    on_fixed.disable_tx_checksum = false;
+    let desired = super::vxlan::plan(&local(), &[], &on_fixed);
+    let plan = diff(&desired, &Observed::default());
+    assert!(
+        !plan
+            .ops
+            .iter()
+            .any(|o| matches!(o, Op::DisableTxChecksum(_))),
+        "{:?}",
+        plan.ops
+    );
 }
