@@ -3,14 +3,19 @@
 //! Every step is recorded in `state.json` before the next one, so a failed `up` and a later
 //! `down` remove exactly what exists.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
 
 use serde_json::Value;
 
 use crate::daemons;
-use crate::plan::{self, LabSpec, NodePlan, PlanError, PodPlan, Veth};
+use crate::plan::{
+    self, BackendKind, LabPlan, LabSpec, NodePlan, PlanError, PodPlan, StoreKind, Veth,
+};
 use crate::runtime::{self, CniCommand, RuntimeError};
 use crate::state::{LabState, PodRecord, ProcRecord, StateError};
 
@@ -272,28 +277,14 @@ fn build(state: &mut LabState, log: Log) -> Result<(), LabError> {
         "via",
         &out.gateway.to_string(),
     ])?;
+    if let Some(e) = &plan.store.etcd {
+        // Nodes behind the router (segment 2) reach the store through it: the answer
+        // needs the way back.
+        let gw = plan.segments[0].gateway.to_string();
+        ip(&["-n", &e.netns, "route", "add", "default", "via", &gw])?;
+    }
     for node in &plan.nodes {
-        log(&format!(
-            "node {}: {} on eth0, default via {}",
-            node.short, node.address, node.gateway
-        ));
-        ip(&[
-            "-n",
-            &node.netns,
-            "route",
-            "add",
-            "default",
-            "via",
-            &node.gateway.to_string(),
-        ])?;
-        set_ip_forward(&node.netns)?;
-        for dir in [&node.ipam_dir, &node.agent_state_dir] {
-            std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
-        }
-        let conflist = runtime::node_conflist(&plan, node);
-        let text = serde_json::to_string_pretty(&conflist).expect("conflist serializes");
-        std::fs::write(&node.conflist, text)
-            .map_err(io_err(format!("write {}", node.conflist.display())))?;
+        setup_node(&plan, node, log)?;
     }
     start_store(state, log)?;
     let config = daemons::write_network_config(&plan)?;
@@ -327,17 +318,250 @@ fn build(state: &mut LabState, log: Log) -> Result<(), LabError> {
         log(&format!("node {}: twilld ready", rec.role));
     }
     for node in &plan.nodes {
-        let conflist = runtime::node_conflist(&plan, node);
-        for pod in &node.pods {
-            add_pod(state, node, pod, &conflist)?;
-            let rec = state.pods.last().expect("just added");
-            log(&format!(
-                "pod {}: twill-cni ADD gave {}",
-                pod.short,
-                rec.address.map_or("no address".into(), |a| a.to_string())
-            ));
-        }
+        add_pods(state, node, log)?;
     }
+    wait_peering(state, log)
+}
+
+/// A node's own set-up once its namespace and uplink exist: default route via its
+/// segment's router, forwarding, its folders and conflist.
+fn setup_node(plan: &LabPlan, node: &NodePlan, log: Log) -> Result<(), LabError> {
+    log(&format!(
+        "node {}: {} on eth0, default via {}",
+        node.short, node.address, node.gateway
+    ));
+    ip(&[
+        "-n",
+        &node.netns,
+        "route",
+        "add",
+        "default",
+        "via",
+        &node.gateway.to_string(),
+    ])?;
+    set_ip_forward(&node.netns)?;
+    for dir in [&node.ipam_dir, &node.agent_state_dir] {
+        std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
+    }
+    let conflist = runtime::node_conflist(plan, node);
+    let text = serde_json::to_string_pretty(&conflist).expect("conflist serializes");
+    std::fs::write(&node.conflist, text)
+        .map_err(io_err(format!("write {}", node.conflist.display())))
+}
+
+fn add_pods(state: &mut LabState, node: &NodePlan, log: Log) -> Result<(), LabError> {
+    let conflist = runtime::node_conflist(&state.plan, node);
+    for pod in &node.pods {
+        add_pod(state, node, pod, &conflist)?;
+        let rec = state.pods.last().expect("just added");
+        log(&format!(
+            "pod {}: twill-cni ADD gave {}",
+            pod.short,
+            rec.address.map_or("no address".into(), |a| a.to_string())
+        ));
+    }
+    Ok(())
+}
+
+/// How long `up` waits for the agents to program routes to one another.
+pub const PEERING_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Twill's routes in `netns` (`ip -j route show proto 84`): their destinations.
+pub fn twill_routes(netns: &str) -> Result<Vec<Ipv4Net>, LabError> {
+    let text = ip(&["-j", "-n", netns, "route", "show", "proto", "84"])?;
+    Ok(plan::parse_route_dsts(&text))
+}
+
+/// What the agents have not done yet: per node, a route to every block of every peer its
+/// backend reaches, or the /readyz warning for a peer it cannot (host-gw across segments).
+pub fn peering_gaps(state: &LabState) -> Result<Vec<String>, LabError> {
+    let plan = &state.plan;
+    let published = daemons::read_nodes(plan).map_err(|e| LabError::Command {
+        cmd: "read the nodes from the store".into(),
+        detail: e,
+    })?;
+    let blocks: HashMap<String, Vec<Ipv4Net>> =
+        published.into_iter().map(|(k, v)| (k, v.blocks)).collect();
+    let mut routes = HashMap::new();
+    let mut readyz = HashMap::new();
+    for n in &plan.nodes {
+        routes.insert(n.short.clone(), twill_routes(&n.netns)?);
+        let body = daemons::http_get(&n.netns, daemons::agent_addr(), "/readyz")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        readyz.insert(n.short.clone(), body);
+    }
+    Ok(plan.peering_gaps(&blocks, &routes, &readyz))
+}
+
+/// Waits until [`peering_gaps`] finds none, so that `check` right after `up` is meaningful.
+pub fn wait_peering(state: &LabState, log: Log) -> Result<(), LabError> {
+    if state.plan.backend == BackendKind::None {
+        return Ok(());
+    }
+    let started = Instant::now();
+    loop {
+        let gaps = peering_gaps(state)?;
+        if gaps.is_empty() {
+            log(&format!(
+                "backend {}: every node has its routes to the others ({} ms)",
+                state.plan.backend.as_str(),
+                started.elapsed().as_millis()
+            ));
+            return Ok(());
+        }
+        if started.elapsed() > PEERING_TIMEOUT {
+            return Err(LabError::Command {
+                cmd: format!(
+                    "wait for the {} routes between nodes",
+                    state.plan.backend.as_str()
+                ),
+                detail: format!(
+                    "still missing after {}s: {}; see the agents' logs under {}",
+                    PEERING_TIMEOUT.as_secs(),
+                    gaps.join("; "),
+                    state.plan.state_dir.display()
+                ),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `twill lab add-node`: one more node (next index, alternating segments) joins the
+/// running lab: namespace, uplink, its agent (for the static store, the file gains its
+/// entry first), its pods; waits until every node routes to it. Returns its name.
+pub fn add_node(state: &mut LabState, log: Log) -> Result<String, LabError> {
+    let node = state.plan.next_node()?;
+    state.plan.nodes.push(node.clone());
+    state.save()?;
+    add_netns(state, &node.netns)?;
+    wire_veth(&node.uplink)?;
+    setup_node(&state.plan, &node, log)?;
+    daemons::write_static_file(&state.plan)?;
+    let rec = daemons::spawn(
+        &node.short,
+        &node.netns,
+        &state.twilld_bin,
+        &state.plan.agent_args(&node),
+        &node.agent_log,
+    )?;
+    log(&format!(
+        "node {}: twilld started (pid {})",
+        node.short,
+        rec.pid.unwrap_or(0)
+    ));
+    state.agents.push(rec.clone());
+    state.save()?;
+    daemons::wait_agent_ready(&rec, daemons::AGENT_READY_TIMEOUT)?;
+    add_pods(state, &node, log)?;
+    wait_peering(state, log)?;
+    Ok(node.short)
+}
+
+/// `twill lab remove-node NODE`: the node leaves: DEL of its pods, its agent stopped,
+/// `forget` takes it out of the store (the CLI runs `twill node remove`; for the static
+/// store the lab rewrites the file), its namespaces deleted. Waits until no other node
+/// has a route to its blocks any more.
+pub fn remove_node(
+    state: &mut LabState,
+    short: &str,
+    forget: &(dyn Fn(&dyn twill_store::Store, &str) -> Result<(), String> + Sync),
+    log: Log,
+) -> Result<(), LabError> {
+    let node = state
+        .plan
+        .nodes
+        .iter()
+        .find(|n| n.short == short)
+        .cloned()
+        .ok_or_else(|| LabError::Plan(PlanError::UnknownTarget(short.to_string())))?;
+    let gone_blocks: Vec<Ipv4Net> = daemons::read_nodes(&state.plan)
+        .ok()
+        .and_then(|m| m.get(short).map(|n| n.blocks.clone()))
+        .unwrap_or_default();
+    let conflist = runtime::node_conflist(&state.plan, &node);
+    let pods: Vec<PodRecord> = state
+        .pods
+        .iter()
+        .filter(|p| p.node == node.index)
+        .cloned()
+        .collect();
+    for rec in pods.iter().rev() {
+        if let Some(pod) = node.pods.iter().find(|p| p.short == rec.short) {
+            call_plugin(
+                state,
+                &node,
+                pod,
+                &conflist,
+                CniCommand::Del,
+                rec.result.as_ref(),
+            )?;
+            log(&format!("pod {}: twill-cni DEL done", rec.short));
+        }
+        delete_netns(state, &rec.netns)?;
+        state.pods.retain(|p| p.short != rec.short);
+        state.save()?;
+    }
+    if let Some(rec) = state.agent(short).cloned() {
+        if let Some(note) = daemons::stop(&rec, daemons::STOP_GRACE) {
+            log(&format!("warning: {note}"));
+        }
+        log(&format!("node {short}: twilld stopped"));
+        state.agents.retain(|a| a.role != short);
+        state.save()?;
+    }
+    state.plan.nodes.retain(|n| n.short != short);
+    if state.plan.store.kind == StoreKind::Static {
+        daemons::write_static_file(&state.plan)?;
+        log(&format!("node {short}: removed from the static file"));
+    } else {
+        daemons::with_store(&state.plan, |store| forget(store, short)).map_err(|e| {
+            LabError::Command {
+                cmd: format!("twill node remove {short}"),
+                detail: e,
+            }
+        })?;
+        log(&format!("node {short}: removed from the store"));
+    }
+    delete_netns(state, &node.netns)?;
+    let _ = std::fs::remove_dir_all(&node.dir);
+    state.save()?;
+    // The others drop their routes to it once they see it gone.
+    let started = Instant::now();
+    loop {
+        let mut left = Vec::new();
+        for n in &state.plan.nodes {
+            let routes = twill_routes(&n.netns)?;
+            left.extend(
+                gone_blocks
+                    .iter()
+                    .filter(|b| routes.contains(b))
+                    .map(|b| format!("{} still routes {b}", n.short)),
+            );
+        }
+        if left.is_empty() {
+            log(&format!(
+                "node {short}: no node routes to its blocks any more ({} ms)",
+                started.elapsed().as_millis()
+            ));
+            return Ok(());
+        }
+        if started.elapsed() > PEERING_TIMEOUT {
+            return Err(LabError::Command {
+                cmd: format!("wait for the routes to {short} to go"),
+                detail: left.join("; "),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn delete_netns(state: &mut LabState, netns: &str) -> Result<(), LabError> {
+    if netns_exists(netns) {
+        ip(&["netns", "del", netns])?;
+    }
+    state.netns.retain(|n| n != netns);
     Ok(())
 }
 

@@ -12,7 +12,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::build::LabError;
-use crate::plan::{LabPlan, CONTAINER_PORT_TCP, CONTAINER_PORT_UDP, HOST_PORT_TCP, HOST_PORT_UDP};
+use crate::plan::{
+    self, BackendKind, LabPlan, PeerPath, CONTAINER_PORT_TCP, CONTAINER_PORT_UDP, HOST_PORT_TCP,
+    HOST_PORT_UDP,
+};
 use crate::probe::{self, Listener, ProbeError, Reply};
 use crate::state::LabState;
 
@@ -57,11 +60,35 @@ pub enum Expect {
     },
     /// No connection at all.
     Unreachable,
+    /// No connection, because the backend cannot carry it (`reason`); with `reported`, the
+    /// sending node's agent must also name the peer in its /readyz warnings.
+    Blocked {
+        reason: String,
+        reported: Option<Reported>,
+    },
+}
+
+/// A problem an agent must be reporting: node `netns`'s /readyz names `peer` (`peer_ip`)
+/// as off its segment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reported {
+    pub netns: String,
+    pub peer: String,
+    pub peer_ip: Ipv4Addr,
+}
+
+impl Expect {
+    /// Whether the probe is meant to get through.
+    pub fn reaches(&self) -> bool {
+        !matches!(self, Expect::Unreachable | Expect::Blocked { .. })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckSpec {
     pub name: String,
+    /// Which pair this is: on a node, across nodes, across segments, outside.
+    pub kind: String,
     pub from: String,
     pub from_netns: String,
     pub to: String,
@@ -74,8 +101,15 @@ pub struct CheckSpec {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckResult {
     pub name: String,
+    pub kind: String,
     pub from: String,
     pub to: String,
+    /// "pass" when the probe is meant to get through (with the right answer and source),
+    /// "fail" when the topology or backend must stop it.
+    pub expected: String,
+    /// What happened, in the same words.
+    pub result: String,
+    /// `result` is `expected` (and an expected failure is the one the agent reports).
     pub passed: bool,
     pub detail: String,
 }
@@ -140,6 +174,7 @@ pub fn plan_checks(plan: &LabPlan, pod_addrs: &HashMap<String, PodAddrs>) -> Vec
         |name: &str, from: (&str, &str), to: String, probe: Probe, expect: Expect, hint: &str| {
             v.push(CheckSpec {
                 name: name.into(),
+                kind: kind_of(name).into(),
                 from: from.0.into(),
                 from_netns: from.1.into(),
                 to,
@@ -294,12 +329,144 @@ pub fn plan_checks(plan: &LabPlan, pod_addrs: &HashMap<String, PodAddrs>) -> Vec
         );
         add("outside→pod ip not routed", out_from, format!("{} {first_ip}:{CONTAINER_PORT_TCP}", first.short), tcp(first_ip, CONTAINER_PORT_TCP), Expect::Unreachable, "the router must not know the pod network: pods are reached from outside only through host ports");
     }
+    v.extend(cross_node_checks(plan, &pod_ips));
+    v
+}
+
+/// The kind of pair a check covers, from its name.
+fn kind_of(name: &str) -> &'static str {
+    if name.contains("outside") {
+        "outside"
+    } else if name.contains("host port") {
+        "host port"
+    } else {
+        "on a node"
+    }
+}
+
+/// Between every ordered pair of nodes: pod 1 → pod 1 (ICMP, and TCP with the source kept:
+/// no NAT between pods), node → the other node's pod 1. What each row expects follows
+/// from the backend ([`LabPlan::peer_path`]): host-gw across segments must fail, and the
+/// sending node's agent must say why in /readyz.
+pub fn cross_node_checks(plan: &LabPlan, pod_ips: &HashMap<String, Ipv4Addr>) -> Vec<CheckSpec> {
+    let mut v = Vec::new();
+    for a in &plan.nodes {
+        for b in plan.nodes.iter().filter(|b| b.index != a.index) {
+            let kind = if a.segment == b.segment {
+                "across nodes"
+            } else {
+                "across segments"
+            };
+            let (Some(pa), Some(pb)) = (a.pods.first(), b.pods.first()) else {
+                continue;
+            };
+            let (Some(&ip_a), Some(&ip_b)) = (pod_ips.get(&pa.short), pod_ips.get(&pb.short))
+            else {
+                continue; // the row "pod has an address" already fails
+            };
+            let blocked = match plan.peer_path(a, b) {
+                PeerPath::Routed => None,
+                PeerPath::Blocked { reason, reported } => Some(Expect::Blocked {
+                    reason,
+                    reported: reported.then(|| Reported {
+                        netns: a.netns.clone(),
+                        peer: b.short.clone(),
+                        peer_ip: b.address.addr(),
+                    }),
+                }),
+            };
+            let via = match plan.backend {
+                BackendKind::HostGw => "host-gw: a route per remote block via the remote node",
+                BackendKind::Vxlan if plan.direct_routing && a.segment == b.segment => {
+                    "vxlan directRouting: on one segment, a direct route via the remote node"
+                }
+                _ => {
+                    "vxlan: route onlink via the peer's VTEP on twl.1, its neighbour and FDB entry"
+                }
+            };
+            let mut add = |name: &str, from: (&str, &str), to: String, probe, expect| {
+                v.push(CheckSpec {
+                    name: name.into(),
+                    kind: kind.into(),
+                    from: from.0.into(),
+                    from_netns: from.1.into(),
+                    to,
+                    probe,
+                    expect: blocked.clone().unwrap_or(expect),
+                    hint: format!(
+                        "{} must have a Twill route (ip route show proto 84) to {}'s block; {via}",
+                        a.short, b.short
+                    ),
+                })
+            };
+            add(
+                "pod→pod icmp, other node",
+                (&pa.short, &pa.netns),
+                format!("{} {ip_b}", pb.short),
+                Probe::Ping(ip_b),
+                Expect::Reply,
+            );
+            add(
+                "pod→pod tcp, other node, source kept",
+                (&pa.short, &pa.netns),
+                format!("{} {ip_b}:{CONTAINER_PORT_TCP}", pb.short),
+                Probe::Tcp(SocketAddr::from((ip_b, CONTAINER_PORT_TCP))),
+                Expect::Answer {
+                    responder: pb.short.clone(),
+                    peer: Some(ip_a),
+                },
+            );
+            add(
+                "node→pod icmp, other node",
+                (&a.short, &a.netns),
+                format!("{} {ip_b}", pb.short),
+                Probe::Ping(ip_b),
+                Expect::Reply,
+            );
+        }
+    }
     v
 }
 
 /// Decides one check from what the probe got.
 pub fn judge(spec: &CheckSpec, outcome: Result<Option<Reply>, String>) -> (bool, String) {
+    judge_with(spec, outcome, None)
+}
+
+/// [`judge`], given the sending node's /readyz body for rows that need it.
+pub fn judge_with(
+    spec: &CheckSpec,
+    outcome: Result<Option<Reply>, String>,
+    readyz: Option<&str>,
+) -> (bool, String) {
     match (&spec.expect, outcome) {
+        (Expect::Blocked { reason, .. }, Ok(reply)) => (
+            false,
+            format!(
+                "reached{}, but {reason}: the probe should have failed",
+                reply.map_or(String::new(), |r| format!(" {}", r.responder))
+            ),
+        ),
+        (Expect::Blocked { reason, reported }, Err(e)) => match reported {
+            None => (true, format!("failed as expected: {reason} ({e})")),
+            Some(r) => {
+                let body = readyz.unwrap_or("");
+                if plan::reports_off_segment(body, &r.peer, r.peer_ip) {
+                    (
+                        true,
+                        format!("failed as expected: {reason}, and it does ({e})"),
+                    )
+                } else {
+                    (
+                        false,
+                        format!(
+                            "failed as expected ({e}), but {reason} is not true: its /readyz says {:?}",
+                            body.trim()
+                        ),
+                    )
+                }
+            }
+        },
         (Expect::Unreachable, Ok(reply)) => (
             false,
             format!(
@@ -382,20 +549,33 @@ pub fn run(state: &LabState) -> Result<CheckReport, LabError> {
     let checks: Vec<CheckResult> = std::thread::scope(|scope| {
         let handles: Vec<_> = specs
             .iter()
-            .map(|s| scope.spawn(move || judge(s, send(s))))
+            .map(|s| {
+                scope.spawn(move || {
+                    let outcome = send(s);
+                    let readyz = match &s.expect {
+                        Expect::Blocked {
+                            reported: Some(r), ..
+                        } => Some(
+                            crate::daemons::http_get(
+                                &r.netns,
+                                crate::daemons::agent_addr(),
+                                "/readyz",
+                            )
+                            .map(|(_, body)| body)
+                            .unwrap_or_else(|e| format!("unreachable: {e}")),
+                        ),
+                        _ => None,
+                    };
+                    judge_with(s, outcome, readyz.as_deref())
+                })
+            })
             .collect();
         specs
             .iter()
             .zip(handles)
             .map(|(s, h)| {
                 let (passed, detail) = h.join().unwrap_or((false, "probe thread panicked".into()));
-                CheckResult {
-                    name: s.name.clone(),
-                    from: s.from.clone(),
-                    to: s.to.clone(),
-                    passed,
-                    detail,
-                }
+                result_row(s, passed, detail)
             })
             .collect()
     });
@@ -407,51 +587,87 @@ pub fn run(state: &LabState) -> Result<CheckReport, LabError> {
     })
 }
 
+/// One row of the report: what was expected, what happened, and whether they agree.
+pub fn result_row(spec: &CheckSpec, passed: bool, detail: String) -> CheckResult {
+    let word = |b: bool| if b { "pass" } else { "fail" };
+    let expected = spec.expect.reaches();
+    CheckResult {
+        name: spec.name.clone(),
+        kind: spec.kind.clone(),
+        from: spec.from.clone(),
+        to: spec.to.clone(),
+        expected: word(expected).into(),
+        // A mismatch means the opposite happened, except an expected failure whose
+        // report is missing: it still failed.
+        result: word(
+            if passed || !expected && detail.starts_with("failed as expected") {
+                expected
+            } else {
+                !expected
+            },
+        )
+        .into(),
+        passed,
+        detail,
+    }
+}
+
 /// The check table.
 pub fn render(report: &CheckReport) -> String {
-    let w_name = report
-        .checks
-        .iter()
-        .map(|c| c.name.chars().count())
-        .max()
-        .unwrap_or(5)
-        .max(5);
-    let w_from = report
-        .checks
-        .iter()
-        .map(|c| c.from.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
-    let w_to = report
-        .checks
-        .iter()
-        .map(|c| c.to.chars().count())
-        .max()
-        .unwrap_or(2)
-        .max(2);
+    let width = |f: &dyn Fn(&CheckResult) -> &str, title: &str| {
+        report
+            .checks
+            .iter()
+            .map(|c| f(c).chars().count())
+            .chain([title.len()])
+            .max()
+            .unwrap_or(0)
+    };
+    let w_name = width(&|c| &c.name, "CHECK");
+    let w_kind = width(&|c| &c.kind, "KIND");
+    let w_from = width(&|c| &c.from, "FROM");
+    let w_to = width(&|c| &c.to, "TO");
     let mut o = String::new();
     let pad = |s: &str, w: usize| format!("{s}{}", " ".repeat(w.saturating_sub(s.chars().count())));
     let _ = writeln!(
         o,
-        "{}  {}  {}  RESULT  DETAIL",
+        "{}  {}  {}  {}  EXPECT  RESULT  DETAIL",
         pad("CHECK", w_name),
+        pad("KIND", w_kind),
         pad("FROM", w_from),
         pad("TO", w_to)
     );
     for c in &report.checks {
-        let result = if c.passed { "pass" } else { "FAIL" };
+        // Upper case marks a row that is not what was expected.
+        let result = if c.passed {
+            c.result.clone()
+        } else {
+            c.result.to_uppercase()
+        };
         let _ = writeln!(
             o,
-            "{}  {}  {}  {result:<6}  {}",
+            "{}  {}  {}  {}  {:<6}  {result:<6}  {}",
             pad(&c.name, w_name),
+            pad(&c.kind, w_kind),
             pad(&c.from, w_from),
             pad(&c.to, w_to),
+            c.expected,
             c.detail
         );
     }
     let failed = report.checks.iter().filter(|c| !c.passed).count();
-    let _ = writeln!(o, "{} checks, {} failed", report.checks.len(), failed);
+    let expected_fail = report
+        .checks
+        .iter()
+        .filter(|c| c.passed && c.expected == "fail")
+        .count();
+    let _ = writeln!(
+        o,
+        "{} checks, {} failed as expected, {} unexpected",
+        report.checks.len(),
+        expected_fail,
+        failed
+    );
     o
 }
 
@@ -637,30 +853,109 @@ mod tests {
     }
 
     #[test]
+    fn cross_node_rows_follow_the_backend() {
+        use crate::plan::BackendKind;
+        let p = plan(&LabSpec {
+            nodes: 3,
+            pods_per_node: 1,
+            segments: 2,
+            backend: BackendKind::HostGw,
+            ..LabSpec::default()
+        })
+        .unwrap();
+        let ips: HashMap<String, Ipv4Addr> = (1..=3u8)
+            .map(|i| (format!("n{i}-p1"), Ipv4Addr::new(10, 244, i, 2)))
+            .collect();
+        let v = cross_node_checks(&p, &ips);
+        // 6 ordered pairs × 3 rows.
+        assert_eq!(v.len(), 18);
+        let tcp = find(&v, "pod→pod tcp, other node, source kept", "n1-p1");
+        let to_n3 = tcp.iter().find(|c| c.to.starts_with("n3-p1")).unwrap();
+        assert_eq!(to_n3.kind, "across nodes");
+        assert_eq!(
+            to_n3.expect,
+            Expect::Answer {
+                responder: "n3-p1".into(),
+                peer: Some(Ipv4Addr::new(10, 244, 1, 2))
+            }
+        );
+        let to_n2 = tcp.iter().find(|c| c.to.starts_with("n2-p1")).unwrap();
+        assert_eq!(to_n2.kind, "across segments");
+        let Expect::Blocked { reason, reported } = &to_n2.expect else {
+            panic!("{to_n2:?}");
+        };
+        assert!(reason.contains("n1 reports n2 off-segment"), "{reason}");
+        assert_eq!(reported.as_ref().unwrap().netns, "twllab-n1");
+
+        // Judging an expected failure: it must fail, and n1 must say why.
+        let refused: Result<Option<Reply>, String> = Err("connect: timed out".into());
+        let warn = "ready, with warnings:\nhost-gw: n2 (198.51.100.12) is not on this node's segment 192.0.2.0/24\n";
+        let (ok, detail) = judge_with(to_n2, refused.clone(), Some(warn));
+        assert!(ok, "{detail}");
+        let (ok, detail) = judge_with(to_n2, refused.clone(), Some("ready\n"));
+        assert!(!ok && detail.contains("is not true"), "{detail}");
+        let row = result_row(to_n2, ok, detail);
+        assert_eq!(
+            (row.expected.as_str(), row.result.as_str()),
+            ("fail", "fail")
+        );
+        let reached = Ok(Some(Reply {
+            responder: "n2-p1".into(),
+            peer: "10.244.1.2:1".parse().unwrap(),
+        }));
+        let (ok, detail) = judge_with(to_n2, reached, Some(warn));
+        assert!(!ok && detail.contains("should have failed"), "{detail}");
+        let row = result_row(to_n2, ok, detail);
+        assert_eq!(row.result, "pass");
+
+        // vxlan routes every pair.
+        let vx = plan(&LabSpec {
+            nodes: 3,
+            pods_per_node: 1,
+            segments: 2,
+            backend: BackendKind::Vxlan,
+            ..LabSpec::default()
+        })
+        .unwrap();
+        assert!(cross_node_checks(&vx, &ips)
+            .iter()
+            .all(|c| c.expect.reaches()));
+    }
+
+    #[test]
     fn table_lists_every_check() {
+        let row =
+            |name: &str, from: &str, to: &str, expected: &str, result: &str, passed| CheckResult {
+                name: name.into(),
+                kind: "on a node".into(),
+                from: from.into(),
+                to: to.into(),
+                expected: expected.into(),
+                result: result.into(),
+                passed,
+                detail: "d".into(),
+            };
         let report = CheckReport {
             lab: "twllab".into(),
             passed: false,
             checks: vec![
-                CheckResult {
-                    name: "a".into(),
-                    from: "n1".into(),
-                    to: "x".into(),
-                    passed: true,
-                    detail: "ok".into(),
-                },
-                CheckResult {
-                    name: "bb".into(),
-                    from: "out".into(),
-                    to: "y".into(),
-                    passed: false,
-                    detail: "no".into(),
-                },
+                row("a", "n1", "x", "pass", "pass", true),
+                row("bb", "out", "y", "pass", "fail", false),
+                row("c", "n1", "z", "fail", "fail", true),
             ],
         };
         let t = render(&report);
-        assert!(t.starts_with("CHECK  FROM  TO  RESULT  DETAIL\n"), "{t}");
-        assert!(t.contains("bb     out   y   FAIL    no"), "{t}");
-        assert!(t.ends_with("2 checks, 1 failed\n"), "{t}");
+        assert!(
+            t.starts_with("CHECK  KIND       FROM  TO  EXPECT  RESULT  DETAIL\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("bb     on a node  out   y   pass    FAIL    d"),
+            "{t}"
+        );
+        assert!(
+            t.ends_with("3 checks, 1 failed as expected, 1 unexpected\n"),
+            "{t}"
+        );
     }
 }

@@ -45,6 +45,7 @@ pub fn network_config(plan: &LabPlan) -> Result<NetworkConfig, LabError> {
         "blockSize": plan.store.block_size,
         "leaseTTLSeconds": plan.store.lease_ttl_seconds,
         "masquerade": true,
+        "backend": plan.backend_json(),
     }))
     .map_err(|e| cmd_err("build the lab's network config", e.to_string()))?;
     config
@@ -58,6 +59,13 @@ pub fn store_config(plan: &LabPlan) -> StoreConfig {
     match plan.store.kind {
         StoreKind::Embedded => StoreConfig::Embedded {
             dir: plan.store.dir.clone().expect("embedded plans name a dir"),
+        },
+        StoreKind::Static => StoreConfig::Static {
+            file: plan
+                .store
+                .static_file
+                .clone()
+                .expect("static plans name a file"),
         },
         StoreKind::Etcd => {
             let e = plan.store.etcd.as_ref().expect("etcd plans name a member");
@@ -88,9 +96,43 @@ pub fn with_store<T: Send>(
     }
 }
 
-/// Writes the network config into the store.
+/// The static store's file for the lab's nodes: the network config, and per node its
+/// underlay IP and one /24 (10.244.<i>.0/24). Pure.
+pub fn static_file(plan: &LabPlan) -> Result<serde_json::Value, LabError> {
+    let config = network_config(plan)?;
+    let nodes: Vec<serde_json::Value> = plan
+        .nodes
+        .iter()
+        .map(|n| {
+            serde_json::json!({
+                "name": n.short,
+                "address": n.address.addr().to_string(),
+                "blocks": [plan.static_block(n.index).to_string()],
+            })
+        })
+        .collect();
+    Ok(serde_json::json!({"config": config, "nodes": nodes}))
+}
+
+/// (Re)writes the static file from the plan, atomically: the agents re-read it on change.
+pub fn write_static_file(plan: &LabPlan) -> Result<(), LabError> {
+    let Some(path) = &plan.store.static_file else {
+        return Ok(());
+    };
+    let text = serde_json::to_vec_pretty(&static_file(plan)?).expect("JSON serializes");
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| cmd_err(format!("write {}", path.display()), e.to_string()))
+}
+
+/// Writes the network config into the store (for the static store: the whole file).
 pub fn write_network_config(plan: &LabPlan) -> Result<NetworkConfig, LabError> {
     let config = network_config(plan)?;
+    if plan.store.kind == StoreKind::Static {
+        write_static_file(plan)?;
+        return Ok(config);
+    }
     let value = serde_json::to_vec(&config).expect("a config serializes");
     with_store(plan, |store| {
         store
@@ -351,6 +393,39 @@ mod tests {
         assert_eq!(c.block_size, 26);
         assert_eq!(c.lease_ttl_seconds, 60);
         assert!(c.masquerade);
+        assert_eq!(c.backend, "none");
+    }
+
+    #[test]
+    fn the_static_file_lists_every_node_with_one_block() {
+        use crate::plan::{BackendKind, StoreKind};
+        let p = plan(&LabSpec {
+            nodes: 3,
+            segments: 2,
+            store: StoreKind::Static,
+            backend: BackendKind::Static,
+            ..LabSpec::default()
+        })
+        .unwrap();
+        let v = static_file(&p).unwrap();
+        assert_eq!(v["config"]["backend"], "static");
+        assert_eq!(v["config"]["blockSize"], 24);
+        assert_eq!(
+            v["nodes"],
+            serde_json::json!([
+                {"name": "n1", "address": "192.0.2.11", "blocks": ["10.244.1.0/24"]},
+                {"name": "n2", "address": "198.51.100.12", "blocks": ["10.244.2.0/24"]},
+                {"name": "n3", "address": "192.0.2.13", "blocks": ["10.244.3.0/24"]}
+            ])
+        );
+        let vx = plan(&LabSpec {
+            backend: BackendKind::Vxlan,
+            direct_routing: true,
+            ..LabSpec::default()
+        })
+        .unwrap();
+        let c = network_config(&vx).unwrap();
+        assert!(c.backend.direct_routing && c.backend == "vxlan");
     }
 
     #[test]

@@ -7,15 +7,19 @@
 //! - [`state`]: `/run/<name>/state.json`, what `up` made.
 //! - [`status`]: live interfaces and addresses per namespace.
 //! - [`probe`] and [`check`]: in-namespace listeners and probes; the connectivity checks.
+//! - [`bench`]: iperf3 pod→pod against the bare underlay and a hand-built twin.
 
+pub mod bench;
 pub mod build;
 pub mod check;
 pub mod daemons;
+pub mod graph;
 pub mod plan;
 pub mod probe;
 pub mod runtime;
 pub mod state;
 pub mod status;
+pub mod trace;
 
 pub use build::{down, exec, load, up, LabError};
 pub use plan::{LabPlan, LabSpec};

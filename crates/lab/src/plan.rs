@@ -68,6 +68,9 @@ pub enum StoreKind {
     Embedded,
     /// One etcd member the lab starts in its own "store host" namespace on the underlay.
     Etcd,
+    /// A static file the lab writes from its plan (every node, its IP, one /24 each); the
+    /// agents read it, nothing is claimed.
+    Static,
 }
 
 impl StoreKind {
@@ -75,9 +78,52 @@ impl StoreKind {
         match self {
             StoreKind::Embedded => "embedded",
             StoreKind::Etcd => "etcd",
+            StoreKind::Static => "static",
         }
     }
 }
+
+/// How the lab's agents connect pods across nodes (the network config's `backend`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendKind {
+    /// No routes between nodes: pods reach only their own node's pods.
+    #[default]
+    None,
+    /// A route per remote block via the remote node: one shared segment only.
+    HostGw,
+    /// A VXLAN overlay (optionally direct routes on the shared segment).
+    Vxlan,
+    /// The VXLAN mesh from the static file store.
+    Static,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::None => "none",
+            BackendKind::HostGw => "host-gw",
+            BackendKind::Vxlan => "vxlan",
+            BackendKind::Static => "static",
+        }
+    }
+}
+
+/// How node `from` reaches the pods of node `to`, as the backend promises. Pure.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerPath {
+    /// A route (direct or through the tunnel) must be in `from`'s table.
+    Routed,
+    /// No route; `reason` says why. `reported`: `from`'s agent must name the peer in its
+    /// /readyz warnings (host-gw across segments); otherwise nothing is promised.
+    Blocked { reason: String, reported: bool },
+}
+
+/// The text host-gw's agent puts in /readyz for a peer it cannot reach: "<peer> (<ip>) is
+/// not on this node's segment".
+pub const OFF_SEGMENT_TEXT: &str = "is not on this node's segment";
+/// The static file's blocks: node i holds 10.244.i.0/24.
+pub const STATIC_BLOCK_SIZE: u8 = 24;
 
 /// What the user asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,6 +140,9 @@ pub struct LabSpec {
     /// The agents' `--poll-interval-seconds` (how fast they notice a leaked address); None
     /// keeps twilld's default.
     pub agent_poll_interval: Option<String>,
+    pub backend: BackendKind,
+    /// vxlan only: direct routes to peers on the same segment, the tunnel across segments.
+    pub direct_routing: bool,
 }
 
 impl Default for LabSpec {
@@ -107,6 +156,8 @@ impl Default for LabSpec {
             block_size: DEFAULT_BLOCK_SIZE,
             lease_ttl_seconds: LAB_LEASE_TTL_SECONDS,
             agent_poll_interval: None,
+            backend: BackendKind::None,
+            direct_routing: false,
         }
     }
 }
@@ -128,6 +179,12 @@ pub enum PlanError {
     BadBlockSize(u8),
     #[error("--agent-poll-interval {0:?} is not a positive number of seconds (e.g. 1 or 0.5)")]
     BadPollInterval(String),
+    #[error("--backend static is the VXLAN mesh of the static file store: it needs --store static (the lab writes the file), not --store {0}")]
+    StaticBackendNeedsStaticStore(String),
+    #[error("--store static gives node i the block 10.244.i.0/24: use --block-size 24, not {0}")]
+    StaticBlockSize(u8),
+    #[error("--direct-routing is an option of --backend vxlan, not {0}")]
+    DirectRoutingNeedsVxlan(String),
     #[error("unknown lab member {0:?}: use a node (n1), a pod (n1-p2), rt, out, ul or st (the etcd host)")]
     UnknownTarget(String),
 }
@@ -223,6 +280,9 @@ pub struct NodePlan {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StorePlan {
     pub kind: StoreKind,
+    /// The static file the lab writes (set for `static`).
+    #[serde(default)]
+    pub static_file: Option<PathBuf>,
     /// The embedded store's folder (set for `embedded`).
     pub dir: Option<PathBuf>,
     /// The etcd member (set for `etcd`).
@@ -254,6 +314,13 @@ pub struct LabPlan {
     pub outside: HostPlan,
     pub store: StorePlan,
     pub nodes: Vec<NodePlan>,
+    #[serde(default)]
+    pub backend: BackendKind,
+    #[serde(default)]
+    pub direct_routing: bool,
+    /// Pods each node gets (also those `add-node` makes).
+    #[serde(default)]
+    pub pods_per_node: u16,
 }
 
 /// Checks a lab name: `twl` + up to 5 of a-z, 0-9. No `-`, so that one lab's namespace prefix
@@ -305,6 +372,19 @@ pub fn plan(spec: &LabSpec) -> Result<LabPlan, PlanError> {
     }
     if !BLOCK_SIZES.contains(&spec.block_size) {
         return Err(PlanError::BadBlockSize(spec.block_size));
+    }
+    if spec.backend == BackendKind::Static && spec.store != StoreKind::Static {
+        return Err(PlanError::StaticBackendNeedsStaticStore(
+            spec.store.as_str().into(),
+        ));
+    }
+    if spec.store == StoreKind::Static && spec.block_size != STATIC_BLOCK_SIZE {
+        return Err(PlanError::StaticBlockSize(spec.block_size));
+    }
+    if spec.direct_routing && spec.backend != BackendKind::Vxlan {
+        return Err(PlanError::DirectRoutingNeedsVxlan(
+            spec.backend.as_str().into(),
+        ));
     }
     if let Some(p) = &spec.agent_poll_interval {
         if !p.parse::<f64>().is_ok_and(|v| v > 0.0 && v.is_finite()) {
@@ -371,53 +451,7 @@ pub fn plan(spec: &LabSpec) -> Result<LabPlan, PlanError> {
     };
 
     let nodes = (1..=spec.nodes)
-        .map(|i| {
-            let segment = (i as usize - 1) % segments.len();
-            let seg = &segments[segment];
-            let netns = format!("{name}-n{i}");
-            let address = host(seg.subnet, 10 + i as u32);
-            let dir = state_dir.join(format!("n{i}"));
-            let pods = (1..=spec.pods_per_node)
-                .map(|j| PodPlan {
-                    short: format!("n{i}-p{j}"),
-                    node: i,
-                    index: j,
-                    netns: format!("{name}-n{i}-p{j}"),
-                    container_id: format!("{name}-n{i}-p{j}"),
-                    ifname: POD_IFNAME.into(),
-                    port_mappings: if j == 1 {
-                        first_pod_port_mappings()
-                    } else {
-                        Vec::new()
-                    },
-                })
-                .collect();
-            NodePlan {
-                short: format!("n{i}"),
-                index: i,
-                uplink: Veth {
-                    netns: netns.clone(),
-                    ifname: "eth0".into(),
-                    address: Some(address),
-                    peer_netns: seg.netns.clone(),
-                    peer_ifname: format!("{name}-n{i}"),
-                    peer_address: None,
-                    peer_master: Some(seg.bridge.clone()),
-                },
-                netns,
-                segment,
-                address,
-                gateway: seg.gateway,
-                bridge: NODE_BRIDGE.into(),
-                conflist: dir.join("10-twill.conflist"),
-                ipam_dir: dir.join("ipam"),
-                handoff_file: dir.join("node.json"),
-                agent_state_dir: dir.join("agent"),
-                agent_log: dir.join("twilld.log"),
-                dir,
-                pods,
-            }
-        })
+        .map(|i| node_plan(name, &state_dir, &segments, i, spec.pods_per_node))
         .collect();
 
     let etcd = (spec.store == StoreKind::Etcd).then(|| {
@@ -445,6 +479,7 @@ pub fn plan(spec: &LabSpec) -> Result<LabPlan, PlanError> {
     let store = StorePlan {
         kind: spec.store,
         dir: (spec.store == StoreKind::Embedded).then(|| state_dir.join("store")),
+        static_file: (spec.store == StoreKind::Static).then(|| state_dir.join("static.json")),
         etcd,
         block_size: spec.block_size,
         lease_ttl_seconds: spec.lease_ttl_seconds,
@@ -460,7 +495,91 @@ pub fn plan(spec: &LabSpec) -> Result<LabPlan, PlanError> {
         outside,
         store,
         nodes,
+        backend: spec.backend,
+        direct_routing: spec.direct_routing,
+        pods_per_node: spec.pods_per_node,
     })
+}
+
+/// Node `i` of lab `name`: on segment `(i - 1) % segments`, underlay host `.(10 + i)`.
+fn node_plan(
+    name: &str,
+    state_dir: &std::path::Path,
+    segments: &[SegmentPlan],
+    i: u16,
+    pods_per_node: u16,
+) -> NodePlan {
+    let segment = (i as usize - 1) % segments.len();
+    let seg = &segments[segment];
+    let netns = format!("{name}-n{i}");
+    let address = host(seg.subnet, 10 + i as u32);
+    let dir = state_dir.join(format!("n{i}"));
+    let pods = (1..=pods_per_node)
+        .map(|j| PodPlan {
+            short: format!("n{i}-p{j}"),
+            node: i,
+            index: j,
+            netns: format!("{name}-n{i}-p{j}"),
+            container_id: format!("{name}-n{i}-p{j}"),
+            ifname: POD_IFNAME.into(),
+            port_mappings: if j == 1 {
+                first_pod_port_mappings()
+            } else {
+                Vec::new()
+            },
+        })
+        .collect();
+    NodePlan {
+        short: format!("n{i}"),
+        index: i,
+        uplink: Veth {
+            netns: netns.clone(),
+            ifname: "eth0".into(),
+            address: Some(address),
+            peer_netns: seg.netns.clone(),
+            peer_ifname: format!("{name}-n{i}"),
+            peer_address: None,
+            peer_master: Some(seg.bridge.clone()),
+        },
+        netns,
+        segment,
+        address,
+        gateway: seg.gateway,
+        bridge: NODE_BRIDGE.into(),
+        conflist: dir.join("10-twill.conflist"),
+        ipam_dir: dir.join("ipam"),
+        handoff_file: dir.join("node.json"),
+        agent_state_dir: dir.join("agent"),
+        agent_log: dir.join("twilld.log"),
+        dir,
+        pods,
+    }
+}
+
+/// Whether a /readyz body names `peer` as off this node's segment (host-gw's warning).
+pub fn reports_off_segment(readyz: &str, peer: &str, peer_ip: Ipv4Addr) -> bool {
+    let who = format!("{peer} ({peer_ip})");
+    readyz
+        .lines()
+        .any(|l| l.contains(&who) && l.contains(OFF_SEGMENT_TEXT))
+}
+
+/// The destinations in `ip -j route show` output; unreadable output gives none.
+pub fn parse_route_dsts(text: &str) -> Vec<Ipv4Net> {
+    #[derive(Deserialize)]
+    struct Route {
+        dst: String,
+    }
+    serde_json::from_str::<Vec<Route>>(text)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|r| {
+            r.dst
+                .parse()
+                .ok()
+                .or_else(|| r.dst.parse::<Ipv4Addr>().ok().map(Ipv4Net::from))
+        })
+        .collect()
 }
 
 /// Pod 1 of every node publishes a TCP and a UDP port on the node, like a NodePort/hostPort.
@@ -521,6 +640,9 @@ impl LabPlan {
         if let Some(e) = &self.store.etcd {
             a.extend(["--etcd-endpoints".into(), e.client_url.clone()]);
         }
+        if let Some(f) = &self.store.static_file {
+            a.extend(["--static-file".into(), f.display().to_string()]);
+        }
         let path = |p: &PathBuf| p.display().to_string();
         a.extend([
             "--handoff-file".into(),
@@ -566,6 +688,98 @@ impl LabPlan {
             "--heartbeat-interval=10".into(),
             "--election-timeout=100".into(),
         ])
+    }
+
+    /// The next node `add-node` makes: the next free index, on the segment that index
+    /// alternates to, with the lab's pods per node.
+    pub fn next_node(&self) -> Result<NodePlan, PlanError> {
+        let i = self.nodes.iter().map(|n| n.index).max().unwrap_or(0) + 1;
+        if i > MAX_NODES {
+            return Err(PlanError::BadNodeCount(i));
+        }
+        Ok(node_plan(
+            &self.name,
+            &self.state_dir,
+            &self.segments,
+            i,
+            self.pods_per_node.max(1),
+        ))
+    }
+
+    /// The block the static file gives node `index`: 10.244.<index>.0/24.
+    pub fn static_block(&self, index: u16) -> Ipv4Net {
+        let base = u32::from(self.cluster_cidr.network()) + ((index as u32) << 8);
+        Ipv4Net::new(Ipv4Addr::from(base), STATIC_BLOCK_SIZE).expect("a /24")
+    }
+
+    /// The backend as the network config spells it: a name, or an object with options.
+    pub fn backend_json(&self) -> serde_json::Value {
+        if self.direct_routing {
+            serde_json::json!({"type": self.backend.as_str(), "directRouting": true})
+        } else {
+            serde_json::json!(self.backend.as_str())
+        }
+    }
+
+    /// How node `from` reaches node `to`'s pods under this lab's backend. Pure.
+    pub fn peer_path(&self, from: &NodePlan, to: &NodePlan) -> PeerPath {
+        let same_segment = from.segment == to.segment;
+        match self.backend {
+            BackendKind::None => PeerPath::Blocked {
+                reason: "backend none programs no routes between nodes".into(),
+                reported: false,
+            },
+            BackendKind::HostGw if !same_segment => PeerPath::Blocked {
+                reason: format!(
+                    "host-gw needs a shared segment: {} reports {} off-segment in /readyz",
+                    from.short, to.short
+                ),
+                reported: true,
+            },
+            _ => PeerPath::Routed,
+        }
+    }
+
+    /// What is missing for every node to reach its peers as the backend promises. Inputs:
+    /// each node's blocks (from the store), each node's Twill routes (their destinations)
+    /// and its /readyz body. Pure; empty when all is in place.
+    pub fn peering_gaps(
+        &self,
+        blocks: &std::collections::HashMap<String, Vec<Ipv4Net>>,
+        routes: &std::collections::HashMap<String, Vec<Ipv4Net>>,
+        readyz: &std::collections::HashMap<String, String>,
+    ) -> Vec<String> {
+        let mut gaps = Vec::new();
+        for from in &self.nodes {
+            for to in self.nodes.iter().filter(|n| n.short != from.short) {
+                match self.peer_path(from, to) {
+                    PeerPath::Routed => {
+                        let theirs = blocks.get(&to.short).map(Vec::as_slice).unwrap_or(&[]);
+                        if theirs.is_empty() {
+                            gaps.push(format!("{} has published no blocks yet", to.short));
+                        }
+                        let have = routes.get(&from.short).map(Vec::as_slice).unwrap_or(&[]);
+                        for b in theirs.iter().filter(|b| !have.contains(b)) {
+                            gaps.push(format!(
+                                "{} has no route to {b} of {}",
+                                from.short, to.short
+                            ));
+                        }
+                    }
+                    PeerPath::Blocked { reported: true, .. } => {
+                        let body = readyz.get(&from.short).map(String::as_str).unwrap_or("");
+                        if !reports_off_segment(body, &to.short, to.address.addr()) {
+                            gaps.push(format!(
+                                "{}'s /readyz does not (yet) report {} off-segment",
+                                from.short, to.short
+                            ));
+                        }
+                    }
+                    PeerPath::Blocked { .. } => {}
+                }
+            }
+        }
+        gaps
     }
 
     pub fn pods(&self) -> impl Iterator<Item = &PodPlan> {
@@ -900,6 +1114,145 @@ mod tests {
                 Err(PlanError::UnknownTarget(bad.into()))
             );
         }
+    }
+
+    #[test]
+    fn backends_and_stores_are_checked_and_paths_follow_the_backend() {
+        let with = |backend, store, direct_routing| LabSpec {
+            backend,
+            store,
+            direct_routing,
+            ..spec(3, 1, 2)
+        };
+        assert_eq!(
+            plan(&with(BackendKind::Static, StoreKind::Etcd, false)).unwrap_err(),
+            PlanError::StaticBackendNeedsStaticStore("etcd".into())
+        );
+        assert_eq!(
+            plan(&with(BackendKind::HostGw, StoreKind::Embedded, true)).unwrap_err(),
+            PlanError::DirectRoutingNeedsVxlan("host-gw".into())
+        );
+        assert_eq!(
+            plan(&LabSpec {
+                block_size: 26,
+                ..with(BackendKind::Static, StoreKind::Static, false)
+            })
+            .unwrap_err(),
+            PlanError::StaticBlockSize(26)
+        );
+        let st = plan(&with(BackendKind::Static, StoreKind::Static, false)).unwrap();
+        assert_eq!(
+            st.store.static_file,
+            Some(PathBuf::from("/run/twllab/static.json"))
+        );
+        assert!(st.store.dir.is_none() && st.store.etcd.is_none());
+        let args = st.agent_args(&st.nodes[0]).join(" ");
+        assert!(
+            args.starts_with(
+                "--node-name n1 --store static --static-file /run/twllab/static.json "
+            ),
+            "{args}"
+        );
+        assert_eq!(st.static_block(3).to_string(), "10.244.3.0/24");
+        assert_eq!(st.backend_json(), serde_json::json!("static"));
+
+        // n1, n3 on segment 1; n2 on segment 2.
+        let hg = plan(&with(BackendKind::HostGw, StoreKind::Embedded, false)).unwrap();
+        let (n1, n2, n3) = (&hg.nodes[0], &hg.nodes[1], &hg.nodes[2]);
+        assert_eq!(hg.peer_path(n1, n3), PeerPath::Routed);
+        assert_eq!(
+            hg.peer_path(n1, n2),
+            PeerPath::Blocked {
+                reason: "host-gw needs a shared segment: n1 reports n2 off-segment in /readyz"
+                    .into(),
+                reported: true
+            }
+        );
+        let vx = plan(&with(BackendKind::Vxlan, StoreKind::Embedded, true)).unwrap();
+        assert_eq!(
+            vx.backend_json(),
+            serde_json::json!({"type": "vxlan", "directRouting": true})
+        );
+        assert_eq!(vx.peer_path(&vx.nodes[0], &vx.nodes[1]), PeerPath::Routed);
+        let none = plan(&spec(2, 1, 1)).unwrap();
+        assert!(matches!(
+            none.peer_path(&none.nodes[0], &none.nodes[1]),
+            PeerPath::Blocked {
+                reported: false,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn peering_gaps_name_what_is_missing() {
+        use std::collections::HashMap;
+        let p = plan(&LabSpec {
+            backend: BackendKind::HostGw,
+            ..spec(3, 1, 2)
+        })
+        .unwrap();
+        let b = |s: &str| -> Ipv4Net { s.parse().unwrap() };
+        let blocks: HashMap<String, Vec<Ipv4Net>> = [
+            ("n1".to_string(), vec![b("10.244.1.0/24")]),
+            ("n2".to_string(), vec![b("10.244.2.0/24")]),
+            ("n3".to_string(), vec![b("10.244.3.0/24")]),
+        ]
+        .into();
+        let mut routes: HashMap<String, Vec<Ipv4Net>> = [
+            ("n1".to_string(), vec![b("10.244.3.0/24")]),
+            ("n3".to_string(), vec![]),
+        ]
+        .into();
+        let warn = |peer: &str, ip: &str| {
+            format!("ready, with warnings:\nhost-gw: {peer} ({ip}) is not on this node's segment 192.0.2.0/24: ...\n")
+        };
+        let mut readyz: HashMap<String, String> = [
+            ("n1".to_string(), warn("n2", "198.51.100.12")),
+            (
+                "n2".to_string(),
+                warn("n1", "192.0.2.11") + &warn("n3", "192.0.2.13"),
+            ),
+            ("n3".to_string(), "ready\n".to_string()),
+        ]
+        .into();
+        assert_eq!(
+            p.peering_gaps(&blocks, &routes, &readyz),
+            [
+                "n3 has no route to 10.244.1.0/24 of n1",
+                "n3's /readyz does not (yet) report n2 off-segment"
+            ]
+        );
+        routes.insert("n3".into(), vec![b("10.244.1.0/24")]);
+        readyz.insert("n3".into(), warn("n2", "198.51.100.12"));
+        assert!(p.peering_gaps(&blocks, &routes, &readyz).is_empty());
+        // The peer's name alone is not enough: n20 must not count as n2.
+        assert!(!reports_off_segment(
+            &warn("n20", "198.51.100.12"),
+            "n2",
+            Ipv4Addr::new(198, 51, 100, 12)
+        ));
+    }
+
+    #[test]
+    fn the_next_node_alternates_segments_and_route_json_is_read() {
+        let mut p = plan(&spec(3, 2, 2)).unwrap();
+        let n4 = p.next_node().unwrap();
+        assert_eq!((n4.short.as_str(), n4.segment), ("n4", 1));
+        assert_eq!(n4.address.to_string(), "198.51.100.14/24");
+        assert_eq!(n4.pods.len(), 2);
+        p.nodes.remove(1);
+        assert_eq!(p.next_node().unwrap().short, "n4");
+        let text = r#"[{"dst":"10.244.3.0/24","gateway":"192.0.2.13","dev":"eth0"},
+            {"dst":"10.244.9.0","dev":"twl.1"},{"dst":"default"}]"#;
+        assert_eq!(
+            parse_route_dsts(text),
+            [
+                "10.244.3.0/24".parse::<Ipv4Net>().unwrap(),
+                "10.244.9.0/32".parse().unwrap()
+            ]
+        );
+        assert!(parse_route_dsts("").is_empty());
     }
 
     #[test]

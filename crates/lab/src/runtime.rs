@@ -101,7 +101,8 @@ pub fn locate_binary(
 }
 
 /// The conflist a node's runtime reads (as from /etc/cni/net.d/10-twill.conflist). It names
-/// no subnet: twill-cni takes the node's blocks from the hand-off file the node's agent writes.
+/// no subnet and no MTU: twill-cni takes the node's blocks and the pod MTU (the uplink's, less
+/// the tunnel's headers for VXLAN) from the hand-off file the node's agent writes.
 pub fn node_conflist(plan: &LabPlan, node: &NodePlan) -> Value {
     json!({
         "cniVersion": CNI_VERSION,
@@ -109,7 +110,6 @@ pub fn node_conflist(plan: &LabPlan, node: &NodePlan) -> Value {
         "plugins": [{
             "type": PLUGIN_TYPE,
             "bridge": node.bridge,
-            "mtu": 1500,
             "ipMasq": true,
             "hairpinMode": true,
             "clusterCIDR": plan.cluster_cidr.to_string(),
@@ -348,7 +348,7 @@ mod tests {
         let p = lab();
         let expected: Value = serde_json::from_str(
             r#"{"cniVersion":"1.1.0","name":"twill","plugins":[{"type":"twill-cni","bridge":"twl0",
-            "mtu":1500,"ipMasq":true,"hairpinMode":true,"clusterCIDR":"10.244.0.0/16",
+            "ipMasq":true,"hairpinMode":true,"clusterCIDR":"10.244.0.0/16",
             "capabilities":{"portMappings":true},"ipam":{"type":"twill",
             "handoffFile":"/run/twllab/n1/node.json","dataDir":"/run/twllab/n1/ipam"}}]}"#,
         )

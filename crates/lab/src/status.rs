@@ -204,7 +204,10 @@ pub fn status(state: &LabState) -> Result<LabStatus, LabError> {
                 .and_then(|r| r.pid)
                 .map_or("stopped".into(), |p| p.to_string())
         ),
-        _ => plan.store.kind.as_str().into(),
+        _ => match &plan.store.static_file {
+            Some(f) => format!("static, file {} (written by the lab)", f.display()),
+            None => plan.store.kind.as_str().into(),
+        },
     };
     Ok(LabStatus {
         name: plan.name.clone(),

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
-use twill_lab::plan::{self, LabSpec, StoreKind, DEFAULT_BLOCK_SIZE, DEFAULT_NAME};
+use twill_lab::plan::{self, BackendKind, LabSpec, StoreKind, DEFAULT_BLOCK_SIZE, DEFAULT_NAME};
 use twill_lab::{build, check, daemons, runtime, status};
 
 use crate::store_args::{StoreArgs, StoreKind as StoreFlag};
@@ -51,6 +51,42 @@ struct AgentArgs {
     agent_poll_interval: Option<String>,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BackendFlag {
+    /// No routes between nodes.
+    None,
+    /// A route per remote block via the remote node (one shared segment).
+    HostGw,
+    /// A VXLAN overlay (twl.1).
+    Vxlan,
+    /// The VXLAN mesh from a static file the lab writes (implies --store static).
+    Static,
+}
+
+#[derive(Args)]
+struct NetArgs {
+    /// How pods reach pods on other nodes (the network config's backend)
+    #[arg(long, value_enum, default_value = "none")]
+    backend: BackendFlag,
+    /// vxlan only: direct routes to nodes on the same segment, the tunnel across segments
+    #[arg(long)]
+    direct_routing: bool,
+    /// Underlay segments: 2 puts every other node on 198.51.100.0/24 behind the router
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    segments: u8,
+}
+
+impl NetArgs {
+    fn backend(&self) -> BackendKind {
+        match self.backend {
+            BackendFlag::None => BackendKind::None,
+            BackendFlag::HostGw => BackendKind::HostGw,
+            BackendFlag::Vxlan => BackendKind::Vxlan,
+            BackendFlag::Static => BackendKind::Static,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum StoreAction {
     /// Stop the etcd member (SIGTERM, SIGKILL after 8 s); its data stays.
@@ -61,9 +97,12 @@ enum StoreAction {
 
 #[derive(Subcommand)]
 enum LabCommand {
-    /// Build the lab: underlay switch, router, outside host, the store (embedded, or an etcd
-    /// member with the global --store etcd), nodes each running twilld, and pods wired by
-    /// twill-cni from the blocks their node's agent claimed.
+    /// Build the lab: underlay switch (two with --segments 2, joined by the router), router,
+    /// outside host, the store (embedded; an etcd member with the global --store etcd; a
+    /// static file the lab writes with --store static or --backend static), nodes each
+    /// running twilld with the chosen --backend, and pods wired by twill-cni from the
+    /// blocks their node's agent holds. Returns once every agent is ready and has its
+    /// routes to the other nodes (or reports why it cannot: host-gw across segments).
     Up {
         #[command(flatten)]
         name: NameArg,
@@ -77,6 +116,24 @@ enum LabCommand {
         cni: CniArg,
         #[command(flatten)]
         agent: AgentArgs,
+        #[command(flatten)]
+        net: NetArgs,
+    },
+    /// A node joins the running lab: its namespace on the next segment in turn, its
+    /// twilld, its pods; waits until every node routes to it.
+    AddNode {
+        #[command(flatten)]
+        name: NameArg,
+    },
+    /// A node leaves: DEL of its pods, its twilld stopped, `twill node remove` from the
+    /// store (the static file loses its entry), its namespaces deleted; waits until no
+    /// node routes to its blocks.
+    RemoveNode {
+        #[command(flatten)]
+        name: NameArg,
+        /// n1, n2, ...
+        #[arg(value_name = "NODE")]
+        node: String,
     },
     /// Restart a node's twilld with the arguments it had, and wait until it is ready.
     RestartAgent {
@@ -113,12 +170,61 @@ enum LabCommand {
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
     },
-    /// Connectivity checks (pod↔pod, pod↔node, masquerade, host ports, hairpin); exits 1 on a failure.
+    /// Connectivity checks (pod↔pod on a node, across nodes and segments, node→pod,
+    /// masquerade, host ports, hairpin), each with what the backend makes of it: host-gw
+    /// across segments must fail and its agent must say why. Exits 1 on any unexpected row.
     Check {
         #[command(flatten)]
         name: NameArg,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
+    },
+    /// iperf3 (cubic, one stream) pod on n1 -> pod on n2, interleaved with the bare underlay
+    /// (node -> node) and a hand-built twin of the backend (namespaces <name>-tw*, removed
+    /// after); prints Gbit/s, CPU and the ratios against the goals.
+    Bench {
+        #[command(flatten)]
+        name: NameArg,
+        /// Seconds per iperf3 run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+        /// Rounds of every variant, interleaved (A B C A B C ...).
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// On a vxlan lab, also build a host-gw twin and compare against it.
+        #[arg(long)]
+        compare_host_gw: bool,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Send one probe SRC -> DST and show every device it crossed (tcpdump on each, in its
+    /// namespace): MACs, IP and ports, outer and inner headers where VXLAN carries it, and
+    /// any NAT (masquerade, host-port DNAT). SRC/DST: n1-p1, n1, out, rt, or an IP.
+    Trace {
+        #[command(flatten)]
+        name: NameArg,
+        #[arg(value_name = "SRC")]
+        src: String,
+        #[arg(value_name = "DST")]
+        dst: String,
+        #[arg(long, value_enum, default_value = "icmp")]
+        proto: TraceProtoFlag,
+        /// TCP/UDP port [default: the host port (30080/30053) for a node, else 8080/5353]
+        #[arg(long)]
+        port: Option<u16>,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// The topology (segments, router, hosts, nodes, pods, bridges, veths, VXLAN tunnels,
+    /// host ports) read from the kernel, as Graphviz DOT or SVG (needs `dot`).
+    Graph {
+        #[command(flatten)]
+        name: NameArg,
+        #[arg(short = 'o', long, value_enum, default_value = "dot")]
+        output: GraphFormat,
+        /// Write here instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
     /// Remove the lab: stop the agents and etcd, DEL every pod, delete its namespaces and
     /// /run/<name>.
@@ -139,6 +245,8 @@ enum LabCommand {
         cni: CniArg,
         #[command(flatten)]
         agent: AgentArgs,
+        #[command(flatten)]
+        net: NetArgs,
     },
 }
 
@@ -167,14 +275,14 @@ fn twilld_bin(arg: &AgentArgs) -> anyhow::Result<PathBuf> {
     ))
 }
 
-/// The lab's store from the global --store flag: embedded unless etcd is asked for.
-fn lab_store(store: &StoreArgs) -> anyhow::Result<StoreKind> {
+/// The lab's store from the global --store flag: embedded unless etcd or static is asked
+/// for; `--backend static` implies the static store (the lab writes the file).
+fn lab_store(store: &StoreArgs, net: &NetArgs) -> StoreKind {
     match store.store {
-        None | Some(StoreFlag::Embedded) => Ok(StoreKind::Embedded),
-        Some(StoreFlag::Etcd) => Ok(StoreKind::Etcd),
-        Some(StoreFlag::Static) => anyhow::bail!(
-            "the lab runs its agents on --store embedded (the default) or --store etcd; a static store has no claims to show"
-        ),
+        None if net.backend == BackendFlag::Static => StoreKind::Static,
+        None | Some(StoreFlag::Embedded) => StoreKind::Embedded,
+        Some(StoreFlag::Etcd) => StoreKind::Etcd,
+        Some(StoreFlag::Static) => StoreKind::Static,
     }
 }
 
@@ -182,19 +290,38 @@ fn spec(
     name: String,
     nodes: u16,
     pods_per_node: u16,
-    store: StoreKind,
+    store: &StoreArgs,
     agent: &AgentArgs,
+    net: &NetArgs,
 ) -> LabSpec {
     LabSpec {
         name,
         nodes,
         pods_per_node,
-        segments: 1,
-        store,
+        segments: net.segments,
+        store: lab_store(store, net),
         block_size: agent.block_size,
         agent_poll_interval: agent.agent_poll_interval.clone(),
+        backend: net.backend(),
+        direct_routing: net.direct_routing,
         ..LabSpec::default()
     }
+}
+
+/// `twill node remove NAME --force` against the lab's store (its agent is stopped, but
+/// its lease has not expired yet).
+fn node_remove(store: &dyn twill_store::Store, node: &str) -> Result<(), String> {
+    #[derive(clap::Parser)]
+    struct NodeCli {
+        #[command(flatten)]
+        args: crate::node_cmd::NodeArgs,
+    }
+    use clap::Parser;
+    let cli =
+        NodeCli::try_parse_from(["node", "remove", node, "--force"]).map_err(|e| e.to_string())?;
+    crate::node_cmd::run(cli.args, store)
+        .map(|_| ())
+        .map_err(|e| format!("{e:#}"))
 }
 
 fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
@@ -210,14 +337,33 @@ pub fn run(args: LabArgs, store: &StoreArgs) -> anyhow::Result<i32> {
             pods_per_node,
             cni,
             agent,
+            net,
         } => {
-            let spec = spec(name.name, nodes, pods_per_node, lab_store(store)?, &agent);
+            let spec = spec(name.name, nodes, pods_per_node, store, &agent, &net);
             let state = build::up(&spec, &cni_bin(&cni)?, &twilld_bin(&agent)?, &progress)?;
             println!(
                 "lab {} is up: {} node(s), {} pod(s); try `twill lab status --name {0}` and `twill lab check --name {0}`",
                 state.plan.name,
                 state.plan.nodes.len(),
                 state.pods.len()
+            );
+            Ok(0)
+        }
+        LabCommand::AddNode { name } => {
+            let mut state = build::load(&name.name)?;
+            let node = build::add_node(&mut state, &progress)?;
+            println!(
+                "node {node} joined lab {}: twilld ready, {} pod(s), every node routes to it",
+                name.name, state.plan.pods_per_node
+            );
+            Ok(0)
+        }
+        LabCommand::RemoveNode { name, node } => {
+            let mut state = build::load(&name.name)?;
+            build::remove_node(&mut state, &node, &node_remove, &progress)?;
+            println!(
+                "node {node} left lab {}: pods deleted, twilld stopped, removed from the store, no node routes to it",
+                name.name
             );
             Ok(0)
         }
@@ -264,6 +410,38 @@ pub fn run(args: LabArgs, store: &StoreArgs) -> anyhow::Result<i32> {
             }
             Ok(if report.passed { 0 } else { 1 })
         }
+        LabCommand::Bench {
+            name,
+            seconds,
+            rounds,
+            compare_host_gw,
+            output,
+        } => {
+            anyhow::ensure!(
+                seconds > 0 && rounds > 0,
+                "--seconds and --rounds must be at least 1"
+            );
+            let opts = twill_lab::bench::BenchOptions {
+                seconds,
+                rounds,
+                compare_host_gw,
+            };
+            let report = twill_lab::bench::bench_lab(&name.name, &opts, &progress)?;
+            match output {
+                Output::Json => print_json(&report)?,
+                Output::Table => print!("{}", twill_lab::bench::render(&report)),
+            }
+            Ok(0)
+        }
+        LabCommand::Trace {
+            name,
+            src,
+            dst,
+            proto,
+            port,
+            output,
+        } => trace_cmd(&name.name, src, dst, proto, port, output),
+        LabCommand::Graph { name, output, out } => graph_cmd(&name.name, output, out),
         LabCommand::Down { name } => {
             let report = build::down(&name.name, &progress)?;
             for w in &report.warnings {
@@ -282,8 +460,9 @@ pub fn run(args: LabArgs, store: &StoreArgs) -> anyhow::Result<i32> {
             pods_per_node,
             cni,
             agent,
+            net,
         } => {
-            let spec = spec(name.name, nodes, pods_per_node, lab_store(store)?, &agent);
+            let spec = spec(name.name, nodes, pods_per_node, store, &agent, &net);
             demo(&spec, &cni_bin(&cni)?, &twilld_bin(&agent)?)
         }
     }
@@ -480,4 +659,68 @@ fn demo_body(state: &twill_lab::LabState) -> anyhow::Result<bool> {
     let report = check::run(state)?;
     print!("{}", check::render(&report));
     Ok(report.passed)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TraceProtoFlag {
+    Icmp,
+    Tcp,
+    Udp,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum GraphFormat {
+    Dot,
+    Svg,
+}
+
+fn trace_cmd(
+    name: &str,
+    src: String,
+    dst: String,
+    proto: TraceProtoFlag,
+    port: Option<u16>,
+    output: Output,
+) -> anyhow::Result<i32> {
+    use twill_lab::trace::{self, path::TraceProto};
+    let state = build::load(name)?;
+    let proto = match proto {
+        TraceProtoFlag::Icmp => TraceProto::Icmp,
+        TraceProtoFlag::Tcp => TraceProto::Tcp,
+        TraceProtoFlag::Udp => TraceProto::Udp,
+    };
+    let req = trace::TraceRequest {
+        src,
+        dst,
+        proto,
+        port,
+    };
+    let report = trace::run(&state, &req)?;
+    match output {
+        Output::Json => print_json(&report)?,
+        Output::Table => print!("{}", trace::path::render(&report)),
+    }
+    Ok(0)
+}
+
+fn graph_cmd(name: &str, format: GraphFormat, out: Option<PathBuf>) -> anyhow::Result<i32> {
+    use twill_lab::graph;
+    let state = build::load(name)?;
+    let topo = graph::live::read_topology(&state)?;
+    let dot = graph::to_dot(&topo, &graph::Extras::from_plan(&state.plan));
+    let bytes = match format {
+        GraphFormat::Dot => dot.into_bytes(),
+        GraphFormat::Svg => graph::live::render_with_dot(&dot, "svg")?,
+    };
+    match out {
+        Some(path) => {
+            std::fs::write(&path, &bytes).with_context(|| format!("write {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
+        None => {
+            use std::io::Write;
+            std::io::stdout().write_all(&bytes)?;
+        }
+    }
+    Ok(0)
 }

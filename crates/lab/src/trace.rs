@@ -1,0 +1,516 @@
+//! `twill lab trace SRC DST`: the I/O edge. Computes the path from the kernel's answers
+//! ([`path::walk`] with `ip route get` in every namespace), starts `tcpdump -w -` on every
+//! device of it, sends one probe, stops the captures, reads conntrack, and assembles the
+//! report ([`path`]); frames are decoded by [`pcap`].
+
+pub mod path;
+pub mod pcap;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::build::{self, LabError};
+use crate::graph::live::read_topology;
+use crate::graph::topo::{Role, Topology};
+use crate::plan::{CONTAINER_PORT_TCP, CONTAINER_PORT_UDP, HOST_PORT_TCP, HOST_PORT_UDP};
+use crate::probe::open_netns;
+use crate::state::LabState;
+use path::{Endpoint, PathPlan, RouteAnswer, Router, TraceProto, TraceReport};
+
+/// How long a capture may take to attach before the trace gives up on it.
+const CAPTURE_READY: Duration = Duration::from_secs(5);
+/// How long the probe waits for its answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Time for the last frames to reach the captures after the probe.
+const SETTLE: Duration = Duration::from_millis(300);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceRequest {
+    pub src: String,
+    pub dst: String,
+    pub proto: TraceProto,
+    /// TCP/UDP destination port; None: the host port for a node, else the container port.
+    pub port: Option<u16>,
+}
+
+/// `ip -j -n NS route get` as the walker's oracle.
+struct IpRouter;
+
+impl Router for IpRouter {
+    fn route_get(
+        &mut self,
+        netns: &str,
+        dst: Ipv4Addr,
+        from: Option<Ipv4Addr>,
+        iif: Option<&str>,
+    ) -> Result<RouteAnswer, String> {
+        let dst = dst.to_string();
+        let from = from.map(|f| f.to_string());
+        let mut args = vec!["-j", "-n", netns, "route", "get", dst.as_str()];
+        if let Some(f) = &from {
+            args.extend(["from", f.as_str()]);
+        }
+        if let Some(i) = iif {
+            args.extend(["iif", i]);
+        }
+        let text = build::ip(&args).map_err(|e| e.to_string())?;
+        path::parse_route_get(&text)
+    }
+}
+
+fn bad(what: String) -> LabError {
+    LabError::Command {
+        cmd: "twill lab trace".into(),
+        detail: what,
+    }
+}
+
+/// The address a member answers on: a pod's or host's eth0, a node's eth0 (its node IP).
+fn member_ip(topo: &Topology, netns: &str) -> Option<Ipv4Addr> {
+    let ns = topo.ns(netns)?;
+    let first = |name: &str| {
+        ns.links
+            .iter()
+            .find(|l| l.name == name)
+            .and_then(|l| l.addrs.first())
+            .map(|a| a.addr())
+    };
+    first("eth0").or_else(|| {
+        ns.links
+            .iter()
+            .filter(|l| l.name != "lo")
+            .find_map(|l| l.addrs.first().map(|a| a.addr()))
+    })
+}
+
+/// A member name (`n1-p1`, `n1`, `out`, `rt`, ...) or an IP.
+fn resolve(state: &LabState, topo: &Topology, name: &str) -> Result<Endpoint, LabError> {
+    if let Ok(netns) = state.plan.target_netns(name) {
+        let ip = member_ip(topo, netns).ok_or_else(|| {
+            bad(format!(
+                "{name} ({netns}) has no IPv4 address (is the lab fully up? `twill lab status`)"
+            ))
+        })?;
+        return Ok(Endpoint {
+            name: name.into(),
+            netns: Some(netns.into()),
+            ip,
+        });
+    }
+    let ip: Ipv4Addr = name.parse().map_err(|_| {
+        bad(format!(
+            "{name:?} is neither a lab member (n1, n1-p2, rt, out, ul, st) nor an IPv4 address"
+        ))
+    })?;
+    let owner = topo.owner(ip);
+    Ok(Endpoint {
+        name: owner.map_or_else(|| name.to_string(), |(n, _)| n.member.clone()),
+        netns: owner.map(|(n, _)| n.name.clone()),
+        ip,
+    })
+}
+
+/// One `tcpdump -w -` on a device, its stdout collected by a thread.
+struct Capture {
+    key: (String, String),
+    child: Child,
+    stdout: Option<JoinHandle<Vec<u8>>>,
+    stderr: Option<JoinHandle<String>>,
+}
+
+fn start_capture(
+    netns: &str,
+    dev: &str,
+    ready: mpsc::Sender<(String, String)>,
+) -> Result<Capture, LabError> {
+    let mut child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            netns,
+            "tcpdump",
+            "-i",
+            dev,
+            "-n",
+            "-U",
+            "--immediate-mode",
+        ])
+        .args(["-s", "512"])
+        .args(["-w", "-", "ip"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| LabError::Io {
+            what: "run ip netns exec tcpdump (is tcpdump installed? `apt-get install tcpdump`)"
+                .into(),
+            source,
+        })?;
+    let mut out = child.stdout.take().expect("piped stdout");
+    let stdout = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = out.read_to_end(&mut b);
+        b
+    });
+    let err = child.stderr.take().expect("piped stderr");
+    let key = (netns.to_string(), dev.to_string());
+    let key2 = key.clone();
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if line.contains("listening on") {
+                let _ = ready.send(key2.clone());
+            }
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    });
+    Ok(Capture {
+        key,
+        child,
+        stdout: Some(stdout),
+        stderr: Some(stderr),
+    })
+}
+
+impl Capture {
+    /// SIGINT (tcpdump flushes and exits), then the pcap bytes and tcpdump's messages.
+    fn finish(mut self) -> (Vec<u8>, String) {
+        // ip netns exec execs tcpdump in place: the child's PID is tcpdump's.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGINT);
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !matches!(self.child.try_wait(), Ok(Some(_))) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let bytes = self
+            .stdout
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        let msgs = self
+            .stderr
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        (bytes, msgs)
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Sends the probe from `netns`; Ok(true) when it was answered.
+fn send_probe(
+    netns: &str,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: TraceProto,
+    port: u16,
+) -> Result<bool, LabError> {
+    let io = |what: &str| {
+        let what = what.to_string();
+        move |source| LabError::Io { what, source }
+    };
+    match proto {
+        TraceProto::Icmp => {
+            let out = Command::new("ip")
+                .args(["netns", "exec", netns, "ping", "-n", "-q", "-c1", "-W1"])
+                .args(["-p", path::ICMP_PATTERN_HEX, "-I", &src.to_string()])
+                .arg(dst.to_string())
+                .output()
+                .map_err(io("run ping (is iputils-ping installed?)"))?;
+            Ok(out.status.success())
+        }
+        TraceProto::Tcp => {
+            let ns = open_netns(netns).map_err(|e| bad(e.to_string()))?;
+            let r = twill_netlink::run_in(&ns, || {
+                TcpStream::connect_timeout(&SocketAddr::from((dst, port)), PROBE_TIMEOUT)
+            })
+            .map_err(|e| bad(format!("enter {netns}: {e}")))?;
+            // A refusal is an answer too: the SYN arrived and the far end said no.
+            Ok(r.is_ok() || r.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused))
+        }
+        TraceProto::Udp => {
+            let ns = open_netns(netns).map_err(|e| bad(e.to_string()))?;
+            let sock = twill_netlink::run_in(&ns, || UdpSocket::bind((src, 0)))
+                .map_err(|e| bad(format!("enter {netns}: {e}")))?
+                .map_err(io("bind the UDP probe"))?;
+            sock.set_read_timeout(Some(PROBE_TIMEOUT))
+                .map_err(io("set timeout"))?;
+            sock.send_to(path::UDP_MARKER, (dst, port))
+                .map_err(io("send the UDP probe"))?;
+            let mut buf = [0u8; 512];
+            Ok(sock.recv(&mut buf).is_ok())
+        }
+    }
+}
+
+/// The frames each (namespace, device) capture saw.
+type Frames = HashMap<(String, String), Vec<pcap::Frame>>;
+
+/// Captures on every device of `plan`, sends one probe, returns the frames per device.
+fn capture_probe(
+    plan: &PathPlan,
+    extra: &[(String, String)],
+    src_ns: &str,
+    proto: TraceProto,
+    port: u16,
+    notes: &mut Vec<String>,
+) -> Result<(bool, Frames), LabError> {
+    let mut keys: Vec<(String, String)> = Vec::new();
+    for h in &plan.hops {
+        let k = (h.netns.clone(), h.device.clone());
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    for k in extra {
+        if !keys.contains(k) {
+            keys.push(k.clone());
+        }
+    }
+    let (tx, rx) = mpsc::channel();
+    let mut caps = Vec::new();
+    for (ns, dev) in &keys {
+        caps.push(start_capture(ns, dev, tx.clone())?);
+    }
+    drop(tx);
+    let deadline = Instant::now() + CAPTURE_READY;
+    let mut ready = 0;
+    while ready < caps.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(_) => ready += 1,
+            Err(_) => break,
+        }
+    }
+    if ready < caps.len() {
+        notes.push(format!(
+            "only {ready} of {} captures started in time",
+            caps.len()
+        ));
+    }
+    let answered = send_probe(src_ns, plan.src_ip, plan.dst_ip, proto, port);
+    std::thread::sleep(SETTLE);
+    let mut frames = HashMap::new();
+    for c in caps {
+        let key = c.key.clone();
+        let (bytes, msgs) = c.finish();
+        if std::env::var_os("TWILL_TRACE_DEBUG").is_some() {
+            eprintln!(
+                "capture {key:?}: {} bytes; tcpdump: {}",
+                bytes.len(),
+                msgs.trim()
+            );
+        }
+        match pcap::parse_pcap(&bytes) {
+            Ok(recs) => {
+                let fs = recs
+                    .iter()
+                    .filter_map(|r| pcap::decode_frame(&r.data))
+                    .collect();
+                frames.insert(key, fs);
+            }
+            Err(e) => notes.push(format!(
+                "capture on {} in {}: {e}; tcpdump said: {}",
+                key.1,
+                key.0,
+                msgs.trim()
+            )),
+        }
+    }
+    Ok((answered?, frames))
+}
+
+/// Conntrack entries of the nodes and the router the path crosses.
+fn read_conntrack(topo: &Topology, plan: &PathPlan) -> Vec<(String, Vec<path::Conntrack>)> {
+    let mut seen: Vec<String> = Vec::new();
+    for h in &plan.hops {
+        let natting = topo
+            .ns(&h.netns)
+            .is_some_and(|n| matches!(n.role, Role::Node | Role::Router));
+        if natting && !seen.contains(&h.netns) {
+            seen.push(h.netns.clone());
+        }
+    }
+    seen.into_iter()
+        .filter_map(|ns| {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &ns, "cat", "/proc/net/nf_conntrack"])
+                .output()
+                .ok()?;
+            let entries = path::parse_conntrack(&String::from_utf8_lossy(&out.stdout));
+            Some((ns, entries))
+        })
+        .collect()
+}
+
+/// Runs a trace.
+pub fn run(state: &LabState, req: &TraceRequest) -> Result<TraceReport, LabError> {
+    let topo = read_topology(state)?;
+    let src = resolve(state, &topo, &req.src)?;
+    let src_ns = src.netns.clone().ok_or_else(|| {
+        bad(format!(
+            "source {} is not in the lab: a trace starts in a lab member (n1-p1, n1, out, ...)",
+            req.src
+        ))
+    })?;
+    let dst = resolve(state, &topo, &req.dst)?;
+    let dst_is_node = dst
+        .netns
+        .as_deref()
+        .and_then(|n| topo.ns(n))
+        .is_some_and(|n| n.role == Role::Node);
+    let port = req.port.unwrap_or(match (req.proto, dst_is_node) {
+        (TraceProto::Udp, true) => HOST_PORT_UDP,
+        (TraceProto::Udp, false) => CONTAINER_PORT_UDP,
+        (_, true) => HOST_PORT_TCP,
+        _ => CONTAINER_PORT_TCP,
+    });
+    let src_ip = (req.src.parse::<Ipv4Addr>().is_ok()
+        || topo.ns(&src_ns).is_some_and(|n| n.role == Role::Pod))
+    .then_some(src.ip);
+    let mut router = IpRouter;
+    let mut plan = path::walk(&topo, &mut router, &src_ns, src_ip, dst.ip);
+    let mut notes = Vec::new();
+    // A TCP/UDP probe ending at a node may be DNATed on (a host port): watch the node's
+    // bridges too, to see where it goes (a refused connection leaves no conntrack entry).
+    let extra: Vec<(String, String)> = match (&plan.delivered_to, req.proto) {
+        (Some(end), TraceProto::Tcp | TraceProto::Udp) => topo
+            .ns(end)
+            .filter(|n| n.role == Role::Node)
+            .map(|n| {
+                n.links
+                    .iter()
+                    .filter(|l| l.kind == "bridge")
+                    .map(|l| (n.name.clone(), l.name.clone()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    let (mut answered, mut frames) =
+        capture_probe(&plan, &extra, &src_ns, req.proto, port, &mut notes)?;
+    let mut conntrack = read_conntrack(&topo, &plan);
+
+    // A host port: the route ends at the node, but conntrack shows the DNAT; walk on to
+    // the pod and probe again, so the capture covers the whole way.
+    if let Some(end) = plan.delivered_to.clone() {
+        let dnat = conntrack
+            .iter()
+            .filter(|(ns, _)| *ns == end)
+            .flat_map(|(ns, e)| {
+                path::nat_from_conntrack(&topo, ns, e, req.proto, plan.src_ip, dst.ip)
+            })
+            .find(|n| n.kind == path::NatKind::Dnat);
+        let seen_dnat = extra
+            .iter()
+            .filter_map(|k| frames.get(k))
+            .flatten()
+            .filter(|f| path::is_probe(req.proto, f))
+            .filter_map(|f| f.innermost().ip.as_ref())
+            .find(|ip| ip.dst != dst.ip)
+            .map(|ip| ip.dst);
+        let to_ip = dnat
+            .as_ref()
+            .and_then(|n| n.to.split(':').next()?.parse::<Ipv4Addr>().ok())
+            .or(seen_dnat);
+        let dnat = dnat.map(|n| n.to_string()).or(seen_dnat.map(|ip| {
+            format!(
+                "DNAT {} → {ip}, seen on {}'s bridge",
+                dst.ip,
+                topo.member(&end)
+            )
+        }));
+        let iif = plan.hops.last().map(|h| h.device.clone());
+        if let (Some(n), Some(to_ip)) = (dnat, to_ip) {
+            let more = path::walk_from(
+                &topo,
+                &mut router,
+                &end,
+                iif.as_deref(),
+                Some(plan.src_ip),
+                to_ip,
+                plan.hops.clone(),
+            );
+            if more.hops.len() > plan.hops.len() {
+                notes.push(format!(
+                    "{} rewrote the destination ({n}); the path beyond it was walked to {to_ip} and probed a second time",
+                    topo.member(&end)
+                ));
+                let src_ip = plan.src_ip;
+                plan = PathPlan {
+                    src_ip,
+                    dst_ip: dst.ip,
+                    ..more
+                };
+                (answered, frames) =
+                    capture_probe(&plan, &[], &src_ns, req.proto, port, &mut notes)?;
+                conntrack = read_conntrack(&topo, &plan);
+            }
+        }
+    }
+
+    let hops = path::attach(&plan.hops, &frames, req.proto);
+    let from_ct = conntrack
+        .iter()
+        .flat_map(|(ns, e)| path::nat_from_conntrack(&topo, ns, e, req.proto, plan.src_ip, dst.ip))
+        .collect();
+    let nat = path::merge_nat(path::nat_from_headers(&topo, &hops), from_ct);
+    let outcome = match (&plan.delivered_to, &plan.stopped) {
+        (Some(ns), _) => format!("delivered to {} ({ns})", topo.member(ns)),
+        (None, Some(why)) => format!("path stops after hop {}: {why}", hops.len()),
+        (None, None) => "path unknown".into(),
+    };
+    let unseen = hops.iter().filter(|h| !h.seen).count();
+    if unseen > 0 {
+        notes.push(format!(
+            "{unseen} hop(s) did not see the probe: a drop, or a capture that missed it"
+        ));
+    }
+    let probe = match (req.proto, answered) {
+        (TraceProto::Icmp, true) => "ping answered",
+        (TraceProto::Icmp, false) => "ping NOT answered",
+        (TraceProto::Tcp, true) => "TCP connect answered (accepted or refused)",
+        (TraceProto::Tcp, false) => "TCP connect NOT answered",
+        (TraceProto::Udp, true) => "UDP reply received",
+        (TraceProto::Udp, false) => "no UDP reply (nothing may listen there)",
+    };
+    Ok(TraceReport {
+        lab: state.plan.name.clone(),
+        src: Endpoint {
+            ip: plan.src_ip,
+            ..src
+        },
+        dst,
+        proto: req.proto,
+        port: (req.proto != TraceProto::Icmp).then_some(port),
+        answered,
+        probe: probe.into(),
+        hops,
+        nat,
+        outcome,
+        notes,
+    })
+}

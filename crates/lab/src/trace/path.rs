@@ -1,0 +1,1329 @@
+//! Pure: where a packet goes, hop by hop, from the kernel's own answers (`ip route get`, the
+//! topology's veth peers, bridge ports, VXLAN neighbour and FDB entries); which captured
+//! frame is the probe; what NAT did to it (from the headers seen before and after a
+//! namespace, and from conntrack); and the report, as a table or JSON.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::net::Ipv4Addr;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::pcap::{describe, Frame, Ipv4, Mac, L4};
+use crate::graph::topo::{Link, Role, Topology};
+
+/// More hops than any lab path has: a routing loop.
+pub const MAX_HOPS: usize = 48;
+/// The ICMP probe's payload pattern (`ping -p`): "twll".
+pub const ICMP_PATTERN: &[u8] = b"twll";
+pub const ICMP_PATTERN_HEX: &str = "74776c6c";
+/// The UDP probe's payload starts with this.
+pub const UDP_MARKER: &[u8] = b"twill-trace";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TraceProto {
+    Icmp,
+    Tcp,
+    Udp,
+}
+
+impl TraceProto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TraceProto::Icmp => "icmp",
+            TraceProto::Tcp => "tcp",
+            TraceProto::Udp => "udp",
+        }
+    }
+}
+
+/// One answer of `ip -j route get`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteAnswer {
+    pub local: bool,
+    pub dev: String,
+    pub gateway: Option<Ipv4Addr>,
+    pub prefsrc: Option<Ipv4Addr>,
+}
+
+pub fn parse_route_get(text: &str) -> Result<RouteAnswer, String> {
+    let v: Value =
+        serde_json::from_str(text).map_err(|e| format!("bad ip -j route get output: {e}"))?;
+    let r = v.get(0).ok_or("ip route get gave no route")?;
+    let ip = |k: &str| r[k].as_str().and_then(|s| s.parse().ok());
+    Ok(RouteAnswer {
+        local: r["type"] == "local",
+        dev: r["dev"].as_str().unwrap_or("").to_string(),
+        gateway: ip("gateway"),
+        prefsrc: ip("prefsrc"),
+    })
+}
+
+/// The kernel's routing decision in a namespace (the I/O edge implements it with `ip`).
+pub trait Router {
+    fn route_get(
+        &mut self,
+        netns: &str,
+        dst: Ipv4Addr,
+        from: Option<Ipv4Addr>,
+        iif: Option<&str>,
+    ) -> Result<RouteAnswer, String>;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dir {
+    /// Sent by this namespace (or leaving a bridge through this port).
+    Out,
+    /// Received by this namespace.
+    In,
+    /// Switched by this bridge, not for the namespace itself.
+    Bridged,
+}
+
+impl Dir {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dir::Out => "out",
+            Dir::In => "in",
+            Dir::Bridged => "bridged",
+        }
+    }
+}
+
+/// A device the packet should cross.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PlannedHop {
+    pub netns: String,
+    pub member: String,
+    pub device: String,
+    pub direction: Dir,
+    /// Carried inside a VXLAN packet here: the capture shows outer and inner headers.
+    pub encapsulated: bool,
+    pub note: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PathPlan {
+    pub src_ip: Ipv4Addr,
+    pub dst_ip: Ipv4Addr,
+    pub hops: Vec<PlannedHop>,
+    /// The namespace that takes the packet as its own, if the walk got there.
+    pub delivered_to: Option<String>,
+    /// Why the walk stopped early.
+    pub stopped: Option<String>,
+}
+
+struct Walker<'a, R: Router> {
+    topo: &'a Topology,
+    router: &'a mut R,
+    hops: Vec<PlannedHop>,
+}
+
+impl<R: Router> Walker<'_, R> {
+    fn push(&mut self, netns: &str, device: &str, direction: Dir, encapsulated: bool, note: &str) {
+        self.hops.push(PlannedHop {
+            netns: netns.into(),
+            member: self.topo.member(netns),
+            device: device.into(),
+            direction,
+            encapsulated,
+            note: note.into(),
+        });
+    }
+
+    fn link(&self, netns: &str, dev: &str) -> Result<Link, String> {
+        self.topo
+            .link(netns, dev)
+            .cloned()
+            .ok_or_else(|| format!("{netns} has no device {dev}"))
+    }
+
+    fn route(
+        &mut self,
+        netns: &str,
+        dst: Ipv4Addr,
+        src: Ipv4Addr,
+        iif: Option<&str>,
+    ) -> Result<RouteAnswer, String> {
+        match self.router.route_get(netns, dst, Some(src), iif) {
+            Ok(a) => Ok(a),
+            // A forwarded packet's source may be unknown to this namespace (rp_filter, a
+            // source that NAT replaces later): ask for the destination alone.
+            Err(first) if iif.is_some() => self
+                .router
+                .route_get(netns, dst, None, None)
+                .map_err(|_| format!("no route to {dst} in {netns}: {first}")),
+            Err(e) => Err(format!("no route to {dst} in {netns}: {e}")),
+        }
+    }
+
+    /// Routes a packet from `netns` (entered through `iif`) until a namespace takes it as
+    /// its own; returns that namespace.
+    fn l3(
+        &mut self,
+        mut netns: String,
+        mut iif: Option<String>,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        encap: bool,
+    ) -> Result<String, String> {
+        while self.hops.len() < MAX_HOPS {
+            let ans = self.route(&netns, dst, src, iif.as_deref())?;
+            if ans.local {
+                return Ok(netns);
+            }
+            let out = self.link(&netns, &ans.dev)?;
+            let nexthop = ans.gateway.unwrap_or(dst);
+            if let Some(vx) = out.vxlan.clone() {
+                if encap {
+                    return Err(format!("{netns}: VXLAN inside VXLAN ({})", out.name));
+                }
+                let mac = out
+                    .neighbours
+                    .iter()
+                    .find(|(ip, _)| *ip == nexthop)
+                    .map(|(_, m)| *m)
+                    .ok_or_else(|| {
+                        format!(
+                            "{netns}: no neighbour entry for {nexthop} on {}: the backend has not programmed that peer",
+                            out.name
+                        )
+                    })?;
+                let remote = out
+                    .fdb
+                    .iter()
+                    .find(|(m, _)| *m == mac)
+                    .map(|(_, ip)| *ip)
+                    .ok_or_else(|| {
+                        format!("{netns}: no FDB entry for {mac} on {}: the backend has not programmed that peer", out.name)
+                    })?;
+                let local = vx
+                    .local
+                    .ok_or_else(|| format!("{netns}: {} has no local address", out.name))?;
+                self.push(
+                    &netns,
+                    &out.name,
+                    Dir::Out,
+                    false,
+                    &format!(
+                        "VXLAN vni {}: to VTEP {nexthop} ({mac}) at {remote}",
+                        vx.vni
+                    ),
+                );
+                let far = self.l3(netns.clone(), None, local, remote, true)?;
+                let dev = self
+                    .topo
+                    .ns(&far)
+                    .and_then(|n| {
+                        n.links
+                            .iter()
+                            .find(|l| l.vxlan.as_ref().is_some_and(|v| v.vni == vx.vni))
+                    })
+                    .map(|l| l.name.clone())
+                    .ok_or_else(|| format!("{far} has no VXLAN device with VNI {}", vx.vni))?;
+                self.push(&far, &dev, Dir::In, false, "decapsulated");
+                netns = far;
+                iif = Some(dev);
+                continue;
+            }
+            self.push(&netns, &out.name, Dir::Out, encap, "");
+            let (ns2, dev2) = self.l2(&netns, out, nexthop, encap)?;
+            netns = ns2;
+            iif = Some(dev2);
+        }
+        Err(format!("more than {MAX_HOPS} hops: a routing loop?"))
+    }
+
+    /// Carries a frame out of `out` in `netns` to the device that owns `nexthop`: across
+    /// veth pairs and bridges. Returns where it enters layer 3 again.
+    fn l2(
+        &mut self,
+        netns: &str,
+        out: Link,
+        nexthop: Ipv4Addr,
+        encap: bool,
+    ) -> Result<(String, String), String> {
+        let (mut ns, mut link) = (netns.to_string(), out);
+        while self.hops.len() < MAX_HOPS {
+            if link.kind == "bridge" {
+                let port = self.port_towards(&ns, &link.name, nexthop, None)?;
+                self.push(&ns, &port.name, Dir::Out, encap, "");
+                link = port;
+                continue;
+            }
+            let (pns, plink) = self
+                .topo
+                .peer(&link)
+                .map(|(n, l)| (n.name.clone(), l.clone()))
+                .ok_or_else(|| {
+                    format!(
+                        "{ns}: {} has no peer the lab knows (not a veth of the lab)",
+                        link.name
+                    )
+                })?;
+            self.push(&pns, &plink.name, Dir::In, encap, "");
+            if let Some(br) = plink.master.clone() {
+                let bridge = self.link(&pns, &br)?;
+                if bridge.owns(nexthop) {
+                    self.push(&pns, &br, Dir::In, encap, "to the bridge's own address");
+                    return Ok((pns, br));
+                }
+                self.push(&pns, &br, Dir::Bridged, encap, "");
+                let port = self.port_towards(&pns, &br, nexthop, Some(&plink.name))?;
+                self.push(&pns, &port.name, Dir::Out, encap, "");
+                ns = pns;
+                link = port;
+                continue;
+            }
+            return Ok((pns, plink.name));
+        }
+        Err(format!("more than {MAX_HOPS} hops: a loop?"))
+    }
+
+    fn port_towards(
+        &self,
+        netns: &str,
+        bridge: &str,
+        nexthop: Ipv4Addr,
+        except: Option<&str>,
+    ) -> Result<Link, String> {
+        let (ons, olink) = self.topo.owner(nexthop).ok_or_else(|| {
+            format!("no device of the lab holds {nexthop} (next hop from {netns})")
+        })?;
+        self.topo
+            .ports(netns, bridge)
+            .filter(|p| Some(p.name.as_str()) != except)
+            .find(|p| {
+                self.topo
+                    .peer(p)
+                    .is_some_and(|(n, l)| n.name == ons.name && l.ifindex == olink.ifindex)
+            })
+            .cloned()
+            .ok_or_else(|| {
+                format!(
+                    "no port of {bridge} in {netns} leads to {nexthop} ({} {})",
+                    ons.member, olink.name
+                )
+            })
+    }
+}
+
+/// Walks the path a packet from `src_ns` to `dst` takes, asking the kernel at every
+/// namespace. `src` is the source address (None: the one the kernel picks).
+pub fn walk(
+    topo: &Topology,
+    router: &mut impl Router,
+    src_ns: &str,
+    src: Option<Ipv4Addr>,
+    dst: Ipv4Addr,
+) -> PathPlan {
+    walk_from(topo, router, src_ns, None, src, dst, Vec::new())
+}
+
+/// Continues a walk from `netns`, entered through `iif` (after a DNAT, say).
+pub fn walk_from(
+    topo: &Topology,
+    router: &mut impl Router,
+    netns: &str,
+    iif: Option<&str>,
+    src: Option<Ipv4Addr>,
+    dst: Ipv4Addr,
+    hops: Vec<PlannedHop>,
+) -> PathPlan {
+    let mut w = Walker { topo, router, hops };
+    let src_ip = match src {
+        Some(s) => Ok(s),
+        None => w
+            .router
+            .route_get(netns, dst, None, None)
+            .map_err(|e| format!("no route to {dst} in {netns}: {e}"))
+            .and_then(|a| {
+                a.prefsrc
+                    .ok_or_else(|| format!("{netns} has no source address for {dst}"))
+            }),
+    };
+    let (delivered_to, stopped) = match &src_ip {
+        Ok(s) => match w.l3(netns.into(), iif.map(String::from), *s, dst, false) {
+            Ok(ns) => (Some(ns), None),
+            Err(e) => (None, Some(e)),
+        },
+        Err(e) => (None, Some(e.clone())),
+    };
+    PathPlan {
+        src_ip: src_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+        dst_ip: dst,
+        hops: w.hops,
+        delivered_to,
+        stopped,
+    }
+}
+
+/// Is this frame the probe? Looks at the innermost packet: the ICMP echo request carrying
+/// our pattern, the UDP datagram with our marker, or a bare TCP SYN.
+pub fn is_probe(proto: TraceProto, frame: &Frame) -> bool {
+    let Some(ip) = &frame.innermost().ip else {
+        return false;
+    };
+    match (&ip.l4, proto) {
+        (
+            L4::Icmp {
+                kind: 8, payload, ..
+            },
+            TraceProto::Icmp,
+        ) => payload
+            .windows(ICMP_PATTERN.len())
+            .any(|w| w == ICMP_PATTERN),
+        (L4::Udp { payload, .. }, TraceProto::Udp) => payload.starts_with(UDP_MARKER),
+        (L4::Tcp { flags, .. }, TraceProto::Tcp) => flags == "S",
+        _ => false,
+    }
+}
+
+/// An IP header as the report shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Header {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub ttl: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sport: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dport: Option<u16>,
+    pub summary: String,
+}
+
+impl From<&Ipv4> for Header {
+    fn from(ip: &Ipv4) -> Header {
+        let ports = ip.l4.ports();
+        Header {
+            src: ip.src,
+            dst: ip.dst,
+            ttl: ip.ttl,
+            sport: ports.map(|p| p.0),
+            dport: ports.map(|p| p.1),
+            summary: describe(ip),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct L2 {
+    pub src: Mac,
+    pub dst: Mac,
+}
+
+/// The outer headers of an encapsulated packet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Outer {
+    pub l2: L2,
+    pub ip: Header,
+    pub vni: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HopReport {
+    pub index: usize,
+    #[serde(flatten)]
+    pub hop: PlannedHop,
+    /// Whether the capture on this device saw the probe.
+    pub seen: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outer: Option<Outer>,
+    /// The probe's own (inner, if encapsulated) Ethernet and IP headers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub l2: Option<L2>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub packet: Option<Header>,
+}
+
+/// Fills each planned hop with the probe frame its capture saw. `captures` maps
+/// (netns, device) to the frames that device carried, in time order; the k-th time a device
+/// appears on the path takes its k-th probe frame.
+pub fn attach(
+    hops: &[PlannedHop],
+    captures: &HashMap<(String, String), Vec<Frame>>,
+    proto: TraceProto,
+) -> Vec<HopReport> {
+    let mut used: HashMap<(String, String), usize> = HashMap::new();
+    hops.iter()
+        .enumerate()
+        .map(|(i, hop)| {
+            let key = (hop.netns.clone(), hop.device.clone());
+            let k = used.entry(key.clone()).or_insert(0);
+            let frame = captures
+                .get(&key)
+                .and_then(|fs| fs.iter().filter(|f| is_probe(proto, f)).nth(*k));
+            if frame.is_some() {
+                *k += 1;
+            }
+            let mut r = HopReport {
+                index: i + 1,
+                hop: hop.clone(),
+                seen: frame.is_some(),
+                outer: None,
+                l2: None,
+                packet: None,
+            };
+            if let Some(f) = frame {
+                if let (Some(v), Some(ip)) = (&f.vxlan, &f.ip) {
+                    r.outer = Some(Outer {
+                        l2: L2 {
+                            src: f.src_mac,
+                            dst: f.dst_mac,
+                        },
+                        ip: ip.into(),
+                        vni: v.vni,
+                    });
+                }
+                let inner = f.innermost();
+                r.l2 = Some(L2 {
+                    src: inner.src_mac,
+                    dst: inner.dst_mac,
+                });
+                r.packet = inner.ip.as_ref().map(Header::from);
+            }
+            r
+        })
+        .collect()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum NatKind {
+    Snat,
+    Dnat,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NatEvent {
+    pub kind: NatKind,
+    pub from: String,
+    pub to: String,
+    pub netns: String,
+    pub member: String,
+    /// `masquerade`, `host port`, or empty.
+    pub how: String,
+    /// `headers` (seen changing between two captures) or `conntrack`.
+    pub evidence: String,
+}
+
+impl std::fmt::Display for NatEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.kind {
+            NatKind::Snat => "SNAT",
+            NatKind::Dnat => "DNAT",
+        };
+        let mut why = Vec::new();
+        if !self.how.is_empty() {
+            why.push(self.how.clone());
+        }
+        why.push(format!("{} {}", role_word(&self.member), self.member));
+        write!(f, "{kind} {} → {} ({})", self.from, self.to, why.join(", "))
+    }
+}
+
+fn role_word(member: &str) -> &'static str {
+    match member {
+        "rt" => "router",
+        "out" => "host",
+        m if m.contains("-p") => "pod",
+        m if m.starts_with('n') => "node",
+        _ => "in",
+    }
+}
+
+fn endpoint(ip: Ipv4Addr, port: Option<u16>, show_port: bool) -> String {
+    match port {
+        Some(p) if show_port => format!("{ip}:{p}"),
+        _ => ip.to_string(),
+    }
+}
+
+/// How a NAT is called: masquerade when the new source is the egress device's address,
+/// host port when the original destination is a node's address.
+fn nat_how(
+    topo: &Topology,
+    kind: NatKind,
+    netns: &str,
+    egress: Option<&str>,
+    orig: Ipv4Addr,
+    new: Ipv4Addr,
+) -> String {
+    match kind {
+        NatKind::Snat => {
+            let on_egress = egress
+                .and_then(|d| topo.link(netns, d))
+                .is_some_and(|l| l.owns(new));
+            let node_addr = topo
+                .ns(netns)
+                .is_some_and(|n| n.links.iter().any(|l| l.owns(new)));
+            if on_egress || node_addr {
+                "masquerade".into()
+            } else {
+                String::new()
+            }
+        }
+        NatKind::Dnat => {
+            let to_node = topo.owner(orig).is_some_and(|(n, _)| n.role == Role::Node);
+            if to_node {
+                "host port".into()
+            } else {
+                String::new()
+            }
+        }
+    }
+}
+
+/// NAT seen in the headers: the source or destination changing between two consecutive
+/// captures. The rewrite happened in the namespace of the later hop if it sends the packet
+/// (postrouting SNAT shows on egress), else of the earlier one.
+pub fn nat_from_headers(topo: &Topology, hops: &[HopReport]) -> Vec<NatEvent> {
+    let seen: Vec<&HopReport> = hops.iter().filter(|h| h.packet.is_some()).collect();
+    let mut out = Vec::new();
+    for pair in seen.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        let (pa, pb) = (a.packet.as_ref().unwrap(), b.packet.as_ref().unwrap());
+        let at = if b.hop.direction == Dir::Out || a.hop.netns == b.hop.netns {
+            &b.hop
+        } else {
+            &a.hop
+        };
+        if (pa.src, pa.sport) != (pb.src, pb.sport) {
+            let ports = pa.src == pb.src;
+            out.push(NatEvent {
+                kind: NatKind::Snat,
+                from: endpoint(pa.src, pa.sport, ports),
+                to: endpoint(pb.src, pb.sport, ports),
+                netns: at.netns.clone(),
+                member: at.member.clone(),
+                how: nat_how(
+                    topo,
+                    NatKind::Snat,
+                    &at.netns,
+                    Some(&b.hop.device),
+                    pa.src,
+                    pb.src,
+                ),
+                evidence: "headers".into(),
+            });
+        }
+        if (pa.dst, pa.dport) != (pb.dst, pb.dport) {
+            out.push(NatEvent {
+                kind: NatKind::Dnat,
+                from: endpoint(pa.dst, pa.dport, true),
+                to: endpoint(pb.dst, pb.dport, true),
+                netns: at.netns.clone(),
+                member: at.member.clone(),
+                how: nat_how(topo, NatKind::Dnat, &at.netns, None, pa.dst, pb.dst),
+                evidence: "headers".into(),
+            });
+        }
+    }
+    out
+}
+
+/// One tuple of a conntrack entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tuple {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub sport: Option<u16>,
+    pub dport: Option<u16>,
+}
+
+/// An entry of `/proc/net/nf_conntrack`: the original direction and the expected reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conntrack {
+    pub proto: String,
+    pub orig: Tuple,
+    pub reply: Tuple,
+}
+
+/// Parses `/proc/net/nf_conntrack` (IPv4 entries; the rest is skipped).
+pub fn parse_conntrack(text: &str) -> Vec<Conntrack> {
+    text.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.first() != Some(&"ipv4") || f.len() < 3 {
+                return None;
+            }
+            let mut tuples: Vec<Tuple> = Vec::new();
+            let mut cur: Option<Tuple> = None;
+            for kv in &f[3..] {
+                let Some((k, v)) = kv.split_once('=') else {
+                    continue;
+                };
+                match k {
+                    "src" => {
+                        if let Some(t) = cur.take() {
+                            tuples.push(t);
+                        }
+                        cur = Some(Tuple {
+                            src: v.parse().ok()?,
+                            dst: Ipv4Addr::UNSPECIFIED,
+                            sport: None,
+                            dport: None,
+                        });
+                    }
+                    "dst" => cur.as_mut()?.dst = v.parse().ok()?,
+                    "sport" => cur.as_mut()?.sport = v.parse().ok(),
+                    "dport" => cur.as_mut()?.dport = v.parse().ok(),
+                    _ => {}
+                }
+            }
+            tuples.extend(cur);
+            if tuples.len() < 2 {
+                return None;
+            }
+            Some(Conntrack {
+                proto: f[2].to_string(),
+                orig: tuples[0].clone(),
+                reply: tuples[1].clone(),
+            })
+        })
+        .collect()
+}
+
+/// NAT conntrack recorded in `netns` for the probe's flow (original source `src`, to `dst`).
+pub fn nat_from_conntrack(
+    topo: &Topology,
+    netns: &str,
+    entries: &[Conntrack],
+    proto: TraceProto,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+) -> Vec<NatEvent> {
+    let mut out = Vec::new();
+    let member = topo.member(netns);
+    for e in entries {
+        if e.proto != proto.as_str() || e.orig.src != src || e.orig.dst != dst {
+            continue;
+        }
+        if (e.reply.dst, e.reply.dport) != (e.orig.src, e.orig.sport) {
+            let ports = e.reply.dport != e.orig.sport && e.reply.dst == e.orig.src;
+            out.push(NatEvent {
+                kind: NatKind::Snat,
+                from: endpoint(e.orig.src, e.orig.sport, ports),
+                to: endpoint(e.reply.dst, e.reply.dport, ports),
+                netns: netns.into(),
+                member: member.clone(),
+                how: nat_how(topo, NatKind::Snat, netns, None, e.orig.src, e.reply.dst),
+                evidence: "conntrack".into(),
+            });
+        }
+        if (e.reply.src, e.reply.sport) != (e.orig.dst, e.orig.dport) {
+            out.push(NatEvent {
+                kind: NatKind::Dnat,
+                from: endpoint(e.orig.dst, e.orig.dport, true),
+                to: endpoint(e.reply.src, e.reply.sport, true),
+                netns: netns.into(),
+                member: member.clone(),
+                how: nat_how(topo, NatKind::Dnat, netns, None, e.orig.dst, e.reply.src),
+                evidence: "conntrack".into(),
+            });
+        }
+    }
+    out
+}
+
+/// Header evidence first; conntrack adds what the captures could not show, and confirms
+/// the rest.
+pub fn merge_nat(mut headers: Vec<NatEvent>, conntrack: Vec<NatEvent>) -> Vec<NatEvent> {
+    for c in conntrack {
+        let addr = |s: &str| s.split(':').next().unwrap_or("").to_string();
+        match headers.iter_mut().find(|h| {
+            h.kind == c.kind && addr(&h.from) == addr(&c.from) && addr(&h.to) == addr(&c.to)
+        }) {
+            Some(h) => {
+                if !h.evidence.contains("conntrack") {
+                    h.evidence.push_str(" + conntrack");
+                }
+            }
+            None => headers.push(c),
+        }
+    }
+    headers
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Endpoint {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    pub ip: Ipv4Addr,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TraceReport {
+    pub lab: String,
+    pub src: Endpoint,
+    pub dst: Endpoint,
+    pub proto: TraceProto,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Did the probe get its answer (ping reply, TCP connect or refusal, UDP reply)?
+    pub answered: bool,
+    pub probe: String,
+    pub hops: Vec<HopReport>,
+    pub nat: Vec<NatEvent>,
+    /// Where the packet ended, or why the path could not be computed further.
+    pub outcome: String,
+    pub notes: Vec<String>,
+}
+
+fn pad(s: &str, w: usize) -> String {
+    let n = s.chars().count();
+    if n >= w {
+        format!("{s} ")
+    } else {
+        format!("{s}{}", " ".repeat(w - n))
+    }
+}
+
+/// The report as a table: one row per hop, a second row for an encapsulated packet's
+/// inner header, then NAT and the outcome.
+pub fn render(r: &TraceReport) -> String {
+    let mut s = String::new();
+    let port = r.port.map(|p| format!(" port {p}")).unwrap_or_default();
+    let _ = writeln!(
+        s,
+        "trace {} ({}) → {} ({}), {}{port}: {} hop(s), {}",
+        r.src.name,
+        r.src.ip,
+        r.dst.name,
+        r.dst.ip,
+        r.proto.as_str(),
+        r.hops.len(),
+        r.probe
+    );
+    let w = (
+        r.hops
+            .iter()
+            .map(|h| h.hop.member.len())
+            .max()
+            .unwrap_or(0)
+            .max(6)
+            + 1,
+        r.hops
+            .iter()
+            .map(|h| h.hop.device.len())
+            .max()
+            .unwrap_or(0)
+            .max(6)
+            + 1,
+    );
+    let _ = writeln!(
+        s,
+        " #  {}{}{}{}packet",
+        pad("member", w.0),
+        pad("device", w.1),
+        pad("dir", 8),
+        pad("L2 src → dst", 38)
+    );
+    for h in &r.hops {
+        let head = format!(
+            "{:>2}  {}{}{}",
+            h.index,
+            pad(&h.hop.member, w.0),
+            pad(&h.hop.device, w.1),
+            pad(h.hop.direction.as_str(), 8)
+        );
+        let blank = " ".repeat(head.chars().count());
+        let l2 = |l: &L2| format!("{} → {}", l.src, l.dst);
+        let note = if h.hop.note.is_empty() {
+            String::new()
+        } else {
+            format!("  [{}]", h.hop.note)
+        };
+        match (&h.outer, &h.packet) {
+            (Some(o), Some(p)) => {
+                let _ = writeln!(
+                    s,
+                    "{head}{}outer {} VXLAN vni {}{note}",
+                    pad(&l2(&o.l2), 38),
+                    o.ip.summary,
+                    o.vni
+                );
+                let inner_l2 = h.l2.as_ref().map(l2).unwrap_or_default();
+                let _ = writeln!(
+                    s,
+                    "{blank}{}inner {} ttl {}",
+                    pad(&inner_l2, 38),
+                    p.summary,
+                    p.ttl
+                );
+            }
+            (None, Some(p)) => {
+                let inner_l2 = h.l2.as_ref().map(l2).unwrap_or_default();
+                let _ = writeln!(
+                    s,
+                    "{head}{}{} ttl {}{note}",
+                    pad(&inner_l2, 38),
+                    p.summary,
+                    p.ttl
+                );
+            }
+            _ => {
+                let _ = writeln!(s, "{head}{}(not seen){note}", pad("-", 38));
+            }
+        }
+    }
+    if r.nat.is_empty() {
+        let _ = writeln!(s, "NAT: none");
+    }
+    for n in &r.nat {
+        let _ = writeln!(s, "NAT: {n}  [{}]", n.evidence);
+    }
+    let _ = writeln!(s, "{}", r.outcome);
+    for n in &r.notes {
+        let _ = writeln!(s, "note: {n}");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::pcap::{decode_frame, samples as fr};
+    use super::*;
+    use crate::graph::topo::samples::two_node_vxlan;
+
+    /// Route answers recorded from a two-node VXLAN lab (`ip -j -n NS route get ...`).
+    struct Recorded;
+
+    impl Router for Recorded {
+        fn route_get(
+            &mut self,
+            netns: &str,
+            dst: Ipv4Addr,
+            from: Option<Ipv4Addr>,
+            iif: Option<&str>,
+        ) -> Result<RouteAnswer, String> {
+            let dst = dst.to_string();
+            let text = match (netns, dst.as_str(), iif) {
+                ("twltr-n1-p1", "10.244.4.2", None) => {
+                    r#"[{"dst":"10.244.4.2","gateway":"10.244.226.1","dev":"eth0","prefsrc":"10.244.226.2","flags":[],"uid":0,"cache":[]}]"#
+                }
+                ("twltr-n1-p1", "203.0.113.10", None) => {
+                    r#"[{"dst":"203.0.113.10","gateway":"10.244.226.1","dev":"eth0","prefsrc":"10.244.226.2"}]"#
+                }
+                ("twltr-n1", "10.244.4.2", Some("twl0")) => {
+                    r#"[{"dst":"10.244.4.2","from":"10.244.226.2","gateway":"10.244.4.0","dev":"twl.1","flags":[],"cache":[],"iif":"twl0"}]"#
+                }
+                ("twltr-n1", "192.0.2.12", None) => {
+                    r#"[{"dst":"192.0.2.12","from":"192.0.2.11","dev":"eth0","prefsrc":"192.0.2.11"}]"#
+                }
+                ("twltr-n2", "192.0.2.12", Some("eth0")) => {
+                    r#"[{"type":"local","dst":"192.0.2.12","from":"192.0.2.11","dev":"lo","flags":[],"cache":["local"],"iif":"eth0"}]"#
+                }
+                ("twltr-n2", "10.244.4.2", Some("twl.1")) => {
+                    r#"[{"dst":"10.244.4.2","from":"10.244.226.2","dev":"twl0","flags":[],"cache":[],"iif":"twl.1"}]"#
+                }
+                ("twltr-n2-p1", "10.244.4.2", Some("eth0")) => {
+                    r#"[{"type":"local","dst":"10.244.4.2","dev":"lo","iif":"eth0"}]"#
+                }
+                ("twltr-n2-p2", "10.244.4.2", None) => {
+                    r#"[{"dst":"10.244.4.2","dev":"eth0","prefsrc":"10.244.4.3"}]"#
+                }
+                ("twltr-n1", "203.0.113.10", Some("twl0")) => {
+                    r#"[{"dst":"203.0.113.10","from":"10.244.226.2","gateway":"192.0.2.1","dev":"eth0","iif":"twl0"}]"#
+                }
+                // The router refuses the pod source (as rp_filter would); the walker retries.
+                ("twltr-rt", "203.0.113.10", Some("eth0")) if from.is_some() => {
+                    return Err("RTNETLINK answers: Invalid cross-device link".into())
+                }
+                ("twltr-rt", "203.0.113.10", None) => {
+                    r#"[{"dst":"203.0.113.10","dev":"eth1","prefsrc":"203.0.113.1"}]"#
+                }
+                ("twltr-out", "203.0.113.10", Some("eth0")) => {
+                    r#"[{"type":"local","dst":"203.0.113.10","dev":"lo"}]"#
+                }
+                other => return Err(format!("no recorded answer for {other:?}")),
+            };
+            parse_route_get(text)
+        }
+    }
+
+    fn names(p: &PathPlan) -> Vec<String> {
+        p.hops
+            .iter()
+            .map(|h| format!("{}/{}/{}", h.member, h.device, h.direction.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn pod_to_pod_across_nodes_goes_through_the_tunnel() {
+        let t = two_node_vxlan();
+        let p = walk(
+            &t,
+            &mut Recorded,
+            "twltr-n1-p1",
+            None,
+            "10.244.4.2".parse().unwrap(),
+        );
+        assert_eq!(p.stopped, None);
+        assert_eq!(p.src_ip, Ipv4Addr::new(10, 244, 226, 2));
+        assert_eq!(p.delivered_to.as_deref(), Some("twltr-n2-p1"));
+        assert_eq!(
+            names(&p),
+            [
+                "n1-p1/eth0/out",
+                "n1/twlaaaa/in",
+                "n1/twl0/in",
+                "n1/twl.1/out",
+                "n1/eth0/out",
+                "ul/twltr-n1/in",
+                "ul/twltr-br/bridged",
+                "ul/twltr-n2/out",
+                "n2/eth0/in",
+                "n2/twl.1/in",
+                "n2/twl0/out",
+                "n2/twlbbbb/out",
+                "n2-p1/eth0/in"
+            ]
+        );
+        let encap: Vec<bool> = p.hops.iter().map(|h| h.encapsulated).collect();
+        assert_eq!(&encap[4..9], [true; 5]);
+        assert!(!encap[3] && !encap[9]);
+        assert!(
+            p.hops[3].note.contains("at 192.0.2.12"),
+            "{}",
+            p.hops[3].note
+        );
+    }
+
+    #[test]
+    fn pod_to_pod_on_a_node_is_switched_by_the_bridge() {
+        let t = two_node_vxlan();
+        let p = walk(
+            &t,
+            &mut Recorded,
+            "twltr-n2-p2",
+            None,
+            "10.244.4.2".parse().unwrap(),
+        );
+        assert_eq!(
+            names(&p),
+            [
+                "n2-p2/eth0/out",
+                "n2/twlcccc/in",
+                "n2/twl0/bridged",
+                "n2/twlbbbb/out",
+                "n2-p1/eth0/in"
+            ]
+        );
+        assert_eq!(p.delivered_to.as_deref(), Some("twltr-n2-p1"));
+    }
+
+    #[test]
+    fn pod_to_outside_crosses_the_router_and_survives_a_refused_source() {
+        let t = two_node_vxlan();
+        let p = walk(
+            &t,
+            &mut Recorded,
+            "twltr-n1-p1",
+            None,
+            "203.0.113.10".parse().unwrap(),
+        );
+        assert_eq!(p.stopped, None, "{p:?}");
+        assert_eq!(
+            names(&p)[3..],
+            [
+                "n1/eth0/out",
+                "ul/twltr-n1/in",
+                "ul/twltr-br/bridged",
+                "ul/twltr-rt/out",
+                "rt/eth0/in",
+                "rt/eth1/out",
+                "out/eth0/in"
+            ]
+        );
+        assert_eq!(p.delivered_to.as_deref(), Some("twltr-out"));
+    }
+
+    #[test]
+    fn a_missing_route_or_peer_stops_the_walk_with_the_reason() {
+        let mut t = two_node_vxlan();
+        let p = walk(
+            &t,
+            &mut Recorded,
+            "twltr-n1-p1",
+            None,
+            "10.244.9.9".parse().unwrap(),
+        );
+        assert!(p
+            .stopped
+            .unwrap()
+            .contains("no route to 10.244.9.9 in twltr-n1-p1"));
+        // n1 lost its FDB entry: the walk says which peer the backend did not program.
+        let n1 = t
+            .namespaces
+            .iter_mut()
+            .find(|n| n.name == "twltr-n1")
+            .unwrap();
+        n1.links
+            .iter_mut()
+            .find(|l| l.name == "twl.1")
+            .unwrap()
+            .fdb
+            .clear();
+        let p = walk(
+            &t,
+            &mut Recorded,
+            "twltr-n1-p1",
+            None,
+            "10.244.4.2".parse().unwrap(),
+        );
+        assert!(
+            p.stopped.as_deref().unwrap().contains("no FDB entry"),
+            "{p:?}"
+        );
+        assert_eq!(p.hops.len(), 3);
+    }
+
+    fn frames(list: &[Vec<u8>]) -> Vec<Frame> {
+        list.iter().map(|b| decode_frame(b).unwrap()).collect()
+    }
+
+    #[test]
+    fn captures_attach_to_hops_and_show_outer_and_inner() {
+        let t = two_node_vxlan();
+        let p = walk(
+            &t,
+            &mut Recorded,
+            "twltr-n1-p1",
+            None,
+            "10.244.4.2".parse().unwrap(),
+        );
+        let mut caps = HashMap::new();
+        caps.insert(
+            ("twltr-n1-p1".to_string(), "eth0".to_string()),
+            frames(&[fr::ping_in_pod()]),
+        );
+        caps.insert(
+            ("twltr-n1".to_string(), "eth0".to_string()),
+            frames(&[fr::ping_on_uplink()]),
+        );
+        let hops = attach(&p.hops, &caps, TraceProto::Icmp);
+        assert!(hops[0].seen && hops[4].seen && !hops[1].seen);
+        let o = hops[4].outer.as_ref().unwrap();
+        assert_eq!(
+            (
+                o.ip.src.to_string(),
+                o.ip.dst.to_string(),
+                o.ip.dport,
+                o.vni
+            ),
+            ("192.0.2.11".into(), "192.0.2.12".into(), Some(8472), 1)
+        );
+        assert_eq!(
+            hops[4].packet.as_ref().unwrap().src,
+            Ipv4Addr::new(10, 244, 226, 2)
+        );
+        // A TCP probe does not match an ICMP frame.
+        assert!(!attach(&p.hops, &caps, TraceProto::Tcp)[0].seen);
+        let report = TraceReport {
+            lab: "twltr".into(),
+            src: Endpoint {
+                name: "n1-p1".into(),
+                netns: Some("twltr-n1-p1".into()),
+                ip: p.src_ip,
+            },
+            dst: Endpoint {
+                name: "n2-p1".into(),
+                netns: Some("twltr-n2-p1".into()),
+                ip: p.dst_ip,
+            },
+            proto: TraceProto::Icmp,
+            port: None,
+            answered: true,
+            probe: "answered".into(),
+            hops: hops.clone(),
+            nat: nat_from_headers(&t, &hops),
+            outcome: "delivered to n2-p1".into(),
+            notes: vec![],
+        };
+        let text = render(&report);
+        assert!(
+            text.contains("outer 192.0.2.11:41000 → 192.0.2.12:8472 UDP length 59 VXLAN vni 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("inner 10.244.226.2 → 10.244.4.2 ICMP echo request id 7 seq 1 ttl 63"),
+            "{text}"
+        );
+        assert!(
+            text.contains("(not seen)") && text.contains("NAT: none"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["hops"][4]["outer"]["ip"]["dport"], 8472);
+        assert_eq!(json["hops"][4]["device"], "eth0");
+        assert_eq!(json["hops"][4]["direction"], "out");
+        assert_eq!(json["hops"][0]["l2"]["src"], "0e:00:00:00:00:0a");
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn hop(
+        member: &str,
+        netns: &str,
+        device: &str,
+        dir: Dir,
+        src: &str,
+        sport: Option<u16>,
+        dst: &str,
+        dport: Option<u16>,
+    ) -> HopReport {
+        HopReport {
+            index: 0,
+            hop: PlannedHop {
+                netns: netns.into(),
+                member: member.into(),
+                device: device.into(),
+                direction: dir,
+                encapsulated: false,
+                note: String::new(),
+            },
+            seen: true,
+            outer: None,
+            l2: None,
+            packet: Some(Header {
+                src: src.parse().unwrap(),
+                dst: dst.parse().unwrap(),
+                ttl: 64,
+                sport,
+                dport,
+                summary: String::new(),
+            }),
+        }
+    }
+
+    #[test]
+    fn masquerade_and_host_port_dnat_are_inferred_from_headers() {
+        let t = two_node_vxlan();
+        let hops = vec![
+            hop(
+                "n1",
+                "twltr-n1",
+                "twl0",
+                Dir::In,
+                "10.244.226.2",
+                None,
+                "203.0.113.10",
+                None,
+            ),
+            hop(
+                "n1",
+                "twltr-n1",
+                "eth0",
+                Dir::Out,
+                "192.0.2.11",
+                None,
+                "203.0.113.10",
+                None,
+            ),
+            hop(
+                "out",
+                "twltr-out",
+                "eth0",
+                Dir::In,
+                "192.0.2.11",
+                None,
+                "203.0.113.10",
+                None,
+            ),
+        ];
+        let nat = nat_from_headers(&t, &hops);
+        assert_eq!(nat.len(), 1);
+        assert_eq!(
+            nat[0].to_string(),
+            "SNAT 10.244.226.2 → 192.0.2.11 (masquerade, node n1)"
+        );
+        let hops = vec![
+            hop(
+                "n1",
+                "twltr-n1",
+                "eth0",
+                Dir::In,
+                "203.0.113.10",
+                Some(40000),
+                "192.0.2.11",
+                Some(30080),
+            ),
+            hop(
+                "n1",
+                "twltr-n1",
+                "twl0",
+                Dir::Out,
+                "203.0.113.10",
+                Some(40000),
+                "10.244.226.2",
+                Some(8080),
+            ),
+        ];
+        let nat = nat_from_headers(&t, &hops);
+        assert_eq!(
+            nat[0].to_string(),
+            "DNAT 192.0.2.11:30080 → 10.244.226.2:8080 (host port, node n1)"
+        );
+    }
+
+    #[test]
+    fn conntrack_entries_parse_and_confirm_nat() {
+        let text = "\
+ipv4     2 icmp     1 29 src=10.244.226.2 dst=203.0.113.10 type=8 code=0 id=40 src=203.0.113.10 dst=192.0.2.11 type=0 code=0 id=40 mark=0 zone=0 use=2
+ipv4     2 tcp      6 119 SYN_SENT src=203.0.113.10 dst=192.0.2.11 sport=40000 dport=30080 [UNREPLIED] src=10.244.226.2 dst=203.0.113.10 sport=8080 dport=40000 mark=0 use=1
+ipv6     10 udp      17 20 src=fe80::1 dst=ff02::1 sport=1 dport=2 src=ff02::1 dst=fe80::1 sport=2 dport=1 use=1
+ipv4     2 udp      17 20 src=10.244.226.2 dst=10.244.4.2 sport=5000 dport=5353 src=10.244.4.2 dst=10.244.226.2 sport=5353 dport=5000 use=1
+garbage";
+        let ct = parse_conntrack(text);
+        assert_eq!(ct.len(), 3);
+        assert_eq!(ct[1].orig.dport, Some(30080));
+        assert_eq!(ct[1].reply.src, Ipv4Addr::new(10, 244, 226, 2));
+        let t = two_node_vxlan();
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let snat = nat_from_conntrack(
+            &t,
+            "twltr-n1",
+            &ct,
+            TraceProto::Icmp,
+            ip("10.244.226.2"),
+            ip("203.0.113.10"),
+        );
+        assert_eq!(snat.len(), 1);
+        assert_eq!(
+            snat[0].to_string(),
+            "SNAT 10.244.226.2 → 192.0.2.11 (masquerade, node n1)"
+        );
+        let dnat = nat_from_conntrack(
+            &t,
+            "twltr-n1",
+            &ct,
+            TraceProto::Tcp,
+            ip("203.0.113.10"),
+            ip("192.0.2.11"),
+        );
+        assert_eq!(
+            dnat[0].to_string(),
+            "DNAT 192.0.2.11:30080 → 10.244.226.2:8080 (host port, node n1)"
+        );
+        // Pod to pod: no NAT at all.
+        assert!(nat_from_conntrack(
+            &t,
+            "twltr-n1",
+            &ct,
+            TraceProto::Udp,
+            ip("10.244.226.2"),
+            ip("10.244.4.2")
+        )
+        .is_empty());
+        // The same SNAT from headers and conntrack is listed once, with both as evidence.
+        let mut seen = snat.clone();
+        seen[0].evidence = "headers".into();
+        let merged = merge_nat(seen, snat);
+        assert_eq!(merged.len(), 1);
+        assert_eq!(merged[0].evidence, "headers + conntrack");
+    }
+}

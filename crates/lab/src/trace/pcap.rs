@@ -1,0 +1,588 @@
+//! Pure: the classic pcap file format (what `tcpdump -w -` writes) and the frames in it,
+//! decoded down to what a trace shows: Ethernet, IPv4, ICMP/TCP/UDP, and VXLAN with the
+//! inner frame it carries.
+
+use std::net::Ipv4Addr;
+
+use serde::Serialize;
+
+/// LINKTYPE_ETHERNET: every device the lab captures on (veth, bridge, vxlan) is Ethernet.
+pub const LINKTYPE_ETHERNET: u32 = 1;
+/// The UDP ports a VXLAN header is looked for behind: Linux's default (flannel's) and IANA's.
+pub const VXLAN_PORTS: [u16; 2] = [8472, 4789];
+
+const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETHERTYPE_VLAN: u16 = 0x8100;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PcapError {
+    #[error("not a pcap stream (magic {0:#010x}); was tcpdump run with -w -?")]
+    BadMagic(u32),
+    #[error("pcap stream ends inside its {0}")]
+    Truncated(&'static str),
+    #[error("link type {0} is not Ethernet; only Ethernet captures are decoded")]
+    LinkType(u32),
+}
+
+/// One captured frame: its time (seconds since the epoch) and bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub ts_sec: u32,
+    pub ts_usec: u32,
+    pub data: Vec<u8>,
+}
+
+fn u16_at(b: &[u8], at: usize, le: bool) -> u16 {
+    let v = [b[at], b[at + 1]];
+    if le {
+        u16::from_le_bytes(v)
+    } else {
+        u16::from_be_bytes(v)
+    }
+}
+
+fn u32_at(b: &[u8], at: usize, le: bool) -> u32 {
+    let v = [b[at], b[at + 1], b[at + 2], b[at + 3]];
+    if le {
+        u32::from_le_bytes(v)
+    } else {
+        u32::from_be_bytes(v)
+    }
+}
+
+/// Reads a whole pcap stream. A record cut short at the end (tcpdump stopped mid-write) is
+/// dropped rather than failing the rest. An empty stream (tcpdump never started) is empty.
+pub fn parse_pcap(bytes: &[u8]) -> Result<Vec<Record>, PcapError> {
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    if bytes.len() < 24 {
+        return Err(PcapError::Truncated("file header"));
+    }
+    let magic = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    // Microsecond and nanosecond variants, in either byte order.
+    let (le, nanos) = match magic {
+        0xa1b2c3d4 => (true, false),
+        0xa1b23c4d => (true, true),
+        0xd4c3b2a1 => (false, false),
+        0x4d3cb2a1 => (false, true),
+        other => return Err(PcapError::BadMagic(other)),
+    };
+    let linktype = u32_at(bytes, 20, le) & 0x0fff_ffff;
+    if linktype != LINKTYPE_ETHERNET {
+        return Err(PcapError::LinkType(linktype));
+    }
+    let mut out = Vec::new();
+    let mut at = 24;
+    while at + 16 <= bytes.len() {
+        let ts_sec = u32_at(bytes, at, le);
+        let frac = u32_at(bytes, at + 4, le);
+        let incl = u32_at(bytes, at + 8, le) as usize;
+        let start = at + 16;
+        if start + incl > bytes.len() {
+            break;
+        }
+        out.push(Record {
+            ts_sec,
+            ts_usec: if nanos { frac / 1000 } else { frac },
+            data: bytes[start..start + incl].to_vec(),
+        });
+        at = start + incl;
+    }
+    Ok(out)
+}
+
+/// Writes records as a pcap stream (microseconds, little endian): for tests and samples.
+pub fn write_pcap(records: &[Record]) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(&0xa1b2c3d4u32.to_le_bytes());
+    b.extend_from_slice(&2u16.to_le_bytes());
+    b.extend_from_slice(&4u16.to_le_bytes());
+    b.extend_from_slice(&[0; 8]);
+    b.extend_from_slice(&65535u32.to_le_bytes());
+    b.extend_from_slice(&LINKTYPE_ETHERNET.to_le_bytes());
+    for r in records {
+        b.extend_from_slice(&r.ts_sec.to_le_bytes());
+        b.extend_from_slice(&r.ts_usec.to_le_bytes());
+        b.extend_from_slice(&(r.data.len() as u32).to_le_bytes());
+        b.extend_from_slice(&(r.data.len() as u32).to_le_bytes());
+        b.extend_from_slice(&r.data);
+    }
+    b
+}
+
+/// A MAC address, printed as `aa:bb:cc:dd:ee:ff`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Mac(pub [u8; 6]);
+
+impl std::fmt::Display for Mac {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+impl Serialize for Mac {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl std::str::FromStr for Mac {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Mac, ()> {
+        let parts: Vec<u8> = s
+            .split(':')
+            .map(|p| u8::from_str_radix(p, 16))
+            .collect::<Result<_, _>>()
+            .map_err(|_| ())?;
+        Ok(Mac(parts.try_into().map_err(|_| ())?))
+    }
+}
+
+/// Layer 4 as a trace shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "proto", rename_all = "lowercase")]
+pub enum L4 {
+    Icmp {
+        #[serde(rename = "type")]
+        kind: u8,
+        code: u8,
+        /// Echo identifier and sequence (echo request/reply only).
+        id: Option<u16>,
+        seq: Option<u16>,
+        #[serde(skip)]
+        payload: Vec<u8>,
+    },
+    Tcp {
+        sport: u16,
+        dport: u16,
+        /// tcpdump's letters: S, F, R, P, . (ACK), U.
+        flags: String,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+        #[serde(skip)]
+        payload: Vec<u8>,
+    },
+    Other {
+        protocol: u8,
+    },
+}
+
+/// An IPv4 packet's header and its layer 4.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Ipv4 {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub ttl: u8,
+    pub l4: L4,
+}
+
+/// A decoded Ethernet frame; `vxlan` holds the frame a VXLAN packet carries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Frame {
+    pub src_mac: Mac,
+    pub dst_mac: Mac,
+    pub ethertype: u16,
+    pub ip: Option<Ipv4>,
+    pub vxlan: Option<Vxlan>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Vxlan {
+    pub vni: u32,
+    pub inner: Box<Frame>,
+}
+
+impl Frame {
+    /// The frame the payload finally travels in: the innermost one of an encapsulation.
+    pub fn innermost(&self) -> &Frame {
+        match &self.vxlan {
+            Some(v) => v.inner.innermost(),
+            None => self,
+        }
+    }
+}
+
+/// Decodes an Ethernet frame; None when it is too short to be one.
+pub fn decode_frame(b: &[u8]) -> Option<Frame> {
+    if b.len() < 14 {
+        return None;
+    }
+    let dst_mac = Mac(b[0..6].try_into().ok()?);
+    let src_mac = Mac(b[6..12].try_into().ok()?);
+    let mut ethertype = u16_at(b, 12, false);
+    let mut at = 14;
+    if ethertype == ETHERTYPE_VLAN && b.len() >= 18 {
+        ethertype = u16_at(b, 16, false);
+        at = 18;
+    }
+    let mut frame = Frame {
+        src_mac,
+        dst_mac,
+        ethertype,
+        ip: None,
+        vxlan: None,
+    };
+    if ethertype == ETHERTYPE_IPV4 {
+        if let Some((ip, l4_payload)) = decode_ipv4(&b[at..]) {
+            if let L4::Udp { dport, .. } = ip.l4 {
+                if VXLAN_PORTS.contains(&dport) {
+                    frame.vxlan = decode_vxlan(l4_payload);
+                }
+            }
+            frame.ip = Some(ip);
+        }
+    }
+    Some(frame)
+}
+
+fn decode_vxlan(b: &[u8]) -> Option<Vxlan> {
+    // Flags byte with the I bit (VNI valid), 3 reserved, 3 bytes VNI, 1 reserved.
+    if b.len() < 8 || b[0] & 0x08 == 0 {
+        return None;
+    }
+    let vni = u32::from_be_bytes([0, b[4], b[5], b[6]]);
+    let inner = decode_frame(&b[8..])?;
+    Some(Vxlan {
+        vni,
+        inner: Box::new(inner),
+    })
+}
+
+/// The IPv4 header and the bytes after the layer-4 header (UDP/ICMP payload).
+fn decode_ipv4(b: &[u8]) -> Option<(Ipv4, &[u8])> {
+    if b.len() < 20 || b[0] >> 4 != 4 {
+        return None;
+    }
+    let ihl = usize::from(b[0] & 0x0f) * 4;
+    let total = usize::from(u16_at(b, 2, false)).min(b.len());
+    if ihl < 20 || total < ihl {
+        return None;
+    }
+    let ttl = b[8];
+    let protocol = b[9];
+    let src = Ipv4Addr::new(b[12], b[13], b[14], b[15]);
+    let dst = Ipv4Addr::new(b[16], b[17], b[18], b[19]);
+    let p = &b[ihl..total];
+    let (l4, payload): (L4, &[u8]) = match protocol {
+        1 if p.len() >= 8 => {
+            let (kind, code) = (p[0], p[1]);
+            let echo = kind == 0 || kind == 8;
+            (
+                L4::Icmp {
+                    kind,
+                    code,
+                    id: echo.then(|| u16_at(p, 4, false)),
+                    seq: echo.then(|| u16_at(p, 6, false)),
+                    payload: p[8..].to_vec(),
+                },
+                &p[8..],
+            )
+        }
+        6 if p.len() >= 14 => (
+            L4::Tcp {
+                sport: u16_at(p, 0, false),
+                dport: u16_at(p, 2, false),
+                flags: tcp_flags(p[13]),
+            },
+            &[],
+        ),
+        17 if p.len() >= 8 => (
+            L4::Udp {
+                sport: u16_at(p, 0, false),
+                dport: u16_at(p, 2, false),
+                payload: p[8..].to_vec(),
+            },
+            &p[8..],
+        ),
+        other => (L4::Other { protocol: other }, &[]),
+    };
+    Some((Ipv4 { src, dst, ttl, l4 }, payload))
+}
+
+/// tcpdump's spelling of TCP flags.
+fn tcp_flags(f: u8) -> String {
+    let mut s = String::new();
+    for (bit, c) in [
+        (0x02, 'S'),
+        (0x01, 'F'),
+        (0x04, 'R'),
+        (0x08, 'P'),
+        (0x20, 'U'),
+    ] {
+        if f & bit != 0 {
+            s.push(c);
+        }
+    }
+    if f & 0x10 != 0 {
+        s.push('.');
+    }
+    if s.is_empty() {
+        s.push_str("none");
+    }
+    s
+}
+
+impl std::fmt::Display for L4 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            L4::Icmp {
+                kind: 8,
+                id: Some(id),
+                seq: Some(seq),
+                ..
+            } => write!(f, "ICMP echo request id {id} seq {seq}"),
+            L4::Icmp {
+                kind: 0,
+                id: Some(id),
+                seq: Some(seq),
+                ..
+            } => write!(f, "ICMP echo reply id {id} seq {seq}"),
+            L4::Icmp { kind, code, .. } => write!(f, "ICMP type {kind} code {code}"),
+            L4::Tcp { flags, .. } => write!(f, "TCP [{flags}]"),
+            L4::Udp { payload, .. } => write!(f, "UDP length {}", payload.len()),
+            L4::Other { protocol } => write!(f, "IP protocol {protocol}"),
+        }
+    }
+}
+
+impl L4 {
+    pub fn ports(&self) -> Option<(u16, u16)> {
+        match self {
+            L4::Tcp { sport, dport, .. } | L4::Udp { sport, dport, .. } => Some((*sport, *dport)),
+            _ => None,
+        }
+    }
+}
+
+/// `10.244.1.2:41234 → 203.0.113.10:8080 TCP [S]` (ports only where there are ports).
+pub fn describe(ip: &Ipv4) -> String {
+    match ip.l4.ports() {
+        Some((s, d)) => format!("{}:{s} → {}:{d} {}", ip.src, ip.dst, ip.l4),
+        None => format!("{} → {} {}", ip.src, ip.dst, ip.l4),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod samples {
+    //! Frames built byte by byte as the lab's devices carry them.
+    use super::*;
+
+    pub fn eth(dst: [u8; 6], src: [u8; 6], payload: &[u8]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&dst);
+        b.extend_from_slice(&src);
+        b.extend_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+        b.extend_from_slice(payload);
+        b
+    }
+
+    pub fn ipv4(src: [u8; 4], dst: [u8; 4], protocol: u8, ttl: u8, l4: &[u8]) -> Vec<u8> {
+        let mut b = vec![0x45, 0];
+        b.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+        b.extend_from_slice(&[0x12, 0x34, 0x40, 0, ttl, protocol, 0, 0]);
+        b.extend_from_slice(&src);
+        b.extend_from_slice(&dst);
+        b.extend_from_slice(l4);
+        b
+    }
+
+    pub fn icmp_echo(id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
+        let mut b = vec![8, 0, 0, 0];
+        b.extend_from_slice(&id.to_be_bytes());
+        b.extend_from_slice(&seq.to_be_bytes());
+        b.extend_from_slice(payload);
+        b
+    }
+
+    pub fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&sport.to_be_bytes());
+        b.extend_from_slice(&dport.to_be_bytes());
+        b.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        b.extend_from_slice(&[0, 0]);
+        b.extend_from_slice(payload);
+        b
+    }
+
+    pub fn tcp_syn(sport: u16, dport: u16) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&sport.to_be_bytes());
+        b.extend_from_slice(&dport.to_be_bytes());
+        b.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+        b
+    }
+
+    pub fn vxlan(vni: u32, inner: &[u8]) -> Vec<u8> {
+        let v = vni.to_be_bytes();
+        let mut b = vec![0x08, 0, 0, 0, v[1], v[2], v[3], 0];
+        b.extend_from_slice(inner);
+        b
+    }
+
+    pub const POD_A: [u8; 4] = [10, 244, 226, 2];
+    pub const POD_B: [u8; 4] = [10, 244, 4, 2];
+    pub const NODE1: [u8; 4] = [192, 0, 2, 11];
+    pub const NODE2: [u8; 4] = [192, 0, 2, 12];
+    pub const MAC_A: [u8; 6] = [0x0e, 0, 0, 0, 0, 0x0a];
+    pub const MAC_GW: [u8; 6] = [0xfa, 0xec, 0x8a, 0x1c, 0x12, 0x32];
+    pub const VTEP1: [u8; 6] = [0x0a, 0x54, 0xc0, 0, 2, 0x0b];
+    pub const VTEP2: [u8; 6] = [0x0a, 0x54, 0xc0, 0, 2, 0x0c];
+    pub const ETH1: [u8; 6] = [0x3a, 0xdb, 0x42, 0x7c, 0x70, 0x87];
+    pub const ETH2: [u8; 6] = [0x3a, 0xdb, 0x42, 0x7c, 0x70, 0x88];
+
+    /// The ping pod A → pod B as it leaves pod A.
+    pub fn ping_in_pod() -> Vec<u8> {
+        eth(
+            MAC_GW,
+            MAC_A,
+            &ipv4(POD_A, POD_B, 1, 64, &icmp_echo(7, 1, b"twll-twll")),
+        )
+    }
+
+    /// The same ping on node 1's eth0: wrapped in UDP 8472 between the node IPs.
+    pub fn ping_on_uplink() -> Vec<u8> {
+        let inner = eth(
+            VTEP2,
+            VTEP1,
+            &ipv4(POD_A, POD_B, 1, 63, &icmp_echo(7, 1, b"twll-twll")),
+        );
+        eth(
+            ETH2,
+            ETH1,
+            &ipv4(NODE1, NODE2, 17, 64, &udp(41000, 8472, &vxlan(1, &inner))),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::samples::*;
+    use super::*;
+
+    #[test]
+    fn pcap_round_trips_and_tolerates_a_cut_record() {
+        let recs = vec![
+            Record {
+                ts_sec: 1,
+                ts_usec: 2,
+                data: ping_in_pod(),
+            },
+            Record {
+                ts_sec: 3,
+                ts_usec: 4,
+                data: ping_on_uplink(),
+            },
+        ];
+        let bytes = write_pcap(&recs);
+        assert_eq!(parse_pcap(&bytes).unwrap(), recs);
+        // tcpdump killed mid-record: the whole records survive.
+        assert_eq!(parse_pcap(&bytes[..bytes.len() - 3]).unwrap(), recs[..1]);
+        assert_eq!(parse_pcap(&[]).unwrap(), vec![]);
+        assert_eq!(parse_pcap(&[0u8; 24]).unwrap_err(), PcapError::BadMagic(0));
+        assert_eq!(
+            parse_pcap(&bytes[..10]).unwrap_err(),
+            PcapError::Truncated("file header")
+        );
+    }
+
+    #[test]
+    fn big_endian_and_nanosecond_headers_are_read() {
+        let mut b = vec![0xa1, 0xb2, 0x3c, 0x4d, 0, 2, 0, 4];
+        b.extend_from_slice(&[0; 8]);
+        b.extend_from_slice(&65535u32.to_be_bytes());
+        b.extend_from_slice(&1u32.to_be_bytes());
+        b.extend_from_slice(&5u32.to_be_bytes());
+        b.extend_from_slice(&7000u32.to_be_bytes());
+        b.extend_from_slice(&2u32.to_be_bytes());
+        b.extend_from_slice(&2u32.to_be_bytes());
+        b.extend_from_slice(&[0xab, 0xcd]);
+        let r = parse_pcap(&b).unwrap();
+        assert_eq!(
+            (r[0].ts_sec, r[0].ts_usec, r[0].data.clone()),
+            (5, 7, vec![0xab, 0xcd])
+        );
+        let mut sll = write_pcap(&[]);
+        sll[20] = 113;
+        assert_eq!(parse_pcap(&sll).unwrap_err(), PcapError::LinkType(113));
+    }
+
+    #[test]
+    fn a_plain_ping_decodes() {
+        let f = decode_frame(&ping_in_pod()).unwrap();
+        assert_eq!(f.src_mac.to_string(), "0e:00:00:00:00:0a");
+        assert_eq!(f.dst_mac, Mac(MAC_GW));
+        let ip = f.ip.as_ref().unwrap();
+        assert_eq!(ip.ttl, 64);
+        assert_eq!(
+            describe(ip),
+            "10.244.226.2 → 10.244.4.2 ICMP echo request id 7 seq 1"
+        );
+        assert!(f.vxlan.is_none());
+        assert_eq!(f.innermost(), &f);
+    }
+
+    #[test]
+    fn vxlan_shows_outer_and_inner_headers() {
+        let f = decode_frame(&ping_on_uplink()).unwrap();
+        let outer = f.ip.as_ref().unwrap();
+        assert_eq!(
+            describe(outer),
+            "192.0.2.11:41000 → 192.0.2.12:8472 UDP length 59"
+        );
+        let v = f.vxlan.as_ref().unwrap();
+        assert_eq!(v.vni, 1);
+        assert_eq!(v.inner.src_mac, Mac(VTEP1));
+        let inner = f.innermost().ip.as_ref().unwrap();
+        assert_eq!(
+            describe(inner),
+            "10.244.226.2 → 10.244.4.2 ICMP echo request id 7 seq 1"
+        );
+        assert_eq!(inner.ttl, 63);
+    }
+
+    #[test]
+    fn tcp_and_udp_and_junk() {
+        let syn = eth(
+            MAC_GW,
+            MAC_A,
+            &ipv4(POD_A, NODE1, 6, 64, &tcp_syn(40000, 30080)),
+        );
+        let ip = decode_frame(&syn).unwrap().ip.unwrap();
+        assert_eq!(
+            describe(&ip),
+            "10.244.226.2:40000 → 192.0.2.11:30080 TCP [S]"
+        );
+        let dgram = eth(
+            MAC_GW,
+            MAC_A,
+            &ipv4(POD_A, NODE1, 17, 64, &udp(5000, 53, b"hi")),
+        );
+        let ip = decode_frame(&dgram).unwrap().ip.unwrap();
+        assert_eq!(
+            describe(&ip),
+            "10.244.226.2:5000 → 192.0.2.11:53 UDP length 2"
+        );
+        assert_eq!(decode_frame(&[1, 2, 3]), None);
+        // Not IPv4 (ARP): the frame decodes, without an IP layer.
+        let mut arp = ping_in_pod();
+        arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        assert!(decode_frame(&arp).unwrap().ip.is_none());
+        // A UDP 8472 packet that is not VXLAN stays plain UDP.
+        let fake = eth(
+            MAC_GW,
+            MAC_A,
+            &ipv4(NODE1, NODE2, 17, 64, &udp(1, 8472, &[0; 4])),
+        );
+        assert!(decode_frame(&fake).unwrap().vxlan.is_none());
+        assert_eq!("0a:54:c0:00:02:0b".parse::<Mac>(), Ok(Mac(VTEP1)));
+        assert!("0a:54".parse::<Mac>().is_err());
+    }
+}

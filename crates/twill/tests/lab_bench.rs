@@ -1,0 +1,189 @@
+//! `twill lab bench` on real two-node labs (host-gw; vxlan with --compare-host-gw): every
+//! variant carries traffic, the JSON holds every variant and ratio, and no twin namespace
+//! (`<lab>-tw*`) nor iperf3 server is left behind. Needs root and iperf3.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+const TWILL: &str = env!("CARGO_BIN_EXE_twill");
+
+fn twill(args: &[&str]) -> Output {
+    Command::new(TWILL).args(args).output().expect("run twill")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {}\n--- stdout\n{}--- stderr\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// `twl` + a letter per test + 4 hex digits of the pid: 8 characters, the limit.
+fn lab_name(tag: char) -> String {
+    format!("twl{tag}{:04x}", std::process::id() & 0xffff)
+}
+
+/// Removes the lab however the test ends.
+struct LabGuard(String);
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        let _ = twill(&["lab", "down", "--name", &self.0]);
+    }
+}
+
+/// twill-cni and twilld next to twill, built first (`cargo test -p twill` builds only twill).
+fn ensure_binaries() {
+    static BUILD: std::sync::Once = std::sync::Once::new();
+    let dir = PathBuf::from(TWILL).parent().unwrap().to_path_buf();
+    BUILD.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", "twill-cni", "-p", "twilld"]);
+        if dir.ends_with("release") {
+            cmd.arg("--release");
+        }
+        assert!(cmd.status().expect("run cargo build").success());
+    });
+}
+
+fn iperf3_installed() -> bool {
+    Command::new("iperf3").arg("--version").output().is_ok()
+}
+
+fn netns_with_prefix(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// iperf3 processes whose namespace is one of the lab's (by `ip netns pids`).
+fn iperf3_in_lab(name: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for ns in netns_with_prefix(&format!("{name}-")) {
+        let out = Command::new("ip")
+            .args(["netns", "pids", &ns])
+            .output()
+            .unwrap();
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim() == "iperf3" {
+                found.push(format!("{pid} in {ns}"));
+            }
+        }
+    }
+    found
+}
+
+fn bench_lab(tag: char, backend: &str, extra: &[&str], variants: &[&str], ratios: usize) {
+    if !twill_testkit::root_or_skip("lab_bench") {
+        return;
+    }
+    if !iperf3_installed() {
+        eprintln!("lab_bench: skipped, iperf3 is not installed (apt-get install iperf3)");
+        return;
+    }
+    ensure_binaries();
+    let name = lab_name(tag);
+    let _guard = LabGuard(name.clone());
+    let up = twill(&[
+        "lab",
+        "up",
+        "--name",
+        &name,
+        "--nodes",
+        "2",
+        "--pods-per-node",
+        "1",
+        "--backend",
+        backend,
+    ]);
+    assert!(up.status.success(), "lab up failed:\n{}", text(&up));
+
+    let mut args = vec![
+        "lab",
+        "bench",
+        "--name",
+        &name,
+        "--seconds",
+        "1",
+        "--rounds",
+        "1",
+        "-o",
+        "json",
+    ];
+    args.extend_from_slice(extra);
+    let out = twill(&args);
+    assert!(out.status.success(), "bench failed:\n{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("bench -o json is not JSON ({e}):\n{}", text(&out)));
+    assert_eq!(report["backend"], backend, "{report:#}");
+    let got: Vec<&str> = report["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["variant"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, variants, "{report:#}");
+    for v in report["variants"].as_array().unwrap() {
+        let runs = v["runs"].as_array().unwrap();
+        assert_eq!(runs.len(), 1, "{v:#}");
+        assert!(v["medianGbps"].as_f64().unwrap() > 0.0, "{v:#}");
+        assert!(v["medianSenderCpu"].as_f64().unwrap() > 0.0, "{v:#}");
+        assert_eq!(runs[0]["congestion"], "cubic", "{v:#}");
+    }
+    let r = report["ratios"].as_array().unwrap();
+    assert_eq!(r.len(), ratios, "{report:#}");
+    assert!(r.iter().all(|x| x["value"].as_f64().unwrap() > 0.0));
+    // The twin built for the lab's backend copies what the agents programmed: the bench
+    // read both back and found nothing that differs.
+    assert_eq!(report["differences"], serde_json::json!([]), "{report:#}");
+    // Everything the bench made is gone: twin namespaces, iperf3 servers.
+    let left = netns_with_prefix(&format!("{name}-tw"));
+    assert!(left.is_empty(), "twin namespaces left: {left:?}");
+    let servers = iperf3_in_lab(&name);
+    assert!(servers.is_empty(), "iperf3 left running: {servers:?}");
+}
+
+#[test]
+fn bench_a_host_gw_lab_against_its_underlay_and_twin() {
+    bench_lab('g', "host-gw", &[], &["underlay", "twill", "twin"], 3);
+}
+
+#[test]
+fn bench_a_vxlan_lab_against_its_twin_and_a_host_gw_twin() {
+    bench_lab(
+        'x',
+        "vxlan",
+        &["--compare-host-gw"],
+        &["underlay", "twill", "twin", "twin-host-gw"],
+        5,
+    );
+}
+
+#[test]
+fn bench_refuses_a_one_node_lab_and_leaves_nothing() {
+    if !twill_testkit::root_or_skip("lab_bench") {
+        return;
+    }
+    ensure_binaries();
+    let name = lab_name('o');
+    let _guard = LabGuard(name.clone());
+    let up = twill(&["lab", "up", "--name", &name, "--nodes", "1"]);
+    assert!(up.status.success(), "lab up failed:\n{}", text(&up));
+    let out = twill(&["lab", "bench", "--name", &name, "--seconds", "1"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs 2 or more"),
+        "{}",
+        text(&out)
+    );
+    assert!(netns_with_prefix(&format!("{name}-tw")).is_empty());
+}

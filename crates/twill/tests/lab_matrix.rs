@@ -1,0 +1,571 @@
+//! The multi-node lab across backends, stores and segments, through the real `twill`,
+//! `twilld` and `twill-cni`: one test per combination (nextest runs them in parallel), each
+//! proving the whole check matrix and reading the kernel back; then a node joins and
+//! another leaves under a ping flood and a TCP stream between two other nodes' pods. Needs
+//! root.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const TWILL: &str = env!("CARGO_BIN_EXE_twill");
+
+fn twill(args: &[&str]) -> Output {
+    Command::new(TWILL).args(args).output().expect("run twill")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {}\n--- stdout\n{}--- stderr\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// `twl` + a letter per test + 4 hex digits of the pid: unique per test and run.
+fn lab_name(tag: char) -> String {
+    format!("twl{tag}{:04x}", std::process::id() & 0xffff)
+}
+
+/// Removes the lab however the test ends.
+struct LabGuard(String);
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        let _ = twill(&["lab", "down", "--name", &self.0]);
+    }
+}
+
+/// twill-cni and twilld next to twill, built first (`cargo test -p twill` builds only twill).
+fn ensure_binaries() {
+    static BUILD: std::sync::Once = std::sync::Once::new();
+    let dir = PathBuf::from(TWILL).parent().unwrap().to_path_buf();
+    BUILD.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", "twill-cni", "-p", "twilld"]);
+        if dir.ends_with("release") {
+            cmd.arg("--release");
+        }
+        assert!(cmd.status().expect("run cargo build").success());
+    });
+    for b in ["twill-cni", "twilld"] {
+        assert!(dir.join(b).is_file(), "{b} is missing next to twill");
+    }
+}
+
+fn ip_json(netns: &str, args: &[&str]) -> Value {
+    let out = Command::new("ip")
+        .args(["-j", "-d", "-n", netns])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ip {args:?}: {}", text(&out));
+    let s = String::from_utf8_lossy(&out.stdout);
+    if s.trim().is_empty() {
+        Value::Array(vec![])
+    } else {
+        serde_json::from_str(&s).unwrap()
+    }
+}
+
+/// Twill's routes in a namespace, as the kernel lists them.
+fn twill_routes(netns: &str) -> Vec<Value> {
+    ip_json(netns, &["route", "show", "proto", "84"])
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn status_json(name: &str) -> Value {
+    let st = twill(&["lab", "status", "--name", name, "-o", "json"]);
+    assert!(st.status.success(), "status failed:\n{}", text(&st));
+    serde_json::from_slice(&st.stdout).unwrap()
+}
+
+/// Each node's blocks, by name.
+fn blocks(st: &Value) -> std::collections::HashMap<String, Vec<String>> {
+    st["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            let b = n["blocks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b.as_str().unwrap().to_string())
+                .collect();
+            (n["name"].as_str().unwrap().to_string(), b)
+        })
+        .collect()
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Backend {
+    HostGw,
+    Vxlan,
+    VxlanDirect,
+    Static,
+}
+
+/// Up, check (every row as expected), the kernel read back, down.
+fn matrix(tag: char, backend: Backend, store: &str, segments: u8) {
+    let test = format!("matrix {backend:?} {store} {segments}");
+    if !twill_testkit::root_or_skip(&test) {
+        return;
+    }
+    ensure_binaries();
+    let name = lab_name(tag);
+    let guard = LabGuard(name.clone());
+    let nodes = if segments == 2 { "3" } else { "2" };
+    let segs = segments.to_string();
+    let mut args = vec![
+        "lab",
+        "up",
+        "--name",
+        &name,
+        "--nodes",
+        nodes,
+        "--pods-per-node",
+        "2",
+        "--segments",
+        &segs,
+        "--backend",
+    ];
+    args.push(match backend {
+        Backend::HostGw => "host-gw",
+        Backend::Vxlan | Backend::VxlanDirect => "vxlan",
+        Backend::Static => "static",
+    });
+    if backend == Backend::VxlanDirect {
+        args.push("--direct-routing");
+    }
+    if backend != Backend::Static {
+        args.extend(["--store", store]);
+    }
+    let started = Instant::now();
+    let up = twill(&args);
+    assert!(up.status.success(), "up failed:\n{}", text(&up));
+    let up_time = started.elapsed();
+
+    let started = Instant::now();
+    let check = twill(&["lab", "check", "--name", &name, "-o", "json"]);
+    let check_time = started.elapsed();
+    let report: Value = serde_json::from_slice(&check.stdout)
+        .unwrap_or_else(|e| panic!("check -o json: {e}\n{}", text(&check)));
+    let rows = report["checks"].as_array().unwrap();
+    let bad: Vec<&Value> = rows.iter().filter(|r| r["passed"] != true).collect();
+    assert!(
+        check.status.success() && bad.is_empty(),
+        "unexpected rows: {bad:#?}\n{}",
+        text(&check)
+    );
+    for r in rows {
+        for field in ["from", "to", "kind", "expected", "result", "detail"] {
+            assert!(r[field].is_string(), "{field} missing in {r}");
+        }
+        assert_eq!(r["expected"], r["result"], "{r}");
+    }
+    let kinds = |k: &str| rows.iter().filter(|r| r["kind"] == k).count();
+    // Ordered node pairs × (pod→pod icmp, pod→pod tcp, node→pod icmp).
+    if segments == 2 {
+        // n1,n3 on segment 1, n2 on segment 2: 2 ordered pairs on a segment, 4 across.
+        assert_eq!(
+            (kinds("across nodes"), kinds("across segments")),
+            (6, 12),
+            "{report:#}"
+        );
+    } else {
+        assert_eq!(
+            (kinds("across nodes"), kinds("across segments")),
+            (6, 0),
+            "{report:#}"
+        );
+    }
+    // Only host-gw across segments fails (besides the outside→pod rows), and says why.
+    for r in rows
+        .iter()
+        .filter(|r| r["kind"] == "across nodes" || r["kind"] == "across segments")
+    {
+        let should_fail = backend == Backend::HostGw && r["kind"] == "across segments";
+        assert_eq!(r["expected"] == "fail", should_fail, "{r}");
+        if should_fail {
+            let d = r["detail"].as_str().unwrap();
+            assert!(
+                d.contains("host-gw needs a shared segment") && d.contains("off-segment"),
+                "{r}"
+            );
+        }
+        if r["name"] == "pod→pod tcp, other node, source kept" && !should_fail {
+            // The answer names the sending pod's own address: no NAT between pods.
+            let d = r["detail"].as_str().unwrap();
+            assert!(d.contains("saw source 10.244."), "{r}");
+        }
+    }
+    // pod→outside is masqueraded to the node IP on either segment.
+    for r in rows
+        .iter()
+        .filter(|r| r["name"] == "pod→outside via masquerade")
+    {
+        let d = r["detail"].as_str().unwrap();
+        assert!(
+            d.contains("saw source 192.0.2.") || d.contains("saw source 198.51.100."),
+            "{r}"
+        );
+    }
+
+    // The kernel, read back.
+    let st = status_json(&name);
+    let blocks = blocks(&st);
+    let ns = |n: &str| format!("{name}-{n}");
+    let rt_routes = ip_json(&ns("rt"), &["route", "show"]);
+    assert!(
+        !rt_routes.to_string().contains("10.244."),
+        "the router knows the pod network: {rt_routes}"
+    );
+    let fwd = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns("rt"),
+            "cat",
+            "/proc/sys/net/ipv4/ip_forward",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&fwd.stdout).trim(), "1");
+    if segments == 2 {
+        let def = ip_json(&ns("n2"), &["route", "show", "default"]);
+        assert_eq!(def[0]["gateway"], "198.51.100.1", "{def}");
+        let addr = ip_json(&ns("n2"), &["addr", "show", "dev", "eth0"]);
+        assert!(addr.to_string().contains("198.51.100.12"), "{addr}");
+    }
+    let n1 = twill_routes(&ns("n1"));
+    let route_to = |node: &str| -> Vec<&Value> {
+        n1.iter()
+            .filter(|r| blocks[node].iter().any(|b| r["dst"] == *b))
+            .collect()
+    };
+    let n2_routes = route_to("n2");
+    let tunnel = || {
+        let link = ip_json(&ns("n1"), &["link", "show", "dev", "twl.1"]);
+        let info = &link[0]["linkinfo"];
+        assert_eq!(info["info_kind"], "vxlan", "{link}");
+        assert_eq!(info["info_data"]["port"], 8472, "{link}");
+        assert_eq!(link[0]["mtu"], 1450, "{link}");
+    };
+    match backend {
+        Backend::HostGw if segments == 2 => {
+            assert!(
+                n2_routes.is_empty(),
+                "host-gw routed across segments: {n1:?}"
+            );
+            let r3 = route_to("n3");
+            assert_eq!(r3.len(), 1, "{n1:?}");
+            assert_eq!(r3[0]["gateway"], "192.0.2.13");
+        }
+        Backend::HostGw => {
+            assert_eq!(n2_routes.len(), 1, "{n1:?}");
+            assert_eq!(n2_routes[0]["gateway"], "192.0.2.12");
+            assert_eq!(n2_routes[0]["dev"], "eth0");
+        }
+        Backend::Vxlan | Backend::Static => {
+            tunnel();
+            assert_eq!(n2_routes.len(), 1, "{n1:?}");
+            assert_eq!(n2_routes[0]["dev"], "twl.1");
+            let fdb = Command::new("bridge")
+                .args(["-n", &ns("n1"), "-j", "fdb", "show", "dev", "twl.1"])
+                .output()
+                .unwrap();
+            let want = if segments == 2 {
+                "198.51.100.12"
+            } else {
+                "192.0.2.12"
+            };
+            assert!(
+                String::from_utf8_lossy(&fdb.stdout).contains(want),
+                "{}",
+                text(&fdb)
+            );
+        }
+        Backend::VxlanDirect => {
+            tunnel();
+            assert_eq!(n2_routes[0]["dev"], "twl.1", "{n1:?}");
+            let r3 = route_to("n3");
+            assert_eq!(
+                (r3[0]["dev"].as_str(), r3[0]["gateway"].as_str()),
+                (Some("eth0"), Some("192.0.2.13")),
+                "{n1:?}"
+            );
+        }
+    }
+    if backend == Backend::Static {
+        let file: Value =
+            serde_json::from_slice(&std::fs::read(format!("/run/{name}/static.json")).unwrap())
+                .unwrap();
+        assert_eq!(file["config"]["backend"], "static");
+        assert_eq!(file["nodes"][1]["blocks"][0], "10.244.2.0/24");
+        assert_eq!(blocks["n2"], ["10.244.2.0/24"]);
+        assert!(st["store"].as_str().unwrap().starts_with("static"), "{st}");
+    }
+    eprintln!(
+        "{test}: up {:.1}s, check {:.1}s ({} rows)",
+        up_time.as_secs_f64(),
+        check_time.as_secs_f64(),
+        rows.len()
+    );
+    let down = twill(&["lab", "down", "--name", &name]);
+    assert!(down.status.success(), "down failed:\n{}", text(&down));
+    drop(guard);
+}
+
+#[test]
+fn matrix_host_gw_embedded_1_segment() {
+    matrix('b', Backend::HostGw, "embedded", 1);
+}
+
+#[test]
+fn matrix_host_gw_embedded_2_segments() {
+    matrix('c', Backend::HostGw, "embedded", 2);
+}
+
+#[test]
+fn matrix_host_gw_etcd_1_segment() {
+    matrix('f', Backend::HostGw, "etcd", 1);
+}
+
+#[test]
+fn matrix_host_gw_etcd_2_segments() {
+    matrix('g', Backend::HostGw, "etcd", 2);
+}
+
+#[test]
+fn matrix_vxlan_embedded_1_segment() {
+    matrix('h', Backend::Vxlan, "embedded", 1);
+}
+
+#[test]
+fn matrix_vxlan_embedded_2_segments() {
+    matrix('i', Backend::Vxlan, "embedded", 2);
+}
+
+#[test]
+fn matrix_vxlan_etcd_1_segment() {
+    matrix('j', Backend::Vxlan, "etcd", 1);
+}
+
+#[test]
+fn matrix_vxlan_etcd_2_segments() {
+    matrix('k', Backend::Vxlan, "etcd", 2);
+}
+
+#[test]
+fn matrix_vxlan_direct_routing_embedded_2_segments() {
+    matrix('l', Backend::VxlanDirect, "embedded", 2);
+}
+
+#[test]
+fn matrix_static_1_segment() {
+    matrix('m', Backend::Static, "static", 1);
+}
+
+#[test]
+fn matrix_static_2_segments() {
+    matrix('n', Backend::Static, "static", 2);
+}
+
+/// `--backend static` with `--store etcd` is refused with the fix; so is directRouting
+/// without vxlan.
+#[test]
+fn contradictory_flags_are_refused() {
+    let name = lab_name('q');
+    let o = twill(&[
+        "lab",
+        "up",
+        "--name",
+        &name,
+        "--backend",
+        "static",
+        "--store",
+        "etcd",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("needs --store static"),
+        "{}",
+        text(&o)
+    );
+    let o = twill(&[
+        "lab",
+        "up",
+        "--name",
+        &name,
+        "--backend",
+        "host-gw",
+        "--direct-routing",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("--direct-routing is an option of --backend vxlan"),
+        "{}",
+        text(&o)
+    );
+    assert!(!PathBuf::from("/run").join(&name).exists());
+}
+
+/// A background command inside a namespace.
+fn spawn_in(netns: &str, cmd: &[&str]) -> std::process::Child {
+    Command::new("ip")
+        .args(["netns", "exec", netns])
+        .args(cmd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// n4 joins and n3 leaves while n1-p1 pings n2-p1 every 10 ms and streams TCP to it (across
+/// segments, through the tunnel): not one ping lost, the stream completes; n3's routes go
+/// from n1 and n2, the routes between n1 and n2 stay exactly as they were, and every node
+/// routes to n4.
+#[test]
+fn a_node_joins_and_another_leaves_under_traffic() {
+    if !twill_testkit::root_or_skip("a_node_joins_and_another_leaves_under_traffic") {
+        return;
+    }
+    ensure_binaries();
+    let name = lab_name('s');
+    let guard = LabGuard(name.clone());
+    let ns = |n: &str| format!("{name}-{n}");
+    let up = twill(&[
+        "lab",
+        "up",
+        "--name",
+        &name,
+        "--nodes",
+        "3",
+        "--pods-per-node",
+        "1",
+        "--segments",
+        "2",
+        "--backend",
+        "vxlan",
+    ]);
+    assert!(up.status.success(), "up failed:\n{}", text(&up));
+    let st = status_json(&name);
+    let before_blocks = blocks(&st);
+    let target = st["nodes"][1]["pods"][0]["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let n1_before = twill_routes(&ns("n1"));
+    let n2_before = twill_routes(&ns("n2"));
+    let peer_routes = |routes: &[Value], peer: &str| -> Vec<Value> {
+        routes
+            .iter()
+            .filter(|r| before_blocks[peer].iter().any(|b| r["dst"] == *b))
+            .cloned()
+            .collect()
+    };
+    assert!(!peer_routes(&n1_before, "n3").is_empty());
+
+    // The check also warms the path: the first packets after `up` wait for ARP on every hop
+    // (up to ~1 s here), which is not what this test measures.
+    let check = twill(&["lab", "check", "--name", &name]);
+    assert!(check.status.success(), "check before:\n{}", text(&check));
+    // iperf3 server in n2-p1 (one client, then it exits), a 6 s stream paced at 50 Mbit/s (at
+    // line rate it fills the queues and drops pings by itself), and 500 pings at 10 ms.
+    let mut server = spawn_in(&ns("n2-p1"), &["iperf3", "-s", "-1", "-B", &target]);
+    std::thread::sleep(Duration::from_millis(300));
+    let client = spawn_in(
+        &ns("n1-p1"),
+        &["iperf3", "-c", &target, "-t", "6", "-b", "50M", "-J"],
+    );
+    let ping = spawn_in(
+        &ns("n1-p1"),
+        &[
+            "ping", "-n", "-q", "-i", "0.01", "-c", "500", "-W", "1", &target,
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let add = twill(&["lab", "add-node", "--name", &name]);
+    assert!(add.status.success(), "add-node failed:\n{}", text(&add));
+    let joined = started.elapsed();
+    let started = Instant::now();
+    let remove = twill(&["lab", "remove-node", "--name", &name, "n3"]);
+    assert!(
+        remove.status.success(),
+        "remove-node failed:\n{}",
+        text(&remove)
+    );
+    let left = started.elapsed();
+
+    let ping = ping.wait_with_output().unwrap();
+    let ping_out = String::from_utf8_lossy(&ping.stdout).to_string();
+    assert!(
+        ping.status.success() && ping_out.contains("500 received"),
+        "pings lost while nodes joined and left:\n{}",
+        text(&ping)
+    );
+    let client = client.wait_with_output().unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        client.status.success(),
+        "TCP stream broke:\n{}",
+        text(&client)
+    );
+    let report: Value = serde_json::from_slice(&client.stdout).unwrap();
+    let sent = report["end"]["sum_sent"]["bytes"].as_u64().unwrap_or(0);
+    let received = report["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
+    assert!(sent > 0 && received > 0, "{report:#}");
+
+    // Delta only: n1 and n2 keep their routes to each other, as they were; n3's are gone,
+    // n4's are there.
+    let st = status_json(&name);
+    let after_blocks = blocks(&st);
+    assert!(!after_blocks.contains_key("n3"));
+    let n1_after = twill_routes(&ns("n1"));
+    let n2_after = twill_routes(&ns("n2"));
+    assert_eq!(peer_routes(&n1_after, "n2"), peer_routes(&n1_before, "n2"));
+    assert_eq!(peer_routes(&n2_after, "n1"), peer_routes(&n2_before, "n1"));
+    for (node, routes) in [("n1", &n1_after), ("n2", &n2_after)] {
+        assert!(
+            peer_routes(routes, "n3").is_empty(),
+            "{node} still routes to n3: {routes:?}"
+        );
+        for b in &after_blocks["n4"] {
+            assert!(
+                routes.iter().any(|r| r["dst"] == *b),
+                "{node} has no route to n4's {b}: {routes:?}"
+            );
+        }
+    }
+    assert!(!PathBuf::from("/run/netns").join(ns("n3")).exists());
+    assert!(!PathBuf::from("/run/netns").join(ns("n3-p1")).exists());
+    let check = twill(&["lab", "check", "--name", &name]);
+    assert!(
+        check.status.success(),
+        "check after join/leave:\n{}",
+        text(&check)
+    );
+    eprintln!(
+        "join {:.1}s, leave {:.1}s; {} bytes streamed; {}",
+        joined.as_secs_f64(),
+        left.as_secs_f64(),
+        received,
+        ping_out
+            .lines()
+            .find(|l| l.contains("received"))
+            .unwrap_or("")
+    );
+    let down = twill(&["lab", "down", "--name", &name]);
+    assert!(down.status.success(), "down failed:\n{}", text(&down));
+    drop(guard);
+}

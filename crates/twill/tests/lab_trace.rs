@@ -1,0 +1,203 @@
+//! `twill lab trace` and `twill lab graph` on a real two-node VXLAN lab: the hops a probe
+//! crossed (veth, bridge, VXLAN device, the uplink with outer UDP 8472), masquerade, and the
+//! topology as DOT and SVG. Needs root, tcpdump and (for SVG) graphviz.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+const TWILL: &str = env!("CARGO_BIN_EXE_twill");
+
+fn twill(args: &[&str]) -> Output {
+    Command::new(TWILL).args(args).output().expect("run twill")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {}\n--- stdout\n{}--- stderr\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+struct LabGuard(String);
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        let _ = twill(&["lab", "down", "--name", &self.0]);
+    }
+}
+
+fn ensure_binaries() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-p", "twill-cni", "-p", "twilld"]);
+    if TWILL.contains("/release/") {
+        cmd.arg("--release");
+    }
+    assert!(cmd.status().expect("run cargo build").success());
+}
+
+fn trace(name: &str, args: &[&str]) -> Value {
+    let mut a = vec!["lab", "trace", "--name", name, "-o", "json"];
+    a.extend_from_slice(args);
+    let o = twill(&a);
+    assert!(o.status.success(), "trace {args:?}:\n{}", text(&o));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}:\n{}", text(&o)))
+}
+
+fn hops(v: &Value) -> Vec<String> {
+    v["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            format!(
+                "{}/{}",
+                h["member"].as_str().unwrap(),
+                h["device"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+fn all_seen(v: &Value) {
+    for h in v["hops"].as_array().unwrap() {
+        assert_eq!(h["seen"], true, "hop not seen: {h}\n{v:#}");
+    }
+}
+
+#[test]
+fn trace_and_graph_a_two_node_vxlan_lab() {
+    if !twill_testkit::root_or_skip("trace_and_graph_a_two_node_vxlan_lab") {
+        return;
+    }
+    ensure_binaries();
+    let name = format!("twlt{:04x}", std::process::id() & 0xffff);
+    let _guard = LabGuard(name.clone());
+    let up = twill(&[
+        "lab",
+        "up",
+        "--name",
+        &name,
+        "--nodes",
+        "2",
+        "--backend",
+        "vxlan",
+    ]);
+    assert!(up.status.success(), "up:\n{}", text(&up));
+
+    // Pod to pod on one node: switched by the node's bridge.
+    let v = trace(&name, &["n1-p1", "n1-p2"]);
+    let h = hops(&v);
+    assert_eq!(h.len(), 5, "{h:?}");
+    assert_eq!(
+        (h[0].as_str(), h[2].as_str(), h[4].as_str()),
+        ("n1-p1/eth0", "n1/twl0", "n1-p2/eth0")
+    );
+    assert!(
+        h[1].starts_with("n1/twl") && h[3].starts_with("n1/twl"),
+        "{h:?}"
+    );
+    all_seen(&v);
+    assert_eq!(v["answered"], true);
+    assert_eq!(v["nat"].as_array().unwrap().len(), 0, "{v:#}");
+
+    // Pod to outside: masquerade to the node IP.
+    let v = trace(&name, &["n1-p1", "out"]);
+    all_seen(&v);
+    let nat = &v["nat"][0];
+    assert_eq!(
+        (
+            nat["kind"].as_str(),
+            nat["to"].as_str(),
+            nat["how"].as_str()
+        ),
+        (Some("SNAT"), Some("192.0.2.11"), Some("masquerade")),
+        "{v:#}"
+    );
+    assert_eq!(nat["member"], "n1");
+    let last = v["hops"].as_array().unwrap().last().unwrap();
+    assert_eq!(
+        (last["member"].as_str(), last["packet"]["src"].as_str()),
+        (Some("out"), Some("192.0.2.11"))
+    );
+
+    // Pod to pod across nodes: the inner header on twl.1, the outer UDP 8472 on eth0.
+    let v = trace(&name, &["n1-p1", "n2-p1"]);
+    all_seen(&v);
+    let hs = v["hops"].as_array().unwrap();
+    let on = |m: &str, d: &str, dir: &str| {
+        hs.iter()
+            .find(|h| h["member"] == m && h["device"] == d && h["direction"] == dir)
+            .unwrap_or_else(|| panic!("no hop {m}/{d}/{dir} in {v:#}"))
+    };
+    let vx = on("n1", "twl.1", "out");
+    assert!(vx["outer"].is_null());
+    assert_eq!(vx["packet"]["dst"], v["dst"]["ip"]);
+    let up = on("n1", "eth0", "out");
+    assert_eq!(up["outer"]["ip"]["src"], "192.0.2.11");
+    assert_eq!(up["outer"]["ip"]["dst"], "192.0.2.12");
+    assert_eq!(up["outer"]["ip"]["dport"], 8472);
+    assert_eq!(up["outer"]["vni"], 1);
+    assert_eq!(up["packet"]["src"], v["src"]["ip"]);
+    on("n2", "twl.1", "in");
+    assert_eq!(
+        v["outcome"].as_str().unwrap().split(' ').nth(2),
+        Some("n2-p1")
+    );
+
+    // A host port from outside: DNAT to n1's first pod, and the path goes on to it.
+    let v = trace(&name, &["out", "n1", "--proto", "tcp"]);
+    let dnat = v["nat"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["kind"] == "DNAT");
+    assert!(
+        dnat.is_some_and(|n| n["from"] == "192.0.2.11:30080" && n["how"] == "host port"),
+        "{v:#}"
+    );
+    assert_eq!(hops(&v).last().map(String::as_str), Some("n1-p1/eth0"));
+
+    // The table names the outer and inner headers.
+    let o = twill(&["lab", "trace", "--name", &name, "n1-p1", "n2-p1"]);
+    let t = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        t.contains("outer 192.0.2.11:") && t.contains("→ 192.0.2.12:8472") && t.contains("inner "),
+        "{t}"
+    );
+
+    // Graph: every pod in the DOT; SVG through graphviz.
+    let o = twill(&["lab", "graph", "--name", &name]);
+    assert!(o.status.success(), "{}", text(&o));
+    let dot = String::from_utf8_lossy(&o.stdout);
+    assert!(dot.starts_with("digraph"));
+    for pod in ["n1-p1", "n1-p2", "n2-p1", "n2-p2"] {
+        assert!(dot.contains(&format!("cluster_{name}-{pod}\"")), "{pod}");
+    }
+    assert!(dot.contains("VXLAN vni 1"));
+    if Command::new("dot").arg("-V").output().is_ok() {
+        let dir = twill_testkit::TempDir::new("graph");
+        let svg: PathBuf = dir.path.join("lab.svg");
+        let o = twill(&[
+            "lab",
+            "graph",
+            "--name",
+            &name,
+            "-o",
+            "svg",
+            "--out",
+            svg.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        let head = std::fs::read_to_string(&svg).unwrap();
+        assert!(
+            head.starts_with("<?xml") || head.starts_with("<svg"),
+            "{}",
+            &head[..80.min(head.len())]
+        );
+    }
+}
