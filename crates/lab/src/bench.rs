@@ -122,6 +122,9 @@ pub struct TwinPlan {
     pub prefix: String,
     pub backend: BackendKind,
     pub nodes: [NodeSide; 2],
+    /// Whether the human turns TX checksum offload off on the VXLAN device: on kernels
+    /// with the checksum fault (before 5.7), as twilld does.
+    pub tx_checksum_off: bool,
 }
 
 fn cmd(parts: &[&str]) -> Vec<String> {
@@ -138,6 +141,9 @@ impl TwinPlan {
             prefix: format!("{lab}-tw{tag}"),
             backend,
             nodes,
+            tx_checksum_off: twill_netlink::ethtool::checksum_offload_broken(
+                &twill_netlink::ethtool::kernel_release(),
+            ),
         }
     }
 
@@ -241,6 +247,10 @@ impl TwinPlan {
         for k in 1..=2 {
             c.extend(self.backend_commands(k));
         }
+        if !self.tx_checksum_off {
+            // Kernels without the checksum fault keep offload (and with it TSO), as twilld does.
+            c.retain(|cmd| !cmd.iter().any(|w| w == "ethtool"));
+        }
         c
     }
 
@@ -301,7 +311,8 @@ impl TwinPlan {
                         "mtu",
                         &mtu,
                     ]),
-                    // The kernel's VXLAN TX checksum offload fault: checksum in software.
+                    // The kernel's VXLAN TX checksum offload fault: checksum in software
+                    // (dropped by commands() on kernels without the fault).
                     cmd(&["ip", "netns", "exec", &n, "ethtool", "-K", dev, "tx", "off"]),
                     cmd(&[
                         "ip",
@@ -1177,6 +1188,17 @@ mod tests {
                 "ip -n twllab-twvn1 route add 10.244.1.0/24 via 10.244.1.0 dev twl.1 onlink",
             ]
         );
+        // The checksum workaround is written out only for kernels with the fault.
+        let mut faulty = t.clone();
+        faulty.tx_checksum_off = true;
+        assert!(lines(&faulty.commands())
+            .iter()
+            .any(|l| l.ends_with("ethtool -K twl.1 tx off")));
+        let mut fixed = t.clone();
+        fixed.tx_checksum_off = false;
+        assert!(!lines(&fixed.commands())
+            .iter()
+            .any(|l| l.contains("ethtool")));
         let all = lines(&t.commands());
         // Pods get the uplink MTU less the VXLAN headers, on both veth ends and the bridge.
         assert!(all.contains(&"ip -n twllab-twvn2 link add veth0 mtu 1450 type veth peer name eth0 mtu 1450 netns twllab-twvn2p".to_string()));

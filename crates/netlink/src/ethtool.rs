@@ -92,6 +92,35 @@ impl Handle {
     }
 }
 
+/// Whether a kernel (`uname -r`) has the VXLAN checksum-offload fault: before 5.7, the
+/// outer UDP checksum of an offloaded VXLAN packet could be left wrong after NAT, and
+/// the far side dropped it (projectcalico/calico#3145, fixed around felix#2815 by turning
+/// offload off on kernels older than 5.7; flannel#1282 turns it off everywhere). Newer
+/// kernels keep offload, and with it TSO. An unreadable release counts as affected.
+pub fn checksum_offload_broken(release: &str) -> bool {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major: u32 = match parts.next().and_then(|p| p.parse().ok()) {
+        Some(m) => m,
+        None => return true,
+    };
+    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    (major, minor) < (5, 7)
+}
+
+/// This kernel's release (`uname -r`); empty if it cannot be read.
+pub fn kernel_release() -> String {
+    // SAFETY: uname fills the struct it is given; the fields are NUL-terminated.
+    unsafe {
+        let mut u: libc::utsname = std::mem::zeroed();
+        if libc::uname(&mut u) != 0 {
+            return String::new();
+        }
+        std::ffi::CStr::from_ptr(u.release.as_ptr())
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

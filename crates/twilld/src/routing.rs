@@ -42,20 +42,6 @@ pub fn pod_mtu(spec: &BackendSpec, uplink_mtu: u32, config_mtu: u32) -> u32 {
     uplink_mtu.saturating_sub(overhead).min(config_mtu)
 }
 
-/// `uname -r`.
-fn kernel_release() -> String {
-    // SAFETY: uname fills the struct it is given; the fields are NUL-terminated.
-    unsafe {
-        let mut u: libc::utsname = std::mem::zeroed();
-        if libc::uname(&mut u) != 0 {
-            return String::new();
-        }
-        std::ffi::CStr::from_ptr(u.release.as_ptr())
-            .to_string_lossy()
-            .into_owned()
-    }
-}
-
 pub struct Routing {
     spec: BackendSpec,
     backend: Box<dyn Backend>,
@@ -79,7 +65,9 @@ impl Routing {
             vni: spec.vni,
             port: spec.port,
             direct_routing: spec.direct_routing,
-            disable_tx_checksum: backend::vxlan::checksum_offload_broken(&kernel_release()),
+            disable_tx_checksum: twill_netlink::ethtool::checksum_offload_broken(
+                &twill_netlink::ethtool::kernel_release(),
+            ),
         };
         Ok(Routing {
             backend: backend::select(&spec.kind, &options)?,

@@ -35,20 +35,7 @@ impl Backend for Vxlan {
 }
 
 /// The `.0` of a node's first block: its VTEP IP.
-/// Whether a kernel (`uname -r`) has the VXLAN checksum-offload fault: before 5.7, the
-/// outer UDP checksum of an offloaded VXLAN packet could be left wrong after NAT, and
-/// the far side dropped it (projectcalico/calico#3145, fixed around felix#2815 by turning
-/// offload off on kernels older than 5.7; flannel#1282 turns it off everywhere). Newer
-/// kernels keep offload, and with it TSO. An unreadable release counts as affected.
-pub fn checksum_offload_broken(release: &str) -> bool {
-    let mut parts = release.split(|c: char| !c.is_ascii_digit());
-    let major: u32 = match parts.next().and_then(|p| p.parse().ok()) {
-        Some(m) => m,
-        None => return true,
-    };
-    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-    (major, minor) < (5, 7)
-}
+pub use twill_netlink::ethtool::checksum_offload_broken;
 
 pub fn vtep_ip(blocks: &[Ipv4Net]) -> Option<std::net::Ipv4Addr> {
     blocks.first().map(|b| b.network())
