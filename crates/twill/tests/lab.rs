@@ -2,79 +2,14 @@
 //! proves it with `twill lab check`, inspects it, runs a command in it, and removes it; the
 //! kernel must then hold nothing of it. Needs root.
 
+mod common;
+use common::*;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-const TWILL: &str = env!("CARGO_BIN_EXE_twill");
-
-fn twill(args: &[&str]) -> Output {
-    Command::new(TWILL).args(args).output().expect("run twill")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {}\n--- stdout\n{}--- stderr\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// A lab name unique to this run and test: `twl` + a letter per test + 4 hex digits of the
-/// pid (8 characters, the limit). The tests of this file run in parallel in one process.
-fn lab_name(tag: char) -> String {
-    format!("twl{tag}{:04x}", std::process::id() & 0xffff)
-}
-
-/// Removes the lab however the test ends.
-struct LabGuard(String);
-
-impl Drop for LabGuard {
-    fn drop(&mut self) {
-        let _ = twill(&["lab", "down", "--name", &self.0]);
-    }
-}
-
-/// twill-cni and twilld next to twill (where the lab looks by default), built (or brought up
-/// to date) first: `cargo test -p twill` builds only this package's binary.
-fn ensure_binaries() -> (PathBuf, PathBuf) {
-    static BUILD: std::sync::Once = std::sync::Once::new();
-    let dir = PathBuf::from(TWILL).parent().unwrap().to_path_buf();
-    BUILD.call_once(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "twill-cni", "-p", "twilld"]);
-        if dir.ends_with("release") {
-            cmd.arg("--release");
-        }
-        let status = cmd
-            .status()
-            .expect("run cargo build -p twill-cni -p twilld");
-        assert!(
-            status.success(),
-            "cargo build -p twill-cni -p twilld failed"
-        );
-    });
-    let plugin = std::env::var_os("TWILL_CNI_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| dir.join("twill-cni"));
-    let agent = std::env::var_os("TWILL_TWILLD_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| dir.join("twilld"));
-    for b in [&plugin, &agent] {
-        assert!(b.is_file(), "{} is missing", b.display());
-    }
-    (plugin, agent)
-}
-
 fn ensure_plugin() -> PathBuf {
     ensure_binaries().0
-}
-
-fn status_json(name: &str) -> serde_json::Value {
-    let st = twill(&["lab", "status", "--name", name, "-o", "json"]);
-    assert!(st.status.success(), "status failed:\n{}", text(&st));
-    serde_json::from_slice(&st.stdout).unwrap()
 }
 
 /// The blocks each node holds, by node name, from `twill lab status -o json`.

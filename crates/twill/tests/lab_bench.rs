@@ -2,52 +2,10 @@
 //! variant carries traffic, the JSON holds every variant and ratio, and no twin namespace
 //! (`<lab>-tw*`) nor iperf3 server is left behind. Needs root and iperf3.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod common;
+use common::*;
 
-const TWILL: &str = env!("CARGO_BIN_EXE_twill");
-
-fn twill(args: &[&str]) -> Output {
-    Command::new(TWILL).args(args).output().expect("run twill")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {}\n--- stdout\n{}--- stderr\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// `twl` + a letter per test + 4 hex digits of the pid: 8 characters, the limit.
-fn lab_name(tag: char) -> String {
-    format!("twl{tag}{:04x}", std::process::id() & 0xffff)
-}
-
-/// Removes the lab however the test ends.
-struct LabGuard(String);
-
-impl Drop for LabGuard {
-    fn drop(&mut self) {
-        let _ = twill(&["lab", "down", "--name", &self.0]);
-    }
-}
-
-/// twill-cni and twilld next to twill, built first (`cargo test -p twill` builds only twill).
-fn ensure_binaries() {
-    static BUILD: std::sync::Once = std::sync::Once::new();
-    let dir = PathBuf::from(TWILL).parent().unwrap().to_path_buf();
-    BUILD.call_once(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "twill-cni", "-p", "twilld"]);
-        if dir.ends_with("release") {
-            cmd.arg("--release");
-        }
-        assert!(cmd.status().expect("run cargo build").success());
-    });
-}
+use std::process::Command;
 
 fn iperf3_installed() -> bool {
     Command::new("iperf3").arg("--version").output().is_ok()

@@ -4,58 +4,14 @@
 //! another leaves under a ping flood and a TCP stream between two other nodes' pods. Needs
 //! root.
 
+mod common;
+use common::*;
+
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-const TWILL: &str = env!("CARGO_BIN_EXE_twill");
-
-fn twill(args: &[&str]) -> Output {
-    Command::new(TWILL).args(args).output().expect("run twill")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {}\n--- stdout\n{}--- stderr\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// `twl` + a letter per test + 4 hex digits of the pid: unique per test and run.
-fn lab_name(tag: char) -> String {
-    format!("twl{tag}{:04x}", std::process::id() & 0xffff)
-}
-
-/// Removes the lab however the test ends.
-struct LabGuard(String);
-
-impl Drop for LabGuard {
-    fn drop(&mut self) {
-        let _ = twill(&["lab", "down", "--name", &self.0]);
-    }
-}
-
-/// twill-cni and twilld next to twill, built first (`cargo test -p twill` builds only twill).
-fn ensure_binaries() {
-    static BUILD: std::sync::Once = std::sync::Once::new();
-    let dir = PathBuf::from(TWILL).parent().unwrap().to_path_buf();
-    BUILD.call_once(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "twill-cni", "-p", "twilld"]);
-        if dir.ends_with("release") {
-            cmd.arg("--release");
-        }
-        assert!(cmd.status().expect("run cargo build").success());
-    });
-    for b in ["twill-cni", "twilld"] {
-        assert!(dir.join(b).is_file(), "{b} is missing next to twill");
-    }
-}
 
 fn ip_json(netns: &str, args: &[&str]) -> Value {
     let out = Command::new("ip")
@@ -78,12 +34,6 @@ fn twill_routes(netns: &str) -> Vec<Value> {
         .as_array()
         .unwrap()
         .clone()
-}
-
-fn status_json(name: &str) -> Value {
-    let st = twill(&["lab", "status", "--name", name, "-o", "json"]);
-    assert!(st.status.success(), "status failed:\n{}", text(&st));
-    serde_json::from_slice(&st.stdout).unwrap()
 }
 
 /// Each node's blocks, by name.

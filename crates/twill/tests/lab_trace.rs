@@ -2,43 +2,13 @@
 //! crossed (veth, bridge, VXLAN device, the uplink with outer UDP 8472), masquerade, and the
 //! topology as DOT and SVG. Needs root, tcpdump and (for SVG) graphviz.
 
+mod common;
+use common::*;
+
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use serde_json::Value;
-
-const TWILL: &str = env!("CARGO_BIN_EXE_twill");
-
-fn twill(args: &[&str]) -> Output {
-    Command::new(TWILL).args(args).output().expect("run twill")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {}\n--- stdout\n{}--- stderr\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-struct LabGuard(String);
-
-impl Drop for LabGuard {
-    fn drop(&mut self) {
-        let _ = twill(&["lab", "down", "--name", &self.0]);
-    }
-}
-
-fn ensure_binaries() {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "-p", "twill-cni", "-p", "twilld"]);
-    if TWILL.contains("/release/") {
-        cmd.arg("--release");
-    }
-    assert!(cmd.status().expect("run cargo build").success());
-}
 
 fn trace(name: &str, args: &[&str]) -> Value {
     let mut a = vec!["lab", "trace", "--name", name, "-o", "json"];

@@ -1,0 +1,76 @@
+//! What the lab tests share: running the real `twill`, unique lab names, a guard that
+//! removes the lab however the test ends, and the sibling binaries the lab starts.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+pub const TWILL: &str = env!("CARGO_BIN_EXE_twill");
+
+pub fn twill(args: &[&str]) -> Output {
+    Command::new(TWILL).args(args).output().expect("run twill")
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "status {}\n--- stdout\n{}--- stderr\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// `twl` + a letter per test + 4 hex digits of the pid (8 characters, the limit): unique
+/// per test and run, whether the tests of a file share a process (cargo test) or not.
+pub fn lab_name(tag: char) -> String {
+    format!("twl{tag}{:04x}", std::process::id() & 0xffff)
+}
+
+/// Removes the lab however the test ends.
+pub struct LabGuard(pub String);
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        let _ = twill(&["lab", "down", "--name", &self.0]);
+    }
+}
+
+/// twill-cni and twilld next to twill (where the lab looks by default), built or brought
+/// up to date first: `cargo test -p twill` builds only this package's binary. Returns
+/// (plugin, agent), honouring TWILL_CNI_BIN / TWILL_TWILLD_BIN as the lab does.
+pub fn ensure_binaries() -> (PathBuf, PathBuf) {
+    static BUILD: std::sync::Once = std::sync::Once::new();
+    let dir = PathBuf::from(TWILL).parent().unwrap().to_path_buf();
+    BUILD.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", "twill-cni", "-p", "twilld"]);
+        if dir.ends_with("release") {
+            cmd.arg("--release");
+        }
+        let status = cmd
+            .status()
+            .expect("run cargo build -p twill-cni -p twilld");
+        assert!(
+            status.success(),
+            "cargo build -p twill-cni -p twilld failed"
+        );
+    });
+    let plugin = std::env::var_os("TWILL_CNI_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dir.join("twill-cni"));
+    let agent = std::env::var_os("TWILL_TWILLD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dir.join("twilld"));
+    for b in [&plugin, &agent] {
+        assert!(b.is_file(), "{} is missing", b.display());
+    }
+    (plugin, agent)
+}
+
+/// `twill lab status -o json`.
+pub fn status_json(name: &str) -> serde_json::Value {
+    let st = twill(&["lab", "status", "--name", name, "-o", "json"]);
+    assert!(st.status.success(), "status: {}", text(&st));
+    serde_json::from_slice(&st.stdout).expect("status -o json is JSON")
+}
