@@ -320,7 +320,23 @@ fn build(state: &mut LabState, log: Log) -> Result<(), LabError> {
     for node in &plan.nodes {
         add_pods(state, node, log)?;
     }
+    warm_underlay(&plan);
     wait_peering(state, log)
+}
+
+/// One ping from every node to its router, so the underlay's ARP entries exist before the
+/// first check. A real network is never this cold: in the freshly built lab, with the
+/// static store (no peer probes to warm it), the first tunnelled packets across the router
+/// waited ~1 s for ARP and the next few were lost.
+fn warm_underlay(plan: &LabPlan) {
+    for node in &plan.nodes {
+        let _ = Command::new("ip")
+            .args(["netns", "exec", &node.netns, "ping", "-c1", "-W1", "-q"])
+            .arg(node.gateway.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
 }
 
 /// A node's own set-up once its namespace and uplink exist: default route via its

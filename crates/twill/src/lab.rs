@@ -65,8 +65,9 @@ enum BackendFlag {
 
 #[derive(Args)]
 struct NetArgs {
-    /// How pods reach pods on other nodes (the network config's backend)
-    #[arg(long, value_enum, default_value = "none")]
+    /// How pods reach pods on other nodes (the network config's backend; vxlan, like
+    /// flannel's default, works across segments too)
+    #[arg(long, value_enum, default_value = "vxlan")]
     backend: BackendFlag,
     /// vxlan only: direct routes to nodes on the same segment, the tunnel across segments
     #[arg(long)]
@@ -636,8 +637,13 @@ fn demo_body(state: &twill_lab::LabState) -> anyhow::Result<bool> {
         "== 8. The routing table picks the interface\n\
          `ip -n {} route` on the node: the default route goes to the router on eth0, the node's own\n\
          block sits on the bridge. Routes choose where a packet goes; NAT only rewrites it.\n\
-         (Pods on different nodes do not reach each other yet: that is the backends' job.)\n{}",
+         {}\n{}",
         node.netns,
+        match p.backend {
+            BackendKind::None => "(backend none: pods on different nodes do not reach each other.)",
+            BackendKind::HostGw => "The other nodes' blocks (proto 84) go via their node IPs: host-gw, one route each.",
+            _ => "The other nodes' blocks (proto 84) go through twl.1, the VXLAN device: onlink via each node's VTEP.",
+        },
         routes.lines().map(|l| format!("    {l}\n")).collect::<String>()
     );
     println!(
