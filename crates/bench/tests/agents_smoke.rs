@@ -2,54 +2,17 @@
 //! 20 pods via twill-cni, 3 s idle. The figures must be there, the addresses checked, and
 //! nothing `twlbench*` (namespaces, folders, processes) or in the root namespace may be left.
 
+mod common;
+use common::*;
+
 use serde_json::Value;
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use twill_testkit::{root_or_skip, try_sh};
 
-const BENCH: &str = env!("CARGO_BIN_EXE_twill-bench");
-
-/// Held while a smoke run goes: both smoke tests look for every `twlbench*` name, so their
-/// runs must not overlap (nextest runs test binaries in parallel).
-fn smoke_lock() -> std::fs::File {
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(std::env::temp_dir().join("twill-bench-smoke.lock"))
-        .unwrap();
-    // SAFETY: the fd is open for the duration of the call.
-    assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0);
-    f
-}
-
-fn sibling(name: &str) -> PathBuf {
-    let p = Path::new(BENCH).parent().unwrap().join(name);
-    assert!(
-        p.is_file(),
-        "{} is missing: build it first (cargo build -p twilld -p twill-cni)",
-        p.display()
-    );
-    p
-}
-
 /// Namespaces, temp folders and processes named twlbench*, from any run.
 fn twlbench_left() -> Vec<String> {
-    let mut left: Vec<String> = std::fs::read_dir("/run/netns")
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    left.extend(
-        std::fs::read_dir(std::env::temp_dir())
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .map(|e| e.path().to_string_lossy().into_owned()),
-    );
-    left.retain(|n| n.contains("twlbench"));
+    let mut left = twlbench_netns_and_dirs();
     for e in std::fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()) {
         let cmdline = std::fs::read(e.path().join("cmdline"))
             .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))

@@ -3,27 +3,13 @@
 //! One test function on purpose: the leak check looks for every `twlbench*` name, so the
 //! runs must not overlap.
 
+mod common;
+use common::*;
+
 use serde_json::Value;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use twill_testkit::{root_or_skip, sh, try_sh};
-
-const BENCH: &str = env!("CARGO_BIN_EXE_twill-bench");
-
-/// Held while a smoke run goes: both smoke tests (this and agents_smoke) look for every
-/// `twlbench*` name, so their runs must not overlap (nextest runs binaries in parallel).
-fn smoke_lock() -> std::fs::File {
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(std::env::temp_dir().join("twill-bench-smoke.lock"))
-        .unwrap();
-    // SAFETY: the fd is open for the duration of the call.
-    assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0);
-    f
-}
 
 fn twill_cni() -> PathBuf {
     let p = Path::new(BENCH).parent().unwrap().join("twill-cni");
@@ -33,24 +19,6 @@ fn twill_cni() -> PathBuf {
         p.display()
     );
     p
-}
-
-fn twlbench_left() -> Vec<String> {
-    let mut left: Vec<String> = std::fs::read_dir("/run/netns")
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    left.extend(
-        std::fs::read_dir(std::env::temp_dir())
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .map(|e| e.path().to_string_lossy().into_owned()),
-    );
-    left.retain(|n| n.contains("twlbench"));
-    left
 }
 
 fn bench(extra: &[&str]) -> Value {
@@ -116,21 +84,21 @@ fn smoke_runs_leave_nothing_behind() {
     }
     let _lock = smoke_lock();
     assert!(
-        twlbench_left().is_empty(),
+        twlbench_netns_and_dirs().is_empty(),
         "a previous run left {:?}: run twill-bench cni --cleanup",
-        twlbench_left()
+        twlbench_netns_and_dirs()
     );
     check_figures(&bench(&[]), false);
     assert!(
-        twlbench_left().is_empty(),
+        twlbench_netns_and_dirs().is_empty(),
         "left behind: {:?}",
-        twlbench_left()
+        twlbench_netns_and_dirs()
     );
     check_figures(&bench(&["--mappings"]), true);
     assert!(
-        twlbench_left().is_empty(),
+        twlbench_netns_and_dirs().is_empty(),
         "left behind: {:?}",
-        twlbench_left()
+        twlbench_netns_and_dirs()
     );
     // The plugins ran in the bench's node namespaces, never in the root one.
     for bridge in ["twl0", "twlref0"] {
@@ -152,7 +120,7 @@ fn smoke_runs_leave_nothing_behind() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let left = twlbench_left();
+    let left = twlbench_netns_and_dirs();
     if !left.is_empty() {
         let _ = try_sh(&["ip", "netns", "del", &stale]);
         let _ = std::fs::remove_dir_all(&dir);

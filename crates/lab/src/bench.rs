@@ -123,7 +123,8 @@ pub struct TwinPlan {
     pub backend: BackendKind,
     pub nodes: [NodeSide; 2],
     /// Whether the human turns TX checksum offload off on the VXLAN device: on kernels
-    /// with the checksum fault (before 5.7), as twilld does.
+    /// with the checksum fault (before 5.7), as twilld does. False from `new` (a pure plan);
+    /// `run` sets it from this kernel's release.
     pub tx_checksum_off: bool,
 }
 
@@ -141,9 +142,7 @@ impl TwinPlan {
             prefix: format!("{lab}-tw{tag}"),
             backend,
             nodes,
-            tx_checksum_off: twill_netlink::ethtool::checksum_offload_broken(
-                &twill_netlink::ethtool::kernel_release(),
-            ),
+            tx_checksum_off: false,
         }
     }
 
@@ -963,7 +962,10 @@ pub fn run(target: &Target, opts: &BenchOptions, log: Log) -> Result<BenchReport
     if !iperf_installed() {
         return Err(BenchError::IperfMissing);
     }
-    let twin = TwinPlan::new(&target.lab, target.backend, target.sides.clone());
+    let faulty =
+        twill_netlink::ethtool::checksum_offload_broken(&twill_netlink::ethtool::kernel_release());
+    let mut twin = TwinPlan::new(&target.lab, target.backend, target.sides.clone());
+    twin.tx_checksum_off = faulty;
     let hg_twin = (opts.compare_host_gw && target.backend == BackendKind::Vxlan)
         .then(|| TwinPlan::new(&target.lab, BackendKind::HostGw, target.sides.clone()));
     let mut twins = vec![twin.clone()];
