@@ -5,3 +5,4 @@
 pub mod cni;
 pub mod names;
 pub mod resources;
+pub mod wiring;

@@ -11,6 +11,7 @@
 //! | `allocations/<node>` | a list of [`Allocation`] (bound to the agent's lease) | `twilld` |
 //! | `peers/<node>` | [`PeerView`]: what this node's probes see of every peer (bound to its lease) | `twilld` |
 
+use crate::wiring::PodWiring;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
@@ -132,6 +133,9 @@ impl<'de> Deserialize<'de> for BackendSpec {
         })
     }
 }
+fn is_bridge(w: &PodWiring) -> bool {
+    *w == PodWiring::Bridge
+}
 fn default_mtu() -> u32 {
     1500
 }
@@ -170,6 +174,10 @@ pub struct NetworkConfig {
     /// Masquerade pod traffic leaving the cluster CIDR.
     #[serde(default = "default_true")]
     pub masquerade: bool,
+    /// How pods meet their node: `bridge` (the default) or `l3` (Calico's: a /32 route
+    /// per pod, proxy ARP, no bridge). Handed to twill-cni through the hand-off.
+    #[serde(default, skip_serializing_if = "is_bridge")]
+    pub pod_wiring: PodWiring,
     /// How long a node's claims outlive its last renewal (flannel keeps leases for 24 h).
     #[serde(default = "default_lease_ttl", rename = "leaseTTLSeconds")]
     pub lease_ttl_seconds: u64,
@@ -284,6 +292,9 @@ pub struct HandOff {
     pub blocks: Vec<Ipv4Net>,
     pub mtu: u32,
     pub ip_masq: bool,
+    /// The network config's `podWiring`; a CNI config that names one wins.
+    #[serde(default)]
+    pub pod_wiring: PodWiring,
 }
 
 /// Where `twilld` writes the hand-off by default, and `twill-cni` reads it.
@@ -704,6 +715,7 @@ mod tests {
             backend: "none".into(),
             mtu: 1500,
             masquerade: true,
+            pod_wiring: Default::default(),
             lease_ttl_seconds: 60,
         };
         assert!(c.validate().unwrap_err().reason.contains("10.244.0.0/16"));

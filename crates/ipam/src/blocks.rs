@@ -108,6 +108,7 @@ mod tests {
             backend: "none".into(),
             mtu: 1500,
             masquerade: true,
+            pod_wiring: Default::default(),
             lease_ttl_seconds: 60,
         }
     }

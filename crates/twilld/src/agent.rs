@@ -682,6 +682,7 @@ impl Runner {
             blocks: self.held.clone(),
             mtu: routing::pod_mtu(&net.config.backend, uplink, net.config.mtu),
             ip_masq: net.config.masquerade,
+            pod_wiring: net.config.pod_wiring,
         }
     }
 

@@ -133,6 +133,7 @@ mod tests {
             blocks: vec!["10.244.1.0/24".parse().unwrap()],
             mtu: 1500,
             ip_masq: true,
+            pod_wiring: Default::default(),
         };
         assert!(w.write(&h).unwrap());
         assert!(!w.write(&h).unwrap());

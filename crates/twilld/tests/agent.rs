@@ -42,6 +42,7 @@ impl Cluster {
             backend: "none".into(),
             mtu: 1450,
             masquerade: true,
+            pod_wiring: Default::default(),
             lease_ttl_seconds: ttl,
         };
         c.validate().unwrap();

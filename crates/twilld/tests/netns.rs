@@ -117,6 +117,7 @@ fn twilld_in_a_namespace_publishes_the_address_it_found() {
         backend: "none".into(),
         mtu: 1500,
         masquerade: true,
+        pod_wiring: Default::default(),
         lease_ttl_seconds: 60,
     };
     store

@@ -76,6 +76,7 @@ fn cluster(tag: &str, n: usize, backend: &str, trap: bool) -> Cluster {
         backend: backend.into(),
         mtu: 1500,
         masquerade: false,
+        pod_wiring: Default::default(),
         lease_ttl_seconds: 600,
     };
     store

@@ -28,6 +28,7 @@ pub fn network_config(cidr: &str, block_size: u8, ttl: u64, masquerade: bool) ->
         backend: "none".into(),
         mtu: 1450,
         masquerade,
+        pod_wiring: Default::default(),
         lease_ttl_seconds: ttl,
     };
     c.validate().unwrap();
