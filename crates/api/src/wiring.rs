@@ -81,6 +81,9 @@ mod tests {
     #[test]
     fn an_unknown_wiring_names_the_choices() {
         let e = "L3x".parse::<PodWiring>().unwrap_err();
-        assert_eq!(e.to_string(), "\"L3x\" is not a pod wiring: use bridge or l3");
+        assert_eq!(
+            e.to_string(),
+            "\"L3x\" is not a pod wiring: use bridge or l3"
+        );
     }
 }

@@ -8,7 +8,7 @@ use common::*;
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
-use twill_testkit::{root_or_skip, try_sh};
+use twill_testkit::try_sh;
 
 /// Namespaces, temp folders and processes named twlbench*, from any run.
 fn twlbench_left() -> Vec<String> {
@@ -29,9 +29,7 @@ fn twlbench_left() -> Vec<String> {
 
 #[test]
 fn agents_smoke_run_reports_and_leaves_nothing() {
-    if !root_or_skip("agents_smoke_run_reports_and_leaves_nothing") {
-        return;
-    }
+    twill_testkit::require_root("agents_smoke_run_reports_and_leaves_nothing");
     if !Path::new("/usr/bin/etcd").is_file() {
         panic!("/usr/bin/etcd is missing: apt-get install etcd-server");
     }

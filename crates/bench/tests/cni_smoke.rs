@@ -9,7 +9,7 @@ use common::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use twill_testkit::{root_or_skip, sh, try_sh};
+use twill_testkit::{sh, try_sh};
 
 fn twill_cni() -> PathBuf {
     let p = Path::new(BENCH).parent().unwrap().join("twill-cni");
@@ -79,9 +79,7 @@ fn check_figures(j: &Value, mappings: bool) {
 
 #[test]
 fn smoke_runs_leave_nothing_behind() {
-    if !root_or_skip("smoke_runs_leave_nothing_behind") {
-        return;
-    }
+    twill_testkit::require_root("smoke_runs_leave_nothing_behind");
     let _lock = smoke_lock();
     assert!(
         twlbench_netns_and_dirs().is_empty(),

@@ -117,8 +117,39 @@ pub struct CheckResult {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckReport {
     pub lab: String,
+    /// At least one check ran, and every one is what was expected.
     pub passed: bool,
     pub checks: Vec<CheckResult>,
+}
+
+/// Why a run that checked nothing fails: it proves nothing.
+pub const NO_CHECKS: &str = "no checks ran, and a check of nothing proves nothing: the lab has \
+     no node with pods (`twill lab status` shows it; `twill lab add-node` adds one)";
+
+impl CheckReport {
+    /// The report of `checks`: passed only if there is at least one and all passed. Pure.
+    pub fn new(lab: String, checks: Vec<CheckResult>) -> CheckReport {
+        CheckReport {
+            lab,
+            passed: !checks.is_empty() && checks.iter().all(|c| c.passed),
+            checks,
+        }
+    }
+
+    /// Why the run failed, in one line; None when it passed.
+    pub fn failure(&self) -> Option<String> {
+        if self.passed {
+            return None;
+        }
+        if self.checks.is_empty() {
+            return Some(NO_CHECKS.into());
+        }
+        let n = self.checks.iter().filter(|c| !c.passed).count();
+        Some(format!(
+            "{n} of {} checks were not what was expected",
+            self.checks.len()
+        ))
+    }
 }
 
 /// The listeners a check run needs: every pod answers TCP on its container port, pod 1 of
@@ -580,11 +611,7 @@ pub fn run(state: &LabState) -> Result<CheckReport, LabError> {
             .collect()
     });
     drop(listeners);
-    Ok(CheckReport {
-        lab: plan.name.clone(),
-        passed: checks.iter().all(|c| c.passed),
-        checks,
-    })
+    Ok(CheckReport::new(plan.name.clone(), checks))
 }
 
 /// One row of the report: what was expected, what happened, and whether they agree.
@@ -668,6 +695,9 @@ pub fn render(report: &CheckReport) -> String {
         expected_fail,
         failed
     );
+    if report.checks.is_empty() {
+        let _ = writeln!(o, "FAILED: {NO_CHECKS}");
+    }
     o
 }
 
@@ -935,15 +965,19 @@ mod tests {
                 passed,
                 detail: "d".into(),
             };
-        let report = CheckReport {
-            lab: "twllab".into(),
-            passed: false,
-            checks: vec![
+        let report = CheckReport::new(
+            "twllab".into(),
+            vec![
                 row("a", "n1", "x", "pass", "pass", true),
                 row("bb", "out", "y", "pass", "fail", false),
                 row("c", "n1", "z", "fail", "fail", true),
             ],
-        };
+        );
+        assert!(!report.passed);
+        assert_eq!(
+            report.failure().unwrap(),
+            "1 of 3 checks were not what was expected"
+        );
         let t = render(&report);
         assert!(
             t.starts_with("CHECK  KIND       FROM  TO  EXPECT  RESULT  DETAIL\n"),
@@ -957,5 +991,23 @@ mod tests {
             t.ends_with("3 checks, 1 failed as expected, 1 unexpected\n"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn a_run_of_no_checks_fails_and_says_why() {
+        let empty = CheckReport::new("twllab".into(), vec![]);
+        assert!(!empty.passed);
+        assert_eq!(empty.failure().unwrap(), NO_CHECKS);
+        let t = render(&empty);
+        assert!(
+            t.ends_with(&format!(
+                "0 checks, 0 failed as expected, 0 unexpected\nFAILED: {NO_CHECKS}\n"
+            )),
+            "{t}"
+        );
+        // A lab with no node plans no checks at all.
+        let mut p = lab(2);
+        p.nodes.clear();
+        assert!(plan_checks(&p, &ips(2)).is_empty());
     }
 }

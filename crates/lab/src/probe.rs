@@ -261,9 +261,7 @@ mod tests {
     /// make one; never touches the root namespace).
     #[test]
     fn listeners_answer_with_the_peer_they_saw() {
-        if !twill_testkit::root_or_skip("listeners_answer_with_the_peer_they_saw") {
-            return;
-        }
+        twill_testkit::require_root("listeners_answer_with_the_peer_they_saw");
         let ns = twill_testkit::TestNetns::new("probe");
         let t = Duration::from_secs(1);
         let _tcp = tcp_listener(&ns.name, "tcpl", "127.0.0.1:8080".parse().unwrap()).unwrap();

@@ -9,7 +9,7 @@ use twill_netlink::codec::{
     IfAddrMsg, MessageBuilder, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
 };
 use twill_netlink::{get_sysctl, set_sysctl, Error, Handle, Netns, Route};
-use twill_testkit::{root_or_skip, try_sh, unique_name, TestNetns};
+use twill_testkit::{try_sh, unique_name, TestNetns};
 
 fn json(args: &[&str]) -> Value {
     let out = twill_testkit::sh(args);
@@ -34,9 +34,7 @@ fn open(ns: &TestNetns) -> (Netns, Handle) {
 
 #[test]
 fn bridge_is_idempotent_and_survives_a_race() {
-    if !root_or_skip("bridge_is_idempotent_and_survives_a_race") {
-        return;
-    }
+    twill_testkit::require_root("bridge_is_idempotent_and_survives_a_race");
     let ns = TestNetns::new("br");
     let (netns, mut h) = open(&ns);
     let before = std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino();
@@ -91,9 +89,7 @@ fn bridge_is_idempotent_and_survives_a_race() {
 
 #[test]
 fn veth_is_born_in_both_namespaces() {
-    if !root_or_skip("veth_is_born_in_both_namespaces") {
-        return;
-    }
+    twill_testkit::require_root("veth_is_born_in_both_namespaces");
     let host = TestNetns::new("vh");
     let pod = TestNetns::new("vp");
     let (_, mut h) = open(&host);
@@ -139,9 +135,7 @@ fn veth_is_born_in_both_namespaces() {
 
 #[test]
 fn addresses_routes_and_a_real_ping() {
-    if !root_or_skip("addresses_routes_and_a_real_ping") {
-        return;
-    }
+    twill_testkit::require_root("addresses_routes_and_a_real_ping");
     let host = TestNetns::new("ah");
     let pod = TestNetns::new("ap");
     let (_, mut h) = open(&host);
@@ -222,9 +216,7 @@ fn addresses_routes_and_a_real_ping() {
 
 #[test]
 fn hairpin_mtu_master_and_delete() {
-    if !root_or_skip("hairpin_mtu_master_and_delete") {
-        return;
-    }
+    twill_testkit::require_root("hairpin_mtu_master_and_delete");
     let ns = TestNetns::new("hp");
     let (netns, mut h) = open(&ns);
     let br = h.create_bridge("twlbr0", None).unwrap();
@@ -266,9 +258,7 @@ fn hairpin_mtu_master_and_delete() {
 
 #[test]
 fn errors_name_their_cause() {
-    if !root_or_skip("errors_name_their_cause") {
-        return;
-    }
+    twill_testkit::require_root("errors_name_their_cause");
     let err = Netns::open("/run/netns/twl-no-such-ns").unwrap_err();
     assert!(
         err.to_string().contains("/run/netns/twl-no-such-ns"),
@@ -296,9 +286,7 @@ fn errors_name_their_cause() {
 
 #[test]
 fn batch_reports_first_error_and_applies_the_rest() {
-    if !root_or_skip("batch_reports_first_error_and_applies_the_rest") {
-        return;
-    }
+    twill_testkit::require_root("batch_reports_first_error_and_applies_the_rest");
     let ns = TestNetns::new("ba");
     let (_, mut h) = open(&ns);
     let lo = h.link_by_name("lo").unwrap().unwrap().index;
@@ -348,9 +336,7 @@ fn batch_reports_first_error_and_applies_the_rest() {
 
 #[test]
 fn sysctl_is_per_namespace() {
-    if !root_or_skip("sysctl_is_per_namespace") {
-        return;
-    }
+    twill_testkit::require_root("sysctl_is_per_namespace");
     let ns = TestNetns::new("sy");
     let netns = Netns::open(ns.path()).unwrap();
     let ours = get_sysctl(None, "net.ipv4.ip_forward").unwrap();

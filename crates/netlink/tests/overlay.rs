@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use serde_json::Value;
 use twill_netlink::neigh::{format_mac, NUD_PERMANENT};
 use twill_netlink::{Handle, Netns, Route, VxlanInfo, VxlanLink};
-use twill_testkit::{root_or_skip, TestNetns};
+use twill_testkit::TestNetns;
 
 const MAC: [u8; 6] = [0x0a, 0x54, 192, 0, 2, 12];
 
@@ -45,9 +45,7 @@ fn vxlan(uplink: u32) -> VxlanLink {
 
 #[test]
 fn vxlan_device_is_created_as_asked_and_read_back() {
-    if !root_or_skip("vxlan_device_is_created_as_asked_and_read_back") {
-        return;
-    }
+    twill_testkit::require_root("vxlan_device_is_created_as_asked_and_read_back");
     let (ns, mut h, eth0) = node();
     h.create_vxlan(&vxlan(eth0)).unwrap();
     assert!(h.create_vxlan(&vxlan(eth0)).unwrap_err().is_exists());
@@ -85,9 +83,7 @@ fn vxlan_device_is_created_as_asked_and_read_back() {
 
 #[test]
 fn neighbour_and_fdb_entries_round_trip() {
-    if !root_or_skip("neighbour_and_fdb_entries_round_trip") {
-        return;
-    }
+    twill_testkit::require_root("neighbour_and_fdb_entries_round_trip");
     let (ns, mut h, eth0) = node();
     h.create_vxlan(&vxlan(eth0)).unwrap();
     let dev = h.link_by_name("twl.1").unwrap().unwrap().index;
@@ -141,9 +137,7 @@ fn neighbour_and_fdb_entries_round_trip() {
 
 #[test]
 fn tx_checksum_offload_turns_off() {
-    if !root_or_skip("tx_checksum_offload_turns_off") {
-        return;
-    }
+    twill_testkit::require_root("tx_checksum_offload_turns_off");
     let (ns, mut h, eth0) = node();
     h.create_vxlan(&vxlan(eth0)).unwrap();
     let offload = |ns: &TestNetns| {
@@ -173,9 +167,7 @@ fn tx_checksum_offload_turns_off() {
 
 #[test]
 fn route_protocol_is_written_read_and_respected_on_delete() {
-    if !root_or_skip("route_protocol_is_written_read_and_respected_on_delete") {
-        return;
-    }
+    twill_testkit::require_root("route_protocol_is_written_read_and_respected_on_delete");
     let (ns, mut h, eth0) = node();
     let mut ours = Route::new("10.244.2.0/24".parse().unwrap());
     ours.gateway = Some(Ipv4Addr::new(192, 0, 2, 12));

@@ -12,7 +12,7 @@ mod common;
 use common::{tcp_ask, tcp_peer_reporter, udp_ask, udp_peer_reporter};
 use twill_netlink::Netns;
 use twill_nft::{NetworkRules, PortMapping, Protocol, Table};
-use twill_testkit::{root_or_skip, sh, TestNetns};
+use twill_testkit::{sh, TestNetns};
 
 struct Topology {
     node: TestNetns,
@@ -113,9 +113,7 @@ fn build() -> Topology {
 
 #[test]
 fn host_ports_hairpin_and_masquerade_with_real_packets() {
-    if !root_or_skip("host_ports_hairpin_and_masquerade_with_real_packets") {
-        return;
-    }
+    twill_testkit::require_root("host_ports_hairpin_and_masquerade_with_real_packets");
     let t = build();
     let mut table = Table::new_in(&Netns::open(t.node.path()).unwrap()).unwrap();
     table

@@ -9,7 +9,7 @@ use common::{in_ns, list_set, rules_per_chain};
 use twill_netlink::Netns;
 use twill_nft::ruleset::chain_rules;
 use twill_nft::{apply_script, base_script, Error, NetworkRules, PortMapping, Protocol, Table};
-use twill_testkit::{root_or_skip, TestNetns};
+use twill_testkit::TestNetns;
 
 fn network() -> NetworkRules {
     NetworkRules {
@@ -49,9 +49,7 @@ fn assert_one_copy_of_each_rule(ns: &TestNetns) {
 
 #[test]
 fn base_script_is_idempotent_and_converges_under_concurrency() {
-    if !root_or_skip("base_script_is_idempotent_and_converges_under_concurrency") {
-        return;
-    }
+    twill_testkit::require_root("base_script_is_idempotent_and_converges_under_concurrency");
     let ns = TestNetns::new("nftbase");
     in_ns(&ns, || apply_script(&base_script())).unwrap();
     in_ns(&ns, || apply_script(&base_script())).unwrap();
@@ -70,9 +68,7 @@ fn base_script_is_idempotent_and_converges_under_concurrency() {
 
 #[test]
 fn a_rejected_script_changes_nothing_and_reports_nft_stderr() {
-    if !root_or_skip("a_rejected_script_changes_nothing_and_reports_nft_stderr") {
-        return;
-    }
+    twill_testkit::require_root("a_rejected_script_changes_nothing_and_reports_nft_stderr");
     let ns = TestNetns::new("nftbad");
     let script = format!("{}add rule ip twill no_such_chain accept\n", base_script());
     let err = in_ns(&ns, || apply_script(&script)).unwrap_err();
@@ -85,9 +81,7 @@ fn a_rejected_script_changes_nothing_and_reports_nft_stderr() {
 
 #[test]
 fn ensure_network_installs_once_and_marks_the_network() {
-    if !root_or_skip("ensure_network_installs_once_and_marks_the_network") {
-        return;
-    }
+    twill_testkit::require_root("ensure_network_installs_once_and_marks_the_network");
     let ns = TestNetns::new("nftnet");
     let mut table = table_in(&ns);
     assert!(
@@ -143,9 +137,7 @@ fn ensure_network_installs_once_and_marks_the_network() {
 
 #[test]
 fn pod_elements_are_added_read_back_and_removed() {
-    if !root_or_skip("pod_elements_are_added_read_back_and_removed") {
-        return;
-    }
+    twill_testkit::require_root("pod_elements_are_added_read_back_and_removed");
     let ns = TestNetns::new("nftpod");
     let mut table = table_in(&ns);
     table.ensure_network(&network()).unwrap();
@@ -192,9 +184,7 @@ fn pod_elements_are_added_read_back_and_removed() {
 
 #[test]
 fn a_taken_host_port_fails_the_whole_batch() {
-    if !root_or_skip("a_taken_host_port_fails_the_whole_batch") {
-        return;
-    }
+    twill_testkit::require_root("a_taken_host_port_fails_the_whole_batch");
     let ns = TestNetns::new("nfttaken");
     let mut table = table_in(&ns);
     table.ensure_network(&network()).unwrap();
@@ -256,9 +246,7 @@ fn a_taken_host_port_fails_the_whole_batch() {
 
 #[test]
 fn removing_an_absent_pod_is_ok_even_without_the_table() {
-    if !root_or_skip("removing_an_absent_pod_is_ok_even_without_the_table") {
-        return;
-    }
+    twill_testkit::require_root("removing_an_absent_pod_is_ok_even_without_the_table");
     let ns = TestNetns::new("nftabsent");
     let mut table = table_in(&ns);
     let mappings = [tcp(None, 8080, "10.244.1.9", 80)];
@@ -282,9 +270,7 @@ fn removing_an_absent_pod_is_ok_even_without_the_table() {
 /// mappings present, and checks only that everything landed.
 #[test]
 fn adding_a_pod_with_ten_thousand_mappings_present() {
-    if !root_or_skip("adding_a_pod_with_ten_thousand_mappings_present") {
-        return;
-    }
+    twill_testkit::require_root("adding_a_pod_with_ten_thousand_mappings_present");
     let mut results = Vec::new();
     for present in [10u32, 10_000] {
         let ns = TestNetns::new("nftscale");
@@ -332,9 +318,7 @@ fn adding_a_pod_with_ten_thousand_mappings_present() {
 
 #[test]
 fn a_table_opened_on_a_thread_inside_the_namespace_works_there() {
-    if !root_or_skip("a_table_opened_on_a_thread_inside_the_namespace_works_there") {
-        return;
-    }
+    twill_testkit::require_root("a_table_opened_on_a_thread_inside_the_namespace_works_there");
     let ns = TestNetns::new("nftnew");
     let mut table = in_ns(&ns, || Table::new().unwrap());
     // Used from this (root-namespace) thread: socket and nft both act in `ns`.

@@ -1,24 +1,45 @@
 //! Helpers for Twill's root-gated tests: every namespace a test makes is named with the
 //! `twl` prefix, unique across parallel tests, and removed when its guard drops, failures
-//! included.
+//! included. [`require_root`] gates them: run as a user, they fail and say how to run them.
 
 pub mod etcd;
 
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// True when the test may build namespaces. Tests that need root call this first and
-/// return early (printing why) otherwise, so `cargo test` as a user still passes the pure
-/// tests. Set `TWILL_REQUIRE_ROOT=1` (CI does) to turn a skip into a failure.
-pub fn root_or_skip(test: &str) -> bool {
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        if std::env::var_os("TWILL_REQUIRE_ROOT").is_some() {
-            panic!("{test}: needs root (TWILL_REQUIRE_ROOT is set)");
-        }
-        eprintln!("{test}: skipped, needs root to build network namespaces");
+/// The gate of every test that builds namespaces, links or nft rules: it returns when the
+/// test runs as root and otherwise fails the test, saying why and how to run it. A failure,
+/// not a skip: libtest has no runtime "ignored", and a test that returns early is reported
+/// as passed by every runner (cargo test, cargo nextest, scripts/test.sh), which is how a
+/// broken feature hides. Pure tests need no gate and pass as any user.
+pub fn require_root(test: &str) {
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        panic!("{}", not_root_message(test, euid));
     }
-    root
+}
+
+/// What [`require_root`] says when the test runs as user `euid`.
+pub fn not_root_message(test: &str, euid: u32) -> String {
+    format!(
+        "{test}: NOT RUN: needs root to build network namespaces, links and nftables rules \
+         (running as uid {euid}). Run it as root: `sudo -E cargo nextest run -p <crate>` or \
+         `sudo scripts/test.sh` (the whole suite); as a user only the pure tests can pass \
+         (`cargo test --lib`)."
+    )
+}
+
+/// The gate of a test that runs an installed program: fails the test (as [`require_root`]
+/// does, never a silent pass) unless `program` is on PATH, naming the Debian `package`
+/// and scripts/install-deps.sh, which installs everything the suite needs.
+pub fn require_program(test: &str, program: &str, package: &str) {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if !std::env::split_paths(&path).any(|d| d.join(program).is_file()) {
+        panic!(
+            "{test}: NOT RUN: `{program}` is not installed (not on PATH). Install it: \
+             `apt-get install {package}`, or `scripts/install-deps.sh` for the whole suite."
+        );
+    }
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);

@@ -2,13 +2,11 @@
 
 mod common;
 use common::*;
-use twill_testkit::{root_or_skip, TestNetns};
+use twill_testkit::TestNetns;
 
 #[test]
 fn add_wires_a_pod_that_reaches_its_gateway_and_neighbour() {
-    if !root_or_skip("add_wires_a_pod") {
-        return;
-    }
+    twill_testkit::require_root("add_wires_a_pod");
     let node = Node::new("adddel");
     let (p1, p2) = (TestNetns::new("p1"), TestNetns::new("p2"));
     let r1 = node.add("c1", &p1);
@@ -87,9 +85,7 @@ fn add_wires_a_pod_that_reaches_its_gateway_and_neighbour() {
 
 #[test]
 fn chained_after_a_previous_plugin_appends_to_prev_result() {
-    if !root_or_skip("chained") {
-        return;
-    }
+    twill_testkit::require_root("chained");
     let node = Node::new("chain");
     let pod = TestNetns::new("pc");
     let mut conf = node.conf();
@@ -110,9 +106,7 @@ fn chained_after_a_previous_plugin_appends_to_prev_result() {
 
 #[test]
 fn older_cni_versions_get_their_result_shape() {
-    if !root_or_skip("versions") {
-        return;
-    }
+    twill_testkit::require_root("versions");
     let node = Node::new("ver");
     for (i, v) in ["0.3.1", "0.4.0", "1.0.0"].iter().enumerate() {
         let pod = TestNetns::new("pv");
@@ -136,9 +130,7 @@ fn older_cni_versions_get_their_result_shape() {
 
 #[test]
 fn version_status_and_gc() {
-    if !root_or_skip("status_gc") {
-        return;
-    }
+    twill_testkit::require_root("status_gc");
     let node = Node::new("gc");
     let v = node.cni_raw("VERSION", &[], b"{\"cniVersion\":\"1.0.0\"}");
     assert!(v.ok);
@@ -167,9 +159,7 @@ fn version_status_and_gc() {
 
 #[test]
 fn del_cuts_the_pod_off_at_once_and_a_re_add_right_after_works() {
-    if !root_or_skip("readd") {
-        return;
-    }
+    twill_testkit::require_root("readd");
     let node = Node::new("readd");
     let (p1, p2) = (TestNetns::new("ra1"), TestNetns::new("ra2"));
     let r1 = node.add("c1", &p1);

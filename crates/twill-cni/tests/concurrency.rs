@@ -7,7 +7,7 @@ use common::*;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::sync::Barrier;
-use twill_testkit::{root_or_skip, TestNetns};
+use twill_testkit::TestNetns;
 
 const GATEWAY: &str = "10.244.1.1";
 
@@ -56,9 +56,7 @@ fn assert_reachable(pods: &[&TestNetns], ips: &[String]) {
 
 #[test]
 fn fifty_adds_at_once_then_fifty_dels_at_once() {
-    if !root_or_skip("concurrent_add_del") {
-        return;
-    }
+    twill_testkit::require_root("concurrent_add_del");
     const N: usize = 50;
     let node = Node::new("cc");
     let pods = pods(N, "ccp");
@@ -170,9 +168,7 @@ fn fifty_adds_at_once_then_fifty_dels_at_once() {
 
 #[test]
 fn adds_racing_dels_of_other_pods() {
-    if !root_or_skip("concurrent_mixed") {
-        return;
-    }
+    twill_testkit::require_root("concurrent_mixed");
     const N: usize = 25;
     let node = Node::new("cm");
     let old = pods(N, "cmo");

@@ -4,7 +4,7 @@
 mod common;
 use common::*;
 use serde_json::json;
-use twill_testkit::{root_or_skip, TestNetns};
+use twill_testkit::TestNetns;
 
 fn conf(node: &Node, handoff: &std::path::Path) -> serde_json::Value {
     let mut c = node.conf();
@@ -16,9 +16,7 @@ fn conf(node: &Node, handoff: &std::path::Path) -> serde_json::Value {
 
 #[test]
 fn pods_get_addresses_from_the_agents_blocks() {
-    if !root_or_skip("handoff") {
-        return;
-    }
+    twill_testkit::require_root("handoff");
     let node = Node::new("ho");
     let file = node.data.path.join("node.json");
     let c = conf(&node, &file);

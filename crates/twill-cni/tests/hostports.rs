@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 use twill_netlink::netns::{run_in, Netns};
-use twill_testkit::{root_or_skip, sh, TestNetns};
+use twill_testkit::{sh, TestNetns};
 
 /// A TCP server inside `ns` that answers every connection with the peer address it saw.
 fn peer_reporter(ns: &TestNetns, addr: &str) {
@@ -74,9 +74,7 @@ fn udp_ask(ns: &TestNetns, to: &str) -> Result<String, String> {
 
 #[test]
 fn host_ports_hairpin_and_masquerade_with_real_traffic() {
-    if !root_or_skip("hostports") {
-        return;
-    }
+    twill_testkit::require_root("hostports");
     let node = Node::new("hp");
     let out = TestNetns::new("hpout");
     // The node's uplink: 192.0.2.11 <-> an outside host 192.0.2.100 that has no route to pods.
@@ -184,9 +182,7 @@ fn host_ports_hairpin_and_masquerade_with_real_traffic() {
 
 #[test]
 fn ip_masq_false_leaves_pod_source_untouched() {
-    if !root_or_skip("nomasq") {
-        return;
-    }
+    twill_testkit::require_root("nomasq");
     let node = Node::new("nm");
     let out = TestNetns::new("nmout");
     let (a, b) = ("uplink".to_string(), "eth0".to_string());

@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use twill_testkit::{root_or_skip, TestNetns};
+use twill_testkit::TestNetns;
 
 /// What the case feeds the plugin on stdin.
 enum Stdin {
@@ -691,9 +691,7 @@ fn run_case(index: usize, case: &Case) {
 
 #[test]
 fn every_bad_input_fails_cleanly_with_the_right_code() {
-    if !root_or_skip("malformed") {
-        return;
-    }
+    twill_testkit::require_root("malformed");
     let cases = cases();
     assert!(cases.len() >= 35, "the corpus has {} cases", cases.len());
     let mut failures = Vec::new();

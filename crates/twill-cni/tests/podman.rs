@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use twill_netlink::netns::{run_in, Netns};
-use twill_testkit::{root_or_skip, sh, try_sh, unique_name, TempDir, TestNetns};
+use twill_testkit::{sh, try_sh, unique_name, TempDir, TestNetns};
 
 const PLUGIN: &str = env!("CARGO_BIN_EXE_twill-cni");
 const HOST_PORT: u16 = 30080;
@@ -345,9 +345,7 @@ fn http_get(ns: &TestNetns, addr: &str, patience: Duration) -> Result<String, St
 
 #[test]
 fn podman_runs_pods_on_twill_cni_and_del_cleans_up() {
-    if !root_or_skip("podman") {
-        return;
-    }
+    twill_testkit::require_root("podman");
     let started = Instant::now();
     let mut pm = Podman::new();
     pm.import_image();

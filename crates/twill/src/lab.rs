@@ -409,7 +409,13 @@ pub fn run(args: LabArgs, store: &StoreArgs) -> anyhow::Result<i32> {
                 Output::Json => print_json(&report)?,
                 Output::Table => print!("{}", check::render(&report)),
             }
-            Ok(if report.passed { 0 } else { 1 })
+            match report.failure() {
+                None => Ok(0),
+                Some(why) => {
+                    eprintln!("twill: lab check failed: {why}");
+                    Ok(1)
+                }
+            }
         }
         LabCommand::Bench {
             name,

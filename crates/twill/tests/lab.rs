@@ -85,9 +85,7 @@ fn in_block(ip: &str, block: &str) -> bool {
 
 #[test]
 fn lab_up_check_status_exec_down() {
-    if !twill_testkit::root_or_skip("lab_up_check_status_exec_down") {
-        return;
-    }
+    twill_testkit::require_root("lab_up_check_status_exec_down");
     let plugin = ensure_plugin();
     let name = lab_name('a');
     let guard = LabGuard(name.clone());
@@ -233,9 +231,7 @@ fn lab_up_check_status_exec_down() {
 
 #[test]
 fn down_of_an_unknown_lab_is_a_no_op_and_bad_names_are_refused() {
-    if !twill_testkit::root_or_skip("down_of_an_unknown_lab_is_a_no_op_and_bad_names_are_refused") {
-        return;
-    }
+    twill_testkit::require_root("down_of_an_unknown_lab_is_a_no_op_and_bad_names_are_refused");
     // `z` is not a hex digit: this name can never be a lab the other test made.
     let name = format!("twlz{:04x}", std::process::id() & 0xffff);
     let down = twill(&["lab", "down", "--name", &name]);
@@ -267,9 +263,7 @@ fn twill_embedded(name: &str, args: &[&str]) -> Output {
 /// the same store, a leak planted on purpose is found, and `down` leaves nothing.
 #[test]
 fn lab_on_the_embedded_store_claims_blocks_and_finds_a_leak() {
-    if !twill_testkit::root_or_skip("lab_on_the_embedded_store_claims_blocks_and_finds_a_leak") {
-        return;
-    }
+    twill_testkit::require_root("lab_on_the_embedded_store_claims_blocks_and_finds_a_leak");
     let (plugin, _) = ensure_binaries();
     let name = lab_name('e');
     let guard = LabGuard(name.clone());
@@ -405,9 +399,7 @@ fn lab_on_the_embedded_store_claims_blocks_and_finds_a_leak() {
 /// agents and `twill get` (run inside a node, which reaches the underlay) use it.
 #[test]
 fn lab_on_etcd_runs_a_member_and_the_agents_use_it() {
-    if !twill_testkit::root_or_skip("lab_on_etcd_runs_a_member_and_the_agents_use_it") {
-        return;
-    }
+    twill_testkit::require_root("lab_on_etcd_runs_a_member_and_the_agents_use_it");
     ensure_binaries();
     let name = lab_name('d');
     let guard = LabGuard(name.clone());
@@ -483,9 +475,7 @@ fn lab_on_etcd_runs_a_member_and_the_agents_use_it() {
 /// pings from the node all along (nothing on the packet path waits for the agent).
 #[test]
 fn an_agent_restart_keeps_blocks_and_connectivity() {
-    if !twill_testkit::root_or_skip("an_agent_restart_keeps_blocks_and_connectivity") {
-        return;
-    }
+    twill_testkit::require_root("an_agent_restart_keeps_blocks_and_connectivity");
     ensure_binaries();
     let name = lab_name('r');
     let guard = LabGuard(name.clone());
@@ -541,9 +531,7 @@ fn an_agent_restart_keeps_blocks_and_connectivity() {
 /// and keep their blocks.
 #[test]
 fn slow_an_etcd_outage_of_60s_leaves_pods_and_claims_alone() {
-    if !twill_testkit::root_or_skip("slow_an_etcd_outage_of_60s_leaves_pods_and_claims_alone") {
-        return;
-    }
+    twill_testkit::require_root("slow_an_etcd_outage_of_60s_leaves_pods_and_claims_alone");
     ensure_binaries();
     let name = lab_name('o');
     let guard = LabGuard(name.clone());

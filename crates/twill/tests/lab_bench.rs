@@ -7,10 +7,6 @@ use common::*;
 
 use std::process::Command;
 
-fn iperf3_installed() -> bool {
-    Command::new("iperf3").arg("--version").output().is_ok()
-}
-
 fn netns_with_prefix(prefix: &str) -> Vec<String> {
     std::fs::read_dir("/run/netns")
         .map(|d| {
@@ -41,13 +37,8 @@ fn iperf3_in_lab(name: &str) -> Vec<String> {
 }
 
 fn bench_lab(tag: char, backend: &str, extra: &[&str], variants: &[&str], ratios: usize) {
-    if !twill_testkit::root_or_skip("lab_bench") {
-        return;
-    }
-    if !iperf3_installed() {
-        eprintln!("lab_bench: skipped, iperf3 is not installed (apt-get install iperf3)");
-        return;
-    }
+    twill_testkit::require_root("lab_bench");
+    twill_testkit::require_program("lab_bench", "iperf3", "iperf3");
     ensure_binaries();
     let name = lab_name(tag);
     let _guard = LabGuard(name.clone());
@@ -128,9 +119,7 @@ fn bench_a_vxlan_lab_against_its_twin_and_a_host_gw_twin() {
 
 #[test]
 fn bench_refuses_a_one_node_lab_and_leaves_nothing() {
-    if !twill_testkit::root_or_skip("lab_bench") {
-        return;
-    }
+    twill_testkit::require_root("lab_bench");
     ensure_binaries();
     let name = lab_name('o');
     let _guard = LabGuard(name.clone());

@@ -65,9 +65,7 @@ enum Backend {
 /// Up, check (every row as expected), the kernel read back, down.
 fn matrix(tag: char, backend: Backend, store: &str, segments: u8) {
     let test = format!("matrix {backend:?} {store} {segments}");
-    if !twill_testkit::root_or_skip(&test) {
-        return;
-    }
+    twill_testkit::require_root(&test);
     ensure_binaries();
     let name = lab_name(tag);
     let guard = LabGuard(name.clone());
@@ -385,9 +383,7 @@ fn spawn_in(netns: &str, cmd: &[&str]) -> std::process::Child {
 /// routes to n4.
 #[test]
 fn a_node_joins_and_another_leaves_under_traffic() {
-    if !twill_testkit::root_or_skip("a_node_joins_and_another_leaves_under_traffic") {
-        return;
-    }
+    twill_testkit::require_root("a_node_joins_and_another_leaves_under_traffic");
     ensure_binaries();
     let name = lab_name('s');
     let guard = LabGuard(name.clone());

@@ -41,9 +41,7 @@ fn all_seen(v: &Value) {
 
 #[test]
 fn trace_and_graph_a_two_node_vxlan_lab() {
-    if !twill_testkit::root_or_skip("trace_and_graph_a_two_node_vxlan_lab") {
-        return;
-    }
+    twill_testkit::require_root("trace_and_graph_a_two_node_vxlan_lab");
     ensure_binaries();
     let name = format!("twlt{:04x}", std::process::id() & 0xffff);
     let _guard = LabGuard(name.clone());

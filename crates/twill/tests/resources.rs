@@ -2,7 +2,7 @@
 //! populated by hand through the `Store` API where agents would write.
 //!
 //! Every scenario runs twice ([`on_every_store!`]): on an embedded store in a `twl…` temp
-//! dir, and on a single etcd member started for it (skipped when etcd is not installed).
+//! dir, and on a single etcd member started for it (failing when etcd is not installed).
 //! The store flags `twill` gets come from one place, [`Cluster::flags`].
 
 use serde_json::{json, Value};
@@ -47,17 +47,14 @@ impl Cluster {
         }
     }
 
-    /// `None` when etcd is not installed (the CI installs it: RUNBOOK.md).
-    fn etcd(tag: &str) -> Option<Cluster> {
-        if !std::path::Path::new("/usr/bin/etcd").exists() {
-            eprintln!("skipped: etcd is not installed (apt-get install etcd-server)");
-            return None;
-        }
+    /// A test of it fails when etcd is not installed (scripts/install-deps.sh installs it).
+    fn etcd(tag: &str) -> Cluster {
+        twill_testkit::require_program(tag, "etcd", "etcd-server");
         let member = EtcdMember::start(&format!("twl{tag}"));
         let url = member.client_url();
         let store =
             EtcdStore::connect(&EtcdConfig::new(vec![url.clone()])).expect("connect to etcd");
-        Some(Cluster {
+        Cluster {
             store: Box::new(store),
             flags: vec![
                 "--store".into(),
@@ -67,7 +64,7 @@ impl Cluster {
             ],
             dir: TempDir::new(tag),
             _etcd: Some(member),
-        })
+        }
     }
 
     /// The flags that point `twill` at this cluster's store.
@@ -499,9 +496,7 @@ macro_rules! on_every_store {
             }
             #[test]
             fn etcd() {
-                if let Some(c) = super::Cluster::etcd(stringify!($name)) {
-                    super::$name(&c);
-                }
+                super::$name(&super::Cluster::etcd(stringify!($name)));
             }
         }
     )*};

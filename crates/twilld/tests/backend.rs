@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 use twill_netlink::{Handle, Netns};
-use twill_testkit::{root_or_skip, TestNetns};
+use twill_testkit::TestNetns;
 use twilld::backend::{self, Backend, HostGw, Local, Op, Peer, Plan, Vxlan, VXLAN_DEVICE};
 
 const SEG_A: &str = "192.0.2.0/24";
@@ -257,9 +257,7 @@ fn fdb(ns: &TestNetns) -> Vec<(String, String)> {
 
 #[test]
 fn host_gw_routes_pods_across_nodes_and_programs_only_the_delta() {
-    if !root_or_skip("host_gw_routes_pods_across_nodes_and_programs_only_the_delta") {
-        return;
-    }
+    twill_testkit::require_root("host_gw_routes_pods_across_nodes_and_programs_only_the_delta");
     let lab = lab(&['a', 'a', 'a']);
     let n1 = &lab.nodes[0];
     assert!(
@@ -341,9 +339,7 @@ fn host_gw_routes_pods_across_nodes_and_programs_only_the_delta() {
 
 #[test]
 fn vxlan_mesh_reaches_pods_and_reconciles_only_the_delta() {
-    if !root_or_skip("vxlan_mesh_reaches_pods_and_reconciles_only_the_delta") {
-        return;
-    }
+    twill_testkit::require_root("vxlan_mesh_reaches_pods_and_reconciles_only_the_delta");
     let lab = lab(&['a', 'a', 'a']);
     let n1 = &lab.nodes[0];
     let first = reconcile_all(&lab, &vxlan(false));
@@ -450,9 +446,7 @@ fn vxlan_mesh_reaches_pods_and_reconciles_only_the_delta() {
 
 #[test]
 fn across_two_segments_host_gw_reports_and_direct_routing_tunnels() {
-    if !root_or_skip("across_two_segments_host_gw_reports_and_direct_routing_tunnels") {
-        return;
-    }
+    twill_testkit::require_root("across_two_segments_host_gw_reports_and_direct_routing_tunnels");
     // n1, n2 on 192.0.2.0/24; n3 on 198.51.100.0/24 behind a router that knows no pods.
     let lab = lab(&['a', 'a', 'b']);
     let (n1, n3) = (&lab.nodes[0], &lab.nodes[2]);

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use twill_api::resources::{Allocation, Block, HandOff};
 use twill_store::embedded::EmbeddedStore;
 use twill_store::Store;
-use twill_testkit::{root_or_skip, unique_name, TempDir, TestNetns};
+use twill_testkit::{unique_name, TempDir, TestNetns};
 
 const PODS: usize = 1000;
 const NODES: usize = 4;
@@ -241,9 +241,7 @@ fn cid(i: usize) -> String {
 
 #[test]
 fn a_thousand_pods_over_26_blocks_get_no_address_twice_cluster_wide() {
-    if !root_or_skip("a_thousand_pods_over_26_blocks_get_no_address_twice_cluster_wide") {
-        return;
-    }
+    twill_testkit::require_root("a_thousand_pods_over_26_blocks_get_no_address_twice_cluster_wide");
     let plugin = ensure_plugin();
     let t0 = Instant::now();
     let root = TempDir::new("ipam1k");

@@ -9,7 +9,7 @@ use twill_api::resources::{NetworkConfig, NodeStatus};
 use twill_netlink::Netns;
 use twill_store::embedded::EmbeddedStore;
 use twill_store::{Store, PREFIX};
-use twill_testkit::{root_or_skip, TempDir, TestNetns};
+use twill_testkit::{TempDir, TestNetns};
 use twilld::autodetect::{detect, Method};
 use twilld::netinfo;
 
@@ -35,9 +35,7 @@ fn host(ns: &TestNetns) {
 
 #[test]
 fn every_method_against_the_kernel() {
-    if !root_or_skip("every_method_against_the_kernel") {
-        return;
-    }
+    twill_testkit::require_root("every_method_against_the_kernel");
     let ns = TestNetns::new("autodet");
     host(&ns);
     let handle = Netns::open(ns.path()).unwrap();
@@ -101,9 +99,7 @@ fn every_method_against_the_kernel() {
 
 #[test]
 fn twilld_in_a_namespace_publishes_the_address_it_found() {
-    if !root_or_skip("twilld_in_a_namespace_publishes_the_address_it_found") {
-        return;
-    }
+    twill_testkit::require_root("twilld_in_a_namespace_publishes_the_address_it_found");
     let ns = TestNetns::new("agentip");
     host(&ns);
     let dir = TempDir::new("agentip");

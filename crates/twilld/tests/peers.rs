@@ -16,7 +16,7 @@ use twill_api::resources::{NetworkConfig, NodeStatus};
 use twill_netlink::{run_in, Netns};
 use twill_store::embedded::EmbeddedStore;
 use twill_store::{Store, PREFIX};
-use twill_testkit::{root_or_skip, TempDir, TestNetns};
+use twill_testkit::{TempDir, TestNetns};
 
 const LISTEN_PORT: u16 = 9099;
 
@@ -256,9 +256,7 @@ fn all_peers(json: &Value, state: &str) -> bool {
 
 #[test]
 fn every_peer_is_reachable_with_a_round_trip_time() {
-    if !root_or_skip("every_peer_is_reachable_with_a_round_trip_time") {
-        return;
-    }
+    twill_testkit::require_root("every_peer_is_reachable_with_a_round_trip_time");
     let started = Instant::now();
     let c = cluster("pra", 3, "host-gw", false);
     let (code, json) = c.wait_status("every peer Reachable", |code, j| {
@@ -311,9 +309,7 @@ fn every_peer_is_reachable_with_a_round_trip_time() {
 
 #[test]
 fn the_first_found_trap_is_flagged_then_fixed_by_a_node_resource() {
-    if !root_or_skip("the_first_found_trap_is_flagged_then_fixed_by_a_node_resource") {
-        return;
-    }
+    twill_testkit::require_root("the_first_found_trap_is_flagged_then_fixed_by_a_node_resource");
     let started = Instant::now();
     let c = cluster("prb", 3, "host-gw", true);
     let warning = "WARNING: n2 advertises 10.0.5.2 (first-found on eth1) but n1 and n3 cannot reach it: its autodetection probably picked the wrong interface; set ipAutodetection (e.g. interface=eth0 or can-reach=192.0.2.11) or apply a Node resource with spec.ipv4Address";
@@ -428,9 +424,9 @@ fn add_pod(c: &mut Cluster, i: usize) -> String {
 
 #[test]
 fn a_sigkilled_agent_restarts_under_an_iperf3_stream_and_changes_nothing() {
-    if !root_or_skip("a_sigkilled_agent_restarts_under_an_iperf3_stream_and_changes_nothing") {
-        return;
-    }
+    twill_testkit::require_root(
+        "a_sigkilled_agent_restarts_under_an_iperf3_stream_and_changes_nothing",
+    );
     let started = Instant::now();
     let mut c = cluster("prc", 2, "vxlan", false);
     c.wait_ready(0);
