@@ -6,12 +6,14 @@
 
 use std::net::Ipv4Addr;
 
+use ipnet::Ipv4Net;
 use twill_netlink::codec::{
     find_attr, MessageBuilder, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
 };
 
 use crate::ruleset::{
-    PortMapping, MAP_HOSTPORTS_ANY, MAP_HOSTPORTS_IP, SET_MASQ_PODS, SET_NETWORKS, TABLE,
+    network_key, NetworkRules, PortMapping, MAP_HOSTPORTS_ANY, MAP_HOSTPORTS_IP, SET_MASQ_PODS,
+    SET_NETWORK_BLOCKS, TABLE,
 };
 
 // nfnetlink framing (linux/netfilter/nfnetlink.h, nf_tables.h).
@@ -101,13 +103,27 @@ pub fn masq_pod_element(ip: Ipv4Addr) -> SetElement {
     }
 }
 
-/// `networks { gateway }`, the marker that a network's elements are installed.
-pub fn network_marker_element(gateway: Ipv4Addr) -> SetElement {
+/// `network_blocks { "network" . address . netmask }`, the marker that the network's
+/// elements for `block` are installed. An `ifname` is 16 bytes, zero-padded.
+pub fn network_marker_element(network: &str, block: Ipv4Net) -> SetElement {
+    let mut key = [0u8; 16].to_vec();
+    let name = network_key(network);
+    key[..name.len()].copy_from_slice(name.as_bytes());
+    push_addr(&mut key, block.network());
+    push_addr(&mut key, block.netmask());
     SetElement {
-        set: SET_NETWORKS,
-        key: gateway.octets().to_vec(),
+        set: SET_NETWORK_BLOCKS,
+        key,
         data: None,
     }
+}
+
+/// The markers of every block of `net`.
+pub fn network_markers(net: &NetworkRules) -> Vec<SetElement> {
+    net.subnets
+        .iter()
+        .map(|b| network_marker_element(&net.network, *b))
+        .collect()
 }
 
 /// The key of a mapping in its map: `hostIP . proto . port` or `proto . port`.
@@ -253,7 +269,14 @@ pub fn remove_pod_batch(ip: Ipv4Addr, mappings: &[PortMapping]) -> Vec<Vec<u8>> 
 
 /// A GETSETELEM request for one element (not a batch: lookups are not transactions).
 pub fn get_element_request(element: &SetElement) -> Vec<u8> {
-    setelem_message(ElementOp::Get, element.set, std::slice::from_ref(element))
+    get_elements_request(std::slice::from_ref(element))
+}
+
+/// A GETSETELEM request for several elements of one set: the kernel answers each, or
+/// ENOENT if any is absent.
+pub fn get_elements_request(elements: &[SetElement]) -> Vec<u8> {
+    let set = elements.first().map_or("", |e| e.set);
+    setelem_message(ElementOp::Get, set, elements)
 }
 
 /// The data of the first element in a NEWSETELEM reply's payload (a GETSETELEM answer,
@@ -294,7 +317,7 @@ mod tests {
     //   nft --debug=mnl add element ip twill hostports_any '{ udp . 5353 : 10.244.1.6 . 53 }'
     //   nft --debug=mnl add element ip twill masq_pods '{ 10.244.1.5 }'
     //   nft --debug=mnl delete element ip twill hostports_ip '{ 192.0.2.1 . tcp . 8080 }'
-    //   nft --debug=mnl get element ip twill networks '{ 10.244.1.1 }'
+    //   nft --debug=mnl get element ip twill network_blocks '{ "twltest" . 10.244.1.0 . 255.255.255.0 }'
     // nft also sends NFTA_SET_ELEM_LIST_SET_ID (type 4, for sets created in the same batch);
     // we look sets up by name only, so the tests cut that attribute out (`without_set_id`).
     // nft printed the types 2572 (NEWSETELEM), 2574 (DELSETELEM), 2573 (GETSETELEM).
@@ -350,10 +373,13 @@ mod tests {
     // and padding do not matter to the kernel).
     #[rustfmt::skip]
     const NFT_GET_NETWORK_MARKER_ELEMENTS: &[u8] = &[
-        20, 0, 3, 0x80,
-        16, 0, 1, 0x80,
-        12, 0, 1, 0x80,
-        8, 0, 1, 0, 0x0a, 0xf4, 0x01, 0x01,
+        40, 0, 3, 0x80,
+        36, 0, 1, 0x80,
+        32, 0, 1, 0x80,
+        28, 0, 1, 0,
+        b't', b'w', b'l', b't', b'e', b's', b't', 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0x0a, 0xf4, 0x01, 0x00,
+        0xff, 0xff, 0xff, 0x00,
     ];
 
     /// nft's bytes without the SET_ID attribute (8 bytes, type 4), nest lengths unchanged.
@@ -464,13 +490,42 @@ mod tests {
 
     #[test]
     fn get_marker_matches_nft() {
-        let m = get_element_request(&network_marker_element("10.244.1.1".parse().unwrap()));
+        let m = get_element_request(&network_marker_element(
+            "twltest",
+            "10.244.1.0/24".parse().unwrap(),
+        ));
         let mut expected = vec![2, 0, 0, 0];
         put_cstr(&mut expected, 1, "twill");
-        put_cstr(&mut expected, 2, "networks");
+        put_cstr(&mut expected, 2, "network_blocks");
         expected.extend_from_slice(NFT_GET_NETWORK_MARKER_ELEMENTS);
         assert_eq!(m[16..], expected[..]);
         assert_eq!(header(&m).1, 2573);
+    }
+
+    #[test]
+    fn markers_carry_the_network_key_and_the_block() {
+        let long = "a-network-with-a-long-name";
+        let m = network_marker_element(long, "10.244.9.70/26".parse().unwrap());
+        assert_eq!(m.set, "network_blocks");
+        assert_eq!(m.key.len(), 24);
+        let key = network_key(long);
+        assert_eq!(&m.key[..key.len()], key.as_bytes());
+        assert!(m.key[key.len()..16].iter().all(|b| *b == 0));
+        assert_eq!(m.key[16..], [10, 244, 9, 64, 255, 255, 255, 192]);
+        let net = NetworkRules {
+            network: "n".into(),
+            subnets: vec![
+                "10.244.1.0/24".parse().unwrap(),
+                "10.244.2.0/25".parse().unwrap(),
+            ],
+            cluster_cidrs: vec![],
+            masquerade: false,
+        };
+        let markers = network_markers(&net);
+        assert_eq!(markers.len(), 2);
+        let get = get_elements_request(&markers);
+        assert!(get.windows(24).any(|w| w == markers[0].key));
+        assert!(get.windows(24).any(|w| w == markers[1].key));
     }
 
     #[test]

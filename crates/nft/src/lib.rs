@@ -103,18 +103,29 @@ impl Table {
         Ok(Table { socket, netns: own })
     }
 
-    /// Whether the network with this gateway has its elements installed (its marker is in
-    /// `networks`). False also when the table or the set is missing.
-    pub fn network_ready(&mut self, gateway: Ipv4Addr) -> Result<bool, Error> {
-        self.element_data(&elements::network_marker_element(gateway))
-            .map(|d| d.is_some())
+    /// Whether the network's elements for every one of `net.subnets` are installed (each
+    /// block's marker is in `network_blocks`), in one lookup. False also when the table or
+    /// the set is missing, and when `net.subnets` is empty.
+    pub fn network_ready(&mut self, net: &NetworkRules) -> Result<bool, Error> {
+        let markers = elements::network_markers(net);
+        if markers.is_empty() {
+            return Ok(false);
+        }
+        match self
+            .socket
+            .request(elements::get_elements_request(&markers))
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
-    /// Installs the table and the network's elements unless its marker shows they are
-    /// there: the first pod of a network pays for one `nft -f`, later pods one netlink
-    /// lookup.
+    /// Installs the table and the network's elements unless its markers show they are
+    /// there: the first pod of a network (or of a block new to it) pays for one `nft -f`,
+    /// later pods one netlink lookup.
     pub fn ensure_network(&mut self, net: &NetworkRules) -> Result<(), Error> {
-        if self.network_ready(net.gateway)? {
+        if self.network_ready(net)? {
             return Ok(());
         }
         let script = ruleset::network_script(net);

@@ -20,8 +20,13 @@ pub const SET_MASQ_PODS: &str = "masq_pods";
 pub const SET_CLUSTER_CIDRS: &str = "cluster_cidrs";
 /// This node's pod subnets, for hairpin masquerade.
 pub const SET_LOCAL_SUBNETS: &str = "local_subnets";
-/// Marker: the gateway address of each network whose elements are installed.
-pub const SET_NETWORKS: &str = "networks";
+/// Marker: `network . block address . block netmask` for each block of each network whose
+/// elements are installed. Keyed by the network (its [`network_key`]) and the block, not by
+/// a gateway address: in `l3` wiring every network's gateway is 169.254.1.1, and a network
+/// gains blocks over time (twilld hands over another when few addresses are left).
+/// (Before issue 7 this was `networks { gateway }`; a table made then keeps that set,
+/// unused.)
+pub const SET_NETWORK_BLOCKS: &str = "network_blocks";
 /// `hostIP . proto . hostPort : podIP . podPort`, mappings bound to one host address.
 pub const MAP_HOSTPORTS_IP: &str = "hostports_ip";
 /// `proto . hostPort : podIP . podPort`, mappings on every local address.
@@ -104,15 +109,42 @@ impl fmt::Display for PortMapping {
 /// What one pod network needs in the table besides per-pod elements.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkRules {
-    /// The bridge's address; also the network's marker element in `networks`.
-    pub gateway: Ipv4Addr,
-    /// This node's pod subnet on the network.
-    pub subnet: Ipv4Net,
+    /// The CNI network's name (`name` in its config): with each block, the key of the
+    /// markers in `network_blocks`.
+    pub network: String,
+    /// This node's pod blocks on the network that must be in `local_subnets` (at least
+    /// one; each gets its own marker, so a block handed over later is installed by the
+    /// first pod that gets an address in it).
+    pub subnets: Vec<Ipv4Net>,
     /// Destinations pods reach without NAT (the cluster's pod CIDRs).
     pub cluster_cidrs: Vec<Ipv4Net>,
     /// Whether the network masquerades its pods' outgoing traffic (`ipMasq`); the per-pod
     /// `masq_pods` element is what applies it, this only documents the intent.
     pub masquerade: bool,
+}
+
+/// Longest network key: an nft `ifname` holds 15 bytes and a NUL.
+pub const NETWORK_KEY_MAX: usize = 15;
+
+/// The string that stands for `network` in `network_blocks` (an nft `ifname`, 15 bytes at
+/// most): the name itself when it fits, which covers the usual names and keeps
+/// `nft list set ip twill network_blocks` readable; otherwise its first 6 bytes, `~` and
+/// 8 hex digits of a hash of the whole name. `~` cannot occur in a CNI network name
+/// (`[a-zA-Z0-9_.-]`), so a shortened key never equals a real name; two long names share
+/// a key only if their first 6 bytes and their 32-bit hashes agree.
+pub fn network_key(network: &str) -> String {
+    if network.len() <= NETWORK_KEY_MAX {
+        return network.to_string();
+    }
+    // FNV-1a, 32 bit: stable across builds and platforms, unlike std's hasher.
+    let mut h: u32 = 0x811c9dc5;
+    for b in network.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x01000193);
+    }
+    // CNI names are ASCII, so byte 6 is a char boundary; fall back to a char count.
+    let head: String = network.chars().take(6).collect();
+    format!("{head}~{h:08x}")
 }
 
 /// The table, its sets, maps and chains, and exactly one copy of each rule.
@@ -142,7 +174,9 @@ pub fn base_script() -> String {
     line(format!(
         "add set {t} {SET_LOCAL_SUBNETS} {{ type ipv4_addr; flags interval; auto-merge; }}"
     ));
-    line(format!("add set {t} {SET_NETWORKS} {{ type ipv4_addr; }}"));
+    line(format!(
+        "add set {t} {SET_NETWORK_BLOCKS} {{ type ifname . ipv4_addr . ipv4_addr; }}"
+    ));
     line(format!(
         "add map {t} {MAP_HOSTPORTS_IP} {{ type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }}"
     ));
@@ -203,8 +237,8 @@ pub fn chain_rules() -> [(&'static str, Vec<String>); 4] {
     ]
 }
 
-/// `base_script` plus one network's interval elements and its marker element, in one
-/// transaction: a reader that sees the marker sees the rest.
+/// `base_script` plus one network's interval elements and a marker per block, in one
+/// transaction: a reader that sees a block's marker sees the rest.
 pub fn network_script(net: &NetworkRules) -> String {
     let t = format!("{FAMILY} {TABLE}");
     let mut s = base_script();
@@ -220,12 +254,25 @@ pub fn network_script(net: &NetworkRules) -> String {
             cidrs.join(", ")
         );
     }
-    let _ = writeln!(
-        s,
-        "add element {t} {SET_LOCAL_SUBNETS} {{ {} }}",
-        net.subnet.trunc()
-    );
-    let _ = writeln!(s, "add element {t} {SET_NETWORKS} {{ {} }}", net.gateway);
+    if !net.subnets.is_empty() {
+        let blocks: Vec<String> = net.subnets.iter().map(|b| b.trunc().to_string()).collect();
+        let _ = writeln!(
+            s,
+            "add element {t} {SET_LOCAL_SUBNETS} {{ {} }}",
+            blocks.join(", ")
+        );
+        let key = network_key(&net.network);
+        let markers: Vec<String> = net
+            .subnets
+            .iter()
+            .map(|b| format!("\"{key}\" . {} . {}", b.network(), b.netmask()))
+            .collect();
+        let _ = writeln!(
+            s,
+            "add element {t} {SET_NETWORK_BLOCKS} {{ {} }}",
+            markers.join(", ")
+        );
+    }
     s
 }
 
@@ -243,7 +290,7 @@ add table ip twill
 add set ip twill masq_pods { type ipv4_addr; }
 add set ip twill cluster_cidrs { type ipv4_addr; flags interval; auto-merge; }
 add set ip twill local_subnets { type ipv4_addr; flags interval; auto-merge; }
-add set ip twill networks { type ipv4_addr; }
+add set ip twill network_blocks { type ifname . ipv4_addr . ipv4_addr; }
 add map ip twill hostports_ip { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }
 add map ip twill hostports_any { type inet_proto . inet_service : ipv4_addr . inet_service; }
 add chain ip twill prerouting { type nat hook prerouting priority dstnat; policy accept; }
@@ -269,11 +316,14 @@ add rule ip twill postrouting ip saddr @masq_pods ip daddr != @cluster_cidrs mas
     }
 
     #[test]
-    fn network_script_adds_intervals_and_marker() {
+    fn network_script_adds_intervals_and_a_marker_per_block() {
         let net = NetworkRules {
-            gateway: "10.244.1.1".parse().unwrap(),
+            network: "twltest".into(),
             // Host bits are dropped: nft rejects a prefix with host bits set.
-            subnet: "10.244.1.1/24".parse().unwrap(),
+            subnets: vec![
+                "10.244.1.1/24".parse().unwrap(),
+                "10.244.9.64/26".parse().unwrap(),
+            ],
             cluster_cidrs: vec![
                 "10.244.0.0/16".parse().unwrap(),
                 "10.96.0.0/12".parse().unwrap(),
@@ -283,8 +333,8 @@ add rule ip twill postrouting ip saddr @masq_pods ip daddr != @cluster_cidrs mas
         let expected = format!(
             "{BASE}\
 add element ip twill cluster_cidrs {{ 10.244.0.0/16, 10.96.0.0/12 }}
-add element ip twill local_subnets {{ 10.244.1.0/24 }}
-add element ip twill networks {{ 10.244.1.1 }}
+add element ip twill local_subnets {{ 10.244.1.0/24, 10.244.9.64/26 }}
+add element ip twill network_blocks {{ \"twltest\" . 10.244.1.0 . 255.255.255.0, \"twltest\" . 10.244.9.64 . 255.255.255.192 }}
 "
         );
         assert_eq!(network_script(&net), expected);
@@ -293,16 +343,30 @@ add element ip twill networks {{ 10.244.1.1 }}
     #[test]
     fn network_script_without_cluster_cidrs_skips_the_empty_element_list() {
         let net = NetworkRules {
-            gateway: "10.244.2.1".parse().unwrap(),
-            subnet: "10.244.2.0/24".parse().unwrap(),
+            network: "k8s-pod-network".into(),
+            subnets: vec!["10.244.2.0/24".parse().unwrap()],
             cluster_cidrs: vec![],
             masquerade: false,
         };
         let s = network_script(&net);
         assert!(!s.contains("cluster_cidrs {  }"));
         assert!(s.ends_with(
-            "add element ip twill local_subnets { 10.244.2.0/24 }\nadd element ip twill networks { 10.244.2.1 }\n"
+            "add element ip twill local_subnets { 10.244.2.0/24 }\nadd element ip twill network_blocks { \"k8s-pod-network\" . 10.244.2.0 . 255.255.255.0 }\n"
         ));
+    }
+
+    #[test]
+    fn network_keys_fit_an_ifname_and_never_equal_a_real_name() {
+        assert_eq!(network_key("twltest"), "twltest");
+        assert_eq!(network_key("k8s-pod-network"), "k8s-pod-network");
+        let long = "a-network-with-a-long-name";
+        let key = network_key(long);
+        assert_eq!(key.len(), NETWORK_KEY_MAX, "{key}");
+        assert!(key.starts_with("a-netw~"), "{key}");
+        assert_eq!(key, network_key(long), "stable");
+        // Same first bytes, other name: another key.
+        assert_ne!(key, network_key("a-network-with-a-long-name2"));
+        assert_ne!(network_key(&"x".repeat(16)), network_key(&"x".repeat(17)));
     }
 
     #[test]

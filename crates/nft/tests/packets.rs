@@ -118,8 +118,8 @@ fn host_ports_hairpin_and_masquerade_with_real_packets() {
     let mut table = Table::new_in(&Netns::open(t.node.path()).unwrap()).unwrap();
     table
         .ensure_network(&NetworkRules {
-            gateway: "10.244.1.1".parse().unwrap(),
-            subnet: "10.244.1.0/24".parse().unwrap(),
+            network: "twlpackets".into(),
+            subnets: vec!["10.244.1.0/24".parse().unwrap()],
             cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
             masquerade: true,
         })

@@ -13,8 +13,8 @@ use twill_testkit::TestNetns;
 
 fn network() -> NetworkRules {
     NetworkRules {
-        gateway: "10.244.1.1".parse().unwrap(),
-        subnet: "10.244.1.0/24".parse().unwrap(),
+        network: "twltest".into(),
+        subnets: vec!["10.244.1.0/24".parse().unwrap()],
         cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
         masquerade: true,
     }
@@ -79,29 +79,62 @@ fn a_rejected_script_changes_nothing_and_reports_nft_stderr() {
     assert!(!listed, "table must not exist after a failed script");
 }
 
+/// The markers in `network_blocks`, as nft prints them back: (key, address, netmask).
+fn markers(ns: &TestNetns) -> Vec<(String, String, String)> {
+    let out = ns.exec(&["nft", "-j", "list", "set", "ip", "twill", "network_blocks"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut found: Vec<_> = v["nftables"][1]["set"]["elem"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|e| {
+            let c = &e["concat"];
+            (
+                c[0].as_str().unwrap().to_string(),
+                c[1].as_str().unwrap().to_string(),
+                c[2].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// Whether `ip` is in the interval set `set` (auto-merge may join adjacent blocks into one
+/// range, so ask for addresses rather than compare elements).
+fn in_set(ns: &TestNetns, set: &str, ip: &str) -> bool {
+    ns.try_exec(&[
+        "nft",
+        "get",
+        "element",
+        "ip",
+        "twill",
+        set,
+        &format!("{{ {ip} }}"),
+    ])
+    .0
+}
+
 #[test]
 fn ensure_network_installs_once_and_marks_the_network() {
     twill_testkit::require_root("ensure_network_installs_once_and_marks_the_network");
     let ns = TestNetns::new("nftnet");
     let mut table = table_in(&ns);
-    assert!(
-        !table.network_ready("10.244.1.1".parse().unwrap()).unwrap(),
-        "no table yet"
-    );
+    assert!(!table.network_ready(&network()).unwrap(), "no table yet");
     table.ensure_network(&network()).unwrap();
-    assert!(table.network_ready("10.244.1.1".parse().unwrap()).unwrap());
-    assert!(!table.network_ready("10.244.2.1".parse().unwrap()).unwrap());
+    assert!(table.network_ready(&network()).unwrap());
     table.ensure_network(&network()).unwrap();
     // A second network on the node: its subnet joins, the shared cluster CIDR merges.
     let second = NetworkRules {
-        gateway: "10.244.2.1".parse().unwrap(),
-        subnet: "10.244.2.0/24".parse().unwrap(),
+        network: "twlother".into(),
+        subnets: vec!["10.244.2.0/24".parse().unwrap()],
         ..network()
     };
+    assert!(!table.network_ready(&second).unwrap());
     table.ensure_network(&second).unwrap();
-    assert!(table.network_ready("10.244.2.1".parse().unwrap()).unwrap());
+    assert!(table.network_ready(&second).unwrap());
     assert_one_copy_of_each_rule(&ns);
-    // auto-merge may join adjacent subnets into one range: ask for addresses instead.
     for (set, inside, outside) in [
         ("local_subnets", ["10.244.1.7", "10.244.2.7"], "10.244.3.7"),
         (
@@ -111,28 +144,90 @@ fn ensure_network_installs_once_and_marks_the_network() {
         ),
     ] {
         for ip in inside {
-            let (ok, _, err) = ns.try_exec(&[
-                "nft",
-                "get",
-                "element",
-                "ip",
-                "twill",
-                set,
-                &format!("{{ {ip} }}"),
-            ]);
-            assert!(ok, "{ip} should be in {set}: {err}");
+            assert!(in_set(&ns, set, ip), "{ip} should be in {set}");
         }
-        let (ok, _, _) = ns.try_exec(&[
-            "nft",
-            "get",
-            "element",
-            "ip",
-            "twill",
-            set,
-            &format!("{{ {outside} }}"),
-        ]);
-        assert!(!ok, "{outside} should not be in {set}");
+        assert!(
+            !in_set(&ns, set, outside),
+            "{outside} should not be in {set}"
+        );
     }
+    assert_eq!(
+        markers(&ns),
+        [
+            (
+                "twlother".into(),
+                "10.244.2.0".into(),
+                "255.255.255.0".into()
+            ),
+            (
+                "twltest".into(),
+                "10.244.1.0".into(),
+                "255.255.255.0".into()
+            ),
+        ]
+    );
+}
+
+/// In `l3` wiring every network's gateway is 169.254.1.1, and twilld hands a network more
+/// blocks over time: the markers are per network and block, so each block is installed.
+#[test]
+fn networks_and_blocks_are_marked_apart_whatever_their_gateway() {
+    if !root_or_skip("networks_and_blocks_are_marked_apart_whatever_their_gateway") {
+        return;
+    }
+    let ns = TestNetns::new("nftblk");
+    let mut table = table_in(&ns);
+    let first = NetworkRules {
+        network: "twlfirst".into(),
+        subnets: vec!["10.244.5.0/26".parse().unwrap()],
+        ..network()
+    };
+    table.ensure_network(&first).unwrap();
+    // A block handed over later to the same network: not ready until installed.
+    let grown = NetworkRules {
+        subnets: vec!["10.244.7.64/26".parse().unwrap()],
+        ..first.clone()
+    };
+    assert!(!table.network_ready(&grown).unwrap());
+    let both = NetworkRules {
+        subnets: vec![first.subnets[0], grown.subnets[0]],
+        ..first.clone()
+    };
+    assert!(
+        !table.network_ready(&both).unwrap(),
+        "one of two blocks is missing"
+    );
+    table.ensure_network(&grown).unwrap();
+    assert!(table.network_ready(&both).unwrap());
+    // Another network with the same block is its own marker.
+    let long = NetworkRules {
+        network: "twl-a-network-with-a-name-longer-than-an-ifname".into(),
+        ..first.clone()
+    };
+    assert!(!table.network_ready(&long).unwrap());
+    table.ensure_network(&long).unwrap();
+    assert!(table.network_ready(&long).unwrap());
+    for ip in ["10.244.5.1", "10.244.7.100"] {
+        assert!(in_set(&ns, "local_subnets", ip), "{ip} in local_subnets");
+    }
+    assert!(!in_set(&ns, "local_subnets", "10.244.7.1"));
+    let key = twill_nft::ruleset::network_key(&long.network);
+    assert_eq!(
+        markers(&ns),
+        [
+            (key, "10.244.5.0".into(), "255.255.255.192".into()),
+            (
+                "twlfirst".into(),
+                "10.244.5.0".into(),
+                "255.255.255.192".into()
+            ),
+            (
+                "twlfirst".into(),
+                "10.244.7.64".into(),
+                "255.255.255.192".into()
+            ),
+        ]
+    );
 }
 
 #[test]

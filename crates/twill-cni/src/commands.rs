@@ -343,8 +343,8 @@ fn add_allocated(
         let mut table = twill_nft::Table::new().map_err(|e| nft_error("opening nftables", e))?;
         table
             .ensure_network(&twill_nft::NetworkRules {
-                gateway,
-                subnet,
+                network: conf.name.clone(),
+                subnets: vec![subnet],
                 cluster_cidrs: conf.cluster_cidrs.clone(),
                 masquerade: conf.ip_masq,
             })
