@@ -172,9 +172,7 @@ fn ensure_network_installs_once_and_marks_the_network() {
 /// blocks over time: the markers are per network and block, so each block is installed.
 #[test]
 fn networks_and_blocks_are_marked_apart_whatever_their_gateway() {
-    if !root_or_skip("networks_and_blocks_are_marked_apart_whatever_their_gateway") {
-        return;
-    }
+    twill_testkit::require_root("networks_and_blocks_are_marked_apart_whatever_their_gateway");
     let ns = TestNetns::new("nftblk");
     let mut table = table_in(&ns);
     let first = NetworkRules {
