@@ -49,6 +49,25 @@ fn bench(extra: &[&str]) -> Value {
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
+/// One latency summary: n samples, ordered statistics, all positive.
+fn check_stats(what: &str, s: &Value, n: u64) {
+    assert_eq!(s["n"], n, "{what}: {s}");
+    let f = |k: &str| s[k].as_f64().unwrap();
+    let ordered = [f("min"), f("p50"), f("p90"), f("p99"), f("max")];
+    assert!(
+        ordered[0] > 0.0 && ordered.windows(2).all(|w| w[0] <= w[1]),
+        "{what}: min <= p50 <= p90 <= p99 <= max fails: {s}"
+    );
+    assert!(
+        f("min") <= f("mean") && f("mean") <= f("max"),
+        "{what}: {s}"
+    );
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * b.abs().max(1.0)
+}
+
 fn check_figures(j: &Value, mappings: bool) {
     assert_eq!(j["config"]["mappings"], mappings);
     for plugin in ["twill", "ref"] {
@@ -62,19 +81,57 @@ fn check_figures(j: &Value, mappings: bool) {
             ("fill/del", 20),
         ] {
             let (scenario, op) = path.split_once('/').unwrap();
-            let s = &p[scenario][op];
-            assert_eq!(s["n"], n, "{plugin} {path}: {s}");
-            let p50 = s["p50"].as_f64().unwrap();
+            check_stats(&format!("{plugin} {path}"), &p[scenario][op], n);
+        }
+        // The wall time of the concurrent calls covers the slowest of them.
+        for op in ["add", "del"] {
+            let wall = p["concurrent"][format!("{op}WallMs")].as_f64().unwrap();
+            let max = p["concurrent"][op]["max"].as_f64().unwrap();
             assert!(
-                p50 > 0.0 && p50 <= s["p99"].as_f64().unwrap(),
-                "{plugin} {path}: {s}"
+                wall >= max,
+                "{plugin} concurrent {op}: wall {wall} < slowest {max}"
             );
         }
-        assert!(p["concurrent"]["addWallMs"].as_f64().unwrap() > 0.0);
         assert_eq!(p["fill"]["buckets"][0]["to"], 20, "{plugin}: {}", p["fill"]);
     }
-    assert!(j["ratio"]["sequentialAddP50"].as_f64().unwrap() > 0.0);
-    assert_eq!(j["goals"].as_array().unwrap().len(), 4);
+    // Each ratio is twill's figure over the reference's, from the same run.
+    let fig = |plugin: &str, path: &[&str]| {
+        path.iter()
+            .fold(&j[plugin], |v, k| &v[*k])
+            .as_f64()
+            .unwrap_or_else(|| panic!("{plugin} {path:?} missing"))
+    };
+    let ratios: [(&str, &[&str]); 6] = [
+        ("sequentialAddP50", &["sequential", "add", "p50"]),
+        ("sequentialDelP50", &["sequential", "del", "p50"]),
+        ("concurrentAddP50", &["concurrent", "add", "p50"]),
+        ("concurrentAddWall", &["concurrent", "addWallMs"]),
+        ("fillAddP50", &["fill", "add", "p50"]),
+        ("fillAddP99", &["fill", "add", "p99"]),
+    ];
+    for (name, path) in ratios {
+        let r = j["ratio"][name].as_f64().unwrap();
+        let want = fig("twill", path) / fig("ref", path);
+        assert!(close(r, want), "ratio {name} is {r}, twill/ref is {want}");
+    }
+    // Each goal is judged on its value against its limit.
+    let goals = j["goals"].as_array().unwrap();
+    assert_eq!(goals.len(), 4);
+    for g in goals {
+        let (value, limit) = (g["value"].as_f64().unwrap(), g["limit"].as_f64().unwrap());
+        assert!(value > 0.0, "{g}");
+        assert_eq!(g["met"], value <= limit, "{g}");
+    }
+    for (i, name) in ["sequentialAddP50", "sequentialDelP50"].iter().enumerate() {
+        assert!(
+            close(
+                goals[i]["value"].as_f64().unwrap(),
+                j["ratio"][*name].as_f64().unwrap()
+            ),
+            "goal {i} is not ratio {name}: {}",
+            goals[i]
+        );
+    }
 }
 
 #[test]

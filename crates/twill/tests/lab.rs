@@ -471,30 +471,62 @@ fn lab_on_etcd_runs_a_member_and_the_agents_use_it() {
     drop(guard);
 }
 
-/// Kill -9 a node's agent and restart it: the node keeps its blocks, and its pods answer
-/// pings from the node all along (nothing on the packet path waits for the agent).
+/// Kill -9 a node's agent and restart it: the node keeps its blocks, and pods on the other
+/// node answer pings from its pods all along: the pings cross both nodes' routes to each
+/// other (the VXLAN device, its routes, neighbour and FDB entries on n1), so a restart that
+/// flushed or broke n1's cross-node routing loses them. Nothing on the packet path waits
+/// for the agent.
 #[test]
 fn an_agent_restart_keeps_blocks_and_connectivity() {
     twill_testkit::require_root("an_agent_restart_keeps_blocks_and_connectivity");
     ensure_binaries();
     let name = lab_name('r');
     let guard = LabGuard(name.clone());
-    let up = twill(&["lab", "up", "--name", &name, "--pods-per-node", "2"]);
+    let up = twill(&[
+        "lab",
+        "up",
+        "--name",
+        &name,
+        "--nodes",
+        "2",
+        "--pods-per-node",
+        "2",
+        "--backend",
+        "vxlan",
+    ]);
     assert!(up.status.success(), "up failed:\n{}", text(&up));
     let before = status_json(&name);
     let blocks_before = blocks_of(&before);
     let handoff = format!("/run/{name}/n1/node.json");
     let handoff_before = std::fs::read_to_string(&handoff).unwrap();
     let pid = agent_pids(&before)[0];
-    let pod_ip = before["nodes"][0]["pods"][1]["address"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    assert_eq!(before["nodes"][0]["name"], "n1", "{before:#}");
+    let addr = |node: usize, pod: usize| {
+        before["nodes"][node]["pods"][pod]["address"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (n1_pod, n2_pod) = (addr(0, 1), addr(1, 0));
+    // The pings leave n1: n2's block is not n1's.
+    let n1_blocks = &blocks_before[0].1;
+    assert!(
+        !n1_blocks.iter().any(|b| in_block(&n2_pod, b)),
+        "{n2_pod} is in n1's blocks {n1_blocks:?}"
+    );
 
-    // 30 pings, 0.2 s apart: before, during and after the restart.
+    // 30 pings, 0.2 s apart, n1-p2 -> n2-p1: before, during and after n1's restart.
     let ping = Command::new("ip")
-        .args(["netns", "exec", &format!("{name}-n1")])
-        .args(["ping", "-c", "30", "-i", "0.2", "-W", "1", &pod_ip])
+        .args(["netns", "exec", &format!("{name}-n1-p2")])
+        .args(["ping", "-c", "30", "-i", "0.2", "-W", "1", &n2_pod])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // And the other way, n2-p1 -> n1-p2, into n1's block through n1's tunnel end.
+    let back = Command::new("ip")
+        .args(["netns", "exec", &format!("{name}-n2-p1")])
+        .args(["ping", "-c", "30", "-i", "0.2", "-W", "1", &n1_pod])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -506,10 +538,16 @@ fn an_agent_restart_keeps_blocks_and_connectivity() {
     let restart = twill(&["lab", "restart-agent", "--name", &name, "n1"]);
     assert!(restart.status.success(), "{}", text(&restart));
     eprintln!("restart-agent until ready: {:?}", restart_started.elapsed());
+    let back = back.wait_with_output().unwrap();
+    assert!(
+        back.status.success() && String::from_utf8_lossy(&back.stdout).contains(" 0% packet loss"),
+        "pings n2-p1 -> n1-p2 lost during the restart:\n{}",
+        text(&back)
+    );
     let ping = ping.wait_with_output().unwrap();
     assert!(
         ping.status.success() && String::from_utf8_lossy(&ping.stdout).contains(" 0% packet loss"),
-        "pings lost during the restart:\n{}",
+        "pings n1-p2 -> n2-p1 lost during the restart:\n{}",
         text(&ping)
     );
 
