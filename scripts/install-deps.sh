@@ -2,7 +2,8 @@
 # Installs every Debian package Twill's lab, tests and benchmarks use. Idempotent; needs root.
 set -euo pipefail
 PKGS=(iproute2 nftables iputils-ping iperf3 tcpdump ethtool containernetworking-plugins
-      podman runc busybox-static graphviz etcd-server etcd-client openssl)
+      podman runc busybox-static graphviz etcd-server etcd-client openssl
+      strace)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

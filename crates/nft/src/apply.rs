@@ -11,13 +11,19 @@ use crate::Error;
 /// Runs `nft -f -` with `script` on stdin: every command in it commits together or none
 /// does. The error carries nft's stderr (which quotes the failing line).
 pub fn apply_script(script: &str) -> Result<(), Error> {
-    run_nft("nft", script)
+    run_nft("nft", &["-f", "-"], script)
 }
 
-/// `apply_script` with the program named, so a test can name one that does not exist.
-fn run_nft(program: &str, script: &str) -> Result<(), Error> {
+/// `nft --check -f -`: the kernel validates the whole transaction (set elements included)
+/// and nothing is committed.
+pub fn check_script(script: &str) -> Result<(), Error> {
+    run_nft("nft", &["--check", "-f", "-"], script)
+}
+
+/// Runs `program args` with `script` on stdin; a test can name a program that does not exist.
+fn run_nft(program: &str, args: &[&str], script: &str) -> Result<(), Error> {
     let mut child = match Command::new(program)
-        .args(["-f", "-"])
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -49,7 +55,7 @@ mod tests {
 
     #[test]
     fn a_missing_nft_says_to_install_nftables() {
-        let err = run_nft("twl-no-such-nft", "list ruleset\n").unwrap_err();
+        let err = run_nft("twl-no-such-nft", &["-f", "-"], "list ruleset\n").unwrap_err();
         assert!(matches!(err, Error::NftMissing), "{err:?}");
         assert!(err.to_string().contains("install nftables"), "{err}");
     }

@@ -16,7 +16,7 @@ use std::net::Ipv4Addr;
 
 use twill_netlink::{Netns, Socket};
 
-pub use apply::apply_script;
+pub use apply::{apply_script, check_script};
 pub use ruleset::{base_script, network_script, NetworkRules, PortMapping, Protocol};
 
 /// Every failure of this crate.
@@ -43,6 +43,17 @@ pub enum Error {
     #[error("host port {} is listed twice in the pod's port mappings: remove the duplicate", taken_port(.0))]
     DuplicateMapping(PortMapping),
 
+    /// An interval set rejects even a transaction that only adds elements to it, so no
+    /// retry can help: its contents are inconsistent (left so, for instance, by writers
+    /// that merged intervals at the same moment without a lock).
+    #[error("Twill's nftables set {set} (table ip twill) is inconsistent: it rejects network {network}'s elements, and retrying will not help (nft: {nft})")]
+    SetBroken {
+        set: &'static str,
+        network: String,
+        /// What nft said when the network's script failed.
+        nft: String,
+    },
+
     /// The table or one of its sets is missing (ENOENT from the kernel).
     #[error("Twill's nftables table (table ip twill) or its sets are missing in this network namespace: run Table::ensure_network (twilld does at start) before adding pods ({0})")]
     TableMissing(twill_netlink::Error),
@@ -51,10 +62,60 @@ pub enum Error {
     Netlink(#[from] twill_netlink::Error),
 }
 
+impl Error {
+    /// How to repair what this error reports, for errors that a retry cannot cure.
+    pub fn repair(&self) -> Option<String> {
+        match self {
+            Error::SetBroken { set, .. } => Some(format!(
+                "reset the set, in this network namespace, with `{}`: every network's next ADD then reinstalls its elements (until then pods of other networks on this node may be masqueraded towards other pods, or lose hairpin)",
+                ruleset::reset_set_command(set)
+            )),
+            _ => None,
+        }
+    }
+}
+
 fn taken_port(m: &PortMapping) -> String {
     match m.host_ip {
         Some(ip) => format!("{ip}:{}/{}", m.host_port, m.protocol),
         None => format!("{}/{} (all addresses)", m.host_port, m.protocol),
+    }
+}
+
+/// An exclusive `flock` on a network namespace's nsfs inode, held while a process sets up
+/// a network in Twill's table there. The table belongs to the namespace, so the lock does
+/// too: it needs no lock file or directory, every opener of the namespace (`/run/netns/X`,
+/// `/proc/PID/ns/net`) meets the same lock, namespaces do not wait for each other, and
+/// the kernel drops it if the holder dies. Released on drop.
+pub struct NetnsLock {
+    /// Closing it releases the lock.
+    _file: std::fs::File,
+}
+
+impl NetnsLock {
+    /// Waits for the lock of `ns`. Its own open file description, so two tables in one
+    /// process exclude each other as two processes do.
+    pub fn take(ns: &Netns) -> Result<NetnsLock, Error> {
+        use std::os::fd::AsRawFd;
+        let path = format!("/proc/self/fd/{}", ns.fd().as_raw_fd());
+        let file = std::fs::File::open(&path).map_err(|source| twill_netlink::Error::Io {
+            op: format!("reopen the network namespace {}", ns.path().display()),
+            source,
+        })?;
+        loop {
+            // SAFETY: flock on a descriptor we own; no memory is passed.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                return Ok(NetnsLock { _file: file });
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(twill_netlink::Error::Io {
+                    op: format!("lock the network namespace {}", ns.path().display()),
+                    source: e,
+                }
+                .into());
+            }
+        }
     }
 }
 
@@ -124,12 +185,47 @@ impl Table {
     /// Installs the table and the network's elements unless its markers show they are
     /// there: the first pod of a network (or of a block new to it) pays for one `nft -f`,
     /// later pods one netlink lookup.
+    ///
+    /// Race-free across processes: the check and the `nft -f` run under an exclusive
+    /// `flock` on the namespace itself (see [`NetnsLock`]). Without it, two first ADDs
+    /// could each read `local_subnets` and `cluster_cidrs` before the other's commit; nft
+    /// merges intervals (auto-merge) in user space from what it read, so the later commit
+    /// leaves the set unmerged, and nft then fails every later add of a neighbouring block.
+    /// A set found in that state (by an older writer) is reported as [`Error::SetBroken`].
     pub fn ensure_network(&mut self, net: &NetworkRules) -> Result<(), Error> {
         if self.network_ready(net)? {
             return Ok(());
         }
+        let _lock = NetnsLock::take(&self.netns)?;
+        // Another process may have installed it while we waited.
+        if self.network_ready(net)? {
+            return Ok(());
+        }
         let script = ruleset::network_script(net);
-        twill_netlink::run_in(&self.netns, || apply_script(&script))?
+        match twill_netlink::run_in(&self.netns, || apply_script(&script))? {
+            Err(Error::NftFailed { status, stderr }) => Err(self
+                .diagnose(net)
+                .unwrap_or(Error::NftFailed { status, stderr })),
+            other => other,
+        }
+    }
+
+    /// After the network's script failed under the lock: the interval set that rejects
+    /// the network's elements on its own (checked with `nft --check`, which commits
+    /// nothing), if there is one.
+    fn diagnose(&self, net: &NetworkRules) -> Option<Error> {
+        for (set, script) in ruleset::interval_checks(net) {
+            if let Ok(Err(Error::NftFailed { stderr, .. })) =
+                twill_netlink::run_in(&self.netns, || check_script(&script))
+            {
+                return Some(Error::SetBroken {
+                    set,
+                    network: net.network.clone(),
+                    nft: stderr,
+                });
+            }
+        }
+        None
     }
 
     /// Adds a pod in one transaction: its `masq_pods` element when `masquerade`, and its

@@ -175,7 +175,7 @@ pub fn base_script() -> String {
         "add set {t} {SET_LOCAL_SUBNETS} {{ type ipv4_addr; flags interval; auto-merge; }}"
     ));
     line(format!(
-        "add set {t} {SET_NETWORK_BLOCKS} {{ type ifname . ipv4_addr . ipv4_addr; }}"
+        "add set {t} {SET_NETWORK_BLOCKS} {{ {MARKER_TYPE}; }}"
     ));
     line(format!(
         "add map {t} {MAP_HOSTPORTS_IP} {{ type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }}"
@@ -276,6 +276,41 @@ pub fn network_script(net: &NetworkRules) -> String {
     s
 }
 
+/// For each interval set a network adds to, a script that adds only that: the table and
+/// sets (`base_script`, idempotent) and the network's elements of that one set. Run with
+/// `nft --check`, one that fails names the set that is broken.
+pub fn interval_checks(net: &NetworkRules) -> Vec<(&'static str, String)> {
+    let t = format!("{FAMILY} {TABLE}");
+    let mut checks = Vec::new();
+    for (set, items) in [
+        (SET_CLUSTER_CIDRS, &net.cluster_cidrs),
+        (SET_LOCAL_SUBNETS, &net.subnets),
+    ] {
+        if items.is_empty() {
+            continue;
+        }
+        let list: Vec<String> = items.iter().map(|c| c.trunc().to_string()).collect();
+        let mut s = base_script();
+        let _ = writeln!(s, "add element {t} {set} {{ {} }}", list.join(", "));
+        checks.push((set, s));
+    }
+    checks
+}
+
+/// The command that resets interval set `set`: it and every network's markers are
+/// emptied in one transaction, so each network's next ADD reinstalls its elements. The
+/// marker set is added first (a no-op if present), so the command also works on a table
+/// that does not have it yet.
+pub fn reset_set_command(set: &str) -> String {
+    let t = format!("{FAMILY} {TABLE}");
+    format!(
+        "nft 'add set {t} {SET_NETWORK_BLOCKS} {{ {MARKER_TYPE}; }}; flush set {t} {set}; flush set {t} {SET_NETWORK_BLOCKS}'"
+    )
+}
+
+/// The type of `network_blocks`.
+const MARKER_TYPE: &str = "type ifname . ipv4_addr . ipv4_addr";
+
 /// Script that removes the whole table (for tests and teardown); fails if it is absent.
 pub fn delete_table_script() -> String {
     format!("delete table {FAMILY} {TABLE}\n")
@@ -367,6 +402,36 @@ add element ip twill network_blocks {{ \"twltest\" . 10.244.1.0 . 255.255.255.0,
         // Same first bytes, other name: another key.
         assert_ne!(key, network_key("a-network-with-a-long-name2"));
         assert_ne!(network_key(&"x".repeat(16)), network_key(&"x".repeat(17)));
+    }
+
+    #[test]
+    fn interval_checks_add_one_set_each_and_the_reset_empties_the_markers_too() {
+        let net = NetworkRules {
+            network: "twltest".into(),
+            subnets: vec!["10.244.1.0/24".parse().unwrap()],
+            cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+            masquerade: true,
+        };
+        let checks = interval_checks(&net);
+        assert_eq!(checks.len(), 2);
+        assert_eq!(checks[0].0, "cluster_cidrs");
+        assert_eq!(
+            checks[0].1,
+            format!("{BASE}add element ip twill cluster_cidrs {{ 10.244.0.0/16 }}\n")
+        );
+        assert_eq!(
+            checks[1].1,
+            format!("{BASE}add element ip twill local_subnets {{ 10.244.1.0/24 }}\n")
+        );
+        let none = NetworkRules {
+            cluster_cidrs: vec![],
+            ..net
+        };
+        assert_eq!(interval_checks(&none).len(), 1);
+        assert_eq!(
+            reset_set_command("local_subnets"),
+            "nft 'add set ip twill network_blocks { type ifname . ipv4_addr . ipv4_addr; }; flush set ip twill local_subnets; flush set ip twill network_blocks'"
+        );
     }
 
     #[test]

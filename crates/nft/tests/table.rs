@@ -421,3 +421,31 @@ fn a_table_opened_on_a_thread_inside_the_namespace_works_there() {
         .unwrap();
     assert!(list_set(&ns, "set", "masq_pods").contains("10.244.1.5"));
 }
+
+/// The lock `ensure_network` holds is the namespace's own: a second holder in the same
+/// namespace (opened by another path) waits, another namespace does not.
+#[test]
+fn the_network_setup_lock_is_per_namespace() {
+    twill_testkit::require_root("the_network_setup_lock_is_per_namespace");
+    let (a, b) = (TestNetns::new("nftlocka"), TestNetns::new("nftlockb"));
+    let held = twill_nft::NetnsLock::take(&Netns::open(a.path()).unwrap()).unwrap();
+    // Another namespace: at once.
+    drop(twill_nft::NetnsLock::take(&Netns::open(b.path()).unwrap()).unwrap());
+    // The same namespace through /proc/thread-self/ns/net: waits until the holder lets go.
+    let same = in_ns(&a, || Netns::current().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let lock = twill_nft::NetnsLock::take(&same).unwrap();
+        tx.send(()).unwrap();
+        drop(lock);
+    });
+    assert!(
+        rx.recv_timeout(std::time::Duration::from_millis(300))
+            .is_err(),
+        "a second holder in the same namespace must wait"
+    );
+    drop(held);
+    rx.recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the waiter gets the lock once it is released");
+    waiter.join().unwrap();
+}

@@ -150,7 +150,11 @@ fn nft_error(what: &str, e: twill_nft::Error) -> CniError {
         twill_nft::Error::HostPortTaken { .. } => ErrorCode::HostPortTaken,
         _ => ErrorCode::Kernel,
     };
-    CniError::new(code, format!("{what}: {e}"))
+    let err = CniError::new(code, format!("{what}: {e}"));
+    match e.repair() {
+        Some(repair) => err.with_details(repair),
+        None => err,
+    }
 }
 
 fn open_netns(path: &str) -> Result<Netns, CniError> {
