@@ -45,7 +45,16 @@ const RTA_TABLE: u16 = 15;
 
 const IFF_UP: u32 = 1;
 const RTPROT_BOOT: u8 = 3;
+
+/// rtm_protocol of every route Twill installs: 0x54, 'T' (`ip route show proto 84`).
+/// linux/rtnetlink.h: "Values of protocol >= RTPROT_STATIC are not interpreted by kernel;
+/// they are just passed from user and back as is", and 0x54 is none of the numbers it (or
+/// iproute2's rt_protos) assigns. The kernel reports the byte in every dump, so Twill finds
+/// exactly its routes again after a restart, with no state file.
+pub const ROUTE_PROTOCOL: u8 = 0x54;
 const RTN_UNICAST: u8 = 1;
+const RTN_LOCAL: u8 = 2;
+const RTN_BROADCAST: u8 = 3;
 const RTNH_F_ONLINK: u32 = 4;
 const AF_INET: u8 = libc::AF_INET as u8;
 const AF_BRIDGE: u8 = libc::AF_BRIDGE as u8;
@@ -108,6 +117,22 @@ impl Route {
             protocol: RTPROT_BOOT,
         }
     }
+}
+
+/// A veth pair to create in one request (see [`Handle::create_veth_pair`]).
+#[derive(Debug, Clone, Copy)]
+pub struct VethPair<'a> {
+    /// The end that stays in the handle's namespace, born up.
+    pub host_name: &'a str,
+    /// The end born inside `peer_ns`, down.
+    pub peer_name: &'a str,
+    pub peer_ns: &'a Netns,
+    /// Both ends' MTU.
+    pub mtu: u32,
+    /// The bridge the host end is born a port of.
+    pub host_master: Option<u32>,
+    /// The host end's MAC from birth (else the kernel picks a random one).
+    pub host_mac: Option<[u8; 6]>,
 }
 
 /// rtnetlink operations in one namespace, over one socket.
@@ -238,6 +263,19 @@ impl Handle {
         mtu: u32,
         host_master: Option<u32>,
     ) -> Result<(), Error> {
+        self.create_veth_pair(&VethPair {
+            host_name,
+            peer_name,
+            peer_ns,
+            mtu,
+            host_master,
+            host_mac: None,
+        })
+    }
+
+    /// [`Handle::create_veth`] with every option, the host end's MAC among them: set at
+    /// birth (IFLA_ADDRESS of the new link), so no moment exists with another address.
+    pub fn create_veth_pair(&mut self, v: &VethPair<'_>) -> Result<(), Error> {
         let up = IfInfoMsg {
             flags: IFF_UP,
             change: IFF_UP,
@@ -245,9 +283,12 @@ impl Handle {
         };
         let mut b = MessageBuilder::new(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL);
         b.header(&up.to_bytes())
-            .attr_str(IFLA_IFNAME, host_name)
-            .attr_u32(IFLA_MTU, mtu);
-        if let Some(master) = host_master {
+            .attr_str(IFLA_IFNAME, v.host_name)
+            .attr_u32(IFLA_MTU, v.mtu);
+        if let Some(mac) = v.host_mac {
+            b.attr(IFLA_ADDRESS, &mac);
+        }
+        if let Some(master) = v.host_master {
             b.attr_u32(IFLA_MASTER, master);
         }
         b.nest_begin(IFLA_LINKINFO)
@@ -255,13 +296,16 @@ impl Handle {
             .nest_begin(IFLA_INFO_DATA);
         b.nest_begin(VETH_INFO_PEER)
             .header(&IfInfoMsg::default().to_bytes());
-        b.attr_str(IFLA_IFNAME, peer_name).attr_u32(IFLA_MTU, mtu);
-        b.attr_u32(IFLA_NET_NS_FD, peer_ns.fd().as_raw_fd() as u32);
+        b.attr_str(IFLA_IFNAME, v.peer_name)
+            .attr_u32(IFLA_MTU, v.mtu);
+        b.attr_u32(IFLA_NET_NS_FD, v.peer_ns.fd().as_raw_fd() as u32);
         b.nest_end().nest_end().nest_end();
         self.socket.request(b.build()).map(drop).map_err(|e| {
             e.context(format!(
-                "create veth {host_name} with peer {peer_name} in {}",
-                peer_ns.path().display()
+                "create veth {} with peer {} in {}",
+                v.host_name,
+                v.peer_name,
+                v.peer_ns.path().display()
             ))
         })
     }
@@ -528,6 +572,37 @@ impl Handle {
             .collect())
     }
 
+    /// The route the kernel would send a packet to `dst` by (`ip route get DST`): its
+    /// device and gateway (a local address comes back with device lo).
+    /// None when the kernel has no route (ENETUNREACH, EHOSTUNREACH) or the route is a
+    /// blackhole, unreachable or prohibit one.
+    pub fn route_to(&mut self, dst: Ipv4Addr) -> Result<Option<Route>, Error> {
+        let mut b = MessageBuilder::new(RTM_GETROUTE, NLM_F_REQUEST);
+        b.header(
+            &RtMsg {
+                family: AF_INET,
+                dst_len: 32,
+                ..Default::default()
+            }
+            .to_bytes(),
+        )
+        .attr(RTA_DST, &dst.octets());
+        match self.socket.request(b.build()) {
+            Ok(replies) => Ok(replies.iter().find_map(|p| {
+                let h = RtMsg::parse(p)?;
+                [RTN_UNICAST, RTN_LOCAL, RTN_BROADCAST]
+                    .contains(&h.route_type)
+                    .then(|| parse_route_attrs(p, h))
+                    .flatten()
+            })),
+            Err(Error::Kernel {
+                errno: libc::ENETUNREACH | libc::EHOSTUNREACH | libc::EINVAL | libc::EACCES,
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e.context(format!("look up the route to {dst}"))),
+        }
+    }
+
     pub(crate) fn ack(&mut self, msg: Vec<u8>, what: String) -> Result<(), Error> {
         self.socket
             .request(msg)
@@ -642,7 +717,15 @@ fn parse_link(payload: &[u8]) -> Option<Link> {
 
 fn parse_route(payload: &[u8]) -> Option<Route> {
     let h = RtMsg::parse(payload)?;
-    if h.family != AF_INET || h.route_type != RTN_UNICAST {
+    if h.route_type != RTN_UNICAST {
+        return None;
+    }
+    parse_route_attrs(payload, h)
+}
+
+/// An IPv4 route's header and attributes, whatever its type.
+fn parse_route_attrs(payload: &[u8], h: RtMsg) -> Option<Route> {
+    if h.family != AF_INET {
         return None;
     }
     let mut dst = Ipv4Addr::UNSPECIFIED;

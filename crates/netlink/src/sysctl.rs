@@ -34,6 +34,25 @@ pub fn get_sysctl(ns: Option<&Netns>, key: &str) -> Result<String, Error> {
     }
 }
 
+/// Sets sysctl `key` to `value` unless it already holds it; returns whether it wrote. A read
+/// is cheaper than a write, which takes the sysctl lock and, for some keys (forwarding),
+/// walks every device.
+pub fn ensure_sysctl(ns: Option<&Netns>, key: &str, value: &str) -> Result<bool, Error> {
+    let path = sysctl_path(key);
+    let ensure = || {
+        if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == value) {
+            return Ok(false);
+        }
+        std::fs::write(&path, value)
+            .map(|()| true)
+            .map_err(|e| Error::io(format!("write {value:?} to {}", path.display()), e))
+    };
+    match ns {
+        Some(ns) => run_in(ns, ensure)?,
+        None => ensure(),
+    }
+}
+
 fn sysctl_path(key: &str) -> PathBuf {
     let rel = if key.contains('/') {
         key.trim_start_matches('/').to_owned()

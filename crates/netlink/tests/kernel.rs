@@ -4,6 +4,8 @@
 use std::net::Ipv4Addr;
 use std::os::unix::fs::MetadataExt;
 
+use ipnet::Ipv4Net;
+
 use serde_json::Value;
 use twill_netlink::codec::{
     IfAddrMsg, MessageBuilder, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
@@ -362,5 +364,110 @@ fn sysctl_is_per_namespace() {
         get_sysctl(None, "net.ipv4.ip_forward").unwrap(),
         ours,
         "our namespace untouched"
+    );
+}
+
+#[test]
+fn veth_with_a_fixed_mac_scope_link_route_with_protocol_and_route_lookup() {
+    twill_testkit::require_root(
+        "veth_with_a_fixed_mac_scope_link_route_with_protocol_and_route_lookup",
+    );
+    let host = TestNetns::new("lh");
+    let pod = TestNetns::new("lp");
+    let (host_ns, mut h) = open(&host);
+    let pod_ns = Netns::open(pod.path()).unwrap();
+    let mac = [0xee, 0xee, 0xee, 0xee, 0xee, 0xee];
+    h.create_veth_pair(&twill_netlink::VethPair {
+        host_name: "twllh0",
+        peer_name: "eth0",
+        peer_ns: &pod_ns,
+        mtu: 1450,
+        host_master: None,
+        host_mac: Some(mac),
+    })
+    .unwrap();
+    let link = h.link_by_name("twllh0").unwrap().unwrap();
+    assert_eq!(link.mac, Some(mac), "born with the MAC asked for");
+    assert_eq!(
+        ip_link(&host, "twllh0").unwrap()["address"],
+        "ee:ee:ee:ee:ee:ee"
+    );
+    assert!(link.up && link.master.is_none());
+    let peer = ip_link(&pod, "eth0").unwrap();
+    assert_ne!(peer["address"], "ee:ee:ee:ee:ee:ee", "only the host end");
+
+    // A /32 scope-link route carrying Twill's protocol, as ip sees it and as we read it.
+    let pod_ip: Ipv4Net = "10.244.9.7/32".parse().unwrap();
+    let route = Route {
+        oif: Some(link.index),
+        scope: Route::SCOPE_LINK,
+        protocol: twill_netlink::ROUTE_PROTOCOL,
+        ..Route::new(pod_ip)
+    };
+    assert!(h.add_route(&route).unwrap());
+    let shown = json(&[
+        "ip", "-j", "-n", &host.name, "-4", "route", "show", "proto", "84",
+    ]);
+    assert_eq!(shown.as_array().unwrap().len(), 1, "{shown}");
+    assert_eq!(shown[0]["dst"], "10.244.9.7");
+    assert_eq!(shown[0]["dev"], "twllh0");
+    assert_eq!(shown[0]["scope"], "link");
+    assert!(h.routes(Route::TABLE_MAIN).unwrap().contains(&route));
+    // Another protocol's same-looking route is not ours to delete.
+    let foreign = Route {
+        protocol: Route::PROTO_BOOT,
+        ..route.clone()
+    };
+    assert!(h.delete_route_exact(&foreign).unwrap_err().is_not_found());
+
+    // route_to: what `ip route get` answers.
+    let gw = Ipv4Addr::new(169, 254, 1, 1);
+    assert_eq!(h.route_to(gw).unwrap(), None, "no default route yet");
+    assert_eq!(
+        h.route_to(Ipv4Addr::new(10, 244, 9, 7))
+            .unwrap()
+            .unwrap()
+            .oif,
+        Some(link.index)
+    );
+    let up = h.link_by_name("lo").unwrap().unwrap();
+    h.set_link_up(up.index).unwrap();
+    h.create_veth("twllh1", "twllh1p", &pod_ns, 1500, None)
+        .unwrap();
+    let uplink = h.link_by_name("twllh1").unwrap().unwrap();
+    h.add_address(uplink.index, Ipv4Addr::new(192, 0, 2, 11), 24)
+        .unwrap();
+    let mut default = Route::new("0.0.0.0/0".parse().unwrap());
+    default.gateway = Some(Ipv4Addr::new(192, 0, 2, 1));
+    default.oif = Some(uplink.index);
+    default.onlink = true;
+    h.add_route(&default).unwrap();
+    assert_eq!(h.route_to(gw).unwrap().unwrap().oif, Some(uplink.index));
+    let local = h.route_to(Ipv4Addr::new(192, 0, 2, 11)).unwrap().unwrap();
+    assert_eq!(
+        local.oif,
+        Some(up.index),
+        "a local address goes to lo: {local:?}"
+    );
+
+    // Going down takes the /32 route with it (DEL relies on it).
+    h.set_link_down(link.index).unwrap();
+    assert!(!h.routes(Route::TABLE_MAIN).unwrap().contains(&route));
+
+    // ensure_sysctl writes only what differs.
+    let key = "net/ipv4/conf/twllh0/proxy_arp";
+    assert!(twill_netlink::ensure_sysctl(Some(&host_ns), key, "1").unwrap());
+    assert!(!twill_netlink::ensure_sysctl(Some(&host_ns), key, "1").unwrap());
+    assert_eq!(get_sysctl(Some(&host_ns), key).unwrap(), "1");
+    let delay = "net/ipv4/neigh/twllh0/proxy_delay";
+    assert!(twill_netlink::ensure_sysctl(Some(&host_ns), delay, "0").unwrap());
+    assert_eq!(
+        String::from_utf8_lossy(
+            &host
+                .exec(&["sysctl", "-n", "net.ipv4.neigh.twllh0.proxy_delay"])
+                .stdout
+        )
+        .trim(),
+        "0"
     );
 }

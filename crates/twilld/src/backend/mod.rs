@@ -37,8 +37,7 @@ pub use host_gw::HostGw;
 pub use none::NoneBackend;
 pub use vxlan::Vxlan;
 
-/// rtm_protocol of every route Twill installs ('T').
-pub const ROUTE_PROTOCOL: u8 = 0x54;
+pub use twill_netlink::ROUTE_PROTOCOL;
 /// The VXLAN device (flannel's flannel.1).
 pub const VXLAN_DEVICE: &str = "twl.1";
 /// flannel's default VNI.
