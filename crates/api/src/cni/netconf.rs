@@ -4,7 +4,7 @@
 //!
 //! ```json
 //! {"cniVersion":"1.1.0","name":"twill","type":"twill-cni",
-//!  "bridge":"twl0","mtu":1500,"ipMasq":true,"hairpinMode":true,"isDefaultGateway":true,
+//!  "podWiring":"bridge","bridge":"twl0","mtu":1500,"ipMasq":true,"hairpinMode":true,"isDefaultGateway":true,
 //!  "clusterCIDR":"10.244.0.0/16","capabilities":{"portMappings":true},
 //!  "ipam":{"type":"twill","subnet":"10.244.1.0/24","rangeStart":"10.244.1.10",
 //!          "reserved":["10.244.1.50-10.244.1.60"],"dataDir":"/var/lib/twill/ipam",
@@ -17,6 +17,7 @@ use super::json::{join, parse_cidr, parse_ipv4, wrong, Obj};
 use super::result::{CniResult, Dns};
 use super::SUPPORTED_VERSIONS;
 use crate::names;
+use crate::wiring::PodWiring;
 use ipnet::Ipv4Net;
 use serde_json::Value;
 use std::net::Ipv4Addr;
@@ -31,6 +32,10 @@ pub struct NetConf {
     pub cni_version: String,
     pub name: String,
     pub plugin_type: String,
+    /// How pods meet the node: `bridge` (default) or `l3`; without `podWiring` in the
+    /// config, the hand-off's.
+    pub pod_wiring: PodWiring,
+    /// The bridge of [`PodWiring::Bridge`]; unused in l3.
     pub bridge: String,
     pub mtu: u32,
     pub hairpin: bool,
@@ -55,6 +60,7 @@ pub struct Given {
     pub mtu: bool,
     pub ip_masq: bool,
     pub cluster_cidr: bool,
+    pub pod_wiring: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -160,6 +166,13 @@ impl NetConf {
         validate_network_name(&name)?;
         let plugin_type = root.req_str("type")?.to_string();
 
+        let pod_wiring_given = root
+            .str("podWiring")?
+            .map(|w| {
+                w.parse::<PodWiring>()
+                    .map_err(|e| CniError::invalid(format!("field \"podWiring\": {e}")))
+            })
+            .transpose()?;
         let bridge = root.str("bridge")?.unwrap_or(DEFAULT_BRIDGE).to_string();
         validate_ifname("bridge", &bridge)?;
         let mtu_given = root.uint("mtu", 68, 65535)?.map(|m| m as u32);
@@ -237,6 +250,7 @@ impl NetConf {
             cni_version,
             name,
             plugin_type,
+            pod_wiring: pod_wiring_given.unwrap_or_default(),
             bridge,
             mtu,
             hairpin,
@@ -252,12 +266,13 @@ impl NetConf {
                 mtu: mtu_given.is_some(),
                 ip_masq: ip_masq_given.is_some(),
                 cluster_cidr: root.get("clusterCIDR").is_some(),
+                pod_wiring: pod_wiring_given.is_some(),
             },
         })
     }
 
     /// Fills in what the config left to the node agent: the node's blocks as ranges, and
-    /// the cluster CIDR, MTU and masquerade setting unless the config set them.
+    /// the cluster CIDR, MTU, masquerade setting and pod wiring unless the config set them.
     pub fn with_handoff(mut self, h: &crate::resources::HandOff) -> NetConf {
         self.ipam.ranges = h
             .blocks
@@ -279,6 +294,9 @@ impl NetConf {
         }
         if !self.given.ip_masq {
             self.ip_masq = h.ip_masq;
+        }
+        if !self.given.pod_wiring {
+            self.pod_wiring = h.pod_wiring;
         }
         self
     }
@@ -475,6 +493,8 @@ mod tests {
     #[test]
     fn minimal_config_gets_defaults() {
         let c = parse(MIN).unwrap();
+        assert_eq!(c.pod_wiring, PodWiring::Bridge);
+        assert!(!c.given.pod_wiring);
         assert_eq!(c.bridge, "twl0");
         assert_eq!(c.mtu, 1500);
         assert!(c.ip_masq && c.hairpin && c.is_default_gateway);
@@ -512,6 +532,30 @@ mod tests {
             c.port_mappings[1].host_ip,
             Some("192.0.2.11".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn pod_wiring_from_the_config_wins_over_the_hand_off() {
+        let handoff = |w| crate::resources::HandOff {
+            node: "n1".into(),
+            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+            blocks: vec!["10.244.3.0/26".parse().unwrap()],
+            mtu: 1450,
+            ip_masq: false,
+            pod_wiring: w,
+        };
+        let none = r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{}}"#;
+        let c = parse(none).unwrap().with_handoff(&handoff(PodWiring::L3));
+        assert_eq!(c.pod_wiring, PodWiring::L3, "taken from the hand-off");
+        let bridge =
+            r#"{"cniVersion":"1.1.0","name":"n","type":"t","podWiring":"bridge","ipam":{}}"#;
+        let c = parse(bridge).unwrap();
+        assert!(c.given.pod_wiring);
+        let c = c.with_handoff(&handoff(PodWiring::L3));
+        assert_eq!(c.pod_wiring, PodWiring::Bridge, "the config's own wins");
+        let l3 = r#"{"cniVersion":"1.1.0","name":"n","type":"t","podWiring":"l3","ipam":{}}"#;
+        let c = parse(l3).unwrap().with_handoff(&handoff(PodWiring::Bridge));
+        assert_eq!(c.pod_wiring, PodWiring::L3);
     }
 
     fn code_and_msg(s: &str) -> (u32, String) {
@@ -585,6 +629,16 @@ mod tests {
                 r#"{"cniVersion":"1.1.0","name":"n","type":"t","bridge":"averyveryverylongbridge","ipam":{"subnet":"10.1.0.0/16"}}"#,
                 7,
                 "bridge",
+            ),
+            (
+                r#"{"cniVersion":"1.1.0","name":"n","type":"t","podWiring":"L3","ipam":{"subnet":"10.1.0.0/16"}}"#,
+                7,
+                "field \"podWiring\": \"L3\" is not a pod wiring: use bridge or l3",
+            ),
+            (
+                r#"{"cniVersion":"1.1.0","name":"n","type":"t","podWiring":3,"ipam":{"subnet":"10.1.0.0/16"}}"#,
+                7,
+                "field \"podWiring\": expected a string",
             ),
             (
                 r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipMasq":"yes","ipam":{"subnet":"10.1.0.0/16"}}"#,
