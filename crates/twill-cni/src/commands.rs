@@ -2,9 +2,9 @@
 //! a `CniError`. A failed ADD undoes what it did, in reverse order, and reports every
 //! teardown error alongside the original one.
 
-use crate::attach::{self, Plan};
 use crate::names;
 use crate::reaper;
+use crate::wiring::{self, Expected, Plan, Wiring};
 use ipnet::Ipv4Net;
 use serde_json::Value;
 use std::net::Ipv4Addr;
@@ -12,6 +12,7 @@ use twill_api::cni::{
     self, version_at_least, CniEnv, CniError, CniResult, Command, ErrorCode, IpConfig, NetConf,
     PortMapping, Protocol, Route,
 };
+use twill_api::wiring::PodWiring;
 use twill_ipam::pool::{Pool, Range, Reservation};
 use twill_ipam::records::{AttachmentKey, Record, RecordDir, RecordError};
 use twill_netlink::netns::Netns;
@@ -127,6 +128,9 @@ struct Extra {
     masquerade: bool,
     #[serde(default)]
     netns: String,
+    /// How ADD wired the pod (records older than l3 wiring: bridge).
+    #[serde(default)]
+    wiring: PodWiring,
 }
 
 fn nft_mappings(ip: Ipv4Addr, list: &[PortMapping]) -> Vec<twill_nft::PortMapping> {
@@ -190,7 +194,7 @@ impl Done {
         }
         if let Some(veth) = self.veth {
             let removed = match Handle::new() {
-                Ok(mut h) => attach::detach(&mut h, &veth).map_err(|e| e.to_string()),
+                Ok(mut h) => wiring::detach(&mut h, &veth).map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
             if let Err(e) = removed {
@@ -274,6 +278,7 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<String, CniError> {
         port_mappings: conf.port_mappings.clone(),
         masquerade: conf.ip_masq,
         netns: env.netns.clone(),
+        wiring: conf.pod_wiring,
     };
     let record = records
         .allocate(
@@ -316,19 +321,13 @@ fn add_allocated(
     let range = pool
         .range_of(record.ip)
         .expect("the pool handed out this address");
-    let gateway = range.gateway;
+    let wiring = Wiring::new(conf.pod_wiring, conf);
     let subnet = range.subnet;
-    let routes: Vec<(Ipv4Net, Ipv4Addr)> = conf
-        .ipam
-        .routes
-        .iter()
-        .map(|r| (r.dst, r.gw.unwrap_or(gateway)))
-        .collect();
+    let gateway = wiring.gateway(range.gateway);
+    let routes = wiring.routes(conf, gateway)?;
     let plan = Plan {
-        bridge: &conf.bridge,
         mtu: conf.mtu,
-        hairpin: conf.hairpin,
-        gateway,
+        gateway: range.gateway,
         subnet,
         pod_ip: record.ip,
         ifname: &env.ifname,
@@ -339,9 +338,8 @@ fn add_allocated(
     let mut host = Handle::new().map_err(|e| {
         CniError::new(ErrorCode::Kernel, "cannot open a netlink socket").with_details(e.to_string())
     })?;
-    let bridge = attach::ensure_bridge(&mut host, &plan)?;
     done.veth = Some(host_veth);
-    let attached = attach::attach(&mut host, pod_ns, &bridge, &plan)?;
+    let attached = wiring.attach(&mut host, pod_ns, &plan)?;
 
     if conf.ip_masq || !conf.port_mappings.is_empty() {
         let mut table = twill_nft::Table::new().map_err(|e| nft_error("opening nftables", e))?;
@@ -362,11 +360,11 @@ fn add_allocated(
 
     let ours = CniResult {
         cni_version: conf.cni_version.clone(),
-        interfaces: vec![attached.bridge, attached.host, attached.pod],
+        interfaces: attached.interfaces,
         ips: vec![IpConfig {
-            address: format!("{}/{}", record.ip, subnet.prefix_len()),
+            address: format!("{}/{}", record.ip, wiring.prefix_len(subnet)),
             gateway: Some(gateway),
-            interface: Some(2),
+            interface: Some(attached.pod),
             version: None,
         }],
         routes: routes
@@ -426,12 +424,12 @@ fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
         extra.host_veth
     };
     match Handle::new() {
-        Ok(mut h) => match attach::cut_off(&mut h, &veth) {
+        Ok(mut h) => match wiring::cut_off(&mut h, &veth) {
             Ok(true) => {
                 let keep = table.as_ref().map(std::os::fd::AsFd::as_fd);
                 if reaper::spawn(&veth, keep).is_err() {
                     // No reaper: pay for the deletion here.
-                    if let Err(e) = attach::detach(&mut h, &veth) {
+                    if let Err(e) = wiring::detach(&mut h, &veth) {
                         problems.push(e.to_string());
                     }
                 }
@@ -499,29 +497,19 @@ fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
         .filter_map(|r| Some((r.dst.parse().ok()?, r.gw.or(ours.gateway)?)))
         .collect();
     let pod_ns = open_netns(&env.netns)?;
-    attach::verify(&pod_ns, &env.ifname, record.ip, prefix, &routes)?;
     let extra: Extra = serde_json::from_value(record.extra.clone()).unwrap_or_default();
     let mut host = Handle::new().map_err(|e| CniError::new(ErrorCode::Kernel, e.to_string()))?;
-    let bridge = host.link_by_name(&conf.bridge).ok().flatten();
-    let veth = host.link_by_name(&extra.host_veth).ok().flatten();
-    match (bridge, veth) {
-        (Some(b), Some(v)) if v.master == Some(b.index) => Ok(()),
-        (None, _) => Err(CniError::new(
-            ErrorCode::CheckFailed,
-            format!("bridge {} is missing", conf.bridge),
-        )),
-        (_, None) => Err(CniError::new(
-            ErrorCode::CheckFailed,
-            format!("host veth {} is missing", extra.host_veth),
-        )),
-        _ => Err(CniError::new(
-            ErrorCode::CheckFailed,
-            format!(
-                "host veth {} is not attached to bridge {}",
-                extra.host_veth, conf.bridge
-            ),
-        )),
-    }
+    Wiring::new(extra.wiring, conf).verify(
+        &mut host,
+        &pod_ns,
+        &Expected {
+            ifname: &env.ifname,
+            host_veth: &extra.host_veth,
+            pod_ip: record.ip,
+            prefix_len: prefix,
+            routes: &routes,
+        },
+    )
 }
 
 /// STATUS: can this plugin serve an ADD now?
@@ -593,7 +581,7 @@ fn gc(stdin: &[u8], conf: &NetConf) -> Result<(), CniError> {
             problems.push(format!("{}: {e}", r.ip));
         }
         if let (Some(h), false) = (host.as_mut(), extra.host_veth.is_empty()) {
-            if let Err(e) = attach::detach(h, &extra.host_veth) {
+            if let Err(e) = wiring::detach(h, &extra.host_veth) {
                 problems.push(e.to_string());
             }
         }

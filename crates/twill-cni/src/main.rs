@@ -2,10 +2,10 @@
 //! the command and the pod in the environment and the network config on stdin; the plugin
 //! prints a result (or an error object) on stdout. See crates/twill-cni/README.md.
 
-mod attach;
 mod commands;
 mod names;
 mod reaper;
+mod wiring;
 
 use std::io::{Read, Write};
 use twill_api::cni::{CniEnv, CniError, ErrorCode};

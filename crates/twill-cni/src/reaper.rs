@@ -40,7 +40,7 @@ pub fn spawn(veth: &str, keep_open: Option<BorrowedFd<'_>>) -> std::io::Result<(
 /// the inherited socket.
 pub fn run(veth: &str) -> i32 {
     match twill_netlink::Handle::new() {
-        Ok(mut h) => match crate::attach::detach(&mut h, veth) {
+        Ok(mut h) => match crate::wiring::detach(&mut h, veth) {
             Ok(()) => 0,
             Err(_) => 1,
         },

@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 use twill_netlink::netns::{run_in, Netns};
-use twill_testkit::{sh, TestNetns};
+use twill_testkit::TestNetns;
 
 /// A TCP server inside `ns` that answers every connection with the peer address it saw.
 fn peer_reporter(ns: &TestNetns, addr: &str) {
@@ -75,35 +75,25 @@ fn udp_ask(ns: &TestNetns, to: &str) -> Result<String, String> {
 #[test]
 fn host_ports_hairpin_and_masquerade_with_real_traffic() {
     twill_testkit::require_root("hostports");
-    let node = Node::new("hp");
-    let out = TestNetns::new("hpout");
+    host_ports_hairpin_and_masquerade(Node::new("hp"), "");
+}
+
+#[test]
+fn l3_host_ports_hairpin_and_masquerade_with_real_traffic() {
+    twill_testkit::require_root("hostports_l3");
+    host_ports_hairpin_and_masquerade(Node::wired("hpl3", "l3"), "l3");
+}
+
+/// One scenario for every wiring: the same traffic must work the same way.
+fn host_ports_hairpin_and_masquerade(node: Node, tag: &str) {
+    let out = TestNetns::new(&format!("hpout{tag}"));
     // The node's uplink: 192.0.2.11 <-> an outside host 192.0.2.100 that has no route to pods.
-    let (a, b) = ("uplink".to_string(), "eth0".to_string());
-    sh(&[
-        "ip",
-        "link",
-        "add",
-        &a,
-        "netns",
-        &node.ns.name,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &b,
-        "netns",
-        &out.name,
-    ]);
-    node.ns
-        .exec(&["ip", "addr", "add", "192.0.2.11/24", "dev", &a]);
-    node.ns.exec(&["ip", "link", "set", &a, "up"]);
-    out.exec(&["ip", "addr", "add", "192.0.2.100/24", "dev", &b]);
-    out.exec(&["ip", "link", "set", &b, "up"]);
+    node.uplink(&out);
 
     let (p1, p2, p3) = (
-        TestNetns::new("hp1"),
-        TestNetns::new("hp2"),
-        TestNetns::new("hp3"),
+        TestNetns::new(&format!("hp1{tag}")),
+        TestNetns::new(&format!("hp2{tag}")),
+        TestNetns::new(&format!("hp3{tag}")),
     );
     let mut conf = node.conf();
     conf["runtimeConfig"] = json!({"portMappings": [
@@ -183,31 +173,20 @@ fn host_ports_hairpin_and_masquerade_with_real_traffic() {
 #[test]
 fn ip_masq_false_leaves_pod_source_untouched() {
     twill_testkit::require_root("nomasq");
-    let node = Node::new("nm");
-    let out = TestNetns::new("nmout");
-    let (a, b) = ("uplink".to_string(), "eth0".to_string());
-    sh(&[
-        "ip",
-        "link",
-        "add",
-        &a,
-        "netns",
-        &node.ns.name,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &b,
-        "netns",
-        &out.name,
-    ]);
-    node.ns
-        .exec(&["ip", "addr", "add", "192.0.2.11/24", "dev", &a]);
-    node.ns.exec(&["ip", "link", "set", &a, "up"]);
-    out.exec(&["ip", "addr", "add", "192.0.2.100/24", "dev", &b]);
-    out.exec(&["ip", "link", "set", &b, "up"]);
+    ip_masq_false(Node::new("nm"), "");
+}
+
+#[test]
+fn l3_ip_masq_false_leaves_pod_source_untouched() {
+    twill_testkit::require_root("nomasq_l3");
+    ip_masq_false(Node::wired("nml3", "l3"), "l3");
+}
+
+fn ip_masq_false(node: Node, tag: &str) {
+    let out = TestNetns::new(&format!("nmout{tag}"));
+    node.uplink(&out);
     out.exec(&["ip", "route", "add", "10.244.0.0/16", "via", "192.0.2.11"]);
-    let pod = TestNetns::new("nmp");
+    let pod = TestNetns::new(&format!("nmp{tag}"));
     let mut conf = node.conf();
     conf["ipMasq"] = false.into();
     let r = node.cni("ADD", "nm", &pod.path(), "eth0", &conf);

@@ -1,18 +1,30 @@
-//! The kernel side of one attachment: the node's bridge with the gateway address, a veth
-//! pair born with one end in each namespace, the pod's address and routes. All over
-//! netlink: one socket in the node's namespace, one in the pod's.
+//! The pod-wiring seam: how a pod's veth meets the node. ADD, DEL, CHECK and GC ask a
+//! [`Wiring`] and never branch on the kind themselves.
+//!
+//! - [`bridge`]: Docker's and CNI bridge's way. Every host veth is a port of the node's
+//!   bridge, which holds the gateway address of the pod's block.
+//! - [`l3`]: Calico's way. No bridge: the pod holds its address as a /32 with a default
+//!   route via 169.254.1.1, which proxy ARP on its host veth answers; the node has a
+//!   `/32 dev <veth> scope link` route per pod.
+//!
+//! Both share the veth pair (born with one end in each namespace), the pod side's address
+//! and routes, and teardown: deleting the host veth takes the pod end, the node's /32 route
+//! and the veth's sysctls with it. All over netlink and /proc/sys: no subprocess.
+
+pub mod bridge;
+pub mod l3;
 
 use ipnet::Ipv4Net;
 use std::net::Ipv4Addr;
-use twill_api::cni::{CniError, ErrorCode, Interface};
+use twill_api::cni::{CniError, ErrorCode, Interface, NetConf};
+use twill_api::wiring::PodWiring;
 use twill_netlink::netns::Netns;
-use twill_netlink::route::{Handle, Link, Route};
+use twill_netlink::route::{Handle, Link, Route, VethPair};
 
-/// What ADD asks of the kernel.
+/// What ADD asks of the kernel for one pod, whatever the wiring.
 pub struct Plan<'a> {
-    pub bridge: &'a str,
     pub mtu: u32,
-    pub hairpin: bool,
+    /// The pod's block and the address the bridge holds in it (unused in l3).
     pub gateway: Ipv4Addr,
     pub subnet: Ipv4Net,
     pub pod_ip: Ipv4Addr,
@@ -20,18 +32,112 @@ pub struct Plan<'a> {
     pub host_veth: String,
     /// Routes in the pod: (destination, gateway).
     pub routes: Vec<(Ipv4Net, Ipv4Addr)>,
+    /// Host ports reach the pod from 127.0.0.1 (DNAT of a loopback source).
     pub route_localnet: bool,
 }
 
-/// The three interfaces of the result, in the spec's order: bridge, host veth, pod side.
+/// The result's interfaces in the spec's order (node side first), and which is the pod's.
 pub struct Attached {
-    pub bridge: Interface,
-    pub host: Interface,
-    pub pod: Interface,
+    pub interfaces: Vec<Interface>,
+    pub pod: usize,
 }
 
-fn kernel(what: &str, e: twill_netlink::Error) -> CniError {
+/// What CHECK compares the kernel with: what ADD made, from the record and prevResult.
+pub struct Expected<'a> {
+    pub ifname: &'a str,
+    pub host_veth: &'a str,
+    pub pod_ip: Ipv4Addr,
+    pub prefix_len: u8,
+    pub routes: &'a [(Ipv4Net, Ipv4Addr)],
+}
+
+/// One way of wiring pods, with what it needs from the network config.
+pub enum Wiring<'a> {
+    Bridge(bridge::Bridge<'a>),
+    L3(l3::L3),
+}
+
+impl<'a> Wiring<'a> {
+    pub fn new(kind: PodWiring, conf: &'a NetConf) -> Wiring<'a> {
+        match kind {
+            PodWiring::Bridge => Wiring::Bridge(bridge::Bridge {
+                name: &conf.bridge,
+                hairpin: conf.hairpin,
+            }),
+            PodWiring::L3 => Wiring::L3(l3::L3),
+        }
+    }
+
+    /// The pod's next hop, given the gateway of its block (the bridge's address).
+    pub fn gateway(&self, block_gateway: Ipv4Addr) -> Ipv4Addr {
+        match self {
+            Wiring::Bridge(_) => block_gateway,
+            Wiring::L3(_) => twill_api::wiring::L3_GATEWAY,
+        }
+    }
+
+    /// The prefix length of the pod's address in its block.
+    pub fn prefix_len(&self, subnet: Ipv4Net) -> u8 {
+        match self {
+            Wiring::Bridge(_) => subnet.prefix_len(),
+            Wiring::L3(_) => 32,
+        }
+    }
+
+    /// The pod's routes from `ipam.routes`, each via `gateway` unless it names its own.
+    /// In l3 the pod reaches nothing but 169.254.1.1, so another gateway is an error.
+    pub fn routes(
+        &self,
+        conf: &NetConf,
+        gateway: Ipv4Addr,
+    ) -> Result<Vec<(Ipv4Net, Ipv4Addr)>, CniError> {
+        conf.ipam
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| match (self, r.gw) {
+                (Wiring::L3(_), Some(gw)) if gw != gateway => Err(CniError::invalid(format!(
+                    "field \"ipam.routes[{i}].gw\": {gw} is unreachable for a pod wired \"l3\", which only reaches {gateway}; leave \"gw\" out"
+                ))),
+                (_, gw) => Ok((r.dst, gw.unwrap_or(gateway))),
+            })
+            .collect()
+    }
+
+    /// Wires the pod: node-side set-up, the veth pair, both ends' addresses and routes.
+    /// On error the caller removes the host veth (which removes everything per pod).
+    pub fn attach(
+        &self,
+        host: &mut Handle,
+        pod_ns: &Netns,
+        plan: &Plan<'_>,
+    ) -> Result<Attached, CniError> {
+        match self {
+            Wiring::Bridge(b) => b.attach(host, pod_ns, plan),
+            Wiring::L3(l) => l.attach(host, pod_ns, plan),
+        }
+    }
+
+    /// CHECK: the kernel still holds what `attach` made.
+    pub fn verify(
+        &self,
+        host: &mut Handle,
+        pod_ns: &Netns,
+        want: &Expected<'_>,
+    ) -> Result<(), CniError> {
+        match self {
+            Wiring::Bridge(b) => b.verify(host, pod_ns, want),
+            Wiring::L3(l) => l.verify(host, pod_ns, want),
+        }
+    }
+}
+
+pub(crate) fn kernel(what: &str, e: twill_netlink::Error) -> CniError {
     CniError::new(ErrorCode::Kernel, format!("{what} failed")).with_details(e.to_string())
+}
+
+pub(crate) fn check_failed(msg: String) -> CniError {
+    CniError::new(ErrorCode::CheckFailed, msg)
 }
 
 pub fn mac_string(mac: Option<[u8; 6]>) -> String {
@@ -44,7 +150,7 @@ pub fn mac_string(mac: Option<[u8; 6]>) -> String {
     .unwrap_or_default()
 }
 
-fn iface(link: &Link, sandbox: &str) -> Interface {
+pub(crate) fn iface(link: &Link, sandbox: &str) -> Interface {
     Interface {
         name: link.name.clone(),
         mac: mac_string(link.mac),
@@ -53,63 +159,37 @@ fn iface(link: &Link, sandbox: &str) -> Interface {
     }
 }
 
-/// Makes sure the bridge exists, is up and holds the gateway address; turns on forwarding.
-pub fn ensure_bridge(host: &mut Handle, plan: &Plan<'_>) -> Result<Link, CniError> {
-    let bridge = host
-        .create_bridge(plan.bridge, Some(plan.mtu))
-        .map_err(|e| kernel(&format!("creating bridge {}", plan.bridge), e))?;
-    host.add_address(bridge.index, plan.gateway, plan.subnet.prefix_len())
+/// Sets a sysctl of the node's namespace unless it already holds `value`.
+pub(crate) fn ensure_sysctl(key: &str, value: &str) -> Result<(), CniError> {
+    twill_netlink::ensure_sysctl(None, key, value)
+        .map(drop)
         .map_err(|e| {
-            kernel(
-                &format!("adding gateway {} to {}", plan.gateway, plan.bridge),
-                e,
+            CniError::new(
+                ErrorCode::Io,
+                format!("cannot set sysctl {} = {value}", key.replace('/', ".")),
             )
-        })?;
-    ensure_sysctl("net/ipv4/ip_forward", "1")?;
-    if plan.route_localnet {
-        // 127.0.0.1:hostPort is DNATed to the pod; the kernel drops martian 127/8 sources
-        // routed out of a bridge unless route_localnet is on for it (as CNI portmap does).
-        ensure_sysctl(
-            &format!("net/ipv4/conf/{}/route_localnet", plan.bridge),
-            "1",
-        )?;
-    }
-    Ok(bridge)
+            .with_details(e.to_string())
+        })
 }
 
-/// Writes a sysctl of the node's namespace, skipping the write when it already holds `value`
-/// (a read is cheaper than a write that takes the sysctl lock).
-fn ensure_sysctl(key: &str, value: &str) -> Result<(), CniError> {
-    if twill_netlink::get_sysctl(None, key).is_ok_and(|v| v == value) {
-        return Ok(());
-    }
-    twill_netlink::set_sysctl(None, key, value).map_err(|e| {
-        CniError::new(
-            ErrorCode::Io,
-            format!("cannot set sysctl {} = {value}", key.replace('/', ".")),
-        )
-        .with_details(e.to_string())
-    })
-}
-
-/// Creates the veth pair, configures both ends and the pod's routes. On error the caller
-/// removes the host end (which removes the pair).
-pub fn attach(
+/// Creates the veth pair, host end up (a port of `master` if given, with `host_mac` if
+/// given), pod end down in the pod. Returns the host end.
+pub(crate) fn create_veth(
     host: &mut Handle,
     pod_ns: &Netns,
-    bridge: &Link,
     plan: &Plan<'_>,
-) -> Result<Attached, CniError> {
-    let create = |host: &mut Handle| {
-        host.create_veth(
-            &plan.host_veth,
-            plan.ifname,
-            pod_ns,
-            plan.mtu,
-            Some(bridge.index),
-        )
+    master: Option<u32>,
+    host_mac: Option<[u8; 6]>,
+) -> Result<Link, CniError> {
+    let pair = VethPair {
+        host_name: &plan.host_veth,
+        peer_name: plan.ifname,
+        peer_ns: pod_ns,
+        mtu: plan.mtu,
+        host_master: master,
+        host_mac,
     };
-    let mut created = create(host);
+    let mut created = host.create_veth_pair(&pair);
     if created.as_ref().is_err_and(|e| e.is_exists()) {
         // The host end is named after this attachment, whose address record we have
         // just created: a veth of that name is a leftover of an earlier DEL whose reaper
@@ -117,7 +197,7 @@ pub fn attach(
         if let Ok(Some(stale)) = host.link_by_name(&plan.host_veth) {
             if stale.kind.as_deref() == Some("veth") {
                 detach(host, &plan.host_veth)?;
-                created = create(host);
+                created = host.create_veth_pair(&pair);
             }
         }
     }
@@ -139,20 +219,24 @@ pub fn attach(
             )
         }
     })?;
-    let host_link = host
-        .link_by_name(&plan.host_veth)
+    host.link_by_name(&plan.host_veth)
         .map_err(|e| kernel("reading the host veth", e))?
         .ok_or_else(|| {
             CniError::new(
                 ErrorCode::Kernel,
                 format!("veth {} vanished after creation", plan.host_veth),
             )
-        })?;
-    if plan.hairpin {
-        host.set_hairpin(host_link.index, true)
-            .map_err(|e| kernel("turning on hairpin mode", e))?;
-    }
+        })
+}
 
+/// The pod side: its address, the interface up, a scope-link route to each of
+/// `link_routes` (next hops no address of the pod covers), then `plan.routes`.
+pub(crate) fn configure_pod(
+    pod_ns: &Netns,
+    plan: &Plan<'_>,
+    prefix_len: u8,
+    link_routes: &[Ipv4Addr],
+) -> Result<Link, CniError> {
     let mut pod =
         Handle::new_in(pod_ns).map_err(|e| kernel("opening netlink in the pod's namespace", e))?;
     let pod_link = pod
@@ -164,10 +248,23 @@ pub fn attach(
                 format!("{} missing in the pod after creation", plan.ifname),
             )
         })?;
-    pod.add_address(pod_link.index, plan.pod_ip, plan.subnet.prefix_len())
+    pod.add_address(pod_link.index, plan.pod_ip, prefix_len)
         .map_err(|e| kernel(&format!("adding {} to the pod", plan.pod_ip), e))?;
     pod.set_link_up(pod_link.index)
         .map_err(|e| kernel("bringing the pod interface up", e))?;
+    for hop in link_routes {
+        let route = Route {
+            oif: Some(pod_link.index),
+            scope: Route::SCOPE_LINK,
+            ..Route::new(Ipv4Net::from(*hop))
+        };
+        pod.add_route(&route).map_err(|e| {
+            kernel(
+                &format!("adding route {hop} dev {} in the pod", plan.ifname),
+                e,
+            )
+        })?;
+    }
     for (dst, gw) in &plan.routes {
         let route = Route {
             gateway: Some(*gw),
@@ -177,21 +274,15 @@ pub fn attach(
         pod.add_route(&route)
             .map_err(|e| kernel(&format!("adding route {dst} via {gw} in the pod"), e))?;
     }
-    let sandbox = pod_ns.path().display().to_string();
-    let bridge_now = host
-        .link_by_index(bridge.index)
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| bridge.clone());
-    Ok(Attached {
-        bridge: iface(&bridge_now, ""),
-        host: iface(&host_link, ""),
-        pod: iface(&pod_link, &sandbox),
+    Ok(Link {
+        up: true,
+        ..pod_link
     })
 }
 
-/// Cuts the pod off at once: its host end goes down, so the bridge stops forwarding to
-/// it and its address can be handed out again. Returns whether the veth still exists.
+/// Cuts the pod off at once: its host end goes down, so nothing forwards to it any more
+/// (in l3 the kernel drops its /32 route with it) and its address can be handed out again.
+/// Returns whether the veth still exists.
 pub fn cut_off(host: &mut Handle, host_veth: &str) -> Result<bool, CniError> {
     match host.link_by_name(host_veth) {
         Ok(Some(link)) => match host.set_link_down(link.index) {
@@ -217,47 +308,75 @@ pub fn detach(host: &mut Handle, host_veth: &str) -> Result<(), CniError> {
     }
 }
 
-/// CHECK: the pod interface exists with the address and routes the result promised.
-pub fn verify(
+/// CHECK, pod side: the interface is up with the address, the scope-link routes to
+/// `link_routes` and the routes the result promised.
+pub(crate) fn verify_pod(
     pod_ns: &Netns,
-    ifname: &str,
-    ip: Ipv4Addr,
-    prefix: u8,
-    routes: &[(Ipv4Net, Ipv4Addr)],
+    want: &Expected<'_>,
+    link_routes: &[Ipv4Addr],
 ) -> Result<(), CniError> {
-    let failed = |m: String| CniError::new(ErrorCode::CheckFailed, m);
+    let ifname = want.ifname;
     let mut pod =
         Handle::new_in(pod_ns).map_err(|e| kernel("opening netlink in the pod's namespace", e))?;
     let link = pod
         .link_by_name(ifname)
         .map_err(|e| kernel("reading the pod interface", e))?
         .ok_or_else(|| {
-            failed(format!(
+            check_failed(format!(
                 "interface {ifname} is missing in {}",
                 pod_ns.path().display()
             ))
         })?;
     if !link.up {
-        return Err(failed(format!("interface {ifname} is down")));
+        return Err(check_failed(format!("interface {ifname} is down")));
     }
     let addrs = pod
         .addresses(Some(link.index))
         .map_err(|e| kernel("reading pod addresses", e))?;
+    let (ip, prefix) = (want.pod_ip, want.prefix_len);
     if !addrs
         .iter()
         .any(|(_, net)| net.addr() == ip && net.prefix_len() == prefix)
     {
-        return Err(failed(format!("{ifname} lacks address {ip}/{prefix}")));
+        return Err(check_failed(format!(
+            "{ifname} lacks address {ip}/{prefix}"
+        )));
     }
     let have = pod
-        .routes(254)
+        .routes(Route::TABLE_MAIN)
         .map_err(|e| kernel("reading pod routes", e))?;
-    for (dst, gw) in routes {
+    for hop in link_routes {
+        let dst = Ipv4Net::from(*hop);
+        if !have.iter().any(|r| {
+            r.dst == dst
+                && r.gateway.is_none()
+                && r.oif == Some(link.index)
+                && r.scope == Route::SCOPE_LINK
+        }) {
+            return Err(check_failed(format!(
+                "route {dst} dev {ifname} scope link is missing in the pod"
+            )));
+        }
+    }
+    for (dst, gw) in want.routes {
         if !have.iter().any(|r| r.dst == *dst && r.gateway == Some(*gw)) {
-            return Err(failed(format!(
+            return Err(check_failed(format!(
                 "route {dst} via {gw} is missing in the pod"
             )));
         }
     }
     Ok(())
+}
+
+/// CHECK, node side: the host veth exists and is a veth.
+pub(crate) fn host_veth(host: &mut Handle, name: &str) -> Result<Link, CniError> {
+    match host.link_by_name(name) {
+        Ok(Some(l)) if l.kind.as_deref() == Some("veth") => Ok(l),
+        Ok(Some(l)) => Err(check_failed(format!(
+            "{name} is a {} device, not the pod's host veth",
+            l.kind.as_deref().unwrap_or("plain")
+        ))),
+        Ok(None) => Err(check_failed(format!("host veth {name} is missing"))),
+        Err(e) => Err(kernel(&format!("looking up veth {name}"), e)),
+    }
 }

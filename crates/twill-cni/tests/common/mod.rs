@@ -12,9 +12,16 @@ pub const PLUGIN: &str = env!("CARGO_BIN_EXE_twill-cni");
 pub struct Node {
     pub ns: TestNetns,
     pub data: TempDir,
-    /// The node's "uplink" address, on a veth towards `outside` (if made).
+    /// The node's pod subnet (`ipam.subnet`).
     pub subnet: String,
+    /// `podWiring` in the config; None leaves it out (bridge, the default).
+    pub wiring: Option<&'static str>,
 }
+
+/// The node's uplink address, towards the `outside` namespace of [`Node::uplink`].
+pub const NODE_IP: &str = "192.0.2.11";
+/// The outside host's address: no route to pods, so it only sees masqueraded traffic.
+pub const OUTSIDE_IP: &str = "192.0.2.100";
 
 pub struct Reply {
     pub ok: bool,
@@ -31,11 +38,61 @@ impl Node {
             ns,
             data,
             subnet: "10.244.1.0/24".into(),
+            wiring: None,
         }
     }
 
+    /// A node whose config says `"podWiring": wiring`.
+    pub fn wired(tag: &str, wiring: &'static str) -> Node {
+        Node {
+            wiring: Some(wiring),
+            ..Node::new(tag)
+        }
+    }
+
+    /// Gives the node an uplink: `NODE_IP` on a veth to `out`, which holds `OUTSIDE_IP`
+    /// and is the node's default route (l3 pods' proxy ARP needs the node to route
+    /// 169.254.1.1 somewhere).
+    pub fn uplink(&self, out: &TestNetns) {
+        twill_testkit::sh(&[
+            "ip",
+            "link",
+            "add",
+            "uplink",
+            "netns",
+            &self.ns.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &out.name,
+        ]);
+        self.ns.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{NODE_IP}/24"),
+            "dev",
+            "uplink",
+        ]);
+        self.ns.exec(&["ip", "link", "set", "uplink", "up"]);
+        self.ns
+            .exec(&["ip", "route", "add", "default", "via", OUTSIDE_IP]);
+        out.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{OUTSIDE_IP}/24"),
+            "dev",
+            "eth0",
+        ]);
+        out.exec(&["ip", "link", "set", "eth0", "up"]);
+    }
+
     pub fn conf(&self) -> Value {
-        json!({
+        let mut conf = json!({
             "cniVersion": "1.1.0",
             "name": "twltest",
             "type": "twill-cni",
@@ -43,7 +100,11 @@ impl Node {
             "clusterCIDR": "10.244.0.0/16",
             "capabilities": {"portMappings": true},
             "ipam": {"type": "twill", "subnet": self.subnet, "dataDir": self.data.path.join("ipam")},
-        })
+        });
+        if let Some(w) = self.wiring {
+            conf["podWiring"] = w.into();
+        }
+        conf
     }
 
     /// Runs the plugin in the node's namespace exactly as a runtime does: env + stdin.
@@ -258,6 +319,20 @@ impl Node {
             "{context}: leaked nft elements {:?}",
             self.nft_elements()
         );
+        assert!(
+            self.twill_routes().is_empty(),
+            "{context}: leaked routes {:?}",
+            self.twill_routes()
+        );
+    }
+
+    /// The node's routes carrying Twill's protocol (l3 pods' /32 routes).
+    pub fn twill_routes(&self) -> Vec<String> {
+        let out = self.ns.exec(&["ip", "-4", "route", "show", "proto", "84"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
     }
 }
 
