@@ -44,10 +44,11 @@ fn masq_elements(node: &Node) -> BTreeSet<String> {
         .collect()
 }
 
-/// Every pod answers: each reaches the gateway, and the first reaches all the others.
-fn assert_reachable(pods: &[&TestNetns], ips: &[String]) {
+/// Every pod answers: each reaches `first_hop` (the gateway, or in l3, where no interface
+/// holds 169.254.1.1, the node), and the first reaches all the others.
+fn assert_reachable(pods: &[&TestNetns], ips: &[String], first_hop: &str) {
     for (pod, ip) in pods.iter().zip(ips) {
-        assert!(ping(pod, GATEWAY), "pod {ip} cannot ping the gateway");
+        assert!(ping(pod, first_hop), "pod {ip} cannot ping {first_hop}");
     }
     for ip in &ips[1..] {
         assert!(ping(pods[0], ip), "pod {} cannot ping pod {ip}", ips[0]);
@@ -57,9 +58,22 @@ fn assert_reachable(pods: &[&TestNetns], ips: &[String]) {
 #[test]
 fn fifty_adds_at_once_then_fifty_dels_at_once() {
     twill_testkit::require_root("concurrent_add_del");
+    fifty_at_once(Node::new("cc"), "");
+}
+
+#[test]
+fn l3_fifty_adds_at_once_then_fifty_dels_at_once() {
+    twill_testkit::require_root("concurrent_add_del_l3");
+    fifty_at_once(Node::wired("ccl3", "l3"), "l3");
+}
+
+/// 50 ADDs released together, then 50 DELs; for either wiring.
+fn fifty_at_once(node: Node, tag: &str) {
     const N: usize = 50;
-    let node = Node::new("cc");
-    let pods = pods(N, "ccp");
+    let l3 = node.wiring == Some("l3");
+    let out = TestNetns::new(&format!("ccout{tag}"));
+    node.uplink(&out);
+    let pods = pods(N, &format!("ccp{tag}"));
     let conf = node.conf();
 
     let adds: Vec<_> = pods
@@ -84,12 +98,32 @@ fn fifty_adds_at_once_then_fifty_dels_at_once() {
     let ips: Vec<String> = replies.iter().map(|r| pod_ip(&r.json)).collect();
     let distinct: BTreeSet<_> = ips.iter().collect();
     assert_eq!(distinct.len(), N, "addresses handed out twice: {ips:?}");
-    assert_eq!(
-        node.bridge_ports().len(),
-        N,
-        "veths on the bridge: {:?}",
-        node.bridge_ports()
-    );
+    if l3 {
+        assert!(
+            !node.links().contains(&"twl0".to_string()),
+            "l3 makes no bridge"
+        );
+        // One /32 route per pod, to that pod's own host veth.
+        let routes = node.twill_routes();
+        assert_eq!(routes.len(), N, "{routes:?}");
+        for (ip, r) in ips.iter().zip(&replies) {
+            let veth = r.json["interfaces"][0]["name"].as_str().unwrap();
+            let want = format!("{ip} dev {veth} scope link ");
+            assert!(routes.contains(&want), "{want:?} missing: {routes:?}");
+        }
+    } else {
+        assert_eq!(
+            node.bridge_ports().len(),
+            N,
+            "veths on the bridge: {:?}",
+            node.bridge_ports()
+        );
+        assert_eq!(
+            node.bridge_addrs(),
+            [format!("{GATEWAY}/24")],
+            "the gateway was added once"
+        );
+    }
     assert_eq!(
         node.veths().len(),
         N,
@@ -102,11 +136,6 @@ fn fifty_adds_at_once_then_fifty_dels_at_once() {
         "IPAM records: {:?}",
         node.records()
     );
-    assert_eq!(
-        node.bridge_addrs(),
-        [format!("{GATEWAY}/24")],
-        "the gateway was added once"
-    );
     let masq = masq_elements(&node);
     assert_eq!(masq.len(), N, "one masquerade element per pod: {masq:?}");
     for ip in &ips {
@@ -116,15 +145,17 @@ fn fifty_adds_at_once_then_fifty_dels_at_once() {
         );
     }
     // The result matches the kernel in every pod.
+    let prefix = if l3 { 32 } else { 24 };
     for (pod, ip) in pods.iter().zip(&ips) {
         let (_, out, _) = pod.try_exec(&["ip", "-4", "-o", "addr", "show", "eth0"]);
         assert!(
-            out.contains(&format!("inet {ip}/24")),
+            out.contains(&format!("inet {ip}/{prefix}")),
             "pod {}: {out}",
             pod.name
         );
     }
-    assert_reachable(&pods.iter().collect::<Vec<_>>(), &ips);
+    let first_hop = if l3 { NODE_IP } else { GATEWAY };
+    assert_reachable(&pods.iter().collect::<Vec<_>>(), &ips, first_hop);
 
     let dels: Vec<_> = pods
         .iter()
@@ -151,6 +182,11 @@ fn fifty_adds_at_once_then_fifty_dels_at_once() {
     );
     node.assert_clean("after 50 parallel DELs");
     node.wait_reaped();
+    assert!(
+        node.twill_routes().is_empty(),
+        "routes left: {:?}",
+        node.twill_routes()
+    );
     assert!(
         node.bridge_ports().is_empty(),
         "bridge ports left: {:?}",
@@ -246,7 +282,7 @@ fn adds_racing_dels_of_other_pods() {
             pod.name
         );
     }
-    assert_reachable(&new.iter().collect::<Vec<_>>(), &new_ips);
+    assert_reachable(&new.iter().collect::<Vec<_>>(), &new_ips, GATEWAY);
     // An old address that was not reused is gone from the network.
     if let Some(gone) = old_ips.iter().find(|ip| !distinct.contains(*ip)) {
         assert!(!ping(&node.ns, gone), "{gone} still answers after DEL");

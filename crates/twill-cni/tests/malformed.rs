@@ -167,6 +167,39 @@ fn cases() -> Vec<Case> {
             7,
             &["\"bridge\"", "15 bytes"],
         ),
+        add(
+            "podWiring in capitals",
+            |c| c["podWiring"] = json!("L3"),
+            7,
+            &["\"podWiring\"", "\"L3\"", "use bridge or l3"],
+        ),
+        add(
+            "podWiring empty",
+            |c| c["podWiring"] = json!(""),
+            7,
+            &["\"podWiring\"", "use bridge or l3"],
+        ),
+        add(
+            "podWiring a boolean",
+            |c| c["podWiring"] = json!(true),
+            7,
+            &["\"podWiring\"", "a string"],
+        ),
+        add(
+            "podWiring l3 with a route via another gateway",
+            |c| {
+                c["podWiring"] = json!("l3");
+                c["ipam"]["routes"] = json!([{"dst": "0.0.0.0/0", "gw": "10.244.1.1"}]);
+            },
+            7,
+            &["ipam.routes[0].gw", "169.254.1.1"],
+        ),
+        add(
+            "podWiring l3 on a node with no route to 169.254.1.1",
+            |c| c["podWiring"] = json!("l3"),
+            103,
+            &["no route to 169.254.1.1"],
+        ),
         // Addresses and ranges.
         add(
             "subnet /33",

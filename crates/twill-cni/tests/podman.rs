@@ -1,6 +1,7 @@
 //! twill-cni under a real runtime: podman 4.3 with its CNI backend runs two containers
 //! that ping each other and a third whose `-p` host port answers HTTP, then removes them;
-//! the plugin's DEL must leave no veth, IPAM record or nft element behind.
+//! the plugin's DEL must leave no veth, IPAM record or nft element behind. Once with each
+//! pod wiring (bridge, l3).
 //!
 //! Podman runs with `nsenter --net=<test netns>` (its mount namespace stays the host's, so
 //! overlay and netns bind mounts are shared between podman calls): the plugin is podman's
@@ -39,12 +40,39 @@ struct Podman {
     containers: Vec<String>,
     /// System folders podman creates on first use; removed at the end if absent at start.
     system_state_existed: Vec<bool>,
+    /// `podWiring` in the conflist: "bridge" or "l3".
+    wiring: &'static str,
+    /// For l3: the node's uplink peer (l3 pods need the node to route 169.254.1.1).
+    _outside: Option<TestNetns>,
 }
 
+/// The node's uplink address in the l3 case.
+const NODE_IP: &str = "192.0.2.11";
+
 impl Podman {
-    fn new() -> Podman {
+    fn new(wiring: &'static str) -> Podman {
         let dir = TempDir::new("podman");
         let ns = TestNetns::new("podman");
+        let outside = (wiring == "l3").then(|| {
+            let out = TestNetns::new("podmanout");
+            sh(&[
+                "ip", "link", "add", "uplink", "netns", &ns.name, "type", "veth", "peer", "name",
+                "eth0", "netns", &out.name,
+            ]);
+            ns.exec(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{NODE_IP}/24"),
+                "dev",
+                "uplink",
+            ]);
+            ns.exec(&["ip", "link", "set", "uplink", "up"]);
+            ns.exec(&["ip", "route", "add", "default", "via", "192.0.2.100"]);
+            out.exec(&["ip", "addr", "add", "192.0.2.100/24", "dev", "eth0"]);
+            out.exec(&["ip", "link", "set", "eth0", "up"]);
+            out
+        });
         let net = unique_name("pod", 40);
         let bridge = unique_name("pb", 15);
         let octet = 200 + (std::process::id() % 51) as u8;
@@ -59,6 +87,8 @@ impl Podman {
             image,
             containers: Vec::new(),
             system_state_existed,
+            wiring,
+            _outside: outside,
         };
         p.write_configs();
         p
@@ -100,6 +130,7 @@ network_config_dir = "{d}/cni"
             "name": self.net,
             "plugins": [{
                 "type": "twill-cni",
+                "podWiring": self.wiring,
                 "bridge": self.bridge,
                 "ipMasq": true,
                 "clusterCIDR": "10.244.0.0/16",
@@ -118,8 +149,20 @@ network_config_dir = "{d}/cni"
         format!("10.244.{}.0/24", self.octet)
     }
 
-    fn gateway(&self) -> String {
-        format!("10.244.{}.1", self.octet)
+    /// An address of the node the pods reach: the bridge's gateway, or in l3 (where no
+    /// interface holds the pods' gateway 169.254.1.1) the node's uplink address.
+    fn node_address(&self) -> String {
+        match self.wiring {
+            "l3" => NODE_IP.to_string(),
+            _ => format!("10.244.{}.1", self.octet),
+        }
+    }
+
+    fn prefix_len(&self) -> u8 {
+        match self.wiring {
+            "l3" => 32,
+            _ => 24,
+        }
     }
 
     /// `podman ARGS` inside the test namespace, with our configs in its environment only.
@@ -194,9 +237,10 @@ network_config_dir = "{d}/cni"
             })
             .to_string();
         let inside = self.run(&["exec", container, "ip", "-4", "-o", "addr", "show", "eth0"]);
+        let prefix = self.prefix_len();
         assert!(
-            inside.contains(&format!("inet {ip}/24")),
-            "eth0 in {container} lacks {ip}/24: {inside}"
+            inside.contains(&format!("inet {ip}/{prefix}")),
+            "eth0 in {container} lacks {ip}/{prefix}: {inside}"
         );
         ip
     }
@@ -210,7 +254,7 @@ network_config_dir = "{d}/cni"
             .unwrap()
             .iter()
             .filter_map(|l| l["ifname"].as_str())
-            .filter(|n| *n != "lo" && *n != self.bridge)
+            .filter(|n| !["lo", "uplink", self.bridge.as_str()].contains(n))
             .map(str::to_string)
             .collect()
     }
@@ -346,8 +390,18 @@ fn http_get(ns: &TestNetns, addr: &str, patience: Duration) -> Result<String, St
 #[test]
 fn podman_runs_pods_on_twill_cni_and_del_cleans_up() {
     twill_testkit::require_root("podman");
+    podman_scenario("bridge");
+}
+
+#[test]
+fn podman_runs_pods_on_an_l3_conflist_and_del_cleans_up() {
+    twill_testkit::require_root("podman_l3");
+    podman_scenario("l3");
+}
+
+fn podman_scenario(wiring: &'static str) {
     let started = Instant::now();
-    let mut pm = Podman::new();
+    let mut pm = Podman::new(wiring);
     pm.import_image();
 
     let a = pm.start("pa", &[], &["sleep", "60"]);
@@ -363,7 +417,25 @@ fn podman_runs_pods_on_twill_cni_and_del_cleans_up() {
     }
     pm.run(&["exec", &a, "ping", "-c1", "-W2", &ip_b]);
     pm.run(&["exec", &b, "ping", "-c1", "-W2", &ip_a]);
-    pm.run(&["exec", &a, "ping", "-c1", "-W2", &pm.gateway()]);
+    pm.run(&["exec", &a, "ping", "-c1", "-W2", &pm.node_address()]);
+    if wiring == "l3" {
+        let routes = pm.run(&["exec", &a, "ip", "-4", "route"]);
+        assert!(
+            routes.contains("default via 169.254.1.1 dev eth0"),
+            "{routes}"
+        );
+        let node_routes = String::from_utf8_lossy(
+            &pm.ns
+                .exec(&["ip", "-4", "route", "show", "proto", "84"])
+                .stdout,
+        )
+        .into_owned();
+        assert!(
+            node_routes.contains(&format!("{ip_a} dev "))
+                && node_routes.contains(&format!("{ip_b} dev ")),
+            "{node_routes}"
+        );
+    }
 
     let port = format!("{HOST_PORT}:8080");
     let web = pm.start(
@@ -393,12 +465,12 @@ fn podman_runs_pods_on_twill_cni_and_del_cleans_up() {
         "no host-port element for {ip_web}:8080 <- {HOST_PORT}:\n{elements}"
     );
 
-    // The host port answers on the node, through 127.0.0.1 and the bridge's gateway address.
+    // The host port answers on the node, through 127.0.0.1 and a node address.
     // (Podman's conmon holds a listening socket on the port but never accepts: the page can
     // only come from httpd in the container, through Twill's DNAT.)
     for addr in [
         format!("127.0.0.1:{HOST_PORT}"),
-        format!("{}:{HOST_PORT}", pm.gateway()),
+        format!("{}:{HOST_PORT}", pm.node_address()),
     ] {
         assert_eq!(
             http_get(&pm.ns, &addr, Duration::from_secs(5)).as_deref(),
@@ -423,6 +495,12 @@ fn podman_runs_pods_on_twill_cni_and_del_cleans_up() {
     rm.extend(pm.containers.iter().map(String::as_str));
     pm.run(&rm);
     assert!(pm.veths().is_empty(), "leaked veths {:?}", pm.veths());
+    let routes = pm.ns.exec(&["ip", "-4", "route", "show", "proto", "84"]);
+    assert!(
+        routes.stdout.is_empty(),
+        "leaked routes {}",
+        String::from_utf8_lossy(&routes.stdout)
+    );
     assert!(
         pm.records().is_empty(),
         "leaked IPAM records {:?}",
