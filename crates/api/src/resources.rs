@@ -436,7 +436,16 @@ impl NodeSpec {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resource {
     NetworkConfig(NetworkConfig),
-    Node { name: String, spec: NodeSpec },
+    Node {
+        name: String,
+        spec: NodeSpec,
+    },
+    /// A block as `twill get blocks` prints it. Agents claim blocks; applying one writes
+    /// nothing and only confirms the store holds it for that node (so what `get` prints
+    /// applies again).
+    Block {
+        spec: Block,
+    },
 }
 
 impl Resource {
@@ -444,6 +453,7 @@ impl Resource {
         match self {
             Resource::NetworkConfig(_) => "NetworkConfig",
             Resource::Node { .. } => "Node",
+            Resource::Block { .. } => "Block",
         }
     }
 
@@ -456,6 +466,10 @@ impl Resource {
             ),
             Resource::Node { name, spec } => (
                 format!("{PREFIX_NODECONFIGS}{name}"),
+                serde_json::to_vec(spec).expect("serializes"),
+            ),
+            Resource::Block { spec } => (
+                block_key(spec.cidr),
                 serde_json::to_vec(spec).expect("serializes"),
             ),
         }
@@ -491,9 +505,20 @@ struct Metadata {
     name: String,
 }
 
+/// The `kind` of a list of resources, as `twill get -o json` prints several.
+pub const KIND_LIST: &str = "List";
+
+/// `kind: List`: its items are documents of their own.
+#[derive(Deserialize)]
+struct ListDocument {
+    #[serde(default)]
+    items: Vec<serde_yaml_ng::Value>,
+}
+
 /// Parses a resource file (YAML, which includes JSON; several documents separated by
-/// `---`). Every error names the field, the reason and the line. Nothing is applied
-/// unless the whole file is valid: that is the caller's job, this is pure.
+/// `---`, or a `kind: List` of items as `twill get -o json` prints them). Every error
+/// names the field, the reason and the line. Nothing is applied unless the whole file is
+/// valid: that is the caller's job, this is pure.
 pub fn parse_resources(text: &str) -> Result<Vec<Resource>, Invalid> {
     let mut out = Vec::new();
     // Line numbers: serde_yaml_ng locates syntax and type errors; for semantic errors we
@@ -515,6 +540,21 @@ pub fn parse_resources(text: &str) -> Result<Vec<Resource>, Invalid> {
         };
         let kind: KindOnly =
             serde_yaml_ng::from_str(body).map_err(|e| at(yaml_error(&e, first_line)))?;
+        if kind.kind == KIND_LIST {
+            let list: ListDocument =
+                serde_yaml_ng::from_str(body).map_err(|e| at(yaml_error(&e, first_line)))?;
+            for (i, item) in list.items.iter().enumerate() {
+                // Each item as a document of its own; its errors point at the list's line.
+                let text = serde_yaml_ng::to_string(item).expect("a parsed value serializes");
+                let items = parse_resources(&text).map_err(|mut e| {
+                    e.field = format!("items[{i}].{}", e.field);
+                    e.line = Some(first_line);
+                    e
+                })?;
+                out.extend(items);
+            }
+            continue;
+        }
         let res = match kind.kind.as_str() {
             "NetworkConfig" => {
                 let d: Document<NetworkConfig> =
@@ -534,10 +574,28 @@ pub fn parse_resources(text: &str) -> Result<Vec<Resource>, Invalid> {
                 d.spec.address().map_err(at)?;
                 Resource::Node { name, spec: d.spec }
             }
+            "Block" => {
+                let d: Document<Block> =
+                    serde_yaml_ng::from_str(body).map_err(|e| at(yaml_error(&e, first_line)))?;
+                let key = block_key(d.spec.cidr);
+                let name = key.trim_start_matches(PREFIX_BLOCKS);
+                if !d.metadata.name.is_empty() && d.metadata.name != name {
+                    return Err(at(invalid(
+                        "metadata.name",
+                        format!(
+                            "{:?} is not the name of block {} (that is {name:?})",
+                            d.metadata.name, d.spec.cidr
+                        ),
+                    )));
+                }
+                Resource::Block { spec: d.spec }
+            }
             other => {
                 return Err(at(invalid(
                     "kind",
-                    format!("{other:?} is not a Twill resource; use NetworkConfig or Node"),
+                    format!(
+                        "{other:?} is not a Twill resource; use NetworkConfig, Node, Block or List"
+                    ),
                 )))
             }
         };

@@ -859,8 +859,16 @@ pub fn load(name: &str) -> Result<LabState, LabError> {
 }
 
 /// Runs `cmd` inside a lab member (`n1`, `n1-p2`, `rt`, `out`, `ul`) with the caller's stdio;
-/// returns its exit code (128 + signal if it was killed).
-pub fn exec(state: &LabState, target: &str, cmd: &[String]) -> Result<i32, LabError> {
+/// returns its exit code (128 + signal if it was killed). The command finds the lab's
+/// store in its environment ([`LabPlan::store_env`], replacing the caller's store settings),
+/// and `tools_dir` (the running twill's folder) first on PATH, so `twill`, `twilld` and
+/// `twill-cni` inside are the lab's own.
+pub fn exec(
+    state: &LabState,
+    target: &str,
+    cmd: &[String],
+    tools_dir: Option<&Path>,
+) -> Result<i32, LabError> {
     let netns = state.plan.target_netns(target)?;
     if !netns_exists(netns) {
         return Err(LabError::Command {
@@ -868,11 +876,27 @@ pub fn exec(state: &LabState, target: &str, cmd: &[String]) -> Result<i32, LabEr
             detail: format!("namespace {netns} does not exist (is the lab up?)"),
         });
     }
-    let status = Command::new("ip")
-        .args(["netns", "exec", netns])
-        .args(cmd)
-        .status()
-        .map_err(io_err("run ip netns exec"))?;
+    let mut command = Command::new("ip");
+    command.args(["netns", "exec", netns]).args(cmd);
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if plan::ENV_STORE_PREFIXES.iter().any(|p| k.starts_with(p)) {
+            command.env_remove(k.as_ref());
+        }
+    }
+    command.envs(state.plan.store_env());
+    if let Some(dir) = tools_dir {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let joined = std::env::join_paths(
+            std::iter::once(dir.to_path_buf()).chain(std::env::split_paths(&path)),
+        )
+        .map_err(|e| LabError::Command {
+            cmd: format!("twill lab exec {target}"),
+            detail: format!("cannot put {} on PATH: {e}", dir.display()),
+        })?;
+        command.env("PATH", joined);
+    }
+    let status = command.status().map_err(io_err("run ip netns exec"))?;
     use std::os::unix::process::ExitStatusExt;
     Ok(status
         .code()

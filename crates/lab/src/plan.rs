@@ -59,6 +59,16 @@ pub const CONTAINER_PORT_TCP: u16 = 8080;
 pub const HOST_PORT_UDP: u16 = 30053;
 pub const CONTAINER_PORT_UDP: u16 = 5353;
 
+/// The environment variables `twill` reads its store from (the CLI's `--store`,
+/// `--store-dir`, `--etcd-endpoints`, `--static-file`).
+pub const ENV_STORE: &str = "TWILL_STORE";
+pub const ENV_STORE_DIR: &str = "TWILL_STORE_DIR";
+pub const ENV_ETCD_ENDPOINTS: &str = "TWILL_ETCD_ENDPOINTS";
+pub const ENV_STATIC_FILE: &str = "TWILL_STATIC_FILE";
+/// Every store setting of the caller's that `lab exec` drops (TLS files of another etcd
+/// included) before it sets the lab's.
+pub const ENV_STORE_PREFIXES: [&str; 3] = ["TWILL_STORE", "TWILL_ETCD_", "TWILL_STATIC_FILE"];
+
 /// Which cluster store the lab's agents share.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -664,6 +674,23 @@ impl LabPlan {
         a
     }
 
+    /// The environment that points `twill` at this lab's store (what `store_args.rs` of
+    /// the CLI reads): `twill lab exec NODE -- twill node status` then reads the lab's
+    /// store, as the agents do. Pure.
+    pub fn store_env(&self) -> Vec<(&'static str, String)> {
+        let mut v = vec![(ENV_STORE, self.store.kind.as_str().to_string())];
+        if let Some(dir) = &self.store.dir {
+            v.push((ENV_STORE_DIR, dir.display().to_string()));
+        }
+        if let Some(e) = &self.store.etcd {
+            v.push((ENV_ETCD_ENDPOINTS, e.client_url.clone()));
+        }
+        if let Some(f) = &self.store.static_file {
+            v.push((ENV_STATIC_FILE, f.display().to_string()));
+        }
+        v
+    }
+
     /// The etcd member's argument list (after `ip netns exec <store ns> etcd`): one member,
     /// the fast timings the runbook measured (healthy in well under a second).
     pub fn etcd_args(&self) -> Option<Vec<String>> {
@@ -960,6 +987,13 @@ mod tests {
         );
         assert!(p.etcd_args().is_none());
         assert_eq!(
+            p.store_env(),
+            [
+                (ENV_STORE, "embedded".to_string()),
+                (ENV_STORE_DIR, "/run/twllab/store".to_string())
+            ]
+        );
+        assert_eq!(
             n.conflist,
             PathBuf::from("/run/twllab/n1/10-twill.conflist")
         );
@@ -1093,6 +1127,13 @@ mod tests {
                 && etcd.contains("--initial-cluster twllab=http://127.0.0.1:2380")
                 && etcd.contains("--data-dir /run/twllab/etcd"),
             "{etcd}"
+        );
+        assert_eq!(
+            p.store_env(),
+            [
+                (ENV_STORE, "etcd".to_string()),
+                (ENV_ETCD_ENDPOINTS, "http://192.0.2.2:2379".to_string())
+            ]
         );
         // Without etcd there is no `st` member.
         let plain = plan(&spec(1, 1, 1)).unwrap();

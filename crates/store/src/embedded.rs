@@ -477,6 +477,23 @@ impl EmbeddedStore {
         EmbeddedStore::open_with(dir, Options::default())
     }
 
+    /// Opens the store in `dir` only if one is there (its log exists): a reader that must
+    /// not leave an empty store behind where it looked. [`StoreError::Missing`] otherwise.
+    pub fn open_existing(dir: &Path) -> Result<EmbeddedStore> {
+        if !dir.join(LOG_FILE).is_file() {
+            let reason = if dir.is_dir() {
+                format!("the folder exists but holds no {LOG_FILE}")
+            } else {
+                "the folder does not exist".to_string()
+            };
+            return Err(StoreError::Missing {
+                path: dir.display().to_string(),
+                reason,
+            });
+        }
+        EmbeddedStore::open(dir)
+    }
+
     pub fn open_with(dir: &Path, opts: Options) -> Result<EmbeddedStore> {
         std::fs::create_dir_all(dir).map_err(io_err("create folder", dir))?;
         let lock_path = dir.join(LOCK_FILE);

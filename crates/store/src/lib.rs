@@ -16,7 +16,7 @@ pub mod etcd;
 pub mod open;
 pub mod static_file;
 
-pub use open::{open, StoreConfig};
+pub use open::{open, open_existing, StoreConfig};
 
 /// The shared test suite of the writable stores (see its module docs).
 #[doc(hidden)]
@@ -98,6 +98,10 @@ pub enum StoreError {
     },
     #[error("bad store configuration: {0}")]
     Config(String),
+    /// The store to read does not exist (an embedded store's folder holds no log); nothing
+    /// was created.
+    #[error("no store at {path}: {reason}")]
+    Missing { path: String, reason: String },
 }
 
 impl StoreError {

@@ -21,3 +21,15 @@ pub fn open(cfg: &StoreConfig) -> Result<Box<dyn Store>> {
         StoreConfig::Static { file } => Box::new(crate::static_file::StaticStore::open(file)?),
     })
 }
+
+/// Like [`open`], but never creates a store: an embedded store must already exist
+/// ([`crate::StoreError::Missing`] otherwise). etcd and the static file are only ever read
+/// or connected to, so they open as with [`open`]. For commands that only read.
+pub fn open_existing(cfg: &StoreConfig) -> Result<Box<dyn Store>> {
+    match cfg {
+        StoreConfig::Embedded { dir } => Ok(Box::new(
+            crate::embedded::EmbeddedStore::open_existing(dir)?,
+        )),
+        other => open(other),
+    }
+}

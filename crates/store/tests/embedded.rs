@@ -379,3 +379,35 @@ fn a_watcher_sees_every_revision_once_while_another_handle_compacts() {
     });
     assert_eq!(w.next(Duration::from_millis(100)).unwrap(), None);
 }
+
+#[test]
+fn open_existing_never_creates_a_store() {
+    let tmp = TempDir::new("storeexist");
+    let dir = tmp.path.join("store");
+    // No folder: refused, and still no folder.
+    let e = EmbeddedStore::open_existing(&dir).err().expect("refused");
+    assert!(
+        matches!(&e, StoreError::Missing { path, reason } if path == &dir.display().to_string()
+            && reason.contains("does not exist")),
+        "{e}"
+    );
+    assert!(!dir.exists(), "open_existing created {}", dir.display());
+    // An empty folder: refused, and left empty.
+    std::fs::create_dir(&dir).unwrap();
+    let e = twill_store::open_existing(&twill_store::StoreConfig::Embedded { dir: dir.clone() })
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("holds no log.jsonl"), "{e}");
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        0,
+        "files appeared"
+    );
+    // A real store opens, and sees what was written.
+    EmbeddedStore::open(&dir)
+        .unwrap()
+        .put("/twill/v1/x", b"1", None)
+        .unwrap();
+    let s = EmbeddedStore::open_existing(&dir).unwrap();
+    assert_eq!(s.get("/twill/v1/x").unwrap().unwrap().value, b"1");
+}

@@ -160,7 +160,9 @@ enum LabCommand {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
-    /// Run a command inside a lab member (n1, n1-p2, rt, out, ul, st); its exit code passes through.
+    /// Run a command inside a lab member (n1, n1-p2, rt, out, ul, st); its exit code passes
+    /// through. Inside, `twill` is this twill and reads the lab's store (TWILL_STORE and
+    /// TWILL_STORE_DIR or TWILL_ETCD_ENDPOINTS are set): `twill lab exec n1 -- twill node status`.
     Exec {
         #[command(flatten)]
         name: NameArg,
@@ -402,7 +404,16 @@ pub fn run(args: LabArgs, store: &StoreArgs) -> anyhow::Result<i32> {
             name,
             target,
             command,
-        } => Ok(build::exec(&build::load(&name.name)?, &target, &command)?),
+        } => {
+            let exe =
+                std::env::current_exe().context("cannot find the running twill executable")?;
+            Ok(build::exec(
+                &build::load(&name.name)?,
+                &target,
+                &command,
+                exe.parent(),
+            )?)
+        }
         LabCommand::Check { name, output } => {
             let report = check::run(&build::load(&name.name)?)?;
             match output {

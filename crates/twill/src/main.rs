@@ -8,10 +8,11 @@ mod node_cmd;
 mod node_status;
 mod resources;
 mod store_args;
+mod suggest;
 mod table;
 mod view;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use twill_store::StoreError;
 
 #[derive(Parser)]
@@ -44,16 +45,19 @@ enum Command {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let argv: Vec<String> = std::env::args().collect();
+    let cli = Cli::try_parse_from(&argv)
+        .unwrap_or_else(|e| suggest::with_tip(e, &Cli::command(), &argv).exit());
     let result = match cli.command {
         Command::Lab(args) => lab::run(args, &cli.store),
-        command => with_store(&cli.store, |store| match command {
+        // Only apply may make a new store; the rest work on one that exists.
+        Command::Apply(a) => with_store(&cli.store, true, |store| resources::run_apply(a, store)),
+        command => with_store(&cli.store, false, |store| match command {
             Command::Get(a) => resources::run_get(a, store),
-            Command::Apply(a) => resources::run_apply(a, store),
             Command::Delete(a) => resources::run_delete(a, store),
             Command::Node(a) => node_cmd::run(a, store),
             Command::Ipam(a) => ipam_cmd::run(a, store),
-            Command::Lab(_) => unreachable!("handled above"),
+            Command::Lab(_) | Command::Apply(_) => unreachable!("handled above"),
         }),
     };
     match result {
@@ -65,13 +69,19 @@ fn main() {
     }
 }
 
-/// Opens the store the flags name and runs `f`; a store failure comes back explained.
+/// Opens the store the flags name (creating an embedded one only if `create`) and runs
+/// `f`; a store failure comes back explained.
 fn with_store(
     args: &store_args::StoreArgs,
+    create: bool,
     f: impl FnOnce(&dyn twill_store::Store) -> anyhow::Result<i32>,
 ) -> anyhow::Result<i32> {
     let cfg = args.config()?;
-    let store = store_args::open(&cfg)?;
+    let store = if create {
+        store_args::open(&cfg)?
+    } else {
+        store_args::open_existing(&cfg)?
+    };
     f(store.as_ref()).map_err(|e| match e.downcast::<StoreError>() {
         Ok(se) => store_args::explain(se, &cfg),
         Err(e) => e,

@@ -428,7 +428,60 @@ fn describe(r: &Resource) -> String {
     match r {
         Resource::NetworkConfig(_) => "networkconfig".into(),
         Resource::Node { name, .. } => format!("node/{name}"),
+        Resource::Block { spec } => format!(
+            "block/{}",
+            twill_api::resources::block_key(spec.cidr).trim_start_matches("blocks/")
+        ),
     }
+}
+
+/// What `apply` does with one resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Write it to the store.
+    Write,
+    /// The store already says the same: nothing to write.
+    Unchanged,
+}
+
+/// What `apply` does with each resource, after [`check_apply`]: a resource the store
+/// already holds as it is (the output of `twill get`, applied again) is left unchanged,
+/// a node with no settings needs no override, and a block, which only agents claim, must
+/// be held by the node it names. Pure.
+pub fn plan_apply(view: &ClusterView, resources: &[Resource]) -> Result<Vec<Action>, String> {
+    check_apply(view, resources)?;
+    resources
+        .iter()
+        .map(|r| match r {
+            Resource::NetworkConfig(c) if view.config.as_ref() == Some(c) => Ok(Action::Unchanged),
+            Resource::NetworkConfig(_) => Ok(Action::Write),
+            Resource::Node { name, spec } => Ok(match view.overrides.get(name) {
+                Some(o) if o == spec => Action::Unchanged,
+                None if *spec == twill_api::resources::NodeSpec::default() => Action::Unchanged,
+                _ => Action::Write,
+            }),
+            Resource::Block { spec } => {
+                let holder = view
+                    .blocks
+                    .iter()
+                    .find(|b| b.cidr == Some(spec.cidr))
+                    .and_then(|b| b.holder());
+                match holder {
+                    Some(h) if h == spec.node => Ok(Action::Unchanged),
+                    Some(h) => Err(format!(
+                        "{}: the store has it held by {h}, the file says {}; blocks are claimed by \
+                         the agents, not applied (to free one, `twill node remove NAME`)",
+                        describe(r),
+                        spec.node
+                    )),
+                    None => Err(format!(
+                        "{}: no node holds it; blocks are claimed by the agents (twilld), not applied",
+                        describe(r)
+                    )),
+                }
+            }
+        })
+        .collect()
 }
 
 pub fn run_apply(args: ApplyArgs, store: &dyn Store) -> anyhow::Result<i32> {
@@ -447,10 +500,15 @@ pub fn run_apply(args: ApplyArgs, store: &dyn Store) -> anyhow::Result<i32> {
     let resources =
         parse_resources(&text).map_err(|e| anyhow::anyhow!("{name}: {e}; nothing was applied"))?;
     let view = ClusterView::load(store)?;
-    if let Err(why) = check_apply(&view, &resources) {
-        bail!("{name}: {why}; nothing was applied");
-    }
-    for r in &resources {
+    let actions = match plan_apply(&view, &resources) {
+        Ok(a) => a,
+        Err(why) => bail!("{name}: {why}; nothing was applied"),
+    };
+    for (r, action) in resources.iter().zip(actions) {
+        if action == Action::Unchanged {
+            println!("{} unchanged", describe(r));
+            continue;
+        }
         let (key, value) = r.to_store();
         let full = format!("{PREFIX}{key}");
         let written = match (r, view.config_revision) {
@@ -458,6 +516,7 @@ pub fn run_apply(args: ApplyArgs, store: &dyn Store) -> anyhow::Result<i32> {
             // change is not silently overwritten.
             (Resource::NetworkConfig(_), Some(rev)) => store.update(&full, rev, &value, None)?,
             (Resource::NetworkConfig(_), None) => store.create(&full, &value, None)?.is_some(),
+            (Resource::Block { .. }, _) => unreachable!("plan_apply writes no block"),
             _ => {
                 store.put(&full, &value, None)?;
                 true

@@ -89,13 +89,29 @@ impl StoreArgs {
     }
 }
 
-/// Opens the store, explaining a failure.
+/// Opens the store, creating an embedded one that is not there yet (for `apply`),
+/// explaining a failure.
 pub fn open(cfg: &StoreConfig) -> anyhow::Result<Box<dyn Store>> {
     twill_store::open(cfg).map_err(|e| explain(e, cfg))
 }
 
+/// Opens a store that exists, never creating one (for the commands that read), explaining
+/// a failure: a missing store is reported as missing, not silently made empty.
+pub fn open_existing(cfg: &StoreConfig) -> anyhow::Result<Box<dyn Store>> {
+    twill_store::open_existing(cfg).map_err(|e| explain(e, cfg))
+}
+
 /// A store error with the way out: which endpoint or folder, and which flag to change.
 pub fn explain(e: StoreError, cfg: &StoreConfig) -> anyhow::Error {
+    if let (StoreError::Missing { .. }, StoreConfig::Embedded { dir }) = (&e, cfg) {
+        return anyhow::anyhow!(
+            "{e}; nothing was created. Point twill at the folder the agents share with \
+             --store-dir or TWILL_STORE_DIR (now {}), or use --store etcd; a new embedded store \
+             is made by the first twilld started with --store-dir DIR, or by \
+             `twill apply -f FILE --store-dir DIR` (a NetworkConfig)",
+            dir.display()
+        );
+    }
     let hint = match (&e, cfg) {
         (StoreError::Unavailable { endpoint, .. }, StoreConfig::Etcd(c)) => format!(
             "cannot reach etcd at {endpoint}{}: check that etcd runs there, or point twill at it with \
@@ -125,7 +141,6 @@ pub fn explain(e: StoreError, cfg: &StoreConfig) -> anyhow::Error {
     anyhow::anyhow!("{hint}: {e}")
 }
 
-/// A copy of `twill_store::open` (crates/store/src/open.rs), not yet exported by lib.rs.
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +193,28 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("--etcd-key-file"));
+    }
+
+    #[test]
+    fn a_missing_embedded_store_names_the_folder_and_how_to_make_one() {
+        let cfg = StoreConfig::Embedded {
+            dir: "/tmp/twl-none".into(),
+        };
+        let e = explain(
+            StoreError::Missing {
+                path: "/tmp/twl-none".into(),
+                reason: "the folder does not exist".into(),
+            },
+            &cfg,
+        );
+        let text = format!("{e:#}");
+        for part in [
+            "no store at /tmp/twl-none: the folder does not exist; nothing was created",
+            "--store-dir or TWILL_STORE_DIR (now /tmp/twl-none)",
+            "twill apply -f FILE",
+        ] {
+            assert!(text.contains(part), "{part:?} missing from {text}");
+        }
     }
 
     #[test]

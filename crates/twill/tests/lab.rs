@@ -208,6 +208,43 @@ fn lab_up_check_status_exec_down() {
     ]);
     assert_eq!(exit.status.code(), Some(7), "{}", text(&exit));
 
+    // Inside the lab, `twill` (this one, first on PATH) reads the lab's embedded store,
+    // from a node and from a pod, with none of the caller's store settings.
+    let status = Command::new(TWILL)
+        .args([
+            "lab", "exec", "--name", &name, "n1", "--", "twill", "node", "status",
+        ])
+        .env("TWILL_STORE_DIR", "/nonexistent/twl")
+        .env("TWILL_ETCD_ENDPOINTS", "http://127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", text(&status));
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("n1"),
+        "{}",
+        text(&status)
+    );
+    let show = twill(&[
+        "lab", "exec", "--name", &name, "n1-p1", "--", "twill", "ipam", "show",
+    ]);
+    assert!(show.status.success(), "{}", text(&show));
+    assert!(
+        String::from_utf8_lossy(&show.stdout).contains(&block),
+        "{block}: {}",
+        text(&show)
+    );
+
+    // With its only node gone, the lab has nothing to check: that is a failure.
+    let rm = twill(&["lab", "remove-node", "--name", &name, "n1"]);
+    assert!(rm.status.success(), "{}", text(&rm));
+    let empty = twill(&["lab", "check", "--name", &name]);
+    assert_eq!(empty.status.code(), Some(1), "{}", text(&empty));
+    assert!(
+        String::from_utf8_lossy(&empty.stderr).contains("no checks ran"),
+        "{}",
+        text(&empty)
+    );
+
     let down = twill(&["lab", "down", "--name", &name]);
     assert!(down.status.success(), "down failed:\n{}", text(&down));
     let left: Vec<String> = std::fs::read_dir("/run/netns")
@@ -436,20 +473,9 @@ fn lab_on_etcd_runs_a_member_and_the_agents_use_it() {
             "{node}: {b:?}"
         );
     }
+    // Inside the lab, plain `twill` (this one, first on PATH) finds the lab's etcd.
     let get = twill(&[
-        "lab",
-        "exec",
-        "--name",
-        &name,
-        "n1",
-        "--",
-        TWILL,
-        "get",
-        "blocks",
-        "--store",
-        "etcd",
-        "--etcd-endpoints",
-        "http://192.0.2.2:2379",
+        "lab", "exec", "--name", &name, "n2", "--", "twill", "get", "blocks",
     ]);
     assert!(get.status.success(), "{}", text(&get));
     let out = String::from_utf8_lossy(&get.stdout);
@@ -461,6 +487,16 @@ fn lab_on_etcd_runs_a_member_and_the_agents_use_it() {
             );
         }
     }
+    let status = twill(&[
+        "lab", "exec", "--name", &name, "n1", "--", "twill", "node", "status", "-o", "json",
+    ]);
+    assert!(status.status.success(), "{}", text(&status));
+    let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let text_of = report.to_string();
+    assert!(
+        text_of.contains("\"n1\"") && text_of.contains("\"n2\""),
+        "{report:#}"
+    );
     let mut pids = agent_pids(&st);
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(format!("/run/{name}/state.json")).unwrap()).unwrap();

@@ -225,7 +225,7 @@ fn apply_then_get_in_every_format(c: &Cluster) {
     let r = c.twill_stdin(&["apply", "-f", "-"], &y);
     assert_eq!(
         (r.code, r.stdout.as_str()),
-        (0, "networkconfig configured\n"),
+        (0, "networkconfig unchanged\n"),
         "{}",
         r.stderr
     );
@@ -265,7 +265,7 @@ fn a_bad_file_is_refused_with_the_line_and_nothing_is_written(c: &Cluster) {
         (
             "unknown kind",
             "kind: NetworkConfig\nspec:\n  clusterCIDR: 10.244.0.0/16\n---\nkind: Pod\nspec: {}\n",
-            &["line 5", "kind", "NetworkConfig or Node"],
+            &["line 5", "kind", "NetworkConfig, Node, Block or List"],
         ),
         (
             "second document bad",
@@ -486,6 +486,92 @@ fn node_remove_frees_blocks_and_refuses_a_live_node(c: &Cluster) {
     );
 }
 
+/// Every key with its value and revision: what "nothing changed" means.
+fn snapshot(c: &Cluster) -> Vec<(String, Vec<u8>, u64)> {
+    let (kvs, _) = c.store.list(PREFIX).unwrap();
+    kvs.into_iter()
+        .map(|kv| (kv.key, kv.value, kv.mod_revision as u64))
+        .collect()
+}
+
+fn get_output_applies_again_for_every_kind(c: &Cluster) {
+    populate(c);
+    // n1 has an override, n2 none.
+    assert_eq!(
+        c.apply("kind: Node\nmetadata: {name: n1}\nspec: {ipv4Address: 192.0.2.11/24}\n")
+            .code,
+        0
+    );
+    let before = snapshot(c);
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["config"], &["networkconfig"]),
+        (&["config", "default"], &["networkconfig"]),
+        (&["nodes"], &["node/n1", "node/n2"]),
+        (&["node", "n2"], &["node/n2"]),
+        (
+            &["blocks"],
+            &["block/10.244.1.0-26", "block/10.244.1.64-26"],
+        ),
+        (&["block", "10.244.1.64/26"], &["block/10.244.1.64-26"]),
+    ];
+    for (get, names) in cases {
+        for out in ["json", "yaml"] {
+            let mut args = vec!["get"];
+            args.extend_from_slice(get);
+            args.extend(["-o", out]);
+            let printed = c.ok(&args);
+            let r = c.twill_stdin(&["apply", "-f", "-"], &printed);
+            let want: String = names.iter().map(|n| format!("{n} unchanged\n")).collect();
+            assert_eq!(
+                (r.code, r.stdout.as_str()),
+                (0, want.as_str()),
+                "twill {args:?} then apply: {}\n{printed}",
+                r.stderr
+            );
+            assert_eq!(
+                snapshot(c),
+                before,
+                "twill {args:?} then apply changed the store"
+            );
+        }
+    }
+    // An edit of what was printed goes in.
+    let y = c.ok(&["get", "node", "n2", "-o", "yaml"]);
+    let edited = y.replace("spec: {}", "spec:\n  ipv4Address: 192.0.2.12/24");
+    assert_ne!(edited, y, "{y}");
+    let r = c.twill_stdin(&["apply", "-f", "-"], &edited);
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "node/n2 configured\n"),
+        "{}",
+        r.stderr
+    );
+    // A block is the agents' to claim: one held by another node, or by none, is refused
+    // and nothing is written.
+    let before = snapshot(c);
+    let j = c.ok(&["get", "block", "10.244.1.0/26", "-o", "json"]);
+    for (text, why) in [
+        (
+            j.replace("\"node\": \"n1\"", "\"node\": \"n2\""),
+            "held by n1, the file says n2",
+        ),
+        (
+            j.replace("10.244.1.0/26", "10.244.9.0/26")
+                .replace("10.244.1.0-26", "10.244.9.0-26"),
+            "no node holds it",
+        ),
+    ] {
+        let r = c.twill_stdin(&["apply", "-f", "-"], &text);
+        assert_eq!(r.code, 1, "{text}");
+        assert!(
+            r.stderr.contains(why) && r.stderr.contains("nothing was applied"),
+            "{}",
+            r.stderr
+        );
+    }
+    assert_eq!(snapshot(c), before);
+}
+
 /// Each scenario as `<name>::embedded` and `<name>::etcd`.
 macro_rules! on_every_store {
     ($($name:ident),* $(,)?) => {$(
@@ -504,6 +590,7 @@ macro_rules! on_every_store {
 
 on_every_store!(
     apply_then_get_in_every_format,
+    get_output_applies_again_for_every_kind,
     a_bad_file_is_refused_with_the_line_and_nothing_is_written,
     config_changes_under_held_blocks_are_refused,
     ipam_show_check_and_get_blocks_on_a_clean_store,
@@ -530,5 +617,155 @@ fn an_unreachable_etcd_names_the_endpoint_and_the_fix() {
     assert!(
         err.contains("127.0.0.1:1") && err.contains("--etcd-endpoints"),
         "{err}"
+    );
+}
+
+/// `twill ARGS` with a clean environment (no TWILL_* of the caller).
+fn twill_clean(args: &[&str]) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_twill"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TWILL_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd.args(args).output().expect("run twill");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+    }
+}
+
+#[test]
+fn commands_that_read_never_create_a_store_and_say_it_is_missing() {
+    let tmp = TempDir::new("nostore");
+    let dir = tmp.path.join("store");
+    let d = dir.to_str().unwrap();
+    let reads: &[&[&str]] = &[
+        &["get", "nodes"],
+        &["get", "config"],
+        &["get", "blocks", "-o", "json"],
+        &["node", "status"],
+        &["ipam", "show"],
+        &["ipam", "check"],
+        &["delete", "node", "n1"],
+        &["node", "remove", "n1"],
+    ];
+    for empty_folder in [false, true] {
+        if empty_folder {
+            std::fs::create_dir(&dir).unwrap();
+        }
+        for args in reads {
+            let mut all = vec!["--store-dir", d];
+            all.extend_from_slice(args);
+            let r = twill_clean(&all);
+            assert_eq!(r.code, 1, "{args:?}: {}{}", r.stdout, r.stderr);
+            let reason = if empty_folder {
+                "the folder exists but holds no log.jsonl"
+            } else {
+                "the folder does not exist"
+            };
+            for part in [
+                &format!("no store at {d}: {reason}; nothing was created") as &str,
+                "--store-dir or TWILL_STORE_DIR",
+                "twill apply -f FILE",
+            ] {
+                assert!(
+                    r.stderr.contains(part),
+                    "{args:?}: {part:?} missing in {}",
+                    r.stderr
+                );
+            }
+            if empty_folder {
+                assert_eq!(
+                    std::fs::read_dir(&dir).unwrap().count(),
+                    0,
+                    "{args:?} wrote in {d}"
+                );
+            } else {
+                assert!(!dir.exists(), "{args:?} created {d}");
+            }
+        }
+    }
+    // The same through the environment.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_twill"));
+    let out = cmd
+        .env("TWILL_STORE_DIR", d)
+        .args(["ipam", "show"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("no store at {d}")));
+    // apply makes one; then the reads work.
+    let file = tmp.path.join("c.yaml");
+    std::fs::write(
+        &file,
+        "kind: NetworkConfig\nspec:\n  clusterCIDR: 10.244.0.0/16\n",
+    )
+    .unwrap();
+    let r = twill_clean(&["--store-dir", d, "apply", "-f", file.to_str().unwrap()]);
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "networkconfig configured\n"),
+        "{}",
+        r.stderr
+    );
+    let r = twill_clean(&["--store-dir", d, "ipam", "check"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+}
+
+#[test]
+fn a_mistyped_subcommand_value_or_flag_gets_a_suggestion() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["gte", "nodes"], "tip: a similar subcommand exists: 'get'"),
+        (
+            &["ipma", "show"],
+            "tip: a similar subcommand exists: 'ipam'",
+        ),
+        (
+            &["node", "statsu"],
+            "tip: a similar subcommand exists: 'status'",
+        ),
+        (
+            &["ipam", "chekc"],
+            "tip: a similar subcommand exists: 'check'",
+        ),
+        (
+            &["lab", "chek"],
+            "tip: a similar subcommand exists: 'check'",
+        ),
+        (
+            &["lab", "restart-agnet", "n1"],
+            "tip: a similar subcommand exists: 'restart-agent'",
+        ),
+        (&["get", "nods"], "tip: a similar value exists: 'nodes'"),
+        (
+            &["get", "nodes", "--ouptut", "json"],
+            "tip: a similar argument exists: '--output'",
+        ),
+        (
+            &["--stor-dir", "/x", "get", "nodes"],
+            "tip: a similar argument exists: '--store-dir'",
+        ),
+        (
+            &["lab", "up", "--nodse", "2"],
+            "tip: a similar argument exists: '--nodes'",
+        ),
+    ];
+    for (args, tip) in cases {
+        let r = twill_clean(args);
+        assert_eq!(r.code, 2, "{args:?}: a usage error: {}", r.stderr);
+        assert!(
+            r.stderr.contains(tip),
+            "{args:?}: {tip:?} missing in {}",
+            r.stderr
+        );
+    }
+    // Nothing close: no tip, only the usage.
+    let r = twill_clean(&["frobnicate"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        !r.stderr.contains("tip:") && r.stderr.contains("Usage: twill"),
+        "{}",
+        r.stderr
     );
 }
