@@ -2,6 +2,7 @@
 //! namespaces here; callers hand in bytes and get typed values or an error that names the
 //! field, the value and the fix.
 
+pub mod backend;
 pub mod cni;
 pub mod names;
 pub mod resources;

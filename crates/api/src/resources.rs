@@ -11,6 +11,7 @@
 //! | `allocations/<node>` | a list of [`Allocation`] (bound to the agent's lease) | `twilld` |
 //! | `peers/<node>` | [`PeerView`]: what this node's probes see of every peer (bound to its lease) | `twilld` |
 
+pub use crate::backend::{BackendKind, BackendSpec, VxlanOptions};
 use crate::wiring::PodWiring;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -39,99 +40,7 @@ fn default_block_size() -> u8 {
     24
 }
 fn default_backend() -> BackendSpec {
-    "none".into()
-}
-
-/// The backends a network config may name.
-pub const BACKENDS: &[&str] = &["none", "host-gw", "vxlan", "static"];
-
-/// A backend and its options.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackendSpec {
-    pub kind: String,
-    /// VXLAN network identifier (default 1, like flannel).
-    pub vni: Option<u32>,
-    /// VXLAN UDP port (default 8472, like flannel and the kernel).
-    pub port: Option<u16>,
-    /// Calico's CrossSubnet: direct routes to peers on the same segment, the tunnel only
-    /// across segments.
-    pub direct_routing: bool,
-}
-
-impl From<&str> for BackendSpec {
-    fn from(kind: &str) -> BackendSpec {
-        BackendSpec {
-            kind: kind.into(),
-            vni: None,
-            port: None,
-            direct_routing: false,
-        }
-    }
-}
-
-impl PartialEq<&str> for BackendSpec {
-    fn eq(&self, other: &&str) -> bool {
-        self.kind == *other
-    }
-}
-
-impl std::fmt::Display for BackendSpec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.kind)?;
-        if self.direct_routing {
-            f.write_str(" (directRouting)")?;
-        }
-        Ok(())
-    }
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct BackendObject {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    vni: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    port: Option<u16>,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    direct_routing: bool,
-}
-
-impl Serialize for BackendSpec {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if self.vni.is_none() && self.port.is_none() && !self.direct_routing {
-            s.serialize_str(&self.kind)
-        } else {
-            BackendObject {
-                kind: self.kind.clone(),
-                vni: self.vni,
-                port: self.port,
-                direct_routing: self.direct_routing,
-            }
-            .serialize(s)
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for BackendSpec {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<BackendSpec, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Either {
-            Name(String),
-            Object(BackendObject),
-        }
-        Ok(match Either::deserialize(d)? {
-            Either::Name(kind) => kind.as_str().into(),
-            Either::Object(o) => BackendSpec {
-                kind: o.kind,
-                vni: o.vni,
-                port: o.port,
-                direct_routing: o.direct_routing,
-            },
-        })
-    }
+    BackendSpec::None
 }
 fn is_bridge(w: &PodWiring) -> bool {
     *w == PodWiring::Bridge
@@ -372,29 +281,8 @@ impl NetworkConfig {
                 ));
             }
         }
-        if !BACKENDS.contains(&self.backend.kind.as_str()) {
-            return Err(invalid(
-                "backend",
-                format!(
-                    "{:?} is not a backend: use one of {}",
-                    self.backend.kind,
-                    BACKENDS.join(", ")
-                ),
-            ));
-        }
-        if let Some(vni) = self.backend.vni {
-            if vni == 0 || vni > 0x00ff_ffff {
-                return Err(invalid(
-                    "backend.vni",
-                    format!("{vni} is out of range 1..=16777215"),
-                ));
-            }
-        }
-        if self.backend.port == Some(0) {
-            return Err(invalid(
-                "backend.port",
-                "0 is not a port: leave it out for 8472",
-            ));
+        if let Err((field, reason)) = self.backend.check() {
+            return Err(invalid(&format!("backend.{field}"), reason));
         }
         if !(68..=65535).contains(&self.mtu) {
             return Err(invalid(
@@ -701,22 +589,51 @@ mod tests {
         let Resource::NetworkConfig(c) = &r[0] else {
             panic!()
         };
-        assert_eq!(c.backend.kind, "vxlan");
         assert_eq!(
-            (c.backend.vni, c.backend.direct_routing),
-            (Some(4096), true)
+            c.backend,
+            BackendSpec::Vxlan(VxlanOptions {
+                vni: Some(4096),
+                port: None,
+                direct_routing: true
+            })
         );
         let json = serde_json::to_value(c).unwrap();
         assert_eq!(json["backend"]["type"], "vxlan");
         let plain: NetworkConfig =
             serde_json::from_str(r#"{"clusterCIDR":"10.244.0.0/16","backend":"host-gw"}"#).unwrap();
-        assert_eq!(plain.backend, "host-gw");
+        assert_eq!(plain.backend, BackendSpec::HostGw);
         assert_eq!(serde_json::to_value(&plain).unwrap()["backend"], "host-gw");
         let e = parse_resources(
             "kind: NetworkConfig\nspec:\n  clusterCIDR: 10.244.0.0/16\n  backend: gre\n",
         )
         .unwrap_err();
         assert_eq!((e.field.as_str(), e.line), ("spec.backend", Some(4)), "{e}");
+        // An option of another kind: the error's path ends in the option.
+        let e = parse_resources(
+            "kind: NetworkConfig\nspec:\n  clusterCIDR: 10.244.0.0/16\n  backend:\n    type: host-gw\n    vni: 5\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.line),
+            ("spec.backend.vni", Some(6)),
+            "{e}"
+        );
+        assert!(e.reason.contains("not an option of backend host-gw"), "{e}");
+        let e = parse_resources(
+            "kind: NetworkConfig\nspec:\n  clusterCIDR: 10.244.0.0/16\n  backend:\n    type: vxlan\n    colour: blue\n",
+        )
+        .unwrap_err();
+        assert!(e.field.starts_with("spec.backend"), "{e}");
+        assert!(e.reason.contains("unknown field `colour`"), "{e}");
+        let e = parse_resources(
+            "kind: NetworkConfig\nspec:\n  clusterCIDR: 10.244.0.0/16\n  backend:\n    type: vxlan\n    vni: 0\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.line),
+            ("spec.backend.vni", Some(6)),
+            "{e}"
+        );
     }
 
     #[test]
@@ -770,7 +687,7 @@ mod tests {
             subnet_min: None,
             subnet_max: None,
             reservations: vec![],
-            backend: "none".into(),
+            backend: BackendSpec::None,
             mtu: 1500,
             masquerade: true,
             pod_wiring: Default::default(),

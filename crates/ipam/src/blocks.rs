@@ -105,7 +105,7 @@ mod tests {
             subnet_min: None,
             subnet_max: None,
             reservations: vec![],
-            backend: "none".into(),
+            backend: twill_api::resources::BackendSpec::None,
             mtu: 1500,
             masquerade: true,
             pod_wiring: Default::default(),

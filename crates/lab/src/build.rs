@@ -421,7 +421,7 @@ pub fn wait_peering(state: &LabState, log: Log) -> Result<(), LabError> {
         if gaps.is_empty() {
             log(&format!(
                 "backend {}: every node has its routes to the others ({} ms)",
-                state.plan.backend.as_str(),
+                state.plan.backend.name(),
                 started.elapsed().as_millis()
             ));
             return Ok(());
@@ -430,7 +430,7 @@ pub fn wait_peering(state: &LabState, log: Log) -> Result<(), LabError> {
             return Err(LabError::Command {
                 cmd: format!(
                     "wait for the {} routes between nodes",
-                    state.plan.backend.as_str()
+                    state.plan.backend.name()
                 ),
                 detail: format!(
                     "still missing after {}s: {}; see the agents' logs under {}",

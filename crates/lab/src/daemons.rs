@@ -393,7 +393,7 @@ mod tests {
         assert_eq!(c.block_size, 26);
         assert_eq!(c.lease_ttl_seconds, 60);
         assert!(c.masquerade);
-        assert_eq!(c.backend, "none");
+        assert_eq!(c.backend, twill_api::resources::BackendSpec::None);
     }
 
     #[test]
@@ -425,7 +425,7 @@ mod tests {
         })
         .unwrap();
         let c = network_config(&vx).unwrap();
-        assert!(c.backend.direct_routing && c.backend == "vxlan");
+        assert!(c.backend.direct_routing() && c.backend.kind() == BackendKind::Vxlan);
     }
 
     #[test]

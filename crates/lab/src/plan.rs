@@ -93,31 +93,9 @@ impl StoreKind {
     }
 }
 
-/// How the lab's agents connect pods across nodes (the network config's `backend`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum BackendKind {
-    /// No routes between nodes: pods reach only their own node's pods.
-    #[default]
-    None,
-    /// A route per remote block via the remote node: one shared segment only.
-    HostGw,
-    /// A VXLAN overlay (optionally direct routes on the shared segment).
-    Vxlan,
-    /// The VXLAN mesh from the static file store.
-    Static,
-}
-
-impl BackendKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BackendKind::None => "none",
-            BackendKind::HostGw => "host-gw",
-            BackendKind::Vxlan => "vxlan",
-            BackendKind::Static => "static",
-        }
-    }
-}
+/// How the lab's agents connect pods across nodes (the network config's `backend`): the
+/// one kind of twill-api (`static` is the VXLAN mesh from the static file store).
+pub use twill_api::resources::BackendKind;
 
 /// How node `from` reaches the pods of node `to`, as the backend promises. Pure.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -393,7 +371,7 @@ pub fn plan(spec: &LabSpec) -> Result<LabPlan, PlanError> {
     }
     if spec.direct_routing && spec.backend != BackendKind::Vxlan {
         return Err(PlanError::DirectRoutingNeedsVxlan(
-            spec.backend.as_str().into(),
+            spec.backend.name().into(),
         ));
     }
     if let Some(p) = &spec.agent_poll_interval {
@@ -739,13 +717,20 @@ impl LabPlan {
         Ipv4Net::new(Ipv4Addr::from(base), STATIC_BLOCK_SIZE).expect("a /24")
     }
 
+    /// The network config's backend: the kind, with directRouting if asked for.
+    pub fn backend_spec(&self) -> twill_api::resources::BackendSpec {
+        let options = twill_api::resources::VxlanOptions {
+            direct_routing: self.direct_routing,
+            ..Default::default()
+        };
+        // plan() refuses directRouting on any kind but vxlan.
+        twill_api::resources::BackendSpec::with_options(self.backend, Some(options))
+            .unwrap_or_else(|_| self.backend.spec())
+    }
+
     /// The backend as the network config spells it: a name, or an object with options.
     pub fn backend_json(&self) -> serde_json::Value {
-        if self.direct_routing {
-            serde_json::json!({"type": self.backend.as_str(), "directRouting": true})
-        } else {
-            serde_json::json!(self.backend.as_str())
-        }
+        serde_json::to_value(self.backend_spec()).expect("a backend serializes")
     }
 
     /// How node `from` reaches node `to`'s pods under this lab's backend. Pure.

@@ -75,10 +75,44 @@ pub struct Link {
     pub peer_index: Option<u32>,
 }
 
-/// An IPv4 route (unicast, one next hop).
+/// rtm_type: what the kernel does with a packet a route matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum RouteType {
+    /// Forward it (to a gateway or out of a device).
+    #[default]
+    Unicast,
+    /// Drop it silently (`ip route add blackhole DST`): no device, no gateway.
+    Blackhole,
+    /// Any other type (local, broadcast, unreachable, prohibit, …), by its number.
+    Other(u8),
+}
+
+impl RouteType {
+    const RTN_BLACKHOLE: u8 = 6;
+
+    pub fn from_u8(t: u8) -> RouteType {
+        match t {
+            RTN_UNICAST => RouteType::Unicast,
+            RouteType::RTN_BLACKHOLE => RouteType::Blackhole,
+            other => RouteType::Other(other),
+        }
+    }
+
+    pub fn to_u8(self) -> u8 {
+        match self {
+            RouteType::Unicast => RTN_UNICAST,
+            RouteType::Blackhole => RouteType::RTN_BLACKHOLE,
+            RouteType::Other(t) => t,
+        }
+    }
+}
+
+/// An IPv4 route (one next hop, or none for a blackhole).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     pub dst: Ipv4Net,
+    /// Unicast unless set; a blackhole has no gateway or device.
+    pub kind: RouteType,
     pub gateway: Option<Ipv4Addr>,
     pub oif: Option<u32>,
     /// [`Route::SCOPE_UNIVERSE`], [`Route::SCOPE_LINK`] or [`Route::SCOPE_HOST`].
@@ -104,10 +138,12 @@ impl Route {
     /// Routes the kernel made itself (connected subnets).
     pub const PROTO_KERNEL: u8 = 2;
 
-    /// A route to `dst` in the main table, scope universe, no gateway, device or metric.
+    /// A unicast route to `dst` in the main table, scope universe, no gateway, device or
+    /// metric.
     pub fn new(dst: Ipv4Net) -> Route {
         Route {
             dst,
+            kind: RouteType::Unicast,
             gateway: None,
             oif: None,
             scope: Route::SCOPE_UNIVERSE,
@@ -115,6 +151,14 @@ impl Route {
             metric: None,
             onlink: false,
             protocol: RTPROT_BOOT,
+        }
+    }
+
+    /// `blackhole dst` in the main table: matching packets are dropped.
+    pub fn blackhole(dst: Ipv4Net) -> Route {
+        Route {
+            kind: RouteType::Blackhole,
+            ..Route::new(dst)
         }
     }
 }
@@ -551,7 +595,8 @@ impl Handle {
         self.ack(msg, format!("delete route {}", describe(route)))
     }
 
-    /// The IPv4 unicast routes of `table` (multipath routes are not decoded yet).
+    /// The IPv4 routes of `table`, of every [`RouteType`] (the next hops of multipath
+    /// routes are not decoded yet).
     pub fn routes(&mut self, table: u32) -> Result<Vec<Route>, Error> {
         let mut b = MessageBuilder::new(RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP);
         b.header(
@@ -642,7 +687,7 @@ fn route_message(msg_type: u16, flags: u16, r: &Route) -> Vec<u8> {
             0
         },
         scope: r.scope,
-        route_type: RTN_UNICAST,
+        route_type: r.kind.to_u8(),
         flags: if r.onlink { RTNH_F_ONLINK } else { 0 },
         ..Default::default()
     };
@@ -662,7 +707,12 @@ fn route_message(msg_type: u16, flags: u16, r: &Route) -> Vec<u8> {
 }
 
 fn describe(r: &Route) -> String {
-    let mut s = r.dst.to_string();
+    let mut s = match r.kind {
+        RouteType::Unicast => String::new(),
+        RouteType::Blackhole => "blackhole ".into(),
+        RouteType::Other(t) => format!("type {t} "),
+    };
+    s += &r.dst.to_string();
     if let Some(gw) = r.gateway {
         s += &format!(" via {gw}");
     }
@@ -717,9 +767,6 @@ fn parse_link(payload: &[u8]) -> Option<Link> {
 
 fn parse_route(payload: &[u8]) -> Option<Route> {
     let h = RtMsg::parse(payload)?;
-    if h.route_type != RTN_UNICAST {
-        return None;
-    }
     parse_route_attrs(payload, h)
 }
 
@@ -730,6 +777,7 @@ fn parse_route_attrs(payload: &[u8], h: RtMsg) -> Option<Route> {
     }
     let mut dst = Ipv4Addr::UNSPECIFIED;
     let mut route = Route::new(Ipv4Net::default());
+    route.kind = RouteType::from_u8(h.route_type);
     route.scope = h.scope;
     route.table = h.table as u32;
     route.onlink = h.flags & RTNH_F_ONLINK != 0;
@@ -771,6 +819,30 @@ mod tests {
         assert_eq!(msg, want);
         // What the kernel sends back parses to the same route.
         assert_eq!(parse_route(&msg[16..]), Some(r));
+    }
+
+    #[test]
+    fn blackhole_message_bytes() {
+        let mut r = Route::blackhole("10.244.1.0/26".parse().unwrap());
+        r.protocol = 0x54;
+        let msg = route_message(RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL, &r);
+        #[rustfmt::skip]
+        let want: Vec<u8> = vec![
+            44, 0, 0, 0,  24, 0,  0x01, 0x06,  0, 0, 0, 0,  0, 0, 0, 0,
+            2, 26, 0, 0,  254, 0x54, 0, 6,  0, 0, 0, 0,
+            8, 0, 15, 0,  254, 0, 0, 0,
+            8, 0, 1, 0,  10, 244, 1, 0,
+        ];
+        assert_eq!(msg, want);
+        assert_eq!(parse_route(&msg[16..]), Some(r.clone()));
+        assert_eq!(describe(&r), "blackhole 10.244.1.0/26 proto 84");
+        for t in [
+            RouteType::Unicast,
+            RouteType::Blackhole,
+            RouteType::Other(7),
+        ] {
+            assert_eq!(RouteType::from_u8(t.to_u8()), t);
+        }
     }
 
     #[test]

@@ -428,7 +428,10 @@ mod tests {
         let node: NodeStatus = serde_json::from_slice(&kvs["/twill/v1/nodes/n1"]).unwrap();
         assert_eq!(node.address, Ipv4Addr::new(192, 0, 2, 11));
         let config: NetworkConfig = serde_json::from_slice(&kvs["/twill/v1/config"]).unwrap();
-        assert_eq!(config.backend, "static");
+        assert_eq!(
+            config.backend,
+            twill_api::resources::BackendSpec::Static(Default::default())
+        );
     }
 
     fn err(text: &str) -> String {

@@ -428,7 +428,7 @@ impl Runner {
                     ))
                 }
             };
-            if config.backend != "none" {
+            if config.backend.kind().crosses_nodes() {
                 // Pods on other nodes are reached by forwarding through this one.
                 if let Err(e) = twill_netlink::set_sysctl(None, "net.ipv4.ip_forward", "1") {
                     log::error("cannot turn on IPv4 forwarding", &[("error", &e)]);
@@ -626,6 +626,8 @@ impl Runner {
         let blocks = self.held.clone();
         self.status.update(|s| s.blocks = blocks);
         let next = self.next_keepalive.min(self.next_usage);
+        // The backend's timers and retries (MAX_WAIT bounds the wait in any case).
+        let next = next.min(self.net.as_ref().expect("set above").routing.next_wake());
         Ok(Next::Ready(next.saturating_duration_since(Instant::now())))
     }
 
@@ -680,7 +682,7 @@ impl Runner {
             node: self.cfg.node_name.clone(),
             cluster_cidr: net.config.cluster_cidr,
             blocks: self.held.clone(),
-            mtu: routing::pod_mtu(&net.config.backend, uplink, net.config.mtu),
+            mtu: net.routing.pod_mtu(uplink, net.config.mtu),
             ip_masq: net.config.masquerade,
             pod_wiring: net.config.pod_wiring,
         }
@@ -699,7 +701,7 @@ impl Runner {
             if self
                 .net
                 .as_ref()
-                .is_some_and(|n| n.config.backend == "none")
+                .is_some_and(|n| !n.config.backend.kind().crosses_nodes())
             {
                 return Ok(());
             }
@@ -723,6 +725,7 @@ impl Runner {
             uplink_cidr: cidr.trunc(),
             blocks: self.held.clone(),
             mtu_uplink: self.uplink_mtu.unwrap_or(1500),
+            pod_wiring: self.net.as_ref().expect("set before").config.pod_wiring,
         };
         let net = self.net.as_mut().expect("set before");
         match net.routing.reconcile(&local, &self.peers) {
@@ -746,7 +749,11 @@ impl Runner {
     /// Hands the peers to the prober and publishes what it sees as `peers/<node>`. Only
     /// when a backend routes between nodes: with `none` no traffic crosses them.
     fn probe_peers(&mut self, lease: LeaseId) -> Result<(), StoreError> {
-        let Some(net) = self.net.as_ref().filter(|n| n.config.backend != "none") else {
+        let Some(net) = self
+            .net
+            .as_ref()
+            .filter(|n| n.config.backend.kind().crosses_nodes())
+        else {
             return Ok(());
         };
         if self.prober.is_none() {

@@ -40,12 +40,15 @@ pub struct Target {
 /// How this node's backend reaches a peer, in words for `twill node status`. Pure.
 pub fn backend_mode(spec: &BackendSpec, uplink: Option<Ipv4Net>, peer: Ipv4Addr) -> String {
     let near = uplink.is_some_and(|c| c.contains(&peer));
-    match (spec.kind.as_str(), near) {
-        ("host-gw", true) => "host-gw direct".into(),
-        ("host-gw", false) => "host-gw unrouted: off segment".into(),
-        ("vxlan", true) if spec.direct_routing => "vxlan direct (same segment)".into(),
-        ("vxlan" | "static", _) => "vxlan tunnel".into(),
-        (other, _) => other.to_string(),
+    match (spec, near) {
+        (BackendSpec::HostGw, true) => "host-gw direct".into(),
+        (BackendSpec::HostGw, false) => "host-gw unrouted: off segment".into(),
+        // The static mesh is a VXLAN mesh.
+        (BackendSpec::Vxlan(_) | BackendSpec::Static(_), true) if spec.direct_routing() => {
+            "vxlan direct (same segment)".into()
+        }
+        (BackendSpec::Vxlan(_) | BackendSpec::Static(_), _) => "vxlan tunnel".into(),
+        (BackendSpec::None, _) => "none".into(),
     }
 }
 
@@ -720,19 +723,29 @@ mod tests {
         let near: Ipv4Addr = "192.0.2.12".parse().unwrap();
         let far: Ipv4Addr = "198.51.100.13".parse().unwrap();
         assert_eq!(
-            backend_mode(&"host-gw".into(), uplink, near),
+            backend_mode(&BackendSpec::HostGw, uplink, near),
             "host-gw direct"
         );
         assert_eq!(
-            backend_mode(&"host-gw".into(), uplink, far),
+            backend_mode(&BackendSpec::HostGw, uplink, far),
             "host-gw unrouted: off segment"
         );
-        let mut dr: BackendSpec = "vxlan".into();
-        dr.direct_routing = true;
+        let dr = BackendSpec::Vxlan(twill_api::resources::VxlanOptions {
+            direct_routing: true,
+            ..Default::default()
+        });
         assert_eq!(
             backend_mode(&dr, uplink, near),
             "vxlan direct (same segment)"
         );
         assert_eq!(backend_mode(&dr, uplink, far), "vxlan tunnel");
+        assert_eq!(
+            backend_mode(&BackendSpec::Vxlan(Default::default()), uplink, near),
+            "vxlan tunnel"
+        );
+        assert_eq!(
+            backend_mode(&BackendSpec::Static(Default::default()), uplink, near),
+            "vxlan tunnel"
+        );
     }
 }

@@ -1,17 +1,27 @@
 //! Drives the backend from the agent's loop: peers from the store, this node from its
 //! autodetected IP and blocks, then plan → observe → diff → apply, only when something
-//! changed (a node joined, left or moved) or every `RESYNC` to correct drift. What the
-//! kernel already has right is adopted; killing the agent leaves forwarding untouched.
+//! changed (a node joined, left or moved), the backend asked (an event of its own), or
+//! every [`RESYNC`] to correct drift. What the kernel already has right is adopted;
+//! killing the agent leaves forwarding untouched.
+//!
+//! The agent's side of the backend seam is this type and nothing else (see
+//! [`crate::backend`] for the backend's side):
+//! - [`Routing::new`] from the network config's backend (no I/O yet);
+//! - [`Routing::set_waker`]: called whenever the backend's sockets or threads have news;
+//! - [`Routing::next_wake`]: the loop must call [`Routing::reconcile`] by then (timers,
+//!   resync, retries) even if nothing else happens;
+//! - [`Routing::reconcile`] with this node and its peers, whenever it wakes: cheap when
+//!   nothing is due (returns `None`);
+//! - [`Routing::pod_mtu`] for the hand-off; [`Routing::stop`] (also on drop).
 
-use crate::backend::{self, Backend, BackendError, BackendOptions, Local, Peer};
+use crate::backend::{self, BackendError, BackendKind, Driver, Local, Peer, Waker};
 use crate::log;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use twill_api::resources::{BackendSpec, NodeStatus, PREFIX_NODES};
-use twill_netlink::Handle;
+use twill_netlink::{Handle, Netns};
 use twill_store::KeyValue;
 
-/// How often the kernel is compared with the plan when nothing changed.
-pub const RESYNC: Duration = Duration::from_secs(30);
+pub use crate::backend::driver::RESYNC;
 
 /// Every node the store lists but this one, as a backend peer.
 pub fn peers_from(kvs: &[KeyValue], me: &str) -> Vec<Peer> {
@@ -32,22 +42,12 @@ pub fn peers_from(kvs: &[KeyValue], me: &str) -> Vec<Peer> {
         .collect()
 }
 
-/// The pod MTU the hand-off gives twill-cni: the uplink's, less the tunnel's headers when
-/// packets are encapsulated, and never above what the network config asks for.
-pub fn pod_mtu(spec: &BackendSpec, uplink_mtu: u32, config_mtu: u32) -> u32 {
-    let overhead = match spec.kind.as_str() {
-        "vxlan" | "static" => backend::VXLAN_OVERHEAD,
-        _ => 0,
-    };
-    uplink_mtu.saturating_sub(overhead).min(config_mtu)
-}
-
 pub struct Routing {
     spec: BackendSpec,
-    backend: Box<dyn Backend>,
+    driver: Driver,
+    /// The namespace to program (None: the agent's own).
+    netns: Option<Netns>,
     handle: Option<Handle>,
-    last: Option<(Local, Vec<Peer>)>,
-    next_resync: Instant,
     problems: Vec<String>,
 }
 
@@ -61,93 +61,124 @@ pub struct Pass {
 
 impl Routing {
     pub fn new(spec: &BackendSpec) -> Result<Routing, BackendError> {
-        let options = BackendOptions {
-            vni: spec.vni,
-            port: spec.port,
-            direct_routing: spec.direct_routing,
-            disable_tx_checksum: twill_netlink::ethtool::checksum_offload_broken(
-                &twill_netlink::ethtool::kernel_release(),
-            ),
-        };
-        Ok(Routing {
-            backend: backend::select(&spec.kind, &options)?,
-            spec: spec.clone(),
+        let broken = twill_netlink::ethtool::checksum_offload_broken(
+            &twill_netlink::ethtool::kernel_release(),
+        );
+        Ok(Routing::with_backend(*spec, backend::select(spec, broken)?))
+    }
+
+    /// Drives `backend` (tests, and backends not chosen by [`backend::select`]).
+    pub fn with_backend(spec: BackendSpec, backend: Box<dyn backend::Backend>) -> Routing {
+        Routing {
+            spec,
+            driver: Driver::new(backend, Instant::now()),
+            netns: None,
             handle: None,
-            last: None,
-            next_resync: Instant::now(),
             problems: Vec::new(),
-        })
+        }
+    }
+
+    /// Programs namespace `ns` instead of the agent's own.
+    pub fn in_netns(mut self, ns: Netns) -> Routing {
+        self.netns = Some(ns);
+        self.handle = None;
+        self
     }
 
     pub fn spec(&self) -> &BackendSpec {
         &self.spec
     }
 
+    pub fn kind(&self) -> BackendKind {
+        self.driver.backend().kind()
+    }
+
     pub fn problems(&self) -> &[String] {
         &self.problems
     }
 
-    /// Programs the kernel for `local` and `peers` if they changed or a resync is due.
-    /// Returns `None` when nothing needed looking at.
+    /// The pod MTU for the hand-off: the uplink's less this backend's headers, capped by
+    /// the network config's.
+    pub fn pod_mtu(&self, uplink_mtu: u32, config_mtu: u32) -> u32 {
+        backend::pod_mtu(self.driver.backend(), uplink_mtu, config_mtu)
+    }
+
+    /// `wake` is called (from any thread) whenever the backend has an event.
+    pub fn set_waker(&self, wake: Waker) {
+        self.driver.set_waker(wake);
+    }
+
+    /// The latest moment the loop should call [`Routing::reconcile`] again.
+    pub fn next_wake(&self) -> Instant {
+        self.driver.next_wake()
+    }
+
+    /// Stops the backend's sockets and threads; routes and devices stay.
+    pub fn stop(&mut self) {
+        self.driver.stop();
+    }
+
+    /// Programs the kernel for `local` and `peers` if they changed, the backend asked, or
+    /// a resync is due. Returns `None` when nothing needed looking at.
     pub fn reconcile(
         &mut self,
         local: &Local,
         peers: &[Peer],
     ) -> Result<Option<Pass>, twill_netlink::Error> {
         let now = Instant::now();
-        let same = self
-            .last
-            .as_ref()
-            .is_some_and(|(l, p)| l == local && p == peers);
-        if same && now < self.next_resync {
-            return Ok(None);
-        }
+        let name = self.driver.backend().name();
+        let desired = match self.driver.poll(now, local, peers) {
+            Ok(Some(d)) => d,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                log::error(
+                    "backend cannot start; retrying",
+                    &[("backend", &name), ("error", &e)],
+                );
+                return Ok(Some(Pass {
+                    changes: 0,
+                    failures: vec![e.to_string()],
+                    problems: self.problems.clone(),
+                }));
+            }
+        };
         if self.handle.is_none() {
-            self.handle = Some(Handle::new()?);
+            let opened = match &self.netns {
+                Some(ns) => Handle::new_in(ns),
+                None => Handle::new(),
+            };
+            self.handle = Some(opened.inspect_err(|_| self.driver.failed(now))?);
         }
         let handle = self.handle.as_mut().expect("opened above");
-        let desired = self.backend.plan(local, peers);
         let observed = match backend::observe(handle, backend::VXLAN_DEVICE) {
             Ok(o) => o,
             Err(e) => {
                 // A broken socket is replaced on the next pass.
                 self.handle = None;
+                self.driver.failed(now);
                 return Err(e);
             }
         };
         let plan = backend::diff(&desired, &observed);
         let report = backend::apply(handle, &plan.ops);
         for op in &report.done {
-            log::info("programmed", &[("backend", &self.spec.kind), ("op", op)]);
+            log::info("programmed", &[("backend", &name), ("op", op)]);
         }
-        let failures: Vec<String> = report
+        let mut failures: Vec<String> = report
             .failures
             .iter()
             .map(|f| format!("{}: {}", f.op, f.error))
             .collect();
+        failures.extend(self.driver.finish(now, local, peers, !report.is_ok()));
         for f in &failures {
-            log::error(
-                "could not program",
-                &[("backend", &self.spec.kind), ("op", f)],
-            );
+            log::error("could not program", &[("backend", &name), ("op", f)]);
         }
         if plan.problems != self.problems {
             for p in plan.problems.iter().filter(|p| !self.problems.contains(p)) {
-                log::warn(
-                    "backend problem",
-                    &[("backend", &self.spec.kind), ("problem", p)],
-                );
+                log::warn("backend problem", &[("backend", &name), ("problem", p)]);
             }
             self.problems = plan.problems.clone();
         }
-        // A failed operation is retried soon rather than after a full resync interval.
-        self.next_resync = now
-            + if failures.is_empty() {
-                RESYNC
-            } else {
-                Duration::from_secs(2)
-            };
-        self.last = Some((local.clone(), peers.to_vec()));
         Ok(Some(Pass {
             changes: report.done.len(),
             failures,
@@ -196,9 +227,14 @@ mod tests {
 
     #[test]
     fn pod_mtu_leaves_room_for_the_tunnel() {
-        assert_eq!(pod_mtu(&"vxlan".into(), 1500, 1500), 1450);
-        assert_eq!(pod_mtu(&"static".into(), 9000, 1500), 1500);
-        assert_eq!(pod_mtu(&"host-gw".into(), 1500, 1500), 1500);
-        assert_eq!(pod_mtu(&"vxlan".into(), 9000, 65535), 8950);
+        let mtu = |kind: BackendKind, uplink, config| {
+            Routing::new(&kind.spec()).unwrap().pod_mtu(uplink, config)
+        };
+        assert_eq!(mtu(BackendKind::Vxlan, 1500, 1500), 1450);
+        assert_eq!(mtu(BackendKind::Static, 9000, 1500), 1500);
+        assert_eq!(mtu(BackendKind::Static, 1500, 1500), 1450);
+        assert_eq!(mtu(BackendKind::HostGw, 1500, 1500), 1500);
+        assert_eq!(mtu(BackendKind::None, 1500, 1400), 1400);
+        assert_eq!(mtu(BackendKind::Vxlan, 9000, 65535), 8950);
     }
 }

@@ -39,7 +39,7 @@ impl Cluster {
             subnet_min: only.map(|b| b.parse().unwrap()),
             subnet_max: only.map(|b| b.parse().unwrap()),
             reservations: vec![],
-            backend: "none".into(),
+            backend: twill_api::resources::BackendSpec::None,
             mtu: 1450,
             masquerade: true,
             pod_wiring: Default::default(),

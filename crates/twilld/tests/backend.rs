@@ -113,6 +113,7 @@ fn lab(segments: &[char]) -> Lab {
             uplink_cidr: cidr.parse().unwrap(),
             blocks: vec![format!("10.244.{i}.0/24").parse().unwrap()],
             mtu_uplink: 1500,
+            pod_wiring: Default::default(),
         };
         nodes.push(Node {
             ns,

@@ -110,7 +110,7 @@ fn twilld_in_a_namespace_publishes_the_address_it_found() {
         subnet_min: None,
         subnet_max: None,
         reservations: vec![],
-        backend: "none".into(),
+        backend: twill_api::resources::BackendSpec::None,
         mtu: 1500,
         masquerade: true,
         pod_wiring: Default::default(),

@@ -12,7 +12,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use twill_api::resources::{NetworkConfig, NodeStatus};
+use twill_api::resources::{BackendKind, NetworkConfig, NodeStatus};
 use twill_netlink::{run_in, Netns};
 use twill_store::embedded::EmbeddedStore;
 use twill_store::{Store, PREFIX};
@@ -43,7 +43,7 @@ fn plug(underlay: &TestNetns, bridge: &str, port: &str, ns: &TestNetns, ifname: 
 /// `n` nodes on 192.0.2.0/24 (n<i> at 192.0.2.1<i>) with agents on `backend`. With `trap`,
 /// n2 also has `eth1` 10.0.5.2/24, created before eth0 so first-found picks it, on a
 /// segment of its own that no other node reaches.
-fn cluster(tag: &str, n: usize, backend: &str, trap: bool) -> Cluster {
+fn cluster(tag: &str, n: usize, backend: BackendKind, trap: bool) -> Cluster {
     let underlay = TestNetns::new(&format!("{tag}ul"));
     for br in ["twlsa", "twlsx"] {
         underlay.exec(&["ip", "link", "add", br, "type", "bridge"]);
@@ -73,7 +73,7 @@ fn cluster(tag: &str, n: usize, backend: &str, trap: bool) -> Cluster {
         subnet_min: None,
         subnet_max: None,
         reservations: vec![],
-        backend: backend.into(),
+        backend: backend.spec(),
         mtu: 1500,
         masquerade: false,
         pod_wiring: Default::default(),
@@ -258,7 +258,7 @@ fn all_peers(json: &Value, state: &str) -> bool {
 fn every_peer_is_reachable_with_a_round_trip_time() {
     twill_testkit::require_root("every_peer_is_reachable_with_a_round_trip_time");
     let started = Instant::now();
-    let c = cluster("pra", 3, "host-gw", false);
+    let c = cluster("pra", 3, BackendKind::HostGw, false);
     let (code, json) = c.wait_status("every peer Reachable", |code, j| {
         j["nodes"].as_array().is_some_and(|n| n.len() == 3)
             && all_peers(j, "Reachable")
@@ -311,7 +311,7 @@ fn every_peer_is_reachable_with_a_round_trip_time() {
 fn the_first_found_trap_is_flagged_then_fixed_by_a_node_resource() {
     twill_testkit::require_root("the_first_found_trap_is_flagged_then_fixed_by_a_node_resource");
     let started = Instant::now();
-    let c = cluster("prb", 3, "host-gw", true);
+    let c = cluster("prb", 3, BackendKind::HostGw, true);
     let warning = "WARNING: n2 advertises 10.0.5.2 (first-found on eth1) but n1 and n3 cannot reach it: its autodetection probably picked the wrong interface; set ipAutodetection (e.g. interface=eth0 or can-reach=192.0.2.11) or apply a Node resource with spec.ipv4Address";
     let (code, _) = c.wait_status("n2 flagged", |_, j| {
         j["warnings"]
@@ -428,7 +428,7 @@ fn a_sigkilled_agent_restarts_under_an_iperf3_stream_and_changes_nothing() {
         "a_sigkilled_agent_restarts_under_an_iperf3_stream_and_changes_nothing",
     );
     let started = Instant::now();
-    let mut c = cluster("prc", 2, "vxlan", false);
+    let mut c = cluster("prc", 2, BackendKind::Vxlan, false);
     c.wait_ready(0);
     c.wait_ready(1);
     add_pod(&mut c, 0);

@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 use twill_netlink::neigh::NUD_PERMANENT;
-use twill_netlink::{Error, Handle, Route, VxlanLink};
+use twill_netlink::{Error, Handle, Route, RouteType, VxlanLink};
 
-use super::{FdbRow, ForeignRoute, NeighEntry, Observed, ObservedDevice, ObservedVxlan, Op};
-use super::{RouteEntry, ROUTE_PROTOCOL};
+use super::{owned_by_backend, FdbRow, ForeignRoute, NeighEntry, Observed, ObservedDevice};
+use super::{ObservedVxlan, Op, RouteEntry, ROUTE_PROTOCOL};
 
 /// One operation that failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,13 +61,20 @@ pub fn observe(handle: &mut Handle, device: &str) -> Result<Observed, Error> {
     };
     let mut observed = Observed::default();
     for r in handle.routes(Route::TABLE_MAIN)? {
-        if r.protocol == ROUTE_PROTOCOL {
-            observed.routes.push(RouteEntry {
-                dst: r.dst,
-                via: r.gateway.unwrap_or(Ipv4Addr::UNSPECIFIED),
-                dev: name_of(r.oif),
-                onlink: r.onlink,
-            });
+        let dev = name_of(r.oif);
+        let ours = r.protocol == ROUTE_PROTOCOL;
+        if ours && r.kind == RouteType::Blackhole {
+            observed.blackholes.push(r.dst);
+        } else if ours && r.kind == RouteType::Unicast {
+            // twill-cni's pod routes are Twill's too, but not the backend's: skipped.
+            if owned_by_backend(false, r.gateway, &dev) {
+                observed.routes.push(RouteEntry {
+                    dst: r.dst,
+                    via: r.gateway.unwrap_or(Ipv4Addr::UNSPECIFIED),
+                    dev,
+                    onlink: r.onlink,
+                });
+            }
         } else {
             observed.foreign_routes.push(ForeignRoute {
                 dst: r.dst,
@@ -172,6 +179,13 @@ fn kernel_route(r: &RouteEntry, oif: u32) -> Route {
     }
 }
 
+fn kernel_blackhole(dst: ipnet::Ipv4Net) -> Route {
+    Route {
+        protocol: ROUTE_PROTOCOL,
+        ..Route::blackhole(dst)
+    }
+}
+
 fn gone_is_fine(result: Result<(), Error>) -> Result<(), Error> {
     match result {
         Err(e) if e.is_not_found() => Ok(()),
@@ -187,6 +201,18 @@ fn apply_one(handle: &mut Handle, op: &Op, cache: &mut HashMap<String, u32>) -> 
                 return Ok(());
             };
             gone_is_fine(handle.delete_route_exact(&kernel_route(r, oif)))
+        }
+        Op::DeleteBlackhole(dst) => {
+            gone_is_fine(handle.delete_route_exact(&kernel_blackhole(*dst)))
+        }
+        Op::AddBlackhole(dst) => {
+            if handle.add_route(&kernel_blackhole(*dst))? {
+                Ok(())
+            } else {
+                Err(Error::Conflict(format!(
+                    "blackhole {dst}: a route to {dst} with the same metric appeared meanwhile, not Twill's; remove it"
+                )))
+            }
         }
         Op::DeleteFdb(e) => {
             let index = index_of(handle, &e.dev, cache)?;

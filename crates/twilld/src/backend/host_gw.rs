@@ -3,14 +3,14 @@
 //! router that knows the pod routes, so it is reported as a problem and gets no route
 //! (a route through the default gateway would be a silent black hole).
 
-use super::{usable_peers, Backend, Desired, Local, Peer, RouteEntry};
+use super::{usable_peers, Backend, BackendKind, Desired, Local, Peer, RouteEntry};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HostGw;
 
 impl Backend for HostGw {
-    fn name(&self) -> &'static str {
-        "host-gw"
+    fn kind(&self) -> BackendKind {
+        BackendKind::HostGw
     }
 
     fn plan(&self, local: &Local, peers: &[Peer]) -> Desired {
@@ -25,7 +25,7 @@ pub fn plan(local: &Local, peers: &[Peer]) -> Desired {
         if !local.uplink_cidr.contains(&peer.address) {
             desired
                 .problems
-                .push(not_on_segment("host-gw", local, &peer));
+                .push(not_on_segment(BackendKind::HostGw, local, &peer));
             continue;
         }
         desired.routes.extend(direct_routes(local, &peer));
@@ -46,7 +46,7 @@ pub(crate) fn direct_routes(local: &Local, peer: &Peer) -> Vec<RouteEntry> {
         .collect()
 }
 
-pub(crate) fn not_on_segment(backend: &str, local: &Local, peer: &Peer) -> String {
+pub(crate) fn not_on_segment(backend: BackendKind, local: &Local, peer: &Peer) -> String {
     format!(
         "{backend}: {} ({}) is not on this node's segment {}: it needs a router that knows the pod routes, or use vxlan / directRouting; its blocks {} are not routed",
         peer.name,

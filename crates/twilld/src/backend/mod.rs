@@ -1,49 +1,104 @@
 //! Cross-host backends: how pods on one node reach pods on the others.
 //!
+//! # The seam
+//! A backend is a [`Backend`]: a typed kind ([`BackendKind`], chosen by the network
+//! config's [`BackendSpec`] through [`select`]) that declares
+//! - its MTU overhead ([`Backend::mtu_overhead`]: the pod MTU is the uplink's less this,
+//!   see [`pod_mtu`]),
+//! - the devices it owns ([`Backend::devices`]; every device any backend may own is in
+//!   [`DEVICES`]) and, through [`Backend::plan`], the routes it owns (see *Ownership*),
+//! - a lifecycle the agent drives without knowing the kind:
+//!   1. [`Backend::start`]: open its sockets, spawn its threads, arm its timers. It gets an
+//!      [`Events`] sink; whatever its sockets and threads see comes back through it.
+//!   2. [`Backend::plan`] (pure) on every change of this node or its peers, then the
+//!      kernel is made to match (below), then [`Backend::sync`] hands the same inputs to
+//!      its own state beyond the kernel's tables (a speaker's announcements, a userspace
+//!      datapath's peer table, an ovsdb transaction).
+//!   3. [`Backend::on_event`] for each message from its [`Events`] sink and each due timer
+//!      ([`Backend::next_timer`]); answering [`Reaction::Reconcile`] gets a new pass, so
+//!      routes a backend learns (BGP) reach the kernel with no change to the agent.
+//!   4. [`Backend::stop`]: close sockets, join threads; routes and devices stay, so
+//!      forwarding goes on and a restarted agent adopts them.
+//!
+//! [`Driver`] (pure: no socket, file or netlink) runs that lifecycle: it starts the
+//! backend, delivers events and timers, and says when a pass is due and with which
+//! [`Desired`] state. [`crate::routing::Routing`] wraps it with the netlink edge; the
+//! agent's loop only calls `Routing::reconcile(&local, &peers)` when it wakes, and wakes by
+//! `Routing::next_wake()` or when the waker it gave `Routing::set_waker` is called.
+//! A BGP speaker (a TCP listener and sessions on its own thread, timers, learned routes in
+//! its plan), a TUN datapath (a device in [`DEVICES`], its threads fed by `sync`) and an
+//! OVS connection (a unix socket to ovsdb, monitor updates as events) all fit behind it.
+//!
+//! # Reconciling
 //! Three steps, two of them pure:
-//! 1. [`Backend::plan`] (pure): from this node ([`Local`]) and the others ([`Peer`]) to the
-//!    kernel state it needs ([`Desired`]) and the problems found on the way (a peer that
-//!    host-gw cannot reach, a block claimed twice).
+//! 1. [`desired`] (pure): from this node ([`Local`]) and the others ([`Peer`]) to the
+//!    kernel state it needs ([`Desired`]: the backend's [`Backend::plan`] plus what every
+//!    backend needs, the blackholes of l3 pods) and the problems found on the way (a peer
+//!    that host-gw cannot reach, a block claimed twice).
 //! 2. [`diff`] (pure): desired against what the kernel holds ([`Observed`]) to the minimal
 //!    list of [`Op`]s. What already matches is adopted as is, never torn down and rebuilt.
 //! 3. [`exec::observe`] and [`exec::apply`] (the I/O edge): read the kernel, program the
 //!    delta, go on after a failure and report each one.
 //!
-//! Ownership: Twill only ever changes what it marks as its own.
+//! # Blackholes for l3 pods
+//! With `podWiring: l3` there is no bridge, so no connected route covers a block: a packet
+//! to one of its addresses that no pod holds yet would follow the default route (and loop
+//! between nodes). So every block this node holds gets `blackhole BLOCK proto 0x54`, added
+//! when the block is held and removed when it is released; a pod's own /32 route (more
+//! specific) wins over it, and a later BGP speaker announces the block as one aggregate.
+//! With `bridge` wiring the bridge's connected route covers the block: no blackhole.
+//!
+//! # Ownership
+//! Twill only ever changes what it marks as its own.
 //! - Routes carry rtm_protocol [`ROUTE_PROTOCOL`] (0x54, 'T'; `ip route show proto 84`).
 //!   The kernel stores that byte verbatim and reports it in every dump, so after a restart
 //!   the agent finds exactly its routes again with no state file; a same-looking route of
 //!   another protocol is never deleted ([`twill_netlink::Handle::delete_route_exact`] has
-//!   the kernel check the protocol too). A dedicated table would need a policy rule (one
-//!   more object to own, one more lookup per packet); a dedicated metric is a preference,
-//!   not an ownership mark, and collides with other software's metrics.
+//!   the kernel check the protocol and the route type too). A dedicated table would need a
+//!   policy rule (one more object to own, one more lookup per packet); a dedicated metric
+//!   is a preference, not an ownership mark, and collides with other software's metrics.
+//! - Two Twill components install such routes: twill-cni (l3 wiring: a
+//!   `/32 dev <host veth> scope link` per pod) and the backend. The backend owns (observes,
+//!   replaces, deletes) only the main-table 0x54 routes that are blackholes, have a
+//!   gateway, or leave through one of the backends' [`DEVICES`] ([`owned_by_backend`]).
+//!   A pod route has none of these, so no reconcile ever removes one.
 //! - Neighbour and FDB entries are only read and written on Twill's own VXLAN device
 //!   ([`VXLAN_DEVICE`]); everything permanent there is Twill's.
 
+pub mod driver;
 pub mod exec;
 pub mod host_gw;
 pub mod none;
+pub mod static_mesh;
 pub mod vxlan;
 
+use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use ipnet::Ipv4Net;
+use twill_api::wiring::PodWiring;
 use twill_netlink::neigh::format_mac;
 
+pub use driver::Driver;
 pub use exec::{apply, observe, Failure, Report};
 pub use host_gw::HostGw;
 pub use none::NoneBackend;
+pub use static_mesh::StaticMesh;
+pub use twill_api::backend::{BackendKind, BackendSpec, VxlanOptions};
+pub use twill_api::backend::{DEFAULT_VNI, DEFAULT_VXLAN_PORT};
 pub use vxlan::Vxlan;
 
 pub use twill_netlink::ROUTE_PROTOCOL;
 /// The VXLAN device (flannel's flannel.1).
 pub const VXLAN_DEVICE: &str = "twl.1";
-/// flannel's default VNI.
-pub const DEFAULT_VNI: u32 = 1;
-/// flannel's and the kernel's VXLAN port (not IANA's 4789).
-pub const DEFAULT_VXLAN_PORT: u16 = 8472;
+/// Every device a backend may own. A 0x54 route through one of them is the backend's;
+/// a backend that takes over deletes the ones it does not want.
+pub const DEVICES: &[&str] = &[VXLAN_DEVICE];
 /// Outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14) headers.
 pub const VXLAN_OVERHEAD: u32 = 50;
 
@@ -71,6 +126,9 @@ pub struct Local {
     pub uplink_cidr: Ipv4Net,
     pub blocks: Vec<Ipv4Net>,
     pub mtu_uplink: u32,
+    /// How pods meet this node (the network config's `podWiring`): with l3, every block
+    /// held gets a blackhole route.
+    pub pod_wiring: PodWiring,
 }
 
 /// A route Twill wants: `dst via VIA dev DEV [onlink] proto 0x54`.
@@ -124,6 +182,8 @@ pub struct VxlanSpec {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Desired {
     pub routes: Vec<RouteEntry>,
+    /// `blackhole DST proto 0x54`: the blocks of this node, with l3 pods.
+    pub blackholes: Vec<Ipv4Net>,
     pub neighbours: Vec<NeighEntry>,
     pub fdb: Vec<FdbRow>,
     pub device: Option<VxlanSpec>,
@@ -166,8 +226,11 @@ pub struct ForeignRoute {
 /// What the kernel holds, as far as Twill is concerned.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Observed {
-    /// Main-table routes marked [`ROUTE_PROTOCOL`].
+    /// Main-table unicast routes marked [`ROUTE_PROTOCOL`] that the backend owns
+    /// ([`owned_by_backend`]); twill-cni's pod routes are in neither list.
     pub routes: Vec<RouteEntry>,
+    /// Main-table blackhole routes marked [`ROUTE_PROTOCOL`].
+    pub blackholes: Vec<Ipv4Net>,
     /// Every other main-table route (to avoid fighting over a destination).
     pub foreign_routes: Vec<ForeignRoute>,
     /// Permanent neighbour entries on Twill's device.
@@ -183,6 +246,7 @@ pub struct Observed {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     DeleteRoute(RouteEntry),
+    DeleteBlackhole(Ipv4Net),
     DeleteFdb(FdbRow),
     DeleteNeighbour(NeighEntry),
     /// The device has settings that cannot change in place (VNI, port, local, uplink).
@@ -209,6 +273,7 @@ pub enum Op {
     SetNeighbour(NeighEntry),
     SetFdb(FdbRow),
     AddRoute(RouteEntry),
+    AddBlackhole(Ipv4Net),
     /// Same destination, new next hop: one atomic replace, no gap.
     ReplaceRoute {
         old: RouteEntry,
@@ -231,6 +296,7 @@ impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Op::DeleteRoute(r) => write!(f, "route del {r}"),
+            Op::DeleteBlackhole(dst) => write!(f, "route del blackhole {dst}"),
             Op::DeleteFdb(e) => write!(f, "fdb del {} dev {} dst {}", format_mac(&e.mac), e.dev, e.dst),
             Op::DeleteNeighbour(n) => write!(f, "neigh del {} dev {}", n.ip, n.dev),
             Op::DeleteDevice(d) => write!(f, "link del {d}"),
@@ -260,6 +326,7 @@ impl fmt::Display for Op {
                 e.dst
             ),
             Op::AddRoute(r) => write!(f, "route add {r}"),
+            Op::AddBlackhole(dst) => write!(f, "route add blackhole {dst}"),
             Op::ReplaceRoute { new, .. } => write!(f, "route replace {new}"),
         }
     }
@@ -272,58 +339,209 @@ pub struct Plan {
     pub problems: Vec<String>,
 }
 
-/// A way across hosts.
-pub trait Backend: Send + Sync {
-    fn name(&self) -> &'static str;
-    /// The kernel state this node needs for `peers` (pure).
+/// A way across hosts: see the module docs for the lifecycle the agent drives.
+pub trait Backend: Send {
+    fn kind(&self) -> BackendKind;
+
+    /// The name in logs and status.
+    fn name(&self) -> &'static str {
+        self.kind().name()
+    }
+
+    /// Bytes of headers this backend adds to every pod packet crossing nodes.
+    fn mtu_overhead(&self) -> u32 {
+        0
+    }
+
+    /// The devices this backend creates and keeps (each one of [`DEVICES`]).
+    fn devices(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Opens the backend's sockets, spawns its threads, arms its timers (from `now`, the
+    /// driver's clock); what they see comes back through `events`. Called once, before
+    /// the first [`Backend::plan`]; on an error the driver reports it and calls again on
+    /// the next pass.
+    fn start(&mut self, events: &Events, now: Instant) -> Result<(), BackendError> {
+        let _ = (events, now);
+        Ok(())
+    }
+
+    /// The kernel state this node needs for `peers`, with whatever the backend learned
+    /// from its events (pure).
     fn plan(&self, local: &Local, peers: &[Peer]) -> Desired;
+
+    /// After the kernel was made to match [`Backend::plan`]: the same inputs for the
+    /// backend's own state beyond the kernel's tables. Returns what failed, in words.
+    fn sync(&mut self, local: &Local, peers: &[Peer]) -> Vec<String> {
+        let _ = (local, peers);
+        Vec::new()
+    }
+
+    /// When [`Backend::on_event`] wants [`Event::Timer`] next.
+    fn next_timer(&self) -> Option<Instant> {
+        None
+    }
+
+    /// A message from the backend's own sockets or threads, or a due timer.
+    fn on_event(&mut self, event: Event, now: Instant) -> Reaction {
+        let _ = (event, now);
+        Reaction::Idle
+    }
+
+    /// Closes sockets and joins threads. Routes and devices stay: forwarding goes on, and
+    /// a restarted agent adopts them.
+    fn stop(&mut self) {}
 }
 
-/// Backend settings from the network config.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BackendOptions {
-    pub vni: Option<u32>,
-    pub port: Option<u16>,
-    /// Calico's CrossSubnet: direct routes to peers on this node's segment.
-    pub direct_routing: bool,
-    /// This kernel has the VXLAN checksum-offload fault (the caller asks uname).
-    pub disable_tx_checksum: bool,
+/// What reaches [`Backend::on_event`].
+pub enum Event {
+    /// [`Backend::next_timer`] is due.
+    Timer,
+    /// What the backend's own code sent through its [`Events`]; only it knows the type.
+    Message(Box<dyn Any + Send>),
+}
+
+impl Event {
+    /// The message, if it is a `T`.
+    pub fn message<T: Any>(self) -> Option<T> {
+        match self {
+            Event::Message(m) => m.downcast::<T>().ok().map(|b| *b),
+            Event::Timer => None,
+        }
+    }
+}
+
+impl fmt::Debug for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Event::Timer => f.write_str("Timer"),
+            Event::Message(_) => f.write_str("Message(..)"),
+        }
+    }
+}
+
+/// What an event asks of the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Reaction {
+    /// Nothing the plan depends on changed.
+    Idle,
+    /// The plan may have changed (a route learned or lost): reconcile now.
+    Reconcile,
+}
+
+/// Called when a backend sends an event, to wake the agent's loop.
+pub type Waker = Arc<dyn Fn() + Send + Sync>;
+
+/// The sink a backend's sockets, threads and callbacks send their events into. Cheap to
+/// clone; usable from any thread.
+#[derive(Clone)]
+pub struct Events {
+    tx: mpsc::Sender<Box<dyn Any + Send>>,
+    waker: Arc<Mutex<Option<Waker>>>,
+}
+
+impl Events {
+    pub(crate) fn channel() -> (Events, mpsc::Receiver<Box<dyn Any + Send>>) {
+        let (tx, rx) = mpsc::channel();
+        (
+            Events {
+                tx,
+                waker: Arc::new(Mutex::new(None)),
+            },
+            rx,
+        )
+    }
+
+    /// Queues `message` for the backend's [`Backend::on_event`] and wakes the agent.
+    /// False when the agent is gone (the backend's threads should end).
+    pub fn send<T: Any + Send>(&self, message: T) -> bool {
+        if self.tx.send(Box::new(message)).is_err() {
+            return false;
+        }
+        let waker = self.waker.lock().map(|w| w.clone()).unwrap_or(None);
+        if let Some(wake) = waker {
+            wake();
+        }
+        true
+    }
+
+    pub(crate) fn set_waker(&self, waker: Waker) {
+        if let Ok(mut w) = self.waker.lock() {
+            *w = Some(waker);
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BackendError {
-    #[error("unknown backend {0:?}: choose one of none, host-gw, vxlan, static")]
-    Unknown(String),
-    #[error("vxlan VNI {0} is out of range: use 1 to 16777215")]
-    BadVni(u32),
-    #[error("vxlan port 0 is not a port: leave it out for 8472")]
-    BadPort,
+    /// An option out of range (the network config's validation catches it first).
+    #[error("backend.{field}: {reason}; fix it with twill apply -f network.yaml")]
+    Invalid { field: &'static str, reason: String },
+    /// A backend could not start (a socket, a thread, a device).
+    #[error("backend {kind} cannot start: {reason}")]
+    Start { kind: BackendKind, reason: String },
 }
 
-/// The backend the network config names.
-pub fn select(name: &str, options: &BackendOptions) -> Result<Box<dyn Backend>, BackendError> {
-    match name {
-        "none" => Ok(Box::new(NoneBackend)),
-        "host-gw" => Ok(Box::new(HostGw)),
-        // The static store's mesh is the VXLAN mesh, its peers written by hand.
-        "vxlan" | "static" => {
-            let vni = options.vni.unwrap_or(DEFAULT_VNI);
-            if vni == 0 || vni > 0x00ff_ffff {
-                return Err(BackendError::BadVni(vni));
-            }
-            if options.port == Some(0) {
-                return Err(BackendError::BadPort);
-            }
-            Ok(Box::new(Vxlan {
-                device: VXLAN_DEVICE.into(),
-                vni,
-                port: options.port.unwrap_or(DEFAULT_VXLAN_PORT),
-                direct_routing: options.direct_routing,
-                disable_tx_checksum: options.disable_tx_checksum,
-            }))
+/// The backend the network config names. `disable_tx_checksum`: this kernel has the
+/// VXLAN checksum-offload fault (the caller asks uname).
+pub fn select(
+    spec: &BackendSpec,
+    disable_tx_checksum: bool,
+) -> Result<Box<dyn Backend>, BackendError> {
+    spec.check()
+        .map_err(|(field, reason)| BackendError::Invalid { field, reason })?;
+    let vxlan = |o: &VxlanOptions| Vxlan {
+        device: VXLAN_DEVICE.into(),
+        vni: o.vni(),
+        port: o.port(),
+        direct_routing: o.direct_routing,
+        disable_tx_checksum,
+    };
+    Ok(match spec {
+        BackendSpec::None => Box::new(NoneBackend),
+        BackendSpec::HostGw => Box::new(HostGw),
+        BackendSpec::Vxlan(o) => Box::new(vxlan(o)),
+        BackendSpec::Static(o) => Box::new(StaticMesh(vxlan(o))),
+    })
+}
+
+/// The pod MTU the hand-off gives twill-cni: the uplink's, less `backend`'s headers, and
+/// never above what the network config asks for.
+pub fn pod_mtu(backend: &dyn Backend, uplink_mtu: u32, config_mtu: u32) -> u32 {
+    uplink_mtu
+        .saturating_sub(backend.mtu_overhead())
+        .min(config_mtu)
+}
+
+/// The kernel state of this node: `backend`'s plan, plus the blackholes of its blocks
+/// when pods are wired l3 (pure).
+pub fn desired(backend: &dyn Backend, local: &Local, peers: &[Peer]) -> Desired {
+    let mut desired = backend.plan(local, peers);
+    desired.blackholes.extend(blackholes(local));
+    desired
+}
+
+/// `blackhole BLOCK` for every block this node holds, with l3 pods; none with a bridge
+/// (its connected route covers the block).
+pub fn blackholes(local: &Local) -> Vec<Ipv4Net> {
+    match local.pod_wiring {
+        PodWiring::L3 => {
+            let mut b: Vec<Ipv4Net> = local.blocks.iter().map(|b| b.trunc()).collect();
+            b.sort();
+            b.dedup();
+            b
         }
-        other => Err(BackendError::Unknown(other.to_owned())),
+        PodWiring::Bridge => Vec::new(),
     }
+}
+
+/// Whether a main-table route marked [`ROUTE_PROTOCOL`] is the backend's to manage: a
+/// blackhole, a route with a gateway, or one through a backend device ([`DEVICES`]).
+/// twill-cni's l3 pod routes (`/32 dev <veth> scope link`, no gateway) are not.
+pub fn owned_by_backend(blackhole: bool, gateway: Option<Ipv4Addr>, dev: &str) -> bool {
+    blackhole || gateway.is_some_and(|g| !g.is_unspecified()) || DEVICES.contains(&dev)
 }
 
 /// The MAC of a node's VXLAN device, derived from its node IP: locally administered,
@@ -485,6 +703,31 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Plan {
         route_adds.push(Op::AddRoute((*new).clone()));
     }
 
+    // Blackholes, by destination: a released block's goes, a new block's comes. They
+    // are removed before routes are added, so a block moving between this node and a
+    // peer never meets its old route.
+    let have_bh: BTreeSet<Ipv4Net> = observed.blackholes.iter().copied().collect();
+    let want_bh: BTreeSet<Ipv4Net> = desired.blackholes.iter().copied().collect();
+    removals.extend(
+        have_bh
+            .difference(&want_bh)
+            .map(|d| Op::DeleteBlackhole(*d)),
+    );
+    for dst in want_bh.difference(&have_bh) {
+        if let Some(f) = observed
+            .foreign_routes
+            .iter()
+            .find(|f| f.dst == *dst && f.metric == 0)
+        {
+            plan.problems.push(format!(
+                "a route to {dst} already exists, installed by protocol {} (not Twill): left alone, so blackhole {dst} is not installed and addresses of the block no pod holds are not dropped; remove that route",
+                f.protocol
+            ));
+            continue;
+        }
+        route_adds.push(Op::AddBlackhole(*dst));
+    }
+
     // Neighbours by (dev, ip); FDB rows by (dev, mac).
     let have_neigh: BTreeMap<(&str, Ipv4Addr), &NeighEntry> = observed
         .neighbours
@@ -540,7 +783,7 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Plan {
 
 fn removal_rank(op: &Op) -> u8 {
     match op {
-        Op::DeleteRoute(_) => 0,
+        Op::DeleteRoute(_) | Op::DeleteBlackhole(_) => 0,
         Op::DeleteFdb(_) => 1,
         Op::DeleteNeighbour(_) => 2,
         _ => 3,

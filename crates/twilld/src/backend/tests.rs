@@ -1,4 +1,5 @@
 use super::*;
+use std::time::Duration;
 
 fn net(s: &str) -> Ipv4Net {
     s.parse().unwrap()
@@ -16,6 +17,7 @@ fn local() -> Local {
         uplink_cidr: net("192.0.2.0/24"),
         blocks: vec![net("10.244.1.0/24")],
         mtu_uplink: 1500,
+        pod_wiring: PodWiring::Bridge,
     }
 }
 
@@ -58,6 +60,7 @@ fn route(dst: &str, via: &str, dev: &str, onlink: bool) -> RouteEntry {
 fn observed_from(desired: &Desired) -> Observed {
     Observed {
         routes: desired.routes.clone(),
+        blackholes: desired.blackholes.clone(),
         foreign_routes: vec![],
         neighbours: desired.neighbours.clone(),
         fdb: desired.fdb.clone(),
@@ -393,39 +396,376 @@ fn foreign_state_is_never_touched() {
 }
 
 #[test]
-fn select_names_the_backends() {
+fn select_builds_each_kind_with_its_options() {
+    for kind in BackendKind::ALL {
+        let b = select(&kind.spec(), false).unwrap();
+        assert_eq!(b.kind(), kind);
+        assert_eq!(b.name(), kind.name());
+        // Every device a backend owns is one the reconcile knows to look after.
+        assert!(b.devices().iter().all(|d| DEVICES.contains(d)), "{kind}");
+    }
+    let vx = |o: VxlanOptions| BackendSpec::Vxlan(o);
+    let b = select(
+        &vx(VxlanOptions {
+            vni: Some(7),
+            port: Some(4789),
+            direct_routing: true,
+        }),
+        false,
+    )
+    .unwrap();
+    let d = b.plan(&local(), &peers());
+    let dev = d.device.unwrap();
+    assert_eq!((dev.vni, dev.port), (7, 4789));
     assert_eq!(
-        select("none", &BackendOptions::default()).unwrap().name(),
-        "none"
+        d.routes[0].dev, "eth0",
+        "directRouting: n2 is on the segment"
     );
+    // The static mesh plans exactly what vxlan plans.
+    let st = select(&BackendSpec::Static(VxlanOptions::DEFAULT), true).unwrap();
     assert_eq!(
-        select("host-gw", &BackendOptions::default())
-            .unwrap()
-            .name(),
-        "host-gw"
+        st.plan(&local(), &peers()),
+        vxlan(false).plan(&local(), &peers())
     );
-    assert_eq!(
-        select("vxlan", &BackendOptions::default()).unwrap().name(),
-        "vxlan"
-    );
-    let err = select("gre", &BackendOptions::default()).err().unwrap();
-    assert_eq!(
-        err.to_string(),
-        "unknown backend \"gre\": choose one of none, host-gw, vxlan, static"
-    );
-    // The static store's mesh is a VXLAN mesh.
-    assert_eq!(
-        select("static", &BackendOptions::default()).unwrap().name(),
-        "vxlan"
-    );
-    let bad = BackendOptions {
+    let bad = vx(VxlanOptions {
         vni: Some(1 << 24),
         ..Default::default()
-    };
+    });
     assert_eq!(
-        select("vxlan", &bad).err(),
-        Some(BackendError::BadVni(1 << 24))
+        select(&bad, false).err().map(|e| e.to_string()),
+        Some("backend.vni: 16777216 is out of range 1..=16777215; fix it with twill apply -f network.yaml".into())
     );
+}
+
+#[test]
+fn each_backend_declares_its_mtu_overhead() {
+    let overhead = |k: BackendKind| select(&k.spec(), false).unwrap().mtu_overhead();
+    assert_eq!(overhead(BackendKind::None), 0);
+    assert_eq!(overhead(BackendKind::HostGw), 0);
+    assert_eq!(overhead(BackendKind::Vxlan), VXLAN_OVERHEAD);
+    assert_eq!(overhead(BackendKind::Static), VXLAN_OVERHEAD);
+    assert_eq!(pod_mtu(&vxlan(false), 1500, 9000), 1450);
+    assert_eq!(pod_mtu(&HostGw, 1500, 1400), 1400);
+    assert_eq!(pod_mtu(&vxlan(false), 40, 1500), 0);
+}
+
+fn l3() -> Local {
+    Local {
+        blocks: vec![net("10.244.1.0/26"), net("10.244.1.64/26")],
+        pod_wiring: PodWiring::L3,
+        ..local()
+    }
+}
+
+#[test]
+fn l3_pods_get_a_blackhole_per_block_with_every_backend() {
+    for kind in BackendKind::ALL {
+        let b = select(&kind.spec(), false).unwrap();
+        let d = desired(b.as_ref(), &l3(), &peers());
+        assert_eq!(
+            d.blackholes,
+            vec![net("10.244.1.0/26"), net("10.244.1.64/26")],
+            "{kind}"
+        );
+        // The backend's own plan is unchanged by the wiring.
+        let mut without = d.clone();
+        without.blackholes.clear();
+        assert_eq!(without, b.plan(&local(), &peers()), "{kind}");
+        // Bridge wiring: the bridge's connected route covers the block.
+        assert!(desired(b.as_ref(), &local(), &peers())
+            .blackholes
+            .is_empty());
+    }
+    let d = desired(&HostGw, &l3(), &[]);
+    let plan = diff(&d, &Observed::default());
+    let text: Vec<String> = plan.ops.iter().map(|o| o.to_string()).collect();
+    assert_eq!(
+        text,
+        [
+            "route add blackhole 10.244.1.0/26",
+            "route add blackhole 10.244.1.64/26"
+        ]
+    );
+    assert!(diff(&d, &observed_from(&d)).ops.is_empty(), "converged");
+}
+
+#[test]
+fn a_released_block_loses_its_blackhole_and_a_new_one_gains_one() {
+    let before = desired(&HostGw, &l3(), &peers());
+    let observed = observed_from(&before);
+    let mut now = l3();
+    now.blocks = vec![net("10.244.1.64/26"), net("10.244.1.128/26")];
+    let plan = diff(&desired(&HostGw, &now, &peers()), &observed);
+    assert_eq!(
+        plan.ops,
+        vec![
+            Op::DeleteBlackhole(net("10.244.1.0/26")),
+            Op::AddBlackhole(net("10.244.1.128/26")),
+        ]
+    );
+    // Back to bridge wiring: every blackhole goes, nothing else changes.
+    let plan = diff(&desired(&HostGw, &local(), &peers()), &observed);
+    assert_eq!(
+        plan.ops,
+        vec![
+            Op::DeleteBlackhole(net("10.244.1.0/26")),
+            Op::DeleteBlackhole(net("10.244.1.64/26")),
+        ]
+    );
+}
+
+#[test]
+fn a_block_moving_from_a_peer_to_this_node_swaps_route_for_blackhole() {
+    // n2 held 10.244.1.64/26; now this node does.
+    let mut p = peers();
+    p[1].blocks.push(net("10.244.1.64/26"));
+    let mut had = l3();
+    had.blocks = vec![net("10.244.1.0/26")];
+    let observed = observed_from(&desired(&HostGw, &had, &p));
+    let plan = diff(&desired(&HostGw, &l3(), &peers()), &observed);
+    assert_eq!(
+        plan.ops,
+        vec![
+            Op::DeleteRoute(route("10.244.1.64/26", "192.0.2.12", "eth0", false)),
+            Op::AddBlackhole(net("10.244.1.64/26")),
+        ]
+    );
+    // A foreign route already there: reported, not fought over.
+    let observed = Observed {
+        foreign_routes: vec![ForeignRoute {
+            dst: net("10.244.1.0/26"),
+            metric: 0,
+            protocol: 2,
+        }],
+        ..Default::default()
+    };
+    let plan = diff(&desired(&NoneBackend, &l3(), &[]), &observed);
+    assert_eq!(plan.ops, vec![Op::AddBlackhole(net("10.244.1.64/26"))]);
+    assert!(plan.problems[0].contains("blackhole 10.244.1.0/26 is not installed"));
+}
+
+#[test]
+fn the_backend_owns_gateway_blackhole_and_device_routes_not_pod_routes() {
+    assert!(owned_by_backend(true, None, ""));
+    assert!(owned_by_backend(false, Some(ip("192.0.2.12")), "eth0"));
+    assert!(owned_by_backend(false, None, VXLAN_DEVICE));
+    // twill-cni's l3 pod route: `10.244.1.5/32 dev twlabc scope link proto 0x54`.
+    assert!(!owned_by_backend(false, None, "twl1a2b3c4d5e6"));
+    assert!(!owned_by_backend(
+        false,
+        Some(Ipv4Addr::UNSPECIFIED),
+        "vethx"
+    ));
+}
+
+/// A backend with a timer and a thread of its own, standing in for a routing speaker: each
+/// timer tick and each message "learns" a route, which must reach the plan.
+struct Learner {
+    next: Option<Instant>,
+    learned: Vec<RouteEntry>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    started: usize,
+    stopped: usize,
+    synced: Vec<Vec<Ipv4Net>>,
+}
+
+/// What Learner's thread sends.
+struct Learned(RouteEntry);
+
+impl Learner {
+    fn new() -> Learner {
+        Learner {
+            next: None,
+            learned: Vec::new(),
+            thread: None,
+            started: 0,
+            stopped: 0,
+            synced: Vec::new(),
+        }
+    }
+}
+
+impl Backend for Learner {
+    fn kind(&self) -> BackendKind {
+        // A kind it is not: the driver must not care.
+        BackendKind::None
+    }
+
+    fn start(&mut self, events: &Events, now: Instant) -> Result<(), BackendError> {
+        self.started += 1;
+        self.next = Some(now + Duration::from_secs(5));
+        let events = events.clone();
+        self.thread = Some(std::thread::spawn(move || {
+            assert!(events.send(Learned(route(
+                "10.244.50.0/24",
+                "192.0.2.50",
+                "eth0",
+                false
+            ))));
+            assert!(events.send("a message of a type Learner ignores"));
+        }));
+        Ok(())
+    }
+
+    fn plan(&self, _local: &Local, _peers: &[Peer]) -> Desired {
+        Desired {
+            routes: self.learned.clone(),
+            ..Default::default()
+        }
+    }
+
+    fn sync(&mut self, local: &Local, _peers: &[Peer]) -> Vec<String> {
+        self.synced.push(local.blocks.clone());
+        Vec::new()
+    }
+
+    fn next_timer(&self) -> Option<Instant> {
+        self.next
+    }
+
+    fn on_event(&mut self, event: Event, now: Instant) -> Reaction {
+        match event {
+            Event::Timer => {
+                self.next = Some(now + Duration::from_secs(5));
+                self.learned
+                    .push(route("10.244.60.0/24", "192.0.2.60", "eth0", false));
+                Reaction::Reconcile
+            }
+            message => match message.message::<Learned>() {
+                Some(Learned(r)) => {
+                    self.learned.push(r);
+                    Reaction::Reconcile
+                }
+                None => Reaction::Idle,
+            },
+        }
+    }
+
+    fn stop(&mut self) {
+        self.stopped += 1;
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+#[test]
+fn the_driver_runs_every_backend_through_its_lifecycle() {
+    let t0 = Instant::now();
+    for kind in BackendKind::ALL {
+        let mut d = Driver::new(select(&kind.spec(), false).unwrap(), t0);
+        let (me, them) = (l3(), peers());
+        // First poll: started, a pass is due, with the plan plus the blackholes.
+        let want = desired(d.backend(), &me, &them);
+        assert_eq!(d.poll(t0, &me, &them).unwrap(), Some(want), "{kind}");
+        assert!(d.finish(t0, &me, &them, false).is_empty());
+        // Nothing changed: nothing to do until the resync.
+        assert_eq!(d.poll(t0 + Duration::from_secs(1), &me, &them), Ok(None));
+        assert_eq!(d.next_wake(), t0 + driver::RESYNC, "{kind}");
+        assert!(d.poll(t0 + driver::RESYNC, &me, &them).unwrap().is_some());
+        d.finish(t0 + driver::RESYNC, &me, &them, true);
+        // A failure is retried soon.
+        assert_eq!(d.next_wake(), t0 + driver::RESYNC + driver::RETRY);
+        let t1 = t0 + driver::RESYNC + Duration::from_secs(1);
+        d.finish(t1, &me, &them, false);
+        // A released block is a change: a pass whose plan has one blackhole fewer.
+        let mut fewer = me.clone();
+        fewer.blocks.pop();
+        let pass = d.poll(t1, &fewer, &them).unwrap().unwrap();
+        assert_eq!(pass.blackholes, vec![net("10.244.1.0/26")], "{kind}");
+        d.stop();
+    }
+}
+
+#[test]
+fn events_from_a_backends_timer_and_thread_reach_the_plan() {
+    let t0 = Instant::now();
+    let (woken_tx, woken) = std::sync::mpsc::channel();
+    let mut d = Driver::new(Box::new(Learner::new()), t0);
+    d.set_waker(Arc::new(move || {
+        let _ = woken_tx.send(());
+    }));
+    let (me, them) = (local(), peers());
+    let first = d.poll(t0, &me, &them).unwrap().unwrap();
+    d.finish(t0, &me, &them, false);
+    // The backend's thread sent two messages; each woke the loop.
+    for _ in 0..2 {
+        woken
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the waker is called for each event");
+    }
+    // Whatever the first poll saw, the message's route is in the next plan.
+    let t1 = t0 + Duration::from_secs(1);
+    let learned = route("10.244.50.0/24", "192.0.2.50", "eth0", false);
+    let plan = match d.poll(t1, &me, &them).unwrap() {
+        Some(p) => p,
+        None => first,
+    };
+    assert_eq!(plan.routes, vec![learned.clone()]);
+    d.finish(t1, &me, &them, false);
+    assert_eq!(d.poll(t1, &me, &them), Ok(None), "nothing new");
+    // The timer: the loop is told when, and the tick's route is planned then.
+    let tick = t0 + Duration::from_secs(5);
+    assert_eq!(d.next_wake(), tick);
+    assert_eq!(
+        d.poll(tick - Duration::from_millis(1), &me, &them),
+        Ok(None)
+    );
+    let plan = d.poll(tick, &me, &them).unwrap().unwrap();
+    assert_eq!(
+        plan.routes,
+        vec![
+            learned,
+            route("10.244.60.0/24", "192.0.2.60", "eth0", false)
+        ]
+    );
+    assert_eq!(diff(&plan, &Observed::default()).ops.len(), 2);
+    d.finish(tick, &me, &them, false);
+    assert_eq!(d.next_wake(), tick + Duration::from_secs(5));
+    drop(d);
+}
+
+#[test]
+fn stop_and_start_are_each_called_once_per_run() {
+    struct Counted(Arc<Mutex<(usize, usize)>>);
+    impl Backend for Counted {
+        fn kind(&self) -> BackendKind {
+            BackendKind::HostGw
+        }
+        fn start(&mut self, _: &Events, _: Instant) -> Result<(), BackendError> {
+            let mut c = self.0.lock().unwrap();
+            c.0 += 1;
+            if c.0 == 1 {
+                return Err(BackendError::Start {
+                    kind: BackendKind::HostGw,
+                    reason: "port busy".into(),
+                });
+            }
+            Ok(())
+        }
+        fn plan(&self, _: &Local, _: &[Peer]) -> Desired {
+            Desired::default()
+        }
+        fn stop(&mut self) {
+            self.0.lock().unwrap().1 += 1;
+        }
+    }
+    let counts = Arc::new(Mutex::new((0, 0)));
+    let t0 = Instant::now();
+    let mut d = Driver::new(Box::new(Counted(counts.clone())), t0);
+    let e = d.poll(t0, &local(), &[]).unwrap_err();
+    assert_eq!(e.to_string(), "backend host-gw cannot start: port busy");
+    assert_eq!(
+        d.next_wake(),
+        t0 + driver::RETRY,
+        "a failed start is retried"
+    );
+    assert!(d.poll(t0 + driver::RETRY, &local(), &[]).unwrap().is_some());
+    assert!(d.poll(t0 + driver::RETRY, &local(), &[]).unwrap().is_some());
+    d.stop();
+    d.stop();
+    drop(d);
+    assert_eq!(*counts.lock().unwrap(), (2, 1));
 }
 
 #[test]

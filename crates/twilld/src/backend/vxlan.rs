@@ -8,8 +8,8 @@
 //! segment get a plain host-gw route, only the others go through the tunnel.
 
 use super::host_gw::direct_routes;
-use super::{usable_peers, vtep_mac, Backend, Desired, FdbRow, Local, NeighEntry, Peer};
-use super::{RouteEntry, VxlanSpec, VXLAN_OVERHEAD};
+use super::{usable_peers, vtep_mac, Backend, BackendKind, Desired, FdbRow, Local, NeighEntry};
+use super::{Peer, RouteEntry, VxlanSpec, VXLAN_DEVICE, VXLAN_OVERHEAD};
 use ipnet::Ipv4Net;
 
 /// Smallest MTU IPv4 allows on a link.
@@ -25,8 +25,16 @@ pub struct Vxlan {
 }
 
 impl Backend for Vxlan {
-    fn name(&self) -> &'static str {
-        "vxlan"
+    fn kind(&self) -> BackendKind {
+        BackendKind::Vxlan
+    }
+
+    fn mtu_overhead(&self) -> u32 {
+        VXLAN_OVERHEAD
+    }
+
+    fn devices(&self) -> &'static [&'static str] {
+        &[VXLAN_DEVICE]
     }
 
     fn plan(&self, local: &Local, peers: &[Peer]) -> Desired {

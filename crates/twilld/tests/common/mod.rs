@@ -25,7 +25,7 @@ pub fn network_config(cidr: &str, block_size: u8, ttl: u64, masquerade: bool) ->
         subnet_min: None,
         subnet_max: None,
         reservations: vec![],
-        backend: "none".into(),
+        backend: twill_api::resources::BackendSpec::None,
         mtu: 1450,
         masquerade,
         pod_wiring: Default::default(),

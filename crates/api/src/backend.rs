@@ -1,0 +1,535 @@
+//! The backend seam's vocabulary: how packets cross nodes, as the network config's
+//! `backend` names it. A kind is a type: [`BackendKind`] is the bare choice (for command
+//! lines, labs, matrices), [`BackendSpec`] the choice with the options that belong to it.
+//! Nothing matches on backend names outside this file.
+//!
+//! On the wire (the store's `config`, `twill apply` files) a backend is written exactly as
+//! before the types existed: a bare name (`"vxlan"`) when it has no options, else an
+//! object `{type, vni, port, directRouting}`. Reading refuses, naming the field:
+//! - an unknown name (`spec.backend: "gre" is not a backend: use one of …`);
+//! - an unknown field (`unknown field `colour`, expected one of …`);
+//! - an option the kind does not take (`spec.backend.vni: vni is not an option of
+//!   host-gw …`), so a config never carries settings that silently do nothing.
+
+use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::str::FromStr;
+
+/// flannel's default VNI.
+pub const DEFAULT_VNI: u32 = 1;
+/// flannel's and the kernel's VXLAN port (not IANA's 4789).
+pub const DEFAULT_VXLAN_PORT: u16 = 8472;
+/// The largest VNI (24 bits).
+pub const MAX_VNI: u32 = 0x00ff_ffff;
+
+/// Which backend, without its options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum BackendKind {
+    /// Nothing across nodes: a single node, or routing done by someone else.
+    #[default]
+    None,
+    /// flannel's host-gw: a route per remote block via the remote node (one segment).
+    HostGw,
+    /// flannel's vxlan: one VXLAN device, a route, neighbour and FDB entry per peer.
+    Vxlan,
+    /// The VXLAN mesh of a hand-written static store file.
+    Static,
+}
+
+impl BackendKind {
+    pub const ALL: [BackendKind; 4] = [
+        BackendKind::None,
+        BackendKind::HostGw,
+        BackendKind::Vxlan,
+        BackendKind::Static,
+    ];
+
+    /// The name used in configs and on command lines.
+    pub const fn name(self) -> &'static str {
+        match self {
+            BackendKind::None => "none",
+            BackendKind::HostGw => "host-gw",
+            BackendKind::Vxlan => "vxlan",
+            BackendKind::Static => "static",
+        }
+    }
+
+    /// The option fields (as written in a config) this kind takes.
+    pub const fn options(self) -> &'static [&'static str] {
+        match self {
+            BackendKind::None | BackendKind::HostGw => &[],
+            BackendKind::Vxlan | BackendKind::Static => VXLAN_FIELDS,
+        }
+    }
+
+    /// The spec of this kind with every option at its default.
+    pub const fn spec(self) -> BackendSpec {
+        match self {
+            BackendKind::None => BackendSpec::None,
+            BackendKind::HostGw => BackendSpec::HostGw,
+            BackendKind::Vxlan => BackendSpec::Vxlan(VxlanOptions::DEFAULT),
+            BackendKind::Static => BackendSpec::Static(VxlanOptions::DEFAULT),
+        }
+    }
+
+    /// Packets go between nodes (so the node forwards and probes its peers).
+    pub const fn crosses_nodes(self) -> bool {
+        !matches!(self, BackendKind::None)
+    }
+
+    fn list() -> String {
+        BackendKind::ALL.map(|k| k.name()).join(", ")
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The name is none of [`BackendKind::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a backend: use one of none, host-gw, vxlan, static")]
+pub struct UnknownBackend(pub String);
+
+impl FromStr for BackendKind {
+    type Err = UnknownBackend;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        BackendKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| UnknownBackend(s.to_string()))
+    }
+}
+
+impl Serialize for BackendKind {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for BackendKind {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<BackendKind, D::Error> {
+        struct KindVisitor;
+        impl Visitor<'_> for KindVisitor {
+            type Value = BackendKind;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                write!(f, "a backend name ({})", BackendKind::list())
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<BackendKind, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_str(KindVisitor)
+    }
+}
+
+/// The options of the VXLAN backends (`vxlan`, `static`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct VxlanOptions {
+    /// VXLAN network identifier ([`DEFAULT_VNI`] when unset, like flannel).
+    pub vni: Option<u32>,
+    /// VXLAN UDP port ([`DEFAULT_VXLAN_PORT`] when unset, like flannel and the kernel).
+    pub port: Option<u16>,
+    /// Calico's CrossSubnet, flannel's DirectRouting: direct routes to peers on the same
+    /// segment, the tunnel only across segments.
+    pub direct_routing: bool,
+}
+
+const VXLAN_FIELDS: &[&str] = &["vni", "port", "directRouting"];
+const ALL_FIELDS: &[&str] = &["type", "vni", "port", "directRouting"];
+
+impl VxlanOptions {
+    pub const DEFAULT: VxlanOptions = VxlanOptions {
+        vni: None,
+        port: None,
+        direct_routing: false,
+    };
+
+    pub fn vni(&self) -> u32 {
+        self.vni.unwrap_or(DEFAULT_VNI)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(DEFAULT_VXLAN_PORT)
+    }
+
+    pub fn is_default(&self) -> bool {
+        *self == VxlanOptions::DEFAULT
+    }
+
+    /// The option fields out of range, as (field, reason).
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if let Some(vni) = self.vni {
+            if vni == 0 || vni > MAX_VNI {
+                return Err(("vni", format!("{vni} is out of range 1..={MAX_VNI}")));
+            }
+        }
+        if self.port == Some(0) {
+            return Err((
+                "port",
+                format!("0 is not a port: leave it out for {DEFAULT_VXLAN_PORT}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A backend and the options that belong to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum BackendSpec {
+    #[default]
+    None,
+    HostGw,
+    Vxlan(VxlanOptions),
+    /// The static store's mesh is the VXLAN mesh, its peers written by hand.
+    Static(VxlanOptions),
+}
+
+impl BackendSpec {
+    pub const fn kind(&self) -> BackendKind {
+        match self {
+            BackendSpec::None => BackendKind::None,
+            BackendSpec::HostGw => BackendKind::HostGw,
+            BackendSpec::Vxlan(_) => BackendKind::Vxlan,
+            BackendSpec::Static(_) => BackendKind::Static,
+        }
+    }
+
+    /// The VXLAN options, for the kinds that tunnel.
+    pub const fn vxlan(&self) -> Option<&VxlanOptions> {
+        match self {
+            BackendSpec::Vxlan(o) | BackendSpec::Static(o) => Some(o),
+            BackendSpec::None | BackendSpec::HostGw => None,
+        }
+    }
+
+    /// Direct routes to peers on this node's segment (host-gw always, vxlan with
+    /// `directRouting`).
+    pub fn direct_routing(&self) -> bool {
+        self.vxlan().is_some_and(|o| o.direct_routing)
+    }
+
+    /// A spec of `kind` with `options`; `None` options mean the defaults. Fails, naming the
+    /// first field, when the kind takes no options but some are set.
+    pub fn with_options(
+        kind: BackendKind,
+        options: Option<VxlanOptions>,
+    ) -> Result<BackendSpec, NotAnOption> {
+        let options = options.unwrap_or_default();
+        match kind {
+            BackendKind::None | BackendKind::HostGw => {
+                let set = [
+                    ("vni", options.vni.is_some()),
+                    ("port", options.port.is_some()),
+                    ("directRouting", options.direct_routing),
+                ];
+                match set.into_iter().find(|(_, on)| *on) {
+                    Some((field, _)) => Err(NotAnOption { kind, field }),
+                    None => Ok(kind.spec()),
+                }
+            }
+            BackendKind::Vxlan => Ok(BackendSpec::Vxlan(options)),
+            BackendKind::Static => Ok(BackendSpec::Static(options)),
+        }
+    }
+
+    /// Out-of-range options, as (field under `backend`, reason).
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        self.vxlan().map_or(Ok(()), VxlanOptions::check)
+    }
+}
+
+impl From<BackendKind> for BackendSpec {
+    fn from(kind: BackendKind) -> BackendSpec {
+        kind.spec()
+    }
+}
+
+impl fmt::Display for BackendSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.kind().name())?;
+        if self.direct_routing() {
+            f.write_str(" (directRouting)")?;
+        }
+        Ok(())
+    }
+}
+
+/// An option set on a kind that does not take it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field} is not an option of backend {kind}: only vxlan and static take vni, port and directRouting; remove it, or use type vxlan")]
+pub struct NotAnOption {
+    pub kind: BackendKind,
+    pub field: &'static str,
+}
+
+impl Serialize for BackendSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let options = match self.vxlan() {
+            Some(o) if !o.is_default() => o,
+            _ => return s.serialize_str(self.kind().name()),
+        };
+        let len = 1
+            + usize::from(options.vni.is_some())
+            + usize::from(options.port.is_some())
+            + usize::from(options.direct_routing);
+        let mut m = s.serialize_map(Some(len))?;
+        m.serialize_entry("type", self.kind().name())?;
+        if let Some(vni) = options.vni {
+            m.serialize_entry("vni", &vni)?;
+        }
+        if let Some(port) = options.port {
+            m.serialize_entry("port", &port)?;
+        }
+        if options.direct_routing {
+            m.serialize_entry("directRouting", &true)?;
+        }
+        m.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for BackendSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<BackendSpec, D::Error> {
+        d.deserialize_any(SpecVisitor)
+    }
+}
+
+struct SpecVisitor;
+
+impl<'de> Visitor<'de> for SpecVisitor {
+    type Value = BackendSpec;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "a backend name ({}) or {{type, vni, port, directRouting}}",
+            BackendKind::list()
+        )
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<BackendSpec, E> {
+        v.parse::<BackendKind>()
+            .map(BackendKind::spec)
+            .map_err(E::custom)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<BackendSpec, A::Error> {
+        let mut kind: Option<BackendKind> = None;
+        let mut options = VxlanOptions::default();
+        let mut seen: Vec<&'static str> = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let Some(field) = ALL_FIELDS.iter().copied().find(|f| *f == key) else {
+                return Err(de::Error::unknown_field(&key, ALL_FIELDS));
+            };
+            if seen.contains(&field) {
+                return Err(de::Error::duplicate_field(field));
+            }
+            seen.push(field);
+            // An option the kind named so far does not take: refused inside its value, so
+            // the error's path ends in the option (`spec.backend.vni`).
+            if let Some(k) = kind.filter(|k| field != "type" && !k.options().contains(&field)) {
+                map.next_value_seed(Refuse(NotAnOption { kind: k, field }))?;
+                continue;
+            }
+            match field {
+                "type" => kind = Some(map.next_value()?),
+                "vni" => options.vni = Some(map.next_value()?),
+                "port" => options.port = Some(map.next_value()?),
+                _ => options.direct_routing = map.next_value()?,
+            }
+        }
+        let kind = kind.ok_or_else(|| de::Error::missing_field("type"))?;
+        // Options written before `type`.
+        BackendSpec::with_options(kind, Some(options)).map_err(de::Error::custom)
+    }
+}
+
+/// Fails on any value with the error it carries.
+struct Refuse(NotAnOption);
+
+impl<'de> DeserializeSeed<'de> for Refuse {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        // Through the deserializer, so it attaches the value's path and position.
+        d.deserialize_any(self)
+    }
+}
+
+macro_rules! refuse {
+    ($($name:ident: $t:ty),*) => {
+        $(fn $name<E: de::Error>(self, _: $t) -> Result<(), E> {
+            Err(E::custom(&self.0))
+        })*
+    };
+}
+
+impl<'de> Visitor<'de> for Refuse {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "no {}", self.0.field)
+    }
+
+    refuse!(visit_bool: bool, visit_i64: i64, visit_u64: u64, visit_f64: f64, visit_str: &str);
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Err(E::custom(&self.0))
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        Err(E::custom(&self.0))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        Err(de::Error::custom(&self.0))
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        Err(de::Error::custom(&self.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: &str) -> Result<BackendSpec, String> {
+        serde_json::from_str(json).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn names_round_trip_through_str_and_serde() {
+        for k in BackendKind::ALL {
+            assert_eq!(k.name().parse::<BackendKind>().unwrap(), k);
+            let json = serde_json::to_string(&k).unwrap();
+            assert_eq!(json, format!("\"{}\"", k.name()));
+            assert_eq!(serde_json::from_str::<BackendKind>(&json).unwrap(), k);
+            // A spec with default options is written as the bare name, as always.
+            assert_eq!(serde_json::to_string(&k.spec()).unwrap(), json);
+            assert_eq!(spec(&json).unwrap(), k.spec());
+            assert_eq!(k.spec().kind(), k);
+        }
+        assert_eq!(BackendSpec::default(), BackendSpec::None);
+        assert_eq!(
+            "gre".parse::<BackendKind>().unwrap_err().to_string(),
+            "\"gre\" is not a backend: use one of none, host-gw, vxlan, static"
+        );
+    }
+
+    #[test]
+    fn options_are_an_object_and_round_trip() {
+        let s = spec(r#"{"type":"vxlan","vni":4096,"port":4789,"directRouting":true}"#).unwrap();
+        assert_eq!(
+            s,
+            BackendSpec::Vxlan(VxlanOptions {
+                vni: Some(4096),
+                port: Some(4789),
+                direct_routing: true
+            })
+        );
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            r#"{"type":"vxlan","vni":4096,"port":4789,"directRouting":true}"#
+        );
+        assert_eq!(s.to_string(), "vxlan (directRouting)");
+        let st = spec(r#"{"type":"static","vni":7}"#).unwrap();
+        assert_eq!(st.vxlan().unwrap().vni(), 7);
+        assert_eq!(st.vxlan().unwrap().port(), DEFAULT_VXLAN_PORT);
+        assert_eq!(
+            serde_json::to_string(&st).unwrap(),
+            r#"{"type":"static","vni":7}"#
+        );
+        // An object with no options is still written as the bare name.
+        assert_eq!(
+            serde_json::to_string(&spec(r#"{"type":"host-gw"}"#).unwrap()).unwrap(),
+            r#""host-gw""#
+        );
+    }
+
+    #[test]
+    fn options_that_do_not_belong_are_refused_by_name() {
+        for (json, field) in [
+            (r#"{"type":"host-gw","vni":5}"#, "vni"),
+            (r#"{"vni":5,"type":"host-gw"}"#, "vni"),
+            (r#"{"type":"none","directRouting":true}"#, "directRouting"),
+            (r#"{"port":1,"type":"none"}"#, "port"),
+        ] {
+            let e = spec(json).unwrap_err();
+            assert!(
+                e.starts_with(&format!("{field} is not an option of backend ")),
+                "{json}: {e}"
+            );
+        }
+        let e = spec(r#"{"type":"vxlan","colour":"blue"}"#).unwrap_err();
+        assert!(e.contains("unknown field `colour`"), "{e}");
+        assert!(e.contains("directRouting"), "{e}");
+        let e = spec(r#"{"vni":5}"#).unwrap_err();
+        assert!(e.contains("missing field `type`"), "{e}");
+        let e = spec(r#"{"type":"gre"}"#).unwrap_err();
+        assert!(e.contains("\"gre\" is not a backend"), "{e}");
+        let e = spec(r#""gre""#).unwrap_err();
+        assert!(e.contains("\"gre\" is not a backend"), "{e}");
+        let e = spec(r#"{"type":"vxlan","vni":"x"}"#).unwrap_err();
+        assert!(e.contains("invalid type"), "{e}");
+        let e = spec(r#"{"type":"vxlan","vni":1,"vni":2}"#).unwrap_err();
+        assert!(e.contains("duplicate field `vni`"), "{e}");
+        let e = spec("7").unwrap_err();
+        assert!(e.contains("a backend name"), "{e}");
+    }
+
+    #[test]
+    fn with_options_names_the_first_stray_field() {
+        let o = VxlanOptions {
+            port: Some(9),
+            ..Default::default()
+        };
+        assert_eq!(
+            BackendSpec::with_options(BackendKind::HostGw, Some(o)).unwrap_err(),
+            NotAnOption {
+                kind: BackendKind::HostGw,
+                field: "port"
+            }
+        );
+        assert_eq!(
+            BackendSpec::with_options(BackendKind::Static, Some(o)).unwrap(),
+            BackendSpec::Static(o)
+        );
+        assert_eq!(
+            BackendSpec::with_options(BackendKind::Vxlan, None).unwrap(),
+            BackendKind::Vxlan.spec()
+        );
+    }
+
+    #[test]
+    fn ranges_are_checked() {
+        let bad = |o: VxlanOptions| BackendSpec::Vxlan(o).check().unwrap_err().0;
+        assert_eq!(
+            bad(VxlanOptions {
+                vni: Some(0),
+                ..Default::default()
+            }),
+            "vni"
+        );
+        assert_eq!(
+            bad(VxlanOptions {
+                vni: Some(MAX_VNI + 1),
+                ..Default::default()
+            }),
+            "vni"
+        );
+        assert_eq!(
+            bad(VxlanOptions {
+                port: Some(0),
+                ..Default::default()
+            }),
+            "port"
+        );
+        assert!(BackendSpec::HostGw.check().is_ok());
+    }
+}
