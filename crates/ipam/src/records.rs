@@ -12,14 +12,17 @@
 //! ```
 //!
 //! Why it is safe without a global lock on the hot path:
-//! - **Claim.** An address is taken by creating `ips/<ip>` with `O_CREAT|O_EXCL` and writing
-//!   the record into it: the kernel lets exactly one creator win, across threads and
-//!   processes, so no address is ever handed out twice. A loser tries the next candidate.
-//! - **Publish.** The complete claim file is then `link(2)`ed to
-//!   `attachments/<containerID>:<ifname>`, so the claim file is the "temp file" the record
-//!   is published from and the two names share one inode. `link` fails if the name exists,
-//!   so a duplicate ADD for the same attachment fails atomically
-//!   ([`RecordError::AlreadyAllocated`]) and rolls back its claim. Readers never see a
+//! - **Intent, then claim.** ADD makes the record's inode unnamed (`O_TMPFILE`) and first
+//!   links it to `attachments/<containerID>:<ifname>`; `link` fails if the name exists, so a
+//!   duplicate ADD for the same attachment fails atomically
+//!   ([`RecordError::AlreadyAllocated`]) before claiming anything. It then writes each
+//!   candidate address into the inode (in place, padded to a fixed width) and links it to
+//!   `ips/<ip>`: the kernel lets exactly one linker of a name win, across threads and
+//!   processes, so no address is ever handed out twice; a loser tries the next candidate.
+//!   Both names share one inode, so from the moment an address is claimed the attachment's
+//!   record names it: **a DEL after an ADD killed at any moment frees what it took**, with
+//!   no GC. (A record naming a candidate someone else holds frees nothing of theirs:
+//!   release removes `ips/<ip>` only if it names the attachment.) Readers never see a
 //!   half-written record. Why one inode: allocating an inode is by far the dearest step
 //!   (about 0.3 ms on this project's ext4 test machines, against a few microseconds for a
 //!   link), so an ADD allocates exactly one, like host-local.
@@ -34,18 +37,21 @@
 //! - **Release.** The attachment name is removed first (the commit point: only the one
 //!   caller whose unlink succeeds goes on), then `ips/<ip>`, and that only if it still
 //!   names this attachment.
-//! - **Crashes.** Each step leaves, at worst, an address file with no attachment (claimed,
-//!   record not yet published, or record removed and address not yet), possibly empty, or
-//!   a stray temporary file of `update_extra`. All are orphans that [`RecordDir::gc`]
-//!   removes.
+//! - **Crashes.** A killed ADD leaves at worst an attachment record naming no address, or
+//!   one it does not hold (DEL removes it); a killed DEL an address file with no attachment
+//!   (record removed, address not yet), which [`RecordDir::gc`] removes. Temporary files
+//!   (`update_extra`'s, or a claim's where the file system has no `O_TMPFILE`) live in
+//!   `<network>/` and carry their writer's pid namespace and pid: the next ADD removes
+//!   those whose writer is dead, and any older than an hour; GC removes them all.
 //! - **GC vs. ADD.** An ADD between claim and publish looks exactly like an orphan, so GC
 //!   must not run meanwhile: ADD and DEL hold a shared `flock` on `lock`, GC (and the rare
 //!   `update_extra`) an exclusive one. Shared locks never wait for each other, and the kernel
 //!   drops them if the process dies.
 //!
-//! Cost of an ADD: open + shared flock of `lock`, one hint read, normally one `O_EXCL`
-//! create (the address after the hint is usually free), one link, one in-place hint write:
-//! independent of the number of pods. When the walk meets held addresses (after a
+//! Cost of an ADD: open + shared flock of `lock`, a read of the (small) network directory
+//! for stale temporary files, one hint read, one unnamed inode, one link for the
+//! attachment and normally one for the address (the address after the hint is usually
+//! free), one in-place hint write: independent of the number of pods. When the walk meets held addresses (after a
 //! wrap-around), it reads `ips/` once after a few misses and skips the held ones from
 //! memory, so a nearly full pool costs one directory read, not one failed create per held
 //! address. `examples/alloc_cost.rs` measures it.
@@ -193,9 +199,182 @@ fn record_json(record: &Record) -> Vec<u8> {
 /// Unique temporary names within this process; the pid makes them unique across processes.
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// A temporary file older than this is stale whoever wrote it: a write takes
+/// microseconds.
+const STALE_TMP: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// `.tmp-<what>-<pid namespace inode>-<pid>-<n>`: the writer, so a later run can tell
+/// whether it is still alive.
 fn tmp_name(what: &str) -> String {
     let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{TMP_PREFIX}{what}-{}-{n}", std::process::id())
+    format!(
+        "{TMP_PREFIX}{what}-{}-{}-{n}",
+        pid_namespace().unwrap_or(0),
+        std::process::id()
+    )
+}
+
+/// The inode number of this process's pid namespace.
+fn pid_namespace() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata("/proc/self/ns/pid").ok().map(|m| m.ino())
+}
+
+/// The writer a temporary file name carries: (pid namespace, pid).
+fn tmp_writer(name: &str) -> Option<(u64, i32)> {
+    let mut parts = name.strip_prefix(TMP_PREFIX)?.rsplit('-');
+    let _n = parts.next()?;
+    let pid = parts.next()?.parse().ok()?;
+    let pidns = parts.next()?.parse().ok()?;
+    Some((pidns, pid))
+}
+
+/// Whether the writer named in a temporary file's name is dead: only decidable for a
+/// writer in our own pid namespace (another's pid means nothing here).
+fn tmp_writer_is_dead(name: &str) -> bool {
+    let Some((pidns, pid)) = tmp_writer(name) else {
+        return false;
+    };
+    if pidns == 0 || Some(pidns) != pid_namespace() || pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 sends nothing; it only asks whether the process exists.
+    let alive = unsafe { libc::kill(pid, 0) } == 0
+        || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
+    !alive
+}
+
+/// The record padded with spaces to `width` bytes (JSON allows trailing white space), so
+/// rewriting it in place for another candidate address never leaves a stale tail.
+fn padded_json(record: &Record, width: usize) -> Vec<u8> {
+    let mut bytes = serde_json::to_vec(record).expect("a record always serializes");
+    bytes.resize(width.saturating_sub(1).max(bytes.len()), b' ');
+    bytes.push(b'\n');
+    bytes
+}
+
+/// The width that fits `record` with any address (the widest is 15 characters).
+fn padded_width(record: &Record) -> usize {
+    let widest = Record {
+        ip: Ipv4Addr::new(255, 255, 255, 255),
+        ..record.clone()
+    };
+    record_json(&widest).len()
+}
+
+/// The inode a new record lives in, before and while it is given its names.
+struct RecordInode {
+    file: File,
+    /// A named temporary file, when the file system cannot make unnamed ones; removed on
+    /// drop (the record's other names keep the inode).
+    named: Option<PathBuf>,
+}
+
+impl RecordInode {
+    /// An unnamed inode in the network's directory holding `bytes`; a named temporary
+    /// file there if the file system has no `O_TMPFILE`.
+    fn new(dir: &RecordDir, bytes: &[u8]) -> Result<RecordInode, RecordError> {
+        let unnamed = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_TMPFILE)
+            .mode(0o644)
+            .open(&dir.root);
+        let inode = match unnamed {
+            Ok(file) => RecordInode { file, named: None },
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EOPNOTSUPP) | Some(libc::EISDIR) | Some(libc::EINVAL)
+                ) =>
+            {
+                let path = dir.root.join(tmp_name("claim"));
+                let file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o644)
+                    .open(&path)
+                    .map_err(io_err("create", &path))?;
+                RecordInode {
+                    file,
+                    named: Some(path),
+                }
+            }
+            Err(source) => {
+                return Err(RecordError::Io {
+                    op: "create a record in",
+                    path: dir.root.clone(),
+                    source,
+                })
+            }
+        };
+        inode.rewrite(bytes)?;
+        Ok(inode)
+    }
+
+    /// Overwrites the content in place (callers keep the length fixed).
+    fn rewrite(&self, bytes: &[u8]) -> Result<(), RecordError> {
+        self.file
+            .write_all_at(bytes, 0)
+            .map_err(|source| RecordError::Io {
+                op: "write",
+                path: self.named.clone().unwrap_or_else(|| "a new record".into()),
+                source,
+            })
+    }
+
+    /// Gives the inode the name `target`; `AlreadyExists` if the name is taken.
+    fn link_to(&self, target: &Path) -> io::Result<()> {
+        if let Some(named) = &self.named {
+            return fs::hard_link(named, target);
+        }
+        use std::os::unix::ffi::OsStrExt;
+        let to = std::ffi::CString::new(target.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let fd = self.file.as_raw_fd();
+        let empty = c"";
+        // SAFETY: valid descriptor and NUL-terminated paths, which outlive the calls.
+        if unsafe {
+            libc::linkat(
+                fd,
+                empty.as_ptr(),
+                libc::AT_FDCWD,
+                to.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            )
+        } == 0
+        {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if !matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::ENOENT)) {
+            return Err(e);
+        }
+        // Without CAP_DAC_READ_SEARCH: through /proc, as open(2) suggests for O_TMPFILE.
+        let proc = std::ffi::CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL");
+        // SAFETY: as above.
+        if unsafe {
+            libc::linkat(
+                libc::AT_FDCWD,
+                proc.as_ptr(),
+                libc::AT_FDCWD,
+                to.as_ptr(),
+                libc::AT_SYMLINK_FOLLOW,
+            )
+        } == 0
+        {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+}
+
+impl Drop for RecordInode {
+    fn drop(&mut self) {
+        if let Some(named) = &self.named {
+            let _ = fs::remove_file(named);
+        }
+    }
 }
 
 /// Held while an operation runs; closing the file drops the lock.
@@ -286,6 +465,15 @@ impl RecordDir {
     }
 
     /// Takes a free address from `pool` for `key` and records it with `extra`.
+    ///
+    /// The record's inode is made unnamed (`O_TMPFILE`), so a kill leaves no temporary
+    /// file. It is linked to `attachments/<key>` *before* any address is claimed, naming
+    /// no address or a candidate not yet held; each candidate is then written into it (in
+    /// place, at a fixed width, so every name of the inode sees a whole record) and linked
+    /// to `ips/<ip>`, which fails if the address is held. So from the first claim on, the
+    /// attachment's record names the address: a DEL after this ADD was killed at any
+    /// moment finds and frees it, and a record naming an address held by another
+    /// attachment frees nothing of that one (release checks the owner).
     pub fn allocate(
         &self,
         pool: &Pool,
@@ -294,11 +482,69 @@ impl RecordDir {
     ) -> Result<Record, RecordError> {
         key.validate()?;
         let _lock = self.lock(false)?;
+        self.sweep_stale_tmp();
         let mut record = Record {
             key: key.clone(),
             ip: Ipv4Addr::UNSPECIFIED,
             extra,
         };
+        let width = padded_width(&record);
+        let inode = RecordInode::new(self, &padded_json(&record, width))?;
+        let target = self.attachment_path(key);
+        match inode.link_to(&target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let existing = self.read_record(&target).ok().flatten();
+                return Err(RecordError::AlreadyAllocated {
+                    network: self.network.clone(),
+                    container_id: key.container_id.clone(),
+                    ifname: key.ifname.clone(),
+                    // Gone again meanwhile (a concurrent DEL): no address to report.
+                    ip: existing.map_or(Ipv4Addr::UNSPECIFIED, |r| r.ip),
+                });
+            }
+            Err(source) => {
+                return Err(RecordError::Io {
+                    op: "link",
+                    path: target,
+                    source,
+                })
+            }
+        }
+        match self.claim_one(pool, &inode, &mut record, width) {
+            Ok(true) => {
+                // The hint is advice: failing to write it costs only round-robin order.
+                let _ = self.write_hint(record.ip);
+                Ok(record)
+            }
+            outcome => {
+                // Nothing claimed: the attachment's name goes again (its content may name
+                // a candidate held by someone else, which stays theirs).
+                let _ = fs::remove_file(&target);
+                outcome?;
+                Err(RecordError::Exhausted {
+                    network: self.network.clone(),
+                    ranges: pool
+                        .ranges()
+                        .iter()
+                        .map(|r| r.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    capacity: pool.capacity(),
+                })
+            }
+        }
+    }
+
+    /// Walks the candidates: writes each into the record's inode and links it to
+    /// `ips/<ip>`. `Ok(false)`: every address is held.
+    fn claim_one(
+        &self,
+        pool: &Pool,
+        inode: &RecordInode,
+        record: &mut Record,
+        width: usize,
+    ) -> Result<bool, RecordError> {
         let mut misses = 0;
         let mut held: Option<HashSet<Ipv4Addr>> = None;
         for ip in pool.candidates_after(self.read_hint()) {
@@ -309,89 +555,54 @@ impl RecordDir {
                 continue;
             }
             record.ip = ip;
-            if self.claim(&record)? {
-                return self.publish(record);
+            inode.rewrite(&padded_json(record, width))?;
+            let path = self.ip_path(ip);
+            match inode.link_to(&path) {
+                Ok(()) => return Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => misses += 1,
+                Err(source) => {
+                    return Err(RecordError::Io {
+                        op: "link",
+                        path,
+                        source,
+                    })
+                }
             }
-            misses += 1;
         }
-        Err(RecordError::Exhausted {
-            network: self.network.clone(),
-            ranges: pool
-                .ranges()
-                .iter()
-                .map(|r| r.to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-            capacity: pool.capacity(),
-        })
+        Ok(false)
     }
 
-    /// Creates `ips/<ip>` exclusively, holding the record. `Ok(false)`: someone holds it.
-    fn claim(&self, record: &Record) -> Result<bool, RecordError> {
-        let path = self.ip_path(record.ip);
-        let mut file = match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&path)
-        {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
-            Err(e) => {
-                return Err(RecordError::Io {
-                    op: "create",
-                    path,
-                    source: e,
-                })
-            }
+    /// Removes temporary files that no live writer uses: those whose writer (named in the
+    /// file name, with its pid namespace) has died, and any older than [`STALE_TMP`]
+    /// (a writer in another pid namespace). Cheap: the network's directory holds a
+    /// handful of names; the big `ips/` and `attachments/` hold no temporary files.
+    fn sweep_stale_tmp(&self) {
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return;
         };
-        if let Err(e) = file.write_all(&record_json(record)) {
-            let _ = fs::remove_file(&path);
-            return Err(RecordError::Io {
-                op: "write",
-                path,
-                source: e,
-            });
-        }
-        Ok(true)
-    }
-
-    /// Links the claimed address file to the attachment's name; rolls the claim back if
-    /// the attachment exists already.
-    fn publish(&self, record: Record) -> Result<Record, RecordError> {
-        let ip_path = self.ip_path(record.ip);
-        let target = self.attachment_path(&record.key);
-        match fs::hard_link(&ip_path, &target) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                let _ = fs::remove_file(&ip_path);
-                let existing = self.read_record(&target)?;
-                return Err(RecordError::AlreadyAllocated {
-                    network: self.network.clone(),
-                    container_id: record.key.container_id,
-                    ifname: record.key.ifname,
-                    // Gone again meanwhile (a concurrent DEL): report the address we tried.
-                    ip: existing.map_or(record.ip, |r| r.ip),
-                });
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if !name.starts_with(TMP_PREFIX) {
+                continue;
             }
-            Err(e) => {
-                let _ = fs::remove_file(&ip_path);
-                return Err(RecordError::Io {
-                    op: "link",
-                    path: target,
-                    source: e,
-                });
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > STALE_TMP);
+            if old || tmp_writer_is_dead(&name) {
+                let _ = fs::remove_file(entry.path());
             }
         }
-        // The hint is advice: failing to write it costs only round-robin order.
-        let _ = self.write_hint(record.ip);
-        Ok(record)
     }
 
-    /// Writes `record` as JSON to a new temporary file in `dir` and returns its path.
-    fn write_tmp(&self, dir: &Path, what: &str, record: &Record) -> Result<PathBuf, RecordError> {
+    /// Writes `record` as JSON to a new temporary file in the network's directory (where
+    /// [`Self::sweep_stale_tmp`] finds it if the writer dies) and returns its path.
+    fn write_tmp(&self, what: &str, record: &Record) -> Result<PathBuf, RecordError> {
         let bytes = record_json(record);
-        let tmp = dir.join(tmp_name(what));
+        let tmp = self.root.join(tmp_name(what));
         let written = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -481,7 +692,7 @@ impl RecordDir {
             });
         };
         record.extra = extra;
-        let tmp = self.write_tmp(&self.attachments, "record", &record)?;
+        let tmp = self.write_tmp("record", &record)?;
         if let Err(e) = fs::rename(&tmp, &path) {
             let _ = fs::remove_file(&tmp);
             return Err(RecordError::Io {

@@ -580,3 +580,105 @@ fn fifty_processes_allocate_distinct_addresses() {
     assert!(dir.list().unwrap().is_empty() && dir.used().unwrap().is_empty());
     assert!(names_in(&tmp.path.join("pods/attachments")).is_empty());
 }
+
+/// What an ADD killed part-way leaves, each state followed by its DEL (release), with no
+/// GC: the attachment's record exists before any address is claimed, so release always
+/// finds what the ADD took, and never frees another attachment's address.
+#[test]
+fn release_after_an_allocate_killed_part_way_frees_what_it_took() {
+    let tmp = TempDir::new("ipamkill");
+    let dir = RecordDir::open(&tmp.path, "pods").unwrap();
+    let root = tmp.path.join("pods");
+    let pool = pool("10.244.1.0/24");
+    let other = dir.allocate(&pool, &key("other"), json!(null)).unwrap();
+
+    // Killed after the intent, before any claim: the record names no address ...
+    fs::write(
+        root.join("attachments/k1:eth0"),
+        r#"{"containerId":"k1","ifname":"eth0","ip":"0.0.0.0","extra":null}   "#,
+    )
+    .unwrap();
+    // ... or a candidate another attachment holds (its claim lost the race).
+    fs::write(
+        root.join("attachments/k2:eth0"),
+        format!(
+            r#"{{"containerId":"k2","ifname":"eth0","ip":"{}","extra":null}}"#,
+            other.ip
+        ),
+    )
+    .unwrap();
+    for k in ["k1", "k2"] {
+        dir.release(&key(k)).unwrap();
+    }
+    assert_eq!(
+        dir.used().unwrap(),
+        [other.ip],
+        "the other pod keeps its address"
+    );
+    assert_eq!(names_in(&root.join("attachments")), ["other:eth0"]);
+
+    // A complete allocation is released in full; nothing temporary is left.
+    let a = dir.allocate(&pool, &key("k3"), json!(null)).unwrap();
+    assert!(dir.used().unwrap().contains(&a.ip));
+    dir.release(&key("k3")).unwrap();
+    assert_eq!(dir.used().unwrap(), [other.ip]);
+    assert!(
+        names_in(&root).iter().all(|n| !n.starts_with(".tmp")),
+        "{:?}",
+        names_in(&root)
+    );
+}
+
+/// A duplicate ADD fails before claiming anything, and leaves the first record alone.
+#[test]
+fn a_duplicate_allocation_claims_nothing() {
+    let tmp = TempDir::new("ipamdup");
+    let dir = RecordDir::open(&tmp.path, "pods").unwrap();
+    let pool = pool("10.244.1.0/24");
+    let first = dir.allocate(&pool, &key("c1"), json!({"n": 1})).unwrap();
+    let err = dir
+        .allocate(&pool, &key("c1"), json!({"n": 2}))
+        .unwrap_err();
+    match err {
+        RecordError::AlreadyAllocated { ip: held, .. } => assert_eq!(held, first.ip),
+        other => panic!("expected AlreadyAllocated, got {other:?}"),
+    }
+    assert_eq!(dir.used().unwrap(), [first.ip]);
+    assert_eq!(dir.get(&key("c1")).unwrap().unwrap().extra, json!({"n": 1}));
+}
+
+/// Temporary files of a writer that died are removed by the next ADD; those of a live
+/// writer (or of a writer in another pid namespace, until they are an hour old) are not.
+#[test]
+fn the_next_allocation_sweeps_temporary_files_of_dead_writers_only() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = TempDir::new("ipamsweep");
+    let dir = RecordDir::open(&tmp.path, "pods").unwrap();
+    let root = tmp.path.join("pods");
+    let pool = pool("10.244.1.0/24");
+    let pidns = fs::metadata("/proc/self/ns/pid").unwrap().ino();
+    let mut dead = Command::new("true").spawn().unwrap();
+    let dead_pid = dead.id();
+    dead.wait().unwrap();
+    let dead_tmp = format!(".tmp-record-{pidns}-{dead_pid}-0");
+    let live_tmp = format!(".tmp-record-{pidns}-{}-0", std::process::id());
+    let foreign_tmp = format!(".tmp-record-{}-{dead_pid}-0", pidns + 1);
+    for name in [&dead_tmp, &live_tmp, &foreign_tmp] {
+        fs::write(root.join(name), "{").unwrap();
+    }
+    dir.allocate(&pool, &key("c1"), json!(null)).unwrap();
+    let left = names_in(&root);
+    assert!(!left.contains(&dead_tmp), "{left:?}");
+    assert!(left.contains(&live_tmp), "{left:?}");
+    assert!(left.contains(&foreign_tmp), "{left:?}");
+    // Hours old: stale whoever wrote it.
+    let old = fs::File::options()
+        .write(true)
+        .open(root.join(&foreign_tmp))
+        .unwrap();
+    old.set_modified(std::time::SystemTime::now() - Duration::from_secs(2 * 3600))
+        .unwrap();
+    dir.allocate(&pool, &key("c2"), json!(null)).unwrap();
+    assert!(!names_in(&root).contains(&foreign_tmp));
+    assert!(names_in(&root).contains(&live_tmp));
+}

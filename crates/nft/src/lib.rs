@@ -86,7 +86,8 @@ fn taken_port(m: &PortMapping) -> String {
 /// a network in Twill's table there. The table belongs to the namespace, so the lock does
 /// too: it needs no lock file or directory, every opener of the namespace (`/run/netns/X`,
 /// `/proc/PID/ns/net`) meets the same lock, namespaces do not wait for each other, and
-/// the kernel drops it if the holder dies. Released on drop.
+/// the kernel drops it once the holder and the children it started while holding it
+/// (nft) are gone. Released on drop.
 pub struct NetnsLock {
     /// Closing it releases the lock.
     _file: std::fs::File,
@@ -105,6 +106,10 @@ impl NetnsLock {
         loop {
             // SAFETY: flock on a descriptor we own; no memory is passed.
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                // Inherited by the nft it runs (not close-on-exec): if this process is
+                // killed, the lock lasts until that nft has committed too.
+                // SAFETY: fcntl on a descriptor we own.
+                unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFD, 0) };
                 return Ok(NetnsLock { _file: file });
             }
             let e = std::io::Error::last_os_error();
