@@ -425,16 +425,16 @@ fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     };
     match Handle::new() {
         Ok(mut h) => match wiring::cut_off(&mut h, &veth) {
-            Ok(true) => {
+            Ok(Some(index)) => {
                 let keep = table.as_ref().map(std::os::fd::AsFd::as_fd);
-                if reaper::spawn(&veth, keep).is_err() {
+                if reaper::spawn(index, keep).is_err() {
                     // No reaper: pay for the deletion here.
                     if let Err(e) = wiring::detach(&mut h, &veth) {
                         problems.push(e.to_string());
                     }
                 }
             }
-            Ok(false) => {}
+            Ok(None) => {}
             Err(e) => problems.push(e.to_string()),
         },
         Err(e) => problems.push(format!("opening netlink: {e}")),

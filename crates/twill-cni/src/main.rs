@@ -11,8 +11,8 @@ use std::io::{Read, Write};
 use twill_api::cni::{CniEnv, CniError, ErrorCode};
 
 fn main() {
-    if let Ok(veth) = std::env::var(reaper::ENV) {
-        std::process::exit(reaper::run(&veth));
+    if let Ok(index) = std::env::var(reaper::ENV) {
+        std::process::exit(reaper::run(&index));
     }
     let env = CniEnv::from_vars(|k| std::env::var(k).ok());
     let mut stdin = Vec::new();

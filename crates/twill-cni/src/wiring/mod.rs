@@ -282,15 +282,16 @@ pub(crate) fn configure_pod(
 
 /// Cuts the pod off at once: its host end goes down, so nothing forwards to it any more
 /// (in l3 the kernel drops its /32 route with it) and its address can be handed out again.
-/// Returns whether the veth still exists.
-pub fn cut_off(host: &mut Handle, host_veth: &str) -> Result<bool, CniError> {
+/// Returns the veth's index if it still exists (what the reaper deletes: by index, so a
+/// veth of the same name that a re-ADD makes meanwhile is not touched).
+pub fn cut_off(host: &mut Handle, host_veth: &str) -> Result<Option<u32>, CniError> {
     match host.link_by_name(host_veth) {
         Ok(Some(link)) => match host.set_link_down(link.index) {
-            Ok(()) => Ok(true),
-            Err(e) if e.is_not_found() => Ok(false),
+            Ok(()) => Ok(Some(link.index)),
+            Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(kernel(&format!("taking veth {host_veth} down"), e)),
         },
-        Ok(None) => Ok(false),
+        Ok(None) => Ok(None),
         Err(e) => Err(kernel(&format!("looking up veth {host_veth}"), e)),
     }
 }
