@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::build::LabError;
 use crate::plan::{
-    self, BackendKind, LabPlan, PeerPath, CONTAINER_PORT_TCP, CONTAINER_PORT_UDP, HOST_PORT_TCP,
-    HOST_PORT_UDP,
+    self, BackendKind, LabPlan, PeerPath, PodWiring, CONTAINER_PORT_TCP, CONTAINER_PORT_UDP,
+    HOST_PORT_TCP, HOST_PORT_UDP,
 };
 use crate::probe::{self, Listener, ProbeError, Reply};
 use crate::state::LabState;
@@ -47,6 +47,21 @@ pub enum Probe {
     Ping(Ipv4Addr),
     Tcp(SocketAddr),
     Udp(SocketAddr),
+    /// l3: after a ping to `via`, the pod's neighbour entry for `gateway` holds the host
+    /// veth's fixed MAC, answered by proxy ARP.
+    ProxyArp {
+        gateway: Ipv4Addr,
+        via: Ipv4Addr,
+    },
+}
+
+/// The fixed MAC of every l3 host veth, as `ip neigh` prints it.
+pub fn l3_host_mac() -> String {
+    twill_api::wiring::L3_HOST_MAC
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -220,6 +235,22 @@ pub fn plan_checks(plan: &LabPlan, pod_addrs: &HashMap<String, PodAddrs>) -> Vec
     };
     let tcp = |ip: Ipv4Addr, port: u16| Probe::Tcp(SocketAddr::from((ip, port)));
 
+    let l3 = plan.pod_wiring == PodWiring::L3;
+    let (pods_hint, node_pod_hint, hairpin_hint, localhost_hint) = if l3 {
+        (
+            "l3: pods on one node talk through the host: the node routes each pod's /32 to its veth, and proxy ARP on the veths answers for the pods' gateway 169.254.1.1",
+            "l3: the node reaches each pod by its /32 route to the pod's veth (ip route show proto 84)",
+            "a pod reaching a host port on its own node needs DNAT on traffic from its veth, and masquerade when it comes back to the same pod",
+            "DNAT in the output hook, route_localnet on the pod's veth and masquerade of 127.0.0.1",
+        )
+    } else {
+        (
+            "pods on one node talk through the node bridge: check both veths are ports of twl0 and up",
+            "the node reaches its pods through the connected route of the bridge",
+            "a pod reaching a host port on its own node needs DNAT on traffic from the bridge, and masquerade when it comes back to the same pod",
+            "DNAT in the output hook, route_localnet on the bridge and masquerade of 127.0.0.1",
+        )
+    };
     for node in &plan.nodes {
         let node_ip = node.address.addr();
         let node_from = (node.short.as_str(), node.netns.as_str());
@@ -245,7 +276,7 @@ pub fn plan_checks(plan: &LabPlan, pod_addrs: &HashMap<String, PodAddrs>) -> Vec
 
         for &(p, ip) in &pods[1..] {
             let from = (p.short.as_str(), p.netns.as_str());
-            let bridge_hint = "pods on one node talk through the node bridge: check both veths are ports of twl0 and up";
+            let bridge_hint = pods_hint;
             add(
                 "pod→pod icmp",
                 first_from,
@@ -287,21 +318,32 @@ pub fn plan_checks(plan: &LabPlan, pod_addrs: &HashMap<String, PodAddrs>) -> Vec
                 .get(&p.short)
                 .and_then(|a| a.gateway)
                 .unwrap_or(Ipv4Addr::UNSPECIFIED);
-            add(
-                "pod→gateway icmp",
-                from,
-                format!("{} {gw}", node.bridge),
-                Probe::Ping(gw),
-                Expect::Reply,
-                "the pod's default gateway is the node bridge's address in the pod's block (from the ADD result)",
-            );
+            if l3 {
+                add(
+                    "pod→gateway proxy arp",
+                    from,
+                    format!("{} {gw} is-at {}", node.short, l3_host_mac()),
+                    Probe::ProxyArp { gateway: gw, via: node_ip },
+                    Expect::Reply,
+                    "l3: no interface holds 169.254.1.1; proxy ARP on the pod's host veth (proxy_arp=1) must answer for it with the veth's fixed MAC",
+                );
+            } else {
+                add(
+                    "pod→gateway icmp",
+                    from,
+                    format!("{} {gw}", node.bridge.as_deref().unwrap_or("-")),
+                    Probe::Ping(gw),
+                    Expect::Reply,
+                    "the pod's default gateway is the node bridge's address in the pod's block (from the ADD result)",
+                );
+            }
             add(
                 "node→pod icmp",
                 node_from,
                 format!("{} {ip}", p.short),
                 Probe::Ping(ip),
                 Expect::Reply,
-                "the node reaches its pods through the connected route of the bridge",
+                node_pod_hint,
             );
             add("pod→outside via masquerade", from, format!("out {outside}:{OUTSIDE_PORT}"), tcp(outside, OUTSIDE_PORT), answer(OUTSIDE_RESPONDER, Some(node_ip)), "the router has no route to pods: the node must masquerade pod traffic leaving the cluster CIDR to its own address");
             let hairpin = if p.short == first.short {
@@ -309,7 +351,14 @@ pub fn plan_checks(plan: &LabPlan, pod_addrs: &HashMap<String, PodAddrs>) -> Vec
             } else {
                 "pod→host port on its node"
             };
-            add(hairpin, from, format!("{node_ip}:{HOST_PORT_TCP} -> {}", first.short), tcp(node_ip, HOST_PORT_TCP), answer(&first.short, None), "a pod reaching a host port on its own node needs DNAT on traffic from the bridge, and masquerade when it comes back to the same pod");
+            add(
+                hairpin,
+                from,
+                format!("{node_ip}:{HOST_PORT_TCP} -> {}", first.short),
+                tcp(node_ip, HOST_PORT_TCP),
+                answer(&first.short, None),
+                hairpin_hint,
+            );
         }
         add(
             "pod→node eth0 icmp",
@@ -325,7 +374,7 @@ pub fn plan_checks(plan: &LabPlan, pod_addrs: &HashMap<String, PodAddrs>) -> Vec
             format!("{} {first_ip}:{CONTAINER_PORT_TCP}", first.short),
             tcp(first_ip, CONTAINER_PORT_TCP),
             answer(&first.short, None),
-            "the node reaches its pods through the connected route of the bridge",
+            node_pod_hint,
         );
         let out_from = (OUTSIDE_RESPONDER, plan.outside.netns.as_str());
         add(
@@ -356,7 +405,7 @@ pub fn plan_checks(plan: &LabPlan, pod_addrs: &HashMap<String, PodAddrs>) -> Vec
             format!("127.0.0.1:{HOST_PORT_TCP} -> {}", first.short),
             tcp(Ipv4Addr::LOCALHOST, HOST_PORT_TCP),
             answer(&first.short, None),
-            "DNAT in the output hook, route_localnet on the bridge and masquerade of 127.0.0.1",
+            localhost_hint,
         );
         add("outside→pod ip not routed", out_from, format!("{} {first_ip}:{CONTAINER_PORT_TCP}", first.short), tcp(first_ip, CONTAINER_PORT_TCP), Expect::Unreachable, "the router must not know the pod network: pods are reached from outside only through host ports");
     }
@@ -508,7 +557,16 @@ pub fn judge_with(
         ),
         (Expect::Unreachable, Err(e)) => (true, format!("not reachable, as expected ({e})")),
         (_, Err(e)) => (false, format!("{e}; {}", spec.hint)),
-        (Expect::Reply, Ok(_)) => (true, "echo reply".into()),
+        (Expect::Reply, Ok(_)) => (
+            true,
+            match spec.probe {
+                Probe::ProxyArp { gateway, .. } => format!(
+                    "proxy ARP answered: {gateway} is-at {} (the host veth)",
+                    l3_host_mac()
+                ),
+                _ => "echo reply".into(),
+            },
+        ),
         (Expect::Answer { .. }, Ok(None)) => (false, "no answer".into()),
         (Expect::Answer { responder, peer }, Ok(Some(r))) => {
             if &r.responder != responder {
@@ -548,6 +606,14 @@ fn send(spec: &CheckSpec) -> Result<Option<Reply>, String> {
         Probe::Ping(ip) => probe::ping(&spec.from_netns, ip, PROBE_TIMEOUT).map(|_| None),
         Probe::Tcp(dst) => probe::tcp_ask(&spec.from_netns, dst, PROBE_TIMEOUT).map(Some),
         Probe::Udp(dst) => probe::udp_ask(&spec.from_netns, dst, PROBE_TIMEOUT).map(Some),
+        Probe::ProxyArp { gateway, via } => probe::proxy_arp(
+            &spec.from_netns,
+            gateway,
+            &l3_host_mac(),
+            via,
+            PROBE_TIMEOUT,
+        )
+        .map(|_| None),
     };
     r.map_err(|e| e.to_string())
 }
@@ -750,6 +816,45 @@ mod tests {
         assert_eq!(
             (l[4].netns.as_str(), l[4].responder.as_str()),
             ("twllab-out", "out")
+        );
+    }
+
+    #[test]
+    fn l3_pods_check_proxy_arp_instead_of_pinging_a_gateway() {
+        let mut p = lab(2);
+        p.pod_wiring = PodWiring::L3;
+        let gw = Ipv4Addr::new(169, 254, 1, 1);
+        let ips: HashMap<String, PodAddrs> = (1..=2)
+            .map(|j| {
+                (
+                    format!("n1-p{j}"),
+                    PodAddrs {
+                        ip: Ipv4Addr::new(10, 244, 37, 1 + j as u8),
+                        gateway: Some(gw),
+                    },
+                )
+            })
+            .collect();
+        let v = plan_checks(&p, &ips);
+        assert_eq!(v.len(), plan_checks(&lab(2), &self::ips(2)).len());
+        assert!(!v.iter().any(|c| c.name == "pod→gateway icmp"));
+        let arp = find(&v, "pod→gateway proxy arp", "n1-p2");
+        assert_eq!(
+            arp[0].probe,
+            Probe::ProxyArp {
+                gateway: gw,
+                via: Ipv4Addr::new(192, 0, 2, 11)
+            }
+        );
+        assert_eq!(arp[0].to, "n1 169.254.1.1 is-at ee:ee:ee:ee:ee:ee");
+        let (ok, detail) = judge(arp[0], Ok(None));
+        assert!(ok && detail.contains("proxy ARP answered"), "{detail}");
+        // The hints speak of /32 routes, not of a bridge.
+        let pp = find(&v, "pod→pod icmp", "n1-p1");
+        assert!(
+            pp[0].hint.contains("/32") && !pp[0].hint.contains("twl0"),
+            "{}",
+            pp[0].hint
         );
     }
 

@@ -46,6 +46,7 @@ pub fn network_config(plan: &LabPlan) -> Result<NetworkConfig, LabError> {
         "leaseTTLSeconds": plan.store.lease_ttl_seconds,
         "masquerade": true,
         "backend": plan.backend_json(),
+        "podWiring": plan.pod_wiring,
     }))
     .map_err(|e| cmd_err("build the lab's network config", e.to_string()))?;
     config
@@ -394,6 +395,17 @@ mod tests {
         assert_eq!(c.lease_ttl_seconds, 60);
         assert!(c.masquerade);
         assert_eq!(c.backend, twill_api::resources::BackendSpec::None);
+        assert_eq!(c.pod_wiring, crate::plan::PodWiring::Bridge);
+        let l3 = plan(&LabSpec {
+            pod_wiring: crate::plan::PodWiring::L3,
+            ..LabSpec::default()
+        })
+        .unwrap();
+        assert_eq!(
+            network_config(&l3).unwrap().pod_wiring,
+            crate::plan::PodWiring::L3
+        );
+        assert_eq!(static_file(&l3).unwrap()["config"]["podWiring"], "l3");
     }
 
     #[test]

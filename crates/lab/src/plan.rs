@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
+pub use twill_api::wiring::PodWiring;
 
 /// The lab name used when none is given.
 pub const DEFAULT_NAME: &str = "twllab";
@@ -131,6 +132,8 @@ pub struct LabSpec {
     pub backend: BackendKind,
     /// vxlan only: direct routes to peers on the same segment, the tunnel across segments.
     pub direct_routing: bool,
+    /// How pods meet their node: on the node bridge, or Calico's pure L3.
+    pub pod_wiring: PodWiring,
 }
 
 impl Default for LabSpec {
@@ -146,6 +149,7 @@ impl Default for LabSpec {
             agent_poll_interval: None,
             backend: BackendKind::None,
             direct_routing: false,
+            pod_wiring: PodWiring::Bridge,
         }
     }
 }
@@ -251,7 +255,8 @@ pub struct NodePlan {
     pub uplink: Veth,
     pub address: Ipv4Net,
     pub gateway: Ipv4Addr,
-    pub bridge: String,
+    /// The node bridge its pods hang off; none when pods are wired pure L3.
+    pub bridge: Option<String>,
     pub dir: PathBuf,
     pub conflist: PathBuf,
     /// twill-cni's records (and the agent's `--cni-data-dir`).
@@ -309,6 +314,9 @@ pub struct LabPlan {
     /// Pods each node gets (also those `add-node` makes).
     #[serde(default)]
     pub pods_per_node: u16,
+    /// How pods meet their node (in the network config and every node's CNI config).
+    #[serde(default)]
+    pub pod_wiring: PodWiring,
 }
 
 /// Checks a lab name: `twl` + up to 5 of a-z, 0-9. No `-`, so that one lab's namespace prefix
@@ -439,7 +447,16 @@ pub fn plan(spec: &LabSpec) -> Result<LabPlan, PlanError> {
     };
 
     let nodes = (1..=spec.nodes)
-        .map(|i| node_plan(name, &state_dir, &segments, i, spec.pods_per_node))
+        .map(|i| {
+            node_plan(
+                name,
+                &state_dir,
+                &segments,
+                i,
+                spec.pods_per_node,
+                spec.pod_wiring,
+            )
+        })
         .collect();
 
     let etcd = (spec.store == StoreKind::Etcd).then(|| {
@@ -486,6 +503,7 @@ pub fn plan(spec: &LabSpec) -> Result<LabPlan, PlanError> {
         backend: spec.backend,
         direct_routing: spec.direct_routing,
         pods_per_node: spec.pods_per_node,
+        pod_wiring: spec.pod_wiring,
     })
 }
 
@@ -496,6 +514,7 @@ fn node_plan(
     segments: &[SegmentPlan],
     i: u16,
     pods_per_node: u16,
+    pod_wiring: PodWiring,
 ) -> NodePlan {
     let segment = (i as usize - 1) % segments.len();
     let seg = &segments[segment];
@@ -533,7 +552,7 @@ fn node_plan(
         segment,
         address,
         gateway: seg.gateway,
-        bridge: NODE_BRIDGE.into(),
+        bridge: (pod_wiring == PodWiring::Bridge).then(|| NODE_BRIDGE.to_string()),
         conflist: dir.join("10-twill.conflist"),
         ipam_dir: dir.join("ipam"),
         handoff_file: dir.join("node.json"),
@@ -708,6 +727,7 @@ impl LabPlan {
             &self.segments,
             i,
             self.pods_per_node.max(1),
+            self.pod_wiring,
         ))
     }
 
@@ -955,7 +975,7 @@ mod tests {
         assert_eq!(n.uplink.ifname, "eth0");
         assert_eq!(n.uplink.peer_ifname, "twllab-n1");
         assert_eq!(n.uplink.peer_master.as_deref(), Some("twllab-br"));
-        assert_eq!(n.bridge, "twl0");
+        assert_eq!(n.bridge.as_deref(), Some("twl0"));
         assert_eq!(n.handoff_file, PathBuf::from("/run/twllab/n1/node.json"));
         assert_eq!(n.agent_state_dir, PathBuf::from("/run/twllab/n1/agent"));
         assert_eq!(n.agent_log, PathBuf::from("/run/twllab/n1/twilld.log"));

@@ -235,9 +235,99 @@ pub fn ping(netns: &str, dst: Ipv4Addr, timeout: Duration) -> Result<(), ProbeEr
     })
 }
 
+/// A neighbour entry as `ip -j neigh show` gives it: its MAC and states.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Neighbour {
+    pub lladdr: Option<String>,
+    pub state: Vec<String>,
+}
+
+/// The entry for `ip` in `ip -j neigh show` output, if any. Pure.
+pub fn parse_neighbour(text: &str, ip: Ipv4Addr) -> Option<Neighbour> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    v.as_array()?.iter().find_map(|e| {
+        (e.get("dst")?.as_str()? == ip.to_string()).then(|| Neighbour {
+            lladdr: e.get("lladdr").and_then(|l| l.as_str()).map(str::to_string),
+            state: e
+                .get("state")
+                .and_then(|s| s.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+    })
+}
+
+/// Proxy ARP, seen from a pod: one ping to `via` (any address behind the pod's gateway)
+/// makes the pod resolve `gateway`, then the pod's neighbour entry for it must hold
+/// `mac`, learnt from an ARP answer (not PERMANENT: nobody may have written it by hand).
+/// Returns the entry's states.
+pub fn proxy_arp(
+    netns: &str,
+    gateway: Ipv4Addr,
+    mac: &str,
+    via: Ipv4Addr,
+    timeout: Duration,
+) -> Result<String, ProbeError> {
+    let _ = ping(netns, via, timeout);
+    let out = Command::new("ip")
+        .args(["-n", netns, "-j", "neigh", "show", &gateway.to_string()])
+        .output()
+        .map_err(io("run ip neigh show (is iproute2 installed?)"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let what = format!("{netns}'s neighbour entry for {gateway}");
+    let bad = |reply: String| ProbeError::BadReply {
+        what: what.clone(),
+        reply,
+    };
+    let n = parse_neighbour(&text, gateway).ok_or_else(|| {
+        bad(format!(
+            "none after a ping to {via}: nothing answered the pod's ARP request for {gateway}"
+        ))
+    })?;
+    if n.state.iter().any(|s| s == "PERMANENT") {
+        return Err(bad(format!(
+            "{n:?} was written by hand, not answered by proxy ARP"
+        )));
+    }
+    match &n.lladdr {
+        Some(l) if l.eq_ignore_ascii_case(mac) => Ok(n.state.join(",")),
+        other => Err(bad(format!(
+            "MAC {}, not the host veth's {mac} (states {})",
+            other.as_deref().unwrap_or("none"),
+            n.state.join(",")
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn neighbour_entries_are_read() {
+        let text = r#"[{"dst":"169.254.1.1","dev":"eth0","lladdr":"ee:ee:ee:ee:ee:ee","state":["REACHABLE"]},
+            {"dst":"10.244.1.9","dev":"eth0","state":["FAILED"]}]"#;
+        let gw = Ipv4Addr::new(169, 254, 1, 1);
+        assert_eq!(
+            parse_neighbour(text, gw),
+            Some(Neighbour {
+                lladdr: Some("ee:ee:ee:ee:ee:ee".into()),
+                state: vec!["REACHABLE".into()]
+            })
+        );
+        assert_eq!(
+            parse_neighbour(text, Ipv4Addr::new(10, 244, 1, 9))
+                .unwrap()
+                .lladdr,
+            None
+        );
+        assert_eq!(parse_neighbour(text, Ipv4Addr::new(10, 0, 0, 1)), None);
+        assert_eq!(parse_neighbour("", gw), None);
+    }
 
     #[test]
     fn replies_round_trip() {

@@ -102,24 +102,30 @@ pub fn locate_binary(
 
 /// The conflist a node's runtime reads (as from /etc/cni/net.d/10-twill.conflist). It names
 /// no subnet and no MTU: twill-cni takes the node's blocks and the pod MTU (the uplink's, less
-/// the tunnel's headers for VXLAN) from the hand-off file the node's agent writes.
+/// the tunnel's headers for VXLAN) from the hand-off file the node's agent writes. The pod
+/// wiring is spelled out (the hand-off carries it too): `bridge` names the node bridge,
+/// `l3` has none.
 pub fn node_conflist(plan: &LabPlan, node: &NodePlan) -> Value {
+    let mut plugin = json!({
+        "type": PLUGIN_TYPE,
+        "podWiring": plan.pod_wiring.name(),
+        "ipMasq": true,
+        "hairpinMode": true,
+        "clusterCIDR": plan.cluster_cidr.to_string(),
+        "capabilities": {"portMappings": true},
+        "ipam": {
+            "type": "twill",
+            "handoffFile": node.handoff_file.display().to_string(),
+            "dataDir": node.ipam_dir.display().to_string(),
+        },
+    });
+    if let Some(bridge) = &node.bridge {
+        plugin["bridge"] = json!(bridge);
+    }
     json!({
         "cniVersion": CNI_VERSION,
         "name": CNI_NETWORK,
-        "plugins": [{
-            "type": PLUGIN_TYPE,
-            "bridge": node.bridge,
-            "ipMasq": true,
-            "hairpinMode": true,
-            "clusterCIDR": plan.cluster_cidr.to_string(),
-            "capabilities": {"portMappings": true},
-            "ipam": {
-                "type": "twill",
-                "handoffFile": node.handoff_file.display().to_string(),
-                "dataDir": node.ipam_dir.display().to_string(),
-            },
-        }],
+        "plugins": [plugin],
     })
 }
 
@@ -348,12 +354,25 @@ mod tests {
         let p = lab();
         let expected: Value = serde_json::from_str(
             r#"{"cniVersion":"1.1.0","name":"twill","plugins":[{"type":"twill-cni","bridge":"twl0",
-            "ipMasq":true,"hairpinMode":true,"clusterCIDR":"10.244.0.0/16",
+            "podWiring":"bridge","ipMasq":true,"hairpinMode":true,"clusterCIDR":"10.244.0.0/16",
             "capabilities":{"portMappings":true},"ipam":{"type":"twill",
             "handoffFile":"/run/twllab/n1/node.json","dataDir":"/run/twllab/n1/ipam"}}]}"#,
         )
         .unwrap();
         assert_eq!(node_conflist(&p, &p.nodes[0]), expected);
+        // l3: the same but the wiring, and no bridge to name.
+        let l3 = plan(&LabSpec {
+            name: "twllab".into(),
+            pod_wiring: crate::plan::PodWiring::L3,
+            ..LabSpec::default()
+        })
+        .unwrap();
+        let mut want = expected.clone();
+        let plugin = want["plugins"][0].as_object_mut().unwrap();
+        plugin.remove("bridge");
+        plugin.insert("podWiring".into(), json!("l3"));
+        assert_eq!(node_conflist(&l3, &l3.nodes[0]), want);
+        assert_eq!(l3.nodes[0].bridge, None);
     }
 
     #[test]

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
-use twill_lab::plan::{self, BackendKind, LabSpec, StoreKind, DEFAULT_BLOCK_SIZE, DEFAULT_NAME};
+use twill_lab::plan::{
+    self, BackendKind, LabSpec, PodWiring, StoreKind, DEFAULT_BLOCK_SIZE, DEFAULT_NAME,
+};
 use twill_lab::{build, check, daemons, runtime, status};
 
 use crate::store_args::{StoreArgs, StoreKind as StoreFlag};
@@ -75,6 +77,18 @@ struct NetArgs {
     /// Underlay segments: 2 puts every other node on 198.51.100.0/24 behind the router
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
     segments: u8,
+    /// How pods meet their node: bridge (each pod's veth on the node bridge twl0, Docker's
+    /// and flannel's way) or l3 (Calico's: no bridge, a /32 route per pod to its veth, proxy
+    /// ARP for the pods' gateway 169.254.1.1)
+    #[arg(long, default_value = "bridge", value_name = "WIRING", value_parser = pod_wiring_parser())]
+    pod_wiring: PodWiring,
+}
+
+/// `bridge` or `l3`, listed in --help, parsed by PodWiring itself.
+fn pod_wiring_parser() -> impl clap::builder::TypedValueParser<Value = PodWiring> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(PodWiring::ALL.map(PodWiring::name))
+        .map(|s| s.parse::<PodWiring>().expect("a possible value"))
 }
 
 impl NetArgs {
@@ -307,6 +321,7 @@ fn spec(
         agent_poll_interval: agent.agent_poll_interval.clone(),
         backend: net.backend(),
         direct_routing: net.direct_routing,
+        pod_wiring: net.pod_wiring,
         ..LabSpec::default()
     }
 }
@@ -568,12 +583,25 @@ fn demo(
          namespace and runs `twill-cni` inside the node with CNI_COMMAND=ADD,\n\
          CNI_NETNS=/run/netns/<pod>, CNI_IFNAME=eth0 and the network config on stdin\n\
          (from {}). That config names no subnet, only the hand-off file:\n\
-         the plugin picks a free address in the node's block (no network round trip), makes a\n\
-         veth pair (eth0 in the pod, the other end a port of the node bridge {}) and routes\n\
-         the pod via the bridge's address in that block: the docker0/cni0 model.\n",
+         the plugin picks a free address in the node's block (no network round trip) and makes a\n\
+         veth pair, eth0 in the pod.",
         node.conflist.display(),
-        node.bridge,
     );
+    match &node.bridge {
+        Some(bridge) => println!(
+            "   podWiring bridge: the other end is a port of the node bridge {bridge}, and the pod is\n\
+             routed via the bridge's address in that block: the docker0/cni0 model.\n"
+        ),
+        None => println!(
+            "   podWiring l3 (Calico's): there is no bridge. The pod holds its address as a /32 and\n\
+             routes everything via {gw}, an address no interface has: the host end of the veth\n\
+             (MAC {mac}) answers the pod's ARP for it by proxy ARP. The node routes the pod's /32\n\
+             to that veth, and strict reverse-path filtering on the veth drops anything the pod\n\
+             sends from another address.\n",
+            gw = twill_api::wiring::L3_GATEWAY,
+            mac = check::l3_host_mac(),
+        ),
+    }
     println!("building lab {name} ...");
     let state = match build::up(spec, cni_bin, twilld_bin, &progress) {
         Ok(s) => s,

@@ -62,9 +62,9 @@ enum Backend {
     Static,
 }
 
-/// Up, check (every row as expected), the kernel read back, down.
-fn matrix(tag: char, backend: Backend, store: &str, segments: u8) {
-    let test = format!("matrix {backend:?} {store} {segments}");
+/// Up, check (every row as expected), the kernel read back, down. `wiring`: bridge or l3.
+fn matrix(tag: char, backend: Backend, store: &str, segments: u8, wiring: &str) {
+    let test = format!("matrix {backend:?} {store} {segments} {wiring}");
     twill_testkit::require_root(&test);
     ensure_binaries();
     let name = lab_name(tag);
@@ -95,6 +95,7 @@ fn matrix(tag: char, backend: Backend, store: &str, segments: u8) {
     if backend != Backend::Static {
         args.extend(["--store", store]);
     }
+    args.extend(["--pod-wiring", wiring]);
     let started = Instant::now();
     let up = twill(&args);
     assert!(up.status.success(), "up failed:\n{}", text(&up));
@@ -154,6 +155,20 @@ fn matrix(tag: char, backend: Backend, store: &str, segments: u8) {
             assert!(d.contains("saw source 10.244."), "{r}");
         }
     }
+    // Each pod's gateway: the bridge answers pings; in l3 proxy ARP answers for 169.254.1.1
+    // with the host veth's fixed MAC.
+    let (gw_row, other_row) = if wiring == "l3" {
+        ("pod→gateway proxy arp", "pod→gateway icmp")
+    } else {
+        ("pod→gateway icmp", "pod→gateway proxy arp")
+    };
+    let pods = if segments == 2 { 6 } else { 4 };
+    assert_eq!(
+        rows.iter().filter(|r| r["name"] == gw_row).count(),
+        pods,
+        "{report:#}"
+    );
+    assert!(!rows.iter().any(|r| r["name"] == other_row), "{report:#}");
     // pod→outside is masqueraded to the node IP on either segment.
     for r in rows
         .iter()
@@ -251,6 +266,52 @@ fn matrix(tag: char, backend: Backend, store: &str, segments: u8) {
             );
         }
     }
+    // How pods meet the node, read back from n1 and its first pod.
+    let links = ip_json(&ns("n1"), &["link", "show"]);
+    let bridges: Vec<&Value> = links
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["linkinfo"]["info_kind"] == "bridge")
+        .collect();
+    let pod_ip = st["nodes"][0]["pods"][0]["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pod_addr = ip_json(&ns("n1-p1"), &["-4", "addr", "show", "dev", "eth0"]);
+    let pod_routes = ip_json(&ns("n1-p1"), &["route", "show"]);
+    if wiring == "l3" {
+        assert!(bridges.is_empty(), "l3 node has a bridge: {bridges:?}");
+        // The pod: its address as a /32, 169.254.1.1 on the link, the default via it.
+        assert_eq!(pod_addr[0]["addr_info"][0]["prefixlen"], 32, "{pod_addr}");
+        assert!(
+            pod_routes
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["dst"] == "default" && r["gateway"] == "169.254.1.1"),
+            "{pod_routes}"
+        );
+        // The node: a /32 per pod, scope link, to its veth (whose MAC is the fixed one).
+        for pod in st["nodes"][0]["pods"].as_array().unwrap() {
+            let ip = pod["address"].as_str().unwrap();
+            let r: Vec<&Value> = n1.iter().filter(|r| r["dst"] == ip).collect();
+            assert_eq!(r.len(), 1, "no /32 route for {ip}: {n1:?}");
+            assert_eq!(r[0]["scope"], "link", "{r:?}");
+            let dev = r[0]["dev"].as_str().unwrap();
+            let veth = ip_json(&ns("n1"), &["link", "show", "dev", dev]);
+            assert_eq!(veth[0]["address"], "ee:ee:ee:ee:ee:ee", "{veth}");
+            assert!(veth[0].get("master").is_none(), "{veth}");
+        }
+    } else {
+        assert_eq!(bridges.len(), 1, "{links}");
+        assert_eq!(bridges[0]["ifname"], "twl0");
+        assert_ne!(pod_addr[0]["addr_info"][0]["prefixlen"], 32, "{pod_addr}");
+        assert!(
+            !n1.iter().any(|r| r["dst"] == pod_ip.as_str()),
+            "a /32 route in bridge mode: {n1:?}"
+        );
+    }
     if backend == Backend::Static {
         let file: Value =
             serde_json::from_slice(&std::fs::read(format!("/run/{name}/static.json")).unwrap())
@@ -273,57 +334,95 @@ fn matrix(tag: char, backend: Backend, store: &str, segments: u8) {
 
 #[test]
 fn matrix_host_gw_embedded_1_segment() {
-    matrix('b', Backend::HostGw, "embedded", 1);
+    matrix('b', Backend::HostGw, "embedded", 1, "bridge");
 }
 
 #[test]
 fn matrix_host_gw_embedded_2_segments() {
-    matrix('c', Backend::HostGw, "embedded", 2);
+    matrix('c', Backend::HostGw, "embedded", 2, "bridge");
 }
 
 #[test]
 fn matrix_host_gw_etcd_1_segment() {
-    matrix('f', Backend::HostGw, "etcd", 1);
+    matrix('f', Backend::HostGw, "etcd", 1, "bridge");
 }
 
 #[test]
 fn matrix_host_gw_etcd_2_segments() {
-    matrix('g', Backend::HostGw, "etcd", 2);
+    matrix('g', Backend::HostGw, "etcd", 2, "bridge");
 }
 
 #[test]
 fn matrix_vxlan_embedded_1_segment() {
-    matrix('h', Backend::Vxlan, "embedded", 1);
+    matrix('h', Backend::Vxlan, "embedded", 1, "bridge");
 }
 
 #[test]
 fn matrix_vxlan_embedded_2_segments() {
-    matrix('i', Backend::Vxlan, "embedded", 2);
+    matrix('i', Backend::Vxlan, "embedded", 2, "bridge");
 }
 
 #[test]
 fn matrix_vxlan_etcd_1_segment() {
-    matrix('j', Backend::Vxlan, "etcd", 1);
+    matrix('j', Backend::Vxlan, "etcd", 1, "bridge");
 }
 
 #[test]
 fn matrix_vxlan_etcd_2_segments() {
-    matrix('k', Backend::Vxlan, "etcd", 2);
+    matrix('k', Backend::Vxlan, "etcd", 2, "bridge");
 }
 
 #[test]
 fn matrix_vxlan_direct_routing_embedded_2_segments() {
-    matrix('l', Backend::VxlanDirect, "embedded", 2);
+    matrix('l', Backend::VxlanDirect, "embedded", 2, "bridge");
 }
 
 #[test]
 fn matrix_static_1_segment() {
-    matrix('m', Backend::Static, "static", 1);
+    matrix('m', Backend::Static, "static", 1, "bridge");
 }
 
 #[test]
 fn matrix_static_2_segments() {
-    matrix('n', Backend::Static, "static", 2);
+    matrix('n', Backend::Static, "static", 2, "bridge");
+}
+
+// Pure-L3 pods (Calico's wiring) under every backend, on both stores. Bounded: 7 labs of
+// 2-3 nodes, in parallel with the rest (each ~15-25 s on an idle 2-core machine).
+
+#[test]
+fn matrix_l3_host_gw_embedded_1_segment() {
+    matrix('u', Backend::HostGw, "embedded", 1, "l3");
+}
+
+#[test]
+fn matrix_l3_host_gw_etcd_1_segment() {
+    matrix('v', Backend::HostGw, "etcd", 1, "l3");
+}
+
+#[test]
+fn matrix_l3_vxlan_embedded_1_segment() {
+    matrix('w', Backend::Vxlan, "embedded", 1, "l3");
+}
+
+#[test]
+fn matrix_l3_vxlan_etcd_2_segments() {
+    matrix('x', Backend::Vxlan, "etcd", 2, "l3");
+}
+
+#[test]
+fn matrix_l3_vxlan_direct_routing_embedded_2_segments() {
+    matrix('y', Backend::VxlanDirect, "embedded", 2, "l3");
+}
+
+#[test]
+fn matrix_l3_vxlan_direct_routing_etcd_2_segments() {
+    matrix('1', Backend::VxlanDirect, "etcd", 2, "l3");
+}
+
+#[test]
+fn matrix_l3_static_2_segments() {
+    matrix('2', Backend::Static, "static", 2, "l3");
 }
 
 /// `--backend static` with `--store etcd` is refused with the fix; so is directRouting
