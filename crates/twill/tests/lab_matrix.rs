@@ -280,8 +280,20 @@ fn matrix(tag: char, backend: Backend, store: &str, segments: u8, wiring: &str) 
         .to_string();
     let pod_addr = ip_json(&ns("n1-p1"), &["-4", "addr", "show", "dev", "eth0"]);
     let pod_routes = ip_json(&ns("n1-p1"), &["route", "show"]);
+    let blackholes: Vec<&str> = n1
+        .iter()
+        .filter(|r| r["type"] == "blackhole")
+        .filter_map(|r| r["dst"].as_str())
+        .collect();
     if wiring == "l3" {
         assert!(bridges.is_empty(), "l3 node has a bridge: {bridges:?}");
+        // twilld: a blackhole per block the node holds, so an address no pod has is
+        // unreachable at once (and a BGP speaker can announce the block whole).
+        let mut want: Vec<&str> = blocks["n1"].iter().map(String::as_str).collect();
+        want.sort();
+        let mut have = blackholes.clone();
+        have.sort();
+        assert_eq!(have, want, "n1's blackholes: {n1:?}");
         // The pod: its address as a /32, 169.254.1.1 on the link, the default via it.
         assert_eq!(pod_addr[0]["addr_info"][0]["prefixlen"], 32, "{pod_addr}");
         assert!(
@@ -304,6 +316,7 @@ fn matrix(tag: char, backend: Backend, store: &str, segments: u8, wiring: &str) 
             assert!(veth[0].get("master").is_none(), "{veth}");
         }
     } else {
+        assert!(blackholes.is_empty(), "a blackhole in bridge mode: {n1:?}");
         assert_eq!(bridges.len(), 1, "{links}");
         assert_eq!(bridges[0]["ifname"], "twl0");
         assert_ne!(pod_addr[0]["addr_info"][0]["prefixlen"], 32, "{pod_addr}");
