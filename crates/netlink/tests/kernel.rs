@@ -471,3 +471,64 @@ fn veth_with_a_fixed_mac_scope_link_route_with_protocol_and_route_lookup() {
         "0"
     );
 }
+
+#[test]
+fn blackhole_routes_drop_add_read_back_and_delete_exactly() {
+    twill_testkit::require_root("blackhole_routes_drop_add_read_back_and_delete_exactly");
+    let ns = TestNetns::new("bh");
+    let (_netns, mut h) = open(&ns);
+    let block: Ipv4Net = "10.244.7.0/26".parse().unwrap();
+    let bh = Route {
+        protocol: twill_netlink::ROUTE_PROTOCOL,
+        ..Route::blackhole(block)
+    };
+    assert!(h.add_route(&bh).unwrap());
+    assert!(!h.add_route(&bh).unwrap(), "the same again: EEXIST");
+    let shown = json(&[
+        "ip", "-j", "-n", &ns.name, "-4", "route", "show", "proto", "84",
+    ]);
+    assert_eq!(shown.as_array().unwrap().len(), 1, "{shown}");
+    assert_eq!(shown[0]["type"], "blackhole", "{shown}");
+    assert_eq!(shown[0]["dst"], "10.244.7.0/26", "{shown}");
+    let read = h.routes(Route::TABLE_MAIN).unwrap();
+    assert!(read.contains(&bh), "{read:?}");
+    // With a default route, the block's addresses still go nowhere; others go by it.
+    for args in [
+        &[
+            "ip", "link", "add", "twlbh0", "type", "veth", "peer", "name", "twlbh1",
+        ][..],
+        &["ip", "link", "set", "twlbh0", "up"],
+        &["ip", "link", "set", "twlbh1", "up"],
+        &["ip", "addr", "add", "192.0.2.11/24", "dev", "twlbh0"],
+        &["ip", "route", "add", "default", "via", "192.0.2.1"],
+    ] {
+        ns.exec(args);
+    }
+    assert!(h.route_to(Ipv4Addr::new(10, 244, 8, 1)).unwrap().is_some());
+    assert_eq!(
+        h.route_to(Ipv4Addr::new(10, 244, 7, 9)).unwrap(),
+        None,
+        "an address in a blackholed block goes nowhere, not by the default route"
+    );
+    // A unicast route to the same destination is another route: deleting it misses the
+    // blackhole, and so does a delete with another protocol.
+    let unicast = Route {
+        protocol: twill_netlink::ROUTE_PROTOCOL,
+        ..Route::new(block)
+    };
+    assert!(h.delete_route_exact(&unicast).unwrap_err().is_not_found());
+    let other_proto = Route {
+        protocol: Route::PROTO_BOOT,
+        ..bh.clone()
+    };
+    assert!(h
+        .delete_route_exact(&other_proto)
+        .unwrap_err()
+        .is_not_found());
+    assert!(h.routes(Route::TABLE_MAIN).unwrap().contains(&bh));
+
+    h.delete_route_exact(&bh).unwrap();
+    assert!(!h.routes(Route::TABLE_MAIN).unwrap().contains(&bh));
+    assert!(h.delete_route_exact(&bh).unwrap_err().is_not_found());
+    assert!(h.route_to(Ipv4Addr::new(10, 244, 7, 9)).unwrap().is_some());
+}

@@ -4,9 +4,12 @@
 //! pod to pod across nodes, and the kernel's tables read back with `ip -j` / `bridge -j`.
 
 use serde_json::Value;
+use twill_api::resources::{BackendSpec, VxlanOptions};
+use twill_api::wiring::PodWiring;
 use twill_netlink::{Handle, Netns};
 use twill_testkit::TestNetns;
 use twilld::backend::{self, Backend, HostGw, Local, Op, Peer, Plan, Vxlan, VXLAN_DEVICE};
+use twilld::routing::Routing;
 
 const SEG_A: &str = "192.0.2.0/24";
 const SEG_B: &str = "198.51.100.0/24";
@@ -508,4 +511,198 @@ fn across_two_segments_host_gw_reports_and_direct_routing_tunnels() {
     for plan in reconcile_all(&lab, &vxlan(true)) {
         assert!(plan.ops.is_empty(), "{:?}", plan.ops);
     }
+}
+
+/// `ip -j route show proto 84 type blackhole`: the destinations.
+fn blackholes(ns: &TestNetns) -> Vec<String> {
+    let mut out: Vec<String> = json(
+        ns,
+        &[
+            "ip",
+            "-j",
+            "-4",
+            "route",
+            "show",
+            "proto",
+            "84",
+            "type",
+            "blackhole",
+        ],
+    )
+    .as_array()
+    .unwrap()
+    .iter()
+    .map(|r| r["dst"].as_str().unwrap().to_owned())
+    .collect();
+    out.sort();
+    out
+}
+
+/// The l3 pod's route on its node, as twill-cni installs it (or nothing if gone).
+fn pod_route(ns: &TestNetns) -> Vec<Value> {
+    json(
+        ns,
+        &[
+            "ip", "-j", "-4", "route", "show", "proto", "84", "dev", "twll3h",
+        ],
+    )
+    .as_array()
+    .unwrap()
+    .clone()
+}
+
+/// One pass as the agent runs it, through a fresh Routing (a restarted agent) in `node`'s
+/// namespace. Panics on a failed operation; returns the changes made.
+fn agent_pass(node: &Node, spec: &BackendSpec, peers: &[Peer]) -> usize {
+    let mut routing = Routing::new(spec)
+        .unwrap()
+        .in_netns(Netns::open(node.ns.path()).unwrap());
+    let pass = routing
+        .reconcile(&node.local, peers)
+        .unwrap()
+        .expect("a first pass is always due");
+    assert!(pass.failures.is_empty(), "{spec}: {:?}", pass.failures);
+    assert!(pass.problems.is_empty(), "{spec}: {:?}", pass.problems);
+    // Nothing changed: the same Routing has nothing to do.
+    assert_eq!(routing.reconcile(&node.local, peers).unwrap(), None);
+    pass.changes
+}
+
+#[test]
+fn l3_blocks_are_blackholed_pod_routes_survive_and_every_backend_carries_l3_pods() {
+    twill_testkit::require_root(
+        "l3_blocks_are_blackholed_pod_routes_survive_and_every_backend_carries_l3_pods",
+    );
+    let mut lab = lab(&['a', 'a']);
+    // n1 wires its pods l3 from two /26 blocks; n2 keeps its bridge pod.
+    lab.nodes[0].local.blocks = vec![
+        "10.244.101.0/26".parse().unwrap(),
+        "10.244.101.64/26".parse().unwrap(),
+    ];
+    lab.nodes[0].local.pod_wiring = PodWiring::L3;
+    let n1 = &lab.nodes[0];
+    // The l3 pod, wired as twill-cni does: a /32, a default via 169.254.1.1 answered by
+    // proxy ARP, and the node's `/32 dev <veth> scope link proto 0x54` route. The node
+    // needs a route to 169.254.1.1 for proxy ARP to answer: a default route, as nodes
+    // have (and by which an unheld address would leave, but for the blackhole).
+    let pod = TestNetns::new("l3p");
+    for args in [
+        &["ip", "route", "add", "default", "via", "192.0.2.1"][..],
+        &[
+            "ip", "link", "add", "twll3h", "type", "veth", "peer", "name", "eth0", "netns",
+            &pod.name,
+        ][..],
+        &["ip", "link", "set", "twll3h", "up"],
+        &["sysctl", "-qw", "net.ipv4.conf.twll3h.proxy_arp=1"],
+        &["sysctl", "-qw", "net.ipv4.neigh.twll3h.proxy_delay=0"],
+        &[
+            "ip",
+            "route",
+            "add",
+            "10.244.101.5/32",
+            "dev",
+            "twll3h",
+            "scope",
+            "link",
+            "proto",
+            "84",
+        ],
+    ] {
+        n1.ns.exec(args);
+    }
+    for args in [
+        &["ip", "link", "set", "eth0", "up"][..],
+        &["ip", "addr", "add", "10.244.101.5/32", "dev", "eth0"],
+        &[
+            "ip",
+            "route",
+            "add",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+            "scope",
+            "link",
+        ],
+        &[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+        ],
+    ] {
+        pod.exec(args);
+    }
+    let pod_route_before = pod_route(&n1.ns);
+    assert_eq!(pod_route_before.len(), 1);
+    let reach_l3_pod = || {
+        (0..3).any(|_| {
+            lab.nodes[1]
+                ._pod
+                .try_exec(&["ping", "-c", "1", "-W", "2", "10.244.101.5"])
+                .0
+        })
+    };
+    assert!(!reach_l3_pod(), "no route yet");
+
+    let vx = |direct_routing| VxlanOptions {
+        direct_routing,
+        ..Default::default()
+    };
+    for spec in [
+        BackendSpec::HostGw,
+        BackendSpec::Vxlan(vx(true)),
+        BackendSpec::Vxlan(vx(false)),
+        BackendSpec::Static(vx(false)),
+    ] {
+        for i in 0..2 {
+            agent_pass(&lab.nodes[i], &spec, &lab.peers_of(i));
+        }
+        assert_eq!(
+            blackholes(&n1.ns),
+            ["10.244.101.0/26", "10.244.101.64/26"],
+            "{spec}"
+        );
+        assert!(
+            blackholes(&lab.nodes[1].ns).is_empty(),
+            "bridge wiring: none"
+        );
+        assert_eq!(pod_route(&n1.ns), pod_route_before, "{spec}: the pod route");
+        assert!(reach_l3_pod(), "{spec}: n2's pod -> n1's l3 pod");
+        // A restarted agent adopts it all: no change, the pod route untouched.
+        assert_eq!(agent_pass(n1, &spec, &lab.peers_of(0)), 0, "{spec}");
+        assert_eq!(pod_route(&n1.ns), pod_route_before, "{spec}");
+    }
+    // An address of the block no pod holds goes nowhere on n1, not by the default route.
+    let (ok, out, err) = n1.ns.try_exec(&["ip", "route", "get", "10.244.101.9"]);
+    assert!(!ok || out.contains("blackhole"), "{out}{err}");
+    let (ok, out, _) = n1.ns.try_exec(&["ip", "route", "get", "10.244.200.9"]);
+    assert!(ok && out.contains("via 192.0.2.1"), "{out}");
+
+    // Releasing a block removes its blackhole, and only that.
+    let spec = BackendSpec::HostGw;
+    let mut n1_local = n1.local.clone();
+    n1_local.blocks.pop();
+    let mut routing = Routing::new(&spec)
+        .unwrap()
+        .in_netns(Netns::open(n1.ns.path()).unwrap());
+    let pass = routing
+        .reconcile(&n1_local, &lab.peers_of(0))
+        .unwrap()
+        .unwrap();
+    assert!(pass.failures.is_empty(), "{:?}", pass.failures);
+    assert_eq!(blackholes(&n1.ns), ["10.244.101.0/26"]);
+    assert_eq!(pod_route(&n1.ns), pod_route_before);
+    // Back to bridge wiring: the blackholes go, the pod route stays (twill-cni's).
+    n1_local.pod_wiring = PodWiring::Bridge;
+    routing
+        .reconcile(&n1_local, &lab.peers_of(0))
+        .unwrap()
+        .unwrap();
+    assert!(blackholes(&n1.ns).is_empty());
+    assert_eq!(pod_route(&n1.ns), pod_route_before);
+    drop(pod);
 }
