@@ -114,7 +114,7 @@ pub enum ConfigError {
         field: String,
         reason: String,
     },
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {source}; pass a readable file to --config (or TWILL_CONFIG)")]
     Read {
         path: PathBuf,
         #[source]
@@ -177,6 +177,9 @@ pub fn parse(
     let mut flags: Vec<(&'static Field, String)> = Vec::new();
     let mut it = args.iter();
     while let Some(arg) = it.next() {
+        if arg == "-h" {
+            return Ok(Command::Help(help()));
+        }
         let Some(name) = arg.strip_prefix("--") else {
             return Err(ConfigError::Usage(format!(
                 "unexpected argument {arg:?}: settings are flags like --node-name NAME"
@@ -205,7 +208,10 @@ pub fn parse(
             continue;
         }
         let Some(field) = FIELDS.iter().find(|f| f.flag == name) else {
-            return Err(ConfigError::Usage(format!("unknown flag --{name}")));
+            let hint = closest_flag(name)
+                .map(|f| format!(" (did you mean --{f}?)"))
+                .unwrap_or_default();
+            return Err(ConfigError::Usage(format!("unknown flag --{name}{hint}")));
         };
         flags.push((field, value()?));
     }
@@ -237,6 +243,35 @@ pub fn parse(
         raw.insert(f.yaml, (v, Origin::Flag(f.flag)));
     }
     build(raw, hostname).map(|c| Command::Run(Box::new(c)))
+}
+
+/// The known flag `name` is most likely a typo of: at most two edits away (case aside).
+fn closest_flag(name: &str) -> Option<&'static str> {
+    let name = name.to_ascii_lowercase();
+    FIELDS
+        .iter()
+        .map(|f| f.flag)
+        .chain(["config", "help", "version"])
+        .map(|f| (edit_distance(&name, f), f))
+        .filter(|(d, _)| *d <= 2)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, f)| f)
+}
+
+/// Levenshtein distance between two ASCII-ish strings (by char).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 /// One setting of the file: the field, its value as text, its line.
@@ -373,7 +408,7 @@ fn build(
     if let Err(e) = twill_api::names::validate_network_name(&node_name) {
         let reason = if matches!(o, Origin::Default) {
             format!(
-                "the host name {node_name:?} cannot be a node name ({}); set nodeName",
+                "the host name {node_name:?} cannot be a node name ({}); set --node-name (or TWILL_NODE_NAME, or nodeName in the config file)",
                 e.reason
             )
         } else {
@@ -429,14 +464,14 @@ fn build(
             return Err(bad(
                 store_origin,
                 "store",
-                "store is etcd but etcdEndpoints is empty; set etcdEndpoints",
+                "store is etcd but etcdEndpoints is empty; set --etcd-endpoints (or TWILL_ETCD_ENDPOINTS, or etcdEndpoints in the config file)",
             ))
         }
         StoreKind::Static if static_file.is_none() => {
             return Err(bad(
                 store_origin,
                 "store",
-                "store is static but staticFile is not set; set staticFile",
+                "store is static but staticFile is not set; set --static-file (or TWILL_STATIC_FILE, or staticFile in the config file)",
             ))
         }
         _ => {}
@@ -719,7 +754,7 @@ mod tests {
         assert!(e.to_string().starts_with("/c.yaml"), "{e}");
         let e = run(&["--config", "/c.yaml"], &[], Some("store: etcd\n")).unwrap_err();
         assert_eq!(e.line(), Some(1));
-        assert!(e.to_string().contains("set etcdEndpoints"), "{e}");
+        assert!(e.to_string().contains("set --etcd-endpoints"), "{e}");
         let e = run(&["--config", "/c.yaml"], &[], Some("nodeIP: 10.1.2\n")).unwrap_err();
         assert_eq!(
             e.to_string(),
@@ -751,7 +786,14 @@ mod tests {
         let e = run(&["--listen", "9099"], &[], None).unwrap_err();
         assert!(e.to_string().starts_with("flag --listen: listen:"), "{e}");
         let e = run(&["--nod-name", "x"], &[], None).unwrap_err();
-        assert_eq!(e.to_string(), "unknown flag --nod-name; see twilld --help");
+        assert_eq!(
+            e.to_string(),
+            "unknown flag --nod-name (did you mean --node-name?); see twilld --help"
+        );
+        let e = run(&["--colour", "x"], &[], None).unwrap_err();
+        assert_eq!(e.to_string(), "unknown flag --colour; see twilld --help");
+        let e = run(&["--Store=etcd"], &[], None).unwrap_err();
+        assert!(e.to_string().contains("did you mean --store?"), "{e}");
         let e = run(&["--node-name"], &[], None).unwrap_err();
         assert!(e.to_string().contains("needs a value"), "{e}");
         let e = run(&["--node-name", "a/b"], &[], None).unwrap_err();
