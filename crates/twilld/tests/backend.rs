@@ -9,6 +9,7 @@ use twill_api::wiring::PodWiring;
 use twill_netlink::{Handle, Netns};
 use twill_testkit::TestNetns;
 use twilld::backend::{self, Backend, HostGw, Local, Op, Peer, Plan, Vxlan, VXLAN_DEVICE};
+use twilld::backend::{BackendError, BackendKind, Desired, Event, Events, Reaction, RouteEntry};
 use twilld::routing::Routing;
 
 const SEG_A: &str = "192.0.2.0/24";
@@ -705,4 +706,114 @@ fn l3_blocks_are_blackholed_pod_routes_survive_and_every_backend_carries_l3_pods
     assert!(blackholes(&n1.ns).is_empty());
     assert_eq!(pod_route(&n1.ns), pod_route_before);
     drop(pod);
+}
+
+/// A backend with a socket of its own, as a routing speaker has: a thread reads datagrams
+/// `DST via GW` on a UDP socket and sends each as an event; the backend plans the routes
+/// it learned. The agent side (Routing) knows none of this.
+struct UdpLearner {
+    socket: Option<std::net::UdpSocket>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    learned: Vec<RouteEntry>,
+    uplink: String,
+}
+
+impl twilld::backend::Backend for UdpLearner {
+    fn kind(&self) -> BackendKind {
+        BackendKind::HostGw
+    }
+
+    fn start(&mut self, events: &Events, _now: std::time::Instant) -> Result<(), BackendError> {
+        let socket = self.socket.take().expect("started once");
+        socket
+            .set_read_timeout(Some(std::time::Duration::from_millis(50)))
+            .unwrap();
+        let (events, stop) = (events.clone(), self.stop.clone());
+        self.thread = Some(std::thread::spawn(move || {
+            let mut buf = [0u8; 256];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok(n) = socket.recv(&mut buf) else {
+                    continue; // the timeout: look at the stop flag
+                };
+                if !events.send(String::from_utf8_lossy(&buf[..n]).into_owned()) {
+                    return;
+                }
+            }
+        }));
+        Ok(())
+    }
+
+    fn plan(&self, _local: &Local, _peers: &[Peer]) -> Desired {
+        Desired {
+            routes: self.learned.clone(),
+            ..Default::default()
+        }
+    }
+
+    fn on_event(&mut self, event: Event, _now: std::time::Instant) -> Reaction {
+        let Some(text) = event.message::<String>() else {
+            return Reaction::Idle;
+        };
+        let Some((dst, via)) = text.split_once(" via ") else {
+            return Reaction::Idle;
+        };
+        self.learned.push(RouteEntry {
+            dst: dst.parse().unwrap(),
+            via: via.parse().unwrap(),
+            dev: self.uplink.clone(),
+            onlink: false,
+        });
+        Reaction::Reconcile
+    }
+
+    fn stop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_route_learned_on_a_backends_own_socket_reaches_the_kernel() {
+    twill_testkit::require_root("a_route_learned_on_a_backends_own_socket_reaches_the_kernel");
+    let lab = lab(&['a', 'a']);
+    let n1 = &lab.nodes[0];
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    let backend = UdpLearner {
+        socket: Some(socket),
+        thread: None,
+        stop: Default::default(),
+        learned: Vec::new(),
+        uplink: "eth0".into(),
+    };
+    let (woke_tx, woke) = std::sync::mpsc::channel();
+    let mut routing = Routing::with_backend(BackendSpec::HostGw, Box::new(backend))
+        .in_netns(Netns::open(n1.ns.path()).unwrap());
+    routing.set_waker(std::sync::Arc::new(move || {
+        let _ = woke_tx.send(());
+    }));
+    let peers = lab.peers_of(0);
+    // Start: nothing learned yet.
+    routing.reconcile(&n1.local, &peers).unwrap().unwrap();
+    assert!(twill_routes(&n1.ns).is_empty());
+    assert_eq!(routing.reconcile(&n1.local, &peers).unwrap(), None);
+
+    let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    tx.send_to(b"10.244.77.0/24 via 192.0.2.12", addr).unwrap();
+    woke.recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the backend's event wakes the agent");
+    // The loop woke: one reconcile, the same inputs, and the learned route is in.
+    let pass = routing.reconcile(&n1.local, &peers).unwrap().unwrap();
+    assert_eq!(pass.changes, 1, "{pass:?}");
+    assert_eq!(
+        twill_routes(&n1.ns),
+        vec![r("10.244.77.0/24", "192.0.2.12", "eth0", false)]
+    );
+    // Stopping the backend leaves the route: forwarding goes on.
+    routing.stop();
+    drop(routing);
+    assert_eq!(twill_routes(&n1.ns).len(), 1);
 }
