@@ -7,6 +7,7 @@
 //! - [`state`]: `/run/<name>/state.json`, what `up` made.
 //! - [`status`]: live interfaces and addresses per namespace.
 //! - [`probe`] and [`check`]: in-namespace listeners and probes; the connectivity checks.
+//! - [`routes`]: a routing table read for the demo and traces (the l3 story: blackhole, /32s).
 //! - [`bench`]: iperf3 pod→pod against the bare underlay and a hand-built twin.
 
 pub mod bench;
@@ -16,6 +17,7 @@ pub mod daemons;
 pub mod graph;
 pub mod plan;
 pub mod probe;
+pub mod routes;
 pub mod runtime;
 pub mod state;
 pub mod status;

@@ -589,15 +589,15 @@ fn demo(
     );
     match &node.bridge {
         Some(bridge) => println!(
-            "   podWiring bridge: the other end is a port of the node bridge {bridge}, and the pod is\n\
-             routed via the bridge's address in that block: the docker0/cni0 model.\n"
+            "   podWiring bridge: the other end is a port of the node bridge {bridge}, and the pod\n   \
+             is routed via the bridge's address in that block: the docker0/cni0 model.\n"
         ),
         None => println!(
-            "   podWiring l3 (Calico's): there is no bridge. The pod holds its address as a /32 and\n\
-             routes everything via {gw}, an address no interface has: the host end of the veth\n\
-             (MAC {mac}) answers the pod's ARP for it by proxy ARP. The node routes the pod's /32\n\
-             to that veth, and strict reverse-path filtering on the veth drops anything the pod\n\
-             sends from another address.\n",
+            "   podWiring l3 (Calico's): there is no bridge. The pod holds its address as a /32\n   \
+             and routes everything via {gw}, an address no interface has: the host end of\n   \
+             the veth (MAC {mac}) answers the pod's ARP for it by proxy ARP. The node\n   \
+             routes the pod's /32 to that veth, and strict reverse-path filtering on the veth\n   \
+             drops anything the pod sends from another address.\n",
             gw = twill_api::wiring::L3_GATEWAY,
             mac = check::l3_host_mac(),
         ),
@@ -678,19 +678,53 @@ fn demo_body(state: &twill_lab::LabState) -> anyhow::Result<bool> {
         plan::AGENT_LISTEN
     );
     let routes = build::ip(&["-n", &node.netns, "route", "show"])?;
-    println!(
-        "== 8. The routing table picks the interface\n\
-         `ip -n {} route` on the node: the default route goes to the router on eth0, the node's own\n\
-         block sits on the bridge. Routes choose where a packet goes; NAT only rewrites it.\n\
-         {}\n{}",
-        node.netns,
-        match p.backend {
-            BackendKind::None => "(backend none: pods on different nodes do not reach each other.)",
-            BackendKind::HostGw => "The other nodes' blocks (proto 84) go via their node IPs: host-gw, one route each.",
-            _ => "The other nodes' blocks (proto 84) go through twl.1, the VXLAN device: onlink via each node's VTEP.",
-        },
-        routes.lines().map(|l| format!("    {l}\n")).collect::<String>()
-    );
+    let across = match p.backend {
+        BackendKind::None => "(backend none: pods on different nodes do not reach each other.)",
+        BackendKind::HostGw => "The other nodes' blocks (proto 84) go via their node IPs: host-gw, one route each.",
+        _ => "The other nodes' blocks (proto 84) go through twl.1, the VXLAN device: onlink via each node's VTEP.",
+    };
+    let indent = |t: &str| t.lines().map(|l| format!("    {l}\n")).collect::<String>();
+    let mut story_ok = true;
+    if p.pod_wiring == PodWiring::L3 {
+        let (table, pod_view) = l3_story(state, &st)?;
+        println!(
+            "== 8. The routing table picks the interface: Calico's table, no bridge\n\
+             `ip -n {} route` on the node. Routes choose where a packet goes; NAT only rewrites it.\n\
+             {across}\n{}",
+            node.netns,
+            indent(&routes)
+        );
+        for r in &table.blackholes {
+            println!(
+                "   {r}\n     the node's block, as a blackhole: an address of it that no pod holds is\n     \
+                 dropped here at once instead of following the default route out (and looping),\n     \
+                 and a BGP speaker can announce the block as one route."
+            );
+        }
+        for (pod, r) in &table.pod_routes {
+            println!(
+                "   {r}\n     {pod}: one /32 per pod, to its host veth (scope link: no gateway)."
+            );
+        }
+        println!(
+            "   No bridge: nothing holds a gateway address. Pods on this node reach each other\n   \
+             through these /32 routes, and every other address through the node's own table.\n"
+        );
+        println!("{pod_view}");
+        for m in &table.missing {
+            println!("   MISSING: {m}");
+            story_ok = false;
+        }
+    } else {
+        println!(
+            "== 8. The routing table picks the interface\n\
+             `ip -n {} route` on the node: the default route goes to the router on eth0, the node's own\n\
+             block sits on the bridge. Routes choose where a packet goes; NAT only rewrites it.\n\
+             {across}\n{}",
+            node.netns,
+            indent(&routes)
+        );
+    }
     println!(
         "== 9. NAT: masquerade and host ports\n\
          The router ({}) has no route to {}: pods reach the outside only because the node\n\
@@ -709,7 +743,87 @@ fn demo_body(state: &twill_lab::LabState) -> anyhow::Result<bool> {
     println!("== Proving it: every check sends real packets between the namespaces");
     let report = check::run(state)?;
     print!("{}", check::render(&report));
-    Ok(report.passed)
+    if !story_ok {
+        eprintln!(
+            "twill: error: node {}'s routing table is not the l3 one (see MISSING above)",
+            node.short
+        );
+    }
+    Ok(report.passed && story_ok)
+}
+
+/// The first node's table read for the l3 story (its blocks from the store, its pods'
+/// addresses, its bridges), and the first pod's own view: its routes and its neighbour
+/// entry for 169.254.1.1, answered by proxy ARP.
+fn l3_story(
+    state: &twill_lab::LabState,
+    st: &status::LabStatus,
+) -> anyhow::Result<(twill_lab::routes::L3Table, String)> {
+    use twill_lab::routes;
+    let p = &state.plan;
+    let node = &p.nodes[0];
+    let table = routes::parse_routes(&build::ip(&["-j", "-n", &node.netns, "route", "show"])?);
+    let blocks = st
+        .nodes
+        .iter()
+        .find(|n| n.name == node.short)
+        .map(|n| n.blocks.clone())
+        .unwrap_or_default();
+    let pods: Vec<(String, std::net::Ipv4Addr)> = state
+        .pods
+        .iter()
+        .filter(|r| r.node == node.index)
+        .filter_map(|r| Some((r.short.clone(), r.address?)))
+        .collect();
+    let bridges: Vec<String> = serde_json::from_str::<serde_json::Value>(&build::ip(&[
+        "-j",
+        "-n",
+        &node.netns,
+        "link",
+        "show",
+        "type",
+        "bridge",
+    ])?)
+    .ok()
+    .and_then(|v| v.as_array().cloned())
+    .unwrap_or_default()
+    .iter()
+    .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+    .collect();
+    let mut story = routes::l3_table(&table, &blocks, &pods, &bridges);
+    let Some(pod) = node.pods.first() else {
+        return Ok((story, String::new()));
+    };
+    // One ping from the pod to its node makes it resolve its gateway.
+    let gw = twill_api::wiring::L3_GATEWAY;
+    if let Err(e) = twill_lab::probe::proxy_arp(
+        &pod.netns,
+        gw,
+        &check::l3_host_mac(),
+        node.address.addr(),
+        check::PROBE_TIMEOUT,
+    ) {
+        story.missing.push(format!("proxy ARP for {gw}: {e}"));
+    }
+    let pod_routes = build::ip(&["-n", &pod.netns, "route", "show"])?;
+    let neigh = build::ip(&[
+        "-n",
+        &pod.netns,
+        "neigh",
+        "show",
+        &twill_api::wiring::L3_GATEWAY.to_string(),
+    ])?;
+    let indent = |t: &str| t.lines().map(|l| format!("    {l}\n")).collect::<String>();
+    let view = format!(
+        "   Inside pod {} (`ip -n {} route`): its /32 address, a link route to 169.254.1.1, and\n   \
+         the default via it:\n{}   and, after one ping to its node, its neighbour entry for 169.254.1.1, which\n   \
+         only the node's proxy ARP could have answered (`ip neigh`):\n{}",
+        pod.short,
+        pod.netns,
+        indent(&pod_routes),
+        indent(if neigh.trim().is_empty() { "(none yet)" } else { &neigh })
+    );
+    Ok((story, view))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -699,3 +699,53 @@ fn slow_an_etcd_outage_of_60s_leaves_pods_and_claims_alone() {
     assert_gone(&name, &agent_pids(&after));
     drop(guard);
 }
+
+/// `lab demo` tells each wiring's story and proves it: bridge (docker0/cni0), and l3
+/// (Calico's routing table: the node's block as a blackhole, a /32 per pod to its veth, no
+/// bridge, the pod's gateway answered by proxy ARP); both pass their checks and leave
+/// nothing behind.
+#[test]
+fn lab_demo_tells_the_bridge_and_the_l3_story() {
+    twill_testkit::require_root("lab_demo_tells_the_bridge_and_the_l3_story");
+    ensure_binaries();
+    for (tag, wiring) in [('p', "bridge"), ('g', "l3")] {
+        let name = lab_name(tag);
+        let guard = LabGuard(name.clone());
+        let demo = twill(&[
+            "lab",
+            "demo",
+            "--name",
+            &name,
+            "--pod-wiring",
+            wiring,
+            "--pods-per-node",
+            "2",
+        ]);
+        let out = String::from_utf8_lossy(&demo.stdout);
+        assert!(
+            demo.status.success(),
+            "{wiring} demo failed:\n{}",
+            text(&demo)
+        );
+        assert!(out.contains("0 unexpected"), "{out}");
+        assert!(!out.contains("MISSING"), "{out}");
+        if wiring == "l3" {
+            for part in [
+                "Calico's table, no bridge",
+                "blackhole 10.244.",
+                "the node's block, as a blackhole",
+                "one /32 per pod, to its host veth",
+                "169.254.1.1 dev eth0 lladdr ee:ee:ee:ee:ee:ee",
+                "default via 169.254.1.1 dev eth0",
+            ] {
+                assert!(out.contains(part), "{part:?} missing:\n{out}");
+            }
+            assert!(!out.contains("docker0/cni0"), "{out}");
+        } else {
+            assert!(out.contains("the docker0/cni0 model"), "{out}");
+            assert!(!out.contains("blackhole"), "{out}");
+        }
+        assert_gone(&name, &[]);
+        drop(guard);
+    }
+}
