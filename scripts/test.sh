@@ -7,5 +7,11 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
+# twill-cni, run for every pod, depends on no YAML parser (twill-api's `yaml` feature is
+# for the CLI); tests/about.rs checks its binary links none.
+if cargo tree -p twill-cni -e normal --prefix none | grep -i yaml; then
+  echo "twill-cni depends on a YAML parser (above): keep twill-api's yaml feature off for it" >&2
+  exit 1
+fi
 # Root-gated tests fail (never pass) when they cannot run: twill_testkit::require_root.
 cargo nextest run --workspace --no-fail-fast "$@"

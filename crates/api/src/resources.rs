@@ -364,12 +364,14 @@ impl Resource {
     }
 }
 
+#[cfg(feature = "yaml")]
 /// Only the kind, to pick the typed document below.
 #[derive(Deserialize)]
 struct KindOnly {
     kind: String,
 }
 
+#[cfg(feature = "yaml")]
 /// One typed document; parsed straight from the text so errors carry path and line.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -387,6 +389,7 @@ struct Document<T> {
     _status: Option<serde_yaml_ng::Value>,
 }
 
+#[cfg(feature = "yaml")]
 #[derive(Deserialize, Default)]
 struct Metadata {
     #[serde(default)]
@@ -396,6 +399,7 @@ struct Metadata {
 /// The `kind` of a list of resources, as `twill get -o json` prints several.
 pub const KIND_LIST: &str = "List";
 
+#[cfg(feature = "yaml")]
 /// `kind: List`: its items are documents of their own.
 #[derive(Deserialize)]
 struct ListDocument {
@@ -403,6 +407,7 @@ struct ListDocument {
     items: Vec<serde_yaml_ng::Value>,
 }
 
+#[cfg(feature = "yaml")]
 /// Parses a resource file (YAML, which includes JSON; several documents separated by
 /// `---`, or a `kind: List` of items as `twill get -o json` prints them). Every error
 /// names the field, the reason and the line. Nothing is applied unless the whole file is
@@ -499,6 +504,7 @@ pub fn parse_resources(text: &str) -> Result<Vec<Resource>, Invalid> {
     Ok(out)
 }
 
+#[cfg(feature = "yaml")]
 /// Splits on `---` lines; yields each document with the line number it starts at.
 fn split_documents(text: &str) -> Vec<(&str, usize)> {
     let mut docs = Vec::new();
@@ -517,6 +523,7 @@ fn split_documents(text: &str) -> Vec<(&str, usize)> {
     docs
 }
 
+#[cfg(feature = "yaml")]
 fn find_line(body: &str, key: &str) -> Option<usize> {
     body.lines()
         .position(|l| {
@@ -530,6 +537,7 @@ fn find_line(body: &str, key: &str) -> Option<usize> {
         .map(|i| i + 1)
 }
 
+#[cfg(feature = "yaml")]
 fn yaml_error(e: &serde_yaml_ng::Error, first_line: usize) -> Invalid {
     let msg = e.to_string();
     // serde_yaml_ng: "spec.blockSize: invalid type: string \"x\", expected u8 at line 3 column 14"
@@ -549,7 +557,7 @@ fn yaml_error(e: &serde_yaml_ng::Error, first_line: usize) -> Invalid {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "yaml"))]
 mod tests {
     use super::*;
 

@@ -14,6 +14,12 @@ fn main() {
     if let Ok(index) = std::env::var(reaper::ENV) {
         std::process::exit(reaper::run(&index));
     }
+    // Run by hand with no command: say what this is, as the reference plugins do (on
+    // stderr, exit 0; an empty CNI_COMMAND counts as none, as there).
+    if std::env::var_os("CNI_COMMAND").is_none_or(|c| c.is_empty()) {
+        eprint!("{}", about());
+        return;
+    }
     let env = CniEnv::from_vars(|k| std::env::var(k).ok());
     let mut stdin = Vec::new();
     let read = match &env {
@@ -43,4 +49,14 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// What the reference plugins print when run with no CNI_COMMAND (libcni's `PluginMain`
+/// with `BuildString`): the plugin's name and version, and the CNI versions it speaks.
+fn about() -> String {
+    format!(
+        "CNI twill-cni plugin v{}\nCNI protocol versions supported: {}\n",
+        env!("CARGO_PKG_VERSION"),
+        twill_api::cni::SUPPORTED_VERSIONS.join(", ")
+    )
 }

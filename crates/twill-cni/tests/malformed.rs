@@ -339,10 +339,10 @@ fn cases() -> Vec<Case> {
             &["prevResult"],
         ),
         // The environment.
-        with(
-            None,
-            add_env("CNI_COMMAND missing", &[], 4, &["CNI_COMMAND"]),
-        ),
+        // No command: the plugin says what it is on stderr (tests/about.rs) and exits 0,
+        // printing nothing on stdout and touching nothing, as the reference plugins do.
+        with(None, add_env("CNI_COMMAND missing", &[], 0, &[])),
+        with(Some(""), add_env("CNI_COMMAND empty", &[], 0, &[])),
         with(
             Some("FROB"),
             add_env("CNI_COMMAND unknown", &[], 4, &["CNI_COMMAND", "FROB"]),
