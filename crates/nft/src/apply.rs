@@ -11,13 +11,32 @@ use crate::Error;
 /// Runs `nft -f -` with `script` on stdin: every command in it commits together or none
 /// does. The error carries nft's stderr (which quotes the failing line).
 pub fn apply_script(script: &str) -> Result<(), Error> {
-    run_nft("nft", &["-f", "-"], script)
+    run_nft(&nft_program()?, &["-f", "-"], script)
 }
 
 /// `nft --check -f -`: the kernel validates the whole transaction (set elements included)
 /// and nothing is committed.
 pub fn check_script(script: &str) -> Result<(), Error> {
-    run_nft("nft", &["--check", "-f", "-"], script)
+    run_nft(&nft_program()?, &["--check", "-f", "-"], script)
+}
+
+/// Where PATH searched when it is unset (the usual root PATH).
+const DEFAULT_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The `nft` this process would run: the first on PATH (or on the usual root PATH if
+/// PATH is unset). The one definition, so that a readiness check (CNI STATUS) and the
+/// commands that run nft agree.
+pub fn find_nft() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
+    std::env::split_paths(&path)
+        .map(|d| d.join("nft"))
+        .find(|p| p.is_file())
+}
+
+fn nft_program() -> Result<String, Error> {
+    find_nft()
+        .map(|p| p.to_string_lossy().into_owned())
+        .ok_or(Error::NftMissing)
 }
 
 /// Runs `program args` with `script` on stdin; a test can name a program that does not exist.

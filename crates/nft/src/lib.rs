@@ -16,7 +16,7 @@ use std::net::Ipv4Addr;
 
 use twill_netlink::{Netns, Socket};
 
-pub use apply::{apply_script, check_script};
+pub use apply::{apply_script, check_script, find_nft};
 pub use ruleset::{base_script, network_script, NetworkRules, PortMapping, Protocol};
 
 /// Every failure of this crate.

@@ -528,21 +528,13 @@ fn status(conf: &NetConf) -> Result<(), CniError> {
             conf.name
         )));
     }
-    if which_nft().is_none() {
+    // The nft an ADD would run: only searching the same PATH tells the truth.
+    if twill_nft::find_nft().is_none() {
         return Err(unavailable(
-            "the nft binary is missing: install the nftables package".into(),
+            "the nft binary is not on PATH: install the nftables package (or give the runtime a PATH that holds nft)".into(),
         ));
     }
     Ok(())
-}
-
-fn which_nft() -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .chain(["/usr/sbin".into(), "/sbin".into()])
-        .map(|d| d.join("nft"))
-        .find(|p| p.is_file())
 }
 
 /// GC (spec 1.1.0): "The plugin should remove any resources (e.g. IPAM reservations) for
