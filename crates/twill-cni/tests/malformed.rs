@@ -129,6 +129,27 @@ fn cases() -> Vec<Case> {
             7,
             &["\"name\""],
         ),
+        // '~' marks a shortened network key in Twill's nft markers (twill_nft::ruleset::
+        // network_key): a real name never holds one.
+        add(
+            "name with a tilde",
+            |c| c["name"] = json!("twl~0123abcd"),
+            7,
+            &["\"name\""],
+        ),
+        add(
+            "name longer than 200 bytes",
+            |c| c["name"] = json!("n".repeat(201)),
+            7,
+            &["\"name\""],
+        ),
+        // A data dir that cannot be made (under a regular file): an I/O error, nothing made.
+        add(
+            "ipam.dataDir under a regular file",
+            |c| c["ipam"]["dataDir"] = json!("/proc/version/ipam"),
+            5,
+            &["/proc/version/ipam"],
+        ),
         add("ipam missing", |c| remove(c, "ipam"), 7, &["\"ipam\""]),
         add(
             "ipam a string",
