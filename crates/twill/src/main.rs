@@ -13,7 +13,6 @@ mod table;
 mod view;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use twill_store::StoreError;
 
 #[derive(Parser)]
 #[command(
@@ -50,9 +49,10 @@ fn main() {
         .unwrap_or_else(|e| suggest::with_tip(e, &Cli::command(), &argv).exit());
     let result = match cli.command {
         Command::Lab(args) => lab::run(args, &cli.store),
-        // Only apply may make a new store; the rest work on one that exists.
-        Command::Apply(a) => with_store(&cli.store, true, |store| resources::run_apply(a, store)),
-        command => with_store(&cli.store, false, |store| match command {
+        // Only apply may make a new store, and only once the file is found good; the rest
+        // work on one that exists.
+        Command::Apply(a) => resources::run_apply(a, &cli.store),
+        command => with_store(&cli.store, |store| match command {
             Command::Get(a) => resources::run_get(a, store),
             Command::Delete(a) => resources::run_delete(a, store),
             Command::Node(a) => node_cmd::run(a, store),
@@ -69,21 +69,13 @@ fn main() {
     }
 }
 
-/// Opens the store the flags name (creating an embedded one only if `create`) and runs
-/// `f`; a store failure comes back explained.
+/// Opens the store the flags name, never creating one, and runs `f`; a store failure comes
+/// back explained.
 fn with_store(
     args: &store_args::StoreArgs,
-    create: bool,
     f: impl FnOnce(&dyn twill_store::Store) -> anyhow::Result<i32>,
 ) -> anyhow::Result<i32> {
     let cfg = args.config()?;
-    let store = if create {
-        store_args::open(&cfg)?
-    } else {
-        store_args::open_existing(&cfg)?
-    };
-    f(store.as_ref()).map_err(|e| match e.downcast::<StoreError>() {
-        Ok(se) => store_args::explain(se, &cfg),
-        Err(e) => e,
-    })
+    let store = store_args::open_existing(&cfg)?;
+    f(store.as_ref()).map_err(|e| store_args::explain_any(e, &cfg))
 }

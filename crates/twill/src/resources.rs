@@ -3,17 +3,18 @@
 //! [`check_delete_config`]) are pure, over a [`ClusterView`]; the `run_*` functions do the
 //! store I/O.
 
+use crate::store_args::{self, StoreArgs};
 use crate::table;
 use crate::view::{block_capacity, BlockEntry, ClusterView};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 use std::io::Read as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use twill_api::resources::{
     parse_resources, NetworkConfig, Resource, KEY_CONFIG, PREFIX_NODECONFIGS,
 };
-use twill_store::{Store, PREFIX};
+use twill_store::{Store, StoreError, PREFIX};
 
 /// The `apiVersion` printed on resources; `twill apply` accepts any.
 pub const API_VERSION: &str = "twill/v1";
@@ -484,28 +485,75 @@ pub fn plan_apply(view: &ClusterView, resources: &[Resource]) -> Result<Vec<Acti
         .collect()
 }
 
-pub fn run_apply(args: ApplyArgs, store: &dyn Store) -> anyhow::Result<i32> {
-    let shown = args.file.display().to_string();
-    let text = if shown == "-" {
-        let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .context("reading the resources from stdin")?;
-        s
-    } else {
-        std::fs::read_to_string(&args.file).with_context(|| format!("reading {shown}"))?
+/// `twill apply -f FILE`: the whole file is read, parsed and validated before any store is
+/// opened, and checked against the store before anything is written, so a rejected file
+/// leaves nothing behind. A new embedded store is made only when there is something to
+/// write to it.
+pub fn run_apply(args: ApplyArgs, flags: &StoreArgs) -> anyhow::Result<i32> {
+    let (name, resources) = read_resources(&args.file)?;
+    let cfg = flags.config()?;
+    let existing = match twill_store::open_existing(&cfg) {
+        Ok(store) => Some(store),
+        // Only an embedded store can be missing; it is made below if the file needs it.
+        Err(StoreError::Missing { .. }) => None,
+        Err(e) => return Err(store_args::explain(e, &cfg)),
     };
-    let name = if shown == "-" { "<stdin>" } else { &shown };
-    // Every document is checked before anything is written.
-    let resources =
-        parse_resources(&text).map_err(|e| anyhow::anyhow!("{name}: {e}; nothing was applied"))?;
-    let view = ClusterView::load(store)?;
+    let view = match &existing {
+        Some(store) => {
+            ClusterView::load(store.as_ref()).map_err(|e| store_args::explain(e, &cfg))?
+        }
+        None => ClusterView::default(),
+    };
     let actions = match plan_apply(&view, &resources) {
         Ok(a) => a,
         Err(why) => bail!("{name}: {why}; nothing was applied"),
     };
+    let store = match existing {
+        Some(store) => store,
+        None if actions.contains(&Action::Write) => store_args::open(&cfg)?,
+        None => {
+            // Nothing to write: no store is made for it.
+            for r in &resources {
+                println!("{} unchanged", describe(r));
+            }
+            return Ok(0);
+        }
+    };
+    write_planned(store.as_ref(), &view, &name, &resources, &actions)
+        .map_err(|e| store_args::explain_any(e, &cfg))?;
+    Ok(0)
+}
+
+/// The file's resources, every document parsed and validated; `name` is how errors name
+/// the file. Touches no store.
+fn read_resources(file: &Path) -> anyhow::Result<(String, Vec<Resource>)> {
+    let shown = file.display().to_string();
+    let (name, text) = if shown == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading the resources from stdin; nothing was applied")?;
+        ("<stdin>".to_string(), s)
+    } else {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("reading {shown}; nothing was applied"))?;
+        (shown, text)
+    };
+    let resources =
+        parse_resources(&text).map_err(|e| anyhow::anyhow!("{name}: {e}; nothing was applied"))?;
+    Ok((name, resources))
+}
+
+/// Writes what [`plan_apply`] decided, over the `view` it decided it on.
+fn write_planned(
+    store: &dyn Store,
+    view: &ClusterView,
+    name: &str,
+    resources: &[Resource],
+    actions: &[Action],
+) -> anyhow::Result<()> {
     for (r, action) in resources.iter().zip(actions) {
-        if action == Action::Unchanged {
+        if *action == Action::Unchanged {
             println!("{} unchanged", describe(r));
             continue;
         }
@@ -527,7 +575,7 @@ pub fn run_apply(args: ApplyArgs, store: &dyn Store) -> anyhow::Result<i32> {
         }
         println!("{} configured", describe(r));
     }
-    Ok(0)
+    Ok(())
 }
 
 // ---- delete ----

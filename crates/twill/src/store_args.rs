@@ -101,6 +101,14 @@ pub fn open_existing(cfg: &StoreConfig) -> anyhow::Result<Box<dyn Store>> {
     twill_store::open_existing(cfg).map_err(|e| explain(e, cfg))
 }
 
+/// [`explain`] for an error that may be a store's (it passes any other through).
+pub fn explain_any(e: anyhow::Error, cfg: &StoreConfig) -> anyhow::Error {
+    match e.downcast::<StoreError>() {
+        Ok(se) => explain(se, cfg),
+        Err(e) => e,
+    }
+}
+
 /// A store error with the way out: which endpoint or folder, and which flag to change.
 pub fn explain(e: StoreError, cfg: &StoreConfig) -> anyhow::Error {
     if let (StoreError::Missing { .. }, StoreConfig::Embedded { dir }) = (&e, cfg) {

@@ -713,6 +713,113 @@ fn commands_that_read_never_create_a_store_and_say_it_is_missing() {
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
 }
 
+/// What is in `dir`: `None` when it does not exist, else its entries' names.
+fn entries(dir: &std::path::Path) -> Option<Vec<String>> {
+    let rd = std::fs::read_dir(dir).ok()?;
+    let mut names: Vec<String> = rd
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    Some(names)
+}
+
+#[test]
+fn a_rejected_file_leaves_no_store_behind_and_a_good_one_makes_it() {
+    let tmp = TempDir::new("applynew");
+    let dir = tmp.path.join("store");
+    let d = dir.to_str().unwrap();
+    let file = tmp.path.join("bad.yaml");
+    let f = file.to_str().unwrap();
+    let rejected: &[(&str, &str, &str)] = &[
+        ("not YAML", "kind: [NetworkConfig\n", "bad.yaml"),
+        (
+            "invalid spec",
+            "kind: NetworkConfig\nspec:\n  clusterCIDR: 10.244.0.0/33\n",
+            "clusterCIDR",
+        ),
+        (
+            "a good document, then a bad one",
+            "kind: NetworkConfig\nspec:\n  clusterCIDR: 10.244.0.0/16\n---\nkind: Pod\nspec: {}\n",
+            "line 5",
+        ),
+        (
+            "a block no node holds",
+            "kind: Block\nspec:\n  cidr: 10.244.1.0/24\n  node: n1\n",
+            "no node holds it",
+        ),
+        ("no document at all", "---\n", "no resource in the file"),
+    ];
+    for empty_folder in [false, true] {
+        if empty_folder {
+            std::fs::create_dir(&dir).unwrap();
+        }
+        let before = entries(&dir);
+        for (what, text, expect) in rejected {
+            std::fs::write(&file, text).unwrap();
+            let r = twill_clean(&["--store", "embedded", "--store-dir", d, "apply", "-f", f]);
+            assert_eq!(r.code, 1, "{what}: {}{}", r.stdout, r.stderr);
+            assert!(
+                r.stderr.contains(expect) && r.stderr.contains("nothing was applied"),
+                "{what}: {}",
+                r.stderr
+            );
+            assert_eq!(entries(&dir), before, "{what}: left something in {d}");
+        }
+        // A file that is not there, read from a path or from stdin.
+        let r = twill_clean(&["--store-dir", d, "apply", "-f", "/nonexistent/twl.yaml"]);
+        assert_eq!(r.code, 1, "{}", r.stderr);
+        assert!(r.stderr.contains("/nonexistent/twl.yaml"), "{}", r.stderr);
+        assert_eq!(
+            entries(&dir),
+            before,
+            "a missing file left something in {d}"
+        );
+        // A node override with nothing in it needs no write, hence no store.
+        std::fs::write(&file, "kind: Node\nmetadata: {name: n1}\nspec: {}\n").unwrap();
+        let r = twill_clean(&["--store-dir", d, "apply", "-f", f]);
+        assert_eq!(
+            (r.code, r.stdout.as_str()),
+            (0, "node/n1 unchanged\n"),
+            "{}",
+            r.stderr
+        );
+        assert_eq!(
+            entries(&dir),
+            before,
+            "an unchanged node made a store in {d}"
+        );
+    }
+    // A good file makes the store and is in it.
+    std::fs::write(
+        &file,
+        "kind: NetworkConfig\nspec:\n  clusterCIDR: 10.244.0.0/16\n",
+    )
+    .unwrap();
+    let r = twill_clean(&["--store-dir", d, "apply", "-f", f]);
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "networkconfig configured\n"),
+        "{}",
+        r.stderr
+    );
+    let r = twill_clean(&["--store-dir", d, "get", "config", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["spec"]["clusterCIDR"], "10.244.0.0/16");
+    // On the existing store a rejected file still writes nothing.
+    let store = EmbeddedStore::open_existing(&dir).unwrap();
+    let (kvs, rev) = store.list(PREFIX).unwrap();
+    std::fs::write(
+        &file,
+        "kind: NetworkConfig\nspec:\n  clusterCIDR: 10.244.0.0/16\n  mtu: 1400\n---\nkind: Pod\n",
+    )
+    .unwrap();
+    let r = twill_clean(&["--store-dir", d, "apply", "-f", f]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let (kvs2, rev2) = store.list(PREFIX).unwrap();
+    assert_eq!((kvs, rev), (kvs2, rev2));
+}
+
 #[test]
 fn a_mistyped_subcommand_value_or_flag_gets_a_suggestion() {
     let cases: &[(&[&str], &str)] = &[
