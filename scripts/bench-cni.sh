@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The CNI benchmark: twill-cni vs the reference bridge + host-local (+ portmap with
-# --mappings), side by side and interleaved in one run. Run as root. Options are passed on:
+# The CNI benchmark: twill-cni in both pod wirings (l3, bridge) vs the reference bridge +
+# host-local (+ portmap with --mappings), side by side and interleaved in one run, each in
+# a node namespace of its own. Run as root. Options are passed on:
 #   scripts/bench-cni.sh [--pairs 200] [--concurrent 30] [--fill 1000] [--mappings] [--no-masq] [-o json]
 # After a killed run: target/release/twill-bench cni --cleanup
 set -euo pipefail

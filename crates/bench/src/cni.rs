@@ -111,7 +111,8 @@ pub fn run(opts: &Options) -> Result<Figures> {
     if pool > usize::from(u16::MAX - HOST_PORT_BASE) {
         bail!("{pool} pods need more host ports than there are; use smaller sizes");
     }
-    let kinds = [Kind::Twill, Kind::Reference];
+    let kinds = Kind::ALL;
+    let n = kinds.len();
     let node_name = |k: Kind| format!("{PREFIX}{pid}-{}", k.label());
     let pod_name = |k: Kind, i: usize| format!("{PREFIX}{pid}-{}-{i}", k.label());
     let mut names: Vec<String> = kinds.iter().map(|k| node_name(*k)).collect();
@@ -121,10 +122,24 @@ pub fn run(opts: &Options) -> Result<Figures> {
     // Recorded before creating, so a half-made pool is removed too.
     guard.namespaces = names.clone();
     progress(&format!(
-        "creating 2 node and {} pod namespaces (not timed)",
-        2 * pool
+        "creating {n} node and {} pod namespaces (not timed)",
+        n * pool
     ));
     netns::create(&names)?;
+    for k in kinds {
+        // Every node alike: an uplink and a default route, as a real node has (an l3
+        // pod's gateway 169.254.1.1 is answered by proxy ARP only if the node routes it).
+        netns::batch_in(
+            &node_name(k),
+            &[
+                "link add twlbup0 type veth peer name twlbup1".into(),
+                "link set twlbup1 up".into(),
+                "link set twlbup0 up".into(),
+                "addr add 192.0.2.11/24 dev twlbup0".into(),
+                "route add default via 192.0.2.1 dev twlbup0".into(),
+            ],
+        )?;
+    }
     check_interrupted()?;
 
     let setup = Setup {
@@ -157,14 +172,14 @@ pub fn run(opts: &Options) -> Result<Figures> {
         })
         .collect();
 
-    let mut figures = [PluginFigures::default(), PluginFigures::default()];
+    let mut figures: [PluginFigures; 3] = Default::default();
 
     progress(&format!(
         "1/3: {} sequential ADD/DEL pairs per plugin",
         c.pairs
     ));
     let (adds, dels) = sequential(&subjects, &pods, c.pairs)?;
-    for s in 0..2 {
+    for s in 0..n {
         figures[s].seq_add = summarize(&adds[s]);
         figures[s].seq_del = summarize(&dels[s]);
     }
@@ -173,7 +188,7 @@ pub fn run(opts: &Options) -> Result<Figures> {
         "2/3: {} concurrent ADDs, then DELs, per plugin",
         c.concurrent
     ));
-    for s in 0..2 {
+    for s in 0..n {
         check_interrupted()?;
         let (add, add_wall, attached) = concurrent_add(&subjects[s], &pods[s][..c.concurrent])?;
         let (del, del_wall) = concurrent_del(&subjects[s], &attached)?;
@@ -189,7 +204,7 @@ pub fn run(opts: &Options) -> Result<Figures> {
         c.fill
     ));
     let (adds, dels) = fill(&subjects, &pods, c.fill)?;
-    for s in 0..2 {
+    for s in 0..n {
         figures[s].fill_add = summarize(&adds[s]);
         figures[s].fill_buckets = buckets(&adds[s], BUCKET);
         figures[s].fill_del = summarize(&dels[s]);
@@ -197,25 +212,22 @@ pub fn run(opts: &Options) -> Result<Figures> {
 
     drop(subjects);
     drop(guard);
-    let [twill, reference] = figures;
+    let [l3, bridge, reference] = figures;
     Ok(Figures {
         config: c,
-        twill,
+        l3,
+        bridge,
         reference,
     })
 }
 
-/// Which plugin goes first in round `i`: alternating, so neither always runs on a warmer
-/// (or colder) machine.
-fn order(i: usize) -> [usize; 2] {
-    if i & 1 == 0 {
-        [0, 1]
-    } else {
-        [1, 0]
-    }
+/// The order the plugins run in round `i`: rotated, so none always runs first (on a warmer
+/// or colder machine) or always after the same one.
+fn order(i: usize) -> [usize; 3] {
+    [i % 3, (i + 1) % 3, (i + 2) % 3]
 }
 
-type PerPlugin = [Vec<Duration>; 2];
+type PerPlugin = [Vec<Duration>; 3];
 
 fn sequential(
     subjects: &[Subject],
@@ -298,7 +310,7 @@ fn concurrent_del(subject: &Subject, attached: &[Attachment]) -> Result<(Vec<Dur
 fn fill(subjects: &[Subject], pods: &[Vec<Pod>], count: usize) -> Result<(PerPlugin, PerPlugin)> {
     let mut adds: PerPlugin = Default::default();
     let mut dels: PerPlugin = Default::default();
-    let mut attached: [Vec<Attachment>; 2] = Default::default();
+    let mut attached: [Vec<Attachment>; 3] = Default::default();
     for i in 0..count {
         for s in order(i) {
             check_interrupted()?;

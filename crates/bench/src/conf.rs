@@ -4,8 +4,10 @@
 
 use serde_json::{json, Value};
 use std::path::PathBuf;
+use twill_api::wiring::PodWiring;
 
-/// Twill's subnet: a /21 holds 2046 pods, room for a 1000-pod fill.
+/// Twill's subnet: a /21 holds 2046 pods, room for a 1000-pod fill. Each plugin has a node
+/// namespace of its own, so both wirings use it.
 pub const TWILL_SUBNET: &str = "10.244.0.0/21";
 /// The reference's subnet, disjoint from Twill's.
 pub const REF_SUBNET: &str = "10.244.8.0/21";
@@ -20,6 +22,7 @@ pub struct Setup {
     pub ip_masq: bool,
     /// One tcp host port per pod: runtimeConfig for Twill, the portmap plugin for the reference.
     pub mappings: bool,
+    /// Twill's IPAM folders live under it, one per wiring.
     pub twill_data_dir: PathBuf,
     pub ref_data_dir: PathBuf,
 }
@@ -30,15 +33,16 @@ fn port_mappings(host_port: u16) -> Value {
 
 impl Setup {
     /// Twill's config for ADD (`prev` None) or DEL (`prev` = the cached ADD result).
-    pub fn twill(&self, host_port: u16, prev: Option<&Value>) -> Value {
+    pub fn twill(&self, wiring: PodWiring, host_port: u16, prev: Option<&Value>) -> Value {
         let mut conf = json!({
             "cniVersion": "1.1.0",
             "name": "twlbench",
             "type": "twill-cni",
+            "podWiring": wiring.name(),
             "bridge": TWILL_BRIDGE,
             "ipMasq": self.ip_masq,
             "capabilities": {"portMappings": true},
-            "ipam": {"type": "twill", "subnet": TWILL_SUBNET, "dataDir": self.twill_data_dir},
+            "ipam": {"type": "twill", "subnet": TWILL_SUBNET, "dataDir": self.twill_data_dir.join(wiring.name())},
         });
         if self.mappings {
             conf["runtimeConfig"] = json!({"portMappings": port_mappings(host_port)});
@@ -100,12 +104,18 @@ mod tests {
 
     #[test]
     fn twill_gets_mappings_only_when_asked() {
-        let c = setup(false).twill(10001, None);
+        let c = setup(false).twill(PodWiring::L3, 10001, None);
         assert!(c.get("runtimeConfig").is_none());
         assert!(c.get("prevResult").is_none());
-        assert_eq!(c["ipam"]["dataDir"], "/t/a");
+        assert_eq!(c["podWiring"], "l3");
+        assert_eq!(c["ipam"]["dataDir"], "/t/a/l3");
         let prev = json!({"cniVersion": "1.1.0"});
-        let c = setup(true).twill(10001, Some(&prev));
+        let c = setup(true).twill(PodWiring::Bridge, 10001, Some(&prev));
+        assert_eq!(c["podWiring"], "bridge");
+        assert_eq!(
+            c["ipam"]["dataDir"], "/t/a/bridge",
+            "one IPAM folder per wiring"
+        );
         assert_eq!(c["runtimeConfig"]["portMappings"][0]["hostPort"], 10001);
         assert_eq!(c["runtimeConfig"]["portMappings"][0]["protocol"], "tcp");
         assert_eq!(c["prevResult"], prev);
@@ -115,7 +125,7 @@ mod tests {
     fn reference_chain_matches_twill() {
         let s = setup(true);
         let b = s.ref_bridge(None);
-        assert_eq!(b["ipMasq"], s.twill(1, None)["ipMasq"]);
+        assert_eq!(b["ipMasq"], s.twill(PodWiring::L3, 1, None)["ipMasq"]);
         assert_eq!(b["ipam"]["ranges"][0][0]["subnet"], REF_SUBNET);
         assert!(
             b.get("runtimeConfig").is_none(),

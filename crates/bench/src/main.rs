@@ -35,7 +35,7 @@ enum Output {
 
 #[derive(Subcommand)]
 enum Bench {
-    /// twill-cni vs bridge + host-local (+ portmap): sequential, concurrent and fill ADD/DEL latency.
+    /// twill-cni (podWiring l3 and bridge) vs bridge + host-local (+ portmap): sequential, concurrent and fill ADD/DEL latency.
     Cni {
         /// Sequential ADD/DEL pairs per plugin.
         #[arg(long, default_value_t = 200)]

@@ -11,21 +11,49 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use twill_api::wiring::{PodWiring, L3_GATEWAY};
 use twill_netlink::Netns;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    Twill,
+    /// twill-cni with this pod wiring.
+    Twill(PodWiring),
+    /// The reference chain: bridge + host-local (+ portmap).
     Reference,
 }
 
 impl Kind {
+    /// Every plugin the CNI benchmark runs, in report order.
+    pub const ALL: [Kind; 3] = [
+        Kind::Twill(PodWiring::L3),
+        Kind::Twill(PodWiring::Bridge),
+        Kind::Reference,
+    ];
+
+    /// The name in namespaces, tables and JSON: `l3`, `bridge`, `ref`.
     pub fn label(self) -> &'static str {
         match self {
-            Kind::Twill => "twill",
+            Kind::Twill(w) => w.name(),
             Kind::Reference => "ref",
         }
     }
+}
+
+/// Fails unless twill-cni's ADD result shows the wiring it was asked for, so a run never
+/// reports bridge figures as l3 ones.
+fn check_wiring(wiring: PodWiring, result: &Value) -> Result<()> {
+    let l3_gateway = result["ips"][0]["gateway"] == L3_GATEWAY.to_string();
+    let interfaces = result["interfaces"].as_array().map_or(0, Vec::len);
+    let as_asked = match wiring {
+        // Host veth and pod side; the gateway nobody holds.
+        PodWiring::L3 => l3_gateway && interfaces == 2,
+        // Bridge, host veth and pod side; the bridge's address.
+        PodWiring::Bridge => !l3_gateway && interfaces == 3,
+    };
+    if !as_asked {
+        bail!("twill-cni ADD was asked for podWiring {wiring} but answered {result}");
+    }
+    Ok(())
 }
 
 /// A pod sandbox made beforehand: its namespace and the host port it maps.
@@ -68,12 +96,12 @@ impl Subject {
         let container_id = container_id();
         let start = Instant::now();
         let result = match self.kind {
-            Kind::Twill => self.exec(
+            Kind::Twill(wiring) => self.exec(
                 &self.twill_exe,
                 "ADD",
                 pod,
                 &container_id,
-                &self.setup.twill(pod.host_port, None),
+                &self.setup.twill(wiring, pod.host_port, None),
             )?,
             Kind::Reference => {
                 let bridge = self.plugin("bridge");
@@ -96,6 +124,9 @@ impl Subject {
         let took = start.elapsed();
         let result =
             result.with_context(|| format!("{} ADD printed no result", self.kind.label()))?;
+        if let Kind::Twill(wiring) = self.kind {
+            check_wiring(wiring, &result)?;
+        }
         Ok((
             took,
             Attachment {
@@ -112,13 +143,13 @@ impl Subject {
         let prev = Some(&a.result);
         let start = Instant::now();
         match self.kind {
-            Kind::Twill => {
+            Kind::Twill(wiring) => {
                 self.exec(
                     &self.twill_exe,
                     "DEL",
                     &a.pod,
                     &a.container_id,
-                    &self.setup.twill(a.pod.host_port, prev),
+                    &self.setup.twill(wiring, a.pod.host_port, prev),
                 )?;
             }
             Kind::Reference => {

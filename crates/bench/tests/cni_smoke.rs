@@ -70,7 +70,7 @@ fn close(a: f64, b: f64) -> bool {
 
 fn check_figures(j: &Value, mappings: bool) {
     assert_eq!(j["config"]["mappings"], mappings);
-    for plugin in ["twill", "ref"] {
+    for plugin in ["l3", "bridge", "ref"] {
         let p = &j[plugin];
         for (path, n) in [
             ("sequential/add", 5),
@@ -94,7 +94,7 @@ fn check_figures(j: &Value, mappings: bool) {
         }
         assert_eq!(p["fill"]["buckets"][0]["to"], 20, "{plugin}: {}", p["fill"]);
     }
-    // Each ratio is twill's figure over the reference's, from the same run.
+    // Each ratio is a wiring's figure over the reference's, from the same run.
     let fig = |plugin: &str, path: &[&str]| {
         path.iter()
             .fold(&j[plugin], |v, k| &v[*k])
@@ -109,28 +109,51 @@ fn check_figures(j: &Value, mappings: bool) {
         ("fillAddP50", &["fill", "add", "p50"]),
         ("fillAddP99", &["fill", "add", "p99"]),
     ];
-    for (name, path) in ratios {
-        let r = j["ratio"][name].as_f64().unwrap();
-        let want = fig("twill", path) / fig("ref", path);
-        assert!(close(r, want), "ratio {name} is {r}, twill/ref is {want}");
+    for wiring in ["l3", "bridge"] {
+        for (name, path) in ratios {
+            let r = j["ratio"][wiring][name].as_f64().unwrap();
+            let want = fig(wiring, path) / fig("ref", path);
+            assert!(
+                close(r, want),
+                "ratio {wiring} {name} is {r}, {wiring}/ref is {want}"
+            );
+        }
     }
-    // Each goal is judged on its value against its limit.
+    // Each goal is judged on its value against its limit; four per wiring, l3's first.
     let goals = j["goals"].as_array().unwrap();
-    assert_eq!(goals.len(), 4);
+    assert_eq!(goals.len(), 8);
     for g in goals {
         let (value, limit) = (g["value"].as_f64().unwrap(), g["limit"].as_f64().unwrap());
         assert!(value > 0.0, "{g}");
         assert_eq!(g["met"], value <= limit, "{g}");
     }
-    for (i, name) in ["sequentialAddP50", "sequentialDelP50"].iter().enumerate() {
-        assert!(
-            close(
-                goals[i]["value"].as_f64().unwrap(),
-                j["ratio"][*name].as_f64().unwrap()
-            ),
-            "goal {i} is not ratio {name}: {}",
-            goals[i]
-        );
+    for (w, wiring) in ["l3", "bridge"].iter().enumerate() {
+        let limits = if *wiring == "l3" {
+            [0.25, 0.1]
+        } else {
+            [0.3, 0.2]
+        };
+        for (i, name) in ["sequentialAddP50", "sequentialDelP50"].iter().enumerate() {
+            let g = &goals[4 * w + i];
+            assert!(
+                g["goal"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("{wiring}: ")),
+                "{g}"
+            );
+            assert!(
+                close(
+                    g["value"].as_f64().unwrap(),
+                    j["ratio"][*wiring][*name].as_f64().unwrap()
+                ),
+                "goal {g} is not ratio {wiring} {name}"
+            );
+            assert_eq!(g["limit"], limits[i], "{g}");
+        }
+        let tail = &goals[4 * w + 2];
+        let want = fig(wiring, &["fill", "add", "p99"]) / fig(wiring, &["fill", "add", "p50"]);
+        assert!(close(tail["value"].as_f64().unwrap(), want), "{tail}");
     }
 }
 
@@ -156,7 +179,7 @@ fn smoke_runs_leave_nothing_behind() {
         twlbench_netns_and_dirs()
     );
     // The plugins ran in the bench's node namespaces, never in the root one.
-    for bridge in ["twl0", "twlref0"] {
+    for bridge in ["twl0", "twlref0", "twlbup0"] {
         let (exists, _, _) = try_sh(&["ip", "link", "show", "dev", bridge]);
         assert!(!exists, "bridge {bridge} appeared in the root namespace");
     }
