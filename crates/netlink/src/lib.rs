@@ -20,7 +20,7 @@ pub mod vxlan;
 
 pub use error::Error;
 pub use neigh::{FdbEntry, Neighbour};
-pub use netns::{run_in, Netns};
+pub use netns::{run_here_in, run_in, Netns};
 pub use route::{Handle, Link, Route, RouteType, VethPair, ROUTE_PROTOCOL};
 pub use socket::Socket;
 pub use sysctl::{ensure_sysctl, get_sysctl, set_sysctl};

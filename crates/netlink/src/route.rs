@@ -200,6 +200,14 @@ impl Handle {
         })
     }
 
+    /// A handle on namespace `ns` whose socket the calling thread makes itself, entering
+    /// `ns` and coming back ([`crate::netns::run_here_in`]): cheaper than [`Handle::new_in`].
+    pub fn new_here_in(ns: &Netns) -> Result<Handle, Error> {
+        Ok(Handle {
+            socket: Socket::new_here_in(libc::NETLINK_ROUTE, ns)?,
+        })
+    }
+
     /// The underlying socket, for requests this type does not cover (neighbours, FDB).
     pub fn socket(&mut self) -> &mut Socket {
         &mut self.socket

@@ -102,6 +102,12 @@ impl Socket {
         run_in(ns, || Socket::new(protocol))?
     }
 
+    /// A socket in namespace `ns`, created by the calling thread itself, which enters `ns`
+    /// and comes back ([`crate::netns::run_here_in`]): no helper thread to wait for.
+    pub fn new_here_in(protocol: i32, ns: &Netns) -> Result<Socket, Error> {
+        crate::netns::run_here_in(ns, || Socket::new(protocol))?
+    }
+
     /// The netlink protocol this socket speaks.
     pub fn protocol(&self) -> i32 {
         self.protocol

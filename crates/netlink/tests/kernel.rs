@@ -532,3 +532,34 @@ fn blackhole_routes_drop_add_read_back_and_delete_exactly() {
     assert!(h.delete_route_exact(&bh).unwrap_err().is_not_found());
     assert!(h.route_to(Ipv4Addr::new(10, 244, 7, 9)).unwrap().is_some());
 }
+
+#[test]
+fn run_here_in_enters_and_returns_on_the_calling_thread() {
+    twill_testkit::require_root("run_here_in_enters_and_returns_on_the_calling_thread");
+    let ns = TestNetns::new("rh");
+    let netns = Netns::open(ns.path()).unwrap();
+    let inode = || std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino();
+    let (home, target) = (inode(), std::fs::metadata(ns.path()).unwrap().ino());
+    assert_ne!(home, target);
+    let (inside, tid) =
+        twill_netlink::run_here_in(&netns, || (inode(), unsafe { libc::gettid() })).unwrap();
+    assert_eq!(inside, target, "f ran in the namespace");
+    assert_eq!(tid, unsafe { libc::gettid() }, "on the calling thread");
+    assert_eq!(inode(), home, "and the thread came back");
+    // Back after a panic too.
+    let panicked = std::panic::catch_unwind(|| {
+        twill_netlink::run_here_in(&netns, || panic!("inside")).unwrap();
+    });
+    assert!(panicked.is_err());
+    assert_eq!(inode(), home);
+    // A handle made so talks to that namespace's kernel.
+    let mut h = Handle::new_here_in(&netns).unwrap();
+    h.create_veth("twlrh0", "twlrh1", &netns, 1500, None)
+        .unwrap();
+    assert!(ip_link(&ns, "twlrh0").is_some());
+    assert!(Handle::new()
+        .unwrap()
+        .link_by_name("twlrh0")
+        .unwrap()
+        .is_none());
+}

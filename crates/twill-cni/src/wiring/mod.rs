@@ -9,7 +9,10 @@
 //!
 //! Both share the veth pair (born with one end in each namespace), the pod side's address
 //! and routes, and teardown: deleting the host veth takes the pod end, the node's /32 route
-//! and the veth's sysctls with it. All over netlink and /proc/sys: no subprocess.
+//! and the veth's sysctls with it. All over netlink and /proc/sys: no subprocess, and no
+//! helper thread either: twill-cni is single-threaded, so its own thread enters the pod's
+//! namespace to open the pod's socket (a thread that must wait to be scheduled costs
+//! milliseconds on a busy node).
 
 pub mod bridge;
 pub mod l3;
@@ -237,8 +240,8 @@ pub(crate) fn configure_pod(
     prefix_len: u8,
     link_routes: &[Ipv4Addr],
 ) -> Result<Link, CniError> {
-    let mut pod =
-        Handle::new_in(pod_ns).map_err(|e| kernel("opening netlink in the pod's namespace", e))?;
+    let mut pod = Handle::new_here_in(pod_ns)
+        .map_err(|e| kernel("opening netlink in the pod's namespace", e))?;
     let pod_link = pod
         .link_by_name(plan.ifname)
         .map_err(|e| kernel("reading the pod interface", e))?
@@ -317,8 +320,8 @@ pub(crate) fn verify_pod(
     link_routes: &[Ipv4Addr],
 ) -> Result<(), CniError> {
     let ifname = want.ifname;
-    let mut pod =
-        Handle::new_in(pod_ns).map_err(|e| kernel("opening netlink in the pod's namespace", e))?;
+    let mut pod = Handle::new_here_in(pod_ns)
+        .map_err(|e| kernel("opening netlink in the pod's namespace", e))?;
     let link = pod
         .link_by_name(ifname)
         .map_err(|e| kernel("reading the pod interface", e))?

@@ -346,8 +346,10 @@ pub fn pod_ip(result: &Value) -> String {
         .to_string()
 }
 
+/// One echo reply from `to` within 2 s (ping sends again after 1 s if the first request
+/// is lost, e.g. while a loaded machine's kernel is still bringing a new port up).
 pub fn ping(from: &TestNetns, to: &str) -> bool {
-    from.try_exec(&["ping", "-c1", "-W1", to]).0
+    from.try_exec(&["ping", "-c1", "-w2", to]).0
 }
 
 /// Every link name in a namespace, sorted.
