@@ -14,6 +14,9 @@ use std::fmt::Write;
 use std::net::Ipv4Addr;
 
 use topo::{Link, Namespace, Role, Topology};
+use twill_api::wiring::{L3_GATEWAY, L3_HOST_MAC};
+
+use crate::trace::pcap::Mac;
 
 use crate::plan::LabPlan;
 
@@ -33,6 +36,10 @@ pub struct Extras {
     pub host_ports: Vec<HostPort>,
     /// Segment namespace → its subnet (an underlay bridge has no address to show it).
     pub segment_subnets: HashMap<String, String>,
+    /// Node namespace → the blocks it holds (from the store): in l3 no bridge address
+    /// shows them.
+    pub node_blocks: HashMap<String, Vec<String>>,
+    pub pod_wiring: crate::plan::PodWiring,
 }
 
 impl Extras {
@@ -58,6 +65,8 @@ impl Extras {
                 .iter()
                 .map(|s| (s.netns.clone(), s.subnet.to_string()))
                 .collect(),
+            node_blocks: HashMap::new(),
+            pod_wiring: plan.pod_wiring,
         }
     }
 }
@@ -100,6 +109,11 @@ fn device_label(l: &Link) -> String {
             }
         }
         "veth" if l.master.is_some() => parts.push("veth (port)".into()),
+        // An l3 pod's host end: no bridge, the fixed MAC, proxy ARP for the pod's gateway.
+        "veth" if l.mac == Some(Mac(L3_HOST_MAC)) => parts.push(format!(
+            "l3 veth {}\nproxy ARP for {L3_GATEWAY}",
+            Mac(L3_HOST_MAC)
+        )),
         "veth" => {}
         other => parts.push(other.into()),
     }
@@ -144,14 +158,21 @@ fn ns_label(ns: &Namespace, extras: &Extras) -> String {
         Role::Outside => format!("outside host\n{}", ns.name),
         Role::Store => format!("store host (etcd)\n{}", ns.name),
         Role::Node => {
-            let blocks: Vec<String> = ns
-                .links
-                .iter()
-                .filter(|l| l.kind == "bridge")
-                .flat_map(|l| l.addrs.iter().map(|a| a.trunc().to_string()))
-                .collect();
+            let blocks: Vec<String> = match extras.node_blocks.get(&ns.name) {
+                Some(b) => b.clone(),
+                None => ns
+                    .links
+                    .iter()
+                    .filter(|l| l.kind == "bridge")
+                    .flat_map(|l| l.addrs.iter().map(|a| a.trunc().to_string()))
+                    .collect(),
+            };
+            let wiring = match extras.pod_wiring {
+                crate::plan::PodWiring::L3 => "\npods: l3, a /32 route each, no bridge",
+                crate::plan::PodWiring::Bridge => "",
+            };
             format!(
-                "node {}  IP {}\nblocks {}\n{}",
+                "node {}  IP {}\nblocks {}{wiring}\n{}",
                 ns.member,
                 first("eth0").unwrap_or_else(|| "-".into()),
                 if blocks.is_empty() {
@@ -358,6 +379,7 @@ mod tests {
                 container_port: 8080,
             }],
             segment_subnets: [("twltr-ul".to_string(), "192.0.2.0/24".to_string())].into(),
+            ..Extras::default()
         }
     }
 
@@ -432,6 +454,45 @@ mod tests {
         let p1 = dot.find("cluster_twltr-n1-p1\"").unwrap();
         let n2 = dot.find("cluster_twltr-n2\"").unwrap();
         assert!(n1 < p1 && p1 < n2);
+    }
+
+    #[test]
+    fn l3_pods_hang_off_their_node_with_no_bridge() {
+        // n1 of the sample, rewired l3: no bridge, its pod's host veth with the fixed MAC.
+        let mut t = two_node_vxlan();
+        let n1 = t
+            .namespaces
+            .iter_mut()
+            .find(|n| n.name == "twltr-n1")
+            .unwrap();
+        n1.links.retain(|l| l.kind != "bridge");
+        let veth = n1.links.iter_mut().find(|l| l.name == "twlaaaa").unwrap();
+        veth.master = None;
+        veth.mac = Some(Mac(L3_HOST_MAC));
+        let mut x = extras();
+        x.pod_wiring = crate::plan::PodWiring::L3;
+        x.node_blocks
+            .insert("twltr-n1".into(), vec!["10.244.226.0/24".into()]);
+        let dot = to_dot(&t, &x);
+        assert!(
+            dot.contains("node n1  IP 192.0.2.11\\nblocks 10.244.226.0/24\\npods: l3, a /32 route each, no bridge"),
+            "{dot}"
+        );
+        assert!(
+            dot.contains("twlaaaa\\nl3 veth ee:ee:ee:ee:ee:ee\\nproxy ARP for 169.254.1.1"),
+            "{dot}"
+        );
+        // The pod is still drawn inside its node, joined by its veth pair; n1 has no
+        // bridge port left.
+        let n1_at = dot.find("subgraph \"cluster_twltr-n1\"").unwrap();
+        let pod_at = dot.find("subgraph \"cluster_twltr-n1-p1\"").unwrap();
+        assert!(pod_at > n1_at, "{dot}");
+        assert!(
+            dot.contains("\"twltr-n1/twlaaaa\" -> \"twltr-n1-p1/eth0\"")
+                || dot.contains("\"twltr-n1-p1/eth0\" -> \"twltr-n1/twlaaaa\""),
+            "{dot}"
+        );
+        assert!(!dot.contains("\"twltr-n1/twl0\""), "{dot}");
     }
 
     #[test]

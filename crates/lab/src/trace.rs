@@ -38,8 +38,12 @@ pub struct TraceRequest {
     pub port: Option<u16>,
 }
 
-/// `ip -j -n NS route get` as the walker's oracle.
-struct IpRouter;
+/// `ip -j -n NS route get` as the walker's oracle; `ip -j -n NS route show` (read once
+/// per namespace) for the entry each hop took.
+#[derive(Default)]
+struct IpRouter {
+    tables: HashMap<String, Vec<crate::routes::RouteEntry>>,
+}
 
 impl Router for IpRouter {
     fn route_get(
@@ -60,6 +64,15 @@ impl Router for IpRouter {
         }
         let text = build::ip(&args).map_err(|e| e.to_string())?;
         path::parse_route_get(&text)
+    }
+
+    fn route_entry(&mut self, netns: &str, dst: Ipv4Addr) -> Option<crate::routes::RouteEntry> {
+        let table = self.tables.entry(netns.to_string()).or_insert_with(|| {
+            build::ip(&["-j", "-n", netns, "route", "show"])
+                .map(|t| crate::routes::parse_routes(&t))
+                .unwrap_or_default()
+        });
+        crate::routes::lookup(table, dst).cloned()
     }
 }
 
@@ -141,7 +154,8 @@ fn start_capture(
             "--immediate-mode",
         ])
         .args(["-s", "512"])
-        .args(["-w", "-", "ip"])
+        // ARP too: an l3 pod's gateway is answered by proxy ARP, which the report shows.
+        .args(["-w", "-", "ip or arp"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -270,12 +284,15 @@ fn send_probe(
 type Frames = HashMap<(String, String), Vec<pcap::Frame>>;
 
 /// Captures on every device of `plan`, sends one probe, returns the frames per device.
+/// `forget`: a neighbour entry of the source to drop first (an l3 pod's gateway), so the
+/// captures see it resolved again.
 fn capture_probe(
     plan: &PathPlan,
     extra: &[(String, String)],
     src_ns: &str,
     proto: TraceProto,
     port: u16,
+    forget: Option<Ipv4Addr>,
     notes: &mut Vec<String>,
 ) -> Result<(bool, Frames), LabError> {
     let mut keys: Vec<(String, String)> = Vec::new();
@@ -310,6 +327,11 @@ fn capture_probe(
             "only {ready} of {} captures started in time",
             caps.len()
         ));
+    }
+    if let Some(gw) = forget {
+        if let Err(e) = build::ip(&["-n", src_ns, "neigh", "flush", "to", &gw.to_string()]) {
+            notes.push(format!("could not forget {gw} in {src_ns} first: {e}"));
+        }
     }
     let answered = send_probe(src_ns, plan.src_ip, plan.dst_ip, proto, port);
     std::thread::sleep(SETTLE);
@@ -391,7 +413,11 @@ pub fn run(state: &LabState, req: &TraceRequest) -> Result<TraceReport, LabError
     let src_ip = (req.src.parse::<Ipv4Addr>().is_ok()
         || topo.ns(&src_ns).is_some_and(|n| n.role == Role::Pod))
     .then_some(src.ip);
-    let mut router = IpRouter;
+    let mut router = IpRouter::default();
+    // An l3 pod resolves its gateway 169.254.1.1 afresh, so the trace shows proxy ARP.
+    let forget = (state.plan.pod_wiring == crate::plan::PodWiring::L3
+        && topo.ns(&src_ns).is_some_and(|n| n.role == Role::Pod))
+    .then_some(twill_api::wiring::L3_GATEWAY);
     let mut plan = path::walk(&topo, &mut router, &src_ns, src_ip, dst.ip);
     let mut notes = Vec::new();
     // A TCP/UDP probe ending at a node may be DNATed on (a host port): watch the node's
@@ -411,7 +437,7 @@ pub fn run(state: &LabState, req: &TraceRequest) -> Result<TraceReport, LabError
         _ => Vec::new(),
     };
     let (mut answered, mut frames) =
-        capture_probe(&plan, &extra, &src_ns, req.proto, port, &mut notes)?;
+        capture_probe(&plan, &extra, &src_ns, req.proto, port, forget, &mut notes)?;
     let mut conntrack = read_conntrack(&topo, &plan);
 
     // A host port: the route ends at the node, but conntrack shows the DNAT; walk on to
@@ -466,13 +492,14 @@ pub fn run(state: &LabState, req: &TraceRequest) -> Result<TraceReport, LabError
                     ..more
                 };
                 (answered, frames) =
-                    capture_probe(&plan, &[], &src_ns, req.proto, port, &mut notes)?;
+                    capture_probe(&plan, &[], &src_ns, req.proto, port, forget, &mut notes)?;
                 conntrack = read_conntrack(&topo, &plan);
             }
         }
     }
 
     let hops = path::attach(&plan.hops, &frames, req.proto);
+    let arp = path::arp_seen(&topo, &plan.hops, &frames);
     let from_ct = conntrack
         .iter()
         .flat_map(|(ns, e)| path::nat_from_conntrack(&topo, ns, e, req.proto, plan.src_ip, dst.ip))
@@ -510,6 +537,7 @@ pub fn run(state: &LabState, req: &TraceRequest) -> Result<TraceReport, LabError
         probe: probe.into(),
         hops,
         nat,
+        arp,
         outcome,
         notes,
     })

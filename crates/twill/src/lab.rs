@@ -872,7 +872,21 @@ fn graph_cmd(name: &str, format: GraphFormat, out: Option<PathBuf>) -> anyhow::R
     use twill_lab::graph;
     let state = build::load(name)?;
     let topo = graph::live::read_topology(&state)?;
-    let dot = graph::to_dot(&topo, &graph::Extras::from_plan(&state.plan));
+    let mut extras = graph::Extras::from_plan(&state.plan);
+    // The blocks each node holds, from the store (an l3 node has no bridge address to
+    // show them); without the store the graph still draws what the kernel holds.
+    match daemons::read_nodes(&state.plan) {
+        Ok(nodes) => {
+            for n in &state.plan.nodes {
+                if let Some(s) = nodes.get(&n.short) {
+                    let blocks = s.blocks.iter().map(|b| b.to_string()).collect();
+                    extras.node_blocks.insert(n.netns.clone(), blocks);
+                }
+            }
+        }
+        Err(e) => eprintln!("twill: warning: blocks not read from the store: {e}"),
+    }
+    let dot = graph::to_dot(&topo, &extras);
     let bytes = match format {
         GraphFormat::Dot => dot.into_bytes(),
         GraphFormat::Svg => graph::live::render_with_dot(&dot, "svg")?,

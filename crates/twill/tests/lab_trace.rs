@@ -6,7 +6,6 @@ mod common;
 use common::*;
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use serde_json::Value;
 
@@ -147,7 +146,8 @@ fn trace_and_graph_a_two_node_vxlan_lab() {
         assert!(dot.contains(&format!("cluster_{name}-{pod}\"")), "{pod}");
     }
     assert!(dot.contains("VXLAN vni 1"));
-    if Command::new("dot").arg("-V").output().is_ok() {
+    twill_testkit::require_program("trace_and_graph_a_two_node_vxlan_lab", "dot", "graphviz");
+    {
         let dir = twill_testkit::TempDir::new("graph");
         let svg: PathBuf = dir.path.join("lab.svg");
         let o = twill(&[
@@ -167,5 +167,115 @@ fn trace_and_graph_a_two_node_vxlan_lab() {
             "{}",
             &head[..80.min(head.len())]
         );
+    }
+}
+
+/// The l3 path, traced on a real two-node lab with pods wired pure L3: the pod's default
+/// via 169.254.1.1, proxy ARP answering for it with the host veth's MAC, the node's /32
+/// route to the other pod's veth, the block's blackhole for an address no pod holds; the
+/// graph draws the pods with no bridge.
+#[test]
+fn trace_and_graph_a_two_node_l3_lab() {
+    twill_testkit::require_root("trace_and_graph_a_two_node_l3_lab");
+    ensure_binaries();
+    let name = format!("twl3{:04x}", std::process::id() & 0xffff);
+    let _guard = LabGuard(name.clone());
+    let up = twill(&[
+        "lab",
+        "up",
+        "--name",
+        &name,
+        "--nodes",
+        "2",
+        "--backend",
+        "vxlan",
+        "--pod-wiring",
+        "l3",
+    ]);
+    assert!(up.status.success(), "up:\n{}", text(&up));
+
+    // Pod to pod on one node: through the host, no bridge.
+    let v = trace(&name, &["n1-p1", "n1-p2"]);
+    let h = hops(&v);
+    assert_eq!(h.len(), 4, "{h:?}");
+    assert_eq!((h[0].as_str(), h[3].as_str()), ("n1-p1/eth0", "n1-p2/eth0"));
+    assert!(
+        h[1].starts_with("n1/twl") && h[2].starts_with("n1/twl"),
+        "{h:?}"
+    );
+    all_seen(&v);
+    let hs = v["hops"].as_array().unwrap();
+    assert_eq!(
+        hs[0]["note"], "route default via 169.254.1.1 dev eth0",
+        "{v:#}"
+    );
+    assert_eq!(hs[0]["l2"]["dst"], "ee:ee:ee:ee:ee:ee", "{v:#}");
+    let p2 = v["dst"]["ip"].as_str().unwrap();
+    let dev = h[2].trim_start_matches("n1/");
+    assert_eq!(
+        hs[2]["note"].as_str().unwrap(),
+        format!("route {p2} dev {dev} proto 84 scope link (l3: the pod's /32 to its host veth)"),
+        "{v:#}"
+    );
+    // The pod asked for its gateway afresh, and proxy ARP answered with the fixed MAC.
+    let arp = v["arp"].as_array().unwrap();
+    let p1 = v["src"]["ip"].as_str().unwrap();
+    assert!(
+        arp.iter()
+            .any(|a| a["member"] == "n1-p1"
+                && a["arp"] == format!("ARP who-has 169.254.1.1 tell {p1}")),
+        "{v:#}"
+    );
+    assert!(
+        arp.iter().any(
+            |a| a["arp"] == "ARP reply 169.254.1.1 is-at ee:ee:ee:ee:ee:ee" && a["proxy"] == true
+        ),
+        "{v:#}"
+    );
+    let o = twill(&["lab", "trace", "--name", &name, "n1-p1", "n1-p2"]);
+    let t = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        t.contains("[proxy ARP: no interface holds it; the host veth answers]"),
+        "{t}"
+    );
+
+    // Across nodes: the far node's /32 route delivers it.
+    let v = trace(&name, &["n1-p1", "n2-p1"]);
+    all_seen(&v);
+    let hs = v["hops"].as_array().unwrap();
+    let last_out = &hs[hs.len() - 2];
+    assert_eq!(last_out["member"], "n2");
+    assert!(
+        last_out["note"]
+            .as_str()
+            .unwrap()
+            .ends_with("(l3: the pod's /32 to its host veth)"),
+        "{v:#}"
+    );
+
+    // An address of n1's block that no pod holds: the blackhole drops it at once.
+    let st = status_json(&name);
+    let block = st["nodes"][0]["blocks"][0].as_str().unwrap().to_string();
+    let net: ipnet::Ipv4Net = block.parse().unwrap();
+    let unused = std::net::Ipv4Addr::from(u32::from(net.network()) + 77).to_string();
+    let v = trace(&name, &["n1-p1", &unused]);
+    assert_eq!(v["answered"], false);
+    let outcome = v["outcome"].as_str().unwrap();
+    assert!(
+        outcome.contains(&format!("n1 drops it: `blackhole {block} proto 84`")),
+        "{v:#}"
+    );
+
+    // Graph: no bridge on the nodes; the pods' host veths are l3 veths.
+    let o = twill(&["lab", "graph", "--name", &name]);
+    assert!(o.status.success(), "{}", text(&o));
+    let dot = String::from_utf8_lossy(&o.stdout);
+    for n in ["n1", "n2"] {
+        assert!(!dot.contains(&format!("\"{name}-{n}/twl0\"")), "{dot}");
+    }
+    assert_eq!(dot.matches("proxy ARP for 169.254.1.1").count(), 4, "{dot}");
+    assert!(dot.contains(&format!("blocks {block}\\npods: l3")), "{dot}");
+    for pod in ["n1-p1", "n1-p2", "n2-p1", "n2-p2"] {
+        assert!(dot.contains(&format!("cluster_{name}-{pod}\"")), "{pod}");
     }
 }

@@ -43,6 +43,8 @@ impl TraceProto {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouteAnswer {
     pub local: bool,
+    /// A blackhole route: the kernel drops the packet here.
+    pub blackhole: bool,
     pub dev: String,
     pub gateway: Option<Ipv4Addr>,
     pub prefsrc: Option<Ipv4Addr>,
@@ -55,6 +57,7 @@ pub fn parse_route_get(text: &str) -> Result<RouteAnswer, String> {
     let ip = |k: &str| r[k].as_str().and_then(|s| s.parse().ok());
     Ok(RouteAnswer {
         local: r["type"] == "local",
+        blackhole: r["type"] == "blackhole",
         dev: r["dev"].as_str().unwrap_or("").to_string(),
         gateway: ip("gateway"),
         prefsrc: ip("prefsrc"),
@@ -70,6 +73,22 @@ pub trait Router {
         from: Option<Ipv4Addr>,
         iif: Option<&str>,
     ) -> Result<RouteAnswer, String>;
+
+    /// The entry of `netns`'s main table that matches `dst` (longest prefix), as `ip route`
+    /// prints it, to show which route a hop took; None when unknown.
+    fn route_entry(&mut self, _netns: &str, _dst: Ipv4Addr) -> Option<crate::routes::RouteEntry> {
+        None
+    }
+}
+
+/// What a hop's note says of the route it took: the entry itself, and for a pure-L3 pod's
+/// /32 (Twill's, scope link, to a veth) what it is.
+pub fn route_note(r: &crate::routes::RouteEntry) -> String {
+    if r.dst.prefix_len() == 32 && r.is_twill() && r.scope.as_deref() == Some("link") {
+        format!("route {r} (l3: the pod's /32 to its host veth)")
+    } else {
+        format!("route {r}")
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -171,10 +190,31 @@ impl<R: Router> Walker<'_, R> {
         encap: bool,
     ) -> Result<String, String> {
         while self.hops.len() < MAX_HOPS {
-            let ans = self.route(&netns, dst, src, iif.as_deref())?;
+            let ans = match self.route(&netns, dst, src, iif.as_deref()) {
+                Ok(a) if !a.blackhole => a,
+                other => {
+                    // A blackhole drops it (`ip route get` answers so, or refuses with iif).
+                    if let Some(r) = self
+                        .router
+                        .route_entry(&netns, dst)
+                        .filter(|r| r.kind == "blackhole")
+                    {
+                        return Err(format!(
+                            "{} drops it: `{r}` (no pod holds {dst}; an l3 node blackholes its blocks)",
+                            self.topo.member(&netns)
+                        ));
+                    }
+                    other?
+                }
+            };
             if ans.local {
                 return Ok(netns);
             }
+            let taken = self
+                .router
+                .route_entry(&netns, dst)
+                .map(|r| route_note(&r))
+                .unwrap_or_default();
             let out = self.link(&netns, &ans.dev)?;
             let nexthop = ans.gateway.unwrap_or(dst);
             if let Some(vx) = out.vxlan.clone() {
@@ -229,7 +269,7 @@ impl<R: Router> Walker<'_, R> {
                 iif = Some(dev);
                 continue;
             }
-            self.push(&netns, &out.name, Dir::Out, encap, "");
+            self.push(&netns, &out.name, Dir::Out, encap, &taken);
             let (ns2, dev2) = self.l2(&netns, out, nexthop, encap)?;
             netns = ns2;
             iif = Some(dev2);
@@ -748,6 +788,49 @@ pub fn merge_nat(mut headers: Vec<NatEvent>, conntrack: Vec<NatEvent>) -> Vec<Na
     headers
 }
 
+/// One ARP frame a device of the path carried.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ArpSeen {
+    pub member: String,
+    pub device: String,
+    /// `ARP who-has ... tell ...` / `ARP reply ... is-at ...`.
+    pub arp: String,
+    /// A reply for an address no interface of the lab holds: proxy ARP answered.
+    pub proxy: bool,
+}
+
+/// The ARP frames the devices of the path carried, in path order, each once. A reply
+/// for an address nothing holds (169.254.1.1 of l3 pods) is marked as proxy ARP. Pure.
+pub fn arp_seen(
+    topo: &Topology,
+    hops: &[PlannedHop],
+    captures: &HashMap<(String, String), Vec<Frame>>,
+) -> Vec<ArpSeen> {
+    let mut out: Vec<ArpSeen> = Vec::new();
+    for h in hops {
+        let key = (h.netns.clone(), h.device.clone());
+        for a in captures
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f.arp.as_ref())
+        {
+            let proxy = a.op == 2 && topo.owner(a.sender_ip).is_none();
+            let seen = ArpSeen {
+                member: h.member.clone(),
+                device: h.device.clone(),
+                arp: a.to_string(),
+                proxy,
+            };
+            // Both ends of a veth carry the same frames: each once, where first seen.
+            if !out.iter().any(|o| o.arp == seen.arp) {
+                out.push(seen);
+            }
+        }
+    }
+    out
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Endpoint {
     pub name: String,
@@ -769,6 +852,9 @@ pub struct TraceReport {
     pub probe: String,
     pub hops: Vec<HopReport>,
     pub nat: Vec<NatEvent>,
+    /// ARP seen on the path's devices while the probe went (an l3 pod's gateway is
+    /// answered by proxy ARP).
+    pub arp: Vec<ArpSeen>,
     /// Where the packet ended, or why the path could not be computed further.
     pub outcome: String,
     pub notes: Vec<String>,
@@ -876,6 +962,14 @@ pub fn render(r: &TraceReport) -> String {
     }
     for n in &r.nat {
         let _ = writeln!(s, "NAT: {n}  [{}]", n.evidence);
+    }
+    for a in &r.arp {
+        let proxy = if a.proxy {
+            "  [proxy ARP: no interface holds it; the host veth answers]"
+        } else {
+            ""
+        };
+        let _ = writeln!(s, "ARP: {} {}: {}{proxy}", a.member, a.device, a.arp);
     }
     let _ = writeln!(s, "{}", r.outcome);
     for n in &r.notes {
@@ -1088,6 +1182,22 @@ mod tests {
     }
 
     #[test]
+    fn a_hop_names_the_route_it_took_and_an_l3_pods_32() {
+        let r = crate::routes::parse_routes(
+            r#"[{"dst":"10.244.226.3","dev":"twlc005f236f371","protocol":"84","scope":"link"},
+                {"dst":"10.244.4.0/24","gateway":"10.244.4.0","dev":"twl.1","protocol":"84","flags":["onlink"]}]"#,
+        );
+        assert_eq!(
+            route_note(&r[0]),
+            "route 10.244.226.3 dev twlc005f236f371 proto 84 scope link (l3: the pod's /32 to its host veth)"
+        );
+        assert_eq!(
+            route_note(&r[1]),
+            "route 10.244.4.0/24 via 10.244.4.0 dev twl.1 proto 84 onlink"
+        );
+    }
+
+    #[test]
     fn captures_attach_to_hops_and_show_outer_and_inner() {
         let t = two_node_vxlan();
         let p = walk(
@@ -1098,15 +1208,51 @@ mod tests {
             "10.244.4.2".parse().unwrap(),
         );
         let mut caps = HashMap::new();
+        // The pod resolves its gateway first: a request, the answer for an address nobody
+        // holds (proxy ARP, as for an l3 pod's 169.254.1.1), and the same again.
+        let pod_mac = [0x0e, 0, 0, 0, 0, 0x0a];
+        let ask = fr::arp(1, pod_mac, [10, 244, 226, 2], [0; 6], [169, 254, 1, 1]);
+        let answer = fr::arp(2, [0xee; 6], [169, 254, 1, 1], pod_mac, [10, 244, 226, 2]);
         caps.insert(
             ("twltr-n1-p1".to_string(), "eth0".to_string()),
-            frames(&[fr::ping_in_pod()]),
+            frames(&[ask.clone(), answer.clone(), ask, fr::ping_in_pod()]),
+        );
+        // An answer from the bridge's own address is plain ARP.
+        let bridge = fr::arp(
+            2,
+            [2, 0, 0, 0, 0, 3],
+            [10, 244, 226, 1],
+            pod_mac,
+            [10, 244, 226, 2],
+        );
+        caps.insert(
+            ("twltr-n1".to_string(), "twlaaaa".to_string()),
+            frames(&[bridge]),
         );
         caps.insert(
             ("twltr-n1".to_string(), "eth0".to_string()),
             frames(&[fr::ping_on_uplink()]),
         );
         let hops = attach(&p.hops, &caps, TraceProto::Icmp);
+        let arp = arp_seen(&t, &p.hops, &caps);
+        assert_eq!(
+            arp.iter()
+                .map(|a| (a.member.as_str(), a.arp.as_str(), a.proxy))
+                .collect::<Vec<_>>(),
+            [
+                ("n1-p1", "ARP who-has 169.254.1.1 tell 10.244.226.2", false),
+                (
+                    "n1-p1",
+                    "ARP reply 169.254.1.1 is-at ee:ee:ee:ee:ee:ee",
+                    true
+                ),
+                (
+                    "n1",
+                    "ARP reply 10.244.226.1 is-at 02:00:00:00:00:03",
+                    false
+                ),
+            ]
+        );
         assert!(hops[0].seen && hops[4].seen && !hops[1].seen);
         let o = hops[4].outer.as_ref().unwrap();
         assert_eq!(
@@ -1142,6 +1288,7 @@ mod tests {
             probe: "answered".into(),
             hops: hops.clone(),
             nat: nat_from_headers(&t, &hops),
+            arp,
             outcome: "delivered to n2-p1".into(),
             notes: vec![],
         };
@@ -1156,6 +1303,10 @@ mod tests {
         );
         assert!(
             text.contains("(not seen)") && text.contains("NAT: none"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ARP: n1-p1 eth0: ARP reply 169.254.1.1 is-at ee:ee:ee:ee:ee:ee  [proxy ARP: no interface holds it; the host veth answers]"),
             "{text}"
         );
         let json = serde_json::to_value(&report).unwrap();

@@ -12,6 +12,7 @@ pub const LINKTYPE_ETHERNET: u32 = 1;
 pub const VXLAN_PORTS: [u16; 2] = [8472, 4789];
 
 const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETHERTYPE_ARP: u16 = 0x0806;
 const ETHERTYPE_VLAN: u16 = 0x8100;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -192,6 +193,45 @@ pub struct Frame {
     pub ethertype: u16,
     pub ip: Option<Ipv4>,
     pub vxlan: Option<Vxlan>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arp: Option<Arp>,
+}
+
+/// An ARP request or reply for IPv4 over Ethernet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Arp {
+    /// 1: request, 2: reply.
+    pub op: u16,
+    pub sender_mac: Mac,
+    pub sender_ip: Ipv4Addr,
+    pub target_mac: Mac,
+    pub target_ip: Ipv4Addr,
+}
+
+impl std::fmt::Display for Arp {
+    /// As tcpdump says it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.op {
+            1 => write!(f, "ARP who-has {} tell {}", self.target_ip, self.sender_ip),
+            2 => write!(f, "ARP reply {} is-at {}", self.sender_ip, self.sender_mac),
+            op => write!(f, "ARP op {op} {} → {}", self.sender_ip, self.target_ip),
+        }
+    }
+}
+
+fn decode_arp(b: &[u8]) -> Option<Arp> {
+    // htype 1 (Ethernet), ptype 0x0800, hlen 6, plen 4.
+    if b.len() < 28 || b[0..2] != [0, 1] || b[2..4] != [8, 0] || b[4] != 6 || b[5] != 4 {
+        return None;
+    }
+    let ip = |at: usize| Ipv4Addr::new(b[at], b[at + 1], b[at + 2], b[at + 3]);
+    Some(Arp {
+        op: u16::from_be_bytes([b[6], b[7]]),
+        sender_mac: Mac(b[8..14].try_into().ok()?),
+        sender_ip: ip(14),
+        target_mac: Mac(b[18..24].try_into().ok()?),
+        target_ip: ip(24),
+    })
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -229,7 +269,11 @@ pub fn decode_frame(b: &[u8]) -> Option<Frame> {
         ethertype,
         ip: None,
         vxlan: None,
+        arp: None,
     };
+    if ethertype == ETHERTYPE_ARP {
+        frame.arp = decode_arp(&b[at..]);
+    }
     if ethertype == ETHERTYPE_IPV4 {
         if let Some((ip, l4_payload)) = decode_ipv4(&b[at..]) {
             if let L4::Udp { dport, .. } = ip.l4 {
@@ -384,6 +428,23 @@ pub(crate) mod samples {
         b
     }
 
+    /// An ARP frame (`op` 1 request, 2 reply) as the kernel sends it.
+    pub fn arp(op: u16, smac: [u8; 6], sip: [u8; 4], tmac: [u8; 6], tip: [u8; 4]) -> Vec<u8> {
+        let dst = if op == 1 { [0xff; 6] } else { tmac };
+        let mut b = Vec::new();
+        b.extend_from_slice(&dst);
+        b.extend_from_slice(&smac);
+        b.extend_from_slice(&ETHERTYPE_ARP.to_be_bytes());
+        b.extend_from_slice(&[0, 1, 8, 0, 6, 4]);
+        b.extend_from_slice(&op.to_be_bytes());
+        b.extend_from_slice(&smac);
+        b.extend_from_slice(&sip);
+        b.extend_from_slice(&tmac);
+        b.extend_from_slice(&tip);
+        b.extend_from_slice(&[0; 18]); // Ethernet padding
+        b
+    }
+
     pub fn ipv4(src: [u8; 4], dst: [u8; 4], protocol: u8, ttl: u8, l4: &[u8]) -> Vec<u8> {
         let mut b = vec![0x45, 0];
         b.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
@@ -466,6 +527,41 @@ pub(crate) mod samples {
 mod tests {
     use super::samples::*;
     use super::*;
+
+    #[test]
+    fn arp_request_and_proxy_reply_decode() {
+        let pod = [0xc2, 0x90, 0xac, 0x80, 0x25, 0x39];
+        let host = [0xee; 6];
+        let req = decode_frame(&samples::arp(
+            1,
+            pod,
+            [10, 244, 226, 2],
+            [0; 6],
+            [169, 254, 1, 1],
+        ))
+        .unwrap();
+        assert!(req.ip.is_none());
+        let a = req.arp.unwrap();
+        assert_eq!(a.to_string(), "ARP who-has 169.254.1.1 tell 10.244.226.2");
+        let rep = decode_frame(&samples::arp(
+            2,
+            host,
+            [169, 254, 1, 1],
+            pod,
+            [10, 244, 226, 2],
+        ))
+        .unwrap();
+        assert_eq!(rep.dst_mac, Mac(pod));
+        let a = rep.arp.unwrap();
+        assert_eq!(
+            a.to_string(),
+            "ARP reply 169.254.1.1 is-at ee:ee:ee:ee:ee:ee"
+        );
+        assert_eq!(a.target_ip, Ipv4Addr::new(10, 244, 226, 2));
+        // Cut short: no ARP, still a frame.
+        let cut = samples::arp(1, pod, [10, 244, 226, 2], [0; 6], [169, 254, 1, 1]);
+        assert!(decode_frame(&cut[..30]).unwrap().arp.is_none());
+    }
 
     #[test]
     fn pcap_round_trips_and_tolerates_a_cut_record() {
