@@ -92,7 +92,7 @@ impl fmt::Display for BackendKind {
 
 /// The name is none of [`BackendKind::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not a backend: use one of none, host-gw, vxlan, static")]
+#[error("{0:?} is not a backend: use one of {names}", names = BackendKind::list())]
 pub struct UnknownBackend(pub String);
 
 impl FromStr for BackendKind {

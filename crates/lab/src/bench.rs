@@ -59,28 +59,15 @@ pub enum BenchError {
     Command { cmd: String, detail: String },
 }
 
-/// The backends the bench knows how to twin.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum BackendKind {
-    HostGw,
-    Vxlan,
-}
+/// The backend kind of the lab benched and of its twins: the one kind of twill-api.
+pub use twill_api::backend::BackendKind;
 
-impl BackendKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BackendKind::HostGw => "host-gw",
-            BackendKind::Vxlan => "vxlan",
-        }
-    }
-
-    /// What encapsulation costs the pods' MTU.
-    pub fn overhead(self) -> u32 {
-        match self {
-            BackendKind::HostGw => 0,
-            BackendKind::Vxlan => TWIN_VXLAN_OVERHEAD,
-        }
+/// What the twin's encapsulation costs the pods' MTU: the VXLAN header for the kinds that
+/// tunnel (static is a VXLAN mesh), nothing for routes.
+fn twin_overhead(backend: BackendKind) -> u32 {
+    match backend {
+        BackendKind::Vxlan | BackendKind::Static => TWIN_VXLAN_OVERHEAD,
+        BackendKind::None | BackendKind::HostGw => 0,
     }
 }
 
@@ -133,17 +120,29 @@ fn cmd(parts: &[&str]) -> Vec<String> {
 }
 
 impl TwinPlan {
-    pub fn new(lab: &str, backend: BackendKind, nodes: [NodeSide; 2]) -> TwinPlan {
+    /// The twin of a `backend` lab; refused for a backend that carries nothing across
+    /// nodes (there is nothing to compare).
+    pub fn new(
+        lab: &str,
+        backend: BackendKind,
+        nodes: [NodeSide; 2],
+    ) -> Result<TwinPlan, BenchError> {
         let tag = match backend {
             BackendKind::HostGw => "h",
-            BackendKind::Vxlan => "v",
+            BackendKind::Vxlan | BackendKind::Static => "v",
+            BackendKind::None => {
+                return Err(BenchError::Backend(format!(
+                    "backend {backend} carries nothing between nodes, so there is no twin to \
+                     compare with; bench a lab made with `twill lab up --backend host-gw|vxlan`"
+                )))
+            }
         };
-        TwinPlan {
+        Ok(TwinPlan {
             prefix: format!("{lab}-tw{tag}"),
             backend,
             nodes,
             tx_checksum_off: false,
-        }
+        })
     }
 
     pub fn underlay_netns(&self) -> String {
@@ -168,7 +167,7 @@ impl TwinPlan {
     }
     /// The pods' MTU: the uplink's less what the backend's encapsulation needs.
     pub fn pod_mtu(&self, k: usize) -> u32 {
-        self.nodes[k - 1].uplink_mtu - self.backend.overhead()
+        self.nodes[k - 1].uplink_mtu - twin_overhead(self.backend)
     }
 
     /// The whole twin as the commands a person would type, in order.
@@ -259,6 +258,8 @@ impl TwinPlan {
         let n = self.node_netns(k);
         let block = peer.block().to_string();
         match self.backend {
+            // Refused by `new`: nothing to program.
+            BackendKind::None => Vec::new(),
             BackendKind::HostGw => vec![cmd(&[
                 "ip",
                 "-n",
@@ -271,7 +272,7 @@ impl TwinPlan {
                 "dev",
                 "eth0",
             ])],
-            BackendKind::Vxlan => {
+            BackendKind::Vxlan | BackendKind::Static => {
                 let dev = TWIN_VXLAN_DEVICE;
                 let mtu = (me.uplink_mtu - TWIN_VXLAN_OVERHEAD).to_string();
                 let (vni, port) = (TWIN_VNI.to_string(), TWIN_VXLAN_PORT.to_string());
@@ -505,7 +506,7 @@ pub fn ratios(backend: BackendKind, variants: &[VariantFigures]) -> Vec<Ratio> {
         });
     };
     use VariantKind::*;
-    let b = backend.as_str();
+    let b = backend.name();
     push(
         format!("twill-{b} / twin-{b}"),
         Twill,
@@ -579,7 +580,7 @@ pub fn render(r: &BenchReport) -> String {
         out,
         "twill lab bench: lab {}, backend {}, iperf3 -C {} single stream, {} s x {} rounds, interleaved {} ...\n",
         r.lab,
-        r.backend.as_str(),
+        r.backend.name(),
         r.congestion_control,
         r.seconds,
         r.rounds,
@@ -809,7 +810,7 @@ impl TwinGuard {
         let mut guard = TwinGuard { netns: Vec::new() };
         log(&format!(
             "twin {}: building {} with ip/bridge/ethtool",
-            plan.backend.as_str(),
+            plan.backend.name(),
             plan.netns().join(", ")
         ));
         for c in plan.commands() {
@@ -964,10 +965,11 @@ pub fn run(target: &Target, opts: &BenchOptions, log: Log) -> Result<BenchReport
     }
     let faulty =
         twill_netlink::ethtool::checksum_offload_broken(&twill_netlink::ethtool::kernel_release());
-    let mut twin = TwinPlan::new(&target.lab, target.backend, target.sides.clone());
+    let mut twin = TwinPlan::new(&target.lab, target.backend, target.sides.clone())?;
     twin.tx_checksum_off = faulty;
     let hg_twin = (opts.compare_host_gw && target.backend == BackendKind::Vxlan)
-        .then(|| TwinPlan::new(&target.lab, BackendKind::HostGw, target.sides.clone()));
+        .then(|| TwinPlan::new(&target.lab, BackendKind::HostGw, target.sides.clone()))
+        .transpose()?;
     let mut twins = vec![twin.clone()];
     twins.extend(hg_twin.clone());
     // Guards drop in reverse: servers first, then the twins' namespaces.
@@ -1169,7 +1171,7 @@ mod tests {
 
     #[test]
     fn the_vxlan_twin_is_what_the_backend_programs_written_out() {
-        let t = TwinPlan::new("twllab", BackendKind::Vxlan, sides());
+        let t = TwinPlan::new("twllab", BackendKind::Vxlan, sides()).unwrap();
         assert_eq!(
             t.netns(),
             [
@@ -1224,7 +1226,7 @@ mod tests {
 
     #[test]
     fn the_host_gw_twin_routes_each_block_via_the_peer_node() {
-        let t = TwinPlan::new("twllab", BackendKind::HostGw, sides());
+        let t = TwinPlan::new("twllab", BackendKind::HostGw, sides()).unwrap();
         assert_eq!(t.underlay_netns(), "twllab-twhul");
         assert_eq!(
             lines(&t.backend_commands(1)),
@@ -1243,6 +1245,28 @@ mod tests {
             .filter_map(|c| c.strip_prefix("ip netns add "))
             .collect();
         assert_eq!(added, t.netns());
+    }
+
+    #[test]
+    fn every_backend_kind_has_a_twin_or_a_reason_why_not() {
+        for kind in BackendKind::ALL {
+            match TwinPlan::new("twllab", kind, sides()) {
+                Ok(t) => {
+                    assert!(kind.crosses_nodes(), "{kind}");
+                    assert!(!t.backend_commands(1).is_empty(), "{kind}");
+                    let tunnels = lines(&t.commands()).iter().any(|c| c.contains("vxlan"));
+                    assert_eq!(tunnels, t.pod_mtu(1) == 1450, "{kind}");
+                }
+                Err(e) => {
+                    assert!(!kind.crosses_nodes(), "{kind}: {e}");
+                    assert!(e.to_string().contains("--backend host-gw|vxlan"), "{e}");
+                }
+            }
+        }
+        // A static lab is a VXLAN mesh: its twin is the vxlan twin.
+        let st = TwinPlan::new("twllab", BackendKind::Static, sides()).unwrap();
+        let vx = TwinPlan::new("twllab", BackendKind::Vxlan, sides()).unwrap();
+        assert_eq!(st.commands(), vx.commands());
     }
 
     #[test]

@@ -290,7 +290,7 @@ fn build(state: &mut LabState, log: Log) -> Result<(), LabError> {
     let config = daemons::write_network_config(&plan)?;
     log(&format!(
         "network config written to the {} store: clusterCIDR {}, blockSize /{}, leaseTTLSeconds {}, masquerade {}",
-        plan.store.kind.as_str(),
+        plan.store.kind.name(),
         config.cluster_cidr,
         config.block_size,
         config.lease_ttl_seconds,
@@ -641,7 +641,7 @@ pub fn store_start(state: &mut LabState) -> Result<u32, LabError> {
 fn etcd_record(state: &LabState, action: &str) -> Result<ProcRecord, LabError> {
     state.etcd.clone().ok_or_else(|| LabError::NoStoreServer {
         name: state.plan.name.clone(),
-        store: state.plan.store.kind.as_str().into(),
+        store: state.plan.store.kind.name().into(),
         action: action.into(),
     })
 }

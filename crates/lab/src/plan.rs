@@ -70,29 +70,11 @@ pub const ENV_STATIC_FILE: &str = "TWILL_STATIC_FILE";
 /// included) before it sets the lab's.
 pub const ENV_STORE_PREFIXES: [&str; 3] = ["TWILL_STORE", "TWILL_ETCD_", "TWILL_STATIC_FILE"];
 
-/// Which cluster store the lab's agents share.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StoreKind {
-    /// A folder under the lab's state directory, shared by all node agents.
-    #[default]
-    Embedded,
-    /// One etcd member the lab starts in its own "store host" namespace on the underlay.
-    Etcd,
-    /// A static file the lab writes from its plan (every node, its IP, one /24 each); the
-    /// agents read it, nothing is claimed.
-    Static,
-}
-
-impl StoreKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StoreKind::Embedded => "embedded",
-            StoreKind::Etcd => "etcd",
-            StoreKind::Static => "static",
-        }
-    }
-}
+/// Which cluster store the lab's agents share (the store crate's own kind): embedded, a
+/// folder under the lab's state directory; etcd, one member the lab starts in its own
+/// "store host" namespace on the underlay; static, a file the lab writes from its plan
+/// (every node, its IP, one /24 each), which the agents read and nothing claims.
+pub use twill_store::StoreKind;
 
 /// How the lab's agents connect pods across nodes (the network config's `backend`): the
 /// one kind of twill-api (`static` is the VXLAN mesh from the static file store).
@@ -371,7 +353,7 @@ pub fn plan(spec: &LabSpec) -> Result<LabPlan, PlanError> {
     }
     if spec.backend == BackendKind::Static && spec.store != StoreKind::Static {
         return Err(PlanError::StaticBackendNeedsStaticStore(
-            spec.store.as_str().into(),
+            spec.store.name().into(),
         ));
     }
     if spec.store == StoreKind::Static && spec.block_size != STATIC_BLOCK_SIZE {
@@ -639,7 +621,7 @@ impl LabPlan {
             "--node-name".into(),
             node.short.clone(),
             "--store".into(),
-            self.store.kind.as_str().into(),
+            self.store.kind.name().into(),
         ];
         if let Some(dir) = &self.store.dir {
             a.extend(["--store-dir".into(), dir.display().to_string()]);
@@ -675,7 +657,7 @@ impl LabPlan {
     /// the CLI reads): `twill lab exec NODE -- twill node status` then reads the lab's
     /// store, as the agents do. Pure.
     pub fn store_env(&self) -> Vec<(&'static str, String)> {
-        let mut v = vec![(ENV_STORE, self.store.kind.as_str().to_string())];
+        let mut v = vec![(ENV_STORE, self.store.kind.name().to_string())];
         if let Some(dir) = &self.store.dir {
             v.push((ENV_STORE_DIR, dir.display().to_string()));
         }

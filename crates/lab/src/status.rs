@@ -206,7 +206,7 @@ pub fn status(state: &LabState) -> Result<LabStatus, LabError> {
         ),
         _ => match &plan.store.static_file {
             Some(f) => format!("static, file {} (written by the lab)", f.display()),
-            None => plan.store.kind.as_str().into(),
+            None => plan.store.kind.name().into(),
         },
     };
     Ok(LabStatus {

@@ -13,9 +13,11 @@
 
 pub mod embedded;
 pub mod etcd;
+pub mod kind;
 pub mod open;
 pub mod static_file;
 
+pub use kind::{StoreKind, UnknownStore};
 pub use open::{open, open_existing, StoreConfig};
 
 /// The shared test suite of the writable stores (see its module docs).
@@ -86,7 +88,7 @@ pub enum StoreError {
     },
     /// The store refuses writes (the static file store).
     #[error("the {0} store is read-only: edit its file instead")]
-    ReadOnly(&'static str),
+    ReadOnly(StoreKind),
     /// The store answered something this client cannot read.
     #[error("unexpected answer from the store: {0}")]
     Protocol(String),

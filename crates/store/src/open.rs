@@ -1,6 +1,6 @@
 //! Opening the store a config names: the one entry point agents and the CLI use.
 
-use crate::{Result, Store};
+use crate::{Result, Store, StoreKind};
 use std::path::PathBuf;
 
 /// Which store, and how to reach it.
@@ -12,6 +12,16 @@ pub enum StoreConfig {
     Etcd(crate::etcd::EtcdConfig),
     /// Nodes and subnets written by hand; read-only.
     Static { file: PathBuf },
+}
+
+impl StoreConfig {
+    pub fn kind(&self) -> StoreKind {
+        match self {
+            StoreConfig::Embedded { .. } => StoreKind::Embedded,
+            StoreConfig::Etcd(_) => StoreKind::Etcd,
+            StoreConfig::Static { .. } => StoreKind::Static,
+        }
+    }
 }
 
 pub fn open(cfg: &StoreConfig) -> Result<Box<dyn Store>> {

@@ -289,7 +289,7 @@ impl Shared {
     }
 }
 
-const READ_ONLY: StoreError = StoreError::ReadOnly("static");
+const READ_ONLY: StoreError = StoreError::ReadOnly(crate::StoreKind::Static);
 
 impl Store for StaticStore {
     fn kind(&self) -> &'static str {

@@ -49,7 +49,10 @@ fn writes_are_refused_and_leases_are_no_ops() {
     let store = StaticStore::open(&file).unwrap();
     let k = "/twill/v1/blocks/10.244.3.0-24";
     let ro = |r: Result<(), StoreError>| {
-        assert!(matches!(r, Err(StoreError::ReadOnly("static"))), "{r:?}")
+        assert!(
+            matches!(r, Err(StoreError::ReadOnly(twill_store::StoreKind::Static))),
+            "{r:?}"
+        )
     };
     ro(store.put(k, b"x", None).map(drop));
     ro(store.create(k, b"x", None).map(drop));

@@ -9,7 +9,8 @@ use twill_lab::plan::{
 };
 use twill_lab::{build, check, daemons, runtime, status};
 
-use crate::store_args::{StoreArgs, StoreKind as StoreFlag};
+use crate::kind_arg;
+use crate::store_args::StoreArgs;
 
 #[derive(Args)]
 pub struct LabArgs {
@@ -53,24 +54,13 @@ struct AgentArgs {
     agent_poll_interval: Option<String>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum BackendFlag {
-    /// No routes between nodes.
-    None,
-    /// A route per remote block via the remote node (one shared segment).
-    HostGw,
-    /// A VXLAN overlay (twl.1).
-    Vxlan,
-    /// The VXLAN mesh from a static file the lab writes (implies --store static).
-    Static,
-}
-
 #[derive(Args)]
 struct NetArgs {
     /// How pods reach pods on other nodes (the network config's backend; vxlan, like
-    /// flannel's default, works across segments too)
-    #[arg(long, value_enum, default_value = "vxlan")]
-    backend: BackendFlag,
+    /// flannel's default, works across segments too; static, the VXLAN mesh from a file
+    /// the lab writes, implies --store static)
+    #[arg(long, default_value = "vxlan", value_parser = kind_arg::parser::<BackendKind>())]
+    backend: BackendKind,
     /// vxlan only: direct routes to nodes on the same segment, the tunnel across segments
     #[arg(long)]
     direct_routing: bool,
@@ -80,26 +70,8 @@ struct NetArgs {
     /// How pods meet their node: bridge (each pod's veth on the node bridge twl0, Docker's
     /// and flannel's way) or l3 (Calico's: no bridge, a /32 route per pod to its veth, proxy
     /// ARP for the pods' gateway 169.254.1.1)
-    #[arg(long, default_value = "bridge", value_name = "WIRING", value_parser = pod_wiring_parser())]
+    #[arg(long, default_value = "bridge", value_name = "WIRING", value_parser = kind_arg::parser::<PodWiring>())]
     pod_wiring: PodWiring,
-}
-
-/// `bridge` or `l3`, listed in --help, parsed by PodWiring itself.
-fn pod_wiring_parser() -> impl clap::builder::TypedValueParser<Value = PodWiring> {
-    use clap::builder::TypedValueParser;
-    clap::builder::PossibleValuesParser::new(PodWiring::ALL.map(PodWiring::name))
-        .map(|s| s.parse::<PodWiring>().expect("a possible value"))
-}
-
-impl NetArgs {
-    fn backend(&self) -> BackendKind {
-        match self.backend {
-            BackendFlag::None => BackendKind::None,
-            BackendFlag::HostGw => BackendKind::HostGw,
-            BackendFlag::Vxlan => BackendKind::Vxlan,
-            BackendFlag::Static => BackendKind::Static,
-        }
-    }
 }
 
 #[derive(Subcommand)]
@@ -296,10 +268,9 @@ fn twilld_bin(arg: &AgentArgs) -> anyhow::Result<PathBuf> {
 /// for; `--backend static` implies the static store (the lab writes the file).
 fn lab_store(store: &StoreArgs, net: &NetArgs) -> StoreKind {
     match store.store {
-        None if net.backend == BackendFlag::Static => StoreKind::Static,
-        None | Some(StoreFlag::Embedded) => StoreKind::Embedded,
-        Some(StoreFlag::Etcd) => StoreKind::Etcd,
-        Some(StoreFlag::Static) => StoreKind::Static,
+        None if net.backend == BackendKind::Static => StoreKind::Static,
+        None => StoreKind::Embedded,
+        Some(kind) => kind,
     }
 }
 
@@ -319,7 +290,7 @@ fn spec(
         store: lab_store(store, net),
         block_size: agent.block_size,
         agent_poll_interval: agent.agent_poll_interval.clone(),
-        backend: net.backend(),
+        backend: net.backend,
         direct_routing: net.direct_routing,
         pod_wiring: net.pod_wiring,
         ..LabSpec::default()

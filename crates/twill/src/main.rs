@@ -3,6 +3,7 @@
 //! in the library crates and in pure functions here; the `run` functions do the I/O.
 
 mod ipam_cmd;
+mod kind_arg;
 mod lab;
 mod node_cmd;
 mod node_status;

@@ -2,28 +2,21 @@
 //! environment equivalent. [`StoreArgs::config`] is pure; [`open`] connects; [`explain`]
 //! turns a store failure into what to do about it.
 
-use clap::{Args, ValueEnum};
+use crate::kind_arg;
+use clap::Args;
 use std::path::PathBuf;
 use std::time::Duration;
 use twill_store::etcd::EtcdConfig;
-use twill_store::StoreConfig;
-use twill_store::{Store, StoreError};
+use twill_store::{Store, StoreConfig, StoreError, StoreKind};
 
 pub const DEFAULT_STORE_DIR: &str = "/var/lib/twill/store";
 pub const DEFAULT_ETCD_ENDPOINT: &str = "http://127.0.0.1:2379";
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum StoreKind {
-    Embedded,
-    Etcd,
-    Static,
-}
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct StoreArgs {
     /// The store: embedded (a folder shared by the agents on this machine), etcd, or static
     /// (a hand-written file, read-only) [default: embedded, or etcd when endpoints are given]
-    #[arg(long, global = true, value_enum, env = "TWILL_STORE")]
+    #[arg(long, global = true, env = "TWILL_STORE", value_parser = kind_arg::parser::<StoreKind>())]
     pub store: Option<StoreKind>,
     /// The embedded store's folder.
     #[arg(long, global = true, env = "TWILL_STORE_DIR", default_value = DEFAULT_STORE_DIR)]

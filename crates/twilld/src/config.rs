@@ -11,12 +11,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreKind {
-    Embedded,
-    Etcd,
-    Static,
-}
+/// The store's kind is the store crate's own type.
+pub use twill_store::StoreKind;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -418,18 +414,9 @@ fn build(
     }
 
     let (v, store_origin) = take("store");
-    let store = match v.trim() {
-        "embedded" => StoreKind::Embedded,
-        "etcd" => StoreKind::Etcd,
-        "static" => StoreKind::Static,
-        other => {
-            return Err(bad(
-                store_origin,
-                "store",
-                format!("{other:?} is not a store; use embedded, etcd or static"),
-            ))
-        }
-    };
+    let store: StoreKind = v.trim().parse().map_err(|e: twill_store::UnknownStore| {
+        bad(store_origin.clone(), "store", e.to_string())
+    })?;
     let store_dir = required_path(take("storeDir"), "storeDir")?;
     let (v, endpoints_origin) = take("etcdEndpoints");
     let etcd_endpoints: Vec<String> = v
@@ -752,6 +739,11 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().starts_with("/c.yaml"), "{e}");
+        let e = run(&["--config", "/c.yaml"], &[], Some("\nstore: consul\n")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/c.yaml line 2: store: \"consul\" is not a store: use one of embedded, etcd, static"
+        );
         let e = run(&["--config", "/c.yaml"], &[], Some("store: etcd\n")).unwrap_err();
         assert_eq!(e.line(), Some(1));
         assert!(e.to_string().contains("set --etcd-endpoints"), "{e}");
