@@ -172,6 +172,9 @@ pub enum ProblemKind {
     Conflict,
     /// An address held for a pod that is gone.
     Leak,
+    /// A block a live node holds but does not hand off to twill-cni: no pod can get an
+    /// address in it until the node's lease ends.
+    Stranded,
     /// A block whose holder is gone; it will be freed, nothing is wrong yet.
     Stale,
 }
@@ -181,6 +184,7 @@ impl ProblemKind {
         match self {
             ProblemKind::Conflict => "CONFLICT",
             ProblemKind::Leak => "LEAK",
+            ProblemKind::Stranded => "STRANDED",
             ProblemKind::Stale => "STALE",
         }
     }
@@ -196,11 +200,12 @@ pub struct Problem {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CheckReport {
-    /// No conflict and no leak (stale blocks are expected after a node goes away).
+    /// No conflict, leak or stranded block (stale blocks are expected after a node goes away).
     pub ok: bool,
     pub problems: Vec<Problem>,
     pub conflicts: usize,
     pub leaks: usize,
+    pub stranded: usize,
     pub stale: usize,
     pub nodes: usize,
     pub blocks: usize,
@@ -319,6 +324,28 @@ pub fn check(view: &ClusterView) -> CheckReport {
             ));
         }
         valid.push((cidr, &block.node));
+        // A live node publishes what it hands off (NodeStatus.blocks) after each claim; a
+        // status written after the block was, that does not list it, is a stranded block.
+        // (A block claimed since the status was last written is not judged yet.)
+        if let Some(st) = view.statuses.get(&block.node).filter(|s| {
+            view.is_live(&block.node)
+                && view.store_kind != "static"
+                && s.mod_revision > b.mod_revision
+                && !s.status.blocks.contains(&cidr)
+        }) {
+            let handed: Vec<String> = st.status.blocks.iter().map(|b| b.to_string()).collect();
+            problems.push(problem(
+                Stranded,
+                cidr,
+                format!(
+                    "block {cidr} is held by {} but not handed off to its pods (it hands off {}): no pod gets an address in it until {}'s lease ends; restart twilld on {}, which adopts the blocks held in its name at start",
+                    block.node,
+                    if handed.is_empty() { "nothing".to_string() } else { handed.join(", ") },
+                    block.node,
+                    block.node
+                ),
+            ));
+        }
         if !view.is_live(&block.node) {
             let when = if b.leased {
                 "it is freed when its lease expires, or now by"
@@ -400,11 +427,13 @@ pub fn check(view: &ClusterView) -> CheckReport {
     // Stable order: by kind, then by what the problem is about.
     problems.sort_by(|a, b| (a.kind, &a.subject).cmp(&(b.kind, &b.subject)));
     let count = |k| problems.iter().filter(|p| p.kind == k).count();
-    let (conflicts, leaks, stale) = (count(Conflict), count(Leak), count(Stale));
+    let (conflicts, leaks, stranded, stale) =
+        (count(Conflict), count(Leak), count(Stranded), count(Stale));
     CheckReport {
-        ok: conflicts == 0 && leaks == 0,
+        ok: conflicts == 0 && leaks == 0 && stranded == 0,
         conflicts,
         leaks,
+        stranded,
         stale,
         nodes: view.node_names().len(),
         blocks: view.blocks.len(),
@@ -426,10 +455,11 @@ pub fn render_check(r: &CheckReport) -> String {
     };
     let _ = writeln!(
         out,
-        "{}: {} conflicts, {} leaks, {} stale blocks ({} nodes, {} blocks, {} addresses in use checked)",
+        "{}: {} conflicts, {} leaks, {} stranded, {} stale blocks ({} nodes, {} blocks, {} addresses in use checked)",
         if r.ok { "ok" } else { "FAILED" },
         r.conflicts,
         r.leaks,
+        r.stranded,
         r.stale,
         r.nodes,
         r.blocks,
@@ -457,7 +487,7 @@ mod tests {
         assert_eq!((r.nodes, r.blocks, r.addresses), (2, 2, 3));
         assert_eq!(
             render_check(&r),
-            "ok: 0 conflicts, 0 leaks, 0 stale blocks (2 nodes, 2 blocks, 3 addresses in use checked)\n"
+            "ok: 0 conflicts, 0 leaks, 0 stranded, 0 stale blocks (2 nodes, 2 blocks, 3 addresses in use checked)\n"
         );
     }
 
@@ -571,6 +601,37 @@ mod tests {
             "{msgs:?}"
         );
         assert!(r.problems.iter().all(|p| p.kind == ProblemKind::Conflict));
+    }
+
+    #[test]
+    fn a_block_a_live_node_does_not_hand_off_is_stranded() {
+        let mut kvs = clean();
+        // n1's status lists its block and was written after it: fine.
+        let mut st = status("n1", "192.0.2.11");
+        st["blocks"] = serde_json::json!(["10.244.1.0/24"]);
+        kvs[1] = kv("nodes/n1", st.clone(), 10, true);
+        // A second block of n1's, older than its status, that the status does not list.
+        let (b3, v3) = block("10.244.3.0/24", "n1");
+        kvs.push(kv(&b3, v3.clone(), 8, true));
+        let r = check(&view(&kvs));
+        assert_eq!(
+            kinds(&r),
+            [(ProblemKind::Stranded, "10.244.3.0/24".to_string())]
+        );
+        assert!(!r.ok);
+        assert_eq!(r.stranded, 1);
+        let m = &r.problems[0].message;
+        assert!(
+            m.contains("held by n1 but not handed off")
+                && m.contains("10.244.1.0/24")
+                && m.contains("restart twilld on n1"),
+            "{m}"
+        );
+        assert!(render_check(&r).contains("STRANDED"));
+        // Claimed after the status was last written: the agent has not published yet.
+        let last = kvs.len() - 1;
+        kvs[last] = kv(&b3, v3, 11, true);
+        assert!(check(&view(&kvs)).ok);
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub struct StatusEntry {
     pub status: NodeStatus,
     /// Bound to a lease, i.e. kept alive by a running agent.
     pub leased: bool,
+    /// When the agent last wrote it.
+    pub mod_revision: Revision,
 }
 
 /// A `blocks/…` key. `cidr` is `None` when the key does not name a block; `block` is
@@ -104,6 +106,7 @@ impl ClusterView {
                             StatusEntry {
                                 status,
                                 leased: kv.lease.is_some(),
+                                mod_revision: kv.mod_revision,
                             },
                         );
                     }

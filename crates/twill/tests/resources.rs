@@ -357,7 +357,7 @@ fn ipam_show_check_and_get_blocks_on_a_clean_store(c: &Cluster) {
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     assert_eq!(
         r.stdout,
-        "ok: 0 conflicts, 0 leaks, 0 stale blocks (2 nodes, 2 blocks, 3 addresses in use checked)\n"
+        "ok: 0 conflicts, 0 leaks, 0 stranded, 0 stale blocks (2 nodes, 2 blocks, 3 addresses in use checked)\n"
     );
     assert_eq!(
         c.ok(&["ipam", "show"]),
@@ -402,7 +402,7 @@ fn ipam_check_finds_a_planted_leak_and_conflict(c: &Cluster) {
         r.stdout
     );
     assert!(r.stdout.contains("LEAK       10.244.1.67 is held on n2 (container gone, eth0) but its host veth vethgone is gone"), "{}", r.stdout);
-    assert!(r.stdout.ends_with("FAILED: 1 conflicts, 1 leaks, 0 stale blocks (2 nodes, 2 blocks, 5 addresses in use checked)\n"), "{}", r.stdout);
+    assert!(r.stdout.ends_with("FAILED: 1 conflicts, 1 leaks, 0 stranded, 0 stale blocks (2 nodes, 2 blocks, 5 addresses in use checked)\n"), "{}", r.stdout);
 
     let r = c.twill(&["ipam", "check", "-o", "json"]);
     assert_eq!(r.code, 1);

@@ -58,6 +58,32 @@ pub fn reclaim_action(
     }
 }
 
+/// What a create that answered "already exists" found, read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateOutcome {
+    /// Ours under the current lease: an earlier attempt of this very create committed
+    /// (the etcd client retries on the next endpoint after a connection error, and the
+    /// first endpoint may have written it before the connection broke).
+    Mine,
+    /// Someone else holds it (or it vanished again): try another block.
+    Taken,
+}
+
+/// Tells "already exists" apart from "exists, and it is mine". `existing`: the block's
+/// value (None if unreadable) and lease, if the key exists. Only this node name under
+/// this lease is ours: a lease is granted to one run of one agent, so no other writer
+/// can have bound a block to it.
+pub fn create_outcome(
+    existing: Option<(Option<&Block>, Option<LeaseId>)>,
+    node: &str,
+    lease: LeaseId,
+) -> CreateOutcome {
+    match existing {
+        Some((Some(b), Some(l))) if b.node == node && l == lease => CreateOutcome::Mine,
+        _ => CreateOutcome::Taken,
+    }
+}
+
 /// Addresses of the held blocks twill-cni can hand out, and how many of them are taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Usage {
@@ -181,6 +207,35 @@ mod tests {
             reclaim_action(Some((Some(&o), Some(LeaseId(3)))), "n1", l),
             ReclaimAction::Lost { other: "n2".into() }
         );
+    }
+
+    #[test]
+    fn a_create_that_found_its_own_write_is_mine() {
+        let l = LeaseId(7);
+        let b = block("n1");
+        assert_eq!(
+            create_outcome(Some((Some(&b), Some(l))), "n1", l),
+            CreateOutcome::Mine
+        );
+        assert_eq!(
+            create_outcome(Some((Some(&b), Some(LeaseId(3)))), "n1", l),
+            CreateOutcome::Taken,
+            "ours under an old lease is a reclaim's business, not this create's"
+        );
+        assert_eq!(
+            create_outcome(Some((Some(&b), None)), "n1", l),
+            CreateOutcome::Taken
+        );
+        let o = block("n2");
+        assert_eq!(
+            create_outcome(Some((Some(&o), Some(l))), "n1", l),
+            CreateOutcome::Taken
+        );
+        assert_eq!(
+            create_outcome(Some((None, Some(l))), "n1", l),
+            CreateOutcome::Taken
+        );
+        assert_eq!(create_outcome(None, "n1", l), CreateOutcome::Taken);
     }
 
     #[test]

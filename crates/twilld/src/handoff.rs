@@ -39,6 +39,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    // Killed between here and the rename, the file stays: remove_stale_temporaries.
     let written = fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -54,6 +55,66 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
         let _ = fs::remove_file(&tmp);
         err("rename into", path)(e)
     })
+}
+
+/// The temporary file [`write_atomic`] uses for `path` in process `pid`.
+fn temporary(path: &Path, pid: u32) -> Option<PathBuf> {
+    let name = path.file_name()?.to_string_lossy().into_owned();
+    Some(path.with_file_name(format!(".{name}.tmp-{pid}")))
+}
+
+/// Removes the temporary files of `path` that writes killed part-way left behind (see
+/// [`write_atomic`]); returns what it removed. Safe: only files named exactly as
+/// `write_atomic` names them for this `path` are touched, and only those of this process
+/// or of a process that no longer runs (a live writer's file is left alone).
+pub fn remove_stale_temporaries(path: &Path) -> Vec<PathBuf> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Vec::new();
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!(".{}.tmp-", name.to_string_lossy());
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for e in entries.flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = file
+            .strip_prefix(&prefix)
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists();
+        if !alive && temporary(path, pid).is_some_and(|t| fs::remove_file(&t).is_ok()) {
+            removed.push(e.path());
+        }
+    }
+    removed
+}
+
+/// Cuts the hand-off file at `path` (if there is one) to the blocks in `keep`, leaving the
+/// rest of it as it is: what the agent does at start, before it knows the network config.
+/// True if it wrote.
+pub fn restrict_handoff(path: &Path, keep: &[Ipv4Net]) -> Result<bool, FileError> {
+    let Some(mut h) = fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<HandOff>(&b).ok())
+    else {
+        return Ok(false);
+    };
+    if h.blocks.iter().all(|b| keep.contains(b)) {
+        return Ok(false);
+    }
+    h.blocks.retain(|b| keep.contains(b));
+    let mut bytes = serde_json::to_vec_pretty(&h).expect("a hand-off serializes");
+    bytes.push(b'\n');
+    write_atomic(path, &bytes)?;
+    Ok(true)
 }
 
 /// Writes hand-offs, skipping the write when nothing changed.
@@ -151,6 +212,73 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
         assert_eq!(v["clusterCIDR"], "10.244.0.0/16");
         assert_eq!(v["ipMasq"], true);
+    }
+
+    #[test]
+    fn temporaries_of_killed_writes_are_removed_and_live_ones_kept() {
+        let dir = twill_testkit::TempDir::new("handofftmp");
+        let path = dir.path.join("node.json");
+        // A process that has exited: its pid is free (or reused, then it is left alone).
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let live = 1; // init runs as long as the machine does
+        let me = std::process::id();
+        for pid in [dead, live, me] {
+            fs::write(dir.path.join(format!(".node.json.tmp-{pid}")), b"{").unwrap();
+        }
+        for other in [".node.json.tmp-x", ".other.json.tmp-1", "node.json"] {
+            fs::write(dir.path.join(other), b"{").unwrap();
+        }
+        let mut removed: Vec<String> = remove_stale_temporaries(&path)
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        removed.sort();
+        let mut want = vec![format!(".node.json.tmp-{me}")];
+        if !Path::new(&format!("/proc/{dead}")).exists() {
+            want.push(format!(".node.json.tmp-{dead}"));
+        }
+        want.sort();
+        assert_eq!(removed, want);
+        let mut left: Vec<String> = fs::read_dir(&dir.path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert!(left.contains(&".node.json.tmp-1".to_string()), "{left:?}");
+        assert!(left.contains(&".other.json.tmp-1".to_string()), "{left:?}");
+        assert!(left.contains(&".node.json.tmp-x".to_string()), "{left:?}");
+        assert!(left.contains(&"node.json".to_string()), "{left:?}");
+    }
+
+    #[test]
+    fn an_old_hand_off_is_cut_to_the_kept_blocks() {
+        let dir = twill_testkit::TempDir::new("handoffcut");
+        let path = dir.path.join("node.json");
+        assert!(
+            !restrict_handoff(&path, &[]).unwrap(),
+            "no file, nothing to do"
+        );
+        let a: Ipv4Net = "10.244.1.0/24".parse().unwrap();
+        let b: Ipv4Net = "10.244.2.0/24".parse().unwrap();
+        let mut w = HandOffWriter::new(path.clone());
+        let h = HandOff {
+            node: "n1".into(),
+            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+            blocks: vec![a, b],
+            mtu: 1450,
+            ip_masq: true,
+            pod_wiring: Default::default(),
+        };
+        w.write(&h).unwrap();
+        assert!(!restrict_handoff(&path, &[a, b]).unwrap());
+        assert!(restrict_handoff(&path, &[b]).unwrap());
+        let got: HandOff = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        assert_eq!(got.blocks, [b]);
+        assert_eq!(got.mtu, 1450, "the rest is kept");
+        assert!(restrict_handoff(&path, &[]).unwrap());
+        assert!(read_handoff_blocks(&path, "n1").is_empty());
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod config;
 pub mod handoff;
 pub mod http;
 pub mod log;
+pub mod machine;
 pub mod netinfo;
 pub mod peers;
 pub mod routing;

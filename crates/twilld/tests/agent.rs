@@ -256,7 +256,12 @@ fn a_killed_agent_restarts_with_the_same_blocks() {
     assert_eq!(mine.len(), 1);
     assert_eq!(mine[0].0, first.blocks[0], "the same block after a restart");
     assert_eq!(mine[0].2, Some(lease2), "taken over under the new lease");
-    assert_eq!(c.handoff("n1").unwrap().blocks, first.blocks);
+    // The hand-off was cut at start and lists the block again once it is confirmed.
+    wait_for(
+        "n1's hand-off to list its block again",
+        Duration::from_secs(10),
+        || c.handoff("n1").filter(|h| h.blocks == first.blocks),
+    );
 
     // Without the state folder the hand-off file alone is enough to remember.
     drop(_a);
@@ -328,7 +333,12 @@ fn a_stopped_agent_s_claims_expire_and_another_node_takes_them() {
     let h = wait_for("n2 to take the block", Duration::from_secs(20), || {
         c.handoff("n2")
     });
-    assert_eq!(h.blocks, ["10.244.7.0/24".parse::<Ipv4Net>().unwrap()]);
+    assert_eq!(
+        h.blocks,
+        ["10.244.7.0/24".parse::<Ipv4Net>().unwrap()],
+        "{}",
+        _b.log()
+    );
     wait_for("n2 ready", Duration::from_secs(10), || {
         get(port, "/readyz").filter(|r| r.0 == 200)
     });
@@ -338,7 +348,22 @@ fn a_stopped_agent_s_claims_expire_and_another_node_takes_them() {
 fn a_node_claims_another_block_when_free_addresses_run_low() {
     let c = Cluster::new("grow");
     c.apply("10.244.0.0/16", 26, 60, None);
-    let _a = c.start("n1", &["--min-free-addresses", "8"]);
+    let port = free_port();
+    let _a = c.start_on(
+        "n1",
+        &format!("127.0.0.1:{port}"),
+        &["--min-free-addresses", "8"],
+    );
+    // What the agent measured last: (used, free) addresses in its blocks.
+    let measured = || {
+        let (_, text) = get(port, "/metrics")?;
+        let m = parse_metrics(&text);
+        let v = |n: &str| m.iter().find(|(k, _)| k == n).map(|(_, v)| *v as u64);
+        Some((
+            v("twill_block_addresses{state=\"used\"}")?,
+            v("twill_block_addresses{state=\"free\"}")?,
+        ))
+    };
     let h = wait_for("hand-off", Duration::from_secs(20), || c.handoff("n1"));
     assert_eq!(h.blocks.len(), 1);
     let block = h.blocks[0];
@@ -354,8 +379,19 @@ fn a_node_claims_another_block_when_free_addresses_run_low() {
             )
             .unwrap();
     }
-    std::thread::sleep(Duration::from_millis(700));
+    // Wait until the agent has measured the 53 (no fixed sleep): 8 free is enough, so it
+    // must not have grown when it reports them.
+    wait_for(
+        "the agent to measure 53 used, 8 free",
+        Duration::from_secs(10),
+        || (measured()? == (53, 8)).then_some(()),
+    );
     assert_eq!(c.handoff("n1").unwrap().blocks.len(), 1, "8 free is enough");
+    assert_eq!(
+        c.blocks().iter().filter(|b| b.1.node == "n1").count(),
+        1,
+        "and no second block claimed"
+    );
     records
         .allocate(
             &pool,
@@ -368,6 +404,11 @@ fn a_node_claims_another_block_when_free_addresses_run_low() {
     });
     assert_eq!(h.blocks[0], block, "the first block stays first");
     assert_eq!(h.blocks[1].prefix_len(), 26);
+    wait_for(
+        "the agent to count both blocks",
+        Duration::from_secs(10),
+        || (measured()? == (54, 7 + 61)).then_some(()),
+    );
     let mine: Vec<_> = c
         .blocks()
         .into_iter()
@@ -679,9 +720,11 @@ fn a_static_file_gives_the_node_its_blocks_and_edits_follow() {
         get(p1, "/readyz").filter(|(c, _)| *c == 200)
     });
     // A node the file gives no blocks is not ready, and says where to fix it.
-    let (code, body) = wait_for("n3 readyz", Duration::from_secs(10), || {
-        get(p3, "/readyz").filter(|(c, _)| *c == 503)
-    });
+    let (code, body) = wait_for(
+        "n3 to say why it is not ready",
+        Duration::from_secs(10),
+        || get(p3, "/readyz").filter(|(c, b)| *c == 503 && b != "starting"),
+    );
     assert_eq!(code, 503);
     assert!(body.contains("mesh.json") && body.contains("n3"), "{body}");
     // Edit the file: the hand-off follows, with no restart.

@@ -1,13 +1,18 @@
 //! twilld as real processes against real etcd members on loopback (no root needed): 50
 //! agents racing for blocks, etcd not up at start, a 3-member cluster losing its leader,
-//! etcd stopped and restarted under a running agent, and a lease revoked behind its back.
+//! etcd stopped and restarted under a running agent, a lease revoked behind its back, and a
+//! create that commits before its connection breaks.
 //! Every check reads etcd back through the Store API.
 
 mod common;
 use common::*;
 use ipnet::Ipv4Net;
 use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use twill_api::resources::{Block, HandOff};
 use twill_store::etcd::{EtcdConfig, EtcdStore};
@@ -407,4 +412,162 @@ fn a_revoked_lease_on_etcd_gets_the_same_block_under_a_new_lease() {
     });
     assert_eq!(node.handoff().unwrap().blocks, [block]);
     assert!(node.agent.log().contains("lease lost"));
+}
+
+/// A TCP proxy in front of one etcd member that, `armed` times, lets a request whose bytes
+/// contain every one of `needles` through to etcd and then breaks the connection instead of passing the
+/// answer back: the write commits, the client sees a connection error. Threads only; they
+/// end with the test process.
+struct CommitThenBreak {
+    port: u16,
+    armed: Arc<AtomicUsize>,
+    broken: Arc<AtomicUsize>,
+}
+
+impl CommitThenBreak {
+    fn start(upstream: &str, needles: Vec<Vec<u8>>) -> CommitThenBreak {
+        let upstream: std::net::SocketAddr =
+            upstream.trim_start_matches("http://").parse().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let armed = Arc::new(AtomicUsize::new(0));
+        let broken = Arc::new(AtomicUsize::new(0));
+        let (a, b) = (armed.clone(), broken.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(upstream) else {
+                    continue;
+                };
+                let doomed = Arc::new(AtomicBool::new(false));
+                let (mut c_in, mut s_out) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (d, armed, needles) = (doomed.clone(), a.clone(), needles.clone());
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 65536];
+                    while let Ok(n) = c_in.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        let hit = needles.iter().all(|needle| {
+                            buf[..n]
+                                .windows(needle.len())
+                                .any(|w| w == needle.as_slice())
+                        });
+                        if hit
+                            && armed
+                                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |x| {
+                                    x.checked_sub(1)
+                                })
+                                .is_ok()
+                        {
+                            d.store(true, Ordering::SeqCst);
+                        }
+                        if s_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = s_out.shutdown(Shutdown::Write);
+                });
+                let (mut s_in, mut c_out, broken) = (server, client, b.clone());
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 65536];
+                    while let Ok(n) = s_in.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        if doomed.load(Ordering::SeqCst) {
+                            // etcd has answered (the write is committed): drop the answer.
+                            broken.fetch_add(1, Ordering::SeqCst);
+                            let _ = c_out.shutdown(Shutdown::Both);
+                            let _ = s_in.shutdown(Shutdown::Both);
+                            return;
+                        }
+                        if c_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = c_out.shutdown(Shutdown::Write);
+                });
+            }
+        });
+        CommitThenBreak {
+            port,
+            armed,
+            broken,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// The etcd client retries a call on the next endpoint after a connection error, so a
+/// create whose first attempt committed answers "already exists". The agent reads the
+/// block back and keeps it when it is its own (this node, this lease) instead of claiming
+/// another and stranding the first.
+#[test]
+fn a_create_that_committed_before_a_connection_error_is_kept_not_stranded() {
+    let etcd = EtcdMember::start("commitbreak");
+    let direct = etcd.client_url();
+    // A transaction on a block key (block keys start with these 15 bytes, which encode to
+    // 20 base64 characters exactly).
+    let needles = vec![
+        b"POST /v3/kv/txn".to_vec(),
+        twill_store::etcd::base64::encode(b"/twill/v1/block").into_bytes(),
+    ];
+    let proxy = CommitThenBreak::start(&direct, needles);
+    let urls = vec![proxy.url(), direct.clone()];
+    let store = client(std::slice::from_ref(&direct));
+
+    // The hazard itself, at the store level.
+    let flaky = client(&urls);
+    proxy.armed.store(1, Ordering::SeqCst);
+    let k = key("blocks/10.244.99.0-24");
+    assert_eq!(
+        flaky.create(&k, b"{}", None).unwrap(),
+        None,
+        "the retry answers \"already exists\""
+    );
+    assert_eq!(
+        proxy.broken.load(Ordering::SeqCst),
+        1,
+        "the fault was injected"
+    );
+    assert_eq!(
+        store.get(&k).unwrap().unwrap().value,
+        b"{}",
+        "yet it committed"
+    );
+    store.delete(&k).unwrap();
+
+    // The agent through the same proxy: its first block create commits, then breaks.
+    store
+        .put(
+            &key("config"),
+            &network_config("10.244.0.0/16", 24, 60, true),
+            None,
+        )
+        .unwrap();
+    proxy.armed.store(1, Ordering::SeqCst);
+    let dir = TempDir::new("etcdcommitbreak");
+    let node = Node::start(&dir.path, "n1", &urls, free_port());
+    let block = node.wait_ready(Duration::from_secs(20));
+    assert_eq!(
+        proxy.broken.load(Ordering::SeqCst),
+        2,
+        "the agent's create broke too"
+    );
+    let held = blocks(&store);
+    assert_eq!(
+        held.iter().map(|(b, _)| b.cidr).collect::<Vec<_>>(),
+        [block],
+        "one block, the one handed off: nothing stranded"
+    );
+    assert_eq!(held[0].1.lease, node_kv(&store, "n1").unwrap().lease);
+    assert!(
+        node.agent.log().contains("the retry found it ours"),
+        "{}",
+        node.agent.log()
+    );
 }

@@ -1,0 +1,2104 @@
+//! The agent as a sans-IO state machine, the way [`crate::peers::PeerTable`] is: it never
+//! touches a socket, a file or the clock. Inputs are store replies and watch events, the
+//! results of node IP detection, block usage and file writes, and the time (an [`Instant`]
+//! handed in). Outputs are [`Action`]s: store requests, "use this network config", "detect
+//! the node IP", "measure usage", "reconcile the backend", "probe the peers", "write the
+//! hand-off / memory", log lines, status reports, and "sleep until".
+//!
+//! The I/O loop around it ([`crate::agent`]) is thin: it asks [`Machine::poll`] what to do,
+//! does it against the real store and kernel, and feeds the reply back with
+//! [`Machine::handle`]. An action that needs a reply ([`Action::needs_reply`]) must be
+//! answered before the next poll.
+//!
+//! One pass ("round") does, in order: read the network config; read the node override and
+//! watch the store; detect the node IP; hold a lease and keep it alive (first, so a node
+//! waiting for a free block keeps its lease too); take back the blocks held before
+//! (remembered, or held in this node's name in the store: adopted); claim one if none;
+//! measure usage and grow when free addresses run low, publish the
+//! allocations; publish the node; read the peers, reconcile the backend, probe and publish
+//! the peer view; write the hand-off and memory. Store errors end a round: it is retried with
+//! backoff and /readyz says why.
+//!
+//! Safety rule of the hand-off (checked before every action): it never lists a block the
+//! node does not hold under a lease it knows to be alive. At start it is cut to nothing until
+//! the blocks are confirmed (twill-cni answers "try again", code 11, meanwhile); a block
+//! lost (lease expired, revoked, deleted or taken over in the store) leaves it at once; and
+//! when the lease may have run out while the store was unreachable, it lists nothing until a
+//! keep-alive or a new lease says again.
+
+use crate::autodetect::NodeIp;
+use crate::backend::Peer;
+use crate::claims::{self, Backoff, CreateOutcome, ReclaimAction};
+use crate::log::Level;
+use crate::peers::Publisher;
+use crate::routing;
+use ipnet::Ipv4Net;
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+use twill_api::resources::{
+    block_from_key, block_key, Block, NetworkConfig, NodeSpec, NodeStatus, PeerReach, PeerView,
+    KEY_CONFIG, PREFIX_ALLOCATIONS, PREFIX_BLOCKS, PREFIX_NODECONFIGS, PREFIX_NODES, PREFIX_PEERS,
+};
+use twill_ipam::blocks::BlockSpace;
+use twill_store::{Event, KeyValue, LeaseId, Revision, StoreError, PREFIX};
+
+/// The longest the machine sleeps between rounds (watch events wake it earlier).
+pub const MAX_WAIT: Duration = Duration::from_secs(1);
+
+/// A full store key.
+pub fn key(rel: &str) -> String {
+    format!("{PREFIX}{rel}")
+}
+
+/// A request to the store, as [`twill_store::Store`]'s methods take it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreOp {
+    Get(String),
+    List(String),
+    Put {
+        key: String,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    },
+    Create {
+        key: String,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    },
+    Update {
+        key: String,
+        expected: Revision,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    },
+    DeleteIf {
+        key: String,
+        expected: Revision,
+    },
+    Grant(Duration),
+    KeepAlive(LeaseId),
+    /// Start watching `prefix` after `after`; the loop keeps the stream and feeds its
+    /// events back as [`Input::Watch`].
+    Watch {
+        prefix: String,
+        after: Revision,
+    },
+}
+
+/// The store's answer to a [`StoreOp`], one variant per method's return type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreReply {
+    Value(Option<KeyValue>),
+    List(Vec<KeyValue>, Revision),
+    Revision(Revision),
+    Created(Option<Revision>),
+    Done(bool),
+    Lease(LeaseId),
+    Ttl(Duration),
+    Watching,
+}
+
+/// One log line: the loop writes it with [`crate::log::event`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    pub level: Level,
+    pub msg: &'static str,
+    pub fields: Vec<(&'static str, String)>,
+}
+
+/// A change to what /readyz and /metrics show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    Ready,
+    NotReady { reason: String, store_up: bool },
+    StoreError,
+    LeaseRenewed,
+    LeaseRenewalFailed,
+    NodeIp(Ipv4Addr, String),
+    Blocks(Vec<Ipv4Net>),
+    Usage { used: u64, free: u64 },
+    Peers(BTreeMap<String, PeerReach>),
+}
+
+/// What the machine asks of the loop.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Store(StoreOp),
+    /// A (new) network config was read: set the backend up for it. Reply: [`Input::Backend`].
+    UseConfig(Box<NetworkConfig>),
+    /// Pick the node IP (the override, if any, wins). Reply: [`Input::NodeIp`].
+    DetectNodeIp(Option<NodeSpec>),
+    /// Read twill-cni's records. Reply: [`Input::Usage`].
+    MeasureUsage,
+    /// Program the routes to the peers for this node's blocks. No reply.
+    Reconcile {
+        node_ip: NodeIp,
+        blocks: Vec<Ipv4Net>,
+        peers: Vec<Peer>,
+    },
+    /// Point the prober at the peers and tell what it sees. Reply: [`Input::PeerView`].
+    ProbePeers {
+        node_ip: NodeIp,
+        peers: Vec<Peer>,
+    },
+    /// Write the hand-off with exactly these blocks. Reply: [`Input::Written`].
+    WriteHandOff(Vec<Ipv4Net>),
+    /// Write the memory of the blocks. Reply: [`Input::Written`].
+    WriteMemory(Vec<Ipv4Net>),
+    Log(LogLine),
+    Report(Report),
+    /// Nothing to do before this instant; wake earlier on a watch event.
+    Sleep(Instant),
+}
+
+impl Action {
+    /// Whether [`Machine::handle`] must get the answer before the next poll.
+    pub fn needs_reply(&self) -> bool {
+        !matches!(
+            self,
+            Action::Reconcile { .. } | Action::Log(_) | Action::Report(_) | Action::Sleep(_)
+        )
+    }
+}
+
+/// What twill-cni's records say: the addresses taken, and the `allocations/<node>` document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Measured {
+    pub ips: Vec<Ipv4Addr>,
+    pub allocations: Vec<u8>,
+}
+
+/// What the loop feeds back.
+#[derive(Debug)]
+pub enum Input {
+    Store(Result<StoreReply, StoreError>),
+    /// The backend for the config of [`Action::UseConfig`]: set up, or why not.
+    Backend(Result<(), String>),
+    NodeIp(Result<NodeIp, String>),
+    /// None: the records cannot be read now (usage unknown, logged by the loop).
+    Usage(Option<Measured>),
+    /// None: no backend routes between nodes, or the prober could not start.
+    PeerView(Option<PeerView>),
+    /// A file write: done, or why not (the error names the file and the fix).
+    Written(Result<(), String>),
+    Watch(Event),
+    WatchEnded(String),
+    /// The backend has an event or a timer due: reconcile it now.
+    BackendDue,
+}
+
+/// What does not change while the agent runs.
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub node: String,
+    /// The read-only static store: blocks come from its file; nothing is claimed or published.
+    pub static_store: bool,
+    pub min_free_addresses: u32,
+    pub poll_interval: Duration,
+    /// Blocks from the last run (memory, then the old hand-off), tried first.
+    pub remembered: Vec<Ipv4Net>,
+    /// What the hand-off file lists now (it is cut to the confirmed blocks at once).
+    pub handed_off: Vec<Ipv4Net>,
+    /// Wall clock at start, in seconds since the epoch (the blocks' `claimedAt`).
+    pub started_at: u64,
+    pub version: String,
+    /// The static store's file, for the reason when it gives this node nothing.
+    pub static_file: Option<String>,
+}
+
+/// The request a reply is for.
+#[derive(Debug)]
+enum Pending {
+    Config,
+    Override,
+    Watch,
+    Backend(Box<NetworkConfig>),
+    Detect,
+    Grant {
+        asked: Instant,
+        ttl: Duration,
+    },
+    KeepAlive {
+        asked: Instant,
+        ttl: Duration,
+    },
+    ReclaimList,
+    Reclaim(ReclaimStep),
+    Release(Ipv4Net),
+    ClaimList,
+    ClaimCreate(Ipv4Net),
+    ClaimCheck(Ipv4Net),
+    Usage,
+    Allocations(Vec<u8>),
+    Node(Vec<u8>),
+    Peers,
+    PeerView,
+    PeerPut(PeerView),
+    HandOff(Vec<Ipv4Net>),
+    /// The write at once of [`Machine::sync_handoff`], outside the round.
+    HandOffCut(Vec<Ipv4Net>),
+    Memory(Vec<Ipv4Net>),
+    StaticList,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReclaimStep {
+    Get,
+    Create,
+    Update,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Stage {
+    Config,
+    Override,
+    Detect,
+    Lease,
+    Static,
+    KeepAlive,
+    Reclaim,
+    Claim,
+    Usage,
+    Node,
+    Peers,
+    Reconcile,
+    Probe,
+    HandOff,
+    Memory,
+    Done,
+}
+
+/// A block to take back: why it is a candidate, and what the store said of it last.
+#[derive(Debug, Clone)]
+struct Candidate {
+    block: Ipv4Net,
+    /// Found in the store in this node's name, not remembered: adopted.
+    adopted: bool,
+    kv: Option<KeyValue>,
+    attempts: u32,
+}
+
+#[derive(Debug, Default)]
+struct Reclaiming {
+    /// Blocks in this node's name outside the address space, to delete first.
+    releases: Vec<(Ipv4Net, Revision)>,
+    queue: VecDeque<Candidate>,
+    got: Vec<Ipv4Net>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// The node holds nothing: without a block it is not ready.
+    First,
+    /// Free addresses ran low (`free` left).
+    Grow { free: u64 },
+}
+
+#[derive(Debug)]
+struct Claiming {
+    purpose: Purpose,
+    taken: Option<HashSet<Ipv4Net>>,
+    collisions: usize,
+}
+
+/// How a round ended.
+enum End {
+    Ready(Instant),
+    NotReady(String, Duration),
+    Store(StoreError),
+    File(String),
+}
+
+pub struct Machine {
+    p: Params,
+    seed: u64,
+    backoff: Backoff,
+    last_problem: Option<String>,
+    out: VecDeque<Action>,
+    /// The next request, returned by poll once the queued logs and reports are out.
+    follow: Option<(Pending, Action)>,
+    pending: Option<Pending>,
+    start: Instant,
+    /// The round in progress; None while asleep until `wake`.
+    stage: Option<Stage>,
+    wake: Instant,
+    net: Option<(NetworkConfig, BlockSpace)>,
+    spec: Option<NodeSpec>,
+    watching: bool,
+    redetect: bool,
+    node_ip: Option<NodeIp>,
+    lease: Option<LeaseId>,
+    /// The lease is surely alive until then: the time its last grant or keep-alive was
+    /// asked, plus its TTL.
+    lease_until: Instant,
+    next_keepalive: Instant,
+    /// Blocks confirmed under `lease`, in claim order.
+    held: Vec<Ipv4Net>,
+    remembered: Vec<Ipv4Net>,
+    need_reclaim: bool,
+    reclaiming: Option<Reclaiming>,
+    claiming: Option<Claiming>,
+    next_usage: Instant,
+    exhausted_logged: bool,
+    lease_doubt_logged: bool,
+    measured: Option<Measured>,
+    published_node: Option<(LeaseId, Vec<u8>)>,
+    published_allocs: Option<(LeaseId, Vec<u8>)>,
+    /// What the hand-off file lists (as far as this run knows).
+    handed_off: Vec<Ipv4Net>,
+    /// After a failed cut of the hand-off, the next try waits until then.
+    cut_retry: Instant,
+    memory: Option<Vec<Ipv4Net>>,
+    peers: Vec<Peer>,
+    peers_dirty: bool,
+    peers_published: Publisher,
+}
+
+fn fields(list: &[(&'static str, &dyn std::fmt::Display)]) -> Vec<(&'static str, String)> {
+    list.iter().map(|(k, v)| (*k, v.to_string())).collect()
+}
+
+fn join(blocks: &[Ipv4Net]) -> String {
+    blocks
+        .iter()
+        .map(|b| b.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn parse_block(kv: &KeyValue) -> Option<Block> {
+    serde_json::from_slice::<Block>(&kv.value).ok()
+}
+
+impl Machine {
+    pub fn new(p: Params, now: Instant) -> Machine {
+        let mut m = Machine {
+            seed: claims::seed(&p.node),
+            backoff: Backoff::new(),
+            last_problem: None,
+            out: VecDeque::new(),
+            follow: None,
+            pending: None,
+            start: now,
+            stage: None,
+            wake: now,
+            net: None,
+            spec: None,
+            watching: false,
+            redetect: true,
+            node_ip: None,
+            lease: None,
+            lease_until: now,
+            next_keepalive: now,
+            held: Vec::new(),
+            remembered: p.remembered.clone(),
+            need_reclaim: false,
+            reclaiming: None,
+            claiming: None,
+            next_usage: now,
+            exhausted_logged: false,
+            lease_doubt_logged: false,
+            measured: None,
+            published_node: None,
+            published_allocs: None,
+            handed_off: p.handed_off.clone(),
+            cut_retry: now,
+            memory: None,
+            peers: Vec::new(),
+            peers_dirty: true,
+            peers_published: Publisher::default(),
+            p,
+        };
+        if !m.remembered.is_empty() {
+            let list = join(&m.remembered);
+            m.log(
+                Level::Info,
+                "blocks remembered from the last run",
+                fields(&[("blocks", &list)]),
+            );
+        }
+        m
+    }
+
+    /// The blocks held now, confirmed under a live lease.
+    pub fn held(&self) -> &[Ipv4Net] {
+        &self.held
+    }
+
+    /// The blocks the hand-off may list at `now`: the held ones while the lease is surely
+    /// alive, else none.
+    pub fn confirmed(&self, now: Instant) -> Vec<Ipv4Net> {
+        if self.p.static_store || (self.lease.is_some() && now < self.lease_until) {
+            self.held.clone()
+        } else {
+            Vec::new()
+        }
+    }
+
+    pub fn lease(&self) -> Option<LeaseId> {
+        self.lease
+    }
+
+    fn log(&mut self, level: Level, msg: &'static str, fields: Vec<(&'static str, String)>) {
+        self.out
+            .push_back(Action::Log(LogLine { level, msg, fields }));
+    }
+
+    fn report(&mut self, r: Report) {
+        self.out.push_back(Action::Report(r));
+    }
+
+    /// Asks the loop something (after the queued logs and reports).
+    fn ask(&mut self, pending: Pending, action: Action) {
+        debug_assert!(action.needs_reply());
+        debug_assert!(self.follow.is_none());
+        self.follow = Some((pending, action));
+    }
+
+    fn store(&mut self, pending: Pending, op: StoreOp) {
+        self.ask(pending, Action::Store(op))
+    }
+
+    /// What to do next at `now`.
+    pub fn poll(&mut self, now: Instant) -> Action {
+        assert!(
+            self.pending.is_none(),
+            "poll before the reply to the last action"
+        );
+        loop {
+            if let Some(a) = self.out.pop_front() {
+                return a;
+            }
+            if let Some((p, a)) = self.follow.take() {
+                self.pending = Some(p);
+                return a;
+            }
+            if self.sync_handoff(now) {
+                continue;
+            }
+            let Some(stage) = self.stage else {
+                if now < self.wake {
+                    return Action::Sleep(self.wake);
+                }
+                self.stage = Some(Stage::Config);
+                continue;
+            };
+            self.advance(stage, now);
+        }
+    }
+
+    /// The safety rule: cut the hand-off at once when it lists a block not confirmed now.
+    fn sync_handoff(&mut self, now: Instant) -> bool {
+        let ok = self.confirmed(now);
+        if self.handed_off.iter().all(|b| ok.contains(b)) || now < self.cut_retry {
+            return false;
+        }
+        if self.lease.is_some() && now >= self.lease_until && !self.lease_doubt_logged {
+            self.lease_doubt_logged = true;
+            let held = join(&self.held);
+            self.log(
+                Level::Warn,
+                "the lease may have expired while the store did not answer: the hand-off lists no block until the store confirms it",
+                fields(&[("node", &self.p.node), ("blocks", &held)]),
+            );
+        }
+        let dropped: Vec<Ipv4Net> = self
+            .handed_off
+            .iter()
+            .filter(|b| !ok.contains(b))
+            .copied()
+            .collect();
+        let list = join(&dropped);
+        self.log(
+            Level::Info,
+            "hand-off cut to the blocks this node holds under its lease",
+            fields(&[("node", &self.p.node), ("removed", &list)]),
+        );
+        self.ask(Pending::HandOffCut(ok.clone()), Action::WriteHandOff(ok));
+        true
+    }
+
+    fn next_stage(&mut self, s: Stage) {
+        self.stage = Some(s);
+    }
+
+    /// Runs stage `s`: it asks something of the loop (see [`Machine::ask`]), moves on to
+    /// another stage, or ends the round.
+    fn advance(&mut self, s: Stage, now: Instant) {
+        match s {
+            Stage::Config => {
+                if self.net.is_some() {
+                    self.next_stage(Stage::Override);
+                    return;
+                }
+                self.store(Pending::Config, StoreOp::Get(key(KEY_CONFIG)))
+            }
+            Stage::Override => {
+                if self.watching {
+                    self.next_stage(Stage::Detect);
+                    return;
+                }
+                let ours = key(&format!("{PREFIX_NODECONFIGS}{}", self.p.node));
+                self.store(Pending::Override, StoreOp::List(ours))
+            }
+            Stage::Detect => {
+                if !self.redetect && self.node_ip.is_some() {
+                    self.next_stage(Stage::Lease);
+                    return;
+                }
+                let spec = self.spec.clone();
+                self.ask(Pending::Detect, Action::DetectNodeIp(spec))
+            }
+            Stage::Lease => {
+                let next = if self.p.static_store {
+                    Stage::Static
+                } else {
+                    Stage::KeepAlive
+                };
+                if self.lease.is_some() {
+                    self.next_stage(next);
+                    return;
+                }
+                let ttl = self.ttl();
+                self.store(Pending::Grant { asked: now, ttl }, StoreOp::Grant(ttl))
+            }
+            Stage::Static => self.store(Pending::StaticList, StoreOp::List(key(PREFIX_BLOCKS))),
+            Stage::Reclaim => self.reclaim_next(now),
+            Stage::Claim => {
+                if self.claiming.is_none() {
+                    if !self.held.is_empty() {
+                        self.next_stage(Stage::Usage);
+                        return;
+                    }
+                    self.claiming = Some(Claiming {
+                        purpose: Purpose::First,
+                        taken: None,
+                        collisions: 0,
+                    });
+                }
+                self.claim_next(now)
+            }
+            Stage::KeepAlive => {
+                if now < self.next_keepalive {
+                    self.next_stage(Stage::Reclaim);
+                    return;
+                }
+                let lease = self.lease.expect("held by now");
+                let ttl = self.ttl();
+                self.store(
+                    Pending::KeepAlive { asked: now, ttl },
+                    StoreOp::KeepAlive(lease),
+                )
+            }
+            Stage::Usage => {
+                if self.claiming.is_some() {
+                    return self.claim_next(now);
+                }
+                if let Some(m) = self.measured.take() {
+                    return self.after_growth(m);
+                }
+                if now < self.next_usage {
+                    self.next_stage(Stage::Node);
+                    return;
+                }
+                self.next_usage = now + self.p.poll_interval;
+                self.ask(Pending::Usage, Action::MeasureUsage)
+            }
+            Stage::HandOff => {
+                let blocks = self.confirmed(now);
+                self.ask(
+                    Pending::HandOff(blocks.clone()),
+                    Action::WriteHandOff(blocks),
+                )
+            }
+            Stage::Memory => {
+                if self.p.static_store || self.memory.as_ref() == Some(&self.held) {
+                    self.next_stage(Stage::Done);
+                    return;
+                }
+                let blocks = self.held.clone();
+                self.ask(Pending::Memory(blocks.clone()), Action::WriteMemory(blocks))
+            }
+            Stage::Node => {
+                let lease = self.lease.expect("held by now");
+                let ip = self.node_ip.as_ref().expect("detected before");
+                let status = NodeStatus {
+                    name: self.p.node.clone(),
+                    address: ip.address,
+                    autodetection: ip.method.clone(),
+                    reason: ip.reason.clone(),
+                    blocks: self.held.clone(),
+                    started_at: self.p.started_at,
+                    agent_version: self.p.version.clone(),
+                };
+                let bytes = serde_json::to_vec(&status).expect("a node status serializes");
+                if self.published_node.as_ref() == Some(&(lease, bytes.clone())) {
+                    self.next_stage(Stage::Peers);
+                    return;
+                }
+                let k = key(&format!("{PREFIX_NODES}{}", self.p.node));
+                self.store(
+                    Pending::Node(bytes.clone()),
+                    StoreOp::Put {
+                        key: k,
+                        value: bytes,
+                        lease: Some(lease),
+                    },
+                )
+            }
+            Stage::Peers => {
+                if !self.peers_dirty {
+                    self.next_stage(Stage::Reconcile);
+                    return;
+                }
+                self.store(Pending::Peers, StoreOp::List(key(PREFIX_NODES)))
+            }
+            Stage::Reconcile => {
+                self.next_stage(if self.p.static_store {
+                    Stage::HandOff
+                } else {
+                    Stage::Probe
+                });
+                self.out.push_back(Action::Reconcile {
+                    node_ip: self.node_ip.clone().expect("detected before"),
+                    blocks: self.held.clone(),
+                    peers: self.peers.clone(),
+                });
+            }
+            Stage::Probe => {
+                let node_ip = self.node_ip.clone().expect("detected before");
+                let peers = self.peers.clone();
+                self.ask(Pending::PeerView, Action::ProbePeers { node_ip, peers })
+            }
+            Stage::Done => {
+                let blocks = self.held.clone();
+                self.report(Report::Blocks(blocks));
+                let next = if self.p.static_store {
+                    now + self.p.poll_interval
+                } else {
+                    self.next_keepalive.min(self.next_usage)
+                };
+                self.end(now, End::Ready(next));
+            }
+        }
+    }
+
+    fn ttl(&self) -> Duration {
+        Duration::from_secs(self.net.as_ref().expect("config known").0.lease_ttl_seconds)
+    }
+
+    fn space(&self) -> &BlockSpace {
+        &self.net.as_ref().expect("config known").1
+    }
+
+    fn block_value(&self, b: Ipv4Net, claimed_at: u64) -> Vec<u8> {
+        serde_json::to_vec(&Block {
+            cidr: b,
+            node: self.p.node.clone(),
+            claimed_at,
+        })
+        .expect("a block serializes")
+    }
+
+    /// Reclaim: list the blocks (to find those held in this node's name), then take each
+    /// candidate back in turn.
+    fn reclaim_next(&mut self, now: Instant) {
+        if !self.need_reclaim {
+            self.next_stage(Stage::Claim);
+            return;
+        }
+        let Some(r) = self.reclaiming.as_mut() else {
+            return self.store(Pending::ReclaimList, StoreOp::List(key(PREFIX_BLOCKS)));
+        };
+        if let Some((b, rev)) = r.releases.pop() {
+            self.log(
+                Level::Warn,
+                "a block held in this node's name is outside the address space (the network config changed); releasing it, since no pod can be given an address in it",
+                fields(&[("node", &self.p.node), ("block", &b)]),
+            );
+            return self.store(
+                Pending::Release(b),
+                StoreOp::DeleteIf {
+                    key: key(&block_key(b)),
+                    expected: rev,
+                },
+            );
+        }
+        let Some(c) = r.queue.front().cloned() else {
+            let r = self.reclaiming.take().expect("checked");
+            self.held = r.got;
+            self.remembered.clear();
+            self.need_reclaim = false;
+            self.next_usage = now;
+            self.next_stage(Stage::Claim);
+            return;
+        };
+        let lease = self.lease.expect("held by now");
+        let k = key(&block_key(c.block));
+        let parsed = c.kv.as_ref().map(|kv| (parse_block(kv), kv.lease));
+        let action = claims::reclaim_action(
+            parsed.as_ref().map(|(b, l)| (b.as_ref(), *l)),
+            &self.p.node,
+            lease,
+        );
+        match action {
+            ReclaimAction::Keep => {
+                self.reclaim_done(true);
+            }
+            ReclaimAction::Create => {
+                let v = self.block_value(c.block, self.claim_time(now));
+                self.store(
+                    Pending::Reclaim(ReclaimStep::Create),
+                    StoreOp::Create {
+                        key: k,
+                        value: v,
+                        lease: Some(lease),
+                    },
+                )
+            }
+            ReclaimAction::TakeOver { claimed_at } => {
+                if c.adopted && c.attempts == 0 {
+                    self.log(
+                        Level::Info,
+                        "a block held in this node's name but not remembered (a node replaced under the same name, or killed before its hand-off was written); adopting it: pods may hold addresses in it, and the node needs a block anyway",
+                        fields(&[("node", &self.p.node), ("block", &c.block)]),
+                    );
+                }
+                let rev = c.kv.as_ref().map(|kv| kv.mod_revision).unwrap_or_default();
+                let v = self.block_value(c.block, claimed_at);
+                self.store(
+                    Pending::Reclaim(ReclaimStep::Update),
+                    StoreOp::Update {
+                        key: k,
+                        expected: rev,
+                        value: v,
+                        lease: Some(lease),
+                    },
+                )
+            }
+            ReclaimAction::Lost { other } => {
+                self.log(
+                    Level::Error,
+                    "a block this node held is now held by another node; not taking it back: pods of this node with addresses in it conflict with that node's pods, remove them",
+                    fields(&[("block", &c.block), ("node", &self.p.node), ("holder", &other)]),
+                );
+                self.reclaim_done(false);
+            }
+        }
+    }
+
+    /// The front candidate is settled.
+    fn reclaim_done(&mut self, got: bool) {
+        let r = self.reclaiming.as_mut().expect("reclaiming");
+        let c = r.queue.pop_front().expect("a candidate");
+        if got {
+            r.got.push(c.block);
+        }
+    }
+
+    /// The front candidate changed under us: read it again (at most 5 tries).
+    fn reclaim_retry(&mut self) {
+        let r = self.reclaiming.as_mut().expect("reclaiming");
+        let c = r.queue.front_mut().expect("a candidate");
+        c.attempts += 1;
+        if c.attempts >= 5 {
+            self.reclaim_done(false);
+            return;
+        }
+        let k = key(&block_key(c.block));
+        self.store(Pending::Reclaim(ReclaimStep::Get), StoreOp::Get(k))
+    }
+
+    fn reclaim_listed(&mut self, kvs: Vec<KeyValue>) {
+        let mut mine: Vec<(Ipv4Net, KeyValue)> = kvs
+            .into_iter()
+            .filter_map(|kv| {
+                let b = parse_block(&kv)?;
+                (b.node == self.p.node && block_from_key(&kv.key) == Some(b.cidr))
+                    .then_some((b.cidr, kv))
+            })
+            .collect();
+        mine.sort_by_key(|(b, _)| *b);
+        let mut r = Reclaiming::default();
+        let mut seen: Vec<Ipv4Net> = Vec::new();
+        let order: Vec<Ipv4Net> = self
+            .held
+            .iter()
+            .chain(self.remembered.iter())
+            .copied()
+            .collect();
+        for b in order {
+            if seen.contains(&b) {
+                continue;
+            }
+            seen.push(b);
+            if !self.space().is_usable(b) {
+                if !mine.iter().any(|(m, _)| *m == b) {
+                    self.log(
+                        Level::Warn,
+                        "a remembered block is not part of the address space any more; dropping it",
+                        fields(&[("block", &b)]),
+                    );
+                }
+                continue;
+            }
+            let kv = mine.iter().find(|(m, _)| *m == b).map(|(_, kv)| kv.clone());
+            r.queue.push_back(Candidate {
+                block: b,
+                adopted: false,
+                kv,
+                attempts: 0,
+            });
+        }
+        for (b, kv) in &mine {
+            if seen.contains(b) {
+                continue;
+            }
+            if !self.space().is_usable(*b) {
+                // Outside the address space: it can never be handed off, so free its key.
+                r.releases.push((*b, kv.mod_revision));
+                continue;
+            }
+            r.queue.push_back(Candidate {
+                block: *b,
+                adopted: true,
+                kv: Some(kv.clone()),
+                attempts: 0,
+            });
+        }
+        self.reclaiming = Some(r);
+    }
+
+    fn claim_next(&mut self, now: Instant) {
+        let c = self.claiming.as_ref().expect("claiming");
+        let Some(taken) = c.taken.as_ref() else {
+            return self.store(Pending::ClaimList, StoreOp::List(key(PREFIX_BLOCKS)));
+        };
+        let next = self.space().free_from(taken, self.seed).next();
+        let Some(b) = next else {
+            let c = self.claiming.take().expect("claiming");
+            return self.claimed(c.purpose, None, now);
+        };
+        let lease = self.lease.expect("held by now");
+        let value = self.block_value(b, self.claim_time(now));
+        self.store(
+            Pending::ClaimCreate(b),
+            StoreOp::Create {
+                key: key(&block_key(b)),
+                value,
+                lease: Some(lease),
+            },
+        )
+    }
+
+    /// The wall clock at `now`, in seconds (derived from the start: the machine reads no clock).
+    fn claim_time(&self, now: Instant) -> u64 {
+        self.p.started_at + now.saturating_duration_since(self.start).as_secs()
+    }
+
+    /// The claim ended: with block `got`, or none free.
+    fn claimed(&mut self, purpose: Purpose, got: Option<Ipv4Net>, now: Instant) {
+        match (purpose, got) {
+            (Purpose::First, Some(b)) => {
+                self.held.push(b);
+                self.next_stage(Stage::Usage);
+            }
+            (Purpose::First, None) => {
+                let (c, space) = self.net.as_ref().expect("config known");
+                let why = format!(
+                    "no free block: all {} /{} blocks of {} are held by other nodes; widen clusterCIDR or retire nodes (twill node remove NAME)",
+                    space.capacity(),
+                    c.block_size,
+                    c.cluster_cidr
+                );
+                self.end(now, End::NotReady(why, Duration::from_secs(2)));
+            }
+            (Purpose::Grow { free }, Some(b)) => {
+                let min = self.p.min_free_addresses;
+                self.log(
+                    Level::Info,
+                    "free addresses ran low; claimed another block",
+                    fields(&[
+                        ("node", &self.p.node),
+                        ("free", &free),
+                        ("minFreeAddresses", &min),
+                        ("block", &b),
+                    ]),
+                );
+                self.held.push(b);
+                // Measure again soon: one block may not be enough.
+                self.next_usage = now;
+            }
+            (Purpose::Grow { free }, None) => {
+                if !self.exhausted_logged {
+                    self.log(
+                        Level::Warn,
+                        "free addresses ran low but no block is free in the cluster",
+                        fields(&[("node", &self.p.node), ("free", &free)]),
+                    );
+                    self.exhausted_logged = true;
+                }
+            }
+        }
+    }
+
+    /// Usage measured (and the growth, if any, done): report it, publish the allocations.
+    fn after_growth(&mut self, m: Measured) {
+        let usage = claims::usage(&self.held, &m.ips);
+        self.report(Report::Usage {
+            used: usage.used,
+            free: usage.free,
+        });
+        let lease = self.lease.expect("held by now");
+        if self.published_allocs.as_ref() == Some(&(lease, m.allocations.clone())) {
+            self.next_stage(Stage::Node);
+            return;
+        }
+        let k = key(&format!("{PREFIX_ALLOCATIONS}{}", self.p.node));
+        self.store(
+            Pending::Allocations(m.allocations.clone()),
+            StoreOp::Put {
+                key: k,
+                value: m.allocations,
+                lease: Some(lease),
+            },
+        )
+    }
+
+    /// A round ends: what run()'s match on the step's result did.
+    fn end(&mut self, now: Instant, e: End) {
+        self.stage = None;
+        self.reclaiming = None;
+        self.claiming = None;
+        self.measured = None;
+        self.wake = match e {
+            End::Ready(next) => {
+                self.backoff.reset();
+                if self.last_problem.take().is_some() {
+                    let node = self.p.node.clone();
+                    self.log(Level::Info, "node ready", fields(&[("node", &node)]));
+                }
+                self.report(Report::Ready);
+                next.min(now + MAX_WAIT)
+            }
+            End::NotReady(why, wait) => {
+                self.backoff.reset();
+                self.problem(&why, true);
+                now + wait.min(MAX_WAIT)
+            }
+            End::Store(StoreError::LeaseExpired(id)) => {
+                self.lease_lost(id);
+                now
+            }
+            End::Store(e) => {
+                let why = if e.is_transient() {
+                    format!("store unreachable: {e}")
+                } else {
+                    format!("store error: {e}")
+                };
+                self.report(Report::StoreError);
+                self.problem(&why, false);
+                let delay = self.backoff.next_delay();
+                let node = self.p.node.clone();
+                self.log(
+                    Level::Warn,
+                    "store call failed; retrying",
+                    fields(&[
+                        ("node", &node),
+                        ("retryInMs", &delay.as_millis()),
+                        ("error", &e),
+                    ]),
+                );
+                // Not capped by MAX_WAIT: the backoff must reach its 10 s ceiling (watch
+                // events still wake the loop early).
+                now + delay
+            }
+            End::File(why) => {
+                self.problem(&why, true);
+                now + self.backoff.next_delay()
+            }
+        };
+    }
+
+    /// Logs a new problem once and shows it in /readyz.
+    fn problem(&mut self, why: &str, store_up: bool) {
+        if self.last_problem.as_deref() != Some(why) {
+            let node = self.p.node.clone();
+            self.log(
+                Level::Warn,
+                "not ready",
+                fields(&[("node", &node), ("reason", &why)]),
+            );
+            self.last_problem = Some(why.to_string());
+        }
+        self.report(Report::NotReady {
+            reason: why.to_string(),
+            store_up,
+        });
+    }
+
+    fn lease_lost(&mut self, id: LeaseId) {
+        let node = self.p.node.clone();
+        self.log(
+            Level::Warn,
+            "lease lost; granting a new one and claiming the same blocks again",
+            fields(&[("node", &node), ("lease", &id.0)]),
+        );
+        self.report(Report::LeaseRenewalFailed);
+        self.lease = None;
+    }
+
+    /// Feeds the answer to the last action, or a watch event.
+    pub fn handle(&mut self, now: Instant, input: Input) {
+        match input {
+            Input::Watch(ev) => return self.on_event(now, ev),
+            Input::BackendDue => {
+                self.wake_now(now);
+                return;
+            }
+            Input::WatchEnded(e) => {
+                self.log(
+                    Level::Warn,
+                    "watch of the node override ended; watching again",
+                    fields(&[("error", &e)]),
+                );
+                self.watching = false;
+                return;
+            }
+            _ => {}
+        }
+        let pending = self.pending.take().expect("a reply without a request");
+        if let Pending::HandOffCut(blocks) = pending {
+            match input {
+                Input::Written(Ok(())) => self.handed_off = blocks,
+                Input::Written(Err(why)) => {
+                    self.cut_retry = now + self.backoff.next_delay();
+                    self.problem(&why, true);
+                }
+                other => panic!("unexpected reply {other:?} to a hand-off write"),
+            }
+            return;
+        }
+        let reply = match input {
+            Input::Store(Err(e)) => {
+                if matches!(pending, Pending::KeepAlive { .. })
+                    && !matches!(e, StoreError::LeaseExpired(_))
+                {
+                    self.report(Report::LeaseRenewalFailed);
+                }
+                self.end(now, End::Store(e));
+                return;
+            }
+            Input::Store(Ok(r)) => Some(r),
+            other => {
+                self.other_reply(now, pending, other);
+                return;
+            }
+        };
+        let reply = reply.expect("store reply");
+        self.store_reply(now, pending, reply);
+    }
+
+    fn other_reply(&mut self, now: Instant, pending: Pending, input: Input) {
+        match (pending, input) {
+            (Pending::Backend(c), Input::Backend(Ok(()))) => {
+                let space = BlockSpace::new(&c);
+                self.net = Some((*c, space));
+                self.next_stage(Stage::Override);
+            }
+            (Pending::Backend(_), Input::Backend(Err(e))) => self.end(
+                now,
+                End::NotReady(
+                    format!("the network config's backend is unusable: {e}; fix it with twill apply -f network.yaml"),
+                    Duration::from_secs(2),
+                ),
+            ),
+            (Pending::Detect, Input::NodeIp(Ok(ip))) => {
+                if self.node_ip.as_ref() != Some(&ip) {
+                    // A fixed address no interface holds is likely a typo: say so louder.
+                    let level = if ip.cidr.is_none() {
+                        Level::Warn
+                    } else {
+                        Level::Info
+                    };
+                    let node = self.p.node.clone();
+                    self.log(
+                        level,
+                        "node IP",
+                        fields(&[
+                            ("node", &node),
+                            ("address", &ip.address),
+                            ("interface", &ip.interface.clone().unwrap_or_default()),
+                            ("method", &ip.method),
+                            ("reason", &ip.reason),
+                        ]),
+                    );
+                    self.report(Report::NodeIp(ip.address, ip.method.clone()));
+                    self.node_ip = Some(ip);
+                }
+                self.redetect = false;
+                self.next_stage(Stage::Lease);
+            }
+            (Pending::Detect, Input::NodeIp(Err(why))) => {
+                self.end(now, End::NotReady(why, Duration::from_secs(2)))
+            }
+            (Pending::Usage, Input::Usage(None)) => self.next_stage(Stage::Node),
+            (Pending::Usage, Input::Usage(Some(m))) => {
+                let usage = claims::usage(&self.held, &m.ips);
+                if usage.free < u64::from(self.p.min_free_addresses) {
+                    self.claiming = Some(Claiming {
+                        purpose: Purpose::Grow { free: usage.free },
+                        taken: None,
+                        collisions: 0,
+                    });
+                }
+                self.measured = Some(m);
+            }
+            (Pending::PeerView, Input::PeerView(None)) => self.next_stage(Stage::HandOff),
+            (Pending::PeerView, Input::PeerView(Some(view))) => {
+                self.report(Report::Peers(view.peers.clone()));
+                let lease = self.lease.expect("held by now");
+                if self.peers_published.due(lease.0, &view, now) {
+                    let bytes = serde_json::to_vec(&view).expect("a peer view serializes");
+                    let k = key(&format!("{PREFIX_PEERS}{}", self.p.node));
+                    self.store(
+                        Pending::PeerPut(view),
+                        StoreOp::Put {
+                            key: k,
+                            value: bytes,
+                            lease: Some(lease),
+                        },
+                    );
+                } else {
+                    self.next_stage(Stage::HandOff);
+                }
+            }
+            (Pending::HandOff(blocks), Input::Written(r)) => match r {
+                Ok(()) => {
+                    self.handed_off = blocks;
+                    self.next_stage(Stage::Memory);
+                }
+                Err(why) => self.end(now, End::File(why)),
+            },
+            (Pending::Memory(blocks), Input::Written(r)) => match r {
+                Ok(()) => {
+                    self.memory = Some(blocks);
+                    self.next_stage(Stage::Done);
+                }
+                Err(why) => self.end(now, End::File(why)),
+            },
+            (p, i) => panic!("unexpected reply {i:?} to {p:?}"),
+        }
+    }
+
+    fn store_reply(&mut self, now: Instant, pending: Pending, reply: StoreReply) {
+        match (pending, reply) {
+            (Pending::Config, StoreReply::Value(None)) => self.end(
+                now,
+                End::NotReady(
+                    "no network config in the store: run twill apply -f network.yaml".into(),
+                    Duration::from_millis(500),
+                ),
+            ),
+            (Pending::Config, StoreReply::Value(Some(kv))) => {
+                let config = match serde_json::from_slice::<NetworkConfig>(&kv.value)
+                    .map_err(|e| e.to_string())
+                    .and_then(|c| c.validate().map(|()| c).map_err(|e| e.to_string()))
+                {
+                    Ok(c) => c,
+                    Err(e) => {
+                        return self.end(
+                            now,
+                            End::NotReady(
+                                format!("the network config in the store is invalid ({e}); fix it with twill apply -f network.yaml"),
+                                Duration::from_secs(2),
+                            ),
+                        )
+                    }
+                };
+                self.log(
+                    Level::Info,
+                    "network config",
+                    fields(&[
+                        ("clusterCIDR", &config.cluster_cidr),
+                        ("blockSize", &config.block_size),
+                        ("leaseTTLSeconds", &config.lease_ttl_seconds),
+                    ]),
+                );
+                let c = Box::new(config);
+                self.ask(Pending::Backend(c.clone()), Action::UseConfig(c));
+            }
+            (Pending::Override, StoreReply::List(kvs, rev)) => {
+                let ours = key(&format!("{PREFIX_NODECONFIGS}{}", self.p.node));
+                let spec = kvs.iter().find(|kv| kv.key == ours).cloned();
+                self.spec = spec.and_then(|kv| self.parse_spec(&kv));
+                // One watch for the override, the other nodes (the backend's peers) and
+                // this node's blocks.
+                self.store(
+                    Pending::Watch,
+                    StoreOp::Watch {
+                        prefix: PREFIX.into(),
+                        after: rev,
+                    },
+                );
+            }
+            (Pending::Watch, StoreReply::Watching) => {
+                self.watching = true;
+                self.peers_dirty = true;
+                self.redetect = true;
+                self.next_stage(Stage::Detect);
+            }
+            (Pending::Grant { asked, ttl }, StoreReply::Lease(l)) => {
+                let node = self.p.node.clone();
+                self.log(
+                    Level::Info,
+                    "lease granted",
+                    fields(&[
+                        ("node", &node),
+                        ("lease", &l.0),
+                        ("ttl", &format!("{}s", ttl.as_secs())),
+                    ]),
+                );
+                self.lease = Some(l);
+                self.lease_until = asked + ttl;
+                self.lease_doubt_logged = false;
+                self.next_keepalive = now + ttl / 3;
+                self.need_reclaim = true;
+                self.next_stage(if self.p.static_store {
+                    Stage::Static
+                } else {
+                    Stage::KeepAlive
+                });
+            }
+            (Pending::KeepAlive { asked, ttl }, StoreReply::Ttl(_)) => {
+                self.report(Report::LeaseRenewed);
+                self.next_keepalive = now + ttl / 3;
+                self.lease_until = asked + ttl;
+                self.lease_doubt_logged = false;
+                self.next_stage(Stage::Reclaim);
+            }
+            (Pending::ReclaimList, StoreReply::List(kvs, _)) => {
+                self.reclaim_listed(kvs);
+            }
+            (Pending::Release(b), StoreReply::Done(deleted)) => {
+                if deleted {
+                    self.log(
+                        Level::Info,
+                        "block released",
+                        fields(&[("node", &self.p.node), ("block", &b)]),
+                    );
+                }
+            }
+            (Pending::Reclaim(step), reply) => {
+                let block = self
+                    .reclaiming
+                    .as_ref()
+                    .and_then(|r| r.queue.front())
+                    .map(|c| c.block)
+                    .expect("a candidate");
+                let node = self.p.node.clone();
+                match (step, reply) {
+                    (ReclaimStep::Get, StoreReply::Value(kv)) => {
+                        let r = self.reclaiming.as_mut().expect("reclaiming");
+                        r.queue.front_mut().expect("a candidate").kv = kv;
+                    }
+                    (ReclaimStep::Create, StoreReply::Created(Some(_))) => {
+                        self.log(
+                            Level::Info,
+                            "block claimed again",
+                            fields(&[("node", &node), ("block", &block)]),
+                        );
+                        self.reclaim_done(true);
+                    }
+                    (ReclaimStep::Update, StoreReply::Done(true)) => {
+                        self.log(
+                            Level::Info,
+                            "block taken over under the new lease",
+                            fields(&[("node", &node), ("block", &block)]),
+                        );
+                        self.reclaim_done(true);
+                    }
+                    // It changed meanwhile (or an earlier attempt of this very write
+                    // committed before a connection error): read it again and decide.
+                    (ReclaimStep::Create, StoreReply::Created(None))
+                    | (ReclaimStep::Update, StoreReply::Done(false)) => {
+                        self.reclaim_retry();
+                    }
+                    (s, r) => panic!("unexpected reply {r:?} to reclaim {s:?}"),
+                }
+            }
+            (Pending::ClaimList, StoreReply::List(kvs, _)) => {
+                let taken = kvs
+                    .iter()
+                    .filter_map(|kv| block_from_key(&kv.key))
+                    .collect();
+                self.claiming.as_mut().expect("claiming").taken = Some(taken);
+            }
+            (Pending::ClaimCreate(b), StoreReply::Created(Some(_))) => {
+                let c = self.claiming.take().expect("claiming");
+                let node = self.p.node.clone();
+                self.log(
+                    Level::Info,
+                    "block claimed",
+                    fields(&[
+                        ("node", &node),
+                        ("block", &b),
+                        ("collisions", &c.collisions),
+                    ]),
+                );
+                self.exhausted_logged = false;
+                self.claimed(c.purpose, Some(b), now);
+            }
+            (Pending::ClaimCreate(b), StoreReply::Created(None)) => {
+                // "Already exists": someone else's, or this create's own first attempt.
+                self.store(Pending::ClaimCheck(b), StoreOp::Get(key(&block_key(b))));
+            }
+            (Pending::ClaimCheck(b), StoreReply::Value(kv)) => {
+                let lease = self.lease.expect("held by now");
+                let parsed = kv.as_ref().map(|kv| (parse_block(kv), kv.lease));
+                let outcome = claims::create_outcome(
+                    parsed.as_ref().map(|(b, l)| (b.as_ref(), *l)),
+                    &self.p.node,
+                    lease,
+                );
+                let c = self.claiming.as_mut().expect("claiming");
+                match outcome {
+                    CreateOutcome::Mine => {
+                        let c = self.claiming.take().expect("claiming");
+                        let node = self.p.node.clone();
+                        self.log(
+                            Level::Info,
+                            "block claimed",
+                            fields(&[
+                                ("node", &node),
+                                ("block", &b),
+                                ("collisions", &c.collisions),
+                                ("note", &"the create had committed before a connection error; the retry found it ours"),
+                            ]),
+                        );
+                        self.exhausted_logged = false;
+                        self.claimed(c.purpose, Some(b), now);
+                    }
+                    CreateOutcome::Taken => {
+                        c.collisions += 1;
+                        c.taken.as_mut().expect("listed").insert(b);
+                    }
+                }
+            }
+            (Pending::Allocations(bytes), StoreReply::Revision(_)) => {
+                let lease = self.lease.expect("held by now");
+                self.published_allocs = Some((lease, bytes));
+                self.next_stage(Stage::Node);
+            }
+            (Pending::Node(bytes), StoreReply::Revision(_)) => {
+                let lease = self.lease.expect("held by now");
+                self.published_node = Some((lease, bytes));
+                self.next_stage(Stage::Peers);
+            }
+            (Pending::Peers, StoreReply::List(kvs, _)) => {
+                self.peers = routing::peers_from(&kvs, &self.p.node);
+                self.peers_dirty = false;
+                self.next_stage(Stage::Reconcile);
+            }
+            (Pending::PeerPut(view), StoreReply::Revision(_)) => {
+                let lease = self.lease.expect("held by now");
+                self.peers_published.written(lease.0, &view, now);
+                self.next_stage(Stage::HandOff);
+            }
+            (Pending::StaticList, StoreReply::List(kvs, _)) => {
+                let mut mine: Vec<Ipv4Net> = kvs
+                    .iter()
+                    .filter_map(parse_block)
+                    .filter(|b| b.node == self.p.node)
+                    .map(|b| b.cidr)
+                    .collect();
+                mine.sort();
+                if mine.is_empty() {
+                    let why = format!(
+                        "the static file {} gives node {} no blocks: add them to its entry under \"nodes\"",
+                        self.p.static_file.as_deref().unwrap_or_default(),
+                        self.p.node
+                    );
+                    return self.end(now, End::NotReady(why, self.p.poll_interval));
+                }
+                if mine != self.held {
+                    let node = self.p.node.clone();
+                    let list = join(&mine);
+                    self.log(
+                        Level::Info,
+                        "blocks from the static file",
+                        fields(&[("node", &node), ("blocks", &list)]),
+                    );
+                    self.held = mine;
+                }
+                self.next_stage(Stage::Peers);
+            }
+            (p, r) => panic!("unexpected store reply {r:?} to {p:?}"),
+        }
+    }
+
+    fn parse_spec(&mut self, kv: &KeyValue) -> Option<NodeSpec> {
+        match serde_json::from_slice::<NodeSpec>(&kv.value) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                let k = kv.key.clone();
+                self.log(
+                    Level::Error,
+                    "the Node resource is unreadable; ignoring it",
+                    fields(&[("key", &k), ("error", &e)]),
+                );
+                None
+            }
+        }
+    }
+
+    /// A change in the store: the override, a peer, or one of this node's blocks.
+    fn on_event(&mut self, now: Instant, ev: Event) {
+        let k = ev.key().to_string();
+        let Some(rel) = k.strip_prefix(PREFIX) else {
+            return;
+        };
+        if rel == format!("{PREFIX_NODECONFIGS}{}", self.p.node) {
+            self.spec = match &ev {
+                Event::Put(kv) => self.parse_spec(kv),
+                Event::Delete { .. } => None,
+            };
+            self.redetect = true;
+            self.wake_now(now);
+        } else if let Some(name) = rel.strip_prefix(PREFIX_NODES) {
+            if name != self.p.node {
+                self.peers_dirty = true;
+                self.wake_now(now);
+            }
+        } else if let Some(b) = block_from_key(rel).filter(|b| self.held.contains(b)) {
+            let still_ours = match &ev {
+                Event::Put(kv) => {
+                    parse_block(kv).is_some_and(|v| v.node == self.p.node) && kv.lease == self.lease
+                }
+                Event::Delete { .. } => false,
+            };
+            if still_ours || self.p.static_store {
+                return;
+            }
+            let node = self.p.node.clone();
+            self.log(
+                Level::Warn,
+                "a block this node held was deleted or taken in the store; dropping it from the hand-off at once, and claiming it again if it is free",
+                fields(&[("node", &node), ("block", &b)]),
+            );
+            self.held.retain(|h| *h != b);
+            if !self.remembered.contains(&b) {
+                self.remembered.push(b);
+            }
+            self.need_reclaim = true;
+            self.wake_now(now);
+        }
+    }
+
+    fn wake_now(&mut self, now: Instant) {
+        if self.stage.is_none() {
+            self.wake = self.wake.min(now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The machine driven by hand: no process and no sleep. Store requests run against a
+    //! real embedded store in a `twl…` temp folder (or fail, when the test says the store
+    //! is down); time is an `Instant` the test moves forward.
+
+    use super::*;
+    use twill_store::embedded::EmbeddedStore;
+    use twill_store::{Store, Watch};
+    use twill_testkit::TempDir;
+
+    type Hook = Box<dyn FnMut(&StoreOp, &EmbeddedStore) -> Option<Result<StoreReply, StoreError>>>;
+
+    struct Node {
+        m: Machine,
+        /// What the hand-off file lists, as the machine wrote it.
+        handoff: Vec<Ipv4Net>,
+        /// Every hand-off written, in order.
+        handoffs: Vec<Vec<Ipv4Net>>,
+        memory: Vec<Ipv4Net>,
+        used: Vec<Ipv4Addr>,
+        logs: Vec<LogLine>,
+        reports: Vec<Report>,
+        store_calls: usize,
+        watch: Option<Box<dyn Watch>>,
+        down: bool,
+        hook: Option<Hook>,
+    }
+
+    struct World {
+        _dir: TempDir,
+        store: EmbeddedStore,
+        now: Instant,
+    }
+
+    fn net(n: &str) -> Ipv4Net {
+        n.parse().unwrap()
+    }
+
+    impl World {
+        /// `cidr` cut into /`size` blocks, leases of `ttl` s; `only` limits it to one block.
+        fn new(tag: &str, cidr: &str, size: u8, ttl: u64, only: Option<&str>) -> World {
+            let dir = TempDir::new(tag);
+            let store = EmbeddedStore::open(&dir.path.join("store")).unwrap();
+            let c = NetworkConfig {
+                cluster_cidr: cidr.parse().unwrap(),
+                block_size: size,
+                subnet_min: only.map(|b| b.parse().unwrap()),
+                subnet_max: only.map(|b| b.parse().unwrap()),
+                reservations: vec![],
+                backend: twill_api::resources::BackendSpec::None,
+                mtu: 1450,
+                masquerade: true,
+                pod_wiring: Default::default(),
+                lease_ttl_seconds: ttl,
+            };
+            c.validate().unwrap();
+            store
+                .put(&key(KEY_CONFIG), &serde_json::to_vec(&c).unwrap(), None)
+                .unwrap();
+            World {
+                _dir: dir,
+                store,
+                now: Instant::now(),
+            }
+        }
+
+        fn node(&self, name: &str, remembered: &[Ipv4Net], handed_off: &[Ipv4Net]) -> Node {
+            let p = Params {
+                node: name.into(),
+                static_store: false,
+                min_free_addresses: 8,
+                poll_interval: Duration::from_secs(5),
+                remembered: remembered.to_vec(),
+                handed_off: handed_off.to_vec(),
+                started_at: 1_700_000_000,
+                version: "test".into(),
+                static_file: None,
+            };
+            Node {
+                m: Machine::new(p, self.now),
+                handoff: handed_off.to_vec(),
+                handoffs: Vec::new(),
+                memory: Vec::new(),
+                used: Vec::new(),
+                logs: Vec::new(),
+                reports: Vec::new(),
+                store_calls: 0,
+                watch: None,
+                down: false,
+                hook: None,
+            }
+        }
+
+        /// Runs `n` until it sleeps (watch events seen meanwhile are fed in); the wake time.
+        fn run(&self, n: &mut Node) -> Instant {
+            for _ in 0..10_000 {
+                let a = n.m.poll(self.now);
+                let input = match a {
+                    Action::Sleep(until) => {
+                        let ev = n
+                            .watch
+                            .as_mut()
+                            .and_then(|w| w.next(Duration::ZERO).ok().flatten());
+                        match ev {
+                            Some(ev) => Input::Watch(ev),
+                            None => return until,
+                        }
+                    }
+                    Action::Store(op) => {
+                        n.store_calls += 1;
+                        Input::Store(self.exec(n, op))
+                    }
+                    Action::UseConfig(_) => Input::Backend(Ok(())),
+                    Action::DetectNodeIp(_) => Input::NodeIp(Ok(NodeIp {
+                        address: "192.0.2.11".parse().unwrap(),
+                        cidr: None,
+                        interface: None,
+                        method: "nodeIP".into(),
+                        reason: "set by nodeIP".into(),
+                    })),
+                    Action::MeasureUsage => Input::Usage(Some(Measured {
+                        ips: n.used.clone(),
+                        allocations: serde_json::to_vec(&n.used).unwrap(),
+                    })),
+                    Action::Reconcile { .. } => continue,
+                    Action::ProbePeers { .. } => Input::PeerView(None),
+                    Action::WriteHandOff(b) => {
+                        n.handoff = b.clone();
+                        n.handoffs.push(b);
+                        Input::Written(Ok(()))
+                    }
+                    Action::WriteMemory(b) => {
+                        n.memory = b;
+                        Input::Written(Ok(()))
+                    }
+                    Action::Log(l) => {
+                        n.logs.push(l);
+                        continue;
+                    }
+                    Action::Report(r) => {
+                        n.reports.push(r);
+                        continue;
+                    }
+                };
+                n.m.handle(self.now, input);
+            }
+            panic!("the machine never slept");
+        }
+
+        fn exec(&self, n: &mut Node, op: StoreOp) -> Result<StoreReply, StoreError> {
+            if let Some(h) = n.hook.as_mut() {
+                if let Some(r) = h(&op, &self.store) {
+                    return r;
+                }
+            }
+            if n.down {
+                return Err(StoreError::Unavailable {
+                    endpoint: "test".into(),
+                    reason: "connection refused".into(),
+                });
+            }
+            exec(&self.store, op, &mut n.watch)
+        }
+
+        /// Every block in the store: (block, holder, lease).
+        fn blocks(&self) -> Vec<(Ipv4Net, String, Option<LeaseId>)> {
+            let (kvs, _) = self.store.list(&key(PREFIX_BLOCKS)).unwrap();
+            kvs.iter()
+                .map(|kv| {
+                    let b = parse_block(kv).unwrap();
+                    (b.cidr, b.node, kv.lease)
+                })
+                .collect()
+        }
+
+        fn held_by(&self, node: &str) -> Vec<Ipv4Net> {
+            self.blocks()
+                .into_iter()
+                .filter(|b| b.1 == node)
+                .map(|b| b.0)
+                .collect()
+        }
+    }
+
+    fn exec(
+        s: &EmbeddedStore,
+        op: StoreOp,
+        watch: &mut Option<Box<dyn Watch>>,
+    ) -> Result<StoreReply, StoreError> {
+        Ok(match op {
+            StoreOp::Get(k) => StoreReply::Value(s.get(&k)?),
+            StoreOp::List(p) => {
+                let (kvs, rev) = s.list(&p)?;
+                StoreReply::List(kvs, rev)
+            }
+            StoreOp::Put { key, value, lease } => StoreReply::Revision(s.put(&key, &value, lease)?),
+            StoreOp::Create { key, value, lease } => {
+                StoreReply::Created(s.create(&key, &value, lease)?)
+            }
+            StoreOp::Update {
+                key,
+                expected,
+                value,
+                lease,
+            } => StoreReply::Done(s.update(&key, expected, &value, lease)?),
+            StoreOp::DeleteIf { key, expected } => StoreReply::Done(s.delete_if(&key, expected)?),
+            StoreOp::Grant(ttl) => StoreReply::Lease(s.grant(ttl)?),
+            StoreOp::KeepAlive(l) => StoreReply::Ttl(s.keep_alive(l)?),
+            StoreOp::Watch { prefix, after } => {
+                *watch = Some(s.watch(&prefix, after)?);
+                StoreReply::Watching
+            }
+        })
+    }
+
+    impl Node {
+        fn said(&self, msg: &str) -> bool {
+            self.logs.iter().any(|l| l.msg.contains(msg))
+        }
+
+        fn not_ready(&self) -> Option<(String, bool)> {
+            self.reports
+                .iter()
+                .rev()
+                .find_map(|r| match r {
+                    Report::NotReady { reason, store_up } => Some((reason.clone(), *store_up)),
+                    Report::Ready => Some((String::new(), true)),
+                    _ => None,
+                })
+                .filter(|(r, _)| !r.is_empty())
+        }
+
+        fn ready(&self) -> bool {
+            matches!(
+                self.reports
+                    .iter()
+                    .rev()
+                    .find(|r| matches!(r, Report::Ready | Report::NotReady { .. })),
+                Some(Report::Ready)
+            )
+        }
+    }
+
+    #[test]
+    fn start_claims_a_block_hands_it_off_remembers_and_publishes_it() {
+        let w = World::new("mstart", "10.244.0.0/16", 26, 60, None);
+        let mut n = w.node("n1", &[], &[]);
+        let wake = w.run(&mut n);
+        assert!(n.ready(), "{:?}", n.reports);
+        let held = w.held_by("n1");
+        assert_eq!(held.len(), 1);
+        assert_eq!(n.m.held(), held);
+        assert_eq!(n.handoff, held);
+        assert_eq!(n.memory, held);
+        assert!(n.said("lease granted") && n.said("block claimed"));
+        let lease = n.m.lease().unwrap();
+        assert_eq!(w.blocks()[0].2, Some(lease), "bound to the node's lease");
+        let node = w.store.get(&key("nodes/n1")).unwrap().unwrap();
+        let st: NodeStatus = serde_json::from_slice(&node.value).unwrap();
+        assert_eq!((st.blocks, node.lease), (held.clone(), Some(lease)));
+        assert!(w.store.get(&key("allocations/n1")).unwrap().is_some());
+        assert!(wake <= w.now + MAX_WAIT);
+        // Idle: the next round asks the store nothing (keep-alive and usage not due).
+        let calls = n.store_calls;
+        let mut w = w;
+        w.now = wake;
+        w.run(&mut n);
+        assert_eq!(n.store_calls, calls, "an idle round is free");
+        assert_eq!(
+            n.handoffs.len(),
+            2,
+            "the hand-off is offered again (unchanged)"
+        );
+    }
+
+    #[test]
+    fn the_old_hand_off_is_cut_before_anything_else_and_a_restart_gets_the_same_blocks() {
+        let w = World::new("msame", "10.244.0.0/16", 26, 60, None);
+        let mut n = w.node("n1", &[], &[]);
+        w.run(&mut n);
+        let first = n.handoff.clone();
+        let lease1 = n.m.lease().unwrap();
+        // Killed: its lease still runs. Restarted with its memory and old hand-off.
+        let mut n = w.node("n1", &first, &first);
+        let a = n.m.poll(w.now);
+        let a = match a {
+            Action::Log(_) => {
+                // "blocks remembered", then the cut.
+                let b = n.m.poll(w.now);
+                match b {
+                    Action::Log(l) => assert_eq!(
+                        l.msg,
+                        "hand-off cut to the blocks this node holds under its lease"
+                    ),
+                    other => panic!("{other:?}"),
+                }
+                n.m.poll(w.now)
+            }
+            other => other,
+        };
+        assert_eq!(
+            a,
+            Action::WriteHandOff(vec![]),
+            "no store call before the cut"
+        );
+        n.m.handle(w.now, Input::Written(Ok(())));
+        n.handoff.clear();
+        n.handoffs.push(vec![]);
+        w.run(&mut n);
+        assert_eq!(n.handoffs, [vec![], first.clone()]);
+        let lease2 = n.m.lease().unwrap();
+        assert_ne!(lease1, lease2);
+        assert_eq!(w.blocks(), [(first[0], "n1".to_string(), Some(lease2))]);
+        assert!(n.said("block taken over under the new lease"));
+    }
+
+    #[test]
+    fn a_lost_lease_empties_the_hand_off_at_once_then_the_same_blocks_come_back() {
+        let mut w = World::new("mlost", "10.244.0.0/16", 26, 60, None);
+        let mut n = w.node("n1", &[], &[]);
+        w.run(&mut n);
+        let first = n.handoff.clone();
+        let lease1 = n.m.lease().unwrap();
+        w.store.revoke(lease1).unwrap();
+        // The keep-alive (due at TTL/3) finds it gone.
+        w.now += Duration::from_secs(21);
+        n.watch = None; // seen by the keep-alive, not by the watch
+        n.handoffs.clear();
+        w.run(&mut n);
+        assert!(n.said("lease lost"), "{:?}", n.logs);
+        assert_eq!(n.handoffs[0], Vec::<Ipv4Net>::new(), "cut at once");
+        assert_eq!(n.handoff, first, "then the same block again");
+        let lease2 = n.m.lease().unwrap();
+        assert_ne!(lease2, lease1);
+        assert_eq!(w.blocks(), [(first[0], "n1".to_string(), Some(lease2))]);
+        assert!(n.said("block claimed again"));
+    }
+
+    #[test]
+    fn a_block_deleted_in_the_store_leaves_the_hand_off_on_the_watch_event() {
+        let w = World::new("mdel", "10.244.0.0/16", 26, 60, None);
+        let mut n = w.node("n1", &[], &[]);
+        w.run(&mut n);
+        let first = n.handoff.clone();
+        let lease = n.m.lease().unwrap();
+        // Revoked: the watch sees the block's DELETE before any keep-alive.
+        w.store.revoke(lease).unwrap();
+        n.handoffs.clear();
+        w.run(&mut n);
+        assert!(n.said("deleted or taken in the store"), "{:?}", n.logs);
+        assert_eq!(n.handoffs[0], Vec::<Ipv4Net>::new());
+        assert_eq!(n.handoff, first);
+        assert_ne!(n.m.lease(), Some(lease));
+    }
+
+    #[test]
+    fn low_free_addresses_grow_the_node_by_a_block() {
+        let mut w = World::new("mgrow", "10.244.0.0/16", 26, 60, None);
+        let mut n = w.node("n1", &[], &[]);
+        w.run(&mut n);
+        let a = n.handoff[0];
+        let hosts: Vec<Ipv4Addr> = a.hosts().skip(1).collect(); // .1 is the gateway
+                                                                // 61 usable: 53 taken leaves 8 = minFreeAddresses, enough.
+        n.used = hosts[..53].to_vec();
+        w.now += Duration::from_secs(5);
+        w.run(&mut n);
+        assert_eq!(n.handoff, [a], "8 free is enough");
+        assert!(n.reports.contains(&Report::Usage { used: 53, free: 8 }));
+        n.used = hosts[..54].to_vec();
+        w.now += Duration::from_secs(5);
+        w.run(&mut n);
+        assert_eq!(n.handoff.len(), 2, "{:?}", n.logs);
+        assert_eq!(n.handoff[0], a, "the first block stays first");
+        assert_eq!(w.held_by("n1").len(), 2);
+        assert!(n.said("free addresses ran low; claimed another block"));
+        assert!(n.reports.contains(&Report::Usage { used: 54, free: 68 }));
+        assert_eq!(n.memory, n.handoff);
+    }
+
+    #[test]
+    fn with_no_free_block_the_node_is_not_ready_until_one_expires() {
+        let w = World::new("mfull", "10.244.0.0/16", 24, 60, Some("10.244.7.0/24"));
+        let mut n1 = w.node("n1", &[], &[]);
+        w.run(&mut n1);
+        assert_eq!(n1.handoff, [net("10.244.7.0/24")]);
+        let mut n2 = w.node("n2", &[], &[]);
+        w.run(&mut n2);
+        let (why, store_up) = n2.not_ready().unwrap();
+        assert!(
+            why.contains("all 1 /24 blocks of 10.244.0.0/16 are held"),
+            "{why}"
+        );
+        assert!(store_up);
+        assert!(n2.handoff.is_empty());
+        // n1's lease ends (it was down past its TTL): n2 takes the block.
+        w.store.revoke(n1.m.lease().unwrap()).unwrap();
+        let mut w = w;
+        w.now += Duration::from_secs(2);
+        w.run(&mut n2);
+        assert_eq!(n2.handoff, [net("10.244.7.0/24")]);
+        assert!(n2.ready());
+    }
+
+    #[test]
+    fn a_node_back_after_its_block_was_taken_hands_off_nothing() {
+        // The duplicate-address fault: n1 down past its lease, n2 took its block.
+        let w = World::new("mdup", "10.244.0.0/16", 24, 60, Some("10.244.7.0/24"));
+        let mut n1 = w.node("n1", &[], &[]);
+        w.run(&mut n1);
+        let b = n1.handoff.clone();
+        w.store.revoke(n1.m.lease().unwrap()).unwrap();
+        let mut n2 = w.node("n2", &[], &[]);
+        w.run(&mut n2);
+        assert_eq!(n2.handoff, b);
+        let mut n1 = w.node("n1", &b, &b);
+        w.run(&mut n1);
+        assert_eq!(
+            n1.handoffs,
+            [Vec::<Ipv4Net>::new()],
+            "cut, never listed again"
+        );
+        assert!(n1.said("now held by another node"), "{:?}", n1.logs);
+        let (why, _) = n1.not_ready().unwrap();
+        assert!(why.contains("no free block"), "{why}");
+        assert_eq!(w.held_by("n2"), b);
+    }
+
+    #[test]
+    fn the_store_down_backs_off_reports_why_and_past_the_ttl_cuts_the_hand_off() {
+        let mut w = World::new("mdown", "10.244.0.0/16", 26, 9, None);
+        let mut n = w.node("n1", &[], &[]);
+        let granted = w.now;
+        w.run(&mut n);
+        let first = n.handoff.clone();
+        n.down = true;
+        n.watch = None;
+        let mut waits = Vec::new();
+        // The keep-alive is due after TTL/3 = 3 s; from then on every call fails.
+        w.now += Duration::from_secs(3);
+        for _ in 0..4 {
+            let wake = w.run(&mut n);
+            waits.push((wake - w.now).as_millis());
+            w.now = wake;
+        }
+        assert_eq!(waits, [100, 200, 400, 800], "exponential backoff");
+        let (why, store_up) = n.not_ready().unwrap();
+        assert!(why.starts_with("store unreachable:"), "{why}");
+        assert!(!store_up);
+        assert!(n.reports.contains(&Report::StoreError));
+        assert!(n.reports.contains(&Report::LeaseRenewalFailed));
+        assert_eq!(n.handoff, first, "within the TTL the blocks are still ours");
+        // Past the TTL since the grant: the lease may be gone, the block with it.
+        w.now = granted + Duration::from_secs(9);
+        w.run(&mut n);
+        assert!(n.handoff.is_empty(), "{:?}", n.handoffs);
+        assert!(n.said("the lease may have expired"));
+        // The store answers again, and the lease was alive after all: the block is back.
+        n.down = false;
+        w.now += Duration::from_secs(10);
+        w.run(&mut n);
+        assert_eq!(n.handoff, first);
+        assert!(n.ready());
+    }
+
+    #[test]
+    fn the_store_down_at_start_is_retried_and_reported() {
+        let w = World::new("mstartdown", "10.244.0.0/16", 26, 60, None);
+        let mut n = w.node("n1", &[], &[]);
+        n.down = true;
+        let wake = w.run(&mut n);
+        assert_eq!(wake - w.now, Claims::FIRST);
+        let (why, store_up) = n.not_ready().unwrap();
+        assert!(
+            why.contains("store unreachable") && why.contains("connection refused"),
+            "{why}"
+        );
+        assert!(!store_up);
+        assert!(n.said("store call failed; retrying"));
+        n.down = false;
+        let mut w = w;
+        w.now = wake;
+        w.run(&mut n);
+        assert!(n.ready());
+        assert!(n.said("node ready"));
+    }
+
+    use claims::Backoff as Claims;
+
+    #[test]
+    fn blocks_held_in_the_node_s_name_but_not_handed_off_are_adopted() {
+        let w = World::new("madopt", "10.244.0.0/16", 26, 60, None);
+        let mut n = w.node("n1", &[], &[]);
+        w.run(&mut n);
+        let a = n.handoff[0];
+        // A second block claimed, then killed before the hand-off and memory were written.
+        let lease = n.m.lease().unwrap();
+        let b = net("10.244.200.0/26");
+        let v = serde_json::to_vec(&Block {
+            cidr: b,
+            node: "n1".into(),
+            claimed_at: 1,
+        })
+        .unwrap();
+        assert!(w
+            .store
+            .create(&key(&block_key(b)), &v, Some(lease))
+            .unwrap()
+            .is_some());
+        let mut n = w.node("n1", &[a], &[a]);
+        w.run(&mut n);
+        assert_eq!(n.handoff, [a, b], "the stranded block is handed off");
+        assert!(n.said("adopting it"));
+        let lease2 = n.m.lease().unwrap();
+        assert!(w.blocks().iter().all(|x| x.2 == Some(lease2)));
+        // Replaced under the same name with an empty state folder: both adopted.
+        let mut n = w.node("n1", &[], &[]);
+        w.run(&mut n);
+        let mut got = n.handoff.clone();
+        got.sort();
+        assert_eq!(got, [a, b]);
+        assert_eq!(w.held_by("n1").len(), 2, "nothing new claimed");
+    }
+
+    #[test]
+    fn a_block_in_the_node_s_name_outside_the_address_space_is_released() {
+        let w = World::new("mrelease", "10.244.0.0/16", 26, 60, None);
+        let lease = w.store.grant(Duration::from_secs(60)).unwrap();
+        let b = net("10.99.0.0/26");
+        let v = serde_json::to_vec(&Block {
+            cidr: b,
+            node: "n1".into(),
+            claimed_at: 1,
+        })
+        .unwrap();
+        w.store
+            .create(&key(&block_key(b)), &v, Some(lease))
+            .unwrap();
+        let mut n = w.node("n1", &[], &[]);
+        w.run(&mut n);
+        assert!(n.said("block released"), "{:?}", n.logs);
+        assert!(!w.held_by("n1").contains(&b));
+        assert_eq!(n.handoff.len(), 1);
+    }
+
+    #[test]
+    fn a_create_that_committed_before_a_connection_error_is_recognised_as_ours() {
+        let w = World::new("mretry", "10.244.0.0/16", 26, 60, None);
+        let mut n = w.node("n1", &[], &[]);
+        // What the etcd client does when the first endpoint commits the create and the
+        // connection breaks before the answer: it retries on the next endpoint, which
+        // answers "already exists".
+        let mut first = true;
+        n.hook = Some(Box::new(move |op, s| match op {
+            StoreOp::Create { key, value, lease } if first => {
+                first = false;
+                assert!(s.create(key, value, *lease).unwrap().is_some());
+                Some(Ok(StoreReply::Created(None)))
+            }
+            _ => None,
+        }));
+        w.run(&mut n);
+        let held = w.held_by("n1");
+        assert_eq!(held.len(), 1, "no second block claimed: {:?}", w.blocks());
+        assert_eq!(n.handoff, held);
+        assert!(n.said("block claimed"));
+        assert!(n.ready());
+    }
+
+    #[test]
+    fn a_block_taken_by_another_node_is_not_mistaken_for_ours() {
+        let w = World::new("mtaken", "10.244.0.0/16", 26, 60, None);
+        let mut n1 = w.node("n1", &[], &[]);
+        w.run(&mut n1);
+        let taken = n1.handoff[0];
+        let mut n2 = w.node("n2", &[], &[]);
+        // n2 lists before n1's claim (the reclaim's list, then the claim's): its first
+        // create collides.
+        let mut lists = 0;
+        n2.hook = Some(Box::new(move |op, s| match op {
+            StoreOp::List(p) if p.ends_with(PREFIX_BLOCKS) && lists < 2 => {
+                lists += 1;
+                let (mut kvs, rev) = s.list(p).unwrap();
+                kvs.clear();
+                Some(Ok(StoreReply::List(kvs, rev)))
+            }
+            _ => None,
+        }));
+        // Same seed as n1 so the first try is n1's block.
+        n2.m.seed = n1.m.seed;
+        w.run(&mut n2);
+        assert_eq!(n2.handoff.len(), 1);
+        assert_ne!(n2.handoff[0], taken);
+        assert!(n2
+            .logs
+            .iter()
+            .any(|l| l.msg == "block claimed" && l.fields.contains(&("collisions", "1".into()))));
+    }
+}
