@@ -353,6 +353,22 @@ pub struct IfInfoMsg {
 
 impl IfInfoMsg {
     pub const LEN: usize = 16;
+
+    /// The header of a request about link `index`, changing no flags.
+    pub fn link(index: u32) -> IfInfoMsg {
+        IfInfoMsg {
+            index,
+            ..IfInfoMsg::default()
+        }
+    }
+
+    /// A request of type `ty` (RTM_GETLINK, RTM_SETLINK, RTM_DELLINK, ...) with this
+    /// header; the caller adds the attributes.
+    pub fn request(self, ty: u16) -> MessageBuilder {
+        let mut b = MessageBuilder::new(ty, NLM_F_REQUEST);
+        b.header(&self.to_bytes());
+        b
+    }
     pub fn to_bytes(&self) -> [u8; 16] {
         let mut b = [0u8; 16];
         b[0] = self.family;
@@ -584,6 +600,26 @@ mod tests {
         assert_eq!(e.errno, libc::ENODEV);
         assert_eq!(e.ext_ack.as_deref(), Some("no such device"));
         assert_eq!(e.bad_attr_offset, Some(16));
+    }
+
+    #[test]
+    fn a_link_request_is_its_header_then_the_attributes() {
+        // RTM_SETLINK(19) REQUEST, ifinfomsg for link #7, IFLA_MTU(4) 1400.
+        let mut b = IfInfoMsg::link(7).request(19);
+        b.attr_u32(4, 1400);
+        #[rustfmt::skip]
+        let want: Vec<u8> = vec![
+            40, 0, 0, 0,  19, 0,  1, 0,  0, 0, 0, 0,  0, 0, 0, 0,
+            0, 0, 0, 0,  7, 0, 0, 0,  0, 0, 0, 0,  0, 0, 0, 0,
+            8, 0, 4, 0,  0x78, 0x05, 0, 0,
+        ];
+        assert_eq!(b.build(), want);
+        let up = IfInfoMsg {
+            flags: 1,
+            change: 1,
+            ..IfInfoMsg::link(7)
+        };
+        assert_eq!(&up.request(19).build()[16..], &up.to_bytes());
     }
 
     #[test]

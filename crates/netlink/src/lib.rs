@@ -1,8 +1,8 @@
 //! rtnetlink without a runtime or a netlink crate: a pure message codec ([`codec`]), one
 //! blocking socket per network namespace ([`socket`]), namespace handles ([`netns`]), the
-//! link/address/route operations Twill needs ([`route`]), neighbour and FDB entries
-//! ([`neigh`]), VXLAN devices ([`vxlan`]), TX checksum offload ([`ethtool`]) and
-//! per-namespace sysctls ([`sysctl`]).
+//! link/address/route operations Twill needs ([`route`]) and rtnetlink's numbers
+//! ([`rtnl`]), neighbour and FDB entries ([`neigh`]), VXLAN devices ([`vxlan`]), TX
+//! checksum offload ([`ethtool`]) and per-namespace sysctls ([`sysctl`]).
 //!
 //! A socket keeps the namespace it was created in, so the caller's thread never has to move:
 //! [`Socket::new_in`] and [`Handle::new_in`] create their socket on a short-lived helper thread
@@ -14,6 +14,7 @@ pub mod ethtool;
 pub mod neigh;
 pub mod netns;
 pub mod route;
+pub mod rtnl;
 pub mod socket;
 pub mod sysctl;
 pub mod vxlan;

@@ -7,11 +7,8 @@ use std::net::Ipv4Addr;
 use crate::codec::{self, MessageBuilder};
 use crate::codec::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST};
 use crate::route::ipv4;
+use crate::rtnl::{AF_BRIDGE, AF_INET, RTM_DELNEIGH, RTM_GETNEIGH, RTM_NEWNEIGH};
 use crate::{Error, Handle};
-
-pub const RTM_NEWNEIGH: u16 = 28;
-pub const RTM_DELNEIGH: u16 = 29;
-pub const RTM_GETNEIGH: u16 = 30;
 
 const NDA_DST: u16 = 1;
 const NDA_LLADDR: u16 = 2;
@@ -23,9 +20,6 @@ pub const NUD_NOARP: u16 = 0x40;
 /// NTF_SELF: the FDB entry belongs to the device itself (the VXLAN driver's table), not to
 /// a bridge it is a port of.
 pub const NTF_SELF: u8 = 0x02;
-
-const AF_INET: u8 = libc::AF_INET as u8;
-const AF_BRIDGE: u8 = libc::AF_BRIDGE as u8;
 
 /// `struct ndmsg` (12 bytes).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -7,43 +7,18 @@ use ipnet::Ipv4Net;
 
 use crate::codec::{self, IfAddrMsg, IfInfoMsg, MessageBuilder, RtMsg};
 use crate::codec::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST};
+use crate::rtnl::{
+    AF_BRIDGE, AF_INET, IFA_ADDRESS, IFA_BROADCAST, IFA_LOCAL, IFF_UP, IFLA_ADDRESS, IFLA_IFNAME,
+    IFLA_INFO_DATA, IFLA_INFO_KIND, IFLA_LINK, IFLA_LINKINFO, IFLA_MASTER, IFLA_MTU,
+    IFLA_NET_NS_FD, IFLA_PROTINFO, RTA_DST, RTA_GATEWAY, RTA_OIF, RTA_PRIORITY, RTA_TABLE,
+    RTM_DELADDR, RTM_DELLINK, RTM_DELROUTE, RTM_GETADDR, RTM_GETLINK, RTM_GETROUTE, RTM_NEWADDR,
+    RTM_NEWLINK, RTM_NEWROUTE, RTM_SETLINK,
+};
 use crate::{Error, Netns, Socket};
 
-const RTM_NEWLINK: u16 = 16;
-const RTM_DELLINK: u16 = 17;
-const RTM_GETLINK: u16 = 18;
-const RTM_SETLINK: u16 = 19;
-const RTM_NEWADDR: u16 = 20;
-const RTM_DELADDR: u16 = 21;
-const RTM_GETADDR: u16 = 22;
-const RTM_NEWROUTE: u16 = 24;
-const RTM_DELROUTE: u16 = 25;
-const RTM_GETROUTE: u16 = 26;
-
-const IFLA_ADDRESS: u16 = 1;
-const IFLA_IFNAME: u16 = 3;
-const IFLA_MTU: u16 = 4;
-const IFLA_LINK: u16 = 5;
-const IFLA_MASTER: u16 = 10;
-const IFLA_PROTINFO: u16 = 12;
-const IFLA_LINKINFO: u16 = 18;
-const IFLA_NET_NS_FD: u16 = 28;
-const IFLA_INFO_KIND: u16 = 1;
-const IFLA_INFO_DATA: u16 = 2;
 const VETH_INFO_PEER: u16 = 1;
 const IFLA_BRPORT_MODE: u16 = 4;
 
-const IFA_ADDRESS: u16 = 1;
-const IFA_LOCAL: u16 = 2;
-const IFA_BROADCAST: u16 = 4;
-
-const RTA_DST: u16 = 1;
-const RTA_OIF: u16 = 4;
-const RTA_GATEWAY: u16 = 5;
-const RTA_PRIORITY: u16 = 6;
-const RTA_TABLE: u16 = 15;
-
-const IFF_UP: u32 = 1;
 const RTPROT_BOOT: u8 = 3;
 
 /// rtm_protocol of every route Twill installs: 0x54, 'T' (`ip route show proto 84`).
@@ -56,8 +31,6 @@ const RTN_UNICAST: u8 = 1;
 const RTN_LOCAL: u8 = 2;
 const RTN_BROADCAST: u8 = 3;
 const RTNH_F_ONLINK: u32 = 4;
-const AF_INET: u8 = libc::AF_INET as u8;
-const AF_BRIDGE: u8 = libc::AF_BRIDGE as u8;
 
 /// A network interface as the kernel reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -214,21 +187,13 @@ impl Handle {
     }
 
     pub fn link_by_name(&mut self, name: &str) -> Result<Option<Link>, Error> {
-        let mut b = MessageBuilder::new(RTM_GETLINK, NLM_F_REQUEST);
-        b.header(&IfInfoMsg::default().to_bytes())
-            .attr_str(IFLA_IFNAME, name);
+        let mut b = IfInfoMsg::default().request(RTM_GETLINK);
+        b.attr_str(IFLA_IFNAME, name);
         self.get_link(b.build(), || format!("look up link {name}"))
     }
 
     pub fn link_by_index(&mut self, index: u32) -> Result<Option<Link>, Error> {
-        let mut b = MessageBuilder::new(RTM_GETLINK, NLM_F_REQUEST);
-        b.header(
-            &IfInfoMsg {
-                index,
-                ..Default::default()
-            }
-            .to_bytes(),
-        );
+        let b = IfInfoMsg::link(index).request(RTM_GETLINK);
         self.get_link(b.build(), || format!("look up link #{index}"))
     }
 
@@ -371,44 +336,26 @@ impl Handle {
     }
 
     fn set_link_state(&mut self, index: u32, up: bool) -> Result<(), Error> {
-        let mut b = MessageBuilder::new(RTM_SETLINK, NLM_F_REQUEST);
-        b.header(
-            &IfInfoMsg {
-                index,
-                flags: if up { IFF_UP } else { 0 },
-                change: IFF_UP,
-                ..Default::default()
-            }
-            .to_bytes(),
-        );
+        let b = IfInfoMsg {
+            flags: if up { IFF_UP } else { 0 },
+            change: IFF_UP,
+            ..IfInfoMsg::link(index)
+        }
+        .request(RTM_SETLINK);
         let state = if up { "up" } else { "down" };
         self.ack(b.build(), format!("set link #{index} {state}"))
     }
 
     pub fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<(), Error> {
-        let mut b = MessageBuilder::new(RTM_SETLINK, NLM_F_REQUEST);
-        b.header(
-            &IfInfoMsg {
-                index,
-                ..Default::default()
-            }
-            .to_bytes(),
-        )
-        .attr_u32(IFLA_MTU, mtu);
+        let mut b = IfInfoMsg::link(index).request(RTM_SETLINK);
+        b.attr_u32(IFLA_MTU, mtu);
         self.ack(b.build(), format!("set mtu {mtu} on link #{index}"))
     }
 
     /// Sets the MAC address of link `index`.
     pub fn set_mac(&mut self, index: u32, mac: [u8; 6]) -> Result<(), Error> {
-        let mut b = MessageBuilder::new(RTM_SETLINK, NLM_F_REQUEST);
-        b.header(
-            &IfInfoMsg {
-                index,
-                ..Default::default()
-            }
-            .to_bytes(),
-        )
-        .attr(IFLA_ADDRESS, &mac);
+        let mut b = IfInfoMsg::link(index).request(RTM_SETLINK);
+        b.attr(IFLA_ADDRESS, &mac);
         self.ack(
             b.build(),
             format!(
@@ -420,30 +367,19 @@ impl Handle {
 
     /// Makes `index` a port of bridge `master` (0 releases it).
     pub fn set_master(&mut self, index: u32, master: u32) -> Result<(), Error> {
-        let mut b = MessageBuilder::new(RTM_SETLINK, NLM_F_REQUEST);
-        b.header(
-            &IfInfoMsg {
-                index,
-                ..Default::default()
-            }
-            .to_bytes(),
-        )
-        .attr_u32(IFLA_MASTER, master);
+        let mut b = IfInfoMsg::link(index).request(RTM_SETLINK);
+        b.attr_u32(IFLA_MASTER, master);
         self.ack(b.build(), format!("set master #{master} on link #{index}"))
     }
 
     /// Turns hairpin mode of bridge port `index` on or off (what `bridge link set hairpin`
     /// sends: AF_BRIDGE, IFLA_PROTINFO with NLA_F_NESTED, IFLA_BRPORT_MODE).
     pub fn set_hairpin(&mut self, index: u32, on: bool) -> Result<(), Error> {
-        let mut b = MessageBuilder::new(RTM_SETLINK, NLM_F_REQUEST);
-        b.header(
-            &IfInfoMsg {
-                family: AF_BRIDGE,
-                index,
-                ..Default::default()
-            }
-            .to_bytes(),
-        );
+        let mut b = IfInfoMsg {
+            family: AF_BRIDGE,
+            ..IfInfoMsg::link(index)
+        }
+        .request(RTM_SETLINK);
         b.nest_begin_flagged(IFLA_PROTINFO)
             .attr_u8(IFLA_BRPORT_MODE, on as u8)
             .nest_end();
@@ -458,14 +394,7 @@ impl Handle {
 
     /// Deletes link `index` (a veth takes its peer with it). Missing: [`Error::is_not_found`].
     pub fn delete_link(&mut self, index: u32) -> Result<(), Error> {
-        let mut b = MessageBuilder::new(RTM_DELLINK, NLM_F_REQUEST);
-        b.header(
-            &IfInfoMsg {
-                index,
-                ..Default::default()
-            }
-            .to_bytes(),
-        );
+        let b = IfInfoMsg::link(index).request(RTM_DELLINK);
         self.ack(b.build(), format!("delete link #{index}"))
     }
 
@@ -479,18 +408,8 @@ impl Handle {
     ) -> Result<bool, Error> {
         let net = Ipv4Net::new(addr, prefix_len)
             .map_err(|_| Error::Conflict(format!("bad prefix length /{prefix_len}")))?;
-        let mut b = MessageBuilder::new(RTM_NEWADDR, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL);
-        b.header(
-            &IfAddrMsg {
-                family: AF_INET,
-                prefix_len,
-                index,
-                ..Default::default()
-            }
-            .to_bytes(),
-        );
-        b.attr(IFA_LOCAL, &addr.octets())
-            .attr(IFA_ADDRESS, &addr.octets());
+        let flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL;
+        let mut b = address_message(RTM_NEWADDR, flags, index, addr, prefix_len);
         if prefix_len < 31 {
             b.attr(IFA_BROADCAST, &net.broadcast().octets());
         }
@@ -543,18 +462,7 @@ impl Handle {
         addr: Ipv4Addr,
         prefix_len: u8,
     ) -> Result<(), Error> {
-        let mut b = MessageBuilder::new(RTM_DELADDR, NLM_F_REQUEST);
-        b.header(
-            &IfAddrMsg {
-                family: AF_INET,
-                prefix_len,
-                index,
-                ..Default::default()
-            }
-            .to_bytes(),
-        );
-        b.attr(IFA_LOCAL, &addr.octets())
-            .attr(IFA_ADDRESS, &addr.octets());
+        let b = address_message(RTM_DELADDR, NLM_F_REQUEST, index, addr, prefix_len);
         self.ack(
             b.build(),
             format!("delete address {addr}/{prefix_len} from link #{index}"),
@@ -682,6 +590,30 @@ impl Handle {
             ext_ack: None,
         })
     }
+}
+
+/// An RTM_NEWADDR or RTM_DELADDR request for `addr/prefix_len` on link `index` (IFA_LOCAL
+/// and IFA_ADDRESS both `addr`, as `ip addr` sends them). Pure.
+fn address_message(
+    ty: u16,
+    flags: u16,
+    index: u32,
+    addr: Ipv4Addr,
+    prefix_len: u8,
+) -> MessageBuilder {
+    let mut b = MessageBuilder::new(ty, flags);
+    b.header(
+        &IfAddrMsg {
+            family: AF_INET,
+            prefix_len,
+            index,
+            ..Default::default()
+        }
+        .to_bytes(),
+    );
+    b.attr(IFA_LOCAL, &addr.octets())
+        .attr(IFA_ADDRESS, &addr.octets());
+    b
 }
 
 fn route_message(msg_type: u16, flags: u16, r: &Route) -> Vec<u8> {

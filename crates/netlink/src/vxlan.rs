@@ -6,16 +6,11 @@ use std::net::Ipv4Addr;
 use crate::codec::{self, IfInfoMsg, MessageBuilder};
 use crate::codec::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST};
 use crate::route::ipv4;
+use crate::rtnl::{
+    IFLA_ADDRESS, IFLA_IFNAME, IFLA_INFO_DATA, IFLA_INFO_KIND, IFLA_LINKINFO, IFLA_MTU,
+    RTM_GETLINK, RTM_NEWLINK,
+};
 use crate::{Error, Handle};
-
-const RTM_NEWLINK: u16 = 16;
-const RTM_GETLINK: u16 = 18;
-const IFLA_ADDRESS: u16 = 1;
-const IFLA_IFNAME: u16 = 3;
-const IFLA_MTU: u16 = 4;
-const IFLA_LINKINFO: u16 = 18;
-const IFLA_INFO_KIND: u16 = 1;
-const IFLA_INFO_DATA: u16 = 2;
 
 const IFLA_VXLAN_ID: u16 = 1;
 const IFLA_VXLAN_LINK: u16 = 3;
@@ -124,14 +119,7 @@ impl Handle {
 
     /// The VXLAN settings of link `index`; None if it is missing or not a VXLAN device.
     pub fn vxlan_info(&mut self, index: u32) -> Result<Option<VxlanInfo>, Error> {
-        let mut b = MessageBuilder::new(RTM_GETLINK, NLM_F_REQUEST);
-        b.header(
-            &IfInfoMsg {
-                index,
-                ..Default::default()
-            }
-            .to_bytes(),
-        );
+        let b = IfInfoMsg::link(index).request(RTM_GETLINK);
         match self.socket().request(b.build()) {
             Ok(replies) => Ok(replies.iter().find_map(|p| parse_vxlan_info(p))),
             Err(e) if e.is_not_found() => Ok(None),

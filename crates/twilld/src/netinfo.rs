@@ -4,12 +4,8 @@
 use crate::autodetect::{Interface, RouteAnswer};
 use std::net::Ipv4Addr;
 use twill_netlink::codec::{self, MessageBuilder, RtMsg, NLM_F_REQUEST};
+use twill_netlink::rtnl::{AF_INET, RTA_DST, RTA_OIF, RTA_PREFSRC, RTM_GETROUTE};
 use twill_netlink::{Error, Handle, Netns, Socket};
-
-const RTM_GETROUTE: u16 = 26;
-const RTA_DST: u16 = 1;
-const RTA_OIF: u16 = 4;
-const RTA_PREFSRC: u16 = 7;
 
 /// Every interface of `ns` (the caller's namespace if None), in kernel (index) order.
 pub fn interfaces(ns: Option<&Netns>) -> Result<Vec<Interface>, Error> {
@@ -46,7 +42,7 @@ pub fn route_get(ns: Option<&Netns>, dst: Ipv4Addr) -> Result<Option<RouteAnswer
     let mut b = MessageBuilder::new(RTM_GETROUTE, NLM_F_REQUEST);
     b.header(
         &RtMsg {
-            family: libc::AF_INET as u8,
+            family: AF_INET,
             dst_len: 32,
             ..Default::default()
         }
