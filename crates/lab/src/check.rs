@@ -57,11 +57,7 @@ pub enum Probe {
 
 /// The fixed MAC of every l3 host veth, as `ip neigh` prints it.
 pub fn l3_host_mac() -> String {
-    twill_api::wiring::L3_HOST_MAC
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    crate::trace::pcap::Mac(twill_api::wiring::L3_HOST_MAC).to_string()
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
