@@ -742,8 +742,8 @@ fn ttl_ms(ttl: Duration) -> u64 {
 }
 
 impl Store for EmbeddedStore {
-    fn kind(&self) -> &'static str {
-        "embedded"
+    fn kind(&self) -> crate::StoreKind {
+        crate::StoreKind::Embedded
     }
 
     fn get(&self, key: &str) -> Result<Option<KeyValue>> {

@@ -465,8 +465,8 @@ fn first_kv(body: &[u8]) -> Result<Option<KeyValue>> {
 }
 
 impl Store for EtcdStore {
-    fn kind(&self) -> &'static str {
-        "etcd"
+    fn kind(&self) -> crate::StoreKind {
+        crate::StoreKind::Etcd
     }
 
     fn get(&self, key: &str) -> Result<Option<KeyValue>> {

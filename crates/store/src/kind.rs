@@ -28,11 +28,6 @@ impl StoreKind {
             StoreKind::Static => "static",
         }
     }
-
-    /// Writes are refused ([`crate::StoreError::ReadOnly`]); leases never expire.
-    pub const fn read_only(self) -> bool {
-        matches!(self, StoreKind::Static)
-    }
 }
 
 impl fmt::Display for StoreKind {
@@ -83,10 +78,6 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", k.name()));
             assert_eq!(serde_json::from_str::<StoreKind>(&json).unwrap(), k);
         }
-        assert!(StoreKind::ALL
-            .iter()
-            .filter(|k| k.read_only())
-            .eq([&StoreKind::Static]));
     }
 
     #[test]

@@ -124,8 +124,8 @@ pub trait Watch: Send {
 
 /// The store. All methods are blocking; implementations are safe to share across threads.
 pub trait Store: Send + Sync {
-    /// A short name for logs and status: "etcd", "embedded", "static".
-    fn kind(&self) -> &'static str;
+    /// Which kind of store this is.
+    fn kind(&self) -> StoreKind;
 
     fn get(&self, key: &str) -> Result<Option<KeyValue>>;
 

@@ -292,8 +292,8 @@ impl Shared {
 const READ_ONLY: StoreError = StoreError::ReadOnly(crate::StoreKind::Static);
 
 impl Store for StaticStore {
-    fn kind(&self) -> &'static str {
-        "static"
+    fn kind(&self) -> crate::StoreKind {
+        crate::StoreKind::Static
     }
 
     fn get(&self, key: &str) -> Result<Option<KeyValue>> {

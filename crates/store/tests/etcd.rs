@@ -51,7 +51,7 @@ fn next_event(w: &mut Box<dyn twill_store::Watch>) -> Event {
 /// shared conformance suite once it exists.
 fn basics(s: &EtcdStore) {
     let p = "/twill/v1/basics/";
-    assert_eq!(s.kind(), "etcd");
+    assert_eq!(s.kind(), twill_store::StoreKind::Etcd);
     assert_eq!(s.get(&format!("{p}a")).unwrap(), None);
     let (_, rev0) = s.list(p).unwrap();
     let mut w = s.watch(p, rev0).unwrap();

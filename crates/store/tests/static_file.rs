@@ -21,7 +21,7 @@ fn reads_the_mesh_as_keys() {
     let file = dir.path.join("mesh.json");
     std::fs::write(&file, MESH).unwrap();
     let store = StaticStore::open(&file).unwrap();
-    assert_eq!(store.kind(), "static");
+    assert_eq!(store.kind(), twill_store::StoreKind::Static);
     let (nodes, rev) = store.list("/twill/v1/nodes/").unwrap();
     assert_eq!(rev, 1);
     assert_eq!(nodes.len(), 2);

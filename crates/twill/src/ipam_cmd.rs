@@ -10,7 +10,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
-use twill_store::Store;
+use twill_store::{Store, StoreKind};
 
 #[derive(Args)]
 pub struct IpamArgs {
@@ -329,7 +329,7 @@ pub fn check(view: &ClusterView) -> CheckReport {
         // (A block claimed since the status was last written is not judged yet.)
         if let Some(st) = view.statuses.get(&block.node).filter(|s| {
             view.is_live(&block.node)
-                && view.store_kind != "static"
+                && view.store_kind != StoreKind::Static
                 && s.mod_revision > b.mod_revision
                 && !s.status.blocks.contains(&cidr)
         }) {

@@ -371,7 +371,7 @@ mod tests {
     }
 
     fn report(kvs: &[KeyValue], only: Option<&str>) -> StatusReport {
-        let view = ClusterView::from_kvs("embedded", 9, kvs);
+        let view = ClusterView::from_kvs(twill_store::StoreKind::Embedded, 9, kvs);
         build(&view, &peer_views(kvs), only).unwrap()
     }
 
@@ -440,12 +440,12 @@ mod tests {
 
     #[test]
     fn unknown_nodes_and_empty_stores_are_refused_with_the_fix() {
-        let view = ClusterView::from_kvs("embedded", 1, &[]);
+        let view = ClusterView::from_kvs(twill_store::StoreKind::Embedded, 1, &[]);
         assert!(build(&view, &BTreeMap::new(), None)
             .unwrap_err()
             .contains("start twilld"));
         let kvs = trapped();
-        let view = ClusterView::from_kvs("embedded", 1, &kvs);
+        let view = ClusterView::from_kvs(twill_store::StoreKind::Embedded, 1, &kvs);
         assert!(build(&view, &peer_views(&kvs), Some("n9"))
             .unwrap_err()
             .contains("twill get nodes"));

@@ -8,7 +8,7 @@ use twill_api::resources::{
     block_from_key, Block, NetworkConfig, NodeSpec, NodeStatus, KEY_CONFIG, PREFIX_BLOCKS,
     PREFIX_NODECONFIGS, PREFIX_NODES,
 };
-use twill_store::{KeyValue, Revision, Store, StoreError, PREFIX};
+use twill_store::{KeyValue, Revision, Store, StoreError, StoreKind, PREFIX};
 
 /// Where each agent lists the addresses in use on its node (not leased: it outlives the
 /// agent, so what a dead node held stays visible until `twill node remove`).
@@ -53,8 +53,7 @@ pub struct Unreadable {
 
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ClusterView {
-    /// The store's kind ("etcd", "embedded", "static").
-    pub store_kind: String,
+    pub store_kind: StoreKind,
     pub revision: Revision,
     pub config: Option<NetworkConfig>,
     pub config_revision: Option<Revision>,
@@ -74,9 +73,9 @@ impl ClusterView {
 
     /// Sorts listed keys into the view. Pure: unknown keys are ignored, unreadable values
     /// are kept in `unreadable` so `ipam check` can name them.
-    pub fn from_kvs(store_kind: &str, revision: Revision, kvs: &[KeyValue]) -> ClusterView {
+    pub fn from_kvs(store_kind: StoreKind, revision: Revision, kvs: &[KeyValue]) -> ClusterView {
         let mut v = ClusterView {
-            store_kind: store_kind.to_string(),
+            store_kind,
             revision,
             ..ClusterView::default()
         };
@@ -151,7 +150,7 @@ impl ClusterView {
     pub fn is_live(&self, node: &str) -> bool {
         self.statuses
             .get(node)
-            .is_some_and(|s| s.leased || self.store_kind == "static")
+            .is_some_and(|s| s.leased || self.store_kind == StoreKind::Static)
     }
 
     /// The parsed blocks held by `node`, in key order.
@@ -266,7 +265,7 @@ pub mod fixtures {
     }
 
     pub fn view(kvs: &[KeyValue]) -> ClusterView {
-        ClusterView::from_kvs("embedded", 100, kvs)
+        ClusterView::from_kvs(StoreKind::Embedded, 100, kvs)
     }
 }
 
@@ -296,6 +295,15 @@ mod tests {
         assert_eq!(v.node_names(), ["n1", "n2", "n3"]);
         assert_eq!(v.unreadable.len(), 1);
         assert_eq!(v.unreadable[0].key, "nodes/bad");
+    }
+
+    #[test]
+    fn a_node_without_a_lease_is_live_only_on_the_static_store() {
+        let kvs = [kv("nodes/n1", status("n1", "192.0.2.11"), 2, false)];
+        for kind in StoreKind::ALL {
+            let v = ClusterView::from_kvs(kind, 2, &kvs);
+            assert_eq!(v.is_live("n1"), kind == StoreKind::Static, "{kind}");
+        }
     }
 
     #[test]

@@ -269,7 +269,7 @@ impl Runner {
         let machine = Machine::new(
             Params {
                 node: cfg.node_name.clone(),
-                static_store: store.kind() == "static",
+                static_store: store.kind() == StoreKind::Static,
                 min_free_addresses: cfg.min_free_addresses,
                 poll_interval: cfg.poll_interval,
                 remembered,
