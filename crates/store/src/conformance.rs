@@ -3,7 +3,8 @@
 //! and writes only under its `prefix`. Lease TTLs are whole seconds of at least 2 (etcd's
 //! minimum with its default timings) and waits are generous, so a real etcd passes too.
 //!
-//! Use: one `#[test]` per entry of [`CASES`] (see `tests/conformance.rs`), or [`run_all`].
+//! Use: [`conformance_tests!`] (one `#[test]` per case, see `tests/conformance.rs`), or
+//! [`run_all`].
 //! The `compacted` case compacts the whole store: give it a store of its own.
 
 use crate::{Event, LeaseId, Result, Revision, Store, StoreError, Watch};
@@ -28,42 +29,42 @@ impl Subject<'_> {
 
 pub type Case = fn(&Subject);
 
-/// Every case, by name.
-pub const CASES: &[(&str, Case)] = &[
-    ("get_put", get_put),
-    ("list_sorted", list_sorted),
-    ("create_if_absent", create_if_absent),
-    (
-        "update_with_stale_revision_refused",
-        update_with_stale_revision_refused,
-    ),
-    ("delete_and_delete_if", delete_and_delete_if),
-    (
-        "lease_expiry_deletes_keys_and_emits_delete",
-        lease_expiry_deletes_keys_and_emits_delete,
-    ),
-    (
-        "keep_alive_keeps_keys_past_ttl",
-        keep_alive_keeps_keys_past_ttl,
-    ),
-    (
-        "revoke_deletes_keys_in_one_revision",
-        revoke_deletes_keys_in_one_revision,
-    ),
-    (
-        "watch_replays_from_a_past_revision",
-        watch_replays_from_a_past_revision,
-    ),
-    (
-        "watch_sees_other_handles_writes",
-        watch_sees_other_handles_writes,
-    ),
-    (
-        "compacted_revision_is_an_error",
-        compacted_revision_is_an_error,
-    ),
-    ("revision_is_monotonic", revision_is_monotonic),
-];
+/// The one list of cases. `conformance_tests!(run)`, in a test file, writes one `#[test]`
+/// per case, named as the case, calling `run("name")`; [`CASES`] is made from the same list.
+#[macro_export]
+macro_rules! conformance_tests {
+    (@cases) => {
+        $crate::conformance_tests!(@list [@cases]);
+    };
+    (@list [$($how:tt)*]) => {
+        $crate::conformance_tests!(@each [$($how)*]
+            get_put,
+            list_sorted,
+            create_if_absent,
+            update_with_stale_revision_refused,
+            delete_and_delete_if,
+            lease_expiry_deletes_keys_and_emits_delete,
+            keep_alive_keeps_keys_past_ttl,
+            revoke_deletes_keys_in_one_revision,
+            watch_replays_from_a_past_revision,
+            watch_sees_other_handles_writes,
+            compacted_revision_is_an_error,
+            revision_is_monotonic,
+        );
+    };
+    (@each [@cases] $($name:ident,)*) => {
+        /// Every case, by name.
+        pub const CASES: &[(&str, $crate::conformance::Case)] = &[$((stringify!($name), $name)),*];
+    };
+    (@each [$run:path] $($name:ident,)*) => {
+        $( #[test] fn $name() { $run(stringify!($name)); } )*
+    };
+    ($run:path) => {
+        $crate::conformance_tests!(@list [$run]);
+    };
+}
+
+conformance_tests!(@cases);
 
 /// Runs every case, each under `prefix` + its name.
 pub fn run_all(
@@ -72,14 +73,29 @@ pub fn run_all(
     compact: &dyn Fn(Revision) -> Result<()>,
     prefix: &str,
 ) {
-    for (name, case) in CASES {
-        case(&Subject {
-            store,
-            other,
-            compact,
-            prefix: format!("{prefix}{name}/"),
-        });
+    for (name, _) in CASES {
+        run_one(name, store, other, compact, prefix);
     }
+}
+
+/// Runs the case called `name` under `prefix` + its name. Panics on an unknown name.
+pub fn run_one(
+    name: &str,
+    store: &dyn Store,
+    other: &dyn Store,
+    compact: &dyn Fn(Revision) -> Result<()>,
+    prefix: &str,
+) {
+    let (_, case) = CASES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .unwrap_or_else(|| panic!("no conformance case named {name:?}"));
+    case(&Subject {
+        store,
+        other,
+        compact,
+        prefix: format!("{prefix}{name}/"),
+    });
 }
 
 const LEASE_TTL: Duration = Duration::from_secs(2);
