@@ -228,18 +228,7 @@ impl EtcdStore {
                 failures.join("; ")
             )));
         }
-        Err(StoreError::Unavailable {
-            endpoint: self
-                .endpoints
-                .iter()
-                .map(|e| e.url.as_str())
-                .collect::<Vec<_>>()
-                .join(","),
-            reason: format!(
-                "no etcd endpoint answered ({}); check that etcd runs and is reachable",
-                failures.join("; ")
-            ),
-        })
+        Err(self.none_answered("no etcd endpoint answered", &failures))
     }
 
     /// Opens a watch stream on the first endpoint that accepts it and waits for etcd to
@@ -258,7 +247,12 @@ impl EtcdStore {
                 Err(e) => return Err(e),
             }
         }
-        Err(StoreError::Unavailable {
+        Err(self.none_answered("cannot open a watch", &failures))
+    }
+
+    /// Every endpoint failed: `what` went wrong, with each endpoint's reason.
+    fn none_answered(&self, what: &str, failures: &[String]) -> StoreError {
+        StoreError::Unavailable {
             endpoint: self
                 .endpoints
                 .iter()
@@ -266,10 +260,10 @@ impl EtcdStore {
                 .collect::<Vec<_>>()
                 .join(","),
             reason: format!(
-                "cannot open a watch ({}); check that etcd runs and is reachable",
+                "{what} ({}); check that etcd runs and is reachable",
                 failures.join("; ")
             ),
-        })
+        }
     }
 
     fn try_watch(&self, i: usize, prefix: &str, start: Revision) -> Result<EtcdWatch> {

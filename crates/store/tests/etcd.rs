@@ -267,15 +267,20 @@ fn etcd_down_at_connect_then_up() {
         matches!(&err, StoreError::Unavailable { endpoint, .. } if endpoint == &m.client_url()),
         "{err}"
     );
+    let text = err.to_string();
+    assert!(text.contains("refused"), "names the cause: {text}");
     assert!(
-        err.to_string().contains("refused"),
-        "names the cause: {err}"
+        text.contains("no etcd endpoint answered") && text.contains("check that etcd runs"),
+        "says what failed and what to check: {text}"
     );
-    assert!(s
-        .watch("/twill/v1/", 0)
-        .err()
-        .expect("no watch while down")
-        .is_transient());
+    let err = s.watch("/twill/v1/", 0).err().expect("no watch while down");
+    assert!(err.is_transient(), "{err}");
+    assert!(
+        matches!(&err, StoreError::Unavailable { endpoint, reason }
+            if endpoint == &m.client_url() && reason.starts_with("cannot open a watch (")
+                && reason.contains("check that etcd runs")),
+        "{err}"
+    );
     m.restart();
     let (_, took) = retry(Duration::from_secs(10), || {
         s.put("/twill/v1/late", b"x", None)
