@@ -799,18 +799,48 @@ impl RecordDir {
         Ok(names)
     }
 
-    /// Every record, sorted by attachment. A record that cannot be parsed is an error
-    /// naming its file.
+    /// Every record that holds its address, sorted by attachment. A record that cannot be
+    /// parsed is an error naming its file. Left out: the record of an ADD still looking
+    /// for an address, or killed before it got one (it names none, or a candidate another
+    /// attachment holds); it holds nothing, and the DEL that follows removes it.
     pub fn list(&self) -> Result<Vec<Record>, RecordError> {
         let mut records = Vec::new();
         for name in self.entries(&self.attachments)? {
+            let path = self.attachments.join(name);
             // Gone between listing and reading: released meanwhile.
-            if let Some(r) = self.read_record(&self.attachments.join(name))? {
-                records.push(r);
+            if let Some(r) = self.read_record(&path)? {
+                if self.holds(&path, &r)? {
+                    records.push(r);
+                }
             }
         }
         records.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(records)
+    }
+
+    /// Whether `ips/<ip>` is this record's claim: the same inode as the attachment's file
+    /// (one stat each), or, after `update_extra` gave the record a new inode, an address
+    /// file that names the attachment.
+    fn holds(&self, attachment: &Path, record: &Record) -> Result<bool, RecordError> {
+        use std::os::unix::fs::MetadataExt;
+        if record.ip.is_unspecified() {
+            return Ok(false);
+        }
+        let claim = match fs::metadata(self.ip_path(record.ip)) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(source) => {
+                return Err(RecordError::Io {
+                    op: "stat",
+                    path: self.ip_path(record.ip),
+                    source,
+                })
+            }
+        };
+        let same_inode = fs::metadata(attachment)
+            .map(|m| (m.dev(), m.ino()) == (claim.dev(), claim.ino()))
+            .unwrap_or(false);
+        Ok(same_inode || self.ip_owner(record.ip)?.as_deref() == Some(&*record.key.to_string()))
     }
 
     /// Every held address, sorted, including addresses outside the current pool and
