@@ -320,6 +320,73 @@ impl NodeSpec {
     }
 }
 
+/// The `kind` of a document in a resource file (what `twill get` prints, `twill apply`
+/// reads). Nothing matches on these names outside this type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ResourceKind {
+    NetworkConfig,
+    Node,
+    Block,
+    /// Several resources in one document, as `twill get -o json` prints them.
+    List,
+}
+
+impl ResourceKind {
+    pub const ALL: [ResourceKind; 4] = [
+        ResourceKind::NetworkConfig,
+        ResourceKind::Node,
+        ResourceKind::Block,
+        ResourceKind::List,
+    ];
+
+    /// The name written as `kind:`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ResourceKind::NetworkConfig => "NetworkConfig",
+            ResourceKind::Node => "Node",
+            ResourceKind::Block => "Block",
+            ResourceKind::List => "List",
+        }
+    }
+}
+
+impl std::fmt::Display for ResourceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Serialize for ResourceKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+/// The name is none of [`ResourceKind::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a Twill resource; use {names}", names = ResourceKind::choices())]
+pub struct UnknownResource(pub String);
+
+impl ResourceKind {
+    /// "NetworkConfig, Node, Block or List".
+    fn choices() -> String {
+        let names = ResourceKind::ALL.map(ResourceKind::name);
+        let (last, rest) = names.split_last().expect("kinds exist");
+        format!("{} or {last}", rest.join(", "))
+    }
+}
+
+impl std::str::FromStr for ResourceKind {
+    type Err = UnknownResource;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ResourceKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| UnknownResource(s.to_string()))
+    }
+}
+
 /// One document of a resource file.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resource {
@@ -337,11 +404,11 @@ pub enum Resource {
 }
 
 impl Resource {
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> ResourceKind {
         match self {
-            Resource::NetworkConfig(_) => "NetworkConfig",
-            Resource::Node { .. } => "Node",
-            Resource::Block { .. } => "Block",
+            Resource::NetworkConfig(_) => ResourceKind::NetworkConfig,
+            Resource::Node { .. } => ResourceKind::Node,
+            Resource::Block { .. } => ResourceKind::Block,
         }
     }
 
@@ -396,9 +463,6 @@ struct Metadata {
     name: String,
 }
 
-/// The `kind` of a list of resources, as `twill get -o json` prints several.
-pub const KIND_LIST: &str = "List";
-
 #[cfg(feature = "yaml")]
 /// `kind: List`: its items are documents of their own.
 #[derive(Deserialize)]
@@ -433,23 +497,27 @@ pub fn parse_resources(text: &str) -> Result<Vec<Resource>, Invalid> {
         };
         let kind: KindOnly =
             serde_yaml_ng::from_str(body).map_err(|e| at(yaml_error(&e, first_line)))?;
-        if kind.kind == KIND_LIST {
-            let list: ListDocument =
-                serde_yaml_ng::from_str(body).map_err(|e| at(yaml_error(&e, first_line)))?;
-            for (i, item) in list.items.iter().enumerate() {
-                // Each item as a document of its own; its errors point at the list's line.
-                let text = serde_yaml_ng::to_string(item).expect("a parsed value serializes");
-                let items = parse_resources(&text).map_err(|mut e| {
-                    e.field = format!("items[{i}].{}", e.field);
-                    e.line = Some(first_line);
-                    e
-                })?;
-                out.extend(items);
+        let kind: ResourceKind = kind
+            .kind
+            .parse()
+            .map_err(|e: UnknownResource| at(invalid("kind", e.to_string())))?;
+        let res = match kind {
+            ResourceKind::List => {
+                let list: ListDocument =
+                    serde_yaml_ng::from_str(body).map_err(|e| at(yaml_error(&e, first_line)))?;
+                for (i, item) in list.items.iter().enumerate() {
+                    // Each item as a document of its own; its errors point at the list's line.
+                    let text = serde_yaml_ng::to_string(item).expect("a parsed value serializes");
+                    let items = parse_resources(&text).map_err(|mut e| {
+                        e.field = format!("items[{i}].{}", e.field);
+                        e.line = Some(first_line);
+                        e
+                    })?;
+                    out.extend(items);
+                }
+                continue;
             }
-            continue;
-        }
-        let res = match kind.kind.as_str() {
-            "NetworkConfig" => {
+            ResourceKind::NetworkConfig => {
                 let d: Document<NetworkConfig> =
                     serde_yaml_ng::from_str(body).map_err(|e| at(yaml_error(&e, first_line)))?;
                 d.spec.validate().map_err(|mut e| {
@@ -458,7 +526,7 @@ pub fn parse_resources(text: &str) -> Result<Vec<Resource>, Invalid> {
                 })?;
                 Resource::NetworkConfig(d.spec)
             }
-            "Node" => {
+            ResourceKind::Node => {
                 let d: Document<NodeSpec> =
                     serde_yaml_ng::from_str(body).map_err(|e| at(yaml_error(&e, first_line)))?;
                 let name = d.metadata.name;
@@ -467,7 +535,7 @@ pub fn parse_resources(text: &str) -> Result<Vec<Resource>, Invalid> {
                 d.spec.address().map_err(at)?;
                 Resource::Node { name, spec: d.spec }
             }
-            "Block" => {
+            ResourceKind::Block => {
                 let d: Document<Block> =
                     serde_yaml_ng::from_str(body).map_err(|e| at(yaml_error(&e, first_line)))?;
                 let key = block_key(d.spec.cidr);
@@ -482,14 +550,6 @@ pub fn parse_resources(text: &str) -> Result<Vec<Resource>, Invalid> {
                     )));
                 }
                 Resource::Block { spec: d.spec }
-            }
-            other => {
-                return Err(at(invalid(
-                    "kind",
-                    format!(
-                        "{other:?} is not a Twill resource; use NetworkConfig, Node, Block or List"
-                    ),
-                )))
             }
         };
         out.push(res);
@@ -649,7 +709,21 @@ mod tests {
         let r =
             parse_resources(r#"{"kind":"NetworkConfig","spec":{"clusterCIDR":"10.244.0.0/16"}}"#)
                 .unwrap();
-        assert_eq!(r[0].kind(), "NetworkConfig");
+        assert_eq!(r[0].kind(), ResourceKind::NetworkConfig);
+    }
+
+    #[test]
+    fn every_resource_kind_is_read_by_its_name_and_others_are_refused_naming_all() {
+        for k in ResourceKind::ALL {
+            assert_eq!(k.name().parse::<ResourceKind>(), Ok(k));
+            assert_eq!(serde_json::to_value(k).unwrap(), k.name());
+        }
+        let e = err("kind: Pod\nspec: {}\n");
+        assert_eq!(e.field, "kind");
+        assert_eq!(
+            e.reason,
+            "\"Pod\" is not a Twill resource; use NetworkConfig, Node, Block or List"
+        );
     }
 
     fn err(text: &str) -> Invalid {

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use twill_api::resources::{
-    parse_resources, NetworkConfig, Resource, KEY_CONFIG, PREFIX_NODECONFIGS,
+    parse_resources, NetworkConfig, Resource, ResourceKind, KEY_CONFIG, PREFIX_NODECONFIGS,
 };
 use twill_store::{Store, StoreError, PREFIX};
 
@@ -174,7 +174,7 @@ pub fn render_docs(docs: Vec<Value>, single: bool, output: Output) -> anyhow::Re
             let v = if single && docs.len() == 1 {
                 docs.into_iter().next().expect("one")
             } else {
-                json!({"apiVersion": API_VERSION, "kind": "List", "items": docs})
+                json!({"apiVersion": API_VERSION, "kind": ResourceKind::List, "items": docs})
             };
             serde_json::to_string_pretty(&v)? + "\n"
         }
@@ -184,7 +184,7 @@ pub fn render_docs(docs: Vec<Value>, single: bool, output: Output) -> anyhow::Re
 pub fn config_resource(c: &NetworkConfig) -> Value {
     json!({
         "apiVersion": API_VERSION,
-        "kind": "NetworkConfig",
+        "kind": ResourceKind::NetworkConfig,
         "metadata": {"name": "default"},
         "spec": c,
     })
@@ -304,7 +304,7 @@ pub fn node_resource(view: &ClusterView, name: &str) -> Value {
     status["reason"] = json!(reason);
     json!({
         "apiVersion": API_VERSION,
-        "kind": "Node",
+        "kind": ResourceKind::Node,
         "metadata": {"name": name},
         "spec": spec,
         "status": status,
@@ -357,7 +357,7 @@ pub fn block_resource(view: &ClusterView, b: &BlockEntry) -> Value {
     let used = view.used_in(&block.node, cidr);
     json!({
         "apiVersion": API_VERSION,
-        "kind": "Block",
+        "kind": ResourceKind::Block,
         "metadata": {"name": b.key.trim_start_matches("blocks/")},
         "spec": block,
         "status": {
