@@ -102,7 +102,7 @@ fn a_bad_value_names_where_it_came_from_and_what_fits() {
     usage_error(
         &["--store", "cassandra"],
         &[],
-        &["flag --store", "embedded, etcd or static"],
+        &["flag --store", "use one of embedded, etcd, static"],
     );
 }
 
