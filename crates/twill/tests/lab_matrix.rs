@@ -12,6 +12,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use twill_api::backend::BackendKind;
+use twill_api::wiring::PodWiring;
+use twill_store::StoreKind;
 
 fn ip_json(netns: &str, args: &[&str]) -> Value {
     let out = Command::new("ip")
@@ -54,6 +57,8 @@ fn blocks(st: &Value) -> std::collections::HashMap<String, Vec<String>> {
         .collect()
 }
 
+/// The backends of the matrix: twill-api's kinds, vxlan twice (with and without
+/// directRouting).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Backend {
     HostGw,
@@ -62,8 +67,18 @@ enum Backend {
     Static,
 }
 
-/// Up, check (every row as expected), the kernel read back, down. `wiring`: bridge or l3.
-fn matrix(tag: char, backend: Backend, store: &str, segments: u8, wiring: &str) {
+impl Backend {
+    fn kind(self) -> BackendKind {
+        match self {
+            Backend::HostGw => BackendKind::HostGw,
+            Backend::Vxlan | Backend::VxlanDirect => BackendKind::Vxlan,
+            Backend::Static => BackendKind::Static,
+        }
+    }
+}
+
+/// Up, check (every row as expected), the kernel read back, down.
+fn matrix(tag: char, backend: Backend, store: StoreKind, segments: u8, wiring: PodWiring) {
     let test = format!("matrix {backend:?} {store} {segments} {wiring}");
     twill_testkit::require_root(&test);
     ensure_binaries();
@@ -84,18 +99,14 @@ fn matrix(tag: char, backend: Backend, store: &str, segments: u8, wiring: &str) 
         &segs,
         "--backend",
     ];
-    args.push(match backend {
-        Backend::HostGw => "host-gw",
-        Backend::Vxlan | Backend::VxlanDirect => "vxlan",
-        Backend::Static => "static",
-    });
+    args.push(backend.kind().name());
     if backend == Backend::VxlanDirect {
         args.push("--direct-routing");
     }
     if backend != Backend::Static {
-        args.extend(["--store", store]);
+        args.extend(["--store", store.name()]);
     }
-    args.extend(["--pod-wiring", wiring]);
+    args.extend(["--pod-wiring", wiring.name()]);
     let started = Instant::now();
     let up = twill(&args);
     assert!(up.status.success(), "up failed:\n{}", text(&up));
@@ -157,7 +168,7 @@ fn matrix(tag: char, backend: Backend, store: &str, segments: u8, wiring: &str) 
     }
     // Each pod's gateway: the bridge answers pings; in l3 proxy ARP answers for 169.254.1.1
     // with the host veth's fixed MAC.
-    let (gw_row, other_row) = if wiring == "l3" {
+    let (gw_row, other_row) = if wiring == PodWiring::L3 {
         ("pod→gateway proxy arp", "pod→gateway icmp")
     } else {
         ("pod→gateway icmp", "pod→gateway proxy arp")
@@ -285,7 +296,7 @@ fn matrix(tag: char, backend: Backend, store: &str, segments: u8, wiring: &str) 
         .filter(|r| r["type"] == "blackhole")
         .filter_map(|r| r["dst"].as_str())
         .collect();
-    if wiring == "l3" {
+    if wiring == PodWiring::L3 {
         assert!(bridges.is_empty(), "l3 node has a bridge: {bridges:?}");
         // twilld: a blackhole per block the node holds, so an address no pod has is
         // unreachable at once (and a BGP speaker can announce the block whole).
@@ -347,57 +358,99 @@ fn matrix(tag: char, backend: Backend, store: &str, segments: u8, wiring: &str) 
 
 #[test]
 fn matrix_host_gw_embedded_1_segment() {
-    matrix('b', Backend::HostGw, "embedded", 1, "bridge");
+    matrix(
+        'b',
+        Backend::HostGw,
+        StoreKind::Embedded,
+        1,
+        PodWiring::Bridge,
+    );
 }
 
 #[test]
 fn matrix_host_gw_embedded_2_segments() {
-    matrix('c', Backend::HostGw, "embedded", 2, "bridge");
+    matrix(
+        'c',
+        Backend::HostGw,
+        StoreKind::Embedded,
+        2,
+        PodWiring::Bridge,
+    );
 }
 
 #[test]
 fn matrix_host_gw_etcd_1_segment() {
-    matrix('f', Backend::HostGw, "etcd", 1, "bridge");
+    matrix('f', Backend::HostGw, StoreKind::Etcd, 1, PodWiring::Bridge);
 }
 
 #[test]
 fn matrix_host_gw_etcd_2_segments() {
-    matrix('g', Backend::HostGw, "etcd", 2, "bridge");
+    matrix('g', Backend::HostGw, StoreKind::Etcd, 2, PodWiring::Bridge);
 }
 
 #[test]
 fn matrix_vxlan_embedded_1_segment() {
-    matrix('h', Backend::Vxlan, "embedded", 1, "bridge");
+    matrix(
+        'h',
+        Backend::Vxlan,
+        StoreKind::Embedded,
+        1,
+        PodWiring::Bridge,
+    );
 }
 
 #[test]
 fn matrix_vxlan_embedded_2_segments() {
-    matrix('i', Backend::Vxlan, "embedded", 2, "bridge");
+    matrix(
+        'i',
+        Backend::Vxlan,
+        StoreKind::Embedded,
+        2,
+        PodWiring::Bridge,
+    );
 }
 
 #[test]
 fn matrix_vxlan_etcd_1_segment() {
-    matrix('j', Backend::Vxlan, "etcd", 1, "bridge");
+    matrix('j', Backend::Vxlan, StoreKind::Etcd, 1, PodWiring::Bridge);
 }
 
 #[test]
 fn matrix_vxlan_etcd_2_segments() {
-    matrix('k', Backend::Vxlan, "etcd", 2, "bridge");
+    matrix('k', Backend::Vxlan, StoreKind::Etcd, 2, PodWiring::Bridge);
 }
 
 #[test]
 fn matrix_vxlan_direct_routing_embedded_2_segments() {
-    matrix('l', Backend::VxlanDirect, "embedded", 2, "bridge");
+    matrix(
+        'l',
+        Backend::VxlanDirect,
+        StoreKind::Embedded,
+        2,
+        PodWiring::Bridge,
+    );
 }
 
 #[test]
 fn matrix_static_1_segment() {
-    matrix('m', Backend::Static, "static", 1, "bridge");
+    matrix(
+        'm',
+        Backend::Static,
+        StoreKind::Static,
+        1,
+        PodWiring::Bridge,
+    );
 }
 
 #[test]
 fn matrix_static_2_segments() {
-    matrix('n', Backend::Static, "static", 2, "bridge");
+    matrix(
+        'n',
+        Backend::Static,
+        StoreKind::Static,
+        2,
+        PodWiring::Bridge,
+    );
 }
 
 // Pure-L3 pods (Calico's wiring) under every backend, on both stores. Bounded: 7 labs of
@@ -405,37 +458,43 @@ fn matrix_static_2_segments() {
 
 #[test]
 fn matrix_l3_host_gw_embedded_1_segment() {
-    matrix('u', Backend::HostGw, "embedded", 1, "l3");
+    matrix('u', Backend::HostGw, StoreKind::Embedded, 1, PodWiring::L3);
 }
 
 #[test]
 fn matrix_l3_host_gw_etcd_1_segment() {
-    matrix('v', Backend::HostGw, "etcd", 1, "l3");
+    matrix('v', Backend::HostGw, StoreKind::Etcd, 1, PodWiring::L3);
 }
 
 #[test]
 fn matrix_l3_vxlan_embedded_1_segment() {
-    matrix('w', Backend::Vxlan, "embedded", 1, "l3");
+    matrix('w', Backend::Vxlan, StoreKind::Embedded, 1, PodWiring::L3);
 }
 
 #[test]
 fn matrix_l3_vxlan_etcd_2_segments() {
-    matrix('x', Backend::Vxlan, "etcd", 2, "l3");
+    matrix('x', Backend::Vxlan, StoreKind::Etcd, 2, PodWiring::L3);
 }
 
 #[test]
 fn matrix_l3_vxlan_direct_routing_embedded_2_segments() {
-    matrix('y', Backend::VxlanDirect, "embedded", 2, "l3");
+    matrix(
+        'y',
+        Backend::VxlanDirect,
+        StoreKind::Embedded,
+        2,
+        PodWiring::L3,
+    );
 }
 
 #[test]
 fn matrix_l3_vxlan_direct_routing_etcd_2_segments() {
-    matrix('1', Backend::VxlanDirect, "etcd", 2, "l3");
+    matrix('1', Backend::VxlanDirect, StoreKind::Etcd, 2, PodWiring::L3);
 }
 
 #[test]
 fn matrix_l3_static_2_segments() {
-    matrix('2', Backend::Static, "static", 2, "l3");
+    matrix('2', Backend::Static, StoreKind::Static, 2, PodWiring::L3);
 }
 
 /// `--backend static` with `--store etcd` is refused with the fix; so is directRouting
