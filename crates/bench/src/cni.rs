@@ -4,7 +4,7 @@
 
 use crate::conf::Setup;
 use crate::netns::{self, PREFIX};
-use crate::plugin::{Attachment, Kind, Pod, Subject};
+use crate::plugin::{Attachment, Kind, Pod, Subject, Took};
 use crate::report::{Config, Figures, PluginFigures, BUCKET};
 use crate::stats::{buckets, ms, summarize};
 use anyhow::{bail, Context, Result};
@@ -180,8 +180,10 @@ pub fn run(opts: &Options) -> Result<Figures> {
     ));
     let (adds, dels) = sequential(&subjects, &pods, c.pairs)?;
     for s in 0..n {
-        figures[s].seq_add = summarize(&adds[s]);
-        figures[s].seq_del = summarize(&dels[s]);
+        figures[s].seq_add = summarize(&walls(&adds[s]));
+        figures[s].seq_del = summarize(&walls(&dels[s]));
+        figures[s].seq_add_cpu = summarize(&cpus(&adds[s]));
+        figures[s].seq_del_cpu = summarize(&cpus(&dels[s]));
     }
 
     progress(&format!(
@@ -205,9 +207,11 @@ pub fn run(opts: &Options) -> Result<Figures> {
     ));
     let (adds, dels) = fill(&subjects, &pods, c.fill)?;
     for s in 0..n {
-        figures[s].fill_add = summarize(&adds[s]);
-        figures[s].fill_buckets = buckets(&adds[s], BUCKET);
-        figures[s].fill_del = summarize(&dels[s]);
+        figures[s].fill_add = summarize(&walls(&adds[s]));
+        figures[s].fill_buckets = buckets(&walls(&adds[s]), BUCKET);
+        figures[s].fill_del = summarize(&walls(&dels[s]));
+        figures[s].fill_add_cpu = summarize(&cpus(&adds[s]));
+        figures[s].fill_cpu_buckets = buckets(&cpus(&adds[s]), BUCKET);
     }
 
     drop(subjects);
@@ -227,7 +231,15 @@ fn order(i: usize) -> [usize; 3] {
     [i % 3, (i + 1) % 3, (i + 2) % 3]
 }
 
-type PerPlugin = [Vec<Duration>; 3];
+type PerPlugin = [Vec<Took>; 3];
+
+fn walls(t: &[Took]) -> Vec<Duration> {
+    t.iter().map(|t| t.wall).collect()
+}
+
+fn cpus(t: &[Took]) -> Vec<Duration> {
+    t.iter().map(|t| t.cpu).collect()
+}
 
 fn sequential(
     subjects: &[Subject],
@@ -297,11 +309,11 @@ fn concurrent_add(
     subject: &Subject,
     pods: &[Pod],
 ) -> Result<(Vec<Duration>, Duration, Vec<Attachment>)> {
-    all_at_once(pods, |p| subject.add(p))
+    all_at_once(pods, |p| subject.add(p).map(|(t, a)| (t.wall, a)))
 }
 
 fn concurrent_del(subject: &Subject, attached: &[Attachment]) -> Result<(Vec<Duration>, Duration)> {
-    let (lat, wall, _) = all_at_once(attached, |a| subject.del(a).map(|d| (d, ())))?;
+    let (lat, wall, _) = all_at_once(attached, |a| subject.del(a).map(|t| (t.wall, ())))?;
     Ok((lat, wall))
 }
 

@@ -7,8 +7,10 @@ use crate::netns;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use twill_api::wiring::{PodWiring, L3_GATEWAY};
@@ -88,12 +90,21 @@ pub fn container_id() -> String {
     format!("{:016x}{:048x}", std::process::id(), n)
 }
 
+/// What one ADD or DEL cost: wall time from the first spawn to the last exit, and the CPU
+/// time of the plugin processes (a chain's summed).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Took {
+    pub wall: Duration,
+    pub cpu: Duration,
+}
+
 impl Subject {
     /// ADD, timed from the first spawn to the last exit. The calling thread enters the node
     /// namespace first, outside the timed region.
-    pub fn add(&self, pod: &Pod) -> Result<(Duration, Attachment)> {
+    pub fn add(&self, pod: &Pod) -> Result<(Took, Attachment)> {
         netns::enter(&self.node)?;
         let container_id = container_id();
+        let mut cpu = Duration::ZERO;
         let start = Instant::now();
         let result = match self.kind {
             Kind::Twill(wiring) => self.exec(
@@ -102,6 +113,7 @@ impl Subject {
                 pod,
                 &container_id,
                 &self.setup.twill(wiring, pod.host_port, None),
+                &mut cpu,
             )?,
             Kind::Reference => {
                 let bridge = self.plugin("bridge");
@@ -111,24 +123,26 @@ impl Subject {
                     pod,
                     &container_id,
                     &self.setup.ref_bridge(None),
+                    &mut cpu,
                 )?;
                 match r {
                     Some(r) if self.setup.mappings => {
                         let conf = self.setup.ref_portmap(pod.host_port, &r);
-                        self.exec(&self.plugin("portmap"), "ADD", pod, &container_id, &conf)?
+                        let portmap = self.plugin("portmap");
+                        self.exec(&portmap, "ADD", pod, &container_id, &conf, &mut cpu)?
                     }
                     r => r,
                 }
             }
         };
-        let took = start.elapsed();
+        let wall = start.elapsed();
         let result =
             result.with_context(|| format!("{} ADD printed no result", self.kind.label()))?;
         if let Kind::Twill(wiring) = self.kind {
             check_wiring(wiring, &result)?;
         }
         Ok((
-            took,
+            Took { wall, cpu },
             Attachment {
                 pod: pod.clone(),
                 container_id,
@@ -138,9 +152,10 @@ impl Subject {
     }
 
     /// DEL with the cached result as prevResult; the reference chain runs in reverse.
-    pub fn del(&self, a: &Attachment) -> Result<Duration> {
+    pub fn del(&self, a: &Attachment) -> Result<Took> {
         netns::enter(&self.node)?;
         let prev = Some(&a.result);
+        let mut cpu = Duration::ZERO;
         let start = Instant::now();
         match self.kind {
             Kind::Twill(wiring) => {
@@ -150,6 +165,7 @@ impl Subject {
                     &a.pod,
                     &a.container_id,
                     &self.setup.twill(wiring, a.pod.host_port, prev),
+                    &mut cpu,
                 )?;
             }
             Kind::Reference => {
@@ -161,6 +177,7 @@ impl Subject {
                         &a.pod,
                         &a.container_id,
                         &conf,
+                        &mut cpu,
                     )?;
                 }
                 self.exec(
@@ -169,16 +186,21 @@ impl Subject {
                     &a.pod,
                     &a.container_id,
                     &self.setup.ref_bridge(prev),
+                    &mut cpu,
                 )?;
             }
         }
-        Ok(start.elapsed())
+        Ok(Took {
+            wall: start.elapsed(),
+            cpu,
+        })
     }
 
     fn plugin(&self, name: &str) -> PathBuf {
         self.cni_path.join(name)
     }
 
+    /// One plugin call; its CPU time is added to `cpu`.
     fn exec(
         &self,
         exe: &Path,
@@ -186,8 +208,12 @@ impl Subject {
         pod: &Pod,
         container_id: &str,
         conf: &Value,
+        cpu: &mut Duration,
     ) -> Result<Option<Value>> {
-        exec_plugin(exe, &self.cni_path, command, &pod.netns, container_id, conf)
+        let (out, used) =
+            exec_plugin_cpu(exe, &self.cni_path, command, &pod.netns, container_id, conf)?;
+        *cpu += used;
+        Ok(out)
     }
 }
 
@@ -201,6 +227,20 @@ pub fn exec_plugin(
     container_id: &str,
     conf: &Value,
 ) -> Result<Option<Value>> {
+    exec_plugin_cpu(exe, cni_path, command, netns, container_id, conf).map(|(v, _)| v)
+}
+
+/// [`exec_plugin`], and the CPU time (user + system) the plugin and the children it waited
+/// for used: its own work, whatever else the machine runs, where wall time also counts
+/// the time it waited for a CPU.
+pub fn exec_plugin_cpu(
+    exe: &Path,
+    cni_path: &Path,
+    command: &str,
+    netns: &str,
+    container_id: &str,
+    conf: &Value,
+) -> Result<(Option<Value>, Duration)> {
     let name = exe
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -228,23 +268,102 @@ pub fn exec_plugin(
     let mut stdin = child.stdin.take().expect("stdin is piped");
     let written = stdin.write_all(conf.to_string().as_bytes());
     drop(stdin);
-    let out = child
-        .wait_with_output()
-        .with_context(|| format!("waiting for {name}"))?;
+    let (stdout, stderr) = read_both(
+        child.stdout.take().expect("stdout is piped"),
+        child.stderr.take().expect("stderr is piped"),
+    )
+    .with_context(|| format!("reading what {name} printed"))?;
+    let (status, cpu) = wait_cpu(child.id()).with_context(|| format!("waiting for {name}"))?;
     written.with_context(|| format!("writing the config to {name}"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&stdout);
     let parsed: Option<Value> = serde_json::from_str(stdout.trim()).ok();
     let is_error = parsed.as_ref().is_some_and(|v| v.get("code").is_some());
-    if !out.status.success() || is_error {
+    if !status.success() || is_error {
         bail!(
-            "{name} {command} failed for netns {netns} ({}): {} {}",
-            out.status,
+            "{name} {command} failed for netns {netns} ({status}): {} {}",
             stdout.trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
+            String::from_utf8_lossy(&stderr).trim()
         );
     }
     if command == "ADD" && parsed.is_none() {
         bail!("{name} ADD printed no JSON result: {:?}", stdout.trim());
     }
-    Ok(parsed)
+    Ok((parsed, cpu))
+}
+
+/// Reads two pipes to their ends at once with poll(2), as std's wait_with_output does: no
+/// thread (which would add its own scheduling delay to the timed call), no deadlock when
+/// the child fills one pipe while we read the other.
+fn read_both(out: ChildStdout, err: ChildStderr) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
+    let mut pipes = [
+        (Some(out.into()), Vec::new()),
+        (Some(err.into()), Vec::new()),
+    ];
+    loop {
+        let mut fds: Vec<libc::pollfd> = pipes
+            .iter()
+            .filter_map(|(fd, _): &(Option<OwnedFd>, Vec<u8>)| fd.as_ref())
+            .map(|fd| libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        if fds.is_empty() {
+            let [(_, a), (_, b)] = pipes;
+            return Ok((a, b));
+        }
+        // SAFETY: fds is a valid array of pollfd of the length given.
+        if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) } < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        for p in fds.iter().filter(|p| p.revents != 0) {
+            let (slot, buf) = pipes
+                .iter_mut()
+                .find(|(fd, _)| fd.as_ref().is_some_and(|f| f.as_raw_fd() == p.fd))
+                .expect("polled one of ours");
+            let mut chunk = [0u8; 4096];
+            let file = slot.as_ref().expect("still open");
+            // SAFETY: reading into a stack buffer of the length given, from an open fd.
+            let n = unsafe { libc::read(file.as_raw_fd(), chunk.as_mut_ptr().cast(), chunk.len()) };
+            match n {
+                0 => *slot = None,
+                n if n > 0 => buf.extend_from_slice(&chunk[..n as usize]),
+                _ => {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reaps child `pid` with wait4(2): its exit status and the CPU time of it and the
+/// children it waited for (the reference bridge plugin runs host-local so).
+fn wait_cpu(pid: u32) -> std::io::Result<(ExitStatus, Duration)> {
+    let mut status = 0;
+    // SAFETY: rusage is plain old data; all-zero is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: pid is our unreaped child; status and usage are valid for writes.
+        let r = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
+        if r >= 0 {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    Ok((
+        ExitStatus::from_raw(status),
+        tv(usage.ru_utime) + tv(usage.ru_stime),
+    ))
 }

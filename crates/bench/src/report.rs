@@ -17,11 +17,15 @@ pub struct Config {
     pub ip_masq: bool,
 }
 
-/// Everything measured for one plugin.
+/// Everything measured for one plugin: wall-clock latencies, and for the sequential and
+/// fill scenarios the CPU time the plugin's processes used (`_cpu`), which waiting for a
+/// CPU on a busy machine does not inflate.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PluginFigures {
     pub seq_add: Summary,
     pub seq_del: Summary,
+    pub seq_add_cpu: Summary,
+    pub seq_del_cpu: Summary,
     pub conc_add: Summary,
     pub conc_add_wall_ms: f64,
     pub conc_del: Summary,
@@ -29,6 +33,8 @@ pub struct PluginFigures {
     pub fill_add: Summary,
     pub fill_buckets: Vec<Bucket>,
     pub fill_del: Summary,
+    pub fill_add_cpu: Summary,
+    pub fill_cpu_buckets: Vec<Bucket>,
 }
 
 /// One run: twill-cni in each pod wiring, and the reference, measured side by side.
@@ -188,6 +194,15 @@ pub fn tables(f: &Figures) -> String {
     for (label, fig) in sequential {
         row(&mut out, label, fig, f);
     }
+    let sequential_cpu: [(&str, Fig); 4] = [
+        ("ADD cpu p50", |p| p.seq_add_cpu.p50),
+        ("ADD cpu p99", |p| p.seq_add_cpu.p99),
+        ("DEL cpu p50", |p| p.seq_del_cpu.p50),
+        ("DEL cpu p99", |p| p.seq_del_cpu.p99),
+    ];
+    for (label, fig) in sequential_cpu {
+        row(&mut out, label, fig, f);
+    }
     let _ = writeln!(out);
     header(
         &mut out,
@@ -234,6 +249,30 @@ pub fn tables(f: &Figures) -> String {
     }
     row(&mut out, "DEL p50 (teardown)", |p| p.fill_del.p50, f);
     row(&mut out, "DEL p99 (teardown)", |p| p.fill_del.p99, f);
+    row(&mut out, "ADD cpu p50 (all)", |p| p.fill_add_cpu.p50, f);
+    row(&mut out, "ADD cpu p99 (all)", |p| p.fill_add_cpu.p99, f);
+    for (i, b) in f.reference.fill_cpu_buckets.iter().enumerate() {
+        let bucket = |p: &PluginFigures| p.fill_cpu_buckets.get(i).map(|b| b.summary);
+        row(
+            &mut out,
+            &format!("ADD cpu p50 pods {}-{}", b.from, b.to),
+            |p| bucket(p).map_or(f64::NAN, |s| s.p50),
+            f,
+        );
+    }
+    // The tail against the median, per plugin (the ratio columns compare with ref).
+    row(
+        &mut out,
+        "ADD p99/p50 (all)",
+        |p| ratio(p.fill_add.p99, p.fill_add.p50),
+        f,
+    );
+    row(
+        &mut out,
+        "ADD cpu p99/p50 (all)",
+        |p| ratio(p.fill_add_cpu.p99, p.fill_add_cpu.p50),
+        f,
+    );
     let _ = writeln!(out);
     let _ = writeln!(out, "Goals");
     for g in goals(f) {
@@ -257,7 +296,10 @@ pub(crate) fn summary_json(s: &Summary) -> Value {
 
 fn plugin_json(p: &PluginFigures) -> Value {
     json!({
-        "sequential": {"add": summary_json(&p.seq_add), "del": summary_json(&p.seq_del)},
+        "sequential": {
+            "add": summary_json(&p.seq_add), "del": summary_json(&p.seq_del),
+            "addCpu": summary_json(&p.seq_add_cpu), "delCpu": summary_json(&p.seq_del_cpu),
+        },
         "concurrent": {
             "add": summary_json(&p.conc_add), "addWallMs": p.conc_add_wall_ms,
             "del": summary_json(&p.conc_del), "delWallMs": p.conc_del_wall_ms,
@@ -266,6 +308,8 @@ fn plugin_json(p: &PluginFigures) -> Value {
             "add": summary_json(&p.fill_add),
             "buckets": p.fill_buckets.iter().map(|b| json!({"from": b.from, "to": b.to, "add": summary_json(&b.summary)})).collect::<Vec<_>>(),
             "del": summary_json(&p.fill_del),
+            "addCpu": summary_json(&p.fill_add_cpu),
+            "cpuBuckets": p.fill_cpu_buckets.iter().map(|b| json!({"from": b.from, "to": b.to, "add": summary_json(&b.summary)})).collect::<Vec<_>>(),
         },
     })
 }
@@ -417,5 +461,15 @@ mod tests {
         let cols: Vec<&str> = line.split_whitespace().skip(2).collect();
         assert_eq!(cols, ["2.00", "2.80", "10.00", "0.20", "0.28"], "{line}");
         assert!(t.contains("[MISS]") && t.contains("[met ]"), "{t}");
+        // Each plugin's fill tail against its own median: l3 5/3, bridge 7/3, ref 12/9.
+        let line = t.lines().find(|l| l.contains("ADD p99/p50 (all)")).unwrap();
+        let cols: Vec<&str> = line.split_whitespace().skip(3).take(3).collect();
+        assert_eq!(cols, ["1.67", "2.33", "1.33"], "{line}");
+        assert!(
+            t.contains("ADD cpu p50") && t.contains("DEL cpu p99"),
+            "{t}"
+        );
+        assert!(j["l3"]["sequential"]["addCpu"].is_object());
+        assert!(j["l3"]["fill"]["cpuBuckets"].is_array());
     }
 }

@@ -93,6 +93,31 @@ fn check_figures(j: &Value, mappings: bool) {
             );
         }
         assert_eq!(p["fill"]["buckets"][0]["to"], 20, "{plugin}: {}", p["fill"]);
+        // CPU time of the plugin's processes, per call.
+        for (scenario, op, wall, n) in [
+            ("sequential", "addCpu", "add", 5),
+            ("sequential", "delCpu", "del", 5),
+            ("fill", "addCpu", "add", 20),
+        ] {
+            let cpu = &p[scenario][op];
+            check_stats(&format!("{plugin} {scenario} {op}"), cpu, n);
+            if plugin != "ref" {
+                // twill-cni is one thread and its DEL's reaper is not waited for: every
+                // call's CPU time is within its wall time, so each percentile is too.
+                for k in ["min", "p50", "p90", "p99", "max"] {
+                    let (c, w) = (
+                        cpu[k].as_f64().unwrap(),
+                        p[scenario][wall][k].as_f64().unwrap(),
+                    );
+                    assert!(c <= w, "{plugin} {scenario}: cpu {k} {c} > wall {k} {w}");
+                }
+            }
+        }
+        assert_eq!(
+            p["fill"]["cpuBuckets"][0]["to"], 20,
+            "{plugin}: {}",
+            p["fill"]
+        );
     }
     // Each ratio is a wiring's figure over the reference's, from the same run.
     let fig = |plugin: &str, path: &[&str]| {

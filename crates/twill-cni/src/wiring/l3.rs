@@ -35,7 +35,7 @@ pub struct L3;
 
 /// The sysctls of a host veth (`net/ipv4/conf/<veth>/...` unless given in full), and
 /// their values.
-fn veth_sysctls(veth: &str, route_localnet: bool) -> Vec<(String, &'static str)> {
+pub(super) fn veth_sysctls(veth: &str, route_localnet: bool) -> Vec<(String, &'static str)> {
     let conf = |k: &str| format!("net/ipv4/conf/{veth}/{k}");
     let mut v = vec![
         (conf("forwarding"), "1"),

@@ -384,3 +384,77 @@ pub(crate) fn host_veth(host: &mut Handle, name: &str) -> Result<Link, CniError>
         Err(e) => Err(kernel(&format!("looking up veth {name}"), e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use twill_api::wiring::L3_GATEWAY;
+
+    fn conf(routes: &str) -> NetConf {
+        NetConf::parse(
+            format!(
+                r#"{{"cniVersion":"1.1.0","name":"n","type":"twill-cni",
+                "ipam":{{"subnet":"10.244.1.0/24","routes":{routes}}}}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn each_wiring_gives_its_gateway_and_prefix() {
+        let c = conf("[]");
+        let subnet: Ipv4Net = "10.244.1.0/24".parse().unwrap();
+        let block_gw = Ipv4Addr::new(10, 244, 1, 1);
+        let bridge = Wiring::new(PodWiring::Bridge, &c);
+        assert_eq!(bridge.gateway(block_gw), block_gw);
+        assert_eq!(bridge.prefix_len(subnet), 24);
+        let l3 = Wiring::new(PodWiring::L3, &c);
+        assert_eq!(l3.gateway(block_gw), L3_GATEWAY);
+        assert_eq!(l3.prefix_len(subnet), 32);
+    }
+
+    #[test]
+    fn l3_routes_go_via_169_254_1_1_and_no_other_gateway() {
+        let c = conf(r#"[{"dst":"0.0.0.0/0"},{"dst":"192.0.2.0/24","gw":"169.254.1.1"}]"#);
+        let l3 = Wiring::new(PodWiring::L3, &c);
+        let want: Vec<(Ipv4Net, Ipv4Addr)> = vec![
+            ("0.0.0.0/0".parse().unwrap(), L3_GATEWAY),
+            ("192.0.2.0/24".parse().unwrap(), L3_GATEWAY),
+        ];
+        assert_eq!(l3.routes(&c, L3_GATEWAY).unwrap(), want);
+
+        let c = conf(r#"[{"dst":"0.0.0.0/0"},{"dst":"192.0.2.0/24","gw":"10.244.1.254"}]"#);
+        let e = Wiring::new(PodWiring::L3, &c)
+            .routes(&c, L3_GATEWAY)
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidConfig);
+        assert!(e.msg.contains("\"ipam.routes[1].gw\""), "{}", e.msg);
+        assert!(e.msg.contains("10.244.1.254"), "{}", e.msg);
+        // The bridge takes any gateway the pod can reach on its subnet.
+        let gw = Ipv4Addr::new(10, 244, 1, 1);
+        let routes = Wiring::new(PodWiring::Bridge, &c).routes(&c, gw).unwrap();
+        assert_eq!(routes[0].1, gw);
+        assert_eq!(routes[1].1, Ipv4Addr::new(10, 244, 1, 254));
+    }
+
+    #[test]
+    fn l3_sysctls_cover_proxy_arp_and_anti_spoofing() {
+        let keys = l3::veth_sysctls("twlabc", true);
+        for want in [
+            ("net/ipv4/conf/twlabc/proxy_arp", "1"),
+            ("net/ipv4/neigh/twlabc/proxy_delay", "0"),
+            ("net/ipv4/conf/twlabc/rp_filter", "1"),
+            ("net/ipv4/conf/twlabc/forwarding", "1"),
+            ("net/ipv4/conf/twlabc/route_localnet", "1"),
+        ] {
+            assert!(
+                keys.iter().any(|(k, v)| (k.as_str(), *v) == want),
+                "{want:?} missing from {keys:?}"
+            );
+        }
+        assert!(!l3::veth_sysctls("twlabc", false)
+            .iter()
+            .any(|(k, _)| k.ends_with("route_localnet")));
+    }
+}
