@@ -55,7 +55,8 @@ pub enum Error {
     },
 
     /// The table or one of its sets is missing (ENOENT from the kernel).
-    #[error("Twill's nftables table (table ip twill) or its sets are missing in this network namespace: run Table::ensure_network (twilld does at start) before adding pods ({0})")]
+    /// A retry cures it: the table goes with its markers, so the next ADD reinstalls it.
+    #[error("Twill's nftables table (table ip twill) or one of its sets is missing in this network namespace (removed while the pod was being added?): retry, and the network's next ADD reinstalls it ({0})")]
     TableMissing(twill_netlink::Error),
 
     #[error("nftables over netlink: {0}")]

@@ -152,6 +152,8 @@ fn nft_mappings(ip: Ipv4Addr, list: &[PortMapping]) -> Vec<twill_nft::PortMappin
 fn nft_error(what: &str, e: twill_nft::Error) -> CniError {
     let code = match e {
         twill_nft::Error::HostPortTaken { .. } => ErrorCode::HostPortTaken,
+        // Removed meanwhile: the next ADD reinstalls it.
+        twill_nft::Error::TableMissing(_) => ErrorCode::TryAgainLater,
         _ => ErrorCode::Kernel,
     };
     let err = CniError::new(code, format!("{what}: {e}"));
