@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use twill_api::resources::{HandOff, NetworkConfig, NodeSpec, PeerView};
 use twill_ipam::records::{RecordDir, RecordError};
-use twill_store::{Event, Store, StoreConfig, StoreError, Watch};
+use twill_store::{Event, Store, StoreError, Watch};
 
 pub use crate::machine::key;
 
@@ -119,24 +119,7 @@ impl Agent {
 
 /// Opens the store the config names (the same choices as `twill_store::open`).
 fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, StoreError> {
-    let store = match cfg.store {
-        StoreKind::Embedded => StoreConfig::Embedded {
-            dir: cfg.store_dir.clone(),
-        },
-        StoreKind::Etcd => {
-            let mut c = twill_store::etcd::EtcdConfig::new(cfg.etcd_endpoints.clone());
-            c.ca_file = cfg.etcd_ca_file.clone();
-            c.cert_file = cfg.etcd_cert_file.clone();
-            c.key_file = cfg.etcd_key_file.clone();
-            StoreConfig::Etcd(c)
-        }
-        StoreKind::Static => StoreConfig::Static {
-            file: cfg.static_file.clone().ok_or_else(|| {
-                StoreError::Config("store is static but staticFile is not set".into())
-            })?,
-        },
-    };
-    twill_store::open(&store).map(Arc::from)
+    twill_store::open(&cfg.store_config()?).map(Arc::from)
 }
 
 fn sleep_unless(shutdown: &AtomicBool, d: Duration) {

@@ -10,6 +10,8 @@ use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use twill_store::etcd::EtcdConfig;
+use twill_store::{StoreConfig, StoreError};
 
 /// The store's kind is the store crate's own type.
 pub use twill_store::StoreKind;
@@ -37,6 +39,29 @@ pub struct Config {
     pub poll_interval: Duration,
     /// How often each peer's node IP is probed (ICMP echo), when a backend is on.
     pub peer_probe_interval: Duration,
+}
+
+impl Config {
+    /// The store these settings name, as `twill_store::open` takes it. Pure.
+    pub fn store_config(&self) -> Result<StoreConfig, StoreError> {
+        Ok(match self.store {
+            StoreKind::Embedded => StoreConfig::Embedded {
+                dir: self.store_dir.clone(),
+            },
+            StoreKind::Etcd => {
+                let mut c = EtcdConfig::new(self.etcd_endpoints.clone());
+                c.ca_file = self.etcd_ca_file.clone();
+                c.cert_file = self.etcd_cert_file.clone();
+                c.key_file = self.etcd_key_file.clone();
+                StoreConfig::Etcd(c)
+            }
+            StoreKind::Static => StoreConfig::Static {
+                file: self.static_file.clone().ok_or_else(|| {
+                    StoreError::Config("store is static but staticFile is not set".into())
+                })?,
+            },
+        })
+    }
 }
 
 /// One setting: its YAML name, flag, environment variable, default and help.
@@ -698,6 +723,59 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.etcd_endpoints.len(), 2);
+    }
+
+    #[test]
+    fn the_settings_name_the_store_to_open() {
+        let c = run(&["--store-dir", "/s"], &[], None).unwrap();
+        assert!(
+            matches!(c.store_config().unwrap(), StoreConfig::Embedded { dir } if dir == Path::new("/s"))
+        );
+        let c = run(
+            &[
+                "--store=etcd",
+                "--etcd-endpoints=https://192.0.2.1:2379,https://192.0.2.2:2379",
+                "--etcd-ca-file=/ca.pem",
+                "--etcd-cert-file=/c.pem",
+                "--etcd-key-file=/k.pem",
+            ],
+            &[],
+            None,
+        )
+        .unwrap();
+        let StoreConfig::Etcd(e) = c.store_config().unwrap() else {
+            panic!("etcd")
+        };
+        assert_eq!(
+            e.endpoints,
+            ["https://192.0.2.1:2379", "https://192.0.2.2:2379"]
+        );
+        assert_eq!(
+            (e.ca_file, e.cert_file, e.key_file),
+            (
+                Some("/ca.pem".into()),
+                Some("/c.pem".into()),
+                Some("/k.pem".into())
+            )
+        );
+        let mut c = run(&["--store=static", "--static-file=/f.json"], &[], None).unwrap();
+        assert!(
+            matches!(c.store_config().unwrap(), StoreConfig::Static { file } if file == Path::new("/f.json"))
+        );
+        c.static_file = None;
+        assert!(c
+            .store_config()
+            .unwrap_err()
+            .to_string()
+            .contains("staticFile"));
+        for kind in StoreKind::ALL {
+            let c = Config {
+                store: kind,
+                static_file: Some("/f.json".into()),
+                ..run(&[], &[], None).unwrap()
+            };
+            assert_eq!(c.store_config().unwrap().kind(), kind);
+        }
     }
 
     #[test]
