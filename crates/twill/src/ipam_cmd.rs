@@ -32,7 +32,8 @@ enum IpamCommand {
         output: Output,
     },
     /// Addresses nodes report in use against the blocks in the store: conflicts, leaks,
-    /// stale blocks. Exits 1 on any conflict or leak.
+    /// stranded blocks (held by a live node, not handed off), stale blocks. Exits 1 on any
+    /// conflict, leak or stranded block.
     Check {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,

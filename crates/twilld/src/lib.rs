@@ -2,9 +2,10 @@
 //! IP, holds the node's blocks of pod addresses in the store under a TTL lease, hands them
 //! to `twill-cni` in a node-local file, and serves /healthz, /readyz and /metrics.
 //!
-//! Pure: [`config`] (parsing), [`autodetect`], [`claims`], the renderers of [`http`] and
-//! [`log`], the state of [`peers`]. I/O edges: [`netinfo`] (netlink), [`peers::Prober`] (ICMP), [`handoff`] (files), [`http::serve`], and the
-//! main loop in [`agent`].
+//! Pure: [`config`] (parsing), [`autodetect`], [`claims`], the agent's state machine
+//! [`machine`], the renderers of [`http`] and [`log`], the state of [`peers`]. I/O edges:
+//! [`netinfo`] (netlink), [`peers::Prober`] (ICMP), [`handoff`] (files), [`http::serve`],
+//! and the loop in [`agent`] that does what the machine asks.
 
 pub mod agent;
 pub mod autodetect;
