@@ -49,6 +49,8 @@ pub enum BenchError {
     NoPod { name: String, node: String },
     #[error("{0}")]
     Backend(String),
+    #[error("lab {name} wires its pods l3, and the bench's twin is built bridge-wired, so the ratios would compare two wirings: bench a `--pod-wiring bridge` lab (scripts/bench-cni.sh compares l3 with bridge on the CNI side)")]
+    L3Wiring { name: String },
     #[error("iperf3 is not installed: `apt-get install iperf3`")]
     IperfMissing,
     #[error("iperf3 {variant}: {detail}")]
@@ -724,6 +726,11 @@ fn pod_address(result: &Value) -> Option<(Ipv4Net, Ipv4Addr)> {
 /// address on n1 and n2, the nodes' MTUs, and the backend, told by how n1 reaches n2's pod.
 pub fn target_from_lab(state: &LabState) -> Result<Target, BenchError> {
     let plan = &state.plan;
+    if plan.pod_wiring == crate::plan::PodWiring::L3 {
+        return Err(BenchError::L3Wiring {
+            name: plan.name.clone(),
+        });
+    }
     if plan.nodes.len() < 2 {
         return Err(BenchError::TooFewNodes {
             name: plan.name.clone(),
@@ -1138,6 +1145,21 @@ mod tests {
             side("192.0.2.11/24", "10.244.0.2/24", "10.244.0.1"),
             side("192.0.2.12/24", "10.244.1.2/24", "10.244.1.1"),
         ]
+    }
+
+    #[test]
+    fn an_l3_lab_is_refused_before_anything_runs() {
+        let plan = crate::plan::plan(&crate::plan::LabSpec {
+            nodes: 2,
+            pod_wiring: crate::plan::PodWiring::L3,
+            ..Default::default()
+        })
+        .unwrap();
+        let state = LabState::new(plan, "/nonexistent".into(), "/nonexistent".into());
+        let Err(e) = target_from_lab(&state) else {
+            panic!("an l3 lab was benched");
+        };
+        assert!(e.to_string().contains("--pod-wiring bridge"), "{e}");
     }
 
     #[test]
