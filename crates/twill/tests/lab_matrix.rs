@@ -356,145 +356,39 @@ fn matrix(tag: char, backend: Backend, store: StoreKind, segments: u8, wiring: P
     drop(guard);
 }
 
-#[test]
-fn matrix_host_gw_embedded_1_segment() {
-    matrix(
-        'b',
-        Backend::HostGw,
-        StoreKind::Embedded,
-        1,
-        PodWiring::Bridge,
-    );
+/// One `#[test]` per row: name, lab tag, backend, store, segments, wiring.
+macro_rules! matrix_tests {
+    ($($name:ident: $tag:literal $backend:ident $store:ident $segments:literal $wiring:ident;)*) => {
+        $(
+            #[test]
+            fn $name() {
+                matrix($tag, Backend::$backend, StoreKind::$store, $segments, PodWiring::$wiring);
+            }
+        )*
+    };
 }
 
-#[test]
-fn matrix_host_gw_embedded_2_segments() {
-    matrix(
-        'c',
-        Backend::HostGw,
-        StoreKind::Embedded,
-        2,
-        PodWiring::Bridge,
-    );
-}
-
-#[test]
-fn matrix_host_gw_etcd_1_segment() {
-    matrix('f', Backend::HostGw, StoreKind::Etcd, 1, PodWiring::Bridge);
-}
-
-#[test]
-fn matrix_host_gw_etcd_2_segments() {
-    matrix('g', Backend::HostGw, StoreKind::Etcd, 2, PodWiring::Bridge);
-}
-
-#[test]
-fn matrix_vxlan_embedded_1_segment() {
-    matrix(
-        'h',
-        Backend::Vxlan,
-        StoreKind::Embedded,
-        1,
-        PodWiring::Bridge,
-    );
-}
-
-#[test]
-fn matrix_vxlan_embedded_2_segments() {
-    matrix(
-        'i',
-        Backend::Vxlan,
-        StoreKind::Embedded,
-        2,
-        PodWiring::Bridge,
-    );
-}
-
-#[test]
-fn matrix_vxlan_etcd_1_segment() {
-    matrix('j', Backend::Vxlan, StoreKind::Etcd, 1, PodWiring::Bridge);
-}
-
-#[test]
-fn matrix_vxlan_etcd_2_segments() {
-    matrix('k', Backend::Vxlan, StoreKind::Etcd, 2, PodWiring::Bridge);
-}
-
-#[test]
-fn matrix_vxlan_direct_routing_embedded_2_segments() {
-    matrix(
-        'l',
-        Backend::VxlanDirect,
-        StoreKind::Embedded,
-        2,
-        PodWiring::Bridge,
-    );
-}
-
-#[test]
-fn matrix_static_1_segment() {
-    matrix(
-        'm',
-        Backend::Static,
-        StoreKind::Static,
-        1,
-        PodWiring::Bridge,
-    );
-}
-
-#[test]
-fn matrix_static_2_segments() {
-    matrix(
-        'n',
-        Backend::Static,
-        StoreKind::Static,
-        2,
-        PodWiring::Bridge,
-    );
-}
-
-// Pure-L3 pods (Calico's wiring) under every backend, on both stores. Bounded: 7 labs of
-// 2-3 nodes, in parallel with the rest (each ~15-25 s on an idle 2-core machine).
-
-#[test]
-fn matrix_l3_host_gw_embedded_1_segment() {
-    matrix('u', Backend::HostGw, StoreKind::Embedded, 1, PodWiring::L3);
-}
-
-#[test]
-fn matrix_l3_host_gw_etcd_1_segment() {
-    matrix('v', Backend::HostGw, StoreKind::Etcd, 1, PodWiring::L3);
-}
-
-#[test]
-fn matrix_l3_vxlan_embedded_1_segment() {
-    matrix('w', Backend::Vxlan, StoreKind::Embedded, 1, PodWiring::L3);
-}
-
-#[test]
-fn matrix_l3_vxlan_etcd_2_segments() {
-    matrix('x', Backend::Vxlan, StoreKind::Etcd, 2, PodWiring::L3);
-}
-
-#[test]
-fn matrix_l3_vxlan_direct_routing_embedded_2_segments() {
-    matrix(
-        'y',
-        Backend::VxlanDirect,
-        StoreKind::Embedded,
-        2,
-        PodWiring::L3,
-    );
-}
-
-#[test]
-fn matrix_l3_vxlan_direct_routing_etcd_2_segments() {
-    matrix('1', Backend::VxlanDirect, StoreKind::Etcd, 2, PodWiring::L3);
-}
-
-#[test]
-fn matrix_l3_static_2_segments() {
-    matrix('2', Backend::Static, StoreKind::Static, 2, PodWiring::L3);
+matrix_tests! {
+    matrix_host_gw_embedded_1_segment: 'b' HostGw Embedded 1 Bridge;
+    matrix_host_gw_embedded_2_segments: 'c' HostGw Embedded 2 Bridge;
+    matrix_host_gw_etcd_1_segment: 'f' HostGw Etcd 1 Bridge;
+    matrix_host_gw_etcd_2_segments: 'g' HostGw Etcd 2 Bridge;
+    matrix_vxlan_embedded_1_segment: 'h' Vxlan Embedded 1 Bridge;
+    matrix_vxlan_embedded_2_segments: 'i' Vxlan Embedded 2 Bridge;
+    matrix_vxlan_etcd_1_segment: 'j' Vxlan Etcd 1 Bridge;
+    matrix_vxlan_etcd_2_segments: 'k' Vxlan Etcd 2 Bridge;
+    matrix_vxlan_direct_routing_embedded_2_segments: 'l' VxlanDirect Embedded 2 Bridge;
+    matrix_static_1_segment: 'm' Static Static 1 Bridge;
+    matrix_static_2_segments: 'n' Static Static 2 Bridge;
+    // Pure-L3 pods (Calico's wiring) under every backend, on both stores. Bounded: 7 labs
+    // of 2-3 nodes, in parallel with the rest (each ~15-25 s on an idle 2-core machine).
+    matrix_l3_host_gw_embedded_1_segment: 'u' HostGw Embedded 1 L3;
+    matrix_l3_host_gw_etcd_1_segment: 'v' HostGw Etcd 1 L3;
+    matrix_l3_vxlan_embedded_1_segment: 'w' Vxlan Embedded 1 L3;
+    matrix_l3_vxlan_etcd_2_segments: 'x' Vxlan Etcd 2 L3;
+    matrix_l3_vxlan_direct_routing_embedded_2_segments: 'y' VxlanDirect Embedded 2 L3;
+    matrix_l3_vxlan_direct_routing_etcd_2_segments: '1' VxlanDirect Etcd 2 L3;
+    matrix_l3_static_2_segments: '2' Static Static 2 L3;
 }
 
 /// `--backend static` with `--store etcd` is refused with the fix; so is directRouting
