@@ -491,25 +491,46 @@ impl RecordDir {
         let width = padded_width(&record);
         let inode = RecordInode::new(self, &padded_json(&record, width))?;
         let target = self.attachment_path(key);
-        match inode.link_to(&target) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                let existing = self.read_record(&target).ok().flatten();
-                return Err(RecordError::AlreadyAllocated {
+        let mut linked = inode.link_to(&target);
+        if linked
+            .as_ref()
+            .is_err_and(|e| e.kind() == io::ErrorKind::AlreadyExists)
+        {
+            let existing = self.read_record(&target).ok().flatten();
+            match existing {
+                // The record of an earlier ADD of this attachment that was killed before
+                // it claimed an address: it holds nothing, so it is replaced. (The CNI
+                // spec forbids a concurrent ADD of one attachment, so it is not in flight.)
+                Some(r) if !self.holds(&target, &r)? => {
+                    let _ = fs::remove_file(&target);
+                    linked = inode.link_to(&target);
+                }
+                _ => {
+                    return Err(RecordError::AlreadyAllocated {
+                        network: self.network.clone(),
+                        container_id: key.container_id.clone(),
+                        ifname: key.ifname.clone(),
+                        // Gone again meanwhile (a concurrent DEL): no address to report.
+                        ip: existing.map_or(Ipv4Addr::UNSPECIFIED, |r| r.ip),
+                    });
+                }
+            }
+        }
+        if let Err(source) = linked {
+            return Err(if source.kind() == io::ErrorKind::AlreadyExists {
+                RecordError::AlreadyAllocated {
                     network: self.network.clone(),
                     container_id: key.container_id.clone(),
                     ifname: key.ifname.clone(),
-                    // Gone again meanwhile (a concurrent DEL): no address to report.
-                    ip: existing.map_or(Ipv4Addr::UNSPECIFIED, |r| r.ip),
-                });
-            }
-            Err(source) => {
-                return Err(RecordError::Io {
+                    ip: Ipv4Addr::UNSPECIFIED,
+                }
+            } else {
+                RecordError::Io {
                     op: "link",
                     path: target,
                     source,
-                })
-            }
+                }
+            });
         }
         match self.claim_one(pool, &inode, &mut record, width) {
             Ok(true) => {

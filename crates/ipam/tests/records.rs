@@ -637,6 +637,36 @@ fn release_after_an_allocate_killed_part_way_frees_what_it_took() {
     );
 }
 
+/// An ADD of an attachment whose earlier ADD was killed before claiming an address (and
+/// got no DEL) replaces that record, which holds nothing; a complete one stays refused.
+#[test]
+fn an_add_replaces_the_record_of_an_add_killed_before_its_claim() {
+    let tmp = TempDir::new("ipamredo");
+    let dir = RecordDir::open(&tmp.path, "pods").unwrap();
+    let root = tmp.path.join("pods");
+    let pool = pool("10.244.1.0/24");
+    let other = dir.allocate(&pool, &key("other"), json!(null)).unwrap();
+    for stale in ["0.0.0.0".to_string(), other.ip.to_string()] {
+        fs::write(
+            root.join("attachments/k1:eth0"),
+            format!(r#"{{"containerId":"k1","ifname":"eth0","ip":"{stale}","extra":null}}"#),
+        )
+        .unwrap();
+        let r = dir
+            .allocate(&pool, &key("k1"), json!({"again": true}))
+            .unwrap();
+        assert_ne!(r.ip, other.ip);
+        assert_eq!(dir.get(&key("k1")).unwrap(), Some(r.clone()));
+        assert_eq!(dir.used().unwrap().len(), 2, "{stale}");
+        dir.release(&key("k1")).unwrap();
+        assert_eq!(
+            dir.used().unwrap(),
+            [other.ip],
+            "the other pod keeps its address"
+        );
+    }
+}
+
 /// A duplicate ADD fails before claiming anything, and leaves the first record alone.
 #[test]
 fn a_duplicate_allocation_claims_nothing() {
