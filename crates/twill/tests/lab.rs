@@ -12,24 +12,6 @@ fn ensure_plugin() -> PathBuf {
     ensure_binaries().0
 }
 
-/// The blocks each node holds, by node name, from `twill lab status -o json`.
-fn blocks_of(st: &serde_json::Value) -> Vec<(String, Vec<String>)> {
-    st["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| {
-            let blocks = n["blocks"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|b| b.as_str().unwrap().to_string())
-                .collect();
-            (n["name"].as_str().unwrap().to_string(), blocks)
-        })
-        .collect()
-}
-
 fn assert_check_passes(name: &str) {
     let check = twill(&["lab", "check", "--name", name]);
     assert!(check.status.success(), "check failed:\n{}", text(&check));
@@ -466,7 +448,7 @@ fn lab_on_etcd_runs_a_member_and_the_agents_use_it() {
             .starts_with("etcd http://192.0.2.2:2379"),
         "{st:#}"
     );
-    let blocks = blocks_of(&st);
+    let blocks = blocks_by_node(&st);
     for (node, b) in &blocks {
         assert!(
             !b.is_empty() && b.iter().all(|b| b.ends_with("/26")),
@@ -532,7 +514,7 @@ fn an_agent_restart_keeps_blocks_and_connectivity() {
     ]);
     assert!(up.status.success(), "up failed:\n{}", text(&up));
     let before = status_json(&name);
-    let blocks_before = blocks_of(&before);
+    let blocks_before = blocks_by_node(&before);
     let handoff = format!("/run/{name}/n1/node.json");
     let handoff_before = std::fs::read_to_string(&handoff).unwrap();
     let pid = agent_pids(&before)[0];
@@ -545,7 +527,7 @@ fn an_agent_restart_keeps_blocks_and_connectivity() {
     };
     let (n1_pod, n2_pod) = (addr(0, 1), addr(1, 0));
     // The pings leave n1: n2's block is not n1's.
-    let n1_blocks = &blocks_before[0].1;
+    let n1_blocks = &blocks_before["n1"];
     assert!(
         !n1_blocks.iter().any(|b| in_block(&n2_pod, b)),
         "{n2_pod} is in n1's blocks {n1_blocks:?}"
@@ -588,7 +570,7 @@ fn an_agent_restart_keeps_blocks_and_connectivity() {
     );
 
     let after = status_json(&name);
-    assert_eq!(blocks_of(&after), blocks_before);
+    assert_eq!(blocks_by_node(&after), blocks_before);
     assert_eq!(std::fs::read_to_string(&handoff).unwrap(), handoff_before);
     assert_ne!(agent_pids(&after)[0], pid);
     assert_eq!(after["nodes"][0]["agent"]["ready"], true, "{after:#}");
@@ -623,7 +605,7 @@ fn slow_an_etcd_outage_of_60s_leaves_pods_and_claims_alone() {
     ]);
     assert!(up.status.success(), "up failed:\n{}", text(&up));
     let before = status_json(&name);
-    let blocks_before = blocks_of(&before);
+    let blocks_before = blocks_by_node(&before);
     let renewals = |st: &serde_json::Value| -> Vec<u64> {
         st["nodes"]
             .as_array()
@@ -692,7 +674,7 @@ fn slow_an_etcd_outage_of_60s_leaves_pods_and_claims_alone() {
         "agents ready and renewed {:?} after etcd was back",
         back.elapsed()
     );
-    assert_eq!(blocks_of(&after), blocks_before);
+    assert_eq!(blocks_by_node(&after), blocks_before);
     assert_check_passes(&name);
     let down = twill(&["lab", "down", "--name", &name]);
     assert!(down.status.success(), "down failed:\n{}", text(&down));

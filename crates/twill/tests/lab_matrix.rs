@@ -39,24 +39,6 @@ fn twill_routes(netns: &str) -> Vec<Value> {
         .clone()
 }
 
-/// Each node's blocks, by name.
-fn blocks(st: &Value) -> std::collections::HashMap<String, Vec<String>> {
-    st["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| {
-            let b = n["blocks"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|b| b.as_str().unwrap().to_string())
-                .collect();
-            (n["name"].as_str().unwrap().to_string(), b)
-        })
-        .collect()
-}
-
 /// The backends of the matrix: twill-api's kinds, vxlan twice (with and without
 /// directRouting).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -194,7 +176,7 @@ fn matrix(tag: char, backend: Backend, store: StoreKind, segments: u8, wiring: P
 
     // The kernel, read back.
     let st = status_json(&name);
-    let blocks = blocks(&st);
+    let blocks = blocks_by_node(&st);
     let ns = |n: &str| format!("{name}-{n}");
     let rt_routes = ip_json(&ns("rt"), &["route", "show"]);
     assert!(
@@ -469,7 +451,7 @@ fn a_node_joins_and_another_leaves_under_traffic() {
     ]);
     assert!(up.status.success(), "up failed:\n{}", text(&up));
     let st = status_json(&name);
-    let before_blocks = blocks(&st);
+    let before_blocks = blocks_by_node(&st);
     let target = st["nodes"][1]["pods"][0]["address"]
         .as_str()
         .unwrap()
@@ -540,7 +522,7 @@ fn a_node_joins_and_another_leaves_under_traffic() {
     // Delta only: n1 and n2 keep their routes to each other, as they were; n3's are gone,
     // n4's are there.
     let st = status_json(&name);
-    let after_blocks = blocks(&st);
+    let after_blocks = blocks_by_node(&st);
     assert!(!after_blocks.contains_key("n3"));
     let n1_after = twill_routes(&ns("n1"));
     let n2_after = twill_routes(&ns("n2"));

@@ -74,3 +74,21 @@ pub fn status_json(name: &str) -> serde_json::Value {
     assert!(st.status.success(), "status: {}", text(&st));
     serde_json::from_slice(&st.stdout).expect("status -o json is JSON")
 }
+
+/// The blocks each node holds, by node name, from `twill lab status -o json`.
+pub fn blocks_by_node(st: &serde_json::Value) -> std::collections::BTreeMap<String, Vec<String>> {
+    st["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            let blocks = n["blocks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b.as_str().unwrap().to_string())
+                .collect();
+            (n["name"].as_str().unwrap().to_string(), blocks)
+        })
+        .collect()
+}
