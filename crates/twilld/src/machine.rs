@@ -479,7 +479,12 @@ impl Machine {
             }
             let Some(stage) = self.stage else {
                 if now < self.wake {
-                    return Action::Sleep(self.wake);
+                    // Wake when the lease may run out, to cut the hand-off then (the
+                    // backoff while the store is down can be longer).
+                    let cut_due = (self.lease.is_some() && !self.handed_off.is_empty())
+                        .then_some(self.lease_until)
+                        .filter(|t| *t > now);
+                    return Action::Sleep(cut_due.map_or(self.wake, |t| t.min(self.wake)));
                 }
                 self.stage = Some(Stage::Config);
                 continue;
@@ -1949,6 +1954,15 @@ mod tests {
             w.now = wake;
         }
         assert_eq!(waits, [100, 200, 400, 800], "exponential backoff");
+        // Longer backoffs still wake the machine when the lease may run out.
+        w.now = granted + Duration::from_millis(8900);
+        let wake = w.run(&mut n);
+        assert_eq!(
+            wake,
+            granted + Duration::from_secs(9),
+            "woken at the lease's end"
+        );
+        assert_eq!(n.handoff, first, "not before");
         let (why, store_up) = n.not_ready().unwrap();
         assert!(why.starts_with("store unreachable:"), "{why}");
         assert!(!store_up);

@@ -723,7 +723,7 @@ fn a_static_file_gives_the_node_its_blocks_and_edits_follow() {
     let (code, body) = wait_for(
         "n3 to say why it is not ready",
         Duration::from_secs(10),
-        || get(p3, "/readyz").filter(|(c, b)| *c == 503 && b != "starting"),
+        || get(p3, "/readyz").filter(|(c, b)| *c == 503 && b.trim() != "starting"),
     );
     assert_eq!(code, 503);
     assert!(body.contains("mesh.json") && body.contains("n3"), "{body}");
