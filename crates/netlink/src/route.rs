@@ -538,17 +538,7 @@ impl Handle {
     /// None when the kernel has no route (ENETUNREACH, EHOSTUNREACH) or the route is a
     /// blackhole, unreachable or prohibit one.
     pub fn route_to(&mut self, dst: Ipv4Addr) -> Result<Option<Route>, Error> {
-        let mut b = MessageBuilder::new(RTM_GETROUTE, NLM_F_REQUEST);
-        b.header(
-            &RtMsg {
-                family: AF_INET,
-                dst_len: 32,
-                ..Default::default()
-            }
-            .to_bytes(),
-        )
-        .attr(RTA_DST, &dst.octets());
-        match self.socket.request(b.build()) {
+        match self.socket.request(route_get_request(dst)) {
             Ok(replies) => Ok(replies.iter().find_map(|p| {
                 let h = RtMsg::parse(p)?;
                 [RTN_UNICAST, RTN_LOCAL, RTN_BROADCAST]
@@ -614,6 +604,22 @@ fn address_message(
     b.attr(IFA_LOCAL, &addr.octets())
         .attr(IFA_ADDRESS, &addr.octets());
     b
+}
+
+/// The RTM_GETROUTE request `ip route get DST` sends: which route the kernel would take
+/// to `dst`. Pure.
+pub fn route_get_request(dst: Ipv4Addr) -> Vec<u8> {
+    let mut b = MessageBuilder::new(RTM_GETROUTE, NLM_F_REQUEST);
+    b.header(
+        &RtMsg {
+            family: AF_INET,
+            dst_len: 32,
+            ..Default::default()
+        }
+        .to_bytes(),
+    )
+    .attr(RTA_DST, &dst.octets());
+    b.build()
 }
 
 fn route_message(msg_type: u16, flags: u16, r: &Route) -> Vec<u8> {
@@ -739,6 +745,18 @@ fn parse_route_attrs(payload: &[u8], h: RtMsg) -> Option<Route> {
 #[cfg(all(test, target_endian = "little"))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn route_get_request_is_what_ip_route_get_sends() {
+        let msg = route_get_request(Ipv4Addr::new(192, 0, 2, 9));
+        #[rustfmt::skip]
+        let want: Vec<u8> = vec![
+            36, 0, 0, 0,  26, 0,  1, 0,  0, 0, 0, 0,  0, 0, 0, 0,
+            2, 32, 0, 0,  0, 0, 0, 0,  0, 0, 0, 0,
+            8, 0, 1, 0,  192, 0, 2, 9,
+        ];
+        assert_eq!(msg, want);
+    }
 
     #[test]
     fn route_message_bytes() {

@@ -3,8 +3,9 @@
 
 use crate::autodetect::{Interface, RouteAnswer};
 use std::net::Ipv4Addr;
-use twill_netlink::codec::{self, MessageBuilder, RtMsg, NLM_F_REQUEST};
-use twill_netlink::rtnl::{AF_INET, RTA_DST, RTA_OIF, RTA_PREFSRC, RTM_GETROUTE};
+use twill_netlink::codec::{self, RtMsg};
+use twill_netlink::route::route_get_request;
+use twill_netlink::rtnl::{RTA_OIF, RTA_PREFSRC};
 use twill_netlink::{Error, Handle, Netns, Socket};
 
 /// Every interface of `ns` (the caller's namespace if None), in kernel (index) order.
@@ -39,17 +40,7 @@ pub fn route_get(ns: Option<&Netns>, dst: Ipv4Addr) -> Result<Option<RouteAnswer
         Some(ns) => Socket::new_in(libc::NETLINK_ROUTE, ns)?,
         None => Socket::new(libc::NETLINK_ROUTE)?,
     };
-    let mut b = MessageBuilder::new(RTM_GETROUTE, NLM_F_REQUEST);
-    b.header(
-        &RtMsg {
-            family: AF_INET,
-            dst_len: 32,
-            ..Default::default()
-        }
-        .to_bytes(),
-    )
-    .attr(RTA_DST, &dst.octets());
-    let replies = match sock.request(b.build()) {
+    let replies = match sock.request(route_get_request(dst)) {
         Ok(r) => r,
         Err(e)
             if matches!(
