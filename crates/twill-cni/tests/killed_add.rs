@@ -7,12 +7,13 @@
 
 mod common;
 use common::*;
-use serde_json::{json, Value};
-use std::process::{Command, Stdio};
+use serde_json::json;
 use std::time::{Duration, Instant};
 use twill_testkit::{require_root, TestNetns};
 
 const ROUNDS: usize = 40;
+/// PATH of the plugins the test starts.
+const CHILD_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// xorshift64*: enough to spread the kill moments, and repeatable from the seed.
 struct Rng(u64);
@@ -24,30 +25,6 @@ impl Rng {
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n.max(1)
     }
-}
-
-/// Starts an ADD the way a runtime does and returns it running.
-fn spawn_add(node: &Node, cid: &str, pod: &TestNetns, conf: &Value) -> std::process::Child {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &node.ns.name, PLUGIN])
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("CNI_PATH", "/opt/cni/bin")
-        .env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", cid)
-        .env("CNI_NETNS", pod.path())
-        .env("CNI_IFNAME", "eth0")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn twill-cni");
-    // `ip netns exec` execs the plugin in place: this pid is the plugin's.
-    let _ = std::io::Write::write_all(
-        &mut child.stdin.take().unwrap(),
-        conf.to_string().as_bytes(),
-    );
-    child
 }
 
 /// Names in a directory of the network's records (attachments, temporary files).
@@ -84,7 +61,8 @@ fn a_del_after_an_add_killed_at_any_moment_frees_everything() {
             let _ = node.ns.try_exec(&["nft", "delete", "table", "ip", "twill"]);
         }
         let started = Instant::now();
-        let status = spawn_add(&node, &format!("warm{i}"), &pod, &conf)
+        let status = node
+            .spawn_add(&conf, &format!("warm{i}"), &pod, CHILD_PATH)
             .wait()
             .unwrap();
         took[usize::from(!first)].push(started.elapsed());
@@ -124,7 +102,7 @@ fn a_del_after_an_add_killed_at_any_moment_frees_everything() {
         }
         let cid = format!("k{round}");
         let delay = Duration::from_micros(rng.below(span_us[usize::from(!first)]));
-        let mut child = spawn_add(&node, &cid, &pod, &conf);
+        let mut child = node.spawn_add(&conf, &cid, &pod, CHILD_PATH);
         std::thread::sleep(delay);
         // SIGKILL; if it had already exited, this does nothing.
         let _ = child.kill();

@@ -58,30 +58,6 @@ fn network(node: &Node, name: &str, bridge: &str, subnet: &str) -> Value {
     c
 }
 
-/// Starts an ADD in the node namespace without waiting; `path` first on PATH.
-fn spawn_add(node: &Node, conf: &Value, cid: &str, pod: &TestNetns, path: &str) -> Child {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &node.ns.name, PLUGIN])
-        .env_clear()
-        .env("PATH", path)
-        .env("CNI_PATH", "/opt/cni/bin")
-        .env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", cid)
-        .env("CNI_NETNS", pod.path())
-        .env("CNI_IFNAME", "eth0")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn twill-cni");
-    std::io::Write::write_all(
-        &mut child.stdin.take().unwrap(),
-        conf.to_string().as_bytes(),
-    )
-    .unwrap();
-    child
-}
-
 fn finish(child: Child) -> (bool, String) {
     let out = child.wait_with_output().unwrap();
     (
@@ -133,7 +109,7 @@ fn first_adds_of_two_networks_forced_to_interleave_leave_correct_sets() {
     );
 
     // A's nft reads the (empty) sets and is held before its commit; B runs meanwhile.
-    let held = spawn_add(&node, &a, "a", &pa, &format!("{}:{PATH}", slow.display()));
+    let held = node.spawn_add(&a, "a", &pa, &format!("{}:{PATH}", slow.display()));
     wait_started(&slow);
     std::thread::sleep(WAIT);
     let started = Instant::now();

@@ -440,6 +440,21 @@ impl Machine {
         self.lease
     }
 
+    /// The claim in progress ended with `b` created for this node: by this create, or
+    /// (`note`) by an earlier attempt whose reply was lost.
+    fn claim_won(&mut self, b: Ipv4Net, note: Option<&'static str>, now: Instant) {
+        let c = self.claiming.take().expect("claiming");
+        let mut logged = fields(&[
+            ("node", &self.p.node),
+            ("block", &b),
+            ("collisions", &c.collisions),
+        ]);
+        logged.extend(note.map(|n| ("note", n.to_string())));
+        self.log(Level::Info, "block claimed", logged);
+        self.exhausted_logged = false;
+        self.claimed(c.purpose, Some(b), now);
+    }
+
     fn log(&mut self, level: Level, msg: &'static str, fields: Vec<(&'static str, String)>) {
         self.out
             .push_back(Action::Log(LogLine { level, msg, fields }));
@@ -1341,19 +1356,7 @@ impl Machine {
                 self.claiming.as_mut().expect("claiming").taken = Some(taken);
             }
             (Pending::ClaimCreate(b), StoreReply::Created(Some(_))) => {
-                let c = self.claiming.take().expect("claiming");
-                let node = self.p.node.clone();
-                self.log(
-                    Level::Info,
-                    "block claimed",
-                    fields(&[
-                        ("node", &node),
-                        ("block", &b),
-                        ("collisions", &c.collisions),
-                    ]),
-                );
-                self.exhausted_logged = false;
-                self.claimed(c.purpose, Some(b), now);
+                self.claim_won(b, None, now);
             }
             (Pending::ClaimCreate(b), StoreReply::Created(None)) => {
                 // "Already exists": someone else's, or this create's own first attempt.
@@ -1369,22 +1372,11 @@ impl Machine {
                 );
                 let c = self.claiming.as_mut().expect("claiming");
                 match outcome {
-                    CreateOutcome::Mine => {
-                        let c = self.claiming.take().expect("claiming");
-                        let node = self.p.node.clone();
-                        self.log(
-                            Level::Info,
-                            "block claimed",
-                            fields(&[
-                                ("node", &node),
-                                ("block", &b),
-                                ("collisions", &c.collisions),
-                                ("note", &"the create had committed before a connection error; the retry found it ours"),
-                            ]),
-                        );
-                        self.exhausted_logged = false;
-                        self.claimed(c.purpose, Some(b), now);
-                    }
+                    CreateOutcome::Mine => self.claim_won(
+                        b,
+                        Some("the create had committed before a connection error; the retry found it ours"),
+                        now,
+                    ),
                     CreateOutcome::Taken => {
                         c.collisions += 1;
                         c.taken.as_mut().expect("listed").insert(b);

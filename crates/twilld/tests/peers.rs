@@ -7,9 +7,8 @@
 
 mod common;
 
-use common::{AgentProc, TWILLD};
+use common::{twill_bin, AgentProc};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use twill_api::resources::{BackendKind, NetworkConfig, NodeStatus};
@@ -221,28 +220,6 @@ fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stderr)
     )
 }
-
-/// The workspace's `twill`, next to twilld, built (or brought up to date) once.
-fn twill_bin() -> PathBuf {
-    static BUILD: std::sync::Once = std::sync::Once::new();
-    let dir = Path::new(TWILLD).parent().unwrap().to_path_buf();
-    BUILD.call_once(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "twill"]);
-        if dir.ends_with("release") {
-            cmd.arg("--release");
-        }
-        assert!(
-            cmd.status().expect("run cargo build -p twill").success(),
-            "cargo build -p twill failed"
-        );
-    });
-    let bin = dir.join("twill");
-    assert!(bin.is_file(), "{} is missing", bin.display());
-    bin
-}
-
 /// Every peer of every node in the report is in `state`.
 fn all_peers(json: &Value, state: &str) -> bool {
     json["nodes"].as_array().is_some_and(|nodes| {

@@ -19,7 +19,7 @@ mod common;
 use common::*;
 use ipnet::Ipv4Net;
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -203,28 +203,6 @@ fn sample(slots: &[Slot], store: &dyn Store) -> Option<Vec<String>> {
     }
     Some(bad)
 }
-
-/// `twill`, next to twilld (built first: `cargo test -p twilld` builds only its own).
-fn twill_bin() -> PathBuf {
-    static BUILD: std::sync::Once = std::sync::Once::new();
-    let dir = Path::new(TWILLD).parent().unwrap().to_path_buf();
-    BUILD.call_once(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "twill"]);
-        if dir.ends_with("release") {
-            cmd.arg("--release");
-        }
-        assert!(
-            cmd.status().expect("run cargo build -p twill").success(),
-            "cargo build -p twill failed"
-        );
-    });
-    let bin = dir.join("twill");
-    assert!(bin.is_file(), "{} is missing", bin.display());
-    bin
-}
-
 /// Runs the storm; `chaos_store` is called about once a second with the time since the
 /// start (the etcd variant kills its leader from there).
 fn storm(tag: &str, setup: StoreSetup, mut chaos_store: impl FnMut(Duration)) {

@@ -164,6 +164,39 @@ impl Node {
         }
     }
 
+    /// Starts an ADD of `conf` in the node's namespace the way a runtime does, without
+    /// waiting, with `path` as PATH (a test may put wrappers first). `ip netns exec` execs
+    /// the plugin in place, so the child's pid is the plugin's.
+    pub fn spawn_add(
+        &self,
+        conf: &Value,
+        cid: &str,
+        pod: &TestNetns,
+        path: &str,
+    ) -> std::process::Child {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.ns.name, PLUGIN])
+            .env_clear()
+            .env("PATH", path)
+            .env("CNI_PATH", "/opt/cni/bin")
+            .env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", cid)
+            .env("CNI_NETNS", pod.path())
+            .env("CNI_IFNAME", "eth0")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn twill-cni");
+        // A plugin killed before it read its config makes this write fail: that is fine.
+        let _ = child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(conf.to_string().as_bytes());
+        child
+    }
+
     pub fn add(&self, cid: &str, pod: &TestNetns) -> Value {
         let r = self.cni("ADD", cid, &pod.path(), "eth0", &self.conf());
         assert!(r.ok, "ADD {cid} failed: {} {}", r.stdout, r.stderr);
