@@ -199,6 +199,12 @@ pub struct Attrs {
     /// NEXT_HOP: mandatory for IPv4 NLRI in the UPDATE body; absent when routes only come in
     /// MP_REACH (which has its own next hop).
     pub next_hop: Option<Ipv4Addr>,
+    /// The next hop(s) of the MP_REACH_NLRI these attributes travel with, for non-IPv4
+    /// routes (RFC 4760 §3; for IPv6 a global and optionally a link-local address, RFC 2545
+    /// §3). A decoded UPDATE leaves this empty (its [`MpReach::next_hops`] has them); the RIB
+    /// copies them in when it stores a route, so a path's next hop is one of its shared
+    /// attributes, and `encode_announce` writes MP_REACH's next hop from here for IPv6 NLRI.
+    pub mp_next_hop: Vec<IpAddr>,
     /// MULTI_EXIT_DISC.
     pub med: Option<u32>,
     /// LOCAL_PREF (iBGP only, RFC 4271 §5.1.5).
@@ -226,6 +232,7 @@ impl Attrs {
             origin,
             as_path: AsPath::default(),
             next_hop: None,
+            mp_next_hop: Vec::new(),
             med: None,
             local_pref: None,
             atomic_aggregate: false,
