@@ -11,6 +11,7 @@
 pub mod codec;
 mod error;
 pub mod ethtool;
+pub mod fib;
 pub mod neigh;
 pub mod netns;
 pub mod route;
@@ -20,6 +21,7 @@ pub mod sysctl;
 pub mod vxlan;
 
 pub use error::Error;
+pub use fib::{FibRoute, NextHop, RouteChange, RouteRefusal};
 pub use neigh::{FdbEntry, Neighbour};
 pub use netns::{run_here_in, run_in, Netns};
 pub use route::{Handle, Link, Route, RouteType, VethPair, ROUTE_PROTOCOL};

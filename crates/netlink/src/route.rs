@@ -12,7 +12,7 @@ use crate::rtnl::{
     IFLA_INFO_DATA, IFLA_INFO_KIND, IFLA_LINK, IFLA_LINKINFO, IFLA_MASTER, IFLA_MTU,
     IFLA_NET_NS_FD, IFLA_PROTINFO, RTA_DST, RTA_GATEWAY, RTA_OIF, RTA_PRIORITY, RTA_TABLE,
     RTM_DELADDR, RTM_DELLINK, RTM_DELROUTE, RTM_GETADDR, RTM_GETLINK, RTM_GETROUTE, RTM_NEWADDR,
-    RTM_NEWLINK, RTM_NEWROUTE, RTM_SETLINK,
+    RTM_NEWLINK, RTM_NEWROUTE, RTM_SETLINK, RTNH_F_ONLINK, RTN_BROADCAST, RTN_LOCAL, RTN_UNICAST,
 };
 use crate::{Error, Netns, Socket};
 
@@ -27,10 +27,6 @@ const RTPROT_BOOT: u8 = 3;
 /// iproute2's rt_protos) assigns. The kernel reports the byte in every dump, so Twill finds
 /// exactly its routes again after a restart, with no state file.
 pub const ROUTE_PROTOCOL: u8 = 0x54;
-const RTN_UNICAST: u8 = 1;
-const RTN_LOCAL: u8 = 2;
-const RTN_BROADCAST: u8 = 3;
-const RTNH_F_ONLINK: u32 = 4;
 
 /// A network interface as the kernel reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,12 +57,10 @@ pub enum RouteType {
 }
 
 impl RouteType {
-    const RTN_BLACKHOLE: u8 = 6;
-
     pub fn from_u8(t: u8) -> RouteType {
         match t {
             RTN_UNICAST => RouteType::Unicast,
-            RouteType::RTN_BLACKHOLE => RouteType::Blackhole,
+            crate::rtnl::RTN_BLACKHOLE => RouteType::Blackhole,
             other => RouteType::Other(other),
         }
     }
@@ -74,7 +68,7 @@ impl RouteType {
     pub fn to_u8(self) -> u8 {
         match self {
             RouteType::Unicast => RTN_UNICAST,
-            RouteType::Blackhole => RouteType::RTN_BLACKHOLE,
+            RouteType::Blackhole => crate::rtnl::RTN_BLACKHOLE,
             RouteType::Other(t) => t,
         }
     }

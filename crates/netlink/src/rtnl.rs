@@ -41,11 +41,34 @@ pub const RTA_OIF: u16 = 4;
 pub const RTA_GATEWAY: u16 = 5;
 pub const RTA_PRIORITY: u16 = 6;
 pub const RTA_PREFSRC: u16 = 7;
+/// A list of `struct rtnexthop`, each followed by its own attributes (RTA_GATEWAY, ...).
+pub const RTA_MULTIPATH: u16 = 9;
 pub const RTA_TABLE: u16 = 15;
+
+/// `struct rtnexthop` (linux/rtnetlink.h): `rtnh_len` u16, `rtnh_flags` u8, `rtnh_hops` u8
+/// (the weight minus one), `rtnh_ifindex` i32; its attributes follow, RTNH_ALIGN'ed to 4.
+pub const RTNH_LEN: usize = 8;
+/// rtnh_flags / rtm_flags: "Gateway is forced on link".
+pub const RTNH_F_ONLINK: u32 = 4;
+
+/// rtm_type values (linux/rtnetlink.h `enum { RTN_UNSPEC, RTN_UNICAST, ... }`).
+pub const RTN_UNICAST: u8 = 1;
+pub const RTN_LOCAL: u8 = 2;
+pub const RTN_BROADCAST: u8 = 3;
+pub const RTN_BLACKHOLE: u8 = 6;
+
+/// rtm_scope (`enum rt_scope_t`): a route to somewhere else, through a gateway.
+pub const RT_SCOPE_UNIVERSE: u8 = 0;
+/// rtm_scope: "nowhere"; in a delete request, any scope.
+pub const RT_SCOPE_NOWHERE: u8 = 255;
+/// rtm_table (`enum rt_class_t`): the main table.
+pub const RT_TABLE_MAIN: u32 = 254;
 
 /// `ifi_flags`: the link is administratively up.
 pub const IFF_UP: u32 = 1;
 
 /// Address families, as the one byte the family headers carry.
+pub const AF_UNSPEC: u8 = libc::AF_UNSPEC as u8;
 pub const AF_INET: u8 = libc::AF_INET as u8;
+pub const AF_INET6: u8 = libc::AF_INET6 as u8;
 pub const AF_BRIDGE: u8 = libc::AF_BRIDGE as u8;

@@ -14,6 +14,12 @@ const NETLINK_EXT_ACK: libc::c_int = 11;
 const SOCKET_BUFFER: libc::c_int = 4 << 20;
 /// Receive buffer start size; grown when a datagram is larger (peeked with MSG_TRUNC).
 const RECV_BUFFER: usize = 64 << 10;
+/// The most bytes [`Socket::request_each`] puts in one datagram (well under the 4 MB send
+/// buffer; netlink refuses a datagram larger than the buffer with EMSGSIZE).
+pub const BATCH_BYTES: usize = 256 << 10;
+/// The most messages [`Socket::request_each`] puts in one datagram, so their acks fit the
+/// receive queue.
+pub const BATCH_MESSAGES: usize = 2048;
 /// Dumps interrupted by a concurrent change (NLM_F_DUMP_INTR) or lost to ENOBUFS are retried.
 const DUMP_ATTEMPTS: usize = 4;
 
@@ -193,6 +199,127 @@ impl Socket {
         }
     }
 
+    /// Sends many requests (each a built message, e.g. RTM_NEWROUTE / RTM_DELROUTE) in as few
+    /// sendmsg calls as fit, and reads every answer. Each message gets its own sequence
+    /// number, so every refusal (an NLMSG_ERROR with an errno) is tied to its message; the
+    /// last message of each datagram asks for an ack (NLM_F_ACK), and since the kernel
+    /// answers in order, that ack means every message before it was handled. Returns the
+    /// refused ones as (index in `msgs`, error); an `Err` is a failure of the socket itself
+    /// (send or receive, or answers lost to a full queue), after which the outcome of the
+    /// datagram in flight is unknown (read the kernel state back).
+    ///
+    /// Why not an ack for every message: measured here with 100,000 routes, per-message acks
+    /// took 0.61-0.71 s against 0.33-0.38 s for errors plus one ack per datagram (each ack is
+    /// an skb the kernel allocates and a recv of ours).
+    ///
+    /// Messages are packed into datagrams of at most [`BATCH_BYTES`] and [`BATCH_MESSAGES`]
+    /// (if every message of one datagram is refused, the errors must fit the receive queue:
+    /// about a kilobyte of skb each, 2,048 of them stay well inside its 8 MB). `msgs` is
+    /// consumed lazily: only one datagram is ever held, whatever the number of messages. As
+    /// in [`Socket::send_batch`], rtnetlink handles a sendmsg synchronously, so by the time it
+    /// returns every answer to that datagram is queued.
+    pub fn request_each<I>(&mut self, msgs: I) -> Result<Vec<(usize, Error)>, Error>
+    where
+        I: IntoIterator<Item = Vec<u8>>,
+    {
+        let mut msgs = msgs.into_iter().peekable();
+        let mut refused = Vec::new();
+        let mut datagram = Vec::with_capacity(BATCH_BYTES);
+        let mut types: Vec<u16> = Vec::with_capacity(BATCH_MESSAGES);
+        let mut done = 0usize; // messages of earlier datagrams
+        while msgs.peek().is_some() {
+            datagram.clear();
+            types.clear();
+            let first = self.seq.wrapping_add(1);
+            let mut last = 0; // offset of the datagram's last message
+            while let Some(msg) = msgs.next_if(|m| {
+                types.is_empty()
+                    || (types.len() < BATCH_MESSAGES
+                        && datagram.len() + codec::align(m.len()) <= BATCH_BYTES)
+            }) {
+                let (msg_type, flags, _) = codec::header_fields(&msg).ok_or_else(|| {
+                    Error::Malformed("batch message shorter than a netlink header".into())
+                })?;
+                let start = datagram.len();
+                last = start;
+                datagram.extend_from_slice(&msg);
+                let seq = self.next_seq();
+                codec::set_flags(&mut datagram[start..], flags | NLM_F_REQUEST);
+                codec::set_seq(&mut datagram[start..], seq);
+                datagram.resize(codec::align(datagram.len()), 0);
+                types.push(msg_type);
+            }
+            // Only the last message asks for an ack: set NLM_F_ACK on it.
+            let (_, flags, _) = codec::header_fields(&datagram[last..]).unwrap_or_default();
+            codec::set_flags(&mut datagram[last..], flags | NLM_F_ACK);
+            let last_seq = first.wrapping_add(types.len() as u32 - 1);
+            let op = format!("netlink batch of {} messages", types.len());
+            self.send(&datagram, &op)?;
+            let mut finished = false;
+            while !finished {
+                let Some(len) = self.recv(false, &op)? else {
+                    return Err(Error::Conflict(format!(
+                        "{op}: the kernel's answers stopped before the last message's ack; \
+                         the state of these routes is unknown, read it back"
+                    )));
+                };
+                for msg in codec::messages(&self.buf[..len]) {
+                    let msg = msg?;
+                    let index = msg.seq.wrapping_sub(first) as usize;
+                    if msg.msg_type != NLMSG_ERROR || index >= types.len() {
+                        continue;
+                    }
+                    finished |= msg.seq == last_seq;
+                    let ack = codec::parse_error(&msg)?;
+                    if ack.errno != 0 {
+                        let op = op_name(self.protocol, types[index]);
+                        refused.push((
+                            done + index,
+                            Error::Kernel {
+                                errno: ack.errno,
+                                op,
+                                ext_ack: ack.ext_ack,
+                            },
+                        ));
+                    }
+                }
+            }
+            done += types.len();
+        }
+        Ok(refused)
+    }
+
+    /// Runs a dump request and hands each reply's payload to `each` as it arrives, so a dump
+    /// of 100,000 routes never sits in memory at once. A dump interrupted by a concurrent
+    /// change is started again: `restart` is called first, and the caller forgets what
+    /// `each` got so far.
+    pub fn dump_each(
+        &mut self,
+        mut msg: Vec<u8>,
+        mut restart: impl FnMut(),
+        mut each: impl FnMut(&[u8]),
+    ) -> Result<(), Error> {
+        let (msg_type, flags, _) = codec::header_fields(&msg)
+            .ok_or_else(|| Error::Malformed("request shorter than a netlink header".into()))?;
+        codec::set_flags(&mut msg, flags | NLM_F_REQUEST | NLM_F_DUMP);
+        let op = op_name(self.protocol, msg_type);
+        for attempt in 0..DUMP_ATTEMPTS {
+            if attempt > 0 {
+                restart();
+            }
+            let seq = self.next_seq();
+            codec::set_seq(&mut msg, seq);
+            self.send(&msg, &op)?;
+            match self.collect_with(seq, true, &op, &mut each)? {
+                Outcome::Done(_) => return Ok(()),
+                Outcome::Retry => continue,
+            }
+        }
+        Err(Error::Conflict(format!(
+            "{op} dump was interrupted {DUMP_ATTEMPTS} times by concurrent changes; retry later"
+        )))
+    }
+
     fn next_seq(&mut self) -> u32 {
         self.seq = self.seq.wrapping_add(1);
         self.seq
@@ -202,6 +329,20 @@ impl Socket {
     /// over after an error) are skipped.
     fn collect(&mut self, seq: u32, dump: bool, op: &str) -> Result<Outcome, Error> {
         let mut payloads = Vec::new();
+        match self.collect_with(seq, dump, op, &mut |p: &[u8]| payloads.push(p.to_vec()))? {
+            Outcome::Done(_) => Ok(Outcome::Done(payloads)),
+            Outcome::Retry => Ok(Outcome::Retry),
+        }
+    }
+
+    /// [`Socket::collect`] handing each data payload to `each` instead of keeping it.
+    fn collect_with(
+        &mut self,
+        seq: u32,
+        dump: bool,
+        op: &str,
+        each: &mut dyn FnMut(&[u8]),
+    ) -> Result<Outcome, Error> {
         let mut interrupted = false;
         loop {
             let len = match self.recv(true, op) {
@@ -233,7 +374,7 @@ impl Socket {
                         return Ok(if interrupted {
                             Outcome::Retry
                         } else {
-                            Outcome::Done(payloads)
+                            Outcome::Done(Vec::new())
                         });
                     }
                     NLMSG_OVERRUN => {
@@ -243,7 +384,7 @@ impl Socket {
                     }
                     _ => {
                         interrupted |= msg.flags & NLM_F_DUMP_INTR != 0;
-                        payloads.push(msg.payload.to_vec());
+                        each(msg.payload);
                     }
                 }
             }
