@@ -12,4 +12,5 @@
 //! - `speaker`: the I/O edge: TCP (with RFC 2385 MD5) on one event loop, the kernel FIB
 //!   over netlink, the control socket.
 
+pub mod fsm;
 pub mod packet;
