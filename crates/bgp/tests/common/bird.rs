@@ -123,7 +123,11 @@ impl Bird {
 
     /// `show route all [ARGS]`, parsed.
     pub fn routes(&self, args: &str) -> Vec<BirdRoute> {
-        parse_routes(&self.cmd(&format!("show route all {args}")))
+        match self.try_cmd(&format!("show route all {args}")) {
+            Ok(out) => parse_routes(&out),
+            Err(e) if e.contains("Network not found") => Vec::new(),
+            Err(e) => panic!("{e}"),
+        }
     }
 
     /// The routes BIRD has for exactly `prefix`.
@@ -186,10 +190,9 @@ pub fn parse_routes(out: &str) -> Vec<BirdRoute> {
                 r.via
                     .push(via.split_whitespace().next().unwrap_or("").to_string());
             }
-        } else if let Some((k, v)) = line
-            .split_once(':')
-            .filter(|(k, _)| !k.is_empty() && !k.contains(char::is_whitespace))
-        {
+        } else if let Some((k, v)) = line.split_once(':').filter(|(k, _)| {
+            k.starts_with("BGP.") || !k.is_empty() && !k.contains(char::is_whitespace)
+        }) {
             if let Some(r) = routes.last_mut() {
                 r.attrs.push((k.trim().to_string(), v.trim().to_string()));
             }

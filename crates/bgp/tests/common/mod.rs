@@ -15,4 +15,5 @@ pub mod frr;
 pub mod kernel;
 pub mod net;
 pub mod proc;
+pub mod pypeer;
 pub mod wait;
