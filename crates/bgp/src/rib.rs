@@ -1,0 +1,1439 @@
+//! The routing information bases: Adj-RIB-In per peer, the Loc-RIB with best path and the
+//! multipath set, Adj-RIB-Out per peer, route reflection, graceful-restart stale handling and
+//! policy. Pure: decoded UPDATEs and session events in, FIB changes and packed out-updates out.
+//!
+//! # API
+//!
+//! ```text
+//! let mut rib = Rib::new(RibConfig::new(local_as, router_id));   // max_paths, cluster_id
+//! rib.add_peer(PeerId(1), PeerConfig { remote_as, remote_addr, rr_client, next_hop_self,
+//!                                      import, export })?;
+//! rib.peer_up(PeerId(1), PeerSession::new(local_addr, peer_router_id, families))?
+//! rib.apply(PeerId(1), &update)?            // one call per decoded UPDATE (batched)
+//! rib.end_of_rib(PeerId(1), family)?        // RFC 4724: sweep what is still stale
+//! rib.peer_down(PeerId(1), keep_stale)?     // Some(_): GR helper, routes kept stale
+//! rib.stale_expired(PeerId(1))?             // the restart/stale timer ran out
+//! rib.refresh(PeerId(1), family)?           // ROUTE-REFRESH: the whole Adj-RIB-Out again
+//! rib.originate(prefix, attrs) / rib.withdraw_originated(prefix)
+//! rib.remove_peer(PeerId(1))?
+//! ```
+//!
+//! Every call that can change routes returns [`RibChanges`]:
+//!
+//! - `fib`: one [`FibChange`] per prefix whose forwarding changed: the next hops of its
+//!   multipath set when the best path is learned from a peer, empty to remove the route.
+//!   A prefix whose best path is originated here is not forwarded by BGP: when a local
+//!   route takes over from learned ones the FIB entry is removed, and originating a prefix
+//!   nobody else announces changes nothing.
+//! - `out`: per established peer an [`OutUpdate`], already packed: prefixes sharing one
+//!   interned attribute set are in one group. The speaker sends `withdraw` first, then the
+//!   `announce` groups in order (`packet::encode_withdraw` / `encode_announce`), then an
+//!   End-of-RIB for each family in `end_of_rib` (set after the initial dump of `peer_up`).
+//!
+//! Errors ([`RibError`]) are only for calls that do not fit the peer table (an unknown peer,
+//! an UPDATE from a peer that is not up); they change nothing.
+//!
+//! # What the RIB decides
+//!
+//! - Input (`apply`): withdrawals first, then announcements (RFC 7606 treat-as-withdraw has
+//!   already turned bad announcements into withdrawals). Routes with a loop are handled as
+//!   withdrawn: our AS in the AS_PATH of an eBGP route, our router ID as ORIGINATOR_ID, our
+//!   cluster ID in CLUSTER_LIST. LOCAL_PREF from an eBGP peer is ignored. Then import policy.
+//! - Best path: `best::select`, RFC 4271 §9.1.2.2 in order with RFC 4456 §9, plus the
+//!   multipath set (same neighbouring AS, equal through the eBGP/iBGP step, at most
+//!   `max_paths`). Only the best path is advertised.
+//! - Output: never back to the peer a route came from; iBGP split horizon unless
+//!   reflecting (RFC 4456 §6); NO_ADVERTISE / NO_EXPORT (RFC 1997); export policy; RFC 8212
+//!   default deny on eBGP without a policy; the attribute rules of RFC 4271 §5.1 (see
+//!   `export`). Adj-RIB-Out is diffed: an unchanged advertisement is not sent again.
+//! - Attributes are interned: every path and every Adj-RIB-Out entry holds an
+//!   `Arc<Attrs>` from one table, so 100,000 prefixes sharing attributes share one copy.
+
+mod best;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::Hash;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+use crate::packet::{Afi, Attrs, Community, Family, Safi, Update};
+use crate::policy::{Policy, TermIndex};
+
+use best::Candidate;
+
+/// RFC 4271 §5.1.5 leaves the default to the operator; 100 is what every implementation
+/// uses, and what a route without LOCAL_PREF is compared with.
+pub const DEFAULT_LOCAL_PREF: u32 = 100;
+
+/// A peer, numbered by the speaker. `u32::MAX` is reserved (it marks originated routes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(pub u32);
+
+const LOCAL: u32 = u32::MAX;
+
+/// The speaker-wide settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RibConfig {
+    pub local_as: u32,
+    /// Our BGP Identifier.
+    pub router_id: Ipv4Addr,
+    /// RFC 4456 §7 CLUSTER_ID when reflecting; `None` = the router ID (the usual choice for
+    /// a single reflector per cluster).
+    pub cluster_id: Option<Ipv4Addr>,
+    /// The most paths in one prefix's multipath set (1 = no ECMP).
+    pub max_paths: usize,
+}
+
+impl RibConfig {
+    pub fn new(local_as: u32, router_id: Ipv4Addr) -> RibConfig {
+        RibConfig {
+            local_as,
+            router_id,
+            cluster_id: None,
+            max_paths: 1,
+        }
+    }
+
+    fn cluster_id(&self) -> Ipv4Addr {
+        self.cluster_id.unwrap_or(self.router_id)
+    }
+}
+
+/// One peer as configured: whether it is iBGP follows from the ASes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerConfig {
+    pub remote_as: u32,
+    /// The peer's address (the session's remote end): the last best-path tie-break.
+    pub remote_addr: IpAddr,
+    /// RFC 4456: an iBGP peer that is our route-reflection client. Having any client makes
+    /// this speaker a reflector.
+    pub rr_client: bool,
+    /// Towards this iBGP peer, routes learned from eBGP get our session address as next hop.
+    pub next_hop_self: bool,
+    /// `None` on an eBGP peer accepts nothing (RFC 8212); on an iBGP peer, everything.
+    pub import: Option<Policy>,
+    /// `None` on an eBGP peer sends nothing (RFC 8212); on an iBGP peer, everything allowed.
+    pub export: Option<Policy>,
+}
+
+impl PeerConfig {
+    /// A peer with no policy and no role beyond its AS.
+    pub fn new(remote_as: u32, remote_addr: IpAddr) -> PeerConfig {
+        PeerConfig {
+            remote_as,
+            remote_addr,
+            rr_client: false,
+            next_hop_self: false,
+            import: None,
+            export: None,
+        }
+    }
+}
+
+/// What the speaker knows once a session is Established.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerSession {
+    /// Our next hop for IPv4 routes sent on this session (our session address when it is
+    /// IPv4). `None`: IPv4 routes that need our address are not sent.
+    pub next_hop_v4: Option<Ipv4Addr>,
+    /// Our next hop for IPv6 routes (our session address when it is IPv6, else an address
+    /// the speaker picks).
+    pub next_hop_v6: Option<Ipv6Addr>,
+    /// The peer's BGP Identifier from its OPEN (a best-path tie-break).
+    pub router_id: Ipv4Addr,
+    /// The families negotiated (RFC 4760); routes of other families are not sent.
+    pub families: Vec<Family>,
+}
+
+impl PeerSession {
+    /// A session whose local address is `local_addr`: that is the next hop for its family.
+    pub fn new(local_addr: IpAddr, router_id: Ipv4Addr, families: Vec<Family>) -> PeerSession {
+        let (next_hop_v4, next_hop_v6) = match local_addr {
+            IpAddr::V4(a) => (Some(a), None),
+            IpAddr::V6(a) => (a.to_ipv4_mapped(), Some(a)),
+        };
+        PeerSession {
+            next_hop_v4,
+            next_hop_v6,
+            router_id,
+            families,
+        }
+    }
+}
+
+/// A call that does not fit the peer table. Nothing was changed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RibError {
+    #[error("peer {0:?} is not in the RIB: add_peer it first")]
+    UnknownPeer(PeerId),
+    #[error("peer {0:?} is already in the RIB: remove_peer it first to change it")]
+    DuplicatePeer(PeerId),
+    #[error("peer id {0:?} is reserved for originated routes: number peers below u32::MAX")]
+    ReservedPeerId(PeerId),
+    #[error("peer {0:?} has no established session: call peer_up first")]
+    PeerNotUp(PeerId),
+}
+
+/// A change to the kernel's forwarding table for one prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FibChange {
+    pub prefix: IpNet,
+    /// The multipath set's next hops, sorted, no duplicates; empty = remove the route.
+    pub next_hops: Vec<IpAddr>,
+}
+
+/// What to send one peer, packed by shared attributes.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct OutUpdate {
+    pub withdraw: Vec<IpNet>,
+    pub announce: Vec<(Arc<Attrs>, Vec<IpNet>)>,
+    /// Send End-of-RIB (RFC 4724 §2) for these families after the rest.
+    pub end_of_rib: Vec<Family>,
+}
+
+impl OutUpdate {
+    pub fn is_empty(&self) -> bool {
+        self.withdraw.is_empty() && self.announce.is_empty() && self.end_of_rib.is_empty()
+    }
+}
+
+/// Everything one call changed.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct RibChanges {
+    pub fib: Vec<FibChange>,
+    /// One entry per peer with something to send, in peer order.
+    pub out: Vec<(PeerId, OutUpdate)>,
+}
+
+impl RibChanges {
+    pub fn is_empty(&self) -> bool {
+        self.fib.is_empty() && self.out.is_empty()
+    }
+}
+
+/// One path of a prefix as the RIB holds it (for `twill bgp rib`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathView {
+    /// `None` for a route originated here.
+    pub peer: Option<PeerId>,
+    pub attrs: Arc<Attrs>,
+    pub best: bool,
+    /// In the multipath set (the best is too).
+    pub multipath: bool,
+    /// Kept by graceful restart after its peer went down (RFC 4724 §4.2).
+    pub stale: bool,
+}
+
+/// A prefix and its paths, best first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteView {
+    pub prefix: IpNet,
+    pub paths: Vec<PathView>,
+}
+
+// ===== storage =====
+
+const SELECTED: u8 = 1;
+const STALE: u8 = 2;
+
+/// One path in the Loc-RIB: the Adj-RIB-In entry of its source (post import policy).
+#[derive(Clone, Debug)]
+struct Path {
+    attrs: Arc<Attrs>,
+    source: u32,
+    /// SELECTED: in the multipath set (the best is the first path); STALE: RFC 4724.
+    flags: u8,
+}
+
+impl Path {
+    fn selected(&self) -> bool {
+        self.flags & SELECTED != 0
+    }
+    fn stale(&self) -> bool {
+        self.flags & STALE != 0
+    }
+}
+
+/// The paths of one prefix: one inline (the common case: 24 bytes, no allocation), or many.
+/// Never empty: a prefix with no path is removed from its table. Selected paths come first,
+/// best at index 0.
+#[derive(Debug)]
+enum Paths {
+    One(Path),
+    Many(Vec<Path>),
+}
+
+impl Paths {
+    fn as_slice(&self) -> &[Path] {
+        match self {
+            Paths::One(p) => std::slice::from_ref(p),
+            Paths::Many(v) => v,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [Path] {
+        match self {
+            Paths::One(p) => std::slice::from_mut(p),
+            Paths::Many(v) => v,
+        }
+    }
+
+    fn into_vec(self) -> Vec<Path> {
+        match self {
+            Paths::One(p) => vec![p],
+            Paths::Many(v) => v,
+        }
+    }
+
+    fn from_vec(mut v: Vec<Path>) -> Option<Paths> {
+        match v.len() {
+            0 => None,
+            1 => v.pop().map(Paths::One),
+            _ => Some(Paths::Many(v)),
+        }
+    }
+
+    fn best(&self) -> Option<&Path> {
+        self.as_slice().first().filter(|p| p.selected())
+    }
+}
+
+/// The family-specific parts, so one generic body serves IPv4 and IPv6 unicast with compact
+/// keys (5 and 17 bytes instead of `IpNet`'s 18).
+trait Prefix: Copy + Eq + Hash + Ord + std::fmt::Debug + Into<IpNet> {
+    const FAMILY: Family;
+    fn table(rib: &mut Rib) -> (&mut HashMap<Self, Paths>, &mut Ctx);
+    fn adj_out(peer: &mut PeerState) -> &mut HashMap<Self, Arc<Attrs>>;
+    /// Point `attrs` at our address on `session`; false when there is none for the family.
+    fn set_next_hop_self(attrs: &mut Attrs, session: &PeerSession) -> bool;
+}
+
+impl Prefix for Ipv4Net {
+    const FAMILY: Family = Family::IPV4_UNICAST;
+    fn table(rib: &mut Rib) -> (&mut HashMap<Self, Paths>, &mut Ctx) {
+        (&mut rib.v4, &mut rib.ctx)
+    }
+    fn adj_out(peer: &mut PeerState) -> &mut HashMap<Self, Arc<Attrs>> {
+        &mut peer.out_v4
+    }
+    fn set_next_hop_self(attrs: &mut Attrs, session: &PeerSession) -> bool {
+        match session.next_hop_v4 {
+            Some(a) => {
+                attrs.next_hop = Some(a);
+                attrs.mp_next_hop.clear();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Prefix for Ipv6Net {
+    const FAMILY: Family = Family::IPV6_UNICAST;
+    fn table(rib: &mut Rib) -> (&mut HashMap<Self, Paths>, &mut Ctx) {
+        (&mut rib.v6, &mut rib.ctx)
+    }
+    fn adj_out(peer: &mut PeerState) -> &mut HashMap<Self, Arc<Attrs>> {
+        &mut peer.out_v6
+    }
+    fn set_next_hop_self(attrs: &mut Attrs, session: &PeerSession) -> bool {
+        match session.next_hop_v6 {
+            Some(a) => {
+                attrs.next_hop = None;
+                attrs.mp_next_hop = vec![IpAddr::V6(a)];
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// The next hop a path forwards to: NEXT_HOP for IPv4, else the first MP_REACH next hop
+/// (RFC 2545 §3: the global address comes first).
+fn forward_next_hop(attrs: &Attrs) -> Option<IpAddr> {
+    attrs
+        .next_hop
+        .map(IpAddr::V4)
+        .or_else(|| attrs.mp_next_hop.first().copied())
+}
+
+struct PeerState {
+    cfg: PeerConfig,
+    ebgp: bool,
+    session: Option<PeerSession>,
+    /// The last BGP Identifier the peer had: its stale paths still need it for best path.
+    router_id: Ipv4Addr,
+    out_v4: HashMap<Ipv4Net, Arc<Attrs>>,
+    out_v6: HashMap<Ipv6Net, Arc<Attrs>>,
+}
+
+/// One table of attribute sets: equal `Attrs` are one allocation.
+#[derive(Default)]
+struct Interner {
+    set: HashSet<Arc<Attrs>>,
+    /// Size after the last sweep: the next sweep runs when the set has doubled.
+    swept_len: usize,
+}
+
+impl Interner {
+    fn intern(&mut self, attrs: Attrs) -> Arc<Attrs> {
+        if let Some(a) = self.set.get(&attrs) {
+            return a.clone();
+        }
+        let a = Arc::new(attrs);
+        self.set.insert(a.clone());
+        a
+    }
+
+    /// Drop the sets nothing else holds. Amortised: only when the table doubled since the
+    /// last sweep, or when asked (`force`, after a peer went away).
+    fn sweep(&mut self, force: bool) {
+        if force || self.set.len() > 2 * self.swept_len + 64 {
+            self.set.retain(|a| Arc::strong_count(a) > 1);
+            self.swept_len = self.set.len();
+        }
+    }
+}
+
+/// Everything but the tables, so a table can be borrowed beside it.
+struct Ctx {
+    cfg: RibConfig,
+    peers: BTreeMap<PeerId, PeerState>,
+    interner: Interner,
+    /// Whether any peer is a reflection client (then we reflect, RFC 4456 §6).
+    reflector: bool,
+}
+
+/// The RIB. See the module doc for the API.
+pub struct Rib {
+    v4: HashMap<Ipv4Net, Paths>,
+    v6: HashMap<Ipv6Net, Paths>,
+    ctx: Ctx,
+}
+
+/// Where a path came from, as export and input rules see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SourceKind {
+    Local,
+    Ebgp,
+    Ibgp { client: bool },
+}
+
+/// One call's working state: the outputs being built and the export/import caches (keyed by
+/// interned attribute pointers, valid while the call runs because the paths hold them).
+#[derive(Default)]
+struct Batch {
+    fib: Vec<FibChange>,
+    out: BTreeMap<PeerId, OutAcc>,
+    export_cache: ExportCache,
+    /// The established peers, looked up once per call.
+    targets: Option<Vec<PeerId>>,
+}
+
+/// (source attrs, source, target, export term, family is IPv6) -> what to send.
+type ExportCache = HashMap<(usize, u32, PeerId, Option<TermIndex>, bool), Option<Arc<Attrs>>>;
+
+#[derive(Default)]
+struct OutAcc {
+    update: OutUpdate,
+    group: HashMap<usize, usize>,
+}
+
+impl OutAcc {
+    fn announce(&mut self, attrs: &Arc<Attrs>, prefix: IpNet) {
+        let key = Arc::as_ptr(attrs) as usize;
+        let idx = *self.group.entry(key).or_insert_with(|| {
+            self.update.announce.push((attrs.clone(), Vec::new()));
+            self.update.announce.len() - 1
+        });
+        self.update.announce[idx].1.push(prefix);
+    }
+}
+
+impl Batch {
+    fn finish(self, sorted: bool) -> RibChanges {
+        let out = self
+            .out
+            .into_iter()
+            .filter_map(|(peer, acc)| {
+                let mut u = acc.update;
+                if sorted {
+                    // Dumps walk hash tables: sort, so what is sent does not depend on them.
+                    u.withdraw.sort_unstable();
+                    for (_, prefixes) in &mut u.announce {
+                        prefixes.sort_unstable();
+                    }
+                    u.announce.sort_by(|a, b| a.1.first().cmp(&b.1.first()));
+                }
+                (!u.is_empty()).then_some((peer, u))
+            })
+            .collect();
+        RibChanges { fib: self.fib, out }
+    }
+}
+
+/// What one input does to one prefix's paths.
+#[derive(Clone)]
+enum Edit {
+    /// Replace (or add) the path from `source`, clearing its stale mark.
+    Set(u32, Arc<Attrs>),
+    /// Remove the path from `source`.
+    Remove(u32),
+    /// Remove the path from `source` if it is stale.
+    RemoveStale(u32),
+    /// Mark the path from `source` stale.
+    MarkStale(u32),
+}
+
+impl Edit {
+    fn source(&self) -> u32 {
+        match self {
+            Edit::Set(s, _) | Edit::Remove(s) | Edit::RemoveStale(s) | Edit::MarkStale(s) => *s,
+        }
+    }
+}
+
+impl Rib {
+    pub fn new(cfg: RibConfig) -> Rib {
+        Rib {
+            v4: HashMap::new(),
+            v6: HashMap::new(),
+            ctx: Ctx {
+                cfg,
+                peers: BTreeMap::new(),
+                interner: Interner::default(),
+                reflector: false,
+            },
+        }
+    }
+
+    pub fn config(&self) -> &RibConfig {
+        &self.ctx.cfg
+    }
+
+    /// Add a peer (not yet up). iBGP when `remote_as` is our AS.
+    pub fn add_peer(&mut self, id: PeerId, cfg: PeerConfig) -> Result<(), RibError> {
+        if id.0 == LOCAL {
+            return Err(RibError::ReservedPeerId(id));
+        }
+        if self.ctx.peers.contains_key(&id) {
+            return Err(RibError::DuplicatePeer(id));
+        }
+        let ebgp = cfg.remote_as != self.ctx.cfg.local_as;
+        let router_id = match cfg.remote_addr {
+            IpAddr::V4(a) => a,
+            IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+        };
+        self.ctx.peers.insert(
+            id,
+            PeerState {
+                cfg,
+                ebgp,
+                session: None,
+                router_id,
+                out_v4: HashMap::new(),
+                out_v6: HashMap::new(),
+            },
+        );
+        self.ctx.reflector = self.ctx.peers.values().any(|p| !p.ebgp && p.cfg.rr_client);
+        Ok(())
+    }
+
+    /// Remove a peer: its routes are withdrawn (stale ones too) and it is forgotten.
+    pub fn remove_peer(&mut self, id: PeerId) -> Result<RibChanges, RibError> {
+        let changes = self.peer_down(id, None)?;
+        let changes = {
+            let mut c = changes;
+            c.out.retain(|(p, _)| *p != id);
+            c
+        };
+        self.ctx.peers.remove(&id);
+        self.ctx.reflector = self.ctx.peers.values().any(|p| !p.ebgp && p.cfg.rr_client);
+        self.ctx.interner.sweep(true);
+        Ok(changes)
+    }
+
+    /// The session with `id` is Established: send it our whole Adj-RIB-Out for its families,
+    /// then End-of-RIB for each (RFC 4724 §2: also useful to peers that do not restart).
+    pub fn peer_up(&mut self, id: PeerId, session: PeerSession) -> Result<RibChanges, RibError> {
+        let peer = self
+            .ctx
+            .peers
+            .get_mut(&id)
+            .ok_or(RibError::UnknownPeer(id))?;
+        peer.router_id = session.router_id;
+        let families = session.families.clone();
+        peer.session = Some(session);
+        peer.out_v4.clear();
+        peer.out_v6.clear();
+        let mut batch = Batch::default();
+        if families.contains(&Family::IPV4_UNICAST) {
+            dump::<Ipv4Net>(self, id, &mut batch);
+        }
+        if families.contains(&Family::IPV6_UNICAST) {
+            dump::<Ipv6Net>(self, id, &mut batch);
+        }
+        let eor: Vec<Family> = families
+            .into_iter()
+            .filter(|f| *f == Family::IPV4_UNICAST || *f == Family::IPV6_UNICAST)
+            .collect();
+        batch.out.entry(id).or_default().update.end_of_rib = eor;
+        Ok(self.finish(batch, true))
+    }
+
+    /// The session with `id` went down. With `keep_stale` (RFC 4724 §4.2 helper: the peer
+    /// announced graceful restart and is expected back), its routes stay in use, marked
+    /// stale, until it replaces them, sends End-of-RIB, or the speaker's timer calls
+    /// [`Rib::stale_expired`] (the duration is the speaker's to time). Without it, every
+    /// route from the peer is withdrawn.
+    pub fn peer_down(
+        &mut self,
+        id: PeerId,
+        keep_stale: Option<Duration>,
+    ) -> Result<RibChanges, RibError> {
+        let peer = self
+            .ctx
+            .peers
+            .get_mut(&id)
+            .ok_or(RibError::UnknownPeer(id))?;
+        peer.session = None;
+        // The session is gone, and with it what the peer had from us.
+        peer.out_v4 = HashMap::new();
+        peer.out_v6 = HashMap::new();
+        let mut batch = Batch::default();
+        let edit = match keep_stale {
+            // RFC 4724 §4.2: "the Receiving Speaker MUST retain the routes received from the
+            // Restarting Speaker for all the address families that were previously received
+            // in the Graceful Restart Capability and MUST mark them as stale routing
+            // information."
+            Some(_) => Edit::MarkStale(id.0),
+            None => Edit::Remove(id.0),
+        };
+        edit_all::<Ipv4Net>(self, &edit, &mut batch);
+        edit_all::<Ipv6Net>(self, &edit, &mut batch);
+        let changes = self.finish(batch, false);
+        self.ctx.interner.sweep(keep_stale.is_none());
+        Ok(changes)
+    }
+
+    /// One decoded UPDATE from `id`: withdrawals, then announcements.
+    pub fn apply(&mut self, id: PeerId, update: &Update) -> Result<RibChanges, RibError> {
+        let peer = self.ctx.peers.get(&id).ok_or(RibError::UnknownPeer(id))?;
+        if peer.session.is_none() {
+            return Err(RibError::PeerNotUp(id));
+        }
+        let mut batch = Batch::default();
+        let src = id.0;
+
+        for n in &update.withdrawn {
+            change::<Ipv4Net>(self, n.trunc(), Edit::Remove(src), &mut batch);
+        }
+        if let Some(mp) = &update.mp_unreach {
+            for n in &mp.withdrawn {
+                withdraw_any(self, *n, mp.family, src, &mut batch);
+            }
+        }
+
+        let attrs = update.attrs.as_ref();
+        let mut announced: Vec<(IpNet, Option<Arc<Attrs>>)> = Vec::new();
+        if let Some(base) = attrs.and_then(|a| self.ctx.accept_input(id, a)) {
+            if !update.nlri.is_empty() {
+                let variant = (base.next_hop.is_some()).then(|| {
+                    let mut a = base.clone();
+                    a.mp_next_hop.clear();
+                    a
+                });
+                self.import(
+                    id,
+                    variant,
+                    update.nlri.iter().map(|n| IpNet::V4(n.trunc())),
+                    &mut announced,
+                );
+            }
+            if let Some(mp) = &update.mp_reach {
+                if mp.family.safi == Safi::Unicast && !matches!(mp.family.afi, Afi::Other(_)) {
+                    let mut a = base.clone();
+                    let variant = match mp.next_hops.first() {
+                        // RFC 4760 §3 for IPv4 NLRI with an IPv4 next hop: the same as NEXT_HOP.
+                        Some(IpAddr::V4(nh)) if mp.family.afi == Afi::Ipv4 => {
+                            a.next_hop = Some(*nh);
+                            a.mp_next_hop.clear();
+                            Some(a)
+                        }
+                        Some(_) => {
+                            a.next_hop = None;
+                            a.mp_next_hop = mp.next_hops.clone();
+                            Some(a)
+                        }
+                        None => None,
+                    };
+                    let fam = mp.family;
+                    self.import(
+                        id,
+                        variant,
+                        mp.nlri
+                            .iter()
+                            .filter(|n| family_of(**n) == Some(fam))
+                            .map(|n| n.trunc()),
+                        &mut announced,
+                    );
+                }
+            }
+        } else {
+            // No usable attributes (absent, or a loop): every announced prefix is withdrawn
+            // from this peer (RFC 4271 §9.1.2: a looped route is excluded; RFC 7606's
+            // treat-as-withdraw has already moved malformed ones to the withdrawals).
+            announced.extend(update.nlri.iter().map(|n| (IpNet::V4(n.trunc()), None)));
+            if let Some(mp) = &update.mp_reach {
+                announced.extend(mp.nlri.iter().map(|n| (n.trunc(), None)));
+            }
+        }
+        for (prefix, attrs) in announced {
+            let edit = match attrs {
+                Some(a) => Edit::Set(src, a),
+                None => Edit::Remove(src),
+            };
+            match prefix {
+                IpNet::V4(n) => change::<Ipv4Net>(self, n, edit, &mut batch),
+                IpNet::V6(n) => change::<Ipv6Net>(self, n, edit, &mut batch),
+            }
+        }
+        Ok(self.finish(batch, false))
+    }
+
+    /// Import policy over the prefixes announced with one attribute variant: each gets its
+    /// interned attributes, or `None` when rejected. One policy evaluation and one interning
+    /// per term that accepts, not per prefix, unless the policy looks at prefixes.
+    fn import(
+        &mut self,
+        id: PeerId,
+        variant: Option<Attrs>,
+        prefixes: impl Iterator<Item = IpNet>,
+        out: &mut Vec<(IpNet, Option<Arc<Attrs>>)>,
+    ) {
+        let Some(variant) = variant else {
+            // No next hop for these NLRI: they cannot be used.
+            out.extend(prefixes.map(|p| (p, None)));
+            return;
+        };
+        let peer = &self.ctx.peers[&id];
+        let policy = peer.cfg.import.as_ref();
+        // RFC 8212 §4: "Routes from EBGP peers are not selected ... unless an import policy
+        // is configured": no policy on an eBGP session accepts nothing.
+        if policy.is_none() && peer.ebgp {
+            out.extend(prefixes.map(|p| (p, None)));
+            return;
+        }
+        let mut by_term: HashMap<TermIndex, Arc<Attrs>> = HashMap::new();
+        let plain = self.ctx.interner.intern(variant.clone());
+        let per_prefix = policy.is_some_and(Policy::depends_on_prefix);
+        let mut fixed: Option<Option<TermIndex>> = None;
+        for prefix in prefixes {
+            let attrs = match policy {
+                None => Some(plain.clone()),
+                Some(p) => {
+                    let term = match fixed {
+                        Some(t) if !per_prefix => t,
+                        _ => {
+                            let t = p.evaluate(prefix, &variant);
+                            fixed = Some(t);
+                            t
+                        }
+                    };
+                    term.map(|t| {
+                        by_term
+                            .entry(t)
+                            .or_insert_with(|| {
+                                let mut a = variant.clone();
+                                // Next hop self has no meaning on import: ignored.
+                                p.apply(t, &mut a);
+                                self.ctx.interner.intern(a)
+                            })
+                            .clone()
+                    })
+                }
+            };
+            out.push((prefix, attrs));
+        }
+    }
+
+    /// Announce `prefix` ourselves with `attrs` (its next hop is set per peer: our session
+    /// address). Replaces an earlier origination of the prefix.
+    pub fn originate(&mut self, prefix: IpNet, attrs: Attrs) -> RibChanges {
+        let a = self.ctx.interner.intern(attrs);
+        let mut batch = Batch::default();
+        match prefix.trunc() {
+            IpNet::V4(n) => change::<Ipv4Net>(self, n, Edit::Set(LOCAL, a), &mut batch),
+            IpNet::V6(n) => change::<Ipv6Net>(self, n, Edit::Set(LOCAL, a), &mut batch),
+        }
+        self.finish(batch, false)
+    }
+
+    /// Stop announcing `prefix` ourselves.
+    pub fn withdraw_originated(&mut self, prefix: IpNet) -> RibChanges {
+        let mut batch = Batch::default();
+        match prefix.trunc() {
+            IpNet::V4(n) => change::<Ipv4Net>(self, n, Edit::Remove(LOCAL), &mut batch),
+            IpNet::V6(n) => change::<Ipv6Net>(self, n, Edit::Remove(LOCAL), &mut batch),
+        }
+        self.finish(batch, false)
+    }
+
+    /// RFC 4724 §4.2: "Once the End-of-RIB marker for an address family is received from the
+    /// peer, it MUST immediately remove any routes from the peer that are still marked as
+    /// stale for that address family."
+    pub fn end_of_rib(&mut self, id: PeerId, family: Family) -> Result<RibChanges, RibError> {
+        if !self.ctx.peers.contains_key(&id) {
+            return Err(RibError::UnknownPeer(id));
+        }
+        let mut batch = Batch::default();
+        let edit = Edit::RemoveStale(id.0);
+        if family == Family::IPV4_UNICAST {
+            edit_all::<Ipv4Net>(self, &edit, &mut batch);
+        } else if family == Family::IPV6_UNICAST {
+            edit_all::<Ipv6Net>(self, &edit, &mut batch);
+        }
+        Ok(self.finish(batch, false))
+    }
+
+    /// RFC 4724 §4.2: when the restart time (or the stale timer) runs out, "the Receiving
+    /// Speaker MUST delete all the stale routes from the peer that it is retaining".
+    pub fn stale_expired(&mut self, id: PeerId) -> Result<RibChanges, RibError> {
+        if !self.ctx.peers.contains_key(&id) {
+            return Err(RibError::UnknownPeer(id));
+        }
+        let mut batch = Batch::default();
+        let edit = Edit::RemoveStale(id.0);
+        edit_all::<Ipv4Net>(self, &edit, &mut batch);
+        edit_all::<Ipv6Net>(self, &edit, &mut batch);
+        let changes = self.finish(batch, false);
+        self.ctx.interner.sweep(true);
+        Ok(changes)
+    }
+
+    /// RFC 2918 §4: on a ROUTE-REFRESH the speaker "advertises to the peer the Adj-RIB-Out of
+    /// the local speaker for the AFI/SAFI". The whole of it, unchanged entries included.
+    pub fn refresh(&mut self, id: PeerId, family: Family) -> Result<RibChanges, RibError> {
+        let peer = self
+            .ctx
+            .peers
+            .get_mut(&id)
+            .ok_or(RibError::UnknownPeer(id))?;
+        if peer.session.is_none() {
+            return Err(RibError::PeerNotUp(id));
+        }
+        let mut acc = OutAcc::default();
+        if family == Family::IPV4_UNICAST {
+            for (p, a) in &peer.out_v4 {
+                acc.announce(a, IpNet::V4(*p));
+            }
+        } else if family == Family::IPV6_UNICAST {
+            for (p, a) in &peer.out_v6 {
+                acc.announce(a, IpNet::V6(*p));
+            }
+        }
+        let mut batch = Batch::default();
+        batch.out.insert(id, acc);
+        Ok(batch.finish(true))
+    }
+
+    /// Every prefix with its paths, best first, in prefix order (IPv4 then IPv6).
+    pub fn routes(&self) -> Vec<RouteView> {
+        let mut v: Vec<RouteView> = self
+            .v4
+            .iter()
+            .map(|(p, paths)| self.view(IpNet::V4(*p), paths))
+            .chain(
+                self.v6
+                    .iter()
+                    .map(|(p, paths)| self.view(IpNet::V6(*p), paths)),
+            )
+            .collect();
+        v.sort_by_key(|r| r.prefix);
+        v
+    }
+
+    /// One prefix's paths, best first.
+    pub fn route(&self, prefix: IpNet) -> Option<RouteView> {
+        match prefix.trunc() {
+            IpNet::V4(n) => self.v4.get(&n).map(|p| self.view(prefix, p)),
+            IpNet::V6(n) => self.v6.get(&n).map(|p| self.view(prefix, p)),
+        }
+    }
+
+    /// What the FIB should hold now, as changes from an empty table (for adopting the
+    /// kernel's routes at start and for checks): one entry per forwarded prefix.
+    pub fn fib(&self) -> Vec<FibChange> {
+        let mut v: Vec<FibChange> = self
+            .v4
+            .iter()
+            .map(|(p, paths)| (IpNet::V4(*p), fib_of(paths.as_slice())))
+            .chain(
+                self.v6
+                    .iter()
+                    .map(|(p, paths)| (IpNet::V6(*p), fib_of(paths.as_slice()))),
+            )
+            .filter(|(_, nh)| !nh.is_empty())
+            .map(|(prefix, next_hops)| FibChange { prefix, next_hops })
+            .collect();
+        v.sort_by_key(|c| c.prefix);
+        v
+    }
+
+    /// What a peer was last sent (its Adj-RIB-Out) for one family, in prefix order.
+    pub fn adj_rib_out(&self, id: PeerId, family: Family) -> Vec<(IpNet, Arc<Attrs>)> {
+        let Some(peer) = self.ctx.peers.get(&id) else {
+            return Vec::new();
+        };
+        let mut v: Vec<(IpNet, Arc<Attrs>)> = if family == Family::IPV4_UNICAST {
+            peer.out_v4
+                .iter()
+                .map(|(p, a)| (IpNet::V4(*p), a.clone()))
+                .collect()
+        } else if family == Family::IPV6_UNICAST {
+            peer.out_v6
+                .iter()
+                .map(|(p, a)| (IpNet::V6(*p), a.clone()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        v.sort_by_key(|(p, _)| *p);
+        v
+    }
+
+    /// Counts for status output: prefixes in the Loc-RIB, paths, interned attribute sets.
+    pub fn stats(&self) -> RibStats {
+        RibStats {
+            prefixes: self.v4.len() + self.v6.len(),
+            paths: self.v4.values().map(|p| p.as_slice().len()).sum::<usize>()
+                + self.v6.values().map(|p| p.as_slice().len()).sum::<usize>(),
+            attr_sets: self.ctx.interner.set.len(),
+            heap_bytes: self.heap_size(),
+        }
+    }
+
+    /// An estimate of the heap the RIB holds: hash tables by capacity (buckets, one control
+    /// byte each, at the std `HashMap`'s 7/8 load), path vectors, and each attribute set
+    /// with its vectors. Allocator overhead is not counted.
+    pub fn heap_size(&self) -> usize {
+        fn table<K, V>(m: &HashMap<K, V>) -> usize {
+            if m.capacity() == 0 {
+                return 0;
+            }
+            let buckets = (m.capacity() * 8 / 7).next_power_of_two();
+            buckets * (std::mem::size_of::<(K, V)>() + 1)
+        }
+        fn many<K>(m: &HashMap<K, Paths>) -> usize {
+            m.values()
+                .map(|p| match p {
+                    Paths::One(_) => 0,
+                    Paths::Many(v) => v.capacity() * std::mem::size_of::<Path>(),
+                })
+                .sum()
+        }
+        let attrs: usize = self
+            .ctx
+            .interner
+            .set
+            .iter()
+            .map(|a| {
+                // The Arc's two counters, the value, and what its vectors point to.
+                16 + std::mem::size_of::<Attrs>()
+                    + a.as_path
+                        .segments
+                        .iter()
+                        .map(|s| std::mem::size_of_val(s) + s.asns.capacity() * 4)
+                        .sum::<usize>()
+                    + a.mp_next_hop.capacity() * std::mem::size_of::<IpAddr>()
+                    + a.communities.capacity() * 4
+                    + a.large_communities.capacity() * 12
+                    + a.cluster_list.capacity() * 4
+                    + a.unknown
+                        .iter()
+                        .map(|u| 32 + u.value.capacity())
+                        .sum::<usize>()
+            })
+            .sum();
+        let peers: usize = self
+            .ctx
+            .peers
+            .values()
+            .map(|p| table(&p.out_v4) + table(&p.out_v6))
+            .sum();
+        table(&self.v4)
+            + table(&self.v6)
+            + many(&self.v4)
+            + many(&self.v6)
+            + self.ctx.interner.set.capacity() * 9
+            + attrs
+            + peers
+    }
+
+    fn view(&self, prefix: IpNet, paths: &Paths) -> RouteView {
+        RouteView {
+            prefix,
+            paths: paths
+                .as_slice()
+                .iter()
+                .enumerate()
+                .map(|(i, p)| PathView {
+                    peer: (p.source != LOCAL).then_some(PeerId(p.source)),
+                    attrs: p.attrs.clone(),
+                    best: i == 0 && p.selected(),
+                    multipath: p.selected(),
+                    stale: p.stale(),
+                })
+                .collect(),
+        }
+    }
+
+    fn finish(&mut self, batch: Batch, sorted: bool) -> RibChanges {
+        let changes = batch.finish(sorted);
+        self.ctx.interner.sweep(false);
+        changes
+    }
+}
+
+/// Counts for status output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RibStats {
+    pub prefixes: usize,
+    pub paths: usize,
+    pub attr_sets: usize,
+    pub heap_bytes: usize,
+}
+
+fn family_of(n: IpNet) -> Option<Family> {
+    match n {
+        IpNet::V4(_) => Some(Family::IPV4_UNICAST),
+        IpNet::V6(_) => Some(Family::IPV6_UNICAST),
+    }
+}
+
+fn withdraw_any(rib: &mut Rib, n: IpNet, family: Family, src: u32, batch: &mut Batch) {
+    if family_of(n) != Some(family) {
+        return;
+    }
+    match n.trunc() {
+        IpNet::V4(n) => change::<Ipv4Net>(rib, n, Edit::Remove(src), batch),
+        IpNet::V6(n) => change::<Ipv6Net>(rib, n, Edit::Remove(src), batch),
+    }
+}
+
+impl Ctx {
+    fn kind(&self, source: u32) -> SourceKind {
+        if source == LOCAL {
+            return SourceKind::Local;
+        }
+        match self.peers.get(&PeerId(source)) {
+            Some(p) if p.ebgp => SourceKind::Ebgp,
+            Some(p) => SourceKind::Ibgp {
+                client: p.cfg.rr_client,
+            },
+            None => SourceKind::Ebgp,
+        }
+    }
+
+    /// Input checks and rewrites for one UPDATE's attributes; `None` when its routes must
+    /// not be used.
+    fn accept_input(&self, id: PeerId, attrs: &Attrs) -> Option<Attrs> {
+        let peer = &self.peers[&id];
+        // RFC 4271 §9.1.2: "If the AS_PATH attribute of a BGP route contains an AS loop, the
+        // BGP route should be excluded from the Phase 2 decision function. AS loop detection
+        // is done by scanning the full AS path (as specified in the AS_PATH attribute), and
+        // checking that the autonomous system number of the local system does not appear in
+        // the AS path."
+        if peer.ebgp && attrs.as_path.contains(self.cfg.local_as) {
+            return None;
+        }
+        // RFC 4456 §8: "A router that recognizes the ORIGINATOR_ID attribute SHOULD ignore a
+        // route received with its BGP Identifier as the ORIGINATOR_ID."
+        if attrs.originator_id == Some(self.cfg.router_id) {
+            return None;
+        }
+        // RFC 4456 §8: "If the local CLUSTER_ID is found in the CLUSTER_LIST, the
+        // advertisement received SHOULD be ignored."
+        if attrs.cluster_list.contains(&self.cfg.cluster_id()) {
+            return None;
+        }
+        let mut a = attrs.clone();
+        if peer.ebgp {
+            // RFC 4271 §5.1.5: "If it is contained in an UPDATE message that is received
+            // from an external peer, then this attribute MUST be ignored by the receiving
+            // speaker, except for the case of BGP Confederation".
+            a.local_pref = None;
+        }
+        a.mp_next_hop.clear();
+        Some(a)
+    }
+
+    /// What to send `target` for a prefix whose best path is `best` (`None`: nothing).
+    fn export<P: Prefix>(
+        &mut self,
+        cache: &mut ExportCache,
+        prefix: P,
+        best: Option<&Path>,
+        target: PeerId,
+    ) -> Option<Arc<Attrs>> {
+        let best = best?;
+        // Never back to the peer the route came from.
+        if best.source == target.0 {
+            return None;
+        }
+        let src_kind = self.kind(best.source);
+        let peer = self.peers.get(&target)?;
+        let session = peer.session.as_ref()?;
+        if !session.families.contains(&P::FAMILY) {
+            return None;
+        }
+        let attrs = &best.attrs;
+        // RFC 1997: NO_ADVERTISE: "All routes received carrying a communities attribute
+        // containing this value MUST NOT be advertised to other BGP peers."
+        if attrs.communities.contains(&Community::NO_ADVERTISE) {
+            return None;
+        }
+        // RFC 1997: NO_EXPORT: "... MUST NOT be advertised outside a BGP confederation
+        // boundary" (Twill has no confederations: outside our AS).
+        if peer.ebgp && attrs.communities.contains(&Community::NO_EXPORT) {
+            return None;
+        }
+        if !peer.ebgp {
+            match src_kind {
+                // RFC 4271 §9.2: "When a BGP speaker receives an UPDATE message from an
+                // internal peer, the receiving BGP speaker SHALL NOT re-distribute the
+                // routing information contained in that UPDATE message to other internal
+                // peers (unless the speaker acts as a BGP Route Reflector [RFC2796])."
+                // RFC 4456 §6: "2) A route from a Client peer: Reflect to all the Non-Client
+                // peers and also to the Client peers."
+                SourceKind::Ibgp { client: true } => {}
+                // RFC 4456 §6: "1) A route from a Non-Client IBGP peer: Reflect to all the
+                // Clients."
+                SourceKind::Ibgp { client: false } => {
+                    if !(self.reflector && peer.cfg.rr_client) {
+                        return None;
+                    }
+                }
+                // RFC 4456 §6: "3) Route from an EBGP peer: Send to all the Client and
+                // Non-Client Peers." And our own routes likewise.
+                SourceKind::Ebgp | SourceKind::Local => {}
+            }
+        }
+        let term = match &peer.cfg.export {
+            // RFC 8212 §4: "Routes are not exported to any EBGP peers ... unless an export
+            // policy is configured": no policy on an eBGP session sends nothing.
+            None if peer.ebgp => return None,
+            None => None,
+            Some(p) => Some(p.evaluate(prefix.into(), attrs)?),
+        };
+        let key = (
+            Arc::as_ptr(attrs) as usize,
+            best.source,
+            target,
+            term,
+            P::FAMILY == Family::IPV6_UNICAST,
+        );
+        if let Some(hit) = cache.get(&key) {
+            return hit.clone();
+        }
+        let result = self.export_attrs::<P>(attrs, best.source, src_kind, target, term);
+        cache.insert(key, result.clone());
+        result
+    }
+
+    fn export_attrs<P: Prefix>(
+        &mut self,
+        attrs: &Attrs,
+        source: u32,
+        src_kind: SourceKind,
+        target: PeerId,
+        term: Option<TermIndex>,
+    ) -> Option<Arc<Attrs>> {
+        let peer = &self.peers[&target];
+        let session = peer.session.as_ref()?;
+        let mut a = attrs.clone();
+        let mut next_hop_self = false;
+        if peer.ebgp {
+            // RFC 4271 §5.1.2 b): "When a given BGP speaker advertises the route to an
+            // external peer, the advertising speaker updates the AS_PATH attribute" by
+            // prepending its own AS number.
+            a.as_path = a.as_path.prepend(self.cfg.local_as);
+            // RFC 4271 §5.1.5: "A BGP speaker MUST NOT include this attribute in UPDATE
+            // messages it sends to external peers".
+            a.local_pref = None;
+            // RFC 4271 §5.1.4: "The MULTI_EXIT_DISC attribute received from a neighboring AS
+            // MUST NOT be propagated to other neighboring ASes." Ours (originated here, or
+            // set by the export policy below) may be sent.
+            if src_kind != SourceKind::Local {
+                a.med = None;
+            }
+            // RFC 4456 §8: ORIGINATOR_ID and CLUSTER_LIST are for within the AS (both are
+            // optional non-transitive).
+            a.originator_id = None;
+            a.cluster_list.clear();
+            // RFC 4271 §5.1.3 2): to an external peer the next hop is our address on the
+            // session (Twill does not send third-party next hops).
+            next_hop_self = true;
+        } else {
+            // RFC 4271 §5.1.5: "A BGP speaker MUST include this attribute in UPDATE messages
+            // it sends to internal peers".
+            a.local_pref = Some(attrs.local_pref.unwrap_or(DEFAULT_LOCAL_PREF));
+            match src_kind {
+                // RFC 4271 §5.1.3 1): a route originated here gets our address.
+                SourceKind::Local => next_hop_self = true,
+                // RFC 4271 §5.1.3: next hop unchanged towards iBGP unless configured.
+                SourceKind::Ebgp => next_hop_self = peer.cfg.next_hop_self,
+                SourceKind::Ibgp { .. } => {
+                    // RFC 4456 §8: ORIGINATOR_ID "will be created by an RR in reflecting a
+                    // route ... A BGP speaker SHOULD NOT create an ORIGINATOR_ID attribute
+                    // if one already exists."
+                    if a.originator_id.is_none() {
+                        a.originator_id = self.peers.get(&PeerId(source)).map(|p| p.router_id);
+                    }
+                    // RFC 4456 §8: "When an RR reflects a route, it MUST prepend the local
+                    // CLUSTER_ID to the CLUSTER_LIST."
+                    a.cluster_list.insert(0, self.cfg.cluster_id());
+                    // RFC 4456 §10: a reflector does not change the next hop of reflected
+                    // routes (only an explicit export action below does).
+                }
+            }
+        }
+        if let (Some(t), Some(policy)) = (term, &peer.cfg.export) {
+            let med_before = a.med;
+            next_hop_self |= policy.apply(t, &mut a);
+            if peer.ebgp {
+                a.local_pref = None;
+                if !policy.sets_med(t) {
+                    a.med = med_before;
+                }
+            }
+        }
+        if (src_kind == SourceKind::Local || next_hop_self)
+            && !P::set_next_hop_self(&mut a, session)
+        {
+            return None;
+        }
+        forward_next_hop(&a)?;
+        Some(self.interner.intern(a))
+    }
+
+    fn candidate(&self, p: &Path) -> Candidate {
+        let a = &p.attrs;
+        let (ebgp, router_id, peer_addr) = match self.peers.get(&PeerId(p.source)) {
+            Some(peer) => (peer.ebgp, peer.router_id, peer.cfg.remote_addr),
+            None => (false, self.cfg.router_id, IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        };
+        Candidate {
+            local: p.source == LOCAL,
+            local_pref: a.local_pref,
+            as_path_len: a.as_path.path_len(),
+            origin: a.origin,
+            med: a.med,
+            neighbour_as: a.as_path.neighbour_as(),
+            ebgp,
+            router_id: a.originator_id.unwrap_or(router_id),
+            cluster_list_len: a.cluster_list.len(),
+            peer_addr,
+            source: p.source,
+        }
+    }
+}
+
+/// The next hops a prefix forwards by: its multipath set's when the best path is learned.
+fn fib_of(paths: &[Path]) -> Vec<IpAddr> {
+    match paths.first() {
+        Some(b) if b.selected() && b.source != LOCAL => {}
+        _ => return Vec::new(),
+    }
+    let mut v: Vec<IpAddr> = paths
+        .iter()
+        .take_while(|p| p.selected())
+        .filter_map(|p| forward_next_hop(&p.attrs))
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Re-run the decision process on `paths`: order them selected first (best at 0) and mark.
+fn reselect(ctx: &Ctx, mut paths: Vec<Path>) -> Option<Paths> {
+    if paths.len() == 1 {
+        paths[0].flags |= SELECTED;
+        return Paths::from_vec(paths);
+    }
+    let cands: Vec<Candidate> = paths.iter().map(|p| ctx.candidate(p)).collect();
+    let sel = best::select(&cands, ctx.cfg.max_paths);
+    let mut ordered = Vec::with_capacity(paths.len());
+    let mut rest = Vec::new();
+    let mut taken = vec![false; paths.len()];
+    for &i in &sel {
+        taken[i] = true;
+    }
+    let mut slots: Vec<Option<Path>> = paths.into_iter().map(Some).collect();
+    for &i in &sel {
+        if let Some(mut p) = slots[i].take() {
+            p.flags |= SELECTED;
+            ordered.push(p);
+        }
+    }
+    for (i, slot) in slots.into_iter().enumerate() {
+        if let Some(mut p) = slot {
+            if !taken[i] {
+                p.flags &= !SELECTED;
+                rest.push(p);
+            }
+        }
+    }
+    ordered.extend(rest);
+    Paths::from_vec(ordered)
+}
+
+/// Apply one edit to one prefix and record what changes in the FIB and towards each peer.
+fn change<P: Prefix>(rib: &mut Rib, prefix: P, edit: Edit, batch: &mut Batch) {
+    let (table, ctx) = P::table(rib);
+    let source = edit.source();
+    // Edits that leave the decision alone are done in place.
+    if let Some(paths) = table.get_mut(&prefix) {
+        let present = paths.as_mut_slice().iter_mut().find(|p| p.source == source);
+        match (&edit, present) {
+            // An unchanged re-announcement (the same interned attributes) changes nothing but
+            // the mark: RFC 4724 §4.2, a route the restarted peer sends again is not stale.
+            (Edit::Set(_, a), Some(p)) if Arc::ptr_eq(&p.attrs, a) => {
+                p.flags &= !STALE;
+                return;
+            }
+            (Edit::Set(..), _) => {}
+            (_, None) => return,
+            (Edit::RemoveStale(_), Some(p)) if !p.stale() => return,
+            (Edit::MarkStale(_), Some(p)) => {
+                p.flags |= STALE;
+                return;
+            }
+            _ => {}
+        }
+    } else if !matches!(edit, Edit::Set(..)) {
+        return;
+    }
+
+    let (old_best, old_fib, mut paths) = match table.remove(&prefix) {
+        Some(old) => {
+            let b = old
+                .best()
+                .map(|p| (p.source, Arc::as_ptr(&p.attrs) as usize));
+            let f = fib_of(old.as_slice());
+            (b, f, old.into_vec())
+        }
+        None => (None, Vec::new(), Vec::new()),
+    };
+    match edit {
+        Edit::Set(s, a) => match paths.iter_mut().find(|p| p.source == s) {
+            Some(p) => {
+                p.attrs = a;
+                p.flags &= !STALE;
+            }
+            None => paths.push(Path {
+                attrs: a,
+                source: s,
+                flags: 0,
+            }),
+        },
+        Edit::Remove(s) | Edit::RemoveStale(s) => paths.retain(|p| p.source != s),
+        Edit::MarkStale(_) => {}
+    }
+    let new = reselect(ctx, paths);
+    let new_fib = new
+        .as_ref()
+        .map(|p| fib_of(p.as_slice()))
+        .unwrap_or_default();
+    if new_fib != old_fib {
+        batch.fib.push(FibChange {
+            prefix: prefix.into(),
+            next_hops: new_fib,
+        });
+    }
+    let best = new.as_ref().and_then(Paths::best);
+    let new_best = best.map(|p| (p.source, Arc::as_ptr(&p.attrs) as usize));
+    // Only the best path is advertised: when it is the same, no peer hears anything.
+    if new_best != old_best {
+        let targets = batch.targets.get_or_insert_with(|| {
+            ctx.peers
+                .iter()
+                .filter(|(_, p)| p.session.is_some())
+                .map(|(id, _)| *id)
+                .collect()
+        });
+        for &target in targets.iter() {
+            let want = ctx.export(&mut batch.export_cache, prefix, best, target);
+            let Some(peer) = ctx.peers.get_mut(&target) else {
+                continue;
+            };
+            let out = P::adj_out(peer);
+            match want {
+                // Adj-RIB-Out is diffed: what the peer already has is not sent again.
+                Some(a) => {
+                    if !out.get(&prefix).is_some_and(|old| Arc::ptr_eq(old, &a)) {
+                        out.insert(prefix, a.clone());
+                        batch
+                            .out
+                            .entry(target)
+                            .or_default()
+                            .announce(&a, prefix.into());
+                    }
+                }
+                None => {
+                    if out.remove(&prefix).is_some() {
+                        batch
+                            .out
+                            .entry(target)
+                            .or_default()
+                            .update
+                            .withdraw
+                            .push(prefix.into());
+                    }
+                }
+            }
+        }
+    }
+    if let Some(p) = new {
+        table.insert(prefix, p);
+    }
+}
+
+/// Apply `edit` (for one source) to every prefix of a family.
+fn edit_all<P: Prefix>(rib: &mut Rib, edit: &Edit, batch: &mut Batch) {
+    let (table, _) = P::table(rib);
+    let source = edit.source();
+    let prefixes: Vec<P> = table
+        .iter()
+        .filter(|(_, paths)| {
+            paths
+                .as_slice()
+                .iter()
+                .any(|p| p.source == source && (!matches!(edit, Edit::RemoveStale(_)) || p.stale()))
+        })
+        .map(|(k, _)| *k)
+        .collect();
+    for prefix in prefixes {
+        change::<P>(rib, prefix, edit.clone(), batch);
+    }
+}
+
+/// Send `target` the export of every best path in a family (a new session's initial dump).
+fn dump<P: Prefix>(rib: &mut Rib, target: PeerId, batch: &mut Batch) {
+    let (table, ctx) = P::table(rib);
+    let acc = batch.out.entry(target).or_default();
+    for (prefix, paths) in table.iter() {
+        if let Some(a) = ctx.export(&mut batch.export_cache, *prefix, paths.best(), target) {
+            if let Some(peer) = ctx.peers.get_mut(&target) {
+                P::adj_out(peer).insert(*prefix, a.clone());
+            }
+            acc.announce(&a, (*prefix).into());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
