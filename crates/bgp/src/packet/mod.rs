@@ -1,12 +1,40 @@
-//! The BGP-4 wire vocabulary: messages, capabilities and path attributes as types.
+//! The BGP-4 wire vocabulary and its codec: messages, capabilities and path attributes as
+//! types, and the pure functions that turn them into bytes and back.
 //!
-//! This module holds only the data types every layer shares; the encoders and decoders live
-//! in the codec submodules. Decoding depends on what the session negotiated (four-octet AS
-//! numbers, the address families), so it takes a [`Negotiated`] value rather than guessing.
+//! The data types every layer shares are defined here; the encoders and decoders live in the
+//! submodules (one per message, [`attribute`] for path attributes). Decoding depends on what
+//! the session negotiated (four-octet AS numbers, the address families, iBGP or eBGP), so it
+//! takes a [`Negotiated`] value rather than guessing. Nothing here does I/O.
+//!
+//! The contract the speaker and the FSM use:
+//! - [`frame`]`(buf)`: the length of the first complete message in a receive buffer,
+//!   `None` while incomplete, or the header error as the NOTIFICATION to send (1/1, 1/2, 1/3).
+//! - [`decode`]`(msg, &Negotiated)`: one whole message. `Err` is a session reset with that
+//!   NOTIFICATION. A decoded UPDATE has RFC 7606 applied already: treat-as-withdraw moved its
+//!   announced prefixes into `withdrawn` / `mp_unreach` and dropped `attrs`, attribute-discard
+//!   removed the attribute, and each decision is in [`Update::errors`].
+//! - [`encode`]`(&Message, &Negotiated, out)`: appends one message.
+//! - [`encode_announce`] / [`encode_withdraw`]: pack routes into as many ≤ 4096-octet UPDATEs
+//!   as needed, many prefixes per message.
+//!
+//! Every decoder is total: any input gives `Ok` or `Err`, never a panic (reads go through a
+//! bounds-checked reader, lengths are widened before arithmetic). The fuzz targets rely on it.
 
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::{IpNet, Ipv4Net};
+
+pub mod attribute;
+pub mod header;
+pub mod notification;
+pub mod open;
+pub mod refresh;
+pub mod update;
+mod wire;
+
+pub use header::frame;
+pub use notification::subcode;
+pub use update::{encode_announce, encode_withdraw};
 
 /// RFC 4271 §4.1: the marker, length and type that start every message.
 pub const HEADER_LEN: usize = 19;
@@ -62,14 +90,18 @@ pub struct Negotiated {
     /// Families both sides announced with the multiprotocol capability. A session with no
     /// multiprotocol capability on either side carries IPv4 unicast only (RFC 4760 §8).
     pub families: Vec<Family>,
+    /// Both OPENs name the same AS: an internal (iBGP) session. RFC 7606 §7.5, §7.9 and
+    /// §7.10 treat LOCAL_PREF, ORIGINATOR_ID and CLUSTER_LIST differently on each kind.
+    pub ibgp: bool,
 }
 
 impl Default for Negotiated {
-    /// Before OPENs are exchanged: what RFC 4271 alone allows.
+    /// Before OPENs are exchanged: what RFC 4271 alone allows (an eBGP session).
     fn default() -> Self {
         Negotiated {
             four_octet_as: false,
             families: vec![Family::IPV4_UNICAST],
+            ibgp: false,
         }
     }
 }
@@ -220,6 +252,11 @@ pub struct Attrs {
     pub originator_id: Option<Ipv4Addr>,
     /// CLUSTER_LIST (RFC 4456 §8), nearest reflector first.
     pub cluster_list: Vec<Ipv4Addr>,
+    /// The next hop(s) of routes carried in MP_REACH_NLRI (RFC 4760 §3): for IPv6 a global
+    /// address and optionally a link-local one (RFC 2545 §3). The decoder leaves this empty
+    /// (a received UPDATE has them in [`MpReach::next_hops`]); the RIB sets it on routes it
+    /// stores, and [`encode_announce`] writes it into the MP_REACH_NLRI it builds.
+    pub mp_next_hops: Vec<IpAddr>,
     /// Attributes Twill does not know, passed on when optional transitive (RFC 4271 §5:
     /// with the Partial bit set).
     pub unknown: Vec<RawAttr>,
@@ -241,6 +278,7 @@ impl Attrs {
             large_communities: Vec::new(),
             originator_id: None,
             cluster_list: Vec::new(),
+            mp_next_hops: Vec::new(),
             unknown: Vec::new(),
         }
     }
@@ -403,4 +441,104 @@ pub enum ErrorCode {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RouteRefresh {
     pub family: Family,
+}
+
+/// Why a message could not be encoded. Only messages built wrongly get here: every message
+/// Twill builds itself fits, and [`encode_announce`] splits routes to fit.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    #[error(
+        "the message would be {len} octets, over BGP's limit of 4096 (RFC 4271 §4.1): \
+         send fewer routes per UPDATE (encode_announce and encode_withdraw split them)"
+    )]
+    TooLong { len: usize },
+    #[error(
+        "the path attributes alone take {len} octets, so no prefix fits in a 4096-octet \
+         UPDATE: shorten the AS path or the communities"
+    )]
+    AttributesTooLong { len: usize },
+    #[error(
+        "the OPEN's optional parameters would be {len} octets, over the 255 its length \
+         field holds: announce fewer capabilities"
+    )]
+    OptionalParametersTooLong { len: usize },
+    #[error(
+        "capability {code} would carry {len} octets, over the 253 a capability parameter \
+         holds: announce fewer families in it"
+    )]
+    CapabilityTooLong { code: u8, len: usize },
+    #[error(
+        "routes of {family} need a next hop in Attrs::mp_next_hops (RFC 4760 §3): set the \
+         IPv6 global (and optionally link-local) next hop"
+    )]
+    MissingNextHop { family: Family },
+    #[error(
+        "routes of {family} cannot be sent on this session: the peer did not negotiate the \
+         family (RFC 4760 §8); announce it on both sides or filter these routes out"
+    )]
+    FamilyNotNegotiated { family: Family },
+}
+
+/// Decodes one whole message, header included, as [`frame`] delimited it. `Err` is the
+/// NOTIFICATION to send before closing the session.
+pub fn decode(msg: &[u8], negotiated: &Negotiated) -> Result<Message, Notification> {
+    let Some(head) = msg.get(..HEADER_LEN) else {
+        return Err(Notification::header(
+            subcode::header::BAD_MESSAGE_LENGTH,
+            header::length_data(msg.len()),
+        ));
+    };
+    let (len, kind) = header::check(head)?;
+    // The header's length is the message's: anything else is a framing bug or a forged
+    // length (RFC 4271 §6.1 "Bad Message Length").
+    if len != msg.len() {
+        return Err(Notification::header(
+            subcode::header::BAD_MESSAGE_LENGTH,
+            header::length_data(len),
+        ));
+    }
+    let body = msg.get(HEADER_LEN..).unwrap_or_default();
+    Ok(match kind {
+        MessageType::Open => Message::Open(open::decode(body)?),
+        MessageType::Update => Message::Update(Box::new(update::decode(body, negotiated)?)),
+        MessageType::Notification => Message::Notification(notification::decode(body)?),
+        // The header check made its length exactly 19.
+        MessageType::Keepalive => Message::Keepalive,
+        MessageType::RouteRefresh => Message::RouteRefresh(refresh::decode(msg)?),
+    })
+}
+
+/// Appends one message to `out`. On error `out` is left as it was.
+pub fn encode(
+    msg: &Message,
+    negotiated: &Negotiated,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    let kind = match msg {
+        Message::Open(_) => MessageType::Open,
+        Message::Update(_) => MessageType::Update,
+        Message::Notification(_) => MessageType::Notification,
+        Message::Keepalive => MessageType::Keepalive,
+        Message::RouteRefresh(_) => MessageType::RouteRefresh,
+    };
+    let at = header::start(out, kind);
+    let body = match msg {
+        Message::Open(o) => open::encode(o, out),
+        Message::Update(u) => update::encode(u, negotiated, out),
+        Message::Notification(n) => {
+            notification::encode(n, out);
+            Ok(())
+        }
+        Message::Keepalive => Ok(()),
+        Message::RouteRefresh(rr) => {
+            refresh::encode(rr, out);
+            Ok(())
+        }
+    };
+    let done =
+        body.and_then(|()| header::finish(out, at).map_err(|len| EncodeError::TooLong { len }));
+    if done.is_err() {
+        out.truncate(at);
+    }
+    done
 }
