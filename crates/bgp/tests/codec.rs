@@ -439,7 +439,7 @@ fn full_attrs() -> Attrs {
         }],
         originator_id: Some(Ipv4Addr::new(192, 0, 2, 1)),
         cluster_list: vec![Ipv4Addr::new(192, 0, 2, 2), Ipv4Addr::new(192, 0, 2, 3)],
-        mp_next_hops: vec![],
+        mp_next_hop: vec![],
         // In code order, as they are sent and so decoded.
         unknown: vec![
             RawAttr {

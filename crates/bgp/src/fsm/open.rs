@@ -139,6 +139,8 @@ pub(super) fn negotiate(config: &SessionConfig, peer: &Open) -> Negotiated {
             .filter(|f| theirs.contains(f))
             .copied()
             .collect(),
+        // RFC 4271 §3: an internal peer is in our AS.
+        ibgp: config.internal(),
     }
 }
 

@@ -348,6 +348,7 @@ fn keepalive_in_open_confirm_establishes() {
         Negotiated {
             four_octet_as: true,
             families: vec![Family::IPV4_UNICAST],
+            ibgp: false,
         }
     );
     assert_eq!(est.open, peer_open(30));
@@ -367,6 +368,7 @@ fn negotiation_takes_the_common_families_and_two_octet_peers() {
         Negotiated {
             four_octet_as: false,
             families: vec![Family::IPV6_UNICAST],
+            ibgp: false,
         }
     );
     assert!(!est.peer_route_refresh);

@@ -252,11 +252,6 @@ pub struct Attrs {
     pub originator_id: Option<Ipv4Addr>,
     /// CLUSTER_LIST (RFC 4456 §8), nearest reflector first.
     pub cluster_list: Vec<Ipv4Addr>,
-    /// The next hop(s) of routes carried in MP_REACH_NLRI (RFC 4760 §3): for IPv6 a global
-    /// address and optionally a link-local one (RFC 2545 §3). The decoder leaves this empty
-    /// (a received UPDATE has them in [`MpReach::next_hops`]); the RIB sets it on routes it
-    /// stores, and [`encode_announce`] writes it into the MP_REACH_NLRI it builds.
-    pub mp_next_hops: Vec<IpAddr>,
     /// Attributes Twill does not know, passed on when optional transitive (RFC 4271 §5:
     /// with the Partial bit set).
     pub unknown: Vec<RawAttr>,
@@ -278,7 +273,6 @@ impl Attrs {
             large_communities: Vec::new(),
             originator_id: None,
             cluster_list: Vec::new(),
-            mp_next_hops: Vec::new(),
             unknown: Vec::new(),
         }
     }
@@ -468,7 +462,7 @@ pub enum EncodeError {
     )]
     CapabilityTooLong { code: u8, len: usize },
     #[error(
-        "routes of {family} need a next hop in Attrs::mp_next_hops (RFC 4760 §3): set the \
+        "routes of {family} need a next hop in Attrs::mp_next_hop (RFC 4760 §3): set the \
          IPv6 global (and optionally link-local) next hop"
     )]
     MissingNextHop { family: Family },

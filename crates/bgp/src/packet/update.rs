@@ -333,7 +333,7 @@ pub(crate) fn decode(body: &[u8], neg: &Negotiated) -> Result<Update, Notificati
                 large_communities: std::mem::take(&mut w.large_communities),
                 originator_id: w.originator_id,
                 cluster_list: std::mem::take(&mut w.cluster_list),
-                mp_next_hops: Vec::new(),
+                mp_next_hop: Vec::new(),
                 unknown: std::mem::take(&mut w.unknown),
             });
         }
@@ -1004,7 +1004,7 @@ const BODY_ROOM: usize = MAX_MESSAGE_LEN - HEADER_LEN;
 
 /// Writes UPDATEs announcing `prefixes` with `attrs`, as many ≤ 4096-octet messages as
 /// needed with as many prefixes in each as fit. IPv4 unicast goes in the NLRI field with
-/// NEXT_HOP from `attrs.next_hop`; IPv6 unicast in MP_REACH_NLRI with `attrs.mp_next_hops`.
+/// NEXT_HOP from `attrs.next_hop`; IPv6 unicast in MP_REACH_NLRI with `attrs.mp_next_hop`.
 /// Returns how many messages it wrote; on error `out` is left as it was.
 pub fn encode_announce(
     attrs: &Attrs,
@@ -1064,7 +1064,7 @@ fn announce(
     if !v6.is_empty() {
         let family = Family::IPV6_UNICAST;
         check_family(family, neg)?;
-        let nhs = &attrs.mp_next_hops;
+        let nhs = &attrs.mp_next_hop;
         if nhs.is_empty() || nhs.len() > 2 || nhs.iter().any(|a| a.is_ipv4()) {
             return Err(EncodeError::MissingNextHop { family });
         }
