@@ -4,7 +4,7 @@
 //! current time and carries out the [`Output`]s it returns:
 //!
 //! ```text
-//! let mut s = Session::new(config)?;              // Idle
+//! let mut s = Session::new(config, now)?;         // Idle ("since" counts from now)
 //! s.handle(Input::Start, now)                     // -> [Connect] (or nothing when passive)
 //! s.handle(Input::Connected(id, Direction::Outgoing), now)
 //!                                                 // -> [Send(id, OPEN)]     OpenSent
