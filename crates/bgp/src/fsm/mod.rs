@@ -70,25 +70,9 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use crate::packet::{
-    ErrorCode, Family, GracefulRestart, Message, MessageType, Negotiated, Notification, Open,
-    RouteRefresh, Update,
+    subcode, ErrorCode, Family, GracefulRestart, Message, MessageType, Negotiated, Notification,
+    Open, RouteRefresh, Update,
 };
-
-/// NOTIFICATION subcodes the FSM sends or names.
-pub mod subcode {
-    /// RFC 4271 §6.2 OPEN message errors.
-    pub const UNSUPPORTED_VERSION: u8 = 1;
-    pub const BAD_PEER_AS: u8 = 2;
-    pub const BAD_BGP_IDENTIFIER: u8 = 3;
-    pub const UNACCEPTABLE_HOLD_TIME: u8 = 6;
-    /// RFC 6608 §3 FSM errors.
-    pub const FSM_UNEXPECTED_IN_OPEN_SENT: u8 = 1;
-    pub const FSM_UNEXPECTED_IN_OPEN_CONFIRM: u8 = 2;
-    pub const FSM_UNEXPECTED_IN_ESTABLISHED: u8 = 3;
-    /// RFC 4486 §4 Cease subcodes.
-    pub const CEASE_ADMINISTRATIVE_SHUTDOWN: u8 = 2;
-    pub const CEASE_CONNECTION_COLLISION: u8 = 7;
-}
 
 /// RFC 4271 §8.2.2: "a suggested value for the ConnectRetryTime is 120 seconds".
 pub const DEFAULT_CONNECT_RETRY: Duration = Duration::from_secs(120);
@@ -393,92 +377,15 @@ impl fmt::Display for Reason {
             Reason::Stopped => f.write_str("stopped by the operator"),
             Reason::HoldTimerExpired => f.write_str("hold timer expired"),
             Reason::NotificationReceived(n) => {
-                write!(f, "{} received", NotificationText(n))
+                write!(f, "NOTIFICATION {n} received")
             }
-            Reason::NotificationSent(n) => write!(f, "{} sent", NotificationText(n)),
+            Reason::NotificationSent(n) => write!(f, "NOTIFICATION {n} sent"),
             Reason::ConnectionClosed => f.write_str("connection closed by the peer"),
             Reason::PeerRestarted => {
                 f.write_str("peer restarted (new connection while established)")
             }
             Reason::ConnectFailed => f.write_str("connect failed"),
         }
-    }
-}
-
-/// A NOTIFICATION for humans: "NOTIFICATION 2/2 bad peer AS".
-pub struct NotificationText<'a>(pub &'a Notification);
-
-impl fmt::Display for NotificationText<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.0;
-        let code = code_number(n.code);
-        write!(f, "NOTIFICATION {code}/{}", n.subcode)?;
-        let text = match (code, n.subcode) {
-            (1, 1) => "connection not synchronized",
-            (1, 2) => "bad message length",
-            (1, 3) => "bad message type",
-            (1, _) => "message header error",
-            (2, 1) => "unsupported version number",
-            (2, 2) => "bad peer AS",
-            (2, 3) => "bad BGP identifier",
-            (2, 4) => "unsupported optional parameter",
-            (2, 6) => "unacceptable hold time",
-            (2, 7) => "unsupported capability",
-            (2, _) => "OPEN message error",
-            (3, 1) => "malformed attribute list",
-            (3, 2) => "unrecognized well-known attribute",
-            (3, 3) => "missing well-known attribute",
-            (3, 4) => "attribute flags error",
-            (3, 5) => "attribute length error",
-            (3, 6) => "invalid ORIGIN attribute",
-            (3, 8) => "invalid NEXT_HOP attribute",
-            (3, 9) => "optional attribute error",
-            (3, 10) => "invalid network field",
-            (3, 11) => "malformed AS_PATH",
-            (3, _) => "UPDATE message error",
-            (4, _) => "hold timer expired",
-            (5, 1) => "unexpected message in OpenSent",
-            (5, 2) => "unexpected message in OpenConfirm",
-            (5, 3) => "unexpected message in Established",
-            (5, _) => "finite state machine error",
-            (6, 1) => "cease: maximum number of prefixes reached",
-            (6, 2) => "cease: administrative shutdown",
-            (6, 3) => "cease: peer de-configured",
-            (6, 4) => "cease: administrative reset",
-            (6, 5) => "cease: connection rejected",
-            (6, 6) => "cease: other configuration change",
-            (6, 7) => "cease: connection collision resolution",
-            (6, 8) => "cease: out of resources",
-            (6, 9) => "cease: hard reset",
-            (6, _) => "cease",
-            (7, _) => "ROUTE-REFRESH message error",
-            _ => "unknown error code",
-        };
-        write!(f, " {text}")
-    }
-}
-
-/// The RFC 4271 §4.5 error code number.
-fn code_number(code: ErrorCode) -> u8 {
-    match code {
-        ErrorCode::MessageHeader => 1,
-        ErrorCode::OpenMessage => 2,
-        ErrorCode::UpdateMessage => 3,
-        ErrorCode::HoldTimerExpired => 4,
-        ErrorCode::FsmError => 5,
-        ErrorCode::Cease => 6,
-        ErrorCode::RouteRefresh => 7,
-        ErrorCode::Other(n) => n,
-    }
-}
-
-fn message_type(m: &Message) -> MessageType {
-    match m {
-        Message::Open(_) => MessageType::Open,
-        Message::Update(_) => MessageType::Update,
-        Message::Notification(_) => MessageType::Notification,
-        Message::Keepalive => MessageType::Keepalive,
-        Message::RouteRefresh(_) => MessageType::RouteRefresh,
     }
 }
 
@@ -549,9 +456,9 @@ impl ConnState {
     /// RFC 6608 §3: the FSM error subcode for an unexpected message in this state.
     fn unexpected_subcode(self) -> u8 {
         match self {
-            ConnState::OpenSent => subcode::FSM_UNEXPECTED_IN_OPEN_SENT,
-            ConnState::OpenConfirm => subcode::FSM_UNEXPECTED_IN_OPEN_CONFIRM,
-            ConnState::Established => subcode::FSM_UNEXPECTED_IN_ESTABLISHED,
+            ConnState::OpenSent => subcode::fsm::UNEXPECTED_IN_OPEN_SENT,
+            ConnState::OpenConfirm => subcode::fsm::UNEXPECTED_IN_OPEN_CONFIRM,
+            ConnState::Established => subcode::fsm::UNEXPECTED_IN_ESTABLISHED,
         }
     }
 }
@@ -561,6 +468,8 @@ struct Conn {
     id: ConnId,
     dir: Direction,
     state: ConnState,
+    /// The OPEN we sent on it.
+    our_open: Open,
     /// The peer's OPEN, from OpenConfirm on.
     peer_open: Option<Open>,
     /// The negotiated hold time (the large OPEN value in OpenSent), `None` when 0.
@@ -700,7 +609,7 @@ impl Session {
             }
             Input::Received(id, msg) => {
                 if let Some(i) = self.conn_index(id) {
-                    self.received.count(message_type(&msg), 1);
+                    self.received.count(msg.kind(), 1);
                     self.received_msg(i, msg, now, &mut out);
                 }
             }
@@ -747,7 +656,7 @@ impl Session {
     }
 
     fn send(&mut self, id: ConnId, msg: Message, out: &mut Vec<Output>) {
-        self.sent.count(message_type(&msg), 1);
+        self.sent.count(msg.kind(), 1);
         out.push(Output::Send(id, msg));
     }
 
@@ -800,11 +709,7 @@ impl Session {
                         // HoldTimer_Expires (Event 10), the local system: sends a
                         // NOTIFICATION message with the error code Hold Timer Expired, ...
                         // drops the TCP connection".
-                        let n = Notification {
-                            code: ErrorCode::HoldTimerExpired,
-                            subcode: 0,
-                            data: Vec::new(),
-                        };
+                        let n = Notification::hold_timer_expired();
                         self.end_conn(
                             i,
                             Ending {
@@ -884,11 +789,7 @@ impl Session {
         self.started = false;
         self.connecting = false;
         self.retry_at = None;
-        let cease = Notification {
-            code: ErrorCode::Cease,
-            subcode: subcode::CEASE_ADMINISTRATIVE_SHUTDOWN,
-            data: Vec::new(),
-        };
+        let cease = Notification::cease(subcode::cease::ADMINISTRATIVE_SHUTDOWN);
         while !self.conns.is_empty() {
             self.end_conn(
                 0,
@@ -940,11 +841,7 @@ impl Session {
             if dir == Direction::Outgoing || self.helper_for(est).is_none() {
                 // §6.8: "a connection collision with an existing BGP connection that is in
                 // the Established state causes closing of the newly created connection."
-                let n = Notification {
-                    code: ErrorCode::Cease,
-                    subcode: subcode::CEASE_CONNECTION_COLLISION,
-                    data: Vec::new(),
-                };
+                let n = Notification::cease(subcode::cease::CONNECTION_COLLISION_RESOLUTION);
                 self.send(id, Message::Notification(n), out);
                 out.push(Output::Close(id));
                 return;
@@ -967,10 +864,12 @@ impl Session {
         // HoldTimer to a large value, and changes its state to OpenSent."
         self.retry_at = None;
         let hold = Duration::from_secs(u64::from(self.config.open_hold_time));
+        let open = open::ours(&self.config, self.restarting);
         self.conns.push(Conn {
             id,
             dir,
             state: ConnState::OpenSent,
+            our_open: open.clone(),
             peer_open: None,
             hold_time: Some(hold),
             hold_deadline: Some(now + hold),
@@ -978,7 +877,6 @@ impl Session {
             keepalive_deadline: None,
             established: None,
         });
-        let open = open::ours(&self.config, self.restarting);
         self.send(id, Message::Open(open), out);
     }
 
@@ -1073,11 +971,11 @@ impl Session {
         // Unexpected Message in OpenSent State'. The Data field is a 1-octet, unsigned
         // integer that indicates the type of the unexpected message." (Likewise for
         // OpenConfirm and Established.)
-        let n = Notification {
-            code: ErrorCode::FsmError,
-            subcode: self.conns[i].state.unexpected_subcode(),
-            data: vec![message_type(msg) as u8],
-        };
+        let n = Notification::new(
+            ErrorCode::FsmError,
+            self.conns[i].state.unexpected_subcode(),
+            vec![msg.kind() as u8],
+        );
         self.end_conn(
             i,
             Ending {
@@ -1278,11 +1176,7 @@ impl Session {
     /// Code Cease", RFC 4486 subcode "Connection Collision Resolution". Not an error of the
     /// session: the other connection goes on.
     fn collision_close(&mut self, i: usize, now: Instant, out: &mut Vec<Output>) {
-        let n = Notification {
-            code: ErrorCode::Cease,
-            subcode: subcode::CEASE_CONNECTION_COLLISION,
-            data: Vec::new(),
-        };
+        let n = Notification::cease(subcode::cease::CONNECTION_COLLISION_RESOLUTION);
         self.end_conn(
             i,
             Ending {
@@ -1304,7 +1198,7 @@ impl Session {
         let est = Established {
             conn: c.id,
             direction: c.dir,
-            negotiated: open::negotiate(&self.config, &open),
+            negotiated: Negotiated::new(&c.our_open, &open),
             hold_time: c.hold_time.map_or(0, |h| h.as_secs() as u16),
             keepalive: c.keepalive,
             internal: self.config.internal(),

@@ -5,12 +5,13 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use crate::packet::notification::VERSION_DATA;
 use crate::packet::{
-    Capability, ErrorCode, Family, GracefulRestart, GracefulRestartFamily, Negotiated,
-    Notification, Open, AS_TRANS, BGP_VERSION,
+    subcode, Capability, ErrorCode, GracefulRestart, GracefulRestartFamily, Notification, Open,
+    AS_TRANS, BGP_VERSION,
 };
 
-use super::{subcode, SessionConfig};
+use super::SessionConfig;
 
 /// The OPEN this speaker sends on every connection of the session.
 pub(super) fn ours(config: &SessionConfig, restarting: bool) -> Open {
@@ -61,11 +62,7 @@ pub(super) fn ours(config: &SessionConfig, restarting: bool) -> Open {
 }
 
 fn open_error(sub: u8, data: Vec<u8>) -> Notification {
-    Notification {
-        code: ErrorCode::OpenMessage,
-        subcode: sub,
-        data,
-    }
+    Notification::new(ErrorCode::OpenMessage, sub, data)
 }
 
 /// RFC 4271 §6.2 OPEN message error handling, with RFC 6286 for the identifier. `Err` is the
@@ -77,71 +74,32 @@ pub(super) fn check(config: &SessionConfig, open: &Open) -> Result<(), Notificat
         // Data field is a 2-octet unsigned integer, which indicates the largest, locally-
         // supported version number less than the version the remote BGP peer bid".
         return Err(open_error(
-            subcode::UNSUPPORTED_VERSION,
-            u16::from(BGP_VERSION).to_be_bytes().to_vec(),
+            subcode::open::UNSUPPORTED_VERSION,
+            VERSION_DATA.to_vec(),
         ));
     }
     if open.asn() != config.peer_as {
         // §6.2: "If the Autonomous System field of the OPEN message is unacceptable, then the
         // Error Subcode MUST be set to Bad Peer AS."
-        return Err(open_error(subcode::BAD_PEER_AS, Vec::new()));
+        return Err(open_error(subcode::open::BAD_PEER_AS, Vec::new()));
     }
     // RFC 6286 §2.2: "If the BGP Identifier field of the OPEN message is zero, or if it is
     // the same as the BGP Identifier of the local BGP speaker and the message is from an
     // internal peer, then the Error Subcode is set to 'Bad BGP Identifier'."
     let internal = config.peer_as == config.local_as;
     if open.router_id == Ipv4Addr::UNSPECIFIED || (internal && open.router_id == config.router_id) {
-        return Err(open_error(subcode::BAD_BGP_IDENTIFIER, Vec::new()));
+        return Err(open_error(subcode::open::BAD_BGP_IDENTIFIER, Vec::new()));
     }
     // §6.2: "If the Hold Time field of the OPEN message is unacceptable, then the Error
     // Subcode MUST be set to Unacceptable Hold Time. An implementation MUST reject Hold Time
     // values of one or two seconds."
     if open.hold_time == 1 || open.hold_time == 2 {
-        return Err(open_error(subcode::UNACCEPTABLE_HOLD_TIME, Vec::new()));
+        return Err(open_error(
+            subcode::open::UNACCEPTABLE_HOLD_TIME,
+            Vec::new(),
+        ));
     }
     Ok(())
-}
-
-/// The families the peer's OPEN announces with the multiprotocol capability; IPv4 unicast
-/// when it sends none (a speaker without RFC 4760 carries only what RFC 4271 defines: IPv4
-/// unicast in the UPDATE body).
-fn peer_families(open: &Open) -> Vec<Family> {
-    let mp: Vec<Family> = open
-        .capabilities
-        .iter()
-        .filter_map(|c| match c {
-            Capability::Multiprotocol(f) => Some(*f),
-            _ => None,
-        })
-        .collect();
-    if mp.is_empty() {
-        vec![Family::IPV4_UNICAST]
-    } else {
-        mp
-    }
-}
-
-/// What both OPENs allow: the codec's [`Negotiated`]. This speaker always sends the
-/// four-octet AS capability and a multiprotocol capability per configured family.
-pub(super) fn negotiate(config: &SessionConfig, peer: &Open) -> Negotiated {
-    let theirs = peer_families(peer);
-    Negotiated {
-        // RFC 6793 §3: four-octet AS numbers are used when "both the speaker and its peer
-        // have advertised" the capability; ours is always sent.
-        four_octet_as: peer
-            .capabilities
-            .iter()
-            .any(|c| matches!(c, Capability::FourOctetAs(_))),
-        // RFC 4760 §8: a family is usable once both ends advertised it.
-        families: config
-            .families
-            .iter()
-            .filter(|f| theirs.contains(f))
-            .copied()
-            .collect(),
-        // RFC 4271 §3: an internal peer is in our AS.
-        ibgp: config.internal(),
-    }
 }
 
 /// The peer's graceful restart capability, if it sent one.

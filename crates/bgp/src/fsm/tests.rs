@@ -704,7 +704,7 @@ fn notification_in_open_sent_closes_without_answer() {
     assert_eq!(t.s.state(), State::Active);
     assert_eq!(
         t.s.status().last_error.unwrap().1.to_string(),
-        "NOTIFICATION 2/2 bad peer AS received"
+        "NOTIFICATION OPEN Message Error / Bad Peer AS (2/2) received"
     );
 }
 
@@ -725,7 +725,7 @@ fn notification_in_established_goes_down_without_stale_routes() {
     );
     assert_eq!(
         Reason::NotificationReceived(n).to_string(),
-        "NOTIFICATION 6/2 cease: administrative shutdown received"
+        "NOTIFICATION Cease / Administrative Shutdown (6/2) received"
     );
 }
 

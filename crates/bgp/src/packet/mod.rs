@@ -127,6 +127,19 @@ pub enum MessageType {
     RouteRefresh = 5,
 }
 
+impl Message {
+    /// Its type octet (RFC 4271 §4.1), e.g. for RFC 6608's FSM error data.
+    pub fn kind(&self) -> MessageType {
+        match self {
+            Message::Open(_) => MessageType::Open,
+            Message::Update(_) => MessageType::Update,
+            Message::Notification(_) => MessageType::Notification,
+            Message::Keepalive => MessageType::Keepalive,
+            Message::RouteRefresh(_) => MessageType::RouteRefresh,
+        }
+    }
+}
+
 /// RFC 4271 §4.2 OPEN, with its optional parameters decoded as capabilities (RFC 5492).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Open {

@@ -201,6 +201,15 @@ impl Notification {
             }
             (ErrorCode::UpdateMessage, update::INVALID_NETWORK_FIELD) => "Invalid Network Field",
             (ErrorCode::UpdateMessage, update::MALFORMED_AS_PATH) => "Malformed AS_PATH",
+            (ErrorCode::FsmError, fsm::UNEXPECTED_IN_OPEN_SENT) => {
+                "Receive Unexpected Message in OpenSent State"
+            }
+            (ErrorCode::FsmError, fsm::UNEXPECTED_IN_OPEN_CONFIRM) => {
+                "Receive Unexpected Message in OpenConfirm State"
+            }
+            (ErrorCode::FsmError, fsm::UNEXPECTED_IN_ESTABLISHED) => {
+                "Receive Unexpected Message in Established State"
+            }
             (ErrorCode::Cease, cease::MAXIMUM_PREFIXES_REACHED) => {
                 "Maximum Number of Prefixes Reached"
             }
