@@ -309,6 +309,9 @@ trait Prefix: Copy + Eq + Hash + Ord + std::fmt::Debug + Into<IpNet> {
     fn adj_out(peer: &mut PeerState) -> &mut HashMap<Self, Arc<Attrs>>;
     /// Point `attrs` at our address on `session`; false when there is none for the family.
     fn set_next_hop_self(attrs: &mut Attrs, session: &PeerSession) -> bool;
+    /// Make a passed-on next hop fit to send: true when the family's next hop is there in
+    /// the form the encoder writes it.
+    fn sendable_next_hop(attrs: &mut Attrs) -> bool;
 }
 
 impl Prefix for Ipv4Net {
@@ -329,6 +332,11 @@ impl Prefix for Ipv4Net {
             None => false,
         }
     }
+    fn sendable_next_hop(attrs: &mut Attrs) -> bool {
+        // RFC 4271 §5.1.3: IPv4 NLRI in the UPDATE body carry NEXT_HOP. (An IPv4 route with
+        // an IPv6 next hop, RFC 8950, is not sent on.)
+        attrs.next_hop.is_some()
+    }
 }
 
 impl Prefix for Ipv6Net {
@@ -348,6 +356,16 @@ impl Prefix for Ipv6Net {
             }
             None => false,
         }
+    }
+    fn sendable_next_hop(attrs: &mut Attrs) -> bool {
+        // RFC 2545 §3: "The link-local address shall be included in the Next Hop field if
+        // and only if the BGP speaker shares a common subnet with the entity identified by
+        // the global IPv6 address carried in the Network Address of Next Hop field and the
+        // peer the route is being advertised to." The RIB cannot know that of a next hop it
+        // passes on, so only the global address goes.
+        attrs.mp_next_hop.truncate(1);
+        attrs.next_hop = None;
+        matches!(attrs.mp_next_hop.first(), Some(IpAddr::V6(_)))
     }
 }
 
@@ -1216,7 +1234,9 @@ impl Ctx {
         {
             return None;
         }
-        forward_next_hop(&a)?;
+        if !P::sendable_next_hop(&mut a) {
+            return None;
+        }
         Some(self.interner.intern(a))
     }
 

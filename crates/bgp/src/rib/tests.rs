@@ -956,7 +956,8 @@ fn ipv6_routes_via_mp_reach_and_mp_unreach() {
     // The session is IPv4: no IPv6 address of ours to give eBGP E2 as next hop.
     assert!(sent(&c, E2).is_none());
     let i = &announced(&c, I3)[0].1;
-    assert_eq!(i.mp_next_hop, vec![ip("2001:db8::11"), ip("fe80::11")]);
+    // Passed on without the link-local next hop (RFC 2545 §3).
+    assert_eq!(i.mp_next_hop, vec![ip("2001:db8::11")]);
     assert_eq!(i.next_hop, None);
     // A peer on an IPv6 session gets our IPv6 address.
     let mut cfg = PeerConfig::new(65009, ip("2001:db8::9"));
