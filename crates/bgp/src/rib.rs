@@ -1426,7 +1426,7 @@ fn change<P: Prefix>(rib: &mut Rib, prefix: P, edit: Edit, batch: &mut Batch) {
 fn edit_all<P: Prefix>(rib: &mut Rib, edit: &Edit, batch: &mut Batch) {
     let (table, _) = P::table(rib);
     let source = edit.source();
-    let prefixes: Vec<P> = table
+    let mut prefixes: Vec<P> = table
         .iter()
         .filter(|(_, paths)| {
             paths
@@ -1436,6 +1436,8 @@ fn edit_all<P: Prefix>(rib: &mut Rib, edit: &Edit, batch: &mut Batch) {
         })
         .map(|(k, _)| *k)
         .collect();
+    // In prefix order, so what is sent does not depend on the hash table.
+    prefixes.sort_unstable();
     for prefix in prefixes {
         change::<P>(rib, prefix, edit.clone(), batch);
     }
