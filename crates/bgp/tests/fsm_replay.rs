@@ -3,19 +3,23 @@
 //!
 //! Each fixture is a test of its own (`replay!` below); `every_fixture_is_replayed` fails when
 //! a fixture file is not listed, so none is silently skipped.
+//!
+//! `recorded_sessions` replays the captured BIRD/FRR sessions of `tests/vectors/` too: the
+//! session plays one router and is fed, decoded, every message the other one sent.
 
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use twill_bgp::fsm::Reason;
 use twill_bgp::fsm::{
     ConnId, Direction, ErrorWait, GracefulRestartConfig, Input, Output, Session, SessionConfig,
     State,
 };
 use twill_bgp::packet::{
-    Afi, Capability, ErrorCode, Family, GracefulRestart, GracefulRestartFamily, Message,
-    Notification, Open, RouteRefresh, Safi, Update,
+    self, Afi, Capability, ErrorCode, Family, GracefulRestart, GracefulRestartFamily, Message,
+    Negotiated, Notification, Open, RouteRefresh, Safi, Update,
 };
 
 fn fixture_dir() -> PathBuf {
@@ -682,4 +686,284 @@ fn the_harness_reports_mismatches() {
             "t:4: state Connect, want Idle".to_string()
         ]
     );
+}
+
+// ---- the captured sessions of tests/vectors ----
+
+/// One captured TCP session: its negotiated context and every message with its sender.
+struct Capture {
+    name: String,
+    negotiated: Negotiated,
+    messages: Vec<(String, Message)>,
+}
+
+fn load_capture(path: &Path) -> Capture {
+    let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let mut four_octet_as = None;
+    let mut families = None;
+    let mut raw = Vec::new();
+    for line in text.lines() {
+        if let Some(ctx) = line.strip_prefix("#!") {
+            let (k, v) = ctx.split_once(':').expect("#! key: value");
+            match k.trim() {
+                "four-octet-as" => four_octet_as = Some(v.trim() == "yes"),
+                "families" => {
+                    families = Some(
+                        v.split(',')
+                            .map(|f| match f.trim() {
+                                "ipv4-unicast" => Family::IPV4_UNICAST,
+                                "ipv6-unicast" => Family::IPV6_UNICAST,
+                                other => panic!("{name}: family {other:?}"),
+                            })
+                            .collect::<Vec<_>>(),
+                    )
+                }
+                other => panic!("{name}: context {other:?}"),
+            }
+            continue;
+        }
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let (bytes, comment) = line.split_once('#').expect("hex  # from NAME ...");
+        let sender = comment
+            .trim()
+            .strip_prefix("from ")
+            .and_then(|c| c.split_whitespace().next())
+            .unwrap_or_else(|| panic!("{name}: no sender in {comment:?}"))
+            .to_string();
+        raw.push((sender, unhex(bytes.trim()).unwrap()));
+    }
+    let negotiated = Negotiated {
+        four_octet_as: four_octet_as.expect("four-octet-as context"),
+        families: families.expect("families context"),
+        ibgp: false, // set from the OPENs below
+    };
+    // OPENs first (they do not depend on the context), then the rest with it.
+    let opens: Vec<Open> = raw
+        .iter()
+        .filter_map(|(_, b)| match packet::decode(b, &negotiated) {
+            Ok(Message::Open(o)) => Some(o),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(opens.len(), 2, "{name}: one OPEN from each side");
+    let negotiated = Negotiated {
+        ibgp: opens[0].asn() == opens[1].asn(),
+        ..negotiated
+    };
+    let messages = raw
+        .into_iter()
+        .map(|(sender, b)| {
+            let m = packet::decode(&b, &negotiated)
+                .unwrap_or_else(|n| panic!("{name}: {sender}'s message does not decode: {n}"));
+            (sender, m)
+        })
+        .collect();
+    Capture {
+        name,
+        negotiated,
+        messages,
+    }
+}
+
+/// The configuration that makes a session send what `played` sent, towards `peer`.
+fn config_like(played: &Open, peer: &Open) -> SessionConfig {
+    let mut c = SessionConfig::new(played.asn(), peer.asn(), played.router_id);
+    c.hold_time = played.hold_time;
+    c.families = played
+        .capabilities
+        .iter()
+        .filter_map(|cap| match cap {
+            Capability::Multiprotocol(f) => Some(*f),
+            _ => None,
+        })
+        .collect();
+    c.route_refresh = played.capabilities.contains(&Capability::RouteRefresh);
+    c.graceful_restart = played.capabilities.iter().find_map(|cap| match cap {
+        Capability::GracefulRestart(gr) => Some(GracefulRestartConfig {
+            restart_time: gr.restart_time,
+            restarting: gr.restarting,
+            forwarding_preserved: gr.families.iter().any(|f| f.forwarding_preserved),
+        }),
+        _ => None,
+    });
+    c
+}
+
+/// The capabilities Twill acts on, in a stable order (the routers order theirs freely and
+/// add ones Twill does not know).
+fn known_caps(o: &Open) -> Vec<String> {
+    let mut caps: Vec<String> = o
+        .capabilities
+        .iter()
+        .filter(|c| !matches!(c, Capability::Unknown { .. }))
+        .map(render_capability)
+        .collect();
+    caps.sort();
+    caps
+}
+
+/// Plays `played` of `capture` against the recorded messages of the other side.
+fn replay_capture(capture: &Capture, played: &str) -> Result<(), String> {
+    let name = &capture.name;
+    let open_of = |who: &str, pick: bool| {
+        capture.messages.iter().find_map(|(s, m)| match m {
+            Message::Open(o) if (s == who) == pick => Some(o.clone()),
+            _ => None,
+        })
+    };
+    let ours = open_of(played, true).ok_or("no OPEN from the played side")?;
+    let theirs = open_of(played, false).ok_or("no OPEN from the peer")?;
+    let config = config_like(&ours, &theirs);
+    let base = Instant::now();
+    let mut s = Session::new(config.clone(), base).map_err(|e| e.to_string())?;
+    let c1 = ConnId(1);
+    let mut t = 0.0;
+    let mut step = |s: &mut Session, input: Input| {
+        t += 0.05;
+        s.handle(input, base + Duration::from_secs_f64(t))
+    };
+    if step(&mut s, Input::Start) != vec![Output::Connect] {
+        return Err("Start does not connect".into());
+    }
+    let out = step(&mut s, Input::Connected(c1, Direction::Outgoing));
+    let [Output::Send(_, Message::Open(sent))] = out.as_slice() else {
+        return Err(format!("no OPEN on connect: {out:?}"));
+    };
+    // Our OPEN is the played router's, but for what Twill does not know.
+    if (sent.my_as, sent.hold_time, sent.router_id, known_caps(sent))
+        != (
+            ours.my_as,
+            ours.hold_time,
+            ours.router_id,
+            known_caps(&ours),
+        )
+    {
+        return Err(format!(
+            "{name}: our OPEN {}\n  differs from {played}'s {}",
+            render_message(&Message::Open(sent.clone())),
+            render_message(&Message::Open(ours))
+        ));
+    }
+    let mut established = None;
+    let mut notified = false;
+    for (i, (sender, m)) in capture.messages.iter().enumerate() {
+        if sender == played {
+            continue;
+        }
+        let want: Vec<Output> = match m {
+            Message::Open(_) => vec![Output::Send(c1, Message::Keepalive)],
+            // The first KEEPALIVE establishes (checked below); later ones say nothing.
+            Message::Keepalive => Vec::new(),
+            Message::Update(u) => vec![Output::Routes(u.clone())],
+            Message::RouteRefresh(r) => vec![Output::RefreshRequested(r.family)],
+            Message::Notification(n) => {
+                notified = true;
+                vec![
+                    Output::Close(c1),
+                    Output::Down {
+                        reason: Reason::NotificationReceived(n.clone()),
+                        keep_stale: None,
+                        stale_families: Vec::new(),
+                    },
+                ]
+            }
+        };
+        let out = step(&mut s, Input::Received(c1, m.clone()));
+        if established.is_none() && matches!(m, Message::Keepalive) {
+            match out.as_slice() {
+                [Output::Established(e)] => established = Some(e.clone()),
+                other => {
+                    return Err(format!(
+                        "message {i}: KEEPALIVE did not establish: {other:?}"
+                    ))
+                }
+            }
+            continue;
+        }
+        if out != want {
+            return Err(format!(
+                "message {i} ({}):\n   want: {:?}\n    got: {:?}",
+                render_message(m),
+                want.iter().map(render_output).collect::<Vec<_>>(),
+                out.iter().map(render_output).collect::<Vec<_>>()
+            ));
+        }
+        if notified {
+            break;
+        }
+    }
+    let e = established.ok_or("never established")?;
+    // What the FSM negotiated is what the routers did (the capture's context).
+    if e.negotiated != capture.negotiated {
+        return Err(format!(
+            "negotiated {:?}, the routers {:?}",
+            e.negotiated, capture.negotiated
+        ));
+    }
+    if !notified {
+        // The capture ends with the session up: a reset keeps the routes stale when both
+        // routers advertised graceful restart with families.
+        let stale = match (&config.graceful_restart, &e.peer_graceful_restart) {
+            (Some(_), Some(gr)) if !gr.families.is_empty() && gr.restart_time > 0 => Some((
+                Duration::from_secs(gr.restart_time.into()),
+                gr.families.iter().map(|f| f.family).collect::<Vec<_>>(),
+            )),
+            _ => None,
+        };
+        let want = vec![Output::Down {
+            reason: Reason::ConnectionClosed,
+            keep_stale: stale.as_ref().map(|s| s.0),
+            stale_families: stale.map(|s| s.1).unwrap_or_default(),
+        }];
+        let out = step(&mut s, Input::Closed(c1));
+        if out != want {
+            return Err(format!("reset: want {want:?}, got {out:?}"));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn recorded_sessions() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("tests/vectors exists")
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "txt"))
+        .collect();
+    paths.sort();
+    assert!(
+        paths.len() >= 8,
+        "the captured sessions are missing from {}",
+        dir.display()
+    );
+    let mut errors = Vec::new();
+    let mut played = 0;
+    for path in &paths {
+        let capture = load_capture(path);
+        let mut senders: Vec<&str> = capture.messages.iter().map(|(s, _)| s.as_str()).collect();
+        senders.sort();
+        senders.dedup();
+        for side in senders {
+            // Twill always offers four-octet AS numbers: a router that did not (BIRD with
+            // "enable as4 off") cannot be played.
+            let sent_as4 = capture.messages.iter().any(|(s, m)| {
+                s == side
+                    && matches!(m, Message::Open(o)
+                        if o.capabilities.iter().any(|c| matches!(c, Capability::FourOctetAs(_))))
+            });
+            if !sent_as4 {
+                continue;
+            }
+            played += 1;
+            if let Err(e) = replay_capture(&capture, side) {
+                errors.push(format!("{} as {side}: {e}", capture.name));
+            }
+        }
+    }
+    assert!(errors.is_empty(), "\n{}\n", errors.join("\n\n"));
+    assert!(played >= 15, "only {played} sides played");
 }
