@@ -1351,3 +1351,96 @@ fn start_after_stop_forgets_the_error_wait() {
     t.run(2.0, Input::Closed(C2));
     assert_eq!(t.s.status().error_wait, Some(Duration::from_secs(10)));
 }
+
+// ---- the transition table: every state against every event ----
+
+/// A setup that leaves the session in one state at t = 0, its connection (if any) C1.
+type Setup = fn(&mut T);
+/// The setup and its state's name, an input at a time, the outputs and the next state.
+type Row = (Setup, &'static str, f64, Input, Vec<Output>, State);
+
+fn in_idle(_: &mut T) {}
+fn in_connect(t: &mut T) {
+    t.run(0.0, Input::Start);
+}
+fn in_active(t: &mut T) {
+    t.run(0.0, Input::Start);
+    t.run(0.0, Input::ConnectFailed);
+}
+
+#[test]
+fn transition_table() {
+    use Input as I;
+    use Output as O;
+    let open = || Message::Open(peer_open(90));
+    let upd = || Message::Update(Box::default());
+    let notif = || notification(ErrorCode::Cease, 3, vec![]);
+    let nsend = |n: Notification| O::Send(C1, Message::Notification(n));
+    let fsm = |sub, ty| notification(ErrorCode::FsmError, sub, vec![ty]);
+    let decode_err = || notification(ErrorCode::UpdateMessage, 1, vec![]);
+    let our_open = |id| O::Send(id, Message::Open(open::ours(&config(), false)));
+    let stopped = cease(2);
+    #[rustfmt::skip]
+    let table: Vec<Row> = vec![
+        (in_idle, "Idle", 5.0, I::Start, vec![O::Connect], State::Connect),
+        (in_idle, "Idle", 5.0, I::Stop, vec![], State::Idle),
+        (in_idle, "Idle", 5.0, I::ConnectFailed, vec![], State::Idle),
+        (in_idle, "Idle", 5.0, I::Connected(C2, Direction::Incoming), vec![O::Close(C2)], State::Idle),
+        (in_idle, "Idle", 5.0, I::Closed(C1), vec![], State::Idle),
+        (in_idle, "Idle", 5.0, I::Received(C1, open()), vec![], State::Idle),
+        (in_idle, "Idle", 1e6, I::Tick, vec![], State::Idle),
+
+        (in_connect, "Connect", 5.0, I::Start, vec![], State::Connect),
+        (in_connect, "Connect", 5.0, I::Stop, vec![], State::Idle),
+        (in_connect, "Connect", 5.0, I::ConnectFailed, vec![], State::Active),
+        (in_connect, "Connect", 5.0, I::Connected(C1, Direction::Outgoing), vec![our_open(C1)], State::OpenSent),
+        (in_connect, "Connect", 5.0, I::Connected(C2, Direction::Incoming), vec![our_open(C2)], State::OpenSent),
+        (in_connect, "Connect", 30.0, I::Tick, vec![O::Connect], State::Connect),
+
+        (in_active, "Active", 5.0, I::Start, vec![], State::Active),
+        (in_active, "Active", 5.0, I::Stop, vec![], State::Idle),
+        (in_active, "Active", 5.0, I::Connected(C2, Direction::Incoming), vec![our_open(C2)], State::OpenSent),
+        (in_active, "Active", 30.0, I::Tick, vec![O::Connect], State::Connect),
+
+        (to_open_sent, "OpenSent", 5.0, I::Start, vec![], State::OpenSent),
+        (to_open_sent, "OpenSent", 5.0, I::Stop, vec![nsend(stopped.clone()), O::Close(C1)], State::Idle),
+        (to_open_sent, "OpenSent", 5.0, I::Closed(C1), vec![], State::Active),
+        (to_open_sent, "OpenSent", 5.0, I::Received(C1, open()), vec![O::Send(C1, Message::Keepalive)], State::OpenConfirm),
+        (to_open_sent, "OpenSent", 5.0, I::Received(C1, Message::Keepalive), vec![nsend(fsm(1, 4)), O::Close(C1)], State::Active),
+        (to_open_sent, "OpenSent", 5.0, I::Received(C1, upd()), vec![nsend(fsm(1, 2)), O::Close(C1)], State::Active),
+        (to_open_sent, "OpenSent", 5.0, I::Received(C1, Message::Notification(notif())), vec![O::Close(C1)], State::Active),
+        (to_open_sent, "OpenSent", 5.0, I::DecodeError(C1, decode_err()), vec![nsend(decode_err()), O::Close(C1)], State::Active),
+        (to_open_sent, "OpenSent", 240.0, I::Tick, vec![nsend(Notification::hold_timer_expired()), O::Close(C1)], State::Active),
+
+        (to_open_confirm, "OpenConfirm", 5.0, I::Stop, vec![nsend(stopped.clone()), O::Close(C1)], State::Idle),
+        (to_open_confirm, "OpenConfirm", 5.0, I::Closed(C1), vec![], State::Active),
+        (to_open_confirm, "OpenConfirm", 5.0, I::Received(C1, open()), vec![nsend(fsm(2, 1)), O::Close(C1)], State::Active),
+        (to_open_confirm, "OpenConfirm", 5.0, I::Received(C1, upd()), vec![nsend(fsm(2, 2)), O::Close(C1)], State::Active),
+        (to_open_confirm, "OpenConfirm", 5.0, I::Received(C1, Message::Notification(notif())), vec![O::Close(C1)], State::Active),
+        (to_open_confirm, "OpenConfirm", 5.0, I::DecodeError(C1, decode_err()), vec![nsend(decode_err()), O::Close(C1)], State::Active),
+        (to_open_confirm, "OpenConfirm", 30.0, I::Tick, vec![O::Send(C1, Message::Keepalive)], State::OpenConfirm),
+        (to_open_confirm, "OpenConfirm", 90.0, I::Tick, vec![O::Send(C1, Message::Keepalive), nsend(Notification::hold_timer_expired()), O::Close(C1)], State::Active),
+
+        (to_established, "Established", 5.0, I::Start, vec![], State::Established),
+        (to_established, "Established", 5.0, I::Stop, vec![nsend(stopped), O::Close(C1), down(Reason::Stopped)], State::Idle),
+        (to_established, "Established", 5.0, I::Closed(C1), vec![down(Reason::ConnectionClosed)], State::Active),
+        (to_established, "Established", 5.0, I::Received(C1, Message::Keepalive), vec![], State::Established),
+        (to_established, "Established", 5.0, I::Received(C1, upd()), vec![O::Routes(Box::default())], State::Established),
+        (to_established, "Established", 5.0, I::Received(C1, Message::RouteRefresh(RouteRefresh { family: Family::IPV4_UNICAST })), vec![O::RefreshRequested(Family::IPV4_UNICAST)], State::Established),
+        (to_established, "Established", 5.0, I::Received(C1, open()), vec![nsend(fsm(3, 1)), O::Close(C1), down(Reason::NotificationSent(fsm(3, 1)))], State::Active),
+        (to_established, "Established", 5.0, I::Received(C1, Message::Notification(notif())), vec![O::Close(C1), down(Reason::NotificationReceived(notif()))], State::Active),
+        (to_established, "Established", 5.0, I::DecodeError(C1, decode_err()), vec![nsend(decode_err()), O::Close(C1), down(Reason::NotificationSent(decode_err()))], State::Active),
+        (to_established, "Established", 5.0, I::Connected(C2, Direction::Incoming), vec![O::Send(C2, Message::Notification(cease(7))), O::Close(C2)], State::Established),
+        (to_established, "Established", 30.0, I::Tick, vec![O::Send(C1, Message::Keepalive)], State::Established),
+        (to_established, "Established", 90.0, I::Tick, vec![O::Send(C1, Message::Keepalive), nsend(Notification::hold_timer_expired()), O::Close(C1), down(Reason::HoldTimerExpired)], State::Active),
+    ];
+    // OpenConfirm + KEEPALIVE -> Established is keepalive_in_open_confirm_establishes.
+    for (setup, name, at, input, want, next) in table {
+        let mut t = T::new(config());
+        setup(&mut t);
+        let label = format!("{name} + {input:?} at {at}");
+        let got = t.run(at, input);
+        assert_eq!(got, want, "{label}");
+        assert_eq!(t.s.state(), next, "{label}");
+    }
+}
