@@ -31,7 +31,7 @@
 //! | Withdrawn Routes or NLRI prefix length > 32, or a prefix overruns the field | session reset (§3 i, §5.3, §3 j) | 3/10 |
 //! | attribute header or value overruns the attribute list | treat-as-withdraw, NLRI found by the Total Path Attribute Length (§4) | 3/1 |
 //! | O/T flags of a known attribute wrong | treat-as-withdraw (§3 c) | 3/4 |
-//! | unknown attribute with the Optional bit clear | treat-as-withdraw (as BIRD; §3 c) | 3/2 |
+//! | unknown attribute with the Optional bit clear | session reset (RFC 4271 §6.3, not revised by RFC 7606; BIRD withdraws) | 3/2 with the attribute |
 //! | ORIGIN, AS_PATH, NEXT_HOP, MED malformed | treat-as-withdraw (§7.1–§7.4) | 3/5, 3/6, 3/11, 3/8 |
 //! | LOCAL_PREF, ORIGINATOR_ID, CLUSTER_LIST from an eBGP peer | attribute discard (§7.5, §7.9, §7.10) | – |
 //! | LOCAL_PREF, ORIGINATOR_ID, CLUSTER_LIST malformed from an iBGP peer | treat-as-withdraw | 3/5, 3/9 |
@@ -202,6 +202,9 @@ struct Walk {
     seen: [u64; 4],
     /// Any attribute other than MP_UNREACH_NLRI (RFC 7606 §5.2), or an unparsable list.
     other_than_unreach: bool,
+    /// The list could not be walked to its end (RFC 7606 §4): attributes after the break are
+    /// unknown, so none is reported missing.
+    broken: bool,
     errors: Vec<AttrError>,
     /// The NOTIFICATION subcode and data of the first error stronger than attribute discard,
     /// in case RFC 7606 §5.2 turns the UPDATE into a session reset.
@@ -281,12 +284,10 @@ pub(crate) fn decode(body: &[u8], neg: &Negotiated) -> Result<Update, Notificati
         // UPDATE message, then "treat-as-withdraw" MUST be used. (Note that [RFC4760]
         // reclassifies NEXT_HOP as what is effectively discretionary.)" NEXT_HOP is required
         // when there are IPv4 NLRI in the body (RFC 4271 §5.1.3).
-        let mut missing = vec![code::ORIGIN, code::AS_PATH];
-        if !update.nlri.is_empty() {
-            missing.push(code::NEXT_HOP);
-        }
-        for c in missing {
-            if !w.was_seen(c) {
+        // (After a framing error the attributes past it are unknown, not missing.)
+        let v4 = !update.nlri.is_empty();
+        for c in [code::ORIGIN, code::AS_PATH, code::NEXT_HOP] {
+            if !w.broken && (c != code::NEXT_HOP || v4) && !w.was_seen(c) {
                 w.record(
                     c,
                     Malformed::withdraw(
@@ -547,6 +548,7 @@ fn walk_attributes(bytes: &[u8], neg: &Negotiated, w: &mut Walk) -> Result<(), N
 
 fn framing_error(w: &mut Walk, reason: String, rest: &[u8]) {
     w.other_than_unreach = true;
+    w.broken = true;
     w.record(
         0,
         Malformed::withdraw(sub::MALFORMED_ATTRIBUTE_LIST, reason),
@@ -756,12 +758,13 @@ fn one_attribute(
 /// An attribute Twill does not interpret.
 fn unknown_attribute(flags: u8, code: u8, v: &[u8], w: &mut Walk) -> Result<(), Malformed> {
     if flags & flag::OPTIONAL == 0 {
-        // RFC 4271 §6.3 makes an unrecognized well-known attribute a 3/2 reset. RFC 7606 §3 c
-        // treats O/T bits that conflict with an attribute's definition as treat-as-withdraw,
-        // and every well-known attribute is known to every speaker, so one Twill does not
-        // know is such a conflict. BIRD does the same ("Unknown attribute (code 99) -
-        // conflicting flags (40)", withdraw, no NOTIFICATION).
-        return Err(Malformed::withdraw(
+        // RFC 4271 §6.3: "If any of the well-known mandatory attributes are not recognized,
+        // then the Error Subcode MUST be set to Unrecognized Well-known Attribute. The Data
+        // field MUST contain the unrecognized attribute (type, length, and value)." RFC 7606
+        // does not revise this case (its §3 c is about attributes whose flags are specified),
+        // so it stays a session reset. BIRD treats it as withdraw instead ("Unknown
+        // attribute (code 99) - conflicting flags (40)"); the RFC does not allow that here.
+        return Err(Malformed::reset(
             sub::UNRECOGNIZED_WELL_KNOWN_ATTRIBUTE,
             format!("unknown attribute {code} with well-known flags {flags:#04x}"),
         ));
@@ -974,7 +977,9 @@ pub(crate) fn encode(u: &Update, neg: &Negotiated, out: &mut Vec<u8>) -> Result<
         for p in &un.withdrawn {
             put_prefix(out, p);
         }
-        attribute::end(out, at, true)?;
+        // Extended length as BIRD writes it, one octet for the End-of-RIB marker as BIRD
+        // writes that.
+        attribute::end(out, at, un.withdrawn.is_empty())?;
     }
     if let Some(reach) = &u.mp_reach {
         let at = attribute::begin(out, flag::OPTIONAL, code::MP_REACH_NLRI);
@@ -982,7 +987,7 @@ pub(crate) fn encode(u: &Update, neg: &Negotiated, out: &mut Vec<u8>) -> Result<
         for p in &reach.nlri {
             put_prefix(out, p);
         }
-        attribute::end(out, at, true)?;
+        attribute::end(out, at, false)?;
     }
     if let Some(attrs) = &u.attrs {
         attribute::encode_attrs(attrs, neg, true, out)?;
