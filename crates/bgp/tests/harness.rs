@@ -152,3 +152,63 @@ fn a_failing_test_leaves_nothing_behind() {
         assert!(!dir.exists(), "{} left behind", dir.display());
     }
 }
+
+/// The harness's restart, kill and ping pieces on the reference pair: BIRD SIGKILLed with
+/// graceful restart on, FRR (helper) keeps its route stale, and pings riding the routes
+/// keep flowing while BIRD is down; BIRD comes back with `-R`. (Not asserted, seen here:
+/// after BIRD's recovery it drops FRR's route from its own kernel for about 1 s, then puts
+/// it back.) About 8 s.
+#[test]
+fn bird_killed_frr_keeps_its_routes_with_graceful_restart() {
+    gate("bird_killed_frr_keeps_its_routes_with_graceful_restart");
+    let lan = Lan::new("hgr", 2);
+    lan[0].add_loopback_addr("10.244.1.1/32");
+    lan[1].add_loopback_addr("10.244.2.1/32");
+    let bconf = r#"router id 192.0.2.1;
+protocol device { }
+protocol kernel { ipv4 { import none; export where source = RTS_BGP; }; graceful restart; }
+protocol static pods { ipv4; route 10.244.1.0/24 blackhole; }
+protocol bgp peer_b {
+  local 192.0.2.1 as 65001; neighbor 192.0.2.2 as 65002; direct;
+  hold time 9; keepalive time 3; connect retry time 1; connect delay time 0;
+  graceful restart on; graceful restart time 20;
+  ipv4 { import all; export where source = RTS_STATIC; };
+}
+"#;
+    let mut bird = Bird::start(&lan[0], bconf);
+    let fconf = frr_conf(65002, 65001, "x").replace(" neighbor 192.0.2.1 password x\n", "");
+    let fconf = fconf.replace(
+        " no bgp network import-check\n",
+        " no bgp network import-check\n bgp graceful-restart\n",
+    );
+    let frr = Frr::start(&lan[1], &fconf);
+    frr.wait_established("192.0.2.1", T);
+    let has = |i: usize, p: &str, gw: &str| match kernel::route(lan[i].name(), p) {
+        Some(r) if r.gateways == [gw] => Ok(()),
+        other => Err(format!("{p} in node {i}: {other:?}")),
+    };
+    wait::until("both routes in both kernels", T, || {
+        has(0, "10.244.2.0/24", "192.0.2.2")?;
+        has(1, "10.244.1.0/24", "192.0.2.1")
+    });
+    bird.kill();
+    let ping = lan[1].pinger("10.244.2.1", "10.244.1.1", 3);
+    wait::holds_for(
+        "FRR keeps BIRD's route while BIRD is down",
+        Duration::from_secs(3),
+        || has(1, "10.244.1.0/24", "192.0.2.1"),
+    );
+    let (sent, got) = ping.finish();
+    eprintln!("pings while BIRD was down: {got}/{sent}");
+    assert!(sent >= 10, "{sent}");
+    assert_eq!(got, sent, "pings lost while BIRD was down");
+    let n = frr.neighbor("192.0.2.1");
+    assert_ne!(n["bgpState"], "Established", "{n}");
+    bird.restart(&lan[0], bconf, &["-R"]);
+    bird.wait_established("peer_b", T);
+    frr.wait_established("192.0.2.1", T);
+    wait::until("both routes back in both kernels", T, || {
+        has(0, "10.244.2.0/24", "192.0.2.2")?;
+        has(1, "10.244.1.0/24", "192.0.2.1")
+    });
+}

@@ -44,29 +44,38 @@ impl Bird {
     /// line to `bird.log` in its directory is put first; the config holds the rest.
     pub fn start(node: &Node, config: &str) -> Bird {
         let dir = TempDir::new("bird");
+        let ctl = dir.path.join("bird.ctl");
+        let daemon = Bird::spawn(node, &dir, config, &[]);
+        let mut bird = Bird { dir, ctl, daemon };
+        bird.wait_ready();
+        bird
+    }
+
+    /// Starts BIRD again in the same directory (after [`Bird::kill`] or [`Bird::stop`]), on
+    /// `config`, with extra command-line flags (`-R`: graceful restart recovery).
+    pub fn restart(&mut self, node: &Node, config: &str, args: &[&str]) {
+        assert!(!self.daemon.running(), "restart of a running BIRD");
+        let _ = std::fs::remove_file(&self.ctl);
+        self.daemon = Bird::spawn(node, &self.dir, config, args);
+        self.wait_ready();
+    }
+
+    fn spawn(node: &Node, dir: &TempDir, config: &str, args: &[&str]) -> Daemon {
         let conf = dir.path.join("bird.conf");
         let log = dir.path.join("bird.log");
         std::fs::write(&conf, format!("log \"{}\" all;\n{config}", log.display())).unwrap();
         let (ok, out, err) = try_sh(&["bird", "-p", "-c", conf.to_str().unwrap()]);
         assert!(ok, "BIRD rejects the test's config: {out}{err}\n{config}");
         let ctl = dir.path.join("bird.ctl");
-        let daemon = Daemon::spawn(
-            "bird",
-            node.name(),
-            &[
-                "bird",
-                "-f",
-                "-c",
-                conf.to_str().unwrap(),
-                "-s",
-                ctl.to_str().unwrap(),
-                "-P",
-                dir.path.join("bird.pid").to_str().unwrap(),
-            ],
-            &dir.path.join("bird.out"),
-        );
-        let mut bird = Bird { dir, ctl, daemon };
-        let d = &mut bird;
+        let pid = dir.path.join("bird.pid");
+        let mut argv = vec!["bird", "-f", "-c", conf.to_str().unwrap()];
+        argv.extend(["-s", ctl.to_str().unwrap(), "-P", pid.to_str().unwrap()]);
+        argv.extend_from_slice(args);
+        Daemon::spawn("bird", node.name(), &argv, &dir.path.join("bird.out"))
+    }
+
+    fn wait_ready(&mut self) {
+        let d = &mut *self;
         wait::until("BIRD's control socket", Duration::from_secs(10), || {
             d.daemon.assert_running();
             if d.ctl.exists() && d.try_cmd("show status").is_ok() {
@@ -75,7 +84,6 @@ impl Bird {
                 Err("no control socket yet".into())
             }
         });
-        bird
     }
 
     /// `birdc -s CTL ARGS…`, its output, or the error.

@@ -43,6 +43,31 @@ impl Node {
         v["kernel"][counter].as_u64().unwrap_or(0)
     }
 
+    /// Starts `ping -i 0.2` from `from` to `to` for `secs` seconds in the background;
+    /// [`Pinger::finish`] says how many of the replies came back.
+    pub fn pinger(&self, from: &str, to: &str, secs: u32) -> Pinger {
+        let child = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                self.name(),
+                "ping",
+                "-n",
+                "-D",
+                "-O",
+                "-i",
+                "0.2",
+                "-W",
+                "1",
+            ])
+            .args(["-w", &secs.to_string(), "-I", from, to])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run ping");
+        Pinger { child: Some(child) }
+    }
+
     /// One ping from `from` (an address of this node) to `to`: did it come back within 1 s?
     pub fn ping(&self, from: &str, to: &str) -> bool {
         self.try_exec(&["ping", "-n", "-q", "-c", "1", "-W", "1", "-I", from, to])
@@ -181,5 +206,47 @@ impl Drop for Lan {
         // Nodes first (their veths go with them), then the switch.
         self.nodes.clear();
         self.switch.take();
+    }
+}
+
+/// A background `ping`, killed on drop.
+pub struct Pinger {
+    child: Option<std::process::Child>,
+}
+
+impl Pinger {
+    /// Waits for it to end: (sent, received).
+    pub fn finish(mut self) -> (u32, u32) {
+        let out = self
+            .child
+            .take()
+            .unwrap()
+            .wait_with_output()
+            .expect("wait for ping");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for l in text
+            .lines()
+            .filter(|l| l.contains("no answer") || l.contains("nreachable"))
+        {
+            eprintln!("ping: {l}");
+        }
+        let line = text
+            .lines()
+            .find(|l| l.contains("packets transmitted"))
+            .unwrap_or_else(|| panic!("no ping summary: {text}"));
+        let n: Vec<u32> = line
+            .split(',')
+            .filter_map(|f| f.split_whitespace().next()?.parse().ok())
+            .collect();
+        (n[0], n[1])
+    }
+}
+
+impl Drop for Pinger {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
