@@ -47,6 +47,15 @@ static ALLOC: Counting = Counting;
 
 const PER_UPDATE: usize = 1000;
 
+/// CPU time of this (single) thread so far, from the scheduler's own count, in seconds: the
+/// machine may be busy, so wall time alone says little.
+fn cpu() -> f64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(f64::NAN, |ns| ns as f64 / 1e9)
+}
+
 fn mb(b: usize) -> f64 {
     b as f64 / 1e6
 }
@@ -86,8 +95,8 @@ fn rib_with_feeder() -> Rib {
     rib
 }
 
-/// Feed `n` prefixes; returns (seconds, FIB changes, out prefixes).
-fn feed(rib: &mut Rib, n: usize) -> (f64, usize, usize) {
+/// Feed `n` prefixes; returns (wall seconds, CPU seconds, FIB changes, out prefixes).
+fn feed(rib: &mut Rib, n: usize) -> (f64, f64, usize, usize) {
     let all = prefixes(n);
     // Decoded UPDATEs as the codec would hand them over, built before the clock starts.
     let updates: Vec<Update> = all
@@ -100,6 +109,7 @@ fn feed(rib: &mut Rib, n: usize) -> (f64, usize, usize) {
         .collect();
     drop(all);
     let t = Instant::now();
+    let c0 = cpu();
     let (mut fib, mut out) = (0, 0);
     for u in &updates {
         let c = rib.apply(PeerId(1), u).unwrap();
@@ -110,17 +120,18 @@ fn feed(rib: &mut Rib, n: usize) -> (f64, usize, usize) {
             .map(|(_, u)| u.announce.iter().map(|(_, p)| p.len()).sum::<usize>())
             .sum::<usize>();
     }
-    (t.elapsed().as_secs_f64(), fib, out)
+    (t.elapsed().as_secs_f64(), cpu() - c0, fib, out)
 }
 
-fn report(name: &str, secs: f64, rib: &Rib, base: usize, extra: &str) {
+fn report(name: &str, (secs, cpu): (f64, f64), rib: &Rib, base: usize, extra: &str) {
     let live = LIVE.load(Ordering::Relaxed) - base;
     let peak = PEAK.load(Ordering::Relaxed) - base;
     let s = rib.stats();
     println!(
-        "{name}: {:.3} s; heap live {:.2} MB, peak {:.2} MB (RIB estimate {:.2} MB); \
+        "{name}: {:.3} s ({:.3} s CPU); heap live {:.2} MB, peak {:.2} MB (RIB estimate {:.2} MB); \
          {} prefixes, {} paths, {} attribute sets{extra}",
         secs,
+        cpu,
         mb(live),
         mb(peak),
         mb(s.heap_bytes),
@@ -145,10 +156,10 @@ fn main() {
     // 1. receive
     let base = reset_peak();
     let mut rib = rib_with_feeder();
-    let (secs, fib, out) = feed(&mut rib, n);
+    let (secs, cpu_s, fib, out) = feed(&mut rib, n);
     report(
         "receive",
-        secs,
+        (secs, cpu_s),
         &rib,
         base,
         &format!("; {fib} FIB changes, {out} prefixes out"),
@@ -172,10 +183,10 @@ fn main() {
         ),
     )
     .unwrap();
-    let (secs, fib, out) = feed(&mut rib, n);
+    let (secs, cpu_s, fib, out) = feed(&mut rib, n);
     report(
         "receive+ibgp",
-        secs,
+        (secs, cpu_s),
         &rib,
         base,
         &format!("; {fib} FIB changes, {out} prefixes out"),
@@ -186,6 +197,7 @@ fn main() {
     let base = reset_peak();
     let mut rib = Rib::new(RibConfig::new(65000, Ipv4Addr::new(10, 0, 0, 1)));
     let t = Instant::now();
+    let c0 = cpu();
     for p in prefixes(n) {
         rib.originate(IpNet::V4(p), Attrs::local(Origin::Igp));
     }
@@ -205,12 +217,13 @@ fn main() {
         )
         .unwrap();
     let dump = t.elapsed().as_secs_f64();
+    let cpu_s = cpu() - c0;
     let groups = c.out[0].1.announce.len();
     let out: usize = c.out[0].1.announce.iter().map(|(_, p)| p.len()).sum();
     drop(c);
     report(
         "announce",
-        orig + dump,
+        (orig + dump, cpu_s),
         &rib,
         base,
         &format!(

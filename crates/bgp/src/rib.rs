@@ -50,6 +50,7 @@
 //!   `Arc<Attrs>` from one table, so 100,000 prefixes sharing attributes share one copy.
 
 mod best;
+mod table;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::Hash;
@@ -63,6 +64,7 @@ use crate::packet::{Afi, Attrs, Community, Family, Safi, Update};
 use crate::policy::{Policy, TermIndex};
 
 use best::Candidate;
+use table::{ShardKey, Table};
 
 /// RFC 4271 §5.1.5 leaves the default to the operator; 100 is what every implementation
 /// uses, and what a route without LOCAL_PREF is compared with.
@@ -236,55 +238,89 @@ pub struct RouteView {
 
 // ===== storage =====
 
-const SELECTED: u8 = 1;
-const STALE: u8 = 2;
+/// A path's marks. An enum, not bit flags, so its unused values are a niche: `Paths` below
+/// stores its tag there and stays 16 bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Mark {
+    Plain = 0,
+    Selected = 1,
+    Stale = 2,
+    SelectedStale = 3,
+}
+
+impl Mark {
+    fn new(selected: bool, stale: bool) -> Mark {
+        match (selected, stale) {
+            (false, false) => Mark::Plain,
+            (true, false) => Mark::Selected,
+            (false, true) => Mark::Stale,
+            (true, true) => Mark::SelectedStale,
+        }
+    }
+    fn selected(self) -> bool {
+        matches!(self, Mark::Selected | Mark::SelectedStale)
+    }
+    fn stale(self) -> bool {
+        matches!(self, Mark::Stale | Mark::SelectedStale)
+    }
+}
 
 /// One path in the Loc-RIB: the Adj-RIB-In entry of its source (post import policy).
 #[derive(Clone, Debug)]
 struct Path {
     attrs: Arc<Attrs>,
     source: u32,
-    /// SELECTED: in the multipath set (the best is the first path); STALE: RFC 4724.
-    flags: u8,
+    /// Selected: in the multipath set (the best is the first path); stale: RFC 4724.
+    mark: Mark,
 }
 
 impl Path {
     fn selected(&self) -> bool {
-        self.flags & SELECTED != 0
+        self.mark.selected()
     }
     fn stale(&self) -> bool {
-        self.flags & STALE != 0
+        self.mark.stale()
+    }
+    fn set_selected(&mut self, on: bool) {
+        self.mark = Mark::new(on, self.stale());
+    }
+    fn set_stale(&mut self, on: bool) {
+        self.mark = Mark::new(self.selected(), on);
     }
 }
 
-/// The paths of one prefix: one inline (the common case: 24 bytes, no allocation), or many.
+/// The paths of one prefix: one inline (the common case: 16 bytes, no allocation), or many.
 /// Never empty: a prefix with no path is removed from its table. Selected paths come first,
 /// best at index 0.
 #[derive(Debug)]
 enum Paths {
     One(Path),
-    Many(Vec<Path>),
+    /// Boxed: a thin pointer keeps the enum at the size of one path (a `Vec` inline would
+    /// make every prefix 8 bytes bigger; this case is the rare one).
+    #[expect(clippy::box_collection, reason = "a thin pointer, for the enum's size")]
+    Many(Box<Vec<Path>>),
 }
 
 impl Paths {
     fn as_slice(&self) -> &[Path] {
         match self {
             Paths::One(p) => std::slice::from_ref(p),
-            Paths::Many(v) => v,
+            Paths::Many(v) => v.as_slice(),
         }
     }
 
     fn as_mut_slice(&mut self) -> &mut [Path] {
         match self {
             Paths::One(p) => std::slice::from_mut(p),
-            Paths::Many(v) => v,
+            Paths::Many(v) => v.as_mut_slice(),
         }
     }
 
     fn into_vec(self) -> Vec<Path> {
         match self {
             Paths::One(p) => vec![p],
-            Paths::Many(v) => v,
+            Paths::Many(v) => *v,
         }
     }
 
@@ -292,7 +328,7 @@ impl Paths {
         match v.len() {
             0 => None,
             1 => v.pop().map(Paths::One),
-            _ => Some(Paths::Many(v)),
+            _ => Some(Paths::Many(Box::new(v))),
         }
     }
 
@@ -303,10 +339,10 @@ impl Paths {
 
 /// The family-specific parts, so one generic body serves IPv4 and IPv6 unicast with compact
 /// keys (5 and 17 bytes instead of `IpNet`'s 18).
-trait Prefix: Copy + Eq + Hash + Ord + std::fmt::Debug + Into<IpNet> {
+trait Prefix: ShardKey + Ord + std::fmt::Debug + Into<IpNet> {
     const FAMILY: Family;
-    fn table(rib: &mut Rib) -> (&mut HashMap<Self, Paths>, &mut Ctx);
-    fn adj_out(peer: &mut PeerState) -> &mut HashMap<Self, Arc<Attrs>>;
+    fn table(rib: &mut Rib) -> (&mut Table<Self, Paths>, &mut Ctx);
+    fn adj_out(peer: &mut PeerState) -> &mut Table<Self, Arc<Attrs>>;
     /// Point `attrs` at our address on `session`; false when there is none for the family.
     fn set_next_hop_self(attrs: &mut Attrs, session: &PeerSession) -> bool;
     /// Make a passed-on next hop fit to send: true when the family's next hop is there in
@@ -316,10 +352,10 @@ trait Prefix: Copy + Eq + Hash + Ord + std::fmt::Debug + Into<IpNet> {
 
 impl Prefix for Ipv4Net {
     const FAMILY: Family = Family::IPV4_UNICAST;
-    fn table(rib: &mut Rib) -> (&mut HashMap<Self, Paths>, &mut Ctx) {
+    fn table(rib: &mut Rib) -> (&mut Table<Self, Paths>, &mut Ctx) {
         (&mut rib.v4, &mut rib.ctx)
     }
-    fn adj_out(peer: &mut PeerState) -> &mut HashMap<Self, Arc<Attrs>> {
+    fn adj_out(peer: &mut PeerState) -> &mut Table<Self, Arc<Attrs>> {
         &mut peer.out_v4
     }
     fn set_next_hop_self(attrs: &mut Attrs, session: &PeerSession) -> bool {
@@ -341,10 +377,10 @@ impl Prefix for Ipv4Net {
 
 impl Prefix for Ipv6Net {
     const FAMILY: Family = Family::IPV6_UNICAST;
-    fn table(rib: &mut Rib) -> (&mut HashMap<Self, Paths>, &mut Ctx) {
+    fn table(rib: &mut Rib) -> (&mut Table<Self, Paths>, &mut Ctx) {
         (&mut rib.v6, &mut rib.ctx)
     }
-    fn adj_out(peer: &mut PeerState) -> &mut HashMap<Self, Arc<Attrs>> {
+    fn adj_out(peer: &mut PeerState) -> &mut Table<Self, Arc<Attrs>> {
         &mut peer.out_v6
     }
     fn set_next_hop_self(attrs: &mut Attrs, session: &PeerSession) -> bool {
@@ -384,8 +420,8 @@ struct PeerState {
     session: Option<PeerSession>,
     /// The last BGP Identifier the peer had: its stale paths still need it for best path.
     router_id: Ipv4Addr,
-    out_v4: HashMap<Ipv4Net, Arc<Attrs>>,
-    out_v6: HashMap<Ipv6Net, Arc<Attrs>>,
+    out_v4: Table<Ipv4Net, Arc<Attrs>>,
+    out_v6: Table<Ipv6Net, Arc<Attrs>>,
 }
 
 /// One table of attribute sets: equal `Attrs` are one allocation.
@@ -427,8 +463,8 @@ struct Ctx {
 
 /// The RIB. See the module doc for the API.
 pub struct Rib {
-    v4: HashMap<Ipv4Net, Paths>,
-    v6: HashMap<Ipv6Net, Paths>,
+    v4: Table<Ipv4Net, Paths>,
+    v6: Table<Ipv6Net, Paths>,
     ctx: Ctx,
 }
 
@@ -517,8 +553,8 @@ impl Edit {
 impl Rib {
     pub fn new(cfg: RibConfig) -> Rib {
         Rib {
-            v4: HashMap::new(),
-            v6: HashMap::new(),
+            v4: Table::default(),
+            v6: Table::default(),
             ctx: Ctx {
                 cfg,
                 peers: BTreeMap::new(),
@@ -552,8 +588,8 @@ impl Rib {
                 ebgp,
                 session: None,
                 router_id,
-                out_v4: HashMap::new(),
-                out_v6: HashMap::new(),
+                out_v4: Table::default(),
+                out_v6: Table::default(),
             },
         );
         self.ctx.reflector = self.ctx.peers.values().any(|p| !p.ebgp && p.cfg.rr_client);
@@ -585,8 +621,8 @@ impl Rib {
         peer.router_id = session.router_id;
         let families = session.families.clone();
         peer.session = Some(session);
-        peer.out_v4.clear();
-        peer.out_v6.clear();
+        peer.out_v4.reset();
+        peer.out_v6.reset();
         let mut batch = Batch::default();
         if families.contains(&Family::IPV4_UNICAST) {
             dump::<Ipv4Net>(self, id, &mut batch);
@@ -619,8 +655,8 @@ impl Rib {
             .ok_or(RibError::UnknownPeer(id))?;
         peer.session = None;
         // The session is gone, and with it what the peer had from us.
-        peer.out_v4 = HashMap::new();
-        peer.out_v6 = HashMap::new();
+        peer.out_v4.reset();
+        peer.out_v6.reset();
         let mut batch = Batch::default();
         let edit = match keep_stale {
             // RFC 4724 §4.2: "the Receiving Speaker MUST retain the routes received from the
@@ -845,11 +881,11 @@ impl Rib {
         }
         let mut acc = OutAcc::default();
         if family == Family::IPV4_UNICAST {
-            for (p, a) in &peer.out_v4 {
+            for (p, a) in peer.out_v4.iter() {
                 acc.announce(a, IpNet::V4(*p));
             }
         } else if family == Family::IPV6_UNICAST {
-            for (p, a) in &peer.out_v6 {
+            for (p, a) in peer.out_v6.iter() {
                 acc.announce(a, IpNet::V6(*p));
             }
         }
@@ -938,18 +974,17 @@ impl Rib {
     /// byte each, at the std `HashMap`'s 7/8 load), path vectors, and each attribute set
     /// with its vectors. Allocator overhead is not counted.
     pub fn heap_size(&self) -> usize {
-        fn table<K, V>(m: &HashMap<K, V>) -> usize {
-            if m.capacity() == 0 {
-                return 0;
-            }
-            let buckets = (m.capacity() * 8 / 7).next_power_of_two();
-            buckets * (std::mem::size_of::<(K, V)>() + 1)
+        fn table<K: ShardKey, V>(m: &Table<K, V>) -> usize {
+            m.heap_bytes()
         }
-        fn many<K>(m: &HashMap<K, Paths>) -> usize {
+        fn many<K: ShardKey>(m: &Table<K, Paths>) -> usize {
             m.values()
                 .map(|p| match p {
                     Paths::One(_) => 0,
-                    Paths::Many(v) => v.capacity() * std::mem::size_of::<Path>(),
+                    Paths::Many(v) => {
+                        std::mem::size_of::<Vec<Path>>()
+                            + v.capacity() * std::mem::size_of::<Path>()
+                    }
                 })
                 .sum()
         }
@@ -1281,7 +1316,7 @@ fn fib_of(paths: &[Path]) -> Vec<IpAddr> {
 /// Re-run the decision process on `paths`: order them selected first (best at 0) and mark.
 fn reselect(ctx: &Ctx, mut paths: Vec<Path>) -> Option<Paths> {
     if paths.len() == 1 {
-        paths[0].flags |= SELECTED;
+        paths[0].set_selected(true);
         return Paths::from_vec(paths);
     }
     let cands: Vec<Candidate> = paths.iter().map(|p| ctx.candidate(p)).collect();
@@ -1295,14 +1330,14 @@ fn reselect(ctx: &Ctx, mut paths: Vec<Path>) -> Option<Paths> {
     let mut slots: Vec<Option<Path>> = paths.into_iter().map(Some).collect();
     for &i in &sel {
         if let Some(mut p) = slots[i].take() {
-            p.flags |= SELECTED;
+            p.set_selected(true);
             ordered.push(p);
         }
     }
     for (i, slot) in slots.into_iter().enumerate() {
         if let Some(mut p) = slot {
             if !taken[i] {
-                p.flags &= !SELECTED;
+                p.set_selected(false);
                 rest.push(p);
             }
         }
@@ -1322,14 +1357,14 @@ fn change<P: Prefix>(rib: &mut Rib, prefix: P, edit: Edit, batch: &mut Batch) {
             // An unchanged re-announcement (the same interned attributes) changes nothing but
             // the mark: RFC 4724 §4.2, a route the restarted peer sends again is not stale.
             (Edit::Set(_, a), Some(p)) if Arc::ptr_eq(&p.attrs, a) => {
-                p.flags &= !STALE;
+                p.set_stale(false);
                 return;
             }
             (Edit::Set(..), _) => {}
             (_, None) => return,
             (Edit::RemoveStale(_), Some(p)) if !p.stale() => return,
             (Edit::MarkStale(_), Some(p)) => {
-                p.flags |= STALE;
+                p.set_stale(true);
                 return;
             }
             _ => {}
@@ -1352,12 +1387,12 @@ fn change<P: Prefix>(rib: &mut Rib, prefix: P, edit: Edit, batch: &mut Batch) {
         Edit::Set(s, a) => match paths.iter_mut().find(|p| p.source == s) {
             Some(p) => {
                 p.attrs = a;
-                p.flags &= !STALE;
+                p.set_stale(false);
             }
             None => paths.push(Path {
                 attrs: a,
                 source: s,
-                flags: 0,
+                mark: Mark::Plain,
             }),
         },
         Edit::Remove(s) | Edit::RemoveStale(s) => paths.retain(|p| p.source != s),
@@ -1456,6 +1491,9 @@ fn dump<P: Prefix>(rib: &mut Rib, target: PeerId, batch: &mut Batch) {
         }
     }
 }
+
+// The layout the memory figures rest on: one path per prefix costs 16 bytes beside its key.
+const _: () = assert!(std::mem::size_of::<Paths>() == 16);
 
 #[cfg(test)]
 mod tests;
