@@ -58,6 +58,24 @@
 //!   first wait is [`ErrorWait::min`], doubled for each error that follows the previous one
 //!   within [`ErrorWait::forget`], up to [`ErrorWait::max`]. During the wait the session is in
 //!   Active: it opens nothing, but a peer that connects (one back from a restart) is served.
+//!   A failed connect is no error: the next one comes after the connect retry time.
+//! - Where this departs from RFC 4271 §8.2.2: after an error, and after a failed connect, the
+//!   RFC goes to Idle, which refuses the peer's own connections until an automatic start;
+//!   this FSM waits in Active instead, so a peer that comes back is never refused.
+//! - Collisions are resolved on connections in OpenConfirm (§6.8's MUST); once one connection
+//!   is Established, the other (still in OpenSent) gets Cease 6/7 at once, and so does any
+//!   later connection, unless graceful restart applies (below).
+//! - Graceful restart (RFC 4724), with [`SessionConfig::graceful_restart`] set: our OPEN
+//!   carries the capability, with the R bit until our first session is established again
+//!   and the F bits as configured. As a helper, when the peer advertised it too: a lost
+//!   connection or a hold timer expiry (no NOTIFICATION received or caused by a bad
+//!   message) gives `Down { keep_stale: Some(..) }`; a new connection from the peer while
+//!   established (it restarted and we did not notice) is served, and its valid OPEN ends the
+//!   old session the same way, without a NOTIFICATION (RFC 4724 §4.2). Whether the peer set
+//!   the R and F bits is in [`Established`]; End-of-RIB is for the RIB to see in `Routes`.
+//! - Timers are exact unless [`SessionConfig::jitter_seed`] is set: then the keepalive and
+//!   connect retry timers are drawn each time between 75% and 100% of their value (RFC 4271
+//!   §10), from that seed, so a run is still reproducible.
 //! - [`Session::status`] is the operator's view: state, since when, last error, message
 //!   counters, flaps.
 
@@ -184,6 +202,9 @@ pub struct SessionConfig {
     /// Advertise route refresh (RFC 2918) and answer the peer's requests.
     pub route_refresh: bool,
     pub graceful_restart: Option<GracefulRestartConfig>,
+    /// RFC 4271 §10 jitter on the keepalive and connect retry timers, from this seed (the
+    /// caller's randomness: the FSM has none of its own). `None`: exact timers.
+    pub jitter_seed: Option<u64>,
 }
 
 impl SessionConfig {
@@ -203,6 +224,7 @@ impl SessionConfig {
             error_wait: ErrorWait::default(),
             route_refresh: true,
             graceful_restart: None,
+            jitter_seed: None,
         }
     }
 
@@ -504,6 +526,30 @@ pub struct Session {
     received: MessageCounts,
     sent: MessageCounts,
     flaps: u64,
+    jitter: Jitter,
+}
+
+/// RFC 4271 §10: "The suggested default amount of jitter SHALL be determined by multiplying
+/// the base value of the appropriate timer by a random factor, which is uniformly distributed
+/// in the range from 0.75 to 1.0. A new random value SHOULD be picked each time the timer is
+/// set." The random numbers are splitmix64's, from the configured seed.
+#[derive(Clone, Debug)]
+struct Jitter(Option<u64>);
+
+impl Jitter {
+    fn apply(&mut self, base: Duration) -> Duration {
+        let Some(state) = &mut self.0 else {
+            return base;
+        };
+        *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = *state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        // The top 53 bits as a fraction in [0, 1).
+        let unit = (z >> 11) as f64 / (1u64 << 53) as f64;
+        base.mul_f64(1.0 - 0.25 * unit)
+    }
 }
 
 /// How a connection ends.
@@ -522,6 +568,7 @@ impl Session {
     pub fn new(config: SessionConfig, now: Instant) -> Result<Session, ConfigError> {
         config.validate()?;
         let restarting = config.graceful_restart.is_some_and(|gr| gr.restarting);
+        let jitter = Jitter(config.jitter_seed);
         Ok(Session {
             config,
             started: false,
@@ -537,6 +584,7 @@ impl Session {
             received: MessageCounts::default(),
             sent: MessageCounts::default(),
             flaps: 0,
+            jitter,
         })
     }
 
@@ -641,7 +689,7 @@ impl Session {
                     // RFC 4271 §8.2.2 Established: "Each time the local system sends a
                     // KEEPALIVE or UPDATE message, it restarts its KeepaliveTimer".
                     if let Some(k) = c.keepalive {
-                        c.keepalive_deadline = Some(now + k);
+                        c.keepalive_deadline = Some(now + self.jitter.apply(k));
                     }
                 }
             }
@@ -727,7 +775,7 @@ impl Session {
                         // Expires event occurs (Event 11), the local system: sends a
                         // KEEPALIVE message, [and] restarts the KeepaliveTimer".
                         let c = &mut self.conns[i];
-                        c.keepalive_deadline = c.keepalive.map(|k| now + k);
+                        c.keepalive_deadline = c.keepalive.map(|k| now + self.jitter.apply(k));
                         let id = c.id;
                         self.send(id, Message::Keepalive, out);
                     }
@@ -752,7 +800,7 @@ impl Session {
 
     fn connect(&mut self, now: Instant, out: &mut Vec<Output>) {
         self.connecting = true;
-        self.retry_at = Some(now + self.config.connect_retry);
+        self.retry_at = Some(now + self.jitter.apply(self.config.connect_retry));
         out.push(Output::Connect);
     }
 
@@ -817,7 +865,7 @@ impl Session {
             // changes its state to Active." (The DelayOpen branch; without DelayOpen the
             // RFC goes to Idle, which would refuse the peer's own connection until the next
             // automatic start.)
-            self.retry_at = Some(now + self.config.connect_retry);
+            self.retry_at = Some(now + self.jitter.apply(self.config.connect_retry));
         }
     }
 
@@ -1153,7 +1201,7 @@ impl Session {
             c.keepalive = Some(open::keepalive_interval(&self.config, hold));
         }
         c.hold_deadline = c.hold_time.map(|h| now + h);
-        c.keepalive_deadline = c.keepalive.map(|k| now + k);
+        c.keepalive_deadline = c.keepalive.map(|k| now + self.jitter.apply(k));
         c.peer_open = Some(open);
         c.state = ConnState::OpenConfirm;
         let id = c.id;

@@ -1444,3 +1444,56 @@ fn transition_table() {
         assert_eq!(t.s.state(), next, "{label}");
     }
 }
+
+// ---- RFC 4271 §10 jitter ----
+
+#[test]
+fn jitter_draws_each_timer_between_three_quarters_and_all_of_it() {
+    let mut c = config();
+    c.jitter_seed = Some(7);
+    let mut t = T::new(c.clone());
+    t.run(0.0, Input::Start);
+    let retry = t.deadline().unwrap();
+    assert!((22.5..=30.0).contains(&retry), "connect retry {retry}");
+    t.run(0.0, Input::Connected(C1, Direction::Outgoing));
+    t.run(0.0, Input::Received(C1, Message::Open(peer_open(90))));
+    t.run(0.0, Input::Received(C1, Message::Keepalive));
+    assert_eq!(t.s.state(), State::Established);
+    // Keepalives (base 30 s) come at a new random interval in [22.5, 30] each time, while
+    // the hold timer is exact.
+    let mut now = 0.0;
+    let mut intervals = Vec::new();
+    for _ in 0..20 {
+        let next = t.deadline().unwrap();
+        intervals.push(next - now);
+        assert_eq!(
+            t.run(next, Input::Tick),
+            vec![Output::Send(C1, Message::Keepalive)]
+        );
+        t.run(next, Input::Received(C1, Message::Keepalive));
+        now = next;
+    }
+    assert!(
+        intervals.iter().all(|i| (22.5..=30.0).contains(i)),
+        "{intervals:?}"
+    );
+    let distinct: std::collections::BTreeSet<u64> =
+        intervals.iter().map(|i| (i * 1e6) as u64).collect();
+    assert!(distinct.len() > 15, "{intervals:?}");
+
+    // The same seed, the same timers; another seed, others.
+    let mut again = T::new(c.clone());
+    again.run(0.0, Input::Start);
+    assert_eq!(again.deadline(), Some(retry));
+    c.jitter_seed = Some(8);
+    let mut other = T::new(c);
+    other.run(0.0, Input::Start);
+    assert_ne!(other.deadline(), Some(retry));
+}
+
+#[test]
+fn no_seed_no_jitter() {
+    let mut t = T::new(config());
+    t.run(0.0, Input::Start);
+    assert_eq!(t.deadline(), Some(30.0));
+}
