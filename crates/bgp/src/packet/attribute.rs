@@ -165,7 +165,11 @@ impl Origin {
     }
 }
 
-// ORIGIN (RFC 4271 §4.3 a, §5.1.1): one octet, 0 IGP, 1 EGP, 2 INCOMPLETE.
+// ORIGIN (RFC 4271 §4.3 a, §5.1.1), type 1, well-known mandatory:
+//
+// +-+-+-+-+-+-+-+-+
+// |    ORIGIN     |   0 IGP, 1 EGP, 2 INCOMPLETE
+// +-+-+-+-+-+-+-+-+
 pub(crate) fn decode_origin(v: &[u8]) -> Result<Origin, Malformed> {
     // RFC 7606 §7.1: "The attribute is considered malformed if its length is not 1 or if it
     // has an undefined value [RFC4271]. An UPDATE message with a malformed ORIGIN attribute
@@ -285,7 +289,11 @@ pub(crate) fn needs_as4(path: &AsPath) -> bool {
         .any(|s| s.asns.iter().any(|&a| a > u32::from(u16::MAX)))
 }
 
-// NEXT_HOP (RFC 4271 §4.3 c, §5.1.3): the IPv4 address of the router to use.
+// NEXT_HOP (RFC 4271 §4.3 c, §5.1.3), type 3, well-known mandatory with IPv4 NLRI:
+//
+// +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+// |                    Next hop (IPv4 address)                    |
+// +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 pub(crate) fn decode_next_hop(v: &[u8]) -> Result<Ipv4Addr, Malformed> {
     // RFC 7606 §7.3: "The attribute is considered malformed if its length is not 4
     // [RFC4271]. An UPDATE message with a malformed NEXT_HOP attribute SHALL be handled
@@ -311,6 +319,13 @@ pub(crate) fn decode_next_hop(v: &[u8]) -> Result<Ipv4Addr, Malformed> {
     Ok(nh)
 }
 
+// MULTI_EXIT_DISC (type 4, optional non-transitive), LOCAL_PREF (type 5, well-known) and
+// ORIGINATOR_ID (type 9, RFC 4456 §8, optional non-transitive) are one four-octet value:
+//
+// +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+// |        MED / LOCAL_PREF (unsigned) / ORIGINATOR_ID (router ID)|
+// +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+
 /// A four-octet value (MULTI_EXIT_DISC, LOCAL_PREF, ORIGINATOR_ID).
 pub(crate) fn decode_u32(v: &[u8]) -> Option<u32> {
     <[u8; 4]>::try_from(v).ok().map(u32::from_be_bytes)
@@ -322,8 +337,14 @@ pub(crate) fn is_list_of(v: &[u8], unit: usize) -> bool {
     !v.is_empty() && v.len().is_multiple_of(unit)
 }
 
-// AGGREGATOR (RFC 4271 §4.3 g, RFC 6793 §3): the aggregating AS (2 octets, or 4 between NEW
-// speakers) and the BGP Identifier of the aggregating router. AS4_AGGREGATOR always has 4.
+// AGGREGATOR (RFC 4271 §4.3 g, type 7, optional transitive; RFC 6793 §3) and AS4_AGGREGATOR
+// (type 18, always four octets of AS):
+//
+// +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+// |  Aggregating AS (2 octets; 4 between NEW speakers and in AS4_) |
+// +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+// |              BGP Identifier of the aggregating router          |
+// +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 pub(crate) fn decode_aggregator(v: &[u8], asn_len: usize) -> Option<Aggregator> {
     let mut r = Reader::new(v);
     let asn = if asn_len == 4 {
@@ -484,12 +505,28 @@ pub(crate) fn encode_attrs(
     flush(256, out)
 }
 
+// COMMUNITIES (RFC 1997, type 8, optional transitive): a list of
+//
+// +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+// |          AS (2 octets)        |         Value (2 octets)      |
+// +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+
 /// Decodes a COMMUNITIES value already checked by [`is_list_of`].
 pub(crate) fn decode_communities(v: &[u8]) -> Vec<Community> {
     v.chunks_exact(4)
         .map(|c| Community(u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
         .collect()
 }
+
+// LARGE_COMMUNITY (RFC 8092 §3, type 32, optional transitive): a list of
+//
+// +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+// |                      Global Administrator                     |
+// +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+// |                       Local Data Part 1                       |
+// +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+// |                       Local Data Part 2                       |
+// +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 
 /// Decodes a LARGE_COMMUNITY value already checked by [`is_list_of`].
 pub(crate) fn decode_large_communities(v: &[u8]) -> Vec<LargeCommunity> {
@@ -504,6 +541,13 @@ pub(crate) fn decode_large_communities(v: &[u8]) -> Vec<LargeCommunity> {
         })
         .collect()
 }
+
+// CLUSTER_LIST (RFC 4456 §8, type 10, optional non-transitive): a list of
+//
+// +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+// |                    CLUSTER_ID (4 octets)                      |
+// +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+// (ATOMIC_AGGREGATE, type 6, well-known discretionary, has no value at all.)
 
 /// Decodes a CLUSTER_LIST value already checked by [`is_list_of`].
 pub(crate) fn decode_cluster_list(v: &[u8]) -> Vec<Ipv4Addr> {
