@@ -15,8 +15,17 @@
 //! rib.stale_expired(PeerId(1))?             // the restart/stale timer ran out
 //! rib.refresh(PeerId(1), family)?           // ROUTE-REFRESH: the whole Adj-RIB-Out again
 //! rib.originate(prefix, attrs) / rib.withdraw_originated(prefix)
+//! rib.set_peer_config(PeerId(1), cfg)?     // new policy or role: Adj-RIB-Outs redone
 //! rib.remove_peer(PeerId(1))?
+//! rib.routes() / rib.route(prefix) / rib.fib() / rib.adj_rib_out(peer, family)
+//! rib.peer_counts(peer) / rib.stats()       // for `twill bgp rib` and `neighbors`
 //! ```
+//!
+//! Graceful restart, the helper's side (RFC 4724 §4.2), is split between the speaker and the
+//! RIB: the speaker times the restart and stale timers and calls `stale_expired`; when the
+//! peer comes back, `end_of_rib` for each family whose End-of-RIB arrives. A family the new
+//! OPEN no longer lists with its Forwarding State bit "MUST immediately" lose its stale
+//! routes: the speaker calls `end_of_rib(peer, family)` for it right after `peer_up`.
 //!
 //! Every call that can change routes returns [`RibChanges`]:
 //!
@@ -38,7 +47,8 @@
 //! - Input (`apply`): withdrawals first, then announcements (RFC 7606 treat-as-withdraw has
 //!   already turned bad announcements into withdrawals). Routes with a loop are handled as
 //!   withdrawn: our AS in the AS_PATH of an eBGP route, our router ID as ORIGINATOR_ID, our
-//!   cluster ID in CLUSTER_LIST. LOCAL_PREF from an eBGP peer is ignored. Then import policy.
+//!   cluster ID in CLUSTER_LIST; so are routes whose next hop is our own session address.
+//!   LOCAL_PREF from an eBGP peer is ignored. Then import policy.
 //! - Best path: `best::select`, RFC 4271 §9.1.2.2 in order with RFC 4456 §9, plus the
 //!   multipath set (same neighbouring AS, equal through the eBGP/iBGP step, at most
 //!   `max_paths`). Only the best path is advertised.
@@ -177,6 +187,11 @@ pub enum RibError {
     ReservedPeerId(PeerId),
     #[error("peer {0:?} has no established session: call peer_up first")]
     PeerNotUp(PeerId),
+    #[error(
+        "peer {0:?}: its AS or address cannot change in place: remove_peer it and add_peer \
+         the new one"
+    )]
+    IdentityChanged(PeerId),
 }
 
 /// A change to the kernel's forwarding table for one prefix.
@@ -610,6 +625,50 @@ impl Rib {
         Ok(changes)
     }
 
+    /// Change a peer's policies and role (reflection client, next hop self). Every peer's
+    /// Adj-RIB-Out is brought in line at once (the role of a peer also decides what others
+    /// get of its routes). A new import policy applies to routes received from now on: ask
+    /// the peer for a ROUTE-REFRESH (RFC 2918) to run it over what it has. The AS and address
+    /// cannot change here: that is another peer (`remove_peer`, `add_peer`).
+    pub fn set_peer_config(&mut self, id: PeerId, cfg: PeerConfig) -> Result<RibChanges, RibError> {
+        let peer = self
+            .ctx
+            .peers
+            .get_mut(&id)
+            .ok_or(RibError::UnknownPeer(id))?;
+        if peer.cfg.remote_as != cfg.remote_as || peer.cfg.remote_addr != cfg.remote_addr {
+            return Err(RibError::IdentityChanged(id));
+        }
+        peer.cfg = cfg;
+        self.ctx.reflector = self.ctx.peers.values().any(|p| !p.ebgp && p.cfg.rr_client);
+        let mut batch = Batch::default();
+        readvertise_all::<Ipv4Net>(self, &mut batch);
+        readvertise_all::<Ipv6Net>(self, &mut batch);
+        Ok(self.finish(batch, false))
+    }
+
+    /// What the RIB holds of and for one peer (for `twill bgp neighbors`).
+    pub fn peer_counts(&self, id: PeerId) -> Option<PeerCounts> {
+        let peer = self.ctx.peers.get(&id)?;
+        let mut c = PeerCounts {
+            accepted: 0,
+            stale: 0,
+            best: 0,
+            advertised: peer.out_v4.len() + peer.out_v6.len(),
+        };
+        let all = self
+            .v4
+            .values()
+            .chain(self.v6.values())
+            .flat_map(|p| p.as_slice().iter().enumerate());
+        for (i, p) in all.filter(|(_, p)| p.source == id.0) {
+            c.accepted += 1;
+            c.stale += usize::from(p.stale());
+            c.best += usize::from(i == 0 && p.selected());
+        }
+        Some(c)
+    }
+
     /// The session with `id` is Established: send it our whole Adj-RIB-Out for its families,
     /// then End-of-RIB for each (RFC 4724 §2: also useful to peers that do not restart).
     pub fn peer_up(&mut self, id: PeerId, session: PeerSession) -> Result<RibChanges, RibError> {
@@ -774,6 +833,20 @@ impl Rib {
             return;
         };
         let peer = &self.ctx.peers[&id];
+        // RFC 4271 §6.3: the NEXT_HOP "MUST NOT be the IP address of the receiving speaker"
+        // and "If the NEXT_HOP attribute is semantically incorrect, the error SHOULD be
+        // logged, and the route SHOULD be ignored." Our address on this session is the one
+        // the RIB knows.
+        if let (Some(nh), Some(s)) = (forward_next_hop(&variant), &peer.session) {
+            let ours = match nh {
+                IpAddr::V4(a) => s.next_hop_v4 == Some(a),
+                IpAddr::V6(a) => s.next_hop_v6 == Some(a),
+            };
+            if ours {
+                out.extend(prefixes.map(|p| (p, None)));
+                return;
+            }
+        }
         let policy = peer.cfg.import.as_ref();
         // RFC 8212 §4: "Routes from EBGP peers are not selected ... unless an import policy
         // is configured": no policy on an eBGP session accepts nothing.
@@ -1049,6 +1122,19 @@ impl Rib {
         self.ctx.interner.sweep(false);
         changes
     }
+}
+
+/// One peer's share of the RIB.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerCounts {
+    /// Its routes in the Loc-RIB (accepted by import policy), stale ones included.
+    pub accepted: usize,
+    /// Of those, kept by graceful restart and not yet sent again.
+    pub stale: usize,
+    /// Of those, the best path of their prefix.
+    pub best: usize,
+    /// Prefixes in its Adj-RIB-Out (what it has from us).
+    pub advertised: usize,
 }
 
 /// Counts for status output.
@@ -1413,47 +1499,64 @@ fn change<P: Prefix>(rib: &mut Rib, prefix: P, edit: Edit, batch: &mut Batch) {
     let new_best = best.map(|p| (p.source, Arc::as_ptr(&p.attrs) as usize));
     // Only the best path is advertised: when it is the same, no peer hears anything.
     if new_best != old_best {
-        let targets = batch.targets.get_or_insert_with(|| {
-            ctx.peers
-                .iter()
-                .filter(|(_, p)| p.session.is_some())
-                .map(|(id, _)| *id)
-                .collect()
-        });
-        for &target in targets.iter() {
-            let want = ctx.export(&mut batch.export_cache, prefix, best, target);
-            let Some(peer) = ctx.peers.get_mut(&target) else {
-                continue;
-            };
-            let out = P::adj_out(peer);
-            match want {
-                // Adj-RIB-Out is diffed: what the peer already has is not sent again.
-                Some(a) => {
-                    if !out.get(&prefix).is_some_and(|old| Arc::ptr_eq(old, &a)) {
-                        out.insert(prefix, a.clone());
-                        batch
-                            .out
-                            .entry(target)
-                            .or_default()
-                            .announce(&a, prefix.into());
-                    }
+        advertise(ctx, batch, prefix, best);
+    }
+    if let Some(p) = new {
+        table.insert(prefix, p);
+    }
+}
+
+/// Bring every established peer's Adj-RIB-Out for `prefix` in line with its best path:
+/// announce what changed, withdraw what may no longer be sent, and nothing else.
+fn advertise<P: Prefix>(ctx: &mut Ctx, batch: &mut Batch, prefix: P, best: Option<&Path>) {
+    let targets = batch.targets.get_or_insert_with(|| {
+        ctx.peers
+            .iter()
+            .filter(|(_, p)| p.session.is_some())
+            .map(|(id, _)| *id)
+            .collect()
+    });
+    for &target in targets.iter() {
+        let want = ctx.export(&mut batch.export_cache, prefix, best, target);
+        let Some(peer) = ctx.peers.get_mut(&target) else {
+            continue;
+        };
+        let out = P::adj_out(peer);
+        match want {
+            // Adj-RIB-Out is diffed: what the peer already has is not sent again.
+            Some(a) => {
+                if !out.get(&prefix).is_some_and(|old| Arc::ptr_eq(old, &a)) {
+                    out.insert(prefix, a.clone());
+                    batch
+                        .out
+                        .entry(target)
+                        .or_default()
+                        .announce(&a, prefix.into());
                 }
-                None => {
-                    if out.remove(&prefix).is_some() {
-                        batch
-                            .out
-                            .entry(target)
-                            .or_default()
-                            .update
-                            .withdraw
-                            .push(prefix.into());
-                    }
+            }
+            None => {
+                if out.remove(&prefix).is_some() {
+                    batch
+                        .out
+                        .entry(target)
+                        .or_default()
+                        .update
+                        .withdraw
+                        .push(prefix.into());
                 }
             }
         }
     }
-    if let Some(p) = new {
-        table.insert(prefix, p);
+}
+
+/// Re-run export for every prefix of a family (after a peer's configuration changed).
+fn readvertise_all<P: Prefix>(rib: &mut Rib, batch: &mut Batch) {
+    let (table, ctx) = P::table(rib);
+    let mut prefixes: Vec<P> = table.iter().map(|(k, _)| *k).collect();
+    prefixes.sort_unstable();
+    for prefix in prefixes {
+        let best = table.get(&prefix).and_then(Paths::best);
+        advertise(ctx, batch, prefix, best);
     }
 }
 

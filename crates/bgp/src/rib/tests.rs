@@ -1061,3 +1061,82 @@ fn remove_peer_withdraws_its_routes_and_updates_the_reflector_role() {
     let c = lab.apply(I3, announce(attrs(&[], "192.0.2.13"), &["10.244.3.0/24"]));
     assert!(sent(&c, I4).is_none());
 }
+
+#[test]
+fn a_route_with_our_own_address_as_next_hop_is_ignored() {
+    let mut lab = Lab::new();
+    let c = lab.apply(I3, announce(attrs(&[], "192.0.2.1"), &["10.244.3.0/24"]));
+    assert!(c.is_empty(), "{c:?}");
+    assert!(lab.rib.routes().is_empty());
+}
+
+#[test]
+fn set_peer_config_redoes_the_adj_rib_outs() {
+    let mut lab = Lab::new();
+    lab.apply(
+        E1,
+        announce(attrs(&[65001], "192.0.2.11"), &["203.0.113.0/24"]),
+    );
+    lab.apply(I3, announce(attrs(&[], "192.0.2.13"), &["10.244.3.0/24"]));
+    // E2 gets an export policy that lets only 10.244.0.0/16 out: 203.0.113.0/24 goes.
+    let mut cfg = PeerConfig::new(65002, ip("192.0.2.12"));
+    cfg.import = Some(Policy::accept_all());
+    cfg.export = Some(Policy {
+        terms: vec![Term {
+            matches: vec![Match::Prefix(vec![PrefixMatch::new(
+                net("10.244.0.0/16"),
+                None,
+                Some(32),
+            )
+            .unwrap()])],
+            actions: vec![],
+            verdict: Verdict::Accept,
+        }],
+    });
+    let c = lab.rib.set_peer_config(E2, cfg).unwrap();
+    assert_eq!(withdrawn(&c, E2), vec![net("203.0.113.0/24")]);
+    assert!(announced(&c, E2).is_empty(), "10.244.3.0/24 it has already");
+    assert!(c.fib.is_empty());
+    // I4 becomes a reflection client: it now gets I3's route.
+    let mut cfg = PeerConfig::new(LOCAL_AS, ip("192.0.2.14"));
+    cfg.rr_client = true;
+    let c = lab.rib.set_peer_config(I4, cfg).unwrap();
+    let to_i4 = announced(&c, I4);
+    assert_eq!(to_i4.len(), 1);
+    assert_eq!(to_i4[0].0, net("10.244.3.0/24"));
+    assert_eq!(to_i4[0].1.cluster_list, vec![RID]);
+    // Same configuration again: nothing.
+    let mut cfg = PeerConfig::new(LOCAL_AS, ip("192.0.2.14"));
+    cfg.rr_client = true;
+    assert!(lab.rib.set_peer_config(I4, cfg).unwrap().is_empty());
+    assert_eq!(
+        lab.rib
+            .set_peer_config(I4, PeerConfig::new(65099, ip("192.0.2.14"))),
+        Err(RibError::IdentityChanged(I4))
+    );
+}
+
+#[test]
+fn peer_counts_follow_the_rib() {
+    let mut lab = Lab::new();
+    lab.apply(
+        E1,
+        announce(
+            attrs(&[65001], "192.0.2.11"),
+            &["203.0.113.0/24", "198.51.100.0/24"],
+        ),
+    );
+    lab.apply(
+        E2,
+        announce(attrs(&[65002, 65020], "192.0.2.12"), &["203.0.113.0/24"]),
+    );
+    let e1 = lab.rib.peer_counts(E1).unwrap();
+    assert_eq!((e1.accepted, e1.best, e1.stale), (2, 2, 0));
+    assert_eq!(e1.advertised, 0, "nothing back to its source");
+    let e2 = lab.rib.peer_counts(E2).unwrap();
+    assert_eq!((e2.accepted, e2.best, e2.advertised), (1, 0, 2));
+    lab.rib.peer_down(E1, Some(Duration::from_secs(1))).unwrap();
+    let e1 = lab.rib.peer_counts(E1).unwrap();
+    assert_eq!((e1.accepted, e1.stale), (2, 2));
+    assert!(lab.rib.peer_counts(PeerId(77)).is_none());
+}
