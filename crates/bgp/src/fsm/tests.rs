@@ -1497,3 +1497,139 @@ fn no_seed_no_jitter() {
     t.run(0.0, Input::Start);
     assert_eq!(t.deadline(), Some(30.0));
 }
+
+// ---- random walks: invariants under any order of events ----
+
+/// splitmix64, so each walk is reproducible from its number.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn random_input(rng: &mut Rng, next_id: &mut u64) -> Input {
+    // Mostly the connections of the last few ids, so messages meet live connections.
+    let old = ConnId(next_id.saturating_sub(rng.below(3)).max(1));
+    let mut open = peer_open([0, 3, 9, 90][rng.below(4) as usize]);
+    if rng.below(4) == 0 {
+        open.capabilities.push(peer_gr(120, rng.below(2) == 0));
+    }
+    if rng.below(10) == 0 {
+        open.my_as = 65099;
+        open.capabilities.clear();
+    }
+    if rng.below(10) == 0 {
+        open.router_id = Ipv4Addr::new(192, 0, 2, 200);
+    }
+    match rng.below(16) {
+        0 => Input::Start,
+        1 => Input::Stop,
+        2 | 3 => Input::Tick,
+        4 => Input::ConnectFailed,
+        5 | 6 => {
+            *next_id += 1;
+            let dir = if rng.below(2) == 0 {
+                Direction::Incoming
+            } else {
+                Direction::Outgoing
+            };
+            Input::Connected(ConnId(*next_id), dir)
+        }
+        7 => Input::Closed(old),
+        8 | 9 => Input::Received(old, Message::Open(open)),
+        10 | 11 => Input::Received(old, Message::Keepalive),
+        12 => Input::Received(old, Message::Update(Box::default())),
+        13 => Input::Received(old, Message::Notification(cease(2))),
+        14 => Input::DecodeError(old, notification(ErrorCode::UpdateMessage, 1, vec![])),
+        _ => Input::Received(
+            old,
+            Message::RouteRefresh(RouteRefresh {
+                family: Family::IPV4_UNICAST,
+            }),
+        ),
+    }
+}
+
+#[test]
+fn random_walks_keep_the_invariants() {
+    for walk in 0..300u64 {
+        let mut rng = Rng(walk);
+        let mut c = if rng.below(2) == 0 {
+            gr_config()
+        } else {
+            config()
+        };
+        c.passive = rng.below(4) == 0;
+        c.router_id = [OUR_ID, Ipv4Addr::new(192, 0, 2, 9)][rng.below(2) as usize];
+        let mut t = T::new(c);
+        let mut now = 0.0;
+        let mut next_id = 0;
+        let mut up = false;
+        // Connections the FSM was told about and has not closed, nor heard closed.
+        let mut live = std::collections::BTreeSet::new();
+        for step in 0..300 {
+            now += [0.0, 0.5, 3.0, 40.0][rng.below(4) as usize];
+            let input = random_input(&mut rng, &mut next_id);
+            // The timers due now fire first (a Tick), then the input meets no due timer:
+            // the outputs of each are checked against the connections of their moment.
+            for input in [Input::Tick, input] {
+                let at = format!("walk {walk} step {step} at {now}: {input:?}");
+                match &input {
+                    Input::Connected(id, _) => {
+                        live.insert(*id);
+                    }
+                    Input::Closed(id) => {
+                        live.remove(id);
+                    }
+                    _ => {}
+                }
+                let out = t.run(now, input);
+                for o in &out {
+                    match o {
+                        Output::Send(id, _) => assert!(live.contains(id), "{at}: send on {id}"),
+                        Output::Close(id) => assert!(live.remove(id), "{at}: close of {id}"),
+                        Output::Established(e) => {
+                            assert!(!up, "{at}: Established twice");
+                            assert!(live.contains(&e.conn), "{at}");
+                            up = true;
+                        }
+                        Output::Down { .. } => {
+                            assert!(up, "{at}: Down without Established");
+                            up = false;
+                        }
+                        Output::Routes(_) | Output::RefreshRequested(_) => {
+                            assert!(up, "{at}: {o:?} while not established")
+                        }
+                        Output::Connect => {}
+                    }
+                }
+                let s = &t.s;
+                assert!(s.conns.len() <= 2, "{at}: {} connections", s.conns.len());
+                assert!(
+                    s.conns.iter().all(|c| live.contains(&c.id)),
+                    "{at}: a connection it closed is still held"
+                );
+                assert_eq!(up, s.established().is_some(), "{at}");
+                assert_eq!(up, s.state() == State::Established, "{at}");
+                assert!(
+                    s.next_deadline().is_none_or(|d| d > t.at(now)),
+                    "{at}: a timer due now was left"
+                );
+                if !s.started {
+                    assert_eq!(s.state(), State::Idle, "{at}");
+                    assert!(s.conns.is_empty(), "{at}");
+                }
+            }
+        }
+    }
+}
