@@ -396,6 +396,28 @@ fn notification_keepalive_and_route_refresh_round_trip_with_exact_bytes() {
 }
 
 #[test]
+fn mp_reach_without_a_next_hop_of_its_family_is_refused() {
+    for nh in [vec![], vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))]] {
+        let m = Message::Update(Box::new(Update {
+            mp_reach: Some(MpReach {
+                family: Family::IPV6_UNICAST,
+                next_hops: nh,
+                nlri: vec![net("2001:db8::/32")],
+            }),
+            ..Update::default()
+        }));
+        let mut out = Vec::new();
+        assert_eq!(
+            packet::encode(&m, &ebgp4(), &mut out),
+            Err(packet::EncodeError::MissingNextHop {
+                family: Family::IPV6_UNICAST
+            })
+        );
+        assert!(out.is_empty());
+    }
+}
+
+#[test]
 fn an_oversized_message_is_refused_and_leaves_out_untouched() {
     let n = Message::Notification(Notification::new(ErrorCode::Cease, 2, vec![0; 4096]));
     let mut out = vec![1, 2, 3];

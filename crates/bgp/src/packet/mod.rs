@@ -475,8 +475,9 @@ pub enum EncodeError {
     )]
     CapabilityTooLong { code: u8, len: usize },
     #[error(
-        "routes of {family} need a next hop in Attrs::mp_next_hop (RFC 4760 §3): set the \
-         IPv6 global (and optionally link-local) next hop"
+        "routes of {family} need a next hop of their family (RFC 4760 §3, RFC 2545 §3): \
+         NEXT_HOP for IPv4, Attrs::mp_next_hop (MpReach::next_hops) with an IPv6 global and \
+         optionally a link-local address for IPv6"
     )]
     MissingNextHop { family: Family },
     #[error(

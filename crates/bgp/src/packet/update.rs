@@ -936,6 +936,17 @@ fn decode_mp_nlri(family: Family, bytes: &[u8], out: &mut Vec<IpNet>) -> Result<
 
 // ===== encoding =====
 
+/// Whether `next_hops` is what MP_REACH_NLRI of `family` carries: one IPv4 address, or an
+/// IPv6 global address and optionally a link-local one (RFC 2545 §3). Anything else would
+/// make the peer reset the session (RFC 7606 §7.11).
+fn next_hops_fit(family: Family, next_hops: &[IpAddr]) -> bool {
+    match family.afi {
+        super::Afi::Ipv4 => matches!(next_hops, [IpAddr::V4(_)]),
+        super::Afi::Ipv6 => matches!(next_hops, [IpAddr::V6(_)] | [IpAddr::V6(_), IpAddr::V6(_)]),
+        super::Afi::Other(_) => false,
+    }
+}
+
 fn encode_mp_reach_head(out: &mut Vec<u8>, family: Family, next_hops: &[IpAddr]) {
     put_u16(out, family.afi.to_u16());
     out.push(family.safi.to_u8());
@@ -982,6 +993,11 @@ pub(crate) fn encode(u: &Update, neg: &Negotiated, out: &mut Vec<u8>) -> Result<
         attribute::end(out, at, un.withdrawn.is_empty())?;
     }
     if let Some(reach) = &u.mp_reach {
+        if !next_hops_fit(reach.family, &reach.next_hops) {
+            return Err(EncodeError::MissingNextHop {
+                family: reach.family,
+            });
+        }
         let at = attribute::begin(out, flag::OPTIONAL, code::MP_REACH_NLRI);
         encode_mp_reach_head(out, reach.family, &reach.next_hops);
         for p in &reach.nlri {
@@ -1070,7 +1086,7 @@ fn announce(
         let family = Family::IPV6_UNICAST;
         check_family(family, neg)?;
         let nhs = &attrs.mp_next_hop;
-        if nhs.is_empty() || nhs.len() > 2 || nhs.iter().any(|a| a.is_ipv4()) {
+        if !next_hops_fit(family, nhs) {
             return Err(EncodeError::MissingNextHop { family });
         }
         let mut block = Vec::new();
