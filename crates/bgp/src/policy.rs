@@ -176,7 +176,7 @@ impl Match {
 }
 
 impl Policy {
-    /// The explicit "take (or send) everything unchanged" policy (RFC 8212 §2 makes the
+    /// The explicit "take (or send) everything unchanged" policy (RFC 8212 §3 makes the
     /// operator say so for eBGP).
     pub fn accept_all() -> Policy {
         Policy {

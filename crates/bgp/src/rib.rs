@@ -553,7 +553,8 @@ enum Edit {
     Remove(u32),
     /// Remove the path from `source` if it is stale.
     RemoveStale(u32),
-    /// Mark the path from `source` stale.
+    /// Mark the path from `source` stale; one that is stale already is removed (a restart
+    /// during a restart).
     MarkStale(u32),
 }
 
@@ -718,10 +719,11 @@ impl Rib {
         peer.out_v6.reset();
         let mut batch = Batch::default();
         let edit = match keep_stale {
-            // RFC 4724 §4.2: "the Receiving Speaker MUST retain the routes received from the
-            // Restarting Speaker for all the address families that were previously received
-            // in the Graceful Restart Capability and MUST mark them as stale routing
-            // information."
+            // RFC 4724 §4.2: the Receiving Speaker "MUST retain the routes received from the
+            // peer for all the address families that were previously received in the
+            // Graceful Restart Capability and MUST mark them as stale routing information."
+            // And: "To deal with possible consecutive restarts, a route (from the peer)
+            // previously marked as stale MUST be deleted." (MarkStale does both.)
             Some(_) => Edit::MarkStale(id.0),
             None => Edit::Remove(id.0),
         };
@@ -835,21 +837,27 @@ impl Rib {
         let peer = &self.ctx.peers[&id];
         // RFC 4271 §6.3: the NEXT_HOP "MUST NOT be the IP address of the receiving speaker"
         // and "If the NEXT_HOP attribute is semantically incorrect, the error SHOULD be
-        // logged, and the route SHOULD be ignored." Our address on this session is the one
-        // the RIB knows.
-        if let (Some(nh), Some(s)) = (forward_next_hop(&variant), &peer.session) {
-            let ours = match nh {
-                IpAddr::V4(a) => s.next_hop_v4 == Some(a),
-                IpAddr::V6(a) => s.next_hop_v6 == Some(a),
-            };
+        // logged, and the route SHOULD be ignored." (§5.1.3: "A BGP speaker SHALL NOT install
+        // a route with itself as the next hop.") Our addresses are our sessions' ends.
+        if let Some(nh) = forward_next_hop(&variant) {
+            let ours = self
+                .ctx
+                .peers
+                .values()
+                .filter_map(|p| p.session.as_ref())
+                .any(|s| match nh {
+                    IpAddr::V4(a) => s.next_hop_v4 == Some(a),
+                    IpAddr::V6(a) => s.next_hop_v6 == Some(a),
+                });
             if ours {
                 out.extend(prefixes.map(|p| (p, None)));
                 return;
             }
         }
         let policy = peer.cfg.import.as_ref();
-        // RFC 8212 §4: "Routes from EBGP peers are not selected ... unless an import policy
-        // is configured": no policy on an eBGP session accepts nothing.
+        // RFC 8212 §3: "Routes contained in an Adj-RIB-In associated with an EBGP peer SHALL
+        // NOT be considered eligible in the Decision Process if no explicit Import Policy has
+        // been applied."
         if policy.is_none() && peer.ebgp {
             out.extend(prefixes.map(|p| (p, None)));
             return;
@@ -1203,7 +1211,7 @@ impl Ctx {
         if peer.ebgp {
             // RFC 4271 §5.1.5: "If it is contained in an UPDATE message that is received
             // from an external peer, then this attribute MUST be ignored by the receiving
-            // speaker, except for the case of BGP Confederation".
+            // speaker, except in the case of BGP Confederations".
             a.local_pref = None;
         }
         a.mp_next_hop.clear();
@@ -1262,8 +1270,8 @@ impl Ctx {
             }
         }
         let term = match &peer.cfg.export {
-            // RFC 8212 §4: "Routes are not exported to any EBGP peers ... unless an export
-            // policy is configured": no policy on an eBGP session sends nothing.
+            // RFC 8212 §3: "Routes SHALL NOT be added to an Adj-RIB-Out associated with an
+            // EBGP peer if no explicit Export Policy has been applied."
             None if peer.ebgp => return None,
             None => None,
             Some(p) => Some(p.evaluate(prefix.into(), attrs)?),
@@ -1317,8 +1325,8 @@ impl Ctx {
             // session (Twill does not send third-party next hops).
             next_hop_self = true;
         } else {
-            // RFC 4271 §5.1.5: "A BGP speaker MUST include this attribute in UPDATE messages
-            // it sends to internal peers".
+            // RFC 4271 §5.1.5: "LOCAL_PREF is a well-known attribute that SHALL be included in
+            // all UPDATE messages that a given BGP speaker sends to other internal peers."
             a.local_pref = Some(attrs.local_pref.unwrap_or(DEFAULT_LOCAL_PREF));
             match src_kind {
                 // RFC 4271 §5.1.3 1): a route originated here gets our address.
@@ -1449,7 +1457,7 @@ fn change<P: Prefix>(rib: &mut Rib, prefix: P, edit: Edit, batch: &mut Batch) {
             (Edit::Set(..), _) => {}
             (_, None) => return,
             (Edit::RemoveStale(_), Some(p)) if !p.stale() => return,
-            (Edit::MarkStale(_), Some(p)) => {
+            (Edit::MarkStale(_), Some(p)) if !p.stale() => {
                 p.set_stale(true);
                 return;
             }
@@ -1481,8 +1489,10 @@ fn change<P: Prefix>(rib: &mut Rib, prefix: P, edit: Edit, batch: &mut Batch) {
                 mark: Mark::Plain,
             }),
         },
-        Edit::Remove(s) | Edit::RemoveStale(s) => paths.retain(|p| p.source != s),
-        Edit::MarkStale(_) => {}
+        // MarkStale gets here for a path that was stale already: deleted.
+        Edit::Remove(s) | Edit::RemoveStale(s) | Edit::MarkStale(s) => {
+            paths.retain(|p| p.source != s)
+        }
     }
     let new = reselect(ctx, paths);
     let new_fib = new

@@ -78,6 +78,8 @@ pub(crate) fn select(cands: &[Candidate], max_paths: usize) -> Vec<usize> {
     if cands.len() == 1 {
         return vec![0];
     }
+    // Stale paths (RFC 4724) are not candidates of a lesser kind: "The router MUST NOT
+    // differentiate between stale and other routing information during forwarding."
     let mut live: Vec<usize> = (0..cands.len()).collect();
 
     // RFC 4271 §9.1.2.1 / §9.1.1: the route with the highest degree of preference (for
