@@ -647,6 +647,7 @@ replay!(
     four_octet_local_as,
     fsm_errors,
     hold_timer,
+    no_common_family,
     open_errors,
     passive_frr,
     restarting_speaker,

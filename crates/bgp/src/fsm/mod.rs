@@ -1102,7 +1102,11 @@ impl Session {
     }
 
     fn open_received(&mut self, i: usize, open: Open, now: Instant, out: &mut Vec<Output>) {
-        if let Err(n) = open::check(&self.config, &open) {
+        let checked = open::check(&self.config, &open).and_then(|()| {
+            let negotiated = Negotiated::new(&self.conns[i].our_open, &open);
+            open::check_families(&self.conns[i].our_open, &negotiated)
+        });
+        if let Err(n) = checked {
             // §8.2.2 OpenSent: "If the BGP message header checking or OPEN message checking
             // detects an error (see Section 6.2) ..., the local system: sends a NOTIFICATION
             // message with the appropriate error code, ... changes its state to Idle."

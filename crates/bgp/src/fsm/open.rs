@@ -6,9 +6,10 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use crate::packet::notification::VERSION_DATA;
+use crate::packet::open::encode_capability;
 use crate::packet::{
-    subcode, Capability, ErrorCode, GracefulRestart, GracefulRestartFamily, Notification, Open,
-    AS_TRANS, BGP_VERSION,
+    subcode, Capability, ErrorCode, GracefulRestart, GracefulRestartFamily, Negotiated,
+    Notification, Open, AS_TRANS, BGP_VERSION,
 };
 
 use super::SessionConfig;
@@ -100,6 +101,26 @@ pub(super) fn check(config: &SessionConfig, open: &Open) -> Result<(), Notificat
         ));
     }
     Ok(())
+}
+
+/// A session that would carry no address family at all is refused: RFC 5492 §5, "If a BGP
+/// speaker that supports a certain capability determines that its peer doesn't support this
+/// capability, the speaker MAY send a NOTIFICATION message to the peer and terminate peering
+/// ... The Error Subcode in the message is set to Unsupported Capability. The message MUST
+/// contain the capability or capabilities that causes the speaker to send the message." The
+/// data is our multiprotocol capabilities, so both sides' logs say which families to align.
+pub(super) fn check_families(ours: &Open, negotiated: &Negotiated) -> Result<(), Notification> {
+    if !negotiated.families.is_empty() {
+        return Ok(());
+    }
+    let mut data = Vec::new();
+    for c in &ours.capabilities {
+        if matches!(c, Capability::Multiprotocol(_)) {
+            // A multiprotocol capability is 6 octets: it always encodes.
+            let _ = encode_capability(c, &mut data);
+        }
+    }
+    Err(open_error(subcode::open::UNSUPPORTED_CAPABILITY, data))
 }
 
 /// The peer's graceful restart capability, if it sent one.

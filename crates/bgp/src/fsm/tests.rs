@@ -1633,3 +1633,25 @@ fn random_walks_keep_the_invariants() {
         }
     }
 }
+
+#[test]
+fn open_with_no_family_in_common_gets_2_7_naming_ours() {
+    // We offer IPv4 unicast; the peer only IPv6 unicast.
+    let mut open = peer_open(90);
+    open.capabilities = vec![Capability::Multiprotocol(Family::IPV6_UNICAST)];
+    open_error_case(
+        config(),
+        open,
+        notification(ErrorCode::OpenMessage, 7, vec![1, 4, 0, 1, 0, 1]),
+    );
+    // We offer IPv6 unicast only; the peer sends no multiprotocol capability (IPv4 only).
+    let mut c = config();
+    c.families = vec![Family::IPV6_UNICAST];
+    let mut open = peer_open(90);
+    open.capabilities.clear();
+    open_error_case(
+        c,
+        open,
+        notification(ErrorCode::OpenMessage, 7, vec![1, 4, 0, 2, 0, 1]),
+    );
+}

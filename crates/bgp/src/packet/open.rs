@@ -324,7 +324,9 @@ pub(crate) fn encode(open: &Open, out: &mut Vec<u8>) -> Result<(), EncodeError> 
     Ok(())
 }
 
-fn encode_capability(cap: &Capability, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+/// Appends one capability, code, length and value (RFC 5492 §4); also the data of a
+/// NOTIFICATION 2/7 that names a capability (RFC 5492 §5).
+pub(crate) fn encode_capability(cap: &Capability, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     let code = match cap {
         Capability::Multiprotocol(_) => code::MULTIPROTOCOL,
         Capability::RouteRefresh => code::ROUTE_REFRESH,
