@@ -335,6 +335,17 @@ fn an_aggregator_that_is_not_as_trans_makes_both_as4_attributes_ignored() {
 }
 
 #[test]
+fn as4_aggregator_without_aggregator_is_ignored() {
+    let u = old_update(&seg2(2, &[65001]), &agg_attr(18, &BIG1.to_be_bytes()));
+    assert_eq!(u.errors.len(), 1);
+    assert_eq!(
+        (u.errors[0].code, u.errors[0].action),
+        (18, ErrorAction::AttributeDiscard)
+    );
+    assert_eq!(u.attrs.unwrap().aggregator, None);
+}
+
+#[test]
 fn as_trans_aggregator_takes_as4_aggregator() {
     let u = old_update(
         &seg2(2, &[65001, T]),

@@ -408,7 +408,12 @@ fn merge_as4(w: &mut Walk) {
                         agg.asn
                     ),
                 );
-                w.record(code::AS4_PATH, m, &[]);
+                let c = if as4_path.is_some() {
+                    code::AS4_PATH
+                } else {
+                    code::AS4_AGGREGATOR
+                };
+                w.record(c, m, &[]);
             }
             return;
         }
@@ -417,6 +422,14 @@ fn merge_as4(w: &mut Walk) {
         if let Some(a4) = as4_agg {
             w.aggregator = Some(a4);
         }
+    } else if as4_agg.is_some() {
+        // AS4_AGGREGATOR stands in for AGGREGATOR's AS_TRANS; without one it describes no
+        // aggregation this route has.
+        let m = Malformed::discard(
+            sub::OPTIONAL_ATTRIBUTE_ERROR,
+            "AS4_AGGREGATOR without AGGREGATOR ignored (RFC 6793 §4.2.3)".into(),
+        );
+        w.record(code::AS4_AGGREGATOR, m, &[]);
     }
     let (Some(as4), Some(path)) = (as4_path, w.as_path.as_mut()) else {
         return;
