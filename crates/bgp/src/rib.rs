@@ -491,8 +491,10 @@ enum SourceKind {
     Ibgp { client: bool },
 }
 
-/// One call's working state: the outputs being built and the export/import caches (keyed by
-/// interned attribute pointers, valid while the call runs because the paths hold them).
+/// One call's working state: the outputs being built and the export cache. Both are keyed by
+/// interned attribute pointers. A pointer names one attribute set for the whole call because
+/// the interner keeps every set it handed out alive until its sweep, which runs only after
+/// the batch is finished (`Rib::finish`): no address is freed and reused mid-call.
 #[derive(Default)]
 struct Batch {
     fib: Vec<FibChange>,
