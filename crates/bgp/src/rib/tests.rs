@@ -1140,3 +1140,135 @@ fn peer_counts_follow_the_rib() {
     assert_eq!((e1.accepted, e1.stale), (2, 2));
     assert!(lab.rib.peer_counts(PeerId(77)).is_none());
 }
+
+fn gr_session(families: &[(Family, bool)]) -> PeerSession {
+    let mut s = PeerSession::new(
+        ip("192.0.2.1"),
+        rid_of("192.0.2.11"),
+        vec![Family::IPV4_UNICAST, Family::IPV6_UNICAST],
+    );
+    s.graceful_restart = PeerGracefulRestart::Families(
+        families
+            .iter()
+            .map(|&(family, forwarding_preserved)| GracefulRestartFamily {
+                family,
+                forwarding_preserved,
+            })
+            .collect(),
+    );
+    s
+}
+
+fn v6_announce(prefix: &str) -> Update {
+    let mut a = attrs(&[65001], "192.0.2.11");
+    a.next_hop = None;
+    Update {
+        attrs: Some(a),
+        mp_reach: Some(MpReach {
+            family: Family::IPV6_UNICAST,
+            next_hops: vec![ip("2001:db8::11")],
+            nlri: vec![net(prefix)],
+        }),
+        ..Update::default()
+    }
+}
+
+/// E1 with a graceful restart capability for `families`, holding one IPv4 and one IPv6 route.
+fn gr_lab(families: &[(Family, bool)]) -> Lab {
+    let mut lab = Lab::new();
+    lab.rib.peer_down(E1, None).unwrap();
+    lab.rib.peer_up(E1, gr_session(families)).unwrap();
+    lab.apply(
+        E1,
+        announce(attrs(&[65001], "192.0.2.11"), &["203.0.113.0/24"]),
+    );
+    lab.apply(E1, v6_announce("2001:db8:100::/48"));
+    lab
+}
+
+#[test]
+fn graceful_restart_keeps_only_the_families_the_capability_listed() {
+    let mut lab = gr_lab(&[(Family::IPV4_UNICAST, true)]);
+    let c = lab
+        .rib
+        .peer_down(E1, Some(Duration::from_secs(60)))
+        .unwrap();
+    assert_eq!(
+        c.fib,
+        vec![fib("2001:db8:100::/48", &[])],
+        "IPv6 was not covered"
+    );
+    assert!(lab.rib.route(net("203.0.113.0/24")).unwrap().paths[0].stale);
+}
+
+#[test]
+fn graceful_restart_reestablished_without_forwarding_state_drops_that_family() {
+    let both = [(Family::IPV4_UNICAST, true), (Family::IPV6_UNICAST, true)];
+    let mut lab = gr_lab(&both);
+    assert!(lab
+        .rib
+        .peer_down(E1, Some(Duration::from_secs(60)))
+        .unwrap()
+        .is_empty());
+    // Back with the F bit for IPv4 only.
+    let c = lab
+        .rib
+        .peer_up(
+            E1,
+            gr_session(&[(Family::IPV4_UNICAST, true), (Family::IPV6_UNICAST, false)]),
+        )
+        .unwrap();
+    assert_eq!(c.fib, vec![fib("2001:db8:100::/48", &[])]);
+    assert!(lab.rib.route(net("203.0.113.0/24")).unwrap().paths[0].stale);
+    // Its initial dump and End-of-RIB are still there, once each.
+    let u = sent(&c, E1).unwrap();
+    assert!(u.announce.is_empty());
+    assert_eq!(u.end_of_rib.len(), 2);
+
+    // Back without the capability at all: every stale route goes.
+    let mut lab = gr_lab(&both);
+    lab.rib
+        .peer_down(E1, Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut s = gr_session(&[]);
+    s.graceful_restart = PeerGracefulRestart::NotAdvertised;
+    let c = lab.rib.peer_up(E1, s).unwrap();
+    assert_eq!(c.fib.len(), 2);
+    assert!(lab.rib.routes().is_empty());
+}
+
+#[test]
+fn graceful_restart_state_comes_from_the_open() {
+    use crate::packet::{Capability, GracefulRestart, Open};
+    let open = Open {
+        version: 4,
+        my_as: 65001,
+        hold_time: 90,
+        router_id: ip4("10.0.0.11"),
+        capabilities: vec![Capability::GracefulRestart(GracefulRestart {
+            restarting: false,
+            restart_time: 120,
+            families: vec![GracefulRestartFamily {
+                family: Family::IPV4_UNICAST,
+                forwarding_preserved: true,
+            }],
+        })],
+    };
+    let s = PeerSession::new(ip("192.0.2.1"), open.router_id, vec![Family::IPV4_UNICAST])
+        .with_open(&open);
+    assert_eq!(
+        s.graceful_restart,
+        PeerGracefulRestart::Families(vec![GracefulRestartFamily {
+            family: Family::IPV4_UNICAST,
+            forwarding_preserved: true,
+        }])
+    );
+    let bare = Open {
+        capabilities: vec![],
+        ..open
+    };
+    assert_eq!(
+        PeerGracefulRestart::of(&bare),
+        PeerGracefulRestart::NotAdvertised
+    );
+}
