@@ -840,11 +840,32 @@ impl Rib {
         let mut batch = Batch::default();
         let src = id.0;
 
+        // RFC 4271 §4.3: "A BGP speaker SHOULD treat an UPDATE message of this form [the same
+        // prefix in WITHDRAWN ROUTES and NLRI] as though the WITHDRAWN ROUTES do not contain
+        // the address prefix." Skipped here, not withdrawn and re-added, so neither the FIB
+        // nor a peer sees the prefix flap.
+        let announced_too: HashSet<IpNet> =
+            if update.withdrawn.is_empty() && update.mp_unreach.is_none() {
+                HashSet::new()
+            } else {
+                let v4 = update.nlri.iter().map(|n| IpNet::V4(n.trunc()));
+                let mp = update
+                    .mp_reach
+                    .iter()
+                    .flat_map(|m| m.nlri.iter().map(|n| n.trunc()));
+                v4.chain(mp).collect()
+            };
         for n in &update.withdrawn {
-            change::<Ipv4Net>(self, n.trunc(), Edit::Remove(src), &mut batch);
+            if !announced_too.contains(&IpNet::V4(n.trunc())) {
+                change::<Ipv4Net>(self, n.trunc(), Edit::Remove(src), &mut batch);
+            }
         }
         if let Some(mp) = &update.mp_unreach {
-            for n in &mp.withdrawn {
+            for n in mp
+                .withdrawn
+                .iter()
+                .filter(|n| !announced_too.contains(&n.trunc()))
+            {
                 withdraw_any(self, *n, mp.family, src, &mut batch);
             }
         }

@@ -1272,3 +1272,24 @@ fn graceful_restart_state_comes_from_the_open() {
         PeerGracefulRestart::NotAdvertised
     );
 }
+
+#[test]
+fn a_prefix_both_withdrawn_and_announced_is_announced_without_a_flap() {
+    let mut lab = Lab::new();
+    lab.apply(
+        E1,
+        announce(attrs(&[65001], "192.0.2.11"), &["203.0.113.0/24"]),
+    );
+    let mut u = announce(attrs(&[65001], "192.0.2.11"), &["203.0.113.0/24"]);
+    u.withdrawn = vec![v4("203.0.113.0/24"), v4("198.51.100.0/24")];
+    let c = lab.apply(E1, u);
+    assert!(c.is_empty(), "no withdraw-and-add: {c:?}");
+    assert!(lab.rib.route(net("203.0.113.0/24")).is_some());
+    // Changed attributes in the same form: one FIB change, one announcement, no withdrawal.
+    let mut u = announce(attrs(&[65001], "192.0.2.111"), &["203.0.113.0/24"]);
+    u.withdrawn = vec![v4("203.0.113.0/24")];
+    let c = lab.apply(E1, u);
+    assert_eq!(c.fib, vec![fib("203.0.113.0/24", &["192.0.2.111"])]);
+    assert!(withdrawn(&c, I3).is_empty());
+    assert_eq!(announced(&c, I3).len(), 1);
+}
