@@ -879,10 +879,22 @@ impl Rib {
                     a.mp_next_hop.clear();
                     a
                 });
+                // An IPv4 prefix in both the NLRI field and an IPv4 MP_REACH_NLRI: the MP_REACH
+                // one is taken, once, so what the peers are sent has one answer per prefix.
+                let in_mp: HashSet<IpNet> = match &update.mp_reach {
+                    Some(mp) if mp.family == Family::IPV4_UNICAST => {
+                        mp.nlri.iter().map(|n| n.trunc()).collect()
+                    }
+                    _ => HashSet::new(),
+                };
                 self.import(
                     id,
                     variant,
-                    update.nlri.iter().map(|n| IpNet::V4(n.trunc())),
+                    update
+                        .nlri
+                        .iter()
+                        .map(|n| IpNet::V4(n.trunc()))
+                        .filter(|n| !in_mp.contains(n)),
                     &mut announced,
                 );
             }

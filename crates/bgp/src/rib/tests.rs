@@ -1293,3 +1293,29 @@ fn a_prefix_both_withdrawn_and_announced_is_announced_without_a_flap() {
     assert!(withdrawn(&c, I3).is_empty());
     assert_eq!(announced(&c, I3).len(), 1);
 }
+
+#[test]
+fn an_ipv4_prefix_in_nlri_and_mp_reach_is_taken_once_from_mp_reach() {
+    let mut lab = Lab::new();
+    let mut u = announce(
+        attrs(&[65001], "192.0.2.11"),
+        &["203.0.113.0/24", "198.51.100.0/24"],
+    );
+    u.mp_reach = Some(MpReach {
+        family: Family::IPV4_UNICAST,
+        next_hops: vec![ip("192.0.2.111")],
+        nlri: vec![net("203.0.113.0/24")],
+    });
+    let c = lab.apply(E1, u);
+    let mut f = c.fib.clone();
+    f.sort_by_key(|f| f.prefix);
+    assert_eq!(
+        f,
+        vec![
+            fib("198.51.100.0/24", &["192.0.2.11"]),
+            fib("203.0.113.0/24", &["192.0.2.111"])
+        ]
+    );
+    let to_i3 = announced(&c, I3);
+    assert_eq!(to_i3.len(), 2, "each prefix once: {to_i3:?}");
+}
