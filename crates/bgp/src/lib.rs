@@ -12,7 +12,9 @@
 //! - `speaker`: the I/O edge: TCP (with RFC 2385 MD5) on one event loop, the kernel FIB
 //!   over netlink, the control socket.
 
+pub mod config;
 pub mod fsm;
 pub mod packet;
 pub mod policy;
 pub mod rib;
+pub mod speaker;

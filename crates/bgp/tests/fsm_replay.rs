@@ -376,7 +376,6 @@ fn parse_input(line: &str) -> Result<Input, String> {
     let input = match kind {
         "start" => Input::Start,
         "stop" => Input::Stop,
-        "stop-for-restart" => Input::StopForRestart,
         "tick" => Input::Tick,
         "connect-failed" => Input::ConnectFailed,
         "connected" => {

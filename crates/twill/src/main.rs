@@ -2,6 +2,7 @@
 //! `apply -f`, `delete`), `node remove`, `ipam show|check`, and `twill lab`. The work lives
 //! in the library crates and in pure functions here; the `run` functions do the I/O.
 
+mod bgp_cmd;
 mod ipam_cmd;
 mod kind_arg;
 mod lab;
@@ -42,6 +43,8 @@ enum Command {
     Ipam(ipam_cmd::IpamArgs),
     /// A cluster made of network namespaces on this machine: build, inspect, check, remove.
     Lab(lab::LabArgs),
+    /// Twill's BGP speaker on its own: serve a config, show its neighbors and RIB.
+    Bgp(bgp_cmd::BgpArgs),
 }
 
 fn main() {
@@ -50,6 +53,7 @@ fn main() {
         .unwrap_or_else(|e| suggest::with_tip(e, &Cli::command(), &argv).exit());
     let result = match cli.command {
         Command::Lab(args) => lab::run(args, &cli.store),
+        Command::Bgp(args) => bgp_cmd::run(args),
         // Only apply may make a new store, and only once the file is found good; the rest
         // work on one that exists.
         Command::Apply(a) => resources::run_apply(a, &cli.store),
@@ -58,7 +62,7 @@ fn main() {
             Command::Delete(a) => resources::run_delete(a, store),
             Command::Node(a) => node_cmd::run(a, store),
             Command::Ipam(a) => ipam_cmd::run(a, store),
-            Command::Lab(_) | Command::Apply(_) => unreachable!("handled above"),
+            Command::Lab(_) | Command::Apply(_) | Command::Bgp(_) => unreachable!("handled above"),
         }),
     };
     match result {

@@ -17,9 +17,6 @@
 //! # Inputs
 //! - `Start` / `Stop`: RFC 4271 ManualStart / ManualStop. Stop sends Cease 6/2
 //!   (administrative shutdown) on every open connection and stays Idle until the next Start.
-//! - `StopForRestart`: Stop for a graceful restart of this speaker (BIRD's `graceful
-//!   restart` command): with graceful restart configured the connections close without a
-//!   NOTIFICATION, so peers that help keep our routes for our restart time; without it, Stop.
 //! - `Tick`: nothing happened but time. Every `handle` call first fires the timers that are
 //!   due at `now` (connect retry, hold, keepalive), oldest first, then handles its input.
 //! - `Connected(ConnId, Direction)`: a TCP connection to the peer is up, one this speaker
@@ -309,7 +306,6 @@ pub enum ConfigError {
 pub enum Input {
     Start,
     Stop,
-    StopForRestart,
     Tick,
     Connected(ConnId, Direction),
     ConnectFailed,
@@ -382,9 +378,6 @@ impl Established {
 pub enum Reason {
     /// The operator stopped the session (we sent Cease 6/2).
     Stopped,
-    /// This speaker stopped to restart gracefully (no NOTIFICATION: the peer may keep our
-    /// routes).
-    StoppedForRestart,
     /// No message from the peer within the hold time (we sent 4/0).
     HoldTimerExpired,
     /// The peer sent this NOTIFICATION.
@@ -404,7 +397,6 @@ impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Reason::Stopped => f.write_str("stopped by the operator"),
-            Reason::StoppedForRestart => f.write_str("stopped for a graceful restart"),
             Reason::HoldTimerExpired => f.write_str("hold timer expired"),
             Reason::NotificationReceived(n) => {
                 write!(f, "NOTIFICATION {n} received")
@@ -640,8 +632,7 @@ impl Session {
         match input {
             Input::Tick => {}
             Input::Start => self.start(now, &mut out),
-            Input::Stop => self.stop(false, now, &mut out),
-            Input::StopForRestart => self.stop(true, now, &mut out),
+            Input::Stop => self.stop(now, &mut out),
             Input::Connected(id, dir) => self.connected(id, dir, now, &mut out),
             Input::ConnectFailed => self.connect_failed(now),
             Input::Closed(id) => {
@@ -835,14 +826,10 @@ impl Session {
         self.connect(now, out);
     }
 
-    fn stop(&mut self, for_restart: bool, now: Instant, out: &mut Vec<Output>) {
+    fn stop(&mut self, now: Instant, out: &mut Vec<Output>) {
         if !self.started {
             return;
         }
-        // RFC 4724 §4.1 is about a speaker whose sessions end without a NOTIFICATION (its
-        // restart); stopping so on purpose is what BIRD's `graceful restart` command does:
-        // the peers see the TCP connection go, and those that help keep our routes.
-        let graceful = for_restart && self.config.graceful_restart.is_some();
         // §8.2.2, every state: "If a ManualStop event (Event 2) is issued ..., the local
         // system: sends the NOTIFICATION with a Cease, ... releases all BGP resources, drops
         // the TCP connection, ... changes its state to Idle." RFC 4486 §4: subcode
@@ -855,12 +842,8 @@ impl Session {
             self.end_conn(
                 0,
                 Ending {
-                    reason: if graceful {
-                        Reason::StoppedForRestart
-                    } else {
-                        Reason::Stopped
-                    },
-                    notify: (!graceful).then(|| cease.clone()),
+                    reason: Reason::Stopped,
+                    notify: Some(cease.clone()),
                     close: true,
                     error: false,
                 },

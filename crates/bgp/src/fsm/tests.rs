@@ -1533,8 +1533,7 @@ fn random_input(rng: &mut Rng, next_id: &mut u64) -> Input {
     }
     match rng.below(16) {
         0 => Input::Start,
-        1 if rng.below(2) == 0 => Input::Stop,
-        1 => Input::StopForRestart,
+        1 => Input::Stop,
         2 | 3 => Input::Tick,
         4 => Input::ConnectFailed,
         5 | 6 => {
@@ -1654,28 +1653,5 @@ fn open_with_no_family_in_common_gets_2_7_naming_ours() {
         c,
         open,
         notification(ErrorCode::OpenMessage, 7, vec![1, 4, 0, 2, 0, 1]),
-    );
-}
-
-#[test]
-fn stop_for_restart_closes_without_a_notification_when_graceful_restart_is_on() {
-    let mut t = T::new(gr_config());
-    t.establish(gr_peer_open(120), 0.0);
-    assert_eq!(
-        t.run(1.0, Input::StopForRestart),
-        vec![Output::Close(C1), down(Reason::StoppedForRestart)]
-    );
-    assert_eq!(t.s.state(), State::Idle);
-    assert_eq!(t.s.next_deadline(), None);
-    // Without graceful restart it is a plain Stop.
-    let mut t = T::new(config());
-    t.establish(peer_open(90), 0.0);
-    assert_eq!(
-        t.run(1.0, Input::StopForRestart),
-        vec![
-            Output::Send(C1, Message::Notification(cease(2))),
-            Output::Close(C1),
-            down(Reason::Stopped)
-        ]
     );
 }

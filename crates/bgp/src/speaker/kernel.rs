@@ -1,0 +1,252 @@
+//! The kernel FIB edge: a thread of its own that turns the RIB's [`FibChange`]s into
+//! batched netlink route changes ([`twill_netlink::Handle::apply_routes`]), so the event
+//! loop goes on decoding while the kernel installs, and the adoption of the routes a
+//! previous run left behind (graceful restart, restarting side).
+//!
+//! Back-pressure: the channel holds at most [`QUEUE_BATCHES`] batches; when the kernel is
+//! slower than the peers, the loop waits on the send instead of piling up changes (which
+//! would cost memory: a queued change is ~64 bytes).
+//!
+//! Adoption ([`Adopted`]): at start the speaker dumps its own routes (protocol 84 in its
+//! table) and leaves them in place. A prefix the RIB installs again is replaced in one
+//! step (NLM_F_REPLACE), so it is never absent; when every peer has sent End-of-RIB, or the
+//! restart time ran out, whatever was not learned again is deleted.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use ipnet::IpNet;
+use twill_netlink::fib::route_change_message;
+use twill_netlink::{FibRoute, Handle, RouteChange, ROUTE_PROTOCOL};
+
+use super::poll::Waker;
+use crate::rib::FibChange;
+
+/// Batches the loop may have queued before it waits for the kernel writer.
+pub const QUEUE_BATCHES: usize = 2;
+
+/// What the kernel writer did, for `twill bgp rib` and `neighbors`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KernelStats {
+    /// Routes added or replaced.
+    pub installed: u64,
+    /// Routes deleted.
+    pub removed: u64,
+    /// Changes the kernel refused.
+    pub refused: u64,
+    /// The last refusal, with the route it was for.
+    pub last_error: Option<String>,
+    /// Batches the loop sent and the writer finished.
+    pub batches_done: u64,
+    /// Routes adopted from a previous run at start, and how many of those were swept.
+    pub adopted: u64,
+    pub swept: u64,
+}
+
+enum Job {
+    Apply(Vec<FibChange>),
+    Flush(mpsc::Sender<()>),
+}
+
+/// The writer thread and its queue.
+pub struct KernelWriter {
+    tx: Option<SyncSender<Job>>,
+    thread: Option<JoinHandle<()>>,
+    stats: Arc<Mutex<KernelStats>>,
+    sent: u64,
+}
+
+impl KernelWriter {
+    /// Starts the writer on an rtnetlink socket of the calling thread's namespace; it
+    /// installs into `table`. `waker` is woken after each batch.
+    pub fn start(table: u32, waker: Arc<Waker>) -> Result<KernelWriter, twill_netlink::Error> {
+        let handle = Handle::new()?;
+        let (tx, rx) = mpsc::sync_channel(QUEUE_BATCHES);
+        let stats = Arc::new(Mutex::new(KernelStats::default()));
+        let st = stats.clone();
+        let thread = std::thread::Builder::new()
+            .name("twill-bgp-fib".into())
+            .spawn(move || writer(handle, table, rx, st, waker))
+            .map_err(|e| twill_netlink::Error::Io {
+                op: "start the kernel writer thread".into(),
+                source: e,
+            })?;
+        Ok(KernelWriter {
+            tx: Some(tx),
+            thread: Some(thread),
+            stats,
+            sent: 0,
+        })
+    }
+
+    /// Queues `changes` (waits while [`QUEUE_BATCHES`] are queued already).
+    pub fn send(&mut self, changes: Vec<FibChange>) {
+        if changes.is_empty() {
+            return;
+        }
+        if let Some(tx) = &self.tx {
+            self.sent += 1;
+            let _ = tx.send(Job::Apply(changes));
+        }
+    }
+
+    /// Waits until everything queued so far is in the kernel.
+    pub fn flush(&mut self) {
+        if let Some(tx) = &self.tx {
+            let (done_tx, done_rx) = mpsc::channel();
+            if tx.send(Job::Flush(done_tx)).is_ok() {
+                let _ = done_rx.recv();
+            }
+        }
+    }
+
+    /// Whether the writer has finished every batch sent.
+    pub fn idle(&self) -> bool {
+        self.stats().batches_done >= self.sent
+    }
+
+    pub fn stats(&self) -> KernelStats {
+        self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    pub fn note_adopted(&self, adopted: u64, swept: u64) {
+        if let Ok(mut s) = self.stats.lock() {
+            s.adopted += adopted;
+            s.swept += swept;
+        }
+    }
+}
+
+impl Drop for KernelWriter {
+    /// Finishes the queued batches, then stops the thread.
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The RIB's change as a netlink route change of Twill's protocol in `table`.
+pub fn route_change(c: &FibChange, table: u32) -> RouteChange {
+    let mut r = FibRoute::via(c.prefix, &c.next_hops);
+    r.table = table;
+    if c.next_hops.is_empty() {
+        RouteChange::Delete(r)
+    } else {
+        RouteChange::Replace(r)
+    }
+}
+
+fn writer(
+    mut handle: Handle,
+    table: u32,
+    rx: Receiver<Job>,
+    stats: Arc<Mutex<KernelStats>>,
+    waker: Arc<Waker>,
+) {
+    while let Ok(job) = rx.recv() {
+        let fib = match job {
+            Job::Apply(fib) => fib,
+            Job::Flush(done) => {
+                let _ = done.send(());
+                continue;
+            }
+        };
+        // Messages are built as the socket packs them: no second copy of the batch.
+        let outcome = handle.socket().request_each(
+            fib.iter()
+                .map(|c| route_change_message(&route_change(c, table))),
+        );
+        let removes = fib.iter().filter(|c| c.next_hops.is_empty()).count() as u64;
+        let (mut installed, mut removed) = (fib.len() as u64 - removes, removes);
+        if let Ok(mut s) = stats.lock() {
+            match outcome {
+                Ok(refused) => {
+                    for (index, error) in refused {
+                        let change = route_change(&fib[index], table);
+                        match change {
+                            RouteChange::Replace(_) => installed -= 1,
+                            // Already gone (ESRCH): what was asked for holds.
+                            RouteChange::Delete(_) if error.is_not_found() => continue,
+                            RouteChange::Delete(_) => removed -= 1,
+                        }
+                        s.refused += 1;
+                        s.last_error = Some(error.context(describe(&change)).to_string());
+                    }
+                }
+                Err(e) => {
+                    s.refused += fib.len() as u64;
+                    installed = 0;
+                    removed = 0;
+                    s.last_error = Some(e.to_string());
+                }
+            }
+            s.installed += installed;
+            s.removed += removed;
+            s.batches_done += 1;
+        }
+        drop(fib);
+        waker.wake();
+    }
+}
+
+fn describe(c: &RouteChange) -> String {
+    match c {
+        RouteChange::Replace(r) => format!("replace route {}", r.describe()),
+        RouteChange::Delete(r) => format!("delete route {}", r.describe()),
+    }
+}
+
+/// The routes of a previous run found at start, kept until re-learned or swept.
+#[derive(Debug, Default)]
+pub struct Adopted {
+    prefixes: HashSet<IpNet>,
+}
+
+impl Adopted {
+    /// Reads our routes (protocol 84 in `table`) from the kernel of the calling thread's
+    /// namespace.
+    pub fn read(table: u32) -> Result<Adopted, twill_netlink::Error> {
+        let routes = Handle::new()?.fib_routes(ROUTE_PROTOCOL, table)?;
+        Ok(Adopted {
+            prefixes: routes.into_iter().map(|r| r.dst).collect(),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.prefixes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.prefixes.is_empty()
+    }
+
+    /// The RIB decided about these prefixes: they are no longer ours to sweep.
+    pub fn learned(&mut self, changes: &[FibChange]) {
+        if self.prefixes.is_empty() {
+            return;
+        }
+        for c in changes {
+            self.prefixes.remove(&c.prefix);
+        }
+    }
+
+    /// Everything not learned again, as deletions; the set is emptied.
+    pub fn sweep(&mut self) -> Vec<FibChange> {
+        let out = self
+            .prefixes
+            .drain()
+            .map(|prefix| FibChange {
+                prefix,
+                next_hops: Vec::<IpAddr>::new(),
+            })
+            .collect();
+        self.prefixes.shrink_to_fit();
+        out
+    }
+}

@@ -1,0 +1,1246 @@
+//! The speaker: the I/O edge around the pure layers, `twill bgp serve`.
+//!
+//! One thread runs an epoll loop ([`poll`]) over every peer's sockets, the BGP listener, the
+//! control socket ([`control`]) and a signalfd; it drives one [`fsm::Session`] per peer and
+//! the [`Rib`], decoding with [`packet::frame`]/[`packet::decode`] and writing the RIB's
+//! packed out-updates with [`packet::encode_announce`]/[`packet::encode_withdraw`]. A
+//! second thread ([`kernel`]) writes the kernel FIB in batches, so decoding and installs
+//! overlap: the loop hands it a batch every [`FIB_BATCH`] changes and at the end of every
+//! turn.
+//!
+//! - **TCP** ([`tcp`]): nonblocking, TCP_NODELAY, the configured port; RFC 2385 MD5 keys on
+//!   the listener (per peer) and on each connecting socket before connect. A peer whose key
+//!   cannot be set on the listener fails closed: it is never started and connections from
+//!   it are refused (`twill bgp neighbors` shows why).
+//! - **Start**: every non-passive peer is connected to at once (no connect delay).
+//! - **Graceful restart, restarting side**: at start the speaker finds its own kernel routes
+//!   (protocol 84 in its table) and keeps them ([`kernel::Adopted`]); it advertises the
+//!   capability with the R bit and, when it found routes, the F bit. Routes learned again
+//!   are replaced in place (never absent); once every peer has sent End-of-RIB, or the
+//!   restart time has passed, the rest is deleted. Without `gracefulRestart` the same
+//!   adoption happens, with a 120 s limit, so a restart never flaps the routes.
+//! - **Graceful restart, helper side**: a session that goes down with `keep_stale` keeps the
+//!   peer's routes stale for its restart time; End-of-RIB from the peer or the timer sweeps
+//!   them (the RIB decides what goes).
+//! - **SIGTERM / SIGINT**: with `gracefulRestart`, the speaker closes its connections
+//!   without a NOTIFICATION (peers then keep our routes for the restart time, RFC 4724) and
+//!   leaves its kernel routes: a restart moves no packet. Without it, every session gets
+//!   Cease 6/2 (administrative shutdown) and the speaker deletes the kernel routes it
+//!   installed. Either way it finishes queued kernel writes and removes its control socket.
+
+pub mod control;
+pub mod kernel;
+pub mod poll;
+pub mod tcp;
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::{self, Config, PolicyConfig};
+use crate::fsm::{self, ConnId, Direction, Input, Output, Session, SessionConfig, State};
+use crate::packet::{self, Family, Message, Negotiated, Origin, Update};
+use crate::policy::{Action, Match, Policy, PrefixMatch, Term, Verdict};
+use crate::rib::{FibChange, PeerConfig, PeerId, PeerSession, Rib, RibChanges, RibConfig};
+use control::{Neighbor, NeighborsReply, PeerKind, RibPath, RibReply, RibRoute};
+use kernel::{Adopted, KernelWriter};
+use poll::{Interest, Poller, Signals, Waker};
+
+/// FIB changes handed to the kernel writer at once, mid-turn, so installs start while the
+/// rest of a large feed is still being decoded.
+pub const FIB_BATCH: usize = 2048;
+/// The most bytes read from one connection per loop turn (fairness between peers).
+const READ_PER_TURN: usize = 1 << 20;
+/// Reads go into chunks of this size.
+const READ_CHUNK: usize = 64 << 10;
+/// How long adopted routes wait for End-of-RIB without `gracefulRestart`.
+const ADOPT_HOLD: Duration = Duration::from_secs(120);
+/// The most a shutdown waits for Cease NOTIFICATIONs to be written.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(1);
+
+const TOKEN_LISTENER: u64 = 1;
+const TOKEN_CONTROL: u64 = 2;
+const TOKEN_WAKER: u64 = 3;
+const TOKEN_SIGNALS: u64 = 4;
+/// Connections and control clients get tokens from here up.
+const TOKEN_FIRST: u64 = 16;
+
+/// Why the speaker could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum SpeakerError {
+    #[error(transparent)]
+    Tcp(#[from] tcp::TcpError),
+    #[error("{what}: {cause}")]
+    Io { what: String, cause: io::Error },
+    #[error("kernel routes: {0}")]
+    Netlink(#[from] twill_netlink::Error),
+    #[error("peer {peer}: {message}")]
+    Peer { peer: String, message: String },
+    #[error("control socket {path}: another speaker answers there; stop it, or give this one another controlSocket")]
+    ControlInUse { path: PathBuf },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> SpeakerError {
+    let what = what.into();
+    move |cause| SpeakerError::Io { what, cause }
+}
+
+struct Peer {
+    cfg: config::Peer,
+    id: PeerId,
+    addr: SocketAddr,
+    local: Option<IpAddr>,
+    key: Option<Vec<u8>>,
+    kind: PeerKind,
+    session: Session,
+    /// The peer cannot run (fail closed), and why.
+    failed: Option<String>,
+    /// The token of the connect in flight.
+    connecting: Option<u64>,
+    last_connect_error: Option<String>,
+    /// Graceful restart helper: the peer's stale routes go at this time.
+    stale_until: Option<Instant>,
+    /// End-of-RIB (any family) since the session came up.
+    end_of_rib: bool,
+    /// End-of-RIB seen since the speaker started (for sweeping adopted routes).
+    end_of_rib_once: bool,
+    prefixes_received: u64,
+}
+
+struct Conn {
+    peer: usize,
+    stream: TcpStream,
+    /// An outgoing connect not finished yet.
+    connecting: bool,
+    rbuf: Vec<u8>,
+    rpos: usize,
+    wbuf: Vec<u8>,
+    wpos: usize,
+    /// Close once `wbuf` is written.
+    closing: bool,
+    writable_interest: bool,
+    negotiated: Negotiated,
+    established: bool,
+}
+
+/// A running speaker. [`Speaker::new`] opens everything (sockets, kernel writer, adopted
+/// routes); [`Speaker::run`] loops until SIGTERM/SIGINT.
+pub struct Speaker {
+    cfg: Config,
+    poller: Poller,
+    listener: Option<TcpListener>,
+    control: UnixListener,
+    control_path: PathBuf,
+    clients: HashMap<u64, control::Client>,
+    signals: Signals,
+    waker: Arc<Waker>,
+    kernel: Option<KernelWriter>,
+    adopted: Adopted,
+    adopt_deadline: Option<Instant>,
+    rib: Rib,
+    peers: Vec<Peer>,
+    conns: HashMap<u64, Conn>,
+    next_token: u64,
+    fib_pending: Vec<FibChange>,
+    work: VecDeque<(usize, Output)>,
+    stopping: bool,
+}
+
+impl Speaker {
+    /// Opens the sockets and the kernel writer and adopts the kernel routes of a previous
+    /// run. Must run on the process's main thread before any other thread starts (it
+    /// blocks SIGTERM/SIGINT/SIGHUP for the signalfd).
+    pub fn new(cfg: Config) -> Result<Speaker, SpeakerError> {
+        let signals = Signals::block().map_err(io_err("block SIGTERM/SIGINT for the signalfd"))?;
+        let poller = Poller::new().map_err(io_err("create the epoll instance"))?;
+        let waker = Arc::new(Waker::new().map_err(io_err("create the eventfd"))?);
+        let now = Instant::now();
+
+        let (kernel, adopted) = if cfg.kernel.install {
+            let adopted = Adopted::read(cfg.kernel.table)?;
+            let writer = KernelWriter::start(cfg.kernel.table, waker.clone())?;
+            writer.note_adopted(adopted.len() as u64, 0);
+            (Some(writer), adopted)
+        } else {
+            (None, Adopted::default())
+        };
+        let restarted = !adopted.is_empty();
+        let adopt_deadline = (!adopted.is_empty()).then(|| {
+            now + cfg
+                .graceful_restart
+                .as_ref()
+                .map(|g| Duration::from_secs(u64::from(g.restart_time)))
+                .unwrap_or(ADOPT_HOLD)
+        });
+
+        let mut rib_cfg = RibConfig::new(cfg.asn, cfg.router_id);
+        rib_cfg.max_paths = cfg.max_paths;
+        rib_cfg.cluster_id = cfg.cluster_id;
+        let mut rib = Rib::new(rib_cfg);
+
+        let mut peers = Vec::with_capacity(cfg.peers.len());
+        for (i, p) in cfg.peers.iter().enumerate() {
+            let id = PeerId(i as u32);
+            let who = p.address.to_string();
+            let sc = session_config(&cfg, p, restarted);
+            let session = Session::new(sc, now).map_err(|e| SpeakerError::Peer {
+                peer: who.clone(),
+                message: e.to_string(),
+            })?;
+            rib.add_peer(id, peer_config(p, &who)?)
+                .map_err(|e| SpeakerError::Peer {
+                    peer: who.clone(),
+                    message: e.to_string(),
+                })?;
+            let kind = if p.asn != cfg.asn {
+                PeerKind::Ebgp
+            } else if p.route_reflector_client {
+                PeerKind::IbgpRrClient
+            } else {
+                PeerKind::Ibgp
+            };
+            peers.push(Peer {
+                cfg: p.clone(),
+                id,
+                addr: cfg.peer_socket(p),
+                local: cfg.local_address(p),
+                key: p.password.as_ref().map(|k| k.as_bytes().to_vec()),
+                kind,
+                session,
+                failed: None,
+                connecting: None,
+                last_connect_error: None,
+                stale_until: None,
+                end_of_rib: false,
+                end_of_rib_once: false,
+                prefixes_received: 0,
+            });
+        }
+
+        let listener = if cfg.listen.disabled {
+            None
+        } else {
+            let addr = SocketAddr::new(cfg.listen.address, cfg.listen.port);
+            let l = tcp::listen(addr, &[])?;
+            let family = if addr.is_ipv4() {
+                libc::AF_INET
+            } else {
+                libc::AF_INET6
+            };
+            for p in &mut peers {
+                if let Some(key) = &p.key {
+                    if let Err(e) = tcp::set_md5(l.as_raw_fd(), family, p.addr.ip(), key) {
+                        // Fail closed: an unkeyed listener would take this peer's unsigned SYN.
+                        p.failed = Some(format!(
+                            "TCP MD5 key could not be set on the listening socket ({e}); the peer is not started (is the peer's address family the listen address's?)"
+                        ));
+                    }
+                }
+            }
+            poller
+                .add(l.as_raw_fd(), TOKEN_LISTENER, Interest::Read)
+                .map_err(io_err("watch the listening socket"))?;
+            Some(l)
+        };
+
+        let control_path = cfg.control_socket.clone();
+        let control = bind_control(&control_path)?;
+        control
+            .set_nonblocking(true)
+            .map_err(io_err("make the control socket nonblocking"))?;
+        poller
+            .add(control.as_raw_fd(), TOKEN_CONTROL, Interest::Read)
+            .map_err(io_err("watch the control socket"))?;
+        poller
+            .add(waker.raw(), TOKEN_WAKER, Interest::Read)
+            .map_err(io_err("watch the eventfd"))?;
+        poller
+            .add(signals.raw(), TOKEN_SIGNALS, Interest::Read)
+            .map_err(io_err("watch the signalfd"))?;
+
+        let mut sp = Speaker {
+            cfg,
+            poller,
+            listener,
+            control,
+            control_path,
+            clients: HashMap::new(),
+            signals,
+            waker,
+            kernel,
+            adopted,
+            adopt_deadline,
+            rib,
+            peers,
+            conns: HashMap::new(),
+            next_token: TOKEN_FIRST,
+            fib_pending: Vec::new(),
+            work: VecDeque::new(),
+            stopping: false,
+        };
+        for prefix in sp.cfg.originate.clone() {
+            let ch = sp.rib.originate(prefix, packet::Attrs::local(Origin::Igp));
+            sp.apply_changes(ch, now);
+        }
+        Ok(sp)
+    }
+
+    /// Runs until SIGTERM or SIGINT, then shuts down as the module documentation says.
+    pub fn run(mut self) -> Result<(), SpeakerError> {
+        let now = Instant::now();
+        for i in 0..self.peers.len() {
+            if self.peers[i].failed.is_none() {
+                let out = self.peers[i].session.handle(Input::Start, now);
+                self.queue(i, out);
+            }
+        }
+        self.drain(now);
+        while !self.stopping {
+            let timeout = self
+                .next_deadline()
+                .map(|d| d.saturating_duration_since(Instant::now()));
+            let events = self
+                .poller
+                .wait(timeout.map(|t| t.min(Duration::from_secs(1))))
+                .map_err(io_err("wait for events"))?;
+            for ev in events {
+                let now = Instant::now();
+                match ev.token {
+                    TOKEN_LISTENER => self.accept(now),
+                    TOKEN_CONTROL => self.accept_control(),
+                    TOKEN_WAKER => self.waker.drain(),
+                    TOKEN_SIGNALS => {
+                        if !self.signals.take().is_empty() {
+                            self.stopping = true;
+                        }
+                    }
+                    t if self.clients.contains_key(&t) => self.control_event(t),
+                    t => self.conn_event(t, ev.readable || ev.closed, ev.writable, now),
+                }
+                self.drain(now);
+            }
+            let now = Instant::now();
+            self.timers(now);
+            self.drain(now);
+            self.flush_fib();
+        }
+        self.shutdown();
+        Ok(())
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.peers
+            .iter()
+            .flat_map(|p| [p.session.next_deadline(), p.stale_until])
+            .chain([self.adopt_deadline])
+            .flatten()
+            .min()
+    }
+
+    fn queue(&mut self, peer: usize, outs: Vec<Output>) {
+        self.work.extend(outs.into_iter().map(|o| (peer, o)));
+    }
+
+    /// Carries out queued FSM outputs (which may queue more).
+    fn drain(&mut self, now: Instant) {
+        while let Some((i, out)) = self.work.pop_front() {
+            self.output(i, out, now);
+        }
+    }
+
+    fn output(&mut self, i: usize, out: Output, now: Instant) {
+        match out {
+            Output::Connect => self.connect(i, now),
+            Output::Send(id, msg) => {
+                if let Some(c) = self.conns.get_mut(&id.0) {
+                    // An encode error is a bug in what we built; the FSM's messages are
+                    // always encodable, and an UPDATE never comes this way.
+                    let _ = packet::encode(&msg, &c.negotiated, &mut c.wbuf);
+                }
+                self.flush_conn(id.0);
+            }
+            Output::Close(id) => {
+                if let Some(c) = self.conns.get_mut(&id.0) {
+                    c.closing = true;
+                }
+                self.flush_conn(id.0);
+            }
+            Output::Established(info) => {
+                let Some(c) = self.conns.get_mut(&info.conn.0) else {
+                    return;
+                };
+                c.negotiated = info.negotiated.clone();
+                c.established = true;
+                let local = c
+                    .stream
+                    .local_addr()
+                    .map(|a| a.ip())
+                    .unwrap_or_else(|_| tcp::unspecified_like(self.peers[i].addr.ip()));
+                let local = canonical(local);
+                let p = &mut self.peers[i];
+                p.end_of_rib = false;
+                p.stale_until = None;
+                p.prefixes_received = 0;
+                let session =
+                    PeerSession::new(local, info.open.router_id, info.negotiated.families.clone());
+                if let Ok(ch) = self.rib.peer_up(p.id, session) {
+                    self.apply_changes(ch, now);
+                }
+            }
+            Output::Routes(update) => self.routes(i, &update, now),
+            Output::RefreshRequested(family) => {
+                if let Ok(ch) = self.rib.refresh(self.peers[i].id, family) {
+                    self.apply_changes(ch, now);
+                }
+            }
+            Output::Down { keep_stale, .. } => {
+                let p = &mut self.peers[i];
+                p.end_of_rib = false;
+                p.stale_until = keep_stale.map(|d| now + d);
+                let id = p.id;
+                if let Ok(ch) = self.rib.peer_down(id, keep_stale) {
+                    self.apply_changes(ch, now);
+                }
+            }
+        }
+    }
+
+    fn routes(&mut self, i: usize, update: &Update, now: Instant) {
+        let id = self.peers[i].id;
+        if let Some(family) = update.end_of_rib_family() {
+            let p = &mut self.peers[i];
+            p.end_of_rib = true;
+            p.end_of_rib_once = true;
+            p.stale_until = None;
+            if let Ok(ch) = self.rib.end_of_rib(id, family) {
+                self.apply_changes(ch, now);
+            }
+            self.maybe_sweep_adopted(false);
+            return;
+        }
+        self.peers[i].prefixes_received +=
+            (update.nlri.len() + update.mp_reach.as_ref().map_or(0, |m| m.nlri.len())) as u64;
+        if let Ok(ch) = self.rib.apply(id, update) {
+            self.apply_changes(ch, now);
+        }
+    }
+
+    /// The RIB's decisions: kernel changes to the writer, out-updates encoded to the peers.
+    fn apply_changes(&mut self, ch: RibChanges, now: Instant) {
+        let RibChanges { fib, out } = ch;
+        if !fib.is_empty() && self.kernel.is_some() {
+            self.adopted.learned(&fib);
+            if self.fib_pending.is_empty() && fib.len() >= FIB_BATCH {
+                if let Some(k) = &mut self.kernel {
+                    k.send(fib);
+                }
+            } else {
+                self.fib_pending.extend(fib);
+                if self.fib_pending.len() >= FIB_BATCH {
+                    self.flush_fib();
+                }
+            }
+        }
+        for (peer_id, upd) in out {
+            let i = peer_id.0 as usize;
+            let Some((&token, c)) = self
+                .conns
+                .iter_mut()
+                .find(|(_, c)| c.peer == i && c.established)
+            else {
+                continue;
+            };
+            let before = c.wbuf.len();
+            let mut n = 0usize;
+            if !upd.withdraw.is_empty() {
+                n +=
+                    packet::encode_withdraw(&upd.withdraw, &c.negotiated, &mut c.wbuf).unwrap_or(0);
+            }
+            for (attrs, prefixes) in &upd.announce {
+                n += packet::encode_announce(attrs, prefixes, &c.negotiated, &mut c.wbuf)
+                    .unwrap_or(0);
+            }
+            for family in &upd.end_of_rib {
+                if packet::encode(
+                    &Message::Update(Box::new(Update::end_of_rib(*family))),
+                    &c.negotiated,
+                    &mut c.wbuf,
+                )
+                .is_ok()
+                {
+                    n += 1;
+                }
+            }
+            if c.wbuf.len() > before {
+                let outs = self.peers[i]
+                    .session
+                    .handle(Input::UpdatesSent(n as u64), now);
+                self.queue(i, outs);
+                self.flush_conn(token);
+            }
+        }
+    }
+
+    fn flush_fib(&mut self) {
+        if self.fib_pending.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.fib_pending);
+        if let Some(k) = &mut self.kernel {
+            k.send(batch);
+        }
+    }
+
+    /// Deletes the adopted routes not learned again, when every peer that can run has sent
+    /// End-of-RIB (or `force`: the restart time is over).
+    fn maybe_sweep_adopted(&mut self, force: bool) {
+        if self.adopted.is_empty() {
+            self.adopt_deadline = None;
+            return;
+        }
+        let all_eor = self
+            .peers
+            .iter()
+            .filter(|p| p.failed.is_none())
+            .all(|p| p.end_of_rib_once);
+        if !(force || all_eor) {
+            return;
+        }
+        let gone = self.adopted.sweep();
+        if let Some(k) = &mut self.kernel {
+            k.note_adopted(0, gone.len() as u64);
+        }
+        self.flush_fib();
+        if let Some(k) = &mut self.kernel {
+            k.send(gone);
+        }
+        self.adopt_deadline = None;
+    }
+
+    fn timers(&mut self, now: Instant) {
+        for i in 0..self.peers.len() {
+            if self.peers[i]
+                .session
+                .next_deadline()
+                .is_some_and(|d| d <= now)
+            {
+                let out = self.peers[i].session.handle(Input::Tick, now);
+                self.queue(i, out);
+            }
+            if self.peers[i].stale_until.is_some_and(|d| d <= now) {
+                self.peers[i].stale_until = None;
+                if let Ok(ch) = self.rib.stale_expired(self.peers[i].id) {
+                    self.apply_changes(ch, now);
+                }
+            }
+        }
+        if self.adopt_deadline.is_some_and(|d| d <= now) {
+            self.maybe_sweep_adopted(true);
+        }
+    }
+
+    fn token(&mut self) -> u64 {
+        let t = self.next_token;
+        self.next_token += 1;
+        t
+    }
+
+    fn connect(&mut self, i: usize, now: Instant) {
+        if let Some(old) = self.peers[i].connecting.take() {
+            self.drop_conn(old);
+        }
+        let p = &self.peers[i];
+        match tcp::connect(p.addr, p.local, p.key.as_deref()) {
+            Ok(stream) => {
+                let token = self.token();
+                if self
+                    .poller
+                    .add(stream.as_raw_fd(), token, Interest::Write)
+                    .is_err()
+                {
+                    let out = self.peers[i].session.handle(Input::ConnectFailed, now);
+                    self.queue(i, out);
+                    return;
+                }
+                self.conns.insert(token, Conn::new(i, stream, true));
+                self.peers[i].connecting = Some(token);
+            }
+            Err(e) => {
+                self.peers[i].last_connect_error = Some(e.to_string());
+                let out = self.peers[i].session.handle(Input::ConnectFailed, now);
+                self.queue(i, out);
+            }
+        }
+    }
+
+    fn accept(&mut self, now: Instant) {
+        loop {
+            let Some(l) = &self.listener else { return };
+            let (stream, from) = match l.accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // ECONNABORTED and friends: that connection is gone, others may follow;
+                // EMFILE: nothing to do but try again on the next readiness.
+                Err(_) => return,
+            };
+            let ip = canonical(from.ip());
+            let Some(i) = self.peers.iter().position(|p| canonical(p.addr.ip()) == ip) else {
+                continue; // not a configured neighbour: dropped, closed
+            };
+            if self.peers[i].failed.is_some() || tcp::accepted(&stream).is_err() {
+                continue;
+            }
+            let token = self.token();
+            if self
+                .poller
+                .add(stream.as_raw_fd(), token, Interest::Read)
+                .is_err()
+            {
+                continue;
+            }
+            self.conns.insert(token, Conn::new(i, stream, false));
+            let out = self.peers[i]
+                .session
+                .handle(Input::Connected(ConnId(token), Direction::Incoming), now);
+            self.queue(i, out);
+        }
+    }
+
+    fn conn_event(&mut self, token: u64, readable: bool, writable: bool, now: Instant) {
+        let Some(c) = self.conns.get_mut(&token) else {
+            return;
+        };
+        let i = c.peer;
+        if c.connecting {
+            if !(writable || readable) {
+                return;
+            }
+            c.connecting = false;
+            self.peers[i].connecting = None;
+            match tcp::finish_connect(&c.stream) {
+                Ok(()) => {
+                    let _ = self
+                        .poller
+                        .modify(c.stream.as_raw_fd(), token, Interest::Read);
+                    self.peers[i].last_connect_error = None;
+                    let out = self.peers[i]
+                        .session
+                        .handle(Input::Connected(ConnId(token), Direction::Outgoing), now);
+                    self.queue(i, out);
+                }
+                Err(e) => {
+                    self.peers[i].last_connect_error =
+                        Some(format!("connect to {}: {e}", self.peers[i].addr));
+                    self.drop_conn(token);
+                    let out = self.peers[i].session.handle(Input::ConnectFailed, now);
+                    self.queue(i, out);
+                }
+            }
+            return;
+        }
+        if writable {
+            self.flush_conn(token);
+        }
+        if readable {
+            self.read_conn(token, now);
+        }
+    }
+
+    /// Reads a chunk at a time and processes it before reading on (so the buffer stays
+    /// about a chunk, and kernel batches start early), up to [`READ_PER_TURN`].
+    fn read_conn(&mut self, token: u64, now: Instant) {
+        let mut total = 0;
+        let mut eof = false;
+        while total < READ_PER_TURN && !eof {
+            let Some(c) = self.conns.get_mut(&token) else {
+                return;
+            };
+            let len = c.rbuf.len();
+            c.rbuf.resize(len + READ_CHUNK, 0);
+            match c.stream.read(&mut c.rbuf[len..]) {
+                Ok(0) => {
+                    c.rbuf.truncate(len);
+                    eof = true;
+                }
+                Ok(n) => {
+                    c.rbuf.truncate(len + n);
+                    total += n;
+                }
+                Err(e) => {
+                    c.rbuf.truncate(len);
+                    match e.kind() {
+                        io::ErrorKind::WouldBlock => break,
+                        io::ErrorKind::Interrupted => continue,
+                        _ => eof = true,
+                    }
+                }
+            }
+            self.process_input(token, now);
+        }
+        if eof && self.conns.contains_key(&token) {
+            let i = self.conns[&token].peer;
+            self.drop_conn(token);
+            let out = self.peers[i]
+                .session
+                .handle(Input::Closed(ConnId(token)), now);
+            self.queue(i, out);
+        }
+    }
+
+    /// Frames, decodes and hands to the FSM every whole message read so far; the FSM's
+    /// outputs are carried out after each message (an OPEN decides how UPDATEs decode).
+    fn process_input(&mut self, token: u64, now: Instant) {
+        loop {
+            let Some(c) = self.conns.get_mut(&token) else {
+                return;
+            };
+            if c.closing {
+                return;
+            }
+            let i = c.peer;
+            let buf = &c.rbuf[c.rpos..];
+            let input = match packet::frame(buf) {
+                Ok(None) => break,
+                Ok(Some(len)) => {
+                    let msg = packet::decode(&buf[..len], &c.negotiated);
+                    c.rpos += len;
+                    match msg {
+                        Ok(m) => Input::Received(ConnId(token), m),
+                        Err(n) => Input::DecodeError(ConnId(token), n),
+                    }
+                }
+                Err(n) => {
+                    c.rpos = c.rbuf.len();
+                    Input::DecodeError(ConnId(token), n)
+                }
+            };
+            let out = self.peers[i].session.handle(input, now);
+            self.queue(i, out);
+            self.drain(now);
+        }
+        if let Some(c) = self.conns.get_mut(&token) {
+            if c.rpos == c.rbuf.len() {
+                c.rbuf.clear();
+                c.rpos = 0;
+                if c.rbuf.capacity() > 4 * READ_CHUNK {
+                    c.rbuf.shrink_to(READ_CHUNK);
+                }
+            } else if c.rpos > 0 {
+                // Keep only the partial message (at most 4 KiB) at the front.
+                c.rbuf.drain(..c.rpos);
+                c.rpos = 0;
+            }
+        }
+    }
+
+    /// Writes what is queued for `token`; watches for writability while some is left;
+    /// closes the connection once drained if asked to.
+    fn flush_conn(&mut self, token: u64) {
+        let Some(c) = self.conns.get_mut(&token) else {
+            return;
+        };
+        if c.connecting {
+            return;
+        }
+        let mut failed = false;
+        while c.wpos < c.wbuf.len() {
+            match c.stream.write(&c.wbuf[c.wpos..]) {
+                Ok(n) => c.wpos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if c.wpos == c.wbuf.len() {
+            c.wbuf.clear();
+            c.wpos = 0;
+            if c.wbuf.capacity() > 1 << 20 {
+                c.wbuf.shrink_to(64 << 10);
+            }
+        }
+        let pending = c.wpos < c.wbuf.len();
+        if (c.closing && !pending) || failed {
+            // A write error surfaces as EOF or an error on the next read; closing here
+            // (closing asked for, or the peer is gone) is all that is left to do.
+            let i = c.peer;
+            let asked = c.closing;
+            self.drop_conn(token);
+            if !asked {
+                let out = self.peers[i]
+                    .session
+                    .handle(Input::Closed(ConnId(token)), Instant::now());
+                self.queue(i, out);
+            }
+            return;
+        }
+        if pending != c.writable_interest {
+            c.writable_interest = pending;
+            let interest = if pending {
+                Interest::ReadWrite
+            } else {
+                Interest::Read
+            };
+            let _ = self.poller.modify(c.stream.as_raw_fd(), token, interest);
+        }
+    }
+
+    fn drop_conn(&mut self, token: u64) {
+        if let Some(c) = self.conns.remove(&token) {
+            self.poller.delete(c.stream.as_raw_fd());
+            if self.peers[c.peer].connecting == Some(token) {
+                self.peers[c.peer].connecting = None;
+            }
+            let _ = c.stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn accept_control(&mut self) {
+        loop {
+            match self.control.accept() {
+                Ok((s, _)) => {
+                    if s.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    let token = self.token();
+                    if self
+                        .poller
+                        .add(s.as_raw_fd(), token, Interest::Read)
+                        .is_ok()
+                    {
+                        self.clients.insert(token, control::Client::new(s));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn control_event(&mut self, token: u64) {
+        let Some(c) = self.clients.get_mut(&token) else {
+            return;
+        };
+        if !c.answered {
+            match c.read() {
+                Ok(None) => return,
+                Ok(Some(req)) => {
+                    let reply = req.map(|r| self.reply(r));
+                    let c = self.clients.get_mut(&token).expect("client still there");
+                    c.answer(reply);
+                    let _ = self
+                        .poller
+                        .modify(c.stream.as_raw_fd(), token, Interest::Write);
+                }
+                Err(_) => {
+                    self.drop_client(token);
+                    return;
+                }
+            }
+        }
+        let c = self.clients.get_mut(&token).expect("client still there");
+        match c.flush() {
+            Ok(false) => {}
+            Ok(true) | Err(_) => self.drop_client(token),
+        }
+    }
+
+    fn drop_client(&mut self, token: u64) {
+        if let Some(c) = self.clients.remove(&token) {
+            self.poller.delete(c.stream.as_raw_fd());
+        }
+    }
+
+    fn reply(&self, req: control::Request) -> serde_json::Value {
+        let v = match req {
+            control::Request::Neighbors => serde_json::to_value(self.neighbors()),
+            control::Request::Rib => serde_json::to_value(self.rib_reply()),
+        };
+        v.unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
+    }
+
+    /// What `twill bgp neighbors` shows.
+    pub fn neighbors(&self) -> NeighborsReply {
+        let now = Instant::now();
+        let neighbors = self
+            .peers
+            .iter()
+            .map(|p| {
+                let st = p.session.status();
+                let established = st.established.as_ref();
+                let info = if let Some(f) = &p.failed {
+                    f.clone()
+                } else if st.state == State::Established {
+                    format!(
+                        "{} prefixes received{}",
+                        p.prefixes_received,
+                        if p.end_of_rib { ", End-of-RIB" } else { "" }
+                    )
+                } else if let Some((_, reason)) = &st.last_error {
+                    reason.to_string()
+                } else if let Some(e) = &p.last_connect_error {
+                    e.clone()
+                } else if p.cfg.passive {
+                    "waiting for the peer to connect (passive)".into()
+                } else {
+                    "connecting".into()
+                };
+                Neighbor {
+                    peer: p.cfg.address.to_string(),
+                    asn: p.cfg.asn,
+                    kind: p.kind,
+                    state: st.state.to_string(),
+                    since_seconds: now.saturating_duration_since(st.since).as_secs(),
+                    info,
+                    md5: p.key.is_some(),
+                    failed: p.failed.clone(),
+                    router_id: established.map(|e| e.open.router_id.to_string()),
+                    prefixes_received: p.prefixes_received,
+                    received: counts(&st.received),
+                    sent: counts(&st.sent),
+                    flaps: st.flaps,
+                    stale_seconds_left: p
+                        .stale_until
+                        .map(|d| d.saturating_duration_since(now).as_secs()),
+                    end_of_rib: p.end_of_rib,
+                }
+            })
+            .collect();
+        NeighborsReply {
+            router_id: self.cfg.router_id.to_string(),
+            asn: self.cfg.asn,
+            neighbors,
+            md5_counters: tcp::Md5Counters::read(),
+            kernel: self.kernel.as_ref().map(|k| k.stats()).unwrap_or_default(),
+            adopted_pending: self.adopted.len() as u64,
+        }
+    }
+
+    /// What `twill bgp rib` shows.
+    pub fn rib_reply(&self) -> RibReply {
+        let routes = self
+            .rib
+            .routes()
+            .into_iter()
+            .map(|r| RibRoute {
+                prefix: r.prefix,
+                paths: r
+                    .paths
+                    .iter()
+                    .map(|p| {
+                        let a = &p.attrs;
+                        RibPath {
+                            peer: p
+                                .peer
+                                .and_then(|id| self.peers.get(id.0 as usize))
+                                .map(|peer| peer.cfg.address.to_string()),
+                            next_hop: a
+                                .next_hop
+                                .map(IpAddr::V4)
+                                .filter(|_| r.prefix.addr().is_ipv4())
+                                .or_else(|| a.mp_next_hop.first().copied()),
+                            as_path: as_path_text(&a.as_path),
+                            origin: format!("{:?}", a.origin).to_lowercase(),
+                            local_pref: a.local_pref,
+                            med: a.med,
+                            communities: a
+                                .communities
+                                .iter()
+                                .map(|c| config::CommunityValue(c.0).to_string())
+                                .collect(),
+                            large_communities: a
+                                .large_communities
+                                .iter()
+                                .map(|c| format!("{}:{}:{}", c.global, c.local1, c.local2))
+                                .collect(),
+                            best: p.best,
+                            multipath: p.multipath,
+                            stale: p.stale,
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        RibReply {
+            routes,
+            kernel: self.kernel.as_ref().map(|k| k.stats()).unwrap_or_default(),
+        }
+    }
+
+    fn shutdown(&mut self) {
+        let graceful = self.cfg.graceful_restart.is_some();
+        if !graceful {
+            let now = Instant::now();
+            for i in 0..self.peers.len() {
+                let out = self.peers[i].session.handle(Input::Stop, now);
+                // Only what goes on the wire: the RIB and kernel are handled below.
+                for o in out {
+                    if matches!(o, Output::Send(..) | Output::Close(_)) {
+                        self.output(i, o, now);
+                    }
+                }
+            }
+            // Wait (a little) only for connections with a NOTIFICATION still to write.
+            let deadline = Instant::now() + SHUTDOWN_FLUSH;
+            loop {
+                let tokens: Vec<u64> = self.conns.keys().copied().collect();
+                for t in tokens {
+                    self.flush_conn(t);
+                    if self
+                        .conns
+                        .get(&t)
+                        .is_some_and(|c| c.connecting || c.wpos == c.wbuf.len())
+                    {
+                        self.drop_conn(t);
+                    }
+                }
+                if self.conns.is_empty() || Instant::now() >= deadline {
+                    break;
+                }
+                let _ = self.poller.wait(Some(Duration::from_millis(20)));
+            }
+            // Our routes out of the kernel: what the RIB installed and what was adopted.
+            let mut gone: Vec<FibChange> = self
+                .rib
+                .fib()
+                .into_iter()
+                .map(|c| FibChange {
+                    prefix: c.prefix,
+                    next_hops: Vec::new(),
+                })
+                .collect();
+            gone.extend(self.adopted.sweep());
+            self.fib_pending.clear();
+            if let Some(k) = &mut self.kernel {
+                k.send(gone);
+            }
+        } else {
+            self.flush_fib();
+        }
+        if let Some(k) = &mut self.kernel {
+            k.flush();
+        }
+        let tokens: Vec<u64> = self.conns.keys().copied().collect();
+        for t in tokens {
+            self.drop_conn(t);
+        }
+        let _ = std::fs::remove_file(&self.control_path);
+    }
+}
+
+impl Conn {
+    fn new(peer: usize, stream: TcpStream, connecting: bool) -> Conn {
+        Conn {
+            peer,
+            stream,
+            connecting,
+            rbuf: Vec::new(),
+            rpos: 0,
+            wbuf: Vec::new(),
+            wpos: 0,
+            closing: false,
+            writable_interest: false,
+            negotiated: Negotiated::default(),
+            established: false,
+        }
+    }
+}
+
+/// An IPv4 peer seen through an IPv6 socket as ::ffff:a.b.c.d is that IPv4 address.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+fn counts(c: &fsm::MessageCounts) -> control::MessageCounts {
+    control::MessageCounts {
+        open: c.open,
+        update: c.update,
+        notification: c.notification,
+        keepalive: c.keepalive,
+        route_refresh: c.route_refresh,
+    }
+}
+
+fn as_path_text(p: &packet::AsPath) -> String {
+    p.segments
+        .iter()
+        .map(|s| {
+            let asns: Vec<String> = s.asns.iter().map(u32::to_string).collect();
+            match s.kind {
+                packet::AsSegmentKind::Sequence => asns.join(" "),
+                packet::AsSegmentKind::Set => format!("{{{}}}", asns.join(",")),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The session settings for one configured peer. `restarted`: we found our routes in the
+/// kernel, so (with graceful restart) we announce the R and F bits.
+pub fn session_config(cfg: &Config, p: &config::Peer, restarted: bool) -> SessionConfig {
+    let mut sc = SessionConfig::new(cfg.asn, p.asn, cfg.router_id);
+    sc.passive = p.passive;
+    sc.families = vec![if p.address.ip.is_ipv4() {
+        Family::IPV4_UNICAST
+    } else {
+        Family::IPV6_UNICAST
+    }];
+    if let Some(h) = p.hold_time {
+        sc.hold_time = h;
+    }
+    sc.keepalive = p.keepalive;
+    sc.connect_retry = p.connect_retry();
+    // Reconnect soon after an error: BIRD's 60 s default is long for a mesh of nodes; the
+    // backoff still doubles for errors in a row.
+    sc.error_wait.min = p.connect_retry().min(sc.error_wait.max);
+    sc.graceful_restart = cfg
+        .graceful_restart
+        .as_ref()
+        .map(|g| fsm::GracefulRestartConfig {
+            restart_time: g.restart_time,
+            restarting: restarted,
+            forwarding_preserved: restarted,
+        });
+    sc
+}
+
+/// The RIB's view of one configured peer (roles and policies).
+pub fn peer_config(p: &config::Peer, who: &str) -> Result<PeerConfig, SpeakerError> {
+    let mut pc = PeerConfig::new(p.asn, p.address.ip);
+    pc.rr_client = p.route_reflector_client;
+    pc.next_hop_self = p.next_hop_self;
+    pc.import = p.import.as_ref().map(|x| policy(x, who)).transpose()?;
+    pc.export = p.export.as_ref().map(|x| policy(x, who)).transpose()?;
+    Ok(pc)
+}
+
+/// A configured policy as the RIB's [`Policy`].
+pub fn policy(p: &PolicyConfig, who: &str) -> Result<Policy, SpeakerError> {
+    Ok(match p {
+        PolicyConfig::Accept => Policy::accept_all(),
+        PolicyConfig::Reject => Policy { terms: Vec::new() },
+        PolicyConfig::Terms(terms) => Policy {
+            terms: terms
+                .iter()
+                .map(|t| {
+                    let mut matches = Vec::new();
+                    if !t.prefixes.is_empty() {
+                        let list = t
+                            .prefixes
+                            .iter()
+                            .map(|e| PrefixMatch::new(e.prefix, e.ge, e.le))
+                            .collect::<Result<Vec<_>, _>>()
+                            .map_err(|e| SpeakerError::Peer {
+                                peer: who.to_owned(),
+                                message: e.to_string(),
+                            })?;
+                        matches.push(Match::Prefix(list));
+                    }
+                    if !t.communities.is_empty() {
+                        matches.push(Match::Community(
+                            t.communities
+                                .iter()
+                                .map(|c| packet::Community(c.0))
+                                .collect(),
+                        ));
+                    }
+                    if !t.large_communities.is_empty() {
+                        matches.push(Match::LargeCommunity(
+                            t.large_communities.iter().map(large).collect(),
+                        ));
+                    }
+                    let mut actions = Vec::new();
+                    actions.extend(
+                        t.add_communities
+                            .iter()
+                            .map(|c| Action::AddCommunity(packet::Community(c.0))),
+                    );
+                    actions.extend(
+                        t.remove_communities
+                            .iter()
+                            .map(|c| Action::RemoveCommunity(packet::Community(c.0))),
+                    );
+                    actions.extend(
+                        t.add_large_communities
+                            .iter()
+                            .map(|c| Action::AddLargeCommunity(large(c))),
+                    );
+                    if let Some(v) = t.set_local_pref {
+                        actions.push(Action::SetLocalPref(v));
+                    }
+                    if let Some(v) = t.set_med {
+                        actions.push(Action::SetMed(v));
+                    }
+                    if t.next_hop_self {
+                        actions.push(Action::NextHopSelf);
+                    }
+                    Ok(Term {
+                        matches,
+                        actions,
+                        verdict: match t.action {
+                            config::Verdict::Accept => Verdict::Accept,
+                            config::Verdict::Reject => Verdict::Reject,
+                        },
+                    })
+                })
+                .collect::<Result<_, SpeakerError>>()?,
+        },
+    })
+}
+
+fn large(c: &config::LargeCommunityValue) -> packet::LargeCommunity {
+    packet::LargeCommunity {
+        global: c.0,
+        local1: c.1,
+        local2: c.2,
+    }
+}
+
+/// Binds the control socket at `path`, replacing a stale socket file (one nobody answers
+/// on) but never a live speaker's.
+fn bind_control(path: &std::path::Path) -> Result<UnixListener, SpeakerError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err(format!(
+            "create the directory of the control socket {}",
+            path.display()
+        )))?;
+    }
+    match UnixListener::bind(path) {
+        Ok(l) => Ok(l),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(SpeakerError::ControlInUse {
+                    path: path.to_owned(),
+                });
+            }
+            std::fs::remove_file(path).map_err(io_err(format!(
+                "remove the stale control socket {}",
+                path.display()
+            )))?;
+            UnixListener::bind(path).map_err(io_err(format!(
+                "bind the control socket {}",
+                path.display()
+            )))
+        }
+        Err(e) => Err(io_err(format!(
+            "bind the control socket {}",
+            path.display()
+        ))(e)),
+    }
+}
+
+/// `twill bgp serve`: loads nothing itself; runs `cfg` until SIGTERM/SIGINT.
+pub fn serve(cfg: Config) -> Result<(), SpeakerError> {
+    Speaker::new(cfg)?.run()
+}

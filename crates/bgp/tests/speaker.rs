@@ -1,0 +1,473 @@
+//! Twill speaker against Twill speaker, in namespaces: `twill bgp serve` processes on a
+//! [`common::net::Lan`], read back through the kernel (`ip -j route`), `twill bgp
+//! neighbors|rib -o json`, pings and the namespace's TCP MD5 counters. Each scenario is
+//! bounded by its waits (a few seconds, short timers everywhere).
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use twill_testkit::{try_sh, TempDir};
+
+use common::kernel;
+use common::net::{Lan, Node};
+use common::proc::Daemon;
+use common::wait;
+
+/// The workspace's `twill` binary, built once per test process (`cargo test -p twill-bgp`
+/// builds no binary of another package), next to this test's profile directory.
+fn twill_bin() -> PathBuf {
+    static BUILD: std::sync::Once = std::sync::Once::new();
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    BUILD.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-q", "-p", "twill"]);
+        if dir.ends_with("release") {
+            cmd.arg("--release");
+        }
+        assert!(cmd.status().expect("run cargo build -p twill").success());
+    });
+    dir.join("twill")
+}
+
+/// One `twill bgp serve` in a node, its config and control socket in a temp dir.
+struct Speaker {
+    daemon: Daemon,
+    dir: TempDir,
+    config: PathBuf,
+    socket: PathBuf,
+    ns: String,
+    starts: u32,
+}
+
+impl Speaker {
+    fn start(node: &Node, mut cfg: Value) -> Speaker {
+        let dir = TempDir::new("spk");
+        let socket = dir.path.join("bgp.sock");
+        cfg["controlSocket"] = json!(socket);
+        let config = dir.path.join("bgp.json");
+        std::fs::write(&config, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+        let daemon = Speaker::spawn(node.name(), &dir, &config, 1);
+        let mut s = Speaker {
+            daemon,
+            dir,
+            config,
+            socket,
+            ns: node.name().to_owned(),
+            starts: 1,
+        };
+        s.wait_ready();
+        s
+    }
+
+    fn spawn(ns: &str, dir: &TempDir, config: &std::path::Path, n: u32) -> Daemon {
+        let bin = twill_bin();
+        Daemon::spawn(
+            "twill bgp serve",
+            ns,
+            &[
+                bin.to_str().unwrap(),
+                "bgp",
+                "serve",
+                "--config",
+                config.to_str().unwrap(),
+            ],
+            &dir.path.join(format!("serve{n}.log")),
+        )
+    }
+
+    fn wait_ready(&mut self) {
+        let s = &mut *self;
+        wait::until("the control socket", Duration::from_secs(20), || {
+            s.daemon.assert_running();
+            s.query("neighbors").map(drop)
+        });
+    }
+
+    fn restart(&mut self) {
+        assert!(!self.daemon.running());
+        self.starts += 1;
+        self.daemon = Speaker::spawn(&self.ns, &self.dir, &self.config, self.starts);
+        self.wait_ready();
+    }
+
+    fn query(&self, what: &str) -> Result<Value, String> {
+        let bin = twill_bin();
+        let (ok, out, err) = try_sh(&[
+            bin.to_str().unwrap(),
+            "bgp",
+            what,
+            "-o",
+            "json",
+            "--socket",
+            self.socket.to_str().unwrap(),
+        ]);
+        if !ok {
+            return Err(format!("twill bgp {what}: {err}"));
+        }
+        serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))
+    }
+
+    fn neighbor(&self) -> Result<Value, String> {
+        let v = self.query("neighbors")?;
+        Ok(v["neighbors"][0].clone())
+    }
+
+    fn wait_established(&self) {
+        wait::until("Established", Duration::from_secs(15), || {
+            let n = self.neighbor()?;
+            (n["state"] == "Established")
+                .then_some(())
+                .ok_or(n.to_string())
+        });
+    }
+
+    /// The paths of `prefix` in its RIB.
+    fn paths(&self, prefix: &str) -> Vec<Value> {
+        let v = self.query("rib").unwrap();
+        v["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["prefix"] == prefix)
+            .map(|r| r["paths"].as_array().unwrap().clone())
+            .unwrap_or_default()
+    }
+}
+
+/// A peer entry with short timers.
+fn peer(addr: &str, asn: u32) -> Value {
+    json!({"address": addr, "as": asn, "holdTime": 9, "connectRetry": 1,
+           "import": "accept", "export": "accept"})
+}
+
+fn speaker_cfg(node: &Node, asn: u32, originate: &[&str], peers: Vec<Value>) -> Value {
+    json!({"routerId": node.v4.to_string(), "as": asn, "originate": originate, "peers": peers})
+}
+
+fn via(ns: &str, dst: &str) -> Option<Vec<String>> {
+    kernel::route(ns, dst)
+        .filter(|r| r.protocol == "84")
+        .map(|r| r.gateways)
+}
+
+#[test]
+fn two_speakers_with_md5_exchange_routes_into_the_kernel_and_cease_on_sigterm() {
+    twill_testkit::require_root(
+        "two_speakers_with_md5_exchange_routes_into_the_kernel_and_cease_on_sigterm",
+    );
+    let lan = Lan::new("spkx", 2);
+    let (a, b) = (&lan[0], &lan[1]);
+    a.add_loopback_addr("10.244.1.1/32");
+    b.add_loopback_addr("10.244.2.1/32");
+    let mut pa = peer("192.0.2.2", 65002);
+    pa["password"] = json!("s3cr3t");
+    let mut pb = peer("192.0.2.1", 65001);
+    pb["password"] = json!("s3cr3t");
+    let mut sa = Speaker::start(a, speaker_cfg(a, 65001, &["10.244.1.0/24"], vec![pa]));
+    let sb = Speaker::start(b, speaker_cfg(b, 65002, &["10.244.2.0/24"], vec![pb]));
+    sa.wait_established();
+    wait::until(
+        "both routes in both kernels",
+        Duration::from_secs(10),
+        || {
+            let ok = via(a.name(), "10.244.2.0/24") == Some(vec!["192.0.2.2".into()])
+                && via(b.name(), "10.244.1.0/24") == Some(vec!["192.0.2.1".into()]);
+            ok.then_some(())
+                .ok_or_else(|| format!("{:?}", kernel::routes(a.name(), false)))
+        },
+    );
+    assert!(
+        a.ping("10.244.1.1", "10.244.2.1"),
+        "pod to pod over the learned routes"
+    );
+    let n = sb.neighbor().unwrap();
+    assert_eq!(n["md5"], true);
+    assert_eq!(n["kind"], "ebgp");
+    assert_eq!(n["routerId"], "192.0.2.1");
+    assert!(n["prefixesReceived"].as_u64() == Some(1), "{n}");
+    let paths = sa.paths("10.244.2.0/24");
+    assert_eq!(paths[0]["nextHop"], "192.0.2.2", "{paths:?}");
+    assert_eq!(paths[0]["asPath"], "65002");
+    assert_eq!(paths[0]["best"], true);
+    // The session is really signed: a tcpdump-free check is that the MD5 option is on both
+    // sockets; the wrong-key test shows the kernel drops what is not.
+
+    // SIGTERM without graceful restart: Cease to the peer, our routes out of our kernel.
+    sa.daemon.signal(libc::SIGTERM);
+    assert!(sa
+        .daemon
+        .wait_exit(Duration::from_secs(5))
+        .is_some_and(|s| s.success()));
+    assert_eq!(kernel::count_protocol(a.name(), false, "84"), 0);
+    wait::until("B drops the route on Cease", Duration::from_secs(5), || {
+        via(b.name(), "10.244.1.0/24").map_or(Ok(()), |r| Err(format!("{r:?}")))
+    });
+    let n = sb.neighbor().unwrap();
+    assert!(
+        n["info"].as_str().unwrap().contains("6/2"),
+        "administrative shutdown received: {n}"
+    );
+    assert!(!sa.socket.exists(), "control socket removed");
+}
+
+#[test]
+fn a_wrong_md5_key_never_gets_a_session_and_is_counted() {
+    twill_testkit::require_root("a_wrong_md5_key_never_gets_a_session_and_is_counted");
+    let lan = Lan::new("spkm", 2);
+    let (a, b) = (&lan[0], &lan[1]);
+    let mut pa = peer("192.0.2.2", 65002);
+    pa["password"] = json!("right");
+    let mut pb = peer("192.0.2.1", 65001);
+    pb["password"] = json!("wrong");
+    let sa = Speaker::start(a, speaker_cfg(a, 65001, &["10.244.1.0/24"], vec![pa]));
+    let sb = Speaker::start(b, speaker_cfg(b, 65002, &["10.244.2.0/24"], vec![pb]));
+    wait::holds_for("no session", Duration::from_secs(4), || {
+        for s in [&sa, &sb] {
+            let n = s.neighbor()?;
+            if n["state"] == "Established" || n["state"] == "OpenConfirm" {
+                return Err(n.to_string());
+            }
+        }
+        Ok(())
+    });
+    assert!(kernel::route(a.name(), "10.244.2.0/24").is_none());
+    let drops = sa.query("neighbors").unwrap()["md5Counters"]["failure"]
+        .as_u64()
+        .unwrap()
+        + sb.query("neighbors").unwrap()["md5Counters"]["failure"]
+            .as_u64()
+            .unwrap();
+    assert!(drops > 0, "the kernel counted bad signatures");
+    assert_eq!(
+        drops,
+        a.nstat("TcpExtTCPMD5Failure") + b.nstat("TcpExtTCPMD5Failure")
+    );
+}
+
+#[test]
+fn a_key_that_cannot_be_set_fails_the_peer_closed() {
+    twill_testkit::require_root("a_key_that_cannot_be_set_fails_the_peer_closed");
+    let lan = Lan::new("spkf", 2);
+    let a = &lan[0];
+    // An IPv6 peer's key cannot go on an IPv4 listener (EINVAL): that peer must not run.
+    let mut p = peer("2001:db8::2", 65002);
+    p["password"] = json!("s3cr3t");
+    let s = Speaker::start(a, speaker_cfg(a, 65001, &[], vec![p]));
+    wait::holds_for("the peer stays down", Duration::from_secs(2), || {
+        let n = s.neighbor()?;
+        if n["state"] != "Idle" || n["failed"].is_null() {
+            return Err(n.to_string());
+        }
+        Ok(())
+    });
+    let n = s.neighbor().unwrap();
+    assert!(
+        n["info"]
+            .as_str()
+            .unwrap()
+            .contains("TCP MD5 key could not be set"),
+        "{n}"
+    );
+    let (_, ss, _) = a.try_exec(&["ss", "-tn", "state", "syn-sent"]);
+    assert!(!ss.contains("2001:db8::2"), "no connect was made: {ss}");
+}
+
+/// Graceful restart, restarting side: the speaker dies (SIGTERM with gracefulRestart, then
+/// SIGKILL), its kernel routes stay; restarted, it adopts them with no moment without the
+/// route, re-learns them, and sweeps the one nobody announces any more after End-of-RIB.
+/// Helper side: the peer keeps our routes stale meanwhile.
+#[test]
+fn graceful_restart_adopts_the_kernel_routes_with_no_flap() {
+    twill_testkit::require_root("graceful_restart_adopts_the_kernel_routes_with_no_flap");
+    let lan = Lan::new("spkg", 2);
+    let (a, b) = (&lan[0], &lan[1]);
+    let gr = json!({"restartTime": 30});
+    let mut ca = speaker_cfg(a, 65001, &["10.244.1.0/24"], vec![peer("192.0.2.2", 65002)]);
+    ca["gracefulRestart"] = gr.clone();
+    let mut cb = speaker_cfg(
+        b,
+        65002,
+        &["10.244.2.0/24", "10.244.3.0/24"],
+        vec![peer("192.0.2.1", 65001)],
+    );
+    cb["gracefulRestart"] = gr;
+    let mut sa = Speaker::start(a, ca);
+    let sb = Speaker::start(b, cb);
+    wait::until("A has both routes", Duration::from_secs(10), || {
+        (via(a.name(), "10.244.2.0/24").is_some() && via(a.name(), "10.244.3.0/24").is_some())
+            .then_some(())
+            .ok_or_else(|| format!("{:?}", kernel::routes(a.name(), false)))
+    });
+    // A route of a previous run that nobody announces: to be swept after End-of-RIB.
+    a.exec(&[
+        "ip",
+        "route",
+        "add",
+        "10.99.0.0/24",
+        "via",
+        "192.0.2.2",
+        "proto",
+        "84",
+    ]);
+
+    // Watch A's table the whole time: the two learned routes must never be absent.
+    let stop = Arc::new(AtomicBool::new(false));
+    let ns = a.name().to_owned();
+    let watcher = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut dumps = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let routes = kernel::routes(&ns, false);
+                for dst in ["10.244.2.0/24", "10.244.3.0/24"] {
+                    if !routes.iter().any(|r| r.dst == dst && r.protocol == "84") {
+                        return Err(format!("{dst} absent at dump {dumps}: {routes:?}"));
+                    }
+                }
+                dumps += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(dumps)
+        })
+    };
+
+    // Graceful stop: no NOTIFICATION, routes left; B keeps ours stale.
+    sa.daemon.signal(libc::SIGTERM);
+    assert!(sa.daemon.wait_exit(Duration::from_secs(5)).is_some());
+    wait::until("B holds A's route stale", Duration::from_secs(5), || {
+        let p = sb.paths("10.244.1.0/24");
+        (p.first().is_some_and(|p| p["stale"] == true))
+            .then_some(())
+            .ok_or(format!("{p:?}"))
+    });
+    assert!(
+        via(b.name(), "10.244.1.0/24").is_some(),
+        "B still forwards to A"
+    );
+    let t = Instant::now();
+    sa.restart();
+    sa.wait_established();
+    let n = sa.neighbor().unwrap();
+    assert_eq!(n["endOfRib"], true, "{n}");
+    wait::until(
+        "the unannounced adopted route is swept",
+        Duration::from_secs(5),
+        || via(a.name(), "10.99.0.0/24").map_or(Ok(()), |r| Err(format!("{r:?}"))),
+    );
+    let k = &sa.query("neighbors").unwrap()["kernel"];
+    assert_eq!(k["adopted"], 3, "{k}");
+    assert_eq!(k["swept"], 1, "{k}");
+    wait::until(
+        "B's copy of A's route is fresh again",
+        Duration::from_secs(5),
+        || {
+            let p = sb.paths("10.244.1.0/24");
+            (p.first().is_some_and(|p| p["stale"] == false))
+                .then_some(())
+                .ok_or(format!("{p:?}"))
+        },
+    );
+
+    // And a crash (SIGKILL) is the same to the kernel.
+    sa.daemon.kill();
+    std::thread::sleep(Duration::from_millis(200));
+    sa.restart();
+    sa.wait_established();
+    stop.store(true, Ordering::Relaxed);
+    let dumps = watcher.join().unwrap().unwrap_or_else(|e| panic!("{e}"));
+    assert!(dumps > 10, "watched {dumps} dumps over {:?}", t.elapsed());
+}
+
+/// Graceful restart, helper side: the peer is SIGKILLed; its routes stay (stale) in our
+/// kernel for its restart time, then go.
+#[test]
+fn helper_keeps_a_dead_peers_routes_for_its_restart_time_then_sweeps() {
+    twill_testkit::require_root(
+        "helper_keeps_a_dead_peers_routes_for_its_restart_time_then_sweeps",
+    );
+    let lan = Lan::new("spkh", 2);
+    let (a, b) = (&lan[0], &lan[1]);
+    let mut ca = speaker_cfg(a, 65001, &[], vec![peer("192.0.2.2", 65002)]);
+    ca["gracefulRestart"] = json!({"restartTime": 30});
+    let mut cb = speaker_cfg(b, 65002, &["10.244.2.0/24"], vec![peer("192.0.2.1", 65001)]);
+    cb["gracefulRestart"] = json!({"restartTime": 3});
+    let sa = Speaker::start(a, ca);
+    let mut sb = Speaker::start(b, cb);
+    wait::until("A has B's route", Duration::from_secs(10), || {
+        via(a.name(), "10.244.2.0/24")
+            .map(drop)
+            .ok_or_else(|| "none".to_string())
+    });
+    sb.daemon.kill();
+    let t = Instant::now();
+    wait::until("A holds it stale", Duration::from_secs(5), || {
+        let p = sa.paths("10.244.2.0/24");
+        (p.first().is_some_and(|p| p["stale"] == true))
+            .then_some(())
+            .ok_or(format!("{p:?}"))
+    });
+    assert!(via(a.name(), "10.244.2.0/24").is_some(), "still forwarding");
+    wait::until(
+        "swept after B's restart time",
+        Duration::from_secs(10),
+        || via(a.name(), "10.244.2.0/24").map_or(Ok(()), |r| Err(format!("{r:?}"))),
+    );
+    assert!(
+        t.elapsed() >= Duration::from_secs(2),
+        "not before its restart time: {:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn config_errors_name_the_field_and_leave_nothing() {
+    let dir = TempDir::new("spkc");
+    let sock = dir.path.join("bgp.sock");
+    let cfg = dir.path.join("bgp.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "routerId: 192.0.2.1\nas: 65001\ncontrolSocket: {}\npeers:\n  - address: 192.0.2.2\n    as: 65002\n    holdtime: 9\n",
+            sock.display()
+        ),
+    )
+    .unwrap();
+    let bin = twill_bin();
+    let (ok, _, err) = try_sh(&[
+        bin.to_str().unwrap(),
+        "bgp",
+        "serve",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("unknown field `holdtime`"), "{err}");
+    assert!(err.contains("holdTime"), "names the right one: {err}");
+    assert!(!sock.exists());
+    let (ok, _, err) = try_sh(&[
+        bin.to_str().unwrap(),
+        "bgp",
+        "serve",
+        "--config",
+        "/nonexistent/bgp.yaml",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("cannot read /nonexistent/bgp.yaml"), "{err}");
+    let (ok, _, err) = try_sh(&[
+        bin.to_str().unwrap(),
+        "bgp",
+        "neighbors",
+        "--socket",
+        sock.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("is `twill bgp serve` running?"), "{err}");
+}
