@@ -448,9 +448,24 @@ pub(crate) fn encode_attrs(
     if attrs.atomic_aggregate {
         attr!(TRANSITIVE, code::ATOMIC_AGGREGATE, |_o| {});
     }
+    // To a two-octet peer the aggregator goes in AS4_AGGREGATOR (below) when its AS needs four
+    // octets, and also whenever AS4_PATH goes out: RFC 6793 §4.2.3 has a NEW receiver ignore
+    // AS4_PATH when AGGREGATOR holds any AS but AS_TRANS, which would lose the path's
+    // four-octet ASes (and with them loop detection).
+    let as4_aggregator = !four
+        && attrs
+            .aggregator
+            .is_some_and(|a| a.asn > u32::from(u16::MAX) || needs_as4(&attrs.as_path));
     if let Some(agg) = &attrs.aggregator {
+        let sent = match as4_aggregator {
+            true => Aggregator {
+                asn: u32::from(AS_TRANS),
+                ..*agg
+            },
+            false => *agg,
+        };
         attr!(OPTIONAL | TRANSITIVE, code::AGGREGATOR, |o| {
-            encode_aggregator(agg, four, o)
+            encode_aggregator(&sent, four, o)
         });
     }
     if !attrs.communities.is_empty() {
@@ -487,7 +502,7 @@ pub(crate) fn encode_attrs(
         // the aggregating router is non-mappable ..., then the NEW BGP speaker MUST use
         // AS_TRANS ... in the AGGREGATOR attribute, and MUST send the AS4_AGGREGATOR
         // attribute with the four-octet AS number".
-        if let Some(agg) = attrs.aggregator.filter(|a| a.asn > u32::from(u16::MAX)) {
+        if let Some(agg) = attrs.aggregator.filter(|_| as4_aggregator) {
             attr!(OPTIONAL | TRANSITIVE, code::AS4_AGGREGATOR, |o| {
                 encode_aggregator(&agg, true, o)
             });
