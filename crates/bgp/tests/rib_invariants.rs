@@ -383,7 +383,7 @@ fn run(seed: u64, steps: usize) {
 
 #[test]
 fn random_inputs_keep_fib_and_adj_rib_outs_consistent() {
-    for seed in [1, 0x5EED_0F_7B11, 0xDEAD_BEEF_CAFE] {
+    for seed in [1, 0x5EED_0F7B_1100, 0xDEAD_BEEF_CAFE] {
         run(seed, 500);
     }
 }
