@@ -1,5 +1,6 @@
 //! Twill issue 8: does netgauze-bgp-pkt meet Twill's codec needs?
-//! `cargo run --release` prints the RFC 7606 probes and the decode throughput.
+//! `cargo run --release` prints the RFC 7606 probes and the decode throughput, each beside
+//! Twill's own codec (twill_bgp::packet) on the same bytes.
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -11,6 +12,7 @@ use netgauze_bgp_pkt::BgpMessage;
 use netgauze_parse_utils::reader::SliceReader;
 use netgauze_parse_utils::traits::ParseFromWithOneInput;
 use netgauze_parse_utils::WritablePdu;
+use twill_bgp::packet;
 
 /// One UPDATE: header, no withdrawn routes, the given attribute bytes, IPv4 NLRI.
 fn update(attrs: &[u8], nlri: &[u8]) -> Vec<u8> {
@@ -45,10 +47,12 @@ fn ctx(fail_on_malformed_path_attr: bool) -> BgpParsingContext {
 
 fn probe(name: &str, attrs: &[u8]) {
     let msg = update(attrs, &NLRI);
+    println!("== {name}");
+    twill_probe(attrs);
     for fail in [true, false] {
         let mut c = ctx(fail);
         let r = BgpMessage::parse(&mut SliceReader::new(&msg), &mut c);
-        println!("== {name}, fail_on_malformed_path_attr={fail}");
+        println!("   netgauze, fail_on_malformed_path_attr={fail}:");
         match r {
             Ok(BgpMessage::Update(u)) => {
                 println!(
@@ -96,37 +100,101 @@ pub fn stream(n: u32, per_msg: usize) -> Vec<u8> {
     out
 }
 
-fn bench(label: &str, bytes: &[u8], n: u32) {
-    let mut times = Vec::new();
-    for _ in 0..15 {
-        let t = Instant::now();
-        let mut c = ctx(true);
-        let mut cur = SliceReader::new(bytes);
-        let mut routes = 0usize;
-        let mut msgs = 0usize;
-        while !cur.is_empty() {
-            match BgpMessage::parse(&mut cur, &mut c).expect("valid stream") {
-                BgpMessage::Update(u) => routes += black_box(u).nlri().len(),
-                _ => unreachable!(),
-            }
-            msgs += 1;
+/// Decodes the whole stream with netgauze; returns the IPv4 prefixes announced.
+fn netgauze_decode(bytes: &[u8]) -> usize {
+    let mut c = ctx(true);
+    let mut cur = SliceReader::new(bytes);
+    let mut routes = 0;
+    while !cur.is_empty() {
+        match BgpMessage::parse(&mut cur, &mut c).expect("valid stream") {
+            BgpMessage::Update(u) => routes += black_box(u).nlri().len(),
+            _ => unreachable!(),
         }
-        assert_eq!(routes, n as usize);
-        black_box(msgs);
-        times.push(t.elapsed());
     }
-    times.sort();
-    let med = times[times.len() / 2];
-    println!(
-        "{label}: {} bytes, median of 15 {:.2} ms, {:.1} M prefixes/s, {:.0} MB/s",
-        bytes.len(),
-        med.as_secs_f64() * 1e3,
-        n as f64 / med.as_secs_f64() / 1e6,
-        bytes.len() as f64 / med.as_secs_f64() / 1e6
-    );
+    routes
+}
+
+/// Twill's session for the stream: four-octet ASes, eBGP, IPv4 unicast.
+fn twill_session() -> packet::Negotiated {
+    packet::Negotiated {
+        four_octet_as: true,
+        ..packet::Negotiated::default()
+    }
+}
+
+/// Decodes the whole stream with Twill's codec, framing it as the speaker does.
+fn twill_decode(bytes: &[u8]) -> usize {
+    let neg = twill_session();
+    let mut buf = bytes;
+    let mut routes = 0;
+    while let Some(len) = packet::frame(buf).expect("valid stream") {
+        match packet::decode(&buf[..len], &neg).expect("valid stream") {
+            packet::Message::Update(u) => routes += black_box(u).nlri.len(),
+            _ => unreachable!(),
+        }
+        buf = &buf[len..];
+    }
+    assert!(buf.is_empty());
+    routes
+}
+
+/// Both decoders on the same bytes, alternating within each of 15 rounds so the machine's
+/// load falls on both alike; prints the median of each.
+fn bench(label: &str, bytes: &[u8], n: u32) {
+    let decoders: [(&str, fn(&[u8]) -> usize); 2] =
+        [("netgauze", netgauze_decode), ("twill", twill_decode)];
+    let mut times = vec![Vec::new(); decoders.len()];
+    for _ in 0..15 {
+        for (i, (_, decode)) in decoders.iter().enumerate() {
+            let t = Instant::now();
+            assert_eq!(decode(black_box(bytes)), n as usize);
+            times[i].push(t.elapsed());
+        }
+    }
+    for ((name, _), mut t) in decoders.iter().zip(times) {
+        t.sort();
+        let med = t[t.len() / 2];
+        println!(
+            "{name:8} {label}: {} bytes, median of 15 {:.2} ms, {:.1} M prefixes/s, {:.0} MB/s",
+            bytes.len(),
+            med.as_secs_f64() * 1e3,
+            n as f64 / med.as_secs_f64() / 1e6,
+            bytes.len() as f64 / med.as_secs_f64() / 1e6
+        );
+    }
+}
+
+/// What Twill's decoder makes of the same probe.
+fn twill_probe(attrs: &[u8]) {
+    match packet::decode(&update(attrs, &NLRI), &twill_session()) {
+        Ok(packet::Message::Update(u)) => println!(
+            "   twill: Ok: {} NLRI, {} withdrawn, attrs {}, errors {:?}",
+            u.nlri.len(),
+            u.withdrawn.len(),
+            if u.attrs.is_some() { "kept" } else { "dropped" },
+            u.errors
+        ),
+        other => println!("   twill: {other:?}"),
+    }
 }
 
 fn main() {
+    // `once DECODER STREAM`: decode one stream once, for an instruction count that the
+    // machine's load does not change: `valgrind --tool=callgrind target/release/... once
+    // twill packed` (DECODER: netgauze | twill | none; STREAM: packed | single).
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [once, decoder, kind] = &args[..] {
+        assert_eq!(once, "once", "usage: [once netgauze|twill packed|single]");
+        let n = 100_000;
+        let bytes = stream(n, if kind == "single" { 1 } else { usize::MAX });
+        // `none` only builds the stream: subtract its count from the others.
+        match decoder.as_str() {
+            "twill" => assert_eq!(twill_decode(&bytes), n as usize),
+            "netgauze" => assert_eq!(netgauze_decode(&bytes), n as usize),
+            _ => drop(black_box(bytes)),
+        }
+        return;
+    }
     // Well-known ORIGIN sent with the Optional bit (flags 0xC0): RFC 7606 §3 c → treat-as-withdraw.
     probe(
         "ORIGIN flags 0xC0",
@@ -169,10 +237,6 @@ fn main() {
     println!("== re-encoded unknown with partial: {out:02x?}");
 
     let n = 100_000;
-    bench(
-        "netgauze, packed (≤1016 prefixes/UPDATE)",
-        &stream(n, usize::MAX),
-        n,
-    );
-    bench("netgauze, 1 prefix/UPDATE", &stream(n, 1), n);
+    bench("packed (≤1016 prefixes/UPDATE)", &stream(n, usize::MAX), n);
+    bench("1 prefix/UPDATE", &stream(n, 1), n);
 }
