@@ -623,12 +623,8 @@ impl Rib {
 
     /// Remove a peer: its routes are withdrawn (stale ones too) and it is forgotten.
     pub fn remove_peer(&mut self, id: PeerId) -> Result<RibChanges, RibError> {
+        // Down first: it is sent nothing, and everyone else hears its routes go.
         let changes = self.peer_down(id, None)?;
-        let changes = {
-            let mut c = changes;
-            c.out.retain(|(p, _)| *p != id);
-            c
-        };
         self.ctx.peers.remove(&id);
         self.ctx.reflector = self.ctx.peers.values().any(|p| !p.ebgp && p.cfg.rr_client);
         self.ctx.interner.sweep(true);
@@ -800,7 +796,7 @@ impl Rib {
                         variant,
                         mp.nlri
                             .iter()
-                            .filter(|n| family_of(**n) == Some(fam))
+                            .filter(|n| family_of(**n) == fam)
                             .map(|n| n.trunc()),
                         &mut announced,
                     );
@@ -1163,15 +1159,16 @@ pub struct RibStats {
     pub heap_bytes: usize,
 }
 
-fn family_of(n: IpNet) -> Option<Family> {
+/// The unicast family a prefix belongs to.
+fn family_of(n: IpNet) -> Family {
     match n {
-        IpNet::V4(_) => Some(Family::IPV4_UNICAST),
-        IpNet::V6(_) => Some(Family::IPV6_UNICAST),
+        IpNet::V4(_) => Family::IPV4_UNICAST,
+        IpNet::V6(_) => Family::IPV6_UNICAST,
     }
 }
 
 fn withdraw_any(rib: &mut Rib, n: IpNet, family: Family, src: u32, batch: &mut Batch) {
-    if family_of(n) != Some(family) {
+    if family_of(n) != family {
         return;
     }
     match n.trunc() {
