@@ -174,6 +174,7 @@ fn render_update(u: &Update) -> String {
 fn render_output(o: &Output) -> String {
     match o {
         Output::Connect => "connect".into(),
+        Output::CancelConnect => "cancel-connect".into(),
         Output::Send(id, m) => format!("send {} {}", id.0, render_message(m)),
         Output::Close(id) => format!("close {}", id.0),
         Output::Established(e) => {
@@ -650,6 +651,7 @@ replay!(
     no_common_family,
     open_errors,
     passive_frr,
+    peer_connects_first,
     restarting_speaker,
     stop_start,
     two_octet_peer,

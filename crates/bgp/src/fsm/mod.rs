@@ -36,6 +36,9 @@
 //! # Outputs
 //! - `Connect`: open a TCP connection to the peer, then report `Connected` or
 //!   `ConnectFailed`. A new `Connect` replaces an attempt still in flight.
+//! - `CancelConnect`: drop the connect in flight, unanswered: the session came up on the
+//!   peer's connection, and a late one of ours would look to a graceful-restart peer like our
+//!   restart (RFC 4724 §4.2: BIRD and FRR then end the session at once).
 //! - `Send(ConnId, Message)` / `Close(ConnId)`: write a message, close a connection (after
 //!   writing what was sent before it). A connection the peer closed is not `Close`d again.
 //! - `Established(info)`: the session is up on `info.conn`; `info.negotiated` is what the
@@ -320,6 +323,7 @@ pub enum Input {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
     Connect,
+    CancelConnect,
     Send(ConnId, Message),
     Close(ConnId),
     Established(Box<Established>),
@@ -1274,6 +1278,10 @@ impl Session {
             if let Some(j) = self.conn_index(other) {
                 self.collision_close(j, now, out);
             }
+        }
+        if self.connecting {
+            self.connecting = false;
+            out.push(Output::CancelConnect);
         }
         // RFC 4724 §4.2: the R bit only "unless the Receiving Speaker has restarted": once a
         // session is up again, a later drop is no longer part of that restart.

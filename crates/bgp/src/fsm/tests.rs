@@ -1575,6 +1575,8 @@ fn random_walks_keep_the_invariants() {
         let mut now = 0.0;
         let mut next_id = 0;
         let mut up = false;
+        // An `Output::Connect` not answered yet.
+        let mut in_flight = false;
         // Connections the FSM was told about and has not closed, nor heard closed.
         let mut live = std::collections::BTreeSet::new();
         for step in 0..300 {
@@ -1585,9 +1587,13 @@ fn random_walks_keep_the_invariants() {
             for input in [Input::Tick, input] {
                 let at = format!("walk {walk} step {step} at {now}: {input:?}");
                 match &input {
-                    Input::Connected(id, _) => {
+                    Input::Connected(id, dir) => {
                         live.insert(*id);
+                        if *dir == Direction::Outgoing {
+                            in_flight = false;
+                        }
                     }
+                    Input::ConnectFailed | Input::Stop => in_flight = false,
                     Input::Closed(id) => {
                         live.remove(id);
                     }
@@ -1610,7 +1616,11 @@ fn random_walks_keep_the_invariants() {
                         Output::Routes(_) | Output::RefreshRequested(_) => {
                             assert!(up, "{at}: {o:?} while not established")
                         }
-                        Output::Connect => {}
+                        Output::Connect => in_flight = true,
+                        Output::CancelConnect => {
+                            assert!(in_flight, "{at}: cancel with no connect in flight");
+                            in_flight = false;
+                        }
                     }
                 }
                 let s = &t.s;
@@ -1654,4 +1664,25 @@ fn open_with_no_family_in_common_gets_2_7_naming_ours() {
         open,
         notification(ErrorCode::OpenMessage, 7, vec![1, 4, 0, 2, 0, 1]),
     );
+}
+
+#[test]
+fn established_on_the_peers_connection_cancels_our_connect_in_flight() {
+    // Our SYN is lost and retried; the peer connects meanwhile and the session comes up on
+    // its connection. Our late connection would look like our restart to a GR peer.
+    let mut t = T::new(config());
+    t.run(0.0, Input::Start);
+    sent_open(&t.run(0.5, Input::Connected(C2, Direction::Incoming)));
+    t.run(0.6, Input::Received(C2, Message::Open(peer_open(90))));
+    let out = t.run(0.7, Input::Received(C2, Message::Keepalive));
+    assert!(matches!(&out[0], Output::Established(e) if e.conn == C2));
+    assert_eq!(out[1..], [Output::CancelConnect]);
+    assert_eq!(t.s.state(), State::Established);
+    // Established on our own connection: nothing in flight, nothing to cancel.
+    let mut t = T::new(config());
+    t.run(0.0, Input::Start);
+    t.run(0.0, Input::Connected(C1, Direction::Outgoing));
+    t.run(0.0, Input::Received(C1, Message::Open(peer_open(90))));
+    let out = t.run(0.0, Input::Received(C1, Message::Keepalive));
+    assert_eq!(out.len(), 1, "{out:?}");
 }

@@ -356,6 +356,11 @@ impl Speaker {
     fn output(&mut self, i: usize, out: Output, now: Instant) {
         match out {
             Output::Connect => self.connect(i, now),
+            Output::CancelConnect => {
+                if let Some(old) = self.peers[i].connecting.take() {
+                    self.drop_conn(old);
+                }
+            }
             Output::Send(id, msg) => {
                 if let Some(c) = self.conns.get_mut(&id.0) {
                     // An encode error is a bug in what we built; the FSM's messages are
