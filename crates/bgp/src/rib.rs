@@ -15,6 +15,7 @@
 //! rib.stale_expired(PeerId(1))?             // the restart/stale timer ran out
 //! rib.refresh(PeerId(1), family)?           // ROUTE-REFRESH: the whole Adj-RIB-Out again
 //! rib.originate(prefix, attrs) / rib.withdraw_originated(prefix)
+//! rib.originate_all(prefixes, attrs) / rib.withdraw_originated_all(prefixes)   // packed
 //! rib.set_peer_config(PeerId(1), cfg)?     // new policy or role: Adj-RIB-Outs redone
 //! rib.remove_peer(PeerId(1))?
 //! rib.routes() / rib.route(prefix) / rib.fib() / rib.adj_rib_out(peer, family)
@@ -903,21 +904,45 @@ impl Rib {
     /// Announce `prefix` ourselves with `attrs` (its next hop is set per peer: our session
     /// address). Replaces an earlier origination of the prefix.
     pub fn originate(&mut self, prefix: IpNet, attrs: Attrs) -> RibChanges {
+        self.originate_all([prefix], attrs)
+    }
+
+    /// Announce many prefixes with one set of attributes in one call: one change set, so
+    /// what goes to each peer is packed (one call per prefix would be one UPDATE each).
+    pub fn originate_all(
+        &mut self,
+        prefixes: impl IntoIterator<Item = IpNet>,
+        attrs: Attrs,
+    ) -> RibChanges {
         let a = self.ctx.interner.intern(attrs);
         let mut batch = Batch::default();
-        match prefix.trunc() {
-            IpNet::V4(n) => change::<Ipv4Net>(self, n, Edit::Set(LOCAL, a), &mut batch),
-            IpNet::V6(n) => change::<Ipv6Net>(self, n, Edit::Set(LOCAL, a), &mut batch),
+        for prefix in prefixes {
+            let edit = Edit::Set(LOCAL, a.clone());
+            match prefix.trunc() {
+                IpNet::V4(n) => change::<Ipv4Net>(self, n, edit, &mut batch),
+                IpNet::V6(n) => change::<Ipv6Net>(self, n, edit, &mut batch),
+            }
         }
+        drop(a);
         self.finish(batch, false)
     }
 
     /// Stop announcing `prefix` ourselves.
     pub fn withdraw_originated(&mut self, prefix: IpNet) -> RibChanges {
+        self.withdraw_originated_all([prefix])
+    }
+
+    /// Stop announcing many prefixes in one call (one packed change set).
+    pub fn withdraw_originated_all(
+        &mut self,
+        prefixes: impl IntoIterator<Item = IpNet>,
+    ) -> RibChanges {
         let mut batch = Batch::default();
-        match prefix.trunc() {
-            IpNet::V4(n) => change::<Ipv4Net>(self, n, Edit::Remove(LOCAL), &mut batch),
-            IpNet::V6(n) => change::<Ipv6Net>(self, n, Edit::Remove(LOCAL), &mut batch),
+        for prefix in prefixes {
+            match prefix.trunc() {
+                IpNet::V4(n) => change::<Ipv4Net>(self, n, Edit::Remove(LOCAL), &mut batch),
+                IpNet::V6(n) => change::<Ipv6Net>(self, n, Edit::Remove(LOCAL), &mut batch),
+            }
         }
         self.finish(batch, false)
     }

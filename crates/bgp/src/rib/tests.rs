@@ -1140,3 +1140,25 @@ fn peer_counts_follow_the_rib() {
     assert_eq!((e1.accepted, e1.stale), (2, 2));
     assert!(lab.rib.peer_counts(PeerId(77)).is_none());
 }
+
+#[test]
+fn originating_many_prefixes_in_one_call_is_one_packed_group_per_peer() {
+    let mut lab = Lab::new();
+    let prefixes: Vec<IpNet> = (0..1000u32)
+        .map(|i| IpNet::V4(Ipv4Net::new(Ipv4Addr::from(0x0AF4_0000 + (i << 8)), 24).unwrap()))
+        .collect();
+    let c = lab
+        .rib
+        .originate_all(prefixes.clone(), Attrs::local(Origin::Igp));
+    assert!(c.fib.is_empty());
+    for p in [E1, E2, I3, I4] {
+        let u = sent(&c, p).unwrap();
+        assert_eq!(u.announce.len(), 1, "{p:?}");
+        assert_eq!(u.announce[0].1, prefixes, "{p:?}: every prefix, in order");
+    }
+    let c = lab.rib.withdraw_originated_all(prefixes.clone());
+    for p in [E1, E2, I3, I4] {
+        assert_eq!(withdrawn(&c, p), prefixes, "{p:?}");
+    }
+    assert!(lab.rib.routes().is_empty());
+}
