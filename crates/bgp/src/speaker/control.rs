@@ -233,13 +233,12 @@ impl Client {
         })))
     }
 
-    /// Queues the reply.
-    pub fn answer(&mut self, reply: Result<serde_json::Value, String>) {
-        let v = match reply {
+    /// Queues the reply: its JSON, or `{"error": ...}`.
+    pub fn answer(&mut self, reply: Result<Vec<u8>, String>) {
+        self.output = match reply {
             Ok(v) => v,
-            Err(e) => serde_json::json!({ "error": e }),
+            Err(e) => serde_json::to_vec(&serde_json::json!({ "error": e })).unwrap_or_default(),
         };
-        self.output = serde_json::to_vec(&v).unwrap_or_default();
         self.output.push(b'\n');
         self.answered = true;
     }
