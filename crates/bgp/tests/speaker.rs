@@ -384,6 +384,32 @@ fn graceful_restart_adopts_the_kernel_routes_with_no_flap() {
     stop.store(true, Ordering::Relaxed);
     let dumps = watcher.join().unwrap().unwrap_or_else(|e| panic!("{e}"));
     assert!(dumps > 10, "watched {dumps} dumps over {:?}", t.elapsed());
+
+    // Both restart at once: each sees the other's R bit and does not wait for its
+    // End-of-RIB (that would deadlock until the 30 s restart time).
+    let mut sb = sb;
+    sa.daemon.kill();
+    sb.daemon.kill();
+    std::thread::sleep(Duration::from_millis(200));
+    sa.restart();
+    sb.restart();
+    let t = Instant::now();
+    wait::until(
+        "both fresh again after a double restart",
+        Duration::from_secs(10),
+        || {
+            let (pa, pb) = (sa.paths("10.244.2.0/24"), sb.paths("10.244.1.0/24"));
+            let fresh = |p: &[Value]| {
+                p.first()
+                    .is_some_and(|p| p["stale"] == false && p["peer"].is_string())
+            };
+            (fresh(&pa) && fresh(&pb))
+                .then_some(())
+                .ok_or(format!("{pa:?} {pb:?}"))
+        },
+    );
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert!(via(a.name(), "10.244.2.0/24").is_some() && via(b.name(), "10.244.1.0/24").is_some());
 }
 
 /// Graceful restart, helper side: the peer is SIGKILLed; its routes stay (stale) in our

@@ -17,8 +17,12 @@
 //!   (protocol 84 in its table) and keeps them ([`kernel::Adopted`]); it advertises the
 //!   capability with the R bit and, when it found routes, the F bit. Routes learned again
 //!   are replaced in place (never absent); once every peer has sent End-of-RIB, or the
-//!   restart time has passed, the rest is deleted. Without `gracefulRestart` the same
-//!   adoption happens, with a 120 s limit, so a restart never flaps the routes.
+//!   restart time has passed, the rest is deleted. Route selection is deferred meanwhile
+//!   (RFC 4724 §4.1): nothing is announced until every peer has sent End-of-RIB or is
+//!   restarting itself (R bit), then each gets its whole Adj-RIB-Out and End-of-RIB, so a
+//!   restarted reflector never makes its clients sweep routes it has not re-learned yet.
+//!   Without `gracefulRestart` the same adoption happens, with a 120 s limit, so a restart
+//!   never flaps the kernel routes.
 //! - **Graceful restart, helper side**: a session that goes down with `keep_stale` keeps the
 //!   peer's routes stale for its restart time; End-of-RIB from the peer or the timer sweeps
 //!   them (the RIB decides what goes).
@@ -148,6 +152,9 @@ pub struct Speaker {
     next_token: u64,
     fib_pending: Vec<FibChange>,
     work: VecDeque<(usize, Output)>,
+    /// Restarting with graceful restart: out-updates are held back (RFC 4724 §4.1 defers
+    /// route selection until the peers' End-of-RIB), then sent whole.
+    deferring: bool,
     stopping: bool,
 }
 
@@ -170,6 +177,8 @@ impl Speaker {
             (None, Adopted::default())
         };
         let restarted = !adopted.is_empty();
+        // A restart (our routes were found): wait for the peers' End-of-RIB before sweeping
+        // them, and with graceful restart defer what we announce till then too.
         let adopt_deadline = (!adopted.is_empty()).then(|| {
             now + cfg
                 .graceful_restart
@@ -263,6 +272,7 @@ impl Speaker {
             .add(signals.raw(), TOKEN_SIGNALS, Interest::Read)
             .map_err(io_err("watch the signalfd"))?;
 
+        let cfg_graceful = cfg.graceful_restart.is_some();
         let mut sp = Speaker {
             cfg,
             poller,
@@ -281,6 +291,7 @@ impl Speaker {
             next_token: TOKEN_FIRST,
             fib_pending: Vec::new(),
             work: VecDeque::new(),
+            deferring: restarted && cfg_graceful,
             stopping: false,
         };
         for prefix in sp.cfg.originate.clone() {
@@ -396,6 +407,9 @@ impl Speaker {
                 if let Ok(ch) = self.rib.peer_up(p.id, session) {
                     self.apply_changes(ch, now);
                 }
+                if self.deferring {
+                    self.maybe_finish_restart(false, now);
+                }
             }
             Output::Routes(update) => self.routes(i, &update, now),
             Output::RefreshRequested(family) => {
@@ -425,7 +439,7 @@ impl Speaker {
             if let Ok(ch) = self.rib.end_of_rib(id, family) {
                 self.apply_changes(ch, now);
             }
-            self.maybe_sweep_adopted(false);
+            self.maybe_finish_restart(false, now);
             return;
         }
         self.peers[i].prefixes_received +=
@@ -452,6 +466,10 @@ impl Speaker {
             }
         }
         for (peer_id, upd) in out {
+            if self.deferring {
+                // Sent whole when the restart is over (maybe_finish_restart).
+                break;
+            }
             let i = peer_id.0 as usize;
             let Some((&token, c)) = self
                 .conns
@@ -501,30 +519,59 @@ impl Speaker {
         }
     }
 
-    /// Deletes the adopted routes not learned again, when every peer that can run has sent
-    /// End-of-RIB (or `force`: the restart time is over).
-    fn maybe_sweep_adopted(&mut self, force: bool) {
-        if self.adopted.is_empty() {
+    /// The end of a restart (RFC 4724 §4.1). The adopted routes not learned again are
+    /// deleted once every peer that can run has sent End-of-RIB, or `force` (the restart
+    /// time is over). Deferred route selection ends sooner: once every such peer has sent
+    /// End-of-RIB or is itself restarting (its R bit: it waits for ours, and waiting for
+    /// each other would deadlock till the timer); then every established peer gets its
+    /// whole Adj-RIB-Out and End-of-RIB.
+    fn maybe_finish_restart(&mut self, force: bool, now: Instant) {
+        let runnable = || self.peers.iter().filter(|p| p.failed.is_none());
+        let all_eor = runnable().all(|p| p.end_of_rib_once);
+        let all_ready = runnable().all(|p| {
+            p.end_of_rib_once || p.session.established().is_some_and(|e| e.peer_restarted())
+        });
+        if self.adopt_deadline.is_some() && (force || all_eor) {
             self.adopt_deadline = None;
+            let gone = self.adopted.sweep();
+            if let Some(k) = &mut self.kernel {
+                k.note_adopted(0, gone.len() as u64);
+            }
+            self.flush_fib();
+            if let Some(k) = &mut self.kernel {
+                k.send(gone);
+            }
+        }
+        if !(self.deferring && (force || all_ready || self.adopt_deadline.is_none())) {
             return;
         }
-        let all_eor = self
-            .peers
-            .iter()
-            .filter(|p| p.failed.is_none())
-            .all(|p| p.end_of_rib_once);
-        if !(force || all_eor) {
-            return;
+        if std::mem::take(&mut self.deferring) {
+            for i in 0..self.peers.len() {
+                let Some(families) = self.peers[i]
+                    .session
+                    .established()
+                    .map(|e| e.negotiated.families.clone())
+                else {
+                    continue;
+                };
+                let id = self.peers[i].id;
+                for family in families {
+                    if let Ok(mut ch) = self.rib.refresh(id, family) {
+                        match ch.out.iter_mut().find(|(p, _)| *p == id) {
+                            Some((_, upd)) => upd.end_of_rib.push(family),
+                            None => ch.out.push((
+                                id,
+                                crate::rib::OutUpdate {
+                                    end_of_rib: vec![family],
+                                    ..Default::default()
+                                },
+                            )),
+                        }
+                        self.apply_changes(ch, now);
+                    }
+                }
+            }
         }
-        let gone = self.adopted.sweep();
-        if let Some(k) = &mut self.kernel {
-            k.note_adopted(0, gone.len() as u64);
-        }
-        self.flush_fib();
-        if let Some(k) = &mut self.kernel {
-            k.send(gone);
-        }
-        self.adopt_deadline = None;
     }
 
     fn timers(&mut self, now: Instant) {
@@ -545,7 +592,7 @@ impl Speaker {
             }
         }
         if self.adopt_deadline.is_some_and(|d| d <= now) {
-            self.maybe_sweep_adopted(true);
+            self.maybe_finish_restart(true, now);
         }
     }
 
