@@ -294,10 +294,11 @@ impl Speaker {
             deferring: restarted && cfg_graceful,
             stopping: false,
         };
-        for prefix in sp.cfg.originate.clone() {
-            let ch = sp.rib.originate(prefix, packet::Attrs::local(Origin::Igp));
-            sp.apply_changes(ch, now);
-        }
+        let originate = std::mem::take(&mut sp.cfg.originate);
+        let ch = sp
+            .rib
+            .originate_all(originate, packet::Attrs::local(Origin::Igp));
+        sp.apply_changes(ch, now);
         Ok(sp)
     }
 
