@@ -1,6 +1,7 @@
 //! Feed the RIB 100,000 prefixes and report time and memory (a report, not a test).
 //!
-//! `cargo run --release -p twill-bgp --example rib_100k [-- N]`
+//! `cargo run --release -p twill-bgp --example rib_100k [-- N [receive]]` (`receive`: only
+//! the first run, so the process's peak RSS printed at the end is that run's)
 //!
 //! Three runs, each on a fresh RIB:
 //! 1. receive: one eBGP peer announces N /24s in full UPDATEs (about 1,000 prefixes each, as
@@ -141,6 +142,17 @@ fn report(name: &str, (secs, cpu): (f64, f64), rib: &Rib, base: usize, extra: &s
     );
 }
 
+/// The kernel's figure for this process's peak resident set.
+fn peak_rss() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:").map(|v| v.trim().to_string()))
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
 fn reset_peak() -> usize {
     let now = LIVE.load(Ordering::Relaxed);
     PEAK.store(now, Ordering::Relaxed);
@@ -165,6 +177,11 @@ fn main() {
         &format!("; {fib} FIB changes, {out} prefixes out"),
     );
     drop(rib);
+
+    if std::env::args().nth(2).as_deref() == Some("receive") {
+        println!("process peak RSS (VmHWM): {}", peak_rss());
+        return;
+    }
 
     // 2. receive with an iBGP peer that gets everything
     let base = reset_peak();
@@ -198,9 +215,10 @@ fn main() {
     let mut rib = Rib::new(RibConfig::new(65000, Ipv4Addr::new(10, 0, 0, 1)));
     let t = Instant::now();
     let c0 = cpu();
-    for p in prefixes(n) {
-        rib.originate(IpNet::V4(p), Attrs::local(Origin::Igp));
-    }
+    rib.originate_all(
+        prefixes(n).into_iter().map(IpNet::V4),
+        Attrs::local(Origin::Igp),
+    );
     let orig = t.elapsed().as_secs_f64();
     let mut cfg = PeerConfig::new(65001, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 11)));
     cfg.export = Some(Policy::accept_all());
@@ -230,4 +248,5 @@ fn main() {
             "; originate {orig:.3} s, dump {dump:.3} s, {out} prefixes out in {groups} group(s)"
         ),
     );
+    println!("process peak RSS (VmHWM): {}", peak_rss());
 }

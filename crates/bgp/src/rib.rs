@@ -23,10 +23,11 @@
 //! ```
 //!
 //! Graceful restart, the helper's side (RFC 4724 §4.2), is split between the speaker and the
-//! RIB: the speaker times the restart and stale timers and calls `stale_expired`; when the
-//! peer comes back, `end_of_rib` for each family whose End-of-RIB arrives. A family the new
-//! OPEN no longer lists with its Forwarding State bit "MUST immediately" lose its stale
-//! routes: the speaker calls `end_of_rib(peer, family)` for it right after `peer_up`.
+//! RIB: the speaker times the restart and stale timers and calls `stale_expired`, and calls
+//! `end_of_rib` for each family whose End-of-RIB arrives. The per-family rules (only the
+//! families the peer's capability listed are kept stale; at re-establishment a family
+//! without its Forwarding State bit loses its stale routes at once) the RIB applies itself
+//! when the session carries the peer's OPEN (`PeerSession::new(..).with_open(&open)`).
 //!
 //! Every call that can change routes returns [`RibChanges`]:
 //!
@@ -80,7 +81,9 @@ use std::time::Duration;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use crate::packet::{Afi, Attrs, Community, Family, Safi, Update};
+use crate::packet::{
+    Afi, Attrs, Capability, Community, Family, GracefulRestartFamily, Open, Safi, Update,
+};
 use crate::policy::{Policy, TermIndex};
 
 use best::Candidate;
@@ -168,6 +171,64 @@ pub struct PeerSession {
     pub router_id: Ipv4Addr,
     /// The families negotiated (RFC 4760); routes of other families are not sent.
     pub families: Vec<Family>,
+    /// What the peer's OPEN said about graceful restart. Known, the RIB applies RFC 4724
+    /// §4.2's per-family rules itself at `peer_down` and `peer_up`.
+    pub graceful_restart: PeerGracefulRestart,
+}
+
+/// The peer's graceful restart capability (RFC 4724 §3) as the RIB uses it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerGracefulRestart {
+    /// The speaker did not say: it applies the per-family rules itself (module doc).
+    Unknown,
+    /// The OPEN had no graceful restart capability.
+    NotAdvertised,
+    /// The families the capability listed, each with its Forwarding State bit.
+    Families(Vec<GracefulRestartFamily>),
+}
+
+impl PeerGracefulRestart {
+    /// From the peer's OPEN.
+    pub fn of(open: &Open) -> PeerGracefulRestart {
+        open.capabilities
+            .iter()
+            .find_map(|c| match c {
+                Capability::GracefulRestart(gr) => {
+                    Some(PeerGracefulRestart::Families(gr.families.clone()))
+                }
+                _ => None,
+            })
+            .unwrap_or(PeerGracefulRestart::NotAdvertised)
+    }
+
+    /// At session loss: whether the family's routes may be kept stale (`None`: the speaker
+    /// decides). RFC 4724 §4.2: only "for all the address families that were previously
+    /// received in the Graceful Restart Capability".
+    fn keeps(&self, family: Family) -> Option<bool> {
+        match self {
+            PeerGracefulRestart::Unknown => None,
+            PeerGracefulRestart::NotAdvertised => Some(false),
+            PeerGracefulRestart::Families(fs) => Some(fs.iter().any(|f| f.family == family)),
+        }
+    }
+
+    /// At re-establishment: whether the family's stale routes may stay until End-of-RIB.
+    /// RFC 4724 §4.2: "if the "Forwarding State" bit for a specific address family is not
+    /// set in the newly received Graceful Restart Capability, or if a specific address family
+    /// is not included in the newly received Graceful Restart Capability, or if the Graceful
+    /// Restart Capability is not received in the re-established session at all, then the
+    /// Receiving Speaker MUST immediately remove all the stale routes from the peer that it is
+    /// retaining for that address family."
+    fn forwarding_kept(&self, family: Family) -> Option<bool> {
+        match self {
+            PeerGracefulRestart::Unknown => None,
+            PeerGracefulRestart::NotAdvertised => Some(false),
+            PeerGracefulRestart::Families(fs) => Some(
+                fs.iter()
+                    .any(|f| f.family == family && f.forwarding_preserved),
+            ),
+        }
+    }
 }
 
 impl PeerSession {
@@ -182,7 +243,15 @@ impl PeerSession {
             next_hop_v6,
             router_id,
             families,
+            graceful_restart: PeerGracefulRestart::Unknown,
         }
+    }
+
+    /// The same with what the peer's OPEN says about graceful restart, so the RIB applies
+    /// RFC 4724 §4.2 per family.
+    pub fn with_open(mut self, open: &Open) -> PeerSession {
+        self.graceful_restart = PeerGracefulRestart::of(open);
+        self
     }
 }
 
@@ -501,8 +570,10 @@ enum SourceKind {
     Ibgp { client: bool },
 }
 
-/// One call's working state: the outputs being built and the export/import caches (keyed by
-/// interned attribute pointers, valid while the call runs because the paths hold them).
+/// One call's working state: the outputs being built and the export cache. Both are keyed by
+/// interned attribute pointers. A pointer names one attribute set for the whole call because
+/// the interner keeps every set it handed out alive until its sweep, which runs only after
+/// the batch is finished (`Rib::finish`): no address is freed and reused mid-call.
 #[derive(Default)]
 struct Batch {
     fib: Vec<FibChange>,
@@ -685,11 +756,30 @@ impl Rib {
             .get_mut(&id)
             .ok_or(RibError::UnknownPeer(id))?;
         peer.router_id = session.router_id;
-        let families = session.families.clone();
-        peer.session = Some(session);
+        // Not up while its stale routes are swept: what it is to have comes in the dump.
+        peer.session = None;
         peer.out_v4.reset();
         peer.out_v6.reset();
+        let families = session.families.clone();
         let mut batch = Batch::default();
+        let sweep = Edit::RemoveStale(id.0);
+        if session
+            .graceful_restart
+            .forwarding_kept(Family::IPV4_UNICAST)
+            == Some(false)
+        {
+            edit_all::<Ipv4Net>(self, &sweep, &mut batch);
+        }
+        if session
+            .graceful_restart
+            .forwarding_kept(Family::IPV6_UNICAST)
+            == Some(false)
+        {
+            edit_all::<Ipv6Net>(self, &sweep, &mut batch);
+        }
+        if let Some(peer) = self.ctx.peers.get_mut(&id) {
+            peer.session = Some(session);
+        }
         if families.contains(&Family::IPV4_UNICAST) {
             dump::<Ipv4Net>(self, id, &mut batch);
         }
@@ -719,7 +809,10 @@ impl Rib {
             .peers
             .get_mut(&id)
             .ok_or(RibError::UnknownPeer(id))?;
-        peer.session = None;
+        let gr = peer
+            .session
+            .take()
+            .map_or(PeerGracefulRestart::Unknown, |s| s.graceful_restart);
         // The session is gone, and with it what the peer had from us.
         peer.out_v4.reset();
         peer.out_v6.reset();
@@ -733,8 +826,12 @@ impl Rib {
             Some(_) => Edit::MarkStale(id.0),
             None => Edit::Remove(id.0),
         };
-        edit_all::<Ipv4Net>(self, &edit, &mut batch);
-        edit_all::<Ipv6Net>(self, &edit, &mut batch);
+        let for_family = |f: Family| match (&edit, gr.keeps(f)) {
+            (Edit::MarkStale(s), Some(false)) => Edit::Remove(*s),
+            (e, _) => e.clone(),
+        };
+        edit_all::<Ipv4Net>(self, &for_family(Family::IPV4_UNICAST), &mut batch);
+        edit_all::<Ipv6Net>(self, &for_family(Family::IPV6_UNICAST), &mut batch);
         let changes = self.finish(batch, false);
         self.ctx.interner.sweep(keep_stale.is_none());
         Ok(changes)
@@ -749,11 +846,32 @@ impl Rib {
         let mut batch = Batch::default();
         let src = id.0;
 
+        // RFC 4271 §4.3: "A BGP speaker SHOULD treat an UPDATE message of this form [the same
+        // prefix in WITHDRAWN ROUTES and NLRI] as though the WITHDRAWN ROUTES do not contain
+        // the address prefix." Skipped here, not withdrawn and re-added, so neither the FIB
+        // nor a peer sees the prefix flap.
+        let announced_too: HashSet<IpNet> =
+            if update.withdrawn.is_empty() && update.mp_unreach.is_none() {
+                HashSet::new()
+            } else {
+                let v4 = update.nlri.iter().map(|n| IpNet::V4(n.trunc()));
+                let mp = update
+                    .mp_reach
+                    .iter()
+                    .flat_map(|m| m.nlri.iter().map(|n| n.trunc()));
+                v4.chain(mp).collect()
+            };
         for n in &update.withdrawn {
-            change::<Ipv4Net>(self, n.trunc(), Edit::Remove(src), &mut batch);
+            if !announced_too.contains(&IpNet::V4(n.trunc())) {
+                change::<Ipv4Net>(self, n.trunc(), Edit::Remove(src), &mut batch);
+            }
         }
         if let Some(mp) = &update.mp_unreach {
-            for n in &mp.withdrawn {
+            for n in mp
+                .withdrawn
+                .iter()
+                .filter(|n| !announced_too.contains(&n.trunc()))
+            {
                 withdraw_any(self, *n, mp.family, src, &mut batch);
             }
         }
@@ -767,10 +885,22 @@ impl Rib {
                     a.mp_next_hop.clear();
                     a
                 });
+                // An IPv4 prefix in both the NLRI field and an IPv4 MP_REACH_NLRI: the MP_REACH
+                // one is taken, once, so what the peers are sent has one answer per prefix.
+                let in_mp: HashSet<IpNet> = match &update.mp_reach {
+                    Some(mp) if mp.family == Family::IPV4_UNICAST => {
+                        mp.nlri.iter().map(|n| n.trunc()).collect()
+                    }
+                    _ => HashSet::new(),
+                };
                 self.import(
                     id,
                     variant,
-                    update.nlri.iter().map(|n| IpNet::V4(n.trunc())),
+                    update
+                        .nlri
+                        .iter()
+                        .map(|n| IpNet::V4(n.trunc()))
+                        .filter(|n| !in_mp.contains(n)),
                     &mut announced,
                 );
             }

@@ -10,11 +10,13 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use twill_bgp::packet::{
-    Afi, AsSegment, AsSegmentKind, Attrs, Community, Family, LargeCommunity, MpReach, MpUnreach,
-    Origin, Update,
+    Afi, AsSegment, AsSegmentKind, Attrs, Community, Family, GracefulRestartFamily, LargeCommunity,
+    MpReach, MpUnreach, Origin, Update,
 };
 use twill_bgp::policy::{Action, Match, Policy, PrefixMatch, Term, Verdict};
-use twill_bgp::rib::{PeerConfig, PeerId, PeerSession, Rib, RibChanges, RibConfig};
+use twill_bgp::rib::{
+    PeerConfig, PeerGracefulRestart, PeerId, PeerSession, Rib, RibChanges, RibConfig,
+};
 
 /// A fixture problem, with its file and line.
 fn bad(file: &str, line: usize, what: impl std::fmt::Display) -> ! {
@@ -27,6 +29,18 @@ fn family(s: &str) -> Option<Family> {
         "ipv6" => Some(Family::IPV6_UNICAST),
         _ => None,
     }
+}
+
+/// `ipv4` or `ipv4/f` (with the Forwarding State bit).
+fn gr_family(s: &str) -> Option<GracefulRestartFamily> {
+    let (name, f) = match s.strip_suffix("/f") {
+        Some(n) => (n, true),
+        None => (s, false),
+    };
+    Some(GracefulRestartFamily {
+        family: family(name)?,
+        forwarding_preserved: f,
+    })
 }
 
 fn family_name(f: Family) -> &'static str {
@@ -545,20 +559,31 @@ impl Replay {
                 let id = peer_id(words.get(1).ok_or("up N ...")?)?;
                 let (mut local, mut rid) = (None, None);
                 let mut fams = vec![Family::IPV4_UNICAST, Family::IPV6_UNICAST];
+                let mut gr = PeerGracefulRestart::Unknown;
                 for kv in words[2..].chunks(2) {
                     let v = kv.get(1).ok_or("up words come in pairs")?;
                     match kv[0] {
                         "local" => local = v.parse::<IpAddr>().ok(),
                         "id" => rid = v.parse::<Ipv4Addr>().ok(),
                         "families" => fams = list(v, family).ok_or("families ipv4,ipv6")?,
+                        "gr" => {
+                            gr = if *v == "none" {
+                                PeerGracefulRestart::NotAdvertised
+                            } else {
+                                PeerGracefulRestart::Families(
+                                    list(v, gr_family).ok_or("gr none | gr ipv4/f,ipv6")?,
+                                )
+                            }
+                        }
                         w => return Err(format!("unknown up word {w:?}")),
                     }
                 }
-                let s = PeerSession::new(
+                let mut s = PeerSession::new(
                     local.ok_or("up needs `local IP`")?,
                     rid.ok_or("up needs `id A.B.C.D`")?,
                     fams,
                 );
+                s.graceful_restart = gr;
                 Some(self.rib(n).peer_up(id, s).map_err(|e| e.to_string())?)
             }
             "announce" => {

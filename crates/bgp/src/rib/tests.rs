@@ -1162,3 +1162,182 @@ fn originating_many_prefixes_in_one_call_is_one_packed_group_per_peer() {
     }
     assert!(lab.rib.routes().is_empty());
 }
+
+fn gr_session(families: &[(Family, bool)]) -> PeerSession {
+    let mut s = PeerSession::new(
+        ip("192.0.2.1"),
+        rid_of("192.0.2.11"),
+        vec![Family::IPV4_UNICAST, Family::IPV6_UNICAST],
+    );
+    s.graceful_restart = PeerGracefulRestart::Families(
+        families
+            .iter()
+            .map(|&(family, forwarding_preserved)| GracefulRestartFamily {
+                family,
+                forwarding_preserved,
+            })
+            .collect(),
+    );
+    s
+}
+
+fn v6_announce(prefix: &str) -> Update {
+    let mut a = attrs(&[65001], "192.0.2.11");
+    a.next_hop = None;
+    Update {
+        attrs: Some(a),
+        mp_reach: Some(MpReach {
+            family: Family::IPV6_UNICAST,
+            next_hops: vec![ip("2001:db8::11")],
+            nlri: vec![net(prefix)],
+        }),
+        ..Update::default()
+    }
+}
+
+/// E1 with a graceful restart capability for `families`, holding one IPv4 and one IPv6 route.
+fn gr_lab(families: &[(Family, bool)]) -> Lab {
+    let mut lab = Lab::new();
+    lab.rib.peer_down(E1, None).unwrap();
+    lab.rib.peer_up(E1, gr_session(families)).unwrap();
+    lab.apply(
+        E1,
+        announce(attrs(&[65001], "192.0.2.11"), &["203.0.113.0/24"]),
+    );
+    lab.apply(E1, v6_announce("2001:db8:100::/48"));
+    lab
+}
+
+#[test]
+fn graceful_restart_keeps_only_the_families_the_capability_listed() {
+    let mut lab = gr_lab(&[(Family::IPV4_UNICAST, true)]);
+    let c = lab
+        .rib
+        .peer_down(E1, Some(Duration::from_secs(60)))
+        .unwrap();
+    assert_eq!(
+        c.fib,
+        vec![fib("2001:db8:100::/48", &[])],
+        "IPv6 was not covered"
+    );
+    assert!(lab.rib.route(net("203.0.113.0/24")).unwrap().paths[0].stale);
+}
+
+#[test]
+fn graceful_restart_reestablished_without_forwarding_state_drops_that_family() {
+    let both = [(Family::IPV4_UNICAST, true), (Family::IPV6_UNICAST, true)];
+    let mut lab = gr_lab(&both);
+    assert!(lab
+        .rib
+        .peer_down(E1, Some(Duration::from_secs(60)))
+        .unwrap()
+        .is_empty());
+    // Back with the F bit for IPv4 only.
+    let c = lab
+        .rib
+        .peer_up(
+            E1,
+            gr_session(&[(Family::IPV4_UNICAST, true), (Family::IPV6_UNICAST, false)]),
+        )
+        .unwrap();
+    assert_eq!(c.fib, vec![fib("2001:db8:100::/48", &[])]);
+    assert!(lab.rib.route(net("203.0.113.0/24")).unwrap().paths[0].stale);
+    // Its initial dump and End-of-RIB are still there, once each.
+    let u = sent(&c, E1).unwrap();
+    assert!(u.announce.is_empty());
+    assert_eq!(u.end_of_rib.len(), 2);
+
+    // Back without the capability at all: every stale route goes.
+    let mut lab = gr_lab(&both);
+    lab.rib
+        .peer_down(E1, Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut s = gr_session(&[]);
+    s.graceful_restart = PeerGracefulRestart::NotAdvertised;
+    let c = lab.rib.peer_up(E1, s).unwrap();
+    assert_eq!(c.fib.len(), 2);
+    assert!(lab.rib.routes().is_empty());
+}
+
+#[test]
+fn graceful_restart_state_comes_from_the_open() {
+    use crate::packet::{Capability, GracefulRestart, Open};
+    let open = Open {
+        version: 4,
+        my_as: 65001,
+        hold_time: 90,
+        router_id: ip4("10.0.0.11"),
+        capabilities: vec![Capability::GracefulRestart(GracefulRestart {
+            restarting: false,
+            restart_time: 120,
+            families: vec![GracefulRestartFamily {
+                family: Family::IPV4_UNICAST,
+                forwarding_preserved: true,
+            }],
+        })],
+    };
+    let s = PeerSession::new(ip("192.0.2.1"), open.router_id, vec![Family::IPV4_UNICAST])
+        .with_open(&open);
+    assert_eq!(
+        s.graceful_restart,
+        PeerGracefulRestart::Families(vec![GracefulRestartFamily {
+            family: Family::IPV4_UNICAST,
+            forwarding_preserved: true,
+        }])
+    );
+    let bare = Open {
+        capabilities: vec![],
+        ..open
+    };
+    assert_eq!(
+        PeerGracefulRestart::of(&bare),
+        PeerGracefulRestart::NotAdvertised
+    );
+}
+
+#[test]
+fn a_prefix_both_withdrawn_and_announced_is_announced_without_a_flap() {
+    let mut lab = Lab::new();
+    lab.apply(
+        E1,
+        announce(attrs(&[65001], "192.0.2.11"), &["203.0.113.0/24"]),
+    );
+    let mut u = announce(attrs(&[65001], "192.0.2.11"), &["203.0.113.0/24"]);
+    u.withdrawn = vec![v4("203.0.113.0/24"), v4("198.51.100.0/24")];
+    let c = lab.apply(E1, u);
+    assert!(c.is_empty(), "no withdraw-and-add: {c:?}");
+    assert!(lab.rib.route(net("203.0.113.0/24")).is_some());
+    // Changed attributes in the same form: one FIB change, one announcement, no withdrawal.
+    let mut u = announce(attrs(&[65001], "192.0.2.111"), &["203.0.113.0/24"]);
+    u.withdrawn = vec![v4("203.0.113.0/24")];
+    let c = lab.apply(E1, u);
+    assert_eq!(c.fib, vec![fib("203.0.113.0/24", &["192.0.2.111"])]);
+    assert!(withdrawn(&c, I3).is_empty());
+    assert_eq!(announced(&c, I3).len(), 1);
+}
+
+#[test]
+fn an_ipv4_prefix_in_nlri_and_mp_reach_is_taken_once_from_mp_reach() {
+    let mut lab = Lab::new();
+    let mut u = announce(
+        attrs(&[65001], "192.0.2.11"),
+        &["203.0.113.0/24", "198.51.100.0/24"],
+    );
+    u.mp_reach = Some(MpReach {
+        family: Family::IPV4_UNICAST,
+        next_hops: vec![ip("192.0.2.111")],
+        nlri: vec![net("203.0.113.0/24")],
+    });
+    let c = lab.apply(E1, u);
+    let mut f = c.fib.clone();
+    f.sort_by_key(|f| f.prefix);
+    assert_eq!(
+        f,
+        vec![
+            fib("198.51.100.0/24", &["192.0.2.11"]),
+            fib("203.0.113.0/24", &["192.0.2.111"])
+        ]
+    );
+    let to_i3 = announced(&c, I3);
+    assert_eq!(to_i3.len(), 2, "each prefix once: {to_i3:?}");
+}
