@@ -35,6 +35,9 @@ def seed_message(m, selector):
     if t in TARGET_OF_TYPE and m[:16] == p.M and len(m) <= 4096:
         put(TARGET_OF_TYPE[t], m[19:])
         put('roundtrip', bytes([selector, t - 1]) + m[19:])
+        if t == 2:  # the packing encoders: as sent, and with 1,040 more prefixes to split
+            put('pack', bytes([selector, 0]) + m[19:])
+            put('pack', bytes([selector, 130]) + m[19:])
     put('frame', m)
 
 

@@ -17,14 +17,20 @@
 //! - `open`, `update`, `notification`, `route_refresh`: a message body, without the
 //!   19-octet header: the check puts a valid header of the right type and length in front
 //!   (cutting the body to 4096 - 19 octets), so the fuzzer spends its time on the body;
+//! - `pack`: a selector octet (as for `roundtrip`; IPv6 unicast is always negotiated), a
+//!   count octet (8 × that many synthetic prefixes are added, so the messages must split),
+//!   then an UPDATE body whose attributes and prefixes are packed again;
 //! - `roundtrip`: a selector octet (bit 0: four-octet AS numbers; bit 1: IPv6 unicast
 //!   negotiated too; bit 2: iBGP), a type octet (taken modulo 5, plus 1: OPEN .. ROUTE-REFRESH), then the
 //!   body.
 
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use twill_bgp::packet::attribute::flag;
 use twill_bgp::packet::{
-    self, EncodeError, ErrorAction, ErrorCode, Family, Message, Negotiated, Update, HEADER_LEN,
-    MAX_MESSAGE_LEN,
+    self, Attrs, EncodeError, ErrorAction, ErrorCode, Family, Message, Negotiated, Update,
+    HEADER_LEN, MAX_MESSAGE_LEN,
 };
 
 /// A target's check: takes the raw fuzz input, panics on a broken promise.
@@ -38,6 +44,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("notification", notification),
     ("route_refresh", route_refresh),
     ("roundtrip", roundtrip),
+    ("pack", pack),
 ];
 
 const OPEN: u8 = 1;
@@ -255,16 +262,172 @@ fn as_sent(m: Message) -> Message {
     // What RFC 7606 decided is not encoded: the re-encoded UPDATE is already clean.
     u.errors.clear();
     if let Some(attrs) = &mut u.attrs {
-        // RFC 4271 §5: an unrecognised optional transitive attribute is passed on with the
-        // Partial bit set; the encoder writes unknown attributes in code order, with the
-        // extended-length bit only when the value needs it.
-        for a in &mut attrs.unknown {
-            a.flags = (a.flags & !flag::EXTENDED_LENGTH) | flag::PARTIAL;
-            if a.value.len() > 255 {
-                a.flags |= flag::EXTENDED_LENGTH;
-            }
-        }
-        attrs.unknown.sort_by_key(|a| a.code);
+        as_sent_attrs(attrs);
     }
     Message::Update(u)
+}
+
+/// RFC 4271 §5: an unrecognised optional transitive attribute is passed on with the Partial
+/// bit set; the encoder writes unknown attributes in code order, with the extended-length
+/// bit only when the value needs it.
+fn as_sent_attrs(attrs: &mut Attrs) {
+    for a in &mut attrs.unknown {
+        a.flags = (a.flags & !flag::EXTENDED_LENGTH) | flag::PARTIAL;
+        if a.value.len() > 255 {
+            a.flags |= flag::EXTENDED_LENGTH;
+        }
+    }
+    attrs.unknown.sort_by_key(|a| a.code);
+}
+
+/// Octets a prefix takes in NLRI, Withdrawn Routes or MP_(UN)REACH (RFC 4271 §4.3).
+fn prefix_wire_len(p: &IpNet) -> usize {
+    1 + usize::from(p.prefix_len()).div_ceil(8)
+}
+
+/// The messages of a buffer the packing encoders wrote, each framed and decoded.
+fn decoded_messages(mut out: &[u8], n: &Negotiated) -> Vec<(usize, Update)> {
+    let mut msgs = Vec::new();
+    while !out.is_empty() {
+        let len = match packet::frame(out) {
+            Ok(Some(len)) => len,
+            other => panic!("packed output does not frame: {other:?} at {out:02x?}"),
+        };
+        match packet::decode(&out[..len], n) {
+            Ok(Message::Update(u)) => msgs.push((len, *u)),
+            other => panic!("a packed UPDATE decodes as {other:?}: {:02x?}", &out[..len]),
+        }
+        out = &out[len..];
+    }
+    msgs
+}
+
+/// A message that is not the last of its family is full: the next family's prefix would
+/// not have fit in it.
+fn assert_full(sizes_and_firsts: &[(usize, Option<IpNet>)]) {
+    for pair in sizes_and_firsts.windows(2) {
+        let [(len, Some(this)), (_, Some(next))] = pair else {
+            continue;
+        };
+        if matches!(this, IpNet::V4(_)) != matches!(next, IpNet::V4(_)) {
+            continue; // the last IPv4 message, then the first IPv6 one
+        }
+        assert!(
+            len + prefix_wire_len(next) > MAX_MESSAGE_LEN,
+            "a {len}-octet UPDATE was closed though {next} fitted"
+        );
+    }
+}
+
+/// `encode_announce` and `encode_withdraw` on what an UPDATE decoded to: every prefix comes
+/// back once, in order, in ≤ 4096-octet messages that are full but for the last of each
+/// family, with the same attributes and no RFC 7606 complaint.
+pub fn pack(data: &[u8]) {
+    let [selector, extra, body @ ..] = data else {
+        return;
+    };
+    let n = session(selector | 0b10);
+    let Ok(Message::Update(u)) = packet::decode(&message(UPDATE, body), &n) else {
+        return;
+    };
+    let Some(mut attrs) = u.attrs.clone() else {
+        return;
+    };
+    let mut prefixes: Vec<IpNet> = u.nlri.iter().map(|&p| IpNet::V4(p)).collect();
+    if let Some(r) = &u.mp_reach {
+        prefixes.extend(&r.nlri);
+        // As the RIB stores a route: MP_REACH's next hop among the shared attributes.
+        attrs.mp_next_hop = r.next_hops.clone();
+    }
+    for i in 0..u32::from(*extra) * 8 {
+        prefixes.push(match i % 2 {
+            0 => Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 | i << 8), 24)
+                .expect("/24")
+                .into(),
+            _ => Ipv6Net::new(
+                Ipv6Addr::from(0x2001_0db8_u128 << 96 | u128::from(i) << 64),
+                64,
+            )
+            .expect("/64")
+            .into(),
+        });
+    }
+    let (v4, v6): (Vec<IpNet>, Vec<IpNet>) =
+        prefixes.iter().partition(|p| matches!(p, IpNet::V4(_)));
+    let in_order: Vec<IpNet> = v4.iter().chain(&v6).copied().collect();
+
+    let mut out = Vec::new();
+    let count = match packet::encode_announce(&attrs, &prefixes, &n, &mut out) {
+        Ok(count) => count,
+        // Attributes without the next hop a family needs (IPv4 NLRI and no NEXT_HOP, IPv6
+        // without MP_REACH's), or, from a message near 4096 octets, too long to leave room.
+        Err(EncodeError::MissingNextHop { .. }) => return,
+        Err(EncodeError::AttributesTooLong { .. }) if body.len() > MAX_MESSAGE_LEN / 2 => return,
+        Err(e) => panic!("{e}: announcing {prefixes:?} with {attrs:?}"),
+    };
+    let msgs = decoded_messages(&out, &n);
+    assert_eq!(msgs.len(), count, "encode_announce's count");
+    let mut want = attrs.clone();
+    as_sent_attrs(&mut want);
+    let mut got = Vec::new();
+    let mut sizes = Vec::new();
+    for (len, m) in &msgs {
+        assert!(m.errors.is_empty(), "packed UPDATE with errors: {m:?}");
+        assert!(m.withdrawn.is_empty() && m.mp_unreach.is_none(), "{m:?}");
+        let mut want = want.clone();
+        if m.nlri.is_empty() {
+            // IPv6 goes in MP_REACH, with its next hop there and no NEXT_HOP.
+            let r = m
+                .mp_reach
+                .as_ref()
+                .expect("an UPDATE with no NLRI carries MP_REACH");
+            assert_eq!(r.next_hops, attrs.mp_next_hop);
+            want.next_hop = None;
+        } else {
+            assert!(
+                m.mp_reach.is_none(),
+                "IPv4 and IPv6 in one packed UPDATE: {m:?}"
+            );
+        }
+        want.mp_next_hop.clear();
+        assert_eq!(m.attrs.as_ref(), Some(&want));
+        let mine: Vec<IpNet> = m
+            .nlri
+            .iter()
+            .map(|&p| IpNet::V4(p))
+            .chain(m.mp_reach.iter().flat_map(|r| r.nlri.iter().copied()))
+            .collect();
+        sizes.push((*len, mine.first().copied()));
+        got.extend(mine);
+    }
+    assert_eq!(got, in_order, "announced prefixes");
+    assert_full(&sizes);
+
+    let mut out = Vec::new();
+    let count = packet::encode_withdraw(&prefixes, &n, &mut out)
+        .unwrap_or_else(|e| panic!("{e}: withdrawing {prefixes:?}"));
+    let msgs = decoded_messages(&out, &n);
+    assert_eq!(msgs.len(), count, "encode_withdraw's count");
+    let mut got = Vec::new();
+    let mut sizes = Vec::new();
+    for (len, m) in &msgs {
+        assert!(
+            m.errors.is_empty() && m.nlri.is_empty() && m.mp_reach.is_none(),
+            "{m:?}"
+        );
+        let mine: Vec<IpNet> = m
+            .withdrawn
+            .iter()
+            .map(|&p| IpNet::V4(p))
+            .chain(
+                m.mp_unreach
+                    .iter()
+                    .flat_map(|r| r.withdrawn.iter().copied()),
+            )
+            .collect();
+        sizes.push((*len, mine.first().copied()));
+        got.extend(mine);
+    }
+    assert_eq!(got, in_order, "withdrawn prefixes");
+    assert_full(&sizes);
 }
