@@ -15,8 +15,10 @@ use common::pypeer::{cases, Outcome, PyPeer};
 use common::wait;
 
 /// What BIRD 2.0.12 does with each case (recorded by this test, in the script's order), and
-/// its log's words. BIRD departs from the RFC outcome once: `nlri-overrun` (RFC 4271 §6.3:
-/// 3/10 Invalid Network Field; BIRD sends 3/1).
+/// its log's words. BIRD departs from the RFC outcome twice: `unknown-well-known` (RFC 4271
+/// §6.3: NOTIFICATION 3/2, which RFC 7606 does not revise; BIRD treats it as withdraw,
+/// reading its flags as conflicting) and `nlri-overrun` (RFC 4271 §6.3: 3/10 Invalid Network
+/// Field; BIRD sends 3/1).
 const BIRD: &[(&str, Outcome, &str)] = &[
     (
         "as-path-segment-overrun",

@@ -11,9 +11,11 @@
 #![allow(dead_code)]
 
 pub mod bird;
+pub mod conf;
 pub mod frr;
 pub mod kernel;
 pub mod net;
 pub mod proc;
 pub mod pypeer;
+pub mod twill;
 pub mod wait;

@@ -93,8 +93,8 @@ CASES = {
     'unknown-optional-transitive': (lambda a, nh, p: update(std_attrs(a, nh) + attr(0xC0, 240, b'hi'), [p]),
                                     'keep', 'RFC 4271 §5 / §9 (passed on, Partial bit set)'),
     'unknown-well-known': (lambda a, nh, p: update(std_attrs(a, nh) + attr(0x40, 99, b'\1'), [p]),
-                           'withdraw', 'RFC 7606 §3.c: an unknown code marked well-known has flags in conflict with any '
-                           'specification (BIRD reads it so too); RFC 4271 §6.3 alone would send 3/2'),
+                           [3, 2], 'RFC 4271 §6.3 (Unrecognized Well-known Attribute); RFC 7606 §3.c is about '
+                           'attributes whose flags are specified, so it does not revise this (BIRD withdraws instead)'),
     'total-attr-length-too-big': (lambda a, nh, p: update(std_attrs(a, nh), [p], tpal=200),
                                   [3, 1], 'RFC 7606 §4 / RFC 4271 §6.3 (Malformed Attribute List)'),
     'withdrawn-length-too-big': (lambda a, nh, p: update(std_attrs(a, nh), [p], wrl=200),
