@@ -29,6 +29,7 @@ protocol static pods {{ ipv4; route 10.244.1.0/24 blackhole; }}
 protocol bgp peer_b {{
   local 192.0.2.1 as {local_as}; neighbor 192.0.2.2 as {peer_as};
   hold time 9; keepalive time 3; connect retry time 1; connect delay time 0;
+  error wait time 1,2; debug {{ states, events }};
   password "{password}"; direct;
   ipv4 {{ import all; export where source = RTS_STATIC; }};
 }}
@@ -171,6 +172,7 @@ protocol static pods { ipv4; route 10.244.1.0/24 blackhole; }
 protocol bgp peer_b {
   local 192.0.2.1 as 65001; neighbor 192.0.2.2 as 65002; direct;
   hold time 9; keepalive time 3; connect retry time 1; connect delay time 0;
+  error wait time 1,2; debug { states, events };
   graceful restart on; graceful restart time 20;
   ipv4 { import all; export where source = RTS_STATIC; };
 }

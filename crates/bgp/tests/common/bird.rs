@@ -117,16 +117,19 @@ impl Bird {
 
     /// Waits for protocol `name` to be Established; returns how long that took.
     pub fn wait_established(&self, name: &str, timeout: Duration) -> Duration {
-        wait::until(
-            &format!("BIRD protocol {name} Established"),
-            timeout,
-            || match self.protocol_info(name) {
-                Ok(i) if i.starts_with("Established") => Ok(()),
-                Ok(i) => Err(i),
-                Err(e) => Err(e),
-            },
-        )
-        .1
+        let probe = || match self.protocol_info(name) {
+            Ok(i) if i.starts_with("Established") => Ok(()),
+            Ok(i) => Err(i),
+            Err(e) => Err(e),
+        };
+        match wait::try_until(timeout, probe) {
+            Ok(((), took)) => took,
+            Err(last) => panic!(
+                "timed out after {timeout:?} waiting for BIRD protocol {name} Established; \
+                 last seen: {last}; BIRD's log ends:\n{}",
+                tail(&self.log_text(), 30)
+            ),
+        }
     }
 
     /// `show route all [ARGS]`, parsed.
@@ -225,4 +228,10 @@ fn route_line(prefix: &str, rest: &str) -> BirdRoute {
         line: rest.to_string(),
         ..Default::default()
     }
+}
+
+/// The last `n` lines of `text`, for failure messages.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }

@@ -8,7 +8,7 @@ use super::wait;
 
 /// BIRD's timers: hold 9, keepalive 3, retry 1 s, no connect delay (BIRD's default is 5 s).
 pub const BIRD_TIMERS: &str =
-    "hold time 9; keepalive time 3; connect retry time 1; connect delay time 0; error wait time 1,2;";
+    "hold time 9; keepalive time 3; connect retry time 1; connect delay time 0; error wait time 1,2; debug { states, events };";
 
 /// A BIRD config: router id, device, kernel export of BGP routes, the `statics` as
 /// blackhole routes (protocol `st`), then `protocols`.

@@ -130,16 +130,19 @@ impl Frr {
     }
 
     pub fn wait_established(&self, peer: &str, timeout: Duration) -> Duration {
-        wait::until(
-            &format!("FRR neighbor {peer} Established"),
-            timeout,
-            || match self.peer_state(peer) {
-                Ok(s) if s == "Established" => Ok(()),
-                Ok(s) => Err(s),
-                Err(e) => Err(e),
-            },
-        )
-        .1
+        let probe = || match self.peer_state(peer) {
+            Ok(s) if s == "Established" => Ok(()),
+            Ok(s) => Err(s),
+            Err(e) => Err(e),
+        };
+        match wait::try_until(timeout, probe) {
+            Ok(((), took)) => took,
+            Err(last) => panic!(
+                "timed out after {timeout:?} waiting for FRR neighbor {peer} Established; \
+                 last seen: {last}; bgpd's log ends:\n{}",
+                super::bird::tail(&self.log_text(), 30)
+            ),
+        }
     }
 
     /// `show bgp ipv4|ipv6 unicast json`: its "routes" object, prefix -> paths.

@@ -173,16 +173,19 @@ impl Twill {
     }
 
     pub fn wait_established(&self, peer: &str, timeout: Duration) -> Duration {
-        wait::until(
-            &format!("Twill's session with {peer} Established"),
-            timeout,
-            || match self.neighbor(peer) {
-                Ok(n) if n["state"] == "Established" => Ok(()),
-                Ok(n) => Err(n.to_string()),
-                Err(e) => Err(e),
-            },
-        )
-        .1
+        let probe = || match self.neighbor(peer) {
+            Ok(n) if n["state"] == "Established" => Ok(()),
+            Ok(n) => Err(n.to_string()),
+            Err(e) => Err(e),
+        };
+        match wait::try_until(timeout, probe) {
+            Ok(((), took)) => took,
+            Err(last) => panic!(
+                "timed out after {timeout:?} waiting for Twill's session with {peer} \
+                 Established; last seen: {last}; its log ends:\n{}",
+                super::bird::tail(&self.log_text(), 30)
+            ),
+        }
     }
 
     /// `twill bgp rib -o json`: its routes, prefix -> paths.
