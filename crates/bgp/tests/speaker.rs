@@ -497,3 +497,50 @@ fn config_errors_name_the_field_and_leave_nothing() {
     assert!(!ok);
     assert!(err.contains("is `twill bgp serve` running?"), "{err}");
 }
+
+/// ECMP: two routers of one neighbouring AS announce the same prefix; with maxPaths 2 the
+/// kernel gets one multipath route through both, and when one goes it narrows to the other
+/// in place (replace, never absent).
+#[test]
+fn equal_paths_become_one_multipath_kernel_route() {
+    twill_testkit::require_root("equal_paths_become_one_multipath_kernel_route");
+    let lan = Lan::new("spke", 3);
+    let (a, b, c) = (&lan[0], &lan[1], &lan[2]);
+    let mut ca = speaker_cfg(
+        a,
+        65001,
+        &[],
+        vec![peer("192.0.2.2", 65002), peer("192.0.2.3", 65002)],
+    );
+    ca["maxPaths"] = json!(2);
+    let sa = Speaker::start(a, ca);
+    let _sb = Speaker::start(
+        b,
+        speaker_cfg(b, 65002, &["10.244.9.0/24"], vec![peer("192.0.2.1", 65001)]),
+    );
+    let mut sc = Speaker::start(
+        c,
+        speaker_cfg(c, 65002, &["10.244.9.0/24"], vec![peer("192.0.2.1", 65001)]),
+    );
+    wait::until("a two-way multipath route", Duration::from_secs(15), || {
+        let mut gw = via(a.name(), "10.244.9.0/24").unwrap_or_default();
+        gw.sort();
+        (gw == ["192.0.2.2", "192.0.2.3"])
+            .then_some(())
+            .ok_or(format!("{gw:?}"))
+    });
+    let paths = sa.paths("10.244.9.0/24");
+    assert_eq!(paths.len(), 2, "{paths:?}");
+    assert!(
+        paths
+            .iter()
+            .all(|p| p["best"] == true || p["multipath"] == true),
+        "{paths:?}"
+    );
+    sc.daemon.signal(libc::SIGTERM);
+    assert!(sc.daemon.wait_exit(Duration::from_secs(5)).is_some());
+    wait::until("narrowed to B", Duration::from_secs(10), || {
+        let gw = via(a.name(), "10.244.9.0/24").unwrap_or_default();
+        (gw == ["192.0.2.2"]).then_some(()).ok_or(format!("{gw:?}"))
+    });
+}

@@ -51,7 +51,7 @@ use crate::fsm::{self, ConnId, Direction, Input, Output, Session, SessionConfig,
 use crate::packet::{self, Family, Message, Negotiated, Origin, Update};
 use crate::policy::{Action, Match, Policy, PrefixMatch, Term, Verdict};
 use crate::rib::{FibChange, PeerConfig, PeerId, PeerSession, Rib, RibChanges, RibConfig};
-use control::{Neighbor, NeighborsReply, PeerKind, RibPath, RibReply, RibRoute};
+use control::{Neighbor, NeighborsReply, PeerKind, RibPath, RibRoute};
 use kernel::{Adopted, KernelWriter};
 use poll::{Interest, Poller, Signals, Waker};
 
@@ -917,7 +917,7 @@ impl Speaker {
     fn reply(&self, req: control::Request) -> Result<Vec<u8>, String> {
         match req {
             control::Request::Neighbors => serde_json::to_vec(&self.neighbors()),
-            control::Request::Rib => serde_json::to_vec(&self.rib_reply()),
+            control::Request::Rib => self.rib_json(),
         }
         .map_err(|e| e.to_string())
     }
@@ -979,54 +979,62 @@ impl Speaker {
         }
     }
 
-    /// What `twill bgp rib` shows.
-    pub fn rib_reply(&self) -> RibReply {
-        let routes = self
-            .rib
-            .routes()
-            .into_iter()
-            .map(|r| RibRoute {
-                prefix: r.prefix,
-                paths: r
-                    .paths
-                    .iter()
-                    .map(|p| {
-                        let a = &p.attrs;
-                        RibPath {
-                            peer: p
-                                .peer
-                                .and_then(|id| self.peers.get(id.0 as usize))
-                                .map(|peer| peer.cfg.address.to_string()),
-                            next_hop: a
-                                .next_hop
-                                .map(IpAddr::V4)
-                                .filter(|_| r.prefix.addr().is_ipv4())
-                                .or_else(|| a.mp_next_hop.first().copied()),
-                            as_path: as_path_text(&a.as_path),
-                            origin: format!("{:?}", a.origin).to_lowercase(),
-                            local_pref: a.local_pref,
-                            med: a.med,
-                            communities: a
-                                .communities
-                                .iter()
-                                .map(|c| config::CommunityValue(c.0).to_string())
-                                .collect(),
-                            large_communities: a
-                                .large_communities
-                                .iter()
-                                .map(|c| format!("{}:{}:{}", c.global, c.local1, c.local2))
-                                .collect(),
-                            best: p.best,
-                            multipath: p.multipath,
-                            stale: p.stale,
-                        }
-                    })
-                    .collect(),
-            })
-            .collect();
-        RibReply {
-            routes,
-            kernel: self.kernel.as_ref().map(|k| k.stats()).unwrap_or_default(),
+    /// What `twill bgp rib` shows, as the JSON of a [`RibReply`]. Written one route at a
+    /// time: the whole reply as values first would cost several times the text.
+    pub fn rib_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        let mut out = Vec::with_capacity(4096);
+        out.extend_from_slice(b"{\"routes\":[");
+        for (n, r) in self.rib.routes().into_iter().enumerate() {
+            if n > 0 {
+                out.push(b',');
+            }
+            serde_json::to_writer(&mut out, &self.rib_route(&r))?;
+        }
+        out.extend_from_slice(b"],\"kernel\":");
+        let kernel = self.kernel.as_ref().map(|k| k.stats()).unwrap_or_default();
+        serde_json::to_writer(&mut out, &kernel)?;
+        out.push(b'}');
+        Ok(out)
+    }
+
+    fn rib_route(&self, r: &crate::rib::RouteView) -> RibRoute {
+        RibRoute {
+            prefix: r.prefix,
+            paths: r
+                .paths
+                .iter()
+                .map(|p| {
+                    let a = &p.attrs;
+                    RibPath {
+                        peer: p
+                            .peer
+                            .and_then(|id| self.peers.get(id.0 as usize))
+                            .map(|peer| peer.cfg.address.to_string()),
+                        next_hop: a
+                            .next_hop
+                            .map(IpAddr::V4)
+                            .filter(|_| r.prefix.addr().is_ipv4())
+                            .or_else(|| a.mp_next_hop.first().copied()),
+                        as_path: as_path_text(&a.as_path),
+                        origin: format!("{:?}", a.origin).to_lowercase(),
+                        local_pref: a.local_pref,
+                        med: a.med,
+                        communities: a
+                            .communities
+                            .iter()
+                            .map(|c| config::CommunityValue(c.0).to_string())
+                            .collect(),
+                        large_communities: a
+                            .large_communities
+                            .iter()
+                            .map(|c| format!("{}:{}:{}", c.global, c.local1, c.local2))
+                            .collect(),
+                        best: p.best,
+                        multipath: p.multipath,
+                        stale: p.stale,
+                    }
+                })
+                .collect(),
         }
     }
 
