@@ -74,7 +74,9 @@ fn a_100k_route_table_both_ways() {
         }
     });
     eprintln!("BIRD -> Twill: {N} routes in Twill's kernel {took:?} after Established ({est:?} after BIRD started)");
-    assert_eq!(twill.neighbor("192.0.2.2").unwrap()["prefixesReceived"], N);
+    let n = twill.neighbor("192.0.2.2").unwrap();
+    assert_eq!(n["prefixesReceived"], N);
+    eprintln!("BIRD packed them into {} UPDATEs", n["received"]["update"]);
     assert_eq!(twill.neighbors()["kernel"]["refused"], 0);
 
     bird.stop();
@@ -120,7 +122,10 @@ fn a_100k_route_table_both_ways() {
             Err(format!("{n} of {N}"))
         }
     });
-    eprintln!("Twill -> BIRD: {N} routes in BIRD {took:?} after Established");
+    eprintln!(
+        "Twill -> BIRD: {N} routes in BIRD {took:?} after Established, in {} UPDATEs",
+        twill.neighbor("192.0.2.2").unwrap()["sent"]["update"]
+    );
     let r = &bird.routes_for(&all[N - 1])[0];
     assert_eq!(r.attr("BGP.as_path"), Some("65001"), "{r:?}");
 }
