@@ -72,6 +72,17 @@ impl PyPeer {
     /// Connects from `node` (bound to `local`) to `host`:179 as AS `asn` and waits for
     /// Established; Err says why not (the script's words).
     pub fn connect(node: &Node, local: &str, host: &str, asn: u32) -> Result<PyPeer, String> {
+        PyPeer::connect_hold(node, local, host, asn, 9)
+    }
+
+    /// [`PyPeer::connect`] offering hold time `hold`.
+    pub fn connect_hold(
+        node: &Node,
+        local: &str,
+        host: &str,
+        asn: u32,
+        hold: u16,
+    ) -> Result<PyPeer, String> {
         let mut child = Command::new("ip")
             .args(["netns", "exec", node.name(), "python3", SCRIPT])
             .args([
@@ -82,7 +93,7 @@ impl PyPeer {
                 "--router-id",
                 local,
             ])
-            .args(["--local", local, "--hold", "9"])
+            .args(["--local", local, "--hold", &hold.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

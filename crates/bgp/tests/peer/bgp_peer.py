@@ -14,6 +14,7 @@ and reads commands from stdin, one per line, answering each with one JSON line:
   case NAME PREFIX                 the malformed message NAME (see CASES), about PREFIX
   wait SECS                        collect what the speaker sends for SECS (returns early
                                    when it closes): {"received": [...], "closed": bool}
+  silence                          stop sending KEEPALIVEs (the speaker's hold timer runs out)
   quit
 A keepalive thread keeps the session up between commands (every hold/3 s).
 """
@@ -122,6 +123,7 @@ CASES = {
 class Peer:
     def __init__(self, host, asn, rid, hold=9, port=179, local=None):
         self.asn = asn
+        self.silent = False
         self.s = socket.create_connection((host, port), 5, (local, 0) if local else None)
         self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.local = self.s.getsockname()[0]
@@ -140,6 +142,8 @@ class Peer:
 
     def _ka(self, every):
         while time.sleep(every) is None:
+            if self.silent:
+                return
             try: self.send(msg(KEEPALIVE))
             except OSError: return
 
@@ -213,6 +217,8 @@ def main():
                 out({'sent': b.hex(), 'outcome': c[1], 'rfc': c[2]})
             elif w[0] == 'wait':
                 out(p.wait(float(w[1])))
+            elif w[0] == 'silence':
+                p.silent = True; out({'silent': True})
             elif w[0] == 'quit':
                 return
             else:
