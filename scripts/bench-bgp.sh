@@ -129,7 +129,7 @@ EOF
     echo "$n"
   }
   run_announce() { # $1 sender (bird|twill), $2 iteration: appends to $W/announce.tsv
-    local s=$1 it=$2 tx rx base n t_done= t_est deadline
+    local s=$1 it=$2 tx rx base n t_done= t_first= t_est deadline
     NF=
     ip netns add $NS_T && ip netns add $NS_R || die "netns add failed"
     ip -n $NS_T link add $IF_T type veth peer name $IF_R netns $NS_R
@@ -163,6 +163,7 @@ EOF
     deadline=$(( ${EPOCHREALTIME%.*} + TIMEOUT_S ))
     while :; do
       n=$(fib_count $rx)
+      [ -z "$t_first" ] && [ "$n" -gt "$base" ] && t_first=$EPOCHREALTIME
       [ $((n - base)) -ge "$N_ROUTES" ] && { t_done=$EPOCHREALTIME; break; }
       alive $tx && alive $rx || break
       [ "${EPOCHREALTIME%.*}" -ge $deadline ] && break
@@ -173,10 +174,11 @@ EOF
     local mt mr; mt=$(measure $tx); mr=$(measure $rx)
     t_est=$(birdc -s "$W/rx.ctl" show protocols sender 2>/dev/null | awk '$1=="sender" && $4=="up" {print $5}')
     if [ -n "$t_done" ] && [ -n "$t_est" ]; then
-      local aft; aft=$(awk -v a="$t_done" -v b="$t_est" 'BEGIN{printf "%.3f", a-b}')
+      local aft fst; aft=$(awk -v a="$t_done" -v b="$t_est" 'BEGIN{printf "%.3f", a-b}')
+      fst=$(awk -v a="$t_first" -v b="$t_est" 'BEGIN{printf "%.3f", a-b}')
       printf '%s\t%s\tok\t%s\t%s\t%s\n' "$s" "$it" "$aft" "$mt" "$mr" | tr ' ' '\t' >> "$W/announce.tsv"
-      printf '  run %d/%d sender %-6s after-established %s s | sender RSS %s MB CPU %s s | receiver BIRD RSS %s MB CPU %s s\n' \
-        "$it" "$R" "$s" "$aft" $mt $mr
+      printf '  run %d/%d sender %-6s after-established %s s (first route +%s s) | sender RSS %s MB CPU %s s | receiver BIRD RSS %s MB CPU %s s\n' \
+        "$it" "$R" "$s" "$aft" "$fst" $mt $mr
     else
       note "FAIL run $it sender $s: $((n - base))/$N_ROUTES in the receiver's kernel, session: $(birdc -s "$W/rx.ctl" show protocols sender 2>/dev/null | tail -1); logs in $W (KEEP=1)"
       printf '%s\t%s\tFAIL\n' "$s" "$it" >> "$W/announce.tsv"; rc=1
