@@ -4,8 +4,11 @@
 //! previous run left behind (graceful restart, restarting side).
 //!
 //! Back-pressure: the channel holds at most [`QUEUE_BATCHES`] batches; when the kernel is
-//! slower than the peers, the loop waits on the send instead of piling up changes (which
-//! would cost memory: a queued change is ~64 bytes).
+//! slower than the peers, [`KernelWriter::try_send`] hands the batch back and the loop stops
+//! reading from its peers (TCP flow control holds the rest of the feed in the peer) until
+//! the writer wakes it, instead of piling up changes (a queued change is ~64 bytes) or
+//! blocking (which would stop its keepalives: a peer with a 9 s hold time reset the session
+//! of a debug build taking 100,000 routes under load).
 //!
 //! Adoption ([`Adopted`]): at start the speaker dumps its own routes (protocol 84 in its
 //! table) and leaves them in place. A prefix the RIB installs again is replaced in one
@@ -83,7 +86,25 @@ impl KernelWriter {
         })
     }
 
-    /// Queues `changes` (waits while [`QUEUE_BATCHES`] are queued already).
+    /// Queues `changes` unless [`QUEUE_BATCHES`] are queued already; then hands them back
+    /// (the loop keeps them and stops reading from peers until the writer catches up).
+    pub fn try_send(&mut self, changes: Vec<FibChange>) -> Result<(), Vec<FibChange>> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let Some(tx) = &self.tx else { return Ok(()) };
+        match tx.try_send(Job::Apply(changes)) {
+            Ok(()) => {
+                self.sent += 1;
+                Ok(())
+            }
+            Err(mpsc::TrySendError::Full(Job::Apply(c))) => Err(c),
+            // The writer is gone (it only ends when we drop it): nothing to deliver to.
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Queues `changes`, waiting while [`QUEUE_BATCHES`] are queued already (shutdown).
     pub fn send(&mut self, changes: Vec<FibChange>) {
         if changes.is_empty() {
             return;

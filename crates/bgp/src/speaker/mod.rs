@@ -151,6 +151,8 @@ pub struct Speaker {
     conns: HashMap<u64, Conn>,
     next_token: u64,
     fib_pending: Vec<FibChange>,
+    /// Batches the writer had no room for yet; while any wait, peers are not read.
+    fib_queue: VecDeque<Vec<FibChange>>,
     work: VecDeque<(usize, Output)>,
     /// Restarting with graceful restart: out-updates are held back (RFC 4724 §4.1 defers
     /// route selection until the peers' End-of-RIB), then sent whole.
@@ -290,6 +292,7 @@ impl Speaker {
             conns: HashMap::new(),
             next_token: TOKEN_FIRST,
             fib_pending: Vec::new(),
+            fib_queue: VecDeque::new(),
             work: VecDeque::new(),
             deferring: restarted && cfg_graceful,
             stopping: false,
@@ -325,7 +328,10 @@ impl Speaker {
                 match ev.token {
                     TOKEN_LISTENER => self.accept(now),
                     TOKEN_CONTROL => self.accept_control(),
-                    TOKEN_WAKER => self.waker.drain(),
+                    TOKEN_WAKER => {
+                        self.waker.drain();
+                        self.pump_fib();
+                    }
                     TOKEN_SIGNALS => {
                         if !self.signals.take().is_empty() {
                             self.stopping = true;
@@ -404,7 +410,8 @@ impl Speaker {
                 p.stale_until = None;
                 p.prefixes_received = 0;
                 let session =
-                    PeerSession::new(local, info.open.router_id, info.negotiated.families.clone());
+                    PeerSession::new(local, info.open.router_id, info.negotiated.families.clone())
+                        .with_open(&info.open);
                 if let Ok(ch) = self.rib.peer_up(p.id, session) {
                     self.apply_changes(ch, now);
                 }
@@ -456,9 +463,7 @@ impl Speaker {
         if !fib.is_empty() && self.kernel.is_some() {
             self.adopted.learned(&fib);
             if self.fib_pending.is_empty() && fib.len() >= FIB_BATCH {
-                if let Some(k) = &mut self.kernel {
-                    k.send(fib);
-                }
+                self.push_fib(fib);
             } else {
                 self.fib_pending.extend(fib);
                 if self.fib_pending.len() >= FIB_BATCH {
@@ -515,9 +520,66 @@ impl Speaker {
             return;
         }
         let batch = std::mem::take(&mut self.fib_pending);
-        if let Some(k) = &mut self.kernel {
-            k.send(batch);
+        self.push_fib(batch);
+    }
+
+    /// Hands a batch to the kernel writer, or queues it (in order) when the writer is full;
+    /// a first queued batch pauses reading from the peers.
+    fn push_fib(&mut self, batch: Vec<FibChange>) {
+        if batch.is_empty() {
+            return;
         }
+        let Some(k) = &mut self.kernel else { return };
+        if !self.fib_queue.is_empty() {
+            self.fib_queue.push_back(batch);
+            return;
+        }
+        if let Err(batch) = k.try_send(batch) {
+            self.fib_queue.push_back(batch);
+            self.rearm_all();
+        }
+    }
+
+    /// The writer finished a batch: give it what waits, and read again once all is given.
+    fn pump_fib(&mut self) {
+        let Some(k) = &mut self.kernel else { return };
+        if self.fib_queue.is_empty() {
+            return;
+        }
+        while let Some(batch) = self.fib_queue.pop_front() {
+            if let Err(batch) = k.try_send(batch) {
+                self.fib_queue.push_front(batch);
+                return;
+            }
+        }
+        self.rearm_all();
+    }
+
+    /// Reading from peers is paused while kernel batches wait for the writer.
+    fn reading_paused(&self) -> bool {
+        !self.fib_queue.is_empty()
+    }
+
+    /// Sets every peer connection's epoll interest from its state.
+    fn rearm_all(&mut self) {
+        let tokens: Vec<u64> = self.conns.keys().copied().collect();
+        for t in tokens {
+            self.rearm(t);
+        }
+    }
+
+    fn rearm(&self, token: u64) {
+        let Some(c) = self.conns.get(&token) else {
+            return;
+        };
+        let interest = match (c.connecting, self.reading_paused(), c.writable_interest) {
+            (true, _, _) => Interest::Write,
+            (false, false, false) => Interest::Read,
+            (false, false, true) => Interest::ReadWrite,
+            (false, true, true) => Interest::Write,
+            (false, true, false) => Interest::Nothing,
+        };
+        let _ = self.poller.modify(c.stream.as_raw_fd(), token, interest);
     }
 
     /// The end of a restart (RFC 4724 §4.1). The adopted routes not learned again are
@@ -539,9 +601,7 @@ impl Speaker {
                 k.note_adopted(0, gone.len() as u64);
             }
             self.flush_fib();
-            if let Some(k) = &mut self.kernel {
-                k.send(gone);
-            }
+            self.push_fib(gone);
         }
         if !(self.deferring && (force || all_ready || self.adopt_deadline.is_none())) {
             return;
@@ -678,9 +738,7 @@ impl Speaker {
             self.peers[i].connecting = None;
             match tcp::finish_connect(&c.stream) {
                 Ok(()) => {
-                    let _ = self
-                        .poller
-                        .modify(c.stream.as_raw_fd(), token, Interest::Read);
+                    self.rearm(token);
                     self.peers[i].last_connect_error = None;
                     let out = self.peers[i]
                         .session
@@ -710,7 +768,7 @@ impl Speaker {
     fn read_conn(&mut self, token: u64, now: Instant) {
         let mut total = 0;
         let mut eof = false;
-        while total < READ_PER_TURN && !eof {
+        while total < READ_PER_TURN && !eof && !self.reading_paused() {
             let Some(c) = self.conns.get_mut(&token) else {
                 return;
             };
@@ -734,7 +792,11 @@ impl Speaker {
                     }
                 }
             }
-            self.process_input(token, now);
+            self.process_input(token);
+            // A long turn must not hold back anyone's keepalives.
+            let now = Instant::now();
+            self.timers(now);
+            self.drain(now);
         }
         if eof && self.conns.contains_key(&token) {
             let i = self.conns[&token].peer;
@@ -748,7 +810,7 @@ impl Speaker {
 
     /// Frames, decodes and hands to the FSM every whole message read so far; the FSM's
     /// outputs are carried out after each message (an OPEN decides how UPDATEs decode).
-    fn process_input(&mut self, token: u64, now: Instant) {
+    fn process_input(&mut self, token: u64) {
         loop {
             let Some(c) = self.conns.get_mut(&token) else {
                 return;
@@ -773,6 +835,8 @@ impl Speaker {
                     Input::DecodeError(ConnId(token), n)
                 }
             };
+            // Time moves on while a large feed is decoded: the FSM's timers fire on time.
+            let now = Instant::now();
             let out = self.peers[i].session.handle(input, now);
             self.queue(i, out);
             self.drain(now);
@@ -837,12 +901,7 @@ impl Speaker {
         }
         if pending != c.writable_interest {
             c.writable_interest = pending;
-            let interest = if pending {
-                Interest::ReadWrite
-            } else {
-                Interest::Read
-            };
-            let _ = self.poller.modify(c.stream.as_raw_fd(), token, interest);
+            self.rearm(token);
         }
     }
 
@@ -1039,6 +1098,13 @@ impl Speaker {
     }
 
     fn shutdown(&mut self) {
+        // What waits for the writer goes first, in order (blocking is fine now).
+        if let Some(k) = &mut self.kernel {
+            for batch in self.fib_queue.drain(..) {
+                k.send(batch);
+            }
+            k.send(std::mem::take(&mut self.fib_pending));
+        }
         let graceful = self.cfg.graceful_restart.is_some();
         if !graceful {
             let now = Instant::now();
@@ -1081,12 +1147,9 @@ impl Speaker {
                 })
                 .collect();
             gone.extend(self.adopted.sweep());
-            self.fib_pending.clear();
             if let Some(k) = &mut self.kernel {
                 k.send(gone);
             }
-        } else {
-            self.flush_fib();
         }
         if let Some(k) = &mut self.kernel {
             k.flush();

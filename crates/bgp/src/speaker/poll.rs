@@ -18,6 +18,8 @@ pub enum Interest {
     ReadWrite,
     /// A connect in progress: writable when it finished (either way).
     Write,
+    /// Nothing for now (reading paused, nothing to write); errors still come.
+    Nothing,
 }
 
 impl Interest {
@@ -26,6 +28,7 @@ impl Interest {
             Interest::Read => libc::EPOLLIN,
             Interest::ReadWrite => libc::EPOLLIN | libc::EPOLLOUT,
             Interest::Write => libc::EPOLLOUT,
+            Interest::Nothing => return 0,
         }) as u32
             | libc::EPOLLRDHUP as u32
     }
