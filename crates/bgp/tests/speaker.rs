@@ -115,6 +115,12 @@ impl Speaker {
         serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))
     }
 
+    /// What the running daemon wrote to stderr (its event log) so far.
+    fn log(&self) -> String {
+        let path = self.dir.path.join(format!("serve{}.log", self.starts));
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
     fn neighbor(&self) -> Result<Value, String> {
         let v = self.query("neighbors")?;
         Ok(v["neighbors"][0].clone())
@@ -451,6 +457,16 @@ fn helper_keeps_a_dead_peers_routes_for_its_restart_time_then_sweeps() {
         "not before its restart time: {:?}",
         t.elapsed()
     );
+    // The operator's account of it, in order: up, down with the stale hold, the sweep.
+    let log = sa.log();
+    let at = |what: &str| {
+        log.find(what)
+            .unwrap_or_else(|| panic!("{what:?} not in the speaker's log:\n{log}"))
+    };
+    let up = at("peer 192.0.2.2:179: Established (AS 65002, router id 192.0.2.2");
+    let down = at("its routes kept stale for 3 s (graceful restart)");
+    let swept = at("peer 192.0.2.2:179: restart time over without its End-of-RIB");
+    assert!(up < down && down < swept, "{log}");
 }
 
 #[test]

@@ -186,6 +186,7 @@ fn writer(
         let removes = fib.iter().filter(|c| c.next_hops.is_empty()).count() as u64;
         let (mut installed, mut removed) = (fib.len() as u64 - removes, removes);
         if let Ok(mut s) = stats.lock() {
+            let refused_before = s.refused;
             match outcome {
                 Ok(refused) => {
                     for (index, error) in refused {
@@ -210,6 +211,14 @@ fn writer(
             s.installed += installed;
             s.removed += removed;
             s.batches_done += 1;
+            if s.refused > refused_before {
+                super::log(format_args!(
+                    "the kernel refused {} of {} route changes; the last: {}",
+                    s.refused - refused_before,
+                    fib.len(),
+                    s.last_error.as_deref().unwrap_or("?")
+                ));
+            }
         }
         drop(fib);
         waker.wake();

@@ -381,9 +381,11 @@ impl Speaker {
             }
             Output::Send(id, msg) => {
                 if let Some(c) = self.conns.get_mut(&id.0) {
-                    // An encode error is a bug in what we built; the FSM's messages are
-                    // always encodable, and an UPDATE never comes this way.
-                    let _ = packet::encode(&msg, &c.negotiated, &mut c.wbuf);
+                    // An encode error is a bug in what we built (the FSM's messages are
+                    // always encodable, and an UPDATE never comes this way): say so.
+                    if let Err(e) = packet::encode(&msg, &c.negotiated, &mut c.wbuf) {
+                        log(format_args!("peer {}: not sent: {e}", self.peers[i].addr));
+                    }
                 }
                 self.flush_conn(id.0);
             }
@@ -412,27 +414,40 @@ impl Speaker {
                 let session =
                     PeerSession::new(local, info.open.router_id, info.negotiated.families.clone())
                         .with_open(&info.open);
-                if let Ok(ch) = self.rib.peer_up(p.id, session) {
-                    self.apply_changes(ch, now);
-                }
+                let addr = p.addr;
+                log(format_args!(
+                    "peer {addr}: Established (AS {}, router id {}, hold {} s)",
+                    info.open.asn(),
+                    info.open.router_id,
+                    info.hold_time
+                ));
+                let r = self.rib.peer_up(p.id, session);
+                self.rib_changes(r, "session up", addr, now);
                 if self.deferring {
                     self.maybe_finish_restart(false, now);
                 }
             }
             Output::Routes(update) => self.routes(i, &update, now),
             Output::RefreshRequested(family) => {
-                if let Ok(ch) = self.rib.refresh(self.peers[i].id, family) {
-                    self.apply_changes(ch, now);
-                }
+                let r = self.rib.refresh(self.peers[i].id, family);
+                self.rib_changes(r, "route refresh", self.peers[i].addr, now);
             }
-            Output::Down { keep_stale, .. } => {
+            Output::Down {
+                keep_stale, reason, ..
+            } => {
                 let p = &mut self.peers[i];
                 p.end_of_rib = false;
                 p.stale_until = keep_stale.map(|d| now + d);
-                let id = p.id;
-                if let Ok(ch) = self.rib.peer_down(id, keep_stale) {
-                    self.apply_changes(ch, now);
+                let (id, addr) = (p.id, p.addr);
+                match keep_stale {
+                    Some(d) => log(format_args!(
+                        "peer {addr}: down ({reason}); its routes kept stale for {} s (graceful restart)",
+                        d.as_secs()
+                    )),
+                    None => log(format_args!("peer {addr}: down ({reason}); its routes withdrawn")),
                 }
+                let r = self.rib.peer_down(id, keep_stale);
+                self.rib_changes(r, "session down", addr, now);
             }
         }
     }
@@ -444,16 +459,29 @@ impl Speaker {
             p.end_of_rib = true;
             p.end_of_rib_once = true;
             p.stale_until = None;
-            if let Ok(ch) = self.rib.end_of_rib(id, family) {
-                self.apply_changes(ch, now);
-            }
+            let r = self.rib.end_of_rib(id, family);
+            self.rib_changes(r, "End-of-RIB", self.peers[i].addr, now);
             self.maybe_finish_restart(false, now);
             return;
         }
         self.peers[i].prefixes_received +=
             (update.nlri.len() + update.mp_reach.as_ref().map_or(0, |m| m.nlri.len())) as u64;
-        if let Ok(ch) = self.rib.apply(id, update) {
-            self.apply_changes(ch, now);
+        let r = self.rib.apply(id, update);
+        self.rib_changes(r, "UPDATE", self.peers[i].addr, now);
+    }
+
+    /// Applies what the RIB decided, or logs why it refused: a refusal is a bug in how the
+    /// speaker drives the RIB, never the peer's fault, so the session carries on.
+    fn rib_changes(
+        &mut self,
+        r: Result<RibChanges, crate::rib::RibError>,
+        what: &str,
+        addr: SocketAddr,
+        now: Instant,
+    ) {
+        match r {
+            Ok(ch) => self.apply_changes(ch, now),
+            Err(e) => log(format_args!("peer {addr}: the RIB refused the {what}: {e}")),
         }
     }
 
@@ -486,13 +514,24 @@ impl Speaker {
             };
             let before = c.wbuf.len();
             let mut n = 0usize;
+            let addr = self.peers[i].addr;
             if !upd.withdraw.is_empty() {
-                n +=
-                    packet::encode_withdraw(&upd.withdraw, &c.negotiated, &mut c.wbuf).unwrap_or(0);
+                match packet::encode_withdraw(&upd.withdraw, &c.negotiated, &mut c.wbuf) {
+                    Ok(k) => n += k,
+                    Err(e) => log(format_args!(
+                        "peer {addr}: {} withdrawals not sent: {e}",
+                        upd.withdraw.len()
+                    )),
+                }
             }
             for (attrs, prefixes) in &upd.announce {
-                n += packet::encode_announce(attrs, prefixes, &c.negotiated, &mut c.wbuf)
-                    .unwrap_or(0);
+                match packet::encode_announce(attrs, prefixes, &c.negotiated, &mut c.wbuf) {
+                    Ok(k) => n += k,
+                    Err(e) => log(format_args!(
+                        "peer {addr}: {} routes not announced: {e}",
+                        prefixes.len()
+                    )),
+                }
             }
             for family in &upd.end_of_rib {
                 if packet::encode(
@@ -617,7 +656,14 @@ impl Speaker {
                 };
                 let id = self.peers[i].id;
                 for family in families {
-                    if let Ok(mut ch) = self.rib.refresh(id, family) {
+                    let refreshed = self.rib.refresh(id, family);
+                    if let Err(e) = &refreshed {
+                        log(format_args!(
+                            "peer {}: the RIB refused the end-of-restart dump: {e}",
+                            self.peers[i].addr
+                        ));
+                    }
+                    if let Ok(mut ch) = refreshed {
                         match ch.out.iter_mut().find(|(p, _)| *p == id) {
                             Some((_, upd)) => upd.end_of_rib.push(family),
                             None => ch.out.push((
@@ -647,9 +693,12 @@ impl Speaker {
             }
             if self.peers[i].stale_until.is_some_and(|d| d <= now) {
                 self.peers[i].stale_until = None;
-                if let Ok(ch) = self.rib.stale_expired(self.peers[i].id) {
-                    self.apply_changes(ch, now);
-                }
+                let addr = self.peers[i].addr;
+                log(format_args!(
+                    "peer {addr}: restart time over without its End-of-RIB; its stale routes removed"
+                ));
+                let r = self.rib.stale_expired(self.peers[i].id);
+                self.rib_changes(r, "stale sweep", addr, now);
             }
         }
         if self.adopt_deadline.is_some_and(|d| d <= now) {
@@ -1369,4 +1418,17 @@ fn bind_control(path: &std::path::Path) -> Result<UnixListener, SpeakerError> {
 /// `twill bgp serve`: loads nothing itself; runs `cfg` until SIGTERM/SIGINT.
 pub fn serve(cfg: Config) -> Result<(), SpeakerError> {
     Speaker::new(cfg)?.run()
+}
+
+/// One line on stderr per event an operator needs to see (sessions going up and down, routes
+/// kept or swept, anything refused), with the wall-clock time.
+fn log(event: std::fmt::Arguments<'_>) {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    eprintln!(
+        "{}.{:03} twill-bgp: {event}",
+        t.as_secs(),
+        t.subsec_millis()
+    );
 }
