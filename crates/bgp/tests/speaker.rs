@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,135 +14,26 @@ use twill_testkit::{try_sh, TempDir};
 
 use common::kernel;
 use common::net::{Lan, Node};
-use common::proc::Daemon;
+use common::twill::{twill_bin, Twill};
 use common::wait;
 
-/// The workspace's `twill` binary, built once per test process (`cargo test -p twill-bgp`
-/// builds no binary of another package), next to this test's profile directory.
-fn twill_bin() -> PathBuf {
-    static BUILD: std::sync::Once = std::sync::Once::new();
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    BUILD.call_once(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-q", "-p", "twill"]);
-        if dir.ends_with("release") {
-            cmd.arg("--release");
-        }
-        assert!(cmd.status().expect("run cargo build -p twill").success());
-    });
-    dir.join("twill")
+/// Every speaker in these scenarios has exactly one peer.
+trait OnePeer {
+    /// Its one `neighbors` entry.
+    fn only_neighbor(&self) -> Result<Value, String>;
+    /// Waits (15 s at most) for its one session to be Established.
+    fn wait_up(&self);
 }
 
-/// One `twill bgp serve` in a node, its config and control socket in a temp dir.
-struct Speaker {
-    daemon: Daemon,
-    dir: TempDir,
-    config: PathBuf,
-    socket: PathBuf,
-    ns: String,
-    starts: u32,
-}
-
-impl Speaker {
-    fn start(node: &Node, mut cfg: Value) -> Speaker {
-        let dir = TempDir::new("spk");
-        let socket = dir.path.join("bgp.sock");
-        cfg["controlSocket"] = json!(socket);
-        let config = dir.path.join("bgp.json");
-        std::fs::write(&config, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
-        let daemon = Speaker::spawn(node.name(), &dir, &config, 1);
-        let mut s = Speaker {
-            daemon,
-            dir,
-            config,
-            socket,
-            ns: node.name().to_owned(),
-            starts: 1,
-        };
-        s.wait_ready();
-        s
+impl OnePeer for Twill {
+    fn only_neighbor(&self) -> Result<Value, String> {
+        Ok(self.try_query("neighbors")?["neighbors"][0].clone())
     }
 
-    fn spawn(ns: &str, dir: &TempDir, config: &std::path::Path, n: u32) -> Daemon {
-        let bin = twill_bin();
-        Daemon::spawn(
-            "twill bgp serve",
-            ns,
-            &[
-                bin.to_str().unwrap(),
-                "bgp",
-                "serve",
-                "--config",
-                config.to_str().unwrap(),
-            ],
-            &dir.path.join(format!("serve{n}.log")),
-        )
-    }
-
-    fn wait_ready(&mut self) {
-        let s = &mut *self;
-        wait::until("the control socket", Duration::from_secs(20), || {
-            s.daemon.assert_running();
-            s.query("neighbors").map(drop)
-        });
-    }
-
-    fn restart(&mut self) {
-        assert!(!self.daemon.running());
-        self.starts += 1;
-        self.daemon = Speaker::spawn(&self.ns, &self.dir, &self.config, self.starts);
-        self.wait_ready();
-    }
-
-    fn query(&self, what: &str) -> Result<Value, String> {
-        let bin = twill_bin();
-        let (ok, out, err) = try_sh(&[
-            bin.to_str().unwrap(),
-            "bgp",
-            what,
-            "-o",
-            "json",
-            "--socket",
-            self.socket.to_str().unwrap(),
-        ]);
-        if !ok {
-            return Err(format!("twill bgp {what}: {err}"));
-        }
-        serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))
-    }
-
-    /// What the running daemon wrote to stderr (its event log) so far.
-    fn log(&self) -> String {
-        let path = self.dir.path.join(format!("serve{}.log", self.starts));
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-    }
-
-    fn neighbor(&self) -> Result<Value, String> {
-        let v = self.query("neighbors")?;
-        Ok(v["neighbors"][0].clone())
-    }
-
-    fn wait_established(&self) {
-        wait::until("Established", Duration::from_secs(15), || {
-            let n = self.neighbor()?;
-            (n["state"] == "Established")
-                .then_some(())
-                .ok_or(n.to_string())
-        });
-    }
-
-    /// The paths of `prefix` in its RIB.
-    fn paths(&self, prefix: &str) -> Vec<Value> {
-        let v = self.query("rib").unwrap();
-        v["routes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["prefix"] == prefix)
-            .map(|r| r["paths"].as_array().unwrap().clone())
-            .unwrap_or_default()
+    fn wait_up(&self) {
+        let n = self.only_neighbor().unwrap();
+        let peer = n["peer"].as_str().expect("a configured peer").to_owned();
+        self.wait_established(&peer, Duration::from_secs(15));
     }
 }
 
@@ -177,9 +66,9 @@ fn two_speakers_with_md5_exchange_routes_into_the_kernel_and_cease_on_sigterm() 
     pa["password"] = json!("s3cr3t");
     let mut pb = peer("192.0.2.1", 65001);
     pb["password"] = json!("s3cr3t");
-    let mut sa = Speaker::start(a, speaker_cfg(a, 65001, &["10.244.1.0/24"], vec![pa]));
-    let sb = Speaker::start(b, speaker_cfg(b, 65002, &["10.244.2.0/24"], vec![pb]));
-    sa.wait_established();
+    let mut sa = Twill::start(a, speaker_cfg(a, 65001, &["10.244.1.0/24"], vec![pa]));
+    let sb = Twill::start(b, speaker_cfg(b, 65002, &["10.244.2.0/24"], vec![pb]));
+    sa.wait_up();
     wait::until(
         "both routes in both kernels",
         Duration::from_secs(10),
@@ -194,7 +83,7 @@ fn two_speakers_with_md5_exchange_routes_into_the_kernel_and_cease_on_sigterm() 
         a.ping("10.244.1.1", "10.244.2.1"),
         "pod to pod over the learned routes"
     );
-    let n = sb.neighbor().unwrap();
+    let n = sb.only_neighbor().unwrap();
     assert_eq!(n["md5"], true);
     assert_eq!(n["kind"], "ebgp");
     assert_eq!(n["routerId"], "192.0.2.1");
@@ -216,7 +105,7 @@ fn two_speakers_with_md5_exchange_routes_into_the_kernel_and_cease_on_sigterm() 
     wait::until("B drops the route on Cease", Duration::from_secs(5), || {
         via(b.name(), "10.244.1.0/24").map_or(Ok(()), |r| Err(format!("{r:?}")))
     });
-    let n = sb.neighbor().unwrap();
+    let n = sb.only_neighbor().unwrap();
     assert!(
         n["info"].as_str().unwrap().contains("6/2"),
         "administrative shutdown received: {n}"
@@ -233,11 +122,11 @@ fn a_wrong_md5_key_never_gets_a_session_and_is_counted() {
     pa["password"] = json!("right");
     let mut pb = peer("192.0.2.1", 65001);
     pb["password"] = json!("wrong");
-    let sa = Speaker::start(a, speaker_cfg(a, 65001, &["10.244.1.0/24"], vec![pa]));
-    let sb = Speaker::start(b, speaker_cfg(b, 65002, &["10.244.2.0/24"], vec![pb]));
+    let sa = Twill::start(a, speaker_cfg(a, 65001, &["10.244.1.0/24"], vec![pa]));
+    let sb = Twill::start(b, speaker_cfg(b, 65002, &["10.244.2.0/24"], vec![pb]));
     wait::holds_for("no session", Duration::from_secs(4), || {
         for s in [&sa, &sb] {
-            let n = s.neighbor()?;
+            let n = s.only_neighbor()?;
             if n["state"] == "Established" || n["state"] == "OpenConfirm" {
                 return Err(n.to_string());
             }
@@ -245,10 +134,10 @@ fn a_wrong_md5_key_never_gets_a_session_and_is_counted() {
         Ok(())
     });
     assert!(kernel::route(a.name(), "10.244.2.0/24").is_none());
-    let drops = sa.query("neighbors").unwrap()["md5Counters"]["failure"]
+    let drops = sa.try_query("neighbors").unwrap()["md5Counters"]["failure"]
         .as_u64()
         .unwrap()
-        + sb.query("neighbors").unwrap()["md5Counters"]["failure"]
+        + sb.try_query("neighbors").unwrap()["md5Counters"]["failure"]
             .as_u64()
             .unwrap();
     assert!(drops > 0, "the kernel counted bad signatures");
@@ -266,15 +155,15 @@ fn a_key_that_cannot_be_set_fails_the_peer_closed() {
     // An IPv6 peer's key cannot go on an IPv4 listener (EINVAL): that peer must not run.
     let mut p = peer("2001:db8::2", 65002);
     p["password"] = json!("s3cr3t");
-    let s = Speaker::start(a, speaker_cfg(a, 65001, &[], vec![p]));
+    let s = Twill::start(a, speaker_cfg(a, 65001, &[], vec![p]));
     wait::holds_for("the peer stays down", Duration::from_secs(2), || {
-        let n = s.neighbor()?;
+        let n = s.only_neighbor()?;
         if n["state"] != "Idle" || n["failed"].is_null() {
             return Err(n.to_string());
         }
         Ok(())
     });
-    let n = s.neighbor().unwrap();
+    let n = s.only_neighbor().unwrap();
     assert!(
         n["info"]
             .as_str()
@@ -305,8 +194,8 @@ fn graceful_restart_adopts_the_kernel_routes_with_no_flap() {
         vec![peer("192.0.2.1", 65001)],
     );
     cb["gracefulRestart"] = gr;
-    let mut sa = Speaker::start(a, ca);
-    let sb = Speaker::start(b, cb);
+    let mut sa = Twill::start(a, ca);
+    let sb = Twill::start(b, cb);
     wait::until("A has both routes", Duration::from_secs(10), || {
         (via(a.name(), "10.244.2.0/24").is_some() && via(a.name(), "10.244.3.0/24").is_some())
             .then_some(())
@@ -360,15 +249,15 @@ fn graceful_restart_adopts_the_kernel_routes_with_no_flap() {
     );
     let t = Instant::now();
     sa.restart();
-    sa.wait_established();
-    let n = sa.neighbor().unwrap();
+    sa.wait_up();
+    let n = sa.only_neighbor().unwrap();
     assert_eq!(n["endOfRib"], true, "{n}");
     wait::until(
         "the unannounced adopted route is swept",
         Duration::from_secs(5),
         || via(a.name(), "10.99.0.0/24").map_or(Ok(()), |r| Err(format!("{r:?}"))),
     );
-    let k = &sa.query("neighbors").unwrap()["kernel"];
+    let k = &sa.try_query("neighbors").unwrap()["kernel"];
     assert_eq!(k["adopted"], 3, "{k}");
     assert_eq!(k["swept"], 1, "{k}");
     wait::until(
@@ -386,7 +275,7 @@ fn graceful_restart_adopts_the_kernel_routes_with_no_flap() {
     sa.daemon.kill();
     std::thread::sleep(Duration::from_millis(200));
     sa.restart();
-    sa.wait_established();
+    sa.wait_up();
     stop.store(true, Ordering::Relaxed);
     let dumps = watcher.join().unwrap().unwrap_or_else(|e| panic!("{e}"));
     assert!(dumps > 10, "watched {dumps} dumps over {:?}", t.elapsed());
@@ -431,8 +320,8 @@ fn helper_keeps_a_dead_peers_routes_for_its_restart_time_then_sweeps() {
     ca["gracefulRestart"] = json!({"restartTime": 30});
     let mut cb = speaker_cfg(b, 65002, &["10.244.2.0/24"], vec![peer("192.0.2.1", 65001)]);
     cb["gracefulRestart"] = json!({"restartTime": 3});
-    let sa = Speaker::start(a, ca);
-    let mut sb = Speaker::start(b, cb);
+    let sa = Twill::start(a, ca);
+    let mut sb = Twill::start(b, cb);
     wait::until("A has B's route", Duration::from_secs(10), || {
         via(a.name(), "10.244.2.0/24")
             .map(drop)
@@ -458,7 +347,7 @@ fn helper_keeps_a_dead_peers_routes_for_its_restart_time_then_sweeps() {
         t.elapsed()
     );
     // The operator's account of it, in order: up, down with the stale hold, the sweep.
-    let log = sa.log();
+    let log = sa.log_text();
     let at = |what: &str| {
         log.find(what)
             .unwrap_or_else(|| panic!("{what:?} not in the speaker's log:\n{log}"))
@@ -529,12 +418,12 @@ fn equal_paths_become_one_multipath_kernel_route() {
         vec![peer("192.0.2.2", 65002), peer("192.0.2.3", 65002)],
     );
     ca["maxPaths"] = json!(2);
-    let sa = Speaker::start(a, ca);
-    let _sb = Speaker::start(
+    let sa = Twill::start(a, ca);
+    let _sb = Twill::start(
         b,
         speaker_cfg(b, 65002, &["10.244.9.0/24"], vec![peer("192.0.2.1", 65001)]),
     );
-    let mut sc = Speaker::start(
+    let mut sc = Twill::start(
         c,
         speaker_cfg(c, 65002, &["10.244.9.0/24"], vec![peer("192.0.2.1", 65001)]),
     );
