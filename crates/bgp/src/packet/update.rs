@@ -118,18 +118,7 @@ fn decode_v4(bytes: &[u8], out: &mut Vec<Ipv4Net>) -> Result<(), String> {
     // The shortest prefix is one octet; most are four (a /24).
     out.reserve(bytes.len() / 4);
     let mut r = Reader::new(bytes);
-    while let Some(len) = r.u8() {
-        if len > 32 {
-            return Err(format!("IPv4 prefix length {len}"));
-        }
-        let n = usize::from(len).div_ceil(8);
-        let Some(p) = r.take(n) else {
-            return Err(format!("a /{len} needs {n} octets, {} left", r.remaining()));
-        };
-        let mut a = [0u8; 4];
-        if let Some(dst) = a.get_mut(..n) {
-            dst.copy_from_slice(p);
-        }
+    while let Some((a, len)) = next_prefix::<4>(&mut r, "IPv4")? {
         // RFC 4271 §4.3: "the value of trailing bits is irrelevant": masked off here.
         let net = Ipv4Net::new(Ipv4Addr::from(a), len).map_err(|e| e.to_string())?;
         out.push(net.trunc());
@@ -142,22 +131,34 @@ fn decode_v4(bytes: &[u8], out: &mut Vec<Ipv4Net>) -> Result<(), String> {
 fn decode_v6(bytes: &[u8], out: &mut Vec<IpNet>) -> Result<(), String> {
     out.reserve(bytes.len() / 9);
     let mut r = Reader::new(bytes);
-    while let Some(len) = r.u8() {
-        if len > 128 {
-            return Err(format!("IPv6 prefix length {len}"));
-        }
-        let n = usize::from(len).div_ceil(8);
-        let Some(p) = r.take(n) else {
-            return Err(format!("a /{len} needs {n} octets, {} left", r.remaining()));
-        };
-        let mut a = [0u8; 16];
-        if let Some(dst) = a.get_mut(..n) {
-            dst.copy_from_slice(p);
-        }
+    while let Some((a, len)) = next_prefix::<16>(&mut r, "IPv6")? {
         let net = Ipv6Net::new(Ipv6Addr::from(a), len).map_err(|e| e.to_string())?;
         out.push(IpNet::V6(net.trunc()));
     }
     Ok(())
+}
+
+/// The next prefix of an NLRI field (RFC 4271 §4.3: a length in bits, then just the octets
+/// it needs) as an `N`-octet address, zero-padded; `None` at the end of the field.
+fn next_prefix<const N: usize>(
+    r: &mut Reader<'_>,
+    family: &str,
+) -> Result<Option<([u8; N], u8)>, String> {
+    let Some(len) = r.u8() else {
+        return Ok(None);
+    };
+    if usize::from(len) > N * 8 {
+        return Err(format!("{family} prefix length {len}"));
+    }
+    let n = usize::from(len).div_ceil(8);
+    let Some(p) = r.take(n) else {
+        return Err(format!("a /{len} needs {n} octets, {} left", r.remaining()));
+    };
+    let mut a = [0u8; N];
+    if let Some(dst) = a.get_mut(..n) {
+        dst.copy_from_slice(p);
+    }
+    Ok(Some((a, len)))
 }
 
 /// Appends one prefix in the NLRI encoding.
