@@ -14,10 +14,8 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-/// linux/tcp.h `#define TCP_MD5SIG 14`.
-const TCP_MD5SIG: libc::c_int = 14;
-/// linux/tcp.h `#define TCP_MD5SIG_MAXKEYLEN 80`.
-pub const MD5_MAX_KEY_LEN: usize = 80;
+/// linux/tcp.h `TCP_MD5SIG_MAXKEYLEN`: the longest key the kernel takes.
+pub const MD5_MAX_KEY_LEN: usize = libc::TCP_MD5SIG_MAXKEYLEN;
 
 /// linux/tcp.h `struct tcp_md5sig`.
 #[repr(C)]
@@ -100,7 +98,7 @@ pub fn set_md5(fd: RawFd, family: libc::c_int, peer: IpAddr, key: &[u8]) -> io::
         libc::setsockopt(
             fd,
             libc::IPPROTO_TCP,
-            TCP_MD5SIG,
+            libc::TCP_MD5SIG,
             (&sig as *const TcpMd5Sig).cast(),
             std::mem::size_of::<TcpMd5Sig>() as libc::socklen_t,
         )
