@@ -156,3 +156,35 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
+
+/// Binary `bin` of workspace package `package`, built (or brought up to date) once per test
+/// process, in the calling test executable's profile directory (target/debug or
+/// target/release): `cargo test -p X` builds no binary of another package.
+pub fn workspace_bin(package: &str, bin: &str) -> std::path::PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let exe = std::env::current_exe().expect("the test executable's path");
+    // target/<profile>/deps/<test> -> target/<profile>
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("a test executable under target/<profile>/deps")
+        .to_path_buf();
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|p| p == package) {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-q", "-p", package]);
+        if dir.ends_with("release") {
+            cmd.arg("--release");
+        }
+        let ok = cmd
+            .status()
+            .unwrap_or_else(|e| panic!("run cargo build -p {package}: {e}"))
+            .success();
+        assert!(ok, "cargo build -p {package} failed");
+        built.push(package.to_owned());
+    }
+    let path = dir.join(bin);
+    assert!(path.is_file(), "{} is missing", path.display());
+    path
+}

@@ -2,7 +2,6 @@
 //! with `twill bgp neighbors -o json` and `twill bgp rib -o json` over its control socket.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -12,34 +11,14 @@ use super::net::Node;
 use super::proc::Daemon;
 use super::wait;
 
-/// The workspace's `twill` binary, built (or brought up to date) once per test process:
-/// `cargo test -p twill-bgp` builds no binary of another package. Next to the test
-/// executable's profile directory (target/debug or target/release).
+/// The workspace's `twill` binary ([`twill_testkit::workspace_bin`]).
 ///
 /// `TWILL_BIN=/path/to/twill` runs that binary instead (a release build, or one built
 /// elsewhere); nothing is built then.
 pub fn twill_bin() -> PathBuf {
-    if let Some(bin) = std::env::var_os("TWILL_BIN") {
-        return PathBuf::from(bin);
-    }
-    static BUILD: std::sync::Once = std::sync::Once::new();
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf(); // …/deps/.. = profile dir
-    BUILD.call_once(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-q", "-p", "twill"]);
-        if dir.ends_with("release") {
-            cmd.arg("--release");
-        }
-        assert!(
-            cmd.status().expect("run cargo build -p twill").success(),
-            "cargo build -p twill failed"
-        );
-    });
-    let bin = dir.join("twill");
-    assert!(bin.is_file(), "{} is missing", bin.display());
-    bin
+    std::env::var_os("TWILL_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| twill_testkit::workspace_bin("twill", "twill"))
 }
 
 /// A counter of a `neighbors` JSON object under either spelling (camelCase or snake_case):

@@ -138,24 +138,8 @@ impl Drop for AgentProc {
     }
 }
 
-/// The workspace's `twill`, next to twilld, built (or brought up to date) once: `cargo test
+/// The workspace's `twill`, next to twilld ([`twill_testkit::workspace_bin`]): `cargo test
 /// -p twilld` builds only twilld's own binaries.
 pub fn twill_bin() -> PathBuf {
-    static BUILD: std::sync::Once = std::sync::Once::new();
-    let dir = std::path::Path::new(TWILLD).parent().unwrap().to_path_buf();
-    BUILD.call_once(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "twill"]);
-        if dir.ends_with("release") {
-            cmd.arg("--release");
-        }
-        assert!(
-            cmd.status().expect("run cargo build -p twill").success(),
-            "cargo build -p twill failed"
-        );
-    });
-    let bin = dir.join("twill");
-    assert!(bin.is_file(), "{} is missing", bin.display());
-    bin
+    twill_testkit::workspace_bin("twill", "twill")
 }
