@@ -3,6 +3,7 @@
 //! field, the value and the fix.
 
 pub mod backend;
+pub mod bgp;
 pub mod cni;
 pub mod names;
 pub mod resources;

@@ -100,6 +100,13 @@ pub struct NodeSpec {
     /// ("192.0.2.11/24") or a bare address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv4_address: Option<String>,
+    /// BGP settings of this node (its own AS, route reflection, router ID).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<crate::bgp::NodeBgp>,
+    /// The node's labels (`metadata.labels` in a resource file), matched by BGPPeer
+    /// selectors.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// What a running agent publishes about its node (bound to its lease).
