@@ -226,7 +226,7 @@ pub struct Invalid {
     pub line: Option<usize>,
 }
 
-fn invalid(field: &str, reason: impl Into<String>) -> Invalid {
+pub(crate) fn invalid(field: &str, reason: impl Into<String>) -> Invalid {
     Invalid {
         field: field.into(),
         reason: reason.into(),
