@@ -120,14 +120,52 @@ impl Default for BgpConfiguration {
 }
 
 /// A TCP MD5 (RFC 2385) key: kept in the store, or read from a file on each node (so the
-/// secret never enters the store).
+/// secret never enters the store). Written `password: {value: KEY}` or
+/// `password: {file: /PATH}` (a map with one of the two, in YAML as in JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(try_from = "PasswordFields", into = "PasswordFields")]
 pub enum Password {
     /// The key itself, stored in the store.
     Value(String),
     /// A file on every node the peering applies to, read by its agent.
     File(String),
+}
+
+/// How [`Password`] is written: a map with exactly one of `value` and `file` (serde_yaml
+/// reads an enum only from a YAML tag, which no Calico user writes).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PasswordFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    file: Option<String>,
+}
+
+impl TryFrom<PasswordFields> for Password {
+    type Error = String;
+    fn try_from(p: PasswordFields) -> Result<Self, String> {
+        match (p.value, p.file) {
+            (Some(v), None) => Ok(Password::Value(v)),
+            (None, Some(f)) => Ok(Password::File(f)),
+            _ => Err("give exactly one of value (the key, kept in the store) or file (a path read on each node)".into()),
+        }
+    }
+}
+
+impl From<Password> for PasswordFields {
+    fn from(p: Password) -> Self {
+        match p {
+            Password::Value(v) => PasswordFields {
+                value: Some(v),
+                file: None,
+            },
+            Password::File(f) => PasswordFields {
+                value: None,
+                file: Some(f),
+            },
+        }
+    }
 }
 
 /// One BGP peering rule (`kind: BGPPeer`), as calicoctl's:
@@ -1546,6 +1584,27 @@ mod tests {
             ..router()
         };
         assert_eq!(key80.validate(), Ok(()));
+    }
+
+    #[test]
+    fn passwords_are_a_map_of_value_or_file() {
+        let v = serde_json::to_value(Password::Value("k".into())).unwrap();
+        assert_eq!(v, serde_json::json!({"value": "k"}));
+        let f: Password = serde_json::from_value(serde_json::json!({"file": "/p"})).unwrap();
+        assert_eq!(f, Password::File("/p".into()));
+        for bad in [
+            serde_json::json!({}),
+            serde_json::json!({"value": "k", "file": "/p"}),
+        ] {
+            let e = serde_json::from_value::<Password>(bad)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("exactly one of value"), "{e}");
+        }
+        let e = serde_json::from_value::<Password>(serde_json::json!({"secretKeyRef": {}}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `secretKeyRef`"), "{e}");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! | `blocks/<a.b.c.d>-<len>` | [`Block`] (bound to the holder's lease) | `twilld` |
 //! | `allocations/<node>` | a list of [`Allocation`] (bound to the agent's lease) | `twilld` |
 //! | `peers/<node>` | [`PeerView`]: what this node's probes see of every peer (bound to its lease) | `twilld` |
+//! | `bgpconfig`, `bgppeers/<name>`, `routingstatus/<node>` | Calico mode's, see [`crate::bgp`] | `twill apply`, `twilld` |
 
 pub use crate::backend::{BackendKind, BackendSpec, VxlanOptions};
 use crate::wiring::PodWiring;
@@ -103,8 +104,8 @@ pub struct NodeSpec {
     /// BGP settings of this node (its own AS, route reflection, router ID).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bgp: Option<crate::bgp::NodeBgp>,
-    /// The node's labels (`metadata.labels` in a resource file), matched by BGPPeer
-    /// selectors.
+    /// The node's labels (`metadata.labels` in a resource file, never `spec.labels`),
+    /// matched by BGPPeer selectors.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub labels: std::collections::BTreeMap<String, String>,
 }
@@ -325,6 +326,15 @@ impl NodeSpec {
             }
         }
     }
+
+    /// Checks every field: the address, `spec.bgp` and the labels (`metadata.labels`).
+    pub fn validate(&self) -> Result<(), Invalid> {
+        self.address()?;
+        if let Some(b) = &self.bgp {
+            b.validate()?;
+        }
+        crate::bgp::check_labels("metadata.labels", &self.labels)
+    }
 }
 
 /// The `kind` of a document in a resource file (what `twill get` prints, `twill apply`
@@ -334,15 +344,21 @@ pub enum ResourceKind {
     NetworkConfig,
     Node,
     Block,
+    /// The cluster's BGP settings (one, named `default`).
+    BgpConfiguration,
+    /// One BGP peering rule.
+    BgpPeer,
     /// Several resources in one document, as `twill get -o json` prints them.
     List,
 }
 
 impl ResourceKind {
-    pub const ALL: [ResourceKind; 4] = [
+    pub const ALL: [ResourceKind; 6] = [
         ResourceKind::NetworkConfig,
         ResourceKind::Node,
         ResourceKind::Block,
+        ResourceKind::BgpConfiguration,
+        ResourceKind::BgpPeer,
         ResourceKind::List,
     ];
 
@@ -352,6 +368,8 @@ impl ResourceKind {
             ResourceKind::NetworkConfig => "NetworkConfig",
             ResourceKind::Node => "Node",
             ResourceKind::Block => "Block",
+            ResourceKind::BgpConfiguration => "BGPConfiguration",
+            ResourceKind::BgpPeer => "BGPPeer",
             ResourceKind::List => "List",
         }
     }
@@ -375,7 +393,7 @@ impl Serialize for ResourceKind {
 pub struct UnknownResource(pub String);
 
 impl ResourceKind {
-    /// "NetworkConfig, Node, Block or List".
+    /// "NetworkConfig, Node, Block, BGPConfiguration, BGPPeer or List".
     fn choices() -> String {
         let names = ResourceKind::ALL.map(ResourceKind::name);
         let (last, rest) = names.split_last().expect("kinds exist");
@@ -408,6 +426,13 @@ pub enum Resource {
     Block {
         spec: Block,
     },
+    /// The cluster's BGP settings (`bgpconfig`).
+    BgpConfiguration(crate::bgp::BgpConfiguration),
+    /// A BGP peering rule (`bgppeers/<name>`).
+    BgpPeer {
+        name: String,
+        spec: crate::bgp::BgpPeer,
+    },
 }
 
 impl Resource {
@@ -416,6 +441,8 @@ impl Resource {
             Resource::NetworkConfig(_) => ResourceKind::NetworkConfig,
             Resource::Node { .. } => ResourceKind::Node,
             Resource::Block { .. } => ResourceKind::Block,
+            Resource::BgpConfiguration(_) => ResourceKind::BgpConfiguration,
+            Resource::BgpPeer { .. } => ResourceKind::BgpPeer,
         }
     }
 
@@ -432,6 +459,14 @@ impl Resource {
             ),
             Resource::Block { spec } => (
                 block_key(spec.cidr),
+                serde_json::to_vec(spec).expect("serializes"),
+            ),
+            Resource::BgpConfiguration(c) => (
+                crate::bgp::KEY_BGP_CONFIG.into(),
+                serde_json::to_vec(c).expect("serializes"),
+            ),
+            Resource::BgpPeer { name, spec } => (
+                format!("{}{name}", crate::bgp::PREFIX_BGP_PEERS),
                 serde_json::to_vec(spec).expect("serializes"),
             ),
         }
@@ -468,6 +503,23 @@ struct Document<T> {
 struct Metadata {
     #[serde(default)]
     name: String,
+    /// Only Node resources carry labels (what BGPPeer selectors match).
+    #[serde(default)]
+    labels: Option<std::collections::BTreeMap<String, String>>,
+}
+
+#[cfg(feature = "yaml")]
+impl Metadata {
+    /// Refuses labels on a kind that has none, rather than dropping them unseen.
+    fn no_labels(&self, kind: ResourceKind) -> Result<(), Invalid> {
+        match &self.labels {
+            Some(l) if !l.is_empty() => Err(invalid(
+                "metadata.labels",
+                format!("a {kind} carries no labels here (BGPPeer selectors match the labels of Node resources); remove them"),
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 #[cfg(feature = "yaml")]
@@ -527,6 +579,7 @@ pub fn parse_resources(text: &str) -> Result<Vec<Resource>, Invalid> {
             ResourceKind::NetworkConfig => {
                 let d: Document<NetworkConfig> =
                     serde_yaml_ng::from_str(body).map_err(|e| at(yaml_error(&e, first_line)))?;
+                d.metadata.no_labels(kind).map_err(at)?;
                 d.spec.validate().map_err(|mut e| {
                     e.field = format!("spec.{}", e.field);
                     at(e)
@@ -534,17 +587,25 @@ pub fn parse_resources(text: &str) -> Result<Vec<Resource>, Invalid> {
                 Resource::NetworkConfig(d.spec)
             }
             ResourceKind::Node => {
-                let d: Document<NodeSpec> =
+                let mut d: Document<NodeSpec> =
                     serde_yaml_ng::from_str(body).map_err(|e| at(yaml_error(&e, first_line)))?;
                 let name = d.metadata.name;
                 crate::names::validate_network_name(&name)
                     .map_err(|e| at(invalid("metadata.name", e.to_string())))?;
-                d.spec.address().map_err(at)?;
+                if !d.spec.labels.is_empty() {
+                    return Err(at(invalid(
+                        "spec.labels",
+                        "a Node's labels go in metadata.labels (as in Kubernetes and Calico); move them there",
+                    )));
+                }
+                d.spec.labels = d.metadata.labels.unwrap_or_default();
+                d.spec.validate().map_err(at)?;
                 Resource::Node { name, spec: d.spec }
             }
             ResourceKind::Block => {
                 let d: Document<Block> =
                     serde_yaml_ng::from_str(body).map_err(|e| at(yaml_error(&e, first_line)))?;
+                d.metadata.no_labels(kind).map_err(at)?;
                 let key = block_key(d.spec.cidr);
                 let name = key.trim_start_matches(PREFIX_BLOCKS);
                 if !d.metadata.name.is_empty() && d.metadata.name != name {
@@ -557,6 +618,23 @@ pub fn parse_resources(text: &str) -> Result<Vec<Resource>, Invalid> {
                     )));
                 }
                 Resource::Block { spec: d.spec }
+            }
+            ResourceKind::BgpConfiguration => {
+                let d: Document<crate::bgp::BgpConfiguration> =
+                    serde_yaml_ng::from_str(body).map_err(|e| at(yaml_error(&e, first_line)))?;
+                d.metadata.no_labels(kind).map_err(at)?;
+                crate::bgp::check_config_name(&d.metadata.name).map_err(at)?;
+                d.spec.validate().map_err(at)?;
+                Resource::BgpConfiguration(d.spec)
+            }
+            ResourceKind::BgpPeer => {
+                let d: Document<crate::bgp::BgpPeer> =
+                    serde_yaml_ng::from_str(body).map_err(|e| at(yaml_error(&e, first_line)))?;
+                d.metadata.no_labels(kind).map_err(at)?;
+                let name = d.metadata.name;
+                crate::bgp::check_dns_name("metadata.name", &name).map_err(at)?;
+                d.spec.validate().map_err(at)?;
+                Resource::BgpPeer { name, spec: d.spec }
             }
         };
         out.push(res);
@@ -729,7 +807,7 @@ mod tests {
         assert_eq!(e.field, "kind");
         assert_eq!(
             e.reason,
-            "\"Pod\" is not a Twill resource; use NetworkConfig, Node, Block or List"
+            "\"Pod\" is not a Twill resource; use NetworkConfig, Node, Block, BGPConfiguration, BGPPeer or List"
         );
     }
 
@@ -766,6 +844,206 @@ mod tests {
         assert!(e.line.is_some(), "{e}");
         let e = err("\n\n");
         assert!(e.to_string().contains("no resource"));
+    }
+
+    const CALICO_FILE: &str = "\
+apiVersion: projectcalico.org/v3
+kind: BGPConfiguration
+metadata:
+  name: default
+spec:
+  nodeToNodeMeshEnabled: false
+  asNumber: 64512
+  communities: [\"64512:100\"]
+---
+apiVersion: projectcalico.org/v3
+kind: BGPPeer
+metadata:
+  name: rack1-tor
+spec:
+  nodeSelector: rack == 'rack-1'
+  peerIP: 192.0.2.1
+  asNumber: 64567
+  password:
+    file: /etc/twill/bgp-password
+  maxRestartTime: 2m
+---
+kind: BGPPeer
+metadata:
+  name: peer-with-route-reflectors
+spec:
+  nodeSelector: all()
+  peerSelector: route-reflector == 'true'
+---
+kind: Node
+metadata:
+  name: n1
+  labels:
+    route-reflector: 'true'
+    rack: rack-1
+spec:
+  bgp:
+    asNumber: 64512
+    routeReflectorClusterID: 244.0.0.1
+";
+
+    #[test]
+    fn calico_mode_resources_parse_into_their_store_keys() {
+        let r = parse_resources(CALICO_FILE).unwrap();
+        let kinds: Vec<ResourceKind> = r.iter().map(Resource::kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                ResourceKind::BgpConfiguration,
+                ResourceKind::BgpPeer,
+                ResourceKind::BgpPeer,
+                ResourceKind::Node
+            ]
+        );
+        let Resource::BgpConfiguration(c) = &r[0] else {
+            panic!()
+        };
+        assert!(!c.node_to_node_mesh_enabled && c.graceful_restart);
+        assert_eq!(c.community_values().unwrap(), [(64512 << 16) | 100]);
+        assert_eq!(r[0].to_store().0, "bgpconfig");
+        let Resource::BgpPeer { name, spec } = &r[1] else {
+            panic!()
+        };
+        assert_eq!(name, "rack1-tor");
+        assert_eq!(
+            spec.password,
+            Some(crate::bgp::Password::File("/etc/twill/bgp-password".into()))
+        );
+        assert_eq!(spec.max_restart_seconds(), Ok(Some(120)));
+        assert_eq!(r[1].to_store().0, "bgppeers/rack1-tor");
+        let Resource::Node { spec, .. } = &r[3] else {
+            panic!()
+        };
+        assert_eq!(spec.labels["route-reflector"], "true");
+        assert_eq!(spec.labels["rack"], "rack-1");
+        let bgp = spec.bgp.as_ref().unwrap();
+        assert_eq!(
+            bgp.route_reflector_cluster_id,
+            Some("244.0.0.1".parse().unwrap())
+        );
+        // The store value keeps the labels with the spec, and reads back the same.
+        let (key, value) = r[3].to_store();
+        assert_eq!(key, "nodeconfigs/n1");
+        let back: NodeSpec = serde_json::from_slice(&value).unwrap();
+        assert_eq!(&back, spec);
+        // The stored values of the BGP kinds read back too.
+        let back: crate::bgp::BgpConfiguration =
+            serde_json::from_slice(&r[0].to_store().1).unwrap();
+        assert_eq!(&back, c);
+    }
+
+    #[test]
+    fn bad_calico_mode_documents_name_field_and_line() {
+        let cases: &[(&str, &str, usize, &str)] = &[
+            (
+                "kind: BGPConfiguration\nmetadata: {name: default}\nspec:\n  asNumber: 0\n",
+                "spec.asNumber",
+                4,
+                "0 is not an AS number",
+            ),
+            (
+                "kind: BGPConfiguration\nmetadata:\n  name: prod\nspec: {}\n",
+                "metadata.name",
+                3,
+                "name: default",
+            ),
+            (
+                "kind: BGPConfiguration\nspec:\n  holdTimeSeconds: 9\n  keepaliveTimeSeconds: 9\n",
+                "spec.keepaliveTimeSeconds",
+                4,
+                "below the hold time 9",
+            ),
+            (
+                "kind: BGPConfiguration\nspec:\n  meshEnabled: false\n",
+                "spec",
+                3,
+                "unknown field `meshEnabled`",
+            ),
+            (
+                "kind: BGPConfiguration\nspec:\n  listenPort: 70000\n",
+                "spec.listenPort",
+                3,
+                "invalid value",
+            ),
+            (
+                "kind: BGPPeer\nmetadata: {name: tor}\nspec:\n  peerIP: 192.0.2.1\n",
+                "spec.asNumber",
+                1,
+                "required with peerIP",
+            ),
+            (
+                "kind: BGPPeer\nspec:\n  peerIP: 192.0.2.1\n  asNumber: 65000\n",
+                "metadata.name",
+                1,
+                "it is empty",
+            ),
+            (
+                "kind: BGPPeer\nmetadata:\n  name: Rack_1\nspec:\n  peerIP: 192.0.2.1\n  asNumber: 65000\n",
+                "metadata.name",
+                3,
+                "is not a valid name",
+            ),
+            (
+                "kind: BGPPeer\nmetadata: {name: tor}\nspec:\n  asNumber: 65000\n  peerIP: 192.0.2.1\n  nodeSelector: rack == rack-1\n",
+                "spec.nodeSelector",
+                6,
+                "at column 9",
+            ),
+            (
+                "kind: BGPPeer\nmetadata: {name: tor}\nspec:\n  peerIP: 192.0.2.1\n  asNumber: 65000\n  password:\n    value: \"\"\n",
+                "spec.password.value",
+                7,
+                "empty",
+            ),
+            (
+                "kind: BGPPeer\nmetadata: {name: tor}\nspec:\n  peerIP: 192.0.2.1\n  asNumber: 65000\n  password:\n    secretKeyRef: {name: x, key: y}\n",
+                "spec.password",
+                7,
+                "unknown field `secretKeyRef`",
+            ),
+            (
+                "kind: Node\nmetadata:\n  name: n1\n  labels:\n    rack: -r1\nspec: {}\n",
+                "metadata.labels.rack",
+                5,
+                "not a label value",
+            ),
+            (
+                "kind: Node\nmetadata:\n  name: n1\nspec:\n  labels:\n    rack: r1\n",
+                "spec.labels",
+                5,
+                "go in metadata.labels",
+            ),
+            (
+                "kind: Node\nmetadata:\n  name: n1\nspec:\n  bgp:\n    asNumber: 23456\n",
+                "spec.bgp.asNumber",
+                6,
+                "AS_TRANS",
+            ),
+            (
+                "kind: BGPPeer\nmetadata:\n  name: tor\n  labels: {a: b}\nspec:\n  peerIP: 192.0.2.1\n  asNumber: 65000\n",
+                "metadata.labels",
+                4,
+                "carries no labels",
+            ),
+        ];
+        for (text, field, line, why) in cases {
+            let e = err(text);
+            assert_eq!(
+                (e.field.as_str(), e.line),
+                (*field, Some(*line)),
+                "{text}: {e}"
+            );
+            assert!(e.reason.contains(why), "{text}: {e}");
+        }
+        // A later document's error has its line in the file.
+        let e = err(&format!("{CALICO_FILE}---\nkind: BGPPeer\nmetadata: {{name: x}}\nspec:\n  peerSelector: has(rr\n"));
+        assert_eq!(e.field, "spec.peerSelector");
+        assert_eq!(e.line, Some(CALICO_FILE.lines().count() + 5), "{e}");
     }
 
     #[test]

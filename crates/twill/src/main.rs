@@ -31,11 +31,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// List nodes, blocks or the network config: a table, or -o wide|yaml|json.
+    /// List nodes, blocks, the network config, the BGP configuration or BGP peers: a table,
+    /// or -o wide|yaml|json.
     Get(resources::GetArgs),
-    /// Create or update resources from a file (NetworkConfig, Node overrides).
+    /// Create or update resources from a file (NetworkConfig, Node overrides,
+    /// BGPConfiguration, BGPPeer).
     Apply(resources::ApplyArgs),
-    /// Delete a node's override, or the network config.
+    /// Delete a node's override, the network config, a BGP peer or the BGP configuration.
     Delete(resources::DeleteArgs),
     /// Nodes: peer reachability (status), retiring a node and freeing its blocks (remove).
     Node(node_cmd::NodeArgs),

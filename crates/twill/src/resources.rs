@@ -11,6 +11,9 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
+use twill_api::bgp::{
+    BgpConfiguration, BgpPeer, Password, BGP_CONFIG_NAME, KEY_BGP_CONFIG, PREFIX_BGP_PEERS,
+};
 use twill_api::resources::{
     parse_resources, NetworkConfig, Resource, ResourceKind, KEY_CONFIG, PREFIX_NODECONFIGS,
 };
@@ -27,6 +30,16 @@ pub enum Kind {
     Blocks,
     #[value(alias = "networkconfig")]
     Config,
+    /// The cluster's BGPConfiguration (the defaults when none is stored).
+    #[value(
+        name = "bgpconfig",
+        alias = "bgpconfiguration",
+        alias = "bgpconfigurations",
+        alias = "bgpconfigs"
+    )]
+    BgpConfig,
+    #[value(name = "bgppeers", alias = "bgppeer")]
+    BgpPeers,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -42,7 +55,8 @@ pub struct GetArgs {
     /// What to list.
     #[arg(value_enum)]
     kind: Kind,
-    /// One node (its name) or block (10.244.1.0/24 or 10.244.1.0-24); all when omitted.
+    /// One node (its name), block (10.244.1.0/24 or 10.244.1.0-24) or BGP peer; all when
+    /// omitted.
     name: Option<String>,
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     output: Output,
@@ -69,6 +83,12 @@ enum DeleteCommand {
     Node { name: String },
     /// Remove the network config; refused while any node holds a block.
     Config,
+    /// Remove a BGPPeer rule; the nodes it applied to close those sessions.
+    #[command(name = "bgppeer", alias = "bgppeers")]
+    BgpPeer { name: String },
+    /// Remove the BGPConfiguration; the defaults apply again (mesh on, AS 64512, …).
+    #[command(name = "bgpconfig", alias = "bgpconfiguration", alias = "bgpconfigs")]
+    BgpConfig,
 }
 
 // ---- get ----
@@ -79,7 +99,21 @@ pub fn run_get(args: GetArgs, store: &dyn Store) -> anyhow::Result<i32> {
         "{}",
         render_get(&view, args.kind, args.name.as_deref(), args.output, now())?
     );
+    // The table says it itself; in yaml and json (which must stay re-appliable) on stderr.
+    if let (Some(note), Output::Yaml | Output::Json) = (get_note(&view, args.kind), args.output) {
+        eprintln!("{note}");
+    }
     Ok(0)
+}
+
+/// What `twill get` adds in words: with no BGPConfiguration stored, that the defaults
+/// apply. Pure.
+pub fn get_note(view: &ClusterView, kind: Kind) -> Option<String> {
+    (kind == Kind::BgpConfig && view.bgp_config.is_none()).then(|| {
+        "No BGPConfiguration is stored: these defaults apply on every node. To change them, \
+         `twill apply -f` a BGPConfiguration named default."
+            .to_string()
+    })
 }
 
 fn now() -> u64 {
@@ -124,6 +158,42 @@ pub fn render_get(
                 }
                 _ => render_docs(
                     names.iter().map(|n| node_resource(view, n)).collect(),
+                    name.is_some(),
+                    output,
+                )?,
+            })
+        }
+        Kind::BgpConfig => {
+            if let Some(n) = name.filter(|n| *n != BGP_CONFIG_NAME) {
+                bail!("there is one BGPConfiguration, named \"default\"; not {n:?}");
+            }
+            let default = BgpConfiguration::default();
+            let c = view.bgp_config.as_ref().unwrap_or(&default);
+            Ok(match output {
+                Output::Table | Output::Wide => {
+                    let mut t = bgp_config_table(c, output == Output::Wide);
+                    if let Some(note) = get_note(view, kind) {
+                        t.push('\n');
+                        t.push_str(&note);
+                        t.push('\n');
+                    }
+                    t
+                }
+                _ => render_docs(vec![bgp_config_resource(c)], true, output)?,
+            })
+        }
+        Kind::BgpPeers => {
+            let mut peers: Vec<(&String, &BgpPeer)> = view.bgp_peers.iter().collect();
+            if let Some(n) = name {
+                peers.retain(|(m, _)| *m == n);
+                if peers.is_empty() {
+                    bail!("bgppeer {n:?} not found (`twill get bgppeers` lists them)");
+                }
+            }
+            Ok(match output {
+                Output::Table | Output::Wide => bgp_peers_table(&peers, output == Output::Wide),
+                _ => render_docs(
+                    peers.iter().map(|(n, p)| bgp_peer_resource(n, p)).collect(),
                     name.is_some(),
                     output,
                 )?,
@@ -222,6 +292,103 @@ fn config_table(c: &NetworkConfig, wide: bool) -> String {
     table::render(&header, &[row])
 }
 
+pub fn bgp_config_resource(c: &BgpConfiguration) -> Value {
+    json!({
+        "apiVersion": API_VERSION,
+        "kind": ResourceKind::BgpConfiguration,
+        "metadata": {"name": BGP_CONFIG_NAME},
+        "spec": c,
+    })
+}
+
+/// The values in effect (the defaults filled in).
+fn bgp_config_table(c: &BgpConfiguration, wide: bool) -> String {
+    let mut header = vec![
+        "NAME",
+        "MESHENABLED",
+        "ASNUMBER",
+        "LISTENPORT",
+        "GRACEFULRESTART",
+    ];
+    let mut row = vec![
+        BGP_CONFIG_NAME.to_string(),
+        c.node_to_node_mesh_enabled.to_string(),
+        c.as_number().to_string(),
+        c.listen_port().to_string(),
+        c.restart_time()
+            .map_or("off".to_string(), |t| format!("{t}s")),
+    ];
+    if wide {
+        header.extend([
+            "HOLDTIME",
+            "KEEPALIVE",
+            "CONNECTRETRY",
+            "ROUTERID",
+            "COMMUNITIES",
+        ]);
+        row.extend([
+            format!("{}s", c.hold_time()),
+            format!("{}s", c.keepalive_time()),
+            format!("{}s", c.connect_retry()),
+            serde_json::to_value(c.router_id_mode)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
+            if c.communities.is_empty() {
+                "-".into()
+            } else {
+                c.communities.join(",")
+            },
+        ]);
+    }
+    table::render(&header, &[row])
+}
+
+pub fn bgp_peer_resource(name: &str, p: &BgpPeer) -> Value {
+    json!({
+        "apiVersion": API_VERSION,
+        "kind": ResourceKind::BgpPeer,
+        "metadata": {"name": name},
+        "spec": p,
+    })
+}
+
+/// calicoctl's columns (NAME, PEERIP, NODE, ASN) with the selector peers' own column.
+fn bgp_peers_table(peers: &[(&String, &BgpPeer)], wide: bool) -> String {
+    let dash = |v: Option<&String>| v.cloned().unwrap_or_else(|| "-".into());
+    let rows: Vec<Vec<String>> = peers
+        .iter()
+        .map(|(name, p)| {
+            let mut row = vec![
+                name.to_string(),
+                dash(p.peer_ip.as_ref()),
+                dash(p.peer_selector.as_ref()),
+                p.node
+                    .clone()
+                    .or_else(|| p.node_selector.clone())
+                    .unwrap_or_else(|| "(global)".into()),
+                p.as_number
+                    .map_or("(node's)".to_string(), |a| a.to_string()),
+            ];
+            if wide {
+                row.push(match &p.password {
+                    None => "-".into(),
+                    Some(Password::Value(_)) => "(in store)".into(),
+                    Some(Password::File(f)) => f.clone(),
+                });
+                row.push(p.keep_original_next_hop.to_string());
+                row.push(dash(p.max_restart_time.as_ref()));
+            }
+            row
+        })
+        .collect();
+    let mut header = vec!["NAME", "PEERIP", "PEERSELECTOR", "NODE", "ASN"];
+    if wide {
+        header.extend(["PASSWORD", "KEEPNEXTHOP", "MAXRESTART"]);
+    }
+    table::render(&header, &rows)
+}
+
 /// Ready, or NotReady and why (for `-o wide` and the status block).
 fn node_state(view: &ClusterView, name: &str) -> (&'static str, String) {
     match view.statuses.get(name) {
@@ -288,7 +455,13 @@ fn nodes_table(view: &ClusterView, names: &[String], now: u64, wide: bool) -> St
 }
 
 pub fn node_resource(view: &ClusterView, name: &str) -> Value {
-    let spec = view.overrides.get(name).cloned().unwrap_or_default();
+    let mut spec = view.overrides.get(name).cloned().unwrap_or_default();
+    // Labels are written in metadata, as in Kubernetes and Calico.
+    let labels = std::mem::take(&mut spec.labels);
+    let mut metadata = json!({"name": name});
+    if !labels.is_empty() {
+        metadata["labels"] = json!(labels);
+    }
     let (state, reason) = node_state(view, name);
     let blocks: Vec<String> = view
         .blocks_of(name)
@@ -305,7 +478,7 @@ pub fn node_resource(view: &ClusterView, name: &str) -> Value {
     json!({
         "apiVersion": API_VERSION,
         "kind": ResourceKind::Node,
-        "metadata": {"name": name},
+        "metadata": metadata,
         "spec": spec,
         "status": status,
     })
@@ -433,6 +606,8 @@ fn describe(r: &Resource) -> String {
             "block/{}",
             twill_api::resources::block_key(spec.cidr).trim_start_matches("blocks/")
         ),
+        Resource::BgpConfiguration(_) => format!("bgpconfiguration/{BGP_CONFIG_NAME}"),
+        Resource::BgpPeer { name, .. } => format!("bgppeer/{name}"),
     }
 }
 
@@ -456,6 +631,16 @@ pub fn plan_apply(view: &ClusterView, resources: &[Resource]) -> Result<Vec<Acti
         .map(|r| match r {
             Resource::NetworkConfig(c) if view.config.as_ref() == Some(c) => Ok(Action::Unchanged),
             Resource::NetworkConfig(_) => Ok(Action::Write),
+            Resource::BgpConfiguration(c) => Ok(match &view.bgp_config {
+                Some(old) if old == c => Action::Unchanged,
+                None if *c == BgpConfiguration::default() => Action::Unchanged,
+                _ => Action::Write,
+            }),
+            Resource::BgpPeer { name, spec } => Ok(if view.bgp_peers.get(name) == Some(spec) {
+                Action::Unchanged
+            } else {
+                Action::Write
+            }),
             Resource::Node { name, spec } => Ok(match view.overrides.get(name) {
                 Some(o) if o == spec => Action::Unchanged,
                 None if *spec == twill_api::resources::NodeSpec::default() => Action::Unchanged,
@@ -613,6 +798,22 @@ pub fn run_delete(args: DeleteArgs, store: &dyn Store) -> anyhow::Result<i32> {
                 bail!("the network config changed meanwhile; run `twill delete config` again");
             }
             println!("networkconfig deleted");
+        }
+        DeleteCommand::BgpPeer { name } => {
+            if !store.delete(&format!("{PREFIX}{PREFIX_BGP_PEERS}{name}"))? {
+                bail!(
+                    "bgppeer/{name} not found; nothing deleted (`twill get bgppeers` lists them)"
+                );
+            }
+            println!("bgppeer/{name} deleted");
+        }
+        DeleteCommand::BgpConfig => {
+            if !store.delete(&format!("{PREFIX}{KEY_BGP_CONFIG}"))? {
+                bail!(
+                    "no BGPConfiguration is stored; nothing deleted (the defaults already apply)"
+                );
+            }
+            println!("bgpconfiguration/default deleted: the defaults apply again");
         }
     }
     Ok(0)
@@ -786,6 +987,157 @@ mod tests {
         .unwrap();
         let e = check_apply(&v, &new("kind: Node\nmetadata: {name: a}\nspec: {}\n---\nkind: Node\nmetadata: {name: a}\nspec: {}\n")).unwrap_err();
         assert!(e.contains("two documents for node/a"), "{e}");
+    }
+
+    fn with_bgp() -> Vec<twill_store::KeyValue> {
+        let mut kvs = clean();
+        kvs.push(kv(
+            "bgpconfig",
+            json!({"nodeToNodeMeshEnabled": false, "asNumber": 65001, "holdTimeSeconds": 9,
+                "communities": ["65001:100"]}),
+            20,
+            false,
+        ));
+        kvs.push(kv(
+            "bgppeers/rack1-tor",
+            json!({"nodeSelector": "rack == 'r1'", "peerIP": "192.0.2.1", "asNumber": 65000,
+                "password": {"file": "/etc/twill/bgp-password"}, "maxRestartTime": "2m"}),
+            21,
+            false,
+        ));
+        kvs.push(kv(
+            "bgppeers/to-rr",
+            json!({"peerSelector": "has(route-reflector)"}),
+            22,
+            false,
+        ));
+        kvs.push(kv(
+            "nodeconfigs/n1",
+            json!({"labels": {"rack": "r1"}, "bgp": {"routeReflectorClusterID": "244.0.0.1"}}),
+            23,
+            false,
+        ));
+        kvs
+    }
+
+    #[test]
+    fn bgp_config_shows_the_values_in_effect_and_says_when_they_are_the_defaults() {
+        let t = get(&clean(), Kind::BgpConfig, None, Output::Table);
+        assert_eq!(
+            t,
+            "NAME      MESHENABLED   ASNUMBER   LISTENPORT   GRACEFULRESTART\n\
+             default   true          64512      179          120s\n\
+             \n\
+             No BGPConfiguration is stored: these defaults apply on every node. To change them, `twill apply -f` a BGPConfiguration named default.\n"
+        );
+        let w = get(&clean(), Kind::BgpConfig, Some("default"), Output::Wide);
+        assert!(
+            w.contains("HOLDTIME   KEEPALIVE   CONNECTRETRY   ROUTERID   COMMUNITIES\n")
+                && w.contains("90s        30s         5s             nodeIP     -\n"),
+            "{w}"
+        );
+        let t = get(&with_bgp(), Kind::BgpConfig, None, Output::Wide);
+        assert_eq!(
+            t,
+            "NAME      MESHENABLED   ASNUMBER   LISTENPORT   GRACEFULRESTART   HOLDTIME   KEEPALIVE   CONNECTRETRY   ROUTERID   COMMUNITIES\n\
+             default   false         65001      179          120s              9s         3s          5s             nodeIP     65001:100\n"
+        );
+        assert_eq!(get_note(&view(&with_bgp()), Kind::BgpConfig), None);
+        assert!(get_note(&view(&clean()), Kind::BgpConfig).is_some());
+        // yaml and json apply back as they are.
+        for kvs in [clean(), with_bgp()] {
+            let v = view(&kvs);
+            for o in [Output::Yaml, Output::Json] {
+                let text = render_get(&v, Kind::BgpConfig, None, o, NOW).unwrap();
+                let back = parse_resources(&text).unwrap();
+                assert_eq!(plan_apply(&v, &back), Ok(vec![Action::Unchanged]), "{text}");
+            }
+        }
+        let e = render_get(
+            &view(&clean()),
+            Kind::BgpConfig,
+            Some("prod"),
+            Output::Table,
+            NOW,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("named \"default\""), "{e}");
+    }
+
+    #[test]
+    fn bgp_peers_table_yaml_and_json() {
+        let t = get(&with_bgp(), Kind::BgpPeers, None, Output::Table);
+        assert_eq!(
+            t,
+            "NAME        PEERIP      PEERSELECTOR           NODE           ASN\n\
+             rack1-tor   192.0.2.1   -                      rack == 'r1'   65000\n\
+             to-rr       -           has(route-reflector)   (global)       (node's)\n"
+        );
+        let w = get(&with_bgp(), Kind::BgpPeers, Some("rack1-tor"), Output::Wide);
+        assert!(
+            w.ends_with("PASSWORD                  KEEPNEXTHOP   MAXRESTART\n\
+                rack1-tor   192.0.2.1   -              rack == 'r1'   65000   /etc/twill/bgp-password   false         2m\n"),
+            "{w}"
+        );
+        assert_eq!(
+            get(&clean(), Kind::BgpPeers, None, Output::Table),
+            "NAME   PEERIP   PEERSELECTOR   NODE   ASN\n"
+        );
+        let y = get(&with_bgp(), Kind::BgpPeers, Some("to-rr"), Output::Yaml);
+        assert_eq!(
+            y,
+            "apiVersion: twill/v1\nkind: BGPPeer\nmetadata:\n  name: to-rr\nspec:\n  peerSelector: has(route-reflector)\n"
+        );
+        let v = view(&with_bgp());
+        for o in [Output::Yaml, Output::Json] {
+            let text = render_get(&v, Kind::BgpPeers, None, o, NOW).unwrap();
+            let back = parse_resources(&text).unwrap();
+            assert_eq!(back.len(), 2);
+            assert_eq!(
+                plan_apply(&v, &back),
+                Ok(vec![Action::Unchanged, Action::Unchanged]),
+                "{text}"
+            );
+        }
+        let e = render_get(&v, Kind::BgpPeers, Some("nope"), Output::Table, NOW).unwrap_err();
+        assert!(e.to_string().contains("twill get bgppeers"), "{e}");
+    }
+
+    #[test]
+    fn node_labels_print_in_metadata_and_apply_back() {
+        let v = view(&with_bgp());
+        let y = render_get(&v, Kind::Nodes, Some("n1"), Output::Yaml, NOW).unwrap();
+        assert!(
+            y.starts_with("apiVersion: twill/v1\nkind: Node\nmetadata:\n  labels:\n    rack: r1\n  name: n1\nspec:\n  bgp:\n    routeReflectorClusterID: 244.0.0.1\n"),
+            "{y}"
+        );
+        let back = parse_resources(&y).unwrap();
+        assert_eq!(plan_apply(&v, &back), Ok(vec![Action::Unchanged]));
+        // A changed label is a write.
+        let back = parse_resources(&y.replace("rack: r1", "rack: r2")).unwrap();
+        assert_eq!(plan_apply(&v, &back), Ok(vec![Action::Write]));
+    }
+
+    #[test]
+    fn bgp_resources_are_written_only_when_they_change() {
+        let v = view(&with_bgp());
+        let new = |text: &str| parse_resources(text).unwrap();
+        let r = new("kind: BGPConfiguration\nmetadata: {name: default}\nspec: {asNumber: 65002}\n---\nkind: BGPPeer\nmetadata: {name: to-rr}\nspec: {peerSelector: has(route-reflector)}\n---\nkind: BGPPeer\nmetadata: {name: new}\nspec: {peerIP: 192.0.2.9, asNumber: 65009}\n");
+        assert_eq!(
+            plan_apply(&v, &r),
+            Ok(vec![Action::Write, Action::Unchanged, Action::Write])
+        );
+        assert_eq!(describe(&r[0]), "bgpconfiguration/default");
+        assert_eq!(describe(&r[2]), "bgppeer/new");
+        // The defaults over no stored config need no write.
+        let r = new("kind: BGPConfiguration\nspec: {}\n");
+        assert_eq!(plan_apply(&view(&clean()), &r), Ok(vec![Action::Unchanged]));
+        let e = plan_apply(
+            &v,
+            &new("kind: BGPPeer\nmetadata: {name: a}\nspec: {peerIP: 192.0.2.9, asNumber: 1}\n---\nkind: BGPPeer\nmetadata: {name: a}\nspec: {peerIP: 192.0.2.9, asNumber: 1}\n"),
+        )
+        .unwrap_err();
+        assert!(e.contains("two documents for bgppeer/a"), "{e}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use ipnet::Ipv4Net;
 use std::collections::BTreeMap;
+use twill_api::bgp::{BgpConfiguration, BgpPeer, KEY_BGP_CONFIG, PREFIX_BGP_PEERS};
 use twill_api::resources::{
     block_from_key, Block, NetworkConfig, NodeSpec, NodeStatus, KEY_CONFIG, PREFIX_BLOCKS,
     PREFIX_NODECONFIGS, PREFIX_NODES,
@@ -61,6 +62,10 @@ pub struct ClusterView {
     pub overrides: BTreeMap<String, NodeSpec>,
     pub blocks: Vec<BlockEntry>,
     pub allocations: BTreeMap<String, Vec<Allocation>>,
+    /// The cluster's BGPConfiguration, when one is stored (else the defaults apply).
+    pub bgp_config: Option<BgpConfiguration>,
+    /// BGPPeer rules by name.
+    pub bgp_peers: BTreeMap<String, BgpPeer>,
     pub unreadable: Vec<Unreadable>,
 }
 
@@ -115,6 +120,18 @@ impl ClusterView {
                 match serde_json::from_slice(&kv.value) {
                     Ok(spec) => {
                         v.overrides.insert(name.to_string(), spec);
+                    }
+                    Err(e) => bad(e),
+                }
+            } else if key == KEY_BGP_CONFIG {
+                match serde_json::from_slice(&kv.value) {
+                    Ok(c) => v.bgp_config = Some(c),
+                    Err(e) => bad(e),
+                }
+            } else if let Some(name) = key.strip_prefix(PREFIX_BGP_PEERS) {
+                match serde_json::from_slice(&kv.value) {
+                    Ok(p) => {
+                        v.bgp_peers.insert(name.to_string(), p);
                     }
                     Err(e) => bad(e),
                 }
@@ -284,7 +301,28 @@ mod tests {
             false,
         ));
         kvs.push(kv("nodes/bad", serde_json::json!({"name": 1}), 9, true));
+        kvs.push(kv(
+            "bgpconfig",
+            serde_json::json!({"asNumber": 65001}),
+            10,
+            false,
+        ));
+        kvs.push(kv(
+            "bgppeers/tor",
+            serde_json::json!({"peerIP": "192.0.2.1", "asNumber": 65000}),
+            11,
+            false,
+        ));
+        kvs.push(kv(
+            "bgppeers/bad",
+            serde_json::json!({"peerIP": 7}),
+            12,
+            false,
+        ));
         let v = view(&kvs);
+        assert_eq!(v.bgp_config.as_ref().unwrap().as_number(), 65001);
+        assert_eq!(v.bgp_peers["tor"].as_number, Some(65000));
+        assert_eq!(v.bgp_peers.len(), 1);
         assert_eq!(v.config.as_ref().unwrap().block_size, 24);
         assert_eq!(v.config_revision, Some(1));
         assert_eq!(v.statuses.len(), 2);
@@ -293,8 +331,9 @@ mod tests {
         assert_eq!(v.blocks_of("n1").count(), 1);
         assert_eq!(v.used_in("n1", "10.244.1.0/24".parse().unwrap()), 2);
         assert_eq!(v.node_names(), ["n1", "n2", "n3"]);
-        assert_eq!(v.unreadable.len(), 1);
+        assert_eq!(v.unreadable.len(), 2);
         assert_eq!(v.unreadable[0].key, "nodes/bad");
+        assert_eq!(v.unreadable[1].key, "bgppeers/bad");
     }
 
     #[test]

@@ -265,7 +265,7 @@ fn a_bad_file_is_refused_with_the_line_and_nothing_is_written(c: &Cluster) {
         (
             "unknown kind",
             "kind: NetworkConfig\nspec:\n  clusterCIDR: 10.244.0.0/16\n---\nkind: Pod\nspec: {}\n",
-            &["line 5", "kind", "NetworkConfig, Node, Block or List"],
+            &["line 5", "kind", "NetworkConfig, Node, Block, BGPConfiguration, BGPPeer or List"],
         ),
         (
             "second document bad",
@@ -572,6 +572,259 @@ fn get_output_applies_again_for_every_kind(c: &Cluster) {
     assert_eq!(snapshot(c), before);
 }
 
+/// Calico mode's resources as a Calico user writes them.
+const BGP_FILE: &str = "\
+apiVersion: projectcalico.org/v3
+kind: BGPConfiguration
+metadata:
+  name: default
+spec:
+  nodeToNodeMeshEnabled: false
+  asNumber: 65001
+  communities: ['65001:100']
+---
+kind: BGPPeer
+metadata:
+  name: rack1-tor
+spec:
+  nodeSelector: rack == 'r1'
+  peerIP: 192.0.2.1
+  asNumber: 65000
+  password:
+    file: /etc/twill/bgp-password
+---
+kind: BGPPeer
+metadata:
+  name: to-rr
+spec:
+  peerSelector: has(route-reflector)
+---
+kind: Node
+metadata:
+  name: n1
+  labels:
+    rack: r1
+    route-reflector: 'true'
+spec:
+  bgp:
+    routeReflectorClusterID: 244.0.0.1
+";
+
+fn bgp_resources_apply_get_and_delete(c: &Cluster) {
+    // No configuration yet: the defaults, said so; the store is not created for it.
+    let r = c.twill(&["get", "bgpconfig"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout
+            .contains("default   true          64512      179          120s")
+            && r.stdout
+                .contains("No BGPConfiguration is stored: these defaults apply"),
+        "{}",
+        r.stdout
+    );
+    let r = c.twill(&["get", "bgpconfig", "-o", "yaml"]);
+    assert!(r.stderr.contains("defaults apply"), "{}", r.stderr);
+    let r = c.twill_stdin(&["apply", "-f", "-"], &r.stdout);
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "bgpconfiguration/default unchanged\n"),
+        "{}",
+        r.stderr
+    );
+    assert!(c.keys().is_empty(), "{:?}", c.keys());
+
+    let r = c.apply(BGP_FILE);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        r.stdout,
+        "bgpconfiguration/default configured\nbgppeer/rack1-tor configured\nbgppeer/to-rr configured\nnode/n1 configured\n"
+    );
+    assert_eq!(
+        c.keys(),
+        [
+            format!("{PREFIX}bgpconfig"),
+            format!("{PREFIX}bgppeers/rack1-tor"),
+            format!("{PREFIX}bgppeers/to-rr"),
+            format!("{PREFIX}nodeconfigs/n1"),
+        ]
+    );
+    // The store holds the backend's vocabulary, labels with the node's spec.
+    let (kvs, _) = c.store.list(&format!("{PREFIX}nodeconfigs/n1")).unwrap();
+    let spec: Value = serde_json::from_slice(&kvs[0].value).unwrap();
+    assert_eq!(spec["labels"]["route-reflector"], "true");
+    assert_eq!(spec["bgp"]["routeReflectorClusterID"], "244.0.0.1");
+
+    let t = c.ok(&["get", "bgpconfig"]);
+    assert_eq!(
+        t,
+        "NAME      MESHENABLED   ASNUMBER   LISTENPORT   GRACEFULRESTART\ndefault   false         65001      179          120s\n"
+    );
+    let t = c.ok(&["get", "bgppeers"]);
+    assert_eq!(
+        t,
+        "NAME        PEERIP      PEERSELECTOR           NODE           ASN\n\
+         rack1-tor   192.0.2.1   -                      rack == 'r1'   65000\n\
+         to-rr       -           has(route-reflector)   (global)       (node's)\n"
+    );
+    let j: Value =
+        serde_json::from_str(&c.ok(&["get", "bgppeer", "rack1-tor", "-o", "json"])).unwrap();
+    assert_eq!(j["kind"], "BGPPeer");
+    assert_eq!(j["spec"]["password"]["file"], "/etc/twill/bgp-password");
+    let y = c.ok(&["get", "node", "n1", "-o", "yaml"]);
+    assert!(y.contains("metadata:\n  labels:\n    rack: r1\n"), "{y}");
+
+    // Everything printed applies back unchanged, in both formats.
+    let before = snapshot(c);
+    for get in [
+        &["bgpconfig"][..],
+        &["bgppeers"],
+        &["bgppeer", "to-rr"],
+        &["node", "n1"],
+    ] {
+        for out in ["yaml", "json"] {
+            let mut args = vec!["get"];
+            args.extend_from_slice(get);
+            args.extend(["-o", out]);
+            let printed = c.ok(&args);
+            let r = c.twill_stdin(&["apply", "-f", "-"], &printed);
+            assert!(
+                r.code == 0 && !r.stdout.contains("configured"),
+                "{args:?}: {}{}\n{printed}",
+                r.stdout,
+                r.stderr
+            );
+        }
+    }
+    assert_eq!(snapshot(c), before);
+
+    // An edit goes in.
+    let r = c.apply("kind: BGPPeer\nmetadata: {name: to-rr}\nspec:\n  peerSelector: route-reflector == 'true'\n");
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "bgppeer/to-rr configured\n"),
+        "{}",
+        r.stderr
+    );
+    assert!(c
+        .ok(&["get", "bgppeers"])
+        .contains("route-reflector == 'true'"));
+
+    // Deleting.
+    assert_eq!(
+        c.ok(&["delete", "bgppeer", "to-rr"]),
+        "bgppeer/to-rr deleted\n"
+    );
+    let r = c.twill(&["delete", "bgppeer", "to-rr"]);
+    assert!(
+        r.code == 1 && r.stderr.contains("bgppeer/to-rr not found"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        c.ok(&["delete", "bgpconfig"]),
+        "bgpconfiguration/default deleted: the defaults apply again\n"
+    );
+    let r = c.twill(&["delete", "bgpconfig"]);
+    assert!(
+        r.code == 1 && r.stderr.contains("defaults already apply"),
+        "{}",
+        r.stderr
+    );
+    assert!(c
+        .ok(&["get", "bgpconfig"])
+        .contains("No BGPConfiguration is stored"));
+    let r = c.twill(&["get", "bgppeer", "to-rr"]);
+    assert!(
+        r.code == 1 && r.stderr.contains("not found"),
+        "{}",
+        r.stderr
+    );
+}
+
+fn bad_bgp_files_leave_the_store_untouched(c: &Cluster) {
+    assert_eq!(c.apply(BGP_FILE).code, 0);
+    let before = snapshot(c);
+    // Each bad document after good ones: the whole file is refused, naming the document's
+    // line and field, and the fix.
+    let good =
+        "kind: BGPPeer\nmetadata: {name: fine}\nspec: {peerIP: 192.0.2.7, asNumber: 65007}\n---\n";
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "AS 0",
+            "kind: BGPConfiguration\nmetadata: {name: default}\nspec:\n  asNumber: 0\n",
+            &["line 8", "spec.asNumber", "0 is not an AS number"],
+        ),
+        (
+            "a second config name",
+            "kind: BGPConfiguration\nmetadata:\n  name: prod\nspec: {}\n",
+            &["line 7", "metadata.name", "name: default"],
+        ),
+        (
+            "both peerIP and peerSelector",
+            "kind: BGPPeer\nmetadata: {name: x}\nspec:\n  peerIP: 192.0.2.1\n  peerSelector: all()\n",
+            &["spec.peerSelector", "exclude each other"],
+        ),
+        (
+            "peerIP without asNumber",
+            "kind: BGPPeer\nmetadata: {name: x}\nspec:\n  peerIP: 192.0.2.1\n",
+            &["spec.asNumber", "required with peerIP"],
+        ),
+        (
+            "a selector that does not parse",
+            "kind: BGPPeer\nmetadata: {name: x}\nspec:\n  peerSelector: has(route-reflector\n",
+            &["line 8", "spec.peerSelector", "at column 20", "expected ')'"],
+        ),
+        (
+            "a bad peer address",
+            "kind: BGPPeer\nmetadata: {name: x}\nspec:\n  peerIP: 192.0.2.1:0\n  asNumber: 65000\n",
+            &["line 8", "spec.peerIP", "port 0"],
+        ),
+        (
+            "a relative password file",
+            "kind: BGPPeer\nmetadata: {name: x}\nspec:\n  peerIP: 192.0.2.1\n  asNumber: 65000\n  password:\n    file: bgp-password\n",
+            &["line 11", "spec.password.file", "absolute path"],
+        ),
+        (
+            "a key too long",
+            &format!("kind: BGPPeer\nmetadata: {{name: x}}\nspec:\n  peerIP: 192.0.2.1\n  asNumber: 65000\n  password:\n    value: {}\n", "k".repeat(81)),
+            &["spec.password.value", "at most 80 bytes"],
+        ),
+        (
+            "no name",
+            "kind: BGPPeer\nspec:\n  peerIP: 192.0.2.1\n  asNumber: 65000\n",
+            &["line 5", "metadata.name", "empty"],
+        ),
+        (
+            "a bad label",
+            "kind: Node\nmetadata:\n  name: n1\n  labels:\n    rack: r 1\nspec: {}\n",
+            &["line 9", "metadata.labels.rack", "not a label value"],
+        ),
+        (
+            "an unknown field",
+            "kind: BGPConfiguration\nspec:\n  logSeverityScreen: Info\n",
+            &["line 7", "logSeverityScreen"],
+        ),
+    ];
+    for (what, text, expect) in cases {
+        let r = c.apply(&format!("{good}{text}"));
+        assert_eq!(r.code, 1, "{what}: {}", r.stdout);
+        for e in *expect {
+            assert!(
+                r.stderr.contains(e),
+                "{what}: {e:?} missing in {}",
+                r.stderr
+            );
+        }
+        assert!(
+            r.stderr.contains("nothing was applied"),
+            "{what}: {}",
+            r.stderr
+        );
+        assert_eq!(r.stdout, "", "{what}");
+        assert_eq!(snapshot(c), before, "{what}: the store changed");
+    }
+}
+
 /// Each scenario as `<name>::embedded` and `<name>::etcd`.
 macro_rules! on_every_store {
     ($($name:ident),* $(,)?) => {$(
@@ -596,6 +849,8 @@ on_every_store!(
     ipam_show_check_and_get_blocks_on_a_clean_store,
     ipam_check_finds_a_planted_leak_and_conflict,
     node_remove_frees_blocks_and_refuses_a_live_node,
+    bgp_resources_apply_get_and_delete,
+    bad_bgp_files_leave_the_store_untouched,
 );
 
 #[test]
