@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Bounded coverage-guided fuzzing of twill-bgp's wire codec (crates/bgp/fuzz, libFuzzer).
-# CI runs it from scripts/test.sh after the unit tests; crates/bgp/fuzz/README.md explains
-# the targets, the corpus and why there is no cargo-fuzz here.
+# Bounded coverage-guided fuzzing of twill-bgp's wire codec (crates/bgp/fuzz) and
+# twill-rip's decoder (crates/rip/fuzz), with libFuzzer. CI runs it from scripts/test.sh
+# after the unit tests; crates/bgp/fuzz/README.md explains the targets, the corpus and why
+# there is no cargo-fuzz here.
 #
 #   scripts/fuzz.sh [TARGET...]        every target (or those named), FUZZ_SECONDS each
 #   scripts/fuzz.sh --list             the targets
@@ -13,14 +14,21 @@
 #                     minimised (libFuzzer -merge=1); review and commit it
 #
 # A crash fails the script (and so CI): the log names the input, which stays in
-# crates/bgp/fuzz/artifacts/<target>/, and the command that reproduces it. Bounded: every
+# <package>/artifacts/<target>/, and the command that reproduces it. Bounded: every
 # target stops after FUZZ_SECONDS, each input after 10 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-fuzz=crates/bgp/fuzz
+# Every fuzz package, one a line (its targets are the [[bin]]s of its Cargo.toml; target
+# names are unique across packages).
+packages=(
+  crates/bgp/fuzz
+  crates/rip/fuzz
+)
 triple=x86_64-unknown-linux-gnu
-bin_dir=$fuzz/target/$triple/release
-targets_all=$(sed -n 's/^name = "\(.*\)"$/\1/p' "$fuzz/Cargo.toml" | grep -v '^twill-bgp-fuzz$')
+targets_of() { sed -n 's/^name = "\(.*\)"$/\1/p' "$1/Cargo.toml" | grep -v -- '-fuzz$'; }
+targets_all=$(for p in "${packages[@]}"; do targets_of "$p"; done)
+# The package holding target $1.
+package_of() { for p in "${packages[@]}"; do targets_of "$p" | grep -qx "$1" && echo "$p"; done; }
 
 if [ "${1:-}" = --list ]; then
   echo "$targets_all"
@@ -47,10 +55,12 @@ export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4
 # builds the same binaries where it is the only toolchain.
 toolchain=()
 if rustup run nightly rustc --version >/dev/null 2>&1; then toolchain=(+nightly); fi
-echo "fuzz.sh: building $fuzz ($(cargo "${toolchain[@]}" --version))"
 # --target keeps RUSTFLAGS off build scripts and proc macros.
-cargo "${toolchain[@]}" build --locked --release --manifest-path "$fuzz/Cargo.toml" \
-  --target "$triple" --bins
+for fuzz in $(for t in $targets; do package_of "$t"; done | sort -u); do
+  echo "fuzz.sh: building $fuzz ($(cargo "${toolchain[@]}" --version))"
+  cargo "${toolchain[@]}" build --locked --release --manifest-path "$fuzz/Cargo.toml" \
+    --target "$triple" --bins
+done
 
 work=$(mktemp -d /tmp/twl-fuzz.XXXXXX)
 trap 'rm -rf "$work"' EXIT
@@ -58,7 +68,10 @@ trap 'rm -rf "$work"' EXIT
 # One target: new inputs go to $work (the checked-in corpus is only read), crashes to
 # artifacts/<target>/. Prints one summary line; exit status is libFuzzer's.
 run_one() {
-  local t=$1 art=$fuzz/artifacts/$1 max_len=4096
+  local t=$1 fuzz bin_dir
+  fuzz=$(package_of "$t")
+  bin_dir=$fuzz/target/$triple/release
+  local art=$fuzz/artifacts/$1 max_len=4096
   [ "$t" = frame ] && max_len=12288 # several messages back to back
   mkdir -p "$work/$t" "$art"
   local log=$art/fuzz.log
@@ -104,12 +117,14 @@ done
 while [ "${#pids[@]}" -gt 0 ]; do reap; done
 
 if [ "${#failed[@]}" -gt 0 ]; then
-  echo "fuzz.sh: crashes in: ${failed[*]} (inputs under $fuzz/artifacts/)" >&2
+  echo "fuzz.sh: crashes in: ${failed[*]} (inputs under each package's artifacts/)" >&2
   exit 1
 fi
 
 if [ "${FUZZ_MERGE:-0}" = 1 ]; then
   for t in $targets; do
+    fuzz=$(package_of "$t")
+    bin_dir=$fuzz/target/$triple/release
     rm -rf "$work/merged" && mkdir -p "$work/merged"
     "$bin_dir/$t" -merge=1 -max_len=12288 "$work/merged" "$fuzz/corpus/$t" "$work/$t" \
       >"$work/merge.log" 2>&1 || { cat "$work/merge.log" >&2; exit 1; }
