@@ -20,8 +20,10 @@ pub struct NodeArgs {
 #[derive(Subcommand)]
 enum NodeCommand {
     /// Each node's peers as its agent's probes see them (like calicoctl node status):
-    /// reachable or not, round-trip time, how the backend carries traffic to them. Warns,
-    /// and exits 1, when a node's chosen IP is unreachable from its peers.
+    /// reachable or not, round-trip time, how the backend carries traffic to them; in
+    /// Calico mode its BGP (or RIP) sessions too ("IPv4 BGP status"). Warns, and exits 1,
+    /// when a node's chosen IP is unreachable from its peers or BGP sessions are stuck in
+    /// Active/Connect, with the fix.
     Status {
         /// Only this node's peers (and warnings about it); every node when omitted.
         #[arg(long)]
@@ -51,7 +53,13 @@ fn run_status(store: &dyn Store, node: Option<&str>, output: StatusOutput) -> an
     // One list, one revision: statuses and peer views agree with each other.
     let (kvs, revision) = store.list(PREFIX)?;
     let view = ClusterView::from_kvs(store.kind(), revision, &kvs);
-    let report = match node_status::build(&view, &node_status::peer_views(&kvs), node) {
+    let report = match node_status::build(
+        &view,
+        &node_status::peer_views(&kvs),
+        &node_status::routing_statuses(&kvs),
+        node,
+        now(),
+    ) {
         Ok(r) => r,
         Err(why) => bail!(why),
     };

@@ -825,6 +825,126 @@ fn bad_bgp_files_leave_the_store_untouched(c: &Cluster) {
     }
 }
 
+/// `twill node status` over what twilld's bgp backend publishes: the test writes the
+/// agents' keys (status, probes, `routingstatus/<node>`, all leased) as twilld would.
+fn node_status_shows_bgp_sessions_and_the_stuck_trap(c: &Cluster) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let lease = Some(c.store.grant(Duration::from_secs(600)).unwrap());
+    let status = |name: &str, addr: &str, iface: &str| {
+        c.put(
+            &format!("nodes/{name}"),
+            json!({"name": name, "address": addr, "autodetection": "first-found",
+                "reason": format!("{iface}: first usable interface"), "startedAt": now - 600}),
+            lease,
+        );
+    };
+    status("n1", "192.0.2.11", "eth0");
+    status("n2", "192.0.2.12", "eth0");
+    let session = |addr: &str, node: &str, state: &str, since: u64, info: &str, rx: u64| {
+        json!({"address": addr, "node": node, "peerType": "nodeMesh", "asn": 64512,
+            "state": state, "since": since, "info": info,
+            "prefixesReceived": rx, "prefixesAdvertised": 1})
+    };
+    // Up both ways: the tables, exit 0.
+    c.put(
+        "routingstatus/n1",
+        json!({"protocol": "bgp", "routerID": "192.0.2.11", "asn": 64512,
+            "peers": [session("192.0.2.12", "n2", "Established", now - 300, "", 1)]}),
+        lease,
+    );
+    c.put(
+        "routingstatus/n2",
+        json!({"protocol": "bgp", "routerID": "192.0.2.12", "asn": 64512,
+            "peers": [session("192.0.2.11", "n1", "Established", now - 300, "", 1)]}),
+        lease,
+    );
+    let r = c.twill(&["node", "status"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("\nNode n1: 192.0.2.11 (first-found)\n"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains(
+            "\nIPv4 BGP status\n\
+             +--------------+-------------------+-------+----------+-------------+\n\
+             | PEER ADDRESS |     PEER TYPE     | STATE |  SINCE   |    INFO     |\n\
+             +--------------+-------------------+-------+----------+-------------+\n"
+        ) && r
+            .stdout
+            .contains("| 192.0.2.12   | node-to-node mesh | up    |"),
+        "{}",
+        r.stdout
+    );
+    let j: Value =
+        serde_json::from_str(&c.ok(&["node", "status", "--node", "n2", "-o", "json"])).unwrap();
+    assert_eq!(j["nodes"].as_array().unwrap().len(), 1);
+    let p = &j["nodes"][0]["routing"]["peers"][0];
+    assert_eq!(
+        (p["address"].as_str(), p["state"].as_str()),
+        (Some("192.0.2.11"), Some("Established"))
+    );
+    assert_eq!(
+        (
+            p["prefixesReceived"].as_u64(),
+            p["prefixesAdvertised"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+
+    // n2 moves to an address n1 cannot reach (first-found on the wrong interface): its
+    // sessions stick in Active and Connect, and n1's probes fail.
+    status("n2", "10.0.5.2", "eth1");
+    c.put(
+        "peers/n1",
+        json!({"address": "192.0.2.11", "interface": "eth0", "peers": {"n2": {"address": "10.0.5.2",
+            "reachable": false, "since": now - 60, "failures": 12, "error": "no reply"}}}),
+        lease,
+    );
+    c.put(
+        "routingstatus/n1",
+        json!({"protocol": "bgp", "routerID": "192.0.2.11", "asn": 64512,
+            "peers": [session("10.0.5.2", "n2", "Connect", now - 60, "Connection timed out", 0)]}),
+        lease,
+    );
+    c.put(
+        "routingstatus/n2",
+        json!({"protocol": "bgp", "routerID": "10.0.5.2", "asn": 64512,
+            "peers": [session("192.0.2.11", "n1", "Active", now - 60, "", 0)]}),
+        lease,
+    );
+    let r = c.twill(&["node", "status"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout
+            .contains("| 10.0.5.2     | node-to-node mesh | start |")
+            && r.stdout.contains("| Connect Connection timed out |"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("WARNING: BGP sessions with n2 at 10.0.5.2 are stuck in Connect on n1")
+            && r.stdout.contains("Probes from n1 cannot reach 10.0.5.2 either (no reply)")
+            && r.stdout.contains("Fix: set ipAutodetection in n2's twilld config (interface=eth0 or can-reach=192.0.2.11), or `twill apply` a Node n2 with spec.ipv4Address"),
+        "{}",
+        r.stdout
+    );
+    let j: Value =
+        serde_json::from_str(&c.twill(&["node", "status", "-o", "json"]).stdout).unwrap();
+    assert!(
+        j["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("stuck in Connect")),
+        "{j}"
+    );
+}
+
 /// Each scenario as `<name>::embedded` and `<name>::etcd`.
 macro_rules! on_every_store {
     ($($name:ident),* $(,)?) => {$(
@@ -851,6 +971,7 @@ on_every_store!(
     node_remove_frees_blocks_and_refuses_a_live_node,
     bgp_resources_apply_get_and_delete,
     bad_bgp_files_leave_the_store_untouched,
+    node_status_shows_bgp_sessions_and_the_stuck_trap,
 );
 
 #[test]
