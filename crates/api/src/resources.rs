@@ -546,9 +546,13 @@ pub fn parse_resources(text: &str) -> Result<Vec<Resource>, Invalid> {
         }
         let at = |mut e: Invalid| {
             if e.line.is_none() {
-                let leaf = e.field.rsplit('.').next().unwrap_or(&e.field);
-                let leaf = leaf.split('[').next().unwrap_or(leaf);
-                e.line = find_line(body, leaf)
+                // The field's own line; for a field that is missing, its parent's
+                // (`spec:` for a missing `spec.asNumber`); else the document's first.
+                e.line = e
+                    .field
+                    .rsplit('.')
+                    .map(|seg| seg.split('[').next().unwrap_or(seg))
+                    .find_map(|seg| find_line(body, seg))
                     .map(|l| l + first_line - 1)
                     .or(Some(first_line));
             }
@@ -973,7 +977,7 @@ spec:
             (
                 "kind: BGPPeer\nmetadata: {name: tor}\nspec:\n  peerIP: 192.0.2.1\n",
                 "spec.asNumber",
-                1,
+                3,
                 "required with peerIP",
             ),
             (

@@ -706,7 +706,78 @@ pub fn run_apply(args: ApplyArgs, flags: &StoreArgs) -> anyhow::Result<i32> {
     };
     write_planned(store.as_ref(), &view, &name, &resources, &actions)
         .map_err(|e| store_args::explain_any(e, &cfg))?;
+    for note in apply_notes(&view, &resources) {
+        eprintln!("note: {note}");
+    }
     Ok(0)
+}
+
+/// What an applied set of BGP resources leads to that is likely not meant, in words (not
+/// errors: the rest of the cluster may come later): the mesh off with no BGPPeer, so
+/// nodes have no sessions; a BGPPeer for a node the store does not know; a peerSelector
+/// that matches no node's labels. Over the store's view with the file's resources
+/// applied. Pure.
+pub fn apply_notes(view: &ClusterView, resources: &[Resource]) -> Vec<String> {
+    let mut config = view.bgp_config.clone();
+    let mut peers = view.bgp_peers.clone();
+    let mut labels: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>> =
+        view.node_names()
+            .into_iter()
+            .map(|n| {
+                let l = view
+                    .overrides
+                    .get(&n)
+                    .map(|o| o.labels.clone())
+                    .unwrap_or_default();
+                (n, l)
+            })
+            .collect();
+    let mut touched = Vec::new();
+    for r in resources {
+        match r {
+            Resource::BgpConfiguration(c) => config = Some(c.clone()),
+            Resource::BgpPeer { name, spec } => {
+                peers.insert(name.clone(), spec.clone());
+                touched.push(name.clone());
+            }
+            Resource::Node { name, spec } => {
+                labels.insert(name.clone(), spec.labels.clone());
+            }
+            _ => {}
+        }
+    }
+    let mut notes = Vec::new();
+    let mesh_off = config
+        .as_ref()
+        .is_some_and(|c| !c.node_to_node_mesh_enabled);
+    let config_applied = resources
+        .iter()
+        .any(|r| matches!(r, Resource::BgpConfiguration(_)));
+    if mesh_off && peers.is_empty() && config_applied {
+        notes.push(
+            "nodeToNodeMeshEnabled is false and there is no BGPPeer: the nodes have no BGP sessions and learn no routes; \
+             apply BGPPeers (route reflectors with peerSelector, or routers with peerIP)"
+                .to_string(),
+        );
+    }
+    for name in touched {
+        let p = &peers[&name];
+        if let Some(n) = &p.node {
+            if !labels.contains_key(n) {
+                notes.push(format!(
+                    "bgppeer/{name} is for node {n}, which the store does not know yet (`twill get nodes`); it applies once {n}'s twilld starts"
+                ));
+            }
+        }
+        if let (Ok(Some(sel)), false) = (p.peer_selector(), labels.is_empty()) {
+            if !labels.values().any(|l| sel.matches(l)) {
+                notes.push(format!(
+                    "bgppeer/{name}: peerSelector {sel} matches no node's labels yet, so it makes no session; label the route reflectors (metadata.labels in their Node resources)"
+                ));
+            }
+        }
+    }
+    notes
 }
 
 /// The file's resources, every document parsed and validated; `name` is how errors name
@@ -1138,6 +1209,44 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("two documents for bgppeer/a"), "{e}");
+    }
+
+    #[test]
+    fn notes_point_out_bgp_setups_that_make_no_session() {
+        let new = |text: &str| parse_resources(text).unwrap();
+        // The mesh off with no peer at all.
+        let notes = apply_notes(
+            &view(&clean()),
+            &new("kind: BGPConfiguration\nspec: {nodeToNodeMeshEnabled: false}\n"),
+        );
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].contains("no BGP sessions"), "{notes:?}");
+        // A selector no node's labels match, and a node the store does not know.
+        let notes = apply_notes(
+            &view(&clean()),
+            &new("kind: BGPPeer\nmetadata: {name: to-rr}\nspec: {peerSelector: has(route-reflector)}\n---\nkind: BGPPeer\nmetadata: {name: tor}\nspec: {node: n9, peerIP: 192.0.2.1, asNumber: 65000}\n"),
+        );
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(
+            notes[0].contains("bgppeer/to-rr: peerSelector has(route-reflector) matches no node"),
+            "{notes:?}"
+        );
+        assert!(
+            notes[1].contains("node n9, which the store does not know"),
+            "{notes:?}"
+        );
+        // Labelled in the same file: nothing to say; nor with the stored peers and labels.
+        let notes = apply_notes(
+            &view(&clean()),
+            &new("kind: BGPConfiguration\nspec: {nodeToNodeMeshEnabled: false}\n---\nkind: BGPPeer\nmetadata: {name: to-rr}\nspec: {peerSelector: has(route-reflector)}\n---\nkind: Node\nmetadata: {name: n1, labels: {route-reflector: 'true'}}\nspec: {}\n"),
+        );
+        assert!(notes.is_empty(), "{notes:?}");
+        let v = view(&with_bgp());
+        let notes = apply_notes(
+            &v,
+            &new("kind: BGPPeer\nmetadata: {name: x}\nspec: {peerSelector: rack == 'r1'}\n"),
+        );
+        assert!(notes.is_empty(), "{notes:?}");
     }
 
     #[test]

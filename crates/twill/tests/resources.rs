@@ -634,7 +634,7 @@ fn bgp_resources_apply_get_and_delete(c: &Cluster) {
     assert!(c.keys().is_empty(), "{:?}", c.keys());
 
     let r = c.apply(BGP_FILE);
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!((r.code, r.stderr.as_str()), (0, ""), "nothing to note");
     assert_eq!(
         r.stdout,
         "bgpconfiguration/default configured\nbgppeer/rack1-tor configured\nbgppeer/to-rr configured\nnode/n1 configured\n"
@@ -708,6 +708,21 @@ fn bgp_resources_apply_get_and_delete(c: &Cluster) {
     assert!(c
         .ok(&["get", "bgppeers"])
         .contains("route-reflector == 'true'"));
+    // A selector no node's labels match goes in, with a note saying it makes no session.
+    let r = c.apply("kind: BGPPeer\nmetadata: {name: nobody}\nspec:\n  peerSelector: has(spine)\n");
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "bgppeer/nobody configured\n"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("note: bgppeer/nobody: peerSelector has(spine) matches no node's labels yet"),
+        "{}",
+        r.stderr
+    );
+    c.ok(&["delete", "bgppeer", "nobody"]);
 
     // Deleting.
     assert_eq!(
