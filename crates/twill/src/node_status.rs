@@ -347,7 +347,29 @@ fn stuck_warnings(nodes: &[NodeReport], only: Option<&str>, now: u64) -> Vec<Str
         let involved = |name: &str| {
             list.iter().any(|s| s.observer.name == name) || t == Target::Node(name.to_string())
         };
+        // Two nodes that only fail each other, and nothing (more observers, the probes)
+        // says which one's address is wrong: neither is blamed.
+        let mutual = match (&t, &list[..]) {
+            (Target::Node(n), [only_one]) => {
+                let o = &only_one.observer.name;
+                let back = by_target.get(&Target::Node(o.clone()));
+                back.filter(|b| b.len() == 1 && &b[0].observer.name == n)
+                    .filter(|b| {
+                        !unreachable_by_probes(&t, &list)
+                            && !unreachable_by_probes(&Target::Node(o.clone()), b)
+                    })
+                    .map(|b| (only_one.observer, b[0].observer))
+            }
+            _ => None,
+        };
         let text = match &t {
+            Target::Node(_) if mutual.is_some() => {
+                let (a, b) = mutual.expect("checked");
+                culprits.push(a.name.clone());
+                culprits.push(b.name.clone());
+                let both = [&list[0], &by_target[&Target::Node(a.name.clone())][0]];
+                pair_stuck_warning(a, b, &both)
+            }
             Target::Node(n) => {
                 let own_stuck = stuck.iter().filter(|s| &s.observer.name == n).count();
                 culprits.push(n.clone());
@@ -470,6 +492,27 @@ fn node_stuck_warning(
         ),
     });
     text
+}
+
+/// The session between two nodes fails both ways, and nothing says whose address is wrong.
+fn pair_stuck_warning(a: &NodeReport, b: &NodeReport, both: &[&&Stuck]) -> String {
+    let list: Vec<&Stuck> = both.iter().map(|s| **s).collect();
+    let (states, since) = stuck_since(&list);
+    let (a, b) = if a.name <= b.name { (a, b) } else { (b, a) };
+    let about = |n: &NodeReport| {
+        let on = n
+            .interface
+            .as_deref()
+            .map(|i| format!(" on {i}"))
+            .unwrap_or_default();
+        format!("{} ({}, {}{on})", n.name, n.address, n.autodetection)
+    };
+    format!(
+        "WARNING: the BGP session between {} and {} is stuck in {states} ({since}): one of the two addresses is probably wrong (autodetection on the wrong interface) or unreachable from the other. \
+         Check both (`twill get nodes -o wide`); fix the wrong one with ipAutodetection in that node's twilld config (interface=… or can-reach=<the other's IP>), or `twill apply` a Node with spec.ipv4Address",
+        about(a),
+        about(b)
+    )
 }
 
 fn router_stuck_warning(list: &[&Stuck]) -> String {
@@ -1059,6 +1102,93 @@ mod tests {
         .unwrap();
         assert_eq!(early.warnings.len(), 1, "{:?}", early.warnings);
         assert_eq!(r.warnings.len(), 2);
+    }
+
+    #[test]
+    fn without_probes_the_node_most_peers_fail_is_blamed_and_a_lone_pair_is_not() {
+        let t = 37865;
+        // Three nodes, no peer views: n2 is the one both others fail.
+        let mut kvs = trapped()[..4].to_vec();
+        kvs.push(routing(
+            "n1",
+            "192.0.2.11",
+            vec![
+                session("10.0.5.2", Some("n2"), "nodeMesh", "Active", t, ""),
+                session("192.0.2.13", Some("n3"), "nodeMesh", "Established", t, ""),
+            ],
+        ));
+        kvs.push(routing(
+            "n2",
+            "10.0.5.2",
+            vec![
+                session("192.0.2.11", Some("n1"), "nodeMesh", "Connect", t, ""),
+                session("192.0.2.13", Some("n3"), "nodeMesh", "Connect", t, ""),
+            ],
+        ));
+        kvs.push(routing(
+            "n3",
+            "192.0.2.13",
+            vec![
+                session("10.0.5.2", Some("n2"), "nodeMesh", "Active", t, ""),
+                session("192.0.2.11", Some("n1"), "nodeMesh", "Established", t, ""),
+            ],
+        ));
+        let r = report(&kvs, None);
+        assert_eq!(
+            r.warnings,
+            ["WARNING: BGP sessions with n2 at 10.0.5.2 are stuck in Active on n1 and n3 (since 10:31:05Z), and 2 of n2's own sessions with its peers are stuck too: \
+              n2 advertises 10.0.5.2 (first-found), probably the wrong interface. Fix: set ipAutodetection in n2's twilld config (interface=eth0 or can-reach=192.0.2.11), \
+              or `twill apply` a Node n2 with spec.ipv4Address"]
+        );
+        // Two nodes failing only each other: neither is blamed, both are named.
+        let mut kvs = trapped()[..3].to_vec();
+        kvs.push(routing(
+            "n1",
+            "192.0.2.11",
+            vec![session(
+                "10.0.5.2",
+                Some("n2"),
+                "nodeMesh",
+                "Connect",
+                t,
+                "Connection timed out",
+            )],
+        ));
+        kvs.push(routing(
+            "n2",
+            "10.0.5.2",
+            vec![session(
+                "192.0.2.11",
+                Some("n1"),
+                "nodeMesh",
+                "Active",
+                t,
+                "",
+            )],
+        ));
+        let r = report(&kvs, None);
+        assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+        assert!(
+            r.warnings[0].starts_with(
+                "WARNING: the BGP session between n1 (192.0.2.11, first-found) and n2 (10.0.5.2, first-found) is stuck in Active/Connect (since 10:31:05Z: Connection timed out): one of the two addresses is probably wrong"
+            ),
+            "{}",
+            r.warnings[0]
+        );
+        // With the probes: n1 cannot reach n2, so n2 is blamed.
+        kvs.push(kv("peers/n1", json!({"address": "192.0.2.11", "interface": "eth0", "peers": {"n2": seen("10.0.5.2", false)}})));
+        let r = report(&kvs, None);
+        let bgp: Vec<&String> = r
+            .warnings
+            .iter()
+            .filter(|w| w.starts_with("WARNING: BGP"))
+            .collect();
+        assert_eq!(bgp.len(), 1, "{:?}", r.warnings);
+        assert!(
+            bgp[0].starts_with("WARNING: BGP sessions with n2 at 10.0.5.2"),
+            "{}",
+            bgp[0]
+        );
     }
 
     #[test]
