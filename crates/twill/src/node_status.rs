@@ -104,6 +104,15 @@ pub fn routing_statuses(kvs: &[KeyValue]) -> BTreeMap<String, RoutingStatus> {
 /// (5 s by default) has run at least once.
 pub const STUCK_AFTER_SECS: u64 = 10;
 
+/// Whether a BGP session is failing rather than coming up: in Idle, Connect or Active
+/// for [`STUCK_AFTER_SECS`], or with an error recorded. The error matters because a
+/// session that cannot connect cycles between Connect and Active with every retry, and
+/// each change restarts `since`.
+pub fn is_stuck(p: &twill_api::bgp::RoutingPeerStatus, now: u64) -> bool {
+    matches!(p.state.as_str(), "Idle" | "Active" | "Connect")
+        && (now.saturating_sub(p.since) >= STUCK_AFTER_SECS || !p.info.is_empty())
+}
+
 /// "n1", "n1 and n3", "n1, n3 and n4".
 fn and_list(names: &[&str]) -> String {
     match names {
@@ -288,9 +297,7 @@ fn stuck_warnings(nodes: &[NodeReport], only: Option<&str>, now: u64) -> Vec<Str
             continue;
         }
         for p in &r.peers {
-            if matches!(p.state.as_str(), "Active" | "Connect")
-                && now.saturating_sub(p.since) >= STUCK_AFTER_SECS
-            {
+            if is_stuck(p, now) {
                 stuck.push(Stuck {
                     observer: n,
                     peer: p,
@@ -1087,11 +1094,34 @@ mod tests {
     }
 
     #[test]
+    fn a_session_cycling_with_an_error_is_stuck_however_recent_its_state() {
+        let p = |state: &str, since: u64, info: &str| -> twill_api::bgp::RoutingPeerStatus {
+            serde_json::from_value(session(
+                "192.0.2.12",
+                Some("n2"),
+                "nodeMesh",
+                state,
+                since,
+                info,
+            ))
+            .unwrap()
+        };
+        let now = 1000;
+        assert!(!is_stuck(&p("Active", now - 3, ""), now));
+        assert!(is_stuck(&p("Active", now - 10, ""), now));
+        assert!(is_stuck(&p("Connect", now - 1, "Connection refused"), now));
+        assert!(is_stuck(&p("Idle", now, "Network is unreachable"), now));
+        assert!(!is_stuck(&p("Idle", now - 5, ""), now));
+        assert!(!is_stuck(&p("Established", now - 100, "x"), now));
+        assert!(!is_stuck(&p("OpenSent", now - 100, ""), now));
+    }
+
+    #[test]
     fn a_session_only_just_started_is_not_stuck() {
         let r = report(&bgp_trapped(), None);
         let view = ClusterView::from_kvs(twill_store::StoreKind::Embedded, 9, &bgp_trapped());
         let kvs = bgp_trapped();
-        // Five seconds after the sessions went Active: not yet stuck.
+        // Five seconds after the sessions went Active: only the one with an error counts.
         let early = build(
             &view,
             &peer_views(&kvs),
@@ -1100,8 +1130,15 @@ mod tests {
             37865 + 5,
         )
         .unwrap();
-        assert_eq!(early.warnings.len(), 1, "{:?}", early.warnings);
-        assert_eq!(r.warnings.len(), 2);
+        assert_eq!(early.warnings.len(), 2, "{:?}", early.warnings);
+        assert!(
+            early.warnings[1].starts_with(
+                "WARNING: BGP sessions with n2 at 10.0.5.2 are stuck in Active on n1 (since"
+            ),
+            "{}",
+            early.warnings[1]
+        );
+        assert!(r.warnings[1].contains("on n1 and n3"), "{}", r.warnings[1]);
     }
 
     #[test]
