@@ -1309,6 +1309,60 @@ mod tests {
     }
 
     #[test]
+    fn every_short_input_parses_or_is_refused_with_a_column_and_round_trips() {
+        // Every string of up to 4 tokens' worth of characters over the grammar's symbols:
+        // no panic; an error names a column inside (or just past) the text; a selector
+        // prints back to itself.
+        let alphabet = [
+            "a", "(", ")", "{", "}", "!", "==", "&&", "||", ",", "'x'", " ", "has", "in", "all",
+            "not", "=",
+        ];
+        let mut inputs = vec![String::new()];
+        for _ in 0..4 {
+            let mut next = Vec::new();
+            for i in &inputs {
+                for a in alphabet {
+                    next.push(format!("{i}{a}"));
+                }
+            }
+            inputs.extend(next.clone());
+            inputs = {
+                let mut v = inputs;
+                v.sort();
+                v.dedup();
+                v
+            };
+        }
+        let mut parsed = 0;
+        for text in &inputs {
+            match Selector::parse(text) {
+                Ok(sel) => {
+                    parsed += 1;
+                    assert_eq!(
+                        Selector::parse(&sel.to_string()).as_ref(),
+                        Ok(&sel),
+                        "{text:?}"
+                    );
+                }
+                Err(e) if text.trim().is_empty() => assert!(e.contains("empty selector"), "{e}"),
+                Err(e) => {
+                    let col: usize = e
+                        .split("at column ")
+                        .nth(1)
+                        .and_then(|r| r.split(':').next())
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or_else(|| panic!("{text:?}: no column in {e}"));
+                    assert!(
+                        (1..=text.chars().count() + 1).contains(&col),
+                        "{text:?}: {e}"
+                    );
+                }
+            }
+        }
+        assert!(parsed > 50, "only {parsed} of {} parsed", inputs.len());
+    }
+
+    #[test]
     fn communities_are_as_value_pairs() {
         assert_eq!(parse_community("64512:100"), Ok((64512 << 16) | 100));
         assert_eq!(parse_community("0:0"), Ok(0));
