@@ -22,6 +22,8 @@
 //!     connectRetry: 2
 //!     routeReflectorClient: false
 //!     nextHopSelf: false
+//!     keepOriginalNextHop: false             # eBGP: learned routes keep their next hop
+//!     maxRestartTime: 60                     # GR helper: its stale routes 60 s at most
 //!     import: accept                         # accept | reject | a list of terms
 //!     export:
 //!       - prefixes: ["10.244.0.0/16 ge 24 le 32"]
@@ -136,7 +138,8 @@ fn default_restart_time() -> u16 {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Kernel {
-    /// Put the best routes into the kernel (protocol 84, `ip route show proto 84`).
+    /// Put the best routes into the kernel (protocol 186, RTPROT_BGP: `ip route show proto
+    /// bgp`).
     #[serde(default = "yes")]
     pub install: bool,
     /// The routing table (254: main).
@@ -193,6 +196,19 @@ pub struct Peer {
     /// Routes sent to this peer carry our session address as next hop.
     #[serde(default)]
     pub next_hop_self: bool,
+    /// eBGP: routes learned from others keep their next hop when sent to this peer instead
+    /// of getting our session address (Calico's `keepOriginalNextHop`; a third-party next
+    /// hop, RFC 4271 §5.1.3). Our own prefixes always carry our address.
+    #[serde(default)]
+    pub keep_original_next_hop: bool,
+    /// Graceful restart helper: keep this peer's stale routes at most this many seconds,
+    /// whatever restart time it advertises (Calico's `maxRestartTime`).
+    #[serde(default)]
+    pub max_restart_time: Option<u16>,
+    /// Free text for whoever configured the peer (twilld: the peer's type and node); shown
+    /// in `neighbors`, never sent. Changing it does not reset the session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
     #[serde(default)]
     pub import: Option<PolicyConfig>,
     #[serde(default)]
@@ -504,24 +520,10 @@ impl Config {
             source,
         })?;
         let mut cfg = Config::parse(&text, Format::of(path), path)?;
-        for peer in &mut cfg.peers {
-            if let Some(file) = &peer.password_file {
-                let key = std::fs::read_to_string(file).map_err(|e| ConfigError::Invalid {
-                    path: path.to_owned(),
-                    message: format!(
-                        "peer {}: cannot read passwordFile {}: {e} (fix the path or its permissions)",
-                        peer.address,
-                        file.display()
-                    ),
-                })?;
-                let key = key.trim_end_matches(['\n', '\r']).to_owned();
-                check_key(&peer.address, &key).map_err(|message| ConfigError::Invalid {
-                    path: path.to_owned(),
-                    message,
-                })?;
-                peer.password = Some(key);
-            }
-        }
+        read_password_files(&mut cfg.peers).map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })?;
         Ok(cfg)
     }
 
@@ -535,15 +537,16 @@ impl Config {
             path: path.to_owned(),
             message,
         })?;
-        cfg.check().map_err(|message| ConfigError::Invalid {
+        cfg.validate().map_err(|message| ConfigError::Invalid {
             path: path.to_owned(),
             message,
         })?;
         Ok(cfg)
     }
 
-    /// The checks beyond the syntax.
-    fn check(&self) -> Result<(), String> {
+    /// The checks beyond the syntax (what [`Config::parse`] runs; for a configuration built
+    /// in code, e.g. by twilld for the embedded speaker). The error says what to change.
+    pub fn validate(&self) -> Result<(), String> {
         if self.asn == 0 {
             return Err("as: 0 is reserved (RFC 7607); set this speaker's AS number".into());
         }
@@ -655,6 +658,25 @@ impl Peer {
     }
 }
 
+/// Reads each peer's `passwordFile` into its `password` (trailing newline dropped).
+pub fn read_password_files(peers: &mut [Peer]) -> Result<(), String> {
+    for peer in peers {
+        if let Some(file) = &peer.password_file {
+            let key = std::fs::read_to_string(file).map_err(|e| {
+                format!(
+                    "peer {}: cannot read passwordFile {}: {e} (fix the path or its permissions)",
+                    peer.address,
+                    file.display()
+                )
+            })?;
+            let key = key.trim_end_matches(['\n', '\r']).to_owned();
+            check_key(&peer.address, &key)?;
+            peer.password = Some(key);
+        }
+    }
+    Ok(())
+}
+
 fn check_key(who: &PeerAddress, key: &str) -> Result<(), String> {
     if key.is_empty() {
         return Err(format!(
@@ -695,6 +717,9 @@ peers:
     holdTime: 9
     keepalive: 3
     connectRetry: 2
+    keepOriginalNextHop: true
+    maxRestartTime: 60
+    tag: global
     import: accept
     export:
       - prefixes: ["10.244.0.0/16 ge 24 le 32"]
@@ -720,6 +745,10 @@ peers:
         assert_eq!(c.peers.len(), 2);
         let p = &c.peers[0];
         assert_eq!(p.password.as_deref(), Some("s3cr3t"));
+        assert!(p.keep_original_next_hop);
+        assert_eq!(p.max_restart_time, Some(60));
+        assert_eq!(p.tag.as_deref(), Some("global"));
+        assert!(!c.peers[1].keep_original_next_hop && c.peers[1].max_restart_time.is_none());
         assert_eq!(p.import, Some(PolicyConfig::Accept));
         let Some(PolicyConfig::Terms(terms)) = &p.export else {
             panic!("{:?}", p.export)

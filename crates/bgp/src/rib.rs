@@ -138,6 +138,9 @@ pub struct PeerConfig {
     pub rr_client: bool,
     /// Towards this iBGP peer, routes learned from eBGP get our session address as next hop.
     pub next_hop_self: bool,
+    /// Towards this eBGP peer, routes learned from others keep their next hop (a third-party
+    /// next hop, RFC 4271 §5.1.3 2)) instead of our session address.
+    pub keep_original_next_hop: bool,
     /// `None` on an eBGP peer accepts nothing (RFC 8212); on an iBGP peer, everything.
     pub import: Option<Policy>,
     /// `None` on an eBGP peer sends nothing (RFC 8212); on an iBGP peer, everything allowed.
@@ -152,6 +155,7 @@ impl PeerConfig {
             remote_addr,
             rr_client: false,
             next_hop_self: false,
+            keep_original_next_hop: false,
             import: None,
             export: None,
         }
@@ -1483,8 +1487,10 @@ impl Ctx {
             a.originator_id = None;
             a.cluster_list.clear();
             // RFC 4271 §5.1.3 2): to an external peer the next hop is our address on the
-            // session (Twill does not send third-party next hops).
-            next_hop_self = true;
+            // session, unless the peer is to keep the route's own next hop (a third-party
+            // next hop: Calico's keepOriginalNextHop, for a ToR that routes to the node
+            // that owns the block). Our own routes always carry our address.
+            next_hop_self = !(peer.cfg.keep_original_next_hop && src_kind != SourceKind::Local);
         } else {
             // RFC 4271 §5.1.5: "LOCAL_PREF is a well-known attribute that SHALL be included in
             // all UPDATE messages that a given BGP speaker sends to other internal peers."

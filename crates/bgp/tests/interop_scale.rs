@@ -31,10 +31,10 @@ fn prefixes() -> Vec<String> {
         .collect()
 }
 
-/// Twill's routes in `ns`'s table main (protocol 84), counted from `ip route` text.
+/// Twill's routes in `ns`'s table main (protocol bgp, 186), counted from `ip route` text.
 fn twill_routes(ns: &str) -> usize {
     let out = twill_testkit::sh(&[
-        "ip", "-4", "-n", ns, "route", "show", "table", "main", "proto", "84",
+        "ip", "-4", "-n", ns, "route", "show", "table", "main", "proto", "bgp",
     ]);
     out.stdout.iter().filter(|&&b| b == b'\n').count()
 }

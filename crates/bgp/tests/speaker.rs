@@ -49,7 +49,7 @@ fn speaker_cfg(node: &Node, asn: u32, originate: &[&str], peers: Vec<Value>) -> 
 
 fn via(ns: &str, dst: &str) -> Option<Vec<String>> {
     kernel::route(ns, dst)
-        .filter(|r| r.protocol == "84")
+        .filter(|r| r.protocol == "bgp")
         .map(|r| r.gateways)
 }
 
@@ -101,7 +101,7 @@ fn two_speakers_with_md5_exchange_routes_into_the_kernel_and_cease_on_sigterm() 
         .daemon
         .wait_exit(Duration::from_secs(5))
         .is_some_and(|s| s.success()));
-    assert_eq!(kernel::count_protocol(a.name(), false, "84"), 0);
+    assert_eq!(kernel::count_protocol(a.name(), false, "bgp"), 0);
     wait::until("B drops the route on Cease", Duration::from_secs(5), || {
         via(b.name(), "10.244.1.0/24").map_or(Ok(()), |r| Err(format!("{r:?}")))
     });
@@ -210,7 +210,7 @@ fn graceful_restart_adopts_the_kernel_routes_with_no_flap() {
         "via",
         "192.0.2.2",
         "proto",
-        "84",
+        "bgp",
     ]);
 
     // Watch A's table the whole time: the two learned routes must never be absent.
@@ -223,7 +223,7 @@ fn graceful_restart_adopts_the_kernel_routes_with_no_flap() {
             while !stop.load(Ordering::Relaxed) {
                 let routes = kernel::routes(&ns, false);
                 for dst in ["10.244.2.0/24", "10.244.3.0/24"] {
-                    if !routes.iter().any(|r| r.dst == dst && r.protocol == "84") {
+                    if !routes.iter().any(|r| r.dst == dst && r.protocol == "bgp") {
                         return Err(format!("{dst} absent at dump {dumps}: {routes:?}"));
                     }
                 }

@@ -26,7 +26,7 @@ pub struct BgpArgs {
 #[derive(Subcommand)]
 enum BgpCommand {
     /// Run the speaker: sessions to the configured peers, best routes into this namespace's
-    /// kernel (protocol 84), a control socket for `neighbors` and `rib`. Stops on SIGTERM:
+    /// kernel (protocol 186, `ip route show proto bgp`), a control socket for `neighbors` and `rib`. Stops on SIGTERM:
     /// with gracefulRestart it leaves its routes in the kernel (and peers keep ours),
     /// without it sends Cease and removes them.
     Serve {

@@ -16,7 +16,8 @@
 //!
 //! # Inputs
 //! - `Start` / `Stop`: RFC 4271 ManualStart / ManualStop. Stop sends Cease 6/2
-//!   (administrative shutdown) on every open connection and stays Idle until the next Start.
+//!   (administrative shutdown) on every open connection and stays Idle until the next Start;
+//!   `StopWith(subcode)` the same with another Cease subcode (6/3 peer de-configured).
 //! - `Tick`: nothing happened but time. Every `handle` call first fires the timers that are
 //!   due at `now` (connect retry, hold, keepalive), oldest first, then handles its input.
 //! - `Connected(ConnId, Direction)`: a TCP connection to the peer is up, one this speaker
@@ -309,6 +310,9 @@ pub enum ConfigError {
 pub enum Input {
     Start,
     Stop,
+    /// ManualStop with another Cease subcode (RFC 4486 §4), e.g.
+    /// [`subcode::cease::PEER_DECONFIGURED`] when the peer is removed from the configuration.
+    StopWith(u8),
     Tick,
     Connected(ConnId, Direction),
     ConnectFailed,
@@ -636,7 +640,8 @@ impl Session {
         match input {
             Input::Tick => {}
             Input::Start => self.start(now, &mut out),
-            Input::Stop => self.stop(now, &mut out),
+            Input::Stop => self.stop(subcode::cease::ADMINISTRATIVE_SHUTDOWN, now, &mut out),
+            Input::StopWith(cease) => self.stop(cease, now, &mut out),
             Input::Connected(id, dir) => self.connected(id, dir, now, &mut out),
             Input::ConnectFailed => self.connect_failed(now),
             Input::Closed(id) => {
@@ -830,18 +835,18 @@ impl Session {
         self.connect(now, out);
     }
 
-    fn stop(&mut self, now: Instant, out: &mut Vec<Output>) {
+    fn stop(&mut self, cease: u8, now: Instant, out: &mut Vec<Output>) {
         if !self.started {
             return;
         }
         // §8.2.2, every state: "If a ManualStop event (Event 2) is issued ..., the local
         // system: sends the NOTIFICATION with a Cease, ... releases all BGP resources, drops
         // the TCP connection, ... changes its state to Idle." RFC 4486 §4: subcode
-        // "Administrative Shutdown".
+        // "Administrative Shutdown" (or what the caller names: "Peer De-configured", ...).
         self.started = false;
         self.connecting = false;
         self.retry_at = None;
-        let cease = Notification::cease(subcode::cease::ADMINISTRATIVE_SHUTDOWN);
+        let cease = Notification::cease(cease);
         while !self.conns.is_empty() {
             self.end_conn(
                 0,

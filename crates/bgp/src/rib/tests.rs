@@ -349,6 +349,38 @@ fn next_hop_self_towards_ibgp() {
 }
 
 #[test]
+fn keep_original_next_hop_towards_ebgp_but_never_for_our_own_routes() {
+    let mut lab = Lab::new();
+    lab.add(PeerId(6), 65006, "192.0.2.16", |c| {
+        c.import = Some(Policy::accept_all());
+        c.export = Some(Policy::accept_all());
+        c.keep_original_next_hop = true;
+    });
+    // Learned from iBGP (a mesh node's block) and from eBGP: the next hop stays.
+    let c = lab.apply(I3, announce(attrs(&[], "192.0.2.13"), &["10.244.3.0/24"]));
+    assert_eq!(
+        announced(&c, PeerId(6))[0].1.next_hop,
+        Some(ip4("192.0.2.13"))
+    );
+    assert_eq!(announced(&c, E1)[0].1.next_hop, Some(ip4("192.0.2.1")));
+    let c = lab.apply(
+        E1,
+        announce(attrs(&[65001], "192.0.2.11"), &["203.0.113.0/24"]),
+    );
+    let a = &announced(&c, PeerId(6))[0].1;
+    assert_eq!(a.next_hop, Some(ip4("192.0.2.11")));
+    assert_eq!(a.as_path, path(&[65000, 65001]), "still an eBGP export");
+    // Ours: our address, always.
+    let c = lab
+        .rib
+        .originate(net("10.244.0.0/24"), Attrs::local(Origin::Igp));
+    assert_eq!(
+        announced(&c, PeerId(6))[0].1.next_hop,
+        Some(ip4("192.0.2.1"))
+    );
+}
+
+#[test]
 fn originated_routes_get_our_next_hop_and_are_not_fib_changes() {
     let mut lab = Lab::new();
     let c = lab

@@ -10,12 +10,18 @@
 //! blocking (which would stop its keepalives: a peer with a 9 s hold time reset the session
 //! of a debug build taking 100,000 routes under load).
 //!
-//! Adoption ([`Adopted`]): at start the speaker dumps its own routes (protocol 84 in its
-//! table) and leaves them in place. A prefix the RIB installs again is replaced in one
-//! step (NLM_F_REPLACE), so it is never absent; when every peer has sent End-of-RIB, or the
-//! restart time ran out, whatever was not learned again is deleted.
+//! Adoption ([`Adopted`]): at start the speaker dumps its own routes ([`RTPROT_BGP`] in its
+//! table) and leaves them in place. A prefix the RIB learns again with the same next hops
+//! is not written at all (a restart moves no kernel route); one learned with other next
+//! hops is replaced in one step (NLM_F_REPLACE), so it is never absent; when every peer
+//! has sent End-of-RIB, or the restart time ran out, whatever was not learned again is
+//! deleted.
+//!
+//! Ownership: the speaker's routes carry rtm_protocol [`RTPROT_BGP`] (186,
+//! `ip route show proto bgp`), so they are never mistaken for twilld's own routes
+//! ([`twill_netlink::ROUTE_PROTOCOL`], 84) nor twilld's for the speaker's.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -23,10 +29,15 @@ use std::thread::JoinHandle;
 
 use ipnet::IpNet;
 use twill_netlink::fib::route_change_message;
-use twill_netlink::{FibRoute, Handle, RouteChange, ROUTE_PROTOCOL};
+use twill_netlink::{FibRoute, Handle, RouteChange};
 
 use super::poll::Waker;
 use crate::rib::FibChange;
+
+/// The rtm_protocol of the routes the speaker installs: linux/rtnetlink.h `#define
+/// RTPROT_BGP 186 /* BGP Routes */` (iproute2's rt_protos names it `bgp`; BIRD and FRR use
+/// it too, each in its own table or with its own metric).
+pub const RTPROT_BGP: u8 = 186;
 
 /// Batches the loop may have queued before it waits for the kernel writer.
 pub const QUEUE_BATCHES: usize = 2;
@@ -152,10 +163,11 @@ impl Drop for KernelWriter {
     }
 }
 
-/// The RIB's change as a netlink route change of Twill's protocol in `table`.
+/// The RIB's change as a netlink route change of protocol [`RTPROT_BGP`] in `table`.
 pub fn route_change(c: &FibChange, table: u32) -> RouteChange {
     let mut r = FibRoute::via(c.prefix, &c.next_hops);
     r.table = table;
+    r.protocol = RTPROT_BGP;
     if c.next_hops.is_empty() {
         RouteChange::Delete(r)
     } else {
@@ -232,51 +244,119 @@ fn describe(c: &RouteChange) -> String {
     }
 }
 
-/// The routes of a previous run found at start, kept until re-learned or swept.
+/// The routes of a previous run found at start, kept until re-learned or swept: each
+/// prefix with its next hops (sorted), so a route learned again unchanged is not rewritten.
 #[derive(Debug, Default)]
 pub struct Adopted {
-    prefixes: HashSet<IpNet>,
+    routes: HashMap<IpNet, Vec<IpAddr>>,
 }
 
 impl Adopted {
-    /// Reads our routes (protocol 84 in `table`) from the kernel of the calling thread's
+    /// Reads our routes ([`RTPROT_BGP`] in `table`) from the kernel of the calling thread's
     /// namespace.
     pub fn read(table: u32) -> Result<Adopted, twill_netlink::Error> {
-        let routes = Handle::new()?.fib_routes(ROUTE_PROTOCOL, table)?;
-        Ok(Adopted {
-            prefixes: routes.into_iter().map(|r| r.dst).collect(),
-        })
+        let routes = Handle::new()?.fib_routes(RTPROT_BGP, table)?;
+        Ok(Adopted::from_routes(routes))
+    }
+
+    /// From a dump of the kernel's routes (pure).
+    pub fn from_routes(routes: impl IntoIterator<Item = FibRoute>) -> Adopted {
+        Adopted {
+            routes: routes
+                .into_iter()
+                .map(|r| {
+                    let mut hops: Vec<IpAddr> =
+                        r.next_hops.iter().filter_map(|h| h.gateway).collect();
+                    hops.sort_unstable();
+                    hops.dedup();
+                    (r.dst, hops)
+                })
+                .collect(),
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.prefixes.len()
+        self.routes.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.prefixes.is_empty()
+        self.routes.is_empty()
     }
 
-    /// The RIB decided about these prefixes: they are no longer ours to sweep.
-    pub fn learned(&mut self, changes: &[FibChange]) {
-        if self.prefixes.is_empty() {
+    /// The RIB decided about these prefixes: they are no longer ours to sweep. A change
+    /// that puts back exactly the route the kernel already has is dropped from `changes`:
+    /// writing it would be a netlink RTM_NEWROUTE for nothing (and a route change every
+    /// `ip monitor` sees).
+    pub fn learned(&mut self, changes: &mut Vec<FibChange>) {
+        if self.routes.is_empty() {
             return;
         }
-        for c in changes {
-            self.prefixes.remove(&c.prefix);
-        }
+        changes.retain(|c| match self.routes.remove(&c.prefix) {
+            Some(hops) => hops != c.next_hops || c.next_hops.is_empty(),
+            None => true,
+        });
     }
 
     /// Everything not learned again, as deletions; the set is emptied.
     pub fn sweep(&mut self) -> Vec<FibChange> {
         let out = self
-            .prefixes
+            .routes
             .drain()
-            .map(|prefix| FibChange {
+            .map(|(prefix, _)| FibChange {
                 prefix,
                 next_hops: Vec::<IpAddr>::new(),
             })
             .collect();
-        self.prefixes.shrink_to_fit();
+        self.routes.shrink_to_fit();
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(p: &str, hops: &[&str]) -> FibChange {
+        FibChange {
+            prefix: p.parse().unwrap(),
+            next_hops: hops.iter().map(|h| h.parse().unwrap()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_route_learned_again_unchanged_is_not_written() {
+        let gw = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut multi = FibRoute::via(
+            "10.244.3.0/24".parse().unwrap(),
+            &[gw("192.0.2.4"), gw("192.0.2.3")],
+        );
+        multi.protocol = RTPROT_BGP;
+        let mut adopted = Adopted::from_routes([
+            FibRoute::via("10.244.1.0/24".parse().unwrap(), &[gw("192.0.2.2")]),
+            FibRoute::via("10.244.2.0/24".parse().unwrap(), &[gw("192.0.2.2")]),
+            multi,
+            FibRoute::via("10.244.4.0/24".parse().unwrap(), &[gw("192.0.2.2")]),
+        ]);
+        let mut fib = vec![
+            change("10.244.1.0/24", &["192.0.2.2"]),
+            change("10.244.2.0/24", &["192.0.2.9"]),
+            change("10.244.3.0/24", &["192.0.2.3", "192.0.2.4"]),
+            change("10.244.5.0/24", &["192.0.2.2"]),
+        ];
+        adopted.learned(&mut fib);
+        assert_eq!(
+            fib,
+            vec![
+                change("10.244.2.0/24", &["192.0.2.9"]),
+                change("10.244.5.0/24", &["192.0.2.2"]),
+            ],
+            "the same route is not written again; a new next hop or a new prefix is"
+        );
+        // Learned again once: a later change of that prefix is written as usual.
+        let mut later = vec![change("10.244.1.0/24", &[])];
+        adopted.learned(&mut later);
+        assert_eq!(later.len(), 1);
+        assert_eq!(adopted.sweep(), vec![change("10.244.4.0/24", &[])]);
+        assert!(adopted.is_empty());
     }
 }

@@ -13,19 +13,26 @@
 //!   cannot be set on the listener fails closed: it is never started and connections from
 //!   it are refused (`twill bgp neighbors` shows why).
 //! - **Start**: every non-passive peer is connected to at once (no connect delay).
+//! - **Kernel routes** carry protocol [`kernel::RTPROT_BGP`] (186, `ip route show proto
+//!   bgp`); 84 is twilld's own.
 //! - **Graceful restart, restarting side**: at start the speaker finds its own kernel routes
-//!   (protocol 84 in its table) and keeps them ([`kernel::Adopted`]); it advertises the
+//!   (protocol 186 in its table) and keeps them ([`kernel::Adopted`]); it advertises the
 //!   capability with the R bit and, when it found routes, the F bit. Routes learned again
-//!   are replaced in place (never absent); once every peer has sent End-of-RIB, or the
-//!   restart time has passed, the rest is deleted. Route selection is deferred meanwhile
+//!   with the same next hops are not written at all, others are replaced in place (never
+//!   absent); once every peer has sent End-of-RIB, or the restart time has passed, the rest
+//!   is deleted. Route selection is deferred meanwhile
 //!   (RFC 4724 §4.1): nothing is announced until every peer has sent End-of-RIB or is
 //!   restarting itself (R bit), then each gets its whole Adj-RIB-Out and End-of-RIB, so a
 //!   restarted reflector never makes its clients sweep routes it has not re-learned yet.
 //!   Without `gracefulRestart` the same adoption happens, with a 120 s limit, so a restart
 //!   never flaps the kernel routes.
 //! - **Graceful restart, helper side**: a session that goes down with `keep_stale` keeps the
-//!   peer's routes stale for its restart time; End-of-RIB from the peer or the timer sweeps
-//!   them (the RIB decides what goes).
+//!   peer's routes stale for its restart time (at most the peer's `maxRestartTime`);
+//!   End-of-RIB from the peer or the timer sweeps them (the RIB decides what goes). A route
+//!   the peer sends again with the same next hop changes nothing in the kernel.
+//! - **Embedded** ([`embed`]): the same loop on a thread of another program (twilld), with
+//!   no signalfd, an optional control socket, and commands (peers, originated prefixes,
+//!   status, stop) over a channel that wakes the loop through the eventfd.
 //! - **SIGTERM / SIGINT**: with `gracefulRestart`, the speaker closes its connections
 //!   without a NOTIFICATION (peers then keep our routes for the restart time, RFC 4724) and
 //!   leaves its kernel routes: a restart moves no packet. Without it, every session gets
@@ -33,6 +40,7 @@
 //!   installed. Either way it finishes queued kernel writes and removes its control socket.
 
 pub mod control;
+pub mod embed;
 pub mod kernel;
 pub mod poll;
 pub mod tcp;
@@ -43,15 +51,19 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
+use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+use ipnet::IpNet;
 
 use crate::config::{self, Config, PolicyConfig};
 use crate::fsm::{self, ConnId, Direction, Input, Output, Session, SessionConfig, State};
-use crate::packet::{self, Family, Message, Negotiated, Origin, Update};
+use crate::packet::{self, subcode, Community, Family, Message, Negotiated, Origin, Update};
 use crate::policy::{Action, Match, Policy, PrefixMatch, Term, Verdict};
 use crate::rib::{FibChange, PeerConfig, PeerId, PeerSession, Rib, RibChanges, RibConfig};
 use control::{Neighbor, NeighborsReply, PeerKind, RibPath, RibRoute};
+use embed::{Command, Notice, Notify, PeerStatus, Status};
 use kernel::{Adopted, KernelWriter};
 use poll::{Interest, Poller, Signals, Waker};
 
@@ -85,6 +97,8 @@ pub enum SpeakerError {
     Netlink(#[from] twill_netlink::Error),
     #[error("peer {peer}: {message}")]
     Peer { peer: String, message: String },
+    #[error("BGP configuration: {message}")]
+    Config { message: String },
     #[error("control socket {path}: another speaker answers there; stop it, or give this one another controlSocket")]
     ControlInUse { path: PathBuf },
 }
@@ -114,6 +128,8 @@ struct Peer {
     /// End-of-RIB seen since the speaker started (for sweeping adopted routes).
     end_of_rib_once: bool,
     prefixes_received: u64,
+    /// The state last reported to the embedder's callback.
+    reported: State,
 }
 
 struct Conn {
@@ -132,16 +148,33 @@ struct Conn {
     established: bool,
 }
 
+/// How a speaker is run: on its own (`twill bgp serve`: signals, a control socket) or
+/// embedded in another program ([`embed`]).
+pub(crate) struct Setup {
+    /// Block SIGTERM/SIGINT/SIGHUP and stop on them (main thread, before other threads).
+    pub signals: bool,
+    /// Answer on the config's `controlSocket`.
+    pub control: bool,
+    /// We ran before and kept forwarding, even if no route of ours is in the kernel (the
+    /// R and F bits of graceful restart).
+    pub restarted: bool,
+    pub commands: Option<mpsc::Receiver<Command>>,
+    pub notify: Option<Notify>,
+}
+
 /// A running speaker. [`Speaker::new`] opens everything (sockets, kernel writer, adopted
-/// routes); [`Speaker::run`] loops until SIGTERM/SIGINT.
+/// routes); [`Speaker::run`] loops until SIGTERM/SIGINT (or, embedded, until told to stop).
 pub struct Speaker {
     cfg: Config,
     poller: Poller,
     listener: Option<TcpListener>,
-    control: UnixListener,
-    control_path: PathBuf,
+    control: Option<(UnixListener, PathBuf)>,
     clients: HashMap<u64, control::Client>,
-    signals: Signals,
+    signals: Option<Signals>,
+    commands: Option<mpsc::Receiver<Command>>,
+    notify: Option<Notify>,
+    /// Something the embedder's callback hears of changed this turn (routes or sessions).
+    routes_changed: bool,
     waker: Arc<Waker>,
     kernel: Option<KernelWriter>,
     adopted: Adopted,
@@ -157,7 +190,18 @@ pub struct Speaker {
     /// Restarting with graceful restart: out-updates are held back (RFC 4724 §4.1 defers
     /// route selection until the peers' End-of-RIB), then sent whole.
     deferring: bool,
+    /// We restarted (found our kernel routes, or were told so): new sessions carry the R
+    /// and F bits until the restart is over.
+    restarted: bool,
+    next_peer_id: u32,
+    /// What we announce ourselves, with the communities of each prefix.
+    originated: HashMap<IpNet, Vec<Community>>,
     stopping: bool,
+    /// How to stop: graceful (no NOTIFICATION, kernel routes left) or not.
+    graceful_stop: bool,
+    /// One instant and the wall clock then: status times as wall-clock times, stable
+    /// from one call to the next.
+    epoch: (Instant, SystemTime),
 }
 
 impl Speaker {
@@ -165,7 +209,24 @@ impl Speaker {
     /// run. Must run on the process's main thread before any other thread starts (it
     /// blocks SIGTERM/SIGINT/SIGHUP for the signalfd).
     pub fn new(cfg: Config) -> Result<Speaker, SpeakerError> {
-        let signals = Signals::block().map_err(io_err("block SIGTERM/SIGINT for the signalfd"))?;
+        Speaker::open(
+            cfg,
+            Setup {
+                signals: true,
+                control: true,
+                restarted: false,
+                commands: None,
+                notify: None,
+            },
+        )
+    }
+
+    pub(crate) fn open(cfg: Config, setup: Setup) -> Result<Speaker, SpeakerError> {
+        let signals = if setup.signals {
+            Some(Signals::block().map_err(io_err("block SIGTERM/SIGINT for the signalfd"))?)
+        } else {
+            None
+        };
         let poller = Poller::new().map_err(io_err("create the epoll instance"))?;
         let waker = Arc::new(Waker::new().map_err(io_err("create the eventfd"))?);
         let now = Instant::now();
@@ -178,10 +239,10 @@ impl Speaker {
         } else {
             (None, Adopted::default())
         };
-        let restarted = !adopted.is_empty();
+        let restarted = !adopted.is_empty() || setup.restarted;
         // A restart (our routes were found): wait for the peers' End-of-RIB before sweeping
         // them, and with graceful restart defer what we announce till then too.
-        let adopt_deadline = (!adopted.is_empty()).then(|| {
+        let adopt_deadline = restarted.then(|| {
             now + cfg
                 .graceful_restart
                 .as_ref()
@@ -192,129 +253,296 @@ impl Speaker {
         let mut rib_cfg = RibConfig::new(cfg.asn, cfg.router_id);
         rib_cfg.max_paths = cfg.max_paths;
         rib_cfg.cluster_id = cfg.cluster_id;
-        let mut rib = Rib::new(rib_cfg);
-
-        let mut peers = Vec::with_capacity(cfg.peers.len());
-        for (i, p) in cfg.peers.iter().enumerate() {
-            let id = PeerId(i as u32);
-            let who = p.address.to_string();
-            let sc = session_config(&cfg, p, restarted);
-            let session = Session::new(sc, now).map_err(|e| SpeakerError::Peer {
-                peer: who.clone(),
-                message: e.to_string(),
-            })?;
-            rib.add_peer(id, peer_config(p, &who)?)
-                .map_err(|e| SpeakerError::Peer {
-                    peer: who.clone(),
-                    message: e.to_string(),
-                })?;
-            let kind = if p.asn != cfg.asn {
-                PeerKind::Ebgp
-            } else if p.route_reflector_client {
-                PeerKind::IbgpRrClient
-            } else {
-                PeerKind::Ibgp
-            };
-            peers.push(Peer {
-                cfg: p.clone(),
-                id,
-                addr: cfg.peer_socket(p),
-                local: cfg.local_address(p),
-                key: p.password.as_ref().map(|k| k.as_bytes().to_vec()),
-                kind,
-                session,
-                failed: None,
-                connecting: None,
-                last_connect_error: None,
-                stale_until: None,
-                end_of_rib: false,
-                end_of_rib_once: false,
-                prefixes_received: 0,
-            });
-        }
+        let rib = Rib::new(rib_cfg);
 
         let listener = if cfg.listen.disabled {
             None
         } else {
             let addr = SocketAddr::new(cfg.listen.address, cfg.listen.port);
             let l = tcp::listen(addr, &[])?;
-            let family = if addr.is_ipv4() {
-                libc::AF_INET
-            } else {
-                libc::AF_INET6
-            };
-            for p in &mut peers {
-                if let Some(key) = &p.key {
-                    if let Err(e) = tcp::set_md5(l.as_raw_fd(), family, p.addr.ip(), key) {
-                        // Fail closed: an unkeyed listener would take this peer's unsigned SYN.
-                        p.failed = Some(format!(
-                            "TCP MD5 key could not be set on the listening socket ({e}); the peer is not started (is the peer's address family the listen address's?)"
-                        ));
-                    }
-                }
-            }
             poller
                 .add(l.as_raw_fd(), TOKEN_LISTENER, Interest::Read)
                 .map_err(io_err("watch the listening socket"))?;
             Some(l)
         };
 
-        let control_path = cfg.control_socket.clone();
-        let control = bind_control(&control_path)?;
-        control
-            .set_nonblocking(true)
-            .map_err(io_err("make the control socket nonblocking"))?;
-        poller
-            .add(control.as_raw_fd(), TOKEN_CONTROL, Interest::Read)
-            .map_err(io_err("watch the control socket"))?;
+        let control = if setup.control {
+            let path = cfg.control_socket.clone();
+            let control = bind_control(&path)?;
+            control
+                .set_nonblocking(true)
+                .map_err(io_err("make the control socket nonblocking"))?;
+            poller
+                .add(control.as_raw_fd(), TOKEN_CONTROL, Interest::Read)
+                .map_err(io_err("watch the control socket"))?;
+            Some((control, path))
+        } else {
+            None
+        };
         poller
             .add(waker.raw(), TOKEN_WAKER, Interest::Read)
             .map_err(io_err("watch the eventfd"))?;
-        poller
-            .add(signals.raw(), TOKEN_SIGNALS, Interest::Read)
-            .map_err(io_err("watch the signalfd"))?;
+        if let Some(signals) = &signals {
+            poller
+                .add(signals.raw(), TOKEN_SIGNALS, Interest::Read)
+                .map_err(io_err("watch the signalfd"))?;
+        }
 
         let cfg_graceful = cfg.graceful_restart.is_some();
+        let peers_cfg = cfg.peers.clone();
         let mut sp = Speaker {
             cfg,
             poller,
             listener,
             control,
-            control_path,
             clients: HashMap::new(),
             signals,
+            commands: setup.commands,
+            notify: setup.notify,
+            routes_changed: false,
             waker,
             kernel,
             adopted,
             adopt_deadline,
             rib,
-            peers,
+            peers: Vec::new(),
             conns: HashMap::new(),
             next_token: TOKEN_FIRST,
             fib_pending: Vec::new(),
             fib_queue: VecDeque::new(),
             work: VecDeque::new(),
             deferring: restarted && cfg_graceful,
+            restarted,
+            next_peer_id: 0,
+            originated: HashMap::new(),
             stopping: false,
+            graceful_stop: cfg_graceful,
+            epoch: (now, SystemTime::now()),
         };
-        let originate = std::mem::take(&mut sp.cfg.originate);
-        let ch = sp
-            .rib
-            .originate_all(originate, packet::Attrs::local(Origin::Igp));
-        sp.apply_changes(ch, now);
+        for p in &peers_cfg {
+            sp.add_peer(p, now)?;
+        }
+        let originate: Vec<(IpNet, Vec<Community>)> = std::mem::take(&mut sp.cfg.originate)
+            .into_iter()
+            .map(|p| (p, Vec::new()))
+            .collect();
+        sp.set_originated(originate, now);
+        // The configured list stays what the file said, for `neighbors` and set_peers.
         Ok(sp)
     }
 
-    /// Runs until SIGTERM or SIGINT, then shuts down as the module documentation says.
-    pub fn run(mut self) -> Result<(), SpeakerError> {
-        let now = Instant::now();
-        for i in 0..self.peers.len() {
-            if self.peers[i].failed.is_none() {
-                let out = self.peers[i].session.handle(Input::Start, now);
-                self.queue(i, out);
+    /// Adds one configured peer (not started): its session, its RIB entry, its MD5 key on
+    /// the listener (a key that cannot be set fails the peer closed).
+    fn add_peer(&mut self, p: &config::Peer, now: Instant) -> Result<usize, SpeakerError> {
+        let id = PeerId(self.next_peer_id);
+        let who = p.address.to_string();
+        let restarting = self.restarted && self.adopt_deadline.is_some();
+        let sc = session_config(&self.cfg, p, restarting);
+        let session = Session::new(sc, now).map_err(|e| SpeakerError::Peer {
+            peer: who.clone(),
+            message: e.to_string(),
+        })?;
+        self.rib
+            .add_peer(id, peer_config(p, &who)?)
+            .map_err(|e| SpeakerError::Peer {
+                peer: who.clone(),
+                message: e.to_string(),
+            })?;
+        self.next_peer_id += 1;
+        let kind = if p.asn != self.cfg.asn {
+            PeerKind::Ebgp
+        } else if p.route_reflector_client {
+            PeerKind::IbgpRrClient
+        } else {
+            PeerKind::Ibgp
+        };
+        let mut peer = Peer {
+            cfg: p.clone(),
+            id,
+            addr: self.cfg.peer_socket(p),
+            local: self.cfg.local_address(p),
+            key: p.password.as_ref().map(|k| k.as_bytes().to_vec()),
+            kind,
+            session,
+            failed: None,
+            connecting: None,
+            last_connect_error: None,
+            stale_until: None,
+            end_of_rib: false,
+            end_of_rib_once: false,
+            prefixes_received: 0,
+            reported: State::Idle,
+        };
+        if let (Some(l), Some(key)) = (&self.listener, &peer.key) {
+            if let Err(e) = tcp::set_md5(l.as_raw_fd(), self.listen_family(), peer.addr.ip(), key) {
+                // Fail closed: an unkeyed listener would take this peer's unsigned SYN.
+                peer.failed = Some(format!(
+                    "TCP MD5 key could not be set on the listening socket ({e}); the peer is not started (is the peer's address family the listen address's?)"
+                ));
             }
         }
+        self.peers.push(peer);
+        Ok(self.peers.len() - 1)
+    }
+
+    fn listen_family(&self) -> libc::c_int {
+        if self.cfg.listen.address.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        }
+    }
+
+    /// Starts peer `i`'s session (it connects at once unless passive).
+    fn start_peer(&mut self, i: usize, now: Instant) {
+        if self.peers[i].failed.is_none() {
+            let out = self.peers[i].session.handle(Input::Start, now);
+            self.queue(i, out);
+        }
+    }
+
+    /// Ends peer `i`'s session with Cease `cease` (its routes withdrawn everywhere), takes
+    /// its key off the listener and forgets it.
+    fn remove_peer(&mut self, i: usize, cease: u8, now: Instant) {
+        let out = self.peers[i].session.handle(Input::StopWith(cease), now);
+        self.queue(i, out);
         self.drain(now);
+        // What is left of its connections (the NOTIFICATION is written if the socket takes
+        // it; a connect in flight is dropped).
+        let tokens: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.peer == i)
+            .map(|(t, _)| *t)
+            .collect();
+        for t in tokens {
+            self.flush_conn(t);
+            self.drop_conn(t);
+        }
+        let p = &self.peers[i];
+        let (id, addr) = (p.id, p.addr);
+        if let (Some(l), Some(_)) = (&self.listener, &p.key) {
+            // A zero-length key deletes the peer's key (tcp_md5_do_del).
+            let _ = tcp::set_md5(l.as_raw_fd(), self.listen_family(), addr.ip(), &[]);
+        }
+        log(format_args!("peer {addr}: removed from the configuration"));
+        let r = self.rib.remove_peer(id);
+        self.rib_changes(r, "peer removal", addr, now);
+        self.peers.remove(i);
+        for c in self.conns.values_mut() {
+            if c.peer > i {
+                c.peer -= 1;
+            }
+        }
+        self.routes_changed = true;
+    }
+
+    /// The embedder's new peer list: peers not in it are removed (Cease 6/3), new ones
+    /// added and started, changed ones reset (Cease 6/6, then added again); unchanged ones
+    /// (a new `tag` or `maxRestartTime` only) keep their sessions.
+    fn set_peers(&mut self, peers: Vec<config::Peer>, now: Instant) {
+        let wanted: HashMap<IpAddr, &config::Peer> =
+            peers.iter().map(|p| (p.address.ip, p)).collect();
+        let mut i = self.peers.len();
+        while i > 0 {
+            i -= 1;
+            let ip = self.peers[i].cfg.address.ip;
+            match wanted.get(&ip) {
+                None => self.remove_peer(i, subcode::cease::PEER_DECONFIGURED, now),
+                Some(w) if !same_session(&self.peers[i].cfg, w) => {
+                    self.remove_peer(i, subcode::cease::OTHER_CONFIGURATION_CHANGE, now)
+                }
+                Some(w) => {
+                    let p = &mut self.peers[i];
+                    p.cfg.tag = w.tag.clone();
+                    p.cfg.max_restart_time = w.max_restart_time;
+                    if let (Some(until), Some(cap)) = (p.stale_until, w.max_restart_time) {
+                        p.stale_until = Some(until.min(now + Duration::from_secs(cap.into())));
+                    }
+                }
+            }
+        }
+        for p in &peers {
+            if self.peers.iter().any(|q| q.cfg.address.ip == p.address.ip) {
+                continue;
+            }
+            match self.add_peer(p, now) {
+                Ok(i) => {
+                    log(format_args!("peer {}: added", self.peers[i].addr));
+                    self.start_peer(i, now);
+                }
+                Err(e) => log(format_args!("peer {}: not added: {e}", p.address)),
+            }
+        }
+        self.cfg.peers = peers;
+        self.drain(now);
+        self.maybe_finish_restart(false, now);
+    }
+
+    /// What we announce ourselves becomes `want`: prefixes no longer in it are withdrawn,
+    /// new ones (or ones with other communities) announced; the rest is not sent again.
+    fn set_originated(&mut self, want: Vec<(IpNet, Vec<Community>)>, now: Instant) {
+        let mut want: HashMap<IpNet, Vec<Community>> = want
+            .into_iter()
+            .map(|(p, mut c)| {
+                c.sort_unstable();
+                c.dedup();
+                (p.trunc(), c)
+            })
+            .collect();
+        let gone: Vec<IpNet> = self
+            .originated
+            .keys()
+            .filter(|p| !want.contains_key(p))
+            .copied()
+            .collect();
+        if !gone.is_empty() {
+            let ch = self.rib.withdraw_originated_all(gone);
+            self.apply_changes(ch, now);
+        }
+        // New or changed, grouped by communities: one packed change set per group.
+        let mut groups: HashMap<Vec<Community>, Vec<IpNet>> = HashMap::new();
+        for (p, c) in &want {
+            if self.originated.get(p) != Some(c) {
+                groups.entry(c.clone()).or_default().push(*p);
+            }
+        }
+        let mut groups: Vec<_> = groups.into_iter().collect();
+        groups.sort();
+        for (communities, mut prefixes) in groups {
+            prefixes.sort_unstable();
+            let mut attrs = packet::Attrs::local(Origin::Igp);
+            attrs.communities = communities;
+            let ch = self.rib.originate_all(prefixes, attrs);
+            self.apply_changes(ch, now);
+        }
+        self.originated = std::mem::take(&mut want);
+        self.drain(now);
+    }
+
+    fn index_of(&self, id: PeerId) -> Option<usize> {
+        self.peers.iter().position(|p| p.id == id)
+    }
+
+    /// Runs until SIGTERM or SIGINT (embedded: until [`Command::Stop`], or the embedder
+    /// is gone), then shuts down as the module documentation says.
+    pub fn run(mut self) -> Result<(), SpeakerError> {
+        let r = self.run_loop();
+        self.shutdown(self.graceful_stop);
+        let stopped = r.as_ref().err().map(|e| e.to_string());
+        self.tell(Notice::Stopped { error: stopped });
+        r
+    }
+
+    fn run_loop(&mut self) -> Result<(), SpeakerError> {
+        let now = Instant::now();
+        for i in 0..self.peers.len() {
+            self.start_peer(i, now);
+        }
+        self.drain(now);
+        // Commands sent before the loop ran are waiting (their wake-ups too, but be sure).
+        self.commands(now);
+        self.report();
         while !self.stopping {
             let timeout = self
                 .next_deadline()
@@ -331,9 +559,10 @@ impl Speaker {
                     TOKEN_WAKER => {
                         self.waker.drain();
                         self.pump_fib();
+                        self.commands(now);
                     }
                     TOKEN_SIGNALS => {
-                        if !self.signals.take().is_empty() {
+                        if self.signals.as_ref().is_some_and(|s| !s.take().is_empty()) {
                             self.stopping = true;
                         }
                     }
@@ -346,9 +575,149 @@ impl Speaker {
             self.timers(now);
             self.drain(now);
             self.flush_fib();
+            self.report();
         }
-        self.shutdown();
         Ok(())
+    }
+
+    /// Carries out what the embedder asked ([`embed::Embedded`]).
+    fn commands(&mut self, now: Instant) {
+        loop {
+            let Some(rx) = &self.commands else { return };
+            let cmd = match rx.try_recv() {
+                Ok(c) => c,
+                Err(mpsc::TryRecvError::Empty) => return,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    // The embedder is gone without a word: stop as a drop does.
+                    self.commands = None;
+                    self.stopping = true;
+                    self.graceful_stop = false;
+                    return;
+                }
+            };
+            match cmd {
+                Command::SetPeers(peers) => self.set_peers(peers, now),
+                Command::SetOriginated(o) => self.set_originated(o, now),
+                Command::Status(reply) => {
+                    let _ = reply.send(self.status());
+                }
+                Command::Neighbors(reply) => {
+                    let _ = reply.send(self.neighbors());
+                }
+                Command::Stop { graceful } => {
+                    self.stopping = true;
+                    self.graceful_stop = graceful;
+                    return;
+                }
+            }
+            self.drain(now);
+        }
+    }
+
+    /// Tells the embedder's callback what changed since the last turn: each session that
+    /// changed state, and whether routes changed (kernel or advertised).
+    fn report(&mut self) {
+        if self.notify.is_none() {
+            self.routes_changed = false;
+            return;
+        }
+        let mut notices = Vec::new();
+        for p in &mut self.peers {
+            let st = p.session.state();
+            if st != p.reported {
+                p.reported = st;
+                notices.push(Notice::Session {
+                    peer: p.cfg.address,
+                    state: st,
+                });
+            }
+        }
+        if std::mem::take(&mut self.routes_changed) {
+            notices.push(Notice::Routes);
+        }
+        for n in notices {
+            self.tell(n);
+        }
+    }
+
+    fn tell(&self, n: Notice) {
+        if let Some(f) = &self.notify {
+            f(n);
+        }
+    }
+
+    /// The embedder's view of every peer ([`embed::Embedded::status`]).
+    pub fn status(&self) -> Status {
+        let now = Instant::now();
+        let (t0, wall0) = self.epoch;
+        let wall = |t: Instant| {
+            if t >= t0 {
+                wall0 + (t - t0)
+            } else {
+                wall0.checked_sub(t0 - t).unwrap_or(wall0)
+            }
+        };
+        let peers = self
+            .peers
+            .iter()
+            .map(|p| {
+                let st = p.session.status();
+                let counts = self.rib.peer_counts(p.id);
+                let last_error = if let Some(f) = &p.failed {
+                    Some(f.clone())
+                } else if let Some((_, reason)) = &st.last_error {
+                    Some(reason.to_string())
+                } else {
+                    p.last_connect_error.clone()
+                };
+                PeerStatus {
+                    address: p.cfg.address,
+                    asn: p.cfg.asn,
+                    kind: p.kind,
+                    tag: p.cfg.tag.clone(),
+                    state: st.state,
+                    since: wall(st.since),
+                    info: self.info(p, &st),
+                    last_error,
+                    failed: p.failed.is_some(),
+                    router_id: st.established.as_ref().map(|e| e.open.router_id),
+                    prefixes_received: counts.map_or(0, |c| c.accepted as u64),
+                    prefixes_advertised: counts.map_or(0, |c| c.advertised as u64),
+                    stale_seconds_left: p
+                        .stale_until
+                        .map(|d| d.saturating_duration_since(now).as_secs()),
+                    end_of_rib: p.end_of_rib,
+                }
+            })
+            .collect();
+        Status {
+            router_id: self.cfg.router_id,
+            asn: self.cfg.asn,
+            peers,
+            kernel: self.kernel.as_ref().map(|k| k.stats()).unwrap_or_default(),
+            adopted_pending: self.adopted.len() as u64,
+        }
+    }
+
+    /// The INFO column: why the peer is not up, or how it is doing.
+    fn info(&self, p: &Peer, st: &fsm::Status) -> String {
+        if let Some(f) = &p.failed {
+            f.clone()
+        } else if st.state == State::Established {
+            format!(
+                "{} prefixes received{}",
+                p.prefixes_received,
+                if p.end_of_rib { ", End-of-RIB" } else { "" }
+            )
+        } else if let Some((_, reason)) = &st.last_error {
+            reason.to_string()
+        } else if let Some(e) = &p.last_connect_error {
+            e.clone()
+        } else if p.cfg.passive {
+            "waiting for the peer to connect (passive)".into()
+        } else {
+            "connecting".into()
+        }
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -437,6 +806,11 @@ impl Speaker {
             } => {
                 let p = &mut self.peers[i];
                 p.end_of_rib = false;
+                // Helper side: the peer's restart time, capped by our maxRestartTime.
+                let keep_stale = keep_stale.map(|d| match p.cfg.max_restart_time {
+                    Some(cap) => d.min(Duration::from_secs(cap.into())),
+                    None => d,
+                });
                 p.stale_until = keep_stale.map(|d| now + d);
                 let (id, addr) = (p.id, p.addr);
                 match keep_stale {
@@ -487,9 +861,12 @@ impl Speaker {
 
     /// The RIB's decisions: kernel changes to the writer, out-updates encoded to the peers.
     fn apply_changes(&mut self, ch: RibChanges, now: Instant) {
-        let RibChanges { fib, out } = ch;
+        let RibChanges { mut fib, out } = ch;
+        if !fib.is_empty() || !out.is_empty() {
+            self.routes_changed = true;
+        }
         if !fib.is_empty() && self.kernel.is_some() {
-            self.adopted.learned(&fib);
+            self.adopted.learned(&mut fib);
             if self.fib_pending.is_empty() && fib.len() >= FIB_BATCH {
                 self.push_fib(fib);
             } else {
@@ -504,7 +881,9 @@ impl Speaker {
                 // Sent whole when the restart is over (maybe_finish_restart).
                 break;
             }
-            let i = peer_id.0 as usize;
+            let Some(i) = self.index_of(peer_id) else {
+                continue;
+            };
             let Some((&token, c)) = self
                 .conns
                 .iter_mut()
@@ -966,7 +1345,10 @@ impl Speaker {
 
     fn accept_control(&mut self) {
         loop {
-            match self.control.accept() {
+            let Some((control, _)) = &self.control else {
+                return;
+            };
+            match control.accept() {
                 Ok((s, _)) => {
                     if s.set_nonblocking(true).is_err() {
                         continue;
@@ -1039,23 +1421,7 @@ impl Speaker {
             .map(|p| {
                 let st = p.session.status();
                 let established = st.established.as_ref();
-                let info = if let Some(f) = &p.failed {
-                    f.clone()
-                } else if st.state == State::Established {
-                    format!(
-                        "{} prefixes received{}",
-                        p.prefixes_received,
-                        if p.end_of_rib { ", End-of-RIB" } else { "" }
-                    )
-                } else if let Some((_, reason)) = &st.last_error {
-                    reason.to_string()
-                } else if let Some(e) = &p.last_connect_error {
-                    e.clone()
-                } else if p.cfg.passive {
-                    "waiting for the peer to connect (passive)".into()
-                } else {
-                    "connecting".into()
-                };
+                let info = self.info(p, &st);
                 Neighbor {
                     peer: p.cfg.address.to_string(),
                     asn: p.cfg.asn,
@@ -1116,8 +1482,8 @@ impl Speaker {
                     RibPath {
                         peer: p
                             .peer
-                            .and_then(|id| self.peers.get(id.0 as usize))
-                            .map(|peer| peer.cfg.address.to_string()),
+                            .and_then(|id| self.index_of(id))
+                            .map(|i| self.peers[i].cfg.address.to_string()),
                         next_hop: a
                             .next_hop
                             .map(IpAddr::V4)
@@ -1146,7 +1512,7 @@ impl Speaker {
         }
     }
 
-    fn shutdown(&mut self) {
+    fn shutdown(&mut self, graceful: bool) {
         // What waits for the writer goes first, in order (blocking is fine now).
         if let Some(k) = &mut self.kernel {
             for batch in self.fib_queue.drain(..) {
@@ -1154,7 +1520,6 @@ impl Speaker {
             }
             k.send(std::mem::take(&mut self.fib_pending));
         }
-        let graceful = self.cfg.graceful_restart.is_some();
         if !graceful {
             let now = Instant::now();
             for i in 0..self.peers.len() {
@@ -1207,7 +1572,9 @@ impl Speaker {
         for t in tokens {
             self.drop_conn(t);
         }
-        let _ = std::fs::remove_file(&self.control_path);
+        if let Some((_, path)) = &self.control {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -1290,11 +1657,23 @@ pub fn session_config(cfg: &Config, p: &config::Peer, restarted: bool) -> Sessio
     sc
 }
 
+/// Whether the session with a peer configured as `a` may go on as `b`: everything but the
+/// `tag` and `maxRestartTime` (neither is on the wire nor in the RIB) is the same.
+fn same_session(a: &config::Peer, b: &config::Peer) -> bool {
+    let strip = |p: &config::Peer| config::Peer {
+        tag: None,
+        max_restart_time: None,
+        ..p.clone()
+    };
+    strip(a) == strip(b)
+}
+
 /// The RIB's view of one configured peer (roles and policies).
 pub fn peer_config(p: &config::Peer, who: &str) -> Result<PeerConfig, SpeakerError> {
     let mut pc = PeerConfig::new(p.asn, p.address.ip);
     pc.rr_client = p.route_reflector_client;
     pc.next_hop_self = p.next_hop_self;
+    pc.keep_original_next_hop = p.keep_original_next_hop;
     pc.import = p.import.as_ref().map(|x| policy(x, who)).transpose()?;
     pc.export = p.export.as_ref().map(|x| policy(x, who)).transpose()?;
     Ok(pc)
