@@ -8,6 +8,10 @@ mod cni;
 mod conf;
 mod daemon;
 mod etcd;
+mod mesh;
+mod mesh_conf;
+mod mesh_report;
+mod mesh_watch;
 mod netns;
 mod plugin;
 mod procstat;
@@ -91,6 +95,46 @@ enum Bench {
         etcd: PathBuf,
         /// Only stop what a killed run left (its etcd and agents, by their recorded PIDs) and
         /// remove every twlbench* namespace and scratch folder.
+        #[arg(long)]
+        cleanup: bool,
+    },
+    /// BGP meshes of namespaces: BIRD configured as Calico does vs Twill (its speaker, twilld's bgp backend): cold start, a join, route reflectors, cost.
+    Mesh {
+        /// Nodes of the mesh (cold start and join).
+        #[arg(long, default_value_t = 20)]
+        nodes: usize,
+        /// Skip the join run.
+        #[arg(long)]
+        no_join: bool,
+        /// Nodes of the route-reflector cold start (0: skip it).
+        #[arg(long, default_value_t = 100)]
+        rr_nodes: usize,
+        /// Route reflectors among them.
+        #[arg(long, default_value_t = 2)]
+        reflectors: usize,
+        /// Peers of the cost run, 100 routes each (0: skip it).
+        #[arg(long, default_value_t = 100)]
+        cost_peers: usize,
+        /// The cost run's idle window after convergence, seconds.
+        #[arg(long, default_value_t = 10.0)]
+        idle_seconds: f64,
+        /// Rounds; each round runs every implementation once, interleaved.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Comma-separated: bird (the reference), speaker (twill bgp serve), twilld.
+        #[arg(long, value_delimiter = ',', default_value = "bird,speaker")]
+        implementations: Vec<String>,
+        /// How long one run may take to converge.
+        #[arg(long, default_value_t = 60.0)]
+        timeout_seconds: f64,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        /// The twill binary; default: next to this binary.
+        #[arg(long)]
+        twill: Option<PathBuf>,
+        #[arg(long, default_value = "bird")]
+        bird: PathBuf,
+        /// Only stop what a killed run left and remove every twlbench* namespace and folder.
         #[arg(long)]
         cleanup: bool,
     },
@@ -200,6 +244,57 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     figures.pods.check.duplicates.len(),
                     figures.pods.check.outside_block.len()
                 );
+            }
+            Ok(())
+        }
+        Bench::Mesh {
+            nodes,
+            no_join,
+            rr_nodes,
+            reflectors,
+            cost_peers,
+            idle_seconds,
+            rounds,
+            implementations,
+            timeout_seconds,
+            output,
+            twill,
+            bird,
+            cleanup,
+        } => {
+            if cleanup {
+                return cleanup_leftovers();
+            }
+            let implementations = implementations
+                .iter()
+                .map(|s| {
+                    mesh_conf::Implementation::parse(s).ok_or_else(|| {
+                        anyhow::anyhow!("--implementations: unknown {s:?} (bird, speaker, twilld)")
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let figures = mesh::run(&mesh::Options {
+                config: mesh_report::MeshConfig {
+                    nodes,
+                    join: !no_join,
+                    rr_nodes,
+                    reflectors,
+                    cost_peers,
+                    idle_seconds,
+                    rounds,
+                    implementations,
+                },
+                twill: sibling(twill, "twill")?,
+                bird,
+                timeout: std::time::Duration::from_secs_f64(timeout_seconds.max(0.1)),
+            })?;
+            match output {
+                Output::Table => print!("{}", mesh_report::tables(&figures)),
+                Output::Json => println!("{:#}", mesh_report::to_json(&figures)),
+            }
+            let failed = mesh_report::failures(&figures);
+            if !failed.is_empty() {
+                anyhow::bail!("{} runs did not converge: {}", failed.len(), failed[0]);
             }
             Ok(())
         }
