@@ -59,13 +59,13 @@ fn mesh_smoke_run_reports_both_sides_and_leaves_nothing() {
             // A real convergence over TCP takes some time, and the deadline bounds it.
             assert!(m > 0.0 && m < 20.0, "{s}: {side}");
         }
-        // BIRD with Calico's `connect delay time 1` (randomised down to 0.75 s) cannot connect sooner: a figure below
-        // that would mean the watch counted something other than the learned routes.
-        if s != "join" {
-            assert!(
-                bird["medianSeconds"].as_f64().unwrap() >= 0.9,
-                "{s}: {bird}"
-            );
+        // In the mesh the last node started has the highest IP, so it opens all its
+        // sessions, and BIRD with Calico's `connect delay time 1` (randomised down to 3/4 of
+        // it) cannot do so sooner: a figure below that would mean the watch counted
+        // something other than the learned routes.
+        if s == "cold" {
+            let m = bird["medianSeconds"].as_f64().unwrap();
+            assert!(m >= 0.7, "{s}: {bird}");
         }
         let ratio = speaker["ratioToBird"].as_f64().unwrap();
         let want =
