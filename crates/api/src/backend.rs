@@ -5,7 +5,8 @@
 //!
 //! On the wire (the store's `config`, `twill apply` files) a backend is written exactly as
 //! before the types existed: a bare name (`"vxlan"`) when it has no options, else an
-//! object `{type, vni, port, directRouting}`. Reading refuses, naming the field:
+//! object `{type, vni, port, directRouting}` (`{type: rip, updateSeconds, timeoutSeconds,
+//! garbageSeconds}` for RIP). Reading refuses, naming the field:
 //! - an unknown name (`spec.backend: "gre" is not a backend: use one of …`);
 //! - an unknown field (`unknown field `colour`, expected one of …`);
 //! - an option the kind does not take (`spec.backend.vni: vni is not an option of
@@ -36,14 +37,18 @@ pub enum BackendKind {
     Vxlan,
     /// The VXLAN mesh of a hand-written static store file.
     Static,
+    /// RIPv2 (RFC 2453) on the uplink segment: this node's blocks announced, the routes
+    /// heard installed (the walk-through's "Quagga on every node", or an outside router).
+    Rip,
 }
 
 impl BackendKind {
-    pub const ALL: [BackendKind; 4] = [
+    pub const ALL: [BackendKind; 5] = [
         BackendKind::None,
         BackendKind::HostGw,
         BackendKind::Vxlan,
         BackendKind::Static,
+        BackendKind::Rip,
     ];
 
     /// The name used in configs and on command lines.
@@ -53,6 +58,7 @@ impl BackendKind {
             BackendKind::HostGw => "host-gw",
             BackendKind::Vxlan => "vxlan",
             BackendKind::Static => "static",
+            BackendKind::Rip => "rip",
         }
     }
 
@@ -61,6 +67,7 @@ impl BackendKind {
         match self {
             BackendKind::None | BackendKind::HostGw => &[],
             BackendKind::Vxlan | BackendKind::Static => VXLAN_FIELDS,
+            BackendKind::Rip => RIP_FIELDS,
         }
     }
 
@@ -71,6 +78,7 @@ impl BackendKind {
             BackendKind::HostGw => BackendSpec::HostGw,
             BackendKind::Vxlan => BackendSpec::Vxlan(VxlanOptions::DEFAULT),
             BackendKind::Static => BackendSpec::Static(VxlanOptions::DEFAULT),
+            BackendKind::Rip => BackendSpec::Rip(RipOptions::DEFAULT),
         }
     }
 
@@ -141,7 +149,16 @@ pub struct VxlanOptions {
 }
 
 const VXLAN_FIELDS: &[&str] = &["vni", "port", "directRouting"];
-const ALL_FIELDS: &[&str] = &["type", "vni", "port", "directRouting"];
+const RIP_FIELDS: &[&str] = &["updateSeconds", "timeoutSeconds", "garbageSeconds"];
+const ALL_FIELDS: &[&str] = &[
+    "type",
+    "vni",
+    "port",
+    "directRouting",
+    "updateSeconds",
+    "timeoutSeconds",
+    "garbageSeconds",
+];
 
 impl VxlanOptions {
     pub const DEFAULT: VxlanOptions = VxlanOptions {
@@ -179,6 +196,85 @@ impl VxlanOptions {
     }
 }
 
+/// The options of the `rip` backend: RFC 2453's three timers (FRR's `timers basic UPDATE
+/// TIMEOUT GARBAGE`), in whole seconds; unset means the RFC's 30, 180 and 120.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct RipOptions {
+    /// The periodic update interval.
+    pub update_seconds: Option<u32>,
+    /// A route not refreshed for this long is unreachable.
+    pub timeout_seconds: Option<u32>,
+    /// An unreachable route is advertised at metric 16 this long, then deleted.
+    pub garbage_seconds: Option<u32>,
+}
+
+/// RFC 2453 §3.8's timers.
+pub const DEFAULT_RIP_UPDATE_SECONDS: u32 = 30;
+pub const DEFAULT_RIP_TIMEOUT_SECONDS: u32 = 180;
+pub const DEFAULT_RIP_GARBAGE_SECONDS: u32 = 120;
+/// The largest RIP timer taken (a day): anything longer is a typo.
+pub const MAX_RIP_SECONDS: u32 = 86_400;
+
+impl RipOptions {
+    pub const DEFAULT: RipOptions = RipOptions {
+        update_seconds: None,
+        timeout_seconds: None,
+        garbage_seconds: None,
+    };
+
+    pub fn update_seconds(&self) -> u32 {
+        self.update_seconds.unwrap_or(DEFAULT_RIP_UPDATE_SECONDS)
+    }
+
+    pub fn timeout_seconds(&self) -> u32 {
+        self.timeout_seconds.unwrap_or(DEFAULT_RIP_TIMEOUT_SECONDS)
+    }
+
+    pub fn garbage_seconds(&self) -> u32 {
+        self.garbage_seconds.unwrap_or(DEFAULT_RIP_GARBAGE_SECONDS)
+    }
+
+    pub fn is_default(&self) -> bool {
+        *self == RipOptions::DEFAULT
+    }
+
+    /// The first field set, by its config name.
+    fn first_set(&self) -> Option<&'static str> {
+        [
+            ("updateSeconds", self.update_seconds.is_some()),
+            ("timeoutSeconds", self.timeout_seconds.is_some()),
+            ("garbageSeconds", self.garbage_seconds.is_some()),
+        ]
+        .into_iter()
+        .find(|(_, on)| *on)
+        .map(|(f, _)| f)
+    }
+
+    /// The option fields out of range, as (field, reason): each timer 1..=86400 s, and the
+    /// timeout longer than the update interval (with defaults filled in).
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        for (field, v) in [
+            ("updateSeconds", self.update_seconds),
+            ("timeoutSeconds", self.timeout_seconds),
+            ("garbageSeconds", self.garbage_seconds),
+        ] {
+            if let Some(v) = v.filter(|v| !(1..=MAX_RIP_SECONDS).contains(v)) {
+                return Err((field, format!("{v} is out of range 1..={MAX_RIP_SECONDS}")));
+            }
+        }
+        let (update, timeout) = (self.update_seconds(), self.timeout_seconds());
+        if timeout <= update {
+            return Err((
+                "timeoutSeconds",
+                format!(
+                    "{timeout} is not longer than updateSeconds {update}: every route would time out between two updates; RFC 2453 has 6 times the update interval"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A backend and the options that belong to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum BackendSpec {
@@ -188,6 +284,7 @@ pub enum BackendSpec {
     Vxlan(VxlanOptions),
     /// The static store's mesh is the VXLAN mesh, its peers written by hand.
     Static(VxlanOptions),
+    Rip(RipOptions),
 }
 
 impl BackendSpec {
@@ -197,6 +294,7 @@ impl BackendSpec {
             BackendSpec::HostGw => BackendKind::HostGw,
             BackendSpec::Vxlan(_) => BackendKind::Vxlan,
             BackendSpec::Static(_) => BackendKind::Static,
+            BackendSpec::Rip(_) => BackendKind::Rip,
         }
     }
 
@@ -204,7 +302,15 @@ impl BackendSpec {
     pub const fn vxlan(&self) -> Option<&VxlanOptions> {
         match self {
             BackendSpec::Vxlan(o) | BackendSpec::Static(o) => Some(o),
-            BackendSpec::None | BackendSpec::HostGw => None,
+            BackendSpec::None | BackendSpec::HostGw | BackendSpec::Rip(_) => None,
+        }
+    }
+
+    /// The RIP options, for `rip`.
+    pub const fn rip(&self) -> Option<&RipOptions> {
+        match self {
+            BackendSpec::Rip(o) => Some(o),
+            _ => None,
         }
     }
 
@@ -222,7 +328,7 @@ impl BackendSpec {
     ) -> Result<BackendSpec, NotAnOption> {
         let options = options.unwrap_or_default();
         match kind {
-            BackendKind::None | BackendKind::HostGw => {
+            BackendKind::None | BackendKind::HostGw | BackendKind::Rip => {
                 let set = [
                     ("vni", options.vni.is_some()),
                     ("port", options.port.is_some()),
@@ -240,6 +346,9 @@ impl BackendSpec {
 
     /// Out-of-range options, as (field under `backend`, reason).
     pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if let Some(o) = self.rip() {
+            return o.check();
+        }
         self.vxlan().map_or(Ok(()), VxlanOptions::check)
     }
 }
@@ -262,14 +371,40 @@ impl fmt::Display for BackendSpec {
 
 /// An option set on a kind that does not take it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field} is not an option of backend {kind}: only vxlan and static take vni, port and directRouting; remove it, or use type vxlan")]
+#[error("{field} is not an option of backend {kind}: {}", NotAnOption::hint(self.field))]
 pub struct NotAnOption {
     pub kind: BackendKind,
     pub field: &'static str,
 }
 
+impl NotAnOption {
+    fn hint(field: &str) -> &'static str {
+        if RIP_FIELDS.contains(&field) {
+            "only rip takes updateSeconds, timeoutSeconds and garbageSeconds; remove it, or use type rip"
+        } else {
+            "only vxlan and static take vni, port and directRouting; remove it, or use type vxlan"
+        }
+    }
+}
+
 impl Serialize for BackendSpec {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if let Some(o) = self.rip().filter(|o| !o.is_default()) {
+            let set = [
+                ("updateSeconds", o.update_seconds),
+                ("timeoutSeconds", o.timeout_seconds),
+                ("garbageSeconds", o.garbage_seconds),
+            ];
+            let len = 1 + set.iter().filter(|(_, v)| v.is_some()).count();
+            let mut m = s.serialize_map(Some(len))?;
+            m.serialize_entry("type", self.kind().name())?;
+            for (field, v) in set {
+                if let Some(v) = v {
+                    m.serialize_entry(field, &v)?;
+                }
+            }
+            return m.end();
+        }
         let options = match self.vxlan() {
             Some(o) if !o.is_default() => o,
             _ => return s.serialize_str(self.kind().name()),
@@ -307,7 +442,7 @@ impl<'de> Visitor<'de> for SpecVisitor {
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         write!(
             f,
-            "a backend name ({}) or {{type, vni, port, directRouting}}",
+            "a backend name ({}) or {{type, vni, port, directRouting}} or {{type, updateSeconds, timeoutSeconds, garbageSeconds}}",
             BackendKind::list()
         )
     }
@@ -321,6 +456,7 @@ impl<'de> Visitor<'de> for SpecVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<BackendSpec, A::Error> {
         let mut kind: Option<BackendKind> = None;
         let mut options = VxlanOptions::default();
+        let mut rip = RipOptions::default();
         let mut seen: Vec<&'static str> = Vec::new();
         while let Some(key) = map.next_key::<String>()? {
             let Some(field) = ALL_FIELDS.iter().copied().find(|f| *f == key) else {
@@ -340,12 +476,21 @@ impl<'de> Visitor<'de> for SpecVisitor {
                 "type" => kind = Some(map.next_value()?),
                 "vni" => options.vni = Some(map.next_value()?),
                 "port" => options.port = Some(map.next_value()?),
+                "updateSeconds" => rip.update_seconds = Some(map.next_value()?),
+                "timeoutSeconds" => rip.timeout_seconds = Some(map.next_value()?),
+                "garbageSeconds" => rip.garbage_seconds = Some(map.next_value()?),
                 _ => options.direct_routing = map.next_value()?,
             }
         }
         let kind = kind.ok_or_else(|| de::Error::missing_field("type"))?;
         // Options written before `type`.
-        BackendSpec::with_options(kind, Some(options)).map_err(de::Error::custom)
+        match BackendSpec::with_options(kind, Some(options)).map_err(de::Error::custom)? {
+            BackendSpec::Rip(_) => Ok(BackendSpec::Rip(rip)),
+            spec => match rip.first_set() {
+                Some(field) => Err(de::Error::custom(NotAnOption { kind, field })),
+                None => Ok(spec),
+            },
+        }
     }
 }
 
@@ -418,7 +563,7 @@ mod tests {
         assert_eq!(BackendSpec::default(), BackendSpec::None);
         assert_eq!(
             "gre".parse::<BackendKind>().unwrap_err().to_string(),
-            "\"gre\" is not a backend: use one of none, host-gw, vxlan, static"
+            "\"gre\" is not a backend: use one of none, host-gw, vxlan, static, rip"
         );
     }
 
@@ -481,6 +626,66 @@ mod tests {
         assert!(e.contains("duplicate field `vni`"), "{e}");
         let e = spec("7").unwrap_err();
         assert!(e.contains("a backend name"), "{e}");
+    }
+
+    #[test]
+    fn rip_timers_are_an_object_round_trip_and_are_checked() {
+        let s = spec(r#"{"type":"rip","updateSeconds":5,"timeoutSeconds":15,"garbageSeconds":10}"#)
+            .unwrap();
+        let o = RipOptions {
+            update_seconds: Some(5),
+            timeout_seconds: Some(15),
+            garbage_seconds: Some(10),
+        };
+        assert_eq!(s, BackendSpec::Rip(o));
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            r#"{"type":"rip","updateSeconds":5,"timeoutSeconds":15,"garbageSeconds":10}"#
+        );
+        assert!(s.check().is_ok());
+        let part = spec(r#"{"timeoutSeconds":60,"type":"rip"}"#).unwrap();
+        assert_eq!(
+            serde_json::to_string(&part).unwrap(),
+            r#"{"type":"rip","timeoutSeconds":60}"#
+        );
+        assert_eq!(part.rip().unwrap().update_seconds(), 30);
+        assert_eq!(part.rip().unwrap().garbage_seconds(), 120);
+        assert_eq!(
+            spec(r#""rip""#).unwrap(),
+            BackendSpec::Rip(RipOptions::DEFAULT)
+        );
+        assert_eq!(
+            serde_json::to_string(&spec(r#"{"type":"rip"}"#).unwrap()).unwrap(),
+            r#""rip""#
+        );
+        for (json, field) in [
+            (r#"{"type":"rip","updateSeconds":0}"#, "updateSeconds"),
+            (r#"{"type":"rip","garbageSeconds":86401}"#, "garbageSeconds"),
+            (
+                r#"{"type":"rip","updateSeconds":30,"timeoutSeconds":30}"#,
+                "timeoutSeconds",
+            ),
+            (r#"{"type":"rip","updateSeconds":200}"#, "timeoutSeconds"),
+        ] {
+            assert_eq!(spec(json).unwrap().check().unwrap_err().0, field, "{json}");
+        }
+        // Options of other kinds, either way round, named.
+        for (json, field) in [
+            (r#"{"type":"rip","vni":5}"#, "vni"),
+            (r#"{"vni":5,"type":"rip"}"#, "vni"),
+            (r#"{"type":"vxlan","updateSeconds":5}"#, "updateSeconds"),
+            (r#"{"garbageSeconds":5,"type":"host-gw"}"#, "garbageSeconds"),
+        ] {
+            let e = spec(json).unwrap_err();
+            assert!(
+                e.starts_with(&format!("{field} is not an option of backend ")),
+                "{json}: {e}"
+            );
+        }
+        let e = spec(r#"{"type":"vxlan","updateSeconds":5}"#).unwrap_err();
+        assert!(e.contains("only rip takes"), "{e}");
+        let e = spec(r#"{"type":"rip","updateSeconds":"5s"}"#).unwrap_err();
+        assert!(e.contains("invalid type"), "{e}");
     }
 
     #[test]

@@ -69,7 +69,7 @@ pub use twill_api::backend::BackendKind;
 fn twin_overhead(backend: BackendKind) -> u32 {
     match backend {
         BackendKind::Vxlan | BackendKind::Static => TWIN_VXLAN_OVERHEAD,
-        BackendKind::None | BackendKind::HostGw => 0,
+        BackendKind::None | BackendKind::HostGw | BackendKind::Rip => 0,
     }
 }
 
@@ -130,7 +130,8 @@ impl TwinPlan {
         nodes: [NodeSide; 2],
     ) -> Result<TwinPlan, BenchError> {
         let tag = match backend {
-            BackendKind::HostGw => "h",
+            // RIP's routes are host-gw's: block via the peer's node IP.
+            BackendKind::HostGw | BackendKind::Rip => "h",
             BackendKind::Vxlan | BackendKind::Static => "v",
             BackendKind::None => {
                 return Err(BenchError::Backend(format!(
@@ -262,7 +263,7 @@ impl TwinPlan {
         match self.backend {
             // Refused by `new`: nothing to program.
             BackendKind::None => Vec::new(),
-            BackendKind::HostGw => vec![cmd(&[
+            BackendKind::HostGw | BackendKind::Rip => vec![cmd(&[
                 "ip",
                 "-n",
                 &n,

@@ -49,6 +49,10 @@ pub fn backend_mode(spec: &BackendSpec, uplink: Option<Ipv4Net>, peer: Ipv4Addr)
         }
         (BackendSpec::Vxlan(_) | BackendSpec::Static(_), _) => "vxlan tunnel".into(),
         (BackendSpec::None, _) => "none".into(),
+        (BackendSpec::Rip(_), true) => "rip (same segment)".into(),
+        (BackendSpec::Rip(_), false) => {
+            "rip: off segment, reached through a RIP router if any".into()
+        }
     }
 }
 

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use twill_testkit::{sh, try_sh, unique_name, TempDir, TestNetns};
 
 /// Namespaces on one segment 192.0.2.0/24 through a bridge in a switch namespace; member
-/// `i` (from 0) is 192.0.2.(i+1) on interface `eth0`... named `<tag>e<i>`.
+/// `i` (from 0) is 192.0.2.(i+1) on its `eth0` (the name twilld's first-found picks; a
+/// `twl…` name it would skip as its own).
 pub struct Segment {
     pub members: Vec<Member>,
     /// Holds the bridge; dropped last.
@@ -52,7 +53,7 @@ impl Segment {
         let mut members = Vec::new();
         for i in 0..n {
             let ns = TestNetns::new(&format!("{tag}{i}"));
-            let ifname = format!("twlrip{i}");
+            let ifname = "eth0".to_string();
             let port = unique_name("twlrp", 15);
             sh(&[
                 "ip",

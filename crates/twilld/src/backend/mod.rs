@@ -69,6 +69,7 @@ pub mod driver;
 pub mod exec;
 pub mod host_gw;
 pub mod none;
+pub mod rip;
 pub mod static_mesh;
 pub mod vxlan;
 
@@ -88,6 +89,7 @@ pub use driver::Driver;
 pub use exec::{apply, observe, Failure, Report};
 pub use host_gw::HostGw;
 pub use none::NoneBackend;
+pub use rip::Rip;
 pub use static_mesh::StaticMesh;
 pub use twill_api::backend::{BackendKind, BackendSpec, VxlanOptions};
 pub use twill_api::backend::{DEFAULT_VNI, DEFAULT_VXLAN_PORT};
@@ -504,6 +506,7 @@ pub fn select(
         BackendSpec::HostGw => Box::new(HostGw),
         BackendSpec::Vxlan(o) => Box::new(vxlan(o)),
         BackendSpec::Static(o) => Box::new(StaticMesh(vxlan(o))),
+        BackendSpec::Rip(o) => Box::new(Rip::new(o)),
     })
 }
 
