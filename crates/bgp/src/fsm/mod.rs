@@ -96,6 +96,10 @@ use crate::packet::{
     Open, RouteRefresh, Update,
 };
 
+/// Failed connects in a row retried [`SessionConfig::connect_backoff`] apart before the
+/// interval starts doubling.
+pub const QUICK_RETRIES: u32 = 20;
+
 /// RFC 4271 §8.2.2: "a suggested value for the ConnectRetryTime is 120 seconds".
 pub const DEFAULT_CONNECT_RETRY: Duration = Duration::from_secs(120);
 /// RFC 4271 §10: "HoldTime ... 90 seconds" (the suggested value).
@@ -202,6 +206,12 @@ pub struct SessionConfig {
     /// The hold time while waiting for the peer's OPEN (RFC 4271 §8.2.2's "large value").
     pub open_hold_time: u16,
     pub connect_retry: Duration,
+    /// After a failed connect (the peer refused: not listening yet, e.g. a mesh node that is
+    /// starting), or a connection the peer closed before its OPEN (it does not know us yet),
+    /// the next connect comes this soon instead of after `connect_retry` or the error wait;
+    /// the first [`QUICK_RETRIES`] failures in a row keep this interval, later ones double
+    /// it, never beyond `connect_retry`. `None`: RFC 4271's timers only.
+    pub connect_backoff: Option<Duration>,
     pub error_wait: ErrorWait,
     /// Advertise route refresh (RFC 2918) and answer the peer's requests.
     pub route_refresh: bool,
@@ -225,6 +235,7 @@ impl SessionConfig {
             keepalive: None,
             open_hold_time: DEFAULT_OPEN_HOLD_TIME,
             connect_retry: DEFAULT_CONNECT_RETRY,
+            connect_backoff: None,
             error_wait: ErrorWait::default(),
             route_refresh: true,
             graceful_restart: None,
@@ -521,6 +532,8 @@ pub struct Session {
     connecting: bool,
     /// When to connect next (RFC 4271 ConnectRetryTimer, or the wait after an error).
     retry_at: Option<Instant>,
+    /// Connects that failed in a row (for `connect_backoff`).
+    failed_connects: u32,
     /// At most two: RFC 4271 §6.8 collisions, or a peer back from a restart.
     conns: Vec<Conn>,
     /// Our R bit (RFC 4724): until our first session is established.
@@ -582,6 +595,7 @@ impl Session {
             started: false,
             connecting: false,
             retry_at: None,
+            failed_connects: 0,
             conns: Vec::new(),
             restarting,
             state: State::Idle,
@@ -646,6 +660,12 @@ impl Session {
             Input::ConnectFailed => self.connect_failed(now),
             Input::Closed(id) => {
                 if let Some(i) = self.conn_index(id) {
+                    // Closed by the peer before its OPEN: with connect_backoff, a failed
+                    // connect rather than an error (a peer that does not know us yet closes
+                    // at once; waiting the error wait would delay the session for nothing).
+                    let early = self.config.connect_backoff.is_some()
+                        && self.conns[i].state == ConnState::OpenSent
+                        && self.conns[i].dir == Direction::Outgoing;
                     // RFC 4271 §8.2.2 OpenSent: "If a TcpConnectionFails event (Event 18) is
                     // received, the local system: closes the BGP connection, restarts the
                     // ConnectRetryTimer, continues to listen ... and changes its state to
@@ -657,11 +677,18 @@ impl Session {
                             reason: Reason::ConnectionClosed,
                             notify: None,
                             close: false,
-                            error: true,
+                            error: !early,
                         },
                         now,
                         &mut out,
                     );
+                    if early {
+                        self.last_error = Some((now, Reason::ConnectionClosed));
+                        if self.retry_at.is_some() {
+                            let wait = self.backoff().unwrap_or(self.config.connect_retry);
+                            self.retry_at = Some(now + self.jitter.apply(wait));
+                        }
+                    }
                 }
             }
             Input::Received(id, msg) => {
@@ -823,6 +850,7 @@ impl Session {
         self.started = true;
         self.error_wait = None;
         self.last_error_at = None;
+        self.failed_connects = 0;
         if self.config.passive {
             // §8.2.2 Idle, ManualStart_with_PassiveTcpEstablishment: "listens for a
             // connection that may be initiated by the remote peer, and changes its state
@@ -873,15 +901,31 @@ impl Session {
             // to listen for a connection that may be initiated by the remote BGP peer, and
             // changes its state to Active." (The DelayOpen branch; without DelayOpen the
             // RFC goes to Idle, which would refuse the peer's own connection until the next
-            // automatic start.)
-            self.retry_at = Some(now + self.jitter.apply(self.config.connect_retry));
+            // automatic start.) With `connect_backoff`, sooner (see there): a refused connect
+            // costs nothing, and a node that starts a moment after its peers is reached at
+            // once instead of a connect retry time later.
+            let wait = self.backoff().unwrap_or(self.config.connect_retry);
+            self.retry_at = Some(now + self.jitter.apply(wait));
         }
+    }
+
+    /// With `connect_backoff`: counts one more failure in a row and returns the wait
+    /// before the next connect.
+    fn backoff(&mut self) -> Option<Duration> {
+        let b = self.config.connect_backoff?;
+        self.failed_connects = self.failed_connects.saturating_add(1);
+        let doublings = self.failed_connects.saturating_sub(QUICK_RETRIES).min(20);
+        Some(
+            b.saturating_mul(1 << doublings)
+                .min(self.config.connect_retry),
+        )
     }
 
     fn connected(&mut self, id: ConnId, dir: Direction, now: Instant, out: &mut Vec<Output>) {
         if dir == Direction::Outgoing {
             self.connecting = false;
         }
+        self.failed_connects = 0;
         if !self.started {
             // §8.2.2 Idle: "refuses all incoming BGP connections for this peer".
             out.push(Output::Close(id));

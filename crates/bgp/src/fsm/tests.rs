@@ -171,6 +171,50 @@ fn connect_failed_goes_active_then_retries() {
 }
 
 #[test]
+fn failed_connects_retry_quickly_then_back_off_to_connect_retry() {
+    let mut c = config();
+    c.connect_backoff = Some(Duration::from_millis(100));
+    let mut t = T::new(c);
+    t.run(0.0, Input::Start);
+    let mut now = 0.0;
+    let mut waits = Vec::new();
+    for _ in 0..QUICK_RETRIES + 10 {
+        assert_eq!(t.run(now, Input::ConnectFailed), vec![]);
+        let next = t.deadline().unwrap();
+        waits.push(((next - now) * 1000.0).round() as u64);
+        now = next;
+        assert_eq!(t.run(now, Input::Tick), vec![Output::Connect]);
+    }
+    let quick = QUICK_RETRIES as usize;
+    assert!(waits[..quick].iter().all(|w| *w == 100), "{waits:?}");
+    assert_eq!(
+        &waits[quick..quick + 5],
+        &[200, 400, 800, 1600, 3200],
+        "after {QUICK_RETRIES} quick ones, doubling: {waits:?}"
+    );
+    assert_eq!(
+        *waits.last().unwrap(),
+        30_000,
+        "capped at connect retry: {waits:?}"
+    );
+    // A peer that accepts and closes before its OPEN (it does not know us yet) is a failed
+    // connect too, and a connection resets the count: the next retry is quick again.
+    t.run(now, Input::Connected(C1, Direction::Outgoing));
+    assert_eq!(t.run(now, Input::Closed(C1)), vec![]);
+    assert_eq!(t.s.state(), State::Active);
+    assert_eq!(
+        t.deadline().map(|d| ((d - now) * 1000.0).round()),
+        Some(100.0)
+    );
+    // Without connect_backoff that close is an error: the error wait (10 s here).
+    let mut t = T::new(config());
+    t.run(0.0, Input::Start);
+    t.run(0.0, Input::Connected(C1, Direction::Outgoing));
+    t.run(0.0, Input::Closed(C1));
+    assert_eq!(t.deadline(), Some(10.0));
+}
+
+#[test]
 fn active_accepts_the_peers_connection() {
     let mut t = T::new(config());
     t.run(0.0, Input::Start);

@@ -12,7 +12,10 @@
 //!   the listener (per peer) and on each connecting socket before connect. A peer whose key
 //!   cannot be set on the listener fails closed: it is never started and connections from
 //!   it are refused (`twill bgp neighbors` shows why).
-//! - **Start**: every non-passive peer is connected to at once (no connect delay).
+//! - **Start**: every non-passive peer is connected to at once (no connect delay). A refused
+//!   connect, or one the peer closes before its OPEN (it does not know us yet), is retried
+//!   after [`CONNECT_BACKOFF`] (the first 20 in a row, then doubling up to the connect
+//!   retry time), so a peer that starts a moment later is reached within 0.1 s.
 //! - **Kernel routes** carry protocol [`kernel::RTPROT_BGP`] (186, `ip route show proto
 //!   bgp`); 84 is twilld's own.
 //! - **Graceful restart, restarting side**: at start the speaker finds its own kernel routes
@@ -76,6 +79,10 @@ const READ_PER_TURN: usize = 1 << 20;
 const READ_CHUNK: usize = 64 << 10;
 /// How long adopted routes wait for End-of-RIB without `gracefulRestart`.
 const ADOPT_HOLD: Duration = Duration::from_secs(120);
+/// How soon a refused connect (or one the peer closed before its OPEN) is tried again, for
+/// the first [`fsm::QUICK_RETRIES`] in a row: a mesh node that starts a moment after its
+/// peers is reached within this, not a connect retry time later.
+const CONNECT_BACKOFF: Duration = Duration::from_millis(100);
 /// The most a shutdown waits for Cease NOTIFICATIONs to be written.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(1);
 
@@ -1643,6 +1650,7 @@ pub fn session_config(cfg: &Config, p: &config::Peer, restarted: bool) -> Sessio
     }
     sc.keepalive = p.keepalive;
     sc.connect_retry = p.connect_retry();
+    sc.connect_backoff = Some(CONNECT_BACKOFF);
     // Reconnect soon after an error: BIRD's 60 s default is long for a mesh of nodes; the
     // backoff still doubles for errors in a row.
     sc.error_wait.min = p.connect_retry().min(sc.error_wait.max);

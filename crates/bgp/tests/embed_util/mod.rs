@@ -151,20 +151,23 @@ pub fn bird_peer_of(node: &Node, asn: u32, twill_as: u32, statics: &[&str], extr
     )
 }
 
-/// `ip -o monitor route` in a namespace: every route change its kernel announces
-/// (RTM_NEWROUTE, RTM_DELROUTE), one line each, from [`RouteMonitor::start`] until
-/// [`RouteMonitor::finish`]. Both ends are marked by a route added and deleted by the test
-/// (`MARK`), so the monitor is known to be listening before and to have read everything
-/// after; the lines between the marks are the changes.
+/// `ip -o monitor route` in a namespace: every change to its routes of the pod range
+/// 10.244.0.0/16 (RTM_NEWROUTE, RTM_DELROUTE), one line each, from [`RouteMonitor::start`]
+/// until [`RouteMonitor::finish`]. Both ends are marked by a route the test adds and
+/// deletes (`MARK`), so the monitor is known to be listening before and to have read
+/// everything after. (Other routes, e.g. IPv6 link-local ones appearing as the veths
+/// settle, are not BGP's and are not counted.)
 pub struct RouteMonitor {
     ns: String,
     child: Option<Child>,
     out: std::path::PathBuf,
+    /// Lines printed up to the end of the first mark.
+    skip: usize,
     _dir: TempDir,
 }
 
 /// The marker route (inside a namespace the test made; nothing routes by it).
-const MARK: &str = "198.51.100.254/32";
+const MARK: &str = "198.51.100.254";
 
 impl RouteMonitor {
     pub fn start(node: &Node) -> RouteMonitor {
@@ -181,9 +184,11 @@ impl RouteMonitor {
             ns: node.name().to_string(),
             child: Some(child),
             out,
+            skip: 0,
             _dir: dir,
         };
         m.mark();
+        m.skip = m.text().lines().count();
         m
     }
 
@@ -191,13 +196,13 @@ impl RouteMonitor {
         std::fs::read_to_string(&self.out).unwrap_or_default()
     }
 
-    /// Adds and deletes the marker route, and waits until the monitor has printed both.
+    fn marks(&self) -> usize {
+        self.text().lines().filter(|l| l.contains(MARK)).count()
+    }
+
+    /// Adds and deletes the marker route until the monitor has printed both.
     fn mark(&mut self) {
-        let before = self
-            .text()
-            .lines()
-            .filter(|l| l.contains(MARK.trim_end_matches("/32")))
-            .count();
+        let before = self.marks();
         wait::until(
             &format!("ip monitor in {} hears the marker", self.ns),
             T,
@@ -205,38 +210,26 @@ impl RouteMonitor {
                 sh(&["ip", "-n", &self.ns, "route", "add", "blackhole", MARK]);
                 sh(&["ip", "-n", &self.ns, "route", "del", "blackhole", MARK]);
                 std::thread::sleep(Duration::from_millis(50));
-                let seen = self
-                    .text()
-                    .lines()
-                    .filter(|l| l.contains(MARK.trim_end_matches("/32")))
-                    .count();
-                (seen >= before + 2)
+                (self.marks() >= before + 2)
                     .then_some(())
                     .ok_or_else(|| self.text())
             },
         );
     }
 
-    /// Stops the monitor (by its PID) and returns the route changes between the marks.
+    /// Stops the monitor (by its PID) and returns the pod-range route changes between the
+    /// marks.
     pub fn finish(mut self) -> Vec<String> {
         self.mark();
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let text = self.text();
-        let lines: Vec<&str> = text.lines().collect();
-        let marks: Vec<usize> = lines
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| l.contains(MARK.trim_end_matches("/32")))
-            .map(|(i, _)| i)
-            .collect();
-        // After the first mark's delete line, before the last mark's add line.
-        let (from, to) = (marks[1] + 1, marks[marks.len() - 2]);
-        lines[from..to.max(from)]
-            .iter()
-            .map(|l| l.to_string())
+        self.text()
+            .lines()
+            .skip(self.skip)
+            .filter(|l| l.contains("10.244.") && !l.contains(MARK))
+            .map(str::to_owned)
             .collect()
     }
 }
