@@ -1,8 +1,10 @@
 //! Twill's RIP speaker (codec, router and socket, driven by a small loop in a test
-//! namespace) against FRR 8.4's ripd on a bridge: routes learned both ways (FRR's in its
-//! kernel as `proto rip`), withdrawals both ways within a second, the whole-table request
-//! answered at once, and bad packets from a raw socket changing nothing. Bounded: FRR runs
-//! `timers basic 5 15 10`; every wait has a deadline of a few seconds.
+//! namespace) against FRR 8.4's ripd and BIRD 2's `protocol rip` on a bridge: routes
+//! learned both ways (in FRR's kernel as `proto rip`, BIRD's as `proto bird`), withdrawals
+//! both ways with the next triggered update, Twill's last response at 16 on stop, the
+//! whole-table request answered at once, and bad packets from a plain UDP socket changing
+//! nothing. Bounded: FRR runs `timers basic 5 15 10`, BIRD `update time 5; timeout time
+//! 15`; every wait has a deadline (the longest 20 s: FRR's silent stop times out).
 
 mod common;
 
@@ -262,7 +264,25 @@ fn twill_and_frr_ripd_learn_each_others_routes_and_withdrawals() {
     twill.end(Cmd::Stop);
     let took = wait_no_route(frr_ns.name(), "10.244.2.0/24", Duration::from_secs(2));
     eprintln!("FRR dropped a stopped Twill's block after {took:?}");
+    drop(twill);
+
+    // The other way round: FRR 8.4's ripd sends nothing when it stops (SIGTERM), so a
+    // neighbour keeps its routes until they time out (15 s here, 180 s by default).
+    let mut twill = Speaker::start(twl.name(), &twl.ifname, twl.addr, short(), &[]);
+    twill.wait_route("10.244.6.0/24", "192.0.2.1", 2, Duration::from_secs(8));
+    let stopped = Instant::now();
     frr.stop();
+    wait_for(
+        "twill drops a stopped FRR's 10.244.6.0/24",
+        Duration::from_secs(20),
+        || twill.routes().is_empty().then_some(()),
+        || format!("{:?}", twill.routes()),
+    );
+    eprintln!(
+        "Twill dropped a stopped FRR's route after {:?}",
+        stopped.elapsed()
+    );
+    twill.end(Cmd::Kill);
 }
 
 #[test]
@@ -360,4 +380,97 @@ fn malformed_packets_change_nothing_and_a_response_from_another_port_is_ignored(
     send_from(520, vec![good(1)]);
     twill.wait_route("10.244.5.0/24", "192.0.2.1", 2, Duration::from_secs(2));
     let _ = routes(twl.name());
+}
+
+/// BIRD 2's `protocol rip` in a namespace, owned by PID (foreground), stopped on drop.
+struct Bird {
+    dir: twill_testkit::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl Bird {
+    fn start(ns: &str, conf: &str) -> Bird {
+        let dir = twill_testkit::TempDir::new("twlripbird");
+        let d = dir.path.display().to_string();
+        std::fs::write(dir.path.join("bird.conf"), conf).unwrap();
+        let out = std::fs::File::create(dir.path.join("bird.out")).unwrap();
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", ns, "bird", "-f", "-c"])
+            .arg(format!("{d}/bird.conf"))
+            .args([
+                "-s",
+                &format!("{d}/bird.ctl"),
+                "-P",
+                &format!("{d}/bird.pid"),
+            ])
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start bird");
+        Bird {
+            dir,
+            child: Some(child),
+        }
+    }
+
+    fn birdc(&self, cmd: &str) -> String {
+        let ctl = self.dir.path.join("bird.ctl").display().to_string();
+        let mut argv = vec!["birdc", "-s", &ctl];
+        argv.extend(cmd.split_whitespace());
+        twill_testkit::try_sh(&argv).1
+    }
+}
+
+impl Drop for Bird {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let end = Instant::now() + Duration::from_secs(5);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn twill_and_bird_rip_learn_each_others_routes() {
+    twill_testkit::require_root("twill_and_bird_rip_learn_each_others_routes");
+    twill_testkit::require_program("bird rip interop", "bird", "bird2");
+    let seg = Segment::new("twlripb", 2);
+    let (bird_ns, twl) = (&seg.members[0], &seg.members[1]);
+    let bird = Bird::start(
+        bird_ns.name(),
+        &format!(
+            "router id 192.0.2.1;\nprotocol device {{ }}\n\
+             protocol kernel {{ ipv4 {{ import none; export where source = RTS_RIP; }}; }}\n\
+             protocol static {{ ipv4; route 10.244.9.0/24 blackhole; }}\n\
+             protocol rip twlrip {{ ipv4 {{ import all; export where source = RTS_STATIC; }};\n\
+               interface \"{}\" {{ version 2; update time 5; timeout time 15; }}; }}\n",
+            bird_ns.ifname
+        ),
+    );
+    let mut twill = Speaker::start(
+        twl.name(),
+        &twl.ifname,
+        twl.addr,
+        short(),
+        &["10.244.1.0/24"],
+    );
+    twill.wait_route("10.244.9.0/24", "192.0.2.1", 2, Duration::from_secs(8));
+    wait_route(
+        bird_ns.name(),
+        "10.244.1.0/24",
+        "192.0.2.2",
+        "bird",
+        Duration::from_secs(8),
+    );
+    let show = bird.birdc("show route protocol twlrip");
+    assert!(show.contains("10.244.1.0/24"), "{show}");
+    // Stop: BIRD drops our route with our last response.
+    twill.end(Cmd::Stop);
+    let took = wait_no_route(bird_ns.name(), "10.244.1.0/24", Duration::from_secs(3));
+    eprintln!("BIRD dropped a stopped Twill's block after {took:?}");
 }
