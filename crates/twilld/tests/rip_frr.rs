@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use rip_common::seg::ripd_conf;
 use rip_common::{route, short_rip, wait_no_route, wait_ping, wait_route, Cluster, FrrRip, TIMERS};
+use twill_api::wiring::PodWiring;
 use twill_testkit::TestNetns;
 
 #[test]
@@ -22,7 +23,7 @@ fn frr_learns_the_blocks_an_outside_host_reaches_pods_and_a_leaving_node_is_with
     );
     twill_testkit::require_program("rip_frr", "/usr/lib/frr/ripd", "frr");
     let started = Instant::now();
-    let mut c = Cluster::new("twlripf", 2, short_rip());
+    let mut c = Cluster::new("twlripf", 2, short_rip(), PodWiring::Bridge);
     let router = c.router_ns().to_string();
     // The outside host, behind FRR on 198.51.100.0/24; its only route is FRR.
     let outside = TestNetns::new("twlripfo");

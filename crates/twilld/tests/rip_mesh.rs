@@ -10,13 +10,30 @@ mod rip_common;
 
 use std::time::{Duration, Instant};
 
-use rip_common::{routes, short_rip, wait_no_route, wait_ping, wait_route, Cluster};
+use rip_common::{route, routes, short_rip, wait_no_route, wait_ping, wait_route, Cluster};
+use twill_api::wiring::PodWiring;
 
 #[test]
-fn three_nodes_exchange_blocks_over_rip_and_pods_reach_each_other() {
-    twill_testkit::require_root("three_nodes_exchange_blocks_over_rip_and_pods_reach_each_other");
+fn three_nodes_exchange_blocks_over_rip_and_bridge_pods_reach_each_other() {
+    twill_testkit::require_root(
+        "three_nodes_exchange_blocks_over_rip_and_bridge_pods_reach_each_other",
+    );
+    three_nodes("twlripm", PodWiring::Bridge);
+}
+
+/// With l3 wiring a block has no connected route, only the agent's blackhole; RIP announces
+/// the block as one route all the same, and pods' /32s are reached through it.
+#[test]
+fn three_nodes_exchange_blocks_over_rip_and_l3_pods_reach_each_other() {
+    twill_testkit::require_root(
+        "three_nodes_exchange_blocks_over_rip_and_l3_pods_reach_each_other",
+    );
+    three_nodes("twlripl", PodWiring::L3);
+}
+
+fn three_nodes(tag: &str, wiring: PodWiring) {
     let started = Instant::now();
-    let mut c = Cluster::new("twlripm", 3, short_rip());
+    let mut c = Cluster::new(tag, 3, short_rip(), wiring);
     for i in 1..=3 {
         c.wait_ready(i);
     }
@@ -41,6 +58,12 @@ fn three_nodes_exchange_blocks_over_rip_and_pods_reach_each_other() {
         assert_eq!(twill.len(), 2, "n{i}: {twill:#?}");
     }
     println!("every node had every block {took:?} after the last was ready");
+    if wiring == PodWiring::L3 {
+        for i in 1..=3 {
+            let own = route(c.node(i), &blocks[i - 1]);
+            assert_eq!(own.map(|r| r.kind), Some("blackhole".to_string()), "n{i}");
+        }
+    }
     let pods: Vec<String> = (1..=3).map(|i| c.add_pod(i)).collect();
     for (i, from) in c.pods.iter().enumerate() {
         for (j, to) in pods.iter().enumerate() {

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use crate::common::{self, AgentProc};
 use twill_api::backend::{BackendSpec, RipOptions};
 use twill_api::resources::{NetworkConfig, NodeStatus};
+use twill_api::wiring::PodWiring;
 use twill_netlink::{run_in, Netns};
 use twill_store::embedded::EmbeddedStore;
 use twill_store::{Store, PREFIX};
@@ -33,6 +34,7 @@ pub struct Cluster {
     pub store: EmbeddedStore,
     pub dir: TempDir,
     tag: String,
+    wiring: PodWiring,
 }
 
 pub fn short_rip() -> BackendSpec {
@@ -44,9 +46,22 @@ pub fn short_rip() -> BackendSpec {
 }
 
 impl Cluster {
-    /// `n` twilld nodes with `backend`, on a segment with a free router place at 192.0.2.1.
-    pub fn new(tag: &str, n: usize, backend: BackendSpec) -> Cluster {
+    /// `n` twilld nodes with `backend` and pods wired `wiring`, on a segment with a router
+    /// place at 192.0.2.1 (every node's default route, as nodes have one).
+    pub fn new(tag: &str, n: usize, backend: BackendSpec, wiring: PodWiring) -> Cluster {
         let seg = Segment::new(tag, n + 1);
+        for m in &seg.members[1..] {
+            twill_testkit::sh(&[
+                "ip",
+                "-n",
+                m.name(),
+                "route",
+                "add",
+                "default",
+                "via",
+                "192.0.2.1",
+            ]);
+        }
         let dir = TempDir::new(tag);
         let store = EmbeddedStore::open(&dir.path.join("store")).unwrap();
         let config = NetworkConfig {
@@ -58,7 +73,7 @@ impl Cluster {
             backend,
             mtu: 1500,
             masquerade: false,
-            pod_wiring: Default::default(),
+            pod_wiring: wiring,
             lease_ttl_seconds: 600,
         };
         config.validate().unwrap();
@@ -76,6 +91,7 @@ impl Cluster {
             store,
             dir,
             tag: tag.to_string(),
+            wiring,
         };
         for i in 1..=n {
             let a = c.spawn(i);
@@ -207,8 +223,13 @@ impl Cluster {
             .collect()
     }
 
-    /// A pod behind node `i`'s bridge `twl0`, at .2 of the node's block (.1 the gateway).
+    /// A pod on node `i` at .2 of its block: behind the bridge `twl0` (.1 the gateway), or
+    /// with l3 wiring as twill-cni wires it (a /32, default via 169.254.1.1 answered by proxy
+    /// ARP on the host veth, whose `/32 scope link proto 84` route the node gets).
     pub fn add_pod(&mut self, i: usize) -> String {
+        if self.wiring == PodWiring::L3 {
+            return self.add_l3_pod(i);
+        }
         let block: ipnet::Ipv4Net = self.block(i).parse().unwrap();
         let base = u32::from(block.network());
         let (gw, ip) = (
@@ -249,6 +270,55 @@ impl Cluster {
         pod.exec(&["ip", "route", "add", "default", "via", &gw.to_string()]);
         self.pods.push(pod);
         ip.to_string()
+    }
+}
+
+impl Cluster {
+    fn add_l3_pod(&mut self, i: usize) -> String {
+        let block: ipnet::Ipv4Net = self.block(i).parse().unwrap();
+        let ip = std::net::Ipv4Addr::from(u32::from(block.network()) + 2).to_string();
+        let gw = twill_api::wiring::L3_GATEWAY.to_string();
+        let node = self.node(i).to_string();
+        let pod = TestNetns::new(&format!("{}p{i}", self.tag));
+        let n = |args: &[&str]| {
+            let mut full = vec!["ip", "netns", "exec", &node];
+            full.extend_from_slice(args);
+            twill_testkit::sh(&full);
+        };
+        let host = "twll3pod";
+        n(&[
+            "ip", "link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", &pod.name,
+        ]);
+        n(&["ip", "link", "set", host, "up"]);
+        n(&[
+            "sysctl",
+            "-qw",
+            &format!("net.ipv4.conf.{host}.proxy_arp=1"),
+        ]);
+        n(&[
+            "sysctl",
+            "-qw",
+            &format!("net.ipv4.neigh.{host}.proxy_delay=0"),
+        ]);
+        let host_route = format!("{ip}/32");
+        n(&[
+            "ip",
+            "route",
+            "add",
+            &host_route,
+            "dev",
+            host,
+            "scope",
+            "link",
+            "proto",
+            "84",
+        ]);
+        pod.exec(&["ip", "link", "set", "eth0", "up"]);
+        pod.exec(&["ip", "addr", "add", &host_route, "dev", "eth0"]);
+        pod.exec(&["ip", "route", "add", &gw, "dev", "eth0", "scope", "link"]);
+        pod.exec(&["ip", "route", "add", "default", "via", &gw, "dev", "eth0"]);
+        self.pods.push(pod);
+        ip
     }
 }
 
