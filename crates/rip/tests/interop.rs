@@ -474,3 +474,22 @@ fn twill_and_bird_rip_learn_each_others_routes() {
     let took = wait_no_route(bird_ns.name(), "10.244.1.0/24", Duration::from_secs(3));
     eprintln!("BIRD dropped a stopped Twill's block after {took:?}");
 }
+
+#[test]
+fn frrs_next_hop_on_the_segment_is_used_as_the_gateway() {
+    twill_testkit::require_root("frrs_next_hop_on_the_segment_is_used_as_the_gateway");
+    twill_testkit::require_program("frr rip interop", "/usr/lib/frr/ripd", "frr");
+    // FRR (.1) has a static route via a third host on the segment (.3); RIPv2's next hop
+    // field (RFC 2453 §4.4) tells Twill (.2) to go to .3 directly, not through FRR.
+    let seg = Segment::new("twlripn", 3);
+    let (frr_ns, twl) = (&seg.members[0], &seg.members[1]);
+    let _frr = FrrRip::start(
+        frr_ns.name(),
+        "ip route 10.244.8.0/24 192.0.2.3",
+        &ripd_conf(FRR_TIMERS, " redistribute static"),
+    );
+    let twill = Speaker::start(twl.name(), &twl.ifname, twl.addr, short(), &[]);
+    twill.wait_route("10.244.8.0/24", "192.0.2.3", 2, Duration::from_secs(8));
+    let r = twill.routes.lock().unwrap()[0];
+    assert_eq!(r.from.to_string(), "192.0.2.1", "learned from FRR, via .3");
+}

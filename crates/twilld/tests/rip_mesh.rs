@@ -78,6 +78,17 @@ fn three_nodes(tag: &str, wiring: PodWiring) {
     let g1 = wait_no_route(c.node(1), &blocks[2], Duration::from_secs(3));
     let g2 = wait_no_route(c.node(2), &blocks[2], Duration::from_secs(3));
     println!("n3 stopped: its block left n1 after {g1:?} and n2 after {g2:?}");
+    // Each agent's log says who it learned what from, and what it lost.
+    let log1 = std::fs::read_to_string(c.dir.path.join("n1.log")).unwrap();
+    let learned = format!(
+        "msg=\"rip: route learned\" prefix={} via=192.0.2.4 from=192.0.2.4 metric=2",
+        blocks[2]
+    );
+    let lost = format!(
+        "msg=\"rip: route lost\" prefix={} via=192.0.2.4 from=192.0.2.4",
+        blocks[2]
+    );
+    assert!(log1.contains(&learned) && log1.contains(&lost), "{log1}");
     // n1 and n2 still reach each other.
     let p1 = c.pods[0].name.clone();
     wait_ping(&p1, &pods[1], Duration::from_secs(5));

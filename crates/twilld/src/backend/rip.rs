@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use twill_api::backend::RipOptions;
 use twill_rip::io::{Received, Socket};
-use twill_rip::router::{Config, Input, Output, Router, Timers};
+use twill_rip::router::{Config, Input, Output, Route, Router, Timers};
 
 use super::{Backend, BackendKind, Desired, Event, Events, Local, Peer, Reaction, RouteEntry};
 use crate::log;
@@ -57,6 +57,8 @@ struct Running {
     socket: Socket,
     stop: Arc<AtomicBool>,
     reader: Option<JoinHandle<()>>,
+    /// The learned routes as last logged.
+    logged: Vec<Route>,
 }
 
 /// A packet the reader thread heard.
@@ -127,6 +129,7 @@ impl Rip {
             socket,
             stop,
             reader: Some(reader),
+            logged: Vec::new(),
         };
         running.carry_out(out);
         self.running = Some(running);
@@ -150,6 +153,38 @@ impl Rip {
 }
 
 impl Running {
+    /// One line per learned route that came, went or moved since the last call: who
+    /// learned what from whom (the lab's trace reads these).
+    fn log_changes(&mut self) {
+        let now = self.router.routes();
+        for r in &now {
+            if !self.logged.contains(r) {
+                log::info(
+                    "rip: route learned",
+                    &[
+                        ("prefix", &r.prefix),
+                        ("via", &r.next_hop),
+                        ("from", &r.from),
+                        ("metric", &r.metric),
+                    ],
+                );
+            }
+        }
+        for r in &self.logged {
+            if !now.iter().any(|n| n.prefix == r.prefix) {
+                log::info(
+                    "rip: route lost",
+                    &[
+                        ("prefix", &r.prefix),
+                        ("via", &r.next_hop),
+                        ("from", &r.from),
+                    ],
+                );
+            }
+        }
+        self.logged = now;
+    }
+
     /// Sends what the router asked for; true if the table changed.
     fn carry_out(&mut self, out: Vec<Output>) -> bool {
         let mut changed = false;
@@ -254,7 +289,9 @@ impl Backend for Rip {
         }
         let r = self.running.as_mut().expect("running");
         let out = r.router.handle(Input::SetOwn(local.blocks.clone()), now);
-        r.carry_out(out);
+        if r.carry_out(out) {
+            r.log_changes();
+        }
         Vec::new()
     }
 
@@ -301,6 +338,7 @@ impl Backend for Rip {
             },
         };
         if r.carry_out(out) {
+            r.log_changes();
             Reaction::Reconcile
         } else {
             Reaction::Idle
