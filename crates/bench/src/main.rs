@@ -132,6 +132,9 @@ enum Bench {
         /// The twill binary; default: next to this binary.
         #[arg(long)]
         twill: Option<PathBuf>,
+        /// The twilld binary; default: next to this binary.
+        #[arg(long)]
+        twilld: Option<PathBuf>,
         #[arg(long, default_value = "bird")]
         bird: PathBuf,
         /// Only stop what a killed run left and remove every twlbench* namespace and folder.
@@ -259,6 +262,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             timeout_seconds,
             output,
             twill,
+            twilld,
             bird,
             cleanup,
         } => {
@@ -285,6 +289,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     implementations,
                 },
                 twill: sibling(twill, "twill")?,
+                twilld: sibling(twilld, "twilld")?,
                 bird,
                 timeout: std::time::Duration::from_secs_f64(timeout_seconds.max(0.1)),
             })?;

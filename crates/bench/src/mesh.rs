@@ -21,11 +21,16 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use twill_api::bgp::{BgpConfiguration, BgpPeer, KEY_BGP_CONFIG, PREFIX_BGP_PEERS};
+use twill_api::resources::{NetworkConfig, NodeSpec, KEY_CONFIG, PREFIX_NODECONFIGS};
 use twill_netlink::Netns;
+use twill_store::embedded::EmbeddedStore;
+use twill_store::{Store, PREFIX as STORE_PREFIX};
 
 pub struct Options {
     pub config: MeshConfig,
     pub twill: PathBuf,
+    pub twilld: PathBuf,
     pub bird: PathBuf,
     /// How long one run may take to converge before it counts as failed.
     pub timeout: Duration,
@@ -43,6 +48,9 @@ struct Lab {
     nodes: Vec<String>,
     scratch: PathBuf,
     daemons: Vec<(usize, Daemon)>,
+    /// twilld runs: a fresh embedded store per run (counted), shared by its agents.
+    runs: usize,
+    store: Option<PathBuf>,
 }
 
 impl Drop for Lab {
@@ -87,6 +95,8 @@ impl Lab {
             nodes: nodes.clone(),
             scratch: scratch.clone(),
             daemons: Vec::new(),
+            runs: 0,
+            store: None,
         };
         std::fs::create_dir_all(&scratch)
             .with_context(|| format!("cannot create {}", scratch.display()))?;
@@ -138,6 +148,14 @@ impl Lab {
     /// routes (BIRD's `persist` and a graceful stop leave them) and learned neighbours.
     fn reset(&mut self, used: usize) -> Result<()> {
         self.stop_all();
+        self.store = None;
+        for i in 0..self.nodes.len() {
+            let st = self.scratch.join(format!("m{i}")).join("state");
+            if st.exists() {
+                std::fs::remove_dir_all(&st)
+                    .with_context(|| format!("cannot remove {}", st.display()))?;
+            }
+        }
         for ns in &self.nodes[..used] {
             netns::batch_in(
                 ns,
@@ -213,6 +231,54 @@ impl Lab {
         self.spawn(i, "speaker", &argv, &d.join("speaker.out"))
     }
 
+    /// A fresh embedded store for this run's agents, holding `backend: bgp` (l3 pods, /24
+    /// blocks) and what `setup` adds (BGP resources, Node settings).
+    fn twilld_store(&mut self, setup: impl FnOnce(&dyn Store) -> Result<()>) -> Result<()> {
+        self.runs += 1;
+        let dir = self.scratch.join(format!("store{}", self.runs));
+        let store = EmbeddedStore::open(&dir).map_err(|e| {
+            anyhow::anyhow!("cannot open the embedded store {}: {e}", dir.display())
+        })?;
+        let config: NetworkConfig = serde_json::from_value(serde_json::json!({
+            "clusterCIDR": "10.244.0.0/16", "blockSize": 24, "backend": "bgp", "podWiring": "l3",
+        }))
+        .context("the network config with backend bgp (is twilld's bgp backend built in?)")?;
+        put(&store, KEY_CONFIG, serde_json::to_value(&config)?)?;
+        setup(&store)?;
+        self.store = Some(dir);
+        Ok(())
+    }
+
+    /// twilld (`backend: bgp`) as node `i`, on this run's store.
+    fn start_twilld(&mut self, o: &Options, i: usize) -> Result<()> {
+        let Some(store) = self.store.clone() else {
+            bail!("no store for twilld: twilld_store first")
+        };
+        let d = self.dir(i)?;
+        let s = |p: PathBuf| p.to_string_lossy().into_owned();
+        let argv = [
+            s(o.twilld.clone()),
+            "--node-name".into(),
+            format!("m{i}"),
+            "--store".into(),
+            "embedded".into(),
+            "--store-dir".into(),
+            s(store),
+            "--node-ip".into(),
+            conf::node(i).ip.to_string(),
+            "--listen".into(),
+            "127.0.0.1:9099".into(),
+            "--handoff-file".into(),
+            s(d.join("node.json")),
+            "--state-dir".into(),
+            s(d.join("state")),
+            "--cni-data-dir".into(),
+            s(d.join("ipam")),
+        ];
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        self.spawn(i, "twilld", &argv, &d.join("twilld.out"))
+    }
+
     /// Node `i` of a `nodes`-node cluster under `topology`, run by `imp`.
     fn start_node(
         &mut self,
@@ -235,9 +301,7 @@ impl Lab {
                 let c = conf::speaker_config(&n, &sessions, conf::is_reflector(topology, i), &ctl);
                 self.start_speaker(o, i, &c)
             }
-            Implementation::Twilld => {
-                bail!("twilld's bgp backend is not on this branch yet: run --implementations bird,speaker")
-            }
+            Implementation::Twilld => self.start_twilld(o, i),
         }
     }
 
@@ -246,7 +310,7 @@ impl Lab {
         for (i, d) in self.daemons.iter_mut() {
             if !d.is_running() {
                 let dir = self.scratch.join(format!("m{i}"));
-                let out = ["bird.out", "speaker.out", "bird.log"]
+                let out = ["bird.out", "speaker.out", "bird.log", "twilld.out"]
                     .iter()
                     .map(|f| tail(&dir.join(f), 10))
                     .collect::<Vec<_>>()
@@ -271,15 +335,59 @@ impl Lab {
     }
 }
 
-/// Node `i` wants the block of every node of `from` but itself, through that node.
+fn put(store: &dyn Store, key: &str, v: serde_json::Value) -> Result<()> {
+    store
+        .put(
+            &format!("{STORE_PREFIX}{key}"),
+            &serde_json::to_vec(&v)?,
+            None,
+        )
+        .map_err(|e| anyhow::anyhow!("cannot write {key} to the store: {e}"))?;
+    Ok(())
+}
+
+/// The store of a twilld run under `topology`: nothing for the mesh (BGP's defaults: iBGP
+/// full mesh in AS 64512, graceful restart); for reflectors, Calico's recipe: the mesh off,
+/// the first K nodes with a cluster ID and the label `route-reflector`, and one BGPPeer
+/// making every node peer with the nodes so labelled.
+fn twilld_topology(store: &dyn Store, topology: Topology) -> Result<()> {
+    let Topology::Reflectors(k) = topology else {
+        return Ok(());
+    };
+    let off: BgpConfiguration =
+        serde_json::from_value(serde_json::json!({"nodeToNodeMeshEnabled": false}))?;
+    put(store, KEY_BGP_CONFIG, serde_json::to_value(&off)?)?;
+    for i in 0..k {
+        let spec: NodeSpec = serde_json::from_value(serde_json::json!({
+            "bgp": {"routeReflectorClusterID": conf::CLUSTER_ID.to_string()},
+            "labels": {"route-reflector": "true"},
+        }))?;
+        put(
+            store,
+            &format!("{PREFIX_NODECONFIGS}m{i}"),
+            serde_json::to_value(&spec)?,
+        )?;
+    }
+    let peer: BgpPeer = serde_json::from_value(serde_json::json!({
+        "nodeSelector": "all()", "peerSelector": "has(route-reflector)",
+    }))?;
+    put(
+        store,
+        &format!("{PREFIX_BGP_PEERS}peer-with-reflectors"),
+        serde_json::to_value(&peer)?,
+    )
+}
+
+/// Node `i` wants a /24 through every node of `from` but itself (that node's block).
 fn want_blocks(i: usize, from: impl IntoIterator<Item = usize>) -> Want {
-    from.into_iter()
-        .filter(|&j| j != i)
-        .map(|j| {
-            let n = conf::node(j);
-            (n.block, n.ip)
-        })
-        .collect()
+    Want {
+        prefix_len: 24,
+        per_gateway: from
+            .into_iter()
+            .filter(|&j| j != i)
+            .map(|j| (conf::node(j).ip, 1))
+            .collect(),
+    }
 }
 
 /// All `nodes` started one after the other; seconds from the last start to the last
@@ -297,6 +405,9 @@ fn cold(
         &which,
         which.iter().map(|&i| want_blocks(i, 0..nodes)).collect(),
     )?;
+    if imp == Implementation::Twilld {
+        lab.twilld_store(|s| twilld_topology(s, topology))?;
+    }
     for i in 0..nodes {
         lab.start_node(o, imp, topology, nodes, i)?;
     }
@@ -316,6 +427,9 @@ fn join(lab: &mut Lab, o: &Options, imp: Implementation, nodes: usize) -> Result
         &old,
         old.iter().map(|&i| want_blocks(i, 0..nodes)).collect(),
     )?;
+    if imp == Implementation::Twilld {
+        lab.twilld_store(|_| Ok(()))?;
+    }
     for i in 0..nodes {
         lab.start_node(o, imp, Topology::Mesh, all, i)?;
     }
@@ -347,12 +461,14 @@ fn cost(lab: &mut Lab, o: &Options, imp: Implementation, peers: usize) -> Result
     let center = conf::node(0);
     let feeders: Vec<MeshNode> = (1..=peers).map(conf::node).collect();
     let ips: Vec<_> = feeders.iter().map(|f| f.ip).collect();
-    let want: Want = feeders
-        .iter()
-        .enumerate()
-        .flat_map(|(k, f)| conf::feed_prefixes(k).into_iter().map(move |p| (p, f.ip)))
-        .collect();
-    let routes = want.len();
+    let want = Want {
+        prefix_len: 30,
+        per_gateway: ips
+            .iter()
+            .map(|ip| (*ip, conf::FEED_ROUTES_PER_PEER))
+            .collect(),
+    };
+    let routes = peers * conf::FEED_ROUTES_PER_PEER;
     let mut w = lab.watch(&[0], vec![want])?;
     let d = lab.dir(0)?;
     match imp {
@@ -365,7 +481,24 @@ fn cost(lab: &mut Lab, o: &Options, imp: Implementation, peers: usize) -> Result
             lab.start_speaker(o, 0, &conf::cost_speaker_config(&center, &ips, &ctl))?
         }
         Implementation::Twilld => {
-            bail!("twilld's bgp backend is not on this branch yet: run --implementations bird,speaker")
+            // The mesh off, one global BGPPeer per feeder.
+            lab.twilld_store(|s| {
+                let off: BgpConfiguration =
+                    serde_json::from_value(serde_json::json!({"nodeToNodeMeshEnabled": false}))?;
+                put(s, KEY_BGP_CONFIG, serde_json::to_value(&off)?)?;
+                for (k, ip) in ips.iter().enumerate() {
+                    let p: BgpPeer = serde_json::from_value(serde_json::json!({
+                        "peerIP": ip.to_string(), "asNumber": conf::MESH_AS,
+                    }))?;
+                    put(
+                        s,
+                        &format!("{PREFIX_BGP_PEERS}feeder{k}"),
+                        serde_json::to_value(&p)?,
+                    )?;
+                }
+                Ok(())
+            })?;
+            lab.start_twilld(o, 0)?
         }
     }
     let t0 = Instant::now();
@@ -431,6 +564,12 @@ fn check(o: &Options) -> Result<()> {
     }
     if !(c.idle_seconds >= 0.0 && c.idle_seconds.is_finite()) {
         bail!("--idle-seconds must be 0 or more");
+    }
+    if c.implementations.contains(&Implementation::Twilld) && !o.twilld.is_file() {
+        bail!(
+            "{} is missing: cargo build --release -p twilld, or pass --twilld",
+            o.twilld.display()
+        );
     }
     if c.implementations.contains(&Implementation::Speaker) && !o.twill.is_file() {
         bail!(

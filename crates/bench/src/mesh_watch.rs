@@ -6,7 +6,7 @@
 
 use anyhow::{bail, Context, Result};
 use ipnet::{IpNet, Ipv4Net};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Instant;
@@ -20,15 +20,52 @@ const RTMGRP_IPV4_ROUTE: u32 = 0x40;
 /// Room for a burst of 10,000 route changes before the kernel drops events (ENOBUFS).
 const RCVBUF: libc::c_int = 16 << 20;
 
-/// What one kernel must end up holding: each prefix through the given gateway.
-pub type Want = HashMap<Ipv4Net, Ipv4Addr>;
+/// The pod network every watched route lies in.
+pub const POD_NET: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(10, 244, 0, 0), 16);
+
+/// What one kernel must end up holding: for each gateway, that many distinct prefixes of
+/// length `prefix_len` inside [`POD_NET`] routed through it (the blocks of the node behind
+/// it: which blocks a twilld claims is its own business, so they are counted, not named).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Want {
+    pub prefix_len: u8,
+    pub per_gateway: HashMap<Ipv4Addr, usize>,
+}
 
 #[derive(Debug, Default)]
 struct Node {
     want: Want,
-    have: HashSet<Ipv4Net>,
+    /// Wanted-shape prefixes present, and the wanted gateway they go through.
+    have: HashMap<Ipv4Net, Ipv4Addr>,
+    /// How many of `have` go through each gateway.
+    count: HashMap<Ipv4Addr, usize>,
     /// When `have` last became all of `want` (None while it is not).
     done_at: Option<Instant>,
+}
+
+impl Node {
+    fn complete(&self) -> bool {
+        self.want
+            .per_gateway
+            .iter()
+            .all(|(gw, n)| self.count.get(gw).copied().unwrap_or(0) >= *n)
+    }
+
+    fn remove(&mut self, dst: &Ipv4Net) {
+        if let Some(gw) = self.have.remove(dst) {
+            *self.count.entry(gw).or_default() -= 1;
+        }
+    }
+
+    fn insert(&mut self, dst: Ipv4Net, gw: Ipv4Addr) {
+        self.remove(&dst);
+        self.have.insert(dst, gw);
+        *self.count.entry(gw).or_default() += 1;
+    }
+
+    fn stamp(&mut self, at: Instant) {
+        self.done_at = self.complete().then(|| self.done_at.unwrap_or(at));
+    }
 }
 
 /// Which wanted routes each kernel has, from route events. Pure.
@@ -50,41 +87,54 @@ impl Tracker {
         }
     }
 
-    /// Whether `r` is a wanted route of node `i`: main table, the wanted gateway among its
-    /// next hops.
-    fn matches(&self, i: usize, r: &FibRoute) -> Option<Ipv4Net> {
+    /// The prefix of a route of the wanted shape for node `i` (main table, in [`POD_NET`],
+    /// the wanted length), and the wanted gateway among its next hops if it has one.
+    fn shape(&self, i: usize, r: &FibRoute) -> Option<(Ipv4Net, Option<Ipv4Addr>)> {
         let IpNet::V4(dst) = r.dst else { return None };
-        let gw = self.nodes[i].want.get(&dst)?;
-        (r.table == RT_TABLE_MAIN
-            && r.next_hops
-                .iter()
-                .any(|h| h.gateway == Some(IpAddr::V4(*gw))))
-        .then_some(dst)
+        let want = &self.nodes[i].want;
+        if r.table != RT_TABLE_MAIN
+            || dst.prefix_len() != want.prefix_len
+            || !POD_NET.contains(&dst)
+        {
+            return None;
+        }
+        let gw = r.next_hops.iter().find_map(|h| match h.gateway {
+            Some(IpAddr::V4(g)) if want.per_gateway.contains_key(&g) => Some(g),
+            _ => None,
+        });
+        Some((dst, gw))
     }
 
     /// A route of node `i` was added or replaced (`present`) or deleted, at `at`.
     pub fn apply(&mut self, i: usize, r: &FibRoute, present: bool, at: Instant) {
-        let IpNet::V4(dst) = r.dst else { return };
-        if !self.nodes[i].want.contains_key(&dst) || r.table != RT_TABLE_MAIN {
+        let Some((dst, gw)) = self.shape(i, r) else {
             return;
-        }
-        let good = self.matches(i, r).is_some();
+        };
         let n = &mut self.nodes[i];
-        if present && good {
-            n.have.insert(dst);
-        } else {
+        match (present, gw) {
+            (true, Some(gw)) => n.insert(dst, gw),
             // Deleted, or replaced by a route through another gateway (or a blackhole).
-            n.have.remove(&dst);
+            _ => n.remove(&dst),
         }
-        n.done_at = (n.have.len() == n.want.len()).then(|| n.done_at.unwrap_or(at));
+        n.stamp(at);
     }
 
     /// Node `i`'s kernel as a dump shows it (replacing what events said).
     pub fn reset(&mut self, i: usize, routes: &[FibRoute], at: Instant) {
-        let have: HashSet<Ipv4Net> = routes.iter().filter_map(|r| self.matches(i, r)).collect();
+        let found: Vec<(Ipv4Net, Ipv4Addr)> = routes
+            .iter()
+            .filter_map(|r| match self.shape(i, r) {
+                Some((dst, Some(gw))) => Some((dst, gw)),
+                _ => None,
+            })
+            .collect();
         let n = &mut self.nodes[i];
-        n.have = have;
-        n.done_at = (n.have.len() == n.want.len()).then(|| n.done_at.unwrap_or(at));
+        n.have.clear();
+        n.count.clear();
+        for (dst, gw) in found {
+            n.insert(dst, gw);
+        }
+        n.stamp(at);
     }
 
     /// When the last kernel became complete, once all are.
@@ -103,7 +153,7 @@ impl Tracker {
             .iter()
             .enumerate()
             .filter(|(_, n)| n.done_at.is_none())
-            .map(|(i, n)| (i, n.have.len(), n.want.len()))
+            .map(|(i, n)| (i, n.have.len(), n.want.per_gateway.values().sum()))
             .collect()
     }
 }
@@ -311,9 +361,6 @@ mod tests {
     use std::time::Duration;
     use twill_netlink::NextHop;
 
-    fn net(s: &str) -> Ipv4Net {
-        s.parse().unwrap()
-    }
     fn route(dst: &str, gw: Option<&str>) -> FibRoute {
         FibRoute {
             dst: dst.parse().unwrap(),
@@ -325,21 +372,29 @@ mod tests {
             metric: None,
         }
     }
+    fn want(len: u8, gws: &[(&str, usize)]) -> Want {
+        Want {
+            prefix_len: len,
+            per_gateway: gws.iter().map(|(g, n)| (g.parse().unwrap(), *n)).collect(),
+        }
+    }
 
     #[test]
-    fn done_when_every_kernel_has_every_wanted_route_through_its_gateway() {
+    fn done_when_every_kernel_has_its_routes_through_each_gateway() {
         let t0 = Instant::now();
         let at = |ms| t0 + Duration::from_millis(ms);
-        let w0: Want = [(net("10.244.1.0/24"), "192.0.2.2".parse().unwrap())].into();
-        let w1: Want = [(net("10.244.0.0/24"), "192.0.2.1".parse().unwrap())].into();
-        let mut t = Tracker::new(vec![w0, w1]);
+        let mut t = Tracker::new(vec![
+            want(24, &[("192.0.2.2", 1)]),
+            want(24, &[("192.0.2.1", 1)]),
+        ]);
         assert_eq!(t.all_done(), None);
-        // Unwanted prefixes, other tables, wrong gateways and blackholes do not count.
+        // Other gateways, lengths, tables, networks and blackholes do not count.
         t.apply(0, &route("10.244.9.0/24", Some("192.0.2.9")), true, at(1));
+        t.apply(0, &route("10.244.1.0/26", Some("192.0.2.2")), true, at(1));
+        t.apply(0, &route("10.9.1.0/24", Some("192.0.2.2")), true, at(1));
         let mut other_table = route("10.244.1.0/24", Some("192.0.2.2"));
         other_table.table = 7;
         t.apply(0, &other_table, true, at(2));
-        t.apply(0, &route("10.244.1.0/24", Some("192.0.2.3")), true, at(3));
         t.apply(1, &route("10.244.0.0/24", None), true, at(4));
         assert_eq!(t.missing(), [(0, 0, 1), (1, 0, 1)]);
         t.apply(0, &route("10.244.1.0/24", Some("192.0.2.2")), true, at(10));
@@ -350,33 +405,34 @@ mod tests {
         assert_eq!(t.all_done(), None);
         t.apply(1, &route("10.244.0.0/24", Some("192.0.2.1")), true, at(40));
         assert_eq!(t.all_done(), Some(at(40)));
-        // A repeated add keeps the first completion time.
+        // A repeated add keeps the first completion time and counts once.
         t.apply(1, &route("10.244.0.0/24", Some("192.0.2.1")), true, at(50));
         assert_eq!(t.all_done(), Some(at(40)));
+        // Replaced through another gateway: no longer counts.
+        t.apply(1, &route("10.244.0.0/24", Some("192.0.2.7")), true, at(60));
+        assert_eq!(t.all_done(), None);
     }
 
     #[test]
-    fn a_dump_replaces_the_event_state() {
+    fn counts_per_gateway_and_a_dump_replaces_the_event_state() {
         let t0 = Instant::now();
-        let w: Want = [
-            (net("10.244.1.0/24"), "192.0.2.2".parse().unwrap()),
-            (net("10.244.2.0/24"), "192.0.2.3".parse().unwrap()),
-        ]
-        .into();
-        let mut t = Tracker::new(vec![w]);
-        t.reset(0, &[route("10.244.1.0/24", Some("192.0.2.2"))], t0);
-        assert_eq!(t.missing(), [(0, 1, 2)]);
+        let mut t = Tracker::new(vec![want(30, &[("192.0.2.2", 2), ("192.0.2.3", 1)])]);
+        t.reset(0, &[route("10.244.0.0/30", Some("192.0.2.2"))], t0);
+        assert_eq!(t.missing(), [(0, 1, 3)]);
+        t.apply(0, &route("10.244.0.8/30", Some("192.0.2.3")), true, t0);
+        assert_eq!(t.all_done(), None, "192.0.2.2 still gives one of two");
         t.reset(
             0,
             &[
-                route("10.244.1.0/24", Some("192.0.2.2")),
-                route("10.244.2.0/24", Some("192.0.2.3")),
+                route("10.244.0.0/30", Some("192.0.2.2")),
+                route("10.244.0.4/30", Some("192.0.2.2")),
+                route("10.244.0.8/30", Some("192.0.2.3")),
             ],
             t0,
         );
         assert_eq!(t.all_done(), Some(t0));
         // Nothing wanted: done from the start.
-        let mut empty = Tracker::new(vec![Want::new()]);
+        let mut empty = Tracker::new(vec![Want::default()]);
         empty.reset(0, &[], t0);
         assert_eq!(empty.all_done(), Some(t0));
     }
