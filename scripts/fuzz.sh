@@ -28,7 +28,12 @@ triple=x86_64-unknown-linux-gnu
 targets_of() { sed -n 's/^name = "\(.*\)"$/\1/p' "$1/Cargo.toml" | grep -v -- '-fuzz$'; }
 targets_all=$(for p in "${packages[@]}"; do targets_of "$p"; done)
 # The package holding target $1.
-package_of() { for p in "${packages[@]}"; do targets_of "$p" | grep -qx "$1" && echo "$p"; done; }
+package_of() {
+  local p
+  for p in "${packages[@]}"; do
+    if targets_of "$p" | grep -qx "$1"; then echo "$p"; fi
+  done
+}
 
 if [ "${1:-}" = --list ]; then
   echo "$targets_all"
