@@ -175,3 +175,48 @@ fn embedded_speaker_adds_removes_peers_and_replaces_what_it_originates() {
     let last = e.notices.lock().unwrap().last().cloned();
     assert_eq!(last, Some(Notice::Stopped { error: None }));
 }
+
+#[test]
+fn a_restarted_embedded_speaker_keeps_adopted_routes_until_its_peers_end_of_rib() {
+    gate("a_restarted_embedded_speaker_keeps_adopted_routes_until_its_peers_end_of_rib");
+    let lan = Lan::new("twlembr", 2);
+    let _bird = embed_util::bird_peer_of(
+        &lan[1],
+        65002,
+        65001,
+        &["10.244.2.0/24"],
+        "graceful restart on;",
+    );
+    // What a previous run left: BIRD's block, and one nobody announces any more.
+    for p in ["10.244.2.0/24", "10.244.99.0/24"] {
+        lan[0].exec(&["ip", "route", "add", p, "via", "192.0.2.2", "proto", "bgp"]);
+    }
+    let e = Embed::spawn_with(
+        &lan[0],
+        json!({"routerId": "192.0.2.1", "as": 65001, "gracefulRestart": {"restartTime": 30}}),
+        twill_testkit::TempDir::new("twlembr"),
+        true,
+    );
+    // No peer yet (twilld has not read the store): nothing is swept.
+    e.sp().set_peers(vec![]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(e.status().adopted_pending, 2);
+    bgp_route(lan[0].name(), "10.244.99.0/24", "192.0.2.2").unwrap();
+    // The peer comes, re-sends its block and End-of-RIB: the other route goes, the
+    // re-learned one is not written again.
+    e.sp().set_peers(vec![peer("192.0.2.2", 65002)]).unwrap();
+    e.wait_state("192.0.2.2", State::Established);
+    wait_kernel_no_route(lan[0].name(), "10.244.99.0/24", T);
+    bgp_route(lan[0].name(), "10.244.2.0/24", "192.0.2.2").unwrap();
+    let st = e.status();
+    assert_eq!(
+        (
+            st.adopted_pending,
+            st.kernel.adopted,
+            st.kernel.swept,
+            st.kernel.installed
+        ),
+        (0, 2, 1, 0),
+        "{st:?}"
+    );
+}

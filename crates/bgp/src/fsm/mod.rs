@@ -98,7 +98,7 @@ use crate::packet::{
 
 /// Failed connects in a row retried [`SessionConfig::connect_backoff`] apart before the
 /// interval starts doubling.
-pub const QUICK_RETRIES: u32 = 20;
+pub const QUICK_RETRIES: u32 = 50;
 
 /// RFC 4271 §8.2.2: "a suggested value for the ConnectRetryTime is 120 seconds".
 pub const DEFAULT_CONNECT_RETRY: Duration = Duration::from_secs(120);

@@ -14,7 +14,7 @@
 //!   it are refused (`twill bgp neighbors` shows why).
 //! - **Start**: every non-passive peer is connected to at once (no connect delay). A refused
 //!   connect, or one the peer closes before its OPEN (it does not know us yet), is retried
-//!   after [`CONNECT_BACKOFF`] (the first 20 in a row, then doubling up to the connect
+//!   after [`CONNECT_BACKOFF`] (the first 50 in a row, 5 s, then doubling up to the connect
 //!   retry time), so a peer that starts a moment later is reached within 0.1 s.
 //! - **Kernel routes** carry protocol [`kernel::RTPROT_BGP`] (186, `ip route show proto
 //!   bgp`); 84 is twilld's own.
@@ -79,6 +79,10 @@ const READ_PER_TURN: usize = 1 << 20;
 const READ_CHUNK: usize = 64 << 10;
 /// How long adopted routes wait for End-of-RIB without `gracefulRestart`.
 const ADOPT_HOLD: Duration = Duration::from_secs(120);
+/// Prefixes encoded at a time into one peer's write buffer.
+const WRITE_CHUNK: usize = 1024;
+/// Bytes queued for a peer that are written at once, mid-dump.
+const WRITE_SOON: usize = 64 << 10;
 /// How soon a refused connect (or one the peer closed before its OPEN) is tried again, for
 /// the first [`fsm::QUICK_RETRIES`] in a row: a mesh node that starts a moment after its
 /// peers is reached within this, not a connect retry time later.
@@ -891,52 +895,76 @@ impl Speaker {
             let Some(i) = self.index_of(peer_id) else {
                 continue;
             };
-            let Some((&token, c)) = self
+            let Some(token) = self
                 .conns
-                .iter_mut()
+                .iter()
                 .find(|(_, c)| c.peer == i && c.established)
+                .map(|(t, _)| *t)
             else {
                 continue;
             };
-            let before = c.wbuf.len();
-            let mut n = 0usize;
-            let addr = self.peers[i].addr;
-            if !upd.withdraw.is_empty() {
-                match packet::encode_withdraw(&upd.withdraw, &c.negotiated, &mut c.wbuf) {
-                    Ok(k) => n += k,
-                    Err(e) => log(format_args!(
-                        "peer {addr}: {} withdrawals not sent: {e}",
-                        upd.withdraw.len()
-                    )),
-                }
+            self.send_update(i, token, &upd, now);
+        }
+    }
+
+    /// Encodes one peer's out-update onto its connection, writing as it goes: a large
+    /// dump's first UPDATEs are on the wire while the rest is being encoded, instead of
+    /// after all of it.
+    fn send_update(&mut self, i: usize, token: u64, upd: &crate::rib::OutUpdate, now: Instant) {
+        let addr = self.peers[i].addr;
+        let mut n = 0usize;
+        let mut pieces: Vec<(Option<&Arc<packet::Attrs>>, &[IpNet])> = upd
+            .withdraw
+            .chunks(WRITE_CHUNK)
+            .map(|c| (None, c))
+            .collect();
+        for (attrs, prefixes) in &upd.announce {
+            pieces.extend(prefixes.chunks(WRITE_CHUNK).map(|c| (Some(attrs), c)));
+        }
+        for (attrs, prefixes) in pieces {
+            let Some(c) = self.conns.get_mut(&token) else {
+                return;
+            };
+            let r = match attrs {
+                None => packet::encode_withdraw(prefixes, &c.negotiated, &mut c.wbuf),
+                Some(a) => packet::encode_announce(a, prefixes, &c.negotiated, &mut c.wbuf),
+            };
+            match r {
+                Ok(k) => n += k,
+                Err(e) => log(format_args!(
+                    "peer {addr}: {} {} not sent: {e}",
+                    prefixes.len(),
+                    if attrs.is_some() {
+                        "routes"
+                    } else {
+                        "withdrawals"
+                    }
+                )),
             }
-            for (attrs, prefixes) in &upd.announce {
-                match packet::encode_announce(attrs, prefixes, &c.negotiated, &mut c.wbuf) {
-                    Ok(k) => n += k,
-                    Err(e) => log(format_args!(
-                        "peer {addr}: {} routes not announced: {e}",
-                        prefixes.len()
-                    )),
-                }
-            }
-            for family in &upd.end_of_rib {
-                if packet::encode(
-                    &Message::Update(Box::new(Update::end_of_rib(*family))),
-                    &c.negotiated,
-                    &mut c.wbuf,
-                )
-                .is_ok()
-                {
-                    n += 1;
-                }
-            }
-            if c.wbuf.len() > before {
-                let outs = self.peers[i]
-                    .session
-                    .handle(Input::UpdatesSent(n as u64), now);
-                self.queue(i, outs);
+            if c.wbuf.len() - c.wpos >= WRITE_SOON {
                 self.flush_conn(token);
             }
+        }
+        let Some(c) = self.conns.get_mut(&token) else {
+            return;
+        };
+        for family in &upd.end_of_rib {
+            if packet::encode(
+                &Message::Update(Box::new(Update::end_of_rib(*family))),
+                &c.negotiated,
+                &mut c.wbuf,
+            )
+            .is_ok()
+            {
+                n += 1;
+            }
+        }
+        if n > 0 {
+            let outs = self.peers[i]
+                .session
+                .handle(Input::UpdatesSent(n as u64), now);
+            self.queue(i, outs);
+            self.flush_conn(token);
         }
     }
 
@@ -1015,10 +1043,14 @@ impl Speaker {
     /// whole Adj-RIB-Out and End-of-RIB.
     fn maybe_finish_restart(&mut self, force: bool, now: Instant) {
         let runnable = || self.peers.iter().filter(|p| p.failed.is_none());
-        let all_eor = runnable().all(|p| p.end_of_rib_once);
-        let all_ready = runnable().all(|p| {
-            p.end_of_rib_once || p.session.established().is_some_and(|e| e.peer_restarted())
-        });
+        // No peer (yet: an embedder may give them later) is no End-of-RIB from all of
+        // them: the adopted routes wait for the restart time rather than go at once.
+        let any = runnable().next().is_some();
+        let all_eor = any && runnable().all(|p| p.end_of_rib_once);
+        let all_ready = any
+            && runnable().all(|p| {
+                p.end_of_rib_once || p.session.established().is_some_and(|e| e.peer_restarted())
+            });
         if self.adopt_deadline.is_some() && (force || all_eor) {
             self.adopt_deadline = None;
             let gone = self.adopted.sweep();
