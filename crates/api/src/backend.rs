@@ -40,15 +40,20 @@ pub enum BackendKind {
     /// RIPv2 (RFC 2453) on the uplink segment: this node's blocks announced, the routes
     /// heard installed (the walk-through's "Quagga on every node", or an outside router).
     Rip,
+    /// Calico's: an embedded BGP speaker, a node-to-node mesh, route reflectors and
+    /// routers outside the cluster; every setting from the BGPConfiguration, BGPPeer and
+    /// Node resources, none in the network config.
+    Bgp,
 }
 
 impl BackendKind {
-    pub const ALL: [BackendKind; 5] = [
+    pub const ALL: [BackendKind; 6] = [
         BackendKind::None,
         BackendKind::HostGw,
         BackendKind::Vxlan,
         BackendKind::Static,
         BackendKind::Rip,
+        BackendKind::Bgp,
     ];
 
     /// The name used in configs and on command lines.
@@ -59,13 +64,14 @@ impl BackendKind {
             BackendKind::Vxlan => "vxlan",
             BackendKind::Static => "static",
             BackendKind::Rip => "rip",
+            BackendKind::Bgp => "bgp",
         }
     }
 
     /// The option fields (as written in a config) this kind takes.
     pub const fn options(self) -> &'static [&'static str] {
         match self {
-            BackendKind::None | BackendKind::HostGw => &[],
+            BackendKind::None | BackendKind::HostGw | BackendKind::Bgp => &[],
             BackendKind::Vxlan | BackendKind::Static => VXLAN_FIELDS,
             BackendKind::Rip => RIP_FIELDS,
         }
@@ -79,12 +85,19 @@ impl BackendKind {
             BackendKind::Vxlan => BackendSpec::Vxlan(VxlanOptions::DEFAULT),
             BackendKind::Static => BackendSpec::Static(VxlanOptions::DEFAULT),
             BackendKind::Rip => BackendSpec::Rip(RipOptions::DEFAULT),
+            BackendKind::Bgp => BackendSpec::Bgp,
         }
     }
 
     /// Packets go between nodes (so the node forwards and probes its peers).
     pub const fn crosses_nodes(self) -> bool {
         !matches!(self, BackendKind::None)
+    }
+
+    /// The backend reads the cluster's BGP resources (`bgpconfig`, `bgppeers/`, every
+    /// node's `nodeconfigs/`), so the agent lists and watches them.
+    pub const fn uses_bgp_resources(self) -> bool {
+        matches!(self, BackendKind::Bgp)
     }
 
     fn list() -> String {
@@ -285,6 +298,7 @@ pub enum BackendSpec {
     /// The static store's mesh is the VXLAN mesh, its peers written by hand.
     Static(VxlanOptions),
     Rip(RipOptions),
+    Bgp,
 }
 
 impl BackendSpec {
@@ -295,6 +309,7 @@ impl BackendSpec {
             BackendSpec::Vxlan(_) => BackendKind::Vxlan,
             BackendSpec::Static(_) => BackendKind::Static,
             BackendSpec::Rip(_) => BackendKind::Rip,
+            BackendSpec::Bgp => BackendKind::Bgp,
         }
     }
 
@@ -302,7 +317,9 @@ impl BackendSpec {
     pub const fn vxlan(&self) -> Option<&VxlanOptions> {
         match self {
             BackendSpec::Vxlan(o) | BackendSpec::Static(o) => Some(o),
-            BackendSpec::None | BackendSpec::HostGw | BackendSpec::Rip(_) => None,
+            BackendSpec::None | BackendSpec::HostGw | BackendSpec::Rip(_) | BackendSpec::Bgp => {
+                None
+            }
         }
     }
 
@@ -328,7 +345,7 @@ impl BackendSpec {
     ) -> Result<BackendSpec, NotAnOption> {
         let options = options.unwrap_or_default();
         match kind {
-            BackendKind::None | BackendKind::HostGw | BackendKind::Rip => {
+            BackendKind::None | BackendKind::HostGw | BackendKind::Rip | BackendKind::Bgp => {
                 let set = [
                     ("vni", options.vni.is_some()),
                     ("port", options.port.is_some()),
@@ -563,7 +580,7 @@ mod tests {
         assert_eq!(BackendSpec::default(), BackendSpec::None);
         assert_eq!(
             "gre".parse::<BackendKind>().unwrap_err().to_string(),
-            "\"gre\" is not a backend: use one of none, host-gw, vxlan, static, rip"
+            "\"gre\" is not a backend: use one of none, host-gw, vxlan, static, rip, bgp"
         );
     }
 

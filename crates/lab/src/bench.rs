@@ -69,7 +69,7 @@ pub use twill_api::backend::BackendKind;
 fn twin_overhead(backend: BackendKind) -> u32 {
     match backend {
         BackendKind::Vxlan | BackendKind::Static => TWIN_VXLAN_OVERHEAD,
-        BackendKind::None | BackendKind::HostGw | BackendKind::Rip => 0,
+        BackendKind::None | BackendKind::HostGw | BackendKind::Rip | BackendKind::Bgp => 0,
     }
 }
 
@@ -130,8 +130,9 @@ impl TwinPlan {
         nodes: [NodeSide; 2],
     ) -> Result<TwinPlan, BenchError> {
         let tag = match backend {
-            // RIP's routes are host-gw's: block via the peer's node IP.
-            BackendKind::HostGw | BackendKind::Rip => "h",
+            // A routing protocol's result on one segment is host-gw's table: a route per
+            // remote block via the remote node.
+            BackendKind::HostGw | BackendKind::Rip | BackendKind::Bgp => "h",
             BackendKind::Vxlan | BackendKind::Static => "v",
             BackendKind::None => {
                 return Err(BenchError::Backend(format!(
@@ -263,7 +264,7 @@ impl TwinPlan {
         match self.backend {
             // Refused by `new`: nothing to program.
             BackendKind::None => Vec::new(),
-            BackendKind::HostGw | BackendKind::Rip => vec![cmd(&[
+            BackendKind::HostGw | BackendKind::Rip | BackendKind::Bgp => vec![cmd(&[
                 "ip",
                 "-n",
                 &n,

@@ -4,6 +4,7 @@
 //! and files. Store errors never end it: they are retried with backoff and shown by /readyz.
 
 use crate::autodetect::{self, NodeIp};
+use crate::backend::RoutingInputs;
 use crate::claims::{self, Backoff};
 use crate::config::{Config, StoreKind};
 use crate::handoff::{self, FileError, HandOffWriter, Memory};
@@ -21,6 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use twill_api::bgp::RoutingStatus;
 use twill_api::resources::{HandOff, NetworkConfig, NodeSpec, PeerView};
 use twill_ipam::records::{RecordDir, RecordError};
 use twill_store::{Event, Store, StoreError, Watch};
@@ -342,10 +344,10 @@ impl Runner {
                 node_ip,
                 blocks,
                 peers,
-            } => {
-                self.route(&node_ip, blocks, &peers);
-                None
-            }
+                inputs,
+            } => Some(Input::Reconciled(
+                self.route(&node_ip, blocks, &peers, *inputs),
+            )),
             Action::ProbePeers { node_ip, peers } => {
                 Some(Input::PeerView(self.probe_peers(&node_ip, &peers)))
             }
@@ -472,7 +474,8 @@ impl Runner {
     }
 
     fn use_config(&mut self, config: NetworkConfig) -> Result<(), String> {
-        let routing = Routing::new(&config.backend).map_err(|e| e.to_string())?;
+        let routing =
+            Routing::new(&config.backend, &self.cfg.state_dir).map_err(|e| e.to_string())?;
         // The backend's own sockets, threads and timers wake the loop.
         let tx = self.wake_tx.clone();
         routing.set_waker(Arc::new(move || {
@@ -519,22 +522,29 @@ impl Runner {
     }
 
     /// Programs the routes to the other nodes: only what changed since the last pass
-    /// (or what drifted, every resync). Kernel errors are reported, never fatal.
-    fn route(&mut self, ip: &NodeIp, blocks: Vec<Ipv4Net>, peers: &[crate::backend::Peer]) {
+    /// (or what drifted, every resync). Kernel errors are reported, never fatal. Returns
+    /// the backend's routing sessions, if it runs any.
+    fn route(
+        &mut self,
+        ip: &NodeIp,
+        blocks: Vec<Ipv4Net>,
+        peers: &[crate::backend::Peer],
+        inputs: RoutingInputs,
+    ) -> Option<RoutingStatus> {
         let (Some(uplink), Some(cidr)) = (ip.interface.clone(), ip.cidr) else {
             if self
                 .net
                 .as_ref()
                 .is_some_and(|n| !n.config.backend.kind().crosses_nodes())
             {
-                return;
+                return None;
             }
             let why = format!(
                 "the node IP {} is on no interface of this node: the backend cannot tell which uplink to use; fix nodeIP or the Node resource",
                 ip.address
             );
             self.status.update(|s| s.backend_problems = vec![why]);
-            return;
+            return None;
         };
         if self.uplink_mtu.is_none() {
             self.uplink_mtu = twill_netlink::Handle::new()
@@ -553,6 +563,7 @@ impl Runner {
         };
         let net = self.net.as_mut().expect("set before");
         self.reconciled = true;
+        net.routing.set_inputs(inputs);
         match net.routing.reconcile(&local, peers) {
             Ok(Some(pass)) => {
                 let problems = net.routing.problems().to_vec();
@@ -568,6 +579,9 @@ impl Runner {
                 self.status.update(|s| s.backend_failures += 1);
             }
         }
+        let routing = net.routing.routing_status();
+        self.status.update(|s| s.routing = routing.clone());
+        routing
     }
 
     /// Hands the peers to the prober and tells what it sees. Only when a backend routes

@@ -9,6 +9,7 @@ use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use twill_api::bgp::RoutingStatus;
 use twill_api::resources::PeerReach;
 
 /// /healthz fails when the main loop has not ticked for this long.
@@ -36,6 +37,8 @@ pub struct Snapshot {
     pub backend_failures: u64,
     /// What this node's probes see of each peer's node IP.
     pub peers: BTreeMap<String, PeerReach>,
+    /// The backend's routing sessions (bgp), as `routingstatus/<node>` has them.
+    pub routing: Option<RoutingStatus>,
 }
 
 #[derive(Debug)]
@@ -59,6 +62,7 @@ impl Status {
             backend_changes: 0,
             backend_failures: 0,
             peers: BTreeMap::new(),
+            routing: None,
             last_tick: Instant::now(),
         }))
     }
@@ -200,6 +204,41 @@ pub fn render_metrics(s: &Snapshot, p: ProcStats) -> String {
                     Some((peer(n, p), format!("{:.6}", p.rtt_micros? as f64 / 1e6)))
                 })
                 .collect::<Vec<_>>(),
+        );
+    }
+    if let Some(r) = s.routing.as_ref().filter(|r| !r.peers.is_empty()) {
+        let peer = |p: &twill_api::bgp::RoutingPeerStatus| {
+            let node = p
+                .node
+                .as_deref()
+                .map(|n| format!(",node=\"{}\"", label(n)))
+                .unwrap_or_default();
+            format!(
+                "{{peer=\"{}\",type=\"{}\"{node}}}",
+                label(&p.address),
+                p.peer_type.label()
+            )
+        };
+        let each = |f: &dyn Fn(&twill_api::bgp::RoutingPeerStatus) -> String| {
+            r.peers.iter().map(|p| (peer(p), f(p))).collect::<Vec<_>>()
+        };
+        metric(
+            "twill_bgp_session_established",
+            "gauge",
+            "1 if the BGP session with the peer is Established.",
+            &each(&|p| u8::from(p.state == "Established").to_string()),
+        );
+        metric(
+            "twill_bgp_prefixes_received",
+            "gauge",
+            "Prefixes the peer announces to this node.",
+            &each(&|p| p.prefixes_received.to_string()),
+        );
+        metric(
+            "twill_bgp_prefixes_advertised",
+            "gauge",
+            "Prefixes this node announces to the peer.",
+            &each(&|p| p.prefixes_advertised.to_string()),
         );
     }
     if let Some((addr, method)) = &s.node_ip {
@@ -378,6 +417,59 @@ mod tests {
             assert!(m.contains(want), "{want} missing from\n{m}");
         }
         assert_eq!(respond("/nope", &s, now, ProcStats::default()).0, 404);
+        assert!(!m.contains("twill_bgp_"), "no BGP series without sessions");
+    }
+
+    #[test]
+    fn bgp_sessions_are_in_the_metrics() {
+        use twill_api::bgp::{PeerType, RoutingPeerStatus, RoutingProtocol};
+        let st = Status::new("n1");
+        let peer = |address: &str, node: Option<&str>, t, state: &str, rx, tx| RoutingPeerStatus {
+            address: address.into(),
+            node: node.map(String::from),
+            peer_type: t,
+            asn: Some(64512),
+            state: state.into(),
+            since: 1,
+            info: String::new(),
+            prefixes_received: rx,
+            prefixes_advertised: tx,
+        };
+        st.update(|s| {
+            s.routing = Some(RoutingStatus {
+                protocol: RoutingProtocol::Bgp,
+                router_id: Some("192.0.2.11".parse().unwrap()),
+                asn: Some(64512),
+                route_reflector_cluster_id: None,
+                peers: vec![
+                    peer(
+                        "192.0.2.12",
+                        Some("n2"),
+                        PeerType::NodeMesh,
+                        "Established",
+                        2,
+                        1,
+                    ),
+                    peer("203.0.113.1:1179", None, PeerType::Global, "Active", 0, 0),
+                ],
+            })
+        });
+        let (_, m) = respond(
+            "/metrics",
+            &st.snapshot(),
+            Instant::now(),
+            ProcStats::default(),
+        );
+        for want in [
+            "# TYPE twill_bgp_session_established gauge\n",
+            "twill_bgp_session_established{peer=\"192.0.2.12\",type=\"node-to-node mesh\",node=\"n2\"} 1\n",
+            "twill_bgp_session_established{peer=\"203.0.113.1:1179\",type=\"global\"} 0\n",
+            "twill_bgp_prefixes_received{peer=\"192.0.2.12\",type=\"node-to-node mesh\",node=\"n2\"} 2\n",
+            "twill_bgp_prefixes_advertised{peer=\"192.0.2.12\",type=\"node-to-node mesh\",node=\"n2\"} 1\n",
+            "twill_bgp_prefixes_received{peer=\"203.0.113.1:1179\",type=\"global\"} 0\n",
+        ] {
+            assert!(m.contains(want), "{want} missing from\n{m}");
+        }
     }
 
     #[test]

@@ -27,7 +27,7 @@
 //! keep-alive or a new lease says again.
 
 use crate::autodetect::NodeIp;
-use crate::backend::Peer;
+use crate::backend::{Peer, RoutingInputs};
 use crate::claims::{self, Backoff, CreateOutcome, ReclaimAction};
 use crate::log::Level;
 use crate::peers::Publisher;
@@ -36,6 +36,10 @@ use ipnet::Ipv4Net;
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
+use twill_api::bgp::{
+    BgpConfiguration, BgpPeer, RoutingStatus, KEY_BGP_CONFIG, PREFIX_BGP_PEERS,
+    PREFIX_ROUTING_STATUS,
+};
 use twill_api::resources::{
     block_from_key, block_key, Block, NetworkConfig, NodeSpec, NodeStatus, PeerReach, PeerView,
     KEY_CONFIG, PREFIX_ALLOCATIONS, PREFIX_BLOCKS, PREFIX_NODECONFIGS, PREFIX_NODES, PREFIX_PEERS,
@@ -45,6 +49,8 @@ use twill_store::{Event, KeyValue, LeaseId, Revision, StoreError, PREFIX};
 
 /// The longest the machine sleeps between rounds (watch events wake it earlier).
 pub const MAX_WAIT: Duration = Duration::from_secs(1);
+/// `routingstatus/<node>` is written at most this often (session changes come in bursts).
+pub const ROUTING_STATUS_GAP: Duration = Duration::from_secs(1);
 
 /// A full store key.
 pub fn key(rel: &str) -> String {
@@ -131,11 +137,14 @@ pub enum Action {
     DetectNodeIp(Option<NodeSpec>),
     /// Read twill-cni's records. Reply: [`Input::Usage`].
     MeasureUsage,
-    /// Program the routes to the peers for this node's blocks. No reply.
+    /// Program the routes to the peers for this node's blocks; `inputs` are the routing
+    /// resources, for the backends that read them (else empty). Reply:
+    /// [`Input::Reconciled`].
     Reconcile {
         node_ip: NodeIp,
         blocks: Vec<Ipv4Net>,
         peers: Vec<Peer>,
+        inputs: Box<RoutingInputs>,
     },
     /// Point the prober at the peers and tell what it sees. Reply: [`Input::PeerView`].
     ProbePeers {
@@ -155,10 +164,7 @@ pub enum Action {
 impl Action {
     /// Whether [`Machine::handle`] must get the answer before the next poll.
     pub fn needs_reply(&self) -> bool {
-        !matches!(
-            self,
-            Action::Reconcile { .. } | Action::Log(_) | Action::Report(_) | Action::Sleep(_)
-        )
+        !matches!(self, Action::Log(_) | Action::Report(_) | Action::Sleep(_))
     }
 }
 
@@ -186,6 +192,9 @@ pub enum Input {
     WatchEnded(String),
     /// The backend has an event or a timer due: reconcile it now.
     BackendDue,
+    /// The pass of [`Action::Reconcile`] ran: what the backend's routing sessions look like
+    /// now (None: it runs none), for `routingstatus/<node>`.
+    Reconciled(Option<RoutingStatus>),
 }
 
 /// What does not change while the agent runs.
@@ -233,6 +242,11 @@ enum Pending {
     Allocations(Vec<u8>),
     Node(Vec<u8>),
     Peers,
+    BgpConfig,
+    BgpPeers,
+    NodeSpecs,
+    Reconcile,
+    RoutingPut(RoutingStatus),
     PeerView,
     PeerPut(PeerView),
     HandOff(Vec<Ipv4Net>),
@@ -262,6 +276,7 @@ enum Stage {
     Usage,
     Node,
     Peers,
+    Resources,
     Reconcile,
     Probe,
     HandOff,
@@ -353,6 +368,14 @@ pub struct Machine {
     peers: Vec<Peer>,
     peers_dirty: bool,
     peers_published: Publisher,
+    /// The routing resources, read while the backend uses them.
+    inputs: RoutingInputs,
+    /// A BGP resource changed in the store since it was read.
+    resources_dirty: bool,
+    /// The last `routingstatus/<node>` written (under which lease, and when).
+    routing_published: Option<(LeaseId, RoutingStatus, Instant)>,
+    /// A changed status waits for [`ROUTING_STATUS_GAP`]: the round to write it is due then.
+    routing_due: Option<Instant>,
 }
 
 fn fields(list: &[(&'static str, &dyn std::fmt::Display)]) -> Vec<(&'static str, String)> {
@@ -408,6 +431,10 @@ impl Machine {
             peers: Vec::new(),
             peers_dirty: true,
             peers_published: Publisher::default(),
+            inputs: RoutingInputs::default(),
+            resources_dirty: true,
+            routing_published: None,
+            routing_due: None,
             p,
         };
         if !m.remembered.is_empty() {
@@ -669,22 +696,34 @@ impl Machine {
             }
             Stage::Peers => {
                 if !self.peers_dirty {
-                    self.next_stage(Stage::Reconcile);
+                    self.next_stage(Stage::Resources);
                     return;
                 }
                 self.store(Pending::Peers, StoreOp::List(key(PREFIX_NODES)))
             }
+            Stage::Resources => {
+                if !self.resources_dirty || !self.uses_bgp_resources() {
+                    self.next_stage(Stage::Reconcile);
+                    return;
+                }
+                self.store(Pending::BgpConfig, StoreOp::Get(key(KEY_BGP_CONFIG)))
+            }
             Stage::Reconcile => {
-                self.next_stage(if self.p.static_store {
-                    Stage::HandOff
+                let mut inputs = if self.uses_bgp_resources() {
+                    self.inputs.clone()
                 } else {
-                    Stage::Probe
-                });
-                self.out.push_back(Action::Reconcile {
-                    node_ip: self.node_ip.clone().expect("detected before"),
-                    blocks: self.held.clone(),
-                    peers: self.peers.clone(),
-                });
+                    RoutingInputs::default()
+                };
+                inputs.cluster_cidr = self.net.as_ref().map(|(c, _)| c.cluster_cidr);
+                self.ask(
+                    Pending::Reconcile,
+                    Action::Reconcile {
+                        node_ip: self.node_ip.clone().expect("detected before"),
+                        blocks: self.held.clone(),
+                        peers: self.peers.clone(),
+                        inputs: Box::new(inputs),
+                    },
+                );
             }
             Stage::Probe => {
                 let node_ip = self.node_ip.clone().expect("detected before");
@@ -699,6 +738,7 @@ impl Machine {
                 } else {
                     self.next_keepalive.min(self.next_usage)
                 };
+                let next = self.routing_due.map_or(next, |due| next.min(due));
                 self.end(now, End::Ready(next));
             }
         }
@@ -1165,6 +1205,10 @@ impl Machine {
             }
             (Pending::Usage, Input::Usage(None)) => self.next_stage(Stage::Node),
             (Pending::Usage, Input::Usage(Some(m))) => {
+                let mut ips = m.ips.clone();
+                ips.sort();
+                ips.dedup();
+                self.inputs.pod_ips = ips;
                 let usage = claims::usage(&self.held, &m.ips);
                 if usage.free < u64::from(self.p.min_free_addresses) {
                     self.claiming = Some(Claiming {
@@ -1174,6 +1218,16 @@ impl Machine {
                     });
                 }
                 self.measured = Some(m);
+            }
+            (Pending::Reconcile, Input::Reconciled(status)) => {
+                self.next_stage(if self.p.static_store {
+                    Stage::HandOff
+                } else {
+                    Stage::Probe
+                });
+                if let Some(status) = status {
+                    self.publish_routing(now, status);
+                }
             }
             (Pending::PeerView, Input::PeerView(None)) => self.next_stage(Stage::HandOff),
             (Pending::PeerView, Input::PeerView(Some(view))) => {
@@ -1396,7 +1450,30 @@ impl Machine {
             (Pending::Peers, StoreReply::List(kvs, _)) => {
                 self.peers = routing::peers_from(&kvs, &self.p.node);
                 self.peers_dirty = false;
+                self.next_stage(Stage::Resources);
+            }
+            (Pending::BgpConfig, StoreReply::Value(kv)) => {
+                // Read from scratch: what a failed round read stays out.
+                self.resources_dirty = false;
+                self.inputs.problems.clear();
+                self.inputs.bgp_config = kv.and_then(|kv| {
+                    self.parse_resource::<BgpConfiguration>(&kv, "BGPConfiguration")
+                });
+                self.store(Pending::BgpPeers, StoreOp::List(key(PREFIX_BGP_PEERS)))
+            }
+            (Pending::BgpPeers, StoreReply::List(kvs, _)) => {
+                self.inputs.bgp_peers =
+                    self.parse_all::<BgpPeer>(&kvs, PREFIX_BGP_PEERS, "BGPPeer");
+                self.store(Pending::NodeSpecs, StoreOp::List(key(PREFIX_NODECONFIGS)))
+            }
+            (Pending::NodeSpecs, StoreReply::List(kvs, _)) => {
+                self.inputs.node_specs =
+                    self.parse_all::<NodeSpec>(&kvs, PREFIX_NODECONFIGS, "Node");
                 self.next_stage(Stage::Reconcile);
+            }
+            (Pending::RoutingPut(status), StoreReply::Revision(_)) => {
+                let lease = self.lease.expect("held by now");
+                self.routing_published = Some((lease, status, now));
             }
             (Pending::PeerPut(view), StoreReply::Revision(_)) => {
                 let lease = self.lease.expect("held by now");
@@ -1435,6 +1512,91 @@ impl Machine {
         }
     }
 
+    fn uses_bgp_resources(&self) -> bool {
+        self.net
+            .as_ref()
+            .is_some_and(|(c, _)| c.backend.kind().uses_bgp_resources())
+    }
+
+    /// One routing resource; unreadable, it is left out and said in the backend's problems.
+    fn parse_resource<T: serde::de::DeserializeOwned>(
+        &mut self,
+        kv: &KeyValue,
+        kind: &str,
+    ) -> Option<T> {
+        match serde_json::from_slice::<T>(&kv.value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let rel = kv.key.strip_prefix(PREFIX).unwrap_or(&kv.key).to_string();
+                let why = format!(
+                    "the {kind} at {rel} is unreadable ({e}): left out; fix it with twill apply -f"
+                );
+                if !self.inputs.problems.contains(&why) {
+                    self.log(
+                        Level::Error,
+                        "a routing resource is unreadable; ignoring it",
+                        fields(&[("key", &rel), ("error", &e)]),
+                    );
+                    self.inputs.problems.push(why);
+                }
+                None
+            }
+        }
+    }
+
+    /// Every resource under `prefix`, by name.
+    fn parse_all<T: serde::de::DeserializeOwned>(
+        &mut self,
+        kvs: &[KeyValue],
+        prefix: &str,
+        kind: &str,
+    ) -> BTreeMap<String, T> {
+        let mut out = BTreeMap::new();
+        for kv in kvs {
+            let Some(name) = kv.key.rsplit_once(prefix).map(|(_, n)| n.to_string()) else {
+                continue;
+            };
+            if name.is_empty() || name.contains('/') {
+                continue;
+            }
+            if let Some(v) = self.parse_resource::<T>(kv, kind) {
+                out.insert(name, v);
+            }
+        }
+        out
+    }
+
+    /// Writes `routingstatus/<node>` when it changed, at most every [`ROUTING_STATUS_GAP`]
+    /// (a change within it is written by a round due when the gap ends).
+    fn publish_routing(&mut self, now: Instant, status: RoutingStatus) {
+        let Some(lease) = self.lease.filter(|_| !self.p.static_store) else {
+            return;
+        };
+        let last = self.routing_published.as_ref();
+        if last.is_some_and(|(l, s, _)| *l == lease && *s == status) {
+            self.routing_due = None;
+            return;
+        }
+        if let Some((_, _, at)) = last.filter(|(l, _, _)| *l == lease) {
+            let due = *at + ROUTING_STATUS_GAP;
+            if now < due {
+                self.routing_due = Some(due);
+                return;
+            }
+        }
+        self.routing_due = None;
+        let bytes = serde_json::to_vec(&status).expect("a routing status serializes");
+        let k = key(&format!("{PREFIX_ROUTING_STATUS}{}", self.p.node));
+        self.store(
+            Pending::RoutingPut(status),
+            StoreOp::Put {
+                key: k,
+                value: bytes,
+                lease: Some(lease),
+            },
+        );
+    }
+
     fn parse_spec(&mut self, kv: &KeyValue) -> Option<NodeSpec> {
         match serde_json::from_slice::<NodeSpec>(&kv.value) {
             Ok(s) => Some(s),
@@ -1456,6 +1618,15 @@ impl Machine {
         let Some(rel) = k.strip_prefix(PREFIX) else {
             return;
         };
+        if rel == KEY_BGP_CONFIG
+            || rel.starts_with(PREFIX_BGP_PEERS)
+            || rel.starts_with(PREFIX_NODECONFIGS)
+        {
+            self.resources_dirty = true;
+            if self.uses_bgp_resources() {
+                self.wake_now(now);
+            }
+        }
         if rel == format!("{PREFIX_NODECONFIGS}{}", self.p.node) {
             self.spec = match &ev {
                 Event::Put(kv) => self.parse_spec(kv),
@@ -1527,6 +1698,10 @@ mod tests {
         watch: Option<Box<dyn Watch>>,
         down: bool,
         hook: Option<Hook>,
+        /// The routing inputs of every Reconcile asked, in order.
+        reconciles: Vec<RoutingInputs>,
+        /// What the backend answers to a Reconcile.
+        routing: Option<RoutingStatus>,
     }
 
     struct World {
@@ -1591,7 +1766,23 @@ mod tests {
                 watch: None,
                 down: false,
                 hook: None,
+                reconciles: Vec::new(),
+                routing: None,
             }
+        }
+
+        /// The stored network config with `backend` instead.
+        fn set_backend(&self, backend: twill_api::resources::BackendSpec) {
+            let kv = self.store.get(&key(KEY_CONFIG)).unwrap().unwrap();
+            let mut c: NetworkConfig = serde_json::from_slice(&kv.value).unwrap();
+            c.backend = backend;
+            self.store
+                .put(&key(KEY_CONFIG), &serde_json::to_vec(&c).unwrap(), None)
+                .unwrap();
+        }
+
+        fn put(&self, rel: &str, value: &[u8]) {
+            self.store.put(&key(rel), value, None).unwrap();
         }
 
         /// Runs `n` until it sleeps (watch events seen meanwhile are fed in); the wake time.
@@ -1625,7 +1816,10 @@ mod tests {
                         ips: n.used.clone(),
                         allocations: serde_json::to_vec(&n.used).unwrap(),
                     })),
-                    Action::Reconcile { .. } => continue,
+                    Action::Reconcile { inputs, .. } => {
+                        n.reconciles.push(*inputs);
+                        Input::Reconciled(n.routing.clone())
+                    }
                     Action::ProbePeers { .. } => Input::PeerView(None),
                     Action::WriteHandOff(b) => {
                         n.handoff = b.clone();
@@ -2106,5 +2300,156 @@ mod tests {
             .logs
             .iter()
             .any(|l| l.msg == "block claimed" && l.fields.contains(&("collisions", "1".into()))));
+    }
+
+    fn routing_status(state: &str) -> RoutingStatus {
+        use twill_api::bgp::{PeerType, RoutingPeerStatus, RoutingProtocol};
+        RoutingStatus {
+            protocol: RoutingProtocol::Bgp,
+            router_id: Some("192.0.2.11".parse().unwrap()),
+            asn: Some(64512),
+            route_reflector_cluster_id: None,
+            peers: vec![RoutingPeerStatus {
+                address: "192.0.2.12".into(),
+                node: Some("n2".into()),
+                peer_type: PeerType::NodeMesh,
+                asn: Some(64512),
+                state: state.into(),
+                since: 1,
+                info: String::new(),
+                prefixes_received: 1,
+                prefixes_advertised: 1,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_bgp_backend_is_fed_the_bgp_resources_and_every_change_wakes_it() {
+        let mut w = World::new("mbgpfeed", "10.244.0.0/16", 26, 60, None);
+        w.set_backend(twill_api::resources::BackendSpec::Bgp);
+        w.put(
+            KEY_BGP_CONFIG,
+            br#"{"nodeToNodeMeshEnabled":false,"asNumber":65010}"#,
+        );
+        w.put(
+            &format!("{PREFIX_BGP_PEERS}tor"),
+            br#"{"peerIP":"192.0.2.1","asNumber":65100}"#,
+        );
+        w.put(&format!("{PREFIX_BGP_PEERS}broken"), b"{\"peerIP\": 7}");
+        w.put(
+            &format!("{PREFIX_NODECONFIGS}n2"),
+            br#"{"bgp":{"asNumber":65002},"labels":{"rack":"a"}}"#,
+        );
+        let mut n = w.node("n1", &[], &[]);
+        w.run(&mut n);
+        let got = n.reconciles.last().unwrap().clone();
+        assert_eq!(got.cluster_cidr, Some(net("10.244.0.0/16")));
+        let cfg = got.bgp_config.as_ref().unwrap();
+        assert!(!cfg.node_to_node_mesh_enabled);
+        assert_eq!(cfg.as_number, Some(65010));
+        assert_eq!(got.bgp_peers.keys().collect::<Vec<_>>(), ["tor"]);
+        assert_eq!(got.bgp_peers["tor"].as_number, Some(65100));
+        assert_eq!(
+            got.node_specs["n2"].bgp.as_ref().unwrap().as_number,
+            Some(65002)
+        );
+        assert_eq!(got.node_specs["n2"].labels["rack"], "a");
+        assert_eq!(got.problems.len(), 1, "{:?}", got.problems);
+        assert!(got.problems[0].contains("the BGPPeer at bgppeers/broken is unreadable"));
+        assert!(n.said("a routing resource is unreadable"));
+        // Idle: nothing read again.
+        let calls = n.store_calls;
+        w.now += Duration::from_secs(1);
+        w.run(&mut n);
+        assert_eq!(n.store_calls, calls, "an idle round is free");
+        // A change to any of them wakes the machine and is read.
+        w.put(
+            &format!("{PREFIX_BGP_PEERS}broken"),
+            br#"{"peerIP":"192.0.2.2","asNumber":65101}"#,
+        );
+        w.store.delete(&key(KEY_BGP_CONFIG)).unwrap();
+        w.put(
+            &format!("{PREFIX_NODECONFIGS}n3"),
+            br#"{"labels":{"rr":""}}"#,
+        );
+        let before = n.reconciles.len();
+        w.run(&mut n);
+        assert!(n.reconciles.len() > before);
+        let got = n.reconciles.last().unwrap();
+        assert_eq!(got.bgp_config, None);
+        assert_eq!(got.bgp_peers.len(), 2);
+        assert!(got.problems.is_empty(), "{:?}", got.problems);
+        assert!(got.node_specs.contains_key("n3"));
+        // twill-cni's records reach it too.
+        n.used = vec!["10.244.9.9".parse().unwrap(), "10.244.9.3".parse().unwrap()];
+        w.now += Duration::from_secs(6);
+        w.run(&mut n);
+        assert_eq!(
+            n.reconciles.last().unwrap().pod_ips,
+            [
+                "10.244.9.3".parse::<Ipv4Addr>().unwrap(),
+                "10.244.9.9".parse().unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn other_backends_read_no_bgp_resource() {
+        let w = World::new("mbgpnone", "10.244.0.0/16", 26, 60, None);
+        w.put(KEY_BGP_CONFIG, br#"{"asNumber":65010}"#);
+        let mut n = w.node("n1", &[], &[]);
+        w.run(&mut n);
+        let got = n.reconciles.last().unwrap();
+        assert_eq!(got.bgp_config, None);
+        assert!(got.node_specs.is_empty() && got.bgp_peers.is_empty());
+        let calls = n.store_calls;
+        w.put(
+            &format!("{PREFIX_BGP_PEERS}x"),
+            br#"{"peerIP":"192.0.2.1","asNumber":1}"#,
+        );
+        let mut w = w;
+        w.now += Duration::from_millis(100);
+        w.run(&mut n);
+        assert_eq!(n.store_calls, calls, "a BGPPeer changes nothing for them");
+    }
+
+    #[test]
+    fn the_routing_status_is_published_under_the_lease_on_change_at_most_once_a_second() {
+        let mut w = World::new("mbgpstat", "10.244.0.0/16", 26, 60, None);
+        w.set_backend(twill_api::resources::BackendSpec::Bgp);
+        let mut n = w.node("n1", &[], &[]);
+        n.routing = Some(routing_status("Active"));
+        w.run(&mut n);
+        let k = key(&format!("{PREFIX_ROUTING_STATUS}n1"));
+        let read = |w: &World| {
+            let kv = w.store.get(&k).unwrap().unwrap();
+            (
+                serde_json::from_slice::<RoutingStatus>(&kv.value).unwrap(),
+                kv.lease,
+                kv.mod_revision,
+            )
+        };
+        let (st, lease, rev) = read(&w);
+        assert_eq!(st, routing_status("Active"));
+        assert_eq!(lease, n.m.lease(), "bound to the agent's lease");
+        // Unchanged: not written again.
+        let t0 = w.now;
+        w.now += Duration::from_millis(100);
+        n.m.handle(w.now, Input::BackendDue);
+        w.run(&mut n);
+        assert_eq!(read(&w).2, rev);
+        // Changed within the second after the write: the write waits for the second's end,
+        // and the machine is due then.
+        n.routing = Some(routing_status("Established"));
+        w.now += Duration::from_millis(100);
+        n.m.handle(w.now, Input::BackendDue);
+        let wake = w.run(&mut n);
+        assert_eq!(read(&w).2, rev, "rate-limited");
+        assert_eq!(wake, t0 + ROUTING_STATUS_GAP);
+        w.now = wake;
+        w.run(&mut n);
+        let (st, _, rev2) = read(&w);
+        assert!(rev2 > rev);
+        assert_eq!(st.peers[0].state, "Established");
     }
 }

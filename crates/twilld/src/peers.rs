@@ -48,6 +48,8 @@ pub fn backend_mode(spec: &BackendSpec, uplink: Option<Ipv4Net>, peer: Ipv4Addr)
             "vxlan direct (same segment)".into()
         }
         (BackendSpec::Vxlan(_) | BackendSpec::Static(_), _) => "vxlan tunnel".into(),
+        (BackendSpec::Bgp, true) => "bgp direct".into(),
+        (BackendSpec::Bgp, false) => "bgp routed (off segment)".into(),
         (BackendSpec::None, _) => "none".into(),
         (BackendSpec::Rip(_), true) => "rip (same segment)".into(),
         (BackendSpec::Rip(_), false) => {

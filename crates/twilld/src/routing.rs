@@ -14,9 +14,11 @@
 //!   nothing is due (returns `None`);
 //! - [`Routing::pod_mtu`] for the hand-off; [`Routing::stop`] (also on drop).
 
-use crate::backend::{self, BackendError, BackendKind, Driver, Local, Peer, Waker};
+use crate::backend::{self, BackendError, BackendKind, Driver, Local, Peer, RoutingInputs, Waker};
 use crate::log;
+use std::path::Path;
 use std::time::Instant;
+use twill_api::bgp::RoutingStatus;
 use twill_api::resources::{BackendSpec, NodeStatus, PREFIX_NODES};
 use twill_netlink::{Handle, Netns};
 use twill_store::KeyValue;
@@ -60,11 +62,16 @@ pub struct Pass {
 }
 
 impl Routing {
-    pub fn new(spec: &BackendSpec) -> Result<Routing, BackendError> {
+    /// `state_dir`: twilld's (`--state-dir`), for backends that keep files (bgp's control
+    /// socket).
+    pub fn new(spec: &BackendSpec, state_dir: &Path) -> Result<Routing, BackendError> {
         let broken = twill_netlink::ethtool::checksum_offload_broken(
             &twill_netlink::ethtool::kernel_release(),
         );
-        Ok(Routing::with_backend(*spec, backend::select(spec, broken)?))
+        Ok(Routing::with_backend(
+            *spec,
+            backend::select(spec, broken, state_dir)?,
+        ))
     }
 
     /// Drives `backend` (tests, and backends not chosen by [`backend::select`]).
@@ -111,6 +118,17 @@ impl Routing {
     /// The latest moment the loop should call [`Routing::reconcile`] again.
     pub fn next_wake(&self) -> Instant {
         self.driver.next_wake()
+    }
+
+    /// The routing resources and pod addresses for the backends that read them; a change
+    /// makes the next [`Routing::reconcile`] a pass.
+    pub fn set_inputs(&mut self, inputs: RoutingInputs) {
+        self.driver.set_inputs(inputs);
+    }
+
+    /// The backend's routing sessions (None: it runs none).
+    pub fn routing_status(&self) -> Option<RoutingStatus> {
+        self.driver.backend().routing_status()
     }
 
     /// Stops the backend's sockets and threads; routes and devices stay.
@@ -228,7 +246,9 @@ mod tests {
     #[test]
     fn pod_mtu_leaves_room_for_the_tunnel() {
         let mtu = |kind: BackendKind, uplink, config| {
-            Routing::new(&kind.spec()).unwrap().pod_mtu(uplink, config)
+            Routing::new(&kind.spec(), Path::new("/nonexistent"))
+                .unwrap()
+                .pod_mtu(uplink, config)
         };
         assert_eq!(mtu(BackendKind::Vxlan, 1500, 1500), 1450);
         assert_eq!(mtu(BackendKind::Static, 9000, 1500), 1500);

@@ -555,7 +555,7 @@ fn pod_route(ns: &TestNetns) -> Vec<Value> {
 /// One pass as the agent runs it, through a fresh Routing (a restarted agent) in `node`'s
 /// namespace. Panics on a failed operation; returns the changes made.
 fn agent_pass(node: &Node, spec: &BackendSpec, peers: &[Peer]) -> usize {
-    let mut routing = Routing::new(spec)
+    let mut routing = Routing::new(spec, std::path::Path::new("/nonexistent"))
         .unwrap()
         .in_netns(Netns::open(node.ns.path()).unwrap());
     let pass = routing
@@ -687,7 +687,7 @@ fn l3_blocks_are_blackholed_pod_routes_survive_and_every_backend_carries_l3_pods
     let spec = BackendSpec::HostGw;
     let mut n1_local = n1.local.clone();
     n1_local.blocks.pop();
-    let mut routing = Routing::new(&spec)
+    let mut routing = Routing::new(&spec, std::path::Path::new("/nonexistent"))
         .unwrap()
         .in_netns(Netns::open(n1.ns.path()).unwrap());
     let pass = routing

@@ -9,6 +9,7 @@ use std::any::Any;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use super::RoutingInputs;
 use super::Waker;
 use super::{desired, Backend, BackendError, Desired, Event, Events, Local, Peer, Reaction};
 
@@ -27,8 +28,10 @@ pub struct Driver {
     started: bool,
     /// The inputs of the last pass.
     last: Option<(Local, Vec<Peer>)>,
-    /// An event asked for a pass.
+    /// An event (or new inputs) asked for a pass.
     replan: bool,
+    /// What [`Backend::set_inputs`] got last.
+    inputs: RoutingInputs,
     next_pass: Instant,
 }
 
@@ -42,12 +45,22 @@ impl Driver {
             started: false,
             last: None,
             replan: false,
+            inputs: RoutingInputs::default(),
             next_pass: now,
         }
     }
 
     pub fn backend(&self) -> &dyn Backend {
         self.backend.as_ref()
+    }
+
+    /// Hands the backend new routing inputs; a change makes the next poll a pass.
+    pub fn set_inputs(&mut self, inputs: RoutingInputs) {
+        if inputs != self.inputs {
+            self.backend.set_inputs(&inputs);
+            self.inputs = inputs;
+            self.replan = true;
+        }
     }
 
     /// `wake` is called whenever the backend sends an event.

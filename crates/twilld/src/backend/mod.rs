@@ -65,6 +65,7 @@
 //! - Neighbour and FDB entries are only read and written on Twill's own VXLAN device
 //!   ([`VXLAN_DEVICE`]); everything permanent there is Twill's.
 
+pub mod bgp;
 pub mod driver;
 pub mod exec;
 pub mod host_gw;
@@ -77,14 +78,18 @@ use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
+use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use ipnet::Ipv4Net;
+use twill_api::bgp::{BgpConfiguration, BgpPeer, RoutingStatus};
+use twill_api::resources::NodeSpec;
 use twill_api::wiring::PodWiring;
 use twill_netlink::neigh::format_mac;
 
+pub use bgp::Bgp;
 pub use driver::Driver;
 pub use exec::{apply, observe, Failure, Report};
 pub use host_gw::HostGw;
@@ -178,6 +183,27 @@ pub struct VxlanSpec {
     /// (see [`vxlan::checksum_offload_broken`]); elsewhere it costs TSO, most of the
     /// tunnel's throughput.
     pub disable_tx_checksum: bool,
+}
+
+/// What a backend that speaks a routing protocol needs beyond this node and its peers
+/// (bgp): the cluster's routing resources and this node's pod addresses. The agent's
+/// machine reads and watches the resources only for such backends
+/// ([`BackendKind::uses_bgp_resources`]; else this is empty), and a change starts a pass
+/// ([`Driver::set_inputs`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoutingInputs {
+    /// The network config's cluster CIDR (all pod addresses).
+    pub cluster_cidr: Option<Ipv4Net>,
+    /// `bgpconfig`; None: absent or unreadable (the defaults apply).
+    pub bgp_config: Option<BgpConfiguration>,
+    /// `bgppeers/<name>`, by name.
+    pub bgp_peers: BTreeMap<String, BgpPeer>,
+    /// `nodeconfigs/<name>` of every node, by name.
+    pub node_specs: BTreeMap<String, NodeSpec>,
+    /// The addresses twill-cni gave this node's pods (its records), sorted.
+    pub pod_ips: Vec<Ipv4Addr>,
+    /// Resources that could not be read, in words naming the fix.
+    pub problems: Vec<String>,
 }
 
 /// The kernel state a backend needs on this node.
@@ -380,6 +406,18 @@ pub trait Backend: Send {
         Vec::new()
     }
 
+    /// The routing resources and pod addresses changed (only backends that read them get
+    /// any: see [`RoutingInputs`]); a pass follows.
+    fn set_inputs(&mut self, inputs: &RoutingInputs) {
+        let _ = inputs;
+    }
+
+    /// What this backend's routing sessions look like now, for `routingstatus/<node>`,
+    /// /metrics and `twill node status`; None for backends without sessions.
+    fn routing_status(&self) -> Option<RoutingStatus> {
+        None
+    }
+
     /// When [`Backend::on_event`] wants [`Event::Timer`] next.
     fn next_timer(&self) -> Option<Instant> {
         None
@@ -487,10 +525,12 @@ pub enum BackendError {
 }
 
 /// The backend the network config names. `disable_tx_checksum`: this kernel has the
-/// VXLAN checksum-offload fault (the caller asks uname).
+/// VXLAN checksum-offload fault (the caller asks uname); `state_dir`: twilld's, where a
+/// backend with a daemon of its own keeps its files (bgp: the speaker's control socket).
 pub fn select(
     spec: &BackendSpec,
     disable_tx_checksum: bool,
+    state_dir: &Path,
 ) -> Result<Box<dyn Backend>, BackendError> {
     spec.check()
         .map_err(|(field, reason)| BackendError::Invalid { field, reason })?;
@@ -507,6 +547,7 @@ pub fn select(
         BackendSpec::Vxlan(o) => Box::new(vxlan(o)),
         BackendSpec::Static(o) => Box::new(StaticMesh(vxlan(o))),
         BackendSpec::Rip(o) => Box::new(Rip::new(o)),
+        BackendSpec::Bgp => Box::new(Bgp::new(state_dir)),
     })
 }
 

@@ -414,6 +414,7 @@ mod tests {
         let b = select(
             &spec(r#"{"type":"rip","updateSeconds":5,"timeoutSeconds":15,"garbageSeconds":10}"#),
             false,
+            std::path::Path::new("/nonexistent"),
         )
         .unwrap();
         assert_eq!(b.kind(), BackendKind::Rip);
@@ -424,6 +425,7 @@ mod tests {
         let e = select(
             &spec(r#"{"type":"rip","updateSeconds":20,"timeoutSeconds":10}"#),
             false,
+            std::path::Path::new("/nonexistent"),
         )
         .err()
         .unwrap();
