@@ -45,6 +45,7 @@ struct Cluster {
     underlay: TestNetns,
     store: EmbeddedStore,
     dir: TempDir,
+    wiring: PodWiring,
 }
 
 fn text(o: &std::process::Output) -> String {
@@ -81,6 +82,10 @@ fn plug(underlay: &TestNetns, port: &str, ns: &TestNetns, cidr: &str) {
 /// `n` nodes on 192.0.2.0/24 (n<i> at 192.0.2.1<i>), backend bgp, l3 pods, /24 blocks;
 /// `bgpconfig` holds [`BGP_CONFIG`]. Agents are not started yet.
 fn cluster(tag: &str, n: usize) -> Cluster {
+    cluster_wired(tag, n, PodWiring::L3)
+}
+
+fn cluster_wired(tag: &str, n: usize, pod_wiring: PodWiring) -> Cluster {
     let underlay = TestNetns::new(&format!("{tag}ul"));
     underlay.exec(&["ip", "link", "add", "twlbr", "type", "bridge"]);
     underlay.exec(&["ip", "link", "set", "twlbr", "up"]);
@@ -108,7 +113,7 @@ fn cluster(tag: &str, n: usize) -> Cluster {
         backend: BackendKind::Bgp.spec(),
         mtu: 1500,
         masquerade: false,
-        pod_wiring: PodWiring::L3,
+        pod_wiring,
         lease_ttl_seconds: 600,
     };
     store
@@ -128,6 +133,7 @@ fn cluster(tag: &str, n: usize) -> Cluster {
         underlay,
         store,
         dir,
+        wiring: pod_wiring,
     }
 }
 
@@ -255,12 +261,15 @@ impl Cluster {
     fn add_pod(&mut self, i: usize) -> String {
         let pod = TestNetns::new(&format!("bbpod{}", i + 1));
         let d = self.node_dir(i);
-        let conf = json!({
+        let mut conf = json!({
             "cniVersion": "1.1.0",
             "name": NETWORK,
             "type": "twill-cni",
             "ipam": {"handoffFile": d.join("node.json"), "dataDir": d.join("ipam")},
         });
+        if self.wiring == PodWiring::Bridge {
+            conf["bridge"] = json!("twl0");
+        }
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.nodes[i].name])
             .arg(twill_testkit::workspace_bin("twill-cni", "twill-cni"))
@@ -734,4 +743,99 @@ fn bgp_routes_any(ns: &TestNetns) -> Vec<(String, String)> {
             )
         })
         .collect()
+}
+
+#[test]
+fn a_route_reflector_picked_by_selector_carries_bridge_wired_pods_with_the_mesh_off() {
+    twill_testkit::require_root(
+        "a_route_reflector_picked_by_selector_carries_bridge_wired_pods_with_the_mesh_off",
+    );
+    // Bridge wiring (kube-router's way with BGP): the bridge's connected route covers each
+    // block, no blackhole. The mesh off; n2 reflects (cluster 224.0.0.1) and every node
+    // peers with the nodes labelled rr: n1 and n3 only with n2, n2 back with both.
+    let mut c = cluster_wired("twlbbr", 3, PodWiring::Bridge);
+    c.store
+        .put(
+            &format!("{PREFIX}bgpconfig"),
+            br#"{"nodeToNodeMeshEnabled":false,"holdTimeSeconds":9,"keepaliveTimeSeconds":3,"connectRetrySeconds":1}"#,
+            None,
+        )
+        .unwrap();
+    c.store
+        .put(
+            &format!("{PREFIX}nodeconfigs/n2"),
+            br#"{"bgp":{"routeReflectorClusterID":"224.0.0.1"},"labels":{"rr":"yes"}}"#,
+            None,
+        )
+        .unwrap();
+    c.store
+        .put(
+            &format!("{PREFIX}bgppeers/to-rr"),
+            br#"{"nodeSelector":"all()","peerSelector":"rr == 'yes'"}"#,
+            None,
+        )
+        .unwrap();
+    for i in 0..3 {
+        c.start(i);
+    }
+    for i in 0..3 {
+        c.wait_ready(i);
+    }
+    let blocks: Vec<String> = (0..3).map(|i| c.block(i)).collect();
+    // Reflected routes keep the originator's next hop: n1 reaches n3's block via n3.
+    for i in 0..3 {
+        let want: Vec<(String, String)> = (0..3)
+            .filter(|j| *j != i)
+            .map(|j| (blocks[j].clone(), gw(j)))
+            .collect();
+        c.wait_routes(i, &want, Duration::from_secs(30));
+    }
+    for (i, peers) in [(0, 1), (1, 2), (2, 1)] {
+        let st = wait(
+            &format!("n{}'s sessions", i + 1),
+            Duration::from_secs(10),
+            || {
+                let st = c.routing(i).ok_or("absent")?;
+                (st.peers.len() == peers && st.peers.iter().all(|p| p.state == "Established"))
+                    .then_some(st.clone())
+                    .ok_or(format!("{st:?}"))
+            },
+        );
+        assert!(st
+            .peers
+            .iter()
+            .all(|p| p.peer_type == twill_api::bgp::PeerType::RouteReflector));
+        if i == 1 {
+            assert_eq!(
+                st.route_reflector_cluster_id,
+                Some("224.0.0.1".parse().unwrap())
+            );
+            assert!(
+                st.peers.iter().all(|p| p.prefixes_advertised == 2),
+                "{st:?}"
+            );
+        }
+    }
+    // No blackhole with a bridge; pods reach each other through the reflected routes.
+    for i in 0..3 {
+        let bh = text(&c.nodes[i].exec(&["ip", "route", "show", "type", "blackhole"]));
+        assert!(bh.trim().is_empty(), "n{}: {bh}", i + 1);
+    }
+    let ips: Vec<String> = (0..3).map(|i| c.add_pod(i)).collect();
+    for (from, pod) in c.pods.iter().enumerate() {
+        for (to, ip) in ips.iter().enumerate() {
+            if from != to {
+                wait(
+                    &format!("pod {from} -> pod {to} ({ip})"),
+                    Duration::from_secs(10),
+                    || ping(pod, ip),
+                );
+            }
+        }
+    }
+    // The reflector leaves cleanly: the clients lose each other's routes at once (they
+    // learned them only through it).
+    c.sigterm(1);
+    c.wait_routes(0, &[], Duration::from_secs(5));
+    c.wait_routes(2, &[], Duration::from_secs(5));
 }
