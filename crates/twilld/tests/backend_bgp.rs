@@ -839,3 +839,41 @@ fn a_route_reflector_picked_by_selector_carries_bridge_wired_pods_with_the_mesh_
     c.wait_routes(0, &[], Duration::from_secs(5));
     c.wait_routes(2, &[], Duration::from_secs(5));
 }
+
+#[test]
+fn a_speaker_that_cannot_listen_is_in_readyz_with_the_fix_and_starts_once_the_port_is_free() {
+    twill_testkit::require_root(
+        "a_speaker_that_cannot_listen_is_in_readyz_with_the_fix_and_starts_once_the_port_is_free",
+    );
+    let mut c = cluster("twlbbp", 2);
+    // Another BGP daemon's port 179 on n1, as a plain listener in its namespace.
+    let ns = Netns::open(c.nodes[0].path()).unwrap();
+    let squatter = run_in(&ns, || std::net::TcpListener::bind("0.0.0.0:179"))
+        .unwrap()
+        .unwrap();
+    c.start(0);
+    c.start(1);
+    let why = wait(
+        "n1's /readyz to say why",
+        Duration::from_secs(20),
+        || match c.get(0, "/readyz") {
+            Some((200, body)) if body.contains("the BGP speaker cannot start") => Ok(body),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    assert!(
+        why.contains("port 179") && why.contains("listenPort"),
+        "{why}"
+    );
+    drop(squatter);
+    c.wait_ready(1);
+    let blocks = [c.block(0), c.block(1)];
+    c.wait_routes(0, &[(blocks[1].clone(), gw(1))], Duration::from_secs(20));
+    c.wait_routes(1, &[(blocks[0].clone(), gw(0))], Duration::from_secs(20));
+    wait("the problem gone", Duration::from_secs(10), || {
+        match c.get(0, "/readyz") {
+            Some((200, body)) if !body.contains("cannot start") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+}

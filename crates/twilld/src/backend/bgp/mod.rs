@@ -197,7 +197,12 @@ impl Bgp {
                 notify: Some(Box::new(notify)),
             },
         )
-        .map_err(|e| format!("the BGP speaker cannot start: {e}"))?;
+        .map_err(|e| {
+            format!(
+                "the BGP speaker cannot start: {e}; if another BGP daemon (BIRD, FRR) holds port {} on this node, stop it or set listenPort in the BGPConfiguration (every node listens on it)",
+                identity.listen_port
+            )
+        })?;
         std::fs::write(&mark, b"").map_err(|e| {
             format!(
                 "cannot write {}: {e}; a restart after a crash would not be graceful",
@@ -461,6 +466,8 @@ impl Backend for Bgp {
         let identity = Identity::of(&plan);
         self.identity = Some(identity.clone());
         if let Err(e) = self.ensure_speaker(&identity) {
+            // Shown in /readyz by the next pass (a failure brings one within the retry).
+            self.edge_problems = vec![e.clone()];
             return vec![e];
         }
         let mut failures = Vec::new();
