@@ -122,7 +122,7 @@ enum Bench {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
         /// Comma-separated: bird (the reference), speaker (twill bgp serve), twilld.
-        #[arg(long, value_delimiter = ',', default_value = "bird,speaker")]
+        #[arg(long, value_delimiter = ',', default_value = "bird,speaker,twilld")]
         implementations: Vec<String>,
         /// How long one run may take to converge.
         #[arg(long, default_value_t = 60.0)]

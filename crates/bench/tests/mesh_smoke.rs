@@ -20,6 +20,7 @@ fn mesh_smoke_run_reports_both_sides_and_leaves_nothing() {
         twlbench_netns_and_dirs()
     );
     let twill = twill_testkit::workspace_bin("twill", "twill");
+    let twilld = twill_testkit::workspace_bin("twilld", "twilld");
     let out = Command::new(BENCH)
         .args([
             "mesh",
@@ -38,8 +39,11 @@ fn mesh_smoke_run_reports_both_sides_and_leaves_nothing() {
             "--rounds",
             "1",
         ])
-        .args(["--timeout-seconds", "20", "-o", "json", "--twill"])
+        .args(["--timeout-seconds", "20", "-o", "json"])
+        .args(["--implementations", "bird,speaker,twilld", "--twill"])
         .arg(&twill)
+        .arg("--twilld")
+        .arg(&twilld)
         .output()
         .expect("run twill-bench");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -53,7 +57,8 @@ fn mesh_smoke_run_reports_both_sides_and_leaves_nothing() {
     for s in ["cold", "join", "reflectors"] {
         let bird = &j["scenarios"][s]["bird"];
         let speaker = &j["scenarios"][s]["speaker"];
-        for side in [bird, speaker] {
+        let twilld = &j["scenarios"][s]["twilld"];
+        for side in [bird, speaker, twilld] {
             assert_eq!(side["ok"], 1, "{s}: {j:#}");
             let m = side["medianSeconds"].as_f64().unwrap();
             // A real convergence over TCP takes some time, and the deadline bounds it.
@@ -67,12 +72,14 @@ fn mesh_smoke_run_reports_both_sides_and_leaves_nothing() {
             let m = bird["medianSeconds"].as_f64().unwrap();
             assert!(m >= 0.7, "{s}: {bird}");
         }
-        let ratio = speaker["ratioToBird"].as_f64().unwrap();
-        let want =
-            speaker["medianSeconds"].as_f64().unwrap() / bird["medianSeconds"].as_f64().unwrap();
-        assert!((ratio - want).abs() < 1e-9, "{s}: {j:#}");
+        for side in [speaker, twilld] {
+            let ratio = side["ratioToBird"].as_f64().unwrap();
+            let want =
+                side["medianSeconds"].as_f64().unwrap() / bird["medianSeconds"].as_f64().unwrap();
+            assert!((ratio - want).abs() < 1e-9, "{s}: {j:#}");
+        }
     }
-    for side in ["bird", "speaker"] {
+    for side in ["bird", "speaker", "twilld"] {
         let c = &j["cost"][side];
         assert_eq!(c["routes"], 200, "{side}: {c}");
         let rss = c["rssMb"].as_f64().unwrap();
@@ -87,9 +94,13 @@ fn mesh_smoke_run_reports_both_sides_and_leaves_nothing() {
     }
     // Goals are Twill's only: one per scenario run, judged on its median.
     let goals = j["goals"].as_array().unwrap();
-    assert_eq!(goals.len(), 3, "{goals:?}");
+    assert_eq!(goals.len(), 6, "{goals:?}");
     for g in goals {
-        assert!(g["name"].as_str().unwrap().starts_with("speaker: "), "{g}");
+        let name = g["name"].as_str().unwrap();
+        assert!(
+            name.starts_with("speaker: ") || name.starts_with("twilld: "),
+            "{g}"
+        );
         assert_eq!(
             g["met"],
             g["value"].as_f64().unwrap() <= g["limit"].as_f64().unwrap()
