@@ -60,10 +60,15 @@ fn embedded_speaker_adds_removes_peers_and_replaces_what_it_originates() {
 
     // A second peer joins; the first session is not touched.
     let since = e.status().peers[0].since;
+    // The first one gets a tag too: no reset for that either.
+    let mut tagged = peer("192.0.2.2", 65002);
+    tagged.tag = Some("node-to-node mesh".into());
     e.sp()
-        .set_peers(vec![peer("192.0.2.2", 65002), peer("192.0.2.3", 65003)])
+        .set_peers(vec![tagged, peer("192.0.2.3", 65003)])
         .unwrap();
     e.wait_state("192.0.2.3", State::Established);
+    let cli = e.neighbors_cli();
+    assert_eq!(cli["neighbors"][0]["tag"], "node-to-node mesh", "{cli}");
     wait::until("BIRD 2 learns BIRD 1's route and ours", T, || {
         let ok = !b2.routes_for("10.244.2.0/24").is_empty()
             && !b2.routes_for("10.244.1.0/24").is_empty();

@@ -207,6 +207,7 @@ mod tests {
             flaps: 0,
             stale_seconds_left: None,
             end_of_rib: false,
+            tag: None,
         };
         let r = NeighborsReply {
             router_id: "192.0.2.2".into(),

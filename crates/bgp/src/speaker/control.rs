@@ -83,6 +83,9 @@ pub struct Neighbor {
     pub stale_seconds_left: Option<u64>,
     /// It has sent End-of-RIB since it came up.
     pub end_of_rib: bool,
+    /// The peer's `tag` in the configuration (twilld: its peer type).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
 }
 
 /// The reply to [`Request::Neighbors`].

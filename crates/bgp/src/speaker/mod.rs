@@ -1479,6 +1479,7 @@ impl Speaker {
                         .stale_until
                         .map(|d| d.saturating_duration_since(now).as_secs()),
                     end_of_rib: p.end_of_rib,
+                    tag: p.cfg.tag.clone(),
                 }
             })
             .collect();
