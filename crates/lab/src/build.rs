@@ -296,6 +296,14 @@ fn build(state: &mut LabState, log: Log) -> Result<(), LabError> {
         config.lease_ttl_seconds,
         config.masquerade
     ));
+    let keys = daemons::write_bgp_resources(&plan)?;
+    if !keys.is_empty() {
+        log(&format!(
+            "BGP resources written to the store before any agent starts: {}",
+            keys.join(", ")
+        ));
+    }
+    start_router(state, log)?;
     for node in &plan.nodes {
         let rec = daemons::spawn(
             &node.short,
@@ -322,6 +330,46 @@ fn build(state: &mut LabState, log: Log) -> Result<(), LabError> {
     }
     warm_underlay(&plan);
     wait_peering(state, log)
+}
+
+/// The router's routing daemon, if the plan has one: config written, processes recorded.
+fn start_router(state: &mut LabState, log: Log) -> Result<(), LabError> {
+    let Some(d) = state.plan.router.daemon.clone() else {
+        return Ok(());
+    };
+    let recs = daemons::start_router(&state.plan)?;
+    log(&format!(
+        "router {}: {} (pids {}), config {}, log {}",
+        state.plan.router.netns,
+        crate::routing::describe_router(&d),
+        recs.iter()
+            .map(|r| r.pid.unwrap_or(0).to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        d.config_file().display(),
+        d.log_file().display()
+    ));
+    state.router = recs;
+    state.save()?;
+    Ok(())
+}
+
+/// The blocks the router's kernel routes (what its daemon installed), when it runs one.
+pub fn router_routes(plan: &LabPlan) -> Result<Option<Vec<Ipv4Net>>, LabError> {
+    let Some(d) = &plan.router.daemon else {
+        return Ok(None);
+    };
+    let proto = crate::routing::router_kernel_proto(d).to_string();
+    let text = ip(&[
+        "-j",
+        "-n",
+        &plan.router.netns,
+        "route",
+        "show",
+        "proto",
+        &proto,
+    ])?;
+    Ok(Some(plan::parse_route_dsts(&text)))
 }
 
 /// One ping from every node to its router, so the underlay's ARP entries exist before the
@@ -382,10 +430,15 @@ fn add_pods(state: &mut LabState, node: &NodePlan, log: Log) -> Result<(), LabEr
 /// How long `up` waits for the agents to program routes to one another.
 pub const PEERING_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Twill's routes in `netns` (`ip -j route show proto 84`): their destinations.
-pub fn twill_routes(netns: &str) -> Result<Vec<Ipv4Net>, LabError> {
-    let text = ip(&["-j", "-n", netns, "route", "show", "proto", "84"])?;
-    Ok(plan::parse_route_dsts(&text))
+/// The backend's routes in `netns` (`ip -j route show proto P` for each of `protos`: the
+/// agent's 84, and `bgp`/`rip` for what a speaker learned): their destinations.
+pub fn twill_routes(netns: &str, protos: &[u8]) -> Result<Vec<Ipv4Net>, LabError> {
+    let mut v = Vec::new();
+    for p in protos {
+        let text = ip(&["-j", "-n", netns, "route", "show", "proto", &p.to_string()])?;
+        v.extend(plan::parse_route_dsts(&text));
+    }
+    Ok(v)
 }
 
 /// What the agents have not done yet: per node, a route to every block of every peer its
@@ -401,13 +454,20 @@ pub fn peering_gaps(state: &LabState) -> Result<Vec<String>, LabError> {
     let mut routes = HashMap::new();
     let mut readyz = HashMap::new();
     for n in &plan.nodes {
-        routes.insert(n.short.clone(), twill_routes(&n.netns)?);
+        routes.insert(
+            n.short.clone(),
+            twill_routes(&n.netns, plan.backend_route_protos())?,
+        );
         let body = daemons::http_get(&n.netns, daemons::agent_addr(), "/readyz")
             .map(|(_, b)| b)
             .unwrap_or_default();
         readyz.insert(n.short.clone(), body);
     }
-    Ok(plan.peering_gaps(&blocks, &routes, &readyz))
+    let mut gaps = plan.peering_gaps(&blocks, &routes, &readyz);
+    if let Some(have) = router_routes(plan)? {
+        gaps.extend(plan::router_gaps(&plan.nodes, &blocks, &have));
+    }
+    Ok(gaps)
 }
 
 /// Waits until [`peering_gaps`] finds none, so that `check` right after `up` is meaningful.
@@ -455,6 +515,8 @@ pub fn add_node(state: &mut LabState, log: Log) -> Result<String, LabError> {
     wire_veth(&node.uplink)?;
     setup_node(&state.plan, &node, log)?;
     daemons::write_static_file(&state.plan)?;
+    daemons::write_node_spec(&state.plan, &node)?;
+    daemons::reconfigure_router(&state.plan, Some(&node))?;
     let rec = daemons::spawn(
         &node.short,
         &node.netns,
@@ -543,12 +605,13 @@ pub fn remove_node(
     delete_netns(state, &node.netns)?;
     let _ = std::fs::remove_dir_all(&node.dir);
     state.save()?;
+    daemons::reconfigure_router(&state.plan, None)?;
     // The others drop their routes to it once they see it gone.
     let started = Instant::now();
     loop {
         let mut left = Vec::new();
         for n in &state.plan.nodes {
-            let routes = twill_routes(&n.netns)?;
+            let routes = twill_routes(&n.netns, state.plan.backend_route_protos())?;
             left.extend(
                 gone_blocks
                     .iter()
@@ -721,7 +784,12 @@ pub fn teardown(state: &LabState, log: Log) -> Vec<String> {
     let plan = &state.plan;
     // The agents and the store go first (in parallel: each may take the grace period), so
     // nothing rewrites the hand-off or the store while pods are removed.
-    let daemons: Vec<&ProcRecord> = state.agents.iter().chain(state.etcd.iter()).collect();
+    let daemons: Vec<&ProcRecord> = state
+        .agents
+        .iter()
+        .chain(state.etcd.iter())
+        .chain(state.router.iter().rev())
+        .collect();
     let notes: Vec<Option<String>> = std::thread::scope(|scope| {
         let handles: Vec<_> = daemons
             .iter()

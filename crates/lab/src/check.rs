@@ -23,6 +23,11 @@ use crate::state::LabState;
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 /// The responder name of the outside host's listener.
 pub const OUTSIDE_RESPONDER: &str = "out";
+/// The row of the outside host reaching a pod by its IP when the router only forwards
+/// (expected to fail), and when its routing daemon learned the blocks (expected to pass,
+/// with the outside host's own address seen by the pod: no NAT).
+pub const OUTSIDE_POD_UNROUTED: &str = "outside→pod ip not routed";
+pub const OUTSIDE_POD_ROUTED: &str = "outside→pod ip, routed, no NAT";
 /// The port the outside host listens on (pods connect to it through masquerade).
 pub const OUTSIDE_PORT: u16 = 8080;
 
@@ -403,7 +408,23 @@ pub fn plan_checks(plan: &LabPlan, pod_addrs: &HashMap<String, PodAddrs>) -> Vec
             answer(&first.short, None),
             localhost_hint,
         );
-        add("outside→pod ip not routed", out_from, format!("{} {first_ip}:{CONTAINER_PORT_TCP}", first.short), tcp(first_ip, CONTAINER_PORT_TCP), Expect::Unreachable, "the router must not know the pod network: pods are reached from outside only through host ports");
+        match &plan.router.daemon {
+            Some(d) => add(
+                OUTSIDE_POD_ROUTED,
+                out_from,
+                format!("{} {first_ip}:{CONTAINER_PORT_TCP}", first.short),
+                tcp(first_ip, CONTAINER_PORT_TCP),
+                answer(&first.short, Some(outside)),
+                &format!(
+                    "the router ({}) must have learned {}'s block from {} and installed it in its kernel (`twill lab trace out {}` shows who learned what), and nothing may NAT on the way: the pod sees the outside host's own address",
+                    crate::routing::describe_router(d),
+                    first.short,
+                    node.short,
+                    first.short
+                ),
+            ),
+            None => add(OUTSIDE_POD_UNROUTED, out_from, format!("{} {first_ip}:{CONTAINER_PORT_TCP}", first.short), tcp(first_ip, CONTAINER_PORT_TCP), Expect::Unreachable, "the router must not know the pod network: pods are reached from outside only through host ports"),
+        }
     }
     v.extend(cross_node_checks(plan, &pod_ips));
     v
@@ -452,12 +473,17 @@ pub fn cross_node_checks(plan: &LabPlan, pod_ips: &HashMap<String, Ipv4Addr>) ->
                 }),
             };
             let via = match plan.backend {
-                BackendKind::HostGw => "host-gw: a route per remote block via the remote node",
+                BackendKind::HostGw => "host-gw: a route per remote block via the remote node (ip route show proto 84)",
+                BackendKind::Bgp if a.segment != b.segment => {
+                    "bgp across segments: the block is learned over BGP (proto bgp) via the router, which learned it from the other segment's node (`twill lab trace` shows who learned what)"
+                }
+                BackendKind::Bgp => "bgp: the block is learned over BGP (ip route show proto bgp) via the node that announced it",
+                BackendKind::Rip => "rip: the block is heard over RIP (ip route show proto rip), via the node or the router that announced it",
                 BackendKind::Vxlan if plan.direct_routing && a.segment == b.segment => {
-                    "vxlan directRouting: on one segment, a direct route via the remote node"
+                    "vxlan directRouting: on one segment, a direct route via the remote node (ip route show proto 84)"
                 }
                 _ => {
-                    "vxlan: route onlink via the peer's VTEP on twl.1, its neighbour and FDB entry"
+                    "vxlan: route onlink via the peer's VTEP on twl.1 (ip route show proto 84), its neighbour and FDB entry"
                 }
             };
             let mut add = |name: &str, from: (&str, &str), to: String, probe, expect| {
@@ -470,7 +496,7 @@ pub fn cross_node_checks(plan: &LabPlan, pod_ips: &HashMap<String, Ipv4Addr>) ->
                     probe,
                     expect: blocked.clone().unwrap_or(expect),
                     hint: format!(
-                        "{} must have a Twill route (ip route show proto 84) to {}'s block; {via}",
+                        "{} must have a route of the backend to {}'s block; {via}",
                         a.short, b.short
                     ),
                 })
@@ -1051,6 +1077,77 @@ mod tests {
         assert!(cross_node_checks(&vx, &ips)
             .iter()
             .all(|c| c.expect.reaches()));
+    }
+
+    #[test]
+    fn the_outside_reaches_pods_by_ip_only_where_the_router_learned_them() {
+        use crate::plan::{BackendKind, ExternalRouter};
+        let with = |backend, segments, external_router| {
+            plan(&LabSpec {
+                nodes: 2,
+                pods_per_node: 1,
+                segments,
+                backend,
+                external_router,
+                ..LabSpec::default()
+            })
+            .unwrap()
+        };
+        let ips: HashMap<String, PodAddrs> = (1..=2u8)
+            .map(|i| {
+                (
+                    format!("n{i}-p1"),
+                    PodAddrs {
+                        ip: Ipv4Addr::new(10, 244, i, 2),
+                        gateway: None,
+                    },
+                )
+            })
+            .collect();
+        let outside = Ipv4Addr::new(203, 0, 113, 10);
+        for p in [
+            with(BackendKind::Bgp, 2, None),
+            with(BackendKind::Bgp, 1, Some(ExternalRouter::Frr)),
+            with(BackendKind::Rip, 1, Some(ExternalRouter::Frr)),
+        ] {
+            let v = plan_checks(&p, &ips);
+            assert!(find(&v, OUTSIDE_POD_UNROUTED, "out").is_empty());
+            let rows = find(&v, OUTSIDE_POD_ROUTED, "out");
+            assert_eq!(rows.len(), 2);
+            assert_eq!(
+                rows[1].expect,
+                Expect::Answer {
+                    responder: "n2-p1".into(),
+                    peer: Some(outside)
+                }
+            );
+            assert!(
+                rows[0].hint.contains("n1-p1's block from n1"),
+                "{}",
+                rows[0].hint
+            );
+            // Answered through a NAT: the pod saw the router's address, not the host's.
+            let natted = Ok(Some(Reply {
+                responder: "n1-p1".into(),
+                peer: "203.0.113.1:40000".parse().unwrap(),
+            }));
+            let (ok, detail) = judge(rows[0], natted);
+            assert!(!ok && detail.contains("expected 203.0.113.10"), "{detail}");
+            let (ok, detail) = judge(rows[0], Err("connect: timed out".into()));
+            assert!(!ok && detail.contains("must have learned"), "{detail}");
+        }
+        for p in [
+            with(BackendKind::Bgp, 1, None),
+            with(BackendKind::Rip, 1, None),
+            with(BackendKind::Vxlan, 2, None),
+        ] {
+            let v = plan_checks(&p, &ips);
+            assert!(find(&v, OUTSIDE_POD_ROUTED, "out").is_empty());
+            assert_eq!(
+                find(&v, OUTSIDE_POD_UNROUTED, "out")[0].expect,
+                Expect::Unreachable
+            );
+        }
     }
 
     #[test]

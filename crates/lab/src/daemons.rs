@@ -11,12 +11,16 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use twill_api::resources::{NetworkConfig, NodeStatus as StoreNode, KEY_CONFIG, PREFIX_NODES};
+use twill_api::bgp::{KEY_BGP_CONFIG, PREFIX_BGP_PEERS};
+use twill_api::resources::{
+    NetworkConfig, NodeStatus as StoreNode, KEY_CONFIG, PREFIX_NODECONFIGS, PREFIX_NODES,
+};
 use twill_store::{Store, StoreConfig, PREFIX};
 
 use crate::build::LabError;
-use crate::plan::{LabPlan, StoreKind, AGENT_LISTEN, CLUSTER_CIDR};
+use crate::plan::{LabPlan, NodePlan, StoreKind, AGENT_LISTEN, CLUSTER_CIDR};
 use crate::probe;
+use crate::routing;
 use crate::state::ProcRecord;
 
 /// How long `up` waits for an agent's /readyz to say 200.
@@ -143,6 +147,259 @@ pub fn write_network_config(plan: &LabPlan) -> Result<NetworkConfig, LabError> {
     })
     .map_err(|e| cmd_err("write the network config into the store", e))?;
     Ok(config)
+}
+
+/// Writes the BGP resources (BGPConfiguration, BGPPeers, every node's Node resource) into
+/// the store; nothing for a lab without bgp. Returns the keys written.
+pub fn write_bgp_resources(plan: &LabPlan) -> Result<Vec<String>, LabError> {
+    let Some(config) = routing::bgp_configuration(plan) else {
+        return Ok(Vec::new());
+    };
+    let mut kvs: Vec<(String, Vec<u8>)> = vec![(
+        KEY_BGP_CONFIG.to_string(),
+        serde_json::to_vec(&config).expect("a BGPConfiguration serializes"),
+    )];
+    for (name, peer) in routing::bgp_peers(plan) {
+        kvs.push((
+            format!("{PREFIX_BGP_PEERS}{name}"),
+            serde_json::to_vec(&peer).expect("a BGPPeer serializes"),
+        ));
+    }
+    for node in &plan.nodes {
+        kvs.extend(node_spec_kv(plan, node));
+    }
+    put_all(plan, &kvs)?;
+    Ok(kvs.into_iter().map(|(k, _)| k).collect())
+}
+
+/// The Node resource of one node (`add-node` writes it before the agent starts).
+pub fn write_node_spec(plan: &LabPlan, node: &NodePlan) -> Result<(), LabError> {
+    put_all(
+        plan,
+        &node_spec_kv(plan, node).into_iter().collect::<Vec<_>>(),
+    )
+}
+
+fn node_spec_kv(plan: &LabPlan, node: &NodePlan) -> Option<(String, Vec<u8>)> {
+    let spec = routing::node_spec(plan, node)?;
+    Some((
+        format!("{PREFIX_NODECONFIGS}{}", node.short),
+        serde_json::to_vec(&spec).expect("a NodeSpec serializes"),
+    ))
+}
+
+fn put_all(plan: &LabPlan, kvs: &[(String, Vec<u8>)]) -> Result<(), LabError> {
+    if kvs.is_empty() {
+        return Ok(());
+    }
+    with_store(plan, |store| {
+        for (k, v) in kvs {
+            store
+                .put(&format!("{PREFIX}{k}"), v, None)
+                .map_err(|e| format!("{k}: {e}"))?;
+        }
+        Ok(())
+    })
+    .map_err(|e| cmd_err("write the lab's BGP resources into the store", e))
+}
+
+/// How long the router's daemon may take to create its socket.
+pub const ROUTER_READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Writes the router's configuration and starts its daemons in the router namespace, in
+/// order (FRR: zebra first, until its API socket exists). Returns their records, to be
+/// stopped by PID in reverse. On failure the ones already started are stopped.
+pub fn start_router(plan: &LabPlan) -> Result<Vec<ProcRecord>, LabError> {
+    let Some(d) = &plan.router.daemon else {
+        return Ok(Vec::new());
+    };
+    let what = format!("start the router's {}", d.kind);
+    std::fs::create_dir_all(&d.dir)
+        .map_err(|e| cmd_err(&what, format!("create {}: {e}", d.dir.display())))?;
+    write_router_config(plan)?;
+    if d.kind == crate::plan::ExternalRouter::Frr {
+        // FRR drops to user frr: its pid, log and vty files live in the folder.
+        run_checked(
+            Command::new("chown").args(["-R", "frr:frr"]).arg(&d.dir),
+            &what,
+        )?;
+    }
+    let mut started: Vec<ProcRecord> = Vec::new();
+    let stop_all = |started: &[ProcRecord]| {
+        for r in started.iter().rev() {
+            let _ = stop(r, STOP_GRACE);
+        }
+    };
+    for c in routing::router_daemons(d) {
+        let bin = find_program(&c.bin).ok_or_else(|| {
+            stop_all(&started);
+            cmd_err(
+                &what,
+                format!(
+                    "{} is not installed: `apt-get install {}` (scripts/install-deps.sh has it)",
+                    c.bin.display(),
+                    match d.kind {
+                        crate::plan::ExternalRouter::Bird => "bird2",
+                        crate::plan::ExternalRouter::Frr => "frr",
+                    }
+                ),
+            )
+        })?;
+        let log = d.dir.join(format!("{}.out", c.role));
+        let rec = match spawn(
+            &format!("rt-{}", c.role),
+            &plan.router.netns,
+            &bin,
+            &c.args,
+            &log,
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                stop_all(&started);
+                return Err(e);
+            }
+        };
+        started.push(rec.clone());
+        let ready = c.ready_file.clone().unwrap_or_else(|| d.control());
+        let end = Instant::now() + ROUTER_READY_TIMEOUT;
+        while !ready.exists() {
+            let dead = rec.pid.is_some_and(|p| !is_alive(p));
+            if dead || Instant::now() >= end {
+                stop_all(&started);
+                return Err(cmd_err(
+                    format!("{} in {}", c.role, plan.router.netns),
+                    format!(
+                        "{} after {}s without {}; its output {}:
+{}
+its log {}:
+{}",
+                        if dead { "exited" } else { "still starting" },
+                        ROUTER_READY_TIMEOUT.as_secs(),
+                        ready.display(),
+                        log.display(),
+                        log_tail(&log),
+                        d.log_file().display(),
+                        log_tail(&d.log_file())
+                    ),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(started)
+}
+
+/// (Re)writes the router's configuration file from the plan.
+pub fn write_router_config(plan: &LabPlan) -> Result<(), LabError> {
+    let Some(d) = &plan.router.daemon else {
+        return Ok(());
+    };
+    let path = d.config_file();
+    std::fs::write(&path, routing::router_config(plan, d))
+        .map_err(|e| cmd_err(format!("write {}", path.display()), e.to_string()))
+}
+
+/// Tells the running router about the plan's nodes after add-node or remove-node: BIRD
+/// re-reads its file (`birdc configure`); FRR gets the new neighbours through vtysh
+/// (RIP needs nothing: it hears the new node).
+pub fn reconfigure_router(plan: &LabPlan, added: Option<&NodePlan>) -> Result<(), LabError> {
+    let Some(d) = &plan.router.daemon else {
+        return Ok(());
+    };
+    write_router_config(plan)?;
+    match (d.kind, d.protocol) {
+        (crate::plan::ExternalRouter::Bird, _) => {
+            let out = router_query(plan, &["configure"])?;
+            if !out.contains("Reconfigured") && !out.contains("Reconfiguration in progress") {
+                return Err(cmd_err("birdc configure", out));
+            }
+            Ok(())
+        }
+        (crate::plan::ExternalRouter::Frr, crate::plan::RoutingProtocol::Bgp) => {
+            let Some(node) = added else { return Ok(()) };
+            let n = routing::neighbors(plan)
+                .into_iter()
+                .find(|n| n.node == node.short)
+                .expect("the added node is in the plan");
+            let mut args = vec![
+                "configure terminal".to_string(),
+                format!("router bgp {}", d.asn),
+            ];
+            args.extend(
+                routing::frr_neighbor_lines(&n, d)
+                    .into_iter()
+                    .map(|l| l.trim().to_string()),
+            );
+            if plan.bgp.as_ref().is_some_and(|b| !b.as_per_node) {
+                args.push("address-family ipv4 unicast".into());
+                args.push(format!("neighbor {} as-override", n.address));
+            }
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            router_query(plan, &refs).map(|_| ())
+        }
+        (crate::plan::ExternalRouter::Frr, crate::plan::RoutingProtocol::Rip) => Ok(()),
+    }
+}
+
+/// Asks the router's daemon: `birdc -s SOCK ARGS...`, or `vtysh --vty_socket DIR -c A -c B`
+/// (each arg one command). Runs inside the router namespace; returns stdout.
+pub fn router_query(plan: &LabPlan, args: &[&str]) -> Result<String, LabError> {
+    let d = plan.router.daemon.as_ref().ok_or_else(|| {
+        cmd_err(
+            "ask the router",
+            format!(
+                "lab {}'s router runs no routing daemon (use --external-router, or --backend bgp --segments 2)",
+                plan.name
+            ),
+        )
+    })?;
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &plan.router.netns]);
+    match d.kind {
+        crate::plan::ExternalRouter::Bird => {
+            cmd.arg("birdc").arg("-s").arg(d.control()).args(args);
+        }
+        crate::plan::ExternalRouter::Frr => {
+            cmd.arg("vtysh").arg("--vty_socket").arg(d.control());
+            for a in args {
+                cmd.args(["-c", a]);
+            }
+        }
+    }
+    let shown = format!("{cmd:?}");
+    let out = cmd.output().map_err(|e| cmd_err(&shown, e.to_string()))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return Err(cmd_err(
+            shown,
+            format!("{text}{}", String::from_utf8_lossy(&out.stderr)),
+        ));
+    }
+    Ok(text)
+}
+
+fn run_checked(cmd: &mut Command, what: &str) -> Result<(), LabError> {
+    let out = cmd.output().map_err(|e| cmd_err(what, e.to_string()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(cmd_err(
+            what,
+            format!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr).trim()),
+        ))
+    }
+}
+
+/// `bin` itself if it is a path, else the first match on PATH.
+pub fn find_program(bin: &Path) -> Option<std::path::PathBuf> {
+    if bin.components().count() > 1 {
+        return bin.is_file().then(|| bin.to_path_buf());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|d| d.join(bin))
+        .find(|p| p.is_file())
 }
 
 /// Every node the agents published (`nodes/<name>`), by name.

@@ -18,6 +18,7 @@ pub mod graph;
 pub mod plan;
 pub mod probe;
 pub mod routes;
+pub mod routing;
 pub mod runtime;
 pub mod state;
 pub mod status;

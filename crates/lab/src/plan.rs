@@ -80,6 +80,90 @@ pub use twill_store::StoreKind;
 /// one kind of twill-api (`static` is the VXLAN mesh from the static file store).
 pub use twill_api::resources::BackendKind;
 
+/// Calico's default AS, every node's unless `--as-per-node` (BGP).
+pub use twill_api::bgp::DEFAULT_AS as NODE_AS;
+/// The agent's own kernel route protocol number.
+pub const TWILL_PROTO: u8 = 84;
+/// Routes a BGP speaker learned (`proto bgp`, rtnetlink's RTPROT_BGP).
+pub const RTPROT_BGP: u8 = 186;
+/// Routes a RIP speaker learned (`proto rip`, RTPROT_RIP).
+pub const RTPROT_RIP: u8 = 189;
+/// The external router's own AS: eBGP with every node.
+pub const ROUTER_AS: u32 = 64513;
+/// With `--as-per-node`, node i is in AS `AS_PER_NODE_BASE + i` (private 16-bit ASes).
+pub const AS_PER_NODE_BASE: u32 = 65000;
+/// The route reflectors' cluster ID (RFC 4456), as Calico's docs write it.
+pub const RR_CLUSTER_ID: Ipv4Addr = Ipv4Addr::new(244, 0, 0, 1);
+/// Node labels the lab sets (`metadata.labels`), matched by its BGPPeers' selectors:
+/// `segment` is "1" or "2"; `route-reflector` is "true" on the reflectors.
+pub const LABEL_SEGMENT: &str = "segment";
+pub const LABEL_ROUTE_REFLECTOR: &str = "route-reflector";
+/// The TCP MD5 key (RFC 2385) of every session between the nodes and the external router.
+pub const ROUTER_MD5_KEY: &str = "twl-lab-md5";
+/// Timers of every lab session (nodes and router): a dead peer is noticed in seconds.
+pub const BGP_HOLD_SECONDS: u16 = 9;
+pub const BGP_KEEPALIVE_SECONDS: u16 = 3;
+pub const BGP_CONNECT_RETRY_SECONDS: u32 = 1;
+
+/// A routing daemon the lab runs in its router namespace (`--external-router`): the router
+/// then peers with the nodes (BGP: eBGP from its own AS; RIP: ripd on every leg), installs
+/// the pod blocks in its kernel, and passes them between the segments and to the outside
+/// host. Without one the router only forwards and knows no pod route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExternalRouter {
+    /// BIRD 2 (`bird`, `birdc`): BGP only.
+    Bird,
+    /// FRR: zebra + bgpd for BGP, zebra + ripd for RIP.
+    Frr,
+}
+
+impl ExternalRouter {
+    pub const ALL: [ExternalRouter; 2] = [ExternalRouter::Bird, ExternalRouter::Frr];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            ExternalRouter::Bird => "bird",
+            ExternalRouter::Frr => "frr",
+        }
+    }
+}
+
+impl std::fmt::Display for ExternalRouter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which protocol the router's daemon speaks with the nodes.
+pub use twill_api::bgp::RoutingProtocol;
+
+/// The lab's BGP settings, written into the store as resources before any agent starts
+/// (see [`crate::routing`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BgpPlan {
+    /// The first `route_reflectors` nodes reflect (cluster ID [`RR_CLUSTER_ID`]), and the
+    /// node-to-node mesh is off; 0: the mesh.
+    pub route_reflectors: u16,
+    /// Every node in its own AS (`AS_PER_NODE_BASE + i`) instead of all in [`NODE_AS`].
+    pub as_per_node: bool,
+}
+
+/// The routing daemon in the router namespace: its files live in `dir` (config, log,
+/// control socket, pid files), and it is stopped by PID on `down`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterDaemonPlan {
+    pub kind: ExternalRouter,
+    pub protocol: RoutingProtocol,
+    /// BGP: the router's AS ([`ROUTER_AS`]).
+    pub asn: u32,
+    /// Its first segment leg's address.
+    pub router_id: Ipv4Addr,
+    pub dir: PathBuf,
+    /// BGP: the TCP MD5 key of every session with the nodes.
+    pub password: Option<String>,
+}
+
 /// How node `from` reaches the pods of node `to`, as the backend promises. Pure.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PeerPath {
@@ -116,6 +200,13 @@ pub struct LabSpec {
     pub direct_routing: bool,
     /// How pods meet their node: on the node bridge, or Calico's pure L3.
     pub pod_wiring: PodWiring,
+    /// bgp: this many route reflectors (the first nodes), the mesh off; 0 keeps the mesh.
+    pub route_reflectors: u16,
+    /// bgp or rip: the routing daemon the router runs (bgp with 2 segments: BIRD unless
+    /// asked otherwise).
+    pub external_router: Option<ExternalRouter>,
+    /// bgp: an AS per node instead of one AS for all.
+    pub as_per_node: bool,
 }
 
 impl Default for LabSpec {
@@ -132,6 +223,9 @@ impl Default for LabSpec {
             backend: BackendKind::None,
             direct_routing: false,
             pod_wiring: PodWiring::Bridge,
+            route_reflectors: 0,
+            external_router: None,
+            as_per_node: false,
         }
     }
 }
@@ -159,6 +253,25 @@ pub enum PlanError {
     StaticBlockSize(u8),
     #[error("--direct-routing is an option of --backend vxlan, not {0}")]
     DirectRoutingNeedsVxlan(String),
+    #[error(
+        "{option} is an option of --backend bgp, not {backend}: add --backend bgp or drop {option}"
+    )]
+    NeedsBgp {
+        option: &'static str,
+        backend: String,
+    },
+    #[error("--external-router is an option of --backend bgp or rip, not {0}: add --backend bgp (or rip), or drop it")]
+    ExternalRouterNeedsRouting(String),
+    #[error("--backend rip runs FRR's ripd in the router: use --external-router frr (BIRD is offered for --backend bgp)")]
+    RipRouterIsFrr,
+    #[error("--route-reflectors {asked} is more than the lab's {nodes} node(s): use 1 to {nodes} (the first nodes reflect), or 0 for the mesh")]
+    TooManyReflectors { asked: u16, nodes: u16 },
+    #[error("--route-reflectors and --as-per-node do not mix: a route reflector reflects iBGP inside one AS; drop one of them")]
+    ReflectorsWithAsPerNode,
+    #[error("--backend bgp reads its BGPConfiguration, BGPPeers and Node resources from the store, which the static file cannot hold: use --store embedded or etcd")]
+    BgpNeedsStore,
+    #[error("--backend rip with --segments 2 needs --external-router frr: RIP is heard only on a node's own segment, so the router must pass the routes between segments")]
+    RipSegmentsNeedRouter,
     #[error("unknown lab member {0:?}: use a node (n1), a pod (n1-p2), rt, out, ul or st (the etcd host)")]
     UnknownTarget(String),
 }
@@ -193,6 +306,9 @@ pub struct RouterPlan {
     pub netns: String,
     pub segment_legs: Vec<Veth>,
     pub outside_leg: Veth,
+    /// The routing daemon it runs (`--external-router`, or BIRD for bgp across segments).
+    #[serde(default)]
+    pub daemon: Option<RouterDaemonPlan>,
 }
 
 /// The "outside" host (the internet, or clients of an external router).
@@ -299,6 +415,9 @@ pub struct LabPlan {
     /// How pods meet their node (in the network config and every node's CNI config).
     #[serde(default)]
     pub pod_wiring: PodWiring,
+    /// bgp: the resources the lab writes (reflectors, AS per node).
+    #[serde(default)]
+    pub bgp: Option<BgpPlan>,
 }
 
 /// Checks a lab name: `twl` + up to 5 of a-z, 0-9. No `-`, so that one lab's namespace prefix
@@ -369,6 +488,7 @@ pub fn plan(spec: &LabSpec) -> Result<LabPlan, PlanError> {
             return Err(PlanError::BadPollInterval(p.clone()));
         }
     }
+    let (bgp, router_kind) = routing_choice(spec)?;
     let name = spec.name.as_str();
     let state_dir = state_dir(name);
     let cluster_cidr = net(CLUSTER_CIDR);
@@ -416,10 +536,19 @@ pub fn plan(spec: &LabSpec) -> Result<LabPlan, PlanError> {
         peer_address: Some(host(outside_net, 10)),
         peer_master: None,
     };
+    let daemon = router_kind.map(|(kind, protocol)| RouterDaemonPlan {
+        kind,
+        protocol,
+        asn: ROUTER_AS,
+        router_id: host(segments[0].subnet, 1).addr(),
+        dir: state_dir.join("rt"),
+        password: (protocol == RoutingProtocol::Bgp).then(|| ROUTER_MD5_KEY.to_string()),
+    });
     let router = RouterPlan {
         netns: router_netns,
         segment_legs,
         outside_leg,
+        daemon,
     };
     let outside = HostPlan {
         netns: outside_netns,
@@ -486,7 +615,66 @@ pub fn plan(spec: &LabSpec) -> Result<LabPlan, PlanError> {
         direct_routing: spec.direct_routing,
         pods_per_node: spec.pods_per_node,
         pod_wiring: spec.pod_wiring,
+        bgp,
     })
+}
+
+/// The routing options checked against the backend: the BGP plan (bgp only) and the
+/// router's daemon with its protocol. Pure.
+#[allow(clippy::type_complexity)]
+fn routing_choice(
+    spec: &LabSpec,
+) -> Result<(Option<BgpPlan>, Option<(ExternalRouter, RoutingProtocol)>), PlanError> {
+    let backend = spec.backend.name().to_string();
+    let bgp = spec.backend == BackendKind::Bgp;
+    if !bgp {
+        if spec.route_reflectors > 0 {
+            return Err(PlanError::NeedsBgp {
+                option: "--route-reflectors",
+                backend,
+            });
+        }
+        if spec.as_per_node {
+            return Err(PlanError::NeedsBgp {
+                option: "--as-per-node",
+                backend,
+            });
+        }
+    }
+    match spec.backend {
+        BackendKind::Bgp => {
+            if spec.store == StoreKind::Static {
+                return Err(PlanError::BgpNeedsStore);
+            }
+            if spec.route_reflectors > spec.nodes {
+                return Err(PlanError::TooManyReflectors {
+                    asked: spec.route_reflectors,
+                    nodes: spec.nodes,
+                });
+            }
+            if spec.route_reflectors > 0 && spec.as_per_node {
+                return Err(PlanError::ReflectorsWithAsPerNode);
+            }
+            // Across segments the router is the nodes' ToR: it must speak BGP.
+            let router = spec
+                .external_router
+                .or((spec.segments > 1).then_some(ExternalRouter::Bird));
+            Ok((
+                Some(BgpPlan {
+                    route_reflectors: spec.route_reflectors,
+                    as_per_node: spec.as_per_node,
+                }),
+                router.map(|r| (r, RoutingProtocol::Bgp)),
+            ))
+        }
+        BackendKind::Rip => match spec.external_router {
+            Some(ExternalRouter::Bird) => Err(PlanError::RipRouterIsFrr),
+            None if spec.segments > 1 => Err(PlanError::RipSegmentsNeedRouter),
+            r => Ok((None, r.map(|r| (r, RoutingProtocol::Rip)))),
+        },
+        _ if spec.external_router.is_some() => Err(PlanError::ExternalRouterNeedsRouting(backend)),
+        _ => Ok((None, None)),
+    }
 }
 
 /// Node `i` of lab `name`: on segment `(i - 1) % segments`, underlay host `.(10 + i)`.
@@ -567,6 +755,26 @@ pub fn parse_route_dsts(text: &str) -> Vec<Ipv4Net> {
                 .parse()
                 .ok()
                 .or_else(|| r.dst.parse::<Ipv4Addr>().ok().map(Ipv4Net::from))
+        })
+        .collect()
+}
+
+/// What the router's kernel lacks: a route to every block of every node (its daemon
+/// learned them from the nodes). Pure; empty when all is in place.
+pub fn router_gaps(
+    nodes: &[NodePlan],
+    blocks: &std::collections::HashMap<String, Vec<Ipv4Net>>,
+    router_routes: &[Ipv4Net],
+) -> Vec<String> {
+    nodes
+        .iter()
+        .flat_map(|n| {
+            blocks
+                .get(&n.short)
+                .into_iter()
+                .flatten()
+                .filter(|b| !router_routes.contains(b))
+                .map(|b| format!("the router has no route to {b} of {}", n.short))
         })
         .collect()
 }
@@ -733,6 +941,41 @@ impl LabPlan {
     /// The backend as the network config spells it: a name, or an object with options.
     pub fn backend_json(&self) -> serde_json::Value {
         serde_json::to_value(self.backend_spec()).expect("a backend serializes")
+    }
+
+    /// Node `node`'s AS under the lab's BGP plan (None without BGP).
+    pub fn node_asn(&self, node: &NodePlan) -> Option<u32> {
+        let bgp = self.bgp.as_ref()?;
+        Some(if bgp.as_per_node {
+            AS_PER_NODE_BASE + node.index as u32
+        } else {
+            NODE_AS
+        })
+    }
+
+    /// Whether `node` is one of the route reflectors (the first `--route-reflectors`
+    /// nodes; a node added later never is).
+    pub fn is_reflector(&self, node: &NodePlan) -> bool {
+        self.bgp
+            .as_ref()
+            .is_some_and(|b| node.index <= b.route_reflectors)
+    }
+
+    /// The outside host reaches pods by pod IP: the router's daemon learned the blocks.
+    /// Otherwise the router knows no pod route and only host ports reach pods.
+    pub fn outside_reaches_pods(&self) -> bool {
+        self.router.daemon.is_some()
+    }
+
+    /// The kernel route protocols of the routes the backend gives a node to other nodes'
+    /// blocks: the agent's own (84), and what a routing protocol learned (`proto bgp`,
+    /// `proto rip`).
+    pub fn backend_route_protos(&self) -> &'static [u8] {
+        match self.backend {
+            BackendKind::Bgp => &[TWILL_PROTO, RTPROT_BGP],
+            BackendKind::Rip => &[TWILL_PROTO, RTPROT_RIP],
+            _ => &[TWILL_PROTO],
+        }
     }
 
     /// How node `from` reaches node `to`'s pods under this lab's backend. Pure.

@@ -82,6 +82,9 @@ pub struct LabState {
     /// The etcd member, for `--store etcd`.
     #[serde(default)]
     pub etcd: Option<ProcRecord>,
+    /// The router's routing daemons (BIRD; or FRR's zebra and bgpd/ripd), in start order.
+    #[serde(default)]
+    pub router: Vec<ProcRecord>,
 }
 
 impl LabState {
@@ -95,6 +98,7 @@ impl LabState {
             twilld_bin,
             agents: Vec::new(),
             etcd: None,
+            router: Vec::new(),
         }
     }
 

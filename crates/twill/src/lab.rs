@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use twill_lab::plan::{
-    self, BackendKind, LabSpec, PodWiring, StoreKind, DEFAULT_BLOCK_SIZE, DEFAULT_NAME,
+    self, BackendKind, ExternalRouter, LabSpec, PodWiring, StoreKind, DEFAULT_BLOCK_SIZE,
+    DEFAULT_NAME,
 };
 use twill_lab::{build, check, daemons, runtime, status};
 
@@ -72,6 +73,28 @@ struct NetArgs {
     /// ARP for the pods' gateway 169.254.1.1)
     #[arg(long, default_value = "bridge", value_name = "WIRING", value_parser = kind_arg::parser::<PodWiring>())]
     pod_wiring: PodWiring,
+    /// bgp: the first K nodes are route reflectors (routeReflectorClusterID, label
+    /// route-reflector=true), the node-to-node mesh is off, and every node peers with them
+    #[arg(long, default_value_t = 0, value_name = "K")]
+    route_reflectors: u16,
+    /// bgp or rip: the router runs a real routing daemon: bird (BIRD 2) or frr (FRR bgpd;
+    /// ripd for rip) in AS 64513, peering eBGP (TCP MD5) with every node, installing the pod
+    /// blocks and passing them between segments, so the outside host reaches pods by IP.
+    /// bgp with --segments 2 always has one (bird unless frr is asked)
+    #[arg(long, value_name = "DAEMON", value_parser = kind_arg::parser::<ExternalRouter>())]
+    external_router: Option<ExternalRouter>,
+    /// bgp: every node in its own AS (65000 + i) instead of all in 64512
+    #[arg(long)]
+    as_per_node: bool,
+}
+
+impl kind_arg::Kind for ExternalRouter {
+    fn all() -> &'static [Self] {
+        &ExternalRouter::ALL
+    }
+    fn name(self) -> &'static str {
+        ExternalRouter::name(self)
+    }
 }
 
 #[derive(Subcommand)]
@@ -293,6 +316,9 @@ fn spec(
         backend: net.backend,
         direct_routing: net.direct_routing,
         pod_wiring: net.pod_wiring,
+        route_reflectors: net.route_reflectors,
+        external_router: net.external_router,
+        as_per_node: net.as_per_node,
         ..LabSpec::default()
     }
 }
