@@ -82,6 +82,8 @@ pub use twill_api::resources::BackendKind;
 
 /// Calico's default AS, every node's unless `--as-per-node` (BGP).
 pub use twill_api::bgp::DEFAULT_AS as NODE_AS;
+/// The file name of twilld's BGP control socket in its state directory.
+pub const BGP_SOCKET: &str = "bgp.sock";
 /// The agent's own kernel route protocol number.
 pub const TWILL_PROTO: u8 = 84;
 /// Routes a BGP speaker learned (`proto bgp`, rtnetlink's RTPROT_BGP).
@@ -951,6 +953,12 @@ impl LabPlan {
         } else {
             NODE_AS
         })
+    }
+
+    /// The control socket of node `node`'s BGP speaker (twilld's `<state-dir>/bgp.sock`),
+    /// for `twill bgp neighbors|rib --socket`.
+    pub fn bgp_socket(&self, node: &NodePlan) -> PathBuf {
+        node.agent_state_dir.join(BGP_SOCKET)
     }
 
     /// Whether `node` is one of the route reflectors (the first `--route-reflectors`

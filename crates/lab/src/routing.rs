@@ -578,7 +578,7 @@ mod tests {
                 "n{}",
                 i + 1
             );
-            assert_eq!(s.labels.get("route-reflector").is_some(), reflects);
+            assert_eq!(s.labels.contains_key("route-reflector"), reflects);
             assert_eq!(s.labels["segment"], ["1", "2"][i % 2]);
         }
         let peers = bgp_peers(&rr);
@@ -606,6 +606,65 @@ mod tests {
         let vx = plan(&LabSpec::default()).unwrap();
         assert!(bgp_configuration(&vx).is_none() && node_spec(&vx, &vx.nodes[0]).is_none());
         assert!(bgp_peers(&vx).is_empty());
+    }
+
+    #[test]
+    fn the_resources_validate_and_the_selectors_pick_the_intended_nodes() {
+        use twill_api::bgp::Selector;
+        for spec in [
+            LabSpec {
+                route_reflectors: 2,
+                ..bgp(4, 2)
+            },
+            LabSpec {
+                as_per_node: true,
+                ..bgp(3, 2)
+            },
+        ] {
+            let p = plan(&spec).unwrap();
+            bgp_configuration(&p).unwrap().validate().unwrap();
+            let labels: Vec<_> = p
+                .nodes
+                .iter()
+                .map(|n| {
+                    let s = node_spec(&p, n).unwrap();
+                    if let Some(b) = &s.bgp {
+                        b.validate().unwrap();
+                    }
+                    (n, s.labels)
+                })
+                .collect();
+            for (name, peer) in bgp_peers(&p) {
+                peer.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
+                let sel = Selector::parse(peer.node_selector.as_deref().unwrap()).unwrap();
+                let picked: Vec<&str> = labels
+                    .iter()
+                    .filter(|(_, l)| sel.matches(l))
+                    .map(|(n, _)| n.short.as_str())
+                    .collect();
+                let want: Vec<&str> = match name.as_str() {
+                    PEER_REFLECTORS => p.nodes.iter().map(|n| n.short.as_str()).collect(),
+                    "router-segment-1" => vec!["n1", "n3"],
+                    "router-segment-2" => p
+                        .nodes
+                        .iter()
+                        .filter(|n| n.segment == 1)
+                        .map(|n| n.short.as_str())
+                        .collect(),
+                    other => panic!("unexpected peer {other}"),
+                };
+                assert_eq!(picked, want, "{name}");
+                if let Some(ps) = &peer.peer_selector {
+                    let sel = Selector::parse(ps).unwrap();
+                    let rrs: Vec<&str> = labels
+                        .iter()
+                        .filter(|(_, l)| sel.matches(l))
+                        .map(|(n, _)| n.short.as_str())
+                        .collect();
+                    assert_eq!(rrs, ["n1", "n2"]);
+                }
+            }
+        }
     }
 
     #[test]

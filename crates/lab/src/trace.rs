@@ -3,6 +3,7 @@
 //! device of it, sends one probe, stops the captures, reads conntrack, and assembles the
 //! report ([`path`]); frames are decoded by [`pcap`].
 
+pub mod learned;
 pub mod path;
 pub mod pcap;
 
@@ -388,6 +389,106 @@ fn read_conntrack(topo: &Topology, plan: &PathPlan) -> Vec<(String, Vec<path::Co
         .collect()
 }
 
+/// Which router of the path learned its route to `dst`, and from whom: every node and the
+/// router the packet crossed, asked with the tool that knows (the node's speaker, BIRD,
+/// FRR), else read from the kernel route itself (RIP, the agent's routes).
+fn route_origins(
+    state: &LabState,
+    topo: &Topology,
+    router: &mut IpRouter,
+    plan: &PathPlan,
+    dst: Ipv4Addr,
+) -> Vec<learned::RouteOrigin> {
+    let lab = &state.plan;
+    let name = |ip: Ipv4Addr| topo.owner(ip).map(|(ns, _)| ns.member.clone());
+    let mut seen: Vec<&str> = Vec::new();
+    let mut out = Vec::new();
+    for h in &plan.hops {
+        let ns = h.netns.as_str();
+        let role = topo.ns(ns).map(|n| n.role);
+        if seen.contains(&ns) || !matches!(role, Some(Role::Node | Role::Router)) {
+            continue;
+        }
+        seen.push(ns);
+        let entry = router.route_entry(ns, dst);
+        let route = entry
+            .as_ref()
+            .map_or_else(|| "no route".to_string(), |e| e.to_string());
+        let kernel = || {
+            entry.as_ref().map_or_else(
+                || format!("no route to {dst}"),
+                |e| learned::from_kernel(e, &name),
+            )
+        };
+        let (learned_text, source) = match role {
+            Some(Role::Node) if lab.backend == crate::plan::BackendKind::Bgp => {
+                let sock = lab
+                    .nodes
+                    .iter()
+                    .find(|n| n.netns == ns)
+                    .map(|n| lab.bgp_socket(n));
+                let rib = sock.as_ref().map(|s| {
+                    twill_bgp::speaker::control::query::<twill_bgp::speaker::control::RibReply>(
+                        s,
+                        twill_bgp::speaker::control::Request::Rib,
+                    )
+                });
+                match (rib, sock) {
+                    (Some(Ok(rib)), Some(s)) => match learned::best_in_rib(&rib, dst) {
+                        Some(p) => (
+                            p.describe(&name),
+                            format!("twill bgp rib --socket {}", s.display()),
+                        ),
+                        None => (kernel(), "kernel (not in the speaker's RIB)".into()),
+                    },
+                    (Some(Err(e)), _) => (kernel(), format!("kernel; the speaker: {e}")),
+                    _ => (kernel(), "kernel".into()),
+                }
+            }
+            Some(Role::Router) => match &lab.router.daemon {
+                Some(d) if d.protocol == crate::plan::RoutingProtocol::Bgp => {
+                    let dst_s = dst.to_string();
+                    let (args, src): (Vec<String>, String) = match d.kind {
+                        crate::plan::ExternalRouter::Bird => (
+                            ["show", "route", "for", &dst_s, "all"]
+                                .map(String::from)
+                                .into(),
+                            format!("birdc show route for {dst} all"),
+                        ),
+                        crate::plan::ExternalRouter::Frr => (
+                            vec![format!("show ip bgp {dst} json")],
+                            format!("vtysh -c 'show ip bgp {dst} json'"),
+                        ),
+                    };
+                    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+                    let parsed =
+                        crate::daemons::router_query(lab, &refs)
+                            .ok()
+                            .and_then(|t| match d.kind {
+                                crate::plan::ExternalRouter::Bird => {
+                                    learned::parse_bird_route(&t).map(|(p, _)| p)
+                                }
+                                crate::plan::ExternalRouter::Frr => learned::parse_frr_bgp_json(&t),
+                            });
+                    match parsed {
+                        Some(p) => (p.describe(&name), src),
+                        None => (kernel(), format!("kernel ({src} knew nothing)")),
+                    }
+                }
+                _ => (kernel(), "kernel".into()),
+            },
+            _ => (kernel(), "kernel".into()),
+        };
+        out.push(learned::RouteOrigin {
+            member: topo.member(ns),
+            route,
+            learned: learned_text,
+            source,
+        });
+    }
+    out
+}
+
 /// Runs a trace.
 pub fn run(state: &LabState, req: &TraceRequest) -> Result<TraceReport, LabError> {
     let topo = read_topology(state)?;
@@ -498,6 +599,7 @@ pub fn run(state: &LabState, req: &TraceRequest) -> Result<TraceReport, LabError
         }
     }
 
+    let routing = route_origins(state, &topo, &mut router, &plan, plan.dst_ip);
     let hops = path::attach(&plan.hops, &frames, req.proto);
     let arp = path::arp_seen(&topo, &plan.hops, &frames);
     let from_ct = conntrack
@@ -540,5 +642,6 @@ pub fn run(state: &LabState, req: &TraceRequest) -> Result<TraceReport, LabError
         arp,
         outcome,
         notes,
+        routing,
     })
 }

@@ -858,6 +858,10 @@ pub struct TraceReport {
     /// Where the packet ended, or why the path could not be computed further.
     pub outcome: String,
     pub notes: Vec<String>,
+    /// Per node and router on the path: its route to the destination and who it learned
+    /// it from.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub routing: Vec<super::learned::RouteOrigin>,
 }
 
 fn pad(s: &str, w: usize) -> String {
@@ -970,6 +974,14 @@ pub fn render(r: &TraceReport) -> String {
             ""
         };
         let _ = writeln!(s, "ARP: {} {}: {}{proxy}", a.member, a.device, a.arp);
+    }
+    if !r.routing.is_empty() {
+        let _ = writeln!(s, "who learned the route to {} from whom:", r.dst.ip);
+        let w = r.routing.iter().map(|o| o.member.len()).max().unwrap_or(0) + 2;
+        for o in &r.routing {
+            let _ = writeln!(s, "  {}{}", pad(&o.member, w), o.route);
+            let _ = writeln!(s, "  {}{}  [{}]", " ".repeat(w), o.learned, o.source);
+        }
     }
     let _ = writeln!(s, "{}", r.outcome);
     for n in &r.notes {
@@ -1291,8 +1303,20 @@ mod tests {
             arp,
             outcome: "delivered to n2-p1".into(),
             notes: vec![],
+            routing: vec![super::super::learned::RouteOrigin {
+                member: "n1".into(),
+                route: "10.244.4.0/24 via 192.0.2.12 dev eth0 proto bgp".into(),
+                learned: "10.244.4.0/24: BGP from n2 (192.0.2.12), empty AS path (iBGP)".into(),
+                source: "twill bgp rib --socket /run/twltr/n1/agent/bgp.sock".into(),
+            }],
         };
         let text = render(&report);
+        assert!(
+            text.contains(
+                "who learned the route to 10.244.4.2 from whom:\n  n1  10.244.4.0/24 via 192.0.2.12 dev eth0 proto bgp\n      10.244.4.0/24: BGP from n2 (192.0.2.12), empty AS path (iBGP)  [twill bgp rib --socket /run/twltr/n1/agent/bgp.sock]\n"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains("outer 192.0.2.11:41000 → 192.0.2.12:8472 UDP length 59 VXLAN vni 1"),
             "{text}"
