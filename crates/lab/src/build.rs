@@ -727,6 +727,67 @@ pub fn restart_agent(state: &mut LabState, node: &str) -> Result<u32, LabError> 
     Ok(pid)
 }
 
+/// The second NIC the demo's first-found fault gives a node: listed before eth0 by the
+/// kernel, on an address no other node can reach.
+pub const FAULT_IFNAME: &str = "eth1";
+pub const FAULT_PEER_IFNAME: &str = "eth1p";
+pub const FAULT_ADDRESS: &str = "203.0.113.200/32";
+
+/// Calico's first-found trap, made on node `node` of a running lab: the node gets a
+/// second NIC ([`FAULT_IFNAME`], [`FAULT_ADDRESS`]) that the kernel lists before eth0 (eth0
+/// is unplugged and plugged back, so it comes after), and its agent restarts with
+/// `--ip-autodetection first-found`. It then publishes the wrong address: its peers try to
+/// reach it there and their sessions stay in Connect/Active. Returns the agent's new PID.
+pub fn inject_first_found_fault(state: &mut LabState, node: &str) -> Result<u32, LabError> {
+    let n = state
+        .plan
+        .nodes
+        .iter()
+        .find(|n| n.short == node)
+        .cloned()
+        .ok_or_else(|| LabError::Plan(PlanError::UnknownTarget(node.to_string())))?;
+    let ns = n.netns.as_str();
+    ip(&[
+        "-n",
+        ns,
+        "link",
+        "add",
+        FAULT_IFNAME,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        FAULT_PEER_IFNAME,
+    ])?;
+    ip(&["-n", ns, "addr", "add", FAULT_ADDRESS, "dev", FAULT_IFNAME])?;
+    ip(&["-n", ns, "link", "set", FAULT_PEER_IFNAME, "up"])?;
+    ip(&["-n", ns, "link", "set", FAULT_IFNAME, "up"])?;
+    // Re-plug the uplink: it gets a higher index than the new NIC.
+    ip(&["-n", ns, "link", "del", &n.uplink.ifname])?;
+    wire_veth(&n.uplink)?;
+    ip(&[
+        "-n",
+        ns,
+        "route",
+        "add",
+        "default",
+        "via",
+        &n.gateway.to_string(),
+    ])?;
+    let rec = state
+        .agents
+        .iter_mut()
+        .find(|a| a.role == node)
+        .ok_or_else(|| LabError::Plan(PlanError::UnknownTarget(node.to_string())))?;
+    if let Some(i) = rec.args.iter().position(|a| a == "--ip-autodetection") {
+        if let Some(v) = rec.args.get_mut(i + 1) {
+            *v = "first-found".into();
+        }
+    }
+    state.save()?;
+    restart_agent(state, node)
+}
+
 /// The runtime's part of "run a pod sandbox": make the namespace, then call the plugin.
 fn add_pod(
     state: &mut LabState,

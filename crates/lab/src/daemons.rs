@@ -402,6 +402,24 @@ pub fn find_program(bin: &Path) -> Option<std::path::PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// What every agent published about its routing sessions (`routingstatus/<node>`).
+pub fn read_routing_status(
+    plan: &LabPlan,
+) -> Result<HashMap<String, twill_api::bgp::RoutingStatus>, String> {
+    with_store(plan, |store| {
+        let prefix = format!("{PREFIX}{}", twill_api::bgp::PREFIX_ROUTING_STATUS);
+        let (kvs, _) = store.list(&prefix).map_err(|e| e.to_string())?;
+        Ok(kvs
+            .iter()
+            .filter_map(|kv| {
+                let name = kv.key.strip_prefix(&prefix)?.to_string();
+                let st = serde_json::from_slice(&kv.value).ok()?;
+                Some((name, st))
+            })
+            .collect())
+    })
+}
+
 /// Every node the agents published (`nodes/<name>`), by name.
 pub fn read_nodes(plan: &LabPlan) -> Result<HashMap<String, StoreNode>, String> {
     with_store(plan, |store| {

@@ -389,6 +389,50 @@ pub fn router_kernel_proto(d: &RouterDaemonPlan) -> u8 {
 /// BIRD's kernel route protocol number (`proto bird`).
 pub const RTPROT_BIRD: u8 = 12;
 
+/// Node `from`'s session with the peer at `peer_ip`, as its agent published it.
+pub fn session<'a>(
+    statuses: &'a std::collections::HashMap<String, twill_api::bgp::RoutingStatus>,
+    from: &str,
+    peer_ip: Ipv4Addr,
+) -> Option<&'a twill_api::bgp::RoutingPeerStatus> {
+    let ip = peer_ip.to_string();
+    statuses
+        .get(from)?
+        .peers
+        .iter()
+        .find(|p| p.address == ip || p.address.split_once(':').is_some_and(|(a, _)| a == ip))
+}
+
+/// Every session not Established, in words ("n1 → 192.0.2.13 (n3): Active, Connection
+/// refused"), sorted. Pure.
+pub fn sessions_down(
+    statuses: &std::collections::HashMap<String, twill_api::bgp::RoutingStatus>,
+) -> Vec<String> {
+    let mut v: Vec<String> = statuses
+        .iter()
+        .flat_map(|(node, st)| {
+            st.peers
+                .iter()
+                .filter(|p| p.state != "Established")
+                .map(move |p| {
+                    let who = p
+                        .node
+                        .as_ref()
+                        .map(|n| format!(" ({n})"))
+                        .unwrap_or_default();
+                    let info = if p.info.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {}", p.info)
+                    };
+                    format!("{node} → {}{who}: {}{info}", p.address, p.state)
+                })
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 /// What the router is, in one line, for `up` and the demo.
 pub fn describe_router(d: &RouterDaemonPlan) -> String {
     match (d.kind, d.protocol) {
@@ -665,6 +709,59 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn sessions_are_read_from_the_routing_status() {
+        use twill_api::bgp::{PeerType, RoutingPeerStatus, RoutingStatus};
+        let peer = |address: &str, node: &str, state: &str, info: &str| RoutingPeerStatus {
+            address: address.into(),
+            node: Some(node.into()),
+            peer_type: PeerType::NodeMesh,
+            asn: Some(64512),
+            state: state.into(),
+            since: 0,
+            info: info.into(),
+            prefixes_received: 0,
+            prefixes_advertised: 0,
+        };
+        let st = |peers| RoutingStatus {
+            protocol: RoutingProtocol::Bgp,
+            router_id: None,
+            asn: Some(64512),
+            route_reflector_cluster_id: None,
+            peers,
+        };
+        let m = std::collections::HashMap::from([
+            (
+                "n1".to_string(),
+                st(vec![
+                    peer("192.0.2.12", "n2", "Established", ""),
+                    peer("203.0.113.200", "n3", "Active", "Connection refused"),
+                ]),
+            ),
+            (
+                "n2".to_string(),
+                st(vec![peer("203.0.113.200:179", "n3", "Connect", "")]),
+            ),
+        ]);
+        assert_eq!(
+            sessions_down(&m),
+            [
+                "n1 → 203.0.113.200 (n3): Active, Connection refused",
+                "n2 → 203.0.113.200:179 (n3): Connect"
+            ]
+        );
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert_eq!(
+            session(&m, "n2", ip("203.0.113.200")).unwrap().state,
+            "Connect"
+        );
+        assert_eq!(
+            session(&m, "n1", ip("192.0.2.12")).unwrap().state,
+            "Established"
+        );
+        assert!(session(&m, "n3", ip("192.0.2.12")).is_none());
     }
 
     #[test]

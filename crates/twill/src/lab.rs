@@ -11,6 +11,8 @@ use twill_lab::plan::{
 use twill_lab::{build, check, daemons, runtime, status};
 
 use crate::kind_arg;
+
+mod demo_bgp;
 use crate::store_args::StoreArgs;
 
 #[derive(Args)]
@@ -506,6 +508,9 @@ fn demo(
 ) -> anyhow::Result<i32> {
     let name = spec.name.as_str();
     let p = plan::plan(spec)?;
+    if p.backend == BackendKind::Bgp {
+        return demo_bgp::demo(spec, &p, cni_bin, twilld_bin);
+    }
     let node = &p.nodes[0];
     let seg = &p.segments[0];
     println!(
