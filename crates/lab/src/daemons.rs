@@ -317,24 +317,9 @@ pub fn reconfigure_router(plan: &LabPlan, added: Option<&NodePlan>) -> Result<()
         }
         (crate::plan::ExternalRouter::Frr, crate::plan::RoutingProtocol::Bgp) => {
             let Some(node) = added else { return Ok(()) };
-            let n = routing::neighbors(plan)
-                .into_iter()
-                .find(|n| n.node == node.short)
+            let cmds = routing::frr_add_neighbor_commands(plan, d, &node.short)
                 .expect("the added node is in the plan");
-            let mut args = vec![
-                "configure terminal".to_string(),
-                format!("router bgp {}", d.asn),
-            ];
-            args.extend(
-                routing::frr_neighbor_lines(&n, d)
-                    .into_iter()
-                    .map(|l| l.trim().to_string()),
-            );
-            if plan.bgp.as_ref().is_some_and(|b| !b.as_per_node) {
-                args.push("address-family ipv4 unicast".into());
-                args.push(format!("neighbor {} as-override", n.address));
-            }
-            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            let refs: Vec<&str> = cmds.iter().map(String::as_str).collect();
             router_query(plan, &refs).map(|_| ())
         }
         (crate::plan::ExternalRouter::Frr, crate::plan::RoutingProtocol::Rip) => Ok(()),

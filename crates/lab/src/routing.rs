@@ -314,41 +314,93 @@ pub fn bird_config(plan: &LabPlan, d: &RouterDaemonPlan) -> String {
 /// FRR bgpd: one eBGP neighbour per node; zebra puts what it learns into the kernel.
 pub fn frr_bgp_config(plan: &LabPlan, d: &RouterDaemonPlan) -> String {
     let mut s = frr_head(plan, d);
+    let shared = shared_node_as(plan).is_some();
+    let all: Vec<FrrNeighbor> = neighbors(plan)
+        .iter()
+        .map(|n| frr_neighbor(n, d, shared))
+        .collect();
+    for line in all.iter().flat_map(|n| &n.global) {
+        let _ = writeln!(s, "{line}");
+    }
     let _ = writeln!(s, "router bgp {}", d.asn);
     let _ = writeln!(s, " bgp router-id {}", d.router_id);
     s.push_str(
         " no bgp ebgp-requires-policy\n no bgp network import-check\n bgp graceful-restart\n",
     );
-    for n in neighbors(plan) {
-        s.push_str(&frr_neighbor_lines(&n, d).join("\n"));
-        s.push('\n');
+    for line in all.iter().flat_map(|n| &n.session) {
+        let _ = writeln!(s, " {line}");
     }
     s.push_str(" address-family ipv4 unicast\n");
-    if shared_node_as(plan).is_some() {
-        for n in neighbors(plan) {
-            let _ = writeln!(s, "  neighbor {} as-override", n.address);
-        }
+    for line in all.iter().flat_map(|n| &n.ipv4) {
+        let _ = writeln!(s, "  {line}");
     }
     s.push_str(" exit-address-family\n!\n");
     s
 }
 
-/// The bgpd lines of one neighbour (in `router bgp`), also sent through vtysh when a node
-/// joins a running lab.
-pub fn frr_neighbor_lines(n: &Neighbor, d: &RouterDaemonPlan) -> Vec<String> {
+/// One neighbour's part of FRR's configuration, in its three places: before `router bgp`
+/// (`global`), in it (`session`), in its `address-family ipv4 unicast` (`ipv4`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrrNeighbor {
+    pub global: Vec<String>,
+    pub session: Vec<String>,
+    pub ipv4: Vec<String>,
+}
+
+/// A node as FRR's neighbour. With one AS for all nodes (`shared_as`), `as-override` lets
+/// the other segment's nodes take the routes, which also takes away their loop check: a
+/// route-map then keeps each node's own routes (next hop: the node) from going back to it.
+pub fn frr_neighbor(n: &Neighbor, d: &RouterDaemonPlan, shared_as: bool) -> FrrNeighbor {
     let ip = n.address;
-    let mut v = vec![
-        format!(" neighbor {ip} remote-as {}", n.asn),
-        format!(" neighbor {ip} description node {}", n.node),
-        format!(" neighbor {ip} update-source {}", n.local),
-        format!(" neighbor {ip} timers {BGP_KEEPALIVE_SECONDS} {BGP_HOLD_SECONDS}"),
-        format!(" neighbor {ip} timers connect {BGP_CONNECT_RETRY_SECONDS}"),
-        format!(" neighbor {ip} advertisement-interval 0"),
+    let mut session = vec![
+        format!("neighbor {ip} remote-as {}", n.asn),
+        format!("neighbor {ip} description node {}", n.node),
+        format!("neighbor {ip} update-source {}", n.local),
+        format!("neighbor {ip} timers {BGP_KEEPALIVE_SECONDS} {BGP_HOLD_SECONDS}"),
+        format!("neighbor {ip} timers connect {BGP_CONNECT_RETRY_SECONDS}"),
+        format!("neighbor {ip} advertisement-interval 0"),
     ];
     if let Some(p) = &d.password {
-        v.push(format!(" neighbor {ip} password {p}"));
+        session.push(format!("neighbor {ip} password {p}"));
     }
-    v
+    let (mut global, mut ipv4) = (Vec::new(), Vec::new());
+    if shared_as {
+        let map = format!("twl-to-{}", n.node);
+        global = vec![
+            format!("ip prefix-list {map} seq 5 permit {ip}/32"),
+            format!("route-map {map} deny 10"),
+            format!(" match ip next-hop prefix-list {map}"),
+            "exit".into(),
+            format!("route-map {map} permit 20"),
+            "exit".into(),
+        ];
+        ipv4 = vec![
+            format!("neighbor {ip} as-override"),
+            format!("neighbor {ip} route-map {map} out"),
+        ];
+    }
+    FrrNeighbor {
+        global,
+        session,
+        ipv4,
+    }
+}
+
+/// The vtysh commands (one `-c` each) that add node `node` to a running FRR router.
+pub fn frr_add_neighbor_commands(
+    plan: &LabPlan,
+    d: &RouterDaemonPlan,
+    node: &str,
+) -> Option<Vec<String>> {
+    let n = neighbors(plan).into_iter().find(|n| n.node == node)?;
+    let f = frr_neighbor(&n, d, shared_node_as(plan).is_some());
+    let mut v = vec!["configure terminal".to_string()];
+    v.extend(f.global.iter().map(|l| l.trim().to_string()));
+    v.push(format!("router bgp {}", d.asn));
+    v.extend(f.session);
+    v.push("address-family ipv4 unicast".into());
+    v.extend(f.ipv4);
+    Some(v)
 }
 
 /// FRR ripd on every leg of the router: both segments and the outside.

@@ -184,7 +184,7 @@ pub fn from_kernel(r: &RouteEntry, name: Namer) -> String {
         }
         Some("84") => format!("{}: programmed by twilld from the store{via}", r.dst),
         Some("kernel") => format!("{}: connected (the interface's own subnet)", r.dst),
-        Some("boot") | Some("static") if r.dst.prefix_len() == 0 => {
+        None | Some("boot") | Some("static") if r.dst.prefix_len() == 0 => {
             format!("default route, set by the lab{via}")
         }
         p => format!("{}: proto {}{via}", r.dst, p.unwrap_or("?")),
@@ -286,7 +286,7 @@ mod tests {
         let routes = crate::routes::parse_routes(
             r#"[{"dst":"10.244.4.0/24","gateway":"192.0.2.1","dev":"eth0","protocol":"rip","metric":20,"flags":[]},
                 {"type":"blackhole","dst":"10.244.1.0/24","protocol":"84","flags":[]},
-                {"dst":"default","gateway":"192.0.2.1","dev":"eth0","protocol":"boot","flags":[]}]"#,
+                {"dst":"default","gateway":"192.0.2.1","dev":"eth0","flags":[]}]"#,
         );
         assert_eq!(
             from_kernel(&routes[0], &namer),
