@@ -80,6 +80,21 @@ pub struct LabStatus {
     pub store_error: Option<String>,
     pub namespaces: Vec<NetnsStatus>,
     pub nodes: Vec<NodeStatus>,
+    /// The router's routing daemon: what it is, its processes, its files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router: Option<RouterStatus>,
+}
+
+/// The router's routing daemon as `status` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RouterStatus {
+    pub what: String,
+    /// `rt-bird 1234 running`, ...
+    pub processes: Vec<String>,
+    pub config: String,
+    pub log: String,
+    /// How to ask it (`twill lab exec rt -- birdc -s ... show protocols`).
+    pub ask: String,
 }
 
 /// Reads `ip -j addr` output into interfaces (pure, so it is tested without a namespace).
@@ -218,6 +233,44 @@ pub fn status(state: &LabState) -> Result<LabStatus, LabError> {
         store_error,
         namespaces,
         nodes,
+        router: router_status(state),
+    })
+}
+
+fn router_status(state: &LabState) -> Option<RouterStatus> {
+    let d = state.plan.router.daemon.as_ref()?;
+    let name = &state.plan.name;
+    Some(RouterStatus {
+        what: crate::routing::describe_router(d),
+        processes: state
+            .router
+            .iter()
+            .map(|r| {
+                let pid = r.pid.unwrap_or(0);
+                let alive = r.pid.is_some_and(|p| crate::daemons::is_ours(p, &r.bin));
+                format!(
+                    "{} {pid} {}",
+                    r.role,
+                    if alive { "running" } else { "NOT RUNNING" }
+                )
+            })
+            .collect(),
+        config: d.config_file().display().to_string(),
+        log: d.log_file().display().to_string(),
+        ask: match d.kind {
+            crate::plan::ExternalRouter::Bird => format!(
+                "twill lab exec --name {name} rt -- birdc -s {} show protocols",
+                d.control().display()
+            ),
+            crate::plan::ExternalRouter::Frr => format!(
+                "twill lab exec --name {name} rt -- vtysh --vty_socket {} -c 'show ip {}'",
+                d.control().display(),
+                match d.protocol {
+                    crate::plan::RoutingProtocol::Bgp => "bgp summary",
+                    crate::plan::RoutingProtocol::Rip => "rip",
+                }
+            ),
+        },
     })
 }
 
@@ -291,6 +344,17 @@ pub fn render(s: &LabStatus) -> String {
         if let (Some(m), Some(r)) = (&n.ip_method, &n.ip_reason) {
             let _ = writeln!(o, "      node IP by {m}: {r}");
         }
+    }
+    if let Some(r) = &s.router {
+        let _ = writeln!(
+            o,
+            "\nrouter: {} ({}); config {}, log {}\n  ask it: {}",
+            r.what,
+            r.processes.join(", "),
+            r.config,
+            r.log,
+            r.ask
+        );
     }
     let _ = writeln!(
         o,
