@@ -516,7 +516,7 @@ pub fn add_node(state: &mut LabState, log: Log) -> Result<String, LabError> {
     setup_node(&state.plan, &node, log)?;
     daemons::write_static_file(&state.plan)?;
     daemons::write_node_spec(&state.plan, &node)?;
-    daemons::reconfigure_router(&state.plan, Some(&node))?;
+    daemons::reconfigure_router(&state.plan, daemons::NodeChange::Joined(&node))?;
     let rec = daemons::spawn(
         &node.short,
         &node.netns,
@@ -605,7 +605,7 @@ pub fn remove_node(
     delete_netns(state, &node.netns)?;
     let _ = std::fs::remove_dir_all(&node.dir);
     state.save()?;
-    daemons::reconfigure_router(&state.plan, None)?;
+    daemons::reconfigure_router(&state.plan, daemons::NodeChange::Left(&node))?;
     // The others drop their routes to it once they see it gone.
     let started = Instant::now();
     loop {

@@ -299,10 +299,17 @@ pub fn write_router_config(plan: &LabPlan) -> Result<(), LabError> {
         .map_err(|e| cmd_err(format!("write {}", path.display()), e.to_string()))
 }
 
+/// A node joining or leaving a running lab, as the router must learn of it.
+#[derive(Clone, Copy, Debug)]
+pub enum NodeChange<'a> {
+    Joined(&'a NodePlan),
+    Left(&'a NodePlan),
+}
+
 /// Tells the running router about the plan's nodes after add-node or remove-node: BIRD
-/// re-reads its file (`birdc configure`); FRR gets the new neighbours through vtysh
-/// (RIP needs nothing: it hears the new node).
-pub fn reconfigure_router(plan: &LabPlan, added: Option<&NodePlan>) -> Result<(), LabError> {
+/// re-reads its file (`birdc configure`); FRR gets the neighbour added or removed through
+/// vtysh (RIP needs nothing: it hears who is there).
+pub fn reconfigure_router(plan: &LabPlan, change: NodeChange) -> Result<(), LabError> {
     let Some(d) = &plan.router.daemon else {
         return Ok(());
     };
@@ -316,9 +323,13 @@ pub fn reconfigure_router(plan: &LabPlan, added: Option<&NodePlan>) -> Result<()
             Ok(())
         }
         (crate::plan::ExternalRouter::Frr, crate::plan::RoutingProtocol::Bgp) => {
-            let Some(node) = added else { return Ok(()) };
-            let cmds = routing::frr_add_neighbor_commands(plan, d, &node.short)
-                .expect("the added node is in the plan");
+            let cmds = match change {
+                NodeChange::Joined(node) => {
+                    routing::frr_add_neighbor_commands(plan, d, &node.short)
+                        .expect("the added node is in the plan")
+                }
+                NodeChange::Left(node) => routing::frr_remove_neighbor_commands(plan, d, node),
+            };
             let refs: Vec<&str> = cmds.iter().map(String::as_str).collect();
             router_query(plan, &refs).map(|_| ())
         }

@@ -403,6 +403,26 @@ pub fn frr_add_neighbor_commands(
     Some(v)
 }
 
+/// The vtysh commands that take node `node` out of a running FRR router (it left the lab).
+pub fn frr_remove_neighbor_commands(
+    plan: &LabPlan,
+    d: &RouterDaemonPlan,
+    node: &NodePlan,
+) -> Vec<String> {
+    let mut v = vec![
+        "configure terminal".into(),
+        format!("router bgp {}", d.asn),
+        format!("no neighbor {}", node.address.addr()),
+        "exit".into(),
+    ];
+    if shared_node_as(plan).is_some() {
+        let map = format!("twl-to-{}", node.short);
+        v.push(format!("no route-map {map}"));
+        v.push(format!("no ip prefix-list {map}"));
+    }
+    v
+}
+
 /// FRR ripd on every leg of the router: both segments and the outside.
 pub fn frr_rip_config(plan: &LabPlan, d: &RouterDaemonPlan) -> String {
     let mut s = frr_head(plan, d);
