@@ -346,7 +346,19 @@ pub fn plan_checks(plan: &LabPlan, pod_addrs: &HashMap<String, PodAddrs>) -> Vec
                 Expect::Reply,
                 node_pod_hint,
             );
-            add("pod→outside via masquerade", from, format!("out {outside}:{OUTSIDE_PORT}"), tcp(outside, OUTSIDE_PORT), answer(OUTSIDE_RESPONDER, Some(node_ip)), "the router has no route to pods: the node must masquerade pod traffic leaving the cluster CIDR to its own address");
+            let masq_hint = if plan.router.daemon.is_some() {
+                "the node must masquerade pod traffic leaving the cluster CIDR to its own address (masquerade: true), even though the router knows the pods"
+            } else {
+                "the router has no route to pods: the node must masquerade pod traffic leaving the cluster CIDR to its own address"
+            };
+            add(
+                "pod→outside via masquerade",
+                from,
+                format!("out {outside}:{OUTSIDE_PORT}"),
+                tcp(outside, OUTSIDE_PORT),
+                answer(OUTSIDE_RESPONDER, Some(node_ip)),
+                masq_hint,
+            );
             let hairpin = if p.short == first.short {
                 "hairpin to itself via host port"
             } else {

@@ -115,6 +115,9 @@ enum LabCommand {
     /// running twilld with the chosen --backend, and pods wired by twill-cni from the
     /// blocks their node's agent holds. Returns once every agent is ready and has its
     /// routes to the other nodes (or reports why it cannot: host-gw across segments).
+    /// --backend bgp writes the BGPConfiguration, BGPPeers and Node resources first (the
+    /// mesh, or --route-reflectors); with --external-router (always with bgp across 2
+    /// segments) the router runs BIRD or FRR and the wait covers its routes too.
     Up {
         #[command(flatten)]
         name: NameArg,
