@@ -184,7 +184,8 @@ pub struct DaemonCmd {
     pub role: String,
     pub bin: PathBuf,
     pub args: Vec<String>,
-    /// What must exist before the next process of the list starts (zebra's API socket).
+    /// What must exist before the daemon counts as started (zebra's API socket, bgpd's
+    /// vty socket); None: the control socket.
     pub ready_file: Option<PathBuf>,
 }
 
@@ -234,7 +235,13 @@ pub fn router_daemons(d: &RouterDaemonPlan) -> Vec<DaemonCmd> {
                         role: role.into(),
                         bin: PathBuf::from(FRR_LIB).join(role),
                         args,
-                        ready_file: (role == "zebra").then(|| zserv.clone()),
+                        // zebra's API socket for the next daemon; bgpd's or ripd's own
+                        // vty socket before the lab asks it anything.
+                        ready_file: Some(if role == "zebra" {
+                            zserv.clone()
+                        } else {
+                            d.dir.join(format!("{role}.vty"))
+                        }),
                     }
                 })
                 .collect()
@@ -916,6 +923,10 @@ mod tests {
         assert_eq!(
             cmds[0].ready_file,
             Some(PathBuf::from("/run/twllab/rt/zserv.api"))
+        );
+        assert_eq!(
+            cmds[1].ready_file,
+            Some(PathBuf::from("/run/twllab/rt/bgpd.vty"))
         );
 
         let r = plan(&LabSpec {
