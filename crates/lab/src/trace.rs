@@ -435,6 +435,17 @@ fn route_origins(
                 });
                 match (rib, sock) {
                     (Some(Ok(rib)), Some(s)) => match learned::best_in_rib(&rib, dst) {
+                        // The kernel knows more (a pod's /32 under the node's own block).
+                        Some(p)
+                            if entry
+                                .as_ref()
+                                .is_some_and(|e| e.dst.prefix_len() > p.prefix.prefix_len()) =>
+                        {
+                            (
+                                kernel(),
+                                "kernel (more specific than the speaker's RIB)".into(),
+                            )
+                        }
                         Some(p) => (
                             p.describe(&name),
                             format!("twill bgp rib --socket {}", s.display()),

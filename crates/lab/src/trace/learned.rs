@@ -182,6 +182,11 @@ pub fn from_kernel(r: &RouteEntry, name: Namer) -> String {
         Some("84") if r.kind == "blackhole" => {
             format!("{}: this node's own block (the agent's blackhole)", r.dst)
         }
+        Some("84") if r.dst.prefix_len() == 32 && r.gateway.is_none() => format!(
+            "{}: a local pod's /32 to its host veth{} (twill-cni, l3)",
+            r.dst,
+            r.dev.as_ref().map(|d| format!(" {d}")).unwrap_or_default()
+        ),
         Some("84") => format!("{}: programmed by twilld from the store{via}", r.dst),
         Some("kernel") => format!("{}: connected (the interface's own subnet)", r.dst),
         None | Some("boot") | Some("static") if r.dst.prefix_len() == 0 => {
@@ -286,6 +291,7 @@ mod tests {
         let routes = crate::routes::parse_routes(
             r#"[{"dst":"10.244.4.0/24","gateway":"192.0.2.1","dev":"eth0","protocol":"rip","metric":20,"flags":[]},
                 {"type":"blackhole","dst":"10.244.1.0/24","protocol":"84","flags":[]},
+                {"dst":"10.244.1.2","dev":"twl1234","protocol":"84","scope":"link","flags":[]},
                 {"dst":"default","gateway":"192.0.2.1","dev":"eth0","flags":[]}]"#,
         );
         assert_eq!(
@@ -295,6 +301,10 @@ mod tests {
         assert!(from_kernel(&routes[1], &namer).contains("own block"));
         assert_eq!(
             from_kernel(&routes[2], &namer),
+            "10.244.1.2/32: a local pod's /32 to its host veth twl1234 (twill-cni, l3)"
+        );
+        assert_eq!(
+            from_kernel(&routes[3], &namer),
             "default route, set by the lab via rt (192.0.2.1)"
         );
     }

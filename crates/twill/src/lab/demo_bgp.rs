@@ -41,6 +41,10 @@ fn show(state: &twill_lab::LabState, target: &str, cmd: &[&str]) {
 pub fn demo(spec: &LabSpec, p: &LabPlan, cni_bin: &Path, twilld_bin: &Path) -> anyhow::Result<i32> {
     let name = spec.name.as_str();
     let bgp = p.bgp.as_ref().expect("a bgp plan");
+    anyhow::ensure!(
+        p.nodes.len() >= 2,
+        "lab demo --backend bgp needs --nodes 2 or more: sessions need a peer, and the fault is seen by the other nodes"
+    );
     println!(
         "== 1. Calico's model: every node is a router\n\
          No overlay, no bridge between nodes, no NAT between pods. Each node's agent (twilld)\n\
@@ -144,6 +148,13 @@ fn body(state: &mut twill_lab::LabState) -> anyhow::Result<bool> {
     let p = state.plan.clone();
     let first = &p.nodes[0];
     let last = p.nodes.last().expect("a lab has nodes").clone();
+    let settled = wait_sessions(state, SESSION_WAIT, |m| all_established(m, &p));
+    if !settled {
+        println!(
+            "  (not every session was Established within {}s)",
+            SESSION_WAIT.as_secs()
+        );
+    }
     println!(
         "\n== 3. The sessions\n\
          Each agent publishes its sessions (routingstatus/<node>); `twill node status` prints\n\
@@ -327,10 +338,10 @@ fn body(state: &mut twill_lab::LabState) -> anyhow::Result<bool> {
     );
     let right = last.address.addr();
     let up = wait_sessions(state, SESSION_WAIT, |m| {
-        p.nodes
-            .iter()
-            .filter(|n| n.short != last.short)
-            .all(|n| routing::session(m, &n.short, right).is_some_and(|s| s.state == "Established"))
+        all_established(m, &p)
+            && p.nodes.iter().filter(|n| n.short != last.short).all(|n| {
+                routing::session(m, &n.short, right).is_some_and(|s| s.state == "Established")
+            })
     });
     println!(
         "  {}'s agent sees the change in the store, takes {} ('override'), and its peers' sessions\n  \
@@ -356,6 +367,17 @@ fn body(state: &mut twill_lab::LabState) -> anyhow::Result<bool> {
         );
     }
     Ok(report.passed && stuck && up && peered)
+}
+
+/// Every node published its sessions, and every one is Established.
+fn all_established(
+    m: &std::collections::HashMap<String, twill_api::bgp::RoutingStatus>,
+    p: &LabPlan,
+) -> bool {
+    p.nodes
+        .iter()
+        .all(|n| m.get(&n.short).is_some_and(|s| !s.peers.is_empty()))
+        && routing::sessions_down(m).is_empty()
 }
 
 /// Polls the published routing status until `done` holds or `timeout` passes.
