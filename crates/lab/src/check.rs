@@ -490,7 +490,7 @@ pub fn cross_node_checks(plan: &LabPlan, pod_ips: &HashMap<String, Ipv4Addr>) ->
                     "bgp across segments: the block is learned over BGP (proto bgp) via the router, which learned it from the other segment's node (`twill lab trace` shows who learned what)"
                 }
                 BackendKind::Bgp => "bgp: the block is learned over BGP (ip route show proto bgp) via the node that announced it",
-                BackendKind::Rip => "rip: the block is heard over RIP (ip route show proto rip), via the node or the router that announced it",
+                BackendKind::Rip => "rip: the block is heard over RIP and installed by twilld (ip route show proto 84), via the node or the router that announced it",
                 BackendKind::Vxlan if plan.direct_routing && a.segment == b.segment => {
                     "vxlan directRouting: on one segment, a direct route via the remote node (ip route show proto 84)"
                 }

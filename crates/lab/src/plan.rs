@@ -88,7 +88,7 @@ pub const BGP_SOCKET: &str = "bgp.sock";
 pub const TWILL_PROTO: u8 = 84;
 /// Routes a BGP speaker learned (`proto bgp`, rtnetlink's RTPROT_BGP).
 pub const RTPROT_BGP: u8 = 186;
-/// Routes a RIP speaker learned (`proto rip`, RTPROT_RIP).
+/// Routes a RIP daemon learned (`proto rip`, RTPROT_RIP): FRR's zebra in the router.
 pub const RTPROT_RIP: u8 = 189;
 /// The external router's own AS: eBGP with every node.
 pub const ROUTER_AS: u32 = 64513;
@@ -976,12 +976,11 @@ impl LabPlan {
     }
 
     /// The kernel route protocols of the routes the backend gives a node to other nodes'
-    /// blocks: the agent's own (84), and what a routing protocol learned (`proto bgp`,
-    /// `proto rip`).
+    /// blocks: the agent's own (84; the rip backend's routes too), and what the embedded
+    /// BGP speaker learned (`proto bgp`).
     pub fn backend_route_protos(&self) -> &'static [u8] {
         match self.backend {
             BackendKind::Bgp => &[TWILL_PROTO, RTPROT_BGP],
-            BackendKind::Rip => &[TWILL_PROTO, RTPROT_RIP],
             _ => &[TWILL_PROTO],
         }
     }

@@ -944,6 +944,6 @@ mod tests {
             "{conf}"
         );
         assert_eq!(router_daemons(d)[1].role, "ripd");
-        assert_eq!(r.backend_route_protos(), [84, 189]);
+        assert_eq!(r.backend_route_protos(), [84]);
     }
 }

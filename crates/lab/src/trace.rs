@@ -417,7 +417,7 @@ fn route_origins(
         let kernel = || {
             entry.as_ref().map_or_else(
                 || format!("no route to {dst}"),
-                |e| learned::from_kernel(e, &name),
+                |e| learned::from_kernel(e, &name, lab.backend == crate::plan::BackendKind::Rip),
             )
         };
         let (learned_text, source) = match role {

@@ -352,11 +352,11 @@ fn rip_across_two_segments_with_frr() {
     ]);
     check_all_pass(&name);
     router_has_every_block(&name, "rip");
-    // n2 (segment 2) hears n1's block from the router, as the kernel says.
+    // n2 (segment 2) hears n1's block from the router; twilld installs it as its own.
     let st = status_json(&name);
     let n1_block = blocks_by_node(&st)["n1"][0].clone();
     let r = ip_json(&format!("{name}-n2"), &["route", "show", &n1_block]);
-    assert_eq!(r[0]["protocol"], "rip", "{r}");
+    assert_eq!(r[0]["protocol"], "84", "{r}");
     assert_eq!(r[0]["gateway"], "198.51.100.1", "{r}");
     down_leaves_nothing(&name);
     drop(guard);

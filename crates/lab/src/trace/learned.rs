@@ -166,8 +166,9 @@ pub fn parse_frr_bgp_json(text: &str) -> Option<BgpPath> {
     })
 }
 
-/// What the kernel route itself says of its origin: its protocol and gateway.
-pub fn from_kernel(r: &RouteEntry, name: Namer) -> String {
+/// What the kernel route itself says of its origin: its protocol and gateway. `rip`: the
+/// lab runs the rip backend, whose learned routes twilld installs as its own (84).
+pub fn from_kernel(r: &RouteEntry, name: Namer, rip: bool) -> String {
     let via = r
         .gateway
         .map(|g| format!(" via {}", who(g, name)))
@@ -186,6 +187,13 @@ pub fn from_kernel(r: &RouteEntry, name: Namer) -> String {
             "{}: a local pod's /32 to its host veth{} (twill-cni, l3)",
             r.dst,
             r.dev.as_ref().map(|d| format!(" {d}")).unwrap_or_default()
+        ),
+        Some("84") if rip && r.gateway.is_some() => format!(
+            "{}: RIP, heard by twilld's speaker{} (installed as proto 84)",
+            r.dst,
+            r.gateway
+                .map(|g| format!(" from {}", who(g, name)))
+                .unwrap_or_default()
         ),
         Some("84") => format!("{}: programmed by twilld from the store{via}", r.dst),
         Some("kernel") => format!("{}: connected (the interface's own subnet)", r.dst),
@@ -287,6 +295,18 @@ mod tests {
     }
 
     #[test]
+    fn a_rip_backend_route_is_named_for_rip() {
+        let routes = crate::routes::parse_routes(
+            r#"[{"dst":"10.244.4.0/24","gateway":"198.51.100.1","dev":"eth0","protocol":"84","flags":[]}]"#,
+        );
+        assert_eq!(
+            from_kernel(&routes[0], &namer, true),
+            "10.244.4.0/24: RIP, heard by twilld's speaker from rt (198.51.100.1) (installed as proto 84)"
+        );
+        assert!(from_kernel(&routes[0], &namer, false).contains("from the store"));
+    }
+
+    #[test]
     fn the_kernel_says_what_rip_and_the_agent_did() {
         let routes = crate::routes::parse_routes(
             r#"[{"dst":"10.244.4.0/24","gateway":"192.0.2.1","dev":"eth0","protocol":"rip","metric":20,"flags":[]},
@@ -295,16 +315,16 @@ mod tests {
                 {"dst":"default","gateway":"192.0.2.1","dev":"eth0","flags":[]}]"#,
         );
         assert_eq!(
-            from_kernel(&routes[0], &namer),
+            from_kernel(&routes[0], &namer, false),
             "10.244.4.0/24: RIP, heard from rt (192.0.2.1)"
         );
-        assert!(from_kernel(&routes[1], &namer).contains("own block"));
+        assert!(from_kernel(&routes[1], &namer, false).contains("own block"));
         assert_eq!(
-            from_kernel(&routes[2], &namer),
+            from_kernel(&routes[2], &namer, false),
             "10.244.1.2/32: a local pod's /32 to its host veth twl1234 (twill-cni, l3)"
         );
         assert_eq!(
-            from_kernel(&routes[3], &namer),
+            from_kernel(&routes[3], &namer, false),
             "default route, set by the lab via rt (192.0.2.1)"
         );
     }
