@@ -293,22 +293,35 @@ fn bgp_with_a_reflector_and_frr_outside() {
     ]);
     check_all_pass(&name);
     router_has_every_block(&name, "bgp");
-    let summary = Command::new("ip")
-        .args(["netns", "exec", &format!("{name}-rt"), "vtysh"])
-        .args([
-            "--vty_socket",
-            &format!("/run/{name}/rt"),
-            "-c",
-            "show ip bgp summary json",
-        ])
-        .output()
-        .unwrap();
-    let s: Value = serde_json::from_slice(&summary.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", text(&summary)));
-    let peers = s["ipv4Unicast"]["peers"].as_object().unwrap();
-    assert_eq!(peers.len(), 3, "{s:#}");
-    for (ip, p) in peers {
-        assert_eq!(p["state"], "Established", "{ip}: {p}");
+    // FRR's own view: a session with every node (bounded wait: bgpd may still be
+    // settling a session the nodes' check did not need).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let summary = Command::new("ip")
+            .args(["netns", "exec", &format!("{name}-rt"), "vtysh"])
+            .args([
+                "--vty_socket",
+                &format!("/run/{name}/rt"),
+                "-c",
+                "show ip bgp summary json",
+            ])
+            .output()
+            .unwrap();
+        let s: Value = serde_json::from_slice(&summary.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", text(&summary)));
+        let peers = s["ipv4Unicast"]["peers"].as_object().unwrap().clone();
+        let up = peers
+            .values()
+            .filter(|p| p["state"] == "Established")
+            .count();
+        if peers.len() == 3 && up == 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "FRR's sessions with the 3 nodes are not all Established: {s:#}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
     let add = twill(&["lab", "add-node", "--name", &name]);
     assert!(add.status.success(), "add-node: {}", text(&add));
