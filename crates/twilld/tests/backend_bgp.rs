@@ -10,7 +10,9 @@
 //! - a clean stop (SIGTERM): its routes leave every kernel at once, and its own learned
 //!   routes go with it;
 //! - an external BIRD router as a global BGPPeer (eBGP, TCP MD5): each side's kernel
-//!   holds the other's prefixes.
+//!   holds the other's prefixes; a wrong password is reported stuck in /readyz;
+//! - the mesh off, a route reflector picked by peerSelector, bridge-wired pods;
+//! - an AS per node (an eBGP mesh); a speaker that cannot listen, reported with the fix.
 //!
 //! Names: `twlbb…`. Each test is bounded (every wait has a deadline of at most 30 s).
 
@@ -876,4 +878,55 @@ fn a_speaker_that_cannot_listen_is_in_readyz_with_the_fix_and_starts_once_the_po
             other => Err(format!("{other:?}")),
         }
     });
+}
+
+#[test]
+fn an_as_per_node_makes_an_ebgp_mesh_that_routes_every_block() {
+    twill_testkit::require_root("an_as_per_node_makes_an_ebgp_mesh_that_routes_every_block");
+    let mut c = cluster("twlbba", 3);
+    for (i, asn) in [(1, 65001), (2, 65002)] {
+        c.store
+            .put(
+                &format!("{PREFIX}nodeconfigs/n{i}"),
+                format!(r#"{{"bgp":{{"asNumber":{asn}}}}}"#).as_bytes(),
+                None,
+            )
+            .unwrap();
+    }
+    for i in 0..3 {
+        c.start(i);
+    }
+    for i in 0..3 {
+        c.wait_ready(i);
+    }
+    let blocks: Vec<String> = (0..3).map(|i| c.block(i)).collect();
+    for i in 0..3 {
+        let want: Vec<(String, String)> = (0..3)
+            .filter(|j| *j != i)
+            .map(|j| (blocks[j].clone(), gw(j)))
+            .collect();
+        c.wait_routes(i, &want, Duration::from_secs(30));
+    }
+    let st = wait("n1's sessions", Duration::from_secs(10), || {
+        let st = c.routing(0).ok_or("absent")?;
+        (st.peers.len() == 2 && st.peers.iter().all(|p| p.state == "Established"))
+            .then_some(st.clone())
+            .ok_or(format!("{st:?}"))
+    });
+    assert_eq!(st.asn, Some(65001));
+    let mut asns: Vec<Option<u32>> = st.peers.iter().map(|p| p.asn).collect();
+    asns.sort();
+    assert_eq!(asns, [Some(64512), Some(65002)]);
+    let ips: Vec<String> = (0..3).map(|i| c.add_pod(i)).collect();
+    for (from, pod) in c.pods.iter().enumerate() {
+        for (to, ip) in ips.iter().enumerate() {
+            if from != to {
+                wait(
+                    &format!("pod {from} -> pod {to} ({ip})"),
+                    Duration::from_secs(10),
+                    || ping(pod, ip),
+                );
+            }
+        }
+    }
 }
