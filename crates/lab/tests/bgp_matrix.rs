@@ -7,10 +7,9 @@
 //! other node's block learned by the protocol), each node's sessions as it publishes them
 //! (mesh or reflector peers, all Established), then `lab down`.
 //!
-//! Until the lab's Calico-mode options and the bgp backend are on main every case is
-//! ignored (the rip ones passed against the lab's branch); then CI runs a representative four (~20-40 s each, in parallel): l3 + 1 segment + mesh +
-//! embedded; bridge + 2 segments (FRR as the ToR) + a route reflector + etcd; rip alone; rip
-//! with FRR. The lab's own tests (crates/twill/tests/lab_routing.rs) add BIRD as the ToR and
+//! CI runs three (~20-40 s each, in parallel): l3 + 1 segment + mesh + embedded; rip alone;
+//! rip with FRR. A fourth, bridge + 2 segments (FRR as the ToR) + a route reflector + etcd,
+//! joins them once the speaker resolves off-segment next hops through the router. The lab's own tests (crates/twill/tests/lab_routing.rs) add BIRD as the ToR and
 //! a reflector with a join. The other 14 combinations are ignored in CI; run the whole
 //! matrix (about 10 minutes on 2 cores) with
 //!   cargo nextest run -p twill-lab --test bgp_matrix --run-ignored all
@@ -176,13 +175,10 @@ const MESH: Routing = Routing::Bgp { reflectors: false };
 const RR: Routing = Routing::Bgp { reflectors: true };
 
 combos! {
-    #[ignore = "CI subset: waits for the lab part (`twill lab up --backend bgp|rip`) and twilld's bgp backend to land on main; then drop this ignore"]
     matrix_bgp_l3_1seg_mesh_embedded: 'a', MESH, "l3", 1, "embedded";
-    #[ignore = "CI subset: waits for the lab part (`twill lab up --backend bgp|rip`) and twilld's bgp backend to land on main; then drop this ignore"]
+    #[ignore = "CI subset once the speaker resolves off-segment next hops through the router (see README); run with --run-ignored all"]
     matrix_bgp_bridge_2seg_rr_etcd: 'b', RR, "bridge", 2, "etcd";
-    #[ignore = "CI subset: waits for the lab part (`twill lab up --backend bgp|rip`) and twilld's bgp backend to land on main; then drop this ignore"]
     matrix_rip_l3: 'c', Routing::Rip { frr: false }, "l3", 1, "embedded";
-    #[ignore = "CI subset: waits for the lab part (`twill lab up --backend bgp|rip`) and twilld's bgp backend to land on main; then drop this ignore"]
     matrix_rip_l3_frr: 'd', Routing::Rip { frr: true }, "l3", 1, "embedded";
     #[ignore = "full matrix: cargo nextest run -p twill-lab --test bgp_matrix --run-ignored all"]
     matrix_bgp_l3_1seg_mesh_etcd: 'e', MESH, "l3", 1, "etcd";
