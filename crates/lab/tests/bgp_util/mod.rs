@@ -212,7 +212,8 @@ impl Drop for Lab {
     }
 }
 
-/// `ip -n NS monitor route` in the background, its output in a file: every route change the
+/// `ip -4 -n NS monitor route` in the background (IPv6 link-local churn of new pod links is
+/// not routing), its output in a file: every route change the
 /// kernel announces while it runs. Killed (it is our child) when finished or dropped.
 pub struct RouteMonitor {
     child: Option<Child>,
@@ -224,7 +225,7 @@ impl RouteMonitor {
         let dir = twill_testkit::TempDir::new("mon");
         let out = std::fs::File::create(dir.path.join("monitor")).unwrap();
         let child = Command::new("ip")
-            .args(["-n", netns, "monitor", "route"])
+            .args(["-4", "-n", netns, "monitor", "route"])
             .stdout(out)
             .stderr(Stdio::null())
             .spawn()
