@@ -617,26 +617,7 @@ fn demo(
     };
     let outcome = demo_body(&state);
     println!("\n== 10. Cleaning up\nThe agents and the store stop (SIGTERM), DEL for every pod (with the ADD result as\nprevResult), then the namespaces.");
-    let down = build::down(name, &progress);
-    let check_passed = match outcome {
-        Ok(passed) => passed,
-        Err(e) => {
-            eprintln!("twill: error: {e:#}");
-            false
-        }
-    };
-    match down {
-        Ok(r) => r
-            .warnings
-            .iter()
-            .for_each(|w| eprintln!("twill: warning: {w}")),
-        Err(e) => {
-            eprintln!("twill: error: {e}");
-            return Ok(1);
-        }
-    }
-    println!("lab {name} removed");
-    Ok(if check_passed { 0 } else { 1 })
+    demo_exit(name, outcome, build::down(name, &progress))
 }
 
 fn demo_body(state: &twill_lab::LabState) -> anyhow::Result<bool> {
@@ -907,4 +888,32 @@ fn graph_cmd(name: &str, format: GraphFormat, out: Option<PathBuf>) -> anyhow::R
         }
     }
     Ok(0)
+}
+
+/// How a demo ends: its error if any, the tear-down's warnings, and exit 0 only when its
+/// checks passed and the lab is gone.
+fn demo_exit(
+    name: &str,
+    outcome: anyhow::Result<bool>,
+    down: Result<build::DownReport, build::LabError>,
+) -> anyhow::Result<i32> {
+    let passed = match outcome {
+        Ok(passed) => passed,
+        Err(e) => {
+            eprintln!("twill: error: {e:#}");
+            false
+        }
+    };
+    match down {
+        Ok(r) => r
+            .warnings
+            .iter()
+            .for_each(|w| eprintln!("twill: warning: {w}")),
+        Err(e) => {
+            eprintln!("twill: error: {e}");
+            return Ok(1);
+        }
+    }
+    println!("lab {name} removed");
+    Ok(if passed { 0 } else { 1 })
 }

@@ -122,26 +122,7 @@ pub fn demo(spec: &LabSpec, p: &LabPlan, cni_bin: &Path, twilld_bin: &Path) -> a
         "\n== 9. Cleaning up\nThe agents stop (SIGTERM: each closes its sessions with a Cease), the router's\n\
          daemons stop by PID, DEL for every pod, then the namespaces."
     );
-    let down = build::down(name, &progress);
-    let passed = match outcome {
-        Ok(passed) => passed,
-        Err(e) => {
-            eprintln!("twill: error: {e:#}");
-            false
-        }
-    };
-    match down {
-        Ok(r) => r
-            .warnings
-            .iter()
-            .for_each(|w| eprintln!("twill: warning: {w}")),
-        Err(e) => {
-            eprintln!("twill: error: {e}");
-            return Ok(1);
-        }
-    }
-    println!("lab {name} removed");
-    Ok(if passed { 0 } else { 1 })
+    super::demo_exit(name, outcome, build::down(name, &progress))
 }
 
 fn body(state: &mut twill_lab::LabState) -> anyhow::Result<bool> {
