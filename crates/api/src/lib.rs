@@ -6,5 +6,6 @@ pub mod backend;
 pub mod bgp;
 pub mod cni;
 pub mod names;
+pub mod policy;
 pub mod resources;
 pub mod wiring;

@@ -94,8 +94,12 @@ pub struct RouteConf {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
+    // Kubernetes writes protocols in capitals (NetworkPolicy ports, container ports).
+    #[serde(alias = "TCP")]
     Tcp,
+    #[serde(alias = "UDP")]
     Udp,
+    #[serde(alias = "SCTP")]
     Sctp,
 }
 
