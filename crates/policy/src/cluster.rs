@@ -38,6 +38,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 
+use ipnet::Ipv4Net;
+
 use twill_api::bgp::Selector;
 use twill_api::cni::Protocol;
 use twill_api::policy::{
@@ -285,6 +287,8 @@ impl fmt::Display for PortMatch {
 /// One end of a global rule, parsed (`None`: that field was empty, anything matches).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entity {
+    pub nets: Vec<Ipv4Net>,
+    pub not_nets: Vec<Ipv4Net>,
     pub selector: Option<Selector>,
     pub namespace_selector: Option<Selector>,
     pub ports: Vec<PortMatch>,
@@ -307,6 +311,8 @@ impl Entity {
                 .collect()
         };
         Ok(Entity {
+            nets: e.nets.clone(),
+            not_nets: e.not_nets.clone(),
             selector: sel("selector", &e.selector)?,
             namespace_selector: sel("namespaceSelector", &e.namespace_selector)?,
             ports: ports("ports", &e.ports)?,
@@ -731,6 +737,12 @@ impl Cluster {
             .unwrap_or_else(|| namespace_labels(name, None))
     }
 
+    /// The labels of a namespace that is stored or holds an endpoint (so every pod's
+    /// namespace), without a copy; `None` for any other.
+    pub fn known_namespace_labels(&self, name: &str) -> Option<&BTreeMap<String, String>> {
+        self.namespaces.get(name).map(|e| &e.labels)
+    }
+
     /// Whether the namespace is stored or holds an endpoint.
     pub fn has_namespace(&self, name: &str) -> bool {
         self.namespaces.contains_key(name)
@@ -783,9 +795,12 @@ impl Cluster {
         pod: &'a Pod,
         direction: PolicyType,
     ) -> impl Iterator<Item = &'a GlobalPolicy> + 'a {
-        let ns = self.namespace_labels(pod.namespace());
-        self.global_policies()
-            .filter(move |g| g.types.contains(&direction) && g.selects(pod, &ns))
+        self.global_policies().filter(move |g| {
+            g.types.contains(&direction)
+                && self
+                    .known_namespace_labels(pod.namespace())
+                    .is_some_and(|ns| g.selects(pod, ns))
+        })
     }
 }
 

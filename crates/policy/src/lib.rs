@@ -3,7 +3,7 @@
 //!
 //! - [`cluster`]: the store's endpoints, labels, namespaces and policies as one pure
 //!   snapshot, kept up to date per watch event, with the lookups the others need.
-//! - `model`: the reference evaluator. Given the cluster's endpoints, namespaces and
+//! - [`model`]: the reference evaluator. Given the cluster's endpoints, namespaces and
 //!   policies and one flow (source, destination, port, protocol), it says whether the
 //!   flow passes and which policy and rule decided, step by step (`twill policy explain`).
 //! - `compile`: the same semantics as nftables rules, address sets and a per-pod dispatch
@@ -12,3 +12,4 @@
 //! The model is the oracle the dataplane is tested against.
 
 pub mod cluster;
+pub mod model;
