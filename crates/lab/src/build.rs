@@ -303,6 +303,13 @@ fn build(state: &mut LabState, log: Log) -> Result<(), LabError> {
             keys.join(", ")
         ));
     }
+    let keys = daemons::write_namespaces(&plan)?;
+    if !keys.is_empty() {
+        log(&format!(
+            "namespaces written to the store: {}",
+            keys.join(", ")
+        ));
+    }
     start_router(state, log)?;
     for node in &plan.nodes {
         let rec = daemons::spawn(

@@ -172,6 +172,26 @@ pub fn write_bgp_resources(plan: &LabPlan) -> Result<Vec<String>, LabError> {
     Ok(kvs.into_iter().map(|(k, _)| k).collect())
 }
 
+/// Writes the plan's namespaces (`namespaces/<name>`, [`twill_api::policy::Namespace`]
+/// with their labels) into the store. Returns the keys written.
+pub fn write_namespaces(plan: &LabPlan) -> Result<Vec<String>, LabError> {
+    let kvs: Vec<(String, Vec<u8>)> = plan
+        .namespaces
+        .iter()
+        .map(|(name, labels)| {
+            let ns = twill_api::policy::Namespace {
+                labels: labels.clone(),
+            };
+            (
+                twill_api::policy::namespace_key(name),
+                serde_json::to_vec(&ns).expect("a Namespace serializes"),
+            )
+        })
+        .collect();
+    put_all(plan, &kvs)?;
+    Ok(kvs.into_iter().map(|(k, _)| k).collect())
+}
+
 /// The Node resource of one node (`add-node` writes it before the agent starts).
 pub fn write_node_spec(plan: &LabPlan, node: &NodePlan) -> Result<(), LabError> {
     put_all(
@@ -200,7 +220,7 @@ fn put_all(plan: &LabPlan, kvs: &[(String, Vec<u8>)]) -> Result<(), LabError> {
         }
         Ok(())
     })
-    .map_err(|e| cmd_err("write the lab's BGP resources into the store", e))
+    .map_err(|e| cmd_err("write the lab's resources into the store", e))
 }
 
 /// How long the router's daemon may take to create its socket.

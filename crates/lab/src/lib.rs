@@ -15,6 +15,8 @@ pub mod build;
 pub mod check;
 pub mod daemons;
 pub mod graph;
+pub mod netpol;
+pub mod netpol_probe;
 pub mod plan;
 pub mod probe;
 pub mod routes;

@@ -3,11 +3,13 @@
 //! reads its expectations from it, and `state.json` stores it so that `down` removes exactly
 //! what `up` made.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
+pub use twill_api::policy::NamedPort;
 pub use twill_api::wiring::PodWiring;
 
 /// The lab name used when none is given.
@@ -209,6 +211,40 @@ pub struct LabSpec {
     pub external_router: Option<ExternalRouter>,
     /// bgp: an AS per node instead of one AS for all.
     pub as_per_node: bool,
+    /// Pods with a Kubernetes identity (namespace, name, labels, named ports), spread over
+    /// the nodes in turn (pod k on node `k % nodes + 1`) instead of `pods_per_node`
+    /// anonymous ones; see [`crate::netpol::model_pods`] for the upstream NetworkPolicy
+    /// model's x/y/z × a/b/c.
+    pub pods: Vec<PodIdentity>,
+    /// Namespaces the lab writes into the store (`namespaces/<name>`) before any pod
+    /// starts, with their labels.
+    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// A pod as Kubernetes knows it: the runtime passes its namespace and name in CNI_ARGS
+/// (`K8S_POD_NAMESPACE`, `K8S_POD_NAME`), its labels in CNI_ARGS `TWILL_POD_LABELS` and its
+/// named ports in `runtimeConfig.namedPorts`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodIdentity {
+    pub namespace: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub named_ports: Vec<NamedPort>,
+}
+
+impl PodIdentity {
+    /// `namespace/name`, as the upstream suite names pods in its tables.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// The lab member name: `x-a` for pod a of namespace x.
+    pub fn short(&self) -> String {
+        format!("{}-{}", self.namespace, self.name)
+    }
 }
 
 impl Default for LabSpec {
@@ -228,6 +264,8 @@ impl Default for LabSpec {
             route_reflectors: 0,
             external_router: None,
             as_per_node: false,
+            pods: Vec::new(),
+            namespaces: BTreeMap::new(),
         }
     }
 }
@@ -276,6 +314,10 @@ pub enum PlanError {
     RipSegmentsNeedRouter,
     #[error("unknown lab member {0:?}: use a node (n1), a pod (n1-p2), rt, out, ul or st (the etcd host)")]
     UnknownTarget(String),
+    #[error("pod {pod}: {reason}")]
+    BadPod { pod: String, reason: String },
+    #[error("namespaces and pod identities live in the store, which the static file cannot hold: use --store embedded or etcd")]
+    IdentitiesNeedStore,
 }
 
 /// A veth pair: one end in `netns` (optionally addressed), the other in `peer_netns`
@@ -342,6 +384,23 @@ pub struct PodPlan {
     pub container_id: String,
     pub ifname: String,
     pub port_mappings: Vec<PortMapping>,
+    /// Its Kubernetes identity; none: namespace = the lab's name, name = `short`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<PodIdentity>,
+}
+
+impl PodPlan {
+    /// K8S_POD_NAMESPACE: the identity's, else the lab's name.
+    pub fn k8s_namespace<'a>(&'a self, lab: &'a str) -> &'a str {
+        self.identity.as_ref().map_or(lab, |i| i.namespace.as_str())
+    }
+
+    /// K8S_POD_NAME: the identity's, else the short name.
+    pub fn k8s_name(&self) -> &str {
+        self.identity
+            .as_ref()
+            .map_or(self.short.as_str(), |i| i.name.as_str())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -420,6 +479,9 @@ pub struct LabPlan {
     /// bgp: the resources the lab writes (reflectors, AS per node).
     #[serde(default)]
     pub bgp: Option<BgpPlan>,
+    /// Namespaces written into the store at `up`, with their labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// Checks a lab name: `twl` + up to 5 of a-z, 0-9. No `-`, so that one lab's namespace prefix
@@ -491,6 +553,7 @@ pub fn plan(spec: &LabSpec) -> Result<LabPlan, PlanError> {
         }
     }
     let (bgp, router_kind) = routing_choice(spec)?;
+    check_identities(spec)?;
     let name = spec.name.as_str();
     let state_dir = state_dir(name);
     let cluster_cidr = net(CLUSTER_CIDR);
@@ -559,18 +622,31 @@ pub fn plan(spec: &LabSpec) -> Result<LabPlan, PlanError> {
         gateway: host(outside_net, 1).addr(),
     };
 
-    let nodes = (1..=spec.nodes)
+    let mut nodes: Vec<NodePlan> = (1..=spec.nodes)
         .map(|i| {
-            node_plan(
-                name,
-                &state_dir,
-                &segments,
-                i,
-                spec.pods_per_node,
-                spec.pod_wiring,
-            )
+            let pods = if spec.pods.is_empty() {
+                spec.pods_per_node
+            } else {
+                0
+            };
+            node_plan(name, &state_dir, &segments, i, pods, spec.pod_wiring)
         })
         .collect();
+    for (k, id) in spec.pods.iter().enumerate() {
+        let count = nodes.len();
+        let node = &mut nodes[k % count];
+        let short = id.short();
+        node.pods.push(PodPlan {
+            node: node.index,
+            index: node.pods.len() as u16 + 1,
+            netns: format!("{name}-{short}"),
+            container_id: format!("{name}-{short}"),
+            ifname: POD_IFNAME.into(),
+            port_mappings: Vec::new(),
+            identity: Some(id.clone()),
+            short,
+        });
+    }
 
     let etcd = (spec.store == StoreKind::Etcd).then(|| {
         let seg = &segments[0];
@@ -618,7 +694,53 @@ pub fn plan(spec: &LabSpec) -> Result<LabPlan, PlanError> {
         pods_per_node: spec.pods_per_node,
         pod_wiring: spec.pod_wiring,
         bgp,
+        namespaces: spec.namespaces.clone(),
     })
+}
+
+/// Pod identities must be unique, use Kubernetes' DNS-label names (they become namespace
+/// and member names), and not collide with the lab's own member names.
+fn check_identities(spec: &LabSpec) -> Result<(), PlanError> {
+    if (!spec.pods.is_empty() || !spec.namespaces.is_empty()) && spec.store == StoreKind::Static {
+        return Err(PlanError::IdentitiesNeedStore);
+    }
+    let label = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 20
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !s.starts_with('-')
+            && !s.ends_with('-')
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for id in &spec.pods {
+        let bad = |reason: String| PlanError::BadPod {
+            pod: id.key(),
+            reason,
+        };
+        if !label(&id.namespace) || !label(&id.name) {
+            return Err(bad(
+                "namespace and name must be 1-20 of a-z, 0-9 and '-' (not at either end)".into(),
+            ));
+        }
+        if !seen.insert(id.short()) {
+            return Err(bad(format!(
+                "member name {} is used twice (pod {} of namespace {})",
+                id.short(),
+                id.name,
+                id.namespace
+            )));
+        }
+        // Members with a '-' are pods; a node's pods are `n<i>-p<j>`.
+        let ns = id.namespace.as_bytes();
+        if ns.len() > 1 && ns[0] == b'n' && ns[1..].iter().all(u8::is_ascii_digit) {
+            return Err(bad(format!(
+                "namespace {} reads as a node (n1): its member names would look like a node's pods (n1-p2)",
+                id.namespace
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The routing options checked against the backend: the BGP plan (bgp only) and the
@@ -706,6 +828,7 @@ fn node_plan(
             } else {
                 Vec::new()
             },
+            identity: None,
         })
         .collect();
     NodePlan {

@@ -112,7 +112,7 @@ pub fn node_conflist(plan: &LabPlan, node: &NodePlan) -> Value {
         "ipMasq": true,
         "hairpinMode": true,
         "clusterCIDR": plan.cluster_cidr.to_string(),
-        "capabilities": {"portMappings": true},
+        "capabilities": {"portMappings": true, "namedPorts": true},
         "ipam": {
             "type": "twill",
             "handoffFile": node.handoff_file.display().to_string(),
@@ -130,13 +130,30 @@ pub fn node_conflist(plan: &LabPlan, node: &NodePlan) -> Value {
 }
 
 /// The runtime's per-pod settings that plugins receive only if they declare the matching
-/// capability (libcni's `RuntimeConf.CapabilityArgs`).
+/// capability (libcni's `RuntimeConf.CapabilityArgs`): host ports, and the pod's named
+/// container ports (`[{name, port, protocol}]`).
 pub fn pod_capability_args(pod: &PodPlan) -> Map<String, Value> {
     let mut args = Map::new();
     if !pod.port_mappings.is_empty() {
         args.insert("portMappings".into(), json!(pod.port_mappings));
     }
+    if let Some(id) = pod.identity.as_ref().filter(|i| !i.named_ports.is_empty()) {
+        args.insert("namedPorts".into(), json!(id.named_ports));
+    }
     args
+}
+
+/// CNI_ARGS `TWILL_POD_LABELS`: `k=v,k2=v2` (Kubernetes label keys and values hold no `,`,
+/// `=` or `;`). None without labels.
+pub fn labels_arg(pod: &PodPlan) -> Option<String> {
+    let labels = &pod.identity.as_ref()?.labels;
+    (!labels.is_empty()).then(|| {
+        labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    })
 }
 
 /// The stdin config for plugin `index` of a conflist, built the way libcni's
@@ -169,27 +186,30 @@ pub fn plugin_config(
 }
 
 /// The CNI_* environment for one call, as kubelet's runtime sets it (CNI_ARGS carries the
-/// pod's Kubernetes identity; IgnoreUnknown lets plugins skip keys they do not know).
+/// pod's Kubernetes identity, and its labels in `TWILL_POD_LABELS`; IgnoreUnknown lets
+/// plugins skip keys they do not know).
 pub fn plugin_env(
     command: CniCommand,
     lab: &str,
     pod: &PodPlan,
     cni_path: &Path,
 ) -> Vec<(String, String)> {
+    let mut args = format!(
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={}",
+        pod.k8s_namespace(lab),
+        pod.k8s_name(),
+        pod.container_id
+    );
+    if let Some(labels) = labels_arg(pod) {
+        args.push_str(&format!(";TWILL_POD_LABELS={labels}"));
+    }
     vec![
         ("CNI_COMMAND".into(), command.as_str().into()),
         ("CNI_CONTAINERID".into(), pod.container_id.clone()),
         ("CNI_NETNS".into(), format!("/run/netns/{}", pod.netns)),
         ("CNI_IFNAME".into(), pod.ifname.clone()),
         ("CNI_PATH".into(), cni_path.display().to_string()),
-        (
-            "CNI_ARGS".into(),
-            format!(
-                "IgnoreUnknown=1;K8S_POD_NAMESPACE={lab};K8S_POD_NAME={};\
-                 K8S_POD_INFRA_CONTAINER_ID={}",
-                pod.short, pod.container_id
-            ),
-        ),
+        ("CNI_ARGS".into(), args),
     ]
 }
 
@@ -355,7 +375,7 @@ mod tests {
         let expected: Value = serde_json::from_str(
             r#"{"cniVersion":"1.1.0","name":"twill","plugins":[{"type":"twill-cni","bridge":"twl0",
             "podWiring":"bridge","ipMasq":true,"hairpinMode":true,"clusterCIDR":"10.244.0.0/16",
-            "capabilities":{"portMappings":true},"ipam":{"type":"twill",
+            "capabilities":{"portMappings":true,"namedPorts":true},"ipam":{"type":"twill",
             "handoffFile":"/run/twllab/n1/node.json","dataDir":"/run/twllab/n1/ipam"}}]}"#,
         )
         .unwrap();
@@ -386,7 +406,10 @@ mod tests {
         assert_eq!(conf["type"], "twill-cni");
         assert_eq!(conf["ipam"]["handoffFile"], "/run/twllab/n1/node.json");
         assert!(conf["ipam"].get("subnet").is_none());
-        assert_eq!(conf["capabilities"], json!({"portMappings": true}));
+        assert_eq!(
+            conf["capabilities"],
+            json!({"portMappings": true, "namedPorts": true})
+        );
         assert_eq!(
             conf["runtimeConfig"],
             json!({"portMappings": [
