@@ -100,7 +100,11 @@ impl Flow {
 
 /// One end of the flow as the model saw it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase", tag = "kind")]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    tag = "kind"
+)]
 pub enum End {
     /// A pod of the cluster (`ip`: the address the flow uses, its first).
     Pod {
@@ -146,7 +150,11 @@ impl fmt::Display for RuleRef {
 
 /// What decided one direction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase", tag = "kind")]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    tag = "kind"
+)]
 pub enum Reason {
     /// From the destination's own node: always allowed.
     FromOwnNode,

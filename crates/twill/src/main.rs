@@ -8,6 +8,7 @@ mod kind_arg;
 mod lab;
 mod node_cmd;
 mod node_status;
+mod policy_cmd;
 mod resources;
 mod store_args;
 mod suggest;
@@ -47,6 +48,8 @@ enum Command {
     Lab(lab::LabArgs),
     /// Twill's BGP speaker on its own: serve a config, show its neighbors and RIB.
     Bgp(bgp_cmd::BgpArgs),
+    /// Network policy: why a flow is allowed or denied (explain).
+    Policy(policy_cmd::PolicyArgs),
 }
 
 fn main() {
@@ -56,6 +59,8 @@ fn main() {
     let result = match cli.command {
         Command::Lab(args) => lab::run(args, &cli.store),
         Command::Bgp(args) => bgp_cmd::run(args),
+        // Each of its subcommands reads what it needs (the store, or twilld).
+        Command::Policy(args) => policy_cmd::run(args, &cli.store),
         // Only apply may make a new store, and only once the file is found good; the rest
         // work on one that exists.
         Command::Apply(a) => resources::run_apply(a, &cli.store),
@@ -64,7 +69,9 @@ fn main() {
             Command::Delete(a) => resources::run_delete(a, store),
             Command::Node(a) => node_cmd::run(a, store),
             Command::Ipam(a) => ipam_cmd::run(a, store),
-            Command::Lab(_) | Command::Apply(_) | Command::Bgp(_) => unreachable!("handled above"),
+            Command::Lab(_) | Command::Apply(_) | Command::Bgp(_) | Command::Policy(_) => {
+                unreachable!("handled above")
+            }
         }),
     };
     match result {
