@@ -644,35 +644,54 @@ pub fn check_dns_name(field: &str, name: &str) -> Result<(), Invalid> {
 /// of letters, digits, `-`, `_`, `.`, alphanumeric at both ends; prefix a DNS name) and a
 /// value of at most 63 such characters (may be empty).
 pub fn check_labels(field: &str, labels: &BTreeMap<String, String>) -> Result<(), Invalid> {
-    fn part_ok(s: &str) -> bool {
-        s.len() <= 63
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            && s.chars().next().is_none_or(|c| c.is_ascii_alphanumeric())
-            && s.chars().last().is_none_or(|c| c.is_ascii_alphanumeric())
-    }
     for (k, v) in labels {
         let f = format!("{field}.{k}");
-        let (prefix, name) = match k.split_once('/') {
-            Some((p, n)) => (Some(p), n),
-            None => (None, k.as_str()),
-        };
-        if let Some(p) = prefix {
-            check_dns_name(&f, p)
-                .map_err(|e| invalid(&f, format!("the key's prefix (before '/'): {}", e.reason)))?;
-        }
-        if name.is_empty() || !part_ok(name) {
-            return Err(invalid(
-                &f,
-                format!("{k:?} is not a label key: 1 to 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit, optionally after a DNS prefix and '/' (e.g. rack or example.com/rack)"),
-            ));
-        }
-        if !part_ok(v) {
-            return Err(invalid(
-                &f,
-                format!("{v:?} is not a label value: at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"),
-            ));
-        }
+        check_label_key(&f, k)?;
+        check_label_value(&f, v)?;
+    }
+    Ok(())
+}
+
+/// One part of a label: at most 63 letters, digits, `-`, `_`, `.`, alphanumeric at both
+/// ends (may be empty).
+fn label_part_ok(s: &str) -> bool {
+    s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && s.chars().next().is_none_or(|c| c.is_ascii_alphanumeric())
+        && s.chars().last().is_none_or(|c| c.is_ascii_alphanumeric())
+}
+
+/// A label key (see [`check_labels`]); the error names `field`.
+pub fn check_label_key(field: &str, k: &str) -> Result<(), Invalid> {
+    let (prefix, name) = match k.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, k),
+    };
+    if let Some(p) = prefix {
+        check_dns_name(field, p).map_err(|e| {
+            invalid(
+                field,
+                format!("the key's prefix (before '/'): {}", e.reason),
+            )
+        })?;
+    }
+    if name.is_empty() || !label_part_ok(name) {
+        return Err(invalid(
+            field,
+            format!("{k:?} is not a label key: 1 to 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit, optionally after a DNS prefix and '/' (e.g. rack or example.com/rack)"),
+        ));
+    }
+    Ok(())
+}
+
+/// A label value (see [`check_labels`]); the error names `field`.
+pub fn check_label_value(field: &str, v: &str) -> Result<(), Invalid> {
+    if !label_part_ok(v) {
+        return Err(invalid(
+            field,
+            format!("{v:?} is not a label value: at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"),
+        ));
     }
     Ok(())
 }

@@ -311,12 +311,41 @@ impl NetworkPolicyPort {
     }
 }
 
-/// A port by number or by a container port's name (Kubernetes' IntOrString).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// A port by number or by a container port's name (Kubernetes' IntOrString). Read from
+/// a number (0..=65535, else an error saying so) or a string.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(untagged)]
 pub enum PortRef {
     Number(u16),
     Name(String),
+}
+
+impl<'de> Deserialize<'de> for PortRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = PortRef;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a port number (1 to 65535) or a port name")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<PortRef, E> {
+                u16::try_from(n).map(PortRef::Number).map_err(|_| {
+                    E::custom(format!("{n} is not a port: use 1 to 65535, or a port name"))
+                })
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<PortRef, E> {
+                u64::try_from(n)
+                    .map_err(|_| {
+                        E::custom(format!("{n} is not a port: use 1 to 65535, or a port name"))
+                    })
+                    .and_then(|n| self.visit_u64(n))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<PortRef, E> {
+                Ok(PortRef::Name(s.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 // ---- Calico GlobalNetworkPolicy (projectcalico.org/v3) ----
@@ -452,6 +481,346 @@ pub fn check_object_name(field: &str, name: &str) -> Result<(), Invalid> {
 /// Checks labels set on a pod or namespace.
 pub fn check_object_labels(field: &str, labels: &BTreeMap<String, String>) -> Result<(), Invalid> {
     check_labels(field, labels)
+}
+
+// ---- validation: every bad field named by its path, with the fix ----
+
+/// A namespace's name: a DNS label (1 to 63 lower-case letters, digits and '-', starting
+/// and ending with a letter or digit; no dots), as Kubernetes.
+pub fn check_namespace_name(field: &str, name: &str) -> Result<(), Invalid> {
+    check_dns_name(field, name)?;
+    if name.contains('.') || name.len() > 63 {
+        return Err(crate::resources::invalid(
+            field,
+            format!("{name:?} is not a valid namespace name: a namespace is a DNS label, 1 to 63 lower-case letters, digits and '-' with no '.'"),
+        ));
+    }
+    Ok(())
+}
+
+/// A port name as Kubernetes takes them (an IANA_SVC_NAME): 1 to 15 lower-case letters,
+/// digits and '-', at least one letter, starting and ending with a letter or digit, no
+/// "--".
+pub fn check_port_name(field: &str, name: &str) -> Result<(), Invalid> {
+    let why = if name.is_empty() {
+        Some("it is empty".to_string())
+    } else if name.len() > 15 {
+        Some(format!("{} characters, at most 15", name.len()))
+    } else if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
+        Some(format!(
+            "{c:?} is not allowed (lower-case letters, digits and '-')"
+        ))
+    } else if !name.chars().any(|c| c.is_ascii_lowercase()) {
+        Some("it needs at least one letter (for a port number, write it without quotes)".into())
+    } else if name.starts_with('-') || name.ends_with('-') {
+        Some("it must start and end with a letter or digit".into())
+    } else if name.contains("--") {
+        Some("\"--\" is not allowed".into())
+    } else {
+        None
+    };
+    match why {
+        None => Ok(()),
+        Some(why) => Err(crate::resources::invalid(
+            field,
+            format!("{name:?} is not a port name: {why}; a named port is 1 to 15 lower-case letters, digits and '-' (e.g. http, serve-80-tcp), or give the number"),
+        )),
+    }
+}
+
+fn bad(field: impl AsRef<str>, reason: impl Into<String>) -> Invalid {
+    crate::resources::invalid(field.as_ref(), reason)
+}
+
+/// A CIDR of a rule: no host bits (the fix named).
+fn check_net(field: &str, net: &Ipv4Net) -> Result<(), Invalid> {
+    if net.trunc() != *net {
+        return Err(bad(
+            field,
+            format!("{net} has host bits set; did you mean {}?", net.trunc()),
+        ));
+    }
+    Ok(())
+}
+
+fn check_types(field: &str, types: &[PolicyType]) -> Result<(), Invalid> {
+    for (i, t) in types.iter().enumerate() {
+        if types[..i].contains(t) {
+            return Err(bad(
+                format!("{field}[{i}]"),
+                format!("{t:?} is listed twice; list each of Ingress and Egress at most once"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl LabelSelector {
+    /// Kubernetes' rules: keys and values are label keys and values; `In` and `NotIn`
+    /// need values, `Exists` and `DoesNotExist` take none. `field` is the selector's path.
+    pub fn validate(&self, field: &str) -> Result<(), Invalid> {
+        check_labels(&format!("{field}.matchLabels"), &self.match_labels)?;
+        for (i, r) in self.match_expressions.iter().enumerate() {
+            let f = format!("{field}.matchExpressions[{i}]");
+            crate::bgp::check_label_key(&format!("{f}.key"), &r.key)?;
+            match r.operator {
+                SelectorOperator::In | SelectorOperator::NotIn if r.values.is_empty() => {
+                    return Err(bad(
+                        format!("{f}.values"),
+                        format!("operator {:?} needs values; list at least one (or use Exists/DoesNotExist)", r.operator),
+                    ))
+                }
+                SelectorOperator::Exists | SelectorOperator::DoesNotExist
+                    if !r.values.is_empty() =>
+                {
+                    return Err(bad(
+                        format!("{f}.values"),
+                        format!("operator {:?} takes no values; remove them (or use In/NotIn)", r.operator),
+                    ))
+                }
+                _ => {}
+            }
+            for (j, v) in r.values.iter().enumerate() {
+                crate::bgp::check_label_value(&format!("{f}.values[{j}]"), v)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl NetworkPolicyPeer {
+    /// `field` is the peer's path (`spec.ingress[0].from[1]`).
+    pub fn validate(&self, field: &str) -> Result<(), Invalid> {
+        let selectors = self.pod_selector.is_some() || self.namespace_selector.is_some();
+        match (&self.ip_block, selectors) {
+            (None, false) => {
+                return Err(bad(
+                    field,
+                    "a peer needs podSelector and/or namespaceSelector, or ipBlock; give one (an empty podSelector: {} is every pod of the namespace)",
+                ))
+            }
+            (Some(_), true) => {
+                return Err(bad(
+                    format!("{field}.ipBlock"),
+                    "ipBlock excludes podSelector and namespaceSelector in one peer; put it in a peer of its own (a separate list item)",
+                ))
+            }
+            _ => {}
+        }
+        if let Some(s) = &self.pod_selector {
+            s.validate(&format!("{field}.podSelector"))?;
+        }
+        if let Some(s) = &self.namespace_selector {
+            s.validate(&format!("{field}.namespaceSelector"))?;
+        }
+        if let Some(b) = &self.ip_block {
+            let f = format!("{field}.ipBlock");
+            check_net(&format!("{f}.cidr"), &b.cidr)?;
+            for (i, e) in b.except.iter().enumerate() {
+                let fe = format!("{f}.except[{i}]");
+                check_net(&fe, e)?;
+                if !(b.cidr.contains(e) && e.prefix_len() > b.cidr.prefix_len()) {
+                    return Err(bad(
+                        fe,
+                        format!("{e} is not strictly inside cidr {}; except lists parts of the cidr, each smaller than it", b.cidr),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl NetworkPolicyPort {
+    /// Kubernetes' rules: a port number 1..=65535 or a port name; `endPort` only with a
+    /// numeric `port`, and at least it. `field` is the port's path.
+    pub fn validate(&self, field: &str) -> Result<(), Invalid> {
+        match &self.port {
+            Some(PortRef::Number(0)) => return Err(bad(
+                format!("{field}.port"),
+                "0 is not a port: use 1 to 65535, a port name, or leave port out for every port",
+            )),
+            Some(PortRef::Name(n)) => check_port_name(&format!("{field}.port"), n)?,
+            _ => {}
+        }
+        if let Some(end) = self.end_port {
+            let fe = format!("{field}.endPort");
+            match &self.port {
+                None => {
+                    return Err(bad(
+                        fe,
+                        "endPort needs a port to start from; add port (a number)",
+                    ))
+                }
+                Some(PortRef::Name(n)) => {
+                    return Err(bad(
+                        fe,
+                        format!("endPort needs a numeric port, not the named port {n:?}; give port as a number or remove endPort"),
+                    ))
+                }
+                Some(PortRef::Number(p)) if end < *p => {
+                    return Err(bad(
+                        fe,
+                        format!("{end} is below port {p}; endPort must be at least port"),
+                    ))
+                }
+                Some(PortRef::Number(_)) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+impl NetworkPolicySpec {
+    /// Kubernetes' validation of a NetworkPolicy's spec; paths start at `spec.`.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        self.pod_selector.validate("spec.podSelector")?;
+        check_types("spec.policyTypes", &self.policy_types)?;
+        let rules = self
+            .ingress
+            .iter()
+            .map(|r| (&r.from, &r.ports))
+            .enumerate()
+            .map(|(i, r)| (format!("spec.ingress[{i}]"), "from", r))
+            .chain(
+                self.egress
+                    .iter()
+                    .map(|r| (&r.to, &r.ports))
+                    .enumerate()
+                    .map(|(i, r)| (format!("spec.egress[{i}]"), "to", r)),
+            );
+        for (f, peers_name, (peers, ports)) in rules {
+            for (j, p) in peers.iter().enumerate() {
+                p.validate(&format!("{f}.{peers_name}[{j}]"))?;
+            }
+            for (j, p) in ports.iter().enumerate() {
+                p.validate(&format!("{f}.ports[{j}]"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Namespace {
+    /// The name is a DNS label and the labels are valid; `kubernetes.io/metadata.name`
+    /// may only say the namespace's own name (it is set automatically).
+    pub fn validate(&self, name: &str) -> Result<(), Invalid> {
+        check_namespace_name("metadata.name", name)?;
+        check_labels("metadata.labels", &self.labels)?;
+        if let Some(v) = self.labels.get(NAMESPACE_NAME_LABEL) {
+            if v != name {
+                return Err(bad(
+                    format!("metadata.labels.{NAMESPACE_NAME_LABEL}"),
+                    format!("{v:?} is not the namespace's name {name:?}: this label is set automatically to the name; remove it"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A Calico port spec: a number, `"a:b"` with a <= b, or a port name.
+fn check_calico_port(field: &str, p: &PortRef) -> Result<(), Invalid> {
+    match p {
+        PortRef::Number(0) => Err(bad(field, "0 is not a port: use 1 to 65535")),
+        PortRef::Number(_) => Ok(()),
+        PortRef::Name(s) => match s.split_once(':') {
+            Some((a, b)) => {
+                let num = |x: &str| x.trim().parse::<u16>().ok().filter(|n| *n > 0);
+                match (num(a), num(b)) {
+                    (Some(a), Some(b)) if a <= b => Ok(()),
+                    (Some(a), Some(b)) => Err(bad(
+                        field,
+                        format!("{s:?}: the range starts after it ends; write \"{b}:{a}\""),
+                    )),
+                    _ => Err(bad(
+                        field,
+                        format!("{s:?} is not a port range: write \"first:last\" with ports 1 to 65535 (e.g. \"8080:8090\")"),
+                    )),
+                }
+            }
+            None => check_port_name(field, s),
+        },
+    }
+}
+
+impl EntityRule {
+    /// `field` is the end's path (`spec.ingress[0].source`); `proto_ok` whether the rule's
+    /// protocol carries ports.
+    pub fn validate(&self, field: &str, proto_ok: bool) -> Result<(), Invalid> {
+        for (name, nets) in [("nets", &self.nets), ("notNets", &self.not_nets)] {
+            for (i, n) in nets.iter().enumerate() {
+                check_net(&format!("{field}.{name}[{i}]"), n)?;
+            }
+        }
+        parse_calico_selector(&format!("{field}.selector"), &self.selector)?;
+        parse_calico_selector(
+            &format!("{field}.namespaceSelector"),
+            &self.namespace_selector,
+        )?;
+        for (name, ports) in [("ports", &self.ports), ("notPorts", &self.not_ports)] {
+            if !ports.is_empty() && !proto_ok {
+                return Err(bad(
+                    format!("{field}.{name}"),
+                    "ports need the rule's protocol to be TCP, UDP or SCTP; add protocol: TCP (or UDP, SCTP)",
+                ));
+            }
+            for (i, p) in ports.iter().enumerate() {
+                check_calico_port(&format!("{field}.{name}[{i}]"), p)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ports written as strings of digits ("80") are numbers, as Calico reads them.
+    pub fn normalize(&mut self) {
+        for p in self.ports.iter_mut().chain(self.not_ports.iter_mut()) {
+            if let PortRef::Name(s) = p {
+                if let Ok(n) = s.trim().parse::<u16>() {
+                    *p = PortRef::Number(n);
+                }
+            }
+        }
+    }
+}
+
+impl GlobalNetworkPolicySpec {
+    /// Calico's validation: selectors parse (the error says at which column), order is a
+    /// finite number, rules' nets, selectors and ports hold; paths start at `spec.`.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if let Some(o) = self.order {
+            if !o.is_finite() {
+                return Err(bad(
+                    "spec.order",
+                    format!("{o} is not a finite number; give a number (lower goes first) or leave order out (last)"),
+                ));
+            }
+        }
+        self.selector()?;
+        self.namespace_selector()?;
+        check_types("spec.types", &self.types)?;
+        for (dir, rules) in [("ingress", &self.ingress), ("egress", &self.egress)] {
+            for (i, r) in rules.iter().enumerate() {
+                let f = format!("spec.{dir}[{i}]");
+                let ports_ok = matches!(r.protocol, Some(RuleProtocol::Ports(_)));
+                r.source.validate(&format!("{f}.source"), ports_ok)?;
+                r.destination
+                    .validate(&format!("{f}.destination"), ports_ok)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// See [`EntityRule::normalize`].
+    pub fn normalize(&mut self) {
+        for r in self.ingress.iter_mut().chain(self.egress.iter_mut()) {
+            r.source.normalize();
+            r.destination.normalize();
+        }
+    }
 }
 
 #[cfg(test)]

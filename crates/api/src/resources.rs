@@ -348,17 +348,26 @@ pub enum ResourceKind {
     BgpConfiguration,
     /// One BGP peering rule.
     BgpPeer,
+    /// Kubernetes' NetworkPolicy (networking.k8s.io/v1), namespaced.
+    NetworkPolicy,
+    /// Calico's GlobalNetworkPolicy (projectcalico.org/v3): cluster-wide, ordered.
+    GlobalNetworkPolicy,
+    /// A namespace and its labels (what namespaceSelectors match).
+    Namespace,
     /// Several resources in one document, as `twill get -o json` prints them.
     List,
 }
 
 impl ResourceKind {
-    pub const ALL: [ResourceKind; 6] = [
+    pub const ALL: [ResourceKind; 9] = [
         ResourceKind::NetworkConfig,
         ResourceKind::Node,
         ResourceKind::Block,
         ResourceKind::BgpConfiguration,
         ResourceKind::BgpPeer,
+        ResourceKind::NetworkPolicy,
+        ResourceKind::GlobalNetworkPolicy,
+        ResourceKind::Namespace,
         ResourceKind::List,
     ];
 
@@ -370,6 +379,9 @@ impl ResourceKind {
             ResourceKind::Block => "Block",
             ResourceKind::BgpConfiguration => "BGPConfiguration",
             ResourceKind::BgpPeer => "BGPPeer",
+            ResourceKind::NetworkPolicy => "NetworkPolicy",
+            ResourceKind::GlobalNetworkPolicy => "GlobalNetworkPolicy",
+            ResourceKind::Namespace => "Namespace",
             ResourceKind::List => "List",
         }
     }
@@ -393,7 +405,7 @@ impl Serialize for ResourceKind {
 pub struct UnknownResource(pub String);
 
 impl ResourceKind {
-    /// "NetworkConfig, Node, Block, BGPConfiguration, BGPPeer or List".
+    /// "NetworkConfig, Node, Block, …, Namespace or List".
     fn choices() -> String {
         let names = ResourceKind::ALL.map(ResourceKind::name);
         let (last, rest) = names.split_last().expect("kinds exist");
@@ -433,6 +445,23 @@ pub enum Resource {
         name: String,
         spec: crate::bgp::BgpPeer,
     },
+    /// `networkpolicies/<namespace>/<name>`.
+    NetworkPolicy {
+        namespace: String,
+        name: String,
+        spec: crate::policy::NetworkPolicySpec,
+    },
+    /// `globalnetworkpolicies/<name>`.
+    GlobalNetworkPolicy {
+        name: String,
+        spec: crate::policy::GlobalNetworkPolicySpec,
+    },
+    /// `namespaces/<name>` (its labels, without the automatic
+    /// `kubernetes.io/metadata.name`).
+    Namespace {
+        name: String,
+        spec: crate::policy::Namespace,
+    },
 }
 
 impl Resource {
@@ -443,6 +472,9 @@ impl Resource {
             Resource::Block { .. } => ResourceKind::Block,
             Resource::BgpConfiguration(_) => ResourceKind::BgpConfiguration,
             Resource::BgpPeer { .. } => ResourceKind::BgpPeer,
+            Resource::NetworkPolicy { .. } => ResourceKind::NetworkPolicy,
+            Resource::GlobalNetworkPolicy { .. } => ResourceKind::GlobalNetworkPolicy,
+            Resource::Namespace { .. } => ResourceKind::Namespace,
         }
     }
 
@@ -467,6 +499,23 @@ impl Resource {
             ),
             Resource::BgpPeer { name, spec } => (
                 format!("{}{name}", crate::bgp::PREFIX_BGP_PEERS),
+                serde_json::to_vec(spec).expect("serializes"),
+            ),
+            Resource::NetworkPolicy {
+                namespace,
+                name,
+                spec,
+            } => (
+                crate::policy::network_policy_key(namespace, name),
+                serde_json::to_vec(spec).expect("serializes"),
+            ),
+            Resource::GlobalNetworkPolicy { name, spec } => (
+                crate::policy::global_network_policy_key(name),
+                // validate() refused a non-finite order, the one thing JSON cannot hold.
+                serde_json::to_vec(spec).expect("serializes"),
+            ),
+            Resource::Namespace { name, spec } => (
+                crate::policy::namespace_key(name),
                 serde_json::to_vec(spec).expect("serializes"),
             ),
         }
@@ -503,9 +552,12 @@ struct Document<T> {
 struct Metadata {
     #[serde(default)]
     name: String,
-    /// Only Node resources carry labels (what BGPPeer selectors match).
+    /// Only Node and Namespace resources carry labels (what selectors match).
     #[serde(default)]
     labels: Option<std::collections::BTreeMap<String, String>>,
+    /// Only NetworkPolicy resources are namespaced.
+    #[serde(default)]
+    namespace: Option<String>,
 }
 
 #[cfg(feature = "yaml")]
@@ -515,11 +567,50 @@ impl Metadata {
         match &self.labels {
             Some(l) if !l.is_empty() => Err(invalid(
                 "metadata.labels",
-                format!("a {kind} carries no labels here (BGPPeer selectors match the labels of Node resources); remove them"),
+                format!("a {kind} carries no labels here (selectors match the labels of Node, Namespace and pods); remove them"),
             )),
             _ => Ok(()),
+        }?;
+        self.no_namespace(kind)
+    }
+
+    /// Refuses a namespace on a cluster-wide kind.
+    fn no_namespace(&self, kind: ResourceKind) -> Result<(), Invalid> {
+        match &self.namespace {
+            Some(n) => Err(invalid(
+                "metadata.namespace",
+                format!("a {kind} is cluster-wide, not in a namespace (here {n:?}); remove metadata.namespace"),
+            )),
+            None => Ok(()),
         }
     }
+}
+
+#[cfg(feature = "yaml")]
+/// A Namespace document, Kubernetes' way: metadata only (`spec` and `status`, as
+/// `kubectl get ns -o yaml` prints them, are accepted and ignored).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NamespaceDocument {
+    #[serde(rename = "apiVersion", default)]
+    _api_version: Option<String>,
+    #[serde(rename = "kind")]
+    _kind: String,
+    #[serde(default)]
+    metadata: Metadata,
+    #[serde(default, rename = "spec")]
+    _spec: Option<NamespaceSpec>,
+    #[serde(default, rename = "status")]
+    _status: Option<serde_yaml_ng::Value>,
+}
+
+#[cfg(feature = "yaml")]
+/// Kubernetes' Namespace spec holds only finalizers, which mean nothing here.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NamespaceSpec {
+    #[serde(default, rename = "finalizers")]
+    _finalizers: Vec<String>,
 }
 
 #[cfg(feature = "yaml")]
@@ -548,11 +639,13 @@ pub fn parse_resources(text: &str) -> Result<Vec<Resource>, Invalid> {
             if e.line.is_none() {
                 // The field's own line; for a field that is missing, its parent's
                 // (`spec:` for a missing `spec.asNumber`); else the document's first.
-                e.line = e
-                    .field
-                    .rsplit('.')
-                    .map(|seg| seg.split('[').next().unwrap_or(seg))
-                    .find_map(|seg| find_line(body, seg))
+                e.line = locate(body, &e.field)
+                    .or_else(|| {
+                        e.field
+                            .rsplit('.')
+                            .map(|seg| seg.split('[').next().unwrap_or(seg))
+                            .find_map(|seg| find_line(body, seg))
+                    })
                     .map(|l| l + first_line - 1)
                     .or(Some(first_line));
             }
@@ -593,6 +686,7 @@ pub fn parse_resources(text: &str) -> Result<Vec<Resource>, Invalid> {
             ResourceKind::Node => {
                 let mut d: Document<NodeSpec> =
                     serde_yaml_ng::from_str(body).map_err(|e| at(yaml_error(&e, first_line)))?;
+                d.metadata.no_namespace(kind).map_err(at)?;
                 let name = d.metadata.name;
                 crate::names::validate_network_name(&name)
                     .map_err(|e| at(invalid("metadata.name", e.to_string())))?;
@@ -640,6 +734,51 @@ pub fn parse_resources(text: &str) -> Result<Vec<Resource>, Invalid> {
                 d.spec.validate().map_err(at)?;
                 Resource::BgpPeer { name, spec: d.spec }
             }
+            ResourceKind::NetworkPolicy => {
+                let mut d: Document<crate::policy::NetworkPolicySpec> =
+                    serde_yaml_ng::from_str(body).map_err(|e| at(yaml_error(&e, first_line)))?;
+                let namespace = d
+                    .metadata
+                    .namespace
+                    .take()
+                    .unwrap_or_else(|| crate::policy::DEFAULT_NAMESPACE.to_string());
+                let meta = d.metadata;
+                meta.no_labels(kind).map_err(at)?;
+                crate::policy::check_namespace_name("metadata.namespace", &namespace)
+                    .map_err(at)?;
+                crate::bgp::check_dns_name("metadata.name", &meta.name).map_err(at)?;
+                d.spec.validate().map_err(at)?;
+                Resource::NetworkPolicy {
+                    namespace,
+                    name: meta.name,
+                    spec: d.spec,
+                }
+            }
+            ResourceKind::GlobalNetworkPolicy => {
+                let mut d: Document<crate::policy::GlobalNetworkPolicySpec> =
+                    serde_yaml_ng::from_str(body).map_err(|e| at(yaml_error(&e, first_line)))?;
+                d.metadata.no_labels(kind).map_err(at)?;
+                crate::bgp::check_dns_name("metadata.name", &d.metadata.name).map_err(at)?;
+                d.spec.normalize();
+                d.spec.validate().map_err(at)?;
+                Resource::GlobalNetworkPolicy {
+                    name: d.metadata.name,
+                    spec: d.spec,
+                }
+            }
+            ResourceKind::Namespace => {
+                let d: NamespaceDocument =
+                    serde_yaml_ng::from_str(body).map_err(|e| at(yaml_error(&e, first_line)))?;
+                d.metadata.no_namespace(kind).map_err(at)?;
+                let name = d.metadata.name;
+                let mut spec = crate::policy::Namespace {
+                    labels: d.metadata.labels.unwrap_or_default(),
+                };
+                spec.validate(&name).map_err(at)?;
+                // Set automatically, never stored.
+                spec.labels.remove(crate::policy::NAMESPACE_NAME_LABEL);
+                Resource::Namespace { name, spec }
+            }
         };
         out.push(res);
     }
@@ -673,6 +812,131 @@ fn split_documents(text: &str) -> Vec<(&str, usize)> {
 }
 
 #[cfg(feature = "yaml")]
+/// The line (1-based) of a field path such as `spec.ingress[1].from[0].ipBlock.cidr` in a
+/// block-style YAML document: each key searched after the previous one, deeper than it,
+/// and `[i]` as the i-th `- ` item under it. `None` when its first key is not found (the
+/// caller falls back to a plain search); else the deepest part found.
+fn locate(body: &str, path: &str) -> Option<usize> {
+    let lines: Vec<&str> = body.lines().collect();
+    let skip = |l: &str| l.trim().is_empty() || l.trim_start().starts_with('#');
+    let mut found: Option<usize> = None;
+    // Where the next key is searched: from this line on, inside this parent (None: the
+    // whole document).
+    let mut from = 0usize;
+    let mut parent: Option<Parent> = None;
+    let segs: Vec<&str> = path.split('.').collect();
+    for (n, seg) in segs.iter().enumerate() {
+        let (key, indices) = match seg.find('[') {
+            Some(i) => (&seg[..i], &seg[i..]),
+            None => (*seg, ""),
+        };
+        let search = |key: &str| {
+            for (i, l) in lines.iter().enumerate().skip(from) {
+                if skip(l) {
+                    continue;
+                }
+                if i > from && parent.is_some_and(|p| !p.holds(l)) {
+                    break;
+                }
+                let (col, text) = key_at(l);
+                if parent.is_none_or(|p| col > p.col) && is_key(text, key) {
+                    return Some((i, col));
+                }
+            }
+            None
+        };
+        let Some((line, col)) = search(key) else {
+            // A label key with dots (kubernetes.io/metadata.name) is the rest of the path.
+            let rest = segs[n..].join(".");
+            return search(&rest).map(|(l, _)| l).or(found).map(|l| l + 1);
+        };
+        found = Some(line);
+        let mut at = Parent { col, item: false };
+        from = line;
+        for idx in indices
+            .split(['[', ']'])
+            .filter_map(|s| s.parse::<usize>().ok())
+        {
+            // The idx-th "- " item under the key (or item) at `from`.
+            let mut n = 0;
+            let mut item = None;
+            let mut item_col = None;
+            for (i, l) in lines.iter().enumerate().skip(from + 1) {
+                if skip(l) {
+                    continue;
+                }
+                if !at.holds(l) {
+                    break;
+                }
+                let c = indent(l);
+                if l.trim_start().starts_with('-') && item_col.is_none_or(|ic| ic == c) {
+                    item_col = Some(c);
+                    if n == idx {
+                        item = Some((i, c));
+                        break;
+                    }
+                    n += 1;
+                }
+            }
+            let Some((i, c)) = item else {
+                return found.map(|l| l + 1);
+            };
+            found = Some(i);
+            from = i;
+            at = Parent { col: c, item: true };
+        }
+        parent = Some(at);
+    }
+    found.map(|l| l + 1)
+}
+
+#[cfg(feature = "yaml")]
+fn indent(l: &str) -> usize {
+    l.len() - l.trim_start().len()
+}
+
+#[cfg(feature = "yaml")]
+/// A line's first key and its column, after any `- ` item markers.
+fn key_at(l: &str) -> (usize, &str) {
+    let mut col = indent(l);
+    let mut rest = l.trim_start();
+    while let Some(r) = rest.strip_prefix("- ") {
+        col += 2 + indent(r);
+        rest = r.trim_start();
+    }
+    (col, rest)
+}
+
+#[cfg(feature = "yaml")]
+fn is_key(text: &str, key: &str) -> bool {
+    let t = text.trim_start_matches(['"', '\'']);
+    t.starts_with(key)
+        && t[key.len()..]
+            .trim_start_matches(['"', '\''])
+            .trim_start()
+            .starts_with(':')
+}
+
+#[cfg(feature = "yaml")]
+/// A key (at the column of its name) or a list item (at the column of its `-`) whose
+/// contents are searched.
+#[derive(Clone, Copy)]
+struct Parent {
+    col: usize,
+    item: bool,
+}
+
+#[cfg(feature = "yaml")]
+impl Parent {
+    /// Whether a later line is still inside it: deeper; for a key, also its list items
+    /// written at its own column.
+    fn holds(self, l: &str) -> bool {
+        let c = indent(l);
+        c > self.col || (!self.item && c == self.col && l.trim_start().starts_with('-'))
+    }
+}
+
+#[cfg(feature = "yaml")]
 fn find_line(body: &str, key: &str) -> Option<usize> {
     body.lines()
         .position(|l| {
@@ -699,6 +963,16 @@ fn yaml_error(e: &serde_yaml_ng::Error, first_line: usize) -> Invalid {
         .next()
         .unwrap_or(&reason)
         .to_string();
+    // Untagged enums say only that nothing matched, at the rule; say what does, at the
+    // field (its line found by the caller).
+    if reason.contains("untagged enum RuleProtocol") {
+        return Invalid {
+            field: format!("{field}.protocol"),
+            reason: "not a protocol: use TCP, UDP, SCTP or ICMP (or leave protocol out for any)"
+                .into(),
+            line: None,
+        };
+    }
     Invalid {
         field,
         reason,
@@ -811,7 +1085,7 @@ mod tests {
         assert_eq!(e.field, "kind");
         assert_eq!(
             e.reason,
-            "\"Pod\" is not a Twill resource; use NetworkConfig, Node, Block, BGPConfiguration, BGPPeer or List"
+            "\"Pod\" is not a Twill resource; use NetworkConfig, Node, Block, BGPConfiguration, BGPPeer, NetworkPolicy, GlobalNetworkPolicy, Namespace or List"
         );
     }
 
@@ -1048,6 +1322,437 @@ spec:
         let e = err(&format!("{CALICO_FILE}---\nkind: BGPPeer\nmetadata: {{name: x}}\nspec:\n  peerSelector: has(rr\n"));
         assert_eq!(e.field, "spec.peerSelector");
         assert_eq!(e.line, Some(CALICO_FILE.lines().count() + 5), "{e}");
+    }
+
+    /// Network policy's kinds as users paste them from Kubernetes and Calico.
+    pub const POLICY_FILE: &str = "\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: allow-b-to-a
+  namespace: x
+spec:
+  podSelector:
+    matchLabels:
+      pod: a
+  policyTypes:
+  - Ingress
+  ingress:
+  - from:
+    - podSelector:
+        matchExpressions:
+        - key: pod
+          operator: In
+          values: [b]
+      namespaceSelector:
+        matchLabels:
+          ns: y
+    - ipBlock:
+        cidr: 10.244.0.0/16
+        except: [10.244.1.0/24]
+    ports:
+    - protocol: TCP
+      port: 80
+      endPort: 81
+    - protocol: UDP
+      port: serve-81-udp
+---
+kind: NetworkPolicy
+metadata:
+  name: deny-all
+spec:
+  podSelector: {}
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata:
+  name: deny-db
+spec:
+  order: 10
+  selector: role == 'db'
+  namespaceSelector: has(env)
+  types: [Ingress]
+  ingress:
+  - action: Log
+  - action: Deny
+    protocol: TCP
+    source:
+      selector: role != 'app'
+      nets: [10.244.0.0/16]
+    destination:
+      ports: [5432, \"6000:6010\", \"7000\", postgres]
+  - action: Pass
+---
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: x
+  labels:
+    kubernetes.io/metadata.name: x
+    ns: x
+spec:
+  finalizers: [kubernetes]
+status:
+  phase: Active
+";
+
+    #[test]
+    fn network_policy_kinds_parse_into_their_store_keys() {
+        use crate::policy::*;
+        let r = parse_resources(POLICY_FILE).unwrap();
+        let keys: Vec<String> = r.iter().map(|r| r.to_store().0).collect();
+        assert_eq!(
+            keys,
+            [
+                "networkpolicies/x/allow-b-to-a",
+                "networkpolicies/default/deny-all",
+                "globalnetworkpolicies/deny-db",
+                "namespaces/x"
+            ]
+        );
+        let Resource::NetworkPolicy { spec, .. } = &r[0] else {
+            panic!()
+        };
+        let rule = &spec.ingress[0];
+        assert_eq!(rule.from.len(), 2);
+        assert_eq!(
+            rule.from[1].ip_block.as_ref().unwrap().except,
+            ["10.244.1.0/24".parse::<Ipv4Net>().unwrap()]
+        );
+        assert_eq!(rule.ports[0].end_port, Some(81));
+        assert_eq!(
+            rule.ports[1].port,
+            Some(PortRef::Name("serve-81-udp".into()))
+        );
+        let Resource::GlobalNetworkPolicy { spec, .. } = &r[2] else {
+            panic!()
+        };
+        assert_eq!(spec.order, Some(10.0));
+        // "7000" is a number, as Calico reads it.
+        assert_eq!(
+            spec.ingress[1].destination.ports,
+            [
+                PortRef::Number(5432),
+                PortRef::Name("6000:6010".into()),
+                PortRef::Number(7000),
+                PortRef::Name("postgres".into())
+            ]
+        );
+        // The automatic label is not stored.
+        let Resource::Namespace { spec, .. } = &r[3] else {
+            panic!()
+        };
+        assert_eq!(spec.labels.len(), 1);
+        // What is stored reads back as the same spec.
+        for res in &r {
+            let (_, v) = res.to_store();
+            match res {
+                Resource::NetworkPolicy { spec, .. } => {
+                    assert_eq!(
+                        &serde_json::from_slice::<NetworkPolicySpec>(&v).unwrap(),
+                        spec
+                    )
+                }
+                Resource::GlobalNetworkPolicy { spec, .. } => assert_eq!(
+                    &serde_json::from_slice::<GlobalNetworkPolicySpec>(&v).unwrap(),
+                    spec
+                ),
+                Resource::Namespace { spec, .. } => {
+                    assert_eq!(&serde_json::from_slice::<Namespace>(&v).unwrap(), spec)
+                }
+                _ => unreachable!(),
+            }
+        }
+    }
+
+    /// A NetworkPolicy with `rule` as its only ingress rule (at line 6).
+    fn netpol(rule: &str) -> String {
+        format!("kind: NetworkPolicy\nmetadata: {{name: p, namespace: x}}\nspec:\n  podSelector: {{}}\n  ingress:\n{rule}")
+    }
+
+    /// A GlobalNetworkPolicy with `rule` as its only ingress rule (at line 6).
+    fn gnp(rule: &str) -> String {
+        format!("kind: GlobalNetworkPolicy\nmetadata: {{name: g}}\nspec:\n  selector: all()\n  ingress:\n{rule}")
+    }
+
+    #[test]
+    fn bad_policy_documents_name_field_line_and_fix() {
+        let cases: Vec<(String, &str, usize, &str)> = vec![
+            (
+                netpol("  - from:\n    - ipBlock: {cidr: 10.0.0.0/8}\n      podSelector: {}\n"),
+                "spec.ingress[0].from[0].ipBlock",
+                7,
+                "ipBlock excludes podSelector and namespaceSelector",
+            ),
+            (
+                netpol("  - from:\n    - {}\n"),
+                "spec.ingress[0].from[0]",
+                7,
+                "a peer needs podSelector",
+            ),
+            (
+                netpol("  - from:\n    - podSelector: {}\n    - ipBlock:\n        cidr: 10.0.0.0/8\n        except:\n        - 10.0.0.0/8\n"),
+                "spec.ingress[0].from[1].ipBlock.except[0]",
+                11,
+                "not strictly inside cidr 10.0.0.0/8",
+            ),
+            (
+                netpol("  - from:\n    - ipBlock:\n        cidr: 10.0.0.0/8\n        except: [192.0.2.0/24]\n"),
+                "spec.ingress[0].from[0].ipBlock.except[0]",
+                9,
+                "not strictly inside",
+            ),
+            (
+                netpol("  - from:\n    - ipBlock:\n        cidr: 10.1.2.3/8\n"),
+                "spec.ingress[0].from[0].ipBlock.cidr",
+                8,
+                "did you mean 10.0.0.0/8?",
+            ),
+            (
+                netpol("  - ports:\n    - port: 80\n    - port: http\n      endPort: 90\n"),
+                "spec.ingress[0].ports[1].endPort",
+                9,
+                "endPort needs a numeric port",
+            ),
+            (
+                netpol("  - ports:\n    - endPort: 90\n"),
+                "spec.ingress[0].ports[0].endPort",
+                7,
+                "add port",
+            ),
+            (
+                netpol("  - ports:\n    - port: 90\n      endPort: 80\n"),
+                "spec.ingress[0].ports[0].endPort",
+                8,
+                "80 is below port 90",
+            ),
+            (
+                netpol("  - ports:\n    - port: 0\n"),
+                "spec.ingress[0].ports[0].port",
+                7,
+                "0 is not a port",
+            ),
+            (
+                netpol("  - ports:\n    - port: 70000\n"),
+                "spec.ingress[0].ports[0].port",
+                7,
+                "70000 is not a port",
+            ),
+            (
+                netpol("  - ports:\n    - protocol: ICMP\n"),
+                "spec.ingress[0].ports[0].protocol",
+                7,
+                "unknown variant `ICMP`",
+            ),
+            (
+                netpol("  - ports:\n    - port: serve-http-tcp-80\n"),
+                "spec.ingress[0].ports[0].port",
+                7,
+                "at most 15",
+            ),
+            (
+                netpol("  - ports:\n    - port: \"8080\"\n"),
+                "spec.ingress[0].ports[0].port",
+                7,
+                "at least one letter",
+            ),
+            (
+                netpol("  - ports:\n    - port: web--1\n"),
+                "spec.ingress[0].ports[0].port",
+                7,
+                "\"--\" is not allowed",
+            ),
+            (
+                netpol("  - ports:\n    - port: Web\n"),
+                "spec.ingress[0].ports[0].port",
+                7,
+                "'W' is not allowed",
+            ),
+            (
+                netpol("  - ports:\n    - port: web-\n"),
+                "spec.ingress[0].ports[0].port",
+                7,
+                "start and end with a letter or digit",
+            ),
+            (
+                netpol("  - from:\n    - podSelector:\n        matchExpressions:\n        - {key: pod, operator: In}\n"),
+                "spec.ingress[0].from[0].podSelector.matchExpressions[0].values",
+                9,
+                "operator In needs values",
+            ),
+            (
+                netpol("  - from:\n    - namespaceSelector:\n        matchExpressions:\n        - key: ns\n          operator: Exists\n          values: [x]\n"),
+                "spec.ingress[0].from[0].namespaceSelector.matchExpressions[0].values",
+                11,
+                "takes no values",
+            ),
+            (
+                netpol("  - from:\n    - podSelector:\n        matchLabels:\n          pod: -a\n"),
+                "spec.ingress[0].from[0].podSelector.matchLabels.pod",
+                9,
+                "not a label value",
+            ),
+            (
+                netpol("  - from:\n    - podSelector:\n        matchExpressions:\n        - {key: 'a b', operator: Exists}\n"),
+                "spec.ingress[0].from[0].podSelector.matchExpressions[0].key",
+                9,
+                "not a label key",
+            ),
+            (
+                netpol("  - from:\n    - podSelector:\n        matchExpressions:\n        - {key: a, operator: Has}\n"),
+                "spec.ingress[0].from[0].podSelector.matchExpressions[0].operator",
+                9,
+                "unknown variant `Has`",
+            ),
+            (
+                netpol("  - from:\n    - podSelector: {}\n      colour: blue\n"),
+                "spec.ingress[0].from[0]",
+                8,
+                "unknown field `colour`",
+            ),
+            (
+                "kind: NetworkPolicy\nmetadata: {name: p}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress, Ingress]\n".into(),
+                "spec.policyTypes[1]",
+                5,
+                "listed twice",
+            ),
+            (
+                "kind: NetworkPolicy\nmetadata: {name: p}\nspec:\n  policyTypes: [ingress]\n".into(),
+                "spec.policyTypes[0]",
+                4,
+                "unknown variant `ingress`",
+            ),
+            (
+                "kind: NetworkPolicy\nmetadata:\n  name: p\n  namespace: X_1\nspec: {}\n".into(),
+                "metadata.namespace",
+                4,
+                "not a valid name",
+            ),
+            (
+                "kind: NetworkPolicy\nmetadata:\n  namespace: x\nspec: {}\n".into(),
+                "metadata.name",
+                2,
+                "it is empty",
+            ),
+            (
+                gnp("  - action: Allow\n    destination:\n      ports: [80]\n"),
+                "spec.ingress[0].destination.ports",
+                8,
+                "add protocol: TCP",
+            ),
+            (
+                gnp("  - action: Allow\n    protocol: ICMP\n    source:\n      notPorts: [80]\n"),
+                "spec.ingress[0].source.notPorts",
+                9,
+                "add protocol: TCP",
+            ),
+            (
+                gnp("  - action: Allow\n    protocol: UDP\n    destination:\n      ports: ['90:80']\n"),
+                "spec.ingress[0].destination.ports[0]",
+                9,
+                "write \"80:90\"",
+            ),
+            (
+                gnp("  - action: Allow\n    protocol: UDP\n    destination:\n      ports: ['80:x']\n"),
+                "spec.ingress[0].destination.ports[0]",
+                9,
+                "not a port range",
+            ),
+            (
+                gnp("  - action: Allow\n    source:\n      selector: role == db\n"),
+                "spec.ingress[0].source.selector",
+                8,
+                "at column 9",
+            ),
+            (
+                gnp("  - action: Allow\n    destination:\n      nets: [10.244.1.1/24]\n"),
+                "spec.ingress[0].destination.nets[0]",
+                8,
+                "did you mean 10.244.1.0/24?",
+            ),
+            (
+                gnp("  - action: Reject\n"),
+                "spec.ingress[0].action",
+                6,
+                "unknown variant `Reject`",
+            ),
+            (
+                gnp("  - action: Allow\n    protocol: GRE\n"),
+                "spec.ingress[0].protocol",
+                7,
+                "use TCP, UDP, SCTP or ICMP",
+            ),
+            (
+                "kind: GlobalNetworkPolicy\nmetadata: {name: g}\nspec:\n  order: .nan\n".into(),
+                "spec.order",
+                4,
+                "not a finite number",
+            ),
+            (
+                "kind: GlobalNetworkPolicy\nmetadata: {name: g}\nspec:\n  selector: has(role\n".into(),
+                "spec.selector",
+                4,
+                "at column",
+            ),
+            (
+                "kind: GlobalNetworkPolicy\nmetadata: {name: g}\nspec:\n  namespaceSelector: env = 'x'\n".into(),
+                "spec.namespaceSelector",
+                4,
+                "'=' alone",
+            ),
+            (
+                "kind: GlobalNetworkPolicy\nmetadata:\n  name: g\n  namespace: x\nspec: {}\n".into(),
+                "metadata.namespace",
+                4,
+                "cluster-wide",
+            ),
+            (
+                "kind: Namespace\nmetadata:\n  name: a.b\n".into(),
+                "metadata.name",
+                3,
+                "a DNS label",
+            ),
+            (
+                "kind: Namespace\nmetadata:\n  name: x\n  labels:\n    kubernetes.io/metadata.name: y\n".into(),
+                "metadata.labels.kubernetes.io/metadata.name",
+                5,
+                "set automatically",
+            ),
+            (
+                "kind: Namespace\nmetadata:\n  name: x\n  labels:\n    env: 'a b'\n".into(),
+                "metadata.labels.env",
+                5,
+                "not a label value",
+            ),
+            (
+                "kind: Namespace\nmetadata:\n  name: x\nspec:\n  labels: {a: b}\n".into(),
+                "spec",
+                5,
+                "unknown field `labels`",
+            ),
+        ];
+        for (text, field, line, why) in &cases {
+            let e = err(text);
+            assert_eq!(
+                (e.field.as_str(), e.line),
+                (*field, Some(*line)),
+                "{text}: {e}"
+            );
+            assert!(e.reason.contains(why), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn paths_are_located_in_nested_lists() {
+        let body = "spec:\n  ingress:\n  - from:\n    - podSelector: {}\n  - from:\n    - podSelector: {}\n    - ipBlock:\n        cidr: x\n    ports:\n    - port: 1\n";
+        assert_eq!(
+            locate(body, "spec.ingress[1].from[1].ipBlock.cidr"),
+            Some(8)
+        );
+        assert_eq!(locate(body, "spec.ingress[1].ports[0].port"), Some(10));
+        assert_eq!(locate(body, "spec.ingress[0].ports"), Some(3));
+        assert_eq!(locate(body, "spec.ingress[1]"), Some(5));
+        assert_eq!(locate(body, "status"), None);
     }
 
     #[test]

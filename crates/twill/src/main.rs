@@ -9,6 +9,7 @@ mod lab;
 mod node_cmd;
 mod node_status;
 mod policy_cmd;
+mod policy_get;
 mod resources;
 mod store_args;
 mod suggest;
@@ -32,13 +33,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// List nodes, blocks, the network config, the BGP configuration or BGP peers: a table,
-    /// or -o wide|yaml|json.
+    /// List nodes, blocks, the network config, the BGP configuration, BGP peers, network
+    /// policies, global network policies, namespaces or the pods' endpoints: a table, or
+    /// -o wide|yaml|json.
     Get(resources::GetArgs),
     /// Create or update resources from a file (NetworkConfig, Node overrides,
-    /// BGPConfiguration, BGPPeer).
+    /// BGPConfiguration, BGPPeer, NetworkPolicy, GlobalNetworkPolicy, Namespace).
     Apply(resources::ApplyArgs),
-    /// Delete a node's override, the network config, a BGP peer or the BGP configuration.
+    /// Delete a node's override, the network config, a BGP peer, the BGP configuration, a
+    /// network policy, a global network policy or a namespace's labels.
     Delete(resources::DeleteArgs),
     /// Nodes: peer reachability (status), retiring a node and freeing its blocks (remove).
     Node(node_cmd::NodeArgs),

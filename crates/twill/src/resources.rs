@@ -3,6 +3,7 @@
 //! [`check_delete_config`]) are pure, over a [`ClusterView`]; the `run_*` functions do the
 //! store I/O.
 
+use crate::policy_get::{self, Scope};
 use crate::store_args::{self, StoreArgs};
 use crate::table;
 use crate::view::{block_capacity, BlockEntry, ClusterView};
@@ -13,6 +14,9 @@ use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use twill_api::bgp::{
     BgpConfiguration, BgpPeer, Password, BGP_CONFIG_NAME, KEY_BGP_CONFIG, PREFIX_BGP_PEERS,
+};
+use twill_api::policy::{
+    global_network_policy_key, namespace_key, network_policy_key, DEFAULT_NAMESPACE,
 };
 use twill_api::resources::{
     parse_resources, NetworkConfig, Resource, ResourceKind, KEY_CONFIG, PREFIX_NODECONFIGS,
@@ -40,6 +44,42 @@ pub enum Kind {
     BgpConfig,
     #[value(name = "bgppeers", alias = "bgppeer")]
     BgpPeers,
+    /// Kubernetes NetworkPolicies of a namespace (-n NS, default `default`; -A all).
+    #[value(
+        name = "networkpolicies",
+        alias = "networkpolicy",
+        alias = "netpol",
+        alias = "netpols"
+    )]
+    NetworkPolicies,
+    /// Calico GlobalNetworkPolicies, in the order they are evaluated.
+    #[value(
+        name = "globalnetworkpolicies",
+        alias = "globalnetworkpolicy",
+        alias = "gnp",
+        alias = "gnps"
+    )]
+    GlobalNetworkPolicies,
+    /// Namespaces and their labels (applied ones, and those pods or policies are in).
+    #[value(name = "namespaces", alias = "namespace", alias = "ns")]
+    Namespaces,
+    /// The pods' endpoints as twilld publishes them (read-only; -n NS, -A).
+    #[value(
+        name = "endpoints",
+        alias = "endpoint",
+        alias = "wep",
+        alias = "weps",
+        alias = "workloadendpoints",
+        alias = "workloadendpoint"
+    )]
+    Endpoints,
+}
+
+impl Kind {
+    /// Whether its resources live in a namespace (so -n and -A apply).
+    pub fn namespaced(self) -> bool {
+        matches!(self, Kind::NetworkPolicies | Kind::Endpoints)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -55,11 +95,38 @@ pub struct GetArgs {
     /// What to list.
     #[arg(value_enum)]
     kind: Kind,
-    /// One node (its name), block (10.244.1.0/24 or 10.244.1.0-24) or BGP peer; all when
-    /// omitted.
+    /// One node (its name), block (10.244.1.0/24 or 10.244.1.0-24), BGP peer, policy,
+    /// namespace or pod; all when omitted.
     name: Option<String>,
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     output: Output,
+    /// The namespace of namespaced kinds (networkpolicies, endpoints).
+    #[arg(
+        short = 'n',
+        long,
+        value_name = "NS",
+        conflicts_with = "all_namespaces"
+    )]
+    namespace: Option<String>,
+    /// Every namespace, for namespaced kinds.
+    #[arg(short = 'A', long)]
+    all_namespaces: bool,
+}
+
+impl GetArgs {
+    fn scope(&self) -> anyhow::Result<Scope> {
+        if !self.kind.namespaced() && (self.namespace.is_some() || self.all_namespaces) {
+            bail!(
+                "{:?} are not in namespaces; drop -n/--all-namespaces (they apply to networkpolicies and endpoints)",
+                self.kind.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default()
+            );
+        }
+        Ok(match (&self.namespace, self.all_namespaces) {
+            (_, true) => Scope::All,
+            (Some(n), false) => Scope::One(n.clone()),
+            (None, false) => Scope::default(),
+        })
+    }
 }
 
 #[derive(Args)]
@@ -89,16 +156,51 @@ enum DeleteCommand {
     /// Remove the BGPConfiguration; the defaults apply again (mesh on, AS 64512, …).
     #[command(name = "bgpconfig", alias = "bgpconfiguration", alias = "bgpconfigs")]
     BgpConfig,
+    /// Remove a NetworkPolicy; the pods it selected are open again unless another selects
+    /// them.
+    #[command(
+        name = "networkpolicy",
+        alias = "networkpolicies",
+        alias = "netpol",
+        alias = "netpols"
+    )]
+    NetworkPolicy {
+        name: String,
+        /// Its namespace.
+        #[arg(short = 'n', long, value_name = "NS", default_value = DEFAULT_NAMESPACE)]
+        namespace: String,
+    },
+    /// Remove a GlobalNetworkPolicy.
+    #[command(
+        name = "globalnetworkpolicy",
+        alias = "globalnetworkpolicies",
+        alias = "gnp",
+        alias = "gnps"
+    )]
+    GlobalNetworkPolicy { name: String },
+    /// Remove a Namespace's labels (only `kubernetes.io/metadata.name` stays); its pods
+    /// and NetworkPolicies are not touched.
+    #[command(name = "namespace", alias = "namespaces", alias = "ns")]
+    Namespace { name: String },
 }
 
 // ---- get ----
 
 pub fn run_get(args: GetArgs, store: &dyn Store) -> anyhow::Result<i32> {
+    let scope = args.scope()?;
     let view = ClusterView::load(store)?;
-    print!(
-        "{}",
-        render_get(&view, args.kind, args.name.as_deref(), args.output, now())?
-    );
+    let (text, note) = render_get_in(
+        &view,
+        args.kind,
+        args.name.as_deref(),
+        &scope,
+        args.output,
+        now(),
+    )?;
+    print!("{text}");
+    if let Some(note) = note {
+        eprintln!("{note}");
+    }
     // The table says it itself; in yaml and json (which must stay re-appliable) on stderr.
     if let (Some(note), Output::Yaml | Output::Json) = (get_note(&view, args.kind), args.output) {
         eprintln!("{note}");
@@ -123,7 +225,8 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// What `twill get` prints. Pure: `now` (seconds since the epoch) gives the ages.
+/// What `twill get` prints, for namespaced kinds from the `default` namespace. Pure.
+#[cfg(test)]
 pub fn render_get(
     view: &ClusterView,
     kind: Kind,
@@ -131,7 +234,46 @@ pub fn render_get(
     output: Output,
     now: u64,
 ) -> anyhow::Result<String> {
+    render_get_in(view, kind, name, &Scope::default(), output, now).map(|(text, _)| text)
+}
+
+/// What `twill get` prints on stdout, and a note for stderr (e.g. that an empty listing
+/// has resources in other namespaces). Pure: `now` (seconds since the epoch) gives the
+/// ages.
+pub fn render_get_in(
+    view: &ClusterView,
+    kind: Kind,
+    name: Option<&str>,
+    scope: &Scope,
+    output: Output,
+    now: u64,
+) -> anyhow::Result<(String, Option<String>)> {
     match kind {
+        Kind::NetworkPolicies => policy_get::get_network_policies(view, name, scope, output),
+        Kind::Endpoints => policy_get::get_endpoints(view, name, scope, output),
+        Kind::GlobalNetworkPolicies => {
+            policy_get::get_global_network_policies(view, name, output).map(|t| (t, None))
+        }
+        Kind::Namespaces => policy_get::get_namespaces(view, name, output).map(|t| (t, None)),
+        _ => render_get_cluster(view, kind, name, output, now).map(|t| (t, None)),
+    }
+}
+
+/// The cluster-wide kinds of issues 1–9.
+fn render_get_cluster(
+    view: &ClusterView,
+    kind: Kind,
+    name: Option<&str>,
+    output: Output,
+    now: u64,
+) -> anyhow::Result<String> {
+    match kind {
+        Kind::NetworkPolicies
+        | Kind::GlobalNetworkPolicies
+        | Kind::Namespaces
+        | Kind::Endpoints => {
+            unreachable!("rendered by policy_get")
+        }
         Kind::Config => {
             if let Some(n) = name.filter(|n| *n != "default") {
                 bail!("there is one network config, named \"default\"; not {n:?}");
@@ -608,6 +750,11 @@ fn describe(r: &Resource) -> String {
         ),
         Resource::BgpConfiguration(_) => format!("bgpconfiguration/{BGP_CONFIG_NAME}"),
         Resource::BgpPeer { name, .. } => format!("bgppeer/{name}"),
+        Resource::NetworkPolicy {
+            namespace, name, ..
+        } => format!("networkpolicy/{namespace}/{name}"),
+        Resource::GlobalNetworkPolicy { name, .. } => format!("globalnetworkpolicy/{name}"),
+        Resource::Namespace { name, .. } => format!("namespace/{name}"),
     }
 }
 
@@ -640,6 +787,30 @@ pub fn plan_apply(view: &ClusterView, resources: &[Resource]) -> Result<Vec<Acti
                 Action::Unchanged
             } else {
                 Action::Write
+            }),
+            Resource::NetworkPolicy {
+                namespace,
+                name,
+                spec,
+            } => Ok(
+                if view.network_policies.get(&(namespace.clone(), name.clone())) == Some(spec) {
+                    Action::Unchanged
+                } else {
+                    Action::Write
+                },
+            ),
+            Resource::GlobalNetworkPolicy { name, spec } => Ok(
+                if view.global_network_policies.get(name) == Some(spec) {
+                    Action::Unchanged
+                } else {
+                    Action::Write
+                },
+            ),
+            // A namespace with no labels exists without a key (as those pods are in).
+            Resource::Namespace { name, spec } => Ok(match view.namespaces.get(name) {
+                Some(n) if n == spec => Action::Unchanged,
+                None if spec.labels.is_empty() => Action::Unchanged,
+                _ => Action::Write,
             }),
             Resource::Node { name, spec } => Ok(match view.overrides.get(name) {
                 Some(o) if o == spec => Action::Unchanged,
@@ -885,6 +1056,34 @@ pub fn run_delete(args: DeleteArgs, store: &dyn Store) -> anyhow::Result<i32> {
                 );
             }
             println!("bgpconfiguration/default deleted: the defaults apply again");
+        }
+        DeleteCommand::NetworkPolicy { name, namespace } => {
+            if !store.delete(&format!(
+                "{PREFIX}{}",
+                network_policy_key(&namespace, &name)
+            ))? {
+                bail!(
+                    "networkpolicy/{namespace}/{name} not found; nothing deleted (`twill get networkpolicies -A` lists them)"
+                );
+            }
+            println!("networkpolicy/{namespace}/{name} deleted");
+        }
+        DeleteCommand::GlobalNetworkPolicy { name } => {
+            if !store.delete(&format!("{PREFIX}{}", global_network_policy_key(&name)))? {
+                bail!(
+                    "globalnetworkpolicy/{name} not found; nothing deleted (`twill get globalnetworkpolicies` lists them)"
+                );
+            }
+            println!("globalnetworkpolicy/{name} deleted");
+        }
+        DeleteCommand::Namespace { name } => {
+            if !store.delete(&format!("{PREFIX}{}", namespace_key(&name)))? {
+                bail!(
+                    "namespace/{name} has no labels stored (no {} key); nothing deleted",
+                    namespace_key(&name)
+                );
+            }
+            println!("namespace/{name} deleted: its labels are gone (kubernetes.io/metadata.name stays); its pods and NetworkPolicies are untouched");
         }
     }
     Ok(0)

@@ -5,6 +5,10 @@
 use ipnet::Ipv4Net;
 use std::collections::BTreeMap;
 use twill_api::bgp::{BgpConfiguration, BgpPeer, KEY_BGP_CONFIG, PREFIX_BGP_PEERS};
+use twill_api::policy::{
+    Endpoint, GlobalNetworkPolicySpec, Namespace, NetworkPolicySpec, PodLabels, PREFIX_ENDPOINTS,
+    PREFIX_GLOBAL_NETWORK_POLICIES, PREFIX_NAMESPACES, PREFIX_NETWORK_POLICIES, PREFIX_POD_LABELS,
+};
 use twill_api::resources::{
     block_from_key, Block, NetworkConfig, NodeSpec, NodeStatus, KEY_CONFIG, PREFIX_BLOCKS,
     PREFIX_NODECONFIGS, PREFIX_NODES,
@@ -66,7 +70,23 @@ pub struct ClusterView {
     pub bgp_config: Option<BgpConfiguration>,
     /// BGPPeer rules by name.
     pub bgp_peers: BTreeMap<String, BgpPeer>,
+    /// NetworkPolicies by (namespace, name).
+    pub network_policies: BTreeMap<(String, String), NetworkPolicySpec>,
+    /// GlobalNetworkPolicies by name.
+    pub global_network_policies: BTreeMap<String, GlobalNetworkPolicySpec>,
+    /// Namespaces applied or labelled, by name.
+    pub namespaces: BTreeMap<String, Namespace>,
+    /// Pods as their agents publish them, by (namespace, pod, node).
+    pub endpoints: BTreeMap<(String, String, String), Endpoint>,
+    /// Labels set with `twill label pod`, by (namespace, pod).
+    pub pod_labels: BTreeMap<(String, String), PodLabels>,
     pub unreadable: Vec<Unreadable>,
+}
+
+/// `a/b` as its two parts, both non-empty and without more slashes.
+fn two(rest: &str) -> Option<(String, String)> {
+    let (a, b) = rest.split_once('/')?;
+    (!a.is_empty() && !b.is_empty() && !b.contains('/')).then(|| (a.to_string(), b.to_string()))
 }
 
 impl ClusterView {
@@ -132,6 +152,50 @@ impl ClusterView {
                 match serde_json::from_slice(&kv.value) {
                     Ok(p) => {
                         v.bgp_peers.insert(name.to_string(), p);
+                    }
+                    Err(e) => bad(e),
+                }
+            } else if let Some(rest) = key.strip_prefix(PREFIX_NETWORK_POLICIES) {
+                match (two(rest), serde_json::from_slice(&kv.value)) {
+                    (Some(k), Ok(p)) => {
+                        v.network_policies.insert(k, p);
+                    }
+                    (None, _) => v.unreadable.push(Unreadable {
+                        key: key.to_string(),
+                        reason: "not networkpolicies/<namespace>/<name>".into(),
+                    }),
+                    (_, Err(e)) => bad(e),
+                }
+            } else if let Some(name) = key.strip_prefix(PREFIX_GLOBAL_NETWORK_POLICIES) {
+                match serde_json::from_slice(&kv.value) {
+                    Ok(p) => {
+                        v.global_network_policies.insert(name.to_string(), p);
+                    }
+                    Err(e) => bad(e),
+                }
+            } else if let Some(name) = key.strip_prefix(PREFIX_NAMESPACES) {
+                match serde_json::from_slice(&kv.value) {
+                    Ok(n) => {
+                        v.namespaces.insert(name.to_string(), n);
+                    }
+                    Err(e) => bad(e),
+                }
+            } else if let Some(rest) = key.strip_prefix(PREFIX_POD_LABELS) {
+                match (two(rest), serde_json::from_slice(&kv.value)) {
+                    (Some(k), Ok(l)) => {
+                        v.pod_labels.insert(k, l);
+                    }
+                    (None, _) => v.unreadable.push(Unreadable {
+                        key: key.to_string(),
+                        reason: "not podlabels/<namespace>/<pod>".into(),
+                    }),
+                    (_, Err(e)) => bad(e),
+                }
+            } else if key.starts_with(PREFIX_ENDPOINTS) {
+                match serde_json::from_slice::<Endpoint>(&kv.value) {
+                    Ok(ep) => {
+                        v.endpoints
+                            .insert((ep.namespace.clone(), ep.pod.clone(), ep.node.clone()), ep);
                     }
                     Err(e) => bad(e),
                 }

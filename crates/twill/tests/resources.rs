@@ -265,7 +265,7 @@ fn a_bad_file_is_refused_with_the_line_and_nothing_is_written(c: &Cluster) {
         (
             "unknown kind",
             "kind: NetworkConfig\nspec:\n  clusterCIDR: 10.244.0.0/16\n---\nkind: Pod\nspec: {}\n",
-            &["line 5", "kind", "NetworkConfig, Node, Block, BGPConfiguration, BGPPeer or List"],
+            &["line 5", "kind", "NetworkConfig, Node, Block, BGPConfiguration, BGPPeer, NetworkPolicy, GlobalNetworkPolicy, Namespace or List"],
         ),
         (
             "second document bad",
@@ -960,6 +960,394 @@ fn node_status_shows_bgp_sessions_and_the_stuck_trap(c: &Cluster) {
     );
 }
 
+/// Network policy's kinds as users paste them from Kubernetes and Calico.
+const POLICY_FILE: &str = "\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: allow-b
+  namespace: x
+spec:
+  podSelector:
+    matchLabels:
+      pod: a
+  ingress:
+  - from:
+    - podSelector:
+        matchLabels:
+          pod: b
+      namespaceSelector:
+        matchExpressions:
+        - {key: ns, operator: In, values: [x, y]}
+    - ipBlock:
+        cidr: 192.0.2.0/24
+        except: [192.0.2.128/25]
+    ports:
+    - protocol: TCP
+      port: 80
+      endPort: 81
+    - protocol: UDP
+      port: serve-81-udp
+---
+kind: NetworkPolicy
+metadata:
+  name: default-deny
+spec:
+  podSelector: {}
+  policyTypes: [Ingress, Egress]
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata:
+  name: deny-db
+spec:
+  order: 10
+  selector: role == 'db'
+  ingress:
+  - action: Log
+  - action: Deny
+    protocol: TCP
+    source:
+      selector: role != 'app'
+    destination:
+      ports: [5432, '6000:6010']
+  - action: Pass
+---
+kind: GlobalNetworkPolicy
+metadata:
+  name: allow-dns
+spec:
+  order: 1
+  types: [Egress]
+  egress:
+  - action: Allow
+    protocol: UDP
+    destination:
+      nets: [10.96.0.10/32]
+      ports: [53]
+---
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: x
+  labels:
+    ns: x
+";
+
+/// What twilld publishes for a pod (the test writes it where the agent would, leased).
+fn endpoint(node: &str, ns: &str, pod: &str, ip: &str, labels: Value) -> Value {
+    json!({"namespace": ns, "pod": pod, "node": node, "containerID": format!("c-{pod}"),
+        "ifname": "eth0", "hostVeth": format!("veth{pod}"), "ips": [ip],
+        "mac": "02:00:00:00:00:01", "wiring": "bridge", "labels": labels,
+        "namedPorts": [{"name": "serve-81-udp", "port": 81, "protocol": "udp"}]})
+}
+
+fn policy_resources_apply_get_and_delete(c: &Cluster) {
+    let r = c.apply(POLICY_FILE);
+    assert_eq!((r.code, r.stderr.as_str()), (0, ""), "{}", r.stdout);
+    assert_eq!(
+        r.stdout,
+        "networkpolicy/x/allow-b configured\nnetworkpolicy/default/default-deny configured\n\
+         globalnetworkpolicy/deny-db configured\nglobalnetworkpolicy/allow-dns configured\nnamespace/x configured\n"
+    );
+    assert_eq!(
+        c.keys(),
+        [
+            format!("{PREFIX}globalnetworkpolicies/allow-dns"),
+            format!("{PREFIX}globalnetworkpolicies/deny-db"),
+            format!("{PREFIX}namespaces/x"),
+            format!("{PREFIX}networkpolicies/default/default-deny"),
+            format!("{PREFIX}networkpolicies/x/allow-b"),
+        ]
+    );
+    // The store holds the shared vocabulary, read back by its own type.
+    let (kvs, _) = c
+        .store
+        .list(&format!("{PREFIX}networkpolicies/x/"))
+        .unwrap();
+    let spec: twill_api::policy::NetworkPolicySpec = serde_json::from_slice(&kvs[0].value).unwrap();
+    assert_eq!(spec.ingress[0].ports[0].end_port, Some(81));
+    let (kvs, _) = c.store.list(&format!("{PREFIX}namespaces/x")).unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&kvs[0].value).unwrap(),
+        json!({"labels": {"ns": "x"}})
+    );
+
+    // Pods, as their agents publish them, and their namespaces appear.
+    let lease = Some(c.store.grant(Duration::from_secs(600)).unwrap());
+    c.put(
+        "endpoints/n1/x/a",
+        endpoint("n1", "x", "a", "10.244.1.2", json!({"pod": "a"})),
+        lease,
+    );
+    c.put(
+        "endpoints/n2/y/b",
+        endpoint("n2", "y", "b", "10.244.2.2", json!({"pod": "b"})),
+        lease,
+    );
+
+    assert_eq!(
+        c.ok(&["get", "netpol", "-A"]),
+        "NAMESPACE   NAME           POD-SELECTOR   TYPES\n\
+         default     default-deny   <none>         Ingress,Egress\n\
+         x           allow-b        pod=a          Ingress\n"
+    );
+    assert_eq!(
+        c.ok(&["get", "networkpolicies"]),
+        "NAMESPACE   NAME           POD-SELECTOR   TYPES\n\
+         default     default-deny   <none>         Ingress,Egress\n"
+    );
+    let r = c.twill(&["get", "networkpolicy", "-n", "y"]);
+    assert_eq!(r.stdout, "NAMESPACE   NAME   POD-SELECTOR   TYPES\n");
+    assert!(
+        r.stderr
+            .contains("2 NetworkPolicies in other namespaces; -A lists them"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        c.ok(&["get", "netpol", "allow-b", "-n", "x", "-o", "wide"]),
+        "NAMESPACE   NAME      POD-SELECTOR   TYPES     INGRESS-RULES   EGRESS-RULES\n\
+         x           allow-b   pod=a          Ingress   1               0\n"
+    );
+    // In the order they are evaluated.
+    assert_eq!(
+        c.ok(&["get", "gnp"]),
+        "NAME        ORDER   SELECTOR       TYPES\n\
+         allow-dns   1       all()          Egress\n\
+         deny-db     10      role == 'db'   Ingress\n"
+    );
+    assert_eq!(
+        c.ok(&["get", "ns"]),
+        "NAME      PODS   POLICIES   LABELS\n\
+         default   0      1          kubernetes.io/metadata.name=default\n\
+         x         1      1          kubernetes.io/metadata.name=x,ns=x\n\
+         y         1      0          kubernetes.io/metadata.name=y\n"
+    );
+    assert_eq!(
+        c.ok(&["get", "wep", "-A"]),
+        "NAMESPACE   POD   NODE   IPS          INTERFACE   LABELS\n\
+         x           a     n1     10.244.1.2   vetha       pod=a\n\
+         y           b     n2     10.244.2.2   vethb       pod=b\n"
+    );
+    let w = c.ok(&["get", "endpoints", "b", "-n", "y", "-o", "wide"]);
+    assert!(
+        w.ends_with("eth0     02:00:00:00:00:01   bridge   serve-81-udp=81/udp   c-b\n"),
+        "{w}"
+    );
+    let j: Value =
+        serde_json::from_str(&c.ok(&["get", "endpoints", "a", "-n", "x", "-o", "json"])).unwrap();
+    assert_eq!(j["spec"]["ips"][0], "10.244.1.2");
+    assert_eq!(j["status"]["labels"]["pod"], "a");
+    let y = c.ok(&["get", "netpol", "allow-b", "-n", "x", "-o", "yaml"]);
+    assert!(
+        y.starts_with("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: allow-b\n  namespace: x\n")
+            && y.contains("protocol: UDP\n"),
+        "{y}"
+    );
+    let r = c.twill(&["get", "gnp", "-n", "x"]);
+    assert!(
+        r.code != 0 && r.stderr.contains("not in namespaces"),
+        "{}",
+        r.stderr
+    );
+
+    // Everything printed applies back unchanged, in both formats.
+    let before = snapshot(c);
+    for get in [
+        &["netpol", "-A"][..],
+        &["netpol", "allow-b", "-n", "x"],
+        &["gnp"],
+        &["gnp", "deny-db"],
+        &["ns"],
+        &["ns", "y"],
+    ] {
+        for out in ["yaml", "json"] {
+            let mut args = vec!["get"];
+            args.extend_from_slice(get);
+            args.extend(["-o", out]);
+            let printed = c.ok(&args);
+            let r = c.twill_stdin(&["apply", "-f", "-"], &printed);
+            assert!(
+                r.code == 0 && !r.stdout.contains("configured") && r.stdout.contains("unchanged"),
+                "{args:?}: {}{}\n{printed}",
+                r.stdout,
+                r.stderr
+            );
+        }
+    }
+    assert_eq!(snapshot(c), before);
+
+    // An edit goes in; a namespace labelled for the first time gets its key.
+    let y = c.ok(&["get", "ns", "y", "-o", "yaml"]);
+    let r = c.twill_stdin(
+        &["apply", "-f", "-"],
+        &y.replace("  labels:\n", "  labels:\n    ns: y\n"),
+    );
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "namespace/y configured\n"),
+        "{}",
+        r.stderr
+    );
+    assert!(c
+        .ok(&["get", "ns", "y"])
+        .contains("kubernetes.io/metadata.name=y,ns=y"));
+
+    // Deleting.
+    assert_eq!(
+        c.ok(&["delete", "netpol", "allow-b", "-n", "x"]),
+        "networkpolicy/x/allow-b deleted\n"
+    );
+    let r = c.twill(&["delete", "netpol", "allow-b", "-n", "x"]);
+    assert!(
+        r.code == 1 && r.stderr.contains("networkpolicy/x/allow-b not found"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        c.ok(&["delete", "networkpolicy", "default-deny"]),
+        "networkpolicy/default/default-deny deleted\n"
+    );
+    assert_eq!(
+        c.ok(&["delete", "gnp", "deny-db"]),
+        "globalnetworkpolicy/deny-db deleted\n"
+    );
+    let r = c.twill(&["delete", "globalnetworkpolicy", "deny-db"]);
+    assert!(
+        r.code == 1 && r.stderr.contains("not found"),
+        "{}",
+        r.stderr
+    );
+    assert!(c
+        .ok(&["delete", "ns", "x"])
+        .starts_with("namespace/x deleted"));
+    let r = c.twill(&["delete", "namespace", "x"]);
+    assert!(
+        r.code == 1 && r.stderr.contains("no labels stored"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        c.keys(),
+        [
+            format!("{PREFIX}endpoints/n1/x/a"),
+            format!("{PREFIX}endpoints/n2/y/b"),
+            format!("{PREFIX}globalnetworkpolicies/allow-dns"),
+            format!("{PREFIX}namespaces/y"),
+        ]
+    );
+}
+
+fn bad_policy_files_leave_the_store_untouched(c: &Cluster) {
+    assert_eq!(c.apply(POLICY_FILE).code, 0);
+    let before = snapshot(c);
+    // Each bad document after good ones (a new policy and a changed one): the whole file
+    // is refused, naming the line, the field and the fix.
+    let good =
+        "kind: NetworkPolicy\nmetadata: {name: fine, namespace: z}\nspec: {podSelector: {}}\n---\n\
+                kind: Namespace\nmetadata: {name: x, labels: {ns: changed}}\n---\n";
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "ipBlock with a selector",
+            "kind: NetworkPolicy\nmetadata: {name: p}\nspec:\n  ingress:\n  - from:\n    - podSelector: {}\n    - ipBlock: {cidr: 10.0.0.0/8}\n      namespaceSelector: {}\n",
+            &["line 14", "spec.ingress[0].from[1].ipBlock", "put it in a peer of its own"],
+        ),
+        (
+            "except outside the cidr",
+            "kind: NetworkPolicy\nmetadata: {name: p}\nspec:\n  egress:\n  - to:\n    - ipBlock:\n        cidr: 10.0.0.0/8\n        except:\n        - 10.0.0.0/8\n",
+            &["line 16", "spec.egress[0].to[0].ipBlock.except[0]", "strictly inside"],
+        ),
+        (
+            "endPort with a named port",
+            "kind: NetworkPolicy\nmetadata: {name: p}\nspec:\n  ingress:\n  - ports:\n    - port: http\n      endPort: 90\n",
+            &["line 14", "spec.ingress[0].ports[0].endPort", "numeric port"],
+        ),
+        (
+            "endPort below port",
+            "kind: NetworkPolicy\nmetadata: {name: p}\nspec:\n  ingress:\n  - ports:\n    - port: 90\n      endPort: 80\n",
+            &["line 14", "endPort must be at least port"],
+        ),
+        (
+            "a port name too long",
+            "kind: NetworkPolicy\nmetadata: {name: p}\nspec:\n  ingress:\n  - ports:\n    - port: a-very-long-port-name\n",
+            &["line 13", "spec.ingress[0].ports[0].port", "at most 15"],
+        ),
+        (
+            "a port out of range",
+            "kind: NetworkPolicy\nmetadata: {name: p}\nspec:\n  ingress:\n  - ports:\n    - port: 65536\n",
+            &["line 13", "65536 is not a port"],
+        ),
+        (
+            "In without values",
+            "kind: NetworkPolicy\nmetadata: {name: p}\nspec:\n  podSelector:\n    matchExpressions:\n    - key: pod\n      operator: In\n",
+            &["spec.podSelector.matchExpressions[0].values", "needs values"],
+        ),
+        (
+            "an unknown field",
+            "kind: NetworkPolicy\nmetadata: {name: p}\nspec:\n  podSelectr: {}\n",
+            &["line 11", "unknown field `podSelectr`"],
+        ),
+        (
+            "a bad namespace",
+            "kind: NetworkPolicy\nmetadata: {name: p, namespace: Prod}\nspec: {}\n",
+            &["line 9", "metadata.namespace"],
+        ),
+        (
+            "a selector that does not parse",
+            "kind: GlobalNetworkPolicy\nmetadata: {name: g}\nspec:\n  selector: role == db\n",
+            &["line 11", "spec.selector", "at column 9"],
+        ),
+        (
+            "ports without a protocol",
+            "kind: GlobalNetworkPolicy\nmetadata: {name: g}\nspec:\n  ingress:\n  - action: Allow\n    destination:\n      ports: [80]\n",
+            &["line 14", "spec.ingress[0].destination.ports", "add protocol: TCP"],
+        ),
+        (
+            "a backwards range",
+            "kind: GlobalNetworkPolicy\nmetadata: {name: g}\nspec:\n  ingress:\n  - action: Allow\n    protocol: TCP\n    destination:\n      ports: ['90:80']\n",
+            &["line 15", "write \"80:90\""],
+        ),
+        (
+            "an order that is not a number",
+            "kind: GlobalNetworkPolicy\nmetadata: {name: g}\nspec:\n  order: .inf\n",
+            &["line 11", "spec.order", "finite"],
+        ),
+        (
+            "a namespace name with a dot",
+            "kind: Namespace\nmetadata: {name: a.b}\n",
+            &["metadata.name", "DNS label"],
+        ),
+        (
+            "a bad namespace label",
+            "kind: Namespace\nmetadata:\n  name: q\n  labels:\n    team: 'a b'\n",
+            &["line 12", "metadata.labels.team", "not a label value"],
+        ),
+    ];
+    for (what, text, expect) in cases {
+        let r = c.apply(&format!("{good}{text}"));
+        assert_eq!(r.code, 1, "{what}: {}", r.stdout);
+        for e in *expect {
+            assert!(
+                r.stderr.contains(e),
+                "{what}: {e:?} missing in {}",
+                r.stderr
+            );
+        }
+        assert!(
+            r.stderr.contains("nothing was applied"),
+            "{what}: {}",
+            r.stderr
+        );
+        assert_eq!(r.stdout, "", "{what}");
+        assert_eq!(snapshot(c), before, "{what}: the store changed");
+    }
+    // The good part alone goes in.
+    let r = c.apply(good.trim_end_matches("---\n"));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_ne!(snapshot(c), before);
+}
+
 /// Each scenario as `<name>::embedded` and `<name>::etcd`.
 macro_rules! on_every_store {
     ($($name:ident),* $(,)?) => {$(
@@ -987,6 +1375,8 @@ on_every_store!(
     bgp_resources_apply_get_and_delete,
     bad_bgp_files_leave_the_store_untouched,
     node_status_shows_bgp_sessions_and_the_stuck_trap,
+    policy_resources_apply_get_and_delete,
+    bad_policy_files_leave_the_store_untouched,
 );
 
 #[test]
