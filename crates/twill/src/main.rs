@@ -6,6 +6,7 @@ mod bgp_cmd;
 mod ipam_cmd;
 mod kind_arg;
 mod lab;
+mod label_cmd;
 mod node_cmd;
 mod node_status;
 mod policy_cmd;
@@ -43,6 +44,8 @@ enum Command {
     /// Delete a node's override, the network config, a BGP peer, the BGP configuration, a
     /// network policy, a global network policy or a namespace's labels.
     Delete(resources::DeleteArgs),
+    /// Set or remove labels of a pod (`podlabels/…`) or a namespace, as kubectl label.
+    Label(label_cmd::LabelArgs),
     /// Nodes: peer reachability (status), retiring a node and freeing its blocks (remove).
     Node(node_cmd::NodeArgs),
     /// The pod address space: per-node usage, and a consistency check.
@@ -71,6 +74,7 @@ fn main() {
             Command::Get(a) => resources::run_get(a, store),
             Command::Delete(a) => resources::run_delete(a, store),
             Command::Node(a) => node_cmd::run(a, store),
+            Command::Label(a) => label_cmd::run(a, store),
             Command::Ipam(a) => ipam_cmd::run(a, store),
             Command::Lab(_) | Command::Apply(_) | Command::Bgp(_) | Command::Policy(_) => {
                 unreachable!("handled above")

@@ -1348,6 +1348,141 @@ fn bad_policy_files_leave_the_store_untouched(c: &Cluster) {
     assert_ne!(snapshot(c), before);
 }
 
+fn label_pods_and_namespaces_as_kubectl(c: &Cluster) {
+    let lease = Some(c.store.grant(Duration::from_secs(600)).unwrap());
+    c.put(
+        "endpoints/n1/x/a",
+        endpoint("n1", "x", "a", "10.244.1.2", json!({"pod": "a"})),
+        lease,
+    );
+    let stored = |key: &str| -> Option<Value> {
+        c.store
+            .get(&format!("{PREFIX}{key}"))
+            .unwrap()
+            .map(|kv| serde_json::from_slice(&kv.value).unwrap())
+    };
+    // A new label, and one more: podlabels/<ns>/<pod> holds the hand-set ones only.
+    assert_eq!(
+        c.ok(&["label", "pod", "x/a", "team=web"]),
+        "pod/x/a labeled\n"
+    );
+    assert_eq!(
+        c.ok(&["label", "pod", "x/a", "env=prod", "tier=fe"]),
+        "pod/x/a labeled\n"
+    );
+    assert_eq!(
+        stored("podlabels/x/a"),
+        Some(json!({"labels": {"team": "web", "env": "prod", "tier": "fe"}}))
+    );
+    assert!(
+        c.ok(&["get", "wep", "-n", "x"])
+            .contains("env=prod,pod=a,team=web,tier=fe"),
+        "{}",
+        c.ok(&["get", "wep", "-n", "x"])
+    );
+    // The same value again: nothing to do.
+    assert_eq!(
+        c.ok(&["label", "pod", "x/a", "team=web"]),
+        "pod/x/a not labeled\n"
+    );
+    // Another value needs --overwrite, for a hand-set and for a runtime label.
+    let before = snapshot(c);
+    for arg in ["team=db", "pod=b"] {
+        let r = c.twill(&["label", "pod", "x/a", arg]);
+        assert!(
+            r.code == 1
+                && r.stderr.contains("already has a value")
+                && r.stderr.contains("--overwrite"),
+            "{arg}: {}",
+            r.stderr
+        );
+    }
+    // Bad labels, a runtime label removed, a pod that does not exist: refused, unwritten.
+    for (args, why) in [
+        (
+            &["label", "pod", "x/a", "ok=1", "bad key=v"][..],
+            "not a label key",
+        ),
+        (&["label", "pod", "x/a", "team=-db"], "not a label value"),
+        (&["label", "pod", "x/a", "team"], "key=value"),
+        (&["label", "pod", "x/a", "pod-"], "cannot remove it"),
+        (&["label", "pod", "x/zz", "a=b"], "pod x/zz not found"),
+        (&["label", "pod", "a", "a=b"], "pod default/a not found"),
+        (&["label", "ns", "Bad.NS", "a=b"], "namespace"),
+        (
+            &["label", "ns", "x", "kubernetes.io/metadata.name=y"],
+            "set automatically",
+        ),
+    ] {
+        let r = c.twill(args);
+        assert!(
+            r.code != 0 && r.stderr.contains(why),
+            "{args:?}: {}",
+            r.stderr
+        );
+        assert_eq!(snapshot(c), before, "{args:?} wrote");
+    }
+    assert_eq!(
+        c.ok(&["label", "pod", "x/a", "team=db", "pod=b", "--overwrite"]),
+        "pod/x/a labeled\n"
+    );
+    assert!(c
+        .ok(&["get", "wep", "-n", "x"])
+        .contains("env=prod,pod=b,team=db,tier=fe"));
+    // Removing: the hand-set ones go, the runtime's value comes back; none left, no key.
+    let r = c.twill(&[
+        "label", "pod", "x/a", "env-", "tier-", "team-", "pod-", "nope-",
+    ]);
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "pod/x/a labeled\n"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("warning: pod/x/a: label \"nope\" not found"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(stored("podlabels/x/a"), None);
+    assert!(c.ok(&["get", "wep", "-n", "x"]).contains("   pod=a\n"));
+
+    // Namespaces: labelled without being applied first; apply and label meet in one key.
+    assert_eq!(
+        c.ok(&["label", "ns", "y", "env=prod"]),
+        "namespace/y labeled\n"
+    );
+    assert_eq!(
+        stored("namespaces/y"),
+        Some(json!({"labels": {"env": "prod"}}))
+    );
+    let r = c.twill(&["label", "namespace", "y", "env=dev"]);
+    assert!(
+        r.code == 1 && r.stderr.contains("--overwrite"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        c.ok(&["label", "ns", "y", "env=dev", "--overwrite"]),
+        "namespace/y labeled\n"
+    );
+    assert!(c
+        .ok(&["get", "ns", "y"])
+        .contains("env=dev,kubernetes.io/metadata.name=y"));
+    let y = c.ok(&["get", "ns", "y", "-o", "yaml"]);
+    let r = c.twill_stdin(&["apply", "-f", "-"], &y);
+    assert_eq!(r.stdout, "namespace/y unchanged\n", "{}", r.stderr);
+    let r = c.twill(&["label", "ns", "y", "kubernetes.io/metadata.name-"]);
+    assert!(
+        r.code == 1 && r.stderr.contains("cannot remove it"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(c.ok(&["label", "ns", "y", "env-"]), "namespace/y labeled\n");
+    assert_eq!(stored("namespaces/y"), Some(json!({"labels": {}})));
+}
+
 /// Each scenario as `<name>::embedded` and `<name>::etcd`.
 macro_rules! on_every_store {
     ($($name:ident),* $(,)?) => {$(
@@ -1377,6 +1512,7 @@ on_every_store!(
     node_status_shows_bgp_sessions_and_the_stuck_trap,
     policy_resources_apply_get_and_delete,
     bad_policy_files_leave_the_store_untouched,
+    label_pods_and_namespaces_as_kubectl,
 );
 
 #[test]
