@@ -193,24 +193,27 @@ pub fn run(args: LabelArgs, store: &dyn Store) -> anyhow::Result<i32> {
     // Read, plan, write only over what was read; if someone wrote in between, again.
     for _ in 0..5 {
         let current = store.get(&full)?;
-        let own =
-            match &current {
-                None => BTreeMap::new(),
-                Some(kv) if is_pod => serde_json::from_slice::<PodLabels>(&kv.value)
+        let own = match &current {
+            None => BTreeMap::new(),
+            Some(kv) if is_pod => {
+                serde_json::from_slice::<PodLabels>(&kv.value)
                     .with_context(|| {
                         format!(
                             "{key} holds no readable labels; `twill label` will not overwrite it"
                         )
                     })?
-                    .labels,
-                Some(kv) => serde_json::from_slice::<Namespace>(&kv.value)
+                    .labels
+            }
+            Some(kv) => {
+                serde_json::from_slice::<Namespace>(&kv.value)
                     .with_context(|| {
                         format!(
                             "{key} holds no readable labels; `twill label` will not overwrite it"
                         )
                     })?
-                    .labels,
-            };
+                    .labels
+            }
+        };
         let p = plan(&what, &fixed, &own, &changes, t.overwrite).map_err(anyhow::Error::msg)?;
         for w in &p.warnings {
             eprintln!("warning: {w}");
