@@ -548,7 +548,11 @@ struct Document<T> {
 }
 
 #[cfg(feature = "yaml")]
+/// A misspelt field is refused (`namepsace: x` would put a policy in `default`); the
+/// fields Kubernetes and Calico fill in on live objects are accepted and ignored, so what
+/// `kubectl get -o yaml` prints applies.
 #[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct Metadata {
     #[serde(default)]
     name: String,
@@ -558,6 +562,24 @@ struct Metadata {
     /// Only NetworkPolicy resources are namespaced.
     #[serde(default)]
     namespace: Option<String>,
+    #[serde(default, rename = "annotations")]
+    _annotations: Option<serde_yaml_ng::Value>,
+    #[serde(default, rename = "uid")]
+    _uid: Option<serde_yaml_ng::Value>,
+    #[serde(default, rename = "resourceVersion")]
+    _resource_version: Option<serde_yaml_ng::Value>,
+    #[serde(default, rename = "generation")]
+    _generation: Option<serde_yaml_ng::Value>,
+    #[serde(default, rename = "creationTimestamp")]
+    _creation_timestamp: Option<serde_yaml_ng::Value>,
+    #[serde(default, rename = "managedFields")]
+    _managed_fields: Option<serde_yaml_ng::Value>,
+    #[serde(default, rename = "selfLink")]
+    _self_link: Option<serde_yaml_ng::Value>,
+    #[serde(default, rename = "finalizers")]
+    _finalizers: Option<serde_yaml_ng::Value>,
+    #[serde(default, rename = "ownerReferences")]
+    _owner_references: Option<serde_yaml_ng::Value>,
 }
 
 #[cfg(feature = "yaml")]
@@ -1725,6 +1747,12 @@ status:
                 "not a label value",
             ),
             (
+                "kind: NetworkPolicy\nmetadata:\n  name: p\n  namepsace: x\nspec: {}\n".into(),
+                "metadata",
+                4,
+                "unknown field `namepsace`",
+            ),
+            (
                 "kind: Namespace\nmetadata:\n  name: x\nspec:\n  labels: {a: b}\n".into(),
                 "spec",
                 5,
@@ -1740,6 +1768,20 @@ status:
             );
             assert!(e.reason.contains(why), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn what_kubectl_prints_of_live_objects_applies() {
+        let text = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  annotations:\n    kubectl.kubernetes.io/last-applied-configuration: |\n      {}\n  creationTimestamp: \"2024-05-01T10:00:00Z\"\n  generation: 1\n  name: deny\n  namespace: x\n  resourceVersion: \"123\"\n  uid: 0b5d5f1e-0000-4000-8000-000000000000\nspec:\n  podSelector: {}\n  policyTypes:\n  - Ingress\n---\napiVersion: v1\nkind: Namespace\nmetadata:\n  creationTimestamp: \"2024-05-01T10:00:00Z\"\n  labels:\n    kubernetes.io/metadata.name: x\n  name: x\n  resourceVersion: \"7\"\n  uid: 1b5d5f1e-0000-4000-8000-000000000000\nspec:\n  finalizers:\n  - kubernetes\nstatus:\n  phase: Active\n";
+        let r = parse_resources(text).unwrap();
+        assert_eq!(r[0].to_store().0, "networkpolicies/x/deny");
+        assert_eq!(
+            r[1],
+            Resource::Namespace {
+                name: "x".into(),
+                spec: crate::policy::Namespace::default()
+            }
+        );
     }
 
     #[test]

@@ -12,7 +12,8 @@ use twill_api::policy::{
     effective_pod_labels, namespace_labels, Endpoint, GlobalNetworkPolicySpec, LabelSelector,
     Namespace, NetworkPolicySpec, PolicyType, SelectorOperator, DEFAULT_NAMESPACE,
 };
-use twill_api::resources::ResourceKind;
+use twill_api::policy::{NetworkPolicyPort, PortRef};
+use twill_api::resources::{Resource, ResourceKind};
 
 /// Kubernetes' apiVersion for NetworkPolicy, printed so the output pastes into kubectl too
 /// (`twill apply` accepts any apiVersion).
@@ -442,4 +443,139 @@ pub fn get_endpoints(
         )?,
     };
     Ok((text, note))
+}
+
+// ---- apply notes ----
+
+/// What an applied set of policies does that is likely not meant, in words (not errors):
+/// rules of a direction its types leave out (ignored), and named ports no pod declares
+/// (when pods are known: they match nothing yet). Pure.
+pub fn policy_notes(view: &ClusterView, resources: &[Resource]) -> Vec<String> {
+    let mut notes = Vec::new();
+    let ignored = |what: &str, types: &[PolicyType], ingress: usize, egress: usize, field: &str| {
+        [(PolicyType::Ingress, ingress, "ingress"), (PolicyType::Egress, egress, "egress")]
+            .into_iter()
+            .filter(|(t, n, _)| *n > 0 && !types.contains(t))
+            .map(|(t, _, rules)| {
+                format!(
+                    "{what}: its {rules} rules are ignored, {field} [{}] does not list {t:?}; add {t:?} to {field}, or remove the rules",
+                    types_text(types)
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let declared: std::collections::HashSet<(String, twill_api::cni::Protocol)> = view
+        .endpoints
+        .values()
+        .flat_map(|e| e.named_ports.iter().map(|p| (p.name.clone(), p.protocol)))
+        .collect();
+    for r in resources {
+        match r {
+            Resource::NetworkPolicy {
+                namespace,
+                name,
+                spec,
+            } => {
+                let what = format!("networkpolicy/{namespace}/{name}");
+                notes.extend(ignored(
+                    &what,
+                    &spec.types(),
+                    spec.ingress.len(),
+                    spec.egress.len(),
+                    "policyTypes",
+                ));
+                let ports: Vec<&NetworkPolicyPort> = spec
+                    .ingress
+                    .iter()
+                    .flat_map(|r| &r.ports)
+                    .chain(spec.egress.iter().flat_map(|r| &r.ports))
+                    .collect();
+                let mut missing = BTreeSet::new();
+                for p in ports {
+                    if let Some(PortRef::Name(n)) = &p.port {
+                        if !declared.contains(&(n.clone(), p.protocol())) {
+                            missing.insert(format!("{n}/{}", p.protocol()));
+                        }
+                    }
+                }
+                if !view.endpoints.is_empty() && !missing.is_empty() {
+                    notes.push(format!(
+                        "{what}: no pod declares the named port{} {}, so {} nothing yet; name the container ports (runtimeConfig.namedPorts) or use numbers",
+                        if missing.len() > 1 { "s" } else { "" },
+                        missing.into_iter().collect::<Vec<_>>().join(", "),
+                        "it matches"
+                    ));
+                }
+            }
+            Resource::GlobalNetworkPolicy { name, spec } => notes.extend(ignored(
+                &format!("globalnetworkpolicy/{name}"),
+                &spec.types(),
+                spec.ingress.len(),
+                spec.egress.len(),
+                "types",
+            )),
+            _ => {}
+        }
+    }
+    notes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::view::fixtures::{kv, view};
+    use twill_api::resources::parse_resources;
+
+    fn ep(ns: &str, pod: &str, named: serde_json::Value) -> twill_store::KeyValue {
+        kv(
+            &format!("endpoints/n1/{ns}/{pod}"),
+            json!({"namespace": ns, "pod": pod, "node": "n1", "containerID": "c", "ifname": "eth0",
+                "hostVeth": "veth1", "ips": ["10.244.1.2"], "wiring": "bridge",
+                "labels": {"pod": pod}, "namedPorts": named}),
+            1,
+            true,
+        )
+    }
+
+    #[test]
+    fn notes_name_ignored_rules_and_undeclared_named_ports() {
+        let v = view(&[ep(
+            "x",
+            "a",
+            json!([{"name": "http", "port": 80, "protocol": "tcp"}]),
+        )]);
+        let r = parse_resources(
+            "kind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  policyTypes: [Egress]\n  ingress:\n  - ports:\n    - port: http\n    - {port: http, protocol: UDP}\n    - port: dns\n---\n\
+             kind: GlobalNetworkPolicy\nmetadata: {name: g}\nspec:\n  types: [Ingress]\n  egress:\n  - action: Deny\n",
+        )
+        .unwrap();
+        assert_eq!(
+            policy_notes(&v, &r),
+            [
+                "networkpolicy/x/p: its ingress rules are ignored, policyTypes [Egress] does not list Ingress; add Ingress to policyTypes, or remove the rules",
+                "networkpolicy/x/p: no pod declares the named ports dns/tcp, http/udp, so it matches nothing yet; name the container ports (runtimeConfig.namedPorts) or use numbers",
+                "globalnetworkpolicy/g: its egress rules are ignored, types [Ingress] does not list Egress; add Egress to types, or remove the rules",
+            ]
+        );
+        // Default types take the rules given; with no pod known, ports are not judged.
+        let r = parse_resources(
+            "kind: NetworkPolicy\nmetadata: {name: p}\nspec:\n  ingress:\n  - ports: [{port: dns}]\n  egress:\n  - {}\n",
+        )
+        .unwrap();
+        assert!(policy_notes(&view(&[]), &r).is_empty());
+    }
+
+    #[test]
+    fn selectors_print_as_kubectl() {
+        let s: LabelSelector = serde_json::from_value(json!({"matchLabels": {"pod": "a"},
+            "matchExpressions": [{"key": "tier", "operator": "In", "values": ["db", "web"]},
+                {"key": "legacy", "operator": "DoesNotExist"}, {"key": "env", "operator": "Exists"},
+                {"key": "x", "operator": "NotIn", "values": ["1"]}]}))
+        .unwrap();
+        assert_eq!(
+            selector_text(&s),
+            "pod=a,tier in (db,web),!legacy,env,x notin (1)"
+        );
+        assert_eq!(selector_text(&LabelSelector::default()), "<none>");
+    }
 }

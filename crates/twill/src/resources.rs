@@ -948,6 +948,7 @@ pub fn apply_notes(view: &ClusterView, resources: &[Resource]) -> Vec<String> {
             }
         }
     }
+    notes.extend(policy_get::policy_notes(view, resources));
     notes
 }
 

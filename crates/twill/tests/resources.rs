@@ -1145,6 +1145,18 @@ fn policy_resources_apply_get_and_delete(c: &Cluster) {
             && y.contains("protocol: UDP\n"),
         "{y}"
     );
+    // Likely mistakes are applied, with a note on stderr.
+    let r = c.apply("kind: NetworkPolicy\nmetadata: {name: egress-only, namespace: x}\nspec:\n  policyTypes: [Egress]\n  ingress:\n  - ports: [{port: serve-80-tcp}]\n");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("note: networkpolicy/x/egress-only: its ingress rules are ignored")
+            && r.stderr
+                .contains("no pod declares the named port serve-80-tcp/tcp"),
+        "{}",
+        r.stderr
+    );
+    c.ok(&["delete", "netpol", "egress-only", "-n", "x"]);
     let r = c.twill(&["get", "gnp", "-n", "x"]);
     assert!(
         r.code != 0 && r.stderr.contains("not in namespaces"),
@@ -1312,6 +1324,11 @@ fn bad_policy_files_leave_the_store_untouched(c: &Cluster) {
             "an order that is not a number",
             "kind: GlobalNetworkPolicy\nmetadata: {name: g}\nspec:\n  order: .inf\n",
             &["line 11", "spec.order", "finite"],
+        ),
+        (
+            "a misspelt metadata field",
+            "kind: NetworkPolicy\nmetadata:\n  name: p\n  namepsace: x\nspec: {}\n",
+            &["line 11", "metadata", "unknown field `namepsace`"],
         ),
         (
             "a namespace name with a dot",
