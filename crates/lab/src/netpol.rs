@@ -384,6 +384,29 @@ impl Reachability {
     }
 }
 
+/// What the model ([`twill_policy::model::evaluate`]) says for every pair of `items`
+/// (`ns/pod`) on `pp`, as a table; the cross-check of a case's written-out expectation.
+pub fn model_table(
+    cluster: &twill_policy::cluster::Cluster,
+    items: &[String],
+    pp: PortProto,
+) -> TruthTable {
+    use twill_policy::cluster::PodId;
+    use twill_policy::model::{evaluate, Flow};
+    let id = |item: &str| {
+        let (ns, pod) = item.split_once('/').unwrap_or((item, ""));
+        PodId::new(ns, pod)
+    };
+    let mut t = TruthTable::new(items.to_vec(), false);
+    for (f, from) in items.iter().enumerate() {
+        for (to_i, to) in items.iter().enumerate() {
+            let d = evaluate(cluster, &Flow::pods(&id(from), &id(to), pp.proto, pp.port));
+            t.set_by_index(f, to_i, d.allowed);
+        }
+    }
+    t
+}
+
 fn word(connected: bool) -> &'static str {
     if connected {
         "connected"
@@ -507,6 +530,62 @@ mod tests {
         assert!(r.expected.get("z/c", "z/c"));
         r.expect("x/a", "x/a", false);
         assert!(r.expected.get("x/a", "x/a"));
+    }
+
+    /// The model's cluster of the nine pods (two nodes, addresses 10.244.<node>.<k>).
+    fn cluster() -> twill_policy::cluster::Cluster {
+        use twill_api::policy::{endpoint_key, namespace_key, Endpoint, Namespace};
+        let mut c = twill_policy::cluster::Cluster::new();
+        for (k, id) in model_pods().into_iter().enumerate() {
+            let node = format!("n{}", k % 2 + 1);
+            let ep = Endpoint {
+                namespace: id.namespace.clone(),
+                pod: id.name.clone(),
+                node: node.clone(),
+                container_id: id.short(),
+                ifname: "eth0".into(),
+                host_veth: format!("veth{k}"),
+                ips: vec![std::net::Ipv4Addr::new(
+                    10,
+                    244,
+                    k as u8 % 2 + 1,
+                    k as u8 + 2,
+                )],
+                mac: None,
+                wiring: PodWiring::Bridge,
+                labels: id.labels.clone(),
+                named_ports: id.named_ports.clone(),
+            };
+            c.put(&endpoint_key(&node, &id.namespace, &id.name), &ep);
+        }
+        for (ns, labels) in model_namespaces() {
+            c.put(&namespace_key(&ns), &Namespace { labels });
+        }
+        c
+    }
+
+    #[test]
+    fn the_reference_model_agrees_with_written_tables() {
+        use twill_api::policy::{network_policy_key, NetworkPolicySpec, PolicyType};
+        let mut c = cluster();
+        assert_eq!(c.problems().count(), 0);
+        let items = model_items();
+        assert_eq!(
+            model_table(&c, &items, PortProto::tcp(80)),
+            Reachability::new(true).expected
+        );
+        // Default deny ingress in x.
+        let deny: NetworkPolicySpec = serde_json::from_value(serde_json::json!({
+            "podSelector": {}, "policyTypes": ["Ingress"]
+        }))
+        .unwrap();
+        assert_eq!(deny.types(), [PolicyType::Ingress]);
+        c.put(&network_policy_key("x", "deny"), &deny);
+        let mut want = Reachability::new(true);
+        want.expect_all_ingress(Peer::ns("x"), false);
+        for pp in [PortProto::tcp(80), PortProto::udp(81)] {
+            assert_eq!(model_table(&c, &items, pp), want.expected, "{pp}");
+        }
     }
 
     #[test]

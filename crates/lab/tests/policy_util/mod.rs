@@ -10,9 +10,9 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use twill_lab::netpol::{self, PortProto, Reachability};
+use twill_lab::netpol::{self, PortProto, Reachability, TruthTable};
 use twill_lab::netpol_probe::{self, ModelPod, Servers};
-use twill_lab::plan::PodWiring;
+use twill_lab::plan::{PodWiring, StoreKind};
 use twill_lab::LabState;
 
 /// How long a case waits for the dataplane to agree with its table (policies apply
@@ -47,9 +47,15 @@ pub struct PolicyLab {
 impl PolicyLab {
     /// The model on 2 nodes with `wiring`, its servers started.
     pub fn up(tag: char, wiring: PodWiring) -> PolicyLab {
+        PolicyLab::up_with(tag, wiring, StoreKind::Embedded)
+    }
+
+    /// The same with the store of `store`'s kind (embedded or etcd).
+    pub fn up_with(tag: char, wiring: PodWiring, store: StoreKind) -> PolicyLab {
         let name = format!("twl{tag}{:04x}", std::process::id() & 0xffff);
         let (twill, cni, twilld) = bins();
-        let spec = netpol::model_spec(&name, 2, wiring);
+        let mut spec = netpol::model_spec(&name, 2, wiring);
+        spec.store = store;
         let state = twill_lab::up(&spec, &cni, &twilld, &|_| {})
             .unwrap_or_else(|e| panic!("lab up {name} ({wiring:?}): {e}"));
         let mut lab = PolicyLab {
@@ -72,9 +78,12 @@ impl PolicyLab {
         self.pods.iter().find(|p| p.key == key).unwrap()
     }
 
-    /// `twill ARGS` against the lab's store.
+    /// `twill ARGS` against the lab's store, run on node n1 (as `twill lab exec n1 --
+    /// twill ARGS`: an etcd store is reachable only on the underlay).
     pub fn twill(&self, args: &[&str]) -> Output {
-        Command::new(&self.twill)
+        Command::new("ip")
+            .args(["netns", "exec", &self.state.plan.nodes[0].netns])
+            .arg(&self.twill)
             .args(args)
             .envs(self.state.plan.store_env())
             .output()
@@ -89,11 +98,70 @@ impl PolicyLab {
         assert!(out.status.success(), "apply:\n{yaml}\n{}", text(&out));
     }
 
-    /// Every table as expected (within [`TABLE_DEADLINE`]), or a panic with the diffs.
+    /// The store's keys under `prefix` (relative, e.g. `networkpolicies/`).
+    pub fn store_list(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
+        let prefix = format!("{}{prefix}", twill_store::PREFIX);
+        twill_lab::daemons::with_store(&self.state.plan, move |store| {
+            let (kvs, _) = store.list(&prefix).map_err(|e| e.to_string())?;
+            Ok(kvs.into_iter().map(|kv| (kv.key, kv.value)).collect())
+        })
+        .unwrap()
+    }
+
+    /// The store as the model sees it (endpoints, labels, namespaces, policies).
+    pub fn cluster(&self) -> twill_policy::cluster::Cluster {
+        let mut entries = Vec::new();
+        for p in twill_policy::cluster::PREFIXES {
+            entries.extend(self.store_list(p));
+        }
+        twill_policy::cluster::Cluster::from_entries(entries.iter().map(|(k, v)| (k, v)))
+    }
+
+    /// What the model says on `pp` for the store as it is now.
+    pub fn model_table(&self, pp: PortProto) -> TruthTable {
+        netpol::model_table(&self.cluster(), &netpol::model_items(), pp)
+    }
+
+    /// Every table as expected (within [`TABLE_DEADLINE`]), or a panic with the diffs;
+    /// the written-out expectation is first checked against the reference model on the
+    /// lab's own store, so the test, the model and the dataplane agree three ways.
     pub fn expect(&self, case: &str, tables: &[(PortProto, &Reachability)]) {
+        let cluster = self.cluster();
+        let problems: Vec<String> = cluster.problems().map(|p| p.to_string()).collect();
+        assert!(
+            problems.is_empty(),
+            "case {case:?}: the store holds bad entries: {problems:?}"
+        );
+        for (pp, r) in tables {
+            let model = netpol::model_table(&cluster, &netpol::model_items(), *pp);
+            if let Some(d) = r.report(*pp, &model) {
+                panic!("case {case:?}: the test's table and the model disagree (observed = the model's):\n{d}");
+            }
+        }
         if let Some(f) = netpol_probe::check_tables(&self.pods, tables, TABLE_DEADLINE) {
             panic!("case {case:?} on lab {}:\n{f}", self.name());
         }
+    }
+
+    /// Deletes every NetworkPolicy and GlobalNetworkPolicy (straight from the store: the
+    /// agents see the same watch events as for `twill delete`) and waits for all-open.
+    pub fn reset(&self, case: &str) {
+        let keys: Vec<String> = ["networkpolicies/", "globalnetworkpolicies/", "podlabels/"]
+            .iter()
+            .flat_map(|p| self.store_list(p))
+            .map(|(k, _)| k)
+            .collect();
+        twill_lab::daemons::with_store(&self.state.plan, move |store| {
+            for k in &keys {
+                store.delete(k).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        self.expect_all(
+            &format!("{case}: all open again after its policies went"),
+            &Reachability::new(true),
+        );
     }
 
     /// [`PolicyLab::expect`] on all four ports/protocols with one table.
@@ -106,6 +174,33 @@ impl PolicyLab {
         ];
         let tables: Vec<(PortProto, &Reachability)> = all.iter().map(|pp| (*pp, r)).collect();
         self.expect(case, &tables);
+    }
+}
+
+impl PolicyLab {
+    /// Runs every case on this lab; each case's failure is collected (with its tables),
+    /// its policies removed, and the next case runs; then fails with all of them.
+    pub fn run(&self, cases: &[(&str, fn(&PolicyLab))]) {
+        let mut failures = Vec::new();
+        for (name, case) in cases {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| case(self)));
+            if let Err(e) = r {
+                let msg = e
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                failures.push(format!("=== {name}\n{msg}"));
+            }
+            self.reset(name);
+        }
+        assert!(
+            failures.is_empty(),
+            "{} of {} cases failed:\n{}",
+            failures.len(),
+            cases.len(),
+            failures.join("\n")
+        );
     }
 }
 
