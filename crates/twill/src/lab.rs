@@ -13,6 +13,7 @@ use twill_lab::{build, check, daemons, runtime, status};
 use crate::kind_arg;
 
 mod demo_bgp;
+mod explain;
 use crate::store_args::StoreArgs;
 
 #[derive(Args)]
@@ -211,6 +212,19 @@ enum LabCommand {
         /// On a vxlan lab, also build a host-gw twin and compare against it.
         #[arg(long)]
         compare_host_gw: bool,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// What the policies in the lab's store say of a flow (`twill policy explain`), then a
+    /// real probe between those lab pods, and whether the dataplane agrees (exit 1 if not).
+    /// SRC/DST: a pod as NAMESPACE/NAME or its IP; SRC may be `host` (DST's node).
+    Explain {
+        #[command(flatten)]
+        name: NameArg,
+        src: String,
+        dst: String,
+        /// e.g. 80/tcp, 81/udp, serve-80-tcp/tcp
+        port: String,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
@@ -476,6 +490,13 @@ pub fn run(args: LabArgs, store: &StoreArgs) -> anyhow::Result<i32> {
             port,
             output,
         } => trace_cmd(&name.name, src, dst, proto, port, output),
+        LabCommand::Explain {
+            name,
+            src,
+            dst,
+            port,
+            output,
+        } => explain::run(&name.name, &src, &dst, &port, output == Output::Json),
         LabCommand::Graph { name, output, out } => graph_cmd(&name.name, output, out),
         LabCommand::Down { name } => {
             let report = build::down(&name.name, &progress)?;
