@@ -13,8 +13,9 @@
 //!   does not parse (JSON, a Calico selector or port of a global policy, an endpoint
 //!   whose value names another pod than its key) is left out and reported in
 //!   [`Cluster::problems`] (key and why); a later good put or a delete of that key clears
-//!   its problem. A left-out entry is as if absent (a bad policy selects nothing; api's
-//!   validation at `twill apply` keeps them out of the store in the first place).
+//!   its problem. Policies and namespaces must also pass the validation `twill apply`
+//!   makes (`validate()` in [`twill_api::policy`]), so the model sees exactly what apply
+//!   would accept. A left-out entry is as if absent (a bad policy selects nothing).
 //! - **Endpoints** ([`Pod`]): one per `endpoints/<node>/<ns>/<pod>` key, with its
 //!   effective labels ([`effective_pod_labels`]: the runtime's, overridden by
 //!   `podlabels/<ns>/<pod>`) and the same plus [`CALICO_NAMESPACE_LABEL`] for Calico
@@ -636,7 +637,10 @@ impl Cluster {
     }
 
     fn apply_namespace(&mut self, name: &str, value: Option<&[u8]>) -> Result<(), String> {
-        let parsed = value.map(|v| parse_json::<Namespace>(v, "Namespace"));
+        let parsed = value.map(|v| {
+            parse_json::<Namespace>(v, "Namespace")
+                .and_then(|n| n.validate(name).map(|()| n).map_err(refused))
+        });
         let (stored, result) = match parsed {
             Some(Ok(n)) => (Some(n), Ok(())),
             Some(Err(why)) => (None, Err(why)),
@@ -656,6 +660,7 @@ impl Cluster {
         self.policies.remove(&id);
         let Some(value) = value else { return Ok(()) };
         let spec: NetworkPolicySpec = parse_json(value, "NetworkPolicy spec")?;
+        spec.validate().map_err(refused)?;
         self.policies.insert(id, Policy::new(ns, name, spec));
         Ok(())
     }
@@ -665,7 +670,11 @@ impl Cluster {
         let result = match value {
             None => Ok(()),
             Some(v) => parse_json::<GlobalNetworkPolicySpec>(v, "GlobalNetworkPolicy spec")
-                .and_then(|spec| GlobalPolicy::new(name, spec))
+                .and_then(|mut spec| {
+                    spec.normalize();
+                    spec.validate().map_err(refused)?;
+                    GlobalPolicy::new(name, spec)
+                })
                 .map(|g| {
                     self.globals.insert(name.to_string(), g);
                 }),
@@ -808,6 +817,11 @@ impl Cluster {
 fn split_key(rest: &str, n: usize) -> Option<Vec<String>> {
     let parts: Vec<String> = rest.split('/').map(str::to_string).collect();
     (parts.len() == n && parts.iter().all(|p| !p.is_empty())).then_some(parts)
+}
+
+/// A value `twill apply` would have refused (written by other means), and why.
+fn refused(e: twill_api::resources::Invalid) -> String {
+    format!("twill apply would refuse it: {e}")
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(value: &[u8], what: &str) -> Result<T, String> {

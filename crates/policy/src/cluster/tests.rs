@@ -362,6 +362,31 @@ fn bad_entries_are_left_out_and_reported_until_fixed() {
 }
 
 #[test]
+fn entries_twill_apply_would_refuse_are_left_out_too() {
+    let mut c = Cluster::new();
+    // ipBlock with a selector in one peer: readable JSON, refused by Kubernetes' rules.
+    put(
+        &mut c,
+        "networkpolicies/x/both",
+        json!({"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}}]}]}),
+    );
+    put(
+        &mut c,
+        "globalnetworkpolicies/ports-no-proto",
+        json!({"ingress": [{"action": "Allow", "destination": {"ports": [80]}}]}),
+    );
+    assert_eq!(c.policies().count(), 0);
+    assert_eq!(c.global_policies().count(), 0);
+    let whys: Vec<String> = c.problems().map(|p| p.to_string()).collect();
+    assert_eq!(whys.len(), 2, "{whys:?}");
+    assert!(
+        whys.iter()
+            .all(|w| w.contains("twill apply would refuse it")),
+        "{whys:?}"
+    );
+}
+
+#[test]
 fn a_pod_on_two_nodes_at_once_is_found_and_leaves_cleanly() {
     let mut c = Cluster::new();
     let (k1, v1) = ep("n1", "x", "a", "10.244.1.2", json!({}));
