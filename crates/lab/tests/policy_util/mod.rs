@@ -36,6 +36,9 @@ pub fn text(o: &Output) -> String {
     )
 }
 
+/// A case: its name and what it does on the lab.
+pub type Case = (&'static str, fn(&PolicyLab));
+
 pub struct PolicyLab {
     pub state: LabState,
     pub pods: Vec<ModelPod>,
@@ -180,7 +183,7 @@ impl PolicyLab {
 impl PolicyLab {
     /// Runs every case on this lab; each case's failure is collected (with its tables),
     /// its policies removed, and the next case runs; then fails with all of them.
-    pub fn run(&self, cases: &[(&str, fn(&PolicyLab))]) {
+    pub fn run(&self, cases: &[Case]) {
         let mut failures = Vec::new();
         for (name, case) in cases {
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| case(self)));
