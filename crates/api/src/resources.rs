@@ -354,12 +354,16 @@ pub enum ResourceKind {
     GlobalNetworkPolicy,
     /// A namespace and its labels (what namespaceSelectors match).
     Namespace,
+    /// A pod's endpoint as `twill get endpoints` prints it (Calico's name). twilld
+    /// publishes endpoints; applying one writes nothing and only confirms the store holds
+    /// it as it is (so what `get` prints applies again).
+    WorkloadEndpoint,
     /// Several resources in one document, as `twill get -o json` prints them.
     List,
 }
 
 impl ResourceKind {
-    pub const ALL: [ResourceKind; 9] = [
+    pub const ALL: [ResourceKind; 10] = [
         ResourceKind::NetworkConfig,
         ResourceKind::Node,
         ResourceKind::Block,
@@ -368,6 +372,7 @@ impl ResourceKind {
         ResourceKind::NetworkPolicy,
         ResourceKind::GlobalNetworkPolicy,
         ResourceKind::Namespace,
+        ResourceKind::WorkloadEndpoint,
         ResourceKind::List,
     ];
 
@@ -382,6 +387,7 @@ impl ResourceKind {
             ResourceKind::NetworkPolicy => "NetworkPolicy",
             ResourceKind::GlobalNetworkPolicy => "GlobalNetworkPolicy",
             ResourceKind::Namespace => "Namespace",
+            ResourceKind::WorkloadEndpoint => "WorkloadEndpoint",
             ResourceKind::List => "List",
         }
     }
@@ -462,6 +468,10 @@ pub enum Resource {
         name: String,
         spec: crate::policy::Namespace,
     },
+    /// An endpoint as printed (read-only: confirmed, never written).
+    WorkloadEndpoint {
+        spec: crate::policy::Endpoint,
+    },
 }
 
 impl Resource {
@@ -475,6 +485,7 @@ impl Resource {
             Resource::NetworkPolicy { .. } => ResourceKind::NetworkPolicy,
             Resource::GlobalNetworkPolicy { .. } => ResourceKind::GlobalNetworkPolicy,
             Resource::Namespace { .. } => ResourceKind::Namespace,
+            Resource::WorkloadEndpoint { .. } => ResourceKind::WorkloadEndpoint,
         }
     }
 
@@ -516,6 +527,10 @@ impl Resource {
             ),
             Resource::Namespace { name, spec } => (
                 crate::policy::namespace_key(name),
+                serde_json::to_vec(spec).expect("serializes"),
+            ),
+            Resource::WorkloadEndpoint { spec } => (
+                crate::policy::endpoint_key(&spec.node, &spec.namespace, &spec.pod),
                 serde_json::to_vec(spec).expect("serializes"),
             ),
         }
@@ -800,6 +815,27 @@ pub fn parse_resources(text: &str) -> Result<Vec<Resource>, Invalid> {
                 // Set automatically, never stored.
                 spec.labels.remove(crate::policy::NAMESPACE_NAME_LABEL);
                 Resource::Namespace { name, spec }
+            }
+            ResourceKind::WorkloadEndpoint => {
+                let d: Document<crate::policy::Endpoint> =
+                    serde_yaml_ng::from_str(body).map_err(|e| at(yaml_error(&e, first_line)))?;
+                // metadata says which pod; the spec must say the same.
+                for (field, meta, spec) in [
+                    ("metadata.name", Some(&d.metadata.name), &d.spec.pod),
+                    (
+                        "metadata.namespace",
+                        d.metadata.namespace.as_ref(),
+                        &d.spec.namespace,
+                    ),
+                ] {
+                    if let Some(m) = meta.filter(|m| !m.is_empty() && *m != spec) {
+                        return Err(at(invalid(
+                            field,
+                            format!("{m:?} is not the endpoint's pod/namespace {spec:?} in spec; endpoints are read-only, as `twill get endpoints -o yaml` prints them"),
+                        )));
+                    }
+                }
+                Resource::WorkloadEndpoint { spec: d.spec }
             }
         };
         out.push(res);
@@ -1107,7 +1143,7 @@ mod tests {
         assert_eq!(e.field, "kind");
         assert_eq!(
             e.reason,
-            "\"Pod\" is not a Twill resource; use NetworkConfig, Node, Block, BGPConfiguration, BGPPeer, NetworkPolicy, GlobalNetworkPolicy, Namespace or List"
+            "\"Pod\" is not a Twill resource; use NetworkConfig, Node, Block, BGPConfiguration, BGPPeer, NetworkPolicy, GlobalNetworkPolicy, Namespace, WorkloadEndpoint or List"
         );
     }
 

@@ -358,7 +358,7 @@ pub fn endpoint_resource(view: &ClusterView, ep: &Endpoint) -> Value {
     capital_protocols(&mut spec);
     json!({
         "apiVersion": CALICO_API_VERSION,
-        "kind": "WorkloadEndpoint",
+        "kind": ResourceKind::WorkloadEndpoint,
         "metadata": {"name": ep.pod, "namespace": ep.namespace},
         "spec": spec,
         "status": {

@@ -755,6 +755,9 @@ fn describe(r: &Resource) -> String {
         } => format!("networkpolicy/{namespace}/{name}"),
         Resource::GlobalNetworkPolicy { name, .. } => format!("globalnetworkpolicy/{name}"),
         Resource::Namespace { name, .. } => format!("namespace/{name}"),
+        Resource::WorkloadEndpoint { spec } => {
+            format!("workloadendpoint/{}/{}", spec.namespace, spec.pod)
+        }
     }
 }
 
@@ -817,6 +820,26 @@ pub fn plan_apply(view: &ClusterView, resources: &[Resource]) -> Result<Vec<Acti
                 None if *spec == twill_api::resources::NodeSpec::default() => Action::Unchanged,
                 _ => Action::Write,
             }),
+            Resource::WorkloadEndpoint { spec } => {
+                let key = (spec.namespace.clone(), spec.pod.clone(), spec.node.clone());
+                let fix = format!(
+                    "endpoints are published by twilld from the pod's record, not applied; to change the pod's labels, `twill label pod {}/{} KEY=VALUE`",
+                    spec.namespace, spec.pod
+                );
+                match view.endpoints.get(&key) {
+                    Some(e) if e == spec => Ok(Action::Unchanged),
+                    Some(_) => Err(format!(
+                        "{}: differs from what node {} publishes; {fix}",
+                        describe(r),
+                        spec.node
+                    )),
+                    None => Err(format!(
+                        "{}: node {} publishes no such endpoint; {fix}",
+                        describe(r),
+                        spec.node
+                    )),
+                }
+            }
             Resource::Block { spec } => {
                 let holder = view
                     .blocks
@@ -992,7 +1015,9 @@ fn write_planned(
             // change is not silently overwritten.
             (Resource::NetworkConfig(_), Some(rev)) => store.update(&full, rev, &value, None)?,
             (Resource::NetworkConfig(_), None) => store.create(&full, &value, None)?.is_some(),
-            (Resource::Block { .. }, _) => unreachable!("plan_apply writes no block"),
+            (Resource::Block { .. } | Resource::WorkloadEndpoint { .. }, _) => {
+                unreachable!("plan_apply writes no block and no endpoint")
+            }
             _ => {
                 store.put(&full, &value, None)?;
                 true

@@ -265,7 +265,7 @@ fn a_bad_file_is_refused_with_the_line_and_nothing_is_written(c: &Cluster) {
         (
             "unknown kind",
             "kind: NetworkConfig\nspec:\n  clusterCIDR: 10.244.0.0/16\n---\nkind: Pod\nspec: {}\n",
-            &["line 5", "kind", "NetworkConfig, Node, Block, BGPConfiguration, BGPPeer, NetworkPolicy, GlobalNetworkPolicy, Namespace or List"],
+            &["line 5", "kind", "NetworkConfig, Node, Block, BGPConfiguration, BGPPeer, NetworkPolicy, GlobalNetworkPolicy, Namespace, WorkloadEndpoint or List"],
         ),
         (
             "second document bad",
@@ -1173,6 +1173,8 @@ fn policy_resources_apply_get_and_delete(c: &Cluster) {
         &["gnp", "deny-db"],
         &["ns"],
         &["ns", "y"],
+        &["endpoints", "-A"],
+        &["wep", "a", "-n", "x"],
     ] {
         for out in ["yaml", "json"] {
             let mut args = vec!["get"];
@@ -1188,6 +1190,22 @@ fn policy_resources_apply_get_and_delete(c: &Cluster) {
             );
         }
     }
+    assert_eq!(snapshot(c), before);
+
+    // Endpoints are twilld's: an edited one is refused with the fix, and nothing written.
+    let y = c.ok(&["get", "wep", "a", "-n", "x", "-o", "yaml"]);
+    let edited = y.replace("    pod: a\n", "    pod: z\n");
+    assert_ne!(edited, y);
+    let r = c.twill_stdin(&["apply", "-f", "-"], &edited);
+    assert!(
+        r.code == 1
+            && r.stderr
+                .contains("workloadendpoint/x/a: differs from what node n1 publishes")
+            && r.stderr.contains("twill label pod x/a KEY=VALUE")
+            && r.stderr.contains("nothing was applied"),
+        "{}",
+        r.stderr
+    );
     assert_eq!(snapshot(c), before);
 
     // An edit goes in; a namespace labelled for the first time gets its key.
