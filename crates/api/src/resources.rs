@@ -1021,6 +1021,14 @@ fn yaml_error(e: &serde_yaml_ng::Error, first_line: usize) -> Invalid {
         .next()
         .unwrap_or(&reason)
         .to_string();
+    // serde's words for Rust types, in the user's.
+    let reason = reason
+        .replace("expected u16", "expected a number from 0 to 65535")
+        .replace("expected f64", "expected a number")
+        .replace(
+            "invalid IP address syntax",
+            "not an IPv4 address or CIDR (a.b.c.d or a.b.c.d/len; Twill's pod network is IPv4 only)",
+        );
     // Untagged enums say only that nothing matched, at the rule; say what does, at the
     // field (its line found by the caller).
     if reason.contains("untagged enum RuleProtocol") {
@@ -1781,6 +1789,24 @@ status:
                 "metadata.labels.env",
                 5,
                 "not a label value",
+            ),
+            (
+                netpol("  - from:\n    - ipBlock: {cidr: 'fd00::/8'}\n"),
+                "spec.ingress[0].from[0].ipBlock.cidr",
+                7,
+                "not an IPv4 address or CIDR",
+            ),
+            (
+                netpol("  - ports:\n    - port: 80\n      endPort: 70000\n"),
+                "spec.ingress[0].ports[0].endPort",
+                8,
+                "expected a number from 0 to 65535",
+            ),
+            (
+                "kind: GlobalNetworkPolicy\nmetadata: {name: g}\nspec:\n  order: high\n".into(),
+                "spec.order",
+                4,
+                "expected a number",
             ),
             (
                 "kind: NetworkPolicy\nmetadata:\n  name: p\n  namepsace: x\nspec: {}\n".into(),
