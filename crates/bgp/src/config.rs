@@ -12,6 +12,7 @@
 //! gracefulRestart: { restartTime: 120 }      # absent: no graceful restart
 //! kernel: { install: true, table: 254 }      # the defaults; install: false keeps out
 //! maxPaths: 4                                # ECMP: up to 4 equal paths (default 1)
+//! nextHopNetworks: [192.0.2.0/24]            # next hops resolvable: on-link (default all)
 //! originate: [10.244.2.0/24]
 //! peers:
 //!   - address: 192.0.2.1                     # or 192.0.2.1:1790, [2001:db8::1]:179
@@ -23,6 +24,7 @@
 //!     routeReflectorClient: false
 //!     nextHopSelf: false
 //!     keepOriginalNextHop: false             # eBGP: learned routes keep their next hop
+//!     exportOriginatedOnly: false            # send only our own prefixes
 //!     maxRestartTime: 60                     # GR helper: its stale routes 60 s at most
 //!     import: accept                         # accept | reject | a list of terms
 //!     export:
@@ -73,6 +75,12 @@ pub struct Config {
     /// RFC 4456 CLUSTER_ID when reflecting; default the router ID.
     #[serde(default)]
     pub cluster_id: Option<Ipv4Addr>,
+    /// The networks this speaker reaches directly (its links' subnets). A learned route
+    /// whose next hop is in none of them is unresolvable (RFC 4271 §9.1.2.1): it is kept but
+    /// never chosen, so another path (a router's on this link) is. A family with no network
+    /// listed resolves every next hop (the default: nothing listed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub next_hop_networks: Vec<IpNet>,
     /// Prefixes this speaker announces itself.
     #[serde(default)]
     pub originate: Vec<IpNet>,
@@ -201,6 +209,10 @@ pub struct Peer {
     /// hop, RFC 4271 §5.1.3). Our own prefixes always carry our address.
     #[serde(default)]
     pub keep_original_next_hop: bool,
+    /// Send this peer only the prefixes this speaker originates, none it learned (Calico's
+    /// nodes towards a router outside the cluster: their own blocks).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub export_originated_only: bool,
     /// Graceful restart helper: keep this peer's stale routes at most this many seconds,
     /// whatever restart time it advertises (Calico's `maxRestartTime`).
     #[serde(default)]

@@ -110,6 +110,13 @@ pub struct RibConfig {
     pub cluster_id: Option<Ipv4Addr>,
     /// The most paths in one prefix's multipath set (1 = no ECMP).
     pub max_paths: usize,
+    /// The networks this speaker reaches directly (its links' subnets), by which learned
+    /// next hops are resolved. RFC 4271 §9.1.2.1: "If the NEXT_HOP attribute of a BGP route
+    /// depicts an address that is not resolvable ... the route SHOULD be excluded from the
+    /// Phase 2 decision function." Twill runs no IGP and resolves no next hop recursively:
+    /// a next hop is resolvable when it is inside one of these. A family with no network
+    /// here resolves every next hop (the default, empty: the kernel decides).
+    pub next_hop_networks: Vec<IpNet>,
 }
 
 impl RibConfig {
@@ -119,11 +126,30 @@ impl RibConfig {
             router_id,
             cluster_id: None,
             max_paths: 1,
+            next_hop_networks: Vec::new(),
         }
     }
 
     fn cluster_id(&self) -> Ipv4Addr {
         self.cluster_id.unwrap_or(self.router_id)
+    }
+
+    /// Whether a learned path's next hop is resolvable ([`RibConfig::next_hop_networks`]).
+    fn resolvable(&self, attrs: &Attrs) -> bool {
+        let Some(nh) = forward_next_hop(attrs) else {
+            return true;
+        };
+        let mut same_family = self
+            .next_hop_networks
+            .iter()
+            .filter(|n| {
+                matches!(
+                    (n, nh),
+                    (IpNet::V4(_), IpAddr::V4(_)) | (IpNet::V6(_), IpAddr::V6(_))
+                )
+            })
+            .peekable();
+        same_family.peek().is_none() || same_family.any(|n| n.contains(&nh))
     }
 }
 
@@ -141,6 +167,10 @@ pub struct PeerConfig {
     /// Towards this eBGP peer, routes learned from others keep their next hop (a third-party
     /// next hop, RFC 4271 §5.1.3 2)) instead of our session address.
     pub keep_original_next_hop: bool,
+    /// Only the routes this speaker originates are sent to this peer, none it learned (what
+    /// Calico's nodes send a router outside the cluster: their own blocks; a node passing
+    /// on the others' routes would offer the router paths through itself, and loops).
+    pub export_originated_only: bool,
     /// `None` on an eBGP peer accepts nothing (RFC 8212); on an iBGP peer, everything.
     pub import: Option<Policy>,
     /// `None` on an eBGP peer sends nothing (RFC 8212); on an iBGP peer, everything allowed.
@@ -156,6 +186,7 @@ impl PeerConfig {
             rr_client: false,
             next_hop_self: false,
             keep_original_next_hop: false,
+            export_originated_only: false,
             import: None,
             export: None,
         }
@@ -1398,6 +1429,9 @@ impl Ctx {
         }
         let src_kind = self.kind(best.source);
         let peer = self.peers.get(&target)?;
+        if peer.cfg.export_originated_only && src_kind != SourceKind::Local {
+            return None;
+        }
         let session = peer.session.as_ref()?;
         if !session.families.contains(&P::FAMILY) {
             return None;
@@ -1554,6 +1588,7 @@ impl Ctx {
             cluster_list_len: a.cluster_list.len(),
             peer_addr,
             source: p.source,
+            resolvable: p.source == LOCAL || self.cfg.resolvable(a),
         }
     }
 }
@@ -1577,7 +1612,9 @@ fn fib_of(paths: &[Path]) -> Vec<IpAddr> {
 /// Re-run the decision process on `paths`: order them selected first (best at 0) and mark.
 fn reselect(ctx: &Ctx, mut paths: Vec<Path>) -> Option<Paths> {
     if paths.len() == 1 {
-        paths[0].set_selected(true);
+        let p = &paths[0];
+        let on = p.source == LOCAL || ctx.cfg.resolvable(&p.attrs);
+        paths[0].set_selected(on);
         return Paths::from_vec(paths);
     }
     let cands: Vec<Candidate> = paths.iter().map(|p| ctx.candidate(p)).collect();

@@ -26,6 +26,8 @@ pub(crate) struct Candidate {
     /// A last tie-break that is always unique (the source's id), so the outcome never
     /// depends on the order paths arrived in.
     pub source: u32,
+    /// Its next hop is resolvable (RFC 4271 §9.1.2.1): one that is not takes no part.
+    pub resolvable: bool,
 }
 
 impl Candidate {
@@ -67,20 +69,20 @@ impl Candidate {
 /// (for an empty AS_PATH: also empty). They are ordered by the remaining tie-breaks. A
 /// locally originated best has no multipath set.
 pub(crate) fn select(cands: &[Candidate], max_paths: usize) -> Vec<usize> {
-    if cands.is_empty() {
-        return Vec::new();
-    }
     // Locally originated routes win over learned ones: this speaker's own announcement is
     // what it forwards by (RFC 4271 §9.1.1 leaves the degree of preference to local policy).
     if let Some(i) = cands.iter().position(|c| c.local) {
         return vec![i];
     }
-    if cands.len() == 1 {
-        return vec![0];
+    // RFC 4271 §9.1.2.1: "If the NEXT_HOP attribute of a BGP route depicts an address that
+    // is not resolvable ... the route SHOULD be excluded from the Phase 2 decision
+    // function." Stale paths (RFC 4724) are not candidates of a lesser kind: "The router
+    // MUST NOT differentiate between stale and other routing information during
+    // forwarding."
+    let mut live: Vec<usize> = (0..cands.len()).filter(|&i| cands[i].resolvable).collect();
+    if live.len() <= 1 {
+        return live;
     }
-    // Stale paths (RFC 4724) are not candidates of a lesser kind: "The router MUST NOT
-    // differentiate between stale and other routing information during forwarding."
-    let mut live: Vec<usize> = (0..cands.len()).collect();
 
     // RFC 4271 §9.1.2.1 / §9.1.1: the route with the highest degree of preference (for
     // routes from internal peers "the value of the LOCAL_PREF attribute"; for routes from
@@ -129,7 +131,7 @@ pub(crate) fn select(cands: &[Candidate], max_paths: usize) -> Vec<usize> {
     }
 
     // RFC 4271 §9.1.2.2 e) (interior cost to the next hop) does not apply: Twill runs no IGP
-    // and resolves no next hop, so every interior cost is equal.
+    // and takes only on-link next hops as resolvable, so every interior cost is equal.
 
     // Steps f) and g) and RFC 4456 §9's CLUSTER_LIST rule: a total order.
     live.sort_by(|&a, &b| cands[a].tie_break(&cands[b]));
@@ -156,6 +158,7 @@ mod tests {
             cluster_list_len: 0,
             peer_addr: IpAddr::V4(Ipv4Addr::new(192, 0, 2, source as u8)),
             source,
+            resolvable: true,
         }
     }
 
@@ -349,6 +352,27 @@ mod tests {
         assert_eq!(select(&cands, 2), vec![3, 2]);
         assert_eq!(select(&cands, 1), vec![3]);
         assert_eq!(select(&cands, 0), vec![3], "0 means 1");
+    }
+
+    #[test]
+    fn an_unresolvable_next_hop_takes_no_part() {
+        // The shorter AS path (iBGP from a node on another segment) loses to the path
+        // whose next hop is on-link, however good it is otherwise.
+        let mut far = base(1);
+        far.as_path_len = 0;
+        far.local_pref = Some(500);
+        far.resolvable = false;
+        let near = base(2);
+        prefers(near, far);
+        assert_eq!(select(&[far], 1), Vec::<usize>::new(), "alone: no best");
+        assert_eq!(select(&[far, far], 4), Vec::<usize>::new());
+        let mut near2 = base(3);
+        near2.router_id = Ipv4Addr::new(192, 0, 2, 200);
+        assert_eq!(
+            select(&[far, near, near2], 4),
+            vec![1, 2],
+            "nor in the multipath set"
+        );
     }
 
     #[test]

@@ -1373,3 +1373,65 @@ fn an_ipv4_prefix_in_nlri_and_mp_reach_is_taken_once_from_mp_reach() {
     let to_i3 = announced(&c, I3);
     assert_eq!(to_i3.len(), 2, "each prefix once: {to_i3:?}");
 }
+
+/// Two segments: we are on 192.0.2.0/24; I3's routes come from a node on another segment
+/// (next hop 198.51.100.50), E1 (on our segment) is the router between them.
+#[test]
+fn an_unresolvable_next_hop_is_never_best_and_the_routers_path_is() {
+    let mut lab = Lab::with(|c| c.next_hop_networks = vec![net("192.0.2.0/24")]);
+    // The iBGP path alone: kept, but no FIB entry and nothing sent.
+    let c = lab.apply(
+        I3,
+        announce(attrs(&[], "198.51.100.50"), &["10.244.5.0/24"]),
+    );
+    assert!(c.is_empty(), "{c:?}");
+    let r = lab.rib.route(net("10.244.5.0/24")).unwrap();
+    assert_eq!(r.paths.len(), 1);
+    assert!(!r.paths[0].best && !r.paths[0].multipath);
+    // The router's path (longer AS path, resolvable) is chosen over the shorter one.
+    let c = lab.apply(
+        E1,
+        announce(attrs(&[65001], "192.0.2.11"), &["10.244.5.0/24"]),
+    );
+    assert_eq!(c.fib, vec![fib("10.244.5.0/24", &["192.0.2.11"])]);
+    assert_eq!(announced(&c, I4).len(), 1);
+    // The router's path goes: the unresolvable one does not take over.
+    let c = lab.apply(E1, withdraw(&["10.244.5.0/24"]));
+    assert_eq!(c.fib, vec![fib("10.244.5.0/24", &[])]);
+    assert_eq!(withdrawn(&c, I4), vec![net("10.244.5.0/24")]);
+    // On-link iBGP next hops are resolvable as before; IPv6 (no network listed) too.
+    let c = lab.apply(I3, announce(attrs(&[], "192.0.2.50"), &["10.244.6.0/24"]));
+    assert_eq!(c.fib, vec![fib("10.244.6.0/24", &["192.0.2.50"])]);
+    let mut a6 = attrs(&[65001], "192.0.2.11");
+    a6.next_hop = None;
+    let v6 = Update {
+        attrs: Some(a6),
+        mp_reach: Some(MpReach {
+            family: Family::IPV6_UNICAST,
+            next_hops: vec![ip("2001:db8::11")],
+            nlri: vec![net("2001:db8:5::/48")],
+        }),
+        ..Update::default()
+    };
+    let c = lab.apply(E1, v6);
+    assert_eq!(c.fib, vec![fib("2001:db8:5::/48", &["2001:db8::11"])]);
+}
+
+#[test]
+fn a_peer_taking_originated_routes_only_hears_none_it_learned() {
+    let mut lab = Lab::new();
+    lab.add(PeerId(5), 65005, "192.0.2.15", |c| {
+        c.export = Some(Policy::accept_all());
+        c.export_originated_only = true;
+    });
+    let c = lab.apply(I3, announce(attrs(&[], "192.0.2.13"), &["10.244.3.0/24"]));
+    assert!(sent(&c, PeerId(5)).is_none(), "{c:?}");
+    assert_eq!(announced(&c, E1).len(), 1, "other eBGP peers still hear it");
+    let c = lab
+        .rib
+        .originate(net("10.244.1.0/24"), Attrs::local(Origin::Igp));
+    let own = announced(&c, PeerId(5));
+    assert_eq!(own.len(), 1);
+    assert_eq!(own[0].0, net("10.244.1.0/24"));
+    assert_eq!(own[0].1.next_hop, Some(ip4("192.0.2.1")));
+}

@@ -264,6 +264,7 @@ impl Speaker {
         let mut rib_cfg = RibConfig::new(cfg.asn, cfg.router_id);
         rib_cfg.max_paths = cfg.max_paths;
         rib_cfg.cluster_id = cfg.cluster_id;
+        rib_cfg.next_hop_networks = cfg.next_hop_networks.clone();
         let rib = Rib::new(rib_cfg);
 
         let listener = if cfg.listen.disabled {
@@ -1715,6 +1716,7 @@ pub fn peer_config(p: &config::Peer, who: &str) -> Result<PeerConfig, SpeakerErr
     pc.rr_client = p.route_reflector_client;
     pc.next_hop_self = p.next_hop_self;
     pc.keep_original_next_hop = p.keep_original_next_hop;
+    pc.export_originated_only = p.export_originated_only;
     pc.import = p.import.as_ref().map(|x| policy(x, who)).transpose()?;
     pc.export = p.export.as_ref().map(|x| policy(x, who)).transpose()?;
     Ok(pc)

@@ -12,6 +12,10 @@
 //! - **Announcements** ([`originated`], pure): this node's blocks as aggregates, plus a /32
 //!   for every pod address (twill-cni's records) outside them, each with the
 //!   BGPConfiguration's communities; only the difference goes out.
+//! - **Next hops** are resolved against the uplink's subnet only (RFC 4271 §9.1.2.1): a
+//!   route whose next hop is a node on another segment is never chosen (the kernel would
+//!   refuse it: not on-link); the router's path on this segment is. Routers outside the
+//!   cluster are sent this node's own blocks only ([`sessions`]).
 //! - **Kernel**: learned routes are written by the speaker with protocol 186 (RTPROT_BGP,
 //!   `ip route show proto bgp`); the agent's diff owns only protocol 0x54 routes, so it
 //!   never deletes them, and the plan of this backend has no route of its own: the l3
@@ -71,16 +75,20 @@ struct Identity {
     listen_port: u16,
     cluster_id: Option<Ipv4Addr>,
     restart_time: Option<u16>,
+    /// The uplink's subnet: learned next hops outside it are unresolvable (a node on
+    /// another segment is reached through the router, never directly).
+    on_link: Ipv4Net,
 }
 
 impl Identity {
-    fn of(plan: &SessionPlan) -> Identity {
+    fn of(plan: &SessionPlan, local: &Local) -> Identity {
         Identity {
             router_id: plan.router_id,
             asn: plan.asn,
             listen_port: plan.listen_port,
             cluster_id: plan.cluster_id,
             restart_time: plan.restart_time,
+            on_link: local.uplink_cidr.trunc(),
         }
     }
 }
@@ -245,6 +253,7 @@ fn speaker_config(identity: &Identity, socket: &Path) -> Config {
         table: TABLE,
     };
     cfg.cluster_id = identity.cluster_id;
+    cfg.next_hop_networks = vec![IpNet::V4(identity.on_link)];
     cfg
 }
 
@@ -463,7 +472,7 @@ impl Backend for Bgp {
 
     fn sync(&mut self, local: &Local, peers: &[Peer]) -> Vec<String> {
         let plan = session_plan(local, peers, &self.inputs);
-        let identity = Identity::of(&plan);
+        let identity = Identity::of(&plan, local);
         self.identity = Some(identity.clone());
         if let Err(e) = self.ensure_speaker(&identity) {
             // Shown in /readyz by the next pass (a failure brings one within the retry).

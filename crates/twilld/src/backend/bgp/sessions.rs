@@ -18,6 +18,9 @@
 //!   iBGP sessions to nodes without a cluster ID are its clients, RR to RR is plain iBGP.
 //! - **Router ID**: `spec.bgp.routerID`, else the node IP (`routerIDMode: nodeIP`) or a
 //!   32-bit FNV-1 hash of the node name (`hash`, as calico/node's `CALICO_ROUTER_ID=hash`).
+//! - **Routers outside the cluster** (`peerIP`) are sent this node's own blocks only, as
+//!   Calico's nodes do, unless the rule says `keepOriginalNextHop` (then every route learned
+//!   goes too, with its owner as next hop).
 //! - One session per peer address: explicit `peerIP` rules (node-specific first) win over
 //!   selector peers, which win over the mesh; what cannot be planned is a problem in words
 //!   with its fix, never a panic.
@@ -291,6 +294,7 @@ impl Ctx<'_> {
             route_reflector_client: false,
             next_hop_self: false,
             keep_original_next_hop: false,
+            export_originated_only: false,
             max_restart_time: None,
             tag: None,
             // RFC 8212: eBGP takes and sends nothing without a policy. iBGP: everything
@@ -358,6 +362,11 @@ impl Ctx<'_> {
             .expect("validated: peerIP comes with asNumber");
         let mut peer = self.peer(address, asn);
         peer.keep_original_next_hop = rule.keep_original_next_hop;
+        // Calico's nodes send a router outside the cluster their own blocks only: passing
+        // on the other nodes' routes would offer it paths through this node (and back to
+        // it: loops). keepOriginalNextHop asks for the others' routes with their owners as
+        // next hops (a ToR that routes to the owner), so it sends everything learned too.
+        peer.export_originated_only = !rule.keep_original_next_hop;
         peer.max_restart_time = rule.max_restart_seconds().ok().flatten();
         let mut session = Session {
             peer,

@@ -298,8 +298,14 @@ fn the_speaker_config_carries_the_identity_and_the_control_socket() {
         listen_port: 1790,
         cluster_id: Some(ip("224.0.0.1")),
         restart_time: Some(30),
+        on_link: "192.0.2.0/24".parse().unwrap(),
     };
     let c = speaker_config(&id, Path::new("/run/twl/bgp.sock"));
+    assert_eq!(
+        c.next_hop_networks,
+        vec!["192.0.2.0/24".parse::<IpNet>().unwrap()],
+        "next hops resolve on the uplink's subnet only"
+    );
     assert_eq!(
         (c.router_id, c.asn, c.listen.port),
         (ip("192.0.2.11"), 65010, 1790)

@@ -333,9 +333,28 @@ fn a_global_peer_ip_applies_to_every_node() {
         assert!(!s.peer.passive, "routers are connected to");
         assert_eq!(s.peer.password.as_deref(), Some("s3cr3t"));
         assert!(s.peer.keep_original_next_hop);
+        assert!(
+            !s.peer.export_originated_only,
+            "keepOriginalNextHop: the learned routes go too"
+        );
         assert_eq!(s.peer.max_restart_time, Some(120));
         assert_eq!(s.peer.local_address, Some(IpAddr::V4(n.address)));
         assert!(s.peer.import.is_some() && s.peer.export.is_some(), "eBGP");
+    }
+}
+
+#[test]
+fn a_router_outside_the_cluster_gets_only_this_nodes_own_blocks() {
+    let rules = peers(&[("tor", peer_ip("192.0.2.1", 65100))]);
+    let nodes = three();
+    for p in all_plans(&nodes, &BgpConfiguration::default(), &rules) {
+        for s in &p.sessions {
+            assert_eq!(
+                s.peer.export_originated_only,
+                s.node.is_none(),
+                "originated only towards the router, everything towards nodes: {s:?}"
+            );
+        }
     }
 }
 
