@@ -1847,6 +1847,33 @@ status:
     }
 
     #[test]
+    fn every_cut_or_dropped_line_of_a_policy_file_is_parsed_or_refused_with_a_line() {
+        // No panic on any prefix of the file or the file without any one line; every
+        // refusal names a line inside the text.
+        let lines: Vec<&str> = POLICY_FILE.lines().collect();
+        let mut texts: Vec<String> = (0..POLICY_FILE.len())
+            .filter(|i| POLICY_FILE.is_char_boundary(*i))
+            .map(|i| POLICY_FILE[..i].to_string())
+            .collect();
+        for skip in 0..lines.len() {
+            let mut t: Vec<&str> = lines.clone();
+            t.remove(skip);
+            texts.push(t.join("\n"));
+        }
+        for t in &texts {
+            if let Err(e) = parse_resources(t) {
+                if e.field != "(file)" {
+                    let line = e.line.unwrap_or_else(|| panic!("{t}: {e}: no line"));
+                    assert!(
+                        line >= 1 && line <= t.lines().count().max(1) + 1,
+                        "{t}: {e}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn paths_are_located_in_nested_lists() {
         let body = "spec:\n  ingress:\n  - from:\n    - podSelector: {}\n  - from:\n    - podSelector: {}\n    - ipBlock:\n        cidr: x\n    ports:\n    - port: 1\n";
         assert_eq!(
