@@ -10,9 +10,8 @@ use serde_json::Value;
 use std::net::Ipv4Addr;
 use twill_api::cni::{
     self, version_at_least, CniEnv, CniError, CniResult, Command, ErrorCode, IpConfig, NetConf,
-    PortMapping, Protocol, Route,
+    PodIdentity, PortMapping, Protocol, Route,
 };
-use twill_api::wiring::PodWiring;
 use twill_ipam::pool::{Pool, Range, Reservation};
 use twill_ipam::records::{AttachmentKey, Record, RecordDir, RecordError};
 use twill_netlink::netns::Netns;
@@ -117,20 +116,25 @@ fn key(env: &CniEnv) -> AttachmentKey {
     }
 }
 
-/// What the record keeps besides the address, so DEL and GC undo exactly what ADD did.
-#[derive(serde::Serialize, serde::Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct Extra {
-    host_veth: String,
-    #[serde(default)]
-    port_mappings: Vec<PortMapping>,
-    #[serde(default)]
-    masquerade: bool,
-    #[serde(default)]
-    netns: String,
-    /// How ADD wired the pod (records older than l3 wiring: bridge).
-    #[serde(default)]
-    wiring: PodWiring,
+/// What the record keeps besides the address, so DEL and GC undo exactly what ADD did,
+/// and the pod's identity, from which twilld publishes its endpoint.
+use twill_api::cni::RecordExtra as Extra;
+
+/// A random locally administered unicast MAC for the pod's end of the veth, chosen before
+/// the veth exists so the record holds it from the start (twilld publishes the endpoint
+/// as soon as the record holds an address, and anti-spoofing matches on it).
+fn random_mac() -> Result<[u8; 6], CniError> {
+    let mut mac = [0u8; 6];
+    // SAFETY: fills the 6-byte buffer we own.
+    let n = unsafe { libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
+    if n != mac.len() as isize {
+        return Err(
+            CniError::new(ErrorCode::Io, "cannot draw a random MAC for the pod")
+                .with_details(std::io::Error::last_os_error().to_string()),
+        );
+    }
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    Ok(mac)
 }
 
 fn nft_mappings(ip: Ipv4Addr, list: &[PortMapping]) -> Vec<twill_nft::PortMapping> {
@@ -270,17 +274,25 @@ fn resolve(conf: &NetConf) -> Result<NetConf, CniError> {
 }
 
 fn add(env: &CniEnv, conf: &NetConf) -> Result<String, CniError> {
+    // Before anything is made: a bad namespace, name or label leaves nothing behind.
+    let identity = PodIdentity::from_args(&env.args, &env.container_id, &conf.labels)?;
     let conf = &resolve(conf)?;
     let pool = pool(conf)?;
     let pod_ns = open_netns(&env.netns)?;
     let records = records(conf)?;
     let host_veth = names::host_veth(&env.container_id, &env.ifname);
+    let pod_mac = random_mac()?;
     let extra = Extra {
         host_veth: host_veth.clone(),
         port_mappings: conf.port_mappings.clone(),
         masquerade: conf.ip_masq,
         netns: env.netns.clone(),
         wiring: conf.pod_wiring,
+        namespace: Some(identity.namespace),
+        pod: Some(identity.pod),
+        labels: identity.labels,
+        named_ports: conf.named_ports.clone(),
+        mac: Some(wiring::mac_string(Some(pod_mac))),
     };
     let record = records
         .allocate(
@@ -305,7 +317,15 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<String, CniError> {
         record: Some(key(env)),
         ..Done::default()
     };
-    match add_allocated(env, conf, &pool, &pod_ns, &record, host_veth, &mut done) {
+    match add_allocated(
+        env,
+        conf,
+        &pool,
+        &pod_ns,
+        &record,
+        (host_veth, pod_mac),
+        &mut done,
+    ) {
         Ok(v) => Ok(v),
         Err(e) => Err(done.undo(conf, e)),
     }
@@ -317,7 +337,7 @@ fn add_allocated(
     pool: &Pool,
     pod_ns: &Netns,
     record: &Record,
-    host_veth: String,
+    (host_veth, pod_mac): (String, [u8; 6]),
     done: &mut Done,
 ) -> Result<String, CniError> {
     let range = pool
@@ -334,6 +354,7 @@ fn add_allocated(
         pod_ip: record.ip,
         ifname: &env.ifname,
         host_veth: host_veth.clone(),
+        pod_mac,
         routes: routes.clone(),
         route_localnet: !conf.port_mappings.is_empty(),
     };

@@ -422,6 +422,70 @@ fn cases() -> Vec<Case> {
             4,
             &["CNI_ARGS"],
         ),
+        // The pod's identity: refused before anything is made.
+        add_env(
+            "K8S_POD_NAMESPACE not a DNS name",
+            &[(
+                "CNI_ARGS",
+                Some("IgnoreUnknown=1;K8S_POD_NAMESPACE=Bad_NS;K8S_POD_NAME=a"),
+            )],
+            4,
+            &["CNI_ARGS K8S_POD_NAMESPACE", "Bad_NS"],
+        ),
+        add_env(
+            "K8S_POD_NAME not a DNS name",
+            &[("CNI_ARGS", Some("K8S_POD_NAMESPACE=x;K8S_POD_NAME=a b"))],
+            4,
+            &["CNI_ARGS K8S_POD_NAME"],
+        ),
+        add_env(
+            "TWILL_POD_LABELS not k=v",
+            &[("CNI_ARGS", Some("TWILL_POD_LABELS=app=web,tier"))],
+            4,
+            &["CNI_ARGS TWILL_POD_LABELS", "\"tier\""],
+        ),
+        add_env(
+            "TWILL_POD_LABELS with a bad value",
+            &[("CNI_ARGS", Some("TWILL_POD_LABELS=app=-web"))],
+            4,
+            &["CNI_ARGS TWILL_POD_LABELS.app", "not a label value"],
+        ),
+        add(
+            "runtimeConfig.labels not a map",
+            |c| c["runtimeConfig"] = json!({"labels": "app=web"}),
+            7,
+            &["\"runtimeConfig.labels\"", "an object"],
+        ),
+        add(
+            "runtimeConfig.labels with a bad key",
+            |c| c["runtimeConfig"] = json!({"labels": {"app web": "x"}}),
+            7,
+            &["\"runtimeConfig.labels.app web\"", "not a label key"],
+        ),
+        add(
+            "runtimeConfig.labels with a number",
+            |c| c["runtimeConfig"] = json!({"labels": {"app": 1}}),
+            7,
+            &["\"runtimeConfig.labels.app\"", "a string"],
+        ),
+        add(
+            "runtimeConfig.namedPorts with a bad name",
+            |c| c["runtimeConfig"] = json!({"namedPorts": [{"name": "Serve_80", "port": 80}]}),
+            7,
+            &["\"runtimeConfig.namedPorts[0].name\"", "not a port name"],
+        ),
+        add(
+            "runtimeConfig.namedPorts without a port",
+            |c| c["runtimeConfig"] = json!({"namedPorts": [{"name": "http"}]}),
+            7,
+            &["\"runtimeConfig.namedPorts[0].port\" is required"],
+        ),
+        add(
+            "runtimeConfig.namedPorts with a name twice",
+            |c| c["runtimeConfig"] = json!({"namedPorts": [{"name": "http", "port": 80}, {"name": "http", "port": 8080}]}),
+            7,
+            &["\"runtimeConfig.namedPorts[1].name\"", "already"],
+        ),
         // Attachments that exist, do not exist, or cannot exist.
         Case {
             setup: Setup::SameAttachment,

@@ -7,6 +7,7 @@ use crate::autodetect::{self, NodeIp};
 use crate::backend::RoutingInputs;
 use crate::claims::{self, Backoff};
 use crate::config::{Config, StoreKind};
+use crate::endpoints;
 use crate::handoff::{self, FileError, HandOffWriter, Memory};
 use crate::http::{self, Status};
 use crate::log;
@@ -156,6 +157,8 @@ enum Wake {
     Store(u64, Result<Event, String>),
     /// The backend has news (its sockets, threads or timers).
     Backend,
+    /// twill-cni's records changed (inotify).
+    Records,
 }
 
 /// What the last run left on this node, taken in hand before the store is opened (which
@@ -237,6 +240,10 @@ struct Runner {
     uplink_mtu: Option<u32>,
     /// Probes every peer's node IP (started once a backend routes between nodes).
     prober: Option<Prober>,
+    /// Set by the records' inotify thread when it wakes the loop, cleared when the loop
+    /// takes the wake: one wake for a burst of changes.
+    records_wake: Arc<AtomicBool>,
+    records_watch: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Runner {
@@ -283,6 +290,8 @@ impl Runner {
             records: None,
             uplink_mtu: None,
             prober: None,
+            records_wake: Arc::new(AtomicBool::new(false)),
+            records_watch: None,
         }
     }
 
@@ -296,6 +305,9 @@ impl Runner {
         }
         self.watch_gen.fetch_add(1, Ordering::Relaxed);
         if let Some(t) = self.watch_thread.take() {
+            let _ = t.join();
+        }
+        if let Some(t) = self.records_watch.take() {
             let _ = t.join();
         }
     }
@@ -340,6 +352,7 @@ impl Runner {
             Action::UseConfig(c) => Some(Input::Backend(self.use_config(*c))),
             Action::DetectNodeIp(spec) => Some(Input::NodeIp(self.detect(spec.as_ref()))),
             Action::MeasureUsage => Some(Input::Usage(self.measure())),
+            Action::ReadEndpoints => Some(Input::Endpoints(self.read_endpoints())),
             Action::Reconcile {
                 node_ip,
                 blocks,
@@ -433,6 +446,7 @@ impl Runner {
             StoreOp::DeleteIf { key, expected } => {
                 s.delete_if(&key, expected).map(StoreReply::Done)
             }
+            StoreOp::Delete(key) => s.delete(&key).map(StoreReply::Done),
             StoreOp::Grant(ttl) => s.grant(ttl).map(StoreReply::Lease),
             StoreOp::KeepAlive(l) => s.keep_alive(l).map(StoreReply::Ttl),
             StoreOp::Watch { .. } => unreachable!("handled above"),
@@ -463,6 +477,10 @@ impl Runner {
             }
             Ok(Wake::Store(..)) => None,
             Ok(Wake::Backend) => Some(Input::BackendDue),
+            Ok(Wake::Records) => {
+                self.records_wake.store(false, Ordering::SeqCst);
+                Some(Input::RecordsChanged)
+            }
             Err(RecvTimeoutError::Timeout) => {
                 let now = Instant::now();
                 backend_due.filter(|b| now >= *b)?;
@@ -634,11 +652,15 @@ impl Runner {
             .map_err(|e| e.to_string())
     }
 
-    /// Reads twill-cni's records: the addresses taken and the allocations document.
-    fn measure(&mut self) -> Option<Measured> {
+    /// twill-cni's records, opened (and their folders made) on first use, when the
+    /// inotify watch on them starts too.
+    fn records(&mut self) -> Option<&RecordDir> {
         if self.records.is_none() {
             match RecordDir::open(&self.cfg.cni_data_dir, &self.cfg.cni_network) {
-                Ok(r) => self.records = Some(r),
+                Ok(r) => {
+                    self.watch_records(&r);
+                    self.records = Some(r);
+                }
                 Err(e) => {
                     log::warn(
                         "cannot open twill-cni's records; block usage unknown",
@@ -648,7 +670,44 @@ impl Runner {
                 }
             }
         }
-        let records = match self.records.as_ref().expect("opened").list() {
+        self.records.as_ref()
+    }
+
+    /// Wakes the loop at once when a record comes or goes (else it would see it only on
+    /// the next poll tick).
+    fn watch_records(&mut self, r: &RecordDir) {
+        let dirs = vec![r.path().join("attachments"), r.path().join("ips")];
+        let (flag, tx) = (self.records_wake.clone(), self.wake_tx.clone());
+        let started = endpoints::watch::start(dirs, self.shutdown.clone(), move || {
+            if !flag.swap(true, Ordering::SeqCst) {
+                let _ = tx.send(Wake::Records);
+            }
+        });
+        match started {
+            Ok(t) => self.records_watch = Some(t),
+            Err(e) => log::warn(
+                "cannot watch twill-cni's records; pods' endpoints follow them on the poll tick only",
+                &[("error", &e)],
+            ),
+        }
+    }
+
+    /// The endpoints twill-cni's records describe.
+    fn read_endpoints(&mut self) -> Option<endpoints::Desired> {
+        let node = self.cfg.node_name.clone();
+        let records = match self.records()?.list() {
+            Ok(r) => r,
+            Err(e) => {
+                log_records_error(&e);
+                return None;
+            }
+        };
+        Some(desired_endpoints(&node, &records))
+    }
+
+    /// Reads twill-cni's records: the addresses taken and the allocations document.
+    fn measure(&mut self) -> Option<Measured> {
+        let records = match self.records()?.list() {
             Ok(r) => r,
             Err(e) => {
                 log_records_error(&e);
@@ -665,8 +724,21 @@ impl Runner {
         Some(Measured {
             ips: records.iter().map(|r| r.ip).collect(),
             allocations,
+            endpoints: desired_endpoints(&self.cfg.node_name, &records),
         })
     }
+}
+
+/// [`endpoints::desired`], saying which records cannot be endpoints.
+fn desired_endpoints(node: &str, records: &[twill_ipam::records::Record]) -> endpoints::Desired {
+    let (d, skipped) = endpoints::desired(node, records);
+    for s in skipped {
+        log::warn(
+            "a pod's record cannot be published as an endpoint; left out",
+            &[("attachment", &s.attachment), ("reason", &s.reason)],
+        );
+    }
+    d
 }
 
 fn log_records_error(e: &RecordError) {

@@ -12,6 +12,7 @@ pub mod autodetect;
 pub mod backend;
 pub mod claims;
 pub mod config;
+pub mod endpoints;
 pub mod handoff;
 pub mod http;
 pub mod log;

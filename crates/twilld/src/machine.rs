@@ -29,6 +29,7 @@
 use crate::autodetect::NodeIp;
 use crate::backend::{Peer, RoutingInputs};
 use crate::claims::{self, Backoff, CreateOutcome, ReclaimAction};
+use crate::endpoints::{self, Desired};
 use crate::log::Level;
 use crate::peers::Publisher;
 use crate::routing;
@@ -82,6 +83,8 @@ pub enum StoreOp {
         key: String,
         expected: Revision,
     },
+    /// Reply: [`StoreReply::Done`].
+    Delete(String),
     Grant(Duration),
     KeepAlive(LeaseId),
     /// Start watching `prefix` after `after`; the loop keeps the stream and feeds its
@@ -137,6 +140,9 @@ pub enum Action {
     DetectNodeIp(Option<NodeSpec>),
     /// Read twill-cni's records. Reply: [`Input::Usage`].
     MeasureUsage,
+    /// Read twill-cni's records for the endpoints only (they changed). Reply:
+    /// [`Input::Endpoints`].
+    ReadEndpoints,
     /// Program the routes to the peers for this node's blocks; `inputs` are the routing
     /// resources, for the backends that read them (else empty). Reply:
     /// [`Input::Reconciled`].
@@ -173,6 +179,8 @@ impl Action {
 pub struct Measured {
     pub ips: Vec<Ipv4Addr>,
     pub allocations: Vec<u8>,
+    /// The `endpoints/<node>/…` the records describe ([`endpoints::desired`]).
+    pub endpoints: Desired,
 }
 
 /// What the loop feeds back.
@@ -184,6 +192,10 @@ pub enum Input {
     NodeIp(Result<NodeIp, String>),
     /// None: the records cannot be read now (usage unknown, logged by the loop).
     Usage(Option<Measured>),
+    /// The endpoints the records describe; None: unreadable now (logged by the loop).
+    Endpoints(Option<Desired>),
+    /// twill-cni's records changed (a pod was added or removed): publish its endpoint now.
+    RecordsChanged,
     /// None: no backend routes between nodes, or the prober could not start.
     PeerView(Option<PeerView>),
     /// A file write: done, or why not (the error names the file and the fix).
@@ -249,6 +261,8 @@ enum Pending {
     RoutingPut(RoutingStatus),
     PeerView,
     PeerPut(PeerView),
+    EndpointsRead,
+    Endpoint(LeaseId, endpoints::Op),
     HandOff(Vec<Ipv4Net>),
     /// The write at once of [`Machine::sync_handoff`], outside the round.
     HandOffCut(Vec<Ipv4Net>),
@@ -376,6 +390,14 @@ pub struct Machine {
     routing_published: Option<(LeaseId, RoutingStatus, Instant)>,
     /// A changed status waits for [`ROUTING_STATUS_GAP`]: the round to write it is due then.
     routing_due: Option<Instant>,
+    /// This node's `endpoints/<node>/…`: kept outside the rounds (see
+    /// [`Machine::sync_endpoints`]).
+    endpoints: endpoints::Publisher,
+    /// The records changed since they were last read for the endpoints.
+    records_changed: bool,
+    /// After a failed endpoint write, the next waits until then.
+    endpoints_retry: Instant,
+    endpoints_backoff: Backoff,
 }
 
 fn fields(list: &[(&'static str, &dyn std::fmt::Display)]) -> Vec<(&'static str, String)> {
@@ -435,6 +457,10 @@ impl Machine {
             resources_dirty: true,
             routing_published: None,
             routing_due: None,
+            endpoints: endpoints::Publisher::new(&p.node),
+            records_changed: true,
+            endpoints_retry: now,
+            endpoints_backoff: Backoff::new(),
             p,
         };
         if !m.remembered.is_empty() {
@@ -519,6 +545,9 @@ impl Machine {
             if self.sync_handoff(now) {
                 continue;
             }
+            if self.sync_endpoints(now) {
+                continue;
+            }
             let Some(stage) = self.stage else {
                 if now < self.wake {
                     // Wake when the lease may run out, to cut the hand-off then (the
@@ -526,7 +555,12 @@ impl Machine {
                     let cut_due = (self.lease.is_some() && !self.handed_off.is_empty())
                         .then_some(self.lease_until)
                         .filter(|t| *t > now);
-                    return Action::Sleep(cut_due.map_or(self.wake, |t| t.min(self.wake)));
+                    let wake = cut_due.map_or(self.wake, |t| t.min(self.wake));
+                    // A failed endpoint write is retried then.
+                    let wake = Some(self.endpoints_retry)
+                        .filter(|t| *t > now)
+                        .map_or(wake, |t| t.min(wake));
+                    return Action::Sleep(wake);
                 }
                 self.stage = Some(Stage::Config);
                 continue;
@@ -564,6 +598,80 @@ impl Machine {
         );
         self.ask(Pending::HandOffCut(ok.clone()), Action::WriteHandOff(ok));
         true
+    }
+
+    /// The endpoints follow the records at once, between any two steps of a round or
+    /// while asleep: read the records when they changed, then write what differs, one
+    /// store call at a time, under the lease (none while there is no lease).
+    fn sync_endpoints(&mut self, now: Instant) -> bool {
+        if self.p.static_store || now < self.endpoints_retry {
+            return false;
+        }
+        let Some(lease) = self.lease else {
+            return false;
+        };
+        if self.records_changed {
+            self.records_changed = false;
+            self.ask(Pending::EndpointsRead, Action::ReadEndpoints);
+            return true;
+        }
+        let Some(op) = self.endpoints.next(lease) else {
+            return false;
+        };
+        let store_op = match &op {
+            endpoints::Op::List(prefix) => StoreOp::List(key(prefix)),
+            endpoints::Op::Put { key: k, value } => StoreOp::Put {
+                key: key(k),
+                value: value.clone(),
+                lease: Some(lease),
+            },
+            endpoints::Op::Delete(k) => StoreOp::Delete(key(k)),
+        };
+        self.store(Pending::Endpoint(lease, op), store_op);
+        true
+    }
+
+    /// The answer to a step of [`Machine::sync_endpoints`]. A store error does not end
+    /// the round: the write is retried with its own backoff (a lost lease is handled as
+    /// everywhere).
+    fn endpoints_reply(&mut self, now: Instant, pending: Pending, input: Input) {
+        match (pending, input) {
+            (Pending::EndpointsRead, Input::Endpoints(d)) => {
+                if let Some(d) = d {
+                    self.endpoints.set_desired(d);
+                }
+            }
+            (Pending::Endpoint(lease, op), Input::Store(Ok(reply))) => {
+                let listed = match reply {
+                    StoreReply::List(kvs, _) => kvs,
+                    _ => Vec::new(),
+                };
+                self.endpoints.done(lease, &op, &listed);
+                self.endpoints_backoff.reset();
+            }
+            (Pending::Endpoint(..), Input::Store(Err(e @ StoreError::LeaseExpired(_)))) => {
+                self.end(now, End::Store(e))
+            }
+            (Pending::Endpoint(_, op), Input::Store(Err(e))) => {
+                self.report(Report::StoreError);
+                let delay = self.endpoints_backoff.next_delay();
+                self.endpoints_retry = now + delay;
+                let what = match &op {
+                    endpoints::Op::List(k) | endpoints::Op::Delete(k) => k.clone(),
+                    endpoints::Op::Put { key, .. } => key.clone(),
+                };
+                self.log(
+                    Level::Warn,
+                    "cannot write a pod's endpoint to the store; retrying",
+                    fields(&[
+                        ("key", &what),
+                        ("retryInMs", &delay.as_millis()),
+                        ("error", &e),
+                    ]),
+                );
+            }
+            (p, i) => panic!("unexpected reply {i:?} to {p:?}"),
+        }
     }
 
     fn next_stage(&mut self, s: Stage) {
@@ -1117,6 +1225,10 @@ impl Machine {
                 self.wake_now(now);
                 return;
             }
+            Input::RecordsChanged => {
+                self.records_changed = true;
+                return;
+            }
             Input::WatchEnded(e) => {
                 self.log(
                     Level::Warn,
@@ -1129,6 +1241,9 @@ impl Machine {
             _ => {}
         }
         let pending = self.pending.take().expect("a reply without a request");
+        if matches!(pending, Pending::EndpointsRead | Pending::Endpoint(..)) {
+            return self.endpoints_reply(now, pending, input);
+        }
         if let Pending::HandOffCut(blocks) = pending {
             match input {
                 Input::Written(Ok(())) => self.handed_off = blocks,
@@ -1205,6 +1320,7 @@ impl Machine {
             }
             (Pending::Usage, Input::Usage(None)) => self.next_stage(Stage::Node),
             (Pending::Usage, Input::Usage(Some(m))) => {
+                self.endpoints.set_desired(m.endpoints.clone());
                 let mut ips = m.ips.clone();
                 ips.sort();
                 ips.dedup();
@@ -1614,6 +1730,9 @@ impl Machine {
 
     /// A change in the store: the override, a peer, or one of this node's blocks.
     fn on_event(&mut self, now: Instant, ev: Event) {
+        if self.endpoints.on_event(&ev) {
+            return;
+        }
         let k = ev.key().to_string();
         let Some(rel) = k.strip_prefix(PREFIX) else {
             return;
@@ -1700,6 +1819,8 @@ mod tests {
         hook: Option<Hook>,
         /// The routing inputs of every Reconcile asked, in order.
         reconciles: Vec<RoutingInputs>,
+        /// What twill-cni's records describe as endpoints (read by the machine).
+        endpoints: Desired,
         /// What the backend answers to a Reconcile.
         routing: Option<RoutingStatus>,
     }
@@ -1768,6 +1889,7 @@ mod tests {
                 hook: None,
                 reconciles: Vec::new(),
                 routing: None,
+                endpoints: Desired::new(),
             }
         }
 
@@ -1815,7 +1937,9 @@ mod tests {
                     Action::MeasureUsage => Input::Usage(Some(Measured {
                         ips: n.used.clone(),
                         allocations: serde_json::to_vec(&n.used).unwrap(),
+                        endpoints: n.endpoints.clone(),
                     })),
+                    Action::ReadEndpoints => Input::Endpoints(Some(n.endpoints.clone())),
                     Action::Reconcile { inputs, .. } => {
                         n.reconciles.push(*inputs);
                         Input::Reconciled(n.routing.clone())
@@ -1901,6 +2025,7 @@ mod tests {
                 lease,
             } => StoreReply::Done(s.update(&key, expected, &value, lease)?),
             StoreOp::DeleteIf { key, expected } => StoreReply::Done(s.delete_if(&key, expected)?),
+            StoreOp::Delete(key) => StoreReply::Done(s.delete(&key)?),
             StoreOp::Grant(ttl) => StoreReply::Lease(s.grant(ttl)?),
             StoreOp::KeepAlive(l) => StoreReply::Ttl(s.keep_alive(l)?),
             StoreOp::Watch { prefix, after } => {
@@ -1936,6 +2061,67 @@ mod tests {
                 Some(Report::Ready)
             )
         }
+    }
+
+    fn endpoint_keys(w: &World) -> Vec<(String, Vec<u8>, Option<LeaseId>)> {
+        w.store
+            .list(&key("endpoints/"))
+            .unwrap()
+            .0
+            .into_iter()
+            .map(|kv| {
+                (
+                    kv.key.strip_prefix(PREFIX).unwrap().to_string(),
+                    kv.value,
+                    kv.lease,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn endpoints_follow_the_records_at_once_under_the_lease_and_retry_with_backoff() {
+        let mut w = World::new("mendp", "10.244.0.0/16", 26, 60, None);
+        // A stale one from an earlier run, and another node's.
+        w.put("endpoints/n1/x/old", b"{}");
+        w.put("endpoints/n2/x/b", b"{}");
+        let mut n = w.node("n1", &[], &[]);
+        n.endpoints.insert("endpoints/n1/x/a".into(), b"A".to_vec());
+        w.run(&mut n);
+        let lease = n.m.lease();
+        assert_eq!(
+            endpoint_keys(&w),
+            vec![
+                ("endpoints/n1/x/a".to_string(), b"A".to_vec(), lease),
+                ("endpoints/n2/x/b".to_string(), b"{}".to_vec(), None),
+            ],
+            "published under the lease; the stale one of this node removed"
+        );
+        // Records change while the machine sleeps: written at once, no round needed.
+        let calls = n.store_calls;
+        n.endpoints.clear();
+        n.endpoints.insert("endpoints/n1/y/c".into(), b"C".to_vec());
+        n.m.handle(w.now, Input::RecordsChanged);
+        w.run(&mut n);
+        assert_eq!(n.store_calls, calls + 2, "one put, one delete");
+        assert_eq!(endpoint_keys(&w)[0].0, "endpoints/n1/y/c");
+        // The store down: no spinning, a retry after the backoff.
+        n.down = true;
+        n.endpoints.insert("endpoints/n1/y/d".into(), b"D".to_vec());
+        n.m.handle(w.now, Input::RecordsChanged);
+        let wake = w.run(&mut n);
+        assert!(n.said("cannot write a pod's endpoint"), "{:?}", n.logs);
+        assert!(wake > w.now, "sleeps until the retry");
+        n.down = false;
+        w.now += Duration::from_secs(1);
+        w.run(&mut n);
+        assert_eq!(endpoint_keys(&w).len(), 3, "{:?}", endpoint_keys(&w));
+        // Deleted behind its back: put back on the watch event.
+        w.store.delete(&key("endpoints/n1/y/d")).unwrap();
+        w.run(&mut n);
+        assert!(endpoint_keys(&w)
+            .iter()
+            .any(|(k, _, l)| k == "endpoints/n1/y/d" && *l == lease));
     }
 
     #[test]

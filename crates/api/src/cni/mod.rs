@@ -3,12 +3,14 @@
 
 pub mod env;
 pub mod error;
+pub mod identity;
 mod json;
 pub mod netconf;
 pub mod result;
 
 pub use env::{CniEnv, Command};
 pub use error::{CniError, ErrorCode};
+pub use identity::{PodIdentity, RecordExtra};
 pub use netconf::{IpamConf, NetConf, PortMapping, Protocol, RangeConf, RouteConf};
 pub use result::{CniResult, Dns, Interface, IpConfig, Route};
 

@@ -9,7 +9,8 @@
 //!  "ipam":{"type":"twill","subnet":"10.244.1.0/24","rangeStart":"10.244.1.10",
 //!          "reserved":["10.244.1.50-10.244.1.60"],"dataDir":"/var/lib/twill/ipam",
 //!          "routes":[{"dst":"0.0.0.0/0"}]},
-//!  "runtimeConfig":{"portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"tcp"}]}}
+//!  "runtimeConfig":{"portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"tcp"}],
+//!                   "labels":{"app":"web"},"namedPorts":[{"name":"http","port":80,"protocol":"TCP"}]}}
 //! ```
 
 use super::error::{CniError, ErrorCode};
@@ -17,9 +18,11 @@ use super::json::{join, parse_cidr, parse_ipv4, wrong, Obj};
 use super::result::{CniResult, Dns};
 use super::SUPPORTED_VERSIONS;
 use crate::names;
+use crate::policy::{check_object_labels, check_port_name, NamedPort};
 use crate::wiring::PodWiring;
 use ipnet::Ipv4Net;
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
@@ -47,6 +50,11 @@ pub struct NetConf {
     pub ipam: IpamConf,
     pub dns: Dns,
     pub port_mappings: Vec<PortMapping>,
+    /// `runtimeConfig.labels`: the pod's labels as the runtime gives them (see
+    /// [`super::identity`] for CNI_ARGS' `TWILL_POD_LABELS`, which win).
+    pub labels: BTreeMap<String, String>,
+    /// `runtimeConfig.namedPorts`: the pod's containers' named ports.
+    pub named_ports: Vec<NamedPort>,
     pub prev_result: Option<CniResult>,
     /// The raw `prevResult`, kept for chaining unknown fields through unchanged.
     pub prev_result_raw: Option<Value>,
@@ -221,7 +229,12 @@ impl NetConf {
                 .map_err(|e| CniError::invalid(format!("field \"dns\": {e}")))?,
         };
 
-        let port_mappings = match root.obj("runtimeConfig")? {
+        let runtime_config = root.obj("runtimeConfig")?;
+        let (labels, named_ports) = match &runtime_config {
+            None => (BTreeMap::new(), Vec::new()),
+            Some(rc) => (parse_labels(rc)?, parse_named_ports(rc)?),
+        };
+        let port_mappings = match runtime_config {
             None => Vec::new(),
             Some(rc) => match rc.array("portMappings")? {
                 None => Vec::new(),
@@ -264,6 +277,8 @@ impl NetConf {
             ipam,
             dns,
             port_mappings,
+            labels,
+            named_ports,
             prev_result,
             prev_result_raw,
             given: Given {
@@ -467,6 +482,66 @@ fn parse_port_mapping(path: &str, v: &Value) -> Result<Option<PortMapping>, CniE
     }))
 }
 
+/// `runtimeConfig.labels`: a map of strings, each a valid label.
+fn parse_labels(rc: &Obj<'_>) -> Result<BTreeMap<String, String>, CniError> {
+    let Some(o) = rc.obj("labels")? else {
+        return Ok(BTreeMap::new());
+    };
+    let mut labels = BTreeMap::new();
+    for (k, v) in o.map {
+        match v {
+            Value::String(s) => {
+                labels.insert(k.clone(), s.clone());
+            }
+            other => return Err(wrong(&o.path_of(k), other, "a string (a label value)")),
+        }
+    }
+    check_object_labels(&o.path, &labels)
+        .map_err(|e| CniError::invalid(format!("field \"{}\": {}", e.field, e.reason)))?;
+    Ok(labels)
+}
+
+/// `runtimeConfig.namedPorts`: `[{"name":"serve-80-tcp","port":80,"protocol":"TCP"}]`
+/// (protocol default TCP); names unique within the pod, as Kubernetes' container ports.
+fn parse_named_ports(rc: &Obj<'_>) -> Result<Vec<NamedPort>, CniError> {
+    let Some(list) = rc.array("namedPorts")? else {
+        return Ok(Vec::new());
+    };
+    let mut ports: Vec<NamedPort> = Vec::with_capacity(list.len());
+    for (i, v) in list.iter().enumerate() {
+        let o = Obj::at(format!("{}[{i}]", rc.path_of("namedPorts")), v)?;
+        let name = o.req_str("name")?;
+        check_port_name(&o.path_of("name"), name)
+            .map_err(|e| CniError::invalid(format!("field \"{}\": {}", e.field, e.reason)))?;
+        let port = o.uint("port", 1, 65535)?.ok_or_else(|| {
+            CniError::invalid(format!("field \"{}\" is required", o.path_of("port")))
+        })? as u16;
+        let protocol = match o.str("protocol")? {
+            None | Some("TCP") | Some("tcp") => Protocol::Tcp,
+            Some("UDP") | Some("udp") => Protocol::Udp,
+            Some("SCTP") | Some("sctp") => Protocol::Sctp,
+            Some(other) => {
+                return Err(CniError::invalid(format!(
+                    "field \"{}\": \"{other}\" is not TCP, UDP or SCTP",
+                    o.path_of("protocol")
+                )))
+            }
+        };
+        if let Some(j) = ports.iter().position(|p| p.name == name) {
+            return Err(CniError::invalid(format!(
+                "field \"{}\": {name:?} is already the name of runtimeConfig.namedPorts[{j}]; a pod's port names are unique",
+                o.path_of("name")
+            )));
+        }
+        ports.push(NamedPort {
+            name: name.to_string(),
+            port,
+            protocol,
+        });
+    }
+    Ok(ports)
+}
+
 fn check_duplicate_mappings(list: &[PortMapping]) -> Result<(), CniError> {
     for (i, a) in list.iter().enumerate() {
         for b in &list[..i] {
@@ -536,6 +611,36 @@ mod tests {
             c.port_mappings[1].host_ip,
             Some("192.0.2.11".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn labels_and_named_ports_from_runtime_config() {
+        let c = parse(
+            r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"subnet":"10.1.0.0/16"},
+            "runtimeConfig":{"labels":{"pod":"a","example.com/tier":"web"},
+              "namedPorts":[{"name":"serve-80-tcp","port":80,"protocol":"TCP"},{"name":"serve-81-udp","port":81,"protocol":"UDP"},{"name":"dns","port":53}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.labels.get("pod").map(String::as_str), Some("a"));
+        assert_eq!(
+            c.labels.get("example.com/tier").map(String::as_str),
+            Some("web")
+        );
+        let ports: Vec<(&str, u16, Protocol)> = c
+            .named_ports
+            .iter()
+            .map(|p| (p.name.as_str(), p.port, p.protocol))
+            .collect();
+        assert_eq!(
+            ports,
+            vec![
+                ("serve-80-tcp", 80, Protocol::Tcp),
+                ("serve-81-udp", 81, Protocol::Udp),
+                ("dns", 53, Protocol::Tcp)
+            ]
+        );
+        let none = parse(MIN).unwrap();
+        assert!(none.labels.is_empty() && none.named_ports.is_empty());
     }
 
     #[test]
@@ -698,6 +803,56 @@ mod tests {
                 r#"{"cniVersion":"1.1.0","name":"n","type":"t","clusterCIDR":"10.0.0.0/99","ipam":{"subnet":"10.1.0.0/16"}}"#,
                 7,
                 "clusterCIDR",
+            ),
+            (
+                r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"subnet":"10.1.0.0/16"},"runtimeConfig":{"labels":["app=web"]}}"#,
+                7,
+                "field \"runtimeConfig.labels\": expected an object",
+            ),
+            (
+                r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"subnet":"10.1.0.0/16"},"runtimeConfig":{"labels":{"app":3}}}"#,
+                7,
+                "field \"runtimeConfig.labels.app\": expected a string",
+            ),
+            (
+                r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"subnet":"10.1.0.0/16"},"runtimeConfig":{"labels":{"app":"a b"}}}"#,
+                7,
+                "field \"runtimeConfig.labels.app\": \"a b\" is not a label value",
+            ),
+            (
+                r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"subnet":"10.1.0.0/16"},"runtimeConfig":{"labels":{"bad key":"a"}}}"#,
+                7,
+                "field \"runtimeConfig.labels.bad key\"",
+            ),
+            (
+                r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"subnet":"10.1.0.0/16"},"runtimeConfig":{"namedPorts":{"name":"http"}}}"#,
+                7,
+                "field \"runtimeConfig.namedPorts\": expected an array",
+            ),
+            (
+                r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"subnet":"10.1.0.0/16"},"runtimeConfig":{"namedPorts":[{"port":80}]}}"#,
+                7,
+                "field \"runtimeConfig.namedPorts[0].name\" is required",
+            ),
+            (
+                r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"subnet":"10.1.0.0/16"},"runtimeConfig":{"namedPorts":[{"name":"HTTP","port":80}]}}"#,
+                7,
+                "field \"runtimeConfig.namedPorts[0].name\": \"HTTP\" is not a port name",
+            ),
+            (
+                r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"subnet":"10.1.0.0/16"},"runtimeConfig":{"namedPorts":[{"name":"http","port":0}]}}"#,
+                7,
+                "field \"runtimeConfig.namedPorts[0].port\": 0 is out of range",
+            ),
+            (
+                r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"subnet":"10.1.0.0/16"},"runtimeConfig":{"namedPorts":[{"name":"http","port":80,"protocol":"ICMP"}]}}"#,
+                7,
+                "field \"runtimeConfig.namedPorts[0].protocol\": \"ICMP\"",
+            ),
+            (
+                r#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{"subnet":"10.1.0.0/16"},"runtimeConfig":{"namedPorts":[{"name":"http","port":80},{"name":"http","port":81,"protocol":"UDP"}]}}"#,
+                7,
+                "field \"runtimeConfig.namedPorts[1].name\": \"http\" is already the name of runtimeConfig.namedPorts[0]",
             ),
         ];
         for (input, code, needle) in cases {

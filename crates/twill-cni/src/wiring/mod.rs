@@ -33,6 +33,8 @@ pub struct Plan<'a> {
     pub pod_ip: Ipv4Addr,
     pub ifname: &'a str,
     pub host_veth: String,
+    /// The pod end's MAC, set before it comes up (the record holds it).
+    pub pod_mac: [u8; 6],
     /// Routes in the pod: (destination, gateway).
     pub routes: Vec<(Ipv4Net, Ipv4Addr)>,
     /// Host ports reach the pod from 127.0.0.1 (DNAT of a loopback source).
@@ -251,6 +253,8 @@ pub(crate) fn configure_pod(
                 format!("{} missing in the pod after creation", plan.ifname),
             )
         })?;
+    pod.set_mac(pod_link.index, plan.pod_mac)
+        .map_err(|e| kernel("setting the pod interface's MAC", e))?;
     pod.add_address(pod_link.index, plan.pod_ip, prefix_len)
         .map_err(|e| kernel(&format!("adding {} to the pod", plan.pod_ip), e))?;
     pod.set_link_up(pod_link.index)
@@ -279,6 +283,7 @@ pub(crate) fn configure_pod(
     }
     Ok(Link {
         up: true,
+        mac: Some(plan.pod_mac),
         ..pod_link
     })
 }
