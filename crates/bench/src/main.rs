@@ -14,6 +14,8 @@ mod mesh_report;
 mod mesh_watch;
 mod netns;
 mod plugin;
+mod policy;
+mod policy_gen;
 mod procstat;
 mod report;
 mod stats;
@@ -39,6 +41,8 @@ enum Output {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// Network policy: one change at 10,000 vs 100 endpoints (1,000 policies), and iperf3 through 1,000 policies vs none.
+    Policy(policy::Args),
     /// twill-cni (podWiring l3 and bridge) vs bridge + host-local (+ portmap): sequential, concurrent and fill ADD/DEL latency.
     Cni {
         /// Sequential ADD/DEL pairs per plugin.
@@ -178,6 +182,7 @@ fn main() {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.bench {
+        Bench::Policy(args) => policy::main(args),
         Bench::Cni {
             pairs,
             concurrent,

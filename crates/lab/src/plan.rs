@@ -219,6 +219,8 @@ pub struct LabSpec {
     /// Namespaces the lab writes into the store (`namespaces/<name>`) before any pod
     /// starts, with their labels.
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    /// The agents enforce network policy (`twilld --policy true`).
+    pub policy: bool,
 }
 
 /// A pod as Kubernetes knows it: the runtime passes its namespace and name in CNI_ARGS
@@ -266,6 +268,7 @@ impl Default for LabSpec {
             as_per_node: false,
             pods: Vec::new(),
             namespaces: BTreeMap::new(),
+            policy: false,
         }
     }
 }
@@ -482,6 +485,9 @@ pub struct LabPlan {
     /// Namespaces written into the store at `up`, with their labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    /// The agents enforce network policy (`--policy true`).
+    #[serde(default)]
+    pub policy: bool,
 }
 
 /// Checks a lab name: `twl` + up to 5 of a-z, 0-9. No `-`, so that one lab's namespace prefix
@@ -695,6 +701,7 @@ pub fn plan(spec: &LabSpec) -> Result<LabPlan, PlanError> {
         pod_wiring: spec.pod_wiring,
         bgp,
         namespaces: spec.namespaces.clone(),
+        policy: spec.policy,
     })
 }
 
@@ -982,6 +989,9 @@ impl LabPlan {
         ]);
         if let Some(p) = &self.store.agent_poll_interval {
             a.extend(["--poll-interval-seconds".into(), p.clone()]);
+        }
+        if self.policy {
+            a.extend(["--policy".into(), "true".into()]);
         }
         a
     }
