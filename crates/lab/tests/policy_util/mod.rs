@@ -129,17 +129,28 @@ impl PolicyLab {
     /// the written-out expectation is first checked against the reference model on the
     /// lab's own store, so the test, the model and the dataplane agree three ways.
     pub fn expect(&self, case: &str, tables: &[(PortProto, &Reachability)]) {
-        let cluster = self.cluster();
-        let problems: Vec<String> = cluster.problems().map(|p| p.to_string()).collect();
-        assert!(
-            problems.is_empty(),
-            "case {case:?}: the store holds bad entries: {problems:?}"
-        );
-        for (pp, r) in tables {
-            let model = netpol::model_table(&cluster, &netpol::model_items(), *pp);
-            if let Some(d) = r.report(*pp, &model) {
-                panic!("case {case:?}: the test's table and the model disagree (observed = the model's):\n{d}");
+        // The store converges too (twilld publishes endpoints as pods come): poll it.
+        let start = std::time::Instant::now();
+        loop {
+            let cluster = self.cluster();
+            let problems: Vec<String> = cluster.problems().map(|p| p.to_string()).collect();
+            let disagree: Vec<String> = tables
+                .iter()
+                .filter_map(|(pp, r)| {
+                    let model = netpol::model_table(&cluster, &netpol::model_items(), *pp);
+                    r.report(*pp, &model)
+                })
+                .collect();
+            if problems.is_empty() && disagree.is_empty() {
+                break;
             }
+            assert!(
+                start.elapsed() < TABLE_DEADLINE,
+                "case {case:?}: the test's table and the model on the lab's store disagree \
+                 (observed = the model's); bad store entries: {problems:?}\n{}",
+                disagree.join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(200));
         }
         if let Some(f) = netpol_probe::check_tables(&self.pods, tables, TABLE_DEADLINE) {
             panic!("case {case:?} on lab {}:\n{f}", self.name());
