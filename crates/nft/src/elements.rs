@@ -12,8 +12,8 @@ use twill_netlink::codec::{
 };
 
 use crate::ruleset::{
-    network_key, NetworkRules, PortMapping, MAP_HOSTPORTS_ANY, MAP_HOSTPORTS_IP, SET_MASQ_PODS,
-    SET_NETWORK_BLOCKS, TABLE,
+    network_key, NetworkRules, PortMapping, MAP_HOSTPORTS_ANY, MAP_HOSTPORTS_IP, SET_GUARDED,
+    SET_MASQ_PODS, SET_NETWORK_BLOCKS, SET_POD_IPS, SET_POD_MACS, TABLE,
 };
 
 // nfnetlink framing (linux/netfilter/nfnetlink.h, nf_tables.h).
@@ -35,6 +35,8 @@ const NFTA_SET_ELEM_DATA: u16 = 2;
 const NFTA_DATA_VALUE: u16 = 1;
 
 const NFPROTO_IPV4: u8 = libc::AF_INET as u8;
+/// linux/netfilter.h NFPROTO_BRIDGE.
+const NFPROTO_BRIDGE: u8 = 7;
 
 /// What a set-element message does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,10 +169,16 @@ fn builder(msg_type: u16, flags: u16, family: u8, res_id: u16) -> MessageBuilder
     b
 }
 
-/// One set-element message for `elements`, which must all belong to `set`.
+/// One set-element message for `elements`, which must all belong to `set` of
+/// `table ip twill`.
 pub fn setelem_message(op: ElementOp, set: &str, elements: &[SetElement]) -> Vec<u8> {
+    setelem_message_in(NFPROTO_IPV4, op, set, elements)
+}
+
+/// The same for a set of the family's table named [`TABLE`].
+fn setelem_message_in(family: u8, op: ElementOp, set: &str, elements: &[SetElement]) -> Vec<u8> {
     debug_assert!(elements.iter().all(|e| e.set == set));
-    let mut b = builder(op.msg_type(), op.flags(), NFPROTO_IPV4, 0);
+    let mut b = builder(op.msg_type(), op.flags(), family, 0);
     b.attr_str(NFTA_SET_ELEM_LIST_TABLE, TABLE);
     b.attr_str(NFTA_SET_ELEM_LIST_SET, set);
     b.nest_begin_flagged(NFTA_SET_ELEM_LIST_ELEMENTS);
@@ -264,6 +272,82 @@ pub fn remove_pod_batch(ip: Ipv4Addr, mappings: &[PortMapping]) -> Vec<Vec<u8>> 
         ElementOp::Destroy,
         mappings.iter().map(mapping_element).collect(),
     ));
+    batch(msgs)
+}
+
+/// An `ifname` key: the name, zero-padded to 16 bytes (IFNAMSIZ).
+fn push_ifname(v: &mut Vec<u8>, name: &str) {
+    let mut b = [0u8; 16];
+    let n = name.len().min(15);
+    b[..n].copy_from_slice(&name.as_bytes()[..n]);
+    v.extend_from_slice(&b);
+}
+
+/// One bridged pod as anti-spoofing knows it: its host veth, MAC and address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuardedPod<'a> {
+    pub host_veth: &'a str,
+    /// None for a pod recorded before Twill knew its MAC: only its other elements are
+    /// removed (it was never guarded).
+    pub mac: Option<[u8; 6]>,
+    pub ip: Ipv4Addr,
+}
+
+/// The pod's elements of `table bridge twill`: `pods { veth }`, `pod_macs { veth . mac }`,
+/// `pod_ips { veth . ip }`.
+pub fn guard_elements(pod: &GuardedPod<'_>) -> Vec<SetElement> {
+    let mut veth = Vec::with_capacity(16);
+    push_ifname(&mut veth, pod.host_veth);
+    let mut out = vec![SetElement {
+        set: SET_GUARDED,
+        key: veth.clone(),
+        data: None,
+    }];
+    if let Some(mac) = pod.mac {
+        // ether_addr: 6 bytes, padded to a whole register.
+        let mut key = veth.clone();
+        key.extend_from_slice(&mac);
+        key.extend_from_slice(&[0, 0]);
+        out.push(SetElement {
+            set: SET_POD_MACS,
+            key,
+            data: None,
+        });
+    }
+    let mut key = veth;
+    push_addr(&mut key, pod.ip);
+    out.push(SetElement {
+        set: SET_POD_IPS,
+        key,
+        data: None,
+    });
+    out
+}
+
+/// The batch that guards a pod: its address and MAC first, then its veth in `pods` (in
+/// one transaction anyway). Re-adding what is there is harmless.
+pub fn guard_batch(pod: &GuardedPod<'_>) -> Vec<Vec<u8>> {
+    bridge_batch(ElementOp::Add { exclusive: false }, guard_elements(pod))
+}
+
+/// The batch that removes a pod's guard elements; whatever is gone already is skipped.
+pub fn unguard_batch(pod: &GuardedPod<'_>) -> Vec<Vec<u8>> {
+    bridge_batch(ElementOp::Destroy, guard_elements(pod))
+}
+
+fn bridge_batch(op: ElementOp, elements: Vec<SetElement>) -> Vec<Vec<u8>> {
+    let mut msgs = Vec::new();
+    for set in [SET_POD_MACS, SET_POD_IPS, SET_GUARDED] {
+        let group: Vec<SetElement> = elements.iter().filter(|e| e.set == set).cloned().collect();
+        if !group.is_empty() {
+            msgs.push(setelem_message_in(NFPROTO_BRIDGE, op, set, &group));
+        }
+    }
+    // Adds: the pod's MAC and address before its veth joins `pods`; removes: the veth
+    // leaves `pods` first. One transaction either way, so this is only tidiness.
+    if op == ElementOp::Destroy {
+        msgs.rotate_right(1);
+    }
     batch(msgs)
 }
 
@@ -425,6 +509,50 @@ mod tests {
             container_port: 53,
             protocol: Protocol::Udp,
         }
+    }
+
+    // nft --debug=mnl add element bridge twill pod_macs '{ "twlabc" . 02:11:22:33:44:55 }'
+    #[rustfmt::skip]
+    const NFT_ADD_POD_MAC: &[u8] = &[
+        0x07, 0x00, 0x00, 0x00, // nfgenmsg: NFPROTO_BRIDGE, v0, res_id 0
+        10, 0, 1, 0, b't', b'w', b'i', b'l', b'l', 0, 0, 0, // TABLE "twill"
+        13, 0, 2, 0, b'p', b'o', b'd', b'_', b'm', b'a', b'c', b's', 0, 0, 0, 0, // SET
+        8, 0, 4, 0, 0, 0, 0, 2, // SET_ID
+        40, 0, 3, 0x80, // ELEMENTS
+        36, 0, 1, 0x80, // LIST_ELEM
+        32, 0, 1, 0x80, // KEY
+        28, 0, 1, 0, // VALUE: ifname (16) . ether_addr (6 + 2)
+        b't', b'w', b'l', b'a', b'b', b'c', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0x02, 0x11, 0x22, 0x33, 0x44, 0x55, 0, 0,
+    ];
+
+    #[test]
+    fn guard_elements_match_nft_and_go_in_one_batch() {
+        let pod = GuardedPod {
+            host_veth: "twlabc",
+            mac: Some([0x02, 0x11, 0x22, 0x33, 0x44, 0x55]),
+            ip: "10.244.1.5".parse().unwrap(),
+        };
+        let els = guard_elements(&pod);
+        let mac = els.iter().find(|e| e.set == "pod_macs").unwrap();
+        let m = setelem_message_in(
+            NFPROTO_BRIDGE,
+            ElementOp::Add { exclusive: false },
+            "pod_macs",
+            std::slice::from_ref(mac),
+        );
+        assert_eq!(m[16..], without_set_id(NFT_ADD_POD_MAC)[..]);
+        let ip = els.iter().find(|e| e.set == "pod_ips").unwrap();
+        assert_eq!(&ip.key[..6], b"twlabc");
+        assert_eq!(&ip.key[16..], &[10, 244, 1, 5]);
+        let b = guard_batch(&pod);
+        assert_eq!(b.len(), 5, "begin, three sets, end");
+        assert_eq!(header(&b[1]).1, 2572);
+        // An old record without a MAC: its other elements only.
+        let old = GuardedPod { mac: None, ..pod };
+        assert_eq!(guard_elements(&old).len(), 2);
+        assert_eq!(unguard_batch(&old).len(), 4);
+        assert_eq!(header(&unguard_batch(&pod)[1]).1, (10 << 8) | 30);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Twill's nftables table on a node (`table ip twill`): masquerade for pod traffic leaving
-//! the cluster, and host-port DNAT (Docker's `-p`, CNI's `portmap`).
+//! Twill's nftables tables on a node: `table ip twill`, masquerade for pod traffic leaving
+//! the cluster and host-port DNAT (Docker's `-p`, CNI's `portmap`); `table bridge twill`,
+//! anti-spoofing of bridged pods (source MAC, IPv4 address and ARP sender).
 //!
 //! - [`ruleset`] (pure): the table's sets, maps, chains and rules as `nft -f` script text.
 //! - [`apply`] (I/O): applies a script with `nft -f -`, one atomic transaction; used once per
@@ -17,7 +18,10 @@ use std::net::Ipv4Addr;
 use twill_netlink::{Netns, Socket};
 
 pub use apply::{apply_script, check_script, find_nft};
-pub use ruleset::{base_script, network_script, NetworkRules, PortMapping, Protocol};
+pub use elements::GuardedPod;
+pub use ruleset::{
+    antispoof_script, base_script, network_script, NetworkRules, PortMapping, Protocol,
+};
 
 /// Every failure of this crate.
 #[derive(Debug, thiserror::Error)]
@@ -286,6 +290,37 @@ impl Table {
             Ok(()) => Ok(()),
             Err(e) if e.is_not_found() => Ok(()),
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Guards a bridged pod against spoofing (see [`ruleset::antispoof_script`]): its
+    /// elements in `table bridge twill`, one transaction. The first pod of a node installs
+    /// the table (one `nft -f`, under the namespace's lock); later pods pay one batch.
+    pub fn guard_pod(&mut self, pod: &elements::GuardedPod<'_>) -> Result<(), Error> {
+        match self.socket.send_batch(elements::guard_batch(pod)) {
+            Err(e) if e.is_not_found() => {
+                let _lock = NetnsLock::take(&self.netns)?;
+                let script = ruleset::antispoof_script();
+                twill_netlink::run_in(&self.netns, || apply_script(&script))??;
+                self.socket
+                    .send_batch(elements::guard_batch(pod))
+                    .map_err(|e| {
+                        if e.is_not_found() {
+                            Error::TableMissing(e)
+                        } else {
+                            e.into()
+                        }
+                    })
+            }
+            other => other.map_err(Error::from),
+        }
+    }
+
+    /// Removes a pod's anti-spoofing elements; gone already (or no table) is fine.
+    pub fn unguard_pod(&mut self, pod: &elements::GuardedPod<'_>) -> Result<(), Error> {
+        match self.socket.send_batch(elements::unguard_batch(pod)) {
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other.map_err(Error::from),
         }
     }
 

@@ -311,6 +311,90 @@ pub fn reset_set_command(set: &str) -> String {
 /// The type of `network_blocks`.
 const MARKER_TYPE: &str = "type ifname . ipv4_addr . ipv4_addr";
 
+// ---- anti-spoofing of bridged pods: `table bridge twill` ----
+
+/// Anti-spoofing's table: `table bridge twill`. The bridge family, because a bridged
+/// pod's frames to its neighbours never reach the IP hooks (no br_netfilter needed), and
+/// ARP is seen there too.
+pub const BRIDGE_FAMILY: &str = "bridge";
+/// Host veths of the pods anti-spoofing guards (`iifname` is a port of the bridge).
+pub const SET_GUARDED: &str = "pods";
+/// `host veth . pod MAC`: the only source MAC (Ethernet and ARP sender) a pod may use.
+pub const SET_POD_MACS: &str = "pod_macs";
+/// `host veth . pod IPv4`: the only source address (IPv4 and ARP sender) a pod may use.
+pub const SET_POD_IPS: &str = "pod_ips";
+/// What was dropped, by reason (`nft list counters table bridge twill`).
+pub const COUNTER_SPOOFED_MAC: &str = "spoofed_mac";
+pub const COUNTER_SPOOFED_IP: &str = "spoofed_ip";
+pub const COUNTER_SPOOFED_ARP: &str = "spoofed_arp";
+/// Frames that are neither IPv4, ARP nor IPv6 (VLAN-tagged ones among them, which could
+/// carry any address past the checks).
+pub const COUNTER_SPOOFED_OTHER: &str = "spoofed_other";
+
+/// `table bridge twill`: every frame that enters the node's bridges from a guarded pod's
+/// veth must carry the pod's MAC and, if IPv4 or ARP, the pod's address as its source
+/// (ARP: as sender MAC and address too, so no pod can claim another's address); anything
+/// else is counted and dropped before the bridge forwards or delivers it. Per-pod state
+/// is three set elements keyed by the host veth's name, added by ADD before the veth
+/// exists (so the pod's first frame is already checked) and removed by DEL and GC: the
+/// rules never change. Idempotent, like [`base_script`].
+pub fn antispoof_script() -> String {
+    let t = format!("{BRIDGE_FAMILY} {TABLE}");
+    let mut s = String::new();
+    let mut line = |l: String| {
+        s.push_str(&l);
+        s.push('\n');
+    };
+    line(format!("add table {t}"));
+    line(format!("add set {t} {SET_GUARDED} {{ type ifname; }}"));
+    line(format!(
+        "add set {t} {SET_POD_MACS} {{ type ifname . ether_addr; }}"
+    ));
+    line(format!(
+        "add set {t} {SET_POD_IPS} {{ type ifname . ipv4_addr; }}"
+    ));
+    for c in [
+        COUNTER_SPOOFED_MAC,
+        COUNTER_SPOOFED_IP,
+        COUNTER_SPOOFED_ARP,
+        COUNTER_SPOOFED_OTHER,
+    ] {
+        line(format!("add counter {t} {c}"));
+    }
+    // Before any filter (-200) in the bridge family: policy sees only genuine sources.
+    line(format!(
+        "add chain {t} prerouting {{ type filter hook prerouting priority -250; policy accept; }}"
+    ));
+    line(format!("add chain {t} antispoof"));
+    for (chain, rules) in antispoof_rules() {
+        line(format!("flush chain {t} {chain}"));
+        for rule in rules {
+            line(format!("add rule {t} {chain} {rule}"));
+        }
+    }
+    s
+}
+
+/// The anti-spoofing chains with their rules, in order.
+pub fn antispoof_rules() -> [(&'static str, Vec<String>); 2] {
+    [
+        (
+            "prerouting",
+            vec![format!("iifname @{SET_GUARDED} jump antispoof")],
+        ),
+        (
+            "antispoof",
+            vec![
+                format!("iifname . ether saddr != @{SET_POD_MACS} counter name {COUNTER_SPOOFED_MAC} drop"),
+                format!("ether type ip iifname . ip saddr != @{SET_POD_IPS} counter name {COUNTER_SPOOFED_IP} drop"),
+                format!("ether type arp iifname . arp saddr ether != @{SET_POD_MACS} counter name {COUNTER_SPOOFED_ARP} drop"),
+                format!("ether type arp iifname . arp saddr ip != @{SET_POD_IPS} counter name {COUNTER_SPOOFED_ARP} drop"),
+                format!("ether type != {{ ip, arp, ip6 }} counter name {COUNTER_SPOOFED_OTHER} drop"),
+            ],
+        ),
+    ]
+}
+
 /// Script that removes the whole table (for tests and teardown); fails if it is absent.
 pub fn delete_table_script() -> String {
     format!("delete table {FAMILY} {TABLE}\n")
@@ -344,6 +428,33 @@ add rule ip twill postrouting ct status dnat ip saddr 127.0.0.0/8 masquerade
 add rule ip twill postrouting ct status dnat ip saddr @local_subnets ip daddr @local_subnets masquerade
 add rule ip twill postrouting ip saddr @masq_pods ip daddr != @cluster_cidrs masquerade fully-random
 ";
+
+    #[test]
+    fn antispoof_script_is_exact() {
+        assert_eq!(
+            antispoof_script(),
+            "\
+add table bridge twill
+add set bridge twill pods { type ifname; }
+add set bridge twill pod_macs { type ifname . ether_addr; }
+add set bridge twill pod_ips { type ifname . ipv4_addr; }
+add counter bridge twill spoofed_mac
+add counter bridge twill spoofed_ip
+add counter bridge twill spoofed_arp
+add counter bridge twill spoofed_other
+add chain bridge twill prerouting { type filter hook prerouting priority -250; policy accept; }
+add chain bridge twill antispoof
+flush chain bridge twill prerouting
+add rule bridge twill prerouting iifname @pods jump antispoof
+flush chain bridge twill antispoof
+add rule bridge twill antispoof iifname . ether saddr != @pod_macs counter name spoofed_mac drop
+add rule bridge twill antispoof ether type ip iifname . ip saddr != @pod_ips counter name spoofed_ip drop
+add rule bridge twill antispoof ether type arp iifname . arp saddr ether != @pod_macs counter name spoofed_arp drop
+add rule bridge twill antispoof ether type arp iifname . arp saddr ip != @pod_ips counter name spoofed_arp drop
+add rule bridge twill antispoof ether type != { ip, arp, ip6 } counter name spoofed_other drop
+"
+        );
+    }
 
     #[test]
     fn base_script_is_exact() {

@@ -167,6 +167,34 @@ fn nft_error(what: &str, e: twill_nft::Error) -> CniError {
     }
 }
 
+/// Removes a recorded pod's anti-spoofing elements, if its wiring has them.
+fn unguard(
+    t: &mut twill_nft::Table,
+    conf: &NetConf,
+    extra: &Extra,
+    veth: &str,
+    ip: Ipv4Addr,
+) -> Result<(), String> {
+    if !Wiring::new(extra.wiring, conf).guards_in_nft() || veth.is_empty() {
+        return Ok(());
+    }
+    let pod = twill_nft::GuardedPod {
+        host_veth: veth,
+        mac: extra.mac.as_deref().and_then(wiring::parse_mac),
+        ip,
+    };
+    t.unguard_pod(&pod)
+        .map_err(|e| format!("removing the anti-spoofing entries of {veth}: {e}"))
+}
+
+/// The node's nftables tables, opened on first use.
+fn table(nft: &mut Option<twill_nft::Table>) -> Result<&mut twill_nft::Table, CniError> {
+    if nft.is_none() {
+        *nft = Some(twill_nft::Table::new().map_err(|e| nft_error("opening nftables", e))?);
+    }
+    Ok(nft.as_mut().expect("opened above"))
+}
+
 fn open_netns(path: &str) -> Result<Netns, CniError> {
     Netns::open(path).map_err(|e| {
         let code = if std::path::Path::new(path).exists() {
@@ -186,6 +214,8 @@ fn open_netns(path: &str) -> Result<Netns, CniError> {
 #[derive(Default)]
 struct Done {
     record: Option<AttachmentKey>,
+    /// Anti-spoofing's elements: host veth, pod MAC, pod address.
+    guarded: Option<(String, [u8; 6], Ipv4Addr)>,
     veth: Option<String>,
     nft_pod: Option<(Ipv4Addr, Vec<twill_nft::PortMapping>)>,
 }
@@ -205,6 +235,16 @@ impl Done {
             };
             if let Err(e) = removed {
                 problems.push(format!("removing veth {veth}: {e}"));
+            }
+        }
+        if let Some((veth, mac, ip)) = self.guarded {
+            let pod = twill_nft::GuardedPod {
+                host_veth: &veth,
+                mac: Some(mac),
+                ip,
+            };
+            if let Err(e) = twill_nft::Table::new().and_then(|mut t| t.unguard_pod(&pod)) {
+                problems.push(format!("removing the anti-spoofing entries of {veth}: {e}"));
             }
         }
         if let Some(key) = self.record {
@@ -361,11 +401,24 @@ fn add_allocated(
     let mut host = Handle::new().map_err(|e| {
         CniError::new(ErrorCode::Kernel, "cannot open a netlink socket").with_details(e.to_string())
     })?;
+    let mut nft = None;
+    if wiring.guards_in_nft() {
+        // Before the veth exists (its elements are keyed by name): the pod's first frame
+        // is already checked.
+        table(&mut nft)?
+            .guard_pod(&twill_nft::GuardedPod {
+                host_veth: &host_veth,
+                mac: Some(pod_mac),
+                ip: record.ip,
+            })
+            .map_err(|e| nft_error("guarding the pod against spoofing", e))?;
+        done.guarded = Some((host_veth.clone(), pod_mac, record.ip));
+    }
     done.veth = Some(host_veth);
     let attached = wiring.attach(&mut host, pod_ns, &plan)?;
 
     if conf.ip_masq || !conf.port_mappings.is_empty() {
-        let mut table = twill_nft::Table::new().map_err(|e| nft_error("opening nftables", e))?;
+        let table = table(&mut nft)?;
         table
             .ensure_network(&twill_nft::NetworkRules {
                 network: conf.name.clone(),
@@ -427,6 +480,11 @@ fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
         .as_ref()
         .and_then(|r| serde_json::from_value(r.extra.clone()).ok())
         .unwrap_or_default();
+    let veth = if extra.host_veth.is_empty() {
+        names::host_veth(&env.container_id, &env.ifname)
+    } else {
+        extra.host_veth.clone()
+    };
     // Kept open until the reaper has it: see reaper.rs.
     let mut table = None;
     if let Some(r) = &held {
@@ -436,16 +494,14 @@ fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
                 if let Err(e) = t.remove_pod(r.ip, &maps) {
                     problems.push(format!("removing the nftables entries of {}: {e}", r.ip));
                 }
+                if let Err(e) = unguard(&mut t, conf, &extra, &veth, r.ip) {
+                    problems.push(e);
+                }
                 table = Some(t);
             }
             Err(e) => problems.push(format!("opening nftables: {e}")),
         }
     }
-    let veth = if extra.host_veth.is_empty() {
-        names::host_veth(&env.container_id, &env.ifname)
-    } else {
-        extra.host_veth
-    };
     match Handle::new() {
         Ok(mut h) => match wiring::cut_off(&mut h, &veth) {
             Ok(Some(index)) => {
@@ -592,8 +648,16 @@ fn gc(stdin: &[u8], conf: &NetConf) -> Result<(), CniError> {
     for r in removed {
         let extra: Extra = serde_json::from_value(r.extra.clone()).unwrap_or_default();
         let maps = nft_mappings(r.ip, &extra.port_mappings);
-        if let Err(e) = twill_nft::Table::new().and_then(|mut t| t.remove_pod(r.ip, &maps)) {
-            problems.push(format!("{}: {e}", r.ip));
+        match twill_nft::Table::new() {
+            Ok(mut t) => {
+                if let Err(e) = t.remove_pod(r.ip, &maps) {
+                    problems.push(format!("{}: {e}", r.ip));
+                }
+                if let Err(e) = unguard(&mut t, conf, &extra, &extra.host_veth, r.ip) {
+                    problems.push(e);
+                }
+            }
+            Err(e) => problems.push(format!("{}: opening nftables: {e}", r.ip)),
         }
         if let (Some(h), false) = (host.as_mut(), extra.host_veth.is_empty()) {
             if let Err(e) = wiring::detach(h, &extra.host_veth) {

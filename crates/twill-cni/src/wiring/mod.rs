@@ -73,6 +73,16 @@ impl<'a> Wiring<'a> {
         }
     }
 
+    /// Whether the wiring's anti-spoofing is per-pod nftables elements (bridge: `table
+    /// bridge twill`, added by ADD before the veth, removed by DEL and GC) rather than a
+    /// setting of the veth that goes with it (l3: strict `rp_filter`).
+    pub fn guards_in_nft(&self) -> bool {
+        match self {
+            Wiring::Bridge(_) => true,
+            Wiring::L3(_) => false,
+        }
+    }
+
     /// The pod's next hop, given the gateway of its block (the bridge's address).
     pub fn gateway(&self, block_gateway: Ipv4Addr) -> Ipv4Addr {
         match self {
@@ -153,6 +163,16 @@ pub fn mac_string(mac: Option<[u8; 6]>) -> String {
             .join(":")
     })
     .unwrap_or_default()
+}
+
+/// "aa:bb:cc:dd:ee:ff" back to bytes (what [`mac_string`] wrote).
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in mac.iter_mut() {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
 }
 
 pub(crate) fn iface(link: &Link, sandbox: &str) -> Interface {
@@ -404,6 +424,15 @@ mod tests {
             .as_bytes(),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn macs_round_trip() {
+        let m = [0x02, 0xab, 0, 0x10, 0xff, 9];
+        assert_eq!(parse_mac(&mac_string(Some(m))), Some(m));
+        assert_eq!(parse_mac("02:ab:00:10:ff"), None);
+        assert_eq!(parse_mac("02:ab:00:10:ff:09:00"), None);
+        assert_eq!(parse_mac("zz:ab:00:10:ff:09"), None);
     }
 
     #[test]

@@ -302,24 +302,35 @@ impl Node {
             .unwrap_or_default()
     }
 
-    /// Elements of Twill's nft sets/maps in the node (masq_pods, hostports_*).
+    /// Elements of Twill's per-pod nft sets/maps in the node (masq_pods, hostports_*,
+    /// and anti-spoofing's pods, pod_macs, pod_ips).
     pub fn nft_elements(&self) -> Vec<String> {
-        let (ok, out, _) = self
-            .ns
-            .try_exec(&["nft", "-j", "list", "table", "ip", "twill"]);
-        if !ok {
-            return Vec::new();
-        }
-        let v: Value = serde_json::from_str(&out).unwrap();
         let mut found = Vec::new();
-        for item in v["nftables"].as_array().unwrap() {
-            for kind in ["set", "map"] {
-                if let Some(s) = item.get(kind) {
-                    let name = s["name"].as_str().unwrap_or("");
-                    if ["masq_pods", "hostports_ip", "hostports_any"].contains(&name) {
-                        if let Some(elems) = s.get("elem").and_then(Value::as_array) {
-                            for e in elems {
-                                found.push(format!("{name}: {e}"));
+        for (family, per_pod) in [
+            ("ip", &["masq_pods", "hostports_ip", "hostports_any"][..]),
+            ("bridge", &["pods", "pod_macs", "pod_ips"][..]),
+        ] {
+            let (ok, out, _) = self
+                .ns
+                .try_exec(&["nft", "-j", "list", "table", family, "twill"]);
+            if !ok {
+                continue;
+            }
+            let v: Value = serde_json::from_str(&out).unwrap();
+            for item in v["nftables"].as_array().unwrap() {
+                for kind in ["set", "map"] {
+                    if let Some(s) = item.get(kind) {
+                        let name = s["name"].as_str().unwrap_or("");
+                        if per_pod.contains(&name) {
+                            if let Some(elems) = s.get("elem").and_then(Value::as_array) {
+                                for e in elems {
+                                    // ip's as before ("masq_pods: ..."), others named.
+                                    found.push(if family == "ip" {
+                                        format!("{name}: {e}")
+                                    } else {
+                                        format!("{family} {name}: {e}")
+                                    });
+                                }
                             }
                         }
                     }
