@@ -335,6 +335,21 @@ pub fn unguard_batch(pod: &GuardedPod<'_>) -> Vec<Vec<u8>> {
     bridge_batch(ElementOp::Destroy, guard_elements(pod))
 }
 
+/// One GETSETELEM request per guard element of the pod (lookups are not transactions).
+pub fn guard_lookups(pod: &GuardedPod<'_>) -> Vec<Vec<u8>> {
+    guard_elements(pod)
+        .iter()
+        .map(|e| {
+            setelem_message_in(
+                NFPROTO_BRIDGE,
+                ElementOp::Get,
+                e.set,
+                std::slice::from_ref(e),
+            )
+        })
+        .collect()
+}
+
 fn bridge_batch(op: ElementOp, elements: Vec<SetElement>) -> Vec<Vec<u8>> {
     let mut msgs = Vec::new();
     for set in [SET_POD_MACS, SET_POD_IPS, SET_GUARDED] {

@@ -316,6 +316,18 @@ impl Table {
         }
     }
 
+    /// Whether every anti-spoofing element of the pod is in place (CHECK).
+    pub fn is_guarded(&mut self, pod: &elements::GuardedPod<'_>) -> Result<bool, Error> {
+        for request in elements::guard_lookups(pod) {
+            match self.socket.request(request) {
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => return Ok(false),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(true)
+    }
+
     /// Removes a pod's anti-spoofing elements; gone already (or no table) is fine.
     pub fn unguard_pod(&mut self, pod: &elements::GuardedPod<'_>) -> Result<(), Error> {
         match self.socket.send_batch(elements::unguard_batch(pod)) {

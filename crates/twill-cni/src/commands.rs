@@ -578,7 +578,33 @@ fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     let pod_ns = open_netns(&env.netns)?;
     let extra: Extra = serde_json::from_value(record.extra.clone()).unwrap_or_default();
     let mut host = Handle::new().map_err(|e| CniError::new(ErrorCode::Kernel, e.to_string()))?;
-    Wiring::new(extra.wiring, conf).verify(
+    let wiring = Wiring::new(extra.wiring, conf);
+    if let (true, Some(mac)) = (
+        wiring.guards_in_nft(),
+        extra.mac.as_deref().and_then(wiring::parse_mac),
+    ) {
+        let pod = twill_nft::GuardedPod {
+            host_veth: &extra.host_veth,
+            mac: Some(mac),
+            ip: record.ip,
+        };
+        let guarded = twill_nft::Table::new()
+            .and_then(|mut t| t.is_guarded(&pod))
+            .map_err(|e| nft_error("reading the pod's anti-spoofing entries", e))?;
+        if !guarded {
+            return Err(CniError::new(
+                ErrorCode::CheckFailed,
+                format!(
+                    "the pod's anti-spoofing entries are missing from table bridge twill (sets pods, pod_macs, pod_ips for {} / {mac} / {})",
+                    extra.host_veth,
+                    record.ip,
+                    mac = wiring::mac_string(Some(mac)),
+                ),
+            )
+            .with_details("the pod could send with another's address: DEL and ADD it again"));
+        }
+    }
+    wiring.verify(
         &mut host,
         &pod_ns,
         &Expected {

@@ -331,6 +331,30 @@ fn bridged_pods_cannot_send_with_an_address_or_mac_not_their_own() {
     assert_eq!(received(&to_p2), ["own again"]);
     assert!(ping(&p3, &ip2.to_string()));
 
+    // CHECK sees the guard: fine as ADD left it, a failure naming it once an element went.
+    let mut conf = node.conf();
+    conf["prevResult"] = r1.clone();
+    let r = node.cni("CHECK", "c1", &p1.path(), "eth0", &conf);
+    assert!(r.ok, "CHECK: {}", r.stdout);
+    let veth = r1["interfaces"][1]["name"].as_str().unwrap();
+    node.ns.exec(&[
+        "nft",
+        "delete",
+        "element",
+        "bridge",
+        "twill",
+        "pods",
+        &format!("{{ \"{veth}\" }}"),
+    ]);
+    let r = node.cni("CHECK", "c1", &p1.path(), "eth0", &conf);
+    assert!(!r.ok);
+    assert_eq!(r.json["code"], 104, "{}", r.stdout);
+    assert!(
+        r.json["msg"].as_str().unwrap().contains("anti-spoofing") && r.stdout.contains(veth),
+        "{}",
+        r.stdout
+    );
+
     node.del("c1", &p1, Some(&r1));
     node.del("c2", &p2, Some(&r2));
     node.del("c3", &p3, Some(&r3));

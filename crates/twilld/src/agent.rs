@@ -244,6 +244,8 @@ struct Runner {
     /// takes the wake: one wake for a burst of changes.
     records_wake: Arc<AtomicBool>,
     records_watch: Option<std::thread::JoinHandle<()>>,
+    /// Records already said to be unpublishable (said once, not on every read).
+    unpublishable: std::collections::BTreeSet<String>,
 }
 
 impl Runner {
@@ -292,6 +294,7 @@ impl Runner {
             prober: None,
             records_wake: Arc::new(AtomicBool::new(false)),
             records_watch: None,
+            unpublishable: Default::default(),
         }
     }
 
@@ -702,7 +705,28 @@ impl Runner {
                 return None;
             }
         };
-        Some(desired_endpoints(&node, &records))
+        Some(self.desired_endpoints(&node, &records))
+    }
+
+    /// [`endpoints::desired`], saying once which records cannot be endpoints.
+    fn desired_endpoints(
+        &mut self,
+        node: &str,
+        records: &[twill_ipam::records::Record],
+    ) -> endpoints::Desired {
+        let (d, skipped) = endpoints::desired(node, records);
+        let now: std::collections::BTreeSet<String> =
+            skipped.iter().map(|s| s.attachment.clone()).collect();
+        for s in skipped {
+            if !self.unpublishable.contains(&s.attachment) {
+                log::warn(
+                    "a pod's record cannot be published as an endpoint; left out",
+                    &[("attachment", &s.attachment), ("reason", &s.reason)],
+                );
+            }
+        }
+        self.unpublishable = now;
+        d
     }
 
     /// Reads twill-cni's records: the addresses taken and the allocations document.
@@ -721,24 +745,13 @@ impl Runner {
                 Some(h) => !matches!(h.link_by_name(veth), Ok(None)),
                 None => true,
             });
+        let node = self.cfg.node_name.clone();
         Some(Measured {
             ips: records.iter().map(|r| r.ip).collect(),
             allocations,
-            endpoints: desired_endpoints(&self.cfg.node_name, &records),
+            endpoints: self.desired_endpoints(&node, &records),
         })
     }
-}
-
-/// [`endpoints::desired`], saying which records cannot be endpoints.
-fn desired_endpoints(node: &str, records: &[twill_ipam::records::Record]) -> endpoints::Desired {
-    let (d, skipped) = endpoints::desired(node, records);
-    for s in skipped {
-        log::warn(
-            "a pod's record cannot be published as an endpoint; left out",
-            &[("attachment", &s.attachment), ("reason", &s.reason)],
-        );
-    }
-    d
 }
 
 fn log_records_error(e: &RecordError) {
