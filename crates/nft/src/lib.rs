@@ -11,6 +11,7 @@
 
 pub mod apply;
 pub mod elements;
+pub mod policy;
 pub mod ruleset;
 
 use std::net::Ipv4Addr;

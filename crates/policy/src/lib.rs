@@ -12,4 +12,6 @@
 //! The model is the oracle the dataplane is tested against.
 
 pub mod cluster;
+pub mod compile;
+pub mod compile_diff;
 pub mod model;

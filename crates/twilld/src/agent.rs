@@ -109,7 +109,20 @@ impl Agent {
             },
         };
         if let Some(store) = store {
+            // Network policy runs on a thread of its own (see crate::policy).
+            let policy = if config.policy {
+                let (shared, thread) =
+                    crate::policy::start(store.clone(), config.node_name.clone(), shutdown.clone());
+                status.update(|s| s.policy = Some(shared));
+                Some(thread)
+            } else {
+                crate::policy::clear();
+                None
+            };
             Runner::new(config, store, status, shutdown.clone(), leftovers).run();
+            if let Some(t) = policy {
+                let _ = t.join();
+            }
         }
         let _ = server.join();
         log::info(

@@ -39,6 +39,9 @@ pub struct Config {
     pub poll_interval: Duration,
     /// How often each peer's node IP is probed (ICMP echo), when a backend is on.
     pub peer_probe_interval: Duration,
+    /// Network policy on this node: twilld compiles the store's policies into
+    /// `table inet twill-policy` (off: the table is removed and pods are open).
+    pub policy: bool,
 }
 
 impl Config {
@@ -100,6 +103,7 @@ fields! {
     "minFreeAddresses" "min-free-addresses" "TWILL_MIN_FREE_ADDRESSES" "8" "claim another block when fewer addresses are free";
     "pollIntervalSeconds" "poll-interval-seconds" "TWILL_POLL_INTERVAL_SECONDS" "5" "how often block usage is measured (decimals allowed)";
     "peerProbeIntervalSeconds" "peer-probe-interval-seconds" "TWILL_PEER_PROBE_INTERVAL_SECONDS" "5" "how often every peer's node IP is probed with an ICMP echo (decimals allowed)";
+    "policy" "policy" "TWILL_POLICY" "false" "enforce NetworkPolicy and GlobalNetworkPolicy on this node's pods (nftables table inet twill-policy): true | false";
 }
 
 /// Where a value came from, for error messages.
@@ -565,6 +569,12 @@ fn build(
                 format!("{v:?} must be a number of seconds from 0.1 to 3600"),
             )
         })?;
+    let (v, o) = take("policy");
+    let policy = match v.trim() {
+        "true" => true,
+        "false" => false,
+        _ => return Err(bad(o, "policy", format!("{v:?} must be true or false"))),
+    };
 
     Ok(Config {
         node_name,
@@ -586,6 +596,7 @@ fn build(
         min_free_addresses,
         poll_interval,
         peer_probe_interval,
+        policy,
     })
 }
 

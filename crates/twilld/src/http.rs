@@ -39,6 +39,8 @@ pub struct Snapshot {
     pub peers: BTreeMap<String, PeerReach>,
     /// The backend's routing sessions (bgp), as `routingstatus/<node>` has them.
     pub routing: Option<RoutingStatus>,
+    /// Network policy's state, when it is on.
+    pub policy: Option<Arc<crate::policy::Shared>>,
 }
 
 #[derive(Debug)]
@@ -63,6 +65,7 @@ impl Status {
             backend_failures: 0,
             peers: BTreeMap::new(),
             routing: None,
+            policy: None,
             last_tick: Instant::now(),
         }))
     }
@@ -294,7 +297,13 @@ pub fn respond(path: &str, s: &Snapshot, now: Instant, p: ProcStats) -> (u16, St
             None => (200, "ready\n".into()),
             Some(why) => (503, format!("{why}\n")),
         },
-        "/metrics" => (200, render_metrics(s, p)),
+        "/metrics" => {
+            let mut page = render_metrics(s, p);
+            if let Some(policy) = &s.policy {
+                page.push_str(&crate::policy::render_metrics(&policy.status()));
+            }
+            (200, page)
+        }
         _ => (404, "not found: try /healthz, /readyz or /metrics\n".into()),
     }
 }

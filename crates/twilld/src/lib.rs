@@ -19,6 +19,7 @@ pub mod log;
 pub mod machine;
 pub mod netinfo;
 pub mod peers;
+pub mod policy;
 pub mod routing;
 
 pub use agent::{Agent, AgentError};

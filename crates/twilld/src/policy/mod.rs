@@ -1,0 +1,446 @@
+//! Network policy on this node (`policy: true`): a thread of its own lists and watches the
+//! store's endpoints, pod labels, namespaces and policies ([`twill_policy::cluster`]),
+//! compiles them into `table inet twill-policy` ([`twill_policy::compile`]) and applies
+//! each change as one atomic transaction ([`dataplane`]).
+//!
+//! Its own watch, not the main loop's: an apply must never delay a lease renewal, and a
+//! watch that ends is followed by a list and a diff against what the kernel holds, so no
+//! event is lost in between.
+//!
+//! The table outlives twilld: a stop or crash leaves the pods judged by the last rules (a
+//! restart must not open them), and the next start replaces the table in one transaction.
+//! Only a twilld started with policy off removes it (then every pod is open, as asked).
+
+pub mod dataplane;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use twill_policy::cluster::Cluster;
+use twill_policy::compile::{compile, CounterOf, Ruleset};
+use twill_policy::compile_diff::diff;
+use twill_store::{Event, Store};
+
+use crate::log;
+use dataplane::{ApplyPath, Dataplane};
+
+/// Everything under the store's root: the cluster keeps the policy prefixes only.
+const ROOT: &str = "/twill/v1/";
+/// How often drop counters are read and bridges of new pods looked up again.
+const TICK: Duration = Duration::from_secs(1);
+/// At most this many events are folded into one change.
+const MAX_BATCH: usize = 10_000;
+
+/// What /metrics shows of policy.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyStatus {
+    /// The table is loaded and follows the store.
+    pub loaded: bool,
+    pub applies: BTreeMap<&'static str, u64>,
+    pub apply_failures: u64,
+    /// The kernel's part of the last change (one transaction).
+    pub last_apply: Duration,
+    /// Compiling and diffing the last change.
+    pub last_compile: Duration,
+    pub last_ops: usize,
+    pub rules: usize,
+    pub chains: usize,
+    pub sets: usize,
+    pub elements: usize,
+    pub local_pods: usize,
+    pub problems: usize,
+    /// Drop counters: (what it counts for) → packets.
+    pub drops: BTreeMap<CounterOf, u64>,
+    pub last_error: Option<String>,
+}
+
+/// Shared between the policy thread and the HTTP thread.
+#[derive(Debug, Default)]
+pub struct Shared {
+    status: Mutex<PolicyStatus>,
+}
+
+impl Shared {
+    pub fn status(&self) -> PolicyStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+    fn update(&self, f: impl FnOnce(&mut PolicyStatus)) {
+        f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// Pure: the policy lines of /metrics.
+pub fn render_metrics(s: &PolicyStatus) -> String {
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, lines: Vec<(String, String)>| {
+        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+        for (labels, v) in lines {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    let one = |v: String| vec![(String::new(), v)];
+    metric(
+        "twill_policy_loaded",
+        "gauge",
+        "1 once the policy table is loaded and follows the store.",
+        one(u8::from(s.loaded).to_string()),
+    );
+    metric(
+        "twill_policy_apply_seconds",
+        "gauge",
+        "How long the kernel took to apply the last change (one transaction).",
+        one(format!("{:.6}", s.last_apply.as_secs_f64())),
+    );
+    metric(
+        "twill_policy_compile_seconds",
+        "gauge",
+        "How long compiling and diffing the last change took.",
+        one(format!("{:.6}", s.last_compile.as_secs_f64())),
+    );
+    metric(
+        "twill_policy_last_apply_operations",
+        "gauge",
+        "Operations in the last change.",
+        one(s.last_ops.to_string()),
+    );
+    metric(
+        "twill_policy_applies_total",
+        "counter",
+        "Changes applied, by path (netlink: elements only; nft: chains and rules).",
+        ["netlink", "nft"]
+            .iter()
+            .map(|p| {
+                (
+                    format!("{{path=\"{p}\"}}"),
+                    s.applies.get(p).copied().unwrap_or(0).to_string(),
+                )
+            })
+            .collect(),
+    );
+    metric(
+        "twill_policy_apply_failures_total",
+        "counter",
+        "Changes the kernel refused (the table is then reloaded whole).",
+        one(s.apply_failures.to_string()),
+    );
+    metric(
+        "twill_policy_rules",
+        "gauge",
+        "Rules in the policy table's regular chains.",
+        one(s.rules.to_string()),
+    );
+    metric(
+        "twill_policy_chains",
+        "gauge",
+        "Regular chains in the policy table.",
+        one(s.chains.to_string()),
+    );
+    metric(
+        "twill_policy_sets",
+        "gauge",
+        "Named address and named-port sets.",
+        one(s.sets.to_string()),
+    );
+    metric(
+        "twill_policy_set_elements",
+        "gauge",
+        "Elements in the sets and dispatch maps.",
+        one(s.elements.to_string()),
+    );
+    metric(
+        "twill_policy_local_pods",
+        "gauge",
+        "This node's pods in the dispatch maps (addresses).",
+        one(s.local_pods.to_string()),
+    );
+    metric(
+        "twill_policy_store_problems",
+        "gauge",
+        "Store entries left out of the policy view (bad keys or values).",
+        one(s.problems.to_string()),
+    );
+    metric(
+        "twill_policy_drops_total",
+        "counter",
+        "Packets dropped, by the policy that dropped them (kind NetworkPolicy or GlobalNetworkPolicy; unknown-interface: a pod interface not in the dispatch map).",
+        s.drops
+            .iter()
+            .map(|(c, n)| {
+                let labels = match c {
+                    CounterOf::NetworkPolicy { namespace, name } => format!(
+                        "{{policy=\"{namespace}/{name}\",kind=\"NetworkPolicy\"}}"
+                    ),
+                    CounterOf::GlobalNetworkPolicy(name) => {
+                        format!("{{policy=\"{name}\",kind=\"GlobalNetworkPolicy\"}}")
+                    }
+                    CounterOf::UnknownInterface => {
+                        "{policy=\"\",kind=\"unknown-interface\"}".to_string()
+                    }
+                };
+                (labels, n.to_string())
+            })
+            .collect(),
+    );
+    out
+}
+
+/// Starts the policy thread (policy on).
+pub fn start(
+    store: Arc<dyn Store>,
+    node: String,
+    shutdown: Arc<AtomicBool>,
+) -> (Arc<Shared>, std::thread::JoinHandle<()>) {
+    let shared = Arc::new(Shared::default());
+    let s = shared.clone();
+    let handle = std::thread::Builder::new()
+        .name("twilld-policy".into())
+        .spawn(move || Runner::new(store, node, s, shutdown).run())
+        .expect("spawn the policy thread");
+    (shared, handle)
+}
+
+/// Policy off: removes the table a run with policy on left, so every pod is open.
+pub fn clear() {
+    match dataplane::remove_table() {
+        Ok(true) => log::info(
+            "policy is off: removed table inet twill-policy (every pod is open)",
+            &[],
+        ),
+        Ok(false) => {}
+        Err(e) => log::error(
+            "policy is off but table inet twill-policy cannot be removed; remove it with `nft delete table inet twill-policy`",
+            &[("error", &e)],
+        ),
+    }
+}
+
+/// The bridge each local bridge-wired pod's host veth is a port of (the kernel's word).
+fn lookup_bridges(cluster: &Cluster, node: &str, known: &mut BTreeMap<String, String>) {
+    use twill_api::wiring::PodWiring;
+    let wanted: Vec<String> = cluster
+        .pods()
+        .filter(|p| p.node() == node && p.endpoint.wiring == PodWiring::Bridge)
+        .map(|p| p.endpoint.host_veth.clone())
+        .filter(|v| !known.contains_key(v))
+        .collect();
+    if wanted.is_empty() {
+        return;
+    }
+    let Ok(mut h) = twill_netlink::Handle::new() else {
+        return;
+    };
+    for veth in wanted {
+        let master = h
+            .link_by_name(&veth)
+            .ok()
+            .flatten()
+            .and_then(|l| l.master)
+            .and_then(|m| h.link_by_index(m).ok().flatten());
+        if let Some(m) = master {
+            known.insert(veth, m.name);
+        }
+    }
+}
+
+struct Runner {
+    store: Arc<dyn Store>,
+    node: String,
+    shared: Arc<Shared>,
+    shutdown: Arc<AtomicBool>,
+    /// What the kernel holds (None: unknown, the next apply loads the table whole).
+    current: Option<Ruleset>,
+    bridges: BTreeMap<String, String>,
+    dataplane: Option<Dataplane>,
+}
+
+impl Runner {
+    fn new(
+        store: Arc<dyn Store>,
+        node: String,
+        shared: Arc<Shared>,
+        shutdown: Arc<AtomicBool>,
+    ) -> Runner {
+        Runner {
+            store,
+            node,
+            shared,
+            shutdown,
+            current: None,
+            bridges: BTreeMap::new(),
+            dataplane: None,
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.shutdown.load(Ordering::Relaxed)
+    }
+
+    fn run(&mut self) {
+        // Bridged pod traffic reaches the inet forward hook only through br_netfilter.
+        if std::path::Path::new("/proc/sys/net/bridge").exists() {
+            if let Err(e) =
+                twill_netlink::ensure_sysctl(None, "net.bridge.bridge-nf-call-iptables", "1")
+            {
+                log::error(
+                    "cannot turn on net.bridge.bridge-nf-call-iptables: bridged pods are not judged by policy",
+                    &[("error", &e)],
+                );
+            }
+        } else {
+            log::warn(
+                "br_netfilter is not loaded (no /proc/sys/net/bridge): bridged pods are not judged by policy; modprobe br_netfilter",
+                &[],
+            );
+        }
+        let mut backoff = crate::claims::Backoff::new();
+        while !self.stopping() {
+            match self.follow() {
+                Ok(()) => break,
+                Err(why) => {
+                    log::warn("policy: store watch ended; listing again", &[("why", &why)]);
+                    let end = Instant::now() + backoff.next_delay();
+                    while !self.stopping() && Instant::now() < end {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            }
+        }
+    }
+
+    /// One list then its watch, until shutdown (Ok) or the store fails (Err).
+    fn follow(&mut self) -> Result<(), String> {
+        let (kvs, rev) = self.store.list(ROOT).map_err(|e| e.to_string())?;
+        let mut cluster =
+            Cluster::from_entries(kvs.iter().map(|kv| (kv.key.as_str(), kv.value.as_slice())));
+        self.sync(&cluster);
+        let mut watch = self.store.watch(ROOT, rev).map_err(|e| e.to_string())?;
+        let mut last_tick = Instant::now();
+        while !self.stopping() {
+            let first = watch.next(TICK).map_err(|e| e.to_string())?;
+            let mut changed = false;
+            let mut next = first;
+            let mut n = 0;
+            while let Some(ev) = next {
+                changed |= match &ev {
+                    Event::Put(kv) => cluster.apply(&kv.key, Some(&kv.value)).is_some(),
+                    Event::Delete { key, .. } => cluster.apply(key, None).is_some(),
+                };
+                n += 1;
+                if n >= MAX_BATCH {
+                    break;
+                }
+                next = watch.next(Duration::ZERO).map_err(|e| e.to_string())?;
+            }
+            if changed {
+                self.sync(&cluster);
+            }
+            if last_tick.elapsed() >= TICK {
+                last_tick = Instant::now();
+                self.tick(&cluster);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every second: drop counters; pods whose bridge was not known yet.
+    fn tick(&mut self, cluster: &Cluster) {
+        let before = self.bridges.len();
+        lookup_bridges(cluster, &self.node, &mut self.bridges);
+        if self.bridges.len() != before {
+            self.sync(cluster);
+        }
+        if let Some(dp) = self.dataplane.as_mut() {
+            if let Ok(c) = dp.counters() {
+                let drops = c
+                    .into_iter()
+                    .filter_map(|(n, p)| CounterOf::parse(&n).map(|c| (c, p)))
+                    .collect();
+                self.shared.update(|s| s.drops = drops);
+            }
+        }
+    }
+
+    /// Brings the kernel to the cluster's table: the diff from what it holds, or the
+    /// whole table when that is unknown or the diff failed.
+    fn sync(&mut self, cluster: &Cluster) {
+        if self.dataplane.is_none() {
+            match Dataplane::open() {
+                Ok(d) => self.dataplane = Some(d),
+                Err(e) => {
+                    log::error("policy: cannot open nfnetlink", &[("error", &e)]);
+                    self.shared.update(|s| s.last_error = Some(e.to_string()));
+                    return;
+                }
+            }
+        }
+        let start = Instant::now();
+        lookup_bridges(cluster, &self.node, &mut self.bridges);
+        let new = compile(cluster, &self.node, &self.bridges);
+        let ops = self.current.as_ref().map(|old| diff(old, &new));
+        let compiled = start.elapsed();
+        if ops.as_ref().is_some_and(Vec::is_empty) {
+            return;
+        }
+        let dp = self.dataplane.as_mut().expect("opened above");
+        let mut result = match &ops {
+            Some(ops) => dp.apply(ops),
+            None => dp.load(&new),
+        };
+        if let (Err(e), Some(_)) = (&result, &ops) {
+            log::warn(
+                "policy: the kernel refused a change; loading the whole table",
+                &[("error", e)],
+            );
+            self.shared.update(|s| s.apply_failures += 1);
+            result = dp.load(&new);
+        }
+        match result {
+            Ok(a) => {
+                let local = new.to_pod.len();
+                self.shared.update(|s| {
+                    s.loaded = true;
+                    *s.applies.entry(a.path.name()).or_default() += 1;
+                    s.last_apply = a.took;
+                    s.last_compile = compiled;
+                    s.last_ops = a.ops;
+                    s.rules = new.rule_count();
+                    s.chains = new.chains.len();
+                    s.sets = new.sets.len();
+                    s.elements = new.element_count();
+                    s.local_pods = local;
+                    s.problems = cluster.problems().count();
+                    s.last_error = None;
+                });
+                if a.path == ApplyPath::Nft && ops.is_none() {
+                    log::info(
+                        "policy table loaded",
+                        &[
+                            ("rules", &new.rule_count()),
+                            ("sets", &new.sets.len()),
+                            ("localPods", &local),
+                            ("took", &format!("{:?}", a.took)),
+                        ],
+                    );
+                }
+                self.current = Some(new);
+            }
+            Err(e) => {
+                log::error(
+                    "policy: cannot load table inet twill-policy; pods keep the rules they had",
+                    &[("error", &e)],
+                );
+                self.shared.update(|s| {
+                    s.apply_failures += 1;
+                    s.last_error = Some(e.to_string());
+                });
+                self.current = None;
+            }
+        }
+    }
+}
