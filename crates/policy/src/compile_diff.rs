@@ -283,9 +283,10 @@ pub fn full_script(rs: &Ruleset) -> String {
     let t = format!("{FAMILY} {TABLE}");
     let mut s = format!("add table {t}\ndelete table {t}\n");
     s.push_str(&skeleton_script());
-    let mut base = Ruleset::default();
-    base.counters.insert(COUNTER_UNKNOWN.into());
-    s.push_str(&ops_script(&diff(&base, rs)));
+    // The skeleton made the unknown-interface counter already.
+    let mut rest = rs.clone();
+    rest.counters.remove(COUNTER_UNKNOWN);
+    s.push_str(&ops_script(&diff(&Ruleset::default(), &rest)));
     s
 }
 

@@ -433,6 +433,7 @@ fn add_allocated(
             .map_err(|e| nft_error("adding the pod to nftables", e))?;
         done.nft_pod = Some((record.ip, maps));
     }
+    crate::policy_wait::wait(conf, &plan.host_veth, record.ip)?;
 
     let ours = CniResult {
         cni_version: conf.cni_version.clone(),

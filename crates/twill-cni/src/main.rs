@@ -4,6 +4,7 @@
 
 mod commands;
 mod names;
+mod policy_wait;
 mod reaper;
 mod wiring;
 

@@ -60,6 +60,9 @@ pub struct NetConf {
     pub prev_result_raw: Option<Value>,
     /// Which defaults the config overrode; the rest may come from the node's hand-off.
     pub given: Given,
+    /// `policyWaitSeconds` (default 10): how long ADD waits, when the node's policy table
+    /// exists, for twilld to put the pod in its dispatch map (see twill-cni's policy_wait).
+    pub policy_wait: std::time::Duration,
 }
 
 /// Fields the config set explicitly (so the hand-off from twilld does not replace them).
@@ -98,6 +101,9 @@ pub struct RouteConf {
     pub dst: Ipv4Net,
     pub gw: Option<Ipv4Addr>,
 }
+
+/// `policyWaitSeconds` when the config does not say.
+pub const DEFAULT_POLICY_WAIT_SECONDS: u64 = 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -252,6 +258,11 @@ impl NetConf {
         };
         check_duplicate_mappings(&port_mappings)?;
 
+        let policy_wait = std::time::Duration::from_secs(
+            root.uint("policyWaitSeconds", 0, 300)?
+                .unwrap_or(DEFAULT_POLICY_WAIT_SECONDS),
+        );
+
         let prev_result_raw = root.get("prevResult").cloned();
         let prev_result = match &prev_result_raw {
             None => None,
@@ -287,6 +298,7 @@ impl NetConf {
                 cluster_cidr: root.get("clusterCIDR").is_some(),
                 pod_wiring: pod_wiring_given.is_some(),
             },
+            policy_wait,
         })
     }
 
