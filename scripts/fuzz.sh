@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Bounded coverage-guided fuzzing of twill-bgp's wire codec (crates/bgp/fuzz) and
-# twill-rip's decoder (crates/rip/fuzz), with libFuzzer. CI runs it from scripts/test.sh
+# twill-rip's decoder (crates/rip/fuzz) and twill-netlink's NFLOG decoder (crates/netlink/fuzz),
+# with libFuzzer. CI runs it from scripts/test.sh
 # after the unit tests; crates/bgp/fuzz/README.md explains the targets, the corpus and why
 # there is no cargo-fuzz here.
 #
@@ -23,6 +24,7 @@ cd "$(dirname "$0")/.."
 packages=(
   crates/bgp/fuzz
   crates/rip/fuzz
+  crates/netlink/fuzz
 )
 triple=x86_64-unknown-linux-gnu
 targets_of() { sed -n 's/^name = "\(.*\)"$/\1/p' "$1/Cargo.toml" | grep -v -- '-fuzz$'; }

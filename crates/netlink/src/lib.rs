@@ -14,6 +14,7 @@ pub mod ethtool;
 pub mod fib;
 pub mod neigh;
 pub mod netns;
+pub mod nflog;
 pub mod route;
 pub mod rtnl;
 pub mod socket;

@@ -296,75 +296,77 @@ pub fn delete_script() -> String {
 }
 
 #[cfg(test)]
+/// What the kernel does with the operations, on the description (the oracle for
+/// "diff then apply gives the new rule set").
+pub(crate) fn tests_apply(rs: &Ruleset, ops: &[Op]) -> Ruleset {
+    use crate::compile::Set;
+    let mut rs = rs.clone();
+    for op in ops {
+        match op {
+            Op::AddCounter(c) => assert!(rs.counters.insert(c.clone()), "{c} twice"),
+            Op::AddSet { name, kind } => {
+                let old = rs.sets.insert(
+                    name.clone(),
+                    Set {
+                        kind: *kind,
+                        elements: BTreeSet::new(),
+                    },
+                );
+                assert!(old.is_none(), "{name} twice");
+            }
+            Op::AddChain(c) => assert!(rs.chains.insert(c.clone(), vec![]).is_none()),
+            Op::AddElements { set, elements } => {
+                let s = rs.sets.get_mut(set).expect("set exists");
+                for e in elements {
+                    assert!(s.elements.insert(e.clone()), "{e:?} twice in {set}");
+                }
+            }
+            Op::DeleteElements { set, elements } => {
+                let s = rs.sets.get_mut(set).expect("set exists");
+                for e in elements {
+                    assert!(s.elements.remove(e), "{e:?} not in {set}");
+                }
+            }
+            Op::SetRules { chain, rules } => {
+                *rs.chains.get_mut(chain).expect("chain exists") = rules.clone();
+            }
+            Op::AddDispatch { map, elements } => {
+                let m = if *map == MAP_FROM_POD {
+                    &mut rs.from_pod
+                } else {
+                    &mut rs.to_pod
+                };
+                for (k, c) in elements {
+                    assert!(rs.chains.contains_key(c), "{c} missing");
+                    assert!(m.insert(k.clone(), c.clone()).is_none(), "{k:?} twice");
+                }
+            }
+            Op::DeleteDispatch { map, keys } => {
+                let m = if *map == MAP_FROM_POD {
+                    &mut rs.from_pod
+                } else {
+                    &mut rs.to_pod
+                };
+                for k in keys {
+                    assert!(m.remove(k).is_some(), "{k:?} absent");
+                }
+            }
+            Op::DeleteChain(c) => assert!(rs.chains.remove(c).is_some()),
+            Op::DeleteSet(n) => assert!(rs.sets.remove(n).is_some()),
+            Op::DeleteCounter(c) => assert!(rs.counters.remove(c)),
+        }
+    }
+    rs
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::cluster::Cluster;
-    use crate::compile::{compile, Set};
+    use crate::compile::compile;
 
-    /// What the kernel does with the operations, on the description (the oracle for
-    /// "diff then apply gives the new rule set").
     fn apply(rs: &Ruleset, ops: &[Op]) -> Ruleset {
-        let mut rs = rs.clone();
-        for op in ops {
-            match op {
-                Op::AddCounter(c) => assert!(rs.counters.insert(c.clone()), "{c} twice"),
-                Op::AddSet { name, kind } => {
-                    let old = rs.sets.insert(
-                        name.clone(),
-                        Set {
-                            kind: *kind,
-                            elements: BTreeSet::new(),
-                        },
-                    );
-                    assert!(old.is_none(), "{name} twice");
-                }
-                Op::AddChain(c) => assert!(rs.chains.insert(c.clone(), vec![]).is_none()),
-                Op::AddElements { set, elements } => {
-                    let s = rs.sets.get_mut(set).expect("set exists");
-                    for e in elements {
-                        assert!(s.elements.insert(e.clone()), "{e:?} twice in {set}");
-                    }
-                }
-                Op::DeleteElements { set, elements } => {
-                    let s = rs.sets.get_mut(set).expect("set exists");
-                    for e in elements {
-                        assert!(s.elements.remove(e), "{e:?} not in {set}");
-                    }
-                }
-                Op::SetRules { chain, rules } => {
-                    *rs.chains.get_mut(chain).expect("chain exists") = rules.clone();
-                }
-                Op::AddDispatch { map, elements } => {
-                    let m = if *map == MAP_FROM_POD {
-                        &mut rs.from_pod
-                    } else {
-                        &mut rs.to_pod
-                    };
-                    for (k, c) in elements {
-                        assert!(rs_has_chain(&rs.chains, c), "{c} missing");
-                        assert!(m.insert(k.clone(), c.clone()).is_none(), "{k:?} twice");
-                    }
-                }
-                Op::DeleteDispatch { map, keys } => {
-                    let m = if *map == MAP_FROM_POD {
-                        &mut rs.from_pod
-                    } else {
-                        &mut rs.to_pod
-                    };
-                    for k in keys {
-                        assert!(m.remove(k).is_some(), "{k:?} absent");
-                    }
-                }
-                Op::DeleteChain(c) => assert!(rs.chains.remove(c).is_some()),
-                Op::DeleteSet(n) => assert!(rs.sets.remove(n).is_some()),
-                Op::DeleteCounter(c) => assert!(rs.counters.remove(c)),
-            }
-        }
-        rs
-    }
-
-    fn rs_has_chain(chains: &BTreeMap<String, Vec<String>>, c: &str) -> bool {
-        chains.contains_key(c)
+        tests_apply(rs, ops)
     }
 
     fn ep(node: &str, ns: &str, pod: &str, ip: &str, labels: &str) -> (String, String) {

@@ -14,4 +14,6 @@
 pub mod cluster;
 pub mod compile;
 pub mod compile_diff;
+pub mod compile_eval;
+pub mod compile_incr;
 pub mod model;

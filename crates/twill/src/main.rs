@@ -11,6 +11,7 @@ mod node_cmd;
 mod node_status;
 mod policy_cmd;
 mod policy_get;
+mod policy_log;
 mod resources;
 mod store_args;
 mod suggest;

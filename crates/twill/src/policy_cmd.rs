@@ -31,6 +31,8 @@ pub enum PolicyCommand {
     /// Whether a flow passes, and which policy and rule decide it (egress at the source
     /// pod, ingress at the destination pod), from the policies in the store.
     Explain(ExplainArgs),
+    /// What GlobalNetworkPolicy Log rules logged on a node (from its twilld), `-f` to follow.
+    Log(crate::policy_log::LogArgs),
 }
 
 #[derive(Args, Clone)]
@@ -56,6 +58,7 @@ pub enum Output {
 pub fn run(args: PolicyArgs, store: &StoreArgs) -> anyhow::Result<i32> {
     match args.command {
         PolicyCommand::Explain(a) => crate::with_store(store, |s| run_explain(a, s)),
+        PolicyCommand::Log(a) => crate::policy_log::run(a),
     }
 }
 

@@ -351,7 +351,19 @@ fn handle(conn: TcpStream, status: &Status) -> io::Result<()> {
     let mut parts = request.split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
     let path = target.split('?').next().unwrap_or(target);
-    let (code, body) = if method == "GET" || method == "HEAD" {
+    let query = target.split_once('?').map_or("", |(_, q)| q);
+    let (code, body) = if path == "/policy/log" && (method == "GET" || method == "HEAD") {
+        match &status.snapshot().policy {
+            Some(p) => (
+                200,
+                crate::policy::log::render(&p.log.after(crate::policy::log::after_of(query))),
+            ),
+            None => (
+                404,
+                "network policy is off on this node: start twilld with --policy true\n".into(),
+            ),
+        }
+    } else if method == "GET" || method == "HEAD" {
         respond(path, &status.snapshot(), Instant::now(), proc_stats())
     } else {
         (405, "only GET\n".into())

@@ -466,6 +466,39 @@ fn policy_end_to_end(wiring: Wiring) {
         .unwrap();
     wait_for("pass", WAIT, || tcp(&an, b.ip, 80).then_some(()));
 
+    // Log: a global rule logs b's TCP ingress and goes on; twill policy log shows it.
+    store
+        .put(&key("globalnetworkpolicies/log-b"), br#"{"order":0,"selector":"pod == 'b'","ingress":[{"action":"Log","protocol":"TCP"},{"action":"Pass"}]}"#, None)
+        .unwrap();
+    let log = wait_for("a log line", WAIT, || {
+        let _ = tcp(&an, b.ip, 80);
+        get_in(&n, port, "/policy/log").filter(|l| l.contains("in log-b rule 0"))
+    });
+    assert!(
+        log.contains(&format!("\"src\":\"{}\"", a.ip)) && log.contains("\"dport\":80"),
+        "{log}"
+    );
+    let twill = common::twill_bin();
+    let out = node.ns.exec(&[
+        twill.to_str().unwrap(),
+        "policy",
+        "log",
+        "--agent",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("in log-b rule 0  tcp {}:", a.ip))
+            && text.contains(&format!("-> {}:80", b.ip)),
+        "{text}"
+    );
+    let nft_applies = || metric_in(&n, port, "twill_policy_applies_total{path=\"nft\"}").unwrap();
+    let before = nft_applies();
+    store.delete(&key("globalnetworkpolicies/log-b")).unwrap();
+    wait_for("log-b removed", WAIT, || {
+        (nft_applies() > before).then_some(())
+    });
+
     // A relabelled pod leaves the allowed set (an element change only).
     let applies_nl = metric_in(&n, port, "twill_policy_applies_total{path=\"netlink\"}").unwrap();
     store

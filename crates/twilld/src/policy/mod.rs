@@ -12,6 +12,7 @@
 //! Only a twilld started with policy off removes it (then every pod is open, as asked).
 
 pub mod dataplane;
+pub mod log;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -19,13 +20,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use twill_policy::cluster::Cluster;
-use twill_policy::compile::{compile, CounterOf, Ruleset};
-use twill_policy::compile_diff::diff;
+use twill_policy::cluster::{Change, Cluster};
+use twill_policy::compile::CounterOf;
+use twill_policy::compile_diff::{diff, Op};
+use twill_policy::compile_incr::Compiler;
 use twill_store::{Event, Store};
 
-use crate::log;
-use dataplane::{ApplyPath, Dataplane};
+use crate::log as logfmt;
+use dataplane::Dataplane;
 
 /// Everything under the store's root: the cluster keeps the policy prefixes only.
 const ROOT: &str = "/twill/v1/";
@@ -57,10 +59,12 @@ pub struct PolicyStatus {
     pub last_error: Option<String>,
 }
 
-/// Shared between the policy thread and the HTTP thread.
+/// Shared between the policy threads and the HTTP thread.
 #[derive(Debug, Default)]
 pub struct Shared {
     status: Mutex<PolicyStatus>,
+    /// What Log rules logged (NFLOG), for `GET /policy/log`.
+    pub log: Arc<log::Ring>,
 }
 
 impl Shared {
@@ -198,9 +202,13 @@ pub fn start(
 ) -> (Arc<Shared>, std::thread::JoinHandle<()>) {
     let shared = Arc::new(Shared::default());
     let s = shared.clone();
+    let nflog = log::start(shared.log.clone(), shutdown.clone());
     let handle = std::thread::Builder::new()
         .name("twilld-policy".into())
-        .spawn(move || Runner::new(store, node, s, shutdown).run())
+        .spawn(move || {
+            Runner::new(store, node, s, shutdown).run();
+            let _ = nflog.join();
+        })
         .expect("spawn the policy thread");
     (shared, handle)
 }
@@ -208,12 +216,12 @@ pub fn start(
 /// Policy off: removes the table a run with policy on left, so every pod is open.
 pub fn clear() {
     match dataplane::remove_table() {
-        Ok(true) => log::info(
+        Ok(true) => logfmt::info(
             "policy is off: removed table inet twill-policy (every pod is open)",
             &[],
         ),
         Ok(false) => {}
-        Err(e) => log::error(
+        Err(e) => logfmt::error(
             "policy is off but table inet twill-policy cannot be removed; remove it with `nft delete table inet twill-policy`",
             &[("error", &e)],
         ),
@@ -253,8 +261,11 @@ struct Runner {
     node: String,
     shared: Arc<Shared>,
     shutdown: Arc<AtomicBool>,
-    /// What the kernel holds (None: unknown, the next apply loads the table whole).
-    current: Option<Ruleset>,
+    /// The table as the store says it should be, kept per change.
+    compiler: Option<Compiler>,
+    /// The kernel holds the compiler's table (false: unknown, the next apply loads it
+    /// whole).
+    in_kernel: bool,
     bridges: BTreeMap<String, String>,
     dataplane: Option<Dataplane>,
 }
@@ -271,7 +282,8 @@ impl Runner {
             node,
             shared,
             shutdown,
-            current: None,
+            compiler: None,
+            in_kernel: false,
             bridges: BTreeMap::new(),
             dataplane: None,
         }
@@ -287,13 +299,13 @@ impl Runner {
             if let Err(e) =
                 twill_netlink::ensure_sysctl(None, "net.bridge.bridge-nf-call-iptables", "1")
             {
-                log::error(
+                logfmt::error(
                     "cannot turn on net.bridge.bridge-nf-call-iptables: bridged pods are not judged by policy",
                     &[("error", &e)],
                 );
             }
         } else {
-            log::warn(
+            logfmt::warn(
                 "br_netfilter is not loaded (no /proc/sys/net/bridge): bridged pods are not judged by policy; modprobe br_netfilter",
                 &[],
             );
@@ -303,7 +315,7 @@ impl Runner {
             match self.follow() {
                 Ok(()) => break,
                 Err(why) => {
-                    log::warn("policy: store watch ended; listing again", &[("why", &why)]);
+                    logfmt::warn("policy: store watch ended; listing again", &[("why", &why)]);
                     let end = Instant::now() + backoff.next_delay();
                     while !self.stopping() && Instant::now() < end {
                         std::thread::sleep(Duration::from_millis(50));
@@ -318,19 +330,41 @@ impl Runner {
         let (kvs, rev) = self.store.list(ROOT).map_err(|e| e.to_string())?;
         let mut cluster =
             Cluster::from_entries(kvs.iter().map(|kv| (kv.key.as_str(), kv.value.as_slice())));
-        self.sync(&cluster);
+        let start = Instant::now();
+        lookup_bridges(&cluster, &self.node, &mut self.bridges);
+        let new = Compiler::new(&cluster, &self.node, self.bridges.clone());
+        // After a watch that ended, the kernel holds the old compiler's table: the diff.
+        let ops = match (self.compiler.take(), self.in_kernel) {
+            (Some(old), true) => Some(diff(old.ruleset(), new.ruleset())),
+            _ => None,
+        };
+        self.compiler = Some(new);
+        self.apply(&cluster, ops, start.elapsed());
         let mut watch = self.store.watch(ROOT, rev).map_err(|e| e.to_string())?;
         let mut last_tick = Instant::now();
         while !self.stopping() {
             let first = watch.next(TICK).map_err(|e| e.to_string())?;
+            let start = Instant::now();
             let mut changed = false;
             let mut next = first;
             let mut n = 0;
             while let Some(ev) = next {
-                changed |= match &ev {
-                    Event::Put(kv) => cluster.apply(&kv.key, Some(&kv.value)).is_some(),
-                    Event::Delete { key, .. } => cluster.apply(key, None).is_some(),
+                let change = match &ev {
+                    Event::Put(kv) => cluster.apply(&kv.key, Some(&kv.value)),
+                    Event::Delete { key, .. } => cluster.apply(key, None),
                 };
+                if let Some(change) = change {
+                    if matches!(change, Change::Endpoint { .. }) {
+                        lookup_bridges(&cluster, &self.node, &mut self.bridges);
+                        let c = self.compiler.as_mut().expect("made above");
+                        c.set_bridges(&cluster, self.bridges.clone());
+                    }
+                    self.compiler
+                        .as_mut()
+                        .expect("made above")
+                        .update(&cluster, &change);
+                    changed = true;
+                }
                 n += 1;
                 if n >= MAX_BATCH {
                     break;
@@ -338,7 +372,8 @@ impl Runner {
                 next = watch.next(Duration::ZERO).map_err(|e| e.to_string())?;
             }
             if changed {
-                self.sync(&cluster);
+                let ops = self.compiler.as_mut().expect("made above").take_ops();
+                self.apply(&cluster, Some(ops), start.elapsed());
             }
             if last_tick.elapsed() >= TICK {
                 last_tick = Instant::now();
@@ -348,12 +383,19 @@ impl Runner {
         Ok(())
     }
 
-    /// Every second: drop counters; pods whose bridge was not known yet.
+    /// Every second: drop counters; pods whose bridge was not known yet; a table that
+    /// could not be loaded is tried again.
     fn tick(&mut self, cluster: &Cluster) {
         let before = self.bridges.len();
         lookup_bridges(cluster, &self.node, &mut self.bridges);
         if self.bridges.len() != before {
-            self.sync(cluster);
+            let start = Instant::now();
+            let c = self.compiler.as_mut().expect("made in follow");
+            c.set_bridges(cluster, self.bridges.clone());
+            let ops = c.take_ops();
+            self.apply(cluster, Some(ops), start.elapsed());
+        } else if !self.in_kernel {
+            self.apply(cluster, None, Duration::ZERO);
         }
         if let Some(dp) = self.dataplane.as_mut() {
             if let Ok(c) = dp.counters() {
@@ -366,80 +408,83 @@ impl Runner {
         }
     }
 
-    /// Brings the kernel to the cluster's table: the diff from what it holds, or the
-    /// whole table when that is unknown or the diff failed.
-    fn sync(&mut self, cluster: &Cluster) {
+    /// Brings the kernel to the compiler's table: `ops` from what it holds, or (None, or
+    /// when the kernel refuses them) the whole table in one transaction.
+    fn apply(&mut self, cluster: &Cluster, ops: Option<Vec<Op>>, compiled: Duration) {
         if self.dataplane.is_none() {
             match Dataplane::open() {
                 Ok(d) => self.dataplane = Some(d),
                 Err(e) => {
-                    log::error("policy: cannot open nfnetlink", &[("error", &e)]);
+                    logfmt::error("policy: cannot open nfnetlink", &[("error", &e)]);
                     self.shared.update(|s| s.last_error = Some(e.to_string()));
                     return;
                 }
             }
         }
-        let start = Instant::now();
-        lookup_bridges(cluster, &self.node, &mut self.bridges);
-        let new = compile(cluster, &self.node, &self.bridges);
-        let ops = self.current.as_ref().map(|old| diff(old, &new));
-        let compiled = start.elapsed();
+        let ops = if self.in_kernel { ops } else { None };
         if ops.as_ref().is_some_and(Vec::is_empty) {
             return;
         }
+        let rs = self.compiler.as_ref().expect("made in follow").ruleset();
         let dp = self.dataplane.as_mut().expect("opened above");
         let mut result = match &ops {
             Some(ops) => dp.apply(ops),
-            None => dp.load(&new),
+            None => dp.load(rs),
         };
         if let (Err(e), Some(_)) = (&result, &ops) {
-            log::warn(
+            logfmt::warn(
                 "policy: the kernel refused a change; loading the whole table",
                 &[("error", e)],
             );
             self.shared.update(|s| s.apply_failures += 1);
-            result = dp.load(&new);
+            result = dp.load(rs);
         }
         match result {
             Ok(a) => {
-                let local = new.to_pod.len();
+                self.in_kernel = true;
+                let local = rs.to_pod.len();
+                let (rules, chains, sets, elements) = (
+                    rs.rule_count(),
+                    rs.chains.len(),
+                    rs.sets.len(),
+                    rs.element_count(),
+                );
                 self.shared.update(|s| {
                     s.loaded = true;
                     *s.applies.entry(a.path.name()).or_default() += 1;
                     s.last_apply = a.took;
                     s.last_compile = compiled;
                     s.last_ops = a.ops;
-                    s.rules = new.rule_count();
-                    s.chains = new.chains.len();
-                    s.sets = new.sets.len();
-                    s.elements = new.element_count();
+                    s.rules = rules;
+                    s.chains = chains;
+                    s.sets = sets;
+                    s.elements = elements;
                     s.local_pods = local;
                     s.problems = cluster.problems().count();
                     s.last_error = None;
                 });
-                if a.path == ApplyPath::Nft && ops.is_none() {
-                    log::info(
+                if ops.is_none() {
+                    logfmt::info(
                         "policy table loaded",
                         &[
-                            ("rules", &new.rule_count()),
-                            ("sets", &new.sets.len()),
+                            ("rules", &rules),
+                            ("sets", &sets),
                             ("localPods", &local),
                             ("took", &format!("{:?}", a.took)),
                         ],
                     );
                 }
-                self.current = Some(new);
             }
             Err(e) => {
-                log::error(
-                    "policy: cannot load table inet twill-policy; pods keep the rules they had",
+                logfmt::error(
+                    "policy: cannot load table inet twill-policy; pods keep the rules they had (retried every second)",
                     &[("error", &e)],
                 );
                 self.shared.update(|s| {
                     s.apply_failures += 1;
                     s.last_error = Some(e.to_string());
                 });
-                self.current = None;
+                self.in_kernel = false;
             }
         }
     }
