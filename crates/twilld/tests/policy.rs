@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use twill_netlink::Netns;
-use twill_policy::compile::POD_GROUP;
 use twill_store::embedded::EmbeddedStore;
 use twill_store::Store;
 use twill_testkit::{TempDir, TestNetns};
@@ -126,7 +125,7 @@ fn udp(from: &str, to: Ipv4Addr, port: u16) -> bool {
     })
 }
 
-/// One pod: its namespace, address, host veth.
+/// One pod: its namespace, address, host veth, name.
 struct PodNs {
     ns: TestNetns,
     ip: Ipv4Addr,
@@ -134,189 +133,124 @@ struct PodNs {
     name: String,
 }
 
-fn sh(args: &[&str]) {
-    twill_testkit::sh(args);
-}
+const NETWORK: &str = "twlpolicy";
 
-/// A node namespace with pods x/a, x/b, y/c wired as `wiring`.
+/// A node namespace with an uplink (the node IP, a default route: l3's proxy ARP needs
+/// one), its twilld, and pods x/a, x/b, y/c added by the real twill-cni.
 struct Node {
     ns: TestNetns,
+    _out: TestNetns,
+    dir: TempDir,
     pods: Vec<PodNs>,
 }
 
-const BRIDGE: &str = "twlpolbr0";
-
 impl Node {
-    fn new(tag: &str, wiring: Wiring) -> Node {
+    fn new(tag: &str) -> Node {
         let ns = TestNetns::new(tag);
         let n = ns.name.clone();
+        let out = TestNetns::new(&format!("{tag}o"));
+        twill_testkit::sh(&[
+            "ip", "link", "add", "uplink", "netns", &n, "type", "veth", "peer", "name", "eth0",
+            "netns", &out.name,
+        ]);
+        ns.exec(&["ip", "addr", "add", "192.0.2.11/24", "dev", "uplink"]);
+        ns.exec(&["ip", "link", "set", "uplink", "up"]);
+        out.exec(&["ip", "addr", "add", "192.0.2.100/24", "dev", "eth0"]);
+        out.exec(&["ip", "link", "set", "eth0", "up"]);
+        ns.exec(&["ip", "route", "add", "default", "via", "192.0.2.100"]);
         ns.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-        // The node's own address (host→pod traffic comes from it).
-        sh(&["ip", "-n", &n, "addr", "add", "192.0.2.1/32", "dev", "lo"]);
-        if wiring == Wiring::Bridge {
-            sh(&["ip", "-n", &n, "link", "add", BRIDGE, "type", "bridge"]);
-            sh(&[
-                "ip",
-                "-n",
-                &n,
-                "addr",
-                "add",
-                "10.244.1.1/24",
-                "dev",
-                BRIDGE,
-            ]);
-            sh(&[
-                "ip",
-                "-n",
-                &n,
-                "link",
-                "set",
-                BRIDGE,
-                "up",
-                "group",
-                &POD_GROUP.to_string(),
-            ]);
+        Node {
+            ns,
+            _out: out,
+            dir: TempDir::new(tag),
+            pods: Vec::new(),
         }
-        let mut pods = Vec::new();
-        for (i, name) in ["a", "b", "c"].iter().enumerate() {
-            let pns = TestNetns::new(&format!("{tag}{name}"));
-            let p = pns.name.clone();
-            let ip: Ipv4Addr = format!("10.244.1.{}", 10 + i).parse().unwrap();
-            let veth = format!("twlpv{name}{i}");
-            sh(&[
-                "ip", "-n", &n, "link", "add", &veth, "type", "veth", "peer", "name", "eth0",
-                "netns", &p,
-            ]);
-            sh(&[
-                "ip",
-                "-n",
-                &n,
-                "link",
-                "set",
-                &veth,
-                "up",
-                "group",
-                &POD_GROUP.to_string(),
-            ]);
-            sh(&["ip", "-n", &p, "link", "set", "eth0", "up"]);
-            match wiring {
-                Wiring::L3 => {
-                    sh(&[
-                        "ip",
-                        "-n",
-                        &p,
-                        "addr",
-                        "add",
-                        &format!("{ip}/32"),
-                        "dev",
-                        "eth0",
-                    ]);
-                    sh(&[
-                        "ip",
-                        "-n",
-                        &p,
-                        "route",
-                        "add",
-                        "169.254.1.1",
-                        "dev",
-                        "eth0",
-                        "scope",
-                        "link",
-                    ]);
-                    sh(&[
-                        "ip",
-                        "-n",
-                        &p,
-                        "route",
-                        "add",
-                        "default",
-                        "via",
-                        "169.254.1.1",
-                        "dev",
-                        "eth0",
-                    ]);
-                    sh(&[
-                        "ip",
-                        "-n",
-                        &n,
-                        "route",
-                        "add",
-                        &format!("{ip}/32"),
-                        "dev",
-                        &veth,
-                    ]);
-                    // What proxy ARP would answer for the gateway: the host veth's MAC.
-                    let mac = std::fs::read_to_string(format!("/sys/class/net/{veth}/address"));
-                    let mac = match mac {
-                        Ok(m) => m,
-                        Err(_) => {
-                            let out = ns.exec(&["cat", &format!("/sys/class/net/{veth}/address")]);
-                            String::from_utf8_lossy(&out.stdout).into_owned()
-                        }
-                    };
-                    sh(&[
-                        "ip",
-                        "-n",
-                        &p,
-                        "neigh",
-                        "add",
-                        "169.254.1.1",
-                        "lladdr",
-                        mac.trim(),
-                        "dev",
-                        "eth0",
-                        "nud",
-                        "permanent",
-                    ]);
-                }
-                Wiring::Bridge => {
-                    sh(&["ip", "-n", &n, "link", "set", &veth, "master", BRIDGE]);
-                    sh(&[
-                        "ip",
-                        "-n",
-                        &p,
-                        "addr",
-                        "add",
-                        &format!("{ip}/24"),
-                        "dev",
-                        "eth0",
-                    ]);
-                    sh(&[
-                        "ip",
-                        "-n",
-                        &p,
-                        "route",
-                        "add",
-                        "default",
-                        "via",
-                        "10.244.1.1",
-                    ]);
-                }
-            }
-            pods.push(PodNs {
-                ns: pns,
-                ip,
-                veth,
-                name: name.to_string(),
-            });
+    }
+
+    fn p(&self, f: &str) -> String {
+        self.dir.path.join(f).to_string_lossy().into_owned()
+    }
+
+    /// twill-cni `command` for pod `ns/name` (CNI_ARGS and runtimeConfig as a runtime
+    /// gives them): (ok, JSON printed).
+    fn cni(
+        &self,
+        command: &str,
+        pod: &TestNetns,
+        ns: &str,
+        name: &str,
+    ) -> (bool, serde_json::Value) {
+        let conf = serde_json::json!({
+            "cniVersion": "1.1.0", "name": NETWORK, "type": "twill-cni", "bridge": "twlpolbr0",
+            "ipMasq": false,
+            "ipam": {"handoffFile": self.p("node.json"), "dataDir": self.p("ipam")},
+            "runtimeConfig": {"labels": {"pod": name},
+                "namedPorts": [{"name": "serve-80", "port": 80, "protocol": "TCP"}]},
+        });
+        let mut child = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.ns.name])
+            .arg(twill_testkit::workspace_bin("twill-cni", "twill-cni"))
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", format!("c{ns}{name}"))
+            .env("CNI_NETNS", pod.path())
+            .env("CNI_IFNAME", "eth0")
+            .env(
+                "CNI_ARGS",
+                format!("K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name}"),
+            )
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let _ = child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(conf.to_string().as_bytes());
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            serde_json::from_slice(&out.stdout).unwrap_or_default(),
+        )
+    }
+
+    /// Adds `ns/name`; ADD returns once twilld has the pod in its dispatch maps.
+    fn add(&mut self, tag: &str, ns: &str, name: &str, log: &dyn Fn() -> String) {
+        let pod = TestNetns::new(&format!("{tag}{name}"));
+        let (ok, r) = self.cni("ADD", &pod, ns, name);
+        assert!(ok, "ADD {ns}/{name}: {r}\n{}", log());
+        let ip = r["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let veth = r["interfaces"][0]["name"].as_str().unwrap().to_string();
+        for map in ["from_pod", "to_pod"] {
+            let (_, listed, _) =
+                self.ns
+                    .try_exec(&["nft", "list", "map", "inet", "twill-policy", map]);
+            assert!(
+                listed.contains(&format!(" . {ip} :")),
+                "{ns}/{name} in {map} when ADD returns: {listed}"
+            );
         }
-        Node { ns, pods }
+        self.pods.push(PodNs {
+            ns: pod,
+            ip,
+            veth,
+            name: name.to_string(),
+        });
     }
 
     fn pod(&self, name: &str) -> &PodNs {
         self.pods.iter().find(|p| p.name == name).unwrap()
     }
-}
-
-fn endpoint(pod: &PodNs, ns: &str, wiring: Wiring) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "namespace": ns, "pod": pod.name, "node": "n1", "containerID": format!("c{}", pod.name),
-        "ifname": "eth0", "hostVeth": pod.veth, "ips": [pod.ip],
-        "wiring": if wiring == Wiring::L3 { "l3" } else { "bridge" },
-        "labels": {"pod": pod.name},
-        "namedPorts": [{"name": "serve-80", "port": 80, "protocol": "TCP"}],
-    }))
-    .unwrap()
 }
 
 /// GET `path` from the agent listening on 127.0.0.1:`port` inside `ns`.
@@ -334,49 +268,45 @@ fn metric_in(ns: &str, port: u16, line_start: &'static str) -> Option<f64> {
 
 fn policy_end_to_end(wiring: Wiring) {
     let tag = if wiring == Wiring::L3 { "pol3" } else { "polb" };
-    let node = Node::new(tag, wiring);
+    let mut node = Node::new(tag);
     let n = node.ns.name.clone();
-    let dir = TempDir::new(tag);
-    let store = EmbeddedStore::open(&dir.path.join("store")).unwrap();
+    let store = EmbeddedStore::open(&node.dir.path.join("store")).unwrap();
+    let config = twill_api::resources::NetworkConfig {
+        cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+        block_size: 24,
+        subnet_min: None,
+        subnet_max: None,
+        reservations: vec![],
+        backend: twill_api::resources::BackendSpec::None,
+        mtu: 1500,
+        masquerade: false,
+        pod_wiring: match wiring {
+            Wiring::L3 => twill_api::wiring::PodWiring::L3,
+            Wiring::Bridge => twill_api::wiring::PodWiring::Bridge,
+        },
+        lease_ttl_seconds: 60,
+    };
     store
-        .put(
-            &key("config"),
-            &common::network_config("10.244.0.0/16", 24, 60, false),
-            None,
-        )
+        .put(&key("config"), &serde_json::to_vec(&config).unwrap(), None)
         .unwrap();
-    let (a, b, c) = (node.pod("a"), node.pod("b"), node.pod("c"));
-    store
-        .put(&key("endpoints/n1/x/a"), &endpoint(a, "x", wiring), None)
-        .unwrap();
-    store
-        .put(&key("endpoints/n1/x/b"), &endpoint(b, "x", wiring), None)
-        .unwrap();
-    store
-        .put(&key("endpoints/n1/y/c"), &endpoint(c, "y", wiring), None)
-        .unwrap();
-    let _servers: Vec<Servers> = node
-        .pods
-        .iter()
-        .map(|p| Servers::start(&p.ns.name, &[80, 81]))
-        .collect();
     let port = 9199;
-    let d = |s: &str| dir.path.join(s).display().to_string();
     let args: Vec<String> = [
         "--node-name",
         "n1",
         "--store-dir",
-        &d("store"),
+        &node.p("store"),
         "--handoff-file",
-        &d("node.json"),
+        &node.p("node.json"),
         "--state-dir",
-        &d("state"),
+        &node.p("state"),
         "--cni-data-dir",
-        &d("ipam"),
+        &node.p("ipam"),
+        "--cni-network",
+        NETWORK,
         "--listen",
         &format!("127.0.0.1:{port}"),
         "--node-ip",
-        "10.244.1.1",
+        "192.0.2.11",
         "--policy",
         "true",
     ]
@@ -386,11 +316,26 @@ fn policy_end_to_end(wiring: Wiring) {
     let mut agent = AgentProc::spawn(
         &["ip", "netns", "exec", &n],
         &args,
-        dir.path.join("twilld.log"),
+        node.dir.path.join("twilld.log"),
     );
-    wait_for("the policy table", WAIT, || {
-        metric_in(&n, port, "twill_policy_loaded ").filter(|v| *v == 1.0)
+    wait_for("the hand-off and the policy table", WAIT, || {
+        let h: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(node.dir.path.join("node.json")).ok()?).ok()?;
+        let loaded = metric_in(&n, port, "twill_policy_loaded ").filter(|v| *v == 1.0);
+        (h["blocks"].as_array().is_some_and(|b| !b.is_empty()) && loaded.is_some()).then_some(())
     });
+    {
+        let log = || agent.log();
+        for (ns, name) in [("x", "a"), ("x", "b"), ("y", "c")] {
+            node.add(tag, ns, name, &log);
+        }
+    }
+    let _servers: Vec<Servers> = node
+        .pods
+        .iter()
+        .map(|p| Servers::start(&p.ns.name, &[80, 81]))
+        .collect();
+    let (a, b, c) = (node.pod("a"), node.pod("b"), node.pod("c"));
     let (an, cn) = (a.ns.name.clone(), c.ns.name.clone());
     // Open: nothing selects anyone.
     assert!(tcp(&an, b.ip, 80), "a→b tcp open\n{}", agent.log());
@@ -526,21 +471,43 @@ fn policy_end_to_end(wiring: Wiring) {
         (tcp(&an, b.ip, 81) && udp(&cn, b.ip, 80) && tcp(&bn, c.ip, 80)).then_some(())
     });
 
-    // A pod interface whose pod is not in the dispatch map passes nothing.
-    store.delete(&key("endpoints/n1/x/b")).unwrap();
-    wait_for("b unknown, dropped", WAIT, || {
-        (!tcp(&an, b.ip, 80)).then_some(())
-    });
-    assert!(metric_in(
-        &n,
-        port,
-        "twill_policy_drops_total{policy=\"\",kind=\"unknown-interface\"}"
-    )
-    .is_some());
-
-    // A stop leaves the table (pods stay judged); a start with policy off removes it.
+    // A stop leaves the table: pods stay judged (a restart must not open them).
     agent.kill();
-    assert!(!tcp(&an, b.ip, 80), "still dropped after twilld stopped");
+    store
+        .put(
+            &key("networkpolicies/x/deny"),
+            br#"{"podSelector":{}}"#,
+            None,
+        )
+        .unwrap();
+    assert!(tcp(&an, b.ip, 80), "the stopped agent changed nothing");
+    // A pod interface whose pod is not in the dispatch map passes nothing.
+    let iface = match wiring {
+        Wiring::L3 => b.veth.clone(),
+        Wiring::Bridge => "twlpolbr0".to_string(),
+    };
+    node.ns.exec(&[
+        "nft",
+        "delete",
+        "element",
+        "inet",
+        "twill-policy",
+        "to_pod",
+        &format!("{{ \"{iface}\" . {} }}", b.ip),
+    ]);
+    assert!(!tcp(&an, b.ip, 80), "b unknown: dropped");
+    let counter = node.ns.exec(&[
+        "nft",
+        "list",
+        "counter",
+        "inet",
+        "twill-policy",
+        "drop/unknown",
+    ]);
+    let counter = String::from_utf8_lossy(&counter.stdout).into_owned();
+    assert!(!counter.contains("packets 0 "), "{counter}");
+
+    // A start with policy off removes the table: every pod open.
     let off: Vec<String> = args[..args.len() - 1]
         .iter()
         .cloned()
@@ -549,11 +516,18 @@ fn policy_end_to_end(wiring: Wiring) {
     let _agent2 = AgentProc::spawn(
         &["ip", "netns", "exec", &n],
         &off,
-        dir.path.join("twilld2.log"),
+        node.dir.path.join("twilld2.log"),
     );
     wait_for("policy off opens", WAIT, || {
         tcp(&an, b.ip, 80).then_some(())
     });
+    let (_, tables, _) = node.ns.try_exec(&["nft", "list", "tables"]);
+    assert!(!tables.contains("twill-policy"), "{tables}");
+    drop(_servers);
+    for p in &node.pods {
+        let ns = if p.name == "c" { "y" } else { "x" };
+        assert!(node.cni("DEL", &p.ns, ns, &p.name).0, "DEL {}", p.name);
+    }
 }
 
 #[test]
