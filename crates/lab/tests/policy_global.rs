@@ -12,6 +12,7 @@ mod policy_util;
 use policy_util::*;
 
 use twill_lab::netpol::{Peer, PortProto, Reachability};
+use twill_lab::netpol_probe;
 use twill_lab::plan::PodWiring;
 
 const TCP80: PortProto = PortProto::tcp(80);
@@ -127,28 +128,62 @@ fn log(lab: &PolicyLab) {
         .unwrap()
         .node;
     let node_ns = lab.state.plan.node(node).unwrap().netns.clone();
-    let (za, xa) = (lab.pod("z/a").ip.to_string(), lab.pod("x/a").ip.to_string());
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &node_ns])
-        .arg(&lab.twill)
-        .args(["policy", "log"])
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "twill policy log: {}", text(&out));
-    assert!(
+    let (za, xa, ya) = (lab.pod("z/a"), lab.pod("x/a"), lab.pod("y/a"));
+    let read_log = || {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &node_ns])
+            .arg(&lab.twill)
+            .args(["policy", "log"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "twill policy log: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let from = |ip: std::net::Ipv4Addr, log: &str| {
+        let (src, dst) = (format!(" {ip}:"), format!("{}:80", xa.ip));
         log.lines()
-            .any(|l| l.contains(&za) && l.contains(&xa) && l.contains("80")),
-        "no line for {za} → {xa}:80 in twill policy log:\n{log}"
-    );
+            .filter(|l| l.contains(&src) && l.contains(&dst))
+            .count()
+    };
+    // An all-open table holds before the policy is in place too: probe until the Log
+    // rule has logged (bounded), y's probes in between.
+    let start = std::time::Instant::now();
+    let log = loop {
+        for p in [za, ya] {
+            let _ = netpol_probe::probe(p, xa, TCP80, std::time::Duration::from_millis(500));
+        }
+        let log = read_log();
+        if from(za.ip, &log) > 0 {
+            break log;
+        }
+        assert!(
+            start.elapsed() < TABLE_DEADLINE,
+            "no line for {} → {}:80 in twill policy log after {TABLE_DEADLINE:?}:\n{log}",
+            za.ip,
+            xa.ip
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
     assert!(log.contains("log-z"), "the policy is not named:\n{log}");
-    // y's probes matched no Log rule.
-    let ya = lab.pod("y/a").ip.to_string();
-    assert!(
-        !log.lines()
-            .any(|l| l.contains(&format!("{ya} ")) || l.contains(&format!("{ya}:"))),
-        "{ya} was logged:\n{log}"
-    );
+    // One more from each, now that the rule is surely in place: z's is logged, y's never.
+    let before = from(za.ip, &log);
+    for p in [za, ya] {
+        netpol_probe::probe(p, xa, TCP80, std::time::Duration::from_secs(1)).unwrap();
+    }
+    // NFLOG hands packets over in batches: wait for it (bounded).
+    let start = std::time::Instant::now();
+    let log = loop {
+        let log = read_log();
+        if from(za.ip, &log) > before {
+            break log;
+        }
+        assert!(
+            start.elapsed() < TABLE_DEADLINE,
+            "z/a's last probe was not logged:\n{log}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(from(ya.ip, &log), 0, "{} was logged:\n{log}", ya.ip);
 }
 
 #[test]
