@@ -158,7 +158,6 @@ fn forged_mac(xa: &twill_lab::netpol_probe::ModelPod, check: &dyn Fn(&str, Ipv4A
 }
 
 #[test]
-#[ignore = "needs the endpoints part's anti-spoofing in bridge wiring, not on main yet"]
 fn spoofing_is_dropped_bridge() {
     twill_testkit::require_root("spoofing_is_dropped_bridge");
     spoofing('s', PodWiring::Bridge);
