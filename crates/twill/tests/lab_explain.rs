@@ -1,6 +1,6 @@
 //! `twill lab explain` on a real lab: the upstream model's namespaces x, y, z × pods a, b,
-//! c on 2 nodes (VXLAN, bridge wiring, real twilld and twill-cni publishing the pods'
-//! endpoints to the embedded store), the model's answer from that store, and a real probe
+//! c on 2 nodes (VXLAN, bridge wiring, real twilld enforcing policy and twill-cni, the
+//! pods' endpoints published to the embedded store), the model's answer from that store, and a real probe
 //! the command makes itself (its own server in the destination pod) to say whether the
 //! dataplane agrees. Bound: one lab (~5-10 s to build), a handful of single probes (each
 //! at most 1 s, a disagreement retried 3 times). Needs root.
@@ -50,7 +50,9 @@ fn lab_explain_says_the_model_and_probes_the_dataplane() {
     twill_testkit::require_root("lab_explain_says_the_model_and_probes_the_dataplane");
     let (cni, twilld) = ensure_binaries();
     let name = lab_name('e');
-    let spec = netpol::model_spec(&name, 2, PodWiring::Bridge);
+    let mut spec = netpol::model_spec(&name, 2, PodWiring::Bridge);
+    // The agents enforce policy (twilld --policy true), so the probe can confirm a deny.
+    spec.policy = true;
     let _lab = Lab(name.clone());
     let state = twill_lab::up(&spec, &cni, &twilld, &|_| {})
         .unwrap_or_else(|e| panic!("lab up {name}: {e}"));
@@ -146,25 +148,20 @@ fn lab_explain_says_the_model_and_probes_the_dataplane() {
         out.contains("selected by x/b-from-y, and no rule of it allows 80/tcp from z/a"),
         "{out}"
     );
-    // Whether this lab's agents enforce policy is the dataplane's part (and the lab's
-    // agent flags): the command reports what the probe saw either way, retried before a
-    // disagreement, and its exit status follows.
-    let agrees = v["probe"]["agrees"].as_bool().expect("a probe was made");
-    assert_eq!(agrees, v["probe"]["connected"] == json!(false), "{out}");
-    if agrees {
-        assert_eq!(code, 0, "{out}");
-        assert!(
-            out.contains("probe: no answer (") && out.contains("the dataplane agrees"),
-            "{out}"
-        );
-    } else {
-        assert_eq!(code, 1, "{out}");
-        assert_eq!(v["probe"]["attempts"], json!(3), "{out}");
-        assert!(
-            out.contains("the dataplane DISAGREES (after 3 probes"),
-            "{out}"
-        );
-    }
+    // The agents enforce it: the probe gets no answer, the dataplane agrees (a
+    // disagreement would be probed 3 times before being reported, exit 1).
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(v["probe"]["connected"], json!(false), "{out}");
+    assert_eq!(v["probe"]["agrees"], json!(true), "{out}");
+    assert!(out.contains("probe: no answer ("), "{out}");
+    assert!(
+        out.contains("the model denies it: the dataplane agrees"),
+        "{out}"
+    );
+    // And the allowed one still connects through the policy.
+    let (code, v, out) = explain(&name, &["y/b", "x/b", "80/tcp"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(v["probe"]["connected"], json!(true), "{out}");
 
     // Mistakes are said: an unknown pod, an unknown lab.
     let o = twill(&["lab", "explain", "--name", &name, "x/nope", "x/b", "80/tcp"]);
