@@ -100,7 +100,8 @@ pub fn model_namespaces() -> BTreeMap<String, BTreeMap<String, String>> {
 }
 
 /// A lab holding the model: `nodes` nodes (pods spread over them in turn, so that pairs
-/// cross nodes), VXLAN between them, the given pod wiring, the embedded store.
+/// cross nodes), VXLAN between them, the given pod wiring, the embedded store, network
+/// policy on (`twilld --policy true`).
 pub fn model_spec(name: &str, nodes: u16, wiring: PodWiring) -> LabSpec {
     LabSpec {
         name: name.into(),
@@ -109,6 +110,7 @@ pub fn model_spec(name: &str, nodes: u16, wiring: PodWiring) -> LabSpec {
         pod_wiring: wiring,
         pods: model_pods(),
         namespaces: model_namespaces(),
+        policy: true,
         ..LabSpec::default()
     }
 }

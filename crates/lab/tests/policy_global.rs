@@ -187,7 +187,6 @@ fn log(lab: &PolicyLab) {
 }
 
 #[test]
-#[ignore = "needs the dataplane part (twilld compiling policies into nftables) and the endpoints part (endpoints/ in the store), not on main yet"]
 fn global_bridge() {
     twill_testkit::require_root("global_bridge");
     let lab = PolicyLab::up('g', PodWiring::Bridge);

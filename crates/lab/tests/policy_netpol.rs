@@ -339,7 +339,6 @@ fn bad_resources_change_nothing(lab: &PolicyLab) {
 }
 
 #[test]
-#[ignore = "needs the dataplane part (twilld compiling policies into nftables) and the endpoints part (endpoints/ in the store), not on main yet"]
 fn netpol_bridge() {
     twill_testkit::require_root("netpol_bridge");
     let lab = PolicyLab::up('k', PodWiring::Bridge);
@@ -361,7 +360,6 @@ fn netpol_bridge() {
 
 /// l3 wiring, with the store in etcd (the bridge test uses the embedded store).
 #[test]
-#[ignore = "needs the dataplane part (twilld compiling policies into nftables) and the endpoints part (endpoints/ in the store), not on main yet"]
 fn netpol_l3_etcd() {
     twill_testkit::require_root("netpol_l3_etcd");
     twill_testkit::require_program("netpol_l3_etcd", "etcd", "etcd-server");

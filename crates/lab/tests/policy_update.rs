@@ -117,7 +117,6 @@ fn pod_joins_a_selected_set(lab: &PolicyLab) {
 }
 
 #[test]
-#[ignore = "needs the dataplane part (twilld compiling policies into nftables) and the endpoints part (endpoints/ in the store), not on main yet"]
 fn policies_change_under_traffic() {
     twill_testkit::require_root("policies_change_under_traffic");
     let lab = PolicyLab::up('u', PodWiring::Bridge);
