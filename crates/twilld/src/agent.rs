@@ -21,9 +21,9 @@ use ipnet::Ipv4Net;
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use twill_api::bgp::RoutingStatus;
+use twill_api::bgp::{RoutingStatus, PREFIX_ROUTING_STATUS};
 use twill_api::resources::{HandOff, NetworkConfig, NodeSpec, PeerView};
 use twill_ipam::records::{RecordDir, RecordError};
 use twill_store::{Event, Store, StoreError, Watch};
@@ -172,6 +172,22 @@ enum Wake {
     Backend,
     /// twill-cni's records changed (inotify).
     Records,
+    /// [`wake_for_shutdown`]: the shutdown flag may be set.
+    Shutdown,
+}
+
+/// The loops of this process's agents, by id, for [`wake_for_shutdown`].
+static SHUTDOWN_WAKERS: Mutex<Vec<(u64, Sender<Wake>)>> = Mutex::new(Vec::new());
+static NEXT_WAKER: AtomicU64 = AtomicU64::new(0);
+
+/// Wakes every agent loop of this process now, so one whose shutdown flag was just set
+/// stops at once instead of at the end of its wait (up to [`MAX_WAIT`]): twilld's signal
+/// thread calls it after SIGTERM, and BGP peers get their Cease within milliseconds.
+pub fn wake_for_shutdown() {
+    let wakers = SHUTDOWN_WAKERS.lock().unwrap_or_else(|e| e.into_inner());
+    for (_, tx) in wakers.iter() {
+        let _ = tx.send(Wake::Shutdown);
+    }
 }
 
 /// What the last run left on this node, taken in hand before the store is opened (which
@@ -259,6 +275,15 @@ struct Runner {
     records_watch: Option<std::thread::JoinHandle<()>>,
     /// Records already said to be unpublishable (said once, not on every read).
     unpublishable: std::collections::BTreeSet<String>,
+    /// Its entry in [`SHUTDOWN_WAKERS`].
+    waker_id: u64,
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        let mut wakers = SHUTDOWN_WAKERS.lock().unwrap_or_else(|e| e.into_inner());
+        wakers.retain(|(id, _)| *id != self.waker_id);
+    }
 }
 
 impl Runner {
@@ -288,7 +313,13 @@ impl Runner {
             Instant::now(),
         );
         let (wake_tx, wake_rx) = mpsc::channel();
+        let waker_id = NEXT_WAKER.fetch_add(1, Ordering::Relaxed);
+        SHUTDOWN_WAKERS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((waker_id, wake_tx.clone()));
         Runner {
+            waker_id,
             handoff: HandOffWriter::new(cfg.handoff_file.clone()),
             cfg,
             store,
@@ -319,12 +350,34 @@ impl Runner {
                 self.machine.handle(Instant::now(), input);
             }
         }
+        self.stop_routing();
         self.watch_gen.fetch_add(1, Ordering::Relaxed);
         if let Some(t) = self.watch_thread.take() {
             let _ = t.join();
         }
         if let Some(t) = self.records_watch.take() {
             let _ = t.join();
+        }
+    }
+
+    /// A clean stop: the backend first (BGP peers get their Cease now, not after the threads
+    /// have been joined), then this node's `routingstatus/<node>`, which would otherwise
+    /// stay until the lease expires (exiting keeps the lease).
+    fn stop_routing(&mut self) {
+        let Some(net) = self.net.as_mut() else {
+            return;
+        };
+        let published = net.routing.routing_status().is_some();
+        net.routing.stop();
+        if !published || self.store.kind() == StoreKind::Static {
+            return;
+        }
+        let k = key(&format!("{PREFIX_ROUTING_STATUS}{}", self.cfg.node_name));
+        if let Err(e) = self.store.delete(&k) {
+            log::error(
+                "cannot remove this node's routing status; it goes with the lease",
+                &[("key", &k), ("error", &e)],
+            );
         }
     }
 
@@ -493,6 +546,7 @@ impl Runner {
             }
             Ok(Wake::Store(..)) => None,
             Ok(Wake::Backend) => Some(Input::BackendDue),
+            Ok(Wake::Shutdown) => None,
             Ok(Wake::Records) => {
                 self.records_wake.store(false, Ordering::SeqCst);
                 Some(Input::RecordsChanged)
