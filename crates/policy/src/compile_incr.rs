@@ -139,6 +139,9 @@ impl Compiler {
             )
             .collect();
         self.bridges = bridges;
+        if changed.is_empty() {
+            return;
+        }
         let eps: Vec<EpKey> = cluster
             .pods()
             .filter(|p| p.node() == self.node && changed.contains(&p.endpoint.host_veth))

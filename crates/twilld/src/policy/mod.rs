@@ -344,7 +344,8 @@ impl Runner {
         let mut last_tick = Instant::now();
         while !self.stopping() {
             let first = watch.next(TICK).map_err(|e| e.to_string())?;
-            let start = Instant::now();
+            // The compiler's own time only (not the store's events being read and parsed).
+            let mut compiling = Duration::ZERO;
             let mut changed = false;
             let mut next = first;
             let mut n = 0;
@@ -354,15 +355,23 @@ impl Runner {
                     Event::Delete { key, .. } => cluster.apply(key, None),
                 };
                 if let Some(change) = change {
-                    if matches!(change, Change::Endpoint { .. }) {
-                        lookup_bridges(&cluster, &self.node, &mut self.bridges);
-                        let c = self.compiler.as_mut().expect("made above");
-                        c.set_bridges(&cluster, self.bridges.clone());
+                    let start = Instant::now();
+                    // A local pod new to us: its bridge (remote pods need none).
+                    if let Change::Endpoint { node, .. } = &change {
+                        if node == &self.node {
+                            let before = self.bridges.len();
+                            lookup_bridges(&cluster, &self.node, &mut self.bridges);
+                            if self.bridges.len() != before {
+                                let c = self.compiler.as_mut().expect("made above");
+                                c.set_bridges(&cluster, self.bridges.clone());
+                            }
+                        }
                     }
                     self.compiler
                         .as_mut()
                         .expect("made above")
                         .update(&cluster, &change);
+                    compiling += start.elapsed();
                     changed = true;
                 }
                 n += 1;
@@ -372,8 +381,10 @@ impl Runner {
                 next = watch.next(Duration::ZERO).map_err(|e| e.to_string())?;
             }
             if changed {
+                let start = Instant::now();
                 let ops = self.compiler.as_mut().expect("made above").take_ops();
-                self.apply(&cluster, Some(ops), start.elapsed());
+                compiling += start.elapsed();
+                self.apply(&cluster, Some(ops), compiling);
             }
             if last_tick.elapsed() >= TICK {
                 last_tick = Instant::now();
