@@ -504,7 +504,16 @@ pub fn is_alive(pid: u32) -> bool {
     let state = stat
         .rsplit_once(')')
         .and_then(|(_, rest)| rest.split_whitespace().next());
-    !matches!(state, Some("Z") | Some("X") | None)
+    match state {
+        // A leader that is a zombie while other threads of its group still run is a
+        // process in exit_group(2): its sockets (say the agent's listening port) are
+        // closed only when the last thread goes, so it is not gone yet.
+        Some("Z") => std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|tasks| tasks.count() > 1)
+            .unwrap_or(false),
+        Some("X") | None => false,
+        Some(_) => true,
+    }
 }
 
 /// Whether `pid` is alive and still the program `bin` names (a recycled PID is not ours).

@@ -177,10 +177,6 @@ fn external(tag: char, daemon: &str, segments: u8) {
             }
         },
     );
-    // The keepalives of the new session (every 3 s in the lab) join the capture.
-    std::thread::sleep(Duration::from_millis(500));
-    let _ = dump.kill();
-    let _ = dump.wait();
     let read = |key: &str| {
         let o = Command::new("tcpdump")
             .args(["-n", "-v", "-r"])
@@ -195,6 +191,27 @@ fn external(tag: char, daemon: &str, segments: u8) {
     // key) `md5 can't check`; the capture holds only the router's own sessions, so every
     // segment (SYNs included) must carry one.
     let segments = |out: &str| out.lines().filter(|l| l.contains(": Flags [")).count();
+    // `since` has a resolution of one second, so the old session can pass the wait above
+    // when it came up in the second of the restart: wait (bounded, 20 s) for the new
+    // session's handshake and OPENs in the capture itself (-U writes every packet).
+    wait_for(
+        "the new session's segments in the capture",
+        Duration::from_secs(20),
+        || {
+            // Not `read`: a packet being written may end the file short, which is no error.
+            let o = Command::new("tcpdump")
+                .args(["-n", "-r"])
+                .arg(&pcap)
+                .output()
+                .map_err(|e| e.to_string())?;
+            match segments(&String::from_utf8_lossy(&o.stdout)) {
+                n if n >= 4 => Ok(()),
+                n => Err(format!("{n} segment(s) so far")),
+            }
+        },
+    );
+    let _ = dump.kill();
+    let _ = dump.wait();
     let seen = read(KEY);
     let (all, valid) = (segments(&seen), seen.matches("md5 valid").count());
     assert!(
