@@ -212,6 +212,22 @@ impl LabelSelector {
     }
 }
 
+/// The directions a policy governs: the ones it names (sorted, once each) or, when it
+/// names none, Ingress plus Egress if it has egress rules (Kubernetes' and Calico's
+/// default alike).
+fn effective_types(named: &[PolicyType], has_egress_rules: bool) -> Vec<PolicyType> {
+    let mut t = named.to_vec();
+    if t.is_empty() {
+        t.push(PolicyType::Ingress);
+        if has_egress_rules {
+            t.push(PolicyType::Egress);
+        }
+    }
+    t.sort();
+    t.dedup();
+    t
+}
+
 /// `spec` of a `NetworkPolicy`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -232,17 +248,7 @@ pub struct NetworkPolicySpec {
 impl NetworkPolicySpec {
     /// The directions this policy isolates the selected pods in.
     pub fn types(&self) -> Vec<PolicyType> {
-        if !self.policy_types.is_empty() {
-            let mut t = self.policy_types.clone();
-            t.sort();
-            t.dedup();
-            return t;
-        }
-        let mut t = vec![PolicyType::Ingress];
-        if !self.egress.is_empty() {
-            t.push(PolicyType::Egress);
-        }
-        t
+        effective_types(&self.policy_types, !self.egress.is_empty())
     }
 }
 
@@ -386,17 +392,7 @@ pub struct GlobalNetworkPolicySpec {
 
 impl GlobalNetworkPolicySpec {
     pub fn types(&self) -> Vec<PolicyType> {
-        if !self.types.is_empty() {
-            let mut t = self.types.clone();
-            t.sort();
-            t.dedup();
-            return t;
-        }
-        let mut t = vec![PolicyType::Ingress];
-        if !self.egress.is_empty() {
-            t.push(PolicyType::Egress);
-        }
-        t
+        effective_types(&self.types, !self.egress.is_empty())
     }
 
     /// The parsed `selector` (`all()` when empty).
