@@ -263,6 +263,13 @@ enum LabCommand {
         #[command(flatten)]
         name: NameArg,
     },
+    /// The flannel-style baseline datapath `lab bench` runs in its udp twin (a port of
+    /// flannel's run_proxy: one read/sendto and one recv/write per packet).
+    #[command(hide = true)]
+    UdpBaseline {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// up, status, check, down, explaining what is built and why.
     Demo {
         #[command(flatten)]
@@ -498,6 +505,10 @@ pub fn run(args: LabArgs, store: &StoreArgs) -> anyhow::Result<i32> {
             output,
         } => explain::run(&name.name, &src, &dst, &port, output == Output::Json),
         LabCommand::Graph { name, output, out } => graph_cmd(&name.name, output, out),
+        LabCommand::UdpBaseline { args } => {
+            use twill_lab::bench_udp_baseline as baseline;
+            match baseline::run(baseline::parse_args(&args)?)? {}
+        }
         LabCommand::Down { name } => {
             let report = build::down(&name.name, &progress)?;
             for w in &report.warnings {

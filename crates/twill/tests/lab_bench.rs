@@ -1,11 +1,15 @@
 //! `twill lab bench` on real two-node labs (host-gw; vxlan with --compare-host-gw): every
 //! variant carries traffic, the JSON holds every variant and ratio, and no twin namespace
-//! (`<lab>-tw*`) nor iperf3 server is left behind. Needs root and iperf3.
+//! (`<lab>-tw*`) nor iperf3 server is left behind. And the udp bench's flannel-style
+//! baseline (`twill lab udp-baseline`) between two namespaces. Needs root and iperf3.
 
 mod common;
 use common::*;
 
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use twill_testkit::TestNetns;
 
 fn netns_with_prefix(prefix: &str) -> Vec<String> {
     std::fs::read_dir("/run/netns")
@@ -133,4 +137,186 @@ fn bench_refuses_a_one_node_lab_and_leaves_nothing() {
         text(&out)
     );
     assert!(netns_with_prefix(&format!("{name}-tw")).is_empty());
+}
+
+/// A process this test started, killed by its PID when dropped.
+struct Started(Child);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Two namespaces on a veth, a TUN in each with flannel's layout (the block's .0 as a /32,
+/// MTU 1472, a route to the other block into the TUN), and the baseline in each: ping and a
+/// 2 s iperf3 cross it, and the datagrams on the veth are bare IPv4 in UDP to port 8285.
+#[test]
+fn the_flannel_style_baseline_carries_ping_and_iperf3_between_two_netns() {
+    twill_testkit::require_root("lab_bench");
+    twill_testkit::require_program("lab_bench", "iperf3", "iperf3");
+    let ns = [TestNetns::new("ub1"), TestNetns::new("ub2")];
+    let n = |k: usize| ns[k].name.as_str();
+    twill_testkit::sh(&[
+        "ip",
+        "-n",
+        n(0),
+        "link",
+        "add",
+        "eth0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        n(1),
+    ]);
+    let node_ip = ["192.0.2.201", "192.0.2.202"];
+    let block = ["10.244.1.0/24", "10.244.2.0/24"];
+    let tun_ip = ["10.244.1.0", "10.244.2.0"];
+    for k in 0..2 {
+        let sh = |a: &[&str]| {
+            let mut full = vec!["ip", "-n", n(k)];
+            full.extend_from_slice(a);
+            twill_testkit::sh(&full);
+        };
+        sh(&["addr", "add", &format!("{}/24", node_ip[k]), "dev", "eth0"]);
+        sh(&["link", "set", "eth0", "up"]);
+        sh(&["tuntap", "add", "dev", "twl.tun", "mode", "tun"]);
+        sh(&["link", "set", "twl.tun", "mtu", "1472", "up"]);
+        sh(&[
+            "addr",
+            "add",
+            &format!("{}/32", tun_ip[k]),
+            "dev",
+            "twl.tun",
+        ]);
+        sh(&["route", "add", block[1 - k], "dev", "twl.tun"]);
+    }
+    // Bad input first: refused with the usage, nothing started.
+    let bad = twill(&["lab", "udp-baseline", "--tun", "twl.tun", "--port", "8285"]);
+    assert!(!bad.status.success(), "{}", text(&bad));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("no --route"),
+        "{}",
+        text(&bad)
+    );
+    let mut procs = Vec::new();
+    for k in 0..2 {
+        let child = Command::new("ip")
+            .args(["netns", "exec", n(k), TWILL, "lab", "udp-baseline"])
+            .args(["--tun", "twl.tun", "--port", "8285", "--bind", node_ip[k]])
+            .args(["--tun-ip", tun_ip[k], "--route"])
+            .arg(format!("{}={}", block[1 - k], node_ip[1 - k]))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start twill lab udp-baseline");
+        procs.push(Started(child));
+    }
+    // Ready once the socket is bound in both.
+    let start = Instant::now();
+    while !(0..2).all(|k| {
+        let (_, out, _) = ns[k].try_exec(&["ss", "-Hlun", "sport", "=", ":8285"]);
+        !out.trim().is_empty()
+    }) {
+        for p in &mut procs {
+            assert!(p.0.try_wait().unwrap().is_none(), "udp-baseline exited");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "udp-baseline never bound :8285"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (ok, out, err) = ns[0].try_exec(&["ping", "-c", "3", "-i", "0.2", "-W", "2", tun_ip[1]]);
+    assert!(ok, "ping across the baseline failed:\n{out}{err}");
+    // Each side decremented the TTL once more than the kernels did: 64 - 2 (the baseline
+    // on each side) = 62 on the reply.
+    assert!(out.contains("ttl=62"), "{out}");
+    // A datagram on the wire, captured during the iperf3 run: UDP to 8285 whose payload is
+    // the bare inner IPv4 packet (flannel's wire).
+    let mut cap = Started(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                n(1),
+                "tcpdump",
+                "-c",
+                "1",
+                "-nli",
+                "eth0",
+                "-x",
+            ])
+            .args(["udp", "dst", "port", "8285", "and", "greater", "1000"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tcpdump"),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let mut server = Started(
+        Command::new("ip")
+            .args(["netns", "exec", n(1), "iperf3", "-s", "-1", "-B", tun_ip[1]])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start iperf3 -s"),
+    );
+    let start = Instant::now();
+    loop {
+        let (_, out, _) = ns[1].try_exec(&["ss", "-Hltn", "sport", "=", ":5201"]);
+        if !out.trim().is_empty() {
+            break;
+        }
+        assert!(server.0.try_wait().unwrap().is_none(), "iperf3 -s exited");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "iperf3 -s not listening"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (ok, out, err) =
+        ns[0].try_exec(&["iperf3", "-c", tun_ip[1], "-t", "2", "-C", "cubic", "-J"]);
+    assert!(ok, "iperf3 across the baseline failed:\n{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("iperf3 -J");
+    let bps = v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap();
+    assert!(bps > 0.0, "{v:#}");
+    // Bounded: tcpdump -c 1 has long had its packet; kill it if it has not exited.
+    let start = Instant::now();
+    while cap.0.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = cap.0.kill();
+    let mut dump = String::new();
+    std::io::Read::read_to_string(&mut cap.0.stdout.take().unwrap(), &mut dump).unwrap();
+    let bytes: Vec<u8> = dump
+        .lines()
+        .filter_map(|l| l.trim().split_once(":  "))
+        .flat_map(|(_, hex)| {
+            hex.split_whitespace()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .flat_map(|w| {
+            (0..w.len() / 2)
+                .map(|i| u8::from_str_radix(&w[2 * i..2 * i + 2], 16).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(bytes.len() >= 48, "no datagram captured:\n{dump}");
+    assert_eq!(bytes[9], 17, "outer protocol UDP:\n{dump}");
+    assert_eq!(&bytes[22..24], &8285u16.to_be_bytes(), "{dump}");
+    assert_eq!(bytes[28], 0x45, "the payload is an IPv4 header:\n{dump}");
+    assert_eq!(
+        &bytes[28 + 16..28 + 20],
+        &[10, 244, 2, 0],
+        "inner dst:\n{dump}"
+    );
+    drop(server);
+    drop(procs);
 }
