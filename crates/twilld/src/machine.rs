@@ -367,6 +367,12 @@ pub struct Machine {
     remembered: Vec<Ipv4Net>,
     need_reclaim: bool,
     reclaiming: Option<Reclaiming>,
+    /// A block whose create failed with the store unreachable. The create may still have
+    /// committed (a request etcd applied after the client gave up on it), so the next claim
+    /// asks for this very block first: a second create of the same key is idempotent (it
+    /// answers "already exists" and the read-back finds it ours), where claiming a fresh
+    /// block would leave the node holding two.
+    uncertain_create: Option<Ipv4Net>,
     claiming: Option<Claiming>,
     next_usage: Instant,
     exhausted_logged: bool,
@@ -440,6 +446,7 @@ impl Machine {
             remembered: p.remembered.clone(),
             need_reclaim: false,
             reclaiming: None,
+            uncertain_create: None,
             claiming: None,
             next_usage: now,
             exhausted_logged: false,
@@ -1043,7 +1050,11 @@ impl Machine {
         let Some(taken) = c.taken.as_ref() else {
             return self.store(Pending::ClaimList, StoreOp::List(key(PREFIX_BLOCKS)));
         };
-        let next = self.space().free_from(taken, self.seed).next();
+        let retry = self
+            .uncertain_create
+            .take()
+            .filter(|b| !self.held.contains(b) && self.space().is_usable(*b));
+        let next = retry.or_else(|| self.space().free_from(taken, self.seed).next());
         let Some(b) = next else {
             let c = self.claiming.take().expect("claiming");
             return self.claimed(c.purpose, None, now);
@@ -1257,6 +1268,9 @@ impl Machine {
         }
         let reply = match input {
             Input::Store(Err(e)) => {
+                if let (Pending::ClaimCreate(b), true) = (&pending, e.is_transient()) {
+                    self.uncertain_create = Some(*b);
+                }
                 if matches!(pending, Pending::KeepAlive { .. })
                     && !matches!(e, StoreError::LeaseExpired(_))
                 {
@@ -2455,6 +2469,46 @@ mod tests {
         assert_eq!(held.len(), 1, "no second block claimed: {:?}", w.blocks());
         assert_eq!(n.handoff, held);
         assert!(n.said("block claimed"));
+        assert!(n.ready());
+    }
+
+    #[test]
+    fn a_create_that_timed_out_and_committed_late_is_retried_not_doubled() {
+        let w = World::new("mlate", "10.244.0.0/16", 26, 60, None);
+        let mut n = w.node("n1", &[], &[]);
+        // What a loaded etcd does: the client gives up on the create (unreachable), but the
+        // server applies it later, after the agent's next round has listed the blocks.
+        let mut late: Option<StoreOp> = None;
+        let mut failed = false;
+        n.hook = Some(Box::new(move |op, s| {
+            // The late commit lands just before the next round's list of the blocks (the
+            // claim's: the reclaim ran in the first round and is not repeated), which then
+            // shows the block as taken, by whom the list does not say.
+            if let (Some(StoreOp::Create { key, value, lease }), StoreOp::List(p)) = (&late, op) {
+                if p.ends_with(PREFIX_BLOCKS) {
+                    assert!(s.create(key, value, *lease).unwrap().is_some());
+                    late = None;
+                }
+            }
+            match op {
+                StoreOp::Create { .. } if !failed => {
+                    failed = true;
+                    late = Some(op.clone());
+                    Some(Err(StoreError::Unavailable {
+                        endpoint: "http://192.0.2.1:2379".into(),
+                        reason: "timed out".into(),
+                    }))
+                }
+                _ => None,
+            }
+        }));
+        let mut w = w;
+        w.now = w.run(&mut n);
+        assert!(!n.ready(), "the failed create ends the round");
+        w.run(&mut n);
+        let held = w.held_by("n1");
+        assert_eq!(held.len(), 1, "no second block claimed: {:?}", w.blocks());
+        assert_eq!(n.handoff, held);
         assert!(n.ready());
     }
 
