@@ -13,3 +13,7 @@
 //! `filter` (what is admitted and why not), `ctl` (the control protocol between twilld and
 //! the `twill-datapath` process), `virtio`, `gso`, `gro` (the offload framing), `stats`.
 //! The I/O edges: `tun`, `udp`, the workers and the control server.
+
+pub mod checksum;
+pub mod gso;
+pub mod virtio;
