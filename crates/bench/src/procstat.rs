@@ -4,16 +4,9 @@
 use anyhow::{Context, Result};
 use std::time::Instant;
 
-/// CPU ticks (utime + stime) from the text of `/proc/PID/stat`. The command name (field
-/// 2) may hold spaces and parentheses, so fields are counted after its last `)`.
-pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // rest starts at field 3 (state); utime is field 14, stime field 15.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
-}
+/// CPU ticks (utime + stime) from the text of `/proc/PID/stat`: one parser for every bench,
+/// in twill-lab because `twill lab bench` (udp) counts CPU too.
+pub use twill_lab::bench_udp::parse_cpu_ticks;
 
 /// VmRSS in kB from the text of `/proc/PID/status`.
 pub fn parse_rss_kb(status: &str) -> Option<u64> {

@@ -64,12 +64,59 @@ pub enum BenchError {
 /// The backend kind of the lab benched and of its twins: the one kind of twill-api.
 pub use twill_api::backend::BackendKind;
 
-/// What the twin's encapsulation costs the pods' MTU: the VXLAN header for the kinds that
-/// tunnel (static is a VXLAN mesh), nothing for routes.
-fn twin_overhead(backend: BackendKind) -> u32 {
-    match backend {
-        BackendKind::Vxlan | BackendKind::Static => TWIN_VXLAN_OVERHEAD,
-        BackendKind::None | BackendKind::HostGw | BackendKind::Rip | BackendKind::Bgp => 0,
+/// The TUN the udp twins forward through (the udp backend's name for it).
+pub const TWIN_TUN_DEVICE: &str = "twl.tun";
+/// The udp twins' UDP port: flannel's default.
+pub const TWIN_UDP_PORT: u16 = crate::bench_udp_baseline::FLANNEL_UDP_PORT;
+
+/// What a twin carries pods' packets across nodes with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TwinKind {
+    /// A route per remote block via the remote node (host-gw; what rip and bgp program on
+    /// one segment).
+    HostGw,
+    /// Kernel VXLAN, flannel.1's way (the vxlan and static backends).
+    Vxlan,
+    /// A TUN and the flannel-style baseline ([`crate::bench_udp_baseline`]): flannel's
+    /// `udp` design, one packet per syscall.
+    UdpBaseline,
+}
+
+impl TwinKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            TwinKind::HostGw => "host-gw",
+            TwinKind::Vxlan => "vxlan",
+            TwinKind::UdpBaseline => "udp-baseline",
+        }
+    }
+    /// The letter after `<lab>-tw` in the twin's namespaces.
+    fn tag(self) -> char {
+        match self {
+            TwinKind::HostGw => 'h',
+            TwinKind::Vxlan => 'v',
+            TwinKind::UdpBaseline => 'b',
+        }
+    }
+    /// What the encapsulation costs the pods' MTU.
+    pub fn overhead(self) -> u32 {
+        match self {
+            TwinKind::HostGw => 0,
+            TwinKind::Vxlan => TWIN_VXLAN_OVERHEAD,
+            TwinKind::UdpBaseline => crate::bench_udp_baseline::FLANNEL_UDP_OVERHEAD,
+        }
+    }
+    /// The twin of a lab of `backend`; none for a backend that carries nothing across
+    /// nodes (there is nothing to compare).
+    pub fn of_backend(backend: BackendKind) -> Option<TwinKind> {
+        match backend {
+            // A routing protocol's result on one segment is host-gw's table: a route per
+            // remote block via the remote node.
+            BackendKind::HostGw | BackendKind::Rip | BackendKind::Bgp => Some(TwinKind::HostGw),
+            BackendKind::Vxlan | BackendKind::Static => Some(TwinKind::Vxlan),
+            BackendKind::None => None,
+        }
     }
 }
 
@@ -107,9 +154,9 @@ impl NodeSide {
 /// the lab (separate namespaces, so nothing clashes).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct TwinPlan {
-    /// Namespace prefix, `<lab>-tw` + `v` (vxlan) or `h` (host-gw).
+    /// Namespace prefix, `<lab>-tw` + `v` (vxlan), `h` (host-gw) or `b` (udp baseline).
     pub prefix: String,
-    pub backend: BackendKind,
+    pub kind: TwinKind,
     pub nodes: [NodeSide; 2],
     /// Whether the human turns TX checksum offload off on the VXLAN device: on kernels
     /// with the checksum fault (before 5.7), as twilld does. False from `new` (a pure plan);
@@ -117,7 +164,7 @@ pub struct TwinPlan {
     pub tx_checksum_off: bool,
 }
 
-fn cmd(parts: &[&str]) -> Vec<String> {
+pub(crate) fn cmd(parts: &[&str]) -> Vec<String> {
     parts.iter().map(|s| s.to_string()).collect()
 }
 
@@ -129,24 +176,23 @@ impl TwinPlan {
         backend: BackendKind,
         nodes: [NodeSide; 2],
     ) -> Result<TwinPlan, BenchError> {
-        let tag = match backend {
-            // A routing protocol's result on one segment is host-gw's table: a route per
-            // remote block via the remote node.
-            BackendKind::HostGw | BackendKind::Rip | BackendKind::Bgp => "h",
-            BackendKind::Vxlan | BackendKind::Static => "v",
-            BackendKind::None => {
-                return Err(BenchError::Backend(format!(
-                    "backend {backend} carries nothing between nodes, so there is no twin to \
-                     compare with; bench a lab made with `twill lab up --backend host-gw|vxlan`"
-                )))
-            }
-        };
-        Ok(TwinPlan {
-            prefix: format!("{lab}-tw{tag}"),
-            backend,
+        let kind = TwinKind::of_backend(backend).ok_or_else(|| {
+            BenchError::Backend(format!(
+                "backend {backend} carries nothing between nodes, so there is no twin to \
+                 compare with; bench a lab made with `twill lab up --backend host-gw|vxlan`"
+            ))
+        })?;
+        Ok(TwinPlan::of_kind(lab, kind, nodes))
+    }
+
+    /// A twin of `kind`, whatever the lab runs.
+    pub fn of_kind(lab: &str, kind: TwinKind, nodes: [NodeSide; 2]) -> TwinPlan {
+        TwinPlan {
+            prefix: format!("{lab}-tw{}", kind.tag()),
+            kind,
             nodes,
             tx_checksum_off: false,
-        })
+        }
     }
 
     pub fn underlay_netns(&self) -> String {
@@ -171,7 +217,7 @@ impl TwinPlan {
     }
     /// The pods' MTU: the uplink's less what the backend's encapsulation needs.
     pub fn pod_mtu(&self, k: usize) -> u32 {
-        self.nodes[k - 1].uplink_mtu - twin_overhead(self.backend)
+        self.nodes[k - 1].uplink_mtu - self.kind.overhead()
     }
 
     /// The whole twin as the commands a person would type, in order.
@@ -261,10 +307,8 @@ impl TwinPlan {
         let (me, peer) = (&self.nodes[k - 1], &self.nodes[2 - k]);
         let n = self.node_netns(k);
         let block = peer.block().to_string();
-        match self.backend {
-            // Refused by `new`: nothing to program.
-            BackendKind::None => Vec::new(),
-            BackendKind::HostGw | BackendKind::Rip | BackendKind::Bgp => vec![cmd(&[
+        match self.kind {
+            TwinKind::HostGw => vec![cmd(&[
                 "ip",
                 "-n",
                 &n,
@@ -276,7 +320,7 @@ impl TwinPlan {
                 "dev",
                 "eth0",
             ])],
-            BackendKind::Vxlan | BackendKind::Static => {
+            TwinKind::Vxlan => {
                 let dev = TWIN_VXLAN_DEVICE;
                 let mtu = (me.uplink_mtu - TWIN_VXLAN_OVERHEAD).to_string();
                 let (vni, port) = (TWIN_VNI.to_string(), TWIN_VXLAN_PORT.to_string());
@@ -361,6 +405,29 @@ impl TwinPlan {
                         "ip", "-n", &n, "route", "add", &block, "via", &peer_vtep, "dev", dev,
                         "onlink",
                     ]),
+                ]
+            }
+            // flannel's udp layout, as the udp backend makes it: a TUN with MTU uplink - 28,
+            // the block's .0 as a /32 on it, a route per remote block into it. The process
+            // that forwards is started after (see `bench_udp::daemon_command`).
+            TwinKind::UdpBaseline => {
+                let dev = TWIN_TUN_DEVICE;
+                let mtu = self.pod_mtu(k).to_string();
+                vec![
+                    cmd(&["ip", "-n", &n, "tuntap", "add", "dev", dev, "mode", "tun"]),
+                    cmd(&["ip", "-n", &n, "link", "set", dev, "mtu", &mtu]),
+                    cmd(&[
+                        "ip",
+                        "-n",
+                        &n,
+                        "addr",
+                        "add",
+                        &format!("{}/32", me.vtep_ip()),
+                        "dev",
+                        dev,
+                    ]),
+                    cmd(&["ip", "-n", &n, "link", "set", dev, "up"]),
+                    cmd(&["ip", "-n", &n, "route", "add", &block, "dev", dev]),
                 ]
             }
         }
@@ -563,7 +630,7 @@ pub struct BenchReport {
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TwinReport {
-    pub backend: BackendKind,
+    pub kind: TwinKind,
     pub netns: Vec<String>,
     pub commands: Vec<String>,
 }
@@ -646,7 +713,7 @@ pub struct Path {
 }
 
 impl Path {
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         format!(
             "{} -> {} ({})",
             self.client_netns, self.server_ip, self.server_netns
@@ -677,7 +744,7 @@ pub struct BenchOptions {
     pub compare_host_gw: bool,
 }
 
-fn run_cmd(args: &[String]) -> Result<String, BenchError> {
+pub(crate) fn run_cmd(args: &[String]) -> Result<String, BenchError> {
     let line = args.join(" ");
     let out = Command::new(&args[0])
         .args(&args[1..])
@@ -695,7 +762,7 @@ fn run_cmd(args: &[String]) -> Result<String, BenchError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn ip_json(args: &[&str]) -> Result<Value, BenchError> {
+pub(crate) fn ip_json(args: &[&str]) -> Result<Value, BenchError> {
     let mut full = vec!["-j"];
     full.extend_from_slice(args);
     let text = build::ip(&full)?;
@@ -808,18 +875,18 @@ pub fn classify_route(dev: &str, via: &str, peer: &NodeSide) -> Result<BackendKi
 }
 
 /// A twin that exists until dropped: its namespaces are deleted then, whatever happened.
-struct TwinGuard {
+pub(crate) struct TwinGuard {
     netns: Vec<String>,
 }
 
 impl TwinGuard {
-    fn build(plan: &TwinPlan, log: Log) -> Result<TwinGuard, BenchError> {
+    pub(crate) fn build(plan: &TwinPlan, log: Log) -> Result<TwinGuard, BenchError> {
         // Whatever a crashed run left under this twin's names is ours: remove it first.
         remove_netns(&plan.netns());
         let mut guard = TwinGuard { netns: Vec::new() };
         log(&format!(
             "twin {}: building {} with ip/bridge/ethtool",
-            plan.backend.name(),
+            plan.kind.name(),
             plan.netns().join(", ")
         ));
         for c in plan.commands() {
@@ -847,9 +914,9 @@ fn remove_netns(names: &[String]) {
 }
 
 /// An iperf3 server, killed by its PID when dropped.
-struct Server {
-    child: Child,
-    port: u16,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) port: u16,
 }
 
 impl Drop for Server {
@@ -875,7 +942,7 @@ pub fn parse_ss_ports(text: &str) -> Vec<u16> {
         .collect()
 }
 
-fn start_server(netns: &str) -> Result<Server, BenchError> {
+pub(crate) fn start_server(netns: &str) -> Result<Server, BenchError> {
     let used = listening_ports(netns)?;
     let port = (FIRST_PORT..u16::MAX)
         .find(|p| !used.contains(p))
@@ -948,7 +1015,7 @@ fn run_client(
     })
 }
 
-fn iperf_installed() -> bool {
+pub(crate) fn iperf_installed() -> bool {
     Command::new("iperf3")
         .arg("--version")
         .stdout(Stdio::null())
@@ -958,7 +1025,7 @@ fn iperf_installed() -> bool {
 }
 
 /// The twin's paths: pod on its node 1 to pod on its node 2.
-fn twin_path(plan: &TwinPlan) -> Path {
+pub(crate) fn twin_path(plan: &TwinPlan) -> Path {
     Path {
         client_netns: plan.pod_netns(1),
         server_netns: plan.pod_netns(2),
@@ -1041,7 +1108,7 @@ pub fn run(target: &Target, opts: &BenchOptions, log: Log) -> Result<BenchReport
         twins: twins
             .iter()
             .map(|t| TwinReport {
-                backend: t.backend,
+                kind: t.kind,
                 netns: t.netns(),
                 commands: t.commands().iter().map(|c| c.join(" ")).collect(),
             })

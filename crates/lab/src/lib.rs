@@ -9,9 +9,11 @@
 //! - [`probe`] and [`check`]: in-namespace listeners and probes; the connectivity checks.
 //! - [`routes`]: a routing table read for the demo and traces (the l3 story: blackhole, /32s).
 //! - [`bench`]: iperf3 pod→pod against the bare underlay and a hand-built twin;
-//!   [`bench_udp_baseline`]: the flannel-style datapath the udp bench compares with.
+//!   [`bench_udp`]: the udp backend's bench (Twill vs kernel VXLAN vs the flannel-style
+//!   baseline, [`bench_udp_baseline`]).
 
 pub mod bench;
+pub mod bench_udp;
 pub mod bench_udp_baseline;
 pub mod build;
 pub mod check;

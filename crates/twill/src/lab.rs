@@ -212,6 +212,14 @@ enum LabCommand {
         /// On a vxlan lab, also build a host-gw twin and compare against it.
         #[arg(long)]
         compare_host_gw: bool,
+        /// The udp backend's bench: Twill's udp datapath (the lab's if it runs udp, else a
+        /// twin running twill-datapath) vs a kernel-VXLAN twin vs the flannel-style
+        /// baseline, pinned, with CPU s/Gbit.
+        #[arg(long, conflicts_with = "compare_host_gw")]
+        udp: bool,
+        /// With --udp: the iperf3 -P values to measure, each for every variant.
+        #[arg(long, value_delimiter = ',', default_value = "1,4", requires = "udp")]
+        streams: Vec<u32>,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
@@ -471,12 +479,33 @@ pub fn run(args: LabArgs, store: &StoreArgs) -> anyhow::Result<i32> {
             seconds,
             rounds,
             compare_host_gw,
+            udp,
+            streams,
             output,
         } => {
             anyhow::ensure!(
                 seconds > 0 && rounds > 0,
                 "--seconds and --rounds must be at least 1"
             );
+            if udp {
+                anyhow::ensure!(
+                    !streams.is_empty() && streams.iter().all(|p| (1..=128).contains(p)),
+                    "--streams takes iperf3 -P values from 1 to 128, e.g. 1,4"
+                );
+                let opts = twill_lab::bench_udp::UdpBenchOptions {
+                    seconds,
+                    rounds,
+                    streams,
+                    exe: std::env::current_exe()
+                        .context("cannot find the running twill executable")?,
+                };
+                let report = twill_lab::bench_udp::bench_lab(&name.name, &opts, &progress)?;
+                match output {
+                    Output::Json => print_json(&report)?,
+                    Output::Table => print!("{}", twill_lab::bench_udp::render(&report)),
+                }
+                return Ok(0);
+            }
             let opts = twill_lab::bench::BenchOptions {
                 seconds,
                 rounds,

@@ -320,3 +320,105 @@ fn the_flannel_style_baseline_carries_ping_and_iperf3_between_two_netns() {
     drop(server);
     drop(procs);
 }
+
+/// `twill lab bench --udp`, bounded (1 s runs, 1 round, -P 1 and -P 4: about 20 s): the
+/// report has every variant at both stream counts, each moved bytes and was charged CPU,
+/// and the twins, their datapaths and the iperf3 servers are gone after. No figure is checked: performance is the bench's to report.
+#[test]
+fn bench_udp_reports_every_variant_and_leaves_nothing() {
+    twill_testkit::require_root("lab_bench");
+    twill_testkit::require_program("lab_bench", "iperf3", "iperf3");
+    ensure_binaries();
+    let name = lab_name('u');
+    let _guard = LabGuard(name.clone());
+    let up = twill(&[
+        "lab",
+        "up",
+        "--name",
+        &name,
+        "--nodes",
+        "2",
+        "--pods-per-node",
+        "1",
+        "--backend",
+        "vxlan",
+    ]);
+    assert!(up.status.success(), "lab up failed:\n{}", text(&up));
+    let out = twill(&[
+        "lab",
+        "bench",
+        "--name",
+        &name,
+        "--udp",
+        "--seconds",
+        "1",
+        "--rounds",
+        "1",
+        "--streams",
+        "1,4",
+        "-o",
+        "json",
+    ]);
+    assert!(out.status.success(), "bench --udp failed:\n{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("bench -o json is not JSON ({e}):\n{}", text(&out)));
+    let got: Vec<(u64, &str)> = report["figures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["streams"].as_u64().unwrap(),
+                f["variant"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    // Twill's own variant comes with its datapath (issue 11's dp-io); until then, the two
+    // references.
+    let variants = ["vxlan", "baseline"];
+    let want: Vec<(u64, &str)> = [1, 4]
+        .iter()
+        .flat_map(|p| variants.iter().map(move |v| (*p, *v)))
+        .collect();
+    assert_eq!(got, want, "{report:#}");
+    for f in report["figures"].as_array().unwrap() {
+        let runs = f["runs"].as_array().unwrap();
+        assert_eq!(runs.len(), 1, "{f:#}");
+        assert!(
+            runs[0]["gbit"].as_f64().unwrap() > 0.0,
+            "moved nothing: {f:#}"
+        );
+        assert!(runs[0]["cpuSeconds"].as_f64().unwrap() > 0.0, "{f:#}");
+        assert_eq!(runs[0]["iperf"]["congestion"], "cubic", "{f:#}");
+    }
+    assert_eq!(report["ratios"], serde_json::json!([]), "{report:#}");
+    // Two datapaths per userspace twin, pinned to CPU 0 (node 1) and CPU 1 (node 2).
+    let dps = report["datapaths"].as_array().unwrap();
+    let placed: Vec<(&str, u64, u64)> = dps
+        .iter()
+        .map(|d| {
+            (
+                d["variant"].as_str().unwrap(),
+                d["node"].as_u64().unwrap(),
+                d["cpu"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        placed,
+        [("baseline", 1, 0), ("baseline", 2, 1),],
+        "{report:#}"
+    );
+    // Everything the bench made is gone.
+    for d in dps {
+        let pid = d["pid"].as_u64().unwrap();
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "datapath {pid} still running"
+        );
+    }
+    let left = netns_with_prefix(&format!("{name}-tw"));
+    assert!(left.is_empty(), "twin namespaces left: {left:?}");
+    let servers = iperf3_in_lab(&name);
+    assert!(servers.is_empty(), "iperf3 left running: {servers:?}");
+}
