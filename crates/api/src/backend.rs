@@ -6,7 +6,7 @@
 //! On the wire (the store's `config`, `twill apply` files) a backend is written exactly as
 //! before the types existed: a bare name (`"vxlan"`) when it has no options, else an
 //! object `{type, vni, port, directRouting}` (`{type: rip, updateSeconds, timeoutSeconds,
-//! garbageSeconds}` for RIP). Reading refuses, naming the field:
+//! garbageSeconds}` for RIP, `{type: udp, port}` for udp). Reading refuses, naming the field:
 //! - an unknown name (`spec.backend: "gre" is not a backend: use one of …`);
 //! - an unknown field (`unknown field `colour`, expected one of …`);
 //! - an option the kind does not take (`spec.backend.vni: vni is not an option of
@@ -24,6 +24,8 @@ pub const DEFAULT_VNI: u32 = 1;
 pub const DEFAULT_VXLAN_PORT: u16 = 8472;
 /// The largest VNI (24 bits).
 pub const MAX_VNI: u32 = 0x00ff_ffff;
+/// flannel's udp backend port (`defaultPort` in flannel's `pkg/backend/udp`).
+pub const DEFAULT_UDP_PORT: u16 = 8285;
 
 /// Which backend, without its options.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -44,16 +46,20 @@ pub enum BackendKind {
     /// routers outside the cluster; every setting from the BGPConfiguration, BGPPeer and
     /// Node resources, none in the network config.
     Bgp,
+    /// flannel's udp: a TUN device (`twl.tun`) and a userspace datapath that carries each
+    /// pod packet, bare, in a UDP datagram to the node holding its destination.
+    Udp,
 }
 
 impl BackendKind {
-    pub const ALL: [BackendKind; 6] = [
+    pub const ALL: [BackendKind; 7] = [
         BackendKind::None,
         BackendKind::HostGw,
         BackendKind::Vxlan,
         BackendKind::Static,
         BackendKind::Rip,
         BackendKind::Bgp,
+        BackendKind::Udp,
     ];
 
     /// The name used in configs and on command lines.
@@ -65,6 +71,7 @@ impl BackendKind {
             BackendKind::Static => "static",
             BackendKind::Rip => "rip",
             BackendKind::Bgp => "bgp",
+            BackendKind::Udp => "udp",
         }
     }
 
@@ -74,6 +81,7 @@ impl BackendKind {
             BackendKind::None | BackendKind::HostGw | BackendKind::Bgp => &[],
             BackendKind::Vxlan | BackendKind::Static => VXLAN_FIELDS,
             BackendKind::Rip => RIP_FIELDS,
+            BackendKind::Udp => UDP_FIELDS,
         }
     }
 
@@ -86,6 +94,7 @@ impl BackendKind {
             BackendKind::Static => BackendSpec::Static(VxlanOptions::DEFAULT),
             BackendKind::Rip => BackendSpec::Rip(RipOptions::DEFAULT),
             BackendKind::Bgp => BackendSpec::Bgp,
+            BackendKind::Udp => BackendSpec::Udp(UdpOptions::DEFAULT),
         }
     }
 
@@ -163,6 +172,7 @@ pub struct VxlanOptions {
 
 const VXLAN_FIELDS: &[&str] = &["vni", "port", "directRouting"];
 const RIP_FIELDS: &[&str] = &["updateSeconds", "timeoutSeconds", "garbageSeconds"];
+const UDP_FIELDS: &[&str] = &["port"];
 const ALL_FIELDS: &[&str] = &[
     "type",
     "vni",
@@ -203,6 +213,37 @@ impl VxlanOptions {
             return Err((
                 "port",
                 format!("0 is not a port: leave it out for {DEFAULT_VXLAN_PORT}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The options of the `udp` backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct UdpOptions {
+    /// The UDP port every node's datapath listens on and sends to ([`DEFAULT_UDP_PORT`]
+    /// when unset, like flannel).
+    pub port: Option<u16>,
+}
+
+impl UdpOptions {
+    pub const DEFAULT: UdpOptions = UdpOptions { port: None };
+
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(DEFAULT_UDP_PORT)
+    }
+
+    pub fn is_default(&self) -> bool {
+        *self == UdpOptions::DEFAULT
+    }
+
+    /// The option fields out of range, as (field, reason).
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.port == Some(0) {
+            return Err((
+                "port",
+                format!("0 is not a port: leave it out for {DEFAULT_UDP_PORT}"),
             ));
         }
         Ok(())
@@ -299,6 +340,7 @@ pub enum BackendSpec {
     Static(VxlanOptions),
     Rip(RipOptions),
     Bgp,
+    Udp(UdpOptions),
 }
 
 impl BackendSpec {
@@ -310,6 +352,7 @@ impl BackendSpec {
             BackendSpec::Static(_) => BackendKind::Static,
             BackendSpec::Rip(_) => BackendKind::Rip,
             BackendSpec::Bgp => BackendKind::Bgp,
+            BackendSpec::Udp(_) => BackendKind::Udp,
         }
     }
 
@@ -317,9 +360,19 @@ impl BackendSpec {
     pub const fn vxlan(&self) -> Option<&VxlanOptions> {
         match self {
             BackendSpec::Vxlan(o) | BackendSpec::Static(o) => Some(o),
-            BackendSpec::None | BackendSpec::HostGw | BackendSpec::Rip(_) | BackendSpec::Bgp => {
-                None
-            }
+            BackendSpec::None
+            | BackendSpec::HostGw
+            | BackendSpec::Rip(_)
+            | BackendSpec::Bgp
+            | BackendSpec::Udp(_) => None,
+        }
+    }
+
+    /// The udp options, for `udp`.
+    pub const fn udp(&self) -> Option<&UdpOptions> {
+        match self {
+            BackendSpec::Udp(o) => Some(o),
+            _ => None,
         }
     }
 
@@ -338,7 +391,8 @@ impl BackendSpec {
     }
 
     /// A spec of `kind` with `options`; `None` options mean the defaults. Fails, naming the
-    /// first field, when the kind takes no options but some are set.
+    /// first field, when the kind does not take an option that is set (udp takes only
+    /// `port`).
     pub fn with_options(
         kind: BackendKind,
         options: Option<VxlanOptions>,
@@ -358,12 +412,25 @@ impl BackendSpec {
             }
             BackendKind::Vxlan => Ok(BackendSpec::Vxlan(options)),
             BackendKind::Static => Ok(BackendSpec::Static(options)),
+            BackendKind::Udp => {
+                let set = [
+                    ("vni", options.vni.is_some()),
+                    ("directRouting", options.direct_routing),
+                ];
+                match set.into_iter().find(|(_, on)| *on) {
+                    Some((field, _)) => Err(NotAnOption { kind, field }),
+                    None => Ok(BackendSpec::Udp(UdpOptions { port: options.port })),
+                }
+            }
         }
     }
 
     /// Out-of-range options, as (field under `backend`, reason).
     pub fn check(&self) -> Result<(), (&'static str, String)> {
         if let Some(o) = self.rip() {
+            return o.check();
+        }
+        if let Some(o) = self.udp() {
             return o.check();
         }
         self.vxlan().map_or(Ok(()), VxlanOptions::check)
@@ -398,6 +465,8 @@ impl NotAnOption {
     fn hint(field: &str) -> &'static str {
         if RIP_FIELDS.contains(&field) {
             "only rip takes updateSeconds, timeoutSeconds and garbageSeconds; remove it, or use type rip"
+        } else if UDP_FIELDS.contains(&field) {
+            "only vxlan, static and udp take port; remove it, or use one of those types"
         } else {
             "only vxlan and static take vni, port and directRouting; remove it, or use type vxlan"
         }
@@ -419,6 +488,14 @@ impl Serialize for BackendSpec {
                 if let Some(v) = v {
                     m.serialize_entry(field, &v)?;
                 }
+            }
+            return m.end();
+        }
+        if let Some(o) = self.udp().filter(|o| !o.is_default()) {
+            let mut m = s.serialize_map(Some(2))?;
+            m.serialize_entry("type", self.kind().name())?;
+            if let Some(port) = o.port {
+                m.serialize_entry("port", &port)?;
             }
             return m.end();
         }
@@ -459,7 +536,7 @@ impl<'de> Visitor<'de> for SpecVisitor {
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         write!(
             f,
-            "a backend name ({}) or {{type, vni, port, directRouting}} or {{type, updateSeconds, timeoutSeconds, garbageSeconds}}",
+            "a backend name ({}) or {{type, vni, port, directRouting}} or {{type, updateSeconds, timeoutSeconds, garbageSeconds}} or {{type: udp, port}}",
             BackendKind::list()
         )
     }
@@ -580,7 +657,7 @@ mod tests {
         assert_eq!(BackendSpec::default(), BackendSpec::None);
         assert_eq!(
             "gre".parse::<BackendKind>().unwrap_err().to_string(),
-            "\"gre\" is not a backend: use one of none, host-gw, vxlan, static, rip, bgp"
+            "\"gre\" is not a backend: use one of none, host-gw, vxlan, static, rip, bgp, udp"
         );
     }
 
@@ -703,6 +780,76 @@ mod tests {
         assert!(e.contains("only rip takes"), "{e}");
         let e = spec(r#"{"type":"rip","updateSeconds":"5s"}"#).unwrap_err();
         assert!(e.contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn udp_takes_a_port_only_and_round_trips() {
+        assert_eq!(
+            spec(r#""udp""#).unwrap(),
+            BackendSpec::Udp(UdpOptions::DEFAULT)
+        );
+        assert_eq!(UdpOptions::DEFAULT.port(), DEFAULT_UDP_PORT);
+        assert_eq!(DEFAULT_UDP_PORT, 8285);
+        let s = spec(r#"{"type":"udp","port":9000}"#).unwrap();
+        assert_eq!(s, BackendSpec::Udp(UdpOptions { port: Some(9000) }));
+        assert_eq!(s.udp().unwrap().port(), 9000);
+        assert_eq!(s.kind(), BackendKind::Udp);
+        assert!(s.vxlan().is_none() && s.rip().is_none() && !s.direct_routing());
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            r#"{"type":"udp","port":9000}"#
+        );
+        // The port before the type, too; no options is the bare name.
+        assert_eq!(spec(r#"{"port":9000,"type":"udp"}"#).unwrap(), s);
+        assert_eq!(
+            serde_json::to_string(&spec(r#"{"type":"udp"}"#).unwrap()).unwrap(),
+            r#""udp""#
+        );
+        assert!(s.check().is_ok());
+        // Port 0 is refused by name, like vxlan's.
+        let zero = spec(r#"{"type":"udp","port":0}"#).unwrap();
+        let (field, reason) = zero.check().unwrap_err();
+        assert_eq!(field, "port");
+        assert!(reason.contains("leave it out for 8285"), "{reason}");
+        let e = spec(r#"{"type":"udp","port":70000}"#).unwrap_err();
+        assert!(e.contains("invalid value"), "{e}");
+        // The options of other kinds, either way round, named.
+        for (json, field) in [
+            (r#"{"type":"udp","vni":5}"#, "vni"),
+            (r#"{"vni":5,"type":"udp"}"#, "vni"),
+            (r#"{"type":"udp","directRouting":true}"#, "directRouting"),
+            (r#"{"directRouting":true,"type":"udp"}"#, "directRouting"),
+            (r#"{"type":"udp","updateSeconds":5}"#, "updateSeconds"),
+            (r#"{"updateSeconds":5,"type":"udp"}"#, "updateSeconds"),
+        ] {
+            let e = spec(json).unwrap_err();
+            assert!(
+                e.starts_with(&format!("{field} is not an option of backend udp")),
+                "{json}: {e}"
+            );
+        }
+        // A port on a kind without one names the kinds that take it.
+        let e = spec(r#"{"type":"host-gw","port":1}"#).unwrap_err();
+        assert!(e.contains("only vxlan, static and udp take port"), "{e}");
+        let o = VxlanOptions {
+            port: Some(9),
+            ..Default::default()
+        };
+        assert_eq!(
+            BackendSpec::with_options(BackendKind::Udp, Some(o)).unwrap(),
+            BackendSpec::Udp(UdpOptions { port: Some(9) })
+        );
+        let vni = VxlanOptions {
+            vni: Some(9),
+            ..Default::default()
+        };
+        assert_eq!(
+            BackendSpec::with_options(BackendKind::Udp, Some(vni)).unwrap_err(),
+            NotAnOption {
+                kind: BackendKind::Udp,
+                field: "vni"
+            }
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! | `peers/<node>` | [`PeerView`]: what this node's probes see of every peer (bound to its lease) | `twilld` |
 //! | `bgpconfig`, `bgppeers/<name>`, `routingstatus/<node>` | Calico mode's, see [`crate::bgp`] | `twill apply`, `twilld` |
 
-pub use crate::backend::{BackendKind, BackendSpec, VxlanOptions};
+pub use crate::backend::{BackendKind, BackendSpec, UdpOptions, VxlanOptions};
 use crate::wiring::PodWiring;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};

@@ -115,6 +115,9 @@ impl TwinKind {
             // remote block via the remote node.
             BackendKind::HostGw | BackendKind::Rip | BackendKind::Bgp => Some(TwinKind::HostGw),
             BackendKind::Vxlan | BackendKind::Static => Some(TwinKind::Vxlan),
+            // flannel's udp design, one packet per syscall: what the udp backend is
+            // measured against (`--udp` adds the kernel-VXLAN twin).
+            BackendKind::Udp => Some(TwinKind::UdpBaseline),
             BackendKind::None => None,
         }
     }

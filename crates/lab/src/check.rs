@@ -491,6 +491,9 @@ pub fn cross_node_checks(plan: &LabPlan, pod_ips: &HashMap<String, Ipv4Addr>) ->
                 }
                 BackendKind::Bgp => "bgp: the block is learned over BGP (ip route show proto bgp) via the node that announced it",
                 BackendKind::Rip => "rip: the block is heard over RIP and installed by twilld (ip route show proto 84), via the node or the router that announced it",
+                BackendKind::Udp => {
+                    "udp: a route per remote block dev twl.tun (ip route show proto 84); the node's datapath process wraps each packet in UDP to the peer's node IP, port 8285"
+                }
                 BackendKind::Vxlan if plan.direct_routing && a.segment == b.segment => {
                     "vxlan directRouting: on one segment, a direct route via the remote node (ip route show proto 84)"
                 }

@@ -728,6 +728,7 @@ fn demo_body(state: &twill_lab::LabState) -> anyhow::Result<bool> {
     let across = match p.backend {
         BackendKind::None => "(backend none: pods on different nodes do not reach each other.)",
         BackendKind::HostGw => "The other nodes' blocks (proto 84) go via their node IPs: host-gw, one route each.",
+        BackendKind::Udp => "The other nodes' blocks (proto 84) go into twl.tun, the TUN: the node's datapath process wraps each packet in UDP to the node holding it.",
         _ => "The other nodes' blocks (proto 84) go through twl.1, the VXLAN device: onlink via each node's VTEP.",
     };
     let indent = |t: &str| t.lines().map(|l| format!("    {l}\n")).collect::<String>();

@@ -55,6 +55,7 @@ pub fn backend_mode(spec: &BackendSpec, uplink: Option<Ipv4Net>, peer: Ipv4Addr)
         (BackendSpec::Rip(_), false) => {
             "rip: off segment, reached through a RIP router if any".into()
         }
+        (BackendSpec::Udp(o), _) => format!("udp tunnel (userspace, port {})", o.port()),
     }
 }
 
@@ -752,6 +753,10 @@ mod tests {
         assert_eq!(
             backend_mode(&BackendSpec::Static(Default::default()), uplink, near),
             "vxlan tunnel"
+        );
+        assert_eq!(
+            backend_mode(&BackendSpec::Udp(Default::default()), uplink, far),
+            "udp tunnel (userspace, port 8285)"
         );
     }
 }

@@ -9,7 +9,7 @@ use twill_netlink::neigh::NUD_PERMANENT;
 use twill_netlink::{Error, Handle, Route, RouteType, VxlanLink};
 
 use super::{owned_by_backend, FdbRow, ForeignRoute, NeighEntry, Observed, ObservedDevice};
-use super::{ObservedVxlan, Op, RouteEntry, ROUTE_PROTOCOL};
+use super::{ObservedVxlan, Op, RouteEntry, ROUTE_PROTOCOL, TUN_DEVICE};
 
 /// One operation that failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,8 +46,9 @@ impl std::fmt::Display for Report {
     }
 }
 
-/// The main-table routes, and the state of `device` (Twill's VXLAN device name) with its
-/// permanent neighbour and FDB entries, as the kernel of `handle`'s namespace holds them.
+/// The main-table routes, the state of `device` (Twill's VXLAN device name) with its
+/// permanent neighbour and FDB entries, and the link named [`TUN_DEVICE`], as the kernel
+/// of `handle`'s namespace holds them.
 pub fn observe(handle: &mut Handle, device: &str) -> Result<Observed, Error> {
     let names: HashMap<u32, String> = handle
         .links()?
@@ -82,6 +83,22 @@ pub fn observe(handle: &mut Handle, device: &str) -> Result<Observed, Error> {
                 protocol: r.protocol,
             });
         }
+    }
+    if let Some(tun) = handle.link_by_name(TUN_DEVICE)? {
+        observed.tun = Some(ObservedDevice {
+            name: tun.name.clone(),
+            kind: tun.kind.clone(),
+            vxlan: None,
+            mtu: tun.mtu,
+            mac: tun.mac,
+            up: tun.up,
+            addresses: handle
+                .addresses(Some(tun.index))?
+                .into_iter()
+                .map(|(_, net)| net)
+                .collect(),
+            tx_checksum: false,
+        });
     }
     let Some(link) = handle.link_by_name(device)? else {
         return Ok(observed);
@@ -170,9 +187,16 @@ fn index_of(
 }
 
 fn kernel_route(r: &RouteEntry, oif: u32) -> Route {
+    let gateway = Some(r.via).filter(|g| !g.is_unspecified());
     Route {
-        gateway: Some(r.via).filter(|g| !g.is_unspecified()),
+        gateway,
         oif: Some(oif),
+        // A route straight into a device (the TUN) is on-link, as `ip route add` makes it.
+        scope: if gateway.is_some() {
+            Route::SCOPE_UNIVERSE
+        } else {
+            Route::SCOPE_LINK
+        },
         onlink: r.onlink,
         protocol: ROUTE_PROTOCOL,
         ..Route::new(r.dst)

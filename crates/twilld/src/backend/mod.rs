@@ -64,6 +64,10 @@
 //!   A pod route has none of these, so no reconcile ever removes one.
 //! - Neighbour and FDB entries are only read and written on Twill's own VXLAN device
 //!   ([`VXLAN_DEVICE`]); everything permanent there is Twill's.
+//! - The udp backend's TUN ([`TUN_DEVICE`]) is created by its datapath process (a TUN
+//!   comes from `/dev/net/tun`, not from netlink); the reconcile gives it its MTU, address
+//!   and routes, brings it up ([`TunSpec`]), and deletes it when another backend took over.
+//!   A device of that name that is not a TUN is left alone.
 
 pub mod bgp;
 pub mod driver;
@@ -72,6 +76,7 @@ pub mod host_gw;
 pub mod none;
 pub mod rip;
 pub mod static_mesh;
+pub mod udp;
 pub mod vxlan;
 
 use std::any::Any;
@@ -96,18 +101,23 @@ pub use host_gw::HostGw;
 pub use none::NoneBackend;
 pub use rip::Rip;
 pub use static_mesh::StaticMesh;
-pub use twill_api::backend::{BackendKind, BackendSpec, VxlanOptions};
-pub use twill_api::backend::{DEFAULT_VNI, DEFAULT_VXLAN_PORT};
+pub use twill_api::backend::{BackendKind, BackendSpec, UdpOptions, VxlanOptions};
+pub use twill_api::backend::{DEFAULT_UDP_PORT, DEFAULT_VNI, DEFAULT_VXLAN_PORT};
+pub use udp::Udp;
 pub use vxlan::Vxlan;
 
 pub use twill_netlink::ROUTE_PROTOCOL;
 /// The VXLAN device (flannel's flannel.1).
 pub const VXLAN_DEVICE: &str = "twl.1";
+/// The udp backend's TUN device (flannel's flannel0; `twl0` is the pod bridge).
+pub const TUN_DEVICE: &str = "twl.tun";
 /// Every device a backend may own. A 0x54 route through one of them is the backend's;
 /// a backend that takes over deletes the ones it does not want.
-pub const DEVICES: &[&str] = &[VXLAN_DEVICE];
+pub const DEVICES: &[&str] = &[VXLAN_DEVICE, TUN_DEVICE];
 /// Outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14) headers.
 pub const VXLAN_OVERHEAD: u32 = 50;
+/// Outer IPv4 (20) + UDP (8) headers: the udp backend carries the bare inner IP packet.
+pub const UDP_OVERHEAD: u32 = 28;
 
 /// Another node, as the store (or the static file) describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,6 +195,18 @@ pub struct VxlanSpec {
     pub disable_tx_checksum: bool,
 }
 
+/// The TUN device Twill wants (the udp backend's). Its datapath creates it; the reconcile
+/// only sets what is here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunSpec {
+    pub name: String,
+    /// The uplink's less [`UDP_OVERHEAD`], so an outer packet never exceeds the uplink.
+    pub mtu: u32,
+    /// The `.0/32` of this node's first block (as on the VXLAN device): the source of
+    /// packets the node itself sends to other nodes' pods.
+    pub address: Option<Ipv4Net>,
+}
+
 /// What a backend that speaks a routing protocol needs beyond this node and its peers
 /// (bgp): the cluster's routing resources and this node's pod addresses. The agent's
 /// machine reads and watches the resources only for such backends
@@ -215,6 +237,8 @@ pub struct Desired {
     pub neighbours: Vec<NeighEntry>,
     pub fdb: Vec<FdbRow>,
     pub device: Option<VxlanSpec>,
+    /// The TUN device (udp).
+    pub tun: Option<TunSpec>,
     /// Peers or blocks that cannot be served, in words that name the fix.
     pub problems: Vec<String>,
 }
@@ -229,7 +253,7 @@ pub struct ObservedVxlan {
     pub learning: bool,
 }
 
-/// The device under Twill's VXLAN name, as found.
+/// The device under Twill's VXLAN (or TUN) name, as found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObservedDevice {
     pub name: String,
@@ -266,6 +290,8 @@ pub struct Observed {
     /// Unicast FDB entries with a remote on Twill's device.
     pub fdb: Vec<FdbRow>,
     pub device: Option<ObservedDevice>,
+    /// The link named [`TUN_DEVICE`], if any.
+    pub tun: Option<ObservedDevice>,
 }
 
 /// One kernel change. [`diff`] emits them in a safe order: removals first, then the
@@ -311,7 +337,11 @@ pub enum Op {
 
 impl fmt::Display for RouteEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} via {} dev {}", self.dst, self.via, self.dev)?;
+        write!(f, "{}", self.dst)?;
+        if !self.via.is_unspecified() {
+            write!(f, " via {}", self.via)?;
+        }
+        write!(f, " dev {}", self.dev)?;
         if self.onlink {
             f.write_str(" onlink")?;
         }
@@ -548,6 +578,14 @@ pub fn select(
         BackendSpec::Static(o) => Box::new(StaticMesh(vxlan(o))),
         BackendSpec::Rip(o) => Box::new(Rip::new(o)),
         BackendSpec::Bgp => Box::new(Bgp::new(state_dir)),
+        // Its plan is here (udp.rs); its datapath process lands next (issue 11): until
+        // then the kind is refused rather than planning routes into a TUN nobody serves.
+        BackendSpec::Udp(_) => {
+            return Err(BackendError::Start {
+                kind: BackendKind::Udp,
+                reason: "this twilld has no udp datapath yet; use vxlan until it lands".into(),
+            })
+        }
     })
 }
 
@@ -687,12 +725,46 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Plan {
             }
         }
     }
-    let usable_device = |dev: &str| match &foreign_device {
-        Some(d) => d.name != dev,
-        None => true,
+    // The TUN (udp): its datapath creates it, the reconcile sets it or, when no backend
+    // wants it any more, deletes it (its routes go with it).
+    let foreign_tun = observed
+        .tun
+        .as_ref()
+        .filter(|d| d.kind.as_deref() != Some("tun"));
+    if let Some(d) = foreign_tun {
+        plan.problems.push(format!(
+            "link {} exists but is a {} device, not Twill's TUN: left alone, no udp datapath; delete it",
+            d.name,
+            d.kind.as_deref().unwrap_or("plain")
+        ));
+    }
+    let mut tun_gone = false;
+    let mut tun_missing = None;
+    match (&desired.tun, observed.tun.as_ref()) {
+        (_, Some(_)) if foreign_tun.is_some() => {}
+        (None, Some(d)) => {
+            removals.push(Op::DeleteDevice(d.name.clone()));
+            tun_gone = true;
+        }
+        (None, None) => {}
+        (Some(spec), None) => {
+            plan.problems.push(format!(
+                "link {} does not exist: the udp datapath creates it (see datapath.log in twilld's state dir); the routes through it wait for it",
+                spec.name
+            ));
+            tun_missing = Some(spec.name.as_str());
+        }
+        (Some(spec), Some(d)) => device_ops.extend(adjust_tun(spec, d)),
+    }
+    let usable_device = |dev: &str| {
+        foreign_device.is_none_or(|d| d.name != dev)
+            && foreign_tun.is_none_or(|d| d.name != dev)
+            && tun_missing != Some(dev)
     };
-    let survives =
-        |dev: &str| !(device_gone && observed.device.as_ref().is_some_and(|d| d.name == dev));
+    let survives = |dev: &str| {
+        !((device_gone && observed.device.as_ref().is_some_and(|d| d.name == dev))
+            || (tun_gone && observed.tun.as_ref().is_some_and(|d| d.name == dev)))
+    };
 
     // Routes, keyed by destination.
     let have: BTreeMap<Ipv4Net, Vec<&RouteEntry>> = observed
@@ -846,6 +918,33 @@ fn create_device(spec: &VxlanSpec) -> Vec<Op> {
         });
     }
     ops.push(Op::SetUp(spec.name.clone()));
+    ops
+}
+
+/// MTU, address and up for the TUN its datapath made.
+fn adjust_tun(spec: &TunSpec, d: &ObservedDevice) -> Vec<Op> {
+    let dev = || spec.name.clone();
+    let mut ops = Vec::new();
+    for net in &d.addresses {
+        if spec.address != Some(*net) {
+            ops.push(Op::DeleteDeviceAddress {
+                dev: dev(),
+                net: *net,
+            });
+        }
+    }
+    if d.mtu != spec.mtu {
+        ops.push(Op::SetMtu {
+            dev: dev(),
+            mtu: spec.mtu,
+        });
+    }
+    if let Some(net) = spec.address.filter(|n| !d.addresses.contains(n)) {
+        ops.push(Op::AddDeviceAddress { dev: dev(), net });
+    }
+    if !d.up {
+        ops.push(Op::SetUp(dev()));
+    }
     ops
 }
 
