@@ -15,5 +15,10 @@
 //! The I/O edges: `tun`, `udp`, the workers and the control server.
 
 pub mod checksum;
+pub mod ctl;
+pub mod filter;
 pub mod gso;
+pub mod published;
+pub mod stats;
+pub mod table;
 pub mod virtio;

@@ -1,0 +1,323 @@
+//! What the datapath lets in, and why not: [`admit`] for every inner packet that arrives on
+//! the UDP port (RX), [`route_tx`] for every packet read from the TUN (TX). A refusal is a
+//! [`Drop`], each variant one counter (`twill_udp_drops_total{reason}` in twilld's /metrics).
+//!
+//! [`admit`]'s checks, in this order (the first failing one is the reason):
+//! 1. [`Drop::Short`]: fewer than 20 bytes (no IPv4 header);
+//! 2. [`Drop::NotIpv4`]: the version nibble is not 4;
+//! 3. [`Drop::BadHeader`]: IHL < 5, the header (IHL × 4, options included) longer than the
+//!    packet, or the total length field ≠ the length of the segment it came in;
+//! 4. [`Drop::UnknownPeer`]: the outer source address is no peer's node IP (the outer source
+//!    *port* is not checked: flannel sends from 8285, our workers from their own ports);
+//! 5. [`Drop::SpoofedInner`]: the inner source is not in the blocks of *that* peer;
+//! 6. [`Drop::ForeignDst`]: the inner destination is not in this node's blocks (so a peer
+//!    cannot use this node as a relay to elsewhere, e.g. out through masquerade).
+//!
+//! The structural checks come first so that a test (or an operator) sees *what* was wrong
+//! with a packet from a known peer. For per-peer drop counts the caller finds the peer with
+//! [`PeerTable::peer_by_ip`] when `admit` fails (the rare path).
+//!
+//! Not checked here, on purpose:
+//! - the IPv4 header checksum: the kernel's `ip_rcv` verifies it after the TUN write and
+//!   drops a bad one (counted in `InHdrErrors`), and a GRO item's headers are checked by
+//!   `gro::coalesce` anyway;
+//! - TTL: the kernel decremented it on the sending node and decrements it again on ours;
+//! - fragments (MF set or a fragment offset): an inner fragment is admitted when its source
+//!   and destination pass, like any other packet. The rules need only the IPv4 header, which
+//!   every fragment carries, and the kernel reassembles in the pod's namespace (or forwards);
+//!   refusing them would break pods that send non-DF datagrams larger than the path MTU;
+//! - the protocol: an ICMP error a node's kernel sends into the tunnel (host unreachable,
+//!   time exceeded) has as source the address the kernel picks for the route via the TUN,
+//!   so it passes only when that address is in the node's blocks. The udp backend therefore
+//!   puts the `.0` of the node's first block on the TUN (as vxlan does on `twl.1`), not the
+//!   node IP; an error from an address outside the sender's blocks is [`Drop::SpoofedInner`]
+//!   like anything else.
+
+use std::net::Ipv4Addr;
+
+use crate::table::{PeerId, PeerTable};
+
+/// Why a packet was not forwarded. `#[repr(u8)]`: the discriminant is the wire code in the
+/// ctl protocol's `Stats` reply, so variants are only ever appended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Drop {
+    /// Shorter than an IPv4 header (20 bytes).
+    Short = 0,
+    /// The version nibble is not 4 (the datapath is IPv4 only).
+    NotIpv4 = 1,
+    /// IHL < 5, header longer than the packet, or total length ≠ the segment length.
+    BadHeader = 2,
+    /// RX: the outer source is no peer's node IP.
+    UnknownPeer = 3,
+    /// RX: the inner source is outside the sending peer's blocks.
+    SpoofedInner = 4,
+    /// RX: the inner destination is outside this node's blocks.
+    ForeignDst = 5,
+    /// TX: no peer holds the destination.
+    NoRoute = 6,
+}
+
+impl Drop {
+    /// Every reason, in wire-code order (`ALL[d as usize] == d`).
+    pub const ALL: &'static [Drop] = &[
+        Drop::Short,
+        Drop::NotIpv4,
+        Drop::BadHeader,
+        Drop::UnknownPeer,
+        Drop::SpoofedInner,
+        Drop::ForeignDst,
+        Drop::NoRoute,
+    ];
+    /// `Drop::ALL.len()`, for counter arrays.
+    pub const COUNT: usize = Drop::ALL.len();
+
+    /// The snake_case name: the `reason` label in /metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Drop::Short => "short",
+            Drop::NotIpv4 => "not_ipv4",
+            Drop::BadHeader => "bad_header",
+            Drop::UnknownPeer => "unknown_peer",
+            Drop::SpoofedInner => "spoofed_inner",
+            Drop::ForeignDst => "foreign_dst",
+            Drop::NoRoute => "no_route",
+        }
+    }
+
+    /// The index into counter arrays and the wire code.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The reason with wire code `code`, if there is one.
+    pub fn from_code(code: u8) -> Option<Drop> {
+        Drop::ALL.get(usize::from(code)).copied()
+    }
+
+    /// The reason named `name` (the inverse of [`Drop::name`]).
+    pub fn from_name(name: &str) -> Option<Drop> {
+        Drop::ALL.iter().copied().find(|d| d.name() == name)
+    }
+}
+
+impl std::fmt::Display for Drop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The IPv4 header fields the rules need, after the structural checks 1-3.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv4Summary {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    /// IHL × 4 (20 to 60).
+    pub header_len: usize,
+    pub protocol: u8,
+}
+
+/// Checks 1-3 of the module docs on one packet that must be exactly `pkt.len()` long.
+#[inline]
+pub fn parse_ipv4(pkt: &[u8]) -> Result<Ipv4Summary, Drop> {
+    if pkt.len() < 20 {
+        return Err(Drop::Short);
+    }
+    if pkt[0] >> 4 != 4 {
+        return Err(Drop::NotIpv4);
+    }
+    let header_len = usize::from(pkt[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([pkt[2], pkt[3]]));
+    if header_len < 20 || header_len > pkt.len() || total != pkt.len() {
+        return Err(Drop::BadHeader);
+    }
+    Ok(Ipv4Summary {
+        src: Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15]),
+        dst: Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19]),
+        header_len,
+        protocol: pkt[9],
+    })
+}
+
+/// RX: whether the inner packet `inner` (one whole IPv4 packet: one GRO segment, or one
+/// datagram's payload), which came from `outer_src`, may be written into the TUN, and from
+/// which peer. See the module docs for the checks and their order.
+#[inline]
+pub fn admit(table: &PeerTable, outer_src: Ipv4Addr, inner: &[u8]) -> Result<PeerId, Drop> {
+    let h = parse_ipv4(inner)?;
+    let peer = table.peer_by_ip(outer_src).ok_or(Drop::UnknownPeer)?;
+    if !table.admit_src(peer, h.src) {
+        return Err(Drop::SpoofedInner);
+    }
+    if !table.is_local(h.dst) {
+        return Err(Drop::ForeignDst);
+    }
+    Ok(peer)
+}
+
+/// TX: the peer to send `pkt` (an IPv4 packet read from the TUN, after its virtio-net
+/// header) to. Only the first 20 bytes are looked at: a GSO super-packet's total length is
+/// the kernel's business (`gso::split` checks it). [`Drop::Short`] under 20 bytes,
+/// [`Drop::NotIpv4`] for anything else than IPv4 (the kernel's IPv6 router solicitations on
+/// the TUN, say), [`Drop::NoRoute`] when no peer holds the destination.
+#[inline]
+pub fn route_tx(table: &PeerTable, pkt: &[u8]) -> Result<PeerId, Drop> {
+    if pkt.len() < 20 {
+        return Err(Drop::Short);
+    }
+    if pkt[0] >> 4 != 4 {
+        return Err(Drop::NotIpv4);
+    }
+    let dst = Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19]);
+    table.route(dst).ok_or(Drop::NoRoute)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::{LocalNode, Peer};
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn table() -> PeerTable {
+        PeerTable::new(
+            3,
+            LocalNode {
+                node_ip: ip("192.0.2.1"),
+                blocks: vec!["10.244.1.0/24".parse().unwrap()],
+            },
+            vec![
+                Peer {
+                    node_ip: ip("192.0.2.2"),
+                    port: 8285,
+                    blocks: vec!["10.244.2.0/24".parse().unwrap()],
+                },
+                Peer {
+                    node_ip: ip("192.0.2.3"),
+                    port: 40000,
+                    blocks: vec!["10.244.3.0/24".parse().unwrap()],
+                },
+            ],
+        )
+        .unwrap()
+    }
+
+    /// An IPv4 packet with `options` bytes of options and `payload` bytes of payload.
+    fn packet(src: &str, dst: &str, options: usize, payload: usize) -> Vec<u8> {
+        assert_eq!(options % 4, 0);
+        let hl = 20 + options;
+        let total = hl + payload;
+        let mut p = vec![0u8; total];
+        p[0] = 0x40 | (hl / 4) as u8;
+        p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        p[8] = 64;
+        p[9] = 17;
+        p[12..16].copy_from_slice(&ip(src).octets());
+        p[16..20].copy_from_slice(&ip(dst).octets());
+        for b in &mut p[20..hl] {
+            *b = 1; // NOP options
+        }
+        p
+    }
+
+    #[test]
+    fn admits_a_peer_packet_to_a_local_pod() {
+        let t = table();
+        let p = packet("10.244.2.7", "10.244.1.9", 0, 100);
+        assert_eq!(admit(&t, ip("192.0.2.2"), &p), Ok(PeerId(0)));
+        let p = packet("10.244.3.7", "10.244.1.9", 8, 0);
+        assert_eq!(admit(&t, ip("192.0.2.3"), &p), Ok(PeerId(1)));
+    }
+
+    #[test]
+    fn names_are_snake_case_unique_and_codes_follow_all() {
+        let mut names: Vec<_> = Drop::ALL.iter().map(|d| d.name()).collect();
+        for (i, d) in Drop::ALL.iter().enumerate() {
+            assert_eq!(d.index(), i);
+            assert_eq!(Drop::from_code(i as u8), Some(*d));
+            assert_eq!(Drop::from_name(d.name()), Some(*d));
+            assert!(
+                d.name()
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                "{d:?}"
+            );
+        }
+        assert_eq!(Drop::from_code(Drop::COUNT as u8), None);
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Drop::COUNT);
+    }
+
+    #[test]
+    fn refuses_each_reason() {
+        let t = table();
+        let good = packet("10.244.2.7", "10.244.1.9", 0, 8);
+        let from = ip("192.0.2.2");
+        assert_eq!(admit(&t, from, &good[..19]), Err(Drop::Short));
+        let mut v6 = good.clone();
+        v6[0] = 0x65;
+        assert_eq!(admit(&t, from, &v6), Err(Drop::NotIpv4));
+        let mut ihl = good.clone();
+        ihl[0] = 0x44;
+        assert_eq!(admit(&t, from, &ihl), Err(Drop::BadHeader));
+        assert_eq!(
+            admit(&t, from, &good[..27]),
+            Err(Drop::BadHeader),
+            "total length > segment"
+        );
+        let mut long = good.clone();
+        long.push(0);
+        assert_eq!(
+            admit(&t, from, &long),
+            Err(Drop::BadHeader),
+            "total length < segment"
+        );
+        assert_eq!(admit(&t, ip("192.0.2.9"), &good), Err(Drop::UnknownPeer));
+        assert_eq!(
+            admit(&t, ip("192.0.2.1"), &good),
+            Err(Drop::UnknownPeer),
+            "our own node IP"
+        );
+        assert_eq!(
+            admit(&t, ip("192.0.2.3"), &good),
+            Err(Drop::SpoofedInner),
+            "another peer's source"
+        );
+        let p = packet("10.244.1.7", "10.244.1.9", 0, 8);
+        assert_eq!(
+            admit(&t, from, &p),
+            Err(Drop::SpoofedInner),
+            "a local source"
+        );
+        let p = packet("10.244.2.7", "10.244.3.9", 0, 8);
+        assert_eq!(
+            admit(&t, from, &p),
+            Err(Drop::ForeignDst),
+            "relay to another peer"
+        );
+        let p = packet("10.244.2.7", "8.8.8.8", 0, 8);
+        assert_eq!(admit(&t, from, &p), Err(Drop::ForeignDst));
+    }
+
+    #[test]
+    fn routes_tx_packets() {
+        let t = table();
+        assert_eq!(
+            route_tx(&t, &packet("10.244.1.9", "10.244.3.1", 0, 0)),
+            Ok(PeerId(1))
+        );
+        assert_eq!(
+            route_tx(&t, &packet("10.244.1.9", "10.244.1.1", 0, 0)),
+            Err(Drop::NoRoute)
+        );
+        assert_eq!(
+            route_tx(&t, &packet("10.244.1.9", "10.9.0.1", 0, 0)),
+            Err(Drop::NoRoute)
+        );
+        assert_eq!(route_tx(&t, &[0x45; 19]), Err(Drop::Short));
+        assert_eq!(route_tx(&t, &[0x60; 40]), Err(Drop::NotIpv4));
+    }
+}
