@@ -251,55 +251,206 @@ mod tests {
         assert_eq!(names.len(), Drop::COUNT);
     }
 
+    const FROM: &str = "192.0.2.2";
+
+    fn good() -> Vec<u8> {
+        packet("10.244.2.7", "10.244.1.9", 0, 8)
+    }
+
     #[test]
-    fn refuses_each_reason() {
+    fn drop_short() {
         let t = table();
-        let good = packet("10.244.2.7", "10.244.1.9", 0, 8);
-        let from = ip("192.0.2.2");
-        assert_eq!(admit(&t, from, &good[..19]), Err(Drop::Short));
-        let mut v6 = good.clone();
-        v6[0] = 0x65;
-        assert_eq!(admit(&t, from, &v6), Err(Drop::NotIpv4));
-        let mut ihl = good.clone();
-        ihl[0] = 0x44;
-        assert_eq!(admit(&t, from, &ihl), Err(Drop::BadHeader));
+        for n in 0..20 {
+            assert_eq!(
+                admit(&t, ip(FROM), &good()[..n]),
+                Err(Drop::Short),
+                "{n} bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn drop_not_ipv4() {
+        let t = table();
+        for v in [0u8, 1, 5, 6, 15] {
+            let mut p = good();
+            p[0] = v << 4 | 5;
+            assert_eq!(admit(&t, ip(FROM), &p), Err(Drop::NotIpv4), "version {v}");
+        }
+    }
+
+    #[test]
+    fn drop_bad_header() {
+        let t = table();
+        for ihl in 0..5 {
+            let mut p = good();
+            p[0] = 0x40 | ihl;
+            assert_eq!(admit(&t, ip(FROM), &p), Err(Drop::BadHeader), "IHL {ihl}");
+        }
+        // IHL 15 (60 bytes) in a 28-byte packet.
+        let mut p = good();
+        p[0] = 0x4f;
+        assert_eq!(admit(&t, ip(FROM), &p), Err(Drop::BadHeader));
         assert_eq!(
-            admit(&t, from, &good[..27]),
+            admit(&t, ip(FROM), &good()[..27]),
             Err(Drop::BadHeader),
             "total length > segment"
         );
-        let mut long = good.clone();
+        let mut long = good();
         long.push(0);
         assert_eq!(
-            admit(&t, from, &long),
+            admit(&t, ip(FROM), &long),
             Err(Drop::BadHeader),
             "total length < segment"
         );
-        assert_eq!(admit(&t, ip("192.0.2.9"), &good), Err(Drop::UnknownPeer));
+        let mut zero = good();
+        zero[2..4].copy_from_slice(&[0, 0]);
         assert_eq!(
-            admit(&t, ip("192.0.2.1"), &good),
+            admit(&t, ip(FROM), &zero),
+            Err(Drop::BadHeader),
+            "total length 0 (a TSO frame's)"
+        );
+    }
+
+    #[test]
+    fn drop_unknown_peer() {
+        let t = table();
+        assert_eq!(admit(&t, ip("192.0.2.9"), &good()), Err(Drop::UnknownPeer));
+        assert_eq!(
+            admit(&t, ip("192.0.2.1"), &good()),
             Err(Drop::UnknownPeer),
             "our own node IP"
         );
         assert_eq!(
-            admit(&t, ip("192.0.2.3"), &good),
+            admit(&PeerTable::default(), ip(FROM), &good()),
+            Err(Drop::UnknownPeer),
+            "before the first table"
+        );
+    }
+
+    #[test]
+    fn drop_spoofed_inner() {
+        let t = table();
+        assert_eq!(
+            admit(&t, ip("192.0.2.3"), &good()),
             Err(Drop::SpoofedInner),
             "another peer's source"
         );
         let p = packet("10.244.1.7", "10.244.1.9", 0, 8);
         assert_eq!(
-            admit(&t, from, &p),
+            admit(&t, ip(FROM), &p),
             Err(Drop::SpoofedInner),
             "a local source"
         );
+        let p = packet("192.0.2.2", "10.244.1.9", 0, 8);
+        assert_eq!(
+            admit(&t, ip(FROM), &p),
+            Err(Drop::SpoofedInner),
+            "the peer's node IP is not in its blocks"
+        );
+        let p = packet("10.244.3.1", "10.244.1.9", 0, 8);
+        assert_eq!(admit(&t, ip(FROM), &p), Err(Drop::SpoofedInner));
+    }
+
+    #[test]
+    fn drop_foreign_dst() {
+        let t = table();
         let p = packet("10.244.2.7", "10.244.3.9", 0, 8);
         assert_eq!(
-            admit(&t, from, &p),
+            admit(&t, ip(FROM), &p),
             Err(Drop::ForeignDst),
             "relay to another peer"
         );
+        let p = packet("10.244.2.7", "10.244.2.9", 0, 8);
+        assert_eq!(
+            admit(&t, ip(FROM), &p),
+            Err(Drop::ForeignDst),
+            "back to the sender's block"
+        );
         let p = packet("10.244.2.7", "8.8.8.8", 0, 8);
-        assert_eq!(admit(&t, from, &p), Err(Drop::ForeignDst));
+        assert_eq!(
+            admit(&t, ip(FROM), &p),
+            Err(Drop::ForeignDst),
+            "out through masquerade"
+        );
+        let p = packet("10.244.2.7", "192.0.2.1", 0, 8);
+        assert_eq!(
+            admit(&t, ip(FROM), &p),
+            Err(Drop::ForeignDst),
+            "this node's own IP"
+        );
+    }
+
+    #[test]
+    fn drop_no_route() {
+        let t = table();
+        assert_eq!(
+            route_tx(&t, &packet("10.244.1.9", "10.244.1.1", 0, 0)),
+            Err(Drop::NoRoute),
+            "local"
+        );
+        assert_eq!(
+            route_tx(&t, &packet("10.244.1.9", "10.9.0.1", 0, 0)),
+            Err(Drop::NoRoute)
+        );
+        assert_eq!(
+            route_tx(
+                &PeerTable::default(),
+                &packet("10.244.1.9", "10.244.3.1", 0, 0)
+            ),
+            Err(Drop::NoRoute)
+        );
+    }
+
+    #[test]
+    fn admits_headers_with_options() {
+        let t = table();
+        for words in 1..=10 {
+            let p = packet("10.244.2.7", "10.244.1.9", 4 * words, 0);
+            assert_eq!(
+                admit(&t, ip(FROM), &p),
+                Ok(PeerId(0)),
+                "{words} option words"
+            );
+            assert_eq!(parse_ipv4(&p).unwrap().header_len, 20 + 4 * words);
+        }
+        // All 60 header bytes and nothing after them.
+        let p = packet("10.244.2.7", "10.244.1.9", 40, 0);
+        assert_eq!(p.len(), 60);
+        assert_eq!(admit(&t, ip(FROM), &p), Ok(PeerId(0)));
+    }
+
+    #[test]
+    fn admits_fragments_by_the_same_rules() {
+        let t = table();
+        // First fragment (MF), a middle one (MF + offset), the last (offset only).
+        for flags_offset in [0x2000u16, 0x2000 | 185, 370] {
+            let mut p = packet("10.244.2.7", "10.244.1.9", 0, 64);
+            p[6..8].copy_from_slice(&flags_offset.to_be_bytes());
+            assert_eq!(admit(&t, ip(FROM), &p), Ok(PeerId(0)), "{flags_offset:#x}");
+            let mut spoofed = p.clone();
+            spoofed[12..16].copy_from_slice(&[10, 244, 3, 7]);
+            assert_eq!(admit(&t, ip(FROM), &spoofed), Err(Drop::SpoofedInner));
+            let mut foreign = p;
+            foreign[16..20].copy_from_slice(&[10, 244, 3, 7]);
+            assert_eq!(admit(&t, ip(FROM), &foreign), Err(Drop::ForeignDst));
+        }
+    }
+
+    /// ICMP errors a peer's kernel sends into the tunnel: from the `.0` of its block (the TUN
+    /// address) they pass; from its node IP they do not.
+    #[test]
+    fn icmp_errors_from_the_peer_kernel_follow_the_source_rule() {
+        let t = table();
+        // Time exceeded, quoting a packet this node's pod sent.
+        let quoted = packet("10.244.1.9", "10.244.2.7", 0, 8);
+        let mut icmp = packet("10.244.2.0", "10.244.1.9", 0, 8 + quoted.len());
+        icmp[9] = 1;
+        icmp[20] = 11;
+        icmp[28..].copy_from_slice(&quoted);
+        assert_eq!(admit(&t, ip(FROM), &icmp), Ok(PeerId(0)));
+        icmp[12..16].copy_from_slice(&ip(FROM).octets());
+        assert_eq!(admit(&t, ip(FROM), &icmp), Err(Drop::SpoofedInner));
     }
 
     #[test]

@@ -549,4 +549,173 @@ mod tests {
         );
         assert!(e.to_string().contains("the block is 10.244.2.0/24"), "{e}");
     }
+
+    /// splitmix64: a seeded generator (no proptest in the workspace).
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    /// Owner code in the oracle: None = nobody, Some(LOCAL) = local, Some(i) = peer i.
+    fn oracle_owner(blocks: &[(Ipv4Net, u32)], addr: Ipv4Addr) -> Option<u32> {
+        blocks
+            .iter()
+            .filter(|(b, _)| b.contains(&addr))
+            .max_by_key(|(b, _)| b.prefix_len())
+            .map(|(_, o)| *o)
+    }
+
+    /// A random table in 10.244.0.0/16 (and a few blocks anywhere): blocks of every length
+    /// from /12 to /32, often nested, some of the same owner. With `valid`, blocks that would
+    /// overlap another owner's are left out.
+    fn generate(seed: u64, valid: bool) -> (LocalNode, Vec<Peer>, Vec<(Ipv4Net, u32)>) {
+        let mut rng = Rng(seed);
+        let npeers = 1 + rng.below(12) as usize;
+        let mut all: Vec<(Ipv4Net, u32)> = Vec::new();
+        let nblocks = rng.below(40);
+        for _ in 0..nblocks {
+            let owner = if rng.below(4) == 0 {
+                LOCAL
+            } else {
+                rng.below(npeers as u64) as u32
+            };
+            let len = 12 + rng.below(21) as u8;
+            let base = if rng.below(8) == 0 {
+                rng.next() as u32
+            } else {
+                0x0af4_0000 | (rng.next() as u32 & 0xffff)
+            };
+            let b = Ipv4Net::new(Ipv4Addr::from(base), len).unwrap().trunc();
+            let clash = all
+                .iter()
+                .any(|(o, ow)| *ow != owner && (o.contains(&b) || b.contains(o)));
+            if valid && clash {
+                continue;
+            }
+            all.push((b, owner));
+        }
+        let local = LocalNode {
+            node_ip: Ipv4Addr::new(192, 0, 2, 1),
+            blocks: all
+                .iter()
+                .filter(|(_, o)| *o == LOCAL)
+                .map(|(b, _)| *b)
+                .collect(),
+        };
+        let peers = (0..npeers as u32)
+            .map(|i| Peer {
+                node_ip: Ipv4Addr::from(0xc633_6400 + i + 2), // 198.51.100.x
+                port: 8285,
+                blocks: all
+                    .iter()
+                    .filter(|(_, o)| *o == i)
+                    .map(|(b, _)| *b)
+                    .collect(),
+            })
+            .collect();
+        (local, peers, all)
+    }
+
+    fn check_against_oracle(seed: u64) {
+        for valid in [true, false] {
+            let (local, peers, all) = generate(seed, valid);
+            let clash = all
+                .iter()
+                .any(|(a, ao)| all.iter().any(|(b, bo)| ao != bo && a.contains(b)));
+            let t = match PeerTable::new(seed, local.clone(), peers.clone()) {
+                Err(TableError::Overlap {
+                    a,
+                    a_block,
+                    b,
+                    b_block,
+                }) => {
+                    assert!(clash, "seed {seed}: refused a table with no clash ({a_block} of {a}, {b_block} of {b})");
+                    assert_ne!(a, b, "seed {seed}");
+                    assert!(
+                        a_block.contains(&b_block) || b_block.contains(&a_block),
+                        "seed {seed}: {a_block} {b_block}"
+                    );
+                    continue;
+                }
+                Err(e) => panic!("seed {seed}: {e}"),
+                Ok(t) => {
+                    assert!(
+                        !clash,
+                        "seed {seed} (valid {valid}): a clash was not refused"
+                    );
+                    t
+                }
+            };
+            let mut rng = Rng(seed ^ 0x5eed);
+            let mut addrs: Vec<Ipv4Addr> = vec![Ipv4Addr::new(0, 0, 0, 0), Ipv4Addr::BROADCAST];
+            for (b, _) in &all {
+                let (lo, hi) = (u32::from(b.network()), u32::from(b.broadcast()));
+                for a in [
+                    lo.wrapping_sub(1),
+                    lo,
+                    lo.wrapping_add(1),
+                    hi.wrapping_sub(1),
+                    hi,
+                    hi.wrapping_add(1),
+                ] {
+                    addrs.push(Ipv4Addr::from(a));
+                }
+            }
+            for _ in 0..300 {
+                addrs.push(Ipv4Addr::from(0x0af4_0000 | (rng.next() as u32 & 0xffff)));
+                addrs.push(Ipv4Addr::from(rng.next() as u32));
+            }
+            for a in addrs {
+                let want = oracle_owner(&all, a);
+                let route = want.filter(|o| *o != LOCAL).map(PeerId);
+                assert_eq!(t.route(a), route, "seed {seed}: route({a})");
+                assert_eq!(
+                    t.is_local(a),
+                    want == Some(LOCAL),
+                    "seed {seed}: is_local({a})"
+                );
+                for i in 0..peers.len() as u32 {
+                    assert_eq!(
+                        t.admit_src(PeerId(i), a),
+                        want == Some(i),
+                        "seed {seed}: admit_src({i}, {a})"
+                    );
+                }
+            }
+            for (i, p) in peers.iter().enumerate() {
+                assert_eq!(
+                    t.peer_by_ip(p.node_ip),
+                    Some(PeerId(i as u32)),
+                    "seed {seed}"
+                );
+            }
+            // Neighbouring intervals always differ in owner (the flattening merges).
+            assert!(t.owners.windows(2).all(|w| w[0] != w[1]), "seed {seed}");
+            assert_eq!(t.starts[0], 0, "seed {seed}");
+            assert!(t.starts.windows(2).all(|w| w[0] < w[1]), "seed {seed}");
+        }
+    }
+
+    /// Generated tables against a naive LPM oracle. `TWILL_SEED=N` reruns one seed.
+    #[test]
+    fn matches_a_naive_lpm_oracle_on_generated_tables() {
+        if let Some(seed) = std::env::var("TWILL_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+        {
+            return check_against_oracle(seed);
+        }
+        for seed in 0..400 {
+            check_against_oracle(seed);
+        }
+    }
 }
