@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Bounded coverage-guided fuzzing of twill-bgp's wire codec (crates/bgp/fuzz) and
 # twill-rip's decoder (crates/rip/fuzz) and twill-netlink's NFLOG decoder (crates/netlink/fuzz),
-# with libFuzzer. CI runs it from scripts/test.sh
+# and twill-datapath's filter and ctl codec (crates/datapath/fuzz), with libFuzzer. CI runs it from scripts/test.sh
 # after the unit tests; crates/bgp/fuzz/README.md explains the targets, the corpus and why
 # there is no cargo-fuzz here.
 #
@@ -25,6 +25,7 @@ packages=(
   crates/bgp/fuzz
   crates/rip/fuzz
   crates/netlink/fuzz
+  crates/datapath/fuzz
 )
 triple=x86_64-unknown-linux-gnu
 targets_of() { sed -n 's/^name = "\(.*\)"$/\1/p' "$1/Cargo.toml" | grep -v -- '-fuzz$'; }
