@@ -118,10 +118,7 @@ pub fn admit(data: &[u8]) {
     let t = TABLE.get_or_init(fixed_table);
     let outer = Ipv4Addr::new(data[0], data[1], data[2], data[3]);
     let inner = &data[4..];
-    assert_eq!(
-        filter_admit(&t, outer, inner),
-        naive_admit(&t, outer, inner)
-    );
+    assert_eq!(filter_admit(t, outer, inner), naive_admit(t, outer, inner));
     let want = if inner.len() < 20 {
         Err(Drop::Short)
     } else if inner[0] >> 4 != 4 {
