@@ -866,6 +866,9 @@ pub fn classify_route(dev: &str, via: &str, peer: &NodeSide) -> Result<BackendKi
     if dev == TWIN_VXLAN_DEVICE {
         return Ok(BackendKind::Vxlan);
     }
+    if dev == TWIN_TUN_DEVICE {
+        return Ok(BackendKind::Udp);
+    }
     if via == peer.node_ip.addr().to_string() {
         return Ok(BackendKind::HostGw);
     }
@@ -1133,6 +1136,14 @@ fn fingerprint(node_netns: &str, pod_netns: &str, peer_pod: Ipv4Addr) -> Vec<(St
     if let Some(v) = link(node_netns, "eth0") {
         put("node eth0 mtu", v[0]["mtu"].to_string());
     }
+    if let Some(v) = link(node_netns, TWIN_TUN_DEVICE) {
+        // The TUN's offloads are the datapath's to set (the baseline sets none), so only
+        // what the backend programs is compared.
+        put("twl.tun mtu", v[0]["mtu"].to_string());
+        let d = &v[0]["linkinfo"]["info_data"];
+        put("twl.tun type", d["type"].to_string());
+        put("twl.tun pi", d["pi"].to_string());
+    }
     if let Some(v) = link(node_netns, TWIN_VXLAN_DEVICE) {
         let d = &v[0]["linkinfo"]["info_data"];
         put("twl.1 mtu", v[0]["mtu"].to_string());
@@ -1167,7 +1178,7 @@ fn fingerprint(node_netns: &str, pod_netns: &str, peer_pod: Ipv4Addr) -> Vec<(St
 }
 
 /// Every key whose value differs between the lab's node 1 / pod 1 and the twin's.
-fn compare_with_twin(target: &Target, twin: &TwinPlan) -> Vec<String> {
+pub(crate) fn compare_with_twin(target: &Target, twin: &TwinPlan) -> Vec<String> {
     let peer = target.sides[1].pod_ip.addr();
     let lab = fingerprint(&target.nodes_netns[0], &target.pods_netns[0], peer);
     let tw = fingerprint(&twin.node_netns(1), &twin.pod_netns(1), peer);
@@ -1373,6 +1384,10 @@ mod tests {
         assert_eq!(
             classify_route("eth0", "192.0.2.12", peer),
             Ok(BackendKind::HostGw)
+        );
+        assert_eq!(
+            classify_route("twl.tun", "none", peer),
+            Ok(BackendKind::Udp)
         );
         let err = classify_route("eth0", "192.0.2.1", peer).unwrap_err();
         assert!(err.contains("--backend host-gw|vxlan"), "{err}");

@@ -5,8 +5,8 @@
 //! Gbit moved.
 //!
 //! The variants (each a pod on node 1 → a pod on node 2):
-//! - `twill`: the lab's own pods, when the lab runs `--backend udp` (next: with Twill's
-//!   datapath, once it is on main);
+//! - `twill`: the lab's own pods, when the lab runs `--backend udp` (a twin running Twill's
+//!   datapath on a lab of another backend comes with the datapath's control client);
 //! - `vxlan`: the hand-built kernel-VXLAN twin (`<lab>-twv*`, [`crate::bench::TwinPlan`]);
 //! - `baseline`: a twin (`<lab>-twb*`) whose nodes run the flannel-style baseline.
 //!
@@ -32,10 +32,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::bench::{
-    self, cmd, median, parse_iperf, start_server, twin_path, BenchError, IperfRun, Path, Ratio,
-    Target, TwinGuard, TwinKind, TwinPlan, TwinReport, TWIN_TUN_DEVICE, TWIN_UDP_PORT,
+    self, cmd, median, parse_iperf, run_cmd, start_server, twin_path, BenchError, IperfRun, Path,
+    Ratio, Target, TwinGuard, TwinKind, TwinPlan, TwinReport, TWIN_TUN_DEVICE, TWIN_UDP_PORT,
 };
 use crate::build::Log;
+use twill_api::backend::BackendKind;
 
 /// Goals of issue 11, single stream.
 pub const GOAL_VS_VXLAN: f64 = 0.8;
@@ -205,6 +206,9 @@ pub struct UdpBenchReport {
     /// the bench started them).
     pub datapaths: Vec<DatapathProcess>,
     pub twins: Vec<TwinReport>,
+    /// On a udp lab: where its node 1 and pod 1 differ from the baseline twin's in what the
+    /// backend programs (MTUs, the TUN, the route to the peer pod).
+    pub differences: Vec<String>,
 }
 
 fn fmt_num(x: f64, width: usize, prec: usize) -> String {
@@ -279,6 +283,12 @@ pub fn render(r: &UdpBenchReport) -> String {
             fmt_num(x.value.unwrap_or(f64::NAN), 6, 3)
         );
         let _ = writeln!(out, "{}", line.trim_end());
+    }
+    if !r.differences.is_empty() {
+        let _ = writeln!(out, "\nThe lab differs from the baseline twin:");
+        for d in &r.differences {
+            let _ = writeln!(out, "  - {d}");
+        }
     }
     let _ = writeln!(
         out,
@@ -399,6 +409,18 @@ fn loadavg() -> [f64; 3] {
 
 /// Every thread of `pid` on `cpu` only.
 fn pin(pid: u32, cpu: usize) -> Result<(), BenchError> {
+    set_affinity(pid, &[cpu])
+}
+
+/// Every thread of `pid` on every online CPU again.
+fn unpin(pid: u32) -> Result<(), BenchError> {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // SAFETY: sysconf has no preconditions.
+    let online = (unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).max(n as i64) as usize;
+    set_affinity(pid, &(0..online).collect::<Vec<_>>())
+}
+
+fn set_affinity(pid: u32, cpus: &[usize]) -> Result<(), BenchError> {
     let tasks =
         std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| BenchError::Command {
             cmd: format!("list /proc/{pid}/task"),
@@ -412,7 +434,9 @@ fn pin(pid: u32, cpu: usize) -> Result<(), BenchError> {
         // reference with its size.
         let rc = unsafe {
             let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut set);
+            for &cpu in cpus {
+                libc::CPU_SET(cpu, &mut set);
+            }
             libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set)
         };
         if rc != 0 {
@@ -420,7 +444,7 @@ fn pin(pid: u32, cpu: usize) -> Result<(), BenchError> {
             // A thread that ended since the listing is fine.
             if e.raw_os_error() != Some(libc::ESRCH) {
                 return Err(BenchError::Command {
-                    cmd: format!("sched_setaffinity({tid}, CPU {cpu})"),
+                    cmd: format!("sched_setaffinity({tid}, CPUs {cpus:?})"),
                     detail: e.to_string(),
                 });
             }
@@ -593,12 +617,13 @@ pub fn run(
     }
     let load_start = loadavg();
     let sides = target.sides.clone();
+    let lab_runs_udp = target.backend == BackendKind::Udp;
     let kinds = [TwinKind::Vxlan, TwinKind::UdpBaseline];
     let plans: Vec<TwinPlan> = kinds
         .iter()
         .map(|k| TwinPlan::of_kind(&target.lab, *k, sides.clone()))
         .collect();
-    // Drop order (reverse of declaration): servers, daemons, twins.
+    // Drop order (reverse of declaration): servers (in `measure`), daemons, twins.
     let mut guards = Vec::new();
     let mut daemons: Vec<Daemon> = Vec::new();
     let mut measured = Vec::new();
@@ -622,8 +647,97 @@ pub fn run(
             datapaths: dps,
         });
     }
+    // The lab's own pods, through the datapaths its agents run, first.
+    let lab_datapaths = if lab_runs_udp {
+        let pids = [
+            lab_datapath_pid(&target.nodes_netns[0])?,
+            lab_datapath_pid(&target.nodes_netns[1])?,
+        ];
+        log(&format!(
+            "twill: the lab's datapaths are pids {} ({}) and {} ({})",
+            pids[0], target.nodes_netns[0], pids[1], target.nodes_netns[1]
+        ));
+        measured.insert(
+            0,
+            Measured {
+                variant: UdpVariant::Twill,
+                path: target.twill.clone(),
+                datapaths: vec![(pids[0], CPU_OF_NODE[0]), (pids[1], CPU_OF_NODE[1])],
+            },
+        );
+        pids.to_vec()
+    } else {
+        Vec::new()
+    };
+    let result = measure(&measured, &mut daemons, opts, log);
+    // The lab's datapaths run on after the bench: give them every CPU back.
+    for pid in lab_datapaths {
+        let _ = unpin(pid);
+    }
+    let figures = result?;
+    let differences = match plans.iter().find(|p| p.kind == TwinKind::UdpBaseline) {
+        Some(baseline) if lab_runs_udp => bench::compare_with_twin(target, baseline),
+        _ => Vec::new(),
+    };
+    drop(daemons);
+    drop(guards);
+    let load_end = loadavg();
+    Ok(UdpBenchReport {
+        lab: target.lab.clone(),
+        seconds: opts.seconds,
+        rounds: opts.rounds,
+        streams: opts.streams.clone(),
+        congestion_control: "cubic".into(),
+        pinned: CPU_OF_NODE,
+        order: measured.iter().map(|m| m.variant).collect(),
+        ratios: udp_ratios(&figures),
+        figures,
+        load_average: [load_start, load_end],
+        differences,
+        datapaths: measured
+            .iter()
+            .flat_map(|m| {
+                m.datapaths
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &(pid, cpu))| DatapathProcess {
+                        variant: m.variant,
+                        node: i + 1,
+                        pid,
+                        cpu,
+                    })
+            })
+            .collect(),
+        twins: plans
+            .iter()
+            .map(|t| TwinReport {
+                kind: t.kind,
+                netns: t.netns(),
+                commands: t
+                    .commands()
+                    .iter()
+                    .chain(
+                        (1..=2)
+                            .filter_map(|k| daemon_command(t, k, &opts.exe))
+                            .collect::<Vec<_>>()
+                            .iter(),
+                    )
+                    .map(|c| c.join(" "))
+                    .collect(),
+            })
+            .collect(),
+    })
+}
+
+/// The iperf3 servers, then every variant `rounds` times interleaved at each stream count.
+fn measure(
+    measured: &[Measured],
+    daemons: &mut [Daemon],
+    opts: &UdpBenchOptions,
+    log: Log,
+) -> Result<Vec<UdpFigures>, BenchError> {
     let mut servers = Vec::new();
-    for m in &measured {
+    for m in measured {
         let s = start_server(&m.path.server_netns)?;
         log(&format!(
             "{}: iperf3 server in {} on port {} (pid {})",
@@ -664,54 +778,42 @@ pub fn run(
             figures.push(UdpFigures::new(m.variant, streams, m.path.describe(), runs));
         }
     }
-    drop(servers);
-    drop(daemons);
-    drop(guards);
-    let load_end = loadavg();
-    Ok(UdpBenchReport {
-        lab: target.lab.clone(),
-        seconds: opts.seconds,
-        rounds: opts.rounds,
-        streams: opts.streams.clone(),
-        congestion_control: "cubic".into(),
-        pinned: CPU_OF_NODE,
-        order: measured.iter().map(|m| m.variant).collect(),
-        ratios: udp_ratios(&figures),
-        figures,
-        load_average: [load_start, load_end],
-        datapaths: measured
-            .iter()
-            .flat_map(|m| {
-                m.datapaths
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &(pid, cpu))| DatapathProcess {
-                        variant: m.variant,
-                        node: i + 1,
-                        pid,
-                        cpu,
-                    })
+    Ok(figures)
+}
+
+/// Whether lab `name` runs the udp backend (its `lab bench` is then this bench).
+pub fn lab_runs_udp(name: &str) -> Result<bool, BenchError> {
+    Ok(crate::build::load(name)?.plan.backend == BackendKind::Udp)
+}
+
+/// Whether a command line is a datapath's (`twilld datapath --ctl ... --tun ...`, or the
+/// `twill-datapath` binary), not the baseline's.
+pub fn is_datapath_argv(argv: &[String]) -> bool {
+    argv.iter().any(|a| a == "--ctl")
+        && argv.iter().any(|a| a == "--tun")
+        && !argv.iter().any(|a| a == "udp-baseline")
+}
+
+/// The PID of the datapath process in a lab node's namespace.
+fn lab_datapath_pid(netns: &str) -> Result<u32, BenchError> {
+    let out = run_cmd(&cmd(&["ip", "netns", "pids", netns]))?;
+    out.split_whitespace()
+        .filter_map(|p| p.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|b| {
+                let argv: Vec<String> = b
+                    .split(|c| *c == 0)
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect();
+                is_datapath_argv(&argv)
             })
-            .collect(),
-        twins: plans
-            .iter()
-            .map(|t| TwinReport {
-                kind: t.kind,
-                netns: t.netns(),
-                commands: t
-                    .commands()
-                    .iter()
-                    .chain(
-                        (1..=2)
-                            .filter_map(|k| daemon_command(t, k, &opts.exe))
-                            .collect::<Vec<_>>()
-                            .iter(),
-                    )
-                    .map(|c| c.join(" "))
-                    .collect(),
-            })
-            .collect(),
-    })
+        })
+        .ok_or_else(|| BenchError::Command {
+            cmd: format!("ip netns pids {netns}"),
+            detail: format!(
+                "no process in {netns} runs a datapath (--ctl ... --tun ...): is the lab's udp backend up? (`twill lab status`)"
+            ),
+        })
 }
 
 /// Loads lab `name`, reads it, and runs the udp bench on it.
@@ -829,6 +931,7 @@ mod tests {
             load_average: [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]],
             datapaths: Vec::new(),
             twins: Vec::new(),
+            differences: Vec::new(),
         }
     }
 
@@ -924,6 +1027,21 @@ mod tests {
         assert_eq!(json["figures"][0]["medianCpuSPerGbit"], 0.05);
         assert_eq!(json["ratios"][0]["met"], false);
         assert_eq!(json["pinned"], serde_json::json!([0, 1]));
+    }
+
+    #[test]
+    fn a_datapath_is_told_by_its_command_line() {
+        let argv = |s: &str| s.split(' ').map(str::to_string).collect::<Vec<_>>();
+        assert!(is_datapath_argv(&argv(
+            "/x/twilld datapath --ctl /run/twl/n1/datapath.sock --tun twl.tun --port 8285"
+        )));
+        assert!(is_datapath_argv(&argv(
+            "/x/twill lab udp-datapath --ctl /tmp/a.sock --tun twl.tun --port 8285"
+        )));
+        assert!(!is_datapath_argv(&argv(
+            "/x/twill lab udp-baseline --tun twl.tun --port 8285 --route 10.0.0.0/8=1.2.3.4"
+        )));
+        assert!(!is_datapath_argv(&argv("/x/twilld --node-name n1")));
     }
 
     #[test]

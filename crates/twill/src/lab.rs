@@ -212,9 +212,9 @@ enum LabCommand {
         /// On a vxlan lab, also build a host-gw twin and compare against it.
         #[arg(long)]
         compare_host_gw: bool,
-        /// The udp backend's bench: Twill's udp datapath (the lab's if it runs udp, else a
-        /// twin running twill-datapath) vs a kernel-VXLAN twin vs the flannel-style
-        /// baseline, pinned, with CPU s/Gbit.
+        /// The udp backend's bench: Twill's udp datapath (the lab's, when it runs udp) vs a
+        /// kernel-VXLAN twin vs the flannel-style baseline, pinned, with CPU s/Gbit (always
+        /// so on a udp lab).
         #[arg(long, conflicts_with = "compare_host_gw")]
         udp: bool,
         /// With --udp: the iperf3 -P values to measure, each for every variant.
@@ -487,7 +487,8 @@ pub fn run(args: LabArgs, store: &StoreArgs) -> anyhow::Result<i32> {
                 seconds > 0 && rounds > 0,
                 "--seconds and --rounds must be at least 1"
             );
-            if udp {
+            // A udp lab is benched against the udp backend's references.
+            if udp || twill_lab::bench_udp::lab_runs_udp(&name.name)? {
                 anyhow::ensure!(
                     !streams.is_empty() && streams.iter().all(|p| (1..=128).contains(p)),
                     "--streams takes iperf3 -P values from 1 to 128, e.g. 1,4"
