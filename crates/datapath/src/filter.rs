@@ -1,6 +1,7 @@
 //! What the datapath lets in, and why not: [`admit`] for every inner packet that arrives on
 //! the UDP port (RX), [`route_tx`] for every packet read from the TUN (TX). A refusal is a
 //! [`Drop`], each variant one counter (`twill_udp_drops_total{reason}` in twilld's /metrics).
+//! After a [`Drop::NoRoute`], [`icmp_net_unreachable`] builds flannel's answer for the TUN.
 //!
 //! [`admit`]'s checks, in this order (the first failing one is the reason):
 //! 1. [`Drop::Short`]: fewer than 20 bytes (no IPv4 header);
@@ -170,6 +171,99 @@ pub fn route_tx(table: &PeerTable, pkt: &[u8]) -> Result<PeerId, Drop> {
     }
     let dst = Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19]);
     table.route(dst).ok_or(Drop::NoRoute)
+}
+
+/// The longest [`IcmpError`]: IPv4 header, ICMP header, the offender's header with options
+/// and 8 bytes of its payload (RFC 792).
+pub const ICMP_ERROR_MAX: usize = 20 + 8 + 60 + 8;
+
+/// An ICMP error built by [`icmp_net_unreachable`], in a fixed buffer (no allocation).
+#[derive(Clone, Copy)]
+pub struct IcmpError {
+    buf: [u8; ICMP_ERROR_MAX],
+    len: usize,
+}
+
+impl IcmpError {
+    /// The whole IPv4 packet, to be written into the TUN.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl std::fmt::Debug for IcmpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IcmpError({:02x?})", self.as_bytes())
+    }
+}
+
+/// TX, after [`Drop::NoRoute`]: flannel's answer, an ICMP "destination net unreachable"
+/// (type 3 code 0) for `offender` (a packet read from the TUN), from `src`, addressed to the
+/// offender's source, to be written back into the TUN so the sender fails fast instead of
+/// timing out. `src` should be the TUN's address (the `.0` of the local node's first block,
+/// [`tun_source`]).
+///
+/// `None` (send nothing), as RFC 1122 §3.2.2 and RFC 1812 §4.3.2.7 say, for an offender that
+/// is no whole IPv4 header, is an ICMP error itself (or an ICMP packet too short to tell),
+/// is a fragment other than the first, or comes from an address that is not one host
+/// (unspecified, broadcast, multicast, loopback) or goes to a multicast or broadcast one.
+/// Rate limiting is the caller's: a flood of packets to nowhere is a flood of these.
+pub fn icmp_net_unreachable(src: Ipv4Addr, offender: &[u8]) -> Option<IcmpError> {
+    if offender.len() < 20 || offender[0] >> 4 != 4 {
+        return None;
+    }
+    let hl = usize::from(offender[0] & 0x0f) * 4;
+    if hl < 20 || hl > offender.len() {
+        return None;
+    }
+    let frag_offset = u16::from_be_bytes([offender[6], offender[7]]) & 0x1fff;
+    if frag_offset != 0 {
+        return None;
+    }
+    let o_src = Ipv4Addr::new(offender[12], offender[13], offender[14], offender[15]);
+    let o_dst = Ipv4Addr::new(offender[16], offender[17], offender[18], offender[19]);
+    if o_src.is_unspecified() || o_src.is_broadcast() || o_src.is_multicast() || o_src.is_loopback()
+    {
+        return None;
+    }
+    if o_dst.is_broadcast() || o_dst.is_multicast() {
+        return None;
+    }
+    if offender[9] == 1 {
+        // ICMP: only queries get an error; an error about an error could loop.
+        match offender.get(hl) {
+            Some(0 | 8 | 13 | 14 | 17 | 18) => {}
+            _ => return None,
+        }
+    }
+    let quoted = &offender[..offender.len().min(hl + 8)];
+    let len = 28 + quoted.len();
+    let mut buf = [0u8; ICMP_ERROR_MAX];
+    buf[0] = 0x45;
+    buf[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+    buf[8] = 64; // TTL
+    buf[9] = 1; // ICMP
+    buf[12..16].copy_from_slice(&src.octets());
+    buf[16..20].copy_from_slice(&o_src.octets());
+    let ip_csum = crate::checksum::checksum(&buf[..20]);
+    buf[10..12].copy_from_slice(&ip_csum.to_be_bytes());
+    buf[20] = 3; // destination unreachable
+    buf[21] = 0; // net unreachable
+    buf[28..len].copy_from_slice(quoted);
+    let icmp_csum = crate::checksum::checksum(&buf[20..len]);
+    buf[22..24].copy_from_slice(&icmp_csum.to_be_bytes());
+    Some(IcmpError { buf, len })
+}
+
+/// The source for [`icmp_net_unreachable`]: the `.0` of the local node's first block (the
+/// address the udp backend puts on the TUN), or the node IP when it holds no block yet.
+pub fn tun_source(table: &PeerTable) -> Ipv4Addr {
+    table
+        .local()
+        .blocks
+        .first()
+        .map(|b| b.network())
+        .unwrap_or(table.local().node_ip)
 }
 
 #[cfg(test)]
@@ -451,6 +545,78 @@ mod tests {
         assert_eq!(admit(&t, ip(FROM), &icmp), Ok(PeerId(0)));
         icmp[12..16].copy_from_slice(&ip(FROM).octets());
         assert_eq!(admit(&t, ip(FROM), &icmp), Err(Drop::SpoofedInner));
+    }
+
+    #[test]
+    fn answers_no_route_with_net_unreachable() {
+        use crate::checksum::{sum, verify};
+        let t = table();
+        let src = tun_source(&t);
+        assert_eq!(src, ip("10.244.1.0"));
+        let mut off = packet("10.244.1.9", "10.9.0.1", 4, 100);
+        off[9] = 6;
+        let e = icmp_net_unreachable(src, &off).unwrap();
+        let b = e.as_bytes();
+        assert_eq!(b.len(), 20 + 8 + 24 + 8);
+        assert_eq!(parse_ipv4(b).unwrap().header_len, 20);
+        assert!(verify(sum(&b[..20])), "IPv4 header checksum");
+        assert!(verify(sum(&b[20..])), "ICMP checksum");
+        assert_eq!((b[9], b[20], b[21]), (1, 3, 0));
+        assert_eq!(&b[12..16], &[10, 244, 1, 0]);
+        assert_eq!(&b[16..20], &[10, 244, 1, 9]);
+        assert_eq!(&b[28..], &off[..32], "the offender's header and 8 bytes");
+        // A short payload is quoted whole; an echo request gets an answer.
+        let mut ping = packet("10.244.1.9", "10.9.0.1", 0, 3);
+        ping[9] = 1;
+        ping[20] = 8;
+        assert_eq!(
+            icmp_net_unreachable(src, &ping).unwrap().as_bytes().len(),
+            28 + 23
+        );
+    }
+
+    #[test]
+    fn sends_no_icmp_error_where_the_rfcs_say_not_to() {
+        let src = ip("10.244.1.0");
+        let base = packet("10.244.1.9", "10.9.0.1", 0, 16);
+        assert!(icmp_net_unreachable(src, &base).is_some());
+        let mut err = base.clone();
+        err[9] = 1;
+        for ty in [3u8, 4, 5, 11, 12, 42] {
+            err[20] = ty;
+            assert!(icmp_net_unreachable(src, &err).is_none(), "ICMP type {ty}");
+        }
+        assert!(
+            icmp_net_unreachable(src, &err[..20]).is_none(),
+            "ICMP without a type"
+        );
+        let mut frag = base.clone();
+        frag[6..8].copy_from_slice(&185u16.to_be_bytes());
+        assert!(
+            icmp_net_unreachable(src, &frag).is_none(),
+            "a later fragment"
+        );
+        frag[6..8].copy_from_slice(&0x2000u16.to_be_bytes());
+        assert!(
+            icmp_net_unreachable(src, &frag).is_some(),
+            "the first fragment"
+        );
+        for bad_src in ["0.0.0.0", "255.255.255.255", "224.0.0.5", "127.0.0.1"] {
+            let p = packet(bad_src, "10.9.0.1", 0, 16);
+            assert!(icmp_net_unreachable(src, &p).is_none(), "from {bad_src}");
+        }
+        for bad_dst in ["255.255.255.255", "239.1.2.3"] {
+            let p = packet("10.244.1.9", bad_dst, 0, 16);
+            assert!(icmp_net_unreachable(src, &p).is_none(), "to {bad_dst}");
+        }
+        assert!(icmp_net_unreachable(src, &base[..19]).is_none());
+        assert!(icmp_net_unreachable(src, &[0x60; 40]).is_none());
+        let mut ihl = base;
+        ihl[0] = 0x4f;
+        assert!(
+            icmp_net_unreachable(src, &ihl).is_none(),
+            "header longer than the packet"
+        );
     }
 
     #[test]

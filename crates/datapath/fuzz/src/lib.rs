@@ -6,7 +6,8 @@
 //!   fixed table (nested blocks, a peer without blocks, a local block nested in another):
 //!   `filter::admit` never panics and gives exactly what a naive reading of its rules (the
 //!   module docs of `filter`, with a linear longest-prefix match) gives; `filter::route_tx`
-//!   likewise.
+//!   likewise; `filter::icmp_net_unreachable` on it never panics, and what it builds is a
+//!   well-formed IPv4 ICMP packet with both checksums right.
 //! - `ctl_decode`: input = one ctl message. `Request::decode` and `Reply::decode` never
 //!   panic; whatever decodes encodes back to the same bytes; a decoded `Table` goes through
 //!   `PeerTable::new` without a panic, and a table it accepts routes the first address of
@@ -20,8 +21,11 @@ use std::net::Ipv4Addr;
 use std::sync::OnceLock;
 
 use ipnet::Ipv4Net;
+use twill_datapath::checksum;
 use twill_datapath::ctl::{Reply, Request};
-use twill_datapath::filter::{admit as filter_admit, route_tx, Drop};
+use twill_datapath::filter::{
+    admit as filter_admit, icmp_net_unreachable, parse_ipv4, route_tx, Drop,
+};
 use twill_datapath::table::{LocalNode, Peer, PeerId, PeerTable};
 
 /// A target's check: takes the raw fuzz input, panics on a broken promise.
@@ -131,6 +135,13 @@ pub fn admit(data: &[u8]) {
             .ok_or(Drop::NoRoute)
     };
     assert_eq!(route_tx(t, inner), want);
+    if let Some(e) = icmp_net_unreachable(Ipv4Addr::new(10, 244, 1, 0), inner) {
+        let b = e.as_bytes();
+        assert!(parse_ipv4(b).is_ok(), "{e:?}");
+        assert!(checksum::verify(checksum::sum(&b[..20])), "{e:?}");
+        assert!(checksum::verify(checksum::sum(&b[20..])), "{e:?}");
+        assert_eq!(&b[28..], &inner[..b.len() - 28]);
+    }
 }
 
 pub fn ctl_decode(data: &[u8]) {
