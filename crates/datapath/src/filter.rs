@@ -1,7 +1,7 @@
 //! What the datapath lets in, and why not: [`admit`] for every inner packet that arrives on
 //! the UDP port (RX), [`route_tx`] for every packet read from the TUN (TX). A refusal is a
 //! [`Drop`], each variant one counter (`twill_udp_drops_total{reason}` in twilld's /metrics).
-//! After a [`Drop::NoRoute`], [`icmp_net_unreachable`] builds flannel's answer for the TUN.
+//! After a [`Drop::NoRoute`], [`net_unreachable`] builds flannel's answer for the TUN.
 //!
 //! [`admit`]'s checks, in this order (the first failing one is the reason):
 //! 1. [`Drop::Short`]: fewer than 20 bytes (no IPv4 header);
@@ -173,42 +173,26 @@ pub fn route_tx(table: &PeerTable, pkt: &[u8]) -> Result<PeerId, Drop> {
     table.route(dst).ok_or(Drop::NoRoute)
 }
 
-/// The longest [`IcmpError`]: IPv4 header, ICMP header, the offender's header with options
-/// and 8 bytes of its payload (RFC 792).
+/// The longest reply [`net_unreachable`] writes: IPv4 header, ICMP header, the offender's
+/// header with options and 8 bytes of its payload (RFC 792).
 pub const ICMP_ERROR_MAX: usize = 20 + 8 + 60 + 8;
 
-/// An ICMP error built by [`icmp_net_unreachable`], in a fixed buffer (no allocation).
-#[derive(Clone, Copy)]
-pub struct IcmpError {
-    buf: [u8; ICMP_ERROR_MAX],
-    len: usize,
-}
-
-impl IcmpError {
-    /// The whole IPv4 packet, to be written into the TUN.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
-    }
-}
-
-impl std::fmt::Debug for IcmpError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "IcmpError({:02x?})", self.as_bytes())
-    }
-}
-
 /// TX, after [`Drop::NoRoute`]: flannel's answer, an ICMP "destination net unreachable"
-/// (type 3 code 0) for `offender` (a packet read from the TUN), from `src`, addressed to the
-/// offender's source, to be written back into the TUN so the sender fails fast instead of
-/// timing out. `src` should be the TUN's address (the `.0` of the local node's first block,
-/// [`tun_source`]).
+/// (type 3 code 0) about `offender` (a packet read from the TUN), written into `out` to go
+/// back into the TUN, so the sender fails fast instead of timing out. Returns its length.
+///
+/// Its source is the destination the offender asked for, not an address of this node: a
+/// packet arriving on the TUN with a local source (the TUN's own address, say) is a martian
+/// to the kernel and dropped unless `accept_local` is set. That destination was routed into
+/// the TUN, so a reverse-path check on the reply passes too.
 ///
 /// `None` (send nothing), as RFC 1122 §3.2.2 and RFC 1812 §4.3.2.7 say, for an offender that
 /// is no whole IPv4 header, is an ICMP error itself (or an ICMP packet too short to tell),
 /// is a fragment other than the first, or comes from an address that is not one host
-/// (unspecified, broadcast, multicast, loopback) or goes to a multicast or broadcast one.
-/// Rate limiting is the caller's: a flood of packets to nowhere is a flood of these.
-pub fn icmp_net_unreachable(src: Ipv4Addr, offender: &[u8]) -> Option<IcmpError> {
+/// (unspecified, broadcast, multicast, loopback) or goes to a multicast or broadcast one;
+/// and when `out` is shorter than the reply (`ICMP_ERROR_MAX` always fits). Rate limiting
+/// is the caller's: a flood of packets to nowhere is a flood of these.
+pub fn net_unreachable(offender: &[u8], out: &mut [u8]) -> Option<usize> {
     if offender.len() < 20 || offender[0] >> 4 != 4 {
         return None;
     }
@@ -238,32 +222,22 @@ pub fn icmp_net_unreachable(src: Ipv4Addr, offender: &[u8]) -> Option<IcmpError>
     }
     let quoted = &offender[..offender.len().min(hl + 8)];
     let len = 28 + quoted.len();
-    let mut buf = [0u8; ICMP_ERROR_MAX];
+    let buf = out.get_mut(..len)?;
+    buf[..28].fill(0);
     buf[0] = 0x45;
     buf[2..4].copy_from_slice(&(len as u16).to_be_bytes());
     buf[8] = 64; // TTL
     buf[9] = 1; // ICMP
-    buf[12..16].copy_from_slice(&src.octets());
+    buf[12..16].copy_from_slice(&o_dst.octets());
     buf[16..20].copy_from_slice(&o_src.octets());
     let ip_csum = crate::checksum::checksum(&buf[..20]);
     buf[10..12].copy_from_slice(&ip_csum.to_be_bytes());
     buf[20] = 3; // destination unreachable
     buf[21] = 0; // net unreachable
-    buf[28..len].copy_from_slice(quoted);
-    let icmp_csum = crate::checksum::checksum(&buf[20..len]);
+    buf[28..].copy_from_slice(quoted);
+    let icmp_csum = crate::checksum::checksum(&buf[20..]);
     buf[22..24].copy_from_slice(&icmp_csum.to_be_bytes());
-    Some(IcmpError { buf, len })
-}
-
-/// The source for [`icmp_net_unreachable`]: the `.0` of the local node's first block (the
-/// address the udp backend puts on the TUN), or the node IP when it holds no block yet.
-pub fn tun_source(table: &PeerTable) -> Ipv4Addr {
-    table
-        .local()
-        .blocks
-        .first()
-        .map(|b| b.network())
-        .unwrap_or(table.local().node_ip)
+    Some(len)
 }
 
 #[cfg(test)]
@@ -547,76 +521,71 @@ mod tests {
         assert_eq!(admit(&t, ip(FROM), &icmp), Err(Drop::SpoofedInner));
     }
 
+    /// [`net_unreachable`] as an `Option<Vec<u8>>`, in a buffer of exactly the most it needs.
+    fn unreachable(offender: &[u8]) -> Option<Vec<u8>> {
+        let mut out = [0u8; ICMP_ERROR_MAX];
+        net_unreachable(offender, &mut out).map(|n| out[..n].to_vec())
+    }
+
     #[test]
-    fn answers_no_route_with_net_unreachable() {
+    fn answers_no_route_with_net_unreachable_from_the_destination() {
         use crate::checksum::{sum, verify};
-        let t = table();
-        let src = tun_source(&t);
-        assert_eq!(src, ip("10.244.1.0"));
         let mut off = packet("10.244.1.9", "10.9.0.1", 4, 100);
         off[9] = 6;
-        let e = icmp_net_unreachable(src, &off).unwrap();
-        let b = e.as_bytes();
+        let b = unreachable(&off).unwrap();
         assert_eq!(b.len(), 20 + 8 + 24 + 8);
-        assert_eq!(parse_ipv4(b).unwrap().header_len, 20);
+        assert_eq!(parse_ipv4(&b).unwrap().header_len, 20);
         assert!(verify(sum(&b[..20])), "IPv4 header checksum");
         assert!(verify(sum(&b[20..])), "ICMP checksum");
         assert_eq!((b[9], b[20], b[21]), (1, 3, 0));
-        assert_eq!(&b[12..16], &[10, 244, 1, 0]);
+        assert_eq!(&b[12..16], &[10, 9, 0, 1], "from the destination asked for");
         assert_eq!(&b[16..20], &[10, 244, 1, 9]);
         assert_eq!(&b[28..], &off[..32], "the offender's header and 8 bytes");
         // A short payload is quoted whole; an echo request gets an answer.
         let mut ping = packet("10.244.1.9", "10.9.0.1", 0, 3);
         ping[9] = 1;
         ping[20] = 8;
+        assert_eq!(unreachable(&ping).unwrap().len(), 28 + 23);
+        // Garbage left in the caller's buffer does not leak into the reply.
+        let mut out = [0xaau8; 200];
+        let n = net_unreachable(&off, &mut out).unwrap();
+        assert_eq!(&out[..n], &b[..]);
         assert_eq!(
-            icmp_net_unreachable(src, &ping).unwrap().as_bytes().len(),
-            28 + 23
+            net_unreachable(&off, &mut out[..n - 1]),
+            None,
+            "a buffer too short"
         );
     }
 
     #[test]
     fn sends_no_icmp_error_where_the_rfcs_say_not_to() {
-        let src = ip("10.244.1.0");
         let base = packet("10.244.1.9", "10.9.0.1", 0, 16);
-        assert!(icmp_net_unreachable(src, &base).is_some());
+        assert!(unreachable(&base).is_some());
         let mut err = base.clone();
         err[9] = 1;
         for ty in [3u8, 4, 5, 11, 12, 42] {
             err[20] = ty;
-            assert!(icmp_net_unreachable(src, &err).is_none(), "ICMP type {ty}");
+            assert!(unreachable(&err).is_none(), "ICMP type {ty}");
         }
-        assert!(
-            icmp_net_unreachable(src, &err[..20]).is_none(),
-            "ICMP without a type"
-        );
+        assert!(unreachable(&err[..20]).is_none(), "ICMP without a type");
         let mut frag = base.clone();
         frag[6..8].copy_from_slice(&185u16.to_be_bytes());
-        assert!(
-            icmp_net_unreachable(src, &frag).is_none(),
-            "a later fragment"
-        );
+        assert!(unreachable(&frag).is_none(), "a later fragment");
         frag[6..8].copy_from_slice(&0x2000u16.to_be_bytes());
-        assert!(
-            icmp_net_unreachable(src, &frag).is_some(),
-            "the first fragment"
-        );
+        assert!(unreachable(&frag).is_some(), "the first fragment");
         for bad_src in ["0.0.0.0", "255.255.255.255", "224.0.0.5", "127.0.0.1"] {
             let p = packet(bad_src, "10.9.0.1", 0, 16);
-            assert!(icmp_net_unreachable(src, &p).is_none(), "from {bad_src}");
+            assert!(unreachable(&p).is_none(), "from {bad_src}");
         }
         for bad_dst in ["255.255.255.255", "239.1.2.3"] {
             let p = packet("10.244.1.9", bad_dst, 0, 16);
-            assert!(icmp_net_unreachable(src, &p).is_none(), "to {bad_dst}");
+            assert!(unreachable(&p).is_none(), "to {bad_dst}");
         }
-        assert!(icmp_net_unreachable(src, &base[..19]).is_none());
-        assert!(icmp_net_unreachable(src, &[0x60; 40]).is_none());
+        assert!(unreachable(&base[..19]).is_none());
+        assert!(unreachable(&[0x60; 40]).is_none());
         let mut ihl = base;
         ihl[0] = 0x4f;
-        assert!(
-            icmp_net_unreachable(src, &ihl).is_none(),
-            "header longer than the packet"
-        );
+        assert!(unreachable(&ihl).is_none(), "header longer than the packet");
     }
 
     #[test]

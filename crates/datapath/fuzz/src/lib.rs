@@ -6,7 +6,7 @@
 //!   fixed table (nested blocks, a peer without blocks, a local block nested in another):
 //!   `filter::admit` never panics and gives exactly what a naive reading of its rules (the
 //!   module docs of `filter`, with a linear longest-prefix match) gives; `filter::route_tx`
-//!   likewise; `filter::icmp_net_unreachable` on it never panics, and what it builds is a
+//!   likewise; `filter::net_unreachable` on it never panics, and what it builds is a
 //!   well-formed IPv4 ICMP packet with both checksums right.
 //! - `ctl_decode`: input = one ctl message. `Request::decode` and `Reply::decode` never
 //!   panic; whatever decodes encodes back to the same bytes; a decoded `Table` goes through
@@ -24,7 +24,7 @@ use ipnet::Ipv4Net;
 use twill_datapath::checksum;
 use twill_datapath::ctl::{Reply, Request};
 use twill_datapath::filter::{
-    admit as filter_admit, icmp_net_unreachable, parse_ipv4, route_tx, Drop,
+    admit as filter_admit, net_unreachable, parse_ipv4, route_tx, Drop, ICMP_ERROR_MAX,
 };
 use twill_datapath::table::{LocalNode, Peer, PeerId, PeerTable};
 
@@ -135,12 +135,14 @@ pub fn admit(data: &[u8]) {
             .ok_or(Drop::NoRoute)
     };
     assert_eq!(route_tx(t, inner), want);
-    if let Some(e) = icmp_net_unreachable(Ipv4Addr::new(10, 244, 1, 0), inner) {
-        let b = e.as_bytes();
-        assert!(parse_ipv4(b).is_ok(), "{e:?}");
-        assert!(checksum::verify(checksum::sum(&b[..20])), "{e:?}");
-        assert!(checksum::verify(checksum::sum(&b[20..])), "{e:?}");
-        assert_eq!(&b[28..], &inner[..b.len() - 28]);
+    let mut out = [0u8; ICMP_ERROR_MAX];
+    if let Some(n) = net_unreachable(inner, &mut out) {
+        let b = &out[..n];
+        assert!(parse_ipv4(b).is_ok(), "{b:02x?}");
+        assert!(checksum::verify(checksum::sum(&b[..20])), "{b:02x?}");
+        assert!(checksum::verify(checksum::sum(&b[20..])), "{b:02x?}");
+        assert_eq!(&b[28..], &inner[..n - 28]);
+        assert_eq!((&b[12..16], &b[16..20]), (&inner[16..20], &inner[12..16]));
     }
 }
 
