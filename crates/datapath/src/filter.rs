@@ -57,6 +57,9 @@ pub enum Drop {
     ForeignDst = 5,
     /// TX: no peer holds the destination.
     NoRoute = 6,
+    /// TX: a TUN frame whose virtio-net header or GSO layout `virtio`/`gso::split` refused
+    /// (the kernel should never hand one out; counted so a bug shows).
+    BadOffload = 7,
 }
 
 impl Drop {
@@ -69,6 +72,7 @@ impl Drop {
         Drop::SpoofedInner,
         Drop::ForeignDst,
         Drop::NoRoute,
+        Drop::BadOffload,
     ];
     /// `Drop::ALL.len()`, for counter arrays.
     pub const COUNT: usize = Drop::ALL.len();
@@ -83,6 +87,7 @@ impl Drop {
             Drop::SpoofedInner => "spoofed_inner",
             Drop::ForeignDst => "foreign_dst",
             Drop::NoRoute => "no_route",
+            Drop::BadOffload => "bad_offload",
         }
     }
 
