@@ -12,6 +12,7 @@
 pub mod apply;
 pub mod elements;
 pub mod policy;
+pub mod rules;
 pub mod ruleset;
 
 use std::net::Ipv4Addr;

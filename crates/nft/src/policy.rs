@@ -137,7 +137,12 @@ fn elements_message(
 /// not exclusive (re-adding an identical element is a no-op); deletes of absent elements
 /// fail the batch (ENOENT), which tells the caller its picture of the table is wrong.
 pub fn elements_batch(table: TableRef<'_>, changes: &[ElementChange<'_>]) -> Vec<Vec<u8>> {
-    let msgs = changes
+    batch(element_messages(table, changes))
+}
+
+/// The changes' messages, without the batch around them (to go in a larger batch).
+pub fn element_messages(table: TableRef<'_>, changes: &[ElementChange<'_>]) -> Vec<Vec<u8>> {
+    changes
         .iter()
         .filter(|c| !c.elements.is_empty())
         .map(|c| {
@@ -161,8 +166,7 @@ pub fn elements_batch(table: TableRef<'_>, changes: &[ElementChange<'_>]) -> Vec
                 )
             }
         })
-        .collect();
-    batch(msgs)
+        .collect()
 }
 
 /// A GETSETELEM for one element (ENOENT if it, its set or its table is absent).
@@ -246,6 +250,16 @@ impl ElementTable {
     pub fn apply(&mut self, changes: &[ElementChange<'_>]) -> Result<(), Error> {
         let msgs = elements_batch(self.table(), changes);
         match self.socket.send_batch(msgs) {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_not_found() => Err(Error::TableMissing(e)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Sends `msgs` (object and element messages, e.g. from [`crate::rules`] and
+    /// [`element_messages`]) as one transaction.
+    pub fn send(&mut self, msgs: Vec<Vec<u8>>) -> Result<(), Error> {
+        match self.socket.send_batch(batch(msgs)) {
             Ok(()) => Ok(()),
             Err(e) if e.is_not_found() => Err(Error::TableMissing(e)),
             Err(e) => Err(e.into()),

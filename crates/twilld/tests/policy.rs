@@ -437,12 +437,25 @@ fn policy_end_to_end(wiring: Wiring) {
             && text.contains(&format!("-> {}:80", b.ip)),
         "{text}"
     );
-    let nft_applies = || metric_in(&n, port, "twill_policy_applies_total{path=\"nft\"}").unwrap();
-    let before = nft_applies();
+    // Removing a policy (chains, rules, a counter) is one nfnetlink batch too: no nft.
+    let nft_applies =
+        || metric_in(&n, port, "twill_policy_applies_total{path=\"nft\"}").unwrap_or(0.0);
+    let nl_applies =
+        || metric_in(&n, port, "twill_policy_applies_total{path=\"netlink\"}").unwrap();
+    let (before, before_nl) = (nft_applies(), nl_applies());
     store.delete(&key("globalnetworkpolicies/log-b")).unwrap();
     wait_for("log-b removed", WAIT, || {
-        (nft_applies() > before).then_some(())
+        (nl_applies() > before_nl).then_some(())
     });
+    assert_eq!(nft_applies(), before, "a policy change went through nft -f");
+    let listed = node
+        .ns
+        .exec(&["nft", "list", "table", "inet", "twill-policy"]);
+    assert!(
+        !String::from_utf8_lossy(&listed.stdout).contains("log-b"),
+        "{}",
+        String::from_utf8_lossy(&listed.stdout)
+    );
 
     // A relabelled pod leaves the allowed set (an element change only).
     let applies_nl = metric_in(&n, port, "twill_policy_applies_total{path=\"netlink\"}").unwrap();
