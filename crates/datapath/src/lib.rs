@@ -17,6 +17,7 @@
 pub mod checksum;
 pub mod ctl;
 pub mod filter;
+pub mod gro;
 pub mod gso;
 pub mod published;
 pub mod stats;
