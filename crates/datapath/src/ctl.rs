@@ -709,8 +709,8 @@ mod tests {
             }))
         );
         assert_eq!(
-            Reply::decode(b"TWDP\0\x01\x83\x00\x01\x08\x00\x00"),
-            Err(CtlError::UnknownDrop { code: 8 })
+            Reply::decode(b"TWDP\0\x01\x83\x00\x01\x0a\x00\x00"),
+            Err(CtlError::UnknownDrop { code: 10 })
         );
         assert_eq!(
             Reply::decode(b"TWDP\0\x01\x84\x01\xff"),

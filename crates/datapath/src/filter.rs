@@ -60,6 +60,12 @@ pub enum Drop {
     /// TX: a TUN frame whose virtio-net header or GSO layout `virtio`/`gso::split` refused
     /// (the kernel should never hand one out; counted so a bug shows).
     BadOffload = 7,
+    /// TX: the kernel refused the UDP send (ENETUNREACH, EPERM from a firewall, EMSGSIZE…),
+    /// after any GSO fallback; counted against the peer it was for.
+    SendFailed = 8,
+    /// RX: the kernel refused the TUN write of an admitted packet (EIO, EINVAL…); counted
+    /// against the peer it came from.
+    WriteFailed = 9,
 }
 
 impl Drop {
@@ -73,6 +79,8 @@ impl Drop {
         Drop::ForeignDst,
         Drop::NoRoute,
         Drop::BadOffload,
+        Drop::SendFailed,
+        Drop::WriteFailed,
     ];
     /// `Drop::ALL.len()`, for counter arrays.
     pub const COUNT: usize = Drop::ALL.len();
@@ -88,6 +96,8 @@ impl Drop {
             Drop::ForeignDst => "foreign_dst",
             Drop::NoRoute => "no_route",
             Drop::BadOffload => "bad_offload",
+            Drop::SendFailed => "send_failed",
+            Drop::WriteFailed => "write_failed",
         }
     }
 
