@@ -15,11 +15,18 @@
 //! The I/O edges: `tun`, `udp`, the workers and the control server.
 
 pub mod checksum;
+pub mod client;
 pub mod ctl;
 pub mod filter;
 pub mod gro;
 pub mod gso;
 pub mod published;
+pub mod run;
+pub mod seqpacket;
+pub mod server;
 pub mod stats;
 pub mod table;
+pub mod tun;
+pub mod udp;
 pub mod virtio;
+pub mod worker;

@@ -1,0 +1,712 @@
+//! The UDP edge: sockets and batched syscalls.
+//!
+//! - [`bind_rx`]: the receive socket on `:port` (8285 by default), one per worker in an
+//!   `SO_REUSEPORT` group, buffers forced to 4 MiB (`SO_RCVBUFFORCE`/`SO_SNDBUFFORCE`, root;
+//!   falling back to the capped `SO_RCVBUF`/`SO_SNDBUF`).
+//! - [`bind_tx`]: a worker's send socket on an ephemeral port: different source ports let the
+//!   receiver's reuseport hash spread the workers' flows, each flow on one worker.
+//! - [`SendBatch`]: slots written in place (a TUN read lands straight in its slot), sent with
+//!   one `sendmmsg`; a slot may carry a `UDP_SEGMENT` cmsg (GSO: one message, many datagrams).
+//! - [`RecvBatch`]: one `recvmmsg` into slots of 64 KiB, with the `UDP_GRO` cmsg decoded (a GRO
+//!   read is several datagrams back to back, each `gro_size` long but the last).
+//!
+//! The payload is the bare inner IPv4 packet (flannel's wire format): nothing is added here.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// Socket buffers asked for (forced as root).
+pub const SOCKET_BUFFER: usize = 4 << 20;
+/// The largest UDP payload over IPv4.
+pub const MAX_PAYLOAD: usize = 65_507;
+/// A receive slot holds the largest datagram, or a whole GRO read (≤ 64 KiB).
+pub const RECV_SLOT: usize = 65_536;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UdpError {
+    #[error(
+        "cannot create a UDP socket: {0}; is the process out of file descriptors (ulimit -n)?"
+    )]
+    Socket(#[source] io::Error),
+    #[error("setsockopt {what} on the UDP socket failed: {source}; {hint}")]
+    Option {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+        hint: &'static str,
+    },
+    #[error("cannot bind UDP {addr}: {source}; {hint}")]
+    Bind {
+        addr: SocketAddrV4,
+        #[source]
+        source: io::Error,
+        hint: &'static str,
+    },
+    #[error(
+        "fd {fd} is not this datapath's UDP socket on port {port}: {why}; pass the fds that \
+         HelloAck handed out, in its order (the UDP sockets after the TUN queues)"
+    )]
+    NotOurs { fd: RawFd, port: u16, why: String },
+}
+
+fn socket() -> Result<OwnedFd, UdpError> {
+    // SAFETY: socket(2) with constant arguments.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if raw < 0 {
+        return Err(UdpError::Socket(io::Error::last_os_error()));
+    }
+    // SAFETY: a fresh fd nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+pub(crate) fn setsockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: an int option, passed by pointer with its size.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+pub(crate) fn getsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<i32> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: an int option, read into v.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            level,
+            name,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(v)
+    }
+}
+
+/// Sets both buffers to [`SOCKET_BUFFER`]: forced (root, past net.core.[rw]mem_max), else capped.
+fn set_buffers(fd: RawFd) -> Result<(), UdpError> {
+    for (force, plain, what) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, "SO_RCVBUF"),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, "SO_SNDBUF"),
+    ] {
+        if setsockopt_int(fd, libc::SOL_SOCKET, force, SOCKET_BUFFER as i32).is_err() {
+            setsockopt_int(fd, libc::SOL_SOCKET, plain, SOCKET_BUFFER as i32).map_err(
+                |source| UdpError::Option {
+                    what,
+                    source,
+                    hint: "the kernel refused even the capped size",
+                },
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn sockaddr(addr: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*addr.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+fn from_sockaddr(sa: &libc::sockaddr_in) -> SocketAddrV4 {
+    SocketAddrV4::new(
+        Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)),
+        u16::from_be(sa.sin_port),
+    )
+}
+
+fn bind(fd: RawFd, addr: SocketAddrV4) -> Result<(), UdpError> {
+    let sa = sockaddr(addr);
+    // SAFETY: sa is a valid sockaddr_in of the size given.
+    let r = unsafe {
+        libc::bind(
+            fd,
+            (&sa as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        let source = io::Error::last_os_error();
+        let hint = match source.raw_os_error() {
+            Some(libc::EADDRINUSE) => {
+                "another process holds this port without SO_REUSEPORT (a flanneld, or another \
+                 datapath of another user): stop it or pick another --port"
+            }
+            Some(libc::EADDRNOTAVAIL) => {
+                "--bind must be an address of this node (in this network namespace)"
+            }
+            Some(libc::EACCES) => "ports below 1024 need root",
+            _ => "check --bind and --port",
+        };
+        return Err(UdpError::Bind { addr, source, hint });
+    }
+    Ok(())
+}
+
+/// The address a socket is bound to.
+pub fn local_addr(fd: RawFd) -> io::Result<SocketAddrV4> {
+    // SAFETY: an all-zero sockaddr_in is valid.
+    let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: getsockname writes at most len bytes into sa.
+    if unsafe { libc::getsockname(fd, (&mut sa as *mut libc::sockaddr_in).cast(), &mut len) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if sa.sin_family != libc::AF_INET as libc::sa_family_t {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not an IPv4 socket",
+        ));
+    }
+    Ok(from_sockaddr(&sa))
+}
+
+/// A receive socket on `bind:port` in the port's `SO_REUSEPORT` group.
+pub fn bind_rx(bind_ip: Ipv4Addr, port: u16) -> Result<OwnedFd, UdpError> {
+    let fd = socket()?;
+    setsockopt_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, 1).map_err(|source| {
+        UdpError::Option {
+            what: "SO_REUSEPORT",
+            source,
+            hint: "the kernel needs SO_REUSEPORT (3.9 or later)",
+        }
+    })?;
+    set_buffers(fd.as_raw_fd())?;
+    bind(fd.as_raw_fd(), SocketAddrV4::new(bind_ip, port))?;
+    Ok(fd)
+}
+
+/// A send socket on `bind:0` (an ephemeral port).
+pub fn bind_tx(bind_ip: Ipv4Addr) -> Result<OwnedFd, UdpError> {
+    let fd = socket()?;
+    set_buffers(fd.as_raw_fd())?;
+    bind(fd.as_raw_fd(), SocketAddrV4::new(bind_ip, 0))?;
+    Ok(fd)
+}
+
+/// Adopts an inherited receive socket: a bound IPv4 datagram socket on `port`. It is made
+/// non-blocking and close-on-exec.
+pub fn adopt_rx(fd: OwnedFd, port: u16) -> Result<OwnedFd, UdpError> {
+    let raw = fd.as_raw_fd();
+    let not_ours = |why: String| UdpError::NotOurs { fd: raw, port, why };
+    let ty = getsockopt_int(raw, libc::SOL_SOCKET, libc::SO_TYPE)
+        .map_err(|e| not_ours(format!("SO_TYPE: {e}")))?;
+    if ty != libc::SOCK_DGRAM {
+        return Err(not_ours(format!("socket type {ty}, not SOCK_DGRAM")));
+    }
+    let addr = local_addr(raw).map_err(|e| not_ours(format!("getsockname: {e}")))?;
+    if addr.port() != port {
+        return Err(not_ours(format!("it is bound to {addr}")));
+    }
+    crate::tun::set_nonblock_cloexec(raw).map_err(|e| not_ours(format!("fcntl: {e}")))?;
+    Ok(fd)
+}
+
+/// What one slot of a [`SendBatch`] carries besides its bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotMeta {
+    /// The caller's tag (the worker: the peer's index).
+    pub tag: u32,
+    /// `UDP_SEGMENT` size, 0 for one plain datagram.
+    pub segment: u16,
+    /// How many inner packets the slot carries (1 unless segmented).
+    pub packets: u16,
+}
+
+/// What happened to one slot in [`SendBatch::send`].
+#[derive(Debug)]
+pub enum Sent {
+    Ok,
+    /// The kernel refused this message (the worker counts it and moves on).
+    Failed(io::Error),
+}
+
+/// Slots of `slot_size` bytes, filled in place and sent with `sendmmsg`.
+pub struct SendBatch {
+    buf: Vec<u8>,
+    slot_size: usize,
+    lens: Vec<usize>,
+    dsts: Vec<libc::sockaddr_in>,
+    metas: Vec<SlotMeta>,
+    iovs: Vec<libc::iovec>,
+    msgs: Vec<libc::mmsghdr>,
+    cmsgs: Vec<u8>,
+    filled: usize,
+    sent: usize,
+}
+
+const CMSG_U16: usize = 24; // CMSG_SPACE(sizeof(u16)) on 64-bit Linux, rounded up
+
+// SAFETY: the raw pointers in iovs/msgs only ever point into this struct's own buffers and are
+// rebuilt before each use.
+unsafe impl Send for SendBatch {}
+
+impl SendBatch {
+    pub fn new(slots: usize, slot_size: usize) -> SendBatch {
+        // SAFETY: all-zero sockaddr_in, iovec and mmsghdr are valid values.
+        let zero_sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        SendBatch {
+            buf: vec![0; slots * slot_size],
+            slot_size,
+            lens: vec![0; slots],
+            dsts: vec![zero_sa; slots],
+            metas: vec![SlotMeta::default(); slots],
+            iovs: (0..slots)
+                .map(|_| libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                })
+                .collect(),
+            msgs: (0..slots).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            cmsgs: vec![0; slots * CMSG_U16],
+            filled: 0,
+            sent: 0,
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.lens.len()
+    }
+
+    pub fn slot_size(&self) -> usize {
+        self.slot_size
+    }
+
+    /// Slots filled and not sent yet.
+    pub fn pending(&self) -> usize {
+        self.filled - self.sent
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.filled == self.capacity()
+    }
+
+    /// The next free slot's buffer. Panics when full (check [`SendBatch::is_full`]).
+    pub fn slot(&mut self) -> &mut [u8] {
+        assert!(!self.is_full(), "SendBatch::slot on a full batch");
+        let at = self.filled * self.slot_size;
+        &mut self.buf[at..at + self.slot_size]
+    }
+
+    /// Commits the next slot: its first `len` bytes go to `dst`.
+    pub fn commit(&mut self, len: usize, dst: SocketAddrV4, meta: SlotMeta) {
+        assert!(len <= self.slot_size && !self.is_full());
+        let i = self.filled;
+        self.lens[i] = len;
+        self.dsts[i] = sockaddr(dst);
+        self.metas[i] = meta;
+        self.filled += 1;
+    }
+
+    /// Sends what is pending with `sendmmsg`, calling `done` for each slot that left or was
+    /// refused. Returns `Err(WouldBlock)` when the socket buffer is full: the rest stays
+    /// pending (wait for POLLOUT and call again). Any other error is per message: it is
+    /// reported through `done` and the batch moves on. When all is sent the batch is empty.
+    pub fn send(
+        &mut self,
+        fd: RawFd,
+        mut done: impl FnMut(SlotMeta, usize, Sent),
+    ) -> io::Result<()> {
+        while self.sent < self.filled {
+            let n = self.filled - self.sent;
+            for k in 0..n {
+                let i = self.sent + k;
+                self.iovs[i] = libc::iovec {
+                    iov_base: self.buf[i * self.slot_size..].as_mut_ptr().cast(),
+                    iov_len: self.lens[i],
+                };
+                // SAFETY: all-zero msghdr is valid; every pointer set below is into self.
+                let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+                h.msg_name = (&mut self.dsts[i] as *mut libc::sockaddr_in).cast();
+                h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                h.msg_iov = &mut self.iovs[i];
+                h.msg_iovlen = 1;
+                if self.metas[i].segment != 0 {
+                    let c = &mut self.cmsgs[i * CMSG_U16..(i + 1) * CMSG_U16];
+                    h.msg_control = c.as_mut_ptr().cast();
+                    // SAFETY: CMSG_* on a buffer of CMSG_SPACE(2) bytes.
+                    unsafe {
+                        h.msg_controllen = libc::CMSG_SPACE(2) as _;
+                        let cm = libc::CMSG_FIRSTHDR(&h);
+                        (*cm).cmsg_level = libc::SOL_UDP;
+                        (*cm).cmsg_type = libc::UDP_SEGMENT;
+                        (*cm).cmsg_len = libc::CMSG_LEN(2) as _;
+                        std::ptr::write_unaligned(
+                            libc::CMSG_DATA(cm).cast::<u16>(),
+                            self.metas[i].segment,
+                        );
+                    }
+                }
+                self.msgs[i] = libc::mmsghdr {
+                    msg_hdr: h,
+                    msg_len: 0,
+                };
+            }
+            // SAFETY: msgs[sent..filled] are built above and point into live buffers.
+            let r = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    self.msgs[self.sent..].as_mut_ptr(),
+                    n as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::WouldBlock => return Err(e),
+                    io::ErrorKind::Interrupted => continue,
+                    _ => {
+                        // The first pending message failed: report it, skip it.
+                        let i = self.sent;
+                        done(self.metas[i], self.lens[i], Sent::Failed(e));
+                        self.sent += 1;
+                    }
+                }
+            } else {
+                for i in self.sent..self.sent + r as usize {
+                    done(self.metas[i], self.lens[i], Sent::Ok);
+                }
+                self.sent += r as usize;
+            }
+        }
+        self.filled = 0;
+        self.sent = 0;
+        Ok(())
+    }
+}
+
+/// One received datagram (or GRO run of datagrams) in a [`RecvBatch`].
+#[derive(Debug)]
+pub struct Received<'a> {
+    pub src: SocketAddrV4,
+    pub data: &'a [u8],
+    /// The `UDP_GRO` cmsg: the datagrams' size (the last may be shorter); `None` for one.
+    pub gro_size: Option<u16>,
+    /// The kernel cut the datagram (`MSG_TRUNC`): it was larger than a slot.
+    pub truncated: bool,
+}
+
+/// Slots of [`RECV_SLOT`] bytes filled by one `recvmmsg`.
+pub struct RecvBatch {
+    buf: Vec<u8>,
+    srcs: Vec<libc::sockaddr_in>,
+    iovs: Vec<libc::iovec>,
+    msgs: Vec<libc::mmsghdr>,
+    cmsgs: Vec<u8>,
+    got: usize,
+}
+
+const CMSG_RECV: usize = 64;
+
+// SAFETY: as for SendBatch, the pointers only point into the struct's own buffers.
+unsafe impl Send for RecvBatch {}
+
+impl RecvBatch {
+    pub fn new(slots: usize) -> RecvBatch {
+        // SAFETY: all-zero values of these C structs are valid.
+        let zero_sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        RecvBatch {
+            buf: vec![0; slots * RECV_SLOT],
+            srcs: vec![zero_sa; slots],
+            iovs: (0..slots)
+                .map(|_| libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                })
+                .collect(),
+            msgs: (0..slots).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            cmsgs: vec![0; slots * CMSG_RECV],
+            got: 0,
+        }
+    }
+
+    /// One non-blocking `recvmmsg` into every slot; the number of datagrams read
+    /// (`WouldBlock` when there was none).
+    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        let slots = self.srcs.len();
+        for i in 0..slots {
+            self.iovs[i] = libc::iovec {
+                iov_base: self.buf[i * RECV_SLOT..].as_mut_ptr().cast(),
+                iov_len: RECV_SLOT,
+            };
+            // SAFETY: all-zero msghdr is valid; the pointers set are into self.
+            let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+            h.msg_name = (&mut self.srcs[i] as *mut libc::sockaddr_in).cast();
+            h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            h.msg_iov = &mut self.iovs[i];
+            h.msg_iovlen = 1;
+            h.msg_control = self.cmsgs[i * CMSG_RECV..].as_mut_ptr().cast();
+            h.msg_controllen = CMSG_RECV as _;
+            self.msgs[i] = libc::mmsghdr {
+                msg_hdr: h,
+                msg_len: 0,
+            };
+        }
+        loop {
+            // SAFETY: msgs are built above and point into live buffers.
+            let r = unsafe {
+                libc::recvmmsg(
+                    fd,
+                    self.msgs.as_mut_ptr(),
+                    slots as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                )
+            };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                self.got = 0;
+                return Err(e);
+            }
+            self.got = r as usize;
+            return Ok(self.got);
+        }
+    }
+
+    /// The `i`th datagram of the last [`RecvBatch::recv`].
+    pub fn get(&self, i: usize) -> Received<'_> {
+        assert!(i < self.got);
+        let m = &self.msgs[i];
+        let len = (m.msg_len as usize).min(RECV_SLOT);
+        let mut gro_size = None;
+        // SAFETY: the kernel filled msg_control/msg_controllen; CMSG_* walk within it.
+        unsafe {
+            let mut cm = libc::CMSG_FIRSTHDR(&m.msg_hdr);
+            while !cm.is_null() {
+                if (*cm).cmsg_level == libc::SOL_UDP && (*cm).cmsg_type == libc::UDP_GRO {
+                    let v = std::ptr::read_unaligned(libc::CMSG_DATA(cm).cast::<libc::c_int>());
+                    gro_size = u16::try_from(v)
+                        .ok()
+                        .filter(|&s| s > 0 && (s as usize) < len);
+                }
+                cm = libc::CMSG_NXTHDR(&m.msg_hdr, cm);
+            }
+        }
+        Received {
+            src: from_sockaddr(&self.srcs[i]),
+            data: &self.buf[i * RECV_SLOT..i * RECV_SLOT + len],
+            gro_size,
+            truncated: m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+        }
+    }
+}
+
+/// Turns `UDP_GRO` on for a receive socket (the kernel then hands several datagrams of one
+/// flow in one read, with their size in a cmsg).
+pub fn enable_gro(fd: RawFd) -> io::Result<()> {
+    setsockopt_int(fd, libc::SOL_UDP, libc::UDP_GRO, 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (OwnedFd, OwnedFd, SocketAddrV4) {
+        let rx = bind_rx(Ipv4Addr::LOCALHOST, 0).unwrap();
+        let addr = local_addr(rx.as_raw_fd()).unwrap();
+        let tx = bind_tx(Ipv4Addr::LOCALHOST).unwrap();
+        (rx, tx, addr)
+    }
+
+    fn wait_readable(fd: RawFd) {
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd.
+        assert_eq!(
+            unsafe { libc::poll(&mut p, 1, 2000) },
+            1,
+            "nothing arrived in 2 s"
+        );
+    }
+
+    #[test]
+    fn a_batch_goes_out_in_one_sendmmsg_and_comes_back_in_one_recvmmsg() {
+        let (rx, tx, addr) = pair();
+        let mut out = SendBatch::new(8, 2048);
+        for i in 0..5u8 {
+            let s = out.slot();
+            s[..3].copy_from_slice(&[i, i, i]);
+            out.commit(
+                3 + i as usize,
+                addr,
+                SlotMeta {
+                    tag: i as u32,
+                    segment: 0,
+                    packets: 1,
+                },
+            );
+        }
+        let mut tags = vec![];
+        out.send(tx.as_raw_fd(), |m, len, r| {
+            assert!(matches!(r, Sent::Ok));
+            tags.push((m.tag, len));
+        })
+        .unwrap();
+        assert_eq!(tags, [(0, 3), (1, 4), (2, 5), (3, 6), (4, 7)]);
+        assert_eq!(out.pending(), 0);
+        wait_readable(rx.as_raw_fd());
+        let mut inb = RecvBatch::new(16);
+        let mut seen = vec![];
+        while seen.len() < 5 {
+            let n = inb.recv(rx.as_raw_fd()).unwrap();
+            for i in 0..n {
+                let d = inb.get(i);
+                assert_eq!(d.src, local_addr(tx.as_raw_fd()).unwrap());
+                assert_eq!(d.gro_size, None);
+                assert!(!d.truncated);
+                seen.push(d.data.to_vec());
+            }
+        }
+        assert_eq!(seen[2], [2, 2, 2, 0, 0]);
+        assert_eq!(
+            inb.recv(rx.as_raw_fd()).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+    }
+
+    #[test]
+    fn a_segmented_slot_arrives_as_datagrams_or_as_one_gro_read() {
+        for gro in [false, true] {
+            let (rx, tx, addr) = pair();
+            if gro {
+                enable_gro(rx.as_raw_fd()).unwrap();
+            }
+            let mut out = SendBatch::new(2, 8192);
+            let s = out.slot();
+            for (k, b) in s[..5000].iter_mut().enumerate() {
+                *b = (k / 1000) as u8;
+            }
+            out.commit(
+                4500,
+                addr,
+                SlotMeta {
+                    tag: 7,
+                    segment: 1000,
+                    packets: 5,
+                },
+            );
+            out.send(tx.as_raw_fd(), |_, _, r| assert!(matches!(r, Sent::Ok)))
+                .unwrap();
+            wait_readable(rx.as_raw_fd());
+            let mut inb = RecvBatch::new(8);
+            let mut sizes = vec![];
+            while sizes.iter().map(|(l, _)| l).sum::<usize>() < 4500 {
+                match inb.recv(rx.as_raw_fd()) {
+                    Ok(n) => {
+                        for i in 0..n {
+                            let d = inb.get(i);
+                            sizes.push((d.data.len(), d.gro_size));
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        wait_readable(rx.as_raw_fd())
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            if gro {
+                assert_eq!(sizes, [(4500, Some(1000))]);
+            } else {
+                assert_eq!(
+                    sizes,
+                    [
+                        (1000, None),
+                        (1000, None),
+                        (1000, None),
+                        (1000, None),
+                        (500, None)
+                    ]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_refused_message_is_reported_and_the_rest_still_go() {
+        let (rx, tx, addr) = pair();
+        let mut out = SendBatch::new(4, 70_000);
+        out.commit(
+            10,
+            addr,
+            SlotMeta {
+                tag: 1,
+                segment: 0,
+                packets: 1,
+            },
+        );
+        out.commit(
+            MAX_PAYLOAD + 1,
+            addr,
+            SlotMeta {
+                tag: 2,
+                segment: 0,
+                packets: 1,
+            },
+        );
+        out.commit(
+            10,
+            addr,
+            SlotMeta {
+                tag: 3,
+                segment: 0,
+                packets: 1,
+            },
+        );
+        let mut res = vec![];
+        out.send(tx.as_raw_fd(), |m, _, r| {
+            res.push((m.tag, matches!(r, Sent::Ok)))
+        })
+        .unwrap();
+        assert_eq!(res, [(1, true), (2, false), (3, true)]);
+        drop(rx);
+    }
+
+    #[test]
+    fn two_receive_sockets_share_a_port_and_an_inherited_one_is_checked() {
+        let a = bind_rx(Ipv4Addr::LOCALHOST, 0).unwrap();
+        let port = local_addr(a.as_raw_fd()).unwrap().port();
+        let b = bind_rx(Ipv4Addr::LOCALHOST, port).unwrap();
+        let b = adopt_rx(b, port).unwrap();
+        let e = adopt_rx(a, port.wrapping_add(1)).unwrap_err().to_string();
+        assert!(e.contains("it is bound to 127.0.0.1:"), "{e}");
+        drop(b);
+    }
+}

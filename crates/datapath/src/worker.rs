@@ -1,0 +1,316 @@
+//! A worker: one thread, one TUN queue, one receive socket (in the port's `SO_REUSEPORT`
+//! group), one send socket (ephemeral port), one eventfd to wake it.
+//!
+//! The loop (flannel's `run_proxy`, batched): while either direction moved a packet it goes
+//! round again without polling; when neither did, it `poll`s the TUN, the receive socket and
+//! the eventfd (and the send socket for POLLOUT while a batch waits on a full socket buffer).
+//! Each round:
+//! - the peer table is refreshed once ([`Reader::refresh`]: one Acquire load when nothing
+//!   changed); a new table rotates the worker's counters ([`Ledger::rotate`]);
+//! - **TUN → UDP**: up to [`TX_BUDGET`] reads, each straight into a [`SendBatch`] slot;
+//!   [`route_tx`] picks the peer; then one `sendmmsg`. A miss is [`Drop::NoRoute`] and
+//!   flannel's ICMP net unreachable goes back into the TUN (at most one per millisecond);
+//! - **UDP → TUN**: one `recvmmsg` of [`RX_SLOTS`] datagrams; each inner packet (a GRO read is
+//!   cut at its `gro_size`) goes through [`admit`] and is written into the TUN.
+//!
+//! The budgets keep one direction from starving the other: a round moves at most 64 packets
+//! out and one `recvmmsg` in. A full socket buffer (EAGAIN) leaves the batch pending and stops
+//! TUN reads until POLLOUT: the TUN queue holds the backlog, as the kernel's own queues would.
+//!
+//! Before the first Table nothing is forwarded: what arrives is read and discarded (so the
+//! queues do not stay readable), uncounted: there are no peers to count it against yet.
+//!
+//! Counting: `tx_*`/`rx_*` are inner packets and bytes per peer. A send the kernel refuses
+//! (ENETUNREACH, EPERM from a firewall, EMSGSIZE) and a TUN write it refuses have no
+//! [`Drop`] of their own yet: they count as [`Drop::NoRoute`] (send) and [`Drop::BadHeader`]
+//! (write) against the peer. (dp-pure: a `SendFailed`/`WriteFailed` reason would say it better.)
+//!
+//! ICMP source: the ICMP error carries the *unreachable destination* as its source, not
+//! [`crate::filter::tun_source`] (the TUN's `.0`): a packet written into the TUN with a source
+//! that is a local address of the node is a martian to the kernel (`fib_validate_source`,
+//! unless accept_local) and never reaches the sender. The destination was routed into the TUN,
+//! so strict reverse-path filtering passes too.
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::filter::{admit, icmp_net_unreachable, route_tx, Drop};
+use crate::published::{Published, Reader};
+use crate::stats::{Counters, Ledger};
+use crate::table::{PeerId, PeerTable};
+use crate::tun::TunQueue;
+use crate::udp::{RecvBatch, SendBatch, Sent, SlotMeta};
+
+/// TUN reads per round (and the send batch's slots).
+pub const TX_BUDGET: usize = 64;
+/// Datagrams per `recvmmsg`.
+pub const RX_SLOTS: usize = 32;
+/// A TX slot holds the largest packet a TUN of MTU ≤ 65,535 hands out.
+const TX_SLOT: usize = 65_536;
+
+/// The table the workers forward with: `None` until the first Table arrives.
+pub type SharedTable = Arc<Published<Option<PeerTable>>>;
+
+/// An eventfd: the ctl side wakes a worker (or the accept loop) with it.
+pub struct Waker {
+    fd: OwnedFd,
+}
+
+impl Waker {
+    pub fn new() -> io::Result<Waker> {
+        // SAFETY: eventfd(2) with constant flags.
+        let raw = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd.
+        Ok(Waker {
+            fd: unsafe { OwnedFd::from_raw_fd(raw) },
+        })
+    }
+
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: an 8-byte write to an eventfd.
+        unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    fn drain(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: an 8-byte read from an eventfd.
+        unsafe { libc::read(self.fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+    }
+
+    pub fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// What a worker shares with the rest of the process.
+pub struct Shared {
+    pub table: SharedTable,
+    pub ledger: Arc<Ledger>,
+    pub stop: AtomicBool,
+}
+
+/// One worker's fds.
+pub struct WorkerIo {
+    pub tun: Arc<TunQueue>,
+    pub rx: Arc<OwnedFd>,
+    pub tx: OwnedFd,
+    pub waker: Arc<Waker>,
+}
+
+/// Runs worker `index` until `shared.stop` (checked after every wake). Returns the error that
+/// stopped it otherwise (the TUN gone under it: EBADFD after `ip link del`).
+pub fn run(index: usize, io: WorkerIo, shared: Arc<Shared>) -> io::Result<()> {
+    let mut w = Worker {
+        io,
+        out: SendBatch::new(TX_BUDGET, TX_SLOT),
+        inb: RecvBatch::new(RX_SLOTS),
+        icmp_at: None,
+    };
+    let mut reader: Reader<Option<PeerTable>> = shared.table.reader();
+    let mut counters = reader
+        .get()
+        .as_ref()
+        .map(|t| shared.ledger.rotate(index, t));
+    while !shared.stop.load(Ordering::Relaxed) {
+        if reader.refresh() {
+            counters = reader
+                .get()
+                .as_ref()
+                .map(|t| shared.ledger.rotate(index, t));
+        }
+        let (tx, rx) = match (reader.get(), counters.as_deref()) {
+            (Some(t), Some(c)) => (w.tun_to_udp(t, c)?, w.udp_to_tun(t, c)?),
+            _ => (w.discard_tun()?, w.discard_udp()?),
+        };
+        if !tx && !rx {
+            w.wait()?;
+        }
+    }
+    Ok(())
+}
+
+struct Worker {
+    io: WorkerIo,
+    out: SendBatch,
+    inb: RecvBatch,
+    icmp_at: Option<Instant>,
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+impl Worker {
+    fn wait(&mut self) -> io::Result<()> {
+        let blocked = self.out.pending() > 0;
+        let mut fds = [
+            libc::pollfd {
+                fd: self.io.tun.as_raw_fd(),
+                events: if blocked { 0 } else { libc::POLLIN },
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.io.rx.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.io.waker.raw(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.io.tx.as_raw_fd(),
+                events: if blocked { libc::POLLOUT } else { 0 },
+                revents: 0,
+            },
+        ];
+        // SAFETY: a valid pollfd array.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+        if fds[2].revents != 0 {
+            self.io.waker.drain();
+        }
+        if fds[0].revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+            // The device went away (ip link del): the next read says why.
+            let mut b = [0u8; 1];
+            self.io.tun.read(&mut b)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, c: &Counters) -> io::Result<()> {
+        let r = self
+            .out
+            .send(self.io.tx.as_raw_fd(), |m, len, sent| match sent {
+                Sent::Ok => c.tx(PeerId(m.tag), u64::from(m.packets), len as u64),
+                Sent::Failed(_) => c.dropped(Some(PeerId(m.tag)), Drop::NoRoute),
+            });
+        match r {
+            Err(e) if !would_block(&e) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// TUN → UDP. True when a packet moved.
+    fn tun_to_udp(&mut self, table: &PeerTable, c: &Counters) -> io::Result<bool> {
+        if self.out.pending() > 0 {
+            self.flush(c)?;
+            if self.out.pending() > 0 {
+                return Ok(false); // still blocked: wait for POLLOUT
+            }
+        }
+        let mut moved = false;
+        while !self.out.is_full() {
+            let slot = self.out.slot();
+            let n = match self.io.tun.read(slot) {
+                Ok(n) => n,
+                Err(e) if would_block(&e) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            moved = true;
+            let pkt = &slot[..n];
+            match route_tx(table, pkt) {
+                Ok(peer) => {
+                    let dst = table.peer(peer).addr();
+                    self.out.commit(
+                        n,
+                        dst,
+                        SlotMeta {
+                            tag: peer.0,
+                            segment: 0,
+                            packets: 1,
+                        },
+                    );
+                }
+                Err(d) => {
+                    c.dropped(None, d);
+                    if d == Drop::NoRoute {
+                        let now = Instant::now();
+                        if self
+                            .icmp_at
+                            .is_none_or(|t| now.duration_since(t) >= Duration::from_millis(1))
+                        {
+                            let dst = Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19]);
+                            if let Some(icmp) = icmp_net_unreachable(dst, pkt) {
+                                self.icmp_at = Some(now);
+                                let _ = self.io.tun.write(icmp.as_bytes());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if self.out.pending() > 0 {
+            self.flush(c)?;
+        }
+        Ok(moved)
+    }
+
+    /// UDP → TUN. True when a datagram arrived.
+    fn udp_to_tun(&mut self, table: &PeerTable, c: &Counters) -> io::Result<bool> {
+        let n = match self.inb.recv(self.io.rx.as_raw_fd()) {
+            Ok(n) => n,
+            Err(e) if would_block(&e) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        for i in 0..n {
+            let d = self.inb.get(i);
+            let src = *d.src.ip();
+            if d.truncated {
+                c.dropped(table.peer_by_ip(src), Drop::BadHeader);
+                continue;
+            }
+            let seg = d.gro_size.map_or(d.data.len().max(1), usize::from);
+            for inner in d.data.chunks(seg) {
+                match admit(table, src, inner) {
+                    Ok(peer) => match self.io.tun.write(inner) {
+                        Ok(_) => c.rx(peer, 1, inner.len() as u64),
+                        Err(_) => c.dropped(Some(peer), Drop::BadHeader),
+                    },
+                    Err(drop) => c.dropped(table.peer_by_ip(src), drop),
+                }
+            }
+            if d.data.is_empty() {
+                c.dropped(table.peer_by_ip(src), Drop::Short);
+            }
+        }
+        Ok(true)
+    }
+
+    fn discard_tun(&mut self) -> io::Result<bool> {
+        let mut moved = false;
+        let slot = self.out.slot();
+        for _ in 0..TX_BUDGET {
+            match self.io.tun.read(slot) {
+                Ok(_) => moved = true,
+                Err(e) if would_block(&e) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(moved)
+    }
+
+    fn discard_udp(&mut self) -> io::Result<bool> {
+        match self.inb.recv(self.io.rx.as_raw_fd()) {
+            Ok(_) => Ok(true),
+            Err(e) if would_block(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}

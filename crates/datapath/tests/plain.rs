@@ -1,0 +1,472 @@
+//! The datapath between two nodes, plain path (no vnet header), one queue each: two node
+//! namespaces and a stranger on one underlay segment (a bridge in a switch namespace,
+//! 192.0.2.0/24), a `twill-datapath` per node fed a Table through `Client`, a pod namespace
+//! behind each node (10.244.N.2 on a veth, the node forwarding into its TUN). Bounded: about
+//! 10 s, most of it iperf3's 2 s and the pings.
+
+use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use twill_datapath::client::Client;
+use twill_datapath::filter::Drop;
+use twill_datapath::stats::Stats;
+use twill_datapath::table::{LocalNode, Peer};
+use twill_testkit::{require_program, require_root, sh, try_sh, unique_name, TempDir, TestNetns};
+
+const BIN: &str = env!("CARGO_BIN_EXE_twill-datapath");
+const PORT: u16 = 8285;
+const UNDERLAY_MTU: u32 = 1500;
+const TUN_MTU: u32 = UNDERLAY_MTU - 28;
+
+/// A child process stopped by its PID at the end, failures included.
+struct Proc {
+    child: Child,
+    what: String,
+}
+
+impl std::ops::Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ip(ns: &TestNetns, args: &str) {
+    let mut v = vec!["ip", "-n", &ns.name];
+    v.extend(args.split_whitespace());
+    sh(&v);
+}
+
+struct Node {
+    ns: TestNetns,
+    pod: TestNetns,
+    tun: String,
+    sock: PathBuf,
+    dp: Option<Proc>,
+    log: PathBuf,
+    n: u8,
+}
+
+impl Node {
+    fn underlay(&self) -> Ipv4Addr {
+        Ipv4Addr::new(192, 0, 2, self.n)
+    }
+    fn pod_ip(&self) -> String {
+        format!("10.244.{}.2", self.n)
+    }
+    fn block(&self) -> ipnet::Ipv4Net {
+        format!("10.244.{}.0/24", self.n).parse().unwrap()
+    }
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// The switch namespace with its bridge, and a port on it for `ns` with `addrs`.
+fn plug(sw: &TestNetns, br: &str, ns: &TestNetns, addrs: &[String]) -> String {
+    let a = unique_name("u", 15);
+    let b = unique_name("s", 15);
+    sh(&[
+        "ip", "-n", &ns.name, "link", "add", &a, "type", "veth", "peer", "name", &b, "netns",
+        &sw.name,
+    ]);
+    ip(sw, &format!("link set {b} master {br} up"));
+    for addr in addrs {
+        ip(ns, &format!("addr add {addr} dev {a}"));
+    }
+    ip(ns, &format!("link set {a} mtu {UNDERLAY_MTU} up"));
+    a
+}
+
+fn node(sw: &TestNetns, br: &str, n: u8, dir: &Path) -> Node {
+    let ns = TestNetns::new(&format!("n{n}"));
+    // No IPv6 on the TUN: its router solicitations would be counted as NotIpv4 on TX.
+    ns.exec(&[
+        "sysctl",
+        "-qw",
+        "net.ipv6.conf.all.disable_ipv6=1",
+        "net.ipv6.conf.default.disable_ipv6=1",
+        "net.ipv4.ip_forward=1",
+    ]);
+    plug(sw, br, &ns, &[format!("192.0.2.{n}/24")]);
+    // The pod: 10.244.n.2 behind 10.244.n.1 on the node, MTU = underlay - 28.
+    let pod = TestNetns::new(&format!("p{n}"));
+    let h = unique_name("h", 15);
+    let e = unique_name("e", 15);
+    sh(&[
+        "ip", "-n", &ns.name, "link", "add", &h, "type", "veth", "peer", "name", &e, "netns",
+        &pod.name,
+    ]);
+    ip(&ns, &format!("addr add 10.244.{n}.1/24 dev {h}"));
+    ip(&ns, &format!("link set {h} mtu {TUN_MTU} up"));
+    ip(&pod, &format!("addr add 10.244.{n}.2/24 dev {e}"));
+    ip(&pod, &format!("link set {e} mtu {TUN_MTU} up"));
+    ip(&pod, &format!("route add default via 10.244.{n}.1"));
+    let tun = unique_name("t", 15);
+    Node {
+        ns,
+        pod,
+        tun,
+        sock: dir.join(format!("dp{n}.sock")),
+        dp: None,
+        log: dir.join(format!("dp{n}.log")),
+        n,
+    }
+}
+
+/// Starts the node's datapath and waits for its control socket; sets up the TUN as twilld
+/// would (address, MTU, up, a route per remote block).
+fn start(node: &mut Node, remote_blocks: &[&str]) -> (Client, Vec<std::os::fd::OwnedFd>) {
+    let log = std::fs::File::create(&node.log).unwrap();
+    let child = Command::new("ip")
+        .args(["netns", "exec", &node.ns.name, BIN])
+        .args([
+            "--ctl",
+            node.sock.to_str().unwrap(),
+            "--tun",
+            &node.tun,
+            "--port",
+            &PORT.to_string(),
+        ])
+        .args(["--bind", &node.underlay().to_string(), "--queues", "1"])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn twill-datapath");
+    node.dp = Some(Proc {
+        child,
+        what: format!("datapath {}", node.n),
+    });
+    let (client, hello, fds) = Client::connect(&node.sock, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("datapath {}: {e}\nlog: {}", node.n, node.log()));
+    assert_eq!(hello.tun, node.tun);
+    assert_eq!((hello.queues, hello.generation, fds.len()), (1, 0, 2));
+    let t = &node.tun;
+    ip(
+        &node.ns,
+        &format!("addr add 10.244.{}.0/32 dev {t}", node.n),
+    );
+    ip(&node.ns, &format!("link set {t} mtu {TUN_MTU} up"));
+    for b in remote_blocks {
+        ip(&node.ns, &format!("route add {b} dev {t}"));
+    }
+    (client, fds)
+}
+
+fn peer(node: &Node) -> Peer {
+    Peer {
+        node_ip: node.underlay(),
+        port: PORT,
+        blocks: vec![node.block()],
+    }
+}
+
+fn local(node: &Node) -> LocalNode {
+    LocalNode {
+        node_ip: node.underlay(),
+        blocks: vec![node.block()],
+    }
+}
+
+fn drops(s: &Stats) -> Vec<(Drop, u64)> {
+    s.drops.clone()
+}
+
+/// The bad packets, sent from the stranger's namespace: from 192.0.2.3 (a peer in node 2's
+/// table, block 10.244.3.0/24, with no datapath) and 192.0.2.4 (nobody's node IP).
+const BAD: &str = r#"
+import socket, struct, sys
+def csum(b):
+    s = sum(struct.unpack('!%dH' % (len(b) // 2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+def ip(src, dst, payload):
+    h = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(payload), 0, 0x4000, 64, 17, 0,
+                    socket.inet_aton(src), socket.inet_aton(dst))
+    return h[:10] + struct.pack('!H', csum(h)) + h[12:] + payload
+def inner(src, dst):
+    data = b'twl-bad'
+    return ip(src, dst, struct.pack('!HHHH', 5555, 9999, 8 + len(data), 0) + data)
+to = ('192.0.2.2', int(sys.argv[1]))
+peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); peer.bind(('192.0.2.3', 0))
+stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); stranger.bind(('192.0.2.4', 0))
+peer.sendto(b'\x45short', to)                                   # short
+peer.sendto(b'\x00' * 40, to)                                   # garbage: not IPv4
+bad = bytearray(inner('10.244.3.5', '10.244.2.2')); bad[2:4] = struct.pack('!H', 999)
+peer.sendto(bytes(bad), to)                                     # total length lies
+stranger.sendto(inner('10.244.3.5', '10.244.2.2'), to)          # from a stranger
+peer.sendto(inner('10.244.1.7', '10.244.2.2'), to)              # spoofed inner source
+peer.sendto(inner('10.244.3.5', '203.0.113.7'), to)             # foreign inner destination
+"#;
+
+#[test]
+fn two_nodes_forward_pods_traffic_and_drop_what_is_not_a_peers() {
+    require_root("two_nodes_forward_pods_traffic_and_drop_what_is_not_a_peers");
+    for (p, pkg) in [
+        ("iperf3", "iperf3"),
+        ("tcpdump", "tcpdump"),
+        ("ping", "iputils-ping"),
+        ("python3", "python3"),
+    ] {
+        require_program(
+            "two_nodes_forward_pods_traffic_and_drop_what_is_not_a_peers",
+            p,
+            pkg,
+        );
+    }
+    let dir = TempDir::new("dp");
+    let sw = TestNetns::new("sw");
+    let br = unique_name("br", 15);
+    ip(&sw, &format!("link add {br} type bridge"));
+    ip(&sw, &format!("link set {br} up"));
+    let mut a = node(&sw, &br, 1, &dir.path);
+    let mut b = node(&sw, &br, 2, &dir.path);
+    let x = TestNetns::new("x");
+    plug(
+        &sw,
+        &br,
+        &x,
+        &["192.0.2.3/24".into(), "192.0.2.4/24".into()],
+    );
+
+    let (ca, fds_a) = start(&mut a, &["10.244.2.0/24", "10.244.9.0/24"]);
+    let (cb, _fds_b) = start(&mut b, &["10.244.1.0/24"]);
+    drop(fds_a); // the dups are the client's to keep or drop; the datapath keeps its own
+    ca.table(1, local(&a), vec![peer(&b)]).unwrap();
+    let stranger_peer = Peer {
+        node_ip: "192.0.2.3".parse().unwrap(),
+        port: PORT,
+        blocks: vec!["10.244.3.0/24".parse().unwrap()],
+    };
+    cb.table(7, local(&b), vec![peer(&a), stranger_peer])
+        .unwrap();
+
+    // Ping, and the largest DF ping that fits the TUN MTU (IP 20 + ICMP 8).
+    let (ok, out, err) = a
+        .pod
+        .try_exec(&["ping", "-c", "3", "-i", "0.2", "-W", "2", &b.pod_ip()]);
+    assert!(
+        ok,
+        "ping pod to pod: {out}{err}\nA: {}\nB: {}",
+        a.log(),
+        b.log()
+    );
+    let size = (TUN_MTU - 28).to_string();
+    let (ok, out, err) = a.pod.try_exec(&[
+        "ping",
+        "-M",
+        "do",
+        "-s",
+        &size,
+        "-c",
+        "2",
+        "-i",
+        "0.2",
+        "-W",
+        "2",
+        &b.pod_ip(),
+    ]);
+    assert!(ok, "DF ping of {size} B: {out}{err}");
+
+    // A destination routed into the TUN that no peer holds: NoRoute, and net unreachable back.
+    let before = ca.stats().unwrap().drop_count(Drop::NoRoute);
+    let (_, out, _) = a
+        .pod
+        .try_exec(&["ping", "-c", "1", "-W", "2", "10.244.9.9"]);
+    assert!(
+        out.contains("Destination Net Unreachable"),
+        "ping to nowhere: {out}"
+    );
+    assert_eq!(ca.stats().unwrap().drop_count(Drop::NoRoute), before + 1);
+
+    // iperf3 for 2 s.
+    let server = Proc {
+        child: Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &b.pod.name,
+                "iperf3",
+                "-s",
+                "-1",
+                "-B",
+                &b.pod_ip(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        what: "iperf3 server".into(),
+    };
+    let mut out = String::new();
+    for _ in 0..50 {
+        let (ok, o, e) =
+            a.pod
+                .try_exec(&["iperf3", "-c", &b.pod_ip(), "-t", "2", "-C", "cubic", "-J"]);
+        out = format!("{o}{e}");
+        if ok && !out.contains("\"error\"") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100)); // the server is not listening yet
+    }
+    drop(server);
+    let bps: f64 = out
+        .split("\"sum_received\"")
+        .nth(1)
+        .and_then(|s| s.split("\"bits_per_second\":").nth(1))
+        .and_then(|s| s.split([',', '\n', '}']).next())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("iperf3: {out}"));
+    assert!(bps > 0.0, "iperf3 moved nothing: {out}");
+    eprintln!(
+        "iperf3 pod to pod through the plain datapath, 2 s cubic: {:.2} Gbit/s",
+        bps / 1e9
+    );
+    let sa = ca.stats().unwrap();
+    let sb = cb.stats().unwrap();
+    let a_to_b = sa.peer(b.underlay()).unwrap();
+    let b_from_a = sb.peer(a.underlay()).unwrap();
+    assert!(
+        a_to_b.tx_packets > 1000 && a_to_b.tx_bytes > 1_000_000,
+        "{sa:?}"
+    );
+    assert!(
+        b_from_a.rx_packets > 1000 && b_from_a.rx_bytes > 1_000_000,
+        "{sb:?}"
+    );
+
+    // Bad packets from the third namespace: each dropped, each counted once, none on the pod.
+    let cap = dir.path.join("pod2.pcap");
+    let pod_if = {
+        let (_, o, _) = b
+            .pod
+            .try_exec(&["ip", "-o", "link", "show", "type", "veth"]);
+        o.split(':')
+            .nth(1)
+            .unwrap()
+            .trim()
+            .split('@')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let mut dump = Proc {
+        child: Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &b.pod.name,
+                "tcpdump",
+                "-i",
+                &pod_if,
+                "-n",
+                "-U",
+                "-w",
+            ])
+            .arg(&cap)
+            .args(["udp", "port", "9999"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+        what: "tcpdump".into(),
+    };
+    let mut err = BufReader::new(dump.child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("listening on"), "tcpdump: {line}");
+    let before = drops(&cb.stats().unwrap());
+    let (ok, o, e) = x.try_exec(&["python3", "-c", BAD, &PORT.to_string()]);
+    assert!(ok, "bad packet sender: {o}{e}");
+    let mut after = drops(&cb.stats().unwrap());
+    for _ in 0..40 {
+        if after
+            .iter()
+            .zip(&before)
+            .map(|(x, y)| x.1 - y.1)
+            .sum::<u64>()
+            >= 6
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        after = drops(&cb.stats().unwrap());
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for (reason, want) in [
+        (Drop::Short, 1),
+        (Drop::NotIpv4, 1),
+        (Drop::BadHeader, 1),
+        (Drop::UnknownPeer, 1),
+        (Drop::SpoofedInner, 1),
+        (Drop::ForeignDst, 1),
+        (Drop::NoRoute, 0),
+    ] {
+        let d = |s: &[(Drop, u64)]| s.iter().find(|(r, _)| *r == reason).unwrap().1;
+        assert_eq!(
+            d(&after) - d(&before),
+            want,
+            "{reason:?}: before {before:?}, after {after:?}"
+        );
+    }
+    let sb = cb.stats().unwrap();
+    assert_eq!(
+        sb.peer("192.0.2.3".parse().unwrap()).unwrap().drops,
+        5,
+        "{sb:?}"
+    );
+    // The positive control: good datagrams from pod 1 until tcpdump has one (so the capture
+    // is known to work), then the capture holds those only.
+    let good = "import socket; socket.socket(2, 2).sendto(b'twl-good', ('10.244.2.2', 9999))";
+    let read = || try_sh(&["tcpdump", "-n", "-r", cap.to_str().unwrap()]).1;
+    let mut seen = String::new();
+    for _ in 0..20 {
+        a.pod.exec(&["python3", "-c", good]);
+        std::thread::sleep(Duration::from_millis(100));
+        seen = read();
+        if !seen.is_empty() {
+            break;
+        }
+    }
+    // SAFETY: SIGINT to the tcpdump this test started, by its PID: it flushes and exits.
+    unsafe { libc::kill(dump.child.id() as i32, libc::SIGINT) };
+    let _ = dump.child.wait();
+    let seen = if seen.is_empty() { read() } else { seen };
+    assert!(
+        !seen.is_empty(),
+        "tcpdump on pod 2 saw not even the good datagrams"
+    );
+    for l in seen.lines() {
+        assert!(
+            l.contains("10.244.1.2."),
+            "the pod saw a bad packet: {l}\n{seen}"
+        );
+    }
+    let _ = &dump.what;
+
+    // Shutdown{remove_device}: the process exits 0 and, with no fd left, the TUN goes.
+    ca.shutdown(true).unwrap();
+    let mut dp = a.dp.take().unwrap();
+    let st = dp.child.wait().unwrap();
+    assert!(st.success(), "datapath 1 exit: {st}\n{}", a.log());
+    let _ = &dp.what;
+    let (present, _, _) = a.ns.try_exec(&["ip", "link", "show", &a.tun]);
+    assert!(!present, "the TUN stays after Shutdown{{remove_device}}");
+    assert!(!a.sock.exists(), "the control socket file is removed");
+    drop(cb);
+}
+
+#[test]
+fn usage_errors_name_the_flag_and_exit_2() {
+    let out = Command::new(BIN)
+        .args(["--ctl", "/tmp/x", "--tun", "twl.tun", "--port", "http"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(e.contains("--port: \"http\" is not a port"), "{e}");
+}
