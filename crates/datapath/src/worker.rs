@@ -21,24 +21,18 @@
 //! queues do not stay readable), uncounted: there are no peers to count it against yet.
 //!
 //! Counting: `tx_*`/`rx_*` are inner packets and bytes per peer. A send the kernel refuses
-//! (ENETUNREACH, EPERM from a firewall, EMSGSIZE) and a TUN write it refuses have no
-//! [`Drop`] of their own yet: they count as [`Drop::NoRoute`] (send) and [`Drop::BadHeader`]
-//! (write) against the peer. (dp-pure: a `SendFailed`/`WriteFailed` reason would say it better.)
+//! (ENETUNREACH, EPERM from a firewall, EMSGSIZE) is [`Drop::SendFailed`], a TUN write it
+//! refuses [`Drop::WriteFailed`], both against the peer.
 //!
-//! ICMP source: the ICMP error carries the *unreachable destination* as its source, not
-//! [`crate::filter::tun_source`] (the TUN's `.0`): a packet written into the TUN with a source
-//! that is a local address of the node is a martian to the kernel (`fib_validate_source`,
-//! unless accept_local) and never reaches the sender. The destination was routed into the TUN,
-//! so strict reverse-path filtering passes too.
+//! The ICMP error's source is the unreachable destination ([`net_unreachable`] says why).
 
 use std::io;
-use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::filter::{admit, icmp_net_unreachable, route_tx, Drop};
+use crate::filter::{admit, net_unreachable, route_tx, Drop, ICMP_ERROR_MAX};
 use crate::published::{Published, Reader};
 use crate::stats::{Counters, Ledger};
 use crate::table::{PeerId, PeerTable};
@@ -197,7 +191,7 @@ impl Worker {
             .out
             .send(self.io.tx.as_raw_fd(), |m, len, sent| match sent {
                 Sent::Ok => c.tx(PeerId(m.tag), u64::from(m.packets), len as u64),
-                Sent::Failed(_) => c.dropped(Some(PeerId(m.tag)), Drop::NoRoute),
+                Sent::Failed(_) => c.dropped(Some(PeerId(m.tag)), Drop::SendFailed),
             });
         match r {
             Err(e) if !would_block(&e) => Err(e),
@@ -245,10 +239,10 @@ impl Worker {
                             .icmp_at
                             .is_none_or(|t| now.duration_since(t) >= Duration::from_millis(1))
                         {
-                            let dst = Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19]);
-                            if let Some(icmp) = icmp_net_unreachable(dst, pkt) {
+                            let mut icmp = [0u8; ICMP_ERROR_MAX];
+                            if let Some(len) = net_unreachable(pkt, &mut icmp) {
                                 self.icmp_at = Some(now);
-                                let _ = self.io.tun.write(icmp.as_bytes());
+                                let _ = self.io.tun.write(&icmp[..len]);
                             }
                         }
                     }
@@ -280,7 +274,7 @@ impl Worker {
                 match admit(table, src, inner) {
                     Ok(peer) => match self.io.tun.write(inner) {
                         Ok(_) => c.rx(peer, 1, inner.len() as u64),
-                        Err(_) => c.dropped(Some(peer), Drop::BadHeader),
+                        Err(_) => c.dropped(Some(peer), Drop::WriteFailed),
                     },
                     Err(drop) => c.dropped(table.peer_by_ip(src), drop),
                 }
