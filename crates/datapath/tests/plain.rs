@@ -6,6 +6,8 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -120,30 +122,66 @@ fn node(sw: &TestNetns, br: &str, n: u8, dir: &Path) -> Node {
 /// Starts the node's datapath and waits for its control socket; sets up the TUN as twilld
 /// would (address, MTU, up, a route per remote block).
 fn start(node: &mut Node, remote_blocks: &[&str]) -> (Client, Vec<std::os::fd::OwnedFd>) {
-    let log = std::fs::File::create(&node.log).unwrap();
-    let child = Command::new("ip")
-        .args(["netns", "exec", &node.ns.name, BIN])
+    start_with(node, remote_blocks, 1)
+}
+
+/// Spawns the node's datapath in its namespace; with `inherit`, those fds of this process are
+/// handed to it (`--inherit-fds`).
+fn spawn_datapath(node: &mut Node, queues: usize, inherit: &[RawFd]) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&node.log)
+        .unwrap();
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &node.ns.name, BIN])
+        .args(["--ctl", node.sock.to_str().unwrap(), "--tun", &node.tun])
         .args([
-            "--ctl",
-            node.sock.to_str().unwrap(),
-            "--tun",
-            &node.tun,
             "--port",
             &PORT.to_string(),
+            "--bind",
+            &node.underlay().to_string(),
         ])
-        .args(["--bind", &node.underlay().to_string(), "--queues", "1"])
+        .args(["--queues", &queues.to_string()])
         .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn twill-datapath");
+        .stderr(log);
+    if !inherit.is_empty() {
+        let list: Vec<String> = inherit.iter().map(|f| f.to_string()).collect();
+        cmd.args(["--inherit-fds", &list.join(",")]);
+        let fds = inherit.to_vec();
+        // SAFETY: only fcntl between fork and exec; the fds stay open across exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                for &fd in &fds {
+                    let fl = libc::fcntl(fd, libc::F_GETFD);
+                    libc::fcntl(fd, libc::F_SETFD, fl & !libc::FD_CLOEXEC);
+                }
+                Ok(())
+            });
+        }
+    }
+    let child = cmd.spawn().expect("spawn twill-datapath");
     node.dp = Some(Proc {
         child,
         what: format!("datapath {}", node.n),
     });
+}
+
+/// Starts the node's datapath with `queues` workers and waits for its control socket; sets
+/// up the TUN as twilld would (address, MTU, up, a route per remote block).
+fn start_with(
+    node: &mut Node,
+    remote_blocks: &[&str],
+    queues: usize,
+) -> (Client, Vec<std::os::fd::OwnedFd>) {
+    spawn_datapath(node, queues, &[]);
     let (client, hello, fds) = Client::connect(&node.sock, Duration::from_secs(5))
         .unwrap_or_else(|e| panic!("datapath {}: {e}\nlog: {}", node.n, node.log()));
     assert_eq!(hello.tun, node.tun);
-    assert_eq!((hello.queues, hello.generation, fds.len()), (1, 0, 2));
+    assert_eq!(
+        (hello.queues as usize, hello.generation, fds.len()),
+        (queues, 0, 2 * queues)
+    );
     let t = &node.tun;
     ip(
         &node.ns,
@@ -469,4 +507,138 @@ fn usage_errors_name_the_flag_and_exit_2() {
     let e = String::from_utf8_lossy(&out.stderr);
     assert_eq!(e.lines().count(), 1, "{e}");
     assert!(e.contains("--port: \"http\" is not a port"), "{e}");
+}
+
+/// The bits per second of each interval of an `iperf3 -J` report.
+fn intervals(json: &str) -> Vec<f64> {
+    let Some(body) = json.split("\"intervals\"").nth(1) else {
+        return vec![];
+    };
+    // Each interval's streams carry "end" keys too: the report's end section starts the sums.
+    let body = body.split("\"sum_sent\"").next().unwrap_or("");
+    body.split("\"sum\":")
+        .skip(1)
+        .filter_map(|s| s.split("\"bits_per_second\":").nth(1))
+        .filter_map(|s| s.split([',', '\n', '}']).next())
+        .filter_map(|s| s.trim().parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_killed_datapath_is_replaced_by_one_inheriting_its_fds_under_iperf3() {
+    let name = "a_killed_datapath_is_replaced_by_one_inheriting_its_fds_under_iperf3";
+    require_root(name);
+    require_program(name, "iperf3", "iperf3");
+    let dir = TempDir::new("dpk");
+    let sw = TestNetns::new("sw");
+    let br = unique_name("br", 15);
+    ip(&sw, &format!("link add {br} type bridge"));
+    ip(&sw, &format!("link set {br} up"));
+    let mut a = node(&sw, &br, 1, &dir.path);
+    let mut b = node(&sw, &br, 2, &dir.path);
+    // Two queues each: two workers, two TUN queues, two sockets in the reuseport group.
+    let (ca, fds_a) = start_with(&mut a, &["10.244.2.0/24"], 2);
+    let (cb, _fds_b) = start_with(&mut b, &["10.244.1.0/24"], 2);
+    ca.table(1, local(&a), vec![peer(&b)]).unwrap();
+    cb.table(1, local(&b), vec![peer(&a)]).unwrap();
+    let (ok, out, err) = a
+        .pod
+        .try_exec(&["ping", "-c", "2", "-i", "0.2", "-W", "2", &b.pod_ip()]);
+    assert!(ok, "ping: {out}{err}\nA: {}", a.log());
+
+    // A second client adopts the datapath: Hello again, the same generation and fds.
+    let (c2, hello2, fds2) = Client::connect(&a.sock, Duration::from_secs(2)).unwrap();
+    assert_eq!((hello2.generation, hello2.queues, fds2.len()), (1, 2, 4));
+    drop((c2, fds2));
+    drop(ca); // the controller goes; the datapath keeps forwarding
+    let (ok, out, err) = a
+        .pod
+        .try_exec(&["ping", "-c", "2", "-i", "0.2", "-W", "2", &b.pod_ip()]);
+    assert!(ok, "ping after the clients left: {out}{err}");
+
+    let _server = Proc {
+        child: Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &b.pod.name,
+                "iperf3",
+                "-s",
+                "-1",
+                "-B",
+                &b.pod_ip(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        what: "iperf3 server".into(),
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let client = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &a.pod.name,
+            "iperf3",
+            "-c",
+            &b.pod_ip(),
+            "-t",
+            "4",
+            "-i",
+            "0.1",
+            "-C",
+            "cubic",
+            "-J",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut client = Proc {
+        child: client,
+        what: "iperf3 client".into(),
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    // SIGKILL the datapath (by its PID: `ip netns exec` execs it); the test holds the fds.
+    let old = a.dp.take().unwrap();
+    let t0 = std::time::Instant::now();
+    // SAFETY: SIGKILL to the datapath this test started.
+    unsafe { libc::kill(old.child.id() as i32, libc::SIGKILL) };
+    drop(old);
+    let raw: Vec<RawFd> = fds_a.iter().map(|f| f.as_raw_fd()).collect();
+    spawn_datapath(&mut a, 2, &raw);
+    let (ca2, hello3, _) = Client::connect(&a.sock, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("the new datapath: {e}\n{}", a.log()));
+    assert_eq!((hello3.generation, hello3.queues), (0, 2));
+    ca2.table(2, local(&a), vec![peer(&b)]).unwrap();
+    let handover = t0.elapsed();
+    let out = std::mem::replace(&mut client.child, Command::new("true").spawn().unwrap())
+        .wait_with_output()
+        .unwrap();
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && !json.contains("\"error\""),
+        "iperf3 across the hand-over: {json}"
+    );
+    let iv = intervals(&json);
+    assert!(iv.len() >= 30, "iperf3 intervals: {iv:?}");
+    let mut sorted = iv.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    let (mut gap, mut run) = (0usize, 0usize);
+    for v in &iv {
+        run = if *v < median / 10.0 { run + 1 } else { 0 };
+        gap = gap.max(run);
+    }
+    eprintln!(
+        "SIGKILL + --inherit-fds hand-over: kill to TableAck {:.1} ms; iperf3 median {:.2} Gbit/s, \
+         longest run below 10% of it: {} x 100 ms",
+        handover.as_secs_f64() * 1e3,
+        median / 1e9,
+        gap
+    );
+    let s = ca2.stats().unwrap();
+    assert!(s.peer(b.underlay()).unwrap().tx_packets > 0, "{s:?}");
+    drop(fds_a);
 }
