@@ -7,6 +7,8 @@
 //! --port PORT         the UDP port (flannel's 8285)
 //! [--bind IP]         the address the sockets bind to (default 0.0.0.0)
 //! [--queues N]        workers, one TUN queue + one reuseport socket each (default min(cores, 4))
+//! [--plain]         no vnet header, no offloads: one packet per read and write (for
+//!                     comparing with the offload path; twilld never passes it)
 //! [--inherit-fds L]   take over a previous datapath's fds instead of opening new ones: a
 //!                     comma-separated list, the TUN queues then the receive sockets, in the
 //!                     order HelloAck handed them out (2 × N fds; N is --queues or half of L)
@@ -39,10 +41,12 @@ pub struct Args {
     pub bind: Ipv4Addr,
     pub queues: usize,
     pub inherit: Vec<RawFd>,
+    /// `--plain`: no IFF_VNET_HDR, no TUNSETOFFLOAD, no UDP_GRO.
+    pub plain: bool,
 }
 
 const USAGE: &str = "usage: twill-datapath --ctl PATH --tun NAME --port PORT [--bind IP] \
-                     [--queues N] [--inherit-fds FD,FD,...]";
+                     [--queues N] [--plain] [--inherit-fds FD,FD,...]";
 
 /// The most workers (TUN allows 256 queues; more than 64 threads would only contend).
 pub const MAX_QUEUES: usize = 64;
@@ -55,6 +59,7 @@ pub fn parse(args: &[String]) -> Result<Args, String> {
     let mut bind = Ipv4Addr::UNSPECIFIED;
     let mut queues = None;
     let mut inherit = Vec::new();
+    let mut plain = false;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let mut value = |what: &str| {
@@ -108,6 +113,7 @@ pub fn parse(args: &[String]) -> Result<Args, String> {
                     inherit.push(fd);
                 }
             }
+            "--plain" => plain = true,
             "-h" | "--help" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown argument {other:?}; {USAGE}")),
         }
@@ -136,6 +142,7 @@ pub fn parse(args: &[String]) -> Result<Args, String> {
         bind,
         queues,
         inherit,
+        plain,
     })
 }
 
@@ -166,7 +173,9 @@ pub fn run(args: &[String]) -> ExitCode {
 
 fn serve(args: &Args) -> Result<(), String> {
     let n = args.queues;
-    let mode = QueueMode { vnet_hdr: false };
+    let mode = QueueMode {
+        vnet_hdr: !args.plain,
+    };
     // The fds: inherited (checked to be ours) or fresh.
     let (queues, rxs): (Vec<TunQueue>, Vec<OwnedFd>) = if args.inherit.is_empty() {
         let mut qs = Vec::with_capacity(n);
@@ -217,6 +226,24 @@ fn serve(args: &Args) -> Result<(), String> {
         (qs, rs)
     };
     queues[0].set_persist(true).map_err(|e| e.to_string())?;
+    // Offloads: TSO and USO (6.2+), else TSO only; the device keeps them, every fd must agree
+    // on the vnet header (an inherited fd says which it has).
+    let vnet = queues[0].mode().vnet_hdr;
+    if queues.iter().any(|q| q.mode().vnet_hdr != vnet) {
+        return Err("--inherit-fds: the TUN queues disagree on IFF_VNET_HDR".into());
+    }
+    let mut uso = false;
+    if vnet {
+        use crate::tun::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_USO4, TUN_F_USO6};
+        let tso = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
+        uso = queues[0].set_offload(tso | TUN_F_USO4 | TUN_F_USO6).is_ok();
+        if !uso {
+            queues[0].set_offload(tso).map_err(|e| e.to_string())?;
+        }
+        for r in &rxs {
+            crate::udp::enable_gro(r.as_raw_fd()).map_err(|e| format!("UDP_GRO: {e}"))?;
+        }
+    }
     let mut txs = Vec::with_capacity(n);
     for _ in 0..n {
         txs.push(crate::udp::bind_tx(args.bind).map_err(|e| format!("--bind {}: {e}", args.bind))?);
@@ -244,6 +271,7 @@ fn serve(args: &Args) -> Result<(), String> {
         wakers.push(waker.clone());
         let io = WorkerIo {
             tun: q.clone(),
+            uso,
             rx: rx.clone(),
             tx,
             waker,
@@ -297,7 +325,8 @@ mod tests {
                 port: 8285,
                 bind: "192.0.2.1".parse().unwrap(),
                 queues: 2,
-                inherit: vec![]
+                inherit: vec![],
+                plain: false,
             }
         );
         let a = p("--ctl s --tun t --port 1 --inherit-fds 3,4,5,6").unwrap();

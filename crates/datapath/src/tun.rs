@@ -322,6 +322,25 @@ impl TunQueue {
     }
 }
 
+impl TunQueue {
+    /// One packet gathered from `parts` (vnet header first if the queue has one).
+    pub fn writev(&self, parts: &[libc::iovec]) -> io::Result<usize> {
+        // SAFETY: the iovecs point at live buffers the caller borrows for the call.
+        let n = unsafe {
+            libc::writev(
+                self.fd.as_raw_fd(),
+                parts.as_ptr(),
+                parts.len() as libc::c_int,
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+}
+
 impl AsFd for TunQueue {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()

@@ -498,6 +498,18 @@ impl RecvBatch {
         }
     }
 
+    /// Where the `i`th datagram of the last [`RecvBatch::recv`] lies in [`RecvBatch::buf_mut`].
+    pub fn range(&self, i: usize) -> std::ops::Range<usize> {
+        assert!(i < self.got);
+        let len = (self.msgs[i].msg_len as usize).min(RECV_SLOT);
+        i * RECV_SLOT..i * RECV_SLOT + len
+    }
+
+    /// The whole receive buffer (every slot), for `gro::coalesce`'s in-place rewrites.
+    pub fn buf_mut(&mut self) -> &mut [u8] {
+        &mut self.buf
+    }
+
     /// The `i`th datagram of the last [`RecvBatch::recv`].
     pub fn get(&self, i: usize) -> Received<'_> {
         assert!(i < self.got);

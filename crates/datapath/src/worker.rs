@@ -13,6 +13,15 @@
 //! - **UDP → TUN**: one `recvmmsg` of [`RX_SLOTS`] datagrams; each inner packet (a GRO read is
 //!   cut at its `gro_size`) goes through [`admit`] and is written into the TUN.
 //!
+//! With a vnet header on the queue (offloads on, the default; `--plain` turns them off) each
+//! TUN read is a `virtio_net_hdr` and a packet, maybe a TSO/USO super-packet: `gso::split`
+//! makes UDP_SEGMENT chunks (≤ 128 segments, ≤ 65,507 B), each one slot of the same
+//! `sendmmsg` (a copy from the split buffer into the slot: one more memcpy than needed, a lever
+//! for later). RX: the sockets have UDP_GRO; each read is cut at its gro_size
+//! (`gro::cut`), every inner packet is admitted, and `gro::coalesce` merges them into
+//! super-packets, one `writev` (header + parts) each. Not done yet: the EIO/EINVAL fallback
+//! of a refused GSO send to one datagram per segment (it counts as SendFailed for now).
+//!
 //! The budgets keep one direction from starving the other: a round moves at most 64 packets
 //! out and one `recvmmsg` in. A full socket buffer (EAGAIN) leaves the batch pending and stops
 //! TUN reads until POLLOUT: the TUN queue holds the backlog, as the kernel's own queues would.
@@ -27,17 +36,21 @@
 //! The ICMP error's source is the unreachable destination ([`net_unreachable`] says why).
 
 use std::io;
+use std::ops::Range;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::filter::{admit, net_unreachable, route_tx, Drop, ICMP_ERROR_MAX};
+use crate::gro::{self, Coalesced, GroOptions};
+use crate::gso::{self, Split};
 use crate::published::{Published, Reader};
 use crate::stats::{Counters, Ledger};
 use crate::table::{PeerId, PeerTable};
 use crate::tun::TunQueue;
 use crate::udp::{RecvBatch, SendBatch, Sent, SlotMeta};
+use crate::virtio::VirtioNetHdr;
 
 /// TUN reads per round (and the send batch's slots).
 pub const TX_BUDGET: usize = 64;
@@ -94,6 +107,8 @@ pub struct Shared {
 /// One worker's fds.
 pub struct WorkerIo {
     pub tun: Arc<TunQueue>,
+    /// The TUN took USO4|USO6 (so UDP may be coalesced into UDP_L4 writes).
+    pub uso: bool,
     pub rx: Arc<OwnedFd>,
     pub tx: OwnedFd,
     pub waker: Arc<Waker>,
@@ -102,11 +117,24 @@ pub struct WorkerIo {
 /// Runs worker `index` until `shared.stop` (checked after every wake). Returns the error that
 /// stopped it otherwise (the TUN gone under it: EBADFD after `ip link del`).
 pub fn run(index: usize, io: WorkerIo, shared: Arc<Shared>) -> io::Result<()> {
+    let io_vnet = io.tun.mode().vnet_hdr;
     let mut w = Worker {
         io,
         out: SendBatch::new(TX_BUDGET, TX_SLOT),
         inb: RecvBatch::new(RX_SLOTS),
         icmp_at: None,
+        vnet: io_vnet,
+        rbuf: vec![
+            0;
+            if io_vnet {
+                VirtioNetHdr::LEN + TX_SLOT
+            } else {
+                0
+            }
+        ],
+        gso_out: vec![0; if io_vnet { gso::OUT_LEN } else { 0 }],
+        packets: Vec::new(),
+        co: Coalesced::new(),
     };
     let mut reader: Reader<Option<PeerTable>> = shared.table.reader();
     let mut counters = reader
@@ -136,6 +164,15 @@ struct Worker {
     out: SendBatch,
     inb: RecvBatch,
     icmp_at: Option<Instant>,
+    /// The queue has a vnet header (offloads on): the GSO/GRO paths.
+    vnet: bool,
+    /// vnet: the TUN read buffer (header + super-packet).
+    rbuf: Vec<u8>,
+    /// vnet: `gso::split`'s output.
+    gso_out: Vec<u8>,
+    /// vnet RX: the admitted inner packets of one recvmmsg (ranges into the receive buffer).
+    packets: Vec<Range<usize>>,
+    co: Coalesced,
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -201,6 +238,9 @@ impl Worker {
 
     /// TUN → UDP. True when a packet moved.
     fn tun_to_udp(&mut self, table: &PeerTable, c: &Counters) -> io::Result<bool> {
+        if self.vnet {
+            return self.tun_to_udp_vnet(table, c);
+        }
         if self.out.pending() > 0 {
             self.flush(c)?;
             if self.out.pending() > 0 {
@@ -234,17 +274,7 @@ impl Worker {
                 Err(d) => {
                     c.dropped(None, d);
                     if d == Drop::NoRoute {
-                        let now = Instant::now();
-                        if self
-                            .icmp_at
-                            .is_none_or(|t| now.duration_since(t) >= Duration::from_millis(1))
-                        {
-                            let mut icmp = [0u8; ICMP_ERROR_MAX];
-                            if let Some(len) = net_unreachable(pkt, &mut icmp) {
-                                self.icmp_at = Some(now);
-                                let _ = self.io.tun.write(&icmp[..len]);
-                            }
-                        }
+                        let _ = unreachable(&self.io.tun, false, &mut self.icmp_at, pkt);
                     }
                 }
             }
@@ -257,6 +287,9 @@ impl Worker {
 
     /// UDP → TUN. True when a datagram arrived.
     fn udp_to_tun(&mut self, table: &PeerTable, c: &Counters) -> io::Result<bool> {
+        if self.vnet {
+            return self.udp_to_tun_vnet(table, c);
+        }
         let n = match self.inb.recv(self.io.rx.as_raw_fd()) {
             Ok(n) => n,
             Err(e) if would_block(&e) => return Ok(false),
@@ -286,9 +319,161 @@ impl Worker {
         Ok(true)
     }
 
+    /// TUN → UDP with offloads: each read is a vnet header and a packet, maybe a TSO/USO
+    /// super-packet, split by `gso::split` into UDP_SEGMENT chunks, each one slot.
+    fn tun_to_udp_vnet(&mut self, table: &PeerTable, c: &Counters) -> io::Result<bool> {
+        if self.out.pending() > 0 {
+            self.flush(c)?;
+            if self.out.pending() > 0 {
+                return Ok(false);
+            }
+        }
+        let mut moved = false;
+        for _ in 0..TX_BUDGET {
+            // A super-packet becomes up to one chunk per 128 segments; keep room for them.
+            if self.out.capacity() - self.out.pending() < 2 {
+                break;
+            }
+            let n = match self.io.tun.read(&mut self.rbuf) {
+                Ok(n) => n,
+                Err(e) if would_block(&e) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            moved = true;
+            let Ok(hdr) = VirtioNetHdr::decode(&self.rbuf[..n]) else {
+                c.dropped(None, Drop::BadOffload);
+                continue;
+            };
+            let pkt = &mut self.rbuf[VirtioNetHdr::LEN..n];
+            let peer = match route_tx(table, pkt) {
+                Ok(p) => p,
+                Err(d) => {
+                    c.dropped(None, d);
+                    if d == Drop::NoRoute {
+                        let _ = unreachable(&self.io.tun, true, &mut self.icmp_at, pkt);
+                    }
+                    continue;
+                }
+            };
+            let dst = table.peer(peer).addr();
+            match gso::split(&hdr, pkt, &mut self.gso_out) {
+                Err(_) => c.dropped(Some(peer), Drop::BadOffload),
+                Ok(Split::Whole) => {
+                    let len = pkt.len();
+                    self.out.slot()[..len].copy_from_slice(pkt);
+                    self.out.commit(
+                        len,
+                        dst,
+                        SlotMeta {
+                            tag: peer.0,
+                            segment: 0,
+                            packets: 1,
+                        },
+                    );
+                }
+                Ok(Split::Segments(segs)) => {
+                    for ch in segs.chunks() {
+                        if self.out.is_full() {
+                            self.flush(c)?;
+                            if self.out.is_full() {
+                                c.dropped(Some(peer), Drop::SendFailed);
+                                continue;
+                            }
+                        }
+                        let len = ch.range.len();
+                        self.out.slot()[..len].copy_from_slice(&self.gso_out[ch.range.clone()]);
+                        let segment = if ch.segments > 1 {
+                            ch.segment_size as u16
+                        } else {
+                            0
+                        };
+                        self.out.commit(
+                            len,
+                            dst,
+                            SlotMeta {
+                                tag: peer.0,
+                                segment,
+                                packets: ch.segments as u16,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        if self.out.pending() > 0 {
+            self.flush(c)?;
+        }
+        Ok(moved)
+    }
+
+    /// UDP → TUN with offloads: GRO reads cut at their gso_size, each inner packet admitted,
+    /// then `gro::coalesce` into super-packets, one `writev` each.
+    fn udp_to_tun_vnet(&mut self, table: &PeerTable, c: &Counters) -> io::Result<bool> {
+        let n = match self.inb.recv(self.io.rx.as_raw_fd()) {
+            Ok(n) => n,
+            Err(e) if would_block(&e) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        self.packets.clear();
+        let mut cut = Vec::new();
+        for i in 0..n {
+            let d = self.inb.get(i);
+            let src = *d.src.ip();
+            if d.truncated {
+                c.dropped(table.peer_by_ip(src), Drop::BadHeader);
+                continue;
+            }
+            if d.data.is_empty() {
+                c.dropped(table.peer_by_ip(src), Drop::Short);
+                continue;
+            }
+            let gso_size = d.gro_size.map_or(0, usize::from);
+            let range = self.inb.range(i);
+            cut.clear();
+            gro::cut(range, gso_size, &mut cut);
+            let buf = self.inb.buf_mut();
+            for r in cut.drain(..) {
+                match admit(table, src, &buf[r.clone()]) {
+                    Ok(peer) => {
+                        c.rx(peer, 1, r.len() as u64);
+                        self.packets.push(r);
+                    }
+                    Err(drop) => c.dropped(table.peer_by_ip(src), drop),
+                }
+            }
+        }
+        let opts = GroOptions { udp: self.io.uso };
+        gro::coalesce(self.inb.buf_mut(), &self.packets, opts, &mut self.co);
+        let buf = self.inb.buf_mut();
+        let mut iov: Vec<libc::iovec> = Vec::with_capacity(gso::MAX_SEGMENTS + 1);
+        for (item, parts) in self.co.items() {
+            let h = item.hdr.to_bytes();
+            iov.clear();
+            iov.push(libc::iovec {
+                iov_base: h.as_ptr() as *mut libc::c_void,
+                iov_len: h.len(),
+            });
+            for p in parts {
+                iov.push(libc::iovec {
+                    iov_base: buf[p.clone()].as_ptr() as *mut libc::c_void,
+                    iov_len: p.len(),
+                });
+            }
+            if self.io.tun.writev(&iov).is_err() {
+                c.dropped(None, Drop::WriteFailed);
+            }
+        }
+        Ok(true)
+    }
+
     fn discard_tun(&mut self) -> io::Result<bool> {
         let mut moved = false;
-        let slot = self.out.slot();
+        let slot = if self.vnet {
+            &mut self.rbuf[..]
+        } else {
+            self.out.slot()
+        };
         for _ in 0..TX_BUDGET {
             match self.io.tun.read(slot) {
                 Ok(_) => moved = true,
@@ -307,4 +492,20 @@ impl Worker {
             Err(e) => Err(e),
         }
     }
+}
+
+/// Writes flannel's net unreachable for `pkt` into the TUN (with a zero vnet header when
+/// the queue has one), at most one per millisecond.
+fn unreachable(tun: &TunQueue, vnet: bool, at: &mut Option<Instant>, pkt: &[u8]) -> io::Result<()> {
+    let now = Instant::now();
+    if at.is_some_and(|t| now.duration_since(t) < Duration::from_millis(1)) {
+        return Ok(());
+    }
+    let off = if vnet { VirtioNetHdr::LEN } else { 0 };
+    let mut buf = [0u8; VirtioNetHdr::LEN + ICMP_ERROR_MAX];
+    if let Some(len) = net_unreachable(pkt, &mut buf[off..]) {
+        *at = Some(now);
+        tun.write(&buf[..off + len])?;
+    }
+    Ok(())
 }

@@ -1,4 +1,5 @@
-//! The datapath between two nodes, plain path (no vnet header), one queue each: two node
+//! The datapath between two nodes, with offloads (the default) and plain (`--plain`: no vnet
+//! header), one queue each: two node
 //! namespaces and a stranger on one underlay segment (a bridge in a switch namespace,
 //! 192.0.2.0/24), a `twill-datapath` per node fed a Table through `Client`, a pod namespace
 //! behind each node (10.244.N.2 on a veth, the node forwarding into its TUN). Bounded: about
@@ -50,6 +51,8 @@ struct Node {
     dp: Option<Proc>,
     log: PathBuf,
     n: u8,
+    /// `--plain`: no vnet header, no offloads.
+    plain: bool,
 }
 
 impl Node {
@@ -116,6 +119,7 @@ fn node(sw: &TestNetns, br: &str, n: u8, dir: &Path) -> Node {
         dp: None,
         log: dir.join(format!("dp{n}.log")),
         n,
+        plain: false,
     }
 }
 
@@ -143,6 +147,11 @@ fn spawn_datapath(node: &mut Node, queues: usize, inherit: &[RawFd]) {
             &node.underlay().to_string(),
         ])
         .args(["--queues", &queues.to_string()])
+        .args(if node.plain {
+            &["--plain"][..]
+        } else {
+            &[][..]
+        })
         .stdout(Stdio::null())
         .stderr(log);
     if !inherit.is_empty() {
@@ -242,7 +251,23 @@ peer.sendto(inner('10.244.3.5', '203.0.113.7'), to)             # foreign inner 
 
 #[test]
 fn two_nodes_forward_pods_traffic_and_drop_what_is_not_a_peers() {
-    require_root("two_nodes_forward_pods_traffic_and_drop_what_is_not_a_peers");
+    forward_and_drop(
+        "two_nodes_forward_pods_traffic_and_drop_what_is_not_a_peers",
+        false,
+    );
+}
+
+#[test]
+fn the_plain_path_without_offloads_forwards_and_drops_the_same() {
+    forward_and_drop(
+        "the_plain_path_without_offloads_forwards_and_drops_the_same",
+        true,
+    );
+}
+
+/// The whole scenario, with offloads (vnet header, TSO/USO, UDP_SEGMENT, UDP_GRO) or plain.
+fn forward_and_drop(test: &str, plain: bool) {
+    require_root(test);
     for (p, pkg) in [
         ("iperf3", "iperf3"),
         ("tcpdump", "tcpdump"),
@@ -359,8 +384,13 @@ fn two_nodes_forward_pods_traffic_and_drop_what_is_not_a_peers() {
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or_else(|| panic!("iperf3: {out}"));
     assert!(bps > 0.0, "iperf3 moved nothing: {out}");
+    let mode = if plain {
+        "plain"
+    } else {
+        "offloads (TSO/USO, UDP GSO/GRO)"
+    };
     eprintln!(
-        "iperf3 pod to pod through the plain datapath, 2 s cubic: {:.2} Gbit/s",
+        "iperf3 pod to pod, datapath {mode}, 2 s cubic: {:.2} Gbit/s",
         bps / 1e9
     );
     let sa = ca.stats().unwrap();
