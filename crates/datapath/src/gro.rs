@@ -44,7 +44,8 @@
 //! protocol) is open, and a candidate is appended to it when all of these hold:
 //! - TCP: the same ack, the same TCP header length and option bytes (so equal timestamps),
 //!   and seq = the item's next seq;
-//! - the same TOS, TTL and DF, and ID = the previous one + 1 (or equal, with DF);
+//! - the same window, urgent pointer and reserved bits (a split copies them from the head);
+//! - the same TOS, TTL and flags/fragment byte (DF, the reserved bit), and ID = the previous one + 1 (or equal, with DF);
 //! - no PSH in the item yet, the item's last payload was its full gso_size, and this payload
 //!   is not larger than the gso_size (a short packet ends the item);
 //! - the result stays ≤ 65,535 B and ≤ [`MAX_SEGMENTS`] packets (the writev's iovecs and the
@@ -195,6 +196,17 @@ struct Open {
     df: bool,
     /// The head packet's TCP options (absolute range in buf).
     opts: Range<usize>,
+    /// Where the head packet starts in buf.
+    head: usize,
+}
+
+/// The TCP header fields that the segments of one super-packet share and a split copies
+/// from the head: data offset and reserved bits, window, urgent pointer (the kernel's
+/// tcp_gro_receive also flushes on a different window).
+fn same_tcp_words(buf: &[u8], a: usize, b: usize) -> bool {
+    buf[a + 32] == buf[b + 32]
+        && buf[a + 34..a + 36] == buf[b + 34..b + 36]
+        && buf[a + 38..a + 40] == buf[b + 38..b + 40]
 }
 
 /// What a packet that is not a candidate tells about the flows it may belong to.
@@ -330,6 +342,7 @@ pub fn coalesce(buf: &mut [u8], packets: &[Range<usize>], opts: GroOptions, out:
             let fits = o.tos == c.tos
                 && o.ttl == c.ttl
                 && o.df == c.df
+                && buf[o.head + 6] == buf[r.start + 6]
                 && (c.id == o.last_id.wrapping_add(1) || (c.df && c.id == o.last_id))
                 && !b.psh
                 && o.last_payload == b.gso
@@ -340,6 +353,7 @@ pub fn coalesce(buf: &mut [u8], packets: &[Range<usize>], opts: GroOptions, out:
                     || (c.ack == o.ack
                         && c.seq == o.next_seq
                         && c.hl == b.hl
+                        && same_tcp_words(buf, o.head, r.start)
                         && buf[opts_range.clone()] == buf[o.opts.clone()]));
             if fits {
                 let o = &mut out.open[k];
@@ -384,6 +398,7 @@ pub fn coalesce(buf: &mut [u8], packets: &[Range<usize>], opts: GroOptions, out:
             ttl: c.ttl,
             df: c.df,
             opts: opts_range,
+            head: r.start,
         });
     }
     // Parts grouped by item, in arrival order within each (a stable counting sort): `ends`
@@ -751,6 +766,7 @@ mod tests {
         assert_eq!(mid(|s, _| s.seq += 1), [1, 1, 1], "seq gap");
         assert_eq!(mid(|s, _| s.seq -= 1000), [1, 1, 1], "retransmission");
         assert_eq!(mid(|s, _| s.ack += 1), [1, 1, 1], "ack");
+
         assert_eq!(mid(|s, _| s.flags |= TCP_PSH), [2, 1], "nothing after PSH");
         for bad in [0x01, 0x02, 0x04, 0x20, 0x40, 0x80] {
             assert_eq!(mid(|s, _| s.flags |= bad), [1, 1, 1], "flag {bad:#x}");
@@ -945,6 +961,25 @@ mod tests {
         );
         assert_eq!(corrupt(|p| p.push(0), false).0, [1, 1, 1], "total length");
         assert_eq!(corrupt(|p| p[0] = 0x65, false).0, [1, 1, 1], "IPv6");
+        // Window, urgent pointer, TCP reserved bits, IP reserved bit: each differs, the
+        // checksums right.
+        let refix_tcp = |p: &mut Vec<u8>| {
+            refix(p);
+            p[36] = 0;
+            p[37] = 0;
+            let c = reference(&[pseudo_bytes(p), p[20..].to_vec()].concat());
+            p[36..38].copy_from_slice(&c.to_be_bytes());
+        };
+        for at in [32, 34, 35, 38, 39, 6] {
+            let (seg, _) = corrupt(
+                |p| {
+                    p[at] ^= if at == 6 { 0x80 } else { 1 };
+                    refix_tcp(p)
+                },
+                false,
+            );
+            assert_eq!(seg, [1, 1, 1], "byte {at}");
+        }
         assert_eq!(corrupt(|p| p.truncate(10), false).0, [1, 1, 1], "short");
     }
 

@@ -13,7 +13,20 @@
 //!   `PeerTable::new` without a panic, and a table it accepts routes the first address of
 //!   every block to that block's owner.
 //!
-//! Adding a target (dp-offload's `split`, `coalesce`): a `[[bin]]` in Cargo.toml, its
+//! - `split` (dp-offload): input = a 10-byte virtio-net header, then one TUN frame.
+//!   `gso::split` never panics; a refused frame is left untouched; a finished `GSO_NONE`
+//!   checksum verifies; every segment's IPv4 and transport checksums verify, its lengths are
+//!   right, the payloads concatenate to the frame's, the chunks tile the output within the
+//!   UDP_SEGMENT limits; and `gro::coalesce` of the segments gives the frame back (its
+//!   lengths, IPv4 checksum and pseudo-header sum normalised) whenever the GRO rules allow.
+//! - `coalesce` (dp-offload): input = a flags byte (bit 0: merge UDP; bit 1: fix each
+//!   packet's lengths and checksums first, to reach the merge rules), a u16 LE gso_size,
+//!   then a datagram cut at it. `gro::coalesce` never panics, loses or invents no packet, an
+//!   unmerged packet is untouched with a zero header, and a merged item passes
+//!   `VirtioNetHdr::check` and splits back into exactly its packets (checksum fields, and
+//!   the IPv4 ID under DF, compared by validity).
+//!
+//! Adding a target: a `[[bin]]` in Cargo.toml, its
 //! `fuzz_targets/<name>.rs` (three lines, as these), its check here with a row in
 //! [`TARGETS`], and a non-empty `corpus/<name>/` (the replay test requires one).
 
@@ -26,13 +39,21 @@ use twill_datapath::ctl::{Reply, Request};
 use twill_datapath::filter::{
     admit as filter_admit, net_unreachable, parse_ipv4, route_tx, Drop, ICMP_ERROR_MAX,
 };
+use twill_datapath::gro::{self, Coalesced, GroOptions};
+use twill_datapath::gso::{self, Split};
 use twill_datapath::table::{LocalNode, Peer, PeerId, PeerTable};
+use twill_datapath::virtio::{GsoType, VirtioNetHdr};
 
 /// A target's check: takes the raw fuzz input, panics on a broken promise.
 pub type Check = fn(&[u8]);
 
 /// Every target, by the name of its `fuzz_targets/` file and corpus folder.
-pub const TARGETS: &[(&str, Check)] = &[("admit", admit), ("ctl_decode", ctl_decode)];
+pub const TARGETS: &[(&str, Check)] = &[
+    ("admit", admit),
+    ("ctl_decode", ctl_decode),
+    ("split", split),
+    ("coalesce", coalesce),
+];
 
 fn net(s: &str) -> Ipv4Net {
     s.parse().expect("a fixed block")
@@ -176,4 +197,201 @@ pub fn ctl_decode(data: &[u8]) {
             }
         }
     }
+}
+
+/// The transport checksum field's offset in an IPv4 packet without options.
+fn l4_csum_at(proto: u8) -> usize {
+    if proto == 6 {
+        36
+    } else {
+        26
+    }
+}
+
+fn l4_verifies(p: &[u8]) -> bool {
+    let src: [u8; 4] = p[12..16].try_into().unwrap();
+    let dst: [u8; 4] = p[16..20].try_into().unwrap();
+    let ihl = usize::from(p[0] & 15) * 4;
+    let pseudo = checksum::pseudo_v4(src, dst, p[9], (p.len() - ihl) as u16);
+    checksum::verify(pseudo + checksum::sum(&p[ihl..]))
+}
+
+pub fn split(data: &[u8]) {
+    let Ok(h) = VirtioNetHdr::from_bytes(data) else {
+        return;
+    };
+    let orig = &data[VirtioNetHdr::LEN..];
+    let mut packet = orig.to_vec();
+    let mut out = vec![0u8; gso::OUT_LEN];
+    let s = match gso::split(&h, &mut packet, &mut out) {
+        Err(_) => {
+            assert_eq!(packet, orig, "a refused frame is untouched");
+            return;
+        }
+        Ok(Split::Whole) => {
+            if h.needs_csum {
+                // (An odd csum_offset, which no kernel sets, sums the field byte-swapped.)
+                if h.csum_offset % 2 == 1 {
+                    return;
+                }
+                let start = usize::from(h.csum_start);
+                let at = start + usize::from(h.csum_offset);
+                // The field held the partial sum (pseudo-header); it now completes it.
+                let partial = u64::from(u16::from_be_bytes([orig[at], orig[at + 1]]));
+                assert!(checksum::verify(checksum::sum(&packet[start..]) + partial));
+                assert_eq!(packet[..at], orig[..at]);
+                assert_eq!(packet[at + 2..], orig[at + 2..]);
+            } else {
+                assert_eq!(packet, orig);
+            }
+            return;
+        }
+        Ok(Split::Segments(s)) => s,
+    };
+    assert_eq!(packet, orig, "the frame is read only");
+    let hc = h.check(orig).expect("split accepted it");
+    let hl = usize::from(hc.hdr_len);
+    assert_eq!(s.segment_size, hl + usize::from(hc.gso_size));
+    let mut at = 0;
+    let mut n = 0;
+    for c in s.chunks() {
+        assert_eq!(c.range.start, at);
+        assert!(c.segments <= gso::MAX_SEGMENTS && c.range.len() <= gso::MAX_DATAGRAM);
+        assert_eq!(c.range.len().div_ceil(c.segment_size), c.segments);
+        at = c.range.end;
+        n += c.segments;
+    }
+    assert_eq!((at, n), (s.len, s.segments));
+    let mut payload = Vec::new();
+    for seg in out[..s.len].chunks(s.segment_size) {
+        assert_eq!(usize::from(u16::from_be_bytes([seg[2], seg[3]])), seg.len());
+        assert!(checksum::verify(checksum::sum(&seg[..20])));
+        assert!(l4_verifies(seg), "{seg:02x?}");
+        payload.extend_from_slice(&seg[hl..]);
+    }
+    assert_eq!(payload, orig[hl..]);
+    // Back through GRO, when its rules let the segments merge.
+    let tcp = hc.gso_type == GsoType::TcpV4;
+    let flags = orig[33.min(orig.len() - 1)];
+    let mergeable = hc.csum_start == 20
+        && s.segments > 1
+        && s.segments <= gro::MAX_SEGMENTS
+        && (!tcp || flags == 0x10 || flags == 0x18);
+    if !mergeable {
+        return;
+    }
+    let mut packets = Vec::new();
+    gro::cut(0..s.len, s.segment_size, &mut packets);
+    let mut items = Coalesced::new();
+    gro::coalesce(&mut out, &packets, GroOptions { udp: true }, &mut items);
+    assert_eq!(items.len(), 1, "{:?}", items.items().collect::<Vec<_>>());
+    let mut got = Vec::new();
+    items.gather(0, &out, &mut got);
+    let data_valid = false; // what a TUN read said about it does not travel
+    assert_eq!(
+        VirtioNetHdr::from_bytes(&got),
+        Ok(VirtioNetHdr { data_valid, ..hc })
+    );
+    let mut want = orig.to_vec();
+    let len = want.len() as u16;
+    want[2..4].copy_from_slice(&len.to_be_bytes());
+    want[10..12].copy_from_slice(&[0, 0]);
+    let ipc = checksum::checksum(&want[..20]);
+    want[10..12].copy_from_slice(&ipc.to_be_bytes());
+    if !tcp {
+        want[24..26].copy_from_slice(&(len - 20).to_be_bytes());
+    }
+    let src: [u8; 4] = want[12..16].try_into().unwrap();
+    let dst: [u8; 4] = want[16..20].try_into().unwrap();
+    let pseudo = checksum::fold(checksum::pseudo_v4(src, dst, want[9], len - 20));
+    let c = l4_csum_at(want[9]);
+    want[c..c + 2].copy_from_slice(&pseudo.to_be_bytes());
+    assert_eq!(got[VirtioNetHdr::LEN..], want[..]);
+}
+
+/// Sets a packet's lengths and checksums right (where it is IPv4 without options).
+fn fix(p: &mut [u8]) {
+    if p.len() < 20 || p[0] >> 4 != 4 || p[0] & 15 != 5 {
+        return;
+    }
+    let len = p.len() as u16;
+    p[2..4].copy_from_slice(&len.to_be_bytes());
+    p[10..12].copy_from_slice(&[0, 0]);
+    let c = checksum::checksum(&p[..20]);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    let at = match p[9] {
+        6 if p.len() >= 40 => 36,
+        17 if p.len() >= 28 => {
+            p[24..26].copy_from_slice(&(len - 20).to_be_bytes());
+            26
+        }
+        _ => return,
+    };
+    p[at..at + 2].copy_from_slice(&[0, 0]);
+    let src: [u8; 4] = p[12..16].try_into().unwrap();
+    let dst: [u8; 4] = p[16..20].try_into().unwrap();
+    let s = checksum::pseudo_v4(src, dst, p[9], len - 20) + checksum::sum(&p[20..]);
+    let mut c = checksum::finish(s);
+    if c == 0 && p[9] == 17 {
+        c = 0xffff;
+    }
+    p[at..at + 2].copy_from_slice(&c.to_be_bytes());
+}
+
+pub fn coalesce(data: &[u8]) {
+    if data.len() < 3 {
+        return;
+    }
+    let opts = GroOptions {
+        udp: data[0] & 1 != 0,
+    };
+    let gso_size = usize::from(u16::from_le_bytes([data[1], data[2]]));
+    let mut buf = data[3..].to_vec();
+    let mut packets = Vec::new();
+    gro::cut(0..buf.len(), gso_size, &mut packets);
+    if data[0] & 2 != 0 {
+        for r in &packets {
+            fix(&mut buf[r.clone()]);
+        }
+    }
+    let orig = buf.clone();
+    let mut items = Coalesced::new();
+    gro::coalesce(&mut buf, &packets, opts, &mut items);
+    assert_eq!(items.bad_ranges, 0);
+    let mut seen = Vec::new();
+    let mut got = Vec::new();
+    let mut out = vec![0u8; gso::OUT_LEN];
+    for (i, (item, parts)) in items.items().enumerate() {
+        assert_eq!(parts.len(), item.segments);
+        if item.segments == 1 {
+            assert_eq!(item.hdr, VirtioNetHdr::NONE);
+            assert_eq!(buf[parts[0].clone()], orig[parts[0].clone()]);
+            seen.push(parts[0].clone());
+            continue;
+        }
+        let hl = usize::from(item.hdr.hdr_len);
+        let originals: Vec<_> = std::iter::once(parts[0].clone())
+            .chain(parts[1..].iter().map(|r| r.start - hl..r.end))
+            .collect();
+        seen.extend(originals.iter().cloned());
+        items.gather(i, &buf, &mut got);
+        let packet = &mut got[VirtioNetHdr::LEN..];
+        assert_eq!(item.hdr.check(packet), Ok(item.hdr), "the kernel's checks");
+        let Ok(Split::Segments(s)) = gso::split(&item.hdr, packet, &mut out) else {
+            panic!("a merged item does not split: {item:?}");
+        };
+        assert_eq!(s.segments, item.segments);
+        let c = l4_csum_at(orig[originals[0].start + 9]);
+        for (seg, r) in out[..s.len].chunks(s.segment_size).zip(&originals) {
+            let o = &orig[r.clone()];
+            assert_eq!(seg.len(), o.len());
+            assert!(checksum::verify(checksum::sum(&seg[..20])) && l4_verifies(seg));
+            let df = o[6] & 0x40 != 0;
+            let same = |a: usize, b: usize| seg[a..b] == o[a..b];
+            assert!(same(0, 4) && same(6, 10) && same(12, c) && same(c + 2, o.len()));
+            assert!(df || same(4, 6), "the IPv4 ID without DF");
+        }
+    }
+    seen.sort_by_key(|r| r.start);
+    assert_eq!(seen, packets, "every packet in exactly one item");
 }

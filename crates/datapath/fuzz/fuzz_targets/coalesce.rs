@@ -1,0 +1,3 @@
+#![no_main]
+// The check lives in src/lib.rs, shared with the corpus replay test.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| twill_datapath_fuzz::coalesce(data));
