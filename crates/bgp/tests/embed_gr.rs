@@ -209,3 +209,70 @@ fn restarts_move_no_kernel_route_anywhere() {
     }
     drop(e);
 }
+
+/// A restarted speaker whose configured peers include nodes that are down (one whose
+/// namespace refuses the connect, one address nobody has) announces as soon as the peer
+/// that is up has sent End-of-RIB: its deferred route selection (RFC 4724 §4.1) does not
+/// wait the whole restart time (120 s here) for sessions that never come up. The helper's
+/// stale path turns fresh only when the restarted speaker sends its Adj-RIB-Out and
+/// End-of-RIB, so that is what is waited for, within 15 s.
+#[test]
+fn a_restarted_speaker_does_not_wait_for_down_peers() {
+    gate("a_restarted_speaker_does_not_wait_for_down_peers");
+    let lan = Lan::new("twlembd", 3);
+    let mut helper_cfg = twill_cfg(&lan[0], "10.244.1.0/24", vec![peer("192.0.2.2", 64512)]);
+    helper_cfg["gracefulRestart"]["restartTime"] = json!(120);
+    let helper = Twill::start(&lan[0], helper_cfg);
+    // 192.0.2.3: node 2's namespace, where nothing listens (refused); 192.0.2.50: no host.
+    let mut cfg = twill_cfg(
+        &lan[1],
+        "10.244.2.0/24",
+        vec![
+            peer("192.0.2.1", 64512),
+            peer("192.0.2.3", 64512),
+            peer("192.0.2.50", 64512),
+        ],
+    );
+    cfg["gracefulRestart"]["restartTime"] = json!(120);
+    let e = Embed::spawn(&lan[1], cfg.clone());
+    wait::until("the two speakers' blocks in each other's kernel", T, || {
+        bgp_route(lan[0].name(), "10.244.2.0/24", "192.0.2.2")?;
+        bgp_route(lan[1].name(), "10.244.1.0/24", "192.0.2.1")
+    });
+
+    let dir = e.stop(true);
+    wait::until(
+        "the helper keeps the stopped speaker's route stale",
+        T,
+        || {
+            let p = helper.paths("10.244.2.0/24");
+            p.first()
+                .is_some_and(|p| p["stale"] == true)
+                .then_some(())
+                .ok_or_else(|| format!("{p:?}"))
+        },
+    );
+    let e = Embed::spawn_with(&lan[1], cfg, dir, true);
+    e.wait_state("192.0.2.1", State::Established);
+    wait::until(
+        "the restarted speaker's route fresh at the helper (announced, End-of-RIB sent)",
+        T,
+        || {
+            let p = helper.paths("10.244.2.0/24");
+            p.first()
+                .is_some_and(|p| p["stale"] == false)
+                .then_some(())
+                .ok_or_else(|| format!("{p:?}"))
+        },
+    );
+    let st = e.status();
+    for down in ["192.0.2.3", "192.0.2.50"] {
+        let p = st.peers.iter().find(|p| p.address.ip.to_string() == down);
+        assert!(
+            p.is_some_and(|p| p.state != State::Established),
+            "{down} should be down: {p:?}"
+        );
+    }
+    bgp_route(lan[0].name(), "10.244.2.0/24", "192.0.2.2").unwrap();
+    drop(e);
+}

@@ -27,6 +27,11 @@
 //!   (RFC 4724 §4.1): nothing is announced until every peer has sent End-of-RIB or is
 //!   restarting itself (R bit), then each gets its whole Adj-RIB-Out and End-of-RIB, so a
 //!   restarted reflector never makes its clients sweep routes it has not re-learned yet.
+//!   Only peers that come up are waited for (RFC 4724's selection deferral timer, bounded
+//!   as FRR's `select-defer-time` and BIRD's `graceful restart wait` bound it): a peer whose
+//!   session is not up within [`DEFER_UP_BOUND`] of its start, or whose connect failed (its
+//!   node is down: refused, unreachable), is not, so a node in the store but down never
+//!   holds a restarted node's announcements for the whole restart time.
 //!   Without `gracefulRestart` the same adoption happens, with a 120 s limit, so a restart
 //!   never flaps the kernel routes.
 //! - **Graceful restart, helper side**: a session that goes down with `keep_stale` keeps the
@@ -87,6 +92,11 @@ const WRITE_SOON: usize = 64 << 10;
 /// the first [`fsm::QUICK_RETRIES`] in a row: a mesh node that starts a moment after its
 /// peers is reached within this, not a connect retry time later.
 const CONNECT_BACKOFF: Duration = Duration::from_millis(100);
+/// Deferred route selection (graceful restart, restarting side) waits for a peer whose
+/// session is not up at most this long after the peer was started, and not at all once a
+/// connect to it failed. A peer that is up (or in its OPEN exchange) is waited for until
+/// its End-of-RIB or the restart time.
+pub const DEFER_UP_BOUND: Duration = Duration::from_secs(5);
 /// The most a shutdown waits for Cease NOTIFICATIONs to be written.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(1);
 
@@ -141,6 +151,27 @@ struct Peer {
     prefixes_received: u64,
     /// The state last reported to the embedder's callback.
     reported: State,
+    /// When the session was last started (the deferral's [`DEFER_UP_BOUND`] counts from it).
+    started_at: Instant,
+}
+
+impl Peer {
+    /// Whether deferred route selection still waits for this peer's End-of-RIB at `now`:
+    /// it is up or in its OPEN exchange, or it was started less than [`DEFER_UP_BOUND`] ago
+    /// and no connect to it has failed. A peer restarting itself (R bit) is not waited for
+    /// (it waits for ours), nor one that sent End-of-RIB.
+    fn deferral_waits(&self, now: Instant) -> bool {
+        if self.failed.is_some() || self.end_of_rib_once {
+            return false;
+        }
+        if let Some(e) = self.session.established() {
+            return !e.peer_restarted();
+        }
+        match self.session.state() {
+            State::OpenSent | State::OpenConfirm => true,
+            _ => self.last_connect_error.is_none() && now < self.started_at + DEFER_UP_BOUND,
+        }
+    }
 }
 
 struct Conn {
@@ -384,6 +415,7 @@ impl Speaker {
             end_of_rib_once: false,
             prefixes_received: 0,
             reported: State::Idle,
+            started_at: now,
         };
         if let (Some(l), Some(key)) = (&self.listener, &peer.key) {
             if let Err(e) = tcp::set_md5(l.as_raw_fd(), self.listen_family(), peer.addr.ip(), key) {
@@ -408,6 +440,7 @@ impl Speaker {
     /// Starts peer `i`'s session (it connects at once unless passive).
     fn start_peer(&mut self, i: usize, now: Instant) {
         if self.peers[i].failed.is_none() {
+            self.peers[i].started_at = now;
             let out = self.peers[i].session.handle(Input::Start, now);
             self.queue(i, out);
         }
@@ -733,10 +766,20 @@ impl Speaker {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
+        // Deferring: when the next peer not up stops being waited for.
+        let now = Instant::now();
+        let defer = self
+            .peers
+            .iter()
+            .filter(|_| self.deferring)
+            .filter(|p| p.session.state() != State::Established)
+            .map(|p| p.started_at + DEFER_UP_BOUND)
+            .filter(|t| *t > now)
+            .min();
         self.peers
             .iter()
             .flat_map(|p| [p.session.next_deadline(), p.stale_until])
-            .chain([self.adopt_deadline])
+            .chain([self.adopt_deadline, defer])
             .flatten()
             .min()
     }
@@ -1048,10 +1091,7 @@ impl Speaker {
         // them: the adopted routes wait for the restart time rather than go at once.
         let any = runnable().next().is_some();
         let all_eor = any && runnable().all(|p| p.end_of_rib_once);
-        let all_ready = any
-            && runnable().all(|p| {
-                p.end_of_rib_once || p.session.established().is_some_and(|e| e.peer_restarted())
-            });
+        let all_ready = any && !runnable().any(|p| p.deferral_waits(now));
         if self.adopt_deadline.is_some() && (force || all_eor) {
             self.adopt_deadline = None;
             let gone = self.adopted.sweep();
@@ -1065,6 +1105,20 @@ impl Speaker {
             return;
         }
         if std::mem::take(&mut self.deferring) {
+            let not_up: Vec<String> = self
+                .peers
+                .iter()
+                .filter(|p| p.failed.is_none() && !p.end_of_rib_once)
+                .filter(|p| p.session.established().is_none())
+                .map(|p| p.addr.to_string())
+                .collect();
+            if !not_up.is_empty() {
+                log(format_args!(
+                    "graceful restart: announcing now; not waiting for {} peer(s) not up: {}",
+                    not_up.len(),
+                    not_up.join(", ")
+                ));
+            }
             for i in 0..self.peers.len() {
                 let Some(families) = self.peers[i]
                     .session
@@ -1122,6 +1176,9 @@ impl Speaker {
         }
         if self.adopt_deadline.is_some_and(|d| d <= now) {
             self.maybe_finish_restart(true, now);
+        } else if self.deferring {
+            // A peer's bound passed or its connect failed: it may be the last one waited for.
+            self.maybe_finish_restart(false, now);
         }
     }
 
