@@ -36,6 +36,12 @@ pub struct Options {
     pub timeout: Duration,
 }
 
+/// Set (to anything), the scratch folder stays after the run: each node's daemon log of
+/// its last run, and `done.txt` of each cold start: per node, the seconds from the last
+/// start until its kernel held every block, and the wall clock at the last start (to line
+/// up with the logs' timestamps). For diagnosis; figures are unchanged.
+pub const KEEP_ENV: &str = "TWILL_BENCH_KEEP";
+
 /// Above this many nodes, neighbours are pre-loaded as permanent entries.
 const PRELOAD_ABOVE: usize = 30;
 const UPLINK: &str = "twlm0";
@@ -64,7 +70,12 @@ impl Drop for Lab {
         if let Err(e) = netns::remove(&all) {
             eprintln!("twill-bench: cleanup: {e:#}");
         }
-        if let Err(e) = std::fs::remove_dir_all(&self.scratch) {
+        if std::env::var_os(KEEP_ENV).is_some() {
+            eprintln!(
+                "twill-bench: {KEEP_ENV} set: {} kept (logs, done.txt)",
+                self.scratch.display()
+            );
+        } else if let Err(e) = std::fs::remove_dir_all(&self.scratch) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 eprintln!("twill-bench: cleanup: {}: {e}", self.scratch.display());
             }
@@ -412,7 +423,23 @@ fn cold(
         lab.start_node(o, imp, topology, nodes, i)?;
     }
     let t0 = Instant::now();
+    let wall0 = std::time::SystemTime::now();
     let done = lab.wait(&mut w, o.timeout)?;
+    if std::env::var_os(KEEP_ENV).is_some() {
+        let epoch = wall0
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        let mut text = format!("# {imp:?} {topology:?} last start at {epoch:.3}\n");
+        for (i, t) in w.done_times().iter().enumerate() {
+            let s = t.map_or(-1.0, |t| t.saturating_duration_since(t0).as_secs_f64());
+            text.push_str(&format!("m{i} {s:.3}\n"));
+        }
+        let f = lab.scratch.join("done.txt");
+        let mut old = std::fs::read_to_string(&f).unwrap_or_default();
+        old.push_str(&text);
+        std::fs::write(&f, old).with_context(|| format!("cannot write {}", f.display()))?;
+    }
     Ok(done.saturating_duration_since(t0).as_secs_f64())
 }
 

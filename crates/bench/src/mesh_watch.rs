@@ -148,6 +148,11 @@ impl Tracker {
     }
 
     /// (node, routes it has, routes it wants) for every node still missing some.
+    /// When each kernel got everything it wants (None: not yet).
+    pub fn done_times(&self) -> Vec<Option<Instant>> {
+        self.nodes.iter().map(|n| n.done_at).collect()
+    }
+
     pub fn missing(&self) -> Vec<(usize, usize, usize)> {
         self.nodes
             .iter()
@@ -231,6 +236,11 @@ fn dump(s: &mut Socket) -> Result<Vec<FibRoute>> {
 }
 
 impl Watcher {
+    /// When each kernel got everything it wants (None: not yet).
+    pub fn done_times(&self) -> Vec<Option<Instant>> {
+        self.tracker.done_times()
+    }
+
     /// Subscribes in each namespace (`/run/netns/NAME`), then reads each kernel once, so the
     /// tracker starts from what is there. `wants[i]` belongs to `namespaces[i]`.
     pub fn open(namespaces: &[String], wants: Vec<Want>) -> Result<Watcher> {
