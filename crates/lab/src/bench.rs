@@ -81,6 +81,10 @@ pub enum TwinKind {
     /// A TUN and the flannel-style baseline ([`crate::bench_udp_baseline`]): flannel's
     /// `udp` design, one packet per syscall.
     UdpBaseline,
+    /// A TUN and Twill's own `twill-datapath`, fed a hand-written peer table: what the udp
+    /// backend runs, measured before (or beside) a lab that runs it. Not a reference: it is
+    /// Twill's code.
+    UdpDatapath,
 }
 
 impl TwinKind {
@@ -89,6 +93,7 @@ impl TwinKind {
             TwinKind::HostGw => "host-gw",
             TwinKind::Vxlan => "vxlan",
             TwinKind::UdpBaseline => "udp-baseline",
+            TwinKind::UdpDatapath => "udp-datapath",
         }
     }
     /// The letter after `<lab>-tw` in the twin's namespaces.
@@ -97,6 +102,7 @@ impl TwinKind {
             TwinKind::HostGw => 'h',
             TwinKind::Vxlan => 'v',
             TwinKind::UdpBaseline => 'b',
+            TwinKind::UdpDatapath => 'd',
         }
     }
     /// What the encapsulation costs the pods' MTU.
@@ -104,7 +110,9 @@ impl TwinKind {
         match self {
             TwinKind::HostGw => 0,
             TwinKind::Vxlan => TWIN_VXLAN_OVERHEAD,
-            TwinKind::UdpBaseline => crate::bench_udp_baseline::FLANNEL_UDP_OVERHEAD,
+            TwinKind::UdpBaseline | TwinKind::UdpDatapath => {
+                crate::bench_udp_baseline::FLANNEL_UDP_OVERHEAD
+            }
         }
     }
     /// The twin of a lab of `backend`; none for a backend that carries nothing across
@@ -157,7 +165,8 @@ impl NodeSide {
 /// the lab (separate namespaces, so nothing clashes).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct TwinPlan {
-    /// Namespace prefix, `<lab>-tw` + `v` (vxlan), `h` (host-gw) or `b` (udp baseline).
+    /// Namespace prefix, `<lab>-tw` + `v` (vxlan), `h` (host-gw), `b` (udp baseline) or
+    /// `d` (udp datapath).
     pub prefix: String,
     pub kind: TwinKind,
     pub nodes: [NodeSide; 2],
@@ -412,12 +421,17 @@ impl TwinPlan {
             }
             // flannel's udp layout, as the udp backend makes it: a TUN with MTU uplink - 28,
             // the block's .0 as a /32 on it, a route per remote block into it. The process
-            // that forwards is started after (see `bench_udp::daemon_command`).
-            TwinKind::UdpBaseline => {
+            // that forwards is started after (see `bench_udp::daemon_command`). Twill's
+            // datapath opens the TUN multi-queue, so it is made so.
+            TwinKind::UdpBaseline | TwinKind::UdpDatapath => {
                 let dev = TWIN_TUN_DEVICE;
                 let mtu = self.pod_mtu(k).to_string();
+                let mut add = cmd(&["ip", "-n", &n, "tuntap", "add", "dev", dev, "mode", "tun"]);
+                if self.kind == TwinKind::UdpDatapath {
+                    add.push("multi_queue".into());
+                }
                 vec![
-                    cmd(&["ip", "-n", &n, "tuntap", "add", "dev", dev, "mode", "tun"]),
+                    add,
                     cmd(&["ip", "-n", &n, "link", "set", dev, "mtu", &mtu]),
                     cmd(&[
                         "ip",

@@ -5,8 +5,11 @@
 //! Gbit moved.
 //!
 //! The variants (each a pod on node 1 → a pod on node 2):
-//! - `twill`: the lab's own pods, when the lab runs `--backend udp` (a twin running Twill's
-//!   datapath on a lab of another backend comes with the datapath's control client);
+//! - `twill`: the lab's own pods, when the lab runs `--backend udp`;
+//! - `twill-twin`: otherwise a twin (`<lab>-twd*`) running Twill's `twill-datapath` (as the
+//!   hidden `twill lab udp-datapath`), fed a hand-written peer table through
+//!   `twill_datapath::Client`: Twill's code, so not a reference, but the same datapath the
+//!   backend runs;
 //! - `vxlan`: the hand-built kernel-VXLAN twin (`<lab>-twv*`, [`crate::bench::TwinPlan`]);
 //! - `baseline`: a twin (`<lab>-twb*`) whose nodes run the flannel-style baseline.
 //!
@@ -43,12 +46,17 @@ pub const GOAL_VS_VXLAN: f64 = 0.8;
 pub const GOAL_VS_BASELINE: f64 = 3.0;
 /// Where node `k`'s iperf3 and datapath run (k = 1 or 2).
 pub const CPU_OF_NODE: [usize; 2] = [0, 1];
+/// How long a datapath may take to answer on its control socket.
+const DATAPATH_READY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Which path a udp bench variant measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum UdpVariant {
     /// The lab's pods, through what twilld's udp backend runs.
     Twill,
+    /// A twin running Twill's datapath with a hand-written table.
+    TwillTwin,
     /// The kernel-VXLAN twin.
     Vxlan,
     /// The flannel-style baseline twin.
@@ -59,13 +67,14 @@ impl UdpVariant {
     pub fn as_str(self) -> &'static str {
         match self {
             UdpVariant::Twill => "twill",
+            UdpVariant::TwillTwin => "twill-twin",
             UdpVariant::Vxlan => "vxlan",
             UdpVariant::Baseline => "baseline",
         }
     }
     /// The variant that stands for Twill in the ratios.
     fn is_twill(self) -> bool {
-        self == UdpVariant::Twill
+        matches!(self, UdpVariant::Twill | UdpVariant::TwillTwin)
     }
 }
 
@@ -337,8 +346,14 @@ pub fn parse_received_bytes(text: &str) -> Result<u64, BenchError> {
 }
 
 /// The command that starts node `k`'s forwarding process of a udp twin, in its namespace:
-/// `twill lab udp-baseline ...` (`exe`: this twill). None for a twin without one.
-pub fn daemon_command(plan: &TwinPlan, k: usize, exe: &FsPath) -> Option<Vec<String>> {
+/// `twill lab udp-baseline ...` or `twill lab udp-datapath ...` (`exe`: this twill), with its
+/// control socket in `ctl_dir` for the datapath. None for a twin without one.
+pub fn daemon_command(
+    plan: &TwinPlan,
+    k: usize,
+    exe: &FsPath,
+    ctl_dir: &FsPath,
+) -> Option<Vec<String>> {
     let (me, peer) = (&plan.nodes[k - 1], &plan.nodes[2 - k]);
     let exe = exe.display().to_string();
     let port = TWIN_UDP_PORT.to_string();
@@ -359,8 +374,26 @@ pub fn daemon_command(plan: &TwinPlan, k: usize, exe: &FsPath) -> Option<Vec<Str
             "--route",
             &format!("{}={}:{port}", peer.block(), peer.node_ip.addr()),
         ])),
+        TwinKind::UdpDatapath => c.extend(cmd(&[
+            "udp-datapath",
+            "--ctl",
+            &ctl_path(ctl_dir, k).display().to_string(),
+            "--tun",
+            TWIN_TUN_DEVICE,
+            "--port",
+            &port,
+            "--bind",
+            &node_ip,
+            // One worker: the bench gives each node's datapath one CPU.
+            "--queues",
+            "1",
+        ])),
     }
     Some(c)
+}
+
+fn ctl_path(dir: &FsPath, k: usize) -> PathBuf {
+    dir.join(format!("n{k}.sock"))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -510,12 +543,65 @@ impl Drop for Daemon {
     }
 }
 
+/// A directory removed when dropped.
+struct DirGuard(PathBuf);
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// One variant as measured: its path and the datapath processes to count and pin (node 1's,
 /// node 2's).
 struct Measured {
     variant: UdpVariant,
     path: Path,
     datapaths: Vec<(u32, usize)>,
+}
+
+/// Waits until `socket` answers, then gives the datapath its table: the node's block, and
+/// the peer with its block (a hand-written table, as a test would).
+fn feed_datapath(
+    plan: &TwinPlan,
+    k: usize,
+    socket: &FsPath,
+    d: &mut Daemon,
+) -> Result<(), BenchError> {
+    use twill_datapath::client::Client;
+    use twill_datapath::table::{LocalNode, Peer};
+    let (me, peer) = (&plan.nodes[k - 1], &plan.nodes[2 - k]);
+    let start = Instant::now();
+    let fail = |detail: String| BenchError::Command {
+        cmd: format!("twill_datapath::Client on {}", socket.display()),
+        detail,
+    };
+    while !socket.exists() {
+        d.check_running()?;
+        if start.elapsed() > DATAPATH_READY_TIMEOUT {
+            return Err(fail(format!(
+                "no control socket after {DATAPATH_READY_TIMEOUT:?}"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (client, _hello, _fds) =
+        Client::connect(socket, DATAPATH_READY_TIMEOUT).map_err(|e| fail(e.to_string()))?;
+    client
+        .table(
+            1,
+            LocalNode {
+                node_ip: me.node_ip.addr(),
+                blocks: vec![me.block()],
+            },
+            vec![Peer {
+                node_ip: peer.node_ip.addr(),
+                port: TWIN_UDP_PORT,
+                blocks: vec![peer.block()],
+            }],
+        )
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(())
 }
 
 /// One iperf3 run on `m` with `streams` streams, its CPU counted.
@@ -606,7 +692,7 @@ fn run_once(
 
 /// Builds the twins, starts their datapaths, runs every variant `rounds` times interleaved
 /// at each stream count, and removes all it made (servers and datapaths by PID, twins by
-/// namespace), also on error.
+/// namespace, the control sockets' folder), also on error.
 pub fn run(
     target: &Target,
     opts: &UdpBenchOptions,
@@ -618,12 +704,22 @@ pub fn run(
     let load_start = loadavg();
     let sides = target.sides.clone();
     let lab_runs_udp = target.backend == BackendKind::Udp;
-    let kinds = [TwinKind::Vxlan, TwinKind::UdpBaseline];
+    let mut kinds = vec![TwinKind::Vxlan, TwinKind::UdpBaseline];
+    if !lab_runs_udp {
+        kinds.insert(0, TwinKind::UdpDatapath);
+    }
     let plans: Vec<TwinPlan> = kinds
         .iter()
         .map(|k| TwinPlan::of_kind(&target.lab, *k, sides.clone()))
         .collect();
-    // Drop order (reverse of declaration): servers (in `measure`), daemons, twins.
+    let ctl_dir = std::env::temp_dir().join(format!("{}-twd", target.lab));
+    let _ = std::fs::remove_dir_all(&ctl_dir);
+    std::fs::create_dir_all(&ctl_dir).map_err(|e| BenchError::Command {
+        cmd: format!("mkdir {}", ctl_dir.display()),
+        detail: e.to_string(),
+    })?;
+    // Drop order (reverse of declaration): servers, daemons, twins, the folder.
+    let _dir = DirGuard(ctl_dir.clone());
     let mut guards = Vec::new();
     let mut daemons: Vec<Daemon> = Vec::new();
     let mut measured = Vec::new();
@@ -631,13 +727,17 @@ pub fn run(
         guards.push(TwinGuard::build(plan, log)?);
         let mut dps = Vec::new();
         for k in 1..=2 {
-            if let Some(c) = daemon_command(plan, k, &opts.exe) {
-                let d = Daemon::start(&c, log)?;
+            if let Some(c) = daemon_command(plan, k, &opts.exe, &ctl_dir) {
+                let mut d = Daemon::start(&c, log)?;
+                if plan.kind == TwinKind::UdpDatapath {
+                    feed_datapath(plan, k, &ctl_path(&ctl_dir, k), &mut d)?;
+                }
                 dps.push((d.pid(), CPU_OF_NODE[k - 1]));
                 daemons.push(d);
             }
         }
         let variant = match plan.kind {
+            TwinKind::UdpDatapath => UdpVariant::TwillTwin,
             TwinKind::UdpBaseline => UdpVariant::Baseline,
             TwinKind::Vxlan | TwinKind::HostGw => UdpVariant::Vxlan,
         };
@@ -718,7 +818,7 @@ pub fn run(
                     .iter()
                     .chain(
                         (1..=2)
-                            .filter_map(|k| daemon_command(t, k, &opts.exe))
+                            .filter_map(|k| daemon_command(t, k, &opts.exe, &ctl_dir))
                             .collect::<Vec<_>>()
                             .iter(),
                     )
@@ -867,17 +967,27 @@ mod tests {
         let all = lines(&b.commands());
         assert!(all.contains(&"ip -n twllab-twbn2 link add veth0 mtu 1472 type veth peer name eth0 mtu 1472 netns twllab-twbn2p".to_string()));
         let exe = FsPath::new("/x/twill");
+        let dir = FsPath::new("/tmp/twllab-twd");
         assert_eq!(
-            daemon_command(&b, 2, exe).unwrap().join(" "),
+            daemon_command(&b, 2, exe, dir).unwrap().join(" "),
             "ip netns exec twllab-twbn2 /x/twill lab udp-baseline --tun twl.tun --port 8285 --bind 192.0.2.12 --tun-ip 10.244.1.0 --route 10.244.0.0/24=192.0.2.11:8285"
         );
         // Its command line is one the baseline accepts.
-        let c = daemon_command(&b, 1, exe).unwrap();
+        let c = daemon_command(&b, 1, exe, dir).unwrap();
         let cfg = crate::bench_udp_baseline::parse_args(&c[7..]).unwrap();
         assert_eq!(cfg.bind, "192.0.2.11:8285".parse().unwrap());
 
+        let d = TwinPlan::of_kind("twllab", TwinKind::UdpDatapath, sides());
+        assert_eq!(
+            lines(&d.backend_commands(2))[0],
+            "ip -n twllab-twdn2 tuntap add dev twl.tun mode tun multi_queue"
+        );
+        assert_eq!(
+            daemon_command(&d, 1, exe, dir).unwrap().join(" "),
+            "ip netns exec twllab-twdn1 /x/twill lab udp-datapath --ctl /tmp/twllab-twd/n1.sock --tun twl.tun --port 8285 --bind 192.0.2.11 --queues 1"
+        );
         let v = TwinPlan::of_kind("twllab", TwinKind::Vxlan, sides());
-        assert_eq!(daemon_command(&v, 1, exe), None);
+        assert_eq!(daemon_command(&v, 1, exe, dir), None);
         assert_eq!(v.pod_mtu(1), 1450);
     }
 
@@ -908,13 +1018,13 @@ mod tests {
     fn report() -> UdpBenchReport {
         let figures = vec![
             fig(
-                UdpVariant::Twill,
+                UdpVariant::TwillTwin,
                 1,
                 &[(10.0, 5.0), (12.0, 6.0), (8.0, 4.0)],
             ),
             fig(UdpVariant::Vxlan, 1, &[(20.0, 4.0)]),
             fig(UdpVariant::Baseline, 1, &[(2.0, 4.0)]),
-            fig(UdpVariant::Twill, 4, &[(15.0, 6.0)]),
+            fig(UdpVariant::TwillTwin, 4, &[(15.0, 6.0)]),
             fig(UdpVariant::Vxlan, 4, &[(15.0, 3.0)]),
             fig(UdpVariant::Baseline, 4, &[(3.0, 6.0)]),
         ];
@@ -925,7 +1035,11 @@ mod tests {
             streams: vec![1, 4],
             congestion_control: "cubic".into(),
             pinned: CPU_OF_NODE,
-            order: vec![UdpVariant::Twill, UdpVariant::Vxlan, UdpVariant::Baseline],
+            order: vec![
+                UdpVariant::TwillTwin,
+                UdpVariant::Vxlan,
+                UdpVariant::Baseline,
+            ],
             ratios: udp_ratios(&figures),
             figures,
             load_average: [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]],
@@ -938,7 +1052,7 @@ mod tests {
     #[test]
     fn medians_and_cpu_per_gbit() {
         let f = fig(
-            UdpVariant::Twill,
+            UdpVariant::TwillTwin,
             1,
             &[(10.0, 5.0), (12.0, 6.0), (8.0, 4.0)],
         );
@@ -960,14 +1074,14 @@ mod tests {
         assert_eq!(
             names,
             [
-                "-P 1 Gbit/s twill / vxlan",
-                "-P 1 CPU s/Gbit twill / vxlan",
-                "-P 1 Gbit/s twill / baseline",
-                "-P 1 CPU s/Gbit twill / baseline",
-                "-P 4 Gbit/s twill / vxlan",
-                "-P 4 CPU s/Gbit twill / vxlan",
-                "-P 4 Gbit/s twill / baseline",
-                "-P 4 CPU s/Gbit twill / baseline",
+                "-P 1 Gbit/s twill-twin / vxlan",
+                "-P 1 CPU s/Gbit twill-twin / vxlan",
+                "-P 1 Gbit/s twill-twin / baseline",
+                "-P 1 CPU s/Gbit twill-twin / baseline",
+                "-P 4 Gbit/s twill-twin / vxlan",
+                "-P 4 CPU s/Gbit twill-twin / vxlan",
+                "-P 4 Gbit/s twill-twin / baseline",
+                "-P 4 CPU s/Gbit twill-twin / baseline",
             ]
         );
         // 10 / 20 = 0.5 < 0.8; 10 / 2 = 5 >= 3.
@@ -1002,7 +1116,9 @@ mod tests {
         let rep = report();
         let text = render(&rep);
         assert!(
-            text.contains("-P 1 and -P 4, 10 s x 3 rounds, interleaved twill vxlan baseline ..."),
+            text.contains(
+                "-P 1 and -P 4, 10 s x 3 rounds, interleaved twill-twin vxlan baseline ..."
+            ),
             "{text}"
         );
         assert!(
@@ -1010,19 +1126,19 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("  1   twill         10.00      0.050       0.100  10.00 12.00 8.00"),
+            text.contains("  1   twill-twin    10.00      0.050       0.100  10.00 12.00 8.00"),
             "{text}"
         );
         assert!(
-            text.contains("[MISS] -P 1 Gbit/s twill / vxlan                 0.500 >= 0.80"),
+            text.contains("[MISS] -P 1 Gbit/s twill-twin / vxlan            0.500 >= 0.80"),
             "{text}"
         );
         assert!(
-            text.contains("[met ] -P 1 Gbit/s twill / baseline              5.000 >= 3.00"),
+            text.contains("[met ] -P 1 Gbit/s twill-twin / baseline         5.000 >= 3.00"),
             "{text}"
         );
         let json = serde_json::to_value(&rep).unwrap();
-        assert_eq!(json["figures"][0]["variant"], "twill");
+        assert_eq!(json["figures"][0]["variant"], "twill-twin");
         assert_eq!(json["figures"][0]["streams"], 1);
         assert_eq!(json["figures"][0]["medianCpuSPerGbit"], 0.05);
         assert_eq!(json["ratios"][0]["met"], false);

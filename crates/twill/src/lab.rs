@@ -212,9 +212,9 @@ enum LabCommand {
         /// On a vxlan lab, also build a host-gw twin and compare against it.
         #[arg(long)]
         compare_host_gw: bool,
-        /// The udp backend's bench: Twill's udp datapath (the lab's, when it runs udp) vs a
-        /// kernel-VXLAN twin vs the flannel-style baseline, pinned, with CPU s/Gbit (always
-        /// so on a udp lab).
+        /// The udp backend's bench: Twill's udp datapath (the lab's if it runs udp, else a
+        /// twin running twill-datapath) vs a kernel-VXLAN twin vs the flannel-style
+        /// baseline, pinned, with CPU s/Gbit (always so on a udp lab).
         #[arg(long, conflicts_with = "compare_host_gw")]
         udp: bool,
         /// With --udp: the iperf3 -P values to measure, each for every variant.
@@ -275,6 +275,13 @@ enum LabCommand {
     /// flannel's run_proxy: one read/sendto and one recv/write per packet).
     #[command(hide = true)]
     UdpBaseline {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Twill's udp datapath (`twill_datapath::run`: `--ctl PATH --tun NAME --port PORT ...`),
+    /// which `lab bench --udp` runs in its twin of Twill's udp backend.
+    #[command(hide = true)]
+    UdpDatapath {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -538,6 +545,14 @@ pub fn run(args: LabArgs, store: &StoreArgs) -> anyhow::Result<i32> {
         LabCommand::UdpBaseline { args } => {
             use twill_lab::bench_udp_baseline as baseline;
             match baseline::run(baseline::parse_args(&args)?)? {}
+        }
+        LabCommand::UdpDatapath { args } => {
+            let code = twill_datapath::run::run(&args);
+            Ok(if code == std::process::ExitCode::SUCCESS {
+                0
+            } else {
+                1
+            })
         }
         LabCommand::Down { name } => {
             let report = build::down(&name.name, &progress)?;

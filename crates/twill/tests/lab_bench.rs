@@ -323,7 +323,8 @@ fn the_flannel_style_baseline_carries_ping_and_iperf3_between_two_netns() {
 
 /// `twill lab bench --udp`, bounded (1 s runs, 1 round, -P 1 and -P 4: about 20 s): the
 /// report has every variant at both stream counts, each moved bytes and was charged CPU,
-/// and the twins, their datapaths and the iperf3 servers are gone after. No figure is checked: performance is the bench's to report.
+/// the ratios are there, and the twins, their datapaths, the iperf3 servers and the control
+/// sockets are gone after. No figure is checked: performance is the bench's to report.
 #[test]
 fn bench_udp_reports_every_variant_and_leaves_nothing() {
     twill_testkit::require_root("lab_bench");
@@ -373,9 +374,7 @@ fn bench_udp_reports_every_variant_and_leaves_nothing() {
             )
         })
         .collect();
-    // Twill's own variant comes with its datapath (issue 11's dp-io); until then, the two
-    // references.
-    let variants = ["vxlan", "baseline"];
+    let variants = ["twill-twin", "vxlan", "baseline"];
     let want: Vec<(u64, &str)> = [1, 4]
         .iter()
         .flat_map(|p| variants.iter().map(move |v| (*p, *v)))
@@ -391,7 +390,14 @@ fn bench_udp_reports_every_variant_and_leaves_nothing() {
         assert!(runs[0]["cpuSeconds"].as_f64().unwrap() > 0.0, "{f:#}");
         assert_eq!(runs[0]["iperf"]["congestion"], "cubic", "{f:#}");
     }
-    assert_eq!(report["ratios"], serde_json::json!([]), "{report:#}");
+    let ratios = report["ratios"].as_array().unwrap();
+    assert_eq!(ratios.len(), 8, "{report:#}");
+    assert!(
+        ratios.iter().all(|x| x["value"].as_f64().unwrap() > 0.0),
+        "{report:#}"
+    );
+    let goals: Vec<f64> = ratios.iter().filter_map(|x| x["goal"].as_f64()).collect();
+    assert_eq!(goals, [0.8, 3.0], "{report:#}");
     // Two datapaths per userspace twin, pinned to CPU 0 (node 1) and CPU 1 (node 2).
     let dps = report["datapaths"].as_array().unwrap();
     let placed: Vec<(&str, u64, u64)> = dps
@@ -406,7 +412,12 @@ fn bench_udp_reports_every_variant_and_leaves_nothing() {
         .collect();
     assert_eq!(
         placed,
-        [("baseline", 1, 0), ("baseline", 2, 1),],
+        [
+            ("twill-twin", 1, 0),
+            ("twill-twin", 2, 1),
+            ("baseline", 1, 0),
+            ("baseline", 2, 1)
+        ],
         "{report:#}"
     );
     // Everything the bench made is gone.
@@ -421,4 +432,5 @@ fn bench_udp_reports_every_variant_and_leaves_nothing() {
     assert!(left.is_empty(), "twin namespaces left: {left:?}");
     let servers = iperf3_in_lab(&name);
     assert!(servers.is_empty(), "iperf3 left running: {servers:?}");
+    assert!(!std::env::temp_dir().join(format!("{name}-twd")).exists());
 }
