@@ -575,8 +575,11 @@ impl Runner {
                 log::error("cannot turn on IPv4 forwarding", &[("error", &e)]);
             }
         }
-        self.status
-            .update(|s| s.backend = config.backend.to_string());
+        let metrics = routing.metrics();
+        self.status.update(|s| {
+            s.backend = config.backend.to_string();
+            s.backend_metrics = metrics;
+        });
         self.net = Some(Net { config, routing });
         Ok(())
     }

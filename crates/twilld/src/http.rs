@@ -41,6 +41,8 @@ pub struct Snapshot {
     pub routing: Option<RoutingStatus>,
     /// Network policy's state, when it is on.
     pub policy: Option<Arc<crate::policy::Shared>>,
+    /// The backend's own series (udp: its datapath's counters), read at each scrape.
+    pub backend_metrics: Option<Arc<dyn crate::backend::MetricsSource>>,
 }
 
 #[derive(Debug)]
@@ -66,6 +68,7 @@ impl Status {
             peers: BTreeMap::new(),
             routing: None,
             policy: None,
+            backend_metrics: None,
             last_tick: Instant::now(),
         }))
     }
@@ -301,6 +304,9 @@ pub fn respond(path: &str, s: &Snapshot, now: Instant, p: ProcStats) -> (u16, St
             let mut page = render_metrics(s, p);
             if let Some(policy) = &s.policy {
                 page.push_str(&crate::policy::render_metrics(&policy.status()));
+            }
+            if let Some(m) = &s.backend_metrics {
+                m.render(&mut page);
             }
             (200, page)
         }

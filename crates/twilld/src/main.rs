@@ -1,6 +1,9 @@
 //! `twilld`: parse the config, run the agent until SIGTERM or SIGINT. Exiting keeps the
 //! lease: pods keep their addresses and a restart takes the same blocks back.
 //!
+//! `twilld datapath ARGS…` (hidden) is the udp backend's datapath process instead
+//! ([`twill_datapath::run::run`]).
+//!
 //! Exit codes: 0 after a clean stop, 2 for a usage error (a bad flag, value or missing
 //! setting: one line naming it and the fix, nothing started), 1 when the agent cannot run.
 //! Errors are one line on stderr, `twilld: …`, never a debug dump or backtrace.
@@ -68,6 +71,11 @@ fn start_signal_thread() {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // Hidden: the udp backend's datapath process (twilld spawns /proc/self/exe datapath
+    // ARGS…, so nothing else is installed); it outlives the agent.
+    if args.first().map(String::as_str) == Some("datapath") {
+        return twill_datapath::run::run(&args[1..]);
+    }
     let config = match config::load(&args) {
         Ok(Command::Run(c)) => *c,
         Ok(Command::Help(h)) => {

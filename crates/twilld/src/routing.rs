@@ -46,6 +46,8 @@ pub fn peers_from(kvs: &[KeyValue], me: &str) -> Vec<Peer> {
 
 pub struct Routing {
     spec: BackendSpec,
+    /// twilld's state dir (a udp datapath's socket is there).
+    state_dir: Option<std::path::PathBuf>,
     driver: Driver,
     /// The namespace to program (None: the agent's own).
     netns: Option<Netns>,
@@ -68,21 +70,33 @@ impl Routing {
         let broken = twill_netlink::ethtool::checksum_offload_broken(
             &twill_netlink::ethtool::kernel_release(),
         );
-        Ok(Routing::with_backend(
-            *spec,
-            backend::select(spec, broken, state_dir)?,
-        ))
+        let mut routing = Routing::with_backend(*spec, backend::select(spec, broken, state_dir)?);
+        routing.state_dir = Some(state_dir.to_owned());
+        Ok(routing)
     }
 
     /// Drives `backend` (tests, and backends not chosen by [`backend::select`]).
     pub fn with_backend(spec: BackendSpec, backend: Box<dyn backend::Backend>) -> Routing {
         Routing {
             spec,
+            state_dir: None,
             driver: Driver::new(backend, Instant::now()),
             netns: None,
             handle: None,
             problems: Vec::new(),
         }
+    }
+
+    /// twilld's state dir, for a backend given by [`Routing::with_backend`] (where another
+    /// backend's udp datapath is told to go when this one takes over).
+    pub fn with_state_dir(mut self, dir: &Path) -> Routing {
+        self.state_dir = Some(dir.to_owned());
+        self
+    }
+
+    /// The backend's own /metrics series, if any.
+    pub fn metrics(&self) -> Option<std::sync::Arc<dyn backend::MetricsSource>> {
+        self.driver.backend().metrics()
     }
 
     /// Programs namespace `ns` instead of the agent's own.
@@ -178,6 +192,17 @@ impl Routing {
             }
         };
         let plan = backend::diff(&desired, &observed);
+        let tun_goes = plan
+            .ops
+            .iter()
+            .any(|op| matches!(op, backend::Op::DeleteDevice(d) if d == backend::TUN_DEVICE));
+        if let (true, Some(dir)) = (tun_goes, &self.state_dir) {
+            // Another backend took over from udp: its datapath stops and removes the TUN
+            // (the delete that follows finds it gone, or removes it if none answered).
+            if backend::udp::shut_down(dir) {
+                log::info("stopped the udp datapath", &[("backend", &name)]);
+            }
+        }
         let report = backend::apply(handle, &plan.ops);
         for op in &report.done {
             log::info("programmed", &[("backend", &name), ("op", op)]);

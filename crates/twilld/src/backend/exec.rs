@@ -247,7 +247,10 @@ fn apply_one(handle: &mut Handle, op: &Op, cache: &mut HashMap<String, u32>) -> 
             gone_is_fine(handle.delete_neighbour(index, n.ip))
         }
         Op::DeleteDevice(name) => {
-            let index = index_of(handle, name, cache)?;
+            // Gone already (a udp datapath told to stop removes its TUN itself).
+            let Ok(index) = index_of(handle, name, cache) else {
+                return Ok(());
+            };
             cache.remove(name);
             gone_is_fine(handle.delete_link(index))
         }

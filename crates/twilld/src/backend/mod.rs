@@ -459,9 +459,20 @@ pub trait Backend: Send {
         Reaction::Idle
     }
 
+    /// Series of its own for /metrics (udp: the datapath's per-peer counters), read at
+    /// each scrape from the HTTP thread; None for backends without any.
+    fn metrics(&self) -> Option<Arc<dyn MetricsSource>> {
+        None
+    }
+
     /// Closes sockets and joins threads. Routes and devices stay: forwarding goes on, and
     /// a restarted agent adopts them.
     fn stop(&mut self) {}
+}
+
+/// A backend's own /metrics series, rendered at scrape time (Prometheus text format).
+pub trait MetricsSource: Send + Sync + fmt::Debug {
+    fn render(&self, out: &mut String);
 }
 
 /// What reaches [`Backend::on_event`].
@@ -578,14 +589,7 @@ pub fn select(
         BackendSpec::Static(o) => Box::new(StaticMesh(vxlan(o))),
         BackendSpec::Rip(o) => Box::new(Rip::new(o)),
         BackendSpec::Bgp => Box::new(Bgp::new(state_dir)),
-        // Its plan is here (udp.rs); its datapath process lands next (issue 11): until
-        // then the kind is refused rather than planning routes into a TUN nobody serves.
-        BackendSpec::Udp(_) => {
-            return Err(BackendError::Start {
-                kind: BackendKind::Udp,
-                reason: "this twilld has no udp datapath yet; use vxlan until it lands".into(),
-            })
-        }
+        BackendSpec::Udp(o) => Box::new(Udp::new(o.port(), state_dir)),
     })
 }
 

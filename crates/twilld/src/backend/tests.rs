@@ -416,11 +416,7 @@ fn foreign_state_is_never_touched() {
 
 #[test]
 fn select_builds_each_kind_with_its_options() {
-    // udp: refused until its datapath lands (below).
-    for kind in BackendKind::ALL
-        .into_iter()
-        .filter(|k| *k != BackendKind::Udp)
-    {
+    for kind in BackendKind::ALL {
         let b = select(&kind.spec(), false, Path::new(STATE)).unwrap();
         assert_eq!(b.kind(), kind);
         assert_eq!(b.name(), kind.name());
@@ -464,11 +460,15 @@ fn select_builds_each_kind_with_its_options() {
         select(&bad, false, Path::new(STATE)).err().map(|e| e.to_string()),
         Some("backend.vni: 16777216 is out of range 1..=16777215; fix it with twill apply -f network.yaml".into())
     );
-    let e = select(&BackendKind::Udp.spec(), false, Path::new(STATE))
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(e.contains("no udp datapath yet"), "{e}");
+    // udp: its port, and a plan like Udp's own (no I/O before start).
+    let u = select(
+        &BackendSpec::Udp(UdpOptions { port: Some(9000) }),
+        false,
+        Path::new(STATE),
+    )
+    .unwrap();
+    assert_eq!(u.plan(&local(), &peers()), udp().plan(&local(), &peers()));
+    assert!(u.metrics().is_some());
     let zero = BackendSpec::Udp(UdpOptions { port: Some(0) });
     assert_eq!(
         select(&zero, false, Path::new(STATE)).err().map(|e| e.to_string()),
@@ -487,9 +487,12 @@ fn each_backend_declares_its_mtu_overhead() {
     assert_eq!(overhead(BackendKind::HostGw), 0);
     assert_eq!(overhead(BackendKind::Vxlan), VXLAN_OVERHEAD);
     assert_eq!(overhead(BackendKind::Static), VXLAN_OVERHEAD);
-    assert_eq!(Udp::new(8285).mtu_overhead(), UDP_OVERHEAD);
+    assert_eq!(
+        Udp::new(8285, Path::new(STATE)).mtu_overhead(),
+        UDP_OVERHEAD
+    );
     assert_eq!(UDP_OVERHEAD, 28);
-    assert_eq!(pod_mtu(&Udp::new(8285), 1500, 9000), 1472);
+    assert_eq!(pod_mtu(&Udp::new(8285, Path::new(STATE)), 1500, 9000), 1472);
     assert_eq!(pod_mtu(&vxlan(false), 1500, 9000), 1450);
     assert_eq!(pod_mtu(&HostGw, 1500, 1400), 1400);
     assert_eq!(pod_mtu(&vxlan(false), 40, 1500), 0);
@@ -506,11 +509,7 @@ fn l3() -> Local {
 #[test]
 fn l3_pods_get_a_blackhole_per_block_with_every_backend() {
     for kind in BackendKind::ALL {
-        // udp is not selectable until its datapath lands; its plan is.
-        let b: Box<dyn Backend> = match kind {
-            BackendKind::Udp => Box::new(udp()),
-            _ => select(&kind.spec(), false, Path::new(STATE)).unwrap(),
-        };
+        let b = select(&kind.spec(), false, Path::new(STATE)).unwrap();
         let d = desired(b.as_ref(), &l3(), &peers());
         assert_eq!(
             d.blackholes,
@@ -858,7 +857,7 @@ fn checksum_offload_is_kept_on_fixed_kernels() {
 }
 
 fn udp() -> Udp {
-    Udp::new(8285)
+    Udp::new(8285, Path::new(STATE))
 }
 
 fn tun_route(dst: &str) -> RouteEntry {
