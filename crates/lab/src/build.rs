@@ -596,6 +596,10 @@ pub fn remove_node(
         state.agents.retain(|a| a.role != short);
         state.save()?;
     }
+    // A udp node's datapath outlives its agent (by design): it goes with the node.
+    for note in stop_datapaths(&node.netns) {
+        log(&format!("warning: {note}"));
+    }
     state.plan.nodes.retain(|n| n.short != short);
     if state.plan.store.kind == StoreKind::Static {
         daemons::write_static_file(&state.plan)?;
@@ -875,6 +879,12 @@ pub fn teardown(state: &LabState, log: Log) -> Vec<String> {
             None => {}
         }
     }
+    // The udp backend's datapaths outlive their agents (by design): they go with the lab.
+    for node in &plan.nodes {
+        if netns_exists(&node.netns) {
+            warnings.extend(stop_datapaths(&node.netns));
+        }
+    }
     for rec in state.pods.iter().rev() {
         let (Some(node), Some(pod)) = (
             plan.node(rec.node),
@@ -913,6 +923,43 @@ pub fn teardown(state: &LabState, log: Log) -> Vec<String> {
     if plan.state_dir.exists() {
         if let Err(e) = std::fs::remove_dir_all(&plan.state_dir) {
             warnings.push(format!("remove {}: {e}", plan.state_dir.display()));
+        }
+    }
+    warnings
+}
+
+/// Stops every udp datapath process in namespace `netns` (`twilld datapath --ctl … --tun
+/// …`, started by the node's twilld in its own session, so not among the lab's recorded
+/// pids): SIGTERM, then SIGKILL after 2 s. Returns what needed the SIGKILL.
+pub fn stop_datapaths(netns: &str) -> Vec<String> {
+    let Ok(out) = Command::new("ip").args(["netns", "pids", netns]).output() else {
+        return Vec::new();
+    };
+    let pids: Vec<u32> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|b| {
+                let argv: Vec<String> = b
+                    .split(|c| *c == 0)
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect();
+                argv.iter().any(|a| a == "datapath") && crate::bench_udp::is_datapath_argv(&argv)
+            })
+        })
+        .collect();
+    let mut warnings = Vec::new();
+    for pid in pids {
+        // SAFETY: kill(2) on a datapath process found in this lab's namespace.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        let end = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < end && Path::new(&format!("/proc/{pid}")).exists() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            warnings.push(format!("datapath {pid} in {netns} ignored SIGTERM; killed"));
         }
     }
     warnings

@@ -296,9 +296,6 @@ pub enum PlanError {
     StaticBlockSize(u8),
     #[error("--direct-routing is an option of --backend vxlan, not {0}")]
     DirectRoutingNeedsVxlan(String),
-    /// Until twilld's udp datapath lands (issue 11): refused here, not failing in twilld.
-    #[error("--backend udp is not in the lab yet: twilld's udp datapath lands with issue 11; use --backend vxlan")]
-    UdpNotYet,
     #[error(
         "{option} is an option of --backend bgp, not {backend}: add --backend bgp or drop {option}"
     )]
@@ -555,9 +552,6 @@ pub fn plan(spec: &LabSpec) -> Result<LabPlan, PlanError> {
         return Err(PlanError::DirectRoutingNeedsVxlan(
             spec.backend.name().into(),
         ));
-    }
-    if spec.backend == BackendKind::Udp {
-        return Err(PlanError::UdpNotYet);
     }
     if let Some(p) = &spec.agent_poll_interval {
         if !p.parse::<f64>().is_ok_and(|v| v > 0.0 && v.is_finite()) {
@@ -1549,10 +1543,7 @@ mod tests {
             plan(&with(BackendKind::HostGw, StoreKind::Embedded, true)).unwrap_err(),
             PlanError::DirectRoutingNeedsVxlan("host-gw".into())
         );
-        assert_eq!(
-            plan(&with(BackendKind::Udp, StoreKind::Embedded, false)).unwrap_err(),
-            PlanError::UdpNotYet
-        );
+        assert!(plan(&with(BackendKind::Udp, StoreKind::Embedded, false)).is_ok());
         assert_eq!(
             plan(&LabSpec {
                 block_size: 26,

@@ -40,13 +40,15 @@ fn twill_routes(netns: &str) -> Vec<Value> {
 }
 
 /// The backends of the matrix: twill-api's kinds, vxlan twice (with and without
-/// directRouting).
+/// directRouting), and udp (its userspace datapath: like vxlan's, its UDP crosses the
+/// router).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Backend {
     HostGw,
     Vxlan,
     VxlanDirect,
     Static,
+    Udp,
 }
 
 impl Backend {
@@ -55,6 +57,7 @@ impl Backend {
             Backend::HostGw => BackendKind::HostGw,
             Backend::Vxlan | Backend::VxlanDirect => BackendKind::Vxlan,
             Backend::Static => BackendKind::Static,
+            Backend::Udp => BackendKind::Udp,
         }
     }
 }
@@ -248,6 +251,16 @@ fn matrix(tag: char, backend: Backend, store: StoreKind, segments: u8, wiring: P
                 text(&fdb)
             );
         }
+        Backend::Udp => {
+            // The TUN the datapath made and twilld set up: MTU uplink - 28, persistent.
+            let link = ip_json(&ns("n1"), &["link", "show", "dev", "twl.tun"]);
+            assert_eq!(link[0]["linkinfo"]["info_kind"], "tun", "{link}");
+            assert_eq!(link[0]["mtu"], 1472, "{link}");
+            assert_eq!(n2_routes.len(), 1, "{n1:?}");
+            assert_eq!(n2_routes[0]["dev"], "twl.tun", "{n1:?}");
+            assert_eq!(n2_routes[0]["scope"], "link", "{n1:?}");
+            assert!(n2_routes[0].get("gateway").is_none(), "{n1:?}");
+        }
         Backend::VxlanDirect => {
             tunnel();
             assert_eq!(n2_routes[0]["dev"], "twl.1", "{n1:?}");
@@ -371,6 +384,12 @@ matrix_tests! {
     matrix_l3_vxlan_direct_routing_embedded_2_segments: 'y' VxlanDirect Embedded 2 L3;
     matrix_l3_vxlan_direct_routing_etcd_2_segments: '1' VxlanDirect Etcd 2 L3;
     matrix_l3_static_2_segments: '2' Static Static 2 L3;
+    // udp: its datapath processes (one per node) carry every row across nodes and
+    // segments. Bounded like the others (~15-25 s each).
+    matrix_udp_embedded_1_segment: 'z' Udp Embedded 1 Bridge;
+    matrix_udp_etcd_2_segments: '7' Udp Etcd 2 Bridge;
+    matrix_l3_udp_embedded_1_segment: '8' Udp Embedded 1 L3;
+    matrix_l3_udp_embedded_2_segments: '9' Udp Embedded 2 L3;
 }
 
 /// `--backend static` with `--store etcd` is refused with the fix; so is directRouting
@@ -430,9 +449,20 @@ fn spawn_in(netns: &str, cmd: &[&str]) -> std::process::Child {
 /// routes to n4.
 #[test]
 fn a_node_joins_and_another_leaves_under_traffic() {
-    twill_testkit::require_root("a_node_joins_and_another_leaves_under_traffic");
+    churn('s', "vxlan");
+}
+
+/// The same with udp: the joining node's datapath starts, the leaving node's stops, and
+/// the others' datapaths get new tables under the stream (and lose nothing).
+#[test]
+fn a_node_joins_and_another_leaves_under_traffic_with_udp() {
+    churn('t', "udp");
+}
+
+fn churn(tag: char, backend: &str) {
+    twill_testkit::require_root(&format!("a_node_joins_and_another_leaves_under_traffic {backend}"));
     ensure_binaries();
-    let name = lab_name('s');
+    let name = lab_name(tag);
     let guard = LabGuard(name.clone());
     let ns = |n: &str| format!("{name}-{n}");
     let up = twill(&[
@@ -447,7 +477,7 @@ fn a_node_joins_and_another_leaves_under_traffic() {
         "--segments",
         "2",
         "--backend",
-        "vxlan",
+        backend,
     ]);
     assert!(up.status.success(), "up failed:\n{}", text(&up));
     let st = status_json(&name);
@@ -549,7 +579,7 @@ fn a_node_joins_and_another_leaves_under_traffic() {
         text(&check)
     );
     eprintln!(
-        "join {:.1}s, leave {:.1}s; {} bytes streamed; {}",
+        "{backend}: join {:.1}s, leave {:.1}s; {} bytes streamed; {}",
         joined.as_secs_f64(),
         left.as_secs_f64(),
         received,
