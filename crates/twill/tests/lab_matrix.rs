@@ -460,7 +460,9 @@ fn a_node_joins_and_another_leaves_under_traffic_with_udp() {
 }
 
 fn churn(tag: char, backend: &str) {
-    twill_testkit::require_root(&format!("a_node_joins_and_another_leaves_under_traffic {backend}"));
+    twill_testkit::require_root(&format!(
+        "a_node_joins_and_another_leaves_under_traffic {backend}"
+    ));
     ensure_binaries();
     let name = lab_name(tag);
     let guard = LabGuard(name.clone());
