@@ -681,6 +681,23 @@ pub(crate) fn usable_peers(local: &Local, peers: &[Peer], problems: &mut Vec<Str
     out
 }
 
+/// A link under one of Twill's device names that is not of the kind Twill makes (`kind`, as
+/// the kernel reports it): someone else's, so it is left alone and the problem says so.
+fn foreign_link<'a>(
+    observed: Option<&'a ObservedDevice>,
+    kind: &str,
+    what: &str,
+    problems: &mut Vec<String>,
+) -> Option<&'a ObservedDevice> {
+    let d = observed.filter(|d| d.kind.as_deref() != Some(kind))?;
+    problems.push(format!(
+        "link {} exists but is a {} device, not {what}; delete it",
+        d.name,
+        d.kind.as_deref().unwrap_or("plain")
+    ));
+    Some(d)
+}
+
 /// The minimal operations turning `observed` into `desired`. Twill's VXLAN device, found
 /// while the backend wants none (host-gw after vxlan), is removed with its entries.
 pub fn diff(desired: &Desired, observed: &Observed) -> Plan {
@@ -692,17 +709,12 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Plan {
     let mut device_ops = Vec::new();
 
     // The device first: it decides which observed entries survive.
-    let foreign_device = observed
-        .device
-        .as_ref()
-        .filter(|d| d.kind.as_deref() != Some("vxlan"));
-    if let Some(d) = foreign_device {
-        plan.problems.push(format!(
-            "link {} exists but is a {} device, not Twill's VXLAN device: left alone, no tunnel; delete it",
-            d.name,
-            d.kind.as_deref().unwrap_or("plain")
-        ));
-    }
+    let foreign_device = foreign_link(
+        observed.device.as_ref(),
+        "vxlan",
+        "Twill's VXLAN device: left alone, no tunnel",
+        &mut plan.problems,
+    );
     let mut device_gone = false;
     match (&desired.device, observed.device.as_ref()) {
         (_, Some(_)) if foreign_device.is_some() => {}
@@ -731,17 +743,12 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Plan {
     }
     // The TUN (udp): its datapath creates it, the reconcile sets it or, when no backend
     // wants it any more, deletes it (its routes go with it).
-    let foreign_tun = observed
-        .tun
-        .as_ref()
-        .filter(|d| d.kind.as_deref() != Some("tun"));
-    if let Some(d) = foreign_tun {
-        plan.problems.push(format!(
-            "link {} exists but is a {} device, not Twill's TUN: left alone, no udp datapath; delete it",
-            d.name,
-            d.kind.as_deref().unwrap_or("plain")
-        ));
-    }
+    let foreign_tun = foreign_link(
+        observed.tun.as_ref(),
+        "tun",
+        "Twill's TUN: left alone, no udp datapath",
+        &mut plan.problems,
+    );
     let mut tun_gone = false;
     let mut tun_missing = None;
     match (&desired.tun, observed.tun.as_ref()) {
