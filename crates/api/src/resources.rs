@@ -140,9 +140,30 @@ pub struct PeerView {
     pub address: Option<Ipv4Addr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
-    /// Peer name → what the probes of its advertised address found.
+    /// Peer name → what the probes of its advertised address found. When `summary` is
+    /// present the view is partial: only peers not reachable at their last probe are
+    /// listed, and every peer absent was reachable (so the store holds O(problems) per
+    /// node, not O(nodes)).
     #[serde(default)]
     pub peers: std::collections::BTreeMap<String, PeerReach>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<PeerSummary>,
+}
+
+/// The counts behind a partial [`PeerView`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerSummary {
+    /// Peers with a verdict.
+    pub probed: u32,
+    pub reachable: u32,
+    /// Peers known but not probed yet (absent from `peers`, no verdict).
+    #[serde(default)]
+    pub unprobed: u32,
+    /// Seconds since the epoch of the oldest verdict: every result is at least this fresh.
+    pub oldest_checked: u64,
+    /// The longest a peer waits for its probe, in seconds (peers / sample × interval).
+    pub cover_seconds: u64,
 }
 
 /// One peer as seen from one node.
@@ -157,6 +178,9 @@ pub struct PeerReach {
     pub rtt_micros: Option<u64>,
     /// Seconds since the epoch when `reachable` took its current value.
     pub since: u64,
+    /// Seconds since the epoch when the last probe ended (0: before this field existed).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub checked: u64,
     /// Probes unanswered in a row.
     #[serde(default)]
     pub failures: u32,
@@ -1902,4 +1926,8 @@ status:
         };
         assert!(c.validate().unwrap_err().reason.contains("10.244.0.0/16"));
     }
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }

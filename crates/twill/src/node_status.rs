@@ -36,6 +36,10 @@ pub struct PeerRow {
     pub since: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rtt_micros: Option<u64>,
+    /// Seconds since the epoch of the result shown: its last probe, or for a peer a
+    /// partial view leaves out (reachable), the oldest of that view's results.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checked: Option<u64>,
     pub failures: u32,
     /// Why the last probe failed, or why the state is unknown.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -165,16 +169,41 @@ pub fn build(
                         },
                         since: Some(r.since),
                         rtt_micros: r.rtt_micros,
+                        checked: (r.checked > 0).then_some(r.checked),
                         failures: r.failures,
                         info: r.error.clone(),
                         backend: r.backend.clone(),
                     },
+                    None if own.is_some_and(|v| {
+                        v.summary.as_ref().is_some_and(|s| s.unprobed == 0)
+                    }) =>
+                    {
+                        // A partial view lists only problems: absent means reachable.
+                        let s = own.and_then(|v| v.summary.as_ref()).expect("checked");
+                        PeerRow {
+                            peer: peer.clone(),
+                            address,
+                            state: State::Reachable,
+                            since: None,
+                            rtt_micros: None,
+                            checked: (s.oldest_checked > 0).then_some(s.oldest_checked),
+                            failures: 0,
+                            info: Some(format!(
+                                "reachable at its last probe ({} of {} peers reachable; views of more than 64 peers list only problems; each peer is probed at least every {}s)",
+                                s.reachable,
+                                s.probed + s.unprobed,
+                                s.cover_seconds
+                            )),
+                            backend: String::new(),
+                        }
+                    }
                     other => PeerRow {
                         peer: peer.clone(),
                         address,
                         state: State::Unknown,
                         since: None,
                         rtt_micros: None,
+                        checked: None,
                         failures: 0,
                         info: Some(match (own, other) {
                             (None, _) => "this node publishes no peer view (its agent probes only when a backend is on)".into(),
@@ -741,7 +770,7 @@ pub fn render(report: &StatusReport, wide: bool, now: u64) -> String {
             out.push_str(&routing);
             continue;
         }
-        let mut header = vec!["PEER", "ADDRESS", "STATE", "RTT", "BACKEND"];
+        let mut header = vec!["PEER", "ADDRESS", "STATE", "CHECKED", "RTT", "BACKEND"];
         if wide {
             header.extend(["FOR", "FAILURES", "INFO"]);
         }
@@ -757,6 +786,9 @@ pub fn render(report: &StatusReport, wide: bool, now: u64) -> String {
                     p.peer.clone(),
                     p.address.to_string(),
                     state,
+                    p.checked
+                        .map(|c| format!("{} ago", table::age(now.saturating_sub(c))))
+                        .unwrap_or_else(|| "-".into()),
                     rtt(p.rtt_micros),
                     if p.backend.is_empty() {
                         "-".into()
@@ -813,7 +845,7 @@ mod tests {
 
     fn seen(ip: &str, reachable: bool) -> serde_json::Value {
         let mut v = json!({"address": ip, "reachable": reachable, "since": 37865,
-            "failures": if reachable { 0 } else { 1 }, "backend": "host-gw direct"});
+            "checked": 37865 + 50, "failures": if reachable { 0 } else { 1 }, "backend": "host-gw direct"});
         if reachable {
             v["rttMicros"] = json!(85);
         } else {
@@ -859,6 +891,46 @@ mod tests {
     }
 
     #[test]
+    fn a_partial_view_lists_problems_and_says_how_fresh_the_rest_is() {
+        let mut kvs = vec![kv(
+            "config",
+            json!({"clusterCIDR": "10.244.0.0/16", "backend": "host-gw"}),
+        )];
+        for i in 1..=70 {
+            kvs.push(node(
+                &format!("n{i}"),
+                &format!("192.0.2.{i}"),
+                "first-found",
+            ));
+        }
+        kvs.push(kv(
+            "peers/n1",
+            json!({"address": "192.0.2.1", "peers": {"n5": seen("192.0.2.5", false)},
+                "summary": {"probed": 69, "reachable": 68, "unprobed": 0,
+                    "oldestChecked": 37865 + 20, "coverSeconds": 15}}),
+        ));
+        let r = report(&kvs, Some("n1"));
+        let n1 = &r.nodes[0];
+        assert_eq!(n1.peers.len(), 69);
+        let row = |p: &str| n1.peers.iter().find(|r| r.peer == p).unwrap();
+        assert_eq!(row("n5").state, State::Unreachable);
+        assert_eq!(row("n5").checked, Some(37865 + 50));
+        assert_eq!(row("n6").state, State::Reachable);
+        assert_eq!(row("n6").checked, Some(37865 + 20));
+        assert!(row("n6")
+            .info
+            .as_deref()
+            .unwrap()
+            .contains("68 of 69 peers reachable"));
+        let text = render(&r, false, NOW);
+        assert!(
+            text.contains("n6     192.0.2.6    Reachable                     40s ago   -     -"),
+            "{text}"
+        );
+        assert_eq!(r.exit_code(), 1, "n1 cannot reach n5: {:?}", r.warnings);
+    }
+
+    #[test]
     fn the_first_found_trap_is_caught_and_explained() {
         let r = report(&trapped(), None);
         assert_eq!(r.exit_code(), 1);
@@ -867,7 +939,7 @@ mod tests {
             ["WARNING: n2 advertises 10.0.5.2 (first-found on eth1) but n1 and n3 cannot reach it: its autodetection probably picked the wrong interface; set ipAutodetection (e.g. interface=eth0 or can-reach=192.0.2.11) or apply a Node resource with spec.ipv4Address"]
         );
         let text = render(&r, false, 37865 + 60);
-        assert!(text.contains("\nNode n1: 192.0.2.11 (first-found on eth0)\nPEER   ADDRESS      STATE                         RTT       BACKEND\nn2     10.0.5.2     Unreachable since 10:31:05Z   -         host-gw direct\nn3     192.0.2.13   Reachable                     0.085ms   host-gw direct\n"), "{text}");
+        assert!(text.contains("\nNode n1: 192.0.2.11 (first-found on eth0)\nPEER   ADDRESS      STATE                         CHECKED   RTT       BACKEND\nn2     10.0.5.2     Unreachable since 10:31:05Z   10s ago   -         host-gw direct\nn3     192.0.2.13   Reachable                     10s ago   0.085ms   host-gw direct\n"), "{text}");
         let wide = render(&r, true, 37865 + 60);
         assert!(
             wide.contains("60s   1          Network is unreachable (os error 101)"),

@@ -269,6 +269,12 @@ struct Runner {
     uplink_mtu: Option<u32>,
     /// Probes every peer's node IP (started once a backend routes between nodes).
     prober: Option<Prober>,
+    /// The peer addresses this node has traffic with (neighbour entries in use on any
+    /// link), and when they were read: probed every interval, the rest in turn.
+    active_peers: (
+        Option<Instant>,
+        std::collections::HashSet<std::net::Ipv4Addr>,
+    ),
     /// Set by the records' inotify thread when it wakes the loop, cleared when the loop
     /// takes the wake: one wake for a burst of changes.
     records_wake: Arc<AtomicBool>,
@@ -336,6 +342,7 @@ impl Runner {
             records: None,
             uplink_mtu: None,
             prober: None,
+            active_peers: (None, Default::default()),
             records_wake: Arc::new(AtomicBool::new(false)),
             records_watch: None,
             unpublishable: Default::default(),
@@ -683,7 +690,8 @@ impl Runner {
             .as_ref()
             .filter(|n| n.config.backend.kind().crosses_nodes())?;
         if self.prober.is_none() {
-            match Prober::start(self.cfg.peer_probe_interval, self.shutdown.clone()) {
+            let seed = crate::claims::seed(&self.cfg.node_name);
+            match Prober::start(self.cfg.peer_probe_interval, seed, self.shutdown.clone()) {
                 Ok(p) => self.prober = Some(p),
                 Err(e) => {
                     log::error("cannot start the peer prober", &[("error", &e)]);
@@ -691,13 +699,24 @@ impl Runner {
                 }
             }
         }
+        let interval = self.cfg.peer_probe_interval;
+        if self
+            .active_peers
+            .0
+            .is_none_or(|at| at.elapsed() >= interval)
+        {
+            self.active_peers = (Some(Instant::now()), neighbours_in_use());
+        }
         let prober = self.prober.as_ref().expect("started above");
-        prober.set_targets(&peers::targets(peers, &net.config.backend, ip.cidr));
-        Some(PeerView {
-            address: Some(ip.address),
-            interface: ip.interface.clone(),
-            peers: prober.view(),
-        })
+        prober.set_targets(&peers::targets(
+            peers,
+            &net.config.backend,
+            ip.cidr,
+            &self.active_peers.1,
+        ));
+        let sent = prober.sent();
+        self.status.update(|s| s.peer_probes = sent);
+        Some(prober.view(Some(ip.address), ip.interface.clone()))
     }
 
     fn detect(&self, spec: Option<&NodeSpec>) -> Result<NodeIp, String> {
@@ -829,4 +848,20 @@ fn log_records_error(e: &RecordError) {
         "cannot read twill-cni's records; block usage unknown",
         &[("error", e)],
     );
+}
+
+/// The addresses whose neighbour entries carry traffic now (REACHABLE, DELAY or PROBE: the
+/// kernel saw them confirmed or in use within its reachable time); none if the table cannot
+/// be read. Permanent entries say nothing about traffic and are left out.
+fn neighbours_in_use() -> std::collections::HashSet<std::net::Ipv4Addr> {
+    const IN_USE: u16 = 0x02 | 0x08 | 0x10; // NUD_REACHABLE | NUD_DELAY | NUD_PROBE
+    twill_netlink::Handle::new()
+        .and_then(|mut h| h.neighbours(None))
+        .map(|ns| {
+            ns.into_iter()
+                .filter(|n| n.state & IN_USE != 0)
+                .map(|n| n.ip)
+                .collect()
+        })
+        .unwrap_or_default()
 }

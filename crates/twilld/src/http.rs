@@ -37,6 +37,8 @@ pub struct Snapshot {
     pub backend_failures: u64,
     /// What this node's probes see of each peer's node IP.
     pub peers: BTreeMap<String, PeerReach>,
+    /// ICMP probes sent to peers since start.
+    pub peer_probes: u64,
     /// The backend's routing sessions (bgp), as `routingstatus/<node>` has them.
     pub routing: Option<RoutingStatus>,
     /// Network policy's state, when it is on.
@@ -66,6 +68,7 @@ impl Status {
             backend_changes: 0,
             backend_failures: 0,
             peers: BTreeMap::new(),
+            peer_probes: 0,
             routing: None,
             policy: None,
             backend_metrics: None,
@@ -186,6 +189,12 @@ pub fn render_metrics(s: &Snapshot, p: ProcStats) -> String {
         "counter",
         "Store requests that failed.",
         &one(s.store_errors.to_string()),
+    );
+    metric(
+        "twill_peer_probes_total",
+        "counter",
+        "ICMP probes this node sent to peers' node IPs (a bounded sample per interval).",
+        &one(s.peer_probes.to_string()),
     );
     if !s.peers.is_empty() {
         let peer = |name: &str, p: &PeerReach| {

@@ -1363,6 +1363,7 @@ impl Machine {
             (Pending::PeerView, Input::PeerView(Some(view))) => {
                 self.report(Report::Peers(view.peers.clone()));
                 let lease = self.lease.expect("held by now");
+                let view = crate::peers::for_store(&view);
                 if self.peers_published.due(lease.0, &view, now) {
                     let bytes = serde_json::to_vec(&view).expect("a peer view serializes");
                     let k = key(&format!("{PREFIX_PEERS}{}", self.p.node));

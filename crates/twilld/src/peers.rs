@@ -18,7 +18,7 @@ use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use twill_api::resources::{BackendSpec, PeerReach, PeerView};
+use twill_api::resources::{BackendSpec, PeerReach, PeerSummary, PeerView};
 
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a probe waits for its reply.
@@ -26,8 +26,17 @@ pub const TIMEOUT: Duration = Duration::from_secs(1);
 /// Unanswered probes in a row before a peer that answered before is declared unreachable
 /// (one lost packet is no outage). A peer never reached is unreachable at its first failure.
 pub const FAILURES_TO_DOWN: u32 = 3;
-/// The RTT alone changes every probe; it is re-published at most this often.
-pub const RTT_REFRESH: Duration = Duration::from_secs(30);
+/// RTTs and freshness change every probe; they are re-published at most this often (with
+/// the lease's keep-alive, under one write per node per minute at steady state).
+pub const RTT_REFRESH: Duration = Duration::from_secs(120);
+
+/// Peers probed per interval besides the ones this node has traffic with: a rotating
+/// random sample, so per-node probe traffic stays flat as the cluster grows. Every peer is
+/// still probed at least once every `ceil(peers / SAMPLE)` intervals.
+pub const SAMPLE: usize = 32;
+/// At most this many peers count as "with traffic" (probed every interval); beyond it the
+/// rest take their turn in the sample.
+pub const ACTIVE_MAX: usize = 32;
 
 /// A peer to probe: its name, advertised address, and how the backend carries traffic to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +44,9 @@ pub struct Target {
     pub name: String,
     pub address: Ipv4Addr,
     pub backend: String,
+    /// This node has traffic with it now (e.g. its neighbour entry is in use): probed
+    /// every interval rather than in its turn.
+    pub active: bool,
 }
 
 /// How this node's backend reaches a peer, in words for `twill node status`. Pure.
@@ -59,14 +71,21 @@ pub fn backend_mode(spec: &BackendSpec, uplink: Option<Ipv4Net>, peer: Ipv4Addr)
     }
 }
 
-/// The probe targets for the backend's peers. Pure.
-pub fn targets(peers: &[Peer], spec: &BackendSpec, uplink: Option<Ipv4Net>) -> Vec<Target> {
+/// The probe targets for the backend's peers; `active` are the addresses this node has
+/// traffic with. Pure.
+pub fn targets(
+    peers: &[Peer],
+    spec: &BackendSpec,
+    uplink: Option<Ipv4Net>,
+    active: &std::collections::HashSet<Ipv4Addr>,
+) -> Vec<Target> {
     peers
         .iter()
         .map(|p| Target {
             name: p.name.clone(),
             address: p.address,
             backend: backend_mode(spec, uplink, p.address),
+            active: active.contains(&p.address),
         })
         .collect()
 }
@@ -75,13 +94,17 @@ pub fn targets(peers: &[Peer], spec: &BackendSpec, uplink: Option<Ipv4Net>) -> V
 struct Entry {
     address: Ipv4Addr,
     backend: String,
+    active: bool,
     /// None until the first probe of this address ends.
     reachable: Option<bool>,
     rtt: Option<Duration>,
     failures: u32,
     since: u64,
+    /// Seconds since the epoch when the last probe ended (answered or not).
+    checked: u64,
     error: Option<String>,
-    next_probe: Instant,
+    /// Probe at this instant out of turn (a new or moved peer); None: in its turn.
+    probe_at: Option<Instant>,
     /// The probe in flight: its sequence number and when it left.
     pending: Option<(u16, Instant)>,
 }
@@ -94,47 +117,89 @@ pub struct Due {
     pub seq: u16,
 }
 
-/// Every peer's probe state. Pure: times come in as arguments (`now` for scheduling, `wall`
-/// in seconds since the epoch for `since`).
+/// Every peer's probe state and the schedule: every interval a round probes the peers
+/// with traffic, the failing ones (so that three misses take three intervals), and the
+/// next [`SAMPLE`] of a random rotation through all others; a new or moved peer is probed
+/// at once. Pure: times come in as arguments (`now` for scheduling, `wall` in seconds since
+/// the epoch for `since` and `checked`); the rotation's randomness is seeded.
 #[derive(Debug)]
 pub struct PeerTable {
     entries: BTreeMap<String, Entry>,
     interval: Duration,
     timeout: Duration,
+    sample: usize,
     next_seq: u16,
+    next_round: Option<Instant>,
+    /// The rest of the current rotation (names; gone ones are skipped).
+    rotation: std::collections::VecDeque<String>,
+    rng: u64,
+    /// Probes sent, for /metrics (probes per second per node).
+    sent: u64,
 }
 
 impl PeerTable {
     pub fn new(interval: Duration) -> PeerTable {
+        PeerTable::with_sample(interval, SAMPLE, 0x9e37_79b9_7f4a_7c15)
+    }
+
+    /// `seed` varies the rotation between nodes (e.g. a hash of the node's name).
+    pub fn with_sample(interval: Duration, sample: usize, seed: u64) -> PeerTable {
         PeerTable {
             entries: BTreeMap::new(),
             interval,
             timeout: TIMEOUT.min(interval),
+            sample: sample.max(1),
             next_seq: 1,
+            next_round: None,
+            rotation: Default::default(),
+            rng: seed | 1,
+            sent: 0,
         }
+    }
+
+    /// The longest a peer waits for its turn: `ceil(peers / sample)` intervals.
+    pub fn cover_time(&self) -> Duration {
+        let n = self.entries.len().max(1);
+        self.interval * n.div_ceil(self.sample) as u32
+    }
+
+    /// Probes sent since start.
+    pub fn sent(&self) -> u64 {
+        self.sent
     }
 
     /// Takes the current peers: new ones (or ones whose address moved) start unknown and
     /// are probed at once; gone ones are dropped. True if a probe became due.
     pub fn set_targets(&mut self, targets: &[Target], now: Instant) -> bool {
+        let wanted: std::collections::HashSet<&str> =
+            targets.iter().map(|t| t.name.as_str()).collect();
         self.entries
-            .retain(|name, _| targets.iter().any(|t| &t.name == name));
+            .retain(|name, _| wanted.contains(name.as_str()));
         let mut due_now = false;
+        let mut active = 0;
         for t in targets {
+            // Only the first ACTIVE_MAX peers with traffic are probed every round.
+            let is_active = t.active && active < ACTIVE_MAX;
+            active += usize::from(is_active);
             match self.entries.get_mut(&t.name) {
-                Some(e) if e.address == t.address => e.backend = t.backend.clone(),
+                Some(e) if e.address == t.address => {
+                    e.backend = t.backend.clone();
+                    e.active = is_active;
+                }
                 _ => {
                     self.entries.insert(
                         t.name.clone(),
                         Entry {
                             address: t.address,
                             backend: t.backend.clone(),
+                            active: is_active,
                             reachable: None,
                             rtt: None,
                             failures: 0,
                             since: 0,
+                            checked: 0,
                             error: None,
-                            next_probe: now,
+                            probe_at: Some(now),
                             pending: None,
                         },
                     );
@@ -145,19 +210,79 @@ impl PeerTable {
         due_now
     }
 
-    /// The probes due at `now`; each is marked in flight and the next one scheduled.
+    fn random(&mut self) -> u64 {
+        // xorshift64*
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// The names of the next round: peers with traffic, failing ones, and the sample.
+    fn round(&mut self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.active || e.failures > 0)
+            .map(|(n, _)| n.clone())
+            .collect();
+        let mut taken = 0;
+        let mut refilled = false;
+        let mut seen = std::collections::HashSet::new();
+        while taken < self.sample {
+            let Some(name) = self.rotation.pop_front() else {
+                if refilled || self.entries.is_empty() {
+                    break;
+                }
+                // A new rotation: every peer once, in a fresh random order.
+                let mut all: Vec<String> = self.entries.keys().cloned().collect();
+                for i in (1..all.len()).rev() {
+                    let j = (self.random() % (i as u64 + 1)) as usize;
+                    all.swap(i, j);
+                }
+                self.rotation = all.into();
+                refilled = true;
+                continue;
+            };
+            let Some(e) = self.entries.get(&name) else {
+                continue; // gone since
+            };
+            if e.active || e.failures > 0 || !seen.insert(name.clone()) {
+                continue; // probed every round anyway, or already in this one
+            }
+            out.push(name);
+            taken += 1;
+        }
+        out
+    }
+
+    /// The probes due at `now`; each is marked in flight.
     pub fn due(&mut self, now: Instant) -> Vec<Due> {
+        let mut names: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.probe_at.is_some_and(|at| at <= now))
+            .map(|(n, _)| n.clone())
+            .collect();
+        if self.next_round.is_none_or(|at| at <= now) {
+            self.next_round = Some(now + self.interval);
+            names.extend(self.round());
+        }
         let mut out = Vec::new();
-        for (name, e) in &mut self.entries {
-            if e.pending.is_some() || now < e.next_probe {
+        for name in names {
+            let Some(e) = self.entries.get_mut(&name) else {
+                continue;
+            };
+            e.probe_at = None;
+            if e.pending.is_some() {
                 continue;
             }
             let seq = self.next_seq;
             self.next_seq = self.next_seq.wrapping_add(1).max(1);
             e.pending = Some((seq, now));
-            e.next_probe = now + self.interval;
+            self.sent += 1;
             out.push(Due {
-                name: name.clone(),
+                name,
                 address: e.address,
                 seq,
             });
@@ -165,14 +290,18 @@ impl PeerTable {
         out
     }
 
-    /// When something is next to do (a probe due or one timing out).
+    /// When something is next to do (a round, a probe out of turn, or one timing out).
     pub fn next_deadline(&self) -> Option<Instant> {
+        if self.entries.is_empty() {
+            return None;
+        }
         self.entries
             .values()
-            .map(|e| match e.pending {
-                Some((_, sent)) => sent + self.timeout,
-                None => e.next_probe,
+            .filter_map(|e| match e.pending {
+                Some((_, sent)) => Some(sent + self.timeout),
+                None => e.probe_at,
             })
+            .chain(self.next_round)
             .min()
     }
 
@@ -192,6 +321,7 @@ impl PeerTable {
         e.reachable = Some(true);
         e.rtt = Some(now.saturating_duration_since(sent));
         e.failures = 0;
+        e.checked = wall;
         e.error = None;
     }
 
@@ -225,6 +355,7 @@ impl PeerTable {
     fn fail(e: &mut Entry, error: String, wall: u64) {
         e.failures = e.failures.saturating_add(1);
         e.rtt = None;
+        e.checked = wall;
         e.error = Some(error);
         let down = match e.reachable {
             Some(true) => e.failures >= FAILURES_TO_DOWN,
@@ -248,6 +379,7 @@ impl PeerTable {
                         reachable: e.reachable?,
                         rtt_micros: e.rtt.map(|d| d.as_micros() as u64),
                         since: e.since,
+                        checked: e.checked,
                         failures: e.failures,
                         error: e.error.clone(),
                         backend: e.backend.clone(),
@@ -258,9 +390,55 @@ impl PeerTable {
     }
 }
 
-/// Decides when `peers/<node>` is written: at once when a verdict, address, error or
-/// backend changes; for RTT changes alone at most every [`RTT_REFRESH`] (a store write
-/// wakes every agent's watch). Pure.
+/// Views of up to this many peers are published whole; larger ones list only the peers not
+/// reachable, with a [`PeerSummary`] (the store then holds O(problems) per node).
+pub const FULL_VIEW_MAX: usize = 64;
+
+/// The counts of a view: `known` peers, `cover` the longest a peer waits for its probe.
+/// Pure.
+pub fn summarize(
+    peers: &BTreeMap<String, PeerReach>,
+    known: usize,
+    cover: Duration,
+) -> PeerSummary {
+    PeerSummary {
+        probed: peers.len() as u32,
+        reachable: peers.values().filter(|p| p.reachable).count() as u32,
+        unprobed: known.saturating_sub(peers.len()) as u32,
+        oldest_checked: peers.values().map(|p| p.checked).min().unwrap_or(0),
+        cover_seconds: cover.as_secs(),
+    }
+}
+
+/// What goes into the store for this node's `view` (which carries its summary): the whole
+/// view up to [`FULL_VIEW_MAX`] peers, else only the peers not reachable. Pure.
+pub fn for_store(view: &PeerView) -> PeerView {
+    let known = view
+        .summary
+        .as_ref()
+        .map_or(view.peers.len(), |s| (s.probed + s.unprobed) as usize);
+    if known <= FULL_VIEW_MAX {
+        return PeerView {
+            summary: None,
+            ..view.clone()
+        };
+    }
+    PeerView {
+        address: view.address,
+        interface: view.interface.clone(),
+        peers: view
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.reachable)
+            .map(|(n, p)| (n.clone(), p.clone()))
+            .collect(),
+        summary: view.summary.clone(),
+    }
+}
+
+/// Decides when `peers/<node>` is written: at once when a verdict, address, error, backend
+/// or count changes; for RTTs and freshness alone at most every [`RTT_REFRESH`] (a store
+/// write costs every watcher of peers/). Pure.
 #[derive(Debug, Default)]
 pub struct Publisher {
     /// (the lease written under, the view without RTTs, the full view, when written)
@@ -273,21 +451,26 @@ impl Publisher {
         let Some((l, sig, full, at)) = &self.last else {
             return true;
         };
-        if *l != lease || *sig != without_rtt(view) {
+        if *l != lease || *sig != signature(view) {
             return true;
         }
         full != view && now.saturating_duration_since(*at) >= RTT_REFRESH
     }
 
     pub fn written(&mut self, lease: i64, view: &PeerView, now: Instant) {
-        self.last = Some((lease, without_rtt(view), view.clone(), now));
+        self.last = Some((lease, signature(view), view.clone(), now));
     }
 }
 
-fn without_rtt(view: &PeerView) -> PeerView {
+/// A view without what changes on every probe (RTTs, when checked).
+fn signature(view: &PeerView) -> PeerView {
     let mut v = view.clone();
     for p in v.peers.values_mut() {
         p.rtt_micros = None;
+        p.checked = 0;
+    }
+    if let Some(s) = &mut v.summary {
+        s.oldest_checked = 0;
     }
     v
 }
@@ -457,8 +640,9 @@ pub struct Prober {
 
 impl Prober {
     /// Starts the thread; it ends when `shutdown` is set.
-    pub fn start(interval: Duration, shutdown: Arc<AtomicBool>) -> io::Result<Prober> {
-        let table = Arc::new(Mutex::new(PeerTable::new(interval)));
+    /// `seed` varies the rotation between nodes (a hash of the node's name).
+    pub fn start(interval: Duration, seed: u64, shutdown: Arc<AtomicBool>) -> io::Result<Prober> {
+        let table = Arc::new(Mutex::new(PeerTable::with_sample(interval, SAMPLE, seed)));
         let problem = Arc::new(Mutex::new(None));
         let (wake, wakee) = UnixDatagram::pair()?;
         wakee.set_nonblocking(true)?;
@@ -482,8 +666,22 @@ impl Prober {
         }
     }
 
-    pub fn view(&self) -> BTreeMap<String, PeerReach> {
-        lock(&self.table).view()
+    /// What the probes found, with the summary of the whole table.
+    pub fn view(&self, address: Option<Ipv4Addr>, interface: Option<String>) -> PeerView {
+        let t = lock(&self.table);
+        let peers = t.view();
+        let summary = summarize(&peers, t.entries.len(), t.cover_time());
+        PeerView {
+            address,
+            interface,
+            peers,
+            summary: Some(summary),
+        }
+    }
+
+    /// Probes sent since start.
+    pub fn sent(&self) -> u64 {
+        lock(&self.table).sent()
     }
 
     pub fn problem(&self) -> Option<String> {
@@ -597,7 +795,173 @@ mod tests {
             name: name.into(),
             address: addr.parse().unwrap(),
             backend: "host-gw direct".into(),
+            active: false,
         }
+    }
+
+    fn many(n: usize) -> Vec<Target> {
+        (0..n)
+            .map(|i| {
+                let a = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 1, 0, 0)) + i as u32);
+                t(&format!("n{i:04}"), &a.to_string())
+            })
+            .collect()
+    }
+
+    /// Answers every probe in `due` at `now`.
+    fn answer(table: &mut PeerTable, due: &[Due], now: Instant, wall: u64) {
+        for d in due {
+            table.on_reply(d.address, d.seq, now, wall);
+        }
+    }
+
+    #[test]
+    fn each_round_probes_a_bounded_sample_and_every_peer_is_covered_in_its_turn() {
+        for n in [10usize, 100, 1000] {
+            let start = Instant::now();
+            let interval = Duration::from_secs(5);
+            let mut table = PeerTable::with_sample(interval, SAMPLE, 42);
+            table.set_targets(&many(n), start);
+            // New peers: all probed at once (the first verdicts), then in turn.
+            let first = table.due(start);
+            assert_eq!(first.len(), n);
+            answer(&mut table, &first, start, 1);
+            let rounds = n.div_ceil(SAMPLE);
+            assert_eq!(table.cover_time(), interval * rounds as u32);
+            let mut last_probe: BTreeMap<String, usize> = BTreeMap::new();
+            let mut gaps = Vec::new();
+            for r in 1..=3 * rounds {
+                let now = start + interval * r as u32;
+                let due = table.due(now);
+                assert!(
+                    due.len() <= SAMPLE,
+                    "n={n}: {} probes in a round",
+                    due.len()
+                );
+                assert_eq!(due.len(), SAMPLE.min(n), "n={n}: the sample is used");
+                for d in &due {
+                    if let Some(prev) = last_probe.insert(d.name.clone(), r) {
+                        gaps.push(r - prev);
+                    }
+                }
+                answer(&mut table, &due, now, 1 + r as u64);
+                assert!(table.due(now).is_empty(), "nothing more this round");
+            }
+            assert_eq!(last_probe.len(), n, "n={n}: every peer probed");
+            // A rotation visits every peer once; the gap between two visits is at most two
+            // rotations' worth of rounds (last of one, first of the next).
+            assert!(gaps.iter().all(|g| *g <= 2 * rounds), "n={n}: {gaps:?}");
+            let v = table.view();
+            let oldest = v.values().map(|p| p.checked).min().unwrap();
+            assert!(
+                oldest as usize >= 1 + 3 * rounds - 2 * rounds,
+                "n={n}: oldest {oldest}"
+            );
+            assert_eq!(table.sent() as usize, n + 3 * rounds * SAMPLE.min(n));
+        }
+    }
+
+    #[test]
+    fn peers_with_traffic_and_failing_peers_are_probed_every_round() {
+        let start = Instant::now();
+        let interval = Duration::from_secs(5);
+        let mut table = PeerTable::with_sample(interval, 4, 7);
+        let mut targets = many(100);
+        for t in targets.iter_mut().take(ACTIVE_MAX + 10) {
+            t.active = true;
+        }
+        table.set_targets(&targets, start);
+        let first = table.due(start);
+        // One fails (no reply), the rest answer.
+        assert!(first.iter().any(|d| d.name == "n0099"));
+        let rest: Vec<Due> = first.into_iter().filter(|d| d.name != "n0099").collect();
+        answer(&mut table, &rest, start, 1);
+        table.expire(start + TIMEOUT, 1);
+        for r in 1..=5u32 {
+            let now = start + interval * r;
+            let due = table.due(now);
+            let names: Vec<&str> = due.iter().map(|d| d.name.as_str()).collect();
+            // ACTIVE_MAX with traffic + the failing one + the sample of 4.
+            assert_eq!(due.len(), ACTIVE_MAX + 1 + 4, "round {r}: {names:?}");
+            assert!(names.contains(&"n0000") && names.contains(&"n0099"));
+            answer(
+                &mut table,
+                &due.iter()
+                    .filter(|d| d.name != "n0099")
+                    .cloned()
+                    .collect::<Vec<_>>(),
+                now,
+                10,
+            );
+            table.expire(now + TIMEOUT, 10 + u64::from(r));
+        }
+        assert!(!table.view()["n0099"].reachable);
+    }
+
+    #[test]
+    fn large_views_are_stored_as_problems_and_counts() {
+        let reach = |ok: bool, checked: u64| PeerReach {
+            address: "10.1.0.1".parse().unwrap(),
+            reachable: ok,
+            rtt_micros: ok.then_some(80),
+            since: 1,
+            checked,
+            failures: u32::from(!ok),
+            error: (!ok).then(|| "no reply within 1000ms".into()),
+            backend: "host-gw direct".into(),
+        };
+        let view = |n: usize| {
+            let peers: BTreeMap<String, PeerReach> = (0..n)
+                .map(|i| (format!("n{i}"), reach(i != 3, 100 + i as u64)))
+                .collect();
+            let summary = summarize(&peers, n + 2, Duration::from_secs(160));
+            PeerView {
+                address: Some("192.0.2.11".parse().unwrap()),
+                interface: None,
+                peers,
+                summary: Some(summary),
+            }
+        };
+        let small = for_store(&view(FULL_VIEW_MAX - 2));
+        assert_eq!(small.peers.len(), FULL_VIEW_MAX - 2);
+        assert!(
+            small.summary.is_none(),
+            "small views are stored whole, as before"
+        );
+        let big = view(999);
+        let stored = for_store(&big);
+        assert_eq!(stored.peers.keys().collect::<Vec<_>>(), ["n3"]);
+        let s = stored.summary.clone().unwrap();
+        assert_eq!(
+            (
+                s.probed,
+                s.reachable,
+                s.unprobed,
+                s.oldest_checked,
+                s.cover_seconds
+            ),
+            (999, 998, 2, 100, 160)
+        );
+        let full = serde_json::to_vec(&big).unwrap().len();
+        let small_bytes = serde_json::to_vec(&stored).unwrap().len();
+        assert!(small_bytes * 100 < full, "{small_bytes} vs {full} bytes");
+        // Fresher results alone do not make a write due before the refresh.
+        let now = Instant::now();
+        let mut p = Publisher::default();
+        p.written(1, &stored, now);
+        let mut fresher = big.clone();
+        for r in fresher.peers.values_mut() {
+            r.checked += 5;
+        }
+        fresher.summary = Some(summarize(&fresher.peers, 1001, Duration::from_secs(160)));
+        let fresher = for_store(&fresher);
+        assert!(!p.due(1, &fresher, now + Duration::from_secs(60)));
+        assert!(p.due(1, &fresher, now + RTT_REFRESH));
+        // A verdict change is due at once.
+        let mut down = big.clone();
+        down.peers.insert("n7".into(), reach(false, 200));
+        down.summary = Some(summarize(&down.peers, 1001, Duration::from_secs(160)));
+        assert!(p.due(1, &for_store(&down), now));
     }
 
     #[test]
@@ -678,12 +1042,14 @@ mod tests {
             address: Some("192.0.2.11".parse().unwrap()),
             interface: Some("eth0".into()),
             peers: BTreeMap::new(),
+            summary: None,
         };
         let reach = |rtt| PeerReach {
             address: "192.0.2.12".parse().unwrap(),
             reachable: true,
             rtt_micros: Some(rtt),
             since: 1,
+            checked: 0,
             failures: 0,
             error: None,
             backend: String::new(),

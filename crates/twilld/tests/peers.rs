@@ -247,6 +247,10 @@ fn every_peer_is_reachable_with_a_round_trip_time() {
         assert_eq!(node["peers"].as_array().unwrap().len(), 2, "{node}");
         for p in node["peers"].as_array().unwrap() {
             assert!(p["rttMicros"].as_u64().is_some(), "no RTT: {p}");
+            assert!(
+                p["checked"].as_u64().is_some_and(|c| c > 0),
+                "no freshness: {p}"
+            );
             assert_eq!(p["backend"], "host-gw direct", "{p}");
         }
     }
@@ -255,7 +259,9 @@ fn every_peer_is_reachable_with_a_round_trip_time() {
     println!("{out}");
     assert!(table.status.success(), "{}", text(&table));
     assert!(
-        out.contains("Node n1: 192.0.2.11 (first-found on eth0)"),
+        out.contains("Node n1: 192.0.2.11 (first-found on eth0)")
+            && out.contains("CHECKED")
+            && out.contains("s ago"),
         "{out}"
     );
     let one = c.twill(&["node", "status", "--node", "n2", "-o", "wide"]);
@@ -265,6 +271,8 @@ fn every_peer_is_reachable_with_a_round_trip_time() {
         "{}",
         text(&one)
     );
+    let probes = c.metric(0, "twill_peer_probes_total").unwrap_or(0.0);
+    assert!(probes >= 2.0, "n1 sent {probes} probes to its 2 peers");
     // The agent's own view, in Prometheus form.
     let reachable = c
         .get(0, "/metrics")
