@@ -9,7 +9,7 @@
 #   scripts/fuzz.sh --list             the targets
 #
 # Knobs (environment):
-#   FUZZ_SECONDS=30   time per target (CI: 30; try 600 or more for a local hunt)
+#   FUZZ_SECONDS=20   time per target (CI: 20; try 600 or more for a local hunt)
 #   FUZZ_JOBS=2       targets fuzzed at once (the machine has 2 cores)
 #   FUZZ_MERGE=1      afterwards, fold what the run found into the checked-in corpus,
 #                     minimised (libFuzzer -merge=1); review and commit it
@@ -46,7 +46,7 @@ targets=${*:-$targets_all}
 for t in $targets; do
   grep -qx "$t" <<<"$targets_all" || { echo "fuzz.sh: no target '$t' (have: $(echo $targets_all))" >&2; exit 2; }
 done
-seconds=${FUZZ_SECONDS:-30}
+seconds=${FUZZ_SECONDS:-20}
 jobs=${FUZZ_JOBS:-2}
 
 # The flags cargo-fuzz 0.13 passes for `cargo fuzz build -s none --debug-assertions`:

@@ -15,6 +15,6 @@ if cargo tree -p twill-cni -e normal --prefix none | grep -i yaml; then
 fi
 # Root-gated tests fail (never pass) when they cannot run: twill_testkit::require_root.
 cargo nextest run --workspace --no-fail-fast "$@"
-# Bounded coverage-guided fuzzing of the BGP codec (about 30 s a target, two at a time; a
+# Bounded coverage-guided fuzzing of the BGP codec (about 20 s a target, two at a time; a
 # crash fails the run and its input stays under crates/bgp/fuzz/artifacts/).
 scripts/fuzz.sh

@@ -1,5 +1,5 @@
-//! An agent storm: more nodes than blocks, agents SIGKILLed and restarted at random for a
-//! minute (some killed while claiming, some down past their 5 s lease, some replaced with an
+//! An agent storm: more nodes than blocks, agents SIGKILLed and restarted at random for
+//! 30 s (some killed while claiming, some down past their 5 s lease, some replaced with an
 //! empty state folder and no hand-off), on the embedded store and on a 3-member etcd that
 //! loses its leader twice. A sampler checks throughout, for every running agent:
 //! - no block is in two nodes' hand-offs;
@@ -13,7 +13,8 @@
 //! file to no block before it even opens the store. It is sampled again once that cut is
 //! written, or [`CUT_GRACE`] after the start whatever the file says.
 //!
-//! Bounded (it runs in CI): 60 s of storm plus at most 40 s of recovery per store.
+//! Bounded (it runs in CI): 30 s of storm (on etcd the leader is lost at 10 s and 20 s) plus
+//! at most 40 s of recovery per store.
 
 mod common;
 use common::*;
@@ -33,7 +34,7 @@ const NODES: usize = 8;
 /// 10.244.1.0/24 … 10.244.6.0/24.
 const BLOCKS: usize = 6;
 const TTL: u64 = 5;
-const STORM: Duration = Duration::from_secs(60);
+const STORM: Duration = Duration::from_secs(30);
 const RECOVERY: Duration = Duration::from_secs(40);
 /// A restarted agent must have cut its old hand-off by then (it does so before it even
 /// opens the store); until then its file is not judged.
@@ -463,7 +464,7 @@ fn storm_on_a_three_member_etcd_that_loses_its_leader() {
         ],
         client: Box::new(client),
     };
-    // At 20 s and 40 s the leader is SIGKILLed; it is restarted 3 s later.
+    // At 10 s and 20 s the leader is SIGKILLed; it is restarted 3 s later.
     let mut killed: Option<(usize, Duration)> = None;
     let mut kills = 0;
     storm("stormetcd", setup, |t| {
@@ -473,8 +474,8 @@ fn storm_on_a_three_member_etcd_that_loses_its_leader() {
                 c.restart(i);
                 killed = None;
             }
-        } else if (t >= Duration::from_secs(20) && kills == 0)
-            || (t >= Duration::from_secs(40) && kills == 1)
+        } else if (t >= Duration::from_secs(10) && kills == 0)
+            || (t >= Duration::from_secs(20) && kills == 1)
         {
             if let Some(i) = c.leader_index() {
                 eprintln!("storm: killing etcd leader {i} at {t:?}");
