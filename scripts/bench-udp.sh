@@ -20,7 +20,10 @@ cargo build --release --bins -p twill -p twilld -p twill-cni
 T=target/release/twill
 NAME=twlbudp
 if [ -z "${TWILL_BENCH_UDP_BACKEND:-}" ]; then
-  if "$T" lab up --help | grep -Eq 'possible values: .*host-gw.*\budp\b'; then TWILL_BENCH_UDP_BACKEND=udp; else TWILL_BENCH_UDP_BACKEND=vxlan; fi
+  # The help is read whole first: `grep -q` quits at the first match, and under pipefail the
+  # SIGPIPE it leaves `twill` with made the probe answer vxlan.
+  help=$("$T" lab up --help)
+  if grep -Eq 'possible values: .*host-gw.*\budp\b' <<<"$help"; then TWILL_BENCH_UDP_BACKEND=udp; else TWILL_BENCH_UDP_BACKEND=vxlan; fi
 fi
 "$T" lab down --name "$NAME" >/dev/null 2>&1 || true
 trap '"$T" lab down --name "$NAME" >/dev/null 2>&1 || true' EXIT

@@ -76,7 +76,10 @@ pub enum Split {
 /// Segments written back to back at `out[..len]`, each `segment_size` bytes but the last.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Segments {
+    /// The bytes of all segments together (what the datagrams carry).
     pub len: usize,
+    /// The headers each segment repeats (IPv4 + TCP/UDP).
+    pub hdr_len: usize,
     pub segment_size: usize,
     pub segments: usize,
 }
@@ -91,6 +94,25 @@ pub struct Chunk {
 }
 
 impl Segments {
+    /// Where [`split_headers`] put segment `i`'s headers in its `hdrs`.
+    pub fn header(&self, i: usize) -> Range<usize> {
+        i * self.hdr_len..(i + 1) * self.hdr_len
+    }
+
+    /// Where segment `i`'s payload is in the frame (for [`split_headers`]).
+    pub fn payload(&self, i: usize) -> Range<usize> {
+        let gso = self.segment_size - self.hdr_len;
+        let start = self.hdr_len + i * gso;
+        let frame = self.len - self.segments * self.hdr_len + self.hdr_len;
+        start..(start + gso).min(frame)
+    }
+
+    /// The segments of chunk `c` (indices for [`Segments::header`] and [`Segments::payload`]).
+    pub fn chunk_segments(&self, c: &Chunk) -> Range<usize> {
+        let first = c.range.start / self.segment_size;
+        first..first + c.segments
+    }
+
     /// Segments per chunk: bounded by [`MAX_SEGMENTS`] and by [`MAX_DATAGRAM`] bytes.
     pub fn per_chunk(&self) -> usize {
         (MAX_DATAGRAM / self.segment_size).clamp(1, MAX_SEGMENTS)
@@ -125,14 +147,10 @@ pub fn split_len(hdr: &VirtioNetHdr, packet_len: usize) -> usize {
 
 /// Splits one frame read from the TUN (see the module doc).
 pub fn split(hdr: &VirtioNetHdr, packet: &mut [u8], out: &mut [u8]) -> Result<Split, GsoError> {
-    let hdr = hdr.check(packet)?;
-    if hdr.gso_type == GsoType::None {
-        if hdr.needs_csum {
-            finish_in_place(packet, hdr.csum_start.into(), hdr.csum_offset.into());
-        }
+    let Some(plan) = plan(hdr, packet)? else {
         return Ok(Split::Whole);
-    }
-    let need = split_len(&hdr, packet.len());
+    };
+    let need = split_len(&plan.hdr, packet.len());
     if need > out.len() {
         return Err(GsoError::OutTooSmall {
             need,
@@ -140,40 +158,144 @@ pub fn split(hdr: &VirtioNetHdr, packet: &mut [u8], out: &mut [u8]) -> Result<Sp
         });
     }
     let packet: &[u8] = packet;
+    let (hl, gso) = (plan.hl, plan.gso);
+    let mut pos = 0;
+    for (i, data) in packet[hl..].chunks(gso).enumerate() {
+        let seg_len = hl + data.len();
+        let (h, o) = out[pos..pos + seg_len].split_at_mut(hl);
+        o.copy_from_slice(data);
+        plan.header(packet, i, h, o);
+        pos += seg_len;
+    }
+    Ok(Split::Segments(plan.segments(pos)))
+}
+
+/// The headers-only split, for a gathering `sendmsg` (one iovec for segment *i*'s headers,
+/// one for its payload, left in the frame): the same segments as [`split`], but only their
+/// headers are written, `hdr_len` bytes each, back to back at
+/// `hdrs[..segments · hdr_len]` ([`Segments::header`]); segment *i*'s payload is
+/// `packet[`[`Segments::payload`]`(i)]`, not copied. The checksums are summed over the
+/// payload where it is. `GSO_NONE` is [`Split::Whole`], as for [`split`]. A `hdrs` shorter
+/// than [`headers_len`] gives [`GsoError::OutTooSmall`].
+pub fn split_headers(
+    hdr: &VirtioNetHdr,
+    packet: &mut [u8],
+    hdrs: &mut [u8],
+) -> Result<Split, GsoError> {
+    let Some(plan) = plan(hdr, packet)? else {
+        return Ok(Split::Whole);
+    };
+    let need = headers_len(&plan.hdr, packet.len());
+    if need > hdrs.len() {
+        return Err(GsoError::OutTooSmall {
+            need,
+            have: hdrs.len(),
+        });
+    }
+    let packet: &[u8] = packet;
+    let hl = plan.hl;
+    for (i, data) in packet[hl..].chunks(plan.gso).enumerate() {
+        plan.header(packet, i, &mut hdrs[i * hl..(i + 1) * hl], data);
+    }
+    let len = packet.len() - hl + plan.n * hl;
+    Ok(Split::Segments(plan.segments(len)))
+}
+
+/// The header bytes [`split_headers`] needs for this (checked) header and a packet of
+/// `packet_len` bytes: `hdr_len` per segment.
+pub fn headers_len(hdr: &VirtioNetHdr, packet_len: usize) -> usize {
+    if hdr.gso_type == GsoType::None || hdr.gso_size == 0 {
+        return 0;
+    }
+    let hl = usize::from(hdr.hdr_len);
+    packet_len
+        .saturating_sub(hl)
+        .div_ceil(usize::from(hdr.gso_size))
+        * hl
+}
+
+/// What every segment of one checked GSO frame shares: the one definition of the segment
+/// rules, for [`split`] and [`split_headers`].
+struct Plan {
+    hdr: VirtioNetHdr,
+    iph: usize,
+    hl: usize,
+    gso: usize,
+    csum_at: usize,
+    tcp: bool,
+    proto: u8,
+    src: [u8; 4],
+    dst: [u8; 4],
+    id0: u16,
+    seq0: u32,
+    /// Segments.
+    n: usize,
+}
+
+/// Checks the frame; `None` for `GSO_NONE` (its checksum finished in place if it needed it).
+fn plan(hdr: &VirtioNetHdr, packet: &mut [u8]) -> Result<Option<Plan>, GsoError> {
+    let hdr = hdr.check(packet)?;
+    if hdr.gso_type == GsoType::None {
+        if hdr.needs_csum {
+            finish_in_place(packet, hdr.csum_start.into(), hdr.csum_offset.into());
+        }
+        return Ok(None);
+    }
     let iph = usize::from(hdr.csum_start);
     let hl = usize::from(hdr.hdr_len);
     let gso = usize::from(hdr.gso_size);
-    let csum_at = iph + usize::from(hdr.csum_offset);
     let tcp = hdr.gso_type == GsoType::TcpV4;
-    let proto = if tcp { IPPROTO_TCP } else { IPPROTO_UDP };
-    let src: [u8; 4] = packet[12..16].try_into().expect("checked length");
-    let dst: [u8; 4] = packet[16..20].try_into().expect("checked length");
-    let id0 = u16::from_be_bytes([packet[4], packet[5]]);
-    let seq0 = u32::from_be_bytes([
-        packet[iph + 4],
-        packet[iph + 5],
-        packet[iph + 6],
-        packet[iph + 7],
-    ]);
-    let payload = &packet[hl..];
-    let segments = payload.len().div_ceil(gso);
-    let mut pos = 0;
-    for (i, data) in payload.chunks(gso).enumerate() {
+    Ok(Some(Plan {
+        hdr,
+        iph,
+        hl,
+        gso,
+        csum_at: iph + usize::from(hdr.csum_offset),
+        tcp,
+        proto: if tcp { IPPROTO_TCP } else { IPPROTO_UDP },
+        src: packet[12..16].try_into().expect("checked length"),
+        dst: packet[16..20].try_into().expect("checked length"),
+        id0: u16::from_be_bytes([packet[4], packet[5]]),
+        seq0: u32::from_be_bytes([
+            packet[iph + 4],
+            packet[iph + 5],
+            packet[iph + 6],
+            packet[iph + 7],
+        ]),
+        n: (packet.len() - hl).div_ceil(gso),
+    }))
+}
+
+impl Plan {
+    fn segments(&self, len: usize) -> Segments {
+        Segments {
+            len,
+            hdr_len: self.hl,
+            segment_size: self.hl + self.gso,
+            segments: self.n,
+        }
+    }
+
+    /// Writes segment `i`'s headers into `o` (`hl` bytes) from the frame's, for its payload
+    /// `data`: the IPv4 header with ID + i, total length and a fresh header checksum; the TCP
+    /// header with seq + i·gso_size, FIN and PSH only on the last segment, CWR only on the
+    /// first (or the UDP header with its length); the full transport checksum (pseudo-header
+    /// + header + payload; a UDP checksum of 0 sent as 0xffff).
+    fn header(&self, packet: &[u8], i: usize, o: &mut [u8], data: &[u8]) {
+        let (iph, hl, csum_at) = (self.iph, self.hl, self.csum_at);
         let seg_len = hl + data.len();
-        let o = &mut out[pos..pos + seg_len];
-        o[..hl].copy_from_slice(&packet[..hl]);
-        // IPv4: ID + i, total length, header checksum.
-        o[4..6].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
+        o.copy_from_slice(&packet[..hl]);
+        o[4..6].copy_from_slice(&self.id0.wrapping_add(i as u16).to_be_bytes());
         o[2..4].copy_from_slice(&(seg_len as u16).to_be_bytes());
         o[10] = 0;
         o[11] = 0;
         let ipc = checksum::checksum(&o[..iph]);
         o[10..12].copy_from_slice(&ipc.to_be_bytes());
         let l4_len = seg_len - iph;
-        if tcp {
-            let seq = seq0.wrapping_add((i * gso) as u32);
+        if self.tcp {
+            let seq = self.seq0.wrapping_add((i * self.gso) as u32);
             o[iph + 4..iph + 8].copy_from_slice(&seq.to_be_bytes());
-            if i + 1 < segments {
+            if i + 1 < self.n {
                 o[iph + 13] &= !(TCP_FIN | TCP_PSH);
             }
             if i > 0 {
@@ -184,20 +306,16 @@ pub fn split(hdr: &VirtioNetHdr, packet: &mut [u8], out: &mut [u8]) -> Result<Sp
         }
         o[csum_at] = 0;
         o[csum_at + 1] = 0;
-        o[hl..].copy_from_slice(data);
-        let s = checksum::pseudo_v4(src, dst, proto, l4_len as u16) + checksum::sum(&o[iph..]);
+        // The L4 header is an even number of bytes (TCP: doff·4, UDP: 8), so the sums add.
+        let s = checksum::pseudo_v4(self.src, self.dst, self.proto, l4_len as u16)
+            + checksum::sum(&o[iph..])
+            + checksum::sum(data);
         let mut c = checksum::finish(s);
-        if !tcp && c == 0 {
+        if !self.tcp && c == 0 {
             c = 0xffff;
         }
         o[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
-        pos += seg_len;
     }
-    Ok(Split::Segments(Segments {
-        len: pos,
-        segment_size: hl + gso,
-        segments,
-    }))
 }
 
 /// Finishes a CHECKSUM_PARTIAL packet: the field at `start + offset` holds the pseudo-header
@@ -449,6 +567,7 @@ mod tests {
         // Byte bound: 65,507 / 1460 = 44 segments of 1,460 B (64,240 B) per chunk.
         let s = Segments {
             len: 100 * 1460,
+            hdr_len: 40,
             segment_size: 1460,
             segments: 100,
         };
@@ -459,6 +578,7 @@ mod tests {
         // Exactly 65,507 in one segment: one chunk of one.
         let s = Segments {
             len: 2 * MAX_DATAGRAM,
+            hdr_len: 40,
             segment_size: MAX_DATAGRAM,
             segments: 2,
         };
@@ -533,6 +653,83 @@ mod tests {
             Ok(Split::Whole)
         );
         assert_eq!(p, before);
+    }
+
+    /// What a gathering sendmsg of `split_headers`' iovecs puts on the wire, chunk by chunk.
+    fn gathered(s: &Segments, hdrs: &[u8], packet: &[u8]) -> Vec<Vec<u8>> {
+        s.chunks()
+            .map(|c| {
+                let mut m = Vec::new();
+                for i in s.chunk_segments(&c) {
+                    m.extend_from_slice(&hdrs[s.header(i)]);
+                    m.extend_from_slice(&packet[s.payload(i)]);
+                }
+                assert_eq!(m.len(), c.range.len());
+                m
+            })
+            .collect()
+    }
+
+    #[test]
+    fn split_headers_gathers_to_what_split_writes() {
+        let cases = [
+            tcp_super(12, &payload(65_372 - 64, 3), 0x18 | TCP_FIN | TCP_CWR),
+            tcp_super(0, &payload(1, 4), 0x10),
+            tcp_super(0, &payload(2840, 4), 0x18),
+            tcp_super(40, &payload(2841, 6), 0x10),
+            udp_super(&payload(10 * 1400 + 99, 9), 1400),
+            udp_super(&payload(7, 1), 5),
+        ];
+        for (k, (hdr, p)) in cases.into_iter().enumerate() {
+            for gso_size in [hdr.gso_size, 100, 64, 1] {
+                let hdr = VirtioNetHdr { gso_size, ..hdr };
+                let mut a = p.clone();
+                let mut out = vec![0u8; OUT_LEN];
+                let mut b = p.clone();
+                let mut hdrs = vec![0u8; OUT_LEN];
+                let (sa, sb) = match (
+                    split(&hdr, &mut a, &mut out),
+                    split_headers(&hdr, &mut b, &mut hdrs),
+                ) {
+                    (Ok(Split::Segments(sa)), Ok(Split::Segments(sb))) => (sa, sb),
+                    // gso_size 1 on a big frame: more headers than either buffer holds.
+                    (Err(GsoError::OutTooSmall { .. }), _) => continue,
+                    other => panic!("case {k} gso {gso_size}: {other:?}"),
+                };
+                assert_eq!(sa, sb, "case {k}");
+                assert_eq!(b, p, "the frame is read only");
+                assert_eq!(
+                    hdrs[sb.segments * sb.hdr_len..],
+                    vec![0u8; OUT_LEN - sb.segments * sb.hdr_len][..]
+                );
+                let want: Vec<Vec<u8>> = sa.chunks().map(|c| out[c.range].to_vec()).collect();
+                assert_eq!(gathered(&sb, &hdrs, &b), want, "case {k} gso {gso_size}");
+                assert_eq!(
+                    headers_len(&hdr.check(&p).unwrap(), p.len()),
+                    sb.segments * sb.hdr_len
+                );
+            }
+        }
+        // Too little room for the headers: refused, nothing else.
+        let (hdr, mut p) = tcp_super(0, &payload(5000, 2), 0x10);
+        let mut hdrs = vec![0u8; 4 * 40 - 1];
+        assert_eq!(
+            split_headers(&hdr, &mut p, &mut hdrs),
+            Err(GsoError::OutTooSmall {
+                need: 160,
+                have: 159
+            })
+        );
+        // GSO_NONE: Whole, finished in place, no header written.
+        let (_, mut p) = tcp_super(12, &[], 0x10);
+        let none = VirtioNetHdr {
+            gso_type: GsoType::None,
+            hdr_len: 0,
+            gso_size: 0,
+            ..hdr
+        };
+        assert_eq!(split_headers(&none, &mut p, &mut []), Ok(Split::Whole));
+        check_segment(&p, 6);
     }
 
     #[test]

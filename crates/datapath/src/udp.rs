@@ -7,6 +7,9 @@
 //!   receiver's reuseport hash spread the workers' flows, each flow on one worker.
 //! - [`SendBatch`]: slots written in place (a TUN read lands straight in its slot), sent with
 //!   one `sendmmsg`; a slot may carry a `UDP_SEGMENT` cmsg (GSO: one message, many datagrams).
+//! - [`GatherBatch`]: the offload path's batch: TUN frames stay where they were read, the
+//!   segment headers in their own arena, and each message gathers them with iovecs (one
+//!   copy, the kernel's); a refused GSO send falls back to one datagram per segment.
 //! - [`RecvBatch`]: one `recvmmsg` into slots of 64 KiB, with the `UDP_GRO` cmsg decoded (a GRO
 //!   read is several datagrams back to back, each `gro_size` long but the last).
 //!
@@ -408,6 +411,316 @@ impl SendBatch {
 }
 
 /// One received datagram (or GRO run of datagrams) in a [`RecvBatch`].
+/// One `sendmmsg` of messages gathered from two arenas it owns, so a TUN frame is never
+/// copied in userspace (the offload path):
+/// - **reads**: one slot per TUN read (`read_size` bytes: vnet header + frame); a frame stays
+///   where it was read until the batch is sent;
+/// - **hdrs**: the segment headers `gso::split_headers` wrote for the frames;
+/// - iovecs into both: a GSO message is `[hdr 0, payload 0, hdr 1, payload 1, ...]` with a
+///   `UDP_SEGMENT` cmsg, and the kernel's one copy gathers it; a whole packet is one iovec.
+///
+/// The worker asks for [`GatherBatch::stage`] (the next read slot and the free header room),
+/// reads into it, pushes iovecs ([`GatherBatch::push_read`], [`GatherBatch::push_hdr`],
+/// offsets into what `stage` gave), closes each message ([`GatherBatch::end_msg`]), then
+/// [`GatherBatch::keep`]s the slot and the header bytes it used. [`GatherBatch::fits`] says
+/// whether that many more iovecs and messages fit.
+///
+/// A GSO message refused with EIO (the route's device cannot checksum, as quinn-udp and
+/// wireguard-go found) or EINVAL is sent again as one datagram per segment (each segment is
+/// its own iovecs, so nothing is copied), and GSO is off for this batch from then on
+/// ([`GatherBatch::gso`] false): the worker then ends a message after every segment.
+pub struct GatherBatch {
+    reads: Vec<u8>,
+    read_size: usize,
+    reads_used: usize,
+    hdrs: Vec<u8>,
+    hdrs_used: usize,
+    iovs: Vec<libc::iovec>,
+    iovs_used: usize,
+    /// Per message: its iovecs `iov_at[i]..iov_at[i + 1]`.
+    iov_at: Vec<usize>,
+    lens: Vec<usize>,
+    dsts: Vec<libc::sockaddr_in>,
+    metas: Vec<SlotMeta>,
+    msgs: Vec<libc::mmsghdr>,
+    cmsgs: Vec<u8>,
+    filled: usize,
+    sent: usize,
+    /// Bytes of the message being built.
+    open_len: usize,
+    gso: bool,
+}
+
+// SAFETY: the raw pointers in `iovs` and `msgs` point into the batch's own Vecs, which are
+// never reallocated; they are only dereferenced by the kernel during `send`.
+unsafe impl Send for GatherBatch {}
+
+/// What [`GatherBatch::stage`] lends: the next read slot and the free header room.
+pub struct Stage<'a> {
+    pub read: &'a mut [u8],
+    pub hdrs: &'a mut [u8],
+}
+
+impl GatherBatch {
+    /// `reads` slots of `read_size` bytes, `hdr_bytes` of header room, `iovs` iovecs and
+    /// `msgs` messages per `sendmmsg`.
+    pub fn new(
+        reads: usize,
+        read_size: usize,
+        hdr_bytes: usize,
+        iovs: usize,
+        msgs: usize,
+    ) -> GatherBatch {
+        let zero_sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        GatherBatch {
+            reads: vec![0; reads * read_size],
+            read_size,
+            reads_used: 0,
+            hdrs: vec![0; hdr_bytes],
+            hdrs_used: 0,
+            iovs: vec![
+                libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                };
+                iovs
+            ],
+            iovs_used: 0,
+            iov_at: vec![0; msgs + 1],
+            lens: vec![0; msgs],
+            dsts: vec![zero_sa; msgs],
+            metas: vec![SlotMeta::default(); msgs],
+            msgs: (0..msgs).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            cmsgs: vec![0; msgs * CMSG_U16],
+            filled: 0,
+            sent: 0,
+            open_len: 0,
+            gso: true,
+        }
+    }
+
+    /// Messages waiting to be sent.
+    pub fn pending(&self) -> usize {
+        self.filled - self.sent
+    }
+
+    /// False once a GSO send was refused: send one datagram per message.
+    pub fn gso(&self) -> bool {
+        self.gso
+    }
+
+    /// The next read slot and the free header room; None when every read slot is taken.
+    pub fn stage(&mut self) -> Option<Stage<'_>> {
+        if self.reads_used * self.read_size >= self.reads.len() {
+            return None;
+        }
+        let at = self.reads_used * self.read_size;
+        Some(Stage {
+            read: &mut self.reads[at..at + self.read_size],
+            hdrs: &mut self.hdrs[self.hdrs_used..],
+        })
+    }
+
+    /// True when `iovs` more iovecs in `msgs` more messages fit.
+    pub fn fits(&self, iovs: usize, msgs: usize) -> bool {
+        self.iovs_used + iovs <= self.iovs.len() && self.filled + msgs <= self.lens.len()
+    }
+
+    fn push(&mut self, base: *mut u8, len: usize) {
+        assert!(
+            self.iovs_used < self.iovs.len(),
+            "GatherBatch: out of iovecs"
+        );
+        self.iovs[self.iovs_used] = libc::iovec {
+            iov_base: base.cast(),
+            iov_len: len,
+        };
+        self.iovs_used += 1;
+        self.open_len += len;
+    }
+
+    /// Appends `range` of the staged read slot to the open message.
+    pub fn push_read(&mut self, range: std::ops::Range<usize>) {
+        assert!(range.end <= self.read_size);
+        let at = self.reads_used * self.read_size + range.start;
+        let base = self.reads[at..at + range.len()].as_mut_ptr();
+        self.push(base, range.len());
+    }
+
+    /// Appends `range` of the staged header room to the open message.
+    pub fn push_hdr(&mut self, range: std::ops::Range<usize>) {
+        let at = self.hdrs_used + range.start;
+        let base = self.hdrs[at..at + range.len()].as_mut_ptr();
+        self.push(base, range.len());
+    }
+
+    /// Closes the open message: to `dst`, with `UDP_SEGMENT = meta.segment` unless 0.
+    pub fn end_msg(&mut self, dst: SocketAddrV4, meta: SlotMeta) {
+        assert!(
+            self.filled < self.lens.len(),
+            "GatherBatch: out of messages"
+        );
+        let i = self.filled;
+        self.iov_at[i + 1] = self.iovs_used;
+        self.lens[i] = self.open_len;
+        self.dsts[i] = sockaddr(dst);
+        self.metas[i] = meta;
+        self.open_len = 0;
+        self.filled += 1;
+    }
+
+    /// The staged read slot and `hdr_bytes` of the header room stay taken until the send.
+    pub fn keep(&mut self, hdr_bytes: usize) {
+        assert!(self.open_len == 0, "GatherBatch::keep with a message open");
+        self.reads_used += 1;
+        self.hdrs_used += hdr_bytes;
+    }
+
+    /// The index of the slot [`GatherBatch::stage`] lends, if one is free.
+    pub fn staged_slot(&self) -> Option<usize> {
+        (self.reads_used * self.read_size < self.reads.len()).then_some(self.reads_used)
+    }
+
+    /// Moves the first `len` bytes of read slot `from` into the slot `stage` lends now (the
+    /// first, once the batch was sent).
+    pub fn move_to_first(&mut self, from: usize, len: usize) {
+        assert!(self.filled == 0 && len <= self.read_size);
+        let to = self.reads_used * self.read_size;
+        self.reads
+            .copy_within(from * self.read_size..from * self.read_size + len, to);
+    }
+
+    fn msghdr(&mut self, i: usize, iovs: std::ops::Range<usize>, segment: u16) -> libc::msghdr {
+        let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+        h.msg_name = (&mut self.dsts[i] as *mut libc::sockaddr_in).cast();
+        h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        h.msg_iov = self.iovs[iovs.start..].as_mut_ptr();
+        h.msg_iovlen = iovs.len();
+        if segment != 0 {
+            let c = &mut self.cmsgs[i * CMSG_U16..(i + 1) * CMSG_U16];
+            h.msg_control = c.as_mut_ptr().cast();
+            // SAFETY: the control buffer is CMSG_U16 ≥ CMSG_SPACE(2) bytes.
+            unsafe {
+                h.msg_controllen = libc::CMSG_SPACE(2) as _;
+                let cm = libc::CMSG_FIRSTHDR(&h);
+                (*cm).cmsg_level = libc::SOL_UDP;
+                (*cm).cmsg_type = libc::UDP_SEGMENT;
+                (*cm).cmsg_len = libc::CMSG_LEN(2) as _;
+                std::ptr::write_unaligned(libc::CMSG_DATA(cm).cast::<u16>(), segment);
+            }
+        }
+        h
+    }
+
+    /// Sends what is pending with `sendmmsg`, calling `done` per message. EAGAIN leaves the
+    /// rest pending (returned as the error); once everything went, the batch is empty again.
+    pub fn send(
+        &mut self,
+        fd: RawFd,
+        mut done: impl FnMut(SlotMeta, usize, Sent),
+    ) -> io::Result<()> {
+        while self.sent < self.filled {
+            for i in self.sent..self.filled {
+                let h = self.msghdr(i, self.iov_at[i]..self.iov_at[i + 1], self.metas[i].segment);
+                self.msgs[i] = libc::mmsghdr {
+                    msg_hdr: h,
+                    msg_len: 0,
+                };
+            }
+            let n = self.filled - self.sent;
+            // SAFETY: the messages point into buffers the batch owns.
+            let r = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    self.msgs[self.sent..].as_mut_ptr(),
+                    n as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                let i = self.sent;
+                match e.kind() {
+                    io::ErrorKind::WouldBlock => return Err(e),
+                    io::ErrorKind::Interrupted => continue,
+                    _ if self.metas[i].segment != 0
+                        && matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL)) =>
+                    {
+                        if self.gso {
+                            eprintln!(
+                                "twill-datapath: a UDP_SEGMENT send was refused ({e}); \
+                                 sending one datagram per segment from now on"
+                            );
+                        }
+                        self.gso = false;
+                        let sent = self.send_segments(fd, i);
+                        done(self.metas[i], self.lens[i], sent);
+                        self.sent += 1;
+                    }
+                    _ => {
+                        done(self.metas[i], self.lens[i], Sent::Failed(e));
+                        self.sent += 1;
+                    }
+                }
+            } else {
+                for i in self.sent..self.sent + r as usize {
+                    done(self.metas[i], self.lens[i], Sent::Ok);
+                }
+                self.sent += r as usize;
+            }
+        }
+        self.clear();
+        Ok(())
+    }
+
+    /// Message `i` (a GSO one) as one datagram per segment, each segment its share of the
+    /// message's iovecs (`[hdr, payload]` pairs). Waits up to 100 ms for room per datagram.
+    fn send_segments(&mut self, fd: RawFd, i: usize) -> Sent {
+        let (first, end) = (self.iov_at[i], self.iov_at[i + 1]);
+        let packets = usize::from(self.metas[i].packets.max(1));
+        let per = (end - first) / packets;
+        if per == 0 || (end - first) % packets != 0 {
+            return Sent::Failed(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        for k in 0..packets {
+            let h = self.msghdr(i, first + k * per..first + (k + 1) * per, 0);
+            loop {
+                // SAFETY: the message points into buffers the batch owns.
+                let r = unsafe { libc::sendmsg(fd, &h, libc::MSG_DONTWAIT) };
+                if r >= 0 {
+                    break;
+                }
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::Interrupted => {}
+                    io::ErrorKind::WouldBlock => {
+                        let mut p = libc::pollfd {
+                            fd,
+                            events: libc::POLLOUT,
+                            revents: 0,
+                        };
+                        // SAFETY: one valid pollfd.
+                        if unsafe { libc::poll(&mut p, 1, 100) } <= 0 {
+                            return Sent::Failed(e);
+                        }
+                    }
+                    _ => return Sent::Failed(e),
+                }
+            }
+        }
+        Sent::Ok
+    }
+
+    fn clear(&mut self) {
+        self.filled = 0;
+        self.sent = 0;
+        self.reads_used = 0;
+        self.hdrs_used = 0;
+        self.iovs_used = 0;
+        self.open_len = 0;
+    }
+}
+
 #[derive(Debug)]
 pub struct Received<'a> {
     pub src: SocketAddrV4,
@@ -669,6 +982,112 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Every datagram waiting on `rx` (without GRO), until `total` bytes came.
+    fn drain(rx: RawFd, total: usize) -> Vec<Vec<u8>> {
+        let mut inb = RecvBatch::new(64);
+        let mut got: Vec<Vec<u8>> = vec![];
+        while got.iter().map(Vec::len).sum::<usize>() < total {
+            match inb.recv(rx) {
+                Ok(n) => got.extend((0..n).map(|i| inb.get(i).data.to_vec())),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_readable(rx),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        got
+    }
+
+    /// Stages a "frame" of `segs` payloads of `size` bytes (byte k of segment i is i) in the
+    /// next read slot, their 4-byte headers ("H", i, 0, 0) in the header room, and pushes
+    /// one message of `[hdr, payload]` pairs with UDP_SEGMENT = 4 + size.
+    fn stage_frame(b: &mut GatherBatch, addr: SocketAddrV4, segs: usize, size: usize) {
+        let st = b.stage().unwrap();
+        for i in 0..segs {
+            st.read[10 + i * size..10 + (i + 1) * size].fill(i as u8);
+            st.hdrs[i * 4..(i + 1) * 4].copy_from_slice(&[b'H', i as u8, 0, 0]);
+        }
+        for i in 0..segs {
+            b.push_hdr(i * 4..(i + 1) * 4);
+            b.push_read(10 + i * size..10 + (i + 1) * size);
+        }
+        let meta = SlotMeta {
+            tag: 3,
+            segment: (4 + size) as u16,
+            packets: segs as u16,
+        };
+        b.end_msg(addr, meta);
+        b.keep(segs * 4);
+    }
+
+    #[test]
+    fn a_gathered_message_goes_out_as_its_segments() {
+        let (rx, tx, addr) = pair();
+        let mut b = GatherBatch::new(4, 4096, 4096, 64, 4);
+        stage_frame(&mut b, addr, 3, 100);
+        // A whole packet from the next slot: one iovec.
+        let st = b.stage().unwrap();
+        st.read[10..15].copy_from_slice(b"whole");
+        b.push_read(10..15);
+        b.end_msg(addr, SlotMeta::default());
+        b.keep(0);
+        assert_eq!(b.pending(), 2);
+        let mut done = vec![];
+        b.send(tx.as_raw_fd(), |m, len, r| {
+            done.push((m.packets, len, matches!(r, Sent::Ok)))
+        })
+        .unwrap();
+        assert_eq!(done, [(3, 312, true), (0, 5, true)]);
+        assert_eq!(b.pending(), 0);
+        assert!(b.gso());
+        let got = drain(rx.as_raw_fd(), 312 + 5);
+        assert_eq!(got.len(), 4);
+        for (i, d) in got[..3].iter().enumerate() {
+            assert_eq!(d[..4], [b'H', i as u8, 0, 0]);
+            assert!(d.len() == 104 && d[4..].iter().all(|&x| x == i as u8));
+        }
+        assert_eq!(got[3], b"whole");
+        // Sent: the slots are free again.
+        assert_eq!(b.staged_slot(), Some(0));
+    }
+
+    #[test]
+    fn a_refused_gso_send_goes_again_one_datagram_per_segment() {
+        // 129 segments is one more than UDP_MAX_SEGMENTS: the kernel says EINVAL.
+        let (rx, tx, addr) = pair();
+        let mut b = GatherBatch::new(2, 8192, 1024, 512, 2);
+        stage_frame(&mut b, addr, 129, 8);
+        let mut done = vec![];
+        b.send(tx.as_raw_fd(), |m, len, r| {
+            done.push((m.packets, len, matches!(r, Sent::Ok)))
+        })
+        .unwrap();
+        assert_eq!(done, [(129, 129 * 12, true)]);
+        assert!(!b.gso(), "GSO is off after the refusal");
+        let got = drain(rx.as_raw_fd(), 129 * 12);
+        assert_eq!(got.len(), 129);
+        for (i, d) in got.iter().enumerate() {
+            assert_eq!(d[..2], [b'H', i as u8]);
+            assert!(d.len() == 12 && d[4..].iter().all(|&x| x == i as u8));
+        }
+    }
+
+    #[test]
+    fn a_frame_moved_to_the_first_slot_keeps_its_bytes() {
+        let (_rx, tx, addr) = pair();
+        let mut b = GatherBatch::new(2, 64, 64, 8, 2);
+        stage_frame(&mut b, addr, 1, 20);
+        assert_eq!(b.staged_slot(), Some(1));
+        b.stage().unwrap().read[..6].copy_from_slice(b"second");
+        b.send(tx.as_raw_fd(), |_, _, r| assert!(matches!(r, Sent::Ok)))
+            .unwrap();
+        b.move_to_first(1, 6);
+        assert_eq!(&b.stage().unwrap().read[..6], b"second");
+        // Both slots taken: no stage.
+        stage_frame(&mut b, addr, 1, 20);
+        stage_frame(&mut b, addr, 1, 20);
+        assert!(b.stage().is_none() && b.staged_slot().is_none());
+        assert!(b.fits(4, 0) && !b.fits(5, 0) && !b.fits(0, 1));
     }
 
     #[test]

@@ -14,13 +14,14 @@
 //!   cut at its `gro_size`) goes through [`admit`] and is written into the TUN.
 //!
 //! With a vnet header on the queue (offloads on, the default; `--plain` turns them off) each
-//! TUN read is a `virtio_net_hdr` and a packet, maybe a TSO/USO super-packet: `gso::split`
-//! makes UDP_SEGMENT chunks (≤ 128 segments, ≤ 65,507 B), each one slot of the same
-//! `sendmmsg` (a copy from the split buffer into the slot: one more memcpy than needed, a lever
-//! for later). RX: the sockets have UDP_GRO; each read is cut at its gro_size
-//! (`gro::cut`), every inner packet is admitted, and `gro::coalesce` merges them into
-//! super-packets, one `writev` (header + parts) each. Not done yet: the EIO/EINVAL fallback
-//! of a refused GSO send to one datagram per segment (it counts as SendFailed for now).
+//! TUN read is a `virtio_net_hdr` and a packet, maybe a TSO/USO super-packet, read straight
+//! into a [`GatherBatch`] slot and left there: `gso::split_headers` writes only the segments'
+//! headers, and each UDP_SEGMENT chunk (≤ 128 segments, ≤ 65,507 B) is one message of the
+//! same `sendmmsg` gathering `[header, payload]` iovecs, so the frame is copied once, by the
+//! kernel. A GSO send refused with EIO/EINVAL goes again as one datagram per segment, and
+//! GSO stays off for the worker (the batch says so). RX: the sockets have UDP_GRO; each read
+//! is cut at its gro_size (`gro::cut`), every inner packet is admitted, and `gro::coalesce`
+//! merges them into super-packets, one `writev` (header + parts) each.
 //!
 //! The budgets keep one direction from starving the other: a round moves at most 64 packets
 //! out and one `recvmmsg` in. A full socket buffer (EAGAIN) leaves the batch pending and stops
@@ -49,7 +50,7 @@ use crate::published::{Published, Reader};
 use crate::stats::{Counters, Ledger};
 use crate::table::{PeerId, PeerTable};
 use crate::tun::TunQueue;
-use crate::udp::{RecvBatch, SendBatch, Sent, SlotMeta};
+use crate::udp::{GatherBatch, RecvBatch, SendBatch, Sent, SlotMeta};
 use crate::virtio::VirtioNetHdr;
 
 /// TUN reads per round (and the send batch's slots).
@@ -58,6 +59,16 @@ pub const TX_BUDGET: usize = 64;
 pub const RX_SLOTS: usize = 32;
 /// A TX slot holds the largest packet a TUN of MTU ≤ 65,535 hands out.
 const TX_SLOT: usize = 65_536;
+/// The offload batch's header room, iovecs and messages: 64 frames of 46 segments (TUN MTU
+/// 1472) take 153 KiB of headers, 5,888 iovecs and 128 messages.
+const GATHER_HDR_BYTES: usize = 512 * 1024;
+const GATHER_IOVS: usize = 8192;
+const GATHER_MSGS: usize = 1024;
+/// A TUN read starts only with room for a frame of this many segments with the longest
+/// headers (a bigger one sends the batch first).
+const ROOM_SEGMENTS: usize = 256;
+/// IPv4 and TCP headers with all their options.
+const MAX_HDR_LEN: usize = 120;
 
 /// The table the workers forward with: `None` until the first Table arrives.
 pub type SharedTable = Arc<Published<Option<PeerTable>>>;
@@ -120,19 +131,21 @@ pub fn run(index: usize, io: WorkerIo, shared: Arc<Shared>) -> io::Result<()> {
     let io_vnet = io.tun.mode().vnet_hdr;
     let mut w = Worker {
         io,
-        out: SendBatch::new(TX_BUDGET, TX_SLOT),
+        out: SendBatch::new(if io_vnet { 0 } else { TX_BUDGET }, TX_SLOT),
+        gather: if io_vnet {
+            GatherBatch::new(
+                TX_BUDGET,
+                VirtioNetHdr::LEN + TX_SLOT,
+                GATHER_HDR_BYTES,
+                GATHER_IOVS,
+                GATHER_MSGS,
+            )
+        } else {
+            GatherBatch::new(0, 0, 0, 0, 0)
+        },
         inb: RecvBatch::new(RX_SLOTS),
         icmp_at: None,
         vnet: io_vnet,
-        rbuf: vec![
-            0;
-            if io_vnet {
-                VirtioNetHdr::LEN + TX_SLOT
-            } else {
-                0
-            }
-        ],
-        gso_out: vec![0; if io_vnet { gso::OUT_LEN } else { 0 }],
         packets: Vec::new(),
         co: Coalesced::new(),
     };
@@ -161,15 +174,14 @@ pub fn run(index: usize, io: WorkerIo, shared: Arc<Shared>) -> io::Result<()> {
 
 struct Worker {
     io: WorkerIo,
+    /// The plain path's batch (a slot per packet).
     out: SendBatch,
+    /// The offload path's batch (frames left where they were read, gathered by iovecs).
+    gather: GatherBatch,
     inb: RecvBatch,
     icmp_at: Option<Instant>,
     /// The queue has a vnet header (offloads on): the GSO/GRO paths.
     vnet: bool,
-    /// vnet: the TUN read buffer (header + super-packet).
-    rbuf: Vec<u8>,
-    /// vnet: `gso::split`'s output.
-    gso_out: Vec<u8>,
     /// vnet RX: the admitted inner packets of one recvmmsg (ranges into the receive buffer).
     packets: Vec<Range<usize>>,
     co: Coalesced,
@@ -181,7 +193,7 @@ fn would_block(e: &io::Error) -> bool {
 
 impl Worker {
     fn wait(&mut self) -> io::Result<()> {
-        let blocked = self.out.pending() > 0;
+        let blocked = self.out.pending() > 0 || self.gather.pending() > 0;
         let mut fds = [
             libc::pollfd {
                 fd: self.io.tun.as_raw_fd(),
@@ -320,91 +332,162 @@ impl Worker {
     }
 
     /// TUN → UDP with offloads: each read is a vnet header and a packet, maybe a TSO/USO
-    /// super-packet, split by `gso::split` into UDP_SEGMENT chunks, each one slot.
+    /// super-packet, read straight into a [`GatherBatch`] slot and left there:
+    /// `gso::split_headers` writes the segments' headers into the batch's header room and
+    /// each chunk (≤ 128 segments, ≤ 65,507 B) is one message gathering `[hdr, payload]`
+    /// iovecs with UDP_SEGMENT, so the frame is copied once, by the kernel.
     fn tun_to_udp_vnet(&mut self, table: &PeerTable, c: &Counters) -> io::Result<bool> {
-        if self.out.pending() > 0 {
-            self.flush(c)?;
-            if self.out.pending() > 0 {
+        if self.gather.pending() > 0 {
+            self.flush_gather(c)?;
+            if self.gather.pending() > 0 {
                 return Ok(false);
             }
         }
         let mut moved = false;
         for _ in 0..TX_BUDGET {
-            // A super-packet becomes up to one chunk per 128 segments; keep room for them.
-            if self.out.capacity() - self.out.pending() < 2 {
+            // Room for a usual frame; a bigger one flushes first (`make_room`).
+            if !self.gather.fits(
+                2 * ROOM_SEGMENTS,
+                ROOM_SEGMENTS.div_ceil(gso::MAX_SEGMENTS) + 1,
+            ) {
                 break;
             }
-            let n = match self.io.tun.read(&mut self.rbuf) {
+            let Some(stage) = self.gather.stage() else {
+                break;
+            };
+            if stage.hdrs.len() < ROOM_SEGMENTS * MAX_HDR_LEN {
+                break;
+            }
+            let n = match self.io.tun.read(stage.read) {
                 Ok(n) => n,
                 Err(e) if would_block(&e) => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
             moved = true;
-            let Ok(hdr) = VirtioNetHdr::decode(&self.rbuf[..n]) else {
-                c.dropped(None, Drop::BadOffload);
-                continue;
-            };
-            let pkt = &mut self.rbuf[VirtioNetHdr::LEN..n];
-            let peer = match route_tx(table, pkt) {
-                Ok(p) => p,
-                Err(d) => {
-                    c.dropped(None, d);
-                    if d == Drop::NoRoute {
-                        let _ = unreachable(&self.io.tun, true, &mut self.icmp_at, pkt);
-                    }
-                    continue;
-                }
-            };
-            let dst = table.peer(peer).addr();
-            match gso::split(&hdr, pkt, &mut self.gso_out) {
-                Err(_) => c.dropped(Some(peer), Drop::BadOffload),
-                Ok(Split::Whole) => {
-                    let len = pkt.len();
-                    self.out.slot()[..len].copy_from_slice(pkt);
-                    self.out.commit(
-                        len,
-                        dst,
-                        SlotMeta {
-                            tag: peer.0,
-                            segment: 0,
-                            packets: 1,
-                        },
-                    );
-                }
-                Ok(Split::Segments(segs)) => {
-                    for ch in segs.chunks() {
-                        if self.out.is_full() {
-                            self.flush(c)?;
-                            if self.out.is_full() {
-                                c.dropped(Some(peer), Drop::SendFailed);
-                                continue;
-                            }
-                        }
-                        let len = ch.range.len();
-                        self.out.slot()[..len].copy_from_slice(&self.gso_out[ch.range.clone()]);
-                        let segment = if ch.segments > 1 {
-                            ch.segment_size as u16
-                        } else {
-                            0
-                        };
-                        self.out.commit(
-                            len,
-                            dst,
-                            SlotMeta {
-                                tag: peer.0,
-                                segment,
-                                packets: ch.segments as u16,
-                            },
-                        );
-                    }
-                }
-            }
+            self.stage_frame(n, table, c)?;
         }
-        if self.out.pending() > 0 {
-            self.flush(c)?;
+        if self.gather.pending() > 0 {
+            self.flush_gather(c)?;
         }
         Ok(moved)
+    }
+
+    /// One frame of `n` bytes in the staged read slot: routed, split (headers only) and
+    /// pushed as messages, or dropped and counted.
+    fn stage_frame(&mut self, n: usize, table: &PeerTable, c: &Counters) -> io::Result<()> {
+        let stage = self.gather.stage().expect("staged by the caller");
+        let Ok(hdr) = VirtioNetHdr::decode(&stage.read[..n]) else {
+            c.dropped(None, Drop::BadOffload);
+            return Ok(());
+        };
+        let pkt = &mut stage.read[VirtioNetHdr::LEN..n];
+        let peer = match route_tx(table, pkt) {
+            Ok(p) => p,
+            Err(d) => {
+                c.dropped(None, d);
+                if d == Drop::NoRoute {
+                    let _ = unreachable(&self.io.tun, true, &mut self.icmp_at, pkt);
+                }
+                return Ok(());
+            }
+        };
+        let dst = table.peer(peer).addr();
+        let meta = |segment: usize, packets: usize| SlotMeta {
+            tag: peer.0,
+            segment: segment as u16,
+            packets: packets as u16,
+        };
+        let segs = match gso::split_headers(&hdr, pkt, stage.hdrs) {
+            Err(gso::GsoError::OutTooSmall { .. }) => {
+                // More segments than the room left: send what waits, then split again
+                // from an empty batch (a frame that does not fit even then is refused).
+                if self.make_room(n, c)? {
+                    return self.stage_frame(n, table, c);
+                }
+                c.dropped(Some(peer), Drop::BadOffload);
+                return Ok(());
+            }
+            Err(_) => {
+                c.dropped(Some(peer), Drop::BadOffload);
+                return Ok(());
+            }
+            Ok(Split::Whole) => {
+                self.gather.push_read(VirtioNetHdr::LEN..n);
+                self.gather.end_msg(dst, meta(0, 1));
+                self.gather.keep(0);
+                return Ok(());
+            }
+            Ok(Split::Segments(s)) => s,
+        };
+        let gso_on = self.gather.gso();
+        let msgs = if gso_on {
+            segs.chunks().count()
+        } else {
+            segs.segments
+        };
+        if !self.gather.fits(2 * segs.segments, msgs) {
+            if self.make_room(n, c)? {
+                return self.stage_frame(n, table, c);
+            }
+            c.dropped(Some(peer), Drop::BadOffload);
+            return Ok(());
+        }
+        let off = VirtioNetHdr::LEN;
+        for ch in segs.chunks() {
+            let range = segs.chunk_segments(&ch);
+            for i in range.clone() {
+                self.gather.push_hdr(segs.header(i));
+                let p = segs.payload(i);
+                self.gather.push_read(off + p.start..off + p.end);
+                if !gso_on {
+                    self.gather.end_msg(dst, meta(0, 1));
+                }
+            }
+            if gso_on {
+                let segment = if ch.segments > 1 { ch.segment_size } else { 0 };
+                self.gather.end_msg(dst, meta(segment, ch.segments));
+            }
+        }
+        self.gather.keep(segs.segments * segs.hdr_len);
+        Ok(())
+    }
+
+    /// Makes room for the staged frame (`n` bytes) that did not fit what is left of the
+    /// header room, the iovecs or the messages: when the batch holds other frames, sends them
+    /// (waiting for the socket if it must) and moves the frame to the first slot. False
+    /// when the batch was already empty: the frame cannot fit.
+    fn make_room(&mut self, n: usize, c: &Counters) -> io::Result<bool> {
+        let Some(from) = self.gather.staged_slot().filter(|&k| k > 0) else {
+            return Ok(false);
+        };
+        while self.gather.pending() > 0 {
+            self.flush_gather(c)?;
+            if self.gather.pending() > 0 {
+                let mut p = libc::pollfd {
+                    fd: self.io.tx.as_raw_fd(),
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd.
+                unsafe { libc::poll(&mut p, 1, 100) };
+            }
+        }
+        self.gather.move_to_first(from, n);
+        Ok(true)
+    }
+
+    fn flush_gather(&mut self, c: &Counters) -> io::Result<()> {
+        let r = self
+            .gather
+            .send(self.io.tx.as_raw_fd(), |m, len, sent| match sent {
+                Sent::Ok => c.tx(PeerId(m.tag), u64::from(m.packets), len as u64),
+                Sent::Failed(_) => c.dropped(Some(PeerId(m.tag)), Drop::SendFailed),
+            });
+        match r {
+            Err(e) if !would_block(&e) => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// UDP → TUN with offloads: GRO reads cut at their gso_size, each inner packet admitted,
@@ -470,7 +553,7 @@ impl Worker {
     fn discard_tun(&mut self) -> io::Result<bool> {
         let mut moved = false;
         let slot = if self.vnet {
-            &mut self.rbuf[..]
+            self.gather.stage().expect("an empty batch has slots").read
         } else {
             self.out.slot()
         };

@@ -14,8 +14,8 @@
 //!   every block to that block's owner.
 //!
 //! - `split` (dp-offload): input = a 10-byte virtio-net header, then one TUN frame.
-//!   `gso::split` never panics; a refused frame is left untouched; a finished `GSO_NONE`
-//!   checksum verifies; every segment's IPv4 and transport checksums verify, its lengths are
+//!   `gso::split` never panics; `gso::split_headers` gathers to the same datagrams; a
+//!   refused frame is left untouched; a finished `GSO_NONE` checksum verifies; every segment's IPv4 and transport checksums verify, its lengths are
 //!   right, the payloads concatenate to the frame's, the chunks tile the output within the
 //!   UDP_SEGMENT limits; and `gro::coalesce` of the segments gives the frame back (its
 //!   lengths, IPv4 checksum and pseudo-header sum normalised) whenever the GRO rules allow.
@@ -249,6 +249,21 @@ pub fn split(data: &[u8]) {
         Ok(Split::Segments(s)) => s,
     };
     assert_eq!(packet, orig, "the frame is read only");
+    // The headers-only split (what the worker sends from) gathers to the same datagrams.
+    let mut hdrs = vec![0u8; gso::OUT_LEN];
+    let mut again = orig.to_vec();
+    let Ok(Split::Segments(hs)) = gso::split_headers(&h, &mut again, &mut hdrs) else {
+        panic!("split_headers refused what split took");
+    };
+    assert_eq!(hs, s);
+    for c in s.chunks() {
+        let mut m = Vec::with_capacity(c.range.len());
+        for i in hs.chunk_segments(&c) {
+            m.extend_from_slice(&hdrs[hs.header(i)]);
+            m.extend_from_slice(&again[hs.payload(i)]);
+        }
+        assert_eq!(m, out[c.range], "gathered chunk");
+    }
     let hc = h.check(orig).expect("split accepted it");
     let hl = usize::from(hc.hdr_len);
     assert_eq!(s.segment_size, hl + usize::from(hc.gso_size));
