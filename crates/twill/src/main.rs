@@ -3,6 +3,7 @@
 //! in the library crates and in pure functions here; the `run` functions do the I/O.
 
 mod bgp_cmd;
+mod install_cni;
 mod ipam_cmd;
 mod kind_arg;
 mod lab;
@@ -57,6 +58,9 @@ enum Command {
     Bgp(bgp_cmd::BgpArgs),
     /// Network policy: why a flow is allowed or denied (explain).
     Policy(policy_cmd::PolicyArgs),
+    /// Copy twill-cni into the CNI bin dir and write 10-twill.conflist (a node's init
+    /// step, as flannel's and Calico's install-cni); --uninstall removes them.
+    InstallCni(install_cni::InstallCniArgs),
 }
 
 fn main() {
@@ -66,6 +70,8 @@ fn main() {
     let result = match cli.command {
         Command::Lab(args) => lab::run(args, &cli.store),
         Command::Bgp(args) => bgp_cmd::run(args),
+        // Files only: no store.
+        Command::InstallCni(args) => install_cni::run(args),
         // Each of its subcommands reads what it needs (the store, or twilld).
         Command::Policy(args) => policy_cmd::run(args, &cli.store),
         // Only apply may make a new store, and only once the file is found good; the rest
@@ -77,7 +83,11 @@ fn main() {
             Command::Node(a) => node_cmd::run(a, store),
             Command::Label(a) => label_cmd::run(a, store),
             Command::Ipam(a) => ipam_cmd::run(a, store),
-            Command::Lab(_) | Command::Apply(_) | Command::Bgp(_) | Command::Policy(_) => {
+            Command::Lab(_)
+            | Command::Apply(_)
+            | Command::Bgp(_)
+            | Command::Policy(_)
+            | Command::InstallCni(_) => {
                 unreachable!("handled above")
             }
         }),

@@ -1,6 +1,7 @@
 //! The CNI side of Twill: the network config `twill-cni` reads (spec 1.1.0), the result it
 //! prints, the environment a runtime sets, and the spec's error codes.
 
+pub mod conflist;
 pub mod env;
 pub mod error;
 pub mod identity;
