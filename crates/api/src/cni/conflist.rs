@@ -474,7 +474,7 @@ mod tests {
             ),
             ("{\"name\":\"{{CNI_NETWORK\"}".into(), "line 1: a placeholder opened with {{ is not closed"),
             (
-                format!(r#"{{"cniVersion":"1.1.0","name":"n","plugins":[{{"type":"twill-cni","mtu":{{{{MTU}}}},"ipam":{{}}}}]}}"#),
+                r#"{"cniVersion":"1.1.0","name":"n","plugins":[{"type":"twill-cni","mtu":{{MTU}},"ipam":{}}]}"#.to_string(),
                 "{{MTU}} has no value here: only twilld's hand-off file knows the pod MTU",
             ),
             (
