@@ -247,10 +247,12 @@ pub struct SlotMeta {
     pub packets: u16,
 }
 
-/// What happened to one slot in [`SendBatch::send`].
+/// What happened to one message in [`SendBatch::send`] or [`GatherBatch::send`].
 #[derive(Debug)]
 pub enum Sent {
     Ok,
+    /// A GSO message the kernel refused went as one datagram per segment ([`GatherBatch`]).
+    Segmented,
     /// The kernel refused this message (the worker counts it and moves on).
     Failed(io::Error),
 }
@@ -708,7 +710,7 @@ impl GatherBatch {
                 }
             }
         }
-        Sent::Ok
+        Sent::Segmented
     }
 
     fn clear(&mut self) {
@@ -1059,10 +1061,10 @@ mod tests {
         stage_frame(&mut b, addr, 129, 8);
         let mut done = vec![];
         b.send(tx.as_raw_fd(), |m, len, r| {
-            done.push((m.packets, len, matches!(r, Sent::Ok)))
+            done.push((m.packets, len, matches!(r, Sent::Segmented)))
         })
         .unwrap();
-        assert_eq!(done, [(129, 129 * 12, true)]);
+        assert_eq!(done, [(129, 129 * 12, true)], "reported as Sent::Segmented");
         assert!(!b.gso(), "GSO is off after the refusal");
         let got = drain(rx.as_raw_fd(), 129 * 12);
         assert_eq!(got.len(), 129);

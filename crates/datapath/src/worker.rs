@@ -18,8 +18,8 @@
 //! into a [`GatherBatch`] slot and left there: `gso::split_headers` writes only the segments'
 //! headers, and each UDP_SEGMENT chunk (≤ 128 segments, ≤ 65,507 B) is one message of the
 //! same `sendmmsg` gathering `[header, payload]` iovecs, so the frame is copied once, by the
-//! kernel. A GSO send refused with EIO/EINVAL goes again as one datagram per segment, and
-//! GSO stays off for the worker (the batch says so). RX: the sockets have UDP_GRO; each read
+//! kernel. A GSO send refused with EIO/EINVAL goes again as one datagram per segment
+//! (counted in `gso_fallbacks`), and GSO stays off for the worker (the batch says so). RX: the sockets have UDP_GRO; each read
 //! is cut at its gro_size (`gro::cut`), every inner packet is admitted, and `gro::coalesce`
 //! merges them into super-packets, one `writev` (header + parts) each.
 //!
@@ -236,12 +236,13 @@ impl Worker {
     }
 
     fn flush(&mut self, c: &Counters) -> io::Result<()> {
-        let r = self
-            .out
-            .send(self.io.tx.as_raw_fd(), |m, len, sent| match sent {
-                Sent::Ok => c.tx(PeerId(m.tag), u64::from(m.packets), len as u64),
-                Sent::Failed(_) => c.dropped(Some(PeerId(m.tag)), Drop::SendFailed),
-            });
+        let r = self.out.send(self.io.tx.as_raw_fd(), |m, len, sent| {
+            let peer = PeerId(m.tag);
+            match sent {
+                Sent::Ok | Sent::Segmented => c.tx(peer, u64::from(m.packets), len as u64),
+                Sent::Failed(_) => c.dropped(Some(peer), Drop::SendFailed),
+            }
+        });
         match r {
             Err(e) if !would_block(&e) => Err(e),
             _ => Ok(()),
@@ -482,6 +483,10 @@ impl Worker {
             .gather
             .send(self.io.tx.as_raw_fd(), |m, len, sent| match sent {
                 Sent::Ok => c.tx(PeerId(m.tag), u64::from(m.packets), len as u64),
+                Sent::Segmented => {
+                    c.gso_fallback();
+                    c.tx(PeerId(m.tag), u64::from(m.packets), len as u64)
+                }
                 Sent::Failed(_) => c.dropped(Some(PeerId(m.tag)), Drop::SendFailed),
             });
         match r {
