@@ -7,7 +7,7 @@
 //! [`run_all`].
 //! The `compacted` case compacts the whole store: give it a store of its own.
 
-use crate::{Event, LeaseId, Result, Revision, Store, StoreError, Watch};
+use crate::{Event, KeyRange, LeaseId, Result, Revision, Store, StoreError, Watch};
 use std::time::{Duration, Instant};
 
 /// What a case runs against.
@@ -48,6 +48,7 @@ macro_rules! conformance_tests {
             revoke_deletes_keys_in_one_revision,
             watch_replays_from_a_past_revision,
             watch_sees_other_handles_writes,
+            watch_range_sees_only_its_keys,
             compacted_revision_is_an_error,
             revision_is_monotonic,
         );
@@ -331,6 +332,31 @@ pub fn watch_replays_from_a_past_revision(s: &Subject) {
     // Exclusive start: from `ra`, the first event is b's put.
     let mut w = s.other.watch(&s.key("w/"), ra).unwrap();
     assert_eq!(take(w.as_mut(), 1)[0].revision(), rb);
+}
+
+pub fn watch_range_sees_only_its_keys(s: &Subject) {
+    let (_, rev) = s.store.list(&s.prefix).unwrap();
+    let range = KeyRange::Between {
+        from: s.key("b"),
+        to: s.key("d0"),
+    };
+    let mut w = s.store.watch_range(&range, rev).unwrap();
+    for k in ["a/x", "b", "c/1", "d", "d/2", "e/y"] {
+        s.other.put(&s.key(k), b"v", None).unwrap();
+    }
+    s.other.delete(&s.key("c/1")).unwrap();
+    s.other.delete(&s.key("e/y")).unwrap();
+    let keys: Vec<String> = take(w.as_mut(), 5)
+        .iter()
+        .map(|e| e.key().strip_prefix(&s.prefix).unwrap().to_string())
+        .collect();
+    assert_eq!(keys, ["b", "c/1", "d", "d/2", "c/1"]);
+    assert_eq!(
+        w.next(Duration::from_millis(200)).unwrap(),
+        None,
+        "a/ and e/ are outside"
+    );
+    assert!(range.contains(&s.key("d/9")) && !range.contains(&s.key("d0")));
 }
 
 pub fn watch_sees_other_handles_writes(s: &Subject) {

@@ -26,7 +26,7 @@
 //!   holds it), and the lab keeps the folder on tmpfs (/run) where syncing is a no-op. Turn
 //!   on [`Options::sync`] to survive power loss on a real disk.
 
-use crate::{Event, KeyValue, LeaseId, Result, Revision, Store, StoreError, Watch};
+use crate::{Event, KeyRange, KeyValue, LeaseId, Result, Revision, Store, StoreError, Watch};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -859,7 +859,7 @@ impl Store for EmbeddedStore {
         })
     }
 
-    fn watch(&self, prefix: &str, after: Revision) -> Result<Box<dyn Watch>> {
+    fn watch_range(&self, range: &KeyRange, after: Revision) -> Result<Box<dyn Watch>> {
         let compacted = self.shared.read(|s| s.compacted)?;
         if after < compacted {
             return Err(StoreError::Compacted {
@@ -869,7 +869,7 @@ impl Store for EmbeddedStore {
         }
         Ok(Box::new(EmbeddedWatch {
             shared: self.shared.clone(),
-            prefix: prefix.to_string(),
+            range: range.clone(),
             cursor: after,
             pending: VecDeque::new(),
         }))
@@ -878,7 +878,7 @@ impl Store for EmbeddedStore {
 
 struct EmbeddedWatch {
     shared: Arc<Shared>,
-    prefix: String,
+    range: KeyRange,
     /// Every event up to this revision has been queued.
     cursor: Revision,
     pending: VecDeque<Event>,
@@ -891,7 +891,7 @@ impl Watch for EmbeddedWatch {
             if let Some(e) = self.pending.pop_front() {
                 return Ok(Some(e));
             }
-            let (cursor, prefix, pending) = (&mut self.cursor, &self.prefix, &mut self.pending);
+            let (cursor, range, pending) = (&mut self.cursor, &self.range, &mut self.pending);
             self.shared.read(|s| {
                 if *cursor < s.compacted {
                     return Err(StoreError::Compacted {
@@ -903,7 +903,7 @@ impl Watch for EmbeddedWatch {
                 pending.extend(
                     s.history
                         .range(start..)
-                        .filter(|e| e.key().starts_with(prefix.as_str()))
+                        .filter(|e| range.contains(e.key()))
                         .cloned(),
                 );
                 *cursor = (*cursor).max(s.rev);

@@ -20,7 +20,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::{Event, KeyValue, LeaseId, Result, Revision, Store, StoreError, Watch};
+use crate::{Event, KeyRange, KeyValue, LeaseId, Result, Revision, Store, StoreError, Watch};
 use proto::{ErrorClass, WatchMessage};
 use transport::{Endpoint, Stream};
 
@@ -233,13 +233,13 @@ impl EtcdStore {
 
     /// Opens a watch stream on the first endpoint that accepts it and waits for etcd to
     /// confirm it (or refuse it as compacted).
-    fn open_watch(&self, prefix: &str, start: Revision) -> Result<EtcdWatch> {
+    fn open_watch(&self, range: &KeyRange, start: Revision) -> Result<EtcdWatch> {
         let n = self.endpoints.len();
         let first = self.preferred.load(Ordering::Relaxed);
         let mut failures = Vec::new();
         for k in 0..n {
             let i = (first + k) % n;
-            match self.try_watch(i, prefix, start) {
+            match self.try_watch(i, range, start) {
                 Ok(w) => return Ok(w),
                 Err(StoreError::Unavailable { reason, .. }) => {
                     failures.push(format!("{}: {reason}", self.endpoints[i].url))
@@ -266,7 +266,7 @@ impl EtcdStore {
         }
     }
 
-    fn try_watch(&self, i: usize, prefix: &str, start: Revision) -> Result<EtcdWatch> {
+    fn try_watch(&self, i: usize, range: &KeyRange, start: Revision) -> Result<EtcdWatch> {
         let url = self.endpoints[i].url.clone();
         let unavailable = |reason: String| StoreError::Unavailable {
             endpoint: url.clone(),
@@ -275,7 +275,7 @@ impl EtcdStore {
         let io = |e: std::io::Error| unavailable(e.to_string());
         let mut conn = self.connect_to(i).map_err(io)?;
         let shutdown_handle = conn.get_ref().tcp().try_clone().map_err(io)?;
-        let body = proto::watch_create(prefix, start);
+        let body = proto::watch_create(range, start);
         let request =
             http::encode_post(&self.endpoints[i].authority(), "/v3/watch", body.as_bytes());
         conn.get_mut().write_all(&request).map_err(io)?;
@@ -527,7 +527,7 @@ impl Store for EtcdStore {
             .map(drop)
     }
 
-    fn watch(&self, prefix: &str, after: Revision) -> Result<Box<dyn Watch>> {
-        Ok(Box::new(self.open_watch(prefix, after + 1)?))
+    fn watch_range(&self, range: &KeyRange, after: Revision) -> Result<Box<dyn Watch>> {
+        Ok(Box::new(self.open_watch(range, after + 1)?))
     }
 }

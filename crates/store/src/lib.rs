@@ -115,6 +115,24 @@ impl StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// The keys a watch follows: every key starting with a prefix, or every key in
+/// `[from, to)` (etcd's key and range_end), so that a reader skips whole kinds it does not
+/// need without one stream per kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyRange {
+    Prefix(String),
+    Between { from: String, to: String },
+}
+
+impl KeyRange {
+    pub fn contains(&self, key: &str) -> bool {
+        match self {
+            KeyRange::Prefix(p) => key.starts_with(p.as_str()),
+            KeyRange::Between { from, to } => key >= from.as_str() && key < to.as_str(),
+        }
+    }
+}
+
 /// A stream of changes under a prefix, in revision order.
 pub trait Watch: Send {
     /// The next event, waiting at most `timeout`; `Ok(None)` on timeout. An error ends the
@@ -165,5 +183,10 @@ pub trait Store: Send + Sync {
     fn revoke(&self, lease: LeaseId) -> Result<()>;
 
     /// Every change under `prefix` after revision `after` (exclusive), in order.
-    fn watch(&self, prefix: &str, after: Revision) -> Result<Box<dyn Watch>>;
+    fn watch(&self, prefix: &str, after: Revision) -> Result<Box<dyn Watch>> {
+        self.watch_range(&KeyRange::Prefix(prefix.to_string()), after)
+    }
+
+    /// Every change to a key in `range` after revision `after` (exclusive), in order.
+    fn watch_range(&self, range: &KeyRange, after: Revision) -> Result<Box<dyn Watch>>;
 }

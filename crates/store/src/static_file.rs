@@ -15,7 +15,9 @@
 //! reload that changes something bumps the revision and its diff becomes watch events. A
 //! file that does not hold up is an error (file, line, field) on every call until fixed.
 
-use crate::{Event, KeyValue, LeaseId, Result, Revision, Store, StoreError, Watch, PREFIX};
+use crate::{
+    Event, KeyRange, KeyValue, LeaseId, Result, Revision, Store, StoreError, Watch, PREFIX,
+};
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -357,11 +359,11 @@ impl Store for StaticStore {
             .ok_or(StoreError::LeaseExpired(lease))
     }
 
-    fn watch(&self, prefix: &str, after: Revision) -> Result<Box<dyn Watch>> {
+    fn watch_range(&self, range: &KeyRange, after: Revision) -> Result<Box<dyn Watch>> {
         drop(self.shared.refresh()?);
         Ok(Box::new(StaticWatch {
             shared: self.shared.clone(),
-            prefix: prefix.to_string(),
+            range: range.clone(),
             cursor: after,
             next_index: 0,
         }))
@@ -370,7 +372,7 @@ impl Store for StaticStore {
 
 struct StaticWatch {
     shared: Arc<Shared>,
-    prefix: String,
+    range: KeyRange,
     cursor: Revision,
     /// Where to resume in the history (it only grows).
     next_index: usize,
@@ -384,7 +386,7 @@ impl Watch for StaticWatch {
                 let loaded = self.shared.refresh()?;
                 while let Some(e) = loaded.history.get(self.next_index) {
                     self.next_index += 1;
-                    if e.revision() > self.cursor && e.key().starts_with(&self.prefix) {
+                    if e.revision() > self.cursor && self.range.contains(e.key()) {
                         return Ok(Some(e.clone()));
                     }
                 }

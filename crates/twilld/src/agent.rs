@@ -85,7 +85,7 @@ impl Agent {
             ],
         );
         let leftovers = Leftovers::take(&config);
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::seeded(crate::claims::seed(&config.node_name));
         let store = match store {
             Some(s) => Some(s),
             None => loop {
@@ -494,8 +494,8 @@ impl Runner {
     }
 
     fn store_op(&mut self, op: StoreOp) -> Input {
-        if let StoreOp::Watch { prefix, after } = &op {
-            let r = self.store.watch(prefix, *after).map(|w| {
+        if let StoreOp::Watch { range, after } = &op {
+            let r = self.store.watch_range(range, *after).map(|w| {
                 self.start_watch(w);
                 StoreReply::Watching
             });

@@ -140,10 +140,38 @@ pub fn allocations_json(records: &[Record], veth_exists: impl Fn(&str) -> bool) 
     serde_json::to_vec(&list).expect("serializes")
 }
 
-/// Exponential backoff for store retries: 100 ms doubling to 10 s.
+/// A seeded pseudo-random source (xorshift64*) for spreading timers: agents seeded by their
+/// node names do not retry, renew or refresh in step. Pure and reproducible.
+#[derive(Debug, Clone)]
+pub struct Jitter(u64);
+
+impl Jitter {
+    pub fn new(seed: u64) -> Jitter {
+        Jitter(seed | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A duration uniformly in `[d × lo, d]`, `lo` in 0..=1.
+    pub fn within(&mut self, d: Duration, lo: f64) -> Duration {
+        let span = d.as_nanos() as f64 * (1.0 - lo.clamp(0.0, 1.0));
+        let cut = (self.next_u64() % 1_000_001) as f64 / 1_000_000.0 * span;
+        d.saturating_sub(Duration::from_nanos(cut as u64))
+    }
+}
+
+/// Exponential backoff for store retries: 100 ms doubling to 10 s, each delay drawn from
+/// its upper half (so a restart storm of many agents spreads out instead of retrying in
+/// step).
 #[derive(Debug, Clone)]
 pub struct Backoff {
     next: Duration,
+    jitter: Jitter,
 }
 
 impl Backoff {
@@ -151,13 +179,23 @@ impl Backoff {
     pub const MAX: Duration = Duration::from_secs(10);
 
     pub fn new() -> Backoff {
-        Backoff { next: Self::FIRST }
+        Backoff::seeded(0x5eed)
     }
 
+    /// Seeded, e.g. by the node's name ([`seed`]).
+    pub fn seeded(seed: u64) -> Backoff {
+        Backoff {
+            next: Self::FIRST,
+            jitter: Jitter::new(seed),
+        }
+    }
+
+    /// The next delay: in `[ceiling / 2, ceiling]`, the ceiling doubling from
+    /// [`Self::FIRST`] to [`Self::MAX`].
     pub fn next_delay(&mut self) -> Duration {
         let d = self.next;
         self.next = (self.next * 2).min(Self::MAX);
-        d
+        self.jitter.within(d, 0.5)
     }
 
     pub fn reset(&mut self) {
@@ -275,15 +313,41 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_to_ten_seconds() {
-        let mut b = Backoff::new();
-        let d: Vec<u128> = (0..10).map(|_| b.next_delay().as_millis()).collect();
-        assert_eq!(
-            d,
-            [100, 200, 400, 800, 1600, 3200, 6400, 10000, 10000, 10000]
+    fn backoff_doubles_to_ten_seconds_each_delay_in_its_upper_half() {
+        let ceilings = [
+            100u128, 200, 400, 800, 1600, 3200, 6400, 10000, 10000, 10000,
+        ];
+        let mut runs = Vec::new();
+        for node in ["n1", "n2", "n3"] {
+            let mut b = Backoff::seeded(seed(node));
+            let d: Vec<u128> = (0..10).map(|_| b.next_delay().as_millis()).collect();
+            for (got, c) in d.iter().zip(ceilings) {
+                assert!((c / 2..=c).contains(got), "{node}: {d:?}");
+            }
+            b.reset();
+            assert!(b.next_delay() <= Backoff::FIRST);
+            runs.push(d);
+        }
+        assert!(
+            runs[0] != runs[1] && runs[1] != runs[2],
+            "not in step: {runs:?}"
         );
-        b.reset();
-        assert_eq!(b.next_delay(), Backoff::FIRST);
+    }
+
+    #[test]
+    fn jitter_spreads_a_thousand_timers_over_the_window() {
+        let d = Duration::from_secs(1200);
+        let mut buckets = [0u32; 10];
+        for i in 0..1000 {
+            let t = Jitter::new(seed(&format!("node{i}"))).within(d, 0.75);
+            assert!(t >= d * 3 / 4 && t <= d);
+            let b = ((t - d * 3 / 4).as_secs_f64() / (d.as_secs_f64() / 4.0) * 10.0) as usize;
+            buckets[b.min(9)] += 1;
+        }
+        assert!(
+            buckets.iter().all(|b| (50..=150).contains(b)),
+            "{buckets:?}"
+        );
     }
 
     #[test]

@@ -28,7 +28,7 @@
 
 use crate::autodetect::NodeIp;
 use crate::backend::{Peer, RoutingInputs};
-use crate::claims::{self, Backoff, CreateOutcome, ReclaimAction};
+use crate::claims::{self, Backoff, CreateOutcome, Jitter, ReclaimAction};
 use crate::endpoints::{self, Desired};
 use crate::log::Level;
 use crate::peers::Publisher;
@@ -46,12 +46,24 @@ use twill_api::resources::{
     KEY_CONFIG, PREFIX_ALLOCATIONS, PREFIX_BLOCKS, PREFIX_NODECONFIGS, PREFIX_NODES, PREFIX_PEERS,
 };
 use twill_ipam::blocks::BlockSpace;
-use twill_store::{Event, KeyValue, LeaseId, Revision, StoreError, PREFIX};
+use twill_store::{Event, KeyRange, KeyValue, LeaseId, Revision, StoreError, PREFIX};
 
 /// The longest the machine sleeps between rounds (watch events wake it earlier).
 pub const MAX_WAIT: Duration = Duration::from_secs(1);
 /// `routingstatus/<node>` is written at most this often (session changes come in bursts).
 pub const ROUTING_STATUS_GAP: Duration = Duration::from_secs(1);
+
+/// What the agent watches: one range from `bgpconfig` to the end of `nodes/`, so that the
+/// kinds every node rewrites for others to read (`allocations/`, `peers/`, `podlabels/`,
+/// `routingstatus/`) never reach the other agents' watches. Sorted, the range holds
+/// `bgpconfig`, `bgppeers/`, `blocks/`, `config`, `endpoints/`, the policy kinds,
+/// `nodeconfigs/` and `nodes/`.
+pub fn agent_watch() -> KeyRange {
+    KeyRange::Between {
+        from: key(KEY_BGP_CONFIG),
+        to: format!("{}0", key(PREFIX_NODES).trim_end_matches('/')),
+    }
+}
 
 /// A full store key.
 pub fn key(rel: &str) -> String {
@@ -87,10 +99,10 @@ pub enum StoreOp {
     Delete(String),
     Grant(Duration),
     KeepAlive(LeaseId),
-    /// Start watching `prefix` after `after`; the loop keeps the stream and feeds its
+    /// Start watching `range` after `after`; the loop keeps the stream and feeds its
     /// events back as [`Input::Watch`].
     Watch {
-        prefix: String,
+        range: KeyRange,
         after: Revision,
     },
 }
@@ -362,6 +374,9 @@ pub struct Machine {
     /// asked, plus its TTL.
     lease_until: Instant,
     next_keepalive: Instant,
+    /// Spreads keep-alives (each at 3/4 to 1 of TTL/3 after the last) so agents started
+    /// together do not renew in step.
+    jitter: Jitter,
     /// Blocks confirmed under `lease`, in claim order.
     held: Vec<Ipv4Net>,
     remembered: Vec<Ipv4Net>,
@@ -426,7 +441,7 @@ impl Machine {
     pub fn new(p: Params, now: Instant) -> Machine {
         let mut m = Machine {
             seed: claims::seed(&p.node),
-            backoff: Backoff::new(),
+            backoff: Backoff::seeded(claims::seed(&p.node)),
             last_problem: None,
             out: VecDeque::new(),
             follow: None,
@@ -459,7 +474,7 @@ impl Machine {
             memory: None,
             peers: Vec::new(),
             peers_dirty: true,
-            peers_published: Publisher::default(),
+            peers_published: Publisher::spread(claims::seed(&p.node)),
             inputs: RoutingInputs::default(),
             resources_dirty: true,
             routing_published: None,
@@ -467,7 +482,8 @@ impl Machine {
             endpoints: endpoints::Publisher::new(&p.node),
             records_changed: true,
             endpoints_retry: now,
-            endpoints_backoff: Backoff::new(),
+            endpoints_backoff: Backoff::seeded(claims::seed(&p.node) ^ 0xe9),
+            jitter: Jitter::new(claims::seed(&p.node) ^ 0x1ea5e),
             p,
         };
         if !m.remembered.is_empty() {
@@ -1438,12 +1454,12 @@ impl Machine {
                 let ours = key(&format!("{PREFIX_NODECONFIGS}{}", self.p.node));
                 let spec = kvs.iter().find(|kv| kv.key == ours).cloned();
                 self.spec = spec.and_then(|kv| self.parse_spec(&kv));
-                // One watch for the override, the other nodes (the backend's peers) and
-                // this node's blocks.
+                // One watch for the override, the other nodes (the backend's peers),
+                // this node's blocks and endpoints, and the BGP resources.
                 self.store(
                     Pending::Watch,
                     StoreOp::Watch {
-                        prefix: PREFIX.into(),
+                        range: agent_watch(),
                         after: rev,
                     },
                 );
@@ -1468,7 +1484,7 @@ impl Machine {
                 self.lease = Some(l);
                 self.lease_until = asked + ttl;
                 self.lease_doubt_logged = false;
-                self.next_keepalive = now + ttl / 3;
+                self.next_keepalive = now + self.jitter.within(ttl / 3, 0.75);
                 self.need_reclaim = true;
                 self.next_stage(if self.p.static_store {
                     Stage::Static
@@ -1478,7 +1494,7 @@ impl Machine {
             }
             (Pending::KeepAlive { asked, ttl }, StoreReply::Ttl(_)) => {
                 self.report(Report::LeaseRenewed);
-                self.next_keepalive = now + ttl / 3;
+                self.next_keepalive = now + self.jitter.within(ttl / 3, 0.75);
                 self.lease_until = asked + ttl;
                 self.lease_doubt_logged = false;
                 self.next_stage(Stage::Reclaim);
@@ -2043,8 +2059,8 @@ mod tests {
             StoreOp::Delete(key) => StoreReply::Done(s.delete(&key)?),
             StoreOp::Grant(ttl) => StoreReply::Lease(s.grant(ttl)?),
             StoreOp::KeepAlive(l) => StoreReply::Ttl(s.keep_alive(l)?),
-            StoreOp::Watch { prefix, after } => {
-                *watch = Some(s.watch(&prefix, after)?);
+            StoreOp::Watch { range, after } => {
+                *watch = Some(s.watch_range(&range, after)?);
                 StoreReply::Watching
             }
         })
@@ -2092,6 +2108,32 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn the_agent_watches_what_it_reads_and_not_what_others_publish() {
+        let r = agent_watch();
+        for rel in [
+            KEY_BGP_CONFIG,
+            "bgppeers/tor",
+            "blocks/10.244.1.0-24",
+            KEY_CONFIG,
+            "endpoints/n1/default/p",
+            "nodeconfigs/n1",
+            "nodes/n1",
+            "nodes/zz",
+        ] {
+            assert!(r.contains(&key(rel)), "{rel} is needed");
+        }
+        for rel in [
+            "allocations/n1",
+            "peers/n1",
+            "podlabels/default/p",
+            "routingstatus/n1",
+            "nodes0",
+        ] {
+            assert!(!r.contains(&key(rel)), "{rel} is not");
+        }
     }
 
     #[test]
@@ -2340,7 +2382,12 @@ mod tests {
             waits.push((wake - w.now).as_millis());
             w.now = wake;
         }
-        assert_eq!(waits, [100, 200, 400, 800], "exponential backoff");
+        for (w, c) in waits.iter().zip([100, 200, 400, 800]) {
+            assert!(
+                (c / 2..=c).contains(w),
+                "exponential backoff with jitter: {waits:?}"
+            );
+        }
         // Longer backoffs still wake the machine when the lease may run out.
         w.now = granted + Duration::from_millis(8900);
         let wake = w.run(&mut n);
@@ -2375,7 +2422,7 @@ mod tests {
         let mut n = w.node("n1", &[], &[]);
         n.down = true;
         let wake = w.run(&mut n);
-        assert_eq!(wake - w.now, Claims::FIRST);
+        assert!((Claims::FIRST / 2..=Claims::FIRST).contains(&(wake - w.now)));
         let (why, store_up) = n.not_ready().unwrap();
         assert!(
             why.contains("store unreachable") && why.contains("connection refused"),

@@ -3,7 +3,7 @@
 //! fields equal to their zero value are left out (proto3 JSON), hence the defaults.
 
 use super::base64;
-use crate::{Event, KeyValue, LeaseId, Revision, StoreError};
+use crate::{Event, KeyRange, KeyValue, LeaseId, Revision, StoreError};
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -97,10 +97,14 @@ pub fn compaction(revision: Revision) -> String {
 }
 
 /// The one request of a watch stream: changes to keys under `prefix` from `start`.
-pub fn watch_create(prefix: &str, start: Revision) -> String {
+pub fn watch_create(range: &KeyRange, start: Revision) -> String {
+    let (key, end) = match range {
+        KeyRange::Prefix(p) => (p.as_bytes().to_vec(), prefix_range_end(p.as_bytes())),
+        KeyRange::Between { from, to } => (from.as_bytes().to_vec(), to.as_bytes().to_vec()),
+    };
     json!({ "create_request": {
-        "key": b64(prefix.as_bytes()),
-        "range_end": b64(&prefix_range_end(prefix.as_bytes())),
+        "key": b64(&key),
+        "range_end": b64(&end),
         "start_revision": start.to_string(),
     }})
     .to_string()
@@ -465,7 +469,8 @@ mod tests {
             lease_grant(std::time::Duration::from_millis(10)),
             r#"{"TTL":"1"}"#
         );
-        let v: Value = serde_json::from_str(&watch_create("/twill/v1/", 3)).unwrap();
+        let v: Value =
+            serde_json::from_str(&watch_create(&KeyRange::Prefix("/twill/v1/".into()), 3)).unwrap();
         assert_eq!(v["create_request"]["start_revision"], "3");
     }
 
