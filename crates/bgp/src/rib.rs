@@ -762,24 +762,40 @@ impl Rib {
 
     /// What the RIB holds of and for one peer (for `twill bgp neighbors`).
     pub fn peer_counts(&self, id: PeerId) -> Option<PeerCounts> {
-        let peer = self.ctx.peers.get(&id)?;
-        let mut c = PeerCounts {
-            accepted: 0,
-            stale: 0,
-            best: 0,
-            advertised: peer.out_v4.len() + peer.out_v6.len(),
-        };
-        let all = self
+        self.all_peer_counts().remove(&id)
+    }
+
+    /// [`Rib::peer_counts`] of every peer, in one walk of the Loc-RIB: a status of all
+    /// peers costs O(paths + peers), not O(paths x peers) (a route reflector with 100
+    /// clients asked once per session change).
+    pub fn all_peer_counts(&self) -> BTreeMap<PeerId, PeerCounts> {
+        let mut all: BTreeMap<PeerId, PeerCounts> = self
+            .ctx
+            .peers
+            .iter()
+            .map(|(id, peer)| {
+                let c = PeerCounts {
+                    accepted: 0,
+                    stale: 0,
+                    best: 0,
+                    advertised: peer.out_v4.len() + peer.out_v6.len(),
+                };
+                (*id, c)
+            })
+            .collect();
+        let paths = self
             .v4
             .values()
             .chain(self.v6.values())
             .flat_map(|p| p.as_slice().iter().enumerate());
-        for (i, p) in all.filter(|(_, p)| p.source == id.0) {
-            c.accepted += 1;
-            c.stale += usize::from(p.stale());
-            c.best += usize::from(i == 0 && p.selected());
+        for (i, p) in paths {
+            if let Some(c) = all.get_mut(&PeerId(p.source)) {
+                c.accepted += 1;
+                c.stale += usize::from(p.stale());
+                c.best += usize::from(i == 0 && p.selected());
+            }
         }
-        Some(c)
+        all
     }
 
     /// The session with `id` is Established: send it our whole Adj-RIB-Out for its families,

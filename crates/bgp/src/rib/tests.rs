@@ -1171,6 +1171,12 @@ fn peer_counts_follow_the_rib() {
     let e1 = lab.rib.peer_counts(E1).unwrap();
     assert_eq!((e1.accepted, e1.stale), (2, 2));
     assert!(lab.rib.peer_counts(PeerId(77)).is_none());
+    // The one-walk counts of every peer are each peer's counts.
+    let all = lab.rib.all_peer_counts();
+    assert_eq!(all.get(&E1), Some(&e1));
+    assert_eq!(all.get(&E2), lab.rib.peer_counts(E2).as_ref());
+    assert_eq!(all[&E2].advertised, 2);
+    assert!(!all.contains_key(&PeerId(77)));
 }
 
 #[test]

@@ -702,12 +702,13 @@ impl Speaker {
                 wall0.checked_sub(t0 - t).unwrap_or(wall0)
             }
         };
+        let counts = self.rib.all_peer_counts();
         let peers = self
             .peers
             .iter()
             .map(|p| {
                 let st = p.session.status();
-                let counts = self.rib.peer_counts(p.id);
+                let counts = counts.get(&p.id);
                 let last_error = if let Some(f) = &p.failed {
                     Some(f.clone())
                 } else if let Some((_, reason)) = &st.last_error {
