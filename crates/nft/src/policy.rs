@@ -295,6 +295,25 @@ impl ElementTable {
         }
     }
 
+    /// What the rules of `chain` compare with, rule by rule ([`crate::rules::rule_cmp_values`]);
+    /// empty when the chain or the table is absent.
+    pub fn chain_cmp_values(&mut self, chain: &str) -> Result<Vec<Vec<Vec<u8>>>, Error> {
+        let out = std::cell::RefCell::new(Vec::new());
+        let req = crate::rules::get_rules_request(self.table(), chain);
+        match self.socket.dump_each(
+            req,
+            || out.borrow_mut().clear(),
+            |payload| {
+                out.borrow_mut()
+                    .push(crate::rules::rule_cmp_values(payload))
+            },
+        ) {
+            Ok(()) => Ok(out.into_inner()),
+            Err(e) if e.is_not_found() => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Whether `set` holds `element` (false also when the set or table is absent).
     pub fn has(&mut self, set: &str, element: &Element) -> Result<bool, Error> {
         match self

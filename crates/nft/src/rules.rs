@@ -33,6 +33,7 @@ const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_DELCHAIN: u16 = 5;
 const NFT_MSG_NEWRULE: u16 = 6;
+const NFT_MSG_GETRULE: u16 = 7;
 const NFT_MSG_DELRULE: u16 = 8;
 const NFT_MSG_NEWSET: u16 = 9;
 const NFT_MSG_DELSET: u16 = 11;
@@ -819,6 +820,37 @@ pub fn add_rule(table: TableRef<'_>, chain: &str, rule: &Rule) -> Vec<Vec<u8>> {
     out
 }
 
+/// A GETRULE dump request for the rules of one chain (the kernel filters by table and
+/// chain; a missing table or chain is ENOENT).
+pub fn get_rules_request(table: TableRef<'_>, chain: &str) -> Vec<u8> {
+    let mut b = builder(NFT_MSG_GETRULE, NLM_F_REQUEST | NLM_F_ACK, table.family);
+    b.attr_str(NFTA_RULE_TABLE, table.name);
+    b.attr_str(NFTA_RULE_CHAIN, chain);
+    b.build()
+}
+
+/// The values a rule compares with (each `cmp` expression's data, e.g. a port's two
+/// bytes big-endian), from a NEWRULE message's payload after the netlink header (a
+/// GETRULE answer, or what [`add_rule`] builds); empty for anything else.
+pub fn rule_cmp_values(payload: &[u8]) -> Vec<Vec<u8>> {
+    use twill_netlink::codec::{attrs, find_attr};
+    let Some(body) = payload.get(4..) else {
+        return Vec::new();
+    };
+    let Some(exprs) = find_attr(body, NFTA_RULE_EXPRESSIONS) else {
+        return Vec::new();
+    };
+    attrs(exprs)
+        .filter(|(k, _)| *k == NFTA_LIST_ELEM)
+        .filter(|(_, e)| find_attr(e, NFTA_EXPR_NAME) == Some(&b"cmp\0"[..]))
+        .filter_map(|(_, e)| {
+            let data = find_attr(e, NFTA_EXPR_DATA)?;
+            let value = find_attr(data, 3)?; // NFTA_CMP_DATA
+            find_attr(value, NFTA_DATA_VALUE).map(<[u8]>::to_vec)
+        })
+        .collect()
+}
+
 /// `add chain TABLE NAME` (a regular chain).
 pub fn add_chain(table: TableRef<'_>, name: &str) -> Vec<u8> {
     let mut b = builder(NFT_MSG_NEWCHAIN, NEW, table.family);
@@ -890,6 +922,35 @@ pub fn delete_counter(table: TableRef<'_>, name: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rule_s_comparisons_read_back_from_its_message() {
+        let t = TableRef {
+            family: crate::policy::FAMILY_INET,
+            name: "twill-policy",
+        };
+        let mut id = 1;
+        let r = parse_rule(
+            "ip saddr @sel/1 meta l4proto tcp th dport 40007 meta mark set meta mark | 0x00100000 return",
+            &mut id,
+        )
+        .unwrap();
+        let msgs = add_rule(t, "np/in/ns0/p0", &r);
+        let values = rule_cmp_values(&msgs.last().unwrap()[16..]);
+        // nfproto ipv4, l4proto tcp, the port (big-endian).
+        assert_eq!(
+            values,
+            vec![vec![2], vec![6], 40007u16.to_be_bytes().to_vec()]
+        );
+        assert!(rule_cmp_values(&[0; 3]).is_empty());
+        assert!(rule_cmp_values(&add_chain(t, "c")[16..]).is_empty());
+        let req = get_rules_request(t, "np/in/ns0/p0");
+        assert_eq!(u16::from_ne_bytes([req[4], req[5]]), (10 << 8) | 7);
+        assert_eq!(
+            twill_netlink::codec::find_attr(&req[20..], NFTA_RULE_CHAIN),
+            Some(&b"np/in/ns0/p0\0"[..])
+        );
+    }
 
     #[test]
     fn intervals_are_merged_with_a_leading_end_and_no_end_past_the_maximum() {

@@ -93,6 +93,12 @@ fn rules_over_netlink_read_back_as_nft_f_writes_them() {
     let expected = debug(&a);
     assert!(expected.lines().count() > 90, "{expected}");
     assert_eq!(debug(&b), expected);
+    // The rules' comparisons read back over GETRULE, rule by rule (`meta l4proto tcp th
+    // dport 80` is the 10th rule); an unknown chain has none.
+    let cmps = et.chain_cmp_values("c1").unwrap();
+    assert_eq!(cmps.len(), RULES.len());
+    assert_eq!(cmps[9], vec![vec![6], vec![0, 80]]);
+    assert!(et.chain_cmp_values("nope").unwrap().is_empty());
 
     // Flush, then delete chains, sets and counters, in one batch, as nft does.
     et.send(vec![

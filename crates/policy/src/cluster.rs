@@ -425,6 +425,8 @@ pub struct Cluster {
     /// By (namespace, pod, node).
     endpoints: BTreeMap<(String, String, String), Pod>,
     by_ip: BTreeMap<Ipv4Addr, BTreeSet<(String, String, String)>>,
+    /// Node → its endpoints' keys: a node's own pods without a walk over the cluster.
+    by_node: BTreeMap<String, BTreeSet<(String, String, String)>>,
     pod_labels: BTreeMap<PodId, PodLabels>,
     namespaces: BTreeMap<String, NamespaceEntry>,
     policies: BTreeMap<(String, String), Policy>,
@@ -569,6 +571,10 @@ impl Cluster {
             self.by_ip.entry(*ip).or_default().insert(id.clone());
         }
         self.namespace_entry(ns).endpoints += 1;
+        self.by_node
+            .entry(node.to_string())
+            .or_default()
+            .insert(id.clone());
         self.endpoints.insert(id, p);
         Ok(())
     }
@@ -577,6 +583,12 @@ impl Cluster {
         let Some(old) = self.endpoints.remove(id) else {
             return;
         };
+        if let Some(set) = self.by_node.get_mut(&id.2) {
+            set.remove(id);
+            if set.is_empty() {
+                self.by_node.remove(&id.2);
+            }
+        }
         for ip in old.ips() {
             if let Some(set) = self.by_ip.get_mut(ip) {
                 set.remove(id);
@@ -695,6 +707,16 @@ impl Cluster {
     /// Every endpoint, sorted by namespace, pod, node.
     pub fn pods(&self) -> impl Iterator<Item = &Pod> {
         self.endpoints.values()
+    }
+
+    /// The endpoints of one node, sorted by namespace, pod (an index: no walk over the
+    /// cluster).
+    pub fn node_pods<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a Pod> + 'a {
+        self.by_node
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.endpoints.get(id))
     }
 
     /// The pod `namespace/name` (if it is on several nodes at once, as briefly while it

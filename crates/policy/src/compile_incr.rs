@@ -143,8 +143,8 @@ impl Compiler {
             return;
         }
         let eps: Vec<EpKey> = cluster
-            .pods()
-            .filter(|p| p.node() == self.node && changed.contains(&p.endpoint.host_veth))
+            .node_pods(&self.node)
+            .filter(|p| changed.contains(&p.endpoint.host_veth))
             .map(ep_key)
             .collect();
         for k in eps {
@@ -551,23 +551,18 @@ impl Compiler {
     }
 
     /// Redoes the local endpoints a policy may select (its namespace's for a
-    /// NetworkPolicy, every local one for a global policy).
+    /// NetworkPolicy, every local one for a global policy): this node's pods only, from
+    /// the cluster's index by node, never a walk over every pod.
     fn redo_selected(&mut self, cluster: &Cluster, key: &PolicyKey) {
-        let keys: Vec<EpKey> = cluster
-            .pods()
-            .filter(|p| p.node() == self.node)
-            .filter(|p| match key {
-                PolicyKey::Np(ns, _) => p.namespace() == ns,
-                PolicyKey::Gnp(_) => true,
-            })
+        let wanted = |k: &EpKey| match key {
+            PolicyKey::Np(ns, _) => &k.0 == ns,
+            PolicyKey::Gnp(_) => true,
+        };
+        let keys: BTreeSet<EpKey> = cluster
+            .node_pods(&self.node)
             .map(ep_key)
             .chain(self.local.keys().cloned())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .filter(|k| match key {
-                PolicyKey::Np(ns, _) => &k.0 == ns,
-                PolicyKey::Gnp(_) => true,
-            })
+            .filter(|k| wanted(k))
             .collect();
         for k in keys {
             self.redo_local(cluster, &k);

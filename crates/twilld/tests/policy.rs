@@ -258,7 +258,7 @@ fn get_in(ns: &str, port: u16, path: &'static str) -> Option<String> {
     in_ns(ns, move || common::get(port, path).map(|(_, b)| b))
 }
 
-fn metric_in(ns: &str, port: u16, line_start: &'static str) -> Option<f64> {
+fn metric_in(ns: &str, port: u16, line_start: &str) -> Option<f64> {
     let page = get_in(ns, port, "/metrics")?;
     page.lines()
         .find(|l| l.starts_with(line_start))
@@ -468,6 +468,21 @@ fn policy_end_to_end(wiring: Wiring) {
     assert!(
         metric_in(&n, port, "twill_policy_applies_total{path=\"netlink\"}").unwrap() > applies_nl
     );
+    // That change's timing: the watch's event to the kernel's answer, on CLOCK_MONOTONIC
+    // too (what twill-bench policy lines up with the put).
+    let m = |name: &str| metric_in(&n, port, &format!("{name} ")).unwrap();
+    let (event_at, applied_at) = (
+        m("twill_policy_last_event_monotonic_seconds"),
+        m("twill_policy_last_applied_monotonic_seconds"),
+    );
+    let to_kernel = m("twill_policy_event_to_kernel_seconds");
+    assert!(
+        to_kernel > 0.0
+            && applied_at >= event_at
+            && (applied_at - event_at - to_kernel).abs() < 0.01,
+        "event {event_at} applied {applied_at} event-to-kernel {to_kernel}"
+    );
+    assert!(m("twill_policy_encode_seconds") >= 0.0);
     store.delete(&key("podlabels/x/a")).unwrap();
     wait_for("a back", WAIT, || tcp(&an, b.ip, 80).then_some(()));
 

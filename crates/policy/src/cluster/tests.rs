@@ -395,7 +395,20 @@ fn a_pod_on_two_nodes_at_once_is_found_and_leaves_cleanly() {
     c.apply(&k2, Some(&v2));
     assert_eq!(c.pod_endpoints("x", "a").count(), 2);
     assert_eq!(c.pod("x", "a").unwrap().node(), "n1");
+    let names = |c: &Cluster, node: &str| {
+        c.node_pods(node)
+            .map(|p| format!("{}/{}", p.namespace(), p.name()))
+            .collect::<Vec<_>>()
+    };
+    let (k3, v3) = ep("n1", "w", "b", "10.244.1.3", json!({}));
+    c.apply(&k3, Some(&v3));
+    assert_eq!(names(&c, "n1"), ["w/b", "x/a"]);
+    assert_eq!(names(&c, "n2"), ["x/a"]);
+    assert!(names(&c, "n3").is_empty());
     c.apply(&k1, None);
+    assert_eq!(names(&c, "n1"), ["w/b"]);
+    c.apply(&k3, None);
+    assert!(names(&c, "n1").is_empty());
     assert_eq!(c.pod("x", "a").unwrap().node(), "n2");
     assert!(c.has_namespace("x"));
     c.apply(&k2, None);

@@ -37,6 +37,9 @@ impl ApplyPath {
 #[derive(Debug, Clone, Copy)]
 pub struct Applied {
     pub path: ApplyPath,
+    /// Encoding the change (the operations as nfnetlink messages, or the script).
+    pub encode: Duration,
+    /// The kernel's part: from sending the transaction to its answer.
     pub took: Duration,
     pub ops: usize,
 }
@@ -185,9 +188,13 @@ impl Dataplane {
     /// Replaces whatever table is there by `rs`, atomically.
     pub fn load(&mut self, rs: &Ruleset) -> Result<Applied, twill_nft::Error> {
         let start = Instant::now();
-        twill_nft::apply_script(&full_script(rs))?;
+        let script = full_script(rs);
+        let encode = start.elapsed();
+        let start = Instant::now();
+        twill_nft::apply_script(&script)?;
         Ok(Applied {
             path: ApplyPath::Nft,
+            encode,
             took: start.elapsed(),
             ops: 1,
         })
@@ -198,19 +205,26 @@ impl Dataplane {
     /// compiler form it does not know yet: logged, and the change still lands).
     pub fn apply(&mut self, ops: &[Op]) -> Result<Applied, twill_nft::Error> {
         let start = Instant::now();
-        let path = match ops_messages(ops) {
+        let encoded = ops_messages(ops);
+        let mut encode = start.elapsed();
+        let mut start = Instant::now();
+        let path = match encoded {
             Ok(msgs) => {
                 self.table.send(msgs)?;
                 ApplyPath::Netlink
             }
             Err(e) => {
                 super::logfmt::warn("policy: applying this change with nft -f", &[("error", &e)]);
-                twill_nft::apply_script(&ops_script(ops))?;
+                let script = ops_script(ops);
+                encode += start.elapsed();
+                start = Instant::now();
+                twill_nft::apply_script(&script)?;
                 ApplyPath::Nft
             }
         };
         Ok(Applied {
             path,
+            encode,
             took: start.elapsed(),
             ops: ops.len(),
         })

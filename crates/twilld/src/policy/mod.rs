@@ -47,6 +47,15 @@ pub struct PolicyStatus {
     pub last_apply: Duration,
     /// Compiling and diffing the last change.
     pub last_compile: Duration,
+    /// Encoding the last change for the kernel.
+    pub last_encode: Duration,
+    /// From the store's watch handing this thread the (first) event of the last change a
+    /// store event caused to the kernel's answer: the agent's whole part of it.
+    pub last_event_to_kernel: Option<Duration>,
+    /// When (CLOCK_MONOTONIC, seconds) the watch handed over that event and when the
+    /// kernel answered: a benchmark on the same machine lines them up with its own clock.
+    pub last_event_at: Option<f64>,
+    pub last_applied_at: Option<f64>,
     pub last_ops: usize,
     pub rules: usize,
     pub chains: usize,
@@ -106,6 +115,31 @@ pub fn render_metrics(s: &PolicyStatus) -> String {
         "gauge",
         "How long compiling and diffing the last change took.",
         one(format!("{:.6}", s.last_compile.as_secs_f64())),
+    );
+    metric(
+        "twill_policy_encode_seconds",
+        "gauge",
+        "How long encoding the last change for the kernel took.",
+        one(format!("{:.6}", s.last_encode.as_secs_f64())),
+    );
+    let opt = |v: Option<f64>| one(v.map_or("NaN".into(), |x| format!("{x:.6}")));
+    metric(
+        "twill_policy_event_to_kernel_seconds",
+        "gauge",
+        "From the store's watch handing over the last change's first event to the kernel's answer (twilld's whole part).",
+        opt(s.last_event_to_kernel.map(|d| d.as_secs_f64())),
+    );
+    metric(
+        "twill_policy_last_event_monotonic_seconds",
+        "gauge",
+        "CLOCK_MONOTONIC when the store's watch handed over the last change's first event.",
+        opt(s.last_event_at),
+    );
+    metric(
+        "twill_policy_last_applied_monotonic_seconds",
+        "gauge",
+        "CLOCK_MONOTONIC when the kernel answered the last change.",
+        opt(s.last_applied_at),
     );
     metric(
         "twill_policy_last_apply_operations",
@@ -194,6 +228,34 @@ pub fn render_metrics(s: &PolicyStatus) -> String {
     out
 }
 
+/// CLOCK_MONOTONIC in seconds (the clock `Instant` reads; the same for every process of
+/// the machine, whatever its network namespace).
+pub fn monotonic_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec to write to.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+/// When a change's first event came from the watch: `Instant` and CLOCK_MONOTONIC.
+#[derive(Debug, Clone, Copy)]
+struct Received {
+    at: Instant,
+    monotonic: f64,
+}
+
+impl Received {
+    fn now() -> Received {
+        Received {
+            at: Instant::now(),
+            monotonic: monotonic_seconds(),
+        }
+    }
+}
+
 /// Starts the policy thread (policy on).
 pub fn start(
     store: Arc<dyn Store>,
@@ -232,8 +294,8 @@ pub fn clear() {
 fn lookup_bridges(cluster: &Cluster, node: &str, known: &mut BTreeMap<String, String>) {
     use twill_api::wiring::PodWiring;
     let wanted: Vec<String> = cluster
-        .pods()
-        .filter(|p| p.node() == node && p.endpoint.wiring == PodWiring::Bridge)
+        .node_pods(node)
+        .filter(|p| p.endpoint.wiring == PodWiring::Bridge)
         .map(|p| p.endpoint.host_veth.clone())
         .filter(|v| !known.contains_key(v))
         .collect();
@@ -339,11 +401,12 @@ impl Runner {
             _ => None,
         };
         self.compiler = Some(new);
-        self.apply(&cluster, ops, start.elapsed());
+        self.apply(&cluster, ops, start.elapsed(), None);
         let mut watch = self.store.watch(ROOT, rev).map_err(|e| e.to_string())?;
         let mut last_tick = Instant::now();
         while !self.stopping() {
             let first = watch.next(TICK).map_err(|e| e.to_string())?;
+            let received = first.is_some().then(Received::now);
             // The compiler's own time only (not the store's events being read and parsed).
             let mut compiling = Duration::ZERO;
             let mut changed = false;
@@ -384,7 +447,7 @@ impl Runner {
                 let start = Instant::now();
                 let ops = self.compiler.as_mut().expect("made above").take_ops();
                 compiling += start.elapsed();
-                self.apply(&cluster, Some(ops), compiling);
+                self.apply(&cluster, Some(ops), compiling, received);
             }
             if last_tick.elapsed() >= TICK {
                 last_tick = Instant::now();
@@ -404,9 +467,9 @@ impl Runner {
             let c = self.compiler.as_mut().expect("made in follow");
             c.set_bridges(cluster, self.bridges.clone());
             let ops = c.take_ops();
-            self.apply(cluster, Some(ops), start.elapsed());
+            self.apply(cluster, Some(ops), start.elapsed(), None);
         } else if !self.in_kernel {
-            self.apply(cluster, None, Duration::ZERO);
+            self.apply(cluster, None, Duration::ZERO, None);
         }
         if let Some(dp) = self.dataplane.as_mut() {
             if let Ok(c) = dp.counters() {
@@ -421,7 +484,14 @@ impl Runner {
 
     /// Brings the kernel to the compiler's table: `ops` from what it holds, or (None, or
     /// when the kernel refuses them) the whole table in one transaction.
-    fn apply(&mut self, cluster: &Cluster, ops: Option<Vec<Op>>, compiled: Duration) {
+    /// `received`: when the store's event that caused it came (None for a load or tick).
+    fn apply(
+        &mut self,
+        cluster: &Cluster,
+        ops: Option<Vec<Op>>,
+        compiled: Duration,
+        received: Option<Received>,
+    ) {
         if self.dataplane.is_none() {
             match Dataplane::open() {
                 Ok(d) => self.dataplane = Some(d),
@@ -450,6 +520,7 @@ impl Runner {
             self.shared.update(|s| s.apply_failures += 1);
             result = dp.load(rs);
         }
+        let (done, done_mono) = (Instant::now(), monotonic_seconds());
         match result {
             Ok(a) => {
                 self.in_kernel = true;
@@ -465,6 +536,12 @@ impl Runner {
                     *s.applies.entry(a.path.name()).or_default() += 1;
                     s.last_apply = a.took;
                     s.last_compile = compiled;
+                    s.last_encode = a.encode;
+                    if let Some(r) = received {
+                        s.last_event_to_kernel = Some(done - r.at);
+                        s.last_event_at = Some(r.monotonic);
+                        s.last_applied_at = Some(done_mono);
+                    }
                     s.last_ops = a.ops;
                     s.rules = rules;
                     s.chains = chains;
