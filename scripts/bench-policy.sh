@@ -3,12 +3,16 @@
 # ratios, never a pass/fail on time):
 #   (a) one policy change, and one pod joining a selected set, applied with 10,000
 #       endpoints and 1,000 NetworkPolicies in place vs the same at 100 endpoints: from the
-#       etcd put until `nft monitor` in the node shows it, plus twilld's own
-#       twill_policy_apply_seconds / twill_policy_compile_seconds (goal <= 5 ms both, the
-#       same at both sizes). Two one-node labs at once (real twilld --policy true, etcd,
-#       2 real pods by twill-cni); the other endpoints are store entries of remote nodes.
-#   (b) iperf3 (cubic, one stream) between two pods of a lab with 1,000 policies (the
-#       flow allowed by one of them) vs a lab with none, A B A B (goal >= 0.95x).
+#       start of the etcd put (one open client) until the kernel holds it, polled every
+#       100 us over nfnetlink (GETRULE of the policy's chain, GETSETELEM of the peer set);
+#       on the same clock: the put's answer, the store's watch event, twilld's watch event
+#       and its kernel answer, and twilld's split (event->kernel, compile, encode, apply)
+#       (goal <= 5 ms both, the same at both sizes). Two one-node labs at once (real
+#       twilld --policy true, etcd, 2 real pods by twill-cni); the other endpoints are
+#       store entries of remote nodes.
+#   (b) iperf3 (-C cubic, one stream) between two pods of a lab with 1,000 policies (the
+#       flow allowed by one of them) vs a lab with none, A B A B, each pair's ratio kept:
+#       the median ratio with its lowest and highest (goal >= 0.95x).
 # Run as root; needs etcd-server, nftables, iperf3. Options are passed on, e.g.
 #   scripts/bench-policy.sh [--rounds 10] [--policies 1000] [--small 100] [--large 10000]
 #                           [--iperf-rounds 3] [--iperf-seconds 5] [--no-iperf] [--json]
