@@ -263,8 +263,8 @@ fn udp_nodes_carry_pods_outlive_the_agent_and_forget_a_node_that_left() {
     assert_eq!(datapaths(&n1.state.path), pids, "adopted, not replaced");
     assert!(ping(&n1, &n2));
 
-    // The datapath dies: the agent hears it at once and starts another, which re-attaches
-    // to the persistent TUN (its routes stayed).
+    // The datapath dies: the agent hears it at once and starts another with the dead one's
+    // TUN queue and socket (the persistent TUN and its routes stayed).
     // SAFETY: kill(2) on the datapath this test's Routing started.
     unsafe { libc::kill(pids[0] as i32, libc::SIGKILL) };
     let (killed, deadline) = (Instant::now(), Instant::now() + Duration::from_secs(5));
@@ -282,6 +282,24 @@ fn udp_nodes_carry_pods_outlive_the_agent_and_forget_a_node_that_left() {
     assert!(
         now.len() == 1 && now != pids,
         "a new datapath: {now:?} (was {pids:?})"
+    );
+    // It got the dead one's TUN queues and sockets (the HelloAck dups the agent kept: one
+    // of each per worker).
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", now[0])).unwrap_or_default();
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let inherited = args
+        .iter()
+        .position(|a| a == "--inherit-fds")
+        .and_then(|i| args.get(i + 1));
+    assert!(
+        inherited.is_some_and(|l| {
+            let n = l.split(',').filter(|f| f.parse::<i32>().is_ok()).count();
+            n >= 2 && n % 2 == 0
+        }),
+        "started with --inherit-fds QUEUES,SOCKETS: {args:?}"
     );
     assert!(ping(&n1, &n2), "through the new datapath");
 

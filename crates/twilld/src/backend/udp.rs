@@ -30,7 +30,10 @@
 //!   new one is started, waited for up to [`SPAWN_WAIT`]. Then the peer table goes to it,
 //!   only when it changed ([`table`]).
 //! - A thread waits on the datapath's pidfd: its exit is an event, and the next pass starts
-//!   a new one (the persistent TUN and its routes stayed meanwhile).
+//!   a new one with the dead one's TUN queues and receive sockets (`--inherit-fds`, the
+//!   HelloAck dups twilld kept): the queues never detach, so packets wait in them instead of
+//!   being dropped; if it will not start with them, a fresh one re-attaches to the
+//!   persistent TUN by name (its routes stayed meanwhile).
 //! - [`Backend::stop`] closes the connection and leaves the datapath running. When another
 //!   backend takes over, the reconcile tells it to stop and remove the TUN ([`shut_down`]).
 //! - /metrics: `twill_udp_packets_total{peer,address,direction}`, `twill_udp_bytes_total`,
@@ -88,6 +91,10 @@ pub struct Udp {
     /// The last table the datapath acknowledged.
     sent: Option<(LocalNode, Vec<DpPeer>)>,
     generation: u64,
+    /// A dead datapath's TUN queues and receive sockets (its HelloAck dups), handed to the
+    /// next one with `--inherit-fds`: the queues never detach, so what the kernel routed
+    /// into them meanwhile waits there instead of being dropped.
+    kept: Vec<OwnedFd>,
 }
 
 /// The connection's side the HTTP thread reads /metrics through.
@@ -119,10 +126,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct Running {
     pid: u32,
     bind: Ipv4Addr,
+    /// Its HelloAck dups (TUN queues, then receive sockets), kept for a successor.
+    fds: Vec<OwnedFd>,
     /// Set when this backend started it (so it reaps it).
     child: Option<Child>,
     watcher: Watcher,
 }
+
+/// A datapath started: its connection, pid, HelloAck fds and process.
+type Started4 = (Client, u32, Vec<OwnedFd>, Option<Child>);
 
 /// The datapath with pid `pid` exited (its pidfd became readable).
 #[derive(Debug)]
@@ -146,6 +158,7 @@ impl Udp {
             running: None,
             sent: None,
             generation: 0,
+            kept: Vec::new(),
         }
     }
 
@@ -174,15 +187,16 @@ impl Udp {
             self.replace_running();
         }
         let events = self.events.clone().ok_or("udp: not started")?;
-        let (client, pid, child) = match self.adopt(local) {
-            Some((client, pid)) => (client, pid, None),
-            None => self.spawn(local)?,
+        let (client, pid, fds, child) = match self.adopt(local) {
+            Some((client, pid, fds)) => (client, pid, fds, None),
+            None => self.spawn_keeping(local)?,
         };
         *lock(&self.shared.client) = Some(client);
         self.sent = None;
         self.running = Some(Running {
             pid,
             bind: local.address,
+            fds,
             child,
             watcher: Watcher::start(pid, events.clone()),
         });
@@ -192,11 +206,8 @@ impl Udp {
 
     /// A datapath already on the socket that speaks this protocol, on this TUN, port and
     /// node IP. One that does not fit is shut down (its TUN stays for the next one).
-    fn adopt(&mut self, local: &Local) -> Option<(Client, u32)> {
+    fn adopt(&mut self, local: &Local) -> Option<(Client, u32, Vec<OwnedFd>)> {
         let (client, hello, fds) = Client::connect(&self.socket(), CONNECT_WAIT).ok()?;
-        // The fds are for a hand-over to a successor; until one is made, holding a TUN
-        // queue here would strand packets on it when the datapath dies.
-        drop(fds);
         let started = std::fs::read(format!("/proc/{}/cmdline", hello.pid))
             .map(|c| Started::parse(&c))
             .unwrap_or_default();
@@ -210,7 +221,9 @@ impl Udp {
                 &[("pid", &hello.pid), ("generation", &hello.generation)],
             );
             self.generation = self.generation.max(hello.generation);
-            return Some((client, hello.pid));
+            // Someone else's fds of the same queues are no use now.
+            self.kept.clear();
+            return Some((client, hello.pid, fds));
         }
         log::warn(
             "udp: the running datapath does not fit this config; replacing it",
@@ -221,14 +234,36 @@ impl Udp {
                 ("started", &format!("{started:?}")),
             ],
         );
+        drop(fds);
         let _ = client.shutdown(false);
         wait_gone(hello.pid, SPAWN_WAIT);
         None
     }
 
+    /// [`Udp::spawn`], handing it the kept fds of the datapath that died; if that one will
+    /// not come up, a fresh one without them (it re-attaches to the TUN by name).
+    fn spawn_keeping(&mut self, local: &Local) -> Result<Started4, String> {
+        let kept = std::mem::take(&mut self.kept);
+        if kept.is_empty() {
+            return self.spawn(local, &[]);
+        }
+        match self.spawn(local, &kept) {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                log::warn(
+                    "udp: the datapath would not start with the dead one's fds; starting a fresh one",
+                    &[("error", &e)],
+                );
+                drop(kept);
+                self.spawn(local, &[])
+            }
+        }
+    }
+
     /// Starts `program datapath …`: its own session (a SIGKILL of twilld or of its
-    /// process group leaves it running), no parent-death signal, output to [`LOG`].
-    fn spawn(&mut self, local: &Local) -> Result<(Client, u32, Option<Child>), String> {
+    /// process group leaves it running), no parent-death signal, output to [`LOG`]; with
+    /// `inherit` (a dead datapath's HelloAck fds, in their order) as `--inherit-fds`.
+    fn spawn(&mut self, local: &Local, inherit: &[OwnedFd]) -> Result<Started4, String> {
         let fail = |what: String| format!("udp: cannot start the datapath: {what}");
         let log_path = self.state_dir.join(LOG);
         let open = || {
@@ -258,11 +293,23 @@ impl Udp {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
-        // SAFETY: setsid(2) is async-signal-safe, the only call between fork and exec.
+        let raw: Vec<i32> = inherit.iter().map(|f| f.as_raw_fd()).collect();
+        if !raw.is_empty() {
+            let list: Vec<String> = raw.iter().map(i32::to_string).collect();
+            cmd.arg("--inherit-fds").arg(list.join(","));
+        }
+        // SAFETY: setsid(2) and fcntl(2) are async-signal-safe, the only calls between
+        // fork and exec; `raw` was built before the fork. Clearing FD_CLOEXEC in the child
+        // only lets the inherited fds (same numbers) through the exec.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 if libc::setsid() < 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                for &fd in &raw {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
@@ -279,12 +326,15 @@ impl Udp {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if let Ok((client, hello, fds)) = Client::connect(&socket, left.min(CONNECT_WAIT)) {
-                drop(fds);
                 log::info(
                     "udp: started the datapath",
-                    &[("pid", &hello.pid), ("log", &log_path.display())],
+                    &[
+                        ("pid", &hello.pid),
+                        ("inherited_fds", &inherit.len()),
+                        ("log", &log_path.display()),
+                    ],
                 );
-                return Ok((client, hello.pid, Some(child)));
+                return Ok((client, hello.pid, fds, Some(child)));
             }
             if Instant::now() >= deadline {
                 // Ours, by its pid: gone before the next try.
@@ -394,12 +444,15 @@ impl Backend for Udp {
         };
         if self.running.as_ref().is_some_and(|r| r.pid == exited.pid) {
             log::warn(
-                "udp: the datapath exited; starting a new one (the TUN and its routes stayed)",
+                "udp: the datapath exited; starting a new one with its TUN queues and sockets (the TUN and its routes stayed)",
                 &[
                     ("pid", &exited.pid),
                     ("log", &self.state_dir.join(LOG).display()),
                 ],
             );
+            if let Some(r) = self.running.as_mut() {
+                self.kept = std::mem::take(&mut r.fds);
+            }
             self.lost();
             return Reaction::Reconcile;
         }
@@ -417,6 +470,7 @@ impl Backend for Udp {
         if let Some(mut r) = self.running.take() {
             r.watcher.stop();
         }
+        self.kept.clear();
         self.sent = None;
         self.events = None;
     }
