@@ -21,8 +21,12 @@ use std::path::PathBuf;
 pub const CONFLIST_FILE: &str = "10-twill.conflist";
 /// The plugin's binary name, which is also its `type` in the conflist.
 pub const PLUGIN_TYPE: &str = "twill-cni";
-/// The CNI version the built-in rendering declares.
-pub const CONFLIST_CNI_VERSION: &str = "1.1.0";
+/// The CNI version the built-in rendering declares: 1.0.0, not twill-cni's 1.1.0, because
+/// the runtimes nodes run still reject 1.1.0 results (containerd 1.6's libcni:
+/// `unsupported CNI result version "1.1.0"`, seen in tests/install_cni_containerd.rs).
+/// twill-cni answers in the version asked for; 1.1.0's STATUS and GC are only sent to
+/// 1.1.0 conflists anyway.
+pub const CONFLIST_CNI_VERSION: &str = "1.0.0";
 
 /// Everything a conflist may say about this node, from the flags, the network config and
 /// the hand-off. `None`: not known here (twill-cni takes it from the hand-off at ADD).
@@ -250,8 +254,8 @@ pub fn check(conflist: &Value) -> Result<(), ConflistError> {
         .ok_or_else(|| field("(top level)", "a conflist is a JSON object"))?;
     let version = match root.get("cniVersion") {
         Some(Value::String(v)) => v,
-        Some(_) => return Err(field("cniVersion", "expected a string such as \"1.1.0\"")),
-        None => return Err(field("cniVersion", "is required (\"1.1.0\")")),
+        Some(_) => return Err(field("cniVersion", "expected a string such as \"1.0.0\"")),
+        None => return Err(field("cniVersion", "is required (\"1.0.0\")")),
     };
     if !SUPPORTED_VERSIONS.contains(&version.as_str()) {
         return Err(field(
@@ -372,7 +376,7 @@ mod tests {
     fn with_nothing_known_the_hand_off_decides_at_add() {
         let c = render(&facts());
         let want: Value = serde_json::from_str(
-            r#"{"cniVersion":"1.1.0","name":"twill","plugins":[{"type":"twill-cni","hairpinMode":true,
+            r#"{"cniVersion":"1.0.0","name":"twill","plugins":[{"type":"twill-cni","hairpinMode":true,
             "capabilities":{"portMappings":true,"namedPorts":true},
             "ipam":{"type":"twill","handoffFile":"/run/twill/node.json","dataDir":"/var/lib/twill/ipam"}}]}"#,
         )
@@ -382,7 +386,7 @@ mod tests {
         // twill-cni reads it as a hand-off-driven config.
         let mut entry = c["plugins"][0].clone();
         entry["name"] = json!("twill");
-        entry["cniVersion"] = json!("1.1.0");
+        entry["cniVersion"] = json!("1.0.0");
         let n = NetConf::from_value(&entry).unwrap();
         assert_eq!(
             n.ipam.handoff_file.as_deref(),
