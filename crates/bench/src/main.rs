@@ -18,6 +18,7 @@ mod policy;
 mod policy_gen;
 mod procstat;
 mod report;
+mod scale;
 mod stats;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -99,6 +100,24 @@ enum Bench {
         etcd: PathBuf,
         /// Only stop what a killed run left (its etcd and agents, by their recorded PIDs) and
         /// remove every twlbench* namespace and scratch folder.
+        #[arg(long)]
+        cleanup: bool,
+    },
+    /// N twilld, each in its own namespace and routing table (host-gw), against a 3-member etcd: cold start with a member SIGKILLed, a join, idle etcd rates and agent cost.
+    Scale {
+        /// twilld processes started at once (one more joins at the end).
+        #[arg(long, default_value_t = 100)]
+        agents: usize,
+        /// The measured idle window, in seconds.
+        #[arg(long, default_value_t = 60.0)]
+        idle_seconds: f64,
+        /// The twilld binary; default: next to this binary.
+        #[arg(long)]
+        twilld: Option<PathBuf>,
+        /// The etcd server binary.
+        #[arg(long, default_value = "/usr/bin/etcd")]
+        etcd: PathBuf,
+        /// Only stop what a killed run left and remove every twlbench* namespace and folder.
         #[arg(long)]
         cleanup: bool,
     },
@@ -214,6 +233,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Output::Table => print!("{}", report::tables(&figures)),
                 Output::Json => println!("{:#}", report::to_json(&figures)),
             }
+            Ok(())
+        }
+        Bench::Scale {
+            agents,
+            idle_seconds,
+            twilld,
+            etcd,
+            cleanup,
+        } => {
+            if cleanup {
+                return scale::cleanup();
+            }
+            let figures = scale::run(&scale::Options {
+                agents,
+                idle_seconds,
+                twilld: sibling(twilld, "twilld")?,
+                etcd,
+            })?;
+            println!("{figures:#}");
             Ok(())
         }
         Bench::Agents {

@@ -1,0 +1,607 @@
+//! `twill-bench scale`: N real `twilld` processes, each in its own network namespace with
+//! its own kernel routing table (backend host-gw), against a 3-member etcd on this machine,
+//! all started at once. Measures the cold start (every block leased, every route in every
+//! namespace), one etcd member SIGKILLed during it, one node joining (seen in every
+//! namespace), then an idle window: etcd's request and write rates and db size, each
+//! agent's CPU, RSS and probes per second. Removes everything it made (agents and etcd by
+//! PID, namespaces, the scratch folder), on error and Ctrl-C too.
+//!
+//! Layout: an underlay namespace with a bridge (10.244.128.1/20) on which the etcd members
+//! listen; node k at 10.244.128.(k+1) behind a veth, with permanent neighbour entries for
+//! every other node (RUNBOOK: the neighbour table is machine-wide and capped; permanent
+//! entries are not counted). Pods: 10.244.0.0/17 in /26 blocks (2048 blocks).
+
+use crate::cni::{catch_signals, check_interrupted};
+use crate::daemon::{self, Daemon};
+use crate::netns;
+use crate::procstat;
+use anyhow::{bail, Context, Result};
+use ipnet::Ipv4Net;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use twill_api::resources::{Block, KEY_CONFIG, PREFIX_BLOCKS};
+use twill_netlink::{Handle, Netns};
+use twill_store::etcd::{EtcdConfig, EtcdStore};
+use twill_store::{Store, PREFIX as STORE_PREFIX};
+
+/// Every namespace and folder of this bench starts with this (not `twlbench`, so that the
+/// other benches' smoke tests, which insist on no `twlbench*` leftovers, are not disturbed
+/// by a long scale run).
+pub const PREFIX: &str = "twlsc";
+const CLUSTER_CIDR: &str = "10.244.0.0/17";
+const BLOCK_SIZE: u8 = 26;
+/// Node k (1-based) is 10.244.128.(k+1); the underlay bridge is .1.
+const UNDERLAY: Ipv4Addr = Ipv4Addr::new(10, 244, 128, 1);
+const UNDERLAY_LEN: u8 = 20;
+pub const MAX_AGENTS: usize = 2000;
+const AGENT_PORT: u16 = 9099;
+/// etcd members: client and peer ports on the underlay address.
+const MEMBERS: [(u16, u16); 3] = [(2379, 2380), (2479, 2480), (2579, 2580)];
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(300);
+const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct Options {
+    pub agents: usize,
+    pub idle_seconds: f64,
+    pub twilld: PathBuf,
+    pub etcd: PathBuf,
+}
+
+fn node_ip(k: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(UNDERLAY) + k as u32)
+}
+
+fn mac(k: usize) -> String {
+    format!(
+        "02:74:77:{:02x}:{:02x}:{:02x}",
+        (k >> 16) & 0xff,
+        (k >> 8) & 0xff,
+        k & 0xff
+    )
+}
+
+fn progress(msg: &str) {
+    eprintln!("twill-bench scale: {msg}");
+}
+
+/// Everything the run made; dropping it removes it all (best effort).
+struct Guard {
+    root: Netns,
+    agents: Vec<Daemon>,
+    etcd: Vec<Option<Daemon>>,
+    namespaces: Vec<String>,
+    scratch: PathBuf,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        daemon::stop_all(&mut self.agents, Duration::from_secs(5));
+        for e in self.etcd.iter_mut().filter_map(Option::take) {
+            let mut e = e;
+            e.stop(Duration::from_secs(5));
+        }
+        if let Err(e) = netns::enter(&self.root) {
+            eprintln!("twill-bench: {e:#}");
+        }
+        if let Err(e) = netns::remove(&self.namespaces) {
+            eprintln!("twill-bench: cleanup: {e:#}");
+        }
+        let _ = std::fs::remove_dir_all(&self.scratch);
+    }
+}
+
+/// Stops what killed runs left (by the PIDs recorded in their folders) and removes every
+/// `twlsc*` namespace and folder.
+pub fn cleanup() -> Result<()> {
+    let mut dirs = Vec::new();
+    for e in std::fs::read_dir(std::env::temp_dir())?.filter_map(|e| e.ok()) {
+        if e.file_name().to_string_lossy().starts_with(PREFIX) {
+            dirs.push(e.path());
+        }
+    }
+    let stopped: usize = dirs.iter().map(|d| daemon::kill_recorded(d)).sum();
+    let names: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(PREFIX))
+                .collect()
+        })
+        .unwrap_or_default();
+    netns::remove(&names)?;
+    for d in &dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    eprintln!(
+        "twill-bench scale: stopped {stopped} processes, removed {} namespaces and {} folders",
+        names.len(),
+        dirs.len()
+    );
+    Ok(())
+}
+
+/// A tiny HTTP GET (etcd's and twilld's /metrics, etcd's /health).
+fn http_get(ip: Ipv4Addr, port: u16, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&(ip, port).into(), Duration::from_millis(500))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    Ok(body)
+}
+
+/// The sum of every series of `name` in a Prometheus text page.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with(' ') || r.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+fn start_etcd(exe: &Path, scratch: &Path, i: usize) -> Result<Daemon> {
+    let (c, p) = MEMBERS[i];
+    let name = format!("twls{i}");
+    let cluster: Vec<String> = MEMBERS
+        .iter()
+        .enumerate()
+        .map(|(j, (_, p))| format!("twls{j}=http://{UNDERLAY}:{p}"))
+        .collect();
+    let log = scratch.join(format!("etcd{i}.log"));
+    let child = Command::new(exe)
+        .args(["--name", &name])
+        .arg("--data-dir")
+        .arg(scratch.join(format!("etcd{i}")))
+        .args(["--listen-client-urls", &format!("http://{UNDERLAY}:{c}")])
+        .args(["--advertise-client-urls", &format!("http://{UNDERLAY}:{c}")])
+        .args(["--listen-peer-urls", &format!("http://{UNDERLAY}:{p}")])
+        .args([
+            "--initial-advertise-peer-urls",
+            &format!("http://{UNDERLAY}:{p}"),
+        ])
+        .args(["--initial-cluster", &cluster.join(",")])
+        .args([
+            "--initial-cluster-token",
+            "twlscale",
+            "--initial-cluster-state",
+            "new",
+        ])
+        .args(["--heartbeat-interval=10", "--election-timeout=100"])
+        .args(["--logger=zap", "--log-outputs"])
+        .arg(&log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| {
+            format!(
+                "cannot start {} (apt-get install etcd-server)",
+                exe.display()
+            )
+        })?;
+    Daemon::new(name, child, scratch)
+}
+
+fn endpoints() -> Vec<String> {
+    MEMBERS
+        .iter()
+        .map(|(c, _)| format!("http://{UNDERLAY}:{c}"))
+        .collect()
+}
+
+/// Per node: the blocks of every other node its kernel has a route to (via that node).
+fn routes_seen(handles: &mut [Handle], cluster: Ipv4Net) -> Vec<usize> {
+    handles
+        .iter_mut()
+        .map(|h| {
+            h.routes(254)
+                .map(|rs| {
+                    rs.iter()
+                        .filter(|r| r.gateway.is_some() && cluster.contains(&r.dst.network()))
+                        .count()
+                })
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+fn blocks(store: &dyn Store) -> Result<Vec<Block>> {
+    let (kvs, _) = store
+        .list(&format!("{STORE_PREFIX}{PREFIX_BLOCKS}"))
+        .context("listing blocks")?;
+    Ok(kvs
+        .iter()
+        .filter_map(|kv| serde_json::from_slice::<Block>(&kv.value).ok())
+        .collect())
+}
+
+/// Blocks overlapping another, and nodes holding none or more than one.
+fn conflicts(blocks: &[Block]) -> usize {
+    let mut sorted: Vec<&Block> = blocks.iter().collect();
+    sorted.sort_by_key(|b| (b.cidr.network(), b.cidr.prefix_len()));
+    sorted
+        .windows(2)
+        .filter(|w| w[1].cidr.network() <= w[0].cidr.broadcast())
+        .count()
+}
+
+fn etcd_metrics(alive: &[bool]) -> BTreeMap<&'static str, f64> {
+    let mut m = BTreeMap::new();
+    for (i, (c, _)) in MEMBERS.iter().enumerate() {
+        if !alive[i] {
+            continue;
+        }
+        let Ok(text) = http_get(UNDERLAY, *c, "/metrics") else {
+            continue;
+        };
+        for (k, name) in [
+            ("grpc_requests", "grpc_server_handled_total"),
+            ("puts", "etcd_mvcc_put_total"),
+            ("txns", "etcd_mvcc_txn_total"),
+            ("deletes", "etcd_mvcc_delete_total"),
+            ("proposals", "etcd_server_proposals_committed_total"),
+            ("db_bytes", "etcd_mvcc_db_total_size_in_bytes"),
+            ("db_in_use_bytes", "etcd_mvcc_db_total_size_in_use_in_bytes"),
+        ] {
+            let v = metric_sum(&text, name);
+            // Requests are per member (each serves its clients); sizes and proposals the max.
+            let e = m.entry(k).or_insert(0.0);
+            if k == "grpc_requests" {
+                *e += v;
+            } else {
+                *e = f64::max(*e, v);
+            }
+        }
+    }
+    m
+}
+
+pub fn run(o: &Options) -> Result<Value> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("twill-bench scale builds network namespaces: run it as root");
+    }
+    if o.agents < 2 || o.agents > MAX_AGENTS {
+        bail!("--agents {}: between 2 and {MAX_AGENTS}", o.agents);
+    }
+    for exe in [&o.twilld, &o.etcd] {
+        if !exe.is_file() {
+            bail!(
+                "{} is missing (cargo build --release -p twilld; apt-get install etcd-server)",
+                exe.display()
+            );
+        }
+    }
+    catch_signals();
+    let n = o.agents;
+    let pid = std::process::id();
+    let scratch = std::env::temp_dir().join(format!("{PREFIX}{pid}-scale"));
+    std::fs::create_dir_all(&scratch)?;
+    let mut guard = Guard {
+        root: Netns::current()?,
+        agents: Vec::new(),
+        etcd: Vec::new(),
+        namespaces: Vec::new(),
+        scratch: scratch.clone(),
+    };
+    let under = format!("{PREFIX}{pid}-u");
+    // n + 1: the node that joins at the end.
+    let names: Vec<String> = (1..=n + 1).map(|k| format!("{PREFIX}{pid}-n{k}")).collect();
+    guard.namespaces.push(under.clone());
+    guard.namespaces.extend(names.iter().cloned());
+    progress(&format!("building {} namespaces", n + 2));
+    let t_build = Instant::now();
+    netns::create(&guard.namespaces.clone())?;
+    let mut lines = vec![
+        "link set lo up".to_string(),
+        format!("link add twlbr address {} type bridge", mac(0)),
+        format!("addr add {UNDERLAY}/{UNDERLAY_LEN} dev twlbr"),
+        "link set twlbr up".into(),
+    ];
+    for (k, name) in names.iter().enumerate().map(|(i, s)| (i + 1, s)) {
+        lines.push(format!(
+            "link add twlv{k} type veth peer name eth0 netns {name}"
+        ));
+        lines.push(format!("link set twlv{k} master twlbr up"));
+    }
+    netns::batch_in(&under, &lines)?;
+    for (k, name) in names.iter().enumerate().map(|(i, s)| (i + 1, s)) {
+        let mut l = vec![
+            "link set lo up".to_string(),
+            format!("link set eth0 address {}", mac(k)),
+            format!("addr add {}/{UNDERLAY_LEN} dev eth0", node_ip(k)),
+            "link set eth0 up".into(),
+            format!(
+                "neigh replace {UNDERLAY} lladdr {} dev eth0 nud permanent",
+                mac(0)
+            ),
+        ];
+        for j in (1..=n + 1).filter(|j| *j != k) {
+            l.push(format!(
+                "neigh replace {} lladdr {} dev eth0 nud permanent",
+                node_ip(j),
+                mac(j)
+            ));
+        }
+        netns::batch_in(name, &l)?;
+        check_interrupted()?;
+    }
+    let build_s = t_build.elapsed().as_secs_f64();
+    netns::enter(&Netns::open(netns::path_of(&under))?)?;
+
+    progress("starting a 3-member etcd");
+    for i in 0..3 {
+        guard.etcd.push(Some(start_etcd(&o.etcd, &scratch, i)?));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !MEMBERS.iter().all(|(c, _)| {
+        http_get(UNDERLAY, *c, "/health").is_ok_and(|b| b.contains("\"health\":\"true\""))
+    }) {
+        if Instant::now() > deadline {
+            bail!(
+                "etcd did not become healthy in 20 s; see {}",
+                scratch.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let store = EtcdStore::connect(&EtcdConfig::new(endpoints()))?;
+    store.put(
+        &format!("{STORE_PREFIX}{KEY_CONFIG}"),
+        &serde_json::to_vec(
+            &json!({"clusterCIDR": CLUSTER_CIDR, "blockSize": BLOCK_SIZE,
+            "backend": "host-gw"}),
+        )?,
+        None,
+    )?;
+    let cluster: Ipv4Net = CLUSTER_CIDR.parse()?;
+    let mut handles: Vec<Handle> = names
+        .iter()
+        .map(|name| Handle::new_in(&Netns::open(netns::path_of(name))?).map_err(Into::into))
+        .collect::<Result<_>>()?;
+    let etcd_url = endpoints().join(",");
+    let command = |k: usize| -> Result<Command> {
+        let dir = scratch.join(format!("a{k}"));
+        std::fs::create_dir_all(&dir)?;
+        let log = std::fs::File::create(dir.join("twilld.log"))?;
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &names[k - 1]])
+            .arg(&o.twilld)
+            .args(["--node-name", &format!("twln{k}")])
+            .args(["--store", "etcd", "--etcd-endpoints", &etcd_url])
+            .args(["--node-ip", &node_ip(k).to_string()])
+            .args(["--listen", &format!("{}:{AGENT_PORT}", node_ip(k))])
+            .arg("--handoff-file")
+            .arg(dir.join("node.json"))
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--cni-data-dir")
+            .arg(dir.join("ipam"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        Ok(c)
+    };
+
+    progress(&format!(
+        "cold start: {n} agents at once; one etcd member SIGKILLed when half hold a block"
+    ));
+    let t0 = Instant::now();
+    for k in 1..=n {
+        let child = command(k)?.spawn().context("cannot start twilld")?;
+        guard
+            .agents
+            .push(Daemon::new(format!("twln{k}"), child, &scratch)?);
+    }
+    let spawned_s = t0.elapsed().as_secs_f64();
+    let mut killed: Option<(usize, f64)> = None;
+    let mut alive = [true; 3];
+    let mut leased_s = None;
+    let converged_s;
+    let last_routes;
+    loop {
+        check_interrupted()?;
+        let now = t0.elapsed().as_secs_f64();
+        if Instant::now() > t0 + CONVERGE_TIMEOUT {
+            bail!(
+                "not converged in {CONVERGE_TIMEOUT:?}; logs in {}",
+                scratch.display()
+            );
+        }
+        let b = blocks(&store).unwrap_or_default();
+        if killed.is_none() && b.len() * 2 >= n {
+            // Member 1: a follower or the leader, whichever it is (the client fails over).
+            if let Some(e) = guard.etcd[1].as_mut() {
+                e.signal(libc::SIGKILL);
+            }
+            alive[1] = false;
+            killed = Some((b.len(), now));
+        }
+        if leased_s.is_none() && b.len() >= n {
+            leased_s = Some(now);
+        }
+        if leased_s.is_some() {
+            let seen = routes_seen(&mut handles[..n], cluster);
+            if seen.iter().all(|s| *s >= n - 1) {
+                converged_s = t0.elapsed().as_secs_f64();
+                last_routes = seen;
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let b = blocks(&store)?;
+    let holders: HashMap<&str, usize> = b.iter().fold(HashMap::new(), |mut m, x| {
+        *m.entry(x.node.as_str()).or_default() += 1;
+        m
+    });
+    let conflicts = conflicts(&b);
+    progress(&format!(
+        "converged in {:.1} s ({} blocks, {} conflicts); a node joins",
+        converged_s,
+        b.len(),
+        conflicts
+    ));
+
+    // Join: node n+1; time until every other namespace routes to its block.
+    let tj = Instant::now();
+    let child = command(n + 1)?.spawn()?;
+    guard
+        .agents
+        .push(Daemon::new(format!("twln{}", n + 1), child, &scratch)?);
+    let mut join_leased = None;
+    let join_s = loop {
+        check_interrupted()?;
+        if tj.elapsed() > JOIN_TIMEOUT {
+            bail!("the joining node was not seen by all within {JOIN_TIMEOUT:?}");
+        }
+        if join_leased.is_none()
+            && blocks(&store)?
+                .iter()
+                .any(|x| x.node == format!("twln{}", n + 1))
+        {
+            join_leased = Some(tj.elapsed().as_secs_f64());
+        }
+        if join_leased.is_some()
+            && routes_seen(&mut handles[..n], cluster)
+                .iter()
+                .all(|s| *s >= n)
+        {
+            break tj.elapsed().as_secs_f64();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    progress(&format!(
+        "join seen by all in {join_s:.2} s (leased after {:.2} s)",
+        join_leased.unwrap_or(f64::NAN)
+    ));
+
+    // Idle: a few seconds to settle, then the measured window.
+    std::thread::sleep(Duration::from_secs(5));
+    progress(&format!(
+        "idle for {:.0} s: etcd rates, agents' CPU, RSS and probes",
+        o.idle_seconds
+    ));
+    let pids: Vec<u32> = guard.agents.iter().map(Daemon::pid).collect();
+    let probes = |k: usize| -> f64 {
+        http_get(node_ip(k), AGENT_PORT, "/metrics")
+            .map(|t| metric_sum(&t, "twill_peer_probes_total"))
+            .unwrap_or(f64::NAN)
+    };
+    let sample_ks: Vec<usize> = (1..=n + 1).step_by((n / 20).max(1)).collect();
+    let p0: Vec<f64> = sample_ks.iter().map(|k| probes(*k)).collect();
+    let e0 = etcd_metrics(&alive);
+    let s0: Vec<procstat::Sample> = pids
+        .iter()
+        .map(|p| procstat::sample(*p))
+        .collect::<Result<_>>()?;
+    let t_idle = Instant::now();
+    let end = t_idle + Duration::from_secs_f64(o.idle_seconds);
+    while Instant::now() < end {
+        check_interrupted()?;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let s1: Vec<procstat::Sample> = pids
+        .iter()
+        .map(|p| procstat::sample(*p))
+        .collect::<Result<_>>()?;
+    let e1 = etcd_metrics(&alive);
+    let p1: Vec<f64> = sample_ks.iter().map(|k| probes(*k)).collect();
+    let idle = t_idle.elapsed().as_secs_f64();
+    let cores: Vec<f64> = s0
+        .iter()
+        .zip(&s1)
+        .map(|(a, b)| procstat::cores(a, b))
+        .collect();
+    let rss: Vec<f64> = s1.iter().map(|s| s.rss_mb).collect();
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let max = |v: &[f64]| v.iter().cloned().fold(f64::MIN, f64::max);
+    let probe_rates: Vec<f64> = p0.iter().zip(&p1).map(|(a, b)| (b - a) / idle).collect();
+    let rate = |k: &str| (e1.get(k).unwrap_or(&0.0) - e0.get(k).unwrap_or(&0.0)) / idle;
+    let writes = rate("puts") + rate("txns") + rate("deletes");
+    let nodes = (n + 1) as f64;
+    let final_blocks = blocks(&store)?;
+    let lost = (1..=n + 1)
+        .filter(|k| !final_blocks.iter().any(|b| b.node == format!("twln{k}")))
+        .count();
+    let all_routes = routes_seen(&mut handles, cluster);
+    let running = guard
+        .agents
+        .iter_mut()
+        .map(|a| a.is_running())
+        .filter(|r| *r)
+        .count();
+    Ok(json!({
+        "agents": n,
+        "mode": "processes, one network namespace and kernel routing table each (backend host-gw)",
+        "etcd": "3 members; member twls1 SIGKILLed during the cold start",
+        "setupSeconds": build_s,
+        "coldStart": {
+            "spawnSeconds": spawned_s,
+            "leasedSeconds": leased_s,
+            "convergedSeconds": converged_s,
+            "memberKilledAt": killed.map(|(b, t)| json!({"blocksHeld": b, "seconds": t})),
+            "blocks": b.len(),
+            "nodesWithOneBlock": holders.values().filter(|c| **c == 1).count(),
+            "conflicts": conflicts,
+            "minRoutesPerNode": last_routes.iter().min(),
+        },
+        "join": {"leasedSeconds": join_leased, "seenByAllSeconds": join_s},
+        "idle": {
+            "seconds": idle,
+            "agentCoresMean": mean(&cores),
+            "agentCoresMax": max(&cores),
+            "agentRssMbMean": mean(&rss),
+            "agentRssMbMax": max(&rss),
+            "probesPerSecondPerNode": mean(&probe_rates),
+            "etcdRequestsPerSecond": rate("grpc_requests"),
+            "etcdWritesPerSecond": writes,
+            "etcdWritesPerNodePerMinute": writes * 60.0 / nodes,
+            "etcdProposalsPerSecond": rate("proposals"),
+            "etcdDbBytes": e1.get("db_bytes"),
+            "etcdDbInUseBytes": e1.get("db_in_use_bytes"),
+        },
+        "end": {
+            "nodesWithoutBlock": lost,
+            "minRoutesPerNode": all_routes.iter().min(),
+            "agentsRunning": running,
+        },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_sums_series_of_one_name_only() {
+        let text =
+            "# HELP x\nx_total{a=\"1\"} 2\nx_total{a=\"2\"} 3.5\nx_total_other 9\nx_total 1\n";
+        assert_eq!(metric_sum(text, "x_total"), 6.5);
+    }
+
+    #[test]
+    fn overlapping_blocks_are_conflicts() {
+        let b = |c: &str| Block {
+            cidr: c.parse().unwrap(),
+            node: "n".into(),
+            claimed_at: 0,
+        };
+        assert_eq!(conflicts(&[b("10.244.0.0/26"), b("10.244.0.64/26")]), 0);
+        assert_eq!(conflicts(&[b("10.244.0.0/24"), b("10.244.0.64/26")]), 1);
+        assert_eq!(node_ip(1), Ipv4Addr::new(10, 244, 128, 2));
+        assert_eq!(node_ip(1000), Ipv4Addr::new(10, 244, 131, 233));
+        assert_eq!(mac(1000), "02:74:77:00:03:e8");
+    }
+}
