@@ -11,6 +11,7 @@
 #                   binaries need nothing more; a dynamically linked one (a debug build)
 #                   gets the libraries `ldd` lists copied beside it, so the image runs
 #                   either way, but only static twill-cni runs on any node's libc.
+#                   Debug info is stripped from the copies (binutils' strip).
 #   --tag TAG       image name (repeatable; default localhost/twill:<workspace version>)
 #   --archive FILE  also `podman save --format oci-archive` to FILE (for `ctr image
 #                   import` or `podman load` on a node: there is no registry)
@@ -58,8 +59,13 @@ copy_libs() {
     cp -L "$lib" "$root$lib"
   done
 }
+# Debug info is no use at run time (a debug build's binaries shrink to a third).
 for b in twilld twill twill-cni; do
-  cp "$bin_dir/$b" "$root/usr/local/bin/$b"
+  if command -v strip >/dev/null; then
+    strip --strip-debug -o "$root/usr/local/bin/$b" "$bin_dir/$b"
+  else
+    cp "$bin_dir/$b" "$root/usr/local/bin/$b"
+  fi
   copy_libs "$bin_dir/$b"
 done
 cp "$nft" "$root/usr/sbin/nft"

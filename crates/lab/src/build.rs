@@ -204,7 +204,10 @@ pub fn up(
     log: Log,
 ) -> Result<LabState, LabError> {
     let plan = plan::plan(spec)?;
-    if !cni_bin.is_file() {
+    // The plugin is looked for here unless it sits in a CNI bin dir a node's own agent
+    // fills at start (`twill install-cni`, the DaemonSet's init step, run by a wrapper
+    // given as --twilld-bin): then it is checked when the first pod is wired.
+    if !cni_bin.is_file() && !cni_bin.parent().is_some_and(Path::is_dir) {
         return Err(LabError::PluginMissing {
             bin: cni_bin.to_path_buf(),
         });
@@ -420,8 +423,25 @@ fn setup_node(plan: &LabPlan, node: &NodePlan, log: Log) -> Result<(), LabError>
         .map_err(io_err(format!("write {}", node.conflist.display())))
 }
 
+/// The conflist in node `node`'s CNI config dir, as a runtime reads it for each pod: the
+/// one [`setup_node`] wrote, or what replaced it there (`twill install-cni
+/// --cni-net-dir <node dir>`). Parsed as JSON; a missing or bad file is an error naming it.
+fn read_conflist(node: &NodePlan) -> Result<Value, LabError> {
+    let what = format!("read the conflist {}", node.conflist.display());
+    let text = std::fs::read_to_string(&node.conflist).map_err(io_err(what.clone()))?;
+    serde_json::from_str(&text).map_err(|e| LabError::Command {
+        cmd: what,
+        detail: format!("not JSON: {e}"),
+    })
+}
+
 fn add_pods(state: &mut LabState, node: &NodePlan, log: Log) -> Result<(), LabError> {
-    let conflist = runtime::node_conflist(&state.plan, node);
+    if !node.pods.is_empty() && !state.cni_bin.is_file() {
+        return Err(LabError::PluginMissing {
+            bin: state.cni_bin.clone(),
+        });
+    }
+    let conflist = read_conflist(node)?;
     for pod in &node.pods {
         add_pod(state, node, pod, &conflist)?;
         let rec = state.pods.last().expect("just added");
@@ -565,7 +585,8 @@ pub fn remove_node(
         .ok()
         .and_then(|m| m.get(short).map(|n| n.blocks.clone()))
         .unwrap_or_default();
-    let conflist = runtime::node_conflist(&state.plan, &node);
+    let conflist =
+        read_conflist(&node).unwrap_or_else(|_| runtime::node_conflist(&state.plan, &node));
     let pods: Vec<PodRecord> = state
         .pods
         .iter()
@@ -899,7 +920,7 @@ pub fn teardown(state: &LabState, log: Log) -> Vec<String> {
         if !netns_exists(&node.netns) {
             continue;
         }
-        let conflist = runtime::node_conflist(plan, node);
+        let conflist = read_conflist(node).unwrap_or_else(|_| runtime::node_conflist(plan, node));
         match call_plugin(
             state,
             node,

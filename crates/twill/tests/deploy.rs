@@ -162,6 +162,8 @@ fn the_daemonset_runs_the_agent_the_way_the_design_says() {
         let spec = &ds["spec"]["template"]["spec"];
         assert_eq!(spec["hostNetwork"], true, "{o}");
         assert_eq!(spec["priorityClassName"], "system-node-critical", "{o}");
+        // Cluster DNS needs the pod network this agent brings: the node's resolver.
+        assert_eq!(spec["dnsPolicy"], "Default", "{o}");
         assert_eq!(spec["serviceAccountName"], sa["metadata"]["name"], "{o}");
         assert_eq!(
             spec["tolerations"],
