@@ -3,7 +3,7 @@
 set -euo pipefail
 PKGS=(iproute2 nftables iputils-ping iperf3 tcpdump ethtool containernetworking-plugins
       podman runc busybox-static graphviz etcd-server etcd-client openssl
-      strace bird2 frr python3 python3-venv containerd)
+      strace bird2 frr python3 python3-venv containerd openvswitch-switch)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -49,10 +49,13 @@ pub enum BackendKind {
     /// flannel's udp: a TUN device (`twl.tun`) and a userspace datapath that carries each
     /// pod packet, bare, in a UDP datagram to the node holding its destination.
     Udp,
+    /// The Open vSwitch walk-through's mesh, kept by the agent: an OVS integration bridge
+    /// (`twl-int`), one flow-based GRE or VXLAN port and per-peer flows.
+    Ovs,
 }
 
 impl BackendKind {
-    pub const ALL: [BackendKind; 7] = [
+    pub const ALL: [BackendKind; 8] = [
         BackendKind::None,
         BackendKind::HostGw,
         BackendKind::Vxlan,
@@ -60,6 +63,7 @@ impl BackendKind {
         BackendKind::Rip,
         BackendKind::Bgp,
         BackendKind::Udp,
+        BackendKind::Ovs,
     ];
 
     /// The name used in configs and on command lines.
@@ -72,6 +76,7 @@ impl BackendKind {
             BackendKind::Rip => "rip",
             BackendKind::Bgp => "bgp",
             BackendKind::Udp => "udp",
+            BackendKind::Ovs => "ovs",
         }
     }
 
@@ -82,6 +87,7 @@ impl BackendKind {
             BackendKind::Vxlan | BackendKind::Static => VXLAN_FIELDS,
             BackendKind::Rip => RIP_FIELDS,
             BackendKind::Udp => UDP_FIELDS,
+            BackendKind::Ovs => OVS_FIELDS,
         }
     }
 
@@ -95,6 +101,7 @@ impl BackendKind {
             BackendKind::Rip => BackendSpec::Rip(RipOptions::DEFAULT),
             BackendKind::Bgp => BackendSpec::Bgp,
             BackendKind::Udp => BackendSpec::Udp(UdpOptions::DEFAULT),
+            BackendKind::Ovs => BackendSpec::Ovs(OvsOptions::DEFAULT),
         }
     }
 
@@ -173,8 +180,10 @@ pub struct VxlanOptions {
 const VXLAN_FIELDS: &[&str] = &["vni", "port", "directRouting"];
 const RIP_FIELDS: &[&str] = &["updateSeconds", "timeoutSeconds", "garbageSeconds"];
 const UDP_FIELDS: &[&str] = &["port"];
+const OVS_FIELDS: &[&str] = &["tunnelType"];
 const ALL_FIELDS: &[&str] = &[
     "type",
+    "tunnelType",
     "vni",
     "port",
     "directRouting",
@@ -247,6 +256,85 @@ impl UdpOptions {
             ));
         }
         Ok(())
+    }
+}
+
+/// The tunnel an `ovs` backend's integration bridge uses between nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum TunnelType {
+    /// GREv0 carrying Ethernet (transparent Ethernet bridging), the walk-through's.
+    #[default]
+    Gre,
+    /// VXLAN on OVS's port, IANA's 4789.
+    Vxlan,
+}
+
+/// OVS's VXLAN port (IANA's; the kernel backend's is [`DEFAULT_VXLAN_PORT`]).
+pub const OVS_VXLAN_PORT: u16 = 4789;
+
+impl TunnelType {
+    pub const ALL: [TunnelType; 2] = [TunnelType::Gre, TunnelType::Vxlan];
+
+    /// The name in configs, on command lines, and OVS's interface type.
+    pub const fn name(self) -> &'static str {
+        match self {
+            TunnelType::Gre => "gre",
+            TunnelType::Vxlan => "vxlan",
+        }
+    }
+
+    /// Bytes added to every pod packet: outer IPv4 (20) + GRE (4) or UDP + VXLAN (16),
+    /// + the inner Ethernet header (14) both carry.
+    pub const fn overhead(self) -> u32 {
+        match self {
+            TunnelType::Gre => 38,
+            TunnelType::Vxlan => 50,
+        }
+    }
+}
+
+impl fmt::Display for TunnelType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The name is not a [`TunnelType`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a tunnel type: use gre or vxlan")]
+pub struct UnknownTunnelType(pub String);
+
+impl FromStr for TunnelType {
+    type Err = UnknownTunnelType;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        TunnelType::ALL
+            .into_iter()
+            .find(|t| t.name() == s)
+            .ok_or_else(|| UnknownTunnelType(s.to_string()))
+    }
+}
+
+impl<'de> Deserialize<'de> for TunnelType {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<TunnelType, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(de::Error::custom)
+    }
+}
+
+/// The options of the `ovs` backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct OvsOptions {
+    pub tunnel_type: TunnelType,
+}
+
+impl OvsOptions {
+    pub const DEFAULT: OvsOptions = OvsOptions {
+        tunnel_type: TunnelType::Gre,
+    };
+
+    pub fn is_default(&self) -> bool {
+        *self == OvsOptions::DEFAULT
     }
 }
 
@@ -341,6 +429,7 @@ pub enum BackendSpec {
     Rip(RipOptions),
     Bgp,
     Udp(UdpOptions),
+    Ovs(OvsOptions),
 }
 
 impl BackendSpec {
@@ -353,6 +442,7 @@ impl BackendSpec {
             BackendSpec::Rip(_) => BackendKind::Rip,
             BackendSpec::Bgp => BackendKind::Bgp,
             BackendSpec::Udp(_) => BackendKind::Udp,
+            BackendSpec::Ovs(_) => BackendKind::Ovs,
         }
     }
 
@@ -364,7 +454,16 @@ impl BackendSpec {
             | BackendSpec::HostGw
             | BackendSpec::Rip(_)
             | BackendSpec::Bgp
-            | BackendSpec::Udp(_) => None,
+            | BackendSpec::Udp(_)
+            | BackendSpec::Ovs(_) => None,
+        }
+    }
+
+    /// The ovs options, for `ovs`.
+    pub const fn ovs(&self) -> Option<&OvsOptions> {
+        match self {
+            BackendSpec::Ovs(o) => Some(o),
+            _ => None,
         }
     }
 
@@ -399,7 +498,11 @@ impl BackendSpec {
     ) -> Result<BackendSpec, NotAnOption> {
         let options = options.unwrap_or_default();
         match kind {
-            BackendKind::None | BackendKind::HostGw | BackendKind::Rip | BackendKind::Bgp => {
+            BackendKind::None
+            | BackendKind::HostGw
+            | BackendKind::Rip
+            | BackendKind::Bgp
+            | BackendKind::Ovs => {
                 let set = [
                     ("vni", options.vni.is_some()),
                     ("port", options.port.is_some()),
@@ -463,7 +566,9 @@ pub struct NotAnOption {
 
 impl NotAnOption {
     fn hint(field: &str) -> &'static str {
-        if RIP_FIELDS.contains(&field) {
+        if OVS_FIELDS.contains(&field) {
+            "only ovs takes tunnelType; remove it, or use type ovs"
+        } else if RIP_FIELDS.contains(&field) {
             "only rip takes updateSeconds, timeoutSeconds and garbageSeconds; remove it, or use type rip"
         } else if UDP_FIELDS.contains(&field) {
             "only vxlan, static and udp take port; remove it, or use one of those types"
@@ -489,6 +594,12 @@ impl Serialize for BackendSpec {
                     m.serialize_entry(field, &v)?;
                 }
             }
+            return m.end();
+        }
+        if let Some(o) = self.ovs().filter(|o| !o.is_default()) {
+            let mut m = s.serialize_map(Some(2))?;
+            m.serialize_entry("type", self.kind().name())?;
+            m.serialize_entry("tunnelType", o.tunnel_type.name())?;
             return m.end();
         }
         if let Some(o) = self.udp().filter(|o| !o.is_default()) {
@@ -536,7 +647,7 @@ impl<'de> Visitor<'de> for SpecVisitor {
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         write!(
             f,
-            "a backend name ({}) or {{type, vni, port, directRouting}} or {{type, updateSeconds, timeoutSeconds, garbageSeconds}} or {{type: udp, port}}",
+            "a backend name ({}) or {{type, vni, port, directRouting}} or {{type, updateSeconds, timeoutSeconds, garbageSeconds}} or {{type: udp, port}} or {{type: ovs, tunnelType}}",
             BackendKind::list()
         )
     }
@@ -551,6 +662,7 @@ impl<'de> Visitor<'de> for SpecVisitor {
         let mut kind: Option<BackendKind> = None;
         let mut options = VxlanOptions::default();
         let mut rip = RipOptions::default();
+        let mut tunnel: Option<TunnelType> = None;
         let mut seen: Vec<&'static str> = Vec::new();
         while let Some(key) = map.next_key::<String>()? {
             let Some(field) = ALL_FIELDS.iter().copied().find(|f| *f == key) else {
@@ -568,6 +680,7 @@ impl<'de> Visitor<'de> for SpecVisitor {
             }
             match field {
                 "type" => kind = Some(map.next_value()?),
+                "tunnelType" => tunnel = Some(map.next_value()?),
                 "vni" => options.vni = Some(map.next_value()?),
                 "port" => options.port = Some(map.next_value()?),
                 "updateSeconds" => rip.update_seconds = Some(map.next_value()?),
@@ -579,6 +692,16 @@ impl<'de> Visitor<'de> for SpecVisitor {
         let kind = kind.ok_or_else(|| de::Error::missing_field("type"))?;
         // Options written before `type`.
         match BackendSpec::with_options(kind, Some(options)).map_err(de::Error::custom)? {
+            BackendSpec::Ovs(_) => match rip.first_set() {
+                Some(field) => Err(de::Error::custom(NotAnOption { kind, field })),
+                None => Ok(BackendSpec::Ovs(OvsOptions {
+                    tunnel_type: tunnel.unwrap_or_default(),
+                })),
+            },
+            _ if tunnel.is_some() => Err(de::Error::custom(NotAnOption {
+                kind,
+                field: "tunnelType",
+            })),
             BackendSpec::Rip(_) => Ok(BackendSpec::Rip(rip)),
             spec => match rip.first_set() {
                 Some(field) => Err(de::Error::custom(NotAnOption { kind, field })),
@@ -643,6 +766,46 @@ mod tests {
     }
 
     #[test]
+    fn ovs_takes_tunnel_type_only() {
+        assert_eq!(
+            spec("\"ovs\"").unwrap(),
+            BackendSpec::Ovs(OvsOptions::DEFAULT)
+        );
+        let vx = BackendSpec::Ovs(OvsOptions {
+            tunnel_type: TunnelType::Vxlan,
+        });
+        assert_eq!(spec(r#"{"type":"ovs","tunnelType":"vxlan"}"#).unwrap(), vx);
+        assert_eq!(spec(r#"{"tunnelType":"vxlan","type":"ovs"}"#).unwrap(), vx);
+        assert_eq!(
+            serde_json::to_string(&vx).unwrap(),
+            r#"{"type":"ovs","tunnelType":"vxlan"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&BackendSpec::Ovs(OvsOptions::DEFAULT)).unwrap(),
+            r#""ovs""#
+        );
+        let e = spec(r#"{"type":"ovs","tunnelType":"ipip"}"#).unwrap_err();
+        assert!(
+            e.contains("\"ipip\" is not a tunnel type: use gre or vxlan"),
+            "{e}"
+        );
+        let e = spec(r#"{"type":"ovs","vni":3}"#).unwrap_err();
+        assert!(e.contains("vni is not an option of backend ovs"), "{e}");
+        let e = spec(r#"{"type":"vxlan","tunnelType":"gre"}"#).unwrap_err();
+        assert!(
+            e.contains("tunnelType is not an option of backend vxlan: only ovs takes tunnelType"),
+            "{e}"
+        );
+        let e = spec(r#"{"tunnelType":"gre","type":"rip"}"#).unwrap_err();
+        assert!(
+            e.contains("tunnelType is not an option of backend rip"),
+            "{e}"
+        );
+        assert_eq!(TunnelType::Gre.overhead(), 38);
+        assert_eq!("vxlan".parse::<TunnelType>().unwrap(), TunnelType::Vxlan);
+    }
+
+    #[test]
     fn names_round_trip_through_str_and_serde() {
         for k in BackendKind::ALL {
             assert_eq!(k.name().parse::<BackendKind>().unwrap(), k);
@@ -657,7 +820,7 @@ mod tests {
         assert_eq!(BackendSpec::default(), BackendSpec::None);
         assert_eq!(
             "gre".parse::<BackendKind>().unwrap_err().to_string(),
-            "\"gre\" is not a backend: use one of none, host-gw, vxlan, static, rip, bgp, udp"
+            "\"gre\" is not a backend: use one of none, host-gw, vxlan, static, rip, bgp, udp, ovs"
         );
     }
 

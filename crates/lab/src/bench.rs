@@ -126,6 +126,8 @@ impl TwinKind {
             // flannel's udp design, one packet per syscall: what the udp backend is
             // measured against (`--udp` adds the kernel-VXLAN twin).
             BackendKind::Udp => Some(TwinKind::UdpBaseline),
+            // Issue 12: the OVS mesh (userspace datapath here) against kernel VXLAN.
+            BackendKind::Ovs => Some(TwinKind::Vxlan),
             BackendKind::None => None,
         }
     }

@@ -569,8 +569,8 @@ impl Runner {
     }
 
     fn use_config(&mut self, config: NetworkConfig) -> Result<(), String> {
-        let routing =
-            Routing::new(&config.backend, &self.cfg.state_dir).map_err(|e| e.to_string())?;
+        let routing = Routing::new_in(&config.backend, &self.cfg.state_dir, &self.cfg.ovs_rundir)
+            .map_err(|e| e.to_string())?;
         // The backend's own sockets, threads and timers wake the loop.
         let tx = self.wake_tx.clone();
         routing.set_waker(Arc::new(move || {

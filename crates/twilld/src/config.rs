@@ -42,6 +42,9 @@ pub struct Config {
     /// Network policy on this node: twilld compiles the store's policies into
     /// `table inet twill-policy` (off: the table is removed and pods are open).
     pub policy: bool,
+    /// Open vSwitch's run directory (backend ovs): ovsdb-server's `db.sock` and
+    /// ovs-vswitchd's control sockets.
+    pub ovs_rundir: PathBuf,
 }
 
 impl Config {
@@ -104,6 +107,7 @@ fields! {
     "pollIntervalSeconds" "poll-interval-seconds" "TWILL_POLL_INTERVAL_SECONDS" "5" "how often block usage is measured (decimals allowed)";
     "peerProbeIntervalSeconds" "peer-probe-interval-seconds" "TWILL_PEER_PROBE_INTERVAL_SECONDS" "5" "how often every peer's node IP is probed with an ICMP echo (decimals allowed)";
     "policy" "policy" "TWILL_POLICY" "false" "enforce NetworkPolicy and GlobalNetworkPolicy on this node's pods (nftables table inet twill-policy): true | false";
+    "ovsRundir" "ovs-rundir" "TWILL_OVS_RUNDIR" "/var/run/openvswitch" "Open vSwitch's run directory (backend ovs): ovsdb-server's db.sock, ovs-vswitchd's sockets";
 }
 
 /// Where a value came from, for error messages.
@@ -509,6 +513,7 @@ fn build(
     let handoff_file = required_path(take("handoffFile"), "handoffFile")?;
     let state_dir = required_path(take("stateDir"), "stateDir")?;
     let cni_data_dir = required_path(take("cniDataDir"), "cniDataDir")?;
+    let ovs_rundir = required_path(take("ovsRundir"), "ovsRundir")?;
     let (cni_network, o) = take("cniNetwork");
     let cni_network = cni_network.trim().to_string();
     twill_api::names::validate_network_name(&cni_network)
@@ -597,6 +602,7 @@ fn build(
         poll_interval,
         peer_probe_interval,
         policy,
+        ovs_rundir,
     })
 }
 

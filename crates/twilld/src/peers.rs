@@ -68,6 +68,7 @@ pub fn backend_mode(spec: &BackendSpec, uplink: Option<Ipv4Net>, peer: Ipv4Addr)
             "rip: off segment, reached through a RIP router if any".into()
         }
         (BackendSpec::Udp(o), _) => format!("udp tunnel (userspace, port {})", o.port()),
+        (BackendSpec::Ovs(o), _) => format!("ovs {} tunnel", o.tunnel_type),
     }
 }
 

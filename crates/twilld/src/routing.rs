@@ -67,10 +67,22 @@ impl Routing {
     /// `state_dir`: twilld's (`--state-dir`), for backends that keep files (bgp's control
     /// socket).
     pub fn new(spec: &BackendSpec, state_dir: &Path) -> Result<Routing, BackendError> {
+        Routing::new_in(spec, state_dir, Path::new(backend::ovs::DEFAULT_RUNDIR))
+    }
+
+    /// [`Routing::new`] with OVS's run directory (`--ovs-rundir`), for the ovs backend.
+    pub fn new_in(
+        spec: &BackendSpec,
+        state_dir: &Path,
+        ovs_rundir: &Path,
+    ) -> Result<Routing, BackendError> {
         let broken = twill_netlink::ethtool::checksum_offload_broken(
             &twill_netlink::ethtool::kernel_release(),
         );
-        let mut routing = Routing::with_backend(*spec, backend::select(spec, broken, state_dir)?);
+        let mut routing = Routing::with_backend(
+            *spec,
+            backend::select_in(spec, broken, state_dir, ovs_rundir)?,
+        );
         routing.state_dir = Some(state_dir.to_owned());
         Ok(routing)
     }

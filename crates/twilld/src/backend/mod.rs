@@ -74,6 +74,7 @@ pub mod driver;
 pub mod exec;
 pub mod host_gw;
 pub mod none;
+pub mod ovs;
 pub mod rip;
 pub mod static_mesh;
 pub mod udp;
@@ -99,6 +100,7 @@ pub use driver::Driver;
 pub use exec::{apply, observe, Failure, Report};
 pub use host_gw::HostGw;
 pub use none::NoneBackend;
+pub use ovs::Ovs;
 pub use rip::Rip;
 pub use static_mesh::StaticMesh;
 pub use twill_api::backend::{BackendKind, BackendSpec, UdpOptions, VxlanOptions};
@@ -113,7 +115,7 @@ pub const VXLAN_DEVICE: &str = "twl.1";
 pub const TUN_DEVICE: &str = "twl.tun";
 /// Every device a backend may own. A 0x54 route through one of them is the backend's;
 /// a backend that takes over deletes the ones it does not want.
-pub const DEVICES: &[&str] = &[VXLAN_DEVICE, TUN_DEVICE];
+pub const DEVICES: &[&str] = &[VXLAN_DEVICE, TUN_DEVICE, ovs::OVS_DEVICE];
 /// Outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14) headers.
 pub const VXLAN_OVERHEAD: u32 = 50;
 /// Outer IPv4 (20) + UDP (8) headers: the udp backend carries the bare inner IP packet.
@@ -573,6 +575,22 @@ pub fn select(
     disable_tx_checksum: bool,
     state_dir: &Path,
 ) -> Result<Box<dyn Backend>, BackendError> {
+    select_in(
+        spec,
+        disable_tx_checksum,
+        state_dir,
+        Path::new(ovs::DEFAULT_RUNDIR),
+    )
+}
+
+/// [`select`], with OVS's run directory (`--ovs-rundir`: its `db.sock` and control
+/// sockets) for the ovs backend.
+pub fn select_in(
+    spec: &BackendSpec,
+    disable_tx_checksum: bool,
+    state_dir: &Path,
+    ovs_rundir: &Path,
+) -> Result<Box<dyn Backend>, BackendError> {
     spec.check()
         .map_err(|(field, reason)| BackendError::Invalid { field, reason })?;
     let vxlan = |o: &VxlanOptions| Vxlan {
@@ -590,6 +608,7 @@ pub fn select(
         BackendSpec::Rip(o) => Box::new(Rip::new(o)),
         BackendSpec::Bgp => Box::new(Bgp::new(state_dir)),
         BackendSpec::Udp(o) => Box::new(Udp::new(o.port(), state_dir)),
+        BackendSpec::Ovs(o) => Box::new(Ovs::new(o.tunnel_type, ovs_rundir)),
     })
 }
 

@@ -705,11 +705,15 @@ fn the_driver_runs_every_backend_through_its_lifecycle() {
     // the machine's own interface); its lifecycle is tested in backend/rip.rs and in
     // tests/rip_*.rs, inside namespaces. Not bgp: its sync starts a real speaker (sockets in
     // this namespace); tests/backend_bgp.rs runs it in namespaces of its own.
-    // Not udp: its start spawns the datapath process; tests/backend_udp.rs runs it.
-    for kind in BackendKind::ALL
-        .into_iter()
-        .filter(|k| !matches!(k, BackendKind::Rip | BackendKind::Bgp | BackendKind::Udp))
-    {
+    // Not udp: its start spawns the datapath process; tests/backend_udp.rs runs it. Not ovs:
+    // its sync programs this machine's Open vSwitch; tests/backend_ovs.rs runs it against
+    // OVS daemons in namespaces.
+    for kind in BackendKind::ALL.into_iter().filter(|k| {
+        !matches!(
+            k,
+            BackendKind::Rip | BackendKind::Bgp | BackendKind::Udp | BackendKind::Ovs
+        )
+    }) {
         let mut d = Driver::new(select(&kind.spec(), false, Path::new(STATE)).unwrap(), t0);
         let (me, them) = (l3(), peers());
         // First poll: started, a pass is due, with the plan plus the blackholes.

@@ -1,0 +1,186 @@
+//! The I/O edge: `ovs-vsctl` and `ovs-ofctl` against one run directory (where
+//! ovsdb-server's `db.sock` and ovs-vswitchd's control and bridge sockets are).
+
+use crate::db::Snapshot;
+use crate::{flows, Error};
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// How long one tool call may wait for a daemon (`--timeout`), in seconds.
+pub const TIMEOUT_SECONDS: u32 = 5;
+
+/// The tools, for one OVS.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    rundir: PathBuf,
+    /// Run before each tool (tests: `ip netns exec NS`).
+    prefix: Vec<String>,
+}
+
+impl Tools {
+    pub fn new(rundir: &Path) -> Tools {
+        Tools {
+            rundir: rundir.to_owned(),
+            prefix: Vec::new(),
+        }
+    }
+
+    /// Runs every tool as `prefix… tool args…`.
+    pub fn with_prefix(mut self, prefix: Vec<String>) -> Tools {
+        self.prefix = prefix;
+        self
+    }
+
+    pub fn rundir(&self) -> &Path {
+        &self.rundir
+    }
+
+    /// ovsdb-server's socket.
+    pub fn db_socket(&self) -> PathBuf {
+        self.rundir.join("db.sock")
+    }
+
+    /// Runs `program args…` (with the prefix, `OVS_RUNDIR` set), `stdin` fed in.
+    pub fn run(
+        &self,
+        tool: &'static str,
+        args: &[String],
+        stdin: Option<&str>,
+    ) -> Result<String, Error> {
+        let (program, lead): (&str, &[String]) = match self.prefix.split_first() {
+            Some((p, rest)) => (p.as_str(), rest),
+            None => (tool, &[]),
+        };
+        let mut cmd = Command::new(program);
+        cmd.args(lead);
+        if !self.prefix.is_empty() {
+            cmd.arg(tool);
+        }
+        cmd.args(args)
+            .env("OVS_RUNDIR", &self.rundir)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| Error::Missing {
+            tool,
+            reason: e.to_string(),
+        })?;
+        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            let _ = pipe.write_all(text.as_bytes());
+        }
+        let out = child.wait_with_output().map_err(|e| Error::Failed {
+            tool,
+            args: args.join(" "),
+            stderr: e.to_string(),
+        })?;
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        // `ip netns exec` reports a missing program itself.
+        if !out.status.success()
+            && stderr.contains("No such file or directory")
+            && stderr.contains(tool)
+        {
+            return Err(Error::Missing {
+                tool,
+                reason: stderr,
+            });
+        }
+        if !out.status.success() {
+            return Err(Error::Failed {
+                tool,
+                args: args.join(" "),
+                stderr,
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The installed version, checked ([`crate::check_version`]); ovs-ofctl must exist too.
+    pub fn version(&self) -> Result<(u32, u32), Error> {
+        let text = self.run("ovs-vsctl", &["--version".into()], None)?;
+        let v = crate::check_version(&text)?;
+        self.run("ovs-ofctl", &["--version".into()], None)?;
+        Ok(v)
+    }
+
+    fn vsctl_args(&self, wait: bool, args: &[String]) -> Vec<String> {
+        let mut a = vec![
+            format!("--db=unix:{}", self.db_socket().display()),
+            format!("--timeout={TIMEOUT_SECONDS}"),
+        ];
+        if !wait {
+            a.push("--no-wait".into());
+        }
+        a.extend(args.iter().cloned());
+        a
+    }
+
+    /// One `ovs-vsctl` transaction; `wait`: until ovs-vswitchd applied it.
+    pub fn vsctl(&self, args: &[String], wait: bool) -> Result<String, Error> {
+        self.run("ovs-vsctl", &self.vsctl_args(wait, args), None)
+    }
+
+    /// The bridges, ports and interfaces (one read-only call).
+    pub fn snapshot(&self) -> Result<Snapshot, Error> {
+        let q: Vec<String> = Snapshot::QUERY.iter().map(|s| s.to_string()).collect();
+        Snapshot::parse(&self.vsctl(&q, false)?)
+    }
+
+    /// The cookies of Twill's flows on `bridge`.
+    pub fn flow_cookies(&self, bridge: &str) -> Result<BTreeSet<u64>, Error> {
+        let out = self.run(
+            "ovs-ofctl",
+            &[
+                format!("--timeout={TIMEOUT_SECONDS}"),
+                "dump-flows".into(),
+                "--no-stats".into(),
+                bridge.into(),
+                flows::cookie_filter(),
+            ],
+            None,
+        )?;
+        Ok(flows::cookies(&out))
+    }
+
+    /// Runs a [`flows::script`] as one bundle (all or nothing).
+    pub fn apply_flows(&self, bridge: &str, script: &str) -> Result<(), Error> {
+        self.run(
+            "ovs-ofctl",
+            &[
+                format!("--timeout={TIMEOUT_SECONDS}"),
+                "--bundle".into(),
+                "add-flows".into(),
+                bridge.into(),
+                "-".into(),
+            ],
+            Some(script),
+        )
+        .map(drop)
+    }
+
+    /// ovsdb-server accepts a connection on its socket.
+    pub fn db_alive(&self) -> bool {
+        UnixStream::connect(self.db_socket()).is_ok()
+    }
+
+    /// Some `ovs-vswitchd.PID.ctl` in the run directory accepts a connection (a dead
+    /// daemon's socket file stays, refusing).
+    pub fn vswitchd_alive(&self) -> bool {
+        let Ok(dir) = std::fs::read_dir(&self.rundir) else {
+            return false;
+        };
+        dir.flatten().any(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("ovs-vswitchd.")
+                && name.ends_with(".ctl")
+                && UnixStream::connect(e.path()).is_ok()
+        })
+    }
+}
