@@ -353,8 +353,17 @@ impl Runner {
         while !self.shutdown.load(Ordering::Relaxed) {
             self.status.update(|s| s.last_tick = Instant::now());
             let action = self.machine.poll(Instant::now());
+            let slept = matches!(action, Action::Sleep(_));
             if let Some(input) = self.execute(action) {
                 self.machine.handle(Instant::now(), input);
+            }
+            if slept {
+                // Everything else already queued goes in before the next round, so a burst
+                // of watch events (a cold start: one per node) costs one round, not one
+                // round each.
+                while let Some(input) = self.queued() {
+                    self.machine.handle(Instant::now(), input);
+                }
             }
         }
         self.stop_routing();
@@ -545,19 +554,7 @@ impl Runner {
             .saturating_duration_since(Instant::now())
             .min(MAX_WAIT);
         match self.wake_rx.recv_timeout(d) {
-            Ok(Wake::Store(gen, msg)) if gen == self.watch_gen.load(Ordering::Relaxed) => {
-                Some(match msg {
-                    Ok(ev) => Input::Watch(ev),
-                    Err(e) => Input::WatchEnded(e),
-                })
-            }
-            Ok(Wake::Store(..)) => None,
-            Ok(Wake::Backend) => Some(Input::BackendDue),
-            Ok(Wake::Shutdown) => None,
-            Ok(Wake::Records) => {
-                self.records_wake.store(false, Ordering::SeqCst);
-                Some(Input::RecordsChanged)
-            }
+            Ok(w) => self.input_of(w),
             Err(RecvTimeoutError::Timeout) => {
                 let now = Instant::now();
                 backend_due.filter(|b| now >= *b)?;
@@ -565,6 +562,34 @@ impl Runner {
                 Some(Input::BackendDue)
             }
             Err(RecvTimeoutError::Disconnected) => unreachable!("the loop holds a sender"),
+        }
+    }
+
+    /// What a wake means to the machine (None: nothing, e.g. an old watch's event).
+    fn input_of(&self, w: Wake) -> Option<Input> {
+        match w {
+            Wake::Store(gen, msg) if gen == self.watch_gen.load(Ordering::Relaxed) => {
+                Some(match msg {
+                    Ok(ev) => Input::Watch(ev),
+                    Err(e) => Input::WatchEnded(e),
+                })
+            }
+            Wake::Store(..) | Wake::Shutdown => None,
+            Wake::Backend => Some(Input::BackendDue),
+            Wake::Records => {
+                self.records_wake.store(false, Ordering::SeqCst);
+                Some(Input::RecordsChanged)
+            }
+        }
+    }
+
+    /// The next wake already queued, without waiting (None: the queue is empty).
+    fn queued(&self) -> Option<Input> {
+        loop {
+            let w = self.wake_rx.try_recv().ok()?;
+            if let Some(input) = self.input_of(w) {
+                return Some(input);
+            }
         }
     }
 

@@ -401,6 +401,10 @@ pub struct Machine {
     cut_retry: Instant,
     memory: Option<Vec<Ipv4Net>>,
     peers: Vec<Peer>,
+    /// The other nodes, listed once per watch and kept by its events; None: to be listed
+    /// (a new watch, or the last one ended and events may be lost).
+    nodes: Option<routing::NodeMap>,
+    /// `peers` is behind `nodes`.
     peers_dirty: bool,
     peers_published: Publisher,
     /// The routing resources, read while the backend uses them.
@@ -473,6 +477,7 @@ impl Machine {
             cut_retry: now,
             memory: None,
             peers: Vec::new(),
+            nodes: None,
             peers_dirty: true,
             peers_published: Publisher::spread(claims::seed(&p.node)),
             inputs: RoutingInputs::default(),
@@ -826,11 +831,14 @@ impl Machine {
                 )
             }
             Stage::Peers => {
-                if !self.peers_dirty {
-                    self.next_stage(Stage::Resources);
-                    return;
+                let Some(nodes) = self.nodes.as_ref() else {
+                    return self.store(Pending::Peers, StoreOp::List(key(PREFIX_NODES)));
+                };
+                if self.peers_dirty {
+                    self.peers = nodes.peers();
+                    self.peers_dirty = false;
                 }
-                self.store(Pending::Peers, StoreOp::List(key(PREFIX_NODES)))
+                self.next_stage(Stage::Resources);
             }
             Stage::Resources => {
                 if !self.resources_dirty || !self.uses_bgp_resources() {
@@ -1263,6 +1271,7 @@ impl Machine {
                     fields(&[("error", &e)]),
                 );
                 self.watching = false;
+                self.nodes = None;
                 return;
             }
             _ => {}
@@ -1466,7 +1475,8 @@ impl Machine {
             }
             (Pending::Watch, StoreReply::Watching) => {
                 self.watching = true;
-                self.peers_dirty = true;
+                // Events before this watch may be lost: the nodes are listed again, once.
+                self.nodes = None;
                 self.redetect = true;
                 self.next_stage(Stage::Detect);
             }
@@ -1594,8 +1604,10 @@ impl Machine {
                 self.published_node = Some((lease, bytes));
                 self.next_stage(Stage::Peers);
             }
-            (Pending::Peers, StoreReply::List(kvs, _)) => {
-                self.peers = routing::peers_from(&kvs, &self.p.node);
+            (Pending::Peers, StoreReply::List(kvs, rev)) => {
+                let nodes = routing::NodeMap::listed(&kvs, rev, &self.p.node);
+                self.peers = nodes.peers();
+                self.nodes = Some(nodes);
                 self.peers_dirty = false;
                 self.next_stage(Stage::Resources);
             }
@@ -1785,7 +1797,12 @@ impl Machine {
             self.redetect = true;
             self.wake_now(now);
         } else if let Some(name) = rel.strip_prefix(PREFIX_NODES) {
-            if name != self.p.node {
+            if name == self.p.node {
+                return;
+            }
+            // Kept from the event itself; before the first list, that list has it.
+            let changed = self.nodes.as_mut().is_none_or(|m| m.apply(&ev));
+            if changed {
                 self.peers_dirty = true;
                 self.wake_now(now);
             }
@@ -2179,6 +2196,68 @@ mod tests {
         assert!(endpoint_keys(&w)
             .iter()
             .any(|(k, _, l)| k == "endpoints/n1/y/d" && *l == lease));
+    }
+
+    #[test]
+    fn peers_come_from_one_list_per_watch_and_then_from_the_watch_s_events() {
+        let mut w = World::new("mpeers", "10.244.0.0/16", 26, 60, None);
+        let status = |n: &str, last: u8| {
+            let st = NodeStatus {
+                name: n.into(),
+                address: Ipv4Addr::new(192, 0, 2, last),
+                autodetection: "nodeIP".into(),
+                reason: "set".into(),
+                blocks: vec![net(&format!("10.244.{last}.0/26"))],
+                started_at: 1,
+                agent_version: "test".into(),
+            };
+            serde_json::to_vec(&st).unwrap()
+        };
+        w.put("nodes/n2", &status("n2", 12));
+        let mut n = w.node("n1", &[], &[]);
+        let lists = std::rc::Rc::new(std::cell::Cell::new(0));
+        let counted = lists.clone();
+        n.hook = Some(Box::new(move |op, _| {
+            if *op == StoreOp::List(key(PREFIX_NODES)) {
+                counted.set(counted.get() + 1);
+            }
+            None
+        }));
+        let names = |n: &Node| n.m.peers.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
+        w.run(&mut n);
+        assert!(n.ready(), "{:?}", n.reports);
+        assert_eq!((lists.get(), names(&n)), (1, vec!["n2".to_string()]));
+        // Nodes join, move and leave: every agent learns it from the events, and nodes/
+        // is never read again (at 1000 nodes each re-list was a ~300 KB read per event).
+        for (k, last) in [("n3", 13), ("n4", 14), ("n5", 15)] {
+            w.put(&format!("nodes/{k}"), &status(k, last));
+        }
+        w.run(&mut n);
+        assert_eq!(names(&n), ["n2", "n3", "n4", "n5"]);
+        w.put("nodes/n3", &status("n3", 33));
+        w.store.delete(&key("nodes/n4")).unwrap();
+        w.put("nodes/n5", b"garbage");
+        w.run(&mut n);
+        assert_eq!(names(&n), ["n2", "n3"]);
+        assert_eq!(n.m.peers[1].address, Ipv4Addr::new(192, 0, 2, 33));
+        assert_eq!(lists.get(), 1, "no re-list on a node event");
+        let last = n.reconciles.len();
+        // This node's own key changes no peer, and wakes no round.
+        w.put("nodes/n1", &status("n1", 99));
+        w.run(&mut n);
+        assert_eq!(n.reconciles.len(), last);
+        // A watch that ended may have lost events: the next watch lists once, with the
+        // revision, and misses nothing put in between.
+        n.m.handle(w.now, Input::WatchEnded("compacted".into()));
+        n.watch = None;
+        w.put("nodes/n6", &status("n6", 16));
+        w.now += MAX_WAIT;
+        w.run(&mut n);
+        assert_eq!(lists.get(), 2);
+        assert_eq!(names(&n), ["n2", "n3", "n6"]);
+        w.put("nodes/n7", &status("n7", 17));
+        w.run(&mut n);
+        assert_eq!((lists.get(), names(&n).len()), (2, 4));
     }
 
     #[test]
