@@ -6,7 +6,13 @@
 //! - per remote block: `in_port=1,ip,nw_dst=BLOCK` → tunnel destination = the peer's node
 //!   IP, out port 10 (priority 100);
 //! - per remote block: `in_port=10,tun_src=PEER,ip,nw_src=BLOCK` → the host port's MAC as
-//!   destination, out port 1: only a known peer, with a source in its own blocks, gets in.
+//!   destination, out port 1, and the same for `nw_src=PEER` (the peer's node IP: its
+//!   own packets to pods here, whose source the kernel takes from its uplink since
+//!   `twl.ovs` has no address): only a known peer, with a source in its own blocks or its
+//!   own address, gets in. That is what the kernel backends let through from a peer too
+//!   (vxlan and host-gw carry its pods' and its own packets); a source the peer merely
+//!   forwards for (another node's, the outside world's) is dropped here, and with every
+//!   other backend it would arrive through that node's own tunnel or route instead.
 //!
 //! Anything else is dropped (the bridge is `fail_mode=secure`, no NORMAL flow). Each flow's
 //! cookie is [`COOKIE_MARK`] + 48 bits of a hash of its text ([`Flow::new`]), so the set of
@@ -84,17 +90,20 @@ pub fn table(host_mac: [u8; 6], peers: &[FlowPeer]) -> Vec<Flow> {
         hex(&GATEWAY.octets()),
     ))];
     let host_mac = format_mac(&host_mac);
+    let inbound = |peer: Ipv4Addr, src: String| {
+        Flow::new(format!(
+            "priority=100,in_port={TUNNEL_PORT},tun_src={peer},ip,nw_src={src},actions=mod_dl_src:{gw_mac},mod_dl_dst:{host_mac},output:{HOST_PORT}"
+        ))
+    };
     for p in peers {
+        flows.push(inbound(p.address, p.address.to_string()));
         for b in &p.blocks {
             let b = b.trunc();
             flows.push(Flow::new(format!(
                 "priority=100,in_port={HOST_PORT},ip,nw_dst={b},actions=set_field:{}->tun_dst,output:{TUNNEL_PORT}",
                 p.address
             )));
-            flows.push(Flow::new(format!(
-                "priority=100,in_port={TUNNEL_PORT},tun_src={},ip,nw_src={b},actions=mod_dl_src:{gw_mac},mod_dl_dst:{host_mac},output:{HOST_PORT}",
-                p.address
-            )));
+            flows.push(inbound(p.address, b.to_string()));
         }
     }
     flows.sort();
@@ -149,13 +158,24 @@ mod tests {
     const MAC: [u8; 6] = [0x0a, 0x54, 192, 0, 2, 11];
 
     #[test]
-    fn the_table_has_the_arp_answer_and_two_flows_per_remote_block() {
+    fn the_table_has_the_arp_answer_two_flows_per_remote_block_and_one_per_peer() {
         let t = table(MAC, &[peer("192.0.2.12", &["10.244.2.0/24"])]);
-        assert_eq!(t.len(), 3);
+        assert_eq!(t.len(), 4);
         assert!(t.iter().all(|f| f.cookie & COOKIE_MASK == COOKIE_MARK));
         let texts: Vec<&str> = t.iter().map(|f| f.text.as_str()).collect();
         assert!(texts.contains(&"priority=100,in_port=1,ip,nw_dst=10.244.2.0/24,actions=set_field:192.0.2.12->tun_dst,output:10"));
         assert!(texts.contains(&"priority=100,in_port=10,tun_src=192.0.2.12,ip,nw_src=10.244.2.0/24,actions=mod_dl_src:0a:54:a9:fe:54:54,mod_dl_dst:0a:54:c0:00:02:0b,output:1"));
+        // The peer's own packets (its node IP as source) get in too.
+        assert!(texts.contains(&"priority=100,in_port=10,tun_src=192.0.2.12,ip,nw_src=192.0.2.12,actions=mod_dl_src:0a:54:a9:fe:54:54,mod_dl_dst:0a:54:c0:00:02:0b,output:1"));
+        // Two blocks: one more flow each way, still one for the node IP.
+        assert_eq!(
+            table(
+                MAC,
+                &[peer("192.0.2.12", &["10.244.2.0/24", "10.244.9.0/24"])]
+            )
+            .len(),
+            6
+        );
         assert!(texts.iter().any(|t| t.contains("arp_tpa=169.254.84.84")
             && t.contains("load:0x0a54a9fe5454->NXM_NX_ARP_SHA[]")
             && t.contains("load:0xa9fe5454->NXM_OF_ARP_SPA[]")));
@@ -173,13 +193,13 @@ mod tests {
         );
         let have: BTreeSet<u64> = one.iter().map(|f| f.cookie).collect();
         let s = script(&two, &have);
-        assert_eq!(s.lines().count(), 2, "{s}");
+        assert_eq!(s.lines().count(), 3, "{s}");
         assert!(s
             .lines()
             .all(|l| l.starts_with("add cookie=0x5477") && l.contains("192.0.2.13")));
         let have2: BTreeSet<u64> = two.iter().map(|f| f.cookie).collect();
         let s = script(&one, &have2);
-        assert_eq!(s.lines().count(), 2, "{s}");
+        assert_eq!(s.lines().count(), 3, "{s}");
         assert!(s
             .lines()
             .all(|l| l.starts_with("delete cookie=0x5477") && l.ends_with("/-1")));
@@ -212,7 +232,7 @@ mod tests {
         let s = script(&b, &have);
         assert_eq!(
             (s.matches("delete").count(), s.matches("add ").count()),
-            (1, 1),
+            (2, 2),
             "{s}"
         );
     }

@@ -169,18 +169,95 @@ impl Tools {
         UnixStream::connect(self.db_socket()).is_ok()
     }
 
-    /// Some `ovs-vswitchd.PID.ctl` in the run directory accepts a connection (a dead
-    /// daemon's socket file stays, refusing).
+    /// The PID of the live ovs-vswitchd: the `ovs-vswitchd.PID.ctl` in the run directory
+    /// that accepts a connection (a dead daemon's socket file stays, refusing). None: not
+    /// running.
+    pub fn vswitchd_pid(&self) -> Option<u32> {
+        self.live_ctl("ovs-vswitchd")
+    }
+
     pub fn vswitchd_alive(&self) -> bool {
-        let Ok(dir) = std::fs::read_dir(&self.rundir) else {
-            return false;
-        };
-        dir.flatten().any(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            name.starts_with("ovs-vswitchd.")
-                && name.ends_with(".ctl")
-                && UnixStream::connect(e.path()).is_ok()
+        self.vswitchd_pid().is_some()
+    }
+
+    /// The PID of the live ovsdb-server, from its `ovsdb-server.PID.ctl` (None when it runs
+    /// with its control socket elsewhere or not at all; [`Tools::db_alive`] is the test of
+    /// life).
+    pub fn db_pid(&self) -> Option<u32> {
+        self.live_ctl("ovsdb-server")
+    }
+
+    /// Who runs now: (ovsdb-server answers, its PID, ovs-vswitchd's PID). A daemon killed
+    /// and started again between two looks has another PID, so a restart is seen however
+    /// short it was.
+    pub fn liveness(&self) -> Liveness {
+        Liveness {
+            db_up: self.db_alive(),
+            db_pid: self.db_pid(),
+            vswitchd_pid: self.vswitchd_pid(),
+        }
+    }
+
+    fn live_ctl(&self, daemon: &str) -> Option<u32> {
+        let dir = std::fs::read_dir(&self.rundir).ok()?;
+        dir.flatten().find_map(|e| {
+            let pid = ctl_pid(&e.file_name().to_string_lossy(), daemon)?;
+            UnixStream::connect(e.path()).is_ok().then_some(pid)
         })
+    }
+}
+
+/// What [`Tools::liveness`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Liveness {
+    pub db_up: bool,
+    pub db_pid: Option<u32>,
+    pub vswitchd_pid: Option<u32>,
+}
+
+/// `DAEMON.PID.ctl` (OVS's unixctl socket name) to PID.
+pub fn ctl_pid(file: &str, daemon: &str) -> Option<u32> {
+    file.strip_prefix(daemon)?
+        .strip_prefix('.')?
+        .strip_suffix(".ctl")?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_socket_names_give_the_pid() {
+        assert_eq!(ctl_pid("ovs-vswitchd.4242.ctl", "ovs-vswitchd"), Some(4242));
+        assert_eq!(ctl_pid("ovsdb-server.7.ctl", "ovsdb-server"), Some(7));
+        assert_eq!(ctl_pid("ovsdb-server.7.ctl", "ovs-vswitchd"), None);
+        assert_eq!(ctl_pid("ovs-vswitchd.pid", "ovs-vswitchd"), None);
+        assert_eq!(ctl_pid("ovs-vswitchd.x.ctl", "ovs-vswitchd"), None);
+        assert_eq!(ctl_pid("ovs-vswitchd.12.ctlx", "ovs-vswitchd"), None);
+    }
+
+    #[test]
+    fn liveness_reads_a_listening_control_socket_and_skips_a_dead_one() {
+        let dir = std::env::temp_dir().join(format!("twlovsctl{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let t = Tools::new(&dir);
+        assert_eq!(t.liveness(), Liveness::default());
+        // A dead daemon's socket file: it refuses.
+        drop(std::os::unix::net::UnixListener::bind(dir.join("ovs-vswitchd.11.ctl")).unwrap());
+        assert_eq!(t.vswitchd_pid(), None);
+        let _live =
+            std::os::unix::net::UnixListener::bind(dir.join("ovs-vswitchd.12.ctl")).unwrap();
+        let _db = std::os::unix::net::UnixListener::bind(dir.join("db.sock")).unwrap();
+        assert_eq!(
+            t.liveness(),
+            Liveness {
+                db_up: true,
+                db_pid: None,
+                vswitchd_pid: Some(12)
+            }
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

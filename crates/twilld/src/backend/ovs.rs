@@ -1,7 +1,8 @@
 //! `ovs` (the Open vSwitch walk-through's GRE mesh, kept by the agent): an OVS
 //! integration bridge [`BRIDGE`] with the host's internal port [`OVS_DEVICE`] (OpenFlow
 //! port 1) and ONE flow-based tunnel port (`twl-gre` or `twl-vxlan`, OpenFlow port 10,
-//! `options:remote_ip=flow`), plus two flows per remote block (see [`twill_ovs::flows`]).
+//! `options:remote_ip=flow`), plus two flows per remote block and one per remote node (see
+//! [`twill_ovs::flows`]).
 //!
 //! Why one flow-based port and not a port per peer: a node joining or leaving changes
 //! flows only (one atomic `ovs-ofctl --bundle`), never the database or ovs-vswitchd's port
@@ -24,8 +25,9 @@
 //! (`external_ids:twill-owner=twilld`, cookie `0x5477…`); nothing else is touched.
 //!
 //! # Faults
-//! A thread probes ovsdb-server's `db.sock` and ovs-vswitchd's control socket every
-//! [`PROBE`]; a change is an event and a pass. While either is down the problem (with the
+//! A thread probes ovsdb-server's `db.sock` and both daemons' control sockets every
+//! [`PROBE`], reading their PIDs from the sockets' names; a change (down, up, or another
+//! PID: a restart shorter than one probe) is an event and a pass. While either is down the problem (with the
 //! fix) is in /readyz; once back, everything is programmed again (ovs-vswitchd loses its
 //! flows and the internal port's device when it dies). Missing or old tools: the error
 //! names the package.
@@ -68,8 +70,12 @@ pub struct Ovs {
     events: Option<Events>,
     monitor: Option<Monitor>,
     version: Option<(u32, u32)>,
+    /// How often the daemons are probed.
+    probe: Duration,
     /// `twl.ovs` exists (its device is made by ovs-vswitchd): routes can use it.
     device_ready: bool,
+    /// The ovs-vswitchd the last pass saw (a new PID: it was restarted).
+    vswitchd_pid: Option<u32>,
     /// From the last sync, shown in the next plan (so in /readyz).
     problems: Vec<String>,
     shared: Arc<Shared>,
@@ -80,6 +86,7 @@ pub struct Ovs {
 pub struct Shared {
     transactions: AtomicU64,
     flow_changes: AtomicU64,
+    vswitchd_restarts: AtomicU64,
     db_up: AtomicBool,
     vswitchd_up: AtomicBool,
 }
@@ -103,12 +110,16 @@ impl MetricsSource for Shared {
              # HELP twill_ovs_flow_changes_total Flows twilld added or deleted.\n\
              # TYPE twill_ovs_flow_changes_total counter\n\
              twill_ovs_flow_changes_total {}\n\
+             # HELP twill_ovs_vswitchd_restarts_total Times a pass found ovs-vswitchd under another PID.\n\
+             # TYPE twill_ovs_vswitchd_restarts_total counter\n\
+             twill_ovs_vswitchd_restarts_total {}\n\
              # HELP twill_ovs_up Whether the OVS daemon answers on its socket.\n\
              # TYPE twill_ovs_up gauge\n\
              twill_ovs_up{{daemon=\"ovsdb-server\"}} {}\n\
              twill_ovs_up{{daemon=\"ovs-vswitchd\"}} {}\n",
             g(&self.transactions),
             g(&self.flow_changes),
+            g(&self.vswitchd_restarts),
             up(&self.db_up),
             up(&self.vswitchd_up),
         );
@@ -131,7 +142,9 @@ impl Ovs {
             events: None,
             monitor: None,
             version: None,
+            probe: PROBE,
             device_ready: false,
+            vswitchd_pid: None,
             problems: Vec::new(),
             shared: Arc::default(),
         }
@@ -141,6 +154,13 @@ impl Ovs {
     /// `ip netns exec NS`, where the node's OVS and devices are).
     pub fn with_prefix(mut self, prefix: Vec<String>) -> Ovs {
         self.tools = self.tools.with_prefix(prefix);
+        self
+    }
+
+    /// Probes the daemons every `every` instead of [`PROBE`] (tests: a restart shorter
+    /// than one probe, which only its new PID shows).
+    pub fn with_probe(mut self, every: Duration) -> Ovs {
+        self.probe = every;
         self
     }
 
@@ -279,8 +299,22 @@ impl Ovs {
                 }
             }
         }
-        let db_up = self.tools.db_alive();
-        let vswitchd_up = self.tools.vswitchd_alive();
+        let live = self.tools.liveness();
+        let (db_up, vswitchd_up) = (live.db_up, live.vswitchd_pid.is_some());
+        if let (Some(was), Some(now)) = (self.vswitchd_pid, live.vswitchd_pid) {
+            if was != now {
+                self.shared
+                    .vswitchd_restarts
+                    .fetch_add(1, Ordering::Relaxed);
+                log::warn(
+                    "ovs: ovs-vswitchd was restarted: programming its flows again",
+                    &[("old_pid", &was), ("pid", &now)],
+                );
+            }
+        }
+        if live.vswitchd_pid.is_some() {
+            self.vswitchd_pid = live.vswitchd_pid;
+        }
         self.shared.db_up.store(db_up, Ordering::Relaxed);
         self.shared
             .vswitchd_up
@@ -412,7 +446,7 @@ impl Backend for Ovs {
         // What is already there (a restart): routes through it are kept from the first pass.
         self.device_ready = self.device_state().is_some();
         self.monitor = Some(
-            Monitor::start(self.tools.clone(), events.clone()).map_err(|e| {
+            Monitor::start(self.tools.clone(), events.clone(), self.probe).map_err(|e| {
                 BackendError::Start {
                     kind: BackendKind::Ovs,
                     reason: format!("cannot start the OVS probe thread: {e}"),
@@ -473,27 +507,35 @@ impl Backend for Ovs {
     }
 }
 
-/// Probes the daemons every [`PROBE`]; a change of either is a [`Health`] event.
+/// Probes the daemons every [`PROBE`]; a change of either (down, up, or another PID) is a
+/// [`Health`] event.
 struct Monitor {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Monitor {
-    fn start(tools: Tools, events: Events) -> std::io::Result<Monitor> {
+    fn start(tools: Tools, events: Events, every: Duration) -> std::io::Result<Monitor> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name("twilld-ovs-probe".into())
             .spawn(move || {
-                let mut last = (tools.db_alive(), tools.vswitchd_alive());
+                // By PID, not only up/down: a daemon killed and started again within one
+                // probe is a change too (its flows and twl.ovs died with it).
+                let mut last = tools.liveness();
                 while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(PROBE);
-                    let now = (tools.db_alive(), tools.vswitchd_alive());
+                    sleep_unless(&flag, every);
+                    let now = tools.liveness();
                     if now != last {
+                        let pid = |p: Option<u32>| p.map_or("-".to_string(), |p| p.to_string());
                         log::warn(
                             "ovs: daemon state changed",
-                            &[("ovsdb_server_up", &now.0), ("ovs_vswitchd_up", &now.1)],
+                            &[
+                                ("ovsdb_server_up", &now.db_up),
+                                ("ovsdb_server_pid", &pid(now.db_pid)),
+                                ("ovs_vswitchd_pid", &pid(now.vswitchd_pid)),
+                            ],
                         );
                         last = now;
                         if !events.send(Health) {
@@ -513,6 +555,18 @@ impl Monitor {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Sleeps `d`, in steps of at most 100 ms so a stop is seen soon.
+fn sleep_unless(stop: &AtomicBool, d: Duration) {
+    let end = Instant::now() + d;
+    while !stop.load(Ordering::Relaxed) {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(100)));
     }
 }
 
