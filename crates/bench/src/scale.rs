@@ -13,6 +13,7 @@
 
 use crate::cni::{catch_signals, check_interrupted};
 use crate::daemon::{self, Daemon};
+use crate::etcd;
 use crate::netns;
 use crate::procstat;
 use anyhow::{bail, Context, Result};
@@ -150,70 +151,47 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
         .sum()
 }
 
-fn start_etcd(exe: &Path, scratch: &Path, i: usize) -> Result<Daemon> {
-    let (c, p) = MEMBERS[i];
-    let name = format!("twls{i}");
-    let cluster: Vec<String> = MEMBERS
-        .iter()
-        .enumerate()
-        .map(|(j, (_, p))| format!("twls{j}=http://{UNDERLAY}:{p}"))
-        .collect();
-    let log = scratch.join(format!("etcd{i}.log"));
-    let child = Command::new(exe)
-        .args(["--name", &name])
-        .arg("--data-dir")
-        .arg(scratch.join(format!("etcd{i}")))
-        .args(["--listen-client-urls", &format!("http://{UNDERLAY}:{c}")])
-        .args(["--advertise-client-urls", &format!("http://{UNDERLAY}:{c}")])
-        .args(["--listen-peer-urls", &format!("http://{UNDERLAY}:{p}")])
-        .args([
-            "--initial-advertise-peer-urls",
-            &format!("http://{UNDERLAY}:{p}"),
-        ])
-        .args(["--initial-cluster", &cluster.join(",")])
-        .args([
-            "--initial-cluster-token",
-            "twlscale",
-            "--initial-cluster-state",
-            "new",
-        ])
-        .args(["--heartbeat-interval=10", "--election-timeout=100"])
-        .args(["--logger=zap", "--log-outputs"])
-        .arg(&log)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| {
-            format!(
-                "cannot start {} (apt-get install etcd-server)",
-                exe.display()
-            )
-        })?;
-    Daemon::new(name, child, scratch)
+/// The 3-member cluster on the underlay address, with timings that hold on 2 busy cores
+/// (see [`etcd::Timings::LOADED`]).
+fn etcd_cluster<'a>(exe: &'a Path, scratch: &'a Path) -> etcd::Cluster<'a> {
+    etcd::Cluster {
+        exe,
+        scratch,
+        token: "twlscale",
+        members: MEMBERS
+            .iter()
+            .enumerate()
+            .map(|(i, (c, p))| etcd::Member {
+                name: format!("twls{i}"),
+                client: (UNDERLAY, *c).into(),
+                peer: (UNDERLAY, *p).into(),
+            })
+            .collect(),
+        timings: etcd::Timings::LOADED,
+    }
 }
 
-fn endpoints() -> Vec<String> {
-    MEMBERS
-        .iter()
-        .map(|(c, _)| format!("http://{UNDERLAY}:{c}"))
-        .collect()
-}
-
-/// Per node: the blocks of every other node its kernel has a route to (via that node).
-fn routes_seen(handles: &mut [Handle], cluster: Ipv4Net) -> Vec<usize> {
-    handles
-        .iter_mut()
-        .map(|h| {
-            h.routes(254)
-                .map(|rs| {
-                    rs.iter()
-                        .filter(|r| r.gateway.is_some() && cluster.contains(&r.dst.network()))
-                        .count()
-                })
-                .unwrap_or(0)
+/// The blocks of other nodes one namespace's kernel has a route to (via that node).
+fn routes_in(h: &mut Handle, cluster: Ipv4Net) -> usize {
+    h.routes(254)
+        .map(|rs| {
+            rs.iter()
+                .filter(|r| r.gateway.is_some() && cluster.contains(&r.dst.network()))
+                .count()
         })
-        .collect()
+        .unwrap_or(0)
+}
+
+/// Per node: the blocks of every other node its kernel has a route to.
+fn routes_seen(handles: &mut [Handle], cluster: Ipv4Net) -> Vec<usize> {
+    handles.iter_mut().map(|h| routes_in(h, cluster)).collect()
+}
+
+/// Drops from `waiting` (indices into `handles`) every namespace that has `want` routes
+/// now, so a poll reads only the tables not there yet (at 1000 nodes a read of every table
+/// is a million routes; the bench must not load the machine it measures).
+fn still_waiting(handles: &mut [Handle], waiting: &mut Vec<usize>, cluster: Ipv4Net, want: usize) {
+    waiting.retain(|i| routes_in(&mut handles[*i], cluster) < want);
 }
 
 fn blocks(store: &dyn Store) -> Result<Vec<Block>> {
@@ -340,23 +318,11 @@ pub fn run(o: &Options) -> Result<Value> {
     let build_s = t_build.elapsed().as_secs_f64();
     netns::enter(&Netns::open(netns::path_of(&under))?)?;
 
-    progress("starting a 3-member etcd");
-    for i in 0..3 {
-        guard.etcd.push(Some(start_etcd(&o.etcd, &scratch, i)?));
-    }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !MEMBERS.iter().all(|(c, _)| {
-        http_get(UNDERLAY, *c, "/health").is_ok_and(|b| b.contains("\"health\":\"true\""))
-    }) {
-        if Instant::now() > deadline {
-            bail!(
-                "etcd did not become healthy in 20 s; see {}",
-                scratch.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let store = EtcdStore::connect(&EtcdConfig::new(endpoints()))?;
+    progress("starting a 3-member etcd (heartbeat 100 ms, election timeout 1 s)");
+    let members = etcd_cluster(&o.etcd, &scratch);
+    guard.etcd = etcd::start(&members)?.into_iter().map(Some).collect();
+    let endpoints = members.client_urls();
+    let store = EtcdStore::connect(&EtcdConfig::new(endpoints.clone()))?;
     store.put(
         &format!("{STORE_PREFIX}{KEY_CONFIG}"),
         &serde_json::to_vec(
@@ -370,7 +336,7 @@ pub fn run(o: &Options) -> Result<Value> {
         .iter()
         .map(|name| Handle::new_in(&Netns::open(netns::path_of(name))?).map_err(Into::into))
         .collect::<Result<_>>()?;
-    let etcd_url = endpoints().join(",");
+    let etcd_url = endpoints.join(",");
     let command = |k: usize| -> Result<Command> {
         let dir = scratch.join(format!("a{k}"));
         std::fs::create_dir_all(&dir)?;
@@ -409,7 +375,7 @@ pub fn run(o: &Options) -> Result<Value> {
     let mut alive = [true; 3];
     let mut leased_s = None;
     let converged_s;
-    let last_routes;
+    let mut waiting: Vec<usize> = (0..n).collect();
     loop {
         check_interrupted()?;
         let now = t0.elapsed().as_secs_f64();
@@ -432,15 +398,15 @@ pub fn run(o: &Options) -> Result<Value> {
             leased_s = Some(now);
         }
         if leased_s.is_some() {
-            let seen = routes_seen(&mut handles[..n], cluster);
-            if seen.iter().all(|s| *s >= n - 1) {
+            still_waiting(&mut handles, &mut waiting, cluster, n - 1);
+            if waiting.is_empty() {
                 converged_s = t0.elapsed().as_secs_f64();
-                last_routes = seen;
                 break;
             }
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    let last_routes = routes_seen(&mut handles[..n], cluster);
     let b = blocks(&store)?;
     let holders: HashMap<&str, usize> = b.iter().fold(HashMap::new(), |mut m, x| {
         *m.entry(x.node.as_str()).or_default() += 1;
@@ -461,6 +427,7 @@ pub fn run(o: &Options) -> Result<Value> {
         .agents
         .push(Daemon::new(format!("twln{}", n + 1), child, &scratch)?);
     let mut join_leased = None;
+    let mut waiting: Vec<usize> = (0..n).collect();
     let join_s = loop {
         check_interrupted()?;
         if tj.elapsed() > JOIN_TIMEOUT {
@@ -473,12 +440,11 @@ pub fn run(o: &Options) -> Result<Value> {
         {
             join_leased = Some(tj.elapsed().as_secs_f64());
         }
-        if join_leased.is_some()
-            && routes_seen(&mut handles[..n], cluster)
-                .iter()
-                .all(|s| *s >= n)
-        {
-            break tj.elapsed().as_secs_f64();
+        if join_leased.is_some() {
+            still_waiting(&mut handles, &mut waiting, cluster, n);
+            if waiting.is_empty() {
+                break tj.elapsed().as_secs_f64();
+            }
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -545,7 +511,7 @@ pub fn run(o: &Options) -> Result<Value> {
     Ok(json!({
         "agents": n,
         "mode": "processes, one network namespace and kernel routing table each (backend host-gw)",
-        "etcd": "3 members; member twls1 SIGKILLed during the cold start",
+        "etcd": "3 members, heartbeat 100 ms, election timeout 1000 ms; member twls1 SIGKILLed during the cold start",
         "setupSeconds": build_s,
         "coldStart": {
             "spawnSeconds": spawned_s,
