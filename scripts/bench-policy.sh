@@ -10,12 +10,17 @@
 #       (goal <= 5 ms both, the same at both sizes). Two one-node labs at once (real
 #       twilld --policy true, etcd, 2 real pods by twill-cni); the other endpoints are
 #       store entries of remote nodes.
-#   (b) iperf3 (-C cubic, one stream) between two pods of a lab with 1,000 policies (the
-#       flow allowed by one of them) vs a lab with none, A B A B, each pair's ratio kept:
-#       the median ratio with its lowest and highest (goal >= 0.95x).
+#       Sizes alternate which goes first, after --warmup rounds not counted; etcd's own
+#       WAL fsync and backend commit means over the counted rounds are reported per lab.
+#   (b) iperf3 (-C cubic, one stream, client and server pinned by --iperf-cpus) between two
+#       pods of a lab with 1,000 policies (the flow allowed by one of them) vs a lab with
+#       none, pairs in A B then B A order, each pair's ratio kept: median and IQR of the
+#       pair ratios of throughput and of CPU seconds per Gbit (goal >= 0.95x). The A/A
+#       control, the same two labs both without policies, shows the machine's own noise:
+#         scripts/bench-policy.sh --no-apply --policies 0
 # Run as root; needs etcd-server, nftables, iperf3. Options are passed on, e.g.
 #   scripts/bench-policy.sh [--rounds 10] [--policies 1000] [--small 100] [--large 10000]
-#                           [--iperf-rounds 3] [--iperf-seconds 5] [--no-iperf] [--json]
+#                           [--warmup 2] [--iperf-rounds 12] [--iperf-seconds 3] [--iperf-cpus 1,0] [--no-iperf] [--json]
 # After a killed run: target/release/twill-bench policy --cleanup
 set -euo pipefail
 cd "$(dirname "$0")/.."

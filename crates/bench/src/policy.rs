@@ -28,8 +28,15 @@
 //! holds the 1,000 policies (and 1,000 endpoints), the other none; iperf3 (`-C cubic`,
 //! one stream) from `ns0/p10` to `ns0/p0` on TCP 1000, which policy 0 allows (the first
 //! packet of each connection walks the policy chains, the rest hits `ct state
-//! established`), rounds A B A B in one run, each pair's ratio A/B kept: the median ratio
-//! and its spread (lowest, highest). Goal: >= 0.95x.
+//! established`), client and server pinned to the same CPUs in both labs, pairs run A B
+//! then B A alternately in one run, each pair's ratio A/B kept: the median and IQR of the
+//! pair ratios, of throughput and of CPU seconds per Gbit (iperf3's own user+system, both
+//! ends). Goal: >= 0.95x. `--policies 0` makes the same run an A/A control: both labs
+//! without policies, so its spread is the machine's noise, not the dataplane's cost.
+//!
+//! In (a), the sizes alternate which goes first, after `--warmup` rounds that are not
+//! counted, and etcd's own WAL fsync and backend commit means (its /metrics) over the
+//! counted rounds are reported per lab, so a slow put can be told from a slow disk.
 //!
 //! Never a timed test: it reports figures and ratios, and fails only when something
 //! breaks. Lab names are fixed (`twlbpsm`, `twlbplg`, `twlbpip`, `twlbpno`): after a
@@ -64,9 +71,13 @@ const LABS: [&str; 4] = [LAB_SMALL, LAB_LARGE, LAB_IPERF_POLICIES, LAB_IPERF_NON
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Rounds of (a); each times both labs, alternating.
+    /// Rounds of (a); each times both labs, alternating which goes first.
     #[arg(long, default_value_t = 10)]
     pub rounds: usize,
+    /// Rounds of (a) run first and not counted (both labs, same order rule), so neither
+    /// size is measured on a cold store, WAL or page cache.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
     /// NetworkPolicies in place in every lab of (a), and in the policy lab of (b).
     #[arg(long, default_value_t = 1000)]
     pub policies: usize,
@@ -76,11 +87,14 @@ pub struct Args {
     /// Endpoints of the large lab.
     #[arg(long, default_value_t = 10_000)]
     pub large: usize,
-    /// iperf3 runs per lab in (b), alternating.
-    #[arg(long, default_value_t = 3)]
+    /// iperf3 pairs in (b): one run per lab each, in A B then B A order alternately.
+    #[arg(long, default_value_t = 12)]
     pub iperf_rounds: usize,
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 3)]
     pub iperf_seconds: u32,
+    /// CPUs iperf3's client and server are pinned to (`-A`), the same in both labs.
+    #[arg(long, default_value = "1,0")]
+    pub iperf_cpus: String,
     /// Skip (a).
     #[arg(long)]
     pub no_apply: bool,
@@ -122,9 +136,9 @@ pub fn main(args: Args) -> anyhow::Result<()> {
         bin(&args.twilld, "twilld"),
     );
     let mut report = json!({"config": {
-        "rounds": args.rounds, "policies": args.policies, "small": args.small,
+        "rounds": args.rounds, "warmup": args.warmup, "policies": args.policies, "small": args.small,
         "large": args.large, "iperfRounds": args.iperf_rounds,
-        "iperfSeconds": args.iperf_seconds, "store": "etcd", "realPodsPerLab": gen::REAL_PODS.len(),
+        "iperfSeconds": args.iperf_seconds, "iperfCpus": args.iperf_cpus, "store": "etcd", "realPodsPerLab": gen::REAL_PODS.len(),
     }});
     if !args.no_apply {
         report["apply"] = apply_bench(&args, &cni, &twilld)?;
@@ -439,6 +453,34 @@ impl Lab {
         }
     }
 
+    /// etcd's own cumulative disk figures, from its /metrics in its namespace.
+    fn etcd_disk(&self) -> anyhow::Result<EtcdDisk> {
+        let e = self
+            .state
+            .plan
+            .store
+            .etcd
+            .as_ref()
+            .ok_or_else(|| anyhow!("{} has no etcd member", self.state.plan.name))?;
+        let addr: std::net::SocketAddr = e
+            .client_url
+            .trim_start_matches("http://")
+            .parse()
+            .with_context(|| format!("etcd client url {}", e.client_url))?;
+        let (_, page) = twill_lab::daemons::http_get(&e.netns, addr, "/metrics")
+            .map_err(|e| anyhow!("etcd /metrics: {e}"))?;
+        let m = |name: &str| {
+            twill_lab::daemons::metric(&page, name)
+                .ok_or_else(|| anyhow!("etcd /metrics has no {name}"))
+        };
+        Ok(EtcdDisk {
+            fsync_seconds: m("etcd_disk_wal_fsync_duration_seconds_sum")?,
+            fsyncs: m("etcd_disk_wal_fsync_duration_seconds_count")?,
+            commit_seconds: m("etcd_disk_backend_commit_duration_seconds_sum")?,
+            commits: m("etcd_disk_backend_commit_duration_seconds_count")?,
+        })
+    }
+
     /// Waits until twilld has applied nothing new for `quiet` (it is done), at most
     /// `limit`; false if it was still busy.
     fn settle(&self, quiet: Duration, limit: Duration) -> bool {
@@ -456,6 +498,30 @@ impl Lab {
                 return false;
             }
         }
+    }
+}
+
+/// etcd's WAL fsyncs and backend commits, cumulative (its `*_duration_seconds` sums and
+/// counts).
+#[derive(Debug, Clone, Copy, Default)]
+struct EtcdDisk {
+    fsync_seconds: f64,
+    fsyncs: f64,
+    commit_seconds: f64,
+    commits: f64,
+}
+
+impl EtcdDisk {
+    /// What happened between `before` and `self`: counts and mean milliseconds.
+    fn since(&self, before: &EtcdDisk) -> Value {
+        let n = self.fsyncs - before.fsyncs;
+        let c = self.commits - before.commits;
+        json!({
+            "walFsyncs": n,
+            "walFsyncMeanMs": (self.fsync_seconds - before.fsync_seconds) * 1000.0 / n,
+            "backendCommits": c,
+            "backendCommitMeanMs": (self.commit_seconds - before.commit_seconds) * 1000.0 / c,
+        })
     }
 }
 
@@ -594,8 +660,18 @@ fn apply_bench(args: &Args, cni: &Path, twilld: &Path) -> anyhow::Result<Value> 
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1u64) };
     let mut tables = [small.policy_table()?, large.policy_table()?];
     let mut samples: Vec<Vec<(Value, Value)>> = vec![Vec::new(), Vec::new()];
-    for round in 0..args.rounds {
-        for (s, lab) in [&small, &large].into_iter().enumerate() {
+    let labs = [&small, &large];
+    let mut disk_before = [EtcdDisk::default(); 2];
+    for round in 0..args.warmup + args.rounds {
+        if round == args.warmup {
+            for (s, lab) in labs.iter().enumerate() {
+                disk_before[s] = lab.etcd_disk()?;
+            }
+        }
+        // Which size goes first alternates, so neither always follows the other.
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for s in order {
+            let lab = labs[s];
             let et = &mut tables[s];
             lab.settle(Duration::from_millis(300), Duration::from_secs(30));
             let port = gen::marker_port(round);
@@ -624,9 +700,29 @@ fn apply_bench(args: &Args, cni: &Path, twilld: &Path) -> anyhow::Result<Value> 
                     lab.state.plan.name
                 );
             }
-            samples[s].push((change, join));
+            if round >= args.warmup {
+                samples[s].push((change, join));
+            } else {
+                log(&format!(
+                    "(a) warm-up {}: {} put {:.2} ms, visible {} ms",
+                    round + 1,
+                    lab.state.plan.name,
+                    change["putMs"].as_f64().unwrap_or(f64::NAN),
+                    f(&change["visibleMs"])
+                ));
+            }
         }
-        log(&format!("(a) round {} of {} done", round + 1, args.rounds));
+        if round >= args.warmup {
+            log(&format!(
+                "(a) round {} of {} done",
+                round + 1 - args.warmup,
+                args.rounds
+            ));
+        }
+    }
+    let mut disk = Vec::new();
+    for (s, lab) in labs.iter().enumerate() {
+        disk.push(lab.etcd_disk()?.since(&disk_before[s]));
     }
     let summarize = |v: &[(Value, Value)], pick: fn(&(Value, Value)) -> &Value, field: &str| {
         let xs: Vec<f64> = v.iter().filter_map(|p| pick(p)[field].as_f64()).collect();
@@ -650,7 +746,9 @@ fn apply_bench(args: &Args, cni: &Path, twilld: &Path) -> anyhow::Result<Value> 
         }
         o
     };
-    let (s, l) = (side(&samples[0], args.small), side(&samples[1], args.large));
+    let (mut s, mut l) = (side(&samples[0], args.small), side(&samples[1], args.large));
+    s["etcdDisk"] = disk[0].clone();
+    l["etcdDisk"] = disk[1].clone();
     let ratio = |what: &str| {
         l[what]["visibleMs"]["median"].as_f64().unwrap_or(f64::NAN)
             / s[what]["visibleMs"]["median"].as_f64().unwrap_or(f64::NAN)
@@ -677,13 +775,35 @@ fn pod(lab: &Lab, i: usize) -> anyhow::Result<(String, Ipv4Addr)> {
     Ok((p.netns.clone(), ip))
 }
 
-/// One iperf3 run in `lab` from pod 10 to pod 0 on policy 0's port: Gbit/s.
-fn iperf(lab: &Lab, seconds: u32) -> anyhow::Result<f64> {
+/// iperf3's client and server CPUs from `--iperf-cpus C,S`.
+fn iperf_cpus(arg: &str) -> anyhow::Result<(usize, usize)> {
+    let bad = || anyhow!("--iperf-cpus {arg:?}: give the client's and the server's CPU, as 1,0");
+    let (c, s) = arg.split_once(',').ok_or_else(bad)?;
+    Ok((
+        c.trim().parse().map_err(|_| bad())?,
+        s.trim().parse().map_err(|_| bad())?,
+    ))
+}
+
+/// One iperf3 run: its throughput, and the CPU its client and server used per Gbit
+/// (iperf3's own user+system shares of wall time, both ends, over Gbit/s): the figure that
+/// other load on the machine moves least, since the packet path (nftables included) runs
+/// in the sending and receiving processes' system time.
+#[derive(Debug, Clone, Copy)]
+struct IperfRun {
+    gbps: f64,
+    cpu_s_per_gbit: f64,
+}
+
+/// One iperf3 run in `lab` from pod 10 to pod 0 on policy 0's port, client and server
+/// pinned to `cpus`.
+fn iperf(lab: &Lab, seconds: u32, cpus: (usize, usize)) -> anyhow::Result<IperfRun> {
     let (srv_ns, srv_ip) = pod(lab, 0)?;
     let (cli_ns, _) = pod(lab, 10)?;
     let port = gen::policy_port(0).to_string();
     let mut server = Command::new("ip")
         .args(["netns", "exec", &srv_ns, "iperf3", "-s", "-1", "-p", &port])
+        .args(["-A", &cpus.1.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -695,6 +815,7 @@ fn iperf(lab: &Lab, seconds: u32) -> anyhow::Result<f64> {
         ])
         .arg(srv_ip.to_string())
         .args(["-p", &port, "-t", &seconds.to_string()])
+        .args(["-A", &cpus.0.to_string()])
         .output()
         .context("run iperf3 -c")?;
     let _ = server.kill();
@@ -708,10 +829,19 @@ fn iperf(lab: &Lab, seconds: u32) -> anyhow::Result<f64> {
     if let Some(err) = v["error"].as_str() {
         bail!("iperf3 in {}: {err}", lab.state.plan.name);
     }
-    v["end"]["sum_received"]["bits_per_second"]
+    let gbps = v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .map(|b| b / 1e9)
-        .ok_or_else(|| anyhow!("iperf3 gave no throughput: {v}"))
+        .ok_or_else(|| anyhow!("iperf3 gave no throughput: {v}"))?;
+    let cpu = &v["end"]["cpu_utilization_percent"];
+    let (host, remote) = match (cpu["host_total"].as_f64(), cpu["remote_total"].as_f64()) {
+        (Some(h), Some(r)) => (h, r),
+        _ => bail!("iperf3 gave no cpu_utilization_percent: {cpu}"),
+    };
+    Ok(IperfRun {
+        gbps,
+        cpu_s_per_gbit: (host + remote) / 100.0 / gbps,
+    })
 }
 
 fn iperf_bench(args: &Args, cni: &Path, twilld: &Path) -> anyhow::Result<Value> {
@@ -720,28 +850,57 @@ fn iperf_bench(args: &Args, cni: &Path, twilld: &Path) -> anyhow::Result<Value> 
     let none = Lab::up(LAB_IPERF_NONE, PodWiring::Bridge, cni, twilld)?;
     with.populate(args.policies, args.policies)?;
     with.settle(Duration::from_secs(2), Duration::from_secs(300));
-    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let cpus = iperf_cpus(&args.iperf_cpus)?;
+    let (mut a, mut b): (Vec<IperfRun>, Vec<IperfRun>) = (Vec::new(), Vec::new());
     for r in 0..args.iperf_rounds {
-        a.push(iperf(&with, args.iperf_seconds)?);
-        b.push(iperf(&none, args.iperf_seconds)?);
+        // A B, then B A: neither lab always runs first (or just after the other).
+        if r % 2 == 0 {
+            a.push(iperf(&with, args.iperf_seconds, cpus)?);
+            b.push(iperf(&none, args.iperf_seconds, cpus)?);
+        } else {
+            b.push(iperf(&none, args.iperf_seconds, cpus)?);
+            a.push(iperf(&with, args.iperf_seconds, cpus)?);
+        }
         log(&format!(
-            "(b) round {}: {:.2} vs {:.2} Gbit/s ({:.3}x)",
+            "(b) pair {}: {:.2} vs {:.2} Gbit/s ({:.3}x), CPU {:.3} vs {:.3} s/Gbit",
             r + 1,
-            a[r],
-            b[r],
-            a[r] / b[r]
+            a[r].gbps,
+            b[r].gbps,
+            a[r].gbps / b[r].gbps,
+            a[r].cpu_s_per_gbit,
+            b[r].cpu_s_per_gbit,
         ));
     }
+    // CPU per Gbit, none over with: like the throughput ratio, below 1 means a cost.
+    let cpu_pairs: Vec<f64> = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| y.cpu_s_per_gbit / x.cpu_s_per_gbit)
+        .collect();
+    let (c1, cmed, c3) = gen::quartiles(&cpu_pairs);
+    let (a, b): (Vec<f64>, Vec<f64>) = (
+        a.iter().map(|x| x.gbps).collect(),
+        b.iter().map(|x| x.gbps).collect(),
+    );
     let pairs: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x / y).collect();
     let (ma, mb) = (gen::median(&a), gen::median(&b));
+    let (q1, med, q3) = gen::quartiles(&pairs);
+    let (a1, _, a3) = gen::quartiles(&a);
+    let (b1, _, b3) = gen::quartiles(&b);
     Ok(json!({
-        "withPolicies": {"gbps": a, "median": ma, "policies": args.policies},
-        "none": {"gbps": b, "median": mb},
+        "withPolicies": {"gbps": a, "median": ma, "q1": a1, "q3": a3, "policies": args.policies},
+        "none": {"gbps": b, "median": mb, "q1": b1, "q3": b3},
         "pairRatios": pairs,
-        "ratio": gen::median(&pairs),
+        "ratio": med,
+        "ratioQ1": q1,
+        "ratioQ3": q3,
         "ratioLow": pairs.iter().cloned().fold(f64::NAN, f64::min),
         "ratioHigh": pairs.iter().cloned().fold(f64::NAN, f64::max),
         "ratioOfMedians": ma / mb,
+        "cpuPairRatios": cpu_pairs,
+        "cpuRatio": cmed,
+        "cpuRatioQ1": c1,
+        "cpuRatioQ3": c3,
     }))
 }
 
@@ -753,8 +912,8 @@ fn render(r: &Value) -> String {
     let mut s = String::new();
     if let Some(a) = r.get("apply") {
         s.push_str(&format!(
-            "(a) ms from the start of etcd's put, median of {} rounds, {} policies, kernel polled every {} us (goal: visible <= 5 ms)\n",
-            r["config"]["rounds"], r["config"]["policies"], a["pollMicros"]
+            "(a) ms from the start of etcd's put, median of {} rounds (after {} warm-up, sizes alternating first), {} policies, kernel polled every {} us (goal: visible <= 5 ms)\n",
+            r["config"]["rounds"], r["config"]["warmup"], r["config"]["policies"], a["pollMicros"]
         ));
         s.push_str(
             "                      endpoints  visible  put-ok  notified  twilld-event  kernel | twilld: event->kernel  compile  encode  apply\n",
@@ -778,6 +937,13 @@ fn render(r: &Value) -> String {
                 ));
             }
         }
+        for side in ["small", "large"] {
+            let d = &a[side]["etcdDisk"];
+            s.push_str(&format!(
+                "etcd of the {side} lab over the counted rounds: {} WAL fsyncs, mean {} ms; {} backend commits, mean {} ms\n",
+                d["walFsyncs"], f(&d["walFsyncMeanMs"]), d["backendCommits"], f(&d["backendCommitMeanMs"]),
+            ));
+        }
         s.push_str(&format!(
             "ratio large/small (visible): policy change {}, pod join {}\n",
             f(&a["ratioLargeToSmall"]["policyChange"]),
@@ -786,14 +952,28 @@ fn render(r: &Value) -> String {
     }
     if let Some(b) = r.get("iperf") {
         s.push_str(&format!(
-            "(b) iperf3 -C cubic, {} A B pairs: {} policies {} Gbit/s vs none {} (medians); per-pair ratio median {} (lowest {}, highest {}) (goal >= 0.95)\n",
+            "(b) iperf3 -C cubic, {} pairs (A B / B A) of {} s, pinned {}: {} policies {} Gbit/s (IQR {}-{}) vs none {} ({}-{}) (medians); per-pair ratio median {}, IQR {}-{} (lowest {}, highest {}) (goal >= 0.95)\n",
             r["config"]["iperfRounds"],
+            r["config"]["iperfSeconds"],
+            r["config"]["iperfCpus"],
             b["withPolicies"]["policies"],
             f(&b["withPolicies"]["median"]),
+            f(&b["withPolicies"]["q1"]),
+            f(&b["withPolicies"]["q3"]),
             f(&b["none"]["median"]),
+            f(&b["none"]["q1"]),
+            f(&b["none"]["q3"]),
             self::f3(&b["ratio"]),
+            self::f3(&b["ratioQ1"]),
+            self::f3(&b["ratioQ3"]),
             self::f3(&b["ratioLow"]),
             self::f3(&b["ratioHigh"]),
+        ));
+        s.push_str(&format!(
+            "    CPU per Gbit (client+server), none/with per pair: median {}, IQR {}-{}\n",
+            self::f3(&b["cpuRatio"]),
+            self::f3(&b["cpuRatioQ1"]),
+            self::f3(&b["cpuRatioQ3"]),
         ));
     }
     s

@@ -129,6 +129,22 @@ pub fn median(v: &[f64]) -> f64 {
     }
 }
 
+/// The first quartile, the median and the third quartile of `v` (linear interpolation
+/// between order statistics, as numpy's default), NaN for an empty one. Pure.
+pub fn quartiles(v: &[f64]) -> (f64, f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let q = |p: f64| -> f64 {
+        if s.is_empty() {
+            return f64::NAN;
+        }
+        let h = p * (s.len() - 1) as f64;
+        let (lo, hi) = (h.floor() as usize, h.ceil() as usize);
+        s[lo] + (h - lo as f64) * (s[hi] - s[lo])
+    };
+    (q(0.25), q(0.5), q(0.75))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,5 +199,15 @@ mod tests {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
         assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn quartiles_interpolate() {
+        assert_eq!(quartiles(&[5.0, 1.0, 3.0, 2.0, 4.0]), (2.0, 3.0, 4.0));
+        assert_eq!(quartiles(&[4.0, 1.0, 2.0, 3.0]), (1.75, 2.5, 3.25));
+        assert_eq!(quartiles(&[7.0]), (7.0, 7.0, 7.0));
+        assert!(quartiles(&[]).1.is_nan());
+        let v = [0.9, 1.0, 1.1, 0.95, 1.05, 2.0];
+        assert_eq!(quartiles(&v).1, median(&v));
     }
 }
