@@ -12,6 +12,10 @@ use crate::seqpacket;
 use crate::stats::Stats;
 use crate::table::{LocalNode, Peer};
 
+/// The control socket's file name in twilld's state dir, where twilld's udp backend starts
+/// the datapath (`--ctl <state-dir>/datapath.sock`) and where `twill lab trace` asks it.
+pub const SOCKET_NAME: &str = "datapath.sock";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(
@@ -144,6 +148,19 @@ impl Client {
         match self.call(&Request::Stats)?.0 {
             Reply::Stats(s) => Ok(s),
             other => Err(unexpected("Stats", other)),
+        }
+    }
+
+    /// The table the datapath forwards with: (generation, local node, peers); generation 0
+    /// before the first table.
+    pub fn get_table(&self) -> Result<(u64, LocalNode, Vec<Peer>), ClientError> {
+        match self.call(&Request::GetTable)?.0 {
+            Reply::Table {
+                generation,
+                local,
+                peers,
+            } => Ok((generation, local, peers)),
+            other => Err(unexpected("GetTable", other)),
         }
     }
 

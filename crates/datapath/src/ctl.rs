@@ -14,14 +14,18 @@
 //! | 0x02 | `Table` | generation u64, local (node IP, n, blocks), n peers (node IP, port u16, n, blocks) |
 //! | 0x03 | `Stats` | (none) |
 //! | 0x04 | `Shutdown` | remove_device u8 (0 or 1) |
+//! | 0x05 | `GetTable` | (none) |
 //! | 0x81 | `HelloAck` | proto u16, pid u32, generation u64, tun str, queues u16, build str |
 //! | 0x82 | `TableAck` | generation u64 |
 //! | 0x83 | `Stats` | n peers (node IP, rx_packets, rx_bytes, tx_packets, tx_bytes, drops), n drops (code u8, count), gso_fallbacks |
 //! | 0x84 | `Error` | str |
+//! | 0x85 | `Table` | the table in use, as `Table` carries it (generation 0 and nothing: none yet) |
 //!
 //! A str is a varint length and UTF-8. Decoding checks every length against what is left,
 //! refuses trailing bytes, unknown types, prefix lengths over 32, non-0/1 booleans and
-//! non-minimal varints, so `encode(decode(b)) == b` for every `b` that decodes. Whether a
+//! non-minimal varints, so `encode(decode(b)) == b` for every `b` that decodes. `GetTable` came
+//! after the first datapaths: one that predates it answers `Error` (an unknown type), so
+//! [`PROTO`] stayed (a running datapath is still adopted). Whether a
 //! table makes sense (overlaps, ports) is [`crate::table::PeerTable::new`]'s job.
 
 use std::net::Ipv4Addr;
@@ -57,6 +61,8 @@ pub enum Request {
     Shutdown {
         remove_device: bool,
     },
+    /// The table the workers forward with (`lab trace` walks the userspace hop with it).
+    GetTable,
 }
 
 /// datapath → twilld.
@@ -75,6 +81,12 @@ pub enum Reply {
     },
     Stats(Stats),
     Error(String),
+    /// The table in use: what the last acknowledged `Table` carried.
+    Table {
+        generation: u64,
+        local: LocalNode,
+        peers: Vec<Peer>,
+    },
 }
 
 /// Why bytes are not a message. `what` names the field being read.
@@ -116,10 +128,49 @@ const HELLO: u8 = 0x01;
 const TABLE: u8 = 0x02;
 const STATS: u8 = 0x03;
 const SHUTDOWN: u8 = 0x04;
+const GET_TABLE: u8 = 0x05;
 const HELLO_ACK: u8 = 0x81;
 const TABLE_ACK: u8 = 0x82;
 const STATS_REPLY: u8 = 0x83;
 const ERROR: u8 = 0x84;
+const TABLE_REPLY: u8 = 0x85;
+
+/// The body `Table` and the `Table` reply share: generation, local node, peers.
+fn write_table(kind: u8, generation: u64, local: &LocalNode, peers: &[Peer]) -> Vec<u8> {
+    let size = 8
+        + 6
+        + 5 * local.blocks.len()
+        + peers.iter().map(|p| 9 + 5 * p.blocks.len()).sum::<usize>();
+    let mut w = Writer::new(kind, size);
+    w.u64(generation);
+    w.ip(local.node_ip);
+    w.blocks(&local.blocks);
+    w.varint(peers.len() as u64);
+    for p in peers {
+        w.ip(p.node_ip);
+        w.u16(p.port);
+        w.blocks(&p.blocks);
+    }
+    w.0
+}
+
+fn read_table(r: &mut Reader<'_>) -> Result<(u64, LocalNode, Vec<Peer>), CtlError> {
+    let generation = r.u64("Table.generation")?;
+    let local = LocalNode {
+        node_ip: r.ip("Table.local.node_ip")?,
+        blocks: r.blocks("Table.local.blocks")?,
+    };
+    let n = r.count("Table.peers", 7)?;
+    let mut peers = Vec::with_capacity(n);
+    for _ in 0..n {
+        peers.push(Peer {
+            node_ip: r.ip("Table.peer.node_ip")?,
+            port: r.u16("Table.peer.port")?,
+            blocks: r.blocks("Table.peer.blocks")?,
+        });
+    }
+    Ok((generation, local, peers))
+}
 
 impl Request {
     pub fn encode(&self) -> Vec<u8> {
@@ -133,24 +184,9 @@ impl Request {
                 generation,
                 local,
                 peers,
-            } => {
-                let size = 8
-                    + 6
-                    + 5 * local.blocks.len()
-                    + peers.iter().map(|p| 9 + 5 * p.blocks.len()).sum::<usize>();
-                let mut w = Writer::new(TABLE, size);
-                w.u64(*generation);
-                w.ip(local.node_ip);
-                w.blocks(&local.blocks);
-                w.varint(peers.len() as u64);
-                for p in peers {
-                    w.ip(p.node_ip);
-                    w.u16(p.port);
-                    w.blocks(&p.blocks);
-                }
-                w.0
-            }
+            } => write_table(TABLE, *generation, local, peers),
             Request::Stats => Writer::new(STATS, 0).0,
+            Request::GetTable => Writer::new(GET_TABLE, 0).0,
             Request::Shutdown { remove_device } => {
                 let mut w = Writer::new(SHUTDOWN, 1);
                 w.u8(u8::from(*remove_device));
@@ -169,20 +205,7 @@ impl Request {
                 },
             ),
             TABLE => {
-                let generation = r.u64("Table.generation")?;
-                let local = LocalNode {
-                    node_ip: r.ip("Table.local.node_ip")?,
-                    blocks: r.blocks("Table.local.blocks")?,
-                };
-                let n = r.count("Table.peers", 7)?;
-                let mut peers = Vec::with_capacity(n);
-                for _ in 0..n {
-                    peers.push(Peer {
-                        node_ip: r.ip("Table.peer.node_ip")?,
-                        port: r.u16("Table.peer.port")?,
-                        blocks: r.blocks("Table.peer.blocks")?,
-                    });
-                }
+                let (generation, local, peers) = read_table(&mut r)?;
                 (
                     "Table",
                     Request::Table {
@@ -193,6 +216,7 @@ impl Request {
                 )
             }
             STATS => ("Stats", Request::Stats),
+            GET_TABLE => ("GetTable", Request::GetTable),
             SHUTDOWN => (
                 "Shutdown",
                 Request::Shutdown {
@@ -258,6 +282,11 @@ impl Reply {
                 w.str(e);
                 w.0
             }
+            Reply::Table {
+                generation,
+                local,
+                peers,
+            } => write_table(TABLE_REPLY, *generation, local, peers),
         }
     }
 
@@ -312,6 +341,17 @@ impl Reply {
                 )
             }
             ERROR => ("Error", Reply::Error(r.str("Error.message")?)),
+            TABLE_REPLY => {
+                let (generation, local, peers) = read_table(&mut r)?;
+                (
+                    "Table",
+                    Reply::Table {
+                        generation,
+                        local,
+                        peers,
+                    },
+                )
+            }
             code => {
                 return Err(CtlError::UnknownType {
                     code,
@@ -519,6 +559,7 @@ mod tests {
             table_of(3, 2),
             table_of(0, 0),
             Request::Stats,
+            Request::GetTable,
             Request::Shutdown {
                 remove_device: true,
             },
@@ -554,6 +595,21 @@ mod tests {
             Reply::Stats(Stats::default()),
             Reply::Error("table refused: overlap".into()),
         ];
+        let mut replies = replies;
+        for t in [table_of(3, 2), table_of(0, 0)] {
+            if let Request::Table {
+                generation,
+                local,
+                peers,
+            } = t
+            {
+                replies.push(Reply::Table {
+                    generation,
+                    local,
+                    peers,
+                });
+            }
+        }
         (requests, replies)
     }
 

@@ -10,6 +10,7 @@
 //!   hot path), published, then `TableAck{generation}`; a table `PeerTable::new` refuses gets
 //!   `Error` naming why, and the old table stays.
 //! - `Stats` → `Stats` (the ledger's snapshot).
+//! - `GetTable` → `Table` (the table the workers forward with, as it was handed over).
 //! - `Shutdown{remove_device}`: the workers stop; with `remove_device` the TUN's persist flag
 //!   is cleared (the device goes when the last fd holder closes it); the process exits 0 and
 //!   the connection closes (EOF is the acknowledgement).
@@ -172,6 +173,7 @@ impl Server {
                     }
                 }
                 Ok(Request::Stats) => (Reply::Stats(self.shared.ledger.snapshot()), &[]),
+                Ok(Request::GetTable) => (self.table_reply(), &[]),
                 Ok(Request::Shutdown { remove_device }) => {
                     *self.shutdown.lock().unwrap_or_else(|e| e.into_inner()) = Some(remove_device);
                     self.shared.stop.store(true, Ordering::Relaxed);
@@ -188,6 +190,25 @@ impl Server {
                 eprintln!("twill-datapath: control reply: {e}");
                 return;
             }
+        }
+    }
+
+    /// The table in use, as `Reply::Table`; before the first one, generation 0 and nothing.
+    fn table_reply(&self) -> Reply {
+        match self.shared.table.load().as_ref().as_ref() {
+            Some(t) => Reply::Table {
+                generation: t.generation(),
+                local: t.local().clone(),
+                peers: t.peers().to_vec(),
+            },
+            None => Reply::Table {
+                generation: 0,
+                local: crate::table::LocalNode {
+                    node_ip: std::net::Ipv4Addr::UNSPECIFIED,
+                    blocks: Vec::new(),
+                },
+                peers: Vec::new(),
+            },
         }
     }
 

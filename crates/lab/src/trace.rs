@@ -1,6 +1,7 @@
 //! `twill lab trace SRC DST`: the I/O edge. Computes the path from the kernel's answers
-//! ([`path::walk`] with `ip route get` in every namespace), starts `tcpdump -w -` on every
-//! device of it, sends one probe, stops the captures, reads conntrack, and assembles the
+//! ([`path::walk`] with `ip route get` in every namespace, and the udp backend's datapaths'
+//! tables), starts `tcpdump -w -` on every device of it, reads the datapaths' counters, sends
+//! one probe, stops the captures, reads the counters again and conntrack, and assembles the
 //! report ([`path`]); frames are decoded by [`pcap`].
 
 pub mod learned;
@@ -283,10 +284,42 @@ fn send_probe(
 
 /// The frames each (namespace, device) capture saw.
 type Frames = HashMap<(String, String), Vec<pcap::Frame>>;
+/// Each datapath's (by control socket) counters before and after the probe.
+type Counters = HashMap<String, (twill_datapath::stats::Stats, twill_datapath::stats::Stats)>;
 
-/// Captures on every device of `plan`, sends one probe, returns the frames per device.
-/// `forget`: a neighbour entry of the source to drop first (an l3 pod's gateway), so the
-/// captures see it resolved again.
+/// The UDP ports whose payload is the udp backend's inner packet: every port in the
+/// datapaths' tables, and the default.
+fn overlay_ports(topo: &Topology) -> Vec<u16> {
+    let mut ports = vec![pcap::UDP_OVERLAY_PORT];
+    for ns in &topo.namespaces {
+        if let Some(crate::graph::topo::Datapath::Up(d)) = &ns.datapath {
+            for p in &d.peers {
+                if !ports.contains(&p.port) {
+                    ports.push(p.port);
+                }
+            }
+        }
+    }
+    ports
+}
+
+/// The counters of every datapath a hop of `plan` goes through.
+fn read_counters(plan: &PathPlan) -> HashMap<String, twill_datapath::stats::Stats> {
+    let mut out = HashMap::new();
+    for p in plan.hops.iter().filter_map(|h| h.process.as_ref()) {
+        if !out.contains_key(&p.socket) {
+            if let Some(s) = crate::graph::live::datapath_stats(&p.socket) {
+                out.insert(p.socket.clone(), s);
+            }
+        }
+    }
+    out
+}
+
+/// Captures on every device of `plan`, sends one probe, returns the frames per device and
+/// the counters of the datapaths on the way. `forget`: a neighbour entry of the source to
+/// drop first (an l3 pod's gateway), so the captures see it resolved again.
+#[allow(clippy::too_many_arguments)]
 fn capture_probe(
     plan: &PathPlan,
     extra: &[(String, String)],
@@ -294,10 +327,15 @@ fn capture_probe(
     proto: TraceProto,
     port: u16,
     forget: Option<Ipv4Addr>,
+    overlay: &[u16],
     notes: &mut Vec<String>,
-) -> Result<(bool, Frames), LabError> {
+) -> Result<(bool, Frames, Counters), LabError> {
     let mut keys: Vec<(String, String)> = Vec::new();
-    for h in &plan.hops {
+    for h in plan
+        .hops
+        .iter()
+        .filter(|h| h.direction != path::Dir::Process)
+    {
         let k = (h.netns.clone(), h.device.clone());
         if !keys.contains(&k) {
             keys.push(k);
@@ -334,8 +372,14 @@ fn capture_probe(
             notes.push(format!("could not forget {gw} in {src_ns} first: {e}"));
         }
     }
+    let before = read_counters(plan);
     let answered = send_probe(src_ns, plan.src_ip, plan.dst_ip, proto, port);
     std::thread::sleep(SETTLE);
+    let mut after = read_counters(plan);
+    let counters: Counters = before
+        .into_iter()
+        .filter_map(|(sock, b)| after.remove(&sock).map(|a| (sock, (b, a))))
+        .collect();
     let mut frames = HashMap::new();
     for c in caps {
         let key = c.key.clone();
@@ -348,10 +392,11 @@ fn capture_probe(
             );
         }
         match pcap::parse_pcap(&bytes) {
-            Ok(recs) => {
-                let fs = recs
+            Ok(cap) => {
+                let fs = cap
+                    .records
                     .iter()
-                    .filter_map(|r| pcap::decode_frame(&r.data))
+                    .filter_map(|r| pcap::decode(cap.link, &r.data, overlay))
                     .collect();
                 frames.insert(key, fs);
             }
@@ -363,7 +408,7 @@ fn capture_probe(
             )),
         }
     }
-    Ok((answered?, frames))
+    Ok((answered?, frames, counters))
 }
 
 /// Conntrack entries of the nodes and the router the path crosses.
@@ -548,8 +593,10 @@ pub fn run(state: &LabState, req: &TraceRequest) -> Result<TraceReport, LabError
             .unwrap_or_default(),
         _ => Vec::new(),
     };
-    let (mut answered, mut frames) =
-        capture_probe(&plan, &extra, &src_ns, req.proto, port, forget, &mut notes)?;
+    let overlay = overlay_ports(&topo);
+    let (mut answered, mut frames, mut counters) = capture_probe(
+        &plan, &extra, &src_ns, req.proto, port, forget, &overlay, &mut notes,
+    )?;
     let mut conntrack = read_conntrack(&topo, &plan);
 
     // A host port: the route ends at the node, but conntrack shows the DNAT; walk on to
@@ -603,15 +650,23 @@ pub fn run(state: &LabState, req: &TraceRequest) -> Result<TraceReport, LabError
                     dst_ip: dst.ip,
                     ..more
                 };
-                (answered, frames) =
-                    capture_probe(&plan, &[], &src_ns, req.proto, port, forget, &mut notes)?;
+                (answered, frames, counters) = capture_probe(
+                    &plan,
+                    &[],
+                    &src_ns,
+                    req.proto,
+                    port,
+                    forget,
+                    &overlay,
+                    &mut notes,
+                )?;
                 conntrack = read_conntrack(&topo, &plan);
             }
         }
     }
 
     let routing = route_origins(state, &topo, &mut router, &plan, plan.dst_ip);
-    let hops = path::attach(&plan.hops, &frames, req.proto);
+    let hops = path::attach(&plan.hops, &frames, &counters, req.proto);
     let arp = path::arp_seen(&topo, &plan.hops, &frames);
     let from_ct = conntrack
         .iter()

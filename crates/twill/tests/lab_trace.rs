@@ -1,6 +1,8 @@
 //! `twill lab trace` and `twill lab graph` on a real two-node VXLAN lab: the hops a probe
 //! crossed (veth, bridge, VXLAN device, the uplink with outer UDP 8472), masquerade, and the
-//! topology as DOT and SVG. Needs root, tcpdump and (for SVG) graphviz.
+//! topology as DOT and SVG; the l3 wiring; and the udp backend across the router (the TUN,
+//! the datapath process with its counters, the outer UDP 8285). Needs root, tcpdump and (for
+//! SVG) graphviz.
 
 mod common;
 use common::*;
@@ -278,4 +280,130 @@ fn trace_and_graph_a_two_node_l3_lab() {
     for pod in ["n1-p1", "n1-p2", "n2-p1", "n2-p2"] {
         assert!(dot.contains(&format!("cluster_{name}-{pod}\"")), "{pod}");
     }
+}
+
+/// The udp backend traced on a real lab, the nodes on two segments so the outer UDP crosses
+/// the router: the ping goes into n1's twl.tun, through n1's datapath process (its pid, its
+/// peer-counters moving), out of eth0 as UDP 8285 to n2's node IP with the bare pod packet
+/// inside, across rt, into n2's datapath (admitted, counted) and out of n2's twl.tun to the
+/// pod. About 7 s (lab up and down included).
+#[test]
+fn trace_a_two_node_udp_lab_across_the_router() {
+    twill_testkit::require_root("trace_a_two_node_udp_lab_across_the_router");
+    twill_testkit::require_program(
+        "trace_a_two_node_udp_lab_across_the_router",
+        "tcpdump",
+        "tcpdump",
+    );
+    ensure_binaries();
+    let name = format!("twlu{:04x}", std::process::id() & 0xffff);
+    let _guard = LabGuard(name.clone());
+    let up = twill(&[
+        "lab",
+        "up",
+        "--name",
+        &name,
+        "--nodes",
+        "2",
+        "--segments",
+        "2",
+        "--pods-per-node",
+        "1",
+        "--backend",
+        "udp",
+    ]);
+    assert!(up.status.success(), "up:\n{}", text(&up));
+
+    let v = trace(&name, &["n1-p1", "n2-p1"]);
+    all_seen(&v);
+    assert_eq!(v["answered"], true, "{v:#}");
+    let h = hops(&v);
+    let at = |x: &str| {
+        h.iter()
+            .position(|y| y == x)
+            .unwrap_or_else(|| panic!("no hop {x} in {h:?}"))
+    };
+    // In this order: TUN, datapath, uplink, router, far uplink, far datapath, far TUN, pod.
+    let order = [
+        at("n1/twl.tun"),
+        at("n1/twill-datapath"),
+        at("n1/eth0"),
+        at("rt/eth1"),
+        at("n2/eth0"),
+        at("n2/twill-datapath"),
+        at("n2/twl.tun"),
+        at("n2-p1/eth0"),
+    ];
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{h:?}");
+    let hs = v["hops"].as_array().unwrap();
+    let hop = |i: usize| &hs[i];
+
+    // The TUN carries the bare pod packet (no link header).
+    let tun = hop(order[0]);
+    assert_eq!(tun["packet"]["src"], v["src"]["ip"], "{tun:#}");
+    assert!(tun["l2"].is_null() && tun["outer"].is_null(), "{tun:#}");
+
+    // The userspace hops: the real datapath processes, their counters moved for the peer.
+    let n1_ip = "192.0.2.11";
+    let n2_ip = "198.51.100.12";
+    for (i, way, peer, node) in [(order[1], "tx", n2_ip, "n1"), (order[5], "rx", n1_ip, "n2")] {
+        let p = &hop(i)["process"];
+        assert_eq!(hop(i)["direction"], "process");
+        assert_eq!(
+            (p["way"].as_str(), p["peer"].as_str()),
+            (Some(way), Some(peer)),
+            "{p:#}"
+        );
+        assert_eq!(p["port"], 8285);
+        assert!(p["queues"].as_u64().unwrap() >= 1, "{p:#}");
+        let pid = p["pid"].as_u64().unwrap();
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        assert!(
+            cmd.contains("datapath") && cmd.contains("--ctl"),
+            "pid {pid}: {cmd}"
+        );
+        let pids = std::process::Command::new("ip")
+            .args(["netns", "pids", &format!("{name}-{node}")])
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&pids.stdout)
+                .split_whitespace()
+                .any(|x| x == pid.to_string()),
+            "datapath {pid} is not in {node}'s namespace"
+        );
+        let c = &hop(i)["counted"];
+        assert!(c["packets"].as_u64().unwrap() >= 1, "{c:#}");
+        assert!(c["bytes"].as_u64().unwrap() >= 84, "{c:#}");
+    }
+
+    // The outer header on both uplinks and across the router: node IP to node IP, UDP 8285,
+    // the pod packet inside.
+    for i in [order[2], order[3], order[4]] {
+        let o = &hop(i)["outer"];
+        assert_eq!(o["encap"], "udp", "{:#}", hop(i));
+        assert_eq!(o["ip"]["src"], n1_ip);
+        assert_eq!(o["ip"]["dst"], n2_ip);
+        assert_eq!(o["ip"]["dport"], 8285);
+        assert!(o["vni"].is_null());
+        assert_eq!(hop(i)["packet"]["src"], v["src"]["ip"]);
+        assert_eq!(hop(i)["packet"]["dst"], v["dst"]["ip"]);
+    }
+    // The router decremented the outer TTL only; the inner one went down at each node.
+    let outer_ttl = |i: usize| hop(i)["outer"]["ip"]["ttl"].as_u64().unwrap();
+    let inner_ttl = |i: usize| hop(i)["packet"]["ttl"].as_u64().unwrap();
+    assert_eq!(outer_ttl(order[2]), outer_ttl(order[4]) + 1, "{v:#}");
+    assert_eq!(inner_ttl(order[2]), inner_ttl(order[4]), "{v:#}");
+
+    // The table says it in words.
+    let o = twill(&["lab", "trace", "--name", &name, "n1-p1", "n2-p1"]);
+    let t = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        t.contains("TUN → UDP socket: counted +")
+            && t.contains("UDP socket → TUN: counted +")
+            && t.contains(&format!("→ {n2_ip}:8285 UDP length"))
+            && t.contains("udp backend (the bare inner packet)"),
+        "{t}"
+    );
 }

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use super::topo::{self, Namespace, Role, Topology};
+use super::topo::{self, Datapath, DatapathInfo, DatapathPeer, Namespace, Role, Topology};
 use crate::build::{self, LabError};
 use crate::plan::netns_prefix;
 use crate::state::LabState;
@@ -62,14 +62,73 @@ pub fn read_topology(state: &LabState) -> Result<Topology, LabError> {
             ])?)
             .map_err(parse_err)?;
         }
+        let datapath = (role == Role::Node && links.iter().any(|l| l.kind == "tun"))
+            .then(|| {
+                let node = state.plan.nodes.iter().find(|n| n.netns == netns)?;
+                Some(read_datapath(
+                    &node
+                        .agent_state_dir
+                        .join(twill_datapath::client::SOCKET_NAME),
+                ))
+            })
+            .flatten();
         t.namespaces.push(Namespace {
             name: netns,
             member,
             role,
             links,
+            datapath,
         });
     }
     Ok(t)
+}
+
+/// How long a node's datapath may take to answer (it answers at once when it runs).
+const DATAPATH_ANSWER: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Asks the datapath at `socket` who it is and what table it forwards with (a second
+/// control client beside twilld's; the fds its Hello hands over are closed at once).
+pub fn read_datapath(socket: &std::path::Path) -> Datapath {
+    use twill_datapath::client::Client;
+    let unreachable = |error: String| Datapath::Unreachable {
+        socket: socket.display().to_string(),
+        error,
+    };
+    let (client, hello, fds) = match Client::connect(socket, DATAPATH_ANSWER) {
+        Ok(c) => c,
+        Err(e) => return unreachable(e.to_string()),
+    };
+    drop(fds);
+    match client.get_table() {
+        Ok((generation, local, peers)) => Datapath::Up(DatapathInfo {
+            socket: socket.display().to_string(),
+            pid: hello.pid,
+            tun: hello.tun,
+            queues: hello.queues,
+            generation,
+            node_ip: local.node_ip,
+            blocks: local.blocks,
+            peers: peers
+                .into_iter()
+                .map(|p| DatapathPeer {
+                    node_ip: p.node_ip,
+                    port: p.port,
+                    blocks: p.blocks,
+                })
+                .collect(),
+        }),
+        Err(e) => unreachable(format!(
+            "{e} (a datapath older than GetTable: restart it with the lab's twilld)"
+        )),
+    }
+}
+
+/// What a node's datapath counted, for the trace's before/after (None: it did not answer).
+pub fn datapath_stats(socket: &str) -> Option<twill_datapath::stats::Stats> {
+    let (c, _, fds) =
+        twill_datapath::client::Client::connect(socket.as_ref(), DATAPATH_ANSWER).ok()?;
+    drop(fds);
+    c.stats().ok()
 }
 
 fn bridge(args: &[&str]) -> Result<String, LabError> {

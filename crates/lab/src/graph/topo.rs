@@ -1,7 +1,9 @@
 //! Pure: the lab as the kernel holds it — per namespace its links (kind, bridge master,
 //! veth peer, addresses, VXLAN parameters with neighbour and FDB entries) — parsed from
-//! `ip -j -d addr show`, `ip -j netns list-id`, `ip -j neigh show` and `bridge -j fdb show`.
-//! Both `trace` (where does a packet go next?) and `graph` (what is there?) read it.
+//! `ip -j -d addr show`, `ip -j netns list-id`, `ip -j neigh show` and `bridge -j fdb show`;
+//! and a node's udp-backend datapath (its pid, queues and peer table, as its control socket
+//! answered). Both `trace` (where does a packet go next?) and `graph` (what is there?) read
+//! it.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -65,6 +67,61 @@ impl Link {
     }
 }
 
+/// Another node in a datapath's table: where it sends (node IP, port) what is for `blocks`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DatapathPeer {
+    pub node_ip: Ipv4Addr,
+    pub port: u16,
+    pub blocks: Vec<Ipv4Net>,
+}
+
+/// A node's udp-backend datapath process, as its control socket answered (`Hello` and
+/// `GetTable`): the userspace hop between the TUN and the UDP socket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DatapathInfo {
+    pub socket: String,
+    pub pid: u32,
+    pub tun: String,
+    /// TUN queues, one worker thread each.
+    pub queues: u16,
+    pub generation: u64,
+    pub node_ip: Ipv4Addr,
+    pub blocks: Vec<Ipv4Net>,
+    pub peers: Vec<DatapathPeer>,
+}
+
+impl DatapathInfo {
+    /// The datapath's own table (its validation and longest-prefix match: the one the
+    /// workers use); None when it refuses this one (which it then would not forward with).
+    pub fn table(&self) -> Option<twill_datapath::table::PeerTable> {
+        use twill_datapath::table::{LocalNode, Peer, PeerTable};
+        PeerTable::new(
+            self.generation,
+            LocalNode {
+                node_ip: self.node_ip,
+                blocks: self.blocks.clone(),
+            },
+            self.peers
+                .iter()
+                .map(|p| Peer {
+                    node_ip: p.node_ip,
+                    port: p.port,
+                    blocks: p.blocks.clone(),
+                })
+                .collect(),
+        )
+        .ok()
+    }
+}
+
+/// What a node's datapath said, or why it said nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum Datapath {
+    Up(DatapathInfo),
+    Unreachable { socket: String, error: String },
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Namespace {
     pub name: String,
@@ -72,6 +129,9 @@ pub struct Namespace {
     pub member: String,
     pub role: Role,
     pub links: Vec<Link>,
+    /// A node with a TUN (the udp backend): its datapath.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub datapath: Option<Datapath>,
 }
 
 /// One end of a veth pair: its namespace and link.
@@ -333,6 +393,7 @@ pub(crate) mod samples {
             member: member.into(),
             role,
             links: all,
+            datapath: None,
         }
     }
 
@@ -354,6 +415,49 @@ pub(crate) mod samples {
     pub fn vtep_mac(local: &str) -> Mac {
         let o = local.parse::<Ipv4Addr>().unwrap().octets();
         Mac([0x0a, 0x54, o[0], o[1], o[2], o[3]])
+    }
+
+    /// The same lab with the udp backend: twl.tun instead of twl.1 and each node's datapath
+    /// (n2's has 2 queues), 8285 on the wire.
+    pub fn two_node_udp() -> Topology {
+        let mut t = two_node_vxlan();
+        let blocks = [
+            ("twltr-n1", "10.244.226.0/24"),
+            ("twltr-n2", "10.244.4.0/24"),
+        ];
+        for (i, (name, block)) in blocks.iter().enumerate() {
+            let (other, other_block) = blocks[1 - i];
+            let ns = t.namespaces.iter_mut().find(|n| n.name == *name).unwrap();
+            let at = ns.links.iter().position(|l| l.kind == "vxlan").unwrap();
+            let vtep = ns.links[at].addrs.clone();
+            let node_ip = ns.links.iter().find(|l| l.name == "eth0").unwrap().addrs[0].addr();
+            ns.links[at] = Link {
+                mac: None,
+                mtu: 1472,
+                addrs: vtep,
+                ..link(9, "twl.tun", "tun", &[])
+            };
+            let other_ip: Ipv4Addr = if other.ends_with("n1") {
+                "192.0.2.11".parse().unwrap()
+            } else {
+                "192.0.2.12".parse().unwrap()
+            };
+            ns.datapath = Some(Datapath::Up(DatapathInfo {
+                socket: format!("/run/twltr/{name}/agent/datapath.sock"),
+                pid: 4100 + i as u32,
+                tun: "twl.tun".into(),
+                queues: 1 + i as u16,
+                generation: 3,
+                node_ip,
+                blocks: vec![block.parse().unwrap()],
+                peers: vec![DatapathPeer {
+                    node_ip: other_ip,
+                    port: 8285,
+                    blocks: vec![other_block.parse().unwrap()],
+                }],
+            }));
+        }
+        t
     }
 
     /// ul (bridge + 3 ports), rt, out, n1 and n2 with twl0, twl.1, one pod each.

@@ -1,5 +1,7 @@
 //! Pure: where a packet goes, hop by hop, from the kernel's own answers (`ip route get`, the
-//! topology's veth peers, bridge ports, VXLAN neighbour and FDB entries); which captured
+//! topology's veth peers, bridge ports, VXLAN neighbour and FDB entries) and, for the udp
+//! backend, from the node's datapath (its peer table: the TUN → datapath → UDP socket hop,
+//! checked against its own longest-prefix match and admission rules); which captured
 //! frame is the probe; what NAT did to it (from the headers seen before and after a
 //! namespace, and from conntrack); and the report, as a table or JSON.
 
@@ -11,7 +13,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::pcap::{describe, Frame, Ipv4, Mac, L4};
-use crate::graph::topo::{Link, Role, Topology};
+use crate::graph::topo::{Datapath, DatapathInfo, Link, Role, Topology};
+use twill_datapath::stats::Stats;
 
 /// More hops than any lab path has: a routing loop.
 pub const MAX_HOPS: usize = 48;
@@ -100,6 +103,9 @@ pub enum Dir {
     In,
     /// Switched by this bridge, not for the namespace itself.
     Bridged,
+    /// Carried by a userspace process of this namespace (the udp backend's datapath), not
+    /// by a device: nothing to capture, its counters show it.
+    Process,
 }
 
 impl Dir {
@@ -108,6 +114,7 @@ impl Dir {
             Dir::Out => "out",
             Dir::In => "in",
             Dir::Bridged => "bridged",
+            Dir::Process => "process",
         }
     }
 }
@@ -122,6 +129,33 @@ pub struct PlannedHop {
     /// Carried inside a VXLAN packet here: the capture shows outer and inner headers.
     pub encapsulated: bool,
     pub note: String,
+    /// A [`Dir::Process`] hop: which process, and what it does with the packet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessHop>,
+}
+
+/// Which way a datapath moves the packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Way {
+    /// Read from the TUN, sent in UDP to `peer`: its `tx` counters.
+    Tx,
+    /// Received in UDP from `peer`, admitted, written into the TUN: its `rx` counters.
+    Rx,
+}
+
+/// The udp backend's userspace hop: the datapath process, and the peer it sends to or
+/// admitted from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ProcessHop {
+    pub pid: u32,
+    pub queues: u16,
+    /// Its control socket (where the trace reads its counters).
+    pub socket: String,
+    pub way: Way,
+    /// The other node's IP, and the UDP port the outer packet goes to.
+    pub peer: Ipv4Addr,
+    pub port: u16,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -150,7 +184,143 @@ impl<R: Router> Walker<'_, R> {
             direction,
             encapsulated,
             note: note.into(),
+            process: None,
         });
+    }
+
+    /// The udp backend's datapath in `netns`, or why there is none to follow.
+    fn datapath(&self, netns: &str, tun: &str) -> Result<DatapathInfo, String> {
+        let member = self.topo.member(netns);
+        match self.topo.ns(netns).and_then(|n| n.datapath.as_ref()) {
+            Some(Datapath::Up(d)) => Ok(d.clone()),
+            Some(Datapath::Unreachable { socket, error }) => Err(format!(
+                "{member}: {tun} is a TUN and its datapath does not answer at {socket}: {error}"
+            )),
+            None => Err(format!(
+                "{member}: {tun} is a TUN that no Twill datapath serves (not the udp backend's)"
+            )),
+        }
+    }
+
+    fn push_process(&mut self, netns: &str, dp: &DatapathInfo, process: ProcessHop, note: &str) {
+        self.push(netns, DATAPATH_HOP, Dir::Process, false, note);
+        let last = self.hops.len() - 1;
+        self.hops[last].process = Some(ProcessHop {
+            pid: dp.pid,
+            queues: dp.queues,
+            socket: dp.socket.clone(),
+            ..process
+        });
+    }
+
+    /// The udp backend: the kernel hands the packet (`src` → `dst`) to the TUN `out` in
+    /// `netns`; the datapath picks the peer by its own table, the outer UDP packet is routed
+    /// like any other, and the far datapath admits it (or says why not) and writes it into
+    /// its TUN. Returns the far namespace and its TUN.
+    fn userspace(
+        &mut self,
+        netns: &str,
+        out: &Link,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        taken: &str,
+    ) -> Result<(String, String), String> {
+        let dp = self.datapath(netns, &out.name)?;
+        let member = self.topo.member(netns);
+        let table = dp.table().ok_or_else(|| {
+            format!(
+                "{member}: the datapath's table (generation {}) does not validate",
+                dp.generation
+            )
+        })?;
+        let who = |ip: Ipv4Addr| {
+            self.topo
+                .owner(ip)
+                .map_or_else(|| ip.to_string(), |(n, _)| format!("{} {ip}", n.member))
+        };
+        let peer = table.route(dst).map(|id| table.peer(id).clone()).ok_or_else(|| {
+            format!(
+                "{member}'s datapath (pid {}) has no peer holding {dst}: it drops the packet                  (no_route) and answers ICMP net unreachable",
+                dp.pid
+            )
+        })?;
+        let block = peer
+            .blocks
+            .iter()
+            .filter(|b| b.contains(&dst))
+            .max_by_key(|b| b.prefix_len())
+            .map(|b| b.to_string())
+            .unwrap_or_default();
+        self.push(netns, &out.name, Dir::Out, false, taken);
+        self.push_process(
+            netns,
+            &dp,
+            ProcessHop {
+                pid: 0,
+                queues: 0,
+                socket: String::new(),
+                way: Way::Tx,
+                peer: peer.node_ip,
+                port: peer.port,
+            },
+            &format!(
+                "twill datapath pid {}, {} queue(s): read from {}, {block} is {}'s: sent in UDP to {}:{}",
+                dp.pid,
+                dp.queues,
+                out.name,
+                who(peer.node_ip),
+                peer.node_ip,
+                peer.port
+            ),
+        );
+        let far = self.l3(netns.into(), None, dp.node_ip, peer.node_ip, true)?;
+        let far_member = self.topo.member(&far);
+        let fdp = self.datapath(&far, "its TUN")?;
+        let ftable = fdp.table().ok_or_else(|| {
+            format!(
+                "{far_member}: the datapath's table (generation {}) does not validate",
+                fdp.generation
+            )
+        })?;
+        let drop = |why: &str| format!("{far_member}'s datapath (pid {}) drops it: {why}", fdp.pid);
+        let from = ftable.peer_by_ip(dp.node_ip).ok_or_else(|| {
+            drop(&format!(
+                "{} is no peer of its table (unknown_peer)",
+                dp.node_ip
+            ))
+        })?;
+        if !ftable.admit_src(from, src) {
+            return Err(drop(&format!(
+                "inner source {src} is not in {}'s blocks (spoofed_inner)",
+                dp.node_ip
+            )));
+        }
+        if !ftable.is_local(dst) {
+            return Err(drop(&format!(
+                "{dst} is not in its own blocks (foreign_dst)"
+            )));
+        }
+        self.push_process(
+            &far,
+            &fdp,
+            ProcessHop {
+                pid: 0,
+                queues: 0,
+                socket: String::new(),
+                way: Way::Rx,
+                peer: dp.node_ip,
+                port: peer.port,
+            },
+            &format!(
+                "twill datapath pid {}, {} queue(s): admitted from {} (inner source in its blocks), written into {}",
+                fdp.pid,
+                fdp.queues,
+                who(dp.node_ip),
+                fdp.tun
+            ),
+        );
+        self.push(&far, &fdp.tun, Dir::In, false, "decapsulated");
+        Ok((far.clone(), fdp.tun))
     }
 
     fn link(&self, netns: &str, dev: &str) -> Result<Link, String> {
@@ -267,6 +437,15 @@ impl<R: Router> Walker<'_, R> {
                 self.push(&far, &dev, Dir::In, false, "decapsulated");
                 netns = far;
                 iif = Some(dev);
+                continue;
+            }
+            if out.kind == "tun" {
+                if encap {
+                    return Err(format!("{netns}: a TUN inside the tunnel ({})", out.name));
+                }
+                let (far, tun) = self.userspace(&netns, &out, src, dst, &taken)?;
+                netns = far;
+                iif = Some(tun);
                 continue;
             }
             self.push(&netns, &out.name, Dir::Out, encap, &taken);
@@ -455,12 +634,35 @@ pub struct L2 {
     pub dst: Mac,
 }
 
+/// The device name a [`Dir::Process`] hop shows (there is no device: the datapath process).
+pub const DATAPATH_HOP: &str = "twill-datapath";
+
+/// What carries an encapsulated packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encap {
+    Vxlan,
+    /// The udp backend: UDP whose payload is the bare inner packet.
+    Udp,
+}
+
 /// The outer headers of an encapsulated packet.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Outer {
-    pub l2: L2,
+    pub encap: Encap,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub l2: Option<L2>,
     pub ip: Header,
-    pub vni: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vni: Option<u32>,
+}
+
+/// What a datapath counted for a [`Dir::Process`] hop while the probe went (its peer's
+/// `tx` or `rx` counters, after minus before).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Counted {
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -477,20 +679,50 @@ pub struct HopReport {
     pub l2: Option<L2>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub packet: Option<Header>,
+    /// A [`Dir::Process`] hop: what its datapath counted (seen: at least one packet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counted: Option<Counted>,
 }
 
 /// Fills each planned hop with the probe frame its capture saw. `captures` maps
 /// (netns, device) to the frames that device carried, in time order; the k-th time a device
-/// appears on the path takes its k-th probe frame.
+/// appears on the path takes its k-th probe frame. A [`Dir::Process`] hop is seen when its
+/// datapath's counters for the peer moved: `counters` maps its control socket to its
+/// stats before and after the probe.
 pub fn attach(
     hops: &[PlannedHop],
     captures: &HashMap<(String, String), Vec<Frame>>,
+    counters: &HashMap<String, (Stats, Stats)>,
     proto: TraceProto,
 ) -> Vec<HopReport> {
     let mut used: HashMap<(String, String), usize> = HashMap::new();
     hops.iter()
         .enumerate()
         .map(|(i, hop)| {
+            if let Some(p) = &hop.process {
+                let counted = counters.get(&p.socket).map(|(before, after)| {
+                    let of = |s: &Stats| {
+                        s.peer(p.peer).map_or((0, 0), |c| match p.way {
+                            Way::Tx => (c.tx_packets, c.tx_bytes),
+                            Way::Rx => (c.rx_packets, c.rx_bytes),
+                        })
+                    };
+                    let (b, a) = (of(before), of(after));
+                    Counted {
+                        packets: a.0.saturating_sub(b.0),
+                        bytes: a.1.saturating_sub(b.1),
+                    }
+                });
+                return HopReport {
+                    index: i + 1,
+                    hop: hop.clone(),
+                    seen: counted.is_some_and(|c| c.packets > 0),
+                    outer: None,
+                    l2: None,
+                    packet: None,
+                    counted,
+                };
+            }
             let key = (hop.netns.clone(), hop.device.clone());
             let k = used.entry(key.clone()).or_insert(0);
             let frame = captures
@@ -506,23 +738,30 @@ pub fn attach(
                 outer: None,
                 l2: None,
                 packet: None,
+                counted: None,
+            };
+            let l2 = |f: &Frame| {
+                Some(L2 {
+                    src: f.src_mac?,
+                    dst: f.dst_mac?,
+                })
             };
             if let Some(f) = frame {
-                if let (Some(v), Some(ip)) = (&f.vxlan, &f.ip) {
+                let encap = match (&f.vxlan, &f.udp_overlay) {
+                    (Some(v), _) => Some((Encap::Vxlan, Some(v.vni))),
+                    (None, Some(_)) => Some((Encap::Udp, None)),
+                    (None, None) => None,
+                };
+                if let (Some((encap, vni)), Some(ip)) = (encap, &f.ip) {
                     r.outer = Some(Outer {
-                        l2: L2 {
-                            src: f.src_mac,
-                            dst: f.dst_mac,
-                        },
+                        encap,
+                        l2: l2(f),
                         ip: ip.into(),
-                        vni: v.vni,
+                        vni,
                     });
                 }
                 let inner = f.innermost();
-                r.l2 = Some(L2 {
-                    src: inner.src_mac,
-                    dst: inner.dst_mac,
-                });
+                r.l2 = l2(inner);
                 r.packet = inner.ip.as_ref().map(Header::from);
             }
             r
@@ -929,13 +1168,28 @@ pub fn render(r: &TraceReport) -> String {
             format!("  [{}]", h.hop.note)
         };
         match (&h.outer, &h.packet) {
+            _ if h.hop.direction == Dir::Process => {
+                let what = match h.hop.process.as_ref().map(|p| p.way) {
+                    Some(Way::Rx) => "UDP socket → TUN",
+                    _ => "TUN → UDP socket",
+                };
+                let counted = match h.counted {
+                    Some(c) => format!("counted +{} packet(s), +{} bytes", c.packets, c.bytes),
+                    None => "(its counters could not be read)".into(),
+                };
+                let _ = writeln!(s, "{head}{}{what}: {counted}{note}", pad("-", 38));
+            }
             (Some(o), Some(p)) => {
+                let how = match (o.encap, o.vni) {
+                    (Encap::Vxlan, Some(vni)) => format!("VXLAN vni {vni}"),
+                    (Encap::Vxlan, None) => "VXLAN".into(),
+                    (Encap::Udp, _) => "udp backend (the bare inner packet)".into(),
+                };
                 let _ = writeln!(
                     s,
-                    "{head}{}outer {} VXLAN vni {}{note}",
-                    pad(&l2(&o.l2), 38),
+                    "{head}{}outer {} {how}{note}",
+                    pad(&o.l2.as_ref().map(l2).unwrap_or_default(), 38),
                     o.ip.summary,
-                    o.vni
                 );
                 let inner_l2 = h.l2.as_ref().map(l2).unwrap_or_default();
                 let _ = writeln!(
@@ -1100,6 +1354,240 @@ mod tests {
         );
     }
 
+    /// The udp lab's answers: the block route goes into twl.tun, the far node forwards
+    /// what its TUN delivers to its bridge; the rest as in the VXLAN lab.
+    struct RecordedUdp;
+
+    impl Router for RecordedUdp {
+        fn route_get(
+            &mut self,
+            netns: &str,
+            dst: Ipv4Addr,
+            from: Option<Ipv4Addr>,
+            iif: Option<&str>,
+        ) -> Result<RouteAnswer, String> {
+            match (netns, dst.to_string().as_str(), iif) {
+                ("twltr-n1", "10.244.4.2", Some("twl0")) => parse_route_get(
+                    r#"[{"dst":"10.244.4.2","from":"10.244.226.2","dev":"twl.tun","iif":"twl0"}]"#,
+                ),
+                ("twltr-n2", "10.244.4.2", Some("twl.tun")) => parse_route_get(
+                    r#"[{"dst":"10.244.4.2","from":"10.244.226.2","dev":"twl0","iif":"twl.tun"}]"#,
+                ),
+                _ => Recorded.route_get(netns, dst, from, iif),
+            }
+        }
+    }
+
+    fn udp_walk(t: &Topology) -> PathPlan {
+        walk(
+            t,
+            &mut RecordedUdp,
+            "twltr-n1-p1",
+            None,
+            "10.244.4.2".parse().unwrap(),
+        )
+    }
+
+    #[test]
+    fn the_udp_backend_goes_through_both_datapaths_by_their_tables() {
+        let t = crate::graph::topo::samples::two_node_udp();
+        let p = udp_walk(&t);
+        assert_eq!(p.stopped, None);
+        assert_eq!(p.delivered_to.as_deref(), Some("twltr-n2-p1"));
+        assert_eq!(
+            names(&p),
+            [
+                "n1-p1/eth0/out",
+                "n1/twlaaaa/in",
+                "n1/twl0/in",
+                "n1/twl.tun/out",
+                "n1/twill-datapath/process",
+                "n1/eth0/out",
+                "ul/twltr-n1/in",
+                "ul/twltr-br/bridged",
+                "ul/twltr-n2/out",
+                "n2/eth0/in",
+                "n2/twill-datapath/process",
+                "n2/twl.tun/in",
+                "n2/twl0/out",
+                "n2/twlbbbb/out",
+                "n2-p1/eth0/in"
+            ]
+        );
+        let encap: Vec<bool> = p.hops.iter().map(|h| h.encapsulated).collect();
+        assert_eq!(&encap[5..10], [true; 5]);
+        assert!(!encap[3] && !encap[4] && !encap[10] && !encap[11]);
+        let tx = p.hops[4].process.as_ref().unwrap();
+        assert_eq!(
+            (tx.pid, tx.queues, tx.way, tx.peer, tx.port),
+            (4100, 1, Way::Tx, Ipv4Addr::new(192, 0, 2, 12), 8285)
+        );
+        assert!(
+            p.hops[4].note.contains("10.244.4.0/24 is n2 192.0.2.12's"),
+            "{}",
+            p.hops[4].note
+        );
+        let rx = p.hops[10].process.as_ref().unwrap();
+        assert_eq!(
+            (rx.pid, rx.queues, rx.way, rx.peer),
+            (4101, 2, Way::Rx, Ipv4Addr::new(192, 0, 2, 11))
+        );
+        assert!(rx.socket.ends_with("twltr-n2/agent/datapath.sock"));
+
+        // Captures on the TUNs (raw IP) and the wire (outer UDP 8285), counters that moved
+        // on n1 and did not on n2: the report shows the outer header and which hop missed.
+        use super::super::pcap::{decode, samples as fr, LinkType};
+        let mut caps: HashMap<(String, String), Vec<Frame>> = HashMap::new();
+        let k = |ns: &str, dev: &str| (ns.to_string(), dev.to_string());
+        let raw = decode(LinkType::Raw, &fr::ping_on_tun(), &[8285]).unwrap();
+        let wire = decode_frame(&fr::ping_on_uplink_udp()).unwrap();
+        caps.insert(k("twltr-n1", "twl.tun"), vec![raw.clone()]);
+        caps.insert(k("twltr-n2", "twl.tun"), vec![raw]);
+        caps.insert(k("twltr-n1", "eth0"), vec![wire]);
+        let stats = |ip: &str, tx: u64, rx: u64| Stats {
+            peers: vec![twill_datapath::stats::PeerStats {
+                tx_packets: tx,
+                tx_bytes: tx * 37,
+                rx_packets: rx,
+                rx_bytes: rx * 37,
+                ..twill_datapath::stats::PeerStats::new(ip.parse().unwrap())
+            }],
+            ..Stats::default()
+        };
+        let mut counters = HashMap::new();
+        counters.insert(
+            tx.socket.clone(),
+            (stats("192.0.2.12", 5, 0), stats("192.0.2.12", 6, 0)),
+        );
+        counters.insert(
+            rx.socket.clone(),
+            (stats("192.0.2.11", 0, 9), stats("192.0.2.11", 0, 9)),
+        );
+        let hops = attach(&p.hops, &caps, &counters, TraceProto::Icmp);
+        assert!(hops[3].seen && hops[3].l2.is_none(), "{:?}", hops[3]);
+        assert_eq!(
+            hops[4].counted,
+            Some(Counted {
+                packets: 1,
+                bytes: 37
+            })
+        );
+        assert!(hops[4].seen);
+        let o = hops[5].outer.as_ref().unwrap();
+        assert_eq!((o.encap, o.vni, o.ip.dport), (Encap::Udp, None, Some(8285)));
+        assert_eq!(
+            hops[5].packet.as_ref().unwrap().dst,
+            Ipv4Addr::new(10, 244, 4, 2)
+        );
+        assert!(!hops[10].seen, "n2's counters did not move");
+        assert_eq!(
+            hops[10].counted,
+            Some(Counted {
+                packets: 0,
+                bytes: 0
+            })
+        );
+        assert!(hops[11].seen);
+        let report = TraceReport {
+            lab: "twltr".into(),
+            src: Endpoint {
+                name: "n1-p1".into(),
+                netns: None,
+                ip: p.src_ip,
+            },
+            dst: Endpoint {
+                name: "n2-p1".into(),
+                netns: None,
+                ip: p.dst_ip,
+            },
+            proto: TraceProto::Icmp,
+            port: None,
+            answered: true,
+            probe: "ping answered".into(),
+            hops,
+            nat: Vec::new(),
+            arp: Vec::new(),
+            outcome: "delivered".into(),
+            notes: Vec::new(),
+            routing: Vec::new(),
+        };
+        let text = render(&report);
+        assert!(
+            text.contains("outer 192.0.2.11:40123 → 192.0.2.12:8285 UDP length 37 udp backend"),
+            "{text}"
+        );
+        assert!(
+            text.contains("TUN → UDP socket: counted +1 packet(s), +37 bytes"),
+            "{text}"
+        );
+        assert!(
+            text.contains("UDP socket → TUN: counted +0 packet(s)"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["hops"][4]["direction"], "process");
+        assert_eq!(json["hops"][4]["process"]["pid"], 4100);
+        assert_eq!(json["hops"][5]["outer"]["encap"], "udp");
+        assert_eq!(json["hops"][5]["outer"]["ip"]["dport"], 8285);
+    }
+
+    #[test]
+    fn the_far_datapath_refusing_the_packet_stops_the_walk_naming_the_drop() {
+        let mut t = crate::graph::topo::samples::two_node_udp();
+        let n2 = t
+            .namespaces
+            .iter_mut()
+            .find(|n| n.name == "twltr-n2")
+            .unwrap();
+        let Some(Datapath::Up(d)) = n2.datapath.as_mut() else {
+            unreachable!()
+        };
+        // n2 thinks n1 holds another block: the pod's source is spoofed to it.
+        d.peers[0].blocks = vec!["10.244.9.0/24".parse().unwrap()];
+        let p = udp_walk(&t);
+        let why = p.stopped.unwrap();
+        assert!(
+            why.contains("n2's datapath (pid 4101) drops it") && why.contains("spoofed_inner"),
+            "{why}"
+        );
+        // n2 does not know n1 at all.
+        let n2 = t
+            .namespaces
+            .iter_mut()
+            .find(|n| n.name == "twltr-n2")
+            .unwrap();
+        if let Some(Datapath::Up(d)) = n2.datapath.as_mut() {
+            d.peers.clear();
+        }
+        assert!(udp_walk(&t).stopped.unwrap().contains("unknown_peer"));
+        // n1's datapath does not answer: the walk says where it asked.
+        let n1 = t
+            .namespaces
+            .iter_mut()
+            .find(|n| n.name == "twltr-n1")
+            .unwrap();
+        n1.datapath = Some(Datapath::Unreachable {
+            socket: "/run/x/datapath.sock".into(),
+            error: "connection refused".into(),
+        });
+        let why = udp_walk(&t).stopped.unwrap();
+        assert!(
+            why.contains("does not answer at /run/x/datapath.sock"),
+            "{why}"
+        );
+        // No peer holds the destination on n1.
+        let mut t = crate::graph::topo::samples::two_node_udp();
+        let n1 = t
+            .namespaces
+            .iter_mut()
+            .find(|n| n.name == "twltr-n1")
+            .unwrap();
+        if let Some(Datapath::Up(d)) = n1.datapath.as_mut() {
+            d.peers.clear();
+        }
+        assert!(udp_walk(&t).stopped.unwrap().contains("no_route"));
+    }
+
     #[test]
     fn pod_to_pod_on_a_node_is_switched_by_the_bridge() {
         let t = two_node_vxlan();
@@ -1245,7 +1733,7 @@ mod tests {
             ("twltr-n1".to_string(), "eth0".to_string()),
             frames(&[fr::ping_on_uplink()]),
         );
-        let hops = attach(&p.hops, &caps, TraceProto::Icmp);
+        let hops = attach(&p.hops, &caps, &HashMap::new(), TraceProto::Icmp);
         let arp = arp_seen(&t, &p.hops, &caps);
         assert_eq!(
             arp.iter()
@@ -1274,14 +1762,19 @@ mod tests {
                 o.ip.dport,
                 o.vni
             ),
-            ("192.0.2.11".into(), "192.0.2.12".into(), Some(8472), 1)
+            (
+                "192.0.2.11".into(),
+                "192.0.2.12".into(),
+                Some(8472),
+                Some(1)
+            )
         );
         assert_eq!(
             hops[4].packet.as_ref().unwrap().src,
             Ipv4Addr::new(10, 244, 226, 2)
         );
         // A TCP probe does not match an ICMP frame.
-        assert!(!attach(&p.hops, &caps, TraceProto::Tcp)[0].seen);
+        assert!(!attach(&p.hops, &caps, &HashMap::new(), TraceProto::Tcp)[0].seen);
         let report = TraceReport {
             lab: "twltr".into(),
             src: Endpoint {
@@ -1360,9 +1853,11 @@ mod tests {
                 direction: dir,
                 encapsulated: false,
                 note: String::new(),
+                process: None,
             },
             seen: true,
             outer: None,
+            counted: None,
             l2: None,
             packet: Some(Header {
                 src: src.parse().unwrap(),

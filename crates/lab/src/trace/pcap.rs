@@ -1,13 +1,20 @@
 //! Pure: the classic pcap file format (what `tcpdump -w -` writes) and the frames in it,
-//! decoded down to what a trace shows: Ethernet, IPv4, ICMP/TCP/UDP, and VXLAN with the
-//! inner frame it carries.
+//! decoded down to what a trace shows: Ethernet or raw IP (a TUN), IPv4, ICMP/TCP/UDP, VXLAN
+//! with the inner frame it carries, and the udp backend's UDP (flannel's: the bare inner IP
+//! packet as the payload, port 8285 unless configured) with the inner packet it carries.
 
 use std::net::Ipv4Addr;
 
 use serde::Serialize;
 
-/// LINKTYPE_ETHERNET: every device the lab captures on (veth, bridge, vxlan) is Ethernet.
+/// LINKTYPE_ETHERNET: veth, bridge, vxlan devices.
 pub const LINKTYPE_ETHERNET: u32 = 1;
+/// LINKTYPE_RAW: a TUN (the udp backend's twl.tun) carries bare IP packets; some libpcaps
+/// write DLT_RAW's own number, 12 (or 14 on OpenBSD), so those are read as raw too.
+pub const LINKTYPE_RAW: u32 = 101;
+const DLT_RAW: [u32; 2] = [12, 14];
+/// The udp backend's default port (flannel's): its payload is looked into for an inner packet.
+pub const UDP_OVERLAY_PORT: u16 = 8285;
 /// The UDP ports a VXLAN header is looked for behind: Linux's default (flannel's) and IANA's.
 pub const VXLAN_PORTS: [u16; 2] = [8472, 4789];
 
@@ -21,8 +28,23 @@ pub enum PcapError {
     BadMagic(u32),
     #[error("pcap stream ends inside its {0}")]
     Truncated(&'static str),
-    #[error("link type {0} is not Ethernet; only Ethernet captures are decoded")]
+    #[error("link type {0} is neither Ethernet nor raw IP; only those captures are decoded")]
     LinkType(u32),
+}
+
+/// What a capture's frames start with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkType {
+    Ethernet,
+    /// An IP packet, no link header (a TUN).
+    Raw,
+}
+
+/// A whole capture: its link type and records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pcap {
+    pub link: LinkType,
+    pub records: Vec<Record>,
 }
 
 /// One captured frame: its time (seconds since the epoch) and bytes.
@@ -53,9 +75,12 @@ fn u32_at(b: &[u8], at: usize, le: bool) -> u32 {
 
 /// Reads a whole pcap stream. A record cut short at the end (tcpdump stopped mid-write) is
 /// dropped rather than failing the rest. An empty stream (tcpdump never started) is empty.
-pub fn parse_pcap(bytes: &[u8]) -> Result<Vec<Record>, PcapError> {
+pub fn parse_pcap(bytes: &[u8]) -> Result<Pcap, PcapError> {
     if bytes.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Pcap {
+            link: LinkType::Ethernet,
+            records: Vec::new(),
+        });
     }
     if bytes.len() < 24 {
         return Err(PcapError::Truncated("file header"));
@@ -70,9 +95,11 @@ pub fn parse_pcap(bytes: &[u8]) -> Result<Vec<Record>, PcapError> {
         other => return Err(PcapError::BadMagic(other)),
     };
     let linktype = u32_at(bytes, 20, le) & 0x0fff_ffff;
-    if linktype != LINKTYPE_ETHERNET {
-        return Err(PcapError::LinkType(linktype));
-    }
+    let link = match linktype {
+        LINKTYPE_ETHERNET => LinkType::Ethernet,
+        t if t == LINKTYPE_RAW || DLT_RAW.contains(&t) => LinkType::Raw,
+        other => return Err(PcapError::LinkType(other)),
+    };
     let mut out = Vec::new();
     let mut at = 24;
     while at + 16 <= bytes.len() {
@@ -90,18 +117,24 @@ pub fn parse_pcap(bytes: &[u8]) -> Result<Vec<Record>, PcapError> {
         });
         at = start + incl;
     }
-    Ok(out)
+    Ok(Pcap { link, records: out })
 }
 
-/// Writes records as a pcap stream (microseconds, little endian): for tests and samples.
+/// Writes Ethernet records as a pcap stream (microseconds, little endian): for tests and
+/// samples.
 pub fn write_pcap(records: &[Record]) -> Vec<u8> {
+    write_pcap_as(LINKTYPE_ETHERNET, records)
+}
+
+/// The same with a link type of its own.
+pub fn write_pcap_as(linktype: u32, records: &[Record]) -> Vec<u8> {
     let mut b = Vec::new();
     b.extend_from_slice(&0xa1b2c3d4u32.to_le_bytes());
     b.extend_from_slice(&2u16.to_le_bytes());
     b.extend_from_slice(&4u16.to_le_bytes());
     b.extend_from_slice(&[0; 8]);
     b.extend_from_slice(&65535u32.to_le_bytes());
-    b.extend_from_slice(&LINKTYPE_ETHERNET.to_le_bytes());
+    b.extend_from_slice(&linktype.to_le_bytes());
     for r in records {
         b.extend_from_slice(&r.ts_sec.to_le_bytes());
         b.extend_from_slice(&r.ts_usec.to_le_bytes());
@@ -185,14 +218,18 @@ pub struct Ipv4 {
     pub l4: L4,
 }
 
-/// A decoded Ethernet frame; `vxlan` holds the frame a VXLAN packet carries.
+/// A decoded frame; `vxlan` holds the frame a VXLAN packet carries, `udp_overlay` the
+/// packet the udp backend's datagram carries. A raw IP packet (a TUN's, or that inner one)
+/// has no MACs and ethertype 0x0800.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Frame {
-    pub src_mac: Mac,
-    pub dst_mac: Mac,
+    pub src_mac: Option<Mac>,
+    pub dst_mac: Option<Mac>,
     pub ethertype: u16,
     pub ip: Option<Ipv4>,
     pub vxlan: Option<Vxlan>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub udp_overlay: Option<Box<Frame>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arp: Option<Arp>,
 }
@@ -243,15 +280,62 @@ pub struct Vxlan {
 impl Frame {
     /// The frame the payload finally travels in: the innermost one of an encapsulation.
     pub fn innermost(&self) -> &Frame {
-        match &self.vxlan {
-            Some(v) => v.inner.innermost(),
-            None => self,
+        match (&self.vxlan, &self.udp_overlay) {
+            (Some(v), _) => v.inner.innermost(),
+            (None, Some(inner)) => inner.innermost(),
+            (None, None) => self,
         }
     }
 }
 
-/// Decodes an Ethernet frame; None when it is too short to be one.
+/// Decodes one record of a capture of link type `link`, looking into UDP datagrams to one of
+/// `overlay_ports` for the udp backend's inner packet. None when it is too short to be one.
+pub fn decode(link: LinkType, b: &[u8], overlay_ports: &[u16]) -> Option<Frame> {
+    match link {
+        LinkType::Ethernet => decode_ethernet(b, overlay_ports),
+        LinkType::Raw => decode_raw(b, overlay_ports),
+    }
+}
+
+/// Decodes an Ethernet frame (the udp backend's default port looked into); None when it is
+/// too short to be one.
 pub fn decode_frame(b: &[u8]) -> Option<Frame> {
+    decode_ethernet(b, &[UDP_OVERLAY_PORT])
+}
+
+/// A bare IPv4 packet; None when it is not one.
+fn decode_raw(b: &[u8], overlay_ports: &[u16]) -> Option<Frame> {
+    let mut frame = Frame {
+        src_mac: None,
+        dst_mac: None,
+        ethertype: ETHERTYPE_IPV4,
+        ip: None,
+        vxlan: None,
+        udp_overlay: None,
+        arp: None,
+    };
+    let (ip, l4_payload) = decode_ipv4(b)?;
+    look_inside(&mut frame, &ip, l4_payload, overlay_ports);
+    frame.ip = Some(ip);
+    Some(frame)
+}
+
+/// VXLAN or the udp backend's datagram: the frame or packet inside.
+fn look_inside(frame: &mut Frame, ip: &Ipv4, l4_payload: &[u8], overlay_ports: &[u16]) {
+    if let L4::Udp { dport, .. } = ip.l4 {
+        if VXLAN_PORTS.contains(&dport) {
+            frame.vxlan = decode_vxlan(l4_payload);
+        } else if overlay_ports.contains(&dport) {
+            // No header: the payload is the inner packet, whole (a datagram with anything
+            // else stays plain UDP).
+            frame.udp_overlay = decode_raw(l4_payload, &[])
+                .filter(|f| f.ip.is_some())
+                .map(Box::new);
+        }
+    }
+}
+
+fn decode_ethernet(b: &[u8], overlay_ports: &[u16]) -> Option<Frame> {
     if b.len() < 14 {
         return None;
     }
@@ -264,11 +348,12 @@ pub fn decode_frame(b: &[u8]) -> Option<Frame> {
         at = 18;
     }
     let mut frame = Frame {
-        src_mac,
-        dst_mac,
+        src_mac: Some(src_mac),
+        dst_mac: Some(dst_mac),
         ethertype,
         ip: None,
         vxlan: None,
+        udp_overlay: None,
         arp: None,
     };
     if ethertype == ETHERTYPE_ARP {
@@ -276,11 +361,7 @@ pub fn decode_frame(b: &[u8]) -> Option<Frame> {
     }
     if ethertype == ETHERTYPE_IPV4 {
         if let Some((ip, l4_payload)) = decode_ipv4(&b[at..]) {
-            if let L4::Udp { dport, .. } = ip.l4 {
-                if VXLAN_PORTS.contains(&dport) {
-                    frame.vxlan = decode_vxlan(l4_payload);
-                }
-            }
+            look_inside(&mut frame, &ip, l4_payload, overlay_ports);
             frame.ip = Some(ip);
         }
     }
@@ -293,7 +374,7 @@ fn decode_vxlan(b: &[u8]) -> Option<Vxlan> {
         return None;
     }
     let vni = u32::from_be_bytes([0, b[4], b[5], b[6]]);
-    let inner = decode_frame(&b[8..])?;
+    let inner = decode_ethernet(&b[8..], &[])?;
     Some(Vxlan {
         vni,
         inner: Box::new(inner),
@@ -508,6 +589,20 @@ pub(crate) mod samples {
         )
     }
 
+    /// The same ping read from node 1's TUN (raw IP, no link header).
+    pub fn ping_on_tun() -> Vec<u8> {
+        ipv4(POD_A, POD_B, 1, 63, &icmp_echo(7, 1, b"twll-twll"))
+    }
+
+    /// The same ping on node 1's eth0 with the udp backend: the bare packet in UDP 8285.
+    pub fn ping_on_uplink_udp() -> Vec<u8> {
+        eth(
+            ETH2,
+            ETH1,
+            &ipv4(NODE1, NODE2, 17, 64, &udp(40123, 8285, &ping_on_tun())),
+        )
+    }
+
     /// The same ping on node 1's eth0: wrapped in UDP 8472 between the node IPs.
     pub fn ping_on_uplink() -> Vec<u8> {
         let inner = eth(
@@ -551,7 +646,7 @@ mod tests {
             [10, 244, 226, 2],
         ))
         .unwrap();
-        assert_eq!(rep.dst_mac, Mac(pod));
+        assert_eq!(rep.dst_mac, Some(Mac(pod)));
         let a = rep.arp.unwrap();
         assert_eq!(
             a.to_string(),
@@ -578,10 +673,13 @@ mod tests {
             },
         ];
         let bytes = write_pcap(&recs);
-        assert_eq!(parse_pcap(&bytes).unwrap(), recs);
+        assert_eq!(parse_pcap(&bytes).unwrap().records, recs);
         // tcpdump killed mid-record: the whole records survive.
-        assert_eq!(parse_pcap(&bytes[..bytes.len() - 3]).unwrap(), recs[..1]);
-        assert_eq!(parse_pcap(&[]).unwrap(), vec![]);
+        assert_eq!(
+            parse_pcap(&bytes[..bytes.len() - 3]).unwrap().records,
+            recs[..1]
+        );
+        assert_eq!(parse_pcap(&[]).unwrap().records, vec![]);
         assert_eq!(parse_pcap(&[0u8; 24]).unwrap_err(), PcapError::BadMagic(0));
         assert_eq!(
             parse_pcap(&bytes[..10]).unwrap_err(),
@@ -600,7 +698,7 @@ mod tests {
         b.extend_from_slice(&2u32.to_be_bytes());
         b.extend_from_slice(&2u32.to_be_bytes());
         b.extend_from_slice(&[0xab, 0xcd]);
-        let r = parse_pcap(&b).unwrap();
+        let r = parse_pcap(&b).unwrap().records;
         assert_eq!(
             (r[0].ts_sec, r[0].ts_usec, r[0].data.clone()),
             (5, 7, vec![0xab, 0xcd])
@@ -613,8 +711,8 @@ mod tests {
     #[test]
     fn a_plain_ping_decodes() {
         let f = decode_frame(&ping_in_pod()).unwrap();
-        assert_eq!(f.src_mac.to_string(), "0e:00:00:00:00:0a");
-        assert_eq!(f.dst_mac, Mac(MAC_GW));
+        assert_eq!(f.src_mac.unwrap().to_string(), "0e:00:00:00:00:0a");
+        assert_eq!(f.dst_mac, Some(Mac(MAC_GW)));
         let ip = f.ip.as_ref().unwrap();
         assert_eq!(ip.ttl, 64);
         assert_eq!(
@@ -635,13 +733,71 @@ mod tests {
         );
         let v = f.vxlan.as_ref().unwrap();
         assert_eq!(v.vni, 1);
-        assert_eq!(v.inner.src_mac, Mac(VTEP1));
+        assert_eq!(v.inner.src_mac, Some(Mac(VTEP1)));
         let inner = f.innermost().ip.as_ref().unwrap();
         assert_eq!(
             describe(inner),
             "10.244.226.2 → 10.244.4.2 ICMP echo request id 7 seq 1"
         );
         assert_eq!(inner.ttl, 63);
+    }
+
+    #[test]
+    fn the_udp_backend_shows_outer_udp_and_the_inner_packet_and_a_tun_is_raw_ip() {
+        let f = decode_frame(&ping_on_uplink_udp()).unwrap();
+        assert_eq!(
+            describe(f.ip.as_ref().unwrap()),
+            "192.0.2.11:40123 → 192.0.2.12:8285 UDP length 37"
+        );
+        assert!(f.vxlan.is_none());
+        let inner = f.innermost();
+        assert_eq!(inner.src_mac, None);
+        assert_eq!(
+            describe(inner.ip.as_ref().unwrap()),
+            "10.244.226.2 → 10.244.4.2 ICMP echo request id 7 seq 1"
+        );
+        // Another port: looked into only when asked.
+        let other = eth(
+            ETH2,
+            ETH1,
+            &ipv4(NODE1, NODE2, 17, 64, &udp(1, 9000, &ping_on_tun())),
+        );
+        assert!(decode_frame(&other).unwrap().udp_overlay.is_none());
+        assert!(decode(LinkType::Ethernet, &other, &[9000])
+            .unwrap()
+            .udp_overlay
+            .is_some());
+        // Port 8285 carrying something that is not an IPv4 packet stays plain UDP.
+        let junk = eth(
+            ETH2,
+            ETH1,
+            &ipv4(
+                NODE1,
+                NODE2,
+                17,
+                64,
+                &udp(1, 8285, b"not an ip packet at all"),
+            ),
+        );
+        assert!(decode_frame(&junk).unwrap().udp_overlay.is_none());
+        // A TUN capture: LINKTYPE_RAW, bare IP packets.
+        let cap = write_pcap_as(
+            LINKTYPE_RAW,
+            &[Record {
+                ts_sec: 1,
+                ts_usec: 0,
+                data: ping_on_tun(),
+            }],
+        );
+        let p = parse_pcap(&cap).unwrap();
+        assert_eq!(p.link, LinkType::Raw);
+        let f = decode(p.link, &p.records[0].data, &[]).unwrap();
+        assert_eq!(f.innermost(), &f);
+        assert_eq!(f.ip.as_ref().unwrap().ttl, 63);
+        let mut dlt = cap.clone();
+        dlt[20] = 12;
+        assert_eq!(parse_pcap(&dlt).unwrap().link, LinkType::Raw);
+        assert_eq!(decode(LinkType::Raw, &[0x45, 0], &[]), None);
     }
 
     #[test]

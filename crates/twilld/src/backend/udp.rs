@@ -66,7 +66,7 @@ use twill_datapath::table::{LocalNode, Peer as DpPeer};
 /// Smallest MTU IPv4 allows on a link.
 const MIN_MTU: u32 = 68;
 /// The datapath's control socket, in twilld's state dir.
-pub const SOCKET: &str = "datapath.sock";
+pub const SOCKET: &str = twill_datapath::client::SOCKET_NAME;
 /// The datapath's stdout and stderr, in twilld's state dir.
 pub const LOG: &str = "datapath.log";
 /// How long a new datapath may take to answer on its socket.
