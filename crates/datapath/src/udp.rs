@@ -343,76 +343,109 @@ impl SendBatch {
         fd: RawFd,
         mut done: impl FnMut(SlotMeta, usize, Sent),
     ) -> io::Result<()> {
-        while self.sent < self.filled {
-            let n = self.filled - self.sent;
-            for k in 0..n {
-                let i = self.sent + k;
-                self.iovs[i] = libc::iovec {
-                    iov_base: self.buf[i * self.slot_size..].as_mut_ptr().cast(),
-                    iov_len: self.lens[i],
-                };
-                // SAFETY: all-zero msghdr is valid; every pointer set below is into self.
-                let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
-                h.msg_name = (&mut self.dsts[i] as *mut libc::sockaddr_in).cast();
-                h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-                h.msg_iov = &mut self.iovs[i];
-                h.msg_iovlen = 1;
-                if self.metas[i].segment != 0 {
-                    let c = &mut self.cmsgs[i * CMSG_U16..(i + 1) * CMSG_U16];
-                    h.msg_control = c.as_mut_ptr().cast();
-                    // SAFETY: CMSG_* on a buffer of CMSG_SPACE(2) bytes.
-                    unsafe {
-                        h.msg_controllen = libc::CMSG_SPACE(2) as _;
-                        let cm = libc::CMSG_FIRSTHDR(&h);
-                        (*cm).cmsg_level = libc::SOL_UDP;
-                        (*cm).cmsg_type = libc::UDP_SEGMENT;
-                        (*cm).cmsg_len = libc::CMSG_LEN(2) as _;
-                        std::ptr::write_unaligned(
-                            libc::CMSG_DATA(cm).cast::<u16>(),
-                            self.metas[i].segment,
-                        );
-                    }
-                }
-                self.msgs[i] = libc::mmsghdr {
-                    msg_hdr: h,
-                    msg_len: 0,
-                };
-            }
-            // SAFETY: msgs[sent..filled] are built above and point into live buffers.
-            let r = unsafe {
-                libc::sendmmsg(
-                    fd,
-                    self.msgs[self.sent..].as_mut_ptr(),
-                    n as libc::c_uint,
-                    libc::MSG_DONTWAIT,
-                )
+        for i in self.sent..self.filled {
+            self.iovs[i] = libc::iovec {
+                iov_base: self.buf[i * self.slot_size..].as_mut_ptr().cast(),
+                iov_len: self.lens[i],
             };
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                match e.kind() {
-                    io::ErrorKind::WouldBlock => return Err(e),
-                    io::ErrorKind::Interrupted => continue,
-                    _ => {
-                        // The first pending message failed: report it, skip it.
-                        let i = self.sent;
-                        done(self.metas[i], self.lens[i], Sent::Failed(e));
-                        self.sent += 1;
-                    }
-                }
-            } else {
-                for i in self.sent..self.sent + r as usize {
-                    done(self.metas[i], self.lens[i], Sent::Ok);
-                }
-                self.sent += r as usize;
-            }
+            let mut h = msghdr(&mut self.dsts[i], &mut self.iovs[i..i + 1]);
+            set_segment(
+                &mut h,
+                &mut self.cmsgs[i * CMSG_U16..(i + 1) * CMSG_U16],
+                self.metas[i].segment,
+            );
+            self.msgs[i] = libc::mmsghdr {
+                msg_hdr: h,
+                msg_len: 0,
+            };
         }
+        let (metas, lens) = (&self.metas, &self.lens);
+        sendmmsg_pending(fd, &mut self.msgs[..self.filled], &mut self.sent, |i, r| {
+            done(
+                metas[i],
+                lens[i],
+                r.map_or_else(Sent::Failed, |()| Sent::Ok),
+            )
+        })?;
         self.filled = 0;
         self.sent = 0;
         Ok(())
     }
 }
 
-/// One received datagram (or GRO run of datagrams) in a [`RecvBatch`].
+/// A message to `dst` of the iovecs `iovs` (pointers into the caller's buffers, which must
+/// stay put until the send).
+fn msghdr(dst: &mut libc::sockaddr_in, iovs: &mut [libc::iovec]) -> libc::msghdr {
+    // SAFETY: all-zero msghdr is valid; the pointers set are into the caller's buffers.
+    let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+    h.msg_name = (dst as *mut libc::sockaddr_in).cast();
+    h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    h.msg_iov = iovs.as_mut_ptr();
+    h.msg_iovlen = iovs.len();
+    h
+}
+
+/// Adds the `UDP_SEGMENT = segment` cmsg to `h`, in `control` (CMSG_U16 bytes); nothing for 0.
+fn set_segment(h: &mut libc::msghdr, control: &mut [u8], segment: u16) {
+    if segment == 0 {
+        return;
+    }
+    assert!(control.len() >= CMSG_U16);
+    h.msg_control = control.as_mut_ptr().cast();
+    // SAFETY: CMSG_* on a control buffer of CMSG_U16 ≥ CMSG_SPACE(2) bytes.
+    unsafe {
+        h.msg_controllen = libc::CMSG_SPACE(2) as _;
+        let cm = libc::CMSG_FIRSTHDR(h);
+        (*cm).cmsg_level = libc::SOL_UDP;
+        (*cm).cmsg_type = libc::UDP_SEGMENT;
+        (*cm).cmsg_len = libc::CMSG_LEN(2) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cm).cast::<u16>(), segment);
+    }
+}
+
+/// The `sendmmsg` loop both batches share: sends `msgs[*sent..]` (built by the caller) until
+/// all went, calling `done(i, Ok(()))` for each message that left. EINTR is retried.
+/// `Err(WouldBlock)` when the socket buffer is full: `*sent` says how far it got, the rest
+/// stays (call again after POLLOUT). Any other error belongs to the first pending message:
+/// `done(i, Err(e))`, and the loop goes on after it (what to do with a refused message, such
+/// as sending it again another way, is `done`'s choice).
+fn sendmmsg_pending(
+    fd: RawFd,
+    msgs: &mut [libc::mmsghdr],
+    sent: &mut usize,
+    mut done: impl FnMut(usize, io::Result<()>),
+) -> io::Result<()> {
+    while *sent < msgs.len() {
+        let n = msgs.len() - *sent;
+        // SAFETY: msgs[sent..] are whole messages pointing into buffers the caller owns.
+        let r = unsafe {
+            libc::sendmmsg(
+                fd,
+                msgs[*sent..].as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::WouldBlock => return Err(e),
+                io::ErrorKind::Interrupted => continue,
+                _ => {
+                    done(*sent, Err(e));
+                    *sent += 1;
+                }
+            }
+        } else {
+            for i in *sent..*sent + r as usize {
+                done(i, Ok(()));
+            }
+            *sent += r as usize;
+        }
+    }
+    Ok(())
+}
+
 /// One `sendmmsg` of messages gathered from two arenas it owns, so a TUN frame is never
 /// copied in userspace (the offload path):
 /// - **reads**: one slot per TUN read (`read_size` bytes: vnet header + frame); a frame stays
@@ -593,84 +626,61 @@ impl GatherBatch {
     }
 
     fn msghdr(&mut self, i: usize, iovs: std::ops::Range<usize>, segment: u16) -> libc::msghdr {
-        let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
-        h.msg_name = (&mut self.dsts[i] as *mut libc::sockaddr_in).cast();
-        h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        h.msg_iov = self.iovs[iovs.start..].as_mut_ptr();
-        h.msg_iovlen = iovs.len();
-        if segment != 0 {
-            let c = &mut self.cmsgs[i * CMSG_U16..(i + 1) * CMSG_U16];
-            h.msg_control = c.as_mut_ptr().cast();
-            // SAFETY: the control buffer is CMSG_U16 ≥ CMSG_SPACE(2) bytes.
-            unsafe {
-                h.msg_controllen = libc::CMSG_SPACE(2) as _;
-                let cm = libc::CMSG_FIRSTHDR(&h);
-                (*cm).cmsg_level = libc::SOL_UDP;
-                (*cm).cmsg_type = libc::UDP_SEGMENT;
-                (*cm).cmsg_len = libc::CMSG_LEN(2) as _;
-                std::ptr::write_unaligned(libc::CMSG_DATA(cm).cast::<u16>(), segment);
-            }
-        }
+        let mut h = msghdr(&mut self.dsts[i], &mut self.iovs[iovs]);
+        set_segment(
+            &mut h,
+            &mut self.cmsgs[i * CMSG_U16..(i + 1) * CMSG_U16],
+            segment,
+        );
         h
     }
 
     /// Sends what is pending with `sendmmsg`, calling `done` per message. EAGAIN leaves the
     /// rest pending (returned as the error); once everything went, the batch is empty again.
+    /// A GSO message refused with EIO/EINVAL goes again as one datagram per segment.
     pub fn send(
         &mut self,
         fd: RawFd,
         mut done: impl FnMut(SlotMeta, usize, Sent),
     ) -> io::Result<()> {
-        while self.sent < self.filled {
-            for i in self.sent..self.filled {
-                let h = self.msghdr(i, self.iov_at[i]..self.iov_at[i + 1], self.metas[i].segment);
-                self.msgs[i] = libc::mmsghdr {
-                    msg_hdr: h,
-                    msg_len: 0,
-                };
-            }
-            let n = self.filled - self.sent;
-            // SAFETY: the messages point into buffers the batch owns.
-            let r = unsafe {
-                libc::sendmmsg(
-                    fd,
-                    self.msgs[self.sent..].as_mut_ptr(),
-                    n as libc::c_uint,
-                    libc::MSG_DONTWAIT,
-                )
+        // Out of `self` while sending, so a refused message can be re-sent from `self`.
+        let mut msgs = std::mem::take(&mut self.msgs);
+        for (i, m) in msgs
+            .iter_mut()
+            .enumerate()
+            .take(self.filled)
+            .skip(self.sent)
+        {
+            let h = self.msghdr(i, self.iov_at[i]..self.iov_at[i + 1], self.metas[i].segment);
+            *m = libc::mmsghdr {
+                msg_hdr: h,
+                msg_len: 0,
             };
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                let i = self.sent;
-                match e.kind() {
-                    io::ErrorKind::WouldBlock => return Err(e),
-                    io::ErrorKind::Interrupted => continue,
-                    _ if self.metas[i].segment != 0
-                        && matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL)) =>
-                    {
-                        if self.gso {
-                            eprintln!(
-                                "twill-datapath: a UDP_SEGMENT send was refused ({e}); \
-                                 sending one datagram per segment from now on"
-                            );
-                        }
-                        self.gso = false;
-                        let sent = self.send_segments(fd, i);
-                        done(self.metas[i], self.lens[i], sent);
-                        self.sent += 1;
-                    }
-                    _ => {
-                        done(self.metas[i], self.lens[i], Sent::Failed(e));
-                        self.sent += 1;
-                    }
-                }
-            } else {
-                for i in self.sent..self.sent + r as usize {
-                    done(self.metas[i], self.lens[i], Sent::Ok);
-                }
-                self.sent += r as usize;
-            }
         }
+        let mut sent = self.sent;
+        let r = sendmmsg_pending(fd, &mut msgs[..self.filled], &mut sent, |i, r| {
+            let outcome = match r {
+                Ok(()) => Sent::Ok,
+                Err(e)
+                    if self.metas[i].segment != 0
+                        && matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL)) =>
+                {
+                    if self.gso {
+                        eprintln!(
+                            "twill-datapath: a UDP_SEGMENT send was refused ({e}); \
+                             sending one datagram per segment from now on"
+                        );
+                    }
+                    self.gso = false;
+                    self.send_segments(fd, i)
+                }
+                Err(e) => Sent::Failed(e),
+            };
+            done(self.metas[i], self.lens[i], outcome);
+        });
+        self.msgs = msgs;
+        self.sent = sent;
+        r?;
         self.clear();
         Ok(())
     }
@@ -723,6 +733,7 @@ impl GatherBatch {
     }
 }
 
+/// One received datagram (or GRO run of datagrams) in a [`RecvBatch`].
 #[derive(Debug)]
 pub struct Received<'a> {
     pub src: SocketAddrV4,
