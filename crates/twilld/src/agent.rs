@@ -63,10 +63,16 @@ impl Agent {
         store: Option<Arc<dyn Store>>,
         shutdown: Arc<AtomicBool>,
     ) -> Result<(), AgentError> {
+        // First of all, before anything that can fail (the listen port may be taken, the
+        // store unreachable): an agent that exits here must not leave a hand-off listing
+        // blocks whose lease nobody renews, for twill-cni to keep handing out after another
+        // node has taken them.
+        let leftovers = Leftovers::take(&config);
         let listener = TcpListener::bind(config.listen).map_err(|source| AgentError::Listen {
             addr: config.listen,
             source,
         })?;
+        let bound = listener.local_addr().unwrap_or(config.listen);
         let status = Arc::new(Status::new(&config.node_name));
         let server = {
             let (status, shutdown) = (status.clone(), shutdown.clone());
@@ -81,10 +87,10 @@ impl Agent {
                 ("node", &config.node_name),
                 ("version", &env!("CARGO_PKG_VERSION")),
                 ("store", &format!("{:?}", config.store).to_lowercase()),
-                ("listen", &config.listen),
+                // The address bound (a port 0 asked for is the one the kernel gave).
+                ("listen", &bound),
             ],
         );
-        let leftovers = Leftovers::take(&config);
         let mut backoff = Backoff::seeded(crate::claims::seed(&config.node_name));
         let store = match store {
             Some(s) => Some(s),

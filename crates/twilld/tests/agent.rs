@@ -279,6 +279,42 @@ fn a_killed_agent_restarts_with_the_same_blocks() {
     assert_eq!(mine, first.blocks);
 }
 
+/// The storm on etcd found a block in two nodes' hand-offs for 40 s: a restarted agent
+/// whose listen port another process had taken meanwhile exited before it cut its old
+/// hand-off, so the file kept listing a block whose lease nobody renewed any more, and
+/// another node took it. An agent that cannot start must still cut the hand-off first.
+#[test]
+fn an_agent_that_cannot_start_still_cuts_its_old_hand_off_first() {
+    let c = Cluster::new("nolisten");
+    c.apply("10.244.0.0/16", 26, 60, None);
+    let mut a = c.start("n1", &[]);
+    let first = wait_for("n1's hand-off", Duration::from_secs(20), || {
+        c.handoff("n1").filter(|h| !h.blocks.is_empty())
+    });
+    a.kill();
+    // Its port is taken while it is down (another process's listener or connection).
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut b = c.start_on("n1", &addr, &[]);
+    let status = b.child.take().unwrap().wait().unwrap();
+    assert!(
+        !status.success(),
+        "twilld cannot listen on {addr}: it exits"
+    );
+    let log = b.log();
+    assert!(
+        log.contains("cannot listen on") && log.contains(&addr),
+        "{log}"
+    );
+    let h = c.handoff("n1").expect("the hand-off is cut, not removed");
+    assert!(
+        h.blocks.is_empty(),
+        "the hand-off of an agent that never ran lists {:?} (was {:?}): nobody renews their lease\n{log}",
+        h.blocks,
+        first.blocks
+    );
+}
+
 #[test]
 fn a_revoked_lease_is_replaced_and_the_same_blocks_claimed_again() {
     let c = Cluster::new("revoke");
