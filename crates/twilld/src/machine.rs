@@ -22,9 +22,11 @@
 //! Safety rule of the hand-off (checked before every action): it never lists a block the
 //! node does not hold under a lease it knows to be alive. At start it is cut to nothing until
 //! the blocks are confirmed (twill-cni answers "try again", code 11, meanwhile); a block
-//! lost (lease expired, revoked, deleted or taken over in the store) leaves it at once; and
-//! when the lease may have run out while the store was unreachable, it lists nothing until a
-//! keep-alive or a new lease says again.
+//! lost (lease expired, revoked, deleted or taken over in the store) leaves it at once; a
+//! watch opened again (after it ended) is followed by a fresh read of the blocks, since the
+//! changes between its last event and its new start are never delivered; and when the lease may
+//! have run out while the store was unreachable, it lists nothing until a keep-alive or a
+//! new lease says again.
 
 use crate::autodetect::NodeIp;
 use crate::backend::{Peer, RoutingInputs};
@@ -1475,8 +1477,14 @@ impl Machine {
             }
             (Pending::Watch, StoreReply::Watching) => {
                 self.watching = true;
-                // Events before this watch may be lost: the nodes are listed again, once.
+                // A watch opened again starts from a fresh read, not from its last event:
+                // what changed in between is never delivered. So everything the events
+                // keep is read again: the nodes (listed once, at this watch's revision),
+                // the routing resources, and this node's blocks (the round re-reads them
+                // under its lease and drops those taken).
                 self.nodes = None;
+                self.resources_dirty = true;
+                self.need_reclaim = true;
                 self.redetect = true;
                 self.next_stage(Stage::Detect);
             }
@@ -2442,6 +2450,48 @@ mod tests {
         let (why, _) = n1.not_ready().unwrap();
         assert!(why.contains("no free block"), "{why}");
         assert_eq!(w.held_by("n2"), b);
+    }
+
+    #[test]
+    fn a_block_taken_while_the_watch_was_down_leaves_the_hand_off_when_it_watches_again() {
+        // A watch ends (its etcd member was killed, or its start was compacted) and is
+        // opened again from the revision of a fresh read: the changes between its last
+        // event and that read are never delivered. One of them took this node's block.
+        let mut w = World::new("mgap", "10.244.0.0/16", 24, 60, Some("10.244.7.0/24"));
+        let mut n1 = w.node("n1", &[], &[]);
+        w.run(&mut n1);
+        let b = net("10.244.7.0/24");
+        assert_eq!(n1.handoff, [b]);
+        n1.watch = None;
+        n1.m.handle(
+            w.now,
+            Input::WatchEnded("etcd closed the watch stream".into()),
+        );
+        // Meanwhile the block was freed and n2 took it.
+        let k = key(&block_key(b));
+        assert!(w.store.delete(&k).unwrap());
+        let n2_lease = w.store.grant(Duration::from_secs(60)).unwrap();
+        let taken = serde_json::to_vec(&Block {
+            cidr: b,
+            node: "n2".into(),
+            claimed_at: 1_700_000_001,
+        })
+        .unwrap();
+        w.store.create(&k, &taken, Some(n2_lease)).unwrap().unwrap();
+        // The next round watches again, from now: the change is behind it.
+        w.now += MAX_WAIT;
+        w.run(&mut n1);
+        assert!(
+            n1.handoff.is_empty(),
+            "a block held by n2 is still in n1's hand-off: {:?}",
+            n1.handoffs
+        );
+        assert!(n1.said("now held by another node"), "{:?}", n1.logs);
+        assert!(n1
+            .not_ready()
+            .is_some_and(|(why, _)| why.contains("no free block")));
+        assert_eq!(w.held_by("n2"), [b]);
+        assert!(w.held_by("n1").is_empty());
     }
 
     #[test]
