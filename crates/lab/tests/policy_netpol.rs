@@ -110,10 +110,12 @@ fn pod_selector(lab: &PolicyLab) {
 }
 
 fn namespace_selector(lab: &PolicyLab) {
+    // As upstream's case does, on the label Twill sets on every namespace itself (the
+    // lab's namespaces were applied with `ns=<name>` only): a selector on it works.
     lab.apply(&np(
         "x",
         "allow-other-ns",
-        "podSelector: {matchLabels: {pod: a}}\ningress:\n- from:\n  - namespaceSelector:\n      matchExpressions: [{key: ns, operator: NotIn, values: [x]}]",
+        "podSelector: {matchLabels: {pod: a}}\ningress:\n- from:\n  - namespaceSelector:\n      matchExpressions: [{key: kubernetes.io/metadata.name, operator: NotIn, values: [x]}]",
     ));
     let mut r = Reachability::new(true);
     r.expect_all_ingress(Peer::pod("x", "a"), false)

@@ -24,13 +24,30 @@ use twill_policy::cluster::{Change, Cluster};
 use twill_policy::compile::CounterOf;
 use twill_policy::compile_diff::{diff, Op};
 use twill_policy::compile_incr::Compiler;
-use twill_store::{Event, Store};
+use twill_store::{Event, KeyRange, Store, PREFIX};
 
 use crate::log as logfmt;
 use dataplane::Dataplane;
 
-/// Everything under the store's root: the cluster keeps the policy prefixes only.
-const ROOT: &str = "/twill/v1/";
+/// Listed once per watch: everything under the store's root (the cluster keeps the
+/// policy prefixes only).
+const ROOT: &str = PREFIX;
+
+/// What the policy thread watches: one range from `endpoints/` to the end of
+/// `podlabels/`. Sorted, it holds every kind a [`Cluster`] is built from
+/// ([`twill_policy::cluster::PREFIXES`]: `endpoints/`, `globalnetworkpolicies/`,
+/// `namespaces/`, `networkpolicies/`, `podlabels/`) and, in between, only `nodeconfigs/`,
+/// `nodes/` and `peers/` (rare writes: peer views above 64 peers are problems only). What
+/// nodes write most and policy never reads stays out: `allocations/` (every pod ADD),
+/// `blocks/`, `routingstatus/` (every second of BGP churn), `bgpconfig`, `bgppeers/` and
+/// `config`.
+pub fn policy_watch() -> KeyRange {
+    use twill_api::policy::{PREFIX_ENDPOINTS, PREFIX_POD_LABELS};
+    KeyRange::Between {
+        from: format!("{PREFIX}{PREFIX_ENDPOINTS}"),
+        to: format!("{PREFIX}{}0", PREFIX_POD_LABELS.trim_end_matches('/')),
+    }
+}
 /// How often drop counters are read and bridges of new pods looked up again.
 const TICK: Duration = Duration::from_secs(1);
 /// At most this many events are folded into one change.
@@ -402,7 +419,10 @@ impl Runner {
         };
         self.compiler = Some(new);
         self.apply(&cluster, ops, start.elapsed(), None);
-        let mut watch = self.store.watch(ROOT, rev).map_err(|e| e.to_string())?;
+        let mut watch = self
+            .store
+            .watch_range(&policy_watch(), rev)
+            .map_err(|e| e.to_string())?;
         let mut last_tick = Instant::now();
         while !self.stopping() {
             let first = watch.next(TICK).map_err(|e| e.to_string())?;
@@ -574,6 +594,45 @@ impl Runner {
                 });
                 self.in_kernel = false;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use twill_api::policy::{
+        endpoint_key, global_network_policy_key, namespace_key, network_policy_key, pod_labels_key,
+    };
+
+    #[test]
+    fn policy_watches_what_the_cluster_reads_and_not_what_nodes_churn() {
+        let r = policy_watch();
+        let key = |rel: &str| format!("{PREFIX}{rel}");
+        for p in twill_policy::cluster::PREFIXES {
+            assert!(r.contains(&key(&format!("{p}x"))), "{p} is needed");
+        }
+        for rel in [
+            endpoint_key("n1", "default", "p"),
+            pod_labels_key("default", "p"),
+            pod_labels_key("zzz", "zzz"),
+            namespace_key("x"),
+            network_policy_key("x", "deny"),
+            global_network_policy_key("g"),
+        ] {
+            assert!(r.contains(&key(&rel)), "{rel} is needed");
+        }
+        for rel in [
+            "allocations/n1",
+            "blocks/10.244.1.0-24",
+            "routingstatus/n1",
+            "bgpconfig",
+            "bgppeers/tor",
+            "config",
+            "podlabels0",
+            "endpoints",
+        ] {
+            assert!(!r.contains(&key(rel)), "{rel} is not");
         }
     }
 }
