@@ -6,6 +6,13 @@
 //! lease into one store operation at a time (the machine runs them, see
 //! [`crate::machine`]).
 //!
+//! When an endpoint of this node is deleted because its pod went (DEL or GC removed the
+//! record, or it was found stale at start), the pod's hand-set labels
+//! (`podlabels/<namespace>/<pod>`, from `twill label pod`) are deleted after it, as
+//! Kubernetes drops a deleted pod's labels with the pod, unless the pod is back on this
+//! node meanwhile. Labels of pods on a node that goes away without a DEL (the lease
+//! expires) are not collected.
+//!
 //! Once per lease the publisher first lists `endpoints/<node>/`: what it finds under
 //! another lease (an earlier run's, still alive) or none is rewritten if still desired
 //! and deleted if not, so a pod removed while the agent was down does not linger until
@@ -17,9 +24,11 @@
 
 pub mod watch;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use twill_api::cni::RecordExtra;
-use twill_api::policy::{endpoint_key, Endpoint, DEFAULT_NAMESPACE, PREFIX_ENDPOINTS};
+use twill_api::policy::{
+    endpoint_key, pod_labels_key, Endpoint, DEFAULT_NAMESPACE, PREFIX_ENDPOINTS,
+};
 use twill_ipam::records::Record;
 use twill_store::{Event, KeyValue, LeaseId, PREFIX};
 
@@ -119,6 +128,8 @@ pub enum Op {
         value: Vec<u8>,
     },
     Delete(String),
+    /// Delete a gone pod's `podlabels/<namespace>/<pod>` (no lease: `twill label` wrote it).
+    DropLabels(String),
 }
 
 /// What the agent has published and wants published.
@@ -134,6 +145,8 @@ pub struct Publisher {
     /// What the store holds under `lease` as far as we know; an empty value stands for a
     /// key held otherwise (another lease, or none), which is always rewritten or removed.
     published: BTreeMap<String, Vec<u8>>,
+    /// `podlabels/<namespace>/<pod>` of pods whose endpoint this publisher deleted.
+    drop_labels: BTreeSet<String>,
 }
 
 impl Publisher {
@@ -174,10 +187,26 @@ impl Publisher {
                 value: v.clone(),
             });
         }
-        self.published
+        if let Some(k) = self.published.keys().find(|k| !desired.contains_key(*k)) {
+            return Some(Op::Delete(k.clone()));
+        }
+        // A pod back on this node keeps its labels.
+        let back: Vec<String> = desired
             .keys()
-            .find(|k| !desired.contains_key(*k))
-            .map(|k| Op::Delete(k.clone()))
+            .filter_map(|k| self.labels_key(k))
+            .filter(|l| self.drop_labels.contains(l))
+            .collect();
+        for l in back {
+            self.drop_labels.remove(&l);
+        }
+        self.drop_labels.first().cloned().map(Op::DropLabels)
+    }
+
+    /// `podlabels/<namespace>/<pod>` of one of this node's endpoint keys.
+    fn labels_key(&self, endpoint: &str) -> Option<String> {
+        let rest = endpoint.strip_prefix(&node_prefix(&self.node))?;
+        let (ns, pod) = rest.split_once('/')?;
+        Some(pod_labels_key(ns, pod))
     }
 
     /// `op` (from [`Publisher::next`] under `lease`) succeeded; for a list, `listed` is
@@ -207,6 +236,12 @@ impl Publisher {
             }
             Op::Delete(key) => {
                 self.published.remove(key);
+                if let Some(l) = self.labels_key(key) {
+                    self.drop_labels.insert(l);
+                }
+            }
+            Op::DropLabels(key) => {
+                self.drop_labels.remove(key);
             }
         }
     }
@@ -335,7 +370,7 @@ mod tests {
                     store.insert(key.clone(), (value.clone(), Some(lease)));
                     vec![]
                 }
-                Op::Delete(key) => {
+                Op::Delete(key) | Op::DropLabels(key) => {
                     store.remove(key);
                     vec![]
                 }
@@ -372,10 +407,49 @@ mod tests {
                     key: "endpoints/n1/x/a".into(),
                     value: b"A2".to_vec()
                 },
-                Op::Delete("endpoints/n1/x/b".into())
+                Op::Delete("endpoints/n1/x/b".into()),
+                Op::DropLabels("podlabels/x/b".into()),
             ]
         );
         assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn a_gone_pods_hand_set_labels_go_after_it_unless_it_is_back() {
+        let l = LeaseId(7);
+        let mut store = BTreeMap::new();
+        let labels = |store: &mut BTreeMap<String, (Vec<u8>, Option<LeaseId>)>, pod: &str| {
+            store.insert(format!("podlabels/x/{pod}"), (b"{}".to_vec(), None));
+        };
+        let mut p = Publisher::new("n1");
+        p.set_desired(d(&[("endpoints/n1/x/a", "A"), ("endpoints/n1/x/b", "B")]));
+        drain(&mut p, l, &mut store);
+        labels(&mut store, "a");
+        labels(&mut store, "b");
+        labels(&mut store, "elsewhere");
+        // b goes (DEL): its endpoint, then its labels; a's and another pod's stay.
+        p.set_desired(d(&[("endpoints/n1/x/a", "A")]));
+        let ops = drain(&mut p, l, &mut store);
+        assert_eq!(
+            ops,
+            vec![
+                Op::Delete("endpoints/n1/x/b".into()),
+                Op::DropLabels("podlabels/x/b".into())
+            ]
+        );
+        assert!(store.contains_key("podlabels/x/a") && store.contains_key("podlabels/x/elsewhere"));
+        assert!(!store.contains_key("podlabels/x/b"));
+        // a goes and comes back before its labels were dropped: they stay.
+        p.set_desired(BTreeMap::new());
+        let op = p.next(l).unwrap();
+        assert_eq!(op, Op::Delete("endpoints/n1/x/a".into()));
+        p.done(l, &op, &[]);
+        store.remove("endpoints/n1/x/a");
+        p.set_desired(d(&[("endpoints/n1/x/a", "A")]));
+        let ops = drain(&mut p, l, &mut store);
+        assert!(matches!(&ops[..], [Op::Put { .. }]), "{ops:?}");
+        assert!(store.contains_key("podlabels/x/a"));
+        assert_eq!(p.next(l), None);
     }
 
     #[test]

@@ -655,7 +655,7 @@ impl Machine {
                 value: value.clone(),
                 lease: Some(lease),
             },
-            endpoints::Op::Delete(k) => StoreOp::Delete(key(k)),
+            endpoints::Op::Delete(k) | endpoints::Op::DropLabels(k) => StoreOp::Delete(key(k)),
         };
         self.store(Pending::Endpoint(lease, op), store_op);
         true
@@ -687,7 +687,9 @@ impl Machine {
                 let delay = self.endpoints_backoff.next_delay();
                 self.endpoints_retry = now + delay;
                 let what = match &op {
-                    endpoints::Op::List(k) | endpoints::Op::Delete(k) => k.clone(),
+                    endpoints::Op::List(k)
+                    | endpoints::Op::Delete(k)
+                    | endpoints::Op::DropLabels(k) => k.clone(),
                     endpoints::Op::Put { key, .. } => key.clone(),
                 };
                 self.log(
@@ -2180,13 +2182,19 @@ mod tests {
             "published under the lease; the stale one of this node removed"
         );
         // Records change while the machine sleeps: written at once, no round needed.
+        w.put("podlabels/x/a", br#"{"labels":{"k":"v"}}"#);
         let calls = n.store_calls;
         n.endpoints.clear();
         n.endpoints.insert("endpoints/n1/y/c".into(), b"C".to_vec());
         n.m.handle(w.now, Input::RecordsChanged);
         w.run(&mut n);
-        assert_eq!(n.store_calls, calls + 2, "one put, one delete");
+        assert_eq!(
+            n.store_calls,
+            calls + 3,
+            "one put, one delete, the gone pod's labels"
+        );
         assert_eq!(endpoint_keys(&w)[0].0, "endpoints/n1/y/c");
+        assert_eq!(w.store.get(&key("podlabels/x/a")).unwrap(), None);
         // The store down: no spinning, a retry after the backoff.
         n.down = true;
         n.endpoints.insert("endpoints/n1/y/d".into(), b"D".to_vec());

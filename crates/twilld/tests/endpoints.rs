@@ -5,7 +5,7 @@
 //! is set to 30 s: only its inotify watch can be that quick), holds what ADD knew (the
 //! addresses, the pod's MAC as the kernel has it, the host veth), is bound to the agent's
 //! lease, and goes with DEL, with GC, with a restart that finds it stale, and with the
-//! lease.
+//! lease; a pod's hand-set labels (`podlabels/`) go after it with DEL and GC.
 
 mod common;
 use common::*;
@@ -399,21 +399,32 @@ fn endpoints_follow_the_pods(store: &dyn Store, node: &mut Node) {
         median(vec![delay_a, delay_b, delay_c])
     );
 
-    // DEL: the endpoint goes at once.
+    // Labels set by hand (`twill label pod`) on a, b and c: they go with their pod.
+    let labels = |rel: &str| format!("/twill/v1/podlabels/{rel}");
+    for rel in ["x/a", "default/twlcid-b", "y/c"] {
+        store
+            .put(&labels(rel), br#"{"labels":{"hand":"set"}}"#, None)
+            .unwrap();
+    }
+    let has_labels = |rel: &str| store.get(&labels(rel)).unwrap().is_some();
+
+    // DEL: the endpoint goes at once, then the pod's hand-set labels.
     node.del("twlcid-a", &pods[0]);
     wait_for("x/a to leave with DEL", Duration::from_secs(10), || {
-        endpoint_kv(store, "endpoints/node0/x/a")
-            .is_none()
-            .then_some(())
+        (endpoint_kv(store, "endpoints/node0/x/a").is_none() && !has_labels("x/a")).then_some(())
     });
+    assert!(has_labels("default/twlcid-b") && has_labels("y/c"));
     // GC: only c is valid; b goes.
     let mut gc: Value = serde_json::from_slice(&node.conf(json!({}))).unwrap();
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "twlcid-c", "ifname": "eth0"}]);
     let (ok, v) = node.cni("GC", "", &pods[0].name, "", gc.to_string().as_bytes());
     assert!(ok, "GC: {v}");
     wait_for("b to leave with GC", Duration::from_secs(10), || {
-        (endpoint_keys(store, "node0") == ["endpoints/node0/y/c"]).then_some(())
+        (endpoint_keys(store, "node0") == ["endpoints/node0/y/c"]
+            && !has_labels("default/twlcid-b"))
+        .then_some(())
     });
+    assert!(has_labels("y/c"), "a live pod keeps its labels");
 
     // Restart: while the agent is down, c is deleted and d added. The new agent removes
     // c's endpoint (still under the old lease, which is alive) and publishes d's.
