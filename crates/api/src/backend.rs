@@ -116,6 +116,13 @@ impl BackendKind {
         matches!(self, BackendKind::Bgp)
     }
 
+    /// The backend keeps sessions with the other nodes (bgp): it hears of a node joining
+    /// or leaving as soon as the agent's watch does, between passes, rather than at the
+    /// agent's next round.
+    pub const fn takes_peers_between_passes(self) -> bool {
+        matches!(self, BackendKind::Bgp)
+    }
+
     fn list() -> String {
         BackendKind::ALL.map(|k| k.name()).join(", ")
     }

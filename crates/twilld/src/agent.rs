@@ -262,6 +262,9 @@ struct Runner {
     /// What wakes the loop early: store events (from the watch's thread) and the backend.
     wake_tx: Sender<Wake>,
     wake_rx: Receiver<Wake>,
+    /// Wakes taken off `wake_rx` in the middle of a round that must wait for its end (see
+    /// [`Machine::takes_mid_round`]), in their order; handed in before anything newer.
+    held_back: std::collections::VecDeque<Input>,
     /// The current watch; a thread of an older one stops and its events are dropped.
     watch_gen: Arc<AtomicU64>,
     watch_thread: Option<std::thread::JoinHandle<()>>,
@@ -341,6 +344,7 @@ impl Runner {
             net: None,
             wake_tx,
             wake_rx,
+            held_back: Default::default(),
             watch_gen: Arc::new(AtomicU64::new(0)),
             watch_thread: None,
             reconciled: false,
@@ -370,6 +374,8 @@ impl Runner {
                 while let Some(input) = self.queued() {
                     self.machine.handle(Instant::now(), input);
                 }
+            } else {
+                self.mid_round();
             }
         }
         self.stop_routing();
@@ -454,6 +460,12 @@ impl Runner {
             )),
             Action::ProbePeers { node_ip, peers } => {
                 Some(Input::PeerView(self.probe_peers(&node_ip, &peers)))
+            }
+            Action::Peers(peers) => {
+                if let Some(net) = self.net.as_mut() {
+                    net.routing.peers_changed(&peers);
+                }
+                None
             }
             Action::WriteHandOff(blocks) => Some(Input::Written(
                 self.write_handoff(blocks).map_err(|e| e.to_string()),
@@ -555,6 +567,9 @@ impl Runner {
             .as_ref()
             .filter(|_| self.reconciled)
             .map(|n| n.routing.next_wake().max(self.backend_woke + BACKEND_GAP));
+        if let Some(input) = self.held_back.pop_front() {
+            return Some(input);
+        }
         let deadline = backend_due.map_or(until, |b| b.min(until));
         let d = deadline
             .saturating_duration_since(Instant::now())
@@ -589,8 +604,36 @@ impl Runner {
         }
     }
 
+    /// Between two actions of a round: the node events already queued go in now (the
+    /// machine then hands the backend the new peers before the round's pass: a reflector
+    /// peers with a joining client while its own round still waits on the store); any
+    /// other wake is held back, in order, for the round's end.
+    fn mid_round(&mut self) {
+        while let Ok(w) = self.wake_rx.try_recv() {
+            let Some(input) = self.input_of(w) else {
+                continue;
+            };
+            match input {
+                // Never ahead of an older event of the same key held back.
+                Input::Watch(ev)
+                    if self.machine.takes_mid_round(&ev)
+                        && !self
+                            .held_back
+                            .iter()
+                            .any(|h| matches!(h, Input::Watch(old) if old.key() == ev.key())) =>
+                {
+                    self.machine.handle(Instant::now(), Input::Watch(ev))
+                }
+                other => self.held_back.push_back(other),
+            }
+        }
+    }
+
     /// The next wake already queued, without waiting (None: the queue is empty).
-    fn queued(&self) -> Option<Input> {
+    fn queued(&mut self) -> Option<Input> {
+        if let Some(input) = self.held_back.pop_front() {
+            return Some(input);
+        }
         loop {
             let w = self.wake_rx.try_recv().ok()?;
             if let Some(input) = self.input_of(w) {

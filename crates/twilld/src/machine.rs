@@ -171,6 +171,11 @@ pub enum Action {
         node_ip: NodeIp,
         peers: Vec<Peer>,
     },
+    /// The other nodes changed (watch events) before the round's pass: hand them to the
+    /// backend now ([`crate::routing::Routing::peers_changed`]), for the backends that
+    /// take them between passes (bgp: a reflector peers with a client that just joined
+    /// without waiting for the round). The pass still follows. No reply.
+    Peers(Vec<Peer>),
     /// Write the hand-off with exactly these blocks. Reply: [`Input::Written`].
     WriteHandOff(Vec<Ipv4Net>),
     /// Write the memory of the blocks. Reply: [`Input::Written`].
@@ -184,7 +189,10 @@ pub enum Action {
 impl Action {
     /// Whether [`Machine::handle`] must get the answer before the next poll.
     pub fn needs_reply(&self) -> bool {
-        !matches!(self, Action::Log(_) | Action::Report(_) | Action::Sleep(_))
+        !matches!(
+            self,
+            Action::Log(_) | Action::Report(_) | Action::Peers(_) | Action::Sleep(_)
+        )
     }
 }
 
@@ -408,6 +416,12 @@ pub struct Machine {
     nodes: Option<routing::NodeMap>,
     /// `peers` is behind `nodes`.
     peers_dirty: bool,
+    /// A watch event changed `nodes` since the last [`Action::Peers`] (only for backends
+    /// that take peers between passes).
+    peers_news: bool,
+    /// A change that wants a round came during one (see [`Machine::takes_mid_round`]): the
+    /// next round starts as soon as this one ends.
+    again: bool,
     peers_published: Publisher,
     /// The routing resources, read while the backend uses them.
     inputs: RoutingInputs,
@@ -481,6 +495,8 @@ impl Machine {
             peers: Vec::new(),
             nodes: None,
             peers_dirty: true,
+            peers_news: false,
+            again: false,
             peers_published: Publisher::spread(claims::seed(&p.node)),
             inputs: RoutingInputs::default(),
             resources_dirty: true,
@@ -567,6 +583,13 @@ impl Machine {
         loop {
             if let Some(a) = self.out.pop_front() {
                 return a;
+            }
+            if std::mem::take(&mut self.peers_news) {
+                if let Some(nodes) = &self.nodes {
+                    self.peers = nodes.peers();
+                    self.peers_dirty = false;
+                    return Action::Peers(self.peers.clone());
+                }
             }
             if let Some((p, a)) = self.follow.take() {
                 self.pending = Some(p);
@@ -1179,9 +1202,11 @@ impl Machine {
         self.reclaiming = None;
         self.claiming = None;
         self.measured = None;
+        let again = std::mem::take(&mut self.again);
         self.wake = match e {
             End::Ready(next) => {
                 self.backoff.reset();
+                let next = if again { now } else { next };
                 if self.last_problem.take().is_some() {
                     let node = self.p.node.clone();
                     self.log(Level::Info, "node ready", fields(&[("node", &node)]));
@@ -1814,6 +1839,7 @@ impl Machine {
             let changed = self.nodes.as_mut().is_none_or(|m| m.apply(&ev));
             if changed {
                 self.peers_dirty = true;
+                self.peers_news = self.nodes.is_some() && self.takes_peers_between_passes();
                 self.wake_now(now);
             }
         } else if let Some(b) = block_from_key(rel).filter(|b| self.held.contains(b)) {
@@ -1844,7 +1870,30 @@ impl Machine {
     fn wake_now(&mut self, now: Instant) {
         if self.stage.is_none() {
             self.wake = self.wake.min(now);
+        } else {
+            self.again = true;
         }
+    }
+
+    fn takes_peers_between_passes(&self) -> bool {
+        self.net
+            .as_ref()
+            .is_some_and(|(c, _)| c.backend.kind().takes_peers_between_passes())
+    }
+
+    /// Whether the loop may hand in this watch event in the middle of a round, between two
+    /// of its actions, instead of waiting for the round's end: another node's key, with a
+    /// backend that takes peers between passes. Such an event only updates the node map;
+    /// the next poll hands the backend the new peers ([`Action::Peers`]) and another round
+    /// follows this one. Every other event waits for the round's end, as before.
+    pub fn takes_mid_round(&self, ev: &Event) -> bool {
+        self.takes_peers_between_passes()
+            && self.nodes.is_some()
+            && ev
+                .key()
+                .strip_prefix(PREFIX)
+                .and_then(|rel| rel.strip_prefix(PREFIX_NODES))
+                .is_some_and(|name| name != self.p.node && !name.is_empty() && !name.contains('/'))
     }
 }
 
@@ -1881,6 +1930,12 @@ mod tests {
         endpoints: Desired,
         /// What the backend answers to a Reconcile.
         routing: Option<RoutingStatus>,
+        /// What the machine asked of the loop, in order: `reconcile [peers]`,
+        /// `peers [peers]` ([`Action::Peers`]), `store` (any store call), `sleep`.
+        trace: Vec<String>,
+        /// Watch events seen mid-round that must wait for the round's end, as the loop
+        /// holds them back.
+        held_back: VecDeque<Event>,
     }
 
     struct World {
@@ -1948,6 +2003,8 @@ mod tests {
                 reconciles: Vec::new(),
                 routing: None,
                 endpoints: Desired::new(),
+                trace: Vec::new(),
+                held_back: VecDeque::new(),
             }
         }
 
@@ -1965,16 +2022,28 @@ mod tests {
             self.store.put(&key(rel), value, None).unwrap();
         }
 
-        /// Runs `n` until it sleeps (watch events seen meanwhile are fed in); the wake time.
+        /// Runs `n` until it sleeps (watch events seen meanwhile are fed in as the loop
+        /// does: between a round's actions those [`Machine::takes_mid_round`] takes, the
+        /// rest at its end); the wake time.
         fn run(&self, n: &mut Node) -> Instant {
+            let names = |peers: &[Peer]| {
+                peers
+                    .iter()
+                    .map(|p| p.name.clone())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
             for _ in 0..10_000 {
                 let a = n.m.poll(self.now);
+                let mid_round = !matches!(a, Action::Sleep(_));
                 let input = match a {
                     Action::Sleep(until) => {
-                        let ev = n
-                            .watch
-                            .as_mut()
-                            .and_then(|w| w.next(Duration::ZERO).ok().flatten());
+                        n.trace.push("sleep".into());
+                        let ev = n.held_back.pop_front().or_else(|| {
+                            n.watch
+                                .as_mut()
+                                .and_then(|w| w.next(Duration::ZERO).ok().flatten())
+                        });
                         match ev {
                             Some(ev) => Input::Watch(ev),
                             None => return until,
@@ -1982,7 +2051,15 @@ mod tests {
                     }
                     Action::Store(op) => {
                         n.store_calls += 1;
-                        Input::Store(self.exec(n, op))
+                        n.trace.push("store".into());
+                        let r = Input::Store(self.exec(n, op));
+                        n.m.handle(self.now, r);
+                        self.mid_round(n);
+                        continue;
+                    }
+                    Action::Peers(peers) => {
+                        n.trace.push(format!("peers {}", names(&peers)));
+                        continue;
                     }
                     Action::UseConfig(_) => Input::Backend(Ok(())),
                     Action::DetectNodeIp(_) => Input::NodeIp(Ok(NodeIp {
@@ -1998,7 +2075,8 @@ mod tests {
                         endpoints: n.endpoints.clone(),
                     })),
                     Action::ReadEndpoints => Input::Endpoints(Some(n.endpoints.clone())),
-                    Action::Reconcile { inputs, .. } => {
+                    Action::Reconcile { inputs, peers, .. } => {
+                        n.trace.push(format!("reconcile {}", names(&peers)));
                         n.reconciles.push(*inputs);
                         Input::Reconciled(n.routing.clone())
                     }
@@ -2022,8 +2100,29 @@ mod tests {
                     }
                 };
                 n.m.handle(self.now, input);
+                if mid_round {
+                    self.mid_round(n);
+                }
             }
             panic!("the machine never slept");
+        }
+
+        /// The loop's [`crate::agent`] `mid_round`: the events the watch has now go in if
+        /// the machine takes them mid-round (and none of their key is held back), else
+        /// wait.
+        fn mid_round(&self, n: &mut Node) {
+            while let Some(ev) = n
+                .watch
+                .as_mut()
+                .and_then(|w| w.next(Duration::ZERO).ok().flatten())
+            {
+                let behind = n.held_back.iter().any(|h| h.key() == ev.key());
+                if n.m.takes_mid_round(&ev) && !behind {
+                    n.m.handle(self.now, Input::Watch(ev));
+                } else {
+                    n.held_back.push_back(ev);
+                }
+            }
         }
 
         fn exec(&self, n: &mut Node, op: StoreOp) -> Result<StoreReply, StoreError> {
@@ -2746,6 +2845,96 @@ mod tests {
                 prefixes_advertised: 1,
             }],
         }
+    }
+
+    #[test]
+    fn with_bgp_a_node_joining_mid_round_reaches_the_backend_at_once_and_another_round_follows() {
+        let w = World::new("mbgpjoin", "10.244.0.0/16", 26, 60, None);
+        w.set_backend(twill_api::resources::BackendSpec::Bgp);
+        let status = |n: &str, last: u8| {
+            serde_json::to_vec(&NodeStatus {
+                name: n.into(),
+                address: Ipv4Addr::new(192, 0, 2, last),
+                autodetection: "nodeIP".into(),
+                reason: "set".into(),
+                blocks: vec![net(&format!("10.244.{last}.0/26"))],
+                started_at: 1,
+                agent_version: "test".into(),
+            })
+            .unwrap()
+        };
+        w.put("nodes/n2", &status("n2", 12));
+        let mut n = w.node("n1", &[], &[]);
+        w.run(&mut n);
+        assert!(n.ready(), "{:?}", n.reports);
+        // Asleep: a node joining is handed to the backend before the round it wakes.
+        n.trace.clear();
+        w.put("nodes/n3", &status("n3", 13));
+        w.run(&mut n);
+        assert_eq!(n.trace[..2], ["sleep", "peers n2,n3"], "{:?}", n.trace);
+        assert!(
+            n.trace.contains(&"reconcile n2,n3".to_string()),
+            "{:?}",
+            n.trace
+        );
+        // Mid-round: n4 joins while the round waits on the store (here its write of the
+        // routing status, after the pass). The backend gets n4 at once, between that
+        // store call and the round's next step, not at the next round's pass; that next
+        // round follows at once (nothing else would wake it) and reconciles n4 too.
+        n.routing = Some(routing_status("Established"));
+        let payload = status("n4", 14);
+        n.hook = Some(Box::new(move |op, store| {
+            if let StoreOp::Put { key: k, .. } = op {
+                if k.contains(PREFIX_ROUTING_STATUS) {
+                    store.put(&key("nodes/n4"), &payload, None).unwrap();
+                }
+            }
+            None
+        }));
+        w.put("nodes/n5", &status("n5", 15));
+        n.trace.clear();
+        w.run(&mut n);
+        let at = |what: &str| n.trace.iter().position(|t| t == what);
+        let (first_pass, early, second_pass) = (
+            at("reconcile n2,n3,n5").expect("the pass for n5"),
+            at("peers n2,n3,n4,n5").expect("n4 handed on by itself"),
+            at("reconcile n2,n3,n4,n5").expect("a pass for n4"),
+        );
+        assert!(first_pass < early && early < second_pass, "{:?}", n.trace);
+        assert_eq!(n.trace[early - 1], "store", "{:?}", n.trace);
+        assert!(
+            !n.trace[first_pass..second_pass].contains(&"sleep".to_string()),
+            "the round for n4 waited: {:?}",
+            n.trace
+        );
+        // The event was taken once: no round of its own after that.
+        let passes = n
+            .trace
+            .iter()
+            .filter(|t| t.starts_with("reconcile"))
+            .count();
+        assert_eq!(passes, 2, "{:?}", n.trace);
+    }
+
+    #[test]
+    fn with_other_backends_node_events_wait_for_the_round_s_end() {
+        let w = World::new("mhostgw", "10.244.0.0/16", 26, 60, None);
+        w.set_backend(twill_api::resources::BackendSpec::HostGw);
+        let ev = Event::Put(KeyValue {
+            key: key("nodes/n2"),
+            value: b"{}".to_vec(),
+            create_revision: 1,
+            mod_revision: 1,
+            lease: None,
+        });
+        let mut n = w.node("n1", &[], &[]);
+        w.run(&mut n);
+        assert!(!n.m.takes_mid_round(&ev));
+        assert!(
+            !n.trace.iter().any(|t| t.starts_with("peers")),
+            "{:?}",
+            n.trace
+        );
     }
 
     #[test]

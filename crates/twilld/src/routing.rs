@@ -12,6 +12,8 @@
 //!   resync, retries) even if nothing else happens;
 //! - [`Routing::reconcile`] with this node and its peers, whenever it wakes: cheap when
 //!   nothing is due (returns `None`);
+//! - [`Routing::peers_changed`] when a watch event changed the other nodes, before the
+//!   round that reconciles them (bgp starts the sessions at once);
 //! - [`Routing::pod_mtu`] for the hand-off; [`Routing::stop`] (also on drop).
 
 use crate::backend::{self, BackendError, BackendKind, Driver, Local, Peer, RoutingInputs, Waker};
@@ -213,6 +215,17 @@ impl Routing {
     /// makes the next [`Routing::reconcile`] a pass.
     pub fn set_inputs(&mut self, inputs: RoutingInputs) {
         self.driver.set_inputs(inputs);
+    }
+
+    /// The other nodes changed (a watch event), before the pass that follows: a backend
+    /// that keeps sessions with them (bgp) gets the list at once, so a node joining is
+    /// peered with without waiting for the agent's round and kernel pass. Failures are
+    /// logged; the pass retries them.
+    pub fn peers_changed(&mut self, peers: &[Peer]) {
+        let name = self.driver.backend().name();
+        for f in self.driver.peers_changed(peers) {
+            log::error("could not program", &[("backend", &name), ("op", &f)]);
+        }
     }
 
     /// The backend's routing sessions (None: it runs none).

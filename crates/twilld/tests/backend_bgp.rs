@@ -930,3 +930,85 @@ fn an_as_per_node_makes_an_ebgp_mesh_that_routes_every_block() {
         }
     }
 }
+
+/// The bgp backend driven as the agent's loop drives it (twilld's `Routing`, its speaker
+/// spawned in the node's namespace), for the path between passes.
+fn bgp_routing(node: &TestNetns, state: &std::path::Path) -> twilld::routing::Routing {
+    twilld::routing::Routing::new(&twill_api::resources::BackendSpec::Bgp, state)
+        .unwrap()
+        .in_netns(Netns::open(node.path()).unwrap())
+}
+
+fn local_of(i: usize) -> twilld::backend::Local {
+    twilld::backend::Local {
+        name: format!("n{i}"),
+        address: format!("192.0.2.1{i}").parse().unwrap(),
+        uplink: "eth0".into(),
+        uplink_cidr: "192.0.2.0/24".parse().unwrap(),
+        blocks: vec![format!("10.244.{i}.0/24").parse().unwrap()],
+        mtu_uplink: 1500,
+        pod_wiring: PodWiring::L3,
+    }
+}
+
+fn peer_of(l: &twilld::backend::Local) -> twilld::backend::Peer {
+    twilld::backend::Peer {
+        name: l.name.clone(),
+        address: l.address,
+        blocks: l.blocks.clone(),
+        vtep_mac: None,
+    }
+}
+
+/// A reflector hears of a joining client from the watch while its own round still waits
+/// (on the store, on its kernel pass): `Routing::peers_changed` alone, with no pass after
+/// it, must give the client its session and both kernels their routes.
+#[test]
+fn a_node_that_joins_gets_its_session_and_routes_between_passes() {
+    twill_testkit::require_root("a_node_that_joins_gets_its_session_and_routes_between_passes");
+    let c = cluster("twlbbjn", 2);
+    let (l1, l2) = (local_of(1), local_of(2));
+    let mut r1 = bgp_routing(&c.nodes[0], &c.dir.path.join("state1"));
+    let mut r2 = bgp_routing(&c.nodes[1], &c.dir.path.join("state2"));
+    let n1 = Netns::open(c.nodes[0].path()).unwrap();
+    let n2 = Netns::open(c.nodes[1].path()).unwrap();
+    // n1 runs alone: one pass, no peer. n2 starts knowing n1 (its pass lists it).
+    let pass = run_in(&n1, || r1.reconcile(&l1, &[])).unwrap().unwrap();
+    assert!(pass.unwrap().failures.is_empty());
+    let pass = run_in(&n2, || r2.reconcile(&l2, &[peer_of(&l1)]))
+        .unwrap()
+        .unwrap();
+    assert!(pass.unwrap().failures.is_empty());
+    // Control: n1 does not know n2, so no session and no route, however long n2 tries.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(bgp_routes(&c.nodes[0]), vec![], "n1 peered unasked");
+    // The watch tells n1 of n2: the list goes to its speaker now, and no pass follows.
+    let t0 = Instant::now();
+    run_in(&n1, || r1.peers_changed(&[peer_of(&l2)])).unwrap();
+    let want = |i: usize| vec![(format!("10.244.{i}.0/24"), format!("192.0.2.1{i}"))];
+    wait("n1 routes to n2's block", Duration::from_secs(10), || {
+        let got = bgp_routes(&c.nodes[0]);
+        (got == want(2)).then_some(()).ok_or(format!("{got:?}"))
+    });
+    wait("n2 routes to n1's block", Duration::from_secs(10), || {
+        let got = bgp_routes(&c.nodes[1]);
+        (got == want(1)).then_some(()).ok_or(format!("{got:?}"))
+    });
+    let took = t0.elapsed();
+    // The pass that follows in the agent finds the list already there: it changes nothing
+    // (the session stays up).
+    let pass = run_in(&n1, || r1.reconcile(&l1, &[peer_of(&l2)]))
+        .unwrap()
+        .unwrap()
+        .expect("the peers differ from the last pass");
+    assert!(pass.failures.is_empty(), "{:?}", pass.failures);
+    let st = r1.routing_status().expect("a bgp status");
+    assert_eq!(st.peers.len(), 1, "{st:?}");
+    assert_eq!(st.peers[0].state, "Established", "{st:?}");
+    assert_eq!(st.peers[0].node.as_deref(), Some("n2"), "{st:?}");
+    eprintln!(
+        "session and routes {:.3} s after peers_changed",
+        took.as_secs_f64()
+    );
+    drop((r1, r2));
+}

@@ -134,6 +134,17 @@ impl Driver {
         failures
     }
 
+    /// The other nodes changed between passes: the backend hears of it now
+    /// ([`Backend::peers_changed`], with the last pass's `local`); the pass still follows
+    /// (the inputs differ from the last pass's). Before the first pass: nothing (that pass
+    /// is the first news).
+    pub fn peers_changed(&mut self, peers: &[Peer]) -> Vec<String> {
+        match &self.last {
+            Some((local, _)) if self.started => self.backend.peers_changed(local, peers),
+            _ => Vec::new(),
+        }
+    }
+
     /// The pass could not even read the kernel: try again soon.
     pub fn failed(&mut self, now: Instant) {
         self.next_pass = now + RETRY;

@@ -438,6 +438,14 @@ pub trait Backend: Send {
         Vec::new()
     }
 
+    /// The other nodes changed (a watch event), between two passes: a backend whose sessions
+    /// follow the peer list (bgp's) hands it on now instead of at the next pass, which
+    /// still follows. `local` is the last pass's. Returns what failed, in words.
+    fn peers_changed(&mut self, local: &Local, peers: &[Peer]) -> Vec<String> {
+        let _ = (local, peers);
+        Vec::new()
+    }
+
     /// The routing resources and pod addresses changed (only backends that read them get
     /// any: see [`RoutingInputs`]); a pass follows.
     fn set_inputs(&mut self, inputs: &RoutingInputs) {

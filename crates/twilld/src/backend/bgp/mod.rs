@@ -5,10 +5,13 @@
 //!   node's Node resource (AS, route reflector cluster ID, router ID, labels), which the
 //!   agent's machine reads and watches for this backend ([`RoutingInputs`]). The network
 //!   config says only `backend: bgp`.
-//! - **Sessions**: [`sessions::plan`] (pure) decides them on every pass; the speaker gets
-//!   the list ([`Embedded::set_peers`]: new peers start, removed ones get Cease 6/3 and
-//!   their routes leave the kernel, unchanged ones keep their sessions). Password files
-//!   are read here, at the edge: a file that cannot be read leaves that one peer out.
+//! - **Sessions**: [`sessions::plan`] (pure) decides them on every pass, and also as soon
+//!   as a watch event changes the other nodes ([`Backend::peers_changed`]: a reflector
+//!   peers with a client that just joined without waiting for the agent's round); the
+//!   speaker gets the list ([`Embedded::set_peers`]: new peers start, removed ones get
+//!   Cease 6/3 and their routes leave the kernel, unchanged ones keep their sessions).
+//!   Password files are read here, at the edge: a file that cannot be read leaves that one
+//!   peer out.
 //! - **Announcements** ([`originated`], pure): this node's blocks as aggregates, plus a /32
 //!   for every pod address (twill-cni's records) outside them, each with the
 //!   BGPConfiguration's communities; only the difference goes out.
@@ -479,36 +482,33 @@ impl Backend for Bgp {
             self.edge_problems = vec![e.clone()];
             return vec![e];
         }
-        let mut failures = Vec::new();
-        let mut edge = Vec::new();
-        let read = |f: &str| std::fs::read_to_string(f);
-        let mut list = Vec::new();
-        self.planned.clear();
-        for s in &plan.sessions {
-            self.planned
-                .insert(s.peer.address.ip, (s.peer_type, s.node.clone()));
-            match speaker_peer(s, &read) {
-                Ok(p) => list.push(p),
-                Err(e) => edge.push(e),
-            }
-        }
+        let mut failures = self.send_peers(&plan);
         let announce = originated(&local.blocks, &self.inputs.pod_ips, &plan.communities);
         let (sp, _) = self.speaker.as_ref().expect("started above");
-        if self.sent_peers.as_ref() != Some(&list) {
-            match sp.set_peers(list.clone()) {
-                Ok(()) => self.sent_peers = Some(list),
-                Err(e) => failures.push(format!("BGP peers not applied: {e}")),
-            }
-        }
         if self.sent_originated.as_ref() != Some(&announce) {
             match sp.set_originated(announce.clone()) {
                 Ok(()) => self.sent_originated = Some(announce),
                 Err(e) => failures.push(format!("BGP announcements not applied: {e}")),
             }
         }
-        self.edge_problems = edge;
         self.refresh_status();
         failures
+    }
+
+    /// Between passes: the planned sessions for the new peer list go to the running
+    /// speaker now (a reflector peers with a client that just joined without waiting for
+    /// the agent's round). A change of the speaker's identity waits for the pass, which
+    /// restarts it.
+    fn peers_changed(&mut self, local: &Local, peers: &[Peer]) -> Vec<String> {
+        let plan = session_plan(local, peers, &self.inputs);
+        let same = self
+            .speaker
+            .as_ref()
+            .is_some_and(|(_, id)| *id == Identity::of(&plan, local));
+        if !same {
+            return Vec::new();
+        }
+        self.send_peers(&plan)
     }
 
     fn next_timer(&self) -> Option<Instant> {
@@ -595,6 +595,36 @@ impl Backend for Bgp {
 }
 
 impl Bgp {
+    /// Hands the running speaker the peers of `plan` if they differ from what it has
+    /// (password files read here); remembers what is planned for the status. Returns what
+    /// failed.
+    fn send_peers(&mut self, plan: &SessionPlan) -> Vec<String> {
+        let mut failures = Vec::new();
+        let mut edge = Vec::new();
+        let read = |f: &str| std::fs::read_to_string(f);
+        let mut list = Vec::new();
+        self.planned.clear();
+        for s in &plan.sessions {
+            self.planned
+                .insert(s.peer.address.ip, (s.peer_type, s.node.clone()));
+            match speaker_peer(s, &read) {
+                Ok(p) => list.push(p),
+                Err(e) => edge.push(e),
+            }
+        }
+        self.edge_problems = edge;
+        let Some((sp, _)) = self.speaker.as_ref() else {
+            return failures;
+        };
+        if self.sent_peers.as_ref() != Some(&list) {
+            match sp.set_peers(list.clone()) {
+                Ok(()) => self.sent_peers = Some(list),
+                Err(e) => failures.push(format!("BGP peers not applied: {e}")),
+            }
+        }
+        failures
+    }
+
     /// The peers whose sessions are up.
     fn established(&self) -> Vec<PeerAddress> {
         self.status
