@@ -232,6 +232,7 @@ pub fn run(opts: &Options) -> Result<AgentsFigures> {
             peer: (Ipv4Addr::LOCALHOST, ETCD_PEER_PORT).into(),
         }],
         timings: etcd::Timings::QUICK,
+        nice: None,
     };
     guard.etcd = etcd::start(&cluster)?.pop();
     let etcd_url = format!("http://127.0.0.1:{ETCD_CLIENT_PORT}");

@@ -111,6 +111,9 @@ enum Bench {
         /// The measured idle window, in seconds.
         #[arg(long, default_value_t = 60.0)]
         idle_seconds: f64,
+        /// Between the join and the idle window (steady state: past the first peer-view refresh, 150 s).
+        #[arg(long, default_value_t = 5.0)]
+        settle_seconds: f64,
         /// The twilld binary; default: next to this binary.
         #[arg(long)]
         twilld: Option<PathBuf>,
@@ -238,6 +241,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Bench::Scale {
             agents,
             idle_seconds,
+            settle_seconds,
             twilld,
             etcd,
             cleanup,
@@ -248,6 +252,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let figures = scale::run(&scale::Options {
                 agents,
                 idle_seconds,
+                settle_seconds,
                 twilld: sibling(twilld, "twilld")?,
                 etcd,
             })?;

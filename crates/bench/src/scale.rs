@@ -43,12 +43,19 @@ pub const MAX_AGENTS: usize = 2000;
 const AGENT_PORT: u16 = 9099;
 /// etcd members: client and peer ports on the underlay address.
 const MEMBERS: [(u16, u16); 3] = [(2379, 2380), (2479, 2480), (2579, 2580)];
+/// The etcd members' nice value: above the agents, so that sharing 2 cores with N agents
+/// does not cost the cluster its leader (see [`etcd::Cluster::nice`]).
+const ETCD_NICE: i32 = -10;
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(300);
 const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct Options {
     pub agents: usize,
     pub idle_seconds: f64,
+    /// Between the join and the idle window: the first peer views are written as the
+    /// probes cover every peer (ceil(N/32) rounds) and refreshed 120-150 s later; a window
+    /// that should show the steady state starts after that.
+    pub settle_seconds: f64,
     pub twilld: PathBuf,
     pub etcd: PathBuf,
 }
@@ -168,6 +175,7 @@ fn etcd_cluster<'a>(exe: &'a Path, scratch: &'a Path) -> etcd::Cluster<'a> {
             })
             .collect(),
         timings: etcd::Timings::LOADED,
+        nice: Some(ETCD_NICE),
     }
 }
 
@@ -212,6 +220,12 @@ fn conflicts(blocks: &[Block]) -> usize {
         .windows(2)
         .filter(|w| w[1].cidr.network() <= w[0].cidr.broadcast())
         .count()
+}
+
+/// The kind of a store key: its first segment after the prefix (`peers`, `nodes`, ...).
+fn kind_of(key: &str) -> &str {
+    let rel = key.strip_prefix(STORE_PREFIX).unwrap_or(key);
+    rel.split('/').next().unwrap_or(rel)
 }
 
 fn etcd_metrics(alive: &[bool]) -> BTreeMap<&'static str, f64> {
@@ -322,7 +336,12 @@ pub fn run(o: &Options) -> Result<Value> {
     let members = etcd_cluster(&o.etcd, &scratch);
     guard.etcd = etcd::start(&members)?.into_iter().map(Some).collect();
     let endpoints = members.client_urls();
-    let store = EtcdStore::connect(&EtcdConfig::new(endpoints.clone()))?;
+    // The bench's own reads: a longer timeout than the agents' 2 s, so that a loaded
+    // cluster answering slowly is measured, not mistaken for no blocks.
+    let store = EtcdStore::connect(&EtcdConfig {
+        timeout: Duration::from_secs(10),
+        ..EtcdConfig::new(endpoints.clone())
+    })?;
     store.put(
         &format!("{STORE_PREFIX}{KEY_CONFIG}"),
         &serde_json::to_vec(
@@ -376,16 +395,39 @@ pub fn run(o: &Options) -> Result<Value> {
     let mut leased_s = None;
     let converged_s;
     let mut waiting: Vec<usize> = (0..n).collect();
+    let mut next_note = t0 + Duration::from_secs(10);
     loop {
         check_interrupted()?;
         let now = t0.elapsed().as_secs_f64();
+        let listed = blocks(&store);
+        let list_error = listed
+            .as_ref()
+            .err()
+            .map(|e| format!(" (listing failed: {e:#})"));
+        let b = listed.unwrap_or_default();
         if Instant::now() > t0 + CONVERGE_TIMEOUT {
+            let seen = routes_seen(&mut handles[..n], cluster);
             bail!(
-                "not converged in {CONVERGE_TIMEOUT:?}; logs in {}",
+                "not converged in {CONVERGE_TIMEOUT:?}: {} of {n} blocks leased (all at {leased_s:?} s), {} of {n} namespaces with every route, the fewest routes {:?}; logs in {}",
+                b.len(),
+                seen.iter().filter(|s| **s >= n - 1).count(),
+                seen.iter().min(),
                 scratch.display()
             );
         }
-        let b = blocks(&store).unwrap_or_default();
+        if Instant::now() >= next_note {
+            next_note += Duration::from_secs(10);
+            progress(&format!(
+                "{now:.0} s: {} of {n} blocks leased, {} of {n} namespaces with every route{}",
+                b.len(),
+                if leased_s.is_some() {
+                    n - waiting.len()
+                } else {
+                    0
+                },
+                list_error.as_deref().unwrap_or("")
+            ));
+        }
         if killed.is_none() && b.len() * 2 >= n {
             // Member 1: a follower or the leader, whichever it is (the client fails over).
             if let Some(e) = guard.etcd[1].as_mut() {
@@ -453,12 +495,21 @@ pub fn run(o: &Options) -> Result<Value> {
         join_leased.unwrap_or(f64::NAN)
     ));
 
-    // Idle: a few seconds to settle, then the measured window.
-    std::thread::sleep(Duration::from_secs(5));
+    // Idle: settle, then the measured window.
+    progress(&format!("settling for {:.0} s", o.settle_seconds));
+    let settled = Instant::now() + Duration::from_secs_f64(o.settle_seconds);
+    while Instant::now() < settled {
+        check_interrupted()?;
+        std::thread::sleep(Duration::from_millis(200));
+    }
     progress(&format!(
-        "idle for {:.0} s: etcd rates, agents' CPU, RSS and probes",
+        "idle for {:.0} s: etcd rates, writes by kind, agents' CPU, RSS and probes",
         o.idle_seconds
     ));
+    // Every write in the window, by kind, from a watch of the whole prefix.
+    let (_, rev) = store.list(&format!("{STORE_PREFIX}{KEY_CONFIG}"))?;
+    let mut watch = store.watch(STORE_PREFIX, rev)?;
+    let mut by_kind: BTreeMap<String, u64> = BTreeMap::new();
     let pids: Vec<u32> = guard.agents.iter().map(Daemon::pid).collect();
     let probes = |k: usize| -> f64 {
         http_get(node_ip(k), AGENT_PORT, "/metrics")
@@ -476,8 +527,12 @@ pub fn run(o: &Options) -> Result<Value> {
     let end = t_idle + Duration::from_secs_f64(o.idle_seconds);
     while Instant::now() < end {
         check_interrupted()?;
-        std::thread::sleep(Duration::from_millis(200));
+        let left = end.saturating_duration_since(Instant::now());
+        if let Some(ev) = watch.next(left.min(Duration::from_millis(200)))? {
+            *by_kind.entry(kind_of(ev.key()).to_string()).or_default() += 1;
+        }
     }
+    drop(watch);
     let s1: Vec<procstat::Sample> = pids
         .iter()
         .map(|p| procstat::sample(*p))
@@ -511,7 +566,7 @@ pub fn run(o: &Options) -> Result<Value> {
     Ok(json!({
         "agents": n,
         "mode": "processes, one network namespace and kernel routing table each (backend host-gw)",
-        "etcd": "3 members, heartbeat 100 ms, election timeout 1000 ms; member twls1 SIGKILLed during the cold start",
+        "etcd": "3 members, heartbeat 100 ms, election timeout 1000 ms, nice -10; member twls1 SIGKILLed during the cold start",
         "setupSeconds": build_s,
         "coldStart": {
             "spawnSeconds": spawned_s,
@@ -534,6 +589,9 @@ pub fn run(o: &Options) -> Result<Value> {
             "etcdRequestsPerSecond": rate("grpc_requests"),
             "etcdWritesPerSecond": writes,
             "etcdWritesPerNodePerMinute": writes * 60.0 / nodes,
+            "settleSeconds": o.settle_seconds,
+            "writesSeenByKind": by_kind,
+            "writesSeenPerNodePerMinute": by_kind.values().sum::<u64>() as f64 * 60.0 / idle / nodes,
             "etcdProposalsPerSecond": rate("proposals"),
             "etcdDbBytes": e1.get("db_bytes"),
             "etcdDbInUseBytes": e1.get("db_in_use_bytes"),
@@ -569,5 +627,7 @@ mod tests {
         assert_eq!(node_ip(1), Ipv4Addr::new(10, 244, 128, 2));
         assert_eq!(node_ip(1000), Ipv4Addr::new(10, 244, 131, 233));
         assert_eq!(mac(1000), "02:74:77:00:03:e8");
+        assert_eq!(kind_of(&format!("{STORE_PREFIX}peers/twln1")), "peers");
+        assert_eq!(kind_of(&format!("{STORE_PREFIX}config")), "config");
     }
 }
