@@ -220,7 +220,7 @@ pub struct UdpBenchReport {
     pub differences: Vec<String>,
 }
 
-fn fmt_num(x: f64, width: usize, prec: usize) -> String {
+pub(crate) fn fmt_num(x: f64, width: usize, prec: usize) -> String {
     if x.is_finite() {
         format!("{x:>width$.prec$}")
     } else {
@@ -433,7 +433,7 @@ fn busy_ticks() -> Result<u64, BenchError> {
         .ok_or_else(|| BenchError::Parse("/proc/stat: no cpu line".into()))
 }
 
-fn loadavg() -> [f64; 3] {
+pub(crate) fn loadavg() -> [f64; 3] {
     read("/proc/loadavg")
         .ok()
         .and_then(|t| parse_loadavg(&t))
@@ -446,7 +446,7 @@ fn pin(pid: u32, cpu: usize) -> Result<(), BenchError> {
 }
 
 /// Every thread of `pid` on every online CPU again.
-fn unpin(pid: u32) -> Result<(), BenchError> {
+pub(crate) fn unpin(pid: u32) -> Result<(), BenchError> {
     let n = std::thread::available_parallelism().map_or(1, |n| n.get());
     // SAFETY: sysconf has no preconditions.
     let online = (unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).max(n as i64) as usize;
@@ -487,7 +487,7 @@ fn set_affinity(pid: u32, cpus: &[usize]) -> Result<(), BenchError> {
 }
 
 /// A forwarding process of a twin, stopped by its PID (SIGTERM, then SIGKILL) when dropped.
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
     what: String,
 }
@@ -554,10 +554,10 @@ impl Drop for DirGuard {
 
 /// One variant as measured: its path and the datapath processes to count and pin (node 1's,
 /// node 2's).
-struct Measured {
-    variant: UdpVariant,
-    path: Path,
-    datapaths: Vec<(u32, usize)>,
+pub(crate) struct Measured {
+    pub(crate) variant: UdpVariant,
+    pub(crate) path: Path,
+    pub(crate) datapaths: Vec<(u32, usize)>,
 }
 
 /// Waits until `socket` answers, then gives the datapath its table: the node's block, and
@@ -830,7 +830,7 @@ pub fn run(
 }
 
 /// The iperf3 servers, then every variant `rounds` times interleaved at each stream count.
-fn measure(
+pub(crate) fn measure(
     measured: &[Measured],
     daemons: &mut [Daemon],
     opts: &UdpBenchOptions,

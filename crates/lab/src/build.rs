@@ -270,6 +270,7 @@ fn build(state: &mut LabState, log: Log) -> Result<(), LabError> {
         wire_veth(v)?;
     }
     set_ip_forward(&plan.router.netns)?;
+    ovs_infra_checksums(&plan)?;
     let out = &plan.outside;
     ip(&[
         "-n",
@@ -288,6 +289,7 @@ fn build(state: &mut LabState, log: Log) -> Result<(), LabError> {
     }
     for node in &plan.nodes {
         setup_node(&plan, node, log)?;
+        setup_ovs(state, node, log)?;
     }
     start_store(state, log)?;
     let config = daemons::write_network_config(&plan)?;
@@ -435,6 +437,157 @@ fn read_conflist(node: &NodePlan) -> Result<Value, LabError> {
     })
 }
 
+/// `--backend ovs`: the node's own ovsdb-server and ovs-vswitchd (recorded at once, so a
+/// failure later still stops them), then, as the backend's contract asks of a node with
+/// the userspace (netdev) datapath, its underlay address moved from eth0 to the OVS bridge
+/// br-phy that holds eth0 as a port (twilld's uplink is then br-phy, and its tunnels' outer
+/// packets leave through OVS), offloads off on br-phy, the default route back.
+fn setup_ovs(state: &mut LabState, node: &NodePlan, log: Log) -> Result<(), LabError> {
+    if state.plan.ovs_tunnel.is_none() {
+        return Ok(());
+    }
+    let p = crate::ovs::OvsPaths::of(node);
+    let recs = crate::ovs::start(&p)?;
+    log(&format!(
+        "node {}: ovsdb-server (pid {}) and ovs-vswitchd (pid {}), db {}",
+        node.short,
+        recs[0].pid.unwrap_or(0),
+        recs[1].pid.unwrap_or(0),
+        p.db_sock().display()
+    ));
+    state.ovs.extend(recs);
+    state.save()?;
+    if crate::ovs::datapath_type() != crate::ovs::DATAPATH_NETDEV {
+        return Ok(());
+    }
+    let phy = plan::OVS_PHY_BRIDGE;
+    p.vsctl(&[
+        "--may-exist",
+        "add-br",
+        phy,
+        "--",
+        "set",
+        "bridge",
+        phy,
+        "datapath_type=netdev",
+        "--",
+        "--may-exist",
+        "add-port",
+        phy,
+        &node.uplink.ifname,
+    ])?;
+    let addr = node.address.to_string();
+    let ns = node.netns.as_str();
+    ip(&["-n", ns, "addr", "del", &addr, "dev", &node.uplink.ifname])?;
+    ip(&["-n", ns, "addr", "add", &addr, "dev", phy])?;
+    ip(&["-n", ns, "link", "set", phy, "up"])?;
+    let gw = node.gateway.to_string();
+    ip(&[
+        "-n", ns, "route", "replace", "default", "via", &gw, "dev", phy,
+    ])?;
+    crate::ovs::offloads_off(ns, phy)?;
+    log(&format!(
+        "node {}: {addr} moved to OVS bridge {phy} (netdev datapath), {} its port",
+        node.short, node.uplink.ifname
+    ));
+    Ok(())
+}
+
+/// `--backend ovs` with the userspace datapath: the lab's other hosts (router legs, the
+/// outside host, the store host) compute their checksums in software. A veth hands its
+/// peer a frame with the checksum still to be filled in (CHECKSUM_PARTIAL); a node's OVS
+/// reads it off eth0 and writes it into br-phy as it is, and the node's kernel drops it
+/// (found in the lab: pod→outside and outside→host port timed out).
+fn ovs_infra_checksums(plan: &LabPlan) -> Result<(), LabError> {
+    if plan.ovs_tunnel.is_none() || crate::ovs::datapath_type() != crate::ovs::DATAPATH_NETDEV {
+        return Ok(());
+    }
+    let mut ends: Vec<(&str, &str)> = plan
+        .router
+        .segment_legs
+        .iter()
+        .map(|v| (v.netns.as_str(), v.ifname.as_str()))
+        .collect();
+    let o = &plan.router.outside_leg;
+    ends.push((&o.netns, &o.ifname));
+    ends.push((&o.peer_netns, &o.peer_ifname));
+    if let Some(e) = &plan.store.etcd {
+        ends.push((&e.uplink.netns, &e.uplink.ifname));
+    }
+    for (ns, dev) in ends {
+        crate::ovs::offloads_off(ns, dev)?;
+    }
+    Ok(())
+}
+
+/// Stops a leaving node's OVS by its recorded PIDs (vswitchd first).
+fn stop_node_ovs(state: &mut LabState, node: &NodePlan, log: Log) -> Result<(), LabError> {
+    let p = crate::ovs::OvsPaths::of(node);
+    let roles = [p.ovsdb_role(), p.vswitchd_role()];
+    let recs: Vec<ProcRecord> = state
+        .ovs
+        .iter()
+        .filter(|r| roles.contains(&r.role))
+        .cloned()
+        .collect();
+    if recs.is_empty() {
+        return Ok(());
+    }
+    for note in crate::ovs::stop(&recs) {
+        log(&format!("warning: {note}"));
+    }
+    log(&format!("node {}: OVS stopped", node.short));
+    state.ovs.retain(|r| !roles.contains(&r.role));
+    state.save()?;
+    Ok(())
+}
+
+/// `twill lab ovs-restart NODE`: kills the node's ovs-vswitchd by its recorded PID
+/// (SIGKILL: a crash, not a clean exit), leaves it down for `down_for` (a supervisor's
+/// restart delay), and starts it again with the same database. Returns (old pid, new pid).
+pub fn restart_vswitchd(
+    state: &mut LabState,
+    node: &str,
+    down_for: Duration,
+) -> Result<(u32, u32), LabError> {
+    let n = state
+        .plan
+        .nodes
+        .iter()
+        .find(|n| n.short == node)
+        .cloned()
+        .ok_or_else(|| LabError::Plan(PlanError::UnknownTarget(node.to_string())))?;
+    let p = crate::ovs::OvsPaths::of(&n);
+    let role = p.vswitchd_role();
+    let rec = state
+        .ovs
+        .iter()
+        .find(|r| r.role == role)
+        .cloned()
+        .ok_or_else(|| LabError::Command {
+            cmd: format!("restart ovs-vswitchd of {node}"),
+            detail: format!(
+                "lab {} runs no OVS on {node} (it is not a --backend ovs lab)",
+                state.plan.name
+            ),
+        })?;
+    let old = rec.pid.unwrap_or(0);
+    if old != 0 && daemons::is_ours(old, &rec.bin) {
+        // SAFETY: kill(2) on the PID the lab recorded for this node's vswitchd, checked.
+        unsafe { libc::kill(old as libc::pid_t, libc::SIGKILL) };
+        while daemons::is_ours(old, &rec.bin) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    std::thread::sleep(down_for);
+    let new = crate::ovs::start_vswitchd(&p)?;
+    let pid = new.pid.unwrap_or(0);
+    state.ovs.retain(|r| r.role != role);
+    state.ovs.push(new);
+    state.save()?;
+    Ok((old, pid))
+}
+
 fn add_pods(state: &mut LabState, node: &NodePlan, log: Log) -> Result<(), LabError> {
     if !node.pods.is_empty() && !state.cni_bin.is_file() {
         return Err(LabError::PluginMissing {
@@ -541,6 +694,7 @@ pub fn add_node(state: &mut LabState, log: Log) -> Result<String, LabError> {
     add_netns(state, &node.netns)?;
     wire_veth(&node.uplink)?;
     setup_node(&state.plan, &node, log)?;
+    setup_ovs(state, &node, log)?;
     daemons::write_static_file(&state.plan)?;
     daemons::write_node_spec(&state.plan, &node)?;
     daemons::reconfigure_router(&state.plan, daemons::NodeChange::Joined(&node))?;
@@ -621,6 +775,7 @@ pub fn remove_node(
     for note in stop_datapaths(&node.netns) {
         log(&format!("warning: {note}"));
     }
+    stop_node_ovs(state, &node, log)?;
     state.plan.nodes.retain(|n| n.short != short);
     if state.plan.store.kind == StoreKind::Static {
         daemons::write_static_file(&state.plan)?;
@@ -898,6 +1053,36 @@ pub fn teardown(state: &LabState, log: Log) -> Vec<String> {
             Some(n) => warnings.push(n),
             None if rec.pid.is_some() => log(&format!("{}: stopped", rec.role)),
             None => {}
+        }
+    }
+    // OVS after the agents (no agent reprograms it meanwhile), one thread per node.
+    let per_node: Vec<Vec<ProcRecord>> = plan
+        .nodes
+        .iter()
+        .map(|n| {
+            let p = crate::ovs::OvsPaths::of(n);
+            state
+                .ovs
+                .iter()
+                .filter(|r| r.role == p.ovsdb_role() || r.role == p.vswitchd_role())
+                .cloned()
+                .collect()
+        })
+        .collect();
+    let notes: Vec<Vec<String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = per_node
+            .iter()
+            .map(|recs| scope.spawn(move || crate::ovs::stop(recs)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    for (recs, n) in per_node.iter().zip(notes) {
+        warnings.extend(n);
+        for r in recs.iter().filter(|r| r.pid.is_some()) {
+            log(&format!("{}: stopped", r.role));
         }
     }
     // The udp backend's datapaths outlive their agents (by design): they go with the lab.

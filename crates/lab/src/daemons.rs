@@ -460,6 +460,18 @@ pub fn spawn(
     args: &[String],
     log: &Path,
 ) -> Result<ProcRecord, LabError> {
+    spawn_with_env(role, netns, bin, args, log, &[])
+}
+
+/// [`spawn`] with extra environment variables (OVS's OVS_RUNDIR and friends).
+pub fn spawn_with_env(
+    role: &str,
+    netns: &str,
+    bin: &Path,
+    args: &[String],
+    log: &Path,
+    env: &[(&str, String)],
+) -> Result<ProcRecord, LabError> {
     use std::os::unix::process::CommandExt;
     let what = format!("start {} in {netns}", bin.display());
     let out = std::fs::OpenOptions::new()
@@ -483,6 +495,7 @@ pub fn spawn(
             cmd.env_remove(k);
         }
     }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     let child = cmd.spawn().map_err(|e| cmd_err(&what, e.to_string()))?;
     Ok(ProcRecord {
         role: role.into(),

@@ -40,6 +40,9 @@ pub struct Extras {
     /// shows them.
     pub node_blocks: HashMap<String, Vec<String>>,
     pub pod_wiring: crate::plan::PodWiring,
+    /// `--backend ovs`: node namespace → its OVS (bridges, ports, per-peer flows), read from
+    /// each node's database and integration bridge.
+    pub ovs: HashMap<String, crate::ovs::NodeOvs>,
 }
 
 impl Extras {
@@ -67,6 +70,7 @@ impl Extras {
                 .collect(),
             node_blocks: HashMap::new(),
             pod_wiring: plan.pod_wiring,
+            ovs: HashMap::new(),
         }
     }
 }
@@ -174,7 +178,9 @@ fn ns_label(ns: &Namespace, extras: &Extras) -> String {
             format!(
                 "node {}  IP {}\nblocks {}{wiring}\n{}",
                 ns.member,
-                first("eth0").unwrap_or_else(|| "-".into()),
+                first("eth0")
+                    .or_else(|| first(crate::plan::OVS_PHY_BRIDGE))
+                    .unwrap_or_else(|| "-".into()),
                 if blocks.is_empty() {
                     "-".into()
                 } else {
@@ -226,7 +232,145 @@ fn cluster(out: &mut String, ns: &Namespace, extras: &Extras, indent: &str, inne
     for p in inner {
         cluster(out, p, extras, &format!("{indent}  "), &[]);
     }
+    if let Some(o) = extras.ovs.get(&ns.name) {
+        ovs_cluster(out, ns, o, &format!("{indent}  "));
+    }
     let _ = writeln!(out, "{indent}}}");
+}
+
+/// The graph node id of an OVS port (its bridge's, for the bridge itself).
+pub fn ovs_port_id(netns: &str, bridge: &str, port: &str) -> String {
+    quote(&format!("{netns}/ovs:{bridge}/{port}"))
+}
+
+/// A node's Open vSwitch: one cluster per bridge with its ports; a port that is also a
+/// kernel device (an internal port's tap, a system port) is tied to it.
+fn ovs_cluster(out: &mut String, ns: &Namespace, o: &crate::ovs::NodeOvs, indent: &str) {
+    let _ = writeln!(
+        out,
+        "{indent}subgraph {} {{",
+        quote(&format!("cluster_{}_ovs", ns.name))
+    );
+    let _ = writeln!(
+        out,
+        "{indent}  label=\"Open vSwitch (ovs-vswitchd)\"; style=\"rounded,filled\"; fillcolor=\"#e0f2fe\";"
+    );
+    for b in &o.view.bridges {
+        let _ = writeln!(
+            out,
+            "{indent}  subgraph {} {{",
+            quote(&format!("cluster_{}_ovs_{}", ns.name, b.name))
+        );
+        let owner = if b.external_ids.contains_key("twill-owner") {
+            "\nTwill's"
+        } else {
+            ""
+        };
+        let flows = if b.name == crate::ovs::INTEGRATION_BRIDGE {
+            format!(
+                ", {} flows",
+                o.flows.iter().filter(|f| f.is_twills()).count()
+            )
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "{indent}    label={}; style=\"rounded,filled\"; fillcolor=\"#bae6fd\";",
+            quote(&format!(
+                "OVS bridge {} ({}{flows}){owner}",
+                b.name, b.datapath_type
+            ))
+        );
+        for p in &b.ports {
+            let tunnel = o.view.tunnels.iter().find(|t| t.name == p.name);
+            let label = match tunnel {
+                Some(t) => format!(
+                    "{}\n{} remote_ip={}\nlocal_ip={}",
+                    p.name,
+                    t.kind,
+                    t.remote_ip,
+                    if t.local_ip.is_empty() {
+                        "-"
+                    } else {
+                        &t.local_ip
+                    }
+                ),
+                None => format!(
+                    "{}\n{}",
+                    p.name,
+                    match p.kinds.first().map(String::as_str) {
+                        Some("") | None => "system port",
+                        Some(k) => k,
+                    }
+                ),
+            };
+            let shape = if tunnel.is_some() {
+                "shape=hexagon, style=filled, fillcolor=\"#c7d2fe\""
+            } else {
+                "shape=box, style=filled, fillcolor=\"#f0f9ff\", fontsize=8"
+            };
+            let _ = writeln!(
+                out,
+                "{indent}    {} [label={}, {shape}];",
+                ovs_port_id(&ns.name, &b.name, &p.name),
+                quote(&label)
+            );
+        }
+        let _ = writeln!(out, "{indent}  }}");
+    }
+    let _ = writeln!(out, "{indent}}}");
+    for b in &o.view.bridges {
+        for p in &b.ports {
+            if ns.links.iter().any(|l| l.name == p.name) {
+                let _ = writeln!(
+                    out,
+                    "{indent}{} -> {} [style=dotted, color=\"#0369a1\", tooltip=\"OVS port\"];",
+                    node_id(&ns.name, &p.name),
+                    ovs_port_id(&ns.name, &b.name, &p.name)
+                );
+            }
+        }
+    }
+}
+
+/// The OVS tunnels between nodes: (node A's netns, tunnel port, node B's netns, tunnel port,
+/// kind, A's flows towards B out+in, B's towards A), for every pair whose flows name each
+/// other's node IP. Pure.
+pub fn ovs_tunnels(extras: &Extras, node_ips: &HashMap<String, Ipv4Addr>) -> Vec<OvsTunnel> {
+    let mut names: Vec<&String> = extras.ovs.keys().collect();
+    names.sort();
+    let mut v = Vec::new();
+    for (i, a) in names.iter().enumerate() {
+        for b in &names[i + 1..] {
+            let (oa, ob) = (&extras.ovs[*a], &extras.ovs[*b]);
+            let (Some(ipa), Some(ipb)) = (node_ips.get(*a), node_ips.get(*b)) else {
+                continue;
+            };
+            let (pa, pb) = (oa.peers(), ob.peers());
+            let (Some(fa), Some(fb)) = (pa.get(ipb), pb.get(ipa)) else {
+                continue;
+            };
+            let (Some(ta), Some(tb)) = (oa.view.tunnels.first(), ob.view.tunnels.first()) else {
+                continue;
+            };
+            v.push(OvsTunnel {
+                a: ((*a).clone(), ta.name.clone(), *ipa, *fa),
+                b: ((*b).clone(), tb.name.clone(), *ipb, *fb),
+                kind: ta.kind.clone(),
+            });
+        }
+    }
+    v
+}
+
+/// One tunnel between two nodes' OVS: each end (netns, tunnel port, node IP, its (out, in)
+/// flows for the other), and the kind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OvsTunnel {
+    pub a: (String, String, Ipv4Addr, (usize, usize)),
+    pub b: (String, String, Ipv4Addr, (usize, usize)),
+    pub kind: String,
 }
 
 /// The pods of a node: the namespaces behind the veths plugged into its bridges.
@@ -345,6 +489,40 @@ pub fn to_dot(topo: &Topology, extras: &Extras) -> String {
             node_id(&ans, &a),
             node_id(&bns, &b),
             quote(&format!("VXLAN vni {vni}\n{} ⇄ {}\nudp/{port}", local(&ans, &a), local(&bns, &b)))
+        );
+    }
+    let node_ips: HashMap<String, Ipv4Addr> = topo
+        .namespaces
+        .iter()
+        .filter(|n| n.role == Role::Node)
+        .filter_map(|n| {
+            let l = n
+                .links
+                .iter()
+                .find(|l| l.name == crate::plan::OVS_PHY_BRIDGE)
+                .or_else(|| n.links.iter().find(|l| l.name == "eth0"))?;
+            Some((n.name.clone(), l.addrs.first()?.addr()))
+        })
+        .collect();
+    for t in ovs_tunnels(extras, &node_ips) {
+        let id = |(ns, port, ..): &(String, String, Ipv4Addr, (usize, usize))| {
+            ovs_port_id(ns, crate::ovs::INTEGRATION_BRIDGE, port)
+        };
+        let _ = writeln!(
+            s,
+            "  {} -> {} [style=dashed, color=\"#1d4ed8\", fontcolor=\"#1d4ed8\", penwidth=2, dir=both, constraint=false, label={}];",
+            id(&t.a),
+            id(&t.b),
+            quote(&format!(
+                "{} {} ⇄ {}\nflows {}+{} / {}+{}",
+                t.kind.to_uppercase(),
+                t.a.2,
+                t.b.2,
+                t.a.3 .0,
+                t.a.3 .1,
+                t.b.3 .0,
+                t.b.3 .1
+            ))
         );
     }
     for hp in &extras.host_ports {

@@ -11,8 +11,10 @@
 //! - [`bench`]: iperf3 pod→pod against the bare underlay and a hand-built twin;
 //!   [`bench_udp`]: the udp backend's bench (Twill vs kernel VXLAN vs the flannel-style
 //!   baseline, [`bench_udp_baseline`]).
+//! - [`ovs`]: `--backend ovs`: an ovsdb-server and ovs-vswitchd per node, read back.
 
 pub mod bench;
+pub mod bench_ovs;
 pub mod bench_udp;
 pub mod bench_udp_baseline;
 pub mod build;
@@ -21,6 +23,7 @@ pub mod daemons;
 pub mod graph;
 pub mod netpol;
 pub mod netpol_probe;
+pub mod ovs;
 pub mod plan;
 pub mod probe;
 pub mod routes;

@@ -82,6 +82,13 @@ pub use twill_store::StoreKind;
 /// one kind of twill-api (`static` is the VXLAN mesh from the static file store).
 pub use twill_api::resources::BackendKind;
 
+/// The tunnel of `--backend ovs` (GRE by default, or VXLAN on port 4789).
+pub use twill_api::backend::TunnelType;
+
+/// Where the node's underlay address lives under `--backend ovs` with the userspace
+/// (netdev) datapath: an OVS bridge holding eth0 as a port (RUNBOOK "Open vSwitch 3.1").
+pub const OVS_PHY_BRIDGE: &str = "br-phy";
+
 /// Calico's default AS, every node's unless `--as-per-node` (BGP).
 pub use twill_api::bgp::DEFAULT_AS as NODE_AS;
 /// The file name of twilld's BGP control socket in its state directory.
@@ -202,6 +209,8 @@ pub struct LabSpec {
     pub backend: BackendKind,
     /// vxlan only: direct routes to peers on the same segment, the tunnel across segments.
     pub direct_routing: bool,
+    /// ovs only: GRE or VXLAN between the nodes' OVS (None: the backend's default, GRE).
+    pub tunnel_type: Option<TunnelType>,
     /// How pods meet their node: on the node bridge, or Calico's pure L3.
     pub pod_wiring: PodWiring,
     /// bgp: this many route reflectors (the first nodes), the mesh off; 0 keeps the mesh.
@@ -262,6 +271,7 @@ impl Default for LabSpec {
             agent_poll_interval: None,
             backend: BackendKind::None,
             direct_routing: false,
+            tunnel_type: None,
             pod_wiring: PodWiring::Bridge,
             route_reflectors: 0,
             external_router: None,
@@ -296,6 +306,8 @@ pub enum PlanError {
     StaticBlockSize(u8),
     #[error("--direct-routing is an option of --backend vxlan, not {0}")]
     DirectRoutingNeedsVxlan(String),
+    #[error("--tunnel-type is an option of --backend ovs, not {0}: add --backend ovs or drop --tunnel-type")]
+    TunnelTypeNeedsOvs(String),
     #[error(
         "{option} is an option of --backend bgp, not {backend}: add --backend bgp or drop {option}"
     )]
@@ -473,6 +485,13 @@ pub struct LabPlan {
     pub backend: BackendKind,
     #[serde(default)]
     pub direct_routing: bool,
+    /// ovs: the tunnel between the nodes' OVS (set exactly for `--backend ovs`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "tunnel_serde"
+    )]
+    pub ovs_tunnel: Option<TunnelType>,
     /// Pods each node gets (also those `add-node` makes).
     #[serde(default)]
     pub pods_per_node: u16,
@@ -552,6 +571,9 @@ pub fn plan(spec: &LabSpec) -> Result<LabPlan, PlanError> {
         return Err(PlanError::DirectRoutingNeedsVxlan(
             spec.backend.name().into(),
         ));
+    }
+    if spec.tunnel_type.is_some() && spec.backend != BackendKind::Ovs {
+        return Err(PlanError::TunnelTypeNeedsOvs(spec.backend.name().into()));
     }
     if let Some(p) = &spec.agent_poll_interval {
         if !p.parse::<f64>().is_ok_and(|v| v > 0.0 && v.is_finite()) {
@@ -697,6 +719,8 @@ pub fn plan(spec: &LabSpec) -> Result<LabPlan, PlanError> {
         nodes,
         backend: spec.backend,
         direct_routing: spec.direct_routing,
+        ovs_tunnel: (spec.backend == BackendKind::Ovs)
+            .then(|| spec.tunnel_type.unwrap_or_default()),
         pods_per_node: spec.pods_per_node,
         pod_wiring: spec.pod_wiring,
         bgp,
@@ -985,8 +1009,18 @@ impl LabPlan {
             "--listen".into(),
             AGENT_LISTEN.into(),
             "--ip-autodetection".into(),
-            AGENT_IP_AUTODETECTION.into(),
+            match self.ovs_tunnel {
+                // The node IP is on br-phy (netdev datapath): twilld's uplink is br-phy.
+                Some(_) => format!("interface={OVS_PHY_BRIDGE}"),
+                None => AGENT_IP_AUTODETECTION.into(),
+            },
         ]);
+        if self.ovs_tunnel.is_some() {
+            a.extend([
+                "--ovs-rundir".into(),
+                crate::ovs::OvsPaths::of(node).dir.display().to_string(),
+            ]);
+        }
         if let Some(p) = &self.store.agent_poll_interval {
             a.extend(["--poll-interval-seconds".into(), p.clone()]);
         }
@@ -1064,6 +1098,11 @@ impl LabPlan {
 
     /// The network config's backend: the kind, with directRouting if asked for.
     pub fn backend_spec(&self) -> twill_api::resources::BackendSpec {
+        if let Some(tunnel_type) = self.ovs_tunnel {
+            return twill_api::resources::BackendSpec::Ovs(twill_api::backend::OvsOptions {
+                tunnel_type,
+            });
+        }
         let options = twill_api::resources::VxlanOptions {
             direct_routing: self.direct_routing,
             ..Default::default()
@@ -1672,5 +1711,23 @@ mod tests {
         let p = plan(&spec(2, 2, 1)).unwrap();
         let back: LabPlan = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
         assert_eq!(back, p);
+    }
+}
+
+/// TunnelType has no serde Serialize in the API (a kind is written by name): the plan
+/// stores it by its name.
+mod tunnel_serde {
+    use super::TunnelType;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &Option<TunnelType>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_str(t.name()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<TunnelType>, D::Error> {
+        Option::<TunnelType>::deserialize(d)
     }
 }

@@ -85,6 +85,10 @@ pub struct LabState {
     /// The router's routing daemons (BIRD; or FRR's zebra and bgpd/ripd), in start order.
     #[serde(default)]
     pub router: Vec<ProcRecord>,
+    /// `--backend ovs`: every node's ovsdb-server and ovs-vswitchd (roles `ovsdb-<node>`,
+    /// `vswitchd-<node>`), stopped by PID with their node and the lab.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ovs: Vec<ProcRecord>,
 }
 
 impl LabState {
@@ -99,6 +103,7 @@ impl LabState {
             agents: Vec::new(),
             etcd: None,
             router: Vec::new(),
+            ovs: Vec::new(),
         }
     }
 

@@ -45,6 +45,8 @@ pub struct TraceRequest {
 #[derive(Default)]
 struct IpRouter {
     tables: HashMap<String, Vec<crate::routes::RouteEntry>>,
+    /// `--backend ovs`: every node's OVS (database and flows), by namespace.
+    ovs: HashMap<String, crate::ovs::NodeOvs>,
 }
 
 impl Router for IpRouter {
@@ -75,6 +77,15 @@ impl Router for IpRouter {
                 .unwrap_or_default()
         });
         crate::routes::lookup(table, dst).cloned()
+    }
+
+    fn ovs_tunnel(&mut self, netns: &str, dev: &str, dst: Ipv4Addr) -> Option<path::OvsJump> {
+        let o = self.ovs.get(netns)?;
+        crate::ovs::tunnel_for(o, dev, dst)
+    }
+
+    fn ovs_uplink(&mut self, netns: &str, dev: &str) -> Option<String> {
+        crate::ovs::system_port(&self.ovs.get(netns)?.view, dev)
     }
 }
 
@@ -570,7 +581,13 @@ pub fn run(state: &LabState, req: &TraceRequest) -> Result<TraceReport, LabError
     let src_ip = (req.src.parse::<Ipv4Addr>().is_ok()
         || topo.ns(&src_ns).is_some_and(|n| n.role == Role::Pod))
     .then_some(src.ip);
-    let mut router = IpRouter::default();
+    let mut router = IpRouter {
+        ovs: crate::ovs::read_lab(&state.plan)
+            .into_iter()
+            .map(|o| (o.netns.clone(), o))
+            .collect(),
+        ..IpRouter::default()
+    };
     // An l3 pod resolves its gateway 169.254.1.1 afresh, so the trace shows proxy ARP.
     let forget = (state.plan.pod_wiring == crate::plan::PodWiring::L3
         && topo.ns(&src_ns).is_some_and(|n| n.role == Role::Pod))

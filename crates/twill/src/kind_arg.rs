@@ -32,6 +32,15 @@ impl Kind for BackendKind {
     }
 }
 
+impl Kind for twill_api::backend::TunnelType {
+    fn all() -> &'static [Self] {
+        &twill_api::backend::TunnelType::ALL
+    }
+    fn name(self) -> &'static str {
+        twill_api::backend::TunnelType::name(self)
+    }
+}
+
 impl Kind for PodWiring {
     fn all() -> &'static [Self] {
         &PodWiring::ALL

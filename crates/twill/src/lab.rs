@@ -13,6 +13,7 @@ use twill_lab::{build, check, daemons, runtime, status};
 use crate::kind_arg;
 
 mod demo_bgp;
+mod demo_ovs;
 mod explain;
 use crate::store_args::StoreArgs;
 
@@ -68,6 +69,10 @@ struct NetArgs {
     /// vxlan only: direct routes to nodes on the same segment, the tunnel across segments
     #[arg(long)]
     direct_routing: bool,
+    /// ovs only: the tunnel between the nodes' Open vSwitch, gre (the walk-through's) or
+    /// vxlan (UDP 4789) [default: gre]
+    #[arg(long, value_name = "TYPE", value_parser = kind_arg::parser::<twill_lab::plan::TunnelType>())]
+    tunnel_type: Option<twill_lab::plan::TunnelType>,
     /// Underlay segments: 2 puts every other node on 198.51.100.0/24 behind the router
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
     segments: u8,
@@ -159,6 +164,27 @@ enum LabCommand {
         #[arg(value_name = "NODE")]
         node: String,
     },
+    /// --backend ovs: every node's Open vSwitch read back: its bridges and ports (from its
+    /// ovsdb-server), and the peers its flows keep tunnels to (from ovs-vswitchd).
+    Ovs {
+        #[command(flatten)]
+        name: NameArg,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// --backend ovs: kill a node's ovs-vswitchd by its recorded PID (SIGKILL, a crash) and
+    /// start it again on the same database; its flows are gone until twilld programs them
+    /// again. Prints the old and new PID.
+    OvsRestart {
+        #[command(flatten)]
+        name: NameArg,
+        /// n1, n2, ...
+        #[arg(value_name = "NODE")]
+        node: String,
+        /// How long it stays down before it is started again (a supervisor's restart delay)
+        #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
+        down_for: f64,
+    },
     /// Stop or start the lab's etcd member (--store etcd labs), e.g. to watch the agents ride
     /// out an outage.
     Store {
@@ -217,8 +243,16 @@ enum LabCommand {
         /// baseline, pinned, with CPU s/Gbit (always so on a udp lab).
         #[arg(long, conflicts_with = "compare_host_gw")]
         udp: bool,
-        /// With --udp: the iperf3 -P values to measure, each for every variant.
-        #[arg(long, value_delimiter = ',', default_value = "1,4", requires = "udp")]
+        /// The ovs backend's bench (a --backend ovs lab): its pods through the nodes'
+        /// ovs-vswitchd vs a kernel-VXLAN twin, pinned, with CPU s/Gbit; then, with --join,
+        /// a node joining timed against scripted ovs-vsctl on every node
+        #[arg(long, conflicts_with_all = ["compare_host_gw", "udp"])]
+        ovs: bool,
+        /// With --ovs: also time a node joining the lab (it leaves again after).
+        #[arg(long, requires = "ovs")]
+        join: bool,
+        /// With --udp or --ovs: the iperf3 -P values to measure, each for every variant.
+        #[arg(long, value_delimiter = ',', default_value = "1,4")]
         streams: Vec<u32>,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
@@ -356,6 +390,7 @@ fn spec(
         agent_poll_interval: agent.agent_poll_interval.clone(),
         backend: net.backend,
         direct_routing: net.direct_routing,
+        tunnel_type: net.tunnel_type,
         pod_wiring: net.pod_wiring,
         route_reflectors: net.route_reflectors,
         external_router: net.external_router,
@@ -429,6 +464,44 @@ pub fn run(args: LabArgs, store: &StoreArgs) -> anyhow::Result<i32> {
             println!("node {node}: twilld restarted (pid {pid}) and ready");
             Ok(0)
         }
+        LabCommand::Ovs { name, output } => {
+            let state = build::load(&name.name)?;
+            anyhow::ensure!(
+                state.plan.ovs_tunnel.is_some(),
+                "lab {} runs --backend {}, not ovs: it has no Open vSwitch to show",
+                name.name,
+                state.plan.backend.name()
+            );
+            let reports = demo_ovs::reports(&state)?;
+            match output {
+                Output::Json => print_json(&reports)?,
+                Output::Table => print!(
+                    "{}",
+                    twill_lab::ovs::render(&reports, &demo_ovs::node_names(&state))
+                ),
+            }
+            Ok(0)
+        }
+        LabCommand::OvsRestart {
+            name,
+            node,
+            down_for,
+        } => {
+            anyhow::ensure!(
+                down_for.is_finite() && (0.0..=60.0).contains(&down_for),
+                "--down-for takes 0 to 60 seconds, e.g. 1 or 0.5"
+            );
+            let mut state = build::load(&name.name)?;
+            let (old, new) = build::restart_vswitchd(
+                &mut state,
+                &node,
+                std::time::Duration::from_secs_f64(down_for),
+            )?;
+            println!(
+                "node {node}: ovs-vswitchd {old} killed, down for {down_for} s, {new} started"
+            );
+            Ok(0)
+        }
         LabCommand::Store { name, action } => {
             let mut state = build::load(&name.name)?;
             match action {
@@ -487,6 +560,8 @@ pub fn run(args: LabArgs, store: &StoreArgs) -> anyhow::Result<i32> {
             rounds,
             compare_host_gw,
             udp,
+            ovs,
+            join,
             streams,
             output,
         } => {
@@ -494,12 +569,27 @@ pub fn run(args: LabArgs, store: &StoreArgs) -> anyhow::Result<i32> {
                 seconds > 0 && rounds > 0,
                 "--seconds and --rounds must be at least 1"
             );
+            anyhow::ensure!(
+                !streams.is_empty() && streams.iter().all(|p| (1..=128).contains(p)),
+                "--streams takes iperf3 -P values from 1 to 128, e.g. 1,4"
+            );
+            if ovs {
+                let opts = twill_lab::bench_ovs::OvsBenchOptions {
+                    seconds,
+                    rounds,
+                    streams,
+                    join,
+                };
+                let report =
+                    twill_lab::bench_ovs::bench_lab(&name.name, &opts, &node_remove, &progress)?;
+                match output {
+                    Output::Json => print_json(&report)?,
+                    Output::Table => print!("{}", twill_lab::bench_ovs::render(&report)),
+                }
+                return Ok(0);
+            }
             // A udp lab is benched against the udp backend's references.
             if udp || twill_lab::bench_udp::lab_runs_udp(&name.name)? {
-                anyhow::ensure!(
-                    !streams.is_empty() && streams.iter().all(|p| (1..=128).contains(p)),
-                    "--streams takes iperf3 -P values from 1 to 128, e.g. 1,4"
-                );
                 let opts = twill_lab::bench_udp::UdpBenchOptions {
                     seconds,
                     rounds,
@@ -590,6 +680,9 @@ fn demo(
     let p = plan::plan(spec)?;
     if p.backend == BackendKind::Bgp {
         return demo_bgp::demo(spec, &p, cni_bin, twilld_bin);
+    }
+    if p.backend == BackendKind::Ovs {
+        return demo_ovs::demo(spec, &p, cni_bin, twilld_bin);
     }
     let node = &p.nodes[0];
     let seg = &p.segments[0];
@@ -745,6 +838,7 @@ fn demo_body(state: &twill_lab::LabState) -> anyhow::Result<bool> {
         BackendKind::None => "(backend none: pods on different nodes do not reach each other.)",
         BackendKind::HostGw => "The other nodes' blocks (proto 84) go via their node IPs: host-gw, one route each.",
         BackendKind::Udp => "The other nodes' blocks (proto 84) go into twl.tun, the TUN: the node's datapath process wraps each packet in UDP to the node holding it.",
+        BackendKind::Ovs => "The other nodes' blocks (proto 84) go into twl.ovs, Open vSwitch's internal port: its flows send each to the node holding it through one GRE (or VXLAN) port.",
         _ => "The other nodes' blocks (proto 84) go through twl.1, the VXLAN device: onlink via each node's VTEP.",
     };
     let indent = |t: &str| t.lines().map(|l| format!("    {l}\n")).collect::<String>();
@@ -949,6 +1043,10 @@ fn graph_cmd(name: &str, format: GraphFormat, out: Option<PathBuf>) -> anyhow::R
             }
         }
         Err(e) => eprintln!("twill: warning: blocks not read from the store: {e}"),
+    }
+    // --backend ovs: each node's OVS bridges, ports and per-peer flows, from its database.
+    for o in twill_lab::ovs::read_lab(&state.plan) {
+        extras.ovs.insert(o.netns.clone(), o);
     }
     let dot = graph::to_dot(&topo, &extras);
     let bytes = match format {

@@ -82,6 +82,31 @@ pub trait Router {
     fn route_entry(&mut self, _netns: &str, _dst: Ipv4Addr) -> Option<crate::routes::RouteEntry> {
         None
     }
+
+    /// Where Open vSwitch sends a packet the kernel routed into its port `dev` of
+    /// `netns` (`--backend ovs`: twl.ovs): the tunnel it takes. None: `dev` is not an OVS
+    /// port, or no flow sends `dst` into a tunnel.
+    fn ovs_tunnel(&mut self, _netns: &str, _dev: &str, _dst: Ipv4Addr) -> Option<OvsJump> {
+        None
+    }
+
+    /// The system port through which OVS bridge `dev` of `netns` meets the wire (br-phy's
+    /// eth0), when `dev` is such a bridge's internal port.
+    fn ovs_uplink(&mut self, _netns: &str, _dev: &str) -> Option<String> {
+        None
+    }
+}
+
+/// A packet's way through a node's Open vSwitch into a tunnel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OvsJump {
+    /// The outer source (the tunnel port's local_ip) and destination (the flow's tun_dst).
+    pub local: Ipv4Addr,
+    pub remote: Ipv4Addr,
+    /// The far node's port the decapsulated packet comes out of.
+    pub far_port: String,
+    /// What the hop says: the bridge, the flow, the tunnel port.
+    pub note: String,
 }
 
 /// What a hop's note says of the route it took: the entry itself, and for a pure-L3 pod's
@@ -387,6 +412,23 @@ impl<R: Router> Walker<'_, R> {
                 .unwrap_or_default();
             let out = self.link(&netns, &ans.dev)?;
             let nexthop = ans.gateway.unwrap_or(dst);
+            if let Some(j) = self.router.ovs_tunnel(&netns, &out.name, dst) {
+                if encap {
+                    return Err(format!("{netns}: a tunnel inside a tunnel ({})", out.name));
+                }
+                self.push(
+                    &netns,
+                    &out.name,
+                    Dir::Out,
+                    false,
+                    &format!("{taken}; {}", j.note),
+                );
+                let far = self.l3(netns.clone(), None, j.local, j.remote, true)?;
+                self.push(&far, &j.far_port, Dir::In, false, "decapsulated by OVS");
+                netns = far;
+                iif = Some(j.far_port);
+                continue;
+            }
             if let Some(vx) = out.vxlan.clone() {
                 if encap {
                     return Err(format!("{netns}: VXLAN inside VXLAN ({})", out.name));
@@ -448,7 +490,11 @@ impl<R: Router> Walker<'_, R> {
                 iif = Some(tun);
                 continue;
             }
-            self.push(&netns, &out.name, Dir::Out, encap, &taken);
+            // A tunnel's outer packet that OVS made leaves through the OVS bridge's own port
+            // (br-phy's eth0) without touching the bridge's internal port.
+            if !(encap && self.router.ovs_uplink(&netns, &out.name).is_some()) {
+                self.push(&netns, &out.name, Dir::Out, encap, &taken);
+            }
             let (ns2, dev2) = self.l2(&netns, out, nexthop, encap)?;
             netns = ns2;
             iif = Some(dev2);
@@ -467,6 +513,18 @@ impl<R: Router> Walker<'_, R> {
     ) -> Result<(String, String), String> {
         let (mut ns, mut link) = (netns.to_string(), out);
         while self.hops.len() < MAX_HOPS {
+            if let Some(port) = self.router.ovs_uplink(&ns, &link.name) {
+                let l = self.link(&ns, &port)?;
+                self.push(
+                    &ns,
+                    &port,
+                    Dir::Out,
+                    encap,
+                    &format!("OVS bridge {}'s port", link.name),
+                );
+                link = l;
+                continue;
+            }
             if link.kind == "bridge" {
                 let port = self.port_towards(&ns, &link.name, nexthop, None)?;
                 self.push(&ns, &port.name, Dir::Out, encap, "");
@@ -503,7 +561,7 @@ impl<R: Router> Walker<'_, R> {
     }
 
     fn port_towards(
-        &self,
+        &mut self,
         netns: &str,
         bridge: &str,
         nexthop: Ipv4Addr,
@@ -512,6 +570,12 @@ impl<R: Router> Walker<'_, R> {
         let (ons, olink) = self.topo.owner(nexthop).ok_or_else(|| {
             format!("no device of the lab holds {nexthop} (next hop from {netns})")
         })?;
+        // An address on an OVS bridge's internal port (br-phy) is reached through that
+        // bridge's own port (eth0).
+        let olink = match self.router.ovs_uplink(&ons.name, &olink.name) {
+            Some(up) => ons.links.iter().find(|l| l.name == up).unwrap_or(olink),
+            None => olink,
+        };
         self.topo
             .ports(netns, bridge)
             .filter(|p| Some(p.name.as_str()) != except)
@@ -637,14 +701,7 @@ pub struct L2 {
 /// The device name a [`Dir::Process`] hop shows (there is no device: the datapath process).
 pub const DATAPATH_HOP: &str = "twill-datapath";
 
-/// What carries an encapsulated packet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Encap {
-    Vxlan,
-    /// The udp backend: UDP whose payload is the bare inner packet.
-    Udp,
-}
+pub use super::pcap::Encap;
 
 /// The outer headers of an encapsulated packet.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -653,6 +710,7 @@ pub struct Outer {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub l2: Option<L2>,
     pub ip: Header,
+    /// The VNI (VXLAN) or the GRE key (None: none, or the udp backend).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vni: Option<u32>,
 }
@@ -748,7 +806,10 @@ pub fn attach(
             };
             if let Some(f) = frame {
                 let encap = match (&f.vxlan, &f.udp_overlay) {
-                    (Some(v), _) => Some((Encap::Vxlan, Some(v.vni))),
+                    (Some(v), _) => Some((
+                        v.encap,
+                        (v.encap == Encap::Vxlan || v.vni != 0).then_some(v.vni),
+                    )),
                     (None, Some(_)) => Some((Encap::Udp, None)),
                     (None, None) => None,
                 };
@@ -1183,6 +1244,8 @@ pub fn render(r: &TraceReport) -> String {
                 let how = match (o.encap, o.vni) {
                     (Encap::Vxlan, Some(vni)) => format!("VXLAN vni {vni}"),
                     (Encap::Vxlan, None) => "VXLAN".into(),
+                    (Encap::Gre, Some(key)) => format!("GRE key {key}"),
+                    (Encap::Gre, None) => "GRE".into(),
                     (Encap::Udp, _) => "udp backend (the bare inner packet)".into(),
                 };
                 let _ = writeln!(

@@ -271,11 +271,41 @@ fn decode_arp(b: &[u8]) -> Option<Arp> {
     })
 }
 
+/// An encapsulation carrying an Ethernet frame: VXLAN (its VNI) or GRE (its key, 0 when
+/// the header has none), as OVS's tunnels and the kernel's VXLAN send them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Vxlan {
+    pub encap: Encap,
+    /// The VNI (VXLAN) or the GRE key.
     pub vni: u32,
     pub inner: Box<Frame>,
 }
+
+/// What carries an encapsulated packet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encap {
+    #[default]
+    Vxlan,
+    Gre,
+    /// The udp backend: UDP whose payload is the bare inner packet.
+    Udp,
+}
+
+impl Encap {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encap::Vxlan => "VXLAN",
+            Encap::Gre => "GRE",
+            Encap::Udp => "UDP",
+        }
+    }
+}
+
+/// IP protocol number of GRE (RFC 2784) and GRE's protocol type for a carried Ethernet
+/// frame (transparent Ethernet bridging, what OVS's and Linux's gretap send).
+pub const IPPROTO_GRE: u8 = 47;
+pub const GRE_PROTO_TEB: u16 = 0x6558;
 
 impl Frame {
     /// The frame the payload finally travels in: the innermost one of an encapsulation.
@@ -322,6 +352,13 @@ fn decode_raw(b: &[u8], overlay_ports: &[u16]) -> Option<Frame> {
 
 /// VXLAN or the udp backend's datagram: the frame or packet inside.
 fn look_inside(frame: &mut Frame, ip: &Ipv4, l4_payload: &[u8], overlay_ports: &[u16]) {
+    if ip.l4
+        == (L4::Other {
+            protocol: IPPROTO_GRE,
+        })
+    {
+        frame.vxlan = decode_gre(l4_payload);
+    }
     if let L4::Udp { dport, .. } = ip.l4 {
         if VXLAN_PORTS.contains(&dport) {
             frame.vxlan = decode_vxlan(l4_payload);
@@ -376,7 +413,38 @@ fn decode_vxlan(b: &[u8]) -> Option<Vxlan> {
     let vni = u32::from_be_bytes([0, b[4], b[5], b[6]]);
     let inner = decode_ethernet(&b[8..], &[])?;
     Some(Vxlan {
+        encap: Encap::Vxlan,
         vni,
+        inner: Box::new(inner),
+    })
+}
+
+/// GRE (RFC 2784 with RFC 2890's key and sequence): flags and version, protocol type, then
+/// the optional checksum, key and sequence words; only version 0 carrying Ethernet.
+fn decode_gre(b: &[u8]) -> Option<Vxlan> {
+    if b.len() < 4 {
+        return None;
+    }
+    let flags = u16_at(b, 0, false);
+    if flags & 0x0007 != 0 || u16_at(b, 2, false) != GRE_PROTO_TEB {
+        return None;
+    }
+    let mut at = 4;
+    if flags & 0x8000 != 0 {
+        at += 4; // checksum + reserved
+    }
+    let mut key = 0;
+    if flags & 0x2000 != 0 {
+        key = u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?);
+        at += 4;
+    }
+    if flags & 0x1000 != 0 {
+        at += 4; // sequence number
+    }
+    let inner = decode_frame(b.get(at..)?)?;
+    Some(Vxlan {
+        encap: Encap::Gre,
+        vni: key,
         inner: Box::new(inner),
     })
 }
@@ -427,7 +495,8 @@ fn decode_ipv4(b: &[u8]) -> Option<(Ipv4, &[u8])> {
             },
             &p[8..],
         ),
-        other => (L4::Other { protocol: other }, &[]),
+        // GRE's payload is decoded by the caller.
+        other => (L4::Other { protocol: other }, p),
     };
     Some((Ipv4 { src, dst, ttl, l4 }, payload))
 }
@@ -562,6 +631,14 @@ pub(crate) mod samples {
         b
     }
 
+    /// GREv0 with a key, carrying an Ethernet frame (OVS's `gre` port with a key).
+    pub fn gre(key: u32, inner: &[u8]) -> Vec<u8> {
+        let mut b = vec![0x20, 0, 0x65, 0x58];
+        b.extend_from_slice(&key.to_be_bytes());
+        b.extend_from_slice(inner);
+        b
+    }
+
     pub fn vxlan(vni: u32, inner: &[u8]) -> Vec<u8> {
         let v = vni.to_be_bytes();
         let mut b = vec![0x08, 0, 0, 0, v[1], v[2], v[3], 0];
@@ -622,6 +699,42 @@ pub(crate) mod samples {
 mod tests {
     use super::samples::*;
     use super::*;
+
+    #[test]
+    fn gre_carrying_ethernet_decodes_to_the_inner_ping() {
+        let inner = eth(
+            MAC_GW,
+            MAC_A,
+            &ipv4(POD_A, POD_B, 1, 63, &icmp_echo(7, 1, b"twll-twll")),
+        );
+        let f = decode_frame(&eth(
+            ETH2,
+            ETH1,
+            &ipv4(NODE1, NODE2, 47, 64, &gre(0x54, &inner)),
+        ))
+        .unwrap();
+        let g = f.vxlan.as_ref().unwrap();
+        assert_eq!((g.encap, g.vni), (Encap::Gre, 0x54));
+        let ip = f.innermost().ip.as_ref().unwrap();
+        assert_eq!(ip.dst, Ipv4Addr::from(POD_B));
+        assert_eq!(f.ip.as_ref().unwrap().l4, L4::Other { protocol: 47 });
+        // Keyless GREv0, as OVS's flow-based port sends it; and a GRE packet carrying IP
+        // (not Ethernet) is left undecoded.
+        let mut bare = vec![0, 0, 0x65, 0x58];
+        bare.extend_from_slice(&inner);
+        let f = decode_frame(&eth(ETH2, ETH1, &ipv4(NODE1, NODE2, 47, 64, &bare))).unwrap();
+        assert_eq!(f.vxlan.as_ref().map(|g| g.vni), Some(0));
+        let mut ip_in_gre = vec![0, 0, 0x08, 0x00];
+        ip_in_gre.extend_from_slice(&inner[14..]);
+        let f = decode_frame(&eth(ETH2, ETH1, &ipv4(NODE1, NODE2, 47, 64, &ip_in_gre))).unwrap();
+        assert!(f.vxlan.is_none());
+        assert!(
+            decode_frame(&eth(ETH2, ETH1, &ipv4(NODE1, NODE2, 47, 64, &[0, 0])))
+                .unwrap()
+                .vxlan
+                .is_none()
+        );
+    }
 
     #[test]
     fn arp_request_and_proxy_reply_decode() {
