@@ -481,7 +481,10 @@ impl<R: Router> Walker<'_, R> {
                 iif = Some(dev);
                 continue;
             }
-            if out.kind == "tun" {
+            // An OVS netdev bridge's internal port (br-phy) is a TAP too, but OVS's, not a
+            // udp datapath's: it is walked as the bridge below.
+            let ovs_uplink = self.router.ovs_uplink(&netns, &out.name).is_some();
+            if out.kind == "tun" && !ovs_uplink {
                 if encap {
                     return Err(format!("{netns}: a TUN inside the tunnel ({})", out.name));
                 }
@@ -492,7 +495,7 @@ impl<R: Router> Walker<'_, R> {
             }
             // A tunnel's outer packet that OVS made leaves through the OVS bridge's own port
             // (br-phy's eth0) without touching the bridge's internal port.
-            if !(encap && self.router.ovs_uplink(&netns, &out.name).is_some()) {
+            if !(encap && ovs_uplink) {
                 self.push(&netns, &out.name, Dir::Out, encap, &taken);
             }
             let (ns2, dev2) = self.l2(&netns, out, nexthop, encap)?;
