@@ -157,6 +157,57 @@ impl Drop for TempDir {
     }
 }
 
+/// `cargo build -q -p P...` from inside a test, for the profile of `profile_dir`
+/// (target/debug or target/release), in the environment of a cargo run from a shell.
+///
+/// Cargo runs a test with its crate's build-time variables set (`CARGO_MANIFEST_DIR`,
+/// `CARGO_PKG_NAME`, `CARGO_PKG_VERSION_MAJOR`, `OUT_DIR`...). A nested cargo inheriting them
+/// passes them on to build scripts, and ring's declares `rerun-if-env-changed` on exactly
+/// those: every nested build re-ran it and rebuilt ring, rustls, twill-store and all above
+/// (80 s on 2 busy cores), and the next build from a shell rebuilt them back. In CI that
+/// was most of the 99 s put down to the storm test's `twill ipam check`.
+pub fn cargo_build(packages: &[&str], profile_dir: &std::path::Path) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-q"]);
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    if profile_dir.ends_with("release") {
+        cmd.arg("--release");
+    }
+    strip_crate_env(&mut cmd);
+    let what = format!("cargo build -p {}", packages.join(" -p "));
+    let ok = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("run {what}: {e}"))
+        .success();
+    assert!(ok, "{what} failed");
+}
+
+/// Removes from `cmd`'s environment what cargo sets for the crate it builds or runs (see
+/// [`cargo_build`]); cargo's own settings (`CARGO`, `CARGO_HOME`, `CARGO_TARGET_DIR`,
+/// `CARGO_BUILD_*`, `CARGO_PROFILE_*`...) stay.
+pub fn strip_crate_env(cmd: &mut Command) {
+    for (k, _) in std::env::vars_os() {
+        let Some(k) = k.to_str() else { continue };
+        let per_crate = ["CARGO_MANIFEST_", "CARGO_PKG_", "CARGO_BIN_", "CARGO_CFG_"]
+            .iter()
+            .any(|p| k.starts_with(p))
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "CARGO_RUSTC_CURRENT_DIR",
+                "OUT_DIR",
+            ]
+            .contains(&k);
+        if per_crate {
+            cmd.env_remove(k);
+        }
+    }
+}
+
 /// Binary `bin` of workspace package `package`, built (or brought up to date) once per test
 /// process, in the calling test executable's profile directory (target/debug or
 /// target/release): `cargo test -p X` builds no binary of another package.
@@ -171,20 +222,55 @@ pub fn workspace_bin(package: &str, bin: &str) -> std::path::PathBuf {
         .to_path_buf();
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
     if !built.iter().any(|p| p == package) {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-q", "-p", package]);
-        if dir.ends_with("release") {
-            cmd.arg("--release");
-        }
-        let ok = cmd
-            .status()
-            .unwrap_or_else(|e| panic!("run cargo build -p {package}: {e}"))
-            .success();
-        assert!(ok, "cargo build -p {package} failed");
+        cargo_build(&[package], &dir);
         built.push(package.to_owned());
     }
     let path = dir.join(bin);
     assert!(path.is_file(), "{} is missing", path.display());
     path
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nested_cargo_gets_none_of_the_running_crate_s_variables() {
+        // Run by cargo (or nextest), this test has its crate's variables, as every test
+        // that builds a binary of another package does.
+        for k in [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_PKG_NAME",
+            "CARGO_PKG_VERSION_MAJOR",
+        ] {
+            assert!(
+                std::env::var_os(k).is_some(),
+                "{k} is set for a test by cargo"
+            );
+        }
+        let mut cmd = Command::new("env");
+        strip_crate_env(&mut cmd);
+        let out = cmd.output().expect("run env");
+        let seen = String::from_utf8_lossy(&out.stdout);
+        let names: Vec<&str> = seen
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, _)| k)
+            .collect();
+        for k in [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_PKG_NAME",
+            "CARGO_PKG_VERSION_MAJOR",
+            "CARGO_CRATE_NAME",
+        ] {
+            assert!(
+                !names.contains(&k),
+                "{k} reaches the nested cargo: {names:?}"
+            );
+        }
+        assert!(
+            names.contains(&"PATH"),
+            "the rest of the environment stays: {names:?}"
+        );
+    }
 }

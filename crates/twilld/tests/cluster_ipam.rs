@@ -38,14 +38,7 @@ fn ensure_plugin() -> PathBuf {
     let dir = PathBuf::from(TWILLD).parent().unwrap().to_path_buf();
     let plugin = dir.join("twill-cni");
     if !plugin.is_file() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "twill-cni"]);
-        if dir.ends_with("release") {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("run cargo build -p twill-cni");
-        assert!(status.success(), "cargo build -p twill-cni failed");
+        twill_testkit::cargo_build(&["twill-cni"], &dir);
     }
     assert!(
         plugin.is_file(),

@@ -486,12 +486,21 @@ fn storm(tag: &str, setup: StoreSetup, mut chaos_store: impl FnMut(Duration)) {
         "every kind of fault happened"
     );
 
-    // `twill ipam check` against the same store.
-    let out = Command::new(twill_bin())
+    // `twill ipam check` against the same store (the build of twill, if this run did not
+    // build it, timed apart: it is not the check's).
+    let built = Instant::now();
+    let twill = twill_bin();
+    let checked = Instant::now();
+    let out = Command::new(twill)
         .args(["ipam", "check"])
         .args(&setup.flags)
         .output()
         .unwrap();
+    eprintln!(
+        "storm {tag}: twill built in {:?}, ipam check took {:?}",
+        checked - built,
+        checked.elapsed()
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && text.starts_with("ok:"),

@@ -41,21 +41,7 @@ impl Drop for LabGuard {
 pub fn ensure_binaries() -> (PathBuf, PathBuf) {
     static BUILD: std::sync::Once = std::sync::Once::new();
     let dir = PathBuf::from(TWILL).parent().unwrap().to_path_buf();
-    BUILD.call_once(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "twill-cni", "-p", "twilld"]);
-        if dir.ends_with("release") {
-            cmd.arg("--release");
-        }
-        let status = cmd
-            .status()
-            .expect("run cargo build -p twill-cni -p twilld");
-        assert!(
-            status.success(),
-            "cargo build -p twill-cni -p twilld failed"
-        );
-    });
+    BUILD.call_once(|| twill_testkit::cargo_build(&["twill-cni", "twilld"], &dir));
     let plugin = std::env::var_os("TWILL_CNI_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| dir.join("twill-cni"));
