@@ -193,24 +193,54 @@ fn read_handoff(path: &Path) -> anyhow::Result<Option<HandOff>> {
     }
 }
 
-/// The temporary file [`write_atomic`] uses for `path`: hidden, and with an ending no
-/// runtime reads as a config (`.conf`, `.conflist`, `.json`).
-fn temporary(path: &Path, pid: u32) -> PathBuf {
+/// The temporary file [`write_atomic`] uses for `path`: hidden, with an ending no runtime
+/// reads as a config (`.conf`, `.conflist`, `.json`), and a random `suffix`: two installs
+/// writing into one folder at once (the init containers of two pods sharing the host's CNI
+/// folders, both PID 1 in their own PID namespaces) never share one.
+fn temporary(path: &Path, suffix: &str) -> PathBuf {
     let name = path.file_name().unwrap_or_default().to_string_lossy();
-    path.with_file_name(format!(".{name}.tmp-{pid}"))
+    path.with_file_name(format!(".{name}.tmp-{suffix}"))
+}
+
+/// 16 hex digits from getrandom(2) (no /dev needed: the image is FROM scratch).
+fn random_suffix() -> anyhow::Result<String> {
+    let mut b = [0u8; 8];
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        return Err(std::io::Error::last_os_error())
+            .context("reading random bytes for a temporary file's name (getrandom)");
+    }
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// Takes the exclusive `flock` of an open temporary without waiting: false if another
+/// process holds it. Its writer holds it until the file is renamed or removed, so a
+/// temporary nobody holds was left by a writer that died.
+fn try_lock(f: &fs::File) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
 }
 
 fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).with_context(|| format!("creating the folder {}", dir.display()))?;
-    let tmp = temporary(path, std::process::id());
-    let _ = fs::remove_file(&tmp);
+    let tmp = temporary(path, &random_suffix()?);
     let written = (|| {
         let mut f = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(mode)
             .open(&tmp)?;
+        // Held until `f` closes, after the rename: see remove_stale_temporaries.
+        try_lock(&f)?;
         f.write_all(bytes)?;
         // The mode asked for, whatever the umask.
         f.set_permissions(fs::Permissions::from_mode(mode))?;
@@ -285,8 +315,8 @@ fn remove(path: &Path) -> anyhow::Result<()> {
     fs::remove_file(path).with_context(|| format!("removing {}", path.display()))
 }
 
-/// Temporaries of `path` left by an install killed before its rename, whose process no
-/// longer runs (a running install's file is left to it).
+/// Temporaries of `path` left by an install killed before its rename: those whose `flock`
+/// nobody holds (a running install holds its file's, whatever PID namespace it runs in).
 fn remove_stale_temporaries(path: &Path) -> Vec<PathBuf> {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return Vec::new();
@@ -297,16 +327,11 @@ fn remove_stale_temporaries(path: &Path) -> Vec<PathBuf> {
     };
     entries
         .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
         .filter_map(|e| {
-            let pid: u32 = e
-                .file_name()
-                .to_string_lossy()
-                .strip_prefix(&prefix)?
-                .parse()
-                .ok()?;
-            let alive = pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists();
-            let tmp = temporary(path, pid);
-            (!alive && fs::remove_file(&tmp).is_ok()).then_some(tmp)
+            let tmp = e.path();
+            let f = fs::File::open(&tmp).ok()?;
+            (try_lock(&f).ok()? && fs::remove_file(&tmp).is_ok()).then_some(tmp)
         })
         .collect()
 }

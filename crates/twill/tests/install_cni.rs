@@ -404,13 +404,18 @@ fn uninstall_removes_exactly_what_install_wrote() {
         .install(&["--plugin", plugin.to_str().unwrap()])
         .status
         .success());
-    // A temporary of an install killed before its rename (its process is gone), and one
-    // of an install still running (pid 1 runs): only the first is removed.
-    let mut child = Command::new("true").spawn().unwrap();
-    let dead = child.id();
-    child.wait().unwrap();
-    let stale = d.file(&format!("opt/cni/bin/.twill-cni.tmp-{dead}"), "partial");
-    let live = d.file("etc/cni/net.d/.10-twill.conflist.tmp-1", "partial");
+    // A temporary of an install killed before its rename (nobody holds its flock), and one
+    // of an install still running (its flock held, here by this test): only the first goes.
+    let stale = d.file("opt/cni/bin/.twill-cni.tmp-0123456789abcdef", "partial");
+    let live = d.file(
+        "etc/cni/net.d/.10-twill.conflist.tmp-fedcba9876543210",
+        "partial",
+    );
+    let held = fs::File::open(&live).unwrap();
+    assert_eq!(
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&held), libc::LOCK_EX) },
+        0
+    );
     let o = d.install(&["--uninstall"]);
     assert!(o.status.success(), "{}", text(&o));
     let (bin, conf) = (d.bin().join("twill-cni"), d.net().join("10-twill.conflist"));
@@ -441,4 +446,61 @@ fn uninstall_removes_exactly_what_install_wrote() {
         "{}",
         text(&o)
     );
+}
+
+/// Two init containers installing into the same host folders at once (two pods of the
+/// DaemonSet during a rollout), each PID 1 in its own PID namespace: with temporaries named
+/// by PID they shared one, and one install failed or renamed the other's half-written file.
+#[test]
+fn two_installs_at_once_each_pid_1_in_its_namespace_both_succeed() {
+    twill_testkit::require_root("two_installs_at_once_each_pid_1_in_its_namespace_both_succeed");
+    twill_testkit::require_program(
+        "two_installs_at_once_each_pid_1_in_its_namespace_both_succeed",
+        "unshare",
+        "util-linux",
+    );
+    let d = Dirs::new("twlicP");
+    let plugin = plugin();
+    let (bin, conf) = (d.bin().join("twill-cni"), d.net().join("10-twill.conflist"));
+    let want = fs::read(&plugin).unwrap();
+    for round in 0..4 {
+        let _ = fs::remove_file(&bin);
+        let _ = fs::remove_file(&conf);
+        let (b, n, h) = (d.bin(), d.net(), d.handoff());
+        let start = || {
+            clean_env(Command::new("unshare").args(["--pid", "--fork", "--kill-child"]))
+                .arg(TWILL)
+                .args(["install-cni", "--cni-bin-dir", b.to_str().unwrap()])
+                .args(["--cni-net-dir", n.to_str().unwrap()])
+                .args(["--handoff-file", h.to_str().unwrap()])
+                .args(["--plugin", plugin.to_str().unwrap()])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (first, second) = (start(), start());
+        for o in [first.wait_with_output(), second.wait_with_output()] {
+            let o = o.unwrap();
+            assert!(o.status.success(), "round {round}: {}", text(&o));
+        }
+        assert_eq!(
+            fs::read(&bin).unwrap(),
+            want,
+            "round {round}: the plugin is whole"
+        );
+        assert!(
+            fs::read(&conf).is_ok_and(|c| c.starts_with(b"{")),
+            "round {round}"
+        );
+        for dir in [d.bin(), d.net()] {
+            let left: Vec<_> = fs::read_dir(&dir)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name())
+                .filter(|n| n.to_string_lossy().contains(".tmp-"))
+                .collect();
+            assert!(left.is_empty(), "round {round}: temporaries left: {left:?}");
+        }
+    }
 }
