@@ -22,6 +22,8 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -46,6 +48,10 @@ const MEMBERS: [(u16, u16); 3] = [(2379, 2380), (2479, 2480), (2579, 2580)];
 /// The etcd members' nice value: above the agents, so that sharing 2 cores with N agents
 /// does not cost the cluster its leader (see [`etcd::Cluster::nice`]).
 const ETCD_NICE: i32 = -10;
+/// Where the members keep their data: tmpfs. On the shared disk their WAL's fdatasync took
+/// up to 8.8 s at 1000 agents (every session's builds write there) and the cluster kept
+/// losing its leader; a real cluster gives etcd a disk of its own.
+const ETCD_TMPFS: &str = "/dev/shm";
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(300);
 const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -84,6 +90,8 @@ struct Guard {
     etcd: Vec<Option<Daemon>>,
     namespaces: Vec<String>,
     scratch: PathBuf,
+    /// The etcd members' data and logs, on tmpfs.
+    etcd_scratch: PathBuf,
 }
 
 impl Drop for Guard {
@@ -100,6 +108,7 @@ impl Drop for Guard {
             eprintln!("twill-bench: cleanup: {e:#}");
         }
         let _ = std::fs::remove_dir_all(&self.scratch);
+        let _ = std::fs::remove_dir_all(&self.etcd_scratch);
     }
 }
 
@@ -107,9 +116,14 @@ impl Drop for Guard {
 /// `twlsc*` namespace and folder.
 pub fn cleanup() -> Result<()> {
     let mut dirs = Vec::new();
-    for e in std::fs::read_dir(std::env::temp_dir())?.filter_map(|e| e.ok()) {
-        if e.file_name().to_string_lossy().starts_with(PREFIX) {
-            dirs.push(e.path());
+    for root in [std::env::temp_dir(), PathBuf::from(ETCD_TMPFS)] {
+        let Ok(rd) = std::fs::read_dir(&root) else {
+            continue;
+        };
+        for e in rd.filter_map(|e| e.ok()) {
+            if e.file_name().to_string_lossy().starts_with(PREFIX) {
+                dirs.push(e.path());
+            }
         }
     }
     let stopped: usize = dirs.iter().map(|d| daemon::kill_recorded(d)).sum();
@@ -280,12 +294,20 @@ pub fn run(o: &Options) -> Result<Value> {
     let pid = std::process::id();
     let scratch = std::env::temp_dir().join(format!("{PREFIX}{pid}-scale"));
     std::fs::create_dir_all(&scratch)?;
+    let etcd_scratch = Path::new(ETCD_TMPFS).join(format!("{PREFIX}{pid}-etcd"));
+    std::fs::create_dir_all(&etcd_scratch).with_context(|| {
+        format!(
+            "cannot create {} (etcd's data, on tmpfs)",
+            etcd_scratch.display()
+        )
+    })?;
     let mut guard = Guard {
         root: Netns::current()?,
         agents: Vec::new(),
         etcd: Vec::new(),
         namespaces: Vec::new(),
         scratch: scratch.clone(),
+        etcd_scratch: etcd_scratch.clone(),
     };
     let under = format!("{PREFIX}{pid}-u");
     // n + 1: the node that joins at the end.
@@ -333,7 +355,7 @@ pub fn run(o: &Options) -> Result<Value> {
     netns::enter(&Netns::open(netns::path_of(&under))?)?;
 
     progress("starting a 3-member etcd (heartbeat 100 ms, election timeout 1 s)");
-    let members = etcd_cluster(&o.etcd, &scratch);
+    let members = etcd_cluster(&o.etcd, &etcd_scratch);
     guard.etcd = etcd::start(&members)?.into_iter().map(Some).collect();
     let endpoints = members.client_urls();
     // The bench's own reads: a longer timeout than the agents' 2 s, so that a loaded
@@ -360,10 +382,24 @@ pub fn run(o: &Options) -> Result<Value> {
         let dir = scratch.join(format!("a{k}"));
         std::fs::create_dir_all(&dir)?;
         let log = std::fs::File::create(dir.join("twilld.log"))?;
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &names[k - 1]])
-            .arg(&o.twilld)
-            .args(["--node-name", &format!("twln{k}")])
+        // Entered with setns(2) between fork and exec, not through `ip netns exec` (a mount
+        // namespace and a /sys remount each: under load 120 starting 1000 took ~250 s).
+        // twilld reads its namespace through netlink and /proc/sys/net, which follow the
+        // process's network namespace.
+        let ns = std::fs::File::open(netns::path_of(&names[k - 1]))
+            .with_context(|| format!("cannot open namespace {}", names[k - 1]))?;
+        let mut c = Command::new(&o.twilld);
+        // SAFETY: between fork and exec only setns(2) runs, an async-signal-safe system
+        // call on a descriptor the child inherited (closed at exec: O_CLOEXEC).
+        unsafe {
+            c.pre_exec(move || {
+                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        c.args(["--node-name", &format!("twln{k}")])
             .args(["--store", "etcd", "--etcd-endpoints", &etcd_url])
             .args(["--node-ip", &node_ip(k).to_string()])
             .args(["--listen", &format!("{}:{AGENT_PORT}", node_ip(k))])

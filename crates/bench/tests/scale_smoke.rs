@@ -3,7 +3,8 @@
 //! member (SIGKILL) during the cold start; then one node joins. The figures must say: every
 //! node holds exactly one block, no two overlap, every namespace routes to every other
 //! node's block, the joining node is routed to from all of them, nothing was lost with the
-//! member; and the run leaves none of its namespaces, folders or processes.
+//! member; and the run leaves none of its namespaces, folders (in /tmp and, etcd's data,
+//! /dev/shm) or processes.
 
 mod common;
 use common::*;
@@ -24,12 +25,15 @@ fn left_by(pid: u32) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default();
-    left.extend(
-        std::fs::read_dir(std::env::temp_dir())
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .map(|e| e.path().to_string_lossy().into_owned()),
-    );
+    // Its scratch folder, and etcd's data on tmpfs.
+    for root in [std::env::temp_dir(), "/dev/shm".into()] {
+        left.extend(
+            std::fs::read_dir(root)
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .map(|e| e.path().to_string_lossy().into_owned()),
+        );
+    }
     for e in std::fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()) {
         let cmdline = std::fs::read(e.path().join("cmdline"))
             .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
