@@ -8,28 +8,13 @@ mod common;
 use common::*;
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use twill_api::backend::BackendKind;
 use twill_api::wiring::PodWiring;
 use twill_store::StoreKind;
-
-fn ip_json(netns: &str, args: &[&str]) -> Value {
-    let out = Command::new("ip")
-        .args(["-j", "-d", "-n", netns])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "ip {args:?}: {}", text(&out));
-    let s = String::from_utf8_lossy(&out.stdout);
-    if s.trim().is_empty() {
-        Value::Array(vec![])
-    } else {
-        serde_json::from_str(&s).unwrap()
-    }
-}
 
 /// Twill's routes in a namespace, as the kernel lists them.
 fn twill_routes(netns: &str) -> Vec<Value> {
@@ -430,17 +415,6 @@ fn contradictory_flags_are_refused() {
         text(&o)
     );
     assert!(!PathBuf::from("/run").join(&name).exists());
-}
-
-/// A background command inside a namespace.
-fn spawn_in(netns: &str, cmd: &[&str]) -> std::process::Child {
-    Command::new("ip")
-        .args(["netns", "exec", netns])
-        .args(cmd)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
 }
 
 /// n4 joins and n3 leaves while n1-p1 pings n2-p1 every 10 ms and streams TCP to it (across

@@ -16,25 +16,10 @@ mod common;
 use common::*;
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-fn ip_json(netns: &str, args: &[&str]) -> Value {
-    let out = Command::new("ip")
-        .args(["-j", "-d", "-n", netns])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "ip {args:?}: {}", text(&out));
-    let s = String::from_utf8_lossy(&out.stdout);
-    if s.trim().is_empty() {
-        Value::Array(vec![])
-    } else {
-        serde_json::from_str(&s).unwrap()
-    }
-}
 
 /// `twill lab ovs -o json`: per node its bridges, ports, tunnels, identities and peers.
 fn ovs_json(name: &str) -> BTreeMap<String, Value> {
@@ -311,16 +296,6 @@ fn longest_gap(ping_out: &str, count: u32) -> u32 {
         prev = *s;
     }
     gap.max(count.saturating_sub(prev))
-}
-
-fn spawn_in(netns: &str, cmd: &[&str]) -> std::process::Child {
-    Command::new("ip")
-        .args(["netns", "exec", netns])
-        .args(cmd)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
 }
 
 /// gre + bridge wiring on one segment, then the restarts: twilld restarted changes nothing

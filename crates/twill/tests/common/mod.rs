@@ -78,3 +78,30 @@ pub fn blocks_by_node(st: &serde_json::Value) -> std::collections::BTreeMap<Stri
         })
         .collect()
 }
+
+/// `ip -j -d -n NETNS ARGS…` parsed (an empty answer is an empty array).
+pub fn ip_json(netns: &str, args: &[&str]) -> serde_json::Value {
+    let out = Command::new("ip")
+        .args(["-j", "-d", "-n", netns])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ip {args:?}: {}", text(&out));
+    let s = String::from_utf8_lossy(&out.stdout);
+    if s.trim().is_empty() {
+        serde_json::Value::Array(vec![])
+    } else {
+        serde_json::from_str(&s).unwrap()
+    }
+}
+
+/// A background command inside a namespace, its output piped.
+pub fn spawn_in(netns: &str, cmd: &[&str]) -> std::process::Child {
+    Command::new("ip")
+        .args(["netns", "exec", netns])
+        .args(cmd)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
