@@ -13,6 +13,16 @@ pub fn host_veth(container_id: &str, ifname: &str) -> String {
     format!("twl{:012x}", h >> 16)
 }
 
+/// Whether `name` has the shape `host_veth` gives: what twill-cni made, not a link of
+/// the operator's.
+pub fn is_host_veth(name: &str) -> bool {
+    name.len() == 15
+        && name.starts_with("twl")
+        && name[3..]
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -24,5 +34,9 @@ mod tests {
         assert_eq!(n, host_veth("c1", "eth0"));
         assert_ne!(n, host_veth("c1", "eth1"));
         assert_ne!(host_veth("ab", "c"), host_veth("a", "bc"));
+        assert!(is_host_veth(&n));
+        assert!(!is_host_veth("twl0"));
+        assert!(!is_host_veth("eth0"));
+        assert!(!is_host_veth("twlABCDEF012345"));
     }
 }

@@ -226,6 +226,13 @@ pub(crate) fn create_veth(
             }
         }
     }
+    if created.as_ref().is_err_and(|e| e.is_exists())
+        && remove_reaped_pod_end(host, pod_ns, plan.ifname)
+    {
+        // The pod end is a leftover of another attachment's DEL in this pod (a runtime
+        // that DELs then ADDs again in one sandbox with a new container ID).
+        created = host.create_veth_pair(&pair);
+    }
     created.map_err(|e| {
         if e.is_exists() {
             CniError::new(
@@ -252,6 +259,33 @@ pub(crate) fn create_veth(
                 format!("veth {} vanished after creation", plan.host_veth),
             )
         })
+}
+
+/// If the pod's `ifname` is the pod end of a veth whose host end twill-cni named and DEL
+/// took down (its reaper has not deleted it yet), deletes that veth and returns true.
+/// Anything else of that name (the operator's, or a live attachment's) is left alone.
+fn remove_reaped_pod_end(host: &mut Handle, pod_ns: &Netns, ifname: &str) -> bool {
+    let Ok(mut pod) = Handle::new_here_in(pod_ns) else {
+        return false;
+    };
+    let Ok(Some(pod_end)) = pod.link_by_name(ifname) else {
+        return false;
+    };
+    let (Some("veth"), Some(peer)) = (pod_end.kind.as_deref(), pod_end.peer_index) else {
+        return false;
+    };
+    let Ok(Some(host_end)) = host.link_by_index(peer) else {
+        return false;
+    };
+    let leftover = host_end.kind.as_deref() == Some("veth")
+        && !host_end.up
+        && host_end.peer_index == Some(pod_end.index)
+        && crate::names::is_host_veth(&host_end.name);
+    leftover
+        && match host.delete_link(host_end.index) {
+            Ok(()) => true,
+            Err(e) => e.is_not_found(),
+        }
 }
 
 /// The pod side: its address, the interface up, a scope-link route to each of
