@@ -17,36 +17,6 @@ fn assert_check_passes(name: &str) {
     assert!(check.status.success(), "check failed:\n{}", text(&check));
 }
 
-/// Nothing of lab `name` is left: namespaces, state folder, daemons.
-fn assert_gone(name: &str, pids: &[u64]) {
-    let left: Vec<String> = std::fs::read_dir("/run/netns")
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    let prefix = format!("{name}-");
-    assert!(
-        left.iter().all(|n| !n.starts_with(&prefix)),
-        "namespaces left: {left:?}"
-    );
-    assert!(
-        !PathBuf::from("/run").join(name).exists(),
-        "/run/{name} left behind"
-    );
-    for pid in pids {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let state = stat
-            .rsplit_once(')')
-            .map(|(_, r)| r.trim_start().chars().next());
-        assert!(
-            matches!(state, None | Some(Some('Z'))),
-            "process {pid} still runs: {stat}"
-        );
-    }
-}
-
 fn agent_pids(st: &serde_json::Value) -> Vec<u64> {
     st["nodes"]
         .as_array()
