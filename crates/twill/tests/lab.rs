@@ -701,3 +701,40 @@ fn lab_demo_tells_the_bridge_and_the_l3_story() {
         drop(guard);
     }
 }
+
+/// `lab demo --backend bgp` tells Calico's story for real: the node-to-node mesh comes up
+/// Established, the typical fault (first-found autodetection picks eth1) leaves the session
+/// stuck with a warning that names the fix, the explicit address fixes it, every check passes
+/// and nothing is left behind.
+#[test]
+fn lab_demo_tells_the_bgp_story_with_the_first_found_fault() {
+    twill_testkit::require_root("lab_demo_tells_the_bgp_story_with_the_first_found_fault");
+    ensure_binaries();
+    let name = lab_name('b');
+    let guard = LabGuard(name.clone());
+    let demo = twill(&["lab", "demo", "--name", &name, "--backend", "bgp"]);
+    let out = String::from_utf8_lossy(&demo.stdout);
+    assert!(demo.status.success(), "bgp demo failed:\n{}", text(&demo));
+    for part in [
+        "== 1. Calico's model: every node is a router",
+        "node-to-node mesh | up",
+        "== 7. The typical fault: first-found picks the wrong interface",
+        "n2 has node IP 203.0.113.200 (first-found",
+        "is stuck in Active/Connect",
+        "fix the wrong one with ipAutodetection",
+        "== 8. The fix: set the node's address explicitly",
+        "pod→pod tcp, other node, source kept",
+        "0 unexpected",
+        "(SIGTERM: each closes its sessions with a Cease)",
+    ] {
+        assert!(out.contains(part), "{part:?} missing:\n{out}");
+    }
+    assert!(!out.contains("MISSING"), "{out}");
+    // The fix must come after the fault, and the mesh must be up again after the fix.
+    let fault = out.find("is stuck in Active/Connect").unwrap();
+    let fix = out.find("== 8. The fix").unwrap();
+    assert!(fault < fix, "{out}");
+    assert!(out[fix..].contains("node-to-node mesh | up"), "{out}");
+    assert_gone(&name, &[]);
+    drop(guard);
+}
