@@ -358,6 +358,53 @@ fn helper_keeps_a_dead_peers_routes_for_its_restart_time_then_sweeps() {
     assert!(up < down && down < swept, "{log}");
 }
 
+/// Graceful restart, helper side, with our cap: the peer advertises 30 s, our peer entry
+/// says `maxRestartTime: 3`, so its routes stay stale 3 s and are swept long before 30.
+#[test]
+fn max_restart_time_caps_the_restart_time_a_dead_peer_advertised() {
+    twill_testkit::require_root("max_restart_time_caps_the_restart_time_a_dead_peer_advertised");
+    let lan = Lan::new("spkm", 2);
+    let (a, b) = (&lan[0], &lan[1]);
+    let mut to_b = peer("192.0.2.2", 65002);
+    to_b["maxRestartTime"] = json!(3);
+    let mut ca = speaker_cfg(a, 65001, &[], vec![to_b]);
+    ca["gracefulRestart"] = json!({"restartTime": 30});
+    let mut cb = speaker_cfg(b, 65002, &["10.244.2.0/24"], vec![peer("192.0.2.1", 65001)]);
+    cb["gracefulRestart"] = json!({"restartTime": 30});
+    let sa = Twill::start(a, ca);
+    let mut sb = Twill::start(b, cb);
+    wait::until("A has B's route", Duration::from_secs(10), || {
+        via(a.name(), "10.244.2.0/24")
+            .map(drop)
+            .ok_or_else(|| "none".to_string())
+    });
+    sb.daemon.kill();
+    let t = Instant::now();
+    wait::until("A holds it stale", Duration::from_secs(5), || {
+        let p = sa.paths("10.244.2.0/24");
+        (p.first().is_some_and(|p| p["stale"] == true))
+            .then_some(())
+            .ok_or(format!("{p:?}"))
+    });
+    assert!(via(a.name(), "10.244.2.0/24").is_some(), "still forwarding");
+    // Well before B's own 30 s: only the cap can end it this soon.
+    wait::until(
+        "swept after maxRestartTime",
+        Duration::from_secs(12),
+        || via(a.name(), "10.244.2.0/24").map_or(Ok(()), |r| Err(format!("{r:?}"))),
+    );
+    assert!(
+        t.elapsed() >= Duration::from_secs(2),
+        "not before the capped restart time: {:?}",
+        t.elapsed()
+    );
+    let log = sa.log_text();
+    assert!(
+        log.contains("its routes kept stale for 3 s (graceful restart)"),
+        "the capped time is what the operator reads:\n{log}"
+    );
+}
+
 #[test]
 fn config_errors_name_the_field_and_leave_nothing() {
     let dir = TempDir::new("spkc");
