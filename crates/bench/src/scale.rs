@@ -426,6 +426,8 @@ pub fn run(o: &Options) -> Result<Value> {
             .push(Daemon::new(format!("twln{k}"), child, &scratch)?);
     }
     let spawned_s = t0.elapsed().as_secs_f64();
+    // Said at once: at 1000 agents on a loaded machine starting them alone took minutes.
+    progress(&format!("{n} agents started in {spawned_s:.1} s"));
     let mut killed: Option<(usize, f64)> = None;
     let mut alive = [true; 3];
     let mut leased_s = None;
@@ -444,7 +446,7 @@ pub fn run(o: &Options) -> Result<Value> {
         if Instant::now() > t0 + CONVERGE_TIMEOUT {
             let seen = routes_seen(&mut handles[..n], cluster);
             bail!(
-                "not converged in {CONVERGE_TIMEOUT:?}: {} of {n} blocks leased (all at {leased_s:?} s), {} of {n} namespaces with every route, the fewest routes {:?}; logs in {}",
+                "not converged in {CONVERGE_TIMEOUT:?}: {} of {n} blocks leased (all at {leased_s:?} s), {} of {n} namespaces with every route, the fewest routes {:?}, the agents started in {spawned_s:.1} s; logs in {}",
                 b.len(),
                 seen.iter().filter(|s| **s >= n - 1).count(),
                 seen.iter().min(),
