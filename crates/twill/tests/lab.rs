@@ -199,22 +199,7 @@ fn lab_up_check_status_exec_down() {
 
     let down = twill(&["lab", "down", "--name", &name]);
     assert!(down.status.success(), "down failed:\n{}", text(&down));
-    let left: Vec<String> = std::fs::read_dir("/run/netns")
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    let prefix = format!("{name}-");
-    assert!(
-        left.iter().all(|n| !n.starts_with(&prefix)),
-        "namespaces left: {left:?}"
-    );
-    assert!(
-        !PathBuf::from("/run").join(&name).exists(),
-        "/run/{name} left behind"
-    );
+    assert_gone(&name, &[]);
     drop(guard);
 }
 
