@@ -307,19 +307,26 @@ fn graceful_restart_adopts_the_kernel_routes_with_no_flap() {
     assert!(via(a.name(), "10.244.2.0/24").is_some() && via(b.name(), "10.244.1.0/24").is_some());
 }
 
-/// Graceful restart, helper side: the peer is SIGKILLed; its routes stay (stale) in our
-/// kernel for its restart time, then go.
-#[test]
-fn helper_keeps_a_dead_peers_routes_for_its_restart_time_then_sweeps() {
-    twill_testkit::require_root(
-        "helper_keeps_a_dead_peers_routes_for_its_restart_time_then_sweeps",
-    );
-    let lan = Lan::new("spkh", 2);
+/// Graceful restart, helper side: A (restart time 30 s) peers with B, which advertises
+/// `b_restart` s and is SIGKILLed; A keeps B's route stale in its kernel, then sweeps it
+/// within `sweep_within` and not before 2 s. `to_b` holds A's extra peer fields. Returns
+/// A's log.
+fn helper_holds_then_sweeps(
+    tag: &str,
+    to_b: Value,
+    b_restart: u16,
+    sweep_within: Duration,
+) -> String {
+    let lan = Lan::new(tag, 2);
     let (a, b) = (&lan[0], &lan[1]);
-    let mut ca = speaker_cfg(a, 65001, &[], vec![peer("192.0.2.2", 65002)]);
+    let mut pa = peer("192.0.2.2", 65002);
+    pa.as_object_mut()
+        .unwrap()
+        .extend(to_b.as_object().unwrap().clone());
+    let mut ca = speaker_cfg(a, 65001, &[], vec![pa]);
     ca["gracefulRestart"] = json!({"restartTime": 30});
     let mut cb = speaker_cfg(b, 65002, &["10.244.2.0/24"], vec![peer("192.0.2.1", 65001)]);
-    cb["gracefulRestart"] = json!({"restartTime": 3});
+    cb["gracefulRestart"] = json!({"restartTime": b_restart});
     let sa = Twill::start(a, ca);
     let mut sb = Twill::start(b, cb);
     wait::until("A has B's route", Duration::from_secs(10), || {
@@ -336,18 +343,26 @@ fn helper_keeps_a_dead_peers_routes_for_its_restart_time_then_sweeps() {
             .ok_or(format!("{p:?}"))
     });
     assert!(via(a.name(), "10.244.2.0/24").is_some(), "still forwarding");
-    wait::until(
-        "swept after B's restart time",
-        Duration::from_secs(10),
-        || via(a.name(), "10.244.2.0/24").map_or(Ok(()), |r| Err(format!("{r:?}"))),
-    );
+    wait::until("swept after the restart time", sweep_within, || {
+        via(a.name(), "10.244.2.0/24").map_or(Ok(()), |r| Err(format!("{r:?}")))
+    });
     assert!(
         t.elapsed() >= Duration::from_secs(2),
         "not before its restart time: {:?}",
         t.elapsed()
     );
+    sa.log_text()
+}
+
+/// Graceful restart, helper side: the peer is SIGKILLed; its routes stay (stale) in our
+/// kernel for its restart time, then go.
+#[test]
+fn helper_keeps_a_dead_peers_routes_for_its_restart_time_then_sweeps() {
+    twill_testkit::require_root(
+        "helper_keeps_a_dead_peers_routes_for_its_restart_time_then_sweeps",
+    );
+    let log = helper_holds_then_sweeps("spkh", json!({}), 3, Duration::from_secs(10));
     // The operator's account of it, in order: up, down with the stale hold, the sweep.
-    let log = sa.log_text();
     let at = |what: &str| {
         log.find(what)
             .unwrap_or_else(|| panic!("{what:?} not in the speaker's log:\n{log}"))
@@ -363,42 +378,13 @@ fn helper_keeps_a_dead_peers_routes_for_its_restart_time_then_sweeps() {
 #[test]
 fn max_restart_time_caps_the_restart_time_a_dead_peer_advertised() {
     twill_testkit::require_root("max_restart_time_caps_the_restart_time_a_dead_peer_advertised");
-    let lan = Lan::new("spkm", 2);
-    let (a, b) = (&lan[0], &lan[1]);
-    let mut to_b = peer("192.0.2.2", 65002);
-    to_b["maxRestartTime"] = json!(3);
-    let mut ca = speaker_cfg(a, 65001, &[], vec![to_b]);
-    ca["gracefulRestart"] = json!({"restartTime": 30});
-    let mut cb = speaker_cfg(b, 65002, &["10.244.2.0/24"], vec![peer("192.0.2.1", 65001)]);
-    cb["gracefulRestart"] = json!({"restartTime": 30});
-    let sa = Twill::start(a, ca);
-    let mut sb = Twill::start(b, cb);
-    wait::until("A has B's route", Duration::from_secs(10), || {
-        via(a.name(), "10.244.2.0/24")
-            .map(drop)
-            .ok_or_else(|| "none".to_string())
-    });
-    sb.daemon.kill();
-    let t = Instant::now();
-    wait::until("A holds it stale", Duration::from_secs(5), || {
-        let p = sa.paths("10.244.2.0/24");
-        (p.first().is_some_and(|p| p["stale"] == true))
-            .then_some(())
-            .ok_or(format!("{p:?}"))
-    });
-    assert!(via(a.name(), "10.244.2.0/24").is_some(), "still forwarding");
     // Well before B's own 30 s: only the cap can end it this soon.
-    wait::until(
-        "swept after maxRestartTime",
+    let log = helper_holds_then_sweeps(
+        "spkm",
+        json!({"maxRestartTime": 3}),
+        30,
         Duration::from_secs(12),
-        || via(a.name(), "10.244.2.0/24").map_or(Ok(()), |r| Err(format!("{r:?}"))),
     );
-    assert!(
-        t.elapsed() >= Duration::from_secs(2),
-        "not before the capped restart time: {:?}",
-        t.elapsed()
-    );
-    let log = sa.log_text();
     assert!(
         log.contains("its routes kept stale for 3 s (graceful restart)"),
         "the capped time is what the operator reads:\n{log}"
