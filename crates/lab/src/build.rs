@@ -119,17 +119,23 @@ fn add_netns(state: &mut LabState, netns: &str) -> Result<(), LabError> {
 }
 
 fn set_ip_forward(netns: &str) -> Result<(), LabError> {
+    sysctl_in(netns, "net/ipv4/ip_forward", "1")
+}
+
+/// Writes `value` to /proc/sys/`key` of namespace `netns`.
+fn sysctl_in(netns: &str, key: &str, value: &str) -> Result<(), LabError> {
+    let what = format!("set {key} = {value} in {netns}");
     // /proc/sys/net is per namespace, resolved for the thread that opens it.
     let ns = crate::probe::open_netns(netns).map_err(|e| LabError::Command {
-        cmd: format!("enable ip_forward in {netns}"),
+        cmd: what.clone(),
         detail: e.to_string(),
     })?;
-    twill_netlink::run_in(&ns, || std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))
+    twill_netlink::run_in(&ns, || std::fs::write(format!("/proc/sys/{key}"), value))
         .map_err(|e| LabError::Command {
-            cmd: format!("enable ip_forward in {netns}"),
+            cmd: what.clone(),
             detail: e.to_string(),
         })?
-        .map_err(io_err(format!("enable ip_forward in {netns}")))
+        .map_err(io_err(what))
 }
 
 fn wire_veth(v: &Veth) -> Result<(), LabError> {
@@ -478,6 +484,13 @@ fn setup_ovs(state: &mut LabState, node: &NodePlan, log: Log) -> Result<(), LabE
     ])?;
     let addr = node.address.to_string();
     let ns = node.netns.as_str();
+    // eth0, now OVS's, must not answer ARP for the node IP with its own MAC: peers would
+    // learn a MAC on which OVS takes no tunnel packets (twill_ovs::neigh::arp_flux).
+    sysctl_in(
+        ns,
+        &format!("net/ipv4/conf/{}/arp_ignore", node.uplink.ifname),
+        "1",
+    )?;
     ip(&["-n", ns, "addr", "del", &addr, "dev", &node.uplink.ifname])?;
     ip(&["-n", ns, "addr", "add", &addr, "dev", phy])?;
     ip(&["-n", ns, "link", "set", phy, "up"])?;
@@ -644,6 +657,17 @@ pub fn peering_gaps(state: &LabState) -> Result<Vec<String>, LabError> {
         readyz.insert(n.short.clone(), body);
     }
     let mut gaps = plan.peering_gaps(&blocks, &routes, &readyz);
+    if plan.backend == BackendKind::Ovs {
+        let userspace = crate::ovs::datapath_type() == crate::ovs::DATAPATH_NETDEV;
+        let mut states = Vec::new();
+        for n in &plan.nodes {
+            match crate::ovs::read_tunnel_state(&crate::ovs::OvsPaths::of(n), userspace) {
+                Ok(s) => states.push(s),
+                Err(e) => gaps.push(format!("{}: cannot read its OVS yet: {e}", n.short)),
+            }
+        }
+        gaps.extend(crate::ovs::tunnel_gaps(plan, &states));
+    }
     if let Some(have) = router_routes(plan)? {
         gaps.extend(plan::router_gaps(&plan.nodes, &blocks, &have));
     }

@@ -126,6 +126,14 @@ impl OvsPaths {
         run(c)
     }
 
+    /// `ovs-appctl -t ovs-vswitchd ARGS` in the node (found by its pidfile in the run
+    /// directory); its stdout.
+    pub fn appctl(&self, args: &[&str]) -> Result<String, LabError> {
+        let mut c = self.command("ovs-appctl");
+        c.args(["--timeout=5", "-t", "ovs-vswitchd"]).args(args);
+        run(c)
+    }
+
     /// `ovs-ofctl ARGS` in the node; its stdout.
     pub fn ofctl(&self, args: &[&str]) -> Result<String, LabError> {
         let mut c = self.command("ovs-ofctl");
@@ -757,6 +765,72 @@ pub fn read_node(p: &OvsPaths) -> Result<NodeOvs, LabError> {
     })
 }
 
+/// What one node's OVS holds for its tunnels: per peer node IP its flows (out, in), and
+/// with the userspace datapath its tunnel neighbour cache (None: the kernel datapath, which
+/// resolves next hops itself).
+pub struct TunnelState {
+    pub node: String,
+    pub peers: BTreeMap<Ipv4Addr, (usize, usize)>,
+    pub cache: Option<Vec<twill_ovs::neigh::CacheEntry>>,
+}
+
+/// What the nodes' OVS still lack before a pod's first packet to another node gets
+/// through: flows both ways to every other node, and (userspace datapath) the next hop's
+/// MAC in the cache of the bridge holding the node IP, without which ovs-vswitchd drops
+/// the packet while it ARPs (twill_ovs::neigh). Pure.
+pub fn tunnel_gaps(plan: &crate::plan::LabPlan, states: &[TunnelState]) -> Vec<String> {
+    let mut gaps = Vec::new();
+    for s in states {
+        let Some(from) = plan.nodes.iter().find(|n| n.short == s.node) else {
+            continue;
+        };
+        for to in plan.nodes.iter().filter(|n| n.short != s.node) {
+            let peer = to.address.addr();
+            match s.peers.get(&peer) {
+                Some((o, i)) if *o > 0 && *i > 0 => {}
+                _ => gaps.push(format!(
+                    "{} has no flows to and from {} ({peer}) in {INTEGRATION_BRIDGE} yet",
+                    from.short, to.short
+                )),
+            }
+            let Some(cache) = &s.cache else { continue };
+            let hop = if from.segment == to.segment {
+                peer
+            } else {
+                from.gateway
+            };
+            let known = cache
+                .iter()
+                .any(|c| c.ip == hop && c.bridge == crate::plan::OVS_PHY_BRIDGE && !c.stale);
+            if !known {
+                gaps.push(format!(
+                    "{}'s ovs-vswitchd has no MAC for {hop} (next hop to {}) in its tunnel neighbour cache (ovs-appctl tnl/neigh/show)",
+                    from.short, to.short
+                ));
+            }
+        }
+    }
+    gaps
+}
+
+/// Reads [`TunnelState`] of one node (`ovs-ofctl dump-flows`, and `tnl/neigh/show` when
+/// `userspace`).
+pub fn read_tunnel_state(p: &OvsPaths, userspace: bool) -> Result<TunnelState, LabError> {
+    let peers = peer_tunnels(&parse_flows(&p.ofctl(&["dump-flows", INTEGRATION_BRIDGE])?));
+    let cache = if userspace {
+        Some(twill_ovs::neigh::parse_cache(
+            &p.appctl(&["tnl/neigh/show"])?,
+        ))
+    } else {
+        None
+    };
+    Ok(TunnelState {
+        node: p.node.clone(),
+        peers,
+        cache,
+    })
+}
+
 /// Every node's OVS of a lab: the nodes whose OVS database socket exists (none for a lab
 /// of another backend); a node whose OVS cannot be read is left out.
 pub fn read_lab(plan: &crate::plan::LabPlan) -> Vec<NodeOvs> {
@@ -973,5 +1047,56 @@ mod tests {
             .env()
             .iter()
             .all(|(_, v)| v == &p.dir.display().to_string()));
+    }
+
+    #[test]
+    fn tunnel_gaps_name_missing_flows_and_next_hops_by_segment() {
+        use crate::plan::{plan, LabSpec};
+        use twill_ovs::neigh::CacheEntry;
+        let p = plan(&LabSpec {
+            name: "twlgap".into(),
+            nodes: 3,
+            pods_per_node: 1,
+            segments: 2,
+            ..LabSpec::default()
+        })
+        .unwrap();
+        let (n1, n2, n3) = (&p.nodes[0], &p.nodes[1], &p.nodes[2]);
+        assert_eq!(n1.segment, n3.segment, "nodes alternate segments");
+        assert_ne!(n1.segment, n2.segment);
+        let entry = |ip: Ipv4Addr, stale: bool| CacheEntry {
+            ip,
+            mac: [2, 0, 0, 0, 0, 1],
+            bridge: crate::plan::OVS_PHY_BRIDGE.into(),
+            stale,
+        };
+        let both = |a: &crate::plan::NodePlan| (a.address.addr(), (1, 2));
+        let states = [TunnelState {
+            node: "n1".into(),
+            // n3 only has flows out, not in.
+            peers: [both(n2), (n3.address.addr(), (1, 0))].into(),
+            // n2 is reached through n1's gateway (known), n3 directly (only a STALE entry).
+            cache: Some(vec![
+                entry(n1.gateway, false),
+                entry(n3.address.addr(), true),
+            ]),
+        }];
+        assert_eq!(
+            tunnel_gaps(&p, &states),
+            [
+                format!("n1 has no flows to and from n3 ({}) in twl-int yet", n3.address.addr()),
+                format!(
+                    "n1's ovs-vswitchd has no MAC for {} (next hop to n3) in its tunnel neighbour cache (ovs-appctl tnl/neigh/show)",
+                    n3.address.addr()
+                ),
+            ]
+        );
+        // The kernel datapath resolves next hops itself: flows are all that count.
+        let states = [TunnelState {
+            node: "n1".into(),
+            peers: [both(n2), both(n3)].into(),
+            cache: None,
+        }];
+        assert!(tunnel_gaps(&p, &states).is_empty());
     }
 }

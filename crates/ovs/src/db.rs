@@ -168,6 +168,24 @@ impl Snapshot {
         self.interfaces.iter().find(|i| i.name == name)
     }
 
+    /// The kernel devices (interfaces of type "" or "system") that are ports of `bridge`.
+    pub fn system_interfaces(&self, bridge: &str) -> Vec<String> {
+        let Some(b) = self.bridge(bridge) else {
+            return Vec::new();
+        };
+        let mut v: Vec<String> = self
+            .ports
+            .iter()
+            .filter(|p| b.ports.contains(&p.uuid))
+            .flat_map(|p| p.interfaces.iter())
+            .filter_map(|u| self.interfaces.iter().find(|i| &i.uuid == u))
+            .filter(|i| i.kind.is_empty() || i.kind == "system")
+            .map(|i| i.name.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
     /// The bridge holding port `port`.
     pub fn bridge_of_port(&self, port: &str) -> Option<&BridgeRow> {
         let p = self.port(port)?;

@@ -64,12 +64,7 @@ impl Flow {
     }
 }
 
-pub fn format_mac(m: &[u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
+pub use twill_netlink::neigh::format_mac;
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().fold(String::from("0x"), |mut s, b| {

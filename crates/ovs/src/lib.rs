@@ -6,6 +6,8 @@
 //! - [`flows`] (pure): the OpenFlow table Twill wants on its bridge, each flow marked by a
 //!   cookie ([`COOKIE_MARK`] + a hash of its text), and the diff against `ovs-ofctl
 //!   dump-flows` as one `ovs-ofctl --bundle add-flows` script (atomic).
+//! - [`neigh`] (pure): ovs-vswitchd's tunnel neighbour cache (userspace datapath) planned
+//!   from the host's routes and neighbours, so a peer's first packet is not dropped.
 //! - [`tools`] (the I/O edge): runs `ovs-vsctl` / `ovs-ofctl` against a run directory,
 //!   checks the version, probes the daemons' sockets.
 //!
@@ -23,6 +25,7 @@
 
 pub mod db;
 pub mod flows;
+pub mod neigh;
 pub mod tools;
 
 /// The external_ids key on every bridge, port and interface Twill creates.

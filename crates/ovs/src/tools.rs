@@ -2,9 +2,10 @@
 //! ovsdb-server's `db.sock` and ovs-vswitchd's control and bridge sockets are).
 
 use crate::db::Snapshot;
-use crate::{flows, Error};
+use crate::{flows, neigh, Error};
 use std::collections::BTreeSet;
 use std::io::Write;
+use std::net::Ipv4Addr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -162,6 +163,92 @@ impl Tools {
             Some(script),
         )
         .map(drop)
+    }
+
+    /// `ovs-appctl -t <the live ovs-vswitchd's control socket> ARGS…`.
+    pub fn vswitchd_appctl(&self, args: &[String]) -> Result<String, Error> {
+        let pid = self.vswitchd_pid().ok_or_else(|| Error::Failed {
+            tool: "ovs-appctl",
+            args: args.join(" "),
+            stderr: format!(
+                "no live ovs-vswitchd control socket in {}",
+                self.rundir.display()
+            ),
+        })?;
+        let mut a = vec![
+            format!("--timeout={TIMEOUT_SECONDS}"),
+            "-t".to_string(),
+            self.rundir
+                .join(format!("ovs-vswitchd.{pid}.ctl"))
+                .display()
+                .to_string(),
+        ];
+        a.extend(args.iter().cloned());
+        self.run("ovs-appctl", &a, None)
+    }
+
+    /// ovs-vswitchd's tunnel neighbour cache (`tnl/neigh/show`).
+    pub fn tunnel_neighbours(&self) -> Result<Vec<neigh::CacheEntry>, Error> {
+        Ok(neigh::parse_cache(
+            &self.vswitchd_appctl(&["tnl/neigh/show".into()])?,
+        ))
+    }
+
+    /// `tnl/neigh/set BRIDGE IP MAC`.
+    pub fn set_tunnel_neighbour(
+        &self,
+        bridge: &str,
+        ip: Ipv4Addr,
+        mac: &[u8; 6],
+    ) -> Result<(), Error> {
+        self.vswitchd_appctl(&[
+            "tnl/neigh/set".into(),
+            bridge.into(),
+            ip.to_string(),
+            flows::format_mac(mac),
+        ])
+        .map(drop)
+    }
+
+    /// The host's main routing table (`ip -j -4 route show table main`).
+    pub fn kernel_routes(&self) -> Result<Vec<neigh::KernelRoute>, Error> {
+        let args = ["-j", "-4", "route", "show", "table", "main"].map(String::from);
+        let text = self.run("ip", &args, None)?;
+        neigh::parse_routes(&text).map_err(|reason| Error::Decode {
+            what: "ip -j route show".into(),
+            reason,
+        })
+    }
+
+    /// The host's IPv4 neighbours (`ip -j -4 neigh show`).
+    pub fn kernel_neighbours(&self) -> Result<Vec<neigh::KernelNeighbour>, Error> {
+        let args = ["-j", "-4", "neigh", "show"].map(String::from);
+        let text = self.run("ip", &args, None)?;
+        neigh::parse_neighbours(&text).map_err(|reason| Error::Decode {
+            what: "ip -j neigh show".into(),
+            reason,
+        })
+    }
+
+    /// `arp_ignore` of `all` and of `dev` (/proc/sys/net/ipv4/conf/*/arp_ignore).
+    pub fn arp_ignore(&self, dev: &str) -> Result<[u8; 2], Error> {
+        let path = |d: &str| format!("/proc/sys/net/ipv4/conf/{d}/arp_ignore");
+        let text = self.run("cat", &[path("all"), path(dev)], None)?;
+        let v: Vec<u8> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        match v[..] {
+            [all, d] => Ok([all, d]),
+            _ => Err(Error::Decode {
+                what: format!("arp_ignore of all and {dev}"),
+                reason: format!("{text:?}"),
+            }),
+        }
+    }
+
+    /// Asks the host's kernel to resolve `ip` on `dev` now (`ip neigh replace IP dev DEV
+    /// use`: NTF_USE, an ARP request without any packet to send).
+    pub fn kernel_resolve(&self, ip: Ipv4Addr, dev: &str) -> Result<(), Error> {
+        let args = ["neigh", "replace", &ip.to_string(), "dev", dev, "use"].map(String::from);
+        self.run("ip", &args, None).map(drop)
     }
 
     /// ovsdb-server accepts a connection on its socket.

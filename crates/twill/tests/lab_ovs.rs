@@ -696,7 +696,6 @@ fn tunnel_type_needs_backend_ovs() {
 /// joining with its tunnels added everywhere and nothing else changed, every check passing,
 /// the node leaving with its tunnels gone; and it leaves nothing behind.
 #[test]
-#[ignore = "flaky in full CI (failed 1 of 2 whole-suite runs, 2026-12-02; passes alone): cause not found yet; run with --run-ignored"]
 fn quick_ovs_demo_tells_the_tunnel_story() {
     twill_testkit::require_root("quick_ovs_demo_tells_the_tunnel_story");
     ensure_binaries();

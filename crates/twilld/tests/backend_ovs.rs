@@ -168,6 +168,8 @@ fn node(i: u8, underlay: &TestNetns, bridge: &str) -> Node {
         "datapath_type=netdev",
     ]);
     ovs.vsctl(&["add-port", "br-phy", "eth0"]);
+    // eth0 (OVS's now) must not answer ARP for the node IP with its own MAC.
+    ns.exec(&["sysctl", "-qw", "net.ipv4.conf.eth0.arp_ignore=1"]);
     let address = format!("192.0.2.1{i}");
     ns.exec(&["ip", "link", "set", "eth0", "up"]);
     ns.exec(&[
@@ -645,6 +647,76 @@ fn gre_mesh_carries_pods_follows_churn_survives_restarts_and_daemon_deaths() {
     assert_eq!(metric(&r1, "twill_ovs_transactions_total"), tx);
     assert!(ping(&n1, &n2));
     assert!(n1.ovs.alive("ovs-vswitchd") && n1.ovs.alive("ovsdb-server"));
+}
+
+/// ovs-vswitchd's tunnel neighbour cache (`tnl/neigh/show`): (IP, MAC) of br-phy's entries.
+fn tunnel_neighbours(n: &Node) -> Vec<(String, String)> {
+    n.ovs
+        .run(&["ovs-appctl", "-t", "ovs-vswitchd", "tnl/neigh/show"])
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 3 && f[2] == "br-phy" && f.get(3) != Some(&"STALE"))
+                .then(|| (f[0].to_string(), f[1].to_string()))
+        })
+        .collect()
+}
+
+fn mac_of(n: &Node, dev: &str) -> String {
+    let out = String::from_utf8_lossy(
+        &n.ns
+            .exec(&["cat", &format!("/sys/class/net/{dev}/address")])
+            .stdout,
+    )
+    .trim()
+    .to_string();
+    out
+}
+
+/// The userspace datapath drops a tunnel packet whose next hop it has no MAC for (and ARPs);
+/// it learns only from ARP replies it sees. The agent copies the host's neighbour into its
+/// cache, so before any pod traffic each node's OVS knows the other, and the very first
+/// packet each way (one ping, no retry) gets through. A peer that does not answer ARP is a
+/// problem naming it and the command to look.
+#[test]
+fn the_first_packet_to_a_peer_gets_through_because_ovs_already_knows_its_next_hop() {
+    require();
+    let (ul, br) = underlay();
+    let (n1, n2) = (node(1, &ul, &br), node(2, &ul, &br));
+    let gre = TunnelType::Gre;
+    let (mut r1, mut r2) = (routing(&n1, gre), routing(&n2, gre));
+    converge(&mut r1, &n1, &[peer_of(&n2)]);
+    converge(&mut r2, &n2, &[peer_of(&n1)]);
+    for (from, to) in [(&n1, &n2), (&n2, &n1)] {
+        let want = (to.local.address.to_string(), mac_of(to, "br-phy"));
+        let have = tunnel_neighbours(from);
+        assert!(
+            have.contains(&want),
+            "{}'s OVS lacks {want:?} before any traffic: {have:?}",
+            from.local.name
+        );
+    }
+    for (from, to) in [(&n1, &n2), (&n2, &n1)] {
+        let target = format!("10.244.{}.2", &to.local.name[1..]);
+        let (ok, out, _) = from.pod.try_exec(&["ping", "-c", "1", "-W", "2", &target]);
+        assert!(ok, "{} → {target}, first packet: {out}", from.local.name);
+    }
+    // A peer nobody answers ARP for: named, with where to look.
+    let ghost = Peer {
+        name: "n9".into(),
+        address: "192.0.2.19".parse().unwrap(),
+        blocks: vec!["10.244.9.0/24".parse().unwrap()],
+        vtep_mac: None,
+    };
+    let p = wait_problem(
+        &mut r1,
+        &n1,
+        &[peer_of(&n2), ghost],
+        "peer 192.0.2.19 does not answer ARP on br-phy",
+    );
+    assert!(p.contains("ip neigh show 192.0.2.19"), "{p}");
+    // The others stay as they were.
+    assert!(tunnel_neighbours(&n1).contains(&(n2.local.address.to_string(), mac_of(&n2, "br-phy"))));
 }
 
 #[test]

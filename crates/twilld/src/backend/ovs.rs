@@ -21,7 +21,10 @@
 //! differs ([`twill_ovs::db::plan`]), reads Twill's flows by cookie and applies the
 //! difference as one bundle, brings `twl.ovs` up with offloads off (the userspace datapath
 //! does not take TSO/GSO/checksum-offloaded packets from the kernel). What matches is left
-//! alone, so a restarted twilld makes no change at all. Everything is marked
+//! alone, so a restarted twilld makes no change at all. With the netdev datapath, each
+//! peer's next hop goes into ovs-vswitchd's tunnel neighbour cache from the host's
+//! neighbours (`tnl/neigh/set`, see [`twill_ovs::neigh`]: otherwise OVS drops the first
+//! packet to a peer that ARPed this node first). Everything is marked
 //! (`external_ids:twill-owner=twilld`, cookie `0x5477…`); nothing else is touched.
 //!
 //! # Faults
@@ -36,6 +39,7 @@ use super::{usable_peers, vtep_mac, Backend, BackendError, BackendKind, Desired,
 use super::{Events, Local, MetricsSource, Peer, Reaction, RouteEntry};
 use crate::log;
 use std::fmt;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -44,6 +48,7 @@ use std::time::{Duration, Instant};
 use twill_api::backend::{TunnelType, OVS_VXLAN_PORT};
 use twill_ovs::db::{self, BridgeWant, IfaceWant, PortWant, Snapshot};
 use twill_ovs::flows::{self, FlowPeer, GATEWAY, HOST_PORT, TUNNEL_PORT};
+use twill_ovs::neigh;
 use twill_ovs::tools::Tools;
 use twill_ovs::Datapath;
 
@@ -406,9 +411,120 @@ impl Ovs {
             }
             Err(e) => failures.push(format!("ovs: cannot read the flows of {BRIDGE}: {e}")),
         }
+        // The userspace datapath builds the outer header from its own neighbour cache and
+        // drops a packet that misses it (twill_ovs::neigh): fill it from the host's.
+        let uplink_bridge = snap.bridge_of_port(&local.uplink).map(|b| b.name.clone());
+        if let (Datapath::Netdev, Some(bridge)) = (datapath, uplink_bridge) {
+            let flux = self.arp_flux(&snap, &bridge);
+            if flux.is_empty() {
+                let addresses: Vec<Ipv4Addr> = flow_peers.iter().map(|p| p.address).collect();
+                let (f, p) = self.prime_neighbours(&bridge, &addresses);
+                failures.extend(f);
+                problems.extend(p);
+            }
+            problems.extend(flux);
+        }
+        (failures, problems)
+    }
+
+    /// The kernel ports of `bridge` (the node IP's) that answer ARP for the node IP with
+    /// their own MAC ([`neigh::arp_flux`]), as problems with the fix. While there is one,
+    /// the cluster's nodes are taken to be set up alike, and the host's neighbours are not
+    /// copied into OVS (they may hold a peer port's MAC).
+    fn arp_flux(&self, snap: &Snapshot, bridge: &str) -> Vec<String> {
+        snap.system_interfaces(bridge)
+            .into_iter()
+            .filter_map(|port| match self.tools.arp_ignore(&port) {
+                Ok(v) if neigh::arp_flux(&v) => Some(format!(
+                    "ovs: {port}, a port of {bridge}, answers ARP for this node's IP with its own MAC (arp_ignore 0), so peers may learn a MAC on which OVS takes no tunnel packets: sysctl -w net.ipv4.conf.{port}.arp_ignore=1 on every node"
+                )),
+                Ok(_) => None,
+                Err(e) => Some(format!("ovs: cannot read arp_ignore of {port}: {e}")),
+            })
+            .collect()
+    }
+
+    /// Puts every peer's next hop into ovs-vswitchd's tunnel neighbour cache of `bridge`
+    /// with the MAC the host's kernel has; a next hop the kernel has not resolved yet is
+    /// asked for (NTF_USE) and looked at again for up to [`RESOLVE_WAIT`]. Returns
+    /// (failures, problems); a next hop still unknown is both (the pass is retried soon).
+    fn prime_neighbours(&self, bridge: &str, peers: &[Ipv4Addr]) -> (Vec<String>, Vec<String>) {
+        let (mut failures, mut problems) = (Vec::new(), Vec::new());
+        if peers.is_empty() {
+            return (failures, problems);
+        }
+        let read = || -> Result<neigh::NeighPlan, twill_ovs::Error> {
+            let routes = self.tools.kernel_routes()?;
+            let kernel = self.tools.kernel_neighbours()?;
+            let cache = self.tools.tunnel_neighbours()?;
+            Ok(neigh::plan(bridge, peers, &routes, &kernel, &cache))
+        };
+        let mut plan = match read() {
+            Ok(p) => p,
+            Err(e) => {
+                failures.push(format!(
+                    "ovs: cannot fill ovs-vswitchd's tunnel neighbour cache (the first packet to a peer may be dropped): {e}"
+                ));
+                return (failures, problems);
+            }
+        };
+        if !plan.unresolved.is_empty() {
+            for (_, hop, dev) in &plan.unresolved {
+                if let Err(e) = self.tools.kernel_resolve(*hop, dev) {
+                    failures.push(format!("ovs: cannot ask the kernel to resolve {hop}: {e}"));
+                }
+            }
+            let started = Instant::now();
+            while started.elapsed() < RESOLVE_WAIT {
+                std::thread::sleep(RESOLVE_WAIT / 10);
+                match read() {
+                    Ok(p) => plan = p,
+                    Err(_) => break,
+                }
+                if plan.unresolved.is_empty() {
+                    break;
+                }
+            }
+        }
+        for (ip, mac) in &plan.set {
+            match self.tools.set_tunnel_neighbour(bridge, *ip, mac) {
+                Ok(()) => log::info(
+                    "ovs: programmed",
+                    &[(
+                        "op",
+                        &format!(
+                            "ovs-appctl tnl/neigh/set {bridge} {ip} {}",
+                            flows::format_mac(mac)
+                        ),
+                    )],
+                ),
+                Err(e) => failures.push(format!("ovs: tunnel neighbour {ip}: {e}")),
+            }
+        }
+        for (peer, hop, dev) in &plan.unresolved {
+            let what = if hop == peer {
+                format!("peer {peer}")
+            } else {
+                format!("{hop}, the next hop to peer {peer},")
+            };
+            let text = format!(
+                "ovs: {what} does not answer ARP on {dev}: OVS's userspace datapath drops tunnel packets to it until it does; is the peer up and on this network? (ip neigh show {hop}; ovs-appctl tnl/neigh/show)"
+            );
+            failures.push(text.clone());
+            problems.push(text);
+        }
+        for peer in &plan.unrouted {
+            problems.push(format!(
+                "ovs: no route to peer {peer}: its tunnel packets cannot leave this node; add one (ip route get {peer})"
+            ));
+        }
         (failures, problems)
     }
 }
+
+/// How long a pass waits for the kernel to resolve a next hop it asked for (a LAN answers
+/// in well under a millisecond, a loaded host in tens).
+const RESOLVE_WAIT: Duration = Duration::from_millis(200);
 
 /// With the netdev datapath, OVS routes and sends the outer packets itself: the node IP
 /// must be on an OVS bridge's internal port of that datapath.
@@ -424,7 +540,7 @@ fn uplink_problem(local: &Local, snap: &Snapshot) -> Option<String> {
     }
     let (ip, dev, len) = (local.address, &local.uplink, local.uplink_cidr.prefix_len());
     Some(format!(
-        "ovs: with the netdev (userspace) datapath OVS sends the tunnel packets itself, out of an OVS bridge holding the node IP, but {ip} is on {dev}, not on an OVS netdev bridge: move it (ovs-vsctl add-br br-phy -- set bridge br-phy datapath_type=netdev; ovs-vsctl add-port br-phy {dev}; ip addr del {ip}/{len} dev {dev}; ip addr add {ip}/{len} dev br-phy; ip link set br-phy up; ethtool -K br-phy tso off gso off tx off)"
+        "ovs: with the netdev (userspace) datapath OVS sends the tunnel packets itself, out of an OVS bridge holding the node IP, but {ip} is on {dev}, not on an OVS netdev bridge: move it (ovs-vsctl add-br br-phy -- set bridge br-phy datapath_type=netdev; ovs-vsctl add-port br-phy {dev}; ip addr del {ip}/{len} dev {dev}; ip addr add {ip}/{len} dev br-phy; ip link set br-phy up; ethtool -K br-phy tso off gso off tx off; sysctl -w net.ipv4.conf.{dev}.arp_ignore=1)"
     ))
 }
 
