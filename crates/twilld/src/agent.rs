@@ -279,9 +279,11 @@ struct Runner {
     /// Probes every peer's node IP (started once a backend routes between nodes).
     prober: Option<Prober>,
     /// The peer addresses this node has traffic with (neighbour entries in use on any
-    /// link), and when they were read: probed every interval, the rest in turn.
+    /// link), when they were read and how long that took
+    /// ([`peers::next_neighbour_read`]): probed every interval, the rest in turn.
     active_peers: (
         Option<Instant>,
+        Duration,
         std::collections::HashSet<std::net::Ipv4Addr>,
     ),
     /// Set by the records' inotify thread when it wakes the loop, cleared when the loop
@@ -352,7 +354,7 @@ impl Runner {
             records: None,
             uplink_mtu: None,
             prober: None,
-            active_peers: (None, Default::default()),
+            active_peers: (None, Duration::ZERO, Default::default()),
             records_wake: Arc::new(AtomicBool::new(false)),
             records_watch: None,
             unpublishable: Default::default(),
@@ -774,19 +776,22 @@ impl Runner {
             }
         }
         let interval = self.cfg.peer_probe_interval;
-        if self
-            .active_peers
-            .0
-            .is_none_or(|at| at.elapsed() >= interval)
-        {
-            self.active_peers = (Some(Instant::now()), neighbours_in_use());
+        let (last, took, _) = &self.active_peers;
+        match peers::next_neighbour_read(peers.len(), interval, *took) {
+            Some(wait) if last.is_none_or(|at| at.elapsed() >= wait) => {
+                let started = Instant::now();
+                let active = neighbours_in_use();
+                self.active_peers = (Some(started), started.elapsed(), active);
+            }
+            Some(_) => {}
+            None => self.active_peers = (None, Duration::ZERO, Default::default()),
         }
         let prober = self.prober.as_ref().expect("started above");
         prober.set_targets(&peers::targets(
             peers,
             &net.config.backend,
             ip.cidr,
-            &self.active_peers.1,
+            &self.active_peers.2,
         ));
         let sent = prober.sent();
         self.status.update(|s| s.peer_probes = sent);

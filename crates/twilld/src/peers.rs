@@ -38,6 +38,27 @@ pub const SAMPLE: usize = 32;
 /// rest take their turn in the sample.
 pub const ACTIVE_MAX: usize = 32;
 
+/// The share of one core the read of the neighbour table (for the peers with traffic) may
+/// take: its next read waits at least this many times as long as the last one took. A
+/// dump walks the kernel's whole neighbour table, which is one table for the machine (all
+/// network namespaces); with 1000 lab nodes on one machine each holding 999 permanent
+/// entries, that is 10^6 entries a read, and reading it every interval took 73% of the
+/// machine's CPU in `neigh_dump_info` (perf, 1000 agents). On a real node (its own kernel, a
+/// table of about its peers) a read takes well under a millisecond: every interval.
+pub const NEIGHBOUR_READ_SHARE: u32 = 10_000;
+
+/// When the peers with traffic are read again: one interval after the last read, or
+/// [`NEIGHBOUR_READ_SHARE`] times as long as it took, whichever is later. None: not
+/// needed at all, since with no more peers than [`SAMPLE`] every peer is probed every
+/// interval anyway. Pure.
+pub fn next_neighbour_read(
+    peers: usize,
+    interval: Duration,
+    last_took: Duration,
+) -> Option<Duration> {
+    (peers > SAMPLE).then(|| interval.max(last_took.saturating_mul(NEIGHBOUR_READ_SHARE)))
+}
+
 /// A peer to probe: its name, advertised address, and how the backend carries traffic to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
@@ -816,6 +837,23 @@ fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_neighbour_table_is_read_only_when_needed_and_at_a_bounded_cost() {
+        let i = Duration::from_secs(5);
+        // Few peers: all probed every interval, no read.
+        assert_eq!(next_neighbour_read(SAMPLE, i, Duration::ZERO), None);
+        // A cheap read (a real node): every interval.
+        assert_eq!(
+            next_neighbour_read(SAMPLE + 1, i, Duration::from_micros(300)),
+            Some(i)
+        );
+        // 30 ms (10^6 entries machine-wide): every 300 s, 0.01% of a core.
+        assert_eq!(
+            next_neighbour_read(999, i, Duration::from_millis(30)),
+            Some(Duration::from_secs(300))
+        );
+    }
 
     fn t(name: &str, addr: &str) -> Target {
         Target {
