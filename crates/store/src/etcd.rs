@@ -194,7 +194,11 @@ impl EtcdStore {
                 Err(e) => {
                     self.idle[i].lock().unwrap().clear();
                     tls_failures += usize::from(transport::is_tls_error(&e));
-                    failures.push(format!("{}: {e}", self.endpoints[i].url));
+                    failures.push(format!(
+                        "{}: {}",
+                        self.endpoints[i].url,
+                        transport::describe(&e, self.timeout)
+                    ));
                     continue;
                 }
             };

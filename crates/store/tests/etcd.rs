@@ -255,6 +255,34 @@ fn compacted_watch_start_is_reported() {
     assert_eq!(next_event(&mut w).key(), "/twill/v1/c/b");
 }
 
+/// A member that takes the connection but never answers (a stopped process, SIGSTOP, or
+/// one too loaded to read): the error says the client timed out, not "Resource
+/// temporarily unavailable (os error 11)" (the EAGAIN of a socket read timeout).
+#[test]
+fn a_member_that_never_answers_is_named_as_a_timeout() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let mut cfg = EtcdConfig::new(vec![url.clone()]);
+    cfg.timeout = Duration::from_millis(300);
+    let s = EtcdStore::connect(&cfg).expect("connect");
+    let started = Instant::now();
+    let err = s.put("/twill/v1/silent", b"x", None).unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!(
+            "{url}: no answer within 0.3 s (the client's timeout)"
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("os error 11"), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 #[test]
 fn etcd_down_at_connect_then_up() {
     let mut m = EtcdMember::start("late");

@@ -159,6 +159,19 @@ fn wrap(ep: &Endpoint, tls: Option<&Arc<ClientConfig>>, tcp: TcpStream) -> io::R
     Ok(Stream::Tls(Box::new(stream)))
 }
 
+/// An exchange's error as an operator reads it. A read or write past the socket's
+/// timeout comes back as EAGAIN ("Resource temporarily unavailable (os error 11)", from
+/// SO_RCVTIMEO), which names neither the cause nor the fix.
+pub fn describe(e: &io::Error, timeout: Duration) -> String {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => format!(
+            "no answer within {:.1} s (the client's timeout): the member is overloaded or unreachable",
+            timeout.as_secs_f64()
+        ),
+        _ => e.to_string(),
+    }
+}
+
 /// Whether a connection failed in TLS itself (certificate refused, bad handshake),
 /// rather than in reaching the server.
 pub fn is_tls_error(e: &io::Error) -> bool {
