@@ -70,6 +70,11 @@ pub const TABLE: u32 = 254;
 #[derive(Debug)]
 struct SpeakerNews(u64, Notice);
 
+/// A sync changed the problems of the edge (the speaker could not start, a password file
+/// unreadable): the plan that /readyz shows must be made again.
+#[derive(Debug)]
+struct EdgeProblemsChanged;
+
 /// The speaker's own settings: a change restarts it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Identity {
@@ -474,24 +479,16 @@ impl Backend for Bgp {
     }
 
     fn sync(&mut self, local: &Local, peers: &[Peer]) -> Vec<String> {
-        let plan = session_plan(local, peers, &self.inputs);
-        let identity = Identity::of(&plan, local);
-        self.identity = Some(identity.clone());
-        if let Err(e) = self.ensure_speaker(&identity) {
-            // Shown in /readyz by the next pass (a failure brings one within the retry).
-            self.edge_problems = vec![e.clone()];
-            return vec![e];
-        }
-        let mut failures = self.send_peers(&plan);
-        let announce = originated(&local.blocks, &self.inputs.pod_ips, &plan.communities);
-        let (sp, _) = self.speaker.as_ref().expect("started above");
-        if self.sent_originated.as_ref() != Some(&announce) {
-            match sp.set_originated(announce.clone()) {
-                Ok(()) => self.sent_originated = Some(announce),
-                Err(e) => failures.push(format!("BGP announcements not applied: {e}")),
+        let shown = self.edge_problems.clone();
+        let failures = self.sync_speaker(local, peers);
+        if self.edge_problems != shown {
+            // This pass's plan (so /readyz) was made with the old ones: another pass now.
+            // (A speaker that started here and had its session up before the news of it
+            // arrived left "cannot start" in /readyz until the 30 s resync: seen in CI.)
+            if let Some(e) = &self.events {
+                e.send(EdgeProblemsChanged);
             }
         }
-        self.refresh_status();
         failures
     }
 
@@ -543,6 +540,7 @@ impl Backend for Bgp {
                     }
                 }
             }
+            Event::Message(m) if m.is::<EdgeProblemsChanged>() => return Reaction::Reconcile,
             Event::Message(m) => {
                 let Ok(news) = m.downcast::<SpeakerNews>() else {
                     return Reaction::Idle;
@@ -595,6 +593,30 @@ impl Backend for Bgp {
 }
 
 impl Bgp {
+    /// The speaker's side of a pass: started (or restarted) for this identity, given its
+    /// peers and announcements. Returns what failed.
+    fn sync_speaker(&mut self, local: &Local, peers: &[Peer]) -> Vec<String> {
+        let plan = session_plan(local, peers, &self.inputs);
+        let identity = Identity::of(&plan, local);
+        self.identity = Some(identity.clone());
+        if let Err(e) = self.ensure_speaker(&identity) {
+            // Shown in /readyz by the next pass (a failure brings one within the retry).
+            self.edge_problems = vec![e.clone()];
+            return vec![e];
+        }
+        let mut failures = self.send_peers(&plan);
+        let announce = originated(&local.blocks, &self.inputs.pod_ips, &plan.communities);
+        let (sp, _) = self.speaker.as_ref().expect("started above");
+        if self.sent_originated.as_ref() != Some(&announce) {
+            match sp.set_originated(announce.clone()) {
+                Ok(()) => self.sent_originated = Some(announce),
+                Err(e) => failures.push(format!("BGP announcements not applied: {e}")),
+            }
+        }
+        self.refresh_status();
+        failures
+    }
+
     /// Hands the running speaker the peers of `plan` if they differ from what it has
     /// (password files read here); remembers what is planned for the status. Returns what
     /// failed.
