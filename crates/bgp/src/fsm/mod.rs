@@ -66,9 +66,11 @@
 //! - Where this departs from RFC 4271 §8.2.2: after an error, and after a failed connect, the
 //!   RFC goes to Idle, which refuses the peer's own connections until an automatic start;
 //!   this FSM waits in Active instead, so a peer that comes back is never refused.
-//! - Collisions are resolved on connections in OpenConfirm (§6.8's MUST); once one connection
-//!   is Established, the other (still in OpenSent) gets Cease 6/7 at once, and so does any
-//!   later connection, unless graceful restart applies (below).
+//! - Collisions are resolved at the first OPEN, on the other connection in OpenConfirm
+//!   (§6.8's MUST) or in OpenSent (its MAY: that OPEN tells the peer's identifier), so both
+//!   sides keep the same connection before either is Established; once one connection is
+//!   Established, any later connection gets Cease 6/7 at once, unless graceful restart
+//!   applies (below).
 //! - Graceful restart (RFC 4724), with [`SessionConfig::graceful_restart`] set: our OPEN
 //!   carries the capability, with the R bit until our first session is established again
 //!   and the F bits as configured. As a helper, when the peer advertised it too: a lost
@@ -1205,13 +1207,22 @@ impl Session {
                     self.collision_close(i, now, out);
                     return;
                 }
-                ConnState::OpenConfirm => {
-                    // §6.8: "Upon receipt of an OPEN message, the local system MUST examine
-                    // all of its connections that are in the OpenConfirm state. ... the
-                    // local system performs the following collision resolution procedure"
-                    // that keeps the connection opened by the higher BGP identifier; RFC
-                    // 6286 §2.3: with equal identifiers, "the connection initiated by the
-                    // BGP speaker with the larger AS number is preserved."
+                // §6.8: "Upon receipt of an OPEN message, the local system MUST examine all
+                // of its connections that are in the OpenConfirm state. ... the local
+                // system performs the following collision resolution procedure" that keeps
+                // the connection opened by the higher BGP identifier; RFC 6286 §2.3: with
+                // equal identifiers, "the connection initiated by the BGP speaker with the
+                // larger AS number is preserved."
+                //
+                // And OpenSent: "A BGP speaker MAY also examine connections in an OpenSent
+                // state if it knows the BGP Identifier of the peer by means outside of the
+                // protocol." This OPEN tells it (the same peer, on the other connection).
+                // Resolving only later let this side go Established on the connection the
+                // peer had already chosen to close (it resolved first, by the same rule),
+                // and then close the peer's choice as "newer than Established": both died
+                // and the session came back a connect retry later (seen in the 100-node
+                // reflector bench and once against FRR).
+                ConnState::OpenConfirm | ConnState::OpenSent => {
                     let ours = (u32::from(self.config.router_id), self.config.local_as);
                     let theirs = (u32::from(open.router_id), open.asn());
                     let keep = if ours > theirs {
@@ -1222,7 +1233,8 @@ impl Session {
                     if self.conns[i].dir == keep {
                         // §6.8 2): "the local system closes the BGP connection that already
                         // exists (the one that is already in the OpenConfirm state), and
-                        // accepts the BGP connection initiated by the remote system."
+                        // accepts the BGP connection initiated by the remote system." (Or
+                        // the one in OpenSent, whose OPEN has not come.)
                         self.collision_close(j, now, out);
                     } else {
                         // §6.8 3): "Otherwise, the local system closes the newly created BGP
@@ -1232,11 +1244,6 @@ impl Session {
                         return;
                     }
                 }
-                // §6.8: "A BGP speaker MAY also examine connections in an OpenSent state if
-                // it knows the BGP Identifier of the peer by means outside of the
-                // protocol." This one does not: the other connection resolves it when its
-                // own OPEN arrives.
-                ConnState::OpenSent => {}
             }
         }
         // Closing the other connection may have moved this one in the list.

@@ -1020,30 +1020,37 @@ fn two_connections(our_id: Ipv4Addr) -> T {
     t
 }
 
-#[test]
-fn collision_keeps_our_connection_when_our_identifier_is_higher() {
-    // Ours 192.0.2.3 > the peer's 192.0.2.2: the connection we opened (C1) stays.
-    let ours = Ipv4Addr::new(192, 0, 2, 3);
+/// The first OPEN, on either connection, resolves the collision (the other one is in
+/// OpenSent and this OPEN tells the peer's identifier): `loser` gets Cease 6/7 at once and
+/// `winner` goes on to Established, so neither side ever goes Established on a connection
+/// the other closes.
+fn collision_resolved_at_the_first_open(our_id: Ipv4Addr, winner: ConnId, loser: ConnId) {
     for first in [C1, C2] {
-        let mut t = two_connections(ours);
-        let second = if first == C1 { C2 } else { C1 };
-        assert_eq!(
-            t.run(1.0, Input::Received(first, Message::Open(peer_open(90)))),
-            vec![Output::Send(first, Message::Keepalive)]
-        );
-        assert_eq!(t.s.state(), State::OpenConfirm);
-        let out = t.run(1.1, Input::Received(second, Message::Open(peer_open(90))));
+        let mut t = two_connections(our_id);
+        let out = t.run(1.0, Input::Received(first, Message::Open(peer_open(90))));
         let mut want = vec![
-            Output::Send(C2, Message::Notification(cease(7))),
-            Output::Close(C2),
+            Output::Send(loser, Message::Notification(cease(7))),
+            Output::Close(loser),
         ];
-        if second == C1 {
-            want.push(Output::Send(C1, Message::Keepalive));
+        if first == winner {
+            want.push(Output::Send(winner, Message::Keepalive));
+            assert_eq!(out, want, "OPEN first on {first}");
+            assert_eq!(t.s.state(), State::OpenConfirm);
+        } else {
+            assert_eq!(out, want, "OPEN first on {first}");
+            assert_eq!(
+                t.s.state(),
+                State::OpenSent,
+                "waiting for the winner's OPEN"
+            );
+            assert_eq!(
+                t.run(1.1, Input::Received(winner, Message::Open(peer_open(90)))),
+                vec![Output::Send(winner, Message::Keepalive)]
+            );
         }
-        assert_eq!(out, want, "OPEN first on {first}");
-        let out = t.run(1.2, Input::Received(C1, Message::Keepalive));
+        let out = t.run(1.2, Input::Received(winner, Message::Keepalive));
         assert!(
-            matches!(out.as_slice(), [Output::Established(e)] if e.conn == C1),
+            matches!(out.as_slice(), [Output::Established(e)] if e.conn == winner),
             "{out:?}"
         );
         // A collision is no error: nothing waits, nothing is counted as a flap.
@@ -1053,43 +1060,22 @@ fn collision_keeps_our_connection_when_our_identifier_is_higher() {
 }
 
 #[test]
+fn collision_keeps_our_connection_when_our_identifier_is_higher() {
+    // Ours 192.0.2.3 > the peer's 192.0.2.2: the connection we opened (C1) stays.
+    collision_resolved_at_the_first_open(Ipv4Addr::new(192, 0, 2, 3), C1, C2);
+}
+
+#[test]
 fn collision_keeps_the_peers_connection_when_its_identifier_is_higher() {
     // Ours 192.0.2.1 < the peer's 192.0.2.2: the connection the peer opened (C2) stays.
-    for first in [C1, C2] {
-        let mut t = two_connections(OUR_ID);
-        let second = if first == C1 { C2 } else { C1 };
-        t.run(1.0, Input::Received(first, Message::Open(peer_open(90))));
-        let out = t.run(1.1, Input::Received(second, Message::Open(peer_open(90))));
-        let mut want = vec![
-            Output::Send(C1, Message::Notification(cease(7))),
-            Output::Close(C1),
-        ];
-        if second == C2 {
-            want.push(Output::Send(C2, Message::Keepalive));
-        }
-        assert_eq!(out, want, "OPEN first on {first}");
-        let out = t.run(1.2, Input::Received(C2, Message::Keepalive));
-        assert!(
-            matches!(out.as_slice(), [Output::Established(e)] if e.conn == C2),
-            "{out:?}"
-        );
-    }
+    collision_resolved_at_the_first_open(OUR_ID, C2, C1);
 }
 
 #[test]
 fn collision_with_equal_identifiers_keeps_the_larger_as() {
     // RFC 6286 §2.3: same identifier (allowed between different ASes); the peer's AS
     // 65002 > ours 65001, so its connection stays.
-    let mut t = two_connections(PEER_ID);
-    t.run(1.0, Input::Received(C1, Message::Open(peer_open(90))));
-    let out = t.run(1.1, Input::Received(C2, Message::Open(peer_open(90))));
-    assert_eq!(
-        out[..2],
-        [
-            Output::Send(C1, Message::Notification(cease(7))),
-            Output::Close(C1),
-        ]
-    );
+    collision_resolved_at_the_first_open(PEER_ID, C2, C1);
 }
 
 #[test]
@@ -1137,8 +1123,13 @@ fn a_newer_incoming_connection_replaces_an_older_one_not_established() {
 
 #[test]
 fn establishing_closes_the_other_connection_still_in_open_sent() {
-    let mut t = two_connections(OUR_ID);
+    // Our connect (C1) completes only after the peer's connection (C2) had its OPEN: no
+    // OPEN to resolve it by comes before C2 is Established.
+    let mut t = T::new(config());
+    t.run(0.0, Input::Start);
+    sent_open(&t.run(0.1, Input::Connected(C2, Direction::Incoming)));
     t.run(0.5, Input::Received(C2, Message::Open(peer_open(90))));
+    sent_open(&t.run(0.55, Input::Connected(C1, Direction::Outgoing)));
     let out = t.run(0.6, Input::Received(C2, Message::Keepalive));
     assert!(matches!(&out[0], Output::Established(e) if e.conn == C2));
     assert_eq!(
