@@ -463,7 +463,7 @@ fn setup_ovs(state: &mut LabState, node: &NodePlan, log: Log) -> Result<(), LabE
     ));
     state.ovs.extend(recs);
     state.save()?;
-    if crate::ovs::datapath_type() != crate::ovs::DATAPATH_NETDEV {
+    if crate::ovs::datapath() != twill_ovs::Datapath::Netdev {
         return Ok(());
     }
     let phy = plan::OVS_PHY_BRIDGE;
@@ -512,7 +512,7 @@ fn setup_ovs(state: &mut LabState, node: &NodePlan, log: Log) -> Result<(), LabE
 /// reads it off eth0 and writes it into br-phy as it is, and the node's kernel drops it
 /// (found in the lab: pod→outside and outside→host port timed out).
 fn ovs_infra_checksums(plan: &LabPlan) -> Result<(), LabError> {
-    if plan.ovs_tunnel.is_none() || crate::ovs::datapath_type() != crate::ovs::DATAPATH_NETDEV {
+    if plan.ovs_tunnel.is_none() || crate::ovs::datapath() != twill_ovs::Datapath::Netdev {
         return Ok(());
     }
     let mut ends: Vec<(&str, &str)> = plan
@@ -658,7 +658,7 @@ pub fn peering_gaps(state: &LabState) -> Result<Vec<String>, LabError> {
     }
     let mut gaps = plan.peering_gaps(&blocks, &routes, &readyz);
     if plan.backend == BackendKind::Ovs {
-        let userspace = crate::ovs::datapath_type() == crate::ovs::DATAPATH_NETDEV;
+        let userspace = crate::ovs::datapath() == twill_ovs::Datapath::Netdev;
         let mut states = Vec::new();
         for n in &plan.nodes {
             match crate::ovs::read_tunnel_state(&crate::ovs::OvsPaths::of(n), userspace) {

@@ -324,17 +324,10 @@ fn spawn_ovs(
 }
 
 /// OVS's datapath types: the userspace one, and the kernel module's.
-pub const DATAPATH_NETDEV: &str = "netdev";
-pub const DATAPATH_SYSTEM: &str = "system";
-
-/// Which datapath this machine's OVS uses, as twilld detects it (the backend's contract):
-/// the kernel's when its openvswitch module is loaded, else userspace.
-pub fn datapath_type() -> &'static str {
-    if Path::new("/sys/module/openvswitch").exists() {
-        DATAPATH_SYSTEM
-    } else {
-        DATAPATH_NETDEV
-    }
+/// Which datapath this machine's OVS uses, detected as twilld detects it (the backend's
+/// contract): the kernel's when its openvswitch module is loaded, else userspace.
+pub fn datapath() -> twill_ovs::Datapath {
+    twill_ovs::Datapath::detect(Path::new(twill_ovs::MODULE_PATH).exists())
 }
 
 /// `ethtool -K DEV tso off gso off tx off` in `netns`: the userspace datapath neither

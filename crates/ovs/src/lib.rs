@@ -43,6 +43,9 @@ pub const MIN_VERSION: (u32, u32) = (2, 13);
 pub const PACKAGE_HINT: &str =
     "install Open vSwitch 2.13 or newer: apt-get install openvswitch-switch (Debian/Ubuntu)";
 
+/// Present when the kernel's openvswitch module is loaded.
+pub const MODULE_PATH: &str = "/sys/module/openvswitch";
+
 /// Which OVS datapath the bridge uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Datapath {
@@ -63,7 +66,7 @@ impl Datapath {
         }
     }
 
-    /// `system` when the kernel module is loaded, else `netdev`.
+    /// `system` when the kernel module is loaded ([`MODULE_PATH`] exists), else `netdev`.
     pub fn detect(module_loaded: bool) -> Datapath {
         if module_loaded {
             Datapath::System

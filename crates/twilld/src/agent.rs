@@ -278,14 +278,8 @@ struct Runner {
     uplink_mtu: Option<u32>,
     /// Probes every peer's node IP (started once a backend routes between nodes).
     prober: Option<Prober>,
-    /// The peer addresses this node has traffic with (neighbour entries in use on any
-    /// link), when they were read and how long that took
-    /// ([`peers::next_neighbour_read`]): probed every interval, the rest in turn.
-    active_peers: (
-        Option<Instant>,
-        Duration,
-        std::collections::HashSet<std::net::Ipv4Addr>,
-    ),
+    /// The peers this node has traffic with: probed every interval, the rest in turn.
+    active_peers: ActivePeers,
     /// Set by the records' inotify thread when it wakes the loop, cleared when the loop
     /// takes the wake: one wake for a burst of changes.
     records_wake: Arc<AtomicBool>,
@@ -354,7 +348,7 @@ impl Runner {
             records: None,
             uplink_mtu: None,
             prober: None,
-            active_peers: (None, Duration::ZERO, Default::default()),
+            active_peers: ActivePeers::default(),
             records_wake: Arc::new(AtomicBool::new(false)),
             records_watch: None,
             unpublishable: Default::default(),
@@ -776,22 +770,26 @@ impl Runner {
             }
         }
         let interval = self.cfg.peer_probe_interval;
-        let (last, took, _) = &self.active_peers;
-        match peers::next_neighbour_read(peers.len(), interval, *took) {
-            Some(wait) if last.is_none_or(|at| at.elapsed() >= wait) => {
+        let a = &self.active_peers;
+        match peers::next_neighbour_read(peers.len(), interval, a.took) {
+            Some(wait) if a.read_at.is_none_or(|at| at.elapsed() >= wait) => {
                 let started = Instant::now();
-                let active = neighbours_in_use();
-                self.active_peers = (Some(started), started.elapsed(), active);
+                let addresses = neighbours_in_use();
+                self.active_peers = ActivePeers {
+                    read_at: Some(started),
+                    took: started.elapsed(),
+                    addresses,
+                };
             }
             Some(_) => {}
-            None => self.active_peers = (None, Duration::ZERO, Default::default()),
+            None => self.active_peers = ActivePeers::default(),
         }
         let prober = self.prober.as_ref().expect("started above");
         prober.set_targets(&peers::targets(
             peers,
             &net.config.backend,
             ip.cidr,
-            &self.active_peers.2,
+            &self.active_peers.addresses,
         ));
         let sent = prober.sent();
         self.status.update(|s| s.peer_probes = sent);
@@ -920,6 +918,15 @@ impl Runner {
             endpoints: self.desired_endpoints(&node, &records),
         })
     }
+}
+
+/// The addresses whose neighbour entries carry traffic, when they were read and how long
+/// the read took ([`peers::next_neighbour_read`]).
+#[derive(Default)]
+struct ActivePeers {
+    read_at: Option<Instant>,
+    took: Duration,
+    addresses: std::collections::HashSet<std::net::Ipv4Addr>,
 }
 
 fn log_records_error(e: &RecordError) {

@@ -649,28 +649,24 @@ fn gre_mesh_carries_pods_follows_churn_survives_restarts_and_daemon_deaths() {
     assert!(n1.ovs.alive("ovs-vswitchd") && n1.ovs.alive("ovsdb-server"));
 }
 
-/// ovs-vswitchd's tunnel neighbour cache (`tnl/neigh/show`): (IP, MAC) of br-phy's entries.
+/// ovs-vswitchd's tunnel neighbour cache (`tnl/neigh/show`): (IP, MAC) of br-phy's live
+/// entries.
 fn tunnel_neighbours(n: &Node) -> Vec<(String, String)> {
-    n.ovs
-        .run(&["ovs-appctl", "-t", "ovs-vswitchd", "tnl/neigh/show"])
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() >= 3 && f[2] == "br-phy" && f.get(3) != Some(&"STALE"))
-                .then(|| (f[0].to_string(), f[1].to_string()))
-        })
+    let shown = n
+        .ovs
+        .run(&["ovs-appctl", "-t", "ovs-vswitchd", "tnl/neigh/show"]);
+    twill_ovs::neigh::parse_cache(&shown)
+        .into_iter()
+        .filter(|e| e.bridge == "br-phy" && !e.stale)
+        .map(|e| (e.ip.to_string(), twill_ovs::flows::format_mac(&e.mac)))
         .collect()
 }
 
 fn mac_of(n: &Node, dev: &str) -> String {
-    let out = String::from_utf8_lossy(
-        &n.ns
-            .exec(&["cat", &format!("/sys/class/net/{dev}/address")])
-            .stdout,
-    )
-    .trim()
-    .to_string();
-    out
+    let path = format!("/sys/class/net/{dev}/address");
+    String::from_utf8_lossy(&n.ns.exec(&["cat", &path]).stdout)
+        .trim()
+        .to_string()
 }
 
 /// The userspace datapath drops a tunnel packet whose next hop it has no MAC for (and ARPs);

@@ -60,8 +60,6 @@ pub const BRIDGE: &str = "twl-int";
 pub const DEFAULT_RUNDIR: &str = "/var/run/openvswitch";
 /// How often the daemons' sockets are probed.
 pub const PROBE: Duration = Duration::from_millis(500);
-/// Loaded when the kernel has the OVS datapath.
-const MODULE: &str = "/sys/module/openvswitch";
 
 /// The tunnel port's name for `t`.
 pub fn tunnel_port(t: TunnelType) -> String {
@@ -337,7 +335,7 @@ impl Ovs {
                 return (failures, problems);
             }
         };
-        let datapath = Datapath::detect(Path::new(MODULE).exists());
+        let datapath = Datapath::detect(Path::new(twill_ovs::MODULE_PATH).exists());
         if datapath == Datapath::Netdev {
             problems.extend(uplink_problem(local, &snap));
         }
