@@ -885,7 +885,7 @@ pub fn classify_route(dev: &str, via: &str, peer: &NodeSide) -> Result<BackendKi
     if dev == TWIN_TUN_DEVICE {
         return Ok(BackendKind::Udp);
     }
-    if dev == crate::ovs::HOST_PORT {
+    if dev == crate::ovs::HOST_PORT || via == twill_ovs::flows::GATEWAY.to_string() {
         return Ok(BackendKind::Ovs);
     }
     if via == peer.node_ip.addr().to_string() {

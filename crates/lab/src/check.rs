@@ -495,7 +495,7 @@ pub fn cross_node_checks(plan: &LabPlan, pod_ips: &HashMap<String, Ipv4Addr>) ->
                     "udp: a route per remote block dev twl.tun (ip route show proto 84); the node's datapath process wraps each packet in UDP to the peer's node IP, port 8285"
                 }
                 BackendKind::Ovs => {
-                    "ovs: a route per remote block via 169.254.84.84 dev twl.ovs (ip route show proto 84), and in twl-int a flow setting tun_dst to the peer's node IP and one taking the peer's packets out of the tunnel (twill lab ovs)"
+                    "ovs: a route per remote block via 169.254.84.84 dev twl.ovs, or dev twl0 with bridge wiring and twl.ovs a port of it (ip route show proto 84; ip link show twl.ovs), and in twl-int a flow setting tun_dst to the peer's node IP and one taking the peer's packets out of the tunnel (twill lab ovs)"
                 }
                 BackendKind::Vxlan if plan.direct_routing && a.segment == b.segment => {
                     "vxlan directRouting: on one segment, a direct route via the remote node (ip route show proto 84)"

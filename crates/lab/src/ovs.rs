@@ -619,8 +619,8 @@ pub fn read_view(p: &OvsPaths) -> Result<OvsView, LabError> {
 
 /// Twill's integration bridge, its port into the host, and its tunnel ports (the backend's
 /// contract, /work/coord/OVS.md).
-pub const INTEGRATION_BRIDGE: &str = "twl-int";
-pub const HOST_PORT: &str = "twl.ovs";
+pub use twill_ovs::INTEGRATION_BRIDGE;
+pub const HOST_PORT: &str = twill_ovs::HOST_DEVICE;
 /// The top 16 bits of every flow cookie twilld writes.
 pub const TWILL_COOKIE_TOP: u64 = 0x5477;
 

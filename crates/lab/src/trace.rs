@@ -80,8 +80,25 @@ impl Router for IpRouter {
     }
 
     fn ovs_tunnel(&mut self, netns: &str, dev: &str, dst: Ipv4Addr) -> Option<path::OvsJump> {
-        let o = self.ovs.get(netns)?;
-        crate::ovs::tunnel_for(o, dev, dst)
+        if dev != crate::ovs::HOST_PORT
+            && self.ovs_master(netns, crate::ovs::HOST_PORT).as_deref() == Some(dev)
+        {
+            // Bridge wiring: the route goes into the pods' bridge, whose port twl.ovs is.
+            let o = self.ovs.get(netns)?;
+            let mut j = crate::ovs::tunnel_for(o, crate::ovs::HOST_PORT, dst)?;
+            j.note = format!(
+                "bridge {dev} → its port {}; {}",
+                crate::ovs::HOST_PORT,
+                j.note
+            );
+            return Some(j);
+        }
+        crate::ovs::tunnel_for(self.ovs.get(netns)?, dev, dst)
+    }
+
+    fn ovs_master(&mut self, netns: &str, port: &str) -> Option<String> {
+        let text = build::ip(&["-j", "-d", "-n", netns, "link", "show", "dev", port]).ok()?;
+        twill_ovs::join::parse_link(&text).ok()??.master
     }
 
     fn ovs_uplink(&mut self, netns: &str, dev: &str) -> Option<String> {

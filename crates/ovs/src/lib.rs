@@ -8,6 +8,8 @@
 //!   dump-flows` as one `ovs-ofctl --bundle add-flows` script (atomic).
 //! - [`neigh`] (pure): ovs-vswitchd's tunnel neighbour cache (userspace datapath) planned
 //!   from the host's routes and neighbours, so a peer's first packet is not dropped.
+//! - [`join`] (pure): how the integration bridge meets the pod network: its internal
+//!   port a port of the pod bridge (bridge wiring) or on its own (l3).
 //! - [`tools`] (the I/O edge): runs `ovs-vsctl` / `ovs-ofctl` against a run directory,
 //!   checks the version, probes the daemons' sockets.
 //!
@@ -25,8 +27,14 @@
 
 pub mod db;
 pub mod flows;
+pub mod join;
 pub mod neigh;
 pub mod tools;
+
+/// Twill's integration bridge.
+pub const INTEGRATION_BRIDGE: &str = "twl-int";
+/// The host's internal port on [`INTEGRATION_BRIDGE`] (OpenFlow port [`flows::HOST_PORT`]).
+pub const HOST_DEVICE: &str = "twl.ovs";
 
 /// The external_ids key on every bridge, port and interface Twill creates.
 pub const OWNER_KEY: &str = "twill-owner";

@@ -230,6 +230,20 @@ impl Tools {
         })
     }
 
+    /// The kernel link `dev` (`ip -j -d link show dev DEV`): None when there is none.
+    pub fn link(&self, dev: &str) -> Result<Option<crate::join::LinkState>, Error> {
+        let args = ["-j", "-d", "link", "show", "dev", dev].map(String::from);
+        match self.run("ip", &args, None) {
+            Ok(text) => crate::join::parse_link(&text).map_err(|reason| Error::Decode {
+                what: format!("ip -j -d link show dev {dev}"),
+                reason,
+            }),
+            // `ip` says so on stderr with a failure: no such device.
+            Err(Error::Failed { stderr, .. }) if stderr.contains("does not exist") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// `arp_ignore` of `all` and of `dev` (/proc/sys/net/ipv4/conf/*/arp_ignore).
     pub fn arp_ignore(&self, dev: &str) -> Result<[u8; 2], Error> {
         let path = |d: &str| format!("/proc/sys/net/ipv4/conf/{d}/arp_ignore");

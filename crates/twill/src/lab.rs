@@ -838,7 +838,7 @@ fn demo_body(state: &twill_lab::LabState) -> anyhow::Result<bool> {
         BackendKind::None => "(backend none: pods on different nodes do not reach each other.)",
         BackendKind::HostGw => "The other nodes' blocks (proto 84) go via their node IPs: host-gw, one route each.",
         BackendKind::Udp => "The other nodes' blocks (proto 84) go into twl.tun, the TUN: the node's datapath process wraps each packet in UDP to the node holding it.",
-        BackendKind::Ovs => "The other nodes' blocks (proto 84) go into twl.ovs, Open vSwitch's internal port: its flows send each to the node holding it through one GRE (or VXLAN) port.",
+        BackendKind::Ovs => "The other nodes' blocks (proto 84) go into twl.ovs, Open vSwitch's internal port (with bridge wiring a port of the pods' bridge twl0, so the routes say dev twl0): its flows send each to the node holding it through one GRE (or VXLAN) port.",
         _ => "The other nodes' blocks (proto 84) go through twl.1, the VXLAN device: onlink via each node's VTEP.",
     };
     let indent = |t: &str| t.lines().map(|l| format!("    {l}\n")).collect::<String>();

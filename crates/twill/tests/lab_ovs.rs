@@ -201,13 +201,25 @@ fn matrix(tag: char, tunnel: &str, wiring: &str, segments: u8) -> (String, LabGu
             Some(ips[node].as_str()),
             "{phy}"
         );
-        // Every remote block routed into twl.ovs.
+        // Every remote block routed into OVS: with l3 wiring into twl.ovs, with bridge
+        // wiring into the pods' bridge twl0, of which twl.ovs is a port.
+        let into = if wiring == "bridge" {
+            "twl0"
+        } else {
+            "twl.ovs"
+        };
+        let port = ip_json(&ns, &["link", "show", "dev", "twl.ovs"]);
+        assert_eq!(
+            port[0]["master"].as_str(),
+            (wiring == "bridge").then_some("twl0"),
+            "{node}: {port}"
+        );
         let routes = ip_json(&ns, &["route", "show", "proto", "84"]);
         let into_ovs = routes
             .as_array()
             .unwrap()
             .iter()
-            .filter(|r| r["dev"] == "twl.ovs")
+            .filter(|r| r["dev"] == into && r["gateway"] == "169.254.84.84")
             .count();
         assert_eq!(into_ovs, ips.len() - 1, "{node}: {routes}");
     }

@@ -482,15 +482,28 @@ fn gre_mesh_carries_pods_follows_churn_survives_restarts_and_daemon_deaths() {
     converge(&mut r1, &n1, &[peer_of(&n2)]);
     converge(&mut r2, &n2, &[peer_of(&n1)]);
 
-    // The kernel side: a route per remote block into twl.ovs, its MTU the uplink's - 38.
+    // The kernel side (bridge wiring): twl.ovs, its MTU the uplink's - 38, a port of the
+    // pods' bridge twl0 with the gateway's MAC pinned on it, and a route per remote block
+    // into twl0.
     assert!(
-        routes(&n1).contains("10.244.2.0/24 via 169.254.84.84 dev twl.ovs onlink"),
+        routes(&n1).contains("10.244.2.0/24 via 169.254.84.84 dev twl0 onlink"),
         "{}",
         routes(&n1)
     );
     let link = String::from_utf8_lossy(&n1.ns.exec(&["ip", "link", "show", "twl.ovs"]).stdout)
         .into_owned();
     assert!(link.contains("mtu 1462") && link.contains(",UP"), "{link}");
+    assert!(link.contains("master twl0"), "{link}");
+    let fdb = String::from_utf8_lossy(
+        &n1.ns
+            .exec(&["bridge", "fdb", "show", "dev", "twl.ovs"])
+            .stdout,
+    )
+    .into_owned();
+    assert!(
+        fdb.contains("0a:54:a9:fe:54:54 master twl0 static"),
+        "{fdb}"
+    );
     assert_eq!(r1.pod_mtu(1500, 1500), 1462);
     // Pods across nodes: ping, TCP, and GREv0 on the wire between the node IPs.
     assert!(ping(&n1, &n2) && ping(&n2, &n1));
@@ -626,7 +639,8 @@ fn gre_mesh_carries_pods_follows_churn_survives_restarts_and_daemon_deaths() {
     n1.ovs.start_vswitchd();
     converge(&mut r1, &n1, &[peer_of(&n2)]);
     assert_eq!(twill_flows(&n1), before_flows);
-    assert!(routes(&n1).contains("10.244.2.0/24 via 169.254.84.84 dev twl.ovs onlink"));
+    // ovs-vswitchd made twl.ovs again: joined to twl0 again.
+    assert!(routes(&n1).contains("10.244.2.0/24 via 169.254.84.84 dev twl0 onlink"));
     assert!(ping(&n1, &n2));
     tcp(&n2, &n1, 15202);
     assert!(node_ping(&n2, &n1));

@@ -95,6 +95,12 @@ pub trait Router {
     fn ovs_uplink(&mut self, _netns: &str, _dev: &str) -> Option<String> {
         None
     }
+
+    /// The bridge OVS's internal port `port` of `netns` is a port of (bridge wiring:
+    /// twl0), if any.
+    fn ovs_master(&mut self, _netns: &str, _port: &str) -> Option<String> {
+        None
+    }
 }
 
 /// A packet's way through a node's Open vSwitch into a tunnel.
@@ -425,8 +431,15 @@ impl<R: Router> Walker<'_, R> {
                 );
                 let far = self.l3(netns.clone(), None, j.local, j.remote, true)?;
                 self.push(&far, &j.far_port, Dir::In, false, "decapsulated by OVS");
+                let mut port = j.far_port;
+                if let Some(bridge) = self.router.ovs_master(&far, &port) {
+                    // Addressed to the port's own MAC: the pods' bridge passes it up.
+                    let note = format!("from its port {port}, up to the host");
+                    self.push(&far, &bridge, Dir::In, false, &note);
+                    port = bridge;
+                }
                 netns = far;
-                iif = Some(j.far_port);
+                iif = Some(port);
                 continue;
             }
             if let Some(vx) = out.vxlan.clone() {

@@ -11,8 +11,11 @@
 //! (only a known peer, with a source in its own blocks).
 //!
 //! # Kernel state (the plan, pure)
-//! One `proto 0x54` route per remote block: `BLOCK via 169.254.84.84 dev twl.ovs onlink`
-//! (an OVS flow answers ARP for that address), once `twl.ovs` exists. Pod MTU: the
+//! One `proto 0x54` route per remote block: `BLOCK via 169.254.84.84 dev DEV onlink` (an
+//! OVS flow answers ARP for that address), once `twl.ovs` exists. DEV is the pods' bridge
+//! twl0 with bridge wiring, `twl.ovs` being one of its ports (the walk-through's `brctl
+//! addif docker0 obr0`; twilld makes twl0 when no pod has yet), and `twl.ovs` itself with
+//! l3 wiring (see [`twill_ovs::join`]). Pod MTU: the
 //! uplink's less [`TunnelType::overhead`] (gre 38, vxlan 50); `twl.ovs` gets the same
 //! (`mtu_request`), and a fixed MAC ([`super::vtep_mac`] of the node IP).
 //!
@@ -46,16 +49,21 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use twill_api::backend::{TunnelType, OVS_VXLAN_PORT};
+use twill_api::wiring::PodWiring;
 use twill_ovs::db::{self, BridgeWant, IfaceWant, PortWant, Snapshot};
 use twill_ovs::flows::{self, FlowPeer, GATEWAY, HOST_PORT, TUNNEL_PORT};
+use twill_ovs::join::{self, LinkState};
 use twill_ovs::neigh;
 use twill_ovs::tools::Tools;
 use twill_ovs::Datapath;
 
 /// The host's internal port on Twill's bridge.
-pub const OVS_DEVICE: &str = "twl.ovs";
+pub const OVS_DEVICE: &str = twill_ovs::HOST_DEVICE;
 /// Twill's integration bridge.
-pub const BRIDGE: &str = "twl-int";
+pub const BRIDGE: &str = twill_ovs::INTEGRATION_BRIDGE;
+/// The pod bridge `twl.ovs` joins with bridge wiring: the one twilld's hand-off gives
+/// twill-cni (`bridge` in the conflist it writes).
+pub const POD_BRIDGE: &str = twill_api::cni::netconf::DEFAULT_BRIDGE;
 /// Where OVS keeps its sockets unless `--ovs-rundir` says otherwise.
 pub const DEFAULT_RUNDIR: &str = "/var/run/openvswitch";
 /// How often the daemons' sockets are probed.
@@ -75,8 +83,9 @@ pub struct Ovs {
     version: Option<(u32, u32)>,
     /// How often the daemons are probed.
     probe: Duration,
-    /// `twl.ovs` exists (its device is made by ovs-vswitchd): routes can use it.
-    device_ready: bool,
+    /// `twl.ovs` as the last pass left it (None: not made by ovs-vswitchd yet, so no
+    /// route can use it).
+    device: Option<LinkState>,
     /// The ovs-vswitchd the last pass saw (a new PID: it was restarted).
     vswitchd_pid: Option<u32>,
     /// From the last sync, shown in the next plan (so in /readyz).
@@ -146,7 +155,7 @@ impl Ovs {
             monitor: None,
             version: None,
             probe: PROBE,
-            device_ready: false,
+            device: None,
             vswitchd_pid: None,
             problems: Vec::new(),
             shared: Arc::default(),
@@ -171,24 +180,48 @@ impl Ovs {
         self.tools.rundir()
     }
 
-    /// `ip -o link show dev twl.ovs`: None when it does not exist, else whether it is up.
-    fn device_state(&self) -> Option<bool> {
-        let out = self
-            .tools
-            .run(
-                "ip",
-                &[
-                    "-o".into(),
-                    "link".into(),
-                    "show".into(),
-                    "dev".into(),
-                    OVS_DEVICE.into(),
-                ],
-                None,
-            )
-            .ok()?;
-        let flags = out.split('<').nth(1)?.split('>').next()?;
-        Some(flags.split(',').any(|f| f == "UP"))
+    /// `twl.ovs` now: None when it does not exist (or cannot be read).
+    fn device_state(&self) -> Option<LinkState> {
+        self.tools.link(OVS_DEVICE).ok().flatten()
+    }
+
+    /// Joins `twl.ovs` to the pod network ([`join::plan`]): with bridge wiring a port of
+    /// [`POD_BRIDGE`] (made when missing), with l3 on its own. Returns (failures,
+    /// problems).
+    fn join_pod_network(&self, local: &Local, device: &LinkState) -> (Vec<String>, Vec<String>) {
+        let (mut failures, mut problems) = (Vec::new(), Vec::new());
+        let pod_bridge = pod_bridge(local);
+        let bridge = match pod_bridge {
+            Some(name) => match self.tools.link(name) {
+                Ok(b) => b,
+                Err(e) => {
+                    failures.push(format!("ovs: cannot read the pods' bridge {name}: {e}"));
+                    return (failures, problems);
+                }
+            },
+            None => None,
+        };
+        let mtu = local.mtu_uplink.saturating_sub(self.tunnel.overhead());
+        let plan = join::plan(
+            pod_bridge,
+            device,
+            bridge.as_ref(),
+            mtu,
+            join::pod_bridge_mac(local.address),
+        );
+        problems.extend(plan.problem);
+        for c in &plan.commands {
+            match self.tools.run(c.tool, &c.args, None) {
+                Ok(_) => log::info("ovs: programmed", &[("op", &c.to_string())]),
+                Err(e) => {
+                    failures.push(format!(
+                        "ovs: cannot join {OVS_DEVICE} to the pod network: {e}"
+                    ));
+                    break;
+                }
+            }
+        }
+        (failures, problems)
     }
 
     /// Brings twl.ovs up with offloads off; returns what failed.
@@ -358,7 +391,7 @@ impl Ovs {
             problems.push(format!(
                 "ovs: ovs-vswitchd is not running (no live ovs-vswitchd.*.ctl in {rundir}): start it (OVS_RUNDIR={rundir} ovs-vswitchd unix:{rundir}/db.sock --detach …); its flows die with it and Twill programs them again once it is back"
             ));
-            self.device_ready = false;
+            self.device = None;
             return (failures, problems);
         }
         if !plan.problems.is_empty() {
@@ -366,12 +399,16 @@ impl Ovs {
             return (failures, problems);
         }
         match self.device_state() {
-            Some(up) => {
-                failures.extend(self.prepare_device(up));
-                self.device_ready = true;
+            Some(device) => {
+                failures.extend(self.prepare_device(device.up));
+                let (f, p) = self.join_pod_network(local, &device);
+                failures.extend(f);
+                problems.extend(p);
+                // As the join left it: the routes' device follows.
+                self.device = self.device_state().or(Some(device));
             }
             None => {
-                self.device_ready = false;
+                self.device = None;
                 failures.push(format!(
                     "ovs: ovs-vswitchd has not made {OVS_DEVICE} yet (see its log in {rundir})"
                 ));
@@ -524,6 +561,14 @@ impl Ovs {
 /// in well under a millisecond, a loaded host in tens).
 const RESOLVE_WAIT: Duration = Duration::from_millis(200);
 
+/// The pod bridge `twl.ovs` joins: [`POD_BRIDGE`] with bridge wiring, none with l3.
+fn pod_bridge(local: &Local) -> Option<&'static str> {
+    match local.pod_wiring {
+        PodWiring::Bridge => Some(POD_BRIDGE),
+        PodWiring::L3 => None,
+    }
+}
+
 /// With the netdev datapath, OVS routes and sends the outer packets itself: the node IP
 /// must be on an OVS bridge's internal port of that datapath.
 fn uplink_problem(local: &Local, snap: &Snapshot) -> Option<String> {
@@ -558,7 +603,7 @@ impl Backend for Ovs {
     fn start(&mut self, events: &Events, _now: Instant) -> Result<(), BackendError> {
         self.events = Some(events.clone());
         // What is already there (a restart): routes through it are kept from the first pass.
-        self.device_ready = self.device_state().is_some();
+        self.device = self.device_state();
         self.monitor = Some(
             Monitor::start(self.tools.clone(), events.clone(), self.probe).map_err(|e| {
                 BackendError::Start {
@@ -574,15 +619,16 @@ impl Backend for Ovs {
         let mut desired = Desired::default();
         let usable = usable_peers(local, peers, &mut desired.problems);
         desired.problems.extend(self.problems.iter().cloned());
-        if !self.device_ready {
+        let Some(device) = &self.device else {
             return desired;
-        }
+        };
+        let dev = join::route_device(pod_bridge(local), device);
         for p in usable {
             for b in &p.blocks {
                 desired.routes.push(RouteEntry {
                     dst: b.trunc(),
                     via: GATEWAY,
-                    dev: OVS_DEVICE.into(),
+                    dev: dev.into(),
                     onlink: true,
                 });
             }
@@ -591,9 +637,9 @@ impl Backend for Ovs {
     }
 
     fn sync(&mut self, local: &Local, peers: &[Peer]) -> Vec<String> {
-        let ready = self.device_ready;
+        let device = self.device.clone();
         let (failures, problems) = self.program(local, peers);
-        if problems != self.problems || ready != self.device_ready {
+        if problems != self.problems || device != self.device {
             self.problems = problems;
             if let Some(e) = &self.events {
                 e.send(Changed);
@@ -736,7 +782,11 @@ mod tests {
             "n3 uses this node's IP: {:?}",
             d.problems
         );
-        o.device_ready = true;
+        o.device = Some(LinkState {
+            up: true,
+            master: None,
+            kind: Some("tun".into()),
+        });
         o.problems = vec!["ovs: ovs-vswitchd is not running".into()];
         let d = o.plan(&local(), &peers);
         assert_eq!(
@@ -749,6 +799,19 @@ mod tests {
             }]
         );
         assert_eq!(d.problems.len(), 2);
+        // Bridge wiring, twl.ovs a port of twl0: the routes go via the pods' bridge.
+        let bridged = Local {
+            pod_wiring: PodWiring::Bridge,
+            ..local()
+        };
+        assert_eq!(
+            o.plan(&bridged, &peers).routes[0].dev,
+            "twl.ovs",
+            "not joined yet"
+        );
+        o.device.as_mut().unwrap().master = Some("twl0".into());
+        assert_eq!(o.plan(&bridged, &peers).routes[0].dev, "twl0");
+        assert_eq!(o.plan(&local(), &peers).routes[0].dev, "twl.ovs", "l3");
         assert_eq!(o.mtu_overhead(), 38);
         assert_eq!(
             Ovs::new(TunnelType::Vxlan, Path::new("/x")).mtu_overhead(),
