@@ -201,12 +201,11 @@ impl Ovs {
             },
             None => None,
         };
-        let mtu = local.mtu_uplink.saturating_sub(self.tunnel.overhead());
         let plan = join::plan(
             pod_bridge,
             device,
             bridge.as_ref(),
-            mtu,
+            self.pod_mtu(local),
             join::pod_bridge_mac(local.address),
         );
         problems.extend(plan.problem);
@@ -273,6 +272,11 @@ impl Ovs {
         failures
     }
 
+    /// The MTU of twl.ovs and of a pod bridge twilld makes: the uplink's less the tunnel.
+    fn pod_mtu(&self, local: &Local) -> u32 {
+        local.mtu_uplink.saturating_sub(self.tunnel.overhead())
+    }
+
     /// The bridge and ports this node wants.
     fn want(&self, local: &Local, datapath: Datapath) -> BridgeWant {
         let mut options = std::collections::BTreeMap::from([
@@ -293,12 +297,7 @@ impl Ovs {
                         options: Default::default(),
                         ofport_request: HOST_PORT.into(),
                         mac: Some(flows::format_mac(&vtep_mac(local.address))),
-                        mtu_request: Some(
-                            local
-                                .mtu_uplink
-                                .saturating_sub(self.tunnel.overhead())
-                                .into(),
-                        ),
+                        mtu_request: Some(self.pod_mtu(local).into()),
                     },
                 },
                 PortWant {
