@@ -745,7 +745,7 @@ pub fn add_node(state: &mut LabState, log: Log) -> Result<String, LabError> {
 /// `twill lab remove-node NODE`: the node leaves: DEL of its pods, its agent stopped,
 /// `forget` takes it out of the store (the CLI runs `twill node remove`; for the static
 /// store the lab rewrites the file), its namespaces deleted. Waits until no other node
-/// has a route to its blocks any more.
+/// has a route to its blocks (nor, with OVS, a flow to or from it) any more.
 pub fn remove_node(
     state: &mut LabState,
     short: &str,
@@ -829,6 +829,15 @@ pub fn remove_node(
                     .filter(|b| routes.contains(b))
                     .map(|b| format!("{} still routes {b}", n.short)),
             );
+            // OVS: the routes go first, the flows of its tunnel just after them; the
+            // node has left only once no flow leads to it (or comes from it).
+            if state.plan.backend == BackendKind::Ovs {
+                let gone_ip = node.address.addr();
+                match crate::ovs::read_tunnel_state(&crate::ovs::OvsPaths::of(n), false) {
+                    Ok(s) => left.extend(crate::ovs::leftover_tunnel(&n.short, &s, gone_ip)),
+                    Err(e) => left.push(format!("{}: cannot read its OVS: {e}", n.short)),
+                }
+            }
         }
         if left.is_empty() {
             log(&format!(

@@ -806,6 +806,17 @@ pub fn tunnel_gaps(plan: &crate::plan::LabPlan, states: &[TunnelState]) -> Vec<S
     gaps
 }
 
+/// What `node` still keeps of a tunnel to a node that left (its IP `gone`): flows into
+/// it or out of it. None once both are gone. Pure.
+pub fn leftover_tunnel(node: &str, state: &TunnelState, gone: Ipv4Addr) -> Option<String> {
+    match state.peers.get(&gone) {
+        Some((out, inn)) if *out > 0 || *inn > 0 => Some(format!(
+            "{node} still has {out} flow(s) into and {inn} out of the tunnel to {gone} in {INTEGRATION_BRIDGE}"
+        )),
+        _ => None,
+    }
+}
+
 /// Reads [`TunnelState`] of one node (`ovs-ofctl dump-flows`, and `tnl/neigh/show` when
 /// `userspace`).
 pub fn read_tunnel_state(p: &OvsPaths, userspace: bool) -> Result<TunnelState, LabError> {
@@ -965,6 +976,28 @@ mod tests {
     const BRIDGES: &str = r#"{"data":[["br-int",["uuid","28b55e8a-2278-404c-800a-7bb22ffcae7a"],["set",[["uuid","8183cd75-ab2c-47ef-8004-75a257fc17a7"],["uuid","11111111-2278-404c-800a-7bb22ffcae7a"]]],"netdev",["map",[["twill","owned"]]]]],"headings":["name","_uuid","ports","datapath_type","external_ids"]}"#;
     const PORTS: &str = r#"{"data":[["br-int",["uuid","8183cd75-ab2c-47ef-8004-75a257fc17a7"],["uuid","aaaaaaaa-0000-0000-0000-000000000001"],["map",[]]],["twl-gre-n2",["uuid","11111111-2278-404c-800a-7bb22ffcae7a"],["uuid","aaaaaaaa-0000-0000-0000-000000000002"],["map",[["twill-peer","n2"]]]]],"headings":["name","_uuid","interfaces","external_ids"]}"#;
     const IFACES: &str = r#"{"data":[["br-int",["uuid","aaaaaaaa-0000-0000-0000-000000000001"],"internal",["map",[]],65534,["map",[]]],["twl-gre-n2",["uuid","aaaaaaaa-0000-0000-0000-000000000002"],"gre",["map",[["key","flow"],["remote_ip","192.0.2.12"]]],1,["map",[["twill-peer","n2"]]]]],"headings":["name","_uuid","type","options","ofport","external_ids"]}"#;
+
+    #[test]
+    fn a_tunnel_is_left_over_while_a_flow_either_way_remains() {
+        let gone: Ipv4Addr = "192.0.2.13".parse().unwrap();
+        let state = |peers: &[(Ipv4Addr, (usize, usize))]| TunnelState {
+            node: "n1".into(),
+            peers: peers.iter().cloned().collect(),
+            cache: None,
+        };
+        let other: Ipv4Addr = "192.0.2.12".parse().unwrap();
+        assert_eq!(
+            leftover_tunnel("n1", &state(&[(other, (1, 2))]), gone),
+            None
+        );
+        assert_eq!(leftover_tunnel("n1", &state(&[(gone, (0, 0))]), gone), None);
+        let out_only = leftover_tunnel("n1", &state(&[(gone, (1, 0))]), gone).unwrap();
+        assert!(
+            out_only.contains("n1 still has 1 flow(s) into and 0 out of the tunnel to 192.0.2.13"),
+            "{out_only}"
+        );
+        assert!(leftover_tunnel("n1", &state(&[(gone, (0, 2))]), gone).is_some());
+    }
 
     #[test]
     fn ovs_vsctl_json_becomes_bridges_ports_and_tunnels() {
