@@ -11,7 +11,8 @@
 //!
 //! Pure modules (no fd, no socket, no file): `table` (peers and the longest-prefix match),
 //! `filter` (what is admitted and why not), `ctl` (the control protocol between twilld and
-//! the `twill-datapath` process), `virtio`, `gso`, `gro` (the offload framing), `stats`.
+//! the `twill-datapath` process), `virtio`, `gso`, `gro` (the offload framing), `steer` (which TUN queue a flow is
+//! written into), `stats`.
 //! The I/O edges: `tun`, `udp`, the workers and the control server.
 
 pub mod checksum;
@@ -25,6 +26,7 @@ pub mod run;
 pub mod seqpacket;
 pub mod server;
 pub mod stats;
+pub mod steer;
 pub mod table;
 pub mod tun;
 pub mod udp;

@@ -264,6 +264,7 @@ fn serve(args: &Args) -> Result<(), String> {
     let rxs: Vec<Arc<OwnedFd>> = rxs.into_iter().map(Arc::new).collect();
     let mut fds: Vec<RawFd> = queues.iter().map(|q| q.as_raw_fd()).collect();
     fds.extend(rxs.iter().map(|r| r.as_raw_fd()));
+    let all_queues: Arc<[Arc<TunQueue>]> = queues.iter().cloned().collect();
     let mut wakers = Vec::with_capacity(n);
     let mut handles = Vec::with_capacity(n);
     for (i, ((q, rx), tx)) in queues.iter().zip(&rxs).zip(txs).enumerate() {
@@ -271,6 +272,7 @@ fn serve(args: &Args) -> Result<(), String> {
         wakers.push(waker.clone());
         let io = WorkerIo {
             tun: q.clone(),
+            queues: all_queues.clone(),
             uso,
             rx: rx.clone(),
             tx,

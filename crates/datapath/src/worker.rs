@@ -1,5 +1,6 @@
 //! A worker: one thread, one TUN queue, one receive socket (in the port's `SO_REUSEPORT`
-//! group), one send socket (ephemeral port), one eventfd to wake it.
+//! group), one send socket (ephemeral port), one eventfd to wake it. It reads its own queue,
+//! but writes what arrives into the queue of the packet's flow ([`steer`]).
 //!
 //! The loop (flannel's `run_proxy`, batched): while either direction moved a packet it goes
 //! round again without polling; when neither did, it `poll`s the TUN, the receive socket and
@@ -48,6 +49,7 @@ use crate::gro::{self, Coalesced, GroOptions};
 use crate::gso::{self, Split};
 use crate::published::{Published, Reader};
 use crate::stats::{Counters, Ledger};
+use crate::steer;
 use crate::table::{PeerId, PeerTable};
 use crate::tun::TunQueue;
 use crate::udp::{GatherBatch, RecvBatch, SendBatch, Sent, SlotMeta};
@@ -117,12 +119,23 @@ pub struct Shared {
 
 /// One worker's fds.
 pub struct WorkerIo {
+    /// The queue this worker reads.
     pub tun: Arc<TunQueue>,
+    /// Every worker's queue, by index: what arrives is written into the one its flow hashes
+    /// to ([`steer::queue`]), so both directions of a flow stay on one queue and one worker.
+    pub queues: Arc<[Arc<TunQueue>]>,
     /// The TUN took USO4|USO6 (so UDP may be coalesced into UDP_L4 writes).
     pub uso: bool,
     pub rx: Arc<OwnedFd>,
     pub tx: OwnedFd,
     pub waker: Arc<Waker>,
+}
+
+impl WorkerIo {
+    /// The queue an arriving packet (or super-packet, by its first segment) is written into.
+    fn queue_for(&self, pkt: &[u8]) -> &TunQueue {
+        &self.queues[steer::queue(pkt, self.queues.len())]
+    }
 }
 
 /// Runs worker `index` until `shared.stop` (checked after every wake). Returns the error that
@@ -318,7 +331,7 @@ impl Worker {
             let seg = d.gro_size.map_or(d.data.len().max(1), usize::from);
             for inner in d.data.chunks(seg) {
                 match admit(table, src, inner) {
-                    Ok(peer) => match self.io.tun.write(inner) {
+                    Ok(peer) => match self.io.queue_for(inner).write(inner) {
                         Ok(_) => c.rx(peer, 1, inner.len() as u64),
                         Err(_) => c.dropped(Some(peer), Drop::WriteFailed),
                     },
@@ -548,7 +561,8 @@ impl Worker {
                     iov_len: p.len(),
                 });
             }
-            if self.io.tun.writev(&iov).is_err() {
+            let first = parts.first().map_or(&[][..], |p| &buf[p.clone()]);
+            if self.io.queue_for(first).writev(&iov).is_err() {
                 c.dropped(None, Drop::WriteFailed);
             }
         }

@@ -47,6 +47,8 @@ struct Node {
     ns: TestNetns,
     pod: TestNetns,
     tun: String,
+    /// The node's port on the underlay segment.
+    uplink: String,
     sock: PathBuf,
     dp: Option<Proc>,
     log: PathBuf,
@@ -96,7 +98,7 @@ fn node(sw: &TestNetns, br: &str, n: u8, dir: &Path) -> Node {
         "net.ipv6.conf.default.disable_ipv6=1",
         "net.ipv4.ip_forward=1",
     ]);
-    plug(sw, br, &ns, &[format!("192.0.2.{n}/24")]);
+    let uplink = plug(sw, br, &ns, &[format!("192.0.2.{n}/24")]);
     // The pod: 10.244.n.2 behind 10.244.n.1 on the node, MTU = underlay - 28.
     let pod = TestNetns::new(&format!("p{n}"));
     let h = unique_name("h", 15);
@@ -115,6 +117,7 @@ fn node(sw: &TestNetns, br: &str, n: u8, dir: &Path) -> Node {
         ns,
         pod,
         tun,
+        uplink,
         sock: dir.join(format!("dp{n}.sock")),
         dp: None,
         log: dir.join(format!("dp{n}.log")),
@@ -671,4 +674,210 @@ fn a_killed_datapath_is_replaced_by_one_inheriting_its_fds_under_iperf3() {
     let s = ca2.stats().unwrap();
     assert!(s.peer(b.underlay()).unwrap().tx_packets > 0, "{s:?}");
     drop(fds_a);
+}
+
+/// One captured TCP segment inside a tunnel datagram: the outer source (the sending worker's
+/// socket), the inner 4-tuple and the TCP flags.
+struct Tunneled {
+    outer: (Ipv4Addr, u16),
+    inner: (Ipv4Addr, u16, Ipv4Addr, u16),
+    flags: u8,
+    /// The inner TCP payload's length (from the inner IP header: the capture is cut short).
+    payload: usize,
+}
+
+/// The tunnelled TCP segments of a classic pcap file of Ethernet frames (tcpdump -w): the
+/// 24-byte file header, then per record a 16-byte header and the captured bytes.
+fn tunneled_tcp(pcap: &[u8]) -> Vec<Tunneled> {
+    let be16 = |b: &[u8], at: usize| u16::from_be_bytes([b[at], b[at + 1]]);
+    let v4 = |b: &[u8], at: usize| Ipv4Addr::new(b[at], b[at + 1], b[at + 2], b[at + 3]);
+    assert!(pcap.len() >= 24, "pcap without its file header");
+    // The magic in the writer's byte order: a1b2c3d4 read little-endian is tcpdump on x86.
+    let le = u32::from_le_bytes(pcap[0..4].try_into().unwrap()) == 0xa1b2_c3d4;
+    let rd32 = |b: &[u8], at: usize| {
+        let w = b[at..at + 4].try_into().unwrap();
+        if le {
+            u32::from_le_bytes(w)
+        } else {
+            u32::from_be_bytes(w)
+        }
+    };
+    assert_eq!(rd32(pcap, 20), 1, "pcap link type is not Ethernet");
+    let mut out = Vec::new();
+    let mut at = 24;
+    while at + 16 <= pcap.len() {
+        let caplen = rd32(pcap, at + 8) as usize;
+        let f = &pcap[at + 16..(at + 16 + caplen).min(pcap.len())];
+        at += 16 + caplen;
+        // Ethernet 14, outer IPv4 (IHL), UDP 8, inner IPv4 (IHL), TCP ports .. flags (+13).
+        if f.len() < 14 + 20 || be16(f, 12) != 0x0800 {
+            continue;
+        }
+        let o = 14;
+        let oihl = usize::from(f[o] & 0x0f) * 4;
+        let i = o + oihl + 8;
+        if f[o + 9] != 17 || f.len() < i + 20 || f[i] >> 4 != 4 {
+            continue;
+        }
+        let t = i + usize::from(f[i] & 0x0f) * 4;
+        if f[i + 9] != 6 || f.len() < t + 14 {
+            continue;
+        }
+        out.push(Tunneled {
+            outer: (v4(f, o + 12), be16(f, o + oihl)),
+            inner: (v4(f, i + 12), be16(f, t), v4(f, i + 16), be16(f, t + 2)),
+            flags: f[t + 13],
+            payload: usize::from(be16(f, i + 2))
+                .saturating_sub(t - i + usize::from(f[t + 12] >> 4) * 4),
+        });
+    }
+    out
+}
+
+/// Two queues per node, four TCP streams: every direction of every stream leaves by one
+/// worker (one outer source port) from its SYN-ACK on, so it arrives on one worker and in
+/// order. Before `steer`, each worker wrote into its own TUN queue, the kernel sent a flow
+/// by the queue that last wrote it, and the flow hopped between workers with its ACKs.
+#[test]
+fn each_direction_of_a_flow_keeps_to_one_worker_with_two_queues() {
+    let name = "each_direction_of_a_flow_keeps_to_one_worker_with_two_queues";
+    require_root(name);
+    require_program(name, "iperf3", "iperf3");
+    require_program(name, "tcpdump", "tcpdump");
+    let dir = TempDir::new("dps");
+    let sw = TestNetns::new("sw");
+    let br = unique_name("br", 15);
+    ip(&sw, &format!("link add {br} type bridge"));
+    ip(&sw, &format!("link set {br} up"));
+    let mut a = node(&sw, &br, 1, &dir.path);
+    let mut b = node(&sw, &br, 2, &dir.path);
+    let (ca, _fds_a) = start_with(&mut a, &["10.244.2.0/24"], 2);
+    let (cb, _fds_b) = start_with(&mut b, &["10.244.1.0/24"], 2);
+    ca.table(1, local(&a), vec![peer(&b)]).unwrap();
+    cb.table(1, local(&b), vec![peer(&a)]).unwrap();
+    let (ok, out, err) = a
+        .pod
+        .try_exec(&["ping", "-c", "2", "-i", "0.2", "-W", "2", &b.pod_ip()]);
+    assert!(ok, "ping: {out}{err}\nA: {}\nB: {}", a.log(), b.log());
+
+    // The headers of every tunnel datagram on node A's uplink, both ways.
+    let cap = dir.path.join("uplink.pcap");
+    let mut dump = Proc {
+        child: Command::new("ip")
+            .args(["netns", "exec", &a.ns.name, "tcpdump", "-i", &a.uplink])
+            .args(["-n", "-U", "-s", "128", "-B", "16384", "-w"])
+            .arg(&cap)
+            .args(["udp", "port", &PORT.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+        what: "tcpdump".into(),
+    };
+    let mut err = BufReader::new(dump.child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("listening on"), "tcpdump: {line}");
+
+    let _server = Proc {
+        child: Command::new("ip")
+            .args(["netns", "exec", &b.pod.name, "iperf3", "-s", "-1"])
+            .args(["-B", &b.pod_ip()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        what: "iperf3 server".into(),
+    };
+    let mut out = String::new();
+    for _ in 0..50 {
+        let (ok, o, e) = a.pod.try_exec(&[
+            "iperf3",
+            "-c",
+            &b.pod_ip(),
+            "-t",
+            "2",
+            "-P",
+            "4",
+            "-C",
+            "cubic",
+            "-J",
+        ]);
+        out = format!("{o}{e}");
+        if ok && !out.contains("\"error\"") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100)); // the server is not listening yet
+    }
+    // SAFETY: SIGINT to the tcpdump this test started, by its PID: it flushes and exits.
+    unsafe { libc::kill(dump.child.id() as i32, libc::SIGINT) };
+    let _ = dump.child.wait();
+    let _ = &dump.what;
+    assert!(!out.contains("\"error\""), "iperf3: {out}");
+    let retransmits = out
+        .split("\"sum_sent\"")
+        .nth(1)
+        .and_then(|s| s.split("\"retransmits\":").nth(1))
+        .and_then(|s| s.split([',', '\n', '}']).next())
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+
+    let segs = tunneled_tcp(&std::fs::read(&cap).unwrap());
+    // Per direction of each flow: the outer sources its segments came from, the handshake
+    // aside. The kernel picks a SYN's queue before any packet of the flow has been written;
+    // and the reply to the first packet written into a TUN (the SYN-ACK to the SYN, the ACK
+    // to the SYN-ACK) is sent from inside that write, before tun_get_user records the flow's
+    // queue (tun_flow_update runs after the packet has gone up the stack), so it leaves by
+    // the kernel's pick too (and may be overtaken by the first data, which is steered).
+    // Hence: SYNs, and each direction's first bare ACK (no data), are not counted.
+    let mut by_flow: std::collections::BTreeMap<_, (std::collections::BTreeSet<_>, usize)> =
+        Default::default();
+    let mut bare_acks: std::collections::BTreeMap<_, usize> = Default::default();
+    for s in segs.iter().filter(|s| s.flags & 0x02 == 0) {
+        if s.flags == 0x10 && s.payload == 0 {
+            let seen = bare_acks.entry(s.inner).or_default();
+            *seen += 1;
+            if *seen == 1 {
+                continue;
+            }
+        }
+        let e = by_flow.entry(s.inner).or_default();
+        e.0.insert(s.outer);
+        e.1 += 1;
+    }
+    let busy: Vec<_> = by_flow.iter().filter(|(_, (_, n))| *n >= 100).collect();
+    let ports = |(src, _): &(Ipv4Addr, u16)| *src == a.underlay();
+    let workers_a: std::collections::BTreeSet<_> = busy
+        .iter()
+        .flat_map(|(_, (o, _))| o.iter().filter(|x| ports(x)))
+        .collect();
+    eprintln!(
+        "2 queues per node, iperf3 -P 4 for 2 s: {} tunnelled TCP segments captured, {} flow \
+         directions with >= 100, node A's workers used: {}, iperf3 retransmits {retransmits}",
+        segs.len(),
+        busy.len(),
+        workers_a.len()
+    );
+    // Four data streams, both ways (data and ACKs): at least eight busy directions.
+    assert!(
+        busy.len() >= 8,
+        "too few busy flows in the capture: {by_flow:?}"
+    );
+    for (flow, (outer, n)) in &by_flow {
+        // The flow as runs of one outer port, with the TCP flags where each run starts.
+        let mut runs: Vec<(u16, u8, usize)> = Vec::new();
+        for s in segs.iter().filter(|s| s.inner == *flow) {
+            match runs.last_mut() {
+                Some(r) if r.0 == s.outer.1 => r.2 += 1,
+                _ => runs.push((s.outer.1, s.flags, 1)),
+            }
+        }
+        assert_eq!(
+            outer.len(),
+            1,
+            "flow {flow:?} ({n} segments) left by {} workers: {outer:?}; as runs (port, \
+             flags, count): {runs:?}",
+            outer.len()
+        );
+    }
 }
