@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use ipnet::Ipv4Net;
 use twill_datapath::ctl::Request;
 use twill_datapath::filter::admit;
+use twill_datapath::partial::Checksums;
 use twill_datapath::table::{LocalNode, Peer, PeerTable};
 
 /// `peers` peers of `blocks` /26 blocks each in 10.0.0.0/8, in a shuffled order.
@@ -38,6 +39,7 @@ fn peers(peers: u32, blocks: u32) -> (LocalNode, Vec<Peer>) {
             blocks: (0..blocks)
                 .map(|j| block(ids[(i * blocks + j) as usize]))
                 .collect(),
+            checksums: Checksums::Full,
         })
         .collect();
     (local, list)

@@ -15,11 +15,20 @@
 //! | 0x03 | `Stats` | (none) |
 //! | 0x04 | `Shutdown` | remove_device u8 (0 or 1) |
 //! | 0x05 | `GetTable` | (none) |
+//! | 0x06 | `Table` with flags | as 0x02, each peer's port followed by flags u8 |
 //! | 0x81 | `HelloAck` | proto u16, pid u32, generation u64, tun str, queues u16, build str |
 //! | 0x82 | `TableAck` | generation u64 |
 //! | 0x83 | `Stats` | n peers (node IP, rx_packets, rx_bytes, tx_packets, tx_bytes, drops), n drops (code u8, count), gso_fallbacks |
 //! | 0x84 | `Error` | str |
 //! | 0x85 | `Table` | the table in use, as `Table` carries it (generation 0 and nothing: none yet) |
+//! | 0x86 | `Table` with flags | the same, as 0x06 carries it |
+//!
+//! A peer's flags: bit 0 is [`Checksums::Partial`] ([`crate::partial`]), the others are 0.
+//! A table is sent with flags (0x06, 0x86) only when some peer has one, and a flagged table
+//! in which none has is refused (so each table has one encoding). A datapath that predates
+//! the flags answers a flagged `Table` with `Error` (an unknown type), which the client
+//! reports as such: it only gets one when twilld asked for partial checksums, which twilld
+//! does only with a datapath of its own build.
 //!
 //! A str is a varint length and UTF-8. Decoding checks every length against what is left,
 //! refuses trailing bytes, unknown types, prefix lengths over 32, non-0/1 booleans and
@@ -33,6 +42,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 
 use crate::filter::Drop;
+use crate::partial::Checksums;
 use crate::stats::{PeerStats, Stats};
 use crate::table::{LocalNode, Peer};
 
@@ -122,6 +132,10 @@ pub enum CtlError {
     },
     #[error("drop reason code {code} is unknown (a newer datapath?)")]
     UnknownDrop { code: u8 },
+    #[error("a peer's flags are 0x{value:02x}: only bit 0 (partial checksums) is defined (a newer twilld?)")]
+    BadFlags { value: u8 },
+    #[error("a flagged table in which no peer has a flag (it is sent as a plain Table)")]
+    NeedlessFlags,
 }
 
 const HELLO: u8 = 0x01;
@@ -134,13 +148,28 @@ const TABLE_ACK: u8 = 0x82;
 const STATS_REPLY: u8 = 0x83;
 const ERROR: u8 = 0x84;
 const TABLE_REPLY: u8 = 0x85;
+/// The flagged forms of `TABLE` and `TABLE_REPLY`: the same body with a flags byte per peer.
+const TABLE_FLAGS: u8 = 0x06;
+const TABLE_FLAGS_REPLY: u8 = 0x86;
+/// Peer flag bit 0: partial checksums.
+const FLAG_PARTIAL: u8 = 0x01;
+
+/// The type a table is sent as: flagged only when some peer has a flag.
+fn table_kind(plain: u8, flagged: u8, peers: &[Peer]) -> u8 {
+    if peers.iter().any(|p| p.checksums != Checksums::Full) {
+        flagged
+    } else {
+        plain
+    }
+}
 
 /// The body `Table` and the `Table` reply share: generation, local node, peers.
 fn write_table(kind: u8, generation: u64, local: &LocalNode, peers: &[Peer]) -> Vec<u8> {
     let size = 8
         + 6
         + 5 * local.blocks.len()
-        + peers.iter().map(|p| 9 + 5 * p.blocks.len()).sum::<usize>();
+        + peers.iter().map(|p| 10 + 5 * p.blocks.len()).sum::<usize>();
+    let flagged = kind == TABLE_FLAGS || kind == TABLE_FLAGS_REPLY;
     let mut w = Writer::new(kind, size);
     w.u64(generation);
     w.ip(local.node_ip);
@@ -149,12 +178,18 @@ fn write_table(kind: u8, generation: u64, local: &LocalNode, peers: &[Peer]) -> 
     for p in peers {
         w.ip(p.node_ip);
         w.u16(p.port);
+        if flagged {
+            w.u8(match p.checksums {
+                Checksums::Full => 0,
+                Checksums::Partial => FLAG_PARTIAL,
+            });
+        }
         w.blocks(&p.blocks);
     }
     w.0
 }
 
-fn read_table(r: &mut Reader<'_>) -> Result<(u64, LocalNode, Vec<Peer>), CtlError> {
+fn read_table(r: &mut Reader<'_>, flagged: bool) -> Result<(u64, LocalNode, Vec<Peer>), CtlError> {
     let generation = r.u64("Table.generation")?;
     let local = LocalNode {
         node_ip: r.ip("Table.local.node_ip")?,
@@ -163,11 +198,26 @@ fn read_table(r: &mut Reader<'_>) -> Result<(u64, LocalNode, Vec<Peer>), CtlErro
     let n = r.count("Table.peers", 7)?;
     let mut peers = Vec::with_capacity(n);
     for _ in 0..n {
+        let node_ip = r.ip("Table.peer.node_ip")?;
+        let port = r.u16("Table.peer.port")?;
+        let checksums = if flagged {
+            match r.u8("Table.peer.flags")? {
+                0 => Checksums::Full,
+                FLAG_PARTIAL => Checksums::Partial,
+                value => return Err(CtlError::BadFlags { value }),
+            }
+        } else {
+            Checksums::Full
+        };
         peers.push(Peer {
-            node_ip: r.ip("Table.peer.node_ip")?,
-            port: r.u16("Table.peer.port")?,
+            node_ip,
+            port,
             blocks: r.blocks("Table.peer.blocks")?,
+            checksums,
         });
+    }
+    if flagged && peers.iter().all(|p| p.checksums == Checksums::Full) {
+        return Err(CtlError::NeedlessFlags);
     }
     Ok((generation, local, peers))
 }
@@ -184,7 +234,12 @@ impl Request {
                 generation,
                 local,
                 peers,
-            } => write_table(TABLE, *generation, local, peers),
+            } => write_table(
+                table_kind(TABLE, TABLE_FLAGS, peers),
+                *generation,
+                local,
+                peers,
+            ),
             Request::Stats => Writer::new(STATS, 0).0,
             Request::GetTable => Writer::new(GET_TABLE, 0).0,
             Request::Shutdown { remove_device } => {
@@ -204,8 +259,8 @@ impl Request {
                     proto: r.u16("Hello.proto")?,
                 },
             ),
-            TABLE => {
-                let (generation, local, peers) = read_table(&mut r)?;
+            TABLE | TABLE_FLAGS => {
+                let (generation, local, peers) = read_table(&mut r, kind == TABLE_FLAGS)?;
                 (
                     "Table",
                     Request::Table {
@@ -286,7 +341,12 @@ impl Reply {
                 generation,
                 local,
                 peers,
-            } => write_table(TABLE_REPLY, *generation, local, peers),
+            } => write_table(
+                table_kind(TABLE_REPLY, TABLE_FLAGS_REPLY, peers),
+                *generation,
+                local,
+                peers,
+            ),
         }
     }
 
@@ -341,8 +401,8 @@ impl Reply {
                 )
             }
             ERROR => ("Error", Reply::Error(r.str("Error.message")?)),
-            TABLE_REPLY => {
-                let (generation, local, peers) = read_table(&mut r)?;
+            TABLE_REPLY | TABLE_FLAGS_REPLY => {
+                let (generation, local, peers) = read_table(&mut r, kind == TABLE_FLAGS_REPLY)?;
                 (
                     "Table",
                     Reply::Table {
@@ -548,15 +608,28 @@ mod tests {
                             .unwrap()
                         })
                         .collect(),
+                    checksums: Checksums::Full,
                 })
                 .collect(),
         }
+    }
+
+    /// [`table_of`] with every other peer taking partial checksums (the flagged form).
+    fn flagged_table_of(peers: usize, blocks: usize) -> Request {
+        let mut t = table_of(peers, blocks);
+        if let Request::Table { peers, .. } = &mut t {
+            for p in peers.iter_mut().step_by(2) {
+                p.checksums = Checksums::Partial;
+            }
+        }
+        t
     }
 
     fn all_messages() -> (Vec<Request>, Vec<Reply>) {
         let requests = vec![
             Request::Hello { proto: PROTO },
             table_of(3, 2),
+            flagged_table_of(3, 2),
             table_of(0, 0),
             Request::Stats,
             Request::GetTable,
@@ -596,7 +669,7 @@ mod tests {
             Reply::Error("table refused: overlap".into()),
         ];
         let mut replies = replies;
-        for t in [table_of(3, 2), table_of(0, 0)] {
+        for t in [table_of(3, 2), table_of(0, 0), flagged_table_of(2, 1)] {
             if let Request::Table {
                 generation,
                 local,
@@ -685,6 +758,32 @@ mod tests {
         assert!(b.len() <= 61_000, "{}", b.len());
         let b5 = table_of(1000, 5).encode();
         assert!(b5.len() <= 40_000, "{}", b5.len());
+    }
+
+    #[test]
+    fn a_table_is_flagged_only_when_a_peer_takes_partial_checksums() {
+        let plain = table_of(2, 1).encode();
+        let flagged = flagged_table_of(2, 1).encode();
+        assert_eq!((plain[6], flagged[6]), (TABLE, TABLE_FLAGS));
+        // One flags byte per peer, after the port.
+        assert_eq!(flagged.len(), plain.len() + 2);
+        let Request::Table { peers, .. } = Request::decode(&flagged).unwrap() else {
+            panic!("not a table");
+        };
+        let got: Vec<Checksums> = peers.iter().map(|p| p.checksums).collect();
+        assert_eq!(got, [Checksums::Partial, Checksums::Full]);
+        // The flagged form with no flag set, or an unknown flag bit: refused.
+        let mut needless = flagged.clone();
+        let first_flags = HEADER_LEN + 8 + 4 + 1 + 5 + 1 + 4 + 2;
+        assert_eq!(needless[first_flags], FLAG_PARTIAL);
+        needless[first_flags] = 0;
+        assert_eq!(Request::decode(&needless), Err(CtlError::NeedlessFlags));
+        let mut unknown = flagged;
+        unknown[first_flags] = 0x03;
+        assert_eq!(
+            Request::decode(&unknown),
+            Err(CtlError::BadFlags { value: 3 })
+        );
     }
 
     #[test]

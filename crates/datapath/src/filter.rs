@@ -258,6 +258,7 @@ pub fn net_unreachable(offender: &[u8], out: &mut [u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::partial::Checksums;
     use crate::table::{LocalNode, Peer};
 
     fn ip(s: &str) -> Ipv4Addr {
@@ -276,11 +277,13 @@ mod tests {
                     node_ip: ip("192.0.2.2"),
                     port: 8285,
                     blocks: vec!["10.244.2.0/24".parse().unwrap()],
+                    checksums: Checksums::Full,
                 },
                 Peer {
                     node_ip: ip("192.0.2.3"),
                     port: 40000,
                     blocks: vec!["10.244.3.0/24".parse().unwrap()],
+                    checksums: Checksums::Full,
                 },
             ],
         )

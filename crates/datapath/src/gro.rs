@@ -34,13 +34,17 @@
 //!   and transport header, `gso_size` = the first packet's payload, `csum_start` 20,
 //!   `csum_offset` 16 (6), with the pseudo-header sum in the checksum field (the kernel
 //!   takes it as CHECKSUM_PARTIAL and never checks it again, hence the verification below).
-//!   An item of one packet has [`VirtioNetHdr::NONE`] and its packet untouched.
+//!   An item of one packet has its packet untouched and [`VirtioNetHdr::NONE`], or, when the
+//!   packet is partial ([`partial::partial_at`]: a Twill peer left its checksum as the
+//!   pseudo-header sum), `NEEDS_CSUM` at its checksum field and no GSO.
 //!
 //! The rules. A packet is a candidate when it is IPv4 without options, its total length is
 //! its length, it is not a fragment, its IP header checksum verifies, and it is TCP with
 //! exactly ACK or ACK|PSH, a payload, and a verifying checksum, or (with `opts.udp`: the TUN
 //! has USO, so the kernel takes UDP_L4 writes) UDP with a payload, a length that matches and
-//! a non-zero verifying checksum. Only the latest item of a flow (addresses, ports,
+//! a non-zero verifying checksum. A partial checksum (the pseudo-header sum, from a Twill
+//! peer: [`crate::partial`]) counts as verifying: there is nothing to verify, the outer UDP
+//! checksum covered the packet. Only the latest item of a flow (addresses, ports,
 //! protocol) is open, and a candidate is appended to it when all of these hold:
 //! - TCP: the same ack, the same TCP header length and option bytes (so equal timestamps),
 //!   and seq = the item's next seq;
@@ -59,6 +63,7 @@
 use std::ops::Range;
 
 use crate::checksum;
+use crate::partial::{self, PartialAt};
 use crate::virtio::{
     GsoType, VirtioNetHdr, IPPROTO_TCP, IPPROTO_UDP, TCP_CSUM_OFFSET, UDP_CSUM_OFFSET,
 };
@@ -170,6 +175,8 @@ struct Cand {
     ack: u32,
     psh: bool,
     payload: usize,
+    /// The checksum field holds the pseudo-header sum.
+    partial: bool,
 }
 
 #[derive(Debug)]
@@ -181,6 +188,8 @@ struct Build {
     total: usize,
     segments: usize,
     psh: bool,
+    /// A lone packet's partial checksum, written with NEEDS_CSUM.
+    partial: Option<PartialAt>,
 }
 
 #[derive(Debug)]
@@ -254,7 +263,7 @@ fn classify(p: &[u8], opts: GroOptions) -> Result<Cand, Other> {
         dport,
     };
     let l4_len = p.len() - 20;
-    let (hl, seq, ack, psh) = match proto {
+    let (hl, seq, ack, psh, csum_at) = match proto {
         IPPROTO_TCP => {
             if p.len() < 40 {
                 return other;
@@ -264,13 +273,19 @@ fn classify(p: &[u8], opts: GroOptions) -> Result<Cand, Other> {
             if thl < 20 || 20 + thl > p.len() || (flags != TCP_ACK && flags != TCP_ACK | TCP_PSH) {
                 return other;
             }
-            (20 + thl, be32(p, 24), be32(p, 28), flags & TCP_PSH != 0)
+            (
+                20 + thl,
+                be32(p, 24),
+                be32(p, 28),
+                flags & TCP_PSH != 0,
+                20 + usize::from(TCP_CSUM_OFFSET),
+            )
         }
         IPPROTO_UDP if opts.udp => {
             if p.len() < 28 || usize::from(be16(p, 24)) != l4_len || be16(p, 26) == 0 {
                 return other;
             }
-            (28, 0, 0, false)
+            (28, 0, 0, false, 20 + usize::from(UDP_CSUM_OFFSET))
         }
         _ => return other,
     };
@@ -278,7 +293,8 @@ fn classify(p: &[u8], opts: GroOptions) -> Result<Cand, Other> {
         return other;
     }
     let pseudo = checksum::pseudo_v4(src, dst, proto, l4_len as u16);
-    if !checksum::verify(pseudo + checksum::sum(&p[20..])) {
+    let partial = be16(p, csum_at) == checksum::fold(pseudo);
+    if !partial && !checksum::verify(pseudo + checksum::sum(&p[20..])) {
         return other;
     }
     Ok(Cand {
@@ -292,6 +308,7 @@ fn classify(p: &[u8], opts: GroOptions) -> Result<Cand, Other> {
         ack,
         psh,
         payload: p.len() - hl,
+        partial,
     })
 }
 
@@ -329,6 +346,7 @@ pub fn coalesce(buf: &mut [u8], packets: &[Range<usize>], opts: GroOptions, out:
                     total: r.len(),
                     segments: 1,
                     psh: false,
+                    partial: partial::partial_at(p),
                 });
                 out.assign.push((item as u32, r.clone()));
                 continue;
@@ -379,6 +397,14 @@ pub fn coalesce(buf: &mut [u8], packets: &[Range<usize>], opts: GroOptions, out:
             total: r.len(),
             segments: 1,
             psh: c.psh,
+            partial: c.partial.then_some(PartialAt {
+                start: 20,
+                offset: if c.key.proto == IPPROTO_TCP {
+                    TCP_CSUM_OFFSET
+                } else {
+                    UDP_CSUM_OFFSET
+                },
+            }),
         });
         out.assign.push((item as u32, r.clone()));
         if out.open.len() == MAX_OPEN {
@@ -421,10 +447,18 @@ pub fn coalesce(buf: &mut [u8], packets: &[Range<usize>], opts: GroOptions, out:
         *slot += 1;
     }
     for (i, b) in out.build.iter().enumerate() {
-        let hdr = if b.segments > 1 {
-            finalize(&mut buf[b.head.clone()], b)
-        } else {
-            VirtioNetHdr::NONE
+        let hdr = match (b.segments, b.partial) {
+            (2.., _) => finalize(&mut buf[b.head.clone()], b),
+            (_, Some(at)) => VirtioNetHdr {
+                needs_csum: true,
+                data_valid: false,
+                gso_type: GsoType::None,
+                hdr_len: at.end() as u16,
+                gso_size: 0,
+                csum_start: at.start,
+                csum_offset: at.offset,
+            },
+            (_, None) => VirtioNetHdr::NONE,
         };
         let first = if i == 0 { 0 } else { out.ends[i - 1] };
         out.items.push(Item {
@@ -474,6 +508,7 @@ fn finalize(h: &mut [u8], b: &Build) -> VirtioNetHdr {
 mod tests {
     use super::*;
     use crate::gso::{self, Split};
+    use crate::partial::Checksums;
 
     /// RFC 1071 written plainly (independent of `checksum`).
     fn reference(bytes: &[u8]) -> u16 {
@@ -608,9 +643,19 @@ mod tests {
     /// What a peer's split sends, as a receiver's recvmmsg lays it out: each chunk a datagram
     /// in its own slot of `stride` bytes, cut at its segment size.
     fn send(x: &[u8], hdr: &VirtioNetHdr, buf: &mut Vec<u8>, packets: &mut Vec<Range<usize>>) {
+        send_with(x, hdr, Checksums::Full, buf, packets)
+    }
+
+    fn send_with(
+        x: &[u8],
+        hdr: &VirtioNetHdr,
+        checksums: Checksums,
+        buf: &mut Vec<u8>,
+        packets: &mut Vec<Range<usize>>,
+    ) {
         let mut frame = x.to_vec();
         let mut out = vec![0u8; gso::OUT_LEN];
-        let Split::Segments(s) = gso::split(hdr, &mut frame, &mut out).unwrap() else {
+        let Split::Segments(s) = gso::split(hdr, &mut frame, &mut out, checksums).unwrap() else {
             panic!("not a GSO frame")
         };
         for c in s.chunks() {
@@ -675,6 +720,70 @@ mod tests {
             );
             assert!(got[10..] == x[..], "case {case}: the super-packet differs");
         }
+    }
+
+    #[test]
+    fn a_twill_peers_partial_segments_merge_and_a_lone_one_is_written_needs_csum() {
+        let mut rng = Rng(0x7a12);
+        let mut out = Coalesced::new();
+        let mut got = Vec::new();
+        for case in 0..100 {
+            let mut s = spec();
+            s.proto = if case % 4 == 3 { 17 } else { 6 };
+            s.seq = rng.next() as u32;
+            let gso_size = rng.range(64, 1460);
+            let len = rng.range(gso_size + 1, 40 * gso_size);
+            let x = build(&s, &rng.bytes(len), true);
+            let hdr = gso_hdr(&s, gso_size as u16);
+            let (mut buf, mut packets) = (Vec::new(), Vec::new());
+            send_with(&x, &hdr, Checksums::Partial, &mut buf, &mut packets);
+            for r in &packets {
+                assert!(
+                    partial::partial_at(&buf[r.clone()]).is_some(),
+                    "case {case}"
+                );
+            }
+            coalesce(&mut buf, &packets, GroOptions { udp: true }, &mut out);
+            assert_eq!(segments(&out), [packets.len()], "case {case}");
+            out.gather(0, &buf, &mut got);
+            assert_eq!(
+                VirtioNetHdr::from_bytes(&got).unwrap(),
+                hdr.check(&x).unwrap()
+            );
+            assert!(got[10..] == x[..], "case {case}: the super-packet differs");
+        }
+        // Lone packets: a partial bare ACK (not a candidate) and a partial data packet (a
+        // candidate alone) go as NEEDS_CSUM at their field; a whole one as it is.
+        let mut ack = spec();
+        ack.seq = 7;
+        let (bare, data, whole) = (
+            build(&ack, &[], true),
+            build(&spec(), b"twl-data", true),
+            build(&spec(), b"twl-data", false),
+        );
+        let mut buf = [bare.clone(), data.clone(), whole.clone()].concat();
+        let ranges = [
+            0..bare.len(),
+            bare.len()..bare.len() + data.len(),
+            bare.len() + data.len()..buf.len(),
+        ];
+        coalesce(&mut buf, &ranges, GroOptions::default(), &mut out);
+        let hdrs: Vec<VirtioNetHdr> = out.items().map(|(it, _)| it.hdr).collect();
+        let needs = VirtioNetHdr {
+            needs_csum: true,
+            data_valid: false,
+            gso_type: GsoType::None,
+            hdr_len: 38,
+            gso_size: 0,
+            csum_start: 20,
+            csum_offset: 16,
+        };
+        assert_eq!(hdrs, [needs, needs, VirtioNetHdr::NONE]);
+        assert_eq!(
+            buf[..],
+            [bare, data, whole].concat()[..],
+            "lone packets are untouched"
+        );
     }
 
     #[test]

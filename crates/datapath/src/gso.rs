@@ -9,17 +9,20 @@
 //! ```text
 //! let hdr = VirtioNetHdr::decode(&read[..n])?;          // or split() refuses it
 //! let packet = &mut read[VirtioNetHdr::LEN..n];
-//! match gso::split(&hdr, packet, &mut out)? {            // out: &mut [u8], gso::OUT_LEN is enough
+//! match gso::split(&hdr, packet, &mut out, checksums)? { // out: &mut [u8], gso::OUT_LEN is enough
 //!     Split::Whole => send(packet),                      // one datagram, checksum finished in place
 //!     Split::Segments(s) => for c in s.chunks() {         // each chunk: ONE sendmsg
 //!         send_gso(&out[c.range.clone()], c.segment_size) // UDP_SEGMENT = c.segment_size
 //!     }                                                  // (c.segments == 1: no cmsg needed)
 //! }
 //! ```
-//! - [`split`]`(hdr, packet: &mut [u8], out: &mut [u8]) -> Result<Split, GsoError>`.
-//!   `GSO_NONE`: [`Split::Whole`]; with `NEEDS_CSUM` the checksum at `csum_start +
-//!   csum_offset` is finished in place (over `[csum_start..]`, 0 sent as 0xffff, as
-//!   `skb_checksum_help` does). The packet is not modified otherwise, and never for GSO.
+//! - [`split`]`(hdr, packet: &mut [u8], out: &mut [u8], checksums) -> Result<Split, GsoError>`.
+//!   `GSO_NONE`: [`Split::Whole`]; with `NEEDS_CSUM` and [`Checksums::Full`] the checksum at
+//!   `csum_start + csum_offset` is finished in place (over `[csum_start..]`, 0 sent as
+//!   0xffff, as `skb_checksum_help` does). The packet is not modified otherwise, and never
+//!   for GSO. With [`Checksums::Partial`] (a Twill peer, [`crate::partial`]) a packet's
+//!   partial checksum is left as it is, and each segment's field gets its own pseudo-header
+//!   sum instead of the full checksum: no pass over the payload at all.
 //! - GSO (`TCPV4`, `UDP_L4` over IPv4): the header is re-checked ([`VirtioNetHdr::check`],
 //!   `hdr_len` recomputed), then segment *i* of *n* is written at `out[i·S..]` with `S =
 //!   hdr_len + gso_size` (the last one shorter): the IP header with ID + i, total length and
@@ -42,6 +45,7 @@ use std::ops::Range;
 use thiserror::Error;
 
 use crate::checksum;
+use crate::partial::{self, Checksums, PartialAt};
 pub use crate::virtio::MAX_DATAGRAM;
 use crate::virtio::{GsoType, VirtioError, VirtioNetHdr, IPPROTO_TCP, IPPROTO_UDP};
 
@@ -146,8 +150,13 @@ pub fn split_len(hdr: &VirtioNetHdr, packet_len: usize) -> usize {
 }
 
 /// Splits one frame read from the TUN (see the module doc).
-pub fn split(hdr: &VirtioNetHdr, packet: &mut [u8], out: &mut [u8]) -> Result<Split, GsoError> {
-    let Some(plan) = plan(hdr, packet)? else {
+pub fn split(
+    hdr: &VirtioNetHdr,
+    packet: &mut [u8],
+    out: &mut [u8],
+    checksums: Checksums,
+) -> Result<Split, GsoError> {
+    let Some(plan) = plan(hdr, packet, checksums)? else {
         return Ok(Split::Whole);
     };
     let need = split_len(&plan.hdr, packet.len());
@@ -181,8 +190,9 @@ pub fn split_headers(
     hdr: &VirtioNetHdr,
     packet: &mut [u8],
     hdrs: &mut [u8],
+    checksums: Checksums,
 ) -> Result<Split, GsoError> {
-    let Some(plan) = plan(hdr, packet)? else {
+    let Some(plan) = plan(hdr, packet, checksums)? else {
         return Ok(Split::Whole);
     };
     let need = headers_len(&plan.hdr, packet.len());
@@ -230,14 +240,23 @@ struct Plan {
     seq0: u32,
     /// Segments.
     n: usize,
+    checksums: Checksums,
 }
 
 /// Checks the frame; `None` for `GSO_NONE` (its checksum finished in place if it needed it).
-fn plan(hdr: &VirtioNetHdr, packet: &mut [u8]) -> Result<Option<Plan>, GsoError> {
+fn plan(
+    hdr: &VirtioNetHdr,
+    packet: &mut [u8],
+    checksums: Checksums,
+) -> Result<Option<Plan>, GsoError> {
     let hdr = hdr.check(packet)?;
     if hdr.gso_type == GsoType::None {
-        if hdr.needs_csum {
-            finish_in_place(packet, hdr.csum_start.into(), hdr.csum_offset.into());
+        if hdr.needs_csum && checksums == Checksums::Full {
+            let at = PartialAt {
+                start: hdr.csum_start,
+                offset: hdr.csum_offset,
+            };
+            partial::finish(packet, at);
         }
         return Ok(None);
     }
@@ -263,6 +282,7 @@ fn plan(hdr: &VirtioNetHdr, packet: &mut [u8]) -> Result<Option<Plan>, GsoError>
             packet[iph + 7],
         ]),
         n: (packet.len() - hl).div_ceil(gso),
+        checksums,
     }))
 }
 
@@ -304,30 +324,23 @@ impl Plan {
         } else {
             o[iph + 4..iph + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
         }
+        let pseudo = checksum::pseudo_v4(self.src, self.dst, self.proto, l4_len as u16);
+        if self.checksums == Checksums::Partial {
+            // What the TUN would have handed out for this segment alone.
+            let f = checksum::fold(pseudo);
+            o[csum_at..csum_at + 2].copy_from_slice(&f.to_be_bytes());
+            return;
+        }
         o[csum_at] = 0;
         o[csum_at + 1] = 0;
         // The L4 header is an even number of bytes (TCP: doff·4, UDP: 8), so the sums add.
-        let s = checksum::pseudo_v4(self.src, self.dst, self.proto, l4_len as u16)
-            + checksum::sum(&o[iph..])
-            + checksum::sum(data);
+        let s = pseudo + checksum::sum(&o[iph..]) + checksum::sum(data);
         let mut c = checksum::finish(s);
         if !self.tcp && c == 0 {
             c = 0xffff;
         }
         o[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
     }
-}
-
-/// Finishes a CHECKSUM_PARTIAL packet: the field at `start + offset` holds the pseudo-header
-/// sum; the sum over `[start..]` (field included) folded and complemented replaces it (0 is
-/// written as 0xffff, as the kernel's `skb_checksum_help` does). The caller checked the
-/// bounds.
-fn finish_in_place(packet: &mut [u8], start: usize, offset: usize) {
-    let mut c = checksum::checksum(&packet[start..]);
-    if c == 0 {
-        c = 0xffff;
-    }
-    packet[start + offset..start + offset + 2].copy_from_slice(&c.to_be_bytes());
 }
 
 #[cfg(test)]
@@ -444,7 +457,7 @@ mod tests {
         let (hdr, mut p) = tcp_super(12, &data, 0x18 | TCP_FIN | TCP_CWR); // ACK|PSH|FIN|CWR
         let orig = p.clone();
         let mut out = vec![0u8; OUT_LEN];
-        let Split::Segments(s) = split(&hdr, &mut p, &mut out).unwrap() else {
+        let Split::Segments(s) = split(&hdr, &mut p, &mut out, Checksums::Full).unwrap() else {
             panic!("not split")
         };
         assert_eq!(p, orig, "the frame is left alone");
@@ -503,7 +516,7 @@ mod tests {
         let data = payload(10 * 1400 + 99, 9);
         let (hdr, mut p) = udp_super(&data, 1400);
         let mut out = vec![0u8; OUT_LEN];
-        let Split::Segments(s) = split(&hdr, &mut p, &mut out).unwrap() else {
+        let Split::Segments(s) = split(&hdr, &mut p, &mut out, Checksums::Full).unwrap() else {
             panic!("not split")
         };
         assert_eq!((s.segments, s.segment_size), (11, 1428));
@@ -528,7 +541,8 @@ mod tests {
         'outer: for a in 0..=255u8 {
             for b in 0..=255u8 {
                 let (hdr, mut p) = udp_super(&[a, b, 1, 2, 3, 4, 5, 6, 7, 8], 5);
-                let Split::Segments(_) = split(&hdr, &mut p, &mut out).unwrap() else {
+                let Split::Segments(_) = split(&hdr, &mut p, &mut out, Checksums::Full).unwrap()
+                else {
                     unreachable!()
                 };
                 let seg = &out[..33];
@@ -550,7 +564,7 @@ mod tests {
         let (mut hdr, mut p) = tcp_super(0, &data, 0x10);
         hdr.gso_size = 100;
         let mut out = vec![0u8; OUT_LEN];
-        let Split::Segments(s) = split(&hdr, &mut p, &mut out).unwrap() else {
+        let Split::Segments(s) = split(&hdr, &mut p, &mut out, Checksums::Full).unwrap() else {
             panic!()
         };
         let c: Vec<Chunk> = s.chunks().collect();
@@ -594,7 +608,7 @@ mod tests {
         for n in [1, 1419, 1420, 1421, 2840, 2841] {
             let data = payload(n, 5);
             let (hdr, mut p) = tcp_super(0, &data, 0x18);
-            let Split::Segments(s) = split(&hdr, &mut p, &mut out).unwrap() else {
+            let Split::Segments(s) = split(&hdr, &mut p, &mut out, Checksums::Full).unwrap() else {
                 panic!()
             };
             assert_eq!(s.segments, n.div_ceil(1420));
@@ -623,7 +637,7 @@ mod tests {
         p[9] = 6;
         p[60 + 12] = 15 << 4;
         let mut out = vec![0u8; OUT_LEN];
-        let Split::Segments(s) = split(&hdr, &mut p, &mut out).unwrap() else {
+        let Split::Segments(s) = split(&hdr, &mut p, &mut out, Checksums::Full).unwrap() else {
             panic!()
         };
         assert_eq!(s.len, split_len(&hdr, 65_535));
@@ -644,12 +658,15 @@ mod tests {
             csum_offset: 16,
         };
         let mut out = [0u8; 0];
-        assert_eq!(split(&hdr, &mut p, &mut out), Ok(Split::Whole));
+        assert_eq!(
+            split(&hdr, &mut p, &mut out, Checksums::Full),
+            Ok(Split::Whole)
+        );
         check_segment(&p, 6);
         // Without NEEDS_CSUM nothing changes.
         let before = p.clone();
         assert_eq!(
-            split(&VirtioNetHdr::NONE, &mut p, &mut out),
+            split(&VirtioNetHdr::NONE, &mut p, &mut out, Checksums::Full),
             Ok(Split::Whole)
         );
         assert_eq!(p, before);
@@ -688,8 +705,8 @@ mod tests {
                 let mut b = p.clone();
                 let mut hdrs = vec![0u8; OUT_LEN];
                 let (sa, sb) = match (
-                    split(&hdr, &mut a, &mut out),
-                    split_headers(&hdr, &mut b, &mut hdrs),
+                    split(&hdr, &mut a, &mut out, Checksums::Full),
+                    split_headers(&hdr, &mut b, &mut hdrs, Checksums::Full),
                 ) {
                     (Ok(Split::Segments(sa)), Ok(Split::Segments(sb))) => (sa, sb),
                     // gso_size 1 on a big frame: more headers than either buffer holds.
@@ -714,7 +731,7 @@ mod tests {
         let (hdr, mut p) = tcp_super(0, &payload(5000, 2), 0x10);
         let mut hdrs = vec![0u8; 4 * 40 - 1];
         assert_eq!(
-            split_headers(&hdr, &mut p, &mut hdrs),
+            split_headers(&hdr, &mut p, &mut hdrs, Checksums::Full),
             Err(GsoError::OutTooSmall {
                 need: 160,
                 have: 159
@@ -728,7 +745,10 @@ mod tests {
             gso_size: 0,
             ..hdr
         };
-        assert_eq!(split_headers(&none, &mut p, &mut []), Ok(Split::Whole));
+        assert_eq!(
+            split_headers(&none, &mut p, &mut [], Checksums::Full),
+            Ok(Split::Whole)
+        );
         check_segment(&p, 6);
     }
 
@@ -740,7 +760,7 @@ mod tests {
         // Too small an output buffer: an error, nothing half-written matters.
         let mut q = p.clone();
         assert_eq!(
-            split(&hdr, &mut q, &mut out[..5000]),
+            split(&hdr, &mut q, &mut out[..5000], Checksums::Full),
             Err(GsoError::OutTooSmall {
                 need: 5000 + 4 * 40,
                 have: 5000
@@ -753,14 +773,15 @@ mod tests {
                     ..hdr
                 },
                 &mut q,
-                &mut out
+                &mut out,
+                Checksums::Full
             ),
             Err(GsoError::Header(VirtioError::CsumStart { .. }))
         ));
         // Every truncation and every single-byte corruption of the headers: Ok or Err.
         for n in 0..q.len().min(200) {
             let mut t = p[..n].to_vec();
-            let _ = split(&hdr, &mut t, &mut out);
+            let _ = split(&hdr, &mut t, &mut out, Checksums::Full);
         }
         for i in 0..60 {
             for v in [0u8, 0xff, 0x0f, 0xf0, 0x45] {
@@ -780,13 +801,18 @@ mod tests {
                         ..hdr
                     },
                 ] {
-                    let _ = split(&h, &mut t, &mut out);
+                    let _ = split(&h, &mut t, &mut out, Checksums::Full);
                 }
             }
         }
         // gso_size 1 on a 5,000-byte payload needs 5,000 × 41 B: refused for the buffer.
         assert!(matches!(
-            split(&VirtioNetHdr { gso_size: 1, ..hdr }, &mut q, &mut out),
+            split(
+                &VirtioNetHdr { gso_size: 1, ..hdr },
+                &mut q,
+                &mut out,
+                Checksums::Full
+            ),
             Err(GsoError::OutTooSmall { .. })
         ));
     }

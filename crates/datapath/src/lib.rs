@@ -11,8 +11,9 @@
 //!
 //! Pure modules (no fd, no socket, no file): `table` (peers and the longest-prefix match),
 //! `filter` (what is admitted and why not), `ctl` (the control protocol between twilld and
-//! the `twill-datapath` process), `virtio`, `gso`, `gro` (the offload framing), `steer` (which TUN queue a flow is
-//! written into), `stats`.
+//! the `twill-datapath` process), `virtio`, `gso`, `gro` (the offload framing), `partial`
+//! (partial inner checksums between Twill peers), `steer` (which TUN queue a flow is written
+//! into), `stats`.
 //! The I/O edges: `tun`, `udp`, the workers and the control server.
 
 pub mod checksum;
@@ -21,6 +22,7 @@ pub mod ctl;
 pub mod filter;
 pub mod gro;
 pub mod gso;
+pub mod partial;
 pub mod published;
 pub mod run;
 pub mod seqpacket;

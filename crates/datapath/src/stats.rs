@@ -229,6 +229,7 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::partial::Checksums;
     use crate::table::{LocalNode, Peer};
 
     fn table(generation: u64, peers: &[&str]) -> PeerTable {
@@ -244,6 +245,7 @@ mod tests {
                     node_ip: p.parse().unwrap(),
                     port: 8285,
                     blocks: vec![],
+                    checksums: Checksums::Full,
                 })
                 .collect(),
         )

@@ -24,6 +24,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use ipnet::Ipv4Net;
 
+use crate::partial::Checksums;
+
 /// A peer's index into [`PeerTable::peers`]; valid for the table it came from only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeerId(pub u32);
@@ -41,6 +43,8 @@ pub struct Peer {
     pub node_ip: Ipv4Addr,
     pub port: u16,
     pub blocks: Vec<Ipv4Net>,
+    /// How the inner checksums of what is sent to it are left ([`crate::partial`]).
+    pub checksums: Checksums,
 }
 
 impl Peer {
@@ -362,6 +366,7 @@ mod tests {
             node_ip: ip(node),
             port: 8285,
             blocks: blocks.iter().map(|b| n(b)).collect(),
+            checksums: Checksums::Full,
         }
     }
     fn local(blocks: &[&str]) -> LocalNode {
@@ -620,6 +625,7 @@ mod tests {
                     .filter(|(_, o)| *o == i)
                     .map(|(b, _)| *b)
                     .collect(),
+                checksums: Checksums::Full,
             })
             .collect();
         (local, peers, all)

@@ -47,6 +47,7 @@ use std::time::{Duration, Instant};
 use crate::filter::{admit, net_unreachable, route_tx, Drop, ICMP_ERROR_MAX};
 use crate::gro::{self, Coalesced, GroOptions};
 use crate::gso::{self, Split};
+use crate::partial;
 use crate::published::{Published, Reader};
 use crate::stats::{Counters, Ledger};
 use crate::steer;
@@ -323,23 +324,32 @@ impl Worker {
         };
         for i in 0..n {
             let d = self.inb.get(i);
-            let src = *d.src.ip();
-            if d.truncated {
+            let (src, truncated, gro_size) = (*d.src.ip(), d.truncated, d.gro_size);
+            if truncated {
                 c.dropped(table.peer_by_ip(src), Drop::BadHeader);
                 continue;
             }
-            let seg = d.gro_size.map_or(d.data.len().max(1), usize::from);
-            for inner in d.data.chunks(seg) {
+            let range = self.inb.range(i);
+            if range.is_empty() {
+                c.dropped(table.peer_by_ip(src), Drop::Short);
+                continue;
+            }
+            let seg = gro_size.map_or(range.len(), usize::from);
+            for inner in self.inb.buf_mut()[range].chunks_mut(seg) {
                 match admit(table, src, inner) {
-                    Ok(peer) => match self.io.queue_for(inner).write(inner) {
-                        Ok(_) => c.rx(peer, 1, inner.len() as u64),
-                        Err(_) => c.dropped(Some(peer), Drop::WriteFailed),
-                    },
+                    Ok(peer) => {
+                        // A TUN without vnet headers takes no NEEDS_CSUM: a Twill peer's
+                        // partial checksum is finished here.
+                        if let Some(at) = partial::partial_at(inner) {
+                            partial::finish(inner, at);
+                        }
+                        match self.io.queue_for(inner).write(inner) {
+                            Ok(_) => c.rx(peer, 1, inner.len() as u64),
+                            Err(_) => c.dropped(Some(peer), Drop::WriteFailed),
+                        }
+                    }
                     Err(drop) => c.dropped(table.peer_by_ip(src), drop),
                 }
-            }
-            if d.data.is_empty() {
-                c.dropped(table.peer_by_ip(src), Drop::Short);
             }
         }
         Ok(true)
@@ -412,7 +422,8 @@ impl Worker {
             segment: segment as u16,
             packets: packets as u16,
         };
-        let segs = match gso::split_headers(&hdr, pkt, stage.hdrs) {
+        let checksums = table.peer(peer).checksums;
+        let segs = match gso::split_headers(&hdr, pkt, stage.hdrs, checksums) {
             Err(gso::GsoError::OutTooSmall { .. }) => {
                 // More segments than the room left: send what waits, then split again
                 // from an empty batch (a frame that does not fit even then is refused).

@@ -569,6 +569,7 @@ fn feed_datapath(
     d: &mut Daemon,
 ) -> Result<(), BenchError> {
     use twill_datapath::client::Client;
+    use twill_datapath::partial::Checksums;
     use twill_datapath::table::{LocalNode, Peer};
     let (me, peer) = (&plan.nodes[k - 1], &plan.nodes[2 - k]);
     let start = Instant::now();
@@ -598,6 +599,7 @@ fn feed_datapath(
                 node_ip: peer.node_ip.addr(),
                 port: TWIN_UDP_PORT,
                 blocks: vec![peer.block()],
+                checksums: Checksums::Full,
             }],
         )
         .map_err(|e| fail(e.to_string()))?;

@@ -41,6 +41,7 @@ use twill_datapath::filter::{
 };
 use twill_datapath::gro::{self, Coalesced, GroOptions};
 use twill_datapath::gso::{self, Split};
+use twill_datapath::partial::{self, Checksums, PartialAt};
 use twill_datapath::table::{LocalNode, Peer, PeerId, PeerTable};
 use twill_datapath::virtio::{GsoType, VirtioNetHdr};
 
@@ -65,6 +66,7 @@ pub fn fixed_table() -> PeerTable {
         node_ip: Ipv4Addr::from(ip),
         port: 8285,
         blocks: blocks.iter().map(|b| net(b)).collect(),
+        checksums: Checksums::Full,
     };
     PeerTable::new(
         1,
@@ -223,7 +225,7 @@ pub fn split(data: &[u8]) {
     let orig = &data[VirtioNetHdr::LEN..];
     let mut packet = orig.to_vec();
     let mut out = vec![0u8; gso::OUT_LEN];
-    let s = match gso::split(&h, &mut packet, &mut out) {
+    let s = match gso::split(&h, &mut packet, &mut out, Checksums::Full) {
         Err(_) => {
             assert_eq!(packet, orig, "a refused frame is untouched");
             return;
@@ -252,7 +254,8 @@ pub fn split(data: &[u8]) {
     // The headers-only split (what the worker sends from) gathers to the same datagrams.
     let mut hdrs = vec![0u8; gso::OUT_LEN];
     let mut again = orig.to_vec();
-    let Ok(Split::Segments(hs)) = gso::split_headers(&h, &mut again, &mut hdrs) else {
+    let Ok(Split::Segments(hs)) = gso::split_headers(&h, &mut again, &mut hdrs, Checksums::Full)
+    else {
         panic!("split_headers refused what split took");
     };
     assert_eq!(hs, s);
@@ -285,6 +288,36 @@ pub fn split(data: &[u8]) {
         payload.extend_from_slice(&seg[hl..]);
     }
     assert_eq!(payload, orig[hl..]);
+    // For a Twill peer (partial checksums): the same segments but for the checksum field,
+    // which the receiver finishes to what the full split wrote (0 and 0xffff are one value
+    // in ones' complement: the kernel's skb_checksum_help writes 0xffff, TCP's split 0).
+    let mut partial_out = vec![0u8; gso::OUT_LEN];
+    let mut third = orig.to_vec();
+    let Ok(Split::Segments(ps)) = gso::split(&h, &mut third, &mut partial_out, Checksums::Partial)
+    else {
+        panic!("the partial split refused what the full one took");
+    };
+    assert_eq!(ps, s);
+    let at = PartialAt {
+        start: hc.csum_start,
+        offset: hc.csum_offset,
+    };
+    let field = usize::from(hc.csum_start + hc.csum_offset);
+    let norm = |b: &[u8]| match u16::from_be_bytes([b[field], b[field + 1]]) {
+        0 => 0xffff,
+        v => v,
+    };
+    for (p, f) in partial_out[..s.len]
+        .chunks_mut(s.segment_size)
+        .zip(out[..s.len].chunks(s.segment_size))
+    {
+        partial::finish(p, at);
+        assert_eq!(norm(p), norm(f), "a finished partial segment's checksum");
+        assert_eq!(
+            (&p[..field], &p[field + 2..]),
+            (&f[..field], &f[field + 2..])
+        );
+    }
     // Back through GRO, when its rules let the segments merge.
     let tcp = hc.gso_type == GsoType::TcpV4;
     let flags = orig[33.min(orig.len() - 1)];
@@ -392,7 +425,8 @@ pub fn coalesce(data: &[u8]) {
         items.gather(i, &buf, &mut got);
         let packet = &mut got[VirtioNetHdr::LEN..];
         assert_eq!(item.hdr.check(packet), Ok(item.hdr), "the kernel's checks");
-        let Ok(Split::Segments(s)) = gso::split(&item.hdr, packet, &mut out) else {
+        let Ok(Split::Segments(s)) = gso::split(&item.hdr, packet, &mut out, Checksums::Full)
+        else {
             panic!("a merged item does not split: {item:?}");
         };
         assert_eq!(s.segments, item.segments);

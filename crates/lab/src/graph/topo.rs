@@ -94,6 +94,7 @@ impl DatapathInfo {
     /// The datapath's own table (its validation and longest-prefix match: the one the
     /// workers use); None when it refuses this one (which it then would not forward with).
     pub fn table(&self) -> Option<twill_datapath::table::PeerTable> {
+        use twill_datapath::partial::Checksums;
         use twill_datapath::table::{LocalNode, Peer, PeerTable};
         PeerTable::new(
             self.generation,
@@ -107,6 +108,7 @@ impl DatapathInfo {
                     node_ip: p.node_ip,
                     port: p.port,
                     blocks: p.blocks.clone(),
+                    checksums: Checksums::Full,
                 })
                 .collect(),
         )

@@ -60,6 +60,7 @@ use std::time::{Duration, Instant};
 use twill_datapath::client::Client;
 use twill_datapath::ctl::PROTO;
 use twill_datapath::filter::Drop;
+use twill_datapath::partial::Checksums;
 use twill_datapath::stats::{PeerStats, Stats};
 use twill_datapath::table::{LocalNode, Peer as DpPeer};
 
@@ -610,6 +611,7 @@ pub fn table(local: &Local, peers: &[Peer], port: u16) -> (LocalNode, Vec<DpPeer
                 node_ip: peer.address,
                 port,
                 blocks: blocks.collect(),
+                checksums: Checksums::Full,
             }),
         }
     }
@@ -808,6 +810,7 @@ mod tests {
             node_ip: ip.parse().unwrap(),
             port: 8285,
             blocks: blocks.iter().map(|b| net(b)).collect(),
+            checksums: Checksums::Full,
         };
         assert_eq!(
             table,
