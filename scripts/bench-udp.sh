@@ -10,7 +10,8 @@
 # before, Twill's variant is a twin running twill-datapath fed a hand-written table.
 # Run as root; needs iperf3. Options are passed on to `twill lab bench`, e.g.
 #   scripts/bench-udp.sh [--rounds 3] [--seconds 10] [--streams 1,4] [-o json]   (those are the defaults)
-# Set TWILL_BENCH_UDP_BACKEND to choose the lab's backend (default: udp if the lab has it).
+# Set TWILL_BENCH_UDP_BACKEND to choose the lab's backend (default: udp if the lab has it), and
+# TWILL_BENCH_UDP_PARTIAL=1 for the udp backend's partialChecksums (lab up --partial-checksums).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "run as root: the benchmark builds network namespaces" >&2; exit 1; }
@@ -27,6 +28,8 @@ if [ -z "${TWILL_BENCH_UDP_BACKEND:-}" ]; then
 fi
 "$T" lab down --name "$NAME" >/dev/null 2>&1 || true
 trap '"$T" lab down --name "$NAME" >/dev/null 2>&1 || true' EXIT
-"$T" lab up --name "$NAME" --nodes 2 --pods-per-node 1 --backend "$TWILL_BENCH_UDP_BACKEND" >&2
+extra=()
+[ -n "${TWILL_BENCH_UDP_PARTIAL:-}" ] && extra=(--partial-checksums)
+"$T" lab up --name "$NAME" --nodes 2 --pods-per-node 1 --backend "$TWILL_BENCH_UDP_BACKEND" "${extra[@]}" >&2
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 "$T" lab bench --name "$NAME" --udp "$@"

@@ -186,7 +186,7 @@ pub struct VxlanOptions {
 
 const VXLAN_FIELDS: &[&str] = &["vni", "port", "directRouting"];
 const RIP_FIELDS: &[&str] = &["updateSeconds", "timeoutSeconds", "garbageSeconds"];
-const UDP_FIELDS: &[&str] = &["port"];
+const UDP_FIELDS: &[&str] = &["port", "partialChecksums"];
 const OVS_FIELDS: &[&str] = &["tunnelType"];
 const ALL_FIELDS: &[&str] = &[
     "type",
@@ -197,6 +197,7 @@ const ALL_FIELDS: &[&str] = &[
     "updateSeconds",
     "timeoutSeconds",
     "garbageSeconds",
+    "partialChecksums",
 ];
 
 impl VxlanOptions {
@@ -241,10 +242,18 @@ pub struct UdpOptions {
     /// The UDP port every node's datapath listens on and sends to ([`DEFAULT_UDP_PORT`]
     /// when unset, like flannel).
     pub port: Option<u16>,
+    /// Send the inner TCP/UDP checksums partial (the pseudo-header sum, as the TUN hands
+    /// packets out) instead of whole: no pass over each payload on either side. Every Twill
+    /// datapath takes them; flannel's does not, so this is for clusters whose every node
+    /// runs Twill's udp backend (a flannel node in the mesh would drop what it gets).
+    pub partial_checksums: bool,
 }
 
 impl UdpOptions {
-    pub const DEFAULT: UdpOptions = UdpOptions { port: None };
+    pub const DEFAULT: UdpOptions = UdpOptions {
+        port: None,
+        partial_checksums: false,
+    };
 
     pub fn port(&self) -> u16 {
         self.port.unwrap_or(DEFAULT_UDP_PORT)
@@ -529,7 +538,10 @@ impl BackendSpec {
                 ];
                 match set.into_iter().find(|(_, on)| *on) {
                     Some((field, _)) => Err(NotAnOption { kind, field }),
-                    None => Ok(BackendSpec::Udp(UdpOptions { port: options.port })),
+                    None => Ok(BackendSpec::Udp(UdpOptions {
+                        port: options.port,
+                        partial_checksums: false,
+                    })),
                 }
             }
         }
@@ -577,6 +589,8 @@ impl NotAnOption {
             "only ovs takes tunnelType; remove it, or use type ovs"
         } else if RIP_FIELDS.contains(&field) {
             "only rip takes updateSeconds, timeoutSeconds and garbageSeconds; remove it, or use type rip"
+        } else if field == "partialChecksums" {
+            "only udp takes partialChecksums; remove it, or use type udp"
         } else if UDP_FIELDS.contains(&field) {
             "only vxlan, static and udp take port; remove it, or use one of those types"
         } else {
@@ -610,10 +624,14 @@ impl Serialize for BackendSpec {
             return m.end();
         }
         if let Some(o) = self.udp().filter(|o| !o.is_default()) {
-            let mut m = s.serialize_map(Some(2))?;
+            let len = 1 + usize::from(o.port.is_some()) + usize::from(o.partial_checksums);
+            let mut m = s.serialize_map(Some(len))?;
             m.serialize_entry("type", self.kind().name())?;
             if let Some(port) = o.port {
                 m.serialize_entry("port", &port)?;
+            }
+            if o.partial_checksums {
+                m.serialize_entry("partialChecksums", &true)?;
             }
             return m.end();
         }
@@ -654,7 +672,7 @@ impl<'de> Visitor<'de> for SpecVisitor {
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         write!(
             f,
-            "a backend name ({}) or {{type, vni, port, directRouting}} or {{type, updateSeconds, timeoutSeconds, garbageSeconds}} or {{type: udp, port}} or {{type: ovs, tunnelType}}",
+            "a backend name ({}) or {{type, vni, port, directRouting}} or {{type, updateSeconds, timeoutSeconds, garbageSeconds}} or {{type: udp, port, partialChecksums}} or {{type: ovs, tunnelType}}",
             BackendKind::list()
         )
     }
@@ -670,6 +688,7 @@ impl<'de> Visitor<'de> for SpecVisitor {
         let mut options = VxlanOptions::default();
         let mut rip = RipOptions::default();
         let mut tunnel: Option<TunnelType> = None;
+        let mut partial_checksums: Option<bool> = None;
         let mut seen: Vec<&'static str> = Vec::new();
         while let Some(key) = map.next_key::<String>()? {
             let Some(field) = ALL_FIELDS.iter().copied().find(|f| *f == key) else {
@@ -693,6 +712,7 @@ impl<'de> Visitor<'de> for SpecVisitor {
                 "updateSeconds" => rip.update_seconds = Some(map.next_value()?),
                 "timeoutSeconds" => rip.timeout_seconds = Some(map.next_value()?),
                 "garbageSeconds" => rip.garbage_seconds = Some(map.next_value()?),
+                "partialChecksums" => partial_checksums = Some(map.next_value()?),
                 _ => options.direct_routing = map.next_value()?,
             }
         }
@@ -708,6 +728,17 @@ impl<'de> Visitor<'de> for SpecVisitor {
             _ if tunnel.is_some() => Err(de::Error::custom(NotAnOption {
                 kind,
                 field: "tunnelType",
+            })),
+            BackendSpec::Udp(o) => match rip.first_set() {
+                Some(field) => Err(de::Error::custom(NotAnOption { kind, field })),
+                None => Ok(BackendSpec::Udp(UdpOptions {
+                    partial_checksums: partial_checksums.unwrap_or(false),
+                    ..o
+                })),
+            },
+            _ if partial_checksums.is_some() => Err(de::Error::custom(NotAnOption {
+                kind,
+                field: "partialChecksums",
             })),
             BackendSpec::Rip(_) => Ok(BackendSpec::Rip(rip)),
             spec => match rip.first_set() {
@@ -953,7 +984,7 @@ mod tests {
     }
 
     #[test]
-    fn udp_takes_a_port_only_and_round_trips() {
+    fn udp_takes_a_port_and_partial_checksums_and_round_trips() {
         assert_eq!(
             spec(r#""udp""#).unwrap(),
             BackendSpec::Udp(UdpOptions::DEFAULT)
@@ -961,7 +992,13 @@ mod tests {
         assert_eq!(UdpOptions::DEFAULT.port(), DEFAULT_UDP_PORT);
         assert_eq!(DEFAULT_UDP_PORT, 8285);
         let s = spec(r#"{"type":"udp","port":9000}"#).unwrap();
-        assert_eq!(s, BackendSpec::Udp(UdpOptions { port: Some(9000) }));
+        assert_eq!(
+            s,
+            BackendSpec::Udp(UdpOptions {
+                port: Some(9000),
+                partial_checksums: false
+            })
+        );
         assert_eq!(s.udp().unwrap().port(), 9000);
         assert_eq!(s.kind(), BackendKind::Udp);
         assert!(s.vxlan().is_none() && s.rip().is_none() && !s.direct_routing());
@@ -983,6 +1020,22 @@ mod tests {
         assert!(reason.contains("leave it out for 8285"), "{reason}");
         let e = spec(r#"{"type":"udp","port":70000}"#).unwrap_err();
         assert!(e.contains("invalid value"), "{e}");
+        // partialChecksums: udp's alone, either way round, and it round-trips.
+        let p = spec(r#"{"partialChecksums":true,"type":"udp","port":9000}"#).unwrap();
+        assert!(p.udp().unwrap().partial_checksums);
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(
+            json,
+            r#"{"type":"udp","port":9000,"partialChecksums":true}"#
+        );
+        assert_eq!(spec(&json).unwrap(), p);
+        for json in [
+            r#"{"type":"vxlan","partialChecksums":true}"#,
+            r#"{"partialChecksums":true,"type":"vxlan"}"#,
+        ] {
+            let e = spec(json).unwrap_err();
+            assert!(e.contains("only udp takes partialChecksums"), "{json}: {e}");
+        }
         // The options of other kinds, either way round, named.
         for (json, field) in [
             (r#"{"type":"udp","vni":5}"#, "vni"),
@@ -1007,7 +1060,10 @@ mod tests {
         };
         assert_eq!(
             BackendSpec::with_options(BackendKind::Udp, Some(o)).unwrap(),
-            BackendSpec::Udp(UdpOptions { port: Some(9) })
+            BackendSpec::Udp(UdpOptions {
+                port: Some(9),
+                partial_checksums: false
+            })
         );
         let vni = VxlanOptions {
             vni: Some(9),

@@ -211,6 +211,8 @@ pub struct LabSpec {
     pub direct_routing: bool,
     /// ovs only: GRE or VXLAN between the nodes' OVS (None: the backend's default, GRE).
     pub tunnel_type: Option<TunnelType>,
+    /// udp only: `partialChecksums` (every lab node runs Twill's datapath).
+    pub partial_checksums: bool,
     /// How pods meet their node: on the node bridge, or Calico's pure L3.
     pub pod_wiring: PodWiring,
     /// bgp: this many route reflectors (the first nodes), the mesh off; 0 keeps the mesh.
@@ -272,6 +274,7 @@ impl Default for LabSpec {
             backend: BackendKind::None,
             direct_routing: false,
             tunnel_type: None,
+            partial_checksums: false,
             pod_wiring: PodWiring::Bridge,
             route_reflectors: 0,
             external_router: None,
@@ -308,6 +311,8 @@ pub enum PlanError {
     DirectRoutingNeedsVxlan(String),
     #[error("--tunnel-type is an option of --backend ovs, not {0}: add --backend ovs or drop --tunnel-type")]
     TunnelTypeNeedsOvs(String),
+    #[error("--partial-checksums is an option of --backend udp, not {0}: add --backend udp or drop --partial-checksums")]
+    PartialChecksumsNeedUdp(String),
     #[error(
         "{option} is an option of --backend bgp, not {backend}: add --backend bgp or drop {option}"
     )]
@@ -492,6 +497,9 @@ pub struct LabPlan {
         with = "tunnel_serde"
     )]
     pub ovs_tunnel: Option<TunnelType>,
+    /// udp: the backend's `partialChecksums`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partial_checksums: bool,
     /// Pods each node gets (also those `add-node` makes).
     #[serde(default)]
     pub pods_per_node: u16,
@@ -574,6 +582,11 @@ pub fn plan(spec: &LabSpec) -> Result<LabPlan, PlanError> {
     }
     if spec.tunnel_type.is_some() && spec.backend != BackendKind::Ovs {
         return Err(PlanError::TunnelTypeNeedsOvs(spec.backend.name().into()));
+    }
+    if spec.partial_checksums && spec.backend != BackendKind::Udp {
+        return Err(PlanError::PartialChecksumsNeedUdp(
+            spec.backend.name().into(),
+        ));
     }
     if let Some(p) = &spec.agent_poll_interval {
         if !p.parse::<f64>().is_ok_and(|v| v > 0.0 && v.is_finite()) {
@@ -721,6 +734,7 @@ pub fn plan(spec: &LabSpec) -> Result<LabPlan, PlanError> {
         direct_routing: spec.direct_routing,
         ovs_tunnel: (spec.backend == BackendKind::Ovs)
             .then(|| spec.tunnel_type.unwrap_or_default()),
+        partial_checksums: spec.partial_checksums,
         pods_per_node: spec.pods_per_node,
         pod_wiring: spec.pod_wiring,
         bgp,
@@ -1101,6 +1115,12 @@ impl LabPlan {
         if let Some(tunnel_type) = self.ovs_tunnel {
             return twill_api::resources::BackendSpec::Ovs(twill_api::backend::OvsOptions {
                 tunnel_type,
+            });
+        }
+        if self.backend == BackendKind::Udp {
+            return twill_api::resources::BackendSpec::Udp(twill_api::resources::UdpOptions {
+                partial_checksums: self.partial_checksums,
+                ..Default::default()
             });
         }
         let options = twill_api::resources::VxlanOptions {
@@ -1625,6 +1645,30 @@ mod tests {
             serde_json::json!({"type": "vxlan", "directRouting": true})
         );
         assert_eq!(vx.peer_path(&vx.nodes[0], &vx.nodes[1]), PeerPath::Routed);
+        // --partial-checksums: udp's option in the network config; refused elsewhere.
+        let udp = |partial_checksums| LabSpec {
+            backend: BackendKind::Udp,
+            partial_checksums,
+            ..spec(2, 1, 1)
+        };
+        assert_eq!(
+            plan(&udp(true)).unwrap().backend_json(),
+            serde_json::json!({"type": "udp", "partialChecksums": true})
+        );
+        assert_eq!(
+            plan(&udp(false)).unwrap().backend_json(),
+            serde_json::json!("udp")
+        );
+        let err = plan(&LabSpec {
+            backend: BackendKind::Vxlan,
+            ..udp(true)
+        })
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("--partial-checksums is an option of --backend udp, not vxlan"),
+            "{err}"
+        );
         let none = plan(&spec(2, 1, 1)).unwrap();
         assert!(matches!(
             none.peer_path(&none.nodes[0], &none.nodes[1]),

@@ -73,6 +73,10 @@ struct NetArgs {
     /// vxlan (UDP 4789) [default: gre]
     #[arg(long, value_name = "TYPE", value_parser = kind_arg::parser::<twill_lab::plan::TunnelType>())]
     tunnel_type: Option<twill_lab::plan::TunnelType>,
+    /// udp only: the datapaths send each other partial inner checksums (no pass over each
+    /// payload; for clusters where every node runs Twill's udp backend)
+    #[arg(long)]
+    partial_checksums: bool,
     /// Underlay segments: 2 puts every other node on 198.51.100.0/24 behind the router
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
     segments: u8,
@@ -391,6 +395,7 @@ fn spec(
         backend: net.backend,
         direct_routing: net.direct_routing,
         tunnel_type: net.tunnel_type,
+        partial_checksums: net.partial_checksums,
         pod_wiring: net.pod_wiring,
         route_reflectors: net.route_reflectors,
         external_router: net.external_router,

@@ -34,6 +34,8 @@ enum Backend {
     VxlanDirect,
     Static,
     Udp,
+    /// udp with `--partial-checksums`: the datapaths send each other partial inner checksums.
+    UdpPartial,
 }
 
 impl Backend {
@@ -42,7 +44,7 @@ impl Backend {
             Backend::HostGw => BackendKind::HostGw,
             Backend::Vxlan | Backend::VxlanDirect => BackendKind::Vxlan,
             Backend::Static => BackendKind::Static,
-            Backend::Udp => BackendKind::Udp,
+            Backend::Udp | Backend::UdpPartial => BackendKind::Udp,
         }
     }
 }
@@ -72,6 +74,9 @@ fn matrix(tag: char, backend: Backend, store: StoreKind, segments: u8, wiring: P
     args.push(backend.kind().name());
     if backend == Backend::VxlanDirect {
         args.push("--direct-routing");
+    }
+    if backend == Backend::UdpPartial {
+        args.push("--partial-checksums");
     }
     if backend != Backend::Static {
         args.extend(["--store", store.name()]);
@@ -236,7 +241,7 @@ fn matrix(tag: char, backend: Backend, store: StoreKind, segments: u8, wiring: P
                 text(&fdb)
             );
         }
-        Backend::Udp => {
+        Backend::Udp | Backend::UdpPartial => {
             // The TUN the datapath made and twilld set up: MTU uplink - 28, persistent.
             let link = ip_json(&ns("n1"), &["link", "show", "dev", "twl.tun"]);
             assert_eq!(link[0]["linkinfo"]["info_kind"], "tun", "{link}");
@@ -375,6 +380,8 @@ matrix_tests! {
     matrix_udp_etcd_2_segments: '7' Udp Etcd 2 Bridge;
     matrix_l3_udp_embedded_1_segment: '8' Udp Embedded 1 L3;
     matrix_l3_udp_embedded_2_segments: '9' Udp Embedded 2 L3;
+    // Every row with partial inner checksums, across the router too.
+    matrix_udp_partial_checksums_embedded_2_segments: 'p' UdpPartial Embedded 2 Bridge;
 }
 
 /// `--backend static` with `--store etcd` is refused with the fix; so is directRouting

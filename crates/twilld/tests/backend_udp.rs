@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use twill_api::resources::BackendSpec;
 use twill_netlink::Netns;
 use twill_testkit::{TempDir, TestNetns};
-use twilld::backend::{udp, HostGw, Local, Peer, Udp};
+use twilld::backend::{udp, HostGw, Local, Peer, Udp, UdpOptions};
 use twilld::routing::Routing;
 
 struct Node {
@@ -163,7 +163,7 @@ fn peer_of(n: &Node) -> Peer {
 /// node's namespace.
 fn routing(n: &Node) -> Routing {
     let twilld = env!("CARGO_BIN_EXE_twilld").to_string();
-    let backend = Udp::new(8285, &n.state.path).with_program(vec![
+    let backend = Udp::new(&UdpOptions::DEFAULT, &n.state.path).with_program(vec![
         "ip".into(),
         "netns".into(),
         "exec".into(),

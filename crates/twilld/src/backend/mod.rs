@@ -615,7 +615,7 @@ pub fn select_in(
         BackendSpec::Static(o) => Box::new(StaticMesh(vxlan(o))),
         BackendSpec::Rip(o) => Box::new(Rip::new(o)),
         BackendSpec::Bgp => Box::new(Bgp::new(state_dir)),
-        BackendSpec::Udp(o) => Box::new(Udp::new(o.port(), state_dir)),
+        BackendSpec::Udp(o) => Box::new(Udp::new(o, state_dir)),
         BackendSpec::Ovs(o) => Box::new(Ovs::new(o.tunnel_type, ovs_rundir)),
     })
 }

@@ -462,14 +462,20 @@ fn select_builds_each_kind_with_its_options() {
     );
     // udp: its port, and a plan like Udp's own (no I/O before start).
     let u = select(
-        &BackendSpec::Udp(UdpOptions { port: Some(9000) }),
+        &BackendSpec::Udp(UdpOptions {
+            port: Some(9000),
+            ..UdpOptions::DEFAULT
+        }),
         false,
         Path::new(STATE),
     )
     .unwrap();
     assert_eq!(u.plan(&local(), &peers()), udp().plan(&local(), &peers()));
     assert!(u.metrics().is_some());
-    let zero = BackendSpec::Udp(UdpOptions { port: Some(0) });
+    let zero = BackendSpec::Udp(UdpOptions {
+        port: Some(0),
+        ..UdpOptions::DEFAULT
+    });
     assert_eq!(
         select(&zero, false, Path::new(STATE)).err().map(|e| e.to_string()),
         Some("backend.port: 0 is not a port: leave it out for 8285; fix it with twill apply -f network.yaml".into())
@@ -488,11 +494,18 @@ fn each_backend_declares_its_mtu_overhead() {
     assert_eq!(overhead(BackendKind::Vxlan), VXLAN_OVERHEAD);
     assert_eq!(overhead(BackendKind::Static), VXLAN_OVERHEAD);
     assert_eq!(
-        Udp::new(8285, Path::new(STATE)).mtu_overhead(),
+        Udp::new(&UdpOptions::DEFAULT, Path::new(STATE)).mtu_overhead(),
         UDP_OVERHEAD
     );
     assert_eq!(UDP_OVERHEAD, 28);
-    assert_eq!(pod_mtu(&Udp::new(8285, Path::new(STATE)), 1500, 9000), 1472);
+    assert_eq!(
+        pod_mtu(
+            &Udp::new(&UdpOptions::DEFAULT, Path::new(STATE)),
+            1500,
+            9000
+        ),
+        1472
+    );
     assert_eq!(pod_mtu(&vxlan(false), 1500, 9000), 1450);
     assert_eq!(pod_mtu(&HostGw, 1500, 1400), 1400);
     assert_eq!(pod_mtu(&vxlan(false), 40, 1500), 0);
@@ -861,7 +874,7 @@ fn checksum_offload_is_kept_on_fixed_kernels() {
 }
 
 fn udp() -> Udp {
-    Udp::new(8285, Path::new(STATE))
+    Udp::new(&UdpOptions::DEFAULT, Path::new(STATE))
 }
 
 fn tun_route(dst: &str) -> RouteEntry {

@@ -43,7 +43,9 @@
 
 use super::vxlan::vtep_ip;
 use super::{usable_peers, Backend, BackendError, BackendKind, Desired, Event, Events, Local};
-use super::{MetricsSource, Peer, Reaction, RouteEntry, TunSpec, TUN_DEVICE, UDP_OVERHEAD};
+use super::{
+    MetricsSource, Peer, Reaction, RouteEntry, TunSpec, UdpOptions, TUN_DEVICE, UDP_OVERHEAD,
+};
 use crate::log;
 use ipnet::Ipv4Net;
 use std::collections::BTreeMap;
@@ -82,6 +84,8 @@ pub struct Udp {
     pub device: String,
     /// The UDP port every node's datapath listens on.
     pub port: u16,
+    /// How the inner checksums sent to every peer are left (`partialChecksums`).
+    pub checksums: Checksums,
     state_dir: PathBuf,
     /// What runs `datapath ARGS…`: `/proc/self/exe` (twilld itself), or a wrapper.
     program: Vec<String>,
@@ -148,10 +152,15 @@ struct Exited {
 struct Connected;
 
 impl Udp {
-    pub fn new(port: u16, state_dir: &Path) -> Udp {
+    pub fn new(options: &UdpOptions, state_dir: &Path) -> Udp {
         Udp {
             device: TUN_DEVICE.into(),
-            port,
+            port: options.port(),
+            checksums: if options.partial_checksums {
+                Checksums::Partial
+            } else {
+                Checksums::Full
+            },
             state_dir: state_dir.to_owned(),
             program: vec!["/proc/self/exe".into()],
             events: None,
@@ -406,7 +415,7 @@ impl Backend for Udp {
         if let Err(e) = self.ensure(local) {
             return vec![e];
         }
-        let want = table(local, peers, self.port);
+        let want = table(local, peers, self.port, self.checksums);
         if self.sent.as_ref() == Some(&want) {
             return Vec::new();
         }
@@ -598,9 +607,14 @@ pub fn plan(local: &Local, peers: &[Peer], device: &str) -> Desired {
 }
 
 /// The datapath's peer table for this node and `peers` (pure): the same peers and blocks
-/// the routes go to ([`usable_peers`]: conflicts dropped), each at `port`. Two nodes with
+/// the routes go to ([`usable_peers`]: conflicts dropped), each at `port` with `checksums`. Two nodes with
 /// one node IP are one peer holding both their blocks (the routes send both there).
-pub fn table(local: &Local, peers: &[Peer], port: u16) -> (LocalNode, Vec<DpPeer>) {
+pub fn table(
+    local: &Local,
+    peers: &[Peer],
+    port: u16,
+    checksums: Checksums,
+) -> (LocalNode, Vec<DpPeer>) {
     let mut problems = Vec::new();
     let mut out: Vec<DpPeer> = Vec::new();
     for peer in usable_peers(local, peers, &mut problems) {
@@ -611,7 +625,7 @@ pub fn table(local: &Local, peers: &[Peer], port: u16) -> (LocalNode, Vec<DpPeer
                 node_ip: peer.address,
                 port,
                 blocks: blocks.collect(),
-                checksums: Checksums::Full,
+                checksums,
             }),
         }
     }
@@ -788,6 +802,34 @@ mod tests {
     }
 
     #[test]
+    fn partial_checksums_go_to_every_peer_and_nowhere_without_the_option() {
+        let peers = vec![
+            peer("n2", "192.0.2.12", &["10.244.2.0/24"]),
+            peer("n3", "198.51.100.13", &["10.244.3.0/24"]),
+        ];
+        for (checksums, want) in [
+            (Checksums::Partial, Checksums::Partial),
+            (Checksums::Full, Checksums::Full),
+        ] {
+            let (_, t) = table(&local(), &peers, 8285, checksums);
+            assert_eq!(t.len(), 2);
+            assert!(t.iter().all(|p| p.checksums == want), "{t:?}");
+        }
+        let on = UdpOptions {
+            partial_checksums: true,
+            ..UdpOptions::DEFAULT
+        };
+        assert_eq!(
+            Udp::new(&on, Path::new("/nonexistent")).checksums,
+            Checksums::Partial
+        );
+        assert_eq!(
+            Udp::new(&UdpOptions::DEFAULT, Path::new("/nonexistent")).checksums,
+            Checksums::Full
+        );
+    }
+
+    #[test]
     fn the_table_holds_what_the_routes_hold() {
         let peers = vec![
             peer("n3", "198.51.100.13", &["10.244.3.0/24"]),
@@ -798,7 +840,7 @@ mod tests {
             peer("n4", "192.0.2.14", &["10.244.1.128/25", "10.244.4.0/24"]),
             peer("n1", "192.0.2.11", &["10.244.1.0/24"]),
         ];
-        let (me, table) = table(&local(), &peers, 8285);
+        let (me, table) = table(&local(), &peers, 8285, Checksums::Full);
         assert_eq!(
             me,
             LocalNode {
