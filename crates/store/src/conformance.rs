@@ -49,6 +49,7 @@ macro_rules! conformance_tests {
             watch_replays_from_a_past_revision,
             watch_sees_other_handles_writes,
             watch_range_sees_only_its_keys,
+            watch_any_of_skips_the_gap_between_its_parts,
             compacted_revision_is_an_error,
             revision_is_monotonic,
         );
@@ -357,6 +358,38 @@ pub fn watch_range_sees_only_its_keys(s: &Subject) {
         "a/ and e/ are outside"
     );
     assert!(range.contains(&s.key("d/9")) && !range.contains(&s.key("d0")));
+}
+
+/// Two parts with a kind between them (as the agents skip `blocks/` between `bgppeers/`
+/// and `config`): the gap's writes never arrive, both parts' do, on one watch.
+pub fn watch_any_of_skips_the_gap_between_its_parts(s: &Subject) {
+    let (_, rev) = s.store.list(&s.prefix).unwrap();
+    let range = KeyRange::AnyOf(vec![
+        KeyRange::Between {
+            from: s.key("a"),
+            to: s.key("b/"),
+        },
+        KeyRange::Prefix(s.key("d/")),
+    ]);
+    let mut w = s.store.watch_range(&range, rev).unwrap();
+    for k in ["a", "a/1", "b/1", "c", "d/1", "b/2", "e"] {
+        s.other.put(&s.key(k), b"v", None).unwrap();
+    }
+    s.other.delete(&s.key("b/1")).unwrap();
+    s.other.delete(&s.key("d/1")).unwrap();
+    let mut keys: Vec<String> = take(w.as_mut(), 4)
+        .iter()
+        .map(|e| e.key().strip_prefix(&s.prefix).unwrap().to_string())
+        .collect();
+    // etcd orders events within each part only.
+    keys.sort();
+    assert_eq!(keys, ["a", "a/1", "d/1", "d/1"]);
+    assert_eq!(
+        w.next(Duration::from_millis(300)).unwrap(),
+        None,
+        "b/, c and e are outside both parts"
+    );
+    assert!(range.contains(&s.key("d/9")) && !range.contains(&s.key("b/9")));
 }
 
 pub fn watch_sees_other_handles_writes(s: &Subject) {

@@ -238,6 +238,12 @@ impl EtcdStore {
     /// Opens a watch stream on the first endpoint that accepts it and waits for etcd to
     /// confirm it (or refuse it as compacted).
     fn open_watch(&self, range: &KeyRange, start: Revision) -> Result<EtcdWatch> {
+        if range.parts().is_empty() {
+            // etcd would wait forever for a create request that never comes.
+            return Err(StoreError::Config(
+                "a watch needs at least one key range; KeyRange::AnyOf was given none".into(),
+            ));
+        }
         let n = self.endpoints.len();
         let first = self.preferred.load(Ordering::Relaxed);
         let mut failures = Vec::new();
@@ -299,22 +305,25 @@ impl EtcdStore {
             http::Framing::Chunked => Box::new(BufReader::new(http::ChunkedReader::new(conn))),
             _ => Box::new(conn),
         };
-        // The first message confirms the watch (etcd reports a compacted start right after).
-        match read_message(&mut lines).map_err(|e| unavailable(format!("watch stream: {e}")))? {
-            Some(WatchMessage::Created) => {}
-            None => {
-                return Err(unavailable(
-                    "watch stream closed before it was confirmed".into(),
-                ))
-            }
-            Some(WatchMessage::Canceled {
-                compact_revision,
-                reason,
-            }) => return Err(canceled_error(&url, start, compact_revision, &reason)),
-            Some(other) => {
-                return Err(StoreError::Protocol(format!(
-                    "watch on {url}: expected creation, got {other:?}"
-                )))
+        // The first messages confirm the watchers, one per part of the range (etcd reports
+        // a compacted start right after the creation).
+        for _ in range.parts() {
+            match read_message(&mut lines).map_err(|e| unavailable(format!("watch stream: {e}")))? {
+                Some(WatchMessage::Created) => {}
+                None => {
+                    return Err(unavailable(
+                        "watch stream closed before it was confirmed".into(),
+                    ))
+                }
+                Some(WatchMessage::Canceled {
+                    compact_revision,
+                    reason,
+                }) => return Err(canceled_error(&url, start, compact_revision, &reason)),
+                Some(other) => {
+                    return Err(StoreError::Protocol(format!(
+                        "watch on {url}: expected creation, got {other:?}"
+                    )))
+                }
             }
         }
         // From now on, the stream may stay quiet for as long as nothing changes.

@@ -121,7 +121,15 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyRange {
     Prefix(String),
-    Between { from: String, to: String },
+    Between {
+        from: String,
+        to: String,
+    },
+    /// Every key in any of these ranges, on one stream: a reader can skip a kind that
+    /// sorts in the middle of the ones it needs (the agents skip the other nodes'
+    /// `blocks/`, which lie between `bgppeers/` and `config`). etcd: one watcher per
+    /// range, created on the same stream.
+    AnyOf(Vec<KeyRange>),
 }
 
 impl KeyRange {
@@ -129,6 +137,16 @@ impl KeyRange {
         match self {
             KeyRange::Prefix(p) => key.starts_with(p.as_str()),
             KeyRange::Between { from, to } => key >= from.as_str() && key < to.as_str(),
+            KeyRange::AnyOf(ranges) => ranges.iter().any(|r| r.contains(key)),
+        }
+    }
+
+    /// The plain ranges (prefixes and intervals) this one is made of, nested
+    /// [`KeyRange::AnyOf`] flattened; what etcd is asked to watch, one watcher each.
+    pub fn parts(&self) -> Vec<&KeyRange> {
+        match self {
+            KeyRange::AnyOf(ranges) => ranges.iter().flat_map(KeyRange::parts).collect(),
+            plain => vec![plain],
         }
     }
 }
@@ -187,6 +205,8 @@ pub trait Store: Send + Sync {
         self.watch_range(&KeyRange::Prefix(prefix.to_string()), after)
     }
 
-    /// Every change to a key in `range` after revision `after` (exclusive), in order.
+    /// Every change to a key in `range` after revision `after` (exclusive), in order. With
+    /// [`KeyRange::AnyOf`], etcd keeps the order within each part only (one watcher each):
+    /// events of different parts may interleave out of revision order.
     fn watch_range(&self, range: &KeyRange, after: Revision) -> Result<Box<dyn Watch>>;
 }

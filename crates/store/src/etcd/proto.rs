@@ -97,17 +97,31 @@ pub fn compaction(revision: Revision) -> String {
 }
 
 /// The one request of a watch stream: changes to keys under `prefix` from `start`.
+///
+/// One create request per plain part of `range`, one JSON object a line: etcd's gateway
+/// reads the request body as a stream of requests, so every watcher shares one stream (and
+/// one connection) and answers with one `created` message each.
 pub fn watch_create(range: &KeyRange, start: Revision) -> String {
-    let (key, end) = match range {
-        KeyRange::Prefix(p) => (p.as_bytes().to_vec(), prefix_range_end(p.as_bytes())),
-        KeyRange::Between { from, to } => (from.as_bytes().to_vec(), to.as_bytes().to_vec()),
-    };
-    json!({ "create_request": {
-        "key": b64(&key),
-        "range_end": b64(&end),
-        "start_revision": start.to_string(),
-    }})
-    .to_string()
+    let mut body = String::new();
+    for part in range.parts() {
+        let (key, end) = match part {
+            KeyRange::Prefix(p) => (p.as_bytes().to_vec(), prefix_range_end(p.as_bytes())),
+            KeyRange::Between { from, to } => (from.as_bytes().to_vec(), to.as_bytes().to_vec()),
+            KeyRange::AnyOf(_) => unreachable!("parts() flattens AnyOf"),
+        };
+        if !body.is_empty() {
+            body.push('\n');
+        }
+        body.push_str(
+            &json!({ "create_request": {
+                "key": b64(&key),
+                "range_end": b64(&end),
+                "start_revision": start.to_string(),
+            }})
+            .to_string(),
+        );
+    }
+    body
 }
 
 /// int64 fields arrive as strings ("42"); accept plain numbers too.
@@ -472,6 +486,25 @@ mod tests {
         let v: Value =
             serde_json::from_str(&watch_create(&KeyRange::Prefix("/twill/v1/".into()), 3)).unwrap();
         assert_eq!(v["create_request"]["start_revision"], "3");
+        // AnyOf: one create request a line, nested parts flattened, in order.
+        let any = KeyRange::AnyOf(vec![
+            KeyRange::Between {
+                from: "/a".into(),
+                to: "/b/".into(),
+            },
+            KeyRange::AnyOf(vec![KeyRange::Prefix("/d/".into())]),
+        ]);
+        let body = watch_create(&any, 5);
+        let lines: Vec<Value> = body
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["create_request"]["key"], b64(b"/a"));
+        assert_eq!(lines[0]["create_request"]["range_end"], b64(b"/b/"));
+        assert_eq!(lines[1]["create_request"]["key"], b64(b"/d/"));
+        assert_eq!(lines[1]["create_request"]["range_end"], b64(b"/d0"));
+        assert_eq!(lines[1]["create_request"]["start_revision"], "5");
     }
 
     #[test]
