@@ -55,16 +55,31 @@ pub const MAX_WAIT: Duration = Duration::from_secs(1);
 /// `routingstatus/<node>` is written at most this often (session changes come in bursts).
 pub const ROUTING_STATUS_GAP: Duration = Duration::from_secs(1);
 
-/// What the agent watches: one range from `bgpconfig` to the end of `nodes/`, so that the
-/// kinds every node rewrites for others to read (`allocations/`, `peers/`, `podlabels/`,
-/// `routingstatus/`) never reach the other agents' watches. Sorted, the range holds
-/// `bgpconfig`, `bgppeers/`, `blocks/`, `config`, `endpoints/`, the policy kinds,
-/// `nodeconfigs/` and `nodes/`.
-pub fn agent_watch() -> KeyRange {
-    KeyRange::Between {
-        from: key(KEY_BGP_CONFIG),
-        to: format!("{}0", key(PREFIX_NODES).trim_end_matches('/')),
+/// What the agent watches, on one stream: `bgpconfig` and `bgppeers/`; `config` to the end
+/// of `nodes/` (`config`, `endpoints/`, the policy kinds, `nodeconfigs/`, `nodes/`); and
+/// only its own blocks, one key each. The kinds every node rewrites for others to read
+/// (`allocations/`, `peers/`, `podlabels/`, `routingstatus/`) and the other nodes' blocks
+/// (sorted between `bgppeers/` and `config`) never reach it: at a cold start of N nodes the
+/// N block claims would otherwise reach N watchers each. Routes need no block events: each
+/// node's `nodes/` record carries its blocks.
+pub fn agent_watch(own: &[Ipv4Net]) -> KeyRange {
+    let mut parts = vec![
+        KeyRange::Between {
+            from: key(KEY_BGP_CONFIG),
+            to: key(PREFIX_BLOCKS),
+        },
+        KeyRange::Between {
+            from: key(KEY_CONFIG),
+            to: format!("{}0", key(PREFIX_NODES).trim_end_matches('/')),
+        },
+    ];
+    for b in own {
+        let k = key(&block_key(*b));
+        // [k, k + NUL): the one key (etcd's range_end for a single key is key + 1 byte).
+        let to = format!("{k}\0");
+        parts.push(KeyRange::Between { from: k, to });
     }
+    KeyRange::AnyOf(parts)
 }
 
 /// A full store key.
@@ -377,6 +392,9 @@ pub struct Machine {
     net: Option<(NetworkConfig, BlockSpace)>,
     spec: Option<NodeSpec>,
     watching: bool,
+    /// The blocks the current watch follows (held and remembered when it was opened); a
+    /// block held outside them makes the next stage open the watch again with it.
+    watched_blocks: Vec<Ipv4Net>,
     redetect: bool,
     node_ip: Option<NodeIp>,
     lease: Option<LeaseId>,
@@ -472,6 +490,7 @@ impl Machine {
             net: None,
             spec: None,
             watching: false,
+            watched_blocks: Vec::new(),
             redetect: true,
             node_ip: None,
             lease: None,
@@ -804,6 +823,16 @@ impl Machine {
             Stage::Usage => {
                 if self.claiming.is_some() {
                     return self.claim_next(now);
+                }
+                if self.watching && self.held.iter().any(|b| !self.watched_blocks.contains(b)) {
+                    // A block claimed (or adopted) after the watch opened is outside it: open
+                    // it again with the block, so that its loss is seen at once. Its way back
+                    // is a fresh read, as for a watch that ended, since the new one starts
+                    // later than the claim; at a cold start this comes before the first peer
+                    // list, so only the blocks are read twice.
+                    self.watching = false;
+                    self.next_stage(Stage::Override);
+                    return;
                 }
                 if let Some(m) = self.measured.take() {
                     return self.after_growth(m);
@@ -1494,10 +1523,13 @@ impl Machine {
                 self.spec = spec.and_then(|kv| self.parse_spec(&kv));
                 // One watch for the override, the other nodes (the backend's peers),
                 // this node's blocks and endpoints, and the BGP resources.
+                let mut own = self.held.clone();
+                own.extend(self.remembered.iter().filter(|b| !self.held.contains(b)));
+                self.watched_blocks = own.clone();
                 self.store(
                     Pending::Watch,
                     StoreOp::Watch {
-                        range: agent_watch(),
+                        range: agent_watch(&own),
                         after: rev,
                     },
                 );
@@ -2238,7 +2270,7 @@ mod tests {
 
     #[test]
     fn the_agent_watches_what_it_reads_and_not_what_others_publish() {
-        let r = agent_watch();
+        let r = agent_watch(&[net("10.244.1.0/24")]);
         for rel in [
             KEY_BGP_CONFIG,
             "bgppeers/tor",
@@ -2253,6 +2285,8 @@ mod tests {
         }
         for rel in [
             "allocations/n1",
+            "blocks/10.244.2.0-24",
+            "blocks/10.244.1.0-25",
             "peers/n1",
             "podlabels/default/p",
             "routingstatus/n1",

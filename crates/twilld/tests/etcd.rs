@@ -119,6 +119,12 @@ fn fifty_agents_on_one_member_hold_fifty_disjoint_leased_blocks() {
             None,
         )
         .unwrap();
+    // What an agent watches before it holds a block, on the real etcd: the other agents'
+    // block claims must not reach it (their node records must).
+    let (_, rev) = store.list(&key("")).unwrap();
+    let mut watch = store
+        .watch_range(&twilld::machine::agent_watch(&[]), rev)
+        .unwrap();
     let dir = TempDir::new("etcdfifty");
     let ports = free_ports(50);
     let started = Instant::now();
@@ -163,6 +169,25 @@ fn fifty_agents_on_one_member_hold_fifty_disjoint_leased_blocks() {
     }
     let leases: HashSet<_> = held.iter().map(|(_, kv)| kv.lease).collect();
     assert_eq!(leases.len(), 50, "one lease per agent");
+
+    let mut nodes_seen = HashSet::new();
+    // Until quiet, or 10 s if the agents keep rewriting their records.
+    let until = Instant::now() + Duration::from_secs(10);
+    while let Some(ev) = watch
+        .next(Duration::from_millis(500))
+        .unwrap()
+        .filter(|_| Instant::now() < until)
+    {
+        let rel = ev.key().strip_prefix(&key("")).unwrap().to_string();
+        assert!(
+            !rel.starts_with("blocks/"),
+            "another agent's block claim reached an agent's watch: {rel}"
+        );
+        if let Some(n) = rel.strip_prefix("nodes/") {
+            nodes_seen.insert(n.to_string());
+        }
+    }
+    assert_eq!(nodes_seen.len(), 50, "every node record reaches the watch");
 }
 
 #[test]
