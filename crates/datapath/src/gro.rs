@@ -449,15 +449,7 @@ pub fn coalesce(buf: &mut [u8], packets: &[Range<usize>], opts: GroOptions, out:
     for (i, b) in out.build.iter().enumerate() {
         let hdr = match (b.segments, b.partial) {
             (2.., _) => finalize(&mut buf[b.head.clone()], b),
-            (_, Some(at)) => VirtioNetHdr {
-                needs_csum: true,
-                data_valid: false,
-                gso_type: GsoType::None,
-                hdr_len: at.end() as u16,
-                gso_size: 0,
-                csum_start: at.start,
-                csum_offset: at.offset,
-            },
+            (_, Some(at)) => at.vnet_hdr(),
             (_, None) => VirtioNetHdr::NONE,
         };
         let first = if i == 0 { 0 } else { out.ends[i - 1] };

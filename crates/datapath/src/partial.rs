@@ -23,7 +23,9 @@
 //! needs to know that the peer is a Twill datapath that does ([`Checksums`]).
 
 use crate::checksum;
-use crate::virtio::{IPPROTO_TCP, IPPROTO_UDP, TCP_CSUM_OFFSET, UDP_CSUM_OFFSET};
+use crate::virtio::{
+    GsoType, VirtioNetHdr, IPPROTO_TCP, IPPROTO_UDP, TCP_CSUM_OFFSET, UDP_CSUM_OFFSET,
+};
 
 /// How the inner TCP/UDP checksums of what is sent to a peer are left.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -48,6 +50,20 @@ impl PartialAt {
     /// The bytes up to the end of the checksum field (a vnet header's `hdr_len` at least).
     pub fn end(self) -> usize {
         usize::from(self.start + self.offset) + 2
+    }
+
+    /// The vnet header a lone partial packet is written into a TUN with: NEEDS_CSUM at its
+    /// field, no GSO.
+    pub fn vnet_hdr(self) -> VirtioNetHdr {
+        VirtioNetHdr {
+            needs_csum: true,
+            data_valid: false,
+            gso_type: GsoType::None,
+            hdr_len: self.end() as u16,
+            gso_size: 0,
+            csum_start: self.start,
+            csum_offset: self.offset,
+        }
     }
 }
 

@@ -680,6 +680,69 @@ fn a_killed_datapath_is_replaced_by_one_inheriting_its_fds_under_iperf3() {
     drop(fds_a);
 }
 
+/// tcpdump of the tunnel datagrams (headers: 128 bytes each) on `node`'s uplink into `cap`,
+/// once it is listening; [`stop_capture`] ends it.
+fn capture_uplink(node: &Node, cap: &Path) -> Proc {
+    let mut dump = Proc {
+        child: Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &node.ns.name,
+                "tcpdump",
+                "-i",
+                &node.uplink,
+            ])
+            .args(["-n", "-U", "-s", "128", "-B", "16384", "-w"])
+            .arg(cap)
+            .args(["udp", "port", &PORT.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+        what: "tcpdump".into(),
+    };
+    let mut err = BufReader::new(dump.child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("listening on"), "{}: {line}", dump.what);
+    dump
+}
+
+/// Ends a [`capture_uplink`]: SIGINT, so tcpdump flushes the file and exits.
+fn stop_capture(mut dump: Proc) {
+    // SAFETY: SIGINT to the tcpdump this test started, by its PID.
+    unsafe { libc::kill(dump.child.id() as i32, libc::SIGINT) };
+    let _ = dump.child.wait();
+}
+
+/// 2 s of iperf3 -C cubic from `a`'s pod to `b`'s (with `extra` client flags); its JSON.
+fn iperf3(a: &Node, b: &Node, extra: &[&str]) -> String {
+    let _server = Proc {
+        child: Command::new("ip")
+            .args(["netns", "exec", &b.pod.name, "iperf3", "-s", "-1"])
+            .args(["-B", &b.pod_ip()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        what: "iperf3 server".into(),
+    };
+    let pod_ip = b.pod_ip();
+    let mut args = vec!["iperf3", "-c", &pod_ip, "-t", "2", "-C", "cubic", "-J"];
+    args.extend(extra);
+    let mut out = String::new();
+    for _ in 0..50 {
+        let (ok, o, e) = a.pod.try_exec(&args);
+        out = format!("{o}{e}");
+        if ok && !out.contains("\"error\"") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100)); // the server is not listening yet
+    }
+    out
+}
+
 /// One captured TCP segment inside a tunnel datagram: the outer source (the sending worker's
 /// socket), the inner 4-tuple and the TCP flags.
 struct Tunneled {
@@ -774,57 +837,10 @@ fn each_direction_of_a_flow_keeps_to_one_worker_with_two_queues() {
 
     // The headers of every tunnel datagram on node A's uplink, both ways.
     let cap = dir.path.join("uplink.pcap");
-    let mut dump = Proc {
-        child: Command::new("ip")
-            .args(["netns", "exec", &a.ns.name, "tcpdump", "-i", &a.uplink])
-            .args(["-n", "-U", "-s", "128", "-B", "16384", "-w"])
-            .arg(&cap)
-            .args(["udp", "port", &PORT.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-        what: "tcpdump".into(),
-    };
-    let mut err = BufReader::new(dump.child.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
-    assert!(line.contains("listening on"), "tcpdump: {line}");
+    let dump = capture_uplink(&a, &cap);
 
-    let _server = Proc {
-        child: Command::new("ip")
-            .args(["netns", "exec", &b.pod.name, "iperf3", "-s", "-1"])
-            .args(["-B", &b.pod_ip()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-        what: "iperf3 server".into(),
-    };
-    let mut out = String::new();
-    for _ in 0..50 {
-        let (ok, o, e) = a.pod.try_exec(&[
-            "iperf3",
-            "-c",
-            &b.pod_ip(),
-            "-t",
-            "2",
-            "-P",
-            "4",
-            "-C",
-            "cubic",
-            "-J",
-        ]);
-        out = format!("{o}{e}");
-        if ok && !out.contains("\"error\"") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100)); // the server is not listening yet
-    }
-    // SAFETY: SIGINT to the tcpdump this test started, by its PID: it flushes and exits.
-    unsafe { libc::kill(dump.child.id() as i32, libc::SIGINT) };
-    let _ = dump.child.wait();
-    let _ = &dump.what;
+    let out = iperf3(&a, &b, &["-P", "4"]);
+    stop_capture(dump);
     assert!(!out.contains("\"error\""), "iperf3: {out}");
     let retransmits = out
         .split("\"sum_sent\"")
@@ -947,47 +963,9 @@ fn partial_checksums(name: &str, b_plain: bool) {
     assert!(ok, "ping: {out}{err}\nA: {}\nB: {}", a.log(), b.log());
 
     let cap = dir.path.join("uplink.pcap");
-    let mut dump = Proc {
-        child: Command::new("ip")
-            .args(["netns", "exec", &a.ns.name, "tcpdump", "-i", &a.uplink])
-            .args(["-n", "-U", "-s", "128", "-B", "16384", "-w"])
-            .arg(&cap)
-            .args(["udp", "port", &PORT.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-        what: "tcpdump".into(),
-    };
-    let mut err = BufReader::new(dump.child.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
-    assert!(line.contains("listening on"), "tcpdump: {line}");
-    let _server = Proc {
-        child: Command::new("ip")
-            .args(["netns", "exec", &b.pod.name, "iperf3", "-s", "-1"])
-            .args(["-B", &b.pod_ip()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-        what: "iperf3 server".into(),
-    };
-    let mut out = String::new();
-    for _ in 0..50 {
-        let (ok, o, e) =
-            a.pod
-                .try_exec(&["iperf3", "-c", &b.pod_ip(), "-t", "2", "-C", "cubic", "-J"]);
-        out = format!("{o}{e}");
-        if ok && !out.contains("\"error\"") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100)); // the server is not listening yet
-    }
-    // SAFETY: SIGINT to the tcpdump this test started, by its PID: it flushes and exits.
-    unsafe { libc::kill(dump.child.id() as i32, libc::SIGINT) };
-    let _ = dump.child.wait();
-    let _ = &dump.what;
+    let dump = capture_uplink(&a, &cap);
+    let out = iperf3(&a, &b, &[]);
+    stop_capture(dump);
     let bps: f64 = out
         .split("\"sum_received\"")
         .nth(1)

@@ -414,18 +414,8 @@ pub fn coalesce(data: &[u8]) {
         if item.segments == 1 {
             // A lone packet goes as it is; NEEDS_CSUM at its field exactly when it is
             // partial (its checksum field holds its pseudo-header sum).
-            let want = match partial::partial_at(&orig[parts[0].clone()]) {
-                Some(at) => VirtioNetHdr {
-                    needs_csum: true,
-                    data_valid: false,
-                    gso_type: GsoType::None,
-                    hdr_len: at.end() as u16,
-                    gso_size: 0,
-                    csum_start: at.start,
-                    csum_offset: at.offset,
-                },
-                None => VirtioNetHdr::NONE,
-            };
+            let want = partial::partial_at(&orig[parts[0].clone()])
+                .map_or(VirtioNetHdr::NONE, PartialAt::vnet_hdr);
             assert_eq!(item.hdr, want);
             assert_eq!(buf[parts[0].clone()], orig[parts[0].clone()]);
             seen.push(parts[0].clone());
