@@ -410,6 +410,11 @@ pub struct Machine {
     remembered: Vec<Ipv4Net>,
     need_reclaim: bool,
     reclaiming: Option<Reclaiming>,
+    /// The blocks the reclaim listed in this round, for the first claim to use as its
+    /// list: a fresh node would otherwise list all of `blocks/` twice in a row, the read
+    /// that dominates etcd's work in a cold start (docs/scale.md). A block taken since is
+    /// found by the claim's create, which fails and marks it taken.
+    reclaim_listed: Option<HashSet<Ipv4Net>>,
     /// A block whose create failed with the store unreachable. The create may still have
     /// committed (a request etcd applied after the client gave up on it), so the next claim
     /// asks for this very block first: a second create of the same key is idempotent (it
@@ -500,6 +505,7 @@ impl Machine {
             remembered: p.remembered.clone(),
             need_reclaim: false,
             reclaiming: None,
+            reclaim_listed: None,
             uncertain_create: None,
             claiming: None,
             next_usage: now,
@@ -802,7 +808,7 @@ impl Machine {
                     }
                     self.claiming = Some(Claiming {
                         purpose: Purpose::First,
-                        taken: None,
+                        taken: self.reclaim_listed.take(),
                         collisions: 0,
                     });
                 }
@@ -1066,6 +1072,11 @@ impl Machine {
     }
 
     fn reclaim_listed(&mut self, kvs: Vec<KeyValue>) {
+        self.reclaim_listed = Some(
+            kvs.iter()
+                .filter_map(|kv| block_from_key(&kv.key))
+                .collect(),
+        );
         let mut mine: Vec<(Ipv4Net, KeyValue)> = kvs
             .into_iter()
             .filter_map(|kv| {
@@ -1229,6 +1240,7 @@ impl Machine {
     fn end(&mut self, now: Instant, e: End) {
         self.stage = None;
         self.reclaiming = None;
+        self.reclaim_listed = None;
         self.claiming = None;
         self.measured = None;
         let again = std::mem::take(&mut self.again);
@@ -2831,14 +2843,42 @@ mod tests {
     }
 
     #[test]
+    fn a_fresh_node_lists_blocks_once_for_its_reclaim_and_its_claim() {
+        let w = World::new("monelist", "10.244.0.0/16", 26, 60, None);
+        let mut n1 = w.node("n1", &[], &[]);
+        w.run(&mut n1);
+        let mut n2 = w.node("n2", &[], &[]);
+        // Lists of blocks/ before the claim's create, and in all (the watch opened again
+        // with the new block re-reads it: one more, see docs/scale.md).
+        let lists = std::rc::Rc::new(std::cell::Cell::new((0, None)));
+        let counted = lists.clone();
+        n2.hook = Some(Box::new(move |op, _| {
+            let (all, before) = counted.get();
+            match op {
+                StoreOp::List(p) if *p == key(PREFIX_BLOCKS) => counted.set((all + 1, before)),
+                StoreOp::Create { key: k, .. } if k.contains(PREFIX_BLOCKS) && before.is_none() => {
+                    counted.set((all, Some(all)))
+                }
+                _ => {}
+            }
+            None
+        }));
+        w.run(&mut n2);
+        assert!(n2.ready(), "{:?}", n2.reports);
+        assert_eq!(lists.get(), (2, Some(1)));
+        assert_eq!(n2.handoff.len(), 1);
+        assert_ne!(n2.handoff, n1.handoff);
+    }
+
+    #[test]
     fn a_block_taken_by_another_node_is_not_mistaken_for_ours() {
         let w = World::new("mtaken", "10.244.0.0/16", 26, 60, None);
         let mut n1 = w.node("n1", &[], &[]);
         w.run(&mut n1);
         let taken = n1.handoff[0];
         let mut n2 = w.node("n2", &[], &[]);
-        // n2 lists before n1's claim (the reclaim's list, then the claim's): its first
-        // create collides.
+        // n2's list (the reclaim's, which its claim reuses) is from before n1's claim: its
+        // first create collides.
         let mut lists = 0;
         n2.hook = Some(Box::new(move |op, s| match op {
             StoreOp::List(p) if p.ends_with(PREFIX_BLOCKS) && lists < 2 => {
