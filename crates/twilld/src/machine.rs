@@ -416,7 +416,7 @@ pub struct Machine {
     /// list: a fresh node would otherwise list all of `blocks/` twice in a row, the read
     /// that dominates etcd's work in a cold start (docs/scale.md). A block taken since is
     /// found by the claim's create, which fails and marks it taken.
-    reclaim_listed: Option<HashSet<Ipv4Net>>,
+    blocks_listed: Option<HashSet<Ipv4Net>>,
     /// The lease under which the reclaim last listed all of `blocks/` (to adopt blocks
     /// held in this node's name that it does not remember). Under the same lease no new
     /// block can appear in its name, so a reclaim after a watch opens again reads only the
@@ -513,7 +513,7 @@ impl Machine {
             remembered: p.remembered.clone(),
             need_reclaim: false,
             reclaiming: None,
-            reclaim_listed: None,
+            blocks_listed: None,
             scanned_under: None,
             uncertain_create: None,
             claiming: None,
@@ -817,7 +817,7 @@ impl Machine {
                     }
                     self.claiming = Some(Claiming {
                         purpose: Purpose::First,
-                        taken: self.reclaim_listed.take(),
+                        taken: self.blocks_listed.take(),
                         collisions: 0,
                     });
                 }
@@ -1115,7 +1115,7 @@ impl Machine {
 
     fn reclaim_listed(&mut self, kvs: Vec<KeyValue>) {
         self.scanned_under = self.lease;
-        self.reclaim_listed = Some(
+        self.blocks_listed = Some(
             kvs.iter()
                 .filter_map(|kv| block_from_key(&kv.key))
                 .collect(),
@@ -1285,7 +1285,7 @@ impl Machine {
     fn end(&mut self, now: Instant, e: End) {
         self.stage = None;
         self.reclaiming = None;
-        self.reclaim_listed = None;
+        self.blocks_listed = None;
         self.claiming = None;
         self.measured = None;
         let again = std::mem::take(&mut self.again);
