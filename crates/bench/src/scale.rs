@@ -117,8 +117,47 @@ impl Drop for Guard {
         if let Err(e) = netns::remove(&self.namespaces) {
             eprintln!("twill-bench: cleanup: {e:#}");
         }
+        if std::env::var_os(crate::mesh::KEEP_ENV).is_some() {
+            eprintln!(
+                "twill-bench scale: {} set: {} and {} kept (agent and etcd logs, blocks.txt)",
+                crate::mesh::KEEP_ENV,
+                self.scratch.display(),
+                self.etcd_scratch.display()
+            );
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.scratch);
         let _ = std::fs::remove_dir_all(&self.etcd_scratch);
+    }
+}
+
+/// `blocks.txt` in the scratch folder: every block with its holder and lease, then the
+/// nodes holding more than one, for reading after a run that did not converge.
+fn write_holders(scratch: &Path, store: &dyn Store) {
+    let text = match store.list(&format!("{STORE_PREFIX}{PREFIX_BLOCKS}")) {
+        Err(e) => format!("listing blocks failed: {e}\n"),
+        Ok((kvs, rev)) => {
+            let mut by_node: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            let mut t = format!("# at revision {rev:?}: key node lease created modified\n");
+            for kv in &kvs {
+                let node = serde_json::from_slice::<Block>(&kv.value)
+                    .map(|b| b.node)
+                    .unwrap_or_else(|_| "(unreadable)".into());
+                t += &format!(
+                    "{} {node} {:?} {:?} {:?}\n",
+                    kv.key, kv.lease, kv.create_revision, kv.mod_revision
+                );
+                by_node.entry(node).or_default().push(kv.key.clone());
+            }
+            t += "# nodes holding more than one block\n";
+            for (node, keys) in by_node.iter().filter(|(_, k)| k.len() > 1) {
+                t += &format!("{node} {}\n", keys.join(" "));
+            }
+            t
+        }
+    };
+    if let Err(e) = std::fs::write(scratch.join("blocks.txt"), text) {
+        eprintln!("twill-bench scale: cannot write blocks.txt: {e}");
     }
 }
 
@@ -459,6 +498,7 @@ pub fn run(o: &Options) -> Result<Value> {
         let b = listed.unwrap_or_default();
         if Instant::now() > t0 + o.converge_timeout {
             let seen = routes_seen(&mut handles[..n], cluster);
+            write_holders(&scratch, &store);
             bail!(
                 "not converged in {:?}: {} of {n} blocks leased (all at {leased_s:?} s), {} of {n} namespaces with every route, the fewest routes {:?}, the agents started in {spawned_s:.1} s; logs in {}",
                 o.converge_timeout,

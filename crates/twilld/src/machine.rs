@@ -335,12 +335,24 @@ enum Stage {
     Done,
 }
 
+/// Why a block is a candidate of the reclaim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// Held or remembered (the memory file, the hand-off).
+    Known,
+    /// Found in the store in this node's name, not remembered: adopted.
+    Adopted,
+    /// This node's create of it lost its answer (see [`Machine::unanswered`]): held if
+    /// that create committed, or claimed now by creating it again; quietly dropped if
+    /// another node holds it.
+    Unanswered,
+}
+
 /// A block to take back: why it is a candidate, and what the store said of it last.
 #[derive(Debug, Clone)]
 struct Candidate {
     block: Ipv4Net,
-    /// Found in the store in this node's name, not remembered: adopted.
-    adopted: bool,
+    origin: Origin,
     kv: Option<KeyValue>,
     /// `kv` is what the store held when listed or read; false: read the key first.
     read: bool,
@@ -423,12 +435,14 @@ pub struct Machine {
     /// node's own blocks, one get each, instead of listing every block (which each watch
     /// break of a 1000-node cold start cost every agent).
     scanned_under: Option<LeaseId>,
-    /// A block whose create failed with the store unreachable. The create may still have
-    /// committed (a request etcd applied after the client gave up on it), so the next claim
-    /// asks for this very block first: a second create of the same key is idempotent (it
-    /// answers "already exists" and the read-back finds it ours), where claiming a fresh
-    /// block would leave the node holding two.
-    uncertain_create: Option<Ipv4Net>,
+    /// Blocks whose claim lost its answer: the create, or the read-back after "already
+    /// exists", failed with the store unreachable. The create may have committed, or may
+    /// still commit (etcd applies a request after the client gave up on it), so each is a
+    /// candidate of the next reclaim, which creates it again (a second create of the same
+    /// key is idempotent: "already exists", and the read-back finds it ours). Claiming a
+    /// fresh block instead would leave the node holding two; and neither a list nor a get
+    /// settles it, since the late commit can land after either.
+    unanswered: Vec<Ipv4Net>,
     claiming: Option<Claiming>,
     next_usage: Instant,
     exhausted_logged: bool,
@@ -515,7 +529,7 @@ impl Machine {
             reclaiming: None,
             blocks_listed: None,
             scanned_under: None,
-            uncertain_create: None,
+            unanswered: Vec::new(),
             claiming: None,
             next_usage: now,
             exhausted_logged: false,
@@ -1002,6 +1016,7 @@ impl Machine {
             let r = self.reclaiming.take().expect("checked");
             self.held = r.got;
             self.remembered.clear();
+            self.unanswered.clear();
             self.need_reclaim = false;
             self.next_usage = now;
             self.next_stage(Stage::Claim);
@@ -1034,7 +1049,7 @@ impl Machine {
                 )
             }
             ReclaimAction::TakeOver { claimed_at } => {
-                if c.adopted && c.attempts == 0 {
+                if c.origin == Origin::Adopted && c.attempts == 0 {
                     self.log(
                         Level::Info,
                         "a block held in this node's name but not remembered (a node replaced under the same name, or killed before its hand-off was written); adopting it: pods may hold addresses in it, and the node needs a block anyway",
@@ -1052,6 +1067,14 @@ impl Machine {
                         lease: Some(lease),
                     },
                 )
+            }
+            ReclaimAction::Lost { other } if c.origin == Origin::Unanswered => {
+                self.log(
+                    Level::Info,
+                    "a claim whose answer was lost found the block held by another node; claiming another",
+                    fields(&[("block", &c.block), ("node", &self.p.node), ("holder", &other)]),
+                );
+                self.reclaim_done(false);
             }
             ReclaimAction::Lost { other } => {
                 self.log(
@@ -1095,7 +1118,7 @@ impl Machine {
             return None;
         }
         let mut r = Reclaiming::default();
-        for b in self.held.iter().chain(self.remembered.iter()).copied() {
+        for (b, origin) in self.known_then_unanswered() {
             if !self.space().is_usable(b) {
                 return None;
             }
@@ -1104,13 +1127,23 @@ impl Machine {
             }
             r.queue.push_back(Candidate {
                 block: b,
-                adopted: false,
+                origin,
                 kv: None,
                 read: false,
                 attempts: 0,
             });
         }
         Some(r)
+    }
+
+    /// The reclaim's candidates in order: held, remembered, then those whose claim lost
+    /// its answer (duplicates included: the callers skip them).
+    fn known_then_unanswered(&self) -> Vec<(Ipv4Net, Origin)> {
+        let known = self.held.iter().chain(self.remembered.iter());
+        known
+            .map(|b| (*b, Origin::Known))
+            .chain(self.unanswered.iter().map(|b| (*b, Origin::Unanswered)))
+            .collect()
     }
 
     fn reclaim_listed(&mut self, kvs: Vec<KeyValue>) {
@@ -1131,19 +1164,13 @@ impl Machine {
         mine.sort_by_key(|(b, _)| *b);
         let mut r = Reclaiming::default();
         let mut seen: Vec<Ipv4Net> = Vec::new();
-        let order: Vec<Ipv4Net> = self
-            .held
-            .iter()
-            .chain(self.remembered.iter())
-            .copied()
-            .collect();
-        for b in order {
+        for (b, origin) in self.known_then_unanswered() {
             if seen.contains(&b) {
                 continue;
             }
             seen.push(b);
             if !self.space().is_usable(b) {
-                if !mine.iter().any(|(m, _)| *m == b) {
+                if origin == Origin::Known && !mine.iter().any(|(m, _)| *m == b) {
                     self.log(
                         Level::Warn,
                         "a remembered block is not part of the address space any more; dropping it",
@@ -1155,7 +1182,7 @@ impl Machine {
             let kv = mine.iter().find(|(m, _)| *m == b).map(|(_, kv)| kv.clone());
             r.queue.push_back(Candidate {
                 block: b,
-                adopted: false,
+                origin,
                 kv,
                 read: true,
                 attempts: 0,
@@ -1172,7 +1199,7 @@ impl Machine {
             }
             r.queue.push_back(Candidate {
                 block: *b,
-                adopted: true,
+                origin: Origin::Adopted,
                 kv: Some(kv.clone()),
                 read: true,
                 attempts: 0,
@@ -1186,12 +1213,7 @@ impl Machine {
         let Some(taken) = c.taken.as_ref() else {
             return self.store(Pending::ClaimList, StoreOp::List(key(PREFIX_BLOCKS)));
         };
-        let retry = self
-            .uncertain_create
-            .take()
-            .filter(|b| !self.held.contains(b) && self.space().is_usable(*b));
-        let next = retry.or_else(|| self.space().free_from(taken, self.seed).next());
-        let Some(b) = next else {
+        let Some(b) = self.space().free_from(taken, self.seed).next() else {
             let c = self.claiming.take().expect("claiming");
             return self.claimed(c.purpose, None, now);
         };
@@ -1408,8 +1430,14 @@ impl Machine {
         }
         let reply = match input {
             Input::Store(Err(e)) => {
-                if let (Pending::ClaimCreate(b), true) = (&pending, e.is_transient()) {
-                    self.uncertain_create = Some(*b);
+                if let (Pending::ClaimCreate(b) | Pending::ClaimCheck(b), true) =
+                    (&pending, e.is_transient())
+                {
+                    if !self.unanswered.contains(b) {
+                        self.unanswered.push(*b);
+                    }
+                    // The next round starts with a reclaim, which settles it.
+                    self.need_reclaim = true;
                 }
                 if matches!(pending, Pending::KeepAlive { .. })
                     && !matches!(e, StoreError::LeaseExpired(_))
@@ -1646,11 +1674,11 @@ impl Machine {
                 }
             }
             (Pending::Reclaim(step), reply) => {
-                let block = self
+                let (block, origin) = self
                     .reclaiming
                     .as_ref()
                     .and_then(|r| r.queue.front())
-                    .map(|c| c.block)
+                    .map(|c| (c.block, c.origin))
                     .expect("a candidate");
                 let node = self.p.node.clone();
                 match (step, reply) {
@@ -1661,9 +1689,13 @@ impl Machine {
                         c.read = true;
                     }
                     (ReclaimStep::Create, StoreReply::Created(Some(_))) => {
+                        let msg = match origin {
+                            Origin::Unanswered => "block claimed (by creating it again: the first create's answer was lost, and it had not committed)",
+                            Origin::Known | Origin::Adopted => "block claimed again",
+                        };
                         self.log(
                             Level::Info,
-                            "block claimed again",
+                            msg,
                             fields(&[("node", &node), ("block", &block)]),
                         );
                         self.reclaim_done(true);
@@ -2867,18 +2899,29 @@ mod tests {
         let w = World::new("mlate", "10.244.0.0/16", 26, 60, None);
         let mut n = w.node("n1", &[], &[]);
         // What a loaded etcd does: the client gives up on the create (unreachable), but the
-        // server applies it later, after the agent's next round has listed the blocks.
+        // server applies it later: here after the next round has read the key (absent) and
+        // just before that round creates it again. Neither a list nor a get settles such a
+        // create; only the create again does.
         let mut late: Option<StoreOp> = None;
         let mut failed = false;
+        let trace = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let seen = trace.clone();
         n.hook = Some(Box::new(move |op, s| {
-            // The late commit lands just before the next round's list of the blocks (the
-            // claim's: the reclaim ran in the first round and is not repeated), which then
-            // shows the block as taken, by whom the list does not say.
-            if let (Some(StoreOp::Create { key, value, lease }), StoreOp::List(p)) = (&late, op) {
-                if p.ends_with(PREFIX_BLOCKS) {
-                    assert!(s.create(key, value, *lease).unwrap().is_some());
-                    late = None;
+            if let StoreOp::Get(k) | StoreOp::Create { key: k, .. } = op {
+                if k.contains(PREFIX_BLOCKS) {
+                    let what = if matches!(op, StoreOp::Get(_)) {
+                        "get"
+                    } else {
+                        "create"
+                    };
+                    seen.borrow_mut().push(what);
                 }
+            }
+            if let (Some(StoreOp::Create { key, value, lease }), StoreOp::Create { .. }) =
+                (&late, op)
+            {
+                assert!(s.create(key, value, *lease).unwrap().is_some());
+                late = None;
             }
             match op {
                 StoreOp::Create { .. } if !failed => {
@@ -2895,6 +2938,43 @@ mod tests {
         let mut w = w;
         w.now = w.run(&mut n);
         assert!(!n.ready(), "the failed create ends the round");
+        w.run(&mut n);
+        let held = w.held_by("n1");
+        assert_eq!(held.len(), 1, "no second block claimed: {:?}", w.blocks());
+        assert_eq!(n.handoff, held);
+        assert!(n.ready());
+        // The claim's create (lost), then the reclaim: a get (absent), the create again
+        // ("already exists": the late commit) and the get that finds it ours.
+        assert_eq!(trace.borrow()[..4], ["create", "get", "create", "get"]);
+    }
+
+    #[test]
+    fn a_claim_whose_read_back_failed_is_settled_by_the_next_reclaim_not_doubled() {
+        let w = World::new("mreadback", "10.244.0.0/16", 26, 60, None);
+        let mut n = w.node("n1", &[], &[]);
+        // The create committed but answered "already exists" (the client's retry on the
+        // next endpoint), and the read-back that would have found it ours timed out. The
+        // next round's list of blocks shows it taken, by whom it does not say: a claim
+        // from that list alone would take a second block.
+        let (mut created, mut read_failed) = (false, false);
+        n.hook = Some(Box::new(move |op, s| match op {
+            StoreOp::Create { key, value, lease } if !created => {
+                created = true;
+                assert!(s.create(key, value, *lease).unwrap().is_some());
+                Some(Ok(StoreReply::Created(None)))
+            }
+            StoreOp::Get(k) if created && !read_failed && k.contains(PREFIX_BLOCKS) => {
+                read_failed = true;
+                Some(Err(StoreError::Unavailable {
+                    endpoint: "http://192.0.2.1:2379".into(),
+                    reason: "timed out".into(),
+                }))
+            }
+            _ => None,
+        }));
+        let mut w = w;
+        w.now = w.run(&mut n);
+        assert!(!n.ready(), "the failed read-back ends the round");
         w.run(&mut n);
         let held = w.held_by("n1");
         assert_eq!(held.len(), 1, "no second block claimed: {:?}", w.blocks());
