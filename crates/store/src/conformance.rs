@@ -50,6 +50,7 @@ macro_rules! conformance_tests {
             watch_sees_other_handles_writes,
             watch_range_sees_only_its_keys,
             watch_any_of_skips_the_gap_between_its_parts,
+            watch_resumed_from_a_revision_per_part,
             compacted_revision_is_an_error,
             revision_is_monotonic,
         );
@@ -390,6 +391,60 @@ pub fn watch_any_of_skips_the_gap_between_its_parts(s: &Subject) {
         "b/, c and e are outside both parts"
     );
     assert!(range.contains(&s.key("d/9")) && !range.contains(&s.key("b/9")));
+}
+
+/// A watch resumed with one revision per part gets every change after each part's
+/// revision, and none before the oldest; the caller drops those it has seen (a store that
+/// keeps one order for all parts starts them all from the oldest).
+pub fn watch_resumed_from_a_revision_per_part(s: &Subject) {
+    let range = KeyRange::AnyOf(vec![
+        KeyRange::Between {
+            from: s.key("a"),
+            to: s.key("b/"),
+        },
+        KeyRange::Prefix(s.key("d/")),
+    ]);
+    let put = |k: &str| s.other.put(&s.key(k), b"v", None).unwrap();
+    let (_, r0) = s.store.list(&s.prefix).unwrap();
+    put("a");
+    let rd = put("d/1");
+    let ra = put("a/1");
+    put("d/2");
+    put("a/2");
+    let after = [ra, rd];
+    let mut w = s.store.watch_range_from(&range, &after).unwrap();
+    let mut got: Vec<(String, Revision)> = Vec::new();
+    while let Some(e) = w.next(Duration::from_millis(300)).unwrap() {
+        got.push((
+            e.key().strip_prefix(&s.prefix).unwrap().to_string(),
+            e.revision(),
+        ));
+    }
+    assert!(
+        got.iter().all(|(_, r)| *r > rd),
+        "nothing before the oldest: {got:?}"
+    );
+    let mut unseen: Vec<&str> = got
+        .iter()
+        .filter(|(k, r)| {
+            let part = range.parts().iter().position(|p| p.contains(&s.key(k)));
+            *r > after[part.expect("a key of the range")]
+        })
+        .map(|(k, _)| k.as_str())
+        .collect();
+    if s.store.kind() == crate::StoreKind::Etcd {
+        assert_eq!(
+            unseen.len(),
+            got.len(),
+            "etcd starts each part at its own: {got:?}"
+        );
+    }
+    unseen.sort();
+    assert_eq!(unseen, ["a/2", "d/2"]);
+    assert!(matches!(
+        s.store.watch_range_from(&range, &[r0]),
+        Err(StoreError::Config(_))
+    ));
 }
 
 pub fn watch_sees_other_handles_writes(s: &Subject) {

@@ -237,7 +237,15 @@ impl EtcdStore {
 
     /// Opens a watch stream on the first endpoint that accepts it and waits for etcd to
     /// confirm it (or refuse it as compacted).
-    fn open_watch(&self, range: &KeyRange, start: Revision) -> Result<EtcdWatch> {
+    /// `starts`: the first revision of each part of `range` ([`KeyRange::parts`]).
+    fn open_watch(&self, range: &KeyRange, starts: &[Revision]) -> Result<EtcdWatch> {
+        if starts.len() != range.parts().len() {
+            return Err(StoreError::Config(format!(
+                "a watch of {} key ranges was given {} start revisions",
+                range.parts().len(),
+                starts.len()
+            )));
+        }
         if range.parts().is_empty() {
             // etcd would wait forever for a create request that never comes.
             return Err(StoreError::Config(
@@ -249,7 +257,7 @@ impl EtcdStore {
         let mut failures = Vec::new();
         for k in 0..n {
             let i = (first + k) % n;
-            match self.try_watch(i, range, start) {
+            match self.try_watch(i, range, starts) {
                 Ok(w) => return Ok(w),
                 Err(StoreError::Unavailable { reason, .. }) => {
                     failures.push(format!("{}: {reason}", self.endpoints[i].url))
@@ -276,7 +284,9 @@ impl EtcdStore {
         }
     }
 
-    fn try_watch(&self, i: usize, range: &KeyRange, start: Revision) -> Result<EtcdWatch> {
+    fn try_watch(&self, i: usize, range: &KeyRange, starts: &[Revision]) -> Result<EtcdWatch> {
+        // For messages: etcd reports compaction per watcher, the oldest start is the one.
+        let start = starts.iter().copied().min().unwrap_or_default();
         let url = self.endpoints[i].url.clone();
         let unavailable = |reason: String| StoreError::Unavailable {
             endpoint: url.clone(),
@@ -285,7 +295,7 @@ impl EtcdStore {
         let io = |e: std::io::Error| unavailable(e.to_string());
         let mut conn = self.connect_to(i).map_err(io)?;
         let shutdown_handle = conn.get_ref().tcp().try_clone().map_err(io)?;
-        let body = proto::watch_create(range, start);
+        let body = proto::watch_create(range, starts);
         let request =
             http::encode_post(&self.endpoints[i].authority(), "/v3/watch", body.as_bytes());
         conn.get_mut().write_all(&request).map_err(io)?;
@@ -541,6 +551,14 @@ impl Store for EtcdStore {
     }
 
     fn watch_range(&self, range: &KeyRange, after: Revision) -> Result<Box<dyn Watch>> {
-        Ok(Box::new(self.open_watch(range, after + 1)?))
+        let starts = vec![after + 1; range.parts().len()];
+        Ok(Box::new(self.open_watch(range, &starts)?))
+    }
+
+    /// One watcher per part, each from its own revision: nothing a part has already
+    /// delivered is sent again.
+    fn watch_range_from(&self, range: &KeyRange, after: &[Revision]) -> Result<Box<dyn Watch>> {
+        let starts: Vec<Revision> = after.iter().map(|a| *a + 1).collect();
+        Ok(Box::new(self.open_watch(range, &starts)?))
     }
 }

@@ -209,4 +209,19 @@ pub trait Store: Send + Sync {
     /// [`KeyRange::AnyOf`], etcd keeps the order within each part only (one watcher each):
     /// events of different parts may interleave out of revision order.
     fn watch_range(&self, range: &KeyRange, after: Revision) -> Result<Box<dyn Watch>>;
+
+    /// A watch resumed: every change to a key of part i of `range` ([`KeyRange::parts`])
+    /// after revision `after[i]`, one revision per part (a watch's parts reach different
+    /// revisions, see [`Store::watch_range`]). Stores that keep one order for all parts
+    /// start them all from the oldest: the caller drops what it has already seen.
+    fn watch_range_from(&self, range: &KeyRange, after: &[Revision]) -> Result<Box<dyn Watch>> {
+        if after.len() != range.parts().len() {
+            return Err(StoreError::Config(format!(
+                "a watch of {} key ranges was given {} start revisions",
+                range.parts().len(),
+                after.len()
+            )));
+        }
+        self.watch_range(range, after.iter().copied().min().unwrap_or_default())
+    }
 }

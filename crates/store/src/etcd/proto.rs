@@ -101,9 +101,11 @@ pub fn compaction(revision: Revision) -> String {
 /// One create request per plain part of `range`, one JSON object a line: etcd's gateway
 /// reads the request body as a stream of requests, so every watcher shares one stream (and
 /// one connection) and answers with one `created` message each.
-pub fn watch_create(range: &KeyRange, start: Revision) -> String {
+/// One create request per part of `range`, part i from revision `starts[i]` (the caller
+/// gives one per part).
+pub fn watch_create(range: &KeyRange, starts: &[Revision]) -> String {
     let mut body = String::new();
-    for part in range.parts() {
+    for (part, start) in range.parts().into_iter().zip(starts) {
         let (key, end) = match part {
             KeyRange::Prefix(p) => (p.as_bytes().to_vec(), prefix_range_end(p.as_bytes())),
             KeyRange::Between { from, to } => (from.as_bytes().to_vec(), to.as_bytes().to_vec()),
@@ -484,7 +486,8 @@ mod tests {
             r#"{"TTL":"1"}"#
         );
         let v: Value =
-            serde_json::from_str(&watch_create(&KeyRange::Prefix("/twill/v1/".into()), 3)).unwrap();
+            serde_json::from_str(&watch_create(&KeyRange::Prefix("/twill/v1/".into()), &[3]))
+                .unwrap();
         assert_eq!(v["create_request"]["start_revision"], "3");
         // AnyOf: one create request a line, nested parts flattened, in order.
         let any = KeyRange::AnyOf(vec![
@@ -494,7 +497,7 @@ mod tests {
             },
             KeyRange::AnyOf(vec![KeyRange::Prefix("/d/".into())]),
         ]);
-        let body = watch_create(&any, 5);
+        let body = watch_create(&any, &[4, 5]);
         let lines: Vec<Value> = body
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
@@ -504,6 +507,7 @@ mod tests {
         assert_eq!(lines[0]["create_request"]["range_end"], b64(b"/b/"));
         assert_eq!(lines[1]["create_request"]["key"], b64(b"/d/"));
         assert_eq!(lines[1]["create_request"]["range_end"], b64(b"/d0"));
+        assert_eq!(lines[0]["create_request"]["start_revision"], "4");
         assert_eq!(lines[1]["create_request"]["start_revision"], "5");
     }
 
