@@ -173,7 +173,7 @@ const BACKEND_GAP: Duration = Duration::from_millis(50);
 /// Why the loop's wait ended early.
 enum Wake {
     /// From the watch thread of that generation: an event, or why the watch ended.
-    Store(u64, Result<Event, String>),
+    Store(u64, Result<Event, StoreError>),
     /// The backend has news (its sockets, threads or timers).
     Backend,
     /// twill-cni's records changed (inotify).
@@ -424,7 +424,7 @@ impl Runner {
                         let msg = match w.next(MAX_WAIT) {
                             Ok(None) => continue,
                             Ok(Some(ev)) => Ok(ev),
-                            Err(e) => Err(e.to_string()),
+                            Err(e) => Err(e),
                         };
                         let ended = msg.is_err();
                         if tx.send(Wake::Store(gen, msg)).is_err() || ended {
@@ -518,7 +518,7 @@ impl Runner {
 
     fn store_op(&mut self, op: StoreOp) -> Input {
         if let StoreOp::Watch { range, after } = &op {
-            let r = self.store.watch_range(range, *after).map(|w| {
+            let r = self.store.watch_range_from(range, after).map(|w| {
                 self.start_watch(w);
                 StoreReply::Watching
             });

@@ -23,10 +23,11 @@
 //! node does not hold under a lease it knows to be alive. At start it is cut to nothing until
 //! the blocks are confirmed (twill-cni answers "try again", code 11, meanwhile); a block
 //! lost (lease expired, revoked, deleted or taken over in the store) leaves it at once; a
-//! watch opened again (after it ended) is followed by a fresh read of the blocks, since the
-//! changes between its last event and its new start are never delivered; and when the lease may
-//! have run out while the store was unreachable, it lists nothing until a keep-alive or a
-//! new lease says again.
+//! watch that ended resumes from the last revision each of its parts delivered, so the
+//! changes made while it was down arrive as events, and where etcd compacted them away it
+//! is opened after a fresh read of the blocks instead; and when the lease may have run out
+//! while the store was unreachable, it lists nothing until a keep-alive or a new lease says
+//! again.
 
 use crate::autodetect::NodeIp;
 use crate::backend::{Peer, RoutingInputs};
@@ -117,10 +118,11 @@ pub enum StoreOp {
     Grant(Duration),
     KeepAlive(LeaseId),
     /// Start watching `range` after `after`; the loop keeps the stream and feeds its
-    /// events back as [`Input::Watch`].
+    /// events back as [`Input::Watch`]. `after`: one revision per part of `range`
+    /// ([`KeyRange::parts`]), as [`twill_store::Store::watch_range_from`] takes them.
     Watch {
         range: KeyRange,
-        after: Revision,
+        after: Vec<Revision>,
     },
 }
 
@@ -238,7 +240,7 @@ pub enum Input {
     /// A file write: done, or why not (the error names the file and the fix).
     Written(Result<(), String>),
     Watch(Event),
-    WatchEnded(String),
+    WatchEnded(StoreError),
     /// The backend has an event or a timer due: reconcile it now.
     BackendDue,
     /// The pass of [`Action::Reconcile`] ran: what the backend's routing sessions look like
@@ -270,7 +272,10 @@ pub struct Params {
 enum Pending {
     Config,
     Override,
-    Watch,
+    /// `resumed`: after the revisions the last watch reached, not after a fresh read.
+    Watch {
+        resumed: bool,
+    },
     Backend(Box<NetworkConfig>),
     Detect,
     Grant {
@@ -406,6 +411,15 @@ pub struct Machine {
     net: Option<(NetworkConfig, BlockSpace)>,
     spec: Option<NodeSpec>,
     watching: bool,
+    /// The watch's parts and the last revision each delivered (its start, until an
+    /// event). A watch that ended resumes from them: nothing between its last event and
+    /// its new start is lost, so nothing is read again (at 1000 nodes a fresh read lists
+    /// every node's record). None: the next watch starts from a fresh read.
+    watch_seen: Option<Vec<(KeyRange, Revision)>>,
+    /// The revision the current chain of resumed watches first started after: where a
+    /// part added on a resume (a block claimed since) starts, so that no change to the
+    /// block since its claim is missed.
+    watch_base: Revision,
     /// The blocks the current watch follows (held and remembered when it was opened); a
     /// block held outside them makes the next stage open the watch again with it.
     watched_blocks: Vec<Ipv4Net>,
@@ -517,6 +531,8 @@ impl Machine {
             net: None,
             spec: None,
             watching: false,
+            watch_seen: None,
+            watch_base: 0,
             watched_blocks: Vec::new(),
             redetect: true,
             node_ip: None,
@@ -797,6 +813,9 @@ impl Machine {
                     self.next_stage(Stage::Detect);
                     return;
                 }
+                if self.watch_seen.is_some() {
+                    return self.open_watch(true, self.watch_base);
+                }
                 let ours = key(&format!("{PREFIX_NODECONFIGS}{}", self.p.node));
                 self.store(Pending::Override, StoreOp::List(ours))
             }
@@ -855,10 +874,9 @@ impl Machine {
                 }
                 if self.watching && self.held.iter().any(|b| !self.watched_blocks.contains(b)) {
                     // A block claimed (or adopted) after the watch opened is outside it: open
-                    // it again with the block, so that its loss is seen at once. Its way back
-                    // is a fresh read, as for a watch that ended, since the new one starts
-                    // later than the claim; at a cold start this comes before the first peer
-                    // list, so only the blocks are read twice.
+                    // it again with the block, so that its loss is seen at once. It resumes
+                    // (see `open_watch`): the block's part starts from the revision the watch
+                    // first started after, before the claim, so no change is missed.
                     self.watching = false;
                     self.next_stage(Stage::Override);
                     return;
@@ -1402,13 +1420,24 @@ impl Machine {
                 return;
             }
             Input::WatchEnded(e) => {
+                // A store that went away (etcd without a leader, a member restarted) keeps
+                // its history: the next watch resumes where this one ended. Anything else
+                // (its history compacted away) is read afresh.
+                let resumes = e.is_transient() && self.watch_seen.is_some();
                 self.log(
                     Level::Warn,
-                    "watch of the node override ended; watching again",
+                    if resumes {
+                        "the store watch ended; resuming it from its last event"
+                    } else {
+                        "the store watch ended; reading the store again and watching from there"
+                    },
                     fields(&[("error", &e)]),
                 );
                 self.watching = false;
-                self.nodes = None;
+                if !resumes {
+                    self.watch_seen = None;
+                    self.nodes = None;
+                }
                 return;
             }
             _ => {}
@@ -1430,6 +1459,11 @@ impl Machine {
         }
         let reply = match input {
             Input::Store(Err(e)) => {
+                if matches!(pending, Pending::Watch { resumed: true }) && !e.is_transient() {
+                    // Compacted past a part's last event: the next round reads afresh.
+                    self.watch_seen = None;
+                    self.nodes = None;
+                }
                 if let (Pending::ClaimCreate(b) | Pending::ClaimCheck(b), true) =
                     (&pending, e.is_transient())
                 {
@@ -1606,20 +1640,17 @@ impl Machine {
                 let ours = key(&format!("{PREFIX_NODECONFIGS}{}", self.p.node));
                 let spec = kvs.iter().find(|kv| kv.key == ours).cloned();
                 self.spec = spec.and_then(|kv| self.parse_spec(&kv));
-                // One watch for the override, the other nodes (the backend's peers),
-                // this node's blocks and endpoints, and the BGP resources.
-                let mut own = self.held.clone();
-                own.extend(self.remembered.iter().filter(|b| !self.held.contains(b)));
-                self.watched_blocks = own.clone();
-                self.store(
-                    Pending::Watch,
-                    StoreOp::Watch {
-                        range: agent_watch(&own),
-                        after: rev,
-                    },
-                );
+                self.watch_seen = None;
+                self.watch_base = rev;
+                self.open_watch(false, rev);
             }
-            (Pending::Watch, StoreReply::Watching) => {
+            (Pending::Watch { resumed: true }, StoreReply::Watching) => {
+                // Every part goes on from its last event: the nodes, the resources and
+                // the blocks are as the events left them, and the events missed come now.
+                self.watching = true;
+                self.next_stage(Stage::Detect);
+            }
+            (Pending::Watch { resumed: false }, StoreReply::Watching) => {
                 self.watching = true;
                 // A watch opened again starts from a fresh read, not from its last event:
                 // what changed in between is never delivered. So everything the events
@@ -1829,6 +1860,49 @@ impl Machine {
         }
     }
 
+    /// One watch for the override, the other nodes (the backend's peers), this node's
+    /// blocks and endpoints, and the BGP resources. `resumed`: each part from the last
+    /// revision it delivered ([`Machine::watch_seen`]), a part new to it (a block held
+    /// since) from `base`; else every part after `base`, the revision of a fresh read.
+    fn open_watch(&mut self, resumed: bool, base: Revision) {
+        let mut own = self.held.clone();
+        own.extend(self.remembered.iter().filter(|b| !self.held.contains(b)));
+        self.watched_blocks = own.clone();
+        let range = agent_watch(&own);
+        let seen: Vec<(KeyRange, Revision)> = range
+            .parts()
+            .into_iter()
+            .map(|part| {
+                let last = self
+                    .watch_seen
+                    .iter()
+                    .flatten()
+                    .find(|(p, _)| p == part)
+                    .map_or(base, |(_, r)| *r);
+                (part.clone(), last)
+            })
+            .collect();
+        let after = seen.iter().map(|(_, r)| *r).collect();
+        self.watch_seen = Some(seen);
+        self.store(Pending::Watch { resumed }, StoreOp::Watch { range, after });
+    }
+
+    /// Whether `ev` is new: a resumed watch may deliver again what a part has already
+    /// delivered (a store that keeps one order for all parts starts each from the oldest).
+    fn watch_news(&mut self, ev: &Event) -> bool {
+        let Some(seen) = self.watch_seen.as_mut() else {
+            return true;
+        };
+        let Some((_, last)) = seen.iter_mut().find(|(p, _)| p.contains(ev.key())) else {
+            return true;
+        };
+        if ev.revision() <= *last {
+            return false;
+        }
+        *last = ev.revision();
+        true
+    }
+
     fn uses_bgp_resources(&self) -> bool {
         self.net
             .as_ref()
@@ -1931,6 +2005,9 @@ impl Machine {
 
     /// A change in the store: the override, a peer, or one of this node's blocks.
     fn on_event(&mut self, now: Instant, ev: Event) {
+        if !self.watch_news(&ev) {
+            return;
+        }
         if self.endpoints.on_event(&ev) {
             return;
         }
@@ -2309,7 +2386,7 @@ mod tests {
             StoreOp::Grant(ttl) => StoreReply::Lease(s.grant(ttl)?),
             StoreOp::KeepAlive(l) => StoreReply::Ttl(s.keep_alive(l)?),
             StoreOp::Watch { range, after } => {
-                *watch = Some(s.watch_range(&range, after)?);
+                *watch = Some(s.watch_range_from(&range, &after)?);
                 StoreReply::Watching
             }
         })
@@ -2488,7 +2565,13 @@ mod tests {
         assert_eq!(n.reconciles.len(), last);
         // A watch that ended may have lost events: the next watch lists once, with the
         // revision, and misses nothing put in between.
-        n.m.handle(w.now, Input::WatchEnded("compacted".into()));
+        n.m.handle(
+            w.now,
+            Input::WatchEnded(StoreError::Compacted {
+                requested: 1,
+                compacted: 2,
+            }),
+        );
         n.watch = None;
         w.put("nodes/n6", &status("n6", 16));
         w.now += MAX_WAIT;
@@ -2498,6 +2581,127 @@ mod tests {
         w.put("nodes/n7", &status("n7", 17));
         w.run(&mut n);
         assert_eq!((lists.get(), names(&n).len()), (2, 4));
+    }
+
+    #[test]
+    fn a_watch_that_broke_resumes_from_its_last_events_and_reads_nothing_again() {
+        let w = World::new("mresume", "10.244.0.0/16", 24, 60, Some("10.244.7.0/24"));
+        let status = |n: &str, last: u8| {
+            let st = NodeStatus {
+                name: n.into(),
+                address: Ipv4Addr::new(192, 0, 2, last),
+                autodetection: "nodeIP".into(),
+                reason: "set".into(),
+                blocks: vec![net(&format!("10.244.{last}.0/24"))],
+                started_at: 1,
+                agent_version: "test".into(),
+            };
+            serde_json::to_vec(&st).unwrap()
+        };
+        w.put("nodes/n2", &status("n2", 12));
+        let mut n = w.node("n1", &[], &[]);
+        let ops = std::rc::Rc::new(std::cell::RefCell::new(None::<Vec<StoreOp>>));
+        let recorded = ops.clone();
+        n.hook = Some(Box::new(move |op, _| {
+            if let Some(v) = recorded.borrow_mut().as_mut() {
+                v.push(op.clone());
+            }
+            None
+        }));
+        let mut w = w;
+        w.run(&mut n);
+        let b = net("10.244.7.0/24");
+        assert_eq!(n.handoff, [b]);
+        // The block deleted in the store: seen on its event, and claimed again.
+        assert!(w.store.delete(&key(&block_key(b))).unwrap());
+        w.run(&mut n);
+        let lost = |n: &Node| {
+            n.logs
+                .iter()
+                .filter(|l| l.msg.starts_with("a block this node held was deleted"))
+                .count()
+        };
+        assert_eq!((lost(&n), &n.handoff[..]), (1, &[b][..]));
+        // The watch breaks (etcd lost its leader); meanwhile a node joins and one leaves.
+        *ops.borrow_mut() = Some(Vec::new());
+        n.m.handle(
+            w.now,
+            Input::WatchEnded(StoreError::Unavailable {
+                endpoint: "http://192.0.2.1:2379".into(),
+                reason: "watch stream error: etcdserver: no leader".into(),
+            }),
+        );
+        n.watch = None;
+        w.put("nodes/n4", &status("n4", 14));
+        w.store.delete(&key("nodes/n2")).unwrap();
+        w.now += MAX_WAIT;
+        w.run(&mut n);
+        let names: Vec<String> = n.m.peers.iter().map(|p| p.name.clone()).collect();
+        assert!(n.said("resuming it from its last event"));
+        assert_eq!(names, ["n4"], "the events missed while it was down came");
+        let ops = ops.borrow().clone().unwrap();
+        let reads: Vec<&StoreOp> = ops
+            .iter()
+            .filter(|op| matches!(op, StoreOp::List(_) | StoreOp::Get(_)))
+            .collect();
+        assert!(reads.is_empty(), "nothing read again: {reads:?}");
+        let after: Vec<&Vec<Revision>> = ops
+            .iter()
+            .filter_map(|op| match op {
+                StoreOp::Watch { after, .. } => Some(after),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(after.len(), 1);
+        assert!(
+            after[0].iter().any(|r| *r != after[0][0]),
+            "each part from its own last event: {after:?}"
+        );
+        // This store starts every part from the oldest: the block's deletion came again,
+        // and was known, so nothing was dropped from the hand-off.
+        assert_eq!((lost(&n), &n.handoff[..]), (1, &[b][..]));
+        assert!(n.ready());
+    }
+
+    #[test]
+    fn a_resumed_watch_compacted_away_reads_the_store_again() {
+        let w = World::new("mrecompact", "10.244.0.0/16", 26, 60, None);
+        let mut n = w.node("n1", &[], &[]);
+        let lists = std::rc::Rc::new(std::cell::Cell::new(0));
+        let counted = lists.clone();
+        let mut refused = false;
+        n.hook = Some(Box::new(move |op, _| match op {
+            StoreOp::List(p) if *p == key(PREFIX_NODES) => {
+                counted.set(counted.get() + 1);
+                None
+            }
+            // The resumed watch: its first part's revision was compacted away.
+            StoreOp::Watch { after, .. } if counted.get() == 1 && !refused => {
+                refused = true;
+                Some(Err(StoreError::Compacted {
+                    requested: after[0] + 1,
+                    compacted: after[0] + 5,
+                }))
+            }
+            _ => None,
+        }));
+        let mut w = w;
+        w.run(&mut n);
+        assert_eq!(lists.get(), 1);
+        n.m.handle(
+            w.now,
+            Input::WatchEnded(StoreError::Unavailable {
+                endpoint: "http://192.0.2.1:2379".into(),
+                reason: "watch stream broke".into(),
+            }),
+        );
+        n.watch = None;
+        w.now += MAX_WAIT;
+        w.now = w.run(&mut n);
+        assert!(!n.ready(), "the refused resume ends the round");
+        w.run(&mut n);
+        assert_eq!(lists.get(), 2, "the next round reads the nodes again");
+        assert!(n.ready());
     }
 
     #[test]
@@ -2697,7 +2901,10 @@ mod tests {
         n1.watch = None;
         n1.m.handle(
             w.now,
-            Input::WatchEnded("etcd closed the watch stream".into()),
+            Input::WatchEnded(StoreError::Unavailable {
+                endpoint: "http://192.0.2.1:2379".into(),
+                reason: "etcd closed the watch stream".into(),
+            }),
         );
         // Meanwhile the block was freed and n2 took it.
         let k = key(&block_key(b));
