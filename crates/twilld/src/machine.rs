@@ -23,11 +23,11 @@
 //! node does not hold under a lease it knows to be alive. At start it is cut to nothing until
 //! the blocks are confirmed (twill-cni answers "try again", code 11, meanwhile); a block
 //! lost (lease expired, revoked, deleted or taken over in the store) leaves it at once; a
-//! watch that ended resumes from the last revision each of its parts delivered, so the
-//! changes made while it was down arrive as events, and where etcd compacted them away it
-//! is opened after a fresh read of the blocks instead; and when the lease may have run out
-//! while the store was unreachable, it lists nothing until a keep-alive or a new lease says
-//! again.
+//! watch opened again (after it ended, or to follow a new block) is followed by a fresh
+//! read of the blocks, since its blocks' part starts later than the last one ended (only
+//! the other nodes' records resume from their last event, and are read afresh where etcd
+//! compacted that away); and when the lease may have run out while the store was
+//! unreachable, it lists nothing until a keep-alive or a new lease says again.
 
 use crate::autodetect::NodeIp;
 use crate::backend::{Peer, RoutingInputs};
@@ -412,14 +412,10 @@ pub struct Machine {
     spec: Option<NodeSpec>,
     watching: bool,
     /// The watch's parts and the last revision each delivered (its start, until an
-    /// event). A watch that ended resumes from them: nothing between its last event and
-    /// its new start is lost, so nothing is read again (at 1000 nodes a fresh read lists
-    /// every node's record). None: the next watch starts from a fresh read.
+    /// event). A watch that ended resumes from them (see [`Machine::open_watch`]), so the
+    /// other nodes' records are not read again (at 1000 nodes a fresh read lists every
+    /// node's record). None: the next watch starts from a fresh read.
     watch_seen: Option<Vec<(KeyRange, Revision)>>,
-    /// The revision the current chain of resumed watches first started after: where a
-    /// part added on a resume (a block claimed since) starts, so that no change to the
-    /// block since its claim is missed.
-    watch_base: Revision,
     /// The blocks the current watch follows (held and remembered when it was opened); a
     /// block held outside them makes the next stage open the watch again with it.
     watched_blocks: Vec<Ipv4Net>,
@@ -532,7 +528,6 @@ impl Machine {
             spec: None,
             watching: false,
             watch_seen: None,
-            watch_base: 0,
             watched_blocks: Vec::new(),
             redetect: true,
             node_ip: None,
@@ -814,7 +809,7 @@ impl Machine {
                     return;
                 }
                 if self.watch_seen.is_some() {
-                    return self.open_watch(true, self.watch_base);
+                    return self.open_watch(true, 0);
                 }
                 let ours = key(&format!("{PREFIX_NODECONFIGS}{}", self.p.node));
                 self.store(Pending::Override, StoreOp::List(ours))
@@ -875,8 +870,8 @@ impl Machine {
                 if self.watching && self.held.iter().any(|b| !self.watched_blocks.contains(b)) {
                     // A block claimed (or adopted) after the watch opened is outside it: open
                     // it again with the block, so that its loss is seen at once. It resumes
-                    // (see `open_watch`): the block's part starts from the revision the watch
-                    // first started after, before the claim, so no change is missed.
+                    // (see `open_watch`): the nodes' part goes on from its last event, and
+                    // the blocks are read again once the new watch is confirmed.
                     self.watching = false;
                     self.next_stage(Stage::Override);
                     return;
@@ -1641,13 +1636,16 @@ impl Machine {
                 let spec = kvs.iter().find(|kv| kv.key == ours).cloned();
                 self.spec = spec.and_then(|kv| self.parse_spec(&kv));
                 self.watch_seen = None;
-                self.watch_base = rev;
                 self.open_watch(false, rev);
             }
             (Pending::Watch { resumed: true }, StoreReply::Watching) => {
-                // Every part goes on from its last event: the nodes, the resources and
-                // the blocks are as the events left them, and the events missed come now.
+                // The nodes' part goes on from its last event: the node map is as the
+                // events left it, and those missed come now. The other parts start later
+                // than they ended (see `open_watch`): what they follow is read again, as
+                // for a fresh watch, but that is a few keys.
                 self.watching = true;
+                self.resources_dirty = true;
+                self.need_reclaim = true;
                 self.next_stage(Stage::Detect);
             }
             (Pending::Watch { resumed: false }, StoreReply::Watching) => {
@@ -1861,25 +1859,36 @@ impl Machine {
     }
 
     /// One watch for the override, the other nodes (the backend's peers), this node's
-    /// blocks and endpoints, and the BGP resources. `resumed`: each part from the last
-    /// revision it delivered ([`Machine::watch_seen`]), a part new to it (a block held
-    /// since) from `base`; else every part after `base`, the revision of a fresh read.
+    /// blocks and endpoints, and the BGP resources; every part after `base`, the revision
+    /// of a fresh read. `resumed`: the part of `config` to `nodes/` (the other nodes'
+    /// records, costly to read again) from the last revision it delivered
+    /// ([`Machine::watch_seen`]); the others (the BGP resources, this node's blocks: a few
+    /// keys, read again when the watch is confirmed) from the newest revision any part
+    /// delivered. A part that never had an event would otherwise start where the first
+    /// watch did, and etcd would scan all the history since to catch it up.
     fn open_watch(&mut self, resumed: bool, base: Revision) {
         let mut own = self.held.clone();
         own.extend(self.remembered.iter().filter(|b| !self.held.contains(b)));
         self.watched_blocks = own.clone();
         let range = agent_watch(&own);
+        let newest = self.watch_seen.iter().flatten().map(|(_, r)| *r).max();
+        let config = key(KEY_CONFIG);
         let seen: Vec<(KeyRange, Revision)> = range
             .parts()
             .into_iter()
             .map(|part| {
-                let last = self
+                let own_last = self
                     .watch_seen
                     .iter()
                     .flatten()
                     .find(|(p, _)| p == part)
-                    .map_or(base, |(_, r)| *r);
-                (part.clone(), last)
+                    .map(|(_, r)| *r);
+                let from = match (resumed, part.contains(&config)) {
+                    (false, _) => base,
+                    (true, true) => own_last.or(newest).unwrap_or(base),
+                    (true, false) => newest.unwrap_or(base),
+                };
+                (part.clone(), from)
             })
             .collect();
         let after = seen.iter().map(|(_, r)| *r).collect();
@@ -2584,7 +2593,7 @@ mod tests {
     }
 
     #[test]
-    fn a_watch_that_broke_resumes_from_its_last_events_and_reads_nothing_again() {
+    fn a_watch_that_broke_resumes_the_nodes_from_their_last_event_and_lists_nothing() {
         let w = World::new("mresume", "10.244.0.0/16", 24, 60, Some("10.244.7.0/24"));
         let status = |n: &str, last: u8| {
             let st = NodeStatus {
@@ -2644,19 +2653,31 @@ mod tests {
             .iter()
             .filter(|op| matches!(op, StoreOp::List(_) | StoreOp::Get(_)))
             .collect();
-        assert!(reads.is_empty(), "nothing read again: {reads:?}");
-        let after: Vec<&Vec<Revision>> = ops
+        // No list (not the nodes, not the override, not the blocks): only the node's own
+        // block, whose part started later than it ended, is read again.
+        assert_eq!(reads, [&StoreOp::Get(key(&block_key(b)))]);
+        let watches: Vec<(&KeyRange, &Vec<Revision>)> = ops
             .iter()
             .filter_map(|op| match op {
-                StoreOp::Watch { after, .. } => Some(after),
+                StoreOp::Watch { range, after } => Some((range, after)),
                 _ => None,
             })
             .collect();
-        assert_eq!(after.len(), 1);
+        assert_eq!(watches.len(), 1);
+        let (range, after) = watches[0];
+        let nodes_part = range
+            .parts()
+            .iter()
+            .position(|p| p.contains(&key("nodes/n9")))
+            .unwrap();
+        let newest = *after.iter().max().unwrap();
         assert!(
-            after[0].iter().any(|r| *r != after[0][0]),
-            "each part from its own last event: {after:?}"
+            after[nodes_part] < newest,
+            "the nodes from their own last event: {after:?}"
         );
+        for (i, r) in after.iter().enumerate().filter(|(i, _)| *i != nodes_part) {
+            assert_eq!(*r, newest, "part {i} from the newest revision: {after:?}");
+        }
         // This store starts every part from the oldest: the block's deletion came again,
         // and was known, so nothing was dropped from the hand-off.
         assert_eq!((lost(&n), &n.handoff[..]), (1, &[b][..]));
