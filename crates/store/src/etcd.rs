@@ -15,7 +15,7 @@ pub mod transport;
 use std::io::{BufRead, BufReader, Write};
 use std::net::Shutdown;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -34,7 +34,8 @@ pub struct EtcdConfig {
     /// A client certificate and its key, for etcd's `--client-cert-auth`.
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
-    /// Bound on connecting, and on each read or write of a request.
+    /// Bound on connecting, and on each read or write of a request while the cluster
+    /// answers (see [`EtcdStore::patience`] for when it does not).
     pub timeout: Duration,
 }
 
@@ -52,6 +53,8 @@ impl EtcdConfig {
 
 /// How many idle connections to keep per endpoint.
 const IDLE_PER_ENDPOINT: usize = 8;
+/// How far [`EtcdStore::patience`] grows: this many times the configured timeout.
+const PATIENCE_MAX_FACTOR: u32 = 8;
 
 type Conn = BufReader<Stream>;
 
@@ -62,6 +65,8 @@ pub struct EtcdStore {
     timeout: Duration,
     /// The endpoint that answered last: tried first.
     preferred: AtomicUsize,
+    /// The current wait for an answer, in ms: see [`EtcdStore::patience`].
+    patience_ms: AtomicU64,
     /// Idle keep-alive connections, per endpoint.
     idle: Vec<Mutex<Vec<Conn>>>,
 }
@@ -102,8 +107,28 @@ impl EtcdStore {
             tls,
             timeout: cfg.timeout,
             preferred: AtomicUsize::new(0),
+            patience_ms: AtomicU64::new(cfg.timeout.as_millis() as u64),
             idle,
         })
+    }
+
+    /// How long a call waits for an answer now: the configured timeout while the cluster
+    /// answers; doubled, up to 8 times it, each time a call found every member silent
+    /// past it; back to the timeout at the first answer. An overloaded etcd still does
+    /// the work of a request the client gave up on, and the client's retry asks for it
+    /// again: giving up sooner than it can answer feeds a congestion collapse (the
+    /// 1000-agent cold start of docs/scale.md, where most of the ranges were abandoned
+    /// at 2 s). A member that is down refuses the connection at once and is not waited for.
+    pub fn patience(&self) -> Duration {
+        Duration::from_millis(self.patience_ms.load(Ordering::Relaxed))
+    }
+
+    /// A call found every member silent: wait twice as long next time (bounded).
+    fn wait_longer(&self) {
+        let max = (self.timeout * PATIENCE_MAX_FACTOR).as_millis() as u64;
+        let now = self.patience_ms.load(Ordering::Relaxed);
+        self.patience_ms
+            .store((now * 2).min(max), Ordering::Relaxed);
     }
 
     /// The URL of the endpoint that answered last.
@@ -135,7 +160,9 @@ impl EtcdStore {
     fn exchange(&self, i: usize, path: &str, body: &str) -> std::io::Result<Answer> {
         let request = http::encode_post(&self.endpoints[i].authority(), path, body.as_bytes());
         let reused = self.idle[i].lock().unwrap().pop();
+        let patience = self.patience();
         if let Some(mut conn) = reused {
+            conn.get_ref().tcp().set_read_timeout(Some(patience))?;
             match Self::send(&mut conn, &request) {
                 Ok((answer, reusable)) => {
                     self.keep(i, conn, reusable);
@@ -154,6 +181,7 @@ impl EtcdStore {
             }
         }
         let mut conn = self.connect_to(i)?;
+        conn.get_ref().tcp().set_read_timeout(Some(patience))?;
         let (answer, reusable) = Self::send(&mut conn, &request)?;
         self.keep(i, conn, reusable);
         Ok(answer)
@@ -187,21 +215,26 @@ impl EtcdStore {
         let start = self.preferred.load(Ordering::Relaxed);
         let mut failures = Vec::new();
         let mut tls_failures = 0;
+        let mut silent = 0;
         for k in 0..n {
             let i = (start + k) % n;
+            let waited = self.patience();
             let answer = match self.exchange(i, path, body) {
                 Ok(a) => a,
                 Err(e) => {
                     self.idle[i].lock().unwrap().clear();
                     tls_failures += usize::from(transport::is_tls_error(&e));
+                    silent += usize::from(transport::is_timeout(&e));
                     failures.push(format!(
                         "{}: {}",
                         self.endpoints[i].url,
-                        transport::describe(&e, self.timeout)
+                        transport::describe(&e, waited)
                     ));
                     continue;
                 }
             };
+            self.patience_ms
+                .store(self.timeout.as_millis() as u64, Ordering::Relaxed);
             if answer.status == 200 {
                 self.preferred.store(i, Ordering::Relaxed);
                 return Ok(answer.body);
@@ -224,6 +257,9 @@ impl EtcdStore {
                     )));
                 }
             }
+        }
+        if silent > 0 {
+            self.wait_longer();
         }
         if tls_failures == n {
             // Every member refused the handshake: retrying will not help, the files will.

@@ -283,6 +283,48 @@ fn a_member_that_never_answers_is_named_as_a_timeout() {
     );
 }
 
+/// An overloaded member (here stopped with SIGSTOP: it takes connections, never answers)
+/// makes each call wait twice as long as the last, up to 8 times the timeout, and the
+/// error says how long it waited; the first answer brings the wait back to the timeout.
+#[test]
+fn the_client_waits_longer_while_every_member_is_silent_and_not_once_one_answers() {
+    struct Resume(u32);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("kill")
+                .args(["-CONT", &self.0.to_string()])
+                .status();
+        }
+    }
+    let m = EtcdMember::start("patience");
+    let mut cfg = EtcdConfig::new(vec![m.client_url()]);
+    cfg.timeout = Duration::from_millis(100);
+    let s = EtcdStore::connect(&cfg).expect("connect");
+    retry(Duration::from_secs(10), || s.put("/twill/v1/p", b"1", None));
+    assert_eq!(s.patience(), Duration::from_millis(100));
+    let pid = m.pid().expect("etcd runs");
+    let stopped = std::process::Command::new("kill")
+        .args(["-STOP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let resume = Resume(pid);
+    for (waited, next) in [(0.1, 200), (0.2, 400), (0.4, 800), (0.8, 800)] {
+        let err = s.get("/twill/v1/p").unwrap_err();
+        assert!(err.is_transient(), "{err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("no answer within {waited:.1} s")),
+            "{err}"
+        );
+        assert_eq!(s.patience(), Duration::from_millis(next));
+    }
+    drop(resume);
+    let (kv, _) = retry(Duration::from_secs(10), || s.get("/twill/v1/p"));
+    assert_eq!(kv.unwrap().value, b"1");
+    assert_eq!(s.patience(), Duration::from_millis(100));
+}
+
 #[test]
 fn etcd_down_at_connect_then_up() {
     let mut m = EtcdMember::start("late");

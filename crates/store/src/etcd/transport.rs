@@ -162,6 +162,14 @@ fn wrap(ep: &Endpoint, tls: Option<&Arc<ClientConfig>>, tcp: TcpStream) -> io::R
 /// An exchange's error as an operator reads it. A read or write past the socket's
 /// timeout comes back as EAGAIN ("Resource temporarily unavailable (os error 11)", from
 /// SO_RCVTIMEO), which names neither the cause nor the fix.
+/// Whether a read or write gave up waiting (a socket timeout).
+pub fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
 pub fn describe(e: &io::Error, timeout: Duration) -> String {
     match e.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => format!(
