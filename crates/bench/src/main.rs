@@ -114,6 +114,9 @@ enum Bench {
         /// Between the join and the idle window (steady state: past the first peer-view refresh, 150 s).
         #[arg(long, default_value_t = 5.0)]
         settle_seconds: f64,
+        /// Between the cold start's convergence and the join (a cluster that has settled).
+        #[arg(long, default_value_t = 0.0)]
+        join_after_seconds: f64,
         /// How long the cold start may take to converge before the run fails (the goal is 30 s; a longer wait still measures the rest).
         #[arg(long, default_value_t = 300.0)]
         converge_timeout_seconds: f64,
@@ -245,6 +248,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             agents,
             idle_seconds,
             settle_seconds,
+            join_after_seconds,
             converge_timeout_seconds,
             twilld,
             etcd,
@@ -257,6 +261,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 agents,
                 idle_seconds,
                 settle_seconds,
+                join_after_seconds,
                 converge_timeout: std::time::Duration::from_secs_f64(converge_timeout_seconds),
                 twilld: sibling(twilld, "twilld")?,
                 etcd,

@@ -70,6 +70,9 @@ pub struct Options {
     /// probes cover every peer (ceil(N/32) rounds) and refreshed 120-150 s later; a window
     /// that should show the steady state starts after that.
     pub settle_seconds: f64,
+    /// Between the cold start's convergence and the join: a join measured at once meets a
+    /// cluster still catching up (watches resuming, rounds backing off).
+    pub join_after_seconds: f64,
     /// How long the cold start may take to converge.
     pub converge_timeout: Duration,
     pub twilld: PathBuf,
@@ -549,11 +552,17 @@ pub fn run(o: &Options) -> Result<Value> {
     });
     let conflicts = conflicts(&b);
     progress(&format!(
-        "converged in {:.1} s ({} blocks, {} conflicts); a node joins",
+        "converged in {:.1} s ({} blocks, {} conflicts); a node joins in {:.0} s",
         converged_s,
         b.len(),
-        conflicts
+        conflicts,
+        o.join_after_seconds
     ));
+    let join_at = Instant::now() + Duration::from_secs_f64(o.join_after_seconds);
+    while Instant::now() < join_at {
+        check_interrupted()?;
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // Join: node n+1; time until every other namespace routes to its block.
     let tj = Instant::now();
@@ -671,7 +680,7 @@ pub fn run(o: &Options) -> Result<Value> {
             "conflicts": conflicts,
             "minRoutesPerNode": last_routes.iter().min(),
         },
-        "join": {"leasedSeconds": join_leased, "seenByAllSeconds": join_s},
+        "join": {"afterSeconds": o.join_after_seconds, "leasedSeconds": join_leased, "seenByAllSeconds": join_s},
         "idle": {
             "seconds": idle,
             "agentCoresMean": mean(&cores),

@@ -114,7 +114,9 @@ impl EtcdStore {
 
     /// How long a call waits for an answer now: the configured timeout while the cluster
     /// answers; doubled, up to 8 times it, each time a call found every member silent
-    /// past it; back to the timeout at the first answer. An overloaded etcd still does
+    /// past it (or silent and the rest refusing or without a leader); back to the timeout
+    /// at the first answer that serves (a member without a leader answers at once, but
+    /// says nothing about how soon the one with a leader will). An overloaded etcd still does
     /// the work of a request the client gave up on, and the client's retry asks for it
     /// again: giving up sooner than it can answer feeds a congestion collapse (the
     /// 1000-agent cold start of docs/scale.md, where most of the ranges were abandoned
@@ -233,9 +235,9 @@ impl EtcdStore {
                     continue;
                 }
             };
-            self.patience_ms
-                .store(self.timeout.as_millis() as u64, Ordering::Relaxed);
             if answer.status == 200 {
+                self.patience_ms
+                    .store(self.timeout.as_millis() as u64, Ordering::Relaxed);
                 self.preferred.store(i, Ordering::Relaxed);
                 return Ok(answer.body);
             }

@@ -309,6 +309,22 @@ fn the_client_waits_longer_while_every_member_is_silent_and_not_once_one_answers
         .unwrap();
     assert!(stopped.success());
     let resume = Resume(pid);
+    // Every thread stopped (on a loaded machine the group stop takes a while to reach
+    // threads waiting for a CPU): state T in each task's stat.
+    let all_stopped = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+            .all(|st| {
+                st.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| rest.starts_with('T'))
+            })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !all_stopped() {
+        assert!(Instant::now() < deadline, "etcd (pid {pid}) did not stop");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     for (waited, next) in [(0.1, 200), (0.2, 400), (0.4, 800), (0.8, 800)] {
         let err = s.get("/twill/v1/p").unwrap_err();
         assert!(err.is_transient(), "{err}");
@@ -323,6 +339,39 @@ fn the_client_waits_longer_while_every_member_is_silent_and_not_once_one_answers
     let (kv, _) = retry(Duration::from_secs(10), || s.get("/twill/v1/p"));
     assert_eq!(kv.unwrap().value, b"1");
     assert_eq!(s.patience(), Duration::from_millis(100));
+}
+
+/// A member without a leader answers at once ("no leader"), but that is no answer to
+/// the request: with the other member silent the wait still grows.
+#[test]
+fn an_answer_without_a_leader_does_not_cut_the_wait() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut c = EtcdCluster::start(2);
+    c.wait_leader(Duration::from_secs(10)).expect("a leader");
+    c.kill(1);
+    let mut cfg = EtcdConfig::new(vec![
+        format!("http://{}", silent.local_addr().unwrap()),
+        c.members[0].client_url(),
+    ]);
+    cfg.timeout = Duration::from_millis(100);
+    let s = EtcdStore::connect(&cfg).expect("connect");
+    // The survivor loses its leader within the election timeout.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let err = loop {
+        match s.get("/twill/v1/p") {
+            Err(e) if e.to_string().contains("no leader") => break e,
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            other => panic!("the survivor kept answering: {other:?}"),
+        }
+    };
+    assert!(err.is_transient(), "{err}");
+    let before = s.patience();
+    assert!(s
+        .get("/twill/v1/p")
+        .unwrap_err()
+        .to_string()
+        .contains("no leader"));
+    assert_eq!(s.patience(), (before * 2).min(Duration::from_millis(800)));
 }
 
 #[test]
