@@ -277,13 +277,7 @@ impl EtcdStore {
     /// confirm it (or refuse it as compacted).
     /// `starts`: the first revision of each part of `range` ([`KeyRange::parts`]).
     fn open_watch(&self, range: &KeyRange, starts: &[Revision]) -> Result<EtcdWatch> {
-        if starts.len() != range.parts().len() {
-            return Err(StoreError::Config(format!(
-                "a watch of {} key ranges was given {} start revisions",
-                range.parts().len(),
-                starts.len()
-            )));
-        }
+        range.check_starts(starts)?;
         if range.parts().is_empty() {
             // etcd would wait forever for a create request that never comes.
             return Err(StoreError::Config(

@@ -141,6 +141,18 @@ impl KeyRange {
         }
     }
 
+    /// A watch of this range from `starts` gives one revision per part.
+    pub fn check_starts(&self, starts: &[Revision]) -> Result<()> {
+        let parts = self.parts().len();
+        if starts.len() != parts {
+            return Err(StoreError::Config(format!(
+                "a watch of {parts} key ranges was given {} start revisions",
+                starts.len()
+            )));
+        }
+        Ok(())
+    }
+
     /// The plain ranges (prefixes and intervals) this one is made of, nested
     /// [`KeyRange::AnyOf`] flattened; what etcd is asked to watch, one watcher each.
     pub fn parts(&self) -> Vec<&KeyRange> {
@@ -215,13 +227,7 @@ pub trait Store: Send + Sync {
     /// revisions, see [`Store::watch_range`]). Stores that keep one order for all parts
     /// start them all from the oldest: the caller drops what it has already seen.
     fn watch_range_from(&self, range: &KeyRange, after: &[Revision]) -> Result<Box<dyn Watch>> {
-        if after.len() != range.parts().len() {
-            return Err(StoreError::Config(format!(
-                "a watch of {} key ranges was given {} start revisions",
-                range.parts().len(),
-                after.len()
-            )));
-        }
+        range.check_starts(after)?;
         self.watch_range(range, after.iter().copied().min().unwrap_or_default())
     }
 }

@@ -2429,6 +2429,28 @@ mod tests {
         }
     }
 
+    /// What the etcd client answers when no member answered in time.
+    fn unreachable(reason: &str) -> StoreError {
+        StoreError::Unavailable {
+            endpoint: "http://192.0.2.1:2379".into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// A `nodes/<name>` record at 192.0.2.`last` holding 10.244.`last`.0/`len`.
+    fn node_record(name: &str, last: u8, len: u8) -> Vec<u8> {
+        serde_json::to_vec(&NodeStatus {
+            name: name.into(),
+            address: Ipv4Addr::new(192, 0, 2, last),
+            autodetection: "nodeIP".into(),
+            reason: "set".into(),
+            blocks: vec![net(&format!("10.244.{last}.0/{len}"))],
+            started_at: 1,
+            agent_version: "test".into(),
+        })
+        .unwrap()
+    }
+
     fn endpoint_keys(w: &World) -> Vec<(String, Vec<u8>, Option<LeaseId>)> {
         w.store
             .list(&key("endpoints/"))
@@ -2527,18 +2549,7 @@ mod tests {
     #[test]
     fn peers_come_from_one_list_per_watch_and_then_from_the_watch_s_events() {
         let mut w = World::new("mpeers", "10.244.0.0/16", 26, 60, None);
-        let status = |n: &str, last: u8| {
-            let st = NodeStatus {
-                name: n.into(),
-                address: Ipv4Addr::new(192, 0, 2, last),
-                autodetection: "nodeIP".into(),
-                reason: "set".into(),
-                blocks: vec![net(&format!("10.244.{last}.0/26"))],
-                started_at: 1,
-                agent_version: "test".into(),
-            };
-            serde_json::to_vec(&st).unwrap()
-        };
+        let status = |n: &str, last: u8| node_record(n, last, 26);
         w.put("nodes/n2", &status("n2", 12));
         let mut n = w.node("n1", &[], &[]);
         let lists = std::rc::Rc::new(std::cell::Cell::new(0));
@@ -2595,18 +2606,7 @@ mod tests {
     #[test]
     fn a_watch_that_broke_resumes_the_nodes_from_their_last_event_and_lists_nothing() {
         let w = World::new("mresume", "10.244.0.0/16", 24, 60, Some("10.244.7.0/24"));
-        let status = |n: &str, last: u8| {
-            let st = NodeStatus {
-                name: n.into(),
-                address: Ipv4Addr::new(192, 0, 2, last),
-                autodetection: "nodeIP".into(),
-                reason: "set".into(),
-                blocks: vec![net(&format!("10.244.{last}.0/24"))],
-                started_at: 1,
-                agent_version: "test".into(),
-            };
-            serde_json::to_vec(&st).unwrap()
-        };
+        let status = |n: &str, last: u8| node_record(n, last, 24);
         w.put("nodes/n2", &status("n2", 12));
         let mut n = w.node("n1", &[], &[]);
         let ops = std::rc::Rc::new(std::cell::RefCell::new(None::<Vec<StoreOp>>));
@@ -2635,10 +2635,7 @@ mod tests {
         *ops.borrow_mut() = Some(Vec::new());
         n.m.handle(
             w.now,
-            Input::WatchEnded(StoreError::Unavailable {
-                endpoint: "http://192.0.2.1:2379".into(),
-                reason: "watch stream error: etcdserver: no leader".into(),
-            }),
+            Input::WatchEnded(unreachable("watch stream error: etcdserver: no leader")),
         );
         n.watch = None;
         w.put("nodes/n4", &status("n4", 14));
@@ -2709,13 +2706,7 @@ mod tests {
         let mut w = w;
         w.run(&mut n);
         assert_eq!(lists.get(), 1);
-        n.m.handle(
-            w.now,
-            Input::WatchEnded(StoreError::Unavailable {
-                endpoint: "http://192.0.2.1:2379".into(),
-                reason: "watch stream broke".into(),
-            }),
-        );
+        n.m.handle(w.now, Input::WatchEnded(unreachable("watch stream broke")));
         n.watch = None;
         w.now += MAX_WAIT;
         w.now = w.run(&mut n);
@@ -2922,10 +2913,7 @@ mod tests {
         n1.watch = None;
         n1.m.handle(
             w.now,
-            Input::WatchEnded(StoreError::Unavailable {
-                endpoint: "http://192.0.2.1:2379".into(),
-                reason: "etcd closed the watch stream".into(),
-            }),
+            Input::WatchEnded(unreachable("etcd closed the watch stream")),
         );
         // Meanwhile the block was freed and n2 took it.
         let k = key(&block_key(b));
@@ -3155,10 +3143,7 @@ mod tests {
                 StoreOp::Create { .. } if !failed => {
                     failed = true;
                     late = Some(op.clone());
-                    Some(Err(StoreError::Unavailable {
-                        endpoint: "http://192.0.2.1:2379".into(),
-                        reason: "timed out".into(),
-                    }))
+                    Some(Err(unreachable("timed out")))
                 }
                 _ => None,
             }
@@ -3193,10 +3178,7 @@ mod tests {
             }
             StoreOp::Get(k) if created && !read_failed && k.contains(PREFIX_BLOCKS) => {
                 read_failed = true;
-                Some(Err(StoreError::Unavailable {
-                    endpoint: "http://192.0.2.1:2379".into(),
-                    reason: "timed out".into(),
-                }))
+                Some(Err(unreachable("timed out")))
             }
             _ => None,
         }));
@@ -3293,18 +3275,7 @@ mod tests {
     fn with_bgp_a_node_joining_mid_round_reaches_the_backend_at_once_and_another_round_follows() {
         let w = World::new("mbgpjoin", "10.244.0.0/16", 26, 60, None);
         w.set_backend(twill_api::resources::BackendSpec::Bgp);
-        let status = |n: &str, last: u8| {
-            serde_json::to_vec(&NodeStatus {
-                name: n.into(),
-                address: Ipv4Addr::new(192, 0, 2, last),
-                autodetection: "nodeIP".into(),
-                reason: "set".into(),
-                blocks: vec![net(&format!("10.244.{last}.0/26"))],
-                started_at: 1,
-                agent_version: "test".into(),
-            })
-            .unwrap()
-        };
+        let status = |n: &str, last: u8| node_record(n, last, 26);
         w.put("nodes/n2", &status("n2", 12));
         let mut n = w.node("n1", &[], &[]);
         w.run(&mut n);
