@@ -671,11 +671,11 @@ pub fn vtep_mac(address: Ipv4Addr) -> [u8; 6] {
 pub(crate) fn usable_peers(local: &Local, peers: &[Peer], problems: &mut Vec<String>) -> Vec<Peer> {
     let mut sorted: Vec<&Peer> = peers.iter().filter(|p| p.name != local.name).collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut taken: Vec<(Ipv4Net, String)> = local
-        .blocks
-        .iter()
-        .map(|b| (*b, format!("this node ({})", local.name)))
-        .collect();
+    let this_node = format!("this node ({})", local.name);
+    let mut taken = TakenBlocks::default();
+    for b in &local.blocks {
+        taken.insert(*b, &this_node);
+    }
     let mut out = Vec::new();
     for peer in sorted {
         if peer.address == local.address {
@@ -687,17 +687,14 @@ pub(crate) fn usable_peers(local: &Local, peers: &[Peer], problems: &mut Vec<Str
         }
         let mut blocks = Vec::new();
         for block in &peer.blocks {
-            if let Some((_, holder)) = taken
-                .iter()
-                .find(|(t, _)| t.contains(block) || block.contains(t))
-            {
+            if let Some(holder) = taken.overlapping(*block) {
                 problems.push(format!(
                     "{} claims block {block}, which overlaps a block of {holder}: not routed; free one of them",
                     peer.name
                 ));
                 continue;
             }
-            taken.push((*block, peer.name.clone()));
+            taken.insert(*block, &peer.name);
             blocks.push(*block);
         }
         out.push(Peer {
@@ -706,6 +703,33 @@ pub(crate) fn usable_peers(local: &Local, peers: &[Peer], problems: &mut Vec<Str
         });
     }
     out
+}
+
+/// Blocks already given out in [`usable_peers`], by network address. Those after this
+/// node's own never overlap, so the one that could contain a block is the last starting at
+/// or below it: an overlap check is two ordered lookups, not a scan (a scan made each pass
+/// quadratic: 1000 peers, 5 * 10^5 comparisons, 4% of the machine in a 1000-agent lab).
+#[derive(Default)]
+struct TakenBlocks<'a> {
+    by_start: BTreeMap<u32, (Ipv4Net, &'a str)>,
+}
+
+impl<'a> TakenBlocks<'a> {
+    fn insert(&mut self, block: Ipv4Net, holder: &'a str) {
+        self.by_start.insert(u32::from(block.network()), (block, holder));
+    }
+
+    /// The holder of a taken block that contains `block` or lies inside it.
+    fn overlapping(&self, block: Ipv4Net) -> Option<&'a str> {
+        let (start, end) = (u32::from(block.network()), u32::from(block.broadcast()));
+        let inside = self.by_start.range(start..=end).next();
+        let around = self
+            .by_start
+            .range(..start)
+            .next_back()
+            .filter(|(_, (t, _))| t.contains(&block.network()));
+        inside.or(around).map(|(_, (_, holder))| *holder)
+    }
 }
 
 /// A link under one of Twill's device names that is not of the kind Twill makes (`kind`, as

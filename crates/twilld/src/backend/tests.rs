@@ -1080,3 +1080,37 @@ fn udp_on_a_tiny_uplink_is_a_problem() {
     assert!(d.problems[0].contains("too small"), "{:?}", d.problems);
     assert_eq!(d.tun.unwrap().mtu, 68);
 }
+
+/// The ordered overlap check finds an overlap exactly when a scan of every taken block
+/// does, over random blocks of mixed sizes (many overlapping) in a small space.
+#[test]
+fn taken_blocks_find_exactly_the_overlaps_a_scan_finds() {
+    let mut rng: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    for _ in 0..200 {
+        let mut taken = super::TakenBlocks::default();
+        let mut scan: Vec<Ipv4Net> = Vec::new();
+        for _ in 0..60 {
+            let len = 20 + (next() % 9) as u8; // /20 to /28 inside 10.244.0.0/16
+            let host = 0x0af4_0000 | (next() as u32 & 0xffff);
+            let block = Ipv4Net::new(Ipv4Addr::from(host), len).unwrap().trunc();
+            let expected = scan
+                .iter()
+                .any(|t| t.contains(&block) || block.contains(t));
+            assert_eq!(
+                taken.overlapping(block).is_some(),
+                expected,
+                "{block} against {scan:?}"
+            );
+            if !expected {
+                taken.insert(block, "n");
+                scan.push(block);
+            }
+        }
+    }
+}
