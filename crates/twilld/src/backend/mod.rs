@@ -716,7 +716,8 @@ struct TakenBlocks<'a> {
 
 impl<'a> TakenBlocks<'a> {
     fn insert(&mut self, block: Ipv4Net, holder: &'a str) {
-        self.by_start.insert(u32::from(block.network()), (block, holder));
+        self.by_start
+            .insert(u32::from(block.network()), (block, holder));
     }
 
     /// The holder of a taken block that contains `block` or lies inside it.

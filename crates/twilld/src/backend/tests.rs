@@ -1099,9 +1099,7 @@ fn taken_blocks_find_exactly_the_overlaps_a_scan_finds() {
             let len = 20 + (next() % 9) as u8; // /20 to /28 inside 10.244.0.0/16
             let host = 0x0af4_0000 | (next() as u32 & 0xffff);
             let block = Ipv4Net::new(Ipv4Addr::from(host), len).unwrap().trunc();
-            let expected = scan
-                .iter()
-                .any(|t| t.contains(&block) || block.contains(t));
+            let expected = scan.iter().any(|t| t.contains(&block) || block.contains(t));
             assert_eq!(
                 taken.overlapping(block).is_some(),
                 expected,
