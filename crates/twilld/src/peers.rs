@@ -210,7 +210,7 @@ impl PeerTable {
     /// Takes the current peers: new ones (or ones whose address moved) start unknown and
     /// are probed at once; gone ones are dropped. True if a probe became due.
     /// Called every round with every peer, so it allocates only for what changed: entries
-    /// met are marked with this call's number and the unmarked ones swept (a set of all
+    /// listed are marked with this call's number and the unmarked ones swept (a set of all
     /// names, and a copy of every backend string, each round was 5% of a 1000-agent
     /// lab's CPU).
     pub fn set_targets(&mut self, targets: &[Target], now: Instant) -> bool {
@@ -218,7 +218,6 @@ impl PeerTable {
         let marking = self.marking;
         let mut due_now = false;
         let mut active = 0;
-        let mut met = 0;
         for t in targets {
             // Only the first ACTIVE_MAX peers with traffic are probed every round.
             let is_active = t.active && active < ACTIVE_MAX;
@@ -229,7 +228,6 @@ impl PeerTable {
                         e.backend.clone_from(&t.backend);
                     }
                     e.active = is_active;
-                    met += usize::from(e.marked != marking);
                     e.marked = marking;
                 }
                 _ => {
@@ -238,11 +236,6 @@ impl PeerTable {
                         self.in_flight.remove(&seq);
                     }
                     self.out_of_turn.insert(t.name.clone());
-                    let again = self
-                        .entries
-                        .get(&t.name)
-                        .is_some_and(|e| e.marked == marking);
-                    met += usize::from(!again);
                     self.entries.insert(
                         t.name.clone(),
                         Entry {
@@ -264,8 +257,9 @@ impl PeerTable {
                 }
             }
         }
-        if met < self.entries.len() {
-            self.entries.retain(|_, e| e.marked == marking);
+        let listed = self.entries.len();
+        self.entries.retain(|_, e| e.marked == marking);
+        if self.entries.len() < listed {
             let entries = &self.entries;
             self.in_flight.retain(|_, name| entries.contains_key(name));
             self.out_of_turn.retain(|name| entries.contains_key(name));
@@ -643,14 +637,12 @@ fn wall_now() -> u64 {
 /// `ICMP_FILTER`, the raw ICMP socket option of include/uapi/linux/icmp.h (level
 /// `SOL_RAW`): a mask of the ICMP types the socket does not receive.
 const ICMP_FILTER: libc::c_int = 1;
-/// ICMP_ECHOREPLY, include/uapi/linux/icmp.h.
-const ICMP_ECHOREPLY_TYPE: u32 = 0;
 
 /// A raw ICMP socket gets a copy of every ICMP packet the namespace receives: the echo
 /// requests of every peer probing this node too, each a wake-up of the prober for nothing
 /// (twice the packets of its own replies at steady state). Only echo replies are let in.
 fn keep_only_echo_replies(fd: &OwnedFd) -> io::Result<()> {
-    let mask: u32 = !(1 << ICMP_ECHOREPLY_TYPE);
+    let mask: u32 = !(1 << ICMP_ECHO_REPLY);
     // SAFETY: mask is a valid u32 for the length given.
     let r = unsafe {
         libc::setsockopt(
