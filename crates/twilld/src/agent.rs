@@ -280,6 +280,11 @@ struct Runner {
     prober: Option<Prober>,
     /// The peers this node has traffic with: probed every interval, the rest in turn.
     active_peers: ActivePeers,
+    /// What the prober's targets were last made of: the peers, the uplink's subnet, and
+    /// the neighbour read (when) that said which have traffic.
+    probed: Option<(crate::backend::Peers, Option<Ipv4Net>, Option<Instant>)>,
+    /// When this run started (the first neighbour read waits from then).
+    started: Instant,
     /// Set by the records' inotify thread when it wakes the loop, cleared when the loop
     /// takes the wake: one wake for a burst of changes.
     records_wake: Arc<AtomicBool>,
@@ -349,6 +354,8 @@ impl Runner {
             uplink_mtu: None,
             prober: None,
             active_peers: ActivePeers::default(),
+            probed: None,
+            started: Instant::now(),
             records_wake: Arc::new(AtomicBool::new(false)),
             records_watch: None,
             unpublishable: Default::default(),
@@ -455,7 +462,7 @@ impl Runner {
                 self.route(&node_ip, blocks, &peers, *inputs),
             )),
             Action::ProbePeers { node_ip, peers } => {
-                Some(Input::PeerView(self.probe_peers(&node_ip, &peers)))
+                Some(Input::PeerView(self.probe_peers(&node_ip, peers)))
             }
             Action::Peers(peers) => {
                 if let Some(net) = self.net.as_mut() {
@@ -658,6 +665,8 @@ impl Runner {
             s.backend_metrics = metrics;
         });
         self.net = Some(Net { config, routing });
+        // The targets name how the backend reaches each peer: made again for this one.
+        self.probed = None;
         Ok(())
     }
 
@@ -754,7 +763,7 @@ impl Runner {
 
     /// Hands the peers to the prober and tells what it sees. Only when a backend routes
     /// between nodes: with `none` no traffic crosses them.
-    fn probe_peers(&mut self, ip: &NodeIp, peers: &[crate::backend::Peer]) -> Option<PeerView> {
+    fn probe_peers(&mut self, ip: &NodeIp, peers: crate::backend::Peers) -> Option<PeerView> {
         let net = self
             .net
             .as_ref()
@@ -771,8 +780,10 @@ impl Runner {
         }
         let interval = self.cfg.peer_probe_interval;
         let a = &self.active_peers;
-        match peers::next_neighbour_read(peers.len(), interval, a.took) {
-            Some(wait) if a.read_at.is_none_or(|at| at.elapsed() >= wait) => {
+        let seed = crate::claims::seed(&self.cfg.node_name);
+        let last = a.read_at.map(|at| (at, a.took));
+        match peers::next_neighbour_read(peers.len(), interval, last, self.started, seed) {
+            Some(due) if Instant::now() >= due => {
                 let started = Instant::now();
                 let addresses = neighbours_in_use();
                 self.active_peers = ActivePeers {
@@ -785,12 +796,21 @@ impl Runner {
             None => self.active_peers = ActivePeers::default(),
         }
         let prober = self.prober.as_ref().expect("started above");
-        prober.set_targets(&peers::targets(
-            peers,
-            &net.config.backend,
-            ip.cidr,
-            &self.active_peers.addresses,
-        ));
+        // The same peers (the very list: the machine shares one until they change), uplink
+        // and traffic as last time: the prober has these targets already.
+        let handed = (peers, ip.cidr, self.active_peers.read_at);
+        let same = self.probed.as_ref().is_some_and(|(p, cidr, read)| {
+            Arc::ptr_eq(p, &handed.0) && *cidr == handed.1 && *read == handed.2
+        });
+        if !same {
+            prober.set_targets(&peers::targets(
+                &handed.0,
+                &net.config.backend,
+                ip.cidr,
+                &self.active_peers.addresses,
+            ));
+            self.probed = Some(handed);
+        }
         let sent = prober.sent();
         self.status.update(|s| s.peer_probes = sent);
         Some(prober.view(Some(ip.address), ip.interface.clone()))

@@ -30,7 +30,7 @@
 //! unreachable, it lists nothing until a keep-alive or a new lease says again.
 
 use crate::autodetect::NodeIp;
-use crate::backend::{Peer, RoutingInputs};
+use crate::backend::{Peers, RoutingInputs};
 use crate::claims::{self, Backoff, CreateOutcome, Jitter, ReclaimAction};
 use crate::endpoints::{self, Desired};
 use crate::log::Level;
@@ -180,19 +180,19 @@ pub enum Action {
     Reconcile {
         node_ip: NodeIp,
         blocks: Vec<Ipv4Net>,
-        peers: Vec<Peer>,
+        peers: Peers,
         inputs: Box<RoutingInputs>,
     },
     /// Point the prober at the peers and tell what it sees. Reply: [`Input::PeerView`].
     ProbePeers {
         node_ip: NodeIp,
-        peers: Vec<Peer>,
+        peers: Peers,
     },
     /// The other nodes changed (watch events) before the round's pass: hand them to the
     /// backend now ([`crate::routing::Routing::peers_changed`]), for the backends that
     /// take them between passes (bgp: a reflector peers with a client that just joined
     /// without waiting for the round). The pass still follows. No reply.
-    Peers(Vec<Peer>),
+    Peers(Peers),
     /// Write the hand-off with exactly these blocks. Reply: [`Input::Written`].
     WriteHandOff(Vec<Ipv4Net>),
     /// Write the memory of the blocks. Reply: [`Input::Written`].
@@ -465,7 +465,7 @@ pub struct Machine {
     /// After a failed cut of the hand-off, the next try waits until then.
     cut_retry: Instant,
     memory: Option<Vec<Ipv4Net>>,
-    peers: Vec<Peer>,
+    peers: Peers,
     /// The other nodes, listed once per watch and kept by its events; None: to be listed
     /// (a new watch, or the last one ended and events may be lost).
     nodes: Option<routing::NodeMap>,
@@ -551,7 +551,7 @@ impl Machine {
             handed_off: p.handed_off.clone(),
             cut_retry: now,
             memory: None,
-            peers: Vec::new(),
+            peers: Peers::default(),
             nodes: None,
             peers_dirty: true,
             peers_news: false,
@@ -1557,10 +1557,12 @@ impl Machine {
                 }
             }
             (Pending::PeerView, Input::PeerView(None)) => self.next_stage(Stage::HandOff),
-            (Pending::PeerView, Input::PeerView(Some(view))) => {
-                self.report(Report::Peers(view.peers.clone()));
+            (Pending::PeerView, Input::PeerView(Some(mut view))) => {
                 let lease = self.lease.expect("held by now");
-                let view = crate::peers::for_store(&view);
+                let stored = crate::peers::for_store(&view);
+                // Moved, not copied: the status takes the whole view.
+                self.report(Report::Peers(std::mem::take(&mut view.peers)));
+                let view = stored;
                 if self.peers_published.due(lease.0, &view, now) {
                     let bytes = serde_json::to_vec(&view).expect("a peer view serializes");
                     let k = key(&format!("{PREFIX_PEERS}{}", self.p.node));
@@ -2235,7 +2237,7 @@ mod tests {
         /// does: between a round's actions those [`Machine::takes_mid_round`] takes, the
         /// rest at its end); the wake time.
         fn run(&self, n: &mut Node) -> Instant {
-            let names = |peers: &[Peer]| {
+            let names = |peers: &[crate::backend::Peer]| {
                 peers
                     .iter()
                     .map(|p| p.name.clone())

@@ -47,16 +47,36 @@ pub const ACTIVE_MAX: usize = 32;
 /// table of about its peers) a read takes well under a millisecond: every interval.
 pub const NEIGHBOUR_READ_SHARE: u32 = 10_000;
 
-/// When the peers with traffic are read again: one interval after the last read, or
-/// [`NEIGHBOUR_READ_SHARE`] times as long as it took, whichever is later. None: not
-/// needed at all, since with no more peers than [`SAMPLE`] every peer is probed every
-/// interval anyway. Pure.
+/// The first read of the neighbour table waits this many probe intervals after the agent
+/// started, plus up to as many again (spread by the node's seed). Until then every peer is
+/// new to the prober and probed out of turn at once, so traffic would change no turn; and
+/// a restart storm of lab nodes sharing one kernel (its one neighbour table of 10^6
+/// entries) read it all at once: 22% of the machine's CPU in `neigh_dump_info` 60 s into a
+/// 1000-agent cold start (perf, session 29).
+pub const FIRST_NEIGHBOUR_READ_INTERVALS: u32 = 12;
+
+/// When the peers with traffic are read next: the first time
+/// [`FIRST_NEIGHBOUR_READ_INTERVALS`] (spread by `seed`) after `started`; then one interval
+/// after the last read (`last`: when, and how long it took), or [`NEIGHBOUR_READ_SHARE`]
+/// times as long as it took, whichever is later. None: not needed at all, since with no
+/// more peers than [`SAMPLE`] every peer is probed every interval anyway. Pure.
 pub fn next_neighbour_read(
     peers: usize,
     interval: Duration,
-    last_took: Duration,
-) -> Option<Duration> {
-    (peers > SAMPLE).then(|| interval.max(last_took.saturating_mul(NEIGHBOUR_READ_SHARE)))
+    last: Option<(Instant, Duration)>,
+    started: Instant,
+    seed: u64,
+) -> Option<Instant> {
+    if peers <= SAMPLE {
+        return None;
+    }
+    Some(match last {
+        None => {
+            let first = u64::from(FIRST_NEIGHBOUR_READ_INTERVALS);
+            started + interval.saturating_mul((first + seed % first) as u32)
+        }
+        Some((at, took)) => at + interval.max(took.saturating_mul(NEIGHBOUR_READ_SHARE)),
+    })
 }
 
 /// A peer to probe: its name, advertised address, and how the backend carries traffic to it.
@@ -924,18 +944,39 @@ mod tests {
     #[test]
     fn the_neighbour_table_is_read_only_when_needed_and_at_a_bounded_cost() {
         let i = Duration::from_secs(5);
+        let start = Instant::now();
+        let read = Some((start + Duration::from_secs(100), Duration::from_micros(300)));
         // Few peers: all probed every interval, no read.
-        assert_eq!(next_neighbour_read(SAMPLE, i, Duration::ZERO), None);
+        assert_eq!(next_neighbour_read(SAMPLE, i, read, start, 7), None);
+        assert_eq!(next_neighbour_read(SAMPLE, i, None, start, 7), None);
         // A cheap read (a real node): every interval.
         assert_eq!(
-            next_neighbour_read(SAMPLE + 1, i, Duration::from_micros(300)),
-            Some(i)
+            next_neighbour_read(SAMPLE + 1, i, read, start, 7),
+            Some(start + Duration::from_secs(105))
         );
         // 30 ms (10^6 entries machine-wide): every 300 s, 0.01% of a core.
         assert_eq!(
-            next_neighbour_read(999, i, Duration::from_millis(30)),
-            Some(Duration::from_secs(300))
+            next_neighbour_read(999, i, Some((start, Duration::from_millis(30))), start, 7),
+            Some(start + Duration::from_secs(300))
         );
+    }
+
+    #[test]
+    fn the_first_neighbour_read_waits_and_nodes_spread_it() {
+        let i = Duration::from_secs(5);
+        let start = Instant::now();
+        let firsts: std::collections::BTreeSet<Instant> = (0..1000u64)
+            .map(|seed| next_neighbour_read(999, i, None, start, claims_seed(seed)).unwrap())
+            .collect();
+        let n = u64::from(FIRST_NEIGHBOUR_READ_INTERVALS);
+        // Between 12 and 23 intervals after the start, and not all at one instant.
+        assert_eq!(*firsts.first().unwrap(), start + i * n as u32);
+        assert_eq!(*firsts.last().unwrap(), start + i * (2 * n - 1) as u32);
+        assert_eq!(firsts.len(), n as usize);
+    }
+
+    fn claims_seed(k: u64) -> u64 {
+        crate::claims::seed(&format!("twln{k}"))
     }
 
     fn t(name: &str, addr: &str) -> Target {

@@ -96,7 +96,7 @@ impl NodeMap {
     }
 
     /// Every other node, in key order.
-    pub fn peers(&self) -> Vec<Peer> {
+    pub fn peers(&self) -> backend::Peers {
         self.nodes.values().cloned().collect()
     }
 
@@ -118,6 +118,10 @@ pub struct Routing {
     netns: Option<Netns>,
     handle: Option<Handle>,
     problems: Vec<String>,
+    /// What the kernel holds as the last pass left it, when known exactly
+    /// ([`backend::after`]): a pass driven by a change diffs against it instead of dumping
+    /// the routing table; the resync (and any pass after a failure) reads the kernel.
+    kernel: Option<backend::Observed>,
 }
 
 /// What a pass found, for status and metrics.
@@ -161,6 +165,7 @@ impl Routing {
             netns: None,
             handle: None,
             problems: Vec::new(),
+            kernel: None,
         }
     }
 
@@ -247,6 +252,7 @@ impl Routing {
     ) -> Result<Option<Pass>, twill_netlink::Error> {
         let now = Instant::now();
         let name = self.driver.backend().name();
+        let check_kernel = self.driver.kernel_check_due(now);
         let desired = match self.driver.poll(now, local, peers) {
             Ok(Some(d)) => d,
             Ok(None) => return Ok(None),
@@ -270,14 +276,18 @@ impl Routing {
             self.handle = Some(opened.inspect_err(|_| self.driver.failed(now))?);
         }
         let handle = self.handle.as_mut().expect("opened above");
-        let observed = match backend::observe(handle, backend::VXLAN_DEVICE) {
-            Ok(o) => o,
-            Err(e) => {
-                // A broken socket is replaced on the next pass.
-                self.handle = None;
-                self.driver.failed(now);
-                return Err(e);
-            }
+        let known = self.kernel.take().filter(|_| !check_kernel);
+        let observed = match known {
+            Some(k) => k,
+            None => match backend::observe(handle, backend::VXLAN_DEVICE) {
+                Ok(o) => o,
+                Err(e) => {
+                    // A broken socket is replaced on the next pass.
+                    self.handle = None;
+                    self.driver.failed(now);
+                    return Err(e);
+                }
+            },
         };
         let plan = backend::diff(&desired, &observed);
         let tun_goes = plan
@@ -292,6 +302,11 @@ impl Routing {
             }
         }
         let report = backend::apply(handle, &plan.ops);
+        // With a problem (a TUN its datapath has yet to make, a foreign route in the way)
+        // the kernel may change under the plan: read it on every pass, as before.
+        if report.is_ok() && plan.problems.is_empty() {
+            self.kernel = backend::after(observed, &plan.ops);
+        }
         for op in &report.done {
             log::info("programmed", &[("backend", &name), ("op", op)]);
         }
@@ -367,7 +382,7 @@ mod tests {
             mod_revision: rev,
             ..kv(key, value)
         };
-        let names = |m: &NodeMap| m.peers().into_iter().map(|p| p.name).collect::<Vec<_>>();
+        let names = |m: &NodeMap| m.peers().iter().map(|p| p.name.clone()).collect::<Vec<_>>();
         let kvs = vec![
             at(
                 "/twill/v1/nodes/n1",

@@ -77,6 +77,12 @@ impl Driver {
         }
     }
 
+    /// Whether the next pass is the periodic (or retrying) one that compares the kernel
+    /// with the plan, rather than one driven by a change.
+    pub fn kernel_check_due(&self, now: Instant) -> bool {
+        now >= self.next_pass
+    }
+
     /// Starts the backend if it is not running, delivers its queued messages and due
     /// timers, and returns the state to reconcile to if a pass is due.
     pub fn poll(

@@ -1112,3 +1112,38 @@ fn taken_blocks_find_exactly_the_overlaps_a_scan_finds() {
         }
     }
 }
+
+#[test]
+fn the_state_after_a_pass_of_route_ops_is_what_the_next_diff_finds_done() {
+    let mut l = local();
+    l.pod_wiring = PodWiring::L3;
+    let before = HostGw.plan(&l, &peers());
+    let mut kernel = observed_from(&before);
+    kernel.blackholes = blackholes(&l);
+    // n2 moves one block to n4, n3 leaves, n5 comes; this node takes a second block.
+    let now_peers = vec![
+        peer("n2", "192.0.2.12", &["10.244.2.0/24"]),
+        peer("n4", "192.0.2.14", &["10.244.12.0/24"]),
+        peer("n5", "192.0.2.15", &["10.244.5.0/24"]),
+    ];
+    l.blocks.push(net("10.244.9.0/24"));
+    let mut want = HostGw.plan(&l, &now_peers);
+    want.blackholes = blackholes(&l);
+    let plan = diff(&want, &kernel);
+    assert!(plan
+        .ops
+        .iter()
+        .any(|o| matches!(o, Op::ReplaceRoute { .. })));
+    assert!(plan.ops.iter().any(|o| matches!(o, Op::AddBlackhole(_))));
+    let modelled = after(kernel, &plan.ops).expect("route and blackhole ops only");
+    assert_eq!(diff(&want, &modelled).ops, vec![], "{modelled:#?}");
+    let mut routes = modelled.routes.clone();
+    routes.sort();
+    let mut wanted = want.routes.clone();
+    wanted.sort();
+    assert_eq!(routes, wanted);
+    // Ops of another kind: not modelled, so the next pass reads the kernel.
+    let vx = vxlan::plan(&local(), &peers(), &vxlan(false));
+    let ops = diff(&vx, &Observed::default()).ops;
+    assert_eq!(after(Observed::default(), &ops), None);
+}
