@@ -40,6 +40,7 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@each [$($how)*]
             get_put,
             list_sorted,
+            list_of_many_pages_is_one_snapshot,
             create_if_absent,
             update_with_stale_revision_refused,
             delete_and_delete_if,
@@ -165,6 +166,47 @@ pub fn list_sorted(s: &Subject) {
         "list revision {rev} is older than the last write {last}"
     );
     assert!(s.store.list(&s.key("nothing/")).unwrap().0.is_empty());
+}
+
+/// A list longer than a page (etcd answers in pages of 100) has every key once, in order,
+/// and is one snapshot: with another client rewriting the keys meanwhile, no key it returns
+/// was written after the revision it returns (pages read at the newest revision each would
+/// show later writes in the later pages).
+pub fn list_of_many_pages_is_one_snapshot(s: &Subject) {
+    const KEYS: usize = 250;
+    // Not through `s` (its compaction hook is not Sync): the writer thread takes these.
+    let (other, prefix) = (s.other, s.prefix.as_str());
+    let name = |i: usize| format!("{prefix}many/{i:04}");
+    for i in 0..KEYS {
+        s.store.put(&name(i), b"first", None).unwrap();
+    }
+    // Sorts right after the prefix's range; never listed.
+    s.store.put(&s.key("many0"), b"outside", None).unwrap();
+    let want: Vec<String> = (0..KEYS).map(name).collect();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|t| {
+        t.spawn(|| {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                other
+                    .put(&name(KEYS - 1 - i % KEYS), b"again", None)
+                    .unwrap();
+                i += 1;
+            }
+        });
+        for _ in 0..5 {
+            let (kvs, rev) = s.store.list(&s.key("many/")).unwrap();
+            let keys: Vec<&str> = kvs.iter().map(|kv| kv.key.as_str()).collect();
+            assert_eq!(keys, want);
+            let late: Vec<_> = kvs.iter().filter(|kv| kv.mod_revision > rev).collect();
+            assert!(
+                late.is_empty(),
+                "{} keys written after the list's revision {rev}: {late:?}",
+                late.len()
+            );
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
 }
 
 pub fn create_if_absent(s: &Subject) {

@@ -53,6 +53,9 @@ impl EtcdConfig {
 
 /// How many idle connections to keep per endpoint.
 const IDLE_PER_ENDPOINT: usize = 8;
+/// Keys per page of a list ([`Store::list`]): about 30 KB of protobuf, 55 KB of JSON for
+/// node records.
+pub const LIST_PAGE: usize = 100;
 /// How far [`EtcdStore::patience`] grows: this many times the configured timeout.
 const PATIENCE_MAX_FACTOR: u32 = 8;
 
@@ -522,8 +525,30 @@ impl Store for EtcdStore {
         first_kv(&self.call("/v3/kv/range", &proto::range_one(key), None)?)
     }
 
+    /// In pages of [`LIST_PAGE`] keys, all at the first page's revision. One answer of
+    /// every key under a prefix is O(N) bytes that etcd's JSON gateway renders at once: with
+    /// 1000 nodes listing `nodes/` at a cold start (about 550 KB each) the answers took
+    /// longer than the client waits, were abandoned after etcd had done the work, and asked
+    /// again (3,000 lists for 1000 agents; etcd logged 1.4 GB of them as slow). A page
+    /// answers within the wait, and no work is thrown away.
     fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision)> {
-        proto::parse_range(&self.call("/v3/kv/range", &proto::range_prefix(prefix), None)?)
+        let end = proto::prefix_range_end(prefix.as_bytes());
+        let mut from = prefix.as_bytes().to_vec();
+        let mut at = None;
+        let mut all = Vec::new();
+        loop {
+            let body = proto::range_page(&from, &end, LIST_PAGE, at);
+            let (kvs, rev, more) =
+                proto::parse_range_page(&self.call("/v3/kv/range", &body, None)?)?;
+            let snapshot = *at.get_or_insert(rev);
+            let last = kvs.last().map(|kv| kv.key.clone());
+            all.extend(kvs);
+            match last.filter(|_| more) {
+                // The next page starts just after the last key.
+                Some(k) => from = [k.as_bytes(), &[0]].concat(),
+                None => return Ok((all, snapshot)),
+            }
+        }
     }
 
     fn put(&self, key: &str, value: &[u8], lease: Option<LeaseId>) -> Result<Revision> {

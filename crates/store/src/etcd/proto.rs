@@ -29,9 +29,14 @@ pub fn range_one(key: &str) -> String {
     json!({ "key": b64(key.as_bytes()) }).to_string()
 }
 
-pub fn range_prefix(prefix: &str) -> String {
-    json!({ "key": b64(prefix.as_bytes()), "range_end": b64(&prefix_range_end(prefix.as_bytes())) })
-        .to_string()
+/// One page of `[from, end)`: at most `limit` keys, at `revision` (None: the newest; the
+/// later pages of one list name the first page's, so the pages form one snapshot).
+pub fn range_page(from: &[u8], end: &[u8], limit: usize, revision: Option<Revision>) -> String {
+    let mut r = json!({ "key": b64(from), "range_end": b64(end), "limit": limit.to_string() });
+    if let Some(rev) = revision {
+        r["revision"] = Value::String(rev.to_string());
+    }
+    r.to_string()
 }
 
 fn put_op(key: &str, value: &[u8], lease: Option<LeaseId>) -> Value {
@@ -202,6 +207,21 @@ struct RangeResponse {
     header: Header,
     #[serde(default)]
     kvs: Vec<RawKv>,
+    /// More keys lie in the range beyond the limit.
+    #[serde(default)]
+    more: bool,
+}
+
+/// A page of a range answer: its keys (sorted), the store's revision, and whether more
+/// keys follow.
+pub fn parse_range_page(body: &[u8]) -> Result<(Vec<KeyValue>, Revision, bool), StoreError> {
+    let r: RangeResponse = parse("range", body)?;
+    let kvs = r
+        .kvs
+        .into_iter()
+        .map(RawKv::into_key_value)
+        .collect::<Result<_, _>>()?;
+    Ok((kvs, r.header.revision, r.more))
 }
 
 /// The keys of a range answer (sorted by key: etcd's default order) and the revision.
@@ -460,11 +480,15 @@ mod tests {
     #[test]
     fn builders_write_what_etcd_accepted() {
         // The same bodies that produced the fixtures with curl.
-        let v: Value = serde_json::from_str(&range_prefix("/twill/v1/")).unwrap();
+        let end = prefix_range_end(b"/twill/v1/");
+        let v: Value = serde_json::from_str(&range_page(b"/twill/v1/", &end, 100, None)).unwrap();
         assert_eq!(
             v,
-            json!({"key": "L3R3aWxsL3YxLw==", "range_end": "L3R3aWxsL3YxMA=="})
+            json!({"key": "L3R3aWxsL3YxLw==", "range_end": "L3R3aWxsL3YxMA==", "limit": "100"})
         );
+        let v: Value =
+            serde_json::from_str(&range_page(b"/twill/v1/", &end, 100, Some(42))).unwrap();
+        assert_eq!(v["revision"], "42");
         let v: Value =
             serde_json::from_str(&txn_create("/twill/v1/c", b"hello", Some(LeaseId(7)))).unwrap();
         assert_eq!(v["compare"][0]["target"], "CREATE");
