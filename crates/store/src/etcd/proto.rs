@@ -29,12 +29,15 @@ pub fn range_one(key: &str) -> String {
     json!({ "key": b64(key.as_bytes()) }).to_string()
 }
 
-/// One page of `[from, end)`: at most `limit` keys, at `revision` (None: the newest; the
-/// later pages of one list name the first page's, so the pages form one snapshot).
+/// One page of `[from, end)`: at most `limit` keys. The first page of a list reads the
+/// newest revision, linearizably; the later ones (`revision`: the first page's) read that
+/// revision, which is history and needs no round to the leader (serializable): any member
+/// that has applied it answers the same, and one that has not says "future revision".
 pub fn range_page(from: &[u8], end: &[u8], limit: usize, revision: Option<Revision>) -> String {
     let mut r = json!({ "key": b64(from), "range_end": b64(end), "limit": limit.to_string() });
     if let Some(rev) = revision {
         r["revision"] = Value::String(rev.to_string());
+        r["serializable"] = Value::Bool(true);
     }
     r.to_string()
 }
@@ -377,6 +380,9 @@ pub fn classify(http_status: u16, e: &GatewayError) -> ErrorClass {
         || m.contains("no leader")
         || m.contains("leader changed")
         || m.contains("timed out")
+        // A serializable read at a revision this member has yet to apply: another member
+        // has it, and this one will.
+        || m.contains("future revision")
     {
         ErrorClass::Transient
     } else {
@@ -488,7 +494,10 @@ mod tests {
         );
         let v: Value =
             serde_json::from_str(&range_page(b"/twill/v1/", &end, 100, Some(42))).unwrap();
-        assert_eq!(v["revision"], "42");
+        assert_eq!(
+            (&v["revision"], &v["serializable"]),
+            (&json!("42"), &json!(true))
+        );
         let v: Value =
             serde_json::from_str(&txn_create("/twill/v1/c", b"hello", Some(LeaseId(7)))).unwrap();
         assert_eq!(v["compare"][0]["target"], "CREATE");
@@ -602,6 +611,11 @@ mod tests {
             code: 14,
         };
         assert_eq!(classify(503, &no_leader), ErrorClass::Transient);
+        // What etcd 3.4 answered a serializable range at a revision it has not reached.
+        let future = parse_error(
+            br#"{"error":"etcdserver: mvcc: required revision is a future revision","message":"etcdserver: mvcc: required revision is a future revision","code":11}"#,
+        );
+        assert_eq!(classify(400, &future), ErrorClass::Transient);
         let timeout = GatewayError {
             message: "etcdserver: request timed out".into(),
             code: 0,
