@@ -132,6 +132,23 @@ pub fn neighbour_delete_message(index: u32, ip: Ipv4Addr) -> Vec<u8> {
     b.build()
 }
 
+/// RTM_GETNEIGH for the one IPv4 neighbour `ip` on link `index` (not a dump: the kernel
+/// looks it up in its hash, where a dump walks the whole table, which is one table for
+/// every network namespace of the machine).
+pub fn neighbour_get_message(index: u32, ip: Ipv4Addr) -> Vec<u8> {
+    let mut b = MessageBuilder::new(RTM_GETNEIGH, NLM_F_REQUEST);
+    b.header(
+        &NdMsg {
+            family: AF_INET,
+            index,
+            ..Default::default()
+        }
+        .to_bytes(),
+    );
+    b.attr(NDA_DST, &ip.octets());
+    b.build()
+}
+
 /// RTM_NEWNEIGH (replace) for a permanent FDB entry of the device itself (NTF_SELF).
 pub fn fdb_set_message(index: u32, mac: [u8; 6], dst: Ipv4Addr) -> Vec<u8> {
     let mut b = MessageBuilder::new(RTM_NEWNEIGH, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE);
@@ -239,6 +256,15 @@ impl Handle {
             .filter_map(|p| parse_neighbour(p))
             .filter(|n| index.is_none_or(|i| i == n.index))
             .collect())
+    }
+
+    /// The IPv4 neighbour entry of `ip` on link `index`, if there is one.
+    pub fn neighbour(&mut self, index: u32, ip: Ipv4Addr) -> Result<Option<Neighbour>, Error> {
+        match self.socket().request(neighbour_get_message(index, ip)) {
+            Ok(replies) => Ok(replies.iter().find_map(|p| parse_neighbour(p))),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.context(format!("look up neighbour {ip} on link #{index}"))),
+        }
     }
 
     /// Sets (creates or replaces) the permanent FDB entry `mac` → remote `dst` of device

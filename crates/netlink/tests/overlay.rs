@@ -206,3 +206,43 @@ fn route_protocol_is_written_read_and_respected_on_delete() {
     let routes = json(&ns, &["ip", "-j", "route", "show", "proto", "84"]);
     assert!(routes.as_array().unwrap().is_empty(), "{routes}");
 }
+
+#[test]
+fn one_neighbour_is_looked_up_without_a_dump_and_says_whether_it_carries_traffic() {
+    twill_testkit::require_root(
+        "one_neighbour_is_looked_up_without_a_dump_and_says_whether_it_carries_traffic",
+    );
+    let (ns, mut h, eth0) = node();
+    // The veth's other end in a namespace of its own, at 192.0.2.12: one ping makes this
+    // node's entry for it REACHABLE, as traffic with a peer does.
+    let far = TestNetns::new("ovf");
+    ns.exec(&["ip", "link", "set", "eth0p", "netns", &far.name]);
+    far.exec(&["ip", "addr", "add", "192.0.2.12/24", "dev", "eth0p"]);
+    far.exec(&["ip", "link", "set", "eth0p", "up"]);
+    let far_mac = json(&far, &["ip", "-j", "link", "show", "dev", "eth0p"])[0]["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let peer = Ipv4Addr::new(192, 0, 2, 12);
+    assert_eq!(h.neighbour(eth0, peer).unwrap(), None, "no traffic yet");
+    ns.exec(&["ping", "-c", "1", "-W", "2", "192.0.2.12"]);
+    let n = h
+        .neighbour(eth0, peer)
+        .unwrap()
+        .expect("resolved by the ping");
+    assert_eq!((n.index, n.ip), (eth0, peer));
+    assert_eq!(n.mac.map(|m| format_mac(&m)), Some(far_mac));
+    const NUD_REACHABLE: u16 = 0x02;
+    assert_ne!(n.state & NUD_REACHABLE, 0, "state {:#x}", n.state);
+    // A permanent entry reads back as such; an address with none, and a link that does
+    // not exist, read as none.
+    let other = Ipv4Addr::new(192, 0, 2, 13);
+    h.set_neighbour(eth0, other, MAC).unwrap();
+    let n = h.neighbour(eth0, other).unwrap().unwrap();
+    assert_eq!((n.mac, n.state), (Some(MAC), NUD_PERMANENT));
+    assert_eq!(
+        h.neighbour(eth0, Ipv4Addr::new(192, 0, 2, 99)).unwrap(),
+        None
+    );
+    assert_eq!(h.neighbour(999_999, peer).unwrap(), None);
+}

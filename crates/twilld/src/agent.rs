@@ -281,10 +281,12 @@ struct Runner {
     /// The peers this node has traffic with: probed every interval, the rest in turn.
     active_peers: ActivePeers,
     /// What the prober's targets were last made of: the peers, the uplink's subnet, and
-    /// the neighbour read (when) that said which have traffic.
-    probed: Option<(crate::backend::Peers, Option<Ipv4Net>, Option<Instant>)>,
-    /// When this run started (the first neighbour read waits from then).
-    started: Instant,
+    /// the addresses with traffic.
+    probed: Option<(
+        crate::backend::Peers,
+        Option<Ipv4Net>,
+        std::collections::HashSet<std::net::Ipv4Addr>,
+    )>,
     /// Set by the records' inotify thread when it wakes the loop, cleared when the loop
     /// takes the wake: one wake for a burst of changes.
     records_wake: Arc<AtomicBool>,
@@ -355,7 +357,6 @@ impl Runner {
             prober: None,
             active_peers: ActivePeers::default(),
             probed: None,
-            started: Instant::now(),
             records_wake: Arc::new(AtomicBool::new(false)),
             records_watch: None,
             unpublishable: Default::default(),
@@ -778,29 +779,23 @@ impl Runner {
                 }
             }
         }
-        let interval = self.cfg.peer_probe_interval;
-        let a = &self.active_peers;
-        let seed = crate::claims::seed(&self.cfg.node_name);
-        let last = a.read_at.map(|at| (at, a.took));
-        match peers::next_neighbour_read(peers.len(), interval, last, self.started, seed) {
-            Some(due) if Instant::now() >= due => {
-                let started = Instant::now();
-                let addresses = neighbours_in_use();
-                self.active_peers = ActivePeers {
-                    read_at: Some(started),
-                    took: started.elapsed(),
-                    addresses,
-                };
+        match self
+            .active_peers
+            .rotation
+            .next(&peers, &self.active_peers.addresses)
+        {
+            Some(look) => {
+                let uplink = ip.interface.as_deref();
+                self.active_peers.addresses = neighbours_in_use(uplink, &look);
             }
-            Some(_) => {}
-            None => self.active_peers = ActivePeers::default(),
+            None => self.active_peers.addresses.clear(),
         }
         let prober = self.prober.as_ref().expect("started above");
         // The same peers (the very list: the machine shares one until they change), uplink
         // and traffic as last time: the prober has these targets already.
-        let handed = (peers, ip.cidr, self.active_peers.read_at);
-        let same = self.probed.as_ref().is_some_and(|(p, cidr, read)| {
-            Arc::ptr_eq(p, &handed.0) && *cidr == handed.1 && *read == handed.2
+        let handed = (peers, ip.cidr, self.active_peers.addresses.clone());
+        let same = self.probed.as_ref().is_some_and(|(p, cidr, active)| {
+            Arc::ptr_eq(p, &handed.0) && *cidr == handed.1 && *active == handed.2
         });
         if !same {
             prober.set_targets(&peers::targets(
@@ -940,12 +935,11 @@ impl Runner {
     }
 }
 
-/// The addresses whose neighbour entries carry traffic, when they were read and how long
-/// the read took ([`peers::next_neighbour_read`]).
+/// The peers' addresses whose neighbour entries carry traffic (as last looked up), and
+/// which to look up next ([`peers::NeighbourRotation`]).
 #[derive(Default)]
 struct ActivePeers {
-    read_at: Option<Instant>,
-    took: Duration,
+    rotation: peers::NeighbourRotation,
     addresses: std::collections::HashSet<std::net::Ipv4Addr>,
 }
 
@@ -956,18 +950,32 @@ fn log_records_error(e: &RecordError) {
     );
 }
 
-/// The addresses whose neighbour entries carry traffic now (REACHABLE, DELAY or PROBE: the
-/// kernel saw them confirmed or in use within its reachable time); none if the table cannot
-/// be read. Permanent entries say nothing about traffic and are left out.
-fn neighbours_in_use() -> std::collections::HashSet<std::net::Ipv4Addr> {
+/// Of `addresses`, those whose neighbour entry on `uplink` carries traffic now (REACHABLE,
+/// DELAY or PROBE: the kernel saw them confirmed or in use within its reachable time),
+/// each looked up alone; none if the uplink or the entries cannot be read. Permanent
+/// entries say nothing about traffic and are left out.
+fn neighbours_in_use(
+    uplink: Option<&str>,
+    addresses: &[std::net::Ipv4Addr],
+) -> std::collections::HashSet<std::net::Ipv4Addr> {
     const IN_USE: u16 = 0x02 | 0x08 | 0x10; // NUD_REACHABLE | NUD_DELAY | NUD_PROBE
-    twill_netlink::Handle::new()
-        .and_then(|mut h| h.neighbours(None))
-        .map(|ns| {
-            ns.into_iter()
-                .filter(|n| n.state & IN_USE != 0)
-                .map(|n| n.ip)
-                .collect()
+    let Some(uplink) = uplink else {
+        return Default::default();
+    };
+    let Ok(mut h) = twill_netlink::Handle::new() else {
+        return Default::default();
+    };
+    let Ok(Some(link)) = h.link_by_name(uplink) else {
+        return Default::default();
+    };
+    addresses
+        .iter()
+        .copied()
+        .filter(|ip| {
+            h.neighbour(link.index, *ip)
+                .ok()
+                .flatten()
+                .is_some_and(|n| n.state & IN_USE != 0)
         })
-        .unwrap_or_default()
+        .collect()
 }

@@ -10,7 +10,7 @@
 
 use crate::backend::Peer;
 use ipnet::Ipv4Net;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -38,45 +38,45 @@ pub const SAMPLE: usize = 32;
 /// rest take their turn in the sample.
 pub const ACTIVE_MAX: usize = 32;
 
-/// The share of one core the read of the neighbour table (for the peers with traffic) may
-/// take: its next read waits at least this many times as long as the last one took. A
-/// dump walks the kernel's whole neighbour table, which is one table for the machine (all
-/// network namespaces); with 1000 lab nodes on one machine each holding 999 permanent
-/// entries, that is 10^6 entries a read, and reading it every interval took 73% of the
-/// machine's CPU in `neigh_dump_info` (perf, 1000 agents). On a real node (its own kernel, a
-/// table of about its peers) a read takes well under a millisecond: every interval.
-pub const NEIGHBOUR_READ_SHARE: u32 = 10_000;
+/// Peers whose neighbour entry is looked up per interval, besides those that had traffic at
+/// their last look: a rotation through all of them, so a peer's traffic is seen within
+/// `ceil(peers / NEIGHBOUR_SAMPLE)` intervals, at a cost flat in the cluster's size. One
+/// lookup is one hash lookup in the kernel; a dump of the table (how this was read before)
+/// walks the kernel's whole neighbour table, which is one table for the machine: with 1000
+/// lab nodes of 999 permanent entries each, 10^6 entries and 50 ms of kernel time a read,
+/// 34% of the machine's CPU in `neigh_dump_info` during a 1000-agent cold start (perf,
+/// session 29), and O(peers) per read on a real node too.
+pub const NEIGHBOUR_SAMPLE: usize = 64;
 
-/// The first read of the neighbour table waits this many probe intervals after the agent
-/// started, plus up to as many again (spread by the node's seed). Until then every peer is
-/// new to the prober and probed out of turn at once, so traffic would change no turn; and
-/// a restart storm of lab nodes sharing one kernel (its one neighbour table of 10^6
-/// entries) read it all at once: 22% of the machine's CPU in `neigh_dump_info` 60 s into a
-/// 1000-agent cold start (perf, session 29).
-pub const FIRST_NEIGHBOUR_READ_INTERVALS: u32 = 12;
+/// Which peers' neighbour entries to look up at each interval. Pure.
+#[derive(Debug, Default)]
+pub struct NeighbourRotation {
+    /// Where the next sample starts, in the peer list.
+    next: usize,
+}
 
-/// When the peers with traffic are read next: the first time
-/// [`FIRST_NEIGHBOUR_READ_INTERVALS`] (spread by `seed`) after `started`; then one interval
-/// after the last read (`last`: when, and how long it took), or [`NEIGHBOUR_READ_SHARE`]
-/// times as long as it took, whichever is later. None: not needed at all, since with no
-/// more peers than [`SAMPLE`] every peer is probed every interval anyway. Pure.
-pub fn next_neighbour_read(
-    peers: usize,
-    interval: Duration,
-    last: Option<(Instant, Duration)>,
-    started: Instant,
-    seed: u64,
-) -> Option<Instant> {
-    if peers <= SAMPLE {
-        return None;
-    }
-    Some(match last {
-        None => {
-            let first = u64::from(FIRST_NEIGHBOUR_READ_INTERVALS);
-            started + interval.saturating_mul((first + seed % first) as u32)
+impl NeighbourRotation {
+    /// The addresses to look up now: every one in `active` (traffic at its last look) and
+    /// the next [`NEIGHBOUR_SAMPLE`] of `peers` in turn. None with no more peers than
+    /// [`SAMPLE`]: every peer is probed every interval anyway.
+    pub fn next(&mut self, peers: &[Peer], active: &HashSet<Ipv4Addr>) -> Option<Vec<Ipv4Addr>> {
+        if peers.len() <= SAMPLE {
+            return None;
         }
-        Some((at, took)) => at + interval.max(took.saturating_mul(NEIGHBOUR_READ_SHARE)),
-    })
+        let start = self.next % peers.len();
+        let take = NEIGHBOUR_SAMPLE.min(peers.len());
+        self.next = (start + take) % peers.len();
+        let mut look: BTreeSet<Ipv4Addr> = active.iter().copied().collect();
+        look.extend(
+            peers
+                .iter()
+                .cycle()
+                .skip(start)
+                .take(take)
+                .map(|p| p.address),
+        );
+        Some(look.into_iter().collect())
+    }
 }
 
 /// A peer to probe: its name, advertised address, and how the backend carries traffic to it.
@@ -551,16 +551,19 @@ pub fn for_store(view: &PeerView) -> PeerView {
 pub struct Publisher {
     /// (the lease written under, the view without RTTs, the full view, when written)
     last: Option<(i64, PeerView, PeerView, Instant)>,
-    /// Added to [`RTT_REFRESH`]: up to 30 s, per node, so refreshes do not come in step.
+    /// Added to [`RTT_REFRESH`]: up to as long again, per node, so refreshes do not come in
+    /// step. (It was up to 30 s: after 1000 agents started at once, a 30 s window caught
+    /// most of them refreshing, 2 writes per node per minute against an average of 0.44.)
     spread: Duration,
 }
 
 impl Publisher {
-    /// A publisher whose refreshes are offset by up to 30 s, from `seed` (the node's name).
+    /// A publisher whose refreshes are offset by up to [`RTT_REFRESH`], from `seed` (the
+    /// node's name).
     pub fn spread(seed: u64) -> Publisher {
         Publisher {
             last: None,
-            spread: Duration::from_millis(seed % 30_000),
+            spread: Duration::from_millis(seed % RTT_REFRESH.as_millis() as u64),
         }
     }
 
@@ -941,42 +944,45 @@ fn run(
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_neighbour_table_is_read_only_when_needed_and_at_a_bounded_cost() {
-        let i = Duration::from_secs(5);
-        let start = Instant::now();
-        let read = Some((start + Duration::from_secs(100), Duration::from_micros(300)));
-        // Few peers: all probed every interval, no read.
-        assert_eq!(next_neighbour_read(SAMPLE, i, read, start, 7), None);
-        assert_eq!(next_neighbour_read(SAMPLE, i, None, start, 7), None);
-        // A cheap read (a real node): every interval.
-        assert_eq!(
-            next_neighbour_read(SAMPLE + 1, i, read, start, 7),
-            Some(start + Duration::from_secs(105))
-        );
-        // 30 ms (10^6 entries machine-wide): every 300 s, 0.01% of a core.
-        assert_eq!(
-            next_neighbour_read(999, i, Some((start, Duration::from_millis(30))), start, 7),
-            Some(start + Duration::from_secs(300))
-        );
+    fn many_peers(n: usize) -> Vec<Peer> {
+        (0..n)
+            .map(|i| Peer {
+                name: format!("n{i}"),
+                address: Ipv4Addr::from(0xc000_0200 + i as u32),
+                blocks: vec![],
+                vtep_mac: None,
+            })
+            .collect()
     }
 
     #[test]
-    fn the_first_neighbour_read_waits_and_nodes_spread_it() {
-        let i = Duration::from_secs(5);
-        let start = Instant::now();
-        let firsts: std::collections::BTreeSet<Instant> = (0..1000u64)
-            .map(|seed| next_neighbour_read(999, i, None, start, claims_seed(seed)).unwrap())
-            .collect();
-        let n = u64::from(FIRST_NEIGHBOUR_READ_INTERVALS);
-        // Between 12 and 23 intervals after the start, and not all at one instant.
-        assert_eq!(*firsts.first().unwrap(), start + i * n as u32);
-        assert_eq!(*firsts.last().unwrap(), start + i * (2 * n - 1) as u32);
-        assert_eq!(firsts.len(), n as usize);
-    }
-
-    fn claims_seed(k: u64) -> u64 {
-        crate::claims::seed(&format!("twln{k}"))
+    fn neighbour_lookups_rotate_through_every_peer_at_a_bounded_cost() {
+        let mut r = NeighbourRotation::default();
+        let none = HashSet::new();
+        // Few peers: all probed every interval, nothing looked up.
+        assert_eq!(r.next(&many_peers(SAMPLE), &none), None);
+        let peers = many_peers(1000);
+        let rounds = 1000usize.div_ceil(NEIGHBOUR_SAMPLE);
+        let mut seen = HashSet::new();
+        for _ in 0..rounds {
+            let look = r.next(&peers, &none).unwrap();
+            assert_eq!(look.len(), NEIGHBOUR_SAMPLE);
+            seen.extend(look);
+        }
+        assert_eq!(
+            seen.len(),
+            1000,
+            "every peer within ceil(1000/64) intervals"
+        );
+        // The peers with traffic are looked up every interval, besides the sample.
+        let active: HashSet<Ipv4Addr> = peers[..5].iter().map(|p| p.address).collect();
+        for _ in 0..3 {
+            let look = r.next(&peers, &active).unwrap();
+            assert!(active.iter().all(|a| look.contains(a)));
+            assert!(look.len() <= NEIGHBOUR_SAMPLE + active.len());
+        }
+        // A list that shrank under the rotation's position: it goes on from its start.
+        assert_eq!(r.next(&peers[..40], &none).unwrap().len(), 40);
     }
 
     fn t(name: &str, addr: &str) -> Target {
