@@ -94,10 +94,10 @@ fn scale_run_small_holds_disjoint_blocks_routes_all_survives_a_member_kill_and_c
     );
     assert!(killed["seconds"].as_f64().unwrap() <= leased && leased <= converged);
 
-    // The join: leased, then routed to from all.
+    // The join: its block published, then routed to from all.
     let join = &j["join"];
     let (jl, js) = (
-        join["leasedSeconds"].as_f64().unwrap(),
+        join["blockPublishedSeconds"].as_f64().unwrap(),
         join["seenByAllSeconds"].as_f64().unwrap(),
     );
     assert!(0.0 < jl && jl <= js, "{join}");

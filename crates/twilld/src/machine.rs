@@ -455,6 +455,8 @@ pub struct Machine {
     unanswered: Vec<Ipv4Net>,
     claiming: Option<Claiming>,
     next_usage: Instant,
+    /// Before then a round hands the prober nothing ([`Stage::Probe`]).
+    next_probe: Instant,
     exhausted_logged: bool,
     lease_doubt_logged: bool,
     measured: Option<Measured>,
@@ -543,6 +545,7 @@ impl Machine {
             unanswered: Vec::new(),
             claiming: None,
             next_usage: now,
+            next_probe: now,
             exhausted_logged: false,
             lease_doubt_logged: false,
             measured: None,
@@ -963,6 +966,15 @@ impl Machine {
                 );
             }
             Stage::Probe => {
+                // The prober keeps its own time; a round that a peer's change brought within
+                // half a poll of the last hand-over leaves it to the next periodic round. At
+                // 1000 peers the hand-over (targets, the view of every peer) was most of what
+                // a round cost, and a node joining brings 1000 agents a round at once.
+                if now < self.next_probe {
+                    self.next_stage(Stage::HandOff);
+                    return;
+                }
+                self.next_probe = now + self.p.poll_interval / 2;
                 let node_ip = self.node_ip.clone().expect("detected before");
                 let peers = self.peers.clone();
                 self.ask(Pending::PeerView, Action::ProbePeers { node_ip, peers })
