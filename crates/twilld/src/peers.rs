@@ -590,8 +590,12 @@ fn signature(view: &PeerView) -> PeerView {
         p.rtt_micros = None;
         p.checked = 0;
     }
+    // The counts too: a partial view lists every peer not reachable, so a verdict that
+    // changes changes the list; the counts alone change every round while the probes first
+    // cover 1000 new peers (32 a round: 160 s of a write per round per node, 2 writes per
+    // node per minute in a 30 s window after a 1000-agent cold start).
     if let Some(s) = &mut v.summary {
-        s.oldest_checked = 0;
+        *s = PeerSummary::default();
     }
     v
 }
@@ -1333,6 +1337,45 @@ mod tests {
         );
         table.set_targets(&[], now);
         assert!(table.view().is_empty() && table.next_deadline().is_none());
+    }
+
+    #[test]
+    fn counts_alone_are_published_rarely_and_a_verdict_at_once() {
+        let now = Instant::now();
+        let mut p = Publisher::default();
+        let summary = |probed, unprobed| PeerSummary {
+            probed,
+            reachable: probed,
+            unprobed,
+            oldest_checked: 1,
+            cover_seconds: 160,
+        };
+        let mut view = PeerView {
+            address: Some("192.0.2.11".parse().unwrap()),
+            interface: Some("eth0".into()),
+            peers: BTreeMap::new(),
+            summary: Some(summary(32, 968)),
+        };
+        p.written(7, &view, now);
+        // The probes cover more peers, all reachable: not at once, at the refresh.
+        view.summary = Some(summary(64, 936));
+        assert!(!p.due(7, &view, now + Duration::from_secs(5)));
+        assert!(p.due(7, &view, now + RTT_REFRESH));
+        // A peer not reachable is listed: at once.
+        view.peers.insert(
+            "n9".into(),
+            PeerReach {
+                address: "192.0.2.19".parse().unwrap(),
+                reachable: false,
+                rtt_micros: None,
+                since: 1,
+                checked: 1,
+                failures: 3,
+                error: None,
+                backend: String::new(),
+            },
+        );
+        assert!(p.due(7, &view, now + Duration::from_secs(5)));
     }
 
     #[test]
