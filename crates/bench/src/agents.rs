@@ -69,15 +69,15 @@ impl Drop for Guard {
             e.stop(Duration::from_secs(5));
         }
         if let Err(e) = netns::enter(&self.root) {
-            eprintln!("twill-bench: {e:#}");
+            say!("twill-bench: {e:#}");
         }
         // Deleting the bench namespace takes the bridges, veths and nft state along.
         if let Err(e) = netns::remove(&self.namespaces) {
-            eprintln!("twill-bench: cleanup: {e:#}");
+            say!("twill-bench: cleanup: {e:#}");
         }
         if let Err(e) = std::fs::remove_dir_all(&self.scratch) {
             if e.kind() != std::io::ErrorKind::NotFound {
-                eprintln!(
+                say!(
                     "twill-bench: cleanup: cannot remove {}: {e}",
                     self.scratch.display()
                 );
@@ -87,7 +87,7 @@ impl Drop for Guard {
 }
 
 fn progress(msg: &str) {
-    eprintln!("twill-bench: {msg}");
+    say!("twill-bench: {msg}");
 }
 
 /// One agent's name, files and ports (k is 1-based).

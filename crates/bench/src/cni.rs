@@ -57,14 +57,14 @@ impl Drop for Guard {
     fn drop(&mut self) {
         // Deleting the node namespaces takes the bridges, veths and nft/iptables state along.
         if let Err(e) = netns::enter(&self.root) {
-            eprintln!("twill-bench: {e:#}");
+            say!("twill-bench: {e:#}");
         }
         if let Err(e) = netns::remove(&self.namespaces) {
-            eprintln!("twill-bench: cleanup: {e:#}");
+            say!("twill-bench: cleanup: {e:#}");
         }
         if let Err(e) = std::fs::remove_dir_all(&self.scratch) {
             if e.kind() != std::io::ErrorKind::NotFound {
-                eprintln!(
+                say!(
                     "twill-bench: cleanup: cannot remove {}: {e}",
                     self.scratch.display()
                 );
@@ -74,7 +74,7 @@ impl Drop for Guard {
 }
 
 fn progress(msg: &str) {
-    eprintln!("twill-bench: {msg}");
+    say!("twill-bench: {msg}");
 }
 
 pub fn run(opts: &Options) -> Result<Figures> {

@@ -58,7 +58,7 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        eprintln!(
+        say!(
             "twill-bench: {} (pid {}) still ran {grace:?} after SIGTERM; killing it",
             self.name,
             self.pid()

@@ -2,6 +2,16 @@
 //! reports figures and ratios. It reports missed goals but only fails when something
 //! breaks (a plugin error, a missing binary).
 
+/// A line to stderr, for people watching a run. A write that fails (its reader went away:
+/// `| head`, a closed terminal) is dropped: `eprintln!` panics there, and a panic mid-run,
+/// or in a cleanup's message while unwinding, left the run's namespaces behind.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod agents;
 mod agents_report;
 mod cni;
@@ -194,7 +204,7 @@ fn cleanup_leftovers() -> anyhow::Result<()> {
         .map(|d| daemon::kill_recorded(d))
         .sum();
     let (namespaces, dirs) = netns::cleanup_all()?;
-    eprintln!(
+    say!(
         "twill-bench: stopped {processes} processes, removed {namespaces} namespaces and {dirs} folders"
     );
     Ok(())
@@ -203,7 +213,7 @@ fn cleanup_leftovers() -> anyhow::Result<()> {
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
-        eprintln!("twill-bench: error: {e:#}");
+        say!("twill-bench: error: {e:#}");
         std::process::exit(1);
     }
 }

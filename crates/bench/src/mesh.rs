@@ -63,28 +63,28 @@ impl Drop for Lab {
     fn drop(&mut self) {
         self.stop_all();
         if let Err(e) = netns::enter(&self.root) {
-            eprintln!("twill-bench: {e:#}");
+            say!("twill-bench: {e:#}");
         }
         let mut all = self.nodes.clone();
         all.push(self.switch.clone());
         if let Err(e) = netns::remove(&all) {
-            eprintln!("twill-bench: cleanup: {e:#}");
+            say!("twill-bench: cleanup: {e:#}");
         }
         if std::env::var_os(KEEP_ENV).is_some() {
-            eprintln!(
+            say!(
                 "twill-bench: {KEEP_ENV} set: {} kept (logs, done.txt)",
                 self.scratch.display()
             );
         } else if let Err(e) = std::fs::remove_dir_all(&self.scratch) {
             if e.kind() != std::io::ErrorKind::NotFound {
-                eprintln!("twill-bench: cleanup: {}: {e}", self.scratch.display());
+                say!("twill-bench: cleanup: {}: {e}", self.scratch.display());
             }
         }
     }
 }
 
 fn progress(msg: &str) {
-    eprintln!("twill-bench: {msg}");
+    say!("twill-bench: {msg}");
 }
 
 fn tail(path: &Path, n: usize) -> String {

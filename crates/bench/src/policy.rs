@@ -116,7 +116,7 @@ pub struct Args {
 }
 
 fn log(msg: &str) {
-    eprintln!("twill-bench policy: {msg}");
+    say!("twill-bench policy: {msg}");
 }
 
 pub fn main(args: Args) -> anyhow::Result<()> {

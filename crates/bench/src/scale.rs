@@ -94,7 +94,7 @@ fn mac(k: usize) -> String {
 }
 
 fn progress(msg: &str) {
-    eprintln!("twill-bench scale: {msg}");
+    say!("twill-bench scale: {msg}");
 }
 
 /// Everything the run made; dropping it removes it all (best effort).
@@ -116,13 +116,13 @@ impl Drop for Guard {
             e.stop(Duration::from_secs(5));
         }
         if let Err(e) = netns::enter(&self.root) {
-            eprintln!("twill-bench: {e:#}");
+            say!("twill-bench: {e:#}");
         }
         if let Err(e) = netns::remove(&self.namespaces) {
-            eprintln!("twill-bench: cleanup: {e:#}");
+            say!("twill-bench: cleanup: {e:#}");
         }
         if std::env::var_os(crate::mesh::KEEP_ENV).is_some() {
-            eprintln!(
+            say!(
                 "twill-bench scale: {} set: {} and {} kept (agent and etcd logs, blocks.txt)",
                 crate::mesh::KEEP_ENV,
                 self.scratch.display(),
@@ -161,7 +161,7 @@ fn write_holders(scratch: &Path, store: &dyn Store) {
         }
     };
     if let Err(e) = std::fs::write(scratch.join("blocks.txt"), text) {
-        eprintln!("twill-bench scale: cannot write blocks.txt: {e}");
+        say!("twill-bench scale: cannot write blocks.txt: {e}");
     }
 }
 
@@ -192,7 +192,7 @@ pub fn cleanup() -> Result<()> {
     for d in &dirs {
         let _ = std::fs::remove_dir_all(d);
     }
-    eprintln!(
+    say!(
         "twill-bench scale: stopped {stopped} processes, removed {} namespaces and {} folders",
         names.len(),
         dirs.len()

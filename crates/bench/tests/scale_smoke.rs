@@ -119,3 +119,33 @@ fn scale_run_small_holds_disjoint_blocks_routes_all_survives_a_member_kill_and_c
     );
     assert!(idle["etcdDbBytes"].as_f64().unwrap() > 0.0, "{idle}");
 }
+
+/// A reader of its progress that goes away (`| head -1`, a closed terminal) does not stop
+/// the run half-way: it finishes, prints its figures and removes everything it made. Each
+/// progress line used to panic on the broken pipe and leave the namespaces behind.
+#[test]
+fn a_run_whose_progress_reader_goes_away_still_finishes_and_cleans_up() {
+    twill_testkit::require_root(
+        "a_run_whose_progress_reader_goes_away_still_finishes_and_cleans_up",
+    );
+    let mut child = Command::new(BENCH)
+        .args(["scale", "--agents", "3", "--idle-seconds", "1"])
+        .args(["--join-after-seconds", "0", "--twilld"])
+        .arg(sibling("twilld"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run twill-bench scale");
+    let pid = child.id();
+    // The read end closed before the first line: every write to stderr fails (EPIPE).
+    drop(child.stderr.take());
+    let out = child
+        .wait_with_output()
+        .expect("wait for twill-bench scale");
+    let left = left_by(pid);
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert!(out.status.success(), "exit {:?}", out.status);
+    let j: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(j["agents"], 3);
+}
