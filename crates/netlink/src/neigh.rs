@@ -117,9 +117,9 @@ pub fn neighbour_set_message(index: u32, ip: Ipv4Addr, mac: [u8; 6]) -> Vec<u8> 
     b.build()
 }
 
-/// RTM_DELNEIGH for the IPv4 neighbour `ip` on link `index`.
-pub fn neighbour_delete_message(index: u32, ip: Ipv4Addr) -> Vec<u8> {
-    let mut b = MessageBuilder::new(RTM_DELNEIGH, NLM_F_REQUEST);
+/// `kind` (a delete or a get) for the one IPv4 neighbour `ip` on link `index`.
+fn neighbour_message(kind: u16, index: u32, ip: Ipv4Addr) -> Vec<u8> {
+    let mut b = MessageBuilder::new(kind, NLM_F_REQUEST);
     b.header(
         &NdMsg {
             family: AF_INET,
@@ -132,21 +132,16 @@ pub fn neighbour_delete_message(index: u32, ip: Ipv4Addr) -> Vec<u8> {
     b.build()
 }
 
+/// RTM_DELNEIGH for the IPv4 neighbour `ip` on link `index`.
+pub fn neighbour_delete_message(index: u32, ip: Ipv4Addr) -> Vec<u8> {
+    neighbour_message(RTM_DELNEIGH, index, ip)
+}
+
 /// RTM_GETNEIGH for the one IPv4 neighbour `ip` on link `index` (not a dump: the kernel
 /// looks it up in its hash, where a dump walks the whole table, which is one table for
 /// every network namespace of the machine).
 pub fn neighbour_get_message(index: u32, ip: Ipv4Addr) -> Vec<u8> {
-    let mut b = MessageBuilder::new(RTM_GETNEIGH, NLM_F_REQUEST);
-    b.header(
-        &NdMsg {
-            family: AF_INET,
-            index,
-            ..Default::default()
-        }
-        .to_bytes(),
-    );
-    b.attr(NDA_DST, &ip.octets());
-    b.build()
+    neighbour_message(RTM_GETNEIGH, index, ip)
 }
 
 /// RTM_NEWNEIGH (replace) for a permanent FDB entry of the device itself (NTF_SELF).

@@ -229,13 +229,7 @@ pub fn parse_range_page(body: &[u8]) -> Result<(Vec<KeyValue>, Revision, bool), 
 
 /// The keys of a range answer (sorted by key: etcd's default order) and the revision.
 pub fn parse_range(body: &[u8]) -> Result<(Vec<KeyValue>, Revision), StoreError> {
-    let r: RangeResponse = parse("range", body)?;
-    let kvs = r
-        .kvs
-        .into_iter()
-        .map(RawKv::into_key_value)
-        .collect::<Result<_, _>>()?;
-    Ok((kvs, r.header.revision))
+    parse_range_page(body).map(|(kvs, rev, _)| (kvs, rev))
 }
 
 #[derive(Deserialize)]
