@@ -1569,12 +1569,11 @@ impl Machine {
                 }
             }
             (Pending::PeerView, Input::PeerView(None)) => self.next_stage(Stage::HandOff),
-            (Pending::PeerView, Input::PeerView(Some(mut view))) => {
+            (Pending::PeerView, Input::PeerView(Some(full))) => {
                 let lease = self.lease.expect("held by now");
-                let stored = crate::peers::for_store(&view);
+                let view = crate::peers::for_store(&full);
                 // Moved, not copied: the status takes the whole view.
-                self.report(Report::Peers(std::mem::take(&mut view.peers)));
-                let view = stored;
+                self.report(Report::Peers(full.peers));
                 if self.peers_published.due(lease.0, &view, now) {
                     let bytes = serde_json::to_vec(&view).expect("a peer view serializes");
                     let k = key(&format!("{PREFIX_PEERS}{}", self.p.node));
@@ -2303,7 +2302,10 @@ mod tests {
                         n.reconciles.push(*inputs);
                         Input::Reconciled(n.routing.clone())
                     }
-                    Action::ProbePeers { .. } => Input::PeerView(None),
+                    Action::ProbePeers { peers, .. } => {
+                        n.trace.push(format!("probe {}", names(&peers)));
+                        Input::PeerView(None)
+                    }
                     Action::WriteHandOff(b) => {
                         n.handoff = b.clone();
                         n.handoffs.push(b);
@@ -3341,6 +3343,36 @@ mod tests {
             .filter(|t| t.starts_with("reconcile"))
             .count();
         assert_eq!(passes, 2, "{:?}", n.trace);
+    }
+
+    #[test]
+    fn a_round_a_peer_change_brings_soon_after_the_last_leaves_the_prober_to_the_next() {
+        let mut w = World::new("mprobegap", "10.244.0.0/16", 26, 60, None);
+        let status = |n: &str, last: u8| node_record(n, last, 26);
+        w.put("nodes/n2", &status("n2", 12));
+        let mut n = w.node("n1", &[], &[]);
+        let probes = |n: &Node| {
+            n.trace
+                .iter()
+                .filter(|t| t.starts_with("probe"))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        w.run(&mut n);
+        assert_eq!(probes(&n), ["probe n2"]);
+        // A node joins at once: its route goes in now, the prober waits.
+        w.put("nodes/n3", &status("n3", 13));
+        w.run(&mut n);
+        assert!(
+            n.trace.iter().any(|t| t == "reconcile n2,n3"),
+            "{:?}",
+            n.trace
+        );
+        assert_eq!(probes(&n), ["probe n2"]);
+        // The next periodic round hands the prober the new peer.
+        w.now += Duration::from_secs(5);
+        w.run(&mut n);
+        assert_eq!(probes(&n), ["probe n2", "probe n2,n3"]);
     }
 
     #[test]
